@@ -1,0 +1,457 @@
+/*
+ * peerpool — a pool of outbound peer connections on libuv.
+ *
+ * One public header. Conventions follow libuv:
+ *   - every function returns 0 or a negative error code (PP_E* or a libuv UV_E* code,
+ *     passed through unchanged); pp_strerror() and pp_err_name() describe either kind;
+ *   - a function that takes a callback and returns an error never runs that callback;
+ *     otherwise the callback runs exactly once, later, never inside the call;
+ *   - the caller owns request structs (pp_lease_t, pp_write_t, pp_notice_t) and must keep
+ *     them alive until their callback has run (or, for a lease, until it is released);
+ *   - a pool belongs to one uv_loop_t and is used from that loop's thread only.
+ *
+ * The engine never includes Lua headers: decisions a policy can make go through pp_policy_t.
+ */
+#ifndef PEERPOOL_H
+#define PEERPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PP_VERSION_MAJOR 0
+#define PP_VERSION_MINOR 1
+#define PP_VERSION_PATCH 0
+#define PP_VERSION_STRING "0.1.0"
+
+/* ------------------------------------------------------------------------------------------
+ * Errors. Our codes live far below libuv's (which are negated errno values and -3000..-4095),
+ * so one int carries either kind. XX(name, value, code_name, message).
+ */
+#define PP_ERRNO_MAP(XX)                                                                     \
+  XX(EBUSY, -30001, "busy", "peer is at capacity")                                           \
+  XX(ETIMEDOUT, -30002, "timeout", "timed out")                                              \
+  XX(EEXHAUSTED, -30003, "exhausted", "wait queue is full")                                  \
+  XX(ECANNOTCONNECT, -30004, "cannot_connect", "cannot connect to peer")                     \
+  XX(ECLOSED, -30005, "closed", "pool or connection is closed")                              \
+  XX(ENOPEER, -30006, "no_peer", "no eligible peer")                                         \
+  XX(EBURNED, -30007, "burned", "peer is burned")                                            \
+  XX(EINVAL, -30008, "invalid", "invalid argument")                                          \
+  XX(ECANCELED, -30009, "canceled", "operation canceled")                                    \
+  XX(EAGAIN, -30010, "would_block", "no usable connection right now")                        \
+  XX(EHANDSHAKE, -30011, "handshake_failed", "handshake failed")                             \
+  XX(EBROKEN, -30012, "broken", "connection released as broken")                             \
+  XX(EPING, -30013, "ping_failed", "health check failed")                                    \
+  XX(ESTATE, -30014, "bad_state", "operation not valid in this state")
+
+typedef enum {
+#define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,
+  PP_ERRNO_MAP(PP__ERR_ENUM)
+#undef PP__ERR_ENUM
+} pp_errno_t;
+
+/* A human-readable message for any code (ours or libuv's). Never NULL; static storage. */
+const char *pp_strerror(int err);
+/* A stable short name: our snake_case code ("busy", "cannot_connect") or libuv's name
+ * ("ECONNREFUSED") for socket errors. Never NULL; static storage. */
+const char *pp_err_name(int err);
+
+/* ------------------------------------------------------------------------------------------
+ * Opaque handles. Pools are created and freed by the engine; peers and conns belong to
+ * their pool.
+ */
+typedef struct pp_pool_s pp_pool_t;
+typedef struct pp_peer_s pp_peer_t;
+typedef struct pp_conn_s pp_conn_t;
+
+/* Intrusive links (private; embedded in caller-owned requests). */
+typedef struct pp__heap_node_s {
+  struct pp__heap_node_s *left, *right, *parent;
+} pp__heap_node_t;
+typedef struct pp__link_s {
+  struct pp__link_s *next, *prev;
+} pp__link_t;
+
+/* Caller-owned requests. */
+typedef struct pp_lease_s pp_lease_t;
+typedef struct pp_write_s pp_write_t;
+typedef struct pp_notice_s pp_notice_t;
+
+/* ------------------------------------------------------------------------------------------
+ * Options. Call pp_options_init() for the defaults, change fields, pass to pp_pool_new().
+ * Durations are milliseconds; 0 means "never" where noted.
+ */
+typedef struct {
+  int max_per_peer;          /* conns per peer, counting conns still connecting (4) */
+  int max_total;             /* conns in the pool, counting connecting ones (256) */
+  int client_limit;          /* leases one conn carries at once (1) */
+  int64_t connect_timeout;   /* per connect attempt, > 0 (5000) */
+  int retries;               /* further attempts after the first, 0..100 (3) */
+  int64_t acquire_timeout;   /* default deadline of an acquire; 0 = none (30000) */
+  int backlog;               /* waiters allowed in the queue; 0 = never wait (1024) */
+  int64_t idle_timeout;      /* close conns idle this long; 0 = never (300000) */
+  int64_t max_lifespan;      /* close conns this old when their last lease ends; 0 = never
+                                (3600000) */
+  int lifespan_jitter;       /* percent 0..50: each conn's lifespan is shortened by a random
+                                0..jitter% so conns opened together expire apart (10) */
+  int64_t handshake_timeout; /* for the handshake hook, > 0 (5000) */
+  int64_t max_address_age;   /* peers whose last_seen is older are not dialled; 0 = no limit
+                                (3 h) */
+  int64_t ping_after;        /* ping a conn idle this long before lending it; 0 = never (0) */
+  int64_t keepalive;         /* ping idle conns this often; 0 = never (0) */
+} pp_options_t;
+
+/* Fill *opts with the defaults above. */
+void pp_options_init(pp_options_t *opts);
+
+/* Check every field. Returns 0, or PP_EINVAL with *why (if non-NULL) set to a static
+ * message naming the field, e.g. "max_per_peer must be an integer >= 1". */
+int pp_options_validate(const pp_options_t *opts, const char **why);
+
+/* ------------------------------------------------------------------------------------------
+ * Peer states. Every transition is reported to the state callback.
+ */
+#define PP_PEER_STATE_MAP(XX)                                                                \
+  XX(KNOWN, "known")                                                                         \
+  XX(CONNECTING, "connecting")                                                               \
+  XX(CONNECTED, "connected")                                                                 \
+  XX(READY, "ready")                                                                         \
+  XX(DISCONNECTED, "disconnected")                                                           \
+  XX(FAILED, "failed")                                                                       \
+  XX(BURNED, "burned")
+
+typedef enum {
+#define PP__STATE_ENUM(name, str) PP_PEER_##name,
+  PP_PEER_STATE_MAP(PP__STATE_ENUM)
+#undef PP__STATE_ENUM
+  PP_PEER_STATE_COUNT
+} pp_peer_state_t;
+
+/* "known", "connecting", ... ; "unknown" for an out-of-range value. */
+const char *pp_peer_state_name(pp_peer_state_t state);
+
+/* Why a conn was closed (counted in pp_stats_t.closed[]). */
+#define PP_CLOSE_REASON_MAP(XX)                                                              \
+  XX(IDLE, "idle")                                                                           \
+  XX(LIFESPAN, "lifespan")                                                                   \
+  XX(BROKEN, "broken")                                                                       \
+  XX(REMOTE, "remote")                                                                       \
+  XX(PING, "ping")                                                                           \
+  XX(CLOSED, "closed")
+
+typedef enum {
+#define PP__REASON_ENUM(name, str) PP_CLOSE_##name,
+  PP_CLOSE_REASON_MAP(PP__REASON_ENUM)
+#undef PP__REASON_ENUM
+  PP_CLOSE_REASON_COUNT
+} pp_close_reason_t;
+
+const char *pp_close_reason_name(pp_close_reason_t reason);
+
+/* ------------------------------------------------------------------------------------------
+ * Policy: every decision a policy script can make. Any NULL member keeps the built-in
+ * default. The engine calls hooks synchronously from the loop thread; a hook must not
+ * close the pool. `data` is passed back to every hook.
+ */
+typedef struct {
+  void *data;
+
+  /* Pick the peer for an acquire that named none, among `n` (>= 1) eligible candidates:
+   * peers with a usable conn when `dialing` is 0, peers that may be dialled when it is 1.
+   * `key` is the acquire's key (may be NULL). Return an index in [0, n), or -1 for the
+   * default (round robin). Any other value counts as a policy error and uses the default. */
+  int (*select_peer)(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n, int dialing,
+                     const char *key);
+
+  /* Pick one of `n` (>= 1) usable conns of `peer`. Return an index or -1 for the default
+   * (fewest leases, then longest idle). */
+  int (*select_conn)(void *data, pp_peer_t *peer, pp_conn_t *const *conns, int n,
+                     const char *key);
+
+  /* Called after every failed connect attempt (and failed handshake) of `peer`: milliseconds
+   * before the peer's next attempt. `attempt` is the peer's consecutive failures so far
+   * (1 after the first). Return PP_BACKOFF_BURN to burn the peer, PP_BACKOFF_DEFAULT for the
+   * built-in exponential backoff with full jitter (base 100 ms, cap 30 s). After the last
+   * attempt of a dial, the delay sets the peer's retry time (pp_peer_info_t.retry_at). */
+  int64_t (*backoff)(void *data, pp_peer_t *peer, int attempt, int err);
+
+  /* Run a protocol handshake on a freshly connected conn. The hook starts I/O on `conn` and
+   * later calls pp_conn_handshake_done(conn, 0 or error) exactly once — unless the engine
+   * gives up first (handshake_timeout, pool close), in which case `closed` is called and the
+   * hook must not touch the conn again. */
+  void (*handshake)(void *data, pp_conn_t *conn);
+
+  /* Health-check an idle conn; completes with pp_conn_ping_done(conn, 0 or error), with the
+   * same give-up rule as handshake. */
+  void (*ping)(void *data, pp_conn_t *conn);
+
+  /* A conn that was passed to handshake or ping is closing: forget it. */
+  void (*closed)(void *data, pp_conn_t *conn);
+} pp_policy_t;
+
+#define PP_BACKOFF_DEFAULT ((int64_t)-1)
+#define PP_BACKOFF_BURN ((int64_t)-2)
+
+/* The built-in backoff: a random delay in [0, min(cap, base * 2^attempt)] ms. */
+int64_t pp_backoff_full_jitter(pp_pool_t *pool, int attempt, int64_t base_ms, int64_t cap_ms);
+
+/* ------------------------------------------------------------------------------------------
+ * Pool.
+ */
+typedef void (*pp_close_cb)(pp_pool_t *pool);
+typedef void (*pp_state_cb)(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from,
+                            pp_peer_state_t to);
+
+/* Create a pool on `loop`. `opts` NULL means defaults; it is copied. On success returns 0
+ * and sets *pool. On bad options returns PP_EINVAL and sets *why (if non-NULL) to a message
+ * naming the field; UV_ENOMEM when out of memory. */
+int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **pool, const char **why);
+
+/* Close the pool: every pending acquire ends with PP_ECLOSED, every armed notice fires with
+ * PP_ECLOSED, every conn is closed (outstanding leases are detached: pp_release on them is a
+ * harmless no-op, their conn pointer becomes NULL). `cb` (may be NULL) runs once every handle
+ * is closed; the pool's memory is freed right after `cb` returns. A second call returns
+ * PP_ECLOSED. */
+int pp_pool_close(pp_pool_t *pool, pp_close_cb cb);
+
+/* 1 once pp_pool_close() was called. */
+int pp_pool_is_closing(const pp_pool_t *pool);
+
+uv_loop_t *pp_pool_loop(const pp_pool_t *pool);
+const pp_options_t *pp_pool_options(const pp_pool_t *pool);
+void *pp_pool_get_data(const pp_pool_t *pool);
+void pp_pool_set_data(pp_pool_t *pool, void *data);
+
+/* Install `policy` (copied). NULL restores every default. Takes effect for the next
+ * decision; conns are untouched. */
+void pp_pool_set_policy(pp_pool_t *pool, const pp_policy_t *policy);
+
+/* Report every peer state transition to `cb` (NULL to stop). */
+void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
+
+/* ------------------------------------------------------------------------------------------
+ * Peers. Addresses: "1.2.3.4:port", "[v6]:port", or a unix socket path (starting with '/'
+ * or "./", or prefixed "unix:"). Names are canonicalised, so spellings of one address are
+ * one peer.
+ */
+
+/* Add (or find) the peer at `addr`. `last_seen_ms` is Unix time in ms; 0 means now. An
+ * existing peer keeps the newer last_seen; a burned one is unburned (re-added).
+ * Returns 0 and sets *peer (if non-NULL); PP_EINVAL with *why set for a malformed address;
+ * PP_ECLOSED on a closing pool. */
+int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp_peer_t **peer,
+                     const char **why);
+
+/* The peer at `addr` (any spelling), or NULL. */
+pp_peer_t *pp_pool_find_peer(pp_pool_t *pool, const char *addr);
+
+/* Calls fn for every peer, in insertion order, until fn returns non-zero (that value is
+ * returned). fn must not add peers. */
+int pp_pool_foreach_peer(pp_pool_t *pool, int (*fn)(pp_peer_t *peer, void *arg), void *arg);
+
+typedef struct {
+  const char *addr;        /* canonical address; valid while the pool lives */
+  pp_peer_state_t state;
+  int conns;               /* open or connecting */
+  int idle;                /* conns with no lease */
+  int leases;
+  int waiters;             /* acquires queued for this peer */
+  int failures;            /* consecutive failures */
+  int64_t last_seen;       /* Unix ms */
+  int64_t last_success;    /* Unix ms of the last successful connect, 0 = never */
+  int64_t retry_at;        /* loop ms (uv_now) before which no dial starts; 0 = none */
+  uint64_t attempts;       /* connect attempts in all */
+  double latency_ms;       /* EWMA of connect times */
+  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  int last_error;          /* last socket or protocol error, 0 = none */
+} pp_peer_info_t;
+
+void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info);
+const char *pp_peer_addr(const pp_peer_t *peer);
+pp_peer_state_t pp_peer_state(const pp_peer_t *peer);
+pp_pool_t *pp_peer_pool(const pp_peer_t *peer);
+void *pp_peer_get_data(const pp_peer_t *peer);
+void pp_peer_set_data(pp_peer_t *peer, void *data);
+
+/* ------------------------------------------------------------------------------------------
+ * Acquire and release.
+ */
+enum { PP_BUSY_WAIT = 0, PP_BUSY_FAIL = 1 };
+#define PP_PRIORITY_MAX 7
+
+typedef struct {
+  int busy;          /* PP_BUSY_WAIT (queue) or PP_BUSY_FAIL (answer PP_EBUSY at once) */
+  int64_t timeout;   /* ms; -1 = the pool's acquire_timeout; 0 = no deadline */
+  int priority;      /* 0..PP_PRIORITY_MAX, higher served first; FIFO within a level */
+  const char *key;   /* passed to select hooks (e.g. consistent hashing); not copied */
+} pp_acquire_opts_t;
+
+void pp_acquire_opts_init(pp_acquire_opts_t *opts);
+
+typedef void (*pp_acquire_cb)(pp_lease_t *lease, int status);
+
+/* A lease: while pending it is a waiter; once granted it holds one conn. Zero it (or reuse a
+ * released one) before pp_acquire. Public fields are read-only for the caller, except data. */
+struct pp_lease_s {
+  void *data;
+  pp_conn_t *conn;  /* set when granted; NULL after release or pool close */
+  pp_peer_t *peer;  /* the peer that serves it (set when granted) */
+  int cause;        /* with PP_ECANNOTCONNECT: the last socket error */
+  /* private */
+  pp_pool_t *pool_;
+  pp_peer_t *want_;
+  pp_conn_t *dial_;
+  pp_acquire_cb cb_;
+  const char *key_;
+  pp__link_t qlink_;                        /* wait queue, then the conn's lease list */
+  pp__link_t dlink_;                        /* deferred completion queue */
+  pp__heap_node_t heap_;                    /* deadline heap node */
+  uint64_t seq_;
+  uint64_t deadline_;
+  int status_;
+  unsigned char state_, priority_, busy_;
+};
+
+/* Acquire a conn of `peer`, or of any peer if `peer` is NULL; `opts` NULL means defaults.
+ * The callback runs later with 0 (lease->conn is set) or an error. Errors returned at once
+ * (the callback then never runs): PP_ECLOSED, PP_EBURNED, PP_ENOPEER, PP_EBUSY (busy=fail at
+ * capacity; arm a pp_notice_t to learn when capacity frees), PP_EEXHAUSTED (backlog full),
+ * PP_EINVAL (bad opts, lease in use, peer of another pool). Callback statuses: 0,
+ * PP_ETIMEDOUT, PP_ECANNOTCONNECT (lease->cause is the last socket error), PP_EBURNED,
+ * PP_ENOPEER, PP_ECANCELED, PP_ECLOSED. */
+int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
+               const pp_acquire_opts_t *opts, pp_acquire_cb cb);
+
+/* Synchronous fast path: grant a usable idle (or shareable) conn right now, without waiting
+ * or dialling, and without any callback. Returns 0 with lease->conn set, PP_EAGAIN when no
+ * conn is usable right now, or the immediate errors of pp_acquire. Allocates nothing. */
+int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
+                   const pp_acquire_opts_t *opts);
+
+/* Cancel a pending acquire: its callback runs later with PP_ECANCELED. Returns 0, or
+ * PP_ESTATE if the lease is not pending (already granted, released or never used). */
+int pp_acquire_cancel(pp_lease_t *lease);
+
+/* End a lease. status 0: the conn is healthy and goes back to idle (or straight to the next
+ * waiter); a negative status (e.g. PP_EBROKEN or the socket error seen) closes the conn and
+ * counts a failure of its peer. Safe on a lease detached by pool close (no-op). Returns 0,
+ * or PP_ESTATE if the lease holds no conn. Allocates nothing. */
+int pp_release(pp_lease_t *lease, int status);
+
+/* ------------------------------------------------------------------------------------------
+ * Busy notices: learn when capacity for a peer frees (the ResourceBusy-with-condition
+ * pattern). Armed after PP_EBUSY, a notice fires once: with 0 when a conn of that peer (or any
+ * peer, for NULL) becomes usable or a slot opens, PP_ECANCELED on pp_notice_cancel, or
+ * PP_ECLOSED when the pool closes. If capacity is free already it fires on the next tick.
+ */
+typedef void (*pp_notice_cb)(pp_notice_t *notice, int status);
+
+struct pp_notice_s {
+  void *data;
+  /* private */
+  pp_pool_t *pool_;
+  pp_peer_t *peer_;
+  pp_notice_cb cb_;
+  pp__link_t link_;                         /* armed notices */
+  pp__link_t dlink_;                        /* deferred callbacks */
+  int status_;
+  unsigned char state_;
+};
+
+int pp_notice_start(pp_pool_t *pool, pp_notice_t *notice, pp_peer_t *peer, pp_notice_cb cb);
+/* Returns 0 (callback runs later with PP_ECANCELED) or PP_ESTATE if it is not armed. */
+int pp_notice_cancel(pp_notice_t *notice);
+
+/* ------------------------------------------------------------------------------------------
+ * Conns and stream I/O. A conn is valid while a lease holds it, and for a hook from
+ * handshake()/ping() until it completes or `closed` is called.
+ */
+pp_peer_t *pp_conn_peer(const pp_conn_t *conn);
+int pp_conn_leases(const pp_conn_t *conn);
+int pp_conn_is_broken(const pp_conn_t *conn);
+/* Milliseconds since the conn last changed lease count (its idle time when unleased). */
+uint64_t pp_conn_idle_ms(const pp_conn_t *conn);
+void *pp_conn_get_data(const pp_conn_t *conn);
+void pp_conn_set_data(pp_conn_t *conn, void *data);
+
+typedef struct {
+  uint64_t bytes_in, bytes_out;
+  uint64_t msgs_in;   /* read callbacks delivered */
+  uint64_t msgs_out;  /* write requests completed */
+  int64_t created_at; /* loop ms */
+  int64_t expires_at; /* loop ms; 0 = no lifespan */
+} pp_conn_info_t;
+void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info);
+
+/* Reading. The conn reads all the time; bytes go to the reader set here. nread > 0: `buf`
+ * holds nread bytes valid only during the call. nread < 0: the stream ended (UV_EOF), failed
+ * (a UV_E* code) or the conn is closing (PP_ECLOSED); no further calls follow. Bytes that
+ * arrive with no reader are kept (up to 64 KiB, then reading pauses) and delivered after the
+ * next pp_conn_read_start, on a later tick. Returns 0, PP_ECLOSED, or PP_ESTATE when another
+ * reader is set. */
+typedef void (*pp_read_cb)(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg);
+int pp_conn_read_start(pp_conn_t *conn, pp_read_cb cb, void *arg);
+/* Stop delivering; later bytes are kept for the next reader. Always returns 0. */
+int pp_conn_read_stop(pp_conn_t *conn);
+
+typedef void (*pp_write_cb)(pp_write_t *req, int status);
+struct pp_write_s {
+  void *data;
+  /* private */
+  uv_write_t uv_;
+  pp_conn_t *conn_;
+  pp_write_cb cb_;
+  size_t bytes_;
+};
+/* Write `bufs` (the bytes must stay valid until the callback). Returns 0 (callback later),
+ * PP_ECLOSED, or the stored error of a broken conn. A write error marks the conn broken. */
+int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs,
+                  pp_write_cb cb);
+
+/* Complete the handshake / ping started by the policy hook. status 0 = success. Returns 0 or
+ * PP_ESTATE if no handshake/ping is running on the conn. */
+int pp_conn_handshake_done(pp_conn_t *conn, int status);
+int pp_conn_ping_done(pp_conn_t *conn, int status);
+
+/* ------------------------------------------------------------------------------------------
+ * Stats: gauges and counters since the pool was created.
+ */
+typedef struct {
+  /* gauges */
+  int conns, idle, active, connecting;   /* connecting includes handshaking and backoff */
+  int waiters;
+  int peers;
+  int peers_by_state[PP_PEER_STATE_COUNT];
+  /* acquire counters */
+  uint64_t acquires;          /* calls to pp_acquire / pp_try_acquire that were accepted */
+  uint64_t acquired_immediate; /* granted without waiting */
+  uint64_t acquired_waited;   /* granted after waiting */
+  uint64_t timed_out;
+  uint64_t busy;
+  uint64_t exhausted;
+  uint64_t canceled;
+  uint64_t cannot_connect;
+  uint64_t releases, released_broken;
+  /* connect counters */
+  uint64_t connect_attempts, connects_ok, connects_failed;
+  double connect_latency_ms_avg; /* mean of successful connects */
+  double connect_latency_ms_max;
+  /* conns closed by reason */
+  uint64_t closed[PP_CLOSE_REASON_COUNT];
+  /* I/O */
+  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  uint64_t pings, pings_failed;
+  uint64_t policy_errors;     /* hook results the engine had to ignore */
+} pp_stats_t;
+
+void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PEERPOOL_H */

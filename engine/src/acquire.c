@@ -1,0 +1,375 @@
+/* Acquire and release: the idle fast path, dialling on demand, the wait queue (FIFO within
+ * priority levels, with deadlines), busy notices, and serving waiters the moment a conn or a
+ * slot frees. Every acquire ends exactly once: granted, or one error. */
+#include "internal.h"
+
+/* ---- wait queues ----------------------------------------------------------------------- */
+
+static pp__queue_t *queue_of(pp_pool_t *pool, pp_lease_t *lease) {
+  return lease->want_ ? &lease->want_->waiters : &pool->any_waiters;
+}
+
+/* The first waiter in service order; with `without_dial`, the first that owns no dial. */
+static pp_lease_t *queue_first(pp__queue_t *q, bool without_dial) {
+  if (q->count == 0) return NULL;
+  for (int p = PP_PRIORITY_MAX; p >= 0; p--) {
+    for (pp__link_t *l = q->level[p].next; l != &q->level[p]; l = l->next) {
+      pp_lease_t *lease = PP__CONTAINER(l, pp_lease_t, qlink_);
+      if (!without_dial || lease->dial_ == NULL) return lease;
+    }
+  }
+  return NULL;
+}
+
+/* Whether `a` is served before `b` (NULL is served last). */
+static bool served_before(const pp_lease_t *a, const pp_lease_t *b) {
+  if (a == NULL) return false;
+  if (b == NULL) return true;
+  if (a->priority_ != b->priority_) return a->priority_ > b->priority_;
+  return a->seq_ < b->seq_;
+}
+
+static void arm_deadline_timer(pp_pool_t *pool) {
+  if (pool->deadlines.min == NULL || pool->closing) return;
+  pp_lease_t *first = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
+  uint64_t now = uv_now(pool->loop);
+  uv_timer_start(&pool->deadline_timer, pp__deadline_timer_cb,
+                 first->deadline_ > now ? first->deadline_ - now : 0, 0);
+}
+
+static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
+  pp__queue_t *q = queue_of(pool, lease);
+  lease->state_ = PP_LEASE_WAITING;
+  lease->seq_ = ++pool->seq;
+  pp__list_push(&q->level[lease->priority_], &lease->qlink_);
+  if (q->count++ == 0 && lease->want_)
+    pp__list_push(&pool->waiting_peers, &lease->want_->waiting_link);
+  pool->waiters++;
+  lease->deadline_ = 0;
+  if (timeout > 0) {
+    lease->deadline_ = uv_now(pool->loop) + (uint64_t)timeout;
+    pp__heap_insert(&pool->deadlines, &lease->heap_);
+    if (pool->deadlines.min == &lease->heap_) arm_deadline_timer(pool);
+  }
+}
+
+static void dequeue(pp_pool_t *pool, pp_lease_t *lease) {
+  pp__queue_t *q = queue_of(pool, lease);
+  pp__list_remove(&lease->qlink_);
+  if (--q->count == 0 && lease->want_) pp__list_remove(&lease->want_->waiting_link);
+  pool->waiters--;
+  if (lease->deadline_) {
+    pp__heap_remove(&pool->deadlines, &lease->heap_);
+    lease->deadline_ = 0;
+  }
+  if (lease->dial_) {
+    lease->dial_->owner = NULL; /* the dial goes on; its conn will serve someone else */
+    lease->dial_ = NULL;
+  }
+}
+
+void pp__deadline_timer_cb(uv_timer_t *timer) {
+  pp_pool_t *pool = timer->data;
+  uint64_t now = uv_now(pool->loop);
+  while (pool->deadlines.min) {
+    pp_lease_t *lease = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
+    if (lease->deadline_ > now) break;
+    dequeue(pool, lease);
+    pool->stats.timed_out++;
+    pp__defer_lease(pool, lease, PP_ETIMEDOUT);
+  }
+  arm_deadline_timer(pool);
+}
+
+void pp__lease_complete(pp_lease_t *lease, int status) {
+  pp_pool_t *pool = lease->pool_;
+  if (lease->state_ == PP_LEASE_WAITING) dequeue(pool, lease);
+  pp__defer_lease(pool, lease, status);
+}
+
+static void fail_queue(pp_pool_t *pool, pp__queue_t *q, int status) {
+  pp_lease_t *lease;
+  while ((lease = queue_first(q, false)) != NULL) pp__lease_complete(lease, status);
+}
+
+void pp__fail_peer_waiters(pp_peer_t *peer, int status) {
+  fail_queue(peer->pool, &peer->waiters, status);
+}
+
+void pp__fail_all_waiters(pp_pool_t *pool, int status) {
+  while (!pp__list_empty(&pool->waiting_peers)) {
+    pp_peer_t *peer = PP__CONTAINER(pool->waiting_peers.next, pp_peer_t, waiting_link);
+    fail_queue(pool, &peer->waiters, status);
+  }
+  fail_queue(pool, &pool->any_waiters, status);
+}
+
+void pp__dial_failed(pp_conn_t *conn, int status) {
+  pp_lease_t *owner = conn->owner;
+  if (owner == NULL) return;
+  pp_pool_t *pool = conn->pool;
+  dequeue(pool, owner);
+  owner->cause = conn->last_error;
+  if (status == PP_ECANNOTCONNECT) pool->stats.cannot_connect++;
+  pp__defer_lease(pool, owner, status);
+}
+
+/* ---- busy notices ---------------------------------------------------------------------- */
+
+static bool any_peer_dialable(pp_pool_t *pool) {
+  if (pool->total >= pool->opts.max_total) return false;
+  for (pp__link_t *l = pool->peers.next; l != &pool->peers; l = l->next)
+    if (pp__peer_can_dial(PP__CONTAINER(l, pp_peer_t, order_link))) return true;
+  return false;
+}
+
+static bool has_capacity(pp_pool_t *pool, pp_peer_t *peer) {
+  if (peer) return peer->usable > 0 || pp__peer_can_dial(peer);
+  return !pp__list_empty(&pool->usable_peers) || any_peer_dialable(pool);
+}
+
+/* Fire armed notices: all of them with an error status; with 0, those whose peer (or any
+ * peer) has capacity now. */
+void pp__fire_notices(pp_pool_t *pool, int status) {
+  pp__link_t *l = pool->notices.next;
+  while (l != &pool->notices) {
+    pp_notice_t *notice = PP__CONTAINER(l, pp_notice_t, link_);
+    l = l->next;
+    if (status == 0 && !has_capacity(pool, notice->peer_)) continue;
+    pp__list_remove(&notice->link_);
+    pp__defer_notice(pool, notice, status);
+  }
+}
+
+int pp_notice_start(pp_pool_t *pool, pp_notice_t *notice, pp_peer_t *peer, pp_notice_cb cb) {
+  if (pool == NULL || notice == NULL || cb == NULL) return PP_EINVAL;
+  if (pool->closing) return PP_ECLOSED;
+  if (notice->state_ != PP_NOTICE_IDLE) return PP_EINVAL;
+  if (peer && peer->pool != pool) return PP_EINVAL;
+  notice->pool_ = pool;
+  notice->peer_ = peer;
+  notice->cb_ = cb;
+  notice->status_ = 0;
+  if (has_capacity(pool, peer)) {
+    pp__defer_notice(pool, notice, 0);
+  } else {
+    notice->state_ = PP_NOTICE_ARMED;
+    pp__list_push(&pool->notices, &notice->link_);
+  }
+  return 0;
+}
+
+int pp_notice_cancel(pp_notice_t *notice) {
+  if (notice == NULL) return PP_EINVAL;
+  if (notice->state_ == PP_NOTICE_ARMED) {
+    pp__list_remove(&notice->link_);
+    pp__defer_notice(notice->pool_, notice, PP_ECANCELED);
+    return 0;
+  }
+  if (notice->state_ == PP_NOTICE_DONE) {
+    notice->status_ = PP_ECANCELED;
+    return 0;
+  }
+  return PP_ESTATE;
+}
+
+/* ---- serving --------------------------------------------------------------------------- */
+
+static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
+  pp_pool_t *pool = conn->pool;
+  dequeue(pool, lease);
+  pp__conn_lease(conn, lease);
+  pool->stats.acquired_waited++;
+  pp__defer_lease(pool, lease, 0);
+}
+
+void pp__conn_available(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  if (pool->closing) return;
+  if (conn->owner && pp__conn_lendable(conn)) grant_waiter(conn, conn->owner);
+  while ((peer->waiters.count > 0 || pool->any_waiters.count > 0) && pp__conn_lendable(conn)) {
+    pp_lease_t *mine = queue_first(&peer->waiters, false);
+    pp_lease_t *any = queue_first(&pool->any_waiters, false);
+    grant_waiter(conn, served_before(mine, any) ? mine : any);
+  }
+  if (!pp__list_empty(&pool->notices) && pp__conn_lendable(conn)) pp__fire_notices(pool, 0);
+}
+
+void pp__capacity_opened(pp_pool_t *pool, pp_peer_t *freed) {
+  if (pool->closing) return;
+  while (pool->total < pool->opts.max_total && pool->waiters > 0) {
+    pp_lease_t *best = NULL;
+    pp_peer_t *target = NULL;
+    for (pp__link_t *l = pool->waiting_peers.next; l != &pool->waiting_peers; l = l->next) {
+      pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, waiting_link);
+      if (!pp__peer_can_dial(peer)) continue;
+      pp_lease_t *lease = queue_first(&peer->waiters, true);
+      if (served_before(lease, best)) {
+        best = lease;
+        target = peer;
+      }
+    }
+    pp_lease_t *any = queue_first(&pool->any_waiters, true);
+    if (served_before(any, best)) {
+      pp_peer_t *peer = pp__select_peer(pool, 1, any->key_);
+      if (peer) {
+        best = any;
+        target = peer;
+      }
+    }
+    if (best == NULL) break;
+    int err = pp__conn_dial(target, best, NULL);
+    if (err) pp__lease_complete(best, err);
+  }
+  (void)freed;
+  if (!pp__list_empty(&pool->notices)) pp__fire_notices(pool, 0);
+}
+
+/* ---- the API --------------------------------------------------------------------------- */
+
+static int check_args(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
+                      const pp_acquire_opts_t *opts) {
+  if (pool == NULL || lease == NULL) return PP_EINVAL;
+  if (pool->closing) return PP_ECLOSED;
+  if (lease->state_ != PP_LEASE_UNUSED && lease->state_ != PP_LEASE_DETACHED) return PP_EINVAL;
+  if (peer && peer->pool != pool) return PP_EINVAL;
+  if (opts && ((opts->busy != PP_BUSY_WAIT && opts->busy != PP_BUSY_FAIL) ||
+               opts->timeout < -1 || opts->priority < 0 || opts->priority > PP_PRIORITY_MAX))
+    return PP_EINVAL;
+  if (peer && peer->burned) return PP_EBURNED;
+  return 0;
+}
+
+static void lease_reset(pp_lease_t *lease, pp_pool_t *pool, pp_peer_t *peer,
+                        const pp_acquire_opts_t *opts, pp_acquire_cb cb) {
+  lease->conn = NULL;
+  lease->peer = NULL;
+  lease->cause = 0;
+  lease->pool_ = pool;
+  lease->want_ = peer;
+  lease->dial_ = NULL;
+  lease->cb_ = cb;
+  lease->key_ = opts ? opts->key : NULL;
+  lease->priority_ = opts ? (unsigned char)opts->priority : 0;
+  lease->busy_ = opts ? (unsigned char)opts->busy : PP_BUSY_WAIT;
+  lease->deadline_ = 0;
+  lease->state_ = PP_LEASE_UNUSED;
+}
+
+static pp_conn_t *find_usable(pp_pool_t *pool, pp_peer_t *peer, const char *key) {
+  if (peer == NULL) {
+    if (pp__list_empty(&pool->usable_peers)) return NULL;
+    peer = pp__select_peer(pool, 0, key);
+    if (peer == NULL) return NULL;
+  }
+  if (peer->usable == 0) return NULL;
+  return pp__select_conn(peer, key);
+}
+
+int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
+                   const pp_acquire_opts_t *opts) {
+  int err = check_args(pool, lease, peer, opts);
+  if (err) return err;
+  pp_conn_t *conn = find_usable(pool, peer, opts ? opts->key : NULL);
+  if (conn == NULL) return PP_EAGAIN;
+  lease_reset(lease, pool, peer, opts, NULL);
+  pp__conn_lease(conn, lease);
+  lease->state_ = PP_LEASE_GRANTED;
+  pool->stats.acquires++;
+  pool->stats.acquired_immediate++;
+  return 0;
+}
+
+static bool any_peer_could_serve(pp_pool_t *pool) {
+  for (pp__link_t *l = pool->peers.next; l != &pool->peers; l = l->next) {
+    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, order_link);
+    if (!peer->burned && (peer->conns > 0 || pp__peer_is_fresh(peer))) return true;
+  }
+  return false;
+}
+
+int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
+               const pp_acquire_opts_t *opts, pp_acquire_cb cb) {
+  int err = check_args(pool, lease, peer, opts);
+  if (err) return err;
+  if (cb == NULL) return PP_EINVAL;
+  lease_reset(lease, pool, peer, opts, cb);
+  pp_conn_t *conn = find_usable(pool, peer, lease->key_);
+  if (conn) {
+    pp__conn_lease(conn, lease);
+    pool->stats.acquires++;
+    pool->stats.acquired_immediate++;
+    pp__defer_lease(pool, lease, 0);
+    return 0;
+  }
+  int64_t timeout = opts && opts->timeout >= 0 ? opts->timeout : pool->opts.acquire_timeout;
+  pp_peer_t *target = NULL;
+  if (peer)
+    target = pp__peer_can_dial(peer) ? peer : NULL;
+  else if (pool->total < pool->opts.max_total)
+    target = pp__select_peer(pool, 1, lease->key_);
+  if (target) {
+    enqueue(pool, lease, timeout);
+    err = pp__conn_dial(target, lease, NULL);
+    if (err) {
+      dequeue(pool, lease);
+      lease->state_ = PP_LEASE_UNUSED;
+      return err;
+    }
+    pool->stats.acquires++;
+    return 0;
+  }
+  if (peer ? (peer->conns == 0 && !pp__peer_is_fresh(peer)) : !any_peer_could_serve(pool))
+    return PP_ENOPEER;
+  if (lease->busy_ == PP_BUSY_FAIL) {
+    pool->stats.busy++;
+    return PP_EBUSY;
+  }
+  if (pool->waiters >= pool->opts.backlog) {
+    pool->stats.exhausted++;
+    return PP_EEXHAUSTED;
+  }
+  enqueue(pool, lease, timeout);
+  pool->stats.acquires++;
+  return 0;
+}
+
+int pp_acquire_cancel(pp_lease_t *lease) {
+  if (lease == NULL) return PP_EINVAL;
+  pp_pool_t *pool = lease->pool_;
+  if (lease->state_ == PP_LEASE_WAITING) {
+    pool->stats.canceled++;
+    pp__lease_complete(lease, PP_ECANCELED);
+    return 0;
+  }
+  if (lease->state_ == PP_LEASE_DONE) {
+    /* Decided but not yet told: undo a grant, then report the cancel instead. */
+    if (lease->status_ == 0 && lease->conn) {
+      pp_conn_t *conn = lease->conn;
+      pp__conn_unlease(conn, lease);
+      pp__conn_released(conn, 0);
+    }
+    pool->stats.canceled++;
+    lease->status_ = PP_ECANCELED;
+    return 0;
+  }
+  return PP_ESTATE;
+}
+
+int pp_release(pp_lease_t *lease, int status) {
+  if (lease == NULL || status > 0) return PP_EINVAL;
+  if (lease->state_ == PP_LEASE_DETACHED) {
+    lease->state_ = PP_LEASE_UNUSED;
+    return 0;
+  }
+  if (lease->state_ != PP_LEASE_GRANTED || lease->conn == NULL) return PP_ESTATE;
+  pp_conn_t *conn = lease->conn;
+  pp_pool_t *pool = conn->pool;
+  pp__conn_unlease(conn, lease);
+  lease->state_ = PP_LEASE_UNUSED;
+  pool->stats.releases++;
+  if (status < 0) pool->stats.released_broken++;
+  pp__conn_released(conn, status);
+  return 0;
+}

@@ -1,0 +1,77 @@
+/* Peer addresses: parse, validate and canonicalise, so that spellings of one address are
+ * one peer. Host names are not resolved here (that is the seeding policy's job). */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+static int parse_port(const char *s, int *port) {
+  if (*s == '\0') return -1;
+  long v = 0;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return -1;
+    v = v * 10 + (*s - '0');
+    if (v > 65535) return -1;
+  }
+  if (v < 1) return -1;
+  *port = (int)v;
+  return 0;
+}
+
+#define FAIL(msg)        \
+  do {                   \
+    if (why) *why = msg; \
+    return PP_EINVAL;    \
+  } while (0)
+
+int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *sa, bool *is_pipe,
+                   const char **why) {
+  char host[64], out[80];
+  int port;
+  if (addr == NULL || *addr == '\0') FAIL("address must be a non-empty string");
+  if (strncmp(addr, "unix:", 5) == 0 || addr[0] == '/' || strncmp(addr, "./", 2) == 0) {
+    const char *path = strncmp(addr, "unix:", 5) == 0 ? addr + 5 : addr;
+    if (*path == '\0') FAIL("unix socket path must not be empty");
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+      FAIL("unix socket path is too long (at most 107 bytes)");
+    *is_pipe = true;
+    *canonical = strdup(path);
+    return *canonical ? 0 : UV_ENOMEM;
+  }
+  *is_pipe = false;
+  memset(sa, 0, sizeof(*sa));
+  if (addr[0] == '[') {
+    const char *close = strchr(addr, ']');
+    if (close == NULL) FAIL("IPv6 address must be written [addr]:port");
+    size_t len = (size_t)(close - addr - 1);
+    if (len == 0 || len >= sizeof(host)) FAIL("IPv6 address inside [] is malformed");
+    memcpy(host, addr + 1, len);
+    host[len] = '\0';
+    if (close[1] != ':') FAIL("IPv6 address must be followed by :port");
+    if (parse_port(close + 2, &port) != 0) FAIL("port must be an integer in 1..65535");
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)sa;
+    if (uv_ip6_addr(host, port, a6) != 0) FAIL("IPv6 address inside [] is malformed");
+    char name[INET6_ADDRSTRLEN];
+    if (uv_ip6_name(a6, name, sizeof(name)) != 0) FAIL("IPv6 address inside [] is malformed");
+    snprintf(out, sizeof(out), "[%s]:%d", name, port);
+  } else {
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL) FAIL("address must be host:port, [ipv6]:port or a unix socket path");
+    size_t len = (size_t)(colon - addr);
+    if (len == 0 || len >= sizeof(host)) FAIL("host must be a numeric IPv4 address");
+    memcpy(host, addr, len);
+    host[len] = '\0';
+    if (strchr(host, ':')) FAIL("IPv6 addresses must be written [addr]:port");
+    if (parse_port(colon + 1, &port) != 0) FAIL("port must be an integer in 1..65535");
+    struct sockaddr_in *a4 = (struct sockaddr_in *)sa;
+    if (uv_ip4_addr(host, port, a4) != 0)
+      FAIL("host must be a numeric IPv4 address (resolve names in a seed policy)");
+    char name[INET_ADDRSTRLEN];
+    if (uv_ip4_name(a4, name, sizeof(name)) != 0) FAIL("host must be a numeric IPv4 address");
+    snprintf(out, sizeof(out), "%s:%d", name, port);
+  }
+  *canonical = strdup(out);
+  return *canonical ? 0 : UV_ENOMEM;
+}

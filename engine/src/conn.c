@@ -1,0 +1,620 @@
+/* Conns: dialling with per-attempt timeouts and backoff, the handshake, reading and writing,
+ * lifespan, and closing. A conn's memory lives until its handles are closed, no lease holds
+ * it and no delivery to its reader is pending. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { H_NONE = 0, H_OPEN, H_CLOSING };
+
+static void start_attempt(pp_conn_t *conn);
+static void attempt_failed(pp_conn_t *conn, int err);
+static void conn_ready(pp_conn_t *conn);
+
+static bool connecting_phase(pp__conn_phase_t p) {
+  return p == PP_CONN_DIALING || p == PP_CONN_BACKOFF || p == PP_CONN_HANDSHAKE;
+}
+
+/* Move to `phase`, keeping the per-peer and pool counters of connecting conns in step. */
+static void set_phase(pp_conn_t *conn, pp__conn_phase_t phase) {
+  pp_peer_t *peer = conn->peer;
+  switch (conn->phase) {
+    case PP_CONN_DIALING: peer->dialing--; break;
+    case PP_CONN_BACKOFF: peer->backoff--; break;
+    case PP_CONN_HANDSHAKE: peer->handshaking--; break;
+    default: break;
+  }
+  switch (phase) {
+    case PP_CONN_DIALING: peer->dialing++; break;
+    case PP_CONN_BACKOFF: peer->backoff++; break;
+    case PP_CONN_HANDSHAKE: peer->handshaking++; break;
+    default: break;
+  }
+  conn->pool->dialing += (int)connecting_phase(phase) - (int)connecting_phase(conn->phase);
+  conn->phase = phase;
+}
+
+static void conn_maybe_free(pp_conn_t *conn) {
+  if (conn->hstate != H_NONE || conn->tstate != H_NONE || conn->leases > 0 ||
+      conn->deliver_pending || conn->delivering)
+    return;
+  pp__list_remove(&conn->peer_link);
+  free(conn->kept);
+  free(conn);
+}
+
+static void on_timer_closed(uv_handle_t *handle) {
+  pp_conn_t *conn = handle->data;
+  conn->tstate = H_NONE;
+  conn->pool->conn_handles--;
+  pp_pool_t *pool = conn->pool;
+  conn_maybe_free(conn);
+  pp__maybe_finish(pool);
+}
+
+static void on_handle_closed(uv_handle_t *handle) {
+  pp_conn_t *conn = handle->data;
+  conn->hstate = H_NONE;
+  conn->pool->conn_handles--;
+  pp_pool_t *pool = conn->pool;
+  conn_maybe_free(conn);
+  pp__maybe_finish(pool);
+}
+
+static void close_handle(pp_conn_t *conn, uv_close_cb cb) {
+  if (conn->hstate != H_OPEN) return;
+  conn->hstate = H_CLOSING;
+  conn->reading = false;
+  uv_close(&conn->h.handle, cb);
+}
+
+/* ---- dialling -------------------------------------------------------------------------- */
+
+static void on_backoff_done(uv_timer_t *timer) { start_attempt(timer->data); }
+
+int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
+  pp_pool_t *pool = peer->pool;
+  pp_conn_t *conn = calloc(1, sizeof(*conn));
+  if (conn == NULL) return UV_ENOMEM;
+  conn->pool = pool;
+  conn->peer = peer;
+  conn->phase = PP_CONN_NEW;
+  pp__list_init(&conn->lease_list);
+  uv_timer_init(pool->loop, &conn->timer);
+  conn->timer.data = conn;
+  conn->tstate = H_OPEN;
+  pool->conn_handles++;
+  pp__list_push(&peer->conns_list, &conn->peer_link);
+  peer->conns++;
+  pool->total++;
+  if (owner) {
+    conn->owner = owner;
+    owner->dial_ = conn;
+  }
+  uint64_t now = uv_now(pool->loop);
+  if (peer->retry_at > now) {
+    /* The peer is in backoff: the first attempt waits for its retry time. */
+    set_phase(conn, PP_CONN_BACKOFF);
+    uv_timer_start(&conn->timer, on_backoff_done, peer->retry_at - now, 0);
+    pp__peer_update_state(peer);
+  } else {
+    start_attempt(conn);
+  }
+  if (out) *out = conn;
+  return 0;
+}
+
+static void on_connect_timeout(uv_timer_t *timer) {
+  pp_conn_t *conn = timer->data;
+  if (conn->phase == PP_CONN_DIALING) attempt_failed(conn, UV_ETIMEDOUT);
+}
+
+static void on_handshake_timeout(uv_timer_t *timer) {
+  pp_conn_t *conn = timer->data;
+  if (conn->phase == PP_CONN_HANDSHAKE) attempt_failed(conn, PP_ETIMEDOUT);
+}
+
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  pp_conn_t *conn = handle->data;
+  buf->base = conn->pool->read_buf;
+  buf->len = sizeof(conn->pool->read_buf);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static void on_connect(uv_connect_t *req, int status) {
+  pp_conn_t *conn = req->data;
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  if (conn->phase != PP_CONN_DIALING) return; /* timed out or closed: already handled */
+  if (status < 0) {
+    attempt_failed(conn, status);
+    return;
+  }
+  uv_timer_stop(&conn->timer);
+  double ms = (double)(uv_now(pool->loop) - conn->attempt_started);
+  pool->connect_latency_sum += ms;
+  if (ms > pool->stats.connect_latency_ms_max) pool->stats.connect_latency_ms_max = ms;
+  peer->latency_ms = peer->latency_ms == 0 ? ms : peer->latency_ms * 0.8 + ms * 0.2;
+  if (!peer->is_pipe) uv_tcp_nodelay(&conn->h.tcp, 1);
+  int err = uv_read_start(&conn->h.stream, on_alloc, on_read);
+  if (err) {
+    attempt_failed(conn, err);
+    return;
+  }
+  conn->reading = true;
+  if (pool->policy.handshake) {
+    set_phase(conn, PP_CONN_HANDSHAKE);
+    conn->hook_running = true;
+    uv_timer_start(&conn->timer, on_handshake_timeout, (uint64_t)pool->opts.handshake_timeout, 0);
+    pp__peer_update_state(peer);
+    pool->policy.handshake(pool->policy.data, conn);
+    return; /* the hook may have completed (or failed) the conn already */
+  }
+  conn_ready(conn);
+}
+
+static void start_attempt(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  int err = 0;
+  conn->attempt++;
+  peer->attempts++;
+  pool->stats.connect_attempts++;
+  set_phase(conn, PP_CONN_DIALING);
+  conn->attempt_started = uv_now(pool->loop);
+  conn->connect_req.data = conn;
+  if (peer->is_pipe) {
+    err = uv_pipe_init(pool->loop, &conn->h.pipe, 0);
+  } else {
+    err = uv_tcp_init(pool->loop, &conn->h.tcp);
+  }
+  if (err == 0) {
+    conn->h.handle.data = conn;
+    conn->hstate = H_OPEN;
+    pool->conn_handles++;
+    if (peer->is_pipe)
+      uv_pipe_connect(&conn->connect_req, &conn->h.pipe, peer->addr, on_connect);
+    else
+      err = uv_tcp_connect(&conn->connect_req, &conn->h.tcp, (const struct sockaddr *)&peer->sa,
+                           on_connect);
+  }
+  pp__peer_update_state(peer);
+  if (err) {
+    attempt_failed(conn, err);
+    return;
+  }
+  uv_timer_start(&conn->timer, on_connect_timeout, (uint64_t)pool->opts.connect_timeout, 0);
+}
+
+static void on_attempt_closed(uv_handle_t *handle);
+static void on_attempt_timer(uv_timer_t *timer);
+
+/* One attempt failed: drop its socket; once the socket is closed, decide (on_attempt_closed)
+ * between another attempt after the backoff delay, giving up, or burning the peer. */
+static void attempt_failed(pp_conn_t *conn, int err) {
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  conn->last_error = err;
+  peer->last_error = err;
+  pool->stats.connects_failed++;
+  if (conn->hook_running) {
+    conn->hook_running = false;
+    if (pool->policy.closed) pool->policy.closed(pool->policy.data, conn);
+  }
+  uv_timer_stop(&conn->timer);
+  conn->read_cb = NULL;
+  conn->kept_len = 0;
+  conn->kept_error = 0;
+  set_phase(conn, PP_CONN_BACKOFF);
+  if (conn->hstate == H_OPEN)
+    close_handle(conn, on_attempt_closed);
+  else
+    uv_timer_start(&conn->timer, on_attempt_timer, 0, 0); /* no socket: decide on next tick */
+  pp__peer_update_state(peer);
+}
+
+/* The failed attempt's socket is gone: retry after the backoff delay, give up, or burn. */
+static void after_attempt(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  if (conn->phase == PP_CONN_CLOSED) { /* the pool closed meanwhile */
+    conn_maybe_free(conn);
+    pp__maybe_finish(pool);
+    return;
+  }
+  peer->failures++;
+  int64_t delay = pp__backoff(peer, peer->failures, conn->last_error);
+  if (delay < 0) {
+    pp__dial_failed(conn, PP_EBURNED);
+    pp__peer_burn(peer);
+    return;
+  }
+  if (conn->attempt <= pool->opts.retries) {
+    uv_timer_start(&conn->timer, on_backoff_done, (uint64_t)delay, 0);
+    pp__peer_update_state(peer);
+    return;
+  }
+  peer->retry_at = uv_now(pool->loop) + (uint64_t)delay;
+  pp__dial_failed(conn, PP_ECANNOTCONNECT);
+  pp__conn_close(conn, PP_CLOSE_CLOSED);
+}
+
+static void on_attempt_closed(uv_handle_t *handle) {
+  pp_conn_t *conn = handle->data;
+  conn->hstate = H_NONE;
+  conn->pool->conn_handles--;
+  after_attempt(conn);
+}
+
+static void on_attempt_timer(uv_timer_t *timer) { after_attempt(timer->data); }
+
+int pp_conn_handshake_done(pp_conn_t *conn, int status) {
+  if (conn == NULL || conn->phase != PP_CONN_HANDSHAKE || !conn->hook_running) return PP_ESTATE;
+  conn->hook_running = false;
+  if (status == 0)
+    conn_ready(conn);
+  else
+    attempt_failed(conn, status < 0 ? status : PP_EHANDSHAKE);
+  return 0;
+}
+
+int pp_conn_ping_done(pp_conn_t *conn, int status) {
+  if (conn == NULL || conn->phase != PP_CONN_PINGING || !conn->hook_running) return PP_ESTATE;
+  conn->hook_running = false;
+  pp_pool_t *pool = conn->pool;
+  conn->read_cb = NULL;
+  if (status != 0) {
+    pool->stats.pings_failed++;
+    pp__conn_count_failure(conn, status < 0 ? status : PP_EPING);
+    conn->phase = PP_CONN_READY;
+    pp__conn_close(conn, PP_CLOSE_PING);
+    return 0;
+  }
+  conn->phase = PP_CONN_READY;
+  conn->last_used = uv_now(pool->loop);
+  if (pp__conn_lendable(conn)) {
+    pp__peer_mark_usable(conn->peer, conn);
+    pp__conn_available(conn);
+  }
+  return 0;
+}
+
+static void on_lifespan(uv_timer_t *timer) {
+  pp_conn_t *conn = timer->data;
+  conn->expired = true;
+  if (conn->leases == 0 && conn->phase == PP_CONN_READY)
+    pp__conn_close(conn, PP_CLOSE_LIFESPAN);
+  else
+    pp__peer_unmark_usable(conn->peer, conn);
+}
+
+static void conn_ready(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  uint64_t now = uv_now(pool->loop);
+  uv_timer_stop(&conn->timer);
+  conn->read_cb = NULL; /* a handshake hook's reader ends with the handshake */
+  set_phase(conn, PP_CONN_READY);
+  pool->stats.connects_ok++;
+  peer->failures = 0;
+  peer->retry_at = 0;
+  peer->ever_connected = true;
+  peer->last_success = pp__unix_now_ms();
+  if (peer->last_success > peer->last_seen) peer->last_seen = peer->last_success;
+  conn->created_at = (int64_t)now;
+  conn->last_used = now;
+  if (pool->opts.max_lifespan > 0) {
+    uint64_t life = (uint64_t)pool->opts.max_lifespan;
+    uint64_t jitter = life * (uint64_t)pool->opts.lifespan_jitter / 100;
+    if (jitter > 0) life -= pp__random(pool) % (jitter + 1);
+    conn->expires_at = (int64_t)(now + life);
+    uv_timer_start(&conn->timer, on_lifespan, life, 0);
+  }
+  uv_unref(&conn->h.handle); /* idle conns do not keep the loop alive */
+  pp__peer_update_state(peer);
+  pp__peer_mark_usable(peer, conn);
+  pp__conn_available(conn);
+}
+
+/* ---- leases ---------------------------------------------------------------------------- */
+
+bool pp__conn_lendable(const pp_conn_t *conn) {
+  return conn->phase == PP_CONN_READY && !conn->broken && !conn->expired &&
+         conn->leases < conn->pool->opts.client_limit;
+}
+
+void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
+  pp_peer_t *peer = conn->peer;
+  pp__peer_unmark_usable(peer, conn);
+  if (conn->leases++ == 0) {
+    conn->pool->active++;
+    uv_ref(&conn->h.handle);
+  }
+  peer->leases++;
+  pp__list_push(&conn->lease_list, &lease->qlink_);
+  lease->conn = conn;
+  lease->peer = peer;
+  conn->last_used = uv_now(conn->pool->loop);
+  if (pp__conn_lendable(conn)) pp__peer_mark_usable(peer, conn);
+}
+
+void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
+  pp_peer_t *peer = conn->peer;
+  pp__list_remove(&lease->qlink_);
+  lease->conn = NULL;
+  pp__peer_unmark_usable(peer, conn);
+  peer->leases--;
+  if (--conn->leases == 0) {
+    conn->read_cb = NULL; /* a reader does not outlive the last lease */
+    if (conn->phase != PP_CONN_CLOSED) {
+      conn->pool->active--;
+      uv_unref(&conn->h.handle);
+    }
+  }
+  conn->last_used = uv_now(conn->pool->loop);
+}
+
+/* Called when the last lease of a conn ends (status < 0: released as broken). Returns the conn
+ * to service, or closes it; frees a conn that was already closed. */
+void pp__conn_released(pp_conn_t *conn, int status) {
+  if (conn->phase == PP_CONN_CLOSED) {
+    conn_maybe_free(conn);
+    return;
+  }
+  if (status < 0) {
+    conn->broken = true;
+    pp__conn_count_failure(conn, status);
+  }
+  if (conn->leases > 0) {
+    if (pp__conn_lendable(conn)) {
+      pp__peer_mark_usable(conn->peer, conn);
+      pp__conn_available(conn);
+    }
+    return;
+  }
+  if (conn->broken) {
+    pp__conn_close(conn, PP_CLOSE_BROKEN);
+  } else if (conn->expired) {
+    pp__conn_close(conn, PP_CLOSE_LIFESPAN);
+  } else if (conn->phase == PP_CONN_READY) {
+    pp__peer_mark_usable(conn->peer, conn);
+    pp__conn_available(conn);
+  }
+}
+
+void pp__conn_count_failure(pp_conn_t *conn, int err) {
+  pp_peer_t *peer = conn->peer;
+  peer->failures++;
+  peer->last_error = err;
+  pp__peer_update_state(peer);
+}
+
+/* ---- reading --------------------------------------------------------------------------- */
+
+static void keep(pp_conn_t *conn, const char *data, size_t len) {
+  if (conn->kept_len + len > conn->kept_cap) {
+    size_t cap = conn->kept_cap ? conn->kept_cap : 4096;
+    while (cap < conn->kept_len + len) cap *= 2;
+    char *p = realloc(conn->kept, cap);
+    if (p == NULL) {
+      pp__conn_io_error(conn, UV_ENOMEM);
+      return;
+    }
+    conn->kept = p;
+    conn->kept_cap = cap;
+  }
+  memcpy(conn->kept + conn->kept_len, data, len);
+  conn->kept_len += len;
+  if (conn->kept_len >= PP__READ_KEEP_MAX && conn->reading) {
+    uv_read_stop(&conn->h.stream); /* backpressure until a reader drains it */
+    conn->reading = false;
+  }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  pp_conn_t *conn = stream->data;
+  pp_pool_t *pool = conn->pool;
+  if (nread == 0) return;
+  if (nread < 0) {
+    uv_read_stop(stream);
+    conn->reading = false;
+    pp__conn_io_error(conn, (int)nread);
+    return;
+  }
+  conn->bytes_in += (uint64_t)nread;
+  conn->peer->bytes_in += (uint64_t)nread;
+  pool->stats.bytes_in += (uint64_t)nread;
+  if (conn->read_cb && conn->kept_len == 0 && !conn->deliver_pending) {
+    conn->msgs_in++;
+    conn->peer->msgs_in++;
+    pool->stats.msgs_in++;
+    conn->read_cb(conn, nread, buf->base, conn->read_arg);
+    return;
+  }
+  keep(conn, buf->base, (size_t)nread);
+}
+
+/* The stream ended or failed. An idle conn just closes (the remote hung up: no failure); a
+ * leased one is closed as broken and counts a failure; a hook sees the error through its
+ * reader and decides. The error reaches the reader after any kept bytes. */
+void pp__conn_io_error(pp_conn_t *conn, int err) {
+  if (conn->broken) return;
+  conn->broken = true;
+  conn->last_error = err;
+  if (conn->phase == PP_CONN_HANDSHAKE || conn->phase == PP_CONN_PINGING) {
+    conn->kept_error = err;
+    if (conn->read_cb) pp__defer_conn(conn->pool, conn);
+    return;
+  }
+  if (conn->phase != PP_CONN_READY) return;
+  if (conn->leases == 0) {
+    pp__conn_close(conn, PP_CLOSE_REMOTE);
+    return;
+  }
+  pp__conn_count_failure(conn, err);
+  pp__conn_close(conn, PP_CLOSE_BROKEN);
+}
+
+int pp_conn_read_start(pp_conn_t *conn, pp_read_cb cb, void *arg) {
+  if (conn == NULL || cb == NULL) return PP_EINVAL;
+  if (conn->read_cb) return PP_ESTATE;
+  bool pending = conn->kept_len > 0 || conn->kept_error != 0;
+  if (conn->phase == PP_CONN_CLOSED && !pending) return PP_ECLOSED;
+  conn->read_cb = cb;
+  conn->read_arg = arg;
+  if (pending) {
+    pp__defer_conn(conn->pool, conn);
+  } else if (!conn->reading && conn->hstate == H_OPEN && !conn->broken) {
+    if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0) conn->reading = true;
+  }
+  return 0;
+}
+
+int pp_conn_read_stop(pp_conn_t *conn) {
+  if (conn) conn->read_cb = NULL;
+  return 0;
+}
+
+/* Hand kept bytes, then a kept error, to the reader (run from the defer queue). */
+void pp__conn_deliver_kept(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  conn->delivering = true;
+  if (conn->read_cb && conn->kept_len > 0) {
+    size_t len = conn->kept_len;
+    conn->kept_len = 0;
+    conn->msgs_in++;
+    conn->peer->msgs_in++;
+    pool->stats.msgs_in++;
+    /* The reader gets the buffer itself; nothing appends to it during the call. */
+    conn->read_cb(conn, (ssize_t)len, conn->kept, conn->read_arg);
+  }
+  if (conn->read_cb && conn->kept_len == 0 && conn->kept_error) {
+    pp_read_cb cb = conn->read_cb;
+    int err = conn->kept_error;
+    conn->read_cb = NULL;
+    conn->kept_error = 0;
+    cb(conn, err, NULL, conn->read_arg);
+  }
+  if (conn->read_cb && conn->kept_len > 0) pp__defer_conn(pool, conn); /* more arrived */
+  if (!conn->reading && conn->hstate == H_OPEN && !conn->broken &&
+      conn->kept_len < PP__READ_KEEP_MAX) {
+    if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0) conn->reading = true;
+  }
+  conn->delivering = false;
+  conn_maybe_free(conn);
+}
+
+/* ---- writing --------------------------------------------------------------------------- */
+
+static void on_write(uv_write_t *w, int status) {
+  pp_write_t *req = w->data;
+  pp_conn_t *conn = req->conn_;
+  if (status == 0) {
+    conn->bytes_out += req->bytes_;
+    conn->peer->bytes_out += req->bytes_;
+    conn->pool->stats.bytes_out += req->bytes_;
+    conn->msgs_out++;
+    conn->peer->msgs_out++;
+    conn->pool->stats.msgs_out++;
+  } else if (status != UV_ECANCELED) {
+    pp__conn_io_error(conn, status);
+  }
+  req->cb_(req, status);
+}
+
+int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs,
+                  pp_write_cb cb) {
+  if (req == NULL || conn == NULL || cb == NULL || (bufs == NULL && nbufs > 0)) return PP_EINVAL;
+  if (conn->phase == PP_CONN_CLOSED || conn->hstate != H_OPEN)
+    return conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
+  if (conn->phase != PP_CONN_READY && conn->phase != PP_CONN_HANDSHAKE &&
+      conn->phase != PP_CONN_PINGING)
+    return PP_ESTATE;
+  size_t bytes = 0;
+  for (unsigned int i = 0; i < nbufs; i++) bytes += bufs[i].len;
+  req->conn_ = conn;
+  req->cb_ = cb;
+  req->bytes_ = bytes;
+  req->uv_.data = req;
+  return uv_write(&req->uv_, &conn->h.stream, bufs, nbufs, on_write);
+}
+
+/* ---- closing --------------------------------------------------------------------------- */
+
+void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
+  if (conn->phase == PP_CONN_CLOSED) return;
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  if (conn->hook_running) {
+    conn->hook_running = false;
+    if (pool->policy.closed) pool->policy.closed(pool->policy.data, conn);
+  }
+  pp__peer_unmark_usable(peer, conn);
+  if (conn->owner) {
+    conn->owner->dial_ = NULL;
+    conn->owner = NULL;
+  }
+  bool was_open = conn->phase == PP_CONN_READY || conn->phase == PP_CONN_PINGING;
+  if (was_open) pool->stats.closed[reason]++;
+  if (was_open && conn->leases > 0) pool->active--;
+  set_phase(conn, PP_CONN_CLOSED);
+  peer->conns--;
+  pool->total--;
+  if (conn->read_cb) {
+    if (!conn->kept_error) conn->kept_error = conn->broken && conn->last_error ? conn->last_error
+                                                                                : PP_ECLOSED;
+    pp__defer_conn(pool, conn);
+  } else if (!conn->kept_error && conn->leases > 0) {
+    /* A lessee that starts reading later still learns why the conn ended. */
+    conn->kept_error = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
+  }
+  close_handle(conn, on_handle_closed);
+  if (conn->tstate == H_OPEN) {
+    conn->tstate = H_CLOSING;
+    uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
+  }
+  pp__peer_update_state(peer);
+  if (!pool->closing) pp__capacity_opened(pool, peer);
+}
+
+/* Burn `peer`: its waiters end with PP_EBURNED and its unleased conns close. */
+void pp__peer_burn(pp_peer_t *peer) {
+  pp_pool_t *pool = peer->pool;
+  peer->burned = true;
+  pp__peer_update_state(peer);
+  pp__fail_peer_waiters(peer, PP_EBURNED);
+  pp__link_t *l = peer->conns_list.next;
+  while (l != &peer->conns_list) {
+    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
+    l = l->next;
+    if (conn->leases > 0 || conn->phase == PP_CONN_CLOSED) continue;
+    if (conn->owner) pp__dial_failed(conn, PP_EBURNED);
+    pp__conn_close(conn, PP_CLOSE_CLOSED);
+  }
+  (void)pool;
+}
+
+/* ---- accessors ------------------------------------------------------------------------- */
+
+pp_peer_t *pp_conn_peer(const pp_conn_t *conn) { return conn->peer; }
+int pp_conn_leases(const pp_conn_t *conn) { return conn->leases; }
+int pp_conn_is_broken(const pp_conn_t *conn) {
+  return conn->broken || conn->phase == PP_CONN_CLOSED;
+}
+uint64_t pp_conn_idle_ms(const pp_conn_t *conn) {
+  uint64_t now = uv_now(conn->pool->loop);
+  return now > conn->last_used ? now - conn->last_used : 0;
+}
+void *pp_conn_get_data(const pp_conn_t *conn) { return conn->data; }
+void pp_conn_set_data(pp_conn_t *conn, void *data) { conn->data = data; }
+
+void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info) {
+  info->bytes_in = conn->bytes_in;
+  info->bytes_out = conn->bytes_out;
+  info->msgs_in = conn->msgs_in;
+  info->msgs_out = conn->msgs_out;
+  info->created_at = conn->created_at;
+  info->expires_at = conn->expires_at;
+}

@@ -1,0 +1,48 @@
+/* Error names and messages: ours from PP_ERRNO_MAP, libuv's passed through. */
+#include "peerpool.h"
+
+const char *pp_strerror(int err) {
+  switch (err) {
+#define PP__ERR_MSG(name, value, code, msg) \
+  case PP_##name:                           \
+    return msg;
+    PP_ERRNO_MAP(PP__ERR_MSG)
+#undef PP__ERR_MSG
+    case 0:
+      return "success";
+  }
+  return uv_strerror(err);
+}
+
+const char *pp_err_name(int err) {
+  switch (err) {
+#define PP__ERR_NAME(name, value, code, msg) \
+  case PP_##name:                            \
+    return code;
+    PP_ERRNO_MAP(PP__ERR_NAME)
+#undef PP__ERR_NAME
+    case 0:
+      return "ok";
+  }
+  return uv_err_name(err);
+}
+
+const char *pp_peer_state_name(pp_peer_state_t state) {
+  static const char *const names[] = {
+#define PP__STATE_NAME(name, str) str,
+      PP_PEER_STATE_MAP(PP__STATE_NAME)
+#undef PP__STATE_NAME
+  };
+  if ((unsigned)state >= PP_PEER_STATE_COUNT) return "unknown";
+  return names[state];
+}
+
+const char *pp_close_reason_name(pp_close_reason_t reason) {
+  static const char *const names[] = {
+#define PP__REASON_NAME(name, str) str,
+      PP_CLOSE_REASON_MAP(PP__REASON_NAME)
+#undef PP__REASON_NAME
+  };
+  if ((unsigned)reason >= PP_CLOSE_REASON_COUNT) return "unknown";
+  return names[reason];
+}

@@ -1,0 +1,256 @@
+/* Engine internals: the structs behind the opaque handles and the pp__ functions the engine
+ * files share. Nothing here is part of the public API. */
+#ifndef PP_INTERNAL_H
+#define PP_INTERNAL_H
+
+#include "peerpool.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* ---- intrusive doubly-linked list (circular, with a head node) ------------------------- */
+static inline void pp__list_init(pp__link_t *h) { h->next = h->prev = h; }
+static inline bool pp__list_empty(const pp__link_t *h) { return h->next == h; }
+static inline bool pp__linked(const pp__link_t *l) { return l->next != NULL; }
+static inline void pp__list_push(pp__link_t *h, pp__link_t *l) {
+  l->prev = h->prev;
+  l->next = h;
+  h->prev->next = l;
+  h->prev = l;
+}
+static inline void pp__list_remove(pp__link_t *l) {
+  l->prev->next = l->next;
+  l->next->prev = l->prev;
+  l->next = l->prev = NULL;
+}
+#define PP__CONTAINER(ptr, type, field) ((type *)((char *)(ptr) - offsetof(type, field)))
+
+/* ---- intrusive min-heap (pointer tree, O(log n) insert/remove of any node) ------------- */
+typedef int (*pp__heap_less_fn)(const pp__heap_node_t *a, const pp__heap_node_t *b);
+typedef struct {
+  pp__heap_node_t *min;
+  unsigned int n;
+  pp__heap_less_fn less;
+} pp__heap_t;
+
+void pp__heap_init(pp__heap_t *heap, pp__heap_less_fn less);
+void pp__heap_insert(pp__heap_t *heap, pp__heap_node_t *node);
+void pp__heap_remove(pp__heap_t *heap, pp__heap_node_t *node);
+
+/* ---- states ---------------------------------------------------------------------------- */
+typedef enum {
+  PP_LEASE_UNUSED = 0, /* zeroed, released, or completed with an error */
+  PP_LEASE_WAITING,    /* queued; may also own a dial */
+  PP_LEASE_DONE,       /* outcome decided, callback queued on the defer list */
+  PP_LEASE_GRANTED,    /* holds a conn */
+  PP_LEASE_DETACHED,   /* held a conn when the pool closed */
+} pp__lease_state_t;
+
+typedef enum {
+  PP_CONN_NEW = 0,    /* allocated, no attempt yet */
+  PP_CONN_DIALING,    /* connect in flight */
+  PP_CONN_BACKOFF,    /* waiting before the next attempt (no socket) */
+  PP_CONN_HANDSHAKE,  /* connected, handshake hook running */
+  PP_CONN_READY,      /* usable (if under client_limit and not broken) */
+  PP_CONN_PINGING,    /* ping hook running; not lendable */
+  PP_CONN_CLOSED,     /* handle closing or closed; memory kept while leases remain */
+} pp__conn_phase_t;
+
+typedef enum { PP_NOTICE_IDLE = 0, PP_NOTICE_ARMED, PP_NOTICE_DONE } pp__notice_state_t;
+
+/* A wait queue: FIFO lists, one per priority level. */
+typedef struct {
+  pp__link_t level[PP_PRIORITY_MAX + 1];
+  int count;
+} pp__queue_t;
+
+#define PP__READ_KEEP_MAX (64 * 1024)
+
+struct pp_conn_s {
+  pp_pool_t *pool;
+  pp_peer_t *peer;
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  uv_connect_t connect_req;
+  uv_timer_t timer;       /* attempt timeout, backoff, handshake timeout, then lifespan */
+  pp__conn_phase_t phase;
+  unsigned char hstate, tstate; /* h and timer: none, open, closing */
+  bool delivering;        /* inside a reader callback from the defer queue: do not free */
+  bool broken;            /* saw an I/O error or EOF; never lent again */
+  bool expired;           /* past max_lifespan; closes when its last lease ends */
+  bool reading;           /* uv_read_start is active */
+  bool deliver_pending;   /* on the defer list to hand kept bytes to the reader */
+  bool hook_running;      /* handshake/ping hook holds the conn */
+  int attempt;            /* connect attempts made by this dial */
+  int last_error;         /* socket error of the last attempt / I/O */
+  int leases;
+  pp__link_t lease_list;  /* leases holding this conn (their qlink_) */
+  pp_lease_t *owner;      /* the waiter this dial was started for (may be NULL) */
+  uint64_t attempt_started; /* loop ms */
+  uint64_t last_used;     /* loop ms when the lease count last changed */
+  int64_t created_at, expires_at;
+  pp__link_t bucket_link; /* in peer->buckets[leases] while usable */
+  pp__link_t idle_link;   /* in pool->idle while usable with no lease */
+  pp__link_t peer_link;   /* in peer->conns */
+  pp__link_t defer_link;  /* in pool->defer_conns while deliver_pending */
+  /* reader */
+  pp_read_cb read_cb;
+  void *read_arg;
+  char *kept;             /* bytes that arrived with no reader */
+  size_t kept_len, kept_cap;
+  int kept_error;         /* an end/error seen with no reader, delivered after kept bytes */
+  /* counters */
+  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  void *data;
+};
+
+struct pp_peer_s {
+  pp_pool_t *pool;
+  char *addr;              /* canonical */
+  struct sockaddr_storage sa; /* for TCP peers */
+  bool is_pipe;
+  bool burned;
+  bool ever_connected;
+  pp_peer_state_t state;
+  int conns;               /* every conn counted toward max_per_peer */
+  int dialing, backoff, handshaking; /* conns not yet ready, by phase */
+  int usable;              /* conns in the buckets */
+  int idle;
+  int leases;
+  int failures;            /* consecutive */
+  int last_error;
+  int64_t last_seen, last_success; /* Unix ms */
+  uint64_t retry_at;       /* loop ms */
+  uint64_t attempts;
+  double latency_ms;
+  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  pp__link_t conns_list;
+  /* usable conns by lease count: buckets[k] holds conns with k leases, oldest use first */
+  pp__link_t *buckets;
+  uint64_t *nonempty;      /* bitmap over buckets */
+  pp__queue_t waiters;
+  pp__link_t order_link;   /* pool->peers, insertion order */
+  pp__link_t usable_link;  /* pool->usable_peers while usable > 0 */
+  pp__link_t waiting_link; /* pool->waiting_peers while waiters.count > 0 */
+  pp_peer_t *hash_next;
+  void *data;
+};
+
+struct pp_pool_s {
+  uv_loop_t *loop;
+  pp_options_t opts;
+  pp_policy_t policy;
+  pp_state_cb state_cb;
+  void *data;
+  bool closing;
+  pp_close_cb close_cb;
+  int conn_handles;        /* conn handles not yet closed */
+  int own_handles;         /* the pool's own handles not yet closed */
+  bool own_closed;
+  /* peers */
+  pp_peer_t **table;
+  unsigned int table_size, npeers;
+  pp__link_t peers;
+  pp__link_t usable_peers; /* round-robin ring of peers with a usable conn */
+  pp__link_t waiting_peers;
+  pp_peer_t *dial_cursor;
+  /* conns */
+  int total;               /* conns counted toward max_total */
+  int dialing, idle_count, active; /* gauges: connecting, idle, leased conns */
+  pp__link_t idle;         /* usable conns with no lease, oldest first */
+  uv_timer_t idle_timer;
+  /* waiters */
+  pp__queue_t any_waiters;
+  pp__link_t notices;      /* armed notices */
+  int waiters;
+  uint64_t seq;
+  pp__heap_t deadlines;
+  uv_timer_t deadline_timer;
+  uint64_t deadline_armed; /* when deadline_timer fires, 0 = stopped */
+  /* deferred callbacks, run from a check handle (an idle handle keeps poll from blocking) */
+  pp__link_t defer_leases, defer_notices, defer_conns;
+  struct pp__event_s *events; /* peer state changes waiting for delivery (a ring) */
+  unsigned int events_head, events_len, events_cap;
+  uv_check_t defer_check;
+  uv_idle_t defer_idle;
+  bool defer_active;
+  /* scratch for policy candidates */
+  void **scratch;
+  int scratch_cap;
+  /* random */
+  uint64_t rng;
+  /* shared read buffer: reads are handled synchronously on the loop thread */
+  char read_buf[64 * 1024];
+  pp_stats_t stats;
+  double connect_latency_sum;
+};
+
+struct pp__event_s {
+  pp_peer_t *peer;
+  unsigned char from, to;
+};
+
+/* ---- pool.c ---------------------------------------------------------------------------- */
+void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status);
+void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status);
+void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn);
+void pp__undefer_conn(pp_pool_t *pool, pp_conn_t *conn);
+void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to);
+void pp__maybe_finish(pp_pool_t *pool);
+uint64_t pp__random(pp_pool_t *pool);
+void **pp__scratch(pp_pool_t *pool, int n);
+int64_t pp__unix_now_ms(void);
+void pp__idle_timer_arm(pp_pool_t *pool);
+
+/* ---- peer.c ---------------------------------------------------------------------------- */
+void pp__peer_update_state(pp_peer_t *peer);
+bool pp__peer_is_fresh(const pp_peer_t *peer);
+bool pp__peer_can_dial(const pp_peer_t *peer); /* not burned, fresh, under both limits */
+void pp__peer_free(pp_peer_t *peer);
+void pp__peer_mark_usable(pp_peer_t *peer, pp_conn_t *conn);
+void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn);
+pp_conn_t *pp__peer_best_conn(pp_peer_t *peer);
+int pp__peer_usable_conns(pp_peer_t *peer, pp_conn_t **out, int max);
+
+/* ---- addr.c ---------------------------------------------------------------------------- */
+/* Parse `addr` into a canonical string (malloc'd) and, for TCP, a sockaddr. */
+int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *sa, bool *is_pipe,
+                   const char **why);
+
+/* ---- conn.c ---------------------------------------------------------------------------- */
+int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out);
+void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason);
+void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease);
+void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease);
+void pp__conn_deliver_kept(pp_conn_t *conn);
+bool pp__conn_lendable(const pp_conn_t *conn);
+void pp__conn_count_failure(pp_conn_t *conn, int err);
+void pp__conn_released(pp_conn_t *conn, int status);
+void pp__conn_io_error(pp_conn_t *conn, int err);
+void pp__peer_burn(pp_peer_t *peer);
+
+/* ---- acquire.c ------------------------------------------------------------------------- */
+/* A conn became usable (connected, released, pinged): serve its owner or the next waiter,
+ * or fire notices. */
+void pp__conn_available(pp_conn_t *conn);
+/* A conn slot opened (conn closed): start dials for waiters that can use it. */
+void pp__capacity_opened(pp_pool_t *pool, pp_peer_t *peer);
+/* A dial ended without a conn: tell its owner. */
+void pp__dial_failed(pp_conn_t *conn, int status);
+void pp__lease_complete(pp_lease_t *lease, int status);
+void pp__fail_all_waiters(pp_pool_t *pool, int status);
+void pp__fail_peer_waiters(pp_peer_t *peer, int status);
+void pp__deadline_timer_cb(uv_timer_t *timer);
+void pp__fire_notices(pp_pool_t *pool, int status);
+
+/* ---- policy.c -------------------------------------------------------------------------- */
+pp_peer_t *pp__select_peer(pp_pool_t *pool, int dialing, const char *key);
+pp_conn_t *pp__select_conn(pp_peer_t *peer, const char *key);
+/* >= 0 ms to wait, or -1 to burn. */
+int64_t pp__backoff(pp_peer_t *peer, int attempt, int err);
+
+#endif

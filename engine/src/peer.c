@@ -1,0 +1,249 @@
+/* Peers: the address table, state derivation, and each peer's usable conns kept in lease-count
+ * buckets (a bucket queue), which makes the default selection — fewest leases, then longest
+ * idle — O(1) for every operation. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint32_t hash_str(const char *s) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static pp_peer_t *lookup(pp_pool_t *pool, const char *canonical) {
+  if (pool->table_size == 0) return NULL;
+  pp_peer_t *p = pool->table[hash_str(canonical) & (pool->table_size - 1)];
+  for (; p; p = p->hash_next)
+    if (strcmp(p->addr, canonical) == 0) return p;
+  return NULL;
+}
+
+static int table_insert(pp_pool_t *pool, pp_peer_t *peer) {
+  if ((pool->npeers + 1) * 4 > pool->table_size * 3) {
+    unsigned int size = pool->table_size ? pool->table_size * 2 : 16;
+    pp_peer_t **table = calloc(size, sizeof(*table));
+    if (table == NULL) return UV_ENOMEM;
+    for (unsigned int i = 0; i < pool->table_size; i++) {
+      pp_peer_t *p = pool->table[i];
+      while (p) {
+        pp_peer_t *next = p->hash_next;
+        uint32_t b = hash_str(p->addr) & (size - 1);
+        p->hash_next = table[b];
+        table[b] = p;
+        p = next;
+      }
+    }
+    free(pool->table);
+    pool->table = table;
+    pool->table_size = size;
+  }
+  uint32_t b = hash_str(peer->addr) & (pool->table_size - 1);
+  peer->hash_next = pool->table[b];
+  pool->table[b] = peer;
+  pool->npeers++;
+  return 0;
+}
+
+int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp_peer_t **out,
+                     const char **why) {
+  char *canonical;
+  struct sockaddr_storage sa;
+  bool is_pipe;
+  if (why) *why = NULL;
+  if (pool->closing) {
+    if (why) *why = "pool is closed";
+    return PP_ECLOSED;
+  }
+  if (last_seen_ms < 0) {
+    if (why) *why = "last_seen must be Unix time in ms >= 0 (0 = now)";
+    return PP_EINVAL;
+  }
+  int err = pp__addr_parse(addr, &canonical, &sa, &is_pipe, why);
+  if (err) return err;
+  if (last_seen_ms == 0) last_seen_ms = pp__unix_now_ms();
+  pp_peer_t *peer = lookup(pool, canonical);
+  if (peer) {
+    free(canonical);
+    if (last_seen_ms > peer->last_seen) peer->last_seen = last_seen_ms;
+    if (peer->burned) {
+      /* Re-adding is the one way back from burned: a fresh start. */
+      peer->burned = false;
+      peer->failures = 0;
+      peer->retry_at = 0;
+      pp__peer_update_state(peer);
+    }
+    if (out) *out = peer;
+    return 0;
+  }
+  peer = calloc(1, sizeof(*peer));
+  int limit = pool->opts.client_limit;
+  if (peer) {
+    peer->buckets = malloc((size_t)limit * sizeof(*peer->buckets));
+    peer->nonempty = calloc(((size_t)limit + 63) / 64, sizeof(uint64_t));
+  }
+  if (peer == NULL || peer->buckets == NULL || peer->nonempty == NULL) goto nomem;
+  peer->pool = pool;
+  peer->addr = canonical;
+  peer->sa = sa;
+  peer->is_pipe = is_pipe;
+  peer->last_seen = last_seen_ms;
+  peer->state = PP_PEER_KNOWN;
+  pp__list_init(&peer->conns_list);
+  for (int i = 0; i < limit; i++) pp__list_init(&peer->buckets[i]);
+  for (int i = 0; i <= PP_PRIORITY_MAX; i++) pp__list_init(&peer->waiters.level[i]);
+  if (table_insert(pool, peer) != 0) goto nomem;
+  pp__list_push(&pool->peers, &peer->order_link);
+  pool->stats.peers_by_state[PP_PEER_KNOWN]++;
+  if (out) *out = peer;
+  return 0;
+nomem:
+  if (peer) {
+    free(peer->buckets);
+    free(peer->nonempty);
+    free(peer);
+  }
+  free(canonical);
+  if (why) *why = "out of memory";
+  return UV_ENOMEM;
+}
+
+void pp__peer_free(pp_peer_t *peer) {
+  free(peer->addr);
+  free(peer->buckets);
+  free(peer->nonempty);
+  free(peer);
+}
+
+pp_peer_t *pp_pool_find_peer(pp_pool_t *pool, const char *addr) {
+  char *canonical;
+  struct sockaddr_storage sa;
+  bool is_pipe;
+  if (pp__addr_parse(addr, &canonical, &sa, &is_pipe, NULL) != 0) return NULL;
+  pp_peer_t *peer = lookup(pool, canonical);
+  free(canonical);
+  return peer;
+}
+
+int pp_pool_foreach_peer(pp_pool_t *pool, int (*fn)(pp_peer_t *, void *), void *arg) {
+  for (pp__link_t *l = pool->peers.next; l != &pool->peers;) {
+    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, order_link);
+    l = l->next;
+    int r = fn(peer, arg);
+    if (r) return r;
+  }
+  return 0;
+}
+
+/* ---- state: derived from the conns, never set by hand ---------------------------------- */
+
+static pp_peer_state_t derive_state(const pp_peer_t *peer) {
+  if (peer->burned) return PP_PEER_BURNED;
+  int ready = peer->conns - peer->dialing - peer->backoff - peer->handshaking;
+  if (ready > 0) return PP_PEER_READY;
+  if (peer->handshaking > 0) return PP_PEER_CONNECTED;
+  if (peer->dialing > 0) return PP_PEER_CONNECTING;
+  if (peer->backoff > 0 || peer->failures > 0) return PP_PEER_FAILED;
+  if (peer->ever_connected) return PP_PEER_DISCONNECTED;
+  return PP_PEER_KNOWN;
+}
+
+void pp__peer_update_state(pp_peer_t *peer) {
+  pp_peer_state_t to = derive_state(peer);
+  if (to == peer->state) return;
+  pp_pool_t *pool = peer->pool;
+  pp_peer_state_t from = peer->state;
+  peer->state = to;
+  pool->stats.peers_by_state[from]--;
+  pool->stats.peers_by_state[to]++;
+  pp__defer_event(pool, peer, from, to);
+}
+
+bool pp__peer_is_fresh(const pp_peer_t *peer) {
+  int64_t age = peer->pool->opts.max_address_age;
+  return age == 0 || pp__unix_now_ms() - peer->last_seen <= age;
+}
+
+bool pp__peer_can_dial(const pp_peer_t *peer) {
+  const pp_pool_t *pool = peer->pool;
+  return !peer->burned && !pool->closing && peer->conns < pool->opts.max_per_peer &&
+         pool->total < pool->opts.max_total && pp__peer_is_fresh(peer);
+}
+
+/* ---- usable conns ---------------------------------------------------------------------- */
+
+void pp__peer_mark_usable(pp_peer_t *peer, pp_conn_t *conn) {
+  pp_pool_t *pool = peer->pool;
+  int k = conn->leases;
+  pp__list_push(&peer->buckets[k], &conn->bucket_link);
+  peer->nonempty[k >> 6] |= (uint64_t)1 << (k & 63);
+  if (peer->usable++ == 0) pp__list_push(&pool->usable_peers, &peer->usable_link);
+  if (k == 0) {
+    pp__list_push(&pool->idle, &conn->idle_link);
+    pool->idle_count++;
+    peer->idle++;
+    pp__idle_timer_arm(pool);
+  }
+}
+
+void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn) {
+  if (!pp__linked(&conn->bucket_link)) return;
+  pp_pool_t *pool = peer->pool;
+  int k = conn->leases;
+  pp__list_remove(&conn->bucket_link);
+  if (pp__list_empty(&peer->buckets[k])) peer->nonempty[k >> 6] &= ~((uint64_t)1 << (k & 63));
+  if (--peer->usable == 0) pp__list_remove(&peer->usable_link);
+  if (pp__linked(&conn->idle_link)) {
+    pp__list_remove(&conn->idle_link);
+    pool->idle_count--;
+    peer->idle--;
+  }
+}
+
+pp_conn_t *pp__peer_best_conn(pp_peer_t *peer) {
+  if (peer->usable == 0) return NULL;
+  int words = (peer->pool->opts.client_limit + 63) / 64;
+  for (int w = 0; w < words; w++) {
+    if (peer->nonempty[w] == 0) continue;
+    int k = w * 64 + __builtin_ctzll(peer->nonempty[w]);
+    return PP__CONTAINER(peer->buckets[k].next, pp_conn_t, bucket_link);
+  }
+  return NULL;
+}
+
+int pp__peer_usable_conns(pp_peer_t *peer, pp_conn_t **out, int max) {
+  int n = 0, limit = peer->pool->opts.client_limit;
+  for (int k = 0; k < limit && n < max; k++)
+    for (pp__link_t *l = peer->buckets[k].next; l != &peer->buckets[k] && n < max; l = l->next)
+      out[n++] = PP__CONTAINER(l, pp_conn_t, bucket_link);
+  return n;
+}
+
+/* ---- accessors ------------------------------------------------------------------------- */
+
+void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info) {
+  info->addr = peer->addr;
+  info->state = peer->state;
+  info->conns = peer->conns;
+  info->idle = peer->idle;
+  info->leases = peer->leases;
+  info->waiters = peer->waiters.count;
+  info->failures = peer->failures;
+  info->last_seen = peer->last_seen;
+  info->last_success = peer->last_success;
+  info->retry_at = (int64_t)peer->retry_at;
+  info->attempts = peer->attempts;
+  info->latency_ms = peer->latency_ms;
+  info->bytes_in = peer->bytes_in;
+  info->bytes_out = peer->bytes_out;
+  info->msgs_in = peer->msgs_in;
+  info->msgs_out = peer->msgs_out;
+  info->last_error = peer->last_error;
+}
+
+const char *pp_peer_addr(const pp_peer_t *peer) { return peer->addr; }
+pp_peer_state_t pp_peer_state(const pp_peer_t *peer) { return peer->state; }
+pp_pool_t *pp_peer_pool(const pp_peer_t *peer) { return peer->pool; }
+void *pp_peer_get_data(const pp_peer_t *peer) { return peer->data; }
+void pp_peer_set_data(pp_peer_t *peer, void *data) { peer->data = data; }

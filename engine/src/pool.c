@@ -1,0 +1,322 @@
+/* The pool: creation, close, the deferred-callback queue, stats, small utilities. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void defer_run(uv_check_t *check);
+static void idle_timer_cb(uv_timer_t *timer);
+
+static int deadline_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
+  const pp_lease_t *x = PP__CONTAINER(a, pp_lease_t, heap_);
+  const pp_lease_t *y = PP__CONTAINER(b, pp_lease_t, heap_);
+  if (x->deadline_ != y->deadline_) return x->deadline_ < y->deadline_;
+  return x->seq_ < y->seq_;
+}
+
+static void queue_init(pp__queue_t *q) {
+  for (int i = 0; i <= PP_PRIORITY_MAX; i++) pp__list_init(&q->level[i]);
+  q->count = 0;
+}
+
+int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, const char **why) {
+  pp_options_t defaults;
+  if (why) *why = NULL;
+  if (loop == NULL || out == NULL) {
+    if (why) *why = loop == NULL ? "loop must not be NULL" : "pool must not be NULL";
+    return PP_EINVAL;
+  }
+  if (opts == NULL) {
+    pp_options_init(&defaults);
+    opts = &defaults;
+  }
+  int err = pp_options_validate(opts, why);
+  if (err) return err;
+  pp_pool_t *pool = calloc(1, sizeof(*pool));
+  if (pool == NULL) return UV_ENOMEM;
+  pool->loop = loop;
+  pool->opts = *opts;
+  pp__list_init(&pool->peers);
+  pp__list_init(&pool->usable_peers);
+  pp__list_init(&pool->waiting_peers);
+  pp__list_init(&pool->idle);
+  pp__list_init(&pool->notices);
+  pp__list_init(&pool->defer_leases);
+  pp__list_init(&pool->defer_notices);
+  pp__list_init(&pool->defer_conns);
+  queue_init(&pool->any_waiters);
+  pp__heap_init(&pool->deadlines, deadline_less);
+  pool->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)pool ^ 0x9E3779B97F4A7C15ull;
+  if (pool->rng == 0) pool->rng = 1;
+  uv_timer_init(loop, &pool->idle_timer);
+  uv_timer_init(loop, &pool->deadline_timer);
+  uv_check_init(loop, &pool->defer_check);
+  uv_idle_init(loop, &pool->defer_idle);
+  pool->idle_timer.data = pool;
+  pool->deadline_timer.data = pool;
+  pool->defer_check.data = pool;
+  pool->defer_idle.data = pool;
+  /* Idle conns must not keep a program alive (as Node's agent unrefs free sockets). */
+  uv_unref((uv_handle_t *)&pool->idle_timer);
+  pool->own_handles = 4;
+  *out = pool;
+  return 0;
+}
+
+/* ---- deferred callbacks: run in the check phase, so never inside the caller's call ----- */
+
+static void defer_idle_cb(uv_idle_t *idle) { (void)idle; }
+
+static void defer_wake(pp_pool_t *pool) {
+  if (pool->defer_active) return;
+  pool->defer_active = true;
+  uv_check_start(&pool->defer_check, defer_run);
+  /* An active idle handle makes the poll phase return at once, so the check runs soon. */
+  uv_idle_start(&pool->defer_idle, defer_idle_cb);
+}
+
+void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status) {
+  lease->state_ = PP_LEASE_DONE;
+  lease->status_ = status;
+  pp__list_push(&pool->defer_leases, &lease->dlink_);
+  defer_wake(pool);
+}
+
+void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status) {
+  notice->state_ = PP_NOTICE_DONE;
+  notice->status_ = status;
+  pp__list_push(&pool->defer_notices, &notice->dlink_);
+  defer_wake(pool);
+}
+
+void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn) {
+  if (conn->deliver_pending) return;
+  conn->deliver_pending = true;
+  pp__list_push(&pool->defer_conns, &conn->defer_link);
+  defer_wake(pool);
+}
+
+void pp__undefer_conn(pp_pool_t *pool, pp_conn_t *conn) {
+  if (!conn->deliver_pending) return;
+  conn->deliver_pending = false;
+  pp__list_remove(&conn->defer_link);
+}
+
+void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to) {
+  if (pool->state_cb == NULL) return;
+  if (pool->events_len == pool->events_cap) {
+    unsigned int cap = pool->events_cap ? pool->events_cap * 2 : 16;
+    struct pp__event_s *ev = malloc(cap * sizeof(*ev));
+    if (ev == NULL) return; /* An event lost to OOM beats a crash; state stays correct. */
+    for (unsigned int i = 0; i < pool->events_len; i++)
+      ev[i] = pool->events[(pool->events_head + i) % pool->events_cap];
+    free(pool->events);
+    pool->events = ev;
+    pool->events_cap = cap;
+    pool->events_head = 0;
+  }
+  struct pp__event_s *e = &pool->events[(pool->events_head + pool->events_len) % pool->events_cap];
+  e->peer = peer;
+  e->from = (unsigned char)from;
+  e->to = (unsigned char)to;
+  pool->events_len++;
+  defer_wake(pool);
+}
+
+static void splice(pp__link_t *from, pp__link_t *to) {
+  pp__list_init(to);
+  if (pp__list_empty(from)) return;
+  to->next = from->next;
+  to->prev = from->prev;
+  to->next->prev = to;
+  to->prev->next = to;
+  pp__list_init(from);
+}
+
+/* Run what was queued before this pass; what callbacks queue now runs on the next pass, so
+ * a callback that re-acquires in a loop cannot starve I/O. */
+static void defer_run(uv_check_t *check) {
+  pp_pool_t *pool = check->data;
+  pp__link_t leases, notices, conns;
+  unsigned int nevents = pool->events_len;
+  splice(&pool->defer_leases, &leases);
+  splice(&pool->defer_notices, &notices);
+  splice(&pool->defer_conns, &conns);
+
+  for (; nevents > 0 && pool->events_len > 0; nevents--) {
+    struct pp__event_s e = pool->events[pool->events_head];
+    pool->events_head = (pool->events_head + 1) % pool->events_cap;
+    pool->events_len--;
+    if (pool->state_cb) pool->state_cb(pool, e.peer, e.from, e.to);
+  }
+  while (!pp__list_empty(&conns)) {
+    pp_conn_t *conn = PP__CONTAINER(conns.next, pp_conn_t, defer_link);
+    pp__list_remove(&conn->defer_link);
+    conn->deliver_pending = false;
+    pp__conn_deliver_kept(conn);
+  }
+  while (!pp__list_empty(&leases)) {
+    pp_lease_t *lease = PP__CONTAINER(leases.next, pp_lease_t, dlink_);
+    pp__list_remove(&lease->dlink_);
+    int status = lease->status_;
+    lease->state_ = status == 0 ? PP_LEASE_GRANTED : PP_LEASE_UNUSED;
+    lease->cb_(lease, status);
+  }
+  while (!pp__list_empty(&notices)) {
+    pp_notice_t *notice = PP__CONTAINER(notices.next, pp_notice_t, dlink_);
+    pp__list_remove(&notice->dlink_);
+    notice->state_ = PP_NOTICE_IDLE;
+    notice->cb_(notice, notice->status_);
+  }
+  if (pp__list_empty(&pool->defer_leases) && pp__list_empty(&pool->defer_notices) &&
+      pp__list_empty(&pool->defer_conns) && pool->events_len == 0) {
+    pool->defer_active = false;
+    uv_check_stop(&pool->defer_check);
+    uv_idle_stop(&pool->defer_idle);
+  }
+  pp__maybe_finish(pool);
+}
+
+/* ---- close ----------------------------------------------------------------------------- */
+
+static void own_handle_closed(uv_handle_t *handle) {
+  pp_pool_t *pool = handle->data;
+  if (--pool->own_handles > 0) return;
+  pp_close_cb cb = pool->close_cb;
+  if (cb) cb(pool);
+  /* Free everything: peers own their conns' memory only through the lists, and every conn
+   * was freed when its handles closed (leases were detached at close). */
+  while (!pp__list_empty(&pool->peers)) {
+    pp_peer_t *peer = PP__CONTAINER(pool->peers.next, pp_peer_t, order_link);
+    pp__list_remove(&peer->order_link);
+    pp__peer_free(peer);
+  }
+  free(pool->table);
+  free(pool->scratch);
+  free(pool->events);
+  free(pool);
+}
+
+void pp__maybe_finish(pp_pool_t *pool) {
+  if (!pool->closing || pool->own_closed || pool->conn_handles > 0 || pool->defer_active) return;
+  pool->own_closed = true;
+  uv_close((uv_handle_t *)&pool->idle_timer, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->deadline_timer, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->defer_check, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->defer_idle, own_handle_closed);
+}
+
+int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
+  if (pool == NULL) return PP_EINVAL;
+  if (pool->closing) return PP_ECLOSED;
+  pool->closing = true;
+  pool->close_cb = cb;
+  uv_timer_stop(&pool->idle_timer);
+  uv_timer_stop(&pool->deadline_timer);
+  pp__fail_all_waiters(pool, PP_ECLOSED);
+  pp__fire_notices(pool, PP_ECLOSED);
+  /* Close every conn; detach the leases still holding one. */
+  pp__link_t *pl;
+  for (pl = pool->peers.next; pl != &pool->peers; pl = pl->next) {
+    pp_peer_t *peer = PP__CONTAINER(pl, pp_peer_t, order_link);
+    pp__link_t *cl = peer->conns_list.next;
+    while (cl != &peer->conns_list) {
+      pp_conn_t *conn = PP__CONTAINER(cl, pp_conn_t, peer_link);
+      cl = cl->next; /* the conn may be freed below */
+      while (!pp__list_empty(&conn->lease_list)) {
+        pp_lease_t *lease = PP__CONTAINER(conn->lease_list.next, pp_lease_t, qlink_);
+        pp__list_remove(&lease->qlink_);
+        lease->conn = NULL;
+        if (lease->state_ == PP_LEASE_DONE)
+          lease->status_ = PP_ECLOSED; /* granted, callback not yet run */
+        else
+          lease->state_ = PP_LEASE_DETACHED;
+        conn->leases--;
+      }
+      pp__conn_close(conn, PP_CLOSE_CLOSED);
+    }
+  }
+  pp__maybe_finish(pool);
+  return 0;
+}
+
+int pp_pool_is_closing(const pp_pool_t *pool) { return pool->closing; }
+uv_loop_t *pp_pool_loop(const pp_pool_t *pool) { return pool->loop; }
+const pp_options_t *pp_pool_options(const pp_pool_t *pool) { return &pool->opts; }
+void *pp_pool_get_data(const pp_pool_t *pool) { return pool->data; }
+void pp_pool_set_data(pp_pool_t *pool, void *data) { pool->data = data; }
+
+void pp_pool_set_policy(pp_pool_t *pool, const pp_policy_t *policy) {
+  if (policy)
+    pool->policy = *policy;
+  else
+    memset(&pool->policy, 0, sizeof(pool->policy));
+}
+
+void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb) { pool->state_cb = cb; }
+
+/* ---- idle sweep: one timer for the whole pool, armed for the oldest idle conn ---------- */
+
+void pp__idle_timer_arm(pp_pool_t *pool) {
+  if (pool->opts.idle_timeout == 0 || pool->closing || pp__list_empty(&pool->idle)) return;
+  if (uv_is_active((uv_handle_t *)&pool->idle_timer)) return;
+  pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
+  uint64_t due = oldest->last_used + (uint64_t)pool->opts.idle_timeout;
+  uint64_t now = uv_now(pool->loop);
+  uv_timer_start(&pool->idle_timer, idle_timer_cb, due > now ? due - now : 0, 0);
+}
+
+static void idle_timer_cb(uv_timer_t *timer) {
+  pp_pool_t *pool = timer->data;
+  uint64_t now = uv_now(pool->loop);
+  while (!pp__list_empty(&pool->idle)) {
+    pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
+    if (oldest->last_used + (uint64_t)pool->opts.idle_timeout > now) break;
+    pp__conn_close(oldest, PP_CLOSE_IDLE);
+  }
+  pp__idle_timer_arm(pool);
+}
+
+/* ---- stats ----------------------------------------------------------------------------- */
+
+void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *s) {
+  *s = pool->stats;
+  s->conns = pool->total;
+  s->idle = pool->idle_count;
+  s->active = pool->active;
+  s->connecting = pool->dialing;
+  s->waiters = pool->waiters;
+  s->peers = (int)pool->npeers;
+  s->connect_latency_ms_avg =
+      pool->stats.connects_ok ? pool->connect_latency_sum / (double)pool->stats.connects_ok : 0;
+}
+
+/* ---- utilities ------------------------------------------------------------------------- */
+
+uint64_t pp__random(pp_pool_t *pool) {
+  /* xorshift64*: fast, and good enough for jitter. */
+  uint64_t x = pool->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  pool->rng = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+void **pp__scratch(pp_pool_t *pool, int n) {
+  if (n > pool->scratch_cap) {
+    int cap = pool->scratch_cap ? pool->scratch_cap : 16;
+    while (cap < n) cap *= 2;
+    void **p = realloc(pool->scratch, (size_t)cap * sizeof(void *));
+    if (p == NULL) return NULL;
+    pool->scratch = p;
+    pool->scratch_cap = cap;
+  }
+  return pool->scratch;
+}
+
+int64_t pp__unix_now_ms(void) {
+  uv_timeval64_t tv;
+  if (uv_gettimeofday(&tv) != 0) return 0;
+  return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}

@@ -1,0 +1,23 @@
+#!/bin/sh
+# Install the Debian packages peerpool needs, if any is missing. Runs as root (or via sudo);
+# otherwise says what to install and stops.
+set -e
+PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
+lua-busted luarocks lua-check libreadline-dev"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "peerpool: installing missing Debian packages:$missing"
+if [ "$(id -u)" = 0 ]; then SUDO=""
+elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"
+else
+  echo "peerpool: need root to install:$missing" >&2
+  echo "  run: apt-get install -y --no-install-recommends$missing" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $missing

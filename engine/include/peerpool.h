@@ -102,8 +102,10 @@ typedef struct {
   int64_t handshake_timeout; /* for the handshake hook, > 0 (5000) */
   int64_t max_address_age;   /* peers whose last_seen is older are not dialled; 0 = no limit
                                 (3 h) */
-  int64_t ping_after;        /* ping a conn idle this long before lending it; 0 = never (0) */
-  int64_t keepalive;         /* ping idle conns this often; 0 = never (0) */
+  int64_t ping_after;        /* with a ping hook: ping a conn idle this long before lending it;
+                                0 = never (0) */
+  int64_t keepalive;         /* with a ping hook: ping conns idle this long, checked this often;
+                                0 = never (0). A ping has handshake_timeout to complete. */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */
@@ -231,7 +233,10 @@ void pp_pool_set_data(pp_pool_t *pool, void *data);
  * decision; conns are untouched. */
 void pp_pool_set_policy(pp_pool_t *pool, const pp_policy_t *policy);
 
-/* Report every peer state transition to `cb` (NULL to stop). */
+/* Report every peer state transition to `cb` (NULL to stop). Transitions are delivered in
+ * order on a later loop tick (never inside the engine call that caused them, so the callback
+ * may call into the pool freely); by then the peer may have moved on, so trust `to`, not
+ * pp_peer_state(). */
 void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
 
 /* ------------------------------------------------------------------------------------------

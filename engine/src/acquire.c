@@ -257,14 +257,21 @@ static void lease_reset(pp_lease_t *lease, pp_pool_t *pool, pp_peer_t *peer,
   lease->state_ = PP_LEASE_UNUSED;
 }
 
+/* The conn to lend now, or NULL. A conn that idled past ping_after is sent for a ping first
+ * (it serves a waiter when the ping succeeds) and the search goes on. */
 static pp_conn_t *find_usable(pp_pool_t *pool, pp_peer_t *peer, const char *key) {
-  if (peer == NULL) {
-    if (pp__list_empty(&pool->usable_peers)) return NULL;
-    peer = pp__select_peer(pool, 0, key);
-    if (peer == NULL) return NULL;
+  for (;;) {
+    pp_peer_t *p = peer;
+    if (p == NULL) {
+      if (pp__list_empty(&pool->usable_peers)) return NULL;
+      p = pp__select_peer(pool, 0, key);
+    }
+    if (p == NULL || p->usable == 0) return NULL;
+    pp_conn_t *conn = pp__select_conn(p, key);
+    if (!pool->policy.ping || !pp__conn_needs_ping(conn, (uint64_t)pool->opts.ping_after))
+      return conn;
+    pp__conn_ping(conn);
   }
-  if (peer->usable == 0) return NULL;
-  return pp__select_conn(peer, key);
 }
 
 int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,

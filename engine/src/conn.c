@@ -260,20 +260,48 @@ int pp_conn_handshake_done(pp_conn_t *conn, int status) {
   return 0;
 }
 
+/* (Re)arm the lifespan timer for what is left of the conn's life. */
+static void arm_lifespan(pp_conn_t *conn);
+
+static void on_ping_timeout(uv_timer_t *timer) {
+  pp_conn_t *conn = timer->data;
+  if (conn->phase != PP_CONN_PINGING) return;
+  conn->pool->stats.pings_failed++;
+  pp__conn_count_failure(conn, PP_ETIMEDOUT);
+  pp__conn_close(conn, PP_CLOSE_PING); /* tells the hook through `closed` */
+}
+
+bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms) {
+  const pp_pool_t *pool = conn->pool;
+  return pool->policy.ping && conn->leases == 0 && idle_ms > 0 &&
+         uv_now(pool->loop) - conn->last_used >= idle_ms;
+}
+
+void pp__conn_ping(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  pp__peer_unmark_usable(conn->peer, conn);
+  conn->phase = PP_CONN_PINGING;
+  conn->hook_running = true;
+  pool->stats.pings++;
+  uv_timer_start(&conn->timer, on_ping_timeout, (uint64_t)pool->opts.handshake_timeout, 0);
+  pool->policy.ping(pool->policy.data, conn);
+}
+
 int pp_conn_ping_done(pp_conn_t *conn, int status) {
   if (conn == NULL || conn->phase != PP_CONN_PINGING || !conn->hook_running) return PP_ESTATE;
-  conn->hook_running = false;
   pp_pool_t *pool = conn->pool;
-  conn->read_cb = NULL;
+  conn->hook_running = false;
+  conn->read_cb = NULL; /* the hook's reader ends with the ping */
+  uv_timer_stop(&conn->timer);
+  conn->phase = PP_CONN_READY;
   if (status != 0) {
     pool->stats.pings_failed++;
     pp__conn_count_failure(conn, status < 0 ? status : PP_EPING);
-    conn->phase = PP_CONN_READY;
     pp__conn_close(conn, PP_CLOSE_PING);
     return 0;
   }
-  conn->phase = PP_CONN_READY;
   conn->last_used = uv_now(pool->loop);
+  arm_lifespan(conn);
   if (pp__conn_lendable(conn)) {
     pp__peer_mark_usable(conn->peer, conn);
     pp__conn_available(conn);
@@ -288,6 +316,13 @@ static void on_lifespan(uv_timer_t *timer) {
     pp__conn_close(conn, PP_CLOSE_LIFESPAN);
   else
     pp__peer_unmark_usable(conn->peer, conn);
+}
+
+static void arm_lifespan(pp_conn_t *conn) {
+  if (conn->expires_at == 0) return;
+  uint64_t now = uv_now(conn->pool->loop);
+  uint64_t at = (uint64_t)conn->expires_at;
+  uv_timer_start(&conn->timer, on_lifespan, at > now ? at - now : 0, 0);
 }
 
 static void conn_ready(pp_conn_t *conn) {
@@ -310,7 +345,7 @@ static void conn_ready(pp_conn_t *conn) {
     uint64_t jitter = life * (uint64_t)pool->opts.lifespan_jitter / 100;
     if (jitter > 0) life -= pp__random(pool) % (jitter + 1);
     conn->expires_at = (int64_t)(now + life);
-    uv_timer_start(&conn->timer, on_lifespan, life, 0);
+    arm_lifespan(conn);
   }
   uv_unref(&conn->h.handle); /* idle conns do not keep the loop alive */
   pp__peer_update_state(peer);

@@ -163,6 +163,7 @@ struct pp_pool_s {
   int dialing, idle_count, active; /* gauges: connecting, idle, leased conns */
   pp__link_t idle;         /* usable conns with no lease, oldest first */
   uv_timer_t idle_timer;
+  uv_timer_t keepalive_timer;
   /* waiters */
   pp__queue_t any_waiters;
   pp__link_t notices;      /* armed notices */
@@ -230,6 +231,9 @@ void pp__conn_deliver_kept(pp_conn_t *conn);
 bool pp__conn_lendable(const pp_conn_t *conn);
 void pp__conn_count_failure(pp_conn_t *conn, int err);
 void pp__conn_released(pp_conn_t *conn, int status);
+/* Whether an unleased conn has idled `idle_ms` (> 0) and a ping hook is installed. */
+bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms);
+void pp__conn_ping(pp_conn_t *conn);
 void pp__conn_io_error(pp_conn_t *conn, int err);
 void pp__peer_burn(pp_peer_t *peer);
 

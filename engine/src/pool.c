@@ -6,6 +6,7 @@
 
 static void defer_run(uv_check_t *check);
 static void idle_timer_cb(uv_timer_t *timer);
+static void keepalive_timer_cb(uv_timer_t *timer);
 
 static int deadline_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
   const pp_lease_t *x = PP__CONTAINER(a, pp_lease_t, heap_);
@@ -50,15 +51,21 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   if (pool->rng == 0) pool->rng = 1;
   uv_timer_init(loop, &pool->idle_timer);
   uv_timer_init(loop, &pool->deadline_timer);
+  uv_timer_init(loop, &pool->keepalive_timer);
   uv_check_init(loop, &pool->defer_check);
   uv_idle_init(loop, &pool->defer_idle);
   pool->idle_timer.data = pool;
   pool->deadline_timer.data = pool;
+  pool->keepalive_timer.data = pool;
   pool->defer_check.data = pool;
   pool->defer_idle.data = pool;
   /* Idle conns must not keep a program alive (as Node's agent unrefs free sockets). */
   uv_unref((uv_handle_t *)&pool->idle_timer);
-  pool->own_handles = 4;
+  uv_unref((uv_handle_t *)&pool->keepalive_timer);
+  if (opts->keepalive > 0)
+    uv_timer_start(&pool->keepalive_timer, keepalive_timer_cb, (uint64_t)opts->keepalive,
+                   (uint64_t)opts->keepalive);
+  pool->own_handles = 5;
   *out = pool;
   return 0;
 }
@@ -202,6 +209,7 @@ void pp__maybe_finish(pp_pool_t *pool) {
   pool->own_closed = true;
   uv_close((uv_handle_t *)&pool->idle_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->deadline_timer, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->keepalive_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_check, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_idle, own_handle_closed);
 }
@@ -213,6 +221,7 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
   pool->close_cb = cb;
   uv_timer_stop(&pool->idle_timer);
   uv_timer_stop(&pool->deadline_timer);
+  uv_timer_stop(&pool->keepalive_timer);
   pp__fail_all_waiters(pool, PP_ECLOSED);
   pp__fire_notices(pool, PP_ECLOSED);
   /* Close every conn; detach the leases still holding one. */
@@ -275,6 +284,19 @@ static void idle_timer_cb(uv_timer_t *timer) {
     pp__conn_close(oldest, PP_CLOSE_IDLE);
   }
   pp__idle_timer_arm(pool);
+}
+
+/* Ping every conn that has idled `keepalive` ms. The idle list is oldest first, so the walk
+ * stops at the first conn that idled less. */
+static void keepalive_timer_cb(uv_timer_t *timer) {
+  pp_pool_t *pool = timer->data;
+  if (pool->policy.ping == NULL) return;
+  uint64_t idle_ms = (uint64_t)pool->opts.keepalive;
+  while (!pp__list_empty(&pool->idle)) {
+    pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
+    if (!pp__conn_needs_ping(oldest, idle_ms)) break;
+    pp__conn_ping(oldest); /* leaves the idle list */
+  }
 }
 
 /* ---- stats ----------------------------------------------------------------------------- */

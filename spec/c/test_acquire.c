@@ -1,0 +1,518 @@
+/* Acquire, try_acquire, release and cancel. */
+#include "servers.h"
+#include "test.h"
+
+typedef struct {
+  pp_pool_t *pool;
+  srv_t *srv;
+  pp_peer_t *peer;
+} fixture_t;
+
+static fixture_t echo_fixture(pp_options_t *o) {
+  fixture_t f;
+  pp_options_t d;
+  if (o == NULL) {
+    test_options(&d);
+    o = &d;
+  }
+  f.srv = srv_echo_start(NULL);
+  f.pool = test_pool(o);
+  f.peer = test_peer(f.pool, srv_addr(f.srv));
+  return f;
+}
+
+static void fixture_end(fixture_t *f) {
+  test_finish(f->pool);
+  srv_stop(f->srv);
+}
+
+TEST(acquire_named_peer) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  int rc = test_acquire_start(f.pool, &l, &r, f.peer, NULL);
+  ASSERT_OK(rc);
+  ASSERT_EQ(r.calls, 0); /* never inside the call */
+  RUN_UNTIL(r.calls == 1, 3000);
+  ASSERT_OK(r.status);
+  ASSERT_NOT_NULL(l.conn);
+  ASSERT_PTR_EQ(l.peer, f.peer);
+  ASSERT_PTR_EQ(pp_conn_peer(l.conn), f.peer);
+  ASSERT_EQ(pp_conn_leases(l.conn), 1);
+  ASSERT_EQ(pp_conn_is_broken(l.conn), 0);
+  ASSERT_EQ(srv_accepted(f.srv) <= 1, 1);
+  RUN_UNTIL(srv_accepted(f.srv) == 1, 2000);
+  ASSERT_OK(pp_release(&l, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_any_peer) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, NULL, NULL));
+  ASSERT_NOT_NULL(l.conn);
+  ASSERT_PTR_EQ(l.peer, f.peer);
+  ASSERT_OK(pp_release(&l, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_any_peer_spreads_over_ready_peers) {
+  /* Two echo servers and max_per_peer = 1: two held acquires without a peer must land on
+   * both peers. */
+  srv_t *s1 = srv_echo_start(NULL), *s2 = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *p1 = test_peer(pool, srv_addr(s1));
+  pp_peer_t *p2 = test_peer(pool, srv_addr(s2));
+  pp_lease_t a, b;
+  test_rec_t ra, rb;
+  ASSERT_OK(test_acquire_wait(pool, &a, &ra, NULL, NULL));
+  ASSERT_OK(test_acquire_wait(pool, &b, &rb, NULL, NULL));
+  /* max_per_peer = 1: the second must go to the other peer. */
+  ASSERT_PTR_NE(a.peer, b.peer);
+  ASSERT(a.peer == p1 || a.peer == p2);
+  ASSERT(b.peer == p1 || b.peer == p2);
+  ASSERT_OK(pp_release(&a, 0));
+  ASSERT_OK(pp_release(&b, 0));
+  test_finish(pool);
+  srv_stop(s1);
+  srv_stop(s2);
+}
+
+TEST(acquire_any_peer_without_peers_is_no_peer) {
+  pp_pool_t *pool = test_pool(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  int rc = test_acquire_start(pool, &l, &r, NULL, NULL);
+  if (rc == 0) {
+    RUN_UNTIL(r.calls == 1, 3000);
+    ASSERT_ERR(r.status, PP_ENOPEER);
+  } else {
+    ASSERT_ERR(rc, PP_ENOPEER);
+    test_run_for(20);
+    ASSERT_EQ(r.calls, 0);
+  }
+  test_finish(pool);
+}
+
+TEST(acquire_any_peer_skips_stale_addresses) {
+  /* Peers whose last_seen is older than max_address_age are not dialled. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_address_age = 60000;
+  pp_pool_t *pool = test_pool(&o);
+  ASSERT_OK(pp_pool_add_peer(pool, srv_addr(srv), test_unix_ms() - 3600000, NULL, NULL));
+  pp_lease_t l;
+  test_rec_t r;
+  int rc = test_acquire_start(pool, &l, &r, NULL, NULL);
+  if (rc == 0) {
+    RUN_UNTIL(r.calls == 1, 3000);
+    ASSERT_ERR(r.status, PP_ENOPEER);
+  } else {
+    ASSERT_ERR(rc, PP_ENOPEER);
+  }
+  test_run_for(20);
+  ASSERT_EQ(srv_accepted(srv), 0);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 0);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(acquire_callback_not_inside_call_when_idle_conn) {
+  /* Even when an idle conn could be handed over at once, the callback is deferred. */
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL)); /* asserts in the callback */
+  ASSERT_EQ(r.calls, 0);
+  RUN_UNTIL(r.calls == 1, 1000);
+  ASSERT_OK(r.status);
+  ASSERT_OK(pp_release(&l, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_release_reuses_the_conn) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  pp_conn_t *c = l.conn;
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_NULL(l.conn);
+  for (int i = 0; i < 5; i++) {
+    ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+    ASSERT_PTR_EQ(l.conn, c);
+    ASSERT_OK(pp_release(&l, 0));
+  }
+  test_run_for(30);
+  ASSERT_EQ(srv_accepted(f.srv), 1);
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.conns, 1);
+  ASSERT_EQ(s.idle, 1);
+  ASSERT_EQ(s.releases, 6);
+  ASSERT_EQ(s.connects_ok, 1);
+  fixture_end(&f);
+}
+
+TEST(acquire_released_lease_can_be_reused_as_is) {
+  /* "Zero it (or reuse a released one) before pp_acquire." */
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  r.calls = 0;
+  ASSERT_OK(CALL(pp_acquire(f.pool, &l, f.peer, NULL, test_acquire_cb)));
+  RUN_UNTIL(r.calls == 1, 1000);
+  ASSERT_OK(r.status);
+  ASSERT_OK(pp_release(&l, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_try_acquire_eagain_when_nothing_idle) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  memset(&l, 0, sizeof l);
+  ASSERT_ERR(pp_try_acquire(f.pool, &l, f.peer, NULL), PP_EAGAIN);
+  ASSERT_NULL(l.conn);
+  ASSERT_ERR(pp_try_acquire(f.pool, &l, NULL, NULL), PP_EAGAIN);
+  /* It neither waits nor dials. */
+  test_run_for(30);
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.connect_attempts, 0);
+  ASSERT_EQ(s.connecting, 0);
+  ASSERT_EQ(s.waiters, 0);
+  ASSERT_EQ(srv_accepted(f.srv), 0);
+  fixture_end(&f);
+}
+
+TEST(acquire_try_acquire_eagain_when_all_busy) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l, t;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  memset(&t, 0, sizeof t);
+  ASSERT_ERR(pp_try_acquire(f.pool, &t, f.peer, NULL), PP_EAGAIN);
+  ASSERT_OK(pp_release(&l, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_try_acquire_grants_idle_conn_synchronously) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  pp_conn_t *c = l.conn;
+  ASSERT_OK(pp_release(&l, 0));
+  pp_lease_t t;
+  memset(&t, 0, sizeof t);
+  ASSERT_OK(pp_try_acquire(f.pool, &t, f.peer, NULL));
+  ASSERT_PTR_EQ(t.conn, c);
+  ASSERT_PTR_EQ(t.peer, f.peer);
+  ASSERT_EQ(pp_conn_leases(c), 1);
+  ASSERT_OK(pp_release(&t, 0));
+  memset(&t, 0, sizeof t);
+  ASSERT_OK(pp_try_acquire(f.pool, &t, NULL, NULL)); /* any peer */
+  ASSERT_PTR_EQ(t.conn, c);
+  ASSERT_OK(pp_release(&t, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_release_broken_closes_the_conn) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  pp_conn_t *c = l.conn;
+  RUN_UNTIL(srv_open(f.srv) == 1, 2000);
+  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+  ASSERT_NULL(l.conn);
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.releases, 1);
+  ASSERT_EQ(s.released_broken, 1);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 1);
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_BROKEN] == 1, 2000);
+  RUN_UNTIL(srv_open(f.srv) == 0, 2000);
+  s = test_stats(f.pool);
+  ASSERT_EQ(s.conns, 0);
+  ASSERT_EQ(s.idle, 0);
+  /* The next acquire opens a new conn. */
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  (void)c;
+  RUN_UNTIL(srv_accepted(f.srv) == 2, 2000);
+  ASSERT_OK(pp_release(&l, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_release_with_socket_error_counts_failure) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_OK(pp_release(&l, UV_ECONNRESET));
+  ASSERT_EQ(test_stats(f.pool).released_broken, 1);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 1);
+  RUN_UNTIL(test_stats(f.pool).conns == 0, 2000);
+  fixture_end(&f);
+}
+
+TEST(acquire_healthy_release_resets_nothing_bad) {
+  /* A healthy release is not a failure. */
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
+  ASSERT_EQ(test_stats(f.pool).released_broken, 0);
+  fixture_end(&f);
+}
+
+TEST(acquire_release_twice_is_bad_state) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_ERR(pp_release(&l, 0), PP_ESTATE);
+  ASSERT_EQ(test_stats(f.pool).releases, 1);
+  pp_lease_t z;
+  memset(&z, 0, sizeof z);
+  ASSERT_ERR(pp_release(&z, 0), PP_ESTATE);
+  fixture_end(&f);
+}
+
+TEST(acquire_release_of_pending_lease_is_bad_state) {
+  srv_t *hang = srv_hang_start();
+  pp_options_t o;
+  test_options(&o);
+  o.connect_timeout = 5000;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_ERR(pp_release(&l, 0), PP_ESTATE);
+  ASSERT_OK(pp_acquire_cancel(&l));
+  RUN_UNTIL(r.calls == 1, 1000);
+  ASSERT_ERR(r.status, PP_ECANCELED);
+  test_finish(pool);
+  srv_stop(hang);
+}
+
+TEST(acquire_cancel_pending) {
+  srv_t *hang = srv_hang_start();
+  pp_options_t o;
+  test_options(&o);
+  o.connect_timeout = 5000;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  test_run_for(20);
+  ASSERT_EQ(r.calls, 0);
+  ASSERT_OK(CALL(pp_acquire_cancel(&l)));
+  ASSERT_EQ(r.calls, 0); /* later, not inside the call */
+  RUN_UNTIL(r.calls == 1, 1000);
+  ASSERT_ERR(r.status, PP_ECANCELED);
+  ASSERT_NULL(l.conn);
+  test_run_for(20);
+  ASSERT_EQ(r.calls, 1);
+  ASSERT_EQ(test_stats(pool).canceled, 1);
+  ASSERT_ERR(pp_acquire_cancel(&l), PP_ESTATE);
+  test_finish(pool);
+  srv_stop(hang);
+}
+
+TEST(acquire_cancel_then_release_does_not_matter) {
+  /* Canceling twice before the callback: the second is bad state or a harmless 0, and the
+   * callback still runs once. */
+  srv_t *hang = srv_hang_start();
+  pp_options_t o;
+  test_options(&o);
+  o.connect_timeout = 5000;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_acquire_cancel(&l));
+  int rc = pp_acquire_cancel(&l);
+  ASSERT_ERR2(rc, 0, PP_ESTATE);
+  RUN_UNTIL(r.calls >= 1, 1000);
+  test_run_for(20);
+  ASSERT_EQ(r.calls, 1);
+  ASSERT_ERR(r.status, PP_ECANCELED);
+  test_finish(pool);
+  srv_stop(hang);
+}
+
+TEST(acquire_cancel_granted_is_bad_state) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_ERR(pp_acquire_cancel(&l), PP_ESTATE);
+  ASSERT_NOT_NULL(l.conn); /* still held */
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_ERR(pp_acquire_cancel(&l), PP_ESTATE);
+  pp_lease_t z;
+  memset(&z, 0, sizeof z);
+  ASSERT_ERR(pp_acquire_cancel(&z), PP_ESTATE);
+  test_run_for(20);
+  ASSERT_EQ(r.calls, 1);
+  fixture_end(&f);
+}
+
+TEST(acquire_cancel_waiter_frees_its_queue_slot) {
+  fixture_t f;
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  o.backlog = 1;
+  f = echo_fixture(&o);
+  pp_lease_t a, w1, w2;
+  test_rec_t ra, r1, r2;
+  ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, f.peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &w1, &r1, f.peer, NULL));
+  ASSERT_EQ(test_stats(f.pool).waiters, 1);
+  ASSERT_OK(pp_acquire_cancel(&w1));
+  RUN_UNTIL(r1.calls == 1, 1000);
+  ASSERT_ERR(r1.status, PP_ECANCELED);
+  ASSERT_EQ(test_stats(f.pool).waiters, 0);
+  ASSERT_OK(test_acquire_start(f.pool, &w2, &r2, f.peer, NULL));
+  ASSERT_OK(pp_release(&a, 0));
+  RUN_UNTIL(r2.calls == 1, 1000);
+  ASSERT_OK(r2.status);
+  ASSERT_OK(pp_release(&w2, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_lease_in_use_is_invalid) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
+  /* Pending: reusing it is refused. */
+  ASSERT_ERR(CALL(pp_acquire(f.pool, &l, f.peer, NULL, test_acquire_cb)), PP_EINVAL);
+  RUN_UNTIL(r.calls == 1, 3000);
+  ASSERT_OK(r.status);
+  /* Granted: refused too. */
+  ASSERT_ERR(CALL(pp_acquire(f.pool, &l, f.peer, NULL, test_acquire_cb)), PP_EINVAL);
+  ASSERT_ERR(pp_try_acquire(f.pool, &l, f.peer, NULL), PP_EINVAL);
+  test_run_for(20);
+  ASSERT_EQ(r.calls, 1);
+  ASSERT_NOT_NULL(l.conn);
+  ASSERT_OK(pp_release(&l, 0));
+  fixture_end(&f);
+}
+
+TEST(acquire_peer_of_another_pool_is_invalid) {
+  pp_pool_t *p1 = test_pool(NULL);
+  pp_pool_t *p2 = test_pool(NULL);
+  pp_peer_t *peer = test_peer(p2, "127.0.0.1:9");
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(p1, &l, &r, peer, NULL), PP_EINVAL);
+  pp_lease_t t;
+  memset(&t, 0, sizeof t);
+  ASSERT_ERR(pp_try_acquire(p1, &t, peer, NULL), PP_EINVAL);
+  ASSERT_OK(pp_pool_close(p2, NULL));
+  test_run_for(30);
+  ASSERT_EQ(r.calls, 0);
+  test_finish(p1);
+}
+
+TEST(acquire_bad_opts_are_invalid) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  pp_acquire_opts_t a;
+  pp_acquire_opts_init(&a);
+  a.priority = PP_PRIORITY_MAX + 1;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EINVAL);
+  pp_acquire_opts_init(&a);
+  a.priority = -1;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EINVAL);
+  pp_acquire_opts_init(&a);
+  a.busy = 7;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EINVAL);
+  pp_acquire_opts_init(&a);
+  a.timeout = -2;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EINVAL);
+  /* The bounds themselves are fine. */
+  pp_acquire_opts_init(&a);
+  a.priority = PP_PRIORITY_MAX;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, &a));
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(test_stats(f.pool).acquires, 1);
+  fixture_end(&f);
+}
+
+static pp_lease_t chain_second;
+static test_rec_t chain_rec2;
+
+static void release_inside_cb(pp_lease_t *lease, int status) {
+  test_acquire_cb(lease, status);
+  ASSERT_OK(status);
+  /* Release and acquire again from inside the callback. */
+  ASSERT_OK(pp_release(lease, 0));
+}
+
+TEST(acquire_release_inside_callback) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  memset(&l, 0, sizeof l);
+  memset(&r, 0, sizeof r);
+  l.data = &r;
+  ASSERT_OK(CALL(pp_acquire(f.pool, &l, f.peer, NULL, release_inside_cb)));
+  RUN_UNTIL(r.calls == 1, 3000);
+  ASSERT_NULL(l.conn);
+  ASSERT_EQ(test_stats(f.pool).idle, 1);
+  /* And acquiring from the callback of another acquire works as well. */
+  ASSERT_OK(test_acquire_wait(f.pool, &chain_second, &chain_rec2, f.peer, NULL));
+  ASSERT_OK(pp_release(&chain_second, 0));
+  fixture_end(&f);
+}
+
+static pp_pool_t *nested_pool;
+static pp_peer_t *nested_peer;
+static pp_lease_t nested_inner;
+static test_rec_t nested_inner_rec;
+
+static void acquire_inside_cb(pp_lease_t *lease, int status) {
+  test_acquire_cb(lease, status);
+  ASSERT_OK(status);
+  ASSERT_OK(pp_release(lease, 0));
+  memset(&nested_inner, 0, sizeof nested_inner);
+  nested_inner.data = &nested_inner_rec;
+  /* test_in_call is 0 here: we are in a callback, and the inner callback must not run
+   * inside this pp_acquire either. */
+  ASSERT_OK(CALL(pp_acquire(nested_pool, &nested_inner, nested_peer, NULL, test_acquire_cb)));
+  ASSERT_EQ(nested_inner_rec.calls, 0);
+}
+
+TEST(acquire_acquire_inside_callback) {
+  fixture_t f = echo_fixture(NULL);
+  nested_pool = f.pool;
+  nested_peer = f.peer;
+  pp_lease_t l;
+  test_rec_t r;
+  memset(&l, 0, sizeof l);
+  memset(&r, 0, sizeof r);
+  l.data = &r;
+  ASSERT_OK(CALL(pp_acquire(f.pool, &l, f.peer, NULL, acquire_inside_cb)));
+  RUN_UNTIL(nested_inner_rec.calls == 1, 3000);
+  ASSERT_OK(nested_inner_rec.status);
+  ASSERT_OK(pp_release(&nested_inner, 0));
+  ASSERT_EQ(srv_accepted(f.srv), 1);
+  fixture_end(&f);
+}

@@ -1,0 +1,459 @@
+/* Resource-busy signalling: busy=fail + notices, busy=wait queues (FIFO, priority, deadline),
+ * backlog, and prompt service of waiters on release. */
+#include "servers.h"
+#include "test.h"
+
+typedef struct {
+  pp_pool_t *pool;
+  srv_t *srv;
+  pp_peer_t *peer;
+  pp_lease_t held;
+  test_rec_t held_rec;
+} fx_t;
+
+/* An echo peer with max_per_peer = 1 whose only conn is held by f->held. */
+static void busy_fixture(fx_t *f, pp_options_t *o) {
+  pp_options_t d;
+  if (o == NULL) {
+    test_options(&d);
+    o = &d;
+  }
+  o->max_per_peer = 1;
+  f->srv = srv_echo_start(NULL);
+  f->pool = test_pool(o);
+  f->peer = test_peer(f->pool, srv_addr(f->srv));
+  ASSERT_OK(test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL));
+}
+
+static void fx_end(fx_t *f) {
+  test_finish(f->pool);
+  srv_stop(f->srv);
+}
+
+static pp_acquire_opts_t opts_busy(int busy, int64_t timeout, int prio) {
+  pp_acquire_opts_t a;
+  pp_acquire_opts_init(&a);
+  a.busy = busy;
+  a.timeout = timeout;
+  a.priority = prio;
+  return a;
+}
+
+TEST(busy_fail_at_capacity_answers_at_once) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_acquire_opts_t a = opts_busy(PP_BUSY_FAIL, -1, 0);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EBUSY);
+  ASSERT_NULL(l.conn);
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.busy, 1);
+  ASSERT_EQ(s.waiters, 0);
+  ASSERT_OK(pp_release(&f.held, 0));
+  test_run_for(30);
+  ASSERT_EQ(r.calls, 0); /* an error return never runs the callback */
+  /* With the conn free again, the same busy=fail acquire succeeds. */
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, &a));
+  ASSERT_OK(pp_release(&l, 0));
+  fx_end(&f);
+}
+
+TEST(busy_fail_at_max_total) {
+  srv_t *s1 = srv_echo_start(NULL), *s2 = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  o.max_total = 1;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *p1 = test_peer(pool, srv_addr(s1));
+  pp_peer_t *p2 = test_peer(pool, srv_addr(s2));
+  pp_lease_t a, b;
+  test_rec_t ra, rb;
+  ASSERT_OK(test_acquire_wait(pool, &a, &ra, p1, NULL));
+  pp_acquire_opts_t ao = opts_busy(PP_BUSY_FAIL, -1, 0);
+  ASSERT_ERR(test_acquire_start(pool, &b, &rb, p2, &ao), PP_EBUSY);
+  test_run_for(30);
+  ASSERT_EQ(srv_accepted(s2), 0);
+  ASSERT_OK(pp_release(&a, 0));
+  test_finish(pool);
+  srv_stop(s1);
+  srv_stop(s2);
+}
+
+TEST(busy_notice_fires_after_release) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_acquire_opts_t a = opts_busy(PP_BUSY_FAIL, -1, 0);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EBUSY);
+  pp_notice_t n;
+  test_rec_t nr = {0};
+  memset(&n, 0, sizeof n);
+  n.data = &nr;
+  ASSERT_OK(CALL(pp_notice_start(f.pool, &n, f.peer, test_notice_cb)));
+  test_run_for(50);
+  ASSERT_EQ(nr.calls, 0);
+  ASSERT_OK(CALL(pp_release(&f.held, 0)));
+  RUN_UNTIL(nr.calls == 1, 1000);
+  ASSERT_OK(nr.status);
+  test_run_for(30);
+  ASSERT_EQ(nr.calls, 1); /* fires once */
+  ASSERT_ERR(pp_notice_cancel(&n), PP_ESTATE);
+  /* And now the acquire goes through. */
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, &a));
+  ASSERT_OK(pp_release(&l, 0));
+  fx_end(&f);
+}
+
+TEST(busy_notice_fires_next_tick_when_capacity_is_free) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  ASSERT_OK(pp_release(&f.held, 0));
+  pp_notice_t n;
+  test_rec_t nr = {0};
+  memset(&n, 0, sizeof n);
+  n.data = &nr;
+  ASSERT_OK(CALL(pp_notice_start(f.pool, &n, f.peer, test_notice_cb)));
+  ASSERT_EQ(nr.calls, 0);
+  RUN_UNTIL(nr.calls == 1, 500);
+  ASSERT_OK(nr.status);
+  fx_end(&f);
+}
+
+TEST(busy_notice_for_any_peer) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_notice_t n;
+  test_rec_t nr = {0};
+  memset(&n, 0, sizeof n);
+  n.data = &nr;
+  ASSERT_OK(CALL(pp_notice_start(f.pool, &n, NULL, test_notice_cb)));
+  test_run_for(30);
+  ASSERT_EQ(nr.calls, 0);
+  ASSERT_OK(pp_release(&f.held, 0));
+  RUN_UNTIL(nr.calls == 1, 1000);
+  ASSERT_OK(nr.status);
+  fx_end(&f);
+}
+
+TEST(busy_notice_fires_when_a_broken_release_frees_a_slot) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_notice_t n;
+  test_rec_t nr = {0};
+  memset(&n, 0, sizeof n);
+  n.data = &nr;
+  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
+  RUN_UNTIL(nr.calls == 1, 1000);
+  ASSERT_OK(nr.status);
+  fx_end(&f);
+}
+
+TEST(busy_notice_cancel) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_notice_t n;
+  test_rec_t nr = {0};
+  memset(&n, 0, sizeof n);
+  n.data = &nr;
+  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  ASSERT_OK(CALL(pp_notice_cancel(&n)));
+  ASSERT_EQ(nr.calls, 0);
+  RUN_UNTIL(nr.calls == 1, 1000);
+  ASSERT_ERR(nr.status, PP_ECANCELED);
+  ASSERT_ERR(pp_notice_cancel(&n), PP_ESTATE);
+  /* A release later does not fire it again. */
+  ASSERT_OK(pp_release(&f.held, 0));
+  test_run_for(30);
+  ASSERT_EQ(nr.calls, 1);
+  pp_notice_t z;
+  memset(&z, 0, sizeof z);
+  ASSERT_ERR(pp_notice_cancel(&z), PP_ESTATE);
+  fx_end(&f);
+}
+
+TEST(busy_notice_can_be_rearmed) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_notice_t n;
+  test_rec_t nr = {0};
+  memset(&n, 0, sizeof n);
+  n.data = &nr;
+  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  ASSERT_OK(pp_release(&f.held, 0));
+  RUN_UNTIL(nr.calls == 1, 1000);
+  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
+  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  test_run_for(30);
+  ASSERT_EQ(nr.calls, 1);
+  ASSERT_OK(pp_release(&f.held, 0));
+  RUN_UNTIL(nr.calls == 2, 1000);
+  ASSERT_OK(nr.status);
+  fx_end(&f);
+}
+
+TEST(busy_notice_armed_twice_is_invalid_or_state) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_notice_t n;
+  test_rec_t nr = {0};
+  memset(&n, 0, sizeof n);
+  n.data = &nr;
+  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  int rc = pp_notice_start(f.pool, &n, f.peer, test_notice_cb);
+  ASSERT_ERR2(rc, PP_EINVAL, PP_ESTATE);
+  ASSERT_OK(pp_release(&f.held, 0));
+  RUN_UNTIL(nr.calls == 1, 1000);
+  test_run_for(30);
+  ASSERT_EQ(nr.calls, 1);
+  fx_end(&f);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Waiting.
+ */
+#define NW 5
+
+TEST(busy_wait_is_fifo) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_lease_t w[NW];
+  test_rec_t r[NW];
+  for (int i = 0; i < NW; i++) ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.waiters, NW);
+  ASSERT_EQ(test_peer_info(f.peer).waiters, NW);
+  test_run_for(30);
+  for (int i = 0; i < NW; i++) ASSERT_EQ(r[i].calls, 0);
+  pp_lease_t *cur = &f.held;
+  for (int i = 0; i < NW; i++) {
+    ASSERT_OK(pp_release(cur, 0));
+    RUN_UNTIL(r[i].calls == 1, 1000);
+    ASSERT_OK(r[i].status);
+    for (int j = i + 1; j < NW; j++) ASSERT_EQ(r[j].calls, 0);
+    cur = &w[i];
+  }
+  ASSERT_OK(pp_release(cur, 0));
+  ASSERT_EQ(test_stats(f.pool).waiters, 0);
+  ASSERT_EQ(srv_accepted(f.srv), 1);
+  fx_end(&f);
+}
+
+TEST(busy_wait_higher_priority_first) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  int prio[] = {0, 5, 2, 5, 7, 0};
+  int want[] = {4, 1, 3, 2, 0, 5}; /* indices in service order */
+  enum { N = 6 };
+  pp_lease_t w[N];
+  test_rec_t r[N];
+  for (int i = 0; i < N; i++) {
+    pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, prio[i]);
+    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, &a));
+  }
+  pp_lease_t *cur = &f.held;
+  for (int k = 0; k < N; k++) {
+    ASSERT_OK(pp_release(cur, 0));
+    int i = want[k];
+    RUN_UNTIL(r[i].calls == 1, 1000);
+    ASSERT_OK(r[i].status);
+    int served = 0;
+    for (int j = 0; j < N; j++) served += r[j].calls;
+    if (served != k + 1) FAIL("after %d releases, %d waiters served", k + 1, served);
+    cur = &w[i];
+  }
+  ASSERT_OK(pp_release(cur, 0));
+  fx_end(&f);
+}
+
+TEST(busy_wait_deadline_times_out) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 100, 0);
+  pp_lease_t l;
+  test_rec_t r;
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, &a));
+  RUN_UNTIL(r.calls == 1, 3000);
+  uint64_t took = test_now_ms() - t0;
+  ASSERT_ERR(r.status, PP_ETIMEDOUT);
+  ASSERT_NULL(l.conn);
+  ASSERT_GE(took, 90);
+  ASSERT_LT(took, 2000);
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.timed_out, 1);
+  ASSERT_EQ(s.waiters, 0);
+  ASSERT_EQ(test_peer_info(f.peer).waiters, 0);
+  /* The timed-out waiter does not take the conn when it frees. */
+  ASSERT_OK(pp_release(&f.held, 0));
+  test_run_for(30);
+  ASSERT_EQ(r.calls, 1);
+  ASSERT_EQ(test_stats(f.pool).idle, 1);
+  fx_end(&f);
+}
+
+TEST(busy_wait_uses_pool_acquire_timeout) {
+  fx_t f;
+  pp_options_t o;
+  test_options(&o);
+  o.acquire_timeout = 100;
+  busy_fixture(&f, &o);
+  pp_lease_t l;
+  test_rec_t r;
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL)); /* timeout -1 */
+  RUN_UNTIL(r.calls == 1, 3000);
+  ASSERT_ERR(r.status, PP_ETIMEDOUT);
+  ASSERT_GE(test_now_ms() - t0, 90);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fx_end(&f);
+}
+
+TEST(busy_wait_timeout_zero_means_no_deadline) {
+  fx_t f;
+  pp_options_t o;
+  test_options(&o);
+  o.acquire_timeout = 50;
+  busy_fixture(&f, &o);
+  pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, 0);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, &a));
+  test_run_for(250);
+  ASSERT_EQ(r.calls, 0);
+  ASSERT_OK(pp_release(&f.held, 0));
+  RUN_UNTIL(r.calls == 1, 1000);
+  ASSERT_OK(r.status);
+  ASSERT_OK(pp_release(&l, 0));
+  fx_end(&f);
+}
+
+TEST(busy_wait_deadlines_fire_in_order) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  int64_t tmo[] = {150, 50, 100};
+  pp_lease_t w[3];
+  test_rec_t r[3];
+  for (int i = 0; i < 3; i++) {
+    pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, tmo[i], 0);
+    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, &a));
+  }
+  RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 3000);
+  for (int i = 0; i < 3; i++) ASSERT_ERR(r[i].status, PP_ETIMEDOUT);
+  ASSERT_LT(r[1].order, r[2].order);
+  ASSERT_LT(r[2].order, r[0].order);
+  ASSERT_EQ(test_stats(f.pool).timed_out, 3);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fx_end(&f);
+}
+
+TEST(busy_backlog_full_is_exhausted_at_once) {
+  fx_t f;
+  pp_options_t o;
+  test_options(&o);
+  o.backlog = 2;
+  busy_fixture(&f, &o);
+  pp_lease_t w[3];
+  test_rec_t r[3];
+  ASSERT_OK(test_acquire_start(f.pool, &w[0], &r[0], f.peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &w[1], &r[1], f.peer, NULL));
+  ASSERT_ERR(test_acquire_start(f.pool, &w[2], &r[2], f.peer, NULL), PP_EEXHAUSTED);
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.exhausted, 1);
+  ASSERT_EQ(s.waiters, 2);
+  test_run_for(30);
+  ASSERT_EQ(r[2].calls, 0);
+  ASSERT_OK(pp_acquire_cancel(&w[0]));
+  ASSERT_OK(pp_acquire_cancel(&w[1]));
+  RUN_UNTIL(r[0].calls == 1 && r[1].calls == 1, 1000);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fx_end(&f);
+}
+
+TEST(busy_backlog_zero_never_waits) {
+  fx_t f;
+  pp_options_t o;
+  test_options(&o);
+  o.backlog = 0;
+  busy_fixture(&f, &o);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, NULL), PP_EEXHAUSTED);
+  ASSERT_EQ(test_stats(f.pool).waiters, 0);
+  ASSERT_OK(pp_release(&f.held, 0));
+  test_run_for(20);
+  ASSERT_EQ(r.calls, 0);
+  fx_end(&f);
+}
+
+TEST(busy_waiter_served_on_release_without_polling) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
+  test_run_for(20);
+  ASSERT_EQ(r.calls, 0);
+  ASSERT_OK(CALL(pp_release(&f.held, 0)));
+  ASSERT_EQ(r.calls, 0);
+  int iters = 0;
+  while (r.calls == 0 && iters < 10) {
+    test_run_nowait();
+    iters++;
+  }
+  ASSERT_MSG(r.calls == 1, "waiter not served within %d non-blocking loop iterations", iters);
+  ASSERT_LE(iters, 3);
+  ASSERT_OK(r.status);
+  ASSERT_NOT_NULL(l.conn);
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.acquired_waited, 1);
+  ASSERT_EQ(s.waiters, 0);
+  ASSERT_OK(pp_release(&l, 0));
+  fx_end(&f);
+}
+
+TEST(busy_waiter_gets_new_conn_after_broken_release) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
+  RUN_UNTIL(r.calls == 1, 3000);
+  ASSERT_OK(r.status);
+  RUN_UNTIL(srv_accepted(f.srv) == 2, 2000);
+  ASSERT_OK(pp_release(&l, 0));
+  fx_end(&f);
+}
+
+TEST(busy_waiter_for_any_peer) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, NULL, NULL));
+  test_run_for(30);
+  ASSERT_EQ(r.calls, 0);
+  ASSERT_EQ(test_stats(f.pool).waiters, 1);
+  ASSERT_OK(pp_release(&f.held, 0));
+  RUN_UNTIL(r.calls == 1, 1000);
+  ASSERT_OK(r.status);
+  ASSERT_PTR_EQ(l.peer, f.peer);
+  ASSERT_OK(pp_release(&l, 0));
+  fx_end(&f);
+}
+
+TEST(busy_wait_with_priority_in_range_only) {
+  fx_t f;
+  busy_fixture(&f, NULL);
+  pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, PP_PRIORITY_MAX + 1);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EINVAL);
+  ASSERT_EQ(test_stats(f.pool).waiters, 0);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fx_end(&f);
+}

@@ -1,0 +1,371 @@
+/* Connecting: timeouts per attempt, retries spaced by the backoff policy, cannot_connect with
+ * the last socket error; unix and IPv6 peers. */
+#include "servers.h"
+#include "test.h"
+
+typedef struct {
+  int calls;
+  int attempts[64];
+  int errs[64];
+  pp_peer_t *peers[64];
+  uint64_t at[64];
+  int64_t delay;
+} backoff_rec_t;
+
+static int64_t rec_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
+  backoff_rec_t *b = data;
+  if (b->calls < 64) {
+    b->attempts[b->calls] = attempt;
+    b->errs[b->calls] = err;
+    b->peers[b->calls] = peer;
+    b->at[b->calls] = test_now_ms();
+  }
+  b->calls++;
+  return b->delay;
+}
+
+static pp_pool_t *pool_with_backoff(pp_options_t *o, backoff_rec_t *b) {
+  pp_pool_t *pool = test_pool(o);
+  pp_policy_t pol;
+  memset(&pol, 0, sizeof pol);
+  pol.data = b;
+  pol.backoff = rec_backoff;
+  pp_pool_set_policy(pool, &pol);
+  return pool;
+}
+
+TEST(connect_refused_cannot_connect_after_retries) {
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 2;
+  backoff_rec_t b = {0};
+  b.delay = 5;
+  pp_pool_t *pool = pool_with_backoff(&o, &b);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(l.cause, UV_ECONNREFUSED);
+  ASSERT_NULL(l.conn);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.connect_attempts, 3);
+  ASSERT_EQ(s.connects_failed, 3);
+  ASSERT_EQ(s.connects_ok, 0);
+  ASSERT_EQ(s.cannot_connect, 1);
+  ASSERT_EQ(s.conns, 0);
+  ASSERT_EQ(s.connecting, 0);
+  pp_peer_info_t i = test_peer_info(peer);
+  ASSERT_EQ(i.attempts, 3);
+  ASSERT_ERR(i.last_error, UV_ECONNREFUSED);
+  ASSERT_EQ(i.conns, 0);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_refused_with_default_backoff) {
+  /* Built-in backoff: full jitter, base 100 ms: two retries take at most ~600 ms. */
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 2;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  uint64_t t0 = test_now_ms();
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_LT(test_now_ms() - t0, 3000);
+  ASSERT_ERR(l.cause, UV_ECONNREFUSED);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 3);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_no_retries_means_one_attempt) {
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 0;
+  backoff_rec_t b = {0};
+  b.delay = 5;
+  pp_pool_t *pool = pool_with_backoff(&o, &b);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 1);
+  ASSERT_EQ(b.calls, 0);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_backoff_called_with_attempt_numbers) {
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 3;
+  backoff_rec_t b = {0};
+  b.delay = 5;
+  pp_pool_t *pool = pool_with_backoff(&o, &b);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_EQ(b.calls, 3);
+  for (int i = 0; i < 3; i++) {
+    ASSERT_EQ(b.attempts[i], i + 1);
+    ASSERT_ERR(b.errs[i], UV_ECONNREFUSED);
+    ASSERT_PTR_EQ(b.peers[i], peer);
+  }
+  ASSERT_EQ(test_stats(pool).connect_attempts, 4);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_backoff_delay_is_respected) {
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 2;
+  backoff_rec_t b = {0};
+  b.delay = 120;
+  pp_pool_t *pool = pool_with_backoff(&o, &b);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  uint64_t t0 = test_now_ms();
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  uint64_t took = test_now_ms() - t0;
+  ASSERT_GE(took, 200); /* two waits of 120 ms */
+  ASSERT_LT(took, 5000);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_backoff_default_value_uses_builtin) {
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 1;
+  backoff_rec_t b = {0};
+  b.delay = PP_BACKOFF_DEFAULT;
+  pp_pool_t *pool = pool_with_backoff(&o, &b);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_EQ(b.calls, 1);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 2);
+  ASSERT_EQ(test_stats(pool).policy_errors, 0);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_full_jitter_bounds) {
+  pp_pool_t *pool = test_pool(NULL);
+  int distinct = 0;
+  int64_t first = -1;
+  for (int attempt = 0; attempt <= 20; attempt++) {
+    int64_t cap = 30000, lim = 100;
+    for (int k = 0; k < attempt && lim < cap; k++) lim *= 2;
+    if (lim > cap) lim = cap;
+    for (int i = 0; i < 200; i++) {
+      int64_t d = pp_backoff_full_jitter(pool, attempt, 100, 30000);
+      ASSERT_GE(d, 0);
+      ASSERT_LE(d, lim);
+      if (attempt == 5) {
+        if (first < 0) first = d;
+        if (d != first) distinct = 1;
+      }
+    }
+  }
+  ASSERT_MSG(distinct, "200 draws at attempt 5 (range 0..3200) were all equal: not random");
+  test_finish(pool);
+}
+
+TEST(connect_hanging_listener_times_out_each_attempt) {
+  srv_t *hang = srv_hang_start();
+  pp_options_t o;
+  test_options(&o);
+  o.connect_timeout = 100;
+  o.retries = 1;
+  backoff_rec_t b = {0};
+  b.delay = 5;
+  pp_pool_t *pool = pool_with_backoff(&o, &b);
+  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  pp_lease_t l;
+  test_rec_t r;
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  test_run_for(30);
+  ASSERT_EQ(r.calls, 0);
+  ASSERT_EQ(test_stats(pool).connecting, 1);
+  ASSERT_EQ(srv_client_conns(hang), 1); /* the kernel sees one SYN_SENT socket */
+  RUN_UNTIL(r.calls == 1, 5000);
+  uint64_t took = test_now_ms() - t0;
+  ASSERT_ERR(r.status, PP_ECANNOTCONNECT);
+  ASSERT_ERR2(l.cause, UV_ETIMEDOUT, PP_ETIMEDOUT);
+  ASSERT_GE(took, 180); /* two attempts of 100 ms */
+  ASSERT_LT(took, 4000);
+  ASSERT_EQ(b.calls, 1);
+  ASSERT_ERR2(b.errs[0], UV_ETIMEDOUT, PP_ETIMEDOUT);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.connect_attempts, 2);
+  ASSERT_EQ(s.connects_failed, 2);
+  ASSERT_EQ(s.connecting, 0);
+  ASSERT_EQ(srv_client_conns(hang), 0); /* the timed-out sockets were closed */
+  test_finish(pool);
+  srv_stop(hang);
+}
+
+TEST(connect_timeout_single_attempt) {
+  srv_t *hang = srv_hang_start();
+  pp_options_t o;
+  test_options(&o);
+  o.connect_timeout = 100;
+  o.retries = 0;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  pp_lease_t l;
+  test_rec_t r;
+  uint64_t t0 = test_now_ms();
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  uint64_t took = test_now_ms() - t0;
+  ASSERT_GE(took, 90);
+  ASSERT_LT(took, 3000);
+  test_finish(pool);
+  srv_stop(hang);
+}
+
+TEST(connect_success_records_latency) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  int64_t before = test_unix_ms();
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.connect_attempts, 1);
+  ASSERT_EQ(s.connects_ok, 1);
+  ASSERT_EQ(s.connects_failed, 0);
+  ASSERT_DBL_GE(s.connect_latency_ms_avg, 0.0);
+  ASSERT(s.connect_latency_ms_avg < 1000.0);
+  ASSERT_DBL_GE(s.connect_latency_ms_max, s.connect_latency_ms_avg);
+  pp_peer_info_t i = test_peer_info(peer);
+  ASSERT_EQ(i.attempts, 1);
+  ASSERT_EQ(i.failures, 0);
+  ASSERT_EQ(i.last_error, 0);
+  ASSERT_GE(i.last_success, before - 2000);
+  ASSERT_LE(i.last_success, test_unix_ms() + 2000);
+  ASSERT_DBL_GE(i.latency_ms, 0.0);
+  ASSERT_EQ(i.conns, 1);
+  ASSERT_EQ(i.leases, 1);
+  ASSERT_EQ(i.idle, 0);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_unix_socket_peer) {
+  srv_t *srv = srv_unix_start(NULL);
+  pp_pool_t *pool = test_pool(NULL);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_NOT_NULL(l.conn);
+  RUN_UNTIL(srv_accepted(srv) == 1, 2000);
+  ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_unix_prefixed_peer) {
+  srv_t *srv = srv_unix_start(NULL);
+  pp_pool_t *pool = test_pool(NULL);
+  char addr[300];
+  snprintf(addr, sizeof addr, "unix:%s", srv_addr(srv));
+  pp_peer_t *peer = test_peer(pool, addr);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_unix_missing_path) {
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 0;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, "/tmp/pp-test-no-such-dir/none.sock");
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(l.cause, UV_ENOENT);
+  test_finish(pool);
+}
+
+TEST(connect_ipv6_peer) {
+  srv_t *srv = srv_echo6_start(NULL);
+  if (srv == NULL) test_skip("no IPv6 loopback");
+  pp_pool_t *pool = test_pool(NULL);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  ASSERT_STREQ(pp_peer_addr(peer), srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  RUN_UNTIL(srv_accepted(srv) == 1, 2000);
+  ASSERT_EQ(srv_client_conns(srv), 1);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_one_dial_for_two_waiting_acquires) {
+  /* max_per_peer = 1: the second acquire waits for the first conn instead of dialling. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t a, b;
+  test_rec_t ra, rb;
+  ASSERT_OK(test_acquire_start(pool, &a, &ra, peer, NULL));
+  ASSERT_OK(test_acquire_start(pool, &b, &rb, peer, NULL));
+  RUN_UNTIL(ra.calls + rb.calls >= 1, 3000);
+  test_run_for(20);
+  ASSERT_EQ(ra.calls + rb.calls, 1);
+  pp_lease_t *first = ra.calls ? &a : &b, *second = ra.calls ? &b : &a;
+  test_rec_t *second_rec = ra.calls ? &rb : &ra;
+  ASSERT_OK(pp_release(first, 0));
+  RUN_UNTIL(second_rec->calls == 1, 1000);
+  ASSERT_OK(second_rec->status);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 1);
+  ASSERT_EQ(srv_accepted(srv), 1);
+  ASSERT_OK(pp_release(second, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_failure_is_not_inside_acquire) {
+  /* Even a failure known early (unix path missing) is reported through the callback. */
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 0;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, "/tmp/pp-test-no-such-dir/none.sock");
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_EQ(r.calls, 0);
+  RUN_UNTIL(r.calls == 1, 2000);
+  test_finish(pool);
+}

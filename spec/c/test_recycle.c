@@ -1,0 +1,311 @@
+/* Recycling: idle timeout, max lifespan (with jitter), conns the server closes mid-use or
+ * while idle. */
+#include "servers.h"
+#include "test.h"
+
+static pp_pool_t *pool_on(srv_t *srv, pp_options_t *o, pp_peer_t **peer) {
+  pp_pool_t *pool = test_pool(o);
+  *peer = test_peer(pool, srv_addr(srv));
+  return pool;
+}
+
+TEST(recycle_idle_timeout_closes_idle_conn) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.idle_timeout = 50;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  uint64_t t0 = test_now_ms();
+  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_IDLE] == 1, 3000);
+  ASSERT_GE(test_now_ms() - t0, 40);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.conns, 0);
+  ASSERT_EQ(s.idle, 0);
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  RUN_UNTIL(srv_open(srv) == 0, 2000);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_idle_timeout_spares_leased_conns) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.idle_timeout = 50;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  test_run_for(200);
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 0);
+  ASSERT_NOT_NULL(l.conn);
+  ASSERT_EQ(pp_conn_is_broken(l.conn), 0);
+  ASSERT_EQ(test_write(l.conn, "x", 1), 0);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_idle_timer_restarts_on_reuse) {
+  /* Reusing a conn every 30 ms keeps it alive under a 80 ms idle timeout. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.idle_timeout = 80;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  for (int i = 0; i < 8; i++) {
+    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+    ASSERT_OK(pp_release(&l, 0));
+    test_run_for(30);
+  }
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 0);
+  ASSERT_EQ(srv_accepted(srv), 1);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_idle_timeout_zero_never_closes) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.idle_timeout = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  test_run_for(150);
+  ASSERT_EQ(test_stats(pool).conns, 1);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_max_lifespan_closes_when_last_lease_ends) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_lifespan = 50;
+  o.lifespan_jitter = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  pp_conn_t *c = l.conn;
+  test_run_for(120);
+  /* Past its lifespan but leased: still open and usable. */
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_LIFESPAN], 0);
+  ASSERT_EQ(pp_conn_is_broken(c), 0);
+  ASSERT_EQ(test_write(c, "abc", 3), 0);
+  ASSERT_OK(pp_release(&l, 0));
+  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_LIFESPAN] == 1, 1000);
+  ASSERT_EQ(test_stats(pool).conns, 0);
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  /* The next acquire gets a fresh conn. */
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  RUN_UNTIL(srv_accepted(srv) == 2, 2000);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_expired_idle_conn_is_not_lent) {
+  /* An idle conn that passed its lifespan is never handed out again. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_lifespan = 60;
+  o.lifespan_jitter = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0)); /* idle, young */
+  test_run_for(120);
+  pp_lease_t t;
+  memset(&t, 0, sizeof t);
+  int rc = pp_try_acquire(pool, &t, peer, NULL);
+  ASSERT_ERR(rc, PP_EAGAIN);
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  RUN_UNTIL(srv_accepted(srv) == 2, 2000);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_lifespan_jitter_bounds) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_lifespan = 10000;
+  o.lifespan_jitter = 50;
+  o.max_per_peer = 8;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  enum { N = 8 };
+  pp_lease_t l[N];
+  test_rec_t r[N];
+  for (int i = 0; i < N; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < N; i++) {
+    pp_conn_info_t ci;
+    pp_conn_info(l[i].conn, &ci);
+    int64_t life = ci.expires_at - ci.created_at;
+    ASSERT_GE(life, 5000 - 1);
+    ASSERT_LE(life, 10000);
+  }
+  for (int i = 0; i < N; i++) ASSERT_OK(pp_release(&l[i], 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_lifespan_without_jitter_is_exact) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_lifespan = 10000;
+  o.lifespan_jitter = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  pp_conn_info_t ci;
+  pp_conn_info(l.conn, &ci);
+  ASSERT_EQ(ci.expires_at - ci.created_at, 10000);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_no_lifespan_means_no_expiry) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_lifespan = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  pp_conn_info_t ci;
+  pp_conn_info(l.conn, &ci);
+  ASSERT_EQ(ci.expires_at, 0);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_server_closes_mid_use) {
+  srv_opts_t so = {0};
+  so.close_after_bytes = 4;
+  srv_t *srv = srv_echo_start(&so);
+  pp_options_t o;
+  test_options(&o);
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  test_reader_t rd = {0};
+  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &rd));
+  ASSERT_EQ(test_write(l.conn, "12345678", 8), 0);
+  RUN_UNTIL(rd.ended == 1, 3000);
+  ASSERT_LT(rd.end_status, 0);
+  ASSERT_EQ(rd.len, 0);
+  ASSERT_EQ(pp_conn_is_broken(l.conn), 1);
+  /* The holder releases it (healthy, as far as it knows): it is closed all the same, and
+   * the peer's failure is counted. */
+  ASSERT_OK(pp_release(&l, 0));
+  RUN_UNTIL(test_stats(pool).conns == 0, 2000);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.closed[PP_CLOSE_BROKEN] + s.closed[PP_CLOSE_REMOTE], 1);
+  ASSERT_GE(test_peer_info(peer).failures, 1);
+  ASSERT_EQ(rd.after_end, 0);
+  test_reader_free(&rd);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_server_closes_right_after_accept) {
+  /* The conn dies before or just after being lent: the lease holder sees it broken or gets
+   * an EOF; either way a later acquire gets a fresh attempt. */
+  srv_opts_t so = {0};
+  so.close_on_accept = 1;
+  srv_t *srv = srv_echo_start(&so);
+  pp_options_t o;
+  test_options(&o);
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  int st = test_acquire_wait(pool, &l, &r, peer, NULL);
+  if (st == 0) {
+    test_reader_t rd = {0};
+    ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &rd));
+    RUN_UNTIL(rd.ended == 1, 3000);
+    ASSERT_LT(rd.end_status, 0);
+    ASSERT_OK(pp_release(&l, 0));
+    test_reader_free(&rd);
+  }
+  RUN_UNTIL(test_stats(pool).conns == 0, 2000);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_server_closes_idle_conn) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  srv_kick(srv);
+  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 3000);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.conns, 0);
+  ASSERT_EQ(s.idle, 0);
+  ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 0);
+  ASSERT_EQ(s.released_broken, 0);
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  ASSERT_EQ(srv_client_conns(srv), 0); /* our side of the socket is closed too */
+  /* The next acquire dials again and works. */
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_EQ(test_write(l.conn, "ping", 4), 0);
+  RUN_UNTIL(srv_accepted(srv) == 2, 2000);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(recycle_server_closes_after_delay_while_idle) {
+  srv_opts_t so = {0};
+  so.close_after_ms = 60;
+  srv_t *srv = srv_echo_start(&so);
+  pp_options_t o;
+  test_options(&o);
+  pp_peer_t *peer;
+  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  RUN_UNTIL(test_stats(pool).conns == 0, 3000);
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 1);
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  test_finish(pool);
+  srv_stop(srv);
+}

@@ -434,8 +434,9 @@ typedef struct {
   int peers_by_state[PP_PEER_STATE_COUNT];
   /* acquire counters */
   uint64_t acquires;          /* calls to pp_acquire / pp_try_acquire that were accepted */
-  uint64_t acquired_immediate; /* granted without waiting */
-  uint64_t acquired_waited;   /* granted after waiting */
+  uint64_t acquired_immediate; /* granted an idle (or shareable) conn at once */
+  uint64_t acquired_dialed;   /* granted the conn dialled for it */
+  uint64_t acquired_waited;   /* granted after queueing behind capacity */
   uint64_t timed_out;
   uint64_t busy;
   uint64_t exhausted;

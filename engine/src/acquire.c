@@ -177,9 +177,12 @@ int pp_notice_cancel(pp_notice_t *notice) {
 
 static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
   pp_pool_t *pool = conn->pool;
+  if (lease == conn->owner)
+    pool->stats.acquired_dialed++;
+  else
+    pool->stats.acquired_waited++;
   dequeue(pool, lease);
   pp__conn_lease(conn, lease);
-  pool->stats.acquired_waited++;
   pp__defer_lease(pool, lease, 0);
 }
 

@@ -391,8 +391,8 @@ void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
   conn->last_used = uv_now(conn->pool->loop);
 }
 
-/* Called when the last lease of a conn ends (status < 0: released as broken). Returns the conn
- * to service, or closes it; frees a conn that was already closed. */
+/* A lease of `conn` ended (status < 0: released as broken, which closes the conn for every
+ * holder). Returns the conn to service, or closes it; frees a conn that was already closed. */
 void pp__conn_released(pp_conn_t *conn, int status) {
   if (conn->phase == PP_CONN_CLOSED) {
     conn_maybe_free(conn);
@@ -400,20 +400,16 @@ void pp__conn_released(pp_conn_t *conn, int status) {
   }
   if (status < 0) {
     conn->broken = true;
+    conn->last_error = status;
     pp__conn_count_failure(conn, status);
-  }
-  if (conn->leases > 0) {
-    if (pp__conn_lendable(conn)) {
-      pp__peer_mark_usable(conn->peer, conn);
-      pp__conn_available(conn);
-    }
+    pp__conn_close(conn, PP_CLOSE_BROKEN);
     return;
   }
-  if (conn->broken) {
-    pp__conn_close(conn, PP_CLOSE_BROKEN);
-  } else if (conn->expired) {
+  if (conn->leases == 0 && conn->expired) {
     pp__conn_close(conn, PP_CLOSE_LIFESPAN);
-  } else if (conn->phase == PP_CONN_READY) {
+    return;
+  }
+  if (pp__conn_lendable(conn)) {
     pp__peer_mark_usable(conn->peer, conn);
     pp__conn_available(conn);
   }

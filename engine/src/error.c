@@ -1,6 +1,16 @@
 /* Error names and messages: ours from PP_ERRNO_MAP, libuv's passed through. */
 #include "peerpool.h"
 
+#include <string.h>
+
+/* libuv allocates (and never frees) a string for a code it does not know; ask it through
+ * the buffer variant first so unknown codes cost nothing. */
+static int uv_knows(int err) {
+  char buf[64];
+  uv_err_name_r(err, buf, sizeof(buf));
+  return strncmp(buf, "Unknown system error", 20) != 0;
+}
+
 const char *pp_strerror(int err) {
   switch (err) {
 #define PP__ERR_MSG(name, value, code, msg) \
@@ -11,7 +21,7 @@ const char *pp_strerror(int err) {
     case 0:
       return "success";
   }
-  return uv_strerror(err);
+  return uv_knows(err) ? uv_strerror(err) : "unknown error";
 }
 
 const char *pp_err_name(int err) {
@@ -24,7 +34,7 @@ const char *pp_err_name(int err) {
     case 0:
       return "ok";
   }
-  return uv_err_name(err);
+  return uv_knows(err) ? uv_err_name(err) : "unknown";
 }
 
 const char *pp_peer_state_name(pp_peer_state_t state) {

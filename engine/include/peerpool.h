@@ -144,6 +144,7 @@ const char *pp_peer_state_name(pp_peer_state_t state);
   XX(BROKEN, "broken")                                                                       \
   XX(REMOTE, "remote")                                                                       \
   XX(PING, "ping")                                                                           \
+  XX(EVICTED, "evicted")                                                                     \
   XX(CLOSED, "closed")
 
 typedef enum {

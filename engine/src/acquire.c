@@ -186,6 +186,24 @@ static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
   pp__defer_lease(pool, lease, 0);
 }
 
+/* Whether a waiter for a named peer could dial if the pool had one more slot. */
+static bool slot_wanted(pp_pool_t *pool) {
+  for (pp__link_t *l = pool->waiting_peers.next; l != &pool->waiting_peers; l = l->next) {
+    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, waiting_link);
+    if (!peer->burned && peer->conns < pool->opts.max_per_peer && pp__peer_is_fresh(peer) &&
+        queue_first(&peer->waiters, true))
+      return true;
+  }
+  return false;
+}
+
+/* At max_total, an idle conn of one peer must not starve another peer's acquires: close the
+ * longest-idle conn so a slot opens (its waiters, in order, get it). */
+static void evict_idle(pp_pool_t *pool) {
+  if (pool->total < pool->opts.max_total || pp__list_empty(&pool->idle)) return;
+  pp__conn_close(PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link), PP_CLOSE_EVICTED);
+}
+
 void pp__conn_available(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
@@ -195,6 +213,10 @@ void pp__conn_available(pp_conn_t *conn) {
     pp_lease_t *mine = queue_first(&peer->waiters, false);
     pp_lease_t *any = queue_first(&pool->any_waiters, false);
     grant_waiter(conn, served_before(mine, any) ? mine : any);
+  }
+  if (conn->leases == 0 && pool->total >= pool->opts.max_total && slot_wanted(pool)) {
+    pp__conn_close(conn, PP_CLOSE_EVICTED);
+    return;
   }
   if (!pp__list_empty(&pool->notices) && pp__conn_lendable(conn)) pp__fire_notices(pool, 0);
 }
@@ -314,6 +336,7 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
     return 0;
   }
   int64_t timeout = opts && opts->timeout >= 0 ? opts->timeout : pool->opts.acquire_timeout;
+  if (peer && peer->conns < pool->opts.max_per_peer && pp__peer_is_fresh(peer)) evict_idle(pool);
   pp_peer_t *target = NULL;
   if (peer)
     target = pp__peer_can_dial(peer) ? peer : NULL;

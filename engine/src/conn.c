@@ -283,6 +283,7 @@ void pp__conn_ping(pp_conn_t *conn) {
   conn->phase = PP_CONN_PINGING;
   conn->hook_running = true;
   pool->stats.pings++;
+  uv_ref((uv_handle_t *)&conn->timer); /* a running ping keeps the loop alive */
   uv_timer_start(&conn->timer, on_ping_timeout, (uint64_t)pool->opts.handshake_timeout, 0);
   pool->policy.ping(pool->policy.data, conn);
 }
@@ -293,6 +294,7 @@ int pp_conn_ping_done(pp_conn_t *conn, int status) {
   conn->hook_running = false;
   conn->read_cb = NULL; /* the hook's reader ends with the ping */
   uv_timer_stop(&conn->timer);
+  uv_unref((uv_handle_t *)&conn->timer);
   conn->phase = PP_CONN_READY;
   if (status != 0) {
     pool->stats.pings_failed++;
@@ -347,7 +349,9 @@ static void conn_ready(pp_conn_t *conn) {
     conn->expires_at = (int64_t)(now + life);
     arm_lifespan(conn);
   }
-  uv_unref(&conn->h.handle); /* idle conns do not keep the loop alive */
+  /* Idle conns do not keep the loop alive; a lease refs the stream again. */
+  uv_unref(&conn->h.handle);
+  uv_unref((uv_handle_t *)&conn->timer);
   pp__peer_update_state(peer);
   pp__peer_mark_usable(peer, conn);
   pp__conn_available(conn);

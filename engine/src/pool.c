@@ -241,6 +241,8 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
         else
           lease->state_ = PP_LEASE_DETACHED;
         conn->leases--;
+        peer->leases--;
+        if (conn->leases == 0 && conn->phase != PP_CONN_CLOSED) pool->active--;
       }
       pp__conn_close(conn, PP_CLOSE_CLOSED);
     }

@@ -57,4 +57,21 @@ void srv_kick(srv_t *srv);
  * open to the server. */
 int srv_client_conns(const srv_t *srv);
 
+/* Wait (running the test loop) until the server accepted `n` conns in all, then check that
+ * no more arrive for a little while: the server thread sees a connect after the client does. */
+#define ASSERT_ACCEPTED(srv, n)                                                              \
+  do {                                                                                       \
+    RUN_UNTIL(srv_accepted(srv) >= (n), 2000);                                               \
+    test_run_for(20);                                                                        \
+    ASSERT_EQ(srv_accepted(srv), (n));                                                       \
+  } while (0)
+
+/* Close every conn of the server once it has accepted `n` in all: a client's connect
+ * completes before the server thread accepts, so kicking at once could miss the conn. */
+#define KICK_AFTER_ACCEPTED(srv, n)                                                          \
+  do {                                                                                       \
+    RUN_UNTIL(srv_accepted(srv) >= (n), 2000);                                               \
+    srv_kick(srv);                                                                           \
+  } while (0)
+
 #endif /* PP_SERVERS_H */

@@ -239,6 +239,16 @@ extern int test_ntransitions;
 void test_state_cb(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to);
 /* Index of the first transition of `peer` into `to` at or after index `start`, or -1. */
 int test_find_transition(pp_peer_t *peer, pp_peer_state_t to, int start);
+/* Run the loop until `peer` was reported entering `to` (at or after index `start`). */
+#define WAIT_TRANSITION(peer, to, start, ms)                                                 \
+  do {                                                                                       \
+    uint64_t pp__e = test_now_ms() + (uint64_t)(ms);                                         \
+    while (test_find_transition(peer, to, start) < 0 && test_now_ms() < pp__e) test_tick();  \
+    if (test_find_transition(peer, to, start) < 0) {                                         \
+      test_dump_transitions();                                                               \
+      FAIL("no transition to %s reported within %d ms", pp_peer_state_name(to), (int)(ms));  \
+    }                                                                                        \
+  } while (0)
 /* Print the recorded transitions (for failure diagnostics). */
 void test_dump_transitions(void);
 

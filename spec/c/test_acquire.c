@@ -41,7 +41,7 @@ TEST(acquire_named_peer) {
   ASSERT_EQ(pp_conn_leases(l.conn), 1);
   ASSERT_EQ(pp_conn_is_broken(l.conn), 0);
   ASSERT_EQ(srv_accepted(f.srv) <= 1, 1);
-  RUN_UNTIL(srv_accepted(f.srv) == 1, 2000);
+  ASSERT_ACCEPTED(f.srv, 1);
   ASSERT_OK(pp_release(&l, 0));
   fixture_end(&f);
 }
@@ -151,7 +151,7 @@ TEST(acquire_release_reuses_the_conn) {
     ASSERT_OK(pp_release(&l, 0));
   }
   test_run_for(30);
-  ASSERT_EQ(srv_accepted(f.srv), 1);
+  ASSERT_ACCEPTED(f.srv, 1);
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.conns, 1);
   ASSERT_EQ(s.idle, 1);
@@ -245,7 +245,7 @@ TEST(acquire_release_broken_closes_the_conn) {
   /* The next acquire opens a new conn. */
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
   (void)c;
-  RUN_UNTIL(srv_accepted(f.srv) == 2, 2000);
+  ASSERT_ACCEPTED(f.srv, 2);
   ASSERT_OK(pp_release(&l, 0));
   fixture_end(&f);
 }
@@ -513,6 +513,6 @@ TEST(acquire_acquire_inside_callback) {
   RUN_UNTIL(nested_inner_rec.calls == 1, 3000);
   ASSERT_OK(nested_inner_rec.status);
   ASSERT_OK(pp_release(&nested_inner, 0));
-  ASSERT_EQ(srv_accepted(f.srv), 1);
+  ASSERT_ACCEPTED(f.srv, 1);
   fixture_end(&f);
 }

@@ -68,7 +68,7 @@ TEST(recycle_idle_timer_restarts_on_reuse) {
     test_run_for(30);
   }
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 0);
-  ASSERT_EQ(srv_accepted(srv), 1);
+  ASSERT_ACCEPTED(srv, 1);
   test_finish(pool);
   srv_stop(srv);
 }
@@ -113,7 +113,7 @@ TEST(recycle_max_lifespan_closes_when_last_lease_ends) {
   ASSERT_EQ(test_peer_info(peer).failures, 0);
   /* The next acquire gets a fresh conn. */
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  RUN_UNTIL(srv_accepted(srv) == 2, 2000);
+  ASSERT_ACCEPTED(srv, 2);
   ASSERT_OK(pp_release(&l, 0));
   test_finish(pool);
   srv_stop(srv);
@@ -138,7 +138,7 @@ TEST(recycle_expired_idle_conn_is_not_lent) {
   int rc = pp_try_acquire(pool, &t, peer, NULL);
   ASSERT_ERR(rc, PP_EAGAIN);
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  RUN_UNTIL(srv_accepted(srv) == 2, 2000);
+  ASSERT_ACCEPTED(srv, 2);
   ASSERT_OK(pp_release(&l, 0));
   test_finish(pool);
   srv_stop(srv);
@@ -273,7 +273,7 @@ TEST(recycle_server_closes_idle_conn) {
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_OK(pp_release(&l, 0));
-  srv_kick(srv);
+  KICK_AFTER_ACCEPTED(srv, 1);
   RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 3000);
   pp_stats_t s = test_stats(pool);
   ASSERT_EQ(s.conns, 0);
@@ -285,7 +285,7 @@ TEST(recycle_server_closes_idle_conn) {
   /* The next acquire dials again and works. */
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_EQ(test_write(l.conn, "ping", 4), 0);
-  RUN_UNTIL(srv_accepted(srv) == 2, 2000);
+  ASSERT_ACCEPTED(srv, 2);
   ASSERT_OK(pp_release(&l, 0));
   test_finish(pool);
   srv_stop(srv);

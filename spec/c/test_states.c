@@ -14,6 +14,8 @@ TEST(state_known_connecting_ready) {
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
+  WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
+  test_run_for(20);
   int c = test_find_transition(peer, PP_PEER_CONNECTING, 0);
   int rd = test_find_transition(peer, PP_PEER_READY, 0);
   if (c != 0 || rd < 0) {
@@ -45,6 +47,8 @@ TEST(state_no_transition_without_change) {
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_OK(pp_release(&l, 0));
+  WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
+  test_run_for(20);
   int n = test_ntransitions;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_OK(pp_release(&l, 0));
@@ -65,6 +69,7 @@ TEST(state_callback_can_be_removed) {
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  test_run_for(20);
   ASSERT_EQ(test_ntransitions, 0);
   ASSERT_OK(pp_release(&l, 0));
   test_finish(pool);
@@ -83,6 +88,7 @@ TEST(state_failed_after_refused_connect) {
   test_rec_t r;
   ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
   ASSERT_EQ(pp_peer_state(peer), PP_PEER_FAILED);
+  WAIT_TRANSITION(peer, PP_PEER_FAILED, 0, 1000);
   int c = test_find_transition(peer, PP_PEER_CONNECTING, 0);
   int f = test_find_transition(peer, PP_PEER_FAILED, 0);
   ASSERT_GE(c, 0);
@@ -107,11 +113,12 @@ TEST(state_disconnected_after_server_closes_last_conn) {
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_OK(pp_release(&l, 0));
+  WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
   int before = test_ntransitions;
-  srv_kick(srv);
+  KICK_AFTER_ACCEPTED(srv, 1);
   RUN_UNTIL(pp_peer_state(peer) == PP_PEER_DISCONNECTED, 3000);
+  WAIT_TRANSITION(peer, PP_PEER_DISCONNECTED, before, 1000);
   int d = test_find_transition(peer, PP_PEER_DISCONNECTED, before);
-  ASSERT_GE(d, 0);
   ASSERT_EQ(test_transitions[d].from, PP_PEER_READY);
   ASSERT_EQ(test_peer_info(peer).conns, 0);
   test_finish(pool);
@@ -131,6 +138,7 @@ TEST(state_disconnected_after_idle_timeout) {
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_OK(pp_release(&l, 0));
   RUN_UNTIL(pp_peer_state(peer) == PP_PEER_DISCONNECTED, 3000);
+  WAIT_TRANSITION(peer, PP_PEER_DISCONNECTED, 0, 1000);
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 1);
   test_finish(pool);
   srv_stop(srv);
@@ -191,7 +199,7 @@ TEST(state_burned_when_backoff_gives_up) {
   int calls = 0;
   pp_peer_t *peer = burn_a_peer(&pool, srv, &calls);
   ASSERT_EQ(calls, 1);
-  ASSERT_GE(test_find_transition(peer, PP_PEER_BURNED, 0), 0);
+  WAIT_TRANSITION(peer, PP_PEER_BURNED, 0, 1000);
   pp_stats_t s = test_stats(pool);
   ASSERT_EQ(s.peers_by_state[PP_PEER_BURNED], 1);
   ASSERT_EQ(s.connect_attempts, 1); /* no attempt after the burn */
@@ -224,11 +232,13 @@ TEST(state_readding_a_burned_peer_unburns_it) {
   pp_pool_t *pool;
   int calls = 0;
   pp_peer_t *peer = burn_a_peer(&pool, srv, &calls);
+  WAIT_TRANSITION(peer, PP_PEER_BURNED, 0, 1000);
   int n = test_ntransitions;
-  ASSERT_PTR_EQ(test_peer(pool, srv_addr(srv)), peer);
-  ASSERT(pp_peer_state(peer) != PP_PEER_BURNED);
+  pp_peer_t *again = NULL;
+  ASSERT_OK(CALL(pp_pool_add_peer(pool, srv_addr(srv), 0, &again, NULL)));
+  ASSERT_PTR_EQ(again, peer);
   ASSERT_EQ(pp_peer_state(peer), PP_PEER_KNOWN);
-  ASSERT_GE(test_find_transition(peer, PP_PEER_KNOWN, n), 0);
+  WAIT_TRANSITION(peer, PP_PEER_KNOWN, n, 1000);
   pp_lease_t l;
   test_rec_t r;
   /* It is dialled again (and, still refused, burned again). */

@@ -1,0 +1,318 @@
+/* The handshake hook: success moves the peer to ready through connected; an error or a
+ * timeout fails the attempt (counting toward retries); `closed` tells the hook to let go. */
+#include "servers.h"
+#include "test.h"
+
+enum { HS_HELLO, HS_HELLO_FAIL, HS_SYNC_OK, HS_NEVER };
+
+#define HS_SLOTS 16
+
+typedef struct {
+  pp_conn_t *conn;
+  pp_write_t w;
+  char got[64];
+  size_t len;
+  int done;
+  int closed;
+} hs_slot_t;
+
+typedef struct {
+  int mode;
+  int calls;
+  int closed_calls;
+  int done_rc, done_again_rc;
+  int state_in_hook;
+  pp_stats_t stats_in_hook;
+  pp_pool_t *pool;
+  hs_slot_t slot[HS_SLOTS];
+} hs_t;
+
+static hs_t hs;
+
+static hs_slot_t *slot_of(pp_conn_t *conn) {
+  for (int i = 0; i < hs.calls && i < HS_SLOTS; i++)
+    if (hs.slot[i].conn == conn && !hs.slot[i].closed && !hs.slot[i].done) return &hs.slot[i];
+  return NULL;
+}
+
+static void hs_write_cb(pp_write_t *req, int status) { (void)req; }
+
+static void hs_read_cb(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg) {
+  hs_slot_t *s = arg;
+  ASSERT(!s->closed);
+  if (nread < 0) return;
+  if (s->len + (size_t)nread <= sizeof s->got) memcpy(s->got + s->len, buf, (size_t)nread);
+  s->len += (size_t)nread;
+  if (s->len >= 6 && memcmp(s->got, "HELLO\n", 6) == 0) {
+    ASSERT_OK(pp_conn_read_stop(conn));
+    s->done = 1;
+    int st = hs.mode == HS_HELLO_FAIL ? PP_EHANDSHAKE : 0;
+    hs.done_rc = pp_conn_handshake_done(conn, st);
+    hs.done_again_rc = pp_conn_handshake_done(conn, st);
+  }
+}
+
+static void hs_hook(void *data, pp_conn_t *conn) {
+  ASSERT_PTR_EQ(data, &hs);
+  ASSERT_NOT_NULL(conn);
+  int i = hs.calls++;
+  ASSERT_LT(i, HS_SLOTS);
+  hs_slot_t *s = &hs.slot[i];
+  memset(s, 0, sizeof *s);
+  s->conn = conn;
+  hs.state_in_hook = pp_peer_state(pp_conn_peer(conn));
+  pp_pool_stats(hs.pool, &hs.stats_in_hook);
+  switch (hs.mode) {
+  case HS_HELLO:
+  case HS_HELLO_FAIL: {
+    ASSERT_OK(pp_conn_read_start(conn, hs_read_cb, s));
+    uv_buf_t b = uv_buf_init("HELLO\n", 6);
+    ASSERT_OK(pp_conn_write(&s->w, conn, &b, 1, hs_write_cb));
+    break;
+  }
+  case HS_SYNC_OK:
+    s->done = 1;
+    hs.done_rc = pp_conn_handshake_done(conn, 0);
+    break;
+  case HS_NEVER:
+    break;
+  }
+}
+
+static void hs_closed(void *data, pp_conn_t *conn) {
+  hs.closed_calls++;
+  hs_slot_t *s = slot_of(conn);
+  /* Only conns still in the hook's hands are reported. */
+  ASSERT_NOT_NULL(s);
+  s->closed = 1;
+}
+
+/* Retries come quickly in these tests. */
+static int64_t hs_backoff(void *data, pp_peer_t *peer, int attempt, int err) { return 5; }
+
+static pp_pool_t *hs_pool(int mode, pp_options_t *o) {
+  memset(&hs, 0, sizeof hs);
+  hs.mode = mode;
+  pp_pool_t *pool = test_pool(o);
+  hs.pool = pool;
+  pp_policy_t pol;
+  memset(&pol, 0, sizeof pol);
+  pol.data = &hs;
+  pol.handshake = hs_hook;
+  pol.closed = hs_closed;
+  pol.backoff = hs_backoff;
+  pp_pool_set_policy(pool, &pol);
+  pp_pool_on_state(pool, test_state_cb);
+  return pool;
+}
+
+TEST(handshake_hello_reaches_ready) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_EQ(hs.calls, 1);
+  ASSERT_OK(hs.done_rc);
+  ASSERT_PTR_EQ(l.conn, hs.slot[0].conn);
+  ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
+  WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
+  /* Strictly known -> connecting -> connected -> ready. */
+  if (test_ntransitions != 3 || test_transitions[0].to != PP_PEER_CONNECTING ||
+      test_transitions[1].to != PP_PEER_CONNECTED || test_transitions[2].to != PP_PEER_READY) {
+    test_dump_transitions();
+    FAIL("want known -> connecting -> connected -> ready");
+  }
+  ASSERT_EQ(srv_bytes_in(srv), 6);
+  /* The hook's bytes count like any other. */
+  ASSERT_EQ(test_peer_info(peer).bytes_out, 6);
+  ASSERT_EQ(hs.closed_calls, 0);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_peer_is_connected_during_hook) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_EQ(hs.state_in_hook, PP_PEER_CONNECTED);
+  /* A handshaking conn counts as connecting (header: "connecting includes handshaking"). */
+  ASSERT_EQ(hs.stats_in_hook.connecting, 1);
+  ASSERT_EQ(hs.stats_in_hook.conns, 1);
+  ASSERT_EQ(hs.stats_in_hook.idle, 0);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_done_inside_hook) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = hs_pool(HS_SYNC_OK, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(hs.done_rc);
+  ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_done_twice_is_bad_state) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(hs.done_rc);
+  ASSERT_ERR(hs.done_again_rc, PP_ESTATE);
+  /* No handshake runs on a leased conn. */
+  ASSERT_ERR(pp_conn_handshake_done(l.conn, 0), PP_ESTATE);
+  ASSERT_ERR(pp_conn_ping_done(l.conn, 0), PP_ESTATE);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_runs_once_per_conn) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  for (int i = 0; i < 3; i++) {
+    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+    ASSERT_OK(pp_release(&l, 0));
+  }
+  ASSERT_EQ(hs.calls, 1);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_error_fails_the_attempt) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 1;
+  pp_pool_t *pool = hs_pool(HS_HELLO_FAIL, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(l.cause, PP_EHANDSHAKE);
+  ASSERT_EQ(hs.calls, 2); /* the first attempt and one retry */
+  ASSERT_OK(hs.done_rc);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.connect_attempts, 2);
+  ASSERT_EQ(s.connects_failed, 2);
+  ASSERT_EQ(s.cannot_connect, 1);
+  ASSERT_EQ(s.conns, 0);
+  ASSERT_ACCEPTED(srv, 2);
+  RUN_UNTIL(srv_open(srv) == 0, 2000);
+  ASSERT_ERR(test_peer_info(peer).last_error, PP_EHANDSHAKE);
+  ASSERT_EQ(test_find_transition(peer, PP_PEER_READY, 0), -1);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_timeout_fails_the_attempt) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.handshake_timeout = 100;
+  o.retries = 0;
+  pp_pool_t *pool = hs_pool(HS_NEVER, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  uint64_t t0 = test_now_ms();
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  uint64_t took = test_now_ms() - t0;
+  ASSERT_GE(took, 90);
+  ASSERT_LT(took, 3000);
+  ASSERT_ERR2(l.cause, PP_ETIMEDOUT, UV_ETIMEDOUT);
+  ASSERT_EQ(hs.calls, 1);
+  ASSERT_EQ(hs.closed_calls, 1); /* the engine gave up: the hook is told to let go */
+  ASSERT_EQ(hs.slot[0].closed, 1);
+  ASSERT_EQ(test_stats(pool).connects_failed, 1);
+  RUN_UNTIL(srv_open(srv) == 0, 2000);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_timeout_counts_toward_retries) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.handshake_timeout = 50;
+  o.retries = 2;
+  pp_pool_t *pool = hs_pool(HS_NEVER, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_EQ(hs.calls, 3);
+  ASSERT_EQ(hs.closed_calls, 3);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 3);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_closed_hook_on_pool_close) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.handshake_timeout = 10000;
+  pp_pool_t *pool = hs_pool(HS_NEVER, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  RUN_UNTIL(hs.calls == 1, 2000);
+  ASSERT_EQ(test_stats(pool).connecting, 1);
+  ASSERT_OK(pp_pool_close(pool, test_close_cb));
+  RUN_UNTIL(test_close_calls == 1, 2000);
+  ASSERT_EQ(hs.closed_calls, 1);
+  ASSERT_EQ(r.calls, 1);
+  ASSERT_ERR(r.status, PP_ECLOSED);
+  test_finish_closed();
+  srv_stop(srv);
+}
+
+TEST(handshake_server_closes_during_handshake) {
+  /* The server hangs up on the HELLO: the attempt fails (the hook's reader sees the end, or
+   * the engine gives up and calls `closed`). */
+  srv_opts_t so = {0};
+  so.close_after_bytes = 1;
+  srv_t *srv = srv_echo_start(&so);
+  pp_options_t o;
+  test_options(&o);
+  o.handshake_timeout = 300;
+  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_NE(l.cause, 0);
+  ASSERT_EQ(hs.calls, 1);
+  ASSERT_EQ(hs.closed_calls, 1);
+  test_finish(pool);
+  srv_stop(srv);
+}

@@ -1,0 +1,256 @@
+/* Stats: gauges and counters match what the test did. */
+#include "servers.h"
+#include "test.h"
+
+static void check_gauge_identity(pp_pool_t *pool) {
+  pp_stats_t s = test_stats(pool);
+  if (s.conns != s.idle + s.active + s.connecting)
+    FAIL("conns %d != idle %d + active %d + connecting %d", s.conns, s.idle, s.active,
+         s.connecting);
+  int sum = 0;
+  for (int i = 0; i < PP_PEER_STATE_COUNT; i++) sum += s.peers_by_state[i];
+  ASSERT_EQ(sum, s.peers);
+}
+
+TEST(stats_fresh_pool_is_zero) {
+  pp_pool_t *pool = test_pool(NULL);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.conns, 0);
+  ASSERT_EQ(s.idle, 0);
+  ASSERT_EQ(s.active, 0);
+  ASSERT_EQ(s.connecting, 0);
+  ASSERT_EQ(s.waiters, 0);
+  ASSERT_EQ(s.peers, 0);
+  for (int i = 0; i < PP_PEER_STATE_COUNT; i++) ASSERT_EQ(s.peers_by_state[i], 0);
+  ASSERT_EQ(s.acquires, 0);
+  ASSERT_EQ(s.acquired_immediate, 0);
+  ASSERT_EQ(s.acquired_dialed, 0);
+  ASSERT_EQ(s.acquired_waited, 0);
+  ASSERT_EQ(s.timed_out, 0);
+  ASSERT_EQ(s.busy, 0);
+  ASSERT_EQ(s.exhausted, 0);
+  ASSERT_EQ(s.canceled, 0);
+  ASSERT_EQ(s.cannot_connect, 0);
+  ASSERT_EQ(s.releases, 0);
+  ASSERT_EQ(s.released_broken, 0);
+  ASSERT_EQ(s.connect_attempts, 0);
+  ASSERT_EQ(s.connects_ok, 0);
+  ASSERT_EQ(s.connects_failed, 0);
+  for (int i = 0; i < PP_CLOSE_REASON_COUNT; i++) ASSERT_EQ(s.closed[i], 0);
+  ASSERT_EQ(s.bytes_in, 0);
+  ASSERT_EQ(s.bytes_out, 0);
+  ASSERT_EQ(s.msgs_in, 0);
+  ASSERT_EQ(s.msgs_out, 0);
+  ASSERT_EQ(s.policy_errors, 0);
+  ASSERT(s.connect_latency_ms_avg == 0.0);
+  test_finish(pool);
+}
+
+TEST(stats_gauges_idle_and_active) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 3;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l[3];
+  test_rec_t r[3];
+  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.conns, 3);
+  ASSERT_EQ(s.active, 3);
+  ASSERT_EQ(s.idle, 0);
+  check_gauge_identity(pool);
+  ASSERT_OK(pp_release(&l[0], 0));
+  s = test_stats(pool);
+  ASSERT_EQ(s.conns, 3);
+  ASSERT_EQ(s.active, 2);
+  ASSERT_EQ(s.idle, 1);
+  check_gauge_identity(pool);
+  pp_peer_info_t i = test_peer_info(peer);
+  ASSERT_EQ(i.conns, 3);
+  ASSERT_EQ(i.idle, 1);
+  ASSERT_EQ(i.leases, 2);
+  ASSERT_OK(pp_release(&l[1], PP_EBROKEN));
+  RUN_UNTIL(test_stats(pool).conns == 2, 1000);
+  s = test_stats(pool);
+  ASSERT_EQ(s.active, 1);
+  ASSERT_EQ(s.idle, 1);
+  check_gauge_identity(pool);
+  ASSERT_OK(pp_release(&l[2], 0));
+  s = test_stats(pool);
+  ASSERT_EQ(s.active, 0);
+  ASSERT_EQ(s.idle, 2);
+  check_gauge_identity(pool);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(stats_connecting_gauge) {
+  srv_t *hang = srv_hang_start();
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 2;
+  o.connect_timeout = 5000;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  pp_lease_t l[3];
+  test_rec_t r[3];
+  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
+  test_run_for(30);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.connecting, 2); /* max_per_peer counts conns still connecting */
+  ASSERT_EQ(s.idle, 0);
+  ASSERT_EQ(s.active, 0);
+  ASSERT_EQ(test_peer_info(peer).conns, 2);
+  ASSERT_EQ(srv_client_conns(hang), 2);
+  check_gauge_identity(pool);
+  ASSERT_EQ(s.peers_by_state[PP_PEER_CONNECTING], 1);
+  for (int i = 0; i < 3; i++) ASSERT_OK(pp_acquire_cancel(&l[i]));
+  RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 1000);
+  ASSERT_EQ(test_stats(pool).canceled, 3);
+  test_finish(pool);
+  srv_stop(hang);
+}
+
+TEST(stats_waiters_gauge) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t h, w[4];
+  test_rec_t hr, r[4];
+  ASSERT_OK(test_acquire_wait(pool, &h, &hr, peer, NULL));
+  for (int i = 0; i < 4; i++) ASSERT_OK(test_acquire_start(pool, &w[i], &r[i], peer, NULL));
+  ASSERT_EQ(test_stats(pool).waiters, 4);
+  ASSERT_EQ(test_peer_info(peer).waiters, 4);
+  ASSERT_OK(pp_acquire_cancel(&w[3]));
+  RUN_UNTIL(r[3].calls == 1, 1000);
+  ASSERT_EQ(test_stats(pool).waiters, 3);
+  ASSERT_OK(pp_release(&h, 0));
+  RUN_UNTIL(r[0].calls == 1, 1000);
+  ASSERT_EQ(test_stats(pool).waiters, 2);
+  ASSERT_EQ(test_peer_info(peer).waiters, 2);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(stats_acquire_counters) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  o.backlog = 1;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t a, b, c;
+  test_rec_t ra, rb, rc;
+  /* 1: dialled for it. */
+  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
+  ASSERT_OK(pp_release(&a, 0));
+  /* 2: the idle conn, at once. */
+  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
+  ASSERT_OK(pp_release(&a, 0));
+  /* 3: try_acquire. */
+  memset(&a, 0, sizeof a);
+  ASSERT_OK(pp_try_acquire(pool, &a, peer, NULL));
+  /* 4: waits behind capacity, then served. */
+  ASSERT_OK(test_acquire_start(pool, &b, &rb, peer, NULL));
+  /* rejected: busy and exhausted (not counted as acquires) */
+  pp_acquire_opts_t f;
+  pp_acquire_opts_init(&f);
+  f.busy = PP_BUSY_FAIL;
+  ASSERT_ERR(test_acquire_start(pool, &c, &rc, peer, &f), PP_EBUSY);
+  ASSERT_ERR(test_acquire_start(pool, &c, &rc, peer, NULL), PP_EEXHAUSTED);
+  ASSERT_OK(pp_release(&a, 0));
+  RUN_UNTIL(rb.calls == 1, 1000);
+  /* 5: times out. */
+  pp_acquire_opts_t t;
+  pp_acquire_opts_init(&t);
+  t.timeout = 30;
+  ASSERT_OK(test_acquire_start(pool, &c, &rc, peer, &t));
+  RUN_UNTIL(rc.calls == 1, 1000);
+  ASSERT_ERR(rc.status, PP_ETIMEDOUT);
+  /* 6: canceled. */
+  ASSERT_OK(test_acquire_start(pool, &c, &rc, peer, NULL));
+  ASSERT_OK(pp_acquire_cancel(&c));
+  RUN_UNTIL(rc.calls == 1, 1000);
+  ASSERT_OK(pp_release(&b, PP_EBROKEN));
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.acquires, 6);
+  ASSERT_EQ(s.acquired_dialed, 1);
+  ASSERT_EQ(s.acquired_immediate, 2);
+  ASSERT_EQ(s.acquired_waited, 1);
+  ASSERT_EQ(s.busy, 1);
+  ASSERT_EQ(s.exhausted, 1);
+  ASSERT_EQ(s.timed_out, 1);
+  ASSERT_EQ(s.canceled, 1);
+  ASSERT_EQ(s.releases, 4);
+  ASSERT_EQ(s.released_broken, 1);
+  ASSERT_EQ(s.cannot_connect, 0);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(stats_connect_counters) {
+  srv_t *echo = srv_echo_start(NULL), *ref = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 1;
+  pp_pool_t *pool = test_pool(&o);
+  int64_t delay = 5;
+  pp_policy_t pol;
+  memset(&pol, 0, sizeof pol);
+  pol.data = &delay;
+  pol.backoff = test_backoff_fixed;
+  pp_pool_set_policy(pool, &pol);
+  pp_peer_t *pe = test_peer(pool, srv_addr(echo));
+  pp_peer_t *pr = test_peer(pool, srv_addr(ref));
+  pp_lease_t a, b;
+  test_rec_t ra, rb;
+  ASSERT_OK(test_acquire_wait(pool, &a, &ra, pe, NULL));
+  ASSERT_ERR(test_acquire_wait(pool, &b, &rb, pr, NULL), PP_ECANNOTCONNECT);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.connect_attempts, 3);
+  ASSERT_EQ(s.connects_ok, 1);
+  ASSERT_EQ(s.connects_failed, 2);
+  ASSERT_EQ(s.cannot_connect, 1);
+  ASSERT_DBL_GE(s.connect_latency_ms_max, s.connect_latency_ms_avg);
+  ASSERT_EQ(test_peer_info(pe).attempts, 1);
+  ASSERT_EQ(test_peer_info(pr).attempts, 2);
+  ASSERT_OK(pp_release(&a, 0));
+  test_finish(pool);
+  srv_stop(echo);
+  srv_stop(ref);
+}
+
+TEST(stats_closed_by_reason) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 4;
+  o.idle_timeout = 0;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l[4];
+  test_rec_t r[4];
+  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  ASSERT_OK(pp_release(&l[0], PP_EBROKEN)); /* broken */
+  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_BROKEN] == 1, 1000);
+  ASSERT_OK(pp_release(&l[1], 0));
+  ASSERT_OK(pp_release(&l[2], 0));
+  KICK_AFTER_ACCEPTED(srv, 3); /* both idle conns: remote */
+  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 2, 2000);
+  ASSERT_OK(test_acquire_wait(pool, &l[3], &r[3], peer, NULL));
+  ASSERT_OK(pp_release(&l[3], 0));
+  ASSERT_OK(pp_pool_close(pool, test_close_cb)); /* closed */
+  pp_stats_t s = test_stats(pool);
+  test_finish_closed();
+  ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 1);
+  ASSERT_EQ(s.closed[PP_CLOSE_REMOTE], 2);
+  ASSERT_EQ(s.closed[PP_CLOSE_IDLE], 0);
+  ASSERT_EQ(s.closed[PP_CLOSE_LIFESPAN], 0);
+  srv_stop(srv);
+}

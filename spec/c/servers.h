@@ -56,6 +56,8 @@ void srv_kick(srv_t *srv);
  * client's close() takes effect at once, so it is the exact count of conns the pool holds
  * open to the server. */
 int srv_client_conns(const srv_t *srv);
+/* srv_client_conns for several servers with one walk of the kernel's socket table. */
+void srv_client_conns_many(const srv_t *const *srvs, int n, int *out);
 
 /* Wait (running the test loop) until the server accepted `n` conns in all, then check that
  * no more arrive for a little while: the server thread sees a connect after the client does. */

@@ -93,7 +93,9 @@ typedef struct {
   int64_t connect_timeout;   /* per connect attempt, > 0 (5000) */
   int retries;               /* further attempts after the first, 0..100 (3) */
   int64_t acquire_timeout;   /* default deadline of an acquire; 0 = none (30000) */
-  int backlog;               /* waiters allowed in the queue; 0 = never wait (1024) */
+  int backlog;               /* acquires allowed to queue behind capacity; 0 = never wait
+                                (an acquire waiting for the conn dialled for it does not
+                                count) (1024) */
   int64_t idle_timeout;      /* close conns idle this long; 0 = never (300000) */
   int64_t max_lifespan;      /* close conns this old when their last lease ends; 0 = never
                                 (3600000) */
@@ -158,8 +160,10 @@ const char *pp_close_reason_name(pp_close_reason_t reason);
 
 /* ------------------------------------------------------------------------------------------
  * Policy: every decision a policy script can make. Any NULL member keeps the built-in
- * default. The engine calls hooks synchronously from the loop thread; a hook must not
- * close the pool. `data` is passed back to every hook.
+ * default. The engine calls hooks synchronously from the loop thread, in the middle of its
+ * own work: a hook decides and returns; it must not acquire, release, cancel or close the
+ * pool (handshake/ping hooks start I/O and complete later). `data` is passed back to every
+ * hook.
  */
 typedef struct {
   void *data;
@@ -339,8 +343,9 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
 int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
                    const pp_acquire_opts_t *opts);
 
-/* Cancel a pending acquire: its callback runs later with PP_ECANCELED. Returns 0, or
- * PP_ESTATE if the lease is not pending (already granted, released or never used). */
+/* Cancel a pending acquire: its callback runs later with PP_ECANCELED (a grant decided but
+ * not yet delivered is undone). Returns 0, or PP_ESTATE if the lease is not pending (its
+ * outcome is final: granted and delivered, failed, released or never used). */
 int pp_acquire_cancel(pp_lease_t *lease);
 
 /* End a lease. status 0: the conn is healthy and goes back to idle (or straight to the next

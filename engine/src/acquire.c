@@ -65,7 +65,10 @@ static void dequeue(pp_pool_t *pool, pp_lease_t *lease) {
   if (lease->dial_) {
     lease->dial_->owner = NULL; /* the dial goes on; its conn will serve someone else */
     lease->dial_ = NULL;
+    pool->dial_owners--;
   }
+  /* A ref'd timer armed for a waiter that left would keep uv_run from returning. */
+  if (pool->deadlines.min == NULL) uv_timer_stop(&pool->deadline_timer);
 }
 
 void pp__deadline_timer_cb(uv_timer_t *timer) {
@@ -359,7 +362,7 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
     pool->stats.busy++;
     return PP_EBUSY;
   }
-  if (pool->waiters >= pool->opts.backlog) {
+  if (pool->waiters - pool->dial_owners >= pool->opts.backlog) {
     pool->stats.exhausted++;
     return PP_EEXHAUSTED;
   }
@@ -376,13 +379,11 @@ int pp_acquire_cancel(pp_lease_t *lease) {
     pp__lease_complete(lease, PP_ECANCELED);
     return 0;
   }
-  if (lease->state_ == PP_LEASE_DONE) {
-    /* Decided but not yet told: undo a grant, then report the cancel instead. */
-    if (lease->status_ == 0 && lease->conn) {
-      pp_conn_t *conn = lease->conn;
-      pp__conn_unlease(conn, lease);
-      pp__conn_released(conn, 0);
-    }
+  if (lease->state_ == PP_LEASE_DONE && lease->status_ == 0 && lease->conn) {
+    /* Granted but not yet told: undo the grant and report the cancel instead. */
+    pp_conn_t *conn = lease->conn;
+    pp__conn_unlease(conn, lease);
+    pp__conn_released(conn, 0);
     pool->stats.canceled++;
     lease->status_ = PP_ECANCELED;
     return 0;

@@ -35,7 +35,7 @@ static void set_phase(pp_conn_t *conn, pp__conn_phase_t phase) {
   conn->phase = phase;
 }
 
-static void conn_maybe_free(pp_conn_t *conn) {
+void pp__conn_maybe_free(pp_conn_t *conn) {
   if (conn->hstate != H_NONE || conn->tstate != H_NONE || conn->leases > 0 ||
       conn->deliver_pending || conn->delivering)
     return;
@@ -49,7 +49,7 @@ static void on_timer_closed(uv_handle_t *handle) {
   conn->tstate = H_NONE;
   conn->pool->conn_handles--;
   pp_pool_t *pool = conn->pool;
-  conn_maybe_free(conn);
+  pp__conn_maybe_free(conn);
   pp__maybe_finish(pool);
 }
 
@@ -58,7 +58,7 @@ static void on_handle_closed(uv_handle_t *handle) {
   conn->hstate = H_NONE;
   conn->pool->conn_handles--;
   pp_pool_t *pool = conn->pool;
-  conn_maybe_free(conn);
+  pp__conn_maybe_free(conn);
   pp__maybe_finish(pool);
 }
 
@@ -91,6 +91,7 @@ int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
   if (owner) {
     conn->owner = owner;
     owner->dial_ = conn;
+    pool->dial_owners++;
   }
   uint64_t now = uv_now(pool->loop);
   if (peer->retry_at > now) {
@@ -160,6 +161,8 @@ static void start_attempt(pp_conn_t *conn) {
   pp_peer_t *peer = conn->peer;
   int err = 0;
   conn->attempt++;
+  conn->broken = false; /* a new socket: what the last one saw does not carry over */
+  conn->kept_error = 0;
   peer->attempts++;
   pool->stats.connect_attempts++;
   set_phase(conn, PP_CONN_DIALING);
@@ -220,7 +223,7 @@ static void after_attempt(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
   if (conn->phase == PP_CONN_CLOSED) { /* the pool closed meanwhile */
-    conn_maybe_free(conn);
+    pp__conn_maybe_free(conn);
     pp__maybe_finish(pool);
     return;
   }
@@ -253,6 +256,7 @@ static void on_attempt_timer(uv_timer_t *timer) { after_attempt(timer->data); }
 int pp_conn_handshake_done(pp_conn_t *conn, int status) {
   if (conn == NULL || conn->phase != PP_CONN_HANDSHAKE || !conn->hook_running) return PP_ESTATE;
   conn->hook_running = false;
+  if (status == 0 && conn->broken) status = conn->last_error; /* the stream died meanwhile */
   if (status == 0)
     conn_ready(conn);
   else
@@ -296,6 +300,7 @@ int pp_conn_ping_done(pp_conn_t *conn, int status) {
   uv_timer_stop(&conn->timer);
   uv_unref((uv_handle_t *)&conn->timer);
   conn->phase = PP_CONN_READY;
+  if (status == 0 && conn->broken) status = conn->last_error; /* the stream died meanwhile */
   if (status != 0) {
     pool->stats.pings_failed++;
     pp__conn_count_failure(conn, status < 0 ? status : PP_EPING);
@@ -399,7 +404,7 @@ void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
  * holder). Returns the conn to service, or closes it; frees a conn that was already closed. */
 void pp__conn_released(pp_conn_t *conn, int status) {
   if (conn->phase == PP_CONN_CLOSED) {
-    conn_maybe_free(conn);
+    pp__conn_maybe_free(conn);
     return;
   }
   if (status < 0) {
@@ -411,6 +416,12 @@ void pp__conn_released(pp_conn_t *conn, int status) {
   }
   if (conn->leases == 0 && conn->expired) {
     pp__conn_close(conn, PP_CLOSE_LIFESPAN);
+    return;
+  }
+  if (conn->leases == 0 && (conn->kept_len > 0 || conn->peer->burned)) {
+    /* Unread bytes are a reply nobody will read: lending the conn would shift every later
+     * reply by one. A burned peer's conns do not return to service. */
+    pp__conn_close(conn, conn->peer->burned ? PP_CLOSE_CLOSED : PP_CLOSE_BROKEN);
     return;
   }
   if (pp__conn_lendable(conn)) {
@@ -538,7 +549,7 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
     if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0) conn->reading = true;
   }
   conn->delivering = false;
-  conn_maybe_free(conn);
+  pp__conn_maybe_free(conn);
 }
 
 /* ---- writing --------------------------------------------------------------------------- */
@@ -590,6 +601,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   if (conn->owner) {
     conn->owner->dial_ = NULL;
     conn->owner = NULL;
+    pool->dial_owners--;
   }
   bool was_open = conn->phase == PP_CONN_READY || conn->phase == PP_CONN_PINGING;
   if (was_open) pool->stats.closed[reason]++;

@@ -168,6 +168,7 @@ struct pp_pool_s {
   pp__queue_t any_waiters;
   pp__link_t notices;      /* armed notices */
   int waiters;
+  int dial_owners;         /* waiters that own a dial (not counted against backlog) */
   uint64_t seq;
   pp__heap_t deadlines;
   uv_timer_t deadline_timer;
@@ -231,6 +232,8 @@ void pp__conn_deliver_kept(pp_conn_t *conn);
 bool pp__conn_lendable(const pp_conn_t *conn);
 void pp__conn_count_failure(pp_conn_t *conn, int err);
 void pp__conn_released(pp_conn_t *conn, int status);
+/* Free a closed conn once nothing holds it (handles closed, no lease, no delivery). */
+void pp__conn_maybe_free(pp_conn_t *conn);
 /* Whether an unleased conn has idled `idle_ms` (> 0) and a ping hook is installed. */
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms);
 void pp__conn_ping(pp_conn_t *conn);

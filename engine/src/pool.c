@@ -232,6 +232,7 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
     while (cl != &peer->conns_list) {
       pp_conn_t *conn = PP__CONTAINER(cl, pp_conn_t, peer_link);
       cl = cl->next; /* the conn may be freed below */
+      pp__peer_unmark_usable(peer, conn); /* while its bucket still matches its lease count */
       while (!pp__list_empty(&conn->lease_list)) {
         pp_lease_t *lease = PP__CONTAINER(conn->lease_list.next, pp_lease_t, qlink_);
         pp__list_remove(&lease->qlink_);
@@ -244,7 +245,10 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
         peer->leases--;
         if (conn->leases == 0 && conn->phase != PP_CONN_CLOSED) pool->active--;
       }
-      pp__conn_close(conn, PP_CLOSE_CLOSED);
+      if (conn->phase == PP_CONN_CLOSED)
+        pp__conn_maybe_free(conn); /* closed earlier, held only by the leases just detached */
+      else
+        pp__conn_close(conn, PP_CLOSE_CLOSED);
     }
   }
   pp__maybe_finish(pool);

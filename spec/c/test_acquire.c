@@ -516,3 +516,49 @@ TEST(acquire_acquire_inside_callback) {
   ASSERT_ACCEPTED(f.srv, 1);
   fixture_end(&f);
 }
+
+static int64_t always_burn(void *data, pp_peer_t *peer, int attempt, int err) {
+  return PP_BACKOFF_BURN;
+}
+
+TEST(acquire_any_peer_when_all_are_burned_is_no_peer) {
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = test_pool(&o);
+  pp_policy_t pol;
+  memset(&pol, 0, sizeof pol);
+  pol.backoff = always_burn;
+  pp_pool_set_policy(pool, &pol);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  int st = test_acquire_wait(pool, &l, &r, peer, NULL);
+  ASSERT_ERR2(st, PP_EBURNED, PP_ECANNOTCONNECT);
+  ASSERT_EQ(pp_peer_state(peer), PP_PEER_BURNED);
+  int rc = test_acquire_start(pool, &l, &r, NULL, NULL);
+  if (rc == 0) {
+    RUN_UNTIL(r.calls == 1, 2000);
+    ASSERT_ERR(r.status, PP_ENOPEER);
+  } else {
+    ASSERT_ERR(rc, PP_ENOPEER);
+  }
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(acquire_conn_idle_ms_grows_while_idle) {
+  fixture_t f = echo_fixture(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  pp_conn_t *c = l.conn;
+  ASSERT_OK(pp_release(&l, 0));
+  test_run_for(60);
+  ASSERT_GE(pp_conn_idle_ms(c), 40); /* c is idle but still alive: the pool owns it */
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_PTR_EQ(l.conn, c);
+  ASSERT_LT(pp_conn_idle_ms(c), 40);
+  ASSERT_OK(pp_release(&l, 0));
+  fixture_end(&f);
+}

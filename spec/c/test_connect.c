@@ -377,3 +377,84 @@ TEST(connect_failure_is_not_inside_acquire) {
   RUN_UNTIL(r.calls == 1, 2000);
   test_finish(pool);
 }
+
+TEST(connect_failed_peer_waits_for_its_retry_time) {
+  /* After cannot_connect, the peer is in backoff: a new acquire does not dial before the
+   * retry time the backoff policy gave. */
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 0;
+  o.acquire_timeout = 0;
+  backoff_rec_t b = {0};
+  b.delay = 300;
+  pp_pool_t *pool = pool_with_backoff(&o, &b);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  pp_peer_info_t i = test_peer_info(peer);
+  ASSERT_EQ(i.state, PP_PEER_FAILED);
+  ASSERT_GT(i.retry_at, 0);
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  test_run_for(150);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 1);
+  ASSERT_EQ(r.calls, 0);
+  RUN_UNTIL(r.calls == 1, 3000);
+  ASSERT_ERR(r.status, PP_ECANNOTCONNECT);
+  ASSERT_GE(test_now_ms() - t0, 200);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 2);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(connect_deadline_applies_while_dialing) {
+  /* An acquire's deadline ends it even while its dial is still trying. */
+  srv_t *hang = srv_hang_start();
+  pp_options_t o;
+  test_options(&o);
+  o.connect_timeout = 5000;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  pp_acquire_opts_t a;
+  pp_acquire_opts_init(&a);
+  a.timeout = 100;
+  pp_lease_t l;
+  test_rec_t r;
+  uint64_t t0 = test_now_ms();
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, &a), PP_ETIMEDOUT);
+  uint64_t took = test_now_ms() - t0;
+  ASSERT_GE(took, 90);
+  ASSERT_LT(took, 2000);
+  ASSERT_EQ(test_stats(pool).timed_out, 1);
+  test_finish(pool);
+  srv_stop(hang);
+}
+
+TEST(connect_waiters_behind_a_failing_dial_all_end) {
+  /* max_per_peer 1 and three acquires on a refused peer: each one ends (cannot_connect, or
+   * its deadline), none hangs. */
+  srv_t *srv = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  o.retries = 1;
+  o.acquire_timeout = 1500;
+  backoff_rec_t b = {0};
+  b.delay = 5;
+  pp_pool_t *pool = pool_with_backoff(&o, &b);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l[3];
+  test_rec_t r[3];
+  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
+  RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 5000);
+  for (int i = 0; i < 3; i++) {
+    ASSERT_EQ(r[i].calls, 1);
+    ASSERT_ERR2(r[i].status, PP_ECANNOTCONNECT, PP_ETIMEDOUT);
+  }
+  ASSERT_ERR(r[0].status, PP_ECANNOTCONNECT);
+  ASSERT_EQ(test_stats(pool).waiters, 0);
+  test_finish(pool);
+  srv_stop(srv);
+}

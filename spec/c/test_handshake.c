@@ -3,7 +3,7 @@
 #include "servers.h"
 #include "test.h"
 
-enum { HS_HELLO, HS_HELLO_FAIL, HS_SYNC_OK, HS_NEVER };
+enum { HS_HELLO, HS_HELLO_FAIL, HS_SYNC_OK, HS_NEVER, HS_READ_NEVER };
 
 #define HS_SLOTS 16
 
@@ -73,6 +73,9 @@ static void hs_hook(void *data, pp_conn_t *conn) {
   case HS_SYNC_OK:
     s->done = 1;
     hs.done_rc = pp_conn_handshake_done(conn, 0);
+    break;
+  case HS_READ_NEVER: /* reads, but never completes */
+    ASSERT_OK(pp_conn_read_start(conn, hs_read_cb, s));
     break;
   case HS_NEVER:
     break;
@@ -312,6 +315,70 @@ TEST(handshake_server_closes_during_handshake) {
   ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
   ASSERT_NE(l.cause, 0);
   ASSERT_EQ(hs.calls, 1);
+  ASSERT_EQ(hs.closed_calls, 1);
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_canceled_acquire_leaves_the_conn_to_the_pool) {
+  /* The acquire that started a dial is canceled during the handshake; the handshake then
+   * succeeds and the conn becomes idle (not leaked, not lost). */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.handshake_timeout = 5000;
+  pp_pool_t *pool = hs_pool(HS_NEVER, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  RUN_UNTIL(hs.calls == 1, 2000);
+  ASSERT_OK(pp_acquire_cancel(&l));
+  RUN_UNTIL(r.calls == 1, 1000);
+  ASSERT_ERR(r.status, PP_ECANCELED);
+  hs.slot[0].done = 1;
+  ASSERT_OK(pp_conn_handshake_done(hs.slot[0].conn, 0));
+  RUN_UNTIL(test_stats(pool).idle == 1, 1000);
+  pp_lease_t t;
+  memset(&t, 0, sizeof t);
+  ASSERT_OK(pp_try_acquire(pool, &t, peer, NULL));
+  ASSERT_PTR_EQ(t.conn, hs.slot[0].conn);
+  ASSERT_OK(pp_release(&t, 0));
+  test_finish(pool);
+  srv_stop(srv);
+}
+
+TEST(handshake_reader_not_called_after_closed_on_pool_close) {
+  /* `closed` tells the hook to forget the conn (it may free the reader's arg there): the
+   * hook's reader must not be called after it. hs_read_cb asserts it. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.handshake_timeout = 10000;
+  pp_pool_t *pool = hs_pool(HS_READ_NEVER, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  RUN_UNTIL(hs.calls == 1, 2000);
+  ASSERT_OK(pp_pool_close(pool, test_close_cb));
+  test_finish_closed();
+  ASSERT_EQ(hs.closed_calls, 1);
+  ASSERT_ERR(r.status, PP_ECLOSED);
+  srv_stop(srv);
+}
+
+TEST(handshake_reader_not_called_after_closed_on_timeout) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.handshake_timeout = 60;
+  pp_pool_t *pool = hs_pool(HS_READ_NEVER, &o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  test_run_for(30);
   ASSERT_EQ(hs.closed_calls, 1);
   test_finish(pool);
   srv_stop(srv);

@@ -157,13 +157,18 @@ TEST(recycle_lifespan_jitter_bounds) {
   pp_lease_t l[N];
   test_rec_t r[N];
   for (int i = 0; i < N; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  int64_t first = -1;
+  int spread = 0;
   for (int i = 0; i < N; i++) {
     pp_conn_info_t ci;
     pp_conn_info(l[i].conn, &ci);
     int64_t life = ci.expires_at - ci.created_at;
     ASSERT_GE(life, 5000 - 1);
     ASSERT_LE(life, 10000);
+    if (first < 0) first = life;
+    if (life != first) spread = 1;
   }
+  ASSERT_MSG(spread, "8 conns opened together all expire together despite 50%% jitter");
   for (int i = 0; i < N; i++) ASSERT_OK(pp_release(&l[i], 0));
   test_finish(pool);
   srv_stop(srv);

@@ -52,6 +52,7 @@ void test_skip(const char *why) {
  */
 static uv_loop_t loop_storage;
 static int loop_ready;
+static int loop_finished; /* test_finish ran: waiting now only sleeps (servers' threads) */
 static uv_timer_t guard;
 static int guard_ready;
 
@@ -60,6 +61,7 @@ int test_close_calls;
 int test_order_counter;
 
 uv_loop_t *test_loop(void) {
+  if (loop_finished) FAIL("the loop was used after test_finish()");
   if (!loop_ready) {
     if (uv_loop_init(&loop_storage) != 0) FAIL("uv_loop_init failed");
     loop_ready = 1;
@@ -86,11 +88,18 @@ static void ensure_guard(void) {
 }
 
 void test_tick(void) {
+  if (loop_finished) {
+    usleep(1000);
+    return;
+  }
   ensure_guard();
   uv_run(test_loop(), UV_RUN_ONCE);
 }
 
-void test_run_nowait(void) { uv_run(test_loop(), UV_RUN_NOWAIT); }
+void test_run_nowait(void) {
+  if (loop_finished) return;
+  uv_run(test_loop(), UV_RUN_NOWAIT);
+}
 
 void test_run_for(uint64_t ms) {
   uint64_t end = test_now_ms() + ms;
@@ -152,6 +161,7 @@ void test_finish_closed(void) {
          pp_err_name(rc));
   }
   loop_ready = 0;
+  loop_finished = 1;
 }
 
 void test_finish(pp_pool_t *pool) {

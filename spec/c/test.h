@@ -145,7 +145,8 @@ uv_loop_t *test_loop(void);
 uint64_t test_now_ms(void);   /* monotonic ms (uv_hrtime based) */
 int64_t test_unix_ms(void);   /* wall clock Unix ms */
 
-/* Run one loop iteration that waits at most ~5 ms. */
+/* Run one loop iteration that waits at most ~5 ms (after test_finish: just sleep 1 ms, so
+ * RUN_UNTIL can still wait for the servers). */
 void test_tick(void);
 /* Run the loop for about `ms` milliseconds. */
 void test_run_for(uint64_t ms);

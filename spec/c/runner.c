@@ -69,7 +69,9 @@ uv_loop_t *test_loop(void) {
   return &loop_storage;
 }
 
-uint64_t test_now_ms(void) { return uv_hrtime() / 1000000u; }
+uint64_t test_now_ms(void) {
+  return uv_hrtime() / 1000000u;
+}
 
 int64_t test_unix_ms(void) {
   struct timeval tv;
@@ -77,7 +79,9 @@ int64_t test_unix_ms(void) {
   return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-static void guard_cb(uv_timer_t *t) { (void)t; }
+static void guard_cb(uv_timer_t *t) {
+  (void)t;
+}
 
 static void ensure_guard(void) {
   if (!guard_ready) {
@@ -103,7 +107,8 @@ void test_run_nowait(void) {
 
 void test_run_for(uint64_t ms) {
   uint64_t end = test_now_ms() + ms;
-  while (test_now_ms() < end) test_tick();
+  while (test_now_ms() < end)
+    test_tick();
 }
 
 void test_options(pp_options_t *opts) {
@@ -147,18 +152,19 @@ static void walk_cb(uv_handle_t *h, void *arg) {
 void test_finish_closed(void) {
   RUN_UNTIL(test_close_calls >= 1, 5000);
   /* A few more iterations: the close callback must not run twice. */
-  for (int i = 0; i < 5; i++) test_run_nowait();
+  for (int i = 0; i < 5; i++)
+    test_run_nowait();
   ASSERT_EQ(test_close_calls, 1);
   if (guard_ready) {
     uv_close((uv_handle_t *)&guard, NULL);
     guard_ready = 0;
   }
-  for (int i = 0; i < 5; i++) test_run_nowait();
+  for (int i = 0; i < 5; i++)
+    test_run_nowait();
   int rc = uv_loop_close(test_loop());
   if (rc != 0) {
     uv_walk(test_loop(), walk_cb, NULL);
-    FAIL("uv_loop_close(loop) == 0\n  got: %d (%s): a handle was left behind", rc,
-         pp_err_name(rc));
+    FAIL("uv_loop_close(loop) == 0\n  got: %d (%s): a handle was left behind", rc, pp_err_name(rc));
   }
   loop_ready = 0;
   loop_finished = 1;
@@ -231,8 +237,7 @@ void test_state_cb(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_pe
   ASSERT_NOT_NULL(pool);
   ASSERT_NOT_NULL(peer);
   ASSERT_PTR_EQ(pp_peer_pool(peer), pool);
-  if (from == to)
-    FAIL("state callback with from == to (%s)", pp_peer_state_name(from));
+  if (from == to) FAIL("state callback with from == to (%s)", pp_peer_state_name(from));
   pp_peer_state_t prev = PP_PEER_KNOWN;
   for (int i = test_ntransitions - 1; i >= 0; i--) {
     if (test_transitions[i].peer == peer) {
@@ -302,7 +307,8 @@ int test_write(pp_conn_t *conn, const void *data, size_t len) {
   int rc = CALL(pp_conn_write(&req, conn, &buf, 1, write_wait_cb));
   if (rc != 0) {
     /* A call that returns an error never runs its callback. */
-    for (int i = 0; i < 3; i++) test_run_nowait();
+    for (int i = 0; i < 3; i++)
+      test_run_nowait();
     ASSERT_EQ(w.done, 0);
     return rc;
   }
@@ -326,7 +332,8 @@ void test_reader_cb(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg) 
   }
   if (r->len + (size_t)nread > r->cap) {
     size_t cap = r->cap ? r->cap : 1024;
-    while (cap < r->len + (size_t)nread) cap *= 2;
+    while (cap < r->len + (size_t)nread)
+      cap *= 2;
     r->buf = realloc(r->buf, cap);
     ASSERT_NOT_NULL(r->buf);
     r->cap = cap;
@@ -377,7 +384,8 @@ int main(int argc, char **argv) {
    * EPIPE, not kill the process. */
   signal(SIGPIPE, SIG_IGN);
   if (argc < 2) {
-    for (pp_test_t *t = tests_head; t; t = t->next) printf("%s\n", t->name);
+    for (pp_test_t *t = tests_head; t; t = t->next)
+      printf("%s\n", t->name);
     return 0;
   }
   if (strcmp(argv[1], "--all") == 0) return run_all(argv[0]);

@@ -192,7 +192,8 @@ static void connection_cb(uv_stream_t *server, int status) {
 }
 
 static void close_all(srv_t *s) {
-  while (s->conns) sconn_close(s->conns);
+  while (s->conns)
+    sconn_close(s->conns);
 }
 
 static void async_cb(uv_async_t *a) {
@@ -283,7 +284,8 @@ static srv_t *srv_new(int kind, const srv_opts_t *opts) {
 static srv_t *start_threaded(srv_t *s) {
   if (pthread_create(&s->thread, NULL, srv_thread, s) != 0) FAIL("pthread_create failed");
   pthread_mutex_lock(&s->mu);
-  while (s->ready == 0) pthread_cond_wait(&s->cv, &s->mu);
+  while (s->ready == 0)
+    pthread_cond_wait(&s->cv, &s->mu);
   pthread_mutex_unlock(&s->mu);
   if (s->ready < 0) {
     pthread_join(s->thread, NULL);
@@ -391,21 +393,22 @@ srv_t *srv_hang_start(void) {
 void srv_stop(srv_t *s) {
   if (s == NULL) return;
   switch (s->kind) {
-  case K_ECHO:
-  case K_ECHO6:
-  case K_UNIX:
-    atomic_store(&s->stop_req, 1);
-    uv_async_send(&s->async);
-    pthread_join(s->thread, NULL);
-    if (s->kind == K_UNIX) {
-      unlink(s->addr);
-      rmdir(s->dir);
-    }
-    break;
-  default:
-    for (int i = 0; i < s->nfill; i++) close(s->fill[i]);
-    if (s->fd >= 0) close(s->fd);
-    break;
+    case K_ECHO:
+    case K_ECHO6:
+    case K_UNIX:
+      atomic_store(&s->stop_req, 1);
+      uv_async_send(&s->async);
+      pthread_join(s->thread, NULL);
+      if (s->kind == K_UNIX) {
+        unlink(s->addr);
+        rmdir(s->dir);
+      }
+      break;
+    default:
+      for (int i = 0; i < s->nfill; i++)
+        close(s->fill[i]);
+      if (s->fd >= 0) close(s->fd);
+      break;
   }
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
@@ -417,16 +420,31 @@ void srv_kick(srv_t *s) {
   int before = atomic_load(&s->kick_done);
   atomic_store(&s->kick_req, 1);
   uv_async_send(&s->async);
-  while (atomic_load(&s->kick_done) == before) usleep(1000);
+  while (atomic_load(&s->kick_done) == before)
+    usleep(1000);
 }
 
-const char *srv_addr(const srv_t *s) { return s->addr; }
-int srv_port(const srv_t *s) { return s->port; }
-int srv_accepted(const srv_t *s) { return atomic_load(&((srv_t *)s)->accepted); }
-int srv_open(const srv_t *s) { return atomic_load(&((srv_t *)s)->open); }
-int srv_max_open(const srv_t *s) { return atomic_load(&((srv_t *)s)->max_open); }
-uint64_t srv_bytes_in(const srv_t *s) { return atomic_load(&((srv_t *)s)->bytes_in); }
-uint64_t srv_bytes_out(const srv_t *s) { return atomic_load(&((srv_t *)s)->bytes_out); }
+const char *srv_addr(const srv_t *s) {
+  return s->addr;
+}
+int srv_port(const srv_t *s) {
+  return s->port;
+}
+int srv_accepted(const srv_t *s) {
+  return atomic_load(&((srv_t *)s)->accepted);
+}
+int srv_open(const srv_t *s) {
+  return atomic_load(&((srv_t *)s)->open);
+}
+int srv_max_open(const srv_t *s) {
+  return atomic_load(&((srv_t *)s)->max_open);
+}
+uint64_t srv_bytes_in(const srv_t *s) {
+  return atomic_load(&((srv_t *)s)->bytes_in);
+}
+uint64_t srv_bytes_out(const srv_t *s) {
+  return atomic_load(&((srv_t *)s)->bytes_out);
+}
 
 static int is_filler(const srv_t *s, int lport);
 
@@ -484,7 +502,8 @@ static int count_diag(const srv_t *const *srvs, int nsrv, int family, int *out) 
     return -1;
   }
   static __thread char buf[65536];
-  for (int i = 0; i < nsrv; i++) out[i] = 0;
+  for (int i = 0; i < nsrv; i++)
+    out[i] = 0;
   for (;;) {
     ssize_t len = recv(fd, buf, sizeof buf, 0);
     if (len <= 0) {
@@ -530,16 +549,20 @@ void srv_client_conns_many(const srv_t *const *srvs, int n, int *out) {
   }
   if (n4) {
     if (count_diag(v4, n4, AF_INET, c4) == 0) {
-      for (int k = 0; k < n4; k++) out[i4[k]] = c4[k];
+      for (int k = 0; k < n4; k++)
+        out[i4[k]] = c4[k];
     } else {
-      for (int k = 0; k < n4; k++) out[i4[k]] = count_in("/proc/net/tcp", v4[k]);
+      for (int k = 0; k < n4; k++)
+        out[i4[k]] = count_in("/proc/net/tcp", v4[k]);
     }
   }
   if (n6) {
     if (count_diag(v6, n6, AF_INET6, c6) == 0) {
-      for (int k = 0; k < n6; k++) out[i6[k]] = c6[k];
+      for (int k = 0; k < n6; k++)
+        out[i6[k]] = c6[k];
     } else {
-      for (int k = 0; k < n6; k++) out[i6[k]] = count_in("/proc/net/tcp6", v6[k]);
+      for (int k = 0; k < n6; k++)
+        out[i6[k]] = count_in("/proc/net/tcp6", v6[k]);
     }
   }
 }

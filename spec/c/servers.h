@@ -41,9 +41,9 @@ const char *srv_addr(const srv_t *srv);
 int srv_port(const srv_t *srv);
 
 /* Counters (server's view). */
-int srv_accepted(const srv_t *srv);   /* conns accepted in all */
-int srv_open(const srv_t *srv);       /* conns open now */
-int srv_max_open(const srv_t *srv);   /* the most open at once */
+int srv_accepted(const srv_t *srv); /* conns accepted in all */
+int srv_open(const srv_t *srv);     /* conns open now */
+int srv_max_open(const srv_t *srv); /* the most open at once */
 uint64_t srv_bytes_in(const srv_t *srv);
 uint64_t srv_bytes_out(const srv_t *srv); /* bytes echoed and written */
 
@@ -61,19 +61,19 @@ void srv_client_conns_many(const srv_t *const *srvs, int n, int *out);
 
 /* Wait (running the test loop) until the server accepted `n` conns in all, then check that
  * no more arrive for a little while: the server thread sees a connect after the client does. */
-#define ASSERT_ACCEPTED(srv, n)                                                              \
-  do {                                                                                       \
-    RUN_UNTIL(srv_accepted(srv) >= (n), 2000);                                               \
-    test_run_for(20);                                                                        \
-    ASSERT_EQ(srv_accepted(srv), (n));                                                       \
+#define ASSERT_ACCEPTED(srv, n)                \
+  do {                                         \
+    RUN_UNTIL(srv_accepted(srv) >= (n), 2000); \
+    test_run_for(20);                          \
+    ASSERT_EQ(srv_accepted(srv), (n));         \
   } while (0)
 
 /* Close every conn of the server once it has accepted `n` in all: a client's connect
  * completes before the server thread accepts, so kicking at once could miss the conn. */
-#define KICK_AFTER_ACCEPTED(srv, n)                                                          \
-  do {                                                                                       \
-    RUN_UNTIL(srv_accepted(srv) >= (n), 2000);                                               \
-    srv_kick(srv);                                                                           \
+#define KICK_AFTER_ACCEPTED(srv, n)            \
+  do {                                         \
+    RUN_UNTIL(srv_accepted(srv) >= (n), 2000); \
+    srv_kick(srv);                             \
   } while (0)
 
 #endif /* PP_SERVERS_H */

@@ -31,12 +31,12 @@ typedef struct pp_test_s {
 
 void pp_test_register(pp_test_t *t);
 
-#define TEST(name)                                                                           \
-  static void test_##name(void);                                                             \
-  static pp_test_t pp_test_rec_##name = {#name, test_##name, __FILE__, NULL};                \
-  __attribute__((constructor)) static void pp_test_reg_##name(void) {                        \
-    pp_test_register(&pp_test_rec_##name);                                                   \
-  }                                                                                          \
+#define TEST(name)                                                            \
+  static void test_##name(void);                                              \
+  static pp_test_t pp_test_rec_##name = {#name, test_##name, __FILE__, NULL}; \
+  __attribute__((constructor)) static void pp_test_reg_##name(void) {         \
+    pp_test_register(&pp_test_rec_##name);                                    \
+  }                                                                           \
   static void test_##name(void)
 
 /* ------------------------------------------------------------------------------------------
@@ -47,27 +47,26 @@ void pp_test_fail(const char *file, int line, const char *fmt, ...)
 
 #define FAIL(...) pp_test_fail(__FILE__, __LINE__, __VA_ARGS__)
 
-#define ASSERT(expr)                                                                         \
-  do {                                                                                       \
-    if (!(expr)) FAIL("assertion failed: %s", #expr);                                        \
+#define ASSERT(expr)                                  \
+  do {                                                \
+    if (!(expr)) FAIL("assertion failed: %s", #expr); \
   } while (0)
 
-#define ASSERT_MSG(expr, ...)                                                                \
-  do {                                                                                       \
-    if (!(expr)) {                                                                           \
-      fprintf(stderr, "  note: ");                                                           \
-      fprintf(stderr, __VA_ARGS__);                                                          \
-      fprintf(stderr, "\n");                                                                 \
-      FAIL("assertion failed: %s", #expr);                                                   \
-    }                                                                                        \
+#define ASSERT_MSG(expr, ...)              \
+  do {                                     \
+    if (!(expr)) {                         \
+      fprintf(stderr, "  note: ");         \
+      fprintf(stderr, __VA_ARGS__);        \
+      fprintf(stderr, "\n");               \
+      FAIL("assertion failed: %s", #expr); \
+    }                                      \
   } while (0)
 
-#define PP__ASSERT_CMP(a, op, b)                                                             \
-  do {                                                                                       \
-    long long pp__a = (long long)(a), pp__b = (long long)(b);                                \
-    if (!(pp__a op pp__b))                                                                   \
-      FAIL("assertion failed: %s %s %s\n  left:  %lld\n  right: %lld", #a, #op, #b, pp__a,   \
-           pp__b);                                                                           \
+#define PP__ASSERT_CMP(a, op, b)                                                                   \
+  do {                                                                                             \
+    long long pp__a = (long long)(a), pp__b = (long long)(b);                                      \
+    if (!(pp__a op pp__b))                                                                         \
+      FAIL("assertion failed: %s %s %s\n  left:  %lld\n  right: %lld", #a, #op, #b, pp__a, pp__b); \
   } while (0)
 
 #define ASSERT_EQ(a, b) PP__ASSERT_CMP(a, ==, b)
@@ -77,63 +76,63 @@ void pp_test_fail(const char *file, int line, const char *fmt, ...)
 #define ASSERT_GT(a, b) PP__ASSERT_CMP(a, >, b)
 #define ASSERT_GE(a, b) PP__ASSERT_CMP(a, >=, b)
 
-#define ASSERT_DBL_GE(a, b)                                                                  \
-  do {                                                                                       \
-    double pp__a = (double)(a), pp__b = (double)(b);                                         \
-    if (!(pp__a >= pp__b))                                                                   \
-      FAIL("assertion failed: %s >= %s\n  left:  %g\n  right: %g", #a, #b, pp__a, pp__b);    \
+#define ASSERT_DBL_GE(a, b)                                                               \
+  do {                                                                                    \
+    double pp__a = (double)(a), pp__b = (double)(b);                                      \
+    if (!(pp__a >= pp__b))                                                                \
+      FAIL("assertion failed: %s >= %s\n  left:  %g\n  right: %g", #a, #b, pp__a, pp__b); \
   } while (0)
 
-#define ASSERT_PTR_EQ(a, b)                                                                  \
-  do {                                                                                       \
-    const void *pp__a = (const void *)(a), *pp__b = (const void *)(b);                       \
-    if (pp__a != pp__b)                                                                      \
-      FAIL("assertion failed: %s == %s\n  left:  %p\n  right: %p", #a, #b, pp__a, pp__b);    \
+#define ASSERT_PTR_EQ(a, b)                                                               \
+  do {                                                                                    \
+    const void *pp__a = (const void *)(a), *pp__b = (const void *)(b);                    \
+    if (pp__a != pp__b)                                                                   \
+      FAIL("assertion failed: %s == %s\n  left:  %p\n  right: %p", #a, #b, pp__a, pp__b); \
   } while (0)
 
-#define ASSERT_PTR_NE(a, b)                                                                  \
-  do {                                                                                       \
-    const void *pp__a = (const void *)(a), *pp__b = (const void *)(b);                       \
-    if (pp__a == pp__b) FAIL("assertion failed: %s != %s (both %p)", #a, #b, pp__a);         \
+#define ASSERT_PTR_NE(a, b)                                                          \
+  do {                                                                               \
+    const void *pp__a = (const void *)(a), *pp__b = (const void *)(b);               \
+    if (pp__a == pp__b) FAIL("assertion failed: %s != %s (both %p)", #a, #b, pp__a); \
   } while (0)
 
 #define ASSERT_NULL(a) ASSERT_PTR_EQ(a, NULL)
 #define ASSERT_NOT_NULL(a) ASSERT_PTR_NE(a, NULL)
 
-#define ASSERT_STREQ(a, b)                                                                   \
-  do {                                                                                       \
-    const char *pp__a = (a), *pp__b = (b);                                                   \
-    if (pp__a == NULL || pp__b == NULL || strcmp(pp__a, pp__b) != 0)                         \
-      FAIL("assertion failed: %s equals %s\n  left:  \"%s\"\n  right: \"%s\"", #a, #b,       \
-           pp__a ? pp__a : "(null)", pp__b ? pp__b : "(null)");                              \
+#define ASSERT_STREQ(a, b)                                                             \
+  do {                                                                                 \
+    const char *pp__a = (a), *pp__b = (b);                                             \
+    if (pp__a == NULL || pp__b == NULL || strcmp(pp__a, pp__b) != 0)                   \
+      FAIL("assertion failed: %s equals %s\n  left:  \"%s\"\n  right: \"%s\"", #a, #b, \
+           pp__a ? pp__a : "(null)", pp__b ? pp__b : "(null)");                        \
   } while (0)
 
-#define ASSERT_CONTAINS(hay, needle)                                                         \
-  do {                                                                                       \
-    const char *pp__h = (hay), *pp__n = (needle);                                            \
-    if (pp__h == NULL || strstr(pp__h, pp__n) == NULL)                                       \
-      FAIL("assertion failed: %s contains \"%s\"\n  text: \"%s\"", #hay, pp__n,              \
-           pp__h ? pp__h : "(null)");                                                        \
+#define ASSERT_CONTAINS(hay, needle)                                            \
+  do {                                                                          \
+    const char *pp__h = (hay), *pp__n = (needle);                               \
+    if (pp__h == NULL || strstr(pp__h, pp__n) == NULL)                          \
+      FAIL("assertion failed: %s contains \"%s\"\n  text: \"%s\"", #hay, pp__n, \
+           pp__h ? pp__h : "(null)");                                           \
   } while (0)
 
 /* Status / return code assertions: show codes by name. */
-#define ASSERT_ERR(expr, code)                                                               \
-  do {                                                                                       \
-    int pp__got = (int)(expr), pp__want = (int)(code);                                       \
-    if (pp__got != pp__want)                                                                 \
-      FAIL("assertion failed: %s == %s\n  got:  %d (%s)\n  want: %d (%s)", #expr, #code,     \
-           pp__got, pp_err_name(pp__got), pp__want, pp_err_name(pp__want));                  \
+#define ASSERT_ERR(expr, code)                                                                    \
+  do {                                                                                            \
+    int pp__got = (int)(expr), pp__want = (int)(code);                                            \
+    if (pp__got != pp__want)                                                                      \
+      FAIL("assertion failed: %s == %s\n  got:  %d (%s)\n  want: %d (%s)", #expr, #code, pp__got, \
+           pp_err_name(pp__got), pp__want, pp_err_name(pp__want));                                \
   } while (0)
 
 #define ASSERT_OK(expr) ASSERT_ERR(expr, 0)
 
 /* Either of two codes (for places where the contract allows both). */
-#define ASSERT_ERR2(expr, c1, c2)                                                            \
-  do {                                                                                       \
-    int pp__got = (int)(expr);                                                               \
-    if (pp__got != (int)(c1) && pp__got != (int)(c2))                                        \
-      FAIL("assertion failed: %s is %s or %s\n  got: %d (%s)", #expr, #c1, #c2, pp__got,      \
-           pp_err_name(pp__got));                                                            \
+#define ASSERT_ERR2(expr, c1, c2)                                                        \
+  do {                                                                                   \
+    int pp__got = (int)(expr);                                                           \
+    if (pp__got != (int)(c1) && pp__got != (int)(c2))                                    \
+      FAIL("assertion failed: %s is %s or %s\n  got: %d (%s)", #expr, #c1, #c2, pp__got, \
+           pp_err_name(pp__got));                                                        \
   } while (0)
 
 /* ------------------------------------------------------------------------------------------
@@ -142,8 +141,8 @@ void pp_test_fail(const char *file, int line, const char *fmt, ...)
  * threads (the servers) and bound the wait even when the pool has nothing scheduled.
  */
 uv_loop_t *test_loop(void);
-uint64_t test_now_ms(void);   /* monotonic ms (uv_hrtime based) */
-int64_t test_unix_ms(void);   /* wall clock Unix ms */
+uint64_t test_now_ms(void); /* monotonic ms (uv_hrtime based) */
+int64_t test_unix_ms(void); /* wall clock Unix ms */
 
 /* Run one loop iteration that waits at most ~5 ms (after test_finish: just sleep 1 ms, so
  * RUN_UNTIL can still wait for the servers). */
@@ -154,19 +153,21 @@ void test_run_for(uint64_t ms);
 void test_run_nowait(void);
 
 /* Run the loop until `cond` holds or `ms` passes; fail if it never held. */
-#define RUN_UNTIL(cond, ms)                                                                  \
-  do {                                                                                       \
-    uint64_t pp__end = test_now_ms() + (uint64_t)(ms);                                       \
-    while (!(cond) && test_now_ms() < pp__end) test_tick();                                  \
-    if (!(cond)) FAIL("timed out after %d ms waiting for: %s", (int)(ms), #cond);            \
+#define RUN_UNTIL(cond, ms)                                                       \
+  do {                                                                            \
+    uint64_t pp__end = test_now_ms() + (uint64_t)(ms);                            \
+    while (!(cond) && test_now_ms() < pp__end)                                    \
+      test_tick();                                                                \
+    if (!(cond)) FAIL("timed out after %d ms waiting for: %s", (int)(ms), #cond); \
   } while (0)
 
 /* Run the loop until `cond` holds or `ms` passes; evaluates to whether it held. */
-#define RUN_WHILE_NOT(cond, ms)                                                              \
-  ({                                                                                         \
-    uint64_t pp__end2 = test_now_ms() + (uint64_t)(ms);                                      \
-    while (!(cond) && test_now_ms() < pp__end2) test_tick();                                 \
-    (cond) ? 1 : 0;                                                                          \
+#define RUN_WHILE_NOT(cond, ms)                         \
+  ({                                                    \
+    uint64_t pp__end2 = test_now_ms() + (uint64_t)(ms); \
+    while (!(cond) && test_now_ms() < pp__end2)         \
+      test_tick();                                      \
+    (cond) ? 1 : 0;                                     \
   })
 
 /* Make a pool on test_loop() with `opts` (NULL = defaults); fails the test on error. */
@@ -191,16 +192,16 @@ void test_finish_closed(void);
 /* Set while the test is inside an engine call that must not run callbacks synchronously;
  * callbacks in tests assert it is 0. */
 extern int test_in_call;
-#define CALL(expr)                                                                           \
-  ({                                                                                         \
-    test_in_call = 1;                                                                        \
-    int pp__r = (int)(expr);                                                                 \
-    test_in_call = 0;                                                                        \
-    pp__r;                                                                                   \
+#define CALL(expr)           \
+  ({                         \
+    test_in_call = 1;        \
+    int pp__r = (int)(expr); \
+    test_in_call = 0;        \
+    pp__r;                   \
   })
-#define ASSERT_NOT_IN_CALL()                                                                 \
-  do {                                                                                       \
-    if (test_in_call) FAIL("callback ran inside the call that registered it");               \
+#define ASSERT_NOT_IN_CALL()                                                   \
+  do {                                                                         \
+    if (test_in_call) FAIL("callback ran inside the call that registered it"); \
   } while (0)
 
 /* A recording acquire callback: use lease->data = a test_lease_rec_t. */
@@ -208,7 +209,7 @@ typedef struct {
   int calls;
   int status;
   uint64_t at_ms;
-  int order;   /* global completion order, from 1 */
+  int order; /* global completion order, from 1 */
 } test_rec_t;
 extern int test_order_counter;
 void test_acquire_cb(pp_lease_t *lease, int status); /* records into (test_rec_t*)lease->data */
@@ -241,14 +242,15 @@ void test_state_cb(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_pe
 /* Index of the first transition of `peer` into `to` at or after index `start`, or -1. */
 int test_find_transition(pp_peer_t *peer, pp_peer_state_t to, int start);
 /* Run the loop until `peer` was reported entering `to` (at or after index `start`). */
-#define WAIT_TRANSITION(peer, to, start, ms)                                                 \
-  do {                                                                                       \
-    uint64_t pp__e = test_now_ms() + (uint64_t)(ms);                                         \
-    while (test_find_transition(peer, to, start) < 0 && test_now_ms() < pp__e) test_tick();  \
-    if (test_find_transition(peer, to, start) < 0) {                                         \
-      test_dump_transitions();                                                               \
-      FAIL("no transition to %s reported within %d ms", pp_peer_state_name(to), (int)(ms));  \
-    }                                                                                        \
+#define WAIT_TRANSITION(peer, to, start, ms)                                                \
+  do {                                                                                      \
+    uint64_t pp__e = test_now_ms() + (uint64_t)(ms);                                        \
+    while (test_find_transition(peer, to, start) < 0 && test_now_ms() < pp__e)              \
+      test_tick();                                                                          \
+    if (test_find_transition(peer, to, start) < 0) {                                        \
+      test_dump_transitions();                                                              \
+      FAIL("no transition to %s reported within %d ms", pp_peer_state_name(to), (int)(ms)); \
+    }                                                                                       \
   } while (0)
 /* Print the recorded transitions (for failure diagnostics). */
 void test_dump_transitions(void);
@@ -265,9 +267,9 @@ typedef struct {
   char *buf;
   size_t len, cap;
   int calls;
-  int ended;       /* number of nread < 0 calls */
+  int ended; /* number of nread < 0 calls */
   ssize_t end_status;
-  int after_end;   /* calls after the end (must stay 0) */
+  int after_end; /* calls after the end (must stay 0) */
 } test_reader_t;
 void test_reader_cb(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg);
 void test_reader_free(test_reader_t *r);

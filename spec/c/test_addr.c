@@ -112,7 +112,8 @@ TEST(addr_malformed_refused) {
       " 127.0.0.1:80",
       "127.0.0.1 :80",
   };
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) expect_malformed(pool, bad[i]);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    expect_malformed(pool, bad[i]);
   ASSERT_EQ(test_stats(pool).peers, 0);
   test_finish(pool);
 }

@@ -222,18 +222,21 @@ TEST(busy_wait_is_fifo) {
   busy_fixture(&f, NULL);
   pp_lease_t w[NW];
   test_rec_t r[NW];
-  for (int i = 0; i < NW; i++) ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
+  for (int i = 0; i < NW; i++)
+    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.waiters, NW);
   ASSERT_EQ(test_peer_info(f.peer).waiters, NW);
   test_run_for(30);
-  for (int i = 0; i < NW; i++) ASSERT_EQ(r[i].calls, 0);
+  for (int i = 0; i < NW; i++)
+    ASSERT_EQ(r[i].calls, 0);
   pp_lease_t *cur = &f.held;
   for (int i = 0; i < NW; i++) {
     ASSERT_OK(pp_release(cur, 0));
     RUN_UNTIL(r[i].calls == 1, 1000);
     ASSERT_OK(r[i].status);
-    for (int j = i + 1; j < NW; j++) ASSERT_EQ(r[j].calls, 0);
+    for (int j = i + 1; j < NW; j++)
+      ASSERT_EQ(r[j].calls, 0);
     cur = &w[i];
   }
   ASSERT_OK(pp_release(cur, 0));
@@ -261,7 +264,8 @@ TEST(busy_wait_higher_priority_first) {
     RUN_UNTIL(r[i].calls == 1, 1000);
     ASSERT_OK(r[i].status);
     int served = 0;
-    for (int j = 0; j < N; j++) served += r[j].calls;
+    for (int j = 0; j < N; j++)
+      served += r[j].calls;
     if (served != k + 1) FAIL("after %d releases, %d waiters served", k + 1, served);
     cur = &w[i];
   }
@@ -342,7 +346,8 @@ TEST(busy_wait_deadlines_fire_in_order) {
     ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, &a));
   }
   RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 3000);
-  for (int i = 0; i < 3; i++) ASSERT_ERR(r[i].status, PP_ETIMEDOUT);
+  for (int i = 0; i < 3; i++)
+    ASSERT_ERR(r[i].status, PP_ETIMEDOUT);
   ASSERT_LT(r[1].order, r[2].order);
   ASSERT_LT(r[2].order, r[0].order);
   ASSERT_EQ(test_stats(f.pool).timed_out, 3);

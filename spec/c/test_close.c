@@ -22,7 +22,8 @@ TEST(close_with_null_callback) {
   ASSERT_OK(pp_release(&l, 0));
   ASSERT_OK(pp_pool_close(pool, NULL));
   /* Nothing to wait for but the loop running dry. */
-  for (int i = 0; i < 200 && uv_loop_alive(test_loop()); i++) test_tick();
+  for (int i = 0; i < 200 && uv_loop_alive(test_loop()); i++)
+    test_tick();
   test_close_calls = 1;
   test_finish_closed();
   srv_stop(srv);
@@ -68,7 +69,8 @@ TEST(close_ends_waiters_with_closed) {
   pp_lease_t held, w[3];
   test_rec_t hr, r[3];
   ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_start(pool, &w[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_start(pool, &w[i], &r[i], peer, NULL));
   ASSERT_OK(pp_pool_close(pool, test_close_cb));
   RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 1000);
   for (int i = 0; i < 3; i++) {
@@ -233,7 +235,8 @@ TEST(close_closes_every_conn) {
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l[4];
   test_rec_t r[4];
-  for (int i = 0; i < 4; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 4; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   ASSERT_OK(pp_release(&l[0], 0));
   ASSERT_OK(pp_release(&l[1], 0)); /* two idle, two leased */
   RUN_UNTIL(srv_open(srv) == 4, 2000);
@@ -261,7 +264,8 @@ TEST(close_counts_closed_conns) {
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l[2];
   test_rec_t r[2];
-  for (int i = 0; i < 2; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 2; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   ASSERT_OK(pp_release(&l[0], 0));
   ASSERT_OK(pp_pool_close(pool, close_cb_with_stats));
   test_finish_closed();
@@ -384,8 +388,10 @@ TEST(close_pool_with_many_objects) {
   test_run_for(50);
   ASSERT_OK(pp_pool_close(pool, test_close_cb));
   test_finish_closed();
-  for (int i = 0; i < 7; i++) ASSERT_EQ(r[i].calls, 1);
-  for (int i = 2; i < 7; i++) ASSERT_ERR(r[i].status, PP_ECLOSED);
+  for (int i = 0; i < 7; i++)
+    ASSERT_EQ(r[i].calls, 1);
+  for (int i = 2; i < 7; i++)
+    ASSERT_ERR(r[i].status, PP_ECLOSED);
   ASSERT_EQ(nr.calls, 1);
   srv_stop(echo);
   srv_stop(hang);

@@ -175,7 +175,8 @@ TEST(connect_full_jitter_bounds) {
   int64_t first = -1;
   for (int attempt = 0; attempt <= 20; attempt++) {
     int64_t cap = 30000, lim = 100;
-    for (int k = 0; k < attempt && lim < cap; k++) lim *= 2;
+    for (int k = 0; k < attempt && lim < cap; k++)
+      lim *= 2;
     if (lim > cap) lim = cap;
     for (int i = 0; i < 200; i++) {
       int64_t d = pp_backoff_full_jitter(pool, attempt, 100, 30000);
@@ -447,7 +448,8 @@ TEST(connect_waiters_behind_a_failing_dial_all_end) {
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
   RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 5000);
   for (int i = 0; i < 3; i++) {
     ASSERT_EQ(r[i].calls, 1);

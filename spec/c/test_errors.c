@@ -2,9 +2,9 @@
 #include "test.h"
 
 TEST(errors_our_codes_have_names_and_messages) {
-#define CHECK(name, value, code, msg)                                                        \
-  ASSERT_EQ(PP_##name, value);                                                               \
-  ASSERT_STREQ(pp_err_name(PP_##name), code);                                                \
+#define CHECK(name, value, code, msg)         \
+  ASSERT_EQ(PP_##name, value);                \
+  ASSERT_STREQ(pp_err_name(PP_##name), code); \
   ASSERT_STREQ(pp_strerror(PP_##name), msg);
   PP_ERRNO_MAP(CHECK)
 #undef CHECK

@@ -35,7 +35,9 @@ static hs_slot_t *slot_of(pp_conn_t *conn) {
   return NULL;
 }
 
-static void hs_write_cb(pp_write_t *req, int status) { (void)req; }
+static void hs_write_cb(pp_write_t *req, int status) {
+  (void)req;
+}
 
 static void hs_read_cb(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg) {
   hs_slot_t *s = arg;
@@ -63,22 +65,22 @@ static void hs_hook(void *data, pp_conn_t *conn) {
   hs.state_in_hook = pp_peer_state(pp_conn_peer(conn));
   pp_pool_stats(hs.pool, &hs.stats_in_hook);
   switch (hs.mode) {
-  case HS_HELLO:
-  case HS_HELLO_FAIL: {
-    ASSERT_OK(pp_conn_read_start(conn, hs_read_cb, s));
-    uv_buf_t b = uv_buf_init("HELLO\n", 6);
-    ASSERT_OK(pp_conn_write(&s->w, conn, &b, 1, hs_write_cb));
-    break;
-  }
-  case HS_SYNC_OK:
-    s->done = 1;
-    hs.done_rc = pp_conn_handshake_done(conn, 0);
-    break;
-  case HS_READ_NEVER: /* reads, but never completes */
-    ASSERT_OK(pp_conn_read_start(conn, hs_read_cb, s));
-    break;
-  case HS_NEVER:
-    break;
+    case HS_HELLO:
+    case HS_HELLO_FAIL: {
+      ASSERT_OK(pp_conn_read_start(conn, hs_read_cb, s));
+      uv_buf_t b = uv_buf_init("HELLO\n", 6);
+      ASSERT_OK(pp_conn_write(&s->w, conn, &b, 1, hs_write_cb));
+      break;
+    }
+    case HS_SYNC_OK:
+      s->done = 1;
+      hs.done_rc = pp_conn_handshake_done(conn, 0);
+      break;
+    case HS_READ_NEVER: /* reads, but never completes */
+      ASSERT_OK(pp_conn_read_start(conn, hs_read_cb, s));
+      break;
+    case HS_NEVER:
+      break;
   }
 }
 
@@ -91,7 +93,9 @@ static void hs_closed(void *data, pp_conn_t *conn) {
 }
 
 /* Retries come quickly in these tests. */
-static int64_t hs_backoff(void *data, pp_peer_t *peer, int attempt, int err) { return 5; }
+static int64_t hs_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
+  return 5;
+}
 
 static pp_pool_t *hs_pool(int mode, pp_options_t *o) {
   memset(&hs, 0, sizeof hs);

@@ -48,7 +48,9 @@ void *realloc(void *p, size_t n) {
   return __libc_realloc(p, n);
 }
 
-void free(void *p) { __libc_free(p); }
+void free(void *p) {
+  __libc_free(p);
+}
 #endif
 
 static void skip_if_no_malloc_count(void) {
@@ -119,7 +121,8 @@ TEST(inv_shared_try_acquire_release_allocates_nothing) {
   for (int i = 0; i < 500; i++) {
     for (int k = 0; k < 4; k++)
       if (pp_try_acquire(pool, &l[k], peer, NULL) == 0) ok++;
-    for (int k = 3; k >= 0; k--) pp_release(&l[k], 0);
+    for (int k = 3; k >= 0; k--)
+      pp_release(&l[k], 0);
   }
   counting = 0;
   ASSERT_EQ(ok, 2000);
@@ -153,7 +156,8 @@ TEST(inv_acquire_release_of_idle_conn_allocates_nothing) {
     if (i == warm) counting = 1;
     int before = r.calls;
     ASSERT_OK(pp_acquire(pool, &l, peer, NULL, count_cb));
-    while (r.calls == before) uv_run(test_loop(), UV_RUN_NOWAIT);
+    while (r.calls == before)
+      uv_run(test_loop(), UV_RUN_NOWAIT);
     ASSERT_OK(r.status);
     ASSERT_OK(pp_release(&l, 0));
   }
@@ -211,7 +215,8 @@ static unsigned rnd(void) {
 static void check_limits(void) {
   pp_stats_t s;
   pp_pool_stats(st.pool, &s);
-  if (s.conns > st.opts.max_total) FAIL("stats.conns %d > max_total %d", s.conns, st.opts.max_total);
+  if (s.conns > st.opts.max_total)
+    FAIL("stats.conns %d > max_total %d", s.conns, st.opts.max_total);
   if (s.conns != s.idle + s.active + s.connecting)
     FAIL("conns %d != idle %d + active %d + connecting %d", s.conns, s.idle, s.active,
          s.connecting);
@@ -269,15 +274,15 @@ static void storm_cb(pp_lease_t *lease, int status) {
     }
   } else {
     switch (status) {
-    case PP_ETIMEDOUT:
-    case PP_ECANNOTCONNECT:
-    case PP_EBURNED:
-    case PP_ENOPEER:
-    case PP_ECANCELED:
-    case PP_ECLOSED:
-      break;
-    default:
-      FAIL("unexpected acquire status %d (%s)", status, pp_err_name(status));
+      case PP_ETIMEDOUT:
+      case PP_ECANNOTCONNECT:
+      case PP_EBURNED:
+      case PP_ENOPEER:
+      case PP_ECANCELED:
+      case PP_ECLOSED:
+        break;
+      default:
+        FAIL("unexpected acquire status %d (%s)", status, pp_err_name(status));
     }
     if (status == PP_ECANCELED && !sl->cancel_ok) FAIL("PP_ECANCELED without a cancel");
     ASSERT_NULL(lease->conn);
@@ -315,8 +320,11 @@ static void storm_op(void) {
     a.timeout = t == 0 ? -1 : t == 1 ? 0 : (int64_t)(10 + rnd() % 190);
     a.priority = (int)(rnd() % (PP_PRIORITY_MAX + 1));
     unsigned p = rnd() % 10;
-    pp_peer_t *peer = p < 5 ? st.peers[0] : p < 7 ? st.peers[1] : p < 8 ? st.peers[2]
-                    : p < 9 ? st.peers[3] : NULL;
+    pp_peer_t *peer = p < 5   ? st.peers[0]
+                      : p < 7 ? st.peers[1]
+                      : p < 8 ? st.peers[2]
+                      : p < 9 ? st.peers[3]
+                              : NULL;
     void *data = sl->lease.data;
     memset(&sl->lease, 0, sizeof sl->lease);
     sl->lease.data = data;
@@ -327,13 +335,13 @@ static void storm_op(void) {
       sl->state = PENDING;
     } else {
       switch (rc) {
-      case PP_EBUSY:
-      case PP_EEXHAUSTED:
-      case PP_EBURNED:
-      case PP_ENOPEER:
-        break;
-      default:
-        FAIL("unexpected pp_acquire return %d (%s)", rc, pp_err_name(rc));
+        case PP_EBUSY:
+        case PP_EEXHAUSTED:
+        case PP_EBURNED:
+        case PP_ENOPEER:
+          break;
+        default:
+          FAIL("unexpected pp_acquire return %d (%s)", rc, pp_err_name(rc));
       }
     }
   } else if (r < 55) { /* try_acquire */
@@ -388,10 +396,13 @@ static void storm_op(void) {
 }
 
 static void driver_cb(uv_timer_t *t) {
-  for (int i = 0; i < 8; i++) storm_op();
+  for (int i = 0; i < 8; i++)
+    storm_op();
 }
 
-static void kernel_cb(uv_timer_t *t) { check_kernel(); }
+static void kernel_cb(uv_timer_t *t) {
+  check_kernel();
+}
 
 static int64_t storm_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
   if (peer == st.peers[3]) return PP_BACKOFF_BURN;
@@ -428,7 +439,8 @@ static void storm_setup(void) {
   st.peers[1] = test_peer(st.pool, srv_addr(st.hang));
   st.peers[2] = test_peer(st.pool, srv_addr(st.ref));
   st.peers[3] = test_peer(st.pool, srv_addr(st.burn_srv));
-  for (int i = 0; i < NSLOTS; i++) st.slot[i].lease.data = &st.slot[i];
+  for (int i = 0; i < NSLOTS; i++)
+    st.slot[i].lease.data = &st.slot[i];
   uv_timer_init(test_loop(), &st.driver);
   uv_timer_start(&st.driver, driver_cb, 1, 1);
   uv_timer_init(test_loop(), &st.kernel_timer);
@@ -443,7 +455,8 @@ static void storm_stop_driver(void) {
 
 static int pending_count(void) {
   int n = 0;
-  for (int i = 0; i < NSLOTS; i++) n += st.slot[i].state == PENDING;
+  for (int i = 0; i < NSLOTS; i++)
+    n += st.slot[i].state == PENDING;
   return n;
 }
 
@@ -455,16 +468,18 @@ static void storm_check_once(void) {
       FAIL("slot %d: %lu accepted acquires but %lu callbacks", i, sl->accepted, sl->callbacks);
     acc += sl->accepted;
   }
-  printf("storm: %lu ops, %lu accepted acquires, %lu callbacks, %lu granted, %lu kicks, %lu "
-         "re-adds; max conns %d, max kernel sockets echo %d hang %d (%lu kernel checks)\n",
-         st.ops, acc, st.cbs, st.grants, st.kicks, st.readds, st.max_seen_total,
-         st.max_seen_echo, st.max_seen_hang, st.kernel_checks);
-  printf("statuses: ok %lu timeout %lu cannot_connect %lu burned %lu no_peer %lu canceled %lu "
-         "closed %lu\n",
-         st.status_count[0], st.status_count[(-PP_ETIMEDOUT) % 64],
-         st.status_count[(-PP_ECANNOTCONNECT) % 64], st.status_count[(-PP_EBURNED) % 64],
-         st.status_count[(-PP_ENOPEER) % 64], st.status_count[(-PP_ECANCELED) % 64],
-         st.status_count[(-PP_ECLOSED) % 64]);
+  printf(
+      "storm: %lu ops, %lu accepted acquires, %lu callbacks, %lu granted, %lu kicks, %lu "
+      "re-adds; max conns %d, max kernel sockets echo %d hang %d (%lu kernel checks)\n",
+      st.ops, acc, st.cbs, st.grants, st.kicks, st.readds, st.max_seen_total, st.max_seen_echo,
+      st.max_seen_hang, st.kernel_checks);
+  printf(
+      "statuses: ok %lu timeout %lu cannot_connect %lu burned %lu no_peer %lu canceled %lu "
+      "closed %lu\n",
+      st.status_count[0], st.status_count[(-PP_ETIMEDOUT) % 64],
+      st.status_count[(-PP_ECANNOTCONNECT) % 64], st.status_count[(-PP_EBURNED) % 64],
+      st.status_count[(-PP_ENOPEER) % 64], st.status_count[(-PP_ECANCELED) % 64],
+      st.status_count[(-PP_ECLOSED) % 64]);
   ASSERT_GT(acc, 50); /* the storm did something */
   ASSERT_GT(st.grants, 10);
 }
@@ -536,7 +551,8 @@ TEST(inv_limits_hold_under_a_burst) {
   enum { N = 40 };
   pp_lease_t l[N];
   test_rec_t r[N];
-  for (int i = 0; i < N; i++) ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < N; i++)
+    ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
   ASSERT_LE(test_stats(pool).connecting, 3);
   ASSERT_LE(srv_client_conns(srv), 3);
   int served = 0;
@@ -554,7 +570,8 @@ TEST(inv_limits_hold_under_a_burst) {
     }
   }
   ASSERT_EQ(served, N);
-  for (int i = 0; i < N; i++) ASSERT_EQ(r[i].calls, 1);
+  for (int i = 0; i < N; i++)
+    ASSERT_EQ(r[i].calls, 1);
   ASSERT_LE(srv_max_open(srv), 3);
   ASSERT_LE(srv_accepted(srv), 3);
   test_finish(pool);

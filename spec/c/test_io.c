@@ -145,7 +145,8 @@ TEST(io_large_round_trip) {
   io_fixture(&f, srv_echo_start(NULL));
   size_t n = 1 << 20;
   char *data = malloc(n);
-  for (size_t i = 0; i < n; i++) data[i] = (char)(i * 31 + 7);
+  for (size_t i = 0; i < n; i++)
+    data[i] = (char)(i * 31 + 7);
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(f.l.conn, test_reader_cb, &rd));
   pp_write_t w;
@@ -205,7 +206,8 @@ TEST(io_kept_bytes_beyond_64k_are_not_lost) {
   io_fixture(&f, srv_echo_start(NULL));
   size_t n = 256 * 1024;
   char *data = malloc(n);
-  for (size_t i = 0; i < n; i++) data[i] = (char)(i * 13 + 1);
+  for (size_t i = 0; i < n; i++)
+    data[i] = (char)(i * 13 + 1);
   pp_write_t w;
   test_rec_t wr = {0};
   memset(&w, 0, sizeof w);

@@ -30,25 +30,25 @@ TEST(options_defaults_are_valid) {
 }
 
 /* Set one field to `bad` on defaults, validate, and check the message names the field. */
-#define EXPECT_BAD(field, bad)                                                               \
-  do {                                                                                       \
-    pp_options_t o;                                                                          \
-    pp_options_init(&o);                                                                     \
-    o.field = (bad);                                                                         \
-    const char *why = NULL;                                                                  \
-    ASSERT_ERR(pp_options_validate(&o, &why), PP_EINVAL);                                    \
-    ASSERT_CONTAINS(why, #field);                                                            \
-    ASSERT_ERR(pp_options_validate(&o, NULL), PP_EINVAL);                                    \
+#define EXPECT_BAD(field, bad)                            \
+  do {                                                    \
+    pp_options_t o;                                       \
+    pp_options_init(&o);                                  \
+    o.field = (bad);                                      \
+    const char *why = NULL;                               \
+    ASSERT_ERR(pp_options_validate(&o, &why), PP_EINVAL); \
+    ASSERT_CONTAINS(why, #field);                         \
+    ASSERT_ERR(pp_options_validate(&o, NULL), PP_EINVAL); \
   } while (0)
 
-#define EXPECT_GOOD(field, good)                                                             \
-  do {                                                                                       \
-    pp_options_t o;                                                                          \
-    pp_options_init(&o);                                                                     \
-    o.field = (good);                                                                        \
-    const char *why = NULL;                                                                  \
-    int rc = pp_options_validate(&o, &why);                                                  \
-    if (rc != 0) FAIL("%s = %lld refused: %s", #field, (long long)(good), why ? why : "-");  \
+#define EXPECT_GOOD(field, good)                                                            \
+  do {                                                                                      \
+    pp_options_t o;                                                                         \
+    pp_options_init(&o);                                                                    \
+    o.field = (good);                                                                       \
+    const char *why = NULL;                                                                 \
+    int rc = pp_options_validate(&o, &why);                                                 \
+    if (rc != 0) FAIL("%s = %lld refused: %s", #field, (long long)(good), why ? why : "-"); \
   } while (0)
 
 TEST(options_max_per_peer_range) {

@@ -26,12 +26,13 @@ static struct {
 
 static ping_slot_t *live_slot(pp_conn_t *conn) {
   for (int i = 0; i < pg.calls && i < PING_SLOTS; i++)
-    if (pg.slot[i].conn == conn && !pg.slot[i].finished && !pg.slot[i].closed)
-      return &pg.slot[i];
+    if (pg.slot[i].conn == conn && !pg.slot[i].finished && !pg.slot[i].closed) return &pg.slot[i];
   return NULL;
 }
 
-static void ping_write_cb(pp_write_t *req, int status) { (void)req; }
+static void ping_write_cb(pp_write_t *req, int status) {
+  (void)req;
+}
 
 static void ping_read_cb(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg) {
   ping_slot_t *s = arg;
@@ -54,22 +55,22 @@ static void ping_hook(void *data, pp_conn_t *conn) {
   s->conn = conn;
   ASSERT_EQ(pp_conn_leases(conn), 0); /* pings run on idle conns */
   switch (pg.mode) {
-  case PING_ECHO:
-  case PING_FAIL: {
-    ASSERT_OK(pp_conn_read_start(conn, ping_read_cb, s));
-    uv_buf_t b = uv_buf_init("PING\n", 5);
-    ASSERT_OK(pp_conn_write(&s->w, conn, &b, 1, ping_write_cb));
-    break;
-  }
-  case PING_SYNC_OK:
-    s->finished = 1;
-    pg.done_rc = pp_conn_ping_done(conn, 0);
-    break;
-  case PING_READ_NEVER: /* a reader, but no answer ever completes the ping */
-    ASSERT_OK(pp_conn_read_start(conn, ping_read_cb, s));
-    break;
-  case PING_NEVER:
-    break;
+    case PING_ECHO:
+    case PING_FAIL: {
+      ASSERT_OK(pp_conn_read_start(conn, ping_read_cb, s));
+      uv_buf_t b = uv_buf_init("PING\n", 5);
+      ASSERT_OK(pp_conn_write(&s->w, conn, &b, 1, ping_write_cb));
+      break;
+    }
+    case PING_SYNC_OK:
+      s->finished = 1;
+      pg.done_rc = pp_conn_ping_done(conn, 0);
+      break;
+    case PING_READ_NEVER: /* a reader, but no answer ever completes the ping */
+      ASSERT_OK(pp_conn_read_start(conn, ping_read_cb, s));
+      break;
+    case PING_NEVER:
+      break;
   }
 }
 

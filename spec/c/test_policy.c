@@ -7,7 +7,7 @@ typedef struct {
   int last_n;
   int last_dialing;
   const char *last_key;
-  int answer;        /* fixed answer, or -2 to pick `want` */
+  int answer; /* fixed answer, or -2 to pick `want` */
   pp_peer_t *want;
 } sel_t;
 
@@ -19,7 +19,8 @@ static int sel_peer(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n,
   s->last_dialing = dialing;
   s->last_key = key;
   ASSERT_GE(n, 1);
-  for (int i = 0; i < n; i++) ASSERT_PTR_EQ(pp_peer_pool(peers[i]), pool);
+  for (int i = 0; i < n; i++)
+    ASSERT_PTR_EQ(pp_peer_pool(peers[i]), pool);
   if (s->answer != -2) return s->answer;
   for (int i = 0; i < n; i++)
     if (peers[i] == s->want) return i;
@@ -157,8 +158,10 @@ TEST(policy_select_conn_bad_answer_falls_back) {
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l[2];
   test_rec_t r[2];
-  for (int i = 0; i < 2; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
-  for (int i = 0; i < 2; i++) ASSERT_OK(pp_release(&l[i], 0));
+  for (int i = 0; i < 2; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 2; i++)
+    ASSERT_OK(pp_release(&l[i], 0));
   int calls = 0;
   pp_policy_t pol;
   memset(&pol, 0, sizeof pol);

@@ -156,7 +156,8 @@ TEST(recycle_lifespan_jitter_bounds) {
   enum { N = 8 };
   pp_lease_t l[N];
   test_rec_t r[N];
-  for (int i = 0; i < N; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < N; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   int64_t first = -1;
   int spread = 0;
   for (int i = 0; i < N; i++) {
@@ -169,7 +170,8 @@ TEST(recycle_lifespan_jitter_bounds) {
     if (life != first) spread = 1;
   }
   ASSERT_MSG(spread, "8 conns opened together all expire together despite 50%% jitter");
-  for (int i = 0; i < N; i++) ASSERT_OK(pp_release(&l[i], 0));
+  for (int i = 0; i < N; i++)
+    ASSERT_OK(pp_release(&l[i], 0));
   test_finish(pool);
   srv_stop(srv);
 }

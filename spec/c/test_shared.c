@@ -19,7 +19,8 @@ TEST(shared_three_leases_on_one_conn) {
   pp_pool_t *pool = shared_pool(srv, 3, 2, &peer);
   pp_lease_t l[4];
   test_rec_t r[4];
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   ASSERT_PTR_EQ(l[1].conn, l[0].conn);
   ASSERT_PTR_EQ(l[2].conn, l[0].conn);
   ASSERT_EQ(pp_conn_leases(l[0].conn), 3);
@@ -35,7 +36,8 @@ TEST(shared_three_leases_on_one_conn) {
   ASSERT_PTR_NE(l[3].conn, l[0].conn);
   ASSERT_ACCEPTED(srv, 2);
   ASSERT_EQ(test_stats(pool).conns, 2);
-  for (int i = 0; i < 4; i++) ASSERT_OK(pp_release(&l[i], 0));
+  for (int i = 0; i < 4; i++)
+    ASSERT_OK(pp_release(&l[i], 0));
   test_finish(pool);
   srv_stop(srv);
 }
@@ -46,7 +48,8 @@ TEST(shared_fourth_is_busy_when_max_per_peer_is_one) {
   pp_pool_t *pool = shared_pool(srv, 3, 1, &peer);
   pp_lease_t l[4];
   test_rec_t r[4];
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   pp_acquire_opts_t a;
   pp_acquire_opts_init(&a);
   a.busy = PP_BUSY_FAIL;
@@ -90,7 +93,8 @@ TEST(shared_release_one_keeps_the_conn) {
   pp_pool_t *pool = shared_pool(srv, 3, 1, &peer);
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   pp_conn_t *c = l[0].conn;
   ASSERT_OK(pp_release(&l[0], 0));
   ASSERT_EQ(pp_conn_leases(c), 2);
@@ -115,7 +119,8 @@ TEST(shared_broken_release_closes_for_every_holder) {
   pp_pool_t *pool = shared_pool(srv, 2, 1, &peer);
   pp_lease_t l[2];
   test_rec_t r[2];
-  for (int i = 0; i < 2; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 2; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(l[1].conn, test_reader_cb, &rd));
   ASSERT_OK(pp_release(&l[0], PP_EBROKEN));
@@ -142,7 +147,8 @@ TEST(shared_default_selection_fewest_leases) {
   pp_pool_t *pool = shared_pool(srv, 3, 2, &peer);
   pp_lease_t l[8];
   test_rec_t r[8];
-  for (int i = 0; i < 4; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 4; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   pp_conn_t *A = l[0].conn, *B = l[3].conn;
   ASSERT_PTR_NE(A, B);
   ASSERT_EQ(pp_conn_leases(A), 3);
@@ -161,7 +167,8 @@ TEST(shared_default_selection_fewest_leases) {
   ASSERT(l[7].conn == A || l[7].conn == B);
   ASSERT_ACCEPTED(srv, 2);
   int idx[] = {3, 4, 5, 6, 7};
-  for (int i = 0; i < 5; i++) ASSERT_OK(pp_release(&l[idx[i]], 0));
+  for (int i = 0; i < 5; i++)
+    ASSERT_OK(pp_release(&l[idx[i]], 0));
   test_finish(pool);
   srv_stop(srv);
 }
@@ -172,7 +179,8 @@ TEST(shared_default_selection_longest_idle) {
   pp_pool_t *pool = shared_pool(srv, 1, 3, &peer);
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   pp_conn_t *c[3] = {l[0].conn, l[1].conn, l[2].conn};
   /* Release in the order 1, 2, 0 with gaps: 1 has idled longest, then 2, then 0. */
   ASSERT_OK(pp_release(&l[1], 0));
@@ -191,7 +199,8 @@ TEST(shared_default_selection_longest_idle) {
   ASSERT_PTR_EQ(t[1].conn, c[2]);
   ASSERT_OK(test_acquire_wait(pool, &t[2], &tr[2], peer, NULL));
   ASSERT_PTR_EQ(t[2].conn, c[0]);
-  for (int i = 0; i < 3; i++) ASSERT_OK(pp_release(&t[i], 0));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(pp_release(&t[i], 0));
   test_finish(pool);
   srv_stop(srv);
 }
@@ -239,7 +248,8 @@ TEST(shared_select_conn_hook_is_used) {
   pp_pool_t *pool = shared_pool(srv, 1, 2, &peer);
   pp_lease_t l[2];
   test_rec_t r[2];
-  for (int i = 0; i < 2; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 2; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   pp_conn_t *c0 = l[0].conn, *c1 = l[1].conn;
   ASSERT_OK(pp_release(&l[0], 0));
   test_run_for(20);

@@ -25,7 +25,8 @@ TEST(state_known_connecting_ready) {
   ASSERT_EQ(test_transitions[0].from, PP_PEER_KNOWN);
   /* Without a handshake hook, "connected" may be skipped or pass at once; it never comes
    * after ready, and nothing else happens in between. */
-  for (int i = c + 1; i < rd; i++) ASSERT_EQ(test_transitions[i].to, PP_PEER_CONNECTED);
+  for (int i = c + 1; i < rd; i++)
+    ASSERT_EQ(test_transitions[i].to, PP_PEER_CONNECTED);
   ASSERT_EQ(rd, test_ntransitions - 1);
   pp_stats_t s = test_stats(pool);
   ASSERT_EQ(s.peers_by_state[PP_PEER_READY], 1);
@@ -266,7 +267,8 @@ TEST(state_peers_by_state_sums_to_peers) {
   pp_stats_t s = test_stats(pool);
   ASSERT_EQ(s.peers, 3);
   int sum = 0;
-  for (int i = 0; i < PP_PEER_STATE_COUNT; i++) sum += s.peers_by_state[i];
+  for (int i = 0; i < PP_PEER_STATE_COUNT; i++)
+    sum += s.peers_by_state[i];
   ASSERT_EQ(sum, 3);
   ASSERT_EQ(s.peers_by_state[PP_PEER_READY], 1);
   ASSERT_EQ(s.peers_by_state[PP_PEER_FAILED], 1);

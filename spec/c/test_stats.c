@@ -8,7 +8,8 @@ static void check_gauge_identity(pp_pool_t *pool) {
     FAIL("conns %d != idle %d + active %d + connecting %d", s.conns, s.idle, s.active,
          s.connecting);
   int sum = 0;
-  for (int i = 0; i < PP_PEER_STATE_COUNT; i++) sum += s.peers_by_state[i];
+  for (int i = 0; i < PP_PEER_STATE_COUNT; i++)
+    sum += s.peers_by_state[i];
   ASSERT_EQ(sum, s.peers);
 }
 
@@ -21,7 +22,8 @@ TEST(stats_fresh_pool_is_zero) {
   ASSERT_EQ(s.connecting, 0);
   ASSERT_EQ(s.waiters, 0);
   ASSERT_EQ(s.peers, 0);
-  for (int i = 0; i < PP_PEER_STATE_COUNT; i++) ASSERT_EQ(s.peers_by_state[i], 0);
+  for (int i = 0; i < PP_PEER_STATE_COUNT; i++)
+    ASSERT_EQ(s.peers_by_state[i], 0);
   ASSERT_EQ(s.acquires, 0);
   ASSERT_EQ(s.acquired_immediate, 0);
   ASSERT_EQ(s.acquired_dialed, 0);
@@ -36,7 +38,8 @@ TEST(stats_fresh_pool_is_zero) {
   ASSERT_EQ(s.connect_attempts, 0);
   ASSERT_EQ(s.connects_ok, 0);
   ASSERT_EQ(s.connects_failed, 0);
-  for (int i = 0; i < PP_CLOSE_REASON_COUNT; i++) ASSERT_EQ(s.closed[i], 0);
+  for (int i = 0; i < PP_CLOSE_REASON_COUNT; i++)
+    ASSERT_EQ(s.closed[i], 0);
   ASSERT_EQ(s.bytes_in, 0);
   ASSERT_EQ(s.bytes_out, 0);
   ASSERT_EQ(s.msgs_in, 0);
@@ -55,7 +58,8 @@ TEST(stats_gauges_idle_and_active) {
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   pp_stats_t s = test_stats(pool);
   ASSERT_EQ(s.conns, 3);
   ASSERT_EQ(s.active, 3);
@@ -96,7 +100,8 @@ TEST(stats_connecting_gauge) {
   pp_peer_t *peer = test_peer(pool, srv_addr(hang));
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
   test_run_for(30);
   pp_stats_t s = test_stats(pool);
   ASSERT_EQ(s.connecting, 2); /* max_per_peer counts conns still connecting */
@@ -106,7 +111,8 @@ TEST(stats_connecting_gauge) {
   ASSERT_EQ(srv_client_conns(hang), 2);
   check_gauge_identity(pool);
   ASSERT_EQ(s.peers_by_state[PP_PEER_CONNECTING], 1);
-  for (int i = 0; i < 3; i++) ASSERT_OK(pp_acquire_cancel(&l[i]));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(pp_acquire_cancel(&l[i]));
   RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 1000);
   ASSERT_EQ(test_stats(pool).canceled, 3);
   test_finish(pool);
@@ -123,7 +129,8 @@ TEST(stats_waiters_gauge) {
   pp_lease_t h, w[4];
   test_rec_t hr, r[4];
   ASSERT_OK(test_acquire_wait(pool, &h, &hr, peer, NULL));
-  for (int i = 0; i < 4; i++) ASSERT_OK(test_acquire_start(pool, &w[i], &r[i], peer, NULL));
+  for (int i = 0; i < 4; i++)
+    ASSERT_OK(test_acquire_start(pool, &w[i], &r[i], peer, NULL));
   ASSERT_EQ(test_stats(pool).waiters, 4);
   ASSERT_EQ(test_peer_info(peer).waiters, 4);
   ASSERT_OK(pp_acquire_cancel(&w[3]));
@@ -236,7 +243,8 @@ TEST(stats_closed_by_reason) {
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l[4];
   test_rec_t r[4];
-  for (int i = 0; i < 3; i++) ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
   ASSERT_OK(pp_release(&l[0], PP_EBROKEN)); /* broken */
   RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_BROKEN] == 1, 1000);
   ASSERT_OK(pp_release(&l[1], 0));

@@ -374,3 +374,53 @@ TEST(io_conn_data) {
   ASSERT_OK(pp_release(&f.l, 0));
   io_end(&f);
 }
+
+TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
+  /* Bytes the last holder left unread are a reply nobody will read: the next holder must not
+   * receive them (the conn is closed or the bytes dropped). */
+  io_fx_t f;
+  io_fixture(&f, srv_echo_start(NULL));
+  ASSERT_EQ(test_write(f.l.conn, "stale", 5), 0);
+  RUN_UNTIL(srv_bytes_out(f.srv) == 5, 2000);
+  test_run_for(20);
+  ASSERT_OK(pp_release(&f.l, 0));
+  ASSERT_OK(test_acquire_wait(f.pool, &f.l, &f.r, f.peer, NULL));
+  test_reader_t rd = {0};
+  ASSERT_OK(pp_conn_read_start(f.l.conn, test_reader_cb, &rd));
+  ASSERT_EQ(test_write(f.l.conn, "fresh", 5), 0);
+  RUN_UNTIL(rd.len >= 5, 2000);
+  test_run_for(20);
+  ASSERT_EQ(rd.len, 5);
+  ASSERT(memcmp(rd.buf, "fresh", 5) == 0);
+  ASSERT_OK(pp_release(&f.l, 0));
+  test_reader_free(&rd);
+  io_end(&f);
+}
+
+TEST(io_late_reply_on_idle_conn_is_not_handed_to_the_next_lessee) {
+  /* The reply arrives after the release, while the conn idles: same rule. */
+  io_fx_t f;
+  srv_opts_t so = {0};
+  io_fixture(&f, srv_echo_start(&so));
+  pp_write_t w;
+  test_rec_t wr = {0};
+  memset(&w, 0, sizeof w);
+  w.data = &wr;
+  uv_buf_t b = uv_buf_init("late!", 5);
+  ASSERT_OK(pp_conn_write(&w, f.l.conn, &b, 1, write_cb_rec));
+  ASSERT_OK(pp_release(&f.l, 0)); /* before the echo can be back */
+  RUN_UNTIL(wr.calls == 1 && srv_bytes_out(f.srv) == 5, 2000);
+  test_run_for(30); /* the echo reaches the idle conn */
+  ASSERT_OK(test_acquire_wait(f.pool, &f.l, &f.r, f.peer, NULL));
+  test_reader_t rd = {0};
+  ASSERT_OK(pp_conn_read_start(f.l.conn, test_reader_cb, &rd));
+  ASSERT_EQ(test_write(f.l.conn, "fresh", 5), 0);
+  RUN_UNTIL(rd.len >= 5 || rd.ended, 2000);
+  test_run_for(20);
+  ASSERT_EQ(rd.ended, 0);
+  ASSERT_EQ(rd.len, 5);
+  ASSERT(memcmp(rd.buf, "fresh", 5) == 0);
+  ASSERT_OK(pp_release(&f.l, 0));
+  test_reader_free(&rd);
+  io_end(&f);
+}

@@ -162,8 +162,8 @@ const char *pp_close_reason_name(pp_close_reason_t reason);
  * Policy: every decision a policy script can make. Any NULL member keeps the built-in
  * default. The engine calls hooks synchronously from the loop thread, in the middle of its
  * own work: a hook decides and returns; it must not acquire, release, cancel or close the
- * pool (handshake/ping hooks start I/O and complete later). `data` is passed back to every
- * hook.
+ * pool (handshake/ping hooks start I/O and complete later, or complete at once). `data` is
+ * passed back to every hook.
  */
 typedef struct {
   void *data;
@@ -402,9 +402,10 @@ void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info);
 /* Reading. The conn reads all the time; bytes go to the reader set here. nread > 0: `buf`
  * holds nread bytes valid only during the call. nread < 0: the stream ended (UV_EOF), failed
  * (a UV_E* code) or the conn is closing (PP_ECLOSED); no further calls follow. Bytes that
- * arrive with no reader are kept (up to 64 KiB, then reading pauses) and delivered after the
- * next pp_conn_read_start, on a later tick. Returns 0, PP_ECLOSED, or PP_ESTATE when another
- * reader is set. */
+ * arrive on a leased conn with no reader are kept (up to 64 KiB, then reading pauses) and
+ * delivered after the next pp_conn_read_start, on a later tick. A conn must go back clean:
+ * one released with unread bytes, or that receives bytes while idle (a late reply), is
+ * closed. Returns 0, PP_ECLOSED, or PP_ESTATE when another reader is set. */
 typedef void (*pp_read_cb)(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg);
 int pp_conn_read_start(pp_conn_t *conn, pp_read_cb cb, void *arg);
 /* Stop delivering; later bytes are kept for the next reader. Always returns 0. */

@@ -472,6 +472,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn->bytes_in += (uint64_t)nread;
   conn->peer->bytes_in += (uint64_t)nread;
   pool->stats.bytes_in += (uint64_t)nread;
+  if (conn->leases == 0 && conn->phase == PP_CONN_READY) {
+    /* Nobody holds an idle conn, so its bytes are a late reply (or chatter) that would
+     * reach the next holder ahead of its own reply: the conn is no longer clean. */
+    uv_read_stop(stream);
+    conn->reading = false;
+    pp__conn_close(conn, PP_CLOSE_REMOTE);
+    return;
+  }
   if (conn->read_cb && conn->kept_len == 0 && !conn->deliver_pending) {
     conn->msgs_in++;
     conn->peer->msgs_in++;
@@ -594,7 +602,10 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
   if (conn->hook_running) {
+    /* The hook forgets the conn in `closed`: its reader must not be called afterwards. */
     conn->hook_running = false;
+    conn->read_cb = NULL;
+    conn->kept_error = 0;
     if (pool->policy.closed) pool->policy.closed(pool->policy.data, conn);
   }
   pp__peer_unmark_usable(peer, conn);

@@ -75,8 +75,9 @@ static void on_backoff_done(uv_timer_t *timer) { start_attempt(timer->data); }
 
 int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
   pp_pool_t *pool = peer->pool;
-  pp_conn_t *conn = calloc(1, sizeof(*conn));
-  if (conn == NULL) return UV_ENOMEM;
+  pp_conn_t *conn;
+  if (posix_memalign((void **)&conn, 64, sizeof(*conn)) != 0) return UV_ENOMEM;
+  memset(conn, 0, sizeof(*conn));
   conn->pool = pool;
   conn->peer = peer;
   conn->phase = PP_CONN_NEW;

@@ -66,9 +66,33 @@ typedef struct {
 
 #define PP__READ_KEEP_MAX (64 * 1024)
 
+/* The fields the acquire/release hot path touches come first, so a lend or a return touches
+ * the conn's first two cache lines (and a list neighbour's first line) and not more: with
+ * thousands of idle conns lent longest-idle first, every conn is a cache miss. Conns are
+ * allocated 64-byte aligned. */
 struct pp_conn_s {
+  /* line 0 */
+  pp__link_t bucket_link; /* in peer->buckets[leases] while usable */
+  pp__link_t idle_link;   /* in pool->idle while usable with no lease */
   pp_pool_t *pool;
   pp_peer_t *peer;
+  int leases;
+  pp__conn_phase_t phase;
+  bool broken;            /* saw an I/O error or EOF; never lent again */
+  bool expired;           /* past max_lifespan; closes when its last lease ends */
+  bool reading;           /* uv_read_start is active */
+  bool deliver_pending;   /* on the defer list to hand kept bytes to the reader */
+  bool hook_running;      /* handshake/ping hook holds the conn */
+  bool delivering;        /* inside a reader callback from the defer queue: do not free */
+  unsigned char hstate, tstate; /* h and timer: none, open, closing */
+  /* line 1 */
+  pp__link_t lease_list;  /* leases holding this conn (their qlink_) */
+  uint64_t last_used;     /* loop ms when the lease count last changed */
+  size_t kept_len;        /* bytes kept in `kept` */
+  pp_read_cb read_cb;
+  void *read_arg;
+  pp_lease_t *owner;      /* the waiter this dial was started for (may be NULL) */
+  /* the rest */
   union {
     uv_handle_t handle;
     uv_stream_t stream;
@@ -77,31 +101,14 @@ struct pp_conn_s {
   } h;
   uv_connect_t connect_req;
   uv_timer_t timer;       /* attempt timeout, backoff, handshake timeout, then lifespan */
-  pp__conn_phase_t phase;
-  unsigned char hstate, tstate; /* h and timer: none, open, closing */
-  bool delivering;        /* inside a reader callback from the defer queue: do not free */
-  bool broken;            /* saw an I/O error or EOF; never lent again */
-  bool expired;           /* past max_lifespan; closes when its last lease ends */
-  bool reading;           /* uv_read_start is active */
-  bool deliver_pending;   /* on the defer list to hand kept bytes to the reader */
-  bool hook_running;      /* handshake/ping hook holds the conn */
   int attempt;            /* connect attempts made by this dial */
   int last_error;         /* socket error of the last attempt / I/O */
-  int leases;
-  pp__link_t lease_list;  /* leases holding this conn (their qlink_) */
-  pp_lease_t *owner;      /* the waiter this dial was started for (may be NULL) */
   uint64_t attempt_started; /* loop ms */
-  uint64_t last_used;     /* loop ms when the lease count last changed */
   int64_t created_at, expires_at;
-  pp__link_t bucket_link; /* in peer->buckets[leases] while usable */
-  pp__link_t idle_link;   /* in pool->idle while usable with no lease */
   pp__link_t peer_link;   /* in peer->conns */
   pp__link_t defer_link;  /* in pool->defer_conns while deliver_pending */
-  /* reader */
-  pp_read_cb read_cb;
-  void *read_arg;
   char *kept;             /* bytes that arrived with no reader */
-  size_t kept_len, kept_cap;
+  size_t kept_cap;
   int kept_error;         /* an end/error seen with no reader, delivered after kept bytes */
   /* counters */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;

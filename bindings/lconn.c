@@ -1,0 +1,396 @@
+/* Conn objects: acquire (coroutine or callback), send, receive in the cosocket style
+ * ("*l", "*a", a byte count) with the pool's io_timeout, release, close, and the GC rule: a conn
+ * collected while still leased is released as broken and counted as leaked. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lpeerpool.h"
+
+static lpp_conn_t *check_conn(lua_State *L, int idx) {
+  lpp_conn_t *c = luaL_checkudata(L, idx, LPP_CONN);
+  if (c->state != LPP_CONN_LEASED) luaL_error(L, "attempt to use a released conn");
+  return c;
+}
+
+static void unref(lua_State *L, int *ref) {
+  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
+}
+
+static void timer_closed(uv_handle_t *h) { free(h); }
+
+static void drop_timer(uv_timer_t **timer) {
+  if (*timer == NULL) return;
+  (*timer)->data = NULL;
+  uv_close((uv_handle_t *)*timer, timer_closed);
+  *timer = NULL;
+}
+
+/* ---- acquire --------------------------------------------------------------------------- */
+
+/* Push the error tuple for an acquire that failed with `err`. With busy, the detail is a
+ * notice armed for the peer. Returns the number of values pushed. */
+static int push_acquire_error(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, int err, int cause) {
+  if (err == PP_EBUSY) {
+    lua_pushnil(L);
+    lua_pushstring(L, pp_err_name(err));
+    lpp_push_notice(L, p, 1, peer);
+    return 3;
+  }
+  if (err == PP_ECANNOTCONNECT && cause) {
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s: %s (%s)", pp_strerror(err), pp_strerror(cause),
+             pp_err_name(cause));
+    return lpp_push_error(L, err, msg);
+  }
+  return lpp_push_error(L, err, NULL);
+}
+
+static void granted(lpp_conn_t *c) {
+  c->state = LPP_CONN_LEASED;
+  snprintf(c->peer_addr, sizeof(c->peer_addr), "%s", pp_peer_addr(c->lease.peer));
+}
+
+static void on_acquired(pp_lease_t *lease, int status) {
+  lpp_conn_t *c = lease->data;
+  lpp_pool_t *p = c->owner;
+  lua_State *L = p->L;
+  if (status == 0) granted(c);
+  else c->state = LPP_CONN_DONE;
+  if (p->st->shutting_down) {
+    if (status == 0) {
+      pp_release(&c->lease, PP_EBROKEN);
+      c->state = LPP_CONN_DONE;
+    }
+    unref(L, &c->co_ref);
+    unref(L, &c->cb_ref);
+    unref(L, &c->self_ref);
+    return;
+  }
+  if (c->co_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
+    lua_State *co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    int n;
+    if (status == 0) {
+      lua_rawgeti(co, LUA_REGISTRYINDEX, c->self_ref);
+      n = 1;
+    } else {
+      n = push_acquire_error(co, p, lease->want_, status, lease->cause);
+    }
+    unref(L, &c->co_ref);
+    unref(L, &c->self_ref);
+    lpp_resume(L, co, n, p);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
+  if (status == 0) {
+    lua_pushnil(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref);
+    lua_pushnil(L);
+  } else {
+    int n = push_acquire_error(L, p, lease->want_, status, lease->cause);
+    /* (nil, code, detail) -> (code, nil, detail) */
+    lua_remove(L, -n);
+    lua_pushnil(L);
+    lua_insert(L, -2);
+  }
+  unref(L, &c->cb_ref);
+  unref(L, &c->self_ref);
+  lpp_call(L, 3, p);
+}
+
+int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_opts_t *opts,
+                int cb_idx) {
+  if (cb_idx == 0 && !lua_isyieldable(L))
+    return luaL_error(L, "pool:acquire() without a callback must run inside a coroutine "
+                         "(peerpool.run(fn), or a coroutine on the luv loop)");
+  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 0);
+  memset(c, 0, sizeof(*c));
+  c->self_ref = c->pool_ref = c->co_ref = c->cb_ref = LUA_NOREF;
+  luaL_setmetatable(L, LPP_CONN);
+  c->owner = p;
+  c->lease.data = c;
+  lua_pushvalue(L, 1);
+  c->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int err;
+  if (cb_idx == 0) {
+    err = pp_try_acquire(p->pool, &c->lease, peer, opts);
+    if (err == 0) {
+      granted(c);
+      return 1;
+    }
+    if (err != PP_EAGAIN) return push_acquire_error(L, p, peer, err, 0);
+  }
+  err = pp_acquire(p->pool, &c->lease, peer, opts, on_acquired);
+  if (err) return push_acquire_error(L, p, peer, err, 0);
+  c->state = LPP_CONN_PENDING;
+  lua_pushvalue(L, -1);
+  c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (cb_idx) {
+    lua_pushvalue(L, cb_idx);
+    c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushthread(L);
+  c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return lua_yield(L, 0);
+}
+
+/* ---- receive --------------------------------------------------------------------------- */
+
+/* If the buffer satisfies the wanted pattern, push the result and consume it: 1; else 0. */
+static int take(lua_State *L, lpp_conn_t *c) {
+  size_t n;
+  switch (c->want_kind) {
+    case 'l': {
+      char *nl = memchr(c->buf, '\n', c->len);
+      if (nl == NULL) return 0;
+      n = (size_t)(nl - c->buf);
+      lua_pushlstring(L, c->buf, n > 0 && c->buf[n - 1] == '\r' ? n - 1 : n);
+      n++;
+      break;
+    }
+    case 'n':
+      if (c->len < c->want_n) return 0;
+      n = c->want_n;
+      lua_pushlstring(L, c->buf, n);
+      break;
+    default: /* 'a': everything, once the stream has ended */
+      if (!c->read_error) return 0;
+      n = c->len;
+      lua_pushlstring(L, c->buf, n);
+      break;
+  }
+  memmove(c->buf, c->buf + n, c->len - n);
+  c->len -= n;
+  return 1;
+}
+
+/* Push the outcome of a receive that cannot wait: data, or nil, code, partial. */
+static int push_receive_end(lua_State *L, lpp_conn_t *c, int err) {
+  lua_pushnil(L);
+  lua_pushstring(L, err == UV_EOF || err == PP_ECLOSED ? "closed" : pp_err_name(err));
+  lua_pushlstring(L, c->buf, c->len); /* the partial data, as cosockets do */
+  if (err != PP_ETIMEDOUT) c->len = 0;
+  return 3;
+}
+
+static void finish_receive(lpp_conn_t *c, int err) {
+  lpp_pool_t *p = c->owner;
+  lua_State *L = p->L;
+  if (c->timer) uv_timer_stop(c->timer);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
+  lua_State *co = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  int n = err ? push_receive_end(co, c, err) : take(co, c);
+  c->want_kind = 0;
+  unref(L, &c->co_ref);
+  unref(L, &c->self_ref);
+  if (p->st->shutting_down) {
+    lua_pop(co, n);
+    return;
+  }
+  lpp_resume(L, co, n, p);
+}
+
+static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg) {
+  lpp_conn_t *c = arg;
+  if (nread < 0) {
+    c->read_error = (int)nread;
+    c->reading = 0;
+  } else {
+    if (c->len + (size_t)nread > c->cap) {
+      size_t cap = c->cap ? c->cap : 1024;
+      while (cap < c->len + (size_t)nread) cap *= 2;
+      char *b = realloc(c->buf, cap);
+      if (b == NULL) {
+        c->read_error = UV_ENOMEM;
+        pp_conn_read_stop(conn);
+        c->reading = 0;
+        if (c->co_ref != LUA_NOREF) finish_receive(c, UV_ENOMEM);
+        return;
+      }
+      c->buf = b;
+      c->cap = cap;
+    }
+    memcpy(c->buf + c->len, data, (size_t)nread);
+    c->len += (size_t)nread;
+  }
+  if (c->co_ref == LUA_NOREF) return;
+  /* "*a" is satisfied by the end of the stream; others fail on it. */
+  if (c->read_error && c->want_kind != 'a')
+    finish_receive(c, c->read_error);
+  else if (c->want_kind == 'a' ? c->read_error != 0 : (c->want_kind == 'l'
+                                                           ? memchr(c->buf, '\n', c->len) != NULL
+                                                           : c->len >= c->want_n))
+    finish_receive(c, 0);
+}
+
+static void on_io_timeout(uv_timer_t *timer) {
+  lpp_conn_t *c = timer->data;
+  if (c && c->co_ref != LUA_NOREF) finish_receive(c, PP_ETIMEDOUT);
+}
+
+static int l_receive(lua_State *L) {
+  lpp_conn_t *c = check_conn(L, 1);
+  luaL_argcheck(L, c->co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
+  c->want_kind = 'l';
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n > 0, 2, "byte count must be > 0");
+    c->want_kind = 'n';
+    c->want_n = (size_t)n;
+  } else if (!lua_isnoneornil(L, 2)) {
+    const char *pat = luaL_checkstring(L, 2);
+    if (*pat == '*') pat++;
+    luaL_argcheck(L, strcmp(pat, "l") == 0 || strcmp(pat, "a") == 0, 2,
+                  "pattern must be \"*l\", \"*a\" or a byte count");
+    c->want_kind = pat[0];
+  }
+  if (take(L, c)) return 1;
+  if (c->read_error) return push_receive_end(L, c, c->read_error);
+  pp_conn_t *conn = c->lease.conn;
+  if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
+  if (!lua_isyieldable(L))
+    return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
+  if (!c->reading) {
+    int err = pp_conn_read_start(conn, on_read, c);
+    if (err) return push_receive_end(L, c, err);
+    c->reading = 1;
+  }
+  int64_t ms = c->owner->io_timeout;
+  if (ms > 0) {
+    if (c->timer == NULL) {
+      c->timer = malloc(sizeof(*c->timer));
+      if (c->timer == NULL) return luaL_error(L, "out of memory");
+      uv_timer_init(c->owner->st->loop, c->timer);
+    }
+    c->timer->data = c;
+    uv_timer_start(c->timer, on_io_timeout, (uint64_t)ms, 0);
+  }
+  lua_pushthread(L);
+  c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 1);
+  c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return lua_yield(L, 0);
+}
+
+/* ---- send ------------------------------------------------------------------------------ */
+
+typedef struct {
+  pp_write_t req;
+  char data[];
+} write_t;
+
+static void on_written(pp_write_t *req, int status) { free(req); }
+
+static int l_send(lua_State *L) {
+  lpp_conn_t *c = check_conn(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  if (c->lease.conn == NULL) return lpp_push_error(L, PP_ECLOSED, NULL);
+  write_t *w = malloc(sizeof(*w) + len);
+  if (w == NULL) return luaL_error(L, "out of memory");
+  memcpy(w->data, data, len);
+  uv_buf_t buf = uv_buf_init(w->data, (unsigned int)len);
+  int err = pp_conn_write(&w->req, c->lease.conn, &buf, 1, on_written);
+  if (err) {
+    free(w);
+    return lpp_push_error(L, err == UV_EOF ? PP_ECLOSED : err, NULL);
+  }
+  lua_pushinteger(L, (lua_Integer)len);
+  return 1;
+}
+
+/* ---- release --------------------------------------------------------------------------- */
+
+/* End the lease (status < 0: broken). Unread bytes mean the conn is not clean: broken too. */
+static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
+  if (c->state != LPP_CONN_LEASED) return;
+  if (status == 0 && c->len > 0) status = PP_EBROKEN;
+  if (c->reading && c->lease.conn) pp_conn_read_stop(c->lease.conn);
+  c->reading = 0;
+  pp_release(&c->lease, status);
+  c->state = LPP_CONN_DONE;
+  drop_timer(&c->timer);
+  free(c->buf);
+  c->buf = NULL;
+  c->len = c->cap = 0;
+}
+
+static int l_release(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  int was = c->state == LPP_CONN_LEASED;
+  end_lease(L, c, 0);
+  lua_pushboolean(L, was);
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  int was = c->state == LPP_CONN_LEASED;
+  end_lease(L, c, PP_EBROKEN);
+  lua_pushboolean(L, was);
+  return 1;
+}
+
+static int l_gc(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  if (c->state == LPP_CONN_LEASED) {
+    c->owner->leaked_leases++;
+    end_lease(L, c, PP_EBROKEN);
+  }
+  drop_timer(&c->timer);
+  free(c->buf);
+  c->buf = NULL;
+  unref(L, &c->pool_ref);
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  const char *state = c->state == LPP_CONN_LEASED   ? "leased"
+                      : c->state == LPP_CONN_PENDING ? "pending"
+                                                     : "released";
+  lua_pushfstring(L, "peerpool.conn (%s, %s): %p", c->peer_addr[0] ? c->peer_addr : "-", state,
+                  (void *)c);
+  return 1;
+}
+
+static int l_index(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  const char *key = lua_tostring(L, 2);
+  if (key && strcmp(key, "peer") == 0) {
+    lua_pushstring(L, c->peer_addr);
+    return 1;
+  }
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static const luaL_Reg conn_methods[] = {
+    {"send", l_send},   {"receive", l_receive}, {"release", l_release},
+    {"close", l_close}, {NULL, NULL},
+};
+
+void lpp_conn_open(lua_State *L) {
+  if (luaL_newmetatable(L, LPP_CONN)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, conn_methods, 0);
+    lua_setfield(L, -2, "methods");
+    lua_pushcfunction(L, l_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_release);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, l_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+}

@@ -1,0 +1,191 @@
+/* Busy notices: the detail of a "busy" answer. notice:wait([ms]) in a coroutine,
+ * notice:on_free(fn), notice:cancel(). A notice fires once. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lpeerpool.h"
+
+static void unref(lua_State *L, int *ref) {
+  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
+}
+
+static void timer_closed(uv_handle_t *h) { free(h); }
+
+static lpp_notice_t *check_notice(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, LPP_NOTICE);
+}
+
+/* Deliver the outcome to whoever waits: the coroutine in wait(), then the on_free callback. */
+static void deliver(lpp_notice_t *n) {
+  lpp_pool_t *p = n->owner;
+  lua_State *L = p->L;
+  if (n->timer) uv_timer_stop(n->timer);
+  if (p->st->shutting_down) {
+    unref(L, &n->co_ref);
+    unref(L, &n->cb_ref);
+    unref(L, &n->self_ref);
+    return;
+  }
+  /* Keep the userdata alive across the calls below. */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, n->self_ref);
+  int anchor = lua_gettop(L);
+  if (n->co_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
+    lua_State *co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    unref(L, &n->co_ref);
+    int nres = 1;
+    if (n->status == 0) lua_pushboolean(co, 1);
+    else nres = lpp_push_error(co, n->status, NULL);
+    lpp_resume(L, co, nres, p);
+  }
+  if (n->cb_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, n->cb_ref);
+    unref(L, &n->cb_ref);
+    if (n->status == 0) lua_pushnil(L);
+    else lua_pushstring(L, pp_err_name(n->status));
+    lpp_call(L, 1, p);
+  }
+  lua_settop(L, anchor - 1);
+}
+
+static void on_fired(pp_notice_t *notice, int status) {
+  lpp_notice_t *n = notice->data;
+  n->fired = 1;
+  n->status = status;
+  deliver(n);
+  unref(n->owner->L, &n->self_ref); /* fired: no longer needs to be kept alive */
+}
+
+void lpp_push_notice(lua_State *L, lpp_pool_t *p, int pool_idx, pp_peer_t *peer) {
+  lpp_notice_t *n = lua_newuserdatauv(L, sizeof(*n), 1);
+  memset(n, 0, sizeof(*n));
+  n->self_ref = n->co_ref = n->cb_ref = LUA_NOREF;
+  n->owner = p;
+  n->notice.data = n;
+  luaL_setmetatable(L, LPP_NOTICE);
+  lua_pushvalue(L, pool_idx); /* the pool stays alive while its notice does */
+  lua_setiuservalue(L, -2, 1);
+  if (pp_notice_start(p->pool, &n->notice, peer, on_fired) != 0) {
+    n->fired = 1;
+    n->status = PP_ECLOSED;
+    return;
+  }
+  lua_pushvalue(L, -1);
+  n->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static void on_wait_timeout(uv_timer_t *timer) {
+  lpp_notice_t *n = timer->data;
+  if (n == NULL || n->co_ref == LUA_NOREF) return;
+  lua_State *L = n->owner->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
+  lua_State *co = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  unref(L, &n->co_ref);
+  int nres = lpp_push_error(co, PP_ETIMEDOUT, "capacity did not free in time");
+  lpp_resume(L, co, nres, n->owner);
+}
+
+/* notice:wait([ms]) -> true once capacity freed, or nil, code, message. */
+static int l_wait(lua_State *L) {
+  lpp_notice_t *n = check_notice(L, 1);
+  int64_t ms = lpp_opt_ms(L, 2, "notice:wait(ms): ms", 0);
+  if (n->fired) {
+    if (n->status == 0) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    return lpp_push_error(L, n->status, NULL);
+  }
+  luaL_argcheck(L, n->co_ref == LUA_NOREF, 1, "a coroutine is already waiting on this notice");
+  if (!lua_isyieldable(L))
+    return luaL_error(L, "notice:wait() must run inside a coroutine (or use notice:on_free(fn))");
+  if (ms > 0) {
+    if (n->timer == NULL) {
+      n->timer = malloc(sizeof(*n->timer));
+      if (n->timer == NULL) return luaL_error(L, "out of memory");
+      uv_timer_init(n->owner->st->loop, n->timer);
+      n->timer->data = n;
+    }
+    uv_timer_start(n->timer, on_wait_timeout, (uint64_t)ms, 0);
+  }
+  lua_pushthread(L);
+  n->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return lua_yield(L, 0);
+}
+
+static void on_late(uv_timer_t *timer) {
+  lpp_notice_t *n = timer->data;
+  if (n) deliver(n);
+  if (n) unref(n->owner->L, &n->self_ref);
+}
+
+/* notice:on_free(fn): fn(nil) when capacity frees, fn(code) if cancelled or closed. */
+static int l_on_free(lua_State *L) {
+  lpp_notice_t *n = check_notice(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  unref(L, &n->cb_ref);
+  lua_pushvalue(L, 2);
+  n->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (n->fired) {
+    /* Already fired: call back on a later tick, never inside on_free. */
+    if (n->timer == NULL) {
+      n->timer = malloc(sizeof(*n->timer));
+      if (n->timer == NULL) return luaL_error(L, "out of memory");
+      uv_timer_init(n->owner->st->loop, n->timer);
+      n->timer->data = n;
+    }
+    if (n->self_ref == LUA_NOREF) {
+      lua_pushvalue(L, 1);
+      n->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    uv_timer_start(n->timer, on_late, 0, 0);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_cancel(lua_State *L) {
+  lpp_notice_t *n = check_notice(L, 1);
+  lua_pushboolean(L, !n->fired && pp_notice_cancel(&n->notice) == 0);
+  return 1;
+}
+
+static int l_gc(lua_State *L) {
+  lpp_notice_t *n = check_notice(L, 1);
+  if (n->timer) {
+    n->timer->data = NULL;
+    uv_close((uv_handle_t *)n->timer, timer_closed);
+    n->timer = NULL;
+  }
+  unref(L, &n->cb_ref);
+  unref(L, &n->co_ref);
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  lpp_notice_t *n = check_notice(L, 1);
+  lua_pushfstring(L, "peerpool.notice (%s): %p",
+                  n->fired ? (n->status == 0 ? "fired" : pp_err_name(n->status)) : "armed",
+                  (void *)n);
+  return 1;
+}
+
+static const luaL_Reg notice_methods[] = {
+    {"wait", l_wait}, {"on_free", l_on_free}, {"cancel", l_cancel}, {NULL, NULL},
+};
+
+void lpp_notice_open(lua_State *L) {
+  if (luaL_newmetatable(L, LPP_NOTICE)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, notice_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+}

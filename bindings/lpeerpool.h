@@ -1,0 +1,104 @@
+/* The Lua 5.4 module `peerpool`: shared declarations of the binding's files. The binding only
+ * uses the engine's public header. */
+#ifndef LPEERPOOL_H
+#define LPEERPOOL_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "peerpool.h"
+
+#define LPP_POOL "peerpool.pool"
+#define LPP_CONN "peerpool.conn"
+#define LPP_NOTICE "peerpool.notice"
+
+/* Per Lua state: the live pools, and the sentinel whose __gc closes them at lua_close before
+ * luv's loop finaliser walks the loop (which would mistake our handles for its own). */
+typedef struct lpp_state_s {
+  uv_loop_t *loop;
+  lua_State *L;             /* the main thread */
+  struct lpp_pool_s *pools; /* open pool userdata */
+  int engine_pools;         /* engine pools not yet freed (closing ones included) */
+  int shutting_down;
+} lpp_state_t;
+
+/* One per pool userdata. The engine pool outlives the userdata until its close callback. */
+typedef struct lpp_pool_s {
+  lpp_state_t *st;
+  pp_pool_t *pool;          /* NULL once closed */
+  lua_State *L;             /* the main thread */
+  int state_refs;           /* registry ref of the table of on("state") callbacks */
+  int64_t io_timeout;       /* ms for conn:receive(); 0 = none */
+  uint64_t leaked_leases;   /* conns collected while still leased */
+  uint64_t callback_errors; /* Lua errors raised by callbacks and coroutines */
+  struct lpp_pool_s *next, *prev; /* live pools, for pools() and the close-at-exit sentinel */
+} lpp_pool_t;
+
+/* A conn object: a lease while pending, then the hold on a conn; plus a receive buffer. */
+typedef struct {
+  pp_lease_t lease;
+  lpp_pool_t *owner;        /* the pool userdata's struct (kept alive by `pool_ref`) */
+  int self_ref;             /* registry ref keeping this userdata alive while pending/reading */
+  int pool_ref;             /* registry ref of the pool userdata */
+  int co_ref;               /* the coroutine waiting in acquire/receive, or LUA_NOREF */
+  int cb_ref;               /* the acquire callback, or LUA_NOREF */
+  int state;                /* LPP_CONN_* */
+  /* receive */
+  char *buf;
+  size_t len, cap;
+  int want_kind;            /* 0 none, 'l' line, 'n' bytes, 'a' all */
+  size_t want_n;
+  int read_error;           /* stream end/error seen, 0 = none */
+  int reading;
+  uv_timer_t *timer;        /* io_timeout timer (malloc'd: it outlives the userdata) */
+  char peer_addr[96];
+} lpp_conn_t;
+
+enum { LPP_CONN_PENDING = 1, LPP_CONN_LEASED, LPP_CONN_DONE };
+
+typedef struct {
+  pp_notice_t notice;
+  int self_ref;             /* alive while armed */
+  int co_ref;               /* coroutine in notice:wait() */
+  int cb_ref;               /* notice:on_free(fn) */
+  int fired;                /* 0 armed, 1 fired with status */
+  int status;
+  uv_timer_t *timer;        /* wait(ms) */
+  lpp_pool_t *owner;
+} lpp_notice_t;
+
+/* module.c */
+lpp_state_t *lpp_state(lua_State *L);
+void lpp_pools_add(lpp_pool_t *p);
+void lpp_pools_remove(lpp_pool_t *p);
+/* Push the error tuple nil, code, message; returns 3. */
+int lpp_push_error(lua_State *L, int err, const char *detail);
+/* Resume coroutine `co` with the `nargs` values on top of its stack. Errors are reported with
+ * a traceback and counted on `pool` (may be NULL); they never propagate. */
+void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool);
+/* Call the function below `nargs` arguments on L's stack in protected mode, the same way. */
+void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool);
+/* Report a Lua error message (with traceback already attached). */
+void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *pool);
+/* Get a timeout in ms: nil → dflt; a number >= 0; else raise naming `what`. */
+int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
+
+/* lpool.c */
+void lpp_pool_open(lua_State *L);
+int lpp_l_new(lua_State *L);   /* peerpool.new(opts) */
+int lpp_l_pools(lua_State *L); /* peerpool.pools() */
+lpp_pool_t *lpp_check_pool(lua_State *L, int idx);
+void lpp_push_peer_view(lua_State *L, pp_peer_t *peer);
+
+/* lconn.c */
+void lpp_conn_open(lua_State *L);
+/* Start an acquire for the pool at stack index 1; see pool:acquire in lpool.c. */
+int lpp_acquire(lua_State *L, lpp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *opts,
+                int cb_idx);
+
+/* lnotice.c */
+void lpp_notice_open(lua_State *L);
+/* Arm a notice for `peer` and push it (or push nil if arming failed). */
+void lpp_push_notice(lua_State *L, lpp_pool_t *pool, int pool_idx, pp_peer_t *peer);
+
+#endif

@@ -1,0 +1,430 @@
+/* peerpool.new and the pool methods written in C: add_peer, acquire, stats, peers, peer, on,
+ * close. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lpeerpool.h"
+
+/* The engine pool's data: lives until the engine pool's close callback, so a callback that
+ * runs after the userdata is gone finds `p == NULL` instead of freed memory. */
+typedef struct {
+  lpp_state_t *st;
+  lpp_pool_t *p;
+} pool_link_t;
+
+static const char pools_key = 'p'; /* weak table: lightuserdata(lpp_pool_t*) -> userdata */
+
+lpp_pool_t *lpp_check_pool(lua_State *L, int idx) {
+  lpp_pool_t *p = luaL_checkudata(L, idx, LPP_POOL);
+  if (p->pool == NULL) luaL_error(L, "attempt to use a closed pool");
+  return p;
+}
+
+/* ---- options --------------------------------------------------------------------------- */
+
+typedef struct {
+  const char *name;
+  size_t offset;
+  int is_ms; /* int64_t field (ms) rather than int */
+} option_t;
+
+#define OPT_INT(f) {#f, offsetof(pp_options_t, f), 0}
+#define OPT_MS(f) {#f, offsetof(pp_options_t, f), 1}
+static const option_t options[] = {
+    OPT_INT(max_per_peer),  OPT_INT(max_total),     OPT_INT(client_limit),
+    OPT_MS(connect_timeout), OPT_INT(retries),      OPT_MS(acquire_timeout),
+    OPT_INT(backlog),       OPT_MS(idle_timeout),   OPT_MS(max_lifespan),
+    OPT_INT(lifespan_jitter), OPT_MS(handshake_timeout), OPT_MS(max_address_age),
+    OPT_MS(ping_after),     OPT_MS(keepalive),      {NULL, 0, 0},
+};
+
+/* Read opts.<name> into the engine options; every type or range error names the field. */
+static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_timeout) {
+  pp_options_init(o);
+  *io_timeout = 30000;
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "peerpool.new: option names must be strings");
+    const char *key = lua_tostring(L, -2);
+    const option_t *opt = options;
+    while (opt->name && strcmp(opt->name, key) != 0) opt++;
+    int is_io = strcmp(key, "io_timeout") == 0;
+    if (opt->name == NULL && !is_io) luaL_error(L, "peerpool.new: unknown option '%s'", key);
+    if (!lua_isinteger(L, -1)) {
+      lua_Number n;
+      int isnum;
+      n = lua_tonumberx(L, -1, &isnum);
+      if (lua_type(L, -1) != LUA_TNUMBER || !isnum || n != (lua_Number)(int64_t)n)
+        luaL_error(L, "peerpool.new: option '%s' must be an integer (got %s)", key,
+                   luaL_typename(L, -1));
+    }
+    lua_Integer v = (lua_Integer)lua_tonumber(L, -1);
+    if (is_io) {
+      if (v < 0) luaL_error(L, "peerpool.new: option 'io_timeout' must be a number of ms >= 0");
+      *io_timeout = v;
+    } else if (opt->is_ms) {
+      *(int64_t *)((char *)o + opt->offset) = v;
+    } else {
+      if (v < -2147483647 || v > 2147483647)
+        luaL_error(L, "peerpool.new: option '%s' is out of range", key);
+      *(int *)((char *)o + opt->offset) = (int)v;
+    }
+    lua_pop(L, 1);
+  }
+  const char *why;
+  if (pp_options_validate(o, &why) != 0) luaL_error(L, "peerpool.new: option %s", why);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------- */
+
+static void engine_pool_closed(pp_pool_t *pool) {
+  pool_link_t *link = pp_pool_get_data(pool);
+  link->st->engine_pools--;
+  free(link);
+}
+
+static void state_changed(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from,
+                          pp_peer_state_t to) {
+  pool_link_t *link = pp_pool_get_data(pool);
+  lpp_pool_t *p = link->p;
+  if (p == NULL || link->st->shutting_down) return;
+  lua_State *L = p->L;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
+  lua_rawgetp(L, -1, p);
+  lua_remove(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_getiuservalue(L, -1, 1);
+  lua_remove(L, -2);
+  lua_getfield(L, -1, "state");
+  lua_remove(L, -2);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  int n = (int)luaL_len(L, -1);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    lpp_push_peer_view(L, peer);
+    lua_pushstring(L, pp_peer_state_name(from));
+    lua_pushstring(L, pp_peer_state_name(to));
+    lpp_call(L, 3, p);
+  }
+  lua_pop(L, 1);
+}
+
+int lpp_l_new(lua_State *L) {
+  pp_options_t o;
+  int64_t io_timeout;
+  read_options(L, 1, &o, &io_timeout);
+  lpp_state_t *st = lpp_state(L);
+  lpp_pool_t *p = lua_newuserdatauv(L, sizeof(*p), 1);
+  memset(p, 0, sizeof(*p));
+  p->st = st;
+  p->L = st->L;
+  p->io_timeout = io_timeout;
+  pool_link_t *link = malloc(sizeof(*link));
+  if (link == NULL) return luaL_error(L, "peerpool.new: out of memory");
+  const char *why;
+  int err = pp_pool_new(st->loop, &o, &p->pool, &why);
+  if (err) {
+    free(link);
+    return luaL_error(L, "peerpool.new: %s", why ? why : pp_strerror(err));
+  }
+  link->st = st;
+  link->p = p;
+  pp_pool_set_data(p->pool, link);
+  pp_pool_on_state(p->pool, state_changed);
+  st->engine_pools++;
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  luaL_setmetatable(L, LPP_POOL);
+  lpp_pools_add(p);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
+  lua_pushvalue(L, -2);
+  lua_rawsetp(L, -2, p);
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* close(), __gc and __close: safe to run twice. */
+static int l_close(lua_State *L) {
+  lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
+  if (p->pool) {
+    pool_link_t *link = pp_pool_get_data(p->pool);
+    link->p = NULL;
+    pp_pool_close(p->pool, engine_pool_closed);
+    p->pool = NULL;
+    lpp_pools_remove(p);
+  }
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
+  if (p->pool == NULL) {
+    lua_pushfstring(L, "peerpool.pool (closed): %p", (void *)p);
+  } else {
+    pp_stats_t s;
+    pp_pool_stats(p->pool, &s);
+    lua_pushfstring(L, "peerpool.pool (%d peers, %d conns, %d waiters): %p", s.peers, s.conns,
+                    s.waiters, (void *)p);
+  }
+  return 1;
+}
+
+/* ---- peers ----------------------------------------------------------------------------- */
+
+static int l_add_peer(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  const char *addr = luaL_checkstring(L, 2);
+  lua_Integer last_seen = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    if (!lua_isinteger(L, 3)) luaL_argerror(L, 3, "last_seen must be Unix time in ms (integer)");
+    last_seen = lua_tointeger(L, 3);
+    luaL_argcheck(L, last_seen >= 0, 3, "last_seen must be Unix time in ms >= 0");
+  }
+  pp_peer_t *peer;
+  const char *why;
+  int err = pp_pool_add_peer(p->pool, addr, last_seen, &peer, &why);
+  if (err) return lpp_push_error(L, err, why);
+  lua_pushstring(L, pp_peer_addr(peer));
+  return 1;
+}
+
+void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
+  pp_peer_info_t i;
+  pp_peer_info(peer, &i);
+  lua_createtable(L, 0, 18);
+  lua_pushstring(L, i.addr);
+  lua_setfield(L, -2, "addr");
+  lua_pushstring(L, pp_peer_state_name(i.state));
+  lua_setfield(L, -2, "state");
+#define INT_FIELD(f)         \
+  lua_pushinteger(L, i.f);   \
+  lua_setfield(L, -2, #f);
+  INT_FIELD(conns)
+  INT_FIELD(idle)
+  INT_FIELD(leases)
+  INT_FIELD(waiters)
+  INT_FIELD(failures)
+  INT_FIELD(last_seen)
+  INT_FIELD(last_success)
+  INT_FIELD(attempts)
+  INT_FIELD(bytes_in)
+  INT_FIELD(bytes_out)
+  INT_FIELD(msgs_in)
+  INT_FIELD(msgs_out)
+#undef INT_FIELD
+  lua_pushnumber(L, i.latency_ms);
+  lua_setfield(L, -2, "latency_ms");
+  if (i.last_error) {
+    lua_pushstring(L, pp_err_name(i.last_error));
+    lua_setfield(L, -2, "last_error");
+  }
+  if (i.retry_at) {
+    uv_loop_t *loop = pp_pool_loop(pp_peer_pool(peer));
+    uint64_t now = uv_now(loop);
+    lua_pushinteger(L, i.retry_at > (int64_t)now ? i.retry_at - (int64_t)now : 0);
+    lua_setfield(L, -2, "retry_in_ms");
+  }
+}
+
+static int push_view_cb(pp_peer_t *peer, void *arg) {
+  lua_State *L = arg;
+  lpp_push_peer_view(L, peer);
+  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+  return 0;
+}
+
+static int l_peers(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  lua_newtable(L);
+  pp_pool_foreach_peer(p->pool, push_view_cb, L);
+  return 1;
+}
+
+static int l_peer(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  pp_peer_t *peer = pp_pool_find_peer(p->pool, luaL_checkstring(L, 2));
+  if (peer == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lpp_push_peer_view(L, peer);
+  return 1;
+}
+
+/* ---- stats ----------------------------------------------------------------------------- */
+
+static int l_stats(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  pp_stats_t s;
+  pp_pool_stats(p->pool, &s);
+  lua_createtable(L, 0, 40);
+#define F(f)               \
+  lua_pushinteger(L, (lua_Integer)s.f); \
+  lua_setfield(L, -2, #f);
+  F(conns) F(idle) F(active) F(connecting) F(waiters) F(peers)
+  F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out)
+  F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken)
+  F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out)
+  F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(policy_errors)
+#undef F
+  lua_pushnumber(L, s.connect_latency_ms_avg);
+  lua_setfield(L, -2, "connect_latency_ms_avg");
+  lua_pushnumber(L, s.connect_latency_ms_max);
+  lua_setfield(L, -2, "connect_latency_ms_max");
+  lua_pushinteger(L, (lua_Integer)p->leaked_leases);
+  lua_setfield(L, -2, "leaked_leases");
+  lua_pushinteger(L, (lua_Integer)p->callback_errors);
+  lua_setfield(L, -2, "callback_errors");
+  lua_createtable(L, 0, PP_PEER_STATE_COUNT);
+  for (int i = 0; i < PP_PEER_STATE_COUNT; i++) {
+    lua_pushinteger(L, s.peers_by_state[i]);
+    lua_setfield(L, -2, pp_peer_state_name((pp_peer_state_t)i));
+  }
+  lua_setfield(L, -2, "peers_by_state");
+  lua_createtable(L, 0, PP_CLOSE_REASON_COUNT);
+  for (int i = 0; i < PP_CLOSE_REASON_COUNT; i++) {
+    lua_pushinteger(L, (lua_Integer)s.closed[i]);
+    lua_setfield(L, -2, pp_close_reason_name((pp_close_reason_t)i));
+  }
+  lua_setfield(L, -2, "closed");
+  return 1;
+}
+
+/* ---- events ---------------------------------------------------------------------------- */
+
+static int l_on(lua_State *L) {
+  lpp_check_pool(L, 1);
+  const char *event = luaL_checkstring(L, 2);
+  luaL_argcheck(L, strcmp(event, "state") == 0, 2, "event must be \"state\"");
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_getiuservalue(L, 1, 1);
+  if (lua_getfield(L, -1, "state") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "state");
+  }
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+  return 0;
+}
+
+/* ---- acquire --------------------------------------------------------------------------- */
+
+static void read_acquire_opts(lua_State *L, int idx, pp_acquire_opts_t *o) {
+  pp_acquire_opts_init(o);
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_argexpected(L, lua_istable(L, idx), idx, "table of options");
+  if (lua_getfield(L, idx, "busy") != LUA_TNIL) {
+    const char *b = lua_tostring(L, -1);
+    if (lua_type(L, -1) != LUA_TSTRING || (strcmp(b, "wait") != 0 && strcmp(b, "fail") != 0))
+      luaL_error(L, "opts.busy must be \"wait\" or \"fail\"");
+    o->busy = strcmp(b, "fail") == 0 ? PP_BUSY_FAIL : PP_BUSY_WAIT;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "timeout");
+  o->timeout = lpp_opt_ms(L, -1, "opts.timeout", -1);
+  lua_pop(L, 1);
+  if (lua_getfield(L, idx, "priority") != LUA_TNIL) {
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 ||
+        lua_tointeger(L, -1) > PP_PRIORITY_MAX)
+      luaL_error(L, "opts.priority must be an integer in 0..%d", PP_PRIORITY_MAX);
+    o->priority = (int)lua_tointeger(L, -1);
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, idx, "key") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "opts.key must be a string");
+    o->key = lua_tostring(L, -1); /* anchored by the opts table for the call */
+  }
+  lua_pop(L, 1);
+}
+
+/* pool:acquire([peer] [, opts] [, callback]) */
+static int l_acquire(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  pp_peer_t *peer = NULL;
+  int t = lua_type(L, 2);
+  /* Allow acquire(opts), acquire(fn) and acquire(opts, fn) with no peer. */
+  if (t == LUA_TTABLE || t == LUA_TFUNCTION) {
+    lua_pushnil(L);
+    lua_insert(L, 2);
+  } else if (t != LUA_TNIL && t != LUA_TNONE) {
+    luaL_argexpected(L, t == LUA_TSTRING, 2, "peer address (string) or nil");
+  }
+  int cb_idx = 0;
+  if (lua_isfunction(L, 3)) {
+    lua_pushnil(L);
+    lua_insert(L, 3);
+  }
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TFUNCTION);
+    cb_idx = 4;
+  }
+  pp_acquire_opts_t opts;
+  read_acquire_opts(L, 3, &opts);
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *addr = lua_tostring(L, 2);
+    peer = pp_pool_find_peer(p->pool, addr);
+    if (peer == NULL) {
+      char msg[200];
+      snprintf(msg, sizeof(msg), "unknown peer %s (add it with pool:add_peer)", addr);
+      return lpp_push_error(L, PP_ENOPEER, msg);
+    }
+  }
+  return lpp_acquire(L, p, peer, &opts, cb_idx);
+}
+
+int lpp_l_pools(lua_State *L) {
+  lpp_state_t *st = lpp_state(L);
+  lua_newtable(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
+  int i = 0;
+  for (lpp_pool_t *p = st->pools; p; p = p->next) {
+    if (lua_rawgetp(L, -1, p) == LUA_TNIL) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_rawseti(L, -3, ++i);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+static const luaL_Reg pool_methods[] = {
+    {"add_peer", l_add_peer}, {"acquire", l_acquire}, {"stats", l_stats},
+    {"peers", l_peers},       {"peer", l_peer},       {"on", l_on},
+    {"close", l_close},       {NULL, NULL},
+};
+
+void lpp_pool_open(lua_State *L) {
+  if (luaL_newmetatable(L, LPP_POOL)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, pool_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, l_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
+  if (lua_isnil(L, -1)) {
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pools_key);
+  }
+  lua_pop(L, 1);
+}

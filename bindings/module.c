@@ -1,0 +1,213 @@
+/* luaopen_peerpool: the module table, the per-state sentinel, luv's loop, and the one path by
+ * which every Lua callback and coroutine is run (protected, with a traceback, never unwinding
+ * through libuv and never exiting the process). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <luv/luv.h>
+
+#include "lpeerpool.h"
+#include "peerpool_lua.h" /* generated from bindings/peerpool.lua */
+
+static const char state_key = 's';
+static const char luv_key = 'l';
+
+/* ---- the sentinel ---------------------------------------------------------------------- */
+
+static int state_gc(lua_State *L) {
+  lpp_state_t *st = lua_touserdata(L, 1);
+  st->shutting_down = 1;
+  /* Close what is still open, then let the loop finish our close callbacks: once every
+   * engine handle is closed, luv's finaliser never sees one. */
+  while (st->pools) {
+    lpp_pool_t *p = st->pools;
+    lpp_pools_remove(p);
+    if (p->pool) {
+      pp_pool_close(p->pool, NULL);
+      p->pool = NULL;
+    }
+  }
+  for (int i = 0; i < 1000 && st->engine_pools > 0; i++) uv_run(st->loop, UV_RUN_NOWAIT);
+  return 0;
+}
+
+lpp_state_t *lpp_state(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &state_key);
+  lpp_state_t *st = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return st;
+}
+
+void lpp_pools_add(lpp_pool_t *p) {
+  p->next = p->st->pools;
+  p->prev = NULL;
+  if (p->next) p->next->prev = p;
+  p->st->pools = p;
+}
+
+void lpp_pools_remove(lpp_pool_t *p) {
+  if (p->prev)
+    p->prev->next = p->next;
+  else if (p->st->pools == p)
+    p->st->pools = p->next;
+  if (p->next) p->next->prev = p->prev;
+  p->next = p->prev = NULL;
+}
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+int lpp_push_error(lua_State *L, int err, const char *detail) {
+  lua_pushnil(L);
+  lua_pushstring(L, pp_err_name(err));
+  lua_pushstring(L, detail ? detail : pp_strerror(err));
+  return 3;
+}
+
+void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *pool) {
+  if (pool) pool->callback_errors++;
+  fprintf(stderr, "peerpool: error in %s: %s\n", what, msg ? msg : "(error object is not a string)");
+  fflush(stderr);
+}
+
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL && !lua_isnoneornil(L, 1)) msg = luaL_tolstring(L, 1, NULL);
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, traceback);
+  lua_insert(L, base);
+  if (lua_pcall(L, nargs, 0, base) != LUA_OK) {
+    lpp_report(L, "callback", lua_tostring(L, -1), pool);
+    lua_pop(L, 1);
+  }
+  lua_remove(L, base);
+}
+
+void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool) {
+  int nres = 0;
+  int status = lua_resume(co, L, nargs, &nres);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    lua_pop(co, nres);
+    return;
+  }
+  const char *msg = lua_tostring(co, -1);
+  luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+  lpp_report(L, "coroutine", lua_tostring(L, -1), pool);
+  lua_pop(L, 1);
+  lua_resetthread(co); /* runs the dead coroutine's pending __close handlers */
+}
+
+int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt) {
+  if (lua_isnoneornil(L, idx)) return dflt;
+  int isnum;
+  lua_Number n = lua_tonumberx(L, idx, &isnum);
+  if (!isnum || n < 0 || n > 365.0 * 24 * 3600 * 1000 || n != n)
+    luaL_error(L, "%s must be a number of ms >= 0", what);
+  return (int64_t)n;
+}
+
+/* ---- module functions ------------------------------------------------------------------ */
+
+static int l_strerror(lua_State *L) {
+  const char *code = luaL_checkstring(L, 1);
+#define XX(name, value, str, msg) \
+  if (strcmp(code, str) == 0) {   \
+    lua_pushstring(L, msg);       \
+    return 1;                     \
+  }
+  PP_ERRNO_MAP(XX)
+#undef XX
+  lua_pushstring(L, code); /* a libuv name: no message table here */
+  return 1;
+}
+
+/* Whether luv's loop is running now (uv.run on the stack). */
+static int l_loop_running(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "luv_context");
+  luv_ctx_t *ctx = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  lua_pushboolean(L, ctx && ctx->mode != -1);
+  return 1;
+}
+
+/* Resume a coroutine through the protected path (used by peerpool.run). */
+static int l_spawn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  int n = lua_gettop(L);
+  lua_State *co = lua_newthread(L);
+  lua_insert(L, 1);
+  lua_xmove(L, co, n);
+  lpp_resume(L, co, n - 1, NULL);
+  return 1; /* the thread */
+}
+
+static const luaL_Reg module_fns[] = {
+    {"strerror", l_strerror},
+    {"new", lpp_l_new},
+    {"pools", lpp_l_pools},
+    {"_loop_running", l_loop_running},
+    {"_spawn", l_spawn},
+    {NULL, NULL},
+};
+
+int luaopen_peerpool(lua_State *L) {
+  /* luv first: its loop is ours, and its table must never be collected (it owns the loop). */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "luv");
+  lua_call(L, 1, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &luv_key);
+  lua_getfield(L, LUA_REGISTRYINDEX, "luv_context");
+  luv_ctx_t *ctx = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (ctx == NULL || ctx->loop == NULL) return luaL_error(L, "peerpool: luv's loop is not available");
+
+  /* One sentinel per state, created after luv so that it is finalised before luv's loop. */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &state_key);
+  if (lua_isnil(L, -1)) {
+    lpp_state_t *st = lua_newuserdatauv(L, sizeof(*st), 0);
+    memset(st, 0, sizeof(*st));
+    st->loop = ctx->loop;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    st->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushcfunction(L, state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &state_key);
+  }
+  lua_pop(L, 1);
+
+  lpp_pool_open(L);
+  lpp_conn_open(L);
+  lpp_notice_open(L);
+
+  lua_newtable(L); /* the module */
+  luaL_setfuncs(L, module_fns, 0);
+  lua_newtable(L);
+#define XX(name, value, str, msg) \
+  lua_pushliteral(L, str);        \
+  lua_setfield(L, -2, str);
+  PP_ERRNO_MAP(XX)
+#undef XX
+  lua_setfield(L, -2, "errors");
+  lua_pushliteral(L, PP_VERSION_STRING);
+  lua_setfield(L, -2, "version");
+
+  /* The Lua half: peerpool.new, pool:with, peerpool.run, metrics... */
+  if (luaL_loadbuffer(L, (const char *)peerpool_lua, sizeof(peerpool_lua), "=peerpool.lua") !=
+      LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, -2);
+  luaL_getmetatable(L, LPP_POOL);
+  luaL_getmetatable(L, LPP_CONN);
+  luaL_getmetatable(L, LPP_NOTICE);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
+  lua_call(L, 5, 0);
+  return 1;
+}

@@ -143,6 +143,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
 /* If the buffer satisfies the wanted pattern, push the result and consume it: 1; else 0. */
 static int take(lua_State *L, lpp_conn_t *c) {
   size_t n;
+  if (c->len == 0 && (c->want_kind != 'a' || !c->read_error)) return 0;
   switch (c->want_kind) {
     case 'l': {
       char *nl = memchr(c->buf, '\n', c->len);
@@ -163,7 +164,7 @@ static int take(lua_State *L, lpp_conn_t *c) {
       lua_pushlstring(L, c->buf, n);
       break;
   }
-  memmove(c->buf, c->buf + n, c->len - n);
+  if (n > 0) memmove(c->buf, c->buf + n, c->len - n);
   c->len -= n;
   return 1;
 }
@@ -215,7 +216,7 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
       c->buf = b;
       c->cap = cap;
     }
-    memcpy(c->buf + c->len, data, (size_t)nread);
+    if (nread > 0) memcpy(c->buf + c->len, data, (size_t)nread);
     c->len += (size_t)nread;
   }
   if (c->co_ref == LUA_NOREF) return;

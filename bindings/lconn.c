@@ -105,14 +105,14 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
   if (cb_idx == 0 && !lua_isyieldable(L))
     return luaL_error(L, "pool:acquire() without a callback must run inside a coroutine "
                          "(peerpool.run(fn), or a coroutine on the luv loop)");
-  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 0);
+  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 1);
   memset(c, 0, sizeof(*c));
-  c->self_ref = c->pool_ref = c->co_ref = c->cb_ref = LUA_NOREF;
+  c->self_ref = c->co_ref = c->cb_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->lease.data = c;
-  lua_pushvalue(L, 1);
-  c->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 1); /* the pool lives at least as long as its conn objects */
+  lua_setiuservalue(L, -2, 1);
   int err;
   if (cb_idx == 0) {
     err = pp_try_acquire(p->pool, &c->lease, peer, opts);
@@ -346,7 +346,6 @@ static int l_gc(lua_State *L) {
   drop_timer(&c->timer);
   free(c->buf);
   c->buf = NULL;
-  unref(L, &c->pool_ref);
   return 0;
 }
 

@@ -37,9 +37,8 @@ typedef struct lpp_pool_s {
 /* A conn object: a lease while pending, then the hold on a conn; plus a receive buffer. */
 typedef struct {
   pp_lease_t lease;
-  lpp_pool_t *owner;        /* the pool userdata's struct (kept alive by `pool_ref`) */
+  lpp_pool_t *owner;        /* the pool userdata's struct (its user value keeps it alive) */
   int self_ref;             /* registry ref keeping this userdata alive while pending/reading */
-  int pool_ref;             /* registry ref of the pool userdata */
   int co_ref;               /* the coroutine waiting in acquire/receive, or LUA_NOREF */
   int cb_ref;               /* the acquire callback, or LUA_NOREF */
   int state;                /* LPP_CONN_* */

@@ -108,6 +108,16 @@ typedef struct {
                                 0 = never (0) */
   int64_t keepalive;         /* with a ping hook: ping conns idle this long, checked this often;
                                 0 = never (0). A ping has handshake_timeout to complete. */
+  int target_peers;          /* keep this many peers ready (a maintenance tick dials, and asks
+                                the seed hook for addresses when it runs out); 0 = off (0) */
+  int64_t maintenance_interval; /* ms between maintenance ticks, > 0 (1000) */
+  int64_t seed_interval;     /* at least this many ms between two seed hook calls (10000) */
+  int eject_after;           /* consecutive failures that eject a peer for a cool-down;
+                                0 = never (5) */
+  int64_t eject_time;        /* first cool-down, ms; doubles on each ejection (10000) */
+  int64_t eject_max;         /* longest cool-down, ms (300000) */
+  int keep_idle_bytes;       /* 1: bytes arriving on an idle conn are kept for its next holder
+                                (chatty P2P protocols); 0: they close it as a late reply (0) */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */
@@ -147,6 +157,7 @@ const char *pp_peer_state_name(pp_peer_state_t state);
   XX(REMOTE, "remote")                                                                       \
   XX(PING, "ping")                                                                           \
   XX(EVICTED, "evicted")                                                                     \
+  XX(EJECTED, "ejected")                                                                     \
   XX(CLOSED, "closed")
 
 typedef enum {
@@ -199,6 +210,11 @@ typedef struct {
 
   /* A conn that was passed to handshake or ping is closing: forget it. */
   void (*closed)(void *data, pp_conn_t *conn);
+
+  /* The pool wants `wanted` more addresses (target_peers maintenance ran out of candidates,
+   * or an acquire for any peer found none). Add them with pp_pool_add_peer, now or later.
+   * Called at most once per seed_interval. */
+  void (*seed)(void *data, pp_pool_t *pool, int wanted);
 } pp_policy_t;
 
 #define PP_BACKOFF_DEFAULT ((int64_t)-1)
@@ -271,11 +287,14 @@ typedef struct {
   int idle;                /* conns with no lease */
   int leases;
   int waiters;             /* acquires queued for this peer */
-  int failures;            /* consecutive failures */
+  int failures;            /* consecutive failures: failed connect attempts since the last
+                              successful connect, plus failures in use (broken conns, failed
+                              pings) since the last healthy release */
   int64_t last_seen;       /* Unix ms */
   int64_t last_success;    /* Unix ms of the last successful connect, 0 = never */
   int64_t retry_at;        /* loop ms (uv_now) before which no dial starts; 0 = none */
   uint64_t attempts;       /* connect attempts in all */
+  uint64_t ejections;      /* times this peer was ejected */
   double latency_ms;       /* EWMA of connect times */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   int last_error;          /* last socket or protocol error, 0 = none */
@@ -459,6 +478,8 @@ typedef struct {
   /* I/O */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   uint64_t pings, pings_failed;
+  uint64_t ejections;         /* peers ejected for a cool-down after consecutive failures */
+  uint64_t seeds;             /* seed hook calls */
   uint64_t policy_errors;     /* hook results the engine had to ignore */
 } pp_stats_t;
 

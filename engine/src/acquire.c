@@ -356,8 +356,9 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
     pool->stats.acquires++;
     return 0;
   }
-  if (peer ? (peer->conns == 0 && !pp__peer_is_fresh(peer)) : !any_peer_could_serve(pool))
-    return PP_ENOPEER;
+  if (peer ? (peer->conns == 0 && !pp__peer_is_fresh(peer))
+           : !any_peer_could_serve(pool) && !pp__request_seed(pool, 1))
+    return PP_ENOPEER; /* (with a seed hook, an acquire for any peer waits for its addresses) */
   if (lease->busy_ == PP_BUSY_FAIL) {
     pool->stats.busy++;
     return PP_EBUSY;
@@ -368,6 +369,8 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   }
   enqueue(pool, lease, timeout);
   pool->stats.acquires++;
+  /* A seed hook may have added peers during this call: dial one for the new waiter. */
+  if (peer == NULL && pool->total < pool->opts.max_total) pp__capacity_opened(pool, NULL);
   return 0;
 }
 

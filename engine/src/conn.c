@@ -228,8 +228,8 @@ static void after_attempt(pp_conn_t *conn) {
     pp__maybe_finish(pool);
     return;
   }
-  peer->failures++;
-  int64_t delay = pp__backoff(peer, peer->failures, conn->last_error);
+  peer->connect_failures++;
+  int64_t delay = pp__backoff(peer, peer->connect_failures, conn->last_error);
   if (delay < 0) {
     pp__dial_failed(conn, PP_EBURNED);
     pp__peer_burn(peer);
@@ -272,7 +272,7 @@ static void on_ping_timeout(uv_timer_t *timer) {
   pp_conn_t *conn = timer->data;
   if (conn->phase != PP_CONN_PINGING) return;
   conn->pool->stats.pings_failed++;
-  pp__conn_count_failure(conn, PP_ETIMEDOUT);
+  pp__peer_failed(conn->peer, PP_ETIMEDOUT);
   pp__conn_close(conn, PP_CLOSE_PING); /* tells the hook through `closed` */
 }
 
@@ -304,7 +304,7 @@ int pp_conn_ping_done(pp_conn_t *conn, int status) {
   if (status == 0 && conn->broken) status = conn->last_error; /* the stream died meanwhile */
   if (status != 0) {
     pool->stats.pings_failed++;
-    pp__conn_count_failure(conn, status < 0 ? status : PP_EPING);
+    pp__peer_failed(conn->peer, status < 0 ? status : PP_EPING);
     pp__conn_close(conn, PP_CLOSE_PING);
     return 0;
   }
@@ -341,7 +341,7 @@ static void conn_ready(pp_conn_t *conn) {
   conn->read_cb = NULL; /* a handshake hook's reader ends with the handshake */
   set_phase(conn, PP_CONN_READY);
   pool->stats.connects_ok++;
-  peer->failures = 0;
+  peer->connect_failures = 0;
   peer->retry_at = 0;
   peer->ever_connected = true;
   peer->last_success = pp__unix_now_ms();
@@ -411,7 +411,7 @@ void pp__conn_released(pp_conn_t *conn, int status) {
   if (status < 0) {
     conn->broken = true;
     conn->last_error = status;
-    pp__conn_count_failure(conn, status);
+    pp__peer_failed(conn->peer, status);
     pp__conn_close(conn, PP_CLOSE_BROKEN);
     return;
   }
@@ -419,24 +419,24 @@ void pp__conn_released(pp_conn_t *conn, int status) {
     pp__conn_close(conn, PP_CLOSE_LIFESPAN);
     return;
   }
-  if (conn->leases == 0 && (conn->kept_len > 0 || conn->peer->burned)) {
+  pp_peer_t *peer = conn->peer;
+  if (conn->leases == 0 && (conn->kept_len > 0 || peer->burned)) {
     /* Unread bytes are a reply nobody will read: lending the conn would shift every later
      * reply by one. A burned peer's conns do not return to service. */
-    pp__conn_close(conn, conn->peer->burned ? PP_CLOSE_CLOSED : PP_CLOSE_BROKEN);
+    pp__conn_close(conn, peer->burned ? PP_CLOSE_CLOSED : PP_CLOSE_BROKEN);
     return;
   }
+  if (conn->leases == 0 && peer->retry_at > uv_now(conn->pool->loop)) {
+    pp__conn_close(conn, PP_CLOSE_EJECTED); /* its peer is cooling down */
+    return;
+  }
+  peer->failures = 0; /* a healthy release ends a run of failures */
   if (pp__conn_lendable(conn)) {
     pp__peer_mark_usable(conn->peer, conn);
     pp__conn_available(conn);
   }
 }
 
-void pp__conn_count_failure(pp_conn_t *conn, int err) {
-  pp_peer_t *peer = conn->peer;
-  peer->failures++;
-  peer->last_error = err;
-  pp__peer_update_state(peer);
-}
 
 /* ---- reading --------------------------------------------------------------------------- */
 
@@ -473,7 +473,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn->bytes_in += (uint64_t)nread;
   conn->peer->bytes_in += (uint64_t)nread;
   pool->stats.bytes_in += (uint64_t)nread;
-  if (conn->leases == 0 && conn->phase == PP_CONN_READY) {
+  if (conn->leases == 0 && conn->phase == PP_CONN_READY && !pool->opts.keep_idle_bytes) {
     /* Nobody holds an idle conn, so its bytes are a late reply (or chatter) that would
      * reach the next holder ahead of its own reply: the conn is no longer clean. */
     uv_read_stop(stream);
@@ -508,7 +508,7 @@ void pp__conn_io_error(pp_conn_t *conn, int err) {
     pp__conn_close(conn, PP_CLOSE_REMOTE);
     return;
   }
-  pp__conn_count_failure(conn, err);
+  pp__peer_failed(conn->peer, err);
   pp__conn_close(conn, PP_CLOSE_BROKEN);
 }
 

@@ -128,11 +128,13 @@ struct pp_peer_s {
   int usable;              /* conns in the buckets */
   int idle;
   int leases;
-  int failures;            /* consecutive */
+  int failures;            /* consecutive failures in use (broken conns, failed pings) */
+  int connect_failures;    /* consecutive failed connect attempts (drives backoff) */
   int last_error;
   int64_t last_seen, last_success; /* Unix ms */
   uint64_t retry_at;       /* loop ms */
   uint64_t attempts;
+  uint64_t ejections;
   double latency_ms;
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   pp__link_t conns_list;
@@ -171,6 +173,8 @@ struct pp_pool_s {
   pp__link_t idle;         /* usable conns with no lease, oldest first */
   uv_timer_t idle_timer;
   uv_timer_t keepalive_timer;
+  uv_timer_t maintenance_timer;
+  uint64_t last_seed;      /* loop ms of the last seed hook call; 0 = never */
   /* waiters */
   pp__queue_t any_waiters;
   pp__link_t notices;      /* armed notices */
@@ -214,11 +218,16 @@ uint64_t pp__random(pp_pool_t *pool);
 void **pp__scratch(pp_pool_t *pool, int n);
 int64_t pp__unix_now_ms(void);
 void pp__idle_timer_arm(pp_pool_t *pool);
+/* Ask the seed hook for `wanted` addresses, if it has not been asked within seed_interval.
+ * Returns whether a seed hook exists. */
+bool pp__request_seed(pp_pool_t *pool, int wanted);
 
 /* ---- peer.c ---------------------------------------------------------------------------- */
 void pp__peer_update_state(pp_peer_t *peer);
 bool pp__peer_is_fresh(const pp_peer_t *peer);
 bool pp__peer_can_dial(const pp_peer_t *peer); /* not burned, fresh, under both limits */
+/* Count a failure of `peer` (a broken conn, a failed ping); at eject_after in a row, eject it. */
+void pp__peer_failed(pp_peer_t *peer, int err);
 void pp__peer_free(pp_peer_t *peer);
 void pp__peer_mark_usable(pp_peer_t *peer, pp_conn_t *conn);
 void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn);
@@ -237,7 +246,6 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease);
 void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease);
 void pp__conn_deliver_kept(pp_conn_t *conn);
 bool pp__conn_lendable(const pp_conn_t *conn);
-void pp__conn_count_failure(pp_conn_t *conn, int err);
 void pp__conn_released(pp_conn_t *conn, int status);
 /* Free a closed conn once nothing holds it (handles closed, no lease, no delivery). */
 void pp__conn_maybe_free(pp_conn_t *conn);
@@ -262,6 +270,8 @@ void pp__deadline_timer_cb(uv_timer_t *timer);
 void pp__fire_notices(pp_pool_t *pool, int status);
 
 /* ---- policy.c -------------------------------------------------------------------------- */
+/* dialing: 0 = among peers with a usable conn; 1 = among peers that may be dialled;
+ * 2 = among dialable peers with no conn at all (target_peers maintenance). */
 pp_peer_t *pp__select_peer(pp_pool_t *pool, int dialing, const char *key);
 pp_conn_t *pp__select_conn(pp_peer_t *peer, const char *key);
 /* >= 0 ms to wait, or -1 to burn. */

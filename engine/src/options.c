@@ -16,6 +16,13 @@ void pp_options_init(pp_options_t *o) {
   o->max_address_age = 3 * 3600 * 1000;
   o->ping_after = 0;
   o->keepalive = 0;
+  o->target_peers = 0;
+  o->maintenance_interval = 1000;
+  o->seed_interval = 10000;
+  o->eject_after = 5;
+  o->eject_time = 10000;
+  o->eject_max = 300000;
+  o->keep_idle_bytes = 0;
 }
 
 /* One year in ms: no sane timeout is longer, and it keeps deadline arithmetic far from
@@ -59,6 +66,19 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
         "ping_after must be a number of ms >= 0 (0 = never)");
   CHECK(o->keepalive >= 0 && o->keepalive <= PP_MS_MAX,
         "keepalive must be a number of ms >= 0 (0 = never)");
+  CHECK(o->target_peers >= 0 && o->target_peers <= 1000000,
+        "target_peers must be an integer in 0..1000000");
+  CHECK(o->maintenance_interval >= 1 && o->maintenance_interval <= PP_MS_MAX,
+        "maintenance_interval must be a positive number of ms");
+  CHECK(o->seed_interval >= 0 && o->seed_interval <= PP_MS_MAX,
+        "seed_interval must be a number of ms >= 0");
+  CHECK(o->eject_after >= 0 && o->eject_after <= 1000000,
+        "eject_after must be an integer >= 0 (0 = never)");
+  CHECK(o->eject_time >= 1 && o->eject_time <= PP_MS_MAX,
+        "eject_time must be a positive number of ms");
+  CHECK(o->eject_max >= o->eject_time && o->eject_max <= PP_MS_MAX,
+        "eject_max must be a number of ms >= eject_time");
+  CHECK(o->keep_idle_bytes == 0 || o->keep_idle_bytes == 1, "keep_idle_bytes must be 0 or 1");
   return 0;
 }
 

@@ -71,6 +71,8 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
       /* Re-adding is the one way back from burned: a fresh start. */
       peer->burned = false;
       peer->failures = 0;
+      peer->connect_failures = 0;
+      peer->ejections = 0;
       peer->retry_at = 0;
       pp__peer_update_state(peer);
     }
@@ -97,6 +99,8 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   pp__list_push(&pool->peers, &peer->order_link);
   pool->stats.peers_by_state[PP_PEER_KNOWN]++;
   if (out) *out = peer;
+  /* Acquires for any peer may be waiting for exactly this. */
+  if (pool->any_waiters.count > 0) pp__capacity_opened(pool, peer);
   return 0;
 nomem:
   if (peer) {
@@ -144,7 +148,9 @@ static pp_peer_state_t derive_state(const pp_peer_t *peer) {
   if (ready > 0) return PP_PEER_READY;
   if (peer->handshaking > 0) return PP_PEER_CONNECTED;
   if (peer->dialing > 0) return PP_PEER_CONNECTING;
-  if (peer->backoff > 0 || peer->failures > 0) return PP_PEER_FAILED;
+  if (peer->backoff > 0 || peer->failures > 0 || peer->connect_failures > 0 ||
+      peer->retry_at > uv_now(peer->pool->loop))
+    return PP_PEER_FAILED;
   if (peer->ever_connected) return PP_PEER_DISCONNECTED;
   return PP_PEER_KNOWN;
 }
@@ -158,6 +164,32 @@ void pp__peer_update_state(pp_peer_t *peer) {
   pool->stats.peers_by_state[from]--;
   pool->stats.peers_by_state[to]++;
   pp__defer_event(pool, peer, from, to);
+}
+
+void pp__peer_failed(pp_peer_t *peer, int err) {
+  pp_pool_t *pool = peer->pool;
+  peer->failures++;
+  peer->last_error = err;
+  int limit = pool->opts.eject_after;
+  if (limit > 0 && peer->failures >= limit && !pool->closing) {
+    /* Outlier detection: a cool-down that doubles with each ejection, up to eject_max. */
+    uint64_t cool = (uint64_t)pool->opts.eject_time;
+    for (uint64_t i = 0; i < peer->ejections && cool < (uint64_t)pool->opts.eject_max; i++)
+      cool *= 2;
+    if (cool > (uint64_t)pool->opts.eject_max) cool = (uint64_t)pool->opts.eject_max;
+    peer->ejections++;
+    pool->stats.ejections++;
+    peer->failures = 0;
+    peer->retry_at = uv_now(pool->loop) + cool;
+    pp__link_t *l = peer->conns_list.next;
+    while (l != &peer->conns_list) {
+      pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
+      l = l->next;
+      if (conn->leases == 0 && conn->phase == PP_CONN_READY && !conn->broken)
+        pp__conn_close(conn, PP_CLOSE_EJECTED);
+    }
+  }
+  pp__peer_update_state(peer);
 }
 
 bool pp__peer_is_fresh(const pp_peer_t *peer) {
@@ -229,11 +261,12 @@ void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info) {
   info->idle = peer->idle;
   info->leases = peer->leases;
   info->waiters = peer->waiters.count;
-  info->failures = peer->failures;
+  info->failures = peer->failures + peer->connect_failures;
   info->last_seen = peer->last_seen;
   info->last_success = peer->last_success;
   info->retry_at = (int64_t)peer->retry_at;
   info->attempts = peer->attempts;
+  info->ejections = peer->ejections;
   info->latency_ms = peer->latency_ms;
   info->bytes_in = peer->bytes_in;
   info->bytes_out = peer->bytes_out;

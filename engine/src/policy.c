@@ -74,7 +74,7 @@ static pp_peer_t *select_usable(pp_pool_t *pool, const char *key) {
 
 /* Peers that may be dialled, starting at the rotating cursor; those not waiting out a backoff
  * come first. */
-static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key) {
+static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool fresh_only) {
   pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
   if (peers == NULL || pool->npeers == 0) return NULL;
   uint64_t now = uv_now(pool->loop);
@@ -85,7 +85,7 @@ static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key) {
   for (unsigned int i = 0; i < pool->npeers && n < PP__CANDIDATES_MAX; i++, l = l->next) {
     if (l == &pool->peers) l = l->next; /* skip the list head */
     pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, order_link);
-    if (!pp__peer_can_dial(peer)) continue;
+    if (!pp__peer_can_dial(peer) || (fresh_only && peer->conns > 0)) continue;
     if (peer->retry_at > now) {
       if (waiting < 4) in_backoff[waiting++] = peer;
       continue;
@@ -108,5 +108,5 @@ static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key) {
 
 pp_peer_t *pp__select_peer(pp_pool_t *pool, int dialing, const char *key) {
   if (!dialing) return pp__list_empty(&pool->usable_peers) ? NULL : select_usable(pool, key);
-  return select_dialable(pool, key);
+  return select_dialable(pool, key, dialing == 2);
 }

@@ -7,6 +7,7 @@
 static void defer_run(uv_check_t *check);
 static void idle_timer_cb(uv_timer_t *timer);
 static void keepalive_timer_cb(uv_timer_t *timer);
+static void maintenance_timer_cb(uv_timer_t *timer);
 
 static int deadline_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
   const pp_lease_t *x = PP__CONTAINER(a, pp_lease_t, heap_);
@@ -52,6 +53,12 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   uv_timer_init(loop, &pool->idle_timer);
   uv_timer_init(loop, &pool->deadline_timer);
   uv_timer_init(loop, &pool->keepalive_timer);
+  uv_timer_init(loop, &pool->maintenance_timer);
+  pool->maintenance_timer.data = pool;
+  uv_unref((uv_handle_t *)&pool->maintenance_timer);
+  if (opts->target_peers > 0)
+    uv_timer_start(&pool->maintenance_timer, maintenance_timer_cb, 0,
+                   (uint64_t)opts->maintenance_interval);
   uv_check_init(loop, &pool->defer_check);
   uv_idle_init(loop, &pool->defer_idle);
   pool->idle_timer.data = pool;
@@ -65,7 +72,7 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   if (opts->keepalive > 0)
     uv_timer_start(&pool->keepalive_timer, keepalive_timer_cb, (uint64_t)opts->keepalive,
                    (uint64_t)opts->keepalive);
-  pool->own_handles = 5;
+  pool->own_handles = 6;
   *out = pool;
   return 0;
 }
@@ -210,6 +217,7 @@ void pp__maybe_finish(pp_pool_t *pool) {
   uv_close((uv_handle_t *)&pool->idle_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->deadline_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->keepalive_timer, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->maintenance_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_check, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_idle, own_handle_closed);
 }
@@ -222,6 +230,7 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
   uv_timer_stop(&pool->idle_timer);
   uv_timer_stop(&pool->deadline_timer);
   uv_timer_stop(&pool->keepalive_timer);
+  uv_timer_stop(&pool->maintenance_timer);
   pp__fail_all_waiters(pool, PP_ECLOSED);
   pp__fire_notices(pool, PP_ECLOSED);
   /* Close every conn; detach the leases still holding one. */
@@ -303,6 +312,34 @@ static void keepalive_timer_cb(uv_timer_t *timer) {
     if (!pp__conn_needs_ping(oldest, idle_ms)) break;
     pp__conn_ping(oldest); /* leaves the idle list */
   }
+}
+
+/* target_peers: count peers ready or on their way, dial fresh ones for the rest (chosen by
+ * the selection policy among dialable peers with no conn), and ask the seed hook for more
+ * addresses when none is left. */
+static void maintenance_timer_cb(uv_timer_t *timer) {
+  pp_pool_t *pool = timer->data;
+  const int *by = pool->stats.peers_by_state;
+  int have = by[PP_PEER_READY] + by[PP_PEER_CONNECTED] + by[PP_PEER_CONNECTING];
+  for (int need = pool->opts.target_peers - have; need > 0; need--) {
+    pp_peer_t *peer = pp__select_peer(pool, 2, NULL);
+    if (peer == NULL) {
+      pp__request_seed(pool, need);
+      break;
+    }
+    if (pp__conn_dial(peer, NULL, NULL) != 0) break;
+  }
+}
+
+bool pp__request_seed(pp_pool_t *pool, int wanted) {
+  if (pool->policy.seed == NULL || pool->closing) return false;
+  uint64_t now = uv_now(pool->loop);
+  if (pool->last_seed != 0 && now - pool->last_seed < (uint64_t)pool->opts.seed_interval)
+    return true;
+  pool->last_seed = now ? now : 1;
+  pool->stats.seeds++;
+  pool->policy.seed(pool->policy.data, pool, wanted);
+  return true;
 }
 
 /* ---- stats ----------------------------------------------------------------------------- */

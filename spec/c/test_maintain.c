@@ -1,0 +1,215 @@
+/* target_peers maintenance, the seed hook, ejection after consecutive failures, and
+ * keep_idle_bytes. */
+#include "servers.h"
+#include "test.h"
+
+#include <string.h>
+
+typedef struct {
+  int calls;
+  int wanted;
+  const char *addrs[4];
+  int n;
+} seed_rec_t;
+
+static void seed_hook(void *data, pp_pool_t *pool, int wanted) {
+  seed_rec_t *s = data;
+  s->calls++;
+  s->wanted = wanted;
+  for (int i = 0; i < s->n; i++) pp_pool_add_peer(pool, s->addrs[i], 0, NULL, NULL);
+}
+
+TEST(maintain_target_peers_dials_until_ready) {
+  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL), *c = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.target_peers = 2;
+  o.maintenance_interval = 20;
+  pp_pool_t *pool = test_pool(&o);
+  test_peer(pool, srv_addr(a));
+  test_peer(pool, srv_addr(b));
+  test_peer(pool, srv_addr(c));
+  RUN_UNTIL(test_stats(pool).peers_by_state[PP_PEER_READY] == 2, 2000);
+  test_run_for(100);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.peers_by_state[PP_PEER_READY], 2); /* two, not three */
+  ASSERT_EQ(s.conns, 2);
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+  srv_stop(c);
+}
+
+TEST(maintain_calls_seed_when_out_of_candidates) {
+  srv_t *a = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.target_peers = 1;
+  o.maintenance_interval = 20;
+  o.seed_interval = 1000;
+  seed_rec_t rec = {0};
+  rec.addrs[0] = srv_addr(a);
+  rec.n = 1;
+  pp_policy_t policy = {0};
+  policy.data = &rec;
+  policy.seed = seed_hook;
+  pp_pool_t *pool = test_pool(&o);
+  pp_pool_set_policy(pool, &policy);
+  RUN_UNTIL(test_stats(pool).peers_by_state[PP_PEER_READY] == 1, 2000);
+  ASSERT_EQ(rec.calls, 1);
+  ASSERT_EQ(rec.wanted, 1);
+  ASSERT_EQ(test_stats(pool).seeds, 1);
+  test_finish(pool);
+  srv_stop(a);
+}
+
+TEST(maintain_seed_is_rate_limited) {
+  pp_options_t o;
+  test_options(&o);
+  o.target_peers = 3;
+  o.maintenance_interval = 10;
+  o.seed_interval = 100000;
+  seed_rec_t rec = {0}; /* adds nothing */
+  pp_policy_t policy = {0};
+  policy.data = &rec;
+  policy.seed = seed_hook;
+  pp_pool_t *pool = test_pool(&o);
+  pp_pool_set_policy(pool, &policy);
+  test_run_for(150);
+  ASSERT_EQ(rec.calls, 1);
+  test_finish(pool);
+}
+
+TEST(maintain_any_acquire_waits_for_seeded_peer) {
+  srv_t *a = srv_echo_start(NULL);
+  seed_rec_t rec = {0};
+  rec.addrs[0] = srv_addr(a);
+  rec.n = 1;
+  pp_policy_t policy = {0};
+  policy.data = &rec;
+  policy.seed = seed_hook;
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = test_pool(&o);
+  pp_pool_set_policy(pool, &policy);
+  pp_lease_t l;
+  test_rec_t r;
+  /* No peer at all: with a seed hook the acquire waits and the seeded peer serves it. */
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
+  ASSERT_EQ(rec.calls, 1);
+  ASSERT_STREQ(pp_peer_addr(l.peer), srv_addr(a));
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(a);
+}
+
+TEST(maintain_no_seed_hook_no_peer) {
+  pp_pool_t *pool = test_pool(NULL);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL, NULL), PP_ENOPEER);
+  test_finish(pool);
+}
+
+TEST(eject_after_consecutive_broken_releases) {
+  srv_t *a = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 3;
+  o.eject_time = 200;
+  o.eject_max = 400;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(a));
+  pp_lease_t l;
+  test_rec_t r;
+  for (int i = 0; i < 3; i++) {
+    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+    ASSERT_OK(pp_release(&l, PP_EBROKEN));
+  }
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.ejections, 1);
+  pp_peer_info_t info = test_peer_info(peer);
+  ASSERT_EQ(info.ejections, 1);
+  ASSERT_GT(info.retry_at, 0);
+  ASSERT_EQ(pp_peer_state(peer), PP_PEER_FAILED);
+  /* While cooling down nothing is dialled; afterwards the peer serves again. */
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_GE(test_now_ms() - t0, 100); /* waited for the cool-down (generous bound) */
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(a);
+}
+
+TEST(eject_healthy_release_resets_the_run) {
+  srv_t *a = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 2;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(a));
+  pp_lease_t l;
+  test_rec_t r;
+  for (int i = 0; i < 4; i++) {
+    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+    ASSERT_OK(pp_release(&l, i % 2 == 0 ? PP_EBROKEN : 0)); /* broken, healthy, ... */
+  }
+  ASSERT_EQ(test_stats(pool).ejections, 0);
+  test_finish(pool);
+  srv_stop(a);
+}
+
+static void written(pp_write_t *req, int status) { *(int *)req->data = status == 0 ? 1 : -1; }
+
+static void late_reply(pp_pool_t *pool, pp_peer_t *peer, int keep, int *closed_remote) {
+  pp_lease_t l;
+  test_rec_t r;
+  static pp_write_t w;
+  static int done;
+  static char late[] = "late!";
+  uv_buf_t buf = uv_buf_init(late, 5);
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  w.data = &done;
+  ASSERT_OK(pp_conn_write(&w, l.conn, &buf, 1, written));
+  ASSERT_OK(pp_release(&l, 0)); /* released at once: the echo arrives while the conn idles */
+  RUN_UNTIL(test_stats(pool).bytes_in >= 5, 2000);
+  test_run_for(20);
+  *closed_remote = (int)test_stats(pool).closed[PP_CLOSE_REMOTE];
+  (void)keep;
+}
+
+TEST(keep_idle_bytes_keeps_chatty_conns) {
+  srv_t *a = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.keep_idle_bytes = 1;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(a));
+  int closed;
+  late_reply(pool, peer, 1, &closed);
+  ASSERT_EQ(closed, 0);
+  ASSERT_EQ(test_stats(pool).idle, 1);
+  /* The next holder's reader gets the kept bytes. */
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  test_reader_t rd = {0};
+  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &rd));
+  RUN_UNTIL(rd.len >= 5, 2000);
+  ASSERT_EQ(memcmp(rd.buf, "late!", 5), 0);
+  ASSERT_OK(pp_release(&l, 0));
+  test_reader_free(&rd);
+  test_finish(pool);
+  srv_stop(a);
+}
+
+TEST(keep_idle_bytes_off_closes_on_late_reply) {
+  srv_t *a = srv_echo_start(NULL);
+  pp_pool_t *pool = test_pool(NULL);
+  pp_peer_t *peer = test_peer(pool, srv_addr(a));
+  int closed;
+  late_reply(pool, peer, 0, &closed);
+  ASSERT_EQ(closed, 1);
+  test_finish(pool);
+  srv_stop(a);
+}

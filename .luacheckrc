@@ -1,0 +1,5 @@
+-- luacheck: the specs and their helpers (Lua 5.4; busted's globals in spec/).
+std = "lua54"
+max_line_length = 100
+files["spec/"] = { std = "+busted" }
+exclude_files = { "build*/", "build.luarocks/" }

@@ -1,0 +1,157 @@
+-- Spec helpers: run each test in a coroutine on luv's loop (peerpool.run), with an environment
+-- that owns the test's pools and servers and closes them at the end, a watchdog, coroutine
+-- sleeps, and child Lua processes.
+--
+--   it("...", H.test(function(env) ... end))
+--
+-- env:pool(opts)         peerpool.new(opts), closed at the end of the test
+-- env:echo() / env:line() / env:refused() / env:closer() / env:slow(ms) / env:blackhole()
+--                        servers (spec/support/servers.lua), closed at the end of the test
+-- H.sleep(ms)            yield the running coroutine for ms
+-- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
+-- H.pack(...)            table.pack
+-- H.child(code)          run `code` in a fresh lua5.4 process with the module's paths;
+--                        returns ok, exit code, stdout, stderr
+local uv = require "luv"
+local peerpool = require "peerpool"
+local servers = require "spec.support.servers"
+
+local H = {}
+
+H.WATCHDOG_MS = 10000
+H.pack = table.pack
+
+-- Yield the running coroutine for `ms` (a luv timer resumes it).
+function H.sleep(ms)
+  local co = assert(coroutine.running())
+  local t = uv.new_timer()
+  t:start(ms, 0, function()
+    t:close()
+    local ok, err = coroutine.resume(co)
+    if not ok then io.stderr:write("spec coroutine error: ", tostring(err), "\n") end
+  end)
+  coroutine.yield()
+end
+
+-- Yield until pred() is true, checking every 2 ms; fail after `ms` (default 3000).
+function H.wait_until(pred, ms, what)
+  local deadline = uv.now() + (ms or 3000)
+  while not pred() do
+    if uv.now() > deadline then
+      error("gave up waiting" .. (what and (" for " .. what) or "") .. " after " .. (ms or 3000) ..
+        " ms", 2)
+    end
+    H.sleep(2)
+  end
+end
+
+-- Let the loop turn a few times (callbacks deferred to later ticks run).
+function H.ticks(n)
+  for _ = 1, n or 5 do H.sleep(0) end
+end
+
+local Env = {}
+Env.__index = Env
+
+function Env:pool(opts)
+  local pool = peerpool.new(opts)
+  self.pools[#self.pools + 1] = pool
+  return pool
+end
+
+function Env:add(srv)
+  self.servers[#self.servers + 1] = srv
+  return srv
+end
+
+for _, name in ipairs { "echo", "line", "refused", "closer", "slow" } do
+  Env[name] = function(self, ...) return self:add(servers[name](...)) end
+end
+
+-- A blackhole, once its queue is full (must run in the test's coroutine).
+function Env:blackhole()
+  local ready
+  local srv = self:add(servers.blackhole(function(s) ready = s end))
+  H.wait_until(function() return ready end, 2000, "the blackhole's queue to fill")
+  return srv
+end
+
+function Env:cleanup()
+  if self.watchdog and not self.watchdog:is_closing() then self.watchdog:close() end
+  for _, pool in ipairs(self.pools) do pool:close() end
+  for _, srv in ipairs(self.servers) do srv:close() end
+end
+
+-- Turn the loop until it has nothing left to do (close callbacks run); false if it never
+-- settles.
+function H.drain()
+  for _ = 1, 500 do
+    if not uv.loop_alive() then return true end
+    uv.run("nowait")
+  end
+  return not uv.loop_alive()
+end
+
+local function add_traceback(e)
+  if type(e) == "string" then return debug.traceback(e, 2) end
+  return e
+end
+
+-- peerpool.run adds a traceback to the one the test's error already carries: keep the first.
+local function one_traceback(err)
+  if type(err) ~= "string" then return err end
+  local first = err:find("\nstack traceback:", 1, true)
+  local second = first and err:find("\nstack traceback:", first + 1, true)
+  return second and err:sub(1, second - 1) or err
+end
+
+-- Wrap a test body: fn(env) runs in a coroutine through peerpool.run; whatever happens, the
+-- test's pools and servers are closed and the loop must settle with nothing left on it.
+function H.test(fn)
+  return function()
+    local env = setmetatable({ pools = {}, servers = {} }, Env)
+    assert(H.drain(), "the loop was busy before the test started")
+    local ok, err = pcall(peerpool.run, function()
+      env.watchdog = uv.new_timer()
+      env.watchdog:start(H.WATCHDOG_MS, 0, function()
+        env.timed_out = true
+        env:cleanup()
+      end)
+      env.watchdog:unref()
+      local ok2, err2 = xpcall(fn, add_traceback, env)
+      env:cleanup()
+      if not ok2 then error(err2, 0) end
+    end)
+    env:cleanup()
+    local settled = H.drain()
+    if env.timed_out then
+      error("the test did not finish within " .. H.WATCHDOG_MS .. " ms (the watchdog closed " ..
+        "its pools and servers)" .. (ok and "" or (": " .. tostring(err))), 0)
+    end
+    if not ok then error(one_traceback(err), 0) end
+    assert(settled, "the loop still has work after the test closed its pools and servers")
+  end
+end
+
+-- Run `code` in a new lua5.4 process that sees the same module paths. Returns
+-- ok (exited with 0), the exit code, stdout, stderr.
+function H.child(code)
+  local prelude = string.format("package.path = %q; package.cpath = %q; ", package.path,
+    package.cpath)
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(prelude, code)
+  f:close()
+  local errfile = os.tmpname()
+  local p = assert(io.popen(string.format("lua5.4 %s 2>%s", script, errfile)))
+  local out = p:read("a")
+  local ok, _, status = p:close()
+  local ef = assert(io.open(errfile))
+  local err = ef:read("a")
+  ef:close()
+  os.remove(script)
+  os.remove(errfile)
+  return ok == true, status, out, err
+end
+
+return H

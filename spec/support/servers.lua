@@ -1,0 +1,229 @@
+-- Real TCP servers on 127.0.0.1 for the specs, on luv's loop (the pool's loop). Every server
+-- binds port 0 and tells its address in `srv.addr`; `srv:close()` closes the listener, every
+-- accepted conn and every timer the server started, so a test leaves nothing on the loop.
+--
+--   servers.echo()       writes back every byte it reads
+--   servers.line()       a line protocol (see LINE COMMANDS below)
+--   servers.refused()    a port where nothing listens (bound, not listening: ECONNREFUSED)
+--   servers.closer()     answers "par" to the first bytes of a conn and closes it (mid-use)
+--   servers.slow(ms)     answers each line with "+SLOW\r\n" after `ms`
+--   servers.blackhole()  a listener whose accept queue is full: connects hang (connect_timeout)
+--
+-- Each server counts `accepted` conns, `open` conns, and keeps `lines` (line and slow servers)
+-- and `received` (all bytes, concatenated). `srv:drop_all()` closes every accepted conn from
+-- the server's side (a remote close).
+local uv = require "luv"
+
+local M = {}
+
+local Server = {}
+Server.__index = Server
+
+local function new_server()
+  return setmetatable({ accepted = 0, open = 0, lines = {}, received = "", clients = {},
+    timers = {}, closed = false }, Server)
+end
+
+-- Close a handle once, whatever its state.
+local function close_handle(h)
+  if h and not h:is_closing() then h:close() end
+end
+
+function Server:timer(ms, fn)
+  local t = uv.new_timer()
+  self.timers[t] = true
+  t:start(ms, 0, function()
+    self.timers[t] = nil
+    close_handle(t)
+    fn()
+  end)
+  return t
+end
+
+function Server:drop(client)
+  if self.clients[client] then
+    self.clients[client] = nil
+    self.open = self.open - 1
+  end
+  close_handle(client)
+end
+
+function Server:drop_all()
+  for client in pairs(self.clients) do self:drop(client) end
+end
+
+function Server:close()
+  if self.closed then return end
+  self.closed = true
+  self:drop_all()
+  for t in pairs(self.timers) do close_handle(t) end
+  self.timers = {}
+  for _, h in ipairs(self.extra or {}) do close_handle(h) end
+  close_handle(self.tcp)
+end
+
+function Server:write(client, data)
+  if self.clients[client] and not client:is_closing() then client:write(data) end
+end
+
+-- Listen with `on_conn(srv, client)` for every accepted conn.
+local function listen(on_conn, backlog)
+  local srv = new_server()
+  local tcp = uv.new_tcp()
+  assert(tcp:bind("127.0.0.1", 0))
+  srv.tcp = tcp
+  srv.port = tcp:getsockname().port
+  srv.addr = "127.0.0.1:" .. srv.port
+  if on_conn == nil then return srv end -- bound, never listening
+  assert(tcp:listen(backlog or 128, function(err)
+    if err or srv.closed then return end
+    local client = uv.new_tcp()
+    if not tcp:accept(client) then
+      close_handle(client)
+      return
+    end
+    srv.accepted = srv.accepted + 1
+    srv.open = srv.open + 1
+    srv.clients[client] = true
+    on_conn(srv, client)
+  end))
+  return srv
+end
+
+-- Read from `client`; `on_data(data)` for each chunk; the server drops the conn at EOF/error.
+local function read(srv, client, on_data)
+  client:read_start(function(err, data)
+    if err or data == nil then
+      srv:drop(client)
+      return
+    end
+    srv.received = srv.received .. data
+    on_data(data)
+  end)
+end
+
+-- Split `data` into lines (the buffer is per conn); call `on_line(line)` without \r\n.
+local function line_reader(srv, client, on_line)
+  local buf = ""
+  read(srv, client, function(data)
+    buf = buf .. data
+    while true do
+      local line, rest = buf:match("^(.-)\r?\n(.*)$")
+      if not line then break end
+      buf = rest
+      srv.lines[#srv.lines + 1] = line
+      on_line(line)
+    end
+  end)
+end
+
+function M.echo()
+  return listen(function(srv, client)
+    read(srv, client, function(data) srv:write(client, data) end)
+  end)
+end
+
+-- LINE COMMANDS (one per line, answered on the same conn):
+--   PING          +PONG\r\n
+--   ECHO <text>   <text>\r\n
+--   TWO           one\r\ntwo\r\n (two lines in one write)
+--   LF            bare\n (a line ended by \n alone)
+--   SPLIT         hel, then lo\r\n 30 ms later (a line in two writes)
+--   BYTES <n>     n bytes "x"
+--   PARTIAL       par (no end of line; the conn stays open)
+--   HALF          par, then the server closes the conn (closed mid-use)
+--   QUIT          bye\r\n, then the server closes the conn
+--   RESET         the server resets the conn (RST: ECONNRESET)
+--   SLEEP <ms>    +WOKE\r\n after ms
+--   SILENT        nothing
+function M.line()
+  return listen(function(srv, client)
+    line_reader(srv, client, function(line)
+      local cmd, arg = line:match("^(%S+)%s?(.*)$")
+      if cmd == "PING" then
+        srv:write(client, "+PONG\r\n")
+      elseif cmd == "ECHO" then
+        srv:write(client, arg .. "\r\n")
+      elseif cmd == "TWO" then
+        srv:write(client, "one\r\ntwo\r\n")
+      elseif cmd == "LF" then
+        srv:write(client, "bare\n")
+      elseif cmd == "SPLIT" then
+        srv:write(client, "hel")
+        srv:timer(30, function() srv:write(client, "lo\r\n") end)
+      elseif cmd == "BYTES" then
+        srv:write(client, string.rep("x", tonumber(arg)))
+      elseif cmd == "PARTIAL" then
+        srv:write(client, "par")
+      elseif cmd == "HALF" then
+        srv:write(client, "par")
+        srv:drop(client)
+      elseif cmd == "QUIT" then
+        srv:write(client, "bye\r\n")
+        srv:drop(client)
+      elseif cmd == "RESET" then
+        if srv.clients[client] then
+          srv.clients[client] = nil
+          srv.open = srv.open - 1
+          client:close_reset()
+        end
+      elseif cmd == "SLEEP" then
+        srv:timer(tonumber(arg), function() srv:write(client, "+WOKE\r\n") end)
+      elseif cmd == "SILENT" then -- luacheck: ignore 542
+      else
+        srv:write(client, "-ERR unknown command\r\n")
+      end
+    end)
+  end)
+end
+
+function M.refused()
+  return listen(nil)
+end
+
+function M.closer()
+  return listen(function(srv, client)
+    read(srv, client, function()
+      srv:write(client, "par")
+      srv:drop(client)
+    end)
+  end)
+end
+
+function M.slow(ms)
+  return listen(function(srv, client)
+    line_reader(srv, client, function()
+      srv:timer(ms, function() srv:write(client, "+SLOW\r\n") end)
+    end)
+  end)
+end
+
+-- A listener with backlog 0 that never accepts, filled by two conns of its own (libuv takes
+-- the first off the kernel's queue, the second fills it): a further connect gets no SYN-ACK, so
+-- it hangs until the dialler's timeout (the kernel retries the SYN after a second).
+-- `callback(srv)` runs once the queue is full.
+function M.blackhole(callback)
+  local srv = new_server()
+  local tcp = uv.new_tcp()
+  assert(tcp:bind("127.0.0.1", 0))
+  srv.tcp = tcp
+  srv.port = tcp:getsockname().port
+  srv.addr = "127.0.0.1:" .. srv.port
+  assert(tcp:listen(0, function() end)) -- never accepts
+  srv.extra = {}
+  local function filler(n)
+    local c = uv.new_tcp()
+    srv.extra[#srv.extra + 1] = c
+    c:connect("127.0.0.1", srv.port, function(err)
+      if err or srv.closed then return end
+      -- Give libuv a moment to take the first one off the queue before the next.
+      srv:timer(20, function()
+        if n == 1 then filler(2) else callback(srv) end
+      end)
+    end)
+  end
+  filler(1)
+  return srv
+end
+
+return M

@@ -8,8 +8,15 @@
 
 static lpp_conn_t *check_conn(lua_State *L, int idx) {
   lpp_conn_t *c = luaL_checkudata(L, idx, LPP_CONN);
-  if (c->state != LPP_CONN_LEASED) luaL_error(L, "attempt to use a released conn");
+  if (c->state == LPP_CONN_HOOK && c->hook_conn == NULL)
+    luaL_error(L, "attempt to use a conn the pool took back from its hook");
+  if (c->state != LPP_CONN_LEASED && c->state != LPP_CONN_HOOK)
+    luaL_error(L, "attempt to use a released conn");
   return c;
+}
+
+pp_conn_t *lpp_conn_of(lpp_conn_t *c) {
+  return c->state == LPP_CONN_HOOK ? c->hook_conn : c->lease.conn;
 }
 
 static void unref(lua_State *L, int *ref) {
@@ -252,7 +259,7 @@ static int l_receive(lua_State *L) {
   }
   if (take(L, c)) return 1;
   if (c->read_error) return push_receive_end(L, c, c->read_error);
-  pp_conn_t *conn = c->lease.conn;
+  pp_conn_t *conn = lpp_conn_of(c);
   if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
   if (!lua_isyieldable(L))
     return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
@@ -291,12 +298,12 @@ static int l_send(lua_State *L) {
   lpp_conn_t *c = check_conn(L, 1);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
-  if (c->lease.conn == NULL) return lpp_push_error(L, PP_ECLOSED, NULL);
+  if (lpp_conn_of(c) == NULL) return lpp_push_error(L, PP_ECLOSED, NULL);
   write_t *w = malloc(sizeof(*w) + len);
   if (w == NULL) return luaL_error(L, "out of memory");
   memcpy(w->data, data, len);
   uv_buf_t buf = uv_buf_init(w->data, (unsigned int)len);
-  int err = pp_conn_write(&w->req, c->lease.conn, &buf, 1, on_written);
+  int err = pp_conn_write(&w->req, lpp_conn_of(c), &buf, 1, on_written);
   if (err) {
     free(w);
     return lpp_push_error(L, err == UV_EOF ? PP_ECLOSED : err, NULL);
@@ -321,8 +328,59 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   c->len = c->cap = 0;
 }
 
+/* ---- conns lent to handshake/ping hooks -------------------------------------------------- */
+
+lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int kind) {
+  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 1);
+  memset(c, 0, sizeof(*c));
+  c->self_ref = c->co_ref = c->cb_ref = LUA_NOREF;
+  luaL_setmetatable(L, LPP_CONN);
+  c->owner = p;
+  c->state = LPP_CONN_HOOK;
+  c->hook_conn = conn;
+  c->hook_kind = kind;
+  snprintf(c->peer_addr, sizeof(c->peer_addr), "%s", pp_peer_addr(pp_conn_peer(conn)));
+  lpp_push_pool(L, p);
+  lua_setiuservalue(L, -2, 1);
+  pp_conn_set_data(conn, c);
+  return c;
+}
+
+/* Hand the conn back to the engine; the hook's reader ends with it. */
+static void hook_conn_detach(lpp_conn_t *c) {
+  if (c->reading && c->hook_conn) pp_conn_read_stop(c->hook_conn);
+  c->reading = 0;
+  if (c->hook_conn) pp_conn_set_data(c->hook_conn, NULL);
+  c->hook_conn = NULL;
+  drop_timer(&c->timer);
+}
+
+void lpp_hook_conn_dead(lpp_conn_t *c) {
+  hook_conn_detach(c);
+  c->read_error = PP_ECLOSED;
+  if (c->co_ref != LUA_NOREF) finish_receive(c, PP_ECLOSED);
+}
+
+/* conn:_done(ok): the hook finished; tell the engine (once). */
+static int l_hook_done(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  int ok = lua_toboolean(L, 2);
+  if (c->state != LPP_CONN_HOOK || c->hook_conn == NULL) return 0;
+  pp_conn_t *conn = c->hook_conn;
+  int status = ok ? 0 : (c->hook_kind == LPP_HOOK_HANDSHAKE ? PP_EHANDSHAKE : PP_EPING);
+  hook_conn_detach(c);
+  c->state = LPP_CONN_DONE;
+  if (c->hook_kind == LPP_HOOK_HANDSHAKE)
+    pp_conn_handshake_done(conn, status);
+  else
+    pp_conn_ping_done(conn, status);
+  return 0;
+}
+
 static int l_release(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  if (c->state == LPP_CONN_HOOK)
+    return luaL_error(L, "a hook's conn goes back to the pool when the hook returns");
   int was = c->state == LPP_CONN_LEASED;
   end_lease(L, c, 0);
   lua_pushboolean(L, was);
@@ -331,6 +389,8 @@ static int l_release(lua_State *L) {
 
 static int l_close(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  if (c->state == LPP_CONN_HOOK)
+    return luaL_error(L, "a hook fails its conn by returning false (or raising)");
   int was = c->state == LPP_CONN_LEASED;
   end_lease(L, c, PP_EBROKEN);
   lua_pushboolean(L, was);
@@ -339,6 +399,7 @@ static int l_close(lua_State *L) {
 
 static int l_gc(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  if (c->state == LPP_CONN_HOOK && c->hook_conn) hook_conn_detach(c);
   if (c->state == LPP_CONN_LEASED) {
     c->owner->leaked_leases++;
     end_lease(L, c, PP_EBROKEN);
@@ -353,6 +414,7 @@ static int l_tostring(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   const char *state = c->state == LPP_CONN_LEASED   ? "leased"
                       : c->state == LPP_CONN_PENDING ? "pending"
+                      : c->state == LPP_CONN_HOOK    ? "in a hook"
                                                      : "released";
   lua_pushfstring(L, "peerpool.conn (%s, %s): %p", c->peer_addr[0] ? c->peer_addr : "-", state,
                   (void *)c);
@@ -375,7 +437,7 @@ static int l_index(lua_State *L) {
 
 static const luaL_Reg conn_methods[] = {
     {"send", l_send},   {"receive", l_receive}, {"release", l_release},
-    {"close", l_close}, {NULL, NULL},
+    {"close", l_close}, {"_done", l_hook_done}, {NULL, NULL},
 };
 
 void lpp_conn_open(lua_State *L) {

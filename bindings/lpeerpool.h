@@ -11,6 +11,19 @@
 #define LPP_POOL "peerpool.pool"
 #define LPP_CONN "peerpool.conn"
 #define LPP_NOTICE "peerpool.notice"
+#define LPP_VIEW "peerpool.view"
+
+/* Policy hooks, for per-hook counters. */
+#define LPP_HOOK_MAP(XX) \
+  XX(SELECT_PEER, select_peer) XX(SELECT_CONN, select_conn) XX(BACKOFF, backoff) \
+  XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping)
+enum {
+#define XX(u, l) LPP_HOOK_##u,
+  LPP_HOOK_MAP(XX)
+#undef XX
+  LPP_HOOK_COUNT
+};
+#define LPP_VIEWS_MAX 64
 
 /* Per Lua state: the live pools, and the sentinel whose __gc closes them at lua_close before
  * luv's loop finaliser walks the loop (which would mistake our handles for its own). */
@@ -31,6 +44,16 @@ typedef struct lpp_pool_s {
   int64_t io_timeout;       /* ms for conn:receive(); 0 = none */
   uint64_t leaked_leases;   /* conns collected while still leased */
   uint64_t callback_errors; /* Lua errors raised by callbacks and coroutines */
+  /* policy */
+  int policy_ref;           /* the active policy table, or LUA_NOREF */
+  char policy_name[256];    /* its path (or "table"), for logs */
+  lua_State *hook_L;        /* a thread of its own for synchronous hooks */
+  int hook_L_ref;
+  int budget;               /* instructions a synchronous hook may run */
+  int views_ref;            /* table of LPP_VIEWS_MAX reusable view userdata */
+  int cand_ref;             /* reusable candidates table */
+  uint64_t hook_calls[LPP_HOOK_COUNT], hook_errors[LPP_HOOK_COUNT];
+  uint64_t hook_logged_at[LPP_HOOK_COUNT], hook_suppressed[LPP_HOOK_COUNT];
   struct lpp_pool_s *next, *prev; /* live pools, for pools() and the close-at-exit sentinel */
 } lpp_pool_t;
 
@@ -50,10 +73,13 @@ typedef struct {
   int read_error;           /* stream end/error seen, 0 = none */
   int reading;
   uv_timer_t *timer;        /* io_timeout timer (malloc'd: it outlives the userdata) */
+  pp_conn_t *hook_conn;     /* with LPP_CONN_HOOK */
+  int hook_kind;            /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
   char peer_addr[96];
 } lpp_conn_t;
 
-enum { LPP_CONN_PENDING = 1, LPP_CONN_LEASED, LPP_CONN_DONE };
+/* LPP_CONN_HOOK: a conn lent to a handshake/ping hook (no lease: `hook_conn`). */
+enum { LPP_CONN_PENDING = 1, LPP_CONN_LEASED, LPP_CONN_DONE, LPP_CONN_HOOK };
 
 typedef struct {
   pp_notice_t notice;
@@ -86,11 +112,28 @@ int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
 void lpp_pool_open(lua_State *L);
 int lpp_l_new(lua_State *L);   /* peerpool.new(opts) */
 int lpp_l_pools(lua_State *L); /* peerpool.pools() */
+/* Push the pool userdata of `p` (nil if it is gone). */
+void lpp_push_pool(lua_State *L, lpp_pool_t *p);
 lpp_pool_t *lpp_check_pool(lua_State *L, int idx);
 void lpp_push_peer_view(lua_State *L, pp_peer_t *peer);
 
 /* lconn.c */
 void lpp_conn_open(lua_State *L);
+/* The engine conn behind a conn object (leased or lent to a hook), or NULL. */
+pp_conn_t *lpp_conn_of(lpp_conn_t *c);
+/* Push a conn object lent to a handshake/ping hook. */
+lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int kind);
+/* The engine gave up on a hook's conn: end its waits, make it unusable. */
+void lpp_hook_conn_dead(lpp_conn_t *c);
+
+/* lpolicy.c */
+void lpp_policy_open(lua_State *L);
+void lpp_policy_init(lua_State *L, lpp_pool_t *p); /* at pool creation */
+void lpp_policy_free(lua_State *L, lpp_pool_t *p); /* at pool close */
+/* Count a hook failure and log it (at most once a second per hook). */
+void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg);
+extern const char *const lpp_hook_names[LPP_HOOK_COUNT];
+int lpp_l_set_run_hook(lua_State *L); /* peerpool._set_run_hook(fn) */
 /* Start an acquire for the pool at stack index 1; see pool:acquire in lpool.c. */
 int lpp_acquire(lua_State *L, lpp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *opts,
                 int cb_idx);

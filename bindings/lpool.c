@@ -35,13 +35,18 @@ static const option_t options[] = {
     OPT_MS(connect_timeout), OPT_INT(retries),      OPT_MS(acquire_timeout),
     OPT_INT(backlog),       OPT_MS(idle_timeout),   OPT_MS(max_lifespan),
     OPT_INT(lifespan_jitter), OPT_MS(handshake_timeout), OPT_MS(max_address_age),
-    OPT_MS(ping_after),     OPT_MS(keepalive),      {NULL, 0, 0},
+    OPT_MS(ping_after),     OPT_MS(keepalive),      OPT_INT(target_peers),
+    OPT_MS(maintenance_interval), OPT_MS(seed_interval), OPT_INT(eject_after),
+    OPT_MS(eject_time),     OPT_MS(eject_max),      OPT_INT(keep_idle_bytes),
+    {NULL, 0, 0},
 };
 
 /* Read opts.<name> into the engine options; every type or range error names the field. */
-static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_timeout) {
+static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_timeout,
+                         int *budget) {
   pp_options_init(o);
   *io_timeout = 30000;
+  *budget = 100000;
   if (lua_isnoneornil(L, idx)) return;
   luaL_checktype(L, idx, LUA_TTABLE);
   lua_pushnil(L);
@@ -50,8 +55,9 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_tim
     const char *key = lua_tostring(L, -2);
     const option_t *opt = options;
     while (opt->name && strcmp(opt->name, key) != 0) opt++;
-    int is_io = strcmp(key, "io_timeout") == 0;
-    if (opt->name == NULL && !is_io) luaL_error(L, "peerpool.new: unknown option '%s'", key);
+    int is_io = strcmp(key, "io_timeout") == 0, is_budget = strcmp(key, "hook_budget") == 0;
+    if (opt->name == NULL && !is_io && !is_budget)
+      luaL_error(L, "peerpool.new: unknown option '%s'", key);
     if (!lua_isinteger(L, -1)) {
       lua_Number n;
       int isnum;
@@ -64,6 +70,10 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_tim
     if (is_io) {
       if (v < 0) luaL_error(L, "peerpool.new: option 'io_timeout' must be a number of ms >= 0");
       *io_timeout = v;
+    } else if (is_budget) {
+      if (v < 1000 || v > 100000000)
+        luaL_error(L, "peerpool.new: option 'hook_budget' must be an integer in 1000..100000000");
+      *budget = (int)v;
     } else if (opt->is_ms) {
       *(int64_t *)((char *)o + opt->offset) = v;
     } else {
@@ -120,13 +130,24 @@ static void state_changed(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from
 int lpp_l_new(lua_State *L) {
   pp_options_t o;
   int64_t io_timeout;
-  read_options(L, 1, &o, &io_timeout);
+  int budget;
+  if (lua_istable(L, 1)) {
+    /* keep_idle_bytes may be given as a boolean */
+    if (lua_getfield(L, 1, "keep_idle_bytes") == LUA_TBOOLEAN) {
+      lua_pushinteger(L, lua_toboolean(L, -1));
+      lua_setfield(L, 1, "keep_idle_bytes");
+    }
+    lua_pop(L, 1);
+  }
+  read_options(L, 1, &o, &io_timeout, &budget);
   lpp_state_t *st = lpp_state(L);
   lpp_pool_t *p = lua_newuserdatauv(L, sizeof(*p), 1);
   memset(p, 0, sizeof(*p));
   p->st = st;
   p->L = st->L;
   p->io_timeout = io_timeout;
+  p->budget = budget;
+  lpp_policy_init(L, p);
   pool_link_t *link = malloc(sizeof(*link));
   if (link == NULL) return luaL_error(L, "peerpool.new: out of memory");
   const char *why;
@@ -160,6 +181,7 @@ static int l_close(lua_State *L) {
     pp_pool_close(p->pool, engine_pool_closed);
     p->pool = NULL;
     lpp_pools_remove(p);
+    lpp_policy_free(L, p);
   }
   return 0;
 }
@@ -179,7 +201,33 @@ static int l_tostring(lua_State *L) {
 
 /* ---- peers ----------------------------------------------------------------------------- */
 
-static int l_add_peer(lua_State *L) {
+/* Record a peer's source and tags in the pool's user value: peer_meta[addr]. */
+static void set_peer_meta(lua_State *L, int pool_idx, const char *addr, int tags_idx,
+                          const char *source) {
+  lua_getiuservalue(L, pool_idx, 1);
+  if (lua_getfield(L, -1, "peer_meta") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "peer_meta");
+  }
+  if (lua_getfield(L, -1, addr) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, source);
+    lua_setfield(L, -2, "source");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, addr);
+  }
+  if (tags_idx) {
+    lua_pushvalue(L, tags_idx);
+    lua_setfield(L, -2, "tags");
+  }
+  lua_pop(L, 3);
+}
+
+/* pool:add_peer(addr [, last_seen] [, tags]) and pool:_add_peer(addr, last_seen, tags, source) */
+static int add_peer(lua_State *L, const char *source) {
   lpp_pool_t *p = lpp_check_pool(L, 1);
   const char *addr = luaL_checkstring(L, 2);
   lua_Integer last_seen = 0;
@@ -188,12 +236,26 @@ static int l_add_peer(lua_State *L) {
     last_seen = lua_tointeger(L, 3);
     luaL_argcheck(L, last_seen >= 0, 3, "last_seen must be Unix time in ms >= 0");
   }
+  int tags_idx = 0;
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_argexpected(L, lua_istable(L, 4), 4, "table of tags");
+    tags_idx = 4;
+  }
   pp_peer_t *peer;
   const char *why;
   int err = pp_pool_add_peer(p->pool, addr, last_seen, &peer, &why);
   if (err) return lpp_push_error(L, err, why);
+  set_peer_meta(L, 1, pp_peer_addr(peer), tags_idx, source);
   lua_pushstring(L, pp_peer_addr(peer));
   return 1;
+}
+
+static int l_add_peer(lua_State *L) { return add_peer(L, "runtime"); }
+
+static int l_add_peer_from(lua_State *L) {
+  const char *source = luaL_checkstring(L, 5);
+  lua_settop(L, 4);
+  return add_peer(L, source);
 }
 
 void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
@@ -222,6 +284,8 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
 #undef INT_FIELD
   lua_pushnumber(L, i.latency_ms);
   lua_setfield(L, -2, "latency_ms");
+  lua_pushinteger(L, (lua_Integer)i.ejections);
+  lua_setfield(L, -2, "ejections");
   if (i.last_error) {
     lua_pushstring(L, pp_err_name(i.last_error));
     lua_setfield(L, -2, "last_error");
@@ -273,7 +337,7 @@ static int l_stats(lua_State *L) {
   F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out)
   F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken)
   F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out)
-  F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(policy_errors)
+  F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds) F(policy_errors)
 #undef F
   lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");
@@ -295,6 +359,18 @@ static int l_stats(lua_State *L) {
     lua_setfield(L, -2, pp_close_reason_name((pp_close_reason_t)i));
   }
   lua_setfield(L, -2, "closed");
+  lua_createtable(L, 0, LPP_HOOK_COUNT);
+  for (int h = 0; h < LPP_HOOK_COUNT; h++) {
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)p->hook_calls[h]);
+    lua_setfield(L, -2, "calls");
+    lua_pushinteger(L, (lua_Integer)p->hook_errors[h]);
+    lua_setfield(L, -2, "errors");
+    lua_setfield(L, -2, lpp_hook_names[h]);
+  }
+  lua_setfield(L, -2, "hooks");
+  lua_pushstring(L, p->policy_name);
+  lua_setfield(L, -2, "policy");
   return 1;
 }
 
@@ -382,6 +458,12 @@ static int l_acquire(lua_State *L) {
   return lpp_acquire(L, p, peer, &opts, cb_idx);
 }
 
+void lpp_push_pool(lua_State *L, lpp_pool_t *p) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
+  lua_rawgetp(L, -1, p);
+  lua_remove(L, -2);
+}
+
 int lpp_l_pools(lua_State *L) {
   lpp_state_t *st = lpp_state(L);
   lua_newtable(L);
@@ -399,7 +481,8 @@ int lpp_l_pools(lua_State *L) {
 }
 
 static const luaL_Reg pool_methods[] = {
-    {"add_peer", l_add_peer}, {"acquire", l_acquire}, {"stats", l_stats},
+    {"add_peer", l_add_peer}, {"_add_peer", l_add_peer_from}, {"acquire", l_acquire},
+    {"stats", l_stats},
     {"peers", l_peers},       {"peer", l_peer},       {"on", l_on},
     {"close", l_close},       {NULL, NULL},
 };

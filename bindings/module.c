@@ -152,6 +152,7 @@ static const luaL_Reg module_fns[] = {
     {"pools", lpp_l_pools},
     {"_loop_running", l_loop_running},
     {"_spawn", l_spawn},
+    {"_set_run_hook", lpp_l_set_run_hook},
     {NULL, NULL},
 };
 
@@ -186,6 +187,7 @@ int luaopen_peerpool(lua_State *L) {
   lpp_pool_open(L);
   lpp_conn_open(L);
   lpp_notice_open(L);
+  lpp_policy_open(L);
 
   lua_newtable(L); /* the module */
   luaL_setfuncs(L, module_fns, 0);
@@ -198,6 +200,10 @@ int luaopen_peerpool(lua_State *L) {
   lua_setfield(L, -2, "errors");
   lua_pushliteral(L, PP_VERSION_STRING);
   lua_setfield(L, -2, "version");
+#ifdef PP_SCRIPTS_DIR
+  lua_pushliteral(L, PP_SCRIPTS_DIR);
+  lua_setfield(L, -2, "_scripts_dir");
+#endif
 
   /* The Lua half: peerpool.new, pool:with, peerpool.run, metrics... */
   if (luaL_loadbuffer(L, (const char *)peerpool_lua, sizeof(peerpool_lua), "=peerpool.lua") !=

@@ -131,4 +131,253 @@ function pool_methods:metrics(labels)
   return table.concat(out, "\n") .. "\n"
 end
 
+-- ---- policies ------------------------------------------------------------------------------
+
+local HOOKS = {
+  select_peer = true, select_conn = true, backoff = true, seed = true, handshake = true,
+  ping = true,
+}
+local POLICY_INFO = { name = "string", description = "string" }
+
+-- `require "peerpool.policies.NAME"` finds the policy library: installed with the rock, or
+-- in the source tree the module was built from (scripts/policies/NAME.lua).
+if M._scripts_dir then
+  local dir = M._scripts_dir
+  table.insert(package.searchers, function(name)
+    local rest = name:match("^peerpool%.policies%.([%w_]+)$")
+    if not rest then return nil end
+    local path = dir .. "/policies/" .. rest .. ".lua"
+    local chunk, err = loadfile(path)
+    if not chunk then return "\n\tno file '" .. path .. "'" .. (err and (" (" .. err .. ")") or "") end
+    return chunk, path
+  end)
+end
+
+-- A policy from a path (a Lua script returning a table) or a table; nil, message if unusable.
+local function policy_from(source)
+  local tbl, name = source, "table"
+  if type(source) == "string" then
+    name = source
+    local chunk, err = loadfile(source, "t")
+    if not chunk then return nil, "policy " .. err end
+    local ok, res = pcall(chunk)
+    if not ok then return nil, "policy " .. source .. ": " .. tostring(res) end
+    tbl = res
+  end
+  if type(tbl) ~= "table" then
+    return nil, "policy " .. name .. " must return a table of hooks (got " .. type(tbl) .. ")"
+  end
+  for k, v in pairs(tbl) do
+    if HOOKS[k] then
+      if type(v) ~= "function" then
+        return nil, "policy." .. tostring(k) .. " must be a function (got " .. type(v) .. ")"
+      end
+    elseif POLICY_INFO[k] then
+      if type(v) ~= POLICY_INFO[k] then
+        return nil, "policy." .. k .. " must be a " .. POLICY_INFO[k]
+      end
+    else
+      return nil, "policy." .. tostring(k) .. " is not a hook (hooks: backoff, handshake, ping, " ..
+        "seed, select_conn, select_peer)"
+    end
+  end
+  return tbl, name
+end
+
+--- pool:load_policy(path_or_table): swap the whole policy at once; conns are untouched.
+-- Returns true, or nil and a message (the previous policy stays active).
+function pool_methods:load_policy(source)
+  if type(source) ~= "string" and type(source) ~= "table" then
+    error("bad argument #1 to 'load_policy' (path or table expected, got " .. type(source) .. ")", 2)
+  end
+  local tbl, name = policy_from(source)
+  if not tbl then return nil, name end
+  return self:_set_policy(tbl, name)
+end
+
+local function budget_exceeded() error("instruction budget exceeded", 2) end
+
+-- The seed hook's context: ctx.wanted, ctx:add(addr [, last_seen]), ctx:resolve(host, port).
+local function seed_ctx(pool, wanted)
+  local ctx = { wanted = wanted, added = 0 }
+  function ctx.add(_, addr, last_seen)
+    local ok, err, why = pool:_add_peer(addr, last_seen, nil, "seed")
+    if ok then ctx.added = ctx.added + 1 end
+    return ok, err, why
+  end
+  function ctx.resolve(_, host, port)
+    local co = coroutine.running()
+    local out, failure
+    local req = uv.getaddrinfo(host, tostring(port), { socktype = "stream" }, function(err, res)
+      if err then failure = err
+      else
+        out = {}
+        for _, a in ipairs(res or {}) do
+          out[#out + 1] = a.family == "inet6" and ("[" .. a.addr .. "]:" .. a.port)
+            or (a.addr .. ":" .. a.port)
+        end
+      end
+      if co then
+        local ok, e = coroutine.resume(co)
+        if not ok then io.stderr:write("peerpool: seed hook: ", tostring(e), "\n") end
+      end
+    end)
+    if not req then return nil, "resolve failed" end
+    coroutine.yield()
+    if failure then return nil, failure end
+    return out
+  end
+  return ctx
+end
+
+-- Run an asynchronous hook (handshake, ping, seed) in a coroutine of its own under an
+-- instruction budget. handshake/ping succeed when the hook returns true.
+M._set_run_hook(function(pool, name, fn, arg, budget)
+  local co = coroutine.create(function()
+    local input = name == "seed" and seed_ctx(pool, arg) or arg
+    local ok, res = xpcall(fn, debug.traceback, input)
+    if not ok then pool:_hook_error(name, res) end
+    if name ~= "seed" then
+      if ok and res ~= true and res ~= false and res ~= nil then
+        pool:_hook_error(name, "answered " .. type(res) .. " (want true or false)")
+      end
+      arg:_done(ok and res == true)
+    end
+  end)
+  debug.sethook(co, budget_exceeded, "", budget)
+  local ok, err = coroutine.resume(co)
+  if not ok then
+    pool:_hook_error(name, err)
+    if name ~= "seed" then arg:_done(false) end
+  end
+end)
+
+-- ---- the address book ------------------------------------------------------------------------
+
+local books = setmetatable({}, { __mode = "k" }) -- pool -> { path, timer }
+
+local function save_book(pool, path)
+  local lines = {}
+  for _, p in ipairs(pool:peers()) do
+    if p.state ~= "burned" then
+      lines[#lines + 1] = string.format("%s %d %s", p.addr, p.last_seen, p.source or "runtime")
+    end
+  end
+  table.sort(lines)
+  local tmp = path .. ".tmp"
+  local fd, err = uv.fs_open(tmp, "w", 420) -- 0644
+  if not fd then return nil, err end
+  local data = "# peerpool address book: addr last_seen_ms source\n" .. table.concat(lines, "\n") .. "\n"
+  local ok, werr = uv.fs_write(fd, data, 0)
+  if ok then ok, werr = uv.fs_fsync(fd) end
+  uv.fs_close(fd)
+  if not ok then uv.fs_unlink(tmp); return nil, werr end
+  local rok, rerr = uv.fs_rename(tmp, path)
+  if not rok then return nil, rerr end
+  return true
+end
+
+-- Read the book into the pool. A corrupt book is reported, moved aside, and the pool starts
+-- empty.
+local function load_book(pool, path)
+  local f = io.open(path, "r")
+  if not f then return true end
+  local entries, bad = {}, nil
+  local n = 0
+  for line in f:lines() do
+    n = n + 1
+    if line ~= "" and not line:match("^#") then
+      local addr, seen, source = line:match("^(%S+)%s+(%d+)%s*(%S*)%s*$")
+      if not addr then bad = "line " .. n .. " is not 'addr last_seen [source]'"; break end
+      entries[#entries + 1] = { addr, math.tointeger(tonumber(seen)), source ~= "" and source or "book" }
+    end
+  end
+  f:close()
+  if not bad then
+    for _, e in ipairs(entries) do
+      local ok, _, why = pool:_add_peer(e[1], e[2], nil, e[3])
+      if not ok then bad = "bad address " .. e[1] .. ": " .. tostring(why); break end
+    end
+  end
+  if bad then
+    local aside = path .. ".corrupt-" .. os.time()
+    os.rename(path, aside)
+    io.stderr:write("peerpool: address book ", path, " is corrupt (", bad, "); moved to ",
+      aside, ", starting empty\n")
+    for _, p in ipairs(pool:peers()) do if p.source == "book" then end end
+    return nil, bad
+  end
+  return true
+end
+
+local c_close = pool_methods.close
+--- pool:close(): also saves the address book, if the pool has one.
+function pool_methods:close()
+  local book = books[self]
+  if book then
+    books[self] = nil
+    if not book.timer:is_closing() then book.timer:close() end
+    local ok, err = save_book(self, book.path)
+    if not ok then io.stderr:write("peerpool: saving ", book.path, ": ", tostring(err), "\n") end
+  end
+  return c_close(self)
+end
+pool_mt.__close = function(self) return pool_methods.close(self) end
+
+local LUA_OPTIONS = { policy = true, address_book = true, address_book_interval = true, peers = true }
+
+local c_new = M.new
+--- peerpool.new(opts): the engine's options, plus policy (path or table), peers (a list of
+-- addresses, source "static"), address_book (a path) and address_book_interval (ms, 60000).
+function M.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #1 to 'new' (table of options expected, got " .. type(opts) .. ")", 2)
+  end
+  opts = opts or {}
+  local engine_opts = {}
+  for k, v in pairs(opts) do
+    if not LUA_OPTIONS[k] then engine_opts[k] = v end
+  end
+  if opts.peers ~= nil and type(opts.peers) ~= "table" then
+    error("peerpool.new: option 'peers' must be a list of addresses", 2)
+  end
+  if opts.address_book ~= nil and type(opts.address_book) ~= "string" then
+    error("peerpool.new: option 'address_book' must be a path", 2)
+  end
+  local interval = opts.address_book_interval or 60000
+  if math.type(interval) ~= "integer" or interval < 1 then
+    error("peerpool.new: option 'address_book_interval' must be a positive integer (ms)", 2)
+  end
+  local pool = c_new(engine_opts)
+  if opts.policy ~= nil then
+    local ok, err = pool:load_policy(opts.policy)
+    if not ok then
+      c_close(pool)
+      error("peerpool.new: " .. err, 2)
+    end
+  end
+  for i, addr in ipairs(opts.peers or {}) do
+    local ok, _, why = pool:_add_peer(addr, nil, nil, "static")
+    if not ok then
+      c_close(pool)
+      error("peerpool.new: peers[" .. i .. "]: " .. tostring(why), 2)
+    end
+  end
+  if opts.address_book then
+    local path = opts.address_book
+    load_book(pool, path)
+    local timer = uv.new_timer()
+    timer:unref()
+    local weak = setmetatable({ pool = pool }, { __mode = "v" })
+    timer:start(interval, interval, function()
+      local p = weak.pool
+      if not p then timer:close(); return end
+      local ok, err = save_book(p, path)
+      if not ok then io.stderr:write("peerpool: saving ", path, ": ", tostring(err), "\n") end
+    end)
+    books[pool] = { path = path, timer = timer }
+  end
+  return pool
+end
+
 return M

@@ -1,0 +1,382 @@
+/* Policies written in Lua: the engine's pp_policy_t hooks, each running the Lua hook of the
+ * active policy table under an instruction budget. A hook that raises, answers nonsense or runs
+ * past its budget is cut off; the engine then uses its built-in default, the failure is counted
+ * per hook and logged (at most once a second per hook). Synchronous hooks (select_peer,
+ * select_conn, backoff) run on a thread of the pool's own; handshake, ping and seed run as
+ * coroutines started by the Lua half (peerpool.lua's _run_hook). */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "lpeerpool.h"
+
+const char *const lpp_hook_names[LPP_HOOK_COUNT] = {
+#define XX(u, l) #l,
+    LPP_HOOK_MAP(XX)
+#undef XX
+};
+
+static const char run_hook_key = 'h'; /* registry: peerpool.lua's _run_hook */
+
+typedef struct {
+  lpp_pool_t *p;
+  pp_peer_t *peer;
+  pp_conn_t *conn; /* for conn views */
+  int slot;
+  int valid;       /* views are valid only during the hook call that received them */
+} view_t;
+
+void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
+  p->hook_errors[hook]++;
+  uint64_t now = p->pool ? uv_now(pp_pool_loop(p->pool)) : 0;
+  if (p->hook_logged_at[hook] != 0 && now - p->hook_logged_at[hook] < 1000) {
+    p->hook_suppressed[hook]++;
+    return;
+  }
+  fprintf(stderr, "peerpool: policy hook %s (%s) failed: %s", lpp_hook_names[hook], p->policy_name,
+          msg ? msg : "(error object is not a string)");
+  if (p->hook_suppressed[hook])
+    fprintf(stderr, " (%llu more since the last report)",
+            (unsigned long long)p->hook_suppressed[hook]);
+  fputs("; using the default\n", stderr);
+  fflush(stderr);
+  p->hook_logged_at[hook] = now ? now : 1;
+  p->hook_suppressed[hook] = 0;
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  luaL_error(L, "instruction budget exceeded");
+}
+
+/* Call the function under `nargs` arguments on p->hook_L; leaves one result. 0 on failure. */
+static int call_hook(lpp_pool_t *p, int hook, int nargs) {
+  lua_State *L = p->hook_L;
+  p->hook_calls[hook]++;
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT, p->budget);
+  int rc = lua_pcall(L, nargs, 1, 0);
+  lua_sethook(L, NULL, 0, 0);
+  if (rc != LUA_OK) {
+    lpp_hook_error(p, hook, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
+/* Push the policy's hook function onto p->hook_L; 0 (nothing pushed) if unusable now. */
+static int push_hook(lpp_pool_t *p, const char *name) {
+  if (p->policy_ref == LUA_NOREF || p->st->shutting_down) return 0;
+  lua_State *L = p->hook_L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->policy_ref);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  if (!lua_isfunction(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
+/* Fill the reusable candidates table with n views and push it. */
+static void push_candidates(lpp_pool_t *p, pp_peer_t *const *peers, pp_conn_t *const *conns,
+                            int n) {
+  lua_State *L = p->hook_L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->cand_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->views_ref);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    view_t *v = lua_touserdata(L, -1);
+    v->conn = conns ? conns[i] : NULL;
+    v->peer = conns ? pp_conn_peer(conns[i]) : peers[i];
+    v->valid = 1;
+    lua_rawseti(L, -3, i + 1);
+  }
+  lua_pop(L, 1);
+  for (int i = n + 1; i <= LPP_VIEWS_MAX; i++) {
+    if (lua_rawgeti(L, -1, i) == LUA_TNIL) {
+      lua_pop(L, 1);
+      break;
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, i);
+  }
+}
+
+static void invalidate_views(lpp_pool_t *p, int n) {
+  lua_State *L = p->hook_L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->views_ref);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    ((view_t *)lua_touserdata(L, -1))->valid = 0;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* The hook's answer as an index in [0, n): a view it was given, or its 1-based index. */
+static int answer_index(lpp_pool_t *p, int hook, int n) {
+  lua_State *L = p->hook_L;
+  int idx = -1;
+  if (lua_isinteger(L, -1)) {
+    lua_Integer i = lua_tointeger(L, -1);
+    if (i >= 1 && i <= n) idx = (int)i - 1;
+  } else {
+    view_t *v = luaL_testudata(L, -1, LPP_VIEW);
+    if (v && v->valid && v->slot < n) idx = v->slot;
+  }
+  if (idx < 0) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "answered %s, not one of its %d candidates (a view or 1..%d)",
+             luaL_typename(L, -1), n, n);
+    lpp_hook_error(p, hook, msg);
+  }
+  lua_pop(L, 1);
+  return idx;
+}
+
+static void push_ctx(lpp_pool_t *p, const char *key, int dialing) {
+  lua_State *L = p->hook_L;
+  lua_createtable(L, 0, 2);
+  if (key) {
+    lua_pushstring(L, key);
+    lua_setfield(L, -2, "key");
+  }
+  lua_pushboolean(L, dialing);
+  lua_setfield(L, -2, "dialing");
+}
+
+static int c_select_peer(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n, int dialing,
+                         const char *key) {
+  lpp_pool_t *p = data;
+  if (!push_hook(p, "select_peer")) return -1;
+  push_candidates(p, peers, NULL, n);
+  push_ctx(p, key, dialing);
+  int idx = call_hook(p, LPP_HOOK_SELECT_PEER, 2) ? answer_index(p, LPP_HOOK_SELECT_PEER, n) : -1;
+  invalidate_views(p, n);
+  return idx;
+}
+
+static int c_select_conn(void *data, pp_peer_t *peer, pp_conn_t *const *conns, int n,
+                         const char *key) {
+  lpp_pool_t *p = data;
+  if (!push_hook(p, "select_conn")) return -1;
+  push_candidates(p, NULL, conns, n);
+  push_ctx(p, key, 0);
+  int idx = call_hook(p, LPP_HOOK_SELECT_CONN, 2) ? answer_index(p, LPP_HOOK_SELECT_CONN, n) : -1;
+  invalidate_views(p, n);
+  return idx;
+}
+
+static int64_t c_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
+  lpp_pool_t *p = data;
+  if (!push_hook(p, "backoff")) return PP_BACKOFF_DEFAULT;
+  lua_State *L = p->hook_L;
+  lua_pushinteger(L, attempt);
+  lua_pushstring(L, pp_err_name(err));
+  lpp_push_peer_view(L, peer);
+  if (!call_hook(p, LPP_HOOK_BACKOFF, 3)) return PP_BACKOFF_DEFAULT;
+  int64_t ms = PP_BACKOFF_DEFAULT;
+  if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+    ms = PP_BACKOFF_BURN;
+  } else if (lua_type(L, -1) == LUA_TNUMBER) {
+    double d = lua_tonumber(L, -1);
+    if (d >= 0 && d <= 365.0 * 24 * 3600 * 1000 && !isnan(d)) ms = (int64_t)d;
+  }
+  if (ms == PP_BACKOFF_DEFAULT) {
+    char msg[96];
+    snprintf(msg, sizeof(msg), "answered %s (want ms >= 0, or false to burn)",
+             luaL_typename(L, -1));
+    lpp_hook_error(p, LPP_HOOK_BACKOFF, msg);
+  }
+  lua_pop(L, 1);
+  return ms;
+}
+
+/* ---- asynchronous hooks: run by peerpool.lua's _run_hook(pool, name, fn, arg, budget) ----- */
+
+static int start_async(lpp_pool_t *p, int hook, const char *name) {
+  lua_State *L = p->L;
+  if (p->policy_ref == LUA_NOREF || p->st->shutting_down) return 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &run_hook_key);
+  lpp_push_pool(L, p);
+  lua_pushstring(L, name);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->policy_ref);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  if (!lua_isfunction(L, -1) || lua_isnil(L, -3)) {
+    lua_pop(L, 4);
+    return 0;
+  }
+  p->hook_calls[hook]++;
+  return 1;
+}
+
+static void finish_async(lpp_pool_t *p) {
+  lua_State *L = p->L;
+  lua_pushinteger(L, (lua_Integer)p->budget * 10); /* may wait on I/O: a larger allowance */
+  lpp_call(L, 5, p);
+}
+
+static void c_conn_hook(lpp_pool_t *p, pp_conn_t *conn, int hook) {
+  const char *name = lpp_hook_names[hook];
+  if (!start_async(p, hook, name)) {
+    /* No usable hook after all (policy swapped meanwhile): succeed, as without a hook. */
+    if (hook == LPP_HOOK_HANDSHAKE)
+      pp_conn_handshake_done(conn, 0);
+    else
+      pp_conn_ping_done(conn, 0);
+    return;
+  }
+  lpp_push_hook_conn(p->L, p, conn, hook);
+  finish_async(p);
+}
+
+static void c_handshake(void *data, pp_conn_t *conn) { c_conn_hook(data, conn, LPP_HOOK_HANDSHAKE); }
+static void c_ping(void *data, pp_conn_t *conn) { c_conn_hook(data, conn, LPP_HOOK_PING); }
+
+static void c_closed(void *data, pp_conn_t *conn) {
+  lpp_conn_t *c = pp_conn_get_data(conn);
+  if (c) lpp_hook_conn_dead(c);
+}
+
+static void c_seed(void *data, pp_pool_t *pool, int wanted) {
+  lpp_pool_t *p = data;
+  if (!start_async(p, LPP_HOOK_SEED, "seed")) return;
+  lua_pushinteger(p->L, wanted);
+  finish_async(p);
+}
+
+/* ---- installing a policy --------------------------------------------------------------- */
+
+/* pool:_set_policy(tbl, name): install a validated policy table (peerpool.lua checks it). */
+static int l_set_policy(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const char *name = luaL_optstring(L, 3, "table");
+  pp_policy_t policy;
+  memset(&policy, 0, sizeof(policy));
+  policy.data = p;
+#define HAS(f) (lua_getfield(L, 2, f) == LUA_TFUNCTION ? (lua_pop(L, 1), 1) : (lua_pop(L, 1), 0))
+  if (HAS("select_peer")) policy.select_peer = c_select_peer;
+  if (HAS("select_conn")) policy.select_conn = c_select_conn;
+  if (HAS("backoff")) policy.backoff = c_backoff;
+  if (HAS("seed")) policy.seed = c_seed;
+  if (HAS("handshake")) policy.handshake = c_handshake;
+  if (HAS("ping")) policy.ping = c_ping;
+#undef HAS
+  policy.closed = c_closed;
+  /* Swap: the engine takes the new hooks for its next decision; conns are untouched. */
+  lua_pushvalue(L, 2);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (p->policy_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, p->policy_ref);
+  p->policy_ref = ref;
+  snprintf(p->policy_name, sizeof(p->policy_name), "%s", name);
+  pp_pool_set_policy(p->pool, &policy);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* pool:_hook_error(name, msg): count and log a failure of an asynchronous hook. */
+static int l_hook_error(lua_State *L) {
+  lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
+  const char *name = luaL_checkstring(L, 2);
+  for (int h = 0; h < LPP_HOOK_COUNT; h++)
+    if (strcmp(name, lpp_hook_names[h]) == 0) lpp_hook_error(p, h, luaL_optstring(L, 3, "?"));
+  return 0;
+}
+
+/* ---- views ----------------------------------------------------------------------------- */
+
+static int view_index(lua_State *L) {
+  view_t *v = luaL_checkudata(L, 1, LPP_VIEW);
+  const char *key = luaL_checkstring(L, 2);
+  if (!v->valid || v->p->pool == NULL)
+    return luaL_error(L, "a candidate view is valid only during the hook call");
+  pp_peer_info_t i;
+  pp_peer_info(v->peer, &i);
+  if (strcmp(key, "addr") == 0) lua_pushstring(L, i.addr);
+  else if (strcmp(key, "leases") == 0) lua_pushinteger(L, v->conn ? pp_conn_leases(v->conn) : i.leases);
+  else if (strcmp(key, "idle_ms") == 0)
+    lua_pushinteger(L, v->conn ? (lua_Integer)pp_conn_idle_ms(v->conn) : 0);
+  else if (strcmp(key, "latency_ms") == 0) lua_pushnumber(L, i.latency_ms);
+  else if (strcmp(key, "failures") == 0) lua_pushinteger(L, i.failures);
+  else if (strcmp(key, "state") == 0) lua_pushstring(L, pp_peer_state_name(i.state));
+  else if (strcmp(key, "conns") == 0) lua_pushinteger(L, i.conns);
+  else if (strcmp(key, "idle") == 0) lua_pushinteger(L, i.idle);
+  else if (strcmp(key, "waiters") == 0) lua_pushinteger(L, i.waiters);
+  else if (strcmp(key, "last_seen") == 0) lua_pushinteger(L, i.last_seen);
+  else if (strcmp(key, "tags") == 0 || strcmp(key, "source") == 0) {
+    lpp_push_pool(L, v->p);
+    lua_getiuservalue(L, -1, 1);
+    lua_getfield(L, -1, "peer_meta");
+    if (lua_istable(L, -1) && lua_getfield(L, -1, i.addr) == LUA_TTABLE)
+      lua_getfield(L, -1, key);
+    else
+      lua_pushnil(L);
+  } else
+    lua_pushnil(L);
+  return 1;
+}
+
+static int view_tostring(lua_State *L) {
+  view_t *v = luaL_checkudata(L, 1, LPP_VIEW);
+  lua_pushfstring(L, "peerpool.view (%s)", v->valid ? pp_peer_addr(v->peer) : "expired");
+  return 1;
+}
+
+void lpp_policy_init(lua_State *L, lpp_pool_t *p) {
+  p->policy_ref = LUA_NOREF;
+  snprintf(p->policy_name, sizeof(p->policy_name), "built-in");
+  p->hook_L = lua_newthread(L);
+  p->hook_L_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_createtable(L, LPP_VIEWS_MAX, 0);
+  for (int i = 0; i < LPP_VIEWS_MAX; i++) {
+    view_t *v = lua_newuserdatauv(L, sizeof(*v), 0);
+    memset(v, 0, sizeof(*v));
+    v->p = p;
+    v->slot = i;
+    luaL_setmetatable(L, LPP_VIEW);
+    lua_rawseti(L, -2, i + 1);
+  }
+  p->views_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_createtable(L, LPP_VIEWS_MAX, 0);
+  p->cand_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void lpp_policy_free(lua_State *L, lpp_pool_t *p) {
+  int *refs[] = {&p->policy_ref, &p->hook_L_ref, &p->views_ref, &p->cand_ref};
+  for (size_t i = 0; i < sizeof(refs) / sizeof(refs[0]); i++) {
+    if (*refs[i] != LUA_NOREF && *refs[i] != 0) luaL_unref(L, LUA_REGISTRYINDEX, *refs[i]);
+    *refs[i] = LUA_NOREF;
+  }
+}
+
+static const luaL_Reg policy_methods[] = {
+    {"_set_policy", l_set_policy},
+    {"_hook_error", l_hook_error},
+    {NULL, NULL},
+};
+
+void lpp_policy_open(lua_State *L) {
+  if (luaL_newmetatable(L, LPP_VIEW)) {
+    lua_pushcfunction(L, view_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, view_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  luaL_getmetatable(L, LPP_POOL);
+  lua_getfield(L, -1, "__index");
+  luaL_setfuncs(L, policy_methods, 0);
+  lua_pop(L, 2);
+}
+
+/* peerpool.lua hands its _run_hook over through this. */
+int lpp_l_set_run_hook(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_pushvalue(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &run_hook_key);
+  return 0;
+}

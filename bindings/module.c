@@ -122,7 +122,18 @@ static int l_strerror(lua_State *L) {
   }
   PP_ERRNO_MAP(XX)
 #undef XX
-  lua_pushstring(L, code); /* a libuv name: no message table here */
+#define XX(name, msg)               \
+  if (strcmp(code, #name) == 0) {   \
+    lua_pushstring(L, msg);         \
+    return 1;                       \
+  }
+  UV_ERRNO_MAP(XX)
+#undef XX
+  if (strcmp(code, "ok") == 0) {
+    lua_pushliteral(L, "success");
+    return 1;
+  }
+  lua_pushfstring(L, "unknown error code '%s'", code);
   return 1;
 }
 

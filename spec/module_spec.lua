@@ -99,8 +99,8 @@ describe("peerpool", function()
     it("raises naming an unknown option", function()
       assert.has_error(function() peerpool.new { max_peers = 1 } end,
         "peerpool.new: unknown option 'max_peers'")
-      assert.has_error(function() peerpool.new { policy = "x.lua" } end,
-        "peerpool.new: unknown option 'policy'")
+      assert.has_error(function() peerpool.new { polcy = "x.lua" } end,
+        "peerpool.new: unknown option 'polcy'")
     end)
 
     it("raises naming an option of the wrong type", function()
@@ -141,7 +141,7 @@ describe("peerpool", function()
 
     it("raises when the options are not a table", function()
       assert.error_matches(function() peerpool.new("fast") end,
-        "bad argument #1 to 'new' (table expected, got string)", nil, true)
+        "bad argument #1 to 'new' (table of options expected, got string)", nil, true)
       assert.has_error(function() peerpool.new { [1] = 4 } end,
         "peerpool.new: option names must be strings")
     end)

@@ -53,9 +53,17 @@ static int push_acquire_error(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, int 
   return lpp_push_error(L, err, NULL);
 }
 
+static void copy_addr(lpp_conn_t *c, pp_peer_t *peer) {
+  const char *addr = pp_peer_addr(peer);
+  size_t n = strlen(addr);
+  if (n >= sizeof(c->peer_addr)) n = sizeof(c->peer_addr) - 1;
+  memcpy(c->peer_addr, addr, n);
+  c->peer_addr[n] = '\0';
+}
+
 static void granted(lpp_conn_t *c) {
   c->state = LPP_CONN_LEASED;
-  snprintf(c->peer_addr, sizeof(c->peer_addr), "%s", pp_peer_addr(c->lease.peer));
+  copy_addr(c, c->lease.peer);
 }
 
 static void on_acquired(pp_lease_t *lease, int status) {
@@ -339,7 +347,7 @@ lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int
   c->state = LPP_CONN_HOOK;
   c->hook_conn = conn;
   c->hook_kind = kind;
-  snprintf(c->peer_addr, sizeof(c->peer_addr), "%s", pp_peer_addr(pp_conn_peer(conn)));
+  copy_addr(c, pp_conn_peer(conn));
   lpp_push_pool(L, p);
   lua_setiuservalue(L, -2, 1);
   pp_conn_set_data(conn, c);
@@ -421,17 +429,14 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
+/* __index: the methods (upvalue 1) first — the common case — then the `peer` field. */
 static int l_index(lua_State *L) {
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   const char *key = lua_tostring(L, 2);
-  if (key && strcmp(key, "peer") == 0) {
-    lua_pushstring(L, c->peer_addr);
-    return 1;
-  }
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
-  lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
+  if (key && strcmp(key, "peer") == 0) lua_pushstring(L, c->peer_addr);
+  else lua_pushnil(L);
   return 1;
 }
 
@@ -444,8 +449,9 @@ void lpp_conn_open(lua_State *L) {
   if (luaL_newmetatable(L, LPP_CONN)) {
     lua_newtable(L);
     luaL_setfuncs(L, conn_methods, 0);
-    lua_setfield(L, -2, "methods");
-    lua_pushcfunction(L, l_index);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "methods");
+    lua_pushcclosure(L, l_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_gc);
     lua_setfield(L, -2, "__gc");

@@ -124,6 +124,10 @@ pp_peer_t *pp_pool_find_peer(pp_pool_t *pool, const char *addr) {
   char *canonical;
   struct sockaddr_storage sa;
   bool is_pipe;
+  if (addr == NULL) return NULL;
+  /* Most lookups use the canonical spelling: try it as given before parsing. */
+  pp_peer_t *found = lookup(pool, addr);
+  if (found) return found;
   if (pp__addr_parse(addr, &canonical, &sa, &is_pipe, NULL) != 0) return NULL;
   pp_peer_t *peer = lookup(pool, canonical);
   free(canonical);

@@ -1,0 +1,395 @@
+-- peerpool.conn: send, receive ("*l", "*a", a byte count; io_timeout), release, close, .peer,
+-- __tostring, __close, and what happens to a conn when its remote, its pool or another
+-- coroutine ends it.
+local uv = require "luv"
+local H = require "spec.support.helpers"
+local peerpool = require "peerpool"
+
+local test, pack, wait_until = H.test, H.pack, H.wait_until
+local CLOSED = "pool or connection is closed"
+local RELEASED = "attempt to use a released conn"
+
+-- A pool with one server (`kind`: "line", "echo", ...) added as a peer, and a conn to it.
+local function setup(env, opts, kind)
+  local srv = env[kind or "line"](env)
+  local pool = env:pool(opts)
+  pool:add_peer(srv.addr)
+  local conn = assert(pool:acquire(srv.addr))
+  return conn, pool, srv
+end
+
+describe("peerpool.conn", function()
+  describe(":send()", function()
+    it("returns the number of bytes it writes", test(function(env)
+      local conn = setup(env, nil, "echo")
+      assert.same({ n = 1, 6 }, pack(conn:send("hello\n")))
+      assert.equal("hello", conn:receive("*l"))
+      assert.equal(0, conn:send(""))
+      conn:release()
+    end))
+
+    it("takes a number as its string", test(function(env)
+      local conn = setup(env, nil, "echo")
+      assert.equal(4, conn:send(42.5))
+      assert.equal("42.5", conn:receive(4))
+      conn:release()
+    end))
+
+    it("writes a large payload whole", test(function(env)
+      local conn = setup(env, nil, "echo")
+      local data = {}
+      for i = 1, 16384 do data[i] = string.format("%015d\n", i) end
+      data = table.concat(data) -- 256 KiB
+      assert.equal(#data, conn:send(data))
+      assert.equal(data, conn:receive(#data))
+      conn:release()
+    end))
+
+    it("answers nil, 'closed' once the remote has closed the conn", test(function(env)
+      local conn = setup(env)
+      conn:send("HALF\r\n")
+      assert.same({ n = 3, nil, "closed", "par" }, pack(conn:receive()))
+      assert.same({ n = 3, nil, "closed", CLOSED }, pack(conn:send("PING\r\n")))
+      conn:release()
+    end))
+
+    it("raises naming the data when it is not a string", test(function(env)
+      local conn = setup(env)
+      assert.error_matches(function() conn:send() end,
+        "bad argument #1 to 'send' (string expected, got no value)", nil, true)
+      assert.error_matches(function() conn:send({}) end,
+        "bad argument #1 to 'send' (string expected, got table)", nil, true)
+      conn:release()
+    end))
+  end)
+
+  describe(":receive()", function()
+    it("reads a line without its end of line with '*l', 'l' or no pattern", test(function(env)
+      local conn = setup(env)
+      conn:send("PING\r\nPING\r\nPING\r\n")
+      assert.same({ n = 1, "+PONG" }, pack(conn:receive("*l")))
+      assert.same({ n = 1, "+PONG" }, pack(conn:receive("l")))
+      assert.same({ n = 1, "+PONG" }, pack(conn:receive()))
+      conn:release()
+    end))
+
+    it("reads a line ended by a bare \\n", test(function(env)
+      local conn = setup(env)
+      conn:send("LF\n")
+      assert.equal("bare", conn:receive())
+      conn:release()
+    end))
+
+    it("reads two lines that arrive in one packet", test(function(env)
+      local conn = setup(env)
+      conn:send("TWO\r\n")
+      assert.equal("one", conn:receive())
+      assert.equal("two", conn:receive())
+      conn:release()
+    end))
+
+    it("waits for the rest of a line that arrives in two packets", test(function(env)
+      local conn = setup(env)
+      conn:send("SPLIT\r\n")
+      assert.equal("hello", conn:receive())
+      conn:release()
+    end))
+
+    it("reads a number of bytes", test(function(env)
+      local conn = setup(env)
+      conn:send("BYTES 10\r\n")
+      assert.equal("xxxx", conn:receive(4))
+      assert.equal("xxxxxx", conn:receive(6))
+      conn:release()
+    end))
+
+    it("reads everything until the remote closes with '*a'", test(function(env)
+      local conn = setup(env)
+      conn:send("ECHO first\r\nQUIT\r\n")
+      assert.equal("first\r\nbye\r\n", conn:receive("*a"))
+      assert.equal("", conn:receive("*a"))
+      assert.same({ n = 3, nil, "closed", "" }, pack(conn:receive("*l")))
+      conn:release()
+    end))
+
+    it("answers nil, 'closed', partial when the remote closes mid-line", test(function(env)
+      local conn = setup(env)
+      conn:send("HALF\r\n")
+      assert.same({ n = 3, nil, "closed", "par" }, pack(conn:receive()))
+      conn:release()
+    end))
+
+    it("answers nil, 'closed', partial when the remote closes before the count", test(function(env)
+      local conn = setup(env, nil, "closer")
+      conn:send("anything")
+      assert.same({ n = 3, nil, "closed", "par" }, pack(conn:receive(10)))
+      conn:release()
+    end))
+
+    it("answers nil, 'timeout', partial after io_timeout", test(function(env)
+      local conn = setup(env, { io_timeout = 50 })
+      conn:send("PARTIAL\r\n")
+      local t0 = uv.now()
+      assert.same({ n = 3, nil, "timeout", "par" }, pack(conn:receive()))
+      local waited = uv.now() - t0
+      assert.is_true(waited >= 45 and waited < 3000, "waited " .. waited .. " ms")
+      conn:close()
+    end))
+
+    it("answers nil, 'timeout' from a slow server", test(function(env)
+      local srv = env:slow(2000)
+      local pool = env:pool { io_timeout = 50 }
+      pool:add_peer(srv.addr)
+      local conn = pool:acquire(srv.addr)
+      conn:send("anything\r\n")
+      assert.same({ n = 3, nil, "timeout", "" }, pack(conn:receive()))
+      conn:close()
+    end))
+
+    it("lets a reply slower than nothing but faster than io_timeout through", test(function(env)
+      local conn = setup(env, { io_timeout = 2000 })
+      conn:send("SLEEP 30\r\n")
+      assert.equal("+WOKE", conn:receive())
+      conn:release()
+    end))
+
+    it("waits as long as it takes with io_timeout = 0", test(function(env)
+      local conn = setup(env, { io_timeout = 0 })
+      conn:send("SLEEP 60\r\n")
+      assert.equal("+WOKE", conn:receive())
+      conn:release()
+    end))
+
+    it("raises outside a coroutine when it would have to wait", test(function(env)
+      local srv = env:line()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local res
+      pool:acquire(srv.addr, function(_, conn)
+        res = pack(pcall(function() conn:receive() end))
+        conn:release()
+      end)
+      wait_until(function() return res end)
+      assert.is_false(res[1])
+      assert.matches("conn:receive() must run inside a coroutine", res[2], nil, true)
+    end))
+
+    it("raises when another coroutine is already receiving on the conn", test(function(env)
+      local conn = setup(env)
+      local first
+      peerpool.run(function() first = pack(conn:receive()) end)
+      assert.error_matches(function() conn:receive() end,
+        "a receive is already waiting on this conn", nil, true)
+      conn:send("PING\r\n")
+      wait_until(function() return first end)
+      assert.same({ n = 1, "+PONG" }, first)
+      conn:release()
+    end))
+
+    it("raises naming a bad pattern", test(function(env)
+      local conn = setup(env)
+      assert.error_matches(function() conn:receive("*x") end,
+        'bad argument #1 to \'receive\' (pattern must be "*l", "*a" or a byte count)', nil, true)
+      assert.error_matches(function() conn:receive(0) end,
+        "bad argument #1 to 'receive' (byte count must be > 0)", nil, true)
+      assert.error_matches(function() conn:receive(-5) end,
+        "bad argument #1 to 'receive' (byte count must be > 0)", nil, true)
+      assert.error_matches(function() conn:receive(1.5) end,
+        "bad argument #1 to 'receive' (number has no integer representation)", nil, true)
+      assert.error_matches(function() conn:receive({}) end,
+        "bad argument #1 to 'receive' (string expected, got table)", nil, true)
+      conn:release()
+    end))
+
+    it("ends with nil, 'closed' when another coroutine releases the conn", test(function(env)
+      local conn = setup(env, { io_timeout = 5000 })
+      local res
+      peerpool.run(function() res = pack(conn:receive()) end)
+      H.ticks()
+      assert.is_true(conn:release())
+      wait_until(function() return res end, 1000, "the waiting receive to end")
+      assert.same({ n = 3, nil, "closed", "" }, res)
+    end))
+
+    it("ends with nil, 'closed' when another coroutine closes the conn", test(function(env)
+      local conn = setup(env, { io_timeout = 5000 })
+      local res
+      peerpool.run(function() res = pack(conn:receive()) end)
+      H.ticks()
+      assert.is_true(conn:close())
+      wait_until(function() return res end, 1000, "the waiting receive to end")
+      assert.same({ n = 3, nil, "closed", "" }, res)
+    end))
+
+    it("ends with nil, 'closed', partial when the pool closes", test(function(env)
+      local conn, pool = setup(env, { io_timeout = 5000 })
+      conn:send("PARTIAL\r\n")
+      local res
+      peerpool.run(function() res = pack(conn:receive()) end)
+      H.sleep(20)
+      pool:close()
+      wait_until(function() return res end, 1000, "the waiting receive to end")
+      assert.same({ n = 3, nil, "closed", "par" }, res)
+      assert.is_true(conn:release())
+    end))
+  end)
+
+  describe(":release()", function()
+    it("returns true the first time and false after", test(function(env)
+      local conn, pool, srv = setup(env)
+      assert.same({ n = 1, true }, pack(conn:release()))
+      assert.same({ n = 1, false }, pack(conn:release()))
+      assert.same({ n = 1, false }, pack(conn:close()))
+      local s = pool:stats()
+      assert.equal(1, s.releases)
+      assert.equal(0, s.released_broken)
+      assert.equal(1, s.idle)
+      assert.equal(0, pool:peer(srv.addr).leases)
+    end))
+
+    it("makes every I/O method raise", test(function(env)
+      local conn = setup(env)
+      conn:release()
+      assert.error_matches(function() conn:send("PING\r\n") end, RELEASED, nil, true)
+      assert.error_matches(function() conn:receive() end, RELEASED, nil, true)
+      assert.error_matches(function() conn:receive(4) end, RELEASED, nil, true)
+    end))
+
+    it("hands the conn to the next waiter", test(function(env)
+      local conn, pool, srv = setup(env, { max_per_peer = 1 })
+      local got
+      pool:acquire(srv.addr, function(err, c) got = { err, c } end)
+      conn:release()
+      wait_until(function() return got end)
+      assert.is_nil(got[1])
+      got[2]:send("PING\r\n")
+      assert.equal("+PONG", got[2]:receive())
+      got[2]:release()
+      assert.equal(1, srv.accepted)
+    end))
+
+    it("closes a conn with unread bytes instead of lending it again", test(function(env)
+      local conn, pool, srv = setup(env)
+      conn:send("TWO\r\n")
+      assert.equal("one", conn:receive())
+      assert.is_true(conn:release())
+      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      local again = pool:acquire(srv.addr)
+      again:send("PING\r\n")
+      assert.equal("+PONG", again:receive())
+      again:release()
+      assert.equal(2, pool:stats().connects_ok)
+    end))
+
+    it("does not lend again a conn its remote closed mid-use", test(function(env)
+      local conn, pool, srv = setup(env)
+      conn:send("HALF\r\n")
+      conn:receive()
+      conn:release()
+      local again = pool:acquire(srv.addr)
+      again:send("PING\r\n")
+      assert.equal("+PONG", again:receive())
+      again:release()
+      assert.equal(2, srv.accepted)
+    end))
+  end)
+
+  describe(":close()", function()
+    it("releases the conn as broken: true the first time and false after", test(function(env)
+      local conn, pool, srv = setup(env)
+      assert.same({ n = 1, true }, pack(conn:close()))
+      assert.same({ n = 1, false }, pack(conn:close()))
+      assert.same({ n = 1, false }, pack(conn:release()))
+      local s = pool:stats()
+      assert.equal(1, s.released_broken)
+      assert.equal(1, s.closed.broken)
+      assert.equal(1, pool:peer(srv.addr).failures)
+      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      assert.error_matches(function() conn:send("x") end, RELEASED, nil, true)
+    end))
+
+    it("closes a shared conn for every holder (they see 'broken')", test(function(env)
+      local a, pool, srv = setup(env, { client_limit = 2, max_per_peer = 1 })
+      local b = pool:acquire(srv.addr)
+      assert.equal(1, pool:stats().conns)
+      a:close()
+      assert.same({ n = 3, nil, "broken", "" }, pack(b:receive()))
+      assert.same({ n = 3, nil, "broken", "connection released as broken" },
+        pack(b:send("PING\r\n")))
+      assert.is_true(b:release())
+      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+    end))
+  end)
+
+  describe(".peer", function()
+    it("is the canonical address of the conn's peer, also after release", test(function(env)
+      local conn, _, srv = setup(env)
+      assert.equal(srv.addr, conn.peer)
+      conn:release()
+      assert.equal(srv.addr, conn.peer)
+    end))
+
+    it("is the only field besides the methods", test(function(env)
+      local conn = setup(env)
+      assert.is_nil(conn.nonsense)
+      assert.is_function(conn.send)
+      assert.is_function(conn.receive)
+      assert.is_function(conn.release)
+      assert.is_function(conn.close)
+      conn:release()
+    end))
+  end)
+
+  describe("__tostring", function()
+    it("names the conn, its peer and whether it is leased", test(function(env)
+      local conn, _, srv = setup(env)
+      local addr = srv.addr:gsub("%.", "%%.")
+      assert.matches("^peerpool%.conn %(" .. addr .. ", leased%): 0x%x+$", tostring(conn))
+      conn:release()
+      assert.matches("^peerpool%.conn %(" .. addr .. ", released%): 0x%x+$", tostring(conn))
+    end))
+  end)
+
+  describe("__close", function()
+    it("releases the conn at the end of the scope", test(function(env)
+      local srv = env:line()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local kept
+      do
+        local conn <close> = pool:acquire(srv.addr)
+        conn:send("PING\r\n")
+        assert.equal("+PONG", conn:receive())
+        kept = conn
+      end
+      assert.matches(", released%)", tostring(kept))
+      local s = pool:stats()
+      assert.equal(1, s.releases)
+      assert.equal(1, s.idle)
+    end))
+
+    it("ends the lease when the scope is left by an error", test(function(env)
+      local srv = env:line()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local kept
+      local ok = pcall(function()
+        local conn <close> = pool:acquire(srv.addr)
+        kept = conn
+        error("scope fails")
+      end)
+      assert.is_false(ok)
+      assert.matches(", released%)", tostring(kept))
+      assert.equal(0, pool:stats().active)
+      assert.equal(0, pool:stats().leaked_leases)
+    end))
+
+    it("accepts a failed acquire (nil) in a <close> variable", test(function(env)
+      local pool = env:pool()
+      do
+        local conn <close> = pool:acquire("127.0.0.1:1")
+        assert.is_nil(conn)
+      end
+    end))
+  end)
+end)

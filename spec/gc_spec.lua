@@ -1,0 +1,320 @@
+-- Garbage collection and the end of Lua: collected pools close themselves, a conn collected
+-- while leased is released as broken and counted, what waits on the loop stays alive, and
+-- lua_close / os.exit(true, true) / re-requiring luv never crash (child lua5.4 processes).
+local H = require "spec.support.helpers"
+local peerpool = require "peerpool"
+
+local test, pack, wait_until = H.test, H.pack, H.wait_until
+
+local function full_gc()
+  collectgarbage()
+  collectgarbage()
+end
+
+-- Open a pool on `srv` with one idle conn, and forget it.
+local function forgotten_pool(srv)
+  local pool = peerpool.new()
+  pool:add_peer(srv.addr)
+  pool:acquire(srv.addr):release()
+end
+
+-- Lease a conn of `pool` and forget it.
+local function forgotten_conn(pool, addr)
+  pool:acquire(addr)
+end
+
+-- Child processes share this prelude: a line server, a pool on it with an idle conn, a leased
+-- conn with a receive waiting, a pending acquire and an armed busy notice, all live.
+local LIVE = [[
+local uv = require "luv"
+local peerpool = require "peerpool"
+local servers = require "spec.support.servers"
+local srv = servers.line()
+local pool = peerpool.new { max_per_peer = 2 }
+pool:add_peer(srv.addr)
+local other = peerpool.new()
+other:add_peer(srv.addr)
+local closed = peerpool.new()
+closed:close()
+KEEP = { srv, pool, other }
+peerpool.run(function()
+  local idle = assert(pool:acquire(srv.addr))
+  local leased = assert(pool:acquire(srv.addr))
+  idle:release()
+  local busy = assert(pool:acquire(srv.addr))
+  local _, code, notice = pool:acquire(srv.addr, { busy = "fail" })
+  assert(code == "busy", code)
+  notice:on_free(function() end)
+  KEEP[#KEEP + 1] = { leased, busy, notice, assert(other:acquire(srv.addr)) }
+  leased:send("SILENT\r\n")
+  peerpool.run(function() leased:receive() end)          -- waits
+  peerpool.run(function() pool:acquire(srv.addr) end)    -- waits
+  pool:acquire(srv.addr, function() end)                 -- waits
+end)
+io.write("live\n")
+]]
+
+describe("peerpool (garbage collection)", function()
+  describe("a pool", function()
+    it("closes itself when collected", test(function(env)
+      local srv = env:line()
+      local before = #peerpool.pools()
+      forgotten_pool(srv)
+      assert.equal(before + 1, #peerpool.pools())
+      wait_until(function() return srv.open == 1 end)
+      full_gc()
+      assert.equal(before, #peerpool.pools())
+      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+    end))
+
+    it("stays open while a conn it lent is alive, and goes with it", test(function(env)
+      local srv = env:line()
+      local before = #peerpool.pools()
+      local conn = (function()
+        local pool = peerpool.new()
+        pool:add_peer(srv.addr)
+        return pool:acquire(srv.addr)
+      end)()
+      full_gc()
+      assert.equal(before + 1, #peerpool.pools())
+      conn:send("PING\r\n")
+      assert.equal("+PONG", conn:receive())
+      conn:release()
+      conn = nil -- luacheck: ignore 311
+      full_gc()
+      assert.equal(before, #peerpool.pools())
+      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+    end))
+
+    it("stays open while an acquire callback is pending", test(function(env)
+      local srv = env:line()
+      local got
+      ;(function()
+        local pool = peerpool.new()
+        pool:add_peer(srv.addr)
+        pool:acquire(srv.addr, function(err, conn) got = { err, conn } end)
+      end)()
+      full_gc()
+      wait_until(function() return got end)
+      assert.is_nil(got[1])
+      got[2]:send("PING\r\n")
+      assert.equal("+PONG", got[2]:receive())
+      got[2]:release()
+      got = nil
+      full_gc()
+      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+    end))
+  end)
+
+  describe("a conn", function()
+    it("collected while leased is released as broken and counted as leaked", test(function(env)
+      local srv = env:line()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      forgotten_conn(pool, srv.addr)
+      assert.equal(1, pool:stats().active)
+      full_gc()
+      local s = pool:stats()
+      assert.equal(1, s.leaked_leases)
+      assert.equal(1, s.released_broken)
+      assert.equal(0, s.active)
+      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+    end))
+
+    it("collected after release counts nothing", test(function(env)
+      local srv = env:line()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      pool:acquire(srv.addr):release()
+      full_gc()
+      local s = pool:stats()
+      assert.equal(0, s.leaked_leases)
+      assert.equal(0, s.released_broken)
+      assert.equal(1, s.idle)
+    end))
+
+    it("collected while leased after its pool closed counts a leak and nothing breaks",
+      test(function(env)
+        local srv = env:line()
+        local pool = env:pool()
+        pool:add_peer(srv.addr)
+        forgotten_conn(pool, srv.addr)
+        pool:close()
+        full_gc()
+        wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      end))
+
+    it("waiting in receive is not collected", test(function(env)
+      local srv = env:line()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local got
+      peerpool.run(function()
+        local conn = pool:acquire(srv.addr)
+        conn:send("SLEEP 30\r\n")
+        got = pack(conn:receive())
+        conn:release()
+      end)
+      full_gc()
+      wait_until(function() return got end)
+      assert.same({ n = 1, "+WOKE" }, got)
+      assert.equal(0, pool:stats().leaked_leases)
+    end))
+  end)
+
+  describe("a pending acquire", function()
+    it("in a coroutine nothing references still gets its conn", test(function(env)
+      local srv = env:line()
+      local pool = env:pool { max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local held = pool:acquire(srv.addr)
+      local got
+      peerpool.run(function()
+        local conn = pool:acquire(srv.addr)
+        got = tostring(conn)
+        conn:release()
+      end)
+      full_gc()
+      held:release()
+      wait_until(function() return got end)
+      assert.matches("^peerpool%.conn ", got)
+    end))
+
+    it("with a callback nothing references still calls back", test(function(env)
+      local srv = env:line()
+      local pool = env:pool { max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local held = pool:acquire(srv.addr)
+      local got
+      pool:acquire(srv.addr, function(err, conn)
+        got = { err, conn }
+        conn:release()
+      end)
+      full_gc()
+      held:release()
+      wait_until(function() return got end)
+      assert.is_nil(got[1])
+    end))
+  end)
+
+  describe("a notice", function()
+    it("armed and forgotten still calls its on_free fn", test(function(env)
+      local srv = env:line()
+      local pool = env:pool { max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local held = pool:acquire(srv.addr)
+      local got
+      ;(function()
+        local _, _, notice = pool:acquire(srv.addr, { busy = "fail" })
+        notice:on_free(function(err) got = { err } end)
+      end)()
+      full_gc()
+      held:release()
+      wait_until(function() return got end)
+      assert.same({}, got)
+    end))
+
+    it("forgotten after it fired goes quietly", test(function(env)
+      local srv = env:line()
+      local pool = env:pool { max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local held = pool:acquire(srv.addr)
+      ;(function()
+        local _, _, notice = pool:acquire(srv.addr, { busy = "fail" })
+        notice:wait(1) -- times out: arms a timer of its own
+      end)()
+      held:release()
+      H.ticks()
+      full_gc()
+      H.ticks()
+      assert.equal(0, pool:stats().callback_errors)
+    end))
+  end)
+
+  describe("lua_close", function()
+    it("at the end of a script with live pools, conns and waits exits cleanly", function()
+      local ok, status, out, err = H.child(LIVE)
+      assert.equal("live\n", out)
+      assert.equal("", err)
+      assert.is_true(ok, "exit status " .. tostring(status))
+    end)
+
+    it("by os.exit(true, true) with live pools, conns and waits exits cleanly", function()
+      local ok, status, out, err = H.child(LIVE .. "os.exit(true, true)\n")
+      assert.equal("live\n", out)
+      assert.equal("", err)
+      assert.is_true(ok, "exit status " .. tostring(status))
+    end)
+
+    it("by os.exit(false, true) exits with status 1 and nothing else", function()
+      local ok, status, out, err = H.child(LIVE .. "os.exit(false, true)\n")
+      assert.equal("live\n", out)
+      assert.equal("", err)
+      assert.is_false(ok)
+      assert.equal(1, status)
+    end)
+
+    it("after the program closed everything exits cleanly", function()
+      local ok, status, out, err = H.child(LIVE .. [[
+        for _, p in ipairs(peerpool.pools()) do p:close() end
+        srv:close()
+        for _ = 1, 100 do if not uv.loop_alive() then break end uv.run("nowait") end
+        io.write(#peerpool.pools(), "\n")
+        os.exit(true, true)
+      ]])
+      assert.equal("live\n0\n", out)
+      assert.equal("", err)
+      assert.is_true(ok, "exit status " .. tostring(status))
+    end)
+  end)
+
+  describe("luv", function()
+    -- Nothing but the modules may hold the first luv table here (the servers module is
+    -- required afterwards), as when busted clears package.loaded between files.
+    local function reloaded(also_peerpool)
+      return string.format([[
+        local uv = require "luv"
+        local peerpool = require "peerpool"
+        local first = peerpool.new()
+        package.loaded.luv = nil
+        %s
+        uv = nil
+        collectgarbage(); collectgarbage()
+        local uv2 = require "luv"
+        local pp2 = require "peerpool"
+        collectgarbage(); collectgarbage()
+        local servers = require "spec.support.servers"
+        local srv = servers.line()
+        local p = pp2.new()
+        p:add_peer(srv.addr)
+        local t = uv2.new_timer()
+        t:start(5, 0, function() t:close() end)
+        local line = pp2.run(function()
+          local c = assert(p:acquire(srv.addr))
+          c:send("PING\r\n")
+          local l = c:receive()
+          c:release()
+          return l
+        end)
+        collectgarbage(); collectgarbage()
+        io.write(line, " ", #pp2.pools(), "\n")
+        first:close()
+        os.exit(true, true)
+      ]], also_peerpool and "package.loaded.peerpool = nil; peerpool = nil" or "")
+    end
+
+    it("required again after clearing package.loaded keeps the pools' loop", function()
+      local ok, status, out, err = H.child(reloaded(false))
+      assert.equal("+PONG 2\n", out)
+      assert.equal("", err)
+      assert.is_true(ok, "exit status " .. tostring(status))
+    end)
+
+    it("and peerpool required again after clearing package.loaded keep working", function()
+      local ok, status, out, err = H.child(reloaded(true))
+      assert.equal("+PONG 2\n", out)
+      assert.equal("", err)
+      assert.is_true(ok, "exit status " .. tostring(status))
+    end)
+  end)
+end)

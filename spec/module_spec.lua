@@ -60,8 +60,8 @@ describe("peerpool", function()
       assert.equal("connection reset by peer", peerpool.strerror("ECONNRESET"))
     end)
 
-    it("gives back a string it does not know", function()
-      assert.equal("no_such_code", peerpool.strerror("no_such_code"))
+    it("says when it does not know a code", function()
+      assert.equal("unknown error code 'no_such_code'", peerpool.strerror("no_such_code"))
     end)
 
     it("raises naming the argument when the code is not a string", function()

@@ -1,4 +1,4 @@
--- luacheck: the specs and their helpers (Lua 5.4; busted's globals in spec/).
+-- Lint settings for the specs and their helpers (Lua 5.4; busted's globals in spec/).
 std = "lua54"
 max_line_length = 100
 files["spec/"] = { std = "+busted" }

@@ -340,6 +340,20 @@ describe("peerpool.conn", function()
     end))
   end)
 
+  describe("methods", function()
+    it("raise naming the conn when called on something else", test(function(env)
+      local conn, pool = setup(env)
+      for _, name in ipairs { "send", "receive", "release", "close" } do
+        local method = conn[name]
+        assert.error_matches(function() method(pool, "x") end,
+          "peerpool.conn expected, got peerpool.pool", nil, true, name)
+        assert.error_matches(function() method(nil, "x") end,
+          "peerpool.conn expected, got nil", nil, true, name)
+      end
+      conn:release()
+    end))
+  end)
+
   describe("__tostring", function()
     it("names the conn, its peer and whether it is leased", test(function(env)
       local conn, _, srv = setup(env)

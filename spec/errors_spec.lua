@@ -345,7 +345,8 @@ describe("peerpool errors", function()
           return pool:stats().callback_errors
         end)
         pool:close(); srv:close()
-        for _ = 1, 100 do if not require("luv").loop_alive() then break end require("luv").run("nowait") end
+        local uv = require "luv"
+        for _ = 1, 100 do if not uv.loop_alive() then break end uv.run("nowait") end
         io.write(n, "\n")
       ]])
       assert.is_true(ok, "exit status " .. tostring(status) .. ": " .. err)

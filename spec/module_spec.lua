@@ -173,6 +173,12 @@ describe("peerpool", function()
       assert.same({ n = 3, 3, "two", nil }, res)
     end)
 
+    it("passes nil arguments and results through", function()
+      assert.same({ n = 3, 2, nil, nil }, H.pack(peerpool.run(function(...)
+        return select("#", ...), ...
+      end, nil, nil)))
+    end)
+
     it("drives the loop until fn has finished", function()
       local fired = false
       local res = peerpool.run(function()

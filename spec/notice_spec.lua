@@ -226,6 +226,18 @@ describe("peerpool.notice", function()
     end))
   end)
 
+  describe("methods", function()
+    it("raise naming the notice when called on something else", test(function(env)
+      local notice, held, pool = busy(env)
+      for _, name in ipairs { "wait", "on_free", "cancel" } do
+        local method = notice[name]
+        assert.error_matches(function() method(pool, function() end) end,
+          "peerpool.notice expected, got peerpool.pool", nil, true, name)
+      end
+      held:release()
+    end))
+  end)
+
   describe("__tostring", function()
     it("names the notice and its state", test(function(env)
       local notice, held = busy(env)

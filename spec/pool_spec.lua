@@ -104,7 +104,8 @@ describe("peerpool.pool", function()
     it("in a coroutine dials the peer and returns a leased conn", test(function(env)
       local pool, srv = pool_with_server(env)
       local conn = pool:acquire(srv.addr)
-      assert.matches("^peerpool%.conn %(" .. srv.addr:gsub("%.", "%%.") .. ", leased%)", tostring(conn))
+      local addr = srv.addr:gsub("%.", "%%.")
+      assert.matches("^peerpool%.conn %(" .. addr .. ", leased%)", tostring(conn))
       assert.equal(srv.addr, conn.peer)
       local s = pool:stats()
       assert.equal(1, s.acquires)
@@ -152,7 +153,7 @@ describe("peerpool.pool", function()
       for _, c in ipairs(held) do c:release() end
     end))
 
-    it("with a callback returns true at once and calls back later with nil, conn", test(function(env)
+    it("with a callback returns true at once, calls back later with nil, conn", test(function(env)
       local pool, srv = pool_with_server(env)
       local inside = true
       local got
@@ -272,6 +273,19 @@ describe("peerpool.pool", function()
       assert.same({ "b", "d", "c", "a", "e" }, order)
     end))
 
+    it("waits without a deadline with opts.timeout = 0", test(function(env)
+      local pool, srv = pool_with_server(env, { max_per_peer = 1, acquire_timeout = 20 })
+      local held = pool:acquire(srv.addr)
+      local got
+      peerpool.run(function() got = pack(pool:acquire(srv.addr, { timeout = 0 })) end)
+      sleep(80)
+      assert.is_nil(got)
+      held:release()
+      wait_until(function() return got end)
+      assert.equal(1, got.n)
+      got[1]:release()
+    end))
+
     it("takes a key for the selection", test(function(env)
       local pool, srv = pool_with_server(env)
       local conn = pool:acquire(nil, { key = "user:42" })
@@ -374,7 +388,8 @@ describe("peerpool.pool", function()
       local s = pool:stats()
       assert.equal(2, s.released_broken)
       assert.equal(0, s.conns - s.connecting)
-      assert.error_matches(function() seen:send("x") end, "attempt to use a released conn", nil, true)
+      assert.error_matches(function() seen:send("x") end, "attempt to use a released conn", nil,
+        true)
     end))
 
     it("answers nil, code, detail when the acquire fails", test(function(env)
@@ -760,6 +775,19 @@ describe("peerpool.pool", function()
       end
       assert.matches("^peerpool%.pool %(closed%)", tostring(kept))
       wait_until(function() return srv.open == 0 end)
+    end))
+  end)
+
+  describe("methods", function()
+    it("raise naming the pool when called on something else", test(function(env)
+      local pool = env:pool()
+      for _, name in ipairs { "add_peer", "acquire", "stats", "peers", "peer", "on", "close" } do
+        local method = pool[name]
+        assert.error_matches(function() method(42, "127.0.0.1:1") end,
+          "peerpool.pool expected, got number", nil, true, name)
+        assert.error_matches(function() method({}, "127.0.0.1:1") end,
+          "peerpool.pool expected, got table", nil, true, name)
+      end
     end))
   end)
 

@@ -225,6 +225,16 @@ describe("peerpool", function()
       assert.same({ "inner starts", "outer goes on", "inner ends" }, order)
     end)
 
+    it("from inside the running loop reports fn's error instead of raising it", function()
+      local went_on = false
+      peerpool.run(function()
+        H.sleep(1)
+        peerpool.run(function() error("inner fails (expected in this test)") end)
+        went_on = true
+      end)
+      assert.is_true(went_on)
+    end)
+
     it("raises naming the argument when fn is not a function", function()
       assert.error_matches(function() peerpool.run("nope") end,
         "bad argument #1 to 'run' (function expected, got string)", nil, true)

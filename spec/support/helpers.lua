@@ -64,8 +64,15 @@ function Env:add(srv)
   return srv
 end
 
-for _, name in ipairs { "echo", "line", "refused", "closer", "slow" } do
+for _, name in ipairs { "echo", "line", "refused", "closer", "slow", "unix_echo" } do
   Env[name] = function(self, ...) return self:add(servers[name](...)) end
+end
+
+-- The echo server on [::1], or nil, why when the machine has no IPv6 loopback.
+function Env:echo6()
+  local srv, err = servers.echo6()
+  if not srv then return nil, err end
+  return self:add(srv)
 end
 
 -- A blackhole, once its queue is full (must run in the test's coroutine).

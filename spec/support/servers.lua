@@ -8,6 +8,8 @@
 --   servers.closer()     answers "par" to the first bytes of a conn and closes it (mid-use)
 --   servers.slow(ms)     answers each line with "+SLOW\r\n" after `ms`
 --   servers.blackhole()  a listener whose accept queue is full: connects hang (connect_timeout)
+--   servers.echo6()      the echo server on [::1] (nil, why when IPv6 is not available)
+--   servers.unix_echo()  the echo server on a unix socket (addr "unix:/tmp/...")
 --
 -- Each server counts `accepted` conns, `open` conns, and keeps `lines` (line and slow servers)
 -- and `received` (all bytes, concatenated). `srv:drop_all()` closes every accepted conn from
@@ -60,24 +62,41 @@ function Server:close()
   self.timers = {}
   for _, h in ipairs(self.extra or {}) do close_handle(h) end
   close_handle(self.tcp)
+  if self.path then os.remove(self.path) end
 end
 
 function Server:write(client, data)
   if self.clients[client] and not client:is_closing() then client:write(data) end
 end
 
--- Listen with `on_conn(srv, client)` for every accepted conn.
-local function listen(on_conn, backlog)
+-- Listen with `on_conn(srv, client)` for every accepted conn; `kind` is nil (127.0.0.1),
+-- "ipv6" ([::1]) or "unix".
+local function listen(on_conn, backlog, kind)
   local srv = new_server()
-  local tcp = uv.new_tcp()
-  assert(tcp:bind("127.0.0.1", 0))
+  local tcp
+  if kind == "unix" then
+    local path = os.tmpname()
+    os.remove(path)
+    tcp = uv.new_pipe(false)
+    assert(tcp:bind(path))
+    srv.path = path
+    srv.addr = "unix:" .. path
+  else
+    tcp = uv.new_tcp()
+    local host = kind == "ipv6" and "::1" or "127.0.0.1"
+    local ok, err = tcp:bind(host, 0)
+    if not ok then
+      tcp:close()
+      return nil, err
+    end
+    srv.port = tcp:getsockname().port
+    srv.addr = kind == "ipv6" and ("[::1]:" .. srv.port) or ("127.0.0.1:" .. srv.port)
+  end
   srv.tcp = tcp
-  srv.port = tcp:getsockname().port
-  srv.addr = "127.0.0.1:" .. srv.port
   if on_conn == nil then return srv end -- bound, never listening
   assert(tcp:listen(backlog or 128, function(err)
     if err or srv.closed then return end
-    local client = uv.new_tcp()
+    local client = kind == "unix" and uv.new_pipe(false) or uv.new_tcp()
     if not tcp:accept(client) then
       close_handle(client)
       return
@@ -117,11 +136,13 @@ local function line_reader(srv, client, on_line)
   end)
 end
 
-function M.echo()
-  return listen(function(srv, client)
-    read(srv, client, function(data) srv:write(client, data) end)
-  end)
+local function echo(srv, client)
+  read(srv, client, function(data) srv:write(client, data) end)
 end
+
+function M.echo() return listen(echo) end
+function M.echo6() return listen(echo, nil, "ipv6") end
+function M.unix_echo() return listen(echo, nil, "unix") end
 
 -- LINE COMMANDS (one per line, answered on the same conn):
 --   PING          +PONG\r\n

@@ -322,14 +322,20 @@ static int l_send(lua_State *L) {
 
 /* ---- release --------------------------------------------------------------------------- */
 
-/* End the lease (status < 0: broken). Unread bytes mean the conn is not clean: broken too. */
+/* End the lease (status < 0: broken). Unread bytes mean the conn is not clean: broken too. A
+ * receive waiting in another coroutine ends with "closed" once the lease is gone. */
 static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   if (c->state != LPP_CONN_LEASED) return;
-  if (status == 0 && c->len > 0) status = PP_EBROKEN;
+  int waiting = c->co_ref != LUA_NOREF;
+  if (waiting || (status == 0 && c->len > 0)) status = PP_EBROKEN;
   if (c->reading && c->lease.conn) pp_conn_read_stop(c->lease.conn);
   c->reading = 0;
+  c->state = LPP_CONN_DONE; /* before anything can run: a reentrant release is a no-op */
   pp_release(&c->lease, status);
-  c->state = LPP_CONN_DONE;
+  if (waiting) {
+    c->read_error = PP_ECLOSED;
+    finish_receive(c, PP_ECLOSED);
+  }
   drop_timer(&c->timer);
   free(c->buf);
   c->buf = NULL;

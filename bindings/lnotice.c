@@ -149,7 +149,12 @@ static int l_on_free(lua_State *L) {
 
 static int l_cancel(lua_State *L) {
   lpp_notice_t *n = check_notice(L, 1);
-  lua_pushboolean(L, !n->fired && pp_notice_cancel(&n->notice) == 0);
+  int armed = !n->fired && !n->cancelled;
+  if (armed) {
+    n->cancelled = 1;
+    armed = pp_notice_cancel(&n->notice) == 0;
+  }
+  lua_pushboolean(L, armed);
   return 1;
 }
 

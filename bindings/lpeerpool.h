@@ -87,6 +87,7 @@ typedef struct {
   int co_ref;               /* coroutine in notice:wait() */
   int cb_ref;               /* notice:on_free(fn) */
   int fired;                /* 0 armed, 1 fired with status */
+  int cancelled;            /* cancel() was called */
   int status;
   uv_timer_t *timer;        /* wait(ms) */
   lpp_pool_t *owner;

@@ -100,6 +100,7 @@ void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool) {
   lpp_report(L, "coroutine", lua_tostring(L, -1), pool);
   lua_pop(L, 1);
   lua_resetthread(co); /* runs the dead coroutine's pending __close handlers */
+  lua_settop(co, 0);   /* ... and leaves it empty, so coroutine.status() says "dead" */
 }
 
 int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt) {

@@ -83,6 +83,8 @@ local counters = {
   { "pings", "Health pings started." },
   { "pings_failed", "Health pings that failed." },
   { "policy_errors", "Policy answers the engine had to ignore." },
+  { "ejections", "Peers ejected for a cool-down after consecutive failures." },
+  { "seeds", "Seed hook calls." },
   { "leaked_leases", "Conns collected while still leased." },
   { "callback_errors", "Errors raised by Lua callbacks and coroutines." },
 }
@@ -94,7 +96,8 @@ local function label_text(labels, extra)
     for k in pairs(labels) do keys[#keys + 1] = k end
     table.sort(keys)
     for _, k in ipairs(keys) do
-      parts[#parts + 1] = string.format('%s="%s"', k, tostring(labels[k]):gsub('[\\"\n]', "\\%0"))
+      local v = tostring(labels[k]):gsub('[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" })
+      parts[#parts + 1] = string.format('%s="%s"', k, v)
     end
   end
   if extra then parts[#parts + 1] = extra end

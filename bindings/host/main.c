@@ -1,0 +1,636 @@
+/* The `peerpool` host program: runs a Lua script with luv and peerpool on luv's loop, then the
+ * loop until nothing is left; optionally the REPL on the terminal (--repl) and on a unix socket
+ * (--repl-socket), both in that same loop. `peerpool attach PATH` is the socket's client. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <uv.h>
+
+#include <luv/luv.h>
+
+#include "host.h"
+#include "peerpool.h" /* PP_VERSION_STRING only: the program reaches the engine through Lua */
+#include "peerpool_repl_lua.h" /* generated from bindings/host/repl.lua */
+#include "term.h"
+
+#ifndef PP_INSTALL_CMOD_DIR
+#define PP_INSTALL_CMOD_DIR ""
+#endif
+
+static const char core_key = 'c'; /* registry: the REPL core's table */
+static const char luv_key = 'l';  /* registry: luv's module table (it owns the loop) */
+
+static struct {
+  lua_State *L;
+  uv_loop_t *loop;
+  int repl;         /* a REPL is served: terminal or socket */
+  int term;         /* the terminal REPL is on */
+  int term_keys;    /* the terminal reports single key presses (readline) */
+  int quitting;     /* stop: the terminal session ended, SIGTERM, or an error in a callback */
+  int exit_code;
+  uv_poll_t in_poll;
+  uv_idle_t in_idle; /* stdin that cannot be polled (a regular file) */
+  uv_timer_t start_timer;
+  uv_signal_t sigint, sigwinch, sigterm;
+  int in_poll_on, in_idle_on, start_on, sigint_on, sigwinch_on, sigterm_on;
+} host;
+
+/* ---- errors and protected calls ---------------------------------------------------------- */
+
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* Print an error without garbling the prompt. */
+static void report(const char *what, const char *msg) {
+  char buf[8192];
+  int n = snprintf(buf, sizeof(buf), "peerpool: %s%s%s\n", what ? what : "", what ? ": " : "",
+                   msg ? msg : "(no message)");
+  if (n < 0) return;
+  if ((size_t)n >= sizeof(buf)) n = sizeof(buf) - 1;
+  if (host.term)
+    term_write(buf, (size_t)n, 1);
+  else {
+    fflush(stdout);
+    fwrite(buf, 1, (size_t)n, stderr);
+    fflush(stderr);
+  }
+}
+
+/* Call the function below nargs arguments with a traceback handler; report an error under
+ * `what`. Returns the lua_pcall status. */
+static int docall(lua_State *L, int nargs, int nres, const char *what) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  int status = lua_pcall(L, nargs, nres, base);
+  lua_remove(L, base);
+  if (status != LUA_OK) {
+    report(what, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+static void quit(int code) {
+  if (!host.quitting) host.exit_code = code;
+  host.quitting = 1;
+  uv_stop(host.loop);
+}
+
+/* luv runs every Lua callback through this (instead of its own, which exits the process).
+ * With a REPL served, an error is reported and the program goes on; without one, a script's
+ * error in a callback stops it with exit code 1, like an error in its main chunk. */
+static int luv_callback_pcall(lua_State *L, int nargs, int nresults, int flags) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  int status = lua_pcall(L, nargs, nresults, base);
+  lua_remove(L, base);
+  if (status == LUA_OK) return nresults == LUA_MULTRET ? lua_gettop(L) - base + 1 : nresults;
+  if ((flags & LUVF_CALLBACK_NOERRMSG) == 0) report("error in a callback", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  if (!host.repl) quit(1);
+  return -status;
+}
+
+/* Call core[name](args...) (args already pushed). Returns the lua_pcall status. */
+static int call_core(const char *name, int nargs, int nres) {
+  lua_State *L = host.L;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &core_key);
+  lua_getfield(L, -1, name);
+  lua_remove(L, -2);
+  lua_insert(L, -1 - nargs);
+  return docall(L, nargs, nres, "REPL");
+}
+
+/* ---- functions the REPL core calls (the table H in repl.lua) ------------------------------ */
+
+static int l_write(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  int err = lua_toboolean(L, 2);
+  if (host.term) {
+    term_write(s, n, err);
+  } else {
+    FILE *f = err ? stderr : stdout;
+    fwrite(s, 1, n, f);
+    fflush(f);
+  }
+  return 0;
+}
+
+static int l_prompt(lua_State *L) {
+  if (host.term) term_prompt(luaL_optstring(L, 1, NULL));
+  return 0;
+}
+
+static int l_watch(lua_State *L) {
+  if (host.term) term_watch(lua_toboolean(L, 1));
+  return 0;
+}
+
+static int l_history_add(lua_State *L) {
+  if (host.term) term_history_add(luaL_checkstring(L, 1));
+  return 0;
+}
+
+static int l_quit(lua_State *L) {
+  quit((int)luaL_optinteger(L, 1, 0));
+  return 0;
+}
+
+static int l_umask(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)umask((mode_t)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+/* probe_socket(path): true when a socket may be created at path (nothing there, or a stale
+ * socket, which is removed); else nil and why. A file that is not a socket is never replaced,
+ * and neither is a socket some process still answers on. */
+static int l_probe_socket(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct sockaddr_un sa;
+  if (strlen(path) >= sizeof(sa.sun_path)) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: path too long for a unix socket (at most %d bytes)", path,
+                    (int)sizeof(sa.sun_path) - 1);
+    return 2;
+  }
+  struct stat st;
+  if (lstat(path, &st) != 0) {
+    if (errno == ENOENT) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    return 2;
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "refusing to replace %s: it exists and is not a socket", path);
+    return 2;
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "socket: %s", strerror(errno));
+    return 2;
+  }
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+  int err = errno;
+  close(fd);
+  if (rc == 0 || err == EAGAIN || err == EINPROGRESS) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s is in use: another process serves a REPL there", path);
+    return 2;
+  }
+  if (err == ECONNREFUSED) { /* stale: nobody listens */
+    if (unlink(path) != 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "cannot remove the stale socket %s: %s", path, strerror(errno));
+      return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: %s", path, strerror(err));
+  return 2;
+}
+
+static const luaL_Reg host_fns[] = {
+    {"write", l_write},   {"prompt", l_prompt}, {"watch", l_watch},
+    {"history_add", l_history_add}, {"quit", l_quit}, {"umask", l_umask},
+    {"probe_socket", l_probe_socket}, {NULL, NULL},
+};
+
+/* ---- the terminal ------------------------------------------------------------------------ */
+
+static void on_term_line(void *arg, const char *line) {
+  if (line) {
+    lua_pushstring(host.L, line);
+    call_core("term_line", 1, 0);
+  } else {
+    call_core("term_eof", 0, 0);
+  }
+}
+
+static void on_term_key(void *arg) { call_core("term_key", 0, 0); }
+
+static char **on_term_complete(void *arg, const char *word) {
+  lua_State *L = host.L;
+  lua_pushstring(L, word);
+  if (call_core("complete", 1, 1) != LUA_OK) return NULL;
+  char **list = NULL;
+  if (lua_istable(L, -1)) {
+    lua_Integer n = luaL_len(L, -1);
+    list = calloc((size_t)n + 1, sizeof(*list));
+    for (lua_Integer i = 1; list && i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      const char *s = lua_tostring(L, -1);
+      list[i - 1] = strdup(s ? s : "");
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return list;
+}
+
+static void stop_input(void) {
+  if (host.in_poll_on) uv_poll_stop(&host.in_poll);
+  if (host.in_idle_on) uv_idle_stop(&host.in_idle);
+}
+
+static void on_stdin(uv_poll_t *h, int status, int events) {
+  if (term_input_ready() < 0) stop_input();
+}
+
+static void on_stdin_idle(uv_idle_t *h) {
+  if (term_input_ready() < 0) stop_input();
+}
+
+static void on_sigint(uv_signal_t *h, int signum) {
+  term_cancel_line();
+  call_core("term_interrupt", 0, 0);
+}
+
+static void on_sigwinch(uv_signal_t *h, int signum) { term_resize(); }
+
+static void on_sigterm(uv_signal_t *h, int signum) { quit(128 + signum); }
+
+/* The first loop iteration: show the banner and the prompt, then listen to stdin. Deferred so
+ * that the prompt comes after what the script printed while it started. */
+static void on_term_start(uv_timer_t *t) {
+  lua_pushboolean(host.L, isatty(0));
+  lua_pushboolean(host.L, host.term_keys);
+  call_core("term_start", 2, 0);
+  if (host.quitting) return;
+  if (uv_poll_init(host.loop, &host.in_poll, 0) == 0) {
+    host.in_poll_on = 1;
+    /* uv_poll_init made fd 0 non-blocking, and a terminal's stdin and stdout share one file
+     * description: put it back, or printf would fail with EAGAIN. Reads only follow a
+     * readiness report, so they do not block. */
+    int fl = fcntl(0, F_GETFL);
+    if (fl >= 0) fcntl(0, F_SETFL, fl & ~O_NONBLOCK);
+    uv_poll_start(&host.in_poll, UV_READABLE, on_stdin);
+  } else { /* a regular file: reads never block */
+    uv_idle_init(host.loop, &host.in_idle);
+    host.in_idle_on = 1;
+    uv_idle_start(&host.in_idle, on_stdin_idle);
+  }
+}
+
+static void start_terminal(void) {
+  term_cbs_t cbs = {on_term_line, on_term_key, on_term_complete, NULL};
+  host.term_keys = term_open(&cbs, host_history_path(), 1);
+  host.term = 1;
+  uv_timer_init(host.loop, &host.start_timer);
+  host.start_on = 1;
+  uv_timer_start(&host.start_timer, on_term_start, 0, 0);
+  if (isatty(0)) {
+    uv_signal_init(host.loop, &host.sigint);
+    host.sigint_on = 1;
+    uv_signal_start(&host.sigint, on_sigint, SIGINT);
+    uv_unref((uv_handle_t *)&host.sigint);
+    uv_signal_init(host.loop, &host.sigwinch);
+    host.sigwinch_on = 1;
+    uv_signal_start(&host.sigwinch, on_sigwinch, SIGWINCH);
+    uv_unref((uv_handle_t *)&host.sigwinch);
+  }
+}
+
+const char *host_history_path(void) {
+  static char path[PATH_MAX];
+  const char *env = getenv("PEERPOOL_HISTORY");
+  if (env) return *env ? env : NULL;
+  const char *home = getenv("HOME");
+  if (home == NULL || *home == '\0') return NULL;
+  snprintf(path, sizeof(path), "%s/.peerpool_history", home);
+  return path;
+}
+
+/* Close the handles this file owns (luv's finaliser must never see them). */
+static void close_handles(void) {
+  uv_handle_t *hs[] = {(uv_handle_t *)&host.in_poll, (uv_handle_t *)&host.in_idle,
+                       (uv_handle_t *)&host.start_timer, (uv_handle_t *)&host.sigint,
+                       (uv_handle_t *)&host.sigwinch, (uv_handle_t *)&host.sigterm};
+  int *on[] = {&host.in_poll_on, &host.in_idle_on, &host.start_on,
+               &host.sigint_on, &host.sigwinch_on, &host.sigterm_on};
+  for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) {
+    if (*on[i] && !uv_is_closing(hs[i])) uv_close(hs[i], NULL);
+    *on[i] = 0;
+  }
+}
+
+/* ---- setting up Lua ---------------------------------------------------------------------- */
+
+/* The directory of this executable (to find the module beside it), or "" if unknown. */
+static void exe_dir(char *out, size_t n, const char *argv0) {
+  char buf[PATH_MAX];
+  ssize_t len = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (len > 0) {
+    buf[len] = '\0';
+  } else if (argv0 == NULL || realpath(argv0, buf) == NULL || strchr(argv0, '/') == NULL) {
+    out[0] = '\0';
+    return;
+  }
+  char *slash = strrchr(buf, '/');
+  if (slash) *slash = '\0';
+  snprintf(out, n, "%s", buf);
+}
+
+/* package.cpath: first the module beside this program — in the build tree (bin/../lua/),
+ * installed (bin/../lib/lua/5.4/, as `make install` and luarocks lay it out) and the install
+ * dir it was configured with — then whatever LUA_CPATH or Lua's defaults give (luv). */
+static void set_paths(lua_State *L, const char *argv0) {
+  char dir[PATH_MAX];
+  exe_dir(dir, sizeof(dir), argv0);
+  luaL_Buffer b;
+  lua_getglobal(L, "package");
+  luaL_buffinit(L, &b);
+  if (dir[0]) {
+    lua_pushfstring(L, "%s/../lua/?.so;%s/../lib/lua/5.4/?.so;", dir, dir);
+    luaL_addvalue(&b);
+  }
+  if (PP_INSTALL_CMOD_DIR[0] == '/') luaL_addstring(&b, PP_INSTALL_CMOD_DIR "/?.so;");
+  lua_getfield(L, -2, "cpath");
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  lua_setfield(L, -2, "cpath");
+  if (dir[0]) {
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/../share/lua/5.4/?.lua;%s/../share/lua/5.4/?/init.lua;%s", dir, dir,
+                    lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* arg as lua5.4 sets it: arg[0] the script, arg[1..] its arguments, negative indices the
+ * program and its options. */
+static void set_arg(lua_State *L, char **argv, int argc, int script) {
+  int base = script > 0 ? script : argc;
+  lua_createtable(L, argc - base, base + 1);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - base);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static int require_luv(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "luv");
+  if (docall(L, 1, 1, "cannot load luv (Debian: apt-get install lua-luv)") != LUA_OK) return -1;
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &luv_key);
+  lua_getfield(L, LUA_REGISTRYINDEX, "luv_context");
+  luv_ctx_t *ctx = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (ctx == NULL || ctx->loop == NULL) {
+    report(NULL, "luv did not set up its loop");
+    return -1;
+  }
+  ctx->cb_pcall = luv_callback_pcall;
+  host.loop = ctx->loop;
+  return 0;
+}
+
+static int load_core(lua_State *L, const char *socket_path) {
+  if (luaL_loadbuffer(L, (const char *)peerpool_repl_lua, sizeof(peerpool_repl_lua),
+                      "=peerpool/repl") != LUA_OK) {
+    report("REPL", lua_tostring(L, -1));
+    return -1;
+  }
+  luaL_newlib(L, host_fns);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
+  if (docall(L, 2, 1, "REPL") != LUA_OK) return -1;
+  lua_pushliteral(L, PP_VERSION_STRING);
+  lua_setfield(L, -2, "version");
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &core_key);
+
+  /* require "peerpool.host": what a script may want to know about its host. */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_createtable(L, 0, 6);
+  lua_pushliteral(L, PP_VERSION_STRING);
+  lua_setfield(L, -2, "version");
+  lua_pushboolean(L, host.repl);
+  lua_setfield(L, -2, "repl");
+  lua_pushboolean(L, host.term);
+  lua_setfield(L, -2, "terminal");
+  if (socket_path) {
+    lua_pushstring(L, socket_path);
+    lua_setfield(L, -2, "socket");
+  }
+  lua_getfield(L, -3, "pretty");
+  lua_setfield(L, -2, "pretty");
+  lua_getfield(L, -3, "print");
+  lua_setfield(L, -2, "print");
+  lua_setfield(L, -2, "peerpool.host");
+  lua_pop(L, 1);
+
+  if (host.repl) { /* a REPL line's print goes to its session; others keep off the prompt */
+    lua_getfield(L, -1, "print");
+    lua_setglobal(L, "print");
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* ---- main -------------------------------------------------------------------------------- */
+
+static void usage(FILE *f, const char *prog) {
+  fprintf(f,
+          "usage: %s [options] [script.lua [args...]]\n"
+          "       %s attach PATH\n"
+          "Runs script.lua with `luv` and `peerpool` on luv's loop, then the loop until nothing\n"
+          "is left (or the script stops it). With no script and a terminal on stdin: the REPL.\n"
+          "options:\n"
+          "  -i, --repl             an interactive REPL on this terminal, in the same loop\n"
+          "  --repl-socket PATH     serve the REPL on a unix socket (mode 0600)\n"
+          "  -e CHUNK               run CHUNK before the script\n"
+          "  -                      read the script from stdin\n"
+          "  -v, --version          show versions\n"
+          "  -h, --help             this text\n"
+          "attach PATH: connect this terminal (or pipe: echo 'return pool:stats()' | %s attach "
+          "PATH)\n"
+          "to a program serving --repl-socket PATH. History: $PEERPOOL_HISTORY or "
+          "~/.peerpool_history.\n",
+          prog, prog, prog);
+}
+
+static void version(void) {
+  printf("peerpool %s (host program), %s, libuv %s, %s\n", PP_VERSION_STRING, LUA_RELEASE,
+         uv_version_string(), term_backend());
+}
+
+int main(int argc, char **argv) {
+  const char *prog = "peerpool";
+  const char *socket_path = NULL;
+  int want_repl = 0, script = 0, chunks[64], nchunks = 0;
+
+  signal(SIGPIPE, SIG_IGN); /* a REPL client that vanishes must not kill the host */
+
+  if (argc >= 2 && strcmp(argv[1], "attach") == 0) {
+    if (argc != 3) {
+      fprintf(stderr, "usage: %s attach PATH\n", prog);
+      return 2;
+    }
+    return host_attach(argv[2]);
+  }
+
+  for (int i = 1; i < argc && script == 0; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout, prog);
+      return 0;
+    } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+      version();
+      return 0;
+    } else if (strcmp(a, "-i") == 0 || strcmp(a, "--repl") == 0) {
+      want_repl = 1;
+    } else if (strcmp(a, "--repl-socket") == 0 || strncmp(a, "--repl-socket=", 14) == 0) {
+      if (a[13] == '=') {
+        socket_path = a + 14;
+      } else if (i + 1 < argc) {
+        socket_path = argv[++i];
+      } else {
+        fprintf(stderr, "%s: --repl-socket needs a path\n", prog);
+        return 2;
+      }
+      if (*socket_path == '\0') {
+        fprintf(stderr, "%s: --repl-socket needs a path\n", prog);
+        return 2;
+      }
+    } else if (strcmp(a, "-e") == 0) {
+      if (i + 1 >= argc || nchunks == 64) {
+        fprintf(stderr, "%s: -e needs a chunk\n", prog);
+        return 2;
+      }
+      chunks[nchunks++] = ++i;
+    } else if (strcmp(a, "--") == 0) {
+      if (i + 1 < argc) script = i + 1;
+      break;
+    } else if (a[0] == '-' && a[1] != '\0') {
+      fprintf(stderr, "%s: unknown option %s\n", prog, a);
+      usage(stderr, prog);
+      return 2;
+    } else {
+      script = i; /* the script, or "-" for stdin; the rest is the script's */
+    }
+  }
+  /* Like lua5.4: with nothing to run, a terminal gets the REPL and a pipe is the script. */
+  if (script == 0 && nchunks == 0 && !want_repl && socket_path == NULL) {
+    if (isatty(0))
+      want_repl = 1;
+    else
+      script = -1;
+  }
+  if (want_repl && script > 0 && strcmp(argv[script], "-") == 0) {
+    fprintf(stderr, "%s: --repl reads the terminal; the script cannot come from stdin\n", prog);
+    return 2;
+  }
+
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    fprintf(stderr, "%s: cannot create a Lua state\n", prog);
+    return 1;
+  }
+  host.L = L;
+  host.repl = want_repl || socket_path != NULL;
+  host.term = 0;
+  luaL_openlibs(L);
+  set_paths(L, argv[0]);
+  set_arg(L, argv, argc, script > 0 ? script : 0);
+  int status = 0;
+  if (require_luv(L) != 0 || load_core(L, socket_path) != 0) {
+    lua_close(L);
+    return 1;
+  }
+  if (want_repl) {
+    start_terminal();
+    /* peerpool.host.terminal was set before the terminal existed */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, "peerpool.host");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "terminal");
+    lua_pop(L, 2);
+  }
+  if (socket_path) {
+    lua_pushstring(L, socket_path);
+    if (call_core("serve", 1, 0) != LUA_OK) status = 1;
+    uv_signal_init(host.loop, &host.sigterm);
+    host.sigterm_on = 1;
+    uv_signal_start(&host.sigterm, on_sigterm, SIGTERM);
+    uv_unref((uv_handle_t *)&host.sigterm);
+  }
+
+  for (int c = 0; c < nchunks && status == 0; c++) {
+    if (luaL_loadbuffer(L, argv[chunks[c]], strlen(argv[chunks[c]]), "=(command line)") !=
+        LUA_OK) {
+      report(NULL, lua_tostring(L, -1));
+      lua_pop(L, 1);
+      status = 1;
+    } else if (docall(L, 0, 0, NULL) != LUA_OK) {
+      status = 1;
+    }
+  }
+
+  if (status == 0 && script != 0) {
+    const char *name = script > 0 ? argv[script] : "-";
+    int from_stdin = strcmp(name, "-") == 0;
+    if (luaL_loadfile(L, from_stdin ? NULL : name) != LUA_OK) {
+      report(NULL, lua_tostring(L, -1));
+      lua_pop(L, 1);
+      status = 1;
+    } else {
+      int nargs = 0;
+      for (int i = script + 1; script > 0 && i < argc; i++, nargs++) lua_pushstring(L, argv[i]);
+      if (docall(L, nargs, 0, NULL) != LUA_OK) status = 1;
+    }
+  }
+
+  /* The loop, through luv's run so that luv (and peerpool.run) know it is running. */
+  if (status == 0 && !host.quitting) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
+    lua_getfield(L, -1, "run");
+    lua_remove(L, -2);
+    if (docall(L, 0, 0, NULL) != LUA_OK) status = 1;
+  }
+  if (status == 0) status = host.exit_code;
+
+  /* Take everything down in order: the terminal (restored, history saved), our own handles,
+   * the REPL sessions and socket, then the Lua state (the peerpool module closes its pools,
+   * then luv closes what is left on its loop). */
+  if (host.term) term_close();
+  host.term = 0;
+  close_handles();
+  call_core("shutdown", 0, 0);
+  uv_run(host.loop, UV_RUN_NOWAIT);
+  lua_close(L);
+  return status;
+}

@@ -1,0 +1,759 @@
+-- The REPL of the `peerpool` host program, compiled into the program (bindings/host/main.c
+-- runs this chunk with the host's C functions and luv). One REPL core serves every session: the
+-- terminal (--repl) and each client of the unix socket (--repl-socket). A session evaluates
+-- lines the way lua5.4 does (an expression is printed without `return`; an unfinished chunk
+-- asks for more), but each chunk runs in a coroutine of its own on luv's loop, so a line that
+-- yields (pool:acquire, conn:receive, sleep) lets the loop run and shows its results when it
+-- ends. Nothing a session does can raise into the host: every chunk runs under xpcall and every
+-- I/O callback is guarded.
+local H, uv = ...
+
+local M = {}
+local pack, unpack, concat, sort = table.pack, table.unpack, table.concat, table.sort
+local fmt = string.format
+
+-- ---- pretty printer -------------------------------------------------------------------------
+
+local keywords = {}
+for w in ([[and break do else elseif end false for function goto if in local nil not or
+  repeat return then true until while]]):gmatch("%a+") do keywords[w] = true end
+
+local function is_identifier(s)
+  return type(s) == "string" and s:match("^[%a_][%w_]*$") ~= nil and not keywords[s]
+end
+
+local escapes = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ['"'] = '\\"', ["\\"] = "\\\\" }
+local function quote(s, max)
+  local cut = ""
+  if max and #s > max then
+    cut = fmt("...(%d bytes)", #s)
+    s = s:sub(1, max)
+  end
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return escapes[c] or fmt("\\%d", c:byte())
+  end) .. '"' .. cut
+end
+
+-- Keys in a stable order: numbers ascending, then strings, then booleans, then the rest by
+-- their tostring.
+local type_rank = { number = 1, string = 2, boolean = 3 }
+local function key_less(a, b)
+  local ta, tb = type(a), type(b)
+  local ra, rb = type_rank[ta] or 4, type_rank[tb] or 4
+  if ra ~= rb then return ra < rb end
+  if ta == "number" or ta == "string" then return a < b end
+  if ta == "boolean" then return (a and 1 or 0) < (b and 1 or 0) end
+  return tostring(a) < tostring(b)
+end
+
+local function safe_tostring(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  return "<" .. type(v) .. ">"
+end
+
+--- pretty(v [, opts]): a readable rendering of any value. Tables are shown with sorted keys,
+-- nested and indented, on one line when they fit in opts.width (80); a table already on the
+-- path being printed is shown as <cycle: table: 0x...>; beyond opts.depth (4) levels a table is
+-- shown as {...N}; at most opts.items (100) entries per table; strings inside tables are quoted
+-- and cut at opts.string (200) bytes. A table with a __tostring metamethod is shown by it.
+local function pretty(v, opts)
+  opts = opts or {}
+  local max_depth = opts.depth or 4
+  local width = opts.width or 80
+  local max_items = opts.items or 100
+  local max_string = opts.string or 200
+  local on_path = {}
+
+  local function render(x, depth, indent)
+    local t = type(x)
+    if t == "string" then return quote(x, max_string) end
+    if t ~= "table" then return safe_tostring(x) end
+    local mt = getmetatable(x)
+    if type(mt) == "table" and rawget(mt, "__tostring") then return safe_tostring(x) end
+    if on_path[x] then return "<cycle: " .. safe_tostring(x):gsub("^table: ", "table: ") .. ">" end
+    local keys, n = {}, 0
+    for k in next, x do
+      n = n + 1
+      keys[n] = k
+    end
+    if n == 0 then return "{}" end
+    if depth >= max_depth then return fmt("{...%d}", n) end
+    sort(keys, key_less)
+    on_path[x] = true
+    local parts = {}
+    local seq = 1 -- the array part, 1..k with no holes, is shown without keys
+    for i = 1, n do
+      if i > max_items then
+        parts[#parts + 1] = fmt("...(%d more)", n - max_items)
+        break
+      end
+      local k = keys[i]
+      local val = render(rawget(x, k), depth + 1, indent .. "  ")
+      if k == seq then
+        parts[#parts + 1] = val
+        seq = seq + 1
+      elseif is_identifier(k) then
+        parts[#parts + 1] = k .. " = " .. val
+      else
+        local ks = type(k) == "string" and quote(k, max_string)
+          or (type(k) == "table" and not on_path[k]) and safe_tostring(k)
+          or render(k, max_depth, "")
+        parts[#parts + 1] = "[" .. ks .. "] = " .. val
+      end
+    end
+    on_path[x] = nil
+    local one = "{ " .. concat(parts, ", ") .. " }"
+    if #one + #indent <= width and not one:find("\n", 1, true) then return one end
+    local inner = indent .. "  "
+    return "{\n" .. inner .. concat(parts, ",\n" .. inner) .. "\n" .. indent .. "}"
+  end
+
+  return render(v, 0, "")
+end
+M.pretty = pretty
+
+-- How a result is shown at the prompt: strings as they are (like lua5.4), the rest pretty.
+local function show(v)
+  if type(v) == "string" then return v end
+  return pretty(v)
+end
+
+-- ---- the environment lines run in -------------------------------------------------------------
+
+-- Lines read and write the script's globals; the REPL helpers are seen only where no global of
+-- that name exists, so they never shadow or pollute the script's names.
+local helpers = {}
+local env = setmetatable({}, {
+  __index = function(_, k)
+    local v = _G[k]
+    if v == nil then v = helpers[k] end
+    return v
+  end,
+  __newindex = function(_, k, v) _G[k] = v end,
+})
+M.env = env
+
+-- ---- sessions -------------------------------------------------------------------------------
+
+local Session = {}
+Session.__index = Session
+local sessions = {}                              -- open sessions
+local by_co = setmetatable({}, { __mode = "k" }) -- a line's coroutine -> its session
+local current                                    -- the session whose line runs synchronously
+local next_id = 0
+
+--- The session of the line running now (nil outside REPL lines).
+local function running_session()
+  local co = coroutine.running()
+  return by_co[co] or current
+end
+M.running_session = running_session
+
+-- io: write(text, is_error), prompt(p or nil), watch(on), close(), history(chunk) (optional).
+function Session.new(io, interactive, name)
+  next_id = next_id + 1
+  local s = setmetatable({
+    id = next_id, io = io, interactive = interactive, name = name or ("session " .. next_id),
+    queue = {}, errors = 0, detached = setmetatable({}, { __mode = "k" }),
+  }, Session)
+  sessions[s] = true
+  return s
+end
+
+function Session:out(text, is_error)
+  if self.closed then return end
+  if text:sub(-1) ~= "\n" then text = text .. "\n" end
+  local ok = pcall(self.io.write, text, is_error)
+  if not ok then self:close() end
+end
+
+function Session:start()
+  if self.interactive then
+    self:out(fmt("peerpool %s REPL on the loop (%s) - help() lists the helpers; %s", M.version,
+      self.name, self.name == "terminal" and "Ctrl-D quits" or "Ctrl-D ends the session"))
+  end
+  self:pump()
+end
+
+function Session:show_prompt()
+  if not self.interactive or self.closed then return end
+  pcall(self.io.prompt, self.buffer and ">> " or "> ")
+end
+
+-- Trim a traceback to the frames of the user's code: drop the REPL's own frames (from the
+-- xpcall that ran the chunk down), and drop it entirely when only the chunk itself is left.
+local function trim_traceback(tb)
+  local msg, rest = tb:match("^(.-)\nstack traceback:\n(.*)$")
+  if not msg then return tb end
+  local frames, useful = {}, false
+  for line in rest:gmatch("[^\n]+") do
+    if line:find("in function 'xpcall'", 1, true) then break end
+    if not line:find("[C]: in function 'error'", 1, true) then
+      frames[#frames + 1] = line
+      if not line:match("^%s*repl:%d+: in main chunk$") then useful = true end
+    end
+  end
+  if not useful then return msg end
+  return msg .. "\nstack traceback:\n" .. concat(frames, "\n")
+end
+
+local function handler(e)
+  if type(e) ~= "string" then
+    local mt = getmetatable(e)
+    e = (mt and mt.__tostring) and safe_tostring(e) or ("(error object is a " .. type(e) .. " value) " .. pretty(e))
+  end
+  return debug.traceback(e, 2)
+end
+
+function Session:report(results, prefix)
+  prefix = prefix or ""
+  if results[1] then
+    if results.n > 1 then
+      local parts = {}
+      for i = 2, results.n do
+        local ok, s = pcall(show, results[i])
+        parts[#parts + 1] = ok and s or ("<cannot show: " .. tostring(s) .. ">")
+      end
+      self:out(prefix .. concat(parts, "\t"))
+    end
+  else
+    self.errors = self.errors + 1
+    self:out(prefix .. trim_traceback(tostring(results[2])), true)
+  end
+end
+
+-- A line's coroutine has ended: show its results; if the session was waiting for it, go on
+-- with the lines that queued up meanwhile.
+function Session:finish(co, results)
+  by_co[co] = nil
+  if self.sync == co then -- it ended without yielding: run() shows the prompt
+    self:report(results)
+    return
+  end
+  if self.busy == co then
+    self.busy = nil
+    self:report(results)
+    self:pump()
+  elseif self.detached[co] then
+    self.detached[co] = nil
+    self:report(results, "[background line] ")
+  end
+end
+
+function Session:run(fn)
+  local co
+  co = coroutine.create(function()
+    local r = pack(xpcall(fn, handler))
+    self:finish(co, r)
+  end)
+  by_co[co] = self
+  local prev_current, prev_sync = current, self.sync
+  current, self.sync = self, co
+  local ok, err = coroutine.resume(co)
+  current, self.sync = prev_current, prev_sync
+  if not ok then
+    self:out("peerpool: REPL internal error: " .. tostring(err), true)
+  elseif coroutine.status(co) == "suspended" then
+    self.busy = co -- it yielded: the prompt comes back when it ends
+  end
+end
+
+-- Compile a chunk like lua5.4 does: first as an expression to print, then as statements.
+-- Returns the function, or "incomplete", or nil and the error.
+local function compile(src)
+  local f = load("return " .. src, "=repl", "t", env)
+  if f then return f end
+  local err
+  f, err = load(src, "=repl", "t", env)
+  if f then return f end
+  if err:sub(-5) == "<eof>" then return "incomplete" end
+  return nil, err
+end
+
+function Session:line(line)
+  local src
+  if self.buffer then
+    src = self.buffer .. "\n" .. line
+  else
+    src = line:gsub("^%s*=", "return ", 1)
+    if src:match("^%s*$") then return end
+  end
+  local fn, err = compile(src)
+  if fn == "incomplete" then
+    self.buffer = src
+    return
+  end
+  self.buffer = nil
+  if self.io.history then pcall(self.io.history, src) end
+  if not fn then
+    self.errors = self.errors + 1
+    self:out(err, true)
+    return
+  end
+  self:run(fn)
+end
+
+-- Run queued lines until one yields; then show the prompt, or end the session at EOF.
+function Session:pump()
+  while not self.busy and not self.closed and #self.queue > 0 do
+    self:line(table.remove(self.queue, 1))
+  end
+  if self.closed then return end
+  if self.busy then
+    if self.interactive then pcall(self.io.prompt, nil) end
+    return
+  end
+  if self.input_ended then
+    if self.buffer then
+      self.errors = self.errors + 1
+      self:out("unfinished chunk at the end of input:\n" .. self.buffer, true)
+      self.buffer = nil
+    end
+    self:close()
+    return
+  end
+  self:show_prompt()
+end
+
+--- A line of input. While a watch runs, a line ends it (plain terminals and sockets send
+-- whole lines); while a line runs, input queues up behind it.
+function Session:feed(line)
+  if self.closed then return end
+  if self.watch_stop then
+    self.watch_stop()
+    return
+  end
+  self.queue[#self.queue + 1] = line
+  if not self.busy then self:pump() end
+end
+
+function Session:key()
+  if self.watch_stop then self.watch_stop() end
+end
+
+--- Ctrl-C: end a watch; else stop waiting for a running line (it goes on in the background
+-- and its results are shown when it ends); else drop an unfinished chunk.
+function Session:interrupt()
+  if self.closed then return end
+  self.queue = {}
+  if self.watch_stop then
+    self.watch_stop()
+    return
+  end
+  if self.busy then
+    self.detached[self.busy] = true
+    self.busy = nil
+    self:out("(interrupted: the line goes on in the background; its results will be shown when it ends)")
+  end
+  self.buffer = nil
+  self:pump()
+end
+
+function Session:eof()
+  if self.closed then return end
+  self.input_ended = true
+  if self.watch_stop then self.watch_stop() end
+  if not self.busy then self:pump() end
+end
+
+function Session:close()
+  if self.closed then return end
+  self.closed = true
+  sessions[self] = nil
+  if self.watch_stop then self.watch_stop() end
+  pcall(self.io.close, self)
+end
+
+-- ---- print --------------------------------------------------------------------------------
+
+local function default_write(text) H.write(text, false) end
+
+--- print() while a REPL runs: a REPL line prints to its own session; everything else goes to
+-- standard output without garbling the terminal's prompt.
+local function repl_print(...)
+  local n = select("#", ...)
+  local parts = {}
+  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  local text = concat(parts, "\t") .. "\n"
+  local s = running_session()
+  if s and not s.closed then s:out(text) else default_write(text) end
+end
+M.print = repl_print
+
+-- ---- helpers ------------------------------------------------------------------------------
+
+local function peerpool_module()
+  local ok, pp = pcall(require, "peerpool")
+  if not ok then error("the peerpool module cannot be loaded: " .. tostring(pp), 3) end
+  return pp
+end
+
+helpers.pretty = pretty
+
+--- pools(): the live pools.
+function helpers.pools() return peerpool_module().pools() end
+
+--- sleep(ms): wait without blocking the loop (inside a REPL line or any coroutine).
+function helpers.sleep(ms)
+  ms = tonumber(ms)
+  if not ms or ms < 0 then error("sleep(ms): ms must be a number >= 0", 2) end
+  local co, main = coroutine.running()
+  if main or not coroutine.isyieldable() then error("sleep() must run in a coroutine", 2) end
+  local t = uv.new_timer()
+  t:start(math.floor(ms), 0, function()
+    t:close()
+    local ok, err = coroutine.resume(co)
+    if not ok then default_write("sleep: " .. tostring(err) .. "\n") end
+  end)
+  coroutine.yield()
+end
+
+local function nonzero_states(by_state)
+  local names = {}
+  for k, v in pairs(by_state or {}) do
+    if v ~= 0 then names[#names + 1] = k end
+  end
+  sort(names)
+  for i, k in ipairs(names) do names[i] = k .. "=" .. by_state[k] end
+  return #names > 0 and concat(names, " ") or "none"
+end
+
+--- status(pool [, prev, ms]): the one-line status watch() prints; rates need the previous
+-- stats and the interval.
+local function status_line(pool, prev, ms)
+  local s = pool:stats()
+  local function rate(k)
+    if not prev or not s[k] or not prev[k] then return "-" end
+    return fmt("%.0f", (s[k] - prev[k]) * 1000 / ms)
+  end
+  local line = fmt("%s conns %d (idle %d, active %d, connecting %d) waiters %d | peers %s | " ..
+    "acquires/s %s, timeouts %d, cannot_connect %d, busy %d", os.date("%H:%M:%S"), s.conns, s.idle,
+    s.active, s.connecting, s.waiters, nonzero_states(s.peers_by_state), rate("acquires"),
+    s.timed_out or 0, s.cannot_connect or 0, s.busy or 0)
+  return line, s
+end
+helpers.status = function(pool) return (status_line(pool)) end
+
+--- watch(pool [, ms]): print a status line every ms (1000) until a key is pressed or the
+-- session ends. With one live pool, the pool may be left out.
+function helpers.watch(pool, ms)
+  local s = by_co[coroutine.running()]
+  if not s then error("watch() runs at the REPL prompt", 2) end
+  if pool == nil then
+    local list = peerpool_module().pools()
+    if #list ~= 1 then error(fmt("watch(pool [, ms]): name the pool (%d are open; see pools())", #list), 2) end
+    pool = list[1]
+  end
+  if type(pool) ~= "userdata" and type(pool) ~= "table" then
+    error("bad argument #1 to 'watch' (pool expected, got " .. type(pool) .. ")", 2)
+  end
+  ms = ms == nil and 1000 or tonumber(ms)
+  if not ms or ms < 10 then error("bad argument #2 to 'watch' (interval in ms >= 10 expected)", 2) end
+  local co = coroutine.running()
+  local timer = uv.new_timer()
+  local prev, stopped
+  local function stop()
+    if stopped then return end
+    stopped = true
+    s.watch_stop = nil
+    pcall(s.io.watch, false)
+    timer:stop()
+    timer:close()
+    local ok, err = coroutine.resume(co)
+    if not ok then default_write("watch: " .. tostring(err) .. "\n") end
+  end
+  local function tick()
+    local ok, line, stats = pcall(status_line, pool, prev, ms)
+    if not ok then
+      s:out("watch ends: " .. tostring(line))
+      stop()
+      return
+    end
+    prev = stats
+    s:out(line)
+  end
+  s:out(fmt("watching %s every %d ms; %s", safe_tostring(pool), ms,
+    s.io.keys and "press any key to stop" or "press Enter to stop"))
+  tick()
+  timer:start(math.floor(ms), math.floor(ms), tick)
+  s.watch_stop = stop
+  pcall(s.io.watch, true)
+  coroutine.yield()
+end
+
+--- exit([code]): end this session (at the terminal: the host exits with code).
+function helpers.exit(code)
+  local s = running_session()
+  if not s then error("exit() runs at the REPL prompt (os.exit ends the program)", 2) end
+  s.exit_code = tonumber(code) or 0
+  s:close()
+end
+
+function helpers.help()
+  return [[
+helpers (where no global of the same name exists):
+  pools()              the live pools
+  watch(pool [, ms])   a status line every ms (1000) until a key is pressed
+  status(pool)         one status line
+  sleep(ms)            wait without blocking the loop
+  pretty(v [, opts])   the string the REPL shows for a value (opts: depth, width, items)
+  exit([code])         end this session (at the terminal: quit the program)
+lines: an expression prints its values; `=expr` too; an unfinished chunk continues on the next
+line (>>); a line that yields (pool:acquire(peer), conn:receive(), sleep(ms)) runs in its own
+coroutine while the loop goes on, and its results are shown when it ends. Ctrl-C stops waiting
+for it (it goes on in the background), drops an unfinished chunk, or ends a watch.]]
+end
+
+-- ---- completion ---------------------------------------------------------------------------
+
+local function add_keys(set, t, want_fn)
+  if type(t) ~= "table" then return end
+  for k, v in next, t do
+    if is_identifier(k) and (not want_fn or type(v) == "function") then set[k] = true end
+  end
+end
+
+-- The names reachable with "." (fields) or ":" (methods) from value v: its own keys, and the
+-- keys of __index tables up its metatable chain (peerpool's conn keeps its methods in
+-- metatable.methods behind an __index function).
+local function member_names(v, sep)
+  local set = {}
+  local want_fn = sep == ":"
+  if type(v) == "table" then add_keys(set, v, want_fn) end
+  local seen = {}
+  local x = v
+  for _ = 1, 5 do
+    local mt = getmetatable(x)
+    if type(mt) ~= "table" or seen[mt] then break end
+    seen[mt] = true
+    local idx = rawget(mt, "__index")
+    if type(idx) == "table" then
+      add_keys(set, idx, want_fn)
+      x = idx
+    else
+      add_keys(set, rawget(mt, "methods"), want_fn)
+      break
+    end
+  end
+  if type(v) == "string" then add_keys(set, string, want_fn) end
+  return set
+end
+
+--- complete(word): the completions of `word` (a.b.c, a:b, or a plain name).
+function M.complete(word)
+  local base, sep, partial = word:match("^(.*)([%.:])([%w_]*)$")
+  local set
+  if base then
+    local v = env
+    for name in (base .. "."):gmatch("([^%.:]*)[%.:]") do
+      if not is_identifier(name) and name ~= "_G" and name ~= "_ENV" then return {} end
+      if name == "_ENV" then
+        v = env
+      else
+        local ok, nv = pcall(function() return v[name] end)
+        if not ok or nv == nil then return {} end
+        v = nv
+      end
+    end
+    set = member_names(v, sep)
+  else
+    partial = word
+    base, sep = "", ""
+    set = {}
+    add_keys(set, _G)
+    add_keys(set, helpers)
+    for k in pairs(keywords) do set[k] = true end
+  end
+  local out = {}
+  for k in pairs(set) do
+    if k:sub(1, #partial) == partial then out[#out + 1] = base .. sep .. k end
+  end
+  sort(out)
+  return out
+end
+
+-- ---- the terminal -------------------------------------------------------------------------
+
+local term
+
+--- term_start(interactive, keys): the terminal session; `interactive` = stdin is a terminal
+-- (prompts, banner); `keys` = single key presses are reported (readline).
+function M.term_start(interactive, keys)
+  term = Session.new({
+    write = H.write,
+    prompt = H.prompt,
+    watch = H.watch,
+    keys = keys,
+    history = H.history_add,
+    close = function(s) H.quit(s.exit_code or 0) end,
+  }, interactive, "terminal")
+  term:start()
+end
+function M.term_line(line) if term then term:feed(line) end end
+function M.term_eof() if term then term:eof() end end
+function M.term_key() if term then term:key() end end
+function M.term_interrupt() if term then term:interrupt() end end
+
+-- ---- the unix socket ----------------------------------------------------------------------
+
+-- Clients speak lines. `peerpool attach` starts with "\1hello 1 tty" (or "pipe") and is then
+-- answered in frames "\1" type length ":" payload: o output, e error output, p prompt (empty:
+-- none), w watch on/off, c completions (newline-separated), b bye (payload: the count of lines
+-- that failed). Its control lines: "\1complete <word>", "\1key", "\1interrupt". Any other
+-- client (socat, nc) gets plain text with prompts.
+local function frame(kind, payload)
+  return "\1" .. kind .. #payload .. ":" .. payload
+end
+
+local server, server_path
+local MAX_LINE = 1024 * 1024
+
+local function socket_session(client)
+  local framed = false
+  local buf = ""
+  local sess
+  local function send(data)
+    if client:is_closing() then return end
+    client:write(data)
+  end
+  local io = {}
+  function io.write(text, is_error)
+    if framed then send(frame(is_error and "e" or "o", text)) else send(text) end
+  end
+  function io.prompt(p)
+    if framed then send(frame("p", p or "")) elseif p then send(p) end
+  end
+  function io.watch(on)
+    if framed then send(frame("w", on and "1" or "0")) end
+  end
+  function io.close(s)
+    if client:is_closing() then return end
+    if framed then pcall(send, frame("b", tostring(s.errors))) end
+    client:read_stop()
+    local ok = pcall(client.shutdown, client, function() if not client:is_closing() then client:close() end end)
+    if not ok and not client:is_closing() then client:close() end
+  end
+  sess = Session.new(io, true)
+  sess.name = "socket session " .. sess.id
+
+  -- A client that says nothing is a plain one: greet it after a moment. `peerpool attach`
+  -- says hello first; if its hello comes after the greeting anyway, the session turns to frames
+  -- (attach skips what came before the first frame).
+  local started, first_line = false, true
+  local hello_timer = uv.new_timer()
+  local function start()
+    if started then return end
+    started = true
+    if not hello_timer:is_closing() then hello_timer:close() end
+    sess:start()
+  end
+  hello_timer:start(150, 0, start)
+
+  local function handle(line)
+    if first_line then
+      first_line = false
+      local mode = line:match("^\1hello %d+ (%a+)")
+      if mode then
+        framed = true
+        sess.interactive = mode == "tty"
+        io.keys = mode == "tty"
+        if started then sess:show_prompt() else start() end
+        return
+      end
+      start()
+    end
+    if line:sub(1, 1) == "\1" then
+      local cmd, argument = line:match("^\1(%a+) ?(.*)$")
+      if cmd == "complete" then
+        local ok, list = pcall(M.complete, argument)
+        send(frame("c", ok and concat(list, "\n") or ""))
+      elseif cmd == "key" then
+        sess:key()
+      elseif cmd == "interrupt" then
+        sess:interrupt()
+      end
+      return
+    end
+    sess:feed(line)
+  end
+
+  client:read_start(function(err, data)
+    if sess.closed then return end
+    if err or not data then
+      client:read_stop()
+      if #buf > 0 then pcall(handle, buf) end -- a last line without its newline
+      start()
+      buf = ""
+      sess:eof()
+      return
+    end
+    buf = buf .. data
+    while not sess.closed do
+      local nl = buf:find("\n", 1, true)
+      if not nl then break end
+      local line = buf:sub(1, nl - 1):gsub("\r$", "")
+      buf = buf:sub(nl + 1)
+      local ok, e = pcall(handle, line)
+      if not ok then sess:out("peerpool: REPL internal error: " .. tostring(e), true) end
+    end
+    if #buf > MAX_LINE then
+      sess:out("line too long; session closed", true)
+      sess:close()
+    end
+  end)
+end
+
+--- serve(path): the REPL on a unix socket created with mode 0600. Raises if the path exists
+-- and is not a stale socket.
+function M.serve(path)
+  local ok, err = H.probe_socket(path)
+  if not ok then error(err, 0) end
+  server = uv.new_pipe(false)
+  local old = H.umask(tonumber("177", 8)) -- the socket is born 0600: no window for others
+  local r, berr = server:bind(path)
+  H.umask(old)
+  if not r then
+    server:close()
+    server = nil
+    error(fmt("cannot listen on %s: %s", path, tostring(berr)), 0)
+  end
+  server_path = path
+  uv.fs_chmod(path, tonumber("600", 8))
+  local lr, lerr = server:listen(64, function(e)
+    if e then return end
+    local client = uv.new_pipe(false)
+    if server:accept(client) then
+      local okc, cerr = pcall(socket_session, client)
+      if not okc then
+        default_write("peerpool: REPL session failed: " .. tostring(cerr) .. "\n")
+        if not client:is_closing() then client:close() end
+      end
+    else
+      client:close()
+    end
+  end)
+  if not lr then
+    M.shutdown()
+    error(fmt("cannot listen on %s: %s", path, tostring(lerr)), 0)
+  end
+  server:unref() -- the listener alone does not keep the program running
+end
+
+--- shutdown(): close every session and the socket (removing its file).
+function M.shutdown()
+  local list = {}
+  for s in pairs(sessions) do list[#list + 1] = s end
+  for _, s in ipairs(list) do
+    if s ~= term then s:close() end
+  end
+  if server then
+    if not server:is_closing() then server:close() end
+    server = nil
+    local st = uv.fs_lstat(server_path)
+    if st and st.type == "socket" then uv.fs_unlink(server_path) end
+    server_path = nil
+  end
+end
+
+return M

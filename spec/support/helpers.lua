@@ -45,9 +45,22 @@ function H.wait_until(pred, ms, what)
   end
 end
 
--- Let the loop turn a few times (callbacks deferred to later ticks run).
+-- Let the loop go round `n` (5) whole iterations, so that callbacks deferred to a later tick
+-- (the engine's run in the check phase) have run. An idle handle resumes us once per
+-- iteration; a 0 ms timer would not do (libuv runs timers started by a timer callback in the
+-- same pass).
 function H.ticks(n)
-  for _ = 1, n or 5 do H.sleep(0) end
+  local co = assert(coroutine.running())
+  for _ = 1, n or 5 do
+    local idle = uv.new_idle()
+    idle:start(function()
+      idle:stop()
+      idle:close()
+      local ok, err = coroutine.resume(co)
+      if not ok then io.stderr:write("spec coroutine error: ", tostring(err), "\n") end
+    end)
+    coroutine.yield()
+  end
 end
 
 local Env = {}

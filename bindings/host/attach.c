@@ -257,5 +257,5 @@ int host_attach(const char *path) {
     fprintf(stderr, "peerpool attach: the host closed the session\n");
     return 1;
   }
-  return bye_errors > 0 ? 1 : 0;
+  return bye_errors > 0 && !interactive ? 1 : 0;
 }

@@ -586,7 +586,10 @@ function M.term_start(interactive, keys)
     watch = H.watch,
     keys = keys,
     history = H.history_add,
-    close = function(s) H.quit(s.exit_code or 0) end,
+    close = function(s)
+      H.prompt(nil)
+      H.quit(s.exit_code or 0)
+    end,
   }, interactive, "terminal")
   term:start()
 end

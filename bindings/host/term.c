@@ -259,8 +259,7 @@ void term_cancel_line(void) {
     fputs("^C\n", stdout);
     fflush(stdout);
     rl_replace_line("", 0);
-    rl_on_new_line();
-    rl_redisplay();
+    rl_on_new_line(); /* the REPL shows its prompt next */
     return;
   }
 #endif

@@ -131,6 +131,16 @@ describe("peerpool.conn", function()
       conn:release()
     end))
 
+    it("gets bytes that arrived before it was called, beyond 64 KiB", test(function(env)
+      local conn = setup(env)
+      conn:send("BYTES 200000\r\n")
+      H.sleep(50) -- the engine keeps 64 KiB, then pauses reading until a reader comes
+      local data = conn:receive(200000)
+      assert.equal(200000, #data)
+      assert.equal(string.rep("x", 200000), data)
+      conn:release()
+    end))
+
     it("reads everything until the remote closes with '*a'", test(function(env)
       local conn = setup(env)
       conn:send("ECHO first\r\nQUIT\r\n")
@@ -307,6 +317,17 @@ describe("peerpool.conn", function()
       assert.equal("+PONG", again:receive())
       again:release()
       assert.equal(2, pool:stats().connects_ok)
+    end))
+
+    it("never hands a reply that arrives after release to the next holder", test(function(env)
+      local conn, pool, srv = setup(env)
+      conn:send("SLEEP 20\r\n")
+      assert.is_true(conn:release()) -- nothing unread yet: back to idle
+      H.sleep(60) -- the late reply lands on the idle conn
+      local again = pool:acquire(srv.addr)
+      again:send("PING\r\n")
+      assert.equal("+PONG", again:receive())
+      again:release()
     end))
 
     it("does not lend again a conn its remote closed mid-use", test(function(env)

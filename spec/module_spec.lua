@@ -86,6 +86,8 @@ describe("peerpool", function()
         max_per_peer = 2, max_total = 10, client_limit = 3, connect_timeout = 1000, retries = 0,
         acquire_timeout = 0, backlog = 5, idle_timeout = 0, max_lifespan = 0, lifespan_jitter = 0,
         handshake_timeout = 100, max_address_age = 0, ping_after = 0, keepalive = 0,
+        target_peers = 0, maintenance_interval = 1000, seed_interval = 0, eject_after = 0,
+        eject_time = 1000, eject_max = 1000, keep_idle_bytes = 1, hook_budget = 1000,
         io_timeout = 0,
       }
       assert.matches("^peerpool%.pool ", tostring(pool))
@@ -130,6 +132,16 @@ describe("peerpool", function()
         { { max_address_age = -1 }, "option max_address_age must be a number of ms >= 0" },
         { { ping_after = -1 }, "option ping_after must be a number of ms >= 0" },
         { { keepalive = -1 }, "option keepalive must be a number of ms >= 0" },
+        { { target_peers = -1 }, "option target_peers must be an integer in 0..1000000" },
+        { { maintenance_interval = 0 },
+          "option maintenance_interval must be a positive number of ms" },
+        { { seed_interval = -1 }, "option seed_interval must be a number of ms >= 0" },
+        { { eject_after = -1 }, "option eject_after must be an integer >= 0" },
+        { { eject_time = 0 }, "option eject_time must be a positive number of ms" },
+        { { eject_time = 2000, eject_max = 1000 },
+          "option eject_max must be a number of ms >= eject_time" },
+        { { keep_idle_bytes = 2 }, "option keep_idle_bytes must be 0 or 1" },
+        { { hook_budget = 10 }, "option 'hook_budget' must be an integer in 1000..100000000" },
         { { io_timeout = -1 }, "option 'io_timeout' must be a number of ms >= 0" },
         { { max_per_peer = 2 ^ 40 }, "option 'max_per_peer' is out of range" },
       }
@@ -137,6 +149,23 @@ describe("peerpool", function()
         assert.error_matches(function() peerpool.new(case[1]) end, "peerpool.new: " .. case[2],
           nil, true)
       end
+    end)
+
+    it("takes keep_idle_bytes as a boolean", function()
+      peerpool.new({ keep_idle_bytes = true }):close()
+      peerpool.new({ keep_idle_bytes = false }):close()
+    end)
+
+    it("adds the peers of opts.peers", function()
+      local pool = peerpool.new { peers = { "127.0.0.1:7001", "[0:0::1]:7002" } }
+      local addrs = {}
+      for _, v in ipairs(pool:peers()) do addrs[#addrs + 1] = v.addr end
+      assert.same({ "127.0.0.1:7001", "[::1]:7002" }, addrs)
+      pool:close()
+      assert.error_matches(function() peerpool.new { peers = { "localhost:1" } } end,
+        "peerpool.new: peers[1]: host must be a numeric IPv4 address", nil, true)
+      assert.error_matches(function() peerpool.new { peers = "127.0.0.1:1" } end,
+        "peerpool.new: option 'peers' must be a list of addresses", nil, true)
     end)
 
     it("raises when the options are not a table", function()

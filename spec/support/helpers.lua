@@ -153,23 +153,20 @@ function H.test(fn)
   end
 end
 
--- Run `code` in a new lua5.4 process that sees the same module paths. Returns
--- ok (exited with 0), the exit code, stdout, stderr.
+-- Run `code` with `lua5.4 -e` in a new process that sees the same module paths (and, in the
+-- sanitizer build, inherits LD_PRELOAD). Returns ok (exited with 0), the exit code, stdout,
+-- stderr.
 function H.child(code)
   local prelude = string.format("package.path = %q; package.cpath = %q; ", package.path,
     package.cpath)
-  local script = os.tmpname()
-  local f = assert(io.open(script, "w"))
-  f:write(prelude, code)
-  f:close()
+  local quoted = "'" .. (prelude .. code):gsub("'", "'\\''") .. "'"
   local errfile = os.tmpname()
-  local p = assert(io.popen(string.format("lua5.4 %s 2>%s", script, errfile)))
+  local p = assert(io.popen(string.format("lua5.4 -e %s 2>%s", quoted, errfile)))
   local out = p:read("a")
   local ok, _, status = p:close()
   local ef = assert(io.open(errfile))
   local err = ef:read("a")
   ef:close()
-  os.remove(script)
   os.remove(errfile)
   return ok == true, status, out, err
 end

@@ -86,6 +86,16 @@ static void on_acquired(pp_lease_t *lease, int status) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
     lua_State *co = lua_tothread(L, -1);
     lua_pop(L, 1);
+    if (lua_status(co) != LUA_YIELD) {
+      /* The coroutine was closed while it waited: nobody will take the conn. */
+      if (status == 0) {
+        c->state = LPP_CONN_DONE;
+        pp_release(&c->lease, 0);
+      }
+      unref(L, &c->co_ref);
+      unref(L, &c->self_ref);
+      return;
+    }
     int n;
     if (status == 0) {
       lua_rawgeti(co, LUA_REGISTRYINDEX, c->self_ref);
@@ -200,6 +210,12 @@ static void finish_receive(lpp_conn_t *c, int err) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
   lua_State *co = lua_tothread(L, -1);
   lua_pop(L, 1);
+  if (lua_status(co) != LUA_YIELD) { /* closed while it waited: leave the data buffered */
+    c->want_kind = 0;
+    unref(L, &c->co_ref);
+    unref(L, &c->self_ref);
+    return;
+  }
   int n = err ? push_receive_end(co, c, err) : take(co, c);
   c->want_kind = 0;
   unref(L, &c->co_ref);
@@ -411,6 +427,14 @@ static int l_close(lua_State *L) {
   return 1;
 }
 
+/* __close: released, or closed as broken when the scope is left by an error. */
+static int l_close_scope(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  if (c->state == LPP_CONN_HOOK) return 0;
+  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : PP_EBROKEN);
+  return 0;
+}
+
 static int l_gc(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK && c->hook_conn) hook_conn_detach(c);
@@ -461,7 +485,7 @@ void lpp_conn_open(lua_State *L) {
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_gc);
     lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_release);
+    lua_pushcfunction(L, l_close_scope);
     lua_setfield(L, -2, "__close");
     lua_pushcfunction(L, l_tostring);
     lua_setfield(L, -2, "__tostring");

@@ -35,11 +35,13 @@ static void deliver(lpp_notice_t *n) {
     lua_State *co = lua_tothread(L, -1);
     lua_pop(L, 1);
     unref(L, &n->co_ref);
+    if (lua_status(co) != LUA_YIELD) goto callback; /* closed while it waited */
     int nres = 1;
     if (n->status == 0) lua_pushboolean(co, 1);
     else nres = lpp_push_error(co, n->status, NULL);
     lpp_resume(L, co, nres, p);
   }
+callback:
   if (n->cb_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, n->cb_ref);
     unref(L, &n->cb_ref);
@@ -84,6 +86,7 @@ static void on_wait_timeout(uv_timer_t *timer) {
   lua_State *co = lua_tothread(L, -1);
   lua_pop(L, 1);
   unref(L, &n->co_ref);
+  if (lua_status(co) != LUA_YIELD) return;
   int nres = lpp_push_error(co, PP_ETIMEDOUT, "capacity did not free in time");
   lpp_resume(L, co, nres, n->owner);
 }

@@ -173,7 +173,12 @@ int luaopen_peerpool(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "luv");
   lua_call(L, 1, 1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &luv_key);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &luv_key); /* the first luv table: it owns the loop */
+  } else {
+    lua_pop(L, 2);
+  }
   lua_getfield(L, LUA_REGISTRYINDEX, "luv_context");
   luv_ctx_t *ctx = lua_touserdata(L, -1);
   lua_pop(L, 1);

@@ -5,11 +5,20 @@ local pool_methods = pool_mt.__index
 
 local pack, unpack = table.pack, table.unpack
 
+-- Methods written here check their self the way luaL_checkudata does in the C ones.
+local function check_pool(self, fname)
+  if getmetatable(self) ~= pool_mt then
+    local got = type(self) == "userdata" and tostring(self):match("^[%w._]+") or type(self)
+    error(string.format("bad argument #1 to '%s' (peerpool.pool expected, got %s)", fname, got), 3)
+  end
+end
+
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
 -- end the lease whatever happens: released when fn returns, closed (released as broken, since
 -- the protocol state is unknown) when fn raises, and the error is raised again. Returns what
 -- fn returns, or nil, code, detail when the acquire fails.
 function pool_methods:with(peer, fn, opts)
+  check_pool(self, "with")
   if type(peer) == "function" then peer, fn, opts = nil, peer, fn end
   if type(fn) ~= "function" then
     error("bad argument #2 to 'with' (function expected, got " .. type(fn) .. ")", 2)
@@ -108,6 +117,7 @@ end
 --- pool:metrics([labels]): the pool's stats as Prometheus text exposition; `labels` (a table of
 -- name = value) is added to every sample, e.g. { pool = "redis" }.
 function pool_methods:metrics(labels)
+  check_pool(self, "metrics")
   if labels ~= nil and type(labels) ~= "table" then
     error("bad argument #1 to 'metrics' (table of labels expected, got " .. type(labels) .. ")", 2)
   end
@@ -190,6 +200,7 @@ end
 --- pool:load_policy(path_or_table): swap the whole policy at once; conns are untouched.
 -- Returns true, or nil and a message (the previous policy stays active).
 function pool_methods:load_policy(source)
+  check_pool(self, "load_policy")
   if type(source) ~= "string" and type(source) ~= "table" then
     error("bad argument #1 to 'load_policy' (path or table expected, got " .. type(source) .. ")", 2)
   end
@@ -316,6 +327,7 @@ end
 local c_close = pool_methods.close
 --- pool:close(): also saves the address book, if the pool has one.
 function pool_methods:close()
+  check_pool(self, "close")
   local book = books[self]
   if book then
     books[self] = nil

@@ -1,0 +1,146 @@
+-- redis: a complete policy for a pool of Redis connections (one pool per Redis server or per
+-- group of replicas). Every new conn runs a handshake that pipelines, in one round trip,
+--
+--   AUTH [username] password   (if `password` is set)
+--   SELECT db                  (if `db` is not 0)
+--   CLIENT SETNAME name        (if `client_name` is set)
+--   PING
+--
+-- and expects +OK for each and +PONG last; anything else fails the attempt (error
+-- "handshake_failed"). The ping hook sends PING and expects +PONG; the pool runs it on a conn
+-- that idled longer than `ping_after` before lending it, and on conns idle for `keepalive` ms.
+-- Selection is least loaded; backoff is exponential with full jitter, and a refused AUTH
+-- (wrong password) burns the server at once unless `burn_auth` is false, so a misconfigured
+-- client stops hammering it (other handshake failures, like -LOADING, only back off).
+--
+-- Commands are sent in RESP (arrays of bulk strings), which any Redis accepts.
+--
+-- Options (redis.new{...}):
+--   password = false      AUTH password
+--   username = false      ACL user (Redis 6+), with password
+--   db = 0                SELECT this database
+--   client_name = false   CLIENT SETNAME
+--   burn_auth = true      burn a server that refuses the password
+--   backoff = {}          options of backoff_exponential (base_ms, cap_ms, burn_after, burn_on)
+--   ping_after = 30000    pool option: ping a conn idle this long before lending it
+--   keepalive = 60000     pool option: ping idle conns this often
+--
+-- The pool options to use with it are in `.pool_options` (a fresh table each time):
+--   { max_per_peer = 16, client_limit = 1, connect_timeout = 2000, handshake_timeout = 2000,
+--     retries = 2, ping_after = 30000, keepalive = 60000, idle_timeout = 300000 }
+--
+-- Example:
+--   local redis = require "peerpool.policies.redis".new{ password = os.getenv "REDIS_PASS" }
+--   local opts = redis.pool_options
+--   opts.policy, opts.peers = redis, { "127.0.0.1:6379" }
+--   local pool = peerpool.new(opts)
+--   peerpool.run(function()
+--     local conn = assert(pool:acquire())
+--     conn:send(redis.command("GET", "greeting"))
+--     print(conn:receive("*l"), conn:receive("*l"))   -- $5, hello
+--     conn:release()
+--   end)
+local options = require "peerpool.policies.options"
+local least_loaded = require "peerpool.policies.least_loaded"
+local backoff_exponential = require "peerpool.policies.backoff_exponential"
+
+local DEFAULTS = {
+  password = { false, "string_or_false" },
+  username = { false, "string_or_false" },
+  db = { 0, "integer" },
+  client_name = { false, "string_or_false" },
+  burn_auth = { true, "boolean" },
+  backoff = { {}, "table" },
+  ping_after = { 30000, "integer" },
+  keepalive = { 60000, "integer" },
+}
+
+--- redis.command(...): the RESP encoding of one command, e.g. command("SET", "k", "v").
+local function command(...)
+  local n = select("#", ...)
+  local parts = { "*" .. n .. "\r\n" }
+  for i = 1, n do
+    local arg = tostring((select(i, ...)))
+    parts[#parts + 1] = "$" .. #arg .. "\r\n" .. arg .. "\r\n"
+  end
+  return table.concat(parts)
+end
+
+local function new(opts)
+  local o = options.check("policy.redis", opts, DEFAULTS)
+  if o.username and not o.password then
+    error("policy.redis.password must be set with username", 2)
+  end
+  local M = {
+    name = "redis",
+    description = "Redis: AUTH/SELECT/PING handshake, PING health checks",
+  }
+  local backoff_opts = o.backoff
+  local ok, backoff = pcall(backoff_exponential.new, backoff_opts)
+  if not ok then error((tostring(backoff):gsub("policy%.backoff", "policy.redis.backoff")), 2) end
+  local burn_auth = o.burn_auth
+  local auth_failed = {} -- peer address -> true: its last handshake failed on AUTH
+
+  -- The handshake: every command and the reply each one must get, in one write.
+  local script, expect = {}, {}
+  if o.password then
+    if o.username then
+      script[#script + 1] = command("AUTH", o.username, o.password)
+    else
+      script[#script + 1] = command("AUTH", o.password)
+    end
+    expect[#expect + 1] = "+OK"
+  end
+  if o.db ~= 0 then
+    script[#script + 1] = command("SELECT", o.db)
+    expect[#expect + 1] = "+OK"
+  end
+  if o.client_name then
+    script[#script + 1] = command("CLIENT", "SETNAME", o.client_name)
+    expect[#expect + 1] = "+OK"
+  end
+  script[#script + 1] = command("PING")
+  expect[#expect + 1] = "+PONG"
+  script = table.concat(script)
+  local PING = command("PING")
+
+  M.select_peer = least_loaded.select_peer
+  M.select_conn = least_loaded.select_conn
+  -- A server that refuses our password is burned at once (retrying cannot help); any other
+  -- failure (refused connect, -LOADING while Redis starts, ...) backs off.
+  function M.backoff(attempt, err, peer)
+    local addr = peer and peer.addr
+    if addr and auth_failed[addr] then
+      auth_failed[addr] = nil
+      if burn_auth and err == "handshake_failed" then return false end
+    end
+    return backoff.backoff(attempt, err, peer)
+  end
+
+  function M.handshake(conn)
+    if not conn:send(script) then return false end
+    for i, want in ipairs(expect) do
+      local line = conn:receive("*l")
+      if line ~= want then
+        if i == 1 and o.password then auth_failed[conn.peer] = true end
+        return false
+      end
+    end
+    return true
+  end
+
+  function M.ping(conn)
+    if not conn:send(PING) then return false end
+    return conn:receive("*l") == "+PONG"
+  end
+
+  local function pool_options()
+    return { max_per_peer = 16, client_limit = 1, connect_timeout = 2000,
+      handshake_timeout = 2000, retries = 2, ping_after = o.ping_after, keepalive = o.keepalive,
+      idle_timeout = 300000 }
+  end
+
+  return options.instance(M, new, o, { command = command }, { pool_options = pool_options })
+end
+
+return new()

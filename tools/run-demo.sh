@@ -1,6 +1,21 @@
 #!/bin/sh
-# `make run`: the demo. $1 is the build dir; further arguments go to the demo.
+# `make run`: the demo (scripts/demo.lua) through the host program. $1 is the build dir;
+# further arguments: the host's REPL options (--repl, -i, --repl-socket PATH) go to the host,
+# the rest (seconds, workers) to the demo. E.g. `make run ARGS="--repl"`, `make run ARGS=5`.
 set -e
 build=$1
 shift
-exec "$build/pp_demo" "$@"
+here=$(dirname "$0")
+host_opts=""
+demo_args=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --repl|-i) host_opts="$host_opts $1" ;;
+    --repl-socket) host_opts="$host_opts $1 $2"; shift ;;
+    --repl-socket=*) host_opts="$host_opts $1" ;;
+    *) demo_args="$demo_args $1" ;;
+  esac
+  shift
+done
+# shellcheck disable=SC2086
+exec "$build/bin/peerpool" $host_opts "$here/../scripts/demo.lua" $demo_args

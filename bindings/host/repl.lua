@@ -9,7 +9,7 @@
 local H, uv = ...
 
 local M = {}
-local pack, unpack, concat, sort = table.pack, table.unpack, table.concat, table.sort
+local pack, concat, sort = table.pack, table.concat, table.sort
 local fmt = string.format
 
 -- ---- pretty printer -------------------------------------------------------------------------
@@ -201,7 +201,11 @@ end
 local function handler(e)
   if type(e) ~= "string" then
     local mt = getmetatable(e)
-    e = (mt and mt.__tostring) and safe_tostring(e) or ("(error object is a " .. type(e) .. " value) " .. pretty(e))
+    if mt and mt.__tostring then
+      e = safe_tostring(e)
+    else
+      e = "(error object is a " .. type(e) .. " value) " .. pretty(e)
+    end
   end
   return debug.traceback(e, 2)
 end
@@ -344,7 +348,8 @@ function Session:interrupt()
   if self.busy then
     self.detached[self.busy] = true
     self.busy = nil
-    self:out("(interrupted: the line goes on in the background; its results will be shown when it ends)")
+    self:out("(interrupted: the line goes on in the background; its results will be shown " ..
+      "when it ends)")
   end
   self.buffer = nil
   self:pump()
@@ -442,14 +447,18 @@ function helpers.watch(pool, ms)
   if not s then error("watch() runs at the REPL prompt", 2) end
   if pool == nil then
     local list = peerpool_module().pools()
-    if #list ~= 1 then error(fmt("watch(pool [, ms]): name the pool (%d are open; see pools())", #list), 2) end
+    if #list ~= 1 then
+      error(fmt("watch(pool [, ms]): name the pool (%d are open; see pools())", #list), 2)
+    end
     pool = list[1]
   end
   if type(pool) ~= "userdata" and type(pool) ~= "table" then
     error("bad argument #1 to 'watch' (pool expected, got " .. type(pool) .. ")", 2)
   end
   ms = ms == nil and 1000 or tonumber(ms)
-  if not ms or ms < 10 then error("bad argument #2 to 'watch' (interval in ms >= 10 expected)", 2) end
+  if not ms or ms < 10 then
+    error("bad argument #2 to 'watch' (interval in ms >= 10 expected)", 2)
+  end
   local co = coroutine.running()
   local timer = uv.new_timer()
   local prev, stopped
@@ -634,7 +643,9 @@ local function socket_session(client)
     if client:is_closing() then return end
     if framed then pcall(send, frame("b", tostring(s.errors))) end
     client:read_stop()
-    local ok = pcall(client.shutdown, client, function() if not client:is_closing() then client:close() end end)
+    local ok = pcall(client.shutdown, client, function()
+      if not client:is_closing() then client:close() end
+    end)
     if not ok and not client:is_closing() then client:close() end
   end
   sess = Session.new(io, true)

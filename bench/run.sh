@@ -2,6 +2,9 @@
 # Run the benchmarks from a build dir and record the figures in docs/bench.md.
 # usage: sh bench/run.sh [BUILD_DIR [bench_idle options]]   (BUILD_DIR defaults to build,
 # relative to the current directory; the options are listed at the top of bench_idle.c)
+# Steps: bench_idle (C API idle acquire + release), then the PING benchmark against two
+# redis-servers (bench/ping/run.sh, which installs what it needs; it also writes
+# docs/bench-ping.png). PP_BENCH=idle or PP_BENCH=ping runs only that step.
 set -eu
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,4 +29,15 @@ fi
 export PP_BENCH_COMMIT
 mkdir -p "$ROOT/docs"
 if [ $# -gt 0 ]; then shift; fi  # the rest goes to bench_idle
-exec "$BIN" --out "$ROOT/docs/bench.md" "$@"
+STEPS=${PP_BENCH:-idle,ping}
+failed=""
+case ",$STEPS," in *,idle,*)
+  "$BIN" --out "$ROOT/docs/bench.md" "$@" || failed="$failed bench_idle" ;;
+esac
+case ",$STEPS," in *,ping,*)
+  sh "$ROOT/bench/ping/run.sh" "$BUILD" || failed="$failed ping" ;;
+esac
+if [ -n "$failed" ]; then
+  echo "bench: failed:$failed" >&2
+  exit 1
+fi

@@ -1,0 +1,170 @@
+/*
+ * ping_c — the PING workload through peerpool's C API.
+ *
+ * One pool on one uv loop, every peer of --peers added to it, max_per_peer = ceil(C / peers),
+ * max_total = C, client_limit 1. C clients run concurrently; each request is:
+ *
+ *   pp_try_acquire(pool, &lease, NULL, NULL)   the synchronous fast path (any peer: the
+ *                                              pool's default selection picks it)
+ *     or, when it says PP_EAGAIN (no idle conn: only while the pool fills),
+ *   pp_acquire(pool, &lease, NULL, NULL, cb)   which dials or queues;
+ *   pp_conn_read_start + pp_conn_write("PING\r\n");
+ *   read until "+PONG\r\n" is complete, pp_conn_read_stop, pp_release(&lease, 0),
+ *   and the client's next request starts right there, in the read callback.
+ *
+ * First every client does --warmup requests (untimed: this is when the pool dials its conns),
+ * then --requests / C each, timed. Any error (a failed acquire, a read error, a reply other than
+ * +PONG) ends the program with a message: the figures are only printed for a clean run.
+ * The RESULT line is described in common.h.
+ */
+#include "common.h"
+#include "peerpool.h"
+
+typedef struct {
+  pp_lease_t lease;
+  pp_write_t wreq[2]; /* a write's callback may still be pending when the next one starts */
+  int wbusy[2];
+  int wnext;
+  long left;
+  uint64_t t0;
+  char buf[64];
+  size_t len;
+} client_t;
+
+static ping_args_t args;
+static uv_loop_t *loop;
+static pp_pool_t *pool;
+static client_t *clients;
+static int phase; /* 0 warm-up, 1 timed */
+static int running;
+static uint32_t *lat;
+static long nlat;
+static char ping_bytes[] = "PING\r\n";
+
+static void start_request(client_t *c);
+
+static void fail(const char *what, int err) {
+  ping_die("c", "%s: %s (%s)", what, pp_err_name(err), pp_strerror(err));
+}
+
+static void on_written(pp_write_t *req, int status) {
+  int *busy = req->data;
+  *busy = 0;
+  if (status != 0) fail("write", status);
+}
+
+static void client_done(client_t *c) {
+  if (--running == 0) uv_stop(loop);
+}
+
+static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg) {
+  client_t *c = arg;
+  if (nread < 0) fail("read", (int)nread);
+  if (c->len + (size_t)nread > sizeof c->buf) ping_die("c", "reply too long");
+  memcpy(c->buf + c->len, data, (size_t)nread);
+  c->len += (size_t)nread;
+  if (memchr(c->buf, '\n', c->len) == NULL) return;
+  if (c->len != 7 || memcmp(c->buf, "+PONG\r\n", 7) != 0)
+    ping_die("c", "unexpected reply '%.*s'", (int)c->len, c->buf);
+  uint64_t t = ping_now_ns();
+  if (phase == 1) lat[nlat++] = ping_clamp_ns(t - c->t0);
+  c->len = 0;
+  pp_conn_read_stop(conn);
+  int r = pp_release(&c->lease, 0);
+  if (r != 0) fail("pp_release", r);
+  if (--c->left > 0)
+    start_request(c);
+  else
+    client_done(c);
+}
+
+static void granted(client_t *c) {
+  pp_conn_t *conn = c->lease.conn;
+  int r = pp_conn_read_start(conn, on_read, c);
+  if (r != 0) fail("pp_conn_read_start", r);
+  int w = c->wnext;
+  if (c->wbusy[w]) w ^= 1;
+  if (c->wbusy[w]) ping_die("c", "two writes still pending on one client");
+  c->wnext = w ^ 1;
+  c->wbusy[w] = 1;
+  c->wreq[w].data = &c->wbusy[w];
+  uv_buf_t buf = uv_buf_init(ping_bytes, 6);
+  r = pp_conn_write(&c->wreq[w], conn, &buf, 1, on_written);
+  if (r != 0) fail("pp_conn_write", r);
+}
+
+static void on_acquired(pp_lease_t *lease, int status) {
+  if (status != 0) fail("pp_acquire (callback)", status);
+  granted(lease->data);
+}
+
+static void start_request(client_t *c) {
+  c->t0 = ping_now_ns();
+  int r = pp_try_acquire(pool, &c->lease, NULL, NULL);
+  if (r == 0) {
+    granted(c);
+    return;
+  }
+  if (r != PP_EAGAIN) fail("pp_try_acquire", r);
+  r = pp_acquire(pool, &c->lease, NULL, NULL, on_acquired);
+  if (r != 0) fail("pp_acquire", r);
+}
+
+static void run_phase(long per_client) {
+  running = args.clients;
+  for (int i = 0; i < args.clients; i++) {
+    clients[i].left = per_client;
+    start_request(&clients[i]);
+  }
+  while (running > 0)
+    uv_run(loop, UV_RUN_DEFAULT);
+}
+
+static void pool_closed(pp_pool_t *p) {
+  pool = NULL;
+}
+
+int main(int argc, char **argv) {
+  ping_parse_args(&args, "c", argc, argv);
+  loop = uv_default_loop();
+  pp_options_t o;
+  pp_options_init(&o);
+  o.max_per_peer = (args.clients + args.npeers - 1) / args.npeers;
+  o.max_total = args.clients;
+  o.client_limit = 1;
+  const char *why = NULL;
+  int r = pp_pool_new(loop, &o, &pool, &why);
+  if (r != 0) ping_die("c", "pp_pool_new: %s", why ? why : pp_strerror(r));
+  for (int i = 0; i < args.npeers; i++) {
+    r = pp_pool_add_peer(pool, args.peers[i], 0, NULL, &why);
+    if (r != 0) ping_die("c", "pp_pool_add_peer(%s): %s", args.peers[i], why ? why : "?");
+  }
+  clients = calloc((size_t)args.clients, sizeof *clients);
+  lat = malloc(sizeof *lat * (size_t)args.requests);
+  if (clients == NULL || lat == NULL) ping_die("c", "out of memory");
+  for (int i = 0; i < args.clients; i++)
+    clients[i].lease.data = &clients[i];
+
+  if (args.warmup > 0) run_phase(args.warmup);
+  phase = 1;
+  ping_mark_t t0, t1;
+  ping_mark(&t0);
+  run_phase(args.requests / args.clients);
+  ping_mark(&t1);
+
+  pp_stats_t st;
+  pp_pool_stats(pool, &st);
+  fprintf(stderr,
+          "ping_c: pool: %d conns; acquires %llu (immediate %llu, dialed %llu, waited %llu); "
+          "connects %llu\n",
+          st.conns, (unsigned long long)st.acquires, (unsigned long long)st.acquired_immediate,
+          (unsigned long long)st.acquired_dialed, (unsigned long long)st.acquired_waited,
+          (unsigned long long)st.connects_ok);
+  ping_report(&args, &t0, &t1, lat, nlat, 0);
+
+  pp_pool_close(pool, pool_closed);
+  while (pool != NULL)
+    uv_run(loop, UV_RUN_DEFAULT);
+  uv_run(loop, UV_RUN_DEFAULT);
+  return uv_loop_close(loop) != 0;
+}

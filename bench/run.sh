@@ -4,7 +4,8 @@
 # relative to the current directory; the options are listed at the top of bench_idle.c)
 # Steps: bench_idle (C API idle acquire + release), then the PING benchmark against two
 # redis-servers (bench/ping/run.sh, which installs what it needs; it also writes
-# docs/bench-ping.png). PP_BENCH=idle or PP_BENCH=ping runs only that step.
+# docs/bench-ping.png), then the cost of Lua policy hooks on the acquire path
+# (bench/hook_overhead.lua). PP_BENCH=idle, ping or hooks runs only that step.
 set -eu
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,13 +30,17 @@ fi
 export PP_BENCH_COMMIT
 mkdir -p "$ROOT/docs"
 if [ $# -gt 0 ]; then shift; fi  # the rest goes to bench_idle
-STEPS=${PP_BENCH:-idle,ping}
+STEPS=${PP_BENCH:-idle,ping,hooks}
 failed=""
 case ",$STEPS," in *,idle,*)
   "$BIN" --out "$ROOT/docs/bench.md" "$@" || failed="$failed bench_idle" ;;
 esac
 case ",$STEPS," in *,ping,*)
   sh "$ROOT/bench/ping/run.sh" "$BUILD" || failed="$failed ping" ;;
+esac
+case ",$STEPS," in *,hooks,*)
+  LUA_CPATH="$BUILD/lua/?.so;;" lua5.4 "$ROOT/bench/hook_overhead.lua" --out "$ROOT/docs/bench.md" \
+    || failed="$failed hooks" ;;
 esac
 if [ -n "$failed" ]; then
   echo "bench: failed:$failed" >&2

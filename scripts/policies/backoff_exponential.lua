@@ -30,7 +30,7 @@ local DEFAULTS = {
 
 local function new(opts)
   local o = options.check("policy.backoff", opts, DEFAULTS)
-  if o.cap_ms < o.base_ms then error("policy.backoff.cap_ms must be >= base_ms", 2) end
+  if o.cap_ms < o.base_ms then error("policy.backoff.cap_ms must be >= base_ms", 0) end
   local M = {
     name = "backoff_exponential",
     description = "exponential backoff with full jitter",

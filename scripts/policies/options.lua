@@ -65,12 +65,13 @@ O.kinds = {
     function(v) return v == false or is_string(v) end },
 }
 
---- options.check(where, opts, spec [, level]): opts (a table or nil) checked against `spec`
+--- options.check(where, opts, spec): opts (a table or nil) checked against `spec`
 -- (name = { default, kind }); returns a new table with every option set. Raises an error naming
 -- the dotted field ("policy.backoff.base_ms must be a positive number") for a wrong value or an
--- unknown name; `level` is the error level relative to the caller of check's caller.
-function O.check(where, opts, spec, level)
-  level = (level or 1) + 2
+-- unknown name. The message carries no position: pool:load_policy(path) prefixes it with the
+-- script's path, and `return mod.new{...}` (a tail call) would lose the line anyway.
+function O.check(where, opts, spec)
+  local level = 0
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then
     error(where .. " options must be a table (got " .. type(opts) .. ")", level)
@@ -80,8 +81,8 @@ function O.check(where, opts, spec, level)
   table.sort(names)
   for k in pairs(opts) do
     if type(k) ~= "string" or spec[k] == nil then
-      error(string.format("%s.%s is not an option (options: %s)", where, tostring(k),
-        table.concat(names, ", ")), level)
+      error(string.format("%s.%s is not an option (%s)", where, tostring(k),
+        #names == 0 and "it takes none" or "options: " .. table.concat(names, ", ")), level)
     end
   end
   local out = {}

@@ -64,15 +64,13 @@ local DEFAULTS = {
 
 local function new(opts)
   local o = options.check("policy.p2p", opts, DEFAULTS)
-  local function sub(fn, sub_opts)
-    local ok, res = pcall(fn, sub_opts)
-    if not ok then error((tostring(res):gsub("^policy%.%a+", "policy.p2p")), 3) end
-    return res
+  if o.backoff_cap_ms < o.backoff_base_ms then
+    error("policy.p2p.backoff_cap_ms must be >= backoff_base_ms", 2)
   end
-  local dns = sub(seed_dns.new, { names = o.dns_seeds, port = o.port })
-  local fixed = sub(seed_static.new, { addrs = o.fixed_seeds })
-  local backoff = sub(backoff_exponential.new, { base_ms = o.backoff_base_ms,
-    cap_ms = o.backoff_cap_ms, burn_after = o.burn_after, burn_on = o.burn_on })
+  local dns = seed_dns.new { names = o.dns_seeds, port = o.port }
+  local fixed = seed_static.new { addrs = o.fixed_seeds }
+  local backoff = backoff_exponential.new { base_ms = o.backoff_base_ms,
+    cap_ms = o.backoff_cap_ms, burn_after = o.burn_after, burn_on = o.burn_on }
   local random = o.random or math.random
   local hello = "VERSION " .. o.version .. "\r\n"
   local expect = o.expect

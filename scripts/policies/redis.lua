@@ -69,7 +69,7 @@ end
 local function new(opts)
   local o = options.check("policy.redis", opts, DEFAULTS)
   if o.username and not o.password then
-    error("policy.redis.password must be set with username", 2)
+    error("policy.redis.password must be set with username", 0)
   end
   local M = {
     name = "redis",
@@ -77,7 +77,7 @@ local function new(opts)
   }
   local backoff_opts = o.backoff
   local ok, backoff = pcall(backoff_exponential.new, backoff_opts)
-  if not ok then error((tostring(backoff):gsub("policy%.backoff", "policy.redis.backoff")), 2) end
+  if not ok then error((tostring(backoff):gsub("policy%.backoff", "policy.redis.backoff")), 0) end
   local burn_auth = o.burn_auth
   local auth_failed = {} -- peer address -> true: its last handshake failed on AUTH
 

@@ -65,7 +65,7 @@ local DEFAULTS = {
 local function new(opts)
   local o = options.check("policy.p2p", opts, DEFAULTS)
   if o.backoff_cap_ms < o.backoff_base_ms then
-    error("policy.p2p.backoff_cap_ms must be >= backoff_base_ms", 2)
+    error("policy.p2p.backoff_cap_ms must be >= backoff_base_ms", 0)
   end
   local dns = seed_dns.new { names = o.dns_seeds, port = o.port }
   local fixed = seed_static.new { addrs = o.fixed_seeds }

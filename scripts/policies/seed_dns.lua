@@ -39,7 +39,7 @@ local function new(opts)
     if port and (port < 1 or port > 65535) then port = nil end
     if not port then
       error(string.format("policy.seed.port must be a port number (1..65535) (names[%d] %q " ..
-        "has no port of its own)", i, name), 2)
+        "has no port of its own)", i, name), 0)
     end
     names[i] = { host, port }
   end

@@ -322,12 +322,24 @@ static int l_send(lua_State *L) {
   lpp_conn_t *c = check_conn(L, 1);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
-  if (lpp_conn_of(c) == NULL) return lpp_push_error(L, PP_ECLOSED, NULL);
-  write_t *w = malloc(sizeof(*w) + len);
+  pp_conn_t *conn = lpp_conn_of(c);
+  if (conn == NULL) return lpp_push_error(L, PP_ECLOSED, NULL);
+  /* Most sends fit the socket buffer at once: no copy, no queued write. */
+  uv_buf_t first = uv_buf_init((char *)data, (unsigned int)len);
+  int done = len > 0 ? pp_conn_try_write(conn, &first, 1) : 0;
+  if (done < 0 && done != UV_EAGAIN)
+    return lpp_push_error(L, done == UV_EOF ? PP_ECLOSED : done, NULL);
+  if (done < 0) done = 0;
+  if ((size_t)done == len) {
+    lua_pushinteger(L, (lua_Integer)len);
+    return 1;
+  }
+  size_t rest = len - (size_t)done;
+  write_t *w = malloc(sizeof(*w) + rest);
   if (w == NULL) return luaL_error(L, "out of memory");
-  memcpy(w->data, data, len);
-  uv_buf_t buf = uv_buf_init(w->data, (unsigned int)len);
-  int err = pp_conn_write(&w->req, lpp_conn_of(c), &buf, 1, on_written);
+  memcpy(w->data, data + done, rest);
+  uv_buf_t buf = uv_buf_init(w->data, (unsigned int)rest);
+  int err = pp_conn_write(&w->req, conn, &buf, 1, on_written);
   if (err) {
     free(w);
     return lpp_push_error(L, err == UV_EOF ? PP_ECLOSED : err, NULL);

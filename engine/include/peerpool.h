@@ -444,6 +444,12 @@ struct pp_write_s {
 int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs,
                   pp_write_cb cb);
 
+/* Write what the socket takes right now, without queueing (uv_try_write): the number of
+ * bytes written (maybe fewer than asked), UV_EAGAIN when none could be, PP_ECLOSED, or the
+ * stored error of a broken conn. No callback; counts bytes and, when all was written, one
+ * message. Writing this way first saves a queued write and its poll re-arm on the hot path. */
+int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs);
+
 /* Complete the handshake / ping started by the policy hook. status 0 = success. Returns 0 or
  * PP_ESTATE if no handshake/ping is running on the conn. */
 int pp_conn_handshake_done(pp_conn_t *conn, int status);

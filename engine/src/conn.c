@@ -579,14 +579,44 @@ static void on_write(uv_write_t *w, int status) {
   req->cb_(req, status);
 }
 
-int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs,
-                  pp_write_cb cb) {
-  if (req == NULL || conn == NULL || cb == NULL || (bufs == NULL && nbufs > 0)) return PP_EINVAL;
+static int writable(const pp_conn_t *conn) {
   if (conn->phase == PP_CONN_CLOSED || conn->hstate != H_OPEN)
     return conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
   if (conn->phase != PP_CONN_READY && conn->phase != PP_CONN_HANDSHAKE &&
       conn->phase != PP_CONN_PINGING)
     return PP_ESTATE;
+  return 0;
+}
+
+int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs) {
+  if (conn == NULL || (bufs == NULL && nbufs > 0)) return PP_EINVAL;
+  int err = writable(conn);
+  if (err) return err;
+  /* Queued writes go first: writing past them would reorder the stream. */
+  if (uv_stream_get_write_queue_size(&conn->h.stream) > 0) return UV_EAGAIN;
+  int n = uv_try_write(&conn->h.stream, bufs, nbufs);
+  if (n < 0) {
+    if (n != UV_EAGAIN) pp__conn_io_error(conn, n);
+    return n;
+  }
+  size_t total = 0;
+  for (unsigned int i = 0; i < nbufs; i++) total += bufs[i].len;
+  conn->bytes_out += (uint64_t)n;
+  conn->peer->bytes_out += (uint64_t)n;
+  conn->pool->stats.bytes_out += (uint64_t)n;
+  if ((size_t)n == total) {
+    conn->msgs_out++;
+    conn->peer->msgs_out++;
+    conn->pool->stats.msgs_out++;
+  }
+  return n;
+}
+
+int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs,
+                  pp_write_cb cb) {
+  if (req == NULL || conn == NULL || cb == NULL || (bufs == NULL && nbufs > 0)) return PP_EINVAL;
+  int err = writable(conn);
+  if (err) return err;
   size_t bytes = 0;
   for (unsigned int i = 0; i < nbufs; i++) bytes += bufs[i].len;
   req->conn_ = conn;

@@ -48,8 +48,8 @@ local function new(opts)
           bad = bad or string.format("%s:%d: bad timestamp %q (want Unix time in ms)", path, n,
             seen)
         else
-          local ok, _, why = ctx:add(addr, last_seen)
-          if not ok then
+          local ok, code, why = ctx:add(addr, last_seen)
+          if not ok and code == "invalid" then
             bad = bad or string.format("%s:%d: %s: %s", path, n, addr, tostring(why))
           end
         end

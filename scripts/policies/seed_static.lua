@@ -4,6 +4,10 @@
 -- address back (re-adding is the way out of burned), so keep addresses you want burned for
 -- good out of the list, or filter them (see p2p.lua).
 --
+-- An invalid address raises (after the others are added), so the mistake is logged and counted
+-- in stats().hooks.seed; an address refused for another reason (a filtering ctx, as in p2p.lua)
+-- is skipped.
+--
 -- Options (seed_static.new{...}):
 --   addrs = {}           the addresses: "1.2.3.4:8333", "[::1]:6379", "/run/app.sock"
 --
@@ -30,8 +34,8 @@ local function new(opts)
   function M.seed(ctx)
     local bad
     for _, addr in ipairs(addrs) do
-      local ok, _, why = ctx:add(addr)
-      if not ok and not bad then bad = addr .. ": " .. tostring(why) end
+      local ok, err, why = ctx:add(addr)
+      if not ok and err == "invalid" and not bad then bad = addr .. ": " .. tostring(why) end
     end
     if bad then error("seed_static: bad address " .. bad, 0) end
   end

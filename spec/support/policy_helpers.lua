@@ -2,7 +2,8 @@
 --
 --   P.test(fn)            H.test(fn), plus env:tmpname() files removed after the test and
 --                         env:node(opts) / env:redis(opts) / env:many(n, kind) servers
---   P.spy(fn)             a wrapper that records every call's arguments and results in .calls
+--   P.spy(fn)             a wrapper of fn, and the list where it records every call's
+--                         arguments and results ({ args = pack(...), res = pack(...) })
 --   P.write(path, text)   write a file
 --   P.read(path)          a file's text, or nil
 --   P.child(code, secs)   run `code` in a fresh lua5.4 with the module's paths under
@@ -77,13 +78,12 @@ function P.test(fn)
 end
 
 function P.spy(fn)
-  local spy = { calls = {} }
-  setmetatable(spy, { __call = function(_, ...)
+  local calls = {}
+  return function(...)
     local res = table.pack(fn(...))
-    spy.calls[#spy.calls + 1] = { args = table.pack(...), res = res }
+    calls[#calls + 1] = { args = table.pack(...), res = res }
     return table.unpack(res, 1, res.n)
-  end })
-  return spy
+  end, calls
 end
 
 function P.child(code, secs)

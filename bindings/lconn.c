@@ -355,9 +355,17 @@ static int l_send(lua_State *L) {
 static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   if (c->state != LPP_CONN_LEASED) return;
   int waiting = c->co_ref != LUA_NOREF;
-  if (waiting || (status == 0 && c->len > 0)) status = PP_EBROKEN;
+  if (waiting) status = PP_EBROKEN;
   if (c->reading && c->lease.conn) pp_conn_read_stop(c->lease.conn);
   c->reading = 0;
+  if (status == 0 && c->len > 0) {
+    /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;
+     * otherwise they are a reply nobody will read, and the conn is not clean. */
+    pp_pool_t *pool = c->owner->pool;
+    if (!pool || !pp_pool_options(pool)->keep_idle_bytes || !c->lease.conn ||
+        pp_conn_unread(c->lease.conn, c->buf, c->len) != 0)
+      status = PP_EBROKEN;
+  }
   c->state = LPP_CONN_DONE; /* before anything can run: a reentrant release is a no-op */
   pp_release(&c->lease, status);
   if (waiting) {
@@ -419,10 +427,16 @@ static int l_hook_done(lua_State *L) {
   return 0;
 }
 
+static void check_not_in_hook(lua_State *L, lpp_conn_t *c) {
+  if (c->state == LPP_CONN_LEASED && c->owner->in_sync_hook)
+    luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+}
+
 static int l_release(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK)
     return luaL_error(L, "a hook's conn goes back to the pool when the hook returns");
+  check_not_in_hook(L, c);
   int was = c->state == LPP_CONN_LEASED;
   end_lease(L, c, 0);
   lua_pushboolean(L, was);
@@ -433,6 +447,7 @@ static int l_close(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK)
     return luaL_error(L, "a hook fails its conn by returning false (or raising)");
+  check_not_in_hook(L, c);
   int was = c->state == LPP_CONN_LEASED;
   end_lease(L, c, PP_EBROKEN);
   lua_pushboolean(L, was);
@@ -443,6 +458,7 @@ static int l_close(lua_State *L) {
 static int l_close_scope(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK) return 0;
+  check_not_in_hook(L, c);
   end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : PP_EBROKEN);
   return 0;
 }

@@ -54,6 +54,9 @@ typedef struct lpp_pool_s {
   int cand_ref;             /* reusable candidates table */
   uint64_t hook_calls[LPP_HOOK_COUNT], hook_errors[LPP_HOOK_COUNT];
   uint64_t hook_logged_at[LPP_HOOK_COUNT], hook_suppressed[LPP_HOOK_COUNT];
+  int in_sync_hook;         /* inside select_peer/select_conn/backoff: the engine is mid-call */
+  uv_timer_t *book_timer;   /* periodic address-book save (ours, not luv's: see lpool.c) */
+  int book_fn_ref;
   struct lpp_pool_s *next, *prev; /* live pools, for pools() and the close-at-exit sentinel */
 } lpp_pool_t;
 
@@ -116,6 +119,9 @@ int lpp_l_pools(lua_State *L); /* peerpool.pools() */
 /* Push the pool userdata of `p` (nil if it is gone). */
 void lpp_push_pool(lua_State *L, lpp_pool_t *p);
 lpp_pool_t *lpp_check_pool(lua_State *L, int idx);
+/* lpp_check_pool for calls that change the pool: refused inside a synchronous policy hook,
+ * where the engine is in the middle of a decision. */
+lpp_pool_t *lpp_check_pool_mutable(lua_State *L, int idx);
 void lpp_push_peer_view(lua_State *L, pp_peer_t *peer);
 
 /* lconn.c */

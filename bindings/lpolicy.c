@@ -53,9 +53,11 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
 static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   lua_State *L = p->hook_L;
   p->hook_calls[hook]++;
+  p->in_sync_hook = 1; /* pool-changing calls from the hook raise (see lpp_check_pool_mutable) */
   lua_sethook(L, budget_hook, LUA_MASKCOUNT, p->budget);
   int rc = lua_pcall(L, nargs, 1, 0);
   lua_sethook(L, NULL, 0, 0);
+  p->in_sync_hook = 0;
   if (rc != LUA_OK) {
     lpp_hook_error(p, hook, lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -119,9 +121,10 @@ static void invalidate_views(lpp_pool_t *p, int n) {
 static int answer_index(lpp_pool_t *p, int hook, int n) {
   lua_State *L = p->hook_L;
   int idx = -1;
-  if (lua_isinteger(L, -1)) {
-    lua_Integer i = lua_tointeger(L, -1);
-    if (i >= 1 && i <= n) idx = (int)i - 1;
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    /* 2.0 counts as 2, as Lua's own functions take it. */
+    lua_Number d = lua_tonumber(L, -1);
+    if (d >= 1 && d <= n && d == floor(d)) idx = (int)d - 1;
   } else {
     view_t *v = luaL_testudata(L, -1, LPP_VIEW);
     if (v && v->valid && v->slot < n) idx = v->slot;

@@ -20,6 +20,13 @@ lpp_pool_t *lpp_check_pool(lua_State *L, int idx) {
   return p;
 }
 
+lpp_pool_t *lpp_check_pool_mutable(lua_State *L, int idx) {
+  lpp_pool_t *p = lpp_check_pool(L, idx);
+  if (p->in_sync_hook)
+    luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+  return p;
+}
+
 /* ---- options --------------------------------------------------------------------------- */
 
 typedef struct {
@@ -147,6 +154,7 @@ int lpp_l_new(lua_State *L) {
   p->L = st->L;
   p->io_timeout = io_timeout;
   p->budget = budget;
+  p->book_fn_ref = LUA_NOREF;
   lpp_policy_init(L, p);
   pool_link_t *link = malloc(sizeof(*link));
   if (link == NULL) return luaL_error(L, "peerpool.new: out of memory");
@@ -173,8 +181,50 @@ int lpp_l_new(lua_State *L) {
 }
 
 /* close(), __gc and __close: safe to run twice. */
+static void book_timer_closed(uv_handle_t *h) { free(h); }
+
+static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
+  if (p->book_timer) {
+    p->book_timer->data = NULL;
+    uv_close((uv_handle_t *)p->book_timer, book_timer_closed);
+    p->book_timer = NULL;
+  }
+  if (p->book_fn_ref != LUA_NOREF && p->book_fn_ref != 0)
+    luaL_unref(L, LUA_REGISTRYINDEX, p->book_fn_ref);
+  p->book_fn_ref = LUA_NOREF;
+}
+
+static void book_tick(uv_timer_t *t) {
+  lpp_pool_t *p = t->data;
+  if (p == NULL || p->pool == NULL || p->st->shutting_down) return;
+  lua_rawgeti(p->L, LUA_REGISTRYINDEX, p->book_fn_ref);
+  lpp_call(p->L, 0, p);
+}
+
+/* pool:_every(ms, fn): call fn every ms until the pool closes. A handle of our own rather than
+ * a luv timer: closing a luv handle just before the program ends crashes luv at lua_close. */
+static int l_every(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, ms > 0, 2, "interval must be > 0 ms");
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  stop_book_timer(L, p);
+  p->book_timer = malloc(sizeof(*p->book_timer));
+  if (p->book_timer == NULL) return luaL_error(L, "out of memory");
+  uv_timer_init(p->st->loop, p->book_timer);
+  p->book_timer->data = p;
+  uv_unref((uv_handle_t *)p->book_timer);
+  lua_pushvalue(L, 3);
+  p->book_fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_timer_start(p->book_timer, book_tick, (uint64_t)ms, (uint64_t)ms);
+  return 0;
+}
+
 static int l_close(lua_State *L) {
   lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
+  if (p->pool && p->in_sync_hook)
+    return luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+  stop_book_timer(L, p);
   if (p->pool) {
     pool_link_t *link = pp_pool_get_data(p->pool);
     link->p = NULL;
@@ -228,7 +278,7 @@ static void set_peer_meta(lua_State *L, int pool_idx, const char *addr, int tags
 
 /* pool:add_peer(addr [, last_seen] [, tags]) and pool:_add_peer(addr, last_seen, tags, source) */
 static int add_peer(lua_State *L, const char *source) {
-  lpp_pool_t *p = lpp_check_pool(L, 1);
+  lpp_pool_t *p = lpp_check_pool_mutable(L, 1);
   const char *addr = luaL_checkstring(L, 2);
   lua_Integer last_seen = 0;
   if (!lua_isnoneornil(L, 3)) {
@@ -298,17 +348,43 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
   }
 }
 
+/* Add source and tags (kept in the pool's user value) to the view on top of the stack. */
+static void add_view_meta(lua_State *L, int meta_idx) {
+  lua_getfield(L, -1, "addr");
+  if (lua_istable(L, meta_idx) && lua_rawget(L, meta_idx) == LUA_TTABLE) {
+    lua_getfield(L, -1, "source");
+    lua_setfield(L, -3, "source");
+    lua_getfield(L, -1, "tags");
+    lua_setfield(L, -3, "tags");
+  }
+  lua_pop(L, 1);
+}
+
+static void push_peer_meta(lua_State *L, int pool_idx) {
+  lua_getiuservalue(L, pool_idx, 1);
+  lua_getfield(L, -1, "peer_meta");
+  lua_remove(L, -2);
+}
+
+typedef struct {
+  lua_State *L;
+  int meta_idx;
+} view_arg_t;
+
 static int push_view_cb(pp_peer_t *peer, void *arg) {
-  lua_State *L = arg;
-  lpp_push_peer_view(L, peer);
-  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+  view_arg_t *a = arg;
+  lpp_push_peer_view(a->L, peer);
+  add_view_meta(a->L, a->meta_idx);
+  lua_rawseti(a->L, -2, (lua_Integer)luaL_len(a->L, -2) + 1);
   return 0;
 }
 
 static int l_peers(lua_State *L) {
   lpp_pool_t *p = lpp_check_pool(L, 1);
+  push_peer_meta(L, 1);
+  view_arg_t a = {L, lua_gettop(L)};
   lua_newtable(L);
-  pp_pool_foreach_peer(p->pool, push_view_cb, L);
+  pp_pool_foreach_peer(p->pool, push_view_cb, &a);
   return 1;
 }
 
@@ -319,7 +395,9 @@ static int l_peer(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
+  push_peer_meta(L, 1);
   lpp_push_peer_view(L, peer);
+  add_view_meta(L, lua_gettop(L) - 1);
   return 1;
 }
 
@@ -425,7 +503,7 @@ static void read_acquire_opts(lua_State *L, int idx, pp_acquire_opts_t *o) {
 
 /* pool:acquire([peer] [, opts] [, callback]) */
 static int l_acquire(lua_State *L) {
-  lpp_pool_t *p = lpp_check_pool(L, 1);
+  lpp_pool_t *p = lpp_check_pool_mutable(L, 1);
   pp_peer_t *peer = NULL;
   int t = lua_type(L, 2);
   /* Allow acquire(opts), acquire(fn) and acquire(opts, fn) with no peer. */
@@ -482,7 +560,7 @@ int lpp_l_pools(lua_State *L) {
 
 static const luaL_Reg pool_methods[] = {
     {"add_peer", l_add_peer}, {"_add_peer", l_add_peer_from}, {"acquire", l_acquire},
-    {"stats", l_stats},
+    {"stats", l_stats},       {"_every", l_every},
     {"peers", l_peers},       {"peer", l_peer},       {"on", l_on},
     {"close", l_close},       {NULL, NULL},
 };

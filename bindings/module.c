@@ -138,6 +138,19 @@ static int l_strerror(lua_State *L) {
   return 1;
 }
 
+/* peerpool._canonical(addr): the canonical spelling, or nil, why. */
+static int l_canonical(lua_State *L) {
+  char out[256];
+  const char *why = NULL;
+  if (pp_addr_canonical(luaL_checkstring(L, 1), out, sizeof(out), &why) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, why ? why : "address too long");
+    return 2;
+  }
+  lua_pushstring(L, out);
+  return 1;
+}
+
 /* Whether luv's loop is running now (uv.run on the stack). */
 static int l_loop_running(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "luv_context");
@@ -164,6 +177,7 @@ static const luaL_Reg module_fns[] = {
     {"pools", lpp_l_pools},
     {"_loop_running", l_loop_running},
     {"_spawn", l_spawn},
+    {"_canonical", l_canonical},
     {"_set_run_hook", lpp_l_set_run_hook},
     {NULL, NULL},
 };

@@ -307,9 +307,9 @@ local function load_book(pool, path)
     end
   end
   f:close()
-  if not bad then
+  if not bad then -- check every address before adding any: a corrupt book adds nothing
     for _, e in ipairs(entries) do
-      local ok, _, why = pool:_add_peer(e[1], e[2], nil, e[3])
+      local ok, why = M._canonical(e[1])
       if not ok then bad = "bad address " .. e[1] .. ": " .. tostring(why); break end
     end
   end
@@ -318,9 +318,9 @@ local function load_book(pool, path)
     os.rename(path, aside)
     io.stderr:write("peerpool: address book ", path, " is corrupt (", bad, "); moved to ",
       aside, ", starting empty\n")
-    for _, p in ipairs(pool:peers()) do if p.source == "book" then end end
     return nil, bad
   end
+  for _, e in ipairs(entries) do pool:_add_peer(e[1], e[2], nil, e[3]) end
   return true
 end
 
@@ -331,7 +331,6 @@ function pool_methods:close()
   local book = books[self]
   if book then
     books[self] = nil
-    if not book.timer:is_closing() then book.timer:close() end
     local ok, err = save_book(self, book.path)
     if not ok then io.stderr:write("peerpool: saving ", book.path, ": ", tostring(err), "\n") end
   end
@@ -381,16 +380,14 @@ function M.new(opts)
   if opts.address_book then
     local path = opts.address_book
     load_book(pool, path)
-    local timer = uv.new_timer()
-    timer:unref()
     local weak = setmetatable({ pool = pool }, { __mode = "v" })
-    timer:start(interval, interval, function()
+    pool:_every(interval, function()
       local p = weak.pool
-      if not p then timer:close(); return end
+      if not p then return end
       local ok, err = save_book(p, path)
       if not ok then io.stderr:write("peerpool: saving ", path, ": ", tostring(err), "\n") end
     end)
-    books[pool] = { path = path, timer = timer }
+    books[pool] = { path = path }
   end
   return pool
 end

@@ -273,6 +273,10 @@ void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
 int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp_peer_t **peer,
                      const char **why);
 
+/* Check `addr` and write its canonical spelling (as pp_pool_add_peer would) into out[n].
+ * Returns 0, or PP_EINVAL with *why (if non-NULL) set; UV_ENOBUFS if out is too small. */
+int pp_addr_canonical(const char *addr, char *out, size_t n, const char **why);
+
 /* The peer at `addr` (any spelling), or NULL. */
 pp_peer_t *pp_pool_find_peer(pp_pool_t *pool, const char *addr);
 
@@ -424,11 +428,17 @@ void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info);
  * arrive on a leased conn with no reader are kept (up to 64 KiB, then reading pauses) and
  * delivered after the next pp_conn_read_start, on a later tick. A conn must go back clean:
  * one released with unread bytes, or that receives bytes while idle (a late reply), is
- * closed. Returns 0, PP_ECLOSED, or PP_ESTATE when another reader is set. */
+ * closed — unless the pool has keep_idle_bytes, when they wait for the next holder. Returns 0,
+ * PP_ECLOSED, or PP_ESTATE when another reader is set. */
 typedef void (*pp_read_cb)(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg);
 int pp_conn_read_start(pp_conn_t *conn, pp_read_cb cb, void *arg);
 /* Stop delivering; later bytes are kept for the next reader. Always returns 0. */
 int pp_conn_read_stop(pp_conn_t *conn);
+
+/* Put bytes a reader took but did not consume back in front of the conn's kept bytes, so the
+ * next reader gets them first (with keep_idle_bytes, for the conn's next holder). Returns 0,
+ * PP_ECLOSED, or UV_ENOMEM. */
+int pp_conn_unread(pp_conn_t *conn, const char *data, size_t len);
 
 typedef void (*pp_write_cb)(pp_write_t *req, int status);
 struct pp_write_s {

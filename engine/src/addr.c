@@ -75,3 +75,16 @@ int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *
   *canonical = strdup(out);
   return *canonical ? 0 : UV_ENOMEM;
 }
+
+int pp_addr_canonical(const char *addr, char *out, size_t n, const char **why) {
+  char *canonical;
+  struct sockaddr_storage sa;
+  bool is_pipe;
+  int err = pp__addr_parse(addr, &canonical, &sa, &is_pipe, why);
+  if (err) return err;
+  size_t len = strlen(canonical);
+  if (len >= n) err = UV_ENOBUFS;
+  else memcpy(out, canonical, len + 1);
+  free(canonical);
+  return err;
+}

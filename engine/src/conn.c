@@ -420,7 +420,8 @@ void pp__conn_released(pp_conn_t *conn, int status) {
     return;
   }
   pp_peer_t *peer = conn->peer;
-  if (conn->leases == 0 && (conn->kept_len > 0 || peer->burned)) {
+  bool unclean = conn->kept_len > 0 && !conn->pool->opts.keep_idle_bytes;
+  if (conn->leases == 0 && (unclean || peer->burned)) {
     /* Unread bytes are a reply nobody will read: lending the conn would shift every later
      * reply by one. A burned peer's conns do not return to service. */
     pp__conn_close(conn, peer->burned ? PP_CLOSE_CLOSED : PP_CLOSE_BROKEN);
@@ -529,6 +530,26 @@ int pp_conn_read_start(pp_conn_t *conn, pp_read_cb cb, void *arg) {
 
 int pp_conn_read_stop(pp_conn_t *conn) {
   if (conn) conn->read_cb = NULL;
+  return 0;
+}
+
+int pp_conn_unread(pp_conn_t *conn, const char *data, size_t len) {
+  if (conn == NULL || (data == NULL && len > 0)) return PP_EINVAL;
+  if (conn->phase == PP_CONN_CLOSED) return PP_ECLOSED;
+  if (len == 0) return 0;
+  size_t old = conn->kept_len;
+  keep(conn, data, len); /* grows the buffer (and applies backpressure) */
+  if (conn->kept_len != old + len) return UV_ENOMEM;
+  /* keep() appended: rotate the new bytes in front of the old ones. */
+  char *tmp = malloc(len);
+  if (tmp == NULL) {
+    conn->kept_len = old;
+    return UV_ENOMEM;
+  }
+  memcpy(tmp, conn->kept + old, len);
+  memmove(conn->kept + len, conn->kept, old);
+  memcpy(conn->kept, tmp, len);
+  free(tmp);
   return 0;
 }
 

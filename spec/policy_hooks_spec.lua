@@ -801,25 +801,39 @@ describe("peerpool policy hooks", function()
       assert.matches("(4 more since the last report); using the default", lines[2], 1, true)
     end)
 
-    it("a hook that closes its own pool does not crash the process", function()
+    it("a hook that tries to close its own pool is refused, and the pool serves on", function()
       local status, out, err = P.child([[
         local peerpool = require "peerpool"
         local servers = require "spec.support.servers"
         local uv = require "luv"
         local a, b = servers.line(), servers.line()
         local pool
+        local refused
         pool = peerpool.new { peers = { a.addr, b.addr }, policy = {
-          select_peer = function() pool:close() return 1 end } }
+          select_peer = function()
+            local ok, e = pcall(pool.close, pool)
+            refused = refused or (not ok and e)
+            pool:close() -- uncaught this time: the hook is cut off
+            return 1
+          end } }
         peerpool.run(function()
           local conn, e = pool:acquire()
           print("acquire", conn ~= nil, e)
+          if conn then conn:release() end
         end)
+        print("refused", refused)
+        print("errors", pool:stats().hooks.select_peer.errors)
+        pool:close()
         a:close(); b:close()
         uv.run()
         print("survived")
       ]])
       assert.equal(0, status, "exit status " .. tostring(status) .. "\n" .. err)
       assert.matches("survived", out, 1, true)
+      -- the pool stays open and serves; the hook's attempt is refused and counted
+      assert.matches("acquire\ttrue", out, 1, true)
+      assert.matches("refused\t[^\n]*a policy hook cannot change its pool", out)
+      assert.matches("errors\t1", out, 1, true)
     end)
 
     it("a hook that calls back into its pool keeps its budget", function()

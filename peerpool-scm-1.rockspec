@@ -26,6 +26,7 @@ build = {
     CMAKE_BUILD_TYPE = "Release",
     CMAKE_INSTALL_PREFIX = "$(PREFIX)",
     PP_LUA_CMOD_DIR = "$(LIBDIR)",
+    PP_LUA_MOD_DIR = "$(LUADIR)",
     PP_BUILD_TESTS = "OFF",
     PP_BUILD_BENCH = "OFF",
   },

@@ -206,6 +206,7 @@ function pool_methods:load_policy(source)
   end
   local tbl, name = policy_from(source)
   if not tbl then return nil, name end
+  if tbl.name and tbl.name ~= name then name = tbl.name .. " (" .. name .. ")" end
   return self:_set_policy(tbl, name)
 end
 

@@ -45,7 +45,7 @@ describe("peerpool policy hooks", function()
         assert.equal("built-in", pool:stats().policy)
         assert.is_true(pool:load_policy { name = "mine", description = "a test",
           select_peer = function() return 1 end })
-        assert.equal("table", pool:stats().policy)
+        assert.equal("mine (table)", pool:stats().policy)
         local path = env:tmpname()
         P.write(path, "return { backoff = function() return 10 end }")
         assert.is_true(pool:load_policy(path))
@@ -69,7 +69,7 @@ describe("peerpool policy hooks", function()
         pack(pool:load_policy { selct_peer = function() end }))
       assert.same({ n = 2, nil, "policy.new is not a hook (" .. HOOK_LIST .. ")" },
         pack(pool:load_policy { new = function() end }))
-      assert.equal("table", pool:stats().policy)
+      assert.equal("old (table)", pool:stats().policy)
     end))
 
     it("refuses a hook that is not a function, and a name or description that is not a string",

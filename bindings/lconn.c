@@ -19,20 +19,6 @@ pp_conn_t *lpp_conn_of(lpp_conn_t *c) {
   return c->state == LPP_CONN_HOOK ? c->hook_conn : c->lease.conn;
 }
 
-static void unref(lua_State *L, int *ref) {
-  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
-  *ref = LUA_NOREF;
-}
-
-static void timer_closed(uv_handle_t *h) { free(h); }
-
-static void drop_timer(uv_timer_t **timer) {
-  if (*timer == NULL) return;
-  (*timer)->data = NULL;
-  uv_close((uv_handle_t *)*timer, timer_closed);
-  *timer = NULL;
-}
-
 /* ---- acquire --------------------------------------------------------------------------- */
 
 /* Push the error tuple for an acquire that failed with `err`. With busy, the detail is a
@@ -77,9 +63,9 @@ static void on_acquired(pp_lease_t *lease, int status) {
       pp_release(&c->lease, PP_EBROKEN);
       c->state = LPP_CONN_DONE;
     }
-    unref(L, &c->co_ref);
-    unref(L, &c->cb_ref);
-    unref(L, &c->self_ref);
+    lpp_unref(L, &c->co_ref);
+    lpp_unref(L, &c->cb_ref);
+    lpp_unref(L, &c->self_ref);
     return;
   }
   if (c->co_ref != LUA_NOREF) {
@@ -92,8 +78,8 @@ static void on_acquired(pp_lease_t *lease, int status) {
         c->state = LPP_CONN_DONE;
         pp_release(&c->lease, 0);
       }
-      unref(L, &c->co_ref);
-      unref(L, &c->self_ref);
+      lpp_unref(L, &c->co_ref);
+      lpp_unref(L, &c->self_ref);
       return;
     }
     int n;
@@ -103,8 +89,8 @@ static void on_acquired(pp_lease_t *lease, int status) {
     } else {
       n = push_acquire_error(co, p, lease->want_, status, lease->cause);
     }
-    unref(L, &c->co_ref);
-    unref(L, &c->self_ref);
+    lpp_unref(L, &c->co_ref);
+    lpp_unref(L, &c->self_ref);
     lpp_resume(L, co, n, p);
     return;
   }
@@ -120,8 +106,8 @@ static void on_acquired(pp_lease_t *lease, int status) {
     lua_pushnil(L);
     lua_insert(L, -2);
   }
-  unref(L, &c->cb_ref);
-  unref(L, &c->self_ref);
+  lpp_unref(L, &c->cb_ref);
+  lpp_unref(L, &c->self_ref);
   lpp_call(L, 3, p);
 }
 
@@ -212,14 +198,14 @@ static void finish_receive(lpp_conn_t *c, int err) {
   lua_pop(L, 1);
   if (lua_status(co) != LUA_YIELD) { /* closed while it waited: leave the data buffered */
     c->want_kind = 0;
-    unref(L, &c->co_ref);
-    unref(L, &c->self_ref);
+    lpp_unref(L, &c->co_ref);
+    lpp_unref(L, &c->self_ref);
     return;
   }
   int n = err ? push_receive_end(co, c, err) : take(co, c);
   c->want_kind = 0;
-  unref(L, &c->co_ref);
-  unref(L, &c->self_ref);
+  lpp_unref(L, &c->co_ref);
+  lpp_unref(L, &c->self_ref);
   if (p->st->shutting_down) {
     lua_pop(co, n);
     return;
@@ -293,15 +279,7 @@ static int l_receive(lua_State *L) {
     c->reading = 1;
   }
   int64_t ms = c->owner->io_timeout;
-  if (ms > 0) {
-    if (c->timer == NULL) {
-      c->timer = malloc(sizeof(*c->timer));
-      if (c->timer == NULL) return luaL_error(L, "out of memory");
-      uv_timer_init(c->owner->st->loop, c->timer);
-    }
-    c->timer->data = c;
-    uv_timer_start(c->timer, on_io_timeout, (uint64_t)ms, 0);
-  }
+  if (ms > 0) uv_timer_start(lpp_timer(L, c->owner, &c->timer, c), on_io_timeout, (uint64_t)ms, 0);
   lua_pushthread(L);
   c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);
@@ -372,7 +350,7 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
     c->read_error = PP_ECLOSED;
     finish_receive(c, PP_ECLOSED);
   }
-  drop_timer(&c->timer);
+  lpp_timer_drop(&c->timer);
   free(c->buf);
   c->buf = NULL;
   c->len = c->cap = 0;
@@ -402,7 +380,7 @@ static void hook_conn_detach(lpp_conn_t *c) {
   c->reading = 0;
   if (c->hook_conn) pp_conn_set_data(c->hook_conn, NULL);
   c->hook_conn = NULL;
-  drop_timer(&c->timer);
+  lpp_timer_drop(&c->timer);
 }
 
 void lpp_hook_conn_dead(lpp_conn_t *c) {
@@ -470,7 +448,7 @@ static int l_gc(lua_State *L) {
     c->owner->leaked_leases++;
     end_lease(L, c, PP_EBROKEN);
   }
-  drop_timer(&c->timer);
+  lpp_timer_drop(&c->timer);
   free(c->buf);
   c->buf = NULL;
   return 0;

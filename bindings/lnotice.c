@@ -5,13 +5,6 @@
 
 #include "lpeerpool.h"
 
-static void unref(lua_State *L, int *ref) {
-  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
-  *ref = LUA_NOREF;
-}
-
-static void timer_closed(uv_handle_t *h) { free(h); }
-
 static lpp_notice_t *check_notice(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, LPP_NOTICE);
 }
@@ -22,9 +15,9 @@ static void deliver(lpp_notice_t *n) {
   lua_State *L = p->L;
   if (n->timer) uv_timer_stop(n->timer);
   if (p->st->shutting_down) {
-    unref(L, &n->co_ref);
-    unref(L, &n->cb_ref);
-    unref(L, &n->self_ref);
+    lpp_unref(L, &n->co_ref);
+    lpp_unref(L, &n->cb_ref);
+    lpp_unref(L, &n->self_ref);
     return;
   }
   /* Keep the userdata alive across the calls below. */
@@ -34,7 +27,7 @@ static void deliver(lpp_notice_t *n) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
     lua_State *co = lua_tothread(L, -1);
     lua_pop(L, 1);
-    unref(L, &n->co_ref);
+    lpp_unref(L, &n->co_ref);
     if (lua_status(co) != LUA_YIELD) goto callback; /* closed while it waited */
     int nres = 1;
     if (n->status == 0) lua_pushboolean(co, 1);
@@ -44,7 +37,7 @@ static void deliver(lpp_notice_t *n) {
 callback:
   if (n->cb_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, n->cb_ref);
-    unref(L, &n->cb_ref);
+    lpp_unref(L, &n->cb_ref);
     if (n->status == 0) lua_pushnil(L);
     else lua_pushstring(L, pp_err_name(n->status));
     lpp_call(L, 1, p);
@@ -57,7 +50,7 @@ static void on_fired(pp_notice_t *notice, int status) {
   n->fired = 1;
   n->status = status;
   deliver(n);
-  unref(n->owner->L, &n->self_ref); /* fired: no longer needs to be kept alive */
+  lpp_unref(n->owner->L, &n->self_ref); /* fired: no longer needs to be kept alive */
 }
 
 void lpp_push_notice(lua_State *L, lpp_pool_t *p, int pool_idx, pp_peer_t *peer) {
@@ -85,7 +78,7 @@ static void on_wait_timeout(uv_timer_t *timer) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
   lua_State *co = lua_tothread(L, -1);
   lua_pop(L, 1);
-  unref(L, &n->co_ref);
+  lpp_unref(L, &n->co_ref);
   if (lua_status(co) != LUA_YIELD) return;
   int nres = lpp_push_error(co, PP_ETIMEDOUT, "capacity did not free in time");
   lpp_resume(L, co, nres, n->owner);
@@ -105,15 +98,7 @@ static int l_wait(lua_State *L) {
   luaL_argcheck(L, n->co_ref == LUA_NOREF, 1, "a coroutine is already waiting on this notice");
   if (!lua_isyieldable(L))
     return luaL_error(L, "notice:wait() must run inside a coroutine (or use notice:on_free(fn))");
-  if (ms > 0) {
-    if (n->timer == NULL) {
-      n->timer = malloc(sizeof(*n->timer));
-      if (n->timer == NULL) return luaL_error(L, "out of memory");
-      uv_timer_init(n->owner->st->loop, n->timer);
-      n->timer->data = n;
-    }
-    uv_timer_start(n->timer, on_wait_timeout, (uint64_t)ms, 0);
-  }
+  if (ms > 0) uv_timer_start(lpp_timer(L, n->owner, &n->timer, n), on_wait_timeout, (uint64_t)ms, 0);
   lua_pushthread(L);
   n->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return lua_yield(L, 0);
@@ -122,24 +107,19 @@ static int l_wait(lua_State *L) {
 static void on_late(uv_timer_t *timer) {
   lpp_notice_t *n = timer->data;
   if (n) deliver(n);
-  if (n) unref(n->owner->L, &n->self_ref);
+  if (n) lpp_unref(n->owner->L, &n->self_ref);
 }
 
 /* notice:on_free(fn): fn(nil) when capacity frees, fn(code) if cancelled or closed. */
 static int l_on_free(lua_State *L) {
   lpp_notice_t *n = check_notice(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  unref(L, &n->cb_ref);
+  lpp_unref(L, &n->cb_ref);
   lua_pushvalue(L, 2);
   n->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   if (n->fired) {
     /* Already fired: call back on a later tick, never inside on_free. */
-    if (n->timer == NULL) {
-      n->timer = malloc(sizeof(*n->timer));
-      if (n->timer == NULL) return luaL_error(L, "out of memory");
-      uv_timer_init(n->owner->st->loop, n->timer);
-      n->timer->data = n;
-    }
+    lpp_timer(L, n->owner, &n->timer, n);
     if (n->self_ref == LUA_NOREF) {
       lua_pushvalue(L, 1);
       n->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -163,13 +143,9 @@ static int l_cancel(lua_State *L) {
 
 static int l_gc(lua_State *L) {
   lpp_notice_t *n = check_notice(L, 1);
-  if (n->timer) {
-    n->timer->data = NULL;
-    uv_close((uv_handle_t *)n->timer, timer_closed);
-    n->timer = NULL;
-  }
-  unref(L, &n->cb_ref);
-  unref(L, &n->co_ref);
+  lpp_timer_drop(&n->timer);
+  lpp_unref(L, &n->cb_ref);
+  lpp_unref(L, &n->co_ref);
   return 0;
 }
 

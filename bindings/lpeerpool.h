@@ -109,6 +109,13 @@ void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool);
 void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool);
 /* Report a Lua error message (with traceback already attached). */
 void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *pool);
+/* Drop a registry reference and mark it LUA_NOREF. */
+void lpp_unref(lua_State *L, int *ref);
+/* The timer in *slot (created on first use, with `data`); raises on out of memory. Our timers
+ * are malloc'd, so they outlive the userdata that uses them while their close completes. */
+uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data);
+/* Close the timer in *slot (its callback will not run) and clear the slot. */
+void lpp_timer_drop(uv_timer_t **slot);
 /* Get a timeout in ms: nil → dflt; a number >= 0; else raise naming `what`. */
 int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
 

@@ -181,17 +181,9 @@ int lpp_l_new(lua_State *L) {
 }
 
 /* close(), __gc and __close: safe to run twice. */
-static void book_timer_closed(uv_handle_t *h) { free(h); }
-
 static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
-  if (p->book_timer) {
-    p->book_timer->data = NULL;
-    uv_close((uv_handle_t *)p->book_timer, book_timer_closed);
-    p->book_timer = NULL;
-  }
-  if (p->book_fn_ref != LUA_NOREF && p->book_fn_ref != 0)
-    luaL_unref(L, LUA_REGISTRYINDEX, p->book_fn_ref);
-  p->book_fn_ref = LUA_NOREF;
+  lpp_timer_drop(&p->book_timer);
+  lpp_unref(L, &p->book_fn_ref);
 }
 
 static void book_tick(uv_timer_t *t) {
@@ -209,11 +201,7 @@ static int l_every(lua_State *L) {
   luaL_argcheck(L, ms > 0, 2, "interval must be > 0 ms");
   luaL_checktype(L, 3, LUA_TFUNCTION);
   stop_book_timer(L, p);
-  p->book_timer = malloc(sizeof(*p->book_timer));
-  if (p->book_timer == NULL) return luaL_error(L, "out of memory");
-  uv_timer_init(p->st->loop, p->book_timer);
-  p->book_timer->data = p;
-  uv_unref((uv_handle_t *)p->book_timer);
+  uv_unref((uv_handle_t *)lpp_timer(L, p, &p->book_timer, p));
   lua_pushvalue(L, 3);
   p->book_fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   uv_timer_start(p->book_timer, book_tick, (uint64_t)ms, (uint64_t)ms);

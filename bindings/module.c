@@ -103,6 +103,30 @@ void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool) {
   lua_settop(co, 0);   /* ... and leaves it empty, so coroutine.status() says "dead" */
 }
 
+void lpp_unref(lua_State *L, int *ref) {
+  if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
+}
+
+static void timer_closed(uv_handle_t *h) { free(h); }
+
+uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data) {
+  if (*slot == NULL) {
+    *slot = malloc(sizeof(**slot));
+    if (*slot == NULL) luaL_error(L, "out of memory");
+    uv_timer_init(p->st->loop, *slot);
+  }
+  (*slot)->data = data;
+  return *slot;
+}
+
+void lpp_timer_drop(uv_timer_t **slot) {
+  if (*slot == NULL) return;
+  (*slot)->data = NULL;
+  uv_close((uv_handle_t *)*slot, timer_closed);
+  *slot = NULL;
+}
+
 int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt) {
   if (lua_isnoneornil(L, idx)) return dflt;
   int isnum;

@@ -391,9 +391,9 @@ static void set_paths(lua_State *L, const char *argv0) {
 }
 
 /* arg as lua5.4 sets it: arg[0] the script, arg[1..] its arguments, negative indices the
- * program and its options. */
+ * program and its options; with no script, arg[0] is the program. */
 static void set_arg(lua_State *L, char **argv, int argc, int script) {
-  int base = script > 0 ? script : argc;
+  int base = script > 0 ? script : 0;
   lua_createtable(L, argc - base, base + 1);
   for (int i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);

@@ -55,14 +55,16 @@ end
 --- pretty(v [, opts]): a readable rendering of any value. Tables are shown with sorted keys,
 -- nested and indented, on one line when they fit in opts.width (80); a table already on the
 -- path being printed is shown as <cycle: table: 0x...>; beyond opts.depth (4) levels a table is
--- shown as {...N}; at most opts.items (100) entries per table; strings inside tables are quoted
--- and cut at opts.string (200) bytes. A table with a __tostring metamethod is shown by it.
+-- shown as {...N}; at most opts.items (100) entries per table and opts.total (2000) in all;
+-- strings inside tables are quoted and cut at opts.string (200) bytes. A table with a
+-- __tostring metamethod is shown by it.
 local function pretty(v, opts)
   opts = opts or {}
   local max_depth = opts.depth or 4
   local width = opts.width or 80
   local max_items = opts.items or 100
   local max_string = opts.string or 200
+  local budget = opts.total or 2000
   local on_path = {}
 
   local function render(x, depth, indent)
@@ -84,10 +86,11 @@ local function pretty(v, opts)
     local parts = {}
     local seq = 1 -- the array part, 1..k with no holes, is shown without keys
     for i = 1, n do
-      if i > max_items then
-        parts[#parts + 1] = fmt("...(%d more)", n - max_items)
+      if i > max_items or budget <= 0 then
+        parts[#parts + 1] = fmt("...(%d more)", n - i + 1)
         break
       end
+      budget = budget - 1
       local k = keys[i]
       local val = render(rawget(x, k), depth + 1, indent .. "  ")
       if k == seq then
@@ -459,33 +462,39 @@ function helpers.watch(pool, ms)
   if not ms or ms < 10 then
     error("bad argument #2 to 'watch' (interval in ms >= 10 expected)", 2)
   end
+  local prev
+  local function show_line() -- false once the pool cannot be read (closed)
+    local ok, text, stats = pcall(status_line, pool, prev, ms)
+    if not ok then
+      s:out("watch ends: " .. tostring(text):gsub("^peerpool/repl:%d+: ", ""))
+      return false
+    end
+    prev = stats
+    s:out(text)
+    return true
+  end
+  if s.input_ended then -- nobody is left to press a key: one line is all
+    show_line()
+    return
+  end
+  s:out(fmt("watching %s every %d ms; %s", safe_tostring(pool), ms,
+    s.io.keys and "press any key to stop" or "press Enter to stop"))
+  if not show_line() then return end
   local co = coroutine.running()
   local timer = uv.new_timer()
-  local prev, stopped
+  local stopped
   local function stop()
     if stopped then return end
     stopped = true
     s.watch_stop = nil
     pcall(s.io.watch, false)
-    timer:stop()
     timer:close()
     local ok, err = coroutine.resume(co)
     if not ok then default_write("watch: " .. tostring(err) .. "\n") end
   end
-  local function tick()
-    local ok, line, stats = pcall(status_line, pool, prev, ms)
-    if not ok then
-      s:out("watch ends: " .. tostring(line))
-      stop()
-      return
-    end
-    prev = stats
-    s:out(line)
-  end
-  s:out(fmt("watching %s every %d ms; %s", safe_tostring(pool), ms,
-    s.io.keys and "press any key to stop" or "press Enter to stop"))
-  tick()
-  timer:start(math.floor(ms), math.floor(ms), tick)
+  timer:start(math.floor(ms), math.floor(ms), function()
+    if not show_line() then stop() end
+  end)
   s.watch_stop = stop
   pcall(s.io.watch, true)
   coroutine.yield()

@@ -303,7 +303,7 @@ local function summary()
       local align = (i >= 4 and i <= 6) and "" or "-" -- counts to the right
       cells[i] = fmt("%" .. align .. widths[i] .. "s", cell)
     end
-    lines[#lines + 1] = "  " .. table.concat(cells, "  ")
+    lines[#lines + 1] = ("  " .. table.concat(cells, "  ")):gsub("%s+$", "")
     if ri == 1 then
       local rule = {}
       for i = 1, #r do rule[i] = string.rep("-", widths[i]) end

@@ -307,6 +307,7 @@ static void start_terminal(void) {
   term_cbs_t cbs = {on_term_line, on_term_key, on_term_complete, NULL};
   host.term_keys = term_open(&cbs, host_history_path(), 1);
   host.term = 1;
+  atexit(term_close); /* os.exit() must not leave the terminal in readline's modes */
   uv_timer_init(host.loop, &host.start_timer);
   host.start_on = 1;
   uv_timer_start(&host.start_timer, on_term_start, 0, 0);
@@ -430,6 +431,11 @@ static int load_core(lua_State *L, const char *socket_path) {
   if (docall(L, 2, 1, "REPL") != LUA_OK) return -1;
   lua_pushliteral(L, PP_VERSION_STRING);
   lua_setfield(L, -2, "version");
+  const char *limit = getenv("PEERPOOL_REPL_BLOCK_MS");
+  if (limit && atoi(limit) > 0) {
+    lua_pushinteger(L, atoi(limit));
+    lua_setfield(L, -2, "block_limit_ms");
+  }
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &core_key);
 
@@ -583,6 +589,8 @@ int main(int argc, char **argv) {
   if (socket_path) {
     lua_pushstring(L, socket_path);
     if (call_core("serve", 1, 0) != LUA_OK) status = 1;
+  }
+  if (host.repl) { /* SIGTERM: restore the terminal, remove the socket, close the pools */
     uv_signal_init(host.loop, &host.sigterm);
     host.sigterm_on = 1;
     uv_signal_start(&host.sigterm, on_sigterm, SIGTERM);

@@ -192,7 +192,9 @@ local function trim_traceback(tb)
   local frames, useful = {}, false
   for line in rest:gmatch("[^\n]+") do
     if line:find("in function 'xpcall'", 1, true) then break end
-    if not line:find("[C]: in function 'error'", 1, true) then
+    -- the REPL's own frames (its environment's metamethods, the block hook) are noise
+    if not line:find("[C]: in function 'error'", 1, true) and not line:match("^%s*peerpool/repl:")
+    then
       frames[#frames + 1] = line
       if not line:match("^%s*repl:%d+: in main chunk$") then useful = true end
     end
@@ -248,12 +250,25 @@ function Session:finish(co, results)
   end
 end
 
+-- A line that keeps the loop from turning for this long without yielding is stopped: the
+-- program's traffic must not wait on a runaway loop typed at a prompt. The loop's clock
+-- (uv.now) stands still while a callback runs, so its distance to the real clock is how long
+-- the loop has been held.
+M.block_limit_ms = 10000
+local function block_hook()
+  if uv.hrtime() / 1e6 - uv.now() > M.block_limit_ms then
+    error(fmt("line stopped: it held the loop for more than %d ms without yielding " ..
+      "(a long loop can yield now and then with sleep(0))", M.block_limit_ms), 0)
+  end
+end
+
 function Session:run(fn)
   local co
   co = coroutine.create(function()
     local r = pack(xpcall(fn, handler))
     self:finish(co, r)
   end)
+  debug.sethook(co, block_hook, "", 100000)
   by_co[co] = self
   local prev_current, prev_sync = current, self.sync
   current, self.sync = self, co
@@ -402,18 +417,27 @@ helpers.pretty = pretty
 --- pools(): the live pools.
 function helpers.pools() return peerpool_module().pools() end
 
---- sleep(ms): wait without blocking the loop (inside a REPL line or any coroutine).
+--- sleep(ms): wait without blocking the loop (inside a REPL line or any coroutine); sleep(0)
+-- lets the loop go round once.
 function helpers.sleep(ms)
   ms = tonumber(ms)
   if not ms or ms < 0 then error("sleep(ms): ms must be a number >= 0", 2) end
   local co, main = coroutine.running()
   if main or not coroutine.isyieldable() then error("sleep() must run in a coroutine", 2) end
-  local t = uv.new_timer()
-  t:start(math.floor(ms), 0, function()
-    t:close()
+  local function wake(h)
+    h:close()
     local ok, err = coroutine.resume(co)
     if not ok then default_write("sleep: " .. tostring(err) .. "\n") end
-  end)
+  end
+  if ms < 1 then
+    -- the next turn of the loop (a 0 ms timer started from a timer callback would run in the
+    -- same pass, before the loop polls for I/O)
+    local idle = uv.new_idle()
+    idle:start(function() wake(idle) end)
+  else
+    local t = uv.new_timer()
+    t:start(math.floor(ms), 0, function() wake(t) end)
+  end
   coroutine.yield()
 end
 

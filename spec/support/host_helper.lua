@@ -314,15 +314,16 @@ Client.cleanup = Client.close
 
 -- ---- the host with a REPL socket ------------------------------------------------------------
 
---- Start `peerpool --repl-socket <dir>/repl.sock spec/support/host_fixture.lua`; returns the
--- process and the socket path once the socket answers.
-function T.host_with_socket(extra_args)
+--- Start `peerpool --repl-socket <dir>/repl.sock spec/support/host_fixture.lua` (with extra
+-- arguments before the script, and extra environment); returns the process, the socket path
+-- and the directory once the fixture is up.
+function T.host_with_socket(extra_args, env)
   local dir = T.tmpdir()
   local path = dir .. "/repl.sock"
   local args = { T.peerpool, "--repl-socket", path }
   for _, a in ipairs(extra_args or {}) do args[#args + 1] = a end
   args[#args + 1] = "spec/support/host_fixture.lua"
-  local p = T.spawn(args)
+  local p = T.spawn(args, { env = env })
   p:expect("fixture ready", 15000)
   T.wait_until(function() return exists(path) end, 5000, "the socket")
   return p, path, dir

@@ -118,6 +118,22 @@ describe("peerpool (host program)", function()
     end)
   end)
 
+  it("--repl with lines piped in: no prompts, results, exit 1 if a line failed", function()
+    T.run(function()
+      local p = T.spawn { T.peerpool, "--repl", "-e", "answer = 42" }
+      p:write("answer\nsleep(50); return 'after'\nfunction f()\nreturn 'f' end\nf()\n")
+      p:close_stdin()
+      assert.equal(0, (p:wait()))
+      assert.equal("42\nafter\nf\n", p.out)
+      local q = T.spawn { T.peerpool, "--repl" }
+      q:write("error('nope')\n1 + 1\n")
+      q:close_stdin()
+      assert.equal(1, (q:wait()))
+      assert.equal("2\n", q.out)
+      assert.matches("nope", q.err)
+    end)
+  end)
+
   it("says how to use it (--help, --version, a bad option)", function()
     T.run(function()
       local h = T.spawn { T.peerpool, "--help" }

@@ -630,7 +630,8 @@ function M.term_start(interactive, keys)
     history = H.history_add,
     close = function(s)
       H.prompt(nil)
-      H.quit(s.exit_code or 0)
+      -- lines piped into --repl: like attach on a pipe, exit 1 if one failed
+      H.quit(s.exit_code or ((not interactive and s.errors > 0) and 1 or 0))
     end,
   }, interactive, "terminal")
   term:start()

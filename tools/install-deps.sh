@@ -2,8 +2,9 @@
 # Install the Debian packages peerpool needs, if any is missing. Runs as root (or via sudo);
 # otherwise says what to install and stops.
 set -e
+# redis-server: the specs run the Redis policy and example against a real one.
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
-lua-busted luarocks lua-check libreadline-dev"
+lua-busted luarocks lua-check libreadline-dev redis-server"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

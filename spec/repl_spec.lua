@@ -307,13 +307,16 @@ describe_pty("peerpool --repl on a terminal", function()
       p:expect("multi\n> $")
       p:write("\4") -- Ctrl-D
       assert.equal(0, (p:wait()))
-      local h = assert(io.open(dir .. "/history")):read("a")
-      assert.matches("ticks\n", h)
-      assert.matches("sleep%(200%); return 'slept'\n", h)
+      if T.readline then
+        local h = assert(io.open(dir .. "/history")):read("a")
+        assert.matches("ticks\n", h)
+        assert.matches("sleep%(200%); return 'slept'\n", h)
+      end
     end)
   end)
 
-  it("keeps the half-typed line when output arrives, and completes with Tab", function()
+  local it_readline = T.readline and it or pending
+  it_readline("keeps the half-typed line when output arrives, and completes with Tab", function()
     T.run(function()
       local dir = T.tmpdir()
       local p = on_pty({ T.peerpool, "--repl", "spec/support/host_fixture.lua", "loud" }, dir)
@@ -349,7 +352,7 @@ describe_pty("peerpool --repl on a terminal", function()
     end)
   end)
 
-  it("attach: a terminal with the host's prompt, completion and watch", function()
+  it("attach: a terminal with the host's prompt, completion (readline) and watch", function()
     T.run(function()
       local host, path, dir = T.host_with_socket()
       local p = on_pty({ T.peerpool, "attach", path }, dir)
@@ -357,13 +360,15 @@ describe_pty("peerpool --repl on a terminal", function()
       p:expect("\n> $")
       p:write("6 * 7\r")
       p:expect("\n42\n")
-      p:write("pool:sta\t") -- the host completes it
-      p:expect("pool:stats")
-      p:write("\21") -- Ctrl-U: drop the line
+      if T.readline then
+        p:write("pool:sta\t") -- the host completes it
+        p:expect("pool:stats")
+        p:write("\21") -- Ctrl-U: drop the line
+      end
       p:write("watch(pool, 100)\r")
-      p:expect("press any key to stop")
+      p:expect(T.readline and "press any key to stop" or "press Enter to stop")
       p:expect("conns %d+ %(idle")
-      p:write("q")
+      p:write(T.readline and "q" or "q\r") -- plain input comes a line at a time
       p:expect("\n> $")
       p:write("\4")
       assert.equal(0, (p:wait()))

@@ -192,14 +192,20 @@ int host_attach(const char *path) {
     return 2;
   }
   interactive = isatty(0) && isatty(1);
-  const char *hello = interactive ? "\1hello 1 tty\n" : "\1hello 1 pipe\n";
+  int keys = 0;
+  if (interactive) {
+    term_cbs_t cbs = {on_line, on_key, on_complete, NULL};
+    keys = term_open(&cbs, host_history_path(), 1); /* readline: single keys reach us */
+  }
+  /* tty: a terminal that reports single keys; line: one that sends whole lines; pipe */
+  const char *hello = !interactive ? "\1hello 1 pipe\n" : keys ? "\1hello 1 tty\n"
+                                                                 : "\1hello 1 line\n";
   if (send_all(hello, strlen(hello)) != 0) {
     fprintf(stderr, "peerpool attach: %s: %s\n", path, strerror(errno));
+    if (interactive) term_close();
     return 2;
   }
   if (interactive) {
-    term_cbs_t cbs = {on_line, on_key, on_complete, NULL};
-    term_open(&cbs, host_history_path(), 1);
     struct sigaction act;
     memset(&act, 0, sizeof(act));
     act.sa_handler = on_signal; /* no SA_RESTART: poll() returns and the loop sees the flag */

@@ -643,11 +643,12 @@ function M.term_interrupt() if term then term:interrupt() end end
 
 -- ---- the unix socket ----------------------------------------------------------------------
 
--- Clients speak lines. `peerpool attach` starts with "\1hello 1 tty" (or "pipe") and is then
--- answered in frames "\1" type length ":" payload: o output, e error output, p prompt (empty:
--- none), w watch on/off, c completions (newline-separated), b bye (payload: the count of lines
--- that failed). Its control lines: "\1complete <word>", "\1key", "\1interrupt". Any other
--- client (socat, nc) gets plain text with prompts.
+-- Clients speak lines. `peerpool attach` starts with a hello: "\1hello 1 tty" (a terminal
+-- that reports single keys), "\1hello 1 line" (a terminal that sends whole lines) or
+-- "\1hello 1 pipe", and is then answered in frames "\1" type length ":" payload: o output,
+-- e error output, p prompt (empty: none), w watch on/off, c completions (newline-separated),
+-- b bye (payload: the count of lines that failed). Its control lines: "\1complete <word>",
+-- "\1key", "\1interrupt". Any other client (socat, nc) gets plain text with prompts.
 local function frame(kind, payload)
   return "\1" .. kind .. #payload .. ":" .. payload
 end
@@ -704,7 +705,7 @@ local function socket_session(client)
       local mode = line:match("^\1hello %d+ (%a+)")
       if mode then
         framed = true
-        sess.interactive = mode == "tty"
+        sess.interactive = mode ~= "pipe"
         io.keys = mode == "tty"
         if started then sess:show_prompt() else start() end
         return

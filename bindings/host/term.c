@@ -14,7 +14,10 @@
 #endif
 
 static term_cbs_t cbs;
-static int opened, use_rl, installed, in_line_cb, watching, ended, tty_in;
+static int opened, use_rl, in_line_cb, watching, ended, tty_in;
+#ifdef PP_HAVE_READLINE
+static int installed; /* readline's callback handler is in place */
+#endif
 static char *prompt;       /* the prompt in force ("" while none) */
 static int prompt_shown;   /* plain mode: the prompt is on screen, no line since */
 static char *history_path; /* NULL: no history file */

@@ -12,6 +12,7 @@
 --   T.connect(path)         a REPL socket client: c:hello(mode), c:eval(line [, ms]) ->
 --                           output, error output (framed sessions), c:send(s), c.raw (all bytes)
 --   T.sleep(ms), T.wait_until(pred [, ms, what]), T.tmpdir()
+--   T.readline              the program was built with readline
 local uv = require "luv"
 
 local T = {}
@@ -40,6 +41,12 @@ T.bin_dir = find_bin_dir()
 T.peerpool = T.bin_dir .. "/peerpool"
 T.ptydrive = exists(T.bin_dir .. "/pp_ptydrive") and (T.bin_dir .. "/pp_ptydrive") or nil
 T.root = uv.cwd() -- ctest runs the specs from the source dir
+-- Built with readline (line editing, history, completion) or plain line input?
+do
+  local f = assert(io.popen("'" .. T.peerpool .. "' --version"))
+  T.readline = f:read("a"):find("readline", 1, true) ~= nil
+  f:close()
+end
 
 -- ---- the test's resources ------------------------------------------------------------------
 
@@ -203,17 +210,20 @@ end
 
 --- Wait until the plain text of stdout after the previous expect matches `pattern` (a Lua
 -- pattern); returns the captures (or the whole match) and moves the mark past the match.
-function Proc:expect(pattern, ms, what)
+function Proc:expect(pattern, ms)
   local result
-  T.wait_until(function()
+  local ok = pcall(T.wait_until, function()
     local text = T.plain(self.out)
     local s, e = text:find(pattern, self.mark)
     if not s then return false end
     result = { text:match(pattern, self.mark) }
     self.mark = e + 1
     return true
-  end, ms or 10000, what or ("output matching " .. string.format("%q", pattern) ..
-    "; output after the mark: " .. string.format("%q", T.plain(self.out):sub(self.mark))))
+  end, ms or 10000)
+  if not ok then
+    error(string.format("gave up waiting for output matching %q after %d ms; output after " ..
+      "the mark: %q", pattern, ms or 10000, T.plain(self.out):sub(self.mark)), 2)
+  end
   return table.unpack(result)
 end
 

@@ -50,14 +50,16 @@ static int send_all(const char *s, size_t n) {
  * frame's start (a plain greeting sent before our hello was read) are skipped. */
 static int next_frame(frame_t *f) {
   size_t i = 0;
-  while (i < rlen && rbuf[i] != '\1') i++;
+  while (i < rlen && rbuf[i] != '\1')
+    i++;
   if (i > 0) {
     memmove(rbuf, rbuf + i, rlen - i);
     rlen -= i;
   }
   if (rlen < 4) return 0;
   size_t p = 2, len = 0;
-  while (p < rlen && rbuf[p] >= '0' && rbuf[p] <= '9') len = len * 10 + (size_t)(rbuf[p++] - '0');
+  while (p < rlen && rbuf[p] >= '0' && rbuf[p] <= '9')
+    len = len * 10 + (size_t)(rbuf[p++] - '0');
   if (p >= rlen) return 0;
   if (rbuf[p] != ':') { /* not a frame: skip the marker */
     memmove(rbuf, rbuf + 1, rlen - 1);
@@ -104,8 +106,12 @@ static void out(const char *s, size_t n, int to_stderr) {
 
 static void dispatch(frame_t *f) {
   switch (f->kind) {
-    case 'o': out(f->payload, f->len, 0); break;
-    case 'e': out(f->payload, f->len, 1); break;
+    case 'o':
+      out(f->payload, f->len, 0);
+      break;
+    case 'e':
+      out(f->payload, f->len, 1);
+      break;
     case 'p':
       if (interactive) term_prompt(f->len ? f->payload : NULL);
       prompted |= f->len > 0;
@@ -113,8 +119,11 @@ static void dispatch(frame_t *f) {
     case 'w':
       if (interactive) term_watch(f->payload[0] == '1');
       break;
-    case 'b': bye_errors = atoi(f->payload); break;
-    default: break; /* 'c' outside a completion, or a kind this version does not know */
+    case 'b':
+      bye_errors = atoi(f->payload);
+      break;
+    default:
+      break; /* 'c' outside a completion, or a kind this version does not know */
   }
   free(f->payload);
 }
@@ -131,7 +140,9 @@ static void on_line(void *arg, const char *line) {
   if (send_all(line, strlen(line)) != 0 || send_all("\n", 1) != 0) shutdown(sock, SHUT_WR);
 }
 
-static void on_key(void *arg) { send_all("\1key\n", 5); }
+static void on_key(void *arg) {
+  send_all("\1key\n", 5);
+}
 
 /* Ask the host for completions and wait for them (other frames wait their turn). */
 static char **on_complete(void *arg, const char *word) {
@@ -153,7 +164,8 @@ static char **on_complete(void *arg, const char *word) {
         continue;
       }
       size_t n = 0;
-      for (size_t i = 0; i < f.len; i++) n += f.payload[i] == '\n';
+      for (size_t i = 0; i < f.len; i++)
+        n += f.payload[i] == '\n';
       char **list = calloc(n + 2, sizeof(*list));
       size_t k = 0;
       char *save = NULL;
@@ -198,8 +210,9 @@ int host_attach(const char *path) {
     keys = term_open(&cbs, host_history_path(), 1); /* readline: single keys reach us */
   }
   /* tty: a terminal that reports single keys; line: one that sends whole lines; pipe */
-  const char *hello = !interactive ? "\1hello 1 pipe\n" : keys ? "\1hello 1 tty\n"
-                                                                 : "\1hello 1 line\n";
+  const char *hello = !interactive ? "\1hello 1 pipe\n"
+                      : keys       ? "\1hello 1 tty\n"
+                                   : "\1hello 1 line\n";
   if (send_all(hello, strlen(hello)) != 0) {
     fprintf(stderr, "peerpool attach: %s: %s\n", path, strerror(errno));
     if (interactive) term_close();
@@ -225,7 +238,8 @@ int host_attach(const char *path) {
       got_sigwinch = 0;
       term_resize();
     }
-    for (size_t i = 0; i < ndeferred; i++) dispatch(&deferred[i]);
+    for (size_t i = 0; i < ndeferred; i++)
+      dispatch(&deferred[i]);
     ndeferred = 0;
     int want_stdin = stdin_open && (prompted || !interactive);
     struct pollfd p[2] = {{sock, POLLIN, 0}, {want_stdin ? 0 : -1, POLLIN, 0}};
@@ -237,7 +251,8 @@ int host_attach(const char *path) {
     if (p[0].revents) {
       if (read_host() < 0) host_open = 0;
       frame_t f;
-      while (next_frame(&f)) dispatch(&f);
+      while (next_frame(&f))
+        dispatch(&f);
     }
     if (want_stdin && p[1].revents) {
       if (interactive) {

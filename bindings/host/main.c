@@ -35,10 +35,10 @@ static const char luv_key = 'l';  /* registry: luv's module table (it owns the l
 static struct {
   lua_State *L;
   uv_loop_t *loop;
-  int repl;         /* a REPL is served: terminal or socket */
-  int term;         /* the terminal REPL is on */
-  int term_keys;    /* the terminal reports single key presses (readline) */
-  int quitting;     /* stop: the terminal session ended, SIGTERM, or an error in a callback */
+  int repl;      /* a REPL is served: terminal or socket */
+  int term;      /* the terminal REPL is on */
+  int term_keys; /* the terminal reports single key presses (readline) */
+  int quitting;  /* stop: the terminal session ended, SIGTERM, or an error in a callback */
   int exit_code;
   uv_poll_t in_poll;
   uv_idle_t in_idle; /* stdin that cannot be polled (a regular file) */
@@ -222,9 +222,14 @@ static int l_probe_socket(lua_State *L) {
 }
 
 static const luaL_Reg host_fns[] = {
-    {"write", l_write},   {"prompt", l_prompt}, {"watch", l_watch},
-    {"history_add", l_history_add}, {"quit", l_quit}, {"umask", l_umask},
-    {"probe_socket", l_probe_socket}, {NULL, NULL},
+    {"write", l_write},
+    {"prompt", l_prompt},
+    {"watch", l_watch},
+    {"history_add", l_history_add},
+    {"quit", l_quit},
+    {"umask", l_umask},
+    {"probe_socket", l_probe_socket},
+    {NULL, NULL},
 };
 
 /* ---- the terminal ------------------------------------------------------------------------ */
@@ -238,7 +243,9 @@ static void on_term_line(void *arg, const char *line) {
   }
 }
 
-static void on_term_key(void *arg) { call_core("term_key", 0, 0); }
+static void on_term_key(void *arg) {
+  call_core("term_key", 0, 0);
+}
 
 static char **on_term_complete(void *arg, const char *word) {
   lua_State *L = host.L;
@@ -277,9 +284,13 @@ static void on_sigint(uv_signal_t *h, int signum) {
   call_core("term_interrupt", 0, 0);
 }
 
-static void on_sigwinch(uv_signal_t *h, int signum) { term_resize(); }
+static void on_sigwinch(uv_signal_t *h, int signum) {
+  term_resize();
+}
 
-static void on_sigterm(uv_signal_t *h, int signum) { quit(128 + signum); }
+static void on_sigterm(uv_signal_t *h, int signum) {
+  quit(128 + signum);
+}
 
 /* The first loop iteration: show the banner and the prompt, then listen to stdin. Deferred so
  * that the prompt comes after what the script printed while it started. */
@@ -335,11 +346,11 @@ const char *host_history_path(void) {
 
 /* Close the handles this file owns (luv's finaliser must never see them). */
 static void close_handles(void) {
-  uv_handle_t *hs[] = {(uv_handle_t *)&host.in_poll, (uv_handle_t *)&host.in_idle,
+  uv_handle_t *hs[] = {(uv_handle_t *)&host.in_poll,     (uv_handle_t *)&host.in_idle,
                        (uv_handle_t *)&host.start_timer, (uv_handle_t *)&host.sigint,
-                       (uv_handle_t *)&host.sigwinch, (uv_handle_t *)&host.sigterm};
-  int *on[] = {&host.in_poll_on, &host.in_idle_on, &host.start_on,
-               &host.sigint_on, &host.sigwinch_on, &host.sigterm_on};
+                       (uv_handle_t *)&host.sigwinch,    (uv_handle_t *)&host.sigterm};
+  int *on[] = {&host.in_poll_on, &host.in_idle_on,  &host.start_on,
+               &host.sigint_on,  &host.sigwinch_on, &host.sigterm_on};
   for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) {
     if (*on[i] && !uv_is_closing(hs[i])) uv_close(hs[i], NULL);
     *on[i] = 0;
@@ -369,17 +380,18 @@ static void exe_dir(char *out, size_t n, const char *argv0) {
 static void set_paths(lua_State *L, const char *argv0) {
   char dir[PATH_MAX];
   exe_dir(dir, sizeof(dir), argv0);
-  luaL_Buffer b;
   lua_getglobal(L, "package");
-  luaL_buffinit(L, &b);
+  int parts = 0;
   if (dir[0]) {
     lua_pushfstring(L, "%s/../lua/?.so;%s/../lib/lua/5.4/?.so;", dir, dir);
-    luaL_addvalue(&b);
+    parts++;
   }
-  if (PP_INSTALL_CMOD_DIR[0] == '/') luaL_addstring(&b, PP_INSTALL_CMOD_DIR "/?.so;");
-  lua_getfield(L, -2, "cpath");
-  luaL_addvalue(&b);
-  luaL_pushresult(&b);
+  if (PP_INSTALL_CMOD_DIR[0] == '/') {
+    lua_pushliteral(L, PP_INSTALL_CMOD_DIR "/?.so;");
+    parts++;
+  }
+  lua_getfield(L, -1 - parts, "cpath");
+  lua_concat(L, parts + 1);
   lua_setfield(L, -2, "cpath");
   if (dir[0]) {
     lua_getfield(L, -1, "path");
@@ -588,7 +600,15 @@ int main(int argc, char **argv) {
   }
   if (socket_path) {
     lua_pushstring(L, socket_path);
-    if (call_core("serve", 1, 0) != LUA_OK) status = 1;
+    if (call_core("serve", 1, 2) != LUA_OK) {
+      status = 1;
+    } else {
+      if (!lua_toboolean(L, -2)) {
+        report("--repl-socket", lua_tostring(L, -1));
+        status = 1;
+      }
+      lua_pop(L, 2);
+    }
   }
   if (host.repl) { /* SIGTERM: restore the terminal, remove the socket, close the pools */
     uv_signal_init(host.loop, &host.sigterm);
@@ -598,8 +618,7 @@ int main(int argc, char **argv) {
   }
 
   for (int c = 0; c < nchunks && status == 0; c++) {
-    if (luaL_loadbuffer(L, argv[chunks[c]], strlen(argv[chunks[c]]), "=(command line)") !=
-        LUA_OK) {
+    if (luaL_loadbuffer(L, argv[chunks[c]], strlen(argv[chunks[c]]), "=(command line)") != LUA_OK) {
       report(NULL, lua_tostring(L, -1));
       lua_pop(L, 1);
       status = 1;
@@ -617,7 +636,8 @@ int main(int argc, char **argv) {
       status = 1;
     } else {
       int nargs = 0;
-      for (int i = script + 1; script > 0 && i < argc; i++, nargs++) lua_pushstring(L, argv[i]);
+      for (int i = script + 1; script > 0 && i < argc; i++, nargs++)
+        lua_pushstring(L, argv[i]);
       if (docall(L, nargs, 0, NULL) != LUA_OK) status = 1;
     }
   }

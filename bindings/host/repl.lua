@@ -753,11 +753,11 @@ local function socket_session(client)
   end)
 end
 
---- serve(path): the REPL on a unix socket created with mode 0600. Raises if the path exists
--- and is not a stale socket.
+--- serve(path): the REPL on a unix socket created with mode 0600. Returns true, or nil and
+-- why (the path exists and is not a stale socket, or cannot be bound).
 function M.serve(path)
   local ok, err = H.probe_socket(path)
-  if not ok then error(err, 0) end
+  if not ok then return nil, err end
   server = uv.new_pipe(false)
   local old = H.umask(tonumber("177", 8)) -- the socket is born 0600: no window for others
   local r, berr = server:bind(path)
@@ -765,7 +765,7 @@ function M.serve(path)
   if not r then
     server:close()
     server = nil
-    error(fmt("cannot listen on %s: %s", path, tostring(berr)), 0)
+    return nil, fmt("cannot listen on %s: %s", path, tostring(berr))
   end
   server_path = path
   uv.fs_chmod(path, tonumber("600", 8))
@@ -784,9 +784,10 @@ function M.serve(path)
   end)
   if not lr then
     M.shutdown()
-    error(fmt("cannot listen on %s: %s", path, tostring(lerr)), 0)
+    return nil, fmt("cannot listen on %s: %s", path, tostring(lerr))
   end
   server:unref() -- the listener alone does not keep the program running
+  return true
 end
 
 --- shutdown(): close every session and the socket (removing its file).

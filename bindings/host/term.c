@@ -249,7 +249,9 @@ void term_prompt(const char *p) {
   }
 }
 
-void term_watch(int on) { watching = on; }
+void term_watch(int on) {
+  watching = on;
+}
 
 void term_cancel_line(void) {
   if (!opened || ended) return;

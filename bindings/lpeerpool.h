@@ -107,6 +107,8 @@ int lpp_push_error(lua_State *L, int err, const char *detail);
 void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool);
 /* Call the function below `nargs` arguments on L's stack in protected mode, the same way. */
 void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool);
+/* Send a report line to peerpool.on_error's function, or to stderr. */
+void lpp_emit(lua_State *L, const char *text);
 /* Report a Lua error message (with traceback already attached). */
 void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *pool);
 /* Drop a registry reference and mark it LUA_NOREF. */

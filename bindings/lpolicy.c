@@ -33,13 +33,17 @@ void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
     p->hook_suppressed[hook]++;
     return;
   }
-  fprintf(stderr, "peerpool: policy hook %s (%s) failed: %s", lpp_hook_names[hook], p->policy_name,
-          msg ? msg : "(error object is not a string)");
+  char more[64] = "";
   if (p->hook_suppressed[hook])
-    fprintf(stderr, " (%llu more since the last report)",
-            (unsigned long long)p->hook_suppressed[hook]);
-  fputs("; using the default\n", stderr);
-  fflush(stderr);
+    snprintf(more, sizeof(more), " (%llu more since the last report)",
+             (unsigned long long)p->hook_suppressed[hook]);
+  /* The pool's hook thread: idle here, and never a thread in the middle of a resume. */
+  lua_State *L = p->hook_L;
+  lua_pushfstring(L, "peerpool: policy hook %s (%s) failed: %s%s; using the default",
+                  lpp_hook_names[hook], p->policy_name,
+                  msg ? msg : "(error object is not a string)", more);
+  lpp_emit(L, lua_tostring(L, -1));
+  lua_pop(L, 1);
   p->hook_logged_at[hook] = now ? now : 1;
   p->hook_suppressed[hook] = 0;
 }

@@ -64,10 +64,33 @@ int lpp_push_error(lua_State *L, int err, const char *detail) {
   return 3;
 }
 
+static const char reporter_key = 'r';
+
+void lpp_emit(lua_State *L, const char *text) {
+  /* A reporter set with peerpool.on_error(fn) gets it (the REPL prints it above its prompt);
+   * if it fails too, or there is none, stderr does. */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &reporter_key) == LUA_TFUNCTION) {
+    lua_pushstring(L, text);
+    if (lua_pcall(L, 1, 0, 0) == LUA_OK) return;
+  }
+  lua_pop(L, 1);
+  fprintf(stderr, "%s\n", text);
+  fflush(stderr);
+}
+
 void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *pool) {
   if (pool) pool->callback_errors++;
-  fprintf(stderr, "peerpool: error in %s: %s\n", what, msg ? msg : "(error object is not a string)");
-  fflush(stderr);
+  lua_pushfstring(L, "peerpool: error in %s: %s", what, msg ? msg : "(error object is not a string)");
+  lpp_emit(L, lua_tostring(L, -1));
+  lua_pop(L, 1);
+}
+
+/* peerpool.on_error(fn | nil): where errors raised by callbacks and coroutines are reported. */
+static int l_on_error(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &reporter_key);
+  return 0;
 }
 
 static int traceback(lua_State *L) {
@@ -201,6 +224,8 @@ static const luaL_Reg module_fns[] = {
     {"pools", lpp_l_pools},
     {"_loop_running", l_loop_running},
     {"_spawn", l_spawn},
+    {"spawn", l_spawn},
+    {"on_error", l_on_error},
     {"_canonical", l_canonical},
     {"_set_run_hook", lpp_l_set_run_hook},
     {NULL, NULL},

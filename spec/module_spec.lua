@@ -282,4 +282,39 @@ describe("peerpool", function()
       assert.equal(3, ticks)
     end)
   end)
+
+  describe(".spawn()", function()
+    it("starts fn in a coroutine on the loop and returns at once", function()
+      local steps = {}
+      local co = peerpool.spawn(function(x)
+        steps[#steps + 1] = x
+        local t = uv.new_timer()
+        local me = coroutine.running()
+        t:start(10, 0, function() t:close(); coroutine.resume(me) end)
+        coroutine.yield()
+        steps[#steps + 1] = "after"
+      end, "first")
+      assert.equal("thread", type(co))
+      assert.same({ "first" }, steps) -- ran up to its first wait, inside spawn
+      uv.run()
+      assert.same({ "first", "after" }, steps)
+    end)
+
+    it("names a wrong argument", function()
+      assert.has_error(function() peerpool.spawn(42) end)
+    end)
+  end)
+
+  describe(".on_error()", function()
+    it("receives errors raised in callbacks instead of stderr, and can be unset", function()
+      local seen = {}
+      peerpool.on_error(function(text) seen[#seen + 1] = text end)
+      finally(function() peerpool.on_error(nil) end)
+      peerpool.spawn(function() error("boom in a coroutine") end)
+      assert.equal(1, #seen)
+      assert.matches("peerpool: error in coroutine: .*boom in a coroutine", seen[1])
+      peerpool.on_error(nil)
+      assert.has_error(function() peerpool.on_error(42) end)
+    end)
+  end)
 end)

@@ -224,7 +224,7 @@ void pp__conn_available(pp_conn_t *conn) {
   if (!pp__list_empty(&pool->notices) && pp__conn_lendable(conn)) pp__fire_notices(pool, 0);
 }
 
-void pp__capacity_opened(pp_pool_t *pool, pp_peer_t *freed) {
+void pp__capacity_opened(pp_pool_t *pool) {
   if (pool->closing) return;
   while (pool->total < pool->opts.max_total && pool->waiters > 0) {
     pp_lease_t *best = NULL;
@@ -250,7 +250,6 @@ void pp__capacity_opened(pp_pool_t *pool, pp_peer_t *freed) {
     int err = pp__conn_dial(target, best, NULL);
     if (err) pp__lease_complete(best, err);
   }
-  (void)freed;
   if (!pp__list_empty(&pool->notices)) pp__fire_notices(pool, 0);
 }
 
@@ -370,7 +369,7 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   enqueue(pool, lease, timeout);
   pool->stats.acquires++;
   /* A seed hook may have added peers during this call: dial one for the new waiter. */
-  if (peer == NULL && pool->total < pool->opts.max_total) pp__capacity_opened(pool, NULL);
+  if (peer == NULL && pool->total < pool->opts.max_total) pp__capacity_opened(pool);
   return 0;
 }
 

@@ -686,12 +686,11 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
     uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
   }
   pp__peer_update_state(peer);
-  if (!pool->closing) pp__capacity_opened(pool, peer);
+  if (!pool->closing) pp__capacity_opened(pool);
 }
 
 /* Burn `peer`: its waiters end with PP_EBURNED and its unleased conns close. */
 void pp__peer_burn(pp_peer_t *peer) {
-  pp_pool_t *pool = peer->pool;
   peer->burned = true;
   pp__peer_update_state(peer);
   pp__fail_peer_waiters(peer, PP_EBURNED);
@@ -703,7 +702,6 @@ void pp__peer_burn(pp_peer_t *peer) {
     if (conn->owner) pp__dial_failed(conn, PP_EBURNED);
     pp__conn_close(conn, PP_CLOSE_CLOSED);
   }
-  (void)pool;
 }
 
 /* ---- accessors ------------------------------------------------------------------------- */

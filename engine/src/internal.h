@@ -183,7 +183,6 @@ struct pp_pool_s {
   uint64_t seq;
   pp__heap_t deadlines;
   uv_timer_t deadline_timer;
-  uint64_t deadline_armed; /* when deadline_timer fires, 0 = stopped */
   /* deferred callbacks, run from a check handle (an idle handle keeps poll from blocking) */
   pp__link_t defer_leases, defer_notices, defer_conns;
   struct pp__event_s *events; /* peer state changes waiting for delivery (a ring) */
@@ -211,7 +210,6 @@ struct pp__event_s {
 void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status);
 void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status);
 void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn);
-void pp__undefer_conn(pp_pool_t *pool, pp_conn_t *conn);
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to);
 void pp__maybe_finish(pp_pool_t *pool);
 uint64_t pp__random(pp_pool_t *pool);
@@ -259,8 +257,9 @@ void pp__peer_burn(pp_peer_t *peer);
 /* A conn became usable (connected, released, pinged): serve its owner or the next waiter,
  * or fire notices. */
 void pp__conn_available(pp_conn_t *conn);
-/* A conn slot opened (conn closed): start dials for waiters that can use it. */
-void pp__capacity_opened(pp_pool_t *pool, pp_peer_t *peer);
+/* A conn slot opened (a conn closed, a peer was added): start dials for waiters that can
+ * use it, and fire notices. */
+void pp__capacity_opened(pp_pool_t *pool);
 /* A dial ended without a conn: tell its owner. */
 void pp__dial_failed(pp_conn_t *conn, int status);
 void pp__lease_complete(pp_lease_t *lease, int status);

@@ -100,7 +100,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   pool->stats.peers_by_state[PP_PEER_KNOWN]++;
   if (out) *out = peer;
   /* Acquires for any peer may be waiting for exactly this. */
-  if (pool->any_waiters.count > 0) pp__capacity_opened(pool, peer);
+  if (pool->any_waiters.count > 0) pp__capacity_opened(pool);
   return 0;
 nomem:
   if (peer) {

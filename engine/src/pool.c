@@ -110,12 +110,6 @@ void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn) {
   defer_wake(pool);
 }
 
-void pp__undefer_conn(pp_pool_t *pool, pp_conn_t *conn) {
-  if (!conn->deliver_pending) return;
-  conn->deliver_pending = false;
-  pp__list_remove(&conn->defer_link);
-}
-
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to) {
   if (pool->state_cb == NULL) return;
   if (pool->events_len == pool->events_cap) {

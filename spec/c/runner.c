@@ -222,6 +222,31 @@ int test_acquire_wait(pp_pool_t *pool, pp_lease_t *lease, test_rec_t *rec, pp_pe
   return rec->status;
 }
 
+pp_conn_t *test_acquire_release(pp_pool_t *pool, pp_peer_t *peer) {
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  pp_conn_t *conn = l.conn;
+  ASSERT_OK(pp_release(&l, 0));
+  return conn;
+}
+
+int test_notice_start(pp_pool_t *pool, pp_notice_t *n, test_rec_t *rec, pp_peer_t *peer) {
+  memset(n, 0, sizeof *n);
+  memset(rec, 0, sizeof *rec);
+  n->data = rec;
+  return pp_notice_start(pool, n, peer, test_notice_cb);
+}
+
+void test_set_backoff(pp_pool_t *pool, int64_t (*backoff)(void *, pp_peer_t *, int, int),
+                      void *data) {
+  pp_policy_t pol;
+  memset(&pol, 0, sizeof pol);
+  pol.data = data;
+  pol.backoff = backoff;
+  pp_pool_set_policy(pool, &pol);
+}
+
 int64_t test_backoff_fixed(void *data, pp_peer_t *peer, int attempt, int err) {
   (void)peer;
   (void)attempt;

@@ -225,6 +225,18 @@ int test_acquire_start(pp_pool_t *pool, pp_lease_t *lease, test_rec_t *rec, pp_p
 int test_acquire_wait(pp_pool_t *pool, pp_lease_t *lease, test_rec_t *rec, pp_peer_t *peer,
                       const pp_acquire_opts_t *opts);
 
+/* test_acquire_wait on `peer` (it must succeed), then release the lease healthy at once.
+ * Returns the conn it was lent, to compare with later leases (the pool owns it). */
+pp_conn_t *test_acquire_release(pp_pool_t *pool, pp_peer_t *peer);
+
+/* Zero `n` and `rec`, link them, and call pp_notice_start with test_notice_cb (not inside
+ * CALL: wrap the call for that). Returns what pp_notice_start returned. */
+int test_notice_start(pp_pool_t *pool, pp_notice_t *n, test_rec_t *rec, pp_peer_t *peer);
+
+/* Install a policy whose only hook is `backoff` (called with `data`). */
+void test_set_backoff(pp_pool_t *pool, int64_t (*backoff)(void *, pp_peer_t *, int, int),
+                      void *data);
+
 /* Fixed-delay backoff policy helper: `data` points to an int64_t delay in ms. */
 int64_t test_backoff_fixed(void *data, pp_peer_t *peer, int attempt, int err);
 

@@ -1,33 +1,8 @@
 /* Acquire, try_acquire, release and cancel. */
-#include "servers.h"
-#include "test.h"
-
-typedef struct {
-  pp_pool_t *pool;
-  srv_t *srv;
-  pp_peer_t *peer;
-} fixture_t;
-
-static fixture_t echo_fixture(pp_options_t *o) {
-  fixture_t f;
-  pp_options_t d;
-  if (o == NULL) {
-    test_options(&d);
-    o = &d;
-  }
-  f.srv = srv_echo_start(NULL);
-  f.pool = test_pool(o);
-  f.peer = test_peer(f.pool, srv_addr(f.srv));
-  return f;
-}
-
-static void fixture_end(fixture_t *f) {
-  test_finish(f->pool);
-  srv_stop(f->srv);
-}
+#include "fixtures.h"
 
 TEST(acquire_named_peer) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   int rc = test_acquire_start(f.pool, &l, &r, f.peer, NULL);
@@ -47,7 +22,7 @@ TEST(acquire_named_peer) {
 }
 
 TEST(acquire_any_peer) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, NULL, NULL));
@@ -118,17 +93,15 @@ TEST(acquire_any_peer_skips_stale_addresses) {
   test_run_for(20);
   ASSERT_EQ(srv_accepted(srv), 0);
   ASSERT_EQ(test_stats(pool).connect_attempts, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(acquire_callback_not_inside_call_when_idle_conn) {
   /* Even when an idle conn could be handed over at once, the callback is deferred. */
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(f.pool, f.peer);
   ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL)); /* asserts in the callback */
   ASSERT_EQ(r.calls, 0);
   RUN_UNTIL(r.calls == 1, 1000);
@@ -138,7 +111,7 @@ TEST(acquire_callback_not_inside_call_when_idle_conn) {
 }
 
 TEST(acquire_release_reuses_the_conn) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
@@ -162,7 +135,7 @@ TEST(acquire_release_reuses_the_conn) {
 
 TEST(acquire_released_lease_can_be_reused_as_is) {
   /* "Zero it (or reuse a released one) before pp_acquire." */
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
@@ -176,7 +149,7 @@ TEST(acquire_released_lease_can_be_reused_as_is) {
 }
 
 TEST(acquire_try_acquire_eagain_when_nothing_idle) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   memset(&l, 0, sizeof l);
   ASSERT_ERR(pp_try_acquire(f.pool, &l, f.peer, NULL), PP_EAGAIN);
@@ -193,7 +166,7 @@ TEST(acquire_try_acquire_eagain_when_nothing_idle) {
 }
 
 TEST(acquire_try_acquire_eagain_when_all_busy) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l, t;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
@@ -204,12 +177,8 @@ TEST(acquire_try_acquire_eagain_when_all_busy) {
 }
 
 TEST(acquire_try_acquire_grants_idle_conn_synchronously) {
-  fixture_t f = echo_fixture(NULL);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
-  pp_conn_t *c = l.conn;
-  ASSERT_OK(pp_release(&l, 0));
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
+  pp_conn_t *c = test_acquire_release(f.pool, f.peer);
   pp_lease_t t;
   memset(&t, 0, sizeof t);
   ASSERT_OK(pp_try_acquire(f.pool, &t, f.peer, NULL));
@@ -225,7 +194,7 @@ TEST(acquire_try_acquire_grants_idle_conn_synchronously) {
 }
 
 TEST(acquire_release_broken_closes_the_conn) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
@@ -251,7 +220,7 @@ TEST(acquire_release_broken_closes_the_conn) {
 }
 
 TEST(acquire_release_with_socket_error_counts_failure) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
@@ -264,18 +233,15 @@ TEST(acquire_release_with_socket_error_counts_failure) {
 
 TEST(acquire_healthy_release_resets_nothing_bad) {
   /* A healthy release is not a failure. */
-  fixture_t f = echo_fixture(NULL);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
+  test_acquire_release(f.pool, f.peer);
   ASSERT_EQ(test_peer_info(f.peer).failures, 0);
   ASSERT_EQ(test_stats(f.pool).released_broken, 0);
   fixture_end(&f);
 }
 
 TEST(acquire_release_twice_is_bad_state) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
@@ -302,8 +268,7 @@ TEST(acquire_release_of_pending_lease_is_bad_state) {
   ASSERT_OK(pp_acquire_cancel(&l));
   RUN_UNTIL(r.calls == 1, 1000);
   ASSERT_ERR(r.status, PP_ECANCELED);
-  test_finish(pool);
-  srv_stop(hang);
+  test_finish_srv(pool, hang);
 }
 
 TEST(acquire_cancel_pending) {
@@ -327,8 +292,7 @@ TEST(acquire_cancel_pending) {
   ASSERT_EQ(r.calls, 1);
   ASSERT_EQ(test_stats(pool).canceled, 1);
   ASSERT_ERR(pp_acquire_cancel(&l), PP_ESTATE);
-  test_finish(pool);
-  srv_stop(hang);
+  test_finish_srv(pool, hang);
 }
 
 TEST(acquire_cancel_then_release_does_not_matter) {
@@ -350,12 +314,11 @@ TEST(acquire_cancel_then_release_does_not_matter) {
   test_run_for(20);
   ASSERT_EQ(r.calls, 1);
   ASSERT_ERR(r.status, PP_ECANCELED);
-  test_finish(pool);
-  srv_stop(hang);
+  test_finish_srv(pool, hang);
 }
 
 TEST(acquire_cancel_granted_is_bad_state) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
@@ -372,12 +335,11 @@ TEST(acquire_cancel_granted_is_bad_state) {
 }
 
 TEST(acquire_cancel_waiter_frees_its_queue_slot) {
-  fixture_t f;
   pp_options_t o;
   test_options(&o);
   o.max_per_peer = 1;
   o.backlog = 1;
-  f = echo_fixture(&o);
+  fixture_t f = fixture_start(srv_echo_start(NULL), &o);
   pp_lease_t a, w1, w2;
   test_rec_t ra, r1, r2;
   ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, f.peer, NULL));
@@ -396,7 +358,7 @@ TEST(acquire_cancel_waiter_frees_its_queue_slot) {
 }
 
 TEST(acquire_lease_in_use_is_invalid) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
@@ -431,7 +393,7 @@ TEST(acquire_peer_of_another_pool_is_invalid) {
 }
 
 TEST(acquire_bad_opts_are_invalid) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   pp_acquire_opts_t a;
@@ -467,7 +429,7 @@ static void release_inside_cb(pp_lease_t *lease, int status) {
 }
 
 TEST(acquire_release_inside_callback) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   memset(&l, 0, sizeof l);
@@ -501,7 +463,7 @@ static void acquire_inside_cb(pp_lease_t *lease, int status) {
 }
 
 TEST(acquire_acquire_inside_callback) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   nested_pool = f.pool;
   nested_peer = f.peer;
   pp_lease_t l;
@@ -526,10 +488,7 @@ TEST(acquire_any_peer_when_all_are_burned_is_no_peer) {
   pp_options_t o;
   test_options(&o);
   pp_pool_t *pool = test_pool(&o);
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.backoff = always_burn;
-  pp_pool_set_policy(pool, &pol);
+  test_set_backoff(pool, always_burn, NULL);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l;
   test_rec_t r;
@@ -543,17 +502,14 @@ TEST(acquire_any_peer_when_all_are_burned_is_no_peer) {
   } else {
     ASSERT_ERR(rc, PP_ENOPEER);
   }
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(acquire_conn_idle_ms_grows_while_idle) {
-  fixture_t f = echo_fixture(NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
-  pp_conn_t *c = l.conn;
-  ASSERT_OK(pp_release(&l, 0));
+  pp_conn_t *c = test_acquire_release(f.pool, f.peer);
   test_run_for(60);
   ASSERT_GE(pp_conn_idle_ms(c), 40); /* c is idle but still alive: the pool owns it */
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));

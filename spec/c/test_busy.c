@@ -1,33 +1,17 @@
 /* Resource-busy signalling: busy=fail + notices, busy=wait queues (FIFO, priority, deadline),
  * backlog, and prompt service of waiters on release. */
-#include "servers.h"
-#include "test.h"
-
-typedef struct {
-  pp_pool_t *pool;
-  srv_t *srv;
-  pp_peer_t *peer;
-  pp_lease_t held;
-  test_rec_t held_rec;
-} fx_t;
+#include "fixtures.h"
 
 /* An echo peer with max_per_peer = 1 whose only conn is held by f->held. */
-static void busy_fixture(fx_t *f, pp_options_t *o) {
+static void busy_fixture(fixture_t *f, pp_options_t *o) {
   pp_options_t d;
   if (o == NULL) {
     test_options(&d);
     o = &d;
   }
   o->max_per_peer = 1;
-  f->srv = srv_echo_start(NULL);
-  f->pool = test_pool(o);
-  f->peer = test_peer(f->pool, srv_addr(f->srv));
-  ASSERT_OK(test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL));
-}
-
-static void fx_end(fx_t *f) {
-  test_finish(f->pool);
-  srv_stop(f->srv);
+  *f = fixture_start(srv_echo_start(NULL), o);
+  fixture_hold(f);
 }
 
 static pp_acquire_opts_t opts_busy(int busy, int64_t timeout, int prio) {
@@ -40,7 +24,7 @@ static pp_acquire_opts_t opts_busy(int busy, int64_t timeout, int prio) {
 }
 
 TEST(busy_fail_at_capacity_answers_at_once) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_acquire_opts_t a = opts_busy(PP_BUSY_FAIL, -1, 0);
   pp_lease_t l;
@@ -56,7 +40,7 @@ TEST(busy_fail_at_capacity_answers_at_once) {
   /* With the conn free again, the same busy=fail acquire succeeds. */
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, &a));
   ASSERT_OK(pp_release(&l, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_fail_at_max_total) {
@@ -82,17 +66,15 @@ TEST(busy_fail_at_max_total) {
 }
 
 TEST(busy_notice_fires_after_release) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_acquire_opts_t a = opts_busy(PP_BUSY_FAIL, -1, 0);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EBUSY);
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_OK(CALL(pp_notice_start(f.pool, &n, f.peer, test_notice_cb)));
+  test_rec_t nr;
+  ASSERT_OK(CALL(test_notice_start(f.pool, &n, &nr, f.peer)));
   test_run_for(50);
   ASSERT_EQ(nr.calls, 0);
   ASSERT_OK(CALL(pp_release(&f.held, 0)));
@@ -104,62 +86,54 @@ TEST(busy_notice_fires_after_release) {
   /* And now the acquire goes through. */
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, &a));
   ASSERT_OK(pp_release(&l, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_notice_fires_next_tick_when_capacity_is_free) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   ASSERT_OK(pp_release(&f.held, 0));
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_OK(CALL(pp_notice_start(f.pool, &n, f.peer, test_notice_cb)));
+  test_rec_t nr;
+  ASSERT_OK(CALL(test_notice_start(f.pool, &n, &nr, f.peer)));
   ASSERT_EQ(nr.calls, 0);
   RUN_UNTIL(nr.calls == 1, 500);
   ASSERT_OK(nr.status);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_notice_for_any_peer) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_OK(CALL(pp_notice_start(f.pool, &n, NULL, test_notice_cb)));
+  test_rec_t nr;
+  ASSERT_OK(CALL(test_notice_start(f.pool, &n, &nr, NULL)));
   test_run_for(30);
   ASSERT_EQ(nr.calls, 0);
   ASSERT_OK(pp_release(&f.held, 0));
   RUN_UNTIL(nr.calls == 1, 1000);
   ASSERT_OK(nr.status);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_notice_fires_when_a_broken_release_frees_a_slot) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  test_rec_t nr;
+  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
   ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
   RUN_UNTIL(nr.calls == 1, 1000);
   ASSERT_OK(nr.status);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_notice_cancel) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  test_rec_t nr;
+  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
   ASSERT_OK(CALL(pp_notice_cancel(&n)));
   ASSERT_EQ(nr.calls, 0);
   RUN_UNTIL(nr.calls == 1, 1000);
@@ -172,17 +146,15 @@ TEST(busy_notice_cancel) {
   pp_notice_t z;
   memset(&z, 0, sizeof z);
   ASSERT_ERR(pp_notice_cancel(&z), PP_ESTATE);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_notice_can_be_rearmed) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  test_rec_t nr;
+  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
   ASSERT_OK(pp_release(&f.held, 0));
   RUN_UNTIL(nr.calls == 1, 1000);
   ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
@@ -192,24 +164,22 @@ TEST(busy_notice_can_be_rearmed) {
   ASSERT_OK(pp_release(&f.held, 0));
   RUN_UNTIL(nr.calls == 2, 1000);
   ASSERT_OK(nr.status);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_notice_armed_twice_is_invalid_or_state) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
+  test_rec_t nr;
+  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
   int rc = pp_notice_start(f.pool, &n, f.peer, test_notice_cb);
   ASSERT_ERR2(rc, PP_EINVAL, PP_ESTATE);
   ASSERT_OK(pp_release(&f.held, 0));
   RUN_UNTIL(nr.calls == 1, 1000);
   test_run_for(30);
   ASSERT_EQ(nr.calls, 1);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -218,7 +188,7 @@ TEST(busy_notice_armed_twice_is_invalid_or_state) {
 #define NW 5
 
 TEST(busy_wait_is_fifo) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_lease_t w[NW];
   test_rec_t r[NW];
@@ -242,11 +212,11 @@ TEST(busy_wait_is_fifo) {
   ASSERT_OK(pp_release(cur, 0));
   ASSERT_EQ(test_stats(f.pool).waiters, 0);
   ASSERT_ACCEPTED(f.srv, 1);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_wait_higher_priority_first) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   int prio[] = {0, 5, 2, 5, 7, 0};
   int want[] = {4, 1, 3, 2, 0, 5}; /* indices in service order */
@@ -270,11 +240,11 @@ TEST(busy_wait_higher_priority_first) {
     cur = &w[i];
   }
   ASSERT_OK(pp_release(cur, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_wait_deadline_times_out) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 100, 0);
   pp_lease_t l;
@@ -296,11 +266,11 @@ TEST(busy_wait_deadline_times_out) {
   test_run_for(30);
   ASSERT_EQ(r.calls, 1);
   ASSERT_EQ(test_stats(f.pool).idle, 1);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_wait_uses_pool_acquire_timeout) {
-  fx_t f;
+  fixture_t f;
   pp_options_t o;
   test_options(&o);
   o.acquire_timeout = 100;
@@ -313,11 +283,11 @@ TEST(busy_wait_uses_pool_acquire_timeout) {
   ASSERT_ERR(r.status, PP_ETIMEDOUT);
   ASSERT_GE(test_now_ms() - t0, 90);
   ASSERT_OK(pp_release(&f.held, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_wait_timeout_zero_means_no_deadline) {
-  fx_t f;
+  fixture_t f;
   pp_options_t o;
   test_options(&o);
   o.acquire_timeout = 50;
@@ -332,11 +302,11 @@ TEST(busy_wait_timeout_zero_means_no_deadline) {
   RUN_UNTIL(r.calls == 1, 1000);
   ASSERT_OK(r.status);
   ASSERT_OK(pp_release(&l, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_wait_deadlines_fire_in_order) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   int64_t tmo[] = {150, 50, 100};
   pp_lease_t w[3];
@@ -352,11 +322,11 @@ TEST(busy_wait_deadlines_fire_in_order) {
   ASSERT_LT(r[2].order, r[0].order);
   ASSERT_EQ(test_stats(f.pool).timed_out, 3);
   ASSERT_OK(pp_release(&f.held, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_backlog_full_is_exhausted_at_once) {
-  fx_t f;
+  fixture_t f;
   pp_options_t o;
   test_options(&o);
   o.backlog = 2;
@@ -375,11 +345,11 @@ TEST(busy_backlog_full_is_exhausted_at_once) {
   ASSERT_OK(pp_acquire_cancel(&w[1]));
   RUN_UNTIL(r[0].calls == 1 && r[1].calls == 1, 1000);
   ASSERT_OK(pp_release(&f.held, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_backlog_zero_never_waits) {
-  fx_t f;
+  fixture_t f;
   pp_options_t o;
   test_options(&o);
   o.backlog = 0;
@@ -391,11 +361,11 @@ TEST(busy_backlog_zero_never_waits) {
   ASSERT_OK(pp_release(&f.held, 0));
   test_run_for(20);
   ASSERT_EQ(r.calls, 0);
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_waiter_served_on_release_without_polling) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_lease_t l;
   test_rec_t r;
@@ -418,11 +388,11 @@ TEST(busy_waiter_served_on_release_without_polling) {
   ASSERT_EQ(s.acquired_waited, waited_before + 1);
   ASSERT_EQ(s.waiters, 0);
   ASSERT_OK(pp_release(&l, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_waiter_gets_new_conn_after_broken_release) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_lease_t l;
   test_rec_t r;
@@ -432,11 +402,11 @@ TEST(busy_waiter_gets_new_conn_after_broken_release) {
   ASSERT_OK(r.status);
   ASSERT_ACCEPTED(f.srv, 2);
   ASSERT_OK(pp_release(&l, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_waiter_for_any_peer) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_lease_t l;
   test_rec_t r;
@@ -449,11 +419,11 @@ TEST(busy_waiter_for_any_peer) {
   ASSERT_OK(r.status);
   ASSERT_PTR_EQ(l.peer, f.peer);
   ASSERT_OK(pp_release(&l, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }
 
 TEST(busy_wait_with_priority_in_range_only) {
-  fx_t f;
+  fixture_t f;
   busy_fixture(&f, NULL);
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, PP_PRIORITY_MAX + 1);
   pp_lease_t l;
@@ -461,5 +431,5 @@ TEST(busy_wait_with_priority_in_range_only) {
   ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EINVAL);
   ASSERT_EQ(test_stats(f.pool).waiters, 0);
   ASSERT_OK(pp_release(&f.held, 0));
-  fx_end(&f);
+  fixture_end(&f);
 }

@@ -16,10 +16,7 @@ TEST(close_with_null_callback) {
   srv_t *srv = srv_echo_start(NULL);
   pp_pool_t *pool = test_pool(NULL);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   ASSERT_OK(pp_pool_close(pool, NULL));
   /* Nothing to wait for but the loop running dry. */
   for (int i = 0; i < 200 && uv_loop_alive(test_loop()); i++)
@@ -90,11 +87,7 @@ TEST(close_ends_backoff_promptly) {
   o.retries = 5;
   pp_pool_t *pool = test_pool(&o);
   int64_t delay = 10000;
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.data = &delay;
-  pol.backoff = test_backoff_fixed;
-  pp_pool_set_policy(pool, &pol);
+  test_set_backoff(pool, test_backoff_fixed, &delay);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l;
   test_rec_t r;
@@ -283,8 +276,7 @@ TEST(close_refuses_new_work) {
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   ASSERT_OK(pp_pool_close(pool, test_close_cb));
   ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_ECLOSED);
   ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL, NULL), PP_ECLOSED);
@@ -292,10 +284,8 @@ TEST(close_refuses_new_work) {
   memset(&t, 0, sizeof t);
   ASSERT_ERR(pp_try_acquire(pool, &t, peer, NULL), PP_ECLOSED);
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_ERR(pp_notice_start(pool, &n, peer, test_notice_cb), PP_ECLOSED);
+  test_rec_t nr;
+  ASSERT_ERR(test_notice_start(pool, &n, &nr, peer), PP_ECLOSED);
   test_finish_closed();
   ASSERT_EQ(r.calls, 0);
   ASSERT_EQ(nr.calls, 0);
@@ -360,11 +350,7 @@ TEST(close_pool_with_many_objects) {
   o.connect_timeout = 5000;
   pp_pool_t *pool = test_pool(&o);
   int64_t delay = 5000;
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.data = &delay;
-  pol.backoff = test_backoff_fixed;
-  pp_pool_set_policy(pool, &pol);
+  test_set_backoff(pool, test_backoff_fixed, &delay);
   pp_peer_t *pe = test_peer(pool, srv_addr(echo));
   pp_peer_t *ph = test_peer(pool, srv_addr(hang));
   pp_peer_t *pr = test_peer(pool, srv_addr(ref));
@@ -381,10 +367,8 @@ TEST(close_pool_with_many_objects) {
   ASSERT_OK(test_acquire_start(pool, &l[5], &r[5], ph, NULL)); /* waits */
   ASSERT_OK(test_acquire_start(pool, &l[6], &r[6], pr, NULL)); /* refused, then backoff */
   pp_notice_t n;
-  test_rec_t nr = {0};
-  memset(&n, 0, sizeof n);
-  n.data = &nr;
-  ASSERT_OK(pp_notice_start(pool, &n, pe, test_notice_cb));
+  test_rec_t nr;
+  ASSERT_OK(test_notice_start(pool, &n, &nr, pe));
   test_run_for(50);
   ASSERT_OK(pp_pool_close(pool, test_close_cb));
   test_finish_closed();

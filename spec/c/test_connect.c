@@ -1,7 +1,6 @@
 /* Connecting: timeouts per attempt, retries spaced by the backoff policy, cannot_connect with
  * the last socket error; unix and IPv6 peers. */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 typedef struct {
   int calls;
@@ -26,11 +25,7 @@ static int64_t rec_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
 
 static pp_pool_t *pool_with_backoff(pp_options_t *o, backoff_rec_t *b) {
   pp_pool_t *pool = test_pool(o);
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.data = b;
-  pol.backoff = rec_backoff;
-  pp_pool_set_policy(pool, &pol);
+  test_set_backoff(pool, rec_backoff, b);
   return pool;
 }
 
@@ -59,8 +54,7 @@ TEST(connect_refused_cannot_connect_after_retries) {
   ASSERT_EQ(i.attempts, 3);
   ASSERT_ERR(i.last_error, UV_ECONNREFUSED);
   ASSERT_EQ(i.conns, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_refused_with_default_backoff) {
@@ -78,8 +72,7 @@ TEST(connect_refused_with_default_backoff) {
   ASSERT_LT(test_now_ms() - t0, 3000);
   ASSERT_ERR(l.cause, UV_ECONNREFUSED);
   ASSERT_EQ(test_stats(pool).connect_attempts, 3);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_no_retries_means_one_attempt) {
@@ -99,8 +92,7 @@ TEST(connect_no_retries_means_one_attempt) {
    * failure (to set the peer's retry time, or to burn it). */
   ASSERT_LE(b.calls, 1);
   if (b.calls == 1) ASSERT_EQ(b.attempts[0], 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_backoff_called_with_attempt_numbers) {
@@ -125,8 +117,7 @@ TEST(connect_backoff_called_with_attempt_numbers) {
     ASSERT_PTR_EQ(b.peers[i], peer);
   }
   ASSERT_EQ(test_stats(pool).connect_attempts, 4);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_backoff_delay_is_respected) {
@@ -145,8 +136,7 @@ TEST(connect_backoff_delay_is_respected) {
   uint64_t took = test_now_ms() - t0;
   ASSERT_GE(took, 200); /* two waits of 120 ms */
   ASSERT_LT(took, 5000);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_backoff_default_value_uses_builtin) {
@@ -165,8 +155,7 @@ TEST(connect_backoff_default_value_uses_builtin) {
   ASSERT_LE(b.calls, 2);
   ASSERT_EQ(test_stats(pool).connect_attempts, 2);
   ASSERT_EQ(test_stats(pool).policy_errors, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_full_jitter_bounds) {
@@ -224,8 +213,7 @@ TEST(connect_hanging_listener_times_out_each_attempt) {
   ASSERT_EQ(s.connects_failed, 2);
   ASSERT_EQ(s.connecting, 0);
   ASSERT_EQ(srv_client_conns(hang), 0); /* the timed-out sockets were closed */
-  test_finish(pool);
-  srv_stop(hang);
+  test_finish_srv(pool, hang);
 }
 
 TEST(connect_timeout_single_attempt) {
@@ -243,8 +231,7 @@ TEST(connect_timeout_single_attempt) {
   uint64_t took = test_now_ms() - t0;
   ASSERT_GE(took, 90);
   ASSERT_LT(took, 3000);
-  test_finish(pool);
-  srv_stop(hang);
+  test_finish_srv(pool, hang);
 }
 
 TEST(connect_success_records_latency) {
@@ -275,8 +262,7 @@ TEST(connect_success_records_latency) {
   ASSERT_EQ(i.leases, 1);
   ASSERT_EQ(i.idle, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_unix_socket_peer) {
@@ -290,8 +276,7 @@ TEST(connect_unix_socket_peer) {
   ASSERT_ACCEPTED(srv, 1);
   ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_unix_prefixed_peer) {
@@ -300,12 +285,8 @@ TEST(connect_unix_prefixed_peer) {
   char addr[300];
   snprintf(addr, sizeof addr, "unix:%s", srv_addr(srv));
   pp_peer_t *peer = test_peer(pool, addr);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_acquire_release(pool, peer);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_unix_missing_path) {
@@ -333,8 +314,7 @@ TEST(connect_ipv6_peer) {
   ASSERT_ACCEPTED(srv, 1);
   ASSERT_EQ(srv_client_conns(srv), 1);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_one_dial_for_two_waiting_acquires) {
@@ -360,8 +340,7 @@ TEST(connect_one_dial_for_two_waiting_acquires) {
   ASSERT_EQ(test_stats(pool).connect_attempts, 1);
   ASSERT_ACCEPTED(srv, 1);
   ASSERT_OK(pp_release(second, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_failure_is_not_inside_acquire) {
@@ -406,8 +385,7 @@ TEST(connect_failed_peer_waits_for_its_retry_time) {
   ASSERT_ERR(r.status, PP_ECANNOTCONNECT);
   ASSERT_GE(test_now_ms() - t0, 200);
   ASSERT_EQ(test_stats(pool).connect_attempts, 2);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(connect_deadline_applies_while_dialing) {
@@ -429,8 +407,7 @@ TEST(connect_deadline_applies_while_dialing) {
   ASSERT_GE(took, 90);
   ASSERT_LT(took, 2000);
   ASSERT_EQ(test_stats(pool).timed_out, 1);
-  test_finish(pool);
-  srv_stop(hang);
+  test_finish_srv(pool, hang);
 }
 
 TEST(connect_waiters_behind_a_failing_dial_all_end) {
@@ -457,6 +434,5 @@ TEST(connect_waiters_behind_a_failing_dial_all_end) {
   }
   ASSERT_ERR(r[0].status, PP_ECANNOTCONNECT);
   ASSERT_EQ(test_stats(pool).waiters, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }

@@ -1,6 +1,5 @@
 /* At max_total, idle conns of one peer give way to acquires for another peer. */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 #include <string.h>
 

@@ -1,7 +1,6 @@
 /* The handshake hook: success moves the peer to ready through connected; an error or a
  * timeout fails the attempt (counting toward retries); `closed` tells the hook to let go. */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 enum { HS_HELLO, HS_HELLO_FAIL, HS_SYNC_OK, HS_NEVER, HS_READ_NEVER };
 
@@ -138,8 +137,7 @@ TEST(handshake_hello_reaches_ready) {
   ASSERT_EQ(test_peer_info(peer).bytes_out, 6);
   ASSERT_EQ(hs.closed_calls, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_peer_is_connected_during_hook) {
@@ -157,8 +155,7 @@ TEST(handshake_peer_is_connected_during_hook) {
   ASSERT_EQ(hs.stats_in_hook.conns, 1);
   ASSERT_EQ(hs.stats_in_hook.idle, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_done_inside_hook) {
@@ -173,8 +170,7 @@ TEST(handshake_done_inside_hook) {
   ASSERT_OK(hs.done_rc);
   ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_done_twice_is_bad_state) {
@@ -192,8 +188,7 @@ TEST(handshake_done_twice_is_bad_state) {
   ASSERT_ERR(pp_conn_handshake_done(l.conn, 0), PP_ESTATE);
   ASSERT_ERR(pp_conn_ping_done(l.conn, 0), PP_ESTATE);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_runs_once_per_conn) {
@@ -202,15 +197,10 @@ TEST(handshake_runs_once_per_conn) {
   test_options(&o);
   pp_pool_t *pool = hs_pool(HS_HELLO, &o);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  for (int i = 0; i < 3; i++) {
-    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-    ASSERT_OK(pp_release(&l, 0));
-  }
+  for (int i = 0; i < 3; i++)
+    test_acquire_release(pool, peer);
   ASSERT_EQ(hs.calls, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_error_fails_the_attempt) {
@@ -235,8 +225,7 @@ TEST(handshake_error_fails_the_attempt) {
   RUN_UNTIL(srv_open(srv) == 0, 2000);
   ASSERT_ERR(test_peer_info(peer).last_error, PP_EHANDSHAKE);
   ASSERT_EQ(test_find_transition(peer, PP_PEER_READY, 0), -1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_timeout_fails_the_attempt) {
@@ -260,8 +249,7 @@ TEST(handshake_timeout_fails_the_attempt) {
   ASSERT_EQ(hs.slot[0].closed, 1);
   ASSERT_EQ(test_stats(pool).connects_failed, 1);
   RUN_UNTIL(srv_open(srv) == 0, 2000);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_timeout_counts_toward_retries) {
@@ -278,8 +266,7 @@ TEST(handshake_timeout_counts_toward_retries) {
   ASSERT_EQ(hs.calls, 3);
   ASSERT_EQ(hs.closed_calls, 3);
   ASSERT_EQ(test_stats(pool).connect_attempts, 3);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_closed_hook_on_pool_close) {
@@ -320,8 +307,7 @@ TEST(handshake_server_closes_during_handshake) {
   ASSERT_NE(l.cause, 0);
   ASSERT_EQ(hs.calls, 1);
   ASSERT_EQ(hs.closed_calls, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_canceled_acquire_leaves_the_conn_to_the_pool) {
@@ -348,8 +334,7 @@ TEST(handshake_canceled_acquire_leaves_the_conn_to_the_pool) {
   ASSERT_OK(pp_try_acquire(pool, &t, peer, NULL));
   ASSERT_PTR_EQ(t.conn, hs.slot[0].conn);
   ASSERT_OK(pp_release(&t, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(handshake_reader_not_called_after_closed_on_pool_close) {
@@ -384,6 +369,5 @@ TEST(handshake_reader_not_called_after_closed_on_timeout) {
   ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
   test_run_for(30);
   ASSERT_EQ(hs.closed_calls, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }

@@ -7,8 +7,7 @@
  */
 #include <unistd.h>
 
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 /* ------------------------------------------------------------------------------------------
  * Allocation counting: this binary defines malloc & co. (forwarding to glibc's __libc_*), so
@@ -98,8 +97,7 @@ TEST(inv_try_acquire_release_of_idle_conn_allocates_nothing) {
   counting = 0;
   ASSERT_EQ(ok, 2000);
   ASSERT_EQ(alloc_count, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(inv_shared_try_acquire_release_allocates_nothing) {
@@ -127,8 +125,7 @@ TEST(inv_shared_try_acquire_release_allocates_nothing) {
   counting = 0;
   ASSERT_EQ(ok, 2000);
   ASSERT_EQ(alloc_count, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 static void count_cb(pp_lease_t *lease, int status) {
@@ -164,8 +161,7 @@ TEST(inv_acquire_release_of_idle_conn_allocates_nothing) {
   counting = 0;
   ASSERT_EQ(r.calls, 200 + warm);
   ASSERT_EQ(alloc_count, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -430,10 +426,7 @@ static void storm_setup(void) {
   st.opts.max_lifespan = 300;
   st.opts.lifespan_jitter = 50;
   st.pool = test_pool(&st.opts);
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.backoff = storm_backoff;
-  pp_pool_set_policy(st.pool, &pol);
+  test_set_backoff(st.pool, storm_backoff, NULL);
   pp_pool_on_state(st.pool, test_state_cb);
   st.peers[0] = test_peer(st.pool, srv_addr(st.echo));
   st.peers[1] = test_peer(st.pool, srv_addr(st.hang));
@@ -574,8 +567,7 @@ TEST(inv_limits_hold_under_a_burst) {
     ASSERT_EQ(r[i].calls, 1);
   ASSERT_LE(srv_max_open(srv), 3);
   ASSERT_LE(srv_accepted(srv), 3);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(inv_loop_closes_after_close_with_everything_in_flight) {

@@ -1,7 +1,6 @@
 /* target_peers maintenance, the seed hook, ejection after consecutive failures, and
  * keep_idle_bytes. */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 #include <string.h>
 
@@ -59,8 +58,7 @@ TEST(maintain_calls_seed_when_out_of_candidates) {
   ASSERT_EQ(rec.calls, 1);
   ASSERT_EQ(rec.wanted, 1);
   ASSERT_EQ(test_stats(pool).seeds, 1);
-  test_finish(pool);
-  srv_stop(a);
+  test_finish_srv(pool, a);
 }
 
 TEST(maintain_seed_is_rate_limited) {
@@ -99,8 +97,7 @@ TEST(maintain_any_acquire_waits_for_seeded_peer) {
   ASSERT_EQ(rec.calls, 1);
   ASSERT_STREQ(pp_peer_addr(l.peer), srv_addr(a));
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(a);
+  test_finish_srv(pool, a);
 }
 
 TEST(maintain_no_seed_hook_no_peer) {
@@ -137,8 +134,7 @@ TEST(eject_after_consecutive_broken_releases) {
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_GE(test_now_ms() - t0, 100); /* waited for the cool-down (generous bound) */
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(a);
+  test_finish_srv(pool, a);
 }
 
 TEST(eject_healthy_release_resets_the_run) {
@@ -155,8 +151,7 @@ TEST(eject_healthy_release_resets_the_run) {
     ASSERT_OK(pp_release(&l, i % 2 == 0 ? PP_EBROKEN : 0)); /* broken, healthy, ... */
   }
   ASSERT_EQ(test_stats(pool).ejections, 0);
-  test_finish(pool);
-  srv_stop(a);
+  test_finish_srv(pool, a);
 }
 
 static void written(pp_write_t *req, int status) { *(int *)req->data = status == 0 ? 1 : -1; }
@@ -199,8 +194,7 @@ TEST(keep_idle_bytes_keeps_chatty_conns) {
   ASSERT_EQ(memcmp(rd.buf, "late!", 5), 0);
   ASSERT_OK(pp_release(&l, 0));
   test_reader_free(&rd);
-  test_finish(pool);
-  srv_stop(a);
+  test_finish_srv(pool, a);
 }
 
 TEST(keep_idle_bytes_off_closes_on_late_reply) {
@@ -210,6 +204,5 @@ TEST(keep_idle_bytes_off_closes_on_late_reply) {
   int closed;
   late_reply(pool, peer, 0, &closed);
   ASSERT_EQ(closed, 1);
-  test_finish(pool);
-  srv_stop(a);
+  test_finish_srv(pool, a);
 }

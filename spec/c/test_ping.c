@@ -1,7 +1,6 @@
 /* The ping hook: a health check before lending a conn that idled past ping_after, and on a
  * keepalive sweep; failures and timeouts close the conn (reason "ping"). */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 enum { PING_ECHO, PING_FAIL, PING_NEVER, PING_SYNC_OK, PING_READ_NEVER };
 
@@ -104,9 +103,7 @@ TEST(ping_before_lending_an_idle_conn) {
   pp_pool_t *pool = ping_pool(PING_ECHO, &o, srv, &peer);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  pp_conn_t *c = l.conn;
-  ASSERT_OK(pp_release(&l, 0));
+  pp_conn_t *c = test_acquire_release(pool, peer);
   ASSERT_EQ(pg.calls, 0); /* a fresh conn needs no ping */
   test_run_for(100);
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -119,8 +116,7 @@ TEST(ping_before_lending_an_idle_conn) {
   ASSERT_EQ(s.pings, 1);
   ASSERT_EQ(s.pings_failed, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_not_needed_for_a_recently_used_conn) {
@@ -130,15 +126,10 @@ TEST(ping_not_needed_for_a_recently_used_conn) {
   o.ping_after = 5000;
   pp_peer_t *peer;
   pp_pool_t *pool = ping_pool(PING_ECHO, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  for (int i = 0; i < 3; i++) {
-    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-    ASSERT_OK(pp_release(&l, 0));
-  }
+  for (int i = 0; i < 3; i++)
+    test_acquire_release(pool, peer);
   ASSERT_EQ(pg.calls, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_completed_inside_hook) {
@@ -150,15 +141,13 @@ TEST(ping_completed_inside_hook) {
   pp_pool_t *pool = ping_pool(PING_SYNC_OK, &o, srv, &peer);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   test_run_for(60);
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_EQ(pg.calls, 1);
   ASSERT_OK(pg.done_rc);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_failure_closes_the_conn_and_acquire_gets_another) {
@@ -170,9 +159,7 @@ TEST(ping_failure_closes_the_conn_and_acquire_gets_another) {
   pp_pool_t *pool = ping_pool(PING_FAIL, &o, srv, &peer);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  pp_conn_t *c = l.conn;
-  ASSERT_OK(pp_release(&l, 0));
+  pp_conn_t *c = test_acquire_release(pool, peer);
   test_run_for(60);
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_GE(pg.calls, 1);
@@ -183,8 +170,7 @@ TEST(ping_failure_closes_the_conn_and_acquire_gets_another) {
   ASSERT_EQ(s.closed[PP_CLOSE_PING], 1);
   ASSERT_EQ(s.pings_failed, 1);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_timeout_closes_the_conn) {
@@ -198,8 +184,7 @@ TEST(ping_timeout_closes_the_conn) {
   pp_pool_t *pool = ping_pool(PING_NEVER, &o, srv, &peer);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   test_run_for(60);
   uint64_t t0 = test_now_ms();
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -209,8 +194,7 @@ TEST(ping_timeout_closes_the_conn) {
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_PING], 1);
   ASSERT_ACCEPTED(srv, 2);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_keepalive_checks_idle_conns) {
@@ -220,18 +204,14 @@ TEST(ping_keepalive_checks_idle_conns) {
   o.keepalive = 40;
   pp_peer_t *peer;
   pp_pool_t *pool = ping_pool(PING_ECHO, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   RUN_UNTIL(pg.calls >= 2 && pg.slot[pg.calls - 1].finished, 2000);
   ASSERT_OK(pg.done_rc);
   pp_stats_t s = test_stats(pool);
   ASSERT_GE(s.pings, 1);
   ASSERT_EQ(s.closed[PP_CLOSE_PING], 0);
   ASSERT_EQ(s.conns, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_keepalive_skips_leased_conns) {
@@ -247,8 +227,7 @@ TEST(ping_keepalive_skips_leased_conns) {
   test_run_for(200);
   ASSERT_EQ(pg.calls, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_keepalive_failure_closes_idle_conn) {
@@ -258,15 +237,11 @@ TEST(ping_keepalive_failure_closes_idle_conn) {
   o.keepalive = 40;
   pp_peer_t *peer;
   pp_pool_t *pool = ping_pool(PING_FAIL, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_PING] == 1, 2000);
   ASSERT_EQ(test_stats(pool).conns, 0);
   RUN_UNTIL(srv_open(srv) == 0, 2000);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_closed_hook_on_pool_close) {
@@ -277,10 +252,7 @@ TEST(ping_closed_hook_on_pool_close) {
   o.handshake_timeout = 10000;
   pp_peer_t *peer;
   pp_pool_t *pool = ping_pool(PING_NEVER, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   RUN_UNTIL(pg.calls == 1, 2000);
   ASSERT_OK(pp_pool_close(pool, test_close_cb));
   test_finish_closed();
@@ -298,10 +270,7 @@ TEST(ping_hook_reader_not_called_after_closed) {
   o.handshake_timeout = 10000;
   pp_peer_t *peer;
   pp_pool_t *pool = ping_pool(PING_READ_NEVER, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   RUN_UNTIL(pg.calls == 1, 2000);
   ASSERT_OK(pp_pool_close(pool, test_close_cb));
   test_finish_closed();
@@ -317,10 +286,7 @@ TEST(ping_pinging_conn_is_not_lent_by_try_acquire) {
   o.handshake_timeout = 10000;
   pp_peer_t *peer;
   pp_pool_t *pool = ping_pool(PING_NEVER, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   RUN_UNTIL(pg.calls == 1, 2000);
   pp_lease_t t;
   memset(&t, 0, sizeof t);
@@ -330,8 +296,7 @@ TEST(ping_pinging_conn_is_not_lent_by_try_acquire) {
   ASSERT_OK(pp_conn_ping_done(pg.slot[0].conn, 0));
   ASSERT_OK(pp_try_acquire(pool, &t, peer, NULL));
   ASSERT_OK(pp_release(&t, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(ping_hook_reader_not_called_after_closed_on_timeout) {
@@ -342,13 +307,9 @@ TEST(ping_hook_reader_not_called_after_closed_on_timeout) {
   o.handshake_timeout = 50;
   pp_peer_t *peer;
   pp_pool_t *pool = ping_pool(PING_READ_NEVER, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   RUN_UNTIL(pg.closed_calls == 1, 2000);
   test_run_for(30);
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_PING], 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }

@@ -1,6 +1,5 @@
 /* The policy seam: select_peer / select_conn / backoff hooks, fallbacks and policy_errors. */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 typedef struct {
   int calls;
@@ -173,8 +172,7 @@ TEST(policy_select_conn_bad_answer_falls_back) {
   ASSERT_GE(test_stats(pool).policy_errors, 1);
   ASSERT_NOT_NULL(l[0].conn);
   ASSERT_OK(pp_release(&l[0], 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 static int64_t nonsense_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
@@ -189,11 +187,7 @@ TEST(policy_backoff_nonsense_falls_back) {
   o.retries = 1;
   pp_pool_t *pool = test_pool(&o);
   int calls = 0;
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.data = &calls;
-  pol.backoff = nonsense_backoff;
-  pp_pool_set_policy(pool, &pol);
+  test_set_backoff(pool, nonsense_backoff, &calls);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l;
   test_rec_t r;
@@ -202,8 +196,7 @@ TEST(policy_backoff_nonsense_falls_back) {
   ASSERT_GE(test_stats(pool).policy_errors, 1);
   ASSERT_EQ(test_stats(pool).connect_attempts, 2); /* not burned, retried */
   ASSERT(pp_peer_state(peer) != PP_PEER_BURNED);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(policy_is_copied_and_null_restores_defaults) {

@@ -1,13 +1,6 @@
 /* Recycling: idle timeout, max lifespan (with jitter), conns the server closes mid-use or
  * while idle. */
-#include "servers.h"
-#include "test.h"
-
-static pp_pool_t *pool_on(srv_t *srv, pp_options_t *o, pp_peer_t **peer) {
-  pp_pool_t *pool = test_pool(o);
-  *peer = test_peer(pool, srv_addr(srv));
-  return pool;
-}
+#include "fixtures.h"
 
 TEST(recycle_idle_timeout_closes_idle_conn) {
   srv_t *srv = srv_echo_start(NULL);
@@ -15,11 +8,8 @@ TEST(recycle_idle_timeout_closes_idle_conn) {
   test_options(&o);
   o.idle_timeout = 50;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  test_acquire_release(pool, peer);
   uint64_t t0 = test_now_ms();
   RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_IDLE] == 1, 3000);
   ASSERT_GE(test_now_ms() - t0, 40);
@@ -28,8 +18,7 @@ TEST(recycle_idle_timeout_closes_idle_conn) {
   ASSERT_EQ(s.idle, 0);
   ASSERT_EQ(test_peer_info(peer).failures, 0);
   RUN_UNTIL(srv_open(srv) == 0, 2000);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_idle_timeout_spares_leased_conns) {
@@ -38,7 +27,7 @@ TEST(recycle_idle_timeout_spares_leased_conns) {
   test_options(&o);
   o.idle_timeout = 50;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -48,8 +37,7 @@ TEST(recycle_idle_timeout_spares_leased_conns) {
   ASSERT_EQ(pp_conn_is_broken(l.conn), 0);
   ASSERT_EQ(test_write(l.conn, "x", 1), 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_idle_timer_restarts_on_reuse) {
@@ -59,18 +47,14 @@ TEST(recycle_idle_timer_restarts_on_reuse) {
   test_options(&o);
   o.idle_timeout = 80;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   for (int i = 0; i < 8; i++) {
-    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-    ASSERT_OK(pp_release(&l, 0));
+    test_acquire_release(pool, peer);
     test_run_for(30);
   }
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 0);
   ASSERT_ACCEPTED(srv, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_idle_timeout_zero_never_closes) {
@@ -79,15 +63,11 @@ TEST(recycle_idle_timeout_zero_never_closes) {
   test_options(&o);
   o.idle_timeout = 0;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  test_acquire_release(pool, peer);
   test_run_for(150);
   ASSERT_EQ(test_stats(pool).conns, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_max_lifespan_closes_when_last_lease_ends) {
@@ -97,7 +77,7 @@ TEST(recycle_max_lifespan_closes_when_last_lease_ends) {
   o.max_lifespan = 50;
   o.lifespan_jitter = 0;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -115,8 +95,7 @@ TEST(recycle_max_lifespan_closes_when_last_lease_ends) {
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_ACCEPTED(srv, 2);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_expired_idle_conn_is_not_lent) {
@@ -127,7 +106,7 @@ TEST(recycle_expired_idle_conn_is_not_lent) {
   o.max_lifespan = 60;
   o.lifespan_jitter = 0;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -140,8 +119,7 @@ TEST(recycle_expired_idle_conn_is_not_lent) {
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_ACCEPTED(srv, 2);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_lifespan_jitter_bounds) {
@@ -152,7 +130,7 @@ TEST(recycle_lifespan_jitter_bounds) {
   o.lifespan_jitter = 50;
   o.max_per_peer = 8;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   enum { N = 8 };
   pp_lease_t l[N];
   test_rec_t r[N];
@@ -172,8 +150,7 @@ TEST(recycle_lifespan_jitter_bounds) {
   ASSERT_MSG(spread, "8 conns opened together all expire together despite 50%% jitter");
   for (int i = 0; i < N; i++)
     ASSERT_OK(pp_release(&l[i], 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_lifespan_without_jitter_is_exact) {
@@ -183,7 +160,7 @@ TEST(recycle_lifespan_without_jitter_is_exact) {
   o.max_lifespan = 10000;
   o.lifespan_jitter = 0;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -191,8 +168,7 @@ TEST(recycle_lifespan_without_jitter_is_exact) {
   pp_conn_info(l.conn, &ci);
   ASSERT_EQ(ci.expires_at - ci.created_at, 10000);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_no_lifespan_means_no_expiry) {
@@ -201,7 +177,7 @@ TEST(recycle_no_lifespan_means_no_expiry) {
   test_options(&o);
   o.max_lifespan = 0;
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -209,8 +185,7 @@ TEST(recycle_no_lifespan_means_no_expiry) {
   pp_conn_info(l.conn, &ci);
   ASSERT_EQ(ci.expires_at, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_server_closes_mid_use) {
@@ -220,7 +195,7 @@ TEST(recycle_server_closes_mid_use) {
   pp_options_t o;
   test_options(&o);
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -240,8 +215,7 @@ TEST(recycle_server_closes_mid_use) {
   ASSERT_GE(test_peer_info(peer).failures, 1);
   ASSERT_EQ(rd.after_end, 0);
   test_reader_free(&rd);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_server_closes_right_after_accept) {
@@ -253,7 +227,7 @@ TEST(recycle_server_closes_right_after_accept) {
   pp_options_t o;
   test_options(&o);
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   pp_lease_t l;
   test_rec_t r;
   int st = test_acquire_wait(pool, &l, &r, peer, NULL);
@@ -266,8 +240,7 @@ TEST(recycle_server_closes_right_after_accept) {
     test_reader_free(&rd);
   }
   RUN_UNTIL(test_stats(pool).conns == 0, 2000);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_server_closes_idle_conn) {
@@ -275,11 +248,10 @@ TEST(recycle_server_closes_idle_conn) {
   pp_options_t o;
   test_options(&o);
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   KICK_AFTER_ACCEPTED(srv, 1);
   RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 3000);
   pp_stats_t s = test_stats(pool);
@@ -294,8 +266,7 @@ TEST(recycle_server_closes_idle_conn) {
   ASSERT_EQ(test_write(l.conn, "ping", 4), 0);
   ASSERT_ACCEPTED(srv, 2);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(recycle_server_closes_after_delay_while_idle) {
@@ -305,14 +276,10 @@ TEST(recycle_server_closes_after_delay_while_idle) {
   pp_options_t o;
   test_options(&o);
   pp_peer_t *peer;
-  pp_pool_t *pool = pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  test_acquire_release(pool, peer);
   RUN_UNTIL(test_stats(pool).conns == 0, 3000);
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 1);
   ASSERT_EQ(test_peer_info(peer).failures, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }

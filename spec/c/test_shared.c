@@ -1,16 +1,13 @@
 /* Shared conns: client_limit leases per conn, and the default conn selection (fewest
  * leases, then longest idle). */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 static pp_pool_t *shared_pool(srv_t *srv, int client_limit, int max_per_peer, pp_peer_t **peer) {
   pp_options_t o;
   test_options(&o);
   o.client_limit = client_limit;
   o.max_per_peer = max_per_peer;
-  pp_pool_t *pool = test_pool(&o);
-  *peer = test_peer(pool, srv_addr(srv));
-  return pool;
+  return test_pool_on(srv, &o, peer);
 }
 
 TEST(shared_three_leases_on_one_conn) {
@@ -38,8 +35,7 @@ TEST(shared_three_leases_on_one_conn) {
   ASSERT_EQ(test_stats(pool).conns, 2);
   for (int i = 0; i < 4; i++)
     ASSERT_OK(pp_release(&l[i], 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(shared_fourth_is_busy_when_max_per_peer_is_one) {
@@ -62,8 +58,7 @@ TEST(shared_fourth_is_busy_when_max_per_peer_is_one) {
   ASSERT_OK(pp_release(&l[0], 0));
   ASSERT_OK(pp_release(&l[2], 0));
   ASSERT_OK(pp_release(&l[3], 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(shared_waiter_served_when_a_shared_lease_ends) {
@@ -83,8 +78,7 @@ TEST(shared_waiter_served_when_a_shared_lease_ends) {
   ASSERT_PTR_EQ(l[2].conn, l[1].conn);
   ASSERT_OK(pp_release(&l[1], 0));
   ASSERT_OK(pp_release(&l[2], 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(shared_release_one_keeps_the_conn) {
@@ -107,8 +101,7 @@ TEST(shared_release_one_keeps_the_conn) {
   s = test_stats(pool);
   ASSERT_EQ(s.active, 0);
   ASSERT_EQ(s.idle, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(shared_broken_release_closes_for_every_holder) {
@@ -137,8 +130,7 @@ TEST(shared_broken_release_closes_for_every_holder) {
   ASSERT_EQ(test_peer_info(peer).failures, 1);
   ASSERT_EQ(rd.after_end, 0);
   test_reader_free(&rd);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(shared_default_selection_fewest_leases) {
@@ -169,8 +161,7 @@ TEST(shared_default_selection_fewest_leases) {
   int idx[] = {3, 4, 5, 6, 7};
   for (int i = 0; i < 5; i++)
     ASSERT_OK(pp_release(&l[idx[i]], 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(shared_default_selection_longest_idle) {
@@ -201,8 +192,7 @@ TEST(shared_default_selection_longest_idle) {
   ASSERT_PTR_EQ(t[2].conn, c[0]);
   for (int i = 0; i < 3; i++)
     ASSERT_OK(pp_release(&t[i], 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(shared_try_acquire_shares_too) {
@@ -219,8 +209,7 @@ TEST(shared_try_acquire_shares_too) {
   ASSERT_ERR(pp_try_acquire(pool, &u, peer, NULL), PP_EAGAIN);
   ASSERT_OK(pp_release(&t, 0));
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 typedef struct {
@@ -275,6 +264,5 @@ TEST(shared_select_conn_hook_is_used) {
   ASSERT_EQ(s.calls, before);
   ASSERT_PTR_NE(l[0].conn, chosen); /* the other one idled longer */
   ASSERT_OK(pp_release(&l[0], 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }

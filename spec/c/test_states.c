@@ -1,6 +1,5 @@
 /* Peer states and their transitions, seen through pp_pool_on_state. */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 TEST(state_known_connecting_ready) {
   srv_t *srv = srv_echo_start(NULL);
@@ -32,8 +31,7 @@ TEST(state_known_connecting_ready) {
   ASSERT_EQ(s.peers_by_state[PP_PEER_READY], 1);
   ASSERT_EQ(s.peers_by_state[PP_PEER_KNOWN], 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_no_transition_without_change) {
@@ -44,19 +42,14 @@ TEST(state_no_transition_without_change) {
   pp_pool_t *pool = test_pool(&o);
   pp_pool_on_state(pool, test_state_cb);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
   test_run_for(20);
   int n = test_ntransitions;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   test_run_for(20);
   ASSERT_EQ(test_ntransitions, n);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_callback_can_be_removed) {
@@ -73,8 +66,7 @@ TEST(state_callback_can_be_removed) {
   test_run_for(20);
   ASSERT_EQ(test_ntransitions, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_failed_after_refused_connect) {
@@ -99,8 +91,7 @@ TEST(state_failed_after_refused_connect) {
   ASSERT_GE(i.failures, 1);
   ASSERT_ERR(i.last_error, UV_ECONNREFUSED);
   ASSERT_EQ(test_stats(pool).peers_by_state[PP_PEER_FAILED], 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_disconnected_after_server_closes_last_conn) {
@@ -110,10 +101,7 @@ TEST(state_disconnected_after_server_closes_last_conn) {
   pp_pool_t *pool = test_pool(&o);
   pp_pool_on_state(pool, test_state_cb);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
   int before = test_ntransitions;
   KICK_AFTER_ACCEPTED(srv, 1);
@@ -122,8 +110,7 @@ TEST(state_disconnected_after_server_closes_last_conn) {
   int d = test_find_transition(peer, PP_PEER_DISCONNECTED, before);
   ASSERT_EQ(test_transitions[d].from, PP_PEER_READY);
   ASSERT_EQ(test_peer_info(peer).conns, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_disconnected_after_idle_timeout) {
@@ -134,15 +121,11 @@ TEST(state_disconnected_after_idle_timeout) {
   pp_pool_t *pool = test_pool(&o);
   pp_pool_on_state(pool, test_state_cb);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   RUN_UNTIL(pp_peer_state(peer) == PP_PEER_DISCONNECTED, 3000);
   WAIT_TRANSITION(peer, PP_PEER_DISCONNECTED, 0, 1000);
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_not_disconnected_while_another_conn_lives) {
@@ -163,8 +146,7 @@ TEST(state_not_disconnected_while_another_conn_lives) {
   ASSERT_EQ(test_find_transition(peer, PP_PEER_DISCONNECTED, 0), -1);
   ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
   ASSERT_OK(pp_release(&b, 0));
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 static int64_t burn_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
@@ -178,11 +160,7 @@ static pp_peer_t *burn_a_peer(pp_pool_t **poolp, srv_t *srv, int *calls) {
   o.retries = 3;
   pp_pool_t *pool = test_pool(&o);
   pp_pool_on_state(pool, test_state_cb);
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.data = calls;
-  pol.backoff = burn_backoff;
-  pp_pool_set_policy(pool, &pol);
+  test_set_backoff(pool, burn_backoff, calls);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l;
   test_rec_t r;
@@ -206,8 +184,7 @@ TEST(state_burned_when_backoff_gives_up) {
   ASSERT_EQ(s.connect_attempts, 1); /* no attempt after the burn */
   test_run_for(100);
   ASSERT_EQ(test_stats(pool).connect_attempts, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_burned_peer_acquire_fails_at_once) {
@@ -224,8 +201,7 @@ TEST(state_burned_peer_acquire_fails_at_once) {
   test_run_for(30);
   ASSERT_EQ(r.calls, 0);
   ASSERT_EQ(test_stats(pool).connect_attempts, 1);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_readding_a_burned_peer_unburns_it) {
@@ -246,8 +222,7 @@ TEST(state_readding_a_burned_peer_unburns_it) {
   int st = test_acquire_wait(pool, &l, &r, peer, NULL);
   ASSERT_ERR2(st, PP_EBURNED, PP_ECANNOTCONNECT);
   ASSERT_EQ(test_stats(pool).connect_attempts, 2);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(state_peers_by_state_sums_to_peers) {

@@ -1,6 +1,5 @@
 /* Stats: gauges and counters match what the test did. */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 static void check_gauge_identity(pp_pool_t *pool) {
   pp_stats_t s = test_stats(pool);
@@ -86,8 +85,7 @@ TEST(stats_gauges_idle_and_active) {
   ASSERT_EQ(s.active, 0);
   ASSERT_EQ(s.idle, 2);
   check_gauge_identity(pool);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(stats_connecting_gauge) {
@@ -115,8 +113,7 @@ TEST(stats_connecting_gauge) {
     ASSERT_OK(pp_acquire_cancel(&l[i]));
   RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 1000);
   ASSERT_EQ(test_stats(pool).canceled, 3);
-  test_finish(pool);
-  srv_stop(hang);
+  test_finish_srv(pool, hang);
 }
 
 TEST(stats_waiters_gauge) {
@@ -140,8 +137,7 @@ TEST(stats_waiters_gauge) {
   RUN_UNTIL(r[0].calls == 1, 1000);
   ASSERT_EQ(test_stats(pool).waiters, 2);
   ASSERT_EQ(test_peer_info(peer).waiters, 2);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(stats_acquire_counters) {
@@ -155,8 +151,7 @@ TEST(stats_acquire_counters) {
   pp_lease_t a, b, c;
   test_rec_t ra, rb, rc;
   /* 1: dialled for it. */
-  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
-  ASSERT_OK(pp_release(&a, 0));
+  test_acquire_release(pool, peer);
   /* 2: the idle conn, at once. */
   ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
   ASSERT_OK(pp_release(&a, 0));
@@ -197,8 +192,7 @@ TEST(stats_acquire_counters) {
   ASSERT_EQ(s.releases, 4);
   ASSERT_EQ(s.released_broken, 1);
   ASSERT_EQ(s.cannot_connect, 0);
-  test_finish(pool);
-  srv_stop(srv);
+  test_finish_srv(pool, srv);
 }
 
 TEST(stats_connect_counters) {
@@ -208,11 +202,7 @@ TEST(stats_connect_counters) {
   o.retries = 1;
   pp_pool_t *pool = test_pool(&o);
   int64_t delay = 5;
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.data = &delay;
-  pol.backoff = test_backoff_fixed;
-  pp_pool_set_policy(pool, &pol);
+  test_set_backoff(pool, test_backoff_fixed, &delay);
   pp_peer_t *pe = test_peer(pool, srv_addr(echo));
   pp_peer_t *pr = test_peer(pool, srv_addr(ref));
   pp_lease_t a, b;

@@ -1,0 +1,33 @@
+/*
+ * Shared setup and teardown for the engine tests: a pool with one peer at a test server,
+ * optionally holding one lease on it, and the end of a test that used a server.
+ * Implemented in test_fixtures.c (which defines no TEST).
+ */
+#ifndef PP_FIXTURES_H
+#define PP_FIXTURES_H
+
+#include "servers.h"
+#include "test.h"
+
+typedef struct {
+  srv_t *srv;
+  pp_pool_t *pool;
+  pp_peer_t *peer;
+  pp_lease_t held; /* filled by fixture_hold() */
+  test_rec_t held_rec;
+} fixture_t;
+
+/* A pool with `opts` (NULL = test_options() defaults) and `srv` as its one peer. The fixture
+ * owns `srv`: fixture_end() stops it. */
+fixture_t fixture_start(srv_t *srv, const pp_options_t *opts);
+/* Acquire a lease on the fixture's peer into f->held (it must succeed). */
+void fixture_hold(fixture_t *f);
+/* test_finish(f->pool), then srv_stop(f->srv). */
+void fixture_end(fixture_t *f);
+
+/* A pool with `opts` (NULL = engine defaults, as test_pool) and a peer at `srv`. */
+pp_pool_t *test_pool_on(const srv_t *srv, const pp_options_t *opts, pp_peer_t **peer);
+/* test_finish(pool), then srv_stop(srv): the end of a test with one server. */
+void test_finish_srv(pp_pool_t *pool, srv_t *srv);
+
+#endif /* PP_FIXTURES_H */

@@ -15,7 +15,8 @@ static void seed_hook(void *data, pp_pool_t *pool, int wanted) {
   seed_rec_t *s = data;
   s->calls++;
   s->wanted = wanted;
-  for (int i = 0; i < s->n; i++) pp_pool_add_peer(pool, s->addrs[i], 0, NULL, NULL);
+  for (int i = 0; i < s->n; i++)
+    pp_pool_add_peer(pool, s->addrs[i], 0, NULL, NULL);
 }
 
 TEST(maintain_target_peers_dials_until_ready) {
@@ -154,7 +155,9 @@ TEST(eject_healthy_release_resets_the_run) {
   test_finish_srv(pool, a);
 }
 
-static void written(pp_write_t *req, int status) { *(int *)req->data = status == 0 ? 1 : -1; }
+static void written(pp_write_t *req, int status) {
+  *(int *)req->data = status == 0 ? 1 : -1;
+}
 
 static void late_reply(pp_pool_t *pool, pp_peer_t *peer, int keep, int *closed_remote) {
   pp_lease_t l;

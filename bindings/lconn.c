@@ -213,11 +213,53 @@ static void finish_receive(lpp_conn_t *c, int err) {
   lpp_resume(L, co, n, p);
 }
 
+/* The reader's argument is this token, not the userdata: when the conn object is collected
+ * while the engine still owes its reader a final call (its pool closed under it), the token
+ * outlives it and that last call frees it. */
+typedef struct lpp_reader_s {
+  lpp_conn_t *c; /* NULL once the conn object stopped listening */
+} lpp_reader_t;
+
+#define LPP_RECV_BUFFER_MAX (64 * 1024) /* past this, unread bytes wait in the engine */
+
+static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg);
+
+static int start_reading(lpp_conn_t *c, pp_conn_t *conn) {
+  if (c->reader) return 0;
+  lpp_reader_t *t = malloc(sizeof(*t));
+  if (t == NULL) return UV_ENOMEM;
+  t->c = c;
+  int err = pp_conn_read_start(conn, on_read, t);
+  if (err) {
+    free(t);
+    return err;
+  }
+  c->reader = t;
+  return 0;
+}
+
+/* Stop listening. With the conn still there the engine calls no more; without it (detached by
+ * a pool close) one final call is owed, which frees the orphaned token. */
+static void stop_reading(lpp_conn_t *c, pp_conn_t *conn) {
+  lpp_reader_t *t = c->reader;
+  if (t == NULL) return;
+  c->reader = NULL;
+  if (conn) {
+    pp_conn_read_stop(conn);
+    free(t);
+  } else {
+    t->c = NULL;
+  }
+}
+
 static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg) {
-  lpp_conn_t *c = arg;
+  lpp_reader_t *t = arg;
+  lpp_conn_t *c = t->c;
+  if (nread < 0) free(t); /* the engine's last call to this reader */
+  if (c == NULL) return;
   if (nread < 0) {
     c->read_error = (int)nread;
-    c->reading = 0;
+    c->reader = NULL;
   } else {
     if (c->len + (size_t)nread > c->cap) {
       size_t cap = c->cap ? c->cap : 1024;
@@ -225,8 +267,7 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
       char *b = realloc(c->buf, cap);
       if (b == NULL) {
         c->read_error = UV_ENOMEM;
-        pp_conn_read_stop(conn);
-        c->reading = 0;
+        stop_reading(c, conn);
         if (c->co_ref != LUA_NOREF) finish_receive(c, UV_ENOMEM);
         return;
       }
@@ -236,7 +277,11 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
     if (nread > 0) memcpy(c->buf + c->len, data, (size_t)nread);
     c->len += (size_t)nread;
   }
-  if (c->co_ref == LUA_NOREF) return;
+  if (c->co_ref == LUA_NOREF) {
+    /* Nobody is receiving: past a bound, let the engine hold (and pause) the stream. */
+    if (c->len >= LPP_RECV_BUFFER_MAX) stop_reading(c, conn);
+    return;
+  }
   /* "*a" is satisfied by the end of the stream; others fail on it. */
   if (c->read_error && c->want_kind != 'a')
     finish_receive(c, c->read_error);
@@ -273,11 +318,8 @@ static int l_receive(lua_State *L) {
   if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
   if (!lua_isyieldable(L))
     return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
-  if (!c->reading) {
-    int err = pp_conn_read_start(conn, on_read, c);
-    if (err) return push_receive_end(L, c, err);
-    c->reading = 1;
-  }
+  int err = start_reading(c, conn);
+  if (err) return push_receive_end(L, c, err);
   int64_t ms = c->owner->io_timeout;
   if (ms > 0) uv_timer_start(lpp_timer(L, c->owner, &c->timer, c), on_io_timeout, (uint64_t)ms, 0);
   lua_pushthread(L);
@@ -332,10 +374,19 @@ static int l_send(lua_State *L) {
  * receive waiting in another coroutine ends with "closed" once the lease is gone. */
 static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   if (c->state != LPP_CONN_LEASED) return;
-  int waiting = c->co_ref != LUA_NOREF;
+  int waiting = 0;
+  if (c->co_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
+    waiting = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
+    lua_pop(L, 1);
+    if (!waiting) { /* its coroutine was closed: nothing waits any more */
+      c->want_kind = 0;
+      lpp_unref(L, &c->co_ref);
+      lpp_unref(L, &c->self_ref);
+    }
+  }
   if (waiting) status = PP_EBROKEN;
-  if (c->reading && c->lease.conn) pp_conn_read_stop(c->lease.conn);
-  c->reading = 0;
+  stop_reading(c, c->lease.conn);
   if (status == 0 && c->len > 0) {
     /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;
      * otherwise they are a reply nobody will read, and the conn is not clean. */
@@ -376,8 +427,7 @@ lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int
 
 /* Hand the conn back to the engine; the hook's reader ends with it. */
 static void hook_conn_detach(lpp_conn_t *c) {
-  if (c->reading && c->hook_conn) pp_conn_read_stop(c->hook_conn);
-  c->reading = 0;
+  stop_reading(c, c->hook_conn);
   if (c->hook_conn) pp_conn_set_data(c->hook_conn, NULL);
   c->hook_conn = NULL;
   lpp_timer_drop(&c->timer);
@@ -406,7 +456,7 @@ static int l_hook_done(lua_State *L) {
 }
 
 static void check_not_in_hook(lua_State *L, lpp_conn_t *c) {
-  if (c->state == LPP_CONN_LEASED && c->owner->in_sync_hook)
+  if (c->state == LPP_CONN_LEASED && c->owner->in_engine_call)
     luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
 }
 
@@ -444,6 +494,7 @@ static int l_close_scope(lua_State *L) {
 static int l_gc(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK && c->hook_conn) hook_conn_detach(c);
+  stop_reading(c, lpp_conn_of(c)); /* e.g. a lease its pool's close detached */
   if (c->state == LPP_CONN_LEASED) {
     c->owner->leaked_leases++;
     end_lease(L, c, PP_EBROKEN);

@@ -54,7 +54,10 @@ typedef struct lpp_pool_s {
   int cand_ref;             /* reusable candidates table */
   uint64_t hook_calls[LPP_HOOK_COUNT], hook_errors[LPP_HOOK_COUNT];
   uint64_t hook_logged_at[LPP_HOOK_COUNT], hook_suppressed[LPP_HOOK_COUNT];
-  int in_sync_hook;         /* inside select_peer/select_conn/backoff: the engine is mid-call */
+  int in_engine_call;       /* > 0 while Lua runs inside an engine call (a hook's synchronous
+                               part): acquire, release and close raise; see
+                               lpp_enter_engine_call */
+  int in_sync_hook;         /* > 0 inside select_peer/select_conn/backoff: add_peer raises too */
   uv_timer_t *book_timer;   /* periodic address-book save (ours, not luv's: see lpool.c) */
   int book_fn_ref;
   struct lpp_pool_s *next, *prev; /* live pools, for pools() and the close-at-exit sentinel */
@@ -74,7 +77,7 @@ typedef struct {
   int want_kind;            /* 0 none, 'l' line, 'n' bytes, 'a' all */
   size_t want_n;
   int read_error;           /* stream end/error seen, 0 = none */
-  int reading;
+  struct lpp_reader_s *reader; /* set while the engine may call our reader (see lconn.c) */
   uv_timer_t *timer;        /* io_timeout timer (malloc'd: it outlives the userdata) */
   pp_conn_t *hook_conn;     /* with LPP_CONN_HOOK */
   int hook_kind;            /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
@@ -146,6 +149,9 @@ void lpp_hook_conn_dead(lpp_conn_t *c);
 void lpp_policy_open(lua_State *L);
 void lpp_policy_init(lua_State *L, lpp_pool_t *p); /* at pool creation */
 void lpp_policy_free(lua_State *L, lpp_pool_t *p); /* at pool close */
+/* Bracket Lua code run inside an engine call: pool changes raise, the collector pauses. */
+int lpp_enter_engine_call(lpp_pool_t *p, int may_add_peers);
+void lpp_leave_engine_call(lpp_pool_t *p, int token);
 /* Count a hook failure and log it (at most once a second per hook). */
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg);
 extern const char *const lpp_hook_names[LPP_HOOK_COUNT];

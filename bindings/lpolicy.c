@@ -37,8 +37,9 @@ void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
   if (p->hook_suppressed[hook])
     snprintf(more, sizeof(more), " (%llu more since the last report)",
              (unsigned long long)p->hook_suppressed[hook]);
-  /* The pool's hook thread: idle here, and never a thread in the middle of a resume. */
-  lua_State *L = p->hook_L;
+  /* The pool's hook thread: idle here, and never a thread in the middle of a resume (the main
+   * thread once the pool is closed and its hook thread dropped). */
+  lua_State *L = p->hook_L ? p->hook_L : p->L;
   lua_pushfstring(L, "peerpool: policy hook %s (%s) failed: %s%s; using the default",
                   lpp_hook_names[hook], p->policy_name,
                   msg ? msg : "(error object is not a string)", more);
@@ -54,14 +55,31 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
 }
 
 /* Call the function under `nargs` arguments on p->hook_L; leaves one result. 0 on failure. */
+/* The engine is in the middle of a decision while a hook runs: the hook may not change the
+ * pool (lpp_check_pool_mutable), and no finaliser may run either — a collected pool or conn
+ * would close or release under the engine. So the collector pauses for the call. */
+int lpp_enter_engine_call(lpp_pool_t *p, int may_add_peers) {
+  int gc_was_running = lua_gc(p->L, LUA_GCISRUNNING);
+  if (gc_was_running) lua_gc(p->L, LUA_GCSTOP);
+  p->in_engine_call++;
+  if (!may_add_peers) p->in_sync_hook++;
+  return gc_was_running | (may_add_peers ? 2 : 0);
+}
+
+void lpp_leave_engine_call(lpp_pool_t *p, int token) {
+  p->in_engine_call--;
+  if (!(token & 2)) p->in_sync_hook--;
+  if (token & 1) lua_gc(p->L, LUA_GCRESTART);
+}
+
 static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   lua_State *L = p->hook_L;
   p->hook_calls[hook]++;
-  p->in_sync_hook = 1; /* pool-changing calls from the hook raise (see lpp_check_pool_mutable) */
+  int gc = lpp_enter_engine_call(p, 0);
   lua_sethook(L, budget_hook, LUA_MASKCOUNT, p->budget);
   int rc = lua_pcall(L, nargs, 1, 0);
   lua_sethook(L, NULL, 0, 0);
-  p->in_sync_hook = 0;
+  lpp_leave_engine_call(p, gc);
   if (rc != LUA_OK) {
     lpp_hook_error(p, hook, lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -223,7 +241,11 @@ static int start_async(lpp_pool_t *p, int hook, const char *name) {
 static void finish_async(lpp_pool_t *p) {
   lua_State *L = p->L;
   lua_pushinteger(L, (lua_Integer)p->budget * 10); /* may wait on I/O: a larger allowance */
+  /* The hook's first slice runs inside the engine's call; later slices (after it yields) do
+   * not. */
+  int gc = lpp_enter_engine_call(p, 1); /* a seed hook adds peers: that much is allowed */
   lpp_call(L, 5, p);
+  lpp_leave_engine_call(p, gc);
 }
 
 static void c_conn_hook(lpp_pool_t *p, pp_conn_t *conn, int hook) {
@@ -245,7 +267,11 @@ static void c_ping(void *data, pp_conn_t *conn) { c_conn_hook(data, conn, LPP_HO
 
 static void c_closed(void *data, pp_conn_t *conn) {
   lpp_conn_t *c = pp_conn_get_data(conn);
-  if (c) lpp_hook_conn_dead(c);
+  if (c == NULL) return;
+  lpp_pool_t *p = data;
+  int gc = lpp_enter_engine_call(p, 0); /* may resume the hook's coroutine */
+  lpp_hook_conn_dead(c);
+  lpp_leave_engine_call(p, gc);
 }
 
 static void c_seed(void *data, pp_pool_t *pool, int wanted) {
@@ -358,6 +384,7 @@ void lpp_policy_free(lua_State *L, lpp_pool_t *p) {
     if (*refs[i] != LUA_NOREF && *refs[i] != 0) luaL_unref(L, LUA_REGISTRYINDEX, *refs[i]);
     *refs[i] = LUA_NOREF;
   }
+  p->hook_L = NULL; /* unanchored: the collector may take it */
 }
 
 static const luaL_Reg policy_methods[] = {

@@ -22,7 +22,7 @@ lpp_pool_t *lpp_check_pool(lua_State *L, int idx) {
 
 lpp_pool_t *lpp_check_pool_mutable(lua_State *L, int idx) {
   lpp_pool_t *p = lpp_check_pool(L, idx);
-  if (p->in_sync_hook)
+  if (p->in_engine_call)
     luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
   return p;
 }
@@ -210,7 +210,7 @@ static int l_every(lua_State *L) {
 
 static int l_close(lua_State *L) {
   lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
-  if (p->pool && p->in_sync_hook)
+  if (p->pool && p->in_engine_call)
     return luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
   stop_book_timer(L, p);
   if (p->pool) {
@@ -266,7 +266,9 @@ static void set_peer_meta(lua_State *L, int pool_idx, const char *addr, int tags
 
 /* pool:add_peer(addr [, last_seen] [, tags]) and pool:_add_peer(addr, last_seen, tags, source) */
 static int add_peer(lua_State *L, const char *source) {
-  lpp_pool_t *p = lpp_check_pool_mutable(L, 1);
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  if (p->in_sync_hook) /* a seed hook may add peers; a selection or backoff hook may not */
+    luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
   const char *addr = luaL_checkstring(L, 2);
   lua_Integer last_seen = 0;
   if (!lua_isnoneornil(L, 3)) {

@@ -231,7 +231,12 @@ static const luaL_Reg module_fns[] = {
     {NULL, NULL},
 };
 
+static const char module_key = 'm';
+
 int luaopen_peerpool(lua_State *L) {
+  /* Required again (busted clears package.loaded): the same module, set up once per state. */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &module_key) == LUA_TTABLE) return 1;
+  lua_pop(L, 1);
   /* luv first: its loop is ours, and its table must never be collected (it owns the loop). */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "luv");
@@ -295,5 +300,7 @@ int luaopen_peerpool(lua_State *L) {
   luaL_getmetatable(L, LPP_NOTICE);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
   lua_call(L, 5, 0);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &module_key);
   return 1;
 }

@@ -493,6 +493,15 @@ static int l_close_scope(lua_State *L) {
 
 static int l_gc(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  if (c->state == LPP_CONN_LEASED && c->owner->in_engine_call && !c->owner->st->shutting_down) {
+    /* A hook ran the collector: releasing now would change the pool under the engine. */
+    lpp_finalize_later(L, 1);
+    return 0;
+  }
+  /* A receive still waiting here means Lua is closing (the wait anchors the object): the
+   * waiting coroutine is not resumed from a finaliser. */
+  lpp_unref(L, &c->co_ref);
+  lpp_unref(L, &c->self_ref);
   if (c->state == LPP_CONN_HOOK && c->hook_conn) hook_conn_detach(c);
   stop_reading(c, lpp_conn_of(c)); /* e.g. a lease its pool's close detached */
   if (c->state == LPP_CONN_LEASED) {

@@ -33,6 +33,7 @@ typedef struct lpp_state_s {
   struct lpp_pool_s *pools; /* open pool userdata */
   int engine_pools;         /* engine pools not yet freed (closing ones included) */
   int shutting_down;
+  uv_timer_t *later_timer;  /* runs finalisers put off by lpp_finalize_later */
 } lpp_state_t;
 
 /* One per pool userdata. The engine pool outlives the userdata until its close callback. */
@@ -114,6 +115,9 @@ void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool);
 void lpp_emit(lua_State *L, const char *text);
 /* Report a Lua error message (with traceback already attached). */
 void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *pool);
+/* A finaliser that would change a pool in the middle of an engine call keeps the object
+ * alive (resurrects it) and runs again from the loop, once the engine call is over. */
+void lpp_finalize_later(lua_State *L, int idx);
 /* Drop a registry reference and mark it LUA_NOREF. */
 void lpp_unref(lua_State *L, int *ref);
 /* The timer in *slot (created on first use, with `data`); raises on out of memory. Our timers

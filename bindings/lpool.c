@@ -181,6 +181,8 @@ int lpp_l_new(lua_State *L) {
 }
 
 /* close(), __gc and __close: safe to run twice. */
+static int close_pool(lua_State *L, lpp_pool_t *p);
+
 static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
   lpp_timer_drop(&p->book_timer);
   lpp_unref(L, &p->book_fn_ref);
@@ -212,6 +214,20 @@ static int l_close(lua_State *L) {
   lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
   if (p->pool && p->in_engine_call)
     return luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+  return close_pool(L, p);
+}
+
+/* __gc: collected in the middle of an engine call (a hook ran the collector), close later. */
+static int l_gc(lua_State *L) {
+  lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
+  if (p->pool && p->in_engine_call && !p->st->shutting_down) {
+    lpp_finalize_later(L, 1);
+    return 0;
+  }
+  return close_pool(L, p);
+}
+
+static int close_pool(lua_State *L, lpp_pool_t *p) {
   stop_book_timer(L, p);
   if (p->pool) {
     pool_link_t *link = pp_pool_get_data(p->pool);
@@ -560,7 +576,7 @@ void lpp_pool_open(lua_State *L) {
     lua_newtable(L);
     luaL_setfuncs(L, pool_methods, 0);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_close);
+    lua_pushcfunction(L, l_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, l_close);
     lua_setfield(L, -2, "__close");

@@ -11,6 +11,7 @@
 #include "peerpool_lua.h" /* generated from bindings/peerpool.lua */
 
 static const char state_key = 's';
+static const char later_key = 'z'; /* registry: objects whose finaliser was put off */
 static const char luv_key = 'l';
 
 /* ---- the sentinel ---------------------------------------------------------------------- */
@@ -18,6 +19,11 @@ static const char luv_key = 'l';
 static int state_gc(lua_State *L) {
   lpp_state_t *st = lua_touserdata(L, 1);
   st->shutting_down = 1;
+  if (st->later_timer) {
+    st->later_timer->data = NULL;
+    uv_close((uv_handle_t *)st->later_timer, (uv_close_cb)free);
+    st->later_timer = NULL;
+  }
   /* Close what is still open, then let the loop finish our close callbacks: once every
    * engine handle is closed, luv's finaliser never sees one. */
   while (st->pools) {
@@ -30,6 +36,51 @@ static int state_gc(lua_State *L) {
   }
   for (int i = 0; i < 1000 && st->engine_pools > 0; i++) uv_run(st->loop, UV_RUN_NOWAIT);
   return 0;
+}
+
+static void run_later(uv_timer_t *timer) {
+  lpp_state_t *st = timer->data;
+  if (st == NULL || st->shutting_down) return;
+  lua_State *L = st->L;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &later_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_newtable(L); /* a fresh list for what these finalisers put off again */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &later_key);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    if (luaL_getmetafield(L, -1, "__gc") == LUA_TFUNCTION) {
+      lua_pushvalue(L, -2);
+      lpp_call(L, 1, NULL);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+void lpp_finalize_later(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lpp_state_t *st = lpp_state(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &later_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &later_key);
+  }
+  lua_pushvalue(L, idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  uv_timer_t *t = st->later_timer;
+  if (t == NULL) {
+    t = st->later_timer = malloc(sizeof(*t));
+    if (t == NULL) return; /* the object stays anchored: a leak beats a crash */
+    uv_timer_init(st->loop, t);
+    uv_unref((uv_handle_t *)t);
+  }
+  t->data = st;
+  uv_timer_start(t, run_later, 0, 0);
 }
 
 lpp_state_t *lpp_state(lua_State *L) {

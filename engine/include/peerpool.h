@@ -109,7 +109,9 @@ typedef struct {
   int64_t keepalive;         /* with a ping hook: ping conns idle this long, checked this often;
                                 0 = never (0). A ping has handshake_timeout to complete. */
   int target_peers;          /* keep this many peers ready (a maintenance tick dials, and asks
-                                the seed hook for addresses when it runs out); 0 = off (0) */
+                                the seed hook for addresses when it runs out); 0 = off (0).
+                                Like a server, a pool with target_peers keeps the loop alive
+                                until it is closed. */
   int64_t maintenance_interval; /* ms between maintenance ticks, > 0 (1000) */
   int64_t seed_interval;     /* at least this many ms between two seed hook calls (10000) */
   int eject_after;           /* consecutive failures that eject a peer for a cool-down;

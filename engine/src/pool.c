@@ -55,7 +55,8 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   uv_timer_init(loop, &pool->keepalive_timer);
   uv_timer_init(loop, &pool->maintenance_timer);
   pool->maintenance_timer.data = pool;
-  uv_unref((uv_handle_t *)&pool->maintenance_timer);
+  /* Unlike idle conns, maintenance is work the program asked for (target_peers): like a
+   * listening server, it keeps the loop alive until the pool is closed. */
   if (opts->target_peers > 0)
     uv_timer_start(&pool->maintenance_timer, maintenance_timer_cb, 0,
                    (uint64_t)opts->maintenance_interval);

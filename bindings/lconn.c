@@ -189,17 +189,53 @@ static int push_receive_end(lua_State *L, lpp_conn_t *c, int err) {
   return 3;
 }
 
+/* ---- io_timeout: the pool's list of waiting receives, one timer for all ----------------- */
+
+static void on_io_timeout(uv_timer_t *timer);
+
+static void arm_recv_timer(lua_State *L, lpp_pool_t *p) {
+  if (p->recv_head == NULL) return;
+  uint64_t now = uv_now(p->st->loop);
+  uint64_t due = p->recv_head->deadline;
+  uv_timer_start(lpp_timer(L, p, &p->recv_timer, p), on_io_timeout, due > now ? due - now : 0, 0);
+}
+
+static void unlist_receive(lpp_conn_t *c) {
+  if (c->deadline == 0) return;
+  lpp_pool_t *p = c->owner;
+  if (c->wprev) c->wprev->wnext = c->wnext; else p->recv_head = c->wnext;
+  if (c->wnext) c->wnext->wprev = c->wprev; else p->recv_tail = c->wprev;
+  c->wnext = c->wprev = NULL;
+  c->deadline = 0;
+}
+
+static void list_receive(lua_State *L, lpp_conn_t *c, int64_t ms) {
+  lpp_pool_t *p = c->owner;
+  c->deadline = uv_now(p->st->loop) + (uint64_t)ms;
+  c->wprev = p->recv_tail;
+  c->wnext = NULL;
+  if (p->recv_tail) p->recv_tail->wnext = c; else p->recv_head = c;
+  p->recv_tail = c;
+  if (p->recv_head == c) arm_recv_timer(L, p);
+}
+
+/* Nothing waits in receive any more: drop the anchors and the deadline. */
+static void stop_waiting(lua_State *L, lpp_conn_t *c) {
+  unlist_receive(c);
+  c->want_kind = 0;
+  lpp_unref(L, &c->co_ref);
+  lpp_unref(L, &c->self_ref);
+}
+
 static void finish_receive(lpp_conn_t *c, int err) {
   lpp_pool_t *p = c->owner;
   lua_State *L = p->L;
-  if (c->timer) uv_timer_stop(c->timer);
+  unlist_receive(c);
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
   lua_State *co = lua_tothread(L, -1);
   lua_pop(L, 1);
   if (lua_status(co) != LUA_YIELD) { /* closed while it waited: leave the data buffered */
-    c->want_kind = 0;
-    lpp_unref(L, &c->co_ref);
-    lpp_unref(L, &c->self_ref);
+    stop_waiting(L, c);
     return;
   }
   int n = err ? push_receive_end(co, c, err) : take(co, c);
@@ -292,8 +328,12 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
 }
 
 static void on_io_timeout(uv_timer_t *timer) {
-  lpp_conn_t *c = timer->data;
-  if (c && c->co_ref != LUA_NOREF) finish_receive(c, PP_ETIMEDOUT);
+  lpp_pool_t *p = timer->data;
+  if (p == NULL) return;
+  uint64_t now = uv_now(p->st->loop);
+  /* finish_receive unlists the head; a resumed coroutine may list new receives at the tail */
+  while (p->recv_head && p->recv_head->deadline <= now) finish_receive(p->recv_head, PP_ETIMEDOUT);
+  arm_recv_timer(p->L, p);
 }
 
 static int l_receive(lua_State *L) {
@@ -321,7 +361,7 @@ static int l_receive(lua_State *L) {
   int err = start_reading(c, conn);
   if (err) return push_receive_end(L, c, err);
   int64_t ms = c->owner->io_timeout;
-  if (ms > 0) uv_timer_start(lpp_timer(L, c->owner, &c->timer, c), on_io_timeout, (uint64_t)ms, 0);
+  if (ms > 0) list_receive(L, c, ms);
   lua_pushthread(L);
   c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);
@@ -379,11 +419,7 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
     waiting = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
     lua_pop(L, 1);
-    if (!waiting) { /* its coroutine was closed: nothing waits any more */
-      c->want_kind = 0;
-      lpp_unref(L, &c->co_ref);
-      lpp_unref(L, &c->self_ref);
-    }
+    if (!waiting) stop_waiting(L, c); /* its coroutine was closed: nothing waits any more */
   }
   if (waiting) status = PP_EBROKEN;
   stop_reading(c, c->lease.conn);
@@ -401,7 +437,6 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
     c->read_error = PP_ECLOSED;
     finish_receive(c, PP_ECLOSED);
   }
-  lpp_timer_drop(&c->timer);
   free(c->buf);
   c->buf = NULL;
   c->len = c->cap = 0;
@@ -430,7 +465,6 @@ static void hook_conn_detach(lpp_conn_t *c) {
   stop_reading(c, c->hook_conn);
   if (c->hook_conn) pp_conn_set_data(c->hook_conn, NULL);
   c->hook_conn = NULL;
-  lpp_timer_drop(&c->timer);
 }
 
 void lpp_hook_conn_dead(lpp_conn_t *c) {
@@ -500,15 +534,13 @@ static int l_gc(lua_State *L) {
   }
   /* A receive still waiting here means Lua is closing (the wait anchors the object): the
    * waiting coroutine is not resumed from a finaliser. */
-  lpp_unref(L, &c->co_ref);
-  lpp_unref(L, &c->self_ref);
+  stop_waiting(L, c);
   if (c->state == LPP_CONN_HOOK && c->hook_conn) hook_conn_detach(c);
   stop_reading(c, lpp_conn_of(c)); /* e.g. a lease its pool's close detached */
   if (c->state == LPP_CONN_LEASED) {
     c->owner->leaked_leases++;
     end_lease(L, c, PP_EBROKEN);
   }
-  lpp_timer_drop(&c->timer);
   free(c->buf);
   c->buf = NULL;
   return 0;

@@ -60,12 +60,16 @@ typedef struct lpp_pool_s {
                                lpp_enter_engine_call */
   int in_sync_hook;         /* > 0 inside select_peer/select_conn/backoff: add_peer raises too */
   uv_timer_t *book_timer;   /* periodic address-book save (ours, not luv's: see lpool.c) */
+  /* Receives waiting with an io_timeout, oldest first: one io_timeout for the whole pool makes
+   * their deadlines come in start order, so one timer armed for the head serves them all. */
+  struct lpp_conn_s *recv_head, *recv_tail;
+  uv_timer_t *recv_timer;
   int book_fn_ref;
   struct lpp_pool_s *next, *prev; /* live pools, for pools() and the close-at-exit sentinel */
 } lpp_pool_t;
 
 /* A conn object: a lease while pending, then the hold on a conn; plus a receive buffer. */
-typedef struct {
+typedef struct lpp_conn_s {
   pp_lease_t lease;
   lpp_pool_t *owner;        /* the pool userdata's struct (its user value keeps it alive) */
   int self_ref;             /* registry ref keeping this userdata alive while pending/reading */
@@ -79,7 +83,8 @@ typedef struct {
   size_t want_n;
   int read_error;           /* stream end/error seen, 0 = none */
   struct lpp_reader_s *reader; /* set while the engine may call our reader (see lconn.c) */
-  uv_timer_t *timer;        /* io_timeout timer (malloc'd: it outlives the userdata) */
+  struct lpp_conn_s *wnext, *wprev; /* in the pool's list of timed receives */
+  uint64_t deadline;        /* loop ms when a waiting receive times out; 0 = not listed */
   pp_conn_t *hook_conn;     /* with LPP_CONN_HOOK */
   int hook_kind;            /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
   char peer_addr[96];

@@ -184,6 +184,7 @@ int lpp_l_new(lua_State *L) {
 static int close_pool(lua_State *L, lpp_pool_t *p);
 
 static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
+  lpp_timer_drop(&p->recv_timer); /* waiting receives end with the conns' final reads */
   lpp_timer_drop(&p->book_timer);
   lpp_unref(L, &p->book_fn_ref);
 }

@@ -158,9 +158,10 @@ void lpp_hook_conn_dead(lpp_conn_t *c);
 void lpp_policy_open(lua_State *L);
 void lpp_policy_init(lua_State *L, lpp_pool_t *p); /* at pool creation */
 void lpp_policy_free(lua_State *L, lpp_pool_t *p); /* at pool close */
-/* Bracket Lua code run inside an engine call: pool changes raise, the collector pauses. */
+/* Bracket Lua code run inside an engine call: pool changes raise, and finalisers that would
+ * change the pool are put off. */
 int lpp_enter_engine_call(lpp_pool_t *p, int may_add_peers);
-void lpp_leave_engine_call(lpp_pool_t *p, int token);
+void lpp_leave_engine_call(lpp_pool_t *p, int may_add_peers);
 /* Count a hook failure and log it (at most once a second per hook). */
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg);
 extern const char *const lpp_hook_names[LPP_HOOK_COUNT];

@@ -56,20 +56,17 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
 
 /* Call the function under `nargs` arguments on p->hook_L; leaves one result. 0 on failure. */
 /* The engine is in the middle of a decision while a hook runs: the hook may not change the
- * pool (lpp_check_pool_mutable), and no finaliser may run either — a collected pool or conn
- * would close or release under the engine. So the collector pauses for the call. */
+ * pool (lpp_check_pool_mutable), and a finaliser that would (a collected pool or leased conn)
+ * is put off to the loop (lpp_finalize_later). */
 int lpp_enter_engine_call(lpp_pool_t *p, int may_add_peers) {
-  int gc_was_running = lua_gc(p->L, LUA_GCISRUNNING);
-  if (gc_was_running) lua_gc(p->L, LUA_GCSTOP);
   p->in_engine_call++;
   if (!may_add_peers) p->in_sync_hook++;
-  return gc_was_running | (may_add_peers ? 2 : 0);
+  return may_add_peers;
 }
 
-void lpp_leave_engine_call(lpp_pool_t *p, int token) {
+void lpp_leave_engine_call(lpp_pool_t *p, int may_add_peers) {
   p->in_engine_call--;
-  if (!(token & 2)) p->in_sync_hook--;
-  if (token & 1) lua_gc(p->L, LUA_GCRESTART);
+  if (!may_add_peers) p->in_sync_hook--;
 }
 
 static int call_hook(lpp_pool_t *p, int hook, int nargs) {

@@ -69,7 +69,8 @@ peerpool.run(function()
       if r > 0 then runs[#runs + 1] = ns end -- run 0 warms up
     end
     local st = pool:stats()
-    results[#results + 1] = { entry[1], median(runs), st.hooks.select_peer.errors + st.hooks.select_conn.errors }
+    local errors = st.hooks.select_peer.errors + st.hooks.select_conn.errors
+    results[#results + 1] = { entry[1], median(runs), errors }
     pool:close()
   end
 end)
@@ -83,7 +84,8 @@ local lines = {
   "",
   "Written by `bench/hook_overhead.lua`; do not edit by hand.",
   "",
-  string.format("- date: %s; %d peers x %d idle conns (client_limit 2) on loopback; median of %d runs of %d",
+  string.format("- date: %s; %d peers x %d idle conns (client_limit 2) on loopback; "
+    .. "median of %d runs of %d",
     os.date("!%Y-%m-%d %H:%M UTC"), PEERS, CONNS, RUNS, OPS) ..
     " `pool:acquire()` + `conn:release()` (any peer, from a coroutine)",
   "",
@@ -97,7 +99,8 @@ end
 local worst = 0
 for i = 2, #results do worst = math.max(worst, results[i][2] - base) end
 lines[#lines + 1] = ""
-lines[#lines + 1] = string.format("Target: a Lua hook adds at most 1 us (1000 ns) per acquire: %s (worst %.0f ns).",
+lines[#lines + 1] = string.format(
+  "Target: a Lua hook adds at most 1 us (1000 ns) per acquire: %s (worst %.0f ns).",
   worst <= 1000 and "met" or "MISSED", worst)
 lines[#lines + 1] = "<!-- /bench:hooks -->"
 local section = table.concat(lines, "\n")

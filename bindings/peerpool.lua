@@ -1,6 +1,6 @@
 -- The Lua half of the peerpool module, compiled into peerpool.so and run by luaopen_peerpool:
 -- what is clearer in Lua than in C (pool:with, peerpool.run, pool:metrics).
-local M, pool_mt, conn_mt, notice_mt, uv = ...
+local M, pool_mt, _, _, uv = ... -- (the conn and notice metatables are not needed here)
 local pool_methods = pool_mt.__index
 
 local pack, unpack = table.pack, table.unpack
@@ -105,7 +105,8 @@ local function label_text(labels, extra)
     for k in pairs(labels) do keys[#keys + 1] = k end
     table.sort(keys)
     for _, k in ipairs(keys) do
-      local v = tostring(labels[k]):gsub('[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" })
+      local escapes = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
+      local v = tostring(labels[k]):gsub('[\\"\n]', escapes)
       parts[#parts + 1] = string.format('%s="%s"', k, v)
     end
   end
@@ -131,7 +132,9 @@ function pool_methods:metrics(labels)
     end
   end
   for _, g in ipairs(gauges) do family(g[1], "gauge", g[2], { { nil, s[g[1]] } }) end
-  for _, c in ipairs(counters) do family(c[1] .. "_total", "counter", c[2], { { nil, s[c[1]] } }) end
+  for _, c in ipairs(counters) do
+    family(c[1] .. "_total", "counter", c[2], { { nil, s[c[1]] } })
+  end
   local function by(tbl, label)
     local keys, samples = {}, {}
     for k in pairs(tbl) do keys[#keys + 1] = k end
@@ -161,7 +164,9 @@ if M._scripts_dir then
     if not rest then return nil end
     local path = dir .. "/policies/" .. rest .. ".lua"
     local chunk, err = loadfile(path)
-    if not chunk then return "\n\tno file '" .. path .. "'" .. (err and (" (" .. err .. ")") or "") end
+    if not chunk then
+      return "\n\tno file '" .. path .. "'" .. (err and (" (" .. err .. ")") or "")
+    end
     return chunk, path
   end)
 end
@@ -202,7 +207,8 @@ end
 function pool_methods:load_policy(source)
   check_pool(self, "load_policy")
   if type(source) ~= "string" and type(source) ~= "table" then
-    error("bad argument #1 to 'load_policy' (path or table expected, got " .. type(source) .. ")", 2)
+    error("bad argument #1 to 'load_policy' (path or table expected, got " .. type(source) .. ")",
+      2)
   end
   local tbl, name = policy_from(source)
   if not tbl then return nil, name end
@@ -282,7 +288,8 @@ local function save_book(pool, path)
   local tmp = path .. ".tmp"
   local fd, err = uv.fs_open(tmp, "w", 420) -- 0644
   if not fd then return nil, err end
-  local data = "# peerpool address book: addr last_seen_ms source\n" .. table.concat(lines, "\n") .. "\n"
+  local data = "# peerpool address book: addr last_seen_ms source\n"
+    .. table.concat(lines, "\n") .. "\n"
   local ok, werr = uv.fs_write(fd, data, 0)
   if ok then ok, werr = uv.fs_fsync(fd) end
   uv.fs_close(fd)
@@ -304,7 +311,8 @@ local function load_book(pool, path)
     if line ~= "" and not line:match("^#") then
       local addr, seen, source = line:match("^(%S+)%s+(%d+)%s*(%S*)%s*$")
       if not addr then bad = "line " .. n .. " is not 'addr last_seen [source]'"; break end
-      entries[#entries + 1] = { addr, math.tointeger(tonumber(seen)), source ~= "" and source or "book" }
+      entries[#entries + 1] =
+        { addr, math.tointeger(tonumber(seen)), source ~= "" and source or "book" }
     end
   end
   f:close()
@@ -339,7 +347,9 @@ function pool_methods:close()
 end
 pool_mt.__close = function(self) return pool_methods.close(self) end
 
-local LUA_OPTIONS = { policy = true, address_book = true, address_book_interval = true, peers = true }
+local LUA_OPTIONS = {
+  policy = true, address_book = true, address_book_interval = true, peers = true,
+}
 
 local c_new = M.new
 --- peerpool.new(opts): the engine's options, plus policy (path or table), peers (a list of

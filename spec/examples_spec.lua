@@ -35,7 +35,8 @@ describe("scripts/examples", function()
         if r:match("PONG") then break end
         os.execute("sleep 0.05")
       end
-      local cmd = string.format("LUA_CPATH='%s/?.so;;' timeout 20 lua5.4 scripts/examples/redis_ping.lua 127.0.0.1:%d 2>&1",
+      local cmd = string.format(
+        "LUA_CPATH='%s/?.so;;' timeout 20 lua5.4 scripts/examples/redis_ping.lua 127.0.0.1:%d 2>&1",
         module_dir(), port)
       local p = io.popen(cmd)
       local out = p:read("a")

@@ -56,8 +56,10 @@ static void on_acquired(pp_lease_t *lease, int status) {
   lpp_conn_t *c = lease->data;
   lpp_pool_t *p = c->owner;
   lua_State *L = p->L;
-  if (status == 0) granted(c);
-  else c->state = LPP_CONN_DONE;
+  if (status == 0)
+    granted(c);
+  else
+    c->state = LPP_CONN_DONE;
   if (p->st->shutting_down) {
     if (status == 0) {
       pp_release(&c->lease, PP_EBROKEN);
@@ -114,8 +116,9 @@ static void on_acquired(pp_lease_t *lease, int status) {
 int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_opts_t *opts,
                 int cb_idx) {
   if (cb_idx == 0 && !lua_isyieldable(L))
-    return luaL_error(L, "pool:acquire() without a callback must run inside a coroutine "
-                         "(peerpool.run(fn), or a coroutine on the luv loop)");
+    return luaL_error(L,
+                      "pool:acquire() without a callback must run inside a coroutine "
+                      "(peerpool.run(fn), or a coroutine on the luv loop)");
   lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 1);
   memset(c, 0, sizeof(*c));
   c->self_ref = c->co_ref = c->cb_ref = LUA_NOREF;
@@ -203,8 +206,14 @@ static void arm_recv_timer(lua_State *L, lpp_pool_t *p) {
 static void unlist_receive(lpp_conn_t *c) {
   if (c->deadline == 0) return;
   lpp_pool_t *p = c->owner;
-  if (c->wprev) c->wprev->wnext = c->wnext; else p->recv_head = c->wnext;
-  if (c->wnext) c->wnext->wprev = c->wprev; else p->recv_tail = c->wprev;
+  if (c->wprev)
+    c->wprev->wnext = c->wnext;
+  else
+    p->recv_head = c->wnext;
+  if (c->wnext)
+    c->wnext->wprev = c->wprev;
+  else
+    p->recv_tail = c->wprev;
   c->wnext = c->wprev = NULL;
   c->deadline = 0;
 }
@@ -214,7 +223,10 @@ static void list_receive(lua_State *L, lpp_conn_t *c, int64_t ms) {
   c->deadline = uv_now(p->st->loop) + (uint64_t)ms;
   c->wprev = p->recv_tail;
   c->wnext = NULL;
-  if (p->recv_tail) p->recv_tail->wnext = c; else p->recv_head = c;
+  if (p->recv_tail)
+    p->recv_tail->wnext = c;
+  else
+    p->recv_head = c;
   p->recv_tail = c;
   if (p->recv_head == c) arm_recv_timer(L, p);
 }
@@ -299,7 +311,8 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
   } else {
     if (c->len + (size_t)nread > c->cap) {
       size_t cap = c->cap ? c->cap : 1024;
-      while (cap < c->len + (size_t)nread) cap *= 2;
+      while (cap < c->len + (size_t)nread)
+        cap *= 2;
       char *b = realloc(c->buf, cap);
       if (b == NULL) {
         c->read_error = UV_ENOMEM;
@@ -321,9 +334,9 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
   /* "*a" is satisfied by the end of the stream; others fail on it. */
   if (c->read_error && c->want_kind != 'a')
     finish_receive(c, c->read_error);
-  else if (c->want_kind == 'a' ? c->read_error != 0 : (c->want_kind == 'l'
-                                                           ? memchr(c->buf, '\n', c->len) != NULL
-                                                           : c->len >= c->want_n))
+  else if (c->want_kind == 'a'
+               ? c->read_error != 0
+               : (c->want_kind == 'l' ? memchr(c->buf, '\n', c->len) != NULL : c->len >= c->want_n))
     finish_receive(c, 0);
 }
 
@@ -332,7 +345,8 @@ static void on_io_timeout(uv_timer_t *timer) {
   if (p == NULL) return;
   uint64_t now = uv_now(p->st->loop);
   /* finish_receive unlists the head; a resumed coroutine may list new receives at the tail */
-  while (p->recv_head && p->recv_head->deadline <= now) finish_receive(p->recv_head, PP_ETIMEDOUT);
+  while (p->recv_head && p->recv_head->deadline <= now)
+    finish_receive(p->recv_head, PP_ETIMEDOUT);
   arm_recv_timer(p->L, p);
 }
 
@@ -376,7 +390,9 @@ typedef struct {
   char data[];
 } write_t;
 
-static void on_written(pp_write_t *req, int status) { free(req); }
+static void on_written(pp_write_t *req, int status) {
+  free(req);
+}
 
 static int l_send(lua_State *L) {
   lpp_conn_t *c = check_conn(L, 1);
@@ -548,7 +564,7 @@ static int l_gc(lua_State *L) {
 
 static int l_tostring(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
-  const char *state = c->state == LPP_CONN_LEASED   ? "leased"
+  const char *state = c->state == LPP_CONN_LEASED    ? "leased"
                       : c->state == LPP_CONN_PENDING ? "pending"
                       : c->state == LPP_CONN_HOOK    ? "in a hook"
                                                      : "released";
@@ -563,8 +579,10 @@ static int l_index(lua_State *L) {
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   const char *key = lua_tostring(L, 2);
-  if (key && strcmp(key, "peer") == 0) lua_pushstring(L, c->peer_addr);
-  else lua_pushnil(L);
+  if (key && strcmp(key, "peer") == 0)
+    lua_pushstring(L, c->peer_addr);
+  else
+    lua_pushnil(L);
   return 1;
 }
 

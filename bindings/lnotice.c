@@ -30,16 +30,20 @@ static void deliver(lpp_notice_t *n) {
     lpp_unref(L, &n->co_ref);
     if (lua_status(co) != LUA_YIELD) goto callback; /* closed while it waited */
     int nres = 1;
-    if (n->status == 0) lua_pushboolean(co, 1);
-    else nres = lpp_push_error(co, n->status, NULL);
+    if (n->status == 0)
+      lua_pushboolean(co, 1);
+    else
+      nres = lpp_push_error(co, n->status, NULL);
     lpp_resume(L, co, nres, p);
   }
 callback:
   if (n->cb_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, n->cb_ref);
     lpp_unref(L, &n->cb_ref);
-    if (n->status == 0) lua_pushnil(L);
-    else lua_pushstring(L, pp_err_name(n->status));
+    if (n->status == 0)
+      lua_pushnil(L);
+    else
+      lua_pushstring(L, pp_err_name(n->status));
     lpp_call(L, 1, p);
   }
   lua_settop(L, anchor - 1);
@@ -98,7 +102,8 @@ static int l_wait(lua_State *L) {
   luaL_argcheck(L, n->co_ref == LUA_NOREF, 1, "a coroutine is already waiting on this notice");
   if (!lua_isyieldable(L))
     return luaL_error(L, "notice:wait() must run inside a coroutine (or use notice:on_free(fn))");
-  if (ms > 0) uv_timer_start(lpp_timer(L, n->owner, &n->timer, n), on_wait_timeout, (uint64_t)ms, 0);
+  if (ms > 0)
+    uv_timer_start(lpp_timer(L, n->owner, &n->timer, n), on_wait_timeout, (uint64_t)ms, 0);
   lua_pushthread(L);
   n->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return lua_yield(L, 0);
@@ -158,7 +163,10 @@ static int l_tostring(lua_State *L) {
 }
 
 static const luaL_Reg notice_methods[] = {
-    {"wait", l_wait}, {"on_free", l_on_free}, {"cancel", l_cancel}, {NULL, NULL},
+    {"wait", l_wait},
+    {"on_free", l_on_free},
+    {"cancel", l_cancel},
+    {NULL, NULL},
 };
 
 void lpp_notice_open(lua_State *L) {

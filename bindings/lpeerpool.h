@@ -14,14 +14,15 @@
 #define LPP_VIEW "peerpool.view"
 
 /* Policy hooks, for per-hook counters. */
-#define LPP_HOOK_MAP(XX) \
-  XX(SELECT_PEER, select_peer) XX(SELECT_CONN, select_conn) XX(BACKOFF, backoff) \
-  XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping)
+#define LPP_HOOK_MAP(XX)                                                                    \
+  XX(SELECT_PEER, select_peer)                                                              \
+  XX(SELECT_CONN, select_conn) XX(BACKOFF, backoff) XX(SEED, seed) XX(HANDSHAKE, handshake) \
+      XX(PING, ping)
 enum {
 #define XX(u, l) LPP_HOOK_##u,
   LPP_HOOK_MAP(XX)
 #undef XX
-  LPP_HOOK_COUNT
+      LPP_HOOK_COUNT
 };
 #define LPP_VIEWS_MAX 64
 
@@ -33,7 +34,7 @@ typedef struct lpp_state_s {
   struct lpp_pool_s *pools; /* open pool userdata */
   int engine_pools;         /* engine pools not yet freed (closing ones included) */
   int shutting_down;
-  uv_timer_t *later_timer;  /* runs finalisers put off by lpp_finalize_later */
+  uv_timer_t *later_timer; /* runs finalisers put off by lpp_finalize_later */
 } lpp_state_t;
 
 /* One per pool userdata. The engine pool outlives the userdata until its close callback. */
@@ -46,20 +47,20 @@ typedef struct lpp_pool_s {
   uint64_t leaked_leases;   /* conns collected while still leased */
   uint64_t callback_errors; /* Lua errors raised by callbacks and coroutines */
   /* policy */
-  int policy_ref;           /* the active policy table, or LUA_NOREF */
-  char policy_name[256];    /* its path (or "table"), for logs */
-  lua_State *hook_L;        /* a thread of its own for synchronous hooks */
+  int policy_ref;        /* the active policy table, or LUA_NOREF */
+  char policy_name[256]; /* its path (or "table"), for logs */
+  lua_State *hook_L;     /* a thread of its own for synchronous hooks */
   int hook_L_ref;
-  int budget;               /* instructions a synchronous hook may run */
-  int views_ref;            /* table of LPP_VIEWS_MAX reusable view userdata */
-  int cand_ref;             /* reusable candidates table */
+  int budget;    /* instructions a synchronous hook may run */
+  int views_ref; /* table of LPP_VIEWS_MAX reusable view userdata */
+  int cand_ref;  /* reusable candidates table */
   uint64_t hook_calls[LPP_HOOK_COUNT], hook_errors[LPP_HOOK_COUNT];
   uint64_t hook_logged_at[LPP_HOOK_COUNT], hook_suppressed[LPP_HOOK_COUNT];
-  int in_engine_call;       /* > 0 while Lua runs inside an engine call (a hook's synchronous
-                               part): acquire, release and close raise; see
-                               lpp_enter_engine_call */
-  int in_sync_hook;         /* > 0 inside select_peer/select_conn/backoff: add_peer raises too */
-  uv_timer_t *book_timer;   /* periodic address-book save (ours, not luv's: see lpool.c) */
+  int in_engine_call;     /* > 0 while Lua runs inside an engine call (a hook's synchronous
+                             part): acquire, release and close raise; see
+                             lpp_enter_engine_call */
+  int in_sync_hook;       /* > 0 inside select_peer/select_conn/backoff: add_peer raises too */
+  uv_timer_t *book_timer; /* periodic address-book save (ours, not luv's: see lpool.c) */
   /* Receives waiting with an io_timeout, oldest first: one io_timeout for the whole pool makes
    * their deadlines come in start order, so one timer armed for the head serves them all. */
   struct lpp_conn_s *recv_head, *recv_tail;
@@ -71,22 +72,22 @@ typedef struct lpp_pool_s {
 /* A conn object: a lease while pending, then the hold on a conn; plus a receive buffer. */
 typedef struct lpp_conn_s {
   pp_lease_t lease;
-  lpp_pool_t *owner;        /* the pool userdata's struct (its user value keeps it alive) */
-  int self_ref;             /* registry ref keeping this userdata alive while pending/reading */
-  int co_ref;               /* the coroutine waiting in acquire/receive, or LUA_NOREF */
-  int cb_ref;               /* the acquire callback, or LUA_NOREF */
-  int state;                /* LPP_CONN_* */
+  lpp_pool_t *owner; /* the pool userdata's struct (its user value keeps it alive) */
+  int self_ref;      /* registry ref keeping this userdata alive while pending/reading */
+  int co_ref;        /* the coroutine waiting in acquire/receive, or LUA_NOREF */
+  int cb_ref;        /* the acquire callback, or LUA_NOREF */
+  int state;         /* LPP_CONN_* */
   /* receive */
   char *buf;
   size_t len, cap;
-  int want_kind;            /* 0 none, 'l' line, 'n' bytes, 'a' all */
+  int want_kind; /* 0 none, 'l' line, 'n' bytes, 'a' all */
   size_t want_n;
-  int read_error;           /* stream end/error seen, 0 = none */
-  struct lpp_reader_s *reader; /* set while the engine may call our reader (see lconn.c) */
+  int read_error;                   /* stream end/error seen, 0 = none */
+  struct lpp_reader_s *reader;      /* set while the engine may call our reader (see lconn.c) */
   struct lpp_conn_s *wnext, *wprev; /* in the pool's list of timed receives */
-  uint64_t deadline;        /* loop ms when a waiting receive times out; 0 = not listed */
-  pp_conn_t *hook_conn;     /* with LPP_CONN_HOOK */
-  int hook_kind;            /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
+  uint64_t deadline;                /* loop ms when a waiting receive times out; 0 = not listed */
+  pp_conn_t *hook_conn;             /* with LPP_CONN_HOOK */
+  int hook_kind;                    /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
   char peer_addr[96];
 } lpp_conn_t;
 
@@ -95,13 +96,13 @@ enum { LPP_CONN_PENDING = 1, LPP_CONN_LEASED, LPP_CONN_DONE, LPP_CONN_HOOK };
 
 typedef struct {
   pp_notice_t notice;
-  int self_ref;             /* alive while armed */
-  int co_ref;               /* coroutine in notice:wait() */
-  int cb_ref;               /* notice:on_free(fn) */
-  int fired;                /* 0 armed, 1 fired with status */
-  int cancelled;            /* cancel() was called */
+  int self_ref;  /* alive while armed */
+  int co_ref;    /* coroutine in notice:wait() */
+  int cb_ref;    /* notice:on_free(fn) */
+  int fired;     /* 0 armed, 1 fired with status */
+  int cancelled; /* cancel() was called */
   int status;
-  uv_timer_t *timer;        /* wait(ms) */
+  uv_timer_t *timer; /* wait(ms) */
   lpp_pool_t *owner;
 } lpp_notice_t;
 

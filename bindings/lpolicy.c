@@ -23,7 +23,7 @@ typedef struct {
   pp_peer_t *peer;
   pp_conn_t *conn; /* for conn views */
   int slot;
-  int valid;       /* views are valid only during the hook call that received them */
+  int valid; /* views are valid only during the hook call that received them */
 } view_t;
 
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
@@ -259,8 +259,12 @@ static void c_conn_hook(lpp_pool_t *p, pp_conn_t *conn, int hook) {
   finish_async(p);
 }
 
-static void c_handshake(void *data, pp_conn_t *conn) { c_conn_hook(data, conn, LPP_HOOK_HANDSHAKE); }
-static void c_ping(void *data, pp_conn_t *conn) { c_conn_hook(data, conn, LPP_HOOK_PING); }
+static void c_handshake(void *data, pp_conn_t *conn) {
+  c_conn_hook(data, conn, LPP_HOOK_HANDSHAKE);
+}
+static void c_ping(void *data, pp_conn_t *conn) {
+  c_conn_hook(data, conn, LPP_HOOK_PING);
+}
 
 static void c_closed(void *data, pp_conn_t *conn) {
   lpp_conn_t *c = pp_conn_get_data(conn);
@@ -326,17 +330,26 @@ static int view_index(lua_State *L) {
     return luaL_error(L, "a candidate view is valid only during the hook call");
   pp_peer_info_t i;
   pp_peer_info(v->peer, &i);
-  if (strcmp(key, "addr") == 0) lua_pushstring(L, i.addr);
-  else if (strcmp(key, "leases") == 0) lua_pushinteger(L, v->conn ? pp_conn_leases(v->conn) : i.leases);
+  if (strcmp(key, "addr") == 0)
+    lua_pushstring(L, i.addr);
+  else if (strcmp(key, "leases") == 0)
+    lua_pushinteger(L, v->conn ? pp_conn_leases(v->conn) : i.leases);
   else if (strcmp(key, "idle_ms") == 0)
     lua_pushinteger(L, v->conn ? (lua_Integer)pp_conn_idle_ms(v->conn) : 0);
-  else if (strcmp(key, "latency_ms") == 0) lua_pushnumber(L, i.latency_ms);
-  else if (strcmp(key, "failures") == 0) lua_pushinteger(L, i.failures);
-  else if (strcmp(key, "state") == 0) lua_pushstring(L, pp_peer_state_name(i.state));
-  else if (strcmp(key, "conns") == 0) lua_pushinteger(L, i.conns);
-  else if (strcmp(key, "idle") == 0) lua_pushinteger(L, i.idle);
-  else if (strcmp(key, "waiters") == 0) lua_pushinteger(L, i.waiters);
-  else if (strcmp(key, "last_seen") == 0) lua_pushinteger(L, i.last_seen);
+  else if (strcmp(key, "latency_ms") == 0)
+    lua_pushnumber(L, i.latency_ms);
+  else if (strcmp(key, "failures") == 0)
+    lua_pushinteger(L, i.failures);
+  else if (strcmp(key, "state") == 0)
+    lua_pushstring(L, pp_peer_state_name(i.state));
+  else if (strcmp(key, "conns") == 0)
+    lua_pushinteger(L, i.conns);
+  else if (strcmp(key, "idle") == 0)
+    lua_pushinteger(L, i.idle);
+  else if (strcmp(key, "waiters") == 0)
+    lua_pushinteger(L, i.waiters);
+  else if (strcmp(key, "last_seen") == 0)
+    lua_pushinteger(L, i.last_seen);
   else if (strcmp(key, "tags") == 0 || strcmp(key, "source") == 0) {
     lpp_push_pool(L, v->p);
     lua_getiuservalue(L, -1, 1);

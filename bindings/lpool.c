@@ -35,22 +35,26 @@ typedef struct {
   int is_ms; /* int64_t field (ms) rather than int */
 } option_t;
 
-#define OPT_INT(f) {#f, offsetof(pp_options_t, f), 0}
-#define OPT_MS(f) {#f, offsetof(pp_options_t, f), 1}
+#define OPT_INT(f) \
+  { #f, offsetof(pp_options_t, f), 0 }
+#define OPT_MS(f) \
+  { #f, offsetof(pp_options_t, f), 1 }
 static const option_t options[] = {
-    OPT_INT(max_per_peer),  OPT_INT(max_total),     OPT_INT(client_limit),
-    OPT_MS(connect_timeout), OPT_INT(retries),      OPT_MS(acquire_timeout),
-    OPT_INT(backlog),       OPT_MS(idle_timeout),   OPT_MS(max_lifespan),
-    OPT_INT(lifespan_jitter), OPT_MS(handshake_timeout), OPT_MS(max_address_age),
-    OPT_MS(ping_after),     OPT_MS(keepalive),      OPT_INT(target_peers),
-    OPT_MS(maintenance_interval), OPT_MS(seed_interval), OPT_INT(eject_after),
-    OPT_MS(eject_time),     OPT_MS(eject_max),      OPT_INT(keep_idle_bytes),
-    {NULL, 0, 0},
+    OPT_INT(max_per_peer),     OPT_INT(max_total),
+    OPT_INT(client_limit),     OPT_MS(connect_timeout),
+    OPT_INT(retries),          OPT_MS(acquire_timeout),
+    OPT_INT(backlog),          OPT_MS(idle_timeout),
+    OPT_MS(max_lifespan),      OPT_INT(lifespan_jitter),
+    OPT_MS(handshake_timeout), OPT_MS(max_address_age),
+    OPT_MS(ping_after),        OPT_MS(keepalive),
+    OPT_INT(target_peers),     OPT_MS(maintenance_interval),
+    OPT_MS(seed_interval),     OPT_INT(eject_after),
+    OPT_MS(eject_time),        OPT_MS(eject_max),
+    OPT_INT(keep_idle_bytes),  {NULL, 0, 0},
 };
 
 /* Read opts.<name> into the engine options; every type or range error names the field. */
-static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_timeout,
-                         int *budget) {
+static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_timeout, int *budget) {
   pp_options_init(o);
   *io_timeout = 30000;
   *budget = 100000;
@@ -61,7 +65,8 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_tim
     if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "peerpool.new: option names must be strings");
     const char *key = lua_tostring(L, -2);
     const option_t *opt = options;
-    while (opt->name && strcmp(opt->name, key) != 0) opt++;
+    while (opt->name && strcmp(opt->name, key) != 0)
+      opt++;
     int is_io = strcmp(key, "io_timeout") == 0, is_budget = strcmp(key, "hook_budget") == 0;
     if (opt->name == NULL && !is_io && !is_budget)
       luaL_error(L, "peerpool.new: unknown option '%s'", key);
@@ -214,7 +219,8 @@ static int l_every(lua_State *L) {
 static int l_close(lua_State *L) {
   lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
   if (p->pool && p->in_engine_call)
-    return luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+    return luaL_error(
+        L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
   return close_pool(L, p);
 }
 
@@ -307,7 +313,9 @@ static int add_peer(lua_State *L, const char *source) {
   return 1;
 }
 
-static int l_add_peer(lua_State *L) { return add_peer(L, "runtime"); }
+static int l_add_peer(lua_State *L) {
+  return add_peer(L, "runtime");
+}
 
 static int l_add_peer_from(lua_State *L) {
   const char *source = luaL_checkstring(L, 5);
@@ -323,8 +331,8 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
   lua_setfield(L, -2, "addr");
   lua_pushstring(L, pp_peer_state_name(i.state));
   lua_setfield(L, -2, "state");
-#define INT_FIELD(f)         \
-  lua_pushinteger(L, i.f);   \
+#define INT_FIELD(f)       \
+  lua_pushinteger(L, i.f); \
   lua_setfield(L, -2, #f);
   INT_FIELD(conns)
   INT_FIELD(idle)
@@ -415,16 +423,17 @@ static int l_stats(lua_State *L) {
   pp_stats_t s;
   pp_pool_stats(p->pool, &s);
   lua_createtable(L, 0, 40);
-#define F(f)               \
+#define F(f)                            \
   lua_pushinteger(L, (lua_Integer)s.f); \
   lua_setfield(L, -2, #f);
-  F(conns) F(idle) F(active) F(connecting) F(waiters) F(peers)
-  F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out)
-  F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken)
-  F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out)
-  F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds) F(policy_errors)
+  F(conns)
+  F(idle) F(active) F(connecting) F(waiters) F(peers) F(acquires) F(acquired_immediate)
+      F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled)
+          F(cannot_connect) F(releases) F(released_broken) F(connect_attempts) F(connects_ok)
+              F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
+                  F(pings_failed) F(ejections) F(seeds) F(policy_errors)
 #undef F
-  lua_pushnumber(L, s.connect_latency_ms_avg);
+                      lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");
   lua_pushnumber(L, s.connect_latency_ms_max);
   lua_setfield(L, -2, "connect_latency_ms_max");
@@ -495,8 +504,7 @@ static void read_acquire_opts(lua_State *L, int idx, pp_acquire_opts_t *o) {
   o->timeout = lpp_opt_ms(L, -1, "opts.timeout", -1);
   lua_pop(L, 1);
   if (lua_getfield(L, idx, "priority") != LUA_TNIL) {
-    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 ||
-        lua_tointeger(L, -1) > PP_PRIORITY_MAX)
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > PP_PRIORITY_MAX)
       luaL_error(L, "opts.priority must be an integer in 0..%d", PP_PRIORITY_MAX);
     o->priority = (int)lua_tointeger(L, -1);
   }
@@ -566,9 +574,10 @@ int lpp_l_pools(lua_State *L) {
 }
 
 static const luaL_Reg pool_methods[] = {
-    {"add_peer", l_add_peer}, {"_add_peer", l_add_peer_from}, {"acquire", l_acquire},
-    {"stats", l_stats},       {"_every", l_every},
-    {"peers", l_peers},       {"peer", l_peer},       {"on", l_on},
+    {"add_peer", l_add_peer}, {"_add_peer", l_add_peer_from},
+    {"acquire", l_acquire},   {"stats", l_stats},
+    {"_every", l_every},      {"peers", l_peers},
+    {"peer", l_peer},         {"on", l_on},
     {"close", l_close},       {NULL, NULL},
 };
 

@@ -34,7 +34,8 @@ static int state_gc(lua_State *L) {
       p->pool = NULL;
     }
   }
-  for (int i = 0; i < 1000 && st->engine_pools > 0; i++) uv_run(st->loop, UV_RUN_NOWAIT);
+  for (int i = 0; i < 1000 && st->engine_pools > 0; i++)
+    uv_run(st->loop, UV_RUN_NOWAIT);
   return 0;
 }
 
@@ -131,7 +132,8 @@ void lpp_emit(lua_State *L, const char *text) {
 
 void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *pool) {
   if (pool) pool->callback_errors++;
-  lua_pushfstring(L, "peerpool: error in %s: %s", what, msg ? msg : "(error object is not a string)");
+  lua_pushfstring(L, "peerpool: error in %s: %s", what,
+                  msg ? msg : "(error object is not a string)");
   lpp_emit(L, lua_tostring(L, -1));
   lua_pop(L, 1);
 }
@@ -182,7 +184,9 @@ void lpp_unref(lua_State *L, int *ref) {
   *ref = LUA_NOREF;
 }
 
-static void timer_closed(uv_handle_t *h) { free(h); }
+static void timer_closed(uv_handle_t *h) {
+  free(h);
+}
 
 uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data) {
   if (*slot == NULL) {
@@ -221,10 +225,10 @@ static int l_strerror(lua_State *L) {
   }
   PP_ERRNO_MAP(XX)
 #undef XX
-#define XX(name, msg)               \
-  if (strcmp(code, #name) == 0) {   \
-    lua_pushstring(L, msg);         \
-    return 1;                       \
+#define XX(name, msg)             \
+  if (strcmp(code, #name) == 0) { \
+    lua_pushstring(L, msg);       \
+    return 1;                     \
   }
   UV_ERRNO_MAP(XX)
 #undef XX
@@ -301,7 +305,8 @@ int luaopen_peerpool(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "luv_context");
   luv_ctx_t *ctx = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (ctx == NULL || ctx->loop == NULL) return luaL_error(L, "peerpool: luv's loop is not available");
+  if (ctx == NULL || ctx->loop == NULL)
+    return luaL_error(L, "peerpool: luv's loop is not available");
 
   /* One sentinel per state, created after luv so that it is finalised before luv's loop. */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &state_key);

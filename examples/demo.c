@@ -36,7 +36,9 @@ static void echo_written(uv_write_t *req, int status) {
   free(w);
 }
 
-static void echo_closed(uv_handle_t *h) { free(h); }
+static void echo_closed(uv_handle_t *h) {
+  free(h);
+}
 
 static void echo_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   if (n < 0) {
@@ -136,8 +138,8 @@ static void on_acquired(pp_lease_t *lease, int status) {
     if (!stopping) work(w);
     return;
   }
-  w->want = (size_t)snprintf(w->out, sizeof(w->out), "ping %llu\n",
-                             (unsigned long long)done_requests);
+  w->want =
+      (size_t)snprintf(w->out, sizeof(w->out), "ping %llu\n", (unsigned long long)done_requests);
   w->got = 0;
   uv_buf_t buf = uv_buf_init(w->out, (unsigned int)w->want);
   w->write.data = w;
@@ -163,11 +165,11 @@ static void work(worker_t *w) {
 static void print_status(uv_timer_t *t) {
   pp_stats_t s;
   pp_pool_stats(pool, &s);
-  printf("%6llu req/s | conns %3d (idle %3d, active %3d, connecting %d) | peers ready %d, "
-         "failed %d | waiters %3d\n",
-         (unsigned long long)(done_requests - last_requests), s.conns, s.idle, s.active,
-         s.connecting, s.peers_by_state[PP_PEER_READY], s.peers_by_state[PP_PEER_FAILED],
-         s.waiters);
+  printf(
+      "%6llu req/s | conns %3d (idle %3d, active %3d, connecting %d) | peers ready %d, "
+      "failed %d | waiters %3d\n",
+      (unsigned long long)(done_requests - last_requests), s.conns, s.idle, s.active, s.connecting,
+      s.peers_by_state[PP_PEER_READY], s.peers_by_state[PP_PEER_FAILED], s.waiters);
   fflush(stdout);
   last_requests = done_requests;
 }
@@ -178,17 +180,19 @@ static void on_stop(uv_timer_t *t) {
   stopping = 1;
   pp_stats_t s;
   pp_pool_stats(pool, &s);
-  printf("\nsummary: %llu requests, %llu acquires (%llu immediate, %llu waited), "
-         "%llu connects ok, %llu failed\n",
-         (unsigned long long)done_requests, (unsigned long long)s.acquires,
-         (unsigned long long)s.acquired_immediate, (unsigned long long)s.acquired_waited,
-         (unsigned long long)s.connects_ok, (unsigned long long)s.connects_failed);
+  printf(
+      "\nsummary: %llu requests, %llu acquires (%llu immediate, %llu waited), "
+      "%llu connects ok, %llu failed\n",
+      (unsigned long long)done_requests, (unsigned long long)s.acquires,
+      (unsigned long long)s.acquired_immediate, (unsigned long long)s.acquired_waited,
+      (unsigned long long)s.connects_ok, (unsigned long long)s.connects_failed);
   for (int i = 0; i < 64 && error_names[i]; i++)
     printf("  errors %-16s %llu\n", error_names[i], (unsigned long long)errors[i]);
   pp_pool_close(pool, NULL);
   uv_close((uv_handle_t *)&tick, closed_handle);
   uv_close((uv_handle_t *)&stop_timer, closed_handle);
-  for (int i = 0; i <= PEERS; i++) uv_close((uv_handle_t *)&servers[i], closed_handle);
+  for (int i = 0; i <= PEERS; i++)
+    uv_close((uv_handle_t *)&servers[i], closed_handle);
 }
 
 int main(int argc, char **argv) {
@@ -213,7 +217,8 @@ int main(int argc, char **argv) {
     printf("peer %s%s\n", addr, i < PEERS ? "" : " (refuses connects)");
   }
   printf("%d workers, %d s\n\n", WORKERS, seconds);
-  for (int i = 0; i < WORKERS; i++) work(&workers[i]);
+  for (int i = 0; i < WORKERS; i++)
+    work(&workers[i]);
   uv_timer_init(loop, &tick);
   uv_timer_start(&tick, print_status, 1000, 1000);
   uv_timer_init(loop, &stop_timer);

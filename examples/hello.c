@@ -10,8 +10,10 @@ static uv_buf_t line = {.base = "hello\n", .len = 6};
 
 static void on_read(pp_conn_t *conn, ssize_t n, const char *buf, void *arg) {
   pp_lease_t *lease = arg;
-  if (n > 0) printf("got %.*s", (int)n, buf);
-  else fprintf(stderr, "read: %s\n", pp_strerror((int)n));
+  if (n > 0)
+    printf("got %.*s", (int)n, buf);
+  else
+    fprintf(stderr, "read: %s\n", pp_strerror((int)n));
   pp_release(lease, n > 0 ? 0 : (int)n); /* a negative status closes the conn */
   pp_pool_close(pool, NULL);
 }

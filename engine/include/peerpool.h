@@ -33,20 +33,20 @@ extern "C" {
  * Errors. Our codes live far below libuv's (which are negated errno values and -3000..-4095),
  * so one int carries either kind. XX(name, value, code_name, message).
  */
-#define PP_ERRNO_MAP(XX)                                                                     \
-  XX(EBUSY, -30001, "busy", "peer is at capacity")                                           \
-  XX(ETIMEDOUT, -30002, "timeout", "timed out")                                              \
-  XX(EEXHAUSTED, -30003, "exhausted", "wait queue is full")                                  \
-  XX(ECANNOTCONNECT, -30004, "cannot_connect", "cannot connect to peer")                     \
-  XX(ECLOSED, -30005, "closed", "pool or connection is closed")                              \
-  XX(ENOPEER, -30006, "no_peer", "no eligible peer")                                         \
-  XX(EBURNED, -30007, "burned", "peer is burned")                                            \
-  XX(EINVAL, -30008, "invalid", "invalid argument")                                          \
-  XX(ECANCELED, -30009, "canceled", "operation canceled")                                    \
-  XX(EAGAIN, -30010, "would_block", "no usable connection right now")                        \
-  XX(EHANDSHAKE, -30011, "handshake_failed", "handshake failed")                             \
-  XX(EBROKEN, -30012, "broken", "connection released as broken")                             \
-  XX(EPING, -30013, "ping_failed", "health check failed")                                    \
+#define PP_ERRNO_MAP(XX)                                                 \
+  XX(EBUSY, -30001, "busy", "peer is at capacity")                       \
+  XX(ETIMEDOUT, -30002, "timeout", "timed out")                          \
+  XX(EEXHAUSTED, -30003, "exhausted", "wait queue is full")              \
+  XX(ECANNOTCONNECT, -30004, "cannot_connect", "cannot connect to peer") \
+  XX(ECLOSED, -30005, "closed", "pool or connection is closed")          \
+  XX(ENOPEER, -30006, "no_peer", "no eligible peer")                     \
+  XX(EBURNED, -30007, "burned", "peer is burned")                        \
+  XX(EINVAL, -30008, "invalid", "invalid argument")                      \
+  XX(ECANCELED, -30009, "canceled", "operation canceled")                \
+  XX(EAGAIN, -30010, "would_block", "no usable connection right now")    \
+  XX(EHANDSHAKE, -30011, "handshake_failed", "handshake failed")         \
+  XX(EBROKEN, -30012, "broken", "connection released as broken")         \
+  XX(EPING, -30013, "ping_failed", "health check failed")                \
   XX(ESTATE, -30014, "bad_state", "operation not valid in this state")
 
 typedef enum {
@@ -87,39 +87,39 @@ typedef struct pp_notice_s pp_notice_t;
  * Durations are milliseconds; 0 means "never" where noted.
  */
 typedef struct {
-  int max_per_peer;          /* conns per peer, counting conns still connecting (4) */
-  int max_total;             /* conns in the pool, counting connecting ones (256) */
-  int client_limit;          /* leases one conn carries at once (1) */
-  int64_t connect_timeout;   /* per connect attempt, > 0 (5000) */
-  int retries;               /* further attempts after the first, 0..100 (3) */
-  int64_t acquire_timeout;   /* default deadline of an acquire; 0 = none (30000) */
-  int backlog;               /* acquires allowed to queue behind capacity; 0 = never wait
-                                (an acquire waiting for the conn dialled for it does not
-                                count) (1024) */
-  int64_t idle_timeout;      /* close conns idle this long; 0 = never (300000) */
-  int64_t max_lifespan;      /* close conns this old when their last lease ends; 0 = never
-                                (3600000) */
-  int lifespan_jitter;       /* percent 0..50: each conn's lifespan is shortened by a random
-                                0..jitter% so conns opened together expire apart (10) */
-  int64_t handshake_timeout; /* for the handshake hook, > 0 (5000) */
-  int64_t max_address_age;   /* peers whose last_seen is older are not dialled; 0 = no limit
-                                (3 h) */
-  int64_t ping_after;        /* with a ping hook: ping a conn idle this long before lending it;
-                                0 = never (0) */
-  int64_t keepalive;         /* with a ping hook: ping conns idle this long, checked this often;
-                                0 = never (0). A ping has handshake_timeout to complete. */
-  int target_peers;          /* keep this many peers ready (a maintenance tick dials, and asks
-                                the seed hook for addresses when it runs out); 0 = off (0).
-                                Like a server, a pool with target_peers keeps the loop alive
-                                until it is closed. */
+  int max_per_peer;             /* conns per peer, counting conns still connecting (4) */
+  int max_total;                /* conns in the pool, counting connecting ones (256) */
+  int client_limit;             /* leases one conn carries at once (1) */
+  int64_t connect_timeout;      /* per connect attempt, > 0 (5000) */
+  int retries;                  /* further attempts after the first, 0..100 (3) */
+  int64_t acquire_timeout;      /* default deadline of an acquire; 0 = none (30000) */
+  int backlog;                  /* acquires allowed to queue behind capacity; 0 = never wait
+                                   (an acquire waiting for the conn dialled for it does not
+                                   count) (1024) */
+  int64_t idle_timeout;         /* close conns idle this long; 0 = never (300000) */
+  int64_t max_lifespan;         /* close conns this old when their last lease ends; 0 = never
+                                   (3600000) */
+  int lifespan_jitter;          /* percent 0..50: each conn's lifespan is shortened by a random
+                                   0..jitter% so conns opened together expire apart (10) */
+  int64_t handshake_timeout;    /* for the handshake hook, > 0 (5000) */
+  int64_t max_address_age;      /* peers whose last_seen is older are not dialled; 0 = no limit
+                                   (3 h) */
+  int64_t ping_after;           /* with a ping hook: ping a conn idle this long before lending it;
+                                   0 = never (0) */
+  int64_t keepalive;            /* with a ping hook: ping conns idle this long, checked this often;
+                                   0 = never (0). A ping has handshake_timeout to complete. */
+  int target_peers;             /* keep this many peers ready (a maintenance tick dials, and asks
+                                   the seed hook for addresses when it runs out); 0 = off (0).
+                                   Like a server, a pool with target_peers keeps the loop alive
+                                   until it is closed. */
   int64_t maintenance_interval; /* ms between maintenance ticks, > 0 (1000) */
-  int64_t seed_interval;     /* at least this many ms between two seed hook calls (10000) */
-  int eject_after;           /* consecutive failures that eject a peer for a cool-down;
-                                0 = never (5) */
-  int64_t eject_time;        /* first cool-down, ms; doubles on each ejection (10000) */
-  int64_t eject_max;         /* longest cool-down, ms (300000) */
-  int keep_idle_bytes;       /* 1: bytes arriving on an idle conn are kept for its next holder
-                                (chatty P2P protocols); 0: they close it as a late reply (0) */
+  int64_t seed_interval;        /* at least this many ms between two seed hook calls (10000) */
+  int eject_after;              /* consecutive failures that eject a peer for a cool-down;
+                                   0 = never (5) */
+  int64_t eject_time;           /* first cool-down, ms; doubles on each ejection (10000) */
+  int64_t eject_max;            /* longest cool-down, ms (300000) */
+  int keep_idle_bytes;          /* 1: bytes arriving on an idle conn are kept for its next holder
+                                   (chatty P2P protocols); 0: they close it as a late reply (0) */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */
@@ -132,41 +132,41 @@ int pp_options_validate(const pp_options_t *opts, const char **why);
 /* ------------------------------------------------------------------------------------------
  * Peer states. Every transition is reported to the state callback.
  */
-#define PP_PEER_STATE_MAP(XX)                                                                \
-  XX(KNOWN, "known")                                                                         \
-  XX(CONNECTING, "connecting")                                                               \
-  XX(CONNECTED, "connected")                                                                 \
-  XX(READY, "ready")                                                                         \
-  XX(DISCONNECTED, "disconnected")                                                           \
-  XX(FAILED, "failed")                                                                       \
+#define PP_PEER_STATE_MAP(XX)      \
+  XX(KNOWN, "known")               \
+  XX(CONNECTING, "connecting")     \
+  XX(CONNECTED, "connected")       \
+  XX(READY, "ready")               \
+  XX(DISCONNECTED, "disconnected") \
+  XX(FAILED, "failed")             \
   XX(BURNED, "burned")
 
 typedef enum {
 #define PP__STATE_ENUM(name, str) PP_PEER_##name,
   PP_PEER_STATE_MAP(PP__STATE_ENUM)
 #undef PP__STATE_ENUM
-  PP_PEER_STATE_COUNT
+      PP_PEER_STATE_COUNT
 } pp_peer_state_t;
 
 /* "known", "connecting", ... ; "unknown" for an out-of-range value. */
 const char *pp_peer_state_name(pp_peer_state_t state);
 
 /* Why a conn was closed (counted in pp_stats_t.closed[]). */
-#define PP_CLOSE_REASON_MAP(XX)                                                              \
-  XX(IDLE, "idle")                                                                           \
-  XX(LIFESPAN, "lifespan")                                                                   \
-  XX(BROKEN, "broken")                                                                       \
-  XX(REMOTE, "remote")                                                                       \
-  XX(PING, "ping")                                                                           \
-  XX(EVICTED, "evicted")                                                                     \
-  XX(EJECTED, "ejected")                                                                     \
+#define PP_CLOSE_REASON_MAP(XX) \
+  XX(IDLE, "idle")              \
+  XX(LIFESPAN, "lifespan")      \
+  XX(BROKEN, "broken")          \
+  XX(REMOTE, "remote")          \
+  XX(PING, "ping")              \
+  XX(EVICTED, "evicted")        \
+  XX(EJECTED, "ejected")        \
   XX(CLOSED, "closed")
 
 typedef enum {
 #define PP__REASON_ENUM(name, str) PP_CLOSE_##name,
   PP_CLOSE_REASON_MAP(PP__REASON_ENUM)
 #undef PP__REASON_ENUM
-  PP_CLOSE_REASON_COUNT
+      PP_CLOSE_REASON_COUNT
 } pp_close_reason_t;
 
 const char *pp_close_reason_name(pp_close_reason_t reason);
@@ -190,8 +190,7 @@ typedef struct {
 
   /* Pick one of `n` (>= 1) usable conns of `peer`. Return an index or -1 for the default
    * (fewest leases, then longest idle). */
-  int (*select_conn)(void *data, pp_peer_t *peer, pp_conn_t *const *conns, int n,
-                     const char *key);
+  int (*select_conn)(void *data, pp_peer_t *peer, pp_conn_t *const *conns, int n, const char *key);
 
   /* Called after every failed connect attempt (and failed handshake) of `peer`: milliseconds
    * before the peer's next attempt. `attempt` is the peer's consecutive failures so far
@@ -287,23 +286,23 @@ pp_peer_t *pp_pool_find_peer(pp_pool_t *pool, const char *addr);
 int pp_pool_foreach_peer(pp_pool_t *pool, int (*fn)(pp_peer_t *peer, void *arg), void *arg);
 
 typedef struct {
-  const char *addr;        /* canonical address; valid while the pool lives */
+  const char *addr; /* canonical address; valid while the pool lives */
   pp_peer_state_t state;
-  int conns;               /* open or connecting */
-  int idle;                /* conns with no lease */
+  int conns; /* open or connecting */
+  int idle;  /* conns with no lease */
   int leases;
-  int waiters;             /* acquires queued for this peer */
-  int failures;            /* consecutive failures: failed connect attempts since the last
-                              successful connect, plus failures in use (broken conns, failed
-                              pings) since the last healthy release */
-  int64_t last_seen;       /* Unix ms */
-  int64_t last_success;    /* Unix ms of the last successful connect, 0 = never */
-  int64_t retry_at;        /* loop ms (uv_now) before which no dial starts; 0 = none */
-  uint64_t attempts;       /* connect attempts in all */
-  uint64_t ejections;      /* times this peer was ejected */
-  double latency_ms;       /* EWMA of connect times */
+  int waiters;          /* acquires queued for this peer */
+  int failures;         /* consecutive failures: failed connect attempts since the last
+                           successful connect, plus failures in use (broken conns, failed
+                           pings) since the last healthy release */
+  int64_t last_seen;    /* Unix ms */
+  int64_t last_success; /* Unix ms of the last successful connect, 0 = never */
+  int64_t retry_at;     /* loop ms (uv_now) before which no dial starts; 0 = none */
+  uint64_t attempts;    /* connect attempts in all */
+  uint64_t ejections;   /* times this peer was ejected */
+  double latency_ms;    /* EWMA of connect times */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
-  int last_error;          /* last socket or protocol error, 0 = none */
+  int last_error; /* last socket or protocol error, 0 = none */
 } pp_peer_info_t;
 
 void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info);
@@ -320,10 +319,10 @@ enum { PP_BUSY_WAIT = 0, PP_BUSY_FAIL = 1 };
 #define PP_PRIORITY_MAX 7
 
 typedef struct {
-  int busy;          /* PP_BUSY_WAIT (queue) or PP_BUSY_FAIL (answer PP_EBUSY at once) */
-  int64_t timeout;   /* ms; -1 = the pool's acquire_timeout; 0 = no deadline */
-  int priority;      /* 0..PP_PRIORITY_MAX, higher served first; FIFO within a level */
-  const char *key;   /* passed to select hooks (e.g. consistent hashing); not copied */
+  int busy;        /* PP_BUSY_WAIT (queue) or PP_BUSY_FAIL (answer PP_EBUSY at once) */
+  int64_t timeout; /* ms; -1 = the pool's acquire_timeout; 0 = no deadline */
+  int priority;    /* 0..PP_PRIORITY_MAX, higher served first; FIFO within a level */
+  const char *key; /* passed to select hooks (e.g. consistent hashing); not copied */
 } pp_acquire_opts_t;
 
 void pp_acquire_opts_init(pp_acquire_opts_t *opts);
@@ -334,18 +333,18 @@ typedef void (*pp_acquire_cb)(pp_lease_t *lease, int status);
  * released one) before pp_acquire. Public fields are read-only for the caller, except data. */
 struct pp_lease_s {
   void *data;
-  pp_conn_t *conn;  /* set when granted; NULL after release or pool close */
-  pp_peer_t *peer;  /* the peer that serves it (set when granted) */
-  int cause;        /* with PP_ECANNOTCONNECT: the last socket error */
+  pp_conn_t *conn; /* set when granted; NULL after release or pool close */
+  pp_peer_t *peer; /* the peer that serves it (set when granted) */
+  int cause;       /* with PP_ECANNOTCONNECT: the last socket error */
   /* private */
   pp_pool_t *pool_;
   pp_peer_t *want_;
   pp_conn_t *dial_;
   pp_acquire_cb cb_;
   const char *key_;
-  pp__link_t qlink_;                        /* wait queue, then the conn's lease list */
-  pp__link_t dlink_;                        /* deferred completion queue */
-  pp__heap_node_t heap_;                    /* deadline heap node */
+  pp__link_t qlink_;     /* wait queue, then the conn's lease list */
+  pp__link_t dlink_;     /* deferred completion queue */
+  pp__heap_node_t heap_; /* deadline heap node */
   uint64_t seq_;
   uint64_t deadline_;
   int status_;
@@ -359,8 +358,8 @@ struct pp_lease_s {
  * PP_EINVAL (bad opts, lease in use, peer of another pool). Callback statuses: 0,
  * PP_ETIMEDOUT, PP_ECANNOTCONNECT (lease->cause is the last socket error), PP_EBURNED,
  * PP_ENOPEER, PP_ECANCELED, PP_ECLOSED. */
-int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
-               const pp_acquire_opts_t *opts, pp_acquire_cb cb);
+int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acquire_opts_t *opts,
+               pp_acquire_cb cb);
 
 /* Synchronous fast path: grant a usable idle (or shareable) conn right now, without waiting
  * or dialling, and without any callback. Returns 0 with lease->conn set, PP_EAGAIN when no
@@ -393,8 +392,8 @@ struct pp_notice_s {
   pp_pool_t *pool_;
   pp_peer_t *peer_;
   pp_notice_cb cb_;
-  pp__link_t link_;                         /* armed notices */
-  pp__link_t dlink_;                        /* deferred callbacks */
+  pp__link_t link_;  /* armed notices */
+  pp__link_t dlink_; /* deferred callbacks */
   int status_;
   unsigned char state_;
 };
@@ -472,15 +471,15 @@ int pp_conn_ping_done(pp_conn_t *conn, int status);
  */
 typedef struct {
   /* gauges */
-  int conns, idle, active, connecting;   /* connecting includes handshaking and backoff */
+  int conns, idle, active, connecting; /* connecting includes handshaking and backoff */
   int waiters;
   int peers;
   int peers_by_state[PP_PEER_STATE_COUNT];
   /* acquire counters */
-  uint64_t acquires;          /* calls to pp_acquire / pp_try_acquire that were accepted */
+  uint64_t acquires;           /* calls to pp_acquire / pp_try_acquire that were accepted */
   uint64_t acquired_immediate; /* granted an idle (or shareable) conn at once */
-  uint64_t acquired_dialed;   /* granted the conn dialled for it */
-  uint64_t acquired_waited;   /* granted after queueing behind capacity */
+  uint64_t acquired_dialed;    /* granted the conn dialled for it */
+  uint64_t acquired_waited;    /* granted after queueing behind capacity */
   uint64_t timed_out;
   uint64_t busy;
   uint64_t exhausted;
@@ -496,9 +495,9 @@ typedef struct {
   /* I/O */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   uint64_t pings, pings_failed;
-  uint64_t ejections;         /* peers ejected for a cool-down after consecutive failures */
-  uint64_t seeds;             /* seed hook calls */
-  uint64_t policy_errors;     /* hook results the engine had to ignore */
+  uint64_t ejections;     /* peers ejected for a cool-down after consecutive failures */
+  uint64_t seeds;         /* seed hook calls */
+  uint64_t policy_errors; /* hook results the engine had to ignore */
 } pp_stats_t;
 
 void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);

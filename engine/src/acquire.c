@@ -92,7 +92,8 @@ void pp__lease_complete(pp_lease_t *lease, int status) {
 
 static void fail_queue(pp_pool_t *pool, pp__queue_t *q, int status) {
   pp_lease_t *lease;
-  while ((lease = queue_first(q, false)) != NULL) pp__lease_complete(lease, status);
+  while ((lease = queue_first(q, false)) != NULL)
+    pp__lease_complete(lease, status);
 }
 
 void pp__fail_peer_waiters(pp_peer_t *peer, int status) {
@@ -261,8 +262,8 @@ static int check_args(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   if (pool->closing) return PP_ECLOSED;
   if (lease->state_ != PP_LEASE_UNUSED && lease->state_ != PP_LEASE_DETACHED) return PP_EINVAL;
   if (peer && peer->pool != pool) return PP_EINVAL;
-  if (opts && ((opts->busy != PP_BUSY_WAIT && opts->busy != PP_BUSY_FAIL) ||
-               opts->timeout < -1 || opts->priority < 0 || opts->priority > PP_PRIORITY_MAX))
+  if (opts && ((opts->busy != PP_BUSY_WAIT && opts->busy != PP_BUSY_FAIL) || opts->timeout < -1 ||
+               opts->priority < 0 || opts->priority > PP_PRIORITY_MAX))
     return PP_EINVAL;
   if (peer && peer->burned) return PP_EBURNED;
   return 0;
@@ -323,8 +324,8 @@ static bool any_peer_could_serve(pp_pool_t *pool) {
   return false;
 }
 
-int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
-               const pp_acquire_opts_t *opts, pp_acquire_cb cb) {
+int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acquire_opts_t *opts,
+               pp_acquire_cb cb) {
   int err = check_args(pool, lease, peer, opts);
   if (err) return err;
   if (cb == NULL) return PP_EINVAL;

@@ -83,8 +83,10 @@ int pp_addr_canonical(const char *addr, char *out, size_t n, const char **why) {
   int err = pp__addr_parse(addr, &canonical, &sa, &is_pipe, why);
   if (err) return err;
   size_t len = strlen(canonical);
-  if (len >= n) err = UV_ENOBUFS;
-  else memcpy(out, canonical, len + 1);
+  if (len >= n)
+    err = UV_ENOBUFS;
+  else
+    memcpy(out, canonical, len + 1);
   free(canonical);
   return err;
 }

@@ -20,16 +20,30 @@ static bool connecting_phase(pp__conn_phase_t p) {
 static void set_phase(pp_conn_t *conn, pp__conn_phase_t phase) {
   pp_peer_t *peer = conn->peer;
   switch (conn->phase) {
-    case PP_CONN_DIALING: peer->dialing--; break;
-    case PP_CONN_BACKOFF: peer->backoff--; break;
-    case PP_CONN_HANDSHAKE: peer->handshaking--; break;
-    default: break;
+    case PP_CONN_DIALING:
+      peer->dialing--;
+      break;
+    case PP_CONN_BACKOFF:
+      peer->backoff--;
+      break;
+    case PP_CONN_HANDSHAKE:
+      peer->handshaking--;
+      break;
+    default:
+      break;
   }
   switch (phase) {
-    case PP_CONN_DIALING: peer->dialing++; break;
-    case PP_CONN_BACKOFF: peer->backoff++; break;
-    case PP_CONN_HANDSHAKE: peer->handshaking++; break;
-    default: break;
+    case PP_CONN_DIALING:
+      peer->dialing++;
+      break;
+    case PP_CONN_BACKOFF:
+      peer->backoff++;
+      break;
+    case PP_CONN_HANDSHAKE:
+      peer->handshaking++;
+      break;
+    default:
+      break;
   }
   conn->pool->dialing += (int)connecting_phase(phase) - (int)connecting_phase(conn->phase);
   conn->phase = phase;
@@ -71,7 +85,9 @@ static void close_handle(pp_conn_t *conn, uv_close_cb cb) {
 
 /* ---- dialling -------------------------------------------------------------------------- */
 
-static void on_backoff_done(uv_timer_t *timer) { start_attempt(timer->data); }
+static void on_backoff_done(uv_timer_t *timer) {
+  start_attempt(timer->data);
+}
 
 int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
   pp_pool_t *pool = peer->pool;
@@ -252,7 +268,9 @@ static void on_attempt_closed(uv_handle_t *handle) {
   after_attempt(conn);
 }
 
-static void on_attempt_timer(uv_timer_t *timer) { after_attempt(timer->data); }
+static void on_attempt_timer(uv_timer_t *timer) {
+  after_attempt(timer->data);
+}
 
 int pp_conn_handshake_done(pp_conn_t *conn, int status) {
   if (conn == NULL || conn->phase != PP_CONN_HANDSHAKE || !conn->hook_running) return PP_ESTATE;
@@ -438,13 +456,13 @@ void pp__conn_released(pp_conn_t *conn, int status) {
   }
 }
 
-
 /* ---- reading --------------------------------------------------------------------------- */
 
 static void keep(pp_conn_t *conn, const char *data, size_t len) {
   if (conn->kept_len + len > conn->kept_cap) {
     size_t cap = conn->kept_cap ? conn->kept_cap : 4096;
-    while (cap < conn->kept_len + len) cap *= 2;
+    while (cap < conn->kept_len + len)
+      cap *= 2;
     char *p = realloc(conn->kept, cap);
     if (p == NULL) {
       pp__conn_io_error(conn, UV_ENOMEM);
@@ -621,7 +639,8 @@ int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs
     return n;
   }
   size_t total = 0;
-  for (unsigned int i = 0; i < nbufs; i++) total += bufs[i].len;
+  for (unsigned int i = 0; i < nbufs; i++)
+    total += bufs[i].len;
   conn->bytes_out += (uint64_t)n;
   conn->peer->bytes_out += (uint64_t)n;
   conn->pool->stats.bytes_out += (uint64_t)n;
@@ -639,7 +658,8 @@ int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsig
   int err = writable(conn);
   if (err) return err;
   size_t bytes = 0;
-  for (unsigned int i = 0; i < nbufs; i++) bytes += bufs[i].len;
+  for (unsigned int i = 0; i < nbufs; i++)
+    bytes += bufs[i].len;
   req->conn_ = conn;
   req->cb_ = cb;
   req->bytes_ = bytes;
@@ -673,8 +693,8 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   peer->conns--;
   pool->total--;
   if (conn->read_cb) {
-    if (!conn->kept_error) conn->kept_error = conn->broken && conn->last_error ? conn->last_error
-                                                                                : PP_ECLOSED;
+    if (!conn->kept_error)
+      conn->kept_error = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
     pp__defer_conn(pool, conn);
   } else if (!conn->kept_error && conn->leases > 0) {
     /* A lessee that starts reading later still learns why the conn ended. */
@@ -706,8 +726,12 @@ void pp__peer_burn(pp_peer_t *peer) {
 
 /* ---- accessors ------------------------------------------------------------------------- */
 
-pp_peer_t *pp_conn_peer(const pp_conn_t *conn) { return conn->peer; }
-int pp_conn_leases(const pp_conn_t *conn) { return conn->leases; }
+pp_peer_t *pp_conn_peer(const pp_conn_t *conn) {
+  return conn->peer;
+}
+int pp_conn_leases(const pp_conn_t *conn) {
+  return conn->leases;
+}
 int pp_conn_is_broken(const pp_conn_t *conn) {
   return conn->broken || conn->phase == PP_CONN_CLOSED;
 }
@@ -715,8 +739,12 @@ uint64_t pp_conn_idle_ms(const pp_conn_t *conn) {
   uint64_t now = uv_now(conn->pool->loop);
   return now > conn->last_used ? now - conn->last_used : 0;
 }
-void *pp_conn_get_data(const pp_conn_t *conn) { return conn->data; }
-void pp_conn_set_data(pp_conn_t *conn, void *data) { conn->data = data; }
+void *pp_conn_get_data(const pp_conn_t *conn) {
+  return conn->data;
+}
+void pp_conn_set_data(pp_conn_t *conn, void *data) {
+  conn->data = data;
+}
 
 void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info) {
   info->bytes_in = conn->bytes_in;

@@ -36,7 +36,8 @@ static void swap_with_parent(pp__heap_t *heap, pp__heap_node_t *parent, pp__heap
 /* The slot for node number `k` (1-based): returns the parent's link to it. */
 static pp__heap_node_t **slot_of(pp__heap_t *heap, unsigned int k, pp__heap_node_t **parent) {
   unsigned int path = 0, bits = 0;
-  for (; k >= 2; k /= 2, bits++) path = (path << 1) | (k & 1);
+  for (; k >= 2; k /= 2, bits++)
+    path = (path << 1) | (k & 1);
   pp__heap_node_t **link = &heap->min;
   *parent = NULL;
   for (; bits > 0; bits--, path >>= 1) {

@@ -9,9 +9,15 @@
 #include <stdint.h>
 
 /* ---- intrusive doubly-linked list (circular, with a head node) ------------------------- */
-static inline void pp__list_init(pp__link_t *h) { h->next = h->prev = h; }
-static inline bool pp__list_empty(const pp__link_t *h) { return h->next == h; }
-static inline bool pp__linked(const pp__link_t *l) { return l->next != NULL; }
+static inline void pp__list_init(pp__link_t *h) {
+  h->next = h->prev = h;
+}
+static inline bool pp__list_empty(const pp__link_t *h) {
+  return h->next == h;
+}
+static inline bool pp__linked(const pp__link_t *l) {
+  return l->next != NULL;
+}
 static inline void pp__list_push(pp__link_t *h, pp__link_t *l) {
   l->prev = h->prev;
   l->next = h;
@@ -23,7 +29,7 @@ static inline void pp__list_remove(pp__link_t *l) {
   l->next->prev = l->prev;
   l->next = l->prev = NULL;
 }
-#define PP__CONTAINER(ptr, type, field) ((type *)((char *)(ptr) - offsetof(type, field)))
+#define PP__CONTAINER(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 
 /* ---- intrusive min-heap (pointer tree, O(log n) insert/remove of any node) ------------- */
 typedef int (*pp__heap_less_fn)(const pp__heap_node_t *a, const pp__heap_node_t *b);
@@ -47,13 +53,13 @@ typedef enum {
 } pp__lease_state_t;
 
 typedef enum {
-  PP_CONN_NEW = 0,    /* allocated, no attempt yet */
-  PP_CONN_DIALING,    /* connect in flight */
-  PP_CONN_BACKOFF,    /* waiting before the next attempt (no socket) */
-  PP_CONN_HANDSHAKE,  /* connected, handshake hook running */
-  PP_CONN_READY,      /* usable (if under client_limit and not broken) */
-  PP_CONN_PINGING,    /* ping hook running; not lendable */
-  PP_CONN_CLOSED,     /* handle closing or closed; memory kept while leases remain */
+  PP_CONN_NEW = 0,   /* allocated, no attempt yet */
+  PP_CONN_DIALING,   /* connect in flight */
+  PP_CONN_BACKOFF,   /* waiting before the next attempt (no socket) */
+  PP_CONN_HANDSHAKE, /* connected, handshake hook running */
+  PP_CONN_READY,     /* usable (if under client_limit and not broken) */
+  PP_CONN_PINGING,   /* ping hook running; not lendable */
+  PP_CONN_CLOSED,    /* handle closing or closed; memory kept while leases remain */
 } pp__conn_phase_t;
 
 typedef enum { PP_NOTICE_IDLE = 0, PP_NOTICE_ARMED, PP_NOTICE_DONE } pp__notice_state_t;
@@ -78,20 +84,20 @@ struct pp_conn_s {
   pp_peer_t *peer;
   int leases;
   pp__conn_phase_t phase;
-  bool broken;            /* saw an I/O error or EOF; never lent again */
-  bool expired;           /* past max_lifespan; closes when its last lease ends */
-  bool reading;           /* uv_read_start is active */
-  bool deliver_pending;   /* on the defer list to hand kept bytes to the reader */
-  bool hook_running;      /* handshake/ping hook holds the conn */
-  bool delivering;        /* inside a reader callback from the defer queue: do not free */
+  bool broken;                  /* saw an I/O error or EOF; never lent again */
+  bool expired;                 /* past max_lifespan; closes when its last lease ends */
+  bool reading;                 /* uv_read_start is active */
+  bool deliver_pending;         /* on the defer list to hand kept bytes to the reader */
+  bool hook_running;            /* handshake/ping hook holds the conn */
+  bool delivering;              /* inside a reader callback from the defer queue: do not free */
   unsigned char hstate, tstate; /* h and timer: none, open, closing */
   /* line 1 */
-  pp__link_t lease_list;  /* leases holding this conn (their qlink_) */
-  uint64_t last_used;     /* loop ms when the lease count last changed */
-  size_t kept_len;        /* bytes kept in `kept` */
+  pp__link_t lease_list; /* leases holding this conn (their qlink_) */
+  uint64_t last_used;    /* loop ms when the lease count last changed */
+  size_t kept_len;       /* bytes kept in `kept` */
   pp_read_cb read_cb;
   void *read_arg;
-  pp_lease_t *owner;      /* the waiter this dial was started for (may be NULL) */
+  pp_lease_t *owner; /* the waiter this dial was started for (may be NULL) */
   /* the rest */
   union {
     uv_handle_t handle;
@@ -100,16 +106,16 @@ struct pp_conn_s {
     uv_pipe_t pipe;
   } h;
   uv_connect_t connect_req;
-  uv_timer_t timer;       /* attempt timeout, backoff, handshake timeout, then lifespan */
-  int attempt;            /* connect attempts made by this dial */
-  int last_error;         /* socket error of the last attempt / I/O */
+  uv_timer_t timer;         /* attempt timeout, backoff, handshake timeout, then lifespan */
+  int attempt;              /* connect attempts made by this dial */
+  int last_error;           /* socket error of the last attempt / I/O */
   uint64_t attempt_started; /* loop ms */
   int64_t created_at, expires_at;
-  pp__link_t peer_link;   /* in peer->conns */
-  pp__link_t defer_link;  /* in pool->defer_conns while deliver_pending */
-  char *kept;             /* bytes that arrived with no reader */
+  pp__link_t peer_link;  /* in peer->conns */
+  pp__link_t defer_link; /* in pool->defer_conns while deliver_pending */
+  char *kept;            /* bytes that arrived with no reader */
   size_t kept_cap;
-  int kept_error;         /* an end/error seen with no reader, delivered after kept bytes */
+  int kept_error; /* an end/error seen with no reader, delivered after kept bytes */
   /* counters */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   void *data;
@@ -117,22 +123,22 @@ struct pp_conn_s {
 
 struct pp_peer_s {
   pp_pool_t *pool;
-  char *addr;              /* canonical */
+  char *addr;                 /* canonical */
   struct sockaddr_storage sa; /* for TCP peers */
   bool is_pipe;
   bool burned;
   bool ever_connected;
   pp_peer_state_t state;
-  int conns;               /* every conn counted toward max_per_peer */
+  int conns;                         /* every conn counted toward max_per_peer */
   int dialing, backoff, handshaking; /* conns not yet ready, by phase */
-  int usable;              /* conns in the buckets */
+  int usable;                        /* conns in the buckets */
   int idle;
   int leases;
-  int failures;            /* consecutive failures in use (broken conns, failed pings) */
-  int connect_failures;    /* consecutive failed connect attempts (drives backoff) */
+  int failures;         /* consecutive failures in use (broken conns, failed pings) */
+  int connect_failures; /* consecutive failed connect attempts (drives backoff) */
   int last_error;
   int64_t last_seen, last_success; /* Unix ms */
-  uint64_t retry_at;       /* loop ms */
+  uint64_t retry_at;               /* loop ms */
   uint64_t attempts;
   uint64_t ejections;
   double latency_ms;
@@ -140,7 +146,7 @@ struct pp_peer_s {
   pp__link_t conns_list;
   /* usable conns by lease count: buckets[k] holds conns with k leases, oldest use first */
   pp__link_t *buckets;
-  uint64_t *nonempty;      /* bitmap over buckets */
+  uint64_t *nonempty; /* bitmap over buckets */
   pp__queue_t waiters;
   pp__link_t order_link;   /* pool->peers, insertion order */
   pp__link_t usable_link;  /* pool->usable_peers while usable > 0 */
@@ -157,8 +163,8 @@ struct pp_pool_s {
   void *data;
   bool closing;
   pp_close_cb close_cb;
-  int conn_handles;        /* conn handles not yet closed */
-  int own_handles;         /* the pool's own handles not yet closed */
+  int conn_handles; /* conn handles not yet closed */
+  int own_handles;  /* the pool's own handles not yet closed */
   bool own_closed;
   /* peers */
   pp_peer_t **table;
@@ -168,18 +174,18 @@ struct pp_pool_s {
   pp__link_t waiting_peers;
   pp_peer_t *dial_cursor;
   /* conns */
-  int total;               /* conns counted toward max_total */
+  int total;                       /* conns counted toward max_total */
   int dialing, idle_count, active; /* gauges: connecting, idle, leased conns */
-  pp__link_t idle;         /* usable conns with no lease, oldest first */
+  pp__link_t idle;                 /* usable conns with no lease, oldest first */
   uv_timer_t idle_timer;
   uv_timer_t keepalive_timer;
   uv_timer_t maintenance_timer;
-  uint64_t last_seed;      /* loop ms of the last seed hook call; 0 = never */
+  uint64_t last_seed; /* loop ms of the last seed hook call; 0 = never */
   /* waiters */
   pp__queue_t any_waiters;
-  pp__link_t notices;      /* armed notices */
+  pp__link_t notices; /* armed notices */
   int waiters;
-  int dial_owners;         /* waiters that own a dial (not counted against backlog) */
+  int dial_owners; /* waiters that own a dial (not counted against backlog) */
   uint64_t seq;
   pp__heap_t deadlines;
   uv_timer_t deadline_timer;

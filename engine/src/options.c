@@ -29,12 +29,12 @@ void pp_options_init(pp_options_t *o) {
  * overflow. */
 #define PP_MS_MAX ((int64_t)365 * 24 * 3600 * 1000)
 
-#define CHECK(cond, msg)         \
-  do {                           \
-    if (!(cond)) {               \
-      if (why) *why = msg;       \
-      return PP_EINVAL;          \
-    }                            \
+#define CHECK(cond, msg)   \
+  do {                     \
+    if (!(cond)) {         \
+      if (why) *why = msg; \
+      return PP_EINVAL;    \
+    }                      \
   } while (0)
 
 int pp_options_validate(const pp_options_t *o, const char **why) {

@@ -8,7 +8,8 @@
 
 static uint32_t hash_str(const char *s) {
   uint32_t h = 2166136261u; /* FNV-1a */
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 16777619u;
   return h;
 }
 
@@ -93,8 +94,10 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   peer->last_seen = last_seen_ms;
   peer->state = PP_PEER_KNOWN;
   pp__list_init(&peer->conns_list);
-  for (int i = 0; i < limit; i++) pp__list_init(&peer->buckets[i]);
-  for (int i = 0; i <= PP_PRIORITY_MAX; i++) pp__list_init(&peer->waiters.level[i]);
+  for (int i = 0; i < limit; i++)
+    pp__list_init(&peer->buckets[i]);
+  for (int i = 0; i <= PP_PRIORITY_MAX; i++)
+    pp__list_init(&peer->waiters.level[i]);
   if (table_insert(pool, peer) != 0) goto nomem;
   pp__list_push(&pool->peers, &peer->order_link);
   pool->stats.peers_by_state[PP_PEER_KNOWN]++;
@@ -279,8 +282,18 @@ void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info) {
   info->last_error = peer->last_error;
 }
 
-const char *pp_peer_addr(const pp_peer_t *peer) { return peer->addr; }
-pp_peer_state_t pp_peer_state(const pp_peer_t *peer) { return peer->state; }
-pp_pool_t *pp_peer_pool(const pp_peer_t *peer) { return peer->pool; }
-void *pp_peer_get_data(const pp_peer_t *peer) { return peer->data; }
-void pp_peer_set_data(pp_peer_t *peer, void *data) { peer->data = data; }
+const char *pp_peer_addr(const pp_peer_t *peer) {
+  return peer->addr;
+}
+pp_peer_state_t pp_peer_state(const pp_peer_t *peer) {
+  return peer->state;
+}
+pp_pool_t *pp_peer_pool(const pp_peer_t *peer) {
+  return peer->pool;
+}
+void *pp_peer_get_data(const pp_peer_t *peer) {
+  return peer->data;
+}
+void pp_peer_set_data(pp_peer_t *peer, void *data) {
+  peer->data = data;
+}

@@ -9,7 +9,8 @@
 int64_t pp_backoff_full_jitter(pp_pool_t *pool, int attempt, int64_t base_ms, int64_t cap_ms) {
   if (attempt < 0) attempt = 0;
   int64_t ceiling = base_ms;
-  for (int i = 0; i < attempt && ceiling < cap_ms; i++) ceiling *= 2;
+  for (int i = 0; i < attempt && ceiling < cap_ms; i++)
+    ceiling *= 2;
   if (ceiling > cap_ms) ceiling = cap_ms;
   if (ceiling <= 0) return 0;
   return (int64_t)(pp__random(pool) % (uint64_t)(ceiling + 1));
@@ -39,8 +40,8 @@ pp_conn_t *pp__select_conn(pp_peer_t *peer, const char *key) {
     pp_conn_t **conns = (pp_conn_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
     if (conns) {
       int n = pp__peer_usable_conns(peer, conns, PP__CANDIDATES_MAX);
-      int i = checked_choice(
-          pool, pool->policy.select_conn(pool->policy.data, peer, conns, n, key), n);
+      int i =
+          checked_choice(pool, pool->policy.select_conn(pool->policy.data, peer, conns, n, key), n);
       if (i >= 0) return conns[i];
     }
   }
@@ -60,8 +61,8 @@ static pp_peer_t *select_usable(pp_pool_t *pool, const char *key) {
     pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
     if (peers) {
       int n = 0;
-      for (pp__link_t *l = pool->usable_peers.next; l != &pool->usable_peers &&
-                                                     n < PP__CANDIDATES_MAX; l = l->next)
+      for (pp__link_t *l = pool->usable_peers.next;
+           l != &pool->usable_peers && n < PP__CANDIDATES_MAX; l = l->next)
         peers[n++] = PP__CONTAINER(l, pp_peer_t, usable_link);
       int i = checked_choice(
           pool, pool->policy.select_peer(pool->policy.data, pool, peers, n, 0, key), n);
@@ -92,12 +93,13 @@ static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool fresh_o
     }
     peers[n++] = peer;
   }
-  for (int i = 0; n == 0 && i < waiting; i++) peers[n++] = in_backoff[i];
+  for (int i = 0; n == 0 && i < waiting; i++)
+    peers[n++] = in_backoff[i];
   if (n == 0) return NULL;
   pp_peer_t *chosen = peers[0];
   if (pool->policy.select_peer && n > 1) {
-    int i = checked_choice(
-        pool, pool->policy.select_peer(pool->policy.data, pool, peers, n, 1, key), n);
+    int i = checked_choice(pool,
+                           pool->policy.select_peer(pool->policy.data, pool, peers, n, 1, key), n);
     if (i >= 0) chosen = peers[i];
   }
   pp__link_t *next = chosen->order_link.next;

@@ -17,7 +17,8 @@ static int deadline_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
 }
 
 static void queue_init(pp__queue_t *q) {
-  for (int i = 0; i <= PP_PRIORITY_MAX; i++) pp__list_init(&q->level[i]);
+  for (int i = 0; i <= PP_PRIORITY_MAX; i++)
+    pp__list_init(&q->level[i]);
   q->count = 0;
 }
 
@@ -80,7 +81,9 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
 
 /* ---- deferred callbacks: run in the check phase, so never inside the caller's call ----- */
 
-static void defer_idle_cb(uv_idle_t *idle) { (void)idle; }
+static void defer_idle_cb(uv_idle_t *idle) {
+  (void)idle;
+}
 
 static void defer_wake(pp_pool_t *pool) {
   if (pool->defer_active) return;
@@ -235,7 +238,7 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
     pp__link_t *cl = peer->conns_list.next;
     while (cl != &peer->conns_list) {
       pp_conn_t *conn = PP__CONTAINER(cl, pp_conn_t, peer_link);
-      cl = cl->next; /* the conn may be freed below */
+      cl = cl->next;                      /* the conn may be freed below */
       pp__peer_unmark_usable(peer, conn); /* while its bucket still matches its lease count */
       while (!pp__list_empty(&conn->lease_list)) {
         pp_lease_t *lease = PP__CONTAINER(conn->lease_list.next, pp_lease_t, qlink_);
@@ -259,11 +262,21 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
   return 0;
 }
 
-int pp_pool_is_closing(const pp_pool_t *pool) { return pool->closing; }
-uv_loop_t *pp_pool_loop(const pp_pool_t *pool) { return pool->loop; }
-const pp_options_t *pp_pool_options(const pp_pool_t *pool) { return &pool->opts; }
-void *pp_pool_get_data(const pp_pool_t *pool) { return pool->data; }
-void pp_pool_set_data(pp_pool_t *pool, void *data) { pool->data = data; }
+int pp_pool_is_closing(const pp_pool_t *pool) {
+  return pool->closing;
+}
+uv_loop_t *pp_pool_loop(const pp_pool_t *pool) {
+  return pool->loop;
+}
+const pp_options_t *pp_pool_options(const pp_pool_t *pool) {
+  return &pool->opts;
+}
+void *pp_pool_get_data(const pp_pool_t *pool) {
+  return pool->data;
+}
+void pp_pool_set_data(pp_pool_t *pool, void *data) {
+  pool->data = data;
+}
 
 void pp_pool_set_policy(pp_pool_t *pool, const pp_policy_t *policy) {
   if (policy)
@@ -272,7 +285,9 @@ void pp_pool_set_policy(pp_pool_t *pool, const pp_policy_t *policy) {
     memset(&pool->policy, 0, sizeof(pool->policy));
 }
 
-void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb) { pool->state_cb = cb; }
+void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb) {
+  pool->state_cb = cb;
+}
 
 /* ---- idle sweep: one timer for the whole pool, armed for the oldest idle conn ---------- */
 
@@ -366,7 +381,8 @@ uint64_t pp__random(pp_pool_t *pool) {
 void **pp__scratch(pp_pool_t *pool, int n) {
   if (n > pool->scratch_cap) {
     int cap = pool->scratch_cap ? pool->scratch_cap : 16;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+      cap *= 2;
     void **p = realloc(pool->scratch, (size_t)cap * sizeof(void *));
     if (p == NULL) return NULL;
     pool->scratch = p;

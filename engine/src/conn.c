@@ -458,7 +458,9 @@ void pp__conn_released(pp_conn_t *conn, int status) {
 
 /* ---- reading --------------------------------------------------------------------------- */
 
-static void keep(pp_conn_t *conn, const char *data, size_t len) {
+/* Keep bytes no reader took, appended or (front) ahead of those kept already. On failure to
+ * grow the buffer the conn is broken (0 returned only on success). */
+static int keep_bytes(pp_conn_t *conn, const char *data, size_t len, bool front) {
   if (conn->kept_len + len > conn->kept_cap) {
     size_t cap = conn->kept_cap ? conn->kept_cap : 4096;
     while (cap < conn->kept_len + len)
@@ -466,17 +468,23 @@ static void keep(pp_conn_t *conn, const char *data, size_t len) {
     char *p = realloc(conn->kept, cap);
     if (p == NULL) {
       pp__conn_io_error(conn, UV_ENOMEM);
-      return;
+      return UV_ENOMEM;
     }
     conn->kept = p;
     conn->kept_cap = cap;
   }
-  memcpy(conn->kept + conn->kept_len, data, len);
+  if (front) {
+    memmove(conn->kept + len, conn->kept, conn->kept_len);
+    memcpy(conn->kept, data, len);
+  } else {
+    memcpy(conn->kept + conn->kept_len, data, len);
+  }
   conn->kept_len += len;
   if (conn->kept_len >= PP__READ_KEEP_MAX && conn->reading) {
     uv_read_stop(&conn->h.stream); /* backpressure until a reader drains it */
     conn->reading = false;
   }
+  return 0;
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
@@ -507,7 +515,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn->read_cb(conn, nread, buf->base, conn->read_arg);
     return;
   }
-  keep(conn, buf->base, (size_t)nread);
+  keep_bytes(conn, buf->base, (size_t)nread, false);
 }
 
 /* The stream ended or failed. An idle conn just closes (the remote hung up: no failure); a
@@ -554,21 +562,7 @@ int pp_conn_read_stop(pp_conn_t *conn) {
 int pp_conn_unread(pp_conn_t *conn, const char *data, size_t len) {
   if (conn == NULL || (data == NULL && len > 0)) return PP_EINVAL;
   if (conn->phase == PP_CONN_CLOSED) return PP_ECLOSED;
-  if (len == 0) return 0;
-  size_t old = conn->kept_len;
-  keep(conn, data, len); /* grows the buffer (and applies backpressure) */
-  if (conn->kept_len != old + len) return UV_ENOMEM;
-  /* keep() appended: rotate the new bytes in front of the old ones. */
-  char *tmp = malloc(len);
-  if (tmp == NULL) {
-    conn->kept_len = old;
-    return UV_ENOMEM;
-  }
-  memcpy(tmp, conn->kept + old, len);
-  memmove(conn->kept + len, conn->kept, old);
-  memcpy(conn->kept, tmp, len);
-  free(tmp);
-  return 0;
+  return len == 0 ? 0 : keep_bytes(conn, data, len, true);
 }
 
 /* Hand kept bytes, then a kept error, to the reader (run from the defer queue). */

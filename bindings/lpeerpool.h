@@ -14,10 +14,10 @@
 #define LPP_VIEW "peerpool.view"
 
 /* Policy hooks, for per-hook counters. */
-#define LPP_HOOK_MAP(XX)                                                                    \
-  XX(SELECT_PEER, select_peer)                                                              \
-  XX(SELECT_CONN, select_conn) XX(BACKOFF, backoff) XX(SEED, seed) XX(HANDSHAKE, handshake) \
-      XX(PING, ping)
+#define LPP_HOOK_MAP(XX)       \
+  XX(SELECT_PEER, select_peer) \
+  XX(SELECT_CONN, select_conn) \
+  XX(BACKOFF, backoff) XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping)
 enum {
 #define XX(u, l) LPP_HOOK_##u,
   LPP_HOOK_MAP(XX)
@@ -144,7 +144,10 @@ lpp_pool_t *lpp_check_pool(lua_State *L, int idx);
 /* lpp_check_pool for calls that change the pool: refused inside a synchronous policy hook,
  * where the engine is in the middle of a decision. */
 lpp_pool_t *lpp_check_pool_mutable(lua_State *L, int idx);
+/* Push a peer's view table: the engine's figures plus its source and tags. */
 void lpp_push_peer_view(lua_State *L, pp_peer_t *peer);
+/* Push the peer's { source, tags } record (or nil); returns its Lua type. */
+int lpp_push_peer_meta(lua_State *L, pp_peer_t *peer);
 
 /* lconn.c */
 void lpp_conn_open(lua_State *L);

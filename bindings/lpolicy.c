@@ -351,10 +351,7 @@ static int view_index(lua_State *L) {
   else if (strcmp(key, "last_seen") == 0)
     lua_pushinteger(L, i.last_seen);
   else if (strcmp(key, "tags") == 0 || strcmp(key, "source") == 0) {
-    lpp_push_pool(L, v->p);
-    lua_getiuservalue(L, -1, 1);
-    lua_getfield(L, -1, "peer_meta");
-    if (lua_istable(L, -1) && lua_getfield(L, -1, i.addr) == LUA_TTABLE)
+    if (lpp_push_peer_meta(L, v->peer) == LUA_TTABLE)
       lua_getfield(L, -1, key);
     else
       lua_pushnil(L);

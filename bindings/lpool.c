@@ -323,6 +323,26 @@ static int l_add_peer_from(lua_State *L) {
   return add_peer(L, source);
 }
 
+int lpp_push_peer_meta(lua_State *L, pp_peer_t *peer) {
+  pool_link_t *link = pp_pool_get_data(pp_peer_pool(peer));
+  if (link == NULL || link->p == NULL) {
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  lpp_push_pool(L, link->p);
+  if (lua_isnil(L, -1)) return LUA_TNIL;
+  lua_getiuservalue(L, -1, 1);
+  lua_remove(L, -2);
+  if (lua_getfield(L, -1, "peer_meta") != LUA_TTABLE) {
+    lua_remove(L, -2);
+    return LUA_TNIL;
+  }
+  lua_remove(L, -2);
+  int t = lua_getfield(L, -1, pp_peer_addr(peer));
+  lua_remove(L, -2);
+  return t;
+}
+
 void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
   pp_peer_info_t i;
   pp_peer_info(peer, &i);
@@ -361,12 +381,7 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
     lua_pushinteger(L, i.retry_at > (int64_t)now ? i.retry_at - (int64_t)now : 0);
     lua_setfield(L, -2, "retry_in_ms");
   }
-}
-
-/* Add source and tags (kept in the pool's user value) to the view on top of the stack. */
-static void add_view_meta(lua_State *L, int meta_idx) {
-  lua_getfield(L, -1, "addr");
-  if (lua_istable(L, meta_idx) && lua_rawget(L, meta_idx) == LUA_TTABLE) {
+  if (lpp_push_peer_meta(L, peer) == LUA_TTABLE) {
     lua_getfield(L, -1, "source");
     lua_setfield(L, -3, "source");
     lua_getfield(L, -1, "tags");
@@ -375,31 +390,17 @@ static void add_view_meta(lua_State *L, int meta_idx) {
   lua_pop(L, 1);
 }
 
-static void push_peer_meta(lua_State *L, int pool_idx) {
-  lua_getiuservalue(L, pool_idx, 1);
-  lua_getfield(L, -1, "peer_meta");
-  lua_remove(L, -2);
-}
-
-typedef struct {
-  lua_State *L;
-  int meta_idx;
-} view_arg_t;
-
 static int push_view_cb(pp_peer_t *peer, void *arg) {
-  view_arg_t *a = arg;
-  lpp_push_peer_view(a->L, peer);
-  add_view_meta(a->L, a->meta_idx);
-  lua_rawseti(a->L, -2, (lua_Integer)luaL_len(a->L, -2) + 1);
+  lua_State *L = arg;
+  lpp_push_peer_view(L, peer);
+  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
   return 0;
 }
 
 static int l_peers(lua_State *L) {
   lpp_pool_t *p = lpp_check_pool(L, 1);
-  push_peer_meta(L, 1);
-  view_arg_t a = {L, lua_gettop(L)};
   lua_newtable(L);
-  pp_pool_foreach_peer(p->pool, push_view_cb, &a);
+  pp_pool_foreach_peer(p->pool, push_view_cb, L);
   return 1;
 }
 
@@ -410,9 +411,7 @@ static int l_peer(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  push_peer_meta(L, 1);
   lpp_push_peer_view(L, peer);
-  add_view_meta(L, lua_gettop(L) - 1);
   return 1;
 }
 
@@ -427,11 +426,12 @@ static int l_stats(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)s.f); \
   lua_setfield(L, -2, #f);
   F(conns)
-  F(idle) F(active) F(connecting) F(waiters) F(peers) F(acquires) F(acquired_immediate)
-      F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled)
-          F(cannot_connect) F(releases) F(released_broken) F(connect_attempts) F(connects_ok)
-              F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
-                  F(pings_failed) F(ejections) F(seeds) F(policy_errors)
+  F(idle)
+  F(active) F(connecting) F(waiters) F(peers) F(acquires) F(acquired_immediate) F(acquired_dialed)
+      F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases)
+          F(released_broken) F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in)
+              F(bytes_out) F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds)
+                  F(policy_errors)
 #undef F
                       lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");

@@ -660,13 +660,13 @@ describe("peerpool.pool", function()
       local pool, srv = pool_with_server(env)
       local events = {}
       pool:on("state", function(peer, from, to)
-        events[#events + 1] = { peer.addr, from, to, type(peer.conns) }
+        events[#events + 1] = { peer.addr, from, to, type(peer.conns), peer.source }
       end)
       local conn = pool:acquire(srv.addr)
       wait_until(function() return #events >= 2 end)
       assert.same({
-        { srv.addr, "known", "connecting", "number" },
-        { srv.addr, "connecting", "ready", "number" },
+        { srv.addr, "known", "connecting", "number", "runtime" },
+        { srv.addr, "connecting", "ready", "number", "runtime" },
       }, events)
       conn:release()
     end))

@@ -506,8 +506,7 @@ static int l_hook_done(lua_State *L) {
 }
 
 static void check_not_in_hook(lua_State *L, lpp_conn_t *c) {
-  if (c->state == LPP_CONN_LEASED && c->owner->in_engine_call)
-    luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+  if (c->state == LPP_CONN_LEASED && c->owner->in_engine_call) luaL_error(L, LPP_IN_HOOK_ERROR);
 }
 
 static int l_release(lua_State *L) {

@@ -162,6 +162,8 @@ void lpp_hook_conn_dead(lpp_conn_t *c);
 void lpp_policy_open(lua_State *L);
 void lpp_policy_init(lua_State *L, lpp_pool_t *p); /* at pool creation */
 void lpp_policy_free(lua_State *L, lpp_pool_t *p); /* at pool close */
+#define LPP_IN_HOOK_ERROR \
+  "a policy hook cannot change its pool (acquire, release, add_peer, close...)"
 /* Bracket Lua code run inside an engine call: pool changes raise, and finalisers that would
  * change the pool are put off. */
 int lpp_enter_engine_call(lpp_pool_t *p, int may_add_peers);

@@ -22,8 +22,7 @@ lpp_pool_t *lpp_check_pool(lua_State *L, int idx) {
 
 lpp_pool_t *lpp_check_pool_mutable(lua_State *L, int idx) {
   lpp_pool_t *p = lpp_check_pool(L, idx);
-  if (p->in_engine_call)
-    luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+  if (p->in_engine_call) luaL_error(L, LPP_IN_HOOK_ERROR);
   return p;
 }
 
@@ -218,9 +217,7 @@ static int l_every(lua_State *L) {
 
 static int l_close(lua_State *L) {
   lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
-  if (p->pool && p->in_engine_call)
-    return luaL_error(
-        L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+  if (p->pool && p->in_engine_call) return luaL_error(L, LPP_IN_HOOK_ERROR);
   return close_pool(L, p);
 }
 
@@ -291,7 +288,7 @@ static void set_peer_meta(lua_State *L, int pool_idx, const char *addr, int tags
 static int add_peer(lua_State *L, const char *source) {
   lpp_pool_t *p = lpp_check_pool(L, 1);
   if (p->in_sync_hook) /* a seed hook may add peers; a selection or backoff hook may not */
-    luaL_error(L, "a policy hook cannot change its pool (acquire, release, add_peer, close...)");
+    luaL_error(L, LPP_IN_HOOK_ERROR);
   const char *addr = luaL_checkstring(L, 2);
   lua_Integer last_seen = 0;
   if (!lua_isnoneornil(L, 3)) {
@@ -427,7 +424,8 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, #f);
   F(conns)
   F(idle)
-  F(active) F(connecting) F(waiters) F(peers) F(acquires) F(acquired_immediate) F(acquired_dialed)
+  F(active)
+  F(connecting) F(waiters) F(peers) F(acquires) F(acquired_immediate) F(acquired_dialed)
       F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases)
           F(released_broken) F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in)
               F(bytes_out) F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds)

@@ -142,7 +142,10 @@ describe("peerpool", function()
           "option eject_max must be a number of ms >= eject_time" },
         { { keep_idle_bytes = 2 }, "option keep_idle_bytes must be 0 or 1" },
         { { hook_budget = 10 }, "option 'hook_budget' must be an integer in 1000..100000000" },
-        { { io_timeout = -1 }, "option 'io_timeout' must be a number of ms >= 0" },
+        { { io_timeout = -1 }, "option 'io_timeout' must be an integer in 0..31536000000 (ms)" },
+        { { hook_memory = 1 }, "option 'hook_memory' must be an integer in 65536..1099511627776" },
+        { { max_receive = 0 }, "option 'max_receive' must be an integer in 1..1099511627776" },
+        { { max_total = 2 ^ 63 }, "option 'max_total' must be an integer (got number)" },
         { { max_per_peer = 2 ^ 40 }, "option 'max_per_peer' is out of range" },
       }
       for _, case in ipairs(cases) do

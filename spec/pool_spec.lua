@@ -343,9 +343,9 @@ describe("peerpool.pool", function()
       pool:add_peer("127.0.0.1:7001")
       local cases = {
         { function() pool:acquire(42) end,
-          "bad argument #1 to 'acquire' (peer address (string) or nil expected, got number)" },
+          "bad argument #1 to 'acquire' (peer address (string), peer view or nil expected, got number)" },
         { function() pool:acquire(true) end,
-          "bad argument #1 to 'acquire' (peer address (string) or nil expected, got boolean)" },
+          "bad argument #1 to 'acquire' (peer address (string), peer view or nil expected, got boolean)" },
         { function() pool:acquire("127.0.0.1:7001", "fast") end,
           "bad argument #2 to 'acquire' (table of options expected, got string)" },
         { function() pool:acquire("127.0.0.1:7001", {}, "cb") end,

@@ -47,7 +47,8 @@ extern "C" {
   XX(EHANDSHAKE, -30011, "handshake_failed", "handshake failed")         \
   XX(EBROKEN, -30012, "broken", "connection released as broken")         \
   XX(EPING, -30013, "ping_failed", "health check failed")                \
-  XX(ESTATE, -30014, "bad_state", "operation not valid in this state")
+  XX(ESTATE, -30014, "bad_state", "operation not valid in this state")   \
+  XX(ETOOLONG, -30020, "too_long", "reply or line over the receive limit")
 
 typedef enum {
 #define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,

@@ -198,6 +198,57 @@ describe("peerpool.conn", function()
       conn:release()
     end))
 
+    it("answers '' for a count of 0 without waiting", test(function(env)
+      local conn = setup(env)
+      assert.same({ n = 1, "" }, pack(conn:receive(0)))
+      conn:release()
+    end))
+
+    it("fails with too_long and closes the conn when a line outgrows max_receive",
+      test(function(env)
+        local conn, pool, srv = setup(env, { max_receive = 1000 })
+        conn:send("BYTES 5000\r\n") -- no end of line, ever
+        local got = pack(conn:receive())
+        assert.same({ nil, "too_long" }, { got[1], got[2] })
+        assert.matches("max_receive (1000 bytes)", got[3], 1, true)
+        assert.is_false(conn:release()) -- already closed
+        wait_until(function() return srv.open == 0 end, 2000, "the server to see the close")
+        assert.equal(0, pool:peer(srv.addr).failures)
+      end))
+
+    it("bounds a flood by the default max_receive of 1 MiB, for '*l' and '*a'",
+      test(function(env)
+        local conn, pool, srv = setup(env)
+        conn:send("BYTES 3000000\r\n")
+        assert.equal("too_long", select(2, conn:receive()))
+        conn = assert(pool:acquire(srv.addr))
+        conn:send("BYTES 3000000\r\n")
+        assert.equal("too_long", select(2, conn:receive("*a")))
+        assert.is_false(conn:release())
+      end))
+
+    it("answers too_long at once for a count over max_receive, keeping the conn",
+      test(function(env)
+        local conn = setup(env, { max_receive = 100 })
+        local got = pack(conn:receive(101))
+        assert.same({ nil, "too_long" }, { got[1], got[2] })
+        conn:send("PING\r\n")
+        assert.equal("+PONG", conn:receive())
+        assert.is_true(conn:release())
+      end))
+
+    it("finds the end of a line that arrives a byte at a time", test(function(env)
+      local srv = env:line()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local conn = assert(pool:acquire(srv.addr))
+      conn:send("SPLIT\r\n")
+      assert.equal("hello", conn:receive())
+      conn:send("TWO\r\n")
+      assert.same({ "one", "two" }, { conn:receive(), conn:receive() })
+      conn:release()
+    end))
+
     it("raises outside a coroutine when it would have to wait", test(function(env)
       local srv = env:line()
       local pool = env:pool()
@@ -326,6 +377,20 @@ describe("peerpool.conn", function()
       again:send("PING\r\n")
       assert.equal("+PONG", again:receive())
       again:release()
+    end))
+
+    it("never lends again a conn whose receive timed out", test(function(env)
+      local conn, pool, srv = setup(env, { io_timeout = 50 })
+      conn:send("SLEEP 150\r\n")
+      assert.same({ n = 3, nil, "timeout", "" }, pack(conn:receive()))
+      assert.is_true(conn:release())
+      -- the late +WOKE is still on its way: the next holder must not read it as its reply
+      local again = assert(pool:acquire(srv.addr))
+      again:send("PING\r\n")
+      assert.equal("+PONG", again:receive())
+      again:release()
+      assert.equal(2, srv.accepted)
+      assert.equal(0, pool:peer(srv.addr).failures) -- the peer is not to blame
     end))
 
     it("does not lend again a conn its remote closed mid-use", test(function(env)

@@ -38,6 +38,36 @@ describe("peerpool", function()
     end)
   end)
 
+  describe("SIGPIPE", function()
+    -- A write to a peer that hung up raises SIGPIPE; by default it ends the process. The child
+    -- sends itself one, as the kernel would, after require "peerpool".
+    local SELF_PIPE = [[
+      local uv = require "luv"
+      local peerpool = require "peerpool"
+      local pid = io.open("/proc/self/stat"):read("n")
+      os.execute("kill -PIPE " .. pid)
+      for _ = 1, 20 do uv.run("nowait"); if HANDLED or not SIG then break end; os.execute("sleep 0.01") end
+      if SIG then SIG:close(); uv.run() end
+      io.write(HANDLED and "handler ran\n" or "", "survived ", peerpool.version, "\n")
+    ]]
+
+    it("does not end a plain lua5.4 program (ignored, as luv programs expect)", function()
+      local ok, status, out, err = H.child(SELF_PIPE)
+      assert.is_true(ok, "exit status " .. tostring(status) .. " (141: killed by SIGPIPE)\n" .. err)
+      assert.matches("survived", out, 1, true)
+    end)
+
+    it("leaves a SIGPIPE handler the program set itself", function()
+      local ok, status, out, err = H.child([[
+        local uv = require "luv"
+        SIG = uv.new_signal()
+        SIG:start("sigpipe", function() HANDLED = true end)
+      ]] .. SELF_PIPE)
+      assert.is_true(ok, "exit status " .. tostring(status) .. "\n" .. err)
+      assert.matches("handler ran", out, 1, true)
+    end)
+  end)
+
   describe(".strerror()", function()
     it("describes each of our codes", function()
       assert.equal("peer is at capacity", peerpool.strerror("busy"))

@@ -348,7 +348,12 @@ function M.new(opts)
   if math.type(interval) ~= "integer" or interval < 1 then
     error("peerpool.new: option 'address_book_interval' must be a positive integer (ms)", 2)
   end
-  local pool = c_new(engine_opts)
+  if opts.policy ~= nil and type(opts.policy) ~= "string" and type(opts.policy) ~= "table" then
+    error("peerpool.new: option 'policy' must be a path or a table of hooks (got " ..
+      type(opts.policy) .. ")", 2)
+  end
+  local made, pool = pcall(c_new, engine_opts)
+  if not made then error(pool, 2) end -- at the caller's line, not ours
   if opts.policy ~= nil then
     local ok, err = pool:load_policy(opts.policy)
     if not ok then

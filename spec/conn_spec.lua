@@ -184,6 +184,15 @@ describe("peerpool.conn", function()
       conn:close()
     end))
 
+    it("measures io_timeout from the call, not from a stale loop clock", test(function(env)
+      local conn = setup(env, { io_timeout = 500 })
+      local t0 = os.clock()
+      while os.clock() - t0 < 0.6 do end -- 600 ms of work in this callback
+      conn:send("SLEEP 50\r\n")
+      assert.equal("+WOKE", conn:receive())
+      conn:release()
+    end))
+
     it("lets a reply slower than nothing but faster than io_timeout through", test(function(env)
       local conn = setup(env, { io_timeout = 2000 })
       conn:send("SLEEP 30\r\n")

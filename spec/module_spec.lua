@@ -135,6 +135,21 @@ describe("peerpool", function()
         "peerpool.new: unknown option 'polcy'")
     end)
 
+    it("raises at the caller's line, naming the option", function()
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, err = pcall(peerpool.new, { policy = 5 })
+      assert.is_false(ok)
+      assert.equal("peerpool.new: option 'policy' must be a path or a table of hooks (got number)",
+        err)
+      local function make()
+        local pool = peerpool.new { max_total = "lots" } -- line + 5
+        return pool
+      end
+      ok, err = pcall(make)
+      assert.matches("^spec/module_spec.lua:" .. (line + 5) .. ": peerpool.new: option 'max_total'",
+        (err:gsub("^.*/spec/", "spec/")))
+    end)
+
     it("raises naming an option of the wrong type", function()
       assert.has_error(function() peerpool.new { max_per_peer = "4" } end,
         "peerpool.new: option 'max_per_peer' must be an integer (got string)")

@@ -84,7 +84,10 @@ typedef struct pp_notice_s pp_notice_t;
 
 /* ------------------------------------------------------------------------------------------
  * Options. Call pp_options_init() for the defaults, change fields, pass to pp_pool_new().
- * Durations are milliseconds; 0 means "never" where noted.
+ * Durations are milliseconds; 0 means "never" where noted. Every deadline and timeout (acquire,
+ * connect, handshake, ping, backoff, idle, lifespan) runs from the moment the engine starts it:
+ * the engine brings the loop's clock up to date first (uv_update_time), so blocking work in a
+ * callback before the call does not eat into it.
  */
 typedef struct {
   int max_per_peer;             /* conns per peer, counting conns still connecting (4) */

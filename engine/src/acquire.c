@@ -32,9 +32,7 @@ static bool served_before(const pp_lease_t *a, const pp_lease_t *b) {
 static void arm_deadline_timer(pp_pool_t *pool) {
   if (pool->deadlines.min == NULL || pool->closing) return;
   pp_lease_t *first = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
-  uint64_t now = uv_now(pool->loop);
-  uv_timer_start(&pool->deadline_timer, pp__deadline_timer_cb,
-                 first->deadline_ > now ? first->deadline_ - now : 0, 0);
+  pp__timer_start_at(pool, &pool->deadline_timer, pp__deadline_timer_cb, first->deadline_);
 }
 
 static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
@@ -47,7 +45,7 @@ static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
   pool->waiters++;
   lease->deadline_ = 0;
   if (timeout > 0) {
-    lease->deadline_ = uv_now(pool->loop) + (uint64_t)timeout;
+    lease->deadline_ = pp__now(pool) + (uint64_t)timeout;
     pp__heap_insert(&pool->deadlines, &lease->heap_);
     if (pool->deadlines.min == &lease->heap_) arm_deadline_timer(pool);
   }
@@ -73,7 +71,7 @@ static void dequeue(pp_pool_t *pool, pp_lease_t *lease) {
 
 void pp__deadline_timer_cb(uv_timer_t *timer) {
   pp_pool_t *pool = timer->data;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp__now(pool);
   while (pool->deadlines.min) {
     pp_lease_t *lease = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
     if (lease->deadline_ > now) break;

@@ -156,7 +156,7 @@ static pp_peer_state_t derive_state(const pp_peer_t *peer) {
   if (peer->handshaking > 0) return PP_PEER_CONNECTED;
   if (peer->dialing > 0) return PP_PEER_CONNECTING;
   if (peer->backoff > 0 || peer->failures > 0 || peer->connect_failures > 0 ||
-      peer->retry_at > uv_now(peer->pool->loop))
+      peer->retry_at > pp__now(peer->pool))
     return PP_PEER_FAILED;
   if (peer->ever_connected) return PP_PEER_DISCONNECTED;
   return PP_PEER_KNOWN;
@@ -187,7 +187,7 @@ void pp__peer_failed(pp_peer_t *peer, int err) {
     peer->ejections++;
     pool->stats.ejections++;
     peer->failures = 0;
-    peer->retry_at = uv_now(pool->loop) + cool;
+    peer->retry_at = pp__now(pool) + cool;
     pp__link_t *l = peer->conns_list.next;
     while (l != &peer->conns_list) {
       pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);

@@ -78,7 +78,7 @@ static pp_peer_t *select_usable(pp_pool_t *pool, const char *key) {
 static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool fresh_only) {
   pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
   if (peers == NULL || pool->npeers == 0) return NULL;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp__now(pool);
   pp__link_t *start = pool->dial_cursor ? &pool->dial_cursor->order_link : pool->peers.next;
   int n = 0, waiting = 0;
   pp_peer_t *in_backoff[4];

@@ -30,4 +30,10 @@ pp_pool_t *test_pool_on(const srv_t *srv, const pp_options_t *opts, pp_peer_t **
 /* test_finish(pool), then srv_stop(srv): the end of a test with one server. */
 void test_finish_srv(pp_pool_t *pool, srv_t *srv);
 
+/* Run `fn(arg)` from inside a loop callback (check phase, where the pool delivers its own
+ * callbacks) that first blocks for `stall_ms` (busy work, as a
+ * slow callback would), so the loop's cached time lags by that much when `fn` runs. Returns
+ * once `fn` ran; the helper's handle is closed again. */
+void test_after_stall(uint64_t stall_ms, void (*fn)(void *), void *arg);
+
 #endif /* PP_FIXTURES_H */

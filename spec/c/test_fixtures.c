@@ -32,3 +32,37 @@ void test_finish_srv(pp_pool_t *pool, srv_t *srv) {
   test_finish(pool);
   srv_stop(srv);
 }
+
+typedef struct {
+  uint64_t stall_ms;
+  void (*fn)(void *);
+  void *arg;
+  int ran, closed;
+} stall_t;
+
+/* A check callback, like the pool's own deferred callbacks: the next loop iteration runs its
+ * timers before it polls, so anything the stale clock made due fires first. */
+static void stall_cb(uv_check_t *c) {
+  stall_t *s = c->data;
+  uv_check_stop(c);
+  uint64_t end = uv_hrtime() + s->stall_ms * 1000000u;
+  while (uv_hrtime() < end) {
+  }
+  s->fn(s->arg);
+  s->ran = 1;
+}
+
+static void stall_closed(uv_handle_t *h) {
+  ((stall_t *)h->data)->closed = 1;
+}
+
+void test_after_stall(uint64_t stall_ms, void (*fn)(void *), void *arg) {
+  stall_t s = {stall_ms, fn, arg, 0, 0};
+  uv_check_t c;
+  uv_check_init(test_loop(), &c);
+  c.data = &s;
+  uv_check_start(&c, stall_cb);
+  RUN_UNTIL(s.ran, 5000);
+  uv_close((uv_handle_t *)&c, stall_closed);
+  RUN_UNTIL(s.closed, 1000);
+}

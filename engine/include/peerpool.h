@@ -55,6 +55,14 @@ typedef enum {
 #undef PP__ERR_ENUM
 } pp_errno_t;
 
+/* Local resource errors. UV_EMFILE, UV_ENFILE, UV_ENOMEM and UV_ENOBUFS say that this machine
+ * is short of file descriptors, memory or socket buffers, not that a peer failed. Wherever one
+ * occurs (a connect attempt, a read or write, a release status, a handshake or ping result) it
+ * counts no failure of the peer, starts no backoff or ejection and never makes the peer
+ * `failed`; the conn it hit is closed. An acquire whose dial hits one ends at once (on the next
+ * tick, without further attempts) with that code as its status and lease->cause; the pool
+ * dials again on the next acquire, so it recovers as soon as the resource frees. */
+
 /* A human-readable message for any code (ours or libuv's). Never NULL; static storage. */
 const char *pp_strerror(int err);
 /* A stable short name: our snake_case code ("busy", "cannot_connect") or libuv's name
@@ -360,7 +368,8 @@ struct pp_lease_s {
  * capacity; arm a pp_notice_t to learn when capacity frees), PP_EEXHAUSTED (backlog full),
  * PP_EINVAL (bad opts, lease in use, peer of another pool). Callback statuses: 0,
  * PP_ETIMEDOUT, PP_ECANNOTCONNECT (lease->cause is the last socket error), PP_EBURNED,
- * PP_ENOPEER, PP_ECANCELED, PP_ECLOSED. */
+ * PP_ENOPEER, PP_ECANCELED, PP_ECLOSED, or a local resource error (UV_EMFILE, UV_ENFILE,
+ * UV_ENOMEM, UV_ENOBUFS: see "Local resource errors" above) that stopped the dial for it. */
 int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acquire_opts_t *opts,
                pp_acquire_cb cb);
 

@@ -144,7 +144,8 @@ static void on_connect(uv_connect_t *req, int status) {
   pp_conn_t *conn = req->data;
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  if (conn->phase != PP_CONN_DIALING) return; /* timed out or closed: already handled */
+  /* Timed out, closed, or its socket is being dropped (UV_ECANCELED): already handled. */
+  if (conn->phase != PP_CONN_DIALING || conn->hstate != H_OPEN) return;
   if (status < 0) {
     attempt_failed(conn, status);
     return;
@@ -212,12 +213,15 @@ static void on_attempt_closed(uv_handle_t *handle);
 static void on_attempt_timer(uv_timer_t *timer);
 
 /* One attempt failed: drop its socket; once the socket is closed, decide (on_attempt_closed)
- * between another attempt after the backoff delay, giving up, or burning the peer. */
+ * between another attempt after the backoff delay, giving up, or burning the peer. A local
+ * failure (this machine out of fds or memory) keeps the conn dialling until then: the peer
+ * did nothing wrong, so it never shows as failed. */
 static void attempt_failed(pp_conn_t *conn, int err) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
+  bool local = pp__err_is_local(err);
   conn->last_error = err;
-  peer->last_error = err;
+  if (!local) peer->last_error = err;
   pool->stats.connects_failed++;
   if (conn->hook_running) {
     conn->hook_running = false;
@@ -227,7 +231,7 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   conn->read_cb = NULL;
   conn->kept_len = 0;
   conn->kept_error = 0;
-  set_phase(conn, PP_CONN_BACKOFF);
+  set_phase(conn, local ? PP_CONN_DIALING : PP_CONN_BACKOFF);
   if (conn->hstate == H_OPEN)
     close_handle(conn, on_attempt_closed);
   else
@@ -242,6 +246,13 @@ static void after_attempt(pp_conn_t *conn) {
   if (conn->phase == PP_CONN_CLOSED) { /* the pool closed meanwhile */
     pp__conn_maybe_free(conn);
     pp__maybe_finish(pool);
+    return;
+  }
+  if (pp__err_is_local(conn->last_error)) {
+    /* No backoff and no further attempt (they would fail alike): the owner hears the error
+     * itself at once, and the next acquire dials again. */
+    pp__dial_failed(conn, conn->last_error);
+    pp__conn_close(conn, PP_CLOSE_CLOSED);
     return;
   }
   peer->connect_failures++;

@@ -212,6 +212,11 @@ struct pp__event_s {
   unsigned char from, to;
 };
 
+/* ---- error.c --------------------------------------------------------------------------- */
+/* Whether `err` says this machine is short of a resource (fds, memory, buffers) rather than
+ * that the peer failed. */
+bool pp__err_is_local(int err);
+
 /* ---- pool.c ---------------------------------------------------------------------------- */
 void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status);
 void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status);
@@ -238,7 +243,8 @@ bool pp__request_seed(pp_pool_t *pool, int wanted);
 void pp__peer_update_state(pp_peer_t *peer);
 bool pp__peer_is_fresh(const pp_peer_t *peer);
 bool pp__peer_can_dial(const pp_peer_t *peer); /* not burned, fresh, under both limits */
-/* Count a failure of `peer` (a broken conn, a failed ping); at eject_after in a row, eject it. */
+/* Count a failure of `peer` (a broken conn, a failed ping); at eject_after in a row, eject it.
+ * A local error (pp__err_is_local) counts nothing. */
 void pp__peer_failed(pp_peer_t *peer, int err);
 void pp__peer_free(pp_peer_t *peer);
 void pp__peer_mark_usable(pp_peer_t *peer, pp_conn_t *conn);

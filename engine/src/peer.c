@@ -175,6 +175,7 @@ void pp__peer_update_state(pp_peer_t *peer) {
 
 void pp__peer_failed(pp_peer_t *peer, int err) {
   pp_pool_t *pool = peer->pool;
+  if (pp__err_is_local(err)) return; /* this machine's shortage, not the peer's failure */
   peer->failures++;
   peer->last_error = err;
   int limit = pool->opts.eject_after;

@@ -1,6 +1,10 @@
 /* The shared fixtures of fixtures.h (no tests here). */
 #include "fixtures.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 fixture_t fixture_start(srv_t *srv, const pp_options_t *opts) {
   fixture_t f;
   pp_options_t d;
@@ -65,4 +69,28 @@ void test_after_stall(uint64_t stall_ms, void (*fn)(void *), void *arg) {
   RUN_UNTIL(s.ran, 5000);
   uv_close((uv_handle_t *)&c, stall_closed);
   RUN_UNTIL(s.closed, 1000);
+}
+
+void test_fds_exhaust(test_fds_t *t, int limit) {
+  if (getrlimit(RLIMIT_NOFILE, &t->saved) != 0) FAIL("getrlimit: %s", strerror(errno));
+  struct rlimit low = t->saved;
+  low.rlim_cur = (rlim_t)limit;
+  if (setrlimit(RLIMIT_NOFILE, &low) != 0) FAIL("setrlimit: %s", strerror(errno));
+  t->n = 0;
+  for (;;) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      ASSERT_EQ(errno, EMFILE);
+      return;
+    }
+    if (t->n == (int)(sizeof t->fds / sizeof t->fds[0]))
+      FAIL("open-file limit %d not reached", limit);
+    t->fds[t->n++] = fd;
+  }
+}
+
+void test_fds_release(test_fds_t *t) {
+  while (t->n > 0)
+    close(t->fds[--t->n]);
+  if (setrlimit(RLIMIT_NOFILE, &t->saved) != 0) FAIL("setrlimit: %s", strerror(errno));
 }

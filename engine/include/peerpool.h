@@ -193,7 +193,9 @@ typedef struct {
   void *data;
 
   /* Pick the peer for an acquire that named none, among `n` (>= 1) eligible candidates:
-   * peers with a usable conn when `dialing` is 0, peers that may be dialled when it is 1.
+   * peers with a usable conn when `dialing` is 0, peers that may be dialled when it is 1
+   * (not burned, not stale, under max_per_peer, past their retry time; when every such peer
+   * is still backing off, only the one whose retry time comes first).
    * `key` is the acquire's key (may be NULL). Return an index in [0, n), or -1 for the
    * default (round robin). Any other value counts as a policy error and uses the default. */
   int (*select_peer)(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n, int dialing,

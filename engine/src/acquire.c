@@ -119,10 +119,7 @@ void pp__dial_failed(pp_conn_t *conn, int status) {
 /* ---- busy notices ---------------------------------------------------------------------- */
 
 static bool any_peer_dialable(pp_pool_t *pool) {
-  if (pool->total >= pool->opts.max_total) return false;
-  for (pp__link_t *l = pool->peers.next; l != &pool->peers; l = l->next)
-    if (pp__peer_can_dial(PP__CONTAINER(l, pp_peer_t, order_link))) return true;
-  return false;
+  return !pool->closing && pool->total < pool->opts.max_total && pp__any_dial_candidate(pool);
 }
 
 static bool has_capacity(pp_pool_t *pool, pp_peer_t *peer) {
@@ -314,12 +311,10 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   return 0;
 }
 
+/* Whether some peer is not burned and holds a conn or may be dialled (now or after its
+ * backoff): then an acquire for any peer can wait for it. */
 static bool any_peer_could_serve(pp_pool_t *pool) {
-  for (pp__link_t *l = pool->peers.next; l != &pool->peers; l = l->next) {
-    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, order_link);
-    if (!peer->burned && (peer->conns > 0 || pp__peer_is_fresh(peer))) return true;
-  }
-  return false;
+  return pool->live_peers > 0 || pp__any_dial_candidate(pool);
 }
 
 int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acquire_opts_t *opts,

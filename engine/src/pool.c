@@ -48,6 +48,7 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   pp__list_init(&pool->defer_notices);
   pp__list_init(&pool->defer_conns);
   queue_init(&pool->any_waiters);
+  pp__candidates_init(pool);
   pp__heap_init(&pool->deadlines, deadline_less);
   pool->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)pool ^ 0x9E3779B97F4A7C15ull;
   if (pool->rng == 0) pool->rng = 1;

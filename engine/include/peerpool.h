@@ -475,6 +475,14 @@ int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsig
  * message. Writing this way first saves a queued write and its poll re-arm on the hot path. */
 int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs);
 
+/* Bytes written on `conn` but not yet taken by the kernel: what pp_conn_write() calls queued
+ * beyond what the socket accepted at once (libuv's write_queue_size; the engine queues nothing
+ * of its own). It grows while the peer does not read (its buffers and ours are full) and falls
+ * as the writes drain, so a caller can stop sending above a mark and resume below it (send
+ * backpressure). 0 for a conn that is closed or closing (its queued writes end with
+ * UV_ECANCELED). Never fails; allocates nothing. */
+size_t pp_conn_write_queue_size(const pp_conn_t *conn);
+
 /* Complete the handshake / ping started by the policy hook. status 0 = success. Returns 0 or
  * PP_ESTATE if no handshake/ping is running on the conn. */
 int pp_conn_handshake_done(pp_conn_t *conn, int status);

@@ -670,6 +670,11 @@ int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsig
   return uv_write(&req->uv_, &conn->h.stream, bufs, nbufs, on_write);
 }
 
+size_t pp_conn_write_queue_size(const pp_conn_t *conn) {
+  if (conn->hstate != H_OPEN) return 0;
+  return uv_stream_get_write_queue_size(&conn->h.stream);
+}
+
 /* ---- closing --------------------------------------------------------------------------- */
 
 void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {

@@ -47,7 +47,8 @@ extern "C" {
   XX(EHANDSHAKE, -30011, "handshake_failed", "handshake failed")         \
   XX(EBROKEN, -30012, "broken", "connection released as broken")         \
   XX(EPING, -30013, "ping_failed", "health check failed")                \
-  XX(ESTATE, -30014, "bad_state", "operation not valid in this state")
+  XX(ESTATE, -30014, "bad_state", "operation not valid in this state")   \
+  XX(ENOREUSE, -30015, "not_reusable", "connection is not reusable (its peer is healthy)")
 
 typedef enum {
 #define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,
@@ -162,7 +163,8 @@ typedef enum {
 /* "known", "connecting", ... ; "unknown" for an out-of-range value. */
 const char *pp_peer_state_name(pp_peer_state_t state);
 
-/* Why a conn was closed (counted in pp_stats_t.closed[]). */
+/* Why a conn was closed (counted in pp_stats_t.closed[]). "discarded": its holder released it
+ * with PP_ENOREUSE. */
 #define PP_CLOSE_REASON_MAP(XX) \
   XX(IDLE, "idle")              \
   XX(LIFESPAN, "lifespan")      \
@@ -171,7 +173,8 @@ const char *pp_peer_state_name(pp_peer_state_t state);
   XX(PING, "ping")              \
   XX(EVICTED, "evicted")        \
   XX(EJECTED, "ejected")        \
-  XX(CLOSED, "closed")
+  XX(CLOSED, "closed")          \
+  XX(DISCARDED, "discarded")
 
 typedef enum {
 #define PP__REASON_ENUM(name, str) PP_CLOSE_##name,
@@ -386,9 +389,20 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
  * outcome is final: granted and delivered, failed, released or never used). */
 int pp_acquire_cancel(pp_lease_t *lease);
 
-/* End a lease. status 0: the conn is healthy and goes back to idle (or straight to the next
- * waiter); a negative status (e.g. PP_EBROKEN or the socket error seen) closes the conn and
- * counts a failure of its peer. Safe on a lease detached by pool close (no-op). Returns 0,
+/* End a lease. `status` says what the holder knows of the conn:
+ *   0            healthy: it goes back to idle (or straight to the next waiter). One that holds
+ *                bytes nobody read (a reply nobody will read) is closed instead, so that no
+ *                later holder reads it (reason "broken", no failure of the peer) — unless the
+ *                pool has keep_idle_bytes, when the bytes wait for the next holder.
+ *   PP_ENOREUSE  the conn must not be lent again but its peer is healthy (e.g. a receive
+ *                timed out with a request still in flight, so a late reply may come): it is
+ *                closed for every holder (reason "discarded"); the peer counts no failure and
+ *                its run of failures goes on unchanged.
+ *   PP_EBROKEN or another negative code (the socket error seen): the conn is closed for every
+ *                holder (reason "broken") and counts a failure of its peer (eject_after in a
+ *                row eject it), except a local resource error (UV_EMFILE, ...), which counts
+ *                none.
+ * Safe on a lease detached by pool close (no-op). Returns 0, PP_EINVAL for a positive status,
  * or PP_ESTATE if the lease holds no conn. Allocates nothing. */
 int pp_release(pp_lease_t *lease, int status);
 

@@ -399,7 +399,7 @@ int pp_release(pp_lease_t *lease, int status) {
   pp__conn_unlease(conn, lease);
   lease->state_ = PP_LEASE_UNUSED;
   pool->stats.releases++;
-  if (status < 0) pool->stats.released_broken++;
+  if (status < 0 && status != PP_ENOREUSE) pool->stats.released_broken++;
   pp__conn_released(conn, status);
   return 0;
 }

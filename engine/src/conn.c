@@ -428,11 +428,16 @@ void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
   conn->last_used = pp__now(conn->pool);
 }
 
-/* A lease of `conn` ended (status < 0: released as broken, which closes the conn for every
- * holder). Returns the conn to service, or closes it; frees a conn that was already closed. */
+/* A lease of `conn` ended (status < 0: released as not reusable or broken, which closes the
+ * conn for every holder). Returns the conn to service, or closes it; frees a conn that was
+ * already closed. */
 void pp__conn_released(pp_conn_t *conn, int status) {
   if (conn->phase == PP_CONN_CLOSED) {
     pp__conn_maybe_free(conn);
+    return;
+  }
+  if (status == PP_ENOREUSE) { /* not lent again, and not the peer's failure */
+    pp__conn_close(conn, PP_CLOSE_DISCARDED);
     return;
   }
   if (status < 0) {

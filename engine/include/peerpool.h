@@ -280,7 +280,8 @@ void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
 /* ------------------------------------------------------------------------------------------
  * Peers. Addresses: "1.2.3.4:port", "[v6]:port", or a unix socket path (starting with '/'
  * or "./", or prefixed "unix:"). Names are canonicalised, so spellings of one address are
- * one peer.
+ * one peer, and a canonical spelling reads back as itself: "unix:x.sock" becomes "./x.sock".
+ * IPv6 zone ids ("[fe80::1%eth0]:5") are refused.
  */
 
 /* Add (or find) the peer at `addr`. `last_seen_ms` is Unix time in ms; 0 means now. An

@@ -1,6 +1,6 @@
 /* Conn objects: acquire (coroutine or callback), send, receive in the cosocket style
- * ("*l", "*a", a byte count) with the pool's io_timeout, release, close, and the GC rule: a conn
- * collected while still leased is released as broken and counted as leaked. */
+ * ("*l", "*a", a byte count; io_timeout, max_receive), release, close, and the GC rule: a conn
+ * collected while still leased is closed (not the peer's failure) and counted as leaked. */
 #include <stdlib.h>
 #include <string.h>
 

@@ -98,7 +98,7 @@ typedef struct lpp_conn_s {
 } lpp_conn_t;
 
 /* A release status: close the conn without counting a failure of its peer. */
-#define LPP_NOREUSE PP_EBROKEN
+#define LPP_NOREUSE PP_ENOREUSE
 /* LPP_CONN_HOOK: a conn lent to a handshake/ping hook (no lease: `hook_conn`). */
 enum { LPP_CONN_PENDING = 1, LPP_CONN_LEASED, LPP_CONN_DONE, LPP_CONN_HOOK };
 

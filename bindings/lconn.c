@@ -6,7 +6,7 @@
 
 #include "lpeerpool.h"
 
-static lpp_conn_t *check_conn(lua_State *L, int idx) {
+lpp_conn_t *lpp_check_conn(lua_State *L, int idx) {
   lpp_conn_t *c = luaL_checkudata(L, idx, LPP_CONN);
   if (c->state == LPP_CONN_HOOK && c->hook_conn == NULL)
     luaL_error(L, "attempt to use a conn the pool took back from its hook");
@@ -119,7 +119,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
                       "(peerpool.run(fn), or a coroutine on the luv loop)");
   lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 2);
   memset(c, 0, sizeof(*c));
-  c->self_ref = c->co_ref = c->cb_ref = LUA_NOREF;
+  c->self_ref = c->co_ref = c->cb_ref = c->send_co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->lease.data = c;
@@ -434,7 +434,7 @@ static void on_io_timeout(uv_timer_t *timer) {
 }
 
 static int l_receive(lua_State *L) {
-  lpp_conn_t *c = check_conn(L, 1);
+  lpp_conn_t *c = lpp_check_conn(L, 1);
   luaL_argcheck(L, c->co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
   c->want_kind = 'l';
   if (lua_type(L, 2) == LUA_TNUMBER) {
@@ -477,47 +477,6 @@ static int l_receive(lua_State *L) {
   return lua_yield(L, 0);
 }
 
-/* ---- send ------------------------------------------------------------------------------ */
-
-typedef struct {
-  pp_write_t req;
-  char data[];
-} write_t;
-
-static void on_written(pp_write_t *req, int status) {
-  free(req);
-}
-
-static int l_send(lua_State *L) {
-  lpp_conn_t *c = check_conn(L, 1);
-  size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
-  pp_conn_t *conn = lpp_conn_of(c);
-  if (conn == NULL) return lpp_push_error(L, PP_ECLOSED, NULL);
-  /* Most sends fit the socket buffer at once: no copy, no queued write. */
-  uv_buf_t first = uv_buf_init((char *)data, (unsigned int)len);
-  int done = len > 0 ? pp_conn_try_write(conn, &first, 1) : 0;
-  if (done < 0 && done != UV_EAGAIN)
-    return lpp_push_error(L, done == UV_EOF ? PP_ECLOSED : done, NULL);
-  if (done < 0) done = 0;
-  if ((size_t)done == len) {
-    lua_pushinteger(L, (lua_Integer)len);
-    return 1;
-  }
-  size_t rest = len - (size_t)done;
-  write_t *w = malloc(sizeof(*w) + rest);
-  if (w == NULL) return luaL_error(L, "out of memory");
-  memcpy(w->data, data + done, rest);
-  uv_buf_t buf = uv_buf_init(w->data, (unsigned int)rest);
-  int err = pp_conn_write(&w->req, conn, &buf, 1, on_written);
-  if (err) {
-    free(w);
-    return lpp_push_error(L, err == UV_EOF ? PP_ECLOSED : err, NULL);
-  }
-  lua_pushinteger(L, (lua_Integer)len);
-  return 1;
-}
-
 /* ---- release --------------------------------------------------------------------------- */
 
 /* End the lease: status 0 gives the conn back; LPP_NOREUSE closes it without blaming the
@@ -543,8 +502,10 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
         pp_conn_unread(c->lease.conn, unread(c), c->len) != 0)
       status = LPP_NOREUSE;
   }
+  if (c->send_co_ref != LUA_NOREF && status == 0) status = LPP_NOREUSE; /* half a request out */
   c->state = LPP_CONN_DONE; /* before anything can run: a reentrant release is a no-op */
   pp_release(&c->lease, status);
+  lpp_send_wake(c, PP_ECLOSED);
   if (waiting) {
     c->read_error = PP_ECLOSED;
     finish_receive(c, PP_ECLOSED);
@@ -557,7 +518,7 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
 lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int kind) {
   lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 1);
   memset(c, 0, sizeof(*c));
-  c->self_ref = c->co_ref = c->cb_ref = LUA_NOREF;
+  c->self_ref = c->co_ref = c->cb_ref = c->send_co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->state = LPP_CONN_HOOK;
@@ -579,6 +540,7 @@ static void hook_conn_detach(lpp_conn_t *c) {
 
 void lpp_hook_conn_dead(lpp_conn_t *c) {
   hook_conn_detach(c);
+  lpp_send_wake(c, PP_ECLOSED);
   c->read_error = PP_ECLOSED;
   if (c->co_ref != LUA_NOREF) finish_receive(c, PP_ECLOSED);
 }
@@ -588,6 +550,7 @@ void lpp_hook_conn_done(lpp_conn_t *c, int ok) {
   pp_conn_t *conn = c->hook_conn;
   int status = ok ? 0 : (c->hook_kind == LPP_HOOK_HANDSHAKE ? PP_EHANDSHAKE : PP_EPING);
   hook_conn_detach(c);
+  lpp_send_wake(c, PP_ECLOSED);
   c->state = LPP_CONN_DONE;
   if (c->hook_kind == LPP_HOOK_HANDSHAKE)
     pp_conn_handshake_done(conn, status);
@@ -640,6 +603,7 @@ static int l_gc(lua_State *L) {
   /* A receive still waiting here means Lua is closing (the wait anchors the object): the
    * waiting coroutine is not resumed from a finaliser. */
   stop_waiting(L, c);
+  lpp_send_detach(c);
   if (c->state == LPP_CONN_HOOK && c->hook_conn) hook_conn_detach(c);
   stop_reading(c, lpp_conn_of(c)); /* e.g. a lease its pool's close detached */
   if (c->state == LPP_CONN_LEASED) {
@@ -675,7 +639,7 @@ static int l_index(lua_State *L) {
 }
 
 static const luaL_Reg conn_methods[] = {
-    {"send", l_send},   {"receive", l_receive}, {"release", l_release},
+    {"send", lpp_l_send},   {"receive", l_receive}, {"release", l_release},
     {"close", l_close}, {NULL, NULL},
 };
 

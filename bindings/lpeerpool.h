@@ -47,6 +47,7 @@ typedef struct lpp_pool_s {
   int state_refs;           /* registry ref of the table of on("state") callbacks */
   int64_t io_timeout;       /* ms for conn:receive(); 0 = none */
   int64_t max_receive;      /* bytes a receive may wait for (a line, "*a", a count) */
+  int64_t max_send_queue;   /* bytes queued past the socket before a send waits */
   uint64_t leaked_leases;   /* conns collected while still leased */
   uint64_t callback_errors; /* Lua errors raised by callbacks and coroutines */
   /* policy */
@@ -86,6 +87,12 @@ typedef struct lpp_conn_s {
   size_t off, len, cap; /* len unread bytes at buf + off */
   size_t scanned;       /* of those, how many are known to hold no newline */
   int tainted;          /* a receive timed out or overflowed: a reply may be on its way */
+  /* send (lsend.c) */
+  struct write_s *writes;  /* queued writes, newest first */
+  int send_co_ref;         /* the coroutine waiting for the send queue to drain */
+  int send_self_ref;       /* keeps this object alive meanwhile */
+  size_t send_len;         /* what that send returns */
+  uv_timer_t *send_timer;  /* io_timeout of that wait */
   int want_kind; /* 0 none, 'l' line, 'n' bytes, 'a' all */
   size_t want_n;
   int read_error;                   /* stream end/error seen, 0 = none */
@@ -169,6 +176,8 @@ int lpp_push_peer_meta(lua_State *L, pp_peer_t *peer);
 void lpp_conn_open(lua_State *L);
 /* The engine conn behind a conn object (leased or lent to a hook), or NULL. */
 pp_conn_t *lpp_conn_of(lpp_conn_t *c);
+/* luaL_checkudata for a conn that is leased or lent to a hook; raises otherwise. */
+lpp_conn_t *lpp_check_conn(lua_State *L, int idx);
 /* Push a conn object lent to a handshake/ping hook. */
 lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int kind);
 /* The hook finished with its conn: hand it back to the engine (once), ok or failed. */
@@ -194,6 +203,13 @@ void lpp_budget_arm(lua_State *thread);
 void *lpp_sandbox_open(lua_State *L);
 /* At the state's end: put the original allocator back. */
 void lpp_sandbox_close(lua_State *L, void *alloc_ud);
+
+/* lsend.c */
+int lpp_l_send(lua_State *L); /* conn:send(data [, callback]) */
+/* A coroutine waiting in send goes on (err 0: its data is queued within the mark). */
+void lpp_send_wake(lpp_conn_t *c, int err);
+/* The conn object goes: its queued writes forget it, its timer closes. */
+void lpp_send_detach(lpp_conn_t *c);
 
 /* lpolicy.c */
 void lpp_policy_open(lua_State *L);

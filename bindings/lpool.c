@@ -67,6 +67,8 @@ static const lua_option_t lua_options[] = {
     {"hook_memory", offsetof(lpp_pool_t, hook_memory), 64 * 1024, INT64_C(1) << 40,
      16 * 1024 * 1024, "bytes"},
     {"max_receive", offsetof(lpp_pool_t, max_receive), 1, INT64_C(1) << 40, 1024 * 1024, "bytes"},
+    {"max_send_queue", offsetof(lpp_pool_t, max_send_queue), 0, INT64_C(1) << 40, 1024 * 1024,
+     "bytes"},
     {NULL, 0, 0, 0, 0, NULL},
 };
 

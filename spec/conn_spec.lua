@@ -63,6 +63,57 @@ describe("peerpool.conn", function()
     end))
   end)
 
+  describe(":send() backpressure", function()
+    local MB = string.rep("x", 1024 * 1024)
+
+    it("waits, then answers timeout, once a peer that never reads holds max_send_queue",
+      test(function(env)
+        local conn, pool = setup(env, { io_timeout = 200, max_send_queue = 1024 * 1024 }, "deaf")
+        local sent, got = 0, nil
+        for _ = 1, 512 do
+          got = pack(conn:send(MB))
+          if not got[1] then break end
+          sent = sent + got[1]
+        end
+        assert.same({ nil, "timeout" }, { got[1], got[2] })
+        -- kernel buffers take some (a few MiB on loopback), the pool at most about 1 MiB more
+        assert.is_true(sent < 64 * 1024 * 1024, sent .. " bytes accepted from 512 MiB")
+        assert.is_true(conn:release())
+        assert.equal(0, pool:stats().conns) -- half a request went out: not lent again
+      end))
+
+    it("with a callback: answers busy at once past max_send_queue, reports each write",
+      test(function(env)
+        local conn = setup(env, { max_send_queue = 64 * 1024 }, "deaf")
+        local results, answered = {}, nil
+        for i = 1, 256 do
+          local ok, code, detail = conn:send(MB, function(err) results[i] = err or "written" end)
+          if not ok then
+            answered = { code, detail, i }
+            break
+          end
+        end
+        assert.is_truthy(answered, "never refused")
+        assert.equal("busy", answered[1])
+        assert.matches("over max_send_queue %(65536%)", answered[2])
+        assert.is_true(answered[3] < 64)
+        conn:close()
+        wait_until(function() return #results == answered[3] - 1 end)
+        for _, r in ipairs(results) do assert.is_true(r == "written" or r == "closed", r) end
+      end))
+
+    it("calls back nil once the data is written", test(function(env)
+      local conn = setup(env, nil, "echo")
+      local result
+      assert.equal(5, conn:send("hello", function(err) result = err or "written" end))
+      assert.is_nil(result) -- never inside the call
+      assert.equal("hello", conn:receive(5))
+      wait_until(function() return result end)
+      assert.equal("written", result)
+      conn:release()
+    end))
+  end)
+
   describe("transports", function()
     it("talks to a peer on a unix socket", test(function(env)
       local srv = env:unix_echo()

@@ -250,6 +250,20 @@ describe("peerpool.pool", function()
       got[1]:release()
     end))
 
+    it("measures opts.timeout from the call, even after a long callback", test(function(env)
+      local uv = require "luv"
+      local pool, srv = pool_with_server(env, { max_per_peer = 1 })
+      local held = pool:acquire(srv.addr)
+      local t0 = os.clock()
+      while os.clock() - t0 < 0.6 do end -- 600 ms of work since the loop last read its clock
+      local start = uv.hrtime()
+      local got = pack(pool:acquire(srv.addr, { timeout = 500 }))
+      local waited = (uv.hrtime() - start) / 1e6
+      assert.equal("timeout", got[2])
+      assert.is_true(waited >= 450, "timed out after " .. waited .. " ms, not 500")
+      held:release()
+    end))
+
     it("answers nil, 'timeout' at opts.timeout", test(function(env)
       local pool, srv = pool_with_server(env, { max_per_peer = 1 })
       local held = pool:acquire(srv.addr)

@@ -639,8 +639,8 @@ static int l_index(lua_State *L) {
 }
 
 static const luaL_Reg conn_methods[] = {
-    {"send", lpp_l_send},   {"receive", l_receive}, {"release", l_release},
-    {"close", l_close}, {NULL, NULL},
+    {"send", lpp_l_send}, {"receive", l_receive}, {"release", l_release},
+    {"close", l_close},   {NULL, NULL},
 };
 
 void lpp_conn_open(lua_State *L) {

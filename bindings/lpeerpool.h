@@ -57,8 +57,8 @@ typedef struct lpp_pool_s {
   int hook_L_ref;
   int64_t budget;      /* instructions a synchronous hook may run */
   int64_t hook_memory; /* bytes a hook call may allocate */
-  int views_ref; /* table of LPP_VIEWS_MAX reusable view userdata */
-  int cand_ref;  /* reusable candidates table */
+  int views_ref;       /* table of LPP_VIEWS_MAX reusable view userdata */
+  int cand_ref;        /* reusable candidates table */
   uint64_t hook_calls[LPP_HOOK_COUNT], hook_errors[LPP_HOOK_COUNT];
   uint64_t hook_logged_at[LPP_HOOK_COUNT], hook_suppressed[LPP_HOOK_COUNT];
   int in_engine_call;     /* > 0 while Lua runs inside an engine call (a hook's synchronous
@@ -88,12 +88,12 @@ typedef struct lpp_conn_s {
   size_t scanned;       /* of those, how many are known to hold no newline */
   int tainted;          /* a receive timed out or overflowed: a reply may be on its way */
   /* send (lsend.c) */
-  struct write_s *writes;  /* queued writes, newest first */
-  int send_co_ref;         /* the coroutine waiting for the send queue to drain */
-  int send_self_ref;       /* keeps this object alive meanwhile */
-  size_t send_len;         /* what that send returns */
-  uv_timer_t *send_timer;  /* io_timeout of that wait */
-  int want_kind; /* 0 none, 'l' line, 'n' bytes, 'a' all */
+  struct write_s *writes; /* queued writes, newest first */
+  int send_co_ref;        /* the coroutine waiting for the send queue to drain */
+  int send_self_ref;      /* keeps this object alive meanwhile */
+  size_t send_len;        /* what that send returns */
+  uv_timer_t *send_timer; /* io_timeout of that wait */
+  int want_kind;          /* 0 none, 'l' line, 'n' bytes, 'a' all */
   size_t want_n;
   int read_error;                   /* stream end/error seen, 0 = none */
   struct lpp_reader_s *reader;      /* set while the engine may call our reader (see lconn.c) */

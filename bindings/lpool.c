@@ -322,8 +322,11 @@ static int add_peer(lua_State *L, const char *source) {
     luaL_argcheck(L, last_seen >= 0, 3, "last_seen must be Unix time in ms >= 0");
     /* Unix time in seconds (os.time()) read as ms is 1970: the peer would be stale forever. */
     if (last_seen > 0 && last_seen < LPP_MS_1973)
-      luaL_argerror(L, 3, lua_pushfstring(L, "last_seen must be Unix time in ms (%I looks like "
-                                             "seconds: use os.time() * 1000)", last_seen));
+      luaL_argerror(L, 3,
+                    lua_pushfstring(L,
+                                    "last_seen must be Unix time in ms (%I looks like "
+                                    "seconds: use os.time() * 1000)",
+                                    last_seen));
   }
   int tags_idx = 0;
   if (!lua_isnoneornil(L, 4)) {
@@ -454,13 +457,13 @@ static int l_stats(lua_State *L) {
   F(conns)
   F(idle)
   F(active)
-  F(connecting) F(waiters) F(peers) F(acquires) F(acquired_immediate) F(acquired_dialed)
-      F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases)
-          F(released_broken) F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in)
-              F(bytes_out) F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds)
-                  F(policy_errors)
+  F(connecting)
+  F(waiters) F(peers) F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited)
+      F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken)
+          F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in)
+              F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds) F(policy_errors)
 #undef F
-                      lua_pushnumber(L, s.connect_latency_ms_avg);
+                  lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");
   lua_pushnumber(L, s.connect_latency_ms_max);
   lua_setfield(L, -2, "connect_latency_ms_max");
@@ -530,8 +533,10 @@ static void read_acquire_opts(lua_State *L, int idx, pp_acquire_opts_t *o) {
     while (k && *n && strcmp(*n, k) != 0)
       n++;
     if (k == NULL || *n == NULL)
-      luaL_error(L, "bad argument #%d to 'acquire' (unknown option '%s'; options: busy, timeout, "
-                 "priority, key)", idx - 1, k ? k : luaL_typename(L, -1));
+      luaL_error(L,
+                 "bad argument #%d to 'acquire' (unknown option '%s'; options: busy, timeout, "
+                 "priority, key)",
+                 idx - 1, k ? k : luaL_typename(L, -1));
   }
   if (lua_getfield(L, idx, "busy") != LUA_TNIL) {
     const char *b = lua_tostring(L, -1);

@@ -103,12 +103,12 @@ void lpp_sandbox_close(lua_State *L, void *alloc_ud) {
 /* ---- standard functions refused inside hooks ------------------------------------------- */
 
 enum {
-  GUARD_ALWAYS,   /* refused inside hooks */
-  GUARD_FILE_OP,  /* file:read/lines: only on regular files (a tty or pipe blocks) */
-  GUARD_OPEN,     /* io.open: not on FIFOs and devices (open itself may block) */
-  GUARD_LINES,    /* io.lines(): stdin is refused, a file name is fine */
-  GUARD_LOAD,     /* load/loadfile: text chunks only (binary chunks can crash Lua) */
-  GUARD_GC,       /* collectgarbage: no switching the collector off or retuning it */
+  GUARD_ALWAYS,  /* refused inside hooks */
+  GUARD_FILE_OP, /* file:read/lines: only on regular files (a tty or pipe blocks) */
+  GUARD_OPEN,    /* io.open: not on FIFOs and devices (open itself may block) */
+  GUARD_LINES,   /* io.lines(): stdin is refused, a file name is fine */
+  GUARD_LOAD,    /* load/loadfile: text chunks only (binary chunks can crash Lua) */
+  GUARD_GC,      /* collectgarbage: no switching the collector off or retuning it */
 };
 
 typedef struct {
@@ -163,8 +163,8 @@ static int allowed(lua_State *L, int kind) {
       return 1;
     case GUARD_GC: {
       const char *opt = luaL_optstring(L, 1, "collect");
-      return strcmp(opt, "collect") == 0 || strcmp(opt, "count") == 0 ||
-             strcmp(opt, "step") == 0 || strcmp(opt, "isrunning") == 0;
+      return strcmp(opt, "collect") == 0 || strcmp(opt, "count") == 0 || strcmp(opt, "step") == 0 ||
+             strcmp(opt, "isrunning") == 0;
     }
     default:
       return 0;
@@ -225,7 +225,7 @@ static void install_guards(lua_State *L) {
     if (lua_istable(L, -1)) {
       char label[64];
       snprintf(label, sizeof(label), "%s%s%s",
-               strcmp(g->lib, "_G") == 0 ? ""
+               strcmp(g->lib, "_G") == 0             ? ""
                : strcmp(g->lib, LUA_FILEHANDLE) == 0 ? "file:"
                                                      : g->lib,
                strcmp(g->lib, "_G") == 0 || strcmp(g->lib, LUA_FILEHANDLE) == 0 ? "" : ".",

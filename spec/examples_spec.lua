@@ -38,7 +38,8 @@ describe("scripts/examples", function()
 
   -- Run an example with lua5.4 (20 s at most); its output and whether it exited with 0.
   local function run(script, args, env)
-    local cmd = string.format("%s LUA_CPATH='%s/?.so;;' timeout 20 lua5.4 scripts/examples/%s %s 2>&1",
+    local cmd = string.format(
+      "%s LUA_CPATH='%s/?.so;;' timeout 20 lua5.4 scripts/examples/%s %s 2>&1",
       env or "", module_dir(), script, table.concat(args, " "))
     local p = io.popen(cmd)
     local out = p:read("a")

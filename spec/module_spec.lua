@@ -46,7 +46,11 @@ describe("peerpool", function()
       local peerpool = require "peerpool"
       local pid = io.open("/proc/self/stat"):read("n")
       os.execute("kill -PIPE " .. pid)
-      for _ = 1, 20 do uv.run("nowait"); if HANDLED or not SIG then break end; os.execute("sleep 0.01") end
+      for _ = 1, 20 do
+        uv.run("nowait")
+        if HANDLED or not SIG then break end
+        os.execute("sleep 0.01")
+      end
       if SIG then SIG:close(); uv.run() end
       io.write(HANDLED and "handler ran\n" or "", "survived ", peerpool.version, "\n")
     ]]
@@ -146,6 +150,7 @@ describe("peerpool", function()
         return pool
       end
       ok, err = pcall(make)
+      assert.is_false(ok)
       assert.matches("^spec/module_spec.lua:" .. (line + 5) .. ": peerpool.new: option 'max_total'",
         (err:gsub("^.*/spec/", "spec/")))
     end)

@@ -751,6 +751,7 @@ describe("peerpool policy hooks", function()
       assert(pool:load_policy { select_peer = function()
         local t = {}
         for i = 1, 1e8 do t[i] = { i } end
+        return t[1]
       end })
       local before = collectgarbage("count")
       serves(pool, 1)

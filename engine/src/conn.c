@@ -408,7 +408,9 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   pp__list_push(&conn->lease_list, &lease->qlink_);
   lease->conn = conn;
   lease->peer = peer;
-  conn->last_used = pp__now(conn->pool);
+  /* The cached loop time will do: this stamp only feeds pp_conn_idle_ms while the conn is
+   * leased, and the release stamps again from the clock (idle time counts from there). */
+  conn->last_used = uv_now(conn->pool->loop);
   if (pp__conn_lendable(conn)) pp__peer_mark_usable(peer, conn);
 }
 
@@ -425,7 +427,7 @@ void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
       uv_unref(&conn->h.handle);
     }
   }
-  conn->last_used = pp__now(conn->pool);
+  conn->last_used = pp__stamp(conn->pool);
 }
 
 /* A lease of `conn` ended (status < 0: released as not reusable or broken, which closes the
@@ -459,7 +461,7 @@ void pp__conn_released(pp_conn_t *conn, int status) {
     pp__conn_close(conn, peer->burned ? PP_CLOSE_CLOSED : PP_CLOSE_BROKEN);
     return;
   }
-  if (conn->leases == 0 && peer->retry_at > pp__now(conn->pool)) {
+  if (conn->leases == 0 && pp__ahead(conn->pool, peer->retry_at)) {
     pp__conn_close(conn, PP_CLOSE_EJECTED); /* its peer is cooling down */
     return;
   }

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void defer_run(uv_check_t *check);
 static void idle_timer_cb(uv_timer_t *timer);
@@ -395,6 +396,25 @@ void **pp__scratch(pp_pool_t *pool, int n) {
 uint64_t pp__now(pp_pool_t *pool) {
   uv_update_time(pool->loop);
   return uv_now(pool->loop);
+}
+
+bool pp__ahead(pp_pool_t *pool, uint64_t at) {
+  return at > uv_now(pool->loop) && at > pp__now(pool);
+}
+
+uint64_t pp__stamp(pp_pool_t *pool) {
+  uint64_t now = uv_now(pool->loop);
+#ifdef CLOCK_MONOTONIC_COARSE
+  /* libuv reads its loop time from CLOCK_MONOTONIC (or its coarse variant): one timeline. */
+  struct timespec ts;
+  if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0) {
+    uint64_t coarse = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    if (coarse > now) now = coarse;
+  }
+  return now;
+#else
+  return pp__now(pool);
+#endif
 }
 
 void pp__timer_start(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t ms) {

@@ -32,10 +32,10 @@ pp_pool_t *test_pool_on(const srv_t *srv, const pp_options_t *opts, pp_peer_t **
 /* test_finish(pool), then srv_stop(srv): the end of a test with one server. */
 void test_finish_srv(pp_pool_t *pool, srv_t *srv);
 
-/* Run `fn(arg)` from inside a loop callback (check phase, where the pool delivers its own
- * callbacks) that first blocks for `stall_ms` (busy work, as a
- * slow callback would), so the loop's cached time lags by that much when `fn` runs. Returns
- * once `fn` ran; the helper's handle is closed again. */
+/* Run `fn(arg)` from inside a loop callback (in the check phase, where the pool delivers its
+ * own callbacks) that first blocks for `stall_ms`, as a slow callback would, so the loop's
+ * cached time lags that much behind when `fn` runs. Returns once `fn` ran; the helper's handle
+ * is closed again. */
 void test_after_stall(uint64_t stall_ms, void (*fn)(void *), void *arg);
 
 /* File descriptors held to exhaust the process's open-file limit. */

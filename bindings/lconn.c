@@ -36,6 +36,12 @@ static int push_acquire_error(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, int 
              pp_err_name(cause));
     return lpp_push_error(L, err, msg);
   }
+  if (err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS) {
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s: this process is short of a resource (not the peer's fault)",
+             pp_strerror(err));
+    return lpp_push_error(L, err, msg);
+  }
   return lpp_push_error(L, err, NULL);
 }
 

@@ -250,6 +250,38 @@ describe("peerpool.pool", function()
       got[1]:release()
     end))
 
+    it("answers EMFILE at once when the process is out of fds, and recovers", function()
+      local ok, status, out, err = H.child([[
+        local peerpool = require "peerpool"
+        local servers = require "spec.support.servers"
+        local uv = require "luv"
+        local srv = servers.line()
+        local pool = peerpool.new { max_per_peer = 4, eject_after = 1 }
+        pool:add_peer(srv.addr)
+        peerpool.run(function()
+          local held = assert(pool:acquire(srv.addr))
+          local files = {}
+          local f
+          repeat f = io.open("/dev/null"); files[#files + 1] = f until not f
+          local t0 = uv.hrtime()
+          local conn, code, detail = pool:acquire(srv.addr, { timeout = 3000 })
+          local ms = (uv.hrtime() - t0) / 1e6
+          io.write(tostring(conn), "|", code, "|", detail, "|", pool:peer(srv.addr).failures,
+            "|", ms < 1000 and "prompt" or ms, "\n")
+          for _, f in ipairs(files) do f:close() end
+          local again = assert(pool:acquire(srv.addr))
+          again:send("PING\r\n")
+          io.write(again:receive(), "\n")
+          again:release()
+          held:release()
+        end)
+        pool:close(); srv:close(); uv.run()
+      ]], "ulimit -n 256;")
+      assert.is_true(ok, "exit status " .. tostring(status) .. "\n" .. err)
+      assert.equal("nil|EMFILE|too many open files: this process is short of a resource (not " ..
+        "the peer's fault)|0|prompt\n+PONG\n", out)
+    end)
+
     it("measures opts.timeout from the call, even after a long callback", test(function(env)
       local uv = require "luv"
       local pool, srv = pool_with_server(env, { max_per_peer = 1 })

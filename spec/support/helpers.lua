@@ -11,7 +11,8 @@
 -- H.sleep(ms)            yield the running coroutine for ms
 -- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
 -- H.pack(...)            table.pack
--- H.child(code)          run `code` in a fresh lua5.4 process with the module's paths;
+-- H.child(code [, sh])   run `code` in a fresh lua5.4 process with the module's paths (after
+--                        the shell commands `sh`, e.g. "ulimit -n 64;");
 --                        returns ok, exit code, stdout, stderr
 local uv = require "luv"
 local peerpool = require "peerpool"
@@ -157,12 +158,13 @@ end
 -- Run `code` with `lua5.4 -e` in a new process that sees the same module paths (and, in the
 -- sanitizer build, inherits LD_PRELOAD). Returns ok (exited with 0), the exit code, stdout,
 -- stderr.
-function H.child(code)
+function H.child(code, shell_prefix)
   local prelude = string.format("package.path = %q; package.cpath = %q; ", package.path,
     package.cpath)
   local quoted = "'" .. (prelude .. code):gsub("'", "'\\''") .. "'"
   local errfile = os.tmpname()
-  local p = assert(io.popen(string.format("lua5.4 -e %s 2>%s", quoted, errfile)))
+  local p = assert(io.popen(string.format("%s lua5.4 -e %s 2>%s", shell_prefix or "", quoted,
+    errfile)))
   local out = p:read("a")
   local ok, _, status = p:close()
   local ef = assert(io.open(errfile))

@@ -9,6 +9,7 @@ local book = {}
 local books = setmetatable({}, { __mode = "k" }) -- pool -> its book
 
 local BLOCK = 1 << 20 -- bytes read at a time: a big book is never held whole
+local SLICE = 4096 -- peers formatted and written at a time (a few ms of the loop)
 local DAY_MS = 24 * 3600 * 1000
 
 local function report(b, msg)
@@ -107,19 +108,35 @@ local function fs(async, name, ...)
   return table.unpack(res, 2, res.n)
 end
 
--- Write text to a new file beside the book, fsync it and rename it over the book. mkstemp
--- creates the file with O_CREAT|O_EXCL, mode 0600 and a random name, so a symlink planted in
--- the book's directory is never followed. An asynchronous save gives up once the book is
--- closed: close() has written a newer one. Returns true, or nil, err.
-local function write_book(b, text, async)
+-- Write all of s at offset off of fd.
+local function write_all(async, fd, s, off)
+  local done = 0
+  while done < #s do
+    local n, err = fs(async, "write", fd, done == 0 and s or s:sub(done + 1), off + done)
+    if not n or n == 0 then return nil, err or "short write" end
+    done = done + n
+  end
+  return true
+end
+
+-- Write the pool's peers to a new file beside the book, fsync it and rename it over the
+-- book. mkstemp creates the file with O_CREAT|O_EXCL, mode 0600 and a random name, so a
+-- symlink planted in the book's directory is never followed. The peers are a snapshot taken
+-- at the start; their lines are made a slice at a time, each while the previous one is being
+-- written. An asynchronous save gives up once the book is closed: close() has written a newer
+-- one. Returns true and the number of tag entries left out, or nil, err.
+local function write_book(b, async)
   local function stale() return async and b.closed end
+  local job = C.snapshot(b.pool)
   local fd, tmp = fs(async, "mkstemp", b.path .. ".tmp-XXXXXX")
   if not fd then return nil, tmp end
   b.tmp = async and tmp or nil -- close() removes it if this save is still running
-  local off, err = 0, nil
-  while off < #text and not err and not stale() do
-    local n, werr = fs(async, "write", fd, off == 0 and text or text:sub(off + 1), off)
-    if not n or n == 0 then err = werr or "short write" else off = off + n end
+  local off, done, dropped, err = 0, false, 0, nil
+  while not done and not err and not stale() do
+    local text
+    text, done, dropped = C.lines(job, SLICE)
+    err = select(2, write_all(async, fd, text, off))
+    off = off + #text
   end
   if not err and not stale() then err = select(2, fs(async, "fsync", fd)) end
   local closed, cerr = fs(async and not b.closed, "close", fd)
@@ -134,30 +151,25 @@ local function write_book(b, text, async)
   if err then uv.fs_unlink(tmp) end
   b.tmp = nil
   if err then return nil, err end
-  return true
+  return true, dropped
 end
 
--- Snapshot the pool's peers and write them; reports a failure (once, until it changes).
+-- Save the book now; reports a failure (once, until it changes).
 local function save_now(b, async)
-  local ok, text, _, dropped = pcall(C.format, b.pool)
-  local err
-  if ok then
-    ok, err = write_book(b, text, async)
+  local ok, res, dropped = pcall(write_book, b, async)
+  local err = not ok and res or (not res and dropped) or nil
+  if err == nil then
+    b.saves, b.last_error = b.saves + 1, nil
     if dropped > 0 and not b.told_tags then
       b.told_tags = true
       report(b, dropped .. " tag entries could not be kept (keys must be strings or integers; " ..
         "values strings, numbers, booleans or tables of them)")
     end
-  else
-    err = text
-  end
-  if ok then
-    b.saves, b.last_error = b.saves + 1, nil
   elseif err ~= "closed" then
     if err ~= b.last_error then report(b, "cannot save it: " .. tostring(err)) end
     b.last_error = err
   end
-  return ok, err
+  return err == nil, err
 end
 
 -- Start an asynchronous save, or, if one is running, have it run once more when it ends.

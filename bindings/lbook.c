@@ -1,5 +1,6 @@
 /* The address book's text (bindings/book.lua does the files): percent-escaping, the line
- * parser for format v2 (and v1), and the formatter that writes a pool's peers in one pass.
+ * parser for format v2 (and v1), and the formatter of a pool's peers (a snapshot, then lines
+ * a slice at a time).
  *
  *   # peerpool address book v2
  *   127.0.0.1:7001 1700000000000 static
@@ -185,29 +186,11 @@ static const char *book_next_tag(span_t *rest, span_t *key, span_t *value) {
 
 #include "lpeerpool.h"
 
-/* A growable output buffer owned by a userdata, so that an error (out of memory) frees it. */
+/* A growable byte buffer (malloc'd: it lives in a userdata whose __gc frees it). */
 typedef struct {
   char *p;
   size_t n, cap;
 } out_t;
-
-static int out_gc(lua_State *L) {
-  out_t *o = lua_touserdata(L, 1);
-  free(o->p);
-  o->p = NULL;
-  return 0;
-}
-
-static out_t *out_new(lua_State *L) {
-  out_t *o = lua_newuserdatauv(L, sizeof(*o), 0);
-  memset(o, 0, sizeof(*o));
-  if (luaL_newmetatable(L, "peerpool.book_buffer")) {
-    lua_pushcfunction(L, out_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
-  return o;
-}
 
 /* Room for n more bytes; raises on out of memory. */
 static char *out_room(lua_State *L, out_t *o, size_t n) {
@@ -309,36 +292,109 @@ static int put_tags(lua_State *L, out_t *o, out_t *prefix, int depth, int *count
   return dropped;
 }
 
+/* Whether a is spelled exactly as the engine spells an IPv4 peer: a.b.c.d:port, no leading
+ * zeros, octets up to 255, port 1..65535. */
+static int is_canonical_ipv4(const char *a) {
+  for (int part = 0;; part++) {
+    int v = 0, digits = 0;
+    for (; *a >= '0' && *a <= '9' && digits < 6; a++, digits++)
+      v = v * 10 + (*a - '0');
+    if (digits == 0 || (digits > 1 && a[-digits] == '0')) return 0;
+    if (part == 4) return *a == '\0' && v >= 1 && v <= 65535;
+    if (v > 255 || *a++ != (part == 3 ? ':' : '.')) return 0;
+  }
+}
+
 /* The spelling of canonical address `a` that add_peer turns back into this peer: as is when it
  * reads back as itself, else with "unix:" (relative unix paths, paths that read as something
  * else). A unix socket whose path is itself a canonical TCP address cannot be told apart: the
  * engine gives both the same name and does not say which it is. */
 static int needs_unix_prefix(const char *a) {
   char canonical[256];
-  if (a[0] == '/') return 0;
+  if (a[0] == '/' || is_canonical_ipv4(a)) return 0; /* (the common cases, without a parse) */
   if (pp_addr_canonical(a, canonical, sizeof(canonical), NULL) != 0) return 1;
   return strcmp(canonical, a) != 0;
 }
 
+/* A save in progress: a snapshot of the engine's peers (address and last_seen, burned peers
+ * left out), taken in one pass, which is quick; the lines, which need the Lua side's record
+ * of each peer (a few table lookups each, the slow part), are made a slice at a time. */
+typedef struct {
+  size_t addr; /* offset in addrs */
+  int64_t last_seen;
+} row_t;
+
+typedef struct {
+  out_t addrs, rows;  /* the snapshot: NUL-terminated addresses back to back; row_t's */
+  out_t text, prefix; /* the slice being made; a tag key path */
+  size_t next;        /* the next row to write */
+  int dropped;        /* tag entries left out so far */
+} job_t;
+
+#define LBOOK_JOB "peerpool.book_job"
+
+static int job_gc(lua_State *L) {
+  job_t *j = luaL_checkudata(L, 1, LBOOK_JOB);
+  out_t *bufs[] = {&j->addrs, &j->rows, &j->text, &j->prefix};
+  for (int i = 0; i < 4; i++) {
+    free(bufs[i]->p);
+    memset(bufs[i], 0, sizeof(out_t));
+  }
+  return 0;
+}
+
 typedef struct {
   lua_State *L;
-  out_t *out, *prefix;
-  int meta_idx; /* the pool's peer_meta table, or 0 */
-  int peers, dropped_tags;
-} format_t;
+  job_t *job;
+} snap_t;
 
-static int format_peer(pp_peer_t *peer, void *arg) {
-  format_t *f = arg;
-  lua_State *L = f->L;
+static int snap_peer(pp_peer_t *peer, void *arg) {
+  snap_t *s = arg;
   pp_peer_info_t i;
   pp_peer_info(peer, &i);
   if (i.state == PP_PEER_BURNED) return 0; /* burned peers stay out of the book */
-  if (needs_unix_prefix(i.addr)) out_add(L, f->out, "unix:", 5);
-  out_escaped(L, f->out, i.addr, strlen(i.addr), 0, 0);
-  char num[32];
-  out_add(L, f->out, num, (size_t)snprintf(num, sizeof(num), " %lld ", (long long)i.last_seen));
+  row_t r = {s->job->addrs.n, i.last_seen};
+  out_add(s->L, &s->job->addrs, i.addr, strlen(i.addr) + 1);
+  out_add(s->L, &s->job->rows, (const char *)&r, sizeof(r));
+  return 0;
+}
+
+/* book.snapshot(pool): a save of the pool's peers, for book.lines. Source and tags are looked
+ * up later in the pool's own record (its user value, laid out by lpool.c's set_peer_meta),
+ * anchored here, rather than through lpp_push_peer_meta: that goes through a weak table which
+ * the collector has already cleared when a collected pool is saved from a finaliser. */
+static int l_snapshot(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  job_t *j = lua_newuserdatauv(L, sizeof(*j), 1);
+  memset(j, 0, sizeof(*j));
+  if (luaL_newmetatable(L, LBOOK_JOB)) {
+    lua_pushcfunction(L, job_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) lua_getfield(L, -1, "peer_meta");
+  lua_setiuservalue(L, 2, 1); /* (a table, or nil or whatever else: put_line checks) */
+  lua_settop(L, 2);
+  snap_t s = {L, j};
+  pp_pool_foreach_peer(p->pool, snap_peer, &s);
+  return 1;
+}
+
+/* Append the line of row r; the pool's peer_meta table (or nil) is at meta_idx. */
+static void put_line(lua_State *L, job_t *j, const row_t *r, int meta_idx) {
+  const char *addr = j->addrs.p + r->addr;
+  if (needs_unix_prefix(addr)) out_add(L, &j->text, "unix:", 5);
+  out_escaped(L, &j->text, addr, strlen(addr), 0, 0);
+  char num[24], *d = num + sizeof(num); /* " last_seen ", without snprintf's cost per line */
+  uint64_t v = r->last_seen > 0 ? (uint64_t)r->last_seen : 0;
+  *--d = ' ';
+  do
+    *--d = (char)('0' + v % 10);
+  while (v /= 10);
+  *--d = ' ';
+  out_add(L, &j->text, d, (size_t)(num + sizeof(num) - d));
   int top = lua_gettop(L);
-  int has_meta = f->meta_idx && lua_getfield(L, f->meta_idx, i.addr) == LUA_TTABLE;
+  int has_meta = lua_istable(L, meta_idx) && lua_getfield(L, meta_idx, addr) == LUA_TTABLE;
   size_t sn = 0;
   const char *source = NULL;
   if (has_meta && lua_getfield(L, top + 1, "source") == LUA_TSTRING)
@@ -347,36 +403,35 @@ static int format_peer(pp_peer_t *peer, void *arg) {
     source = "runtime";
     sn = 7;
   }
-  out_escaped(L, f->out, source, sn, 0, 0);
+  out_escaped(L, &j->text, source, sn, 0, 0);
   if (has_meta && lua_getfield(L, top + 1, "tags") == LUA_TTABLE) {
     int count = 0;
-    f->dropped_tags += put_tags(L, f->out, f->prefix, 0, &count);
+    j->dropped += put_tags(L, &j->text, &j->prefix, 0, &count);
   }
   lua_settop(L, top);
-  out_add(L, f->out, "\n", 1);
-  f->peers++;
-  return 0;
+  out_add(L, &j->text, "\n", 1);
 }
 
-/* book.format(pool): the whole book text of the pool's peers (burned ones left out), the
- * number of peers written, and the number of tag entries it could not keep. Source and tags
- * are read from the pool's own record (its user value, laid out by lpool.c's set_peer_meta)
- * rather than through lpp_push_peer_meta: that goes through a weak table which the collector
- * has already cleared when a collected pool is saved from a finaliser. */
-static int l_format(lua_State *L) {
-  lpp_pool_t *p = lpp_check_pool(L, 1);
-  format_t f = {L, NULL, NULL, 0, 0, 0};
+/* book.lines(job, n): the text of the next n peers of a snapshot (the header first), whether
+ * that was the last of them, and how many tag entries have been left out so far. A slice at a
+ * time keeps each loop tick short, and so is each string the collector is charged for. */
+static int l_lines(lua_State *L) {
+  job_t *j = luaL_checkudata(L, 1, LBOOK_JOB);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n > 0, 2, "count must be > 0");
   lua_settop(L, 1);
-  f.out = out_new(L);
-  f.prefix = out_new(L);
   lua_getiuservalue(L, 1, 1);
-  if (lua_istable(L, -1) && lua_getfield(L, -1, "peer_meta") == LUA_TTABLE) f.meta_idx = 5;
-  static const char header[] = "# peerpool address book v2\n";
-  out_add(L, f.out, header, sizeof(header) - 1);
-  pp_pool_foreach_peer(p->pool, format_peer, &f);
-  lua_pushlstring(L, f.out->p, f.out->n);
-  lua_pushinteger(L, f.peers);
-  lua_pushinteger(L, f.dropped_tags);
+  j->text.n = 0;
+  if (j->next == 0) {
+    static const char header[] = "# peerpool address book v2\n";
+    out_add(L, &j->text, header, sizeof(header) - 1);
+  }
+  size_t rows = j->rows.n / sizeof(row_t);
+  for (; j->next < rows && n > 0; j->next++, n--)
+    put_line(L, j, (const row_t *)j->rows.p + j->next, 2);
+  lua_pushlstring(L, j->text.p, j->text.n);
+  lua_pushboolean(L, j->next == rows);
+  lua_pushinteger(L, j->dropped);
   return 3;
 }
 
@@ -547,10 +602,8 @@ static int l_emit(lua_State *L) {
 }
 
 static const luaL_Reg book_fns[] = {
-    {"format", l_format},
-    {"parse", l_parse},
-    {"emit", l_emit},
-    {NULL, NULL},
+    {"snapshot", l_snapshot}, {"lines", l_lines}, {"parse", l_parse},
+    {"emit", l_emit},         {NULL, NULL},
 };
 
 /* Push the table of the book's C functions (module.c hands it to book.lua). */

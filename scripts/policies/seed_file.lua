@@ -6,8 +6,9 @@
 --
 -- Anything after the timestamp is ignored, so a peerpool address book ("addr last_seen
 -- source [tags]") is a valid seed file; the %-escaped addresses of a v2 book (first line
--- "# peerpool address book v2") are decoded. An address without a timestamp counts as seen now; one with
--- an old timestamp is known but not dialled once older than the pool's max_address_age.
+-- "# peerpool address book v2") are decoded. An address without a timestamp counts as seen
+-- now; one with an old timestamp is known but not dialled once older than the pool's
+-- max_address_age.
 -- The file is read again at every call (edit it while the pool runs). Good lines are added
 -- even when others are bad; the first bad line is then raised as the hook's error (logged and
 -- counted in stats().hooks.seed). A missing file is an error too.

@@ -12,11 +12,15 @@
  * number is one, `true`/`false` are booleans; a string that would read that way has its first
  * byte escaped. Nested tag tables are flattened to dotted keys.
  *
- * The first part is plain C with no Lua and no engine (fuzz/fuzz_book.c builds it alone with
- * PP_BOOK_PURE); the Lua functions come after it. */
+ * The first part is plain C with no Lua and no engine; the Lua functions come after it.
+ * fuzz/fuzz_book.c runs both on any input. */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "lpeerpool.h"
 
 #define BOOK_LINE_MAX 65536 /* longer lines are refused: no address or tag set needs more */
 #define BOOK_TAG_DEPTH 8    /* nesting of tag tables kept */
@@ -179,12 +183,7 @@ static const char *book_next_tag(span_t *rest, span_t *key, span_t *value) {
   return NULL;
 }
 
-#ifndef PP_BOOK_PURE
 /* ---- Lua ------------------------------------------------------------------------------- */
-#include <math.h>
-#include <stdlib.h>
-
-#include "lpeerpool.h"
 
 /* A growable byte buffer (malloc'd: it lives in a userdata whose __gc frees it). */
 typedef struct {
@@ -613,4 +612,3 @@ int lpp_book_open(lua_State *L) {
   lua_setfield(L, -2, "LINE_MAX");
   return 1;
 }
-#endif

@@ -252,6 +252,8 @@ function book.close(pool)
   if b then close_book(b) end
 end
 
+C.set_close(book.close) -- registry["peerpool.book.close"], for the pool's C finaliser
+
 --- book.info(pool): { path, saving, saves, last_error }, or nil without a book.
 function book.info(pool)
   local b = books[pool]

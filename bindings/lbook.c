@@ -600,9 +600,19 @@ static int l_emit(lua_State *L) {
   return 0;
 }
 
+/* book.set_close(fn): keep book.close where C can find it without the module table:
+ * registry["peerpool.book.close"] (a pool's C finaliser may call it; book.lua's own finaliser
+ * already does the same, first). */
+static int l_set_close(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "peerpool.book.close");
+  return 0;
+}
+
 static const luaL_Reg book_fns[] = {
-    {"snapshot", l_snapshot}, {"lines", l_lines}, {"parse", l_parse},
-    {"emit", l_emit},         {NULL, NULL},
+    {"snapshot", l_snapshot}, {"lines", l_lines},         {"parse", l_parse},
+    {"emit", l_emit},         {"set_close", l_set_close}, {NULL, NULL},
 };
 
 /* Push the table of the book's C functions (module.c hands it to book.lua). */

@@ -406,6 +406,21 @@ describe("peerpool address book", function()
       assert.same({ "b" }, ls(dir))
     end))
 
+    it("keeps book.close where a pool's C finaliser can call it", test(function(env)
+      local close = debug.getregistry()["peerpool.book.close"]
+      assert.equal(book.close, close)
+      local path = env:tmpname()
+      os.remove(path)
+      local pool = env:pool { address_book = path }
+      pool:add_peer("127.0.0.1:7001", 1700000000000)
+      close(pool)
+      assert.equal("# peerpool address book v2\n127.0.0.1:7001 1700000000000 runtime\n",
+        P.read(path))
+      pool:add_peer("127.0.0.1:7002")
+      pool:close() -- (the book is closed already: no second save)
+      assert.not_matches("127.0.0.1:7002", P.read(path), 1, true)
+    end))
+
     it("saves a pool that is collected, with its sources and tags", function()
       local path = os.tmpname()
       local status, out, err = P.child(string.format([[

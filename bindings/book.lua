@@ -27,7 +27,7 @@ end
 -- unknown number.
 local function version_of(first_line)
   local v = first_line:match("^# peerpool address book v(%d+)%s*$")
-  return v and math.tointeger(tonumber(v)) or 1
+  return v and tonumber(v) or 1
 end
 
 -- Add the parsed rows (5-tuples, see lbook.c's parse) to the pool.
@@ -156,8 +156,9 @@ end
 
 -- Save the book now; reports a failure (once, until it changes).
 local function save_now(b, async)
-  local ok, res, dropped = pcall(write_book, b, async)
-  local err = not ok and res or (not res and dropped) or nil
+  local ok, written, extra = pcall(write_book, b, async)
+  local err = not ok and written or not written and extra or nil
+  local dropped = err == nil and extra or 0
   if err == nil then
     b.saves, b.last_error = b.saves + 1, nil
     if dropped > 0 and not b.told_tags then

@@ -42,8 +42,9 @@ static int unhex(unsigned char c) {
   return -1;
 }
 
-/* Decode the %XX escapes of s into out (which has room for s.n bytes: decoding never grows).
- * Returns the decoded length, or -1 for a malformed escape or an escaped NUL. */
+/* Decode the %XX escapes of s into out (which has room for s.n bytes: decoding never grows;
+ * NULL: only check). Returns the decoded length, or -1 for a malformed escape or an escaped
+ * NUL. */
 static long book_unescape(span_t s, char *out) {
   size_t o = 0;
   for (size_t i = 0; i < s.n; i++) {
@@ -55,7 +56,8 @@ static long book_unescape(span_t s, char *out) {
       c = (unsigned char)(hi << 4 | lo);
       i += 2;
     }
-    out[o++] = (char)c;
+    if (out) out[o] = (char)c;
+    o++;
   }
   return (long)o;
 }
@@ -99,18 +101,6 @@ static const char *book_parse_time(span_t s, int64_t max, int64_t *out) {
   if (v == 0) return "last_seen is 0";
   *out = v;
   return NULL;
-}
-
-/* Check that every % in s starts a valid escape of a non-NUL byte. */
-static int book_escapes_ok(span_t s) {
-  for (size_t i = 0; i < s.n; i++) {
-    if (s.p[i] != '%') continue;
-    if (i + 2 >= s.n) return 0;
-    int hi = unhex((unsigned char)s.p[i + 1]), lo = unhex((unsigned char)s.p[i + 2]);
-    if (hi < 0 || lo < 0 || (hi | lo) == 0) return 0;
-    i += 2;
-  }
-  return 1;
 }
 
 /* The next field of a line: v2 fields end at one space; v1 fields at runs of blanks. */
@@ -159,9 +149,9 @@ static const char *book_parse_line(const char *s, size_t n, int version, int64_t
     if (out->tags.n == 0) return "empty tags field";
     if (p < end || p[-1] == ' ') return "unknown field after the tags";
   }
-  if (!book_escapes_ok(out->addr)) return "bad %-escape in the address";
-  if (!book_escapes_ok(out->source)) return "bad %-escape in the source";
-  if (!book_escapes_ok(out->tags)) return "bad %-escape in the tags";
+  if (book_unescape(out->addr, NULL) < 0) return "bad %-escape in the address";
+  if (book_unescape(out->source, NULL) < 0) return "bad %-escape in the source";
+  if (book_unescape(out->tags, NULL) < 0) return "bad %-escape in the tags";
   return NULL;
 }
 

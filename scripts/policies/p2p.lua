@@ -39,7 +39,7 @@
 --   random = math.random                 function(n) -> 1..n, for the choice of peers to dial
 --
 -- Example:
---   local p2p = require "peerpool.policies.p2p".new{ dns_seeds = { "seed.mynet.org" } }
+--   local p2p = require "peerpool.policies.p2p".new{ dns_seeds = { "seed.mynet.example" } }
 --   local opts = p2p.pool_options
 --   opts.policy, opts.address_book = p2p, "peers.book"
 --   local pool = peerpool.new(opts)

@@ -4,7 +4,7 @@
  *
  *   # peerpool address book v2
  *   127.0.0.1:7001 1700000000000 static
- *   unix:run/my%20app.sock 1700000000000 runtime zone=eu,weight=3,tls.server_name=db1
+ *   ./run/my%20app.sock 1700000000000 runtime zone=eu,weight=3,tls.server_name=db1
  *
  * One peer a line: address, last_seen (Unix ms), source, and optionally tags, separated by
  * one space. Bytes that could break a line or a field (space, control bytes, non-ASCII, '%',
@@ -281,30 +281,6 @@ static int put_tags(lua_State *L, out_t *o, out_t *prefix, int depth, int *count
   return dropped;
 }
 
-/* Whether a is spelled exactly as the engine spells an IPv4 peer: a.b.c.d:port, no leading
- * zeros, octets up to 255, port 1..65535. */
-static int is_canonical_ipv4(const char *a) {
-  for (int part = 0;; part++) {
-    int v = 0, digits = 0;
-    for (; *a >= '0' && *a <= '9' && digits < 6; a++, digits++)
-      v = v * 10 + (*a - '0');
-    if (digits == 0 || (digits > 1 && a[-digits] == '0')) return 0;
-    if (part == 4) return *a == '\0' && v >= 1 && v <= 65535;
-    if (v > 255 || *a++ != (part == 3 ? ':' : '.')) return 0;
-  }
-}
-
-/* The spelling of canonical address `a` that add_peer turns back into this peer: as is when it
- * reads back as itself, else with "unix:" (relative unix paths, paths that read as something
- * else). A unix socket whose path is itself a canonical TCP address cannot be told apart: the
- * engine gives both the same name and does not say which it is. */
-static int needs_unix_prefix(const char *a) {
-  char canonical[256];
-  if (a[0] == '/' || is_canonical_ipv4(a)) return 0; /* (the common cases, without a parse) */
-  if (pp_addr_canonical(a, canonical, sizeof(canonical), NULL) != 0) return 1;
-  return strcmp(canonical, a) != 0;
-}
-
 /* A save in progress: a snapshot of the engine's peers (address and last_seen, burned peers
  * left out), taken in one pass, which is quick; the lines, which need the Lua side's record
  * of each peer (a few table lookups each, the slow part), are made a slice at a time. */
@@ -371,8 +347,9 @@ static int l_snapshot(lua_State *L) {
 
 /* Append the line of row r; the pool's peer_meta table (or nil) is at meta_idx. */
 static void put_line(lua_State *L, job_t *j, const row_t *r, int meta_idx) {
+  /* The engine's canonical spelling reads back as itself (peerpool.h), so it is written as is:
+   * a relative unix path is "./path", never something that reads as host:port. */
   const char *addr = j->addrs.p + r->addr;
-  if (needs_unix_prefix(addr)) out_add(L, &j->text, "unix:", 5);
   out_escaped(L, &j->text, addr, strlen(addr), 0, 0);
   char num[24], *d = num + sizeof(num); /* " last_seen ", without snprintf's cost per line */
   uint64_t v = r->last_seen > 0 ? (uint64_t)r->last_seen : 0;

@@ -218,10 +218,10 @@ function pool_methods:load_policy(source)
   return self:_set_policy(tbl, name)
 end
 
-local function budget_exceeded() error("instruction budget exceeded", 2) end
-
 -- The seed hook's context: ctx.wanted, ctx:add(addr [, last_seen]), ctx:resolve(host, port).
-local function seed_ctx(pool, wanted)
+-- The hook runs in a coroutine the binding started; the resolver resumes it through
+-- M._resume, which charges the hook's budget and ends its call when it returns.
+M._set_seed_ctx(function(pool, wanted)
   local ctx = { wanted = wanted, added = 0 }
   function ctx.add(_, addr, last_seen)
     local ok, err, why = pool:_add_peer(addr, last_seen, nil, "seed")
@@ -240,10 +240,7 @@ local function seed_ctx(pool, wanted)
             or (a.addr .. ":" .. a.port)
         end
       end
-      if co then
-        local ok, e = coroutine.resume(co)
-        if not ok then io.stderr:write("peerpool: seed hook: ", tostring(e), "\n") end
-      end
+      M._resume(co)
     end)
     if not req then return nil, "resolve failed" end
     coroutine.yield()
@@ -251,28 +248,6 @@ local function seed_ctx(pool, wanted)
     return out
   end
   return ctx
-end
-
--- Run an asynchronous hook (handshake, ping, seed) in a coroutine of its own under an
--- instruction budget. handshake/ping succeed when the hook returns true.
-M._set_run_hook(function(pool, name, fn, arg, budget)
-  local co = coroutine.create(function()
-    local input = name == "seed" and seed_ctx(pool, arg) or arg
-    local ok, res = xpcall(fn, debug.traceback, input)
-    if not ok then pool:_hook_error(name, res) end
-    if name ~= "seed" then
-      if ok and res ~= true and res ~= false and res ~= nil then
-        pool:_hook_error(name, "answered " .. type(res) .. " (want true or false)")
-      end
-      arg:_done(ok and res == true)
-    end
-  end)
-  debug.sethook(co, budget_exceeded, "", budget)
-  local ok, err = coroutine.resume(co)
-  if not ok then
-    pool:_hook_error(name, err)
-    if name ~= "seed" then arg:_done(false) end
-  end
 end)
 
 -- ---- the address book (book.lua) --------------------------------------------------------
@@ -314,7 +289,12 @@ function M.new(opts)
   if math.type(interval) ~= "integer" or interval < 1 then
     error("peerpool.new: option 'address_book_interval' must be a positive integer (ms)", 2)
   end
-  local pool = c_new(engine_opts)
+  if opts.policy ~= nil and type(opts.policy) ~= "string" and type(opts.policy) ~= "table" then
+    error("peerpool.new: option 'policy' must be a path or a table of hooks (got " ..
+      type(opts.policy) .. ")", 2)
+  end
+  local made, pool = pcall(c_new, engine_opts)
+  if not made then error(pool, 2) end -- at the caller's line, not ours
   if opts.policy ~= nil then
     local ok, err = pool:load_policy(opts.policy)
     if not ok then

@@ -68,7 +68,7 @@ describe("peerpool address book", function()
       "unix:/tmp/caf\xc3\xa9-\xe2\x98\x83.sock", "unix:/tmp/\xff\xfe-not-utf8.sock",
       "unix:relative.sock", "unix:dir/relative with space.sock", "unix:#hash.sock",
       "unix:unix:prefix-in-the-path", "unix:1.2.3.4:05", "unix:[::1]x",
-      "unix:/" .. ("p"):rep(106), "unix:" .. ("r"):rep(107),
+      "unix:/" .. ("p"):rep(106), "unix:" .. ("r"):rep(105), -- (107 bytes with its "./")
     }
 
     it("brings back every address with its last_seen and source", test(function(env)
@@ -138,7 +138,7 @@ describe("peerpool address book", function()
         pool:close()
         assert.equal("# peerpool address book v2\n" ..
           "127.0.0.1:7001 1700000000000 static\n" ..
-          "unix:run/my%20app.sock 1700000000001 runtime zone=eu\n" ..
+          "./run/my%20app.sock 1700000000001 runtime zone=eu\n" ..
           "/tmp/100%25.sock 1700000000002 runtime\n", P.read(path))
       end))
 
@@ -172,11 +172,22 @@ describe("peerpool address book", function()
       assert.matches("127.0.0.1:7001 ", text, 1, true)
     end))
 
-    -- The engine names a unix socket at "127.0.0.1:6379" and the TCP peer 127.0.0.1:6379 the
-    -- same, and a peer view does not say which one it is: the book cannot tell them apart
-    -- until the engine keeps the "unix:" in such a name or the view carries the transport.
-    pending("brings back unix:127.0.0.1:6379 as a unix socket (needs the engine to tell it " ..
-      "apart from the TCP peer)")
+    it("brings back unix:127.0.0.1:6379 as a unix socket, beside the TCP peer 127.0.0.1:6379",
+      test(function(env)
+        local path = env:tmpname()
+        os.remove(path)
+        local first = env:pool { address_book = path }
+        local unix = assert(first:add_peer("unix:127.0.0.1:6379", 1700000000000))
+        assert(first:add_peer("127.0.0.1:6379", 1700000000001))
+        assert.not_equal("127.0.0.1:6379", unix)
+        first:close()
+        local again = env:pool { address_book = path }
+        assert.same({
+          { addr = unix, last_seen = 1700000000000, source = "runtime" },
+          { addr = "127.0.0.1:6379", last_seen = 1700000000001, source = "runtime" },
+        }, kept(again))
+        assert.equal(unix, peerpool._canonical("unix:127.0.0.1:6379"))
+      end))
   end)
 
   describe("bad lines", function()
@@ -193,14 +204,13 @@ describe("peerpool address book", function()
       { "127.0.0.1:7009 1700000000000", "missing source" },
       { "127.0.0.1:7009  1700000000000 static", "missing last_seen" },
       { "127.0.0.1:7009 1700000000000 static ", "empty tags field" },
-      { "nonsense 1700000000000 static",
-        "address must be host:port, [ipv6]:port or a unix socket path" },
+      { "nonsense 1700000000000 static", select(2, peerpool._canonical("nonsense")) },
       { "unix:/tmp/a%0.sock 1700000000000 static", "bad %-escape in the address" },
       { "unix:/tmp/a%00.sock 1700000000000 static", "bad %-escape in the address" },
       { "127.0.0.1:7009 1700000000000 static zone", "tag without '='" },
       { "127.0.0.1:7009 1700000000000 static a=1,a.b=2", "tag key is both a value and a table" },
       { "unix:" .. ("x"):rep(108) .. " 1700000000000 static",
-        "unix socket path is too long (at most 107 bytes)" },
+        select(2, peerpool._canonical("unix:" .. ("x"):rep(108))) },
     }
     for _, case in ipairs(CASES) do
       it("skips a line with " .. case[2], test(function(env)
@@ -455,7 +465,7 @@ describe("peerpool address book", function()
       assert.equal(0, status, err)
       assert.equal("", err)
       assert.equal("# peerpool address book v2\n127.0.0.1:7001 1700000000000 runtime\n", text)
-      assert.equal("# peerpool address book v2\nunix:run/x.sock 1700000000001 runtime\n", text2)
+      assert.equal("# peerpool address book v2\n./run/x.sock 1700000000001 runtime\n", text2)
     end)
 
     it("lets a script that closes its pool exit cleanly without running the loop again",

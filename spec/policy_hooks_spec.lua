@@ -715,6 +715,84 @@ describe("peerpool policy hooks", function()
       assert.same({ 1, 1 }, { hook_stats(p3, "handshake") })
     end))
 
+    it("a hook that catches its budget error with pcall is still stopped", test(function(env)
+      local pool = two_warm(env)
+      assert(pool:load_policy { select_peer = function()
+        while true do pcall(function() while true do end end) end
+      end })
+      serves(pool, 2)
+      assert.same({ 2, 2 }, { hook_stats(pool, "select_peer") })
+      local srv = env:node()
+      local p2 = env:pool { peers = { srv.addr }, retries = 0 }
+      assert(p2:load_policy { handshake = function()
+        while true do pcall(function() while true do end end) end
+      end })
+      assert.equal("cannot_connect", select(2, p2:acquire(srv.addr)))
+      assert.same({ 1, 1 }, { hook_stats(p2, "handshake") })
+    end))
+
+    it("coroutines a hook starts charge the same budget", test(function(env)
+      local pool = two_warm(env, { hook_budget = 1000 })
+      local spun = 0
+      assert(pool:load_policy { select_peer = function()
+        for _ = 1, 1000000 do
+          coroutine.wrap(function() for _ = 1, 300 do spun = spun + 1 end end)()
+        end
+      end })
+      serves(pool, 1)
+      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
+      assert.is_true(spun < 5000, "the hook's coroutines ran " .. spun .. " loops")
+    end))
+
+    it("a hook that allocates without bound stops at hook_memory", test(function(env)
+      local pool = two_warm(env, { hook_budget = 100000000, hook_memory = 1024 * 1024 })
+      local logged = {}
+      peerpool.on_error(function(msg) logged[#logged + 1] = msg end)
+      assert(pool:load_policy { select_peer = function()
+        local t = {}
+        for i = 1, 1e8 do t[i] = { i } end
+        return t[1]
+      end })
+      local before = collectgarbage("count")
+      serves(pool, 1)
+      peerpool.on_error(nil)
+      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
+      assert.matches("not enough memory", logged[1] or "", 1, true)
+      assert.is_true(collectgarbage("count") - before < 8 * 1024, "the hook grew the heap")
+    end))
+
+    it("refuses os.exit, io.read, debug.sethook and binary chunks inside a hook",
+      test(function(env)
+        local pool = two_warm(env)
+        local results = {}
+        assert(pool:load_policy { select_peer = function()
+          for name, fn in pairs {
+            exit = function() os.exit(3) end,
+            read = function() return io.read("l") end,
+            lines = function() return io.lines()() end,
+            sethook = function() debug.sethook() end,
+            binary = function() return assert(load(string.dump(function() end))) end,
+            stop = function() collectgarbage("stop") end,
+            popen = function() return io.popen("true") end,
+          } do
+            local ok, err = pcall(fn)
+            results[name] = not ok and err or "allowed"
+          end
+          local chunk = load("return 1 + 1") -- text chunks are fine
+          results.text = chunk and chunk()
+          return 1
+        end })
+        serves(pool, 1)
+        for _, name in ipairs { "exit", "read", "lines", "sethook", "stop", "popen" } do
+          assert.matches("not available inside a policy hook", results[name], 1, true)
+        end
+        assert.matches("attempt to load a binary chunk", results.binary, 1, true)
+        assert.equal(2, results.text)
+        assert.is_true(collectgarbage("isrunning"))
+        assert.is_function(debug.sethook) -- outside hooks everything is as it was
+        assert.is_function(load(string.dump(function() end)))
+      end))
+
     it("a synchronous hook that yields is cut off", test(function(env)
       local pool = two_warm(env)
       assert(pool:load_policy { select_peer = function() coroutine.yield() return 1 end })

@@ -5,7 +5,8 @@
 --   it("...", H.test(function(env) ... end))
 --
 -- env:pool(opts)         peerpool.new(opts), closed at the end of the test
--- env:echo() / env:line() / env:refused() / env:closer() / env:slow(ms) / env:blackhole()
+-- env:echo() / env:line() / env:refused() / env:closer() / env:slow(ms) / env:blackhole() /
+-- env:deaf()
 --                        servers (spec/support/servers.lua), closed at the end of the test
 -- H.sleep(ms)            yield the running coroutine for ms
 -- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
@@ -77,7 +78,7 @@ function Env:add(srv)
   return srv
 end
 
-for _, name in ipairs { "echo", "line", "refused", "closer", "slow", "unix_echo" } do
+for _, name in ipairs { "echo", "line", "refused", "closer", "slow", "unix_echo", "deaf" } do
   Env[name] = function(self, ...) return self:add(servers[name](...)) end
 end
 

@@ -9,6 +9,7 @@
 #include <luv/luv.h>
 
 #include "lpeerpool.h"
+#include "book_lua.h"     /* generated from bindings/book.lua */
 #include "peerpool_lua.h" /* generated from bindings/peerpool.lua */
 
 static const char state_key = 's';
@@ -345,6 +346,8 @@ static const luaL_Reg module_fns[] = {
 
 static const char module_key = 'm';
 
+int lpp_book_open(lua_State *L); /* lbook.c: the address book's C functions */
+
 int luaopen_peerpool(lua_State *L) {
   /* Required again (busted clears package.loaded): the same module, set up once per state. */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &module_key) == LUA_TTABLE) return 1;
@@ -407,7 +410,8 @@ int luaopen_peerpool(lua_State *L) {
   lua_setfield(L, -2, "_scripts_dir");
 #endif
 
-  /* The Lua half: peerpool.new, pool:with, peerpool.run, metrics... */
+  /* The Lua half: peerpool.new, pool:with, peerpool.run, metrics... and the address book,
+   * handed over as its chunk and lbook.c's functions. */
   if (luaL_loadbuffer(L, (const char *)peerpool_lua, sizeof(peerpool_lua), "=peerpool.lua") !=
       LUA_OK)
     return lua_error(L);
@@ -416,7 +420,10 @@ int luaopen_peerpool(lua_State *L) {
   luaL_getmetatable(L, LPP_CONN);
   luaL_getmetatable(L, LPP_NOTICE);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
-  lua_call(L, 5, 0);
+  if (luaL_loadbuffer(L, (const char *)book_lua, sizeof(book_lua), "=book.lua") != LUA_OK)
+    return lua_error(L);
+  lpp_book_open(L);
+  lua_call(L, 7, 0);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &module_key);
   return 1;

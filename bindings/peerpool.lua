@@ -1,6 +1,8 @@
 -- The Lua half of the peerpool module, compiled into peerpool.so and run by luaopen_peerpool:
 -- what is clearer in Lua than in C (pool:with, peerpool.run, pool:metrics).
-local M, pool_mt, _, _, uv = ... -- (the conn and notice metatables are not needed here)
+-- (the conn and notice metatables are not needed here; book.lua's chunk and lbook.c's
+-- functions make the address book)
+local M, pool_mt, _, _, uv, book_chunk, book_c = ...
 local pool_methods = pool_mt.__index
 
 local pack, unpack = table.pack, table.unpack
@@ -248,76 +250,15 @@ M._set_seed_ctx(function(pool, wanted)
   return ctx
 end)
 
--- ---- the address book ------------------------------------------------------------------------
+-- ---- the address book (book.lua) --------------------------------------------------------
 
-local books = setmetatable({}, { __mode = "k" }) -- pool -> { path, timer }
-
-local function save_book(pool, path)
-  local lines = {}
-  for _, p in ipairs(pool:peers()) do
-    if p.state ~= "burned" then
-      lines[#lines + 1] = string.format("%s %d %s", p.addr, p.last_seen, p.source or "runtime")
-    end
-  end
-  table.sort(lines)
-  local tmp = path .. ".tmp"
-  local fd, err = uv.fs_open(tmp, "w", 420) -- 0644
-  if not fd then return nil, err end
-  local data = "# peerpool address book: addr last_seen_ms source\n"
-    .. table.concat(lines, "\n") .. "\n"
-  local ok, werr = uv.fs_write(fd, data, 0)
-  if ok then ok, werr = uv.fs_fsync(fd) end
-  uv.fs_close(fd)
-  if not ok then uv.fs_unlink(tmp); return nil, werr end
-  local rok, rerr = uv.fs_rename(tmp, path)
-  if not rok then return nil, rerr end
-  return true
-end
-
--- Read the book into the pool. A corrupt book is reported, moved aside, and the pool starts
--- empty.
-local function load_book(pool, path)
-  local f = io.open(path, "r")
-  if not f then return true end
-  local entries, bad = {}, nil
-  local n = 0
-  for line in f:lines() do
-    n = n + 1
-    if line ~= "" and not line:match("^#") then
-      local addr, seen, source = line:match("^(%S+)%s+(%d+)%s*(%S*)%s*$")
-      if not addr then bad = "line " .. n .. " is not 'addr last_seen [source]'"; break end
-      entries[#entries + 1] =
-        { addr, math.tointeger(tonumber(seen)), source ~= "" and source or "book" }
-    end
-  end
-  f:close()
-  if not bad then -- check every address before adding any: a corrupt book adds nothing
-    for _, e in ipairs(entries) do
-      local ok, why = M._canonical(e[1])
-      if not ok then bad = "bad address " .. e[1] .. ": " .. tostring(why); break end
-    end
-  end
-  if bad then
-    local aside = path .. ".corrupt-" .. os.time()
-    os.rename(path, aside)
-    io.stderr:write("peerpool: address book ", path, " is corrupt (", bad, "); moved to ",
-      aside, ", starting empty\n")
-    return nil, bad
-  end
-  for _, e in ipairs(entries) do pool:_add_peer(e[1], e[2], nil, e[3]) end
-  return true
-end
+local book = book_chunk(M, uv, book_c)
 
 local c_close = pool_methods.close
 --- pool:close(): also saves the address book, if the pool has one.
 function pool_methods:close()
   check_pool(self, "close")
-  local book = books[self]
-  if book then
-    books[self] = nil
-    local ok, err = save_book(self, book.path)
-    if not ok then io.stderr:write("peerpool: saving ", book.path, ": ", tostring(err), "\n") end
-  end
+  book.close(self)
   return c_close(self)
 end
 pool_mt.__close = function(self) return pool_methods.close(self) end
@@ -368,18 +309,7 @@ function M.new(opts)
       error("peerpool.new: peers[" .. i .. "]: " .. tostring(why), 2)
     end
   end
-  if opts.address_book then
-    local path = opts.address_book
-    load_book(pool, path)
-    local weak = setmetatable({ pool = pool }, { __mode = "v" })
-    pool:_every(interval, function()
-      local p = weak.pool
-      if not p then return end
-      local ok, err = save_book(p, path)
-      if not ok then io.stderr:write("peerpool: saving ", path, ": ", tostring(err), "\n") end
-    end)
-    books[pool] = { path = path }
-  end
+  if opts.address_book then book.open(pool, opts.address_book, interval) end
   return pool
 end
 

@@ -104,12 +104,13 @@ function Env:cleanup()
   for _, srv in ipairs(self.servers) do srv:close() end
 end
 
--- Turn the loop until it has nothing left to do (close callbacks run); false if it never
--- settles.
+-- Turn the loop until it has nothing left to do (close callbacks run, file requests on
+-- libuv's thread pool come back); false if it does not settle within about 2 s.
 function H.drain()
-  for _ = 1, 500 do
+  for i = 1, 2000 do
     if not uv.loop_alive() then return true end
     uv.run("nowait")
+    if i > 50 then uv.sleep(1) end -- a request on the thread pool needs time, not turns
   end
   return not uv.loop_alive()
 end

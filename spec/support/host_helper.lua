@@ -118,6 +118,14 @@ function T.run(fn, ms)
   if not ok then error(err, 0) end
 end
 
+--- The whole content of a file (fails the test when it cannot be read).
+function T.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 local tmp_count = 0
 --- A fresh directory under /tmp (short: unix socket paths are limited to 107 bytes).
 function T.tmpdir()
@@ -179,6 +187,7 @@ function T.spawn(args, opts)
     error("cannot run " .. cmd .. ": " .. tostring(perr), 2)
   end
   p.handle = handle
+  p.pid = handle:get_pid()
   p.stdout:read_start(function(_, data)
     if data then p.out = p.out .. data else p.stdout:read_stop(); p.out_closed = true end
   end)

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,8 @@
 
 #include "host.h"
 #include "peerpool.h" /* PP_VERSION_STRING only: the program reaches the engine through Lua */
-#include "peerpool_repl_lua.h" /* generated from bindings/host/repl.lua */
+#include "peerpool_repl_frames_lua.h" /* generated from bindings/host/repl_frames.lua */
+#include "peerpool_repl_lua.h"        /* generated from bindings/host/repl.lua */
 #include "term.h"
 
 #ifndef PP_INSTALL_CMOD_DIR
@@ -326,6 +328,15 @@ static int l_probe_socket(lua_State *L) {
   return 2;
 }
 
+/* hung_up(fd): true when the peer of a connected socket is gone — it closed its end (both
+ * directions are shut: POLLHUP) or an error is pending; false while it may still read what is
+ * sent to it, e.g. `peerpool attach` on a pipe, which shuts down only its sending side. */
+static int l_hung_up(lua_State *L) {
+  struct pollfd p = {(int)luaL_checkinteger(L, 1), 0, 0};
+  lua_pushboolean(L, poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0);
+  return 1;
+}
+
 static const luaL_Reg host_fns[] = {
     {"write", l_write},
     {"prompt", l_prompt},
@@ -334,6 +345,7 @@ static const luaL_Reg host_fns[] = {
     {"quit", l_quit},
     {"umask", l_umask},
     {"probe_socket", l_probe_socket},
+    {"hung_up", l_hung_up},
     {NULL, NULL},
 };
 
@@ -602,7 +614,13 @@ static int load_core(lua_State *L, const char *socket_path) {
   }
   luaL_newlib(L, host_fns);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
-  if (docall(L, 2, 1, "REPL") != LUA_OK) return -1;
+  if (luaL_loadbuffer(L, (const char *)peerpool_repl_frames_lua, sizeof(peerpool_repl_frames_lua),
+                      "=peerpool/repl_frames") != LUA_OK) {
+    report("REPL", lua_tostring(L, -1));
+    return -1;
+  }
+  if (docall(L, 0, 1, "REPL") != LUA_OK) return -1;
+  if (docall(L, 3, 1, "REPL") != LUA_OK) return -1;
   lua_pushliteral(L, PP_VERSION_STRING);
   lua_setfield(L, -2, "version");
   const char *limit = getenv("PEERPOOL_REPL_BLOCK_MS");
@@ -615,7 +633,7 @@ static int load_core(lua_State *L, const char *socket_path) {
 
   /* require "peerpool.host": what a script may want to know about its host. */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushliteral(L, PP_VERSION_STRING);
   lua_setfield(L, -2, "version");
   lua_pushboolean(L, host.repl);
@@ -630,6 +648,8 @@ static int load_core(lua_State *L, const char *socket_path) {
   lua_setfield(L, -2, "pretty");
   lua_getfield(L, -3, "print");
   lua_setfield(L, -2, "print");
+  lua_getfield(L, -3, "limits");
+  lua_setfield(L, -2, "repl_limits");
   lua_setfield(L, -2, "peerpool.host");
   lua_pop(L, 1);
 
@@ -668,8 +688,7 @@ static void close_down(lua_State *L) {
   if (host.term) term_close();
   host.term = 0;
   close_handles();
-  if (luaL_loadbuffer(L, close_pools_lua, sizeof(close_pools_lua) - 1, "=peerpool/close") ==
-      LUA_OK)
+  if (luaL_loadbuffer(L, close_pools_lua, sizeof(close_pools_lua) - 1, "=peerpool/close") == LUA_OK)
     docall(L, 0, 0, "closing the pools");
   else
     lua_pop(L, 1);

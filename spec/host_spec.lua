@@ -108,6 +108,34 @@ describe("peerpool (host program)", function()
     end)
   end)
 
+  it("walks only luv's handles (uv.walk), with a pool and its conns open", function()
+    T.run(function()
+      local dir = T.tmpdir()
+      local path = script(dir, "walk.lua", [[
+        local uv = require "luv"
+        local peerpool = require "peerpool"
+        local server = uv.new_tcp()
+        assert(server:bind("127.0.0.1", 0))
+        server:listen(8, function()
+          local c = uv.new_tcp()
+          server:accept(c)
+        end)
+        local pool = peerpool.new {}
+        local peer = pool:add_peer("127.0.0.1:" .. server:getsockname().port)
+        peerpool.run(function() assert(pool:acquire(peer)) end)
+        local t = uv.new_timer()
+        t:start(60000, 0, function() end)
+        uv.walk(function(h) print("walk", (h:get_type())) end)
+        uv.walk(function(h) if not h:is_closing() then h:close() end end)
+        pool:close()
+      ]])
+      local p = T.spawn { T.peerpool, path }
+      assert.equal(0, (p:wait()))
+      assert.equal("walk\ttcp\nwalk\ttcp\nwalk\ttimer\n", p.out)
+      assert.equal("", p.err)
+    end)
+  end)
+
   -- A pool with an address book and a timer that would keep the program up for a minute.
   local SIGNALLED = [[
     local uv = require "luv"

@@ -187,13 +187,16 @@ static int l_run(lua_State *L) {
   return lua_gettop(L);
 }
 
-/* uv.walk(fn) as scripts see it. luv's walk asserts that every handle on the loop is one of
- * its own, and the host's (signals, the terminal) are not: they are left out. */
+/* uv.walk(fn) as scripts see it. luv's walk takes every handle on the loop for one of its own
+ * (and asserts so): the host's (signals, the terminal) and the engine's are not, and are left
+ * out — a luv handle's data is a luv_handle_t naming luv's context; the engine's handles point
+ * at its conns and pools, larger structs where that field holds something else. */
 static void walk_cb(uv_handle_t *h, void *arg) {
   lua_State *L = arg;
   const char *at = (const char *)h;
   luv_handle_t *data = h->data;
-  if ((at >= (const char *)&host && at < (const char *)(&host + 1)) || data == NULL) return;
+  if (at >= (const char *)&host && at < (const char *)(&host + 1)) return;
+  if (data == NULL || data->ctx != host.luv) return;
   lua_pushvalue(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, data->ref); /* the handle's userdata, as luv finds it */
   host.luv->cb_pcall(L, 1, 0, 0);

@@ -172,7 +172,9 @@ function Session.new(io, interactive, name)
   next_id = next_id + 1
   local s = setmetatable({
     id = next_id, io = io, interactive = interactive, name = name or ("session " .. next_id),
-    queue = {}, queued = 0, errors = 0, detached = setmetatable({}, { __mode = "k" }),
+    -- lines waiting for the running one: queue[qhead..qtail], queued bytes (newlines too)
+    queue = {}, qhead = 1, qtail = 0, queued = 0,
+    errors = 0, detached = setmetatable({}, { __mode = "k" }),
   }, Session)
   sessions[s] = true
   return s
@@ -338,9 +340,10 @@ end
 
 -- Run queued lines until one yields; then show the prompt, or end the session at EOF.
 function Session:pump()
-  while not self.busy and not self.closed and #self.queue > 0 do
-    local line = table.remove(self.queue, 1)
-    self.queued = self.queued - #line
+  while not self.busy and not self.closed and self.qhead <= self.qtail do
+    local line = self.queue[self.qhead]
+    self.queue[self.qhead], self.qhead = nil, self.qhead + 1
+    self.queued = self.queued - #line - 1
     self:line(line)
   end
   if self.closed then return end
@@ -369,8 +372,9 @@ function Session:feed(line)
     self.watch_stop()
     return
   end
-  self.queue[#self.queue + 1] = line
-  self.queued = self.queued + #line
+  self.qtail = self.qtail + 1
+  self.queue[self.qtail] = line
+  self.queued = self.queued + #line + 1
   if not self.busy then self:pump() end
 end
 
@@ -382,7 +386,7 @@ end
 -- and its results are shown when it ends); else drop an unfinished chunk.
 function Session:interrupt()
   if self.closed then return end
-  self.queue, self.queued = {}, 0
+  self.queue, self.qhead, self.qtail, self.queued = {}, 1, 0, 0
   if self.watch_stop then
     self.watch_stop()
     return

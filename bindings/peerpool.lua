@@ -18,8 +18,9 @@ local function check_pool(self, fname, open)
 end
 
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
--- end the lease whatever happens: released when fn returns, closed (released as broken, since
--- the protocol state is unknown) when fn raises, and the error is raised again. Returns what
+-- end the lease whatever happens: released when fn returns, closed (the protocol state is
+-- unknown; the peer is not blamed for the program's error) when fn raises, and the error is
+-- raised again. Returns what
 -- fn returns, or nil, code, detail when the acquire fails.
 function pool_methods:with(peer, fn, opts)
   check_pool(self, "with", true)

@@ -1012,7 +1012,7 @@ describe("peerpool policy hooks", function()
       local spare = assert(pool:acquire(srv.addr))
       for _ = 1, 2 do
         local conn = assert(pool:acquire(srv.addr))
-        conn:close() -- released as broken: a failure in use
+        conn:close("broken") -- the verdict: a failure in use
       end
       spare:release() -- back while its peer cools down: closed
       local view = pool:peer(srv.addr)
@@ -1038,7 +1038,7 @@ describe("peerpool policy hooks", function()
       local retries = {}
       for i = 1, 3 do
         local conn = assert(pool:acquire(srv.addr))
-        conn:close()
+        conn:close("broken")
         retries[i] = pool:peer(srv.addr).retry_in_ms
       end
       assert.is_true(retries[1] > 50 and retries[1] <= 100, tostring(retries[1]))
@@ -1053,7 +1053,7 @@ describe("peerpool policy hooks", function()
         local pool = env:pool { peers = { bad.addr, good.addr }, eject_after = 1,
           eject_time = 5000 }
         local conn = assert(pool:acquire(bad.addr))
-        conn:close()
+        conn:close("broken")
         for _ = 1, 4 do
           conn = assert(pool:acquire())
           assert.equal(good.addr, conn.peer)

@@ -50,8 +50,9 @@ for f in "$includedir/peerpool.h" "$libdir/libpeerpool.a" "$libdir/libpeerpool.s
          "$libdir/cmake/peerpool/peerpoolConfigVersion.cmake"; do
   [ -f "$f" ] || fail "not installed: $f"
 done
-[ -L "$libdir/libpeerpool.so" ] && [ -L "$libdir/libpeerpool.so.0" ] ||
+if [ ! -L "$libdir/libpeerpool.so" ] || [ ! -L "$libdir/libpeerpool.so.0" ]; then
   fail "libpeerpool.so and libpeerpool.so.0 should be links to the versioned file"
+fi
 real=$(readlink -f "$libdir/libpeerpool.so")
 case "$real" in */libpeerpool.so.0.*.*) ;; *) fail "libpeerpool.so resolves to $real" ;; esac
 soname=$(readelf -d "$real" | sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p')
@@ -61,10 +62,10 @@ soname=$(readelf -d "$real" | sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p')
 nm -D --defined-only "$real" | awk '{print $NF}' | sort >"$tmp/exported"
 nm -g --defined-only "$libdir/libpeerpool.a" | awk 'NF == 3 {print $3}' |
   grep '^pp_[^_]' | sort >"$tmp/public"
-leaked=$(grep -v '^pp_[a-z]' "$tmp/exported" || true)
-[ -z "$leaked" ] || fail "libpeerpool.so exports non-API symbols:" $leaked
-missing=$(comm -13 "$tmp/exported" "$tmp/public")
-[ -z "$missing" ] || fail "libpeerpool.so does not export:" $missing
+leaked=$(grep -v '^pp_[a-z]' "$tmp/exported" | tr '\n' ' ' || true)
+[ -z "$leaked" ] || fail "libpeerpool.so exports non-API symbols: $leaked"
+missing=$(comm -13 "$tmp/exported" "$tmp/public" | tr '\n' ' ')
+[ -z "$missing" ] || fail "libpeerpool.so does not export: $missing"
 grep -qx pp_pool_new "$tmp/exported" || fail "libpeerpool.so exports no pp_pool_new"
 
 # The echo peer hello talks to.
@@ -96,8 +97,9 @@ loads() {
   bin=$2
   shift 2
   got=$(env "$@" ldd "$bin" | sed -n 's/^[[:space:]]*libpeerpool\.so\.0 => \([^ ]*\).*/\1/p')
-  [ -n "$got" ] && [ "$(readlink -f "$got")" = "$real" ] ||
+  if [ -z "$got" ] || [ "$(readlink -f "$got")" != "$real" ]; then
     fail "$name loads libpeerpool.so.0 from '$got', not $libdir"
+  fi
 }
 
 # 3–4a. pkg-config.
@@ -108,11 +110,13 @@ loads hello_pc "$tmp/hello_pc" LD_LIBRARY_PATH="$libdir"
 run hello_pc "$tmp/hello_pc" LD_LIBRARY_PATH="$libdir"
 
 # 3–4b. find_package(peerpool), shared and static; no LD_LIBRARY_PATH.
-"$cmake" -S "$src/examples/install" -B "$tmp/cmake" -DCMAKE_PREFIX_PATH="$prefix" \
-  -DCMAKE_C_COMPILER="$cc" -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" \
-  -DCMAKE_BUILD_TYPE=Debug >"$tmp/cmake.log" 2>&1 &&
-  "$cmake" --build "$tmp/cmake" >>"$tmp/cmake.log" 2>&1 ||
-  { cat "$tmp/cmake.log" >&2; fail "the find_package build failed"; }
+if ! "$cmake" -S "$src/examples/install" -B "$tmp/cmake" -DCMAKE_PREFIX_PATH="$prefix" \
+       -DCMAKE_C_COMPILER="$cc" -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" \
+       -DCMAKE_BUILD_TYPE=Debug >"$tmp/cmake.log" 2>&1 ||
+   ! "$cmake" --build "$tmp/cmake" >>"$tmp/cmake.log" 2>&1; then
+  cat "$tmp/cmake.log" >&2
+  fail "the find_package build failed"
+fi
 found=$(sed -n 's/^peerpool_DIR:PATH=//p' "$tmp/cmake/CMakeCache.txt")
 [ "$found" = "$libdir/cmake/peerpool" ] || fail "find_package found peerpool in '$found'"
 loads hello_shared "$tmp/cmake/hello_shared" -u LD_LIBRARY_PATH

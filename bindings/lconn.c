@@ -441,6 +441,12 @@ static void on_io_timeout(uv_timer_t *timer) {
 
 static int l_receive(lua_State *L) {
   lpp_conn_t *c = lpp_check_conn(L, 1);
+  if (c->co_ref != LUA_NOREF) { /* a waiter whose coroutine was closed waits no more */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
+    int alive = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
+    lua_pop(L, 1);
+    if (!alive) stop_waiting(L, c);
+  }
   luaL_argcheck(L, c->co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
   c->want_kind = 'l';
   if (lua_type(L, 2) == LUA_TNUMBER) {

@@ -243,10 +243,13 @@ void lpp_hook_run_end(lua_State *L, lua_State *co, int run_idx, int status, int 
   lpp_conn_t *c = luaL_testudata(L, -1, LPP_CONN);
   int ok = 0;
   if (status != LUA_OK) {
+    int top = lua_gettop(L);
     const char *msg = lua_tostring(co, -1);
-    luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+    if (msg == NULL)
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
+    luaL_traceback(L, co, msg, 0);
     if (p) lpp_hook_error(p, run->hook, lua_tostring(L, -1));
-    lua_pop(L, 1);
+    lua_settop(L, top);
     lua_resetthread(co);
   } else if (run->hook != LPP_HOOK_SEED) {
     int t = nres > 0 ? lua_type(co, -nres) : LUA_TNIL;

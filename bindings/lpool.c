@@ -265,6 +265,12 @@ static int close_pool(lua_State *L, lpp_pool_t *p) {
   return 0;
 }
 
+/* pool:_closed(): whether the pool is closed (for methods written in Lua). */
+static int l_closed(lua_State *L) {
+  lua_pushboolean(L, ((lpp_pool_t *)luaL_checkudata(L, 1, LPP_POOL))->pool == NULL);
+  return 1;
+}
+
 static int l_tostring(lua_State *L) {
   lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
   if (p->pool == NULL) {
@@ -459,10 +465,11 @@ static int l_stats(lua_State *L) {
   F(active)
   F(connecting)
   F(waiters)
-  F(peers) F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out)
-      F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken)
-          F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in)
-              F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds) F(policy_errors)
+  F(peers)
+  F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy)
+      F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
+          F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
+              F(pings_failed) F(ejections) F(seeds) F(policy_errors)
 #undef F
                   lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");
@@ -624,11 +631,17 @@ int lpp_l_pools(lua_State *L) {
 }
 
 static const luaL_Reg pool_methods[] = {
-    {"add_peer", l_add_peer}, {"_add_peer", l_add_peer_from},
-    {"acquire", l_acquire},   {"stats", l_stats},
-    {"_every", l_every},      {"peers", l_peers},
-    {"peer", l_peer},         {"on", l_on},
-    {"close", l_close},       {NULL, NULL},
+    {"add_peer", l_add_peer},
+    {"_add_peer", l_add_peer_from},
+    {"acquire", l_acquire},
+    {"stats", l_stats},
+    {"_every", l_every},
+    {"peers", l_peers},
+    {"peer", l_peer},
+    {"on", l_on},
+    {"close", l_close},
+    {"_closed", l_closed},
+    {NULL, NULL},
 };
 
 void lpp_pool_open(lua_State *L) {

@@ -8,11 +8,13 @@ local pool_methods = pool_mt.__index
 local pack, unpack = table.pack, table.unpack
 
 -- Methods written here check their self the way luaL_checkudata does in the C ones.
-local function check_pool(self, fname)
+-- `open`: the pool must not be closed (as for the C methods).
+local function check_pool(self, fname, open)
   if getmetatable(self) ~= pool_mt then
     local got = type(self) == "userdata" and tostring(self):match("^[%w._]+") or type(self)
     error(string.format("bad argument #1 to '%s' (peerpool.pool expected, got %s)", fname, got), 3)
   end
+  if open and self:_closed() then error("attempt to use a closed pool", 3) end
 end
 
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
@@ -20,7 +22,7 @@ end
 -- the protocol state is unknown) when fn raises, and the error is raised again. Returns what
 -- fn returns, or nil, code, detail when the acquire fails.
 function pool_methods:with(peer, fn, opts)
-  check_pool(self, "with")
+  check_pool(self, "with", true)
   if type(peer) == "function" then peer, fn, opts = nil, peer, fn end
   if type(fn) ~= "function" then
     error("bad argument #2 to 'with' (function expected, got " .. type(fn) .. ")", 2)
@@ -120,9 +122,15 @@ end
 --- pool:metrics([labels]): the pool's stats as Prometheus text exposition; `labels` (a table of
 -- name = value) is added to every sample, e.g. { pool = "redis" }.
 function pool_methods:metrics(labels)
-  check_pool(self, "metrics")
+  check_pool(self, "metrics", true)
   if labels ~= nil and type(labels) ~= "table" then
     error("bad argument #1 to 'metrics' (table of labels expected, got " .. type(labels) .. ")", 2)
+  end
+  for k in pairs(labels or {}) do
+    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") or k:match("^__") then
+      error("bad argument #1 to 'metrics' (label name " .. string.format("%q", tostring(k)) ..
+        " is not a Prometheus label name: [a-zA-Z_][a-zA-Z0-9_]*, not starting with __)", 2)
+    end
   end
   local s = self:stats()
   local out = {}
@@ -207,7 +215,7 @@ end
 --- pool:load_policy(path_or_table): swap the whole policy at once; conns are untouched.
 -- Returns true, or nil and a message (the previous policy stays active).
 function pool_methods:load_policy(source)
-  check_pool(self, "load_policy")
+  check_pool(self, "load_policy", true)
   if type(source) ~= "string" and type(source) ~= "table" then
     error("bad argument #1 to 'load_policy' (path or table expected, got " .. type(source) .. ")",
       2)
@@ -281,6 +289,11 @@ function M.new(opts)
   end
   if opts.peers ~= nil and type(opts.peers) ~= "table" then
     error("peerpool.new: option 'peers' must be a list of addresses", 2)
+  end
+  for i, addr in ipairs(opts.peers or {}) do
+    if type(addr) ~= "string" then
+      error("peerpool.new: peers[" .. i .. "] must be an address (string), got " .. type(addr), 2)
+    end
   end
   if opts.address_book ~= nil and type(opts.address_book) ~= "string" then
     error("peerpool.new: option 'address_book' must be a path", 2)

@@ -323,6 +323,14 @@ describe("peerpool.conn", function()
       assert.matches("conn:receive() must run inside a coroutine", res[2], nil, true)
     end))
 
+    it("waits again once the coroutine that was receiving has been closed", test(function(env)
+      local conn = setup(env, { io_timeout = 100 }, "deaf")
+      local reader = peerpool.spawn(function() return conn:receive() end) -- waits
+      assert(coroutine.close(reader))
+      assert.same({ n = 3, nil, "timeout", "" }, pack(conn:receive()))
+      conn:close()
+    end))
+
     it("raises when another coroutine is already receiving on the conn", test(function(env)
       local conn = setup(env)
       local first

@@ -155,6 +155,15 @@ describe("peerpool", function()
         (err:gsub("^.*/spec/", "spec/")))
     end)
 
+    it("raises naming a peers entry that is not an address, and leaves no pool open", function()
+      local before = #peerpool.pools()
+      assert.has_error(function() peerpool.new { peers = { "127.0.0.1:1", {} } } end,
+        "peerpool.new: peers[2] must be an address (string), got table")
+      assert.has_error(function() peerpool.new { policy = 42 } end,
+        "peerpool.new: option 'policy' must be a path or a table of hooks (got number)")
+      assert.equal(before, #peerpool.pools())
+    end)
+
     it("raises naming an option of the wrong type", function()
       assert.has_error(function() peerpool.new { max_per_peer = "4" } end,
         "peerpool.new: option 'max_per_peer' must be an integer (got string)")

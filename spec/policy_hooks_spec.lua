@@ -715,6 +715,19 @@ describe("peerpool policy hooks", function()
       assert.same({ 1, 1 }, { hook_stats(p3, "handshake") })
     end))
 
+    it("a hook that raises a table is reported by the table's type", test(function(env)
+      local srv = env:node()
+      local pool = env:pool { peers = { srv.addr }, retries = 0 }
+      local logged = {}
+      peerpool.on_error(function(msg) logged[#logged + 1] = msg end)
+      assert(pool:load_policy { handshake = function() error({ code = 7 }) end })
+      local _, code = pool:acquire(srv.addr)
+      peerpool.on_error(nil)
+      assert.equal("cannot_connect", code)
+      assert.matches("policy hook handshake (table) failed: (error object is a table value)",
+        logged[1], 1, true)
+    end))
+
     it("a hook that catches its budget error with pcall is still stopped", test(function(env)
       local pool = two_warm(env)
       assert(pool:load_policy { select_peer = function()

@@ -723,6 +723,12 @@ describe("peerpool.pool", function()
       local pool = env:pool()
       assert.error_matches(function() pool:metrics("redis") end,
         "bad argument #1 to 'metrics' (table of labels expected, got string)", nil, true)
+      assert.error_matches(function() pool:metrics({ "x", y = "z" }) end,
+        "bad argument #1 to 'metrics' (label name \"1\" is not a Prometheus label name", nil, true)
+      assert.error_matches(function() pool:metrics({ ["bad name"] = 1 }) end,
+        "bad argument #1 to 'metrics' (label name \"bad name\" is not", nil, true)
+      pool:close()
+      assert.error_matches(function() pool:metrics() end, "attempt to use a closed pool", nil, true)
     end))
   end)
 

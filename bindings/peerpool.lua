@@ -214,7 +214,7 @@ local function policy_from(source)
 end
 
 --- pool:load_policy(path_or_table): swap the whole policy at once; conns are untouched.
--- Returns true, or nil and a message (the previous policy stays active).
+-- Returns true, or nil, "invalid", message (the previous policy stays active).
 function pool_methods:load_policy(source)
   check_pool(self, "load_policy", true)
   if type(source) ~= "string" and type(source) ~= "table" then
@@ -222,7 +222,7 @@ function pool_methods:load_policy(source)
       2)
   end
   local tbl, name = policy_from(source)
-  if not tbl then return nil, name end
+  if not tbl then return nil, M.errors.invalid, name end
   if tbl.name and tbl.name ~= name then name = tbl.name .. " (" .. name .. ")" end
   return self:_set_policy(tbl, name)
 end
@@ -310,7 +310,7 @@ function M.new(opts)
   local made, pool = pcall(c_new, engine_opts)
   if not made then error(pool, 2) end -- at the caller's line, not ours
   if opts.policy ~= nil then
-    local ok, err = pool:load_policy(opts.policy)
+    local ok, _, err = pool:load_policy(opts.policy)
     if not ok then
       c_close(pool)
       error("peerpool.new: " .. err, 2)

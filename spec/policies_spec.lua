@@ -169,7 +169,8 @@ describe("peerpool.policies", function()
       end
     end)
 
-    it("makes load_policy answer nil, 'invalid', err for a script that gives a bad option", test(function(env)
+    it("makes load_policy answer nil, 'invalid', err for a script that gives a bad option",
+      test(function(env)
       local pool = env:pool()
       local path = env:tmpname()
       P.write(path, 'local b = require "peerpool.policies.backoff_fixed"\n' ..

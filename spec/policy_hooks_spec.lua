@@ -65,7 +65,8 @@ describe("peerpool policy hooks", function()
     it("refuses a key that is not a hook, naming it; the old policy stays", test(function(env)
       local pool = env:pool()
       assert.is_true(pool:load_policy { name = "old" })
-      assert.same({ n = 3, nil, "invalid", "policy.selct_peer is not a hook (" .. HOOK_LIST .. ")" },
+      assert.same(
+        { n = 3, nil, "invalid", "policy.selct_peer is not a hook (" .. HOOK_LIST .. ")" },
         pack(pool:load_policy { selct_peer = function() end }))
       assert.same({ n = 3, nil, "invalid", "policy.new is not a hook (" .. HOOK_LIST .. ")" },
         pack(pool:load_policy { new = function() end }))
@@ -84,7 +85,7 @@ describe("peerpool policy hooks", function()
         assert.equal("built-in", pool:stats().policy)
       end))
 
-    it("answers nil, 'invalid', err for a script with a syntax error, and the old policy stays active",
+    it("answers nil, 'invalid', err for a script with a syntax error; the old policy stays active",
       test(function(env)
         local srvs = env:many(2)
         local pool = env:pool { peers = addrs_of(srvs) }

@@ -479,7 +479,8 @@ struct pp_lease_s {
                       for a peer backing off); with a local resource error: that error */
   /* private */
   pp_cause_t why_;
-  uint64_t since_; /* loop ms when it started waiting */
+  uint64_t since_;     /* loop ms when it started waiting */
+  pp_peer_t *tried_;   /* for any peer: the peer whose dial for it failed last */
   pp_pool_t *pool_;
   pp_peer_t *want_;
   pp_conn_t *dial_;

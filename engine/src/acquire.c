@@ -141,7 +141,12 @@ void pp__fail_hopeless_waiters(pp_pool_t *pool) {
   if (pool->any_waiters.count == 0 || pool->policy.seed || pp__any_peer_could_serve(pool)) return;
   pp_peer_t *telling;
   int code = pp__any_fail_code(pool, &telling);
-  fail_queue(pool, &pool->any_waiters, code, telling);
+  pp_lease_t *lease;
+  while ((lease = queue_first(&pool->any_waiters, false)) != NULL) {
+    /* The peer its own dial failed on tells most (burned, say), if it still cannot serve. */
+    int own = lease->tried_ ? pp__peer_fail_code(lease->tried_) : 0;
+    pp__lease_fail(lease, own ? own : code, own ? lease->tried_ : telling);
+  }
 }
 
 void pp__dial_failed(pp_conn_t *conn, int status) {
@@ -153,6 +158,7 @@ void pp__dial_failed(pp_conn_t *conn, int status) {
      * frees or a dial of another peer (pp__capacity_opened), and fails only when no peer
      * can serve (pp__fail_hopeless_waiters). */
     owner->dial_ = NULL;
+    owner->tried_ = conn->peer;
     conn->owner = NULL;
     pool->dial_owners--;
     return;
@@ -314,6 +320,7 @@ static void lease_reset(pp_lease_t *lease, pp_pool_t *pool, pp_peer_t *peer,
   lease->cause = 0;
   lease->why_.code = 0;
   lease->since_ = 0;
+  lease->tried_ = NULL;
   lease->pool_ = pool;
   lease->want_ = peer;
   lease->dial_ = NULL;

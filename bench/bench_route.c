@@ -320,8 +320,8 @@ int main(int argc, char **argv) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   static bench_t b;
-  printf("%8s %10s %10s %10s %12s   (ns per call, best of %d runs of %d calls)\n", "peers",
-         "route", "try/hit", "try/miss", "scan", runs, calls);
+  printf("%8s %10s %10s %10s %12s   (ns per call, best of %d runs of %d calls)\n", "peers", "route",
+         "try/hit", "try/miss", "scan", runs, calls);
   for (const char *s = sizes; *s;) {
     int n = atoi(s);
     if (n < REAL) n = REAL;

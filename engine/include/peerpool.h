@@ -284,7 +284,8 @@ typedef struct {
    * answered and its idle conns closed), and for every live peer (ADDED, in insertion order)
    * when the policy is installed with pp_pool_set_policy, so a policy's ring always matches
    * the pool. The hook may read the pool and its peers; like every hook it must not acquire,
-   * release, add peers or close the pool. */
+   * release, add peers or close the pool. (A seed hook that adds peers makes ADDED arrive
+   * inside that pp_pool_add_peer call, so inside the seed hook.) */
   void (*peer_event)(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_event_t event);
 } pp_policy_t;
 
@@ -479,8 +480,8 @@ struct pp_lease_s {
                       for a peer backing off); with a local resource error: that error */
   /* private */
   pp_cause_t why_;
-  uint64_t since_;     /* loop ms when it started waiting */
-  pp_peer_t *tried_;   /* for any peer: the peer whose dial for it failed last */
+  uint64_t since_;   /* loop ms when it started waiting */
+  pp_peer_t *tried_; /* for any peer: the peer whose dial for it failed last */
   pp_pool_t *pool_;
   pp_peer_t *want_;
   pp_conn_t *dial_;
@@ -700,14 +701,14 @@ typedef struct {
   /* I/O */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   uint64_t pings, pings_failed;
-  uint64_t ejections;     /* peers ejected for a cool-down after consecutive failures */
-  uint64_t ejections_refused; /* ejections eject_max_percent refused (the peer backed off
-                                 briefly instead) */
-  uint64_t failed_fast;   /* acquires answered at once because no peer for them could serve
-                             (burned, ejected, backing off with no conn, too old) */
+  uint64_t ejections;             /* peers ejected for a cool-down after consecutive failures */
+  uint64_t ejections_refused;     /* ejections eject_max_percent refused (the peer backed
+                                     off briefly instead) */
+  uint64_t failed_fast;           /* acquires answered at once because no peer could serve
+                                     them (burned, ejected, backing off, too old) */
   uint64_t probes, probes_failed; /* probe connects of held peers */
-  uint64_t seeds;         /* seed hook calls */
-  uint64_t policy_errors; /* hook results the engine had to ignore */
+  uint64_t seeds;                 /* seed hook calls */
+  uint64_t policy_errors;         /* hook results the engine had to ignore */
 } pp_stats_t;
 
 void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);

@@ -205,6 +205,7 @@ int pp_notice_start(pp_pool_t *pool, pp_notice_t *notice, pp_peer_t *peer, pp_no
   } else {
     notice->state_ = PP_NOTICE_ARMED;
     pp__list_push(&pool->notices, &notice->link_);
+    pp__hold_timer_arm(pool); /* capacity may come back with a held peer */
   }
   return 0;
 }

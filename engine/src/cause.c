@@ -41,7 +41,8 @@ void pp__cause_fill(pp_lease_t *lease, pp_peer_t *peer, int code) {
   c->peer = peer;
   c->last_error_ms = -1;
   c->waiters_ahead = code == PP_ETIMEDOUT && queued ? pp__waiters_ahead(lease) : 0;
-  c->waited_ms = queued && lease->since_ && now > lease->since_ ? (int64_t)(now - lease->since_) : 0;
+  c->waited_ms =
+      queued && lease->since_ && now > lease->since_ ? (int64_t)(now - lease->since_) : 0;
   c->peers = (int)pool->npeers - pool->nburned;
   c->peers_ejected = pool->nejected;
   if (peer)
@@ -146,8 +147,8 @@ static void describe_other(line_t *b, const pp_lease_t *lease, const pp_cause_t 
       if (lease->want_)
         put(b, "%s is not dialled: its address is older than max_address_age", where(c));
       else
-        put(b, "no peer can serve: %d peer%s known that %s not burned or too old to dial",
-            c->peers, c->peers == 1 ? "" : "s", c->peers == 1 ? "is" : "are");
+        put(b, "no peer can serve: %d peer%s known that %s not burned or too old to dial", c->peers,
+            c->peers == 1 ? "" : "s", c->peers == 1 ? "is" : "are");
       return;
     case PP_EBUSY:
       put(b, "%s is at capacity: %d/%d conns in use", where(c), c->conns, c->max_conns);

@@ -398,6 +398,25 @@ static void arm_lifespan(pp_conn_t *conn) {
   pp__timer_start_at(conn->pool, &conn->timer, on_lifespan, (uint64_t)conn->expires_at);
 }
 
+/* The peer's side of a successful connect: its backoff ends, a probe becomes an ordinary
+ * conn, and an ejection for failed connects ends (the peer is reachable again) — not one for
+ * failures in use, which a connect does not disprove. */
+static void peer_connected(pp_conn_t *conn) {
+  pp_peer_t *peer = conn->peer;
+  peer->connect_failures = 0;
+  peer->retry_at = 0;
+  peer->ever_connected = true;
+  if (conn->probe) {
+    conn->probe = false;
+    peer->probing--;
+  }
+  pp__probe_cancel(peer);
+  if (peer->ejected && !peer->fail_in_use) pp__eject_end(peer);
+  pp__peer_succeeded(peer);
+  peer->last_success = pp__unix_now_ms();
+  if (peer->last_success > peer->last_seen) peer->last_seen = peer->last_success;
+}
+
 static void conn_ready(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
@@ -406,20 +425,7 @@ static void conn_ready(pp_conn_t *conn) {
   conn->read_cb = NULL; /* a handshake hook's reader ends with the handshake */
   set_phase(conn, PP_CONN_READY);
   pool->stats.connects_ok++;
-  peer->connect_failures = 0;
-  peer->retry_at = 0;
-  peer->ever_connected = true;
-  if (conn->probe) {
-    conn->probe = false; /* an ordinary conn from now on */
-    peer->probing--;
-  }
-  pp__probe_cancel(peer);
-  /* A connect ends an ejection for failed connects (the peer is reachable again), not one for
-   * failures in use, which a connect does not disprove. */
-  if (peer->ejected && !peer->fail_in_use) pp__eject_end(peer);
-  pp__peer_succeeded(peer);
-  peer->last_success = pp__unix_now_ms();
-  if (peer->last_success > peer->last_seen) peer->last_seen = peer->last_success;
+  peer_connected(conn);
   conn->created_at = (int64_t)now;
   conn->last_used = now;
   if (pool->opts.max_lifespan > 0) {

@@ -46,7 +46,8 @@ static int probe_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
 static void hold_timer_cb(uv_timer_t *timer);
 
 /* Arm the hold timer for the first ejection end or probe due, and, while acquires for any
- * peer wait, for the first backoff end too (a peer coming back can serve them). */
+ * peer wait or notices are armed, for the first backoff end too (a peer coming back can serve
+ * them). */
 void pp__hold_timer_arm(pp_pool_t *pool) {
   uint64_t at = 0;
   if (pool->ejected.min) at = PP__CONTAINER(pool->ejected.min, pp_peer_t, eject_node)->eject_until;
@@ -55,7 +56,7 @@ void pp__hold_timer_arm(pp_pool_t *pool) {
     if (at == 0 || p < at) at = p;
   }
   pp_peer_t *soonest = pp__soonest_backoff(pool);
-  if (pool->any_waiters.count > 0 && soonest) {
+  if (soonest && (pool->any_waiters.count > 0 || !pp__list_empty(&pool->notices))) {
     uint64_t b = pp__peer_hold_until(soonest);
     if (at == 0 || b < at) at = b;
   }
@@ -207,8 +208,8 @@ void pp__peer_succeeded(pp_peer_t *peer) {
   if (peer->eject_streak == 0 || peer->ejected) return;
   /* Sustained success: eject_time without a failure since the last ejection ended. Then the
    * next ejection starts again from eject_time. */
-  uint64_t since = peer->last_error_at > peer->eject_ended_at ? peer->last_error_at
-                                                               : peer->eject_ended_at;
+  uint64_t since =
+      peer->last_error_at > peer->eject_ended_at ? peer->last_error_at : peer->eject_ended_at;
   if (pp__now(pool) - since >= (uint64_t)pool->opts.eject_time) peer->eject_streak = 0;
 }
 
@@ -255,6 +256,7 @@ static void hold_timer_cb(uv_timer_t *timer) {
     probe_due(peer); /* leaves the heap, or is planned again later than now */
   }
   if (pool->any_waiters.count > 0) pp__capacity_opened(pool); /* held peers may be back */
+  if (!pp__list_empty(&pool->notices)) pp__fire_notices(pool, 0);
   pp__hold_timer_arm(pool);
 }
 
@@ -304,8 +306,8 @@ void pp_peer_history(const pp_peer_t *peer, pp_peer_history_t *out) {
 }
 
 static bool history_valid(const pp_peer_history_t *h) {
-  return h->failures >= 0 && h->last_success >= 0 && h->last_failure >= 0 &&
-         h->eject_streak >= 0 && (h->burned == 0 || h->burned == 1) && h->ejected_until >= 0;
+  return h->failures >= 0 && h->last_success >= 0 && h->last_failure >= 0 && h->eject_streak >= 0 &&
+         (h->burned == 0 || h->burned == 1) && h->ejected_until >= 0;
 }
 
 /* Restore an ejection that had `left` ms to go, when the share of ejected peers allows. */

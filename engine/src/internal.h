@@ -173,14 +173,14 @@ struct pp_peer_s {
   int64_t stale_at;             /* Unix ms after which its address is too old to dial */
   bool live; /* not burned, not ejected, holding a conn that is no probe: pool->live_peers */
   /* Health (health.c): ejection and probes. */
-  bool ejected;                /* in pool->ejected until eject_until */
-  uint64_t eject_until;        /* loop ms */
-  uint64_t eject_ended_at;     /* loop ms when its last ejection ended (0 = never ejected) */
-  pp__heap_node_t eject_node;  /* pool->ejected */
-  int eject_streak;            /* consecutive ejections: the cool-down doubles with each */
-  uint64_t probe_at;           /* loop ms of its next probe; 0 = none scheduled */
-  pp__heap_node_t probe_node;  /* pool->probes while probe_at != 0 */
-  int probing;                 /* its conns that are probes */
+  bool ejected;               /* in pool->ejected until eject_until */
+  uint64_t eject_until;       /* loop ms */
+  uint64_t eject_ended_at;    /* loop ms when its last ejection ended (0 = never ejected) */
+  pp__heap_node_t eject_node; /* pool->ejected */
+  int eject_streak;           /* consecutive ejections: the cool-down doubles with each */
+  uint64_t probe_at;          /* loop ms of its next probe; 0 = none scheduled */
+  pp__heap_node_t probe_node; /* pool->probes while probe_at != 0 */
+  int probing;                /* its conns that are probes */
 };
 
 struct pp_pool_s {

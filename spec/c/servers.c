@@ -34,7 +34,7 @@ typedef struct sconn_s {
     uv_pipe_t pipe;
   } h;
   uv_timer_t timer;
-  int closing; /* handles still closing */
+  int closing;  /* handles still closing */
   int answered; /* answer_and_close: the reply went out */
   size_t received;
   struct srv_s *srv;

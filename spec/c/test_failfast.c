@@ -125,8 +125,9 @@ TEST(failfast_backing_off_peer_describes_its_backoff) {
   test_rec_t r;
   ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
   ASSERT_CONTAINS(describe(&l), "cannot connect to ");
-  ASSERT_CONTAINS(line, ": backing off for 3.0 s more after 1 consecutive failure (last "
-                        "ECONNREFUSED)");
+  ASSERT_CONTAINS(line,
+                  ": backing off for 3.0 s more after 1 consecutive failure (last "
+                  "ECONNREFUSED)");
   uint64_t t0 = test_now_ms();
   ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
   ASSERT_LT(test_now_ms() - t0, 100);
@@ -185,8 +186,10 @@ TEST(failfast_timeout_describes_what_it_waited_behind) {
   ASSERT_ERR(c.last_error, UV_ECONNRESET);
   ASSERT_CONTAINS(describe(&second), "timed out after ");
   char want[256];
-  snprintf(want, sizeof want, " ms waiting for %s: 1/1 conns in use, 1 waiter ahead; last error "
-           "ECONNRESET ", srv_addr(srv));
+  snprintf(want, sizeof want,
+           " ms waiting for %s: 1/1 conns in use, 1 waiter ahead; last error "
+           "ECONNRESET ",
+           srv_addr(srv));
   ASSERT_CONTAINS(line, want);
   ASSERT_CONTAINS(line, " s ago");
   ASSERT_OK(pp_acquire_cancel(&first));
@@ -248,8 +251,8 @@ TEST(failfast_cause_is_zero_after_a_grant) {
   pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL, &(pp_acquire_opts_t){.busy = PP_BUSY_FAIL,
-                                                                     .timeout = -1}),
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL,
+                                &(pp_acquire_opts_t){.busy = PP_BUSY_FAIL, .timeout = -1}),
              0);
   RUN_UNTIL(r.calls == 1, 2000);
   pp_cause_t c;
@@ -288,5 +291,100 @@ TEST(failfast_describe_truncates_like_snprintf) {
   ASSERT_ERR(pp_lease_describe(NULL, line, sizeof line), PP_EINVAL);
   ASSERT_ERR(pp_lease_cause(NULL, NULL), PP_EINVAL);
   ASSERT_OK(pp_release(&held, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
+  /* The only peer backs off (a broken conn, its ejection refused) while another conn of it is
+   * leased: an acquire for it waits rather than failing fast, and the release serves it. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 1;
+  o.max_per_peer = 2;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held, broken, waiter;
+  test_rec_t hr, br, wr;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(pool, &broken, &br, peer, NULL));
+  ASSERT_OK(pp_release(&broken, PP_EBROKEN));
+  ASSERT_EQ(test_stats(pool).ejections_refused, 1);
+  ASSERT_GT(test_peer_info(peer).retry_at, 0); /* backing off */
+  ASSERT_EQ(pp_peer_check(peer), 0);           /* but its leased conn may serve */
+  ASSERT_OK(test_acquire_start(pool, &waiter, &wr, peer, NULL));
+  test_run_for(50);
+  ASSERT_EQ(wr.calls, 0);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 2); /* nothing dialled meanwhile */
+  ASSERT_OK(pp_release(&held, 0));
+  RUN_UNTIL(wr.calls == 1, 1000);
+  ASSERT_OK(wr.status);
+  ASSERT_OK(pp_release(&waiter, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(failfast_notice_for_a_held_peer_fires_when_its_hold_ends) {
+  srv_t *refused = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 0;
+  int64_t delay = 200;
+  pp_pool_t *pool = test_pool(&o);
+  test_set_backoff(pool, test_backoff_fixed, &delay);
+  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  pp_notice_t n;
+  test_rec_t nr;
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(test_notice_start(pool, &n, &nr, peer));
+  RUN_UNTIL(nr.calls == 1, 2000);
+  ASSERT_OK(nr.status);
+  ASSERT_GE(nr.at_ms - t0, 100);
+  test_finish_srv(pool, refused);
+}
+
+static int seeds;
+
+static void seed_nothing(void *data, pp_pool_t *pool, int wanted) {
+  seeds++;
+}
+
+TEST(failfast_any_peer_with_a_seed_hook_waits_for_a_held_peer_to_return) {
+  /* With a seed hook an acquire for any peer waits (addresses may come); when the only peer's
+   * backoff ends, it is dialled for the waiter at once. */
+  srv_t *srv = srv_echo_start(NULL);
+  int port = srv_port(srv);
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 0;
+  o.probe_interval = 0;
+  o.seed_interval = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_policy_t p;
+  memset(&p, 0, sizeof p);
+  int64_t delay = 300;
+  p.data = &delay;
+  p.backoff = test_backoff_fixed;
+  p.seed = seed_nothing;
+  pp_pool_set_policy(pool, &p);
+  srv_stop(srv);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  RUN_UNTIL(r.calls == 1, 2000);
+  ASSERT_ERR(r.status, PP_ECANNOTCONNECT);
+  srv = srv_echo_start_on(NULL, port);
+  if (srv == NULL) {
+    test_finish(pool);
+    test_skip("the port was taken meanwhile");
+  }
+  ASSERT_OK(test_acquire_start(pool, &l, &r, NULL, NULL));
+  ASSERT_GE(seeds, 1);
+  RUN_UNTIL(r.calls == 1, 2000);
+  ASSERT_OK(r.status);
+  ASSERT_OK(pp_release(&l, 0));
   test_finish_srv(pool, srv);
 }

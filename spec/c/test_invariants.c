@@ -491,9 +491,8 @@ static void storm_check_once(void) {
       "canceled %lu closed %lu\n",
       st.status_count[0], st.status_count[(-PP_ETIMEDOUT) % 64],
       st.status_count[(-PP_ECANNOTCONNECT) % 64], st.status_count[(-PP_EBURNED) % 64],
-      st.status_count[(-PP_EEJECTED) % 64],
-      st.status_count[(-PP_ENOPEER) % 64], st.status_count[(-PP_ECANCELED) % 64],
-      st.status_count[(-PP_ECLOSED) % 64]);
+      st.status_count[(-PP_EEJECTED) % 64], st.status_count[(-PP_ENOPEER) % 64],
+      st.status_count[(-PP_ECANCELED) % 64], st.status_count[(-PP_ECLOSED) % 64]);
   ASSERT_GT(acc, 50); /* the storm did something */
   ASSERT_GT(st.grants, 10);
 }

@@ -13,9 +13,9 @@ typedef struct {
   pp_write_t w;
   uv_timer_t timer;
   size_t got;
-  int end;            /* the read's end status (0 while none) */
-  uint64_t started;   /* test ms when its current acquire started */
-  int busy;           /* a request (or its pause) is under way */
+  int end;          /* the read's end status (0 while none) */
+  uint64_t started; /* test ms when its current acquire started */
+  int busy;         /* a request (or its pause) is under way */
 } worker_t;
 
 static struct {
@@ -25,10 +25,10 @@ static struct {
   int stopping;
   uint64_t ok, acquire_failed, request_failed;
   uint64_t first_fail_at, last_fail_at, last_ok_at;
-  uint64_t detected_at;          /* when the dead peer was seen failed (0: not yet) */
-  uint64_t failed_after_detect;  /* requests started after detection that failed */
-  uint64_t ok_after;             /* successes after `mark` */
-  uint64_t first_ok_after;       /* first success after `mark` */
+  uint64_t detected_at;         /* when the dead peer was seen failed (0: not yet) */
+  uint64_t failed_after_detect; /* requests started after detection that failed */
+  uint64_t ok_after;            /* successes after `mark` */
+  uint64_t first_ok_after;      /* first success after `mark` */
   uint64_t mark;
 } L;
 
@@ -185,12 +185,13 @@ TEST(recover_only_peer_restart_serves_again_within_2s) {
   L.mark = up;
   RUN_UNTIL(L.ok_after >= 100, 5000);
   uint64_t back = L.first_ok_after - up;
-  printf("restart: down %llu ms; served again %llu ms after the restart; failures: %llu "
-         "acquires, %llu requests, last %llu ms after the restart; probes %llu\n",
-         (unsigned long long)(up - down), (unsigned long long)back,
-         (unsigned long long)L.acquire_failed, (unsigned long long)L.request_failed,
-         (unsigned long long)(L.last_fail_at > up ? L.last_fail_at - up : 0),
-         (unsigned long long)test_stats(pool).probes);
+  printf(
+      "restart: down %llu ms; served again %llu ms after the restart; failures: %llu "
+      "acquires, %llu requests, last %llu ms after the restart; probes %llu\n",
+      (unsigned long long)(up - down), (unsigned long long)back,
+      (unsigned long long)L.acquire_failed, (unsigned long long)L.request_failed,
+      (unsigned long long)(L.last_fail_at > up ? L.last_fail_at - up : 0),
+      (unsigned long long)test_stats(pool).probes);
   ASSERT_LT(back, 2000);
   ASSERT_EQ(test_stats(pool).ejections, 0);
   load_stop();
@@ -230,14 +231,15 @@ TEST(recover_one_of_three_dies_under_load) {
   srv_stop(s[1]);
   test_run_for(1500);
   uv_close((uv_handle_t *)&watch, NULL);
-  printf("one of three dies: %llu requests served after the kill; failed: %llu acquires, %llu "
-         "requests (all within %llu ms of the kill), %llu of them started after the peer was "
-         "seen failed (%llu ms after the kill)\n",
-         (unsigned long long)(L.ok - ok_before), (unsigned long long)L.acquire_failed,
-         (unsigned long long)L.request_failed,
-         (unsigned long long)(L.last_fail_at ? L.last_fail_at - killed : 0),
-         (unsigned long long)L.failed_after_detect,
-         (unsigned long long)(L.detected_at ? L.detected_at - killed : 0));
+  printf(
+      "one of three dies: %llu requests served after the kill; failed: %llu acquires, %llu "
+      "requests (all within %llu ms of the kill), %llu of them started after the peer was "
+      "seen failed (%llu ms after the kill)\n",
+      (unsigned long long)(L.ok - ok_before), (unsigned long long)L.acquire_failed,
+      (unsigned long long)L.request_failed,
+      (unsigned long long)(L.last_fail_at ? L.last_fail_at - killed : 0),
+      (unsigned long long)L.failed_after_detect,
+      (unsigned long long)(L.detected_at ? L.detected_at - killed : 0));
   ASSERT_GT(L.detected_at, 0);
   ASSERT_EQ(L.acquire_failed, 0);
   ASSERT_LE(L.request_failed, (uint64_t)o.max_per_peer);

@@ -95,8 +95,7 @@ static void ring_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_eve
     if (pp_peer_state(peer) == PP_PEER_BURNED) r->bad_state++;
   } else {
     ring_remove(r, peer);
-    if (pp_peer_state(peer) != PP_PEER_BURNED || pp_peer_check(peer) != PP_EBURNED)
-      r->bad_state++;
+    if (pp_peer_state(peer) != PP_PEER_BURNED || pp_peer_check(peer) != PP_EBURNED) r->bad_state++;
   }
 }
 

@@ -341,7 +341,9 @@ void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
  */
 
 /* Add (or find) the peer at `addr`. `last_seen_ms` is Unix time in ms; 0 means now. An
- * existing peer keeps the newer last_seen; a burned one is unburned (re-added).
+ * existing peer keeps the newer last_seen; a burned one is unburned (re-added), its failure
+ * history cleared. A new or unburned peer is reported to the policy's peer_event hook (ADDED)
+ * before this returns.
  * Returns 0 and sets *peer (if non-NULL); PP_EINVAL with *why set for a malformed address;
  * PP_ECLOSED on a closing pool. */
 int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp_peer_t **peer,
@@ -389,9 +391,10 @@ void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info);
 /* Whether an acquire for `peer` would be served (now or after waiting), or fail fast: 0, or
  * the code it would fail with — PP_EBURNED (burned), PP_EEJECTED (ejected for a cool-down),
  * PP_ECANNOTCONNECT (backing off after failed connects, with no conn that could serve),
- * PP_ENOPEER (its address is older than max_address_age and it has no conn). Cheap (no walk,
- * at most one clock read): a route hook calls it to pass over an owner that is down. An
- * ejection whose time has passed ends here (the peer leaves the ejected state). */
+ * PP_ENOPEER (its address is older than max_address_age and it has no conn); PP_EINVAL for a
+ * NULL peer. Cheap (no walk, at most one clock read): a route hook calls it to pass over an
+ * owner that is down. An ejection whose time has passed ends here (the peer leaves the ejected
+ * state). */
 int pp_peer_check(pp_peer_t *peer);
 
 /* A peer's failure history: what an address book saves, and pp_peer_restore() puts back when

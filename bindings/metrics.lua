@@ -592,21 +592,15 @@ process = function(srv, c)
   local close = has_body or (connection and connection:find("close", 1, true) ~= nil) or
     (minor == "0" and not (connection and connection:find("keep-alive", 1, true)))
   local path = uri:match("^[^?#]*")
-  local status, body, extra = 200, "", nil
-  if path ~= "/metrics" then
-    status, body = 404, "not found: try /metrics\n"
-  elseif method ~= "GET" and method ~= "HEAD" then
-    status, body, extra = 405, "method not allowed\n", "Allow: GET, HEAD"
-  else
-    local ok, text = xpcall(render_all, traceback, srv.base, srv.per_peer)
-    if ok then
-      body = text
-    else
-      emit("peerpool: error in the metrics endpoint: " .. text)
-      status, body = 500, "the exposition failed; see the program's error output\n"
-    end
+  local head_only = method == "HEAD"
+  if path ~= "/metrics" then return answer(srv, c, 404, "not found: try /metrics\n", close) end
+  if method ~= "GET" and not head_only then
+    return answer(srv, c, 405, "method not allowed\n", close, false, "Allow: GET, HEAD")
   end
-  answer(srv, c, status, body, close, method == "HEAD", extra)
+  local ok, text = xpcall(render_all, traceback, srv.base, srv.per_peer)
+  if ok then return answer(srv, c, 200, text, close, head_only) end
+  emit("peerpool: error in the metrics endpoint: " .. text)
+  answer(srv, c, 500, "the exposition failed; see the program's error output\n", close, head_only)
 end
 
 local function on_read(srv, c, err, data)

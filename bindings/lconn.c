@@ -585,23 +585,33 @@ static int l_release(lua_State *L) {
   return 1;
 }
 
+/* conn:close([verdict]): the conn is closed, not lent again. Without a verdict the peer is not
+ * blamed (a caller's ordinary close: Connection: close, a protocol state the caller gave up
+ * on); close("broken") counts a failure of the peer (it misbehaved). */
 static int l_close(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK)
     return luaL_error(L, "a hook fails its conn by returning false (or raising)");
+  int status = LPP_NOREUSE;
+  if (!lua_isnoneornil(L, 2)) {
+    const char *verdict = luaL_checkstring(L, 2);
+    luaL_argcheck(L, strcmp(verdict, "broken") == 0, 2, "verdict must be \"broken\" or nil");
+    status = PP_EBROKEN;
+  }
   check_not_in_hook(L, c);
   int was = c->state == LPP_CONN_LEASED;
-  end_lease(L, c, PP_EBROKEN);
+  end_lease(L, c, status);
   lua_pushboolean(L, was);
   return 1;
 }
 
-/* __close: released, or closed as broken when the scope is left by an error. */
+/* __close: released, or closed (the peer not blamed: the error was the program's) when the
+ * scope is left by an error. */
 static int l_close_scope(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK) return 0;
   check_not_in_hook(L, c);
-  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : PP_EBROKEN);
+  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : LPP_NOREUSE);
   return 0;
 }
 

@@ -19,8 +19,9 @@ local function check_pool(self, fname, open)
 end
 
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
--- end the lease whatever happens: released when fn returns, closed (released as broken, since
--- the protocol state is unknown) when fn raises, and the error is raised again. Returns what
+-- end the lease whatever happens: released when fn returns, closed (the protocol state is
+-- unknown; the peer is not blamed for the program's error) when fn raises, and the error is
+-- raised again. Returns what
 -- fn returns, or nil, code, detail when the acquire fails.
 function pool_methods:with(peer, fn, opts)
   check_pool(self, "with", true)
@@ -120,7 +121,7 @@ local function policy_from(source)
 end
 
 --- pool:load_policy(path_or_table): swap the whole policy at once; conns are untouched.
--- Returns true, or nil and a message (the previous policy stays active).
+-- Returns true, or nil, "invalid", message (the previous policy stays active).
 function pool_methods:load_policy(source)
   check_pool(self, "load_policy", true)
   if type(source) ~= "string" and type(source) ~= "table" then
@@ -128,7 +129,7 @@ function pool_methods:load_policy(source)
       2)
   end
   local tbl, name = policy_from(source)
-  if not tbl then return nil, name end
+  if not tbl then return nil, M.errors.invalid, name end
   if tbl.name and tbl.name ~= name then name = tbl.name .. " (" .. name .. ")" end
   return self:_set_policy(tbl, name)
 end
@@ -226,7 +227,7 @@ function M.new(opts)
   if not made then error(pool, 2) end -- at the caller's line, not ours
   metrics.created(pool, opts)
   if opts.policy ~= nil then
-    local ok, err = pool:load_policy(opts.policy)
+    local ok, _, err = pool:load_policy(opts.policy)
     if not ok then
       c_close(pool)
       error("peerpool.new: " .. err, 2)

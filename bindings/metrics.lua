@@ -534,9 +534,12 @@ local function send(srv, c, data, close)
       c.writing = false
       if c.closed then return end
       if err or c.close_after then return drop(srv, c, err and "write_error" or nil) end
-      c.deadline = uv.now() + srv.limits.idle_timeout
-      c.waiting = true -- for a next request: no byte of it yet
-      if c.buf ~= "" then process(srv, c) end
+      if c.buf == "" then -- waiting for a next request: no byte of it yet
+        c.waiting, c.deadline = true, uv.now() + srv.limits.idle_timeout
+      else -- one sent while this answer was written: its time starts now
+        c.deadline = uv.now() + srv.limits.request_timeout
+        process(srv, c)
+      end
     end, traceback)
     if not good then
       emit("peerpool: error in the metrics endpoint: " .. e)

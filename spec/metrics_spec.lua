@@ -607,7 +607,8 @@ describe("peerpool.serve_metrics()", function()
 
     it("makes room past max_clients by closing silent conns, else turns newcomers away",
       test(function(env)
-        local srv = serve(env, LIMITS)
+        -- deadlines far enough not to close a conn while the test looks
+        local srv = serve(env, { max_clients = 4, request_timeout = 5000 })
         local socks = {}
         local function connect(first_bytes)
           local sock = uv.new_tcp()
@@ -617,17 +618,17 @@ describe("peerpool.serve_metrics()", function()
           socks[#socks + 1] = sock
         end
         for _ = 1, 6 do connect() end
-        wait_until(function() return (srv:stats().evicted or 0) == 2 end, 150)
+        wait_until(function() return (srv:stats().evicted or 0) == 2 end)
         assert.equal(4, srv:stats().clients)
         for _, sock in ipairs(socks) do sock:close() end
         socks = {}
         wait_until(function() return srv:stats().clients == 0 end)
         -- with every slot mid-request, a newcomer is turned away
         for _ = 1, 4 do connect("GET /met") end
-        wait_until(function() return srv:stats().clients == 4 end, 150)
-        H.sleep(20)
+        wait_until(function() return srv:stats().clients == 4 end)
+        H.sleep(50) -- their first bytes have arrived
         connect()
-        wait_until(function() return srv:stats().refused == 1 end, 150)
+        wait_until(function() return srv:stats().refused == 1 end)
         assert.equal(4, srv:stats().clients)
         for _, sock in ipairs(socks) do sock:close() end
         wait_until(function() return srv:stats().clients == 0 end)

@@ -94,6 +94,10 @@ local function label_text(labels, fname, arg, reserved)
       error(fmt("bad argument #%d to '%s' (label name %q is not a Prometheus label name: " ..
         "[a-zA-Z_][a-zA-Z0-9_]*, not starting with __)", arg, fname, tostring(k)), 3)
     end
+    if k == "per_peer" then -- an option given where the labels go
+      error(fmt("bad argument #%d to '%s' (per_peer is an option, not a label: %s(labels, " ..
+        "{ per_peer = N }))", arg, fname, fname), 3)
+    end
     if OWN_LABELS[k] or k == reserved then
       error(fmt("bad argument #%d to '%s' (label name %q is set by peerpool's own families)",
         arg, fname, k), 3)

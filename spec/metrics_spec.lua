@@ -311,6 +311,7 @@ describe("pool:metrics()", function()
       { { state = "x" }, "label name \"state\" is set by peerpool's own families" },
       { { peer = "x" }, "label name \"peer\" is set by peerpool's own families" },
       { { x = {} }, "label x must be a UTF-8 string, a number or a boolean" },
+      { { per_peer = 5 }, "per_peer is an option, not a label: metrics(labels, { per_peer = N })" },
       { { x = "\255" }, "label x must be a UTF-8 string, a number or a boolean" },
     } do
       assert.error_matches(function() pool:metrics(case[1]) end, case[2], nil, true)

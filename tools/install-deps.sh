@@ -3,8 +3,9 @@
 # otherwise says what to install and stops.
 set -e
 # redis-server: the specs run the Redis policy and example against a real one.
+# prometheus: promtool checks the metrics exposition, and a spec lets a real server scrape it.
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
-lua-busted luarocks lua-check libreadline-dev redis-server"
+lua-busted luarocks lua-check libreadline-dev redis-server prometheus"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -15,10 +15,11 @@
 #define LPP_HOOK_RUN "peerpool.hook_run"
 
 /* Policy hooks, for per-hook counters. */
-#define LPP_HOOK_MAP(XX)       \
-  XX(SELECT_PEER, select_peer) \
-  XX(SELECT_CONN, select_conn) \
-  XX(BACKOFF, backoff) XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping)
+#define LPP_HOOK_MAP(XX)                                                                   \
+  XX(SELECT_PEER, select_peer)                                                             \
+  XX(SELECT_CONN, select_conn)                                                             \
+  XX(BACKOFF, backoff)                                                                     \
+  XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping) XX(ROUTE, route) XX(PEER_EVENT, peer_event)
 enum {
 #define XX(u, l) LPP_HOOK_##u,
   LPP_HOOK_MAP(XX)

@@ -450,6 +450,18 @@ static int l_peer(lua_State *L) {
   return 1;
 }
 
+/* pool:check(addr): whether an acquire for the peer would be served (now or after waiting):
+ * true, or nil, code, why (burned, ejected, cannot_connect while it backs off, no_peer). Cheap:
+ * a route hook may call it to pass over an owner that is down. */
+static int l_check(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  pp_peer_t *peer = pp_pool_find_peer(p->pool, luaL_checkstring(L, 2));
+  int err = peer ? pp_peer_check(peer) : PP_ENOPEER;
+  if (err) return lpp_push_error(L, err, peer ? NULL : "unknown peer");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* ---- stats ----------------------------------------------------------------------------- */
 
 static int l_stats(lua_State *L) {
@@ -640,6 +652,7 @@ static const luaL_Reg pool_methods[] = {
     {"_every", l_every},
     {"peers", l_peers},
     {"peer", l_peer},
+    {"check", l_check},
     {"on", l_on},
     {"close", l_close},
     {"_closed", l_closed},

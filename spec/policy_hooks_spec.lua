@@ -35,7 +35,8 @@ local function handshake_ok(conn)
   return conn:receive("*l") == "VERACK"
 end
 
-local HOOK_LIST = "hooks: backoff, handshake, ping, seed, select_conn, select_peer"
+local HOOK_LIST =
+  "hooks: backoff, handshake, peer_event, ping, route, seed, select_conn, select_peer"
 
 describe("peerpool policy hooks", function()
   describe("policy tables", function()

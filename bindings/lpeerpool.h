@@ -205,6 +205,9 @@ void *lpp_sandbox_open(lua_State *L);
 /* At the state's end: put the original allocator back. */
 void lpp_sandbox_close(lua_State *L, void *alloc_ud);
 
+/* lring.c */
+int lpp_l_ring(lua_State *L); /* peerpool.ring([vnodes]) */
+
 /* lsend.c */
 int lpp_l_send(lua_State *L); /* conn:send(data [, callback]) */
 /* A coroutine waiting in send goes on (err 0: its data is queued within the mark). */

@@ -480,10 +480,11 @@ static int l_stats(lua_State *L) {
   F(peers)
   F(acquires)
   F(acquired_immediate)
-  F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled)
-      F(cannot_connect) F(releases) F(released_broken) F(connect_attempts) F(connects_ok)
-          F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
-              F(pings_failed) F(ejections) F(seeds) F(policy_errors)
+  F(acquired_dialed)
+  F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases)
+      F(released_broken) F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in)
+          F(bytes_out) F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds)
+              F(policy_errors)
 #undef F
                   lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");

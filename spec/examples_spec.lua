@@ -17,12 +17,12 @@ describe("scripts/examples", function()
     return port
   end
 
-  -- Start a redis-server on a free loopback port (killed when the test ends); its address, or
-  -- nil when redis-server is not installed.
-  local function redis()
+  -- Start a redis-server on a free loopback port (or `port`), killed when the test ends; its
+  -- address and pid, or nil when redis-server is not installed.
+  local function redis(port)
     local exe = io.popen("command -v redis-server"):read("l")
     if not exe then return nil end
-    local port = free_port()
+    port = port or free_port()
     local server = io.popen(string.format(
       "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
       ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
@@ -33,7 +33,7 @@ describe("scripts/examples", function()
       if r:match("PONG") then break end
       os.execute("sleep 0.05")
     end
-    return "127.0.0.1:" .. port
+    return "127.0.0.1:" .. port, server, port
   end
 
   -- Run an example with lua5.4 (20 s at most); its output and whether it exited with 0.
@@ -58,10 +58,54 @@ describe("scripts/examples", function()
     end)
   end)
 
+  describe("redis_shards.lua", function()
+    it("keeps every key on its shard while one of three redis-servers dies and comes back",
+      function()
+        local a = redis()
+        if not a then return pending("redis-server is not installed (make test installs it)") end
+        local b, b_pid, b_port = redis()
+        local c = redis()
+        local out = os.tmpname()
+        local done = os.tmpname()
+        os.execute(string.format(
+          "(DURATION=4000 LUA_CPATH='%s/?.so;;' timeout 20 lua5.4 scripts/examples/redis_shards.lua" ..
+          " %s %s %s > %s 2>&1; echo $? > %s) &", module_dir(), a, b, c, out, done))
+        os.execute("sleep 1")
+        os.execute("kill -9 " .. b_pid) -- the shard dies mid-run
+        os.execute("sleep 0.7")
+        redis(b_port) -- and comes back on the same port
+        local status
+        for _ = 1, 200 do
+          local f = io.open(done)
+          status = f and f:read("n")
+          if f then f:close() end
+          if status then break end
+          os.execute("sleep 0.1")
+        end
+        local f = assert(io.open(out))
+        local text = f:read("a")
+        f:close()
+        os.remove(out)
+        os.remove(done)
+        assert.equal(0, status, text)
+        assert.matches("wrong_shard=0 bad_reads=0", text, 1, true)
+        local failed = tonumber(text:match("failed=(%d+)"))
+        assert.is_true(failed > 0, "nothing failed while a shard was down?\n" .. text)
+        -- the other shards never failed: every failure names the dead shard's causes
+        for code in (text:match("%((.-)%)") or ""):gmatch("([%w_]+):%d+") do
+          assert.is_truthy(({ ejected = 1, cannot_connect = 1, closed = 1, ECONNRESET = 1,
+            EPIPE = 1, ECONNREFUSED = 1, timeout = 1 })[code], code .. " in\n" .. text)
+        end
+        -- the shard that came back serves again well before the end
+        local since = tonumber(text:match(b:gsub("%p", "%%%0") .. "=%d+%(last (%d+) ms"))
+        assert.is_true(since and since < 1500, "the restarted shard never served again\n" .. text)
+      end)
+  end)
+
   describe("redis_workers.lua", function()
     it("runs ten workers with Lua hooks over three real redis-servers, every GET right",
       function()
-        local addrs = { redis(), redis(), redis() }
+        local addrs = { (redis()), (redis()), (redis()) }
         if not addrs[1] then
           return pending("redis-server is not installed (make test installs it)")
         end

@@ -68,7 +68,8 @@ describe("scripts/examples", function()
         local out = os.tmpname()
         local done = os.tmpname()
         os.execute(string.format(
-          "(DURATION=4000 LUA_CPATH='%s/?.so;;' timeout 20 lua5.4 scripts/examples/redis_shards.lua" ..
+          "(DURATION=4000 LUA_CPATH='%s/?.so;;' timeout 20 lua5.4 " ..
+          "scripts/examples/redis_shards.lua" ..
           " %s %s %s > %s 2>&1; echo $? > %s) &", module_dir(), a, b, c, out, done))
         os.execute("sleep 1")
         os.execute("kill -9 " .. b_pid) -- the shard dies mid-run

@@ -141,8 +141,8 @@ int pp__tls_options_check(const pp_tls_options_t *o, const char **why) {
 
 /* One allocation holding a copy of `o` and every string it points at. */
 static pp_tls_options_t *options_dup(const pp_tls_options_t *o) {
-  const char *const *strs[] = {&o->ca_file,   &o->ca_path,     &o->cert_file,
-                               &o->key_file,  &o->server_name, &o->min_version};
+  const char *const *strs[] = {&o->ca_file,  &o->ca_path,     &o->cert_file,
+                               &o->key_file, &o->server_name, &o->min_version};
   size_t nstr = sizeof(strs) / sizeof(strs[0]);
   size_t nalpn = 0, size = sizeof(pp_tls_options_t);
   for (size_t i = 0; i < nstr; i++)
@@ -227,6 +227,13 @@ struct pp__tls_ctx_s {
 };
 
 static int on_new_session(SSL *ssl, SSL_SESSION *sess);
+static int on_client_cert(SSL *ssl, X509 **x509, EVP_PKEY **pkey);
+
+/* Whether OpenSSL refused a private key because it is not the certificate's. */
+static bool key_mismatch(unsigned long e) {
+  return ERR_GET_LIB(e) == ERR_LIB_X509 && (ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH ||
+                                            ERR_GET_REASON(e) == X509_R_KEY_TYPE_MISMATCH);
+}
 
 int pp__tls_ctx_new(const pp_tls_options_t *o, pp__tls_ctx_t **out, const char **why) {
   int err = pp__tls_options_check(o, why);
@@ -250,6 +257,9 @@ int pp__tls_ctx_new(const pp_tls_options_t *o, pp__tls_ctx_t **out, const char *
   /* The sessions live in each peer's cache (on_new_session), never in OpenSSL's own. */
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
   SSL_CTX_sess_set_new_cb(c, on_new_session);
+  /* Called only when the server asks for a certificate and none is set: noted, so that a
+   * refusal can say what is missing. */
+  SSL_CTX_set_client_cert_cb(c, on_client_cert);
   if (o->ca_file || o->ca_path) {
     if (SSL_CTX_load_verify_locations(c, o->ca_file, o->ca_path) != 1)
       bad = o->ca_file ? "tls.ca_file could not be loaded (a PEM file of CA certificates)"
@@ -262,8 +272,9 @@ int pp__tls_ctx_new(const pp_tls_options_t *o, pp__tls_ctx_t **out, const char *
       bad = "tls.cert_file could not be loaded (a PEM certificate chain)";
     else if (SSL_CTX_use_PrivateKey_file(c, o->key_file ? o->key_file : o->cert_file,
                                          SSL_FILETYPE_PEM) != 1)
-      bad = o->key_file ? "tls.key_file could not be loaded (a PEM private key)"
-                        : "tls.cert_file holds no private key (set tls.key_file)";
+      bad = key_mismatch(ERR_peek_last_error()) ? "tls.key_file does not match tls.cert_file"
+            : o->key_file ? "tls.key_file could not be loaded (a PEM private key)"
+                          : "tls.cert_file holds no private key (set tls.key_file)";
     else if (SSL_CTX_check_private_key(c) != 1)
       bad = "tls.key_file does not match tls.cert_file";
   }
@@ -397,18 +408,19 @@ const char *pp__tls_cache_reason(const pp__tls_cache_t *cache) {
 
 struct pp__tls_s {
   SSL *ssl;
-  BIO *rbio;                /* ciphertext from the socket, which OpenSSL reads */
-  BIO *wbio;                /* ciphertext OpenSSL wrote, to be sent */
+  BIO *rbio; /* ciphertext from the socket, which OpenSSL reads */
+  BIO *wbio; /* ciphertext OpenSSL wrote, to be sent */
   pp__tls_ctx_t *ctx;
   pp__tls_cache_t *cache;
-  SSL_SESSION *offered;     /* the session offered for resumption (a reference), or NULL */
-  pp__tls_out_t *spare;     /* chunks handed back, for reuse */
+  SSL_SESSION *offered; /* the session offered for resumption (a reference), or NULL */
+  pp__tls_out_t *spare; /* chunks handed back, for reuse */
   int nspare;
-  int lent;                 /* chunks handed out and not yet back */
-  bool freed;               /* pp__tls_free ran: the last chunk back frees the rest */
+  int lent;   /* chunks handed out and not yet back */
+  bool freed; /* pp__tls_free ran: the last chunk back frees the rest */
   bool done, failed, shut;
   bool resumed;
-  int end;                  /* UV_EOF or PP_ETLS met by pp__tls_read, returned when no bytes */
+  bool cert_asked; /* the server asked for a client certificate and we had none */
+  int end;         /* UV_EOF or PP_ETLS met by pp__tls_read, returned when no bytes */
   pp__tls_fail_t fail;
   char reason[PP__TLS_REASON_MAX];
   char alpn[256];
@@ -583,7 +595,12 @@ static void fail(pp__tls_t *t, int ssl_error) {
     cls = verify_class(v);
     detail = X509_verify_cert_error_string(v);
   } else if (e != 0) {
-    if (ERR_GET_LIB(e) == ERR_LIB_SSL && refuses_our_cert(ERR_GET_REASON(e))) {
+    int r = ERR_GET_REASON(e);
+    if (ERR_GET_LIB(e) == ERR_LIB_SSL && t->cert_asked &&
+        (refuses_our_cert(r) || r == SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE)) {
+      /* TLS 1.2 servers answer a missing certificate with a bare handshake_failure alert. */
+      prefix = "the peer asked for a client certificate and none is configured (tls.cert_file): ";
+    } else if (ERR_GET_LIB(e) == ERR_LIB_SSL && refuses_our_cert(r)) {
       prefix = "the peer refused our client certificate: ";
     } else if (ERR_GET_LIB(e) == ERR_LIB_SSL) {
       cls = PP__TLS_FAIL_PROTOCOL;
@@ -601,7 +618,9 @@ static void fail(pp__tls_t *t, int ssl_error) {
     detail = buf;
   }
   t->fail = cls;
-  snprintf(t->reason, sizeof(t->reason), "%s: %s%s", pp__tls_fail_name(cls), prefix, detail);
+  if (snprintf(t->reason, sizeof(t->reason), "%s: %s%s", pp__tls_fail_name(cls), prefix, detail) >=
+      (int)sizeof(t->reason))
+    memcpy(t->reason + sizeof(t->reason) - 4, "...", 4); /* cut short, visibly */
   ERR_clear_error();
   pp__tls_cache_t *cache = t->cache;
   if (cache) {
@@ -816,6 +835,12 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess) {
   return 1;
 }
 
+static int on_client_cert(SSL *ssl, X509 **x509, EVP_PKEY **pkey) {
+  pp__tls_t *t = SSL_get_app_data(ssl);
+  if (t) t->cert_asked = true;
+  return 0; /* none: the handshake goes on without one */
+}
+
 /* ---- the pool and its peers ------------------------------------------------------------ */
 
 /* A peer's TLS: its context (the pool's, shared, unless its own options change a setting that
@@ -949,6 +974,10 @@ int pp_peer_set_tls(pp_peer_t *peer, const pp_tls_options_t *tls, const char **w
   err = peer_tls_set(peer, ctx, merged.server_name);
   pp__tls_ctx_unref(ctx);
   return err;
+}
+
+pp__tls_cache_t *pp__tls_peer_cache(const pp_peer_t *peer) {
+  return peer->tls ? peer->tls->cache : NULL;
 }
 
 const char *pp_peer_tls_reason(const pp_peer_t *peer) {

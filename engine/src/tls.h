@@ -47,12 +47,12 @@ typedef struct pp__tls_s pp__tls_t;
 /* What a failed handshake (or a fatal alert later) comes down to. The reason string starts with
  * the class's name ("unknown CA: ...", "name mismatch: ...", "expired: ...", "protocol: ...",
  * "other: ..."), then says what OpenSSL saw. */
-#define PP__TLS_FAIL_MAP(XX)          \
-  XX(NONE, "none")                    \
-  XX(UNKNOWN_CA, "unknown CA")        \
-  XX(NAME_MISMATCH, "name mismatch")  \
-  XX(EXPIRED, "expired")              \
-  XX(PROTOCOL, "protocol")            \
+#define PP__TLS_FAIL_MAP(XX)         \
+  XX(NONE, "none")                   \
+  XX(UNKNOWN_CA, "unknown CA")       \
+  XX(NAME_MISMATCH, "name mismatch") \
+  XX(EXPIRED, "expired")             \
+  XX(PROTOCOL, "protocol")           \
   XX(OTHER, "other")
 
 typedef enum {
@@ -82,10 +82,10 @@ bool pp__tls_ctx_verifies(const pp__tls_ctx_t *ctx);
 /* ---- sessions and counters of one peer ------------------------------------------------- */
 
 typedef struct {
-  uint64_t full;     /* handshakes completed without resuming */
-  uint64_t resumed;  /* handshakes that resumed a cached session */
-  uint64_t failed;   /* handshakes (and established conns) that ended with PP_ETLS */
-  int sessions;      /* sessions cached now */
+  uint64_t full;    /* handshakes completed without resuming */
+  uint64_t resumed; /* handshakes that resumed a cached session */
+  uint64_t failed;  /* handshakes (and established conns) that ended with PP_ETLS */
+  int sessions;     /* sessions cached now */
 } pp__tls_counts_t;
 
 /* A cache for one peer. `stats` (may be NULL): a pool's stats, whose tls_full, tls_resumed
@@ -187,5 +187,7 @@ void pp__tls_pool_free(pp_pool_t *pool);
  * cache of the peer, its host or server_name), or PP_ETLS (the peer needs a server_name: the
  * reason is recorded as the peer's) or UV_ENOMEM. */
 int pp__tls_conn_new(pp_peer_t *peer, pp__tls_t **out);
+/* The peer's session cache and counters, or NULL before its first TLS conn (or setting). */
+pp__tls_cache_t *pp__tls_peer_cache(const pp_peer_t *peer);
 
 #endif /* PP_TLS_H */

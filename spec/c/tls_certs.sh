@@ -8,23 +8,28 @@
 #                           takes -startdate/-enddate)
 #   unknown.pem             for localhost and 127.0.0.1, by another CA (other-ca.pem)
 #   client.pem client.key   a client certificate, by the CA
-# EC P-256 keys: quick to make. Usage: tls_certs.sh DIR
+# EC P-256 keys: quick to make; PP_TLS_KEY=rsa makes RSA-2048 ones (as most servers have; the
+# handshake benchmark compares both). Usage: [PP_TLS_KEY=rsa] tls_certs.sh DIR
 set -eu
 cd "$1"
-ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+if [ "${PP_TLS_KEY:-ec}" = rsa ]; then
+  newkey="-newkey rsa:2048 -nodes"
+else
+  newkey="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+fi
 q() { "$@" >/dev/null 2>&1 || { echo "tls_certs.sh: failed: $*" >&2; exit 1; }; }
 
 # shellcheck disable=SC2086
-q openssl req -x509 $ec -keyout ca.key -out ca.pem -days 30 -subj "/CN=peerpool test CA" \
+q openssl req -x509 $newkey -keyout ca.key -out ca.pem -days 30 -subj "/CN=peerpool test CA" \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
 # shellcheck disable=SC2086
-q openssl req -x509 $ec -keyout other-ca.key -out other-ca.pem -days 30 \
+q openssl req -x509 $newkey -keyout other-ca.key -out other-ca.pem -days 30 \
   -subj "/CN=someone else's CA" \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
 # shellcheck disable=SC2086
-q openssl req -new $ec -keyout server.key -out server.csr -subj "/CN=localhost"
+q openssl req -new $newkey -keyout server.key -out server.csr -subj "/CN=localhost"
 # shellcheck disable=SC2086
-q openssl req -new $ec -keyout client.key -out client.csr -subj "/CN=peerpool client"
+q openssl req -new $newkey -keyout client.key -out client.csr -subj "/CN=peerpool client"
 
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >good.ext
 printf 'subjectAltName=DNS:wrong.example\nextendedKeyUsage=serverAuth\n' >wrong.ext

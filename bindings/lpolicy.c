@@ -41,9 +41,15 @@ void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
   /* The pool's hook thread: idle here, and never a thread in the middle of a resume (the main
    * thread once the pool is closed and its hook thread dropped). */
   lua_State *L = p->hook_L ? p->hook_L : p->L;
-  lua_pushfstring(L, "peerpool: policy hook %s (%s) failed: %s%s; using the default",
-                  lpp_hook_names[hook], p->policy_name,
-                  msg ? msg : "(error object is not a string)", more);
+  /* The first line says what and what now; a traceback, if any, follows it. */
+  if (msg == NULL) msg = "(error object is not a string)";
+  const char *trace = strstr(msg, "\nstack traceback:");
+  int head = trace ? (int)(trace - msg) : (int)strlen(msg);
+  lua_pushfstring(L, "peerpool: policy hook %s (%s) failed: ", lpp_hook_names[hook],
+                  p->policy_name);
+  lua_pushlstring(L, msg, (size_t)head);
+  lua_pushfstring(L, "%s; using the default%s", more, trace ? trace : "");
+  lua_concat(L, 3);
   lpp_emit(L, lua_tostring(L, -1));
   lua_pop(L, 1);
   p->hook_logged_at[hook] = now ? now : 1;
@@ -65,8 +71,22 @@ void lpp_leave_engine_call(lpp_pool_t *p, int may_add_peers) {
   if (!may_add_peers) p->in_sync_hook--;
 }
 
+/* The message handler of synchronous hooks: the error with a traceback, made outside the
+ * hook's budget (a hook out of memory or instructions still gets its report). */
+static int hook_traceback(lua_State *L) {
+  lpp_budget_t *spent = lpp_budget_enter(NULL);
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  luaL_traceback(L, L, msg, 1);
+  lpp_budget_leave(spent);
+  return 1;
+}
+
 static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   lua_State *L = p->hook_L;
+  int base = lua_gettop(L) - nargs; /* the function */
+  lua_pushcfunction(L, hook_traceback);
+  lua_insert(L, base);
   p->hook_calls[hook]++;
   int gc = lpp_enter_engine_call(p, 0);
   lpp_budget_t budget;
@@ -74,9 +94,10 @@ static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   lpp_budget_arm(L);
   if (lpp_gc_stress) lua_gc(L, LUA_GCCOLLECT);
   lpp_budget_t *prev = lpp_budget_enter(&budget);
-  int rc = lua_pcall(L, nargs, 1, 0);
+  int rc = lua_pcall(L, nargs, 1, base);
   lpp_budget_leave(prev);
   lpp_leave_engine_call(p, gc);
+  lua_remove(L, base);
   if (rc != LUA_OK) {
     lpp_hook_error(p, hook, lua_tostring(L, -1));
     lua_pop(L, 1);

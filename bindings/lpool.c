@@ -466,8 +466,9 @@ static int l_stats(lua_State *L) {
   F(connecting)
   F(waiters)
   F(peers)
-  F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy)
-      F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
+  F(acquires)
+  F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy) F(exhausted)
+      F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
           F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
               F(pings_failed) F(ejections) F(seeds) F(policy_errors)
 #undef F

@@ -10,6 +10,7 @@
 
 #include "lpeerpool.h"
 #include "book_lua.h"     /* generated from bindings/book.lua */
+#include "metrics_lua.h"  /* generated from bindings/metrics.lua */
 #include "peerpool_lua.h" /* generated from bindings/peerpool.lua */
 
 static const char state_key = 's';
@@ -410,8 +411,8 @@ int luaopen_peerpool(lua_State *L) {
   lua_setfield(L, -2, "_scripts_dir");
 #endif
 
-  /* The Lua half: peerpool.new, pool:with, peerpool.run, metrics... and the address book,
-   * handed over as its chunk and lbook.c's functions. */
+  /* The Lua half: peerpool.new, pool:with, peerpool.run... the address book, handed over as
+   * its chunk and lbook.c's functions, and metrics.lua's chunk. */
   if (luaL_loadbuffer(L, (const char *)peerpool_lua, sizeof(peerpool_lua), "=peerpool.lua") !=
       LUA_OK)
     return lua_error(L);
@@ -423,7 +424,9 @@ int luaopen_peerpool(lua_State *L) {
   if (luaL_loadbuffer(L, (const char *)book_lua, sizeof(book_lua), "=book.lua") != LUA_OK)
     return lua_error(L);
   lpp_book_open(L);
-  lua_call(L, 7, 0);
+  if (luaL_loadbuffer(L, (const char *)metrics_lua, sizeof(metrics_lua), "=metrics.lua") != LUA_OK)
+    return lua_error(L);
+  lua_call(L, 8, 0);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &module_key);
   return 1;

@@ -71,4 +71,19 @@ describe("scripts/examples", function()
           "0 failures", out)
       end)
   end)
+
+  describe("metrics_server.lua", function()
+    it("serves its pool's metrics while it PINGs a real redis-server, and reads them back",
+      function()
+        local addr = redis()
+        if not addr then return pending("redis-server is not installed (make test installs it)") end
+        local out = run("metrics_server.lua", { addr }, "PORT=0 SECONDS=1")
+        assert.matches("metrics on http://127%.0%.0%.1:%d+/metrics", out)
+        assert.matches("scraped %d+ bytes: HTTP/1%.1 200 OK", out)
+        local acquires = tonumber(out:match('\npeerpool_acquires_total{pool="redis"} (%d+)\n'))
+        assert.is_true(acquires and acquires >= 5, out)
+        assert.matches('peerpool_peer_state{pool="redis",peer="' .. addr .. '",state="ready"} 1',
+          out, 1, true)
+      end)
+  end)
 end)

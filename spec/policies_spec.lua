@@ -169,12 +169,14 @@ describe("peerpool.policies", function()
       end
     end)
 
-    it("makes load_policy answer nil, err for a script that gives a bad option", test(function(env)
+    it("makes load_policy answer nil, 'invalid', err for a script that gives a bad option",
+      test(function(env)
       local pool = env:pool()
       local path = env:tmpname()
       P.write(path, 'local b = require "peerpool.policies.backoff_fixed"\n' ..
         "return b.new { base_ms = -5 }\n")
-      local ok, err = pool:load_policy(path)
+      local ok, code, err = pool:load_policy(path)
+        assert.equal("invalid", code)
       assert.is_nil(ok)
       assert.equal("policy " .. path .. ": policy.backoff.base_ms must be a positive number", err)
       assert.equal("built-in", pool:stats().policy)
@@ -905,7 +907,8 @@ describe("peerpool.policies", function()
         assert.same({ favourite, favourite, favourite }, sequence(pool, 3))
         -- a mistake in the next edit: refused, the copy keeps running
         P.write(path, edited:gsub("return M%s*$", "return M end"))
-        local ok, err = pool:load_policy(path)
+        local ok, code, err = pool:load_policy(path)
+        assert.equal("invalid", code)
         assert.is_nil(ok)
         assert.matches(path, err, 1, true)
         assert.same({ favourite, favourite }, sequence(pool, 2))

@@ -102,6 +102,9 @@ typedef struct pp_notice_s pp_notice_t;
  * host name is also sent as SNI; an IP address is checked against the certificate's IP
  * entries and not sent). Handshakes resume a session cached for the same peer when they can.
  * A handshake that fails answers PP_ETLS, and pp_peer_tls_reason() says why.
+ * NOT YET IN EFFECT: conns do not speak TLS yet (engine/src/tls.c is not wired into the conn
+ * path). Until they do, the dial of a peer with TLS options (the pool's or its own) fails with
+ * PP_ETLS rather than talk in the clear.
  */
 typedef struct {
   const char *ca_file;     /* PEM file of trusted CAs; with ca_path NULL too: the system's store */
@@ -557,6 +560,7 @@ struct pp_lease_s {
  * use, peer of another pool).
  * Callback statuses: 0; PP_ETIMEDOUT (pp_lease_describe() says what it waited behind);
  * PP_ECANNOTCONNECT (its dial ran out of attempts; lease->cause is the last socket error);
+ * PP_ETLS (the peer's TLS handshake failed; not retried: pp_peer_tls_reason() says why);
  * PP_EBURNED, PP_EEJECTED, PP_ECANNOTCONNECT, PP_ENOPEER when the peer it waited for stopped
  * being able to serve (burned, ejected, backing off with no conn left, aged out) — an acquire
  * for any peer whose dial failed instead goes on waiting for another peer, and fails only when

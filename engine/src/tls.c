@@ -1001,6 +1001,26 @@ static bool host_of(const char *addr, char *out, size_t n) {
   return true;
 }
 
+/* Whether a new conn of `peer` would speak TLS. */
+static bool peer_wants_tls(const pp_peer_t *peer) {
+  if (peer->tls) return peer->tls->ctx != NULL;
+  return peer->pool->tls && peer->pool->tls->ctx;
+}
+
+bool pp__tls_not_wired(pp_peer_t *peer) {
+  if (!peer_wants_tls(peer)) return false;
+  if (peer->tls == NULL &&
+      peer_tls_set(peer, peer->pool->tls->ctx, peer->pool->tls->opts->server_name) != 0)
+    return true; /* out of memory: still no conn in the clear */
+  pp__tls_cache_t *c = peer->tls->cache;
+  snprintf(c->reason, sizeof(c->reason), "%s: %s", pp__tls_fail_name(PP__TLS_FAIL_OTHER),
+           "conns do not speak TLS yet (engine/src/tls.c is not wired into conn.c), and a "
+           "peer with TLS options gets no conn in the clear");
+  c->counts.failed++;
+  peer->pool->stats.tls_failed++;
+  return true;
+}
+
 int pp__tls_conn_new(pp_peer_t *peer, pp__tls_t **out) {
   *out = NULL;
   pp_pool_t *pool = peer->pool;

@@ -187,6 +187,10 @@ void pp__tls_pool_free(pp_pool_t *pool);
  * cache of the peer, its host or server_name), or PP_ETLS (the peer needs a server_name: the
  * reason is recorded as the peer's) or UV_ENOMEM. */
 int pp__tls_conn_new(pp_peer_t *peer, pp__tls_t **out);
+/* Until the seam at the top of tls.c is wired: whether `peer` has TLS options, so that its new
+ * conn must fail with PP_ETLS rather than talk in the clear (the reason is recorded on the
+ * peer and counted as a failed handshake). */
+bool pp__tls_not_wired(pp_peer_t *peer);
 /* The peer's session cache and counters, or NULL before its first TLS conn (or setting). */
 pp__tls_cache_t *pp__tls_peer_cache(const pp_peer_t *peer);
 

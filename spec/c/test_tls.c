@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "servers.h"
 #include "test.h"
 
 #ifndef PP_SPEC_DIR
@@ -948,4 +949,38 @@ TEST(tls_which_peers_speak_tls) {
   ASSERT_OK(pp__tls_conn_new(sock, &tls));
   ASSERT_NULL(tls);
   test_finish(pool);
+}
+
+/* Through the pool: until conns speak TLS, a peer with TLS options gets no conn in the clear.
+ * Its dial fails with PP_ETLS at once (no retry), before a byte is written, and the reason and
+ * the lease's description say so. Peers without TLS options are unaffected. */
+TEST(tls_pool_dial_fails_closed_until_wired) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.retries = 3;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_tls_options_t mine;
+  pp_tls_options_init(&mine);
+  mine.verify = 0;
+  ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ETLS);
+  ASSERT_EQ(test_peer_info(peer).attempts, 1);
+  ASSERT_CONTAINS(pp_peer_tls_reason(peer), "not wired");
+  char why[512];
+  ASSERT_GT(pp_lease_describe(&l, why, sizeof why), 0);
+  ASSERT_CONTAINS(why, "TLS with 127.0.0.1:");
+  ASSERT_CONTAINS(why, "not wired");
+  ASSERT_EQ(srv_bytes_in(srv), 0);
+  ASSERT_EQ(test_stats(pool).tls_failed, 1);
+  /* Without TLS options the peer is dialled in plain TCP as ever (after its backoff). */
+  ASSERT_OK(pp_peer_set_tls(peer, NULL, NULL));
+  RUN_UNTIL(!pp__ahead(pool, test_peer_info(peer).retry_at), 5000);
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(srv);
 }

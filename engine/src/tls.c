@@ -1,63 +1,70 @@
 /* TLS for conns: OpenSSL 3 on memory BIOs, with settings per pool and per peer, a session cache
  * per peer, and failure reasons a person can act on. See tls.h for the object model.
  *
- * ---- The seam: wiring this layer into conn.c (not done yet) ----------------------------------
- * conn.c is being reworked on another branch (issue 9), so this layer stops at the seam below.
- * Each step is a few marked lines in conn.c plus one field, `pp__tls_t *tls`, in pp_conn_s.
+ * ---- The seam: wiring this layer into conn.c (not done yet) ---------------------------------
+ * conn.c was being reworked (issue 9) while this was written, so the layer stops here. Today
+ * conn.c only fails closed: on_connect answers PP_ETLS for a peer with TLS options
+ * (pp__tls_not_wired), and after_attempt neither retries a PP_ETLS attempt nor gives its owner
+ * anything but PP_ETLS. Wiring it takes one field, `pp__tls_t *tls` in pp_conn_s, and four
+ * call sites; spec/c/test_tls.c's tc_* client does each step the same way against real servers.
  *
- * 1. After connect (on_connect, after uv_read_start and before the handshake hook):
- *        err = pp__tls_conn_new(peer, &conn->tls);
- *        if (err) { attempt_failed(conn, err); return; }   // PP_ETLS: reason kept on the peer
- *        if (conn->tls) {
- *          set_phase(conn, PP_CONN_HANDSHAKE);              // counts as "connecting"
- *          pp__timer_start(pool, &conn->timer, on_handshake_timeout, handshake_timeout);
- *          pp__tls_handshake(conn->tls); tls_flush(conn);   // sends the ClientHello
- *          return;                                          // on_read carries on
- *        }
- *    The TLS handshake and then the hook's handshake share the one handshake_timeout timer
- *    (start it once, before TLS; do not restart it for the hook). A TLS failure goes through
- *    attempt_failed(conn, PP_ETLS): a failed connect attempt of the peer, with backoff, so an
- *    acquire for it ends with PP_ETLS and pp_peer_tls_reason(peer) says why. attempt_failed's
- *    socket close must pp__tls_free(conn->tls) and set it NULL (a retry makes a new one).
+ * 1. After connect (on_connect, where `if (pp__tls_not_wired(peer))` stands now, after the
+ *    status check, before uv_read_start and the handshake hook):
+ *        err = pp__tls_conn_new(peer, &conn->tls);        // NULL: plain TCP, go on as today
+ *        if (err) { attempt_failed(conn, err); return; }  // PP_ETLS: reason kept on the peer
+ *    and if conn->tls: uv_read_start as today, set_phase(conn, PP_CONN_HANDSHAKE), start
+ *    on_handshake_timeout with handshake_timeout, pp__tls_handshake(conn->tls) (UV_EAGAIN: the
+ *    ClientHello is made), tls_flush(conn), pp__peer_update_state, return: on_read goes on.
+ *    When the TLS handshake completes, run what on_connect does today after uv_read_start
+ *    (the hook if any, else conn_ready) WITHOUT restarting the timer: TLS and the hook share
+ *    the one handshake_timeout. A failure is attempt_failed(conn, PP_ETLS): a failed connect
+ *    attempt of the peer (blamed, backing off, no retry: after_attempt already does this), whose
+ *    owner gets PP_ETLS; pp_peer_tls_reason(peer) and pp_lease_describe say why. Free the state
+ *    wherever the socket goes: attempt_failed (before close_handle) and pp__conn_close, with
+ *    pp__tls_free(conn->tls) and conn->tls = NULL (a retry or a probe makes a new one).
  *
- * 2. Reading (on_read, for nread > 0, before everything else there):
+ * 2. Reading (on_read, for nread > 0, before anything else there):
  *        if (conn->tls) { tls_input(conn, buf->base, nread); return; }
- *    where tls_input feeds the ciphertext (pp__tls_feed), then
- *      - while !pp__tls_done: r = pp__tls_handshake; tls_flush; UV_EAGAIN -> return;
- *        PP_ETLS -> attempt_failed(conn, PP_ETLS), return; 0 -> go on as on_connect does after
- *        connecting (the hook if any, else conn_ready), then fall through to read what came
- *        with the last flight;
- *      - loop n = pp__tls_read(conn->tls, pool->read_buf, sizeof pool->read_buf) while n > 0
- *        (the ciphertext was copied in, so the read buffer is free again) and give each run of
- *        plaintext to today's on_read body (counters, the idle late-reply rule, read_cb or
- *        keep_bytes), stopping if the conn closed meanwhile; tls_flush after the loop (a key
- *        update wants an answer); n == UV_EOF or PP_ETLS -> pp__conn_io_error(conn, n).
- *    The late-reply rule must look at PLAINTEXT only: a TLS 1.3 server sends session tickets
- *    just after the handshake, i.e. ciphertext that decrypts to nothing, often while the conn
- *    is idle. bytes_in counts ciphertext on the wire; msgs_in counts plaintext deliveries.
+ *    tls_input: pp__tls_feed (it copies, so pool->read_buf is free again); while the handshake
+ *    is not done, r = pp__tls_handshake; tls_flush; UV_EAGAIN -> return; PP_ETLS ->
+ *    attempt_failed(conn, PP_ETLS), return; 0 -> step 1's "completes". Then
+ *        while ((n = pp__tls_read(conn->tls, pool->read_buf, sizeof pool->read_buf)) > 0)
+ *          deliver n bytes of plaintext through today's on_read body (moved into a function:
+ *          counters, the idle late-reply rule, read_cb or keep_bytes), and stop if the conn
+ *          closed or stopped reading meanwhile (the rest stays in the TLS state; read again
+ *          from pp__conn_deliver_kept's uv_read_start point);
+ *    then tls_flush (a key update is answered), and n == UV_EOF (close_notify) or PP_ETLS (a
+ *    fatal alert, e.g. a TLS 1.3 server refusing our client certificate after the handshake)
+ *    -> pp__conn_io_error(conn, n). The late-reply rule must judge PLAINTEXT only: a TLS 1.3
+ *    server sends session tickets just after the handshake, ciphertext that decrypts to
+ *    nothing, often while the conn is idle. bytes_in counts ciphertext (the wire), msgs_in
+ *    plaintext deliveries. EOF and socket errors (nread < 0) go as today.
  *
- * 3. Writing (pp_conn_write, pp_conn_try_write):
- *        pp_conn_write: err = pp__tls_write(conn->tls, bufs, nbufs); out = pp__tls_output();
- *          out->data = req; uv_write(&out->req, stream, &out->buf, 1, on_tls_write), where
- *          on_tls_write counts req->bytes_ (plaintext), pp__tls_output_done(out) and runs
- *          req->cb_ — pp_write_t's own uv_ stays unused; an empty output (no bytes) completes
- *          through the defer queue, never inside the call.
- *        pp_conn_try_write: keep the "queued writes first" check (UV_EAGAIN); then encrypt all,
- *          uv_try_write the chunk, and uv_write what the socket did not take with a callback
- *          that only hands the chunk back. TLS records cannot be taken back once made, so a TLS
- *          try_write takes every byte (or fails) — say so in peerpool.h.
- *        Ciphertext the layer makes on its own (handshake flights, key update answers,
- *          close_notify) goes out through tls_flush: while ((out = pp__tls_output(tls, &e)))
- *          uv_write(&out->req, ..., on_flush_write) handing the chunk back in the callback.
- *        pp_conn_write_queue_size stays libuv's write_queue_size (ciphertext bytes).
+ * 3. Writing: pp_conn_write with conn->tls: err = pp__tls_write(conn->tls, bufs, nbufs), then
+ *    out = pp__tls_output(conn->tls, &err); out->data = req; uv_write(&out->req, stream,
+ *    &out->buf, 1, on_tls_write), where on_tls_write counts req->bytes_ (plaintext) as
+ *    on_write does, hands the chunk back (pp__tls_output_done) and runs req->cb_; pp_write_t's
+ *    own uv_ stays unused. A write of zero bytes makes no chunk: complete it through the defer
+ *    queue, never inside the call. pp_conn_try_write: keep the "queued writes go first" check
+ *    (UV_EAGAIN); then encrypt everything, uv_try_write the chunk and uv_write what the socket
+ *    did not take (a callback that only hands the chunk back): records cannot be taken back once
+ *    made, so on a TLS conn try_write takes every byte or fails; say so in peerpool.h.
+ *    tls_flush sends what the layer makes by itself (handshake flights, key update answers):
+ *        while ((out = pp__tls_output(conn->tls, &err))) uv_write(&out->req, ..., on_flushed)
+ *    with on_flushed handing the chunk back; an error or UV_ENOMEM is pp__conn_io_error.
+ *    pp_conn_write_queue_size stays libuv's (ciphertext bytes).
  *
- * 4. Closing (pp__conn_close, before close_handle): if the handshake is done and the conn is
- *    not broken, pp__tls_close_notify(conn->tls), take the output and uv_try_write it (best
- *    effort: uv_close cancels queued writes), hand it back; then pp__tls_free(conn->tls) —
- *    chunks still queued in libuv stay valid until their (cancelled) callbacks hand them back.
+ * 4. Closing (pp__conn_close, before close_handle): if pp__tls_done and the conn is not
+ *    broken, pp__tls_close_notify(conn->tls), take the output and uv_try_write it (best effort,
+ *    and only when libuv's write queue is empty: uv_close cancels queued writes), hand it back;
+ *    then pp__tls_free(conn->tls). Chunks still queued in libuv stay valid until their
+ *    (cancelled) callbacks hand them back.
  *
- * A public accessor for ALPN on a conn, pp_conn_tls_alpn(conn), belongs with step 1
- * (pp__tls_alpn(conn->tls, &len)); the handshake counters are already in pp_stats_t.
+ * Then: pp_conn_tls_alpn(conn) in peerpool.h (pp__tls_alpn), the Lua `tls` options and
+ * conn:alpn(), and test_tls.c's cases through pp_acquire instead of the tc_* client.
+ * Fail fast: while a peer backs off after a TLS failure, its acquires answer
+ * PP_ECANNOTCONNECT with lease->cause PP_ETLS (pp__peer_fail_code); answering PP_ETLS there
+ * too would be a one-line choice in health.c.
  * ------------------------------------------------------------------------------------------ */
 #include "internal.h"
 
@@ -432,6 +439,7 @@ struct pp__tls_s {
 #define PP__TLS_SPARES 4
 #define PP__TLS_SPARE_MAX (256 * 1024)
 #define PP__TLS_CHUNK_MIN (16 * 1024 + 512)
+#define PP__TLS_CHUNK_MAX (64 * 1024 * 1024)
 
 static bool is_ip(const char *host) {
   unsigned char buf[16];
@@ -751,6 +759,7 @@ pp__tls_out_t *pp__tls_output(pp__tls_t *t, int *err) {
   if (err) *err = 0;
   size_t n = pp__tls_pending(t);
   if (n == 0) return NULL;
+  if (n > PP__TLS_CHUNK_MAX) n = PP__TLS_CHUNK_MAX; /* the rest comes in the next chunk */
   /* A spare that is big enough, else the biggest spare grown, else a new chunk. */
   pp__tls_out_t **best = NULL;
   for (pp__tls_out_t **pp = &t->spare; *pp; pp = &(*pp)->next) {

@@ -976,6 +976,10 @@ TEST(tls_pool_dial_fails_closed_until_wired) {
   ASSERT_CONTAINS(why, "not wired");
   ASSERT_EQ(srv_bytes_in(srv), 0);
   ASSERT_EQ(test_stats(pool).tls_failed, 1);
+  /* Meanwhile the peer backs off: acquires fail fast, naming the TLS failure as the cause. */
+  memset(&l, 0, sizeof l);
+  ASSERT_ERR(pp_acquire(pool, &l, peer, NULL, test_acquire_cb), PP_ECANNOTCONNECT);
+  ASSERT_ERR(l.cause, PP_ETLS);
   /* Without TLS options the peer is dialled in plain TCP as ever (after its backoff). */
   ASSERT_OK(pp_peer_set_tls(peer, NULL, NULL));
   RUN_UNTIL(!pp__ahead(pool, test_peer_info(peer).retry_at), 5000);

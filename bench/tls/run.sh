@@ -28,7 +28,7 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  "$BIN" --free-port
 }
 
 results=$tmp/results
@@ -75,7 +75,9 @@ section=$tmp/section.md
   echo "session offered; **resumed**: each conn resumes a ticket of the previous one; **tcp**: the"
   echo "same without TLS; **warm**: PING/+PONG on one TLS conn kept open (what a pooled request"
   echo "costs). CPU is the client process's user + system time (getrusage) per conn (per request"
-  echo "for warm), over $N of each after 50 to warm up; latency is from connect to close."
+  echo "for warm), over $N of each after 50 to warm up (the kernel samples the user/system split"
+  echo "by its tick; their sum is exact); latency is from connect to close. The server runs on"
+  echo "the same machine."
   echo
   echo "| server key | kind | client CPU µs | user µs | sys µs | p50 µs | p99 µs | resumed |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|"

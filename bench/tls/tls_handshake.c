@@ -12,6 +12,7 @@
  *   RESULT kind=full n=2000 cpu_us=... user_us=... sys_us=... p50_us=... p99_us=... resumed=0
  * usage: tls_handshake --port TLS_PORT --plain-port PORT --ca CA.pem [--n 2000] [--warmup 50]
  *   [--kinds tcp,full,resumed,warm]
+ *        tls_handshake --free-port     (prints a free port of 127.0.0.1)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,9 +241,28 @@ static void run_kind(const char *kind, int n, int warmup) {
   free(lat);
 }
 
+/* Print a port of 127.0.0.1 that nothing listens on (for run.sh's redis-server). */
+static int print_free_port(void) {
+  uv_tcp_t tcp;
+  struct sockaddr_in sa;
+  struct sockaddr_storage got;
+  int len = sizeof got;
+  uv_loop_t *l = uv_default_loop();
+  uv_ip4_addr("127.0.0.1", 0, &sa);
+  uv_tcp_init(l, &tcp);
+  if (uv_tcp_bind(&tcp, (const struct sockaddr *)&sa, 0) ||
+      uv_tcp_getsockname(&tcp, (struct sockaddr *)&got, &len))
+    die("bind", 0);
+  printf("%d\n", ntohs(((struct sockaddr_in *)&got)->sin_port));
+  uv_close((uv_handle_t *)&tcp, NULL);
+  uv_run(l, UV_RUN_DEFAULT);
+  return uv_loop_close(l);
+}
+
 int main(int argc, char **argv) {
   const char *ca = NULL, *kinds = "tcp,full,resumed,warm";
   int n = 2000, warmup = 50;
+  if (argc == 2 && strcmp(argv[1], "--free-port") == 0) return print_free_port();
   for (int i = 1; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--port") == 0)
       tls_port = atoi(argv[i + 1]);

@@ -31,6 +31,8 @@ free_port() {
   "$BIN" --free-port
 }
 
+load() { cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown; }
+load_start=$(load)
 results=$tmp/results
 : >"$results"
 for key in ec rsa; do
@@ -68,6 +70,7 @@ section=$tmp/section.md
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); engine commit: $commit"
   echo "- machine: $(nproc) CPUs online; $(uname -sr); $(openssl version | cut -d' ' -f1-2)"
+  echo "- load average (1, 5, 15 min) at start: $load_start; at end: $(load)"
   echo "- server: redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') on 127.0.0.1, TLS 1.3"
   echo
   echo "Each conn, one after another on one libuv loop: TCP connect, TLS handshake, one"

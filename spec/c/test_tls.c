@@ -78,6 +78,9 @@ static void env_setup(void) {
   char cmd[512];
   snprintf(cmd, sizeof cmd, "sh '%s/tls_certs.sh' '%s'", PP_SPEC_DIR, env.dir);
   ASSERT_MSG(system(cmd) == 0, "making the certificates failed (left in %s)", env.dir);
+  /* On success env_teardown removes it; a failed test leaves its certificates and server logs. */
+  printf("tls test files: %s\n", env.dir);
+  fflush(stdout);
 }
 
 static void proc_stop(proc_t *p) {

@@ -21,28 +21,25 @@ pp_conn_t *lpp_conn_of(lpp_conn_t *c) {
 
 /* ---- acquire --------------------------------------------------------------------------- */
 
-/* Push the error tuple for an acquire that failed with `err`. With busy, the detail is a
- * notice armed for the peer. Returns the number of values pushed. */
-static int push_acquire_error(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, int err, int cause) {
+/* Push the error tuple for an acquire of `lease` that failed with `err`: nil, code, detail.
+ * With busy, the detail is a notice armed for `peer`; otherwise the engine's one line of why
+ * (pp_lease_describe: the peer's state, conns in use, waiters ahead, last error and when). */
+static int push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,
+                              int err) {
   if (err == PP_EBUSY) {
     lua_pushnil(L);
     lua_pushstring(L, pp_err_name(err));
     lpp_push_notice(L, p, 1, peer);
     return 3;
   }
-  if (err == PP_ECANNOTCONNECT && cause) {
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s: %s (%s)", pp_strerror(err), pp_strerror(cause),
-             pp_err_name(cause));
-    return lpp_push_error(L, err, msg);
-  }
-  if (err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS) {
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s: this process is short of a resource (not the peer's fault)",
+  char why[320];
+  int n = err == PP_ECLOSED ? 0 : pp_lease_describe(lease, why, sizeof(why));
+  if (n <= 0 && (err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS))
+    snprintf(why, sizeof(why), "%s: this process is short of a resource (not the peer's fault)",
              pp_strerror(err));
-    return lpp_push_error(L, err, msg);
-  }
-  return lpp_push_error(L, err, NULL);
+  else if (n <= 0)
+    snprintf(why, sizeof(why), "%s", pp_strerror(err));
+  return lpp_push_error(L, err, why);
 }
 
 static void copy_addr(lpp_conn_t *c, pp_peer_t *peer) {
@@ -93,7 +90,7 @@ static void on_acquired(pp_lease_t *lease, int status) {
       lua_rawgeti(co, LUA_REGISTRYINDEX, c->self_ref);
       n = 1;
     } else {
-      n = push_acquire_error(co, p, lease->want_, status, lease->cause);
+      n = push_acquire_error(co, p, lease, NULL, status);
     }
     lpp_unref(L, &c->self_ref);
     lpp_resume(L, co, n, p);
@@ -106,7 +103,7 @@ static void on_acquired(pp_lease_t *lease, int status) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref);
     lua_pushnil(L);
   } else {
-    int n = push_acquire_error(L, p, lease->want_, status, lease->cause);
+    int n = push_acquire_error(L, p, lease, NULL, status);
     /* (nil, code, detail) -> (code, nil, detail) */
     lua_remove(L, -n);
     lua_pushnil(L);
@@ -147,10 +144,10 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
       granted(c);
       return 1;
     }
-    if (err != PP_EAGAIN) return push_acquire_error(L, p, peer, err, 0);
+    if (err != PP_EAGAIN) return push_acquire_error(L, p, &c->lease, peer, err);
   }
   err = pp_acquire(p->pool, &c->lease, peer, opts, on_acquired);
-  if (err) return push_acquire_error(L, p, peer, err, 0);
+  if (err) return push_acquire_error(L, p, &c->lease, peer, err);
   c->state = LPP_CONN_PENDING;
   lua_pushvalue(L, -1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -15,10 +15,11 @@
 #define LPP_HOOK_RUN "peerpool.hook_run"
 
 /* Policy hooks, for per-hook counters. */
-#define LPP_HOOK_MAP(XX)       \
-  XX(SELECT_PEER, select_peer) \
-  XX(SELECT_CONN, select_conn) \
-  XX(BACKOFF, backoff) XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping)
+#define LPP_HOOK_MAP(XX)                                                                   \
+  XX(SELECT_PEER, select_peer)                                                             \
+  XX(SELECT_CONN, select_conn)                                                             \
+  XX(BACKOFF, backoff)                                                                     \
+  XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping) XX(ROUTE, route) XX(PEER_EVENT, peer_event)
 enum {
 #define XX(u, l) LPP_HOOK_##u,
   LPP_HOOK_MAP(XX)
@@ -203,6 +204,9 @@ void lpp_budget_arm(lua_State *thread);
 void *lpp_sandbox_open(lua_State *L);
 /* At the state's end: put the original allocator back. */
 void lpp_sandbox_close(lua_State *L, void *alloc_ud);
+
+/* lring.c */
+int lpp_l_ring(lua_State *L); /* peerpool.ring([vnodes]) */
 
 /* lsend.c */
 int lpp_l_send(lua_State *L); /* conn:send(data [, callback]) */

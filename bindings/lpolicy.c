@@ -237,6 +237,40 @@ static int64_t c_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
   return ms;
 }
 
+/* route(key, pool) -> the owning peer's address (or a view with .addr), or nil for the
+ * default. Called before any candidate window: a ring kept by peer_event answers in O(log n). */
+static pp_peer_t *c_route(void *data, pp_pool_t *pool, const char *key) {
+  lpp_pool_t *p = data;
+  if (!push_hook(p, "route")) return NULL;
+  lua_State *L = p->hook_L;
+  lua_pushstring(L, key);
+  lpp_push_pool(L, p);
+  if (!call_hook(p, LPP_HOOK_ROUTE, 2)) return NULL;
+  if (lua_istable(L, -1)) lua_getfield(L, -1, "addr");
+  pp_peer_t *peer = NULL;
+  int t = lua_type(L, -1);
+  if (t == LUA_TSTRING) peer = pp_pool_find_peer(pool, lua_tostring(L, -1));
+  if (t != LUA_TNIL && peer == NULL) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "answered %s%s%s, not a peer of the pool (want an address or nil)",
+             luaL_typename(L, -1), t == LUA_TSTRING ? " " : "",
+             t == LUA_TSTRING ? lua_tostring(L, -1) : "");
+    lpp_hook_error(p, LPP_HOOK_ROUTE, msg);
+  }
+  lua_settop(L, 0);
+  return peer;
+}
+
+/* peer_event(addr, event): the live set changed ("added", "burned"); the answer is ignored. */
+static void c_peer_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_event_t event) {
+  lpp_pool_t *p = data;
+  if (!push_hook(p, "peer_event")) return;
+  lua_State *L = p->hook_L;
+  lua_pushstring(L, pp_peer_addr(peer));
+  lua_pushstring(L, pp_peer_event_name(event));
+  if (call_hook(p, LPP_HOOK_PEER_EVENT, 2)) lua_pop(L, 1);
+}
+
 /* ---- asynchronous hooks: handshake, ping and seed run as coroutines -------------------- */
 
 /* Each runs in a coroutine of its own, registered in a weak table with its budget (ten times
@@ -416,6 +450,8 @@ static int l_set_policy(lua_State *L) {
   if (HAS("seed")) policy.seed = c_seed;
   if (HAS("handshake")) policy.handshake = c_handshake;
   if (HAS("ping")) policy.ping = c_ping;
+  if (HAS("route")) policy.route = c_route;
+  if (HAS("peer_event")) policy.peer_event = c_peer_event;
 #undef HAS
   policy.closed = c_closed;
   /* Swap: the engine takes the new hooks for its next decision; conns are untouched. */

@@ -450,6 +450,18 @@ static int l_peer(lua_State *L) {
   return 1;
 }
 
+/* pool:check(addr): whether an acquire for the peer would be served (now or after waiting):
+ * true, or nil, code, why (burned, ejected, cannot_connect while it backs off, no_peer). Cheap:
+ * a route hook may call it to pass over an owner that is down. */
+static int l_check(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  pp_peer_t *peer = pp_pool_find_peer(p->pool, luaL_checkstring(L, 2));
+  int err = peer ? pp_peer_check(peer) : PP_ENOPEER;
+  if (err) return lpp_push_error(L, err, peer ? NULL : "unknown peer");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* ---- stats ----------------------------------------------------------------------------- */
 
 static int l_stats(lua_State *L) {
@@ -467,10 +479,12 @@ static int l_stats(lua_State *L) {
   F(waiters)
   F(peers)
   F(acquires)
-  F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy) F(exhausted)
-      F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
-          F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
-              F(pings_failed) F(ejections) F(seeds) F(policy_errors)
+  F(acquired_immediate)
+  F(acquired_dialed)
+  F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases)
+      F(released_broken) F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in)
+          F(bytes_out) F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds)
+              F(policy_errors)
 #undef F
                   lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");
@@ -639,6 +653,7 @@ static const luaL_Reg pool_methods[] = {
     {"_every", l_every},
     {"peers", l_peers},
     {"peer", l_peer},
+    {"check", l_check},
     {"on", l_on},
     {"close", l_close},
     {"_closed", l_closed},

@@ -342,6 +342,7 @@ static const luaL_Reg module_fns[] = {
     {"_canonical", l_canonical},
     {"_set_seed_ctx", lpp_l_set_seed_ctx},
     {"_resume", l_resume},
+    {"ring", lpp_l_ring},
     {NULL, NULL},
 };
 

@@ -69,8 +69,12 @@ end
 
 local HOOKS = {
   select_peer = true, select_conn = true, backoff = true, seed = true, handshake = true,
-  ping = true,
+  ping = true, route = true, peer_event = true,
 }
+local HOOK_LIST = {}
+for name in pairs(HOOKS) do HOOK_LIST[#HOOK_LIST + 1] = name end
+table.sort(HOOK_LIST)
+HOOK_LIST = table.concat(HOOK_LIST, ", ")
 local POLICY_INFO = { name = "string", description = "string" }
 
 -- `require "peerpool.policies.NAME"` finds the policy library: installed with the rock, or
@@ -113,8 +117,7 @@ local function policy_from(source)
         return nil, "policy." .. k .. " must be a " .. POLICY_INFO[k]
       end
     else
-      return nil, "policy." .. tostring(k) .. " is not a hook (hooks: backoff, handshake, ping, " ..
-        "seed, select_conn, select_peer)"
+      return nil, "policy." .. tostring(k) .. " is not a hook (hooks: " .. HOOK_LIST .. ")"
     end
   end
   return tbl, name

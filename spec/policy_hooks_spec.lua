@@ -35,7 +35,8 @@ local function handshake_ok(conn)
   return conn:receive("*l") == "VERACK"
 end
 
-local HOOK_LIST = "hooks: backoff, handshake, ping, seed, select_conn, select_peer"
+local HOOK_LIST =
+  "hooks: backoff, handshake, peer_event, ping, route, seed, select_conn, select_peer"
 
 describe("peerpool policy hooks", function()
   describe("policy tables", function()
@@ -973,10 +974,12 @@ describe("peerpool policy hooks", function()
           backoff = function(attempt) return attempt < 2 and 1 or false end })
         local states = {}
         pool:on("state", function(_, _, to) states[#states + 1] = to end)
-        assert.same({ n = 3, nil, "burned", "peer is burned" }, pack(pool:acquire(srv.addr)))
+        local why = srv.addr .. " is burned: its backoff policy gave up; it is not dialled " ..
+          "unless re-added (last ECONNREFUSED)"
+        assert.same({ n = 3, nil, "burned", why }, pack(pool:acquire(srv.addr)))
         assert.equal("burned", pool:peer(srv.addr).state)
         assert.equal(2, pool:peer(srv.addr).attempts)
-        assert.same({ n = 3, nil, "burned", "peer is burned" }, pack(pool:acquire(srv.addr)))
+        assert.same({ n = 3, nil, "burned", why }, pack(pool:acquire(srv.addr)))
         assert.equal("no_peer", select(2, pool:acquire()))
         wait_until(function() return states[#states] == "burned" end, 1000, "the burned event")
         assert.equal(1, pool:stats().peers_by_state.burned)

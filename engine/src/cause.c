@@ -146,9 +146,13 @@ static void describe_other(line_t *b, const pp_lease_t *lease, const pp_cause_t 
     case PP_ENOPEER:
       if (lease->want_)
         put(b, "%s is not dialled: its address is older than max_address_age", where(c));
+      else if (c->peers == 0)
+        put(b, "no peer can serve: the pool knows no peer");
       else
-        put(b, "no peer can serve: %d peer%s known that %s not burned or too old to dial", c->peers,
-            c->peers == 1 ? "" : "s", c->peers == 1 ? "is" : "are");
+        put(b,
+            "no peer can serve: none of the %d known peer%s can be dialled (burned, or too "
+            "old)",
+            c->peers, c->peers == 1 ? "" : "s");
       return;
     case PP_EBUSY:
       put(b, "%s is at capacity: %d/%d conns in use", where(c), c->conns, c->max_conns);

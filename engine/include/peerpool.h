@@ -50,7 +50,8 @@ extern "C" {
   XX(ESTATE, -30014, "bad_state", "operation not valid in this state")                     \
   XX(ENOREUSE, -30015, "not_reusable", "connection is not reusable (its peer is healthy)") \
   XX(ETOOLONG, -30016, "too_long", "reply or line over the receive limit")                 \
-  XX(EEJECTED, -30017, "ejected", "peer is ejected for a cool-down")
+  XX(EEJECTED, -30017, "ejected", "peer is ejected for a cool-down")                       \
+  XX(ETLS, -30018, "tls", "TLS handshake or verification failed")
 
 typedef enum {
 #define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,
@@ -92,6 +93,48 @@ typedef struct pp__link_s {
 typedef struct pp_lease_s pp_lease_t;
 typedef struct pp_write_s pp_write_t;
 typedef struct pp_notice_s pp_notice_t;
+
+/* ------------------------------------------------------------------------------------------
+ * TLS (OpenSSL 3). Options for a whole pool (pp_options_t.tls) and, over those, for one peer
+ * (pp_peer_set_tls). Every string is copied when the options are taken; files are loaded then.
+ * Verification is on unless verify is 0: the certificate chain must lead to a trusted CA and
+ * the leaf must carry the peer's name — server_name, or else the host of the peer's address (a
+ * host name is also sent as SNI; an IP address is checked against the certificate's IP
+ * entries and not sent). Handshakes resume a session cached for the same peer when they can.
+ * A handshake that fails answers PP_ETLS, and pp_peer_tls_reason() says why.
+ * NOT YET IN EFFECT: conns do not speak TLS yet (engine/src/tls.c is not wired into the conn
+ * path). Until they do, the dial of a peer with TLS options (the pool's or its own) fails with
+ * PP_ETLS rather than talk in the clear.
+ */
+typedef struct {
+  const char *ca_file;     /* PEM file of trusted CAs; with ca_path NULL too: the system's store */
+  const char *ca_path;     /* directory of CA certificates named by hash (c_rehash) */
+  const char *cert_file;   /* client certificate chain (PEM), for servers that ask for one */
+  const char *key_file;    /* its private key (PEM); NULL: it is in cert_file */
+  const char *server_name; /* the name to send and verify; NULL: the host of the peer's address */
+  int verify;              /* 1: verify chain and name; 0: accept any certificate; -1 (default):
+                              a peer's options take the pool's, a pool's mean 1 */
+  const char *const *alpn; /* NULL-terminated list of protocols to offer, e.g. {"h2", NULL} */
+  const char *min_version; /* "1.2" or "1.3"; NULL: "1.2" (or the pool's, for a peer) */
+} pp_tls_options_t;
+
+/* Fill *opts with the defaults: every field NULL, verify -1. */
+void pp_tls_options_init(pp_tls_options_t *opts);
+
+/* Give `peer` TLS options of its own over the pool's (copied): a field left NULL (verify -1)
+ * keeps the pool's value, so { server_name = "shard5" } alone changes only the name. A peer
+ * of a pool without TLS speaks TLS with these options alone. NULL drops the peer's own options
+ * (the pool's apply again). Applies to conns dialled from now on; sessions cached for the peer
+ * are dropped. Returns 0; PP_EINVAL with *why (if non-NULL) set to a static message naming the
+ * field (a bad value, or a file that could not be loaded); PP_ECLOSED on a closing pool;
+ * UV_ENOMEM. */
+int pp_peer_set_tls(pp_peer_t *peer, const pp_tls_options_t *tls, const char **why);
+
+/* Why the last TLS handshake with `peer` failed, as "<class>: <detail>" where the class is
+ * "unknown CA", "name mismatch", "expired", "protocol" (version, cipher, a malformed record)
+ * or "other" (e.g. "other: the peer refused our client certificate: ..."); NULL if none has.
+ * Valid until the peer's next TLS failure or the pool's end. */
+const char *pp_peer_tls_reason(const pp_peer_t *peer);
 
 /* ------------------------------------------------------------------------------------------
  * Options. Call pp_options_init() for the defaults, change fields, pass to pp_pool_new().
@@ -146,6 +189,8 @@ typedef struct {
                                    probes (500) */
   int keep_idle_bytes;          /* 1: bytes arriving on an idle conn are kept for its next holder
                                    (chatty P2P protocols); 0: they close it as a late reply (0) */
+  const pp_tls_options_t *tls;  /* TLS for every peer (copied by pp_pool_new, which points this
+                                   at its copy); NULL: plain TCP (NULL) */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */
@@ -515,6 +560,7 @@ struct pp_lease_s {
  * use, peer of another pool).
  * Callback statuses: 0; PP_ETIMEDOUT (pp_lease_describe() says what it waited behind);
  * PP_ECANNOTCONNECT (its dial ran out of attempts; lease->cause is the last socket error);
+ * PP_ETLS (the peer's TLS handshake failed; not retried: pp_peer_tls_reason() says why);
  * PP_EBURNED, PP_EEJECTED, PP_ECANNOTCONNECT, PP_ENOPEER when the peer it waited for stopped
  * being able to serve (burned, ejected, backing off with no conn left, aged out) — an acquire
  * for any peer whose dial failed instead goes on waiting for another peer, and fails only when
@@ -699,6 +745,10 @@ typedef struct {
   uint64_t connect_attempts, connects_ok, connects_failed;
   double connect_latency_ms_avg; /* mean of successful connects */
   double connect_latency_ms_max;
+  /* TLS handshakes (see pp_tls_options_t) */
+  uint64_t tls_full;    /* completed without resuming a session */
+  uint64_t tls_resumed; /* completed by resuming a cached session */
+  uint64_t tls_failed;  /* handshakes (or conns later) that ended with PP_ETLS */
   /* conns closed by reason */
   uint64_t closed[PP_CLOSE_REASON_COUNT];
   /* I/O */

@@ -160,6 +160,10 @@ static void describe_other(line_t *b, const pp_lease_t *lease, const pp_cause_t 
     case PP_EEXHAUSTED:
       put(b, "the wait queue is full (backlog)");
       return;
+    case PP_ETLS: /* TLS (tls.c): the reason the handshake gave */
+      put(b, "TLS with %s failed", where(c));
+      if (c->peer && pp_peer_tls_reason(c->peer)) put(b, ": %s", pp_peer_tls_reason(c->peer));
+      return;
     default:
       put(b, "%s (%s)", pp_strerror(c->code), pp_err_name(c->code));
       if (pp__err_is_local(c->code))

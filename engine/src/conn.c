@@ -169,6 +169,13 @@ static void on_connect(uv_connect_t *req, int status) {
     attempt_failed(conn, status);
     return;
   }
+  /* TLS (tls.c) is not wired into conns yet: a peer with TLS options must not get a conn that
+   * talks in the clear, so its dial fails with PP_ETLS. Step 1 of the seam at the top of
+   * tls.c replaces this. */
+  if (pp__tls_not_wired(peer)) {
+    attempt_failed(conn, PP_ETLS);
+    return;
+  }
   uv_timer_stop(&conn->timer);
   double ms = (double)(pp__now(pool) - conn->attempt_started);
   pool->connect_latency_sum += ms;
@@ -298,14 +305,16 @@ static void after_attempt(pp_conn_t *conn) {
     pp__peer_burn(peer);
     return;
   }
-  if (!conn->probe && conn->attempt <= pool->opts.retries) {
+  /* TLS (tls.c): a certificate does not change between attempts, so a TLS failure is not
+   * retried and the owner hears PP_ETLS itself. */
+  if (!conn->probe && conn->attempt <= pool->opts.retries && err != PP_ETLS) {
     pp__timer_start(pool, &conn->timer, on_backoff_done, (uint64_t)delay);
     pp__peer_update_state(peer);
     return;
   }
   uint64_t at = pp__now(pool) + (uint64_t)delay;
   if (at > peer->retry_at) peer->retry_at = at;
-  give_up(conn, PP_ECANNOTCONNECT);
+  give_up(conn, err == PP_ETLS ? PP_ETLS : PP_ECANNOTCONNECT);
 }
 
 static void on_attempt_closed(uv_handle_t *handle) {

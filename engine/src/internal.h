@@ -161,6 +161,7 @@ struct pp_peer_s {
   pp__link_t waiting_link; /* pool->waiting_peers while waiters.count > 0 */
   pp_peer_t *hash_next;
   void *data;
+  struct pp__tls_peer_s *tls; /* TLS settings, sessions, last failure (tls.c); NULL: none yet */
   /* Its place among dial candidates (peer.c keeps it in step in pp__peer_update_state). A peer
    * that may be dialled (not burned, fresh, under max_per_peer) is in pool->dialable, or in
    * pool->backoff until its retry time; burned, stale and full peers are in neither. */
@@ -189,6 +190,7 @@ struct pp_pool_s {
   pp_policy_t policy;
   pp_state_cb state_cb;
   void *data;
+  struct pp__tls_pool_s *tls; /* TLS of the pool and its peers (tls.c); NULL: none */
   bool closing;
   pp_close_cb close_cb;
   int conn_handles; /* conn handles not yet closed */
@@ -252,6 +254,9 @@ struct pp__event_s {
   pp_peer_t *peer;
   unsigned char from, to;
 };
+
+/* ---- tls.c: TLS on memory BIOs, per pool and per peer --------------------------------- */
+#include "tls.h"
 
 /* ---- error.c --------------------------------------------------------------------------- */
 /* Whether `err` says this machine is short of a resource (fds, memory, buffers) rather than

@@ -1,5 +1,6 @@
 /* Pool options: defaults and validation. Every message names its field. */
 #include "peerpool.h"
+#include "tls.h"
 
 void pp_options_init(pp_options_t *o) {
   o->max_per_peer = 4;
@@ -25,6 +26,7 @@ void pp_options_init(pp_options_t *o) {
   o->eject_max_percent = 50;
   o->probe_interval = 500;
   o->keep_idle_bytes = 0;
+  o->tls = NULL;
 }
 
 /* One year in ms: no sane timeout is longer, and it keeps deadline arithmetic far from
@@ -85,6 +87,7 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
   CHECK(o->probe_interval >= 0 && o->probe_interval <= PP_MS_MAX,
         "probe_interval must be a number of ms >= 0 (0 = no probes)");
   CHECK(o->keep_idle_bytes == 0 || o->keep_idle_bytes == 1, "keep_idle_bytes must be 0 or 1");
+  if (o->tls) return pp__tls_options_check(o->tls, why);
   return 0;
 }
 

@@ -40,6 +40,11 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   if (pool == NULL) return UV_ENOMEM;
   pool->loop = loop;
   pool->opts = *opts;
+  err = pp__tls_pool_init(pool, opts->tls, why); /* TLS (tls.c): copies opts->tls */
+  if (err) {
+    free(pool);
+    return err;
+  }
   pp__list_init(&pool->peers);
   pp__list_init(&pool->usable_peers);
   pp__list_init(&pool->waiting_peers);
@@ -207,6 +212,7 @@ static void own_handle_closed(uv_handle_t *handle) {
     pp__list_remove(&peer->order_link);
     pp__peer_free(peer);
   }
+  pp__tls_pool_free(pool); /* TLS (tls.c) */
   free(pool->table);
   free(pool->scratch);
   free(pool->events);

@@ -34,8 +34,7 @@ end
 -- history (v3): burned peers stay burned, a peer that kept failing is not trusted afresh.
 local function add_rows(pool, st, rows, n)
   for r = 0, 6 * (n - 1), 6 do
-    local addr, why
-    addr, _, why = pool:_add_peer(rows[r + 1], rows[r + 2], rows[r + 4] or nil,
+    local addr, _, why = pool:_add_peer(rows[r + 1], rows[r + 2], rows[r + 4] or nil,
       rows[r + 3] or "book")
     if not addr then
       refuse(st, rows[r + 5], why)

@@ -17,6 +17,14 @@ describe("scripts/examples", function()
     return port
   end
 
+  -- redis-servers started by the running test: busted keeps one finally per test, so one
+  -- list, killed after each test.
+  local started = {}
+  after_each(function()
+    for _, pid in ipairs(started) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
+    started = {}
+  end)
+
   -- Start a redis-server on a free loopback port (or `port`), killed when the test ends; its
   -- address and pid, or nil when redis-server is not installed.
   local function redis(port)
@@ -26,7 +34,7 @@ describe("scripts/examples", function()
     local server = io.popen(string.format(
       "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
       ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-    finally(function() os.execute("kill " .. server .. " 2>/dev/null") end)
+    started[#started + 1] = server
     -- wait until it answers (redis-cli comes with redis-server on Debian)
     for _ = 1, 100 do
       local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")

@@ -657,9 +657,22 @@ static int l_index(lua_State *L) {
   return 1;
 }
 
+/* conn:alpn(): the protocol the server chose by ALPN on a TLS conn ("h2"), or nil (a plain
+ * conn, none offered or chosen, or the lease ended). */
+static int l_alpn(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  pp_conn_t *conn = lpp_conn_of(c);
+  const char *proto = conn ? pp_conn_tls_alpn(conn) : NULL;
+  if (proto)
+    lua_pushstring(L, proto);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
 static const luaL_Reg conn_methods[] = {
     {"send", lpp_l_send}, {"receive", l_receive}, {"release", l_release},
-    {"close", l_close},   {NULL, NULL},
+    {"close", l_close},   {"alpn", l_alpn},       {NULL, NULL},
 };
 
 void lpp_conn_open(lua_State *L) {

@@ -82,6 +82,89 @@ static lua_Integer option_integer(lua_State *L, const char *key) {
   return v;
 }
 
+/* ---- TLS options: peerpool.new{ tls = {...} } and add_peer's tag { tls = {...} } ----------- */
+
+typedef struct {
+  pp_tls_options_t o;
+  const char *alpn[33]; /* at most 32 protocols (tls.c's limit), NULL-terminated */
+} tls_opts_t;
+
+/* Read the table at `idx` into *t. Its strings stay owned by that table: keep it reachable
+ * while *t is in use. `what` starts errors ("peerpool.new: option"), which name the field. */
+static void read_tls(lua_State *L, int idx, tls_opts_t *t, const char *what) {
+  static const struct {
+    const char *name;
+    size_t offset;
+  } strs[] = {
+      {"ca_file", offsetof(pp_tls_options_t, ca_file)},
+      {"ca_path", offsetof(pp_tls_options_t, ca_path)},
+      {"cert_file", offsetof(pp_tls_options_t, cert_file)},
+      {"key_file", offsetof(pp_tls_options_t, key_file)},
+      {"server_name", offsetof(pp_tls_options_t, server_name)},
+  };
+  idx = lua_absindex(L, idx);
+  pp_tls_options_init(&t->o);
+  if (!lua_istable(L, idx))
+    luaL_error(L, "%s 'tls' must be a table (got %s)", what, luaL_typename(L, idx));
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    size_t i = 0;
+    while (i < sizeof(strs) / sizeof(strs[0]) && strcmp(strs[i].name, k) != 0)
+      i++;
+    if (i < sizeof(strs) / sizeof(strs[0])) {
+      if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "%s 'tls.%s' must be a string (got %s)", what, k, luaL_typename(L, -1));
+      *(const char **)((char *)&t->o + strs[i].offset) = lua_tostring(L, -1);
+    } else if (strcmp(k, "verify") == 0) {
+      if (!lua_isboolean(L, -1))
+        luaL_error(L, "%s 'tls.verify' must be a boolean (got %s)", what, luaL_typename(L, -1));
+      t->o.verify = lua_toboolean(L, -1);
+    } else if (strcmp(k, "min_version") == 0) {
+      /* "1.2" or "1.3" (a number 1.2 is taken too); the engine checks the value */
+      if (lua_type(L, -1) == LUA_TNUMBER)
+        t->o.min_version = lua_tonumber(L, -1) == 1.3 ? "1.3" : lua_tonumber(L, -1) == 1.2 ? "1.2" : "?";
+      else if (lua_type(L, -1) == LUA_TSTRING)
+        t->o.min_version = lua_tostring(L, -1);
+      else
+        luaL_error(L, "%s 'tls.min_version' must be \"1.2\" or \"1.3\" (got %s)", what,
+                   luaL_typename(L, -1));
+    } else if (strcmp(k, "alpn") == 0) {
+      if (!lua_istable(L, -1))
+        luaL_error(L, "%s 'tls.alpn' must be a list of protocol names (got %s)", what,
+                   luaL_typename(L, -1));
+      lua_Integer n = luaL_len(L, -1);
+      if (n > 32) luaL_error(L, "%s 'tls.alpn' must list at most 32 protocols", what);
+      for (lua_Integer j = 1; j <= n; j++) {
+        if (lua_rawgeti(L, -1, j) != LUA_TSTRING)
+          luaL_error(L, "%s 'tls.alpn[%I]' must be a string (got %s)", what, j,
+                     luaL_typename(L, -1));
+        t->alpn[j - 1] = lua_tostring(L, -1); /* the list keeps it */
+        lua_pop(L, 1);
+      }
+      t->alpn[n] = NULL;
+      t->o.alpn = t->alpn;
+    } else {
+      luaL_error(L,
+                 "%s 'tls.%s' is unknown (fields: ca_file, ca_path, cert_file, key_file, "
+                 "server_name, verify, alpn, min_version)",
+                 what, k);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* Raise the engine's refusal of TLS options (`why` names the field: "tls.ca_file could not be
+ * loaded ...") as "<what> 'tls.ca_file' could not be loaded ...". */
+static int tls_error(lua_State *L, const char *what, const char *why) {
+  if (why && strncmp(why, "tls.", 4) == 0) {
+    size_t n = strcspn(why, " ");
+    lua_pushlstring(L, why, n);
+    return luaL_error(L, "%s '%s'%s", what, lua_tostring(L, -1), why + n);
+  }
+  return luaL_error(L, "%s 'tls': %s", what, why ? why : "refused");
+}
+
 /* Read opts.<name> into the engine options and the binding's own; every type or range error
  * names the field. */
 static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) {
@@ -94,6 +177,10 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) 
   while (lua_next(L, idx)) {
     if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "peerpool.new: option names must be strings");
     const char *key = lua_tostring(L, -2);
+    if (strcmp(key, "tls") == 0) { /* read by read_tls */
+      lua_pop(L, 1);
+      continue;
+    }
     const option_t *opt = options;
     while (opt->name && strcmp(opt->name, key) != 0)
       opt++;
@@ -174,6 +261,11 @@ int lpp_l_new(lua_State *L) {
   }
   memset(&opts_of_binding, 0, sizeof(opts_of_binding));
   read_options(L, 1, &o, &opts_of_binding);
+  tls_opts_t tls;
+  if (lua_istable(L, 1) && lua_getfield(L, 1, "tls") != LUA_TNIL) {
+    read_tls(L, -1, &tls, "peerpool.new: option"); /* its strings live in opts.tls */
+    o.tls = &tls.o;
+  }
   lpp_state_t *st = lpp_state(L);
   lpp_pool_t *p = lua_newuserdatauv(L, sizeof(*p), 1);
   *p = opts_of_binding;
@@ -187,6 +279,7 @@ int lpp_l_new(lua_State *L) {
   int err = pp_pool_new(st->loop, &o, &p->pool, &why);
   if (err) {
     free(link);
+    if (o.tls && why && strncmp(why, "tls", 3) == 0) return tls_error(L, "peerpool.new: option", why);
     return luaL_error(L, "peerpool.new: %s", why ? why : pp_strerror(err));
   }
   link->st = st;
@@ -339,10 +432,17 @@ static int add_peer(lua_State *L, const char *source) {
     luaL_argexpected(L, lua_istable(L, 4), 4, "table of tags");
     tags_idx = 4;
   }
+  tls_opts_t tls;
+  int has_tls = tags_idx && lua_getfield(L, tags_idx, "tls") != LUA_TNIL;
+  if (has_tls) read_tls(L, -1, &tls, "pool:add_peer: tag"); /* checked before the peer is added */
   pp_peer_t *peer;
   const char *why;
   int err = pp_pool_add_peer(p->pool, addr, last_seen, &peer, &why);
   if (err) return lpp_push_error(L, err, why);
+  /* The tag's tls table: the peer's own TLS options over the pool's. Refused, the peer fails
+   * closed (no conn at all) and the call raises naming the field. */
+  if (has_tls && (err = pp_peer_set_tls(peer, &tls.o, &why)) != 0)
+    return tls_error(L, "pool:add_peer: tag", why ? why : pp_strerror(err));
   set_peer_meta(L, 1, pp_peer_addr(peer), tags_idx, source);
   lua_pushstring(L, pp_peer_addr(peer));
   return 1;
@@ -511,6 +611,7 @@ static int l_stats(lua_State *L) {
   F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken)
       F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in)
           F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds) F(policy_errors)
+              F(tls_full) F(tls_resumed) F(tls_failed)
 #undef F
               lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");

@@ -102,9 +102,11 @@ typedef struct pp_notice_s pp_notice_t;
  * host name is also sent as SNI; an IP address is checked against the certificate's IP
  * entries and not sent). Handshakes resume a session cached for the same peer when they can.
  * A handshake that fails answers PP_ETLS, and pp_peer_tls_reason() says why.
- * NOT YET IN EFFECT: conns do not speak TLS yet (engine/src/tls.c is not wired into the conn
- * path). Until they do, the dial of a peer with TLS options (the pool's or its own) fails with
- * PP_ETLS rather than talk in the clear.
+ * The TLS handshake runs after connect, before the handshake hook and before the conn is lent,
+ * within the same handshake_timeout; a failure is a failed connect of the peer (not retried:
+ * the certificate will not change) whose acquire answers PP_ETLS. On a TLS conn the conn API is
+ * unchanged and carries plaintext (reads, writes, the late-reply rule, keep_idle_bytes);
+ * pp_conn_close sends close_notify. bytes_in counts ciphertext, bytes_out plaintext.
  */
 typedef struct {
   const char *ca_file;     /* PEM file of trusted CAs; with ca_path NULL too: the system's store */
@@ -127,7 +129,8 @@ void pp_tls_options_init(pp_tls_options_t *opts);
  * (the pool's apply again). Applies to conns dialled from now on; sessions cached for the peer
  * are dropped. Returns 0; PP_EINVAL with *why (if non-NULL) set to a static message naming the
  * field (a bad value, or a file that could not be loaded); PP_ECLOSED on a closing pool;
- * UV_ENOMEM. */
+ * UV_ENOMEM. Refused options leave the peer failing closed: its dials answer PP_ETLS (the
+ * reason says why) until options are accepted, or NULL drops its own. */
 int pp_peer_set_tls(pp_peer_t *peer, const pp_tls_options_t *tls, const char **why);
 
 /* Why the last TLS handshake with `peer` failed, as "<class>: <detail>" where the class is
@@ -654,6 +657,9 @@ int pp_notice_cancel(pp_notice_t *notice);
  * handshake()/ping() until it completes or `closed` is called.
  */
 pp_peer_t *pp_conn_peer(const pp_conn_t *conn);
+/* The protocol the server chose by ALPN on a TLS conn ("h2"), or NULL (a plain conn, none
+ * offered or none chosen). Valid while the conn is open. */
+const char *pp_conn_tls_alpn(const pp_conn_t *conn);
 int pp_conn_leases(const pp_conn_t *conn);
 int pp_conn_is_broken(const pp_conn_t *conn);
 /* Milliseconds since the conn last changed lease count (its idle time when unleased). */
@@ -705,7 +711,9 @@ int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsig
 /* Write what the socket takes right now, without queueing (uv_try_write): the number of
  * bytes written (maybe fewer than asked), UV_EAGAIN when none could be, PP_ECLOSED, or the
  * stored error of a broken conn. No callback; counts bytes and, when all was written, one
- * message. Writing this way first saves a queued write and its poll re-arm on the hot path. */
+ * message. Writing this way first saves a queued write and its poll re-arm on the hot path.
+ * On a TLS conn records cannot be taken back once made: it takes every byte (encrypting all,
+ * queueing what the socket did not accept) or fails; UV_EAGAIN only when writes are queued. */
 int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs);
 
 /* Bytes written on `conn` but not yet taken by the kernel: what pp_conn_write() calls queued

@@ -11,6 +11,13 @@ enum { H_NONE = 0, H_OPEN, H_CLOSING };
 static void start_attempt(pp_conn_t *conn);
 static void attempt_failed(pp_conn_t *conn, int err);
 static void conn_ready(pp_conn_t *conn);
+static void transport_ready(pp_conn_t *conn);
+static void tls_start(pp_conn_t *conn);
+static void tls_input(pp_conn_t *conn, const char *data, size_t len);
+static bool tls_read_end(pp_conn_t *conn, int err);
+static int tls_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs);
+static int tls_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs);
+static void tls_drop(pp_conn_t *conn, bool notify);
 
 static bool connecting_phase(pp__conn_phase_t p) {
   return p == PP_CONN_DIALING || p == PP_CONN_BACKOFF || p == PP_CONN_HANDSHAKE;
@@ -169,31 +176,45 @@ static void on_connect(uv_connect_t *req, int status) {
     attempt_failed(conn, status);
     return;
   }
-  /* TLS (tls.c) is not wired into conns yet: a peer with TLS options must not get a conn that
-   * talks in the clear, so its dial fails with PP_ETLS. Step 1 of the seam at the top of
-   * tls.c replaces this. */
-  if (pp__tls_not_wired(peer)) {
-    attempt_failed(conn, PP_ETLS);
-    return;
-  }
   uv_timer_stop(&conn->timer);
   double ms = (double)(pp__now(pool) - conn->attempt_started);
   pool->connect_latency_sum += ms;
   if (ms > pool->stats.connect_latency_ms_max) pool->stats.connect_latency_ms_max = ms;
   peer->latency_ms = peer->latency_ms == 0 ? ms : peer->latency_ms * 0.8 + ms * 0.2;
   if (!peer->is_pipe) uv_tcp_nodelay(&conn->h.tcp, 1);
-  int err = uv_read_start(&conn->h.stream, on_alloc, on_read);
+  /* TLS (tls.c): a peer with TLS options (the pool's or its own) gets a TLS state, or the
+   * attempt fails with PP_ETLS (its reason kept on the peer): never a conn in the clear. */
+  int err = pp__tls_conn_new(peer, &conn->tls);
+  if (err) {
+    attempt_failed(conn, err);
+    return;
+  }
+  err = uv_read_start(&conn->h.stream, on_alloc, on_read);
   if (err) {
     attempt_failed(conn, err);
     return;
   }
   conn->reading = true;
+  if (conn->tls) {
+    tls_start(conn); /* transport_ready once the TLS handshake completes (on_read) */
+    return;
+  }
+  transport_ready(conn);
+}
+
+/* The stream is ready for the protocol (TCP connected, TLS handshake done): the handshake hook
+ * if any, else the conn is ready. A TLS conn is in PP_CONN_HANDSHAKE already: TLS and the hook
+ * share one handshake_timeout, which is not restarted. */
+static void transport_ready(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
   if (pool->policy.handshake) {
-    set_phase(conn, PP_CONN_HANDSHAKE);
+    if (conn->phase != PP_CONN_HANDSHAKE) {
+      set_phase(conn, PP_CONN_HANDSHAKE);
+      pp__timer_start(pool, &conn->timer, on_handshake_timeout,
+                      (uint64_t)pool->opts.handshake_timeout);
+      pp__peer_update_state(conn->peer);
+    }
     conn->hook_running = true;
-    pp__timer_start(pool, &conn->timer, on_handshake_timeout,
-                    (uint64_t)pool->opts.handshake_timeout);
-    pp__peer_update_state(peer);
     pool->policy.handshake(pool->policy.data, conn);
     return; /* the hook may have completed (or failed) the conn already */
   }
@@ -257,6 +278,7 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   conn->read_cb = NULL;
   conn->kept_len = 0;
   conn->kept_error = 0;
+  tls_drop(conn, false); /* a retry or a probe makes a new TLS state */
   set_phase(conn, local ? PP_CONN_DIALING : PP_CONN_BACKOFF);
   if (conn->hstate == H_OPEN)
     close_handle(conn, on_attempt_closed);
@@ -576,23 +598,13 @@ static int keep_bytes(pp_conn_t *conn, const char *data, size_t len, bool front)
   return 0;
 }
 
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-  pp_conn_t *conn = stream->data;
+/* Bytes of the stream (plaintext on a TLS conn) to the reader, or kept for one. */
+static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
   pp_pool_t *pool = conn->pool;
-  if (nread == 0) return;
-  if (nread < 0) {
-    uv_read_stop(stream);
-    conn->reading = false;
-    pp__conn_io_error(conn, (int)nread);
-    return;
-  }
-  conn->bytes_in += (uint64_t)nread;
-  conn->peer->bytes_in += (uint64_t)nread;
-  pool->stats.bytes_in += (uint64_t)nread;
   if (conn->leases == 0 && conn->phase == PP_CONN_READY && !pool->opts.keep_idle_bytes) {
     /* Nobody holds an idle conn, so its bytes are a late reply (or chatter) that would
      * reach the next holder ahead of its own reply: the conn is no longer clean. */
-    uv_read_stop(stream);
+    uv_read_stop(&conn->h.stream);
     conn->reading = false;
     pp__conn_close(conn, PP_CLOSE_REMOTE);
     return;
@@ -601,10 +613,31 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn->msgs_in++;
     conn->peer->msgs_in++;
     pool->stats.msgs_in++;
-    conn->read_cb(conn, nread, buf->base, conn->read_arg);
+    conn->read_cb(conn, nread, data, conn->read_arg);
     return;
   }
-  keep_bytes(conn, buf->base, (size_t)nread, false);
+  keep_bytes(conn, data, (size_t)nread, false);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+  pp_conn_t *conn = stream->data;
+  pp_pool_t *pool = conn->pool;
+  if (nread == 0) return;
+  if (nread < 0) {
+    uv_read_stop(stream);
+    conn->reading = false;
+    if (conn->tls && tls_read_end(conn, (int)nread)) return;
+    pp__conn_io_error(conn, (int)nread);
+    return;
+  }
+  conn->bytes_in += (uint64_t)nread;
+  conn->peer->bytes_in += (uint64_t)nread;
+  pool->stats.bytes_in += (uint64_t)nread;
+  if (conn->tls) {
+    tls_input(conn, buf->base, (size_t)nread); /* plaintext goes to deliver */
+    return;
+  }
+  deliver(conn, buf->base, nread);
 }
 
 /* The stream ended or failed. An idle conn just closes (the remote hung up: no failure), and so
@@ -690,8 +723,7 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
 
 /* ---- writing --------------------------------------------------------------------------- */
 
-static void on_write(uv_write_t *w, int status) {
-  pp_write_t *req = w->data;
+static void write_done(pp_write_t *req, int status) {
   pp_conn_t *conn = req->conn_;
   if (status == 0) {
     conn->bytes_out += req->bytes_;
@@ -704,6 +736,10 @@ static void on_write(uv_write_t *w, int status) {
     pp__conn_io_error(conn, status);
   }
   req->cb_(req, status);
+}
+
+static void on_write(uv_write_t *w, int status) {
+  write_done(w->data, status);
 }
 
 static int writable(const pp_conn_t *conn) {
@@ -721,6 +757,7 @@ int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs
   if (err) return err;
   /* Queued writes go first: writing past them would reorder the stream. */
   if (uv_stream_get_write_queue_size(&conn->h.stream) > 0) return UV_EAGAIN;
+  if (conn->tls) return tls_try_write(conn, bufs, nbufs);
   int n = uv_try_write(&conn->h.stream, bufs, nbufs);
   if (n < 0) {
     if (n != UV_EAGAIN) pp__conn_io_error(conn, n);
@@ -752,6 +789,7 @@ int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsig
   req->cb_ = cb;
   req->bytes_ = bytes;
   req->uv_.data = req;
+  if (conn->tls && bytes > 0) return tls_write(req, conn, bufs, nbufs);
   return uv_write(&req->uv_, &conn->h.stream, bufs, nbufs, on_write);
 }
 
@@ -797,6 +835,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
     /* A lessee that starts reading later still learns why the conn ended. */
     conn->kept_error = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
   }
+  tls_drop(conn, true); /* close_notify, then the TLS state goes */
   close_handle(conn, on_handle_closed);
   if (conn->tstate == H_OPEN) {
     conn->tstate = H_CLOSING;
@@ -829,6 +868,219 @@ void pp__peer_burn(pp_peer_t *peer) {
     pp__conn_close(conn, PP_CLOSE_CLOSED);
   }
   pp__peer_event(peer, PP_PEER_EVENT_BURNED);
+}
+
+/* ---- TLS (tls.c): the layer between the socket and the conn's stream ------------------ */
+
+/* The stream failed with `err`: while the TLS handshake runs (no hook holds the conn yet)
+ * that fails the attempt, later it is an I/O error as on a plain conn. */
+static void tls_stream_failed(pp_conn_t *conn, int err) {
+  if (conn->phase == PP_CONN_HANDSHAKE && !conn->hook_running && conn->hstate == H_OPEN)
+    attempt_failed(conn, err);
+  else
+    pp__conn_io_error(conn, err);
+}
+
+static void on_tls_flushed(uv_write_t *w, int status) {
+  pp__tls_out_t *out = (pp__tls_out_t *)w; /* the request is the chunk's first member */
+  pp_conn_t *conn = out->data;
+  pp__tls_output_done(out);
+  if (status < 0 && status != UV_ECANCELED) tls_stream_failed(conn, status);
+}
+
+/* Send the ciphertext the layer made by itself (handshake flights, alerts, key update
+ * answers). Returns 0, or the error the conn broke with. */
+static int tls_flush(pp_conn_t *conn) {
+  pp__tls_out_t *out;
+  int err = 0;
+  while (conn->tls && (out = pp__tls_output(conn->tls, &err)) != NULL) {
+    out->data = conn;
+    err = uv_write(&out->req, &conn->h.stream, &out->buf, 1, on_tls_flushed);
+    if (err) {
+      pp__tls_output_done(out);
+      break;
+    }
+  }
+  if (err) tls_stream_failed(conn, err);
+  return err;
+}
+
+/* A TLS handshake failed: send the alert if we can, then fail the attempt (no retry: the owner
+ * hears PP_ETLS, the peer's reason says why). */
+static void tls_failed(pp_conn_t *conn) {
+  tls_flush(conn);
+  attempt_failed(conn, PP_ETLS);
+}
+
+/* on_connect, for a TLS conn: the ClientHello goes out; handshake_timeout runs from here. */
+static void tls_start(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  set_phase(conn, PP_CONN_HANDSHAKE);
+  pp__timer_start(pool, &conn->timer, on_handshake_timeout,
+                  (uint64_t)pool->opts.handshake_timeout);
+  pp__peer_update_state(conn->peer);
+  int r = pp__tls_handshake(conn->tls);
+  if (r == PP_ETLS) {
+    tls_failed(conn);
+    return;
+  }
+  if (tls_flush(conn) == 0 && r == 0) transport_ready(conn); /* cannot happen before a reply */
+}
+
+static bool tls_alive(const pp_conn_t *conn) {
+  return conn->tls && conn->hstate == H_OPEN && conn->phase != PP_CONN_CLOSED;
+}
+
+/* Ciphertext read from the socket: the handshake goes on, then plaintext goes to deliver.
+ * Everything fed is decrypted at once (at most one read's worth), so nothing waits in the
+ * layer for a read that may never come. */
+static void tls_input(pp_conn_t *conn, const char *data, size_t len) {
+  pp_pool_t *pool = conn->pool;
+  int err = pp__tls_feed(conn->tls, data, len);
+  if (err) {
+    tls_stream_failed(conn, err);
+    return;
+  }
+  if (!pp__tls_done(conn->tls)) {
+    int r = pp__tls_handshake(conn->tls);
+    if (r == PP_ETLS) {
+      tls_failed(conn);
+      return;
+    }
+    if (tls_flush(conn) != 0 || r == UV_EAGAIN) return;
+    transport_ready(conn); /* may lend, fail or close the conn */
+  }
+  ssize_t n = 0;
+  while (tls_alive(conn) &&
+         (n = pp__tls_read(conn->tls, pool->read_buf, sizeof(pool->read_buf))) > 0)
+    deliver(conn, pool->read_buf, n);
+  if (!tls_alive(conn)) return;
+  if (tls_flush(conn) != 0) return;
+  if (n == UV_EOF || n == PP_ETLS) {
+    uv_read_stop(&conn->h.stream);
+    conn->reading = false;
+    if (n == PP_ETLS && conn->phase == PP_CONN_READY && conn->leases == 0 && !conn->blamed) {
+      /* A fatal alert on an idle conn (a TLS 1.3 server refusing our certificate after the
+       * handshake) is the peer's failure even though nobody holds the conn. */
+      conn->blamed = true;
+      pp__peer_failed(conn->peer, PP_ETLS, true);
+    }
+    pp__conn_io_error(conn, (int)n);
+  }
+}
+
+/* The socket ended (nread < 0) on a TLS conn. During the TLS handshake that is the handshake's
+ * failure (with a reason); returns whether it was handled here. */
+static bool tls_read_end(pp_conn_t *conn, int err) {
+  if (pp__tls_done(conn->tls) || conn->phase != PP_CONN_HANDSHAKE) return false;
+  if (err != UV_EOF) {
+    attempt_failed(conn, err); /* reset: a failed connect attempt, retried as one */
+    return true;
+  }
+  pp__tls_feed_eof(conn->tls);
+  pp__tls_handshake(conn->tls); /* fails: "protocol: ... unexpected eof ..." */
+  attempt_failed(conn, PP_ETLS);
+  return true;
+}
+
+static void on_tls_write(uv_write_t *w, int status) {
+  pp__tls_out_t *out = (pp__tls_out_t *)w;
+  pp_write_t *req = out->data;
+  pp__tls_output_done(out);
+  write_done(req, status);
+}
+
+/* pp_conn_write on a TLS conn: the plaintext is encrypted now, its ciphertext queued; the last
+ * chunk carries the caller's request (pp_write_t's own uv_ stays unused). */
+static int tls_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs) {
+  int err = pp__tls_write(conn->tls, bufs, nbufs);
+  if (err) {
+    if (err == PP_ETLS) pp__conn_io_error(conn, err);
+    return err;
+  }
+  pp__tls_out_t *out = pp__tls_output(conn->tls, &err);
+  while (out) {
+    pp__tls_out_t *next = pp__tls_output(conn->tls, &err);
+    bool last = next == NULL && err == 0;
+    out->data = last ? (void *)req : (void *)conn;
+    int r = uv_write(&out->req, &conn->h.stream, &out->buf, 1, last ? on_tls_write : on_tls_flushed);
+    if (r) {
+      pp__tls_output_done(out);
+      if (next) pp__tls_output_done(next);
+      pp__conn_io_error(conn, r);
+      return r;
+    }
+    out = next;
+  }
+  if (err) pp__conn_io_error(conn, err);
+  return err;
+}
+
+/* pp_conn_try_write on a TLS conn: records cannot be taken back once made, so every byte is
+ * encrypted and taken; what the socket does not accept now is queued (UV_EAGAIN was answered
+ * before, when writes were queued already). */
+static int tls_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs) {
+  int err = pp__tls_write(conn->tls, bufs, nbufs);
+  if (err) {
+    if (err == PP_ETLS) pp__conn_io_error(conn, err);
+    return err;
+  }
+  size_t total = 0;
+  for (unsigned int i = 0; i < nbufs; i++)
+    total += bufs[i].len;
+  pp__tls_out_t *out;
+  while ((out = pp__tls_output(conn->tls, &err)) != NULL) {
+    int n = uv_try_write(&conn->h.stream, &out->buf, 1);
+    if (n == UV_EAGAIN) n = 0;
+    if (n >= 0 && (size_t)n < out->buf.len) {
+      out->buf.base += n;
+      out->buf.len -= (size_t)n;
+      out->data = conn;
+      n = uv_write(&out->req, &conn->h.stream, &out->buf, 1, on_tls_flushed);
+      if (n == 0) continue;
+    }
+    pp__tls_output_done(out);
+    if (n < 0) {
+      err = n;
+      break;
+    }
+  }
+  if (err) {
+    pp__conn_io_error(conn, err);
+    return err;
+  }
+  conn->bytes_out += total;
+  conn->peer->bytes_out += total;
+  conn->pool->stats.bytes_out += total;
+  conn->msgs_out++;
+  conn->peer->msgs_out++;
+  conn->pool->stats.msgs_out++;
+  return (int)total;
+}
+
+/* The socket goes: close_notify first when `notify` (best effort: sent only if the socket
+ * takes it now, as uv_close cancels queued writes), then the TLS state is freed (chunks still
+ * queued stay valid until their cancelled callbacks hand them back). */
+static void tls_drop(pp_conn_t *conn, bool notify) {
+  if (conn->tls == NULL) return;
+  /* A conn released as "do not reuse" is broken but its socket is fine; one that saw an I/O
+   * error (last_error) gets nothing more written. */
+  bool dead = conn->broken && conn->last_error != 0;
+  if (notify && pp__tls_done(conn->tls) && !dead && conn->hstate == H_OPEN) {
+    pp__tls_close_notify(conn->tls);
+    pp__tls_out_t *out = pp__tls_output(conn->tls, NULL);
+    if (out) {
+      if (uv_stream_get_write_queue_size(&conn->h.stream) == 0)
+        uv_try_write(&conn->h.stream, &out->buf, 1);
+      pp__tls_output_done(out);
+    }
+  }
+  pp__tls_free(conn->tls);
+  conn->tls = NULL;
+}
+
+const char *pp_conn_tls_alpn(const pp_conn_t *conn) {
+  return conn && conn->tls ? pp__tls_alpn(conn->tls, NULL) : NULL;
 }
 
 /* ---- accessors ------------------------------------------------------------------------- */

@@ -124,6 +124,7 @@ struct pp_conn_s {
   /* counters */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   void *data;
+  struct pp__tls_s *tls; /* TLS state (tls.c) while the socket lives; NULL: plain TCP */
 };
 
 struct pp_peer_s {

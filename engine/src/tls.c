@@ -1,70 +1,28 @@
 /* TLS for conns: OpenSSL 3 on memory BIOs, with settings per pool and per peer, a session cache
  * per peer, and failure reasons a person can act on. See tls.h for the object model.
  *
- * ---- The seam: wiring this layer into conn.c (not done yet) ---------------------------------
- * conn.c was being reworked (issue 9) while this was written, so the layer stops here. Today
- * conn.c only fails closed: on_connect answers PP_ETLS for a peer with TLS options
- * (pp__tls_not_wired), and after_attempt neither retries a PP_ETLS attempt nor gives its owner
- * anything but PP_ETLS. Wiring it takes one field, `pp__tls_t *tls` in pp_conn_s, and four
- * call sites; spec/c/test_tls.c's tc_* client does each step the same way against real servers.
- *
- * 1. After connect (on_connect, where `if (pp__tls_not_wired(peer))` stands now, after the
- *    status check, before uv_read_start and the handshake hook):
- *        err = pp__tls_conn_new(peer, &conn->tls);        // NULL: plain TCP, go on as today
- *        if (err) { attempt_failed(conn, err); return; }  // PP_ETLS: reason kept on the peer
- *    and if conn->tls: uv_read_start as today, set_phase(conn, PP_CONN_HANDSHAKE), start
- *    on_handshake_timeout with handshake_timeout, pp__tls_handshake(conn->tls) (UV_EAGAIN: the
- *    ClientHello is made), tls_flush(conn), pp__peer_update_state, return: on_read goes on.
- *    When the TLS handshake completes, run what on_connect does today after uv_read_start
- *    (the hook if any, else conn_ready) WITHOUT restarting the timer: TLS and the hook share
- *    the one handshake_timeout. A failure is attempt_failed(conn, PP_ETLS): a failed connect
- *    attempt of the peer (blamed, backing off, no retry: after_attempt already does this), whose
- *    owner gets PP_ETLS; pp_peer_tls_reason(peer) and pp_lease_describe say why. Free the state
- *    wherever the socket goes: attempt_failed (before close_handle) and pp__conn_close, with
- *    pp__tls_free(conn->tls) and conn->tls = NULL (a retry or a probe makes a new one).
- *
- * 2. Reading (on_read, for nread > 0, before anything else there):
- *        if (conn->tls) { tls_input(conn, buf->base, nread); return; }
- *    tls_input: pp__tls_feed (it copies, so pool->read_buf is free again); while the handshake
- *    is not done, r = pp__tls_handshake; tls_flush; UV_EAGAIN -> return; PP_ETLS ->
- *    attempt_failed(conn, PP_ETLS), return; 0 -> step 1's "completes". Then
- *        while ((n = pp__tls_read(conn->tls, pool->read_buf, sizeof pool->read_buf)) > 0)
- *          deliver n bytes of plaintext through today's on_read body (moved into a function:
- *          counters, the idle late-reply rule, read_cb or keep_bytes), and stop if the conn
- *          closed or stopped reading meanwhile (the rest stays in the TLS state; read again
- *          from pp__conn_deliver_kept's uv_read_start point);
- *    then tls_flush (a key update is answered), and n == UV_EOF (close_notify) or PP_ETLS (a
- *    fatal alert, e.g. a TLS 1.3 server refusing our client certificate after the handshake)
- *    -> pp__conn_io_error(conn, n). The late-reply rule must judge PLAINTEXT only: a TLS 1.3
- *    server sends session tickets just after the handshake, ciphertext that decrypts to
- *    nothing, often while the conn is idle. bytes_in counts ciphertext (the wire), msgs_in
- *    plaintext deliveries. EOF and socket errors (nread < 0) go as today.
- *
- * 3. Writing: pp_conn_write with conn->tls: err = pp__tls_write(conn->tls, bufs, nbufs), then
- *    out = pp__tls_output(conn->tls, &err); out->data = req; uv_write(&out->req, stream,
- *    &out->buf, 1, on_tls_write), where on_tls_write counts req->bytes_ (plaintext) as
- *    on_write does, hands the chunk back (pp__tls_output_done) and runs req->cb_; pp_write_t's
- *    own uv_ stays unused. A write of zero bytes makes no chunk: complete it through the defer
- *    queue, never inside the call. pp_conn_try_write: keep the "queued writes go first" check
- *    (UV_EAGAIN); then encrypt everything, uv_try_write the chunk and uv_write what the socket
- *    did not take (a callback that only hands the chunk back): records cannot be taken back once
- *    made, so on a TLS conn try_write takes every byte or fails; say so in peerpool.h.
- *    tls_flush sends what the layer makes by itself (handshake flights, key update answers):
- *        while ((out = pp__tls_output(conn->tls, &err))) uv_write(&out->req, ..., on_flushed)
- *    with on_flushed handing the chunk back; an error or UV_ENOMEM is pp__conn_io_error.
- *    pp_conn_write_queue_size stays libuv's (ciphertext bytes).
- *
- * 4. Closing (pp__conn_close, before close_handle): if pp__tls_done and the conn is not
- *    broken, pp__tls_close_notify(conn->tls), take the output and uv_try_write it (best effort,
- *    and only when libuv's write queue is empty: uv_close cancels queued writes), hand it back;
- *    then pp__tls_free(conn->tls). Chunks still queued in libuv stay valid until their
- *    (cancelled) callbacks hand them back.
- *
- * Then: pp_conn_tls_alpn(conn) in peerpool.h (pp__tls_alpn), the Lua `tls` options and
- * conn:alpn(), and test_tls.c's cases through pp_acquire instead of the tc_* client.
+ * ---- The seam: how conn.c drives this layer (its "TLS" section) ----------------------------
+ * A conn holds `pp__tls_t *tls` while its socket lives (NULL: plain TCP).
+ * 1. After connect (on_connect): pp__tls_conn_new (PP_ETLS: the attempt fails, reason kept on
+ *    the peer), uv_read_start, phase PP_CONN_HANDSHAKE under handshake_timeout, the
+ *    ClientHello. When the handshake completes (tls_input), the handshake hook runs (or the
+ *    conn is ready) WITHOUT restarting the timer: TLS and the hook share one
+ *    handshake_timeout. A failure is attempt_failed(conn, PP_ETLS): a failed connect of the
+ *    peer, not retried, whose owner gets PP_ETLS (pp_lease_describe says why). EOF during the
+ *    handshake is PP_ETLS too ("protocol: ... unexpected eof"); a reset is a failed attempt.
+ * 2. Reading: ciphertext is fed and decrypted whole (one read's worth), each plaintext piece
+ *    going through the plain path (deliver: the idle late-reply rule, the reader or kept
+ *    bytes), so that rule judges PLAINTEXT only (TLS 1.3 session tickets decrypt to nothing).
+ *    close_notify (UV_EOF) and fatal alerts (PP_ETLS; counted against the peer even on an idle
+ *    conn) end the conn as I/O errors. bytes_in counts ciphertext, msgs_in plaintext pieces.
+ * 3. Writing: pp_conn_write encrypts at once and queues the chunks, the last carrying the
+ *    caller's request; a zero-byte write goes the plain way. pp_conn_try_write takes every byte
+ *    or fails (records cannot be taken back). Handshake flights and key-update answers are
+ *    flushed as the layer makes them.
+ * 4. Closing (pp__conn_close): close_notify with a best-effort uv_try_write when no write is
+ *    queued, then pp__tls_free; attempt_failed frees without close_notify.
  * Fail fast: while a peer backs off after a TLS failure, its acquires answer
- * PP_ECANNOTCONNECT with lease->cause PP_ETLS (pp__peer_fail_code); answering PP_ETLS there
- * too would be a one-line choice in health.c.
+ * PP_ECANNOTCONNECT with lease->cause PP_ETLS (pp__peer_fail_code).
  * ------------------------------------------------------------------------------------------ */
 #include "internal.h"
 
@@ -682,6 +640,10 @@ int pp__tls_handshake(pp__tls_t *t) {
   return PP_ETLS;
 }
 
+void pp__tls_feed_eof(pp__tls_t *t) {
+  BIO_set_mem_eof_return(t->rbio, 0); /* what is fed is all there will be */
+}
+
 bool pp__tls_done(const pp__tls_t *t) {
   return t->done;
 }
@@ -859,6 +821,7 @@ struct pp__tls_peer_s {
   pp__tls_ctx_t *ctx;
   char *server_name; /* NULL: the host of the peer's address */
   pp__tls_cache_t *cache;
+  bool refused; /* its own options were refused: it gets no conn at all (fail closed) */
 };
 
 struct pp__tls_pool_s {
@@ -952,12 +915,31 @@ static int peer_tls_set(pp_peer_t *peer, pp__tls_ctx_t *ctx, const char *server_
   if (ctx) pp__tls_ctx_ref(ctx);
   pp__tls_ctx_unref(pt->ctx);
   pt->ctx = ctx;
+  pt->refused = false;
   free(pt->server_name);
   pt->server_name = name;
   return 0;
 }
 
+static int peer_set_tls(pp_peer_t *peer, const pp_tls_options_t *tls, const char **why);
+
+/* Options that were refused leave the peer failing closed: a caller that goes on without
+ * checking must not get conns in the clear (or under the pool's settings). */
 int pp_peer_set_tls(pp_peer_t *peer, const pp_tls_options_t *tls, const char **why) {
+  const char *w = NULL;
+  int err = peer_set_tls(peer, tls, &w);
+  if (why) *why = w;
+  if (err == 0 || peer == NULL || tls == NULL || err == PP_ECLOSED) return err;
+  if (peer_tls_set(peer, NULL, NULL) == 0) {
+    pp__tls_cache_t *c = peer->tls->cache;
+    peer->tls->refused = true;
+    snprintf(c->reason, sizeof(c->reason), "%s: the peer's TLS options were refused (%s)",
+             pp__tls_fail_name(PP__TLS_FAIL_OTHER), w ? w : pp_strerror(err));
+  }
+  return err;
+}
+
+static int peer_set_tls(pp_peer_t *peer, const pp_tls_options_t *tls, const char **why) {
   if (why) *why = NULL;
   if (peer == NULL) {
     if (why) *why = "peer must not be NULL";
@@ -1010,26 +992,6 @@ static bool host_of(const char *addr, char *out, size_t n) {
   return true;
 }
 
-/* Whether a new conn of `peer` would speak TLS. */
-static bool peer_wants_tls(const pp_peer_t *peer) {
-  if (peer->tls) return peer->tls->ctx != NULL;
-  return peer->pool->tls && peer->pool->tls->ctx;
-}
-
-bool pp__tls_not_wired(pp_peer_t *peer) {
-  if (!peer_wants_tls(peer)) return false;
-  if (peer->tls == NULL &&
-      peer_tls_set(peer, peer->pool->tls->ctx, peer->pool->tls->opts->server_name) != 0)
-    return true; /* out of memory: still no conn in the clear */
-  pp__tls_cache_t *c = peer->tls->cache;
-  snprintf(c->reason, sizeof(c->reason), "%s: %s", pp__tls_fail_name(PP__TLS_FAIL_OTHER),
-           "conns do not speak TLS yet (engine/src/tls.c is not wired into conn.c), and a "
-           "peer with TLS options gets no conn in the clear");
-  c->counts.failed++;
-  peer->pool->stats.tls_failed++;
-  return true;
-}
-
 int pp__tls_conn_new(pp_peer_t *peer, pp__tls_t **out) {
   *out = NULL;
   pp_pool_t *pool = peer->pool;
@@ -1039,6 +1001,11 @@ int pp__tls_conn_new(pp_peer_t *peer, pp__tls_t **out) {
     if (err) return err;
   }
   struct pp__tls_peer_s *pt = peer->tls;
+  if (pt->refused) {
+    pt->cache->counts.failed++;
+    pool->stats.tls_failed++;
+    return PP_ETLS;
+  }
   if (pt->ctx == NULL) return 0;
   char host[256];
   const char *name = pt->server_name;

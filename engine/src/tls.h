@@ -10,7 +10,7 @@
  *                    their lifetime ends) and its handshake counters and last failure.
  *   pp__tls_t        one conn's TLS state machine.
  *
- * A conn drives its pp__tls_t like this (the seam in conn.c is described at the top of tls.c):
+ * A conn drives its pp__tls_t like this (conn.c's TLS section; see the top of tls.c):
  *   pp__tls_new                 at connect; then pp__tls_handshake to send the ClientHello;
  *   pp__tls_feed                every ciphertext read from the socket, then
  *   pp__tls_handshake           while not pp__tls_done: 0 done, UV_EAGAIN more input needed,
@@ -129,6 +129,9 @@ void pp__tls_free(pp__tls_t *tls);
 
 /* Take `len` bytes of ciphertext read from the socket. Returns 0 or UV_ENOMEM. */
 int pp__tls_feed(pp__tls_t *tls, const char *data, size_t len);
+/* The socket ended: nothing more will be fed (a handshake waiting for input then fails with
+ * "protocol: ... unexpected eof ..."). */
+void pp__tls_feed_eof(pp__tls_t *tls);
 
 /* Advance the handshake with what was fed. Returns 0 once it is done (also on every later
  * call), UV_EAGAIN while it waits for the peer, or PP_ETLS when it failed (pp__tls_reason,
@@ -187,10 +190,6 @@ void pp__tls_pool_free(pp_pool_t *pool);
  * cache of the peer, its host or server_name), or PP_ETLS (the peer needs a server_name: the
  * reason is recorded as the peer's) or UV_ENOMEM. */
 int pp__tls_conn_new(pp_peer_t *peer, pp__tls_t **out);
-/* Until the seam at the top of tls.c is wired: whether `peer` has TLS options, so that its new
- * conn must fail with PP_ETLS rather than talk in the clear (the reason is recorded on the
- * peer and counted as a failed handshake). */
-bool pp__tls_not_wired(pp_peer_t *peer);
 /* The peer's session cache and counters, or NULL before its first TLS conn (or setting). */
 pp__tls_cache_t *pp__tls_peer_cache(const pp_peer_t *peer);
 

@@ -2,12 +2,13 @@
  * --tls-port` and `openssl s_server` on 127.0.0.1, with a CA and certificates that
  * spec/c/tls_certs.sh makes with the openssl command in a fresh temporary directory.
  *
- * The layer is not wired into conn.c yet, so a small uv_tcp client below (tc_*) plays conn.c's
- * part exactly as the seam at the top of tls.c describes: it connects, feeds what it reads,
+ * The first tests drive the layer with a small uv_tcp client (tc_*) that plays conn.c's part
+ * step by step as the seam at the top of tls.c describes: it connects, feeds what it reads,
  * advances the handshake, decrypts, encrypts, sends the layer's output chunks and hands them
  * back. Its TLS state comes from a real pool's settings (pp__tls_conn_new on a peer of a pool
  * made with pp_options_t.tls and pp_peer_set_tls), so the pool and peer options, the per-peer
- * session cache and the pool's counters are tested through the same path a conn will use.
+ * session cache and the pool's counters are tested through the same path a conn uses. The
+ * tls_pool_* tests at the end go through the real pool (pp_acquire, conn.c's TLS section).
  *
  * Servers run as child processes that die with the test (PR_SET_PDEATHSIG) and are stopped at
  * the end of each test; every wait is bounded.
@@ -954,40 +955,412 @@ TEST(tls_which_peers_speak_tls) {
   test_finish(pool);
 }
 
-/* Through the pool: until conns speak TLS, a peer with TLS options gets no conn in the clear.
- * Its dial fails with PP_ETLS at once (no retry), before a byte is written, and the reason and
- * the lease's description say so. Peers without TLS options are unaffected. */
-TEST(tls_pool_dial_fails_closed_until_wired) {
-  srv_t *srv = srv_echo_start(NULL);
+/* ------------------------------------------------------------------------------------------
+ * Through the pool: conns speak TLS (conn.c's TLS section), lent only after the handshake.
+ */
+static pp_pool_t *tls_pool_with(const pp_tls_options_t *tls, pp_options_t *o) {
+  o->tls = tls;
+  o->handshake_timeout = 5000; /* TLS counts against it: room for a loaded (sanitizer) run */
+  return test_pool(o);
+}
+
+/* Send `request` on a leased conn and read until `reply` arrived (or the conn ended). Returns
+ * the reader's end status (0 while open). */
+static ssize_t lease_ask(pp_lease_t *l, const char *request, const char *reply, test_reader_t *r) {
+  memset(r, 0, sizeof *r);
+  ASSERT_OK(pp_conn_read_start(l->conn, test_reader_cb, r));
+  ASSERT_OK(test_write(l->conn, request, strlen(request)));
+  uint64_t end = test_now_ms() + 5000;
+  while ((r->buf == NULL || r->len < strlen(reply) || memmem(r->buf, r->len, reply, strlen(reply)) == NULL) &&
+         r->ended == 0 && test_now_ms() < end)
+    test_tick();
+  if (r->ended == 0) pp_conn_read_stop(l->conn);
+  return r->ended ? r->end_status : 0;
+}
+
+static bool got(const test_reader_t *r, const char *text) {
+  return r->buf && memmem(r->buf, r->len, text, strlen(text)) != NULL;
+}
+
+/* acquire -> PING/+PONG over redis --tls-port; a second conn to the peer resumes the first's
+ * session (a TLS 1.3 ticket read with the first reply), and stats count both handshakes. */
+TEST(tls_pool_redis_ping_and_resume) {
+  env_setup();
+  int port = redis_tls("no", NULL);
+  pp_tls_options_t t = trusting_ca();
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  pp_peer_t *peer = peer_at(pool, port);
+  pp_lease_t a, b;
+  test_rec_t ra, rb;
+  test_reader_t r;
+  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
+  ASSERT_NULL(pp_conn_tls_alpn(a.conn)); /* none offered */
+  ASSERT_EQ(lease_ask(&a, PING, "+PONG\r\n", &r), 0);
+  ASSERT(got(&r, "+PONG\r\n"));
+  ASSERT_EQ(r.len, 7); /* plaintext only: the tickets decrypted to nothing */
+  test_reader_free(&r);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.tls_full, 1);
+  ASSERT_EQ(s.tls_resumed, 0);
+  /* a is held: b gets a new conn, which resumes. */
+  ASSERT_OK(test_acquire_wait(pool, &b, &rb, peer, NULL));
+  ASSERT_PTR_NE(a.conn, b.conn);
+  ASSERT_EQ(lease_ask(&b, PING, "+PONG\r\n", &r), 0);
+  test_reader_free(&r);
+  s = test_stats(pool);
+  ASSERT_EQ(s.tls_full, 1);
+  ASSERT_EQ(s.tls_resumed, 1);
+  ASSERT_EQ(s.tls_failed, 0);
+  /* bytes_in counts the wire (ciphertext), bigger than the 14 bytes of plaintext. */
+  pp_conn_info_t info;
+  pp_conn_info(b.conn, &info);
+  ASSERT_GT(info.bytes_in, 7);
+  ASSERT_OK(pp_release(&a, 0));
+  ASSERT_OK(pp_release(&b, 0));
+  /* Idle TLS conns stay clean while tickets arrive: both are lent again. */
+  test_run_for(100);
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 0);
+  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
+  ASSERT_EQ(lease_ask(&a, PING, "+PONG\r\n", &r), 0);
+  test_reader_free(&r);
+  ASSERT_OK(pp_release(&a, 0));
+  ASSERT_EQ(test_stats(pool).connects_ok, 2);
+  test_finish(pool);
+  env_teardown();
+}
+
+/* Wrong name: the acquire answers PP_ETLS promptly (no retry), the lease says why, the peer
+ * backs off and later acquires fail fast with the TLS cause. */
+TEST(tls_pool_wrong_name_answers_tls) {
+  env_setup();
+  int port = s_server(env.wrong, NULL);
+  pp_tls_options_t t = trusting_ca();
   pp_options_t o;
   test_options(&o);
   o.retries = 3;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_tls_options_t mine;
-  pp_tls_options_init(&mine);
-  mine.verify = 0;
-  ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  pp_peer_t *peer = peer_at(pool, port);
   pp_lease_t l;
   test_rec_t r;
+  uint64_t t0 = test_now_ms();
   ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ETLS);
+  ASSERT_LT(test_now_ms() - t0, 1500);
   ASSERT_EQ(test_peer_info(peer).attempts, 1);
-  ASSERT_CONTAINS(pp_peer_tls_reason(peer), "not wired");
+  assert_starts(pp_peer_tls_reason(peer), "name mismatch: ");
   char why[512];
   ASSERT_GT(pp_lease_describe(&l, why, sizeof why), 0);
   ASSERT_CONTAINS(why, "TLS with 127.0.0.1:");
-  ASSERT_CONTAINS(why, "not wired");
-  ASSERT_EQ(srv_bytes_in(srv), 0);
+  ASSERT_CONTAINS(why, "name mismatch");
   ASSERT_EQ(test_stats(pool).tls_failed, 1);
-  /* Meanwhile the peer backs off: acquires fail fast, naming the TLS failure as the cause. */
+  ASSERT_EQ(test_stats(pool).connects_ok, 0);
   memset(&l, 0, sizeof l);
   ASSERT_ERR(pp_acquire(pool, &l, peer, NULL, test_acquire_cb), PP_ECANNOTCONNECT);
   ASSERT_ERR(l.cause, PP_ETLS);
-  /* Without TLS options the peer is dialled in plain TCP as ever (after its backoff). */
-  ASSERT_OK(pp_peer_set_tls(peer, NULL, NULL));
-  RUN_UNTIL(!pp__ahead(pool, test_peer_info(peer).retry_at), 5000);
+  test_finish(pool);
+  env_teardown();
+}
+
+/* A peer's own server_name over the pool's options: the wrong.example certificate passes. */
+TEST(tls_pool_peer_server_name) {
+  env_setup();
+  int port = s_server(env.wrong, NULL);
+  pp_tls_options_t t = trusting_ca();
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  pp_peer_t *peer = peer_at(pool, port);
+  pp_tls_options_t mine;
+  pp_tls_options_init(&mine);
+  mine.server_name = "wrong.example";
+  ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
+  pp_lease_t l;
+  test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
   ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(test_stats(pool).tls_full, 1);
   test_finish(pool);
-  srv_stop(srv);
+  env_teardown();
+}
+
+/* The late-reply rule judges plaintext: a reply that arrives on an idle TLS conn closes it
+ * ("remote"); with keep_idle_bytes it waits, decrypted, for the next holder. */
+static void late_wrote(pp_write_t *w, int status) {
+  (void)w;
+  ASSERT_OK(status);
+}
+
+static void late_reply(int keep) {
+  env_setup();
+  int port = redis_tls("no", NULL);
+  pp_tls_options_t t = trusting_ca();
+  pp_options_t o;
+  test_options(&o);
+  o.keep_idle_bytes = keep;
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  pp_peer_t *peer = peer_at(pool, port);
+  pp_lease_t l;
+  test_rec_t rec;
+  test_reader_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  ASSERT_EQ(lease_ask(&l, PING, "+PONG\r\n", &r), 0); /* the tickets come first */
+  test_reader_free(&r);
+  pp_conn_t *conn = l.conn;
+  static pp_write_t w;
+  uv_buf_t b = uv_buf_init(PING, 14);
+  ASSERT_OK(pp_conn_write(&w, conn, &b, 1, late_wrote));
+  ASSERT_OK(pp_release(&l, 0)); /* before the reply, before the loop runs again */
+  test_run_for(200);
+  if (!keep) {
+    ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 1);
+  } else {
+    ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 0);
+    ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+    ASSERT_PTR_EQ(l.conn, conn);
+    memset(&r, 0, sizeof r);
+    ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &r));
+    RUN_UNTIL(r.len >= 7, 2000);
+    ASSERT_EQ(r.len, 7);
+    ASSERT(got(&r, "+PONG\r\n"));
+    pp_conn_read_stop(l.conn);
+    test_reader_free(&r);
+    ASSERT_OK(pp_release(&l, 0));
+  }
+  test_finish(pool);
+  env_teardown();
+}
+
+TEST(tls_pool_late_reply_closes_idle_conn) {
+  late_reply(0);
+}
+
+TEST(tls_pool_keep_idle_bytes_after_decryption) {
+  late_reply(1);
+}
+
+/* pp_conn_try_write on a TLS conn takes every byte; big writes go whole through the layer. */
+TEST(tls_pool_try_write_and_big_write) {
+  env_setup();
+  int port = redis_tls("no", NULL);
+  pp_tls_options_t t = trusting_ca();
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  pp_peer_t *peer = peer_at(pool, port);
+  pp_lease_t l;
+  test_rec_t rec;
+  test_reader_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  memset(&r, 0, sizeof r);
+  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &r));
+  uv_buf_t b[2] = {uv_buf_init("*1\r\n$4\r\n", 8), uv_buf_init("PING\r\n", 6)};
+  ASSERT_EQ(pp_conn_try_write(l.conn, b, 2), 14);
+  RUN_UNTIL(got(&r, "+PONG\r\n"), 3000);
+  pp_conn_read_stop(l.conn);
+  test_reader_free(&r);
+  /* SET k <1 MiB> then GET k: megabytes each way through the layer. */
+  static char cmd[(1 << 20) + 64];
+  int hdr = snprintf(cmd, sizeof cmd, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n", 1 << 20);
+  memset(cmd + hdr, 'v', 1 << 20);
+  memcpy(cmd + hdr + (1 << 20), "\r\n", 2);
+  cmd[hdr + (1 << 20) + 2] = '\0';
+  ASSERT_EQ(lease_ask(&l, cmd, "+OK\r\n", &r), 0);
+  test_reader_free(&r);
+  ASSERT_EQ(lease_ask(&l, "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", "vvvv\r\n", &r), 0);
+  ASSERT_EQ(r.len, (size_t)(1 << 20) + 2 + 10); /* "$1048576\r\n" + value + "\r\n" */
+  test_reader_free(&r);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  env_teardown();
+}
+
+/* TLS 1.3 and a client certificate required: the refusal arrives after the handshake, on the
+ * first read, as PP_ETLS with the reason; with a certificate it works. */
+TEST(tls_pool_client_cert_required) {
+  env_setup();
+  int port = redis_tls("yes", NULL);
+  pp_tls_options_t t = trusting_ca();
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  pp_peer_t *peer = peer_at(pool, port);
+  pp_lease_t l;
+  test_rec_t rec;
+  test_reader_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  /* The alert, unless the server's reset to our request overtakes it (then the kernel drops
+   * the alert unread): either way the conn ends and the peer is blamed. */
+  memset(&r, 0, sizeof r);
+  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &r));
+  uv_buf_t b = uv_buf_init(PING, 14);
+  pp_conn_try_write(l.conn, &b, 1);
+  RUN_UNTIL(r.ended, 3000);
+  ASSERT_MSG(r.end_status == PP_ETLS || r.end_status == UV_ECONNRESET, "ended with %s",
+             pp_err_name((int)r.end_status));
+  if (r.end_status == PP_ETLS) {
+    ASSERT_CONTAINS(pp_peer_tls_reason(peer), "asked for a client certificate");
+    ASSERT_EQ(test_stats(pool).tls_failed, 1);
+  }
+  test_reader_free(&r);
+  pp_release(&l, (int)r.end_status);
+  pp_tls_options_t mine;
+  pp_tls_options_init(&mine);
+  mine.cert_file = env.client;
+  mine.key_file = env.client_key;
+  ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
+  RUN_UNTIL(!pp__ahead(pool, test_peer_info(peer).retry_at), 5000);
+  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  ASSERT_EQ(lease_ask(&l, PING, "+PONG\r\n", &r), 0);
+  test_reader_free(&r);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  env_teardown();
+}
+
+/* ALPN through the pool, and close_notify when the pool closes the conn. */
+TEST(tls_pool_alpn_and_close_notify) {
+  env_setup();
+  int port = s_server(env.server, "-alpn", "redis,h2", "-naccept", "1", NULL);
+  proc_t *srv = s_server_proc();
+  const char *protos[] = {"h2", NULL};
+  pp_tls_options_t t = trusting_ca();
+  t.alpn = protos;
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  pp_peer_t *peer = peer_at(pool, port);
+  pp_lease_t l;
+  test_rec_t rec;
+  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  ASSERT_STREQ(pp_conn_tls_alpn(l.conn), "h2");
+  pp__tls_counts_t n;
+  RUN_UNTIL((pp__tls_cache_counts(pp__tls_peer_cache(peer), &n), n.sessions >= 2), 3000);
+  ASSERT_OK(pp_release(&l, PP_ENOREUSE)); /* closes it */
+  wait_log(srv, "DONE", 3000);
+  ASSERT_CONTAINS(log_text(srv), "warning close_notify");
+  ASSERT(strstr(log_text(srv), "ERROR") == NULL);
+  test_finish(pool);
+  env_teardown();
+}
+
+/* The handshake hook runs after the TLS handshake, and speaks plaintext through the layer. */
+static void hs_pong(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg) {
+  int *state = arg;
+  if (nread > 0 && memmem(buf, (size_t)nread, "+PONG", 5)) {
+    pp_conn_read_stop(conn);
+    *state = 2;
+    ASSERT_OK(pp_conn_handshake_done(conn, 0));
+  }
+}
+static void hs_wrote(pp_write_t *w, int status) {
+  ASSERT_OK(status);
+  free(w);
+}
+static void hs_ping_hook(void *data, pp_conn_t *conn) {
+  int *state = data;
+  *state = 1;
+  pp_write_t *w = malloc(sizeof *w);
+  uv_buf_t b = uv_buf_init(PING, 14);
+  ASSERT_OK(pp_conn_read_start(conn, hs_pong, state));
+  ASSERT_OK(pp_conn_write(w, conn, &b, 1, hs_wrote));
+}
+
+TEST(tls_pool_handshake_hook_after_tls) {
+  env_setup();
+  int port = redis_tls("no", NULL);
+  pp_tls_options_t t = trusting_ca();
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  static int state;
+  pp_policy_t pol;
+  memset(&pol, 0, sizeof pol);
+  pol.data = &state;
+  pol.handshake = hs_ping_hook;
+  pp_pool_set_policy(pool, &pol);
+  pp_peer_t *peer = peer_at(pool, port);
+  pp_lease_t l;
+  test_rec_t rec;
+  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  ASSERT_EQ(state, 2);
+  ASSERT_EQ(test_stats(pool).tls_full, 1);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  env_teardown();
+}
+
+/* A listener in the test's loop: `hangup` closes each conn at once, else it accepts and never
+ * answers (the ClientHello goes unread). */
+typedef struct {
+  uv_tcp_t srv;
+  uv_tcp_t conns[8];
+  int n;
+  bool hangup;
+} mute_t;
+
+static void mute_closed(uv_handle_t *h) {
+  (void)h;
+}
+
+static void mute_conn(uv_stream_t *s, int status) {
+  mute_t *m = s->data;
+  ASSERT_OK(status);
+  ASSERT_LT(m->n, 8);
+  uv_tcp_t *c = &m->conns[m->n++];
+  ASSERT_OK(uv_tcp_init(test_loop(), c));
+  ASSERT_OK(uv_accept(s, (uv_stream_t *)c));
+  if (m->hangup) uv_close((uv_handle_t *)c, mute_closed);
+}
+
+static int mute_start(mute_t *m, bool hangup) {
+  memset(m, 0, sizeof *m);
+  m->hangup = hangup;
+  ASSERT_OK(uv_tcp_init(test_loop(), &m->srv));
+  m->srv.data = m;
+  struct sockaddr_in sa;
+  uv_ip4_addr("127.0.0.1", 0, &sa);
+  ASSERT_OK(uv_tcp_bind(&m->srv, (const struct sockaddr *)&sa, 0));
+  ASSERT_OK(uv_listen((uv_stream_t *)&m->srv, 8, mute_conn));
+  int len = sizeof sa;
+  ASSERT_OK(uv_tcp_getsockname(&m->srv, (struct sockaddr *)&sa, &len));
+  return ntohs(sa.sin_port);
+}
+
+static void mute_stop(mute_t *m) {
+  for (int i = 0; i < m->n; i++)
+    if (!uv_is_closing((uv_handle_t *)&m->conns[i])) uv_close((uv_handle_t *)&m->conns[i], mute_closed);
+  uv_close((uv_handle_t *)&m->srv, mute_closed);
+  test_run_nowait();
+}
+
+/* A server that accepts and never answers: the TLS handshake times out within
+ * handshake_timeout; one that hangs up at once fails as PP_ETLS ("protocol", unexpected EOF). */
+TEST(tls_pool_handshake_timeout_and_eof) {
+  static mute_t mute, hangup;
+  int port = mute_start(&mute, false);
+  int port2 = mute_start(&hangup, true);
+  pp_tls_options_t t;
+  pp_tls_options_init(&t);
+  t.verify = 0;
+  pp_options_t o;
+  test_options(&o);
+  o.tls = &t;
+  o.handshake_timeout = 300;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = peer_at(pool, port);
+  pp_lease_t l;
+  test_rec_t rec;
+  uint64_t t0 = test_now_ms();
+  ASSERT_ERR(test_acquire_wait(pool, &l, &rec, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(test_peer_info(peer).last_error, PP_ETIMEDOUT);
+  ASSERT_GE(test_now_ms() - t0, 250);
+  ASSERT_LT(test_now_ms() - t0, 1500);
+  pp_peer_t *peer2 = peer_at(pool, port2);
+  ASSERT_ERR(test_acquire_wait(pool, &l, &rec, peer2, NULL), PP_ETLS);
+  assert_starts(pp_peer_tls_reason(peer2), "protocol: ");
+  ASSERT_CONTAINS(pp_peer_tls_reason(peer2), "eof");
+  mute_stop(&mute);
+  mute_stop(&hangup);
+  test_finish(pool);
 }

@@ -139,4 +139,36 @@ describe("scripts/examples", function()
           out, 1, true)
       end)
   end)
+
+  describe("redis_tls.lua", function()
+    it("PINGs a redis-server over TLS through the pool; the second conn resumes the session",
+      function()
+        local exe = io.popen("command -v redis-server"):read("l")
+        if not exe or os.execute("command -v openssl >/dev/null") ~= true then
+          return pending("needs redis-server and openssl (make test installs them)")
+        end
+        local dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir -p " .. dir .. " && sh spec/c/tls_certs.sh " .. dir) == true)
+        local port = free_port()
+        local log = dir .. "/redis.log"
+        started[#started + 1] = io.popen(string.format(
+          "exec %s --port 0 --tls-port %d --bind 127.0.0.1 --tls-cert-file %s/server.pem " ..
+          "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem --tls-auth-clients no " ..
+          "--save '' --appendonly no --dir %s >%s 2>&1 & echo $!",
+          exe, port, dir, dir, dir, dir, log)):read("l")
+        for _ = 1, 100 do
+          local f = io.open(log)
+          local text = f and f:read("a") or ""
+          if f then f:close() end
+          if text:match("Ready to accept connections") then break end
+          os.execute("sleep 0.05")
+        end
+        local ok, out = pcall(run, "redis_tls.lua", { "127.0.0.1:" .. port, dir .. "/ca.pem" })
+        os.execute("rm -rf " .. dir)
+        assert(ok, out)
+        assert.matches("worker 4, ping 5: %+PONG", out)
+        assert.matches("tls: 1 full handshakes, 1 resumed, 0 failed; 20 PINGs on 2 conns", out)
+      end)
+  end)
 end)

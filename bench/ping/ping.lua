@@ -49,10 +49,16 @@ local watchdog = uv.new_timer()
 watchdog:start(60000, 0, function() die("took too long (60 s); giving up") end)
 watchdog:unref()
 
+-- TLS (bench/tls/ping_tls.lua): PP_PING_TLS_CA names the CA of a redis --tls-port peer;
+-- PP_PING_RECYCLE=1 closes every conn after its request (connect per request, through the pool:
+-- each new conn a TLS handshake, resumed when it can be).
+local tls_ca = os.getenv("PP_PING_TLS_CA")
+local recycle = os.getenv("PP_PING_RECYCLE") == "1"
 local pool = peerpool.new {
   max_per_peer = (C + #peers - 1) // #peers,
   max_total = C,
   client_limit = 1,
+  tls = tls_ca and { ca_file = tls_ca } or nil,
 }
 for _, p in ipairs(peers) do
   local ok, err, detail = pool:add_peer(p)
@@ -75,7 +81,7 @@ local function client(n, timed)
       nlat = nlat + 1
       lat[nlat] = hrtime() - t0
     end
-    conn:release()
+    if recycle then conn:close() else conn:release() end
   end
 end
 
@@ -99,6 +105,7 @@ local function cpu()
 end
 
 if args.warmup > 0 then phase(args.warmup, false) end
+local st0 = pool:stats()
 local u0, s0 = cpu()
 local w0 = hrtime()
 phase(per_client, true)
@@ -120,6 +127,8 @@ io.write(string.format(
   "RESULT kind=lua requests=%d wall_s=%.6f cpu_user_s=%.6f cpu_sys_s=%.6f p50_us=%.2f " ..
   "p99_us=%.2f errors=0\n", nlat, (w1 - w0) / 1e9, u1 - u0, s1 - s0,
   quantile(lat, 0.50) / 1e3, quantile(lat, 0.99) / 1e3))
+io.write(string.format("TLS full=%d resumed=%d failed=%d\n", st.tls_full - st0.tls_full,
+  st.tls_resumed - st0.tls_resumed, st.tls_failed - st0.tls_failed))
 io.stdout:flush()
 pool:close()
 watchdog:close()

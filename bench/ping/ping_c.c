@@ -40,6 +40,7 @@ static int running;
 static uint32_t *lat;
 static long nlat;
 static char ping_bytes[] = "PING\r\n";
+static int recycle; /* PP_PING_RECYCLE=1: every conn closed after its request */
 
 static void start_request(client_t *c);
 
@@ -70,7 +71,7 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
   if (phase == 1) lat[nlat++] = ping_clamp_ns(t - c->t0);
   c->len = 0;
   pp_conn_read_stop(conn);
-  int r = pp_release(&c->lease, 0);
+  int r = pp_release(&c->lease, recycle ? PP_ENOREUSE : 0);
   if (r != 0) fail("pp_release", r);
   if (--c->left > 0)
     start_request(c);
@@ -132,6 +133,14 @@ int main(int argc, char **argv) {
   o.max_per_peer = (args.clients + args.npeers - 1) / args.npeers;
   o.max_total = args.clients;
   o.client_limit = 1;
+  /* TLS (bench/tls/ping_tls.lua): PP_PING_TLS_CA names the CA of a redis --tls-port peer. */
+  pp_tls_options_t tls;
+  pp_tls_options_init(&tls);
+  if (getenv("PP_PING_TLS_CA")) {
+    tls.ca_file = getenv("PP_PING_TLS_CA");
+    o.tls = &tls;
+  }
+  recycle = getenv("PP_PING_RECYCLE") && strcmp(getenv("PP_PING_RECYCLE"), "1") == 0;
   const char *why = NULL;
   int r = pp_pool_new(loop, &o, &pool, &why);
   if (r != 0) ping_die("c", "pp_pool_new: %s", why ? why : pp_strerror(r));
@@ -147,6 +156,8 @@ int main(int argc, char **argv) {
 
   if (args.warmup > 0) run_phase(args.warmup);
   phase = 1;
+  pp_stats_t st0;
+  pp_pool_stats(pool, &st0);
   ping_mark_t t0, t1;
   ping_mark(&t0);
   run_phase(args.requests / args.clients);
@@ -161,6 +172,11 @@ int main(int argc, char **argv) {
           (unsigned long long)st.acquired_dialed, (unsigned long long)st.acquired_waited,
           (unsigned long long)st.connects_ok);
   ping_report(&args, &t0, &t1, lat, nlat, 0);
+  printf("TLS full=%llu resumed=%llu failed=%llu\n",
+         (unsigned long long)(st.tls_full - st0.tls_full),
+         (unsigned long long)(st.tls_resumed - st0.tls_resumed),
+         (unsigned long long)(st.tls_failed - st0.tls_failed));
+  fflush(stdout);
 
   pp_pool_close(pool, pool_closed);
   while (pool != NULL)

@@ -5,8 +5,9 @@
 # Steps: bench_idle (C API idle acquire + release), then the PING benchmark against two
 # redis-servers (bench/ping/run.sh, which installs what it needs; it also writes
 # docs/bench-ping.png), then the cost of Lua policy hooks on the acquire path
-# (bench/hook_overhead.lua), then the TLS handshake cost (bench/tls/run.sh). PP_BENCH=idle,
-# ping, hooks or tls runs only that step.
+# (bench/hook_overhead.lua), then the TLS handshake cost (bench/tls/run.sh), then PING over TLS,
+# pooled vs connect per request (bench/tls/ping_tls.lua). PP_BENCH=idle, ping, hooks, tls or
+# tls-ping runs only that step.
 set -eu
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +32,7 @@ fi
 export PP_BENCH_COMMIT
 mkdir -p "$ROOT/docs"
 if [ $# -gt 0 ]; then shift; fi  # the rest goes to bench_idle
-STEPS=${PP_BENCH:-idle,ping,hooks,tls}
+STEPS=${PP_BENCH:-idle,ping,hooks,tls,tls-ping}
 failed=""
 case ",$STEPS," in *,idle,*)
   "$BIN" --out "$ROOT/docs/bench.md" "$@" || failed="$failed bench_idle" ;;
@@ -45,6 +46,10 @@ case ",$STEPS," in *,hooks,*)
 esac
 case ",$STEPS," in *,tls,*)
   sh "$ROOT/bench/tls/run.sh" "$BUILD" || failed="$failed tls" ;;
+esac
+case ",$STEPS," in *,tls-ping,*)
+  (cd "$ROOT" && lua5.4 bench/tls/ping_tls.lua --build "$BUILD" --out "$ROOT/docs/bench.md") \
+    || failed="$failed tls-ping" ;;
 esac
 if [ -n "$failed" ]; then
   echo "bench: failed:$failed" >&2

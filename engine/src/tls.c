@@ -284,6 +284,7 @@ bool pp__tls_ctx_verifies(const pp__tls_ctx_t *ctx) {
 struct pp__tls_cache_s {
   SSL_SESSION *sessions[PP__TLS_SESSIONS]; /* oldest first */
   int n;
+  int cap; /* sessions kept at most (<= PP__TLS_SESSIONS) */
   pp__tls_counts_t counts;
   pp_stats_t *stats;
   char reason[PP__TLS_REASON_MAX];
@@ -294,6 +295,7 @@ pp__tls_cache_t *pp__tls_cache_new(pp_stats_t *stats) {
   if (cache == NULL) return NULL;
   memset(cache, 0, sizeof(*cache));
   cache->stats = stats;
+  cache->cap = PP__TLS_SESSIONS_MIN;
   return cache;
 }
 
@@ -345,8 +347,17 @@ static void cache_forget(pp__tls_cache_t *cache, SSL_SESSION *s) {
 /* Keep `s` (the cache takes the caller's reference), evicting the oldest when full. */
 static void cache_put(pp__tls_cache_t *cache, SSL_SESSION *s) {
   cache_prune(cache);
-  if (cache->n == PP__TLS_SESSIONS) cache_drop(cache, 0);
+  while (cache->n >= cache->cap)
+    cache_drop(cache, 0);
   cache->sessions[cache->n++] = s;
+}
+
+void pp__tls_cache_set_capacity(pp__tls_cache_t *cache, int n) {
+  cache->cap = n < PP__TLS_SESSIONS_MIN ? PP__TLS_SESSIONS_MIN
+               : n > PP__TLS_SESSIONS   ? PP__TLS_SESSIONS
+                                        : n;
+  while (cache->n > cache->cap)
+    cache_drop(cache, 0);
 }
 
 void pp__tls_cache_clear(pp__tls_cache_t *cache) {
@@ -899,6 +910,8 @@ static int peer_tls_set(pp_peer_t *peer, pp__tls_ctx_t *ctx, const char *server_
   if (pt == NULL) {
     pt = tls_malloc(sizeof(*pt));
     pp__tls_cache_t *cache = pp__tls_cache_new(&peer->pool->stats);
+    /* as many sessions as the peer may have conns dialling at once */
+    if (cache) pp__tls_cache_set_capacity(cache, peer->pool->opts.max_per_peer);
     if (pt == NULL || cache == NULL) {
       free(pt);
       pp__tls_cache_free(cache);

@@ -6,7 +6,7 @@
  *   pp__tls_ctx_t    settings made once from pp_tls_options_t (trusted CAs, client
  *                    certificate, verification, minimum version, ALPN): an SSL_CTX,
  *                    reference-counted, shared by every conn that uses those settings.
- *   pp__tls_cache_t  one peer's resumable sessions (at most PP__TLS_SESSIONS, dropped when
+ *   pp__tls_cache_t  one peer's resumable sessions (at most its capacity, dropped when
  *                    their lifetime ends) and its handshake counters and last failure.
  *   pp__tls_t        one conn's TLS state machine.
  *
@@ -39,8 +39,12 @@ typedef struct pp__tls_cache_s pp__tls_cache_t;
 typedef struct pp__tls_s pp__tls_t;
 
 /* Sessions kept per peer: enough for a burst of dials that each resume with a ticket of its
- * own (TLS 1.3 tickets are used once). */
-#define PP__TLS_SESSIONS 8
+ * own (TLS 1.3 tickets are used once), i.e. as many as the peer may have conns dialling at
+ * once: max_per_peer, within PP__TLS_SESSIONS_MIN..PP__TLS_SESSIONS. (With 8 for a peer of
+ * max_per_peer 32, conns recycled by 32 clients at once resumed 40% of their handshakes; with
+ * 32, all of them.) */
+#define PP__TLS_SESSIONS_MIN 8
+#define PP__TLS_SESSIONS 64
 /* The longest failure reason kept, NUL included. */
 #define PP__TLS_REASON_MAX 192
 
@@ -88,9 +92,12 @@ typedef struct {
   int sessions;     /* sessions cached now */
 } pp__tls_counts_t;
 
-/* A cache for one peer. `stats` (may be NULL): a pool's stats, whose tls_full, tls_resumed
- * and tls_failed count along. Returns NULL when out of memory. */
+/* A cache for one peer, of PP__TLS_SESSIONS_MIN sessions. `stats` (may be NULL): a pool's
+ * stats, whose tls_full, tls_resumed and tls_failed count along. Returns NULL when out of
+ * memory. */
 pp__tls_cache_t *pp__tls_cache_new(pp_stats_t *stats);
+/* Keep up to `n` sessions (clamped to PP__TLS_SESSIONS_MIN..PP__TLS_SESSIONS). */
+void pp__tls_cache_set_capacity(pp__tls_cache_t *cache, int n);
 /* Drop every session (the settings they were made under changed). */
 void pp__tls_cache_clear(pp__tls_cache_t *cache);
 /* Free the cache; no pp__tls_t may use it any more. NULL is ok. */

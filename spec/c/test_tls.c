@@ -1364,3 +1364,42 @@ TEST(tls_pool_handshake_timeout_and_eof) {
   mute_stop(&hangup);
   test_finish(pool);
 }
+
+/* A burst of new conns to one peer resumes in full: the peer keeps as many sessions as it may
+ * have conns dialling at once (max_per_peer, at least 8), and TLS 1.3 tickets are used once. */
+TEST(tls_pool_burst_of_new_conns_resumes) {
+  env_setup();
+  int port = redis_tls("no", NULL);
+  pp_tls_options_t t = trusting_ca();
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 16;
+  pp_pool_t *pool = tls_pool_with(&t, &o);
+  pp_peer_t *peer = peer_at(pool, port);
+  enum { N = 16 };
+  static pp_lease_t l[N];
+  static test_rec_t rec[N];
+  test_reader_t r;
+  for (int round = 0; round < 2; round++) {
+    for (int i = 0; i < N; i++)
+      ASSERT_OK(test_acquire_start(pool, &l[i], &rec[i], peer, NULL));
+    for (int i = 0; i < N; i++) {
+      RUN_UNTIL(rec[i].calls == 1, 5000);
+      ASSERT_OK(rec[i].status);
+    }
+    for (int i = 0; i < N; i++) { /* each reply comes after the conn's tickets */
+      ASSERT_EQ(lease_ask(&l[i], PING, "+PONG\r\n", &r), 0);
+      test_reader_free(&r);
+    }
+    for (int i = 0; i < N; i++)
+      ASSERT_OK(pp_release(&l[i], PP_ENOREUSE));
+  }
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.tls_full, N);    /* the first burst: no session yet */
+  ASSERT_EQ(s.tls_resumed, N); /* the second: every conn resumed */
+  pp__tls_counts_t n;
+  pp__tls_cache_counts(pp__tls_peer_cache(peer), &n);
+  ASSERT_GE(n.sessions, N - 1);
+  test_finish(pool);
+  env_teardown();
+}

@@ -207,6 +207,10 @@ for _, r in ipairs(rows) do
     r.cpu / base, r.p50, r.p99, r.hs, r.share)
 end
 w("")
+if os.execute("command -v gnuplot >/dev/null 2>&1") == true and opt.png ~= "" then
+  w("![client CPU per request, PING over TLS](%s)", opt.png:match("[^/]+$"))
+  w("")
+end
 local text = table.concat(lines, "\n") .. "\n"
 io.write(text)
 
@@ -235,7 +239,8 @@ if os.execute("command -v gnuplot >/dev/null 2>&1") == true and opt.png ~= "" th
   end
   df:close()
   local gp = string.format([[
-set terminal pngcairo size 900,480 font ",10"
+set terminal pngcairo size 900,500 font ",10"
+set bmargin 6
 set output %q
 set title "PING over TLS: client CPU per request (µs, log scale; median of %d runs)"
 set style fill solid 0.8

@@ -95,6 +95,12 @@ static int l_wait(lua_State *L) {
     }
     return lpp_push_error(L, n->status, NULL);
   }
+  if (n->co_ref != LUA_NOREF) { /* a waiter whose coroutine was closed waits no more */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
+    int alive = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
+    lua_pop(L, 1);
+    if (!alive) lpp_unref(L, &n->co_ref);
+  }
   luaL_argcheck(L, n->co_ref == LUA_NOREF, 1, "a coroutine is already waiting on this notice");
   if (!lua_isyieldable(L))
     return luaL_error(L, "notice:wait() must run inside a coroutine (or use notice:on_free(fn))");

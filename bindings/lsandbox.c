@@ -41,7 +41,11 @@ int lpp_in_hook(void) {
 static void count_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lpp_budget_t *b = running;
-  if (b == NULL) return; /* a coroutine the hook left behind, resumed by someone else */
+  /* A hook's coroutine resumed by a luv callback of its own (coroutine.resume) runs outside
+   * the binding's resume: it still charges its instructions. (A coroutine the hook left behind,
+   * resumed by someone else, is nobody's.) */
+  if (b == NULL) b = lpp_hook_budget_of(L);
+  if (b == NULL) return;
   b->steps_left -= STEP;
   if (b->steps_left > 0) return;
   /* Spent: from now on every instruction of this thread raises. */

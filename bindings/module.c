@@ -190,11 +190,7 @@ void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool) {
   int nres = 0;
   int status = lua_resume(co, L, nargs, &nres);
   if (run) lpp_budget_leave(prev);
-  if (status == LUA_YIELD) {
-    lua_pop(co, nres);
-  } else if (run) {
-    lpp_hook_run_end(L, co, lua_gettop(L), status, nres);
-  } else if (status == LUA_OK) {
+  if (status == LUA_YIELD || status == LUA_OK) { /* (a hook's body wraps itself up) */
     lua_pop(co, nres);
   } else {
     const char *msg = lua_tostring(co, -1);

@@ -186,7 +186,8 @@ w("not edit by hand, the next run replaces this section.")
 w("")
 w("- date: %s; commit: %s", os.date("!%Y-%m-%d %H:%M UTC"), commit)
 w("- machine: %s, %s CPUs online; load average at the end: %s", cpu_model, ncpu, load)
-w("- redis-server %s with `--tls-port` (TLS only, EC P-256 certificate by a test CA, no client", redis_v)
+w("- redis-server %s with `--tls-port` (TLS only, EC P-256 certificate by a test CA, no client",
+  redis_v)
 w("  certificates), %s; the run took %d s", ssl_v, os.time() - started)
 w("")
 w("The workload is the plain PING bench's (above), over TLS to one redis-server: %d", C)
@@ -197,10 +198,12 @@ w("after its request (`pp_release(lease, PP_ENOREUSE)`, `conn:close()`): each re
 w("new TCP conn and handshakes, resuming a session from the pool's per-peer cache when it can")
 w("(TLS 1.3 tickets: redis sends two per handshake, each used once). CPU µs/request is the")
 w("client's own (`getrusage`, timed phase; redis-benchmark: its whole process, `wait4`);")
-w("latency is from the acquire (redis-benchmark: from sending) to the reply. Median of %d", opt.runs)
+w("latency is from the acquire (redis-benchmark: from sending) to the reply. Median of %d",
+  opt.runs)
 w("runs, interleaved. Handshakes are those of the timed phase, summed over the runs.")
 w("")
-w("| client | requests | req/s | CPU µs/request | × redis-benchmark | p50 µs | p99 µs | TLS handshakes full / resumed | resumed |")
+w("| client | requests | req/s | CPU µs/request | × redis-benchmark | p50 µs | p99 µs | " ..
+  "TLS handshakes full / resumed | resumed |")
 w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for _, r in ipairs(rows) do
   w("| %s | %d | %.0f | %.2f | %.2f | %.0f | %.0f | %s | %s |", r.name, r.requests, r.rps, r.cpu,
@@ -235,7 +238,8 @@ if os.execute("command -v gnuplot >/dev/null 2>&1") == true and opt.png ~= "" th
   local data = os.tmpname()
   local df = assert(io.open(data, "w"))
   for i, r in ipairs(rows) do
-    df:write(string.format("%d \"%s\" %.3f\n", i - 1, r.name:gsub(" %(", "\\n("):gsub(", ", ",\\n"), r.cpu))
+    local label = r.name:gsub(" %(", "\\n("):gsub(", ", ",\\n")
+    df:write(string.format("%d \"%s\" %.3f\n", i - 1, label, r.cpu))
   end
   df:close()
   local gp = string.format([[
@@ -250,7 +254,8 @@ set yrange [1:*]
 set ylabel "client CPU µs per request"
 set grid ytics
 unset key
-plot %q using 1:3:xtic(2) with boxes lc rgb "#3070b0", '' using 1:3:(sprintf("%%.1f", $3)) with labels offset 0,0.8
+plot %q using 1:3:xtic(2) with boxes lc rgb "#3070b0", \
+  '' using 1:3:(sprintf("%%.1f", $3)) with labels offset 0,0.8
 ]], opt.png, opt.runs, data)
   local gf = assert(io.popen("gnuplot", "w"))
   gf:write(gp)

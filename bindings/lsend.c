@@ -155,6 +155,12 @@ int lpp_l_send(lua_State *L) {
   if ((size_t)done < len || cb_idx) { /* (a callback also for "") */
     int err = queue_rest(L, c, conn, data + done, len - (size_t)done, cb_idx);
     if (err) return lpp_push_error(L, err, NULL);
+  } else if (in_coroutine && queued(c) > mark) {
+    /* A TLS conn's try_write takes every byte and queues the ciphertext the socket did not
+     * take in the engine: an empty write after it completes once the queue has drained, and
+     * wakes this send (writes complete in order). */
+    int err = queue_rest(L, c, conn, data, 0, 0);
+    if (err) return lpp_push_error(L, err, NULL);
   }
   if (!in_coroutine || queued(c) <= mark) {
     lua_pushinteger(L, (lua_Integer)len);

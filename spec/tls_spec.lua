@@ -121,6 +121,28 @@ describe("TLS", function()
     assert.equal(2, pool:stats().connects_ok)
   end))
 
+  it("sends and receives megabytes through the layer, with send backpressure",
+    test(function(env)
+      if skip_unless_env() then return end
+      local addr = redis_tls()
+      local pool = env:pool { tls = tls_opts(), io_timeout = 5000, max_send_queue = 64 * 1024,
+        max_receive = 16 * 1024 * 1024 }
+      pool:add_peer(addr)
+      local c = assert(pool:acquire(addr))
+      local value = string.rep("v", 8 * 1024 * 1024)
+      local t0 = uv.hrtime()
+      local cmd = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$" .. #value .. "\r\n" .. value .. "\r\n"
+      assert.equal(#cmd, c:send(cmd))
+      assert.equal("+OK", c:receive())
+      assert.is_true((uv.hrtime() - t0) / 1e6 < 3000, "the send waited for io_timeout")
+      assert(c:send("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"))
+      assert.equal("$" .. #value, c:receive())
+      local got = c:receive(#value)
+      assert.is_true(got == value, "the value came back changed")
+      assert.equal("", c:receive())
+      c:release()
+    end))
+
   it("shows the protocol chosen by ALPN on the conn", test(function(env)
     if skip_unless_env() then return end
     local addr = s_server("server.pem", "-alpn redis,h2")
@@ -161,6 +183,12 @@ describe("TLS", function()
     local c = assert(pool:acquire(addr))
     c:release()
     assert.equal(1, pool:stats().tls_full)
+  end))
+
+  it("answers tls (protocol) when the versions do not meet", test(function(env)
+    if skip_unless_env() then return end
+    refused(env, s_server("server.pem", "-tls1_2"), tls_opts { min_version = "1.3" },
+      "protocol: ")
   end))
 
   it("answers tls for an expired certificate", test(function(env)

@@ -41,8 +41,9 @@ local EXIT_ORACLE = 3
 
 local F = { ops = 0, rounds = 0, tokens = {}, port_tokens = {}, token_n = 0, reports = {},
   intended = 0, hook_reports = 0, acq_n = 0, old = {}, kept_views = {}, kept_hook_conns = {},
-  servers = {}, by_port = {}, server_ports = {}, ignore_ports = {} }
+  servers = {}, by_port = {}, server_ports = {}, ignore_ports = {}, op_counts = {} }
 local R -- the current round
+local may_close -- (defined with the ops)
 
 -- ---- random numbers: xorshift64*, ours alone (hooks and policies may use math.random) -------
 
@@ -62,7 +63,7 @@ local function chance(p) return (rand64() >> 11) < p * 9007199254740992.0 end
 local function pick(t) return t[rnd(t.n or #t)] end
 local function L(...) return pack(...) end -- a list that may hold nils, for pick
 -- weighted choice over { {weight, value}, ... }
-local function wpick(t)
+local function wpick(t) -- entries { weight, value [, name] }
   local sum = 0
   for _, e in ipairs(t) do sum = sum + e[1] end
   local x = rnd(sum)
@@ -154,11 +155,16 @@ end
 -- ---- loop helpers ----------------------------------------------------------------------------
 
 -- Yield the running coroutine for ms; it must be resumed by our timer and nobody else.
+-- The driver's own luv handles, so that an abrupt end can close them first (TOOLCHAIN.md,
+-- luv trap 4: a handle closed just before lua_close crashes luv itself).
+local handles = setmetatable({}, { __mode = "k" })
 local function sleep(ms)
   local co = assert(coroutine.running())
   local token = {}
   local t = uv.new_timer()
+  handles[t] = true
   t:start(ms, 0, function()
+    handles[t] = nil
     t:close()
     if coroutine.status(co) ~= "suspended" then return end -- closed while it slept
     local ok, err = coroutine.resume(co, token)
@@ -176,7 +182,9 @@ local function ticks(n)
   for _ = 1, n or 5 do
     local token = {}
     local idle = uv.new_idle()
+    handles[idle] = true
     idle:start(function()
+      handles[idle] = nil
       idle:stop()
       idle:close()
       local ok, err = coroutine.resume(co, token)
@@ -189,26 +197,34 @@ end
 
 -- The loop's own lateness: a 10 ms heartbeat. A deadline missed by more than the loop's
 -- longest stall around it (plus a margin) is the pool's fault, not a busy machine's.
+-- Times are real time (ms, from hrtime): the loop's cached time lags after a long callback,
+-- and a deadline computed from it would blame the pool for the driver's own stalls.
+local function clock() return uv.hrtime() / 1e6 end
 local beats, beat_n = {}, 0
 local function heartbeat()
   beat_n = beat_n + 1
-  beats[beat_n % 4096] = uv.now()
+  beats[beat_n % 4096] = clock()
 end
+-- The time the loop lost between `from` and `to`: every heartbeat gap's excess over its
+-- 10 ms, summed (a starved process loses it in many small gaps, a long callback in one).
 local function max_stall(from, to)
-  local worst, prev = 0, nil
+  local lost, prev = 0, nil
   for i = math.max(1, beat_n - 4095), beat_n do
     local t = beats[i % 4096]
-    if prev and t >= from - 50 and prev <= to then worst = math.max(worst, t - prev) end
+    if prev and t >= from - 50 and prev <= to then lost = lost + math.max(0, t - prev - 12) end
     prev = t
   end
-  return worst
+  -- and the gap since the last beat, if the loop is stalled right now
+  if prev and to - prev > 12 then lost = lost + (to - prev - 12) end
+  return lost
 end
 -- How late something that should have happened at `due` is, beyond what the loop's stalls
 -- explain.
 local function lateness(due)
-  local late = uv.now() - due
+  local now = clock()
+  local late = now - due
   if late <= 0 then return 0 end
-  return late - max_stall(due, uv.now())
+  return late - max_stall(due, now)
 end
 local MARGIN = 300 * SLOW
 
@@ -221,11 +237,18 @@ local function wait_until(pred, ms)
   return true
 end
 
+-- With FUZZ_SKIP=unanchored the driver keeps every coroutine it starts referenced (finding
+-- F8: the binding resumes coroutines it no longer anchors).
+local anchored = {}
 local function spawn(name, fn, ...)
-  return peerpool.spawn(function(...)
+  local co
+  co = peerpool.spawn(function(...)
     local ok, err = xpcall(fn, debug.traceback, ...)
+    if co then anchored[co] = nil end
     if not ok then fail(name .. " raised: " .. tostring(err)) end
   end, ...)
+  if SKIP.unanchored and coroutine.status(co) ~= "dead" then anchored[co] = true end
+  return co
 end
 
 -- ---- expected errors -------------------------------------------------------------------------
@@ -327,9 +350,11 @@ local function new_acq(style, peer, opts)
   local deadline
   local t = opts and opts.timeout
   if t == nil then t = R.acquire_timeout end
-  if type(t) == "number" and t > 0 then deadline = uv.now() + t end
+  local loop_deadline
+  if type(t) == "number" and t > 0 then deadline, loop_deadline = clock() + t, uv.now() + t end
   local acq = { id = F.acq_n, style = style, peer = peer, opts = opts, ends = 0,
-    started = uv.now(), deadline = deadline, pending = true, round = R }
+    started = clock(), deadline = deadline, loop_deadline = loop_deadline, pending = true,
+    round = R }
   R.acquires[acq.id] = acq
   return acq
 end
@@ -361,9 +386,9 @@ local function acq_end(acq, conn, code, detail, how)
   local rr = acq.round
   local late = acq.deadline and lateness(acq.deadline)
   if late and not SKIP.deadline then
-    check(late <= MARGIN, "acquire #%d (timeout %s) ended %d ms after its deadline (the loop's " ..
-      "longest stall meanwhile: %d ms)", acq.id, show(acq.opts and acq.opts.timeout or
-      rr.acquire_timeout), uv.now() - acq.deadline, max_stall(acq.deadline, uv.now()))
+    check(late <= MARGIN, "acquire #%d (timeout %s) ended %.0f ms after its deadline (the loop's " ..
+      "time the loop lost meanwhile: %.0f ms)", acq.id, show(acq.opts and acq.opts.timeout or
+      rr.acquire_timeout), clock() - acq.deadline, max_stall(acq.deadline, clock()))
   end
   if conn ~= nil then
     check(is_conn(conn), "acquire #%d answered %s instead of a conn", acq.id, show(conn))
@@ -391,8 +416,8 @@ local function acq_end(acq, conn, code, detail, how)
     check(rr.closed_at ~= nil or rr ~= R, "acquire #%d answered closed on an open pool", acq.id)
   end
   if code == "timeout" and not SKIP.deadline and acq.deadline then
-    check(uv.now() >= acq.deadline - 5, "acquire #%d timed out %d ms before its deadline",
-      acq.id, acq.deadline - uv.now())
+    check(uv.now() >= acq.loop_deadline - 1, "acquire #%d timed out %d ms before its deadline",
+      acq.id, acq.loop_deadline - uv.now())
   end
 end
 
@@ -534,7 +559,19 @@ local ASYNC_BEHAVIOURS = { { 30, "good" }, { 8, "true" }, { 5, "false" }, { 4, "
 
 local function conn_hook(hook)
   local b = wpick(ASYNC_BEHAVIOURS)
-  return function(conn)
+  local body
+  local function run(conn)
+    local entry = { conn = conn }
+    if b == "keep" then
+      F.kept_hook_conns[#F.kept_hook_conns + 1] = entry
+      if #F.kept_hook_conns > 8 then table.remove(F.kept_hook_conns, 1) end
+    end
+    local res = pack(pcall(body, conn))
+    entry.done = true -- once the hook has returned, its conn is the pool's again
+    if not res[1] then error(res[2], 0) end
+    return unpack(res, 2, res.n)
+  end
+  body = function(conn)
     local peer = conn.peer
     if not SKIP.view_check then
       check(type(peer) == "string", "%s: conn.peer is %s", hook, show(peer))
@@ -548,10 +585,6 @@ local function conn_hook(hook)
     if b == "garbage" then return pick { 1, "yes", {}, 0 } end
     if b == "gc" then collectgarbage() end
     if b == "bare_yield" then coroutine.yield() end -- nobody resumes it: the timeout ends it
-    if b == "keep" then
-      F.kept_hook_conns[#F.kept_hook_conns + 1] = conn
-      if #F.kept_hook_conns > 8 then table.remove(F.kept_hook_conns, 1) end
-    end
     if b == "release" then
       local ok, err = pcall(function() if chance(0.5) then conn:release() else conn:close() end end)
       if not SKIP.hook_conn_check then
@@ -597,6 +630,7 @@ local function conn_hook(hook)
     end
     return true
   end
+  return run
 end
 
 local function seed_hook()
@@ -692,7 +726,8 @@ local function gen_options()
   maybe(0.3, "client_limit", rnd(3))
   maybe(0.6, "connect_timeout", pick { 30, 100, 300, 1000 })
   maybe(0.6, "retries", rnd(3) - 1)
-  maybe(0.7, "acquire_timeout", pick { 0, 20, 100, 300, 1000 })
+  -- (mostly short waits: an actor blocked for the whole round does nothing else)
+  maybe(0.9, "acquire_timeout", pick { 0, 20, 50, 100, 100, 300, 1000 })
   maybe(0.4, "backlog", pick { 0, 1, 2, 5, 100 })
   maybe(0.4, "idle_timeout", pick { 0, 10, 50, 300 })
   maybe(0.3, "max_lifespan", pick { 0, 20, 100, 1000 })
@@ -710,7 +745,7 @@ local function gen_options()
     o.eject_max = o.eject_time * rnd(4)
   end
   maybe(0.3, "keep_idle_bytes", pick { true, false, 0, 1 })
-  maybe(0.6, "io_timeout", pick { 0, 5, 30, 100, 500 })
+  maybe(0.9, "io_timeout", pick { 0, 5, 20, 30, 100, 100, 500 })
   maybe(0.2, "hook_budget", pick { 1000, 5000, 100000 })
   if chance(0.3) then o.policy = make_policy() end
   if chance(0.15) then
@@ -788,15 +823,22 @@ local function check_kernel(where)
     if ok then
       for _, p in ipairs(peers) do
         local port = tonumber(p.addr:match(":(%d+)$"))
-        if port then engine[port] = (engine[port] or 0) + p.conns end
+        if port then
+          engine[port] = (engine[port] or 0) + p.conns
+          -- every peer on a port has its own max_per_peer (spellings the pool took from the
+          -- address book, a seed hook or a v4-mapped address are peers the driver may not
+          -- have added itself)
+          if not R.peer_set[p.addr] then R.peer_set[p.addr] = { port = port } end
+        end
       end
     end
   end
   for port, n in pairs(snap.per_port) do
     if port ~= side then
-      check(n <= peer_limit(port), "%s: %d sockets to port %d (%s), max_per_peer is %d\n%s",
-        where, n, port, F.by_port[port] and F.by_port[port].kind or "?", R.max_per_peer,
-        table.concat(snap.list, "\n"))
+      check(n <= peer_limit(port), "%s: %d sockets to port %d (%s), max_per_peer is %d; the " ..
+        "engine counts %s conns of that peer (pool closed: %s)\n%s", where, n, port,
+        F.by_port[port] and F.by_port[port].kind or "?", R.max_per_peer,
+        tostring(engine[port]), tostring(R.closed_at ~= nil), table.concat(snap.list, "\n"))
       if not R.closed_at and not SKIP.kernel_engine then
         check(n <= (engine[port] or 0), "%s: %d sockets to port %d but the engine counts %d conns" ..
           " of that peer (a socket it lost track of)\n%s", where, n, port, engine[port] or 0,
@@ -908,7 +950,7 @@ local function gen_acquire_opts()
   if chance(0.2) then return nil end
   local o = {}
   if chance(0.4) then o.busy = chance(0.5) and "fail" or "wait" end
-  if chance(0.6) then o.timeout = pick { 0, 1, 5, 20, 50, 100, 300, 1000 } end
+  if chance(0.6) then o.timeout = pick { 0, 1, 5, 20, 50, 100, 100, 300, 1000 } end
   if chance(0.3) then o.priority = rnd(8) - 1 end
   if chance(0.3) then o.key = pick { "", "k1", "user:42", string.rep("k", 300) } end
   return o
@@ -921,7 +963,7 @@ end
 
 -- A pool may be closed mid-flight in some rounds, late in the round (by an actor, an acquire
 -- callback or a hook that yielded).
-local function may_close()
+function may_close()
   return R.may_close and not R.closed_at and uv.now() >= R.close_after and
     not SKIP.midflight_close
 end
@@ -950,6 +992,82 @@ end
 local CB_BEHAVIOURS = { { 30, "keep" }, { 20, "release" }, { 8, "close" }, { 4, "raise" },
   { 3, "raise_odd" }, { 4, "gc" }, { 4, "receive" }, { 3, "acquire_sync" }, { 2, "drop" },
   { 2, "spawn" }, { 1, "close_pool" } }
+
+-- An acquire in a coroutine of its own, which another actor may close (abandon) or resume
+-- by hand (meddle) while it waits.
+local function op_acquire_sub(a)
+  local pool = R.pool
+  local peer, opts = gen_peer_arg(), gen_acquire_opts()
+  local acq = new_acq("co", peer, opts)
+  local rec = { acq = acq }
+  local co
+  co = spawn("acquire sub", function()
+    local ok, r = call(fmt("a%d.sub acquire(%s, %s) #%d", a.id, show(peer), show(opts), acq.id),
+      pool_rule(), function() return pool:acquire(peer, opts) end)
+    if co then R.subs[co] = nil end
+    if not ok then return acq_void(acq) end
+    if rec.meddled then
+      acq.pending, acq.abandoned = false, true -- its answer went to whoever resumed it
+      return
+    end
+    acq_end(acq, r[2], r[3], r[4], "co")
+    if r[2] then
+      local c = adopt(r[2], "co")
+      if chance(0.5) then
+        call("sub release", nil, function() return r[2]:release() end)
+        mark_released(c)
+      end
+    end
+  end)
+  if coroutine.status(co) == "suspended" then R.subs[co] = rec end
+end
+
+-- A coroutine that holds a conn in a to-be-closed variable, waits in receive, and dies with an
+-- error when the binding resumes it: the conn is closed by lua_resetthread inside the
+-- binding's read callback.
+local function op_dying_receiver(a)
+  local live = live_conns()
+  if #live == 0 then return end
+  local rec = pick(live)
+  if rec.receiving or rec.abandoned then return end
+  rec.receiving = "dying"
+  trace(fmt("a%d dying receiver on c%d", a.id, rec.id))
+  F.ops = F.ops + 1
+  local co = peerpool.spawn(function()
+    local c <close> = rec.conn
+    local ok, data, code = pcall(c.receive, c, pick { "*l", 1, "*a" })
+    rec.receiving = false
+    mark_released(rec) -- the <close> below ends the lease
+    trace(fmt("dying receiver on c%d got %s %s %s", rec.id, tostring(ok), show(data), show(code)))
+    F.intended = F.intended + 1
+    error(INTENDED .. " dying receiver")
+  end)
+  if SKIP.unanchored then anchored[co] = true end -- (dropped at the end of the round)
+end
+
+-- Resume by hand a coroutine that waits inside the API: the call returns what we pass; the
+-- binding must cope when its own answer comes later.
+local function op_meddle(a)
+  if SKIP.meddle then return end
+  local list = {}
+  for co, rec in pairs(R.subs) do list[#list + 1] = { co, rec } end
+  table.sort(list, function(x, y) return tostring(x[1]) < tostring(y[1]) end)
+  if #list == 0 then return end
+  local e = pick(list)
+  local co, rec = e[1], e[2]
+  R.subs[co] = nil
+  if coroutine.status(co) ~= "suspended" then return end
+  rec.meddled = true
+  trace(fmt("a%d resumes a waiting coroutine by hand", a.id))
+  F.ops = F.ops + 1
+  if rec.conn then rec.receiving = false end
+  if rec.notice then rec.waiting = false end
+  local ok, err = coroutine.resume(co, "meddled", "junk")
+  if not ok and not tostring(err):find(INTENDED, 1, true) then
+    -- our own checks inside it may trip on the junk answer: that is the driver's doing
+    trace("  the meddled coroutine raised " .. show(err))
+  end
+end
 
 local function op_acquire_cb(a)
   local pool = R.pool
@@ -1077,17 +1195,27 @@ local function do_receive(a, rec, pat, who)
   local rule = conn_rule(rec)
   if not rec.released and rec.receiving then
     rule = { raise = { "a receive is already waiting on this conn" } }
+  elseif not rec.released and rec.meddled then
+    rule = { may = { "a receive is already waiting on this conn" } } -- the binding still waits
+  elseif not rec.released and rec.abandoned and SKIP.abandon_wait then
+    -- finding F6: the closed waiter's reference lingers until data arrives
+    rule = { may = { "a receive is already waiting on this conn" } }
   end
-  local expect_end = R.io_timeout > 0 and uv.now() + R.io_timeout or nil
+  local expect_end = R.io_timeout > 0 and clock() + R.io_timeout or nil
   rec.receiving = rule == nil and who or rec.receiving
   local ok, r = call(fmt("%s receive c%d(%s) %s", who, rec.id, show(rec.peer), show(pat)), rule,
     function() return rec.conn:receive(pat) end)
-  if rule == nil then rec.receiving = false end
+  if rule == nil and rec.receiving == who then rec.receiving = false end
   if not ok then return end
+  if r[2] == "meddled" then
+    -- resumed by hand: the binding's reference to this coroutine lingers until its answer
+    rec.meddled = true
+    return
+  end
   if expect_end and not SKIP.deadline then
     local late = lateness(expect_end)
-    check(late <= MARGIN, "receive on c%d ended %d ms after its io_timeout", rec.id,
-      uv.now() - expect_end)
+    check(late <= MARGIN, "receive on c%d ended %.0f ms after its io_timeout", rec.id,
+      clock() - expect_end)
   end
   local data, code, partial = r[2], r[3], r[4]
   if data ~= nil then
@@ -1142,11 +1270,14 @@ local function op_abandon(a)
   local co, rec = e[1], e[2]
   R.subs[co] = nil
   if coroutine.status(co) ~= "suspended" then return end
-  trace(fmt("a%d coroutine.close(a waiting %s)", a.id, rec.notice and "notice:wait" or "receive"))
+  trace(fmt("a%d coroutine.close(a waiting %s)", a.id,
+    rec.acq and "acquire" or rec.notice and "notice:wait" or "receive"))
   F.ops = F.ops + 1
   local ok, err = coroutine.close(co)
   check(ok, "coroutine.close of a waiting coroutine failed: %s", show(err))
-  if rec.conn then
+  if rec.acq then
+    rec.acq.pending, rec.acq.abandoned = false, true -- the binding hands a late conn back
+  elseif rec.conn then
     rec.receiving = false
     rec.abandoned = true
   else
@@ -1200,19 +1331,25 @@ local function op_notice(a)
   if what <= 4 then
     local ms = pick(L(nil, 0, 1, 10, 100))
     local rule = nil
-    if rec.waiting then rule = { may = { "a coroutine is already waiting on this notice" } } end
+    if rec.waiting or rec.meddled or (rec.abandoned and SKIP.abandon_wait) then
+      rule = { may = { "a coroutine is already waiting on this notice" } }
+    end
     local function body(who)
       local was_waiting = rec.waiting
       if not was_waiting then rec.waiting = who end
-      local deadline = ms and ms > 0 and uv.now() + ms
+      local deadline = ms and ms > 0 and clock() + ms
       local ok, r = call(fmt("%s notice%d:wait(%s)", who, rec.id, show(ms)), rule,
         function() return n:wait(ms) end)
-      if not was_waiting then rec.waiting = false end
+      if not was_waiting and rec.waiting == who then rec.waiting = false end
       if not ok then return end
+      if r[2] == "meddled" then
+        rec.meddled = true
+        return
+      end
       check(notice_result_ok(r), "notice:wait answered %s", show_results(r))
       if deadline and not SKIP.deadline then
-        check(lateness(deadline) <= MARGIN, "notice:wait(%d) ended %d ms late", ms,
-          uv.now() - deadline)
+        check(lateness(deadline) <= MARGIN, "notice:wait(%d) ended %.0f ms late", ms,
+          clock() - deadline)
       end
       if r[2] == "closed" and not SKIP.closed_check then
         check(rec.round.closed_at or rec.round ~= R, "notice:wait answered closed on an open pool")
@@ -1508,7 +1645,7 @@ end
 -- Calls that are valid but unusual, with the contract's answer.
 local function op_odd_valid(a)
   local pool = R.pool
-  local which = rnd(6)
+  local which = rnd(SKIP.private and 6 or 7)
   if which == 1 then
     local v = pick { "garbage", "", "127.0.0.1:0", "[::1", string.rep("1", 5000) }
     local ok, r = call(fmt("a%d add_peer(%s)", a.id, show(v)), pool_rule(),
@@ -1528,11 +1665,36 @@ local function op_odd_valid(a)
       call(fmt("a%d tostring(kept view)", a.id), nil, function() return tostring(v) end)
     end
   elseif which == 4 then
-    local c = F.kept_hook_conns[#F.kept_hook_conns]
-    if c then
-      call(fmt("a%d use a kept hook conn", a.id), { raise = { HOOK_CONN_GONE, RELEASED } },
-        function() return c:send("x") end)
+    local e = F.kept_hook_conns[#F.kept_hook_conns]
+    if e then
+      local pats = { HOOK_CONN_GONE, RELEASED }
+      call(fmt("a%d use a kept hook conn (hook %s)", a.id, e.done and "returned" or "running"),
+        e.done and { raise = pats } or { may = pats }, function() return e.conn:send("x") end)
     end
+  elseif which == 7 then
+    -- private methods, reachable from Lua: bad arguments raise cleanly, odd uses are harmless
+    local e = F.kept_hook_conns[#F.kept_hook_conns]
+    local cases = {
+      function() return "pool:_add_peer({})", { raise = { "bad argument" } },
+        function() return pool:_add_peer({}, nil, nil, "x") end end,
+      function() return "pool:_hook_error('nope')", pool_rule(),
+        function() return pool:_hook_error("nope", "x") end end,
+      function() return "pool:_every(0)", { raise = { "bad argument", CLOSED_POOL } },
+        function() return pool:_every(0, print) end end,
+      function() return "peerpool._canonical({})", { raise = { "bad argument" } },
+        function() return peerpool._canonical({}) end end,
+      function() return "peerpool._canonical(long)", nil,
+        function() return peerpool._canonical(string.rep("9", 1000) .. ":1") end end,
+    }
+    if e and not e.done then
+      cases[#cases + 1] = function()
+        F.meddled_hooks = true -- the hook's later uses of its conn raise "released"
+        return "kept hook conn:_done(" .. tostring(chance(0.5)) .. ") while its hook runs",
+          nil, function() return e.conn:_done(chance(0.5)) end
+      end
+    end
+    local desc, rule, f = pick(cases)()
+    call(fmt("a%d %s", a.id, desc), rule, f)
   elseif which == 5 then
     local old = F.old[#F.old]
     if old then
@@ -1582,7 +1744,7 @@ local function op_close_pool(a)
   call(fmt("a%d pool:close() mid-flight", a.id), nil, function() return R.pool:close() end)
 end
 
-local ACTOR_OPS = {}
+local ACTOR_OPS, OP_NAMES = {}, {}
 do
   local ops = {
     { 22, op_acquire_co, "acquire_co" }, { 14, op_acquire_cb, "acquire_cb" },
@@ -1591,7 +1753,8 @@ do
     { 6, op_stats, "stats" }, { 2, op_add_peer, "add_peer" }, { 1, op_on, "on" },
     { 2, op_load_policy, "load_policy" }, { 5, op_bad_call, "bad_call" },
     { 3, op_odd_valid, "odd_valid" }, { 2, op_abandon, "abandon" }, { 2, op_side, "side" },
-    { 1, op_close_pool, "close_pool" },
+    { 1, op_close_pool, "close_pool" }, { 4, op_acquire_sub, "acquire_sub" },
+    { 2, op_dying_receiver, "dying_receiver" }, { 1, op_meddle, "meddle" },
   }
   -- FUZZ_OPS=name,name: only these ops (to narrow a failure down); FUZZ_SKIP names work too
   local only
@@ -1601,14 +1764,16 @@ do
   end
   for _, e in ipairs(ops) do
     if (not only or only[e[3]]) and not SKIP[e[3]] then ACTOR_OPS[#ACTOR_OPS + 1] = e end
+    OP_NAMES[e[2]] = e[3]
   end
 end
 
 local function actor(a)
   while not R.stopping do
     local op = wpick(ACTOR_OPS)
-    if not SKIP[op] then op(a) end
-    sleep(chance(0.3) and 0 or rnd(15))
+    F.op_counts[op] = (F.op_counts[op] or 0) + 1
+    op(a)
+    sleep(chance(0.5) and 0 or rnd(6))
   end
   -- hand back (or keep) what it holds
   for _, rec in ipairs(a.held) do
@@ -1704,8 +1869,8 @@ local function pending_dump()
   local lines = {}
   for id, acq in pairs(R.acquires) do
     if acq.pending and not acq.void and not acq.abandoned then
-      lines[#lines + 1] = fmt("acquire #%d (%s) of %s %s started %d ms ago", id, acq.style,
-        show(acq.peer), show(acq.opts), uv.now() - acq.started)
+      lines[#lines + 1] = fmt("acquire #%d (%s) of %s %s started %.0f ms ago", id, acq.style,
+        show(acq.peer), show(acq.opts), clock() - acq.started)
     end
   end
   for _, a in ipairs(R.actors) do
@@ -1737,7 +1902,7 @@ local function settled()
   return true
 end
 
-local function run_round(n, budget)
+local function run_round(n, budget, live)
   local pools_before = #peerpool.pools()
   R = { n = n, acquires = {}, conns = {}, notices = {}, actors = {}, subs = {}, peer_set = {},
     peer_list = {}, leaked = 0, state_events = 0 }
@@ -1746,6 +1911,7 @@ local function run_round(n, budget)
   R.baseline_other = procfs.snapshot(F.server_ports, {}, F.ignore_ports).other
   make_pool()
   R.may_close = chance(0.25)
+  R.chaos_reporter = chance(0.3)
   R.close_after = uv.now() + budget * 0.6
   local keys = {}
   for k, v in pairs(R.opts) do keys[#keys + 1] = k .. "=" .. (type(v) == "table" and show(v) or tostring(v)) end
@@ -1758,14 +1924,21 @@ local function run_round(n, budget)
     R.side_port = F.side_srv.port
     R.side:add_peer(F.side_srv.addr)
   end
-  for i = 1, 2 + rnd(5) do
+  for i = 1, 2 + rnd(6) do
     local a = { id = i, held = {} }
     R.actors[i] = a
     spawn("actor " .. i, actor, a)
   end
   local sampler = uv.new_timer()
+  handles[sampler] = true
   sampler:start(7, 11, function() check_kernel("sampler") end)
   sleep(budget)
+  if live then
+    -- the program ends here, with the pool, its conns, waits and hooks all live: lua_close
+    -- must take them down cleanly (the sentinel closes the pools before luv's loop goes)
+    trace("round end: abrupt (lua_close with everything live)")
+    return
+  end
   R.stopping = true
   -- end of the round: close the pool (or forget it and let the collector close it)
   local mode = pick { "close", "close", "close", "graceful", "forget" }
@@ -1808,6 +1981,7 @@ local function run_round(n, budget)
     fail("after pool:close() these never ended:\n  " .. pending_dump())
   end
   sampler:stop()
+  handles[sampler] = nil
   sampler:close()
   ticks(5)
   -- no socket of the pool left (allow a few turns for close callbacks)
@@ -1833,16 +2007,31 @@ local function run_round(n, budget)
   F.old[#F.old + 1] = old
   if #F.old > 3 then table.remove(F.old, 1) end
   R.pool = nil
+  for co in pairs(anchored) do if coroutine.status(co) == "dead" then anchored[co] = nil end end
   collectgarbage()
   ticks(2)
 end
 
 -- ---- error reports ---------------------------------------------------------------------------
 
+local HOOK_FAILURES = {
+  INTENDED, "instruction budget exceeded", "attempt to yield", IN_HOOK, "failed: answered ",
+  "(error object is not a string)", "odd error", "4242424242", "__tostring", "table: 0x",
+  "error in error handling", CLOSED_POOL, HOOK_CONN_GONE,
+}
+
 local function on_report(text)
   if text:find(INTENDED, 1, true) then
     F.hook_reports = F.hook_reports + 1
   elseif text:match("^peerpool: policy hook ") then
+    -- only the failures the generated hooks cause on purpose (or meet on a closing pool)
+    local known = false
+    for _, p in ipairs(HOOK_FAILURES) do
+      if text:find(p, 1, true) then known = true break end
+    end
+    if SKIP.hook_error_value and text:find("to '_hook_error'", 1, true) then known = true end
+    if F.meddled_hooks and text:find(RELEASED, 1, true) then known = true end
+    if not known and not SKIP.hook_reports then fail("unexpected hook failure: " .. text) end
     F.hook_reports = F.hook_reports + 1
   elseif text:match("^peerpool: address book ") or text:match("^peerpool: saving ") then
     F.hook_reports = F.hook_reports + 1
@@ -1861,12 +2050,40 @@ local function on_report(text)
     if not SKIP.reports then fail("unexpected error report: " .. text) end
   end
   trace("report: " .. (text:match("^[^\n]*") or text))
+  -- User code in the reporter (a REPL prints; an application may do anything): it runs
+  -- wherever the binding reports from, e.g. right after a synchronous hook failed, while the
+  -- engine is still in the middle of its decision.
+  if R and R.chaos_reporter and R.pool and not SKIP.chaos_reporter then
+    local pool = R.pool
+    local what = rnd(5)
+    trace("reporter does " .. ({ "gc", "stats", "acquire", "close", "peers" })[what])
+    local ok, err = pcall(function()
+      if what == 1 then
+        -- (not with FUZZ_SKIP=unanchored: F8's second form, a dead coroutine the reporter's
+        -- collection frees before the binding resets it)
+        if not SKIP.unanchored then collectgarbage() end
+      elseif what == 2 then pool:stats()
+      elseif what == 3 then pool:acquire(nil, { timeout = 10 }, function(_, c) if c then c:release() end end)
+      elseif what == 4 and may_close() then
+        pool:close() -- raises inside an engine call (then the pool stays open)
+        R.closed_at = uv.now()
+      elseif what == 5 then pool:peers() end
+    end)
+    if not ok then
+      check(tostring(err):find(CLOSED_POOL, 1, true) or tostring(err):find(IN_HOOK, 1, true),
+        "a pool call from the error reporter raised %s", show(err))
+    end
+  end
 end
 
 -- ---- main ------------------------------------------------------------------------------------
 
 local function main()
   peerpool.on_error(on_report)
+  if getenv "FUZZ_GC" == "aggressive" then
+    -- a collection cycle starts as soon as one ends: finalisers run at any allocation
+    collectgarbage("incremental", 0, 400)
+  end
   F.heart = uv.new_timer()
   F.heart:start(10, 10, heartbeat)
   F.heart:unref()
@@ -1905,6 +2122,11 @@ local function main()
     n = n + 1
     run_round(n, rnd(700) + 200)
   end
+  if chance(0.3) and not SKIP.abrupt then
+    F.abrupt = true
+    run_round(n + 1, rnd(300) + 50, true)
+    return
+  end
   F.ctl.close()
   F.heart:close()
   if F.sigpipe then F.sigpipe:close() end
@@ -1915,6 +2137,20 @@ end
 
 local ok, err = xpcall(peerpool.run, debug.traceback, main)
 if not ok then fail("the driver raised: " .. tostring(err)) end
+if F.abrupt then
+  -- close the driver's own handles and let their closes finish (the pools stay live)
+  for h in pairs(handles) do if not h:is_closing() then h:close() end end
+  F.ctl.close()
+  F.heart:close()
+  if F.sigpipe then F.sigpipe:close() end
+  for _ = 1, 3 do uv.run("nowait") end
+  io.stdout:write(fmt("fuzz.api seed %d: ok, %d rounds, %d ops, %d acquires, %d reports (%s%s), " ..
+    "ending with everything live\n", SEED, F.rounds, F.ops, F.acq_n, F.hook_reports,
+    SANITIZED and "asan" or "plain", GC_STRESS and ", gc stress" or ""))
+  io.stdout:flush()
+  if trace_file then trace_file:write("lua_close with everything live\n") end
+  os.exit(0, true) -- lua_close; a crash from here on is the module's (or luv's)
+end
 collectgarbage()
 collectgarbage()
 -- the loop must settle: nothing of the pools is left on it
@@ -1936,6 +2172,12 @@ do -- the temporary files (policies, address books and the corrupt ones moved as
     os.remove(F.tmpdir .. "/" .. name)
   end
   uv.fs_rmdir(F.tmpdir)
+end
+if getenv "FUZZ_STATS" then
+  local names = {}
+  for fn, n in pairs(F.op_counts) do names[#names + 1] = fmt("%s=%d", OP_NAMES[fn], n) end
+  table.sort(names)
+  io.stdout:write("ops: ", table.concat(names, " "), "\n")
 end
 io.stdout:write(fmt("fuzz.api seed %d: ok, %d rounds, %d ops, %d acquires, %d reports (%s%s)\n",
   SEED, F.rounds, F.ops, F.acq_n, F.hook_reports, SANITIZED and "asan" or "plain",

@@ -2,10 +2,11 @@
 # (Debian packages), configure, build and run.
 BUILD    ?= build
 SAN_BUILD ?= build-sanitize
+FUZZ_BUILD ?= build-fuzz
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 ARGS     ?=
 
-.PHONY: all deps build run test test-sanitize bench clean
+.PHONY: all deps build run test test-sanitize fuzz-c bench clean
 
 all: build
 
@@ -29,8 +30,17 @@ test-sanitize: deps
 	cmake --build $(SAN_BUILD) -j $(JOBS)
 	cd $(SAN_BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# The engine's libFuzzer targets (spec/fuzz/), built with clang in their own dir and run
+# briefly from their seed corpora. Needs clang and libclang-rt-14-dev (not installed by deps).
+fuzz-c: deps
+	@command -v clang >/dev/null || { echo "fuzz-c: needs clang and libclang-rt-14-dev" >&2; exit 1; }
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_BUILD_LUA=OFF \
+	  -DPP_BUILD_TESTS=OFF -DPP_BUILD_BENCH=OFF
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	cd $(FUZZ_BUILD) && ctest --output-on-failure --no-tests=error -R '^fuzz\.'
+
 bench: build
 	sh bench/run.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(SAN_BUILD)
+	rm -rf $(BUILD) $(SAN_BUILD) $(FUZZ_BUILD)

@@ -1,12 +1,12 @@
 /* Conn objects: acquire (coroutine or callback), send, receive in the cosocket style
- * ("*l", "*a", a byte count) with the pool's io_timeout, release, close, and the GC rule: a conn
- * collected while still leased is released as broken and counted as leaked. */
+ * ("*l", "*a", a byte count; io_timeout, max_receive), release, close, and the GC rule: a conn
+ * collected while still leased is closed (not the peer's failure) and counted as leaked. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "lpeerpool.h"
 
-static lpp_conn_t *check_conn(lua_State *L, int idx) {
+lpp_conn_t *lpp_check_conn(lua_State *L, int idx) {
   lpp_conn_t *c = luaL_checkudata(L, idx, LPP_CONN);
   if (c->state == LPP_CONN_HOOK && c->hook_conn == NULL)
     luaL_error(L, "attempt to use a conn the pool took back from its hook");
@@ -34,6 +34,12 @@ static int push_acquire_error(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, int 
     char msg[200];
     snprintf(msg, sizeof(msg), "%s: %s (%s)", pp_strerror(err), pp_strerror(cause),
              pp_err_name(cause));
+    return lpp_push_error(L, err, msg);
+  }
+  if (err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS) {
+    char msg[200];
+    snprintf(msg, sizeof(msg), "%s: this process is short of a resource (not the peer's fault)",
+             pp_strerror(err));
     return lpp_push_error(L, err, msg);
   }
   return lpp_push_error(L, err, NULL);
@@ -71,17 +77,15 @@ static void on_acquired(pp_lease_t *lease, int status) {
     return;
   }
   if (c->co_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
-    lua_State *co = lua_tothread(L, -1);
-    lua_pop(L, 1);
+    lua_State *co = lpp_take_thread(L, &c->co_ref); /* anchored on L until we return */
     if (lua_status(co) != LUA_YIELD) {
       /* The coroutine was closed while it waited: nobody will take the conn. */
       if (status == 0) {
         c->state = LPP_CONN_DONE;
         pp_release(&c->lease, 0);
       }
-      lpp_unref(L, &c->co_ref);
       lpp_unref(L, &c->self_ref);
+      lua_pop(L, 1);
       return;
     }
     int n;
@@ -91,9 +95,9 @@ static void on_acquired(pp_lease_t *lease, int status) {
     } else {
       n = push_acquire_error(co, p, lease->want_, status, lease->cause);
     }
-    lpp_unref(L, &c->co_ref);
     lpp_unref(L, &c->self_ref);
     lpp_resume(L, co, n, p);
+    lua_pop(L, 1);
     return;
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
@@ -119,14 +123,23 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     return luaL_error(L,
                       "pool:acquire() without a callback must run inside a coroutine "
                       "(peerpool.run(fn), or a coroutine on the luv loop)");
-  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 1);
+  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 2);
   memset(c, 0, sizeof(*c));
-  c->self_ref = c->co_ref = c->cb_ref = LUA_NOREF;
+  c->self_ref = c->co_ref = c->cb_ref = c->send_co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->lease.data = c;
   lua_pushvalue(L, 1); /* the pool lives at least as long as its conn objects */
   lua_setiuservalue(L, -2, 1);
+  pp_acquire_opts_t anchored = *opts;
+  if (opts->key) {
+    /* The engine keeps the key while the acquire waits: the conn object anchors the string
+     * the engine points into (Lua strings never move). */
+    lua_pushstring(L, opts->key);
+    anchored.key = lua_tostring(L, -1);
+    lua_setiuservalue(L, -2, 2);
+  }
+  opts = &anchored;
   int err;
   if (cb_idx == 0) {
     err = pp_try_acquire(p->pool, &c->lease, peer, opts);
@@ -154,32 +167,101 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
 
 /* ---- receive --------------------------------------------------------------------------- */
 
+/* The receive buffer holds c->len unread bytes at c->buf + c->off; the first c->scanned of
+ * them are known to hold no newline, so "*l" scans only new bytes. */
+
+static char *unread(lpp_conn_t *c) {
+  return c->buf + c->off;
+}
+
+static void consume(lpp_conn_t *c, size_t n) {
+  c->off += n;
+  c->len -= n;
+  c->scanned = c->scanned > n ? c->scanned - n : 0;
+  if (c->len == 0) c->off = 0;
+}
+
+/* The end of the first line, or NULL. */
+static char *find_newline(lpp_conn_t *c) {
+  if (c->scanned >= c->len) return NULL;
+  char *nl = memchr(unread(c) + c->scanned, '\n', c->len - c->scanned);
+  c->scanned = nl ? (size_t)(nl - unread(c)) : c->len;
+  return nl;
+}
+
+/* Append n bytes; 0, or UV_ENOMEM. */
+static int append(lpp_conn_t *c, const char *data, size_t n) {
+  if (n == 0) return 0;
+  if (c->off + c->len + n > c->cap && c->off > 0) {
+    memmove(c->buf, unread(c), c->len);
+    c->off = 0;
+  }
+  if (c->len + n > c->cap) {
+    size_t cap = c->cap ? c->cap : 1024;
+    while (cap < c->len + n)
+      cap *= 2;
+    char *b = realloc(c->buf, cap);
+    if (b == NULL) return UV_ENOMEM;
+    c->buf = b;
+    c->cap = cap;
+  }
+  memcpy(c->buf + c->off + c->len, data, n);
+  c->len += n;
+  return 0;
+}
+
+static void drop_buffer(lpp_conn_t *c) {
+  free(c->buf);
+  c->buf = NULL;
+  c->off = c->len = c->cap = c->scanned = 0;
+}
+
+/* Whether the wanted pattern can no longer be met within the pool's max_receive. */
+static int too_long(lpp_conn_t *c) {
+  size_t max = (size_t)c->owner->max_receive;
+  switch (c->want_kind) {
+    case 'l':
+      return c->len >= max && c->scanned >= max;
+    case 'a':
+      return c->len > max;
+    default:
+      return 0;
+  }
+}
+
+/* Whether the buffer satisfies the wanted pattern (without consuming it). */
+static int ready(lpp_conn_t *c) {
+  switch (c->want_kind) {
+    case 'l':
+      return find_newline(c) != NULL;
+    case 'n':
+      return c->len >= c->want_n;
+    default: /* 'a': everything, once the stream has ended */
+      return c->read_error != 0;
+  }
+}
+
 /* If the buffer satisfies the wanted pattern, push the result and consume it: 1; else 0. */
 static int take(lua_State *L, lpp_conn_t *c) {
+  if (!ready(c)) return 0;
   size_t n;
-  if (c->len == 0 && (c->want_kind != 'a' || !c->read_error)) return 0;
   switch (c->want_kind) {
     case 'l': {
-      char *nl = memchr(c->buf, '\n', c->len);
-      if (nl == NULL) return 0;
-      n = (size_t)(nl - c->buf);
-      lua_pushlstring(L, c->buf, n > 0 && c->buf[n - 1] == '\r' ? n - 1 : n);
+      n = c->scanned; /* find_newline left it at the newline */
+      lua_pushlstring(L, unread(c), n > 0 && unread(c)[n - 1] == '\r' ? n - 1 : n);
       n++;
       break;
     }
     case 'n':
-      if (c->len < c->want_n) return 0;
       n = c->want_n;
-      lua_pushlstring(L, c->buf, n);
+      lua_pushlstring(L, unread(c), n);
       break;
-    default: /* 'a': everything, once the stream has ended */
-      if (!c->read_error) return 0;
+    default:
       n = c->len;
-      lua_pushlstring(L, c->buf, n);
+      lua_pushlstring(L, unread(c), n);
       break;
   }
-  if (n > 0) memmove(c->buf, c->buf + n, c->len - n);
-  c->len -= n;
+  consume(c, n);
   return 1;
 }
 
@@ -187,9 +269,22 @@ static int take(lua_State *L, lpp_conn_t *c) {
 static int push_receive_end(lua_State *L, lpp_conn_t *c, int err) {
   lua_pushnil(L);
   lua_pushstring(L, err == UV_EOF || err == PP_ECLOSED ? "closed" : pp_err_name(err));
-  lua_pushlstring(L, c->buf, c->len); /* the partial data, as cosockets do */
-  if (err != PP_ETIMEDOUT) c->len = 0;
+  lua_pushlstring(L, unread(c), c->len); /* the partial data, as cosockets do */
+  if (err != PP_ETIMEDOUT) consume(c, c->len);
   return 3;
+}
+
+static void end_lease(lua_State *L, lpp_conn_t *c, int status);
+
+/* A reply over max_receive: the conn is closed (without blaming the peer: the limit is ours),
+ * and the caller gets nil, "too_long", detail. */
+static int fail_too_long(lua_State *L, lpp_conn_t *c) {
+  char msg[96];
+  snprintf(msg, sizeof(msg), "no %s within max_receive (%zu bytes); conn closed",
+           c->want_kind == 'l' ? "end of line" : "end of stream", (size_t)c->owner->max_receive);
+  c->want_kind = 0;
+  end_lease(L, c, LPP_NOREUSE);
+  return lpp_push_error(L, PP_ETOOLONG, msg);
 }
 
 /* ---- io_timeout: the pool's list of waiting receives, one timer for all ----------------- */
@@ -198,7 +293,7 @@ static void on_io_timeout(uv_timer_t *timer);
 
 static void arm_recv_timer(lua_State *L, lpp_pool_t *p) {
   if (p->recv_head == NULL) return;
-  uint64_t now = uv_now(p->st->loop);
+  uint64_t now = lpp_now(p->st->loop);
   uint64_t due = p->recv_head->deadline;
   uv_timer_start(lpp_timer(L, p, &p->recv_timer, p), on_io_timeout, due > now ? due - now : 0, 0);
 }
@@ -220,7 +315,7 @@ static void unlist_receive(lpp_conn_t *c) {
 
 static void list_receive(lua_State *L, lpp_conn_t *c, int64_t ms) {
   lpp_pool_t *p = c->owner;
-  c->deadline = uv_now(p->st->loop) + (uint64_t)ms;
+  c->deadline = lpp_now(p->st->loop) + (uint64_t)ms;
   c->wprev = p->recv_tail;
   c->wnext = NULL;
   if (p->recv_tail)
@@ -243,22 +338,28 @@ static void finish_receive(lpp_conn_t *c, int err) {
   lpp_pool_t *p = c->owner;
   lua_State *L = p->L;
   unlist_receive(c);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
-  lua_State *co = lua_tothread(L, -1);
-  lua_pop(L, 1);
+  /* A reply still on its way would be read by the conn's next holder as its own. */
+  if (err == PP_ETIMEDOUT || err == PP_ETOOLONG) c->tainted = 1;
+  lua_State *co = lpp_take_thread(L, &c->co_ref); /* anchored on L until we return */
   if (lua_status(co) != LUA_YIELD) { /* closed while it waited: leave the data buffered */
     stop_waiting(L, c);
+    lua_pop(L, 1);
     return;
   }
-  int n = err ? push_receive_end(co, c, err) : take(co, c);
+  int n;
+  if (err == PP_ETOOLONG) {
+    consume(c, c->len);
+    n = fail_too_long(co, c);
+  } else {
+    n = err ? push_receive_end(co, c, err) : take(co, c);
+  }
   c->want_kind = 0;
-  lpp_unref(L, &c->co_ref);
   lpp_unref(L, &c->self_ref);
-  if (p->st->shutting_down) {
+  if (p->st->shutting_down)
     lua_pop(co, n);
-    return;
-  }
-  lpp_resume(L, co, n, p);
+  else
+    lpp_resume(L, co, n, p);
+  lua_pop(L, 1);
 }
 
 /* The reader's argument is this token, not the userdata: when the conn object is collected
@@ -308,23 +409,11 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
   if (nread < 0) {
     c->read_error = (int)nread;
     c->reader = NULL;
-  } else {
-    if (c->len + (size_t)nread > c->cap) {
-      size_t cap = c->cap ? c->cap : 1024;
-      while (cap < c->len + (size_t)nread)
-        cap *= 2;
-      char *b = realloc(c->buf, cap);
-      if (b == NULL) {
-        c->read_error = UV_ENOMEM;
-        stop_reading(c, conn);
-        if (c->co_ref != LUA_NOREF) finish_receive(c, UV_ENOMEM);
-        return;
-      }
-      c->buf = b;
-      c->cap = cap;
-    }
-    if (nread > 0) memcpy(c->buf + c->len, data, (size_t)nread);
-    c->len += (size_t)nread;
+  } else if (append(c, data, (size_t)nread) != 0) {
+    c->read_error = UV_ENOMEM;
+    stop_reading(c, conn);
+    if (c->co_ref != LUA_NOREF) finish_receive(c, UV_ENOMEM);
+    return;
   }
   if (c->co_ref == LUA_NOREF) {
     /* Nobody is receiving: past a bound, let the engine hold (and pause) the stream. */
@@ -332,18 +421,18 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
     return;
   }
   /* "*a" is satisfied by the end of the stream; others fail on it. */
-  if (c->read_error && c->want_kind != 'a')
-    finish_receive(c, c->read_error);
-  else if (c->want_kind == 'a'
-               ? c->read_error != 0
-               : (c->want_kind == 'l' ? memchr(c->buf, '\n', c->len) != NULL : c->len >= c->want_n))
+  if (ready(c))
     finish_receive(c, 0);
+  else if (c->read_error)
+    finish_receive(c, c->read_error);
+  else if (too_long(c))
+    finish_receive(c, PP_ETOOLONG);
 }
 
 static void on_io_timeout(uv_timer_t *timer) {
   lpp_pool_t *p = timer->data;
   if (p == NULL) return;
-  uint64_t now = uv_now(p->st->loop);
+  uint64_t now = lpp_now(p->st->loop);
   /* finish_receive unlists the head; a resumed coroutine may list new receives at the tail */
   while (p->recv_head && p->recv_head->deadline <= now)
     finish_receive(p->recv_head, PP_ETIMEDOUT);
@@ -351,12 +440,28 @@ static void on_io_timeout(uv_timer_t *timer) {
 }
 
 static int l_receive(lua_State *L) {
-  lpp_conn_t *c = check_conn(L, 1);
+  lpp_conn_t *c = lpp_check_conn(L, 1);
+  if (c->co_ref != LUA_NOREF) { /* a waiter whose coroutine was closed waits no more */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
+    int alive = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
+    lua_pop(L, 1);
+    if (!alive) stop_waiting(L, c);
+  }
   luaL_argcheck(L, c->co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
   c->want_kind = 'l';
   if (lua_type(L, 2) == LUA_TNUMBER) {
     lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, n > 0, 2, "byte count must be > 0");
+    luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
+    if (n == 0) {
+      lua_pushliteral(L, "");
+      return 1;
+    }
+    if (n > c->owner->max_receive) {
+      char msg[96];
+      snprintf(msg, sizeof(msg), "%lld bytes is over the pool's max_receive (%lld)", (long long)n,
+               (long long)c->owner->max_receive);
+      return lpp_push_error(L, PP_ETOOLONG, msg);
+    }
     c->want_kind = 'n';
     c->want_n = (size_t)n;
   } else if (!lua_isnoneornil(L, 2)) {
@@ -368,6 +473,7 @@ static int l_receive(lua_State *L) {
   }
   if (take(L, c)) return 1;
   if (c->read_error) return push_receive_end(L, c, c->read_error);
+  if (too_long(c)) return fail_too_long(L, c);
   pp_conn_t *conn = lpp_conn_of(c);
   if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
   if (!lua_isyieldable(L))
@@ -383,51 +489,12 @@ static int l_receive(lua_State *L) {
   return lua_yield(L, 0);
 }
 
-/* ---- send ------------------------------------------------------------------------------ */
-
-typedef struct {
-  pp_write_t req;
-  char data[];
-} write_t;
-
-static void on_written(pp_write_t *req, int status) {
-  free(req);
-}
-
-static int l_send(lua_State *L) {
-  lpp_conn_t *c = check_conn(L, 1);
-  size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
-  pp_conn_t *conn = lpp_conn_of(c);
-  if (conn == NULL) return lpp_push_error(L, PP_ECLOSED, NULL);
-  /* Most sends fit the socket buffer at once: no copy, no queued write. */
-  uv_buf_t first = uv_buf_init((char *)data, (unsigned int)len);
-  int done = len > 0 ? pp_conn_try_write(conn, &first, 1) : 0;
-  if (done < 0 && done != UV_EAGAIN)
-    return lpp_push_error(L, done == UV_EOF ? PP_ECLOSED : done, NULL);
-  if (done < 0) done = 0;
-  if ((size_t)done == len) {
-    lua_pushinteger(L, (lua_Integer)len);
-    return 1;
-  }
-  size_t rest = len - (size_t)done;
-  write_t *w = malloc(sizeof(*w) + rest);
-  if (w == NULL) return luaL_error(L, "out of memory");
-  memcpy(w->data, data + done, rest);
-  uv_buf_t buf = uv_buf_init(w->data, (unsigned int)rest);
-  int err = pp_conn_write(&w->req, conn, &buf, 1, on_written);
-  if (err) {
-    free(w);
-    return lpp_push_error(L, err == UV_EOF ? PP_ECLOSED : err, NULL);
-  }
-  lua_pushinteger(L, (lua_Integer)len);
-  return 1;
-}
-
 /* ---- release --------------------------------------------------------------------------- */
 
-/* End the lease (status < 0: broken). Unread bytes mean the conn is not clean: broken too. A
- * receive waiting in another coroutine ends with "closed" once the lease is gone. */
+/* End the lease: status 0 gives the conn back; LPP_NOREUSE closes it without blaming the
+ * peer; PP_EBROKEN (or a socket error) closes it as the peer's failure. A conn that may still
+ * have a reply on its way — a receive waiting in another coroutine, one that timed out, unread
+ * bytes — is never lent again: it is closed, without blame. */
 static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   if (c->state != LPP_CONN_LEASED) return;
   int waiting = 0;
@@ -437,25 +504,25 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
     lua_pop(L, 1);
     if (!waiting) stop_waiting(L, c); /* its coroutine was closed: nothing waits any more */
   }
-  if (waiting) status = PP_EBROKEN;
+  if (status == 0 && (waiting || c->tainted)) status = LPP_NOREUSE;
   stop_reading(c, c->lease.conn);
   if (status == 0 && c->len > 0) {
     /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;
      * otherwise they are a reply nobody will read, and the conn is not clean. */
     pp_pool_t *pool = c->owner->pool;
     if (!pool || !pp_pool_options(pool)->keep_idle_bytes || !c->lease.conn ||
-        pp_conn_unread(c->lease.conn, c->buf, c->len) != 0)
-      status = PP_EBROKEN;
+        pp_conn_unread(c->lease.conn, unread(c), c->len) != 0)
+      status = LPP_NOREUSE;
   }
+  if (c->send_co_ref != LUA_NOREF && status == 0) status = LPP_NOREUSE; /* half a request out */
   c->state = LPP_CONN_DONE; /* before anything can run: a reentrant release is a no-op */
   pp_release(&c->lease, status);
+  lpp_send_wake(c, PP_ECLOSED);
   if (waiting) {
     c->read_error = PP_ECLOSED;
     finish_receive(c, PP_ECLOSED);
   }
-  free(c->buf);
-  c->buf = NULL;
-  c->len = c->cap = 0;
+  drop_buffer(c);
 }
 
 /* ---- conns lent to handshake/ping hooks -------------------------------------------------- */
@@ -463,7 +530,7 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
 lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int kind) {
   lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 1);
   memset(c, 0, sizeof(*c));
-  c->self_ref = c->co_ref = c->cb_ref = LUA_NOREF;
+  c->self_ref = c->co_ref = c->cb_ref = c->send_co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->state = LPP_CONN_HOOK;
@@ -485,24 +552,22 @@ static void hook_conn_detach(lpp_conn_t *c) {
 
 void lpp_hook_conn_dead(lpp_conn_t *c) {
   hook_conn_detach(c);
+  lpp_send_wake(c, PP_ECLOSED);
   c->read_error = PP_ECLOSED;
   if (c->co_ref != LUA_NOREF) finish_receive(c, PP_ECLOSED);
 }
 
-/* conn:_done(ok): the hook finished; tell the engine (once). */
-static int l_hook_done(lua_State *L) {
-  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
-  int ok = lua_toboolean(L, 2);
-  if (c->state != LPP_CONN_HOOK || c->hook_conn == NULL) return 0;
+void lpp_hook_conn_done(lpp_conn_t *c, int ok) {
+  if (c->state != LPP_CONN_HOOK || c->hook_conn == NULL) return;
   pp_conn_t *conn = c->hook_conn;
   int status = ok ? 0 : (c->hook_kind == LPP_HOOK_HANDSHAKE ? PP_EHANDSHAKE : PP_EPING);
   hook_conn_detach(c);
+  lpp_send_wake(c, PP_ECLOSED);
   c->state = LPP_CONN_DONE;
   if (c->hook_kind == LPP_HOOK_HANDSHAKE)
     pp_conn_handshake_done(conn, status);
   else
     pp_conn_ping_done(conn, status);
-  return 0;
 }
 
 static void check_not_in_hook(lua_State *L, lpp_conn_t *c) {
@@ -550,14 +615,14 @@ static int l_gc(lua_State *L) {
   /* A receive still waiting here means Lua is closing (the wait anchors the object): the
    * waiting coroutine is not resumed from a finaliser. */
   stop_waiting(L, c);
+  lpp_send_detach(c);
   if (c->state == LPP_CONN_HOOK && c->hook_conn) hook_conn_detach(c);
   stop_reading(c, lpp_conn_of(c)); /* e.g. a lease its pool's close detached */
   if (c->state == LPP_CONN_LEASED) {
     c->owner->leaked_leases++;
-    end_lease(L, c, PP_EBROKEN);
+    end_lease(L, c, LPP_NOREUSE); /* our program's leak, not the peer's failure */
   }
-  free(c->buf);
-  c->buf = NULL;
+  drop_buffer(c);
   return 0;
 }
 
@@ -586,8 +651,8 @@ static int l_index(lua_State *L) {
 }
 
 static const luaL_Reg conn_methods[] = {
-    {"send", l_send},   {"receive", l_receive}, {"release", l_release},
-    {"close", l_close}, {"_done", l_hook_done}, {NULL, NULL},
+    {"send", lpp_l_send}, {"receive", l_receive}, {"release", l_release},
+    {"close", l_close},   {NULL, NULL},
 };
 
 void lpp_conn_open(lua_State *L) {

@@ -24,10 +24,7 @@ static void deliver(lpp_notice_t *n) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, n->self_ref);
   int anchor = lua_gettop(L);
   if (n->co_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
-    lua_State *co = lua_tothread(L, -1);
-    lua_pop(L, 1);
-    lpp_unref(L, &n->co_ref);
+    lua_State *co = lpp_take_thread(L, &n->co_ref); /* anchored until settop below */
     if (lua_status(co) != LUA_YIELD) goto callback; /* closed while it waited */
     int nres = 1;
     if (n->status == 0)
@@ -79,13 +76,12 @@ static void on_wait_timeout(uv_timer_t *timer) {
   lpp_notice_t *n = timer->data;
   if (n == NULL || n->co_ref == LUA_NOREF) return;
   lua_State *L = n->owner->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
-  lua_State *co = lua_tothread(L, -1);
+  lua_State *co = lpp_take_thread(L, &n->co_ref);
+  if (lua_status(co) == LUA_YIELD) {
+    int nres = lpp_push_error(co, PP_ETIMEDOUT, "capacity did not free in time");
+    lpp_resume(L, co, nres, n->owner);
+  }
   lua_pop(L, 1);
-  lpp_unref(L, &n->co_ref);
-  if (lua_status(co) != LUA_YIELD) return;
-  int nres = lpp_push_error(co, PP_ETIMEDOUT, "capacity did not free in time");
-  lpp_resume(L, co, nres, n->owner);
 }
 
 /* notice:wait([ms]) -> true once capacity freed, or nil, code, message. */

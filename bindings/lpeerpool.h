@@ -12,6 +12,7 @@
 #define LPP_CONN "peerpool.conn"
 #define LPP_NOTICE "peerpool.notice"
 #define LPP_VIEW "peerpool.view"
+#define LPP_HOOK_RUN "peerpool.hook_run"
 
 /* Policy hooks, for per-hook counters. */
 #define LPP_HOOK_MAP(XX)       \
@@ -35,6 +36,7 @@ typedef struct lpp_state_s {
   int engine_pools;         /* engine pools not yet freed (closing ones included) */
   int shutting_down;
   uv_timer_t *later_timer; /* runs finalisers put off by lpp_finalize_later */
+  void *alloc_ud;          /* the budget allocator's record (lsandbox.c) */
 } lpp_state_t;
 
 /* One per pool userdata. The engine pool outlives the userdata until its close callback. */
@@ -44,6 +46,8 @@ typedef struct lpp_pool_s {
   lua_State *L;             /* the main thread */
   int state_refs;           /* registry ref of the table of on("state") callbacks */
   int64_t io_timeout;       /* ms for conn:receive(); 0 = none */
+  int64_t max_receive;      /* bytes a receive may wait for (a line, "*a", a count) */
+  int64_t max_send_queue;   /* bytes queued past the socket before a send waits */
   uint64_t leaked_leases;   /* conns collected while still leased */
   uint64_t callback_errors; /* Lua errors raised by callbacks and coroutines */
   /* policy */
@@ -51,9 +55,10 @@ typedef struct lpp_pool_s {
   char policy_name[256]; /* its path (or "table"), for logs */
   lua_State *hook_L;     /* a thread of its own for synchronous hooks */
   int hook_L_ref;
-  int budget;    /* instructions a synchronous hook may run */
-  int views_ref; /* table of LPP_VIEWS_MAX reusable view userdata */
-  int cand_ref;  /* reusable candidates table */
+  int64_t budget;      /* instructions a synchronous hook may run */
+  int64_t hook_memory; /* bytes a hook call may allocate */
+  int views_ref;       /* table of LPP_VIEWS_MAX reusable view userdata */
+  int cand_ref;        /* reusable candidates table */
   uint64_t hook_calls[LPP_HOOK_COUNT], hook_errors[LPP_HOOK_COUNT];
   uint64_t hook_logged_at[LPP_HOOK_COUNT], hook_suppressed[LPP_HOOK_COUNT];
   int in_engine_call;     /* > 0 while Lua runs inside an engine call (a hook's synchronous
@@ -79,8 +84,16 @@ typedef struct lpp_conn_s {
   int state;         /* LPP_CONN_* */
   /* receive */
   char *buf;
-  size_t len, cap;
-  int want_kind; /* 0 none, 'l' line, 'n' bytes, 'a' all */
+  size_t off, len, cap; /* len unread bytes at buf + off */
+  size_t scanned;       /* of those, how many are known to hold no newline */
+  int tainted;          /* a receive timed out or overflowed: a reply may be on its way */
+  /* send (lsend.c) */
+  struct write_s *writes; /* queued writes, newest first */
+  int send_co_ref;        /* the coroutine waiting for the send queue to drain */
+  int send_self_ref;      /* keeps this object alive meanwhile */
+  size_t send_len;        /* what that send returns */
+  uv_timer_t *send_timer; /* io_timeout of that wait */
+  int want_kind;          /* 0 none, 'l' line, 'n' bytes, 'a' all */
   size_t want_n;
   int read_error;                   /* stream end/error seen, 0 = none */
   struct lpp_reader_s *reader;      /* set while the engine may call our reader (see lconn.c) */
@@ -91,6 +104,8 @@ typedef struct lpp_conn_s {
   char peer_addr[96];
 } lpp_conn_t;
 
+/* A release status: close the conn without counting a failure of its peer. */
+#define LPP_NOREUSE PP_ENOREUSE
 /* LPP_CONN_HOOK: a conn lent to a handshake/ping hook (no lease: `hook_conn`). */
 enum { LPP_CONN_PENDING = 1, LPP_CONN_LEASED, LPP_CONN_DONE, LPP_CONN_HOOK };
 
@@ -113,8 +128,13 @@ void lpp_pools_remove(lpp_pool_t *p);
 /* Push the error tuple nil, code, message; returns 3. */
 int lpp_push_error(lua_State *L, int err, const char *detail);
 /* Resume coroutine `co` with the `nargs` values on top of its stack. Errors are reported with
- * a traceback and counted on `pool` (may be NULL); they never propagate. */
+ * a traceback and counted on `pool` (may be NULL); they never propagate. The coroutine is
+ * anchored while it runs; a hook's coroutine runs under its budget and ends its hook call. */
 void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool);
+/* Push the thread held by registry ref *ref onto L (anchoring it), drop the ref, return it. */
+lua_State *lpp_take_thread(lua_State *L, int *ref);
+/* PEERPOOL_GC_STRESS=1: a full collection at every entry from C into Lua. */
+extern int lpp_gc_stress;
 /* Call the function below `nargs` arguments on L's stack in protected mode, the same way. */
 void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool);
 /* Send a report line to peerpool.on_error's function, or to stderr. */
@@ -131,6 +151,9 @@ void lpp_unref(lua_State *L, int *ref);
 uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data);
 /* Close the timer in *slot (its callback will not run) and clear the slot. */
 void lpp_timer_drop(uv_timer_t **slot);
+/* The loop's time in ms, brought up to date first: deadlines are measured from now, not from
+ * the start of the loop iteration (a callback may have run long). */
+uint64_t lpp_now(uv_loop_t *loop);
 /* Get a timeout in ms: nil → dflt; a number >= 0; else raise naming `what`. */
 int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
 
@@ -153,10 +176,40 @@ int lpp_push_peer_meta(lua_State *L, pp_peer_t *peer);
 void lpp_conn_open(lua_State *L);
 /* The engine conn behind a conn object (leased or lent to a hook), or NULL. */
 pp_conn_t *lpp_conn_of(lpp_conn_t *c);
+/* luaL_checkudata for a conn that is leased or lent to a hook; raises otherwise. */
+lpp_conn_t *lpp_check_conn(lua_State *L, int idx);
 /* Push a conn object lent to a handshake/ping hook. */
 lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int kind);
+/* The hook finished with its conn: hand it back to the engine (once), ok or failed. */
+void lpp_hook_conn_done(lpp_conn_t *c, int ok);
 /* The engine gave up on a hook's conn: end its waits, make it unusable. */
 void lpp_hook_conn_dead(lpp_conn_t *c);
+
+/* lsandbox.c: what hook code may do (see the file's head comment) */
+typedef struct lpp_budget_s {
+  int64_t steps_left; /* instructions left in this hook call */
+  size_t mem_used;    /* bytes the call allocated and has not freed */
+  size_t mem_max;
+} lpp_budget_t;
+void lpp_budget_init(lpp_budget_t *b, int64_t instructions, size_t memory);
+/* Charge what runs from now on to `b` (NULL: nothing); returns the budget to restore. */
+lpp_budget_t *lpp_budget_enter(lpp_budget_t *b);
+void lpp_budget_leave(lpp_budget_t *prev);
+/* Whether hook code is running now (a budget is being charged). */
+int lpp_in_hook(void);
+/* Install the budget's count hook on a thread that runs hook code. */
+void lpp_budget_arm(lua_State *thread);
+/* At luaopen: guard the standard functions, wrap the allocator (returns its record). */
+void *lpp_sandbox_open(lua_State *L);
+/* At the state's end: put the original allocator back. */
+void lpp_sandbox_close(lua_State *L, void *alloc_ud);
+
+/* lsend.c */
+int lpp_l_send(lua_State *L); /* conn:send(data [, callback]) */
+/* A coroutine waiting in send goes on (err 0: its data is queued within the mark). */
+void lpp_send_wake(lpp_conn_t *c, int err);
+/* The conn object goes: its queued writes forget it, its timer closes. */
+void lpp_send_detach(lpp_conn_t *c);
 
 /* lpolicy.c */
 void lpp_policy_open(lua_State *L);
@@ -171,7 +224,17 @@ void lpp_leave_engine_call(lpp_pool_t *p, int may_add_peers);
 /* Count a hook failure and log it (at most once a second per hook). */
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg);
 extern const char *const lpp_hook_names[LPP_HOOK_COUNT];
-int lpp_l_set_run_hook(lua_State *L); /* peerpool._set_run_hook(fn) */
+int lpp_l_set_seed_ctx(lua_State *L); /* peerpool._set_seed_ctx(fn) */
+/* A hook call running as a coroutine (handshake, ping, seed). */
+typedef struct {
+  lpp_budget_t budget;
+  int hook;
+} lpp_hook_run_t;
+/* Push the hook run of coroutine co (or nil) and return it (or NULL). */
+lpp_hook_run_t *lpp_hook_run_find(lua_State *L, lua_State *co);
+/* The hook's coroutine ended (status, with nres results or an error on co's stack); the run
+ * is at run_idx on L. Reports failures and hands a hook's conn back to the engine. */
+void lpp_hook_run_end(lua_State *L, lua_State *co, int run_idx, int status, int nres);
 /* Start an acquire for the pool at stack index 1; see pool:acquire in lpool.c. */
 int lpp_acquire(lua_State *L, lpp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *opts,
                 int cb_idx);

@@ -16,7 +16,8 @@ const char *const lpp_hook_names[LPP_HOOK_COUNT] = {
 #undef XX
 };
 
-static const char run_hook_key = 'h'; /* registry: peerpool.lua's _run_hook */
+static const char seed_ctx_key = 'h'; /* registry: peerpool.lua's seed context maker */
+static const char runs_key = 'R';     /* registry: weak-keyed hook thread -> lpp_hook_run_t */
 
 typedef struct {
   lpp_pool_t *p;
@@ -49,11 +50,6 @@ void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
   p->hook_suppressed[hook] = 0;
 }
 
-static void budget_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  luaL_error(L, "instruction budget exceeded");
-}
-
 /* Call the function under `nargs` arguments on p->hook_L; leaves one result. 0 on failure. */
 /* The engine is in the middle of a decision while a hook runs: the hook may not change the
  * pool (lpp_check_pool_mutable), and a finaliser that would (a collected pool or leased conn)
@@ -73,9 +69,13 @@ static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   lua_State *L = p->hook_L;
   p->hook_calls[hook]++;
   int gc = lpp_enter_engine_call(p, 0);
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT, p->budget);
+  lpp_budget_t budget;
+  lpp_budget_init(&budget, p->budget, (size_t)p->hook_memory);
+  lpp_budget_arm(L);
+  if (lpp_gc_stress) lua_gc(L, LUA_GCCOLLECT);
+  lpp_budget_t *prev = lpp_budget_enter(&budget);
   int rc = lua_pcall(L, nargs, 1, 0);
-  lua_sethook(L, NULL, 0, 0);
+  lpp_budget_leave(prev);
   lpp_leave_engine_call(p, gc);
   if (rc != LUA_OK) {
     lpp_hook_error(p, hook, lua_tostring(L, -1));
@@ -216,47 +216,132 @@ static int64_t c_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
   return ms;
 }
 
-/* ---- asynchronous hooks: run by peerpool.lua's _run_hook(pool, name, fn, arg, budget) ----- */
+/* ---- asynchronous hooks: handshake, ping and seed run as coroutines -------------------- */
 
-static int start_async(lpp_pool_t *p, int hook, const char *name) {
+/* Each runs in a coroutine of its own, registered in a weak table with its budget (ten times
+ * the synchronous one: these wait on I/O); lpp_resume charges every slice to it and, when the
+ * coroutine ends, calls lpp_hook_run_end. The wrap-up runs here, in C and outside the budget:
+ * a hook that spent its budget cannot keep its conn from going back to the engine. */
+
+lpp_hook_run_t *lpp_hook_run_find(lua_State *L, lua_State *co) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return NULL;
+  }
+  lua_pushvalue(L, -2); /* the thread, anchored by the caller just below */
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  return luaL_testudata(L, -1, LPP_HOOK_RUN);
+}
+
+void lpp_hook_run_end(lua_State *L, lua_State *co, int run_idx, int status, int nres) {
+  lpp_hook_run_t *run = lua_touserdata(L, run_idx);
+  lua_getiuservalue(L, run_idx, 1);
+  lpp_pool_t *p = luaL_testudata(L, -1, LPP_POOL);
+  lua_getiuservalue(L, run_idx, 2);
+  lpp_conn_t *c = luaL_testudata(L, -1, LPP_CONN);
+  int ok = 0;
+  if (status != LUA_OK) {
+    int top = lua_gettop(L);
+    const char *msg = lua_tostring(co, -1);
+    if (msg == NULL)
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
+    luaL_traceback(L, co, msg, 0);
+    if (p) lpp_hook_error(p, run->hook, lua_tostring(L, -1));
+    lua_settop(L, top);
+    lua_resetthread(co);
+  } else if (run->hook != LPP_HOOK_SEED) {
+    int t = nres > 0 ? lua_type(co, -nres) : LUA_TNIL;
+    ok = t == LUA_TBOOLEAN && lua_toboolean(co, -nres);
+    if (t != LUA_TBOOLEAN && t != LUA_TNIL && p) {
+      char msg[96];
+      snprintf(msg, sizeof(msg), "answered %s (want true or false)", lua_typename(co, t));
+      lpp_hook_error(p, run->hook, msg);
+    }
+  }
+  lua_settop(co, 0);
+  if (c) lpp_hook_conn_done(c, ok);
+  lua_pop(L, 2);
+  /* Unregister: the thread is at run_idx - 1 (see lpp_resume). */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) == LUA_TTABLE) {
+    lua_pushvalue(L, run_idx - 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);
+}
+
+/* Start hook `hook` of p's policy as a coroutine; `push_input` pushes its argument onto L.
+ * Returns 0 when the policy has no such hook now (nothing started). */
+static int start_async(lpp_pool_t *p, int hook, void (*push_input)(lpp_pool_t *, void *, int),
+                       void *arg) {
   lua_State *L = p->L;
   if (p->policy_ref == LUA_NOREF || p->st->shutting_down) return 0;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &run_hook_key);
-  lpp_push_pool(L, p);
-  lua_pushstring(L, name);
+  int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->policy_ref);
-  lua_getfield(L, -1, name);
-  lua_remove(L, -2);
-  if (!lua_isfunction(L, -1) || lua_isnil(L, -3)) {
-    lua_pop(L, 4);
+  lua_getfield(L, -1, lpp_hook_names[hook]);
+  lpp_push_pool(L, p);
+  if (!lua_isfunction(L, -2) || lua_isnil(L, -1)) {
+    lua_settop(L, top);
     return 0;
   }
   p->hook_calls[hook]++;
+  int fn = top + 2, pool_idx = top + 3;
+  lua_State *co = lua_newthread(L);
+  lpp_hook_run_t *run = lua_newuserdatauv(L, sizeof(*run), 2);
+  lpp_budget_init(&run->budget, p->budget * 10, (size_t)p->hook_memory);
+  run->hook = hook;
+  luaL_setmetatable(L, LPP_HOOK_RUN);
+  lua_pushvalue(L, pool_idx);
+  lua_setiuservalue(L, -2, 1);
+  push_input(p, arg, pool_idx); /* run's uservalue 2 is set by the conn hooks */
+  /* co: fn, input */
+  lua_pushvalue(L, fn);
+  lua_xmove(L, co, 1);
+  lua_pushvalue(L, -1);
+  lua_xmove(L, co, 1);
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &runs_key);
+  }
+  lua_pushvalue(L, -3); /* the thread */
+  lua_pushvalue(L, -3); /* the run */
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lpp_budget_arm(co);
+  /* The hook's first slice runs inside the engine's call; later slices (after it yields) do
+   * not. A seed hook adds peers: that much is allowed. */
+  int gc = lpp_enter_engine_call(p, 1);
+  lpp_resume(L, co, 1, p);
+  lpp_leave_engine_call(p, gc);
+  lua_settop(L, top);
   return 1;
 }
 
-static void finish_async(lpp_pool_t *p) {
+static void push_hook_conn(lpp_pool_t *p, void *conn, int pool_idx) {
   lua_State *L = p->L;
-  lua_pushinteger(L, (lua_Integer)p->budget * 10); /* may wait on I/O: a larger allowance */
-  /* The hook's first slice runs inside the engine's call; later slices (after it yields) do
-   * not. */
-  int gc = lpp_enter_engine_call(p, 1); /* a seed hook adds peers: that much is allowed */
-  lpp_call(L, 5, p);
-  lpp_leave_engine_call(p, gc);
+  lpp_hook_run_t *run = lua_touserdata(L, -1);
+  lpp_push_hook_conn(L, p, conn, run->hook);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, -3, 2);
+  (void)pool_idx;
 }
 
 static void c_conn_hook(lpp_pool_t *p, pp_conn_t *conn, int hook) {
-  const char *name = lpp_hook_names[hook];
-  if (!start_async(p, hook, name)) {
-    /* No usable hook after all (policy swapped meanwhile): succeed, as without a hook. */
-    if (hook == LPP_HOOK_HANDSHAKE)
-      pp_conn_handshake_done(conn, 0);
-    else
-      pp_conn_ping_done(conn, 0);
-    return;
-  }
-  lpp_push_hook_conn(p->L, p, conn, hook);
-  finish_async(p);
+  if (start_async(p, hook, push_hook_conn, conn)) return;
+  /* No usable hook after all (policy swapped meanwhile): succeed, as without a hook. */
+  if (hook == LPP_HOOK_HANDSHAKE)
+    pp_conn_handshake_done(conn, 0);
+  else
+    pp_conn_ping_done(conn, 0);
 }
 
 static void c_handshake(void *data, pp_conn_t *conn) {
@@ -275,11 +360,22 @@ static void c_closed(void *data, pp_conn_t *conn) {
   lpp_leave_engine_call(p, gc);
 }
 
+/* The seed hook's argument: peerpool.lua's seed context (ctx.wanted, ctx:add, ctx:resolve),
+ * made outside the budget. */
+static void push_seed_ctx(lpp_pool_t *p, void *arg, int pool_idx) {
+  lua_State *L = p->L;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &seed_ctx_key);
+  lua_pushvalue(L, pool_idx);
+  lua_pushinteger(L, *(int *)arg);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    lpp_report(L, "seed context", lua_tostring(L, -1), p);
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
 static void c_seed(void *data, pp_pool_t *pool, int wanted) {
-  lpp_pool_t *p = data;
-  if (!start_async(p, LPP_HOOK_SEED, "seed")) return;
-  lua_pushinteger(p->L, wanted);
-  finish_async(p);
+  start_async(data, LPP_HOOK_SEED, push_seed_ctx, &wanted);
 }
 
 /* ---- installing a policy --------------------------------------------------------------- */
@@ -401,6 +497,8 @@ static const luaL_Reg policy_methods[] = {
 };
 
 void lpp_policy_open(lua_State *L) {
+  luaL_newmetatable(L, LPP_HOOK_RUN);
+  lua_pop(L, 1);
   if (luaL_newmetatable(L, LPP_VIEW)) {
     lua_pushcfunction(L, view_index);
     lua_setfield(L, -2, "__index");
@@ -414,10 +512,10 @@ void lpp_policy_open(lua_State *L) {
   lua_pop(L, 2);
 }
 
-/* peerpool.lua hands its _run_hook over through this. */
-int lpp_l_set_run_hook(lua_State *L) {
+/* peerpool.lua hands its seed context maker over through this. */
+int lpp_l_set_seed_ctx(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_pushvalue(L, 1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &run_hook_key);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &seed_ctx_key);
   return 0;
 }

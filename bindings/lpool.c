@@ -52,11 +52,42 @@ static const option_t options[] = {
     OPT_INT(keep_idle_bytes),  {NULL, 0, 0},
 };
 
-/* Read opts.<name> into the engine options; every type or range error names the field. */
-static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_timeout, int *budget) {
+/* Options of the binding itself (not the engine's): name, field, range, default. */
+typedef struct {
+  const char *name;
+  size_t offset; /* in lpp_pool_t, an int64_t */
+  int64_t min, max, dflt;
+  const char *unit;
+} lua_option_t;
+
+static const lua_option_t lua_options[] = {
+    {"io_timeout", offsetof(lpp_pool_t, io_timeout), 0, INT64_C(365) * 24 * 3600 * 1000, 30000,
+     "ms"},
+    {"hook_budget", offsetof(lpp_pool_t, budget), 1000, 100000000, 100000, "instructions"},
+    {"hook_memory", offsetof(lpp_pool_t, hook_memory), 64 * 1024, INT64_C(1) << 40,
+     16 * 1024 * 1024, "bytes"},
+    {"max_receive", offsetof(lpp_pool_t, max_receive), 1, INT64_C(1) << 40, 1024 * 1024, "bytes"},
+    {"max_send_queue", offsetof(lpp_pool_t, max_send_queue), 0, INT64_C(1) << 40, 1024 * 1024,
+     "bytes"},
+    {NULL, 0, 0, 0, 0, NULL},
+};
+
+/* An option's value as an integer; raises naming it when it is not one (2^63 included). */
+static lua_Integer option_integer(lua_State *L, const char *key) {
+  int isint;
+  lua_Integer v = lua_tointegerx(L, -1, &isint);
+  if (lua_type(L, -1) != LUA_TNUMBER || !isint)
+    luaL_error(L, "peerpool.new: option '%s' must be an integer (got %s)", key,
+               luaL_typename(L, -1));
+  return v;
+}
+
+/* Read opts.<name> into the engine options and the binding's own; every type or range error
+ * names the field. */
+static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) {
   pp_options_init(o);
-  *io_timeout = 30000;
-  *budget = 100000;
+  for (const lua_option_t *lo = lua_options; lo->name; lo++)
+    *(int64_t *)((char *)p + lo->offset) = lo->dflt;
   if (lua_isnoneornil(L, idx)) return;
   luaL_checktype(L, idx, LUA_TTABLE);
   lua_pushnil(L);
@@ -66,25 +97,17 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, int64_t *io_tim
     const option_t *opt = options;
     while (opt->name && strcmp(opt->name, key) != 0)
       opt++;
-    int is_io = strcmp(key, "io_timeout") == 0, is_budget = strcmp(key, "hook_budget") == 0;
-    if (opt->name == NULL && !is_io && !is_budget)
+    const lua_option_t *lo = lua_options;
+    while (lo->name && strcmp(lo->name, key) != 0)
+      lo++;
+    if (opt->name == NULL && lo->name == NULL)
       luaL_error(L, "peerpool.new: unknown option '%s'", key);
-    if (!lua_isinteger(L, -1)) {
-      lua_Number n;
-      int isnum;
-      n = lua_tonumberx(L, -1, &isnum);
-      if (lua_type(L, -1) != LUA_TNUMBER || !isnum || n != (lua_Number)(int64_t)n)
-        luaL_error(L, "peerpool.new: option '%s' must be an integer (got %s)", key,
-                   luaL_typename(L, -1));
-    }
-    lua_Integer v = (lua_Integer)lua_tonumber(L, -1);
-    if (is_io) {
-      if (v < 0) luaL_error(L, "peerpool.new: option 'io_timeout' must be a number of ms >= 0");
-      *io_timeout = v;
-    } else if (is_budget) {
-      if (v < 1000 || v > 100000000)
-        luaL_error(L, "peerpool.new: option 'hook_budget' must be an integer in 1000..100000000");
-      *budget = (int)v;
+    lua_Integer v = option_integer(L, key);
+    if (lo->name) {
+      if (v < lo->min || v > lo->max)
+        luaL_error(L, "peerpool.new: option '%s' must be an integer in %I..%I (%s)", key,
+                   (lua_Integer)lo->min, (lua_Integer)lo->max, lo->unit);
+      *(int64_t *)((char *)p + lo->offset) = v;
     } else if (opt->is_ms) {
       *(int64_t *)((char *)o + opt->offset) = v;
     } else {
@@ -140,8 +163,7 @@ static void state_changed(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from
 
 int lpp_l_new(lua_State *L) {
   pp_options_t o;
-  int64_t io_timeout;
-  int budget;
+  lpp_pool_t opts_of_binding;
   if (lua_istable(L, 1)) {
     /* keep_idle_bytes may be given as a boolean */
     if (lua_getfield(L, 1, "keep_idle_bytes") == LUA_TBOOLEAN) {
@@ -150,14 +172,13 @@ int lpp_l_new(lua_State *L) {
     }
     lua_pop(L, 1);
   }
-  read_options(L, 1, &o, &io_timeout, &budget);
+  memset(&opts_of_binding, 0, sizeof(opts_of_binding));
+  read_options(L, 1, &o, &opts_of_binding);
   lpp_state_t *st = lpp_state(L);
   lpp_pool_t *p = lua_newuserdatauv(L, sizeof(*p), 1);
-  memset(p, 0, sizeof(*p));
+  *p = opts_of_binding;
   p->st = st;
   p->L = st->L;
-  p->io_timeout = io_timeout;
-  p->budget = budget;
   p->book_fn_ref = LUA_NOREF;
   lpp_policy_init(L, p);
   pool_link_t *link = malloc(sizeof(*link));
@@ -244,6 +265,12 @@ static int close_pool(lua_State *L, lpp_pool_t *p) {
   return 0;
 }
 
+/* pool:_closed(): whether the pool is closed (for methods written in Lua). */
+static int l_closed(lua_State *L) {
+  lua_pushboolean(L, ((lpp_pool_t *)luaL_checkudata(L, 1, LPP_POOL))->pool == NULL);
+  return 1;
+}
+
 static int l_tostring(lua_State *L) {
   lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
   if (p->pool == NULL) {
@@ -284,6 +311,10 @@ static void set_peer_meta(lua_State *L, int pool_idx, const char *addr, int tags
   lua_pop(L, 3);
 }
 
+/* 10^11 ms is March 1973; as seconds it is the year 5138: a smaller non-zero last_seen was
+ * given in seconds. */
+#define LPP_MS_1973 INT64_C(100000000000)
+
 /* pool:add_peer(addr [, last_seen] [, tags]) and pool:_add_peer(addr, last_seen, tags, source) */
 static int add_peer(lua_State *L, const char *source) {
   lpp_pool_t *p = lpp_check_pool(L, 1);
@@ -295,6 +326,13 @@ static int add_peer(lua_State *L, const char *source) {
     if (!lua_isinteger(L, 3)) luaL_argerror(L, 3, "last_seen must be Unix time in ms (integer)");
     last_seen = lua_tointeger(L, 3);
     luaL_argcheck(L, last_seen >= 0, 3, "last_seen must be Unix time in ms >= 0");
+    /* Unix time in seconds (os.time()) read as ms is 1970: the peer would be stale forever. */
+    if (last_seen > 0 && last_seen < LPP_MS_1973)
+      luaL_argerror(L, 3,
+                    lua_pushfstring(L,
+                                    "last_seen must be Unix time in ms (%I looks like "
+                                    "seconds: use os.time() * 1000)",
+                                    last_seen));
   }
   int tags_idx = 0;
   if (!lua_isnoneornil(L, 4)) {
@@ -425,13 +463,15 @@ static int l_stats(lua_State *L) {
   F(conns)
   F(idle)
   F(active)
-  F(connecting) F(waiters) F(peers) F(acquires) F(acquired_immediate) F(acquired_dialed)
-      F(acquired_waited) F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases)
-          F(released_broken) F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in)
-              F(bytes_out) F(msgs_in) F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds)
-                  F(policy_errors)
+  F(connecting)
+  F(waiters)
+  F(peers)
+  F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy)
+      F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
+          F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
+              F(pings_failed) F(ejections) F(seeds) F(policy_errors)
 #undef F
-                      lua_pushnumber(L, s.connect_latency_ms_avg);
+                  lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");
   lua_pushnumber(L, s.connect_latency_ms_max);
   lua_setfield(L, -2, "connect_latency_ms_max");
@@ -487,10 +527,25 @@ static int l_on(lua_State *L) {
 
 /* ---- acquire --------------------------------------------------------------------------- */
 
+static const char *const acquire_option_names[] = {"busy", "timeout", "priority", "key", NULL};
+
 static void read_acquire_opts(lua_State *L, int idx, pp_acquire_opts_t *o) {
   pp_acquire_opts_init(o);
   if (lua_isnoneornil(L, idx)) return;
   luaL_argexpected(L, lua_istable(L, idx), idx, "table of options");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    const char *const *n = acquire_option_names;
+    while (k && *n && strcmp(*n, k) != 0)
+      n++;
+    if (k == NULL || *n == NULL)
+      luaL_error(L,
+                 "bad argument #%d to 'acquire' (unknown option '%s'; options: busy, timeout, "
+                 "priority, key)",
+                 idx - 1, k ? k : luaL_typename(L, -1));
+  }
   if (lua_getfield(L, idx, "busy") != LUA_TNIL) {
     const char *b = lua_tostring(L, -1);
     if (lua_type(L, -1) != LUA_TSTRING || (strcmp(b, "wait") != 0 && strcmp(b, "fail") != 0))
@@ -520,11 +575,15 @@ static int l_acquire(lua_State *L) {
   pp_peer_t *peer = NULL;
   int t = lua_type(L, 2);
   /* Allow acquire(opts), acquire(fn) and acquire(opts, fn) with no peer. */
-  if (t == LUA_TTABLE || t == LUA_TFUNCTION) {
+  if (t == LUA_TTABLE && lua_getfield(L, 2, "addr") == LUA_TSTRING) {
+    /* A peer view (from pool:peers(), pool:peer() or a state event): its address. */
+    lua_replace(L, 2);
+  } else if (t == LUA_TTABLE || t == LUA_TFUNCTION) {
+    if (t == LUA_TTABLE) lua_pop(L, 1);
     lua_pushnil(L);
     lua_insert(L, 2);
   } else if (t != LUA_TNIL && t != LUA_TNONE) {
-    luaL_argexpected(L, t == LUA_TSTRING, 2, "peer address (string) or nil");
+    luaL_argexpected(L, t == LUA_TSTRING, 2, "peer address (string), peer view or nil");
   }
   int cb_idx = 0;
   if (lua_isfunction(L, 3)) {
@@ -572,11 +631,17 @@ int lpp_l_pools(lua_State *L) {
 }
 
 static const luaL_Reg pool_methods[] = {
-    {"add_peer", l_add_peer}, {"_add_peer", l_add_peer_from},
-    {"acquire", l_acquire},   {"stats", l_stats},
-    {"_every", l_every},      {"peers", l_peers},
-    {"peer", l_peer},         {"on", l_on},
-    {"close", l_close},       {NULL, NULL},
+    {"add_peer", l_add_peer},
+    {"_add_peer", l_add_peer_from},
+    {"acquire", l_acquire},
+    {"stats", l_stats},
+    {"_every", l_every},
+    {"peers", l_peers},
+    {"peer", l_peer},
+    {"on", l_on},
+    {"close", l_close},
+    {"_closed", l_closed},
+    {NULL, NULL},
 };
 
 void lpp_pool_open(lua_State *L) {

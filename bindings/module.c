@@ -1,6 +1,7 @@
 /* luaopen_peerpool: the module table, the per-state sentinel, luv's loop, and the one path by
  * which every Lua callback and coroutine is run (protected, with a traceback, never unwinding
  * through libuv and never exiting the process). */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include <luv/luv.h>
 
 #include "lpeerpool.h"
+#include "book_lua.h"     /* generated from bindings/book.lua */
 #include "peerpool_lua.h" /* generated from bindings/peerpool.lua */
 
 static const char state_key = 's';
@@ -19,6 +21,8 @@ static const char luv_key = 'l';
 static int state_gc(lua_State *L) {
   lpp_state_t *st = lua_touserdata(L, 1);
   st->shutting_down = 1;
+  lpp_sandbox_close(L, st->alloc_ud);
+  st->alloc_ud = NULL;
   if (st->later_timer) {
     st->later_timer->data = NULL;
     uv_close((uv_handle_t *)st->later_timer, (uv_close_cb)free);
@@ -153,10 +157,13 @@ static int traceback(lua_State *L) {
   return 1;
 }
 
+int lpp_gc_stress;
+
 void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool) {
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, traceback);
   lua_insert(L, base);
+  if (lpp_gc_stress) lua_gc(L, LUA_GCCOLLECT);
   if (lua_pcall(L, nargs, 0, base) != LUA_OK) {
     lpp_report(L, "callback", lua_tostring(L, -1), pool);
     lua_pop(L, 1);
@@ -164,19 +171,39 @@ void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool) {
   lua_remove(L, base);
 }
 
+lua_State *lpp_take_thread(lua_State *L, int *ref) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+  lpp_unref(L, ref);
+  return lua_tothread(L, -1);
+}
+
 void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool) {
+  int top = lua_gettop(L);
+  /* The coroutine stays anchored on L's stack while it runs: nothing else may hold it (a
+   * coroutine started by peerpool.spawn is held by nobody once it waited). */
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lpp_hook_run_t *run = lpp_hook_run_find(L, co); /* pushes it (or nil) */
+  if (lpp_gc_stress) lua_gc(L, LUA_GCCOLLECT);
+  lpp_budget_t *prev = run ? lpp_budget_enter(&run->budget) : NULL;
   int nres = 0;
   int status = lua_resume(co, L, nargs, &nres);
-  if (status == LUA_OK || status == LUA_YIELD) {
+  if (run) lpp_budget_leave(prev);
+  if (status == LUA_YIELD) {
     lua_pop(co, nres);
-    return;
+  } else if (run) {
+    lpp_hook_run_end(L, co, lua_gettop(L), status, nres);
+  } else if (status == LUA_OK) {
+    lua_pop(co, nres);
+  } else {
+    const char *msg = lua_tostring(co, -1);
+    luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+    lpp_report(L, "coroutine", lua_tostring(L, -1), pool);
+    lua_pop(L, 1);
+    lua_resetthread(co); /* runs the dead coroutine's pending __close handlers */
+    lua_settop(co, 0);   /* ... and leaves it empty, so coroutine.status() says "dead" */
   }
-  const char *msg = lua_tostring(co, -1);
-  luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
-  lpp_report(L, "coroutine", lua_tostring(L, -1), pool);
-  lua_pop(L, 1);
-  lua_resetthread(co); /* runs the dead coroutine's pending __close handlers */
-  lua_settop(co, 0);   /* ... and leaves it empty, so coroutine.status() says "dead" */
+  lua_settop(L, top);
 }
 
 void lpp_unref(lua_State *L, int *ref) {
@@ -205,6 +232,11 @@ void lpp_timer_drop(uv_timer_t **slot) {
   *slot = NULL;
 }
 
+uint64_t lpp_now(uv_loop_t *loop) {
+  uv_update_time(loop);
+  return uv_now(loop);
+}
+
 int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt) {
   if (lua_isnoneornil(L, idx)) return dflt;
   int isnum;
@@ -212,6 +244,18 @@ int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt) {
   if (!isnum || n < 0 || n > 365.0 * 24 * 3600 * 1000 || n != n)
     luaL_error(L, "%s must be a number of ms >= 0", what);
   return (int64_t)n;
+}
+
+/* A write to a peer that hung up raises SIGPIPE, whose default action ends the process: a
+ * plain `lua5.4` program would die on conn:send. Ignore it as luv programs (and Node) expect,
+ * and get EPIPE instead. A handler the program set itself is left alone. */
+static void ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) != 0) return;
+  if (!(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_DFL) {
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+  }
 }
 
 /* ---- module functions ------------------------------------------------------------------ */
@@ -262,6 +306,19 @@ static int l_loop_running(lua_State *L) {
   return 1;
 }
 
+/* peerpool._resume(co, ...): resume a waiting coroutine through the protected path (a hook's
+ * coroutine is charged to its budget). */
+static int l_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co != NULL && co != L, 1, "coroutine");
+  int n = lua_gettop(L) - 1;
+  if (lua_status(co) != LUA_YIELD) return 0;
+  if (!lua_checkstack(co, n + 1)) return luaL_error(L, "peerpool._resume: stack overflow");
+  lua_xmove(L, co, n);
+  lpp_resume(L, co, n, NULL);
+  return 0;
+}
+
 /* Resume a coroutine through the protected path (used by peerpool.run). */
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -282,11 +339,14 @@ static const luaL_Reg module_fns[] = {
     {"spawn", l_spawn},
     {"on_error", l_on_error},
     {"_canonical", l_canonical},
-    {"_set_run_hook", lpp_l_set_run_hook},
+    {"_set_seed_ctx", lpp_l_set_seed_ctx},
+    {"_resume", l_resume},
     {NULL, NULL},
 };
 
 static const char module_key = 'm';
+
+int lpp_book_open(lua_State *L); /* lbook.c: the address book's C functions */
 
 int luaopen_peerpool(lua_State *L) {
   /* Required again (busted clears package.loaded): the same module, set up once per state. */
@@ -322,6 +382,10 @@ int luaopen_peerpool(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &state_key);
+    st->alloc_ud = lpp_sandbox_open(L);
+    ignore_sigpipe();
+    const char *stress = getenv("PEERPOOL_GC_STRESS");
+    lpp_gc_stress = stress != NULL && *stress != '\0' && strcmp(stress, "0") != 0;
   }
   lua_pop(L, 1);
 
@@ -346,7 +410,8 @@ int luaopen_peerpool(lua_State *L) {
   lua_setfield(L, -2, "_scripts_dir");
 #endif
 
-  /* The Lua half: peerpool.new, pool:with, peerpool.run, metrics... */
+  /* The Lua half: peerpool.new, pool:with, peerpool.run, metrics... and the address book,
+   * handed over as its chunk and lbook.c's functions. */
   if (luaL_loadbuffer(L, (const char *)peerpool_lua, sizeof(peerpool_lua), "=peerpool.lua") !=
       LUA_OK)
     return lua_error(L);
@@ -355,7 +420,10 @@ int luaopen_peerpool(lua_State *L) {
   luaL_getmetatable(L, LPP_CONN);
   luaL_getmetatable(L, LPP_NOTICE);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
-  lua_call(L, 5, 0);
+  if (luaL_loadbuffer(L, (const char *)book_lua, sizeof(book_lua), "=book.lua") != LUA_OK)
+    return lua_error(L);
+  lpp_book_open(L);
+  lua_call(L, 7, 0);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &module_key);
   return 1;

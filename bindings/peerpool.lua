@@ -1,16 +1,20 @@
 -- The Lua half of the peerpool module, compiled into peerpool.so and run by luaopen_peerpool:
 -- what is clearer in Lua than in C (pool:with, peerpool.run, pool:metrics).
-local M, pool_mt, _, _, uv = ... -- (the conn and notice metatables are not needed here)
+-- (the conn and notice metatables are not needed here; book.lua's chunk and lbook.c's
+-- functions make the address book)
+local M, pool_mt, _, _, uv, book_chunk, book_c = ...
 local pool_methods = pool_mt.__index
 
 local pack, unpack = table.pack, table.unpack
 
 -- Methods written here check their self the way luaL_checkudata does in the C ones.
-local function check_pool(self, fname)
+-- `open`: the pool must not be closed (as for the C methods).
+local function check_pool(self, fname, open)
   if getmetatable(self) ~= pool_mt then
     local got = type(self) == "userdata" and tostring(self):match("^[%w._]+") or type(self)
     error(string.format("bad argument #1 to '%s' (peerpool.pool expected, got %s)", fname, got), 3)
   end
+  if open and self:_closed() then error("attempt to use a closed pool", 3) end
 end
 
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
@@ -18,7 +22,7 @@ end
 -- the protocol state is unknown) when fn raises, and the error is raised again. Returns what
 -- fn returns, or nil, code, detail when the acquire fails.
 function pool_methods:with(peer, fn, opts)
-  check_pool(self, "with")
+  check_pool(self, "with", true)
   if type(peer) == "function" then peer, fn, opts = nil, peer, fn end
   if type(fn) ~= "function" then
     error("bad argument #2 to 'with' (function expected, got " .. type(fn) .. ")", 2)
@@ -118,9 +122,15 @@ end
 --- pool:metrics([labels]): the pool's stats as Prometheus text exposition; `labels` (a table of
 -- name = value) is added to every sample, e.g. { pool = "redis" }.
 function pool_methods:metrics(labels)
-  check_pool(self, "metrics")
+  check_pool(self, "metrics", true)
   if labels ~= nil and type(labels) ~= "table" then
     error("bad argument #1 to 'metrics' (table of labels expected, got " .. type(labels) .. ")", 2)
+  end
+  for k in pairs(labels or {}) do
+    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") or k:match("^__") then
+      error("bad argument #1 to 'metrics' (label name " .. string.format("%q", tostring(k)) ..
+        " is not a Prometheus label name: [a-zA-Z_][a-zA-Z0-9_]*, not starting with __)", 2)
+    end
   end
   local s = self:stats()
   local out = {}
@@ -205,7 +215,7 @@ end
 --- pool:load_policy(path_or_table): swap the whole policy at once; conns are untouched.
 -- Returns true, or nil and a message (the previous policy stays active).
 function pool_methods:load_policy(source)
-  check_pool(self, "load_policy")
+  check_pool(self, "load_policy", true)
   if type(source) ~= "string" and type(source) ~= "table" then
     error("bad argument #1 to 'load_policy' (path or table expected, got " .. type(source) .. ")",
       2)
@@ -216,10 +226,10 @@ function pool_methods:load_policy(source)
   return self:_set_policy(tbl, name)
 end
 
-local function budget_exceeded() error("instruction budget exceeded", 2) end
-
 -- The seed hook's context: ctx.wanted, ctx:add(addr [, last_seen]), ctx:resolve(host, port).
-local function seed_ctx(pool, wanted)
+-- The hook runs in a coroutine the binding started; the resolver resumes it through
+-- M._resume, which charges the hook's budget and ends its call when it returns.
+M._set_seed_ctx(function(pool, wanted)
   local ctx = { wanted = wanted, added = 0 }
   function ctx.add(_, addr, last_seen)
     local ok, err, why = pool:_add_peer(addr, last_seen, nil, "seed")
@@ -238,10 +248,7 @@ local function seed_ctx(pool, wanted)
             or (a.addr .. ":" .. a.port)
         end
       end
-      if co then
-        local ok, e = coroutine.resume(co)
-        if not ok then io.stderr:write("peerpool: seed hook: ", tostring(e), "\n") end
-      end
+      M._resume(co)
     end)
     if not req then return nil, "resolve failed" end
     coroutine.yield()
@@ -249,100 +256,17 @@ local function seed_ctx(pool, wanted)
     return out
   end
   return ctx
-end
-
--- Run an asynchronous hook (handshake, ping, seed) in a coroutine of its own under an
--- instruction budget. handshake/ping succeed when the hook returns true.
-M._set_run_hook(function(pool, name, fn, arg, budget)
-  local co = coroutine.create(function()
-    local input = name == "seed" and seed_ctx(pool, arg) or arg
-    local ok, res = xpcall(fn, debug.traceback, input)
-    if not ok then pool:_hook_error(name, res) end
-    if name ~= "seed" then
-      if ok and res ~= true and res ~= false and res ~= nil then
-        pool:_hook_error(name, "answered " .. type(res) .. " (want true or false)")
-      end
-      arg:_done(ok and res == true)
-    end
-  end)
-  debug.sethook(co, budget_exceeded, "", budget)
-  local ok, err = coroutine.resume(co)
-  if not ok then
-    pool:_hook_error(name, err)
-    if name ~= "seed" then arg:_done(false) end
-  end
 end)
 
--- ---- the address book ------------------------------------------------------------------------
+-- ---- the address book (book.lua) --------------------------------------------------------
 
-local books = setmetatable({}, { __mode = "k" }) -- pool -> { path, timer }
-
-local function save_book(pool, path)
-  local lines = {}
-  for _, p in ipairs(pool:peers()) do
-    if p.state ~= "burned" then
-      lines[#lines + 1] = string.format("%s %d %s", p.addr, p.last_seen, p.source or "runtime")
-    end
-  end
-  table.sort(lines)
-  local tmp = path .. ".tmp"
-  local fd, err = uv.fs_open(tmp, "w", 420) -- 0644
-  if not fd then return nil, err end
-  local data = "# peerpool address book: addr last_seen_ms source\n"
-    .. table.concat(lines, "\n") .. "\n"
-  local ok, werr = uv.fs_write(fd, data, 0)
-  if ok then ok, werr = uv.fs_fsync(fd) end
-  uv.fs_close(fd)
-  if not ok then uv.fs_unlink(tmp); return nil, werr end
-  local rok, rerr = uv.fs_rename(tmp, path)
-  if not rok then return nil, rerr end
-  return true
-end
-
--- Read the book into the pool. A corrupt book is reported, moved aside, and the pool starts
--- empty.
-local function load_book(pool, path)
-  local f = io.open(path, "r")
-  if not f then return true end
-  local entries, bad = {}, nil
-  local n = 0
-  for line in f:lines() do
-    n = n + 1
-    if line ~= "" and not line:match("^#") then
-      local addr, seen, source = line:match("^(%S+)%s+(%d+)%s*(%S*)%s*$")
-      if not addr then bad = "line " .. n .. " is not 'addr last_seen [source]'"; break end
-      entries[#entries + 1] =
-        { addr, math.tointeger(tonumber(seen)), source ~= "" and source or "book" }
-    end
-  end
-  f:close()
-  if not bad then -- check every address before adding any: a corrupt book adds nothing
-    for _, e in ipairs(entries) do
-      local ok, why = M._canonical(e[1])
-      if not ok then bad = "bad address " .. e[1] .. ": " .. tostring(why); break end
-    end
-  end
-  if bad then
-    local aside = path .. ".corrupt-" .. os.time()
-    os.rename(path, aside)
-    io.stderr:write("peerpool: address book ", path, " is corrupt (", bad, "); moved to ",
-      aside, ", starting empty\n")
-    return nil, bad
-  end
-  for _, e in ipairs(entries) do pool:_add_peer(e[1], e[2], nil, e[3]) end
-  return true
-end
+local book = book_chunk(M, uv, book_c)
 
 local c_close = pool_methods.close
 --- pool:close(): also saves the address book, if the pool has one.
 function pool_methods:close()
   check_pool(self, "close")
-  local book = books[self]
-  if book then
-    books[self] = nil
-    local ok, err = save_book(self, book.path)
-    if not ok then io.stderr:write("peerpool: saving ", book.path, ": ", tostring(err), "\n") end
-  end
+  book.close(self)
   return c_close(self)
 end
 pool_mt.__close = function(self) return pool_methods.close(self) end
@@ -366,6 +290,11 @@ function M.new(opts)
   if opts.peers ~= nil and type(opts.peers) ~= "table" then
     error("peerpool.new: option 'peers' must be a list of addresses", 2)
   end
+  for i, addr in ipairs(opts.peers or {}) do
+    if type(addr) ~= "string" then
+      error("peerpool.new: peers[" .. i .. "] must be an address (string), got " .. type(addr), 2)
+    end
+  end
   if opts.address_book ~= nil and type(opts.address_book) ~= "string" then
     error("peerpool.new: option 'address_book' must be a path", 2)
   end
@@ -373,7 +302,12 @@ function M.new(opts)
   if math.type(interval) ~= "integer" or interval < 1 then
     error("peerpool.new: option 'address_book_interval' must be a positive integer (ms)", 2)
   end
-  local pool = c_new(engine_opts)
+  if opts.policy ~= nil and type(opts.policy) ~= "string" and type(opts.policy) ~= "table" then
+    error("peerpool.new: option 'policy' must be a path or a table of hooks (got " ..
+      type(opts.policy) .. ")", 2)
+  end
+  local made, pool = pcall(c_new, engine_opts)
+  if not made then error(pool, 2) end -- at the caller's line, not ours
   if opts.policy ~= nil then
     local ok, err = pool:load_policy(opts.policy)
     if not ok then
@@ -388,18 +322,7 @@ function M.new(opts)
       error("peerpool.new: peers[" .. i .. "]: " .. tostring(why), 2)
     end
   end
-  if opts.address_book then
-    local path = opts.address_book
-    load_book(pool, path)
-    local weak = setmetatable({ pool = pool }, { __mode = "v" })
-    pool:_every(interval, function()
-      local p = weak.pool
-      if not p then return end
-      local ok, err = save_book(p, path)
-      if not ok then io.stderr:write("peerpool: saving ", path, ": ", tostring(err), "\n") end
-    end)
-    books[pool] = { path = path }
-  end
+  if opts.address_book then book.open(pool, opts.address_book, interval) end
   return pool
 end
 

@@ -63,6 +63,57 @@ describe("peerpool.conn", function()
     end))
   end)
 
+  describe(":send() backpressure", function()
+    local MB = string.rep("x", 1024 * 1024)
+
+    it("waits, then answers timeout, once a peer that never reads holds max_send_queue",
+      test(function(env)
+        local conn, pool = setup(env, { io_timeout = 200, max_send_queue = 1024 * 1024 }, "deaf")
+        local sent, got = 0, nil
+        for _ = 1, 512 do
+          got = pack(conn:send(MB))
+          if not got[1] then break end
+          sent = sent + got[1]
+        end
+        assert.same({ nil, "timeout" }, { got[1], got[2] })
+        -- kernel buffers take some (a few MiB on loopback), the pool at most about 1 MiB more
+        assert.is_true(sent < 64 * 1024 * 1024, sent .. " bytes accepted from 512 MiB")
+        assert.is_true(conn:release())
+        assert.equal(0, pool:stats().conns) -- half a request went out: not lent again
+      end))
+
+    it("with a callback: answers busy at once past max_send_queue, reports each write",
+      test(function(env)
+        local conn = setup(env, { max_send_queue = 64 * 1024 }, "deaf")
+        local results, answered = {}, nil
+        for i = 1, 256 do
+          local ok, code, detail = conn:send(MB, function(err) results[i] = err or "written" end)
+          if not ok then
+            answered = { code, detail, i }
+            break
+          end
+        end
+        assert.is_truthy(answered, "never refused")
+        assert.equal("busy", answered[1])
+        assert.matches("over max_send_queue %(65536%)", answered[2])
+        assert.is_true(answered[3] < 64)
+        conn:close()
+        wait_until(function() return #results == answered[3] - 1 end)
+        for _, r in ipairs(results) do assert.is_true(r == "written" or r == "closed", r) end
+      end))
+
+    it("calls back nil once the data is written", test(function(env)
+      local conn = setup(env, nil, "echo")
+      local result
+      assert.equal(5, conn:send("hello", function(err) result = err or "written" end))
+      assert.is_nil(result) -- never inside the call
+      assert.equal("hello", conn:receive(5))
+      wait_until(function() return result end)
+      assert.equal("written", result)
+      conn:release()
+    end))
+  end)
+
   describe("transports", function()
     it("talks to a peer on a unix socket", test(function(env)
       local srv = env:unix_echo()
@@ -184,6 +235,15 @@ describe("peerpool.conn", function()
       conn:close()
     end))
 
+    it("measures io_timeout from the call, not from a stale loop clock", test(function(env)
+      local conn = setup(env, { io_timeout = 500 })
+      local t0 = os.clock()
+      while os.clock() - t0 < 0.6 do end -- 600 ms of work in this callback
+      conn:send("SLEEP 50\r\n")
+      assert.equal("+WOKE", conn:receive())
+      conn:release()
+    end))
+
     it("lets a reply slower than nothing but faster than io_timeout through", test(function(env)
       local conn = setup(env, { io_timeout = 2000 })
       conn:send("SLEEP 30\r\n")
@@ -195,6 +255,57 @@ describe("peerpool.conn", function()
       local conn = setup(env, { io_timeout = 0 })
       conn:send("SLEEP 60\r\n")
       assert.equal("+WOKE", conn:receive())
+      conn:release()
+    end))
+
+    it("answers '' for a count of 0 without waiting", test(function(env)
+      local conn = setup(env)
+      assert.same({ n = 1, "" }, pack(conn:receive(0)))
+      conn:release()
+    end))
+
+    it("fails with too_long and closes the conn when a line outgrows max_receive",
+      test(function(env)
+        local conn, pool, srv = setup(env, { max_receive = 1000 })
+        conn:send("BYTES 5000\r\n") -- no end of line, ever
+        local got = pack(conn:receive())
+        assert.same({ nil, "too_long" }, { got[1], got[2] })
+        assert.matches("max_receive (1000 bytes)", got[3], 1, true)
+        assert.is_false(conn:release()) -- already closed
+        wait_until(function() return srv.open == 0 end, 2000, "the server to see the close")
+        assert.equal(0, pool:peer(srv.addr).failures)
+      end))
+
+    it("bounds a flood by the default max_receive of 1 MiB, for '*l' and '*a'",
+      test(function(env)
+        local conn, pool, srv = setup(env)
+        conn:send("BYTES 3000000\r\n")
+        assert.equal("too_long", select(2, conn:receive()))
+        conn = assert(pool:acquire(srv.addr))
+        conn:send("BYTES 3000000\r\n")
+        assert.equal("too_long", select(2, conn:receive("*a")))
+        assert.is_false(conn:release())
+      end))
+
+    it("answers too_long at once for a count over max_receive, keeping the conn",
+      test(function(env)
+        local conn = setup(env, { max_receive = 100 })
+        local got = pack(conn:receive(101))
+        assert.same({ nil, "too_long" }, { got[1], got[2] })
+        conn:send("PING\r\n")
+        assert.equal("+PONG", conn:receive())
+        assert.is_true(conn:release())
+      end))
+
+    it("finds the end of a line that arrives a byte at a time", test(function(env)
+      local srv = env:line()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local conn = assert(pool:acquire(srv.addr))
+      conn:send("SPLIT\r\n")
+      assert.equal("hello", conn:receive())
+      conn:send("TWO\r\n")
+      assert.same({ "one", "two" }, { conn:receive(), conn:receive() })
       conn:release()
     end))
 
@@ -210,6 +321,14 @@ describe("peerpool.conn", function()
       wait_until(function() return res end)
       assert.is_false(res[1])
       assert.matches("conn:receive() must run inside a coroutine", res[2], nil, true)
+    end))
+
+    it("waits again once the coroutine that was receiving has been closed", test(function(env)
+      local conn = setup(env, { io_timeout = 100 }, "deaf")
+      local reader = peerpool.spawn(function() return conn:receive() end) -- waits
+      assert(coroutine.close(reader))
+      assert.same({ n = 3, nil, "timeout", "" }, pack(conn:receive()))
+      conn:close()
     end))
 
     it("raises when another coroutine is already receiving on the conn", test(function(env)
@@ -228,10 +347,8 @@ describe("peerpool.conn", function()
       local conn = setup(env)
       assert.error_matches(function() conn:receive("*x") end,
         'bad argument #1 to \'receive\' (pattern must be "*l", "*a" or a byte count)', nil, true)
-      assert.error_matches(function() conn:receive(0) end,
-        "bad argument #1 to 'receive' (byte count must be > 0)", nil, true)
       assert.error_matches(function() conn:receive(-5) end,
-        "bad argument #1 to 'receive' (byte count must be > 0)", nil, true)
+        "bad argument #1 to 'receive' (byte count must be >= 0)", nil, true)
       assert.error_matches(function() conn:receive(1.5) end,
         "bad argument #1 to 'receive' (number has no integer representation)", nil, true)
       assert.error_matches(function() conn:receive({}) end,
@@ -328,6 +445,20 @@ describe("peerpool.conn", function()
       again:send("PING\r\n")
       assert.equal("+PONG", again:receive())
       again:release()
+    end))
+
+    it("never lends again a conn whose receive timed out", test(function(env)
+      local conn, pool, srv = setup(env, { io_timeout = 50 })
+      conn:send("SLEEP 150\r\n")
+      assert.same({ n = 3, nil, "timeout", "" }, pack(conn:receive()))
+      assert.is_true(conn:release())
+      -- the late +WOKE is still on its way: the next holder must not read it as its reply
+      local again = assert(pool:acquire(srv.addr))
+      again:send("PING\r\n")
+      assert.equal("+PONG", again:receive())
+      again:release()
+      assert.equal(2, srv.accepted)
+      assert.equal(0, pool:peer(srv.addr).failures) -- the peer is not to blame
     end))
 
     it("does not lend again a conn its remote closed mid-use", test(function(env)

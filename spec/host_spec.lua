@@ -1,5 +1,6 @@
 -- The `peerpool` host program: running scripts on luv's loop, its options, and the demo behind
 -- `make run`.
+local uv = require "luv"
 local T = require "spec.support.host_helper"
 
 local function script(dir, name, code)
@@ -62,6 +63,156 @@ describe("peerpool (host program)", function()
       assert.equal("stopping\n", p.out)
     end)
   end)
+
+  it("runs no callback after the script stops the loop, then closes its pools", function()
+    T.run(function()
+      local dir = T.tmpdir()
+      -- t stops the loop and then keeps it busy until t is due again; u is due in the same
+      -- pass as t. Neither may run once uv.stop() was called. The pool is closed on the way
+      -- out through pool:close(), which writes its address book.
+      local path = script(dir, "stop.lua", [[
+        local uv = require "luv"
+        local peerpool = require "peerpool"
+        pool = peerpool.new { address_book = arg[1], peers = { "127.0.0.1:1" } } -- a global: kept
+        local t = uv.new_timer()
+        t:start(10, 1, function()
+          print("stopping")
+          uv.stop()
+          local t0 = uv.hrtime()
+          while uv.hrtime() - t0 < 5e6 do end
+        end)
+        local u = uv.new_timer()
+        u:start(10, 0, function() print("same pass") end)
+      ]])
+      local p = T.spawn { T.peerpool, path, dir .. "/book" }
+      assert.equal(0, (p:wait()))
+      assert.equal("stopping\n", p.out)
+      assert.equal("", p.err)
+      assert.matches("\n127%.0%.0%.1:1 %d+ static\n", T.read_file(dir .. "/book"))
+    end)
+  end)
+
+  it("runs the loop again when the script itself runs it after uv.stop()", function()
+    T.run(function()
+      local p = T.spawn { T.peerpool, "-e", [[
+        local uv = require "luv"
+        local t = uv.new_timer()
+        t:start(10, 0, function() print("first run"); uv.stop() end)
+        uv.run()
+        uv.walk(function(h) print("walk sees", (h:get_type())) end)
+        t:start(10, 0, function() print("second run"); t:close() end)
+        uv.run()
+      ]] }
+      assert.equal(0, (p:wait()))
+      assert.equal("first run\nwalk sees\ttimer\nsecond run\n", p.out)
+    end)
+  end)
+
+  it("walks only luv's handles (uv.walk), with a pool and its conns open", function()
+    T.run(function()
+      local dir = T.tmpdir()
+      local path = script(dir, "walk.lua", [[
+        local uv = require "luv"
+        local peerpool = require "peerpool"
+        local server = uv.new_tcp()
+        assert(server:bind("127.0.0.1", 0))
+        server:listen(8, function()
+          local c = uv.new_tcp()
+          server:accept(c)
+        end)
+        local pool = peerpool.new {}
+        local peer = pool:add_peer("127.0.0.1:" .. server:getsockname().port)
+        peerpool.run(function() assert(pool:acquire(peer)) end)
+        local t = uv.new_timer()
+        t:start(60000, 0, function() end)
+        uv.walk(function(h) print("walk", (h:get_type())) end)
+        uv.walk(function(h) if not h:is_closing() then h:close() end end)
+        pool:close()
+      ]])
+      local p = T.spawn { T.peerpool, path }
+      assert.equal(0, (p:wait()))
+      assert.equal("walk\ttcp\nwalk\ttcp\nwalk\ttimer\n", p.out)
+      assert.equal("", p.err)
+    end)
+  end)
+
+  -- A pool with an address book and a timer that would keep the program up for a minute.
+  local SIGNALLED = [[
+    local uv = require "luv"
+    local peerpool = require "peerpool"
+    pool = peerpool.new { address_book = arg[1], peers = { "127.0.0.1:1", "127.0.0.1:2" } }
+    local keep = uv.new_timer()
+    keep:start(60000, 0, function() print("not reached") end)
+    print("ready")
+  ]]
+  local function book_has_both(path)
+    local book = T.read_file(path)
+    assert.matches("\n127%.0%.0%.1:1 %d+ static\n", book)
+    assert.matches("\n127%.0%.0%.1:2 %d+ static\n", book)
+  end
+
+  for _, case in ipairs { { "sigterm", 143 }, { "sigint", 130 } } do
+    local sig, code = case[1], case[2]
+    it("closes its pools (their address books saved) and exits " .. code .. " on " .. sig,
+      function()
+        T.run(function()
+          local dir = T.tmpdir()
+          local p = T.spawn { T.peerpool, script(dir, "app.lua", SIGNALLED), dir .. "/book" }
+          p:expect("ready")
+          p:kill(sig)
+          assert.same({ code, 0 }, { p:wait() })
+          assert.equal("ready\n", p.out)
+          assert.equal("", p.err)
+          book_has_both(dir .. "/book")
+        end)
+      end)
+  end
+
+  it("closes cleanly on SIGTERM while serving a REPL socket (the socket removed)", function()
+    T.run(function()
+      local dir = T.tmpdir()
+      local sock = dir .. "/repl.sock"
+      local p = T.spawn { T.peerpool, "--repl-socket", sock, script(dir, "app.lua", SIGNALLED),
+        dir .. "/book" }
+      p:expect("ready")
+      local c = T.connect(sock)
+      c:hello("tty")
+      p:kill("sigterm")
+      assert.same({ 143, 0 }, { p:wait() })
+      assert.equal("", p.err)
+      book_has_both(dir .. "/book")
+      assert.is_nil(uv.fs_lstat(sock))
+      T.wait_until(function() return c.closed end, 5000, "the session to end")
+      assert.equal("b", c.frames[#c.frames].kind)
+    end)
+  end)
+
+  it("closes cleanly on SIGTERM while peerpool.run drives the loop from the main chunk",
+    function()
+      T.run(function()
+        local dir = T.tmpdir()
+        local path = script(dir, "run.lua", [[
+          local uv = require "luv"
+          local peerpool = require "peerpool"
+          pool = peerpool.new { address_book = arg[1], peers = { "127.0.0.1:1" } }
+          peerpool.run(function()
+            local co = coroutine.running()
+            local t = uv.new_timer()
+            t:start(60000, 0, function() coroutine.resume(co) end)
+            print("ready")
+            coroutine.yield()
+          end)
+          print("not reached")
+        ]])
+        local p = T.spawn { T.peerpool, path, dir .. "/book" }
+        p:expect("ready")
+        p:kill("sigterm")
+        assert.same({ 143, 0 }, { p:wait() })
+        assert.equal("ready\n", p.out)
+        assert.equal("", p.err)
+        assert.matches("\n127%.0%.0%.1:1 %d+ static\n", T.read_file(dir .. "/book"))
+      end)
+    end)
 
   it("prints the traceback of a script error and exits non-zero", function()
     T.run(function()

@@ -38,6 +38,40 @@ describe("peerpool", function()
     end)
   end)
 
+  describe("SIGPIPE", function()
+    -- A write to a peer that hung up raises SIGPIPE; by default it ends the process. The child
+    -- sends itself one, as the kernel would, after require "peerpool".
+    local SELF_PIPE = [[
+      local uv = require "luv"
+      local peerpool = require "peerpool"
+      local pid = io.open("/proc/self/stat"):read("n")
+      os.execute("kill -PIPE " .. pid)
+      for _ = 1, 20 do
+        uv.run("nowait")
+        if HANDLED or not SIG then break end
+        os.execute("sleep 0.01")
+      end
+      if SIG then SIG:close(); uv.run() end
+      io.write(HANDLED and "handler ran\n" or "", "survived ", peerpool.version, "\n")
+    ]]
+
+    it("does not end a plain lua5.4 program (ignored, as luv programs expect)", function()
+      local ok, status, out, err = H.child(SELF_PIPE)
+      assert.is_true(ok, "exit status " .. tostring(status) .. " (141: killed by SIGPIPE)\n" .. err)
+      assert.matches("survived", out, 1, true)
+    end)
+
+    it("leaves a SIGPIPE handler the program set itself", function()
+      local ok, status, out, err = H.child([[
+        local uv = require "luv"
+        SIG = uv.new_signal()
+        SIG:start("sigpipe", function() HANDLED = true end)
+      ]] .. SELF_PIPE)
+      assert.is_true(ok, "exit status " .. tostring(status) .. "\n" .. err)
+      assert.matches("handler ran", out, 1, true)
+    end)
+  end)
+
   describe(".strerror()", function()
     it("describes each of our codes", function()
       assert.equal("peer is at capacity", peerpool.strerror("busy"))
@@ -105,6 +139,31 @@ describe("peerpool", function()
         "peerpool.new: unknown option 'polcy'")
     end)
 
+    it("raises at the caller's line, naming the option", function()
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, err = pcall(peerpool.new, { policy = 5 })
+      assert.is_false(ok)
+      assert.equal("peerpool.new: option 'policy' must be a path or a table of hooks (got number)",
+        err)
+      local function make()
+        local pool = peerpool.new { max_total = "lots" } -- line + 5
+        return pool
+      end
+      ok, err = pcall(make)
+      assert.is_false(ok)
+      assert.matches("^spec/module_spec.lua:" .. (line + 5) .. ": peerpool.new: option 'max_total'",
+        (err:gsub("^.*/spec/", "spec/")))
+    end)
+
+    it("raises naming a peers entry that is not an address, and leaves no pool open", function()
+      local before = #peerpool.pools()
+      assert.has_error(function() peerpool.new { peers = { "127.0.0.1:1", {} } } end,
+        "peerpool.new: peers[2] must be an address (string), got table")
+      assert.has_error(function() peerpool.new { policy = 42 } end,
+        "peerpool.new: option 'policy' must be a path or a table of hooks (got number)")
+      assert.equal(before, #peerpool.pools())
+    end)
+
     it("raises naming an option of the wrong type", function()
       assert.has_error(function() peerpool.new { max_per_peer = "4" } end,
         "peerpool.new: option 'max_per_peer' must be an integer (got string)")
@@ -142,7 +201,10 @@ describe("peerpool", function()
           "option eject_max must be a number of ms >= eject_time" },
         { { keep_idle_bytes = 2 }, "option keep_idle_bytes must be 0 or 1" },
         { { hook_budget = 10 }, "option 'hook_budget' must be an integer in 1000..100000000" },
-        { { io_timeout = -1 }, "option 'io_timeout' must be a number of ms >= 0" },
+        { { io_timeout = -1 }, "option 'io_timeout' must be an integer in 0..31536000000 (ms)" },
+        { { hook_memory = 1 }, "option 'hook_memory' must be an integer in 65536..1099511627776" },
+        { { max_receive = 0 }, "option 'max_receive' must be an integer in 1..1099511627776" },
+        { { max_total = 2 ^ 63 }, "option 'max_total' must be an integer (got number)" },
         { { max_per_peer = 2 ^ 40 }, "option 'max_per_peer' is out of range" },
       }
       for _, case in ipairs(cases) do

@@ -586,6 +586,19 @@ describe("peerpool.policies", function()
       assert.matches("^seed_file: cannot open .*No such file", err)
     end)
 
+    it("decodes the %-escaped addresses of a v2 address book", function()
+      local path = os.tmpname()
+      P.write(path, "# peerpool address book v2\n" ..
+        "unix:run/my%20app.sock 1700000000000 runtime zone=eu\n10.0.0.1:1 1700000000001 seed\n")
+      local adds = {}
+      lib("seed_file").new { path = path }.seed({
+        add = function(_, addr, last_seen) adds[#adds + 1] = { addr, last_seen } return addr end,
+      })
+      os.remove(path)
+      assert.same({ { "unix:run/my app.sock", 1700000000000 }, { "10.0.0.1:1", 1700000000001 } },
+        adds)
+    end)
+
     it("reads a peerpool address book", test(function(env)
       local srv = env:line()
       local book = env:tmpname()
@@ -667,6 +680,22 @@ describe("peerpool.policies", function()
         pool:close()
         assert(H.drain())
       end)
+
+    it("sends no traffic anywhere by default: no DNS seed, no fixed seed", function()
+      local p2p = lib("p2p")
+      assert.same({}, p2p.options.dns_seeds)
+      assert.same({}, p2p.options.fixed_seeds)
+      local ctx = fake_ctx({ ["seed.example.net"] = { "192.0.2.1" } })
+      local resolved = {}
+      local resolve = ctx.resolve
+      function ctx.resolve(self, host, port)
+        resolved[#resolved + 1] = host
+        return resolve(self, host, port)
+      end
+      p2p.seed(ctx)
+      assert.same({}, resolved)
+      assert.same({}, ctx.adds)
+    end)
 
     it("seeds, dials and handshakes until 8 peers are ready", test(function(env)
       local nodes = {}

@@ -1,7 +1,7 @@
 -- Policy hooks: loading and validation, hot reload, each hook's contract (select_peer,
 -- select_conn, backoff, seed, handshake, ping), containment (raise, nonsense, runaway loops,
 -- budgets, logs), and what policies drive: burning, ejection and return, freshness,
--- target_peers maintenance with seeding, the address book.
+-- target_peers maintenance with seeding (the address book has spec/book_spec.lua).
 local uv = require "luv"
 local H = require "spec.support.helpers"
 local P = require "spec.support.policy_helpers"
@@ -715,6 +715,97 @@ describe("peerpool policy hooks", function()
       assert.same({ 1, 1 }, { hook_stats(p3, "handshake") })
     end))
 
+    it("a hook that raises a table is reported by the table's type", test(function(env)
+      local srv = env:node()
+      local pool = env:pool { peers = { srv.addr }, retries = 0 }
+      local logged = {}
+      peerpool.on_error(function(msg) logged[#logged + 1] = msg end)
+      assert(pool:load_policy { handshake = function() error({ code = 7 }) end })
+      local _, code = pool:acquire(srv.addr)
+      peerpool.on_error(nil)
+      assert.equal("cannot_connect", code)
+      assert.matches("policy hook handshake (table) failed: (error object is a table value)",
+        logged[1], 1, true)
+    end))
+
+    it("a hook that catches its budget error with pcall is still stopped", test(function(env)
+      local pool = two_warm(env)
+      assert(pool:load_policy { select_peer = function()
+        while true do pcall(function() while true do end end) end
+      end })
+      serves(pool, 2)
+      assert.same({ 2, 2 }, { hook_stats(pool, "select_peer") })
+      local srv = env:node()
+      local p2 = env:pool { peers = { srv.addr }, retries = 0 }
+      assert(p2:load_policy { handshake = function()
+        while true do pcall(function() while true do end end) end
+      end })
+      assert.equal("cannot_connect", select(2, p2:acquire(srv.addr)))
+      assert.same({ 1, 1 }, { hook_stats(p2, "handshake") })
+    end))
+
+    it("coroutines a hook starts charge the same budget", test(function(env)
+      local pool = two_warm(env, { hook_budget = 1000 })
+      local spun = 0
+      assert(pool:load_policy { select_peer = function()
+        for _ = 1, 1000000 do
+          coroutine.wrap(function() for _ = 1, 300 do spun = spun + 1 end end)()
+        end
+      end })
+      serves(pool, 1)
+      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
+      assert.is_true(spun < 5000, "the hook's coroutines ran " .. spun .. " loops")
+    end))
+
+    it("a hook that allocates without bound stops at hook_memory", test(function(env)
+      local pool = two_warm(env, { hook_budget = 100000000, hook_memory = 1024 * 1024 })
+      local logged = {}
+      peerpool.on_error(function(msg) logged[#logged + 1] = msg end)
+      assert(pool:load_policy { select_peer = function()
+        local t = {}
+        for i = 1, 1e8 do t[i] = { i } end
+        return t[1]
+      end })
+      local before = collectgarbage("count")
+      serves(pool, 1)
+      peerpool.on_error(nil)
+      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
+      assert.matches("not enough memory", logged[1] or "", 1, true)
+      assert.is_true(collectgarbage("count") - before < 8 * 1024, "the hook grew the heap")
+    end))
+
+    it("refuses os.exit, io.read, debug.sethook and binary chunks inside a hook",
+      test(function(env)
+        local pool = two_warm(env)
+        local results = {}
+        assert(pool:load_policy { select_peer = function()
+          for name, fn in pairs {
+            exit = function() os.exit(3) end,
+            read = function() return io.read("l") end,
+            lines = function() return io.lines()() end,
+            sethook = function() debug.sethook() end,
+            binary = function() return assert(load(string.dump(function() end))) end,
+            stop = function() collectgarbage("stop") end,
+            popen = function() return io.popen("true") end,
+          } do
+            local ok, err = pcall(fn)
+            results[name] = not ok and err or "allowed"
+          end
+          local chunk = load("return 1 + 1") -- text chunks are fine
+          results.text = chunk and chunk()
+          return 1
+        end })
+        serves(pool, 1)
+        for _, name in ipairs { "exit", "read", "lines", "sethook", "stop", "popen" } do
+          assert.matches("not available inside a policy hook", results[name], 1, true)
+        end
+        assert.matches("attempt to load a binary chunk", results.binary, 1, true)
+        assert.equal(2, results.text)
+        assert.is_true(collectgarbage("isrunning"))
+        assert.is_function(debug.sethook) -- outside hooks everything is as it was
+        assert.is_function(load(string.dump(function() end)))
+      end))
+
     it("a synchronous hook that yields is cut off", test(function(env)
       local pool = two_warm(env)
       assert(pool:load_policy { select_peer = function() coroutine.yield() return 1 end })
@@ -1029,115 +1120,5 @@ describe("peerpool policy hooks", function()
         end, 3000, "a replacement peer")
         assert.equal("failed", pool:peer(srvs[1].addr).state)
       end))
-  end)
-
-  describe("address_book", function()
-    it("is saved on close and loaded at start, with last_seen", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
-      local pool = env:pool { address_book = path }
-      pool:add_peer("127.0.0.1:7001", 1700000000000)
-      pool:add_peer("127.0.0.1:7002")
-      pool:close()
-      local text = P.read(path)
-      assert.matches("^# peerpool address book", text)
-      assert.matches("127.0.0.1:7001 1700000000000 ", text, 1, true)
-      assert.is_false(P.exists(path .. ".tmp"))
-      local again = env:pool { address_book = path }
-      assert.equal(1700000000000, again:peer("127.0.0.1:7001").last_seen)
-      assert.is_table(again:peer("127.0.0.1:7002"))
-      assert.equal(2, #again:peers())
-    end))
-
-    it("is saved periodically (address_book_interval)", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
-      local pool = env:pool { address_book = path, address_book_interval = 20 }
-      pool:add_peer("127.0.0.1:7003")
-      wait_until(function() return P.exists(path) end, 2000, "the book")
-      assert.matches("127.0.0.1:7003", P.read(path), 1, true)
-    end))
-
-    it("keeps each peer's source", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
-      local pool = env:pool { address_book = path, peers = { "127.0.0.1:7010" } }
-      pool:add_peer("127.0.0.1:7011")
-      pool:close()
-      local text = P.read(path)
-      assert.matches("127.0.0.1:7010 %d+ static", text)
-      assert.matches("127.0.0.1:7011 %d+ runtime", text)
-    end))
-
-    it("leaves burned peers out", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
-      local pool = env:pool { address_book = path, peers = { "127.0.0.1:1" }, retries = 0 }
-      assert(pool:load_policy { backoff = function() return false end })
-      assert.equal("burned", select(2, pool:acquire("127.0.0.1:1")))
-      pool:close()
-      assert.not_matches("127.0.0.1:1 ", P.read(path), 1, true)
-    end))
-
-    it("moves a corrupt book aside, says so, and starts empty", function()
-      local status, out, err = P.child([[
-        local peerpool = require "peerpool"
-        local path = os.tmpname()
-        local f = io.open(path, "w")
-        f:write("127.0.0.1:7001 1700000000000 static\nthis is not a book\n")
-        f:close()
-        local pool = peerpool.new { address_book = path }
-        print("peers", #pool:peers())
-        local p = io.popen("ls " .. path .. ".corrupt-* 2>/dev/null")
-        local aside = p:read("l")
-        p:close()
-        print("aside", aside ~= nil, io.open(path) == nil)
-        if aside then os.remove(aside) end
-        pool:close()
-        os.remove(path)
-        require("luv").run() -- (see "exits cleanly" below for a script that does not)
-      ]])
-      assert.equal(0, status, err)
-      assert.matches("peers\t0", out, 1, true)
-      assert.matches("aside\ttrue\ttrue", out, 1, true)
-      assert.matches("peerpool: address book .* is corrupt %(line 2 is not 'addr last_seen " ..
-        "%[source%]'%); moved to .*%.corrupt%-%d+, starting empty", err)
-    end)
-
-    it("starts empty when a line of the book has a bad address", function()
-      local status, out, err = P.child([[
-        local peerpool = require "peerpool"
-        local path = os.tmpname()
-        local f = io.open(path, "w")
-        f:write("127.0.0.1:7001 1700000000000 static\nnonsense 1700000000000 static\n")
-        f:close()
-        local pool = peerpool.new { address_book = path }
-        print("peers", #pool:peers())
-        local p = io.popen("ls " .. path .. ".corrupt-* 2>/dev/null")
-        for aside in p:lines() do os.remove(aside) end
-        p:close()
-        pool:close()
-        os.remove(path)
-        require("luv").run()
-      ]])
-      assert.equal(0, status, err)
-      assert.matches("is corrupt (bad address nonsense", err, 1, true)
-      assert.matches("peers\t0", out, 1, true)
-    end)
-
-    it("lets a script that closes its pool exit cleanly without running the loop again",
-      function()
-        local status, out, err = P.child([[
-          local peerpool = require "peerpool"
-          local path = os.tmpname()
-          local pool = peerpool.new { address_book = path }
-          pool:add_peer("127.0.0.1:7001")
-          pool:close()
-          os.remove(path)
-          print("closed")
-        ]])
-        assert.matches("closed", out, 1, true)
-        assert.equal(0, status, "exit status " .. tostring(status) .. "\n" .. err)
-      end)
   end)
 end)

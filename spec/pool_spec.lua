@@ -97,6 +97,11 @@ describe("peerpool.pool", function()
         "bad argument #2 to 'add_peer' (last_seen must be Unix time in ms >= 0)", nil, true)
       assert.error_matches(function() pool.add_peer({}, "127.0.0.1:1") end,
         "peerpool.pool expected", nil, true)
+      -- os.time() is seconds: read as ms it is 1970, and the peer would be stale forever
+      assert.error_matches(function() pool:add_peer("127.0.0.1:7001", os.time()) end,
+        "bad argument #2 to 'add_peer' (last_seen must be Unix time in ms (" .. os.time() ..
+        " looks like seconds: use os.time() * 1000))", nil, true)
+      assert.equal(0, #pool:peers())
     end))
   end)
 
@@ -245,6 +250,52 @@ describe("peerpool.pool", function()
       got[1]:release()
     end))
 
+    it("answers EMFILE at once when the process is out of fds, and recovers", function()
+      local ok, status, out, err = H.child([[
+        local peerpool = require "peerpool"
+        local servers = require "spec.support.servers"
+        local uv = require "luv"
+        local srv = servers.line()
+        local pool = peerpool.new { max_per_peer = 4, eject_after = 1 }
+        pool:add_peer(srv.addr)
+        peerpool.run(function()
+          local held = assert(pool:acquire(srv.addr))
+          local files = {}
+          local f
+          repeat f = io.open("/dev/null"); files[#files + 1] = f until not f
+          local t0 = uv.hrtime()
+          local conn, code, detail = pool:acquire(srv.addr, { timeout = 3000 })
+          local ms = (uv.hrtime() - t0) / 1e6
+          io.write(tostring(conn), "|", code, "|", detail, "|", pool:peer(srv.addr).failures,
+            "|", ms < 1000 and "prompt" or ms, "\n")
+          for _, f in ipairs(files) do f:close() end
+          local again = assert(pool:acquire(srv.addr))
+          again:send("PING\r\n")
+          io.write(again:receive(), "\n")
+          again:release()
+          held:release()
+        end)
+        pool:close(); srv:close(); uv.run()
+      ]], "ulimit -n 256;")
+      assert.is_true(ok, "exit status " .. tostring(status) .. "\n" .. err)
+      assert.equal("nil|EMFILE|too many open files: this process is short of a resource (not " ..
+        "the peer's fault)|0|prompt\n+PONG\n", out)
+    end)
+
+    it("measures opts.timeout from the call, even after a long callback", test(function(env)
+      local uv = require "luv"
+      local pool, srv = pool_with_server(env, { max_per_peer = 1 })
+      local held = pool:acquire(srv.addr)
+      local t0 = os.clock()
+      while os.clock() - t0 < 0.6 do end -- 600 ms of work since the loop last read its clock
+      local start = uv.hrtime()
+      local got = pack(pool:acquire(srv.addr, { timeout = 500 }))
+      local waited = (uv.hrtime() - start) / 1e6
+      assert.equal("timeout", got[2])
+      assert.is_true(waited >= 450, "timed out after " .. waited .. " ms, not 500")
+      held:release()
+    end))
+
     it("answers nil, 'timeout' at opts.timeout", test(function(env)
       local pool, srv = pool_with_server(env, { max_per_peer = 1 })
       local held = pool:acquire(srv.addr)
@@ -303,6 +354,21 @@ describe("peerpool.pool", function()
       conn:release()
     end))
 
+    it("takes a peer view (from peers(), peer() or an event) for its peer", test(function(env)
+      local a, b = env:line(), env:line()
+      local pool = env:pool()
+      pool:add_peer(a.addr)
+      pool:add_peer(b.addr)
+      for _, view in ipairs(pool:peers()) do
+        local conn = assert(pool:acquire(view))
+        assert.equal(view.addr, conn.peer)
+        conn:release()
+      end
+      local conn = assert(pool:acquire(pool:peer(b.addr), { timeout = 100 }))
+      assert.equal(b.addr, conn.peer)
+      conn:release()
+    end))
+
     it("takes a key for the selection", test(function(env)
       local pool, srv = pool_with_server(env)
       local conn = pool:acquire(nil, { key = "user:42" })
@@ -342,10 +408,15 @@ describe("peerpool.pool", function()
       local pool = env:pool()
       pool:add_peer("127.0.0.1:7001")
       local cases = {
-        { function() pool:acquire(42) end,
-          "bad argument #1 to 'acquire' (peer address (string) or nil expected, got number)" },
-        { function() pool:acquire(true) end,
-          "bad argument #1 to 'acquire' (peer address (string) or nil expected, got boolean)" },
+        { function() pool:acquire(42) end, "bad argument #1 to 'acquire' (peer address " ..
+          "(string), peer view or nil expected, got number)" },
+        { function() pool:acquire(true) end, "bad argument #1 to 'acquire' (peer address " ..
+          "(string), peer view or nil expected, got boolean)" },
+        { function() pool:acquire("127.0.0.1:7001", { bsy = "fail" }) end,
+          "bad argument #2 to 'acquire' (unknown option 'bsy'; options: busy, timeout, " ..
+          "priority, key)" },
+        { function() pool:acquire(nil, { [1] = "fail" }) end,
+          "bad argument #2 to 'acquire' (unknown option 'number'" },
         { function() pool:acquire("127.0.0.1:7001", "fast") end,
           "bad argument #2 to 'acquire' (table of options expected, got string)" },
         { function() pool:acquire("127.0.0.1:7001", {}, "cb") end,
@@ -652,6 +723,12 @@ describe("peerpool.pool", function()
       local pool = env:pool()
       assert.error_matches(function() pool:metrics("redis") end,
         "bad argument #1 to 'metrics' (table of labels expected, got string)", nil, true)
+      assert.error_matches(function() pool:metrics({ "x", y = "z" }) end,
+        "bad argument #1 to 'metrics' (label name \"1\" is not a Prometheus label name", nil, true)
+      assert.error_matches(function() pool:metrics({ ["bad name"] = 1 }) end,
+        "bad argument #1 to 'metrics' (label name \"bad name\" is not", nil, true)
+      pool:close()
+      assert.error_matches(function() pool:metrics() end, "attempt to use a closed pool", nil, true)
     end))
   end)
 

@@ -239,6 +239,178 @@ describe("peerpool --repl-socket", function()
   end)
 end)
 
+-- What a socket client can make the host hold. The limits are set small through
+-- require("peerpool.host").repl_limits; the host's fds and memory are read from /proc.
+describe("peerpool --repl-socket bounds", function()
+  local function limits(t)
+    local parts = { "local l = require('peerpool.host').repl_limits or {}" }
+    for k, v in pairs(t) do parts[#parts + 1] = ("l.%s = %d"):format(k, v) end
+    return { "-e", table.concat(parts, "; ") }
+  end
+
+  -- Wait until the host holds no more fds than `base`; fail with what it holds otherwise.
+  local function fds_back_to(p, base, ms, what)
+    local ok = pcall(T.wait_until, function() return T.fd_count(p.pid) <= base end, ms or 5000)
+    assert(ok, ("the host still holds %d fds (%d before) after %s"):format(
+      T.fd_count(p.pid), base, what))
+  end
+
+  it("closes the session of a client that hangs up without reading, its line still running",
+    function()
+      T.run(function()
+        local p, path = T.host_with_socket()
+        local base = T.fd_count(p.pid)
+        for i = 1, 6 do
+          local c = T.connect(path, { read = false })
+          c:send("\1hello 1 pipe\n")
+          -- a line that runs for a minute, or one whose output nobody reads
+          c:send(i % 2 == 0 and "sleep(60000)\n" or "return string.rep('x', 1e6)\n")
+          T.sleep(50)
+          c:close()
+        end
+        fds_back_to(p, base, 5000, "six clients hung up")
+        local c = T.connect(path)
+        c:hello("tty")
+        assert.same({ "2\n", "", "> " }, { c:eval("1 + 1") })
+      end)
+    end)
+
+  it("ends a session whose line never ends (a byte every 50 ms) after line_ms", function()
+    T.run(function()
+      local p, path = T.host_with_socket(limits { line_ms = 300 })
+      local base = T.fd_count(p.pid)
+      local c = T.connect(path)
+      c:hello("pipe")
+      c:send("return 'never")
+      local dripped = 0
+      while not c.closed and dripped < 100 do
+        c:send("x")
+        dripped = dripped + 1
+        T.sleep(50)
+      end
+      assert.is_true(c.closed, "the session is still open after 5 s of drip")
+      assert.same({ kind = "e", text = "peerpool: a line took more than 300 ms to arrive; " ..
+        "session closed\n" }, c.frames[#c.frames - 1])
+      assert.same({ kind = "b", text = "0" }, c.frames[#c.frames])
+      assert.matches("peerpool: REPL socket session %d+ closed: a line took more than 300 ms",
+        p.err)
+      fds_back_to(p, base, 2000, "the drip")
+    end)
+  end)
+
+  it("ends a session whose line is over line_bytes, and drops a chunk over it", function()
+    T.run(function()
+      local _, path = T.host_with_socket(limits { line_bytes = 1000 })
+      local c = T.connect(path)
+      c:hello("tty")
+      assert.same({ "", "", ">> " }, { c:eval("function f()") })
+      local line = ("  local x = 1"):rep(7) -- 91 bytes
+      for _ = 1, 10 do assert.same({ "", "", ">> " }, { c:eval(line) }) end
+      local _, err = c:eval(line)
+      assert.equal("unfinished chunk over 1000 bytes: dropped\n", err)
+      assert.same({ "ok\n", "", "> " }, { c:eval("'ok'") })
+      c:send(("x"):rep(600))
+      c:send(("x"):rep(600))
+      T.wait_until(function() return c.closed end, 5000, "the session to end")
+      assert.same({ kind = "e", text = "peerpool: a line over 1000 bytes; session closed\n" },
+        c.frames[#c.frames - 1])
+    end)
+  end)
+
+  it("bounds the output queued for clients that do not read, then ends their sessions",
+    function()
+      T.run(function()
+        -- 4 clients x 30 MB of output: all of it would be queued without the bound.
+        local p, path = T.host_with_socket(limits { stall_ms = 500 },
+          { ASAN_OPTIONS = (os.getenv("ASAN_OPTIONS") or "") .. ":quarantine_size_mb=16" })
+        local base_fds, base_rss = T.fd_count(p.pid), T.rss_kb(p.pid)
+        for _ = 1, 4 do
+          local c = T.connect(path, { read = false })
+          c:send("\1hello 1 pipe\n" ..
+            "for i = 1, 300 do print(string.rep('y', 1e5)); sleep(0) end\n")
+        end
+        local peak = base_rss
+        for _ = 1, 40 do -- 2 s: without the bound, 100 MB and more pile up in that time
+          peak = math.max(peak, T.rss_kb(p.pid))
+          T.sleep(50)
+        end
+        assert.is_true(peak - base_rss < 40 * 1024, ("the host grew by %d KiB"):format(
+          peak - base_rss))
+        fds_back_to(p, base_fds, 15000, "four clients read nothing")
+        local _, n = p.err:gsub("closed: its client read none of its output for 500 ms", "")
+        assert.equal(4, n)
+      end, 30000)
+    end)
+
+  it("ends the session of a client that does not read a watch", function()
+    T.run(function()
+      local p, path = T.host_with_socket(limits { stall_ms = 300 })
+      local base = T.fd_count(p.pid)
+      local c = T.connect(path, { read = false })
+      c:send("\1hello 1 tty\nwatch(pool, 10)\n")
+      fds_back_to(p, base, 15000, "a watch nobody reads")
+      assert.matches("closed: its client read none of its output for 300 ms", p.err)
+    end, 30000)
+  end)
+
+  it("drops output over output_bytes, and says how much", function()
+    T.run(function()
+      local _, path = T.host_with_socket(limits { output_bytes = 1000 })
+      local c = T.connect(path)
+      c:hello("tty")
+      local out, err = c:eval("string.rep('x', 3000)")
+      assert.equal(("x"):rep(1000), out)
+      assert.equal("[peerpool: 2001 bytes of output dropped: more than 1000 were waiting for " ..
+        "this client]\n", err)
+      assert.same({ "ok\n", "", "> " }, { c:eval("'ok'") })
+    end)
+  end)
+
+  it("pauses reading lines typed ahead of a running line, and runs them all", function()
+    T.run(function()
+      local _, path = T.host_with_socket(limits { queued_bytes = 100 })
+      local c = T.connect(path)
+      c:hello("pipe")
+      local lines = { "sleep(200)" }
+      for i = 1, 500 do lines[#lines + 1] = "n = (n or 0) + " .. i end
+      lines[#lines + 1] = "return n"
+      c:send(table.concat(lines, "\n") .. "\n")
+      T.wait_until(function()
+        local f = c.frames[#c.frames]
+        return f and f.kind == "o"
+      end, 10000, "the result")
+      assert.equal("125250\n", c.frames[#c.frames].text)
+    end)
+  end)
+
+  it("refuses a session over the limit, with a message (attach shows it)", function()
+    T.run(function()
+      local _, path = T.host_with_socket(limits { sessions = 2 })
+      local a, b = T.connect(path), T.connect(path)
+      a:hello("tty")
+      b:hello("tty")
+      local c = T.connect(path)
+      T.wait_until(function() return c.closed end, 5000, "the refusal")
+      assert.equal("peerpool: too many REPL sessions (2 open); try again later\n", c.raw)
+      local att = T.spawn { T.peerpool, "attach", path }
+      att:close_stdin()
+      assert.equal(1, (att:wait()))
+      assert.matches("too many REPL sessions %(2 open%); try again later", att.err)
+      a:close()
+      local d
+      T.wait_until(function()
+        d = T.connect(path)
+        T.sleep(50)
+        if not d.closed then return true end
+        d:close()
+        return false
+      end, 5000, "a free slot")
+      d:hello("tty")
+      assert.same({ "2\n", "", "> " }, { d:eval("1 + 1") })
+    end)
+  end)
+end)
+
 describe("peerpool attach", function()
   it("sends stdin's lines and prints the results (echo ... | peerpool attach PATH)", function()
     T.run(function()

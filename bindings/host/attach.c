@@ -32,6 +32,11 @@ static size_t rlen, rcap;
 /* frames put aside while waiting for completions */
 static frame_t *deferred;
 static size_t ndeferred;
+/* The start of what the host sent outside frames, shown if it closes without a frame: a
+ * refusal (too many sessions) comes before the host has read our hello. */
+static char unframed[512];
+static size_t nunframed;
+static int framed; /* a frame came */
 
 static int send_all(const char *s, size_t n) {
   while (n > 0) {
@@ -52,6 +57,11 @@ static int next_frame(frame_t *f) {
   size_t i = 0;
   while (i < rlen && rbuf[i] != '\1')
     i++;
+  if (i > 0 && !framed) {
+    size_t n = i < sizeof(unframed) - 1 - nunframed ? i : sizeof(unframed) - 1 - nunframed;
+    memcpy(unframed + nunframed, rbuf, n);
+    nunframed += n;
+  }
   if (i > 0) {
     memmove(rbuf, rbuf + i, rlen - i);
     rlen -= i;
@@ -67,6 +77,7 @@ static int next_frame(frame_t *f) {
     return next_frame(f);
   }
   if (rlen - p - 1 < len) return 0;
+  framed = 1;
   f->kind = rbuf[1];
   f->len = len;
   f->payload = malloc(len + 1);
@@ -187,6 +198,26 @@ static void on_signal(int sig) {
   if (sig == SIGWINCH) got_sigwinch = 1;
 }
 
+/* The host closed the session without its bye: say why if it said so outside frames (it
+ * refuses a client over its session limit before reading the hello), else just that. */
+static int host_closed(void) {
+  frame_t f;
+  while (next_frame(&f)) /* moves any text before a frame into unframed */
+    dispatch(&f);
+  if (rlen > 0 && !framed) { /* text with no frame after it */
+    size_t n = rlen < sizeof(unframed) - 1 - nunframed ? rlen : sizeof(unframed) - 1 - nunframed;
+    memcpy(unframed + nunframed, rbuf, n);
+    nunframed += n;
+  }
+  while (nunframed > 0 && (unframed[nunframed - 1] == '\n' || unframed[nunframed - 1] == '\r'))
+    nunframed--;
+  if (!framed && nunframed > 0)
+    fprintf(stderr, "peerpool attach: %.*s\n", (int)nunframed, unframed);
+  else
+    fprintf(stderr, "peerpool attach: the host closed the session\n");
+  return 1;
+}
+
 /* ---- main -------------------------------------------------------------------------------- */
 
 int host_attach(const char *path) {
@@ -214,8 +245,14 @@ int host_attach(const char *path) {
                       : keys       ? "\1hello 1 tty\n"
                                    : "\1hello 1 line\n";
   if (send_all(hello, strlen(hello)) != 0) {
-    fprintf(stderr, "peerpool attach: %s: %s\n", path, strerror(errno));
+    int err = errno;
     if (interactive) term_close();
+    if (err == EPIPE || err == ECONNRESET) { /* closed on us: read what it said first */
+      while (read_host() > 0) {
+      }
+      return host_closed();
+    }
+    fprintf(stderr, "peerpool attach: %s: %s\n", path, strerror(err));
     return 2;
   }
   if (interactive) {
@@ -271,12 +308,14 @@ int host_attach(const char *path) {
   }
   if (interactive) term_close();
   close(sock);
+  int code;
+  if (bye_errors >= 0)
+    code = bye_errors > 0 && !interactive ? 1 : 0;
+  else if (interactive && !stdin_open)
+    code = 0; /* we ended it (Ctrl-D) and the host let go */
+  else
+    code = host_closed();
   free(rbuf);
   free(deferred);
-  if (bye_errors < 0) {
-    if (interactive && !stdin_open) return 0; /* we ended it (Ctrl-D) and the host let go */
-    fprintf(stderr, "peerpool attach: the host closed the session\n");
-    return 1;
-  }
-  return bye_errors > 0 && !interactive ? 1 : 0;
+  return code;
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,11 +19,13 @@
 #include <lualib.h>
 #include <uv.h>
 
+#include <luv/lhandle.h> /* luv_handle_t, for uv.walk */
 #include <luv/luv.h>
 
 #include "host.h"
 #include "peerpool.h" /* PP_VERSION_STRING only: the program reaches the engine through Lua */
-#include "peerpool_repl_lua.h" /* generated from bindings/host/repl.lua */
+#include "peerpool_repl_frames_lua.h" /* generated from bindings/host/repl_frames.lua */
+#include "peerpool_repl_lua.h"        /* generated from bindings/host/repl.lua */
 #include "term.h"
 
 #ifndef PP_INSTALL_CMOD_DIR
@@ -31,25 +34,44 @@
 
 static const char core_key = 'c'; /* registry: the REPL core's table */
 static const char luv_key = 'l';  /* registry: luv's module table (it owns the loop) */
+static const char run_key = 'r';  /* registry: luv's own uv.run (the script sees a wrapper) */
+static const char quit_key = 'q'; /* registry: the error object that unwinds a quitting script */
 
 static struct {
   lua_State *L;
   uv_loop_t *loop;
+  luv_ctx_t *luv;
   int repl;      /* a REPL is served: terminal or socket */
   int term;      /* the terminal REPL is on */
   int term_keys; /* the terminal reports single key presses (readline) */
-  int quitting;  /* stop: the terminal session ended, SIGTERM, or an error in a callback */
+  int quitting;  /* stop: the terminal session ended, a signal, or an error in a callback */
+  int stopped;   /* the script called uv.stop() and has not run the loop since */
+  int final;     /* the loop is over: the program is closing down */
+  int cb_depth;  /* luv callbacks running now (nested: uv.walk inside a callback) */
   int exit_code;
   uv_poll_t in_poll;
   uv_idle_t in_idle; /* stdin that cannot be polled (a regular file) */
   uv_timer_t start_timer;
-  uv_signal_t sigint, sigwinch, sigterm;
-  int in_poll_on, in_idle_on, start_on, sigint_on, sigwinch_on, sigterm_on;
+  uv_signal_t sigint, sigwinch; /* the terminal's: Ctrl-C at the prompt, window size */
+  uv_async_t sig_async;         /* SIGTERM, and SIGINT when the terminal does not own it */
+  int in_poll_on, in_idle_on, start_on, sigint_on, sigwinch_on, sig_async_on;
 } host;
 
 /* ---- errors and protected calls ---------------------------------------------------------- */
 
+/* Whether the value at idx is the error object uv.run raises once the host is quitting: it
+ * unwinds a script that drives the loop itself (peerpool.run in the main chunk) and is not an
+ * error of the script's. */
+static int is_quit(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &quit_key);
+  int r = lua_rawequal(L, idx, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
 static int msghandler(lua_State *L) {
+  if (is_quit(L, 1)) return 1;
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
@@ -76,7 +98,8 @@ static void report(const char *what, const char *msg) {
 }
 
 /* Call the function below nargs arguments with a traceback handler; report an error under
- * `what`. Returns the lua_pcall status. */
+ * `what`. Returns the lua_pcall status; a script unwound because the host quits counts as
+ * LUA_OK (the exit code is the quit's). */
 static int docall(lua_State *L, int nargs, int nres, const char *what) {
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, msghandler);
@@ -84,7 +107,10 @@ static int docall(lua_State *L, int nargs, int nres, const char *what) {
   int status = lua_pcall(L, nargs, nres, base);
   lua_remove(L, base);
   if (status != LUA_OK) {
-    report(what, lua_tostring(L, -1));
+    if (is_quit(L, -1))
+      status = LUA_OK;
+    else
+      report(what, lua_tostring(L, -1));
     lua_pop(L, 1);
   }
   return status;
@@ -96,20 +122,104 @@ static void quit(int code) {
   uv_stop(host.loop);
 }
 
+/* Whether a luv callback the loop is about to run is skipped: for the rest of a run the script
+ * stopped with uv.stop() or the host is quitting, and once the loop is over (the shutdown's
+ * own loop passes, lua_close). Only callbacks the loop calls are skipped: one called from
+ * inside a running callback, or from the main chunk (uv.walk's function), still runs. */
+static int callbacks_off(void) {
+  if (host.cb_depth > 0) return 0;
+  if (host.final) return 1;
+  return (host.stopped || host.quitting) && host.luv->mode != -1;
+}
+
 /* luv runs every Lua callback through this (instead of its own, which exits the process).
  * With a REPL served, an error is reported and the program goes on; without one, a script's
  * error in a callback stops it with exit code 1, like an error in its main chunk. */
 static int luv_callback_pcall(lua_State *L, int nargs, int nresults, int flags) {
+  if (callbacks_off()) {
+    lua_pop(L, nargs + 1);
+    if (nresults == LUA_MULTRET) return 0;
+    for (int i = 0; i < nresults; i++)
+      lua_pushnil(L);
+    return nresults;
+  }
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
+  host.cb_depth++;
   int status = lua_pcall(L, nargs, nresults, base);
+  host.cb_depth--;
   lua_remove(L, base);
   if (status == LUA_OK) return nresults == LUA_MULTRET ? lua_gettop(L) - base + 1 : nresults;
+  if (is_quit(L, -1)) {
+    lua_pop(L, 1);
+    return -status;
+  }
   if ((flags & LUVF_CALLBACK_NOERRMSG) == 0) report("error in a callback", lua_tostring(L, -1));
   lua_pop(L, 1);
   if (!host.repl) quit(1);
   return -status;
+}
+
+/* uv.stop() as scripts see it: luv's, noting that the script stopped the loop (the rest of
+ * this run's callbacks are skipped, and the host does not run the loop again). */
+static int l_stop(lua_State *L) {
+  lua_settop(L, 0);
+  host.stopped = 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_call(L, 0, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* uv.run() as scripts see it: running the loop again takes back an earlier uv.stop(). Once the
+ * host is quitting it raises the quit object instead, so that a main chunk driving the loop
+ * itself (peerpool.run) ends rather than going round without its callbacks. */
+static int l_run(lua_State *L) {
+  if (host.quitting) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &quit_key);
+    return lua_error(L);
+  }
+  host.stopped = 0;
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* uv.walk(fn) as scripts see it. luv's walk takes every handle on the loop for one of its own
+ * (and asserts so): the host's (signals, the terminal) and the engine's are not, and are left
+ * out — a luv handle's data is a luv_handle_t naming luv's context; the engine's handles point
+ * at its conns and pools, larger structs where that field holds something else. */
+static void walk_cb(uv_handle_t *h, void *arg) {
+  lua_State *L = arg;
+  const char *at = (const char *)h;
+  luv_handle_t *data = h->data;
+  if (at >= (const char *)&host && at < (const char *)(&host + 1)) return;
+  if (data == NULL || data->ctx != host.luv) return;
+  lua_pushvalue(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, data->ref); /* the handle's userdata, as luv finds it */
+  host.luv->cb_pcall(L, 1, 0, 0);
+}
+
+static int l_walk(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  uv_walk(host.loop, walk_cb, L);
+  return 0;
+}
+
+/* Replace luv.<name> (the table scripts get from require "luv") by f with luv's function as
+ * its upvalue; the original is kept in the registry under key when key is not NULL. */
+static void wrap_luv(lua_State *L, int luv_idx, const char *name, lua_CFunction f,
+                     const void *key) {
+  lua_getfield(L, luv_idx, name);
+  if (key) {
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  }
+  lua_pushcclosure(L, f, 1);
+  lua_setfield(L, luv_idx, name);
 }
 
 /* Call core[name](args...) (args already pushed). Returns the lua_pcall status. */
@@ -221,6 +331,15 @@ static int l_probe_socket(lua_State *L) {
   return 2;
 }
 
+/* hung_up(fd): true when the peer of a connected socket is gone — it closed its end (both
+ * directions are shut: POLLHUP) or an error is pending; false while it may still read what is
+ * sent to it, e.g. `peerpool attach` on a pipe, which shuts down only its sending side. */
+static int l_hung_up(lua_State *L) {
+  struct pollfd p = {(int)luaL_checkinteger(L, 1), 0, 0};
+  lua_pushboolean(L, poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0);
+  return 1;
+}
+
 static const luaL_Reg host_fns[] = {
     {"write", l_write},
     {"prompt", l_prompt},
@@ -229,6 +348,7 @@ static const luaL_Reg host_fns[] = {
     {"quit", l_quit},
     {"umask", l_umask},
     {"probe_socket", l_probe_socket},
+    {"hung_up", l_hung_up},
     {NULL, NULL},
 };
 
@@ -288,8 +408,44 @@ static void on_sigwinch(uv_signal_t *h, int signum) {
   term_resize();
 }
 
-static void on_sigterm(uv_signal_t *h, int signum) {
-  quit(128 + signum);
+/* SIGTERM, and SIGINT where the terminal's REPL does not give Ctrl-C its own meaning: the
+ * first one asks the loop to close down cleanly (pools closed, so address books saved; the
+ * exit code is 128 + the signal's number); a second one while that is under way, or while
+ * the script keeps the loop from turning, ends the program at once. */
+static volatile sig_atomic_t pending_signal;
+
+static void on_signal(int signo) {
+  if (pending_signal) {
+    signal(signo, SIG_DFL);
+    raise(signo); /* delivered when this handler returns */
+    return;
+  }
+  pending_signal = signo;
+  uv_async_send(&host.sig_async); /* async-signal-safe */
+}
+
+static void on_signal_async(uv_async_t *h) {
+  if (pending_signal) quit(128 + pending_signal);
+}
+
+static void catch_signals(void) {
+  uv_async_init(host.loop, &host.sig_async, on_signal_async);
+  host.sig_async_on = 1;
+  uv_unref((uv_handle_t *)&host.sig_async);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, NULL);
+  if (!host.sigint_on) sigaction(SIGINT, &sa, NULL);
+}
+
+/* Once the program is closing down, a signal ends it at once (the async handle that would
+ * carry it to the loop is closed). */
+static void default_signals(void) {
+  signal(SIGTERM, SIG_DFL);
+  if (!host.sigint_on) signal(SIGINT, SIG_DFL);
 }
 
 /* The first loop iteration: show the banner and the prompt, then listen to stdin. Deferred so
@@ -348,9 +504,9 @@ const char *host_history_path(void) {
 static void close_handles(void) {
   uv_handle_t *hs[] = {(uv_handle_t *)&host.in_poll,     (uv_handle_t *)&host.in_idle,
                        (uv_handle_t *)&host.start_timer, (uv_handle_t *)&host.sigint,
-                       (uv_handle_t *)&host.sigwinch,    (uv_handle_t *)&host.sigterm};
+                       (uv_handle_t *)&host.sigwinch,    (uv_handle_t *)&host.sig_async};
   int *on[] = {&host.in_poll_on, &host.in_idle_on,  &host.start_on,
-               &host.sigint_on,  &host.sigwinch_on, &host.sigterm_on};
+               &host.sigint_on,  &host.sigwinch_on, &host.sig_async_on};
   for (size_t i = 0; i < sizeof(hs) / sizeof(hs[0]); i++) {
     if (*on[i] && !uv_is_closing(hs[i])) uv_close(hs[i], NULL);
     *on[i] = 0;
@@ -415,6 +571,11 @@ static void set_arg(lua_State *L, char **argv, int argc, int script) {
   lua_setglobal(L, "arg");
 }
 
+static int quit_tostring(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  return 1;
+}
+
 static int require_luv(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "luv");
@@ -428,7 +589,23 @@ static int require_luv(lua_State *L) {
     return -1;
   }
   ctx->cb_pcall = luv_callback_pcall;
+  host.luv = ctx;
   host.loop = ctx->loop;
+
+  /* The quit object (see is_quit), and the luv functions that must know about stops. */
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "peerpool: the program is quitting (uv.run refused)");
+  lua_pushcclosure(L, quit_tostring, 1);
+  lua_setfield(L, -2, "__tostring");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &quit_key);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
+  wrap_luv(L, lua_gettop(L), "stop", l_stop, NULL);
+  wrap_luv(L, lua_gettop(L), "run", l_run, &run_key);
+  lua_pushcfunction(L, l_walk);
+  lua_setfield(L, -2, "walk");
+  lua_pop(L, 1);
   return 0;
 }
 
@@ -440,7 +617,13 @@ static int load_core(lua_State *L, const char *socket_path) {
   }
   luaL_newlib(L, host_fns);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
-  if (docall(L, 2, 1, "REPL") != LUA_OK) return -1;
+  if (luaL_loadbuffer(L, (const char *)peerpool_repl_frames_lua, sizeof(peerpool_repl_frames_lua),
+                      "=peerpool/repl_frames") != LUA_OK) {
+    report("REPL", lua_tostring(L, -1));
+    return -1;
+  }
+  if (docall(L, 0, 1, "REPL") != LUA_OK) return -1;
+  if (docall(L, 3, 1, "REPL") != LUA_OK) return -1;
   lua_pushliteral(L, PP_VERSION_STRING);
   lua_setfield(L, -2, "version");
   const char *limit = getenv("PEERPOOL_REPL_BLOCK_MS");
@@ -453,7 +636,7 @@ static int load_core(lua_State *L, const char *socket_path) {
 
   /* require "peerpool.host": what a script may want to know about its host. */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushliteral(L, PP_VERSION_STRING);
   lua_setfield(L, -2, "version");
   lua_pushboolean(L, host.repl);
@@ -468,6 +651,8 @@ static int load_core(lua_State *L, const char *socket_path) {
   lua_setfield(L, -2, "pretty");
   lua_getfield(L, -3, "print");
   lua_setfield(L, -2, "print");
+  lua_getfield(L, -3, "limits");
+  lua_setfield(L, -2, "repl_limits");
   lua_setfield(L, -2, "peerpool.host");
   lua_pop(L, 1);
 
@@ -477,6 +662,42 @@ static int load_core(lua_State *L, const char *socket_path) {
   }
   lua_pop(L, 1);
   return 0;
+}
+
+/* ---- closing down ------------------------------------------------------------------------ */
+
+/* Close every live pool through pool:close(), which also saves the pool's address book (the
+ * finaliser lua_close runs closes the engine's pools without it). Nothing is loaded for a
+ * script that never required peerpool. */
+static const char close_pools_lua[] =
+    "local pp = package.loaded.peerpool\n"
+    "if type(pp) ~= 'table' or type(pp.pools) ~= 'function' then return end\n"
+    "for _, pool in ipairs(pp.pools()) do\n"
+    "  local ok, err = pcall(pool.close, pool)\n"
+    "  if not ok then\n"
+    "    io.stderr:write('peerpool: closing ', tostring(pool), ': ', tostring(err), '\\n')\n"
+    "  end\n"
+    "end\n";
+
+/* The loop is over: take everything down in order, with no more of the script's luv
+ * callbacks — the terminal (restored, history saved), our own handles, every live pool, the
+ * REPL's sessions and socket. One pass of the loop then finishes those closes (luv frees a
+ * handle still closing at lua_close, then touches it); in it the closed pools end what still
+ * waited on them with `closed`, as pool:close() promises. Last the Lua state: the peerpool
+ * module's sentinel, then luv, close whatever is left. */
+static void close_down(lua_State *L) {
+  host.final = 1;
+  default_signals();
+  if (host.term) term_close();
+  host.term = 0;
+  close_handles();
+  if (luaL_loadbuffer(L, close_pools_lua, sizeof(close_pools_lua) - 1, "=peerpool/close") == LUA_OK)
+    docall(L, 0, 0, "closing the pools");
+  else
+    lua_pop(L, 1);
+  call_core("shutdown", 0, 0);
+  uv_run(host.loop, UV_RUN_NOWAIT);
+  lua_close(L);
 }
 
 /* ---- main -------------------------------------------------------------------------------- */
@@ -610,12 +831,7 @@ int main(int argc, char **argv) {
       lua_pop(L, 2);
     }
   }
-  if (host.repl) { /* SIGTERM: restore the terminal, remove the socket, close the pools */
-    uv_signal_init(host.loop, &host.sigterm);
-    host.sigterm_on = 1;
-    uv_signal_start(&host.sigterm, on_sigterm, SIGTERM);
-    uv_unref((uv_handle_t *)&host.sigterm);
-  }
+  catch_signals();
 
   for (int c = 0; c < nchunks && status == 0; c++) {
     if (luaL_loadbuffer(L, argv[chunks[c]], strlen(argv[chunks[c]]), "=(command line)") != LUA_OK) {
@@ -642,23 +858,13 @@ int main(int argc, char **argv) {
     }
   }
 
-  /* The loop, through luv's run so that luv (and peerpool.run) know it is running. */
-  if (status == 0 && !host.quitting) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &luv_key);
-    lua_getfield(L, -1, "run");
-    lua_remove(L, -2);
+  /* The loop, through luv's run so that luv (and peerpool.run) know it is running; not when
+   * the script stopped it (uv.stop() in its main chunk, or in a loop it ran itself). */
+  if (status == 0 && !host.quitting && !host.stopped) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &run_key);
     if (docall(L, 0, 0, NULL) != LUA_OK) status = 1;
   }
   if (status == 0) status = host.exit_code;
-
-  /* Take everything down in order: the terminal (restored, history saved), our own handles,
-   * the REPL sessions and socket, then the Lua state (the peerpool module closes its pools,
-   * then luv closes what is left on its loop). */
-  if (host.term) term_close();
-  host.term = 0;
-  close_handles();
-  call_core("shutdown", 0, 0);
-  uv_run(host.loop, UV_RUN_NOWAIT);
-  lua_close(L);
+  close_down(L);
   return status;
 }

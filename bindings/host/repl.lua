@@ -6,7 +6,7 @@
 -- yields (pool:acquire, conn:receive, sleep) lets the loop run and shows its results when it
 -- ends. Nothing a session does can raise into the host: every chunk runs under xpcall and every
 -- I/O callback is guarded.
-local H, uv = ...
+local H, uv, protocol = ... -- protocol: repl_frames.lua
 
 local M = {}
 local pack, concat, sort = table.pack, table.concat, table.sort
@@ -137,6 +137,20 @@ local env = setmetatable({}, {
 })
 M.env = env
 
+-- ---- limits -------------------------------------------------------------------------------
+
+--- Bounds on what a REPL socket client can make the program hold (docs/repl.md). A script can
+-- change them through require("peerpool.host").repl_limits; each is read when it is applied.
+local limits = {
+  sessions = 16,            -- socket sessions open at once; one more is refused with a message
+  line_bytes = 1024 * 1024, -- a line, and an unfinished multi-line chunk (any session)
+  line_ms = 30000,          -- a line must arrive whole within this long of its first byte
+  queued_bytes = 1024 * 1024, -- lines waiting behind a running line: beyond, reading pauses
+  output_bytes = 1024 * 1024, -- output waiting for the client: beyond, it is dropped (marked)
+  stall_ms = 60000,         -- output waiting this long with none of it read: the session ends
+}
+M.limits = limits
+
 -- ---- sessions -------------------------------------------------------------------------------
 
 local Session = {}
@@ -158,7 +172,9 @@ function Session.new(io, interactive, name)
   next_id = next_id + 1
   local s = setmetatable({
     id = next_id, io = io, interactive = interactive, name = name or ("session " .. next_id),
-    queue = {}, errors = 0, detached = setmetatable({}, { __mode = "k" }),
+    -- lines waiting for the running one: queue[qhead..qtail], queued bytes (newlines too)
+    queue = {}, qhead = 1, qtail = 0, queued = 0,
+    errors = 0, detached = setmetatable({}, { __mode = "k" }),
   }, Session)
   sessions[s] = true
   return s
@@ -303,6 +319,12 @@ function Session:line(line)
   end
   local fn, err = compile(src)
   if fn == "incomplete" then
+    if #src > limits.line_bytes then
+      self.buffer = nil
+      self.errors = self.errors + 1
+      self:out(fmt("unfinished chunk over %d bytes: dropped", limits.line_bytes), true)
+      return
+    end
     self.buffer = src
     return
   end
@@ -318,10 +340,14 @@ end
 
 -- Run queued lines until one yields; then show the prompt, or end the session at EOF.
 function Session:pump()
-  while not self.busy and not self.closed and #self.queue > 0 do
-    self:line(table.remove(self.queue, 1))
+  while not self.busy and not self.closed and self.qhead <= self.qtail do
+    local line = self.queue[self.qhead]
+    self.queue[self.qhead], self.qhead = nil, self.qhead + 1
+    self.queued = self.queued - #line - 1
+    self:line(line)
   end
   if self.closed then return end
+  if self.io.drained then self.io.drained() end
   if self.busy then
     if self.interactive then pcall(self.io.prompt, nil) end
     return
@@ -346,7 +372,9 @@ function Session:feed(line)
     self.watch_stop()
     return
   end
-  self.queue[#self.queue + 1] = line
+  self.qtail = self.qtail + 1
+  self.queue[self.qtail] = line
+  self.queued = self.queued + #line + 1
   if not self.busy then self:pump() end
 end
 
@@ -358,7 +386,7 @@ end
 -- and its results are shown when it ends); else drop an unfinished chunk.
 function Session:interrupt()
   if self.closed then return end
-  self.queue = {}
+  self.queue, self.qhead, self.qtail, self.queued = {}, 1, 0, 0
   if self.watch_stop then
     self.watch_stop()
     return
@@ -392,15 +420,17 @@ end
 
 local function default_write(text) H.write(text, false) end
 
---- print() while a REPL runs: a REPL line prints to its own session; everything else goes to
+--- print() while a REPL runs: a REPL line prints to its own session (nowhere once that has
+-- ended: a client that left must not flood the program's output); everything else goes to
 -- standard output without garbling the terminal's prompt.
 local function repl_print(...)
+  local s = running_session()
+  if s and s.closed then return end
   local n = select("#", ...)
   local parts = {}
   for i = 1, n do parts[i] = tostring((select(i, ...))) end
   local text = concat(parts, "\t") .. "\n"
-  local s = running_session()
-  if s and not s.closed then s:out(text) else default_write(text) end
+  if s then s:out(text) else default_write(text) end
 end
 M.print = repl_print
 
@@ -643,114 +673,281 @@ function M.term_interrupt() if term then term:interrupt() end end
 
 -- ---- the unix socket ----------------------------------------------------------------------
 
--- Clients speak lines. `peerpool attach` starts with a hello: "\1hello 1 tty" (a terminal
--- that reports single keys), "\1hello 1 line" (a terminal that sends whole lines) or
--- "\1hello 1 pipe", and is then answered in frames "\1" type length ":" payload: o output,
--- e error output, p prompt (empty: none), w watch on/off, c completions (newline-separated),
--- b bye (payload: the count of lines that failed). Its control lines: "\1complete <word>",
--- "\1key", "\1interrupt". Any other client (socat, nc) gets plain text with prompts.
-local function frame(kind, payload)
-  return "\1" .. kind .. #payload .. ":" .. payload
-end
+-- Clients speak lines (repl_frames.lua splits them). `peerpool attach` starts with a hello:
+-- "\1hello 1 tty" (a terminal that reports single keys), "\1hello 1 line" (a terminal that
+-- sends whole lines) or "\1hello 1 pipe", and is then answered in frames "\1" type length ":"
+-- payload: o output, e error output, p prompt (empty: none), w watch on/off, c completions
+-- (newline-separated), b bye (payload: the count of lines that failed). Its control lines:
+-- "\1complete <word>", "\1key", "\1interrupt". Any other client (socat, nc) gets plain text
+-- with prompts.
+--
+-- What a client can make the program hold is bounded (limits above): its unfinished line (in
+-- bytes and in time), the lines queued behind a running line and the output waiting for it
+-- (reading pauses while either is over its bound; output over its bound is dropped and the
+-- client told so), and the number of sessions. A client that hangs up, that a write fails to,
+-- or that reads none of its output for limits.stall_ms loses its session and its pipe at once.
+local frame = protocol.frame
 
 local server, server_path
-local MAX_LINE = 1024 * 1024
+local exiting        -- shutdown() ran: the program is closing down
+local open_pipes = 0 -- accepted clients whose pipe is still open (limits.sessions counts these)
+local watched = {}   -- client pipe -> its check, run by the janitor until the pipe is closed
+local janitor        -- one timer for every client's time bounds and hang-up
+
+local function janitor_ms()
+  return math.max(10, math.min(1000, math.floor(limits.line_ms / 4),
+    math.floor(limits.stall_ms / 4)))
+end
+
+local function janitor_tick()
+  local now = uv.now()
+  for pipe, check in pairs(watched) do
+    local ok, err = pcall(check, now)
+    if not ok then
+      default_write("peerpool: REPL internal error: " .. tostring(err) .. "\n")
+      watched[pipe] = nil
+    end
+  end
+  if next(watched) == nil then janitor:stop() else janitor:set_repeat(janitor_ms()) end
+end
+
+local function watch_pipe(pipe, check)
+  watched[pipe] = check
+  if not janitor then
+    janitor = uv.new_timer()
+    janitor:unref() -- it alone does not keep the program running
+  end
+  if not janitor:is_active() then janitor:start(janitor_ms(), janitor_ms(), janitor_tick) end
+end
 
 local function socket_session(client)
-  local framed = false
-  local buf = ""
-  local sess
+  local fd = client:fileno()
+  local splitter = protocol.splitter(limits.line_bytes)
+  local framed, started = false, false
+  local reading, input_ended, hung = false, false, false
+  local partial_since       -- uv.now() when the unfinished line began
+  local progress = uv.now() -- when the client last took output, or had none waiting
+  local last_queued = 0
+  local dropped = 0         -- output bytes dropped since the client was last told
+  local io = {}
+  local sess = Session.new(io, true)
+  sess.name = "socket session " .. sess.id
+  local hello_timer = uv.new_timer()
+  local on_read
+
+  local function close_pipe()
+    watched[client] = nil
+    if not hello_timer:is_closing() then hello_timer:close() end
+    if not client:is_closing() then
+      client:close() -- the fd is closed here; the handle is freed on the next loop pass
+      open_pipes = open_pipes - 1
+    end
+  end
+
+  -- The client is gone (it hung up, a write failed) or reads nothing: close now. A line still
+  -- running goes on without it.
+  local function drop_client()
+    hung = true
+    if sess.closed then close_pipe() else sess:close() end
+  end
+
+  local function on_written(err)
+    if err then return drop_client() end
+    progress = uv.now()
+  end
+
   local function send(data)
     if client:is_closing() then return end
-    client:write(data)
+    if not client:write(data, on_written) then drop_client() end
   end
-  local io = {}
-  function io.write(text, is_error)
-    if framed then send(frame(is_error and "e" or "o", text)) else send(text) end
+
+  local function note_dropped()
+    if dropped == 0 then return end
+    local note = fmt("[peerpool: %d bytes of output dropped: more than %d were waiting for " ..
+      "this client]\n", dropped, limits.output_bytes)
+    dropped = 0
+    send(framed and frame("e", note) or note)
   end
+
+  -- Output takes what room is left under limits.output_bytes; the rest is dropped, and the
+  -- client is told before the next output or prompt it gets.
+  local function put(text, is_error)
+    if client:is_closing() then return end
+    local room = limits.output_bytes - client:get_write_queue_size()
+    if #text > room then
+      dropped = dropped + #text - math.max(room, 0)
+      if room <= 0 then return end
+      text = text:sub(1, room)
+    else
+      note_dropped()
+    end
+    send(framed and frame(is_error and "e" or "o", text) or text)
+  end
+
+  -- Read while the session can take more: a client that sends lines faster than they run, or
+  -- does not read what they print, is not read either until that has shrunk.
+  local function update_reading()
+    if input_ended or client:is_closing() then return end
+    local room = sess.queued <= limits.queued_bytes and
+      client:get_write_queue_size() <= limits.output_bytes
+    if room and not reading then
+      reading = true
+      client:read_start(on_read)
+    elseif not room and reading then
+      reading = false
+      client:read_stop()
+    end
+  end
+
+  -- A bound was broken: say so to the client and on the program's stderr, and close.
+  local function end_session(why)
+    if sess.closed then return end
+    sess:out("peerpool: " .. why .. "; session closed", true)
+    H.write(fmt("peerpool: REPL %s closed: %s\n", sess.name, why), true)
+    sess:close()
+  end
+
+  function io.write(text, is_error) put(text, is_error) end
   function io.prompt(p)
+    note_dropped()
     if framed then send(frame("p", p or "")) elseif p then send(p) end
   end
   function io.watch(on)
     if framed then send(frame("w", on and "1" or "0")) end
   end
+  function io.drained() update_reading() end
   function io.close(s)
+    input_ended = true
     if client:is_closing() then return end
-    if framed then pcall(send, frame("b", tostring(s.errors))) end
+    if hung then return close_pipe() end
+    note_dropped()
+    if framed then send(frame("b", tostring(s.errors))) end
+    if client:is_closing() then return end
     client:read_stop()
-    local ok = pcall(client.shutdown, client, function()
-      if not client:is_closing() then client:close() end
-    end)
-    if not ok and not client:is_closing() then client:close() end
+    if exiting or client:get_write_queue_size() == 0 then return close_pipe() end
+    -- Let the client read what waits for it; the janitor still ends this if it stalls.
+    client:shutdown(close_pipe)
   end
-  sess = Session.new(io, true)
-  sess.name = "socket session " .. sess.id
 
   -- A client that says nothing is a plain one: greet it after a moment. `peerpool attach`
   -- says hello first; if its hello comes after the greeting anyway, the session turns to frames
   -- (attach skips what came before the first frame).
-  local started, first_line = false, true
-  local hello_timer = uv.new_timer()
   local function start()
     if started then return end
     started = true
     if not hello_timer:is_closing() then hello_timer:close() end
     sess:start()
   end
-  hello_timer:start(150, 0, start)
 
-  local function handle(line)
-    if first_line then
-      first_line = false
-      local mode = line:match("^\1hello %d+ (%a+)")
-      if mode then
-        framed = true
-        sess.interactive = mode ~= "pipe"
-        io.keys = mode == "tty"
-        if started then sess:show_prompt() else start() end
-        return
-      end
-      start()
+  local function control(name, argument)
+    if name == "complete" then
+      local ok, list = pcall(M.complete, argument)
+      send(frame("c", ok and concat(list, "\n") or ""))
+    elseif name == "key" then
+      sess:key()
+    elseif name == "interrupt" then
+      sess:interrupt()
     end
-    if line:sub(1, 1) == "\1" then
-      local cmd, argument = line:match("^\1(%a+) ?(.*)$")
-      if cmd == "complete" then
-        local ok, list = pcall(M.complete, argument)
-        send(frame("c", ok and concat(list, "\n") or ""))
-      elseif cmd == "key" then
-        sess:key()
-      elseif cmd == "interrupt" then
-        sess:interrupt()
-      end
-      return
-    end
-    sess:feed(line)
   end
 
-  client:read_start(function(err, data)
-    if sess.closed then return end
-    if err or not data then
-      client:read_stop()
-      if #buf > 0 then pcall(handle, buf) end -- a last line without its newline
-      start()
-      buf = ""
-      sess:eof()
+  local function on_event(ev)
+    local kind = ev[1]
+    if kind == "hello" then
+      framed = true
+      sess.interactive = ev[2] ~= "pipe"
+      io.keys = ev[2] == "tty"
+      if started then sess:show_prompt() else start() end
       return
     end
-    buf = buf .. data
-    while not sess.closed do
-      local nl = buf:find("\n", 1, true)
-      if not nl then break end
-      local line = buf:sub(1, nl - 1):gsub("\r$", "")
-      buf = buf:sub(nl + 1)
-      local ok, e = pcall(handle, line)
-      if not ok then sess:out("peerpool: REPL internal error: " .. tostring(e), true) end
+    start()
+    if kind == "line" then
+      sess:feed(ev[2])
+    elseif kind == "control" then
+      control(ev[2], ev[3])
+    elseif kind == "too_long" then
+      end_session(fmt("a line over %d bytes", limits.line_bytes))
     end
-    if #buf > MAX_LINE then
-      sess:out("line too long; session closed", true)
-      sess:close()
+  end
+
+  local function deliver(events)
+    for _, ev in ipairs(events) do
+      if sess.closed then return end
+      local ok, err = pcall(on_event, ev)
+      if not ok then sess:out("peerpool: REPL internal error: " .. tostring(err), true) end
     end
-  end)
+  end
+
+  on_read = function(err, data)
+    if sess.closed then return end
+    if err then return drop_client() end
+    if not data then -- the client sends no more: closed, or half-closed to wait for results
+      input_ended, reading, partial_since = true, false, nil
+      client:read_stop()
+      deliver(splitter:finish())
+      start()
+      sess:eof()
+      if not client:is_closing() and H.hung_up(fd) then drop_client() end
+      return
+    end
+    local lines = splitter.lines
+    deliver(splitter:feed(data))
+    if splitter:pending() == 0 then
+      partial_since = nil
+    elseif splitter.lines ~= lines or not partial_since then
+      partial_since = uv.now()
+    end
+    update_reading()
+  end
+
+  -- Every tick of the janitor: the client's hang-up, its unfinished line's age, its reading.
+  local function check(now)
+    if client:is_closing() then
+      watched[client] = nil
+      return
+    end
+    if H.hung_up(fd) then return drop_client() end
+    if partial_since and now - partial_since > limits.line_ms then
+      return end_session(fmt("a line took more than %d ms to arrive", limits.line_ms))
+    end
+    local queued = client:get_write_queue_size()
+    if queued == 0 or queued < last_queued then progress = now end
+    last_queued = queued
+    if now - progress > limits.stall_ms then
+      H.write(fmt("peerpool: REPL %s closed: its client read none of its output for %d ms\n",
+        sess.name, limits.stall_ms), true)
+      return drop_client()
+    end
+    update_reading()
+  end
+
+  hello_timer:start(150, 0, start)
+  watch_pipe(client, check)
+  update_reading()
+end
+
+-- A new client: a session, unless limits.sessions are open already (it is told, then closed).
+local function accept()
+  local client = uv.new_pipe(false)
+  if not server:accept(client) then
+    client:close()
+    return
+  end
+  open_pipes = open_pipes + 1
+  if open_pipes > limits.sessions then
+    client:write(fmt("peerpool: too many REPL sessions (%d open); try again later\n",
+      limits.sessions))
+    client:close()
+    open_pipes = open_pipes - 1
+    return
+  end
+  local ok, err = pcall(socket_session, client)
+  if not ok then
+    default_write("peerpool: REPL session failed: " .. tostring(err) .. "\n")
+    if not client:is_closing() then
+      client:close()
+      open_pipes = open_pipes - 1
+    end
+  end
 end
 
 --- serve(path): the REPL on a unix socket created with mode 0600. Returns true, or nil and
@@ -770,17 +967,7 @@ function M.serve(path)
   server_path = path
   uv.fs_chmod(path, tonumber("600", 8))
   local lr, lerr = server:listen(64, function(e)
-    if e then return end
-    local client = uv.new_pipe(false)
-    if server:accept(client) then
-      local okc, cerr = pcall(socket_session, client)
-      if not okc then
-        default_write("peerpool: REPL session failed: " .. tostring(cerr) .. "\n")
-        if not client:is_closing() then client:close() end
-      end
-    else
-      client:close()
-    end
+    if not e then accept() end
   end)
   if not lr then
     M.shutdown()
@@ -790,12 +977,22 @@ function M.serve(path)
   return true
 end
 
---- shutdown(): close every session and the socket (removing its file).
+--- shutdown(): the program is closing down: end every socket session (with its bye), close
+-- every client pipe and the socket (removing its file).
 function M.shutdown()
+  exiting = true
   local list = {}
   for s in pairs(sessions) do list[#list + 1] = s end
   for _, s in ipairs(list) do
     if s ~= term then s:close() end
+  end
+  for pipe in pairs(watched) do
+    if not pipe:is_closing() then pipe:close() end
+  end
+  watched = {}
+  if janitor then
+    janitor:close()
+    janitor = nil
   end
   if server then
     if not server:is_closing() then server:close() end

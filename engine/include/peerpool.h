@@ -33,27 +33,37 @@ extern "C" {
  * Errors. Our codes live far below libuv's (which are negated errno values and -3000..-4095),
  * so one int carries either kind. XX(name, value, code_name, message).
  */
-#define PP_ERRNO_MAP(XX)                                                 \
-  XX(EBUSY, -30001, "busy", "peer is at capacity")                       \
-  XX(ETIMEDOUT, -30002, "timeout", "timed out")                          \
-  XX(EEXHAUSTED, -30003, "exhausted", "wait queue is full")              \
-  XX(ECANNOTCONNECT, -30004, "cannot_connect", "cannot connect to peer") \
-  XX(ECLOSED, -30005, "closed", "pool or connection is closed")          \
-  XX(ENOPEER, -30006, "no_peer", "no eligible peer")                     \
-  XX(EBURNED, -30007, "burned", "peer is burned")                        \
-  XX(EINVAL, -30008, "invalid", "invalid argument")                      \
-  XX(ECANCELED, -30009, "canceled", "operation canceled")                \
-  XX(EAGAIN, -30010, "would_block", "no usable connection right now")    \
-  XX(EHANDSHAKE, -30011, "handshake_failed", "handshake failed")         \
-  XX(EBROKEN, -30012, "broken", "connection released as broken")         \
-  XX(EPING, -30013, "ping_failed", "health check failed")                \
-  XX(ESTATE, -30014, "bad_state", "operation not valid in this state")
+#define PP_ERRNO_MAP(XX)                                                                   \
+  XX(EBUSY, -30001, "busy", "peer is at capacity")                                         \
+  XX(ETIMEDOUT, -30002, "timeout", "timed out")                                            \
+  XX(EEXHAUSTED, -30003, "exhausted", "wait queue is full")                                \
+  XX(ECANNOTCONNECT, -30004, "cannot_connect", "cannot connect to peer")                   \
+  XX(ECLOSED, -30005, "closed", "pool or connection is closed")                            \
+  XX(ENOPEER, -30006, "no_peer", "no eligible peer")                                       \
+  XX(EBURNED, -30007, "burned", "peer is burned")                                          \
+  XX(EINVAL, -30008, "invalid", "invalid argument")                                        \
+  XX(ECANCELED, -30009, "canceled", "operation canceled")                                  \
+  XX(EAGAIN, -30010, "would_block", "no usable connection right now")                      \
+  XX(EHANDSHAKE, -30011, "handshake_failed", "handshake failed")                           \
+  XX(EBROKEN, -30012, "broken", "connection released as broken")                           \
+  XX(EPING, -30013, "ping_failed", "health check failed")                                  \
+  XX(ESTATE, -30014, "bad_state", "operation not valid in this state")                     \
+  XX(ENOREUSE, -30015, "not_reusable", "connection is not reusable (its peer is healthy)") \
+  XX(ETOOLONG, -30016, "too_long", "reply or line over the receive limit")
 
 typedef enum {
 #define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,
   PP_ERRNO_MAP(PP__ERR_ENUM)
 #undef PP__ERR_ENUM
 } pp_errno_t;
+
+/* Local resource errors. UV_EMFILE, UV_ENFILE, UV_ENOMEM and UV_ENOBUFS say that this machine
+ * is short of file descriptors, memory or socket buffers, not that a peer failed. Wherever one
+ * occurs (a connect attempt, a read or write, a release status, a handshake or ping result) it
+ * counts no failure of the peer, starts no backoff or ejection and never makes the peer
+ * `failed`; the conn it hit is closed. An acquire whose dial hits one ends at once (on the next
+ * tick, without further attempts) with that code as its status and lease->cause; the pool
+ * dials again on the next acquire, so it recovers as soon as the resource frees. */
 
 /* A human-readable message for any code (ours or libuv's). Never NULL; static storage. */
 const char *pp_strerror(int err);
@@ -84,7 +94,10 @@ typedef struct pp_notice_s pp_notice_t;
 
 /* ------------------------------------------------------------------------------------------
  * Options. Call pp_options_init() for the defaults, change fields, pass to pp_pool_new().
- * Durations are milliseconds; 0 means "never" where noted.
+ * Durations are milliseconds; 0 means "never" where noted. Every deadline and timeout (acquire,
+ * connect, handshake, ping, backoff, idle, lifespan) runs from the moment the engine starts it:
+ * the engine brings the loop's clock up to date first (uv_update_time), so blocking work in a
+ * callback before the call does not eat into it.
  */
 typedef struct {
   int max_per_peer;             /* conns per peer, counting conns still connecting (4) */
@@ -151,7 +164,8 @@ typedef enum {
 /* "known", "connecting", ... ; "unknown" for an out-of-range value. */
 const char *pp_peer_state_name(pp_peer_state_t state);
 
-/* Why a conn was closed (counted in pp_stats_t.closed[]). */
+/* Why a conn was closed (counted in pp_stats_t.closed[]). "discarded": its holder released it
+ * with PP_ENOREUSE. */
 #define PP_CLOSE_REASON_MAP(XX) \
   XX(IDLE, "idle")              \
   XX(LIFESPAN, "lifespan")      \
@@ -160,7 +174,8 @@ const char *pp_peer_state_name(pp_peer_state_t state);
   XX(PING, "ping")              \
   XX(EVICTED, "evicted")        \
   XX(EJECTED, "ejected")        \
-  XX(CLOSED, "closed")
+  XX(CLOSED, "closed")          \
+  XX(DISCARDED, "discarded")
 
 typedef enum {
 #define PP__REASON_ENUM(name, str) PP_CLOSE_##name,
@@ -182,7 +197,9 @@ typedef struct {
   void *data;
 
   /* Pick the peer for an acquire that named none, among `n` (>= 1) eligible candidates:
-   * peers with a usable conn when `dialing` is 0, peers that may be dialled when it is 1.
+   * peers with a usable conn when `dialing` is 0, peers that may be dialled when it is 1
+   * (not burned, not stale, under max_per_peer, past their retry time; when every such peer
+   * is still backing off, only the one whose retry time comes first).
    * `key` is the acquire's key (may be NULL). Return an index in [0, n), or -1 for the
    * default (round robin). Any other value counts as a policy error and uses the default. */
   int (*select_peer)(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n, int dialing,
@@ -264,7 +281,8 @@ void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
 /* ------------------------------------------------------------------------------------------
  * Peers. Addresses: "1.2.3.4:port", "[v6]:port", or a unix socket path (starting with '/'
  * or "./", or prefixed "unix:"). Names are canonicalised, so spellings of one address are
- * one peer.
+ * one peer, and a canonical spelling reads back as itself: "unix:x.sock" becomes "./x.sock".
+ * IPv6 zone ids ("[fe80::1%eth0]:5") are refused.
  */
 
 /* Add (or find) the peer at `addr`. `last_seen_ms` is Unix time in ms; 0 means now. An
@@ -357,7 +375,8 @@ struct pp_lease_s {
  * capacity; arm a pp_notice_t to learn when capacity frees), PP_EEXHAUSTED (backlog full),
  * PP_EINVAL (bad opts, lease in use, peer of another pool). Callback statuses: 0,
  * PP_ETIMEDOUT, PP_ECANNOTCONNECT (lease->cause is the last socket error), PP_EBURNED,
- * PP_ENOPEER, PP_ECANCELED, PP_ECLOSED. */
+ * PP_ENOPEER, PP_ECANCELED, PP_ECLOSED, or a local resource error (UV_EMFILE, UV_ENFILE,
+ * UV_ENOMEM, UV_ENOBUFS: see "Local resource errors" above) that stopped the dial for it. */
 int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acquire_opts_t *opts,
                pp_acquire_cb cb);
 
@@ -372,9 +391,20 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
  * outcome is final: granted and delivered, failed, released or never used). */
 int pp_acquire_cancel(pp_lease_t *lease);
 
-/* End a lease. status 0: the conn is healthy and goes back to idle (or straight to the next
- * waiter); a negative status (e.g. PP_EBROKEN or the socket error seen) closes the conn and
- * counts a failure of its peer. Safe on a lease detached by pool close (no-op). Returns 0,
+/* End a lease. `status` says what the holder knows of the conn:
+ *   0            healthy: it goes back to idle (or straight to the next waiter). One that holds
+ *                bytes nobody read (a reply nobody will read) is closed instead, so that no
+ *                later holder reads it (reason "broken", no failure of the peer) — unless the
+ *                pool has keep_idle_bytes, when the bytes wait for the next holder.
+ *   PP_ENOREUSE  the conn must not be lent again but its peer is healthy (e.g. a receive
+ *                timed out with a request still in flight, so a late reply may come): it is
+ *                closed for every holder (reason "discarded"); the peer counts no failure and
+ *                its run of failures goes on unchanged.
+ *   PP_EBROKEN or another negative code (the socket error seen): the conn is closed for every
+ *                holder (reason "broken") and counts a failure of its peer (eject_after in a
+ *                row eject it), except a local resource error (UV_EMFILE, ...), which counts
+ *                none.
+ * Safe on a lease detached by pool close (no-op). Returns 0, PP_EINVAL for a positive status,
  * or PP_ESTATE if the lease holds no conn. Allocates nothing. */
 int pp_release(pp_lease_t *lease, int status);
 
@@ -460,6 +490,14 @@ int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsig
  * stored error of a broken conn. No callback; counts bytes and, when all was written, one
  * message. Writing this way first saves a queued write and its poll re-arm on the hot path. */
 int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs);
+
+/* Bytes written on `conn` but not yet taken by the kernel: what pp_conn_write() calls queued
+ * beyond what the socket accepted at once (libuv's write_queue_size; the engine queues nothing
+ * of its own). It grows while the peer does not read (its buffers and ours are full) and falls
+ * as the writes drain, so a caller can stop sending above a mark and resume below it (send
+ * backpressure). 0 for a conn that is closed or closing (its queued writes end with
+ * UV_ECANCELED). Never fails; allocates nothing. */
+size_t pp_conn_write_queue_size(const pp_conn_t *conn);
 
 /* Complete the handshake / ping started by the policy hook. status 0 = success. Returns 0 or
  * PP_ESTATE if no handshake/ping is running on the conn. */

@@ -32,9 +32,7 @@ static bool served_before(const pp_lease_t *a, const pp_lease_t *b) {
 static void arm_deadline_timer(pp_pool_t *pool) {
   if (pool->deadlines.min == NULL || pool->closing) return;
   pp_lease_t *first = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
-  uint64_t now = uv_now(pool->loop);
-  uv_timer_start(&pool->deadline_timer, pp__deadline_timer_cb,
-                 first->deadline_ > now ? first->deadline_ - now : 0, 0);
+  pp__timer_start_at(pool, &pool->deadline_timer, pp__deadline_timer_cb, first->deadline_);
 }
 
 static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
@@ -47,7 +45,7 @@ static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
   pool->waiters++;
   lease->deadline_ = 0;
   if (timeout > 0) {
-    lease->deadline_ = uv_now(pool->loop) + (uint64_t)timeout;
+    lease->deadline_ = pp__now(pool) + (uint64_t)timeout;
     pp__heap_insert(&pool->deadlines, &lease->heap_);
     if (pool->deadlines.min == &lease->heap_) arm_deadline_timer(pool);
   }
@@ -73,7 +71,7 @@ static void dequeue(pp_pool_t *pool, pp_lease_t *lease) {
 
 void pp__deadline_timer_cb(uv_timer_t *timer) {
   pp_pool_t *pool = timer->data;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp__now(pool);
   while (pool->deadlines.min) {
     pp_lease_t *lease = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
     if (lease->deadline_ > now) break;
@@ -121,10 +119,7 @@ void pp__dial_failed(pp_conn_t *conn, int status) {
 /* ---- busy notices ---------------------------------------------------------------------- */
 
 static bool any_peer_dialable(pp_pool_t *pool) {
-  if (pool->total >= pool->opts.max_total) return false;
-  for (pp__link_t *l = pool->peers.next; l != &pool->peers; l = l->next)
-    if (pp__peer_can_dial(PP__CONTAINER(l, pp_peer_t, order_link))) return true;
-  return false;
+  return !pool->closing && pool->total < pool->opts.max_total && pp__any_dial_candidate(pool);
 }
 
 static bool has_capacity(pp_pool_t *pool, pp_peer_t *peer) {
@@ -316,12 +311,10 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   return 0;
 }
 
+/* Whether some peer is not burned and holds a conn or may be dialled (now or after its
+ * backoff): then an acquire for any peer can wait for it. */
 static bool any_peer_could_serve(pp_pool_t *pool) {
-  for (pp__link_t *l = pool->peers.next; l != &pool->peers; l = l->next) {
-    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, order_link);
-    if (!peer->burned && (peer->conns > 0 || pp__peer_is_fresh(peer))) return true;
-  }
-  return false;
+  return pool->live_peers > 0 || pp__any_dial_candidate(pool);
 }
 
 int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acquire_opts_t *opts,
@@ -406,7 +399,7 @@ int pp_release(pp_lease_t *lease, int status) {
   pp__conn_unlease(conn, lease);
   lease->state_ = PP_LEASE_UNUSED;
   pool->stats.releases++;
-  if (status < 0) pool->stats.released_broken++;
+  if (status < 0 && status != PP_ENOREUSE) pool->stats.released_broken++;
   pp__conn_released(conn, status);
   return 0;
 }

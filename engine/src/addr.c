@@ -34,11 +34,17 @@ int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *
   if (strncmp(addr, "unix:", 5) == 0 || addr[0] == '/' || strncmp(addr, "./", 2) == 0) {
     const char *path = strncmp(addr, "unix:", 5) == 0 ? addr + 5 : addr;
     if (*path == '\0') FAIL("unix socket path must not be empty");
-    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-      FAIL("unix socket path is too long (at most 107 bytes)");
+    /* A relative path after "unix:" is spelled "./path", so that the canonical spelling reads
+     * back as a unix path and not as host:port ("unix:x.sock" and "./x.sock" are one peer). */
+    const char *dot = path[0] != '/' && strncmp(path, "./", 2) != 0 ? "./" : "";
+    size_t len = strlen(dot) + strlen(path);
+    if (len >= sizeof(((struct sockaddr_un *)0)->sun_path))
+      FAIL("unix socket path is too long (at most 107 bytes, with ./ before a relative path)");
     *is_pipe = true;
-    *canonical = strdup(path);
-    return *canonical ? 0 : UV_ENOMEM;
+    *canonical = malloc(len + 1);
+    if (*canonical == NULL) return UV_ENOMEM;
+    snprintf(*canonical, len + 1, "%s%s", dot, path);
+    return 0;
   }
   *is_pipe = false;
   memset(sa, 0, sizeof(*sa));
@@ -49,6 +55,8 @@ int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *
     if (len == 0 || len >= sizeof(host)) FAIL("IPv6 address inside [] is malformed");
     memcpy(host, addr + 1, len);
     host[len] = '\0';
+    /* The canonical spelling has no zone, so two zones would be one peer with the wrong one. */
+    if (strchr(host, '%')) FAIL("IPv6 zone ids ([addr%zone]) are not supported");
     if (close[1] != ':') FAIL("IPv6 address must be followed by :port");
     if (parse_port(close + 2, &port) != 0) FAIL("port must be an integer in 1..65535");
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)sa;

@@ -110,11 +110,10 @@ int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
     owner->dial_ = conn;
     pool->dial_owners++;
   }
-  uint64_t now = uv_now(pool->loop);
-  if (peer->retry_at > now) {
+  if (peer->retry_at > pp__now(pool)) {
     /* The peer is in backoff: the first attempt waits for its retry time. */
     set_phase(conn, PP_CONN_BACKOFF);
-    uv_timer_start(&conn->timer, on_backoff_done, peer->retry_at - now, 0);
+    pp__timer_start_at(pool, &conn->timer, on_backoff_done, peer->retry_at);
     pp__peer_update_state(peer);
   } else {
     start_attempt(conn);
@@ -145,13 +144,14 @@ static void on_connect(uv_connect_t *req, int status) {
   pp_conn_t *conn = req->data;
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  if (conn->phase != PP_CONN_DIALING) return; /* timed out or closed: already handled */
+  /* Timed out, closed, or its socket is being dropped (UV_ECANCELED): already handled. */
+  if (conn->phase != PP_CONN_DIALING || conn->hstate != H_OPEN) return;
   if (status < 0) {
     attempt_failed(conn, status);
     return;
   }
   uv_timer_stop(&conn->timer);
-  double ms = (double)(uv_now(pool->loop) - conn->attempt_started);
+  double ms = (double)(pp__now(pool) - conn->attempt_started);
   pool->connect_latency_sum += ms;
   if (ms > pool->stats.connect_latency_ms_max) pool->stats.connect_latency_ms_max = ms;
   peer->latency_ms = peer->latency_ms == 0 ? ms : peer->latency_ms * 0.8 + ms * 0.2;
@@ -165,7 +165,8 @@ static void on_connect(uv_connect_t *req, int status) {
   if (pool->policy.handshake) {
     set_phase(conn, PP_CONN_HANDSHAKE);
     conn->hook_running = true;
-    uv_timer_start(&conn->timer, on_handshake_timeout, (uint64_t)pool->opts.handshake_timeout, 0);
+    pp__timer_start(pool, &conn->timer, on_handshake_timeout,
+                    (uint64_t)pool->opts.handshake_timeout);
     pp__peer_update_state(peer);
     pool->policy.handshake(pool->policy.data, conn);
     return; /* the hook may have completed (or failed) the conn already */
@@ -183,7 +184,7 @@ static void start_attempt(pp_conn_t *conn) {
   peer->attempts++;
   pool->stats.connect_attempts++;
   set_phase(conn, PP_CONN_DIALING);
-  conn->attempt_started = uv_now(pool->loop);
+  conn->attempt_started = pp__now(pool);
   conn->connect_req.data = conn;
   if (peer->is_pipe) {
     err = uv_pipe_init(pool->loop, &conn->h.pipe, 0);
@@ -205,19 +206,22 @@ static void start_attempt(pp_conn_t *conn) {
     attempt_failed(conn, err);
     return;
   }
-  uv_timer_start(&conn->timer, on_connect_timeout, (uint64_t)pool->opts.connect_timeout, 0);
+  pp__timer_start(pool, &conn->timer, on_connect_timeout, (uint64_t)pool->opts.connect_timeout);
 }
 
 static void on_attempt_closed(uv_handle_t *handle);
 static void on_attempt_timer(uv_timer_t *timer);
 
 /* One attempt failed: drop its socket; once the socket is closed, decide (on_attempt_closed)
- * between another attempt after the backoff delay, giving up, or burning the peer. */
+ * between another attempt after the backoff delay, giving up, or burning the peer. A local
+ * failure (this machine out of fds or memory) keeps the conn dialling until then: the peer
+ * did nothing wrong, so it never shows as failed. */
 static void attempt_failed(pp_conn_t *conn, int err) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
+  bool local = pp__err_is_local(err);
   conn->last_error = err;
-  peer->last_error = err;
+  if (!local) peer->last_error = err;
   pool->stats.connects_failed++;
   if (conn->hook_running) {
     conn->hook_running = false;
@@ -227,11 +231,11 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   conn->read_cb = NULL;
   conn->kept_len = 0;
   conn->kept_error = 0;
-  set_phase(conn, PP_CONN_BACKOFF);
+  set_phase(conn, local ? PP_CONN_DIALING : PP_CONN_BACKOFF);
   if (conn->hstate == H_OPEN)
     close_handle(conn, on_attempt_closed);
   else
-    uv_timer_start(&conn->timer, on_attempt_timer, 0, 0); /* no socket: decide on next tick */
+    pp__timer_start(pool, &conn->timer, on_attempt_timer, 0); /* no socket: decide next tick */
   pp__peer_update_state(peer);
 }
 
@@ -244,6 +248,13 @@ static void after_attempt(pp_conn_t *conn) {
     pp__maybe_finish(pool);
     return;
   }
+  if (pp__err_is_local(conn->last_error)) {
+    /* No backoff and no further attempt (they would fail alike): the owner hears the error
+     * itself at once, and the next acquire dials again. */
+    pp__dial_failed(conn, conn->last_error);
+    pp__conn_close(conn, PP_CLOSE_CLOSED);
+    return;
+  }
   peer->connect_failures++;
   int64_t delay = pp__backoff(peer, peer->connect_failures, conn->last_error);
   if (delay < 0) {
@@ -252,11 +263,11 @@ static void after_attempt(pp_conn_t *conn) {
     return;
   }
   if (conn->attempt <= pool->opts.retries) {
-    uv_timer_start(&conn->timer, on_backoff_done, (uint64_t)delay, 0);
+    pp__timer_start(pool, &conn->timer, on_backoff_done, (uint64_t)delay);
     pp__peer_update_state(peer);
     return;
   }
-  peer->retry_at = uv_now(pool->loop) + (uint64_t)delay;
+  peer->retry_at = pp__now(pool) + (uint64_t)delay;
   pp__dial_failed(conn, PP_ECANNOTCONNECT);
   pp__conn_close(conn, PP_CLOSE_CLOSED);
 }
@@ -295,9 +306,9 @@ static void on_ping_timeout(uv_timer_t *timer) {
 }
 
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms) {
-  const pp_pool_t *pool = conn->pool;
+  pp_pool_t *pool = conn->pool;
   return pool->policy.ping && conn->leases == 0 && idle_ms > 0 &&
-         uv_now(pool->loop) - conn->last_used >= idle_ms;
+         pp__now(pool) - conn->last_used >= idle_ms;
 }
 
 void pp__conn_ping(pp_conn_t *conn) {
@@ -307,7 +318,7 @@ void pp__conn_ping(pp_conn_t *conn) {
   conn->hook_running = true;
   pool->stats.pings++;
   uv_ref((uv_handle_t *)&conn->timer); /* a running ping keeps the loop alive */
-  uv_timer_start(&conn->timer, on_ping_timeout, (uint64_t)pool->opts.handshake_timeout, 0);
+  pp__timer_start(pool, &conn->timer, on_ping_timeout, (uint64_t)pool->opts.handshake_timeout);
   pool->policy.ping(pool->policy.data, conn);
 }
 
@@ -326,7 +337,7 @@ int pp_conn_ping_done(pp_conn_t *conn, int status) {
     pp__conn_close(conn, PP_CLOSE_PING);
     return 0;
   }
-  conn->last_used = uv_now(pool->loop);
+  conn->last_used = pp__now(pool);
   arm_lifespan(conn);
   if (pp__conn_lendable(conn)) {
     pp__peer_mark_usable(conn->peer, conn);
@@ -346,15 +357,13 @@ static void on_lifespan(uv_timer_t *timer) {
 
 static void arm_lifespan(pp_conn_t *conn) {
   if (conn->expires_at == 0) return;
-  uint64_t now = uv_now(conn->pool->loop);
-  uint64_t at = (uint64_t)conn->expires_at;
-  uv_timer_start(&conn->timer, on_lifespan, at > now ? at - now : 0, 0);
+  pp__timer_start_at(conn->pool, &conn->timer, on_lifespan, (uint64_t)conn->expires_at);
 }
 
 static void conn_ready(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp__now(pool);
   uv_timer_stop(&conn->timer);
   conn->read_cb = NULL; /* a handshake hook's reader ends with the handshake */
   set_phase(conn, PP_CONN_READY);
@@ -399,6 +408,8 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   pp__list_push(&conn->lease_list, &lease->qlink_);
   lease->conn = conn;
   lease->peer = peer;
+  /* The cached loop time will do: this stamp only feeds pp_conn_idle_ms while the conn is
+   * leased, and the release stamps again from the clock (idle time counts from there). */
   conn->last_used = uv_now(conn->pool->loop);
   if (pp__conn_lendable(conn)) pp__peer_mark_usable(peer, conn);
 }
@@ -416,14 +427,19 @@ void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
       uv_unref(&conn->h.handle);
     }
   }
-  conn->last_used = uv_now(conn->pool->loop);
+  conn->last_used = pp__stamp(conn->pool);
 }
 
-/* A lease of `conn` ended (status < 0: released as broken, which closes the conn for every
- * holder). Returns the conn to service, or closes it; frees a conn that was already closed. */
+/* A lease of `conn` ended (status < 0: released as not reusable or broken, which closes the
+ * conn for every holder). Returns the conn to service, or closes it; frees a conn that was
+ * already closed. */
 void pp__conn_released(pp_conn_t *conn, int status) {
   if (conn->phase == PP_CONN_CLOSED) {
     pp__conn_maybe_free(conn);
+    return;
+  }
+  if (status == PP_ENOREUSE) { /* not lent again, and not the peer's failure */
+    pp__conn_close(conn, PP_CLOSE_DISCARDED);
     return;
   }
   if (status < 0) {
@@ -445,7 +461,7 @@ void pp__conn_released(pp_conn_t *conn, int status) {
     pp__conn_close(conn, peer->burned ? PP_CLOSE_CLOSED : PP_CLOSE_BROKEN);
     return;
   }
-  if (conn->leases == 0 && peer->retry_at > uv_now(conn->pool->loop)) {
+  if (conn->leases == 0 && pp__ahead(conn->pool, peer->retry_at)) {
     pp__conn_close(conn, PP_CLOSE_EJECTED); /* its peer is cooling down */
     return;
   }
@@ -661,6 +677,11 @@ int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsig
   return uv_write(&req->uv_, &conn->h.stream, bufs, nbufs, on_write);
 }
 
+size_t pp_conn_write_queue_size(const pp_conn_t *conn) {
+  if (conn->hstate != H_OPEN) return 0;
+  return uv_stream_get_write_queue_size(&conn->h.stream);
+}
+
 /* ---- closing --------------------------------------------------------------------------- */
 
 void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
@@ -730,7 +751,7 @@ int pp_conn_is_broken(const pp_conn_t *conn) {
   return conn->broken || conn->phase == PP_CONN_CLOSED;
 }
 uint64_t pp_conn_idle_ms(const pp_conn_t *conn) {
-  uint64_t now = uv_now(conn->pool->loop);
+  uint64_t now = pp__now(conn->pool);
   return now > conn->last_used ? now - conn->last_used : 0;
 }
 void *pp_conn_get_data(const pp_conn_t *conn) {

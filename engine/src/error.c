@@ -1,7 +1,11 @@
 /* Error names and messages: ours from PP_ERRNO_MAP, libuv's passed through. */
-#include "peerpool.h"
+#include "internal.h"
 
 #include <string.h>
+
+bool pp__err_is_local(int err) {
+  return err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS;
+}
 
 /* libuv allocates (and never frees) a string for a code it does not know; ask it through
  * the buffer variant first so unknown codes cost nothing. */

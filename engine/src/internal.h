@@ -153,6 +153,17 @@ struct pp_peer_s {
   pp__link_t waiting_link; /* pool->waiting_peers while waiters.count > 0 */
   pp_peer_t *hash_next;
   void *data;
+  /* Its place among dial candidates (peer.c keeps it in step in pp__peer_update_state). A peer
+   * that may be dialled (not burned, fresh, under max_per_peer) is in pool->dialable, or in
+   * pool->backoff until its retry time; burned, stale and full peers are in neither. */
+  uint64_t seq;                 /* insertion number: ties in the heaps go to the older peer */
+  pp__link_t dial_link;         /* pool->dialable */
+  pp__link_t bare_link;         /* pool->dialable_bare: in pool->dialable with no conn */
+  pp__heap_node_t backoff_node; /* pool->backoff while backoff_key != 0 */
+  uint64_t backoff_key;         /* its retry_at when it entered pool->backoff */
+  pp__heap_node_t fresh_node;   /* pool->freshness while stale_at != 0 */
+  int64_t stale_at;             /* Unix ms after which its address is too old to dial */
+  bool live;                    /* not burned and holding a conn: counted in pool->live_peers */
 };
 
 struct pp_pool_s {
@@ -172,7 +183,16 @@ struct pp_pool_s {
   pp__link_t peers;
   pp__link_t usable_peers; /* round-robin ring of peers with a usable conn */
   pp__link_t waiting_peers;
-  pp_peer_t *dial_cursor;
+  /* Dial candidates, so that choosing a peer to dial costs the same however many peers are
+   * burned, stale, full or backing off: */
+  pp__link_t dialable;      /* round-robin ring of peers that may be dialled now */
+  pp__link_t dialable_bare; /* those of them with no conn at all (target_peers maintenance) */
+  pp__heap_t backoff;       /* peers that may be dialled once their retry time passes, soonest
+                               first */
+  pp__heap_t freshness;     /* candidate peers by when their address goes stale, soonest first */
+  int live_peers;           /* peers not burned with at least one conn */
+  uint64_t peer_seq;
+  uint64_t candidate_visits; /* peers looked at to choose one to dial (tests bound the walk) */
   /* conns */
   int total;                       /* conns counted toward max_total */
   int dialing, idle_count, active; /* gauges: connecting, idle, leased conns */
@@ -212,6 +232,11 @@ struct pp__event_s {
   unsigned char from, to;
 };
 
+/* ---- error.c --------------------------------------------------------------------------- */
+/* Whether `err` says this machine is short of a resource (fds, memory, buffers) rather than
+ * that the peer failed. */
+bool pp__err_is_local(int err);
+
 /* ---- pool.c ---------------------------------------------------------------------------- */
 void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status);
 void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status);
@@ -221,16 +246,44 @@ void pp__maybe_finish(pp_pool_t *pool);
 uint64_t pp__random(pp_pool_t *pool);
 void **pp__scratch(pp_pool_t *pool, int n);
 int64_t pp__unix_now_ms(void);
+/* The loop's time in ms, brought up to date first. uv_now() is cached when a loop iteration
+ * starts and lags behind after blocking work in a callback; every deadline, timeout and stamp
+ * of the engine is measured from this instead. */
+uint64_t pp__now(pp_pool_t *pool);
+/* Whether loop time `at` is still to come, reading the clock only when the cached loop time
+ * (never ahead of it) says so: cheap on the hot path when `at` has long passed (or is 0). */
+bool pp__ahead(pp_pool_t *pool, uint64_t at);
+/* The loop time for stamps on the hot path (when an idle conn was released): from the coarse
+ * monotonic clock, at most one tick (a few ms) behind the real time, never behind uv_now(), at
+ * a third of the cost of pp__now(). */
+uint64_t pp__stamp(pp_pool_t *pool);
+/* Start a one-shot `timer` to fire `ms` from now (libuv counts from the cached loop time). */
+void pp__timer_start(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t ms);
+/* Start a one-shot `timer` to fire at loop time `at` (at once if that has passed). */
+void pp__timer_start_at(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t at);
 void pp__idle_timer_arm(pp_pool_t *pool);
 /* Ask the seed hook for `wanted` addresses, if it has not been asked within seed_interval.
  * Returns whether a seed hook exists. */
 bool pp__request_seed(pp_pool_t *pool, int wanted);
 
 /* ---- peer.c ---------------------------------------------------------------------------- */
+/* Re-derive everything that follows from a peer's fields (burned, conns, retry_at, last_seen):
+ * its state (reporting a change) and its place among the dial candidates. Call it after
+ * changing any of them. */
 void pp__peer_update_state(pp_peer_t *peer);
+void pp__candidates_init(pp_pool_t *pool);
+/* Bring the dial candidates up to date with the clocks: addresses that aged out leave, peers
+ * whose retry time passed move from pool->backoff to pool->dialable. Amortised O(log n) per
+ * peer that changed; nothing else is looked at. */
+void pp__candidates_refresh(pp_pool_t *pool);
+/* Whether some peer may be dialled, now or once its backoff ends (max_total aside). */
+bool pp__any_dial_candidate(pp_pool_t *pool);
+/* The peer in backoff whose retry time comes first, or NULL. */
+pp_peer_t *pp__soonest_backoff(pp_pool_t *pool);
 bool pp__peer_is_fresh(const pp_peer_t *peer);
 bool pp__peer_can_dial(const pp_peer_t *peer); /* not burned, fresh, under both limits */
-/* Count a failure of `peer` (a broken conn, a failed ping); at eject_after in a row, eject it. */
+/* Count a failure of `peer` (a broken conn, a failed ping); at eject_after in a row, eject it.
+ * A local error (pp__err_is_local) counts nothing. */
 void pp__peer_failed(pp_peer_t *peer, int err);
 void pp__peer_free(pp_peer_t *peer);
 void pp__peer_mark_usable(pp_peer_t *peer, pp_conn_t *conn);

@@ -75,8 +75,8 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
       peer->connect_failures = 0;
       peer->ejections = 0;
       peer->retry_at = 0;
-      pp__peer_update_state(peer);
     }
+    pp__peer_update_state(peer);
     if (out) *out = peer;
     return 0;
   }
@@ -93,6 +93,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   peer->is_pipe = is_pipe;
   peer->last_seen = last_seen_ms;
   peer->state = PP_PEER_KNOWN;
+  peer->seq = ++pool->peer_seq;
   pp__list_init(&peer->conns_list);
   for (int i = 0; i < limit; i++)
     pp__list_init(&peer->buckets[i]);
@@ -101,6 +102,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   if (table_insert(pool, peer) != 0) goto nomem;
   pp__list_push(&pool->peers, &peer->order_link);
   pool->stats.peers_by_state[PP_PEER_KNOWN]++;
+  pp__peer_update_state(peer);
   if (out) *out = peer;
   /* Acquires for any peer may be waiting for exactly this. */
   if (pool->any_waiters.count > 0) pp__capacity_opened(pool);
@@ -147,23 +149,124 @@ int pp_pool_foreach_peer(pp_pool_t *pool, int (*fn)(pp_peer_t *, void *), void *
   return 0;
 }
 
+/* ---- dial candidates: kept in step with each peer's fields ----------------------------- */
+
+static int backoff_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
+  const pp_peer_t *x = PP__CONTAINER(a, pp_peer_t, backoff_node);
+  const pp_peer_t *y = PP__CONTAINER(b, pp_peer_t, backoff_node);
+  if (x->backoff_key != y->backoff_key) return x->backoff_key < y->backoff_key;
+  return x->seq < y->seq;
+}
+
+static int freshness_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
+  const pp_peer_t *x = PP__CONTAINER(a, pp_peer_t, fresh_node);
+  const pp_peer_t *y = PP__CONTAINER(b, pp_peer_t, fresh_node);
+  if (x->stale_at != y->stale_at) return x->stale_at < y->stale_at;
+  return x->seq < y->seq;
+}
+
+void pp__candidates_init(pp_pool_t *pool) {
+  pp__list_init(&pool->dialable);
+  pp__list_init(&pool->dialable_bare);
+  pp__heap_init(&pool->backoff, backoff_less);
+  pp__heap_init(&pool->freshness, freshness_less);
+}
+
+/* The heaps are keyed by copies (backoff_key, stale_at), so a field that changes between two
+ * updates never breaks their order; 0 means "not in the heap". */
+static void set_backoff_key(pp_peer_t *peer, uint64_t key) {
+  pp_pool_t *pool = peer->pool;
+  if (peer->backoff_key == key) return;
+  if (peer->backoff_key) pp__heap_remove(&pool->backoff, &peer->backoff_node);
+  peer->backoff_key = key;
+  if (key) pp__heap_insert(&pool->backoff, &peer->backoff_node);
+}
+
+static void set_stale_at(pp_peer_t *peer, int64_t at) {
+  pp_pool_t *pool = peer->pool;
+  if (peer->stale_at == at) return;
+  if (peer->stale_at) pp__heap_remove(&pool->freshness, &peer->fresh_node);
+  peer->stale_at = at;
+  if (at) pp__heap_insert(&pool->freshness, &peer->fresh_node);
+}
+
+static void set_linked(pp__link_t *ring, pp__link_t *link, bool in) {
+  if (pp__linked(link) == in) return;
+  if (in)
+    pp__list_push(ring, link);
+  else
+    pp__list_remove(link);
+}
+
+static bool fresh_at(const pp_peer_t *peer, int64_t unix_now) {
+  int64_t age = peer->pool->opts.max_address_age;
+  return age == 0 || unix_now - peer->last_seen <= age;
+}
+
+/* Put `peer` where its fields say, as of loop time `now` and Unix time `unix_now`. */
+static void place_candidate(pp_peer_t *peer, uint64_t now, int64_t unix_now) {
+  pp_pool_t *pool = peer->pool;
+  int64_t age = pool->opts.max_address_age;
+  bool live = !peer->burned && peer->conns > 0;
+  if (live != peer->live) {
+    peer->live = live;
+    pool->live_peers += live ? 1 : -1;
+  }
+  bool may = !peer->burned && peer->conns < pool->opts.max_per_peer && fresh_at(peer, unix_now);
+  bool later = may && peer->retry_at > now;
+  int64_t stale_at = 0;
+  if (may && age > 0)
+    stale_at = peer->last_seen > INT64_MAX - age ? INT64_MAX : peer->last_seen + age;
+  set_stale_at(peer, stale_at);
+  set_backoff_key(peer, later ? peer->retry_at : 0);
+  set_linked(&pool->dialable, &peer->dial_link, may && !later);
+  set_linked(&pool->dialable_bare, &peer->bare_link, may && !later && peer->conns == 0);
+}
+
+void pp__candidates_refresh(pp_pool_t *pool) {
+  uint64_t now = pp__now(pool);
+  int64_t unix_now = pp__unix_now_ms();
+  while (pool->freshness.min) {
+    pp_peer_t *peer = PP__CONTAINER(pool->freshness.min, pp_peer_t, fresh_node);
+    if (peer->stale_at >= unix_now) break;
+    pool->candidate_visits++;
+    place_candidate(peer, now, unix_now); /* stale now: leaves every candidate structure */
+  }
+  while (pool->backoff.min) {
+    pp_peer_t *peer = PP__CONTAINER(pool->backoff.min, pp_peer_t, backoff_node);
+    if (peer->backoff_key > now) break;
+    pool->candidate_visits++;
+    place_candidate(peer, now, unix_now); /* its retry time passed (or moved later) */
+  }
+}
+
+bool pp__any_dial_candidate(pp_pool_t *pool) {
+  pp__candidates_refresh(pool);
+  return !pp__list_empty(&pool->dialable) || pool->backoff.min != NULL;
+}
+
+pp_peer_t *pp__soonest_backoff(pp_pool_t *pool) {
+  return pool->backoff.min ? PP__CONTAINER(pool->backoff.min, pp_peer_t, backoff_node) : NULL;
+}
+
 /* ---- state: derived from the conns, never set by hand ---------------------------------- */
 
-static pp_peer_state_t derive_state(const pp_peer_t *peer) {
+static pp_peer_state_t derive_state(const pp_peer_t *peer, uint64_t now) {
   if (peer->burned) return PP_PEER_BURNED;
   int ready = peer->conns - peer->dialing - peer->backoff - peer->handshaking;
   if (ready > 0) return PP_PEER_READY;
   if (peer->handshaking > 0) return PP_PEER_CONNECTED;
   if (peer->dialing > 0) return PP_PEER_CONNECTING;
-  if (peer->backoff > 0 || peer->failures > 0 || peer->connect_failures > 0 ||
-      peer->retry_at > uv_now(peer->pool->loop))
+  if (peer->backoff > 0 || peer->failures > 0 || peer->connect_failures > 0 || peer->retry_at > now)
     return PP_PEER_FAILED;
   if (peer->ever_connected) return PP_PEER_DISCONNECTED;
   return PP_PEER_KNOWN;
 }
 
 void pp__peer_update_state(pp_peer_t *peer) {
-  pp_peer_state_t to = derive_state(peer);
+  uint64_t now = pp__now(peer->pool);
+  place_candidate(peer, now, pp__unix_now_ms());
+  pp_peer_state_t to = derive_state(peer, now);
   if (to == peer->state) return;
   pp_pool_t *pool = peer->pool;
   pp_peer_state_t from = peer->state;
@@ -175,6 +278,7 @@ void pp__peer_update_state(pp_peer_t *peer) {
 
 void pp__peer_failed(pp_peer_t *peer, int err) {
   pp_pool_t *pool = peer->pool;
+  if (pp__err_is_local(err)) return; /* this machine's shortage, not the peer's failure */
   peer->failures++;
   peer->last_error = err;
   int limit = pool->opts.eject_after;
@@ -187,7 +291,7 @@ void pp__peer_failed(pp_peer_t *peer, int err) {
     peer->ejections++;
     pool->stats.ejections++;
     peer->failures = 0;
-    peer->retry_at = uv_now(pool->loop) + cool;
+    peer->retry_at = pp__now(pool) + cool;
     pp__link_t *l = peer->conns_list.next;
     while (l != &peer->conns_list) {
       pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
@@ -200,8 +304,7 @@ void pp__peer_failed(pp_peer_t *peer, int err) {
 }
 
 bool pp__peer_is_fresh(const pp_peer_t *peer) {
-  int64_t age = peer->pool->opts.max_address_age;
-  return age == 0 || pp__unix_now_ms() - peer->last_seen <= age;
+  return fresh_at(peer, pp__unix_now_ms());
 }
 
 bool pp__peer_can_dial(const pp_peer_t *peer) {

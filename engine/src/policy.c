@@ -73,28 +73,41 @@ static pp_peer_t *select_usable(pp_pool_t *pool, const char *key) {
   return chosen;
 }
 
-/* Peers that may be dialled, starting at the rotating cursor; those not waiting out a backoff
- * come first. */
-static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool fresh_only) {
-  pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
-  if (peers == NULL || pool->npeers == 0) return NULL;
-  uint64_t now = uv_now(pool->loop);
-  pp__link_t *start = pool->dial_cursor ? &pool->dial_cursor->order_link : pool->peers.next;
-  int n = 0, waiting = 0;
-  pp_peer_t *in_backoff[4];
-  pp__link_t *l = start;
-  for (unsigned int i = 0; i < pool->npeers && n < PP__CANDIDATES_MAX; i++, l = l->next) {
-    if (l == &pool->peers) l = l->next; /* skip the list head */
-    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, order_link);
-    if (!pp__peer_can_dial(peer) || (fresh_only && peer->conns > 0)) continue;
-    if (peer->retry_at > now) {
-      if (waiting < 4) in_backoff[waiting++] = peer;
-      continue;
-    }
-    peers[n++] = peer;
+/* Up to `max` peers of a candidate ring, from its head (the peer dialled longest ago). */
+static int ring_candidates(pp__link_t *ring, size_t link_offset, pp_peer_t **out, int max) {
+  int n = 0;
+  for (pp__link_t *l = ring->next; l != ring && n < max; l = l->next)
+    out[n++] = (pp_peer_t *)((char *)l - link_offset);
+  return n;
+}
+
+/* Move `peer` to the tail of the candidate rings it is in, so the next choice starts after it. */
+static void rotate_dialable(pp_pool_t *pool, pp_peer_t *peer) {
+  if (pp__linked(&peer->dial_link)) {
+    pp__list_remove(&peer->dial_link);
+    pp__list_push(&pool->dialable, &peer->dial_link);
   }
-  for (int i = 0; n == 0 && i < waiting; i++)
-    peers[n++] = in_backoff[i];
+  if (pp__linked(&peer->bare_link)) {
+    pp__list_remove(&peer->bare_link);
+    pp__list_push(&pool->dialable_bare, &peer->bare_link);
+  }
+}
+
+/* A peer to dial: among those that may be dialled now (with `bare`, only those with no conn),
+ * round robin; if there is none, the one whose backoff ends first (its dial waits for that).
+ * Only candidates are looked at, so the cost does not grow with burned, stale, full or
+ * backing-off peers. */
+static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool bare) {
+  pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
+  if (peers == NULL || pool->closing || pool->total >= pool->opts.max_total) return NULL;
+  pp__candidates_refresh(pool);
+  int n = bare ? ring_candidates(&pool->dialable_bare, offsetof(pp_peer_t, bare_link), peers,
+                                 PP__CANDIDATES_MAX)
+               : ring_candidates(&pool->dialable, offsetof(pp_peer_t, dial_link), peers,
+                                 PP__CANDIDATES_MAX);
+  pp_peer_t *soonest = n == 0 ? pp__soonest_backoff(pool) : NULL;
+  if (soonest && (!bare || soonest->conns == 0)) peers[n++] = soonest;
+  pool->candidate_visits += (uint64_t)n;
   if (n == 0) return NULL;
   pp_peer_t *chosen = peers[0];
   if (pool->policy.select_peer && n > 1) {
@@ -102,9 +115,7 @@ static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool fresh_o
                            pool->policy.select_peer(pool->policy.data, pool, peers, n, 1, key), n);
     if (i >= 0) chosen = peers[i];
   }
-  pp__link_t *next = chosen->order_link.next;
-  if (next == &pool->peers) next = next->next;
-  pool->dial_cursor = next == &pool->peers ? NULL : PP__CONTAINER(next, pp_peer_t, order_link);
+  rotate_dialable(pool, chosen);
   return chosen;
 }
 

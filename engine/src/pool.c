@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void defer_run(uv_check_t *check);
 static void idle_timer_cb(uv_timer_t *timer);
@@ -48,9 +49,11 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   pp__list_init(&pool->defer_notices);
   pp__list_init(&pool->defer_conns);
   queue_init(&pool->any_waiters);
+  pp__candidates_init(pool);
   pp__heap_init(&pool->deadlines, deadline_less);
   pool->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)pool ^ 0x9E3779B97F4A7C15ull;
   if (pool->rng == 0) pool->rng = 1;
+  uv_update_time(loop); /* the repeating timers below count from now */
   uv_timer_init(loop, &pool->idle_timer);
   uv_timer_init(loop, &pool->deadline_timer);
   uv_timer_init(loop, &pool->keepalive_timer);
@@ -295,14 +298,13 @@ void pp__idle_timer_arm(pp_pool_t *pool) {
   if (pool->opts.idle_timeout == 0 || pool->closing || pp__list_empty(&pool->idle)) return;
   if (uv_is_active((uv_handle_t *)&pool->idle_timer)) return;
   pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
-  uint64_t due = oldest->last_used + (uint64_t)pool->opts.idle_timeout;
-  uint64_t now = uv_now(pool->loop);
-  uv_timer_start(&pool->idle_timer, idle_timer_cb, due > now ? due - now : 0, 0);
+  pp__timer_start_at(pool, &pool->idle_timer, idle_timer_cb,
+                     oldest->last_used + (uint64_t)pool->opts.idle_timeout);
 }
 
 static void idle_timer_cb(uv_timer_t *timer) {
   pp_pool_t *pool = timer->data;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp__now(pool);
   while (!pp__list_empty(&pool->idle)) {
     pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
     if (oldest->last_used + (uint64_t)pool->opts.idle_timeout > now) break;
@@ -343,7 +345,7 @@ static void maintenance_timer_cb(uv_timer_t *timer) {
 
 bool pp__request_seed(pp_pool_t *pool, int wanted) {
   if (pool->policy.seed == NULL || pool->closing) return false;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp__now(pool);
   if (pool->last_seed != 0 && now - pool->last_seed < (uint64_t)pool->opts.seed_interval)
     return true;
   pool->last_seed = now ? now : 1;
@@ -389,6 +391,40 @@ void **pp__scratch(pp_pool_t *pool, int n) {
     pool->scratch_cap = cap;
   }
   return pool->scratch;
+}
+
+uint64_t pp__now(pp_pool_t *pool) {
+  uv_update_time(pool->loop);
+  return uv_now(pool->loop);
+}
+
+bool pp__ahead(pp_pool_t *pool, uint64_t at) {
+  return at > uv_now(pool->loop) && at > pp__now(pool);
+}
+
+uint64_t pp__stamp(pp_pool_t *pool) {
+  uint64_t now = uv_now(pool->loop);
+#ifdef CLOCK_MONOTONIC_COARSE
+  /* libuv reads its loop time from CLOCK_MONOTONIC (or its coarse variant): one timeline. */
+  struct timespec ts;
+  if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0) {
+    uint64_t coarse = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    if (coarse > now) now = coarse;
+  }
+  return now;
+#else
+  return pp__now(pool);
+#endif
+}
+
+void pp__timer_start(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t ms) {
+  uv_update_time(pool->loop);
+  uv_timer_start(timer, cb, ms, 0);
+}
+
+void pp__timer_start_at(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t at) {
+  uint64_t now = pp__now(pool);
+  uv_timer_start(timer, cb, at > now ? at - now : 0, 0);
 }
 
 int64_t pp__unix_now_ms(void) {

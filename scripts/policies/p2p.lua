@@ -3,7 +3,9 @@
 --
 --   * addresses come from DNS seeds (seed_dns, A/AAAA through the loop's resolver, port 8333),
 --     and from `fixed_seeds` (seed_static) when DNS gives nothing; the pool asks for them when
---     its target_peers maintenance runs out of candidates;
+--     its target_peers maintenance runs out of candidates. There are none by default (a
+--     default must never send traffic anywhere real): name your network's, or start from an
+--     address book or pool:add_peer;
 --   * a new conn must complete a handshake: we send "VERSION <version>\r\n" and the peer must
 --     answer a line starting with "VERACK" (a line-based stand-in for Bitcoin's version/verack
 --     exchange: replace handshake() for a real network);
@@ -25,7 +27,7 @@
 -- another candidate; idle_timeout/max_lifespan = 0: peers are kept as long as they work.)
 --
 -- Options (p2p.new{...}):
---   dns_seeds = { "seed.example.net" }   DNS seed names
+--   dns_seeds = {}                       DNS seed names (none by default)
 --   port = 8333                          their port
 --   fixed_seeds = {}                     addresses used when DNS gives none
 --   target_peers = 8                     ready peers to keep (goes into pool_options)
@@ -37,7 +39,7 @@
 --   random = math.random                 function(n) -> 1..n, for the choice of peers to dial
 --
 -- Example:
---   local p2p = require "peerpool.policies.p2p".new{ dns_seeds = { "seed.mynet.org" } }
+--   local p2p = require "peerpool.policies.p2p".new{ dns_seeds = { "seed.mynet.example" } }
 --   local opts = p2p.pool_options
 --   opts.policy, opts.address_book = p2p, "peers.book"
 --   local pool = peerpool.new(opts)
@@ -49,7 +51,7 @@ local backoff_exponential = require "peerpool.policies.backoff_exponential"
 local least_loaded = require "peerpool.policies.least_loaded"
 
 local DEFAULTS = {
-  dns_seeds = { { "seed.example.net" }, "strings" },
+  dns_seeds = { {}, "strings" },
   port = { 8333, "port" },
   fixed_seeds = { {}, "strings" },
   target_peers = { 8, "positive_integer" },

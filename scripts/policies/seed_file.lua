@@ -5,8 +5,10 @@
 --   10.0.0.2:8333 1767225600000        <- optional last_seen, Unix time in ms
 --
 -- Anything after the timestamp is ignored, so a peerpool address book ("addr last_seen
--- source") is a valid seed file. An address without a timestamp counts as seen now; one with
--- an old timestamp is known but not dialled once older than the pool's max_address_age.
+-- source [tags]") is a valid seed file; the %-escaped addresses of a v2 book (first line
+-- "# peerpool address book v2") are decoded. An address without a timestamp counts as seen
+-- now; one with an old timestamp is known but not dialled once older than the pool's
+-- max_address_age.
 -- The file is read again at every call (edit it while the pool runs). Good lines are added
 -- even when others are bad; the first bad line is then raised as the hook's error (logged and
 -- counted in stats().hooks.seed). A missing file is an error too.
@@ -36,11 +38,15 @@ local function new(opts)
   function M.seed(ctx)
     local f, err = io.open(path, "r")
     if not f then error("seed_file: cannot open " .. tostring(err), 0) end
-    local n, bad = 0, nil
+    local n, bad, escaped = 0, nil, false
     for line in f:lines() do
       n = n + 1
+      escaped = escaped or (n == 1 and line:match("^# peerpool address book v2%s*$") ~= nil)
       local addr, seen = line:match("^%s*([^%s#]%S*)%s*(%S*)")
       if seen and seen:sub(1, 1) == "#" then seen = "" end
+      if addr and escaped then
+        addr = addr:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end)
+      end
       if addr then
         local last_seen = nil
         if seen ~= "" then last_seen = math.tointeger(tonumber(seen)) end

@@ -6,6 +6,8 @@
 #ifndef PP_FIXTURES_H
 #define PP_FIXTURES_H
 
+#include <sys/resource.h>
+
 #include "servers.h"
 #include "test.h"
 
@@ -29,5 +31,23 @@ void fixture_end(fixture_t *f);
 pp_pool_t *test_pool_on(const srv_t *srv, const pp_options_t *opts, pp_peer_t **peer);
 /* test_finish(pool), then srv_stop(srv): the end of a test with one server. */
 void test_finish_srv(pp_pool_t *pool, srv_t *srv);
+
+/* Run `fn(arg)` from inside a loop callback (in the check phase, where the pool delivers its
+ * own callbacks) that first blocks for `stall_ms`, as a slow callback would, so the loop's
+ * cached time lags that much behind when `fn` runs. Returns once `fn` ran; the helper's handle
+ * is closed again. */
+void test_after_stall(uint64_t stall_ms, void (*fn)(void *), void *arg);
+
+/* File descriptors held to exhaust the process's open-file limit. */
+typedef struct {
+  int fds[1024];
+  int n;
+  struct rlimit saved;
+} test_fds_t;
+/* Lower the soft open-file limit to `limit` (as `ulimit -n`) and open /dev/null until it is
+ * reached, so the next socket() fails with EMFILE. */
+void test_fds_exhaust(test_fds_t *t, int limit);
+/* Close what test_fds_exhaust opened and restore the limit. */
+void test_fds_release(test_fds_t *t);
 
 #endif /* PP_FIXTURES_H */

@@ -188,7 +188,7 @@ static void connection_cb(uv_stream_t *server, int status) {
   if (s->opts.close_after_ms > 0) {
     uv_timer_start(&c->timer, conn_timer_cb, (uint64_t)s->opts.close_after_ms, 0);
   }
-  uv_read_start(&c->h.stream, alloc_cb, read_cb);
+  if (!s->opts.no_read) uv_read_start(&c->h.stream, alloc_cb, read_cb);
 }
 
 static void close_all(srv_t *s) {

@@ -18,6 +18,7 @@ typedef struct {
                                bytes in all; 0 = never */
   int close_after_ms;       /* close each conn this long after accept; 0 = never */
   int no_echo;              /* swallow bytes instead of echoing them */
+  int no_read;              /* accept but never read: the client's writes back up */
 } srv_opts_t;
 
 /* An echo server on 127.0.0.1 (opts NULL = plain echo). */

@@ -84,6 +84,33 @@ TEST(addr_unix_relative_path) {
   test_finish(pool);
 }
 
+TEST(addr_unix_prefixed_relative_path_reads_back) {
+  /* The canonical spelling of "unix:x.sock" must read back as the same unix path (found by
+   * the round-trip property of spec/fuzz/fuzz_addr.c: it used to be "x.sock", host:port). */
+  char out[128];
+  ASSERT_OK(pp_addr_canonical("unix:x.sock", out, sizeof out, NULL));
+  ASSERT_STREQ(out, "./x.sock");
+  char again[128];
+  ASSERT_OK(pp_addr_canonical(out, again, sizeof again, NULL));
+  ASSERT_STREQ(again, out);
+  ASSERT_OK(pp_addr_canonical("unix:unix:x", out, sizeof out, NULL));
+  ASSERT_STREQ(out, "./unix:x");
+  pp_pool_t *pool = test_pool(NULL);
+  pp_peer_t *a = test_peer(pool, "unix:x.sock");
+  ASSERT_PTR_EQ(test_peer(pool, "./x.sock"), a);
+  ASSERT_PTR_EQ(pp_pool_find_peer(pool, pp_peer_addr(a)), a);
+  test_finish(pool);
+}
+
+TEST(addr_ipv6_zone_refused) {
+  /* The canonical spelling has no zone: "[fe80::1%lo]:5" and "[fe80::1%eth0]:5" would be one
+   * peer with one of their zones (and an unknown zone was silently ignored). */
+  pp_pool_t *pool = test_pool(NULL);
+  expect_malformed(pool, "[fe80::1%lo]:5");
+  expect_malformed(pool, "[::1%no-such-interface]:5");
+  test_finish(pool);
+}
+
 TEST(addr_malformed_refused) {
   pp_pool_t *pool = test_pool(NULL);
   const char *bad[] = {

@@ -1,6 +1,10 @@
 /* The shared fixtures of fixtures.h (no tests here). */
 #include "fixtures.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 fixture_t fixture_start(srv_t *srv, const pp_options_t *opts) {
   fixture_t f;
   pp_options_t d;
@@ -31,4 +35,62 @@ pp_pool_t *test_pool_on(const srv_t *srv, const pp_options_t *opts, pp_peer_t **
 void test_finish_srv(pp_pool_t *pool, srv_t *srv) {
   test_finish(pool);
   srv_stop(srv);
+}
+
+typedef struct {
+  uint64_t stall_ms;
+  void (*fn)(void *);
+  void *arg;
+  int ran, closed;
+} stall_t;
+
+/* A check callback, like the pool's own deferred callbacks: the next loop iteration runs its
+ * timers before it polls, so anything the stale clock made due fires first. */
+static void stall_cb(uv_check_t *c) {
+  stall_t *s = c->data;
+  uv_check_stop(c);
+  uint64_t end = uv_hrtime() + s->stall_ms * 1000000u;
+  while (uv_hrtime() < end) {
+  }
+  s->fn(s->arg);
+  s->ran = 1;
+}
+
+static void stall_closed(uv_handle_t *h) {
+  ((stall_t *)h->data)->closed = 1;
+}
+
+void test_after_stall(uint64_t stall_ms, void (*fn)(void *), void *arg) {
+  stall_t s = {stall_ms, fn, arg, 0, 0};
+  uv_check_t c;
+  uv_check_init(test_loop(), &c);
+  c.data = &s;
+  uv_check_start(&c, stall_cb);
+  RUN_UNTIL(s.ran, 5000);
+  uv_close((uv_handle_t *)&c, stall_closed);
+  RUN_UNTIL(s.closed, 1000);
+}
+
+void test_fds_exhaust(test_fds_t *t, int limit) {
+  if (getrlimit(RLIMIT_NOFILE, &t->saved) != 0) FAIL("getrlimit: %s", strerror(errno));
+  struct rlimit low = t->saved;
+  low.rlim_cur = (rlim_t)limit;
+  if (setrlimit(RLIMIT_NOFILE, &low) != 0) FAIL("setrlimit: %s", strerror(errno));
+  t->n = 0;
+  for (;;) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      ASSERT_EQ(errno, EMFILE);
+      return;
+    }
+    if (t->n == (int)(sizeof t->fds / sizeof t->fds[0]))
+      FAIL("open-file limit %d not reached", limit);
+    t->fds[t->n++] = fd;
+  }
+}
+
+void test_fds_release(test_fds_t *t) {
+  while (t->n > 0)
+    close(t->fds[--t->n]);
+  if (setrlimit(RLIMIT_NOFILE, &t->saved) != 0) FAIL("setrlimit: %s", strerror(errno));
 }

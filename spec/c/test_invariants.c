@@ -425,6 +425,10 @@ static void storm_setup(void) {
   st.opts.idle_timeout = 100;
   st.opts.max_lifespan = 300;
   st.opts.lifespan_jitter = 50;
+  /* An ejected peer's cool-down holds the dials of acquires without a deadline: keep it short,
+   * or the drain below waits out the 10 s default (and 20 s after a second ejection). */
+  st.opts.eject_time = 100;
+  st.opts.eject_max = 400;
   st.pool = test_pool(&st.opts);
   test_set_backoff(st.pool, storm_backoff, NULL);
   pp_pool_on_state(st.pool, test_state_cb);

@@ -407,3 +407,60 @@ TEST(io_late_reply_on_idle_conn_is_not_handed_to_the_next_lessee) {
   test_reader_free(&rd);
   fixture_end(&f);
 }
+
+TEST(io_write_queue_size_grows_while_the_peer_does_not_read) {
+  /* 32 MiB to a peer that never reads: the kernel takes a few MiB, the rest stays queued and
+   * shows in pp_conn_write_queue_size until the conn closes. */
+  srv_opts_t so = {0};
+  so.no_read = 1;
+  fixture_t f;
+  io_fixture(&f, srv_echo_start(&so));
+  pp_conn_t *c = f.held.conn;
+  ASSERT_EQ(pp_conn_write_queue_size(c), 0);
+  size_t n = 32u << 20;
+  char *data = calloc(1, n);
+  pp_write_t w;
+  test_rec_t wr = {0};
+  memset(&w, 0, sizeof w);
+  w.data = &wr;
+  uv_buf_t b = uv_buf_init(data, (unsigned int)n);
+  ASSERT_OK(pp_conn_write(&w, c, &b, 1, write_cb_rec));
+  size_t queued = pp_conn_write_queue_size(c);
+  ASSERT_GT(queued, 0);
+  ASSERT_LE(queued, n);
+  test_run_for(100); /* the kernel's buffers fill up; nothing more leaves */
+  size_t later = pp_conn_write_queue_size(c);
+  ASSERT_GT(later, n / 2);
+  ASSERT_LE(later, queued);
+  ASSERT_EQ(wr.calls, 0);
+  uv_buf_t one = uv_buf_init("x", 1);
+  ASSERT_ERR(pp_conn_try_write(c, &one, 1), UV_EAGAIN); /* queued bytes go first */
+  ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
+  RUN_UNTIL(wr.calls == 1, 2000);
+  ASSERT_ERR(wr.status, UV_ECANCELED);
+  free(data);
+  fixture_end(&f);
+}
+
+TEST(io_write_queue_size_drains_to_zero) {
+  fixture_t f;
+  io_fixture(&f, srv_echo_start(NULL));
+  test_reader_t rd = {0};
+  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
+  size_t n = 8u << 20;
+  char *data = calloc(1, n);
+  pp_write_t w;
+  test_rec_t wr = {0};
+  memset(&w, 0, sizeof w);
+  w.data = &wr;
+  uv_buf_t b = uv_buf_init(data, (unsigned int)n);
+  ASSERT_OK(pp_conn_write(&w, f.held.conn, &b, 1, write_cb_rec));
+  RUN_UNTIL(wr.calls == 1, 10000);
+  ASSERT_OK(wr.status);
+  ASSERT_EQ(pp_conn_write_queue_size(f.held.conn), 0);
+  RUN_UNTIL(rd.len == n, 10000);
+  ASSERT_OK(pp_release(&f.held, 0));
+  free(data);
+  test_reader_free(&rd);
+  fixture_end(&f);
+}

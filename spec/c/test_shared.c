@@ -133,6 +133,33 @@ TEST(shared_broken_release_closes_for_every_holder) {
   test_finish_srv(pool, srv);
 }
 
+TEST(shared_not_reusable_release_closes_for_every_holder) {
+  /* One holder of a shared conn says it is not reusable (its replies are out of step): the
+   * conn closes for every holder, as with PP_EBROKEN, but the peer counts no failure. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = shared_pool(srv, 2, 1, &peer);
+  pp_lease_t l[2];
+  test_rec_t r[2];
+  for (int i = 0; i < 2; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  test_reader_t rd = {0};
+  ASSERT_OK(pp_conn_read_start(l[1].conn, test_reader_cb, &rd));
+  ASSERT_OK(pp_release(&l[0], PP_ENOREUSE));
+  RUN_UNTIL(rd.ended == 1, 1000);
+  ASSERT_ERR(rd.end_status, PP_ECLOSED);
+  pp_lease_t t;
+  memset(&t, 0, sizeof t);
+  ASSERT_ERR(pp_try_acquire(pool, &t, peer, NULL), PP_EAGAIN); /* never lent again */
+  ASSERT_ERR2(pp_release(&l[1], 0), 0, PP_ESTATE);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.closed[PP_CLOSE_DISCARDED], 1);
+  ASSERT_EQ(s.released_broken, 0);
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  test_reader_free(&rd);
+  test_finish_srv(pool, srv);
+}
+
 TEST(shared_default_selection_fewest_leases) {
   srv_t *srv = srv_echo_start(NULL);
   pp_peer_t *peer;

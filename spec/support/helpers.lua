@@ -5,12 +5,14 @@
 --   it("...", H.test(function(env) ... end))
 --
 -- env:pool(opts)         peerpool.new(opts), closed at the end of the test
--- env:echo() / env:line() / env:refused() / env:closer() / env:slow(ms) / env:blackhole()
+-- env:echo() / env:line() / env:refused() / env:closer() / env:slow(ms) / env:blackhole() /
+-- env:deaf()
 --                        servers (spec/support/servers.lua), closed at the end of the test
 -- H.sleep(ms)            yield the running coroutine for ms
 -- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
 -- H.pack(...)            table.pack
--- H.child(code)          run `code` in a fresh lua5.4 process with the module's paths;
+-- H.child(code [, sh])   run `code` in a fresh lua5.4 process with the module's paths (after
+--                        the shell commands `sh`, e.g. "ulimit -n 64;");
 --                        returns ok, exit code, stdout, stderr
 local uv = require "luv"
 local peerpool = require "peerpool"
@@ -77,7 +79,7 @@ function Env:add(srv)
   return srv
 end
 
-for _, name in ipairs { "echo", "line", "refused", "closer", "slow", "unix_echo" } do
+for _, name in ipairs { "echo", "line", "refused", "closer", "slow", "unix_echo", "deaf" } do
   Env[name] = function(self, ...) return self:add(servers[name](...)) end
 end
 
@@ -102,12 +104,13 @@ function Env:cleanup()
   for _, srv in ipairs(self.servers) do srv:close() end
 end
 
--- Turn the loop until it has nothing left to do (close callbacks run); false if it never
--- settles.
+-- Turn the loop until it has nothing left to do (close callbacks run, file requests on
+-- libuv's thread pool come back); false if it does not settle within about 2 s.
 function H.drain()
-  for _ = 1, 500 do
+  for i = 1, 2000 do
     if not uv.loop_alive() then return true end
     uv.run("nowait")
+    if i > 50 then uv.sleep(1) end -- a request on the thread pool needs time, not turns
   end
   return not uv.loop_alive()
 end
@@ -156,12 +159,13 @@ end
 -- Run `code` with `lua5.4 -e` in a new process that sees the same module paths (and, in the
 -- sanitizer build, inherits LD_PRELOAD). Returns ok (exited with 0), the exit code, stdout,
 -- stderr.
-function H.child(code)
+function H.child(code, shell_prefix)
   local prelude = string.format("package.path = %q; package.cpath = %q; ", package.path,
     package.cpath)
   local quoted = "'" .. (prelude .. code):gsub("'", "'\\''") .. "'"
   local errfile = os.tmpname()
-  local p = assert(io.popen(string.format("lua5.4 -e %s 2>%s", quoted, errfile)))
+  local p = assert(io.popen(string.format("%s lua5.4 -e %s 2>%s", shell_prefix or "", quoted,
+    errfile)))
   local out = p:read("a")
   local ok, _, status = p:close()
   local ef = assert(io.open(errfile))

@@ -9,13 +9,20 @@
 --                           proc:close_stdin(), proc:wait([ms]) -> exit code, signal,
 --                           proc:expect(pattern [, ms]) waits until proc.out matches (plain
 --                           text, escape sequences and \r removed) after the last expect
---   T.connect(path)         a REPL socket client: c:hello(mode), c:eval(line [, ms]) ->
---                           output, error output (framed sessions), c:send(s), c.raw (all bytes)
+--   T.connect(path [, opts]) a REPL socket client: c:hello(mode), c:eval(line [, ms]) ->
+--                           output, error output (framed sessions), c:send(s), c.raw (all bytes),
+--                           c.closed (the host ended it); opts.read = false: never reads
+--   T.fd_count(pid), T.rss_kb(pid)   a process's open fds and resident memory (KiB)
 --   T.sleep(ms), T.wait_until(pred [, ms, what]), T.tmpdir()
 --   T.readline              the program was built with readline
 local uv = require "luv"
 
 local T = {}
+
+-- A client writing to a session the host has closed gets EPIPE rather than killing busted.
+local sigpipe = uv.new_signal()
+sigpipe:start("sigpipe", function() end)
+sigpipe:unref()
 
 -- ---- where things are -----------------------------------------------------------------
 
@@ -118,6 +125,27 @@ function T.run(fn, ms)
   if not ok then error(err, 0) end
 end
 
+--- The whole content of a file (fails the test when it cannot be read).
+function T.read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- The number of file descriptors process pid has open.
+function T.fd_count(pid)
+  local n = 0
+  local req = assert(uv.fs_scandir("/proc/" .. pid .. "/fd"))
+  while uv.fs_scandir_next(req) do n = n + 1 end
+  return n
+end
+
+--- The resident set size of process pid, in KiB.
+function T.rss_kb(pid)
+  return tonumber(T.read_file("/proc/" .. pid .. "/status"):match("VmRSS:%s*(%d+)"))
+end
+
 local tmp_count = 0
 --- A fresh directory under /tmp (short: unix socket paths are limited to 107 bytes).
 function T.tmpdir()
@@ -179,6 +207,7 @@ function T.spawn(args, opts)
     error("cannot run " .. cmd .. ": " .. tostring(perr), 2)
   end
   p.handle = handle
+  p.pid = handle:get_pid()
   p.stdout:read_start(function(_, data)
     if data then p.out = p.out .. data else p.stdout:read_stop(); p.out_closed = true end
   end)
@@ -239,8 +268,9 @@ end
 local Client = {}
 Client.__index = Client
 
---- Connect to a REPL socket; the client collects frames (after c:hello) or plain bytes.
-function T.connect(path)
+--- Connect to a REPL socket; the client collects frames (after c:hello) or plain bytes, unless
+-- opts.read is false (a client that never reads what the host sends).
+function T.connect(path, opts)
   local c = setmetatable({ raw = "", buf = "", frames = {}, closed = false }, Client)
   c.pipe = uv.new_pipe(false)
   local connected, cerr = false, nil
@@ -253,6 +283,8 @@ function T.connect(path)
     c.pipe:close()
     error("cannot connect to " .. path .. ": " .. cerr, 2)
   end
+  own(c)
+  if opts and opts.read == false then return c end
   c.pipe:read_start(function(_, data)
     if not data then
       c.closed = true
@@ -271,7 +303,6 @@ function T.connect(path)
       c.buf = c.buf:sub(body + len)
     end
   end)
-  own(c)
   return c
 end
 

@@ -198,6 +198,11 @@ function M.line()
   end)
 end
 
+-- Accepts and never reads nor writes: what a peer that stopped reading looks like.
+function M.deaf()
+  return listen(function() end)
+end
+
 function M.refused()
   return listen(nil)
 end

@@ -1,0 +1,78 @@
+/* Deadlines, timeouts and idle stamps are measured from the moment of the call, not from the
+ * loop's cached time, which lags behind after blocking work in a callback. */
+#include "fixtures.h"
+
+typedef struct {
+  fixture_t *f;
+  pp_lease_t lease;
+  test_rec_t rec;
+  pp_acquire_opts_t opts;
+  uint64_t called_at; /* test_now_ms() when the engine was called */
+  int rc;
+} late_call_t;
+
+static void acquire_now(void *arg) {
+  late_call_t *a = arg;
+  a->called_at = test_now_ms();
+  a->rc = test_acquire_start(a->f->pool, &a->lease, &a->rec, a->f->peer, &a->opts);
+}
+
+static void release_now(void *arg) {
+  late_call_t *a = arg;
+  a->called_at = test_now_ms();
+  a->rc = pp_release(&a->f->held, 0);
+}
+
+TEST(clock_acquire_deadline_counts_from_the_call) {
+  /* A callback blocks for 600 ms, then acquires with a 500 ms timeout from a peer that never
+   * answers: the acquire must not time out before ~500 ms from the call. */
+  pp_options_t o;
+  test_options(&o);
+  o.connect_timeout = 10000; /* the acquire's deadline ends the wait, not the connect */
+  fixture_t f = fixture_start(srv_hang_start(), &o);
+  late_call_t a = {.f = &f};
+  pp_acquire_opts_init(&a.opts);
+  a.opts.timeout = 500;
+  test_after_stall(600, acquire_now, &a);
+  ASSERT_OK(a.rc);
+  RUN_UNTIL(a.rec.calls == 1, 5000);
+  ASSERT_ERR(a.rec.status, PP_ETIMEDOUT);
+  ASSERT_GE(a.rec.at_ms - a.called_at, 450);
+  ASSERT_LT(a.rec.at_ms - a.called_at, 3000);
+  fixture_end(&f);
+}
+
+TEST(clock_connect_after_a_stall_succeeds) {
+  /* connect_timeout (200 ms in test_options) runs from the connect: a loopback connect started
+   * after a 600 ms stall succeeds, and the healthy peer is not blamed. */
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
+  late_call_t a = {.f = &f};
+  pp_acquire_opts_init(&a.opts);
+  test_after_stall(600, acquire_now, &a);
+  ASSERT_OK(a.rc);
+  RUN_UNTIL(a.rec.calls == 1, 5000);
+  ASSERT_OK(a.rec.status);
+  pp_peer_info_t i = test_peer_info(f.peer);
+  ASSERT_EQ(i.failures, 0);
+  ASSERT_EQ(i.retry_at, 0);
+  ASSERT_EQ(i.state, PP_PEER_READY);
+  ASSERT_EQ(test_stats(f.pool).connects_failed, 0);
+  ASSERT_OK(pp_release(&a.lease, 0));
+  fixture_end(&f);
+}
+
+TEST(clock_idle_timeout_counts_from_the_release) {
+  /* A conn released after a 600 ms stall idles its whole idle_timeout (300 ms) before the
+   * sweep closes it. */
+  pp_options_t o;
+  test_options(&o);
+  o.idle_timeout = 300;
+  fixture_t f = fixture_start(srv_echo_start(NULL), &o);
+  fixture_hold(&f);
+  late_call_t a = {.f = &f};
+  test_after_stall(600, release_now, &a);
+  ASSERT_OK(a.rc);
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_IDLE] == 1, 5000);
+  ASSERT_GE(test_now_ms() - a.called_at, 250);
+  fixture_end(&f);
+}

@@ -143,9 +143,15 @@ local function fail(msg)
   io.stderr:flush()
   if trace_file then
     trace_file:write("FAILURE: ", msg, "\n")
-    trace_file:close()
+    trace_file:flush()
   end
+  -- Inside a policy hook os.exit is refused (it raises): then the next op or the sampler ends
+  -- the run (see exit_if_failed).
   os.exit(EXIT_ORACLE, false)
+end
+
+local function exit_if_failed()
+  if failing then os.exit(EXIT_ORACLE, false) end
 end
 
 local function check(cond, msg, ...)
@@ -395,9 +401,9 @@ local function acq_end(acq, conn, code, detail, how)
     check(code == nil, "acquire #%d answered a conn and %s", acq.id, show(code))
     local peer = conn.peer
     check(type(peer) == "string" and #peer > 0, "acquire #%d: conn.peer is %s", acq.id, show(peer))
-    if type(acq.peer) == "string" then
-      check(peer == canonical(acq.peer), "acquire #%d for %s got a conn of %s", acq.id,
-        acq.peer, peer)
+    local want = type(acq.peer) == "table" and acq.peer.addr or acq.peer
+    if type(want) == "string" then
+      check(peer == canonical(want), "acquire #%d for %s got a conn of %s", acq.id, want, peer)
     end
     return
   end
@@ -747,6 +753,9 @@ local function gen_options()
   maybe(0.3, "keep_idle_bytes", pick { true, false, 0, 1 })
   maybe(0.9, "io_timeout", pick { 0, 5, 20, 30, 100, 100, 500 })
   maybe(0.2, "hook_budget", pick { 1000, 5000, 100000 })
+  maybe(0.15, "hook_memory", pick { 65536, 1 << 20 })
+  maybe(0.2, "max_receive", pick { 1, 16, 1000, 65536 })
+  maybe(0.2, "max_send_queue", pick { 0, 1000, 65536 })
   if chance(0.3) then o.policy = make_policy() end
   if chance(0.15) then
     o.peers = {}
@@ -778,6 +787,9 @@ local BAD_OPTIONS = {
   function(o) o.keep_idle_bytes = pick { 2, "yes" } return { "keep_idle_bytes" } end,
   function(o) o.io_timeout = pick { -1, "x", 0.5 } return { "io_timeout" } end,
   function(o) o.hook_budget = pick { 10, 1e9, "x" } return { "hook_budget" } end,
+  function(o) o.hook_memory = pick { 1000, -1, "x" } return { "hook_memory" } end,
+  function(o) o.max_receive = pick { 0, -1, 0.5 } return { "max_receive" } end,
+  function(o) o.max_send_queue = pick { -1, {} } return { "max_send_queue" } end,
   function(o) o[pick { "max_peers", "polcy", "timeout" }] = 1 return { "unknown option" } end,
   function(o) o[1] = 5 return { "option names must be strings" } end,
   function(o) o.peers = pick { "127.0.0.1:1", 5 } return { "peers" } end,
@@ -938,6 +950,11 @@ end
 local function gen_peer_arg()
   local c = rnd(100)
   if c <= 30 then return nil end
+  if c <= 35 and R.pool and not R.closed_at then
+    -- a peer view names its peer too
+    local ok, views = pcall(R.pool.peers, R.pool)
+    if ok and #views > 0 then return pick(views) end
+  end
   if c <= 85 then
     local p = pick(R.peer_list)
     return chance(0.2) and p.spelling or p.addr
@@ -1176,8 +1193,35 @@ local function op_send(a)
   local rec = pick_held(a)
   if not rec then return end
   local data = payload(rec)
-  local ok, r = call(fmt("a%d send c%d(%s) %s", a.id, rec.id, show(rec.peer), show(data)),
-    conn_rule(rec), function() return rec.conn:send(data) end)
+  -- sometimes with a callback: it runs once, later, with nil (written) or a code
+  local cb, entry
+  if chance(0.2) and not SKIP.send_callback then
+    entry = { calls = 0, inside = true, rec = rec }
+    R.send_cbs[#R.send_cbs + 1] = entry
+    cb = function(err)
+      check(not entry.inside, "send's callback ran inside conn:send")
+      entry.calls = entry.calls + 1
+      check(entry.calls == 1, "send's callback ran %d times", entry.calls)
+      check(err == nil or valid_code(err), "send's callback got %s", show(err))
+      if chance(0.05) then
+        F.intended = F.intended + 1
+        error(INTENDED .. " send callback")
+      end
+    end
+  end
+  local rule = conn_rule(rec)
+  if not rec.released and rec.sending then
+    rule = { may = { "a send is already waiting on this conn" } }
+  end
+  local waits = rule == nil and not rec.sending
+  if waits then rec.sending = true end
+  local ok, r = call(fmt("a%d send c%d(%s) %s%s", a.id, rec.id, show(rec.peer), show(data),
+    cb and " with a callback" or ""), rule, function() return rec.conn:send(data, cb) end)
+  if waits then rec.sending = false end
+  if entry then
+    entry.inside = false
+    if not ok or r[2] == nil then entry.never = true end -- refused: the callback never runs
+  end
   if not ok then return end
   local n = r[2]
   if n ~= nil then
@@ -1188,7 +1232,8 @@ local function op_send(a)
 end
 
 local function receive_pattern()
-  return pick(L(nil, "*l", "l", "*l", "*a", "a", 1, 2, 7, 100, 4096, 1 << 20))
+  return pick(L(nil, "*l", "l", "*l", "*a", "a", 0, 1, 2, 7, 100, 4096, 1 << 20,
+    (R.max_receive or 1 << 20) + 1))
 end
 
 local function do_receive(a, rec, pat, who)
@@ -1229,6 +1274,8 @@ local function do_receive(a, rec, pat, who)
       end
     elseif type(pat) == "number" then
       check(#data == pat, "receive(%d) answered %d bytes", pat, #data)
+      check(pat <= R.max_receive, "receive(%d) over max_receive %d answered data", pat,
+        R.max_receive)
       rec.fragmented = true
     else
       rec.fragmented = true
@@ -1236,6 +1283,9 @@ local function do_receive(a, rec, pat, who)
   else
     check(valid_code(code), "receive answered nil, %s", show(code))
     check(type(partial) == "string", "receive failed with partial %s", show(partial))
+    if code == "too_long" and not (type(pat) == "number" and pat > R.max_receive) then
+      mark_released(rec) -- the line outgrew max_receive: the lease ends, the conn is closed
+    end
     if code == "timeout" and not SKIP.deadline and R.io_timeout > 0 then
       -- fine
       rec.dirty = true
@@ -1492,10 +1542,14 @@ local function op_add_peer()
     "[::1", "host.example:80", string.rep("9", 300), "unix:", "unix:/nonexistent/fuzz.sock",
     "./fuzz-relative.sock", "[::1]:" .. F.unused_port }
   local last_seen = pick(L(nil, nil, 0, os.time() * 1000, 1, math.maxinteger,
-    (os.time() - 7200) * 1000))
-  local tags = pick(L(nil, nil, { zone = "a" }, {}))
+    (os.time() - 7200) * 1000, os.time()))
+  local tags = pick(L(nil, nil, { zone = "a" }, {}, { weight = 3, tls = { server_name = "x y" } }))
+  local rule = pool_rule()
+  if not rule and last_seen and last_seen > 0 and last_seen < 100000000000 then
+    rule = { raise = { "looks like seconds" } } -- a last_seen in seconds (os.time()) raises
+  end
   local ok, r = call(fmt("add_peer(%s, %s, %s)", show(addr), show(last_seen), show(tags)),
-    pool_rule(), function() return pool:add_peer(addr, last_seen, tags) end)
+    rule, function() return pool:add_peer(addr, last_seen, tags) end)
   if not ok then return end
   if r[2] then
     check(type(r[2]) == "string", "add_peer returned %s", show(r[2]))
@@ -1572,13 +1626,18 @@ local function op_bad_call(a)
     function() local v = pick { 1, {}, true }
       return "acquire key=" .. show(v), { "opts.key" },
       function() return pool:acquire(nil, { key = v }, function() end) end end,
+    function() local k = pick { "timout", "peer", 1, "addr" }
+      return "acquire opts with unknown key " .. show(k), { "unknown option" },
+      function() return pool:acquire(nil, { [k] = 1 }, function() end) end end,
+    function() return "acquire(view with addr=5)", { "unknown option" },
+      function() return pool:acquire({ addr = 5 }, function() end) end end,
     function() return "pool.acquire(wrong self)", { "bad argument #1 to 'acquire'" },
       function() local x = pick { 1, rec and rec.conn or 2 }
         return pool.acquire(x) end end,
     function() local v = pick { {}, true, print }
       return "add_peer(" .. show(v) .. ")", { "bad argument #1 to 'add_peer'" },
       function() return pool:add_peer(v) end end,
-    function() local v = pick { 1.5, -1, "now", {} }
+    function() local v = pick { 1.5, -1, "now", {}, os.time(), 1, 99999999999 }
       return "add_peer(addr, last_seen=" .. show(v) .. ")", { "bad argument #2 to 'add_peer'" },
       function() return pool:add_peer("127.0.0.1:1", v) end end,
     function() return "add_peer(addr, nil, tags=5)", { "bad argument #3 to 'add_peer'" },
@@ -1612,7 +1671,7 @@ local function op_bad_call(a)
     local extra = {
       function() return "send(" .. "{}" .. ")", { "bad argument #1 to 'send'", RELEASED },
         function() return rec.conn:send(pick(L({}, nil, true))) end end,
-      function() local v = pick { 0, -5, 1.5, "*x", {}, "*" }
+      function() local v = pick { -5, 1.5, "*x", {}, "*", math.mininteger }
         return "receive(" .. show(v) .. ")", { "bad argument #1 to 'receive'", RELEASED,
           "a receive is already waiting on this conn" },
         function() return rec.conn:receive(v) end end,
@@ -1772,6 +1831,7 @@ local function actor(a)
   while not R.stopping do
     local op = wpick(ACTOR_OPS)
     F.op_counts[op] = (F.op_counts[op] or 0) + 1
+    exit_if_failed()
     op(a)
     sleep(chance(0.5) and 0 or rnd(6))
   end
@@ -1805,7 +1865,10 @@ local function make_pool()
     local o = gen_options()
     if o.address_book and chance(0.3) then
       local f = io.open(F.book_path, "w")
-      f:write(pick { "garbage line\n", F.servers[1].addr .. " 123 runtime\n", "" })
+      f:write(pick { "garbage line\n", F.servers[1].addr ..
+        (SKIP.book_seconds and " 1767225600000 runtime\n" or " 123 runtime\n"), "",
+        "# peerpool address book v2\n" .. F.servers[2].addr .. " 1767225600000 static a=1,b.c=%41\n",
+        "# peerpool address book v9\n" })
       f:close()
     end
     if SKIP.policy_option and type(o.policy) ~= "table" and type(o.policy) ~= "string" then
@@ -1821,6 +1884,7 @@ local function make_pool()
       R.client_limit = o.client_limit or 1
       R.acquire_timeout = o.acquire_timeout or 30000
       R.io_timeout = o.io_timeout or 30000
+      R.max_receive = o.max_receive or 1024 * 1024
       for _, addr in ipairs(o.peers or {}) do
         if not R.peer_set[addr] then
           R.peer_set[addr] = { port = tonumber(addr:match(":(%d+)$")) }
@@ -1884,6 +1948,12 @@ local function pending_dump()
   end
   for _, rec in ipairs(R.conns) do
     if rec.receiving then lines[#lines + 1] = fmt("c%d: %s waits in receive", rec.id, rec.receiving) end
+    if rec.sending then lines[#lines + 1] = fmt("c%d: a send waits", rec.id) end
+  end
+  for i, e in ipairs(R.send_cbs) do
+    if not e.never and e.calls == 0 then
+      lines[#lines + 1] = fmt("send callback %d (c%d) never ran", i, e.rec.id)
+    end
   end
   table.sort(lines)
   return table.concat(lines, "\n  ")
@@ -1898,13 +1968,17 @@ local function settled()
     if rec.waiting then return false end
     if rec.last_cb and rec.last_cb.calls == 0 and not SKIP.on_free_check then return false end
   end
-  for _, rec in ipairs(R.conns) do if rec.receiving then return false end end
+  for _, rec in ipairs(R.conns) do if rec.receiving or rec.sending then return false end end
+  for _, e in ipairs(R.send_cbs) do
+    if not e.never and e.calls == 0 and not SKIP.send_callback_check then return false end
+  end
   return true
 end
 
 local function run_round(n, budget, live)
   local pools_before = #peerpool.pools()
   R = { n = n, acquires = {}, conns = {}, notices = {}, actors = {}, subs = {}, peer_set = {},
+    send_cbs = {},
     peer_list = {}, leaked = 0, state_events = 0 }
   F.rounds = n
   R.baseline_inodes = procfs.snapshot(F.server_ports, {}, F.ignore_ports).inodes
@@ -1931,7 +2005,10 @@ local function run_round(n, budget, live)
   end
   local sampler = uv.new_timer()
   handles[sampler] = true
-  sampler:start(7, 11, function() check_kernel("sampler") end)
+  sampler:start(7, 11, function()
+    exit_if_failed()
+    check_kernel("sampler")
+  end)
   sleep(budget)
   if live then
     -- the program ends here, with the pool, its conns, waits and hooks all live: lua_close
@@ -1993,8 +2070,13 @@ local function run_round(n, budget, live)
   if not SKIP.fd_check then
     check(ok, "after pool:close() the pool still holds %d sockets:\n%s", snap.total,
       table.concat(snap.list, "\n"))
+    -- (a periodic address book save may still be finishing in the thread pool: allow it)
+    wait_until(function()
+      snap = snapshot()
+      return snap.other <= R.baseline_other
+    end, 2000 * SLOW)
     check(snap.other <= R.baseline_other, "after pool:close() %d non-socket fds are open, %d " ..
-      "before the round", snap.other, R.baseline_other)
+      "before the round:\n%s", snap.other, R.baseline_other, table.concat(snap.others or {}, "\n"))
   end
   collectgarbage() -- pools a hook made and forgot
   collectgarbage()
@@ -2016,6 +2098,7 @@ end
 
 local HOOK_FAILURES = {
   INTENDED, "instruction budget exceeded", "attempt to yield", IN_HOOK, "failed: answered ",
+  "not enough memory", "(error object is a ",
   "(error object is not a string)", "odd error", "4242424242", "__tostring", "table: 0x",
   "error in error handling", CLOSED_POOL, HOOK_CONN_GONE,
 }

@@ -82,6 +82,8 @@ function M.snapshot(servers, baseline, ignore_ports, ignore_inodes)
       end
     elseif not target:match("^/proc/") then
       snap.other = snap.other + 1
+      snap.others = snap.others or {}
+      snap.others[#snap.others + 1] = string.format("fd %d -> %s", fd, target)
     end
   end
   table.sort(snap.list)

@@ -5,8 +5,11 @@ SAN_BUILD ?= build-sanitize
 FUZZ_BUILD ?= build-fuzz
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 ARGS     ?=
+# make fuzz: seeds (a count or a range), seconds per seed; FUZZ_SEED=n replays one seed
+SEEDS    ?= 1-40
+SECONDS  ?= 20
 
-.PHONY: all deps build run test test-sanitize fuzz-c bench clean
+.PHONY: all deps build run test test-sanitize fuzz fuzz-sanitize fuzz-c bench clean
 
 all: build
 
@@ -29,6 +32,16 @@ test-sanitize: deps
 	cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_SANITIZE=ON
 	cmake --build $(SAN_BUILD) -j $(JOBS)
 	cd $(SAN_BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The API fuzzer (spec/fuzz/api_fuzz.lua) for longer than ctest's fixed seeds:
+#   make fuzz SEEDS=1-200 SECONDS=30     make fuzz FUZZ_SEED=17     make fuzz-sanitize
+fuzz: build
+	sh spec/fuzz/campaign.sh $(BUILD) $(SEEDS) $(SECONDS) $(JOBS)
+
+fuzz-sanitize: deps
+	cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_SANITIZE=ON
+	cmake --build $(SAN_BUILD) -j $(JOBS)
+	sh spec/fuzz/campaign.sh $(SAN_BUILD) $(SEEDS) $(SECONDS) $(JOBS)
 
 # The engine's libFuzzer targets (spec/fuzz/), built with clang in their own dir and run
 # briefly from their seed corpora. Needs clang and libclang-rt-14-dev (not installed by deps).

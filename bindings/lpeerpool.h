@@ -88,6 +88,7 @@ typedef struct lpp_conn_s {
   size_t off, len, cap; /* len unread bytes at buf + off */
   size_t scanned;       /* of those, how many are known to hold no newline */
   int tainted;          /* a receive timed out or overflowed: a reply may be on its way */
+  int unanswered;       /* bytes were sent since the last receive returned data */
   /* send (lsend.c) */
   struct write_s *writes; /* queued writes, newest first */
   int send_co_ref;        /* the coroutine waiting for the send queue to drain */

@@ -819,6 +819,9 @@ describe("peerpool policy hooks", function()
 
     it("refuses os.exit, io.read, debug.sethook and binary chunks inside a hook",
       test(function(env)
+        local fifo = os.tmpname()
+        os.remove(fifo)
+        assert(os.execute("mkfifo " .. fifo))
         local pool = two_warm(env)
         local results = {}
         assert(pool:load_policy { select_peer = function()
@@ -830,6 +833,8 @@ describe("peerpool policy hooks", function()
             binary = function() return assert(load(string.dump(function() end))) end,
             stop = function() collectgarbage("stop") end,
             popen = function() return io.popen("true") end,
+            loadlib = function() return package.loadlib("libc.so.6", "abort") end,
+            fifo = function() return io.lines(fifo) end,
           } do
             local ok, err = pcall(fn)
             results[name] = not ok and err or "allowed"
@@ -839,7 +844,8 @@ describe("peerpool policy hooks", function()
           return 1
         end })
         serves(pool, 1)
-        for _, name in ipairs { "exit", "read", "lines", "sethook", "stop", "popen" } do
+        for _, name in ipairs { "exit", "read", "lines", "sethook", "stop", "popen", "loadlib",
+          "fifo" } do
           assert.matches("not available inside a policy hook", results[name], 1, true)
         end
         assert.matches("attempt to load a binary chunk", results.binary, 1, true)
@@ -847,6 +853,7 @@ describe("peerpool policy hooks", function()
         assert.is_true(collectgarbage("isrunning"))
         assert.is_function(debug.sethook) -- outside hooks everything is as it was
         assert.is_function(load(string.dump(function() end)))
+        os.remove(fifo)
       end))
 
     it("a synchronous hook that yields is cut off", test(function(env)

@@ -1,0 +1,102 @@
+-- The kernel's view of this process's sockets, for the fuzzer's invariants: which fds are
+-- open (/proc/self/fd) and, for TCP sockets, their ports (/proc/net/tcp, tcp6). Linux only.
+local uv = require "luv"
+
+local M = {}
+
+-- { [fd] = link target } for every open fd (the scan's own fd may or may not be listed).
+function M.fds()
+  local out = {}
+  local req = assert(uv.fs_scandir("/proc/self/fd"))
+  while true do
+    local name = uv.fs_scandir_next(req)
+    if not name then break end
+    local target = uv.fs_readlink("/proc/self/fd/" .. name)
+    if target then out[tonumber(name)] = target end
+  end
+  return out
+end
+
+local STATES = {
+  ["01"] = "ESTABLISHED", ["02"] = "SYN_SENT", ["03"] = "SYN_RECV", ["04"] = "FIN_WAIT1",
+  ["05"] = "FIN_WAIT2", ["06"] = "TIME_WAIT", ["07"] = "CLOSE", ["08"] = "CLOSE_WAIT",
+  ["09"] = "LAST_ACK", ["0A"] = "LISTEN", ["0B"] = "CLOSING",
+}
+
+-- { [inode string] = { lport =, rport =, state = } } for the TCP sockets of the namespace.
+function M.tcp()
+  local out = {}
+  for _, path in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
+    local f = io.open(path, "r")
+    if f then
+      local text = f:read("a")
+      f:close()
+      for line in text:gmatch("[^\n]+") do
+        local lport, rport, st, inode = line:match(
+          "^%s*%d+:%s+%x+:(%x+)%s+%x+:(%x+)%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)")
+        if inode and inode ~= "0" then
+          out[inode] = { lport = tonumber(lport, 16), rport = tonumber(rport, 16),
+            state = STATES[st] or st }
+        end
+      end
+    end
+  end
+  return out
+end
+
+-- { [inode string] = path or "" } for the unix sockets of the namespace.
+function M.unix()
+  local out = {}
+  local f = io.open("/proc/net/unix", "r")
+  if not f then return out end
+  local text = f:read("a")
+  f:close()
+  for line in text:gmatch("[^\n]+") do
+    local inode, path = line:match("^%x+:%s+%x+%s+%x+%s+%x+%s+%x+%s+%x+%s+(%d+)%s*(.*)$")
+    if inode then out[inode] = path end
+  end
+  return out
+end
+
+-- A snapshot of the sockets a pool may own. `servers` is { [port] = true } (the fuzzer's
+-- listening ports: sockets whose local port is one of them are the servers' side),
+-- `baseline` a set of socket inodes that are not the pool's (taken before the pool existed),
+-- `ignore_ports` local ports and `ignore_inodes` inodes of the fuzzer's own sockets. Returns
+--   { total = pool sockets, per_port = { [server port] = n }, other = non-socket fds,
+--     list = { "fd -> socket:[inode] lport->rport STATE", ... } }
+function M.snapshot(servers, baseline, ignore_ports, ignore_inodes)
+  local fds, tcp, unix = M.fds(), M.tcp(), M.unix()
+  local snap = { total = 0, per_port = {}, other = 0, list = {}, inodes = {} }
+  for fd, target in pairs(fds) do
+    local inode = target:match("^socket:%[(%d+)%]$")
+    if inode then
+      snap.inodes[inode] = true
+      local t = tcp[inode]
+      local server_side = t and (servers[t.lport] or (ignore_ports and ignore_ports[t.lport]))
+      if not baseline[inode] and not server_side and not (ignore_inodes and ignore_inodes[inode]) then
+        snap.total = snap.total + 1
+        if t and servers[t.rport] then snap.per_port[t.rport] = (snap.per_port[t.rport] or 0) + 1 end
+        snap.list[#snap.list + 1] = string.format("fd %d -> %s %s", fd, target,
+          t and string.format("%d->%d %s", t.lport, t.rport, t.state) or
+          (unix[inode] and ("unix " .. unix[inode]) or "(neither in /proc/net/tcp nor unix)"))
+      end
+    elseif not target:match("^/proc/") then
+      snap.other = snap.other + 1
+      snap.others = snap.others or {}
+      snap.others[#snap.others + 1] = string.format("fd %d -> %s", fd, target)
+    end
+  end
+  table.sort(snap.list)
+  return snap
+end
+
+-- Resident set size in kB.
+function M.rss_kb()
+  local f = io.open("/proc/self/status", "r")
+  if not f then return 0 end
+  local text = f:read("a")
+  f:close()
+  return tonumber(text:match("VmRSS:%s*(%d+)")) or 0
+end
+
+return M

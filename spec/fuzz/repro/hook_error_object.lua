@@ -1,0 +1,34 @@
+-- Finding F7 (fuzz seed 5: "unexpected hook failure"): an asynchronous hook (handshake, ping,
+-- seed) that raises an error value that is not a string or a number -- a table, with or
+-- without __tostring -- is reported as "bad argument #2 to '_hook_error' (string expected,
+-- got table)": peerpool.lua's _run_hook passes the raw error value to pool:_hook_error, whose
+-- luaL_optstring raises. The hook's own error is lost from the report. (The synchronous hooks
+-- report "(error object is not a string)".) Expected: the report carries tostring(err) (or
+-- says the error object is not a string), never an internal argument error.
+-- If the hook raises so after it has waited (a resume from a luv callback), that internal
+-- error goes to whoever resumed the hook's coroutine instead, and conn:_done is never called.
+--   LUA_CPATH='build/lua/?.so;;' lua5.4 spec/fuzz/repro/hook_error_object.lua
+local uv = require "luv"
+local peerpool = require "peerpool"
+
+local srv, clients = uv.new_tcp(), {}
+srv:bind("127.0.0.1", 0)
+srv:listen(8, function()
+  local c = uv.new_tcp()
+  srv:accept(c)
+  clients[#clients + 1] = c
+end)
+local addr = "127.0.0.1:" .. srv:getsockname().port
+peerpool.on_error(function(text) print("report: " .. text) end)
+local pool = peerpool.new { peers = { addr }, retries = 0, policy = {
+  handshake = function() error(setmetatable({}, { __tostring = function() return "my error" end })) end,
+} }
+peerpool.run(function()
+  print(pool:acquire(addr, { timeout = 500 }))
+  -- report: peerpool: policy hook handshake (table) failed: peerpool.lua:260: bad argument #2
+  --         to '_hook_error' (string expected, got table); using the default
+end)
+pool:close()
+srv:close()
+for _, c in ipairs(clients) do c:close() end
+uv.run()

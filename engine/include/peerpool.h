@@ -529,6 +529,8 @@ struct pp_lease_s {
   /* private */
   pp_cause_t why_;
   uint64_t since_;   /* loop ms when it started waiting */
+  uint64_t wait_ns_; /* uv_hrtime when it started waiting (histograms) */
+  uint64_t granted_; /* loop ms of its grant (hold histogram, leak detection) */
   pp_peer_t *tried_; /* for any peer: the peer whose dial for it failed last */
   pp_pool_t *pool_;
   pp_peer_t *want_;
@@ -765,6 +767,55 @@ typedef struct {
 } pp_stats_t;
 
 void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);
+
+/* ------------------------------------------------------------------------------------------
+ * Latency histograms, kept by every pool from its creation. Fixed log-spaced buckets: bucket i
+ * (0 <= i < PP_HIST_BUCKETS - 1) counts observations <= 2^i microseconds (1 us .. 67.1 s) and
+ * above the bucket before; the last counts the rest (+Inf). Counts are per bucket, not
+ * cumulative. Updating one allocates nothing and reads no clock of its own.
+ *   acquire_wait  from pp_acquire to the grant, for every granted acquire (pp_try_acquire and
+ *                 an idle conn granted at once count 0); failed acquires are not observed
+ *   connect       a successful TCP (or unix socket) connect attempt, from connect() to the
+ *                 socket being connected
+ *   tls           a successful TLS handshake (once TLS is wired into conns)
+ *   handshake     the handshake hook, from its start to pp_conn_handshake_done(conn, 0)
+ *   hold          a lease, from its grant to pp_release; measured with the loop's clocks (the
+ *                 cached loop time at the grant, the coarse monotonic clock at the release), so
+ *                 it has about a loop tick of resolution (1..4 ms): holds shorter than that
+ *                 count 0 or one tick. Leases detached by pool close are not observed.
+ */
+#define PP_HIST_KIND_MAP(XX)         \
+  XX(ACQUIRE_WAIT, "acquire_wait")   \
+  XX(CONNECT, "connect")             \
+  XX(TLS, "tls")                     \
+  XX(HANDSHAKE, "handshake")         \
+  XX(HOLD, "hold")
+
+typedef enum {
+#define PP__HIST_ENUM(name, str) PP_HIST_##name,
+  PP_HIST_KIND_MAP(PP__HIST_ENUM)
+#undef PP__HIST_ENUM
+      PP_HIST_COUNT
+} pp_hist_kind_t;
+
+#define PP_HIST_BUCKETS 28
+
+typedef struct {
+  uint64_t count;                    /* observations */
+  uint64_t sum_us;                   /* their sum, microseconds */
+  uint64_t buckets[PP_HIST_BUCKETS]; /* per bucket (not cumulative); see pp_histogram_bound_us */
+} pp_histogram_t;
+
+/* "acquire_wait", "connect", ...; "unknown" for an out-of-range value. */
+const char *pp_hist_kind_name(pp_hist_kind_t kind);
+/* The upper bound of bucket i in microseconds (2^i), INFINITY for the last. */
+double pp_histogram_bound_us(int i);
+/* Copy the pool's histogram of `kind` into *out. Returns 0 or PP_EINVAL. */
+int pp_pool_histogram(const pp_pool_t *pool, pp_hist_kind_t kind, pp_histogram_t *out);
+/* The q-quantile (0..1) in microseconds, interpolated linearly inside its bucket (as
+ * Prometheus' histogram_quantile); the highest finite bound if it falls in +Inf; NAN for an
+ * empty histogram or q out of range. */
+double pp_histogram_quantile(const pp_histogram_t *h, double q);
 
 #ifdef __cplusplus
 }

@@ -53,6 +53,7 @@ static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
   lease->state_ = PP_LEASE_WAITING;
   lease->seq_ = ++pool->seq;
   lease->since_ = now;
+  lease->wait_ns_ = uv_hrtime();
   pp__list_push(&q->level[lease->priority_], &lease->qlink_);
   if (q->count++ == 0 && lease->want_)
     pp__list_push(&pool->waiting_peers, &lease->want_->waiting_link);
@@ -234,6 +235,8 @@ static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
     pool->stats.acquired_waited++;
   dequeue(pool, lease);
   pp__conn_lease(conn, lease);
+  lease->granted_ = conn->last_used;
+  pp__hist_observe_ns(pool, PP_HIST_ACQUIRE_WAIT, lease->wait_ns_);
   pp__defer_lease(pool, lease, 0);
 }
 
@@ -381,8 +384,10 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   }
   pp__conn_lease(conn, lease);
   lease->state_ = PP_LEASE_GRANTED;
+  lease->granted_ = conn->last_used;
   pool->stats.acquires++;
   pool->stats.acquired_immediate++;
+  pp__hist_observe_us(pool, PP_HIST_ACQUIRE_WAIT, 0);
   return 0;
 }
 
@@ -449,8 +454,10 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acq
   pp_conn_t *conn = find_usable(pool, peer, lease->key_);
   if (conn) {
     pp__conn_lease(conn, lease);
+    lease->granted_ = conn->last_used;
     pool->stats.acquires++;
     pool->stats.acquired_immediate++;
+    pp__hist_observe_us(pool, PP_HIST_ACQUIRE_WAIT, 0);
     pp__defer_lease(pool, lease, 0);
     return 0;
   }
@@ -497,6 +504,9 @@ int pp_release(pp_lease_t *lease, int status) {
   pp__conn_unlease(conn, lease);
   lease->state_ = PP_LEASE_UNUSED;
   pool->stats.releases++;
+  /* conn->last_used is the release stamp pp__conn_unlease just took. */
+  pp__hist_observe_us(pool, PP_HIST_HOLD,
+                      conn->last_used > lease->granted_ ? (conn->last_used - lease->granted_) * 1000 : 0);
   if (pp__err_blames(status)) pool->stats.released_broken++;
   pp__conn_released(conn, status);
   return 0;

@@ -123,6 +123,7 @@ struct pp_conn_s {
   int kept_error; /* an end/error seen with no reader, delivered after kept bytes */
   /* counters */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  uint64_t phase_ns; /* uv_hrtime when its connect attempt or handshake began (histograms) */
   void *data;
 };
 
@@ -248,6 +249,7 @@ struct pp_pool_s {
   char read_buf[64 * 1024];
   pp_stats_t stats;
   double connect_latency_sum;
+  pp_histogram_t hist[PP_HIST_COUNT]; /* hist.c */
 };
 
 struct pp__event_s {
@@ -351,6 +353,11 @@ void pp__cause_fill(pp_lease_t *lease, pp_peer_t *peer, int code);
 /* For an acquire for any peer that no peer can serve: the code and the peer that tells why
  * (the held peer that returns first), or PP_ENOPEER and NULL. */
 int pp__any_fail_code(pp_pool_t *pool, pp_peer_t **peer);
+
+/* ---- hist.c ---------------------------------------------------------------------------- */
+void pp__hist_observe_us(pp_pool_t *pool, pp_hist_kind_t kind, uint64_t us);
+/* Observe the time since `start_ns` (a uv_hrtime() reading). */
+void pp__hist_observe_ns(pp_pool_t *pool, pp_hist_kind_t kind, uint64_t start_ns);
 
 /* ---- addr.c ---------------------------------------------------------------------------- */
 /* Parse `addr` into a canonical string (malloc'd) and, for TCP, a sockaddr. */

@@ -229,7 +229,8 @@ int pp_notice_cancel(pp_notice_t *notice) {
 
 static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
   pp_pool_t *pool = conn->pool;
-  if (lease == conn->owner)
+  bool dialed = lease == conn->owner;
+  if (dialed)
     pool->stats.acquired_dialed++;
   else
     pool->stats.acquired_waited++;
@@ -237,6 +238,7 @@ static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
   pp__conn_lease(conn, lease);
   lease->granted_ = conn->last_used;
   pp__hist_observe_ns(pool, PP_HIST_ACQUIRE_WAIT, lease->wait_ns_);
+  pp__ev_granted(lease, conn, dialed);
   pp__defer_lease(pool, lease, 0);
 }
 
@@ -324,6 +326,7 @@ static void lease_reset(pp_lease_t *lease, pp_pool_t *pool, pp_peer_t *peer,
   lease->cause = 0;
   lease->why_.code = 0;
   lease->since_ = 0;
+  lease->leak_id_ = 0;
   lease->tried_ = NULL;
   lease->pool_ = pool;
   lease->want_ = peer;
@@ -410,6 +413,7 @@ static int wait_for_dial(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *target, 
     return err;
   }
   pool->stats.acquires++;
+  pp__ev_queued(lease, target);
   return 0;
 }
 
@@ -432,6 +436,7 @@ static int wait_for_capacity(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout
   }
   enqueue(pool, lease, timeout);
   pool->stats.acquires++;
+  pp__ev_queued(lease, NULL);
   if (peer == NULL) {
     /* A seed hook may have added peers during this call: dial one for the new waiter. */
     if (pool->total < pool->opts.max_total) pp__capacity_opened(pool);
@@ -504,6 +509,10 @@ int pp_release(pp_lease_t *lease, int status) {
   pp__conn_unlease(conn, lease);
   lease->state_ = PP_LEASE_UNUSED;
   pool->stats.releases++;
+  if (lease->leak_id_) {
+    pp__ev_unleak(lease, conn, conn->last_used > lease->granted_ ? conn->last_used - lease->granted_ : 0);
+    lease->leak_id_ = 0;
+  }
   /* conn->last_used is the release stamp pp__conn_unlease just took. */
   pp__hist_observe_us(pool, PP_HIST_HOLD,
                       conn->last_used > lease->granted_ ? (conn->last_used - lease->granted_) * 1000 : 0);

@@ -99,6 +99,7 @@ static pp_conn_t *conn_new(pp_peer_t *peer) {
   conn->pool = pool;
   conn->peer = peer;
   conn->phase = PP_CONN_NEW;
+  conn->id = ++pool->conn_seq;
   pp__list_init(&conn->lease_list);
   uv_timer_init(pool->loop, &conn->timer);
   conn->timer.data = conn;
@@ -439,6 +440,7 @@ static void conn_ready(pp_conn_t *conn) {
   conn->read_cb = NULL; /* a handshake hook's reader ends with the handshake */
   set_phase(conn, PP_CONN_READY);
   pool->stats.connects_ok++;
+  pp__ev_conn_open(conn); /* events.c */
   peer_connected(conn);
   conn->created_at = (int64_t)now;
   conn->last_used = now;
@@ -786,6 +788,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   }
   bool was_open = conn->phase == PP_CONN_READY || conn->phase == PP_CONN_PINGING;
   if (was_open) pool->stats.closed[reason]++;
+  if (was_open) pp__ev_conn_close(conn, reason); /* events.c */
   if (was_open && conn->leases > 0) pool->active--;
   set_phase(conn, PP_CONN_CLOSED);
   peer->conns--;

@@ -67,7 +67,7 @@ static int l_histogram(lua_State *L) {
 
 /* ---- events ---------------------------------------------------------------------------- */
 
-static const char *const event_names[] = {"state", "conn_open", "conn_close", "eject",
+static const char *const event_names[] = {"state", "conn_open", "conn_close",      "eject",
                                           "burn",  "leak",      "acquire_timeout", NULL};
 
 static void on_engine_event(pp_pool_t *pool, const pp_event_t *ev, void *arg);
@@ -292,7 +292,8 @@ static void log_leak(lua_State *L, lpp_pool_t *p, const pp_event_t *ev, int rec)
                     (lua_Integer)ev->ms, (lua_Integer)pp_pool_options(p->pool)->leak_threshold,
                     (lua_Integer)ev->leak_id, tb ? "\n" : "", tb ? tb : "");
   else
-    lua_pushfstring(L, "peerpool: unleaked: lease of conn #%I to %s released after %I ms (leak #%I)",
+    lua_pushfstring(L,
+                    "peerpool: unleaked: lease of conn #%I to %s released after %I ms (leak #%I)",
                     (lua_Integer)ev->conn_id, ev->peer ? pp_peer_addr(ev->peer) : "?",
                     (lua_Integer)ev->ms, (lua_Integer)ev->leak_id);
   lpp_emit(L, lua_tostring(L, -1));
@@ -388,11 +389,7 @@ static int l_explain(lua_State *L) {
 }
 
 static const luaL_Reg observe_methods[] = {
-    {"on", l_on},
-    {"off", l_off},
-    {"histogram", l_histogram},
-    {"explain", l_explain},
-    {NULL, NULL},
+    {"on", l_on}, {"off", l_off}, {"histogram", l_histogram}, {"explain", l_explain}, {NULL, NULL},
 };
 
 void lpp_observe_open(lua_State *L) {

@@ -386,14 +386,14 @@ void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
  * the callback may call into the pool freely — except PP_EVENT_LEAK, delivered from the pool's
  * leak timer (also never inside a call of yours) so that `lease` is still held and valid.
  * PP_EVENT_STATE repeats what pp_pool_on_state reports, in the same order as the rest. */
-#define PP_EVENT_KIND_MAP(XX)              \
-  XX(STATE, "state")                       \
-  XX(CONN_OPEN, "conn_open")               \
-  XX(CONN_CLOSE, "conn_close")             \
-  XX(EJECT, "eject")                       \
-  XX(BURN, "burn")                         \
-  XX(ACQUIRE_TIMEOUT, "acquire_timeout")   \
-  XX(LEAK, "leak")                         \
+#define PP_EVENT_KIND_MAP(XX)            \
+  XX(STATE, "state")                     \
+  XX(CONN_OPEN, "conn_open")             \
+  XX(CONN_CLOSE, "conn_close")           \
+  XX(EJECT, "eject")                     \
+  XX(BURN, "burn")                       \
+  XX(ACQUIRE_TIMEOUT, "acquire_timeout") \
+  XX(LEAK, "leak")                       \
   XX(UNLEAK, "unleak")
 
 typedef enum {
@@ -442,11 +442,11 @@ void pp_pool_on_event(pp_pool_t *pool, pp_event_cb cb, void *arg);
 #define PP_EXPLAIN_TEXT 160
 
 typedef struct {
-  uint64_t at;        /* loop ms */
-  const char *kind;   /* "acquire", "wait", "fail", "conn_open", "conn_close", "eject",
-                         "burn", "probe", "recover", "leak" (static strings) */
-  pp_peer_t *peer;    /* NULL: no peer in particular */
-  uint64_t conn_id;   /* 0: none */
+  uint64_t at;      /* loop ms */
+  const char *kind; /* "acquire", "wait", "fail", "conn_open", "conn_close", "eject",
+                       "burn", "probe", "recover", "leak" (static strings) */
+  pp_peer_t *peer;  /* NULL: no peer in particular */
+  uint64_t conn_id; /* 0: none */
   char text[PP_EXPLAIN_TEXT];
 } pp_explain_t;
 
@@ -865,11 +865,11 @@ void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);
  *                 it has about a loop tick of resolution (1..4 ms): holds shorter than that
  *                 count 0 or one tick. Leases detached by pool close are not observed.
  */
-#define PP_HIST_KIND_MAP(XX)         \
-  XX(ACQUIRE_WAIT, "acquire_wait")   \
-  XX(CONNECT, "connect")             \
-  XX(TLS, "tls")                     \
-  XX(HANDSHAKE, "handshake")         \
+#define PP_HIST_KIND_MAP(XX)       \
+  XX(ACQUIRE_WAIT, "acquire_wait") \
+  XX(CONNECT, "connect")           \
+  XX(TLS, "tls")                   \
+  XX(HANDSHAKE, "handshake")       \
   XX(HOLD, "hold")
 
 typedef enum {

@@ -510,12 +510,14 @@ int pp_release(pp_lease_t *lease, int status) {
   lease->state_ = PP_LEASE_UNUSED;
   pool->stats.releases++;
   if (lease->leak_id_) {
-    pp__ev_unleak(lease, conn, conn->last_used > lease->granted_ ? conn->last_used - lease->granted_ : 0);
+    pp__ev_unleak(lease, conn,
+                  conn->last_used > lease->granted_ ? conn->last_used - lease->granted_ : 0);
     lease->leak_id_ = 0;
   }
   /* conn->last_used is the release stamp pp__conn_unlease just took. */
-  pp__hist_observe_us(pool, PP_HIST_HOLD,
-                      conn->last_used > lease->granted_ ? (conn->last_used - lease->granted_) * 1000 : 0);
+  pp__hist_observe_us(
+      pool, PP_HIST_HOLD,
+      conn->last_used > lease->granted_ ? (conn->last_used - lease->granted_) * 1000 : 0);
   if (pp__err_blames(status)) pool->stats.released_broken++;
   pp__conn_released(conn, status);
   return 0;

@@ -120,9 +120,8 @@ void pp__ev_conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
   uint64_t now = uv_now(pool->loop);
-  int64_t age = conn->created_at && (int64_t)now > conn->created_at
-                    ? (int64_t)now - conn->created_at
-                    : 0;
+  int64_t age =
+      conn->created_at && (int64_t)now > conn->created_at ? (int64_t)now - conn->created_at : 0;
   int err = conn->broken ? conn->last_error : 0;
   static const char *const why[PP_CLOSE_REASON_COUNT] = {
       "idle past idle_timeout",
@@ -206,11 +205,11 @@ void pp__ev_probe(pp_peer_t *peer) {
 }
 
 void pp__ev_recover(pp_peer_t *peer) {
-  pp__explain(peer->pool, "recover", peer, 0,
-              "%s recovered: its ejection ended (%s); %d consecutive failures so far", peer->addr,
-              peer->eject_until > uv_now(peer->pool->loop) ? "it connected again"
-                                                           : "its cool-down passed",
-              peer->failures + peer->connect_failures);
+  pp__explain(
+      peer->pool, "recover", peer, 0,
+      "%s recovered: its ejection ended (%s); %d consecutive failures so far", peer->addr,
+      peer->eject_until > uv_now(peer->pool->loop) ? "it connected again" : "its cool-down passed",
+      peer->failures + peer->connect_failures);
 }
 
 void pp__ev_granted(pp_lease_t *lease, pp_conn_t *conn, bool dialed) {
@@ -218,12 +217,12 @@ void pp__ev_granted(pp_lease_t *lease, pp_conn_t *conn, bool dialed) {
   pp_peer_t *peer = conn->peer;
   uint64_t now = uv_now(pool->loop);
   long long waited = lease->since_ && now > lease->since_ ? (long long)(now - lease->since_) : 0;
-  const char *chosen = lease->want_ ? (lease->key_ && pool->policy.route ? "routed by key"
-                                                                         : "named by the acquire")
-                                    : "chosen by the select_peer policy";
+  const char *chosen =
+      lease->want_ ? (lease->key_ && pool->policy.route ? "routed by key" : "named by the acquire")
+                   : "chosen by the select_peer policy";
   if (dialed)
     pp__explain(pool, "acquire", peer, conn->id,
-                "acquire got new conn #%llu to %s (%s), dialled for it, after %lld ms", 
+                "acquire got new conn #%llu to %s (%s), dialled for it, after %lld ms",
                 (unsigned long long)conn->id, peer->addr, chosen, waited);
   else
     pp__explain(pool, "acquire", peer, conn->id,

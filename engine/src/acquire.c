@@ -390,7 +390,7 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   lease->granted_ = conn->last_used;
   pool->stats.acquires++;
   pool->stats.acquired_immediate++;
-  pp__hist_observe_us(pool, PP_HIST_ACQUIRE_WAIT, 0);
+  pp__hist_observe_zero(pool, PP_HIST_ACQUIRE_WAIT);
   return 0;
 }
 
@@ -462,7 +462,7 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acq
     lease->granted_ = conn->last_used;
     pool->stats.acquires++;
     pool->stats.acquired_immediate++;
-    pp__hist_observe_us(pool, PP_HIST_ACQUIRE_WAIT, 0);
+    pp__hist_observe_zero(pool, PP_HIST_ACQUIRE_WAIT);
     pp__defer_lease(pool, lease, 0);
     return 0;
   }

@@ -23,15 +23,6 @@ double pp_histogram_bound_us(int i) {
   return (double)((uint64_t)1 << i);
 }
 
-void pp__hist_observe_us(pp_pool_t *pool, pp_hist_kind_t kind, uint64_t us) {
-  pp_histogram_t *h = &pool->hist[kind];
-  int i = us <= 1 ? 0 : 64 - __builtin_clzll(us - 1); /* smallest i with 2^i >= us */
-  if (i > PP_HIST_BUCKETS - 1) i = PP_HIST_BUCKETS - 1;
-  h->buckets[i]++;
-  h->count++;
-  h->sum_us += us;
-}
-
 void pp__hist_observe_ns(pp_pool_t *pool, pp_hist_kind_t kind, uint64_t start_ns) {
   uint64_t now = uv_hrtime();
   pp__hist_observe_us(pool, kind, now > start_ns ? (now - start_ns + 500) / 1000 : 0);

@@ -497,6 +497,36 @@ local function status_line(pool, prev, ms)
 end
 helpers.status = function(pool) return (status_line(pool)) end
 
+--- explain([pool] [, peer] [, n]): the pool's last n (20) decisions with their reasons, oldest
+-- first, one per line: "HH:MM:SS.mmm kind text" (pool:explain gives the tables).
+-- With one live pool, the pool may be left out.
+function helpers.explain(pool, peer, n)
+  if pool == nil or type(pool) == "string" or type(pool) == "number" then
+    pool, peer, n = nil, pool, peer
+    local list = peerpool_module().pools()
+    if #list ~= 1 then
+      error(fmt("explain(pool [, peer] [, n]): name the pool (%d are open; see pools())", #list), 2)
+    end
+    pool = list[1]
+  end
+  if type(peer) == "number" then peer, n = nil, peer end
+  n = n == nil and 20 or tonumber(n)
+  local list = pool:explain(peer)
+  local sec, usec = uv.gettimeofday()
+  local now_loop, now_wall = uv.now(), sec + usec / 1e6
+  local lines = {}
+  for i = math.max(1, #list - n + 1), #list do
+    local e = list[i]
+    local wall = now_wall - (now_loop - e.at_ms) / 1000
+    lines[#lines + 1] = fmt("%s.%03d %-10s %s", os.date("%H:%M:%S", math.floor(wall)),
+      math.floor(wall * 1000) % 1000, e.kind, e.text)
+  end
+  if #lines == 0 then
+    lines[1] = "(no decisions recorded" .. (peer and " for " .. tostring(peer) or "") .. ")"
+  end
+  print(concat(lines, "\n"))
+end
+
 --- watch(pool [, ms]): print a status line every ms (1000) until a key is pressed or the
 -- session ends. With one live pool, the pool may be left out.
 function helpers.watch(pool, ms)
@@ -568,6 +598,7 @@ helpers (where no global of the same name exists):
   pools()              the live pools
   watch(pool [, ms])   a status line every ms (1000) until a key is pressed
   status(pool)         one status line
+  explain([pool] [, peer] [, n])  the pool's last n (20) decisions and why (pool:explain)
   sleep(ms)            wait without blocking the loop
   pretty(v [, opts])   the string the REPL shows for a value (opts: depth, width, items)
   exit([code])         end this session (at the terminal: quit the program)

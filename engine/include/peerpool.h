@@ -439,7 +439,7 @@ void pp_pool_on_event(pp_pool_t *pool, pp_event_cb cb, void *arg);
  * idle conn at once is not recorded (the hot path stays as it is): the histograms count it.
  */
 #define PP_EXPLAIN_MAX 256
-#define PP_EXPLAIN_TEXT 160
+#define PP_EXPLAIN_TEXT 200
 
 typedef struct {
   uint64_t at;      /* loop ms */

@@ -126,7 +126,7 @@ void pp__ev_conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   static const char *const why[PP_CLOSE_REASON_COUNT] = {
       "idle past idle_timeout",
       "past its lifespan (max_lifespan)",
-      "broken (an I/O error, a verdict that blames the peer, or unread bytes)",
+      "broken (an I/O error, a verdict blaming the peer, or unread bytes)",
       "the peer closed it",
       "its health ping failed",
       "evicted to make room under max_total",
@@ -173,7 +173,7 @@ void pp__ev_eject_refused(pp_peer_t *peer, uint64_t brief_ms) {
   pp_pool_t *pool = peer->pool;
   pp__explain(pool, "eject", peer, 0,
               "%s not ejected after %d consecutive failures (last error %s): eject_max_percent "
-              "%d%% reached (%d of %d peers ejected); it backs off %llu ms instead",
+              "%d%% reached (%d of %d peers ejected); backs off %llu ms instead",
               peer->addr, peer->failures + peer->connect_failures, err_name(peer->last_error),
               pool->opts.eject_max_percent, pool->nejected, (int)pool->npeers - pool->nburned,
               (unsigned long long)brief_ms);

@@ -271,3 +271,47 @@ describe("leak_threshold", function()
     assert.has_error(function() peerpool.new { leak_threshold = -1 } end)
   end))
 end)
+
+describe("the REPL", function()
+  local T = require "spec.support.host_helper"
+
+  it("explain() prints the decisions one per line, watch the busiest peers' lines", function()
+    T.run(function()
+      local dir = T.tmpdir()
+      local path = dir .. "/app.lua"
+      local f = assert(io.open(path, "w"))
+      f:write([[
+        local peerpool = require "peerpool"
+        local uv = require "luv"
+        local srv = uv.new_tcp()
+        srv:bind("127.0.0.1", 0)
+        srv:listen(8, function() local c = uv.new_tcp(); srv:accept(c) end)
+        addr = "127.0.0.1:" .. srv:getsockname().port
+        pool = peerpool.new { max_per_peer = 2, eject_after = 2, eject_time = 5000 }
+        pool:add_peer(addr)
+        pool:add_peer("127.0.0.1:1")
+        peerpool.run(function()
+          for _ = 1, 2 do pool:acquire(addr):close("broken") end
+        end)
+        local t = uv.new_timer()
+        t:start(1500, 0, function() t:close(); srv:close(); pool:close() end)
+      ]])
+      f:close()
+      local p = T.spawn { T.peerpool, "--repl", path }
+      p:write("sleep(100)\nexplain(addr)\nheld = pool:acquire('127.0.0.1:1', { timeout = 50 })\n" ..
+        "watch(pool)\n")
+      p:close_stdin()
+      assert.equal(0, (p:wait()))
+      local out = p.out
+      assert.truthy(out:find("%d%d:%d%d:%d%d%.%d%d%d eject +127%.0%.0%.1:%d+ ejected for 5000 ms: " ..
+        "2 consecutive failures"), out)
+      assert.truthy(out:find("%d%d:%d%d:%d%d%.%d%d%d conn_close conn #1 to 127%.0%.0%.1:%d+ closed: broken"),
+        out)
+      -- the refused peer failed and the other is ejected: watch lists both under its line
+      assert.truthy(out:find("\n  127%.0%.0%.1:1 failed: conns %d+ %(idle 0%), leases 0, waiters 0, " ..
+        "failures %d+, last error ECONNREFUSED"), out)
+      assert.truthy(out:find("\n  127%.0%.0%.1:%d+ ejected: conns 0 %(idle 0%), leases 0, " ..
+        "waiters 0, failures 2, last error broken"), out)
+    end)
+  end)
+end)

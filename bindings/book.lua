@@ -47,6 +47,11 @@ end
 -- Read the book into the pool, a block at a time. Bad lines are skipped one by one and
 -- summed up in one report; the rest of the book loads.
 local function load(b, pool)
+  local kind = uv.fs_stat(b.path)
+  if kind and kind.type ~= "file" then -- a FIFO would block the loop in open, a device worse
+    report(b, "it is a " .. kind.type .. ", not a file; not loaded")
+    return
+  end
   local f, err, code = io.open(b.path, "rb")
   if not f then
     if code ~= 2 then report(b, "cannot read it: " .. err) end -- ENOENT: no book yet

@@ -154,6 +154,7 @@ static const char *book_parse_time(span_t s, int64_t max, int64_t *out) {
   if (v > (INT64_C(1) << 53)) return "last_seen is over 2^53";
   if (v > max) return "last_seen is in the future";
   if (v == 0) return "last_seen is 0";
+  if (v < INT64_C(100000000000)) return "last_seen looks like seconds (under 10^11 ms)";
   *out = v;
   return NULL;
 }

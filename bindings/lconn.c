@@ -147,19 +147,27 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     }
     if (err != PP_EAGAIN) return push_acquire_error(L, p, &c->lease, peer, err);
   }
-  err = pp_acquire(p->pool, &c->lease, peer, opts, on_acquired);
-  if (err) return push_acquire_error(L, p, &c->lease, peer, err);
-  c->state = LPP_CONN_PENDING;
+  /* Anchor first, then register with the engine: an anchor that fails (out of memory) must
+   * not leave the engine pointing at an object the collector may free. */
   lua_pushvalue(L, -1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (cb_idx) {
+  if (cb_idx)
     lua_pushvalue(L, cb_idx);
-    c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pushthread(L);
+  int *waiter_ref = cb_idx ? &c->cb_ref : &c->co_ref;
+  *waiter_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  err = pp_acquire(p->pool, &c->lease, peer, opts, on_acquired);
+  if (err) {
+    lpp_unref(L, waiter_ref);
+    lpp_unref(L, &c->self_ref);
+    return push_acquire_error(L, p, &c->lease, peer, err);
+  }
+  c->state = LPP_CONN_PENDING;
+  if (cb_idx) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  lua_pushthread(L);
-  c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return lua_yield(L, 0);
 }
 
@@ -260,6 +268,7 @@ static int take(lua_State *L, lpp_conn_t *c) {
       break;
   }
   consume(c, n);
+  c->unanswered = 0;
   return 1;
 }
 
@@ -273,6 +282,7 @@ static int push_receive_end(lua_State *L, lpp_conn_t *c, int err) {
 }
 
 static void end_lease(lua_State *L, lpp_conn_t *c, int status);
+static void finish_receive_unbudgeted(lpp_conn_t *c, int err);
 
 /* A reply over max_receive: the conn is closed (without blaming the peer: the limit is ours),
  * and the caller gets nil, "too_long", detail. */
@@ -333,6 +343,12 @@ static void stop_waiting(lua_State *L, lpp_conn_t *c) {
 }
 
 static void finish_receive(lpp_conn_t *c, int err) {
+  lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
+  finish_receive_unbudgeted(c, err);
+  lpp_budget_leave(outside);
+}
+
+static void finish_receive_unbudgeted(lpp_conn_t *c, int err) {
   lpp_pool_t *p = c->owner;
   lua_State *L = p->L;
   unlist_receive(c);
@@ -476,14 +492,17 @@ static int l_receive(lua_State *L) {
   if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
   if (!lua_isyieldable(L))
     return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
-  int err = start_reading(c, conn);
-  if (err) return push_receive_end(L, c, err);
-  int64_t ms = c->owner->io_timeout;
-  if (ms > 0) list_receive(L, c, ms);
-  lua_pushthread(L);
+  lua_pushthread(L); /* anchored first: see lpp_acquire */
   c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int err = start_reading(c, conn);
+  if (err) {
+    stop_waiting(L, c);
+    return push_receive_end(L, c, err);
+  }
+  int64_t ms = c->owner->io_timeout;
+  if (ms > 0) list_receive(L, c, ms);
   return lua_yield(L, 0);
 }
 
@@ -502,7 +521,14 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
     lua_pop(L, 1);
     if (!waiting) stop_waiting(L, c); /* its coroutine was closed: nothing waits any more */
   }
-  if (status == 0 && (waiting || c->tainted)) status = LPP_NOREUSE;
+  /* A request whose reply was never read (sent after the last receive, or still queued) may be
+   * answered later: the next holder would read that answer as its own. Protocols without
+   * replies keep_idle_bytes (their conns' unsolicited bytes are expected). */
+  pp_pool_t *owner_pool = c->owner->pool;
+  int chatty = owner_pool && pp_pool_options(owner_pool)->keep_idle_bytes;
+  int in_flight =
+      !chatty && (c->unanswered || (c->lease.conn && pp_conn_write_queue_size(c->lease.conn) > 0));
+  if (status == 0 && (waiting || c->tainted || in_flight)) status = LPP_NOREUSE;
   stop_reading(c, c->lease.conn);
   if (status == 0 && c->len > 0) {
     /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;

@@ -28,6 +28,12 @@ typedef struct {
 } view_t;
 
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
+  /* The pool's hook thread: idle here, and never a thread in the middle of a resume (the main
+   * thread once the pool is closed and its hook thread dropped). */
+  lpp_hook_error_on(p->hook_L ? p->hook_L : p->L, p, hook, msg);
+}
+
+void lpp_hook_error_on(lua_State *L, lpp_pool_t *p, int hook, const char *msg) {
   p->hook_errors[hook]++;
   uint64_t now = p->pool ? uv_now(pp_pool_loop(p->pool)) : 0;
   if (p->hook_logged_at[hook] != 0 && now - p->hook_logged_at[hook] < 1000) {
@@ -38,9 +44,6 @@ void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
   if (p->hook_suppressed[hook])
     snprintf(more, sizeof(more), " (%llu more since the last report)",
              (unsigned long long)p->hook_suppressed[hook]);
-  /* The pool's hook thread: idle here, and never a thread in the middle of a resume (the main
-   * thread once the pool is closed and its hook thread dropped). */
-  lua_State *L = p->hook_L ? p->hook_L : p->L;
   /* The first line says what and what now; a traceback, if any, follows it. */
   if (msg == NULL) msg = "(error object is not a string)";
   const char *trace = strstr(msg, "\nstack traceback:");
@@ -50,7 +53,11 @@ void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
   lua_pushlstring(L, msg, (size_t)head);
   lua_pushfstring(L, "%s; using the default%s", more, trace ? trace : "");
   lua_concat(L, 3);
+  /* A reporter (peerpool.on_error) runs while the engine may still be mid-decision: it may not
+   * change this pool either. */
+  int gc = lpp_enter_engine_call(p, 0);
   lpp_emit(L, lua_tostring(L, -1));
+  lpp_leave_engine_call(p, gc);
   lua_pop(L, 1);
   p->hook_logged_at[hook] = now ? now : 1;
   p->hook_suppressed[hook] = 0;
@@ -290,41 +297,51 @@ lpp_hook_run_t *lpp_hook_run_find(lua_State *L, lua_State *co) {
   return luaL_testudata(L, -1, LPP_HOOK_RUN);
 }
 
-void lpp_hook_run_end(lua_State *L, lua_State *co, int run_idx, int status, int nres) {
-  lpp_hook_run_t *run = lua_touserdata(L, run_idx);
-  lua_getiuservalue(L, run_idx, 1);
-  lpp_pool_t *p = luaL_testudata(L, -1, LPP_POOL);
-  lua_getiuservalue(L, run_idx, 2);
-  lpp_conn_t *c = luaL_testudata(L, -1, LPP_CONN);
+lpp_budget_t *lpp_hook_budget_of(lua_State *co) {
+  if (!lua_checkstack(co, 3)) return NULL;
+  lua_pushthread(co);
+  lpp_hook_run_t *run = lpp_hook_run_find(co, co);
+  lpp_budget_t *b = run ? &run->budget : NULL;
+  lua_pop(co, 2); /* the run (or nil) and the thread: the run stays anchored by the table */
+  return b;
+}
+
+/* The hook's wrap-up, on its own coroutine once fn has returned or raised (however it was
+ * resumed: by the binding, or by a luv callback of the hook's with coroutine.resume), in C and
+ * outside the budget: a hook that spent its budget still hands its conn back. Stack: run,
+ * message handler, then fn's answer or its error. */
+static int hook_body_k(lua_State *co, int status, lua_KContext ctx) {
+  (void)ctx;
+  lpp_budget_t *spent = lpp_budget_enter(NULL);
+  lpp_hook_run_t *run = lua_touserdata(co, 1);
+  lua_getiuservalue(co, 1, 1);
+  lpp_pool_t *p = luaL_testudata(co, -1, LPP_POOL);
+  lua_getiuservalue(co, 1, 2);
+  lpp_conn_t *c = luaL_testudata(co, -1, LPP_CONN);
+  lua_pop(co, 2);
   int ok = 0;
-  if (status != LUA_OK) {
-    int top = lua_gettop(L);
-    const char *msg = lua_tostring(co, -1);
-    if (msg == NULL)
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
-    luaL_traceback(L, co, msg, 0);
-    if (p) lpp_hook_error(p, run->hook, lua_tostring(L, -1));
-    lua_settop(L, top);
-    lua_resetthread(co);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    if (p) lpp_hook_error_on(co, p, run->hook, lua_tostring(co, -1));
   } else if (run->hook != LPP_HOOK_SEED) {
-    int t = nres > 0 ? lua_type(co, -nres) : LUA_TNIL;
-    ok = t == LUA_TBOOLEAN && lua_toboolean(co, -nres);
+    int t = lua_type(co, -1);
+    ok = t == LUA_TBOOLEAN && lua_toboolean(co, -1);
     if (t != LUA_TBOOLEAN && t != LUA_TNIL && p) {
       char msg[96];
       snprintf(msg, sizeof(msg), "answered %s (want true or false)", lua_typename(co, t));
-      lpp_hook_error(p, run->hook, msg);
+      lpp_hook_error_on(co, p, run->hook, msg);
     }
   }
-  lua_settop(co, 0);
   if (c) lpp_hook_conn_done(c, ok);
-  lua_pop(L, 2);
-  /* Unregister: the thread is at run_idx - 1 (see lpp_resume). */
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) == LUA_TTABLE) {
-    lua_pushvalue(L, run_idx - 1);
-    lua_pushnil(L);
-    lua_rawset(L, -3);
-  }
-  lua_pop(L, 1);
+  lpp_budget_leave(spent);
+  return 0;
+}
+
+/* The body of a hook's coroutine: fn(input) under a message handler, then the wrap-up.
+ * Stack: run, fn, input. */
+static int hook_body(lua_State *co) {
+  lua_pushcfunction(co, hook_traceback);
+  lua_insert(co, 2);
+  return hook_body_k(co, lua_pcallk(co, 1, 1, 2, 0, hook_body_k), 0);
 }
 
 /* Start hook `hook` of p's policy as a coroutine; `push_input` pushes its argument onto L.
@@ -351,12 +368,13 @@ static int start_async(lpp_pool_t *p, int hook, void (*push_input)(lpp_pool_t *,
   lua_pushvalue(L, pool_idx);
   lua_setiuservalue(L, -2, 1);
   push_input(p, arg, pool_idx); /* run's uservalue 2 is set by the conn hooks */
-  /* co: fn, input */
+  /* co: hook_body, run, fn, input */
+  lua_pushcfunction(co, hook_body);
+  lua_pushvalue(L, -2); /* the run */
+  lua_xmove(L, co, 1);
   lua_pushvalue(L, fn);
   lua_xmove(L, co, 1);
-  lua_pushvalue(L, -1);
-  lua_xmove(L, co, 1);
-  lua_pop(L, 1);
+  lua_xmove(L, co, 1); /* the input */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);
@@ -375,7 +393,7 @@ static int start_async(lpp_pool_t *p, int hook, void (*push_input)(lpp_pool_t *,
   /* The hook's first slice runs inside the engine's call; later slices (after it yields) do
    * not. A seed hook adds peers: that much is allowed. */
   int gc = lpp_enter_engine_call(p, 1);
-  lpp_resume(L, co, 1, p);
+  lpp_resume(L, co, 3, p);
   lpp_leave_engine_call(p, gc);
   lua_settop(L, top);
   return 1;

@@ -465,10 +465,11 @@ static int l_restore(lua_State *L) {
   h.f = (type)luaL_optinteger(L, -1, 0); \
   lua_pop(L, 1);
   F(failures, int)
-  F(last_success, int64_t) F(last_failure, int64_t) F(ejections, uint64_t) F(eject_streak, int)
-      F(ejected_until, int64_t)
+  F(last_success, int64_t)
+  F(last_failure, int64_t)
+  F(ejections, uint64_t) F(eject_streak, int) F(ejected_until, int64_t)
 #undef F
-          lua_getfield(L, 3, "burned");
+      lua_getfield(L, 3, "burned");
   h.burned = lua_toboolean(L, -1);
   lua_pop(L, 1);
   int err = pp_peer_restore(peer, &h);
@@ -509,9 +510,11 @@ static int l_stats(lua_State *L) {
   F(acquired_immediate)
   F(acquired_dialed)
   F(acquired_waited)
-  F(timed_out) F(busy) F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken)
-      F(connect_attempts) F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in)
-          F(msgs_out) F(pings) F(pings_failed) F(ejections) F(seeds) F(policy_errors)
+  F(timed_out)
+  F(busy)
+  F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
+      F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
+          F(pings_failed) F(ejections) F(seeds) F(policy_errors)
 #undef F
               lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");

@@ -29,6 +29,9 @@ function pool_methods:with(peer, fn, opts)
   if type(fn) ~= "function" then
     error("bad argument #2 to 'with' (function expected, got " .. type(fn) .. ")", 2)
   end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #3 to 'with' (table of options expected, got " .. type(opts) .. ")", 2)
+  end
   local conn, err, detail = self:acquire(peer, opts)
   if not conn then return nil, err, detail end
   local res = pack(pcall(fn, conn))
@@ -211,7 +214,8 @@ function M.new(opts)
       error("peerpool.new: peers[" .. i .. "] must be an address (string), got " .. type(addr), 2)
     end
   end
-  if opts.address_book ~= nil and type(opts.address_book) ~= "string" then
+  if opts.address_book ~= nil and (type(opts.address_book) ~= "string" or opts.address_book == "")
+  then
     error("peerpool.new: option 'address_book' must be a path", 2)
   end
   local interval = opts.address_book_interval or 60000

@@ -181,6 +181,18 @@ describe("peerpool address book", function()
       assert.not_equal("burned", again:peer(refused.addr).state)
     end))
 
+    it("skips a line whose last_seen is in seconds, and loads the rest", test(function(env)
+      local path = env:tmpname()
+      write_book(path, { "127.0.0.1:7001 123 static zone=eu",
+        "127.0.0.1:7002 1700000000000 static" })
+      local reports = with_reports(function()
+        local pool = env:pool { address_book = path }
+        assert.is_nil(pool:peer("127.0.0.1:7001"))
+        assert.is_truthy(pool:peer("127.0.0.1:7002"))
+      end)
+      assert.matches("line 2: last_seen looks like seconds", reports[1], 1, true)
+    end))
+
     it("reads the v2 format (no history field)", test(function(env)
       local path = env:tmpname()
       write_book(path, { "127.0.0.1:7001 1700000000000 static zone=eu" })

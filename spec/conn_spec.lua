@@ -447,6 +447,19 @@ describe("peerpool.conn", function()
       again:release()
     end))
 
+    it("never lends again a conn whose request was sent but whose reply was not read",
+      test(function(env)
+        local conn, pool, srv = setup(env)
+        conn:send("SLEEP 30\r\n")
+        assert.is_true(conn:release()) -- the +WOKE is still to come
+        local again = assert(pool:acquire(srv.addr))
+        again:send("PING\r\n")
+        assert.equal("+PONG", again:receive())
+        again:release()
+        assert.equal(2, srv.accepted)
+        assert.equal(0, pool:peer(srv.addr).failures)
+      end))
+
     it("never lends again a conn whose receive timed out", test(function(env)
       local conn, pool, srv = setup(env, { io_timeout = 50 })
       conn:send("SLEEP 150\r\n")

@@ -733,6 +733,44 @@ describe("peerpool policy hooks", function()
         logged[1], 1, true)
     end))
 
+    it("a handshake resumed by its own luv timer still answers (and is wrapped up)",
+      test(function(env)
+        local srv = env:node()
+        local pool = env:pool { peers = { srv.addr }, retries = 0, handshake_timeout = 2000,
+          policy = { handshake = function()
+            local co, t = coroutine.running(), uv.new_timer()
+            t:start(10, 0, function()
+              t:close()
+              coroutine.resume(co) -- the luv way, not the binding's
+            end)
+            coroutine.yield()
+            return true
+          end } }
+        local t0 = uv.hrtime()
+        local conn = assert(pool:acquire(srv.addr))
+        assert.is_true((uv.hrtime() - t0) / 1e6 < 1000, "the answer was lost until a timeout")
+        conn:release()
+        assert.same({ 1, 0 }, { hook_stats(pool, "handshake") })
+      end))
+
+    it("an error reporter cannot close the pool in the middle of a hook's decision",
+      test(function(env)
+        local srv = env:node()
+        local pool = env:pool { peers = { srv.addr }, max_per_peer = 2 }
+        local a, b = assert(pool:acquire(srv.addr)), assert(pool:acquire(srv.addr))
+        a:release()
+        b:release() -- two idle conns: the next acquire asks select_conn
+        assert(pool:load_policy { select_conn = function() return 99 end }) -- nonsense
+        local refused
+        peerpool.on_error(function()
+          refused = select(2, pcall(pool.close, pool))
+        end)
+        local conn = assert(pool:acquire(srv.addr))
+        peerpool.on_error(nil)
+        assert.matches("a policy hook cannot change its pool", refused, 1, true)
+        conn:release()
+      end))
+
     it("a hook that catches its budget error with pcall is still stopped", test(function(env)
       local pool = two_warm(env)
       assert(pool:load_policy { select_peer = function()
@@ -781,6 +819,9 @@ describe("peerpool policy hooks", function()
 
     it("refuses os.exit, io.read, debug.sethook and binary chunks inside a hook",
       test(function(env)
+        local fifo = os.tmpname()
+        os.remove(fifo)
+        assert(os.execute("mkfifo " .. fifo))
         local pool = two_warm(env)
         local results = {}
         assert(pool:load_policy { select_peer = function()
@@ -792,6 +833,8 @@ describe("peerpool policy hooks", function()
             binary = function() return assert(load(string.dump(function() end))) end,
             stop = function() collectgarbage("stop") end,
             popen = function() return io.popen("true") end,
+            loadlib = function() return package.loadlib("libc.so.6", "abort") end,
+            fifo = function() return io.lines(fifo) end,
           } do
             local ok, err = pcall(fn)
             results[name] = not ok and err or "allowed"
@@ -801,7 +844,8 @@ describe("peerpool policy hooks", function()
           return 1
         end })
         serves(pool, 1)
-        for _, name in ipairs { "exit", "read", "lines", "sethook", "stop", "popen" } do
+        for _, name in ipairs { "exit", "read", "lines", "sethook", "stop", "popen", "loadlib",
+          "fifo" } do
           assert.matches("not available inside a policy hook", results[name], 1, true)
         end
         assert.matches("attempt to load a binary chunk", results.binary, 1, true)
@@ -809,6 +853,7 @@ describe("peerpool policy hooks", function()
         assert.is_true(collectgarbage("isrunning"))
         assert.is_function(debug.sethook) -- outside hooks everything is as it was
         assert.is_function(load(string.dump(function() end)))
+        os.remove(fifo)
       end))
 
     it("a synchronous hook that yields is cut off", test(function(env)

@@ -11,7 +11,8 @@ local test, wait_until = H.test, H.wait_until
 -- ---- helpers ------------------------------------------------------------------------------
 
 -- The exposition parsed: families[name] = { help = n, type = kind, samples = {...} } (a
--- sample's family is the name without _sum/_count/_bucket for summaries and histograms), and the samples in order.
+-- sample's family is the name without _sum/_count/_bucket for summaries and histograms), and
+-- the samples in order.
 local function parse(text)
   local families, samples, order = {}, {}, {}
   local function fam(name)

@@ -298,18 +298,18 @@ describe("the REPL", function()
       ]])
       f:close()
       local p = T.spawn { T.peerpool, "--repl", path }
-      p:write("sleep(100)\nexplain(addr)\nheld = pool:acquire('127.0.0.1:1', { timeout = 50 })\n" ..
-        "watch(pool)\n")
+      p:write("sleep(100)\nexplain(addr)\n" ..
+        "held = pool:acquire('127.0.0.1:1', { timeout = 50 })\nwatch(pool)\n")
       p:close_stdin()
       assert.equal(0, (p:wait()))
       local out = p.out
-      assert.truthy(out:find("%d%d:%d%d:%d%d%.%d%d%d eject +127%.0%.0%.1:%d+ ejected for 5000 ms: " ..
+      local stamp = "%d%d:%d%d:%d%d%.%d%d%d "
+      assert.truthy(out:find(stamp .. "eject +127%.0%.0%.1:%d+ ejected for 5000 ms: " ..
         "2 consecutive failures"), out)
-      assert.truthy(out:find("%d%d:%d%d:%d%d%.%d%d%d conn_close conn #1 to 127%.0%.0%.1:%d+ closed: broken"),
-        out)
+      assert.truthy(out:find(stamp .. "conn_close conn #1 to 127%.0%.0%.1:%d+ closed: broken"), out)
       -- the refused peer failed and the other is ejected: watch lists both under its line
-      assert.truthy(out:find("\n  127%.0%.0%.1:1 failed: conns %d+ %(idle 0%), leases 0, waiters 0, " ..
-        "failures %d+, last error ECONNREFUSED"), out)
+      assert.truthy(out:find("\n  127%.0%.0%.1:1 failed: conns %d+ %(idle 0%), leases 0, " ..
+        "waiters 0, failures %d+, last error ECONNREFUSED"), out)
       assert.truthy(out:find("\n  127%.0%.0%.1:%d+ ejected: conns 0 %(idle 0%), leases 0, " ..
         "waiters 0, failures 2, last error broken"), out)
     end)

@@ -508,9 +508,8 @@ local function peer_lines(pool, stats)
   if not ok or type(peers) ~= "table" then return {} end
   local busy = {}
   for _, v in ipairs(peers) do
-    if (v.leases or 0) > 0 or (v.waiters or 0) > 0 or v.state == "ejected" or v.state == "failed" then
-      busy[#busy + 1] = v
-    end
+    local held = v.state == "ejected" or v.state == "failed"
+    if (v.leases or 0) > 0 or (v.waiters or 0) > 0 or held then busy[#busy + 1] = v end
   end
   sort(busy, function(a, b)
     local x, y = (a.leases or 0) + (a.waiters or 0), (b.leases or 0) + (b.waiters or 0)
@@ -533,7 +532,7 @@ end
 -- With one live pool, the pool may be left out.
 function helpers.explain(pool, peer, n)
   if pool == nil or type(pool) == "string" or type(pool) == "number" then
-    pool, peer, n = nil, pool, peer
+    peer, n = pool, peer
     local list = peerpool_module().pools()
     if #list ~= 1 then
       error(fmt("explain(pool [, peer] [, n]): name the pool (%d are open; see pools())", #list), 2)

@@ -360,6 +360,7 @@ static int explain_one(const pp_explain_t *e, void *arg) {
     lua_setfield(L, -2, "peer");
   }
   if (e->conn_id) set_int(L, "conn", (int64_t)e->conn_id);
+  if (e->repeats) set_int(L, "repeats", (int64_t)e->repeats);
   lua_pushstring(L, e->text);
   lua_setfield(L, -2, "text");
   lua_rawseti(L, -2, ++x->n);

@@ -437,6 +437,9 @@ void pp_pool_on_event(pp_pool_t *pool, pp_event_cb cb, void *arg);
  * ahead), acquires that failed (pp_lease_describe's line), conns opened and closed (reason),
  * peers ejected, ejections refused, probes, recoveries, burns, leaks. An acquire granted an
  * idle conn at once is not recorded (the hot path stays as it is): the histograms count it.
+ * Acquires that wait, are granted after waiting, or fail record their numbers only (a few
+ * stores); the text is written when pp_pool_explain reads the entry, and a run of failures
+ * with the same code for the same peer folds into one entry (`repeats`).
  */
 #define PP_EXPLAIN_MAX 256
 #define PP_EXPLAIN_TEXT 200
@@ -447,6 +450,8 @@ typedef struct {
                        "burn", "probe", "recover", "leak" (static strings) */
   pp_peer_t *peer;  /* NULL: no peer in particular */
   uint64_t conn_id; /* 0: none */
+  unsigned int repeats; /* more of the same folded into this entry: failures of an acquire with
+                           the same code for the same peer, in a row (at, text: the last) */
   char text[PP_EXPLAIN_TEXT];
 } pp_explain_t;
 

@@ -62,19 +62,101 @@ static void event_init(pp_pool_t *pool, pp_event_t *ev, pp_event_kind_t kind, pp
 
 /* ---- explain ---------------------------------------------------------------------------- */
 
-void pp__explain(pp_pool_t *pool, const char *kind, pp_peer_t *peer, uint64_t conn_id,
-                 const char *fmt, ...) {
-  pp_explain_t *e = &pool->explain[pool->explain_next];
+enum { LAZY_NONE = 0, LAZY_FAIL, LAZY_WAIT_DIAL, LAZY_WAIT_PEER, LAZY_WAIT_ANY, LAZY_GRANT };
+
+static struct pp__explain_s *explain_next(pp_pool_t *pool, const char *kind, pp_peer_t *peer,
+                                          uint64_t conn_id) {
+  struct pp__explain_s *x = &pool->explain[pool->explain_next];
   pool->explain_next = (pool->explain_next + 1) % PP_EXPLAIN_MAX;
   if (pool->explain_len < PP_EXPLAIN_MAX) pool->explain_len++;
-  e->at = uv_now(pool->loop);
-  e->kind = kind;
-  e->peer = peer;
-  e->conn_id = conn_id;
+  x->e.at = uv_now(pool->loop);
+  x->e.kind = kind;
+  x->e.peer = peer;
+  x->e.conn_id = conn_id;
+  x->e.repeats = 0;
+  x->e.text[0] = '\0';
+  x->lazy = LAZY_NONE;
+  return x;
+}
+
+/* The entry recorded last, or NULL. */
+static struct pp__explain_s *explain_last(pp_pool_t *pool) {
+  if (pool->explain_len == 0) return NULL;
+  return &pool->explain[(pool->explain_next + PP_EXPLAIN_MAX - 1) % PP_EXPLAIN_MAX];
+}
+
+void pp__explain(pp_pool_t *pool, const char *kind, pp_peer_t *peer, uint64_t conn_id,
+                 const char *fmt, ...) {
+  struct pp__explain_s *x = explain_next(pool, kind, peer, conn_id);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(e->text, sizeof(e->text), fmt, ap);
+  vsnprintf(x->e.text, sizeof(x->e.text), fmt, ap);
   va_end(ap);
+}
+
+static const char *addr_of(const pp_peer_t *peer) {
+  return peer ? peer->addr : "?";
+}
+
+/* Write the text of a lazy entry into out->text. */
+static void explain_format(const struct pp__explain_s *x, pp_explain_t *out) {
+  char *t = out->text;
+  size_t n = sizeof(out->text);
+  const int *v = x->v;
+  switch (x->lazy) {
+    case LAZY_FAIL: {
+      pp_lease_t fake;
+      memset(&fake, 0, sizeof(fake));
+      fake.why_ = x->cause;
+      fake.want_ = x->want;
+      int len = snprintf(t, n, "acquire failed: ");
+      if (len > 0 && (size_t)len < n) pp_lease_describe(&fake, t + len, n - (size_t)len);
+      break;
+    }
+    case LAZY_WAIT_DIAL:
+      snprintf(t, n,
+               "acquire waits for a new conn to %s: no usable conn (%d/%d conns, %d leases, "
+               "client_limit %d); pool %d/%d conns",
+               addr_of(x->e.peer), v[0], v[1], v[2], v[3], v[4], v[5]);
+      break;
+    case LAZY_WAIT_PEER:
+      snprintf(t, n,
+               "acquire for %s waits behind capacity: %d/%d conns%s, %d leases (client_limit "
+               "%d), pool %d/%d conns; %d waiter%s for it now",
+               addr_of(x->e.peer), v[0], v[1], v[0] >= v[1] ? " (max_per_peer)" : "", v[2], v[3],
+               v[4], v[5], v[6], v[6] == 1 ? "" : "s");
+      break;
+    case LAZY_WAIT_ANY:
+      snprintf(t, n,
+               "acquire for any peer waits behind capacity: pool %d/%d conns, %d leased; %d "
+               "waiter%s for any peer now",
+               v[4], v[5], v[2], v[6], v[6] == 1 ? "" : "s");
+      break;
+    case LAZY_GRANT:
+      if (v[0])
+        snprintf(t, n, "acquire got new conn #%llu to %s (%s), dialled for it, after %d ms",
+                 (unsigned long long)x->e.conn_id, addr_of(x->e.peer),
+                 v[1] == 2   ? "routed by key"
+                 : v[1] == 1 ? "named by the acquire"
+                             : "chosen by the select_peer policy",
+                 v[2]);
+      else
+        snprintf(t, n,
+                 "acquire got conn #%llu of %s (%s) after waiting %d ms behind capacity; now %d "
+                 "lease%s on it",
+                 (unsigned long long)x->e.conn_id, addr_of(x->e.peer),
+                 v[1] == 2   ? "routed by key"
+                 : v[1] == 1 ? "named by the acquire"
+                             : "chosen by the select_peer policy",
+                 v[2], v[3], v[3] == 1 ? "" : "s");
+      break;
+    default:
+      break;
+  }
+  if (x->e.repeats > 0) {
+    size_t len = strlen(t);
+    if (len < n) snprintf(t + len, n - len, " (and %u more like it)", x->e.repeats);
+  }
 }
 
 int pp_pool_explain(pp_pool_t *pool, pp_peer_t *peer,
@@ -82,9 +164,16 @@ int pp_pool_explain(pp_pool_t *pool, pp_peer_t *peer,
   if (pool == NULL || fn == NULL) return PP_EINVAL;
   unsigned int start = (pool->explain_next + PP_EXPLAIN_MAX - pool->explain_len) % PP_EXPLAIN_MAX;
   for (unsigned int i = 0; i < pool->explain_len; i++) {
-    const pp_explain_t *e = &pool->explain[(start + i) % PP_EXPLAIN_MAX];
-    if (peer && e->peer != peer) continue;
-    int rc = fn(e, arg);
+    const struct pp__explain_s *x = &pool->explain[(start + i) % PP_EXPLAIN_MAX];
+    if (peer && x->e.peer != peer) continue;
+    int rc;
+    if (x->lazy == LAZY_NONE && x->e.repeats == 0) {
+      rc = fn(&x->e, arg);
+    } else {
+      pp_explain_t e = x->e; /* formatted into a copy: the ring stays as recorded */
+      explain_format(x, &e);
+      rc = fn(&e, arg);
+    }
     if (rc) return rc;
   }
   return 0;
@@ -214,57 +303,45 @@ void pp__ev_recover(pp_peer_t *peer) {
 
 void pp__ev_granted(pp_lease_t *lease, pp_conn_t *conn, bool dialed) {
   pp_pool_t *pool = conn->pool;
-  pp_peer_t *peer = conn->peer;
   uint64_t now = uv_now(pool->loop);
-  long long waited = lease->since_ && now > lease->since_ ? (long long)(now - lease->since_) : 0;
-  const char *chosen =
-      lease->want_ ? (lease->key_ && pool->policy.route ? "routed by key" : "named by the acquire")
-                   : "chosen by the select_peer policy";
-  if (dialed)
-    pp__explain(pool, "acquire", peer, conn->id,
-                "acquire got new conn #%llu to %s (%s), dialled for it, after %lld ms",
-                (unsigned long long)conn->id, peer->addr, chosen, waited);
-  else
-    pp__explain(pool, "acquire", peer, conn->id,
-                "acquire got conn #%llu of %s (%s) after waiting %lld ms behind capacity; now "
-                "%d lease%s on it",
-                (unsigned long long)conn->id, peer->addr, chosen, waited, conn->leases,
-                conn->leases == 1 ? "" : "s");
+  struct pp__explain_s *x = explain_next(pool, "acquire", conn->peer, conn->id);
+  x->lazy = LAZY_GRANT;
+  x->v[0] = dialed;
+  x->v[1] = lease->want_ ? (lease->key_ && pool->policy.route ? 2 : 1) : 0;
+  x->v[2] = lease->since_ && now > lease->since_ ? (int)(now - lease->since_) : 0;
+  x->v[3] = conn->leases;
 }
 
 void pp__ev_queued(pp_lease_t *lease, pp_peer_t *target) {
   pp_pool_t *pool = lease->pool_;
-  pp_peer_t *peer = lease->want_;
-  if (target) {
-    pp__explain(pool, "wait", target, 0,
-                "acquire waits for a new conn to %s: no usable conn (%d/%d conns, %d leases, "
-                "client_limit %d); pool %d/%d conns",
-                target->addr, target->conns, pool->opts.max_per_peer, target->leases,
-                pool->opts.client_limit, pool->total, pool->opts.max_total);
-  } else if (peer) {
-    pp__explain(pool, "wait", peer, 0,
-                "acquire for %s waits behind capacity: %d/%d conns%s, %d leases (client_limit "
-                "%d), pool %d/%d conns; %d waiter%s for it now",
-                peer->addr, peer->conns, pool->opts.max_per_peer,
-                peer->conns >= pool->opts.max_per_peer ? " (max_per_peer)" : "", peer->leases,
-                pool->opts.client_limit, pool->total, pool->opts.max_total, peer->waiters.count,
-                peer->waiters.count == 1 ? "" : "s");
-  } else {
-    pp__explain(pool, "wait", NULL, 0,
-                "acquire for any peer waits behind capacity: pool %d/%d conns, %d leased, %d "
-                "peers ready to dial; %d waiter%s for any peer now",
-                pool->total, pool->opts.max_total, pool->active,
-                pp__any_dial_candidate(pool) ? 1 : 0, pool->any_waiters.count,
-                pool->any_waiters.count == 1 ? "" : "s");
-  }
+  pp_peer_t *peer = target ? target : lease->want_;
+  struct pp__explain_s *x = explain_next(pool, "wait", peer, 0);
+  x->lazy = target ? LAZY_WAIT_DIAL : peer ? LAZY_WAIT_PEER : LAZY_WAIT_ANY;
+  x->v[0] = peer ? peer->conns : 0;
+  x->v[1] = pool->opts.max_per_peer;
+  x->v[2] = peer ? peer->leases : pool->active;
+  x->v[3] = pool->opts.client_limit;
+  x->v[4] = pool->total;
+  x->v[5] = pool->opts.max_total;
+  x->v[6] = peer ? peer->waiters.count : pool->any_waiters.count;
 }
 
 void pp__ev_failed(pp_lease_t *lease) {
   pp_pool_t *pool = lease->pool_;
   const pp_cause_t *c = &lease->why_;
-  char line[PP_EXPLAIN_TEXT];
-  pp_lease_describe(lease, line, sizeof(line));
-  pp__explain(pool, "fail", c->peer, 0, "acquire failed: %s", line);
+  /* A run of the same failure for the same peer folds into one entry (a busy storm must not
+   * push every other decision out of the ring, nor pay for a line each). */
+  struct pp__explain_s *x = explain_last(pool);
+  if (x && x->lazy == LAZY_FAIL && x->e.peer == c->peer && x->cause.code == c->code &&
+      x->want == lease->want_) {
+    x->e.repeats++;
+    x->e.at = uv_now(pool->loop);
+  } else {
+    x = explain_next(pool, "fail", c->peer, 0);
+    x->lazy = LAZY_FAIL;
+    x->want = lease->want_;
+  }
+  x->cause = *c;
   if (c->code != PP_ETIMEDOUT || pool->event_cb == NULL) return;
   struct pp__event_s *slot = pp__event_slot(pool);
   if (slot == NULL) return;

@@ -257,7 +257,17 @@ struct pp_pool_s {
   uint64_t conn_seq, leak_seq;
   uv_timer_t leak_timer;
   unsigned int explain_next, explain_len;
-  pp_explain_t explain[PP_EXPLAIN_MAX];
+  struct pp__explain_s *explain; /* PP_EXPLAIN_MAX entries, allocated with the pool */
+};
+
+/* An explain entry: text formatted when recorded, or (lazy != 0) the numbers to format it
+ * from when it is read (events.c). */
+struct pp__explain_s {
+  pp_explain_t e;
+  unsigned char lazy;
+  pp_peer_t *want;  /* fail: the acquire's named (or routed) peer */
+  pp_cause_t cause; /* fail */
+  int v[8];         /* wait, acquire */
 };
 
 struct pp__event_s {

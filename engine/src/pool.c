@@ -38,10 +38,16 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   if (err) return err;
   pp_pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL) return UV_ENOMEM;
+  pool->explain = calloc(PP_EXPLAIN_MAX, sizeof(*pool->explain)); /* events.c */
+  if (pool->explain == NULL) {
+    free(pool);
+    return UV_ENOMEM;
+  }
   pool->loop = loop;
   pool->opts = *opts;
   err = pp__tls_pool_init(pool, opts->tls, why); /* TLS (tls.c): copies opts->tls */
   if (err) {
+    free(pool->explain);
     free(pool);
     return err;
   }
@@ -214,6 +220,7 @@ static void own_handle_closed(uv_handle_t *handle) {
   free(pool->table);
   free(pool->scratch);
   free(pool->events);
+  free(pool->explain);
   free(pool);
 }
 

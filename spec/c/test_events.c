@@ -122,6 +122,20 @@ TEST(events_acquire_timeout_and_explain_says_why_it_waited) {
   ASSERT(strstr(b.all, "[fail] acquire failed: timed out") != NULL);
   ASSERT(strstr(b.all, "[conn_open] conn #1") != NULL);
   ASSERT(strstr(b.all, "dialled for it") != NULL);
+  /* A run of busy answers folds into one entry. */
+  pp_acquire_opts_t busy;
+  pp_acquire_opts_init(&busy);
+  busy.busy = PP_BUSY_FAIL;
+  for (int i = 0; i < 50; i++) {
+    pp_lease_t b1;
+    test_rec_t rb;
+    ASSERT_ERR(test_acquire_start(pool, &b1, &rb, peer, &busy), PP_EBUSY);
+  }
+  explain_buf_t b2 = {{0}, 0};
+  ASSERT_OK(pp_pool_explain(pool, peer, collect, &b2));
+  ASSERT_EQ(b2.n, b.n + 1);
+  ASSERT_MSG(strstr(b2.all, "is at capacity: 1/1 conns in use (and 49 more like it)") != NULL, "%s",
+             b2.all);
   ASSERT_OK(pp_release(&held, 0));
   test_finish_srv(pool, srv);
 }

@@ -14,23 +14,36 @@ static void push_quantile(lua_State *L, const pp_histogram_t *h, double q, const
   lua_setfield(L, -2, name);
 }
 
-/* { count, sum (s), buckets = { { le = s, count = cumulative }, ... (finite bounds) },
- *   p50, p90, p99 (s; absent while empty) } */
+static const char le_key = 'l'; /* registry: the bucket bounds, one table shared by all */
+
+/* Push the shared list of finite bucket bounds in seconds (1e-06, 2e-06, ... 67.108864). */
+static void push_le(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &le_key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_createtable(L, PP_HIST_BUCKETS - 1, 0);
+  for (int i = 0; i < PP_HIST_BUCKETS - 1; i++) {
+    lua_pushnumber(L, pp_histogram_bound_us(i) / 1e6);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &le_key);
+}
+
+/* { count, sum (s), le = { bounds in s } (shared, finite ones), buckets = { cumulative count
+ *   per bound }, p50, p90, p99 (s; absent while empty) } */
 static void push_histogram(lua_State *L, const pp_histogram_t *h) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushinteger(L, (lua_Integer)h->count);
   lua_setfield(L, -2, "count");
   lua_pushnumber(L, (double)h->sum_us / 1e6);
   lua_setfield(L, -2, "sum");
+  push_le(L);
+  lua_setfield(L, -2, "le");
   lua_createtable(L, PP_HIST_BUCKETS - 1, 0);
   uint64_t cum = 0;
   for (int i = 0; i < PP_HIST_BUCKETS - 1; i++) {
     cum += h->buckets[i];
-    lua_createtable(L, 0, 2);
-    lua_pushnumber(L, pp_histogram_bound_us(i) / 1e6);
-    lua_setfield(L, -2, "le");
     lua_pushinteger(L, (lua_Integer)cum);
-    lua_setfield(L, -2, "count");
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, -2, "buckets");

@@ -225,15 +225,24 @@ by("peerpool_connections_closed_total", "counter", "Conns closed, by reason.", "
 
 -- Histograms (stats().histograms, kept by the engine in fixed buckets: powers of two of a
 -- microsecond, 1 us .. 67.1 s): _bucket{le=...} cumulative, then +Inf, _sum and _count.
-local function le_text(le)
-  local t = fmt("%.6f", le):gsub("0+$", ""):gsub("%.$", "")
+local LE_TEXT = setmetatable({}, { __mode = "k" }) -- bounds table -> its label texts
+
+local function le_texts(le)
+  local t = LE_TEXT[le]
+  if t then return t end
+  t = {}
+  for i, v in ipairs(le) do
+    t[i] = 'le="' .. fmt("%.6f", v):gsub("0+$", ""):gsub("%.$", "") .. '"'
+  end
+  LE_TEXT[le] = t
   return t
 end
 
 local function hist_samples(e, h, extra)
   if not h then return end
   local pre = extra and extra .. "," or ""
-  for _, b in ipairs(h.buckets) do e(pre .. 'le="' .. le_text(b.le) .. '"', b.count, "_bucket") end
+  local les = le_texts(h.le)
+  for i, n in ipairs(h.buckets) do e(pre .. les[i], n, "_bucket") end
   e(pre .. 'le="+Inf"', h.count, "_bucket")
   e(extra, h.sum, "_sum")
   e(extra, h.count, "_count")

@@ -25,7 +25,8 @@ describe("histograms", function()
     assert.equal(n, s.acquires)
     local w = s.histograms.acquire_wait
     assert.equal(s.acquires, w.count)
-    assert.equal(n, w.buckets[#w.buckets].count) -- cumulative: the last finite bucket holds all
+    assert.equal(n, w.buckets[#w.buckets]) -- cumulative: the last finite bucket holds all
+    assert.equal(#w.le, #w.buckets)
     assert.equal(s.releases, s.histograms.hold.count)
     assert.equal(s.connects_ok, s.histograms.connect.count)
     assert.equal(0, s.histograms.handshake.count)
@@ -37,8 +38,9 @@ describe("histograms", function()
     assert.is_true(c.p50 > 0 and c.p50 < 5, "connect p50 " .. tostring(c.p50))
     assert.is_nil(pool:histogram("tls").p50) -- empty: no quantiles
     -- bucket bounds: powers of two of a microsecond, in seconds
-    assert.equal(1e-6, h.buckets[1].le)
-    assert.equal(1024e-6, h.buckets[11].le)
+    assert.equal(1e-6, h.le[1])
+    assert.equal(1024e-6, h.le[11])
+    assert.equal(27, #h.le)
     assert.has_error(function() pool:histogram("nope") end)
   end))
 

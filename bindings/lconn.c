@@ -120,12 +120,13 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     return luaL_error(L,
                       "pool:acquire() without a callback must run inside a coroutine "
                       "(peerpool.run(fn), or a coroutine on the luv loop)");
-  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 2);
+  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 3); /* 3: the traceback (lobserve.c) */
   memset(c, 0, sizeof(*c));
   c->self_ref = c->co_ref = c->cb_ref = c->send_co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->lease.data = c;
+  lpp_leak_watch(L, p, c);
   lua_pushvalue(L, 1); /* the pool lives at least as long as its conn objects */
   lua_setiuservalue(L, -2, 1);
   pp_acquire_opts_t anchored = *opts;

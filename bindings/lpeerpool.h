@@ -163,6 +163,15 @@ int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
 void lpp_pool_open(lua_State *L);
 int lpp_l_new(lua_State *L);   /* peerpool.new(opts) */
 int lpp_l_pools(lua_State *L); /* peerpool.pools() */
+/* The pool userdata's struct of an engine pool, or NULL once it is gone (or shutting down). */
+lpp_pool_t *lpp_pool_of(pp_pool_t *pool);
+
+/* lobserve.c: histograms, events (pool:on/off), leak reports, explain */
+void lpp_observe_open(lua_State *L);
+/* Push stats().histograms. */
+void lpp_push_histograms(lua_State *L, lpp_pool_t *p);
+/* At an acquire (the new conn object at the top): keep its traceback if leak_threshold is set. */
+void lpp_leak_watch(lua_State *L, lpp_pool_t *p, struct lpp_conn_s *c);
 /* Push the pool userdata of `p` (nil if it is gone). */
 void lpp_push_pool(lua_State *L, lpp_pool_t *p);
 lpp_pool_t *lpp_check_pool(lua_State *L, int idx);

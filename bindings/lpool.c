@@ -49,7 +49,8 @@ static const option_t options[] = {
     OPT_INT(target_peers),     OPT_MS(maintenance_interval),
     OPT_MS(seed_interval),     OPT_INT(eject_after),
     OPT_MS(eject_time),        OPT_MS(eject_max),
-    OPT_INT(keep_idle_bytes),  {NULL, 0, 0},
+    OPT_INT(keep_idle_bytes),  OPT_MS(leak_threshold),
+    {NULL, 0, 0},
 };
 
 /* Options of the binding itself (not the engine's): name, field, range, default. */
@@ -648,26 +649,17 @@ static int l_stats(lua_State *L) {
   lua_setfield(L, -2, "hooks");
   lua_pushstring(L, p->policy_name);
   lua_setfield(L, -2, "policy");
+  lpp_push_histograms(L, p); /* lobserve.c */
+  lua_setfield(L, -2, "histograms");
   return 1;
 }
 
 /* ---- events ---------------------------------------------------------------------------- */
 
-static int l_on(lua_State *L) {
-  lpp_check_pool(L, 1);
-  const char *event = luaL_checkstring(L, 2);
-  luaL_argcheck(L, strcmp(event, "state") == 0, 2, "event must be \"state\"");
-  luaL_checktype(L, 3, LUA_TFUNCTION);
-  lua_getiuservalue(L, 1, 1);
-  if (lua_getfield(L, -1, "state") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "state");
-  }
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
-  return 0;
+lpp_pool_t *lpp_pool_of(pp_pool_t *pool) {
+  pool_link_t *link = pp_pool_get_data(pool);
+  if (link == NULL || link->st->shutting_down) return NULL;
+  return link->p;
 }
 
 /* ---- acquire --------------------------------------------------------------------------- */
@@ -785,7 +777,6 @@ static const luaL_Reg pool_methods[] = {
     {"peer", l_peer},
     {"check", l_check},
     {"_restore", l_restore},
-    {"on", l_on},
     {"close", l_close},
     {"_closed", l_closed},
     {NULL, NULL},

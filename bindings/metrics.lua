@@ -78,7 +78,7 @@ end
 -- sample carry it twice.
 local OWN_LABELS = {
   state = true, via = true, error = true, reason = true, hook = true, policy = true,
-  peer = true, version = true, le = true, quantile = true,
+  peer = true, version = true, le = true, quantile = true, phase = true,
 }
 
 -- The labels a caller gave, as sorted `name="value"` text; raises naming argument #arg.
@@ -222,6 +222,51 @@ family(POOL, "peerpool_connection_create_time_seconds_max", "gauge",
   "Longest successful connect since the pool was made.", { "connect_latency_ms_max" },
   function(t, e) e(nil, t.s.connect_latency_ms_max / 1000) end)
 by("peerpool_connections_closed_total", "counter", "Conns closed, by reason.", "closed", "reason")
+
+-- Histograms (stats().histograms, kept by the engine in fixed buckets: powers of two of a
+-- microsecond, 1 us .. 67.1 s): _bucket{le=...} cumulative, then +Inf, _sum and _count.
+local LE_TEXT = setmetatable({}, { __mode = "k" }) -- bounds table -> its label texts
+
+local function le_texts(le)
+  local t = LE_TEXT[le]
+  if t then return t end
+  t = {}
+  for i, v in ipairs(le) do
+    t[i] = 'le="' .. fmt("%.6f", v):gsub("0+$", ""):gsub("%.$", "") .. '"'
+  end
+  LE_TEXT[le] = t
+  return t
+end
+
+local function hist_samples(e, h, extra)
+  if not h then return end
+  local pre = extra and extra .. "," or ""
+  local les = le_texts(h.le)
+  for i, n in ipairs(h.buckets) do e(pre .. les[i], n, "_bucket") end
+  e(pre .. 'le="+Inf"', h.count, "_bucket")
+  e(extra, h.sum, "_sum")
+  e(extra, h.count, "_count")
+end
+
+family(POOL, "peerpool_acquire_wait_seconds", "histogram",
+  "Time from an acquire to its grant, for every granted acquire (an idle conn lent at once " ..
+  "counts 0); failed acquires are not observed.", {}, function(t, e)
+    hist_samples(e, t.s.histograms and t.s.histograms.acquire_wait)
+  end)
+family(POOL, "peerpool_connect_duration_seconds", "histogram",
+  "Successful connect phases, by phase: tcp (the socket connect), tls (the TLS handshake), " ..
+  "handshake (the handshake hook).", {}, function(t, e)
+    local hs = t.s.histograms
+    if not hs then return end
+    hist_samples(e, hs.connect, 'phase="tcp"')
+    hist_samples(e, hs.tls, 'phase="tls"')
+    hist_samples(e, hs.handshake, 'phase="handshake"')
+  end)
+family(POOL, "peerpool_lease_hold_seconds", "histogram",
+  "Time a lease held its conn, from the grant to the release (loop-tick resolution, 1..4 ms).",
+  {}, function(t, e)
+    hist_samples(e, t.s.histograms and t.s.histograms.hold)
+  end)
 by("peerpool_peers", "gauge", "Peers known to the pool, by state.", "peers_by_state", "state")
 MAPPED.peers = true -- the sum of peerpool_peers
 simple("peerpool_sent_bytes_total", "counter", "Bytes written to peers.", "bytes_out")

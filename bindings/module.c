@@ -393,6 +393,7 @@ int luaopen_peerpool(lua_State *L) {
   lua_pop(L, 1);
 
   lpp_pool_open(L);
+  lpp_observe_open(L);
   lpp_conn_open(L);
   lpp_notice_open(L);
   lpp_policy_open(L);

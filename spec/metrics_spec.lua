@@ -11,7 +11,8 @@ local test, wait_until = H.test, H.wait_until
 -- ---- helpers ------------------------------------------------------------------------------
 
 -- The exposition parsed: families[name] = { help = n, type = kind, samples = {...} } (a
--- sample's family is the name without _sum/_count for summaries), and the samples in order.
+-- sample's family is the name without _sum/_count/_bucket for summaries and histograms), and
+-- the samples in order.
 local function parse(text)
   local families, samples, order = {}, {}, {}
   local function fam(name)
@@ -38,7 +39,7 @@ local function parse(text)
       local s = { name = name, labels = labels or "", l = l, value = tonumber(value) }
       samples[#samples + 1] = s
       local base = families[name] and name or name:match("^(.*)_sum$") or
-        name:match("^(.*)_count$") or name
+        name:match("^(.*)_count$") or name:match("^(.*)_bucket$") or name
       assert.is_truthy(families[base], "a sample after its family's TYPE: " .. line)
       table.insert(families[base].samples, s)
     end

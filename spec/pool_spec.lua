@@ -706,7 +706,8 @@ describe("peerpool.pool", function()
     it("raises naming a bad event or callback", test(function(env)
       local pool = env:pool()
       assert.error_matches(function() pool:on("change", function() end) end,
-        "bad argument #1 to 'on' (event must be \"state\")", nil, true)
+        "bad argument #1 to 'on' (event must be \"state\", \"conn_open\", \"conn_close\", " ..
+        "\"eject\", \"burn\", \"leak\" or \"acquire_timeout\")", nil, true)
       assert.error_matches(function() pool:on("state") end,
         "bad argument #2 to 'on' (function expected, got no value)", nil, true)
       assert.error_matches(function() pool:on() end,

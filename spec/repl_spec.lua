@@ -108,6 +108,9 @@ describe("peerpool --repl-socket", function()
   end)
 
   it("stops a line that holds the loop too long without yielding", function()
+    if os.getenv("PEERPOOL_GC_STRESS") then
+      return pending("a timing contract: a full collection at every resume breaks its 300 ms")
+    end
     T.run(function()
       local _, path = T.host_with_socket(nil, { PEERPOOL_REPL_BLOCK_MS = "300" })
       local c = T.connect(path)

@@ -497,6 +497,66 @@ local function status_line(pool, prev, ms)
 end
 helpers.status = function(pool) return (status_line(pool)) end
 
+local WATCH_PEERS, WATCH_PEERS_SCAN = 5, 2000
+
+--- The per-peer lines under a watch line: the peers that hold leases, have waiters or are
+-- held (ejected, failed), busiest first, at most WATCH_PEERS of them; none for a pool of more
+-- than WATCH_PEERS_SCAN peers (listing them would stall the loop).
+local function peer_lines(pool, stats)
+  if (stats.peers or 0) > WATCH_PEERS_SCAN then return {} end
+  local ok, peers = pcall(pool.peers, pool)
+  if not ok or type(peers) ~= "table" then return {} end
+  local busy = {}
+  for _, v in ipairs(peers) do
+    local held = v.state == "ejected" or v.state == "failed"
+    if (v.leases or 0) > 0 or (v.waiters or 0) > 0 or held then busy[#busy + 1] = v end
+  end
+  sort(busy, function(a, b)
+    local x, y = (a.leases or 0) + (a.waiters or 0), (b.leases or 0) + (b.waiters or 0)
+    if x ~= y then return x > y end
+    return tostring(a.addr) < tostring(b.addr)
+  end)
+  local lines = {}
+  for i = 1, math.min(#busy, WATCH_PEERS) do
+    local v = busy[i]
+    lines[i] = fmt("  %s %s: conns %d (idle %d), leases %d, waiters %d, failures %d%s", v.addr,
+      v.state, v.conns or 0, v.idle or 0, v.leases or 0, v.waiters or 0, v.failures or 0,
+      v.last_error and v.last_error ~= 0 and (", last error " .. tostring(v.last_error)) or "")
+  end
+  if #busy > WATCH_PEERS then lines[#lines + 1] = fmt("  ... and %d more", #busy - WATCH_PEERS) end
+  return lines
+end
+
+--- explain([pool] [, peer] [, n]): the pool's last n (20) decisions with their reasons, oldest
+-- first, one per line: "HH:MM:SS.mmm kind text" (pool:explain gives the tables).
+-- With one live pool, the pool may be left out.
+function helpers.explain(pool, peer, n)
+  if pool == nil or type(pool) == "string" or type(pool) == "number" then
+    peer, n = pool, peer
+    local list = peerpool_module().pools()
+    if #list ~= 1 then
+      error(fmt("explain(pool [, peer] [, n]): name the pool (%d are open; see pools())", #list), 2)
+    end
+    pool = list[1]
+  end
+  if type(peer) == "number" then peer, n = nil, peer end
+  n = n == nil and 20 or tonumber(n)
+  local list = pool:explain(peer)
+  local sec, usec = uv.gettimeofday()
+  local now_loop, now_wall = uv.now(), sec + usec / 1e6
+  local lines = {}
+  for i = math.max(1, #list - n + 1), #list do
+    local e = list[i]
+    local wall = now_wall - (now_loop - e.at_ms) / 1000
+    lines[#lines + 1] = fmt("%s.%03d %-10s %s", os.date("%H:%M:%S", math.floor(wall)),
+      math.floor(wall * 1000) % 1000, e.kind, e.text)
+  end
+  if #lines == 0 then
+    lines[1] = "(no decisions recorded" .. (peer and " for " .. tostring(peer) or "") .. ")"
+  end
+  print(concat(lines, "\n"))
+end
+
 --- watch(pool [, ms]): print a status line every ms (1000) until a key is pressed or the
 -- session ends. With one live pool, the pool may be left out.
 function helpers.watch(pool, ms)
@@ -525,6 +585,7 @@ function helpers.watch(pool, ms)
     end
     prev = stats
     s:out(text)
+    for _, line in ipairs(peer_lines(pool, stats)) do s:out(line) end
     return true
   end
   if s.input_ended then -- nobody is left to press a key: one line is all
@@ -566,8 +627,10 @@ function helpers.help()
   return [[
 helpers (where no global of the same name exists):
   pools()              the live pools
-  watch(pool [, ms])   a status line every ms (1000) until a key is pressed
+  watch(pool [, ms])   a status line every ms (1000), with the busiest peers' lines under it,
+                       until a key is pressed
   status(pool)         one status line
+  explain([pool] [, peer] [, n])  the pool's last n (20) decisions and why (pool:explain)
   sleep(ms)            wait without blocking the loop
   pretty(v [, opts])   the string the REPL shows for a value (opts: depth, width, items)
   exit([code])         end this session (at the terminal: quit the program)

@@ -194,6 +194,9 @@ typedef struct {
                                    (chatty P2P protocols); 0: they close it as a late reply (0) */
   const pp_tls_options_t *tls;  /* TLS for every peer (copied by pp_pool_new, which points this
                                    at its copy); NULL: plain TCP (NULL) */
+  int64_t leak_threshold;       /* ms: a lease held longer is reported once (PP_EVENT_LEAK), and
+                                   again when it is released (PP_EVENT_UNLEAK); checked every
+                                   threshold/4 (10..1000) ms; 0 = off (0) */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */
@@ -381,6 +384,88 @@ void pp_pool_set_policy(pp_pool_t *pool, const pp_policy_t *policy);
  * pp_peer_state(). */
 void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
 
+/* Pool events for observers (logs, metrics, the Lua pool:on). Like state transitions they are
+ * delivered in order on a later loop tick, never inside the engine call that caused them, so
+ * the callback may call into the pool freely — except PP_EVENT_LEAK, delivered from the pool's
+ * leak timer (also never inside a call of yours) so that `lease` is still held and valid.
+ * PP_EVENT_STATE repeats what pp_pool_on_state reports, in the same order as the rest. */
+#define PP_EVENT_KIND_MAP(XX)            \
+  XX(STATE, "state")                     \
+  XX(CONN_OPEN, "conn_open")             \
+  XX(CONN_CLOSE, "conn_close")           \
+  XX(EJECT, "eject")                     \
+  XX(BURN, "burn")                       \
+  XX(ACQUIRE_TIMEOUT, "acquire_timeout") \
+  XX(LEAK, "leak")                       \
+  XX(UNLEAK, "unleak")
+
+typedef enum {
+#define PP__EVKIND_ENUM(name, str) PP_EVENT_##name,
+  PP_EVENT_KIND_MAP(PP__EVKIND_ENUM)
+#undef PP__EVKIND_ENUM
+      PP_EVENT_COUNT
+} pp_event_kind_t;
+
+/* "state", "conn_open", ...; "unknown" for an out-of-range value. */
+const char *pp_event_kind_name(pp_event_kind_t kind);
+
+typedef struct {
+  pp_event_kind_t kind;
+  pp_peer_t *peer;          /* the peer it is about (valid while the pool lives); NULL: none */
+  uint64_t conn_id;         /* conn_open, conn_close, leak, unleak: the conn (pp_conn_id) */
+  uint64_t at;              /* loop ms when it happened */
+  pp_peer_state_t from, to; /* state */
+  pp_close_reason_t reason; /* conn_close */
+  int error;                /* conn_close: the conn's last socket error, 0 = none; eject, burn:
+                               the peer's last error; acquire_timeout: PP_ETIMEDOUT */
+  int failures;             /* eject, burn: the peer's consecutive failures */
+  int64_t ms;               /* conn_open: the connect attempt's duration; conn_close: the conn's
+                               age; eject: the cool-down; acquire_timeout: how long it waited;
+                               leak, unleak: how long the lease was held */
+  int waiters_ahead;        /* acquire_timeout: acquires that were ahead of it */
+  int conns, max_conns;     /* acquire_timeout: conns in use and the limit it waited behind */
+  uint64_t leak_id;         /* leak, unleak: numbers a leak, so its unleak can be matched */
+  pp_lease_t *lease;        /* leak only: the lease held too long (valid during the callback) */
+} pp_event_t;
+
+typedef void (*pp_event_cb)(pp_pool_t *pool, const pp_event_t *event, void *arg);
+
+/* Deliver every event to `cb` with `arg` (NULL to stop). Costs nothing while unset. */
+void pp_pool_on_event(pp_pool_t *pool, pp_event_cb cb, void *arg);
+
+/* ------------------------------------------------------------------------------------------
+ * Explain: the pool's recent decisions and their reasons, in a ring of PP_EXPLAIN_MAX
+ * entries kept inside the pool (recording allocates nothing; the oldest entry is overwritten).
+ * Recorded: acquires that were dialled for or waited (and why: at capacity n/m, waiters
+ * ahead), acquires that failed (pp_lease_describe's line), conns opened and closed (reason),
+ * peers ejected, ejections refused, probes, recoveries, burns, leaks. An acquire granted an
+ * idle conn at once is not recorded (the hot path stays as it is): the histograms count it.
+ * Acquires that wait, are granted after waiting, or fail record their numbers only (a few
+ * stores); the text is written when pp_pool_explain reads the entry, and a run of failures
+ * with the same code for the same peer folds into one entry (`repeats`).
+ */
+#define PP_EXPLAIN_MAX 256
+#define PP_EXPLAIN_TEXT 200
+
+typedef struct {
+  uint64_t at;      /* loop ms */
+  const char *kind; /* "acquire", "wait", "fail", "conn_open", "conn_close", "eject",
+                       "burn", "probe", "recover", "leak" (static strings) */
+  pp_peer_t *peer;  /* NULL: no peer in particular */
+  uint64_t conn_id; /* 0: none */
+  unsigned int repeats; /* more of the same folded into this entry: failures of an acquire with
+                           the same code for the same peer, in a row (at, text: the last) */
+  char text[PP_EXPLAIN_TEXT];
+} pp_explain_t;
+
+/* Call fn for every recorded entry about `peer` (every entry for NULL), oldest first, until fn
+ * returns non-zero (that value is returned). fn must not call into the pool. */
+int pp_pool_explain(pp_pool_t *pool, pp_peer_t *peer,
+                    int (*fn)(const pp_explain_t *entry, void *arg), void *arg);
+
+/* A conn's number, unique within its pool (1, 2, ...). */
+uint64_t pp_conn_id(const pp_conn_t *conn);
+
 /* ------------------------------------------------------------------------------------------
  * Peers. Addresses: "1.2.3.4:port", "[v6]:port", or a unix socket path (starting with '/'
  * or "./", or prefixed "unix:"). Names are canonicalised, so spellings of one address are
@@ -532,6 +617,9 @@ struct pp_lease_s {
   /* private */
   pp_cause_t why_;
   uint64_t since_;   /* loop ms when it started waiting */
+  uint64_t wait_ns_; /* uv_hrtime when it started waiting (histograms) */
+  uint64_t granted_; /* loop ms of its grant (hold histogram, leak detection) */
+  uint64_t leak_id_; /* its leak report, 0 = none */
   pp_peer_t *tried_; /* for any peer: the peer whose dial for it failed last */
   pp_pool_t *pool_;
   pp_peer_t *want_;
@@ -773,6 +861,55 @@ typedef struct {
 } pp_stats_t;
 
 void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);
+
+/* ------------------------------------------------------------------------------------------
+ * Latency histograms, kept by every pool from its creation. Fixed log-spaced buckets: bucket i
+ * (0 <= i < PP_HIST_BUCKETS - 1) counts observations <= 2^i microseconds (1 us .. 67.1 s) and
+ * above the bucket before; the last counts the rest (+Inf). Counts are per bucket, not
+ * cumulative. Updating one allocates nothing and reads no clock of its own.
+ *   acquire_wait  from pp_acquire to the grant, for every granted acquire (pp_try_acquire and
+ *                 an idle conn granted at once count 0); failed acquires are not observed
+ *   connect       a successful TCP (or unix socket) connect attempt, from connect() to the
+ *                 socket being connected
+ *   tls           a successful TLS handshake (once TLS is wired into conns)
+ *   handshake     the handshake hook, from its start to pp_conn_handshake_done(conn, 0)
+ *   hold          a lease, from its grant to pp_release; measured with the loop's clocks (the
+ *                 cached loop time at the grant, the coarse monotonic clock at the release), so
+ *                 it has about a loop tick of resolution (1..4 ms): holds shorter than that
+ *                 count 0 or one tick. Leases detached by pool close are not observed.
+ */
+#define PP_HIST_KIND_MAP(XX)       \
+  XX(ACQUIRE_WAIT, "acquire_wait") \
+  XX(CONNECT, "connect")           \
+  XX(TLS, "tls")                   \
+  XX(HANDSHAKE, "handshake")       \
+  XX(HOLD, "hold")
+
+typedef enum {
+#define PP__HIST_ENUM(name, str) PP_HIST_##name,
+  PP_HIST_KIND_MAP(PP__HIST_ENUM)
+#undef PP__HIST_ENUM
+      PP_HIST_COUNT
+} pp_hist_kind_t;
+
+#define PP_HIST_BUCKETS 28
+
+typedef struct {
+  uint64_t count;                    /* observations */
+  uint64_t sum_us;                   /* their sum, microseconds */
+  uint64_t buckets[PP_HIST_BUCKETS]; /* per bucket (not cumulative); see pp_histogram_bound_us */
+} pp_histogram_t;
+
+/* "acquire_wait", "connect", ...; "unknown" for an out-of-range value. */
+const char *pp_hist_kind_name(pp_hist_kind_t kind);
+/* The upper bound of bucket i in microseconds (2^i), INFINITY for the last. */
+double pp_histogram_bound_us(int i);
+/* Copy the pool's histogram of `kind` into *out. Returns 0 or PP_EINVAL. */
+int pp_pool_histogram(const pp_pool_t *pool, pp_hist_kind_t kind, pp_histogram_t *out);
+/* The q-quantile (0..1) in microseconds, interpolated linearly inside its bucket (as
+ * Prometheus' histogram_quantile); the highest finite bound if it falls in +Inf; NAN for an
+ * empty histogram or q out of range. */
+double pp_histogram_quantile(const pp_histogram_t *h, double q);
 
 #ifdef __cplusplus
 }

@@ -53,6 +53,7 @@ static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
   lease->state_ = PP_LEASE_WAITING;
   lease->seq_ = ++pool->seq;
   lease->since_ = now;
+  lease->wait_ns_ = uv_hrtime();
   pp__list_push(&q->level[lease->priority_], &lease->qlink_);
   if (q->count++ == 0 && lease->want_)
     pp__list_push(&pool->waiting_peers, &lease->want_->waiting_link);
@@ -228,12 +229,16 @@ int pp_notice_cancel(pp_notice_t *notice) {
 
 static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
   pp_pool_t *pool = conn->pool;
-  if (lease == conn->owner)
+  bool dialed = lease == conn->owner;
+  if (dialed)
     pool->stats.acquired_dialed++;
   else
     pool->stats.acquired_waited++;
   dequeue(pool, lease);
   pp__conn_lease(conn, lease);
+  lease->granted_ = conn->last_used;
+  pp__hist_observe_ns(pool, PP_HIST_ACQUIRE_WAIT, lease->wait_ns_);
+  pp__ev_granted(lease, conn, dialed);
   pp__defer_lease(pool, lease, 0);
 }
 
@@ -321,6 +326,7 @@ static void lease_reset(pp_lease_t *lease, pp_pool_t *pool, pp_peer_t *peer,
   lease->cause = 0;
   lease->why_.code = 0;
   lease->since_ = 0;
+  lease->leak_id_ = 0;
   lease->tried_ = NULL;
   lease->pool_ = pool;
   lease->want_ = peer;
@@ -381,8 +387,10 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   }
   pp__conn_lease(conn, lease);
   lease->state_ = PP_LEASE_GRANTED;
+  lease->granted_ = conn->last_used;
   pool->stats.acquires++;
   pool->stats.acquired_immediate++;
+  pp__hist_observe_zero(pool, PP_HIST_ACQUIRE_WAIT);
   return 0;
 }
 
@@ -405,6 +413,7 @@ static int wait_for_dial(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *target, 
     return err;
   }
   pool->stats.acquires++;
+  pp__ev_queued(lease, target);
   return 0;
 }
 
@@ -427,6 +436,7 @@ static int wait_for_capacity(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout
   }
   enqueue(pool, lease, timeout);
   pool->stats.acquires++;
+  pp__ev_queued(lease, NULL);
   if (peer == NULL) {
     /* A seed hook may have added peers during this call: dial one for the new waiter. */
     if (pool->total < pool->opts.max_total) pp__capacity_opened(pool);
@@ -449,8 +459,10 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acq
   pp_conn_t *conn = find_usable(pool, peer, lease->key_);
   if (conn) {
     pp__conn_lease(conn, lease);
+    lease->granted_ = conn->last_used;
     pool->stats.acquires++;
     pool->stats.acquired_immediate++;
+    pp__hist_observe_zero(pool, PP_HIST_ACQUIRE_WAIT);
     pp__defer_lease(pool, lease, 0);
     return 0;
   }
@@ -497,6 +509,15 @@ int pp_release(pp_lease_t *lease, int status) {
   pp__conn_unlease(conn, lease);
   lease->state_ = PP_LEASE_UNUSED;
   pool->stats.releases++;
+  if (lease->leak_id_) {
+    pp__ev_unleak(lease, conn,
+                  conn->last_used > lease->granted_ ? conn->last_used - lease->granted_ : 0);
+    lease->leak_id_ = 0;
+  }
+  /* conn->last_used is the release stamp pp__conn_unlease just took. */
+  pp__hist_observe_us(
+      pool, PP_HIST_HOLD,
+      conn->last_used > lease->granted_ ? (conn->last_used - lease->granted_) * 1000 : 0);
   if (pp__err_blames(status)) pool->stats.released_broken++;
   pp__conn_released(conn, status);
   return 0;

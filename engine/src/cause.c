@@ -51,6 +51,7 @@ void pp__cause_fill(pp_lease_t *lease, pp_peer_t *peer, int code) {
     fill_pool(c, pool);
   /* The binding's (and libuv users') habit: lease->cause names the socket error. */
   if (code == PP_ECANNOTCONNECT && lease->cause == 0 && peer) lease->cause = peer->last_error;
+  pp__ev_failed(lease); /* events.c: explain, acquire_timeout */
 }
 
 int pp__any_fail_code(pp_pool_t *pool, pp_peer_t **out) {

@@ -106,6 +106,7 @@ static pp_conn_t *conn_new(pp_peer_t *peer) {
   conn->pool = pool;
   conn->peer = peer;
   conn->phase = PP_CONN_NEW;
+  conn->id = ++pool->conn_seq;
   pp__list_init(&conn->lease_list);
   uv_timer_init(pool->loop, &conn->timer);
   conn->timer.data = conn;
@@ -179,6 +180,8 @@ static void on_connect(uv_connect_t *req, int status) {
   uv_timer_stop(&conn->timer);
   double ms = (double)(pp__now(pool) - conn->attempt_started);
   pool->connect_latency_sum += ms;
+  pp__hist_observe_ns(pool, PP_HIST_CONNECT, conn->phase_ns);
+  conn->phase_ns = uv_hrtime(); /* the handshake starts */
   if (ms > pool->stats.connect_latency_ms_max) pool->stats.connect_latency_ms_max = ms;
   peer->latency_ms = peer->latency_ms == 0 ? ms : peer->latency_ms * 0.8 + ms * 0.2;
   if (!peer->is_pipe) uv_tcp_nodelay(&conn->h.tcp, 1);
@@ -232,6 +235,7 @@ static void start_attempt(pp_conn_t *conn) {
   pool->stats.connect_attempts++;
   set_phase(conn, PP_CONN_DIALING);
   conn->attempt_started = pp__now(pool);
+  conn->phase_ns = uv_hrtime();
   conn->connect_req.data = conn;
   if (peer->is_pipe) {
     err = uv_pipe_init(pool->loop, &conn->h.pipe, 0);
@@ -354,10 +358,12 @@ int pp_conn_handshake_done(pp_conn_t *conn, int status) {
   if (conn == NULL || conn->phase != PP_CONN_HANDSHAKE || !conn->hook_running) return PP_ESTATE;
   conn->hook_running = false;
   if (status == 0 && conn->broken) status = conn->last_error; /* the stream died meanwhile */
-  if (status == 0)
+  if (status == 0) {
+    pp__hist_observe_ns(conn->pool, PP_HIST_HANDSHAKE, conn->phase_ns);
     conn_ready(conn);
-  else
+  } else {
     attempt_failed(conn, status < 0 ? status : PP_EHANDSHAKE);
+  }
   return 0;
 }
 
@@ -456,6 +462,7 @@ static void conn_ready(pp_conn_t *conn) {
   conn->read_cb = NULL; /* a handshake hook's reader ends with the handshake */
   set_phase(conn, PP_CONN_READY);
   pool->stats.connects_ok++;
+  pp__ev_conn_open(conn); /* events.c */
   peer_connected(conn);
   conn->created_at = (int64_t)now;
   conn->last_used = now;
@@ -819,6 +826,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   }
   bool was_open = conn->phase == PP_CONN_READY || conn->phase == PP_CONN_PINGING;
   if (was_open) pool->stats.closed[reason]++;
+  if (was_open) pp__ev_conn_close(conn, reason); /* events.c */
   if (was_open && conn->leases > 0) pool->active--;
   set_phase(conn, PP_CONN_CLOSED);
   peer->conns--;
@@ -948,7 +956,9 @@ static void tls_input(pp_conn_t *conn, const char *data, size_t len) {
       return;
     }
     if (tls_flush(conn) != 0 || r == UV_EAGAIN) return;
-    transport_ready(conn); /* may lend, fail or close the conn */
+    pp__hist_observe_ns(pool, PP_HIST_TLS, conn->phase_ns);
+    conn->phase_ns = uv_hrtime(); /* the handshake hook starts */
+    transport_ready(conn);        /* may lend, fail or close the conn */
   }
   ssize_t n = 0;
   while (tls_alive(conn) &&

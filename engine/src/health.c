@@ -89,6 +89,7 @@ void pp__eject_end(pp_peer_t *peer) {
   if (!peer->ejected) return;
   pp_pool_t *pool = peer->pool;
   pp__heap_remove(&pool->ejected, &peer->eject_node);
+  if (!peer->burned) pp__ev_recover(peer);
   peer->ejected = false;
   peer->eject_until = 0;
   peer->eject_ended_at = pp__now(pool);
@@ -158,6 +159,7 @@ static void eject(pp_peer_t *peer) {
   peer->ejections++;
   pool->stats.ejections++;
   eject_until(peer, pp__now(pool) + cool);
+  pp__ev_eject(peer, cool);
 }
 
 /* Ejection refused (the share of ejected peers is at its limit): the peer only backs off, for
@@ -169,6 +171,7 @@ static void back_off_briefly(pp_peer_t *peer) {
   uint64_t at = pp__now(pool) + brief;
   if (peer->retry_at < at) peer->retry_at = at;
   pool->stats.ejections_refused++;
+  pp__ev_eject_refused(peer, brief);
 }
 
 /* Whether `peer` is ejected now (an ejection whose time has passed ends here). */
@@ -243,7 +246,12 @@ static void probe_due(pp_peer_t *peer) {
   bool busy = peer->dialing + peer->backoff + peer->handshaking > 0;
   bool room = peer->conns < pool->opts.max_per_peer && pool->total < pool->opts.max_total &&
               pp__peer_is_fresh(peer);
-  if (busy || !room || pp__conn_probe(peer) != 0) pp__probe_schedule(peer);
+  if (busy || !room) {
+    pp__probe_schedule(peer);
+  } else {
+    pp__ev_probe(peer);
+    if (pp__conn_probe(peer) != 0) pp__probe_schedule(peer);
+  }
 }
 
 static void hold_timer_cb(uv_timer_t *timer) {
@@ -279,6 +287,7 @@ int pp_peer_check(pp_peer_t *peer) {
 
 void pp__peer_event(pp_peer_t *peer, pp_peer_event_t event) {
   pp_pool_t *pool = peer->pool;
+  if (event == PP_PEER_EVENT_BURNED) pp__ev_burn(peer);
   if (pool->policy.peer_event && !pool->closing)
     pool->policy.peer_event(pool->policy.data, pool, peer, event);
 }

@@ -123,6 +123,8 @@ struct pp_conn_s {
   int kept_error; /* an end/error seen with no reader, delivered after kept bytes */
   /* counters */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  uint64_t phase_ns; /* uv_hrtime when its connect attempt or handshake began (histograms) */
+  uint64_t id;       /* pp_conn_id (events.c) */
   void *data;
   struct pp__tls_s *tls; /* TLS state (tls.c) while the socket lives; NULL: plain TCP */
 };
@@ -249,11 +251,28 @@ struct pp_pool_s {
   char read_buf[64 * 1024];
   pp_stats_t stats;
   double connect_latency_sum;
+  pp_histogram_t hist[PP_HIST_COUNT]; /* hist.c */
+  /* events.c: observers, leak detection, the explain ring */
+  pp_event_cb event_cb;
+  void *event_arg;
+  uint64_t conn_seq, leak_seq;
+  uv_timer_t leak_timer;
+  unsigned int explain_next, explain_len;
+  struct pp__explain_s *explain; /* PP_EXPLAIN_MAX entries, allocated with the pool */
+};
+
+/* An explain entry: text formatted when recorded, or (lazy != 0) the numbers to format it
+ * from when it is read (events.c). */
+struct pp__explain_s {
+  pp_explain_t e;
+  unsigned char lazy;
+  pp_peer_t *want;  /* fail: the acquire's named (or routed) peer */
+  pp_cause_t cause; /* fail */
+  int v[8];         /* wait, acquire */
 };
 
 struct pp__event_s {
-  pp_peer_t *peer;
-  unsigned char from, to;
+  pp_event_t ev; /* kind PP_EVENT_STATE: a state transition (ev.peer, ev.from, ev.to) */
 };
 
 /* ---- tls.c: TLS on memory BIOs, per pool and per peer --------------------------------- */
@@ -269,6 +288,8 @@ void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status);
 void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status);
 void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn);
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to);
+/* Queue the event written into pp__event_slot()'s slot. */
+void pp__defer_pool_event(pp_pool_t *pool);
 void pp__maybe_finish(pp_pool_t *pool);
 uint64_t pp__random(pp_pool_t *pool);
 void **pp__scratch(pp_pool_t *pool, int n);
@@ -352,6 +373,51 @@ void pp__cause_fill(pp_lease_t *lease, pp_peer_t *peer, int code);
 /* For an acquire for any peer that no peer can serve: the code and the peer that tells why
  * (the held peer that returns first), or PP_ENOPEER and NULL. */
 int pp__any_fail_code(pp_pool_t *pool, pp_peer_t **peer);
+
+/* ---- hist.c ---------------------------------------------------------------------------- */
+/* Inline: the acquire and release hot path observes through these (a few instructions). */
+static inline void pp__hist_observe_us(pp_pool_t *pool, pp_hist_kind_t kind, uint64_t us) {
+  pp_histogram_t *h = &pool->hist[kind];
+  unsigned int i = us <= 1 ? 0 : 64 - (unsigned int)__builtin_clzll(us - 1); /* 2^i >= us */
+  if (i > PP_HIST_BUCKETS - 1) i = PP_HIST_BUCKETS - 1;
+  h->buckets[i]++;
+  h->count++;
+  h->sum_us += us;
+}
+/* An observation of 0 (an acquire granted at once). */
+static inline void pp__hist_observe_zero(pp_pool_t *pool, pp_hist_kind_t kind) {
+  pool->hist[kind].buckets[0]++;
+  pool->hist[kind].count++;
+}
+/* Observe the time since `start_ns` (a uv_hrtime() reading). */
+void pp__hist_observe_ns(pp_pool_t *pool, pp_hist_kind_t kind, uint64_t start_ns);
+
+/* ---- events.c -------------------------------------------------------------------------- */
+/* A slot at the end of the deferred event ring (grown as needed), or NULL when out of memory. */
+struct pp__event_s *pp__event_slot(pp_pool_t *pool);
+/* Deliver one deferred event (from the pool's check phase). */
+void pp__event_deliver(pp_pool_t *pool, const pp_event_t *ev);
+void pp__events_init(pp_pool_t *pool); /* starts the leak timer (a pool handle) */
+void pp__events_close(pp_pool_t *pool);
+/* Record an explain entry (printf-style text). */
+void pp__explain(pp_pool_t *pool, const char *kind, pp_peer_t *peer, uint64_t conn_id,
+                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Hook points: each records what explain needs and, with an observer, queues the event. */
+void pp__ev_conn_open(pp_conn_t *conn);
+void pp__ev_conn_close(pp_conn_t *conn, pp_close_reason_t reason);
+void pp__ev_eject(pp_peer_t *peer, uint64_t cool_ms);
+void pp__ev_eject_refused(pp_peer_t *peer, uint64_t brief_ms);
+void pp__ev_burn(pp_peer_t *peer);
+void pp__ev_probe(pp_peer_t *peer);
+void pp__ev_recover(pp_peer_t *peer);
+/* An acquire got `conn` after being dialled for (dialed) or queueing. */
+void pp__ev_granted(pp_lease_t *lease, pp_conn_t *conn, bool dialed);
+/* An acquire queued behind capacity, or waits for a dial of `target`. */
+void pp__ev_queued(pp_lease_t *lease, pp_peer_t *target);
+/* An acquire failed (its cause is filled). */
+void pp__ev_failed(pp_lease_t *lease);
+/* A lease reported as leaked was released after `held_ms`. */
+void pp__ev_unleak(pp_lease_t *lease, pp_conn_t *conn, uint64_t held_ms);
 
 /* ---- addr.c ---------------------------------------------------------------------------- */
 /* Parse `addr` into a canonical string (malloc'd) and, for TCP, a sockaddr. */

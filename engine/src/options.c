@@ -26,6 +26,7 @@ void pp_options_init(pp_options_t *o) {
   o->eject_max_percent = 50;
   o->probe_interval = 500;
   o->keep_idle_bytes = 0;
+  o->leak_threshold = 0;
   o->tls = NULL;
 }
 
@@ -87,6 +88,8 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
   CHECK(o->probe_interval >= 0 && o->probe_interval <= PP_MS_MAX,
         "probe_interval must be a number of ms >= 0 (0 = no probes)");
   CHECK(o->keep_idle_bytes == 0 || o->keep_idle_bytes == 1, "keep_idle_bytes must be 0 or 1");
+  CHECK(o->leak_threshold >= 0 && o->leak_threshold <= PP_MS_MAX,
+        "leak_threshold must be a number of ms >= 0 (0 = off)");
   if (o->tls) return pp__tls_options_check(o->tls, why);
   return 0;
 }

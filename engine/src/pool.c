@@ -38,10 +38,16 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   if (err) return err;
   pp_pool_t *pool = calloc(1, sizeof(*pool));
   if (pool == NULL) return UV_ENOMEM;
+  pool->explain = calloc(PP_EXPLAIN_MAX, sizeof(*pool->explain)); /* events.c */
+  if (pool->explain == NULL) {
+    free(pool);
+    return UV_ENOMEM;
+  }
   pool->loop = loop;
   pool->opts = *opts;
   err = pp__tls_pool_init(pool, opts->tls, why); /* TLS (tls.c): copies opts->tls */
   if (err) {
+    free(pool->explain);
     free(pool);
     return err;
   }
@@ -83,7 +89,8 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   if (opts->keepalive > 0)
     uv_timer_start(&pool->keepalive_timer, keepalive_timer_cb, (uint64_t)opts->keepalive,
                    (uint64_t)opts->keepalive);
-  pool->own_handles = 7;
+  pp__events_init(pool); /* the leak timer */
+  pool->own_handles = 8;
   *out = pool;
   return 0;
 }
@@ -124,22 +131,19 @@ void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn) {
 }
 
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to) {
-  if (pool->state_cb == NULL) return;
-  if (pool->events_len == pool->events_cap) {
-    unsigned int cap = pool->events_cap ? pool->events_cap * 2 : 16;
-    struct pp__event_s *ev = malloc(cap * sizeof(*ev));
-    if (ev == NULL) return; /* An event lost to OOM beats a crash; state stays correct. */
-    for (unsigned int i = 0; i < pool->events_len; i++)
-      ev[i] = pool->events[(pool->events_head + i) % pool->events_cap];
-    free(pool->events);
-    pool->events = ev;
-    pool->events_cap = cap;
-    pool->events_head = 0;
-  }
-  struct pp__event_s *e = &pool->events[(pool->events_head + pool->events_len) % pool->events_cap];
-  e->peer = peer;
-  e->from = (unsigned char)from;
-  e->to = (unsigned char)to;
+  if (pool->state_cb == NULL && pool->event_cb == NULL) return;
+  struct pp__event_s *e = pp__event_slot(pool); /* events.c */
+  if (e == NULL) return;
+  memset(&e->ev, 0, sizeof(e->ev));
+  e->ev.kind = PP_EVENT_STATE;
+  e->ev.peer = peer;
+  e->ev.at = uv_now(pool->loop);
+  e->ev.from = from;
+  e->ev.to = to;
+  pp__defer_pool_event(pool);
+}
+
+void pp__defer_pool_event(pp_pool_t *pool) {
   pool->events_len++;
   defer_wake(pool);
 }
@@ -168,7 +172,7 @@ static void defer_run(uv_check_t *check) {
     struct pp__event_s e = pool->events[pool->events_head];
     pool->events_head = (pool->events_head + 1) % pool->events_cap;
     pool->events_len--;
-    if (pool->state_cb) pool->state_cb(pool, e.peer, e.from, e.to);
+    pp__event_deliver(pool, &e.ev);
   }
   while (!pp__list_empty(&conns)) {
     pp_conn_t *conn = PP__CONTAINER(conns.next, pp_conn_t, defer_link);
@@ -216,6 +220,7 @@ static void own_handle_closed(uv_handle_t *handle) {
   free(pool->table);
   free(pool->scratch);
   free(pool->events);
+  free(pool->explain);
   free(pool);
 }
 
@@ -227,6 +232,7 @@ void pp__maybe_finish(pp_pool_t *pool) {
   uv_close((uv_handle_t *)&pool->keepalive_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->maintenance_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->hold_timer, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->leak_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_check, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_idle, own_handle_closed);
 }
@@ -241,6 +247,7 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
   uv_timer_stop(&pool->keepalive_timer);
   uv_timer_stop(&pool->maintenance_timer);
   uv_timer_stop(&pool->hold_timer);
+  pp__events_close(pool);
   pp__fail_all_waiters(pool, PP_ECLOSED);
   pp__fire_notices(pool, PP_ECLOSED);
   /* Close every conn; detach the leases still holding one. */

@@ -29,5 +29,9 @@ build = {
     PP_LUA_MOD_DIR = "$(LUADIR)",
     PP_BUILD_TESTS = "OFF",
     PP_BUILD_BENCH = "OFF",
+    -- The rock carries the Lua module (with the engine linked in) and the host program, not
+    -- the C library: LuaRocks would deploy a libpeerpool.so from the rock's lib/ as if it
+    -- were a Lua module. `cmake --install` of a plain build installs the C library.
+    PP_INSTALL_C_LIB = "OFF",
   },
 }

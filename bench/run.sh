@@ -5,7 +5,8 @@
 # Steps: bench_idle (C API idle acquire + release), then the PING benchmark against two
 # redis-servers (bench/ping/run.sh, which installs what it needs; it also writes
 # docs/bench-ping.png), then the cost of Lua policy hooks on the acquire path
-# (bench/hook_overhead.lua). PP_BENCH=idle, ping or hooks runs only that step.
+# (bench/hook_overhead.lua), then the TLS handshake cost (bench/tls/run.sh). PP_BENCH=idle,
+# ping, hooks or tls runs only that step.
 set -eu
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +31,7 @@ fi
 export PP_BENCH_COMMIT
 mkdir -p "$ROOT/docs"
 if [ $# -gt 0 ]; then shift; fi  # the rest goes to bench_idle
-STEPS=${PP_BENCH:-idle,ping,hooks}
+STEPS=${PP_BENCH:-idle,ping,hooks,tls}
 failed=""
 case ",$STEPS," in *,idle,*)
   "$BIN" --out "$ROOT/docs/bench.md" "$@" || failed="$failed bench_idle" ;;
@@ -41,6 +42,9 @@ esac
 case ",$STEPS," in *,hooks,*)
   LUA_CPATH="$BUILD/lua/?.so;;" lua5.4 "$ROOT/bench/hook_overhead.lua" --out "$ROOT/docs/bench.md" \
     || failed="$failed hooks" ;;
+esac
+case ",$STEPS," in *,tls,*)
+  sh "$ROOT/bench/tls/run.sh" "$BUILD" || failed="$failed tls" ;;
 esac
 if [ -n "$failed" ]; then
   echo "bench: failed:$failed" >&2

@@ -30,18 +30,28 @@ local function version_of(first_line)
   return v and tonumber(v) or 1
 end
 
--- Add the parsed rows (5-tuples, see lbook.c's parse) to the pool.
+-- Add the parsed rows (6-tuples, see lbook.c's parse) to the pool, with their failure
+-- history (v3): burned peers stay burned, a peer that kept failing is not trusted afresh.
 local function add_rows(pool, st, rows, n)
-  for r = 0, 5 * (n - 1), 5 do
-    local ok, _, why = pool:_add_peer(rows[r + 1], rows[r + 2], rows[r + 4] or nil,
+  for r = 0, 6 * (n - 1), 6 do
+    local addr, _, why = pool:_add_peer(rows[r + 1], rows[r + 2], rows[r + 4] or nil,
       rows[r + 3] or "book")
-    if not ok then refuse(st, rows[r + 5], why) end
+    if not addr then
+      refuse(st, rows[r + 5], why)
+    elseif rows[r + 6] then
+      pool:_restore(addr, rows[r + 6])
+    end
   end
 end
 
 -- Read the book into the pool, a block at a time. Bad lines are skipped one by one and
 -- summed up in one report; the rest of the book loads.
 local function load(b, pool)
+  local kind = uv.fs_stat(b.path)
+  if kind and kind.type ~= "file" then -- a FIFO would block the loop in open, a device worse
+    report(b, "it is a " .. kind.type .. ", not a file; not loaded")
+    return
+  end
   local f, err, code = io.open(b.path, "rb")
   if not f then
     if code ~= 2 then report(b, "cannot read it: " .. err) end -- ENOENT: no book yet
@@ -53,7 +63,7 @@ local function load(b, pool)
     local block = f:read(BLOCK)
     if not st.version then
       st.version = version_of(block and block:match("^[^\n]*") or "")
-      if st.version ~= 1 and st.version ~= 2 then
+      if st.version < 1 or st.version > 3 then
         f:close()
         local aside = b.path .. ".v" .. st.version .. "-" .. os.time()
         local ok, rerr = os.rename(b.path, aside)

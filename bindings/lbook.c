@@ -1,13 +1,17 @@
 /* The address book's text (bindings/book.lua does the files): percent-escaping, the line
- * parser for format v2 (and v1), and the formatter of a pool's peers (a snapshot, then lines
+ * parser for format v3 (and v2, v1), and the formatter of a pool's peers (a snapshot, then lines
  * a slice at a time).
  *
- *   # peerpool address book v2
- *   127.0.0.1:7001 1700000000000 static
- *   ./run/my%20app.sock 1700000000000 runtime zone=eu,weight=3,tls.server_name=db1
+ *   # peerpool address book v3
+ *   127.0.0.1:7001 1700000000000 static -
+ *   127.0.0.1:7002 1700000000000 seed b,f=3,lf=1700000000500
+ *   ./run/my%20app.sock 1700000000000 runtime f=1,ls=1700000000000 zone=eu,weight=3
  *
- * One peer a line: address, last_seen (Unix ms), source, and optionally tags, separated by
- * one space. Bytes that could break a line or a field (space, control bytes, non-ASCII, '%',
+ * One peer a line: address, last_seen (Unix ms), source, its failure history (v3: "-" for
+ * none, or b (burned), f= consecutive failures, ls= last success, lf= last failure, ej=
+ * ejections, es= ejection streak, eu= ejected until; times in Unix ms), and optionally tags,
+ * separated by one space. v2 lines have no history field; v1 lines are "addr last_seen
+ * [source]". Bytes that could break a line or a field (space, control bytes, non-ASCII, '%',
  * ',' and '=', and '.' in tag keys) are written %XX. A tag value written raw that reads as a
  * number is one, `true`/`false` are booleans; a string that would read that way has its first
  * byte escaped. Nested tag tables are flattened to dotted keys.
@@ -33,7 +37,58 @@ typedef struct {
 typedef struct {
   span_t addr, source, tags; /* as written (v2: still escaped); tags.n == 0: none */
   int64_t last_seen;
+  pp_peer_history_t history; /* v3 */
+  int has_history;
 } book_line_t;
+
+/* A v3 history field: "-" or items "b", "f=N", "ls=MS", "lf=MS", "ej=N", "es=N", "eu=MS". */
+static const char *book_parse_history(span_t s, pp_peer_history_t *h, int *any) {
+  memset(h, 0, sizeof(*h));
+  *any = 0;
+  if (s.n == 0) return "missing history (v3: '-' for none)";
+  if (s.n == 1 && s.p[0] == '-') return NULL;
+  const char *p = s.p, *end = s.p + s.n;
+  while (p < end) {
+    const char *item = p;
+    while (p < end && *p != ',')
+      p++;
+    size_t n = (size_t)(p - item);
+    if (p < end) p++; /* the comma */
+    if (n == 1 && item[0] == 'b') {
+      h->burned = 1;
+      *any = 1;
+      continue;
+    }
+    const char *eq = memchr(item, '=', n);
+    if (eq == NULL || eq == item + n - 1 || (size_t)(item + n - eq - 1) > 16)
+      return "bad history item";
+    int64_t v = 0;
+    for (const char *d = eq + 1; d < item + n; d++) {
+      if (*d < '0' || *d > '9') return "bad history number";
+      v = v * 10 + (*d - '0');
+    }
+    if (v > (INT64_C(1) << 53)) return "history number over 2^53";
+    size_t kn = (size_t)(eq - item);
+#define KEY(k) (kn == sizeof(k) - 1 && memcmp(item, k, kn) == 0)
+    if (KEY("f") && v <= 1000000)
+      h->failures = (int)v;
+    else if (KEY("ls"))
+      h->last_success = v;
+    else if (KEY("lf"))
+      h->last_failure = v;
+    else if (KEY("ej"))
+      h->ejections = (uint64_t)v;
+    else if (KEY("es") && v <= 64)
+      h->eject_streak = (int)v;
+    else if (KEY("eu"))
+      h->ejected_until = v;
+    else
+      return "unknown history item";
+#undef KEY
+    *any = 1;
+  }
+  return NULL;
+}
 
 static int unhex(unsigned char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -99,6 +154,7 @@ static const char *book_parse_time(span_t s, int64_t max, int64_t *out) {
   if (v > (INT64_C(1) << 53)) return "last_seen is over 2^53";
   if (v > max) return "last_seen is in the future";
   if (v == 0) return "last_seen is 0";
+  if (v < INT64_C(100000000000)) return "last_seen looks like seconds (under 10^11 ms)";
   *out = v;
   return NULL;
 }
@@ -110,7 +166,7 @@ static span_t next_field(const char **p, const char *end, int version) {
     while (f.p < end && (*f.p == ' ' || *f.p == '\t'))
       f.p++;
   const char *q = f.p;
-  while (q < end && *q != ' ' && (version == 2 || *q != '\t'))
+  while (q < end && *q != ' ' && (version >= 2 || *q != '\t'))
     q++;
   f.n = (size_t)(q - f.p);
   *p = q < end ? q + 1 : q;
@@ -144,6 +200,11 @@ static const char *book_parse_line(const char *s, size_t n, int version, int64_t
   if (p == end && (p == s || p[-1] != ' ')) return "missing source";
   out->source = next_field(&p, end, 2);
   if (out->source.n == 0) return "empty source";
+  if (version >= 3) {
+    span_t h = next_field(&p, end, 2);
+    why = book_parse_history(h, &out->history, &out->has_history);
+    if (why) return why;
+  }
   if (p < end || p[-1] == ' ') {
     out->tags = next_field(&p, end, 2);
     if (out->tags.n == 0) return "empty tags field";
@@ -287,6 +348,7 @@ static int put_tags(lua_State *L, out_t *o, out_t *prefix, int depth, int *count
 typedef struct {
   size_t addr; /* offset in addrs */
   int64_t last_seen;
+  pp_peer_history_t history;
 } row_t;
 
 typedef struct {
@@ -317,8 +379,8 @@ static int snap_peer(pp_peer_t *peer, void *arg) {
   snap_t *s = arg;
   pp_peer_info_t i;
   pp_peer_info(peer, &i);
-  if (i.state == PP_PEER_BURNED) return 0; /* burned peers stay out of the book */
-  row_t r = {s->job->addrs.n, i.last_seen};
+  row_t r = {s->job->addrs.n, i.last_seen, {0}}; /* burned peers too: they stay burned */
+  pp_peer_history(peer, &r.history);
   out_add(s->L, &s->job->addrs, i.addr, strlen(i.addr) + 1);
   out_add(s->L, &s->job->rows, (const char *)&r, sizeof(r));
   return 0;
@@ -343,6 +405,29 @@ static int l_snapshot(lua_State *L) {
   snap_t s = {L, j};
   pp_pool_foreach_peer(p->pool, snap_peer, &s);
   return 1;
+}
+
+/* Append " history" (v3): "-", or the items that are not zero. */
+static void put_history(lua_State *L, out_t *o, const pp_peer_history_t *h) {
+  char buf[160];
+  int n = 0;
+  const struct {
+    const char *key;
+    int64_t v;
+  } items[] = {{"f", h->failures},      {"ls", h->last_success},
+               {"lf", h->last_failure}, {"ej", (int64_t)h->ejections},
+               {"es", h->eject_streak}, {"eu", h->ejected_until}};
+  buf[n++] = ' ';
+  if (h->burned) n += snprintf(buf + n, sizeof(buf) - (size_t)n, "b,");
+  for (size_t k = 0; k < sizeof(items) / sizeof(items[0]); k++)
+    if (items[k].v > 0)
+      n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%s=%lld,", items[k].key,
+                    (long long)items[k].v);
+  if (n == 1)
+    buf[n++] = '-';
+  else
+    n--; /* the last comma */
+  out_add(L, o, buf, (size_t)n);
 }
 
 /* Append the line of row r; the pool's peer_meta table (or nil) is at meta_idx. */
@@ -370,6 +455,7 @@ static void put_line(lua_State *L, job_t *j, const row_t *r, int meta_idx) {
     sn = 7;
   }
   out_escaped(L, &j->text, source, sn, 0, 0);
+  put_history(L, &j->text, &r->history);
   if (has_meta && lua_getfield(L, top + 1, "tags") == LUA_TTABLE) {
     int count = 0;
     j->dropped += put_tags(L, &j->text, &j->prefix, 0, &count);
@@ -389,7 +475,7 @@ static int l_lines(lua_State *L) {
   lua_getiuservalue(L, 1, 1);
   j->text.n = 0;
   if (j->next == 0) {
-    static const char header[] = "# peerpool address book v2\n";
+    static const char header[] = "# peerpool address book v3\n";
     out_add(L, &j->text, header, sizeof(header) - 1);
   }
   size_t rows = j->rows.n / sizeof(row_t);
@@ -503,11 +589,28 @@ static void refuse(lua_State *L, int st, lua_Integer line, const char *why) {
   lua_pop(L, 1);
 }
 
+static void push_history(lua_State *L, const book_line_t *e) {
+  if (!e->has_history) {
+    lua_pushboolean(L, 0);
+    return;
+  }
+  const pp_peer_history_t *h = &e->history;
+  lua_createtable(L, 0, 7);
+  lua_pushboolean(L, h->burned);
+  lua_setfield(L, -2, "burned");
+#define F(f)                             \
+  lua_pushinteger(L, (lua_Integer)h->f); \
+  lua_setfield(L, -2, #f);
+  F(failures) F(last_success) F(last_failure) F(ejections) F(eject_streak) F(ejected_until)
+#undef F
+}
+
 /* book.parse(st, data, rows): parse the whole lines of `data` (up to its last newline) of a
  * book; st = { version = 1|2, max_seen = ms, line = lines read so far, nbad = n, bad = {} }.
- * Good lines go to rows as flat 5-tuples: addr, last_seen, source (nil in v1 when absent),
- * tags (false if none), line number. Refused lines are counted in st.nbad and the first five
- * reasons kept in st.bad. Returns the number of rows and the bytes consumed. */
+ * Good lines go to rows as flat 6-tuples: addr, last_seen, source (nil in v1 when absent),
+ * tags (false if none), line number, history (a table, or false when none). Refused lines are
+ * counted in st.nbad and the first five reasons kept in st.bad. Returns the number of rows and the
+ * bytes consumed. */
 static int l_parse(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   size_t n;
@@ -520,7 +623,7 @@ static int l_parse(lua_State *L) {
   lua_getfield(L, 1, "line");
   lua_Integer line = luaL_optinteger(L, -1, 0);
   lua_pop(L, 3);
-  luaL_argcheck(L, version == 1 || version == 2, 1, "st.version must be 1 or 2");
+  luaL_argcheck(L, version >= 1 && version <= 3, 1, "st.version must be 1, 2 or 3");
   char *scratch = lua_newuserdatauv(L, BOOK_LINE_MAX, 0);
   lua_Integer rows = 0;
   size_t pos = 0;
@@ -537,7 +640,9 @@ static int l_parse(lua_State *L) {
       if (*why) refuse(L, 1, line, why);
       continue;
     }
-    lua_Integer r = rows * 5;
+    lua_Integer r = rows * 6;
+    push_history(L, &e);
+    lua_rawseti(L, 3, r + 6);
     if (e.tags.n == 0) lua_pushboolean(L, 0);
     lua_rawseti(L, 3, r + 4);
     push_field(L, e.addr, version, scratch);

@@ -21,28 +21,25 @@ pp_conn_t *lpp_conn_of(lpp_conn_t *c) {
 
 /* ---- acquire --------------------------------------------------------------------------- */
 
-/* Push the error tuple for an acquire that failed with `err`. With busy, the detail is a
- * notice armed for the peer. Returns the number of values pushed. */
-static int push_acquire_error(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, int err, int cause) {
+/* Push the error tuple for an acquire of `lease` that failed with `err`: nil, code, detail.
+ * With busy, the detail is a notice armed for `peer`; otherwise the engine's one line of why
+ * (pp_lease_describe: the peer's state, conns in use, waiters ahead, last error and when). */
+static int push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,
+                              int err) {
   if (err == PP_EBUSY) {
     lua_pushnil(L);
     lua_pushstring(L, pp_err_name(err));
     lpp_push_notice(L, p, 1, peer);
     return 3;
   }
-  if (err == PP_ECANNOTCONNECT && cause) {
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s: %s (%s)", pp_strerror(err), pp_strerror(cause),
-             pp_err_name(cause));
-    return lpp_push_error(L, err, msg);
-  }
-  if (err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS) {
-    char msg[200];
-    snprintf(msg, sizeof(msg), "%s: this process is short of a resource (not the peer's fault)",
+  char why[320];
+  int n = err == PP_ECLOSED ? 0 : pp_lease_describe(lease, why, sizeof(why));
+  if (n <= 0 && (err == UV_EMFILE || err == UV_ENFILE || err == UV_ENOMEM || err == UV_ENOBUFS))
+    snprintf(why, sizeof(why), "%s: this process is short of a resource (not the peer's fault)",
              pp_strerror(err));
-    return lpp_push_error(L, err, msg);
-  }
-  return lpp_push_error(L, err, NULL);
+  else if (n <= 0)
+    snprintf(why, sizeof(why), "%s", pp_strerror(err));
+  return lpp_push_error(L, err, why);
 }
 
 static void copy_addr(lpp_conn_t *c, pp_peer_t *peer) {
@@ -93,7 +90,7 @@ static void on_acquired(pp_lease_t *lease, int status) {
       lua_rawgeti(co, LUA_REGISTRYINDEX, c->self_ref);
       n = 1;
     } else {
-      n = push_acquire_error(co, p, lease->want_, status, lease->cause);
+      n = push_acquire_error(co, p, lease, NULL, status);
     }
     lpp_unref(L, &c->self_ref);
     lpp_resume(L, co, n, p);
@@ -106,7 +103,7 @@ static void on_acquired(pp_lease_t *lease, int status) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref);
     lua_pushnil(L);
   } else {
-    int n = push_acquire_error(L, p, lease->want_, status, lease->cause);
+    int n = push_acquire_error(L, p, lease, NULL, status);
     /* (nil, code, detail) -> (code, nil, detail) */
     lua_remove(L, -n);
     lua_pushnil(L);
@@ -147,21 +144,29 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
       granted(c);
       return 1;
     }
-    if (err != PP_EAGAIN) return push_acquire_error(L, p, peer, err, 0);
+    if (err != PP_EAGAIN) return push_acquire_error(L, p, &c->lease, peer, err);
   }
-  err = pp_acquire(p->pool, &c->lease, peer, opts, on_acquired);
-  if (err) return push_acquire_error(L, p, peer, err, 0);
-  c->state = LPP_CONN_PENDING;
+  /* Anchor first, then register with the engine: an anchor that fails (out of memory) must
+   * not leave the engine pointing at an object the collector may free. */
   lua_pushvalue(L, -1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (cb_idx) {
+  if (cb_idx)
     lua_pushvalue(L, cb_idx);
-    c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pushthread(L);
+  int *waiter_ref = cb_idx ? &c->cb_ref : &c->co_ref;
+  *waiter_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  err = pp_acquire(p->pool, &c->lease, peer, opts, on_acquired);
+  if (err) {
+    lpp_unref(L, waiter_ref);
+    lpp_unref(L, &c->self_ref);
+    return push_acquire_error(L, p, &c->lease, peer, err);
+  }
+  c->state = LPP_CONN_PENDING;
+  if (cb_idx) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  lua_pushthread(L);
-  c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return lua_yield(L, 0);
 }
 
@@ -262,6 +267,7 @@ static int take(lua_State *L, lpp_conn_t *c) {
       break;
   }
   consume(c, n);
+  c->unanswered = 0;
   return 1;
 }
 
@@ -275,6 +281,7 @@ static int push_receive_end(lua_State *L, lpp_conn_t *c, int err) {
 }
 
 static void end_lease(lua_State *L, lpp_conn_t *c, int status);
+static void finish_receive_unbudgeted(lpp_conn_t *c, int err);
 
 /* A reply over max_receive: the conn is closed (without blaming the peer: the limit is ours),
  * and the caller gets nil, "too_long", detail. */
@@ -335,6 +342,12 @@ static void stop_waiting(lua_State *L, lpp_conn_t *c) {
 }
 
 static void finish_receive(lpp_conn_t *c, int err) {
+  lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
+  finish_receive_unbudgeted(c, err);
+  lpp_budget_leave(outside);
+}
+
+static void finish_receive_unbudgeted(lpp_conn_t *c, int err) {
   lpp_pool_t *p = c->owner;
   lua_State *L = p->L;
   unlist_receive(c);
@@ -478,14 +491,17 @@ static int l_receive(lua_State *L) {
   if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
   if (!lua_isyieldable(L))
     return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
-  int err = start_reading(c, conn);
-  if (err) return push_receive_end(L, c, err);
-  int64_t ms = c->owner->io_timeout;
-  if (ms > 0) list_receive(L, c, ms);
-  lua_pushthread(L);
+  lua_pushthread(L); /* anchored first: see lpp_acquire */
   c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushvalue(L, 1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int err = start_reading(c, conn);
+  if (err) {
+    stop_waiting(L, c);
+    return push_receive_end(L, c, err);
+  }
+  int64_t ms = c->owner->io_timeout;
+  if (ms > 0) list_receive(L, c, ms);
   return lua_yield(L, 0);
 }
 
@@ -504,7 +520,14 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
     lua_pop(L, 1);
     if (!waiting) stop_waiting(L, c); /* its coroutine was closed: nothing waits any more */
   }
-  if (status == 0 && (waiting || c->tainted)) status = LPP_NOREUSE;
+  /* A request whose reply was never read (sent after the last receive, or still queued) may be
+   * answered later: the next holder would read that answer as its own. Protocols without
+   * replies keep_idle_bytes (their conns' unsolicited bytes are expected). */
+  pp_pool_t *owner_pool = c->owner->pool;
+  int chatty = owner_pool && pp_pool_options(owner_pool)->keep_idle_bytes;
+  int in_flight =
+      !chatty && (c->unanswered || (c->lease.conn && pp_conn_write_queue_size(c->lease.conn) > 0));
+  if (status == 0 && (waiting || c->tainted || in_flight)) status = LPP_NOREUSE;
   stop_reading(c, c->lease.conn);
   if (status == 0 && c->len > 0) {
     /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;
@@ -585,23 +608,33 @@ static int l_release(lua_State *L) {
   return 1;
 }
 
+/* conn:close([verdict]): the conn is closed, not lent again. Without a verdict the peer is not
+ * blamed (a caller's ordinary close: Connection: close, a protocol state the caller gave up
+ * on); close("broken") counts a failure of the peer (it misbehaved). */
 static int l_close(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK)
     return luaL_error(L, "a hook fails its conn by returning false (or raising)");
+  int status = LPP_NOREUSE;
+  if (!lua_isnoneornil(L, 2)) {
+    const char *verdict = luaL_checkstring(L, 2);
+    luaL_argcheck(L, strcmp(verdict, "broken") == 0, 2, "verdict must be \"broken\" or nil");
+    status = PP_EBROKEN;
+  }
   check_not_in_hook(L, c);
   int was = c->state == LPP_CONN_LEASED;
-  end_lease(L, c, PP_EBROKEN);
+  end_lease(L, c, status);
   lua_pushboolean(L, was);
   return 1;
 }
 
-/* __close: released, or closed as broken when the scope is left by an error. */
+/* __close: released, or closed (the peer not blamed: the error was the program's) when the
+ * scope is left by an error. */
 static int l_close_scope(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK) return 0;
   check_not_in_hook(L, c);
-  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : PP_EBROKEN);
+  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : LPP_NOREUSE);
   return 0;
 }
 

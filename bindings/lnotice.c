@@ -63,13 +63,13 @@ void lpp_push_notice(lua_State *L, lpp_pool_t *p, int pool_idx, pp_peer_t *peer)
   luaL_setmetatable(L, LPP_NOTICE);
   lua_pushvalue(L, pool_idx); /* the pool stays alive while its notice does */
   lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, -1); /* anchored before the engine holds it */
+  n->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   if (pp_notice_start(p->pool, &n->notice, peer, on_fired) != 0) {
+    lpp_unref(L, &n->self_ref);
     n->fired = 1;
     n->status = PP_ECLOSED;
-    return;
   }
-  lua_pushvalue(L, -1);
-  n->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 static void on_wait_timeout(uv_timer_t *timer) {
@@ -95,13 +95,19 @@ static int l_wait(lua_State *L) {
     }
     return lpp_push_error(L, n->status, NULL);
   }
+  if (n->co_ref != LUA_NOREF) { /* a waiter whose coroutine was closed waits no more */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
+    int alive = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
+    lua_pop(L, 1);
+    if (!alive) lpp_unref(L, &n->co_ref);
+  }
   luaL_argcheck(L, n->co_ref == LUA_NOREF, 1, "a coroutine is already waiting on this notice");
   if (!lua_isyieldable(L))
     return luaL_error(L, "notice:wait() must run inside a coroutine (or use notice:on_free(fn))");
-  if (ms > 0)
-    uv_timer_start(lpp_timer(L, n->owner, &n->timer, n), on_wait_timeout, (uint64_t)ms, 0);
-  lua_pushthread(L);
+  uv_timer_t *timer = ms > 0 ? lpp_timer(L, n->owner, &n->timer, n) : NULL;
+  lua_pushthread(L); /* anchored before the timer may look for it */
   n->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (timer) uv_timer_start(timer, on_wait_timeout, (uint64_t)ms, 0);
   return lua_yield(L, 0);
 }
 

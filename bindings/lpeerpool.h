@@ -15,10 +15,11 @@
 #define LPP_HOOK_RUN "peerpool.hook_run"
 
 /* Policy hooks, for per-hook counters. */
-#define LPP_HOOK_MAP(XX)       \
-  XX(SELECT_PEER, select_peer) \
-  XX(SELECT_CONN, select_conn) \
-  XX(BACKOFF, backoff) XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping)
+#define LPP_HOOK_MAP(XX)                                                                   \
+  XX(SELECT_PEER, select_peer)                                                             \
+  XX(SELECT_CONN, select_conn)                                                             \
+  XX(BACKOFF, backoff)                                                                     \
+  XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping) XX(ROUTE, route) XX(PEER_EVENT, peer_event)
 enum {
 #define XX(u, l) LPP_HOOK_##u,
   LPP_HOOK_MAP(XX)
@@ -87,6 +88,7 @@ typedef struct lpp_conn_s {
   size_t off, len, cap; /* len unread bytes at buf + off */
   size_t scanned;       /* of those, how many are known to hold no newline */
   int tainted;          /* a receive timed out or overflowed: a reply may be on its way */
+  int unanswered;       /* bytes were sent since the last receive returned data */
   /* send (lsend.c) */
   struct write_s *writes; /* queued writes, newest first */
   int send_co_ref;        /* the coroutine waiting for the send queue to drain */
@@ -204,6 +206,9 @@ void *lpp_sandbox_open(lua_State *L);
 /* At the state's end: put the original allocator back. */
 void lpp_sandbox_close(lua_State *L, void *alloc_ud);
 
+/* lring.c */
+int lpp_l_ring(lua_State *L); /* peerpool.ring([vnodes]) */
+
 /* lsend.c */
 int lpp_l_send(lua_State *L); /* conn:send(data [, callback]) */
 /* A coroutine waiting in send goes on (err 0: its data is queued within the mark). */
@@ -221,8 +226,9 @@ void lpp_policy_free(lua_State *L, lpp_pool_t *p); /* at pool close */
  * change the pool are put off. */
 int lpp_enter_engine_call(lpp_pool_t *p, int may_add_peers);
 void lpp_leave_engine_call(lpp_pool_t *p, int may_add_peers);
-/* Count a hook failure and log it (at most once a second per hook). */
+/* Count a hook failure and log it (at most once a second per hook); _on: from thread L. */
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg);
+void lpp_hook_error_on(lua_State *L, lpp_pool_t *p, int hook, const char *msg);
 extern const char *const lpp_hook_names[LPP_HOOK_COUNT];
 int lpp_l_set_seed_ctx(lua_State *L); /* peerpool._set_seed_ctx(fn) */
 /* A hook call running as a coroutine (handshake, ping, seed). */
@@ -232,9 +238,8 @@ typedef struct {
 } lpp_hook_run_t;
 /* Push the hook run of coroutine co (or nil) and return it (or NULL). */
 lpp_hook_run_t *lpp_hook_run_find(lua_State *L, lua_State *co);
-/* The hook's coroutine ended (status, with nres results or an error on co's stack); the run
- * is at run_idx on L. Reports failures and hands a hook's conn back to the engine. */
-void lpp_hook_run_end(lua_State *L, lua_State *co, int run_idx, int status, int nres);
+/* The budget of hook coroutine co (NULL if co is not one). */
+lpp_budget_t *lpp_hook_budget_of(lua_State *co);
 /* Start an acquire for the pool at stack index 1; see pool:acquire in lpool.c. */
 int lpp_acquire(lua_State *L, lpp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *opts,
                 int cb_idx);

@@ -28,6 +28,12 @@ typedef struct {
 } view_t;
 
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
+  /* The pool's hook thread: idle here, and never a thread in the middle of a resume (the main
+   * thread once the pool is closed and its hook thread dropped). */
+  lpp_hook_error_on(p->hook_L ? p->hook_L : p->L, p, hook, msg);
+}
+
+void lpp_hook_error_on(lua_State *L, lpp_pool_t *p, int hook, const char *msg) {
   p->hook_errors[hook]++;
   uint64_t now = p->pool ? uv_now(pp_pool_loop(p->pool)) : 0;
   if (p->hook_logged_at[hook] != 0 && now - p->hook_logged_at[hook] < 1000) {
@@ -38,13 +44,20 @@ void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
   if (p->hook_suppressed[hook])
     snprintf(more, sizeof(more), " (%llu more since the last report)",
              (unsigned long long)p->hook_suppressed[hook]);
-  /* The pool's hook thread: idle here, and never a thread in the middle of a resume (the main
-   * thread once the pool is closed and its hook thread dropped). */
-  lua_State *L = p->hook_L ? p->hook_L : p->L;
-  lua_pushfstring(L, "peerpool: policy hook %s (%s) failed: %s%s; using the default",
-                  lpp_hook_names[hook], p->policy_name,
-                  msg ? msg : "(error object is not a string)", more);
+  /* The first line says what and what now; a traceback, if any, follows it. */
+  if (msg == NULL) msg = "(error object is not a string)";
+  const char *trace = strstr(msg, "\nstack traceback:");
+  int head = trace ? (int)(trace - msg) : (int)strlen(msg);
+  lua_pushfstring(L, "peerpool: policy hook %s (%s) failed: ", lpp_hook_names[hook],
+                  p->policy_name);
+  lua_pushlstring(L, msg, (size_t)head);
+  lua_pushfstring(L, "%s; using the default%s", more, trace ? trace : "");
+  lua_concat(L, 3);
+  /* A reporter (peerpool.on_error) runs while the engine may still be mid-decision: it may not
+   * change this pool either. */
+  int gc = lpp_enter_engine_call(p, 0);
   lpp_emit(L, lua_tostring(L, -1));
+  lpp_leave_engine_call(p, gc);
   lua_pop(L, 1);
   p->hook_logged_at[hook] = now ? now : 1;
   p->hook_suppressed[hook] = 0;
@@ -65,8 +78,22 @@ void lpp_leave_engine_call(lpp_pool_t *p, int may_add_peers) {
   if (!may_add_peers) p->in_sync_hook--;
 }
 
+/* The message handler of synchronous hooks: the error with a traceback, made outside the
+ * hook's budget (a hook out of memory or instructions still gets its report). */
+static int hook_traceback(lua_State *L) {
+  lpp_budget_t *spent = lpp_budget_enter(NULL);
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  luaL_traceback(L, L, msg, 1);
+  lpp_budget_leave(spent);
+  return 1;
+}
+
 static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   lua_State *L = p->hook_L;
+  int base = lua_gettop(L) - nargs; /* the function */
+  lua_pushcfunction(L, hook_traceback);
+  lua_insert(L, base);
   p->hook_calls[hook]++;
   int gc = lpp_enter_engine_call(p, 0);
   lpp_budget_t budget;
@@ -74,9 +101,10 @@ static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   lpp_budget_arm(L);
   if (lpp_gc_stress) lua_gc(L, LUA_GCCOLLECT);
   lpp_budget_t *prev = lpp_budget_enter(&budget);
-  int rc = lua_pcall(L, nargs, 1, 0);
+  int rc = lua_pcall(L, nargs, 1, base);
   lpp_budget_leave(prev);
   lpp_leave_engine_call(p, gc);
+  lua_remove(L, base);
   if (rc != LUA_OK) {
     lpp_hook_error(p, hook, lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -216,6 +244,40 @@ static int64_t c_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
   return ms;
 }
 
+/* route(key, pool) -> the owning peer's address (or a view with .addr), or nil for the
+ * default. Called before any candidate window: a ring kept by peer_event answers in O(log n). */
+static pp_peer_t *c_route(void *data, pp_pool_t *pool, const char *key) {
+  lpp_pool_t *p = data;
+  if (!push_hook(p, "route")) return NULL;
+  lua_State *L = p->hook_L;
+  lua_pushstring(L, key);
+  lpp_push_pool(L, p);
+  if (!call_hook(p, LPP_HOOK_ROUTE, 2)) return NULL;
+  if (lua_istable(L, -1)) lua_getfield(L, -1, "addr");
+  pp_peer_t *peer = NULL;
+  int t = lua_type(L, -1);
+  if (t == LUA_TSTRING) peer = pp_pool_find_peer(pool, lua_tostring(L, -1));
+  if (t != LUA_TNIL && peer == NULL) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "answered %s%s%s, not a peer of the pool (want an address or nil)",
+             luaL_typename(L, -1), t == LUA_TSTRING ? " " : "",
+             t == LUA_TSTRING ? lua_tostring(L, -1) : "");
+    lpp_hook_error(p, LPP_HOOK_ROUTE, msg);
+  }
+  lua_settop(L, 0);
+  return peer;
+}
+
+/* peer_event(addr, event): the live set changed ("added", "burned"); the answer is ignored. */
+static void c_peer_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_event_t event) {
+  lpp_pool_t *p = data;
+  if (!push_hook(p, "peer_event")) return;
+  lua_State *L = p->hook_L;
+  lua_pushstring(L, pp_peer_addr(peer));
+  lua_pushstring(L, pp_peer_event_name(event));
+  if (call_hook(p, LPP_HOOK_PEER_EVENT, 2)) lua_pop(L, 1);
+}
+
 /* ---- asynchronous hooks: handshake, ping and seed run as coroutines -------------------- */
 
 /* Each runs in a coroutine of its own, registered in a weak table with its budget (ten times
@@ -235,41 +297,51 @@ lpp_hook_run_t *lpp_hook_run_find(lua_State *L, lua_State *co) {
   return luaL_testudata(L, -1, LPP_HOOK_RUN);
 }
 
-void lpp_hook_run_end(lua_State *L, lua_State *co, int run_idx, int status, int nres) {
-  lpp_hook_run_t *run = lua_touserdata(L, run_idx);
-  lua_getiuservalue(L, run_idx, 1);
-  lpp_pool_t *p = luaL_testudata(L, -1, LPP_POOL);
-  lua_getiuservalue(L, run_idx, 2);
-  lpp_conn_t *c = luaL_testudata(L, -1, LPP_CONN);
+lpp_budget_t *lpp_hook_budget_of(lua_State *co) {
+  if (!lua_checkstack(co, 3)) return NULL;
+  lua_pushthread(co);
+  lpp_hook_run_t *run = lpp_hook_run_find(co, co);
+  lpp_budget_t *b = run ? &run->budget : NULL;
+  lua_pop(co, 2); /* the run (or nil) and the thread: the run stays anchored by the table */
+  return b;
+}
+
+/* The hook's wrap-up, on its own coroutine once fn has returned or raised (however it was
+ * resumed: by the binding, or by a luv callback of the hook's with coroutine.resume), in C and
+ * outside the budget: a hook that spent its budget still hands its conn back. Stack: run,
+ * message handler, then fn's answer or its error. */
+static int hook_body_k(lua_State *co, int status, lua_KContext ctx) {
+  (void)ctx;
+  lpp_budget_t *spent = lpp_budget_enter(NULL);
+  lpp_hook_run_t *run = lua_touserdata(co, 1);
+  lua_getiuservalue(co, 1, 1);
+  lpp_pool_t *p = luaL_testudata(co, -1, LPP_POOL);
+  lua_getiuservalue(co, 1, 2);
+  lpp_conn_t *c = luaL_testudata(co, -1, LPP_CONN);
+  lua_pop(co, 2);
   int ok = 0;
-  if (status != LUA_OK) {
-    int top = lua_gettop(L);
-    const char *msg = lua_tostring(co, -1);
-    if (msg == NULL)
-      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(co, -1));
-    luaL_traceback(L, co, msg, 0);
-    if (p) lpp_hook_error(p, run->hook, lua_tostring(L, -1));
-    lua_settop(L, top);
-    lua_resetthread(co);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    if (p) lpp_hook_error_on(co, p, run->hook, lua_tostring(co, -1));
   } else if (run->hook != LPP_HOOK_SEED) {
-    int t = nres > 0 ? lua_type(co, -nres) : LUA_TNIL;
-    ok = t == LUA_TBOOLEAN && lua_toboolean(co, -nres);
+    int t = lua_type(co, -1);
+    ok = t == LUA_TBOOLEAN && lua_toboolean(co, -1);
     if (t != LUA_TBOOLEAN && t != LUA_TNIL && p) {
       char msg[96];
       snprintf(msg, sizeof(msg), "answered %s (want true or false)", lua_typename(co, t));
-      lpp_hook_error(p, run->hook, msg);
+      lpp_hook_error_on(co, p, run->hook, msg);
     }
   }
-  lua_settop(co, 0);
   if (c) lpp_hook_conn_done(c, ok);
-  lua_pop(L, 2);
-  /* Unregister: the thread is at run_idx - 1 (see lpp_resume). */
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) == LUA_TTABLE) {
-    lua_pushvalue(L, run_idx - 1);
-    lua_pushnil(L);
-    lua_rawset(L, -3);
-  }
-  lua_pop(L, 1);
+  lpp_budget_leave(spent);
+  return 0;
+}
+
+/* The body of a hook's coroutine: fn(input) under a message handler, then the wrap-up.
+ * Stack: run, fn, input. */
+static int hook_body(lua_State *co) {
+  lua_pushcfunction(co, hook_traceback);
+  lua_insert(co, 2);
+  return hook_body_k(co, lua_pcallk(co, 1, 1, 2, 0, hook_body_k), 0);
 }
 
 /* Start hook `hook` of p's policy as a coroutine; `push_input` pushes its argument onto L.
@@ -296,12 +368,13 @@ static int start_async(lpp_pool_t *p, int hook, void (*push_input)(lpp_pool_t *,
   lua_pushvalue(L, pool_idx);
   lua_setiuservalue(L, -2, 1);
   push_input(p, arg, pool_idx); /* run's uservalue 2 is set by the conn hooks */
-  /* co: fn, input */
+  /* co: hook_body, run, fn, input */
+  lua_pushcfunction(co, hook_body);
+  lua_pushvalue(L, -2); /* the run */
+  lua_xmove(L, co, 1);
   lua_pushvalue(L, fn);
   lua_xmove(L, co, 1);
-  lua_pushvalue(L, -1);
-  lua_xmove(L, co, 1);
-  lua_pop(L, 1);
+  lua_xmove(L, co, 1); /* the input */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);
@@ -320,7 +393,7 @@ static int start_async(lpp_pool_t *p, int hook, void (*push_input)(lpp_pool_t *,
   /* The hook's first slice runs inside the engine's call; later slices (after it yields) do
    * not. A seed hook adds peers: that much is allowed. */
   int gc = lpp_enter_engine_call(p, 1);
-  lpp_resume(L, co, 1, p);
+  lpp_resume(L, co, 3, p);
   lpp_leave_engine_call(p, gc);
   lua_settop(L, top);
   return 1;
@@ -395,6 +468,8 @@ static int l_set_policy(lua_State *L) {
   if (HAS("seed")) policy.seed = c_seed;
   if (HAS("handshake")) policy.handshake = c_handshake;
   if (HAS("ping")) policy.ping = c_ping;
+  if (HAS("route")) policy.route = c_route;
+  if (HAS("peer_event")) policy.peer_event = c_peer_event;
 #undef HAS
   policy.closed = c_closed;
   /* Swap: the engine takes the new hooks for its next decision; conns are untouched. */

@@ -450,6 +450,45 @@ static int l_peer(lua_State *L) {
   return 1;
 }
 
+/* pool:_restore(addr, history): put a peer's failure history back (the address book's v3 field;
+ * see pp_peer_restore). */
+static int l_restore(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool_mutable(L, 1);
+  pp_peer_t *peer = pp_pool_find_peer(p->pool, luaL_checkstring(L, 2));
+  luaL_checktype(L, 3, LUA_TTABLE);
+  if (peer == NULL) return lpp_push_error(L, PP_ENOPEER, NULL);
+  pp_peer_history_t h;
+  memset(&h, 0, sizeof(h));
+#define F(f, type)                       \
+  lua_getfield(L, 3, #f);                \
+  h.f = (type)luaL_optinteger(L, -1, 0); \
+  lua_pop(L, 1);
+  F(failures, int)
+  F(last_success, int64_t)
+  F(last_failure, int64_t)
+  F(ejections, uint64_t) F(eject_streak, int) F(ejected_until, int64_t)
+#undef F
+      lua_getfield(L, 3, "burned");
+  h.burned = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  int err = pp_peer_restore(peer, &h);
+  if (err) return lpp_push_error(L, err, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* pool:check(addr): whether an acquire for the peer would be served (now or after waiting):
+ * true, or nil, code, why (burned, ejected, cannot_connect while it backs off, no_peer). Cheap:
+ * a route hook may call it to pass over an owner that is down. */
+static int l_check(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool(L, 1);
+  pp_peer_t *peer = pp_pool_find_peer(p->pool, luaL_checkstring(L, 2));
+  int err = peer ? pp_peer_check(peer) : PP_ENOPEER;
+  if (err) return lpp_push_error(L, err, peer ? NULL : "unknown peer");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* ---- stats ----------------------------------------------------------------------------- */
 
 static int l_stats(lua_State *L) {
@@ -466,12 +505,17 @@ static int l_stats(lua_State *L) {
   F(connecting)
   F(waiters)
   F(peers)
-  F(acquires) F(acquired_immediate) F(acquired_dialed) F(acquired_waited) F(timed_out) F(busy)
-      F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
-          F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
-              F(pings_failed) F(ejections) F(seeds) F(policy_errors)
+  F(acquires)
+  F(acquired_immediate)
+  F(acquired_dialed)
+  F(acquired_waited)
+  F(timed_out)
+  F(busy)
+  F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
+      F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
+          F(pings_failed) F(ejections) F(seeds) F(policy_errors)
 #undef F
-                  lua_pushnumber(L, s.connect_latency_ms_avg);
+              lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");
   lua_pushnumber(L, s.connect_latency_ms_max);
   lua_setfield(L, -2, "connect_latency_ms_max");
@@ -638,6 +682,8 @@ static const luaL_Reg pool_methods[] = {
     {"_every", l_every},
     {"peers", l_peers},
     {"peer", l_peer},
+    {"check", l_check},
+    {"_restore", l_restore},
     {"on", l_on},
     {"close", l_close},
     {"_closed", l_closed},

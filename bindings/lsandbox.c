@@ -41,7 +41,11 @@ int lpp_in_hook(void) {
 static void count_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lpp_budget_t *b = running;
-  if (b == NULL) return; /* a coroutine the hook left behind, resumed by someone else */
+  /* A hook's coroutine resumed by a luv callback of its own (coroutine.resume) runs outside
+   * the binding's resume: it still charges its instructions. (A coroutine the hook left behind,
+   * resumed by someone else, is nobody's.) */
+  if (b == NULL) b = lpp_hook_budget_of(L);
+  if (b == NULL) return;
   b->steps_left -= STEP;
   if (b->steps_left > 0) return;
   /* Spent: from now on every instruction of this thread raises. */
@@ -125,7 +129,8 @@ static const guard_t guards[] = {
     {"io", "read", GUARD_ALWAYS, "it blocks the loop on stdin"},
     {"io", "input", GUARD_ALWAYS, "hooks do not redirect the program's stdin"},
     {"io", "output", GUARD_ALWAYS, "hooks do not redirect the program's stdout"},
-    {"io", "lines", GUARD_LINES, "it blocks the loop on stdin"},
+    {"io", "lines", GUARD_LINES, "stdin, FIFOs and devices block the loop"},
+    {"package", "loadlib", GUARD_ALWAYS, "native code is beyond any budget"},
     {"io", "open", GUARD_OPEN, "opening a FIFO or device can block the loop"},
     {LUA_FILEHANDLE, "read", GUARD_FILE_OP, "reading a terminal, pipe or socket blocks the loop"},
     {LUA_FILEHANDLE, "lines", GUARD_FILE_OP, "reading a terminal, pipe or socket blocks the loop"},
@@ -148,17 +153,20 @@ static int is_regular_stream(lua_State *L, int idx) {
   return fstat(fileno(s->f), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/* Whether opening `path` cannot block: a regular file, a directory, or nothing there yet. */
+static int openable(const char *path) {
+  struct stat st;
+  return path == NULL || stat(path, &st) != 0 || S_ISREG(st.st_mode) || S_ISDIR(st.st_mode);
+}
+
 static int allowed(lua_State *L, int kind) {
   switch (kind) {
     case GUARD_FILE_OP:
       return is_regular_stream(L, 1);
-    case GUARD_OPEN: {
-      struct stat st;
-      const char *path = lua_tostring(L, 1);
-      return path == NULL || stat(path, &st) != 0 || S_ISREG(st.st_mode) || S_ISDIR(st.st_mode);
-    }
-    case GUARD_LINES:
-      return !lua_isnoneornil(L, 1);
+    case GUARD_LINES: /* no file name: stdin */
+      return !lua_isnoneornil(L, 1) && openable(lua_tostring(L, 1));
+    case GUARD_OPEN:
+      return openable(lua_tostring(L, 1));
     case GUARD_LOAD: /* load(chunk, name, mode), loadfile(file, mode): see guarded() */
       return 1;
     case GUARD_GC: {

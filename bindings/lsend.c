@@ -44,6 +44,7 @@ static int error_code(int err) {
 /* The coroutine waiting for the queue to drain goes on: with `err`, or true. */
 void lpp_send_wake(lpp_conn_t *c, int err) {
   if (c->send_co_ref == LUA_NOREF) return;
+  lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
   lua_State *L = c->owner->L;
   if (c->send_timer) uv_timer_stop(c->send_timer);
   lua_State *co = lpp_take_thread(L, &c->send_co_ref);
@@ -59,6 +60,7 @@ void lpp_send_wake(lpp_conn_t *c, int err) {
     lpp_resume(L, co, n, c->owner);
   }
   lua_pop(L, 1);
+  lpp_budget_leave(outside);
 }
 
 static void on_written(pp_write_t *req, int status) {
@@ -143,6 +145,16 @@ int lpp_l_send(lua_State *L) {
              mark);
     return lpp_push_error(L, PP_EBUSY, msg);
   }
+  if (c->send_co_ref != LUA_NOREF) { /* a sender whose coroutine was closed waits no more */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->send_co_ref);
+    int alive = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
+    lua_pop(L, 1);
+    if (!alive) {
+      lpp_unref(L, &c->send_co_ref);
+      lpp_unref(L, &c->send_self_ref);
+      if (c->send_timer) uv_timer_stop(c->send_timer);
+    }
+  }
   luaL_argcheck(L, c->send_co_ref == LUA_NOREF, 1, "a send is already waiting on this conn");
   /* Most sends fit the socket buffer at once: no copy, no queued write. */
   int done = 0;
@@ -156,6 +168,7 @@ int lpp_l_send(lua_State *L) {
     int err = queue_rest(L, c, conn, data + done, len - (size_t)done, cb_idx);
     if (err) return lpp_push_error(L, err, NULL);
   }
+  if (len > 0) c->unanswered = 1;
   if (!in_coroutine || queued(c) <= mark) {
     lua_pushinteger(L, (lua_Integer)len);
     return 1;

@@ -10,6 +10,7 @@
 
 #include "lpeerpool.h"
 #include "book_lua.h"     /* generated from bindings/book.lua */
+#include "metrics_lua.h"  /* generated from bindings/metrics.lua */
 #include "peerpool_lua.h" /* generated from bindings/peerpool.lua */
 
 static const char state_key = 's';
@@ -164,7 +165,10 @@ void lpp_call(lua_State *L, int nargs, lpp_pool_t *pool) {
   lua_pushcfunction(L, traceback);
   lua_insert(L, base);
   if (lpp_gc_stress) lua_gc(L, LUA_GCCOLLECT);
-  if (lua_pcall(L, nargs, 0, base) != LUA_OK) {
+  lpp_budget_t *outside = lpp_budget_enter(NULL); /* the program's callback, not a hook's */
+  int status = lua_pcall(L, nargs, 0, base);
+  lpp_budget_leave(outside);
+  if (status != LUA_OK) {
     lpp_report(L, "callback", lua_tostring(L, -1), pool);
     lua_pop(L, 1);
   }
@@ -185,15 +189,13 @@ void lpp_resume(lua_State *L, lua_State *co, int nargs, lpp_pool_t *pool) {
   lua_xmove(co, L, 1);
   lpp_hook_run_t *run = lpp_hook_run_find(L, co); /* pushes it (or nil) */
   if (lpp_gc_stress) lua_gc(L, LUA_GCCOLLECT);
-  lpp_budget_t *prev = run ? lpp_budget_enter(&run->budget) : NULL;
+  /* A hook's coroutine runs on its budget; any other on none (even when a hook's code made the
+   * resume happen: the program's coroutine is not the hook's). */
+  lpp_budget_t *prev = lpp_budget_enter(run ? &run->budget : NULL);
   int nres = 0;
   int status = lua_resume(co, L, nargs, &nres);
-  if (run) lpp_budget_leave(prev);
-  if (status == LUA_YIELD) {
-    lua_pop(co, nres);
-  } else if (run) {
-    lpp_hook_run_end(L, co, lua_gettop(L), status, nres);
-  } else if (status == LUA_OK) {
+  lpp_budget_leave(prev);
+  if (status == LUA_YIELD || status == LUA_OK) { /* (a hook's body wraps itself up) */
     lua_pop(co, nres);
   } else {
     const char *msg = lua_tostring(co, -1);
@@ -341,6 +343,7 @@ static const luaL_Reg module_fns[] = {
     {"_canonical", l_canonical},
     {"_set_seed_ctx", lpp_l_set_seed_ctx},
     {"_resume", l_resume},
+    {"ring", lpp_l_ring},
     {NULL, NULL},
 };
 
@@ -410,8 +413,8 @@ int luaopen_peerpool(lua_State *L) {
   lua_setfield(L, -2, "_scripts_dir");
 #endif
 
-  /* The Lua half: peerpool.new, pool:with, peerpool.run, metrics... and the address book,
-   * handed over as its chunk and lbook.c's functions. */
+  /* The Lua half: peerpool.new, pool:with, peerpool.run... the address book, handed over as
+   * its chunk and lbook.c's functions, and metrics.lua's chunk. */
   if (luaL_loadbuffer(L, (const char *)peerpool_lua, sizeof(peerpool_lua), "=peerpool.lua") !=
       LUA_OK)
     return lua_error(L);
@@ -423,7 +426,9 @@ int luaopen_peerpool(lua_State *L) {
   if (luaL_loadbuffer(L, (const char *)book_lua, sizeof(book_lua), "=book.lua") != LUA_OK)
     return lua_error(L);
   lpp_book_open(L);
-  lua_call(L, 7, 0);
+  if (luaL_loadbuffer(L, (const char *)metrics_lua, sizeof(metrics_lua), "=metrics.lua") != LUA_OK)
+    return lua_error(L);
+  lua_call(L, 8, 0);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &module_key);
   return 1;

@@ -1,8 +1,9 @@
 -- The Lua half of the peerpool module, compiled into peerpool.so and run by luaopen_peerpool:
--- what is clearer in Lua than in C (pool:with, peerpool.run, pool:metrics).
+-- what is clearer in Lua than in C (pool:with, peerpool.run).
 -- (the conn and notice metatables are not needed here; book.lua's chunk and lbook.c's
--- functions make the address book)
-local M, pool_mt, _, _, uv, book_chunk, book_c = ...
+-- functions make the address book; metrics.lua's chunk makes pool:metrics, peerpool.metrics
+-- and peerpool.serve_metrics)
+local M, pool_mt, _, _, uv, book_chunk, book_c, metrics_chunk = ...
 local pool_methods = pool_mt.__index
 
 local pack, unpack = table.pack, table.unpack
@@ -18,14 +19,18 @@ local function check_pool(self, fname, open)
 end
 
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
--- end the lease whatever happens: released when fn returns, closed (released as broken, since
--- the protocol state is unknown) when fn raises, and the error is raised again. Returns what
+-- end the lease whatever happens: released when fn returns, closed (the protocol state is
+-- unknown; the peer is not blamed for the program's error) when fn raises, and the error is
+-- raised again. Returns what
 -- fn returns, or nil, code, detail when the acquire fails.
 function pool_methods:with(peer, fn, opts)
   check_pool(self, "with", true)
   if type(peer) == "function" then peer, fn, opts = nil, peer, fn end
   if type(fn) ~= "function" then
     error("bad argument #2 to 'with' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #3 to 'with' (table of options expected, got " .. type(opts) .. ")", 2)
   end
   local conn, err, detail = self:acquire(peer, opts)
   if not conn then return nil, err, detail end
@@ -63,106 +68,16 @@ function M.run(fn, ...)
   return unpack(res, 2, res.n)
 end
 
--- Prometheus text: one family per stats counter and gauge.
-local gauges = {
-  { "conns", "Conns open or connecting." },
-  { "idle", "Conns open with no lease." },
-  { "active", "Conns with at least one lease." },
-  { "connecting", "Conns connecting, handshaking or waiting out a backoff." },
-  { "waiters", "Acquires waiting." },
-  { "peers", "Peers known to the pool." },
-  { "connect_latency_ms_avg", "Mean time of successful connects, ms." },
-  { "connect_latency_ms_max", "Longest successful connect, ms." },
-}
-local counters = {
-  { "acquires", "Acquires accepted." },
-  { "acquired_immediate", "Acquires granted an idle conn at once." },
-  { "acquired_dialed", "Acquires granted the conn dialled for them." },
-  { "acquired_waited", "Acquires granted after queueing behind capacity." },
-  { "timed_out", "Acquires that reached their deadline." },
-  { "busy", "Acquires answered busy." },
-  { "exhausted", "Acquires refused because the wait queue was full." },
-  { "canceled", "Acquires cancelled." },
-  { "cannot_connect", "Acquires that ran out of connect attempts." },
-  { "releases", "Leases released." },
-  { "released_broken", "Leases released as broken." },
-  { "connect_attempts", "Connect attempts." },
-  { "connects_ok", "Successful connects." },
-  { "connects_failed", "Failed connect attempts." },
-  { "bytes_in", "Bytes read." },
-  { "bytes_out", "Bytes written." },
-  { "msgs_in", "Read deliveries." },
-  { "msgs_out", "Writes completed." },
-  { "pings", "Health pings started." },
-  { "pings_failed", "Health pings that failed." },
-  { "policy_errors", "Policy answers the engine had to ignore." },
-  { "ejections", "Peers ejected for a cool-down after consecutive failures." },
-  { "seeds", "Seed hook calls." },
-  { "leaked_leases", "Conns collected while still leased." },
-  { "callback_errors", "Errors raised by Lua callbacks and coroutines." },
-}
-
-local function label_text(labels, extra)
-  local parts = {}
-  if labels then
-    local keys = {}
-    for k in pairs(labels) do keys[#keys + 1] = k end
-    table.sort(keys)
-    for _, k in ipairs(keys) do
-      local escapes = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
-      local v = tostring(labels[k]):gsub('[\\"\n]', escapes)
-      parts[#parts + 1] = string.format('%s="%s"', k, v)
-    end
-  end
-  if extra then parts[#parts + 1] = extra end
-  if #parts == 0 then return "" end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
-
---- pool:metrics([labels]): the pool's stats as Prometheus text exposition; `labels` (a table of
--- name = value) is added to every sample, e.g. { pool = "redis" }.
-function pool_methods:metrics(labels)
-  check_pool(self, "metrics", true)
-  if labels ~= nil and type(labels) ~= "table" then
-    error("bad argument #1 to 'metrics' (table of labels expected, got " .. type(labels) .. ")", 2)
-  end
-  for k in pairs(labels or {}) do
-    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") or k:match("^__") then
-      error("bad argument #1 to 'metrics' (label name " .. string.format("%q", tostring(k)) ..
-        " is not a Prometheus label name: [a-zA-Z_][a-zA-Z0-9_]*, not starting with __)", 2)
-    end
-  end
-  local s = self:stats()
-  local out = {}
-  local function family(name, kind, help, samples)
-    out[#out + 1] = "# HELP peerpool_" .. name .. " " .. help
-    out[#out + 1] = "# TYPE peerpool_" .. name .. " " .. kind
-    for _, sample in ipairs(samples) do
-      out[#out + 1] = "peerpool_" .. name .. label_text(labels, sample[1]) .. " " .. sample[2]
-    end
-  end
-  for _, g in ipairs(gauges) do family(g[1], "gauge", g[2], { { nil, s[g[1]] } }) end
-  for _, c in ipairs(counters) do
-    family(c[1] .. "_total", "counter", c[2], { { nil, s[c[1]] } })
-  end
-  local function by(tbl, label)
-    local keys, samples = {}, {}
-    for k in pairs(tbl) do keys[#keys + 1] = k end
-    table.sort(keys)
-    for _, k in ipairs(keys) do samples[#samples + 1] = { label .. '="' .. k .. '"', tbl[k] } end
-    return samples
-  end
-  family("peers_by_state", "gauge", "Peers in each state.", by(s.peers_by_state, "state"))
-  family("conns_closed_total", "counter", "Conns closed, by reason.", by(s.closed, "reason"))
-  return table.concat(out, "\n") .. "\n"
-end
-
 -- ---- policies ------------------------------------------------------------------------------
 
 local HOOKS = {
   select_peer = true, select_conn = true, backoff = true, seed = true, handshake = true,
-  ping = true,
+  ping = true, route = true, peer_event = true,
 }
+local HOOK_LIST = {}
+for name in pairs(HOOKS) do HOOK_LIST[#HOOK_LIST + 1] = name end
+table.sort(HOOK_LIST)
+HOOK_LIST = table.concat(HOOK_LIST, ", ")
 local POLICY_INFO = { name = "string", description = "string" }
 
 -- `require "peerpool.policies.NAME"` finds the policy library: installed with the rock, or
@@ -205,15 +120,14 @@ local function policy_from(source)
         return nil, "policy." .. k .. " must be a " .. POLICY_INFO[k]
       end
     else
-      return nil, "policy." .. tostring(k) .. " is not a hook (hooks: backoff, handshake, ping, " ..
-        "seed, select_conn, select_peer)"
+      return nil, "policy." .. tostring(k) .. " is not a hook (hooks: " .. HOOK_LIST .. ")"
     end
   end
   return tbl, name
 end
 
 --- pool:load_policy(path_or_table): swap the whole policy at once; conns are untouched.
--- Returns true, or nil and a message (the previous policy stays active).
+-- Returns true, or nil, "invalid", message (the previous policy stays active).
 function pool_methods:load_policy(source)
   check_pool(self, "load_policy", true)
   if type(source) ~= "string" and type(source) ~= "table" then
@@ -221,7 +135,7 @@ function pool_methods:load_policy(source)
       2)
   end
   local tbl, name = policy_from(source)
-  if not tbl then return nil, name end
+  if not tbl then return nil, M.errors.invalid, name end
   if tbl.name and tbl.name ~= name then name = tbl.name .. " (" .. name .. ")" end
   return self:_set_policy(tbl, name)
 end
@@ -262,6 +176,10 @@ end)
 
 local book = book_chunk(M, uv, book_c)
 
+-- ---- metrics (metrics.lua) -----------------------------------------------------------------
+
+local metrics = metrics_chunk(M, pool_mt, uv, check_pool, book_c.emit)
+
 local c_close = pool_methods.close
 --- pool:close(): also saves the address book, if the pool has one.
 function pool_methods:close()
@@ -272,12 +190,13 @@ end
 pool_mt.__close = function(self) return pool_methods.close(self) end
 
 local LUA_OPTIONS = {
-  policy = true, address_book = true, address_book_interval = true, peers = true,
+  policy = true, address_book = true, address_book_interval = true, peers = true, name = true,
 }
 
 local c_new = M.new
 --- peerpool.new(opts): the engine's options, plus policy (path or table), peers (a list of
--- addresses, source "static"), address_book (a path) and address_book_interval (ms, 60000).
+-- addresses, source "static"), address_book (a path), address_book_interval (ms, 60000) and
+-- name (the pool's `pool` label in peerpool.metrics()).
 function M.new(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("bad argument #1 to 'new' (table of options expected, got " .. type(opts) .. ")", 2)
@@ -295,7 +214,8 @@ function M.new(opts)
       error("peerpool.new: peers[" .. i .. "] must be an address (string), got " .. type(addr), 2)
     end
   end
-  if opts.address_book ~= nil and type(opts.address_book) ~= "string" then
+  if opts.address_book ~= nil and (type(opts.address_book) ~= "string" or opts.address_book == "")
+  then
     error("peerpool.new: option 'address_book' must be a path", 2)
   end
   local interval = opts.address_book_interval or 60000
@@ -306,10 +226,15 @@ function M.new(opts)
     error("peerpool.new: option 'policy' must be a path or a table of hooks (got " ..
       type(opts.policy) .. ")", 2)
   end
+  if opts.name ~= nil then
+    local why = metrics.check_name(opts.name)
+    if why then error("peerpool.new: " .. why, 2) end
+  end
   local made, pool = pcall(c_new, engine_opts)
   if not made then error(pool, 2) end -- at the caller's line, not ours
+  metrics.created(pool, opts)
   if opts.policy ~= nil then
-    local ok, err = pool:load_policy(opts.policy)
+    local ok, _, err = pool:load_policy(opts.policy)
     if not ok then
       c_close(pool)
       error("peerpool.new: " .. err, 2)

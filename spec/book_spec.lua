@@ -127,7 +127,7 @@ describe("peerpool address book", function()
       assert.same({ ok = 1 }, again:peer("127.0.0.1:7001").tags)
     end))
 
-    it("writes format v2: a header, then one line per peer, fields apart by one space",
+    it("writes format v3: a header, then one line per peer, fields apart by one space",
       test(function(env)
         local path = env:tmpname()
         os.remove(path)
@@ -136,10 +136,10 @@ describe("peerpool address book", function()
         pool:add_peer("unix:run/my app.sock", 1700000000001, { zone = "eu" })
         pool:add_peer("/tmp/100%.sock", 1700000000002)
         pool:close()
-        assert.equal("# peerpool address book v2\n" ..
-          "127.0.0.1:7001 1700000000000 static\n" ..
-          "./run/my%20app.sock 1700000000001 runtime zone=eu\n" ..
-          "/tmp/100%25.sock 1700000000002 runtime\n", P.read(path))
+        assert.equal("# peerpool address book v3\n" ..
+          "127.0.0.1:7001 1700000000000 static -\n" ..
+          "./run/my%20app.sock 1700000000001 runtime - zone=eu\n" ..
+          "/tmp/100%25.sock 1700000000002 runtime -\n", P.read(path))
       end))
 
     it("reads the v1 format (addr last_seen [source], no escapes)", test(function(env)
@@ -156,20 +156,49 @@ describe("peerpool address book", function()
         { addr = "127.0.0.1:7002", last_seen = 1700000000001, source = "book" },
       }, kept(pool))
       pool:close()
-      assert.matches("^# peerpool address book v2\n", P.read(path)) -- rewritten as v2
+      assert.matches("^# peerpool address book v3\n", P.read(path)) -- rewritten as v3
     end))
 
-    it("leaves burned peers out", test(function(env)
+    it("remembers burned peers and failure history across a restart", test(function(env)
       local path = env:tmpname()
       os.remove(path)
-      local pool = env:pool { address_book = path, peers = { "127.0.0.1:1" }, retries = 0 }
+      local refused = env:refused()
+      local pool = env:pool { address_book = path, peers = { refused.addr }, retries = 0 }
       assert(pool:load_policy { backoff = function() return false end })
-      assert.equal("burned", select(2, pool:acquire("127.0.0.1:1")))
+      assert.equal("burned", select(2, pool:acquire(refused.addr)))
       pool:add_peer("127.0.0.1:7001")
       pool:close()
       local text = P.read(path)
-      assert.not_matches("127.0.0.1:1 ", text, 1, true)
-      assert.matches("127.0.0.1:7001 ", text, 1, true)
+      assert.matches(refused.addr .. " %d+ static b,f=1,lf=%d+\n", text)
+      assert.matches("127.0.0.1:7001 %d+ runtime %-\n", text)
+      -- the pool of the next run: the burned peer is still burned, never dialled
+      local again = env:pool { address_book = path }
+      assert.equal("burned", again:peer(refused.addr).state)
+      assert.equal(1, again:peer(refused.addr).failures)
+      assert.equal("burned", select(2, again:acquire(refused.addr)))
+      -- re-adding it is what unburns a peer
+      again:add_peer(refused.addr)
+      assert.not_equal("burned", again:peer(refused.addr).state)
+    end))
+
+    it("skips a line whose last_seen is in seconds, and loads the rest", test(function(env)
+      local path = env:tmpname()
+      write_book(path, { "127.0.0.1:7001 123 static zone=eu",
+        "127.0.0.1:7002 1700000000000 static" })
+      local reports = with_reports(function()
+        local pool = env:pool { address_book = path }
+        assert.is_nil(pool:peer("127.0.0.1:7001"))
+        assert.is_truthy(pool:peer("127.0.0.1:7002"))
+      end)
+      assert.matches("line 2: last_seen looks like seconds", reports[1], 1, true)
+    end))
+
+    it("reads the v2 format (no history field)", test(function(env)
+      local path = env:tmpname()
+      write_book(path, { "127.0.0.1:7001 1700000000000 static zone=eu" })
+      local pool = env:pool { address_book = path }
+      assert.same({ zone = "eu" }, pool:peer("127.0.0.1:7001").tags)
+      assert.equal("static", pool:peer("127.0.0.1:7001").source)
     end))
 
     it("brings back unix:127.0.0.1:6379 as a unix socket, beside the TCP peer 127.0.0.1:6379",
@@ -261,7 +290,7 @@ describe("peerpool address book", function()
 
     it("moves a book of a newer format aside and starts without it", test(function(env)
       local path = env:tmpname()
-      write_book(path, { "127.0.0.1:7001 1700000000000 static" }, "# peerpool address book v3")
+      write_book(path, { "127.0.0.1:7001 1700000000000 static -" }, "# peerpool address book v4")
       local reports = with_reports(function()
         local pool = env:pool { address_book = path }
         assert.equal(0, #pool:peers())
@@ -385,7 +414,7 @@ describe("peerpool address book", function()
       pool:close()
       pool:close()
       book.close(pool)
-      assert.equal("# peerpool address book v2\n127.0.0.1:7001 1700000000000 runtime\n",
+      assert.equal("# peerpool address book v3\n127.0.0.1:7001 1700000000000 runtime -\n",
         P.read(path))
     end))
 
@@ -424,7 +453,7 @@ describe("peerpool address book", function()
       local pool = env:pool { address_book = path }
       pool:add_peer("127.0.0.1:7001", 1700000000000)
       close(pool)
-      assert.equal("# peerpool address book v2\n127.0.0.1:7001 1700000000000 runtime\n",
+      assert.equal("# peerpool address book v3\n127.0.0.1:7001 1700000000000 runtime -\n",
         P.read(path))
       pool:add_peer("127.0.0.1:7002")
       pool:close() -- (the book is closed already: no second save)
@@ -445,7 +474,7 @@ describe("peerpool address book", function()
       ]], path, path))
       os.remove(path)
       assert.equal(0, status, err)
-      assert.equal("# peerpool address book v2\n127.0.0.1:7001 1700000000000 runtime zone=a\n",
+      assert.equal("# peerpool address book v3\n127.0.0.1:7001 1700000000000 runtime - zone=a\n",
         out)
     end)
 
@@ -464,8 +493,8 @@ describe("peerpool address book", function()
       os.remove(path .. "2")
       assert.equal(0, status, err)
       assert.equal("", err)
-      assert.equal("# peerpool address book v2\n127.0.0.1:7001 1700000000000 runtime\n", text)
-      assert.equal("# peerpool address book v2\n./run/x.sock 1700000000001 runtime\n", text2)
+      assert.equal("# peerpool address book v3\n127.0.0.1:7001 1700000000000 runtime -\n", text)
+      assert.equal("# peerpool address book v3\n./run/x.sock 1700000000001 runtime -\n", text2)
     end)
 
     it("lets a script that closes its pool exit cleanly without running the loop again",

@@ -17,23 +17,31 @@ describe("scripts/examples", function()
     return port
   end
 
-  -- Start a redis-server on a free loopback port (killed when the test ends); its address, or
-  -- nil when redis-server is not installed.
-  local function redis()
+  -- redis-servers started by the running test: busted keeps one finally per test, so one
+  -- list, killed after each test.
+  local started = {}
+  after_each(function()
+    for _, pid in ipairs(started) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
+    started = {}
+  end)
+
+  -- Start a redis-server on a free loopback port (or `port`), killed when the test ends; its
+  -- address and pid, or nil when redis-server is not installed.
+  local function redis(port)
     local exe = io.popen("command -v redis-server"):read("l")
     if not exe then return nil end
-    local port = free_port()
+    port = port or free_port()
     local server = io.popen(string.format(
       "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
       ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-    finally(function() os.execute("kill " .. server .. " 2>/dev/null") end)
+    started[#started + 1] = server
     -- wait until it answers (redis-cli comes with redis-server on Debian)
     for _ = 1, 100 do
       local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
       if r:match("PONG") then break end
       os.execute("sleep 0.05")
     end
-    return "127.0.0.1:" .. port
+    return "127.0.0.1:" .. port, server, port
   end
 
   -- Run an example with lua5.4 (20 s at most); its output and whether it exited with 0.
@@ -58,18 +66,77 @@ describe("scripts/examples", function()
     end)
   end)
 
+  describe("redis_shards.lua", function()
+    it("keeps every key on its shard while one of three redis-servers dies and comes back",
+      function()
+        local a = redis()
+        if not a then return pending("redis-server is not installed (make test installs it)") end
+        local b, b_pid, b_port = redis()
+        local c = redis()
+        local out = os.tmpname()
+        local done = os.tmpname()
+        os.execute(string.format(
+          "(DURATION=4000 LUA_CPATH='%s/?.so;;' timeout 20 lua5.4 " ..
+          "scripts/examples/redis_shards.lua" ..
+          " %s %s %s > %s 2>&1; echo $? > %s) &", module_dir(), a, b, c, out, done))
+        os.execute("sleep 1")
+        os.execute("kill -9 " .. b_pid) -- the shard dies mid-run
+        os.execute("sleep 0.7")
+        redis(b_port) -- and comes back on the same port
+        local status
+        for _ = 1, 200 do
+          local f = io.open(done)
+          status = f and f:read("n")
+          if f then f:close() end
+          if status then break end
+          os.execute("sleep 0.1")
+        end
+        local f = assert(io.open(out))
+        local text = f:read("a")
+        f:close()
+        os.remove(out)
+        os.remove(done)
+        assert.equal(0, status, text)
+        assert.matches("wrong_shard=0 bad_reads=0", text, 1, true)
+        local failed = tonumber(text:match("failed=(%d+)"))
+        assert.is_true(failed > 0, "nothing failed while a shard was down?\n" .. text)
+        -- the other shards never failed: every failure names the dead shard's causes
+        for code in (text:match("%((.-)%)") or ""):gmatch("([%w_]+):%d+") do
+          assert.is_truthy(({ ejected = 1, cannot_connect = 1, closed = 1, ECONNRESET = 1,
+            EPIPE = 1, ECONNREFUSED = 1, timeout = 1 })[code], code .. " in\n" .. text)
+        end
+        -- the shard that came back serves again well before the end
+        local since = tonumber(text:match(b:gsub("%p", "%%%0") .. "=%d+%(last (%d+) ms"))
+        assert.is_true(since and since < 1500, "the restarted shard never served again\n" .. text)
+      end)
+  end)
+
   describe("redis_workers.lua", function()
     it("runs ten workers with Lua hooks over three real redis-servers, every GET right",
       function()
-        local addrs = { redis(), redis(), redis() }
+        local addrs = { (redis()), (redis()), (redis()) }
         if not addrs[1] then
           return pending("redis-server is not installed (make test installs it)")
         end
         local out = run("redis_workers.lua", addrs, "ROUNDS=100")
         for w = 1, 10 do assert.matches("worker " .. w .. ": 127", out, 1, true) end
-        for _, addr in ipairs(addrs) do assert.matches(addr .. "=", out, 1, true) end
         assert.matches("pool: 1000 acquires, %d+ conns opened, %d+ handshakes, 0 hook errors, " ..
           "0 failures", out)
+      end)
+  end)
+
+  describe("metrics_server.lua", function()
+    it("serves its pool's metrics while it PINGs a real redis-server, and reads them back",
+      function()
+        local addr = redis()
+        if not addr then return pending("redis-server is not installed (make test installs it)") end
+        local out = run("metrics_server.lua", { addr }, "PORT=0 SECONDS=1")
+        assert.matches("metrics on http://127%.0%.0%.1:%d+/metrics", out)
+        assert.matches("scraped %d+ bytes: HTTP/1%.1 200 OK", out)
+        local acquires = tonumber(out:match('\npeerpool_acquires_total{pool="redis"} (%d+)\n'))
+        assert.is_true(acquires and acquires >= 5, out)
+        assert.matches('peerpool_peer_state{pool="redis",peer="' .. addr .. '",state="ready"} 1',
+          out, 1, true)
       end)
   end)
 end)

@@ -88,7 +88,7 @@ describe("peerpool (host program)", function()
       assert.equal(0, (p:wait()))
       assert.equal("stopping\n", p.out)
       assert.equal("", p.err)
-      assert.matches("\n127%.0%.0%.1:1 %d+ static\n", T.read_file(dir .. "/book"))
+      assert.matches("\n127%.0%.0%.1:1 %d+ static %-\n", T.read_file(dir .. "/book"))
     end)
   end)
 
@@ -147,8 +147,8 @@ describe("peerpool (host program)", function()
   ]]
   local function book_has_both(path)
     local book = T.read_file(path)
-    assert.matches("\n127%.0%.0%.1:1 %d+ static\n", book)
-    assert.matches("\n127%.0%.0%.1:2 %d+ static\n", book)
+    assert.matches("\n127%.0%.0%.1:1 %d+ static %-\n", book)
+    assert.matches("\n127%.0%.0%.1:2 %d+ static %-\n", book)
   end
 
   for _, case in ipairs { { "sigterm", 143 }, { "sigint", 130 } } do
@@ -210,7 +210,7 @@ describe("peerpool (host program)", function()
         assert.same({ 143, 0 }, { p:wait() })
         assert.equal("ready\n", p.out)
         assert.equal("", p.err)
-        assert.matches("\n127%.0%.0%.1:1 %d+ static\n", T.read_file(dir .. "/book"))
+        assert.matches("\n127%.0%.0%.1:1 %d+ static %-\n", T.read_file(dir .. "/book"))
       end)
     end)
 

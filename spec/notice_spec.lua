@@ -28,6 +28,14 @@ end
 
 describe("peerpool.notice", function()
   describe(":wait()", function()
+    it("waits again once the coroutine that was waiting has been closed", test(function(env)
+      local notice, held = busy(env)
+      local waiter = peerpool.spawn(function() return notice:wait() end)
+      assert(coroutine.close(waiter))
+      assert.same({ n = 3, nil, "timeout", "capacity did not free in time" }, pack(notice:wait(10)))
+      held:release()
+    end))
+
     it("returns true once capacity frees", test(function(env)
       local notice, held, pool, srv = busy(env)
       later(20, function() held:release() end)

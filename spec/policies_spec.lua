@@ -169,12 +169,14 @@ describe("peerpool.policies", function()
       end
     end)
 
-    it("makes load_policy answer nil, err for a script that gives a bad option", test(function(env)
+    it("makes load_policy answer nil, 'invalid', err for a script that gives a bad option",
+      test(function(env)
       local pool = env:pool()
       local path = env:tmpname()
       P.write(path, 'local b = require "peerpool.policies.backoff_fixed"\n' ..
         "return b.new { base_ms = -5 }\n")
-      local ok, err = pool:load_policy(path)
+      local ok, code, err = pool:load_policy(path)
+        assert.equal("invalid", code)
       assert.is_nil(ok)
       assert.equal("policy " .. path .. ": policy.backoff.base_ms must be a positive number", err)
       assert.equal("built-in", pool:stats().policy)
@@ -367,28 +369,84 @@ describe("peerpool.policies", function()
         assert.is_true(count <= 25, "one peer took " .. count .. " of 40 keys")
       end
       assert.is_true(n >= 3, "keys went to " .. n .. " peers")
-      assert.same({ 120, 0 }, { hook_stats(pool, "select_peer") })
+      assert.same({ 120, 0 }, { hook_stats(pool, "route") })
+      assert.same({ 0, 0 }, { hook_stats(pool, "select_peer") })
     end))
+
+    it("keeps every key on its owner whatever is idle, with 40 coroutines", test(function(env)
+      local srvs = env:many(3)
+      local pool = env:pool { peers = addrs_of(srvs), max_per_peer = 2 }
+      local ch = lib("consistent_hash").new()
+      assert(pool:load_policy(ch))
+      local seen, wrong, running = {}, 0, 40
+      for w = 1, 40 do
+        peerpool.spawn(function()
+          for i = 1, 10 do
+            local key = "key:" .. ((w * 7 + i) % 40)
+            local conn = assert(pool:acquire(nil, { key = key }))
+            if conn.peer ~= ch.owner(key) then wrong = wrong + 1 end
+            seen[key] = seen[key] or conn.peer
+            if seen[key] ~= conn.peer then wrong = wrong + 1 end
+            sleep(1)
+            conn:release()
+          end
+          running = running - 1
+        end)
+      end
+      wait_until(function() return running == 0 end, 8000, "the 40 coroutines")
+      assert.equal(0, wrong)
+      local owners = {}
+      for _, addr in pairs(seen) do owners[addr] = true end
+      assert.equal(3, #sorted((function() local t = {} for a in pairs(owners) do
+        t[#t + 1] = a end return t end)()))
+    end))
+
+    it("fails fast for a key whose owner is down (on_down = 'fail'), or takes the next peer",
+      test(function(env)
+        local srvs = env:many(3)
+        local pool = env:pool { peers = addrs_of(srvs), eject_after = 1, eject_time = 5000 }
+        local strict = lib("consistent_hash").new()
+        assert(pool:load_policy(strict))
+        local key = "user:1"
+        local owner = strict.owner(key)
+        local conn = assert(pool:acquire(nil, { key = key }))
+        assert.equal(owner, conn.peer)
+        conn:close("broken") -- eject it
+        local got = pack(pool:acquire(nil, { key = key }))
+        assert.same({ nil, "ejected" }, { got[1], got[2] })
+        assert.matches(owner, got[3], 1, true)
+        local spread = lib("consistent_hash").new { on_down = "next" }
+        assert(pool:load_policy(spread))
+        conn = assert(pool:acquire(nil, { key = key }))
+        assert.not_equal(owner, conn.peer)
+        conn:release()
+      end))
 
     it("moves only the keys of a peer that leaves", function()
       local ch = lib("consistent_hash").new()
       local all = { "10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1", "10.0.0.4:1", "10.0.0.5:1" }
-      local fewer = { all[1], all[2], all[3], all[4] }
+      for _, addr in ipairs(all) do ch.peer_event(addr, "added") end
+      local before = {}
+      for k = 1, 1000 do before[k] = ch.owner("k" .. k) end
+      ch.peer_event(all[5], "burned")
       local moved, owned_by_gone = 0, 0
       for k = 1, 1000 do
         local key = "k" .. k
-        local before, after = ch.owner(key, all), ch.owner(key, fewer)
-        if before == all[5] then owned_by_gone = owned_by_gone + 1 end
-        if before ~= after then
+        local after = ch.owner(key)
+        before = type(before) == "table" and before or {}
+        local was = before[k]
+        if was == all[5] then owned_by_gone = owned_by_gone + 1 end
+        if was ~= after then
           moved = moved + 1
-          assert.equal(all[5], before, key .. " moved though its peer stayed")
+          assert.equal(all[5], was, key .. " moved though its peer stayed")
         end
       end
       assert.equal(owned_by_gone, moved)
       assert.is_true(moved > 100 and moved < 320, moved .. " of 1000 keys moved")
-      -- the same ring in another instance: the same owners
+      -- the same ring in another instance (peers added in another order): the same owners
       local other = lib("consistent_hash").new()
-      for k = 1, 50 do assert.equal(ch.owner("k" .. k, all), other.owner("k" .. k, all)) end
+      for i = 4, 1, -1 do other.peer_event(all[i], "added") end
+      for k = 1, 50 do assert.equal(ch.owner("k" .. k), other.owner("k" .. k)) end
     end)
 
     it("falls back to round robin without a key", test(function(env)
@@ -400,14 +458,20 @@ describe("peerpool.policies", function()
       assert.same({ order[1], order[2], order[3], order[1] }, sequence(pool, 4))
     end))
 
-    it("stays inside the hook budget with 64 new candidates at once", test(function(env)
-      local srvs = env:many(100, "echo")
+    it("stays inside the hook budget with 10,000 peers on the ring", test(function(env)
+      local srvs = env:many(2, "echo")
       local pool = env:pool { peers = addrs_of(srvs) }
-      assert(pool:load_policy(lib("consistent_hash").new { vnodes = 160 }))
-      local held = {}
-      for i = 1, 8 do held[i] = assert(pool:acquire(nil, { key = "key" .. i })) end
-      for _, c in ipairs(held) do c:release() end
-      assert.same({ 8, 0 }, { hook_stats(pool, "select_peer") })
+      for i = 1, 9998 do pool:add_peer("10.9." .. (i // 250) .. "." .. (i % 250) .. ":1") end
+      local ch = lib("consistent_hash").new { vnodes = 64 }
+      assert(pool:load_policy(ch))
+      assert.same({ 10000, 0 }, { hook_stats(pool, "peer_event") })
+      for i = 1, 200 do ch.route("key" .. i, pool) end -- sorted once, then binary searches
+      local calls = hook_stats(pool, "route")
+      local conn = pool:acquire(nil, { key = "any", timeout = 1 }) -- routed (maybe to 10.9...)
+      if conn then conn:release() end
+      local after, errors = hook_stats(pool, "route")
+      assert.is_true(after > calls) -- (the fast path and the waiting path each ask)
+      assert.equal(0, errors)
     end))
   end)
 
@@ -905,7 +969,8 @@ describe("peerpool.policies", function()
         assert.same({ favourite, favourite, favourite }, sequence(pool, 3))
         -- a mistake in the next edit: refused, the copy keeps running
         P.write(path, edited:gsub("return M%s*$", "return M end"))
-        local ok, err = pool:load_policy(path)
+        local ok, code, err = pool:load_policy(path)
+        assert.equal("invalid", code)
         assert.is_nil(ok)
         assert.matches(path, err, 1, true)
         assert.same({ favourite, favourite }, sequence(pool, 2))

@@ -35,7 +35,8 @@ local function handshake_ok(conn)
   return conn:receive("*l") == "VERACK"
 end
 
-local HOOK_LIST = "hooks: backoff, handshake, ping, seed, select_conn, select_peer"
+local HOOK_LIST =
+  "hooks: backoff, handshake, peer_event, ping, route, seed, select_conn, select_peer"
 
 describe("peerpool policy hooks", function()
   describe("policy tables", function()
@@ -65,9 +66,10 @@ describe("peerpool policy hooks", function()
     it("refuses a key that is not a hook, naming it; the old policy stays", test(function(env)
       local pool = env:pool()
       assert.is_true(pool:load_policy { name = "old" })
-      assert.same({ n = 2, nil, "policy.selct_peer is not a hook (" .. HOOK_LIST .. ")" },
+      assert.same(
+        { n = 3, nil, "invalid", "policy.selct_peer is not a hook (" .. HOOK_LIST .. ")" },
         pack(pool:load_policy { selct_peer = function() end }))
-      assert.same({ n = 2, nil, "policy.new is not a hook (" .. HOOK_LIST .. ")" },
+      assert.same({ n = 3, nil, "invalid", "policy.new is not a hook (" .. HOOK_LIST .. ")" },
         pack(pool:load_policy { new = function() end }))
       assert.equal("old (table)", pool:stats().policy)
     end))
@@ -75,16 +77,16 @@ describe("peerpool policy hooks", function()
     it("refuses a hook that is not a function, and a name or description that is not a string",
       test(function(env)
         local pool = env:pool()
-        assert.same({ n = 2, nil, "policy.backoff must be a function (got number)" },
+        assert.same({ n = 3, nil, "invalid", "policy.backoff must be a function (got number)" },
           pack(pool:load_policy { backoff = 100 }))
-        assert.same({ n = 2, nil, "policy.name must be a string" },
+        assert.same({ n = 3, nil, "invalid", "policy.name must be a string" },
           pack(pool:load_policy { name = 1 }))
-        assert.same({ n = 2, nil, "policy.description must be a string" },
+        assert.same({ n = 3, nil, "invalid", "policy.description must be a string" },
           pack(pool:load_policy { description = {} }))
         assert.equal("built-in", pool:stats().policy)
       end))
 
-    it("answers nil, err for a script with a syntax error, and the old policy stays active",
+    it("answers nil, 'invalid', err for a script with a syntax error; the old policy stays active",
       test(function(env)
         local srvs = env:many(2)
         local pool = env:pool { peers = addrs_of(srvs) }
@@ -93,7 +95,8 @@ describe("peerpool policy hooks", function()
         P.write(path, "return { select_peer = function(peers) return 1 end }")
         assert.is_true(pool:load_policy(path))
         P.write(path, "return { select_peer = function(peers) return 1 end") -- edited, broken
-        local ok, err = pool:load_policy(path)
+        local ok, code, err = pool:load_policy(path)
+        assert.equal("invalid", code)
         assert.is_nil(ok)
         assert.matches("^policy " .. path:gsub("%p", "%%%0") .. ":1: .*expected", err)
         assert.equal(path, pool:stats().policy)
@@ -103,19 +106,21 @@ describe("peerpool policy hooks", function()
         assert.equal(calls + 1, hook_stats(pool, "select_peer"))
       end))
 
-    it("answers nil, err for a script that raises, returns no table or cannot be read",
+    it("answers nil, 'invalid', err for a script that raises, returns no table or cannot be read",
       test(function(env)
         local pool = env:pool()
         local path = env:tmpname()
         P.write(path, "error('no config for you')")
-        local ok, err = pool:load_policy(path)
+        local ok, code, err = pool:load_policy(path)
+        assert.equal("invalid", code)
         assert.is_nil(ok)
         assert.matches("no config for you", err, 1, true)
         P.write(path, "return 42")
-        assert.same({ n = 2, nil,
+        assert.same({ n = 3, nil, "invalid",
           "policy " .. path .. " must return a table of hooks (got number)" },
           pack(pool:load_policy(path)))
-        ok, err = pool:load_policy(path .. ".missing")
+        ok, code, err = pool:load_policy(path .. ".missing")
+        assert.equal("invalid", code)
         assert.is_nil(ok)
         assert.matches("No such file", err, 1, true)
         assert.equal("built-in", pool:stats().policy)
@@ -728,6 +733,44 @@ describe("peerpool policy hooks", function()
         logged[1], 1, true)
     end))
 
+    it("a handshake resumed by its own luv timer still answers (and is wrapped up)",
+      test(function(env)
+        local srv = env:node()
+        local pool = env:pool { peers = { srv.addr }, retries = 0, handshake_timeout = 2000,
+          policy = { handshake = function()
+            local co, t = coroutine.running(), uv.new_timer()
+            t:start(10, 0, function()
+              t:close()
+              coroutine.resume(co) -- the luv way, not the binding's
+            end)
+            coroutine.yield()
+            return true
+          end } }
+        local t0 = uv.hrtime()
+        local conn = assert(pool:acquire(srv.addr))
+        assert.is_true((uv.hrtime() - t0) / 1e6 < 1000, "the answer was lost until a timeout")
+        conn:release()
+        assert.same({ 1, 0 }, { hook_stats(pool, "handshake") })
+      end))
+
+    it("an error reporter cannot close the pool in the middle of a hook's decision",
+      test(function(env)
+        local srv = env:node()
+        local pool = env:pool { peers = { srv.addr }, max_per_peer = 2 }
+        local a, b = assert(pool:acquire(srv.addr)), assert(pool:acquire(srv.addr))
+        a:release()
+        b:release() -- two idle conns: the next acquire asks select_conn
+        assert(pool:load_policy { select_conn = function() return 99 end }) -- nonsense
+        local refused
+        peerpool.on_error(function()
+          refused = select(2, pcall(pool.close, pool))
+        end)
+        local conn = assert(pool:acquire(srv.addr))
+        peerpool.on_error(nil)
+        assert.matches("a policy hook cannot change its pool", refused, 1, true)
+        conn:release()
+      end))
+
     it("a hook that catches its budget error with pcall is still stopped", test(function(env)
       local pool = two_warm(env)
       assert(pool:load_policy { select_peer = function()
@@ -776,6 +819,9 @@ describe("peerpool policy hooks", function()
 
     it("refuses os.exit, io.read, debug.sethook and binary chunks inside a hook",
       test(function(env)
+        local fifo = os.tmpname()
+        os.remove(fifo)
+        assert(os.execute("mkfifo " .. fifo))
         local pool = two_warm(env)
         local results = {}
         assert(pool:load_policy { select_peer = function()
@@ -787,6 +833,8 @@ describe("peerpool policy hooks", function()
             binary = function() return assert(load(string.dump(function() end))) end,
             stop = function() collectgarbage("stop") end,
             popen = function() return io.popen("true") end,
+            loadlib = function() return package.loadlib("libc.so.6", "abort") end,
+            fifo = function() return io.lines(fifo) end,
           } do
             local ok, err = pcall(fn)
             results[name] = not ok and err or "allowed"
@@ -796,7 +844,8 @@ describe("peerpool policy hooks", function()
           return 1
         end })
         serves(pool, 1)
-        for _, name in ipairs { "exit", "read", "lines", "sethook", "stop", "popen" } do
+        for _, name in ipairs { "exit", "read", "lines", "sethook", "stop", "popen", "loadlib",
+          "fifo" } do
           assert.matches("not available inside a policy hook", results[name], 1, true)
         end
         assert.matches("attempt to load a binary chunk", results.binary, 1, true)
@@ -804,6 +853,7 @@ describe("peerpool policy hooks", function()
         assert.is_true(collectgarbage("isrunning"))
         assert.is_function(debug.sethook) -- outside hooks everything is as it was
         assert.is_function(load(string.dump(function() end)))
+        os.remove(fifo)
       end))
 
     it("a synchronous hook that yields is cut off", test(function(env)
@@ -969,10 +1019,12 @@ describe("peerpool policy hooks", function()
           backoff = function(attempt) return attempt < 2 and 1 or false end })
         local states = {}
         pool:on("state", function(_, _, to) states[#states + 1] = to end)
-        assert.same({ n = 3, nil, "burned", "peer is burned" }, pack(pool:acquire(srv.addr)))
+        local why = srv.addr .. " is burned: its backoff policy gave up; it is not dialled " ..
+          "unless re-added (last ECONNREFUSED)"
+        assert.same({ n = 3, nil, "burned", why }, pack(pool:acquire(srv.addr)))
         assert.equal("burned", pool:peer(srv.addr).state)
         assert.equal(2, pool:peer(srv.addr).attempts)
-        assert.same({ n = 3, nil, "burned", "peer is burned" }, pack(pool:acquire(srv.addr)))
+        assert.same({ n = 3, nil, "burned", why }, pack(pool:acquire(srv.addr)))
         assert.equal("no_peer", select(2, pool:acquire()))
         wait_until(function() return states[#states] == "burned" end, 1000, "the burned event")
         assert.equal(1, pool:stats().peers_by_state.burned)
@@ -1005,40 +1057,50 @@ describe("peerpool policy hooks", function()
   end)
 
   describe("ejection", function()
-    it("consecutive failures eject a peer for a cool-down; it returns after it", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, eject_after = 2, eject_time = 150,
-        eject_max = 1000 }
-      local spare = assert(pool:acquire(srv.addr))
-      for _ = 1, 2 do
+    it("consecutive failures eject a peer for a cool-down; acquires for it fail fast with why",
+      test(function(env)
+        local srv, other = env:node(), env:node() -- (a pool's only peer is never ejected)
+        local pool = env:pool { peers = { srv.addr, other.addr }, eject_after = 2,
+          eject_time = 150, eject_max = 1000 }
+        local spare = assert(pool:acquire(srv.addr))
+        for _ = 1, 2 do
+          local conn = assert(pool:acquire(srv.addr))
+          conn:close("broken") -- the verdict: a failure in use
+        end
+        spare:release() -- back while its peer cools down: closed
+        local view = pool:peer(srv.addr)
+        assert.equal(1, view.ejections)
+        assert.equal("ejected", view.state)
+        assert.is_true(view.retry_in_ms > 100 and view.retry_in_ms <= 150)
+        local s = pool:stats()
+        assert.equal(1, s.ejections)
+        assert.equal(1, s.closed.ejected)
+        assert.equal(0, s.conns)
+        -- an acquire naming it answers at once, with the cause
+        local t0 = uv.hrtime()
+        local got = pack(pool:acquire(srv.addr))
+        assert.same({ nil, "ejected" }, { got[1], got[2] })
+        assert.matches("ejected", got[3], 1, true)
+        assert.is_true((uv.hrtime() - t0) / 1e6 < 100, "answered after a wait")
+        -- after the cool-down the peer serves again
+        sleep(200)
         local conn = assert(pool:acquire(srv.addr))
-        conn:close() -- released as broken: a failure in use
-      end
-      spare:release() -- back while its peer cools down: closed
-      local view = pool:peer(srv.addr)
-      assert.equal(1, view.ejections)
-      assert.equal("failed", view.state)
-      assert.is_true(view.retry_in_ms > 100 and view.retry_in_ms <= 150)
-      local s = pool:stats()
-      assert.equal(1, s.ejections)
-      assert.equal(1, s.closed.ejected)
-      assert.equal(0, s.conns)
-      -- an acquire waits out the cool-down, then the peer serves again
-      local t0 = uv.now()
-      local conn = assert(pool:acquire(srv.addr))
-      assert.is_true(uv.now() - t0 >= 90, "served after " .. (uv.now() - t0) .. " ms")
-      conn:release()
-      assert.equal("ready", pool:peer(srv.addr).state)
-    end))
+        conn:release()
+        assert.equal("ready", pool:peer(srv.addr).state)
+      end))
 
     it("doubles the cool-down at each ejection, up to eject_max", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, eject_after = 1, eject_time = 100,
-        eject_max = 250 }
+      local srv, other = env:node(), env:node()
+      local pool = env:pool { peers = { srv.addr, other.addr }, eject_after = 1,
+        eject_time = 100, eject_max = 250 }
       local retries = {}
       for i = 1, 3 do
-        local conn = assert(pool:acquire(srv.addr))
-        conn:close()
+        local conn
+        wait_until(function()
+          conn = pool:acquire(srv.addr)
+          return conn
+        end, 2000, "the cool-down to end")
+        conn:close("broken")
         retries[i] = pool:peer(srv.addr).retry_in_ms
       end
       assert.is_true(retries[1] > 50 and retries[1] <= 100, tostring(retries[1]))
@@ -1053,7 +1115,7 @@ describe("peerpool policy hooks", function()
         local pool = env:pool { peers = { bad.addr, good.addr }, eject_after = 1,
           eject_time = 5000 }
         local conn = assert(pool:acquire(bad.addr))
-        conn:close()
+        conn:close("broken")
         for _ = 1, 4 do
           conn = assert(pool:acquire())
           assert.equal(good.addr, conn.peer)

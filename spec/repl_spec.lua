@@ -349,7 +349,8 @@ describe("peerpool --repl-socket bounds", function()
       local c = T.connect(path, { read = false })
       c:send("\1hello 1 tty\nwatch(pool, 10)\n")
       fds_back_to(p, base, 15000, "a watch nobody reads")
-      assert.matches("closed: its client read none of its output for 300 ms", p.err)
+      T.wait_until(function() return p.err:find("closed: its client read none of its output " ..
+        "for 300 ms", 1, true) end, 5000, "the host to say why it closed the session")
     end, 30000)
   end)
 

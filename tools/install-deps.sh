@@ -2,9 +2,12 @@
 # Install the Debian packages peerpool needs, if any is missing. Runs as root (or via sudo);
 # otherwise says what to install and stops.
 set -e
-# redis-server: the specs run the Redis policy and example against a real one.
+# redis-server: the specs run the Redis policy and example against a real one (and the TLS
+# tests against its --tls-port). libssl-dev: the engine's TLS (OpenSSL 3); openssl: the TLS
+# tests make their CA and certificates with it and run `openssl s_server`.
+# prometheus: promtool checks the metrics exposition, and a spec lets a real server scrape it.
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
-lua-busted luarocks lua-check libreadline-dev redis-server"
+lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -664,12 +664,55 @@ static int load_core(lua_State *L, const char *socket_path) {
   return 0;
 }
 
+/* ---- the metrics endpoint ---------------------------------------------------------------- */
+
+/* --metrics HOST:PORT (also [V6]:PORT, or PORT alone for 127.0.0.1): peerpool.serve_metrics on
+ * the loop, unref'd like the REPL socket (it alone does not keep the program running); its
+ * handle is peerpool.host.metrics. Returns true, or nil, why, exit code. */
+static const char serve_metrics_lua[] =
+    "local spec = ...\n"
+    "local host, port = spec:match('^%[(.+)%]:(%d+)$')\n"
+    "if not host then host, port = spec:match('^([^:]*):(%d+)$') end\n"
+    "if not host then port = spec:match('^(%d+)$') end\n"
+    "port = math.tointeger(tonumber(port))\n"
+    "if not port or port > 65535 then\n"
+    "  return nil, 'expects HOST:PORT (e.g. 127.0.0.1:9145), not ' .. spec, 2\n"
+    "end\n"
+    "if host == '' then host = nil end\n"
+    "local h, _, detail = require('peerpool').serve_metrics(host, port)\n"
+    "if not h then return nil, detail, 1 end\n"
+    "h:unref()\n"
+    "package.loaded['peerpool.host'].metrics = h\n"
+    "if port == 0 then io.stderr:write('peerpool: metrics on ', h.url, '\\n') end\n"
+    "return true\n";
+
+/* Start the endpoint; 0, or the exit code after reporting why not. */
+static int serve_metrics(lua_State *L, const char *spec) {
+  if (luaL_loadbuffer(L, serve_metrics_lua, sizeof(serve_metrics_lua) - 1, "=peerpool/metrics") !=
+      LUA_OK) {
+    report("--metrics", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return 1;
+  }
+  lua_pushstring(L, spec);
+  if (docall(L, 1, 3, "--metrics") != LUA_OK) return 1;
+  int code = 0;
+  if (!lua_toboolean(L, -3)) {
+    report("--metrics", lua_tostring(L, -2));
+    code = (int)luaL_optinteger(L, -1, 1);
+  }
+  lua_pop(L, 3);
+  return code;
+}
+
 /* ---- closing down ------------------------------------------------------------------------ */
 
-/* Close every live pool through pool:close(), which also saves the pool's address book (the
- * finaliser lua_close runs closes the engine's pools without it). Nothing is loaded for a
- * script that never required peerpool. */
+/* Close the --metrics endpoint, then every live pool through pool:close(), which also saves the
+ * pool's address book (the finaliser lua_close runs closes the engine's pools without it).
+ * Nothing is loaded for a script that never required peerpool. */
 static const char close_pools_lua[] =
+    "local host = package.loaded['peerpool.host']\n"
+    "if host and host.metrics then pcall(host.metrics.close, host.metrics) end\n"
     "local pp = package.loaded.peerpool\n"
     "if type(pp) ~= 'table' or type(pp.pools) ~= 'function' then return end\n"
     "for _, pool in ipairs(pp.pools()) do\n"
@@ -711,6 +754,8 @@ static void usage(FILE *f, const char *prog) {
           "options:\n"
           "  -i, --repl             an interactive REPL on this terminal, in the same loop\n"
           "  --repl-socket PATH     serve the REPL on a unix socket (mode 0600)\n"
+          "  --metrics HOST:PORT    serve every pool's Prometheus metrics at\n"
+          "                         http://HOST:PORT/metrics (port 0: a free one, printed)\n"
           "  -e CHUNK               run CHUNK before the script\n"
           "  -                      read the script from stdin\n"
           "  -v, --version          show versions\n"
@@ -730,6 +775,7 @@ static void version(void) {
 int main(int argc, char **argv) {
   const char *prog = "peerpool";
   const char *socket_path = NULL;
+  const char *metrics_addr = NULL;
   int want_repl = 0, script = 0, chunks[64], nchunks = 0;
 
   signal(SIGPIPE, SIG_IGN); /* a REPL client that vanishes must not kill the host */
@@ -763,6 +809,15 @@ int main(int argc, char **argv) {
       }
       if (*socket_path == '\0') {
         fprintf(stderr, "%s: --repl-socket needs a path\n", prog);
+        return 2;
+      }
+    } else if (strcmp(a, "--metrics") == 0 || strncmp(a, "--metrics=", 10) == 0) {
+      if (a[9] == '=') {
+        metrics_addr = a + 10;
+      } else if (i + 1 < argc) {
+        metrics_addr = argv[++i];
+      } else {
+        fprintf(stderr, "%s: --metrics needs HOST:PORT\n", prog);
         return 2;
       }
     } else if (strcmp(a, "-e") == 0) {
@@ -831,6 +886,7 @@ int main(int argc, char **argv) {
       lua_pop(L, 2);
     }
   }
+  if (metrics_addr && status == 0) status = serve_metrics(L, metrics_addr);
   catch_signals();
 
   for (int c = 0; c < nchunks && status == 0; c++) {

@@ -49,7 +49,9 @@ extern "C" {
   XX(EPING, -30013, "ping_failed", "health check failed")                                  \
   XX(ESTATE, -30014, "bad_state", "operation not valid in this state")                     \
   XX(ENOREUSE, -30015, "not_reusable", "connection is not reusable (its peer is healthy)") \
-  XX(ETOOLONG, -30016, "too_long", "reply or line over the receive limit")
+  XX(ETOOLONG, -30016, "too_long", "reply or line over the receive limit")                 \
+  XX(EEJECTED, -30017, "ejected", "peer is ejected for a cool-down")                       \
+  XX(ETLS, -30018, "tls", "TLS handshake or verification failed")
 
 typedef enum {
 #define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,
@@ -93,6 +95,48 @@ typedef struct pp_write_s pp_write_t;
 typedef struct pp_notice_s pp_notice_t;
 
 /* ------------------------------------------------------------------------------------------
+ * TLS (OpenSSL 3). Options for a whole pool (pp_options_t.tls) and, over those, for one peer
+ * (pp_peer_set_tls). Every string is copied when the options are taken; files are loaded then.
+ * Verification is on unless verify is 0: the certificate chain must lead to a trusted CA and
+ * the leaf must carry the peer's name — server_name, or else the host of the peer's address (a
+ * host name is also sent as SNI; an IP address is checked against the certificate's IP
+ * entries and not sent). Handshakes resume a session cached for the same peer when they can.
+ * A handshake that fails answers PP_ETLS, and pp_peer_tls_reason() says why.
+ * NOT YET IN EFFECT: conns do not speak TLS yet (engine/src/tls.c is not wired into the conn
+ * path). Until they do, the dial of a peer with TLS options (the pool's or its own) fails with
+ * PP_ETLS rather than talk in the clear.
+ */
+typedef struct {
+  const char *ca_file;     /* PEM file of trusted CAs; with ca_path NULL too: the system's store */
+  const char *ca_path;     /* directory of CA certificates named by hash (c_rehash) */
+  const char *cert_file;   /* client certificate chain (PEM), for servers that ask for one */
+  const char *key_file;    /* its private key (PEM); NULL: it is in cert_file */
+  const char *server_name; /* the name to send and verify; NULL: the host of the peer's address */
+  int verify;              /* 1: verify chain and name; 0: accept any certificate; -1 (default):
+                              a peer's options take the pool's, a pool's mean 1 */
+  const char *const *alpn; /* NULL-terminated list of protocols to offer, e.g. {"h2", NULL} */
+  const char *min_version; /* "1.2" or "1.3"; NULL: "1.2" (or the pool's, for a peer) */
+} pp_tls_options_t;
+
+/* Fill *opts with the defaults: every field NULL, verify -1. */
+void pp_tls_options_init(pp_tls_options_t *opts);
+
+/* Give `peer` TLS options of its own over the pool's (copied): a field left NULL (verify -1)
+ * keeps the pool's value, so { server_name = "shard5" } alone changes only the name. A peer
+ * of a pool without TLS speaks TLS with these options alone. NULL drops the peer's own options
+ * (the pool's apply again). Applies to conns dialled from now on; sessions cached for the peer
+ * are dropped. Returns 0; PP_EINVAL with *why (if non-NULL) set to a static message naming the
+ * field (a bad value, or a file that could not be loaded); PP_ECLOSED on a closing pool;
+ * UV_ENOMEM. */
+int pp_peer_set_tls(pp_peer_t *peer, const pp_tls_options_t *tls, const char **why);
+
+/* Why the last TLS handshake with `peer` failed, as "<class>: <detail>" where the class is
+ * "unknown CA", "name mismatch", "expired", "protocol" (version, cipher, a malformed record)
+ * or "other" (e.g. "other: the peer refused our client certificate: ..."); NULL if none has.
+ * Valid until the peer's next TLS failure or the pool's end. */
+const char *pp_peer_tls_reason(const pp_peer_t *peer);
+
+/* ------------------------------------------------------------------------------------------
  * Options. Call pp_options_init() for the defaults, change fields, pass to pp_pool_new().
  * Durations are milliseconds; 0 means "never" where noted. Every deadline and timeout (acquire,
  * connect, handshake, ping, backoff, idle, lifespan) runs from the moment the engine starts it:
@@ -127,12 +171,26 @@ typedef struct {
                                    until it is closed. */
   int64_t maintenance_interval; /* ms between maintenance ticks, > 0 (1000) */
   int64_t seed_interval;        /* at least this many ms between two seed hook calls (10000) */
-  int eject_after;              /* consecutive failures that eject a peer for a cool-down;
+  int eject_after;              /* consecutive failures (failed connects and handshakes, failures
+                                   in use: see pp_release) that eject a peer for a cool-down;
                                    0 = never (5) */
-  int64_t eject_time;           /* first cool-down, ms; doubles on each ejection (10000) */
+  int64_t eject_time;           /* first cool-down, ms; doubles with each consecutive ejection
+                                   (reset once the peer went eject_time without a failure)
+                                   (10000) */
   int64_t eject_max;            /* longest cool-down, ms (300000) */
+  int eject_max_percent;        /* percent 0..100: at most this share of the peers that are not
+                                   burned are ejected at once, and never all of them (with one
+                                   peer, none). A peer whose ejection would pass the limit is
+                                   not ejected: it backs off for min(eject_time, 500 ms) (50) */
+  int64_t probe_interval;       /* ms: a peer that once connected and is now ejected (after
+                                   failed connects) or backing off gets one probe (a single
+                                   connect attempt, handshake included, not a lease) this often,
+                                   so that it serves again soon after it comes back; 0 = no
+                                   probes (500) */
   int keep_idle_bytes;          /* 1: bytes arriving on an idle conn are kept for its next holder
                                    (chatty P2P protocols); 0: they close it as a late reply (0) */
+  const pp_tls_options_t *tls;  /* TLS for every peer (copied by pp_pool_new, which points this
+                                   at its copy); NULL: plain TCP (NULL) */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */
@@ -152,6 +210,7 @@ int pp_options_validate(const pp_options_t *opts, const char **why);
   XX(READY, "ready")               \
   XX(DISCONNECTED, "disconnected") \
   XX(FAILED, "failed")             \
+  XX(EJECTED, "ejected")           \
   XX(BURNED, "burned")
 
 typedef enum {
@@ -186,6 +245,24 @@ typedef enum {
 
 const char *pp_close_reason_name(pp_close_reason_t reason);
 
+/* Peer lifecycle events for the policy's peer_event hook: a peer joins the set of live peers
+ * (added, or a burned peer re-added) or leaves it (burned). A policy that routes keys keeps its
+ * ring over exactly these peers. Ejection and backoff do not change the set: an owner that is
+ * down stays the owner, and the route hook decides what its keys do meanwhile. */
+#define PP_PEER_EVENT_MAP(XX) \
+  XX(ADDED, "added")          \
+  XX(BURNED, "burned")
+
+typedef enum {
+#define PP__EVENT_ENUM(name, str) PP_PEER_EVENT_##name,
+  PP_PEER_EVENT_MAP(PP__EVENT_ENUM)
+#undef PP__EVENT_ENUM
+      PP_PEER_EVENT_COUNT
+} pp_peer_event_t;
+
+/* "added", "burned"; "unknown" for an out-of-range value. */
+const char *pp_peer_event_name(pp_peer_event_t event);
+
 /* ------------------------------------------------------------------------------------------
  * Policy: every decision a policy script can make. Any NULL member keeps the built-in
  * default. The engine calls hooks synchronously from the loop thread, in the middle of its
@@ -196,10 +273,12 @@ const char *pp_close_reason_name(pp_close_reason_t reason);
 typedef struct {
   void *data;
 
-  /* Pick the peer for an acquire that named none, among `n` (>= 1) eligible candidates:
-   * peers with a usable conn when `dialing` is 0, peers that may be dialled when it is 1
-   * (not burned, not stale, under max_per_peer, past their retry time; when every such peer
-   * is still backing off, only the one whose retry time comes first).
+  /* Pick the peer for an acquire that named none (and was not routed: see `route`), among
+   * `n` (1..64) eligible candidates, a window that rotates through the pool: peers with a
+   * usable conn when `dialing` is 0, peers that may be dialled now when it is 1 (not burned,
+   * not ejected, not stale, not backing off, under max_per_peer). Because the window holds
+   * only such peers, and at most 64 of them, this hook suits load balancing (least loaded,
+   * power of two choices), not key affinity: use `route` for that.
    * `key` is the acquire's key (may be NULL). Return an index in [0, n), or -1 for the
    * default (round robin). Any other value counts as a policy error and uses the default. */
   int (*select_peer)(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n, int dialing,
@@ -233,6 +312,26 @@ typedef struct {
    * or an acquire for any peer found none). Add them with pp_pool_add_peer, now or later.
    * Called at most once per seed_interval. */
   void (*seed)(void *data, pp_pool_t *pool, int wanted);
+
+  /* Route an acquire that carries a key and names no peer: return the peer that owns `key`
+   * (a peer of `pool`), or NULL to fall back to `select_peer`. Called first, before any
+   * candidate window, for every such acquire (pp_acquire and pp_try_acquire), so it must be
+   * cheap: keep a structure (a hash ring) up to date through `peer_event` rather than walking
+   * the peers. The acquire then goes to that peer by the rules of an acquire that named it: it
+   * takes a usable conn, dials, waits, or fails fast with the peer's own cause (PP_EBURNED,
+   * PP_EEJECTED, PP_ECANNOTCONNECT). What a key does while its owner is down is the hook's
+   * choice: return the owner (the acquire fails fast), or the next peer on the ring for which
+   * pp_peer_check() answers 0. A peer of another pool counts as a policy error (fallback). */
+  pp_peer_t *(*route)(void *data, pp_pool_t *pool, const char *key);
+
+  /* A peer joined or left the live set (see pp_peer_event_t). Delivered synchronously, once
+   * the engine has finished the change (the peer is fully added, or burned with its waiters
+   * answered and its idle conns closed), and for every live peer (ADDED, in insertion order)
+   * when the policy is installed with pp_pool_set_policy, so a policy's ring always matches
+   * the pool. The hook may read the pool and its peers; like every hook it must not acquire,
+   * release, add peers or close the pool. (A seed hook that adds peers makes ADDED arrive
+   * inside that pp_pool_add_peer call, so inside the seed hook.) */
+  void (*peer_event)(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_event_t event);
 } pp_policy_t;
 
 #define PP_BACKOFF_DEFAULT ((int64_t)-1)
@@ -269,7 +368,8 @@ void *pp_pool_get_data(const pp_pool_t *pool);
 void pp_pool_set_data(pp_pool_t *pool, void *data);
 
 /* Install `policy` (copied). NULL restores every default. Takes effect for the next
- * decision; conns are untouched. */
+ * decision; conns are untouched. A peer_event hook hears ADDED for every live peer before this
+ * returns. */
 void pp_pool_set_policy(pp_pool_t *pool, const pp_policy_t *policy);
 
 /* Report every peer state transition to `cb` (NULL to stop). Transitions are delivered in
@@ -286,7 +386,9 @@ void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb);
  */
 
 /* Add (or find) the peer at `addr`. `last_seen_ms` is Unix time in ms; 0 means now. An
- * existing peer keeps the newer last_seen; a burned one is unburned (re-added).
+ * existing peer keeps the newer last_seen; a burned one is unburned (re-added), its failure
+ * history cleared. A new or unburned peer is reported to the policy's peer_event hook (ADDED)
+ * before this returns.
  * Returns 0 and sets *peer (if non-NULL); PP_EINVAL with *why set for a malformed address;
  * PP_ECLOSED on a closing pool. */
 int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp_peer_t **peer,
@@ -311,19 +413,61 @@ typedef struct {
   int leases;
   int waiters;          /* acquires queued for this peer */
   int failures;         /* consecutive failures: failed connect attempts since the last
-                           successful connect, plus failures in use (broken conns, failed
-                           pings) since the last healthy release */
+                           successful connect, plus failures in use (see pp_release) since
+                           the last healthy release */
   int64_t last_seen;    /* Unix ms */
   int64_t last_success; /* Unix ms of the last successful connect, 0 = never */
-  int64_t retry_at;     /* loop ms (uv_now) before which no dial starts; 0 = none */
+  int64_t retry_at;     /* loop ms (uv_now) before which no dial starts (the later of its
+                           backoff and its ejection); 0 = none */
   uint64_t attempts;    /* connect attempts in all */
   uint64_t ejections;   /* times this peer was ejected */
   double latency_ms;    /* EWMA of connect times */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   int last_error; /* last socket or protocol error, 0 = none */
+  /* failure history, as an address book saves it (see pp_peer_history_t) */
+  int burned;            /* 1 while burned */
+  int64_t ejected_until; /* Unix ms when the current ejection ends; 0 = not ejected */
+  int eject_streak;      /* consecutive ejections: the next cool-down is eject_time * 2^streak */
+  int64_t last_failure;  /* Unix ms of the last failure, 0 = none */
 } pp_peer_info_t;
 
 void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info);
+
+/* Whether an acquire for `peer` would be served (now or after waiting), or fail fast: 0, or
+ * the code it would fail with — PP_EBURNED (burned), PP_EEJECTED (ejected for a cool-down),
+ * PP_ECANNOTCONNECT (backing off after failed connects, with no conn that could serve),
+ * PP_ENOPEER (its address is older than max_address_age and it has no conn); PP_EINVAL for a
+ * NULL peer. Cheap (no walk, at most one clock read): a route hook calls it to pass over an
+ * owner that is down. An ejection whose time has passed ends here (the peer leaves the ejected
+ * state). */
+int pp_peer_check(pp_peer_t *peer);
+
+/* A peer's failure history: what an address book saves, and pp_peer_restore() puts back when
+ * the peer is added again after a restart (so burned peers stay burned, and a peer that kept
+ * failing is not trusted afresh). Times are Unix ms, so they survive a restart. */
+typedef struct {
+  int failures;          /* consecutive failures, >= 0 */
+  int64_t last_success;  /* Unix ms, 0 = never */
+  int64_t last_failure;  /* Unix ms, 0 = none */
+  uint64_t ejections;    /* times ejected in all */
+  int eject_streak;      /* consecutive ejections, >= 0 */
+  int burned;            /* 0 or 1 */
+  int64_t ejected_until; /* Unix ms, 0 = not ejected */
+} pp_peer_history_t;
+
+/* Fill *out with `peer`'s history. */
+void pp_peer_history(const pp_peer_t *peer, pp_peer_history_t *out);
+
+/* Put `hist` back on `peer` (typically right after pp_pool_add_peer). The counters are set as
+ * given. burned = 1 burns the peer (as its backoff policy would: its waiters end with
+ * PP_EBURNED, its idle conns close, the policy hears PP_PEER_EVENT_BURNED); burned = 0 leaves
+ * a burned peer burned (re-adding it is what unburns). An ejected_until still to come ejects the
+ * peer until then (eject_max at most), if eject_max_percent allows it; otherwise, and for a
+ * time that has passed, it is not ejected but stays on probation (its failures are kept, so
+ * its next failure ejects it when allowed). last_seen is not touched (pp_pool_add_peer sets
+ * it). Returns 0; PP_EINVAL for NULL or a field out of range (negative counts or times,
+ * burned other than 0/1); PP_ECLOSED when the pool is closing. */
+int pp_peer_restore(pp_peer_t *peer, const pp_peer_history_t *hist);
 const char *pp_peer_addr(const pp_peer_t *peer);
 pp_peer_state_t pp_peer_state(const pp_peer_t *peer);
 pp_pool_t *pp_peer_pool(const pp_peer_t *peer);
@@ -347,14 +491,45 @@ void pp_acquire_opts_init(pp_acquire_opts_t *opts);
 
 typedef void (*pp_acquire_cb)(pp_lease_t *lease, int status);
 
+/* Why an acquire failed: the facts as they stood when its outcome was decided (for an error
+ * pp_acquire returned, during the call; for one its callback reports, just before the
+ * callback was queued). Read it with pp_lease_cause(); pp_lease_describe() puts it in one
+ * line. Durations are ms relative to that moment. */
+typedef struct {
+  int code;              /* the failure; 0: the lease has not failed (the rest is zero) */
+  pp_peer_t *peer;       /* the peer it is about: the one the acquire named (or was routed to);
+                            for an acquire for any peer, the peer that made no peer able to
+                            serve (the held peer that returns first), else NULL. Valid while
+                            the pool lives. */
+  pp_peer_state_t state; /* that peer's state */
+  int conns;             /* its conns (open or connecting); for any peer: the pool's */
+  int max_conns;         /* max_per_peer; for any peer: what the live peers may hold in all
+                            (max_per_peer each, max_total at most) */
+  int leases;            /* leases on those conns */
+  int waiters_ahead;     /* for PP_ETIMEDOUT: acquires that were to be served before this one,
+                            in the queue it waited in (the peer's, or the any-peer queue) */
+  int failures;          /* the peer's consecutive failures */
+  int last_error;        /* the peer's last socket or protocol error, 0 = none */
+  int64_t last_error_ms; /* how long before, ms; -1 = no error */
+  int64_t held_ms;       /* how much longer the peer stays ejected or backing off; 0 = not */
+  int ejected;           /* 1 when the hold is an ejection */
+  int64_t waited_ms;     /* how long the acquire had waited (0 for an error answered at once) */
+  int peers;             /* the pool's peers not burned */
+  int peers_ejected;     /* of them, ejected */
+} pp_cause_t;
+
 /* A lease: while pending it is a waiter; once granted it holds one conn. Zero it (or reuse a
  * released one) before pp_acquire. Public fields are read-only for the caller, except data. */
 struct pp_lease_s {
   void *data;
   pp_conn_t *conn; /* set when granted; NULL after release or pool close */
   pp_peer_t *peer; /* the peer that serves it (set when granted) */
-  int cause;       /* with PP_ECANNOTCONNECT: the last socket error */
+  int cause;       /* with PP_ECANNOTCONNECT: the last socket error (also when answered fast
+                      for a peer backing off); with a local resource error: that error */
   /* private */
+  pp_cause_t why_;
+  uint64_t since_;   /* loop ms when it started waiting */
+  pp_peer_t *tried_; /* for any peer: the peer whose dial for it failed last */
   pp_pool_t *pool_;
   pp_peer_t *want_;
   pp_conn_t *dial_;
@@ -370,40 +545,82 @@ struct pp_lease_s {
 };
 
 /* Acquire a conn of `peer`, or of any peer if `peer` is NULL; `opts` NULL means defaults.
- * The callback runs later with 0 (lease->conn is set) or an error. Errors returned at once
- * (the callback then never runs): PP_ECLOSED, PP_EBURNED, PP_ENOPEER, PP_EBUSY (busy=fail at
- * capacity; arm a pp_notice_t to learn when capacity frees), PP_EEXHAUSTED (backlog full),
- * PP_EINVAL (bad opts, lease in use, peer of another pool). Callback statuses: 0,
- * PP_ETIMEDOUT, PP_ECANNOTCONNECT (lease->cause is the last socket error), PP_EBURNED,
- * PP_ENOPEER, PP_ECANCELED, PP_ECLOSED, or a local resource error (UV_EMFILE, UV_ENFILE,
- * UV_ENOMEM, UV_ENOBUFS: see "Local resource errors" above) that stopped the dial for it. */
+ * With a key and no peer, the policy's route hook (if any) names the peer first. The callback
+ * runs later with 0 (lease->conn is set) or an error.
+ * Fail fast: an acquire for a peer that cannot serve is answered at once, never at its
+ * deadline. Errors returned at once (the callback then never runs; pp_lease_cause() tells
+ * why): PP_ECLOSED; PP_EBURNED (the peer is burned); PP_EEJECTED (the peer is ejected for a
+ * cool-down); PP_ECANNOTCONNECT (the peer is backing off after failed connects and has no conn
+ * that could serve; lease->cause is its last socket error); PP_ENOPEER (the peer's address is
+ * too old to dial; for any peer: no peer is known, or all are burned or too old); for any peer,
+ * when no peer can serve because every one is burned, ejected or backing off: the code of the
+ * peer that returns first (PP_EEJECTED or PP_ECANNOTCONNECT) — unless a seed hook is installed,
+ * when the acquire waits for its addresses; PP_EBUSY (busy=fail at capacity; arm a pp_notice_t
+ * to learn when capacity frees); PP_EEXHAUSTED (backlog full); PP_EINVAL (bad opts, lease in
+ * use, peer of another pool).
+ * Callback statuses: 0; PP_ETIMEDOUT (pp_lease_describe() says what it waited behind);
+ * PP_ECANNOTCONNECT (its dial ran out of attempts; lease->cause is the last socket error);
+ * PP_ETLS (the peer's TLS handshake failed; not retried: pp_peer_tls_reason() says why);
+ * PP_EBURNED, PP_EEJECTED, PP_ECANNOTCONNECT, PP_ENOPEER when the peer it waited for stopped
+ * being able to serve (burned, ejected, backing off with no conn left, aged out) — an acquire
+ * for any peer whose dial failed instead goes on waiting for another peer, and fails only when
+ * no peer can serve; PP_ECANCELED; PP_ECLOSED; or a local resource error (UV_EMFILE,
+ * UV_ENFILE, UV_ENOMEM, UV_ENOBUFS: see "Local resource errors" above) that stopped the dial. */
 int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acquire_opts_t *opts,
                pp_acquire_cb cb);
 
 /* Synchronous fast path: grant a usable idle (or shareable) conn right now, without waiting
- * or dialling, and without any callback. Returns 0 with lease->conn set, PP_EAGAIN when no
- * conn is usable right now, or the immediate errors of pp_acquire. Allocates nothing. */
+ * or dialling, and without any callback. Returns 0 with lease->conn set; PP_EAGAIN when no
+ * conn is usable right now; PP_EBURNED, PP_EEJECTED, PP_ECANNOTCONNECT or PP_ENOPEER when the
+ * peer (named, or routed to) would fail fast (see pp_acquire; pp_lease_cause() tells why);
+ * PP_ECLOSED; PP_EINVAL. Allocates nothing. */
 int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
                    const pp_acquire_opts_t *opts);
+
+/* Copy the cause of the lease's last failure into *out (all zero if it has not failed since
+ * it was last passed to pp_acquire or pp_try_acquire). Returns 0, or PP_EINVAL for NULL. */
+int pp_lease_cause(const pp_lease_t *lease, pp_cause_t *out);
+
+/* Describe the lease's last failure in one line of plain text, e.g.
+ *   "timed out after 1000 ms waiting for 127.0.0.1:7001: 4/4 conns in use, 12 waiters ahead;
+ *    last error ECONNREFUSED 0.2 s ago"
+ *   "127.0.0.1:7001 is ejected for 4.2 s more after 5 consecutive failures (last ECONNREFUSED)"
+ * Writes at most `len` bytes into `buf`, always NUL-terminated when len > 0 (truncated if it
+ * must be). Returns the length of the whole line (as snprintf: compare with len to detect
+ * truncation), 0 when the lease has not failed (buf gets ""), or PP_EINVAL for a NULL lease,
+ * or a NULL buf with len > 0. The peer's address is read from the pool: call it while the pool
+ * lives (a callback with PP_ECLOSED still may). */
+int pp_lease_describe(const pp_lease_t *lease, char *buf, size_t len);
 
 /* Cancel a pending acquire: its callback runs later with PP_ECANCELED (a grant decided but
  * not yet delivered is undone). Returns 0, or PP_ESTATE if the lease is not pending (its
  * outcome is final: granted and delivered, failed, released or never used). */
 int pp_acquire_cancel(pp_lease_t *lease);
 
-/* End a lease. `status` says what the holder knows of the conn:
- *   0            healthy: it goes back to idle (or straight to the next waiter). One that holds
- *                bytes nobody read (a reply nobody will read) is closed instead, so that no
- *                later holder reads it (reason "broken", no failure of the peer) — unless the
- *                pool has keep_idle_bytes, when the bytes wait for the next holder.
- *   PP_ENOREUSE  the conn must not be lent again but its peer is healthy (e.g. a receive
- *                timed out with a request still in flight, so a late reply may come): it is
- *                closed for every holder (reason "discarded"); the peer counts no failure and
- *                its run of failures goes on unchanged.
- *   PP_EBROKEN or another negative code (the socket error seen): the conn is closed for every
- *                holder (reason "broken") and counts a failure of its peer (eject_after in a
- *                row eject it), except a local resource error (UV_EMFILE, ...), which counts
- *                none.
+/* End a lease. `status` is the holder's verdict on the conn; only a verdict that the peer
+ * failed is held against it (blame):
+ *   0            healthy: it goes back to idle (or straight to the next waiter), and ends the
+ *                peer's run of failures. One that holds bytes nobody read (a reply nobody
+ *                will read) is closed instead, so that no later holder reads it (reason
+ *                "broken", no failure of the peer) — unless the pool has keep_idle_bytes, when
+ *                the bytes wait for the next holder. A conn the server already closed cleanly
+ *                (it answered and hung up, as with `Connection: close`) is simply let go.
+ *   PP_ENOREUSE  the caller's ordinary close: the conn must not be lent again but its peer is
+ *                healthy (the protocol says so, a receive timed out with a request still in
+ *                flight, the lease was collected): it is closed for every holder (reason
+ *                "discarded"); the peer counts no failure and its run of failures goes on
+ *                unchanged. UV_EOF (the server ended the stream cleanly), PP_ECLOSED and
+ *                UV_ECANCELED/PP_ECANCELED do the same.
+ *   PP_EBROKEN or a socket error (UV_ECONNRESET, UV_ETIMEDOUT, PP_ETIMEDOUT, ...): the
+ *                peer's fault. The conn is closed for every holder (reason "broken") and counts
+ *                one failure of its peer (eject_after in a row eject it) — one per conn
+ *                however many of its holders say so, and none if an I/O error on the conn
+ *                already counted. Also when the conn was closed already (say by a clean EOF
+ *                mid-reply): the holder knows the reply was cut short.
+ *   a local resource error (UV_EMFILE, UV_ENFILE, UV_ENOMEM, UV_ENOBUFS): closed, no blame.
+ * The engine blames on its own what it sees: failed connects and handshakes, failed pings,
+ * and an I/O error (reset, write error) on a leased conn; never a clean EOF, on an idle or a
+ * leased conn (the reader still gets UV_EOF), and never an error on an idle conn.
  * Safe on a lease detached by pool close (no-op). Returns 0, PP_EINVAL for a positive status,
  * or PP_ESTATE if the lease holds no conn. Allocates nothing. */
 int pp_release(pp_lease_t *lease, int status);
@@ -528,14 +745,23 @@ typedef struct {
   uint64_t connect_attempts, connects_ok, connects_failed;
   double connect_latency_ms_avg; /* mean of successful connects */
   double connect_latency_ms_max;
+  /* TLS handshakes (see pp_tls_options_t) */
+  uint64_t tls_full;    /* completed without resuming a session */
+  uint64_t tls_resumed; /* completed by resuming a cached session */
+  uint64_t tls_failed;  /* handshakes (or conns later) that ended with PP_ETLS */
   /* conns closed by reason */
   uint64_t closed[PP_CLOSE_REASON_COUNT];
   /* I/O */
   uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
   uint64_t pings, pings_failed;
-  uint64_t ejections;     /* peers ejected for a cool-down after consecutive failures */
-  uint64_t seeds;         /* seed hook calls */
-  uint64_t policy_errors; /* hook results the engine had to ignore */
+  uint64_t ejections;             /* peers ejected for a cool-down after consecutive failures */
+  uint64_t ejections_refused;     /* ejections eject_max_percent refused (the peer backed
+                                     off briefly instead) */
+  uint64_t failed_fast;           /* acquires answered at once because no peer could serve
+                                     them (burned, ejected, backing off, too old) */
+  uint64_t probes, probes_failed; /* probe connects of held peers */
+  uint64_t seeds;                 /* seed hook calls */
+  uint64_t policy_errors;         /* hook results the engine had to ignore */
 } pp_stats_t;
 
 void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);

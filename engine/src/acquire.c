@@ -1,6 +1,7 @@
-/* Acquire and release: the idle fast path, dialling on demand, the wait queue (FIFO within
- * priority levels, with deadlines), busy notices, and serving waiters the moment a conn or a
- * slot frees. Every acquire ends exactly once: granted, or one error. */
+/* Acquire and release: the idle fast path, routing by key, dialling on demand, the wait queue
+ * (FIFO within priority levels, with deadlines), busy notices, serving waiters the moment a
+ * conn or a slot frees, and failing fast (with a cause) when nothing can serve. Every acquire
+ * ends exactly once: granted, or one error. */
 #include "internal.h"
 
 /* ---- wait queues ----------------------------------------------------------------------- */
@@ -35,17 +36,30 @@ static void arm_deadline_timer(pp_pool_t *pool) {
   pp__timer_start_at(pool, &pool->deadline_timer, pp__deadline_timer_cb, first->deadline_);
 }
 
+int pp__waiters_ahead(pp_lease_t *lease) {
+  pp__queue_t *q = queue_of(lease->pool_, lease);
+  int n = 0;
+  for (int p = PP_PRIORITY_MAX; p > lease->priority_; p--)
+    for (pp__link_t *l = q->level[p].next; l != &q->level[p]; l = l->next)
+      n++;
+  for (pp__link_t *l = q->level[lease->priority_].next; l != &lease->qlink_; l = l->next)
+    n++;
+  return n;
+}
+
 static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
   pp__queue_t *q = queue_of(pool, lease);
+  uint64_t now = pp__now(pool);
   lease->state_ = PP_LEASE_WAITING;
   lease->seq_ = ++pool->seq;
+  lease->since_ = now;
   pp__list_push(&q->level[lease->priority_], &lease->qlink_);
   if (q->count++ == 0 && lease->want_)
     pp__list_push(&pool->waiting_peers, &lease->want_->waiting_link);
   pool->waiters++;
   lease->deadline_ = 0;
   if (timeout > 0) {
-    lease->deadline_ = pp__now(pool) + (uint64_t)timeout;
+    lease->deadline_ = now + (uint64_t)timeout;
     pp__heap_insert(&pool->deadlines, &lease->heap_);
     if (pool->deadlines.min == &lease->heap_) arm_deadline_timer(pool);
   }
@@ -75,9 +89,8 @@ void pp__deadline_timer_cb(uv_timer_t *timer) {
   while (pool->deadlines.min) {
     pp_lease_t *lease = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
     if (lease->deadline_ > now) break;
-    dequeue(pool, lease);
     pool->stats.timed_out++;
-    pp__defer_lease(pool, lease, PP_ETIMEDOUT);
+    pp__lease_fail(lease, PP_ETIMEDOUT, lease->want_);
   }
   arm_deadline_timer(pool);
 }
@@ -88,32 +101,70 @@ void pp__lease_complete(pp_lease_t *lease, int status) {
   pp__defer_lease(pool, lease, status);
 }
 
-static void fail_queue(pp_pool_t *pool, pp__queue_t *q, int status) {
+void pp__lease_fail(pp_lease_t *lease, int status, pp_peer_t *peer) {
+  if (status == PP_ECANNOTCONNECT) lease->pool_->stats.cannot_connect++;
+  pp__cause_fill(lease, peer, status);
+  pp__lease_complete(lease, status);
+}
+
+static void fail_queue(pp_pool_t *pool, pp__queue_t *q, int status, pp_peer_t *peer) {
   pp_lease_t *lease;
   while ((lease = queue_first(q, false)) != NULL)
-    pp__lease_complete(lease, status);
+    pp__lease_fail(lease, status, peer);
 }
 
 void pp__fail_peer_waiters(pp_peer_t *peer, int status) {
-  fail_queue(peer->pool, &peer->waiters, status);
+  fail_queue(peer->pool, &peer->waiters, status, peer);
 }
 
 void pp__fail_all_waiters(pp_pool_t *pool, int status) {
   while (!pp__list_empty(&pool->waiting_peers)) {
     pp_peer_t *peer = PP__CONTAINER(pool->waiting_peers.next, pp_peer_t, waiting_link);
-    fail_queue(pool, &peer->waiters, status);
+    fail_queue(pool, &peer->waiters, status, peer);
   }
-  fail_queue(pool, &pool->any_waiters, status);
+  fail_queue(pool, &pool->any_waiters, status, NULL);
+}
+
+bool pp__any_peer_could_serve(pp_pool_t *pool) {
+  return pool->live_peers > 0 || pp__any_dial_candidate(pool);
+}
+
+void pp__fail_hopeless_waiters(pp_pool_t *pool) {
+  pp__link_t *l = pool->waiting_peers.next;
+  while (l != &pool->waiting_peers) {
+    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, waiting_link);
+    l = l->next; /* failing its waiters takes the peer off the list */
+    int code = pp__peer_fail_code(peer);
+    if (code) fail_queue(pool, &peer->waiters, code, peer);
+  }
+  /* With a seed hook, acquires for any peer wait for the addresses it brings. */
+  if (pool->any_waiters.count == 0 || pool->policy.seed || pp__any_peer_could_serve(pool)) return;
+  pp_peer_t *telling;
+  int code = pp__any_fail_code(pool, &telling);
+  pp_lease_t *lease;
+  while ((lease = queue_first(&pool->any_waiters, false)) != NULL) {
+    /* The peer its own dial failed on tells most (burned, say), if it still cannot serve. */
+    int own = lease->tried_ ? pp__peer_fail_code(lease->tried_) : 0;
+    pp__lease_fail(lease, own ? own : code, own ? lease->tried_ : telling);
+  }
 }
 
 void pp__dial_failed(pp_conn_t *conn, int status) {
   pp_lease_t *owner = conn->owner;
   if (owner == NULL) return;
   pp_pool_t *pool = conn->pool;
-  dequeue(pool, owner);
+  if (owner->want_ == NULL && !pp__err_is_local(status)) {
+    /* An acquire for any peer is not bound to this one: it waits on, for a conn another peer
+     * frees or a dial of another peer (pp__capacity_opened), and fails only when no peer
+     * can serve (pp__fail_hopeless_waiters). */
+    owner->dial_ = NULL;
+    owner->tried_ = conn->peer;
+    conn->owner = NULL;
+    pool->dial_owners--;
+    return;
+  }
   owner->cause = conn->last_error;
-  if (status == PP_ECANNOTCONNECT) pool->stats.cannot_connect++;
-  pp__defer_lease(pool, owner, status);
+  pp__lease_fail(owner, status, conn->peer);
 }
 
 /* ---- busy notices ---------------------------------------------------------------------- */
@@ -154,6 +205,7 @@ int pp_notice_start(pp_pool_t *pool, pp_notice_t *notice, pp_peer_t *peer, pp_no
   } else {
     notice->state_ = PP_NOTICE_ARMED;
     pp__list_push(&pool->notices, &notice->link_);
+    pp__hold_timer_arm(pool); /* capacity may come back with a held peer */
   }
   return 0;
 }
@@ -189,9 +241,7 @@ static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
 static bool slot_wanted(pp_pool_t *pool) {
   for (pp__link_t *l = pool->waiting_peers.next; l != &pool->waiting_peers; l = l->next) {
     pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, waiting_link);
-    if (!peer->burned && peer->conns < pool->opts.max_per_peer && pp__peer_is_fresh(peer) &&
-        queue_first(&peer->waiters, true))
-      return true;
+    if (pp__peer_may_dial(peer) && queue_first(&peer->waiters, true)) return true;
   }
   return false;
 }
@@ -222,6 +272,7 @@ void pp__conn_available(pp_conn_t *conn) {
 
 void pp__capacity_opened(pp_pool_t *pool) {
   if (pool->closing) return;
+  pp__fail_hopeless_waiters(pool);
   while (pool->total < pool->opts.max_total && pool->waiters > 0) {
     pp_lease_t *best = NULL;
     pp_peer_t *target = NULL;
@@ -260,7 +311,6 @@ static int check_args(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   if (opts && ((opts->busy != PP_BUSY_WAIT && opts->busy != PP_BUSY_FAIL) || opts->timeout < -1 ||
                opts->priority < 0 || opts->priority > PP_PRIORITY_MAX))
     return PP_EINVAL;
-  if (peer && peer->burned) return PP_EBURNED;
   return 0;
 }
 
@@ -269,6 +319,9 @@ static void lease_reset(pp_lease_t *lease, pp_pool_t *pool, pp_peer_t *peer,
   lease->conn = NULL;
   lease->peer = NULL;
   lease->cause = 0;
+  lease->why_.code = 0;
+  lease->since_ = 0;
+  lease->tried_ = NULL;
   lease->pool_ = pool;
   lease->want_ = peer;
   lease->dial_ = NULL;
@@ -278,6 +331,23 @@ static void lease_reset(pp_lease_t *lease, pp_pool_t *pool, pp_peer_t *peer,
   lease->busy_ = opts ? (unsigned char)opts->busy : PP_BUSY_WAIT;
   lease->deadline_ = 0;
   lease->state_ = PP_LEASE_UNUSED;
+}
+
+/* The peer an acquire goes to: the one it named, or for a key the route hook's owner. */
+static pp_peer_t *target_of(pp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *opts) {
+  if (peer == NULL && opts && opts->key && pool->policy.route) return pp__route(pool, opts->key);
+  return peer;
+}
+
+/* Answer an acquire at once with `code`, recording why; the lease stays unused. */
+static int fail_now(pp_lease_t *lease, int code, pp_peer_t *peer) {
+  pp__cause_fill(lease, peer, code);
+  return code;
+}
+
+/* A burned or ejected peer lends nothing, not even a shared conn it still has. */
+static int barred(pp_peer_t *peer) {
+  return peer->burned || peer->ejected ? pp__peer_fail_code(peer) : 0;
 }
 
 /* The conn to lend now, or NULL. A conn that idled past ping_after is sent for a ping first
@@ -301,9 +371,14 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
                    const pp_acquire_opts_t *opts) {
   int err = check_args(pool, lease, peer, opts);
   if (err) return err;
-  pp_conn_t *conn = find_usable(pool, peer, opts ? opts->key : NULL);
-  if (conn == NULL) return PP_EAGAIN;
+  peer = target_of(pool, peer, opts);
   lease_reset(lease, pool, peer, opts, NULL);
+  if (peer && (err = barred(peer)) != 0) return fail_now(lease, err, peer);
+  pp_conn_t *conn = find_usable(pool, peer, lease->key_);
+  if (conn == NULL) {
+    if (peer && (err = pp__peer_fail_code(peer)) != 0) return fail_now(lease, err, peer);
+    return PP_EAGAIN;
+  }
   pp__conn_lease(conn, lease);
   lease->state_ = PP_LEASE_GRANTED;
   pool->stats.acquires++;
@@ -311,10 +386,53 @@ int pp_try_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer,
   return 0;
 }
 
-/* Whether some peer is not burned and holds a conn or may be dialled (now or after its
- * backoff): then an acquire for any peer can wait for it. */
-static bool any_peer_could_serve(pp_pool_t *pool) {
-  return pool->live_peers > 0 || pp__any_dial_candidate(pool);
+/* The peer to dial for an acquire that found no usable conn, or NULL. */
+static pp_peer_t *dial_target(pp_pool_t *pool, pp_peer_t *peer, const char *key) {
+  if (peer) {
+    if (pp__peer_may_dial(peer)) evict_idle(pool); /* at max_total, make room */
+    return pp__peer_can_dial(peer) ? peer : NULL;
+  }
+  return pool->total < pool->opts.max_total ? pp__select_peer(pool, 1, key) : NULL;
+}
+
+/* Dial `target` for `lease`, which waits meanwhile. */
+static int wait_for_dial(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *target, int64_t timeout) {
+  enqueue(pool, lease, timeout);
+  int err = pp__conn_dial(target, lease, NULL);
+  if (err) {
+    dequeue(pool, lease);
+    lease->state_ = PP_LEASE_UNUSED;
+    return err;
+  }
+  pool->stats.acquires++;
+  return 0;
+}
+
+/* Queue `lease` behind capacity, or answer at once (nothing can serve, busy, backlog full). */
+static int wait_for_capacity(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
+  pp_peer_t *peer = lease->want_;
+  if (peer == NULL && !pp__any_peer_could_serve(pool) && !pp__request_seed(pool, 1)) {
+    pp_peer_t *telling; /* (with a seed hook, an acquire for any peer waits for addresses) */
+    int code = pp__any_fail_code(pool, &telling);
+    if (telling) pool->stats.failed_fast++;
+    return fail_now(lease, code, telling);
+  }
+  if (lease->busy_ == PP_BUSY_FAIL) {
+    pool->stats.busy++;
+    return fail_now(lease, PP_EBUSY, peer);
+  }
+  if (pool->waiters - pool->dial_owners >= pool->opts.backlog) {
+    pool->stats.exhausted++;
+    return fail_now(lease, PP_EEXHAUSTED, peer);
+  }
+  enqueue(pool, lease, timeout);
+  pool->stats.acquires++;
+  if (peer == NULL) {
+    /* A seed hook may have added peers during this call: dial one for the new waiter. */
+    if (pool->total < pool->opts.max_total) pp__capacity_opened(pool);
+    pp__hold_timer_arm(pool); /* and a peer whose backoff ends may serve it */
+  }
+  return 0;
 }
 
 int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acquire_opts_t *opts,
@@ -322,7 +440,12 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acq
   int err = check_args(pool, lease, peer, opts);
   if (err) return err;
   if (cb == NULL) return PP_EINVAL;
+  peer = target_of(pool, peer, opts);
   lease_reset(lease, pool, peer, opts, cb);
+  if (peer && (err = barred(peer)) != 0) {
+    pool->stats.failed_fast++;
+    return fail_now(lease, err, peer);
+  }
   pp_conn_t *conn = find_usable(pool, peer, lease->key_);
   if (conn) {
     pp__conn_lease(conn, lease);
@@ -331,40 +454,14 @@ int pp_acquire(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *peer, const pp_acq
     pp__defer_lease(pool, lease, 0);
     return 0;
   }
+  if (peer && (err = pp__peer_fail_code(peer)) != 0) {
+    pool->stats.failed_fast++;
+    return fail_now(lease, err, peer);
+  }
   int64_t timeout = opts && opts->timeout >= 0 ? opts->timeout : pool->opts.acquire_timeout;
-  if (peer && peer->conns < pool->opts.max_per_peer && pp__peer_is_fresh(peer)) evict_idle(pool);
-  pp_peer_t *target = NULL;
-  if (peer)
-    target = pp__peer_can_dial(peer) ? peer : NULL;
-  else if (pool->total < pool->opts.max_total)
-    target = pp__select_peer(pool, 1, lease->key_);
-  if (target) {
-    enqueue(pool, lease, timeout);
-    err = pp__conn_dial(target, lease, NULL);
-    if (err) {
-      dequeue(pool, lease);
-      lease->state_ = PP_LEASE_UNUSED;
-      return err;
-    }
-    pool->stats.acquires++;
-    return 0;
-  }
-  if (peer ? (peer->conns == 0 && !pp__peer_is_fresh(peer))
-           : !any_peer_could_serve(pool) && !pp__request_seed(pool, 1))
-    return PP_ENOPEER; /* (with a seed hook, an acquire for any peer waits for its addresses) */
-  if (lease->busy_ == PP_BUSY_FAIL) {
-    pool->stats.busy++;
-    return PP_EBUSY;
-  }
-  if (pool->waiters - pool->dial_owners >= pool->opts.backlog) {
-    pool->stats.exhausted++;
-    return PP_EEXHAUSTED;
-  }
-  enqueue(pool, lease, timeout);
-  pool->stats.acquires++;
-  /* A seed hook may have added peers during this call: dial one for the new waiter. */
-  if (peer == NULL && pool->total < pool->opts.max_total) pp__capacity_opened(pool);
-  return 0;
+  pp_peer_t *target = dial_target(pool, peer, lease->key_);
+  if (target) return wait_for_dial(pool, lease, target, timeout);
+  return wait_for_capacity(pool, lease, timeout);
 }
 
 int pp_acquire_cancel(pp_lease_t *lease) {
@@ -372,7 +469,7 @@ int pp_acquire_cancel(pp_lease_t *lease) {
   pp_pool_t *pool = lease->pool_;
   if (lease->state_ == PP_LEASE_WAITING) {
     pool->stats.canceled++;
-    pp__lease_complete(lease, PP_ECANCELED);
+    pp__lease_fail(lease, PP_ECANCELED, lease->want_);
     return 0;
   }
   if (lease->state_ == PP_LEASE_DONE && lease->status_ == 0 && lease->conn) {
@@ -382,6 +479,7 @@ int pp_acquire_cancel(pp_lease_t *lease) {
     pp__conn_released(conn, 0);
     pool->stats.canceled++;
     lease->status_ = PP_ECANCELED;
+    pp__cause_fill(lease, lease->want_, PP_ECANCELED);
     return 0;
   }
   return PP_ESTATE;
@@ -399,7 +497,7 @@ int pp_release(pp_lease_t *lease, int status) {
   pp__conn_unlease(conn, lease);
   lease->state_ = PP_LEASE_UNUSED;
   pool->stats.releases++;
-  if (status < 0 && status != PP_ENOREUSE) pool->stats.released_broken++;
+  if (pp__err_blames(status)) pool->stats.released_broken++;
   pp__conn_released(conn, status);
   return 0;
 }

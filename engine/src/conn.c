@@ -89,10 +89,12 @@ static void on_backoff_done(uv_timer_t *timer) {
   start_attempt(timer->data);
 }
 
-int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
+/* A new conn of `peer`, counted toward its limits, with its timer open; NULL when out of
+ * memory. */
+static pp_conn_t *conn_new(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
   pp_conn_t *conn;
-  if (posix_memalign((void **)&conn, 64, sizeof(*conn)) != 0) return UV_ENOMEM;
+  if (posix_memalign((void **)&conn, 64, sizeof(*conn)) != 0) return NULL;
   memset(conn, 0, sizeof(*conn));
   conn->pool = pool;
   conn->peer = peer;
@@ -105,6 +107,23 @@ int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
   pp__list_push(&peer->conns_list, &conn->peer_link);
   peer->conns++;
   pool->total++;
+  return conn;
+}
+
+int pp__conn_probe(pp_peer_t *peer) {
+  pp_conn_t *conn = conn_new(peer);
+  if (conn == NULL) return UV_ENOMEM;
+  conn->probe = true;
+  peer->probing++;
+  peer->pool->stats.probes++;
+  start_attempt(conn); /* now, whatever the peer's retry time: that is the point */
+  return 0;
+}
+
+int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
+  pp_pool_t *pool = peer->pool;
+  pp_conn_t *conn = conn_new(peer);
+  if (conn == NULL) return UV_ENOMEM;
   if (owner) {
     conn->owner = owner;
     owner->dial_ = conn;
@@ -148,6 +167,13 @@ static void on_connect(uv_connect_t *req, int status) {
   if (conn->phase != PP_CONN_DIALING || conn->hstate != H_OPEN) return;
   if (status < 0) {
     attempt_failed(conn, status);
+    return;
+  }
+  /* TLS (tls.c) is not wired into conns yet: a peer with TLS options must not get a conn that
+   * talks in the clear, so its dial fails with PP_ETLS. Step 1 of the seam at the top of
+   * tls.c replaces this. */
+  if (pp__tls_not_wired(peer)) {
+    attempt_failed(conn, PP_ETLS);
     return;
   }
   uv_timer_stop(&conn->timer);
@@ -239,7 +265,18 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   pp__peer_update_state(peer);
 }
 
-/* The failed attempt's socket is gone: retry after the backoff delay, give up, or burn. */
+/* The dial of `conn` ends without a conn (`status` for its owner); a held peer gets a probe. */
+static void give_up(pp_conn_t *conn, int status) {
+  pp_peer_t *peer = conn->peer;
+  if (conn->probe) conn->pool->stats.probes_failed++;
+  pp__dial_failed(conn, status);
+  pp__conn_close(conn, PP_CLOSE_CLOSED);
+  pp__probe_schedule(peer);
+}
+
+/* The failed attempt's socket is gone: count the failure (which may eject the peer), then
+ * retry after the backoff delay, give up (the peer backs off), or burn. A probe makes one
+ * attempt only. */
 static void after_attempt(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
@@ -248,28 +285,36 @@ static void after_attempt(pp_conn_t *conn) {
     pp__maybe_finish(pool);
     return;
   }
-  if (pp__err_is_local(conn->last_error)) {
+  int err = conn->last_error;
+  if (pp__err_is_local(err)) {
     /* No backoff and no further attempt (they would fail alike): the owner hears the error
      * itself at once, and the next acquire dials again. */
-    pp__dial_failed(conn, conn->last_error);
+    pp__dial_failed(conn, err);
     pp__conn_close(conn, PP_CLOSE_CLOSED);
     return;
   }
-  peer->connect_failures++;
-  int64_t delay = pp__backoff(peer, peer->connect_failures, conn->last_error);
+  pp__peer_failed(peer, err, false);
+  if (peer->ejected) { /* its waiters heard PP_EEJECTED; no further attempt */
+    give_up(conn, PP_EEJECTED);
+    return;
+  }
+  int64_t delay = pp__backoff(peer, peer->connect_failures, err);
   if (delay < 0) {
+    if (conn->probe) pool->stats.probes_failed++;
     pp__dial_failed(conn, PP_EBURNED);
     pp__peer_burn(peer);
     return;
   }
-  if (conn->attempt <= pool->opts.retries) {
+  /* TLS (tls.c): a certificate does not change between attempts, so a TLS failure is not
+   * retried and the owner hears PP_ETLS itself. */
+  if (!conn->probe && conn->attempt <= pool->opts.retries && err != PP_ETLS) {
     pp__timer_start(pool, &conn->timer, on_backoff_done, (uint64_t)delay);
     pp__peer_update_state(peer);
     return;
   }
-  peer->retry_at = pp__now(pool) + (uint64_t)delay;
-  pp__dial_failed(conn, PP_ECANNOTCONNECT);
-  pp__conn_close(conn, PP_CLOSE_CLOSED);
+  uint64_t at = pp__now(pool) + (uint64_t)delay;
+  if (at > peer->retry_at) peer->retry_at = at;
+  give_up(conn, err == PP_ETLS ? PP_ETLS : PP_ECANNOTCONNECT);
 }
 
 static void on_attempt_closed(uv_handle_t *handle) {
@@ -301,7 +346,8 @@ static void on_ping_timeout(uv_timer_t *timer) {
   pp_conn_t *conn = timer->data;
   if (conn->phase != PP_CONN_PINGING) return;
   conn->pool->stats.pings_failed++;
-  pp__peer_failed(conn->peer, PP_ETIMEDOUT);
+  conn->blamed = true;
+  pp__peer_failed(conn->peer, PP_ETIMEDOUT, true);
   pp__conn_close(conn, PP_CLOSE_PING); /* tells the hook through `closed` */
 }
 
@@ -333,7 +379,8 @@ int pp_conn_ping_done(pp_conn_t *conn, int status) {
   if (status == 0 && conn->broken) status = conn->last_error; /* the stream died meanwhile */
   if (status != 0) {
     pool->stats.pings_failed++;
-    pp__peer_failed(conn->peer, status < 0 ? status : PP_EPING);
+    conn->blamed = true;
+    pp__peer_failed(conn->peer, status < 0 ? status : PP_EPING, true);
     pp__conn_close(conn, PP_CLOSE_PING);
     return 0;
   }
@@ -360,6 +407,25 @@ static void arm_lifespan(pp_conn_t *conn) {
   pp__timer_start_at(conn->pool, &conn->timer, on_lifespan, (uint64_t)conn->expires_at);
 }
 
+/* The peer's side of a successful connect: its backoff ends, a probe becomes an ordinary
+ * conn, and an ejection for failed connects ends (the peer is reachable again) — not one for
+ * failures in use, which a connect does not disprove. */
+static void peer_connected(pp_conn_t *conn) {
+  pp_peer_t *peer = conn->peer;
+  peer->connect_failures = 0;
+  peer->retry_at = 0;
+  peer->ever_connected = true;
+  if (conn->probe) {
+    conn->probe = false;
+    peer->probing--;
+  }
+  pp__probe_cancel(peer);
+  if (peer->ejected && !peer->fail_in_use) pp__eject_end(peer);
+  pp__peer_succeeded(peer);
+  peer->last_success = pp__unix_now_ms();
+  if (peer->last_success > peer->last_seen) peer->last_seen = peer->last_success;
+}
+
 static void conn_ready(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
@@ -368,11 +434,7 @@ static void conn_ready(pp_conn_t *conn) {
   conn->read_cb = NULL; /* a handshake hook's reader ends with the handshake */
   set_phase(conn, PP_CONN_READY);
   pool->stats.connects_ok++;
-  peer->connect_failures = 0;
-  peer->retry_at = 0;
-  peer->ever_connected = true;
-  peer->last_success = pp__unix_now_ms();
-  if (peer->last_success > peer->last_seen) peer->last_seen = peer->last_success;
+  peer_connected(conn);
   conn->created_at = (int64_t)now;
   conn->last_used = now;
   if (pool->opts.max_lifespan > 0) {
@@ -386,6 +448,10 @@ static void conn_ready(pp_conn_t *conn) {
   uv_unref(&conn->h.handle);
   uv_unref((uv_handle_t *)&conn->timer);
   pp__peer_update_state(peer);
+  if (!pp__conn_lendable(conn)) { /* its peer is still ejected */
+    pp__conn_close(conn, PP_CLOSE_EJECTED);
+    return;
+  }
   pp__peer_mark_usable(peer, conn);
   pp__conn_available(conn);
 }
@@ -394,7 +460,8 @@ static void conn_ready(pp_conn_t *conn) {
 
 bool pp__conn_lendable(const pp_conn_t *conn) {
   return conn->phase == PP_CONN_READY && !conn->broken && !conn->expired &&
-         conn->leases < conn->pool->opts.client_limit;
+         conn->leases < conn->pool->opts.client_limit && !conn->peer->ejected &&
+         !conn->peer->burned;
 }
 
 void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
@@ -430,23 +497,28 @@ void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
   conn->last_used = pp__stamp(conn->pool);
 }
 
-/* A lease of `conn` ended (status < 0: released as not reusable or broken, which closes the
- * conn for every holder). Returns the conn to service, or closes it; frees a conn that was
- * already closed. */
+/* Count the holder's verdict `status` against the peer if it blames it, once per conn. */
+static void blame(pp_conn_t *conn, int status) {
+  if (!pp__err_blames(status) || conn->blamed) return;
+  conn->blamed = true;
+  pp__peer_failed(conn->peer, status, true);
+}
+
+/* A lease of `conn` ended with the holder's verdict `status` (see pp_release): a healthy conn
+ * returns to service; any other verdict closes it for every holder, and blames the peer only
+ * when the verdict says the peer failed. A conn that was closed already is freed once unheld. */
 void pp__conn_released(pp_conn_t *conn, int status) {
   if (conn->phase == PP_CONN_CLOSED) {
+    blame(conn, status); /* e.g. the server hung up cleanly mid-reply: the holder knows */
     pp__conn_maybe_free(conn);
     return;
   }
-  if (status == PP_ENOREUSE) { /* not lent again, and not the peer's failure */
-    pp__conn_close(conn, PP_CLOSE_DISCARDED);
-    return;
-  }
   if (status < 0) {
-    conn->broken = true;
-    conn->last_error = status;
-    pp__peer_failed(conn->peer, status);
-    pp__conn_close(conn, PP_CLOSE_BROKEN);
+    bool fault = pp__err_blames(status);
+    conn->broken = true; /* before blame: an ejection must not close it as "ejected" */
+    if (fault) conn->last_error = status;
+    blame(conn, status);
+    pp__conn_close(conn, fault || pp__err_is_local(status) ? PP_CLOSE_BROKEN : PP_CLOSE_DISCARDED);
     return;
   }
   if (conn->leases == 0 && conn->expired) {
@@ -461,11 +533,12 @@ void pp__conn_released(pp_conn_t *conn, int status) {
     pp__conn_close(conn, peer->burned ? PP_CLOSE_CLOSED : PP_CLOSE_BROKEN);
     return;
   }
-  if (conn->leases == 0 && pp__ahead(conn->pool, peer->retry_at)) {
-    pp__conn_close(conn, PP_CLOSE_EJECTED); /* its peer is cooling down */
+  if (peer->ejected && pp__peer_fail_code(peer) == PP_EEJECTED) {
+    if (conn->leases == 0) pp__conn_close(conn, PP_CLOSE_EJECTED); /* its peer cools down */
     return;
   }
   peer->failures = 0; /* a healthy release ends a run of failures */
+  if (peer->eject_streak) pp__peer_succeeded(peer);
   if (pp__conn_lendable(conn)) {
     pp__peer_mark_usable(conn->peer, conn);
     pp__conn_available(conn);
@@ -534,9 +607,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   keep_bytes(conn, buf->base, (size_t)nread, false);
 }
 
-/* The stream ended or failed. An idle conn just closes (the remote hung up: no failure); a
- * leased one is closed as broken and counts a failure; a hook sees the error through its
- * reader and decides. The error reaches the reader after any kept bytes. */
+/* The stream ended or failed. An idle conn just closes (the remote hung up: no failure), and so
+ * does a leased one that saw a clean EOF (a server that answers and closes, as with
+ * `Connection: close`); a leased one that saw an error is closed as broken and counts a
+ * failure; a hook sees the error through its reader and decides. The error (UV_EOF too) reaches
+ * the reader after any kept bytes. */
 void pp__conn_io_error(pp_conn_t *conn, int err) {
   if (conn->broken) return;
   conn->broken = true;
@@ -547,11 +622,14 @@ void pp__conn_io_error(pp_conn_t *conn, int err) {
     return;
   }
   if (conn->phase != PP_CONN_READY) return;
-  if (conn->leases == 0) {
-    pp__conn_close(conn, PP_CLOSE_REMOTE);
+  if (conn->leases == 0 || err == UV_EOF) {
+    pp__conn_close(conn, PP_CLOSE_REMOTE); /* the server hung up: not a failure */
     return;
   }
-  pp__peer_failed(conn->peer, err);
+  if (pp__err_blames(err)) {
+    conn->blamed = true;
+    pp__peer_failed(conn->peer, err, true);
+  }
   pp__conn_close(conn, PP_CLOSE_BROKEN);
 }
 
@@ -707,6 +785,10 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   set_phase(conn, PP_CONN_CLOSED);
   peer->conns--;
   pool->total--;
+  if (conn->probe) {
+    conn->probe = false;
+    peer->probing--;
+  }
   if (conn->read_cb) {
     if (!conn->kept_error)
       conn->kept_error = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
@@ -724,19 +806,29 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   if (!pool->closing) pp__capacity_opened(pool);
 }
 
-/* Burn `peer`: its waiters end with PP_EBURNED and its unleased conns close. */
+/* Burn `peer`: its waiters end with PP_EBURNED, its unleased conns close (leased ones take no
+ * new lease and close at release), and the policy hears that it left the live set. */
 void pp__peer_burn(pp_peer_t *peer) {
+  pp_pool_t *pool = peer->pool;
   peer->burned = true;
+  pool->nburned++;
+  pp__probe_cancel(peer);
+  pp__eject_end(peer);
   pp__peer_update_state(peer);
   pp__fail_peer_waiters(peer, PP_EBURNED);
   pp__link_t *l = peer->conns_list.next;
   while (l != &peer->conns_list) {
     pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
     l = l->next;
-    if (conn->leases > 0 || conn->phase == PP_CONN_CLOSED) continue;
+    if (conn->phase == PP_CONN_CLOSED) continue;
+    if (conn->leases > 0) {
+      pp__peer_unmark_usable(peer, conn);
+      continue;
+    }
     if (conn->owner) pp__dial_failed(conn, PP_EBURNED);
     pp__conn_close(conn, PP_CLOSE_CLOSED);
   }
+  pp__peer_event(peer, PP_PEER_EVENT_BURNED);
 }
 
 /* ---- accessors ------------------------------------------------------------------------- */

@@ -60,3 +60,13 @@ const char *pp_close_reason_name(pp_close_reason_t reason) {
   if ((unsigned)reason >= PP_CLOSE_REASON_COUNT) return "unknown";
   return names[reason];
 }
+
+const char *pp_peer_event_name(pp_peer_event_t event) {
+  static const char *const names[] = {
+#define PP__EVENT_NAME(name, str) str,
+      PP_PEER_EVENT_MAP(PP__EVENT_NAME)
+#undef PP__EVENT_NAME
+  };
+  if ((unsigned)event >= PP_PEER_EVENT_COUNT) return "unknown";
+  return names[event];
+}

@@ -70,6 +70,9 @@ typedef struct {
   int count;
 } pp__queue_t;
 
+/* One pool-wide hold timer (pool->hold_timer) ends ejections on time and starts probes. */
+#define PP__BRIEF_BACKOFF_MS 500 /* a refused ejection backs off min(eject_time, this) */
+
 #define PP__READ_KEEP_MAX (64 * 1024)
 
 /* The fields the acquire/release hot path touches come first, so a lend or a return touches
@@ -90,6 +93,8 @@ struct pp_conn_s {
   bool deliver_pending;         /* on the defer list to hand kept bytes to the reader */
   bool hook_running;            /* handshake/ping hook holds the conn */
   bool delivering;              /* inside a reader callback from the defer queue: do not free */
+  bool probe;                   /* a probe: one attempt, for a held peer, not counted as live */
+  bool blamed;                  /* counted a failure of its peer already (once per conn) */
   unsigned char hstate, tstate; /* h and timer: none, open, closing */
   /* line 1 */
   pp__link_t lease_list; /* leases holding this conn (their qlink_) */
@@ -137,6 +142,9 @@ struct pp_peer_s {
   int failures;         /* consecutive failures in use (broken conns, failed pings) */
   int connect_failures; /* consecutive failed connect attempts (drives backoff) */
   int last_error;
+  uint64_t last_error_at; /* loop ms of the last failure (0 = none) */
+  int64_t last_failure;   /* Unix ms of the same */
+  bool fail_in_use;       /* the last failure was in use, not a connect: a probe proves nothing */
   int64_t last_seen, last_success; /* Unix ms */
   uint64_t retry_at;               /* loop ms */
   uint64_t attempts;
@@ -153,6 +161,7 @@ struct pp_peer_s {
   pp__link_t waiting_link; /* pool->waiting_peers while waiters.count > 0 */
   pp_peer_t *hash_next;
   void *data;
+  struct pp__tls_peer_s *tls; /* TLS settings, sessions, last failure (tls.c); NULL: none yet */
   /* Its place among dial candidates (peer.c keeps it in step in pp__peer_update_state). A peer
    * that may be dialled (not burned, fresh, under max_per_peer) is in pool->dialable, or in
    * pool->backoff until its retry time; burned, stale and full peers are in neither. */
@@ -163,7 +172,16 @@ struct pp_peer_s {
   uint64_t backoff_key;         /* its retry_at when it entered pool->backoff */
   pp__heap_node_t fresh_node;   /* pool->freshness while stale_at != 0 */
   int64_t stale_at;             /* Unix ms after which its address is too old to dial */
-  bool live;                    /* not burned and holding a conn: counted in pool->live_peers */
+  bool live; /* not burned, not ejected, holding a conn that is no probe: pool->live_peers */
+  /* Health (health.c): ejection and probes. */
+  bool ejected;               /* in pool->ejected until eject_until */
+  uint64_t eject_until;       /* loop ms */
+  uint64_t eject_ended_at;    /* loop ms when its last ejection ended (0 = never ejected) */
+  pp__heap_node_t eject_node; /* pool->ejected */
+  int eject_streak;           /* consecutive ejections: the cool-down doubles with each */
+  uint64_t probe_at;          /* loop ms of its next probe; 0 = none scheduled */
+  pp__heap_node_t probe_node; /* pool->probes while probe_at != 0 */
+  int probing;                /* its conns that are probes */
 };
 
 struct pp_pool_s {
@@ -172,6 +190,7 @@ struct pp_pool_s {
   pp_policy_t policy;
   pp_state_cb state_cb;
   void *data;
+  struct pp__tls_pool_s *tls; /* TLS of the pool and its peers (tls.c); NULL: none */
   bool closing;
   pp_close_cb close_cb;
   int conn_handles; /* conn handles not yet closed */
@@ -190,7 +209,11 @@ struct pp_pool_s {
   pp__heap_t backoff;       /* peers that may be dialled once their retry time passes, soonest
                                first */
   pp__heap_t freshness;     /* candidate peers by when their address goes stale, soonest first */
-  int live_peers;           /* peers not burned with at least one conn */
+  int live_peers;           /* peers not burned or ejected with a conn that is no probe */
+  int nburned, nejected;    /* peers burned; peers ejected */
+  pp__heap_t ejected;       /* ejected peers by eject_until, soonest first */
+  pp__heap_t probes;        /* peers with a probe scheduled, by probe_at */
+  uv_timer_t hold_timer;    /* fires at the first ejection end or probe due */
   uint64_t peer_seq;
   uint64_t candidate_visits; /* peers looked at to choose one to dial (tests bound the walk) */
   /* conns */
@@ -231,6 +254,9 @@ struct pp__event_s {
   pp_peer_t *peer;
   unsigned char from, to;
 };
+
+/* ---- tls.c: TLS on memory BIOs, per pool and per peer --------------------------------- */
+#include "tls.h"
 
 /* ---- error.c --------------------------------------------------------------------------- */
 /* Whether `err` says this machine is short of a resource (fds, memory, buffers) rather than
@@ -276,20 +302,55 @@ void pp__candidates_init(pp_pool_t *pool);
  * whose retry time passed move from pool->backoff to pool->dialable. Amortised O(log n) per
  * peer that changed; nothing else is looked at. */
 void pp__candidates_refresh(pp_pool_t *pool);
-/* Whether some peer may be dialled, now or once its backoff ends (max_total aside). */
+/* Whether some peer may be dialled now (max_total aside). */
 bool pp__any_dial_candidate(pp_pool_t *pool);
 /* The peer in backoff whose retry time comes first, or NULL. */
 pp_peer_t *pp__soonest_backoff(pp_pool_t *pool);
 bool pp__peer_is_fresh(const pp_peer_t *peer);
-bool pp__peer_can_dial(const pp_peer_t *peer); /* not burned, fresh, under both limits */
-/* Count a failure of `peer` (a broken conn, a failed ping); at eject_after in a row, eject it.
- * A local error (pp__err_is_local) counts nothing. */
-void pp__peer_failed(pp_peer_t *peer, int err);
+/* Not burned, ejected or backing off; fresh; under max_per_peer (and, for can_dial, under
+ * max_total too). */
+bool pp__peer_may_dial(pp_peer_t *peer);
+bool pp__peer_can_dial(pp_peer_t *peer);
+/* The loop ms until which `peer` is not dialled: the later of its backoff and its ejection. */
+uint64_t pp__peer_hold_until(const pp_peer_t *peer);
 void pp__peer_free(pp_peer_t *peer);
 void pp__peer_mark_usable(pp_peer_t *peer, pp_conn_t *conn);
 void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn);
 pp_conn_t *pp__peer_best_conn(pp_peer_t *peer);
 int pp__peer_usable_conns(pp_peer_t *peer, pp_conn_t **out, int max);
+
+/* ---- health.c -------------------------------------------------------------------------- */
+/* Whether a verdict or error `err` is the peer's fault (see pp_release): false for 0,
+ * PP_ENOREUSE, UV_EOF, PP_ECLOSED, cancelations and local errors. */
+bool pp__err_blames(int err);
+/* Count a failure of `peer` (`in_use`: of a conn in use — a broken conn, a failed ping; else a
+ * failed connect attempt or handshake). At eject_after in a row the peer is ejected, when
+ * eject_max_percent allows; otherwise it backs off briefly. A local error counts nothing. */
+void pp__peer_failed(pp_peer_t *peer, int err, bool in_use);
+/* A success (a connect, a healthy release): ends a long-enough-past run of ejections. */
+void pp__peer_succeeded(pp_peer_t *peer);
+/* End `peer`'s ejection now (its time passed, a connect succeeded, or it burned). */
+void pp__eject_end(pp_peer_t *peer);
+int64_t pp__peer_ejected_until_unix(const pp_peer_t *peer);
+void pp__hold_timer_arm(pp_pool_t *pool);
+/* End the ejections whose time has passed (amortised O(log n) each). */
+void pp__ejections_refresh(pp_pool_t *pool);
+/* Plan a probe for a held peer that once connected (no-op when probes are off or useless). */
+void pp__probe_schedule(pp_peer_t *peer);
+void pp__probe_cancel(pp_peer_t *peer);
+void pp__health_init(pp_pool_t *pool);
+/* 0 when an acquire for `peer` could be served, else its fail-fast code (pp_peer_check). */
+int pp__peer_fail_code(pp_peer_t *peer);
+/* Deliver a peer event to the policy's hook, if any. */
+void pp__peer_event(pp_peer_t *peer, pp_peer_event_t event);
+
+/* ---- cause.c --------------------------------------------------------------------------- */
+/* Record in `lease` why it fails with `code`, about `peer` (NULL: an acquire for any peer, or
+ * no peer in particular). Call it while the lease is still queued (waiters_ahead). */
+void pp__cause_fill(pp_lease_t *lease, pp_peer_t *peer, int code);
+/* For an acquire for any peer that no peer can serve: the code and the peer that tells why
+ * (the held peer that returns first), or PP_ENOPEER and NULL. */
+int pp__any_fail_code(pp_pool_t *pool, pp_peer_t **peer);
 
 /* ---- addr.c ---------------------------------------------------------------------------- */
 /* Parse `addr` into a canonical string (malloc'd) and, for TCP, a sockaddr. */
@@ -310,6 +371,8 @@ void pp__conn_maybe_free(pp_conn_t *conn);
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms);
 void pp__conn_ping(pp_conn_t *conn);
 void pp__conn_io_error(pp_conn_t *conn, int err);
+/* Dial `peer` once, now, for no waiter: a probe of a held peer. */
+int pp__conn_probe(pp_peer_t *peer);
 void pp__peer_burn(pp_peer_t *peer);
 
 /* ---- acquire.c ------------------------------------------------------------------------- */
@@ -319,11 +382,21 @@ void pp__conn_available(pp_conn_t *conn);
 /* A conn slot opened (a conn closed, a peer was added): start dials for waiters that can
  * use it, and fire notices. */
 void pp__capacity_opened(pp_pool_t *pool);
-/* A dial ended without a conn: tell its owner. */
+/* A dial ended without a conn: tell its owner (an acquire for any peer keeps waiting, for
+ * another peer, unless the error was local). */
 void pp__dial_failed(pp_conn_t *conn, int status);
+/* End a pending lease with `status` (cause recorded about `peer`, see pp__cause_fill). */
+void pp__lease_fail(pp_lease_t *lease, int status, pp_peer_t *peer);
 void pp__lease_complete(pp_lease_t *lease, int status);
 void pp__fail_all_waiters(pp_pool_t *pool, int status);
 void pp__fail_peer_waiters(pp_peer_t *peer, int status);
+/* Answer the waiters that nothing can serve any more (their peer burned, ejected, backing off
+ * with no conn, aged out; for any peer: no peer can serve) with their fail-fast code. */
+void pp__fail_hopeless_waiters(pp_pool_t *pool);
+/* Whether some peer not burned or ejected holds a conn or may be dialled now. */
+bool pp__any_peer_could_serve(pp_pool_t *pool);
+/* Acquires ahead of `lease` in its queue (it must be queued). */
+int pp__waiters_ahead(pp_lease_t *lease);
 void pp__deadline_timer_cb(uv_timer_t *timer);
 void pp__fire_notices(pp_pool_t *pool, int status);
 
@@ -331,6 +404,8 @@ void pp__fire_notices(pp_pool_t *pool, int status);
 /* dialing: 0 = among peers with a usable conn; 1 = among peers that may be dialled;
  * 2 = among dialable peers with no conn at all (target_peers maintenance). */
 pp_peer_t *pp__select_peer(pp_pool_t *pool, int dialing, const char *key);
+/* The route hook's owner for `key` (NULL: no hook, no key, or fall back). */
+pp_peer_t *pp__route(pp_pool_t *pool, const char *key);
 pp_conn_t *pp__select_conn(pp_peer_t *peer, const char *key);
 /* >= 0 ms to wait, or -1 to burn. */
 int64_t pp__backoff(pp_peer_t *peer, int attempt, int err);

@@ -1,5 +1,6 @@
 /* Pool options: defaults and validation. Every message names its field. */
 #include "peerpool.h"
+#include "tls.h"
 
 void pp_options_init(pp_options_t *o) {
   o->max_per_peer = 4;
@@ -22,7 +23,10 @@ void pp_options_init(pp_options_t *o) {
   o->eject_after = 5;
   o->eject_time = 10000;
   o->eject_max = 300000;
+  o->eject_max_percent = 50;
+  o->probe_interval = 500;
   o->keep_idle_bytes = 0;
+  o->tls = NULL;
 }
 
 /* One year in ms: no sane timeout is longer, and it keeps deadline arithmetic far from
@@ -78,7 +82,12 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
         "eject_time must be a positive number of ms");
   CHECK(o->eject_max >= o->eject_time && o->eject_max <= PP_MS_MAX,
         "eject_max must be a number of ms >= eject_time");
+  CHECK(o->eject_max_percent >= 0 && o->eject_max_percent <= 100,
+        "eject_max_percent must be a percentage in 0..100");
+  CHECK(o->probe_interval >= 0 && o->probe_interval <= PP_MS_MAX,
+        "probe_interval must be a number of ms >= 0 (0 = no probes)");
   CHECK(o->keep_idle_bytes == 0 || o->keep_idle_bytes == 1, "keep_idle_bytes must be 0 or 1");
+  if (o->tls) return pp__tls_options_check(o->tls, why);
   return 0;
 }
 

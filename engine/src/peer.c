@@ -68,16 +68,20 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   if (peer) {
     free(canonical);
     if (last_seen_ms > peer->last_seen) peer->last_seen = last_seen_ms;
-    if (peer->burned) {
+    bool unburn = peer->burned;
+    if (unburn) {
       /* Re-adding is the one way back from burned: a fresh start. */
       peer->burned = false;
+      pool->nburned--;
       peer->failures = 0;
       peer->connect_failures = 0;
       peer->ejections = 0;
+      peer->eject_streak = 0;
       peer->retry_at = 0;
     }
     pp__peer_update_state(peer);
     if (out) *out = peer;
+    if (unburn) pp__peer_event(peer, PP_PEER_EVENT_ADDED);
     return 0;
   }
   peer = calloc(1, sizeof(*peer));
@@ -104,6 +108,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   pool->stats.peers_by_state[PP_PEER_KNOWN]++;
   pp__peer_update_state(peer);
   if (out) *out = peer;
+  pp__peer_event(peer, PP_PEER_EVENT_ADDED);
   /* Acquires for any peer may be waiting for exactly this. */
   if (pool->any_waiters.count > 0) pp__capacity_opened(pool);
   return 0;
@@ -203,27 +208,30 @@ static bool fresh_at(const pp_peer_t *peer, int64_t unix_now) {
   return age == 0 || unix_now - peer->last_seen <= age;
 }
 
-/* Put `peer` where its fields say, as of loop time `now` and Unix time `unix_now`. */
+/* Put `peer` where its fields say, as of loop time `now` and Unix time `unix_now`. A held peer
+ * (ejected, or backing off) waits in pool->backoff until its hold ends. */
 static void place_candidate(pp_peer_t *peer, uint64_t now, int64_t unix_now) {
   pp_pool_t *pool = peer->pool;
   int64_t age = pool->opts.max_address_age;
-  bool live = !peer->burned && peer->conns > 0;
+  bool live = !peer->burned && !peer->ejected && peer->conns > peer->probing;
   if (live != peer->live) {
     peer->live = live;
     pool->live_peers += live ? 1 : -1;
   }
   bool may = !peer->burned && peer->conns < pool->opts.max_per_peer && fresh_at(peer, unix_now);
-  bool later = may && peer->retry_at > now;
+  uint64_t hold = pp__peer_hold_until(peer);
+  bool later = may && hold > now;
   int64_t stale_at = 0;
   if (may && age > 0)
     stale_at = peer->last_seen > INT64_MAX - age ? INT64_MAX : peer->last_seen + age;
   set_stale_at(peer, stale_at);
-  set_backoff_key(peer, later ? peer->retry_at : 0);
+  set_backoff_key(peer, later ? hold : 0);
   set_linked(&pool->dialable, &peer->dial_link, may && !later);
   set_linked(&pool->dialable_bare, &peer->bare_link, may && !later && peer->conns == 0);
 }
 
 void pp__candidates_refresh(pp_pool_t *pool) {
+  pp__ejections_refresh(pool); /* an ejection that ended places its peer anew */
   uint64_t now = pp__now(pool);
   int64_t unix_now = pp__unix_now_ms();
   while (pool->freshness.min) {
@@ -242,7 +250,7 @@ void pp__candidates_refresh(pp_pool_t *pool) {
 
 bool pp__any_dial_candidate(pp_pool_t *pool) {
   pp__candidates_refresh(pool);
-  return !pp__list_empty(&pool->dialable) || pool->backoff.min != NULL;
+  return !pp__list_empty(&pool->dialable);
 }
 
 pp_peer_t *pp__soonest_backoff(pp_pool_t *pool) {
@@ -253,6 +261,7 @@ pp_peer_t *pp__soonest_backoff(pp_pool_t *pool) {
 
 static pp_peer_state_t derive_state(const pp_peer_t *peer, uint64_t now) {
   if (peer->burned) return PP_PEER_BURNED;
+  if (peer->ejected) return PP_PEER_EJECTED;
   int ready = peer->conns - peer->dialing - peer->backoff - peer->handshaking;
   if (ready > 0) return PP_PEER_READY;
   if (peer->handshaking > 0) return PP_PEER_CONNECTED;
@@ -276,41 +285,19 @@ void pp__peer_update_state(pp_peer_t *peer) {
   pp__defer_event(pool, peer, from, to);
 }
 
-void pp__peer_failed(pp_peer_t *peer, int err) {
-  pp_pool_t *pool = peer->pool;
-  if (pp__err_is_local(err)) return; /* this machine's shortage, not the peer's failure */
-  peer->failures++;
-  peer->last_error = err;
-  int limit = pool->opts.eject_after;
-  if (limit > 0 && peer->failures >= limit && !pool->closing) {
-    /* Outlier detection: a cool-down that doubles with each ejection, up to eject_max. */
-    uint64_t cool = (uint64_t)pool->opts.eject_time;
-    for (uint64_t i = 0; i < peer->ejections && cool < (uint64_t)pool->opts.eject_max; i++)
-      cool *= 2;
-    if (cool > (uint64_t)pool->opts.eject_max) cool = (uint64_t)pool->opts.eject_max;
-    peer->ejections++;
-    pool->stats.ejections++;
-    peer->failures = 0;
-    peer->retry_at = pp__now(pool) + cool;
-    pp__link_t *l = peer->conns_list.next;
-    while (l != &peer->conns_list) {
-      pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
-      l = l->next;
-      if (conn->leases == 0 && conn->phase == PP_CONN_READY && !conn->broken)
-        pp__conn_close(conn, PP_CLOSE_EJECTED);
-    }
-  }
-  pp__peer_update_state(peer);
-}
-
 bool pp__peer_is_fresh(const pp_peer_t *peer) {
   return fresh_at(peer, pp__unix_now_ms());
 }
 
-bool pp__peer_can_dial(const pp_peer_t *peer) {
-  const pp_pool_t *pool = peer->pool;
-  return !peer->burned && !pool->closing && peer->conns < pool->opts.max_per_peer &&
-         pool->total < pool->opts.max_total && pp__peer_is_fresh(peer);
+bool pp__peer_may_dial(pp_peer_t *peer) {
+  pp_pool_t *pool = peer->pool;
+  return !peer->burned && !peer->ejected && !pool->closing &&
+         peer->conns < pool->opts.max_per_peer && !pp__ahead(pool, peer->retry_at) &&
+         pp__peer_is_fresh(peer);
+}
+
+bool pp__peer_can_dial(pp_peer_t *peer) {
+  return peer->pool->total < peer->pool->opts.max_total && pp__peer_may_dial(peer);
 }
 
 /* ---- usable conns ---------------------------------------------------------------------- */
@@ -374,7 +361,7 @@ void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info) {
   info->failures = peer->failures + peer->connect_failures;
   info->last_seen = peer->last_seen;
   info->last_success = peer->last_success;
-  info->retry_at = (int64_t)peer->retry_at;
+  info->retry_at = (int64_t)pp__peer_hold_until(peer);
   info->attempts = peer->attempts;
   info->ejections = peer->ejections;
   info->latency_ms = peer->latency_ms;
@@ -383,6 +370,10 @@ void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info) {
   info->msgs_in = peer->msgs_in;
   info->msgs_out = peer->msgs_out;
   info->last_error = peer->last_error;
+  info->burned = peer->burned;
+  info->ejected_until = pp__peer_ejected_until_unix(peer);
+  info->eject_streak = peer->eject_streak;
+  info->last_failure = peer->last_failure;
 }
 
 const char *pp_peer_addr(const pp_peer_t *peer) {

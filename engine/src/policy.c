@@ -1,7 +1,8 @@
 /* Policy decisions: each consults the installed hook, checks its answer, and falls back to the
- * built-in default (counting a policy error) when the answer is unusable. Hooks see at most
- * PP__CANDIDATES_MAX candidates, a window that rotates through the pool, so a hook's cost does
- * not grow with the pool. */
+ * built-in default (counting a policy error) when the answer is unusable. The select hooks see
+ * at most PP__CANDIDATES_MAX candidates, a window that rotates through the pool, so a hook's
+ * cost does not grow with the pool; the route hook sees no candidates at all (it names the
+ * owner of a key among all live peers, from the ring it keeps through peer events). */
 #include "internal.h"
 
 #define PP__CANDIDATES_MAX 64
@@ -94,9 +95,9 @@ static void rotate_dialable(pp_pool_t *pool, pp_peer_t *peer) {
 }
 
 /* A peer to dial: among those that may be dialled now (with `bare`, only those with no conn),
- * round robin; if there is none, the one whose backoff ends first (its dial waits for that).
- * Only candidates are looked at, so the cost does not grow with burned, stale, full or
- * backing-off peers. */
+ * round robin. Held peers (ejected, backing off) are not dialled for acquires: probes bring
+ * them back. Only candidates are looked at, so the cost does not grow with burned, stale, full
+ * or held peers. */
 static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool bare) {
   pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
   if (peers == NULL || pool->closing || pool->total >= pool->opts.max_total) return NULL;
@@ -105,8 +106,6 @@ static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool bare) {
                                  PP__CANDIDATES_MAX)
                : ring_candidates(&pool->dialable, offsetof(pp_peer_t, dial_link), peers,
                                  PP__CANDIDATES_MAX);
-  pp_peer_t *soonest = n == 0 ? pp__soonest_backoff(pool) : NULL;
-  if (soonest && (!bare || soonest->conns == 0)) peers[n++] = soonest;
   pool->candidate_visits += (uint64_t)n;
   if (n == 0) return NULL;
   pp_peer_t *chosen = peers[0];
@@ -122,4 +121,13 @@ static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool bare) {
 pp_peer_t *pp__select_peer(pp_pool_t *pool, int dialing, const char *key) {
   if (!dialing) return pp__list_empty(&pool->usable_peers) ? NULL : select_usable(pool, key);
   return select_dialable(pool, key, dialing == 2);
+}
+
+pp_peer_t *pp__route(pp_pool_t *pool, const char *key) {
+  pp_peer_t *peer = pool->policy.route(pool->policy.data, pool, key);
+  if (peer && peer->pool != pool) {
+    pool->stats.policy_errors++;
+    return NULL;
+  }
+  return peer;
 }

@@ -40,6 +40,11 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   if (pool == NULL) return UV_ENOMEM;
   pool->loop = loop;
   pool->opts = *opts;
+  err = pp__tls_pool_init(pool, opts->tls, why); /* TLS (tls.c): copies opts->tls */
+  if (err) {
+    free(pool);
+    return err;
+  }
   pp__list_init(&pool->peers);
   pp__list_init(&pool->usable_peers);
   pp__list_init(&pool->waiting_peers);
@@ -50,6 +55,7 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   pp__list_init(&pool->defer_conns);
   queue_init(&pool->any_waiters);
   pp__candidates_init(pool);
+  pp__health_init(pool);
   pp__heap_init(&pool->deadlines, deadline_less);
   pool->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)pool ^ 0x9E3779B97F4A7C15ull;
   if (pool->rng == 0) pool->rng = 1;
@@ -77,7 +83,7 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   if (opts->keepalive > 0)
     uv_timer_start(&pool->keepalive_timer, keepalive_timer_cb, (uint64_t)opts->keepalive,
                    (uint64_t)opts->keepalive);
-  pool->own_handles = 6;
+  pool->own_handles = 7;
   *out = pool;
   return 0;
 }
@@ -206,6 +212,7 @@ static void own_handle_closed(uv_handle_t *handle) {
     pp__list_remove(&peer->order_link);
     pp__peer_free(peer);
   }
+  pp__tls_pool_free(pool); /* TLS (tls.c) */
   free(pool->table);
   free(pool->scratch);
   free(pool->events);
@@ -219,6 +226,7 @@ void pp__maybe_finish(pp_pool_t *pool) {
   uv_close((uv_handle_t *)&pool->deadline_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->keepalive_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->maintenance_timer, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->hold_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_check, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_idle, own_handle_closed);
 }
@@ -232,6 +240,7 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
   uv_timer_stop(&pool->deadline_timer);
   uv_timer_stop(&pool->keepalive_timer);
   uv_timer_stop(&pool->maintenance_timer);
+  uv_timer_stop(&pool->hold_timer);
   pp__fail_all_waiters(pool, PP_ECLOSED);
   pp__fire_notices(pool, PP_ECLOSED);
   /* Close every conn; detach the leases still holding one. */
@@ -247,9 +256,10 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
         pp_lease_t *lease = PP__CONTAINER(conn->lease_list.next, pp_lease_t, qlink_);
         pp__list_remove(&lease->qlink_);
         lease->conn = NULL;
-        if (lease->state_ == PP_LEASE_DONE)
+        if (lease->state_ == PP_LEASE_DONE) {
           lease->status_ = PP_ECLOSED; /* granted, callback not yet run */
-        else
+          pp__cause_fill(lease, peer, PP_ECLOSED);
+        } else
           lease->state_ = PP_LEASE_DETACHED;
         conn->leases--;
         peer->leases--;
@@ -286,6 +296,12 @@ void pp_pool_set_policy(pp_pool_t *pool, const pp_policy_t *policy) {
     pool->policy = *policy;
   else
     memset(&pool->policy, 0, sizeof(pool->policy));
+  if (pool->policy.peer_event == NULL) return;
+  /* The new policy learns the live peers, so a ring it keeps starts out right. */
+  for (pp__link_t *l = pool->peers.next; l != &pool->peers; l = l->next) {
+    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, order_link);
+    if (!peer->burned) pp__peer_event(peer, PP_PEER_EVENT_ADDED);
+  }
 }
 
 void pp_pool_on_state(pp_pool_t *pool, pp_state_cb cb) {

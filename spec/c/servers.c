@@ -34,7 +34,8 @@ typedef struct sconn_s {
     uv_pipe_t pipe;
   } h;
   uv_timer_t timer;
-  int closing; /* handles still closing */
+  int closing;  /* handles still closing */
+  int answered; /* answer_and_close: the reply went out */
   size_t received;
   struct srv_s *srv;
   struct sconn_s *next, *prev;
@@ -81,7 +82,8 @@ static void sconn_closed(uv_handle_t *h) {
   if (--c->closing == 0) free(c);
 }
 
-static void sconn_close(sconn_t *c) {
+/* Close a conn: cleanly (FIN), or with `reset` (RST, TCP only). */
+static void sconn_end(sconn_t *c, int reset) {
   if (c->closing) return;
   c->closing = 2;
   srv_t *s = c->srv;
@@ -92,7 +94,14 @@ static void sconn_close(sconn_t *c) {
   if (c->next) c->next->prev = c->prev;
   atomic_fetch_sub(&s->open, 1);
   uv_close((uv_handle_t *)&c->timer, sconn_closed);
-  uv_close((uv_handle_t *)&c->h.stream, sconn_closed);
+  if (reset)
+    uv_tcp_close_reset(&c->h.tcp, sconn_closed);
+  else
+    uv_close((uv_handle_t *)&c->h.stream, sconn_closed);
+}
+
+static void sconn_close(sconn_t *c) {
+  sconn_end(c, 0);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -115,6 +124,35 @@ static void write_done(uv_write_t *req, int status) {
   free(w);
 }
 
+static void shutdown_done(uv_shutdown_t *req, int status) {
+  free(req);
+}
+
+/* answer_and_close: the first bytes are echoed as the reply, then the write side is shut down
+ * (after the reply drains); bytes after that are read and dropped until the client closes. */
+static int answer_and_close(sconn_t *c, const uv_buf_t *buf, ssize_t nread) {
+  if (c->answered) {
+    free(buf->base);
+    return 1;
+  }
+  c->answered = 1;
+  swrite_t *w = malloc(sizeof *w);
+  w->data = buf->base;
+  w->len = (size_t)nread;
+  w->srv = c->srv;
+  uv_buf_t out = uv_buf_init(buf->base, (unsigned int)nread);
+  uv_shutdown_t *sh = malloc(sizeof *sh);
+  if (uv_write(&w->req, &c->h.stream, &out, 1, write_done) != 0) {
+    free(w->data);
+    free(w);
+    free(sh);
+    sconn_close(c);
+    return 1;
+  }
+  if (uv_shutdown(sh, &c->h.stream, shutdown_done) != 0) free(sh);
+  return 1;
+}
+
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   sconn_t *c = stream->data;
   srv_t *s = c->srv;
@@ -134,6 +172,12 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     sconn_close(c);
     return;
   }
+  if (s->opts.reset_on_read && s->kind != K_UNIX) {
+    free(buf->base);
+    sconn_end(c, 1);
+    return;
+  }
+  if (s->opts.answer_and_close && answer_and_close(c, buf, nread)) return;
   if (s->opts.no_echo) {
     free(buf->base);
     return;
@@ -234,7 +278,7 @@ static void *srv_thread(void *arg) {
       rc = uv_tcp_bind(&s->listener.tcp, (struct sockaddr *)&a6, 0);
     } else {
       struct sockaddr_in a4;
-      uv_ip4_addr("127.0.0.1", 0, &a4);
+      uv_ip4_addr("127.0.0.1", s->port, &a4);
       rc = uv_tcp_bind(&s->listener.tcp, (struct sockaddr *)&a4, 0);
     }
   }
@@ -297,6 +341,18 @@ static srv_t *start_threaded(srv_t *s) {
 srv_t *srv_echo_start(const srv_opts_t *opts) {
   srv_t *s = start_threaded(srv_new(K_ECHO, opts));
   if (s == NULL) FAIL("cannot start the echo server on 127.0.0.1");
+  return s;
+}
+
+srv_t *srv_echo_start_on(const srv_opts_t *opts, int port) {
+  srv_t *s = srv_new(K_ECHO, opts);
+  s->port = port;
+  if (start_threaded(s) == NULL) {
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+    return NULL;
+  }
   return s;
 }
 

@@ -19,10 +19,18 @@ typedef struct {
   int close_after_ms;       /* close each conn this long after accept; 0 = never */
   int no_echo;              /* swallow bytes instead of echoing them */
   int no_read;              /* accept but never read: the client's writes back up */
+  int answer_and_close;     /* like an HTTP/1.1 server answering `Connection: close`: echo the
+                               first bytes of a conn as its one reply, then shut the conn down
+                               cleanly (FIN: the client reads the reply, then EOF) */
+  int reset_on_read;        /* reset each conn (RST: the client sees ECONNRESET) when bytes
+                               arrive on it */
 } srv_opts_t;
 
 /* An echo server on 127.0.0.1 (opts NULL = plain echo). */
 srv_t *srv_echo_start(const srv_opts_t *opts);
+/* The same on a given port of 127.0.0.1 (a server stopped there comes back: a restart). NULL if
+ * the port cannot be bound. */
+srv_t *srv_echo_start_on(const srv_opts_t *opts, int port);
 /* An echo server on [::1]; NULL if IPv6 loopback is unavailable. */
 srv_t *srv_echo6_start(const srv_opts_t *opts);
 /* An echo server on a unix socket under a fresh mkdtemp directory. */

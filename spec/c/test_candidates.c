@@ -65,13 +65,15 @@ TEST(candidates_acquire_any_ignores_unusable_peers) {
   ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
   ASSERT_PTR_EQ(l.peer, healthy);
   ASSERT_LE(pool->candidate_visits - visits, CANDIDATES_MAX);
-  /* With the healthy peer full, nothing may be dialled now: the next acquire dials the peer
-   * whose backoff ends first (a minute away), still without a walk. */
+  /* With the healthy peer full, nothing may be dialled now (the rest are burned, stale or
+   * backing off): the next acquire waits for the healthy peer's conn, still without a walk,
+   * and dials nothing. */
   visits = pool->candidate_visits;
   pp_lease_t l2;
   test_rec_t r2;
   ASSERT_OK(test_acquire_start(pool, &l2, &r2, NULL, NULL));
-  ASSERT_EQ(test_stats(pool).connecting, 1);
+  ASSERT_EQ(test_stats(pool).connecting, 0);
+  ASSERT_EQ(test_stats(pool).waiters, 1);
   ASSERT_OK(CALL(pp_acquire_cancel(&l2)));
   RUN_UNTIL(r2.calls == 1, 2000);
   ASSERT_ERR(r2.status, PP_ECANCELED);
@@ -114,19 +116,17 @@ TEST(candidates_backoff_ends_in_retry_order) {
   test_finish_srv(pool, refused);
 }
 
-/* Records which peer each failed attempt belonged to. */
-static pp_peer_t *failed_peer;
+/* Counts failed attempts after the setup. */
 static int nfailed;
 
-static int64_t backoff_recording(void *data, pp_peer_t *peer, int attempt, int err) {
-  failed_peer = peer;
+static int64_t backoff_counting(void *data, pp_peer_t *peer, int attempt, int err) {
   nfailed++;
   return 60000;
 }
 
-TEST(candidates_soonest_backoff_is_dialled_when_none_is_free) {
-  /* No peer may be dialled now: an acquire for any peer dials the one whose backoff ends
-   * first (and waits for its retry time). */
+TEST(candidates_all_held_fails_fast_naming_the_soonest) {
+  /* No peer may be dialled now (all back off): an acquire for any peer dials none of them; it
+   * is answered at once with cannot_connect, about the peer whose backoff ends first. */
   srv_t *refused = srv_refused_start();
   pp_options_t o;
   test_options(&o);
@@ -139,11 +139,15 @@ TEST(candidates_soonest_backoff_is_dialled_when_none_is_free) {
   for (int i = 0; i < 3; i++)
     p[i] = failing_peer(pool, refused, 2 + i, delay[i], &l[i], &r[i]);
   wait_all(r, 3);
-  test_set_backoff(pool, backoff_recording, NULL);
-  ASSERT_OK(test_acquire_start(pool, &l[0], &r[0], NULL, NULL));
-  wait_all(r, 1);
-  ASSERT_ERR(r[0].status, PP_ECANNOTCONNECT);
-  ASSERT_EQ(nfailed, 1);
-  ASSERT_PTR_EQ(failed_peer, p[1]);
+  test_set_backoff(pool, backoff_counting, NULL);
+  ASSERT_ERR(test_acquire_start(pool, &l[0], &r[0], NULL, NULL), PP_ECANNOTCONNECT);
+  pp_cause_t c;
+  ASSERT_OK(pp_lease_cause(&l[0], &c));
+  ASSERT_PTR_EQ(c.peer, p[1]);
+  ASSERT_GT(c.held_ms, 0);
+  ASSERT_LE(c.held_ms, 150);
+  test_run_for(50);
+  ASSERT_EQ(nfailed, 0);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 3);
   test_finish_srv(pool, refused);
 }

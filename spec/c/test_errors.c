@@ -68,3 +68,10 @@ TEST(errors_close_reason_names) {
   ASSERT_NOT_NULL(pp_close_reason_name(PP_CLOSE_REASON_COUNT));
   ASSERT_NOT_NULL(pp_close_reason_name((pp_close_reason_t)-1));
 }
+
+TEST(errors_ejected_has_its_code) {
+  ASSERT_EQ(PP_EEJECTED, -30017);
+  ASSERT_STREQ(pp_err_name(PP_EEJECTED), "ejected");
+  ASSERT_STREQ(pp_strerror(PP_EEJECTED), "peer is ejected for a cool-down");
+  ASSERT_STREQ(pp_peer_state_name(PP_PEER_EJECTED), "ejected");
+}

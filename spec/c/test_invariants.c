@@ -246,6 +246,15 @@ static void check_kernel(void) {
   if (ke + kh > st.opts.max_total) FAIL("kernel: %d sockets in all", ke + kh);
 }
 
+/* Every failure leaves its cause on the lease, and a line that describes it. */
+static void check_cause(const pp_lease_t *lease, int code) {
+  pp_cause_t c;
+  ASSERT_OK(pp_lease_cause(lease, &c));
+  ASSERT_ERR(c.code, code);
+  char line[256];
+  ASSERT_GT(pp_lease_describe(lease, line, sizeof line), 0);
+}
+
 static void storm_cb(pp_lease_t *lease, int status) {
   slot_t *sl = lease->data;
   ASSERT_NOT_IN_CALL();
@@ -273,6 +282,7 @@ static void storm_cb(pp_lease_t *lease, int status) {
       case PP_ETIMEDOUT:
       case PP_ECANNOTCONNECT:
       case PP_EBURNED:
+      case PP_EEJECTED:
       case PP_ENOPEER:
       case PP_ECANCELED:
       case PP_ECLOSED:
@@ -280,6 +290,7 @@ static void storm_cb(pp_lease_t *lease, int status) {
       default:
         FAIL("unexpected acquire status %d (%s)", status, pp_err_name(status));
     }
+    check_cause(lease, status);
     if (status == PP_ECANCELED && !sl->cancel_ok) FAIL("PP_ECANCELED without a cancel");
     ASSERT_NULL(lease->conn);
     sl->state = FREE;
@@ -334,11 +345,14 @@ static void storm_op(void) {
         case PP_EBUSY:
         case PP_EEXHAUSTED:
         case PP_EBURNED:
+        case PP_EEJECTED:
+        case PP_ECANNOTCONNECT:
         case PP_ENOPEER:
           break;
         default:
           FAIL("unexpected pp_acquire return %d (%s)", rc, pp_err_name(rc));
       }
+      check_cause(&sl->lease, rc);
     }
   } else if (r < 55) { /* try_acquire */
     slot_t *sl = pick(FREE);
@@ -352,8 +366,11 @@ static void storm_op(void) {
       ASSERT_NOT_NULL(sl->lease.conn);
       sl->state = GRANTED;
       sl->sync_granted++;
-    } else if (rc != PP_EAGAIN && rc != PP_EBURNED && rc != PP_ENOPEER) {
+    } else if (rc != PP_EAGAIN && rc != PP_EBURNED && rc != PP_EEJECTED &&
+               rc != PP_ECANNOTCONNECT && rc != PP_ENOPEER) {
       FAIL("unexpected pp_try_acquire return %d (%s)", rc, pp_err_name(rc));
+    } else if (rc != PP_EAGAIN) {
+      check_cause(&sl->lease, rc);
     }
   } else if (r < 65) { /* cancel */
     slot_t *sl = pick(PENDING);
@@ -425,8 +442,7 @@ static void storm_setup(void) {
   st.opts.idle_timeout = 100;
   st.opts.max_lifespan = 300;
   st.opts.lifespan_jitter = 50;
-  /* An ejected peer's cool-down holds the dials of acquires without a deadline: keep it short,
-   * or the drain below waits out the 10 s default (and 20 s after a second ejection). */
+  /* Short cool-downs, so that the storm sees ejected peers come back (and be ejected again). */
   st.opts.eject_time = 100;
   st.opts.eject_max = 400;
   st.pool = test_pool(&st.opts);
@@ -471,12 +487,12 @@ static void storm_check_once(void) {
       st.ops, acc, st.cbs, st.grants, st.kicks, st.readds, st.max_seen_total, st.max_seen_echo,
       st.max_seen_hang, st.kernel_checks);
   printf(
-      "statuses: ok %lu timeout %lu cannot_connect %lu burned %lu no_peer %lu canceled %lu "
-      "closed %lu\n",
+      "statuses: ok %lu timeout %lu cannot_connect %lu burned %lu ejected %lu no_peer %lu "
+      "canceled %lu closed %lu\n",
       st.status_count[0], st.status_count[(-PP_ETIMEDOUT) % 64],
       st.status_count[(-PP_ECANNOTCONNECT) % 64], st.status_count[(-PP_EBURNED) % 64],
-      st.status_count[(-PP_ENOPEER) % 64], st.status_count[(-PP_ECANCELED) % 64],
-      st.status_count[(-PP_ECLOSED) % 64]);
+      st.status_count[(-PP_EEJECTED) % 64], st.status_count[(-PP_ENOPEER) % 64],
+      st.status_count[(-PP_ECANCELED) % 64], st.status_count[(-PP_ECLOSED) % 64]);
   ASSERT_GT(acc, 50); /* the storm did something */
   ASSERT_GT(st.grants, 10);
 }

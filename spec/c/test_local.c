@@ -75,7 +75,7 @@ TEST(local_emfile_pool_dials_again_once_fds_free) {
 
 TEST(local_error_release_closes_without_blame) {
   /* A holder that saw a local error (here ENOBUFS) releases with it: the conn closes, the
-   * peer counts no failure. A socket error still counts one (ejecting at eject_after = 1). */
+   * peer counts no failure. A socket error still counts one. */
   pp_options_t o;
   blaming_options(&o);
   fixture_t f = fixture_start(srv_echo_start(NULL), &o);
@@ -88,6 +88,6 @@ TEST(local_error_release_closes_without_blame) {
   ASSERT_EQ(test_peer_info(f.peer).retry_at, 0);
   fixture_hold(&f);
   ASSERT_OK(pp_release(&f.held, UV_ECONNRESET));
-  ASSERT_EQ(test_stats(f.pool).ejections, 1);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 1);
   fixture_end(&f);
 }

@@ -1,5 +1,4 @@
-/* target_peers maintenance, the seed hook, ejection after consecutive failures, and
- * keep_idle_bytes. */
+/* target_peers maintenance, the seed hook, and keep_idle_bytes (ejection: test_eject.c). */
 #include "fixtures.h"
 
 #include <string.h>
@@ -107,52 +106,6 @@ TEST(maintain_no_seed_hook_no_peer) {
   test_rec_t r;
   ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL, NULL), PP_ENOPEER);
   test_finish(pool);
-}
-
-TEST(eject_after_consecutive_broken_releases) {
-  srv_t *a = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 3;
-  o.eject_time = 200;
-  o.eject_max = 400;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(a));
-  pp_lease_t l;
-  test_rec_t r;
-  for (int i = 0; i < 3; i++) {
-    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-    ASSERT_OK(pp_release(&l, PP_EBROKEN));
-  }
-  pp_stats_t s = test_stats(pool);
-  ASSERT_EQ(s.ejections, 1);
-  pp_peer_info_t info = test_peer_info(peer);
-  ASSERT_EQ(info.ejections, 1);
-  ASSERT_GT(info.retry_at, 0);
-  ASSERT_EQ(pp_peer_state(peer), PP_PEER_FAILED);
-  /* While cooling down nothing is dialled; afterwards the peer serves again. */
-  uint64_t t0 = test_now_ms();
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_GE(test_now_ms() - t0, 100); /* waited for the cool-down (generous bound) */
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, a);
-}
-
-TEST(eject_healthy_release_resets_the_run) {
-  srv_t *a = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 2;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(a));
-  pp_lease_t l;
-  test_rec_t r;
-  for (int i = 0; i < 4; i++) {
-    ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-    ASSERT_OK(pp_release(&l, i % 2 == 0 ? PP_EBROKEN : 0)); /* broken, healthy, ... */
-  }
-  ASSERT_EQ(test_stats(pool).ejections, 0);
-  test_finish_srv(pool, a);
 }
 
 static void written(pp_write_t *req, int status) {

@@ -19,6 +19,11 @@ TEST(options_defaults) {
   ASSERT_EQ(o.max_address_age, 3 * 3600 * 1000);
   ASSERT_EQ(o.ping_after, 0);
   ASSERT_EQ(o.keepalive, 0);
+  ASSERT_EQ(o.eject_after, 5);
+  ASSERT_EQ(o.eject_time, 10000);
+  ASSERT_EQ(o.eject_max, 300000);
+  ASSERT_EQ(o.eject_max_percent, 50);
+  ASSERT_EQ(o.probe_interval, 500);
 }
 
 TEST(options_defaults_are_valid) {
@@ -136,6 +141,19 @@ TEST(options_keepalive_range) {
   EXPECT_BAD(keepalive, -1);
   EXPECT_GOOD(keepalive, 0);
   EXPECT_GOOD(keepalive, 1000);
+}
+
+TEST(options_eject_max_percent_range) {
+  EXPECT_BAD(eject_max_percent, -1);
+  EXPECT_BAD(eject_max_percent, 101);
+  EXPECT_GOOD(eject_max_percent, 0);
+  EXPECT_GOOD(eject_max_percent, 100);
+}
+
+TEST(options_probe_interval_range) {
+  EXPECT_BAD(probe_interval, -1);
+  EXPECT_GOOD(probe_interval, 0);
+  EXPECT_GOOD(probe_interval, 1);
 }
 
 TEST(options_pool_new_refuses_bad_options) {

@@ -333,7 +333,7 @@ local function valid_code(code)
 end
 
 local STATES = { known = true, connecting = true, connected = true, ready = true,
-  disconnected = true, failed = true, burned = true }
+  disconnected = true, failed = true, burned = true, ejected = true }
 
 -- ---- echo tokens -----------------------------------------------------------------------------
 

@@ -1,0 +1,170 @@
+/* Blame: only what is the peer's fault counts against it. A server that answers and closes
+ * (an HTTP/1.1 server answering `Connection: close`), a clean EOF, a caller's ordinary close
+ * and an EOF verdict count nothing; a reset, an explicit broken verdict and a socket error do.
+ * The pools here eject at the first failure (with another peer beside, so that the one under
+ * test may be ejected), so any wrong blame would show as an ejection. */
+#include "fixtures.h"
+
+#define REQUEST "GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+
+/* A pool that ejects a peer at its first failure, with `srv` and a spare echo server. */
+static pp_pool_t *strict_pool(const srv_t *srv, const srv_t *spare, pp_peer_t **peer) {
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 1;
+  o.eject_max_percent = 100;
+  pp_pool_t *pool = test_pool(&o);
+  pp_pool_on_state(pool, test_state_cb);
+  *peer = test_peer(pool, srv_addr(srv));
+  test_peer(pool, srv_addr(spare));
+  return pool;
+}
+
+/* Send the request on a lease of `peer` and read its reply; with `to_eof`, until the server
+ * ends the stream. Returns the reader (its end status tells how the stream ended). */
+static test_reader_t request(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *l, int to_eof) {
+  test_rec_t r;
+  test_reader_t rd = {0};
+  ASSERT_OK(test_acquire_wait(pool, l, &r, peer, NULL));
+  ASSERT_OK(pp_conn_read_start(l->conn, test_reader_cb, &rd));
+  ASSERT_OK(test_write(l->conn, REQUEST, strlen(REQUEST)));
+  if (to_eof)
+    RUN_UNTIL(rd.ended == 1, 2000);
+  else
+    RUN_UNTIL(rd.len == strlen(REQUEST), 2000);
+  return rd;
+}
+
+static void assert_never_blamed(pp_pool_t *pool, pp_peer_t *peer) {
+  ASSERT_EQ(test_stats(pool).ejections, 0);
+  ASSERT_EQ(test_stats(pool).released_broken, 0);
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  ASSERT_EQ(test_find_transition(peer, PP_PEER_EJECTED, 0), -1);
+  ASSERT_EQ(test_find_transition(peer, PP_PEER_FAILED, 0), -1);
+}
+
+TEST(blame_server_that_answers_and_closes_serves_every_request) {
+  /* Each conn carries one request: the reply, then EOF. The holder reads to the end and
+   * releases; 20 of 20 are served and the peer is never blamed. */
+  srv_opts_t so = {0};
+  so.answer_and_close = 1;
+  srv_t *http = srv_echo_start(&so), *spare = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = strict_pool(http, spare, &peer);
+  int served = 0;
+  for (int i = 0; i < 20; i++) {
+    pp_lease_t l;
+    test_reader_t rd = request(pool, peer, &l, 1);
+    ASSERT_ERR(rd.end_status, UV_EOF);
+    if (rd.len == strlen(REQUEST) && memcmp(rd.buf, REQUEST, rd.len) == 0) served++;
+    ASSERT_OK(pp_release(&l, 0));
+    test_reader_free(&rd);
+  }
+  ASSERT_EQ(served, 20);
+  ASSERT_EQ(srv_accepted(http), 20);
+  assert_never_blamed(pool, peer);
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 20);
+  test_finish(pool);
+  srv_stop(http);
+  srv_stop(spare);
+}
+
+TEST(blame_connection_close_released_not_reusable_serves_every_request) {
+  /* The holder knows from the reply (`Connection: close`) that the conn is done and releases
+   * it with PP_ENOREUSE without waiting for the EOF: the caller's ordinary close. */
+  srv_opts_t so = {0};
+  so.answer_and_close = 1;
+  srv_t *http = srv_echo_start(&so), *spare = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = strict_pool(http, spare, &peer);
+  for (int i = 0; i < 20; i++) {
+    pp_lease_t l;
+    test_reader_t rd = request(pool, peer, &l, 0);
+    ASSERT_OK(pp_release(&l, PP_ENOREUSE));
+    test_reader_free(&rd);
+  }
+  ASSERT_EQ(srv_accepted(http), 20);
+  assert_never_blamed(pool, peer);
+  test_finish(pool);
+  srv_stop(http);
+  srv_stop(spare);
+}
+
+TEST(blame_eof_verdict_is_not_a_failure) {
+  /* A holder that passes on what it saw, UV_EOF, blames nobody: the conn is discarded. */
+  srv_t *srv = srv_echo_start(NULL), *spare = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = strict_pool(srv, spare, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, UV_EOF));
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_DISCARDED], 1);
+  assert_never_blamed(pool, peer);
+  test_finish(pool);
+  srv_stop(srv);
+  srv_stop(spare);
+}
+
+TEST(blame_reset_mid_request_is_a_failure) {
+  /* The server resets the conn when the request arrives: the reader gets ECONNRESET, the conn
+   * closes as broken and the peer is blamed (here: ejected at once). */
+  srv_opts_t so = {0};
+  so.reset_on_read = 1;
+  srv_t *srv = srv_echo_start(&so), *spare = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = strict_pool(srv, spare, &peer);
+  pp_lease_t l;
+  test_reader_t rd = request(pool, peer, &l, 1);
+  ASSERT_ERR(rd.end_status, UV_ECONNRESET);
+  ASSERT_OK(pp_release(&l, 0));
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 1);
+  ASSERT_EQ(s.ejections, 1);
+  ASSERT_EQ(test_peer_info(peer).last_error, UV_ECONNRESET);
+  test_reader_free(&rd);
+  test_finish(pool);
+  srv_stop(srv);
+  srv_stop(spare);
+}
+
+TEST(blame_broken_verdict_after_clean_eof_counts_once) {
+  /* The server hung up cleanly, but the holder knows the reply was cut short and says so
+   * (PP_EBROKEN): that counts, once for the conn. */
+  srv_opts_t so = {0};
+  so.answer_and_close = 1;
+  srv_t *http = srv_echo_start(&so), *spare = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = strict_pool(http, spare, &peer);
+  pp_lease_t l;
+  test_reader_t rd = request(pool, peer, &l, 1);
+  ASSERT_ERR(rd.end_status, UV_EOF);
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+  ASSERT_EQ(test_peer_info(peer).failures, 1);
+  ASSERT_EQ(test_stats(pool).released_broken, 1);
+  test_reader_free(&rd);
+  test_finish(pool);
+  srv_stop(http);
+  srv_stop(spare);
+}
+
+TEST(blame_shared_conn_broken_by_every_holder_counts_once) {
+  /* Three holders of one shared conn all release it as broken: one failure, not three. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.client_limit = 3;
+  o.eject_after = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t l[3];
+  test_rec_t r[3];
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  ASSERT_PTR_EQ(l[0].conn, l[2].conn);
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(pp_release(&l[i], PP_EBROKEN));
+  ASSERT_EQ(test_peer_info(peer).failures, 1);
+  test_finish_srv(pool, srv);
+}

@@ -1,0 +1,390 @@
+/* Fail fast with a cause: an acquire for a peer that cannot serve (burned, ejected, backing
+ * off with no conn) is answered at once, never at its deadline, with a specific code; waiters
+ * of a peer that stops being able to serve are answered on the next tick; the lease carries
+ * the facts (pp_lease_cause) and a line that tells them (pp_lease_describe), a real timeout
+ * included. */
+#include "fixtures.h"
+
+/* A pool of `a` and `b` that ejects at the first failure. */
+static pp_pool_t *two_peers(const srv_t *a, const srv_t *b, pp_options_t *o, pp_peer_t **pa,
+                            pp_peer_t **pb) {
+  test_options(o);
+  o->eject_after = 1;
+  o->eject_time = 5000;
+  pp_pool_t *pool = test_pool(o);
+  *pa = test_peer(pool, srv_addr(a));
+  *pb = test_peer(pool, srv_addr(b));
+  return pool;
+}
+
+static void broken_use(pp_pool_t *pool, pp_peer_t *peer) {
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+}
+
+static char line[512];
+
+static const char *describe(const pp_lease_t *l) {
+  int n = pp_lease_describe(l, line, sizeof line);
+  ASSERT_GT(n, 0);
+  ASSERT_LT(n, (int)sizeof line);
+  printf("  describe: %s\n", line);
+  return line;
+}
+
+TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
+  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
+  pp_options_t o;
+  pp_peer_t *pa, *pb;
+  pp_pool_t *pool = two_peers(a, b, &o, &pa, &pb);
+  broken_use(pool, pa);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, pa, NULL), PP_EEJECTED);
+  pp_cause_t c;
+  ASSERT_OK(pp_lease_cause(&l, &c));
+  ASSERT_ERR(c.code, PP_EEJECTED);
+  ASSERT_PTR_EQ(c.peer, pa);
+  ASSERT_EQ(c.state, PP_PEER_EJECTED);
+  ASSERT_EQ(c.ejected, 1);
+  ASSERT_GT(c.held_ms, 4000);
+  ASSERT_LE(c.held_ms, 5000);
+  ASSERT_EQ(c.failures, 1);
+  ASSERT_ERR(c.last_error, PP_EBROKEN);
+  ASSERT_EQ(c.peers, 2);
+  ASSERT_EQ(c.peers_ejected, 1);
+  ASSERT_CONTAINS(describe(&l), " is ejected for ");
+  ASSERT_CONTAINS(line, " s more after 1 consecutive failure (last broken)");
+  ASSERT(strncmp(line, srv_addr(a), strlen(srv_addr(a))) == 0);
+  ASSERT_EQ(test_stats(pool).failed_fast, 1);
+  ASSERT_EQ(r.calls, 0);
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+}
+
+TEST(failfast_try_acquire_of_ejected_peer_says_ejected) {
+  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
+  pp_options_t o;
+  pp_peer_t *pa, *pb;
+  pp_pool_t *pool = two_peers(a, b, &o, &pa, &pb);
+  broken_use(pool, pa);
+  pp_lease_t l;
+  memset(&l, 0, sizeof l);
+  ASSERT_ERR(pp_try_acquire(pool, &l, pa, NULL), PP_EEJECTED);
+  ASSERT_CONTAINS(describe(&l), "is ejected");
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+}
+
+TEST(failfast_waiter_of_a_peer_that_gets_ejected_is_answered_on_the_next_tick) {
+  /* A waiter queued behind the peer's only conn (deadline 5 s): the conn breaks, the peer is
+   * ejected, and the waiter hears PP_EEJECTED at once, not at its deadline. */
+  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
+  pp_options_t o;
+  pp_peer_t *pa, *pb;
+  pp_pool_t *pool = two_peers(a, b, &o, &pa, &pb);
+  pp_lease_t held, waiter;
+  test_rec_t hr, wr;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, pa, NULL));
+  pp_acquire_opts_t ao;
+  pp_acquire_opts_init(&ao);
+  ao.timeout = 5000;
+  /* max_per_peer is 4: fill it so the waiter queues. */
+  pp_lease_t more[3];
+  test_rec_t mr[3];
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(test_acquire_wait(pool, &more[i], &mr[i], pa, NULL));
+  ASSERT_OK(test_acquire_start(pool, &waiter, &wr, pa, &ao));
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(pp_release(&held, PP_EBROKEN));
+  RUN_UNTIL(wr.calls == 1, 1000);
+  ASSERT_ERR(wr.status, PP_EEJECTED);
+  ASSERT_LT(wr.at_ms - t0, 500);
+  ASSERT_CONTAINS(describe(&waiter), "is ejected for");
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(pp_release(&more[i], 0));
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+}
+
+TEST(failfast_backing_off_peer_describes_its_backoff) {
+  srv_t *refused = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 0;
+  int64_t delay = 3000;
+  pp_pool_t *pool = test_pool(&o);
+  test_set_backoff(pool, test_backoff_fixed, &delay);
+  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_CONTAINS(describe(&l), "cannot connect to ");
+  ASSERT_CONTAINS(line,
+                  ": backing off for 3.0 s more after 1 consecutive failure (last "
+                  "ECONNREFUSED)");
+  uint64_t t0 = test_now_ms();
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_LT(test_now_ms() - t0, 100);
+  ASSERT_ERR(l.cause, UV_ECONNREFUSED);
+  ASSERT_CONTAINS(describe(&l), "backing off for");
+  test_finish_srv(pool, refused);
+}
+
+static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
+  return PP_BACKOFF_BURN;
+}
+
+TEST(failfast_burned_peer_describes_itself) {
+  srv_t *refused = srv_refused_start();
+  pp_pool_t *pool = test_pool(NULL);
+  test_set_backoff(pool, burn, NULL);
+  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_EBURNED);
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_EBURNED);
+  ASSERT_CONTAINS(describe(&l), " is burned: ");
+  ASSERT_CONTAINS(line, "(last ECONNREFUSED)");
+  test_finish_srv(pool, refused);
+}
+
+TEST(failfast_timeout_describes_what_it_waited_behind) {
+  /* One conn (max_per_peer 1), held; two waiters; the second times out first: it waited
+   * behind the conn in use and one waiter, and the peer's last error shows. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  o.eject_after = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held, first, second;
+  test_rec_t hr, fr, sr;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(pp_release(&held, UV_ECONNRESET)); /* a last error to report */
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  pp_acquire_opts_t ao;
+  pp_acquire_opts_init(&ao);
+  ao.timeout = 2000;
+  ASSERT_OK(test_acquire_start(pool, &first, &fr, peer, &ao));
+  ao.timeout = 200;
+  ASSERT_OK(test_acquire_start(pool, &second, &sr, peer, &ao));
+  RUN_UNTIL(sr.calls == 1, 2000);
+  ASSERT_ERR(sr.status, PP_ETIMEDOUT);
+  pp_cause_t c;
+  ASSERT_OK(pp_lease_cause(&second, &c));
+  ASSERT_EQ(c.conns, 1);
+  ASSERT_EQ(c.max_conns, 1);
+  ASSERT_EQ(c.waiters_ahead, 1);
+  ASSERT_GE(c.waited_ms, 200);
+  ASSERT_ERR(c.last_error, UV_ECONNRESET);
+  ASSERT_CONTAINS(describe(&second), "timed out after ");
+  char want[256];
+  snprintf(want, sizeof want,
+           " ms waiting for %s: 1/1 conns in use, 1 waiter ahead; last error "
+           "ECONNRESET ",
+           srv_addr(srv));
+  ASSERT_CONTAINS(line, want);
+  ASSERT_CONTAINS(line, " s ago");
+  ASSERT_OK(pp_acquire_cancel(&first));
+  RUN_UNTIL(fr.calls == 1, 1000);
+  ASSERT_OK(pp_release(&held, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(failfast_any_peer_passes_over_held_peers) {
+  /* An ejected peer, a peer backing off and a healthy one: acquires for any peer all go to the
+   * healthy one and none fails. */
+  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL), *refused = srv_refused_start();
+  pp_options_t o;
+  pp_peer_t *pa, *pb;
+  pp_pool_t *pool = two_peers(a, b, &o, &pa, &pb);
+  int64_t delay = 60000;
+  test_set_backoff(pool, test_backoff_fixed, &delay);
+  pp_peer_t *pr = test_peer(pool, srv_addr(refused));
+  broken_use(pool, pa);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, pr, NULL), PP_ECANNOTCONNECT);
+  for (int i = 0; i < 10; i++) {
+    ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
+    ASSERT_PTR_EQ(l.peer, pb);
+    ASSERT_OK(pp_release(&l, 0));
+  }
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+  srv_stop(refused);
+}
+
+TEST(failfast_any_peer_with_all_held_names_the_telling_peer) {
+  srv_t *refused = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  int64_t delay = 60000;
+  pp_pool_t *pool = test_pool(&o);
+  test_set_backoff(pool, test_backoff_fixed, &delay);
+  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  pp_lease_t l;
+  test_rec_t r;
+  /* The acquire for any peer dials the only one; its failure leaves nothing to serve. */
+  ASSERT_OK(test_acquire_start(pool, &l, &r, NULL, NULL));
+  RUN_UNTIL(r.calls == 1, 2000);
+  ASSERT_ERR(r.status, PP_ECANNOTCONNECT);
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL, NULL), PP_ECANNOTCONNECT);
+  pp_cause_t c;
+  ASSERT_OK(pp_lease_cause(&l, &c));
+  ASSERT_PTR_EQ(c.peer, peer);
+  ASSERT_CONTAINS(describe(&l), "no peer can serve (1 peer, 0 ejected): cannot connect to ");
+  test_finish_srv(pool, refused);
+}
+
+TEST(failfast_cause_is_zero_after_a_grant) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL,
+                                &(pp_acquire_opts_t){.busy = PP_BUSY_FAIL, .timeout = -1}),
+             0);
+  RUN_UNTIL(r.calls == 1, 2000);
+  pp_cause_t c;
+  memset(&c, 0xff, sizeof c);
+  ASSERT_OK(pp_lease_cause(&l, &c));
+  ASSERT_EQ(c.code, 0);
+  ASSERT_NULL(c.peer);
+  ASSERT_EQ(pp_lease_describe(&l, line, sizeof line), 0);
+  ASSERT_STREQ(line, "");
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(failfast_describe_truncates_like_snprintf) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held, l;
+  test_rec_t hr, r;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  pp_acquire_opts_t ao;
+  pp_acquire_opts_init(&ao);
+  ao.busy = PP_BUSY_FAIL;
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, &ao), PP_EBUSY);
+  int whole = pp_lease_describe(&l, line, sizeof line);
+  ASSERT_CONTAINS(line, " is at capacity: 1/1 conns in use");
+  char small[8];
+  ASSERT_EQ(pp_lease_describe(&l, small, sizeof small), whole);
+  ASSERT_EQ(strlen(small), 7);
+  ASSERT(strncmp(small, line, 7) == 0);
+  ASSERT_EQ(pp_lease_describe(&l, NULL, 0), whole);
+  ASSERT_ERR(pp_lease_describe(&l, NULL, 4), PP_EINVAL);
+  ASSERT_ERR(pp_lease_describe(NULL, line, sizeof line), PP_EINVAL);
+  ASSERT_ERR(pp_lease_cause(NULL, NULL), PP_EINVAL);
+  ASSERT_OK(pp_release(&held, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
+  /* The only peer backs off (a broken conn, its ejection refused) while another conn of it is
+   * leased: an acquire for it waits rather than failing fast, and the release serves it. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 1;
+  o.max_per_peer = 2;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held, broken, waiter;
+  test_rec_t hr, br, wr;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(pool, &broken, &br, peer, NULL));
+  ASSERT_OK(pp_release(&broken, PP_EBROKEN));
+  ASSERT_EQ(test_stats(pool).ejections_refused, 1);
+  ASSERT_GT(test_peer_info(peer).retry_at, 0); /* backing off */
+  ASSERT_EQ(pp_peer_check(peer), 0);           /* but its leased conn may serve */
+  ASSERT_OK(test_acquire_start(pool, &waiter, &wr, peer, NULL));
+  test_run_for(50);
+  ASSERT_EQ(wr.calls, 0);
+  ASSERT_EQ(test_stats(pool).connect_attempts, 2); /* nothing dialled meanwhile */
+  ASSERT_OK(pp_release(&held, 0));
+  RUN_UNTIL(wr.calls == 1, 1000);
+  ASSERT_OK(wr.status);
+  ASSERT_OK(pp_release(&waiter, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(failfast_notice_for_a_held_peer_fires_when_its_hold_ends) {
+  srv_t *refused = srv_refused_start();
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 0;
+  int64_t delay = 200;
+  pp_pool_t *pool = test_pool(&o);
+  test_set_backoff(pool, test_backoff_fixed, &delay);
+  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  pp_notice_t n;
+  test_rec_t nr;
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(test_notice_start(pool, &n, &nr, peer));
+  RUN_UNTIL(nr.calls == 1, 2000);
+  ASSERT_OK(nr.status);
+  ASSERT_GE(nr.at_ms - t0, 100);
+  test_finish_srv(pool, refused);
+}
+
+static int seeds;
+
+static void seed_nothing(void *data, pp_pool_t *pool, int wanted) {
+  seeds++;
+}
+
+TEST(failfast_any_peer_with_a_seed_hook_waits_for_a_held_peer_to_return) {
+  /* With a seed hook an acquire for any peer waits (addresses may come); when the only peer's
+   * backoff ends, it is dialled for the waiter at once. */
+  srv_t *srv = srv_echo_start(NULL);
+  int port = srv_port(srv);
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 0;
+  o.probe_interval = 0;
+  o.seed_interval = 0;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_policy_t p;
+  memset(&p, 0, sizeof p);
+  int64_t delay = 300;
+  p.data = &delay;
+  p.backoff = test_backoff_fixed;
+  p.seed = seed_nothing;
+  pp_pool_set_policy(pool, &p);
+  srv_stop(srv);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  RUN_UNTIL(r.calls == 1, 2000);
+  ASSERT_ERR(r.status, PP_ECANNOTCONNECT);
+  srv = srv_echo_start_on(NULL, port);
+  if (srv == NULL) {
+    test_finish(pool);
+    test_skip("the port was taken meanwhile");
+  }
+  ASSERT_OK(test_acquire_start(pool, &l, &r, NULL, NULL));
+  ASSERT_GE(seeds, 1);
+  RUN_UNTIL(r.calls == 1, 2000);
+  ASSERT_OK(r.status);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish_srv(pool, srv);
+}

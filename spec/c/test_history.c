@@ -1,0 +1,153 @@
+/* The failure history an address book saves (pp_peer_history, pp_peer_info) and restores when a
+ * peer is added again after a restart (pp_peer_restore): burned peers stay burned, an ejection
+ * runs to its end, and a peer that kept failing is not trusted afresh. */
+#include "fixtures.h"
+
+static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
+  return PP_BACKOFF_BURN;
+}
+
+TEST(history_burned_peer_stays_burned_after_a_restart) {
+  /* Pool one burns a peer; its history goes to pool two (the next run), which never dials it. */
+  srv_t *refused = srv_refused_start();
+  pp_pool_t *one = test_pool(NULL);
+  test_set_backoff(one, burn, NULL);
+  pp_peer_t *peer = test_peer(one, srv_addr(refused));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(one, &l, &r, peer, NULL), PP_EBURNED);
+  pp_peer_history_t h;
+  pp_peer_history(peer, &h);
+  ASSERT_EQ(h.burned, 1);
+  ASSERT_EQ(h.failures, 1);
+  ASSERT_GT(h.last_failure, 0);
+  pp_pool_close(one, NULL);
+  pp_pool_t *two = test_pool(NULL);
+  pp_peer_t *again = test_peer(two, srv_addr(refused));
+  ASSERT_OK(pp_peer_restore(again, &h));
+  ASSERT_EQ(pp_peer_state(again), PP_PEER_BURNED);
+  ASSERT_EQ(test_peer_info(again).burned, 1);
+  ASSERT_ERR(test_acquire_start(two, &l, &r, again, NULL), PP_EBURNED);
+  ASSERT_ERR(test_acquire_start(two, &l, &r, NULL, NULL), PP_ENOPEER);
+  ASSERT_EQ(test_stats(two).connect_attempts, 0);
+  ASSERT_EQ(test_stats(two).peers_by_state[PP_PEER_BURNED], 1);
+  test_finish(two);
+  srv_stop(refused);
+}
+
+TEST(history_restores_the_counters) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_peer_history_t h = {0};
+  h.failures = 3;
+  h.last_success = 1700000000000;
+  h.last_failure = test_unix_ms() - 2000;
+  h.ejections = 7;
+  h.eject_streak = 2;
+  ASSERT_OK(pp_peer_restore(peer, &h));
+  pp_peer_info_t i = test_peer_info(peer);
+  ASSERT_EQ(i.failures, 3);
+  ASSERT_EQ(i.last_success, 1700000000000);
+  ASSERT_EQ(i.last_failure, h.last_failure);
+  ASSERT_EQ(i.ejections, 7);
+  ASSERT_EQ(i.eject_streak, 2);
+  ASSERT_EQ(i.burned, 0);
+  ASSERT_EQ(i.ejected_until, 0);
+  pp_peer_history_t back;
+  pp_peer_history(peer, &back);
+  ASSERT_EQ(back.failures, 3);
+  ASSERT_EQ(back.ejections, 7);
+  /* A healthy release ends the restored run, as it would have ended the original one. */
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  test_finish_srv(pool, srv);
+}
+
+TEST(history_restores_an_ejection_to_its_end) {
+  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
+  pp_pool_t *pool = test_pool(NULL);
+  pp_peer_t *pa = test_peer(pool, srv_addr(a));
+  test_peer(pool, srv_addr(b));
+  pp_peer_history_t h = {0};
+  h.failures = 5;
+  h.ejections = 1;
+  h.eject_streak = 1;
+  h.ejected_until = test_unix_ms() + 300;
+  ASSERT_OK(pp_peer_restore(pa, &h));
+  ASSERT_EQ(pp_peer_state(pa), PP_PEER_EJECTED);
+  pp_peer_info_t i = test_peer_info(pa);
+  ASSERT_GT(i.ejected_until, test_unix_ms());
+  ASSERT_LE(i.ejected_until, h.ejected_until + 5);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, pa, NULL), PP_EEJECTED);
+  RUN_UNTIL(pp_peer_check(pa) == 0, 2000);
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, pa, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+}
+
+TEST(history_ejection_is_not_restored_on_the_only_peer) {
+  /* eject_max_percent holds for restored ejections too: the only peer is not ejected. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_peer_history_t h = {0};
+  h.failures = 5;
+  h.ejected_until = test_unix_ms() + 60000;
+  ASSERT_OK(pp_peer_restore(peer, &h));
+  ASSERT_NE(pp_peer_state(peer), PP_PEER_EJECTED);
+  ASSERT_EQ(test_peer_info(peer).ejected_until, 0);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(history_restore_refuses_bad_fields) {
+  pp_pool_t *pool = test_pool(NULL);
+  pp_peer_t *peer = test_peer(pool, "127.0.0.1:9");
+  pp_peer_history_t ok = {0};
+  ASSERT_ERR(pp_peer_restore(NULL, &ok), PP_EINVAL);
+  ASSERT_ERR(pp_peer_restore(peer, NULL), PP_EINVAL);
+  pp_peer_history_t h = ok;
+  h.failures = -1;
+  ASSERT_ERR(pp_peer_restore(peer, &h), PP_EINVAL);
+  h = ok;
+  h.burned = 2;
+  ASSERT_ERR(pp_peer_restore(peer, &h), PP_EINVAL);
+  h = ok;
+  h.ejected_until = -5;
+  ASSERT_ERR(pp_peer_restore(peer, &h), PP_EINVAL);
+  h = ok;
+  h.eject_streak = -1;
+  ASSERT_ERR(pp_peer_restore(peer, &h), PP_EINVAL);
+  ASSERT_OK(pp_peer_restore(peer, &ok));
+  pp_pool_close(pool, test_close_cb);
+  ASSERT_ERR(pp_peer_restore(peer, &ok), PP_ECLOSED);
+  test_finish_closed();
+}
+
+TEST(history_readding_a_restored_burned_peer_unburns_it) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_peer_history_t h = {0};
+  h.burned = 1;
+  ASSERT_OK(pp_peer_restore(peer, &h));
+  ASSERT_EQ(pp_peer_state(peer), PP_PEER_BURNED);
+  test_peer(pool, srv_addr(srv));
+  ASSERT_NE(pp_peer_state(peer), PP_PEER_BURNED);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish_srv(pool, srv);
+}

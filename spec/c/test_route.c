@@ -1,0 +1,368 @@
+/* The route hook: an acquire that carries a key and names no peer goes to the peer the hook
+ * names, before any candidate window, so a hash ring over the live peers (kept up to date
+ * through peer events) holds whatever conns are idle; what a key does while its owner is down
+ * is the hook's choice. */
+#include "fixtures.h"
+
+/* ---- a consistent-hash ring kept through peer events ---------------------------------- */
+
+#define VNODES 64
+#define MAXPTS (16 * VNODES)
+
+typedef struct {
+  uint32_t h;
+  pp_peer_t *peer;
+} point_t;
+
+typedef struct {
+  point_t pts[MAXPTS];
+  int n;
+  int next_when_down; /* route a key whose owner cannot serve to the next peer on the ring */
+  int events[PP_PEER_EVENT_COUNT];
+  int bad_state; /* an event arrived while the peer did not show it */
+  int calls;     /* route calls */
+} ring_t;
+
+/* FNV-1a, then murmur3's finaliser: similar strings ("key:1", "key:2") land far apart. */
+static uint32_t fnv(const char *s, uint32_t h) {
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 16777619u;
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  return h ^ (h >> 16);
+}
+
+static void ring_add(ring_t *r, pp_peer_t *peer) {
+  char v[320];
+  for (int i = 0; i < VNODES && r->n < MAXPTS; i++) {
+    snprintf(v, sizeof v, "%s#%d", pp_peer_addr(peer), i);
+    point_t p = {fnv(v, 2166136261u), peer};
+    int at = r->n;
+    while (at > 0 && r->pts[at - 1].h > p.h) {
+      r->pts[at] = r->pts[at - 1];
+      at--;
+    }
+    r->pts[at] = p;
+    r->n++;
+  }
+}
+
+static void ring_remove(ring_t *r, pp_peer_t *peer) {
+  int k = 0;
+  for (int i = 0; i < r->n; i++)
+    if (r->pts[i].peer != peer) r->pts[k++] = r->pts[i];
+  r->n = k;
+}
+
+/* Index of the first point at or after the key's hash (binary search, wrapping). */
+static int ring_find(const ring_t *r, const char *key) {
+  uint32_t h = fnv(key, 2166136261u);
+  int lo = 0, hi = r->n;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    if (r->pts[mid].h < h)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo == r->n ? 0 : lo;
+}
+
+static pp_peer_t *ring_owner(const ring_t *r, const char *key) {
+  return r->n ? r->pts[ring_find(r, key)].peer : NULL;
+}
+
+static pp_peer_t *ring_route(void *data, pp_pool_t *pool, const char *key) {
+  ring_t *r = data;
+  r->calls++;
+  if (r->n == 0) return NULL;
+  int i = ring_find(r, key);
+  if (!r->next_when_down) return r->pts[i].peer;
+  for (int k = 0; k < r->n; k++) {
+    pp_peer_t *peer = r->pts[(i + k) % r->n].peer;
+    if (pp_peer_check(peer) == 0) return peer;
+  }
+  return r->pts[i].peer; /* all down: the owner, which fails fast with its cause */
+}
+
+static void ring_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_event_t ev) {
+  ring_t *r = data;
+  r->events[ev]++;
+  if (ev == PP_PEER_EVENT_ADDED) {
+    ring_add(r, peer);
+    if (pp_peer_state(peer) == PP_PEER_BURNED) r->bad_state++;
+  } else {
+    ring_remove(r, peer);
+    if (pp_peer_state(peer) != PP_PEER_BURNED || pp_peer_check(peer) != PP_EBURNED) r->bad_state++;
+  }
+}
+
+static void ring_install(pp_pool_t *pool, ring_t *r) {
+  pp_policy_t p;
+  memset(&p, 0, sizeof p);
+  p.data = r;
+  p.route = ring_route;
+  p.peer_event = ring_event;
+  pp_pool_set_policy(pool, &p);
+}
+
+/* ---- a pool over three echo servers ---------------------------------------------------- */
+
+typedef struct {
+  srv_t *srv[3];
+  pp_peer_t *peer[3];
+  pp_pool_t *pool;
+} trio_t;
+
+static trio_t trio_start(const pp_options_t *o) {
+  trio_t t;
+  t.pool = test_pool(o);
+  for (int i = 0; i < 3; i++) {
+    t.srv[i] = srv_echo_start(NULL);
+    t.peer[i] = test_peer(t.pool, srv_addr(t.srv[i]));
+  }
+  return t;
+}
+
+static void trio_end(trio_t *t) {
+  test_finish(t->pool);
+  for (int i = 0; i < 3; i++)
+    srv_stop(t->srv[i]);
+}
+
+static pp_acquire_opts_t keyed(const char *key) {
+  pp_acquire_opts_t o;
+  pp_acquire_opts_init(&o);
+  o.key = key;
+  return o;
+}
+
+static int index_of(const trio_t *t, const pp_peer_t *peer) {
+  for (int i = 0; i < 3; i++)
+    if (t->peer[i] == peer) return i;
+  return -1;
+}
+
+static ring_t ring;
+
+TEST(route_keys_stay_with_their_owner_whatever_is_idle) {
+  /* 40 keys over 3 peers, 400 acquires; before each, a random set of conns is held so that
+   * which peers have idle conns keeps changing. Every key is always served by its owner. */
+  pp_options_t o;
+  test_options(&o);
+  trio_t t = trio_start(&o);
+  ring_install(t.pool, &ring);
+  ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 3);
+  pp_peer_t *owner[40] = {0};
+  int per_peer[3] = {0};
+  char key[40][16];
+  for (int k = 0; k < 40; k++)
+    snprintf(key[k], sizeof key[k], "key:%d", k);
+  srand(12345);
+  for (int round = 0; round < 400; round++) {
+    pp_lease_t hold[4];
+    test_rec_t hr[4];
+    int nhold = rand() % 4;
+    for (int h = 0; h < nhold; h++)
+      ASSERT_OK(test_acquire_wait(t.pool, &hold[h], &hr[h], t.peer[rand() % 3], NULL));
+    int k = rand() % 40;
+    pp_acquire_opts_t ao = keyed(key[k]);
+    pp_lease_t l;
+    test_rec_t r;
+    ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
+    if (owner[k] == NULL) {
+      owner[k] = l.peer;
+      per_peer[index_of(&t, l.peer)]++;
+    }
+    ASSERT_PTR_EQ(l.peer, owner[k]);
+    ASSERT_PTR_EQ(l.peer, ring_owner(&ring, key[k]));
+    ASSERT_OK(pp_release(&l, 0));
+    for (int h = 0; h < nhold; h++)
+      ASSERT_OK(pp_release(&hold[h], 0));
+  }
+  printf("keys first seen per peer: %d %d %d\n", per_peer[0], per_peer[1], per_peer[2]);
+  for (int i = 0; i < 3; i++)
+    ASSERT_GT(per_peer[i], 0); /* the keys spread over every peer */
+  ASSERT_EQ(test_stats(t.pool).policy_errors, 0);
+  trio_end(&t);
+}
+
+/* The first of keys "key:0", "key:1", ... that the ring gives to `peer`. */
+static const char *key_of(pp_peer_t *peer) {
+  static char key[16];
+  for (int k = 0; k < 1000; k++) {
+    snprintf(key, sizeof key, "key:%d", k);
+    if (ring_owner(&ring, key) == peer) return key;
+  }
+  FAIL("no key for the peer");
+}
+
+TEST(route_owner_down_fails_fast_with_its_cause) {
+  /* The hook returns the owner even when it is down: the acquire is answered at once with the
+   * owner's own cause. */
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 1;
+  trio_t t = trio_start(&o);
+  ring_install(t.pool, &ring);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, t.peer[0], NULL));
+  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+  pp_acquire_opts_t ao = keyed(key_of(t.peer[0]));
+  ASSERT_ERR(test_acquire_start(t.pool, &l, &r, NULL, &ao), PP_EEJECTED);
+  pp_cause_t c;
+  ASSERT_OK(pp_lease_cause(&l, &c));
+  ASSERT_PTR_EQ(c.peer, t.peer[0]);
+  char line[256];
+  pp_lease_describe(&l, line, sizeof line);
+  ASSERT(strncmp(line, srv_addr(t.srv[0]), strlen(srv_addr(t.srv[0]))) == 0);
+  memset(&l, 0, sizeof l);
+  ASSERT_ERR(pp_try_acquire(t.pool, &l, NULL, &ao), PP_EEJECTED);
+  trio_end(&t);
+}
+
+TEST(route_next_on_the_ring_when_the_owner_is_down) {
+  /* The hook passes over an owner that cannot serve: its keys go to the next peer on the
+   * ring, the same one every time, and come back once the owner does. */
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 1;
+  o.eject_time = 300;
+  o.eject_max = 300;
+  trio_t t = trio_start(&o);
+  ring.next_when_down = 1;
+  ring_install(t.pool, &ring);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, t.peer[0], NULL));
+  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+  pp_acquire_opts_t ao = keyed(key_of(t.peer[0]));
+  pp_peer_t *stand_in = NULL;
+  for (int i = 0; i < 10; i++) {
+    ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
+    ASSERT_PTR_NE(l.peer, t.peer[0]);
+    if (stand_in == NULL) stand_in = l.peer;
+    ASSERT_PTR_EQ(l.peer, stand_in);
+    ASSERT_OK(pp_release(&l, 0));
+  }
+  RUN_UNTIL(pp_peer_check(t.peer[0]) == 0, 2000);
+  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
+  ASSERT_PTR_EQ(l.peer, t.peer[0]);
+  ASSERT_OK(pp_release(&l, 0));
+  trio_end(&t);
+}
+
+static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
+  return PP_BACKOFF_BURN;
+}
+
+TEST(route_peer_events_follow_the_live_set) {
+  /* Installing the policy replays the live peers; adding, burning and re-adding a peer tell
+   * it, each once the engine is done (the peer already shows its new state). */
+  srv_t *a = srv_echo_start(NULL), *refused = srv_refused_start();
+  pp_pool_t *pool = test_pool(NULL);
+  test_peer(pool, srv_addr(a));
+  ring_install(pool, &ring);
+  ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 1);
+  ASSERT_EQ(ring.n, VNODES); /* the ring holds the replayed peer */
+  pp_policy_t p;
+  memset(&p, 0, sizeof p);
+  p.data = &ring;
+  p.route = ring_route;
+  p.peer_event = ring_event;
+  p.backoff = burn;
+  ring.n = 0;
+  memset(ring.events, 0, sizeof ring.events);
+  pp_pool_set_policy(pool, &p);
+  ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 1);
+  pp_peer_t *bad = test_peer(pool, srv_addr(refused));
+  ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 2);
+  ASSERT_EQ(ring.n, 2 * VNODES);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &l, &r, bad, NULL), PP_EBURNED);
+  ASSERT_EQ(ring.events[PP_PEER_EVENT_BURNED], 1);
+  ASSERT_EQ(ring.n, VNODES);
+  test_peer(pool, srv_addr(refused)); /* re-added: live again */
+  ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 3);
+  ASSERT_EQ(ring.n, 2 * VNODES);
+  ASSERT_EQ(ring.bad_state, 0);
+  ASSERT_STREQ(pp_peer_event_name(PP_PEER_EVENT_ADDED), "added");
+  ASSERT_STREQ(pp_peer_event_name(PP_PEER_EVENT_BURNED), "burned");
+  ASSERT_STREQ(pp_peer_event_name(PP_PEER_EVENT_COUNT), "unknown");
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(refused);
+}
+
+static pp_peer_t *route_none(void *data, pp_pool_t *pool, const char *key) {
+  return NULL;
+}
+
+TEST(route_null_falls_back_to_the_selection) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_policy_t p;
+  memset(&p, 0, sizeof p);
+  p.route = route_none;
+  pp_pool_set_policy(pool, &p);
+  pp_acquire_opts_t ao = keyed("k");
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, &ao));
+  ASSERT_PTR_EQ(l.peer, peer);
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(test_stats(pool).policy_errors, 0);
+  test_finish_srv(pool, srv);
+}
+
+static pp_peer_t *foreign;
+
+static pp_peer_t *route_foreign(void *data, pp_pool_t *pool, const char *key) {
+  return foreign;
+}
+
+TEST(route_to_a_peer_of_another_pool_is_a_policy_error) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_pool_t *other = test_pool(NULL);
+  foreign = test_peer(other, "127.0.0.1:9");
+  pp_policy_t p;
+  memset(&p, 0, sizeof p);
+  p.route = route_foreign;
+  pp_pool_set_policy(pool, &p);
+  pp_acquire_opts_t ao = keyed("k");
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, &ao));
+  ASSERT_PTR_EQ(l.peer, peer);
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(test_stats(pool).policy_errors, 1);
+  pp_pool_close(other, NULL);
+  test_finish_srv(pool, srv);
+}
+
+TEST(route_is_asked_only_for_a_key_without_a_peer) {
+  pp_options_t o;
+  test_options(&o);
+  trio_t t = trio_start(&o);
+  ring_install(t.pool, &ring);
+  pp_lease_t l;
+  test_rec_t r;
+  pp_acquire_opts_t ao = keyed("key:1");
+  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, t.peer[2], &ao));
+  ASSERT_PTR_EQ(l.peer, t.peer[2]); /* a named peer wins over the key */
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(ring.calls, 0);
+  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
+  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(ring.calls, 1);
+  trio_end(&t);
+}

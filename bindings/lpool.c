@@ -39,17 +39,28 @@ typedef struct {
 #define OPT_MS(f) \
   { #f, offsetof(pp_options_t, f), 1 }
 static const option_t options[] = {
-    OPT_INT(max_per_peer),     OPT_INT(max_total),
-    OPT_INT(client_limit),     OPT_MS(connect_timeout),
-    OPT_INT(retries),          OPT_MS(acquire_timeout),
-    OPT_INT(backlog),          OPT_MS(idle_timeout),
-    OPT_MS(max_lifespan),      OPT_INT(lifespan_jitter),
-    OPT_MS(handshake_timeout), OPT_MS(max_address_age),
-    OPT_MS(ping_after),        OPT_MS(keepalive),
-    OPT_INT(target_peers),     OPT_MS(maintenance_interval),
-    OPT_MS(seed_interval),     OPT_INT(eject_after),
-    OPT_MS(eject_time),        OPT_MS(eject_max),
-    OPT_INT(keep_idle_bytes),  OPT_MS(leak_threshold),
+    OPT_INT(max_per_peer),
+    OPT_INT(max_total),
+    OPT_INT(client_limit),
+    OPT_MS(connect_timeout),
+    OPT_INT(retries),
+    OPT_MS(acquire_timeout),
+    OPT_INT(backlog),
+    OPT_MS(idle_timeout),
+    OPT_MS(max_lifespan),
+    OPT_INT(lifespan_jitter),
+    OPT_MS(handshake_timeout),
+    OPT_MS(max_address_age),
+    OPT_MS(ping_after),
+    OPT_MS(keepalive),
+    OPT_INT(target_peers),
+    OPT_MS(maintenance_interval),
+    OPT_MS(seed_interval),
+    OPT_INT(eject_after),
+    OPT_MS(eject_time),
+    OPT_MS(eject_max),
+    OPT_INT(keep_idle_bytes),
+    OPT_MS(leak_threshold),
     {NULL, 0, 0},
 };
 
@@ -567,7 +578,8 @@ static int l_restore(lua_State *L) {
   F(failures, int)
   F(last_success, int64_t)
   F(last_failure, int64_t)
-  F(ejections, uint64_t) F(eject_streak, int) F(ejected_until, int64_t)
+  F(ejections, uint64_t)
+  F(eject_streak, int) F(ejected_until, int64_t)
 #undef F
       lua_getfield(L, 3, "burned");
   h.burned = lua_toboolean(L, -1);
@@ -612,10 +624,10 @@ static int l_stats(lua_State *L) {
   F(acquired_waited)
   F(timed_out)
   F(busy)
-  F(exhausted) F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts)
-      F(connects_ok) F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings)
-          F(pings_failed) F(ejections) F(seeds) F(policy_errors) F(tls_full) F(tls_resumed)
-              F(tls_failed)
+  F(exhausted)
+  F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts) F(connects_ok)
+      F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings) F(pings_failed)
+          F(ejections) F(seeds) F(policy_errors) F(tls_full) F(tls_resumed) F(tls_failed)
 #undef F
               lua_pushnumber(L, s.connect_latency_ms_avg);
   lua_setfield(L, -2, "connect_latency_ms_avg");
@@ -768,18 +780,12 @@ int lpp_l_pools(lua_State *L) {
 }
 
 static const luaL_Reg pool_methods[] = {
-    {"add_peer", l_add_peer},
-    {"_add_peer", l_add_peer_from},
-    {"acquire", l_acquire},
-    {"stats", l_stats},
-    {"_every", l_every},
-    {"peers", l_peers},
-    {"peer", l_peer},
-    {"check", l_check},
-    {"_restore", l_restore},
-    {"close", l_close},
-    {"_closed", l_closed},
-    {NULL, NULL},
+    {"add_peer", l_add_peer}, {"_add_peer", l_add_peer_from},
+    {"acquire", l_acquire},   {"stats", l_stats},
+    {"_every", l_every},      {"peers", l_peers},
+    {"peer", l_peer},         {"check", l_check},
+    {"_restore", l_restore},  {"close", l_close},
+    {"_closed", l_closed},    {NULL, NULL},
 };
 
 void lpp_pool_open(lua_State *L) {

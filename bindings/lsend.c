@@ -65,8 +65,8 @@ void lpp_send_wake(lpp_conn_t *c, int err) {
 
 static void on_written(pp_write_t *req, int status) {
   write_t *w = (write_t *)req;
-  lpp_conn_t *c = w->c;
-  unlink_write(w);
+  /* The write stays linked to its conn while the callback runs: a conn object the callback
+   * (or a collection at its entry) frees sets w->c to NULL, so w->c is read again after. */
   if (w->cb_ref != LUA_NOREF) {
     lua_State *L = w->st->L;
     if (w->st->shutting_down) {
@@ -78,9 +78,11 @@ static void on_written(pp_write_t *req, int status) {
         lua_pushstring(L, pp_err_name(error_code(status)));
       else
         lua_pushnil(L);
-      lpp_call(L, 1, c ? c->owner : NULL);
+      lpp_call(L, 1, w->c ? w->c->owner : NULL);
     }
   }
+  lpp_conn_t *c = w->c;
+  unlink_write(w);
   free(w);
   if (c && c->send_co_ref != LUA_NOREF &&
       (status != 0 || queued(c) <= (size_t)c->owner->max_send_queue))

@@ -38,4 +38,4 @@ t:start(100, 0, function()
   for _, c in ipairs(clients) do c:close() end
 end)
 uv.run()
-print("done")
+print("ok: done")

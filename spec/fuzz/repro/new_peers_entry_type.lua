@@ -5,5 +5,8 @@
 -- Expected: "peerpool.new: peers[1] must be an address (string)", and no pool left open.
 --   LUA_CPATH='build/lua/?.so;;' lua5.4 spec/fuzz/repro/new_peers_entry_type.lua
 local peerpool = require "peerpool"
-print(pcall(peerpool.new, { peers = { {} } }))
-print("open pools after the failed new:", #peerpool.pools()) -- 1 (expected 0)
+local ok, err = pcall(peerpool.new, { peers = { {} } })
+local open = #peerpool.pools() -- was 1: the half-made pool
+local good = not ok and tostring(err):find("peers[1]", 1, true) and open == 0
+print((good and "ok: " or "BUG: ") .. tostring(err) .. "; open pools: " .. open)
+os.exit(good and 0 or 1)

@@ -5,5 +5,8 @@
 -- Expected: "peerpool.new: option 'policy' must be a path or a table", no pool left open.
 --   LUA_CPATH='build/lua/?.so;;' lua5.4 spec/fuzz/repro/new_policy_type.lua
 local peerpool = require "peerpool"
-print(pcall(peerpool.new, { policy = 42 }))
-print("open pools after the failed new:", #peerpool.pools()) -- 1 (expected 0)
+local ok, err = pcall(peerpool.new, { policy = 42 })
+local open = #peerpool.pools() -- was 1: the half-made pool
+local good = not ok and tostring(err):find("option 'policy'", 1, true) and open == 0
+print((good and "ok: " or "BUG: ") .. tostring(err) .. "; open pools: " .. open)
+os.exit(good and 0 or 1)

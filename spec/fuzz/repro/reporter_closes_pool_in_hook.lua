@@ -36,4 +36,4 @@ end)
 srv:close()
 for _, c in ipairs(clients) do c:close() end
 uv.run()
-print("done")
+print("ok: done")

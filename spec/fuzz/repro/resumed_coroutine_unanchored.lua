@@ -29,7 +29,7 @@ peerpool.spawn(function()          -- nothing but the binding refers to this cor
     collectgarbage()
     collectgarbage()
   end)()
-  print("survived")                 -- back in the freed coroutine
+  print("ok: survived")             -- back in the (then freed) coroutine
   conn:release()
   pool:close()
   srv:close()

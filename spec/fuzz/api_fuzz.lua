@@ -164,7 +164,58 @@ end
 -- The driver's own luv handles, so that an abrupt end can close them first (TOOLCHAIN.md,
 -- luv trap 4: a handle closed just before lua_close crashes luv itself).
 local handles = setmetatable({}, { __mode = "k" })
+
+-- With FUZZ_SKIP=loop_clock (finding F13) sleepers are resumed from a check handle, after the
+-- poll phase, instead of from their timers: in libuv 1.44's timer phase a callback that makes
+-- the engine advance the loop's clock makes every short timer due again, and a round of actors
+-- sleeping 0..6 ms never leaves that phase.
+local sleepers, wake_check, wake_timer = {}, nil, nil
+local function resume_sleepers()
+  local now = uv.hrtime() / 1e6
+  local due, soonest = {}, nil
+  for i = #sleepers, 1, -1 do
+    local e = sleepers[i]
+    if e.at <= now then
+      table.remove(sleepers, i)
+      due[#due + 1] = e
+    elseif not soonest or e.at < soonest then
+      soonest = e.at
+    end
+  end
+  table.sort(due, function(x, y) return x.seq < y.seq end)
+  for _, e in ipairs(due) do
+    if coroutine.status(e.co) == "suspended" then
+      local ok, err = coroutine.resume(e.co, e.token)
+      if not ok then fail("a coroutine resumed from sleep raised: " .. tostring(err)) end
+    end
+  end
+  if #sleepers == 0 then
+    wake_check:stop()
+    wake_timer:stop()
+  elseif soonest then
+    wake_timer:start(math.max(0, math.ceil(soonest - uv.hrtime() / 1e6)), 0, function() end)
+  end
+end
+local sleep_seq = 0
+local function check_sleep(ms)
+  local co = assert(coroutine.running())
+  if not wake_check then
+    wake_check, wake_timer = uv.new_check(), uv.new_timer()
+    handles[wake_check], handles[wake_timer] = true, true
+  end
+  sleep_seq = sleep_seq + 1
+  local e = { co = co, at = uv.hrtime() / 1e6 + ms, token = {}, seq = sleep_seq }
+  sleepers[#sleepers + 1] = e
+  wake_check:start(resume_sleepers)
+  wake_timer:start(ms, 0, function() end) -- wakes the poll; the check resumes
+  local got = coroutine.yield()
+  if got ~= e.token then
+    fail("a sleeping coroutine was resumed by someone else, with " .. show(got))
+  end
+end
+
 local function sleep(ms)
+  if SKIP.loop_clock then return check_sleep(ms) end
   local co = assert(coroutine.running())
   local token = {}
   local t = uv.new_timer()
@@ -755,7 +806,8 @@ local function gen_options()
   local o = {}
   local function maybe(p, k, v) if chance(p) then o[k] = v end end
   maybe(0.7, "max_per_peer", rnd(4))
-  maybe(0.6, "max_total", rnd(10))
+  -- (FUZZ_SKIP=hold_spin: never at max_total, finding F14)
+  if not SKIP.hold_spin then maybe(0.6, "max_total", rnd(10)) end
   maybe(0.3, "client_limit", rnd(3))
   maybe(0.6, "connect_timeout", pick { 30, 100, 300, 1000 })
   maybe(0.6, "retries", rnd(3) - 1)
@@ -1896,7 +1948,7 @@ do
   }
   -- FUZZ_OPS=name,name: only these ops (to narrow a failure down); FUZZ_SKIP names work too
   local only
-  if getenv "FUZZ_OPS" then
+  if (getenv "FUZZ_OPS" or "") ~= "" then
     only = {}
     for w in getenv("FUZZ_OPS"):gmatch("[^,%s]+") do only[w] = true end
   end
@@ -1986,7 +2038,7 @@ end
 local function add_peers()
   local n = rnd(#F.servers)
   local kinds -- FUZZ_KINDS=kind,kind: peers of these servers only
-  if getenv "FUZZ_KINDS" then
+  if (getenv "FUZZ_KINDS" or "") ~= "" then
     kinds = {}
     for w in getenv("FUZZ_KINDS"):gmatch("[^,%s]+") do kinds[w] = true end
   end
@@ -2091,12 +2143,45 @@ local function run_round(n, budget, live)
     R.actors[i] = a
     spawn("actor " .. i, actor, a)
   end
-  local sampler = uv.new_timer()
+  -- The sampler: a timer every 11 ms; with FUZZ_SKIP=loop_clock (finding F13) a check handle
+  -- (at most every 11 ms) instead, so that no timer of the driver's is due in every pass.
+  local sampler = SKIP.loop_clock and uv.new_check() or uv.new_timer()
   handles[sampler] = true
-  sampler:start(7, 11, function()
+  local last_sample = 0
+  local function sample()
     exit_if_failed()
+    -- timers keep firing, but does the loop get past its timer phase? (finding F13)
+    local now = clock()
+    if F.check_n ~= R.seen_check_n then
+      R.seen_check_n, R.seen_check_at = F.check_n, now
+    elseif R.seen_check_at and now - R.seen_check_at > 300 * SLOW and not SKIP.phase_check then
+      fail(fmt("the loop has not reached its check phase for %.0f ms while timers kept firing " ..
+        "(the timer phase never ends: deferred answers and I/O starve)", now - R.seen_check_at))
+    end
     check_kernel("sampler")
-  end)
+    -- an acquire still waiting well past its deadline (while the loop kept turning)
+    if not SKIP.deadline then
+      for id, acq in pairs(R.acquires) do
+        if acq.pending and acq.deadline and not acq.abandoned and not acq.void then
+          local late = lateness(acq.deadline)
+          check(late <= MARGIN, "acquire #%d (timeout %s) is still waiting %.0f ms after its " ..
+            "deadline (time the loop lost meanwhile: %.0f ms)", id, show(acq.opts and
+            acq.opts.timeout or R.acquire_timeout), clock() - acq.deadline,
+            max_stall(acq.deadline, clock()))
+        end
+      end
+    end
+  end
+  if SKIP.loop_clock then
+    sampler:start(function()
+      local now = clock()
+      if now - last_sample < 11 then return end
+      last_sample = now
+      sample()
+    end)
+  else
+    sampler:start(7, 11, sample)
+  end
   sleep(budget)
   if live then
     -- the program ends here, with the pool, its conns, waits and hooks all live: lua_close
@@ -2257,8 +2342,27 @@ local function main()
     collectgarbage("incremental", 0, 400)
   end
   F.heart = uv.new_timer()
-  F.heart:start(10, 10, heartbeat)
+  F.check_n = 0
+  F.phase = uv.new_check() -- counts loop iterations that reach the check phase
+  if SKIP.loop_clock then
+    -- (finding F13: no repeating timer of ours; the loop's lost time is taken per iteration,
+    -- with a timer only to wake the poll every 10 ms)
+    local last = 0
+    F.heart:start(10, 10, function() end)
+    F.phase:start(function()
+      F.check_n = F.check_n + 1
+      local now = clock()
+      if now - last >= 10 then
+        last = now
+        heartbeat()
+      end
+    end)
+  else
+    F.heart:start(10, 10, heartbeat)
+    F.phase:start(function() F.check_n = F.check_n + 1 end)
+  end
   F.heart:unref()
+  F.phase:unref()
   if SKIP.sigpipe then
     -- look past the SIGPIPE finding: a handler of our own makes writes to a reset socket fail
     -- with EPIPE instead of killing the process (as the host program's SIG_IGN does)
@@ -2301,6 +2405,11 @@ local function main()
   end
   F.ctl.close()
   F.heart:close()
+  F.phase:close()
+  if wake_check then
+    wake_check:close()
+    wake_timer:close()
+  end
   if F.sigpipe then F.sigpipe:close() end
   F.old = {}
   F.kept_hook_conns = {}
@@ -2314,6 +2423,7 @@ if F.abrupt then
   for h in pairs(handles) do if not h:is_closing() then h:close() end end
   F.ctl.close()
   F.heart:close()
+  F.phase:close()
   if F.sigpipe then F.sigpipe:close() end
   for _ = 1, 3 do uv.run("nowait") end
   io.stdout:write(fmt("fuzz.api seed %d: ok, %d rounds, %d ops, %d acquires, %d reports (%s%s), " ..

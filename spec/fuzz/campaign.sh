@@ -25,7 +25,7 @@ seq "$first" "$last" | xargs -P "$jobs" -I{} sh -c '
   if sh "$here/run.sh" "$build" {} "$seconds" > "$logs/seed-{}.log" 2>&1; then
     rm -f "$logs/seed-{}.log"
   else
-    line=$(grep -m1 -E "^FUZZ FAILURE|CRASHED|ERROR: AddressSanitizer|runtime error" "$logs/seed-{}.log")
+    line=$(grep -m1 -E "^FUZZ FAILURE|HUNG|CRASHED|ERROR: AddressSanitizer|runtime error" "$logs/seed-{}.log")
     echo "seed {}: ${line:-failed (see $logs/seed-{}.log)}" | tee -a "$logs/failed"
   fi'
 n=$(cat "$logs/failed" 2>/dev/null | wc -l)

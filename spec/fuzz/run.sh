@@ -26,14 +26,19 @@ if [ "${FUZZ_NETNS:-1}" != 0 ] && command -v unshare >/dev/null && command -v ip
 fi
 export LUA_PATH="./?.lua;./scripts/?.lua;;" LUA_CPATH="$build/lua/?.so;;"
 export FUZZ_SEED=$seed FUZZ_SECONDS=$seconds FUZZ_TRACE=$trace
+# A run that outlives its time by far hangs (the loop spinning, or waiting for ever).
+limit=$((seconds * 6 + 60))
 if [ -n "$netns" ]; then
-  $netns sh -c 'ip link set lo up && exec lua5.4 spec/fuzz/api_fuzz.lua'
+  timeout -k 5 $limit $netns sh -c 'ip link set lo up && exec lua5.4 spec/fuzz/api_fuzz.lua'
 else
-  lua5.4 spec/fuzz/api_fuzz.lua
+  timeout -k 5 $limit lua5.4 spec/fuzz/api_fuzz.lua
 fi
 rc=$?
+if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+  echo "fuzz.api seed $seed HUNG: still running after $limit s (killed)" >&2
+fi
 if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
-  echo "fuzz.api seed $seed CRASHED (exit $rc); the last ops before it (oldest first):" >&2
+  echo "fuzz.api seed $seed CRASHED or HUNG (exit $rc); the last ops before it (oldest first):" >&2
   tail -n 60 "$trace" | sed 's/^/  /' >&2
   echo "replay: FUZZ_SEED=$seed SECONDS=$seconds make fuzz   (or: sh spec/fuzz/run.sh $build $seed $seconds)" >&2
 fi

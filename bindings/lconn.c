@@ -301,9 +301,7 @@ static void on_io_timeout(uv_timer_t *timer);
 
 static void arm_recv_timer(lua_State *L, lpp_pool_t *p) {
   if (p->recv_head == NULL) return;
-  uint64_t now = lpp_now(p->st->loop);
-  uint64_t due = p->recv_head->deadline;
-  uv_timer_start(lpp_timer(L, p, &p->recv_timer, p), on_io_timeout, due > now ? due - now : 0, 0);
+  pp_timer_start_at(lpp_timer(L, p, &p->recv_timer, p), on_io_timeout, p->recv_head->deadline);
 }
 
 static void unlist_receive(lpp_conn_t *c) {
@@ -323,7 +321,7 @@ static void unlist_receive(lpp_conn_t *c) {
 
 static void list_receive(lua_State *L, lpp_conn_t *c, int64_t ms) {
   lpp_pool_t *p = c->owner;
-  c->deadline = lpp_now(p->st->loop) + (uint64_t)ms;
+  c->deadline = pp_now() + (uint64_t)ms;
   c->wprev = p->recv_tail;
   c->wnext = NULL;
   if (p->recv_tail)
@@ -446,7 +444,7 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
 static void on_io_timeout(uv_timer_t *timer) {
   lpp_pool_t *p = timer->data;
   if (p == NULL) return;
-  uint64_t now = lpp_now(p->st->loop);
+  uint64_t now = pp_now();
   /* finish_receive unlists the head; a resumed coroutine may list new receives at the tail */
   while (p->recv_head && p->recv_head->deadline <= now)
     finish_receive(p->recv_head, PP_ETIMEDOUT);

@@ -107,7 +107,7 @@ static int l_wait(lua_State *L) {
   uv_timer_t *timer = ms > 0 ? lpp_timer(L, n->owner, &n->timer, n) : NULL;
   lua_pushthread(L); /* anchored before the timer may look for it */
   n->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (timer) uv_timer_start(timer, on_wait_timeout, (uint64_t)ms, 0);
+  if (timer) pp_timer_start(timer, on_wait_timeout, (uint64_t)ms);
   return lua_yield(L, 0);
 }
 
@@ -131,7 +131,7 @@ static int l_on_free(lua_State *L) {
       lua_pushvalue(L, 1);
       n->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
-    uv_timer_start(n->timer, on_late, 0, 0);
+    pp_timer_start(n->timer, on_late, 0);
   }
   lua_settop(L, 1);
   return 1;

@@ -153,9 +153,6 @@ void lpp_unref(lua_State *L, int *ref);
 uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data);
 /* Close the timer in *slot (its callback will not run) and clear the slot. */
 void lpp_timer_drop(uv_timer_t **slot);
-/* The loop's time in ms, brought up to date first: deadlines are measured from now, not from
- * the start of the loop iteration (a callback may have run long). */
-uint64_t lpp_now(uv_loop_t *loop);
 /* Get a timeout in ms: nil → dflt; a number >= 0; else raise naming `what`. */
 int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
 

@@ -35,7 +35,7 @@ void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
 
 void lpp_hook_error_on(lua_State *L, lpp_pool_t *p, int hook, const char *msg) {
   p->hook_errors[hook]++;
-  uint64_t now = p->pool ? uv_now(pp_pool_loop(p->pool)) : 0;
+  uint64_t now = pp_now();
   if (p->hook_logged_at[hook] != 0 && now - p->hook_logged_at[hook] < 1000) {
     p->hook_suppressed[hook]++;
     return;

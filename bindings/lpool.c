@@ -523,8 +523,7 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
     lua_setfield(L, -2, "last_error");
   }
   if (i.retry_at) {
-    uv_loop_t *loop = pp_pool_loop(pp_peer_pool(peer));
-    uint64_t now = uv_now(loop);
+    uint64_t now = pp_now();
     lua_pushinteger(L, i.retry_at > (int64_t)now ? i.retry_at - (int64_t)now : 0);
     lua_setfield(L, -2, "retry_in_ms");
   }

@@ -189,8 +189,7 @@ int lpp_l_send(lua_State *L) {
   c->send_self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   int64_t ms = c->owner->io_timeout;
   if (ms > 0) {
-    lpp_now(c->owner->st->loop);
-    uv_timer_start(lpp_timer(L, c->owner, &c->send_timer, c), on_send_timeout, (uint64_t)ms, 0);
+    pp_timer_start(lpp_timer(L, c->owner, &c->send_timer, c), on_send_timeout, (uint64_t)ms);
   }
   return lua_yield(L, 0);
 }

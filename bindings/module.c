@@ -86,7 +86,7 @@ void lpp_finalize_later(lua_State *L, int idx) {
     uv_unref((uv_handle_t *)t);
   }
   t->data = st;
-  uv_timer_start(t, run_later, 0, 0);
+  pp_timer_start(t, run_later, 0);
 }
 
 lpp_state_t *lpp_state(lua_State *L) {
@@ -232,11 +232,6 @@ void lpp_timer_drop(uv_timer_t **slot) {
   (*slot)->data = NULL;
   uv_close((uv_handle_t *)*slot, timer_closed);
   *slot = NULL;
-}
-
-uint64_t lpp_now(uv_loop_t *loop) {
-  uv_update_time(loop);
-  return uv_now(loop);
 }
 
 int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt) {

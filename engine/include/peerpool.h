@@ -140,11 +140,26 @@ int pp_peer_set_tls(pp_peer_t *peer, const pp_tls_options_t *tls, const char **w
 const char *pp_peer_tls_reason(const pp_peer_t *peer);
 
 /* ------------------------------------------------------------------------------------------
+ * The clock. Every time the engine reports ("loop ms": deadlines, stamps, retry_at) is on
+ * libuv's loop timeline (what uv_now() reads once the loop's clock is current).
+ */
+
+/* The time in loop ms, read fresh. The engine never calls uv_update_time(): libuv 1.44 re-reads
+ * the loop's clock while it runs its due timers, so a callback that advanced it would keep the
+ * loop in its timer phase (no I/O, no check phase) while a repeating timer catches up. */
+uint64_t pp_now(void);
+/* Start one-shot `timer` to fire at loop ms `at` (or `ms` from now), counted on the same
+ * timeline although libuv counts from its cached loop time, and never within the timer phase
+ * that is running (at least 1 ms: a callback re-arming for a cause that has not gone would
+ * otherwise keep libuv 1.44 in that phase). For the binding's and the program's own timers. */
+void pp_timer_start_at(uv_timer_t *timer, uv_timer_cb cb, uint64_t at);
+void pp_timer_start(uv_timer_t *timer, uv_timer_cb cb, uint64_t ms);
+
+/* ------------------------------------------------------------------------------------------
  * Options. Call pp_options_init() for the defaults, change fields, pass to pp_pool_new().
  * Durations are milliseconds; 0 means "never" where noted. Every deadline and timeout (acquire,
- * connect, handshake, ping, backoff, idle, lifespan) runs from the moment the engine starts it:
- * the engine brings the loop's clock up to date first (uv_update_time), so blocking work in a
- * callback before the call does not eat into it.
+ * connect, handshake, ping, backoff, idle, lifespan) runs from the moment the engine starts it,
+ * read from pp_now(), so blocking work in a callback before the call does not eat into it.
  */
 typedef struct {
   int max_per_peer;             /* conns per peer, counting conns still connecting (4) */

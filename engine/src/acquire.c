@@ -33,7 +33,7 @@ static bool served_before(const pp_lease_t *a, const pp_lease_t *b) {
 static void arm_deadline_timer(pp_pool_t *pool) {
   if (pool->deadlines.min == NULL || pool->closing) return;
   pp_lease_t *first = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
-  pp__timer_start_at(pool, &pool->deadline_timer, pp__deadline_timer_cb, first->deadline_);
+  pp_timer_start_at(&pool->deadline_timer, pp__deadline_timer_cb, first->deadline_);
 }
 
 int pp__waiters_ahead(pp_lease_t *lease) {
@@ -49,7 +49,7 @@ int pp__waiters_ahead(pp_lease_t *lease) {
 
 static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
   pp__queue_t *q = queue_of(pool, lease);
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   lease->state_ = PP_LEASE_WAITING;
   lease->seq_ = ++pool->seq;
   lease->since_ = now;
@@ -86,7 +86,7 @@ static void dequeue(pp_pool_t *pool, pp_lease_t *lease) {
 
 void pp__deadline_timer_cb(uv_timer_t *timer) {
   pp_pool_t *pool = timer->data;
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   while (pool->deadlines.min) {
     pp_lease_t *lease = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
     if (lease->deadline_ > now) break;

@@ -34,7 +34,7 @@ static void fill_pool(pp_cause_t *c, const pp_pool_t *pool) {
 void pp__cause_fill(pp_lease_t *lease, pp_peer_t *peer, int code) {
   pp_pool_t *pool = lease->pool_;
   pp_cause_t *c = &lease->why_;
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   bool queued = lease->state_ == PP_LEASE_WAITING;
   memset(c, 0, sizeof(*c));
   c->code = code;

@@ -137,10 +137,10 @@ int pp__conn_dial(pp_peer_t *peer, pp_lease_t *owner, pp_conn_t **out) {
     owner->dial_ = conn;
     pool->dial_owners++;
   }
-  if (peer->retry_at > pp__now(pool)) {
+  if (peer->retry_at > pp_now()) {
     /* The peer is in backoff: the first attempt waits for its retry time. */
     set_phase(conn, PP_CONN_BACKOFF);
-    pp__timer_start_at(pool, &conn->timer, on_backoff_done, peer->retry_at);
+    pp_timer_start_at(&conn->timer, on_backoff_done, peer->retry_at);
     pp__peer_update_state(peer);
   } else {
     start_attempt(conn);
@@ -178,7 +178,7 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_timer_stop(&conn->timer);
-  double ms = (double)(pp__now(pool) - conn->attempt_started);
+  double ms = (double)(pp_now() - conn->attempt_started);
   pool->connect_latency_sum += ms;
   pp__hist_observe_ns(pool, PP_HIST_CONNECT, conn->phase_ns);
   conn->phase_ns = uv_hrtime(); /* the handshake starts */
@@ -213,7 +213,7 @@ static void transport_ready(pp_conn_t *conn) {
   if (pool->policy.handshake) {
     if (conn->phase != PP_CONN_HANDSHAKE) {
       set_phase(conn, PP_CONN_HANDSHAKE);
-      pp__timer_start(pool, &conn->timer, on_handshake_timeout,
+      pp_timer_start(&conn->timer, on_handshake_timeout,
                       (uint64_t)pool->opts.handshake_timeout);
       pp__peer_update_state(conn->peer);
     }
@@ -234,7 +234,7 @@ static void start_attempt(pp_conn_t *conn) {
   peer->attempts++;
   pool->stats.connect_attempts++;
   set_phase(conn, PP_CONN_DIALING);
-  conn->attempt_started = pp__now(pool);
+  conn->attempt_started = pp_now();
   conn->phase_ns = uv_hrtime();
   conn->connect_req.data = conn;
   if (peer->is_pipe) {
@@ -257,7 +257,7 @@ static void start_attempt(pp_conn_t *conn) {
     attempt_failed(conn, err);
     return;
   }
-  pp__timer_start(pool, &conn->timer, on_connect_timeout, (uint64_t)pool->opts.connect_timeout);
+  pp_timer_start(&conn->timer, on_connect_timeout, (uint64_t)pool->opts.connect_timeout);
 }
 
 static void on_attempt_closed(uv_handle_t *handle);
@@ -287,7 +287,7 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   if (conn->hstate == H_OPEN)
     close_handle(conn, on_attempt_closed);
   else
-    pp__timer_start(pool, &conn->timer, on_attempt_timer, 0); /* no socket: decide next tick */
+    pp_timer_start(&conn->timer, on_attempt_timer, 0); /* no socket: decide next tick */
   pp__peer_update_state(peer);
 }
 
@@ -334,11 +334,11 @@ static void after_attempt(pp_conn_t *conn) {
   /* TLS (tls.c): a certificate does not change between attempts, so a TLS failure is not
    * retried and the owner hears PP_ETLS itself. */
   if (!conn->probe && conn->attempt <= pool->opts.retries && err != PP_ETLS) {
-    pp__timer_start(pool, &conn->timer, on_backoff_done, (uint64_t)delay);
+    pp_timer_start(&conn->timer, on_backoff_done, (uint64_t)delay);
     pp__peer_update_state(peer);
     return;
   }
-  uint64_t at = pp__now(pool) + (uint64_t)delay;
+  uint64_t at = pp_now() + (uint64_t)delay;
   if (at > peer->retry_at) peer->retry_at = at;
   give_up(conn, err == PP_ETLS ? PP_ETLS : PP_ECANNOTCONNECT);
 }
@@ -382,7 +382,7 @@ static void on_ping_timeout(uv_timer_t *timer) {
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms) {
   pp_pool_t *pool = conn->pool;
   return pool->policy.ping && conn->leases == 0 && idle_ms > 0 &&
-         pp__now(pool) - conn->last_used >= idle_ms;
+         pp_now() - conn->last_used >= idle_ms;
 }
 
 void pp__conn_ping(pp_conn_t *conn) {
@@ -392,7 +392,7 @@ void pp__conn_ping(pp_conn_t *conn) {
   conn->hook_running = true;
   pool->stats.pings++;
   uv_ref((uv_handle_t *)&conn->timer); /* a running ping keeps the loop alive */
-  pp__timer_start(pool, &conn->timer, on_ping_timeout, (uint64_t)pool->opts.handshake_timeout);
+  pp_timer_start(&conn->timer, on_ping_timeout, (uint64_t)pool->opts.handshake_timeout);
   pool->policy.ping(pool->policy.data, conn);
 }
 
@@ -412,7 +412,7 @@ int pp_conn_ping_done(pp_conn_t *conn, int status) {
     pp__conn_close(conn, PP_CLOSE_PING);
     return 0;
   }
-  conn->last_used = pp__now(pool);
+  conn->last_used = pp_now();
   arm_lifespan(conn);
   if (pp__conn_lendable(conn)) {
     pp__peer_mark_usable(conn->peer, conn);
@@ -432,7 +432,7 @@ static void on_lifespan(uv_timer_t *timer) {
 
 static void arm_lifespan(pp_conn_t *conn) {
   if (conn->expires_at == 0) return;
-  pp__timer_start_at(conn->pool, &conn->timer, on_lifespan, (uint64_t)conn->expires_at);
+  pp_timer_start_at(&conn->timer, on_lifespan, (uint64_t)conn->expires_at);
 }
 
 /* The peer's side of a successful connect: its backoff ends, a probe becomes an ordinary
@@ -457,7 +457,7 @@ static void peer_connected(pp_conn_t *conn) {
 static void conn_ready(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   uv_timer_stop(&conn->timer);
   conn->read_cb = NULL; /* a handshake hook's reader ends with the handshake */
   set_phase(conn, PP_CONN_READY);
@@ -924,7 +924,7 @@ static void tls_failed(pp_conn_t *conn) {
 static void tls_start(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   set_phase(conn, PP_CONN_HANDSHAKE);
-  pp__timer_start(pool, &conn->timer, on_handshake_timeout,
+  pp_timer_start(&conn->timer, on_handshake_timeout,
                   (uint64_t)pool->opts.handshake_timeout);
   pp__peer_update_state(conn->peer);
   int r = pp__tls_handshake(conn->tls);
@@ -1105,7 +1105,7 @@ int pp_conn_is_broken(const pp_conn_t *conn) {
   return conn->broken || conn->phase == PP_CONN_CLOSED;
 }
 uint64_t pp_conn_idle_ms(const pp_conn_t *conn) {
-  uint64_t now = pp__now(conn->pool);
+  uint64_t now = pp_now();
   return now > conn->last_used ? now - conn->last_used : 0;
 }
 void *pp_conn_get_data(const pp_conn_t *conn) {

@@ -57,7 +57,7 @@ static void event_init(pp_pool_t *pool, pp_event_t *ev, pp_event_kind_t kind, pp
   memset(ev, 0, sizeof(*ev));
   ev->kind = kind;
   ev->peer = peer;
-  ev->at = uv_now(pool->loop);
+  ev->at = pp_now();
 }
 
 /* ---- explain ---------------------------------------------------------------------------- */
@@ -69,7 +69,7 @@ static struct pp__explain_s *explain_next(pp_pool_t *pool, const char *kind, pp_
   struct pp__explain_s *x = &pool->explain[pool->explain_next];
   pool->explain_next = (pool->explain_next + 1) % PP_EXPLAIN_MAX;
   if (pool->explain_len < PP_EXPLAIN_MAX) pool->explain_len++;
-  x->e.at = uv_now(pool->loop);
+  x->e.at = pp_now();
   x->e.kind = kind;
   x->e.peer = peer;
   x->e.conn_id = conn_id;
@@ -188,7 +188,7 @@ static const char *err_name(int err) {
 void pp__ev_conn_open(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp_now();
   int64_t ms = now > conn->attempt_started ? (int64_t)(now - conn->attempt_started) : 0;
   pp__explain(pool, "conn_open", peer, conn->id,
               "conn #%llu to %s open%s after %d attempt%s (last took %lld ms); peer has %d/%d "
@@ -208,7 +208,7 @@ void pp__ev_conn_open(pp_conn_t *conn) {
 void pp__ev_conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp_now();
   int64_t age =
       conn->created_at && (int64_t)now > conn->created_at ? (int64_t)now - conn->created_at : 0;
   int err = conn->broken ? conn->last_error : 0;
@@ -286,7 +286,7 @@ void pp__ev_burn(pp_peer_t *peer) {
 
 void pp__ev_probe(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
-  uint64_t now = uv_now(pool->loop), hold = pp__peer_hold_until(peer);
+  uint64_t now = pp_now(), hold = pp__peer_hold_until(peer);
   pp__explain(pool, "probe", peer, 0,
               "%s probed (one connect attempt): it is %s for %llu ms more; last error %s",
               peer->addr, peer->ejected ? "ejected" : "backing off",
@@ -297,13 +297,13 @@ void pp__ev_recover(pp_peer_t *peer) {
   pp__explain(
       peer->pool, "recover", peer, 0,
       "%s recovered: its ejection ended (%s); %d consecutive failures so far", peer->addr,
-      peer->eject_until > uv_now(peer->pool->loop) ? "it connected again" : "its cool-down passed",
+      peer->eject_until > pp_now() ? "it connected again" : "its cool-down passed",
       peer->failures + peer->connect_failures);
 }
 
 void pp__ev_granted(pp_lease_t *lease, pp_conn_t *conn, bool dialed) {
   pp_pool_t *pool = conn->pool;
-  uint64_t now = uv_now(pool->loop);
+  uint64_t now = pp_now();
   struct pp__explain_s *x = explain_next(pool, "acquire", conn->peer, conn->id);
   x->lazy = LAZY_GRANT;
   x->v[0] = dialed;
@@ -335,7 +335,7 @@ void pp__ev_failed(pp_lease_t *lease) {
   if (x && x->lazy == LAZY_FAIL && x->e.peer == c->peer && x->cause.code == c->code &&
       x->want == lease->want_) {
     x->e.repeats++;
-    x->e.at = uv_now(pool->loop);
+    x->e.at = pp_now();
   } else {
     x = explain_next(pool, "fail", c->peer, 0);
     x->lazy = LAZY_FAIL;
@@ -411,7 +411,7 @@ static bool report_one_leak(pp_pool_t *pool, uint64_t now) {
 
 static void leak_timer_cb(uv_timer_t *timer) {
   pp_pool_t *pool = timer->data;
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   for (int n = 0; n < 64 && !pool->closing && report_one_leak(pool, now); n++) {
   }
 }

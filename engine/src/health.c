@@ -49,6 +49,9 @@ static void hold_timer_cb(uv_timer_t *timer);
  * peer wait or notices are armed, for the first backoff end too (a peer coming back can serve
  * them). */
 void pp__hold_timer_arm(pp_pool_t *pool) {
+  /* Peers whose backoff ended leave the backoff heap first: its head is then truly ahead (a
+   * peer that may be dialled but is not, e.g. at max_total, is woken by a release instead). */
+  pp__candidates_refresh(pool);
   uint64_t at = 0;
   if (pool->ejected.min) at = PP__CONTAINER(pool->ejected.min, pp_peer_t, eject_node)->eject_until;
   if (pool->probes.min) {
@@ -64,7 +67,7 @@ void pp__hold_timer_arm(pp_pool_t *pool) {
     uv_timer_stop(&pool->hold_timer);
     return;
   }
-  pp__timer_start_at(pool, &pool->hold_timer, hold_timer_cb, at);
+  pp_timer_start_at(&pool->hold_timer, hold_timer_cb, at);
 }
 
 void pp__health_init(pp_pool_t *pool) {
@@ -92,14 +95,14 @@ void pp__eject_end(pp_peer_t *peer) {
   if (!peer->burned) pp__ev_recover(peer);
   peer->ejected = false;
   peer->eject_until = 0;
-  peer->eject_ended_at = pp__now(pool);
+  peer->eject_ended_at = pp_now();
   pool->nejected--;
   pp__peer_update_state(peer);
 }
 
 void pp__ejections_refresh(pp_pool_t *pool) {
   if (pool->ejected.min == NULL) return;
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   while (pool->ejected.min) {
     pp_peer_t *peer = PP__CONTAINER(pool->ejected.min, pp_peer_t, eject_node);
     if (peer->eject_until > now) break;
@@ -158,7 +161,7 @@ static void eject(pp_peer_t *peer) {
   peer->eject_streak++;
   peer->ejections++;
   pool->stats.ejections++;
-  eject_until(peer, pp__now(pool) + cool);
+  eject_until(peer, pp_now() + cool);
   pp__ev_eject(peer, cool);
 }
 
@@ -168,7 +171,7 @@ static void back_off_briefly(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
   uint64_t brief = (uint64_t)pool->opts.eject_time;
   if (brief > PP__BRIEF_BACKOFF_MS) brief = PP__BRIEF_BACKOFF_MS;
-  uint64_t at = pp__now(pool) + brief;
+  uint64_t at = pp_now() + brief;
   if (peer->retry_at < at) peer->retry_at = at;
   pool->stats.ejections_refused++;
   pp__ev_eject_refused(peer, brief);
@@ -190,7 +193,7 @@ void pp__peer_failed(pp_peer_t *peer, int err, bool in_use) {
   else
     peer->connect_failures++;
   peer->last_error = err;
-  peer->last_error_at = pp__now(pool);
+  peer->last_error_at = pp_now();
   peer->last_failure = pp__unix_now_ms();
   peer->fail_in_use = in_use;
   int limit = pool->opts.eject_after;
@@ -213,7 +216,7 @@ void pp__peer_succeeded(pp_peer_t *peer) {
    * next ejection starts again from eject_time. */
   uint64_t since =
       peer->last_error_at > peer->eject_ended_at ? peer->last_error_at : peer->eject_ended_at;
-  if (pp__now(pool) - since >= (uint64_t)pool->opts.eject_time) peer->eject_streak = 0;
+  if (pp_now() - since >= (uint64_t)pool->opts.eject_time) peer->eject_streak = 0;
 }
 
 /* ---- probes ---------------------------------------------------------------------------- */
@@ -231,7 +234,7 @@ void pp__probe_schedule(pp_peer_t *peer) {
   /* Only a peer that once connected is worth probing (the rest are mere addresses), and a
    * connect proves nothing about failures in use (resets mid-request, broken verdicts). */
   if (peer->last_success == 0 || (peer->ejected && peer->fail_in_use)) return;
-  uint64_t at = pp__now(pool) + (uint64_t)every;
+  uint64_t at = pp_now() + (uint64_t)every;
   if (pp__peer_hold_until(peer) <= at) return; /* the hold ends first: it is dialled as usual */
   peer->probe_at = at;
   pp__heap_insert(&pool->probes, &peer->probe_node);
@@ -257,7 +260,7 @@ static void probe_due(pp_peer_t *peer) {
 static void hold_timer_cb(uv_timer_t *timer) {
   pp_pool_t *pool = timer->data;
   pp__ejections_refresh(pool);
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   while (pool->probes.min) {
     pp_peer_t *peer = PP__CONTAINER(pool->probes.min, pp_peer_t, probe_node);
     if (peer->probe_at > now) break;
@@ -297,7 +300,7 @@ void pp__peer_event(pp_peer_t *peer, pp_peer_event_t event) {
 /* A loop time as Unix ms (0 stays 0). */
 static int64_t loop_to_unix(const pp_pool_t *pool, uint64_t at) {
   if (at == 0) return 0;
-  return pp__unix_now_ms() + ((int64_t)at - (int64_t)uv_now(pool->loop));
+  return pp__unix_now_ms() + ((int64_t)at - (int64_t)pp_now());
 }
 
 int64_t pp__peer_ejected_until_unix(const pp_peer_t *peer) {
@@ -324,7 +327,7 @@ static void restore_ejection(pp_peer_t *peer, int64_t left) {
   pp_pool_t *pool = peer->pool;
   if (left <= 0 || still_ejected(peer) || !eject_allowed(pool)) return;
   if (left > pool->opts.eject_max) left = pool->opts.eject_max;
-  eject_until(peer, pp__now(pool) + (uint64_t)left);
+  eject_until(peer, pp_now() + (uint64_t)left);
 }
 
 int pp_peer_restore(pp_peer_t *peer, const pp_peer_history_t *h) {
@@ -340,7 +343,7 @@ int pp_peer_restore(pp_peer_t *peer, const pp_peer_history_t *h) {
   peer->eject_streak = h->eject_streak;
   peer->fail_in_use = false;
   if (h->last_failure > 0 && h->last_failure <= unix_now) {
-    uint64_t now = pp__now(pool), ago = (uint64_t)(unix_now - h->last_failure);
+    uint64_t now = pp_now(), ago = (uint64_t)(unix_now - h->last_failure);
     peer->last_error_at = ago < now ? now - ago : 1;
   }
   if (h->burned) {

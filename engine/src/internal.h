@@ -294,21 +294,13 @@ void pp__maybe_finish(pp_pool_t *pool);
 uint64_t pp__random(pp_pool_t *pool);
 void **pp__scratch(pp_pool_t *pool, int n);
 int64_t pp__unix_now_ms(void);
-/* The loop's time in ms, brought up to date first. uv_now() is cached when a loop iteration
- * starts and lags behind after blocking work in a callback; every deadline, timeout and stamp
- * of the engine is measured from this instead. */
-uint64_t pp__now(pp_pool_t *pool);
 /* Whether loop time `at` is still to come, reading the clock only when the cached loop time
  * (never ahead of it) says so: cheap on the hot path when `at` has long passed (or is 0). */
 bool pp__ahead(pp_pool_t *pool, uint64_t at);
 /* The loop time for stamps on the hot path (when an idle conn was released): from the coarse
  * monotonic clock, at most one tick (a few ms) behind the real time, never behind uv_now(), at
- * a third of the cost of pp__now(). */
+ * a third of the cost of pp_now(). */
 uint64_t pp__stamp(pp_pool_t *pool);
-/* Start a one-shot `timer` to fire `ms` from now (libuv counts from the cached loop time). */
-void pp__timer_start(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t ms);
-/* Start a one-shot `timer` to fire at loop time `at` (at once if that has passed). */
-void pp__timer_start_at(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t at);
 void pp__idle_timer_arm(pp_pool_t *pool);
 /* Ask the seed hook for `wanted` addresses, if it has not been asked within seed_interval.
  * Returns whether a seed hook exists. */

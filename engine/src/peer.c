@@ -232,7 +232,7 @@ static void place_candidate(pp_peer_t *peer, uint64_t now, int64_t unix_now) {
 
 void pp__candidates_refresh(pp_pool_t *pool) {
   pp__ejections_refresh(pool); /* an ejection that ended places its peer anew */
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   int64_t unix_now = pp__unix_now_ms();
   while (pool->freshness.min) {
     pp_peer_t *peer = PP__CONTAINER(pool->freshness.min, pp_peer_t, fresh_node);
@@ -273,7 +273,7 @@ static pp_peer_state_t derive_state(const pp_peer_t *peer, uint64_t now) {
 }
 
 void pp__peer_update_state(pp_peer_t *peer) {
-  uint64_t now = pp__now(peer->pool);
+  uint64_t now = pp_now();
   place_candidate(peer, now, pp__unix_now_ms());
   pp_peer_state_t to = derive_state(peer, now);
   if (to == peer->state) return;

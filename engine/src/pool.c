@@ -65,7 +65,6 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   pp__heap_init(&pool->deadlines, deadline_less);
   pool->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)pool ^ 0x9E3779B97F4A7C15ull;
   if (pool->rng == 0) pool->rng = 1;
-  uv_update_time(loop); /* the repeating timers below count from now */
   uv_timer_init(loop, &pool->idle_timer);
   uv_timer_init(loop, &pool->deadline_timer);
   uv_timer_init(loop, &pool->keepalive_timer);
@@ -137,7 +136,7 @@ void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_
   memset(&e->ev, 0, sizeof(e->ev));
   e->ev.kind = PP_EVENT_STATE;
   e->ev.peer = peer;
-  e->ev.at = uv_now(pool->loop);
+  e->ev.at = pp_now();
   e->ev.from = from;
   e->ev.to = to;
   pp__defer_pool_event(pool);
@@ -321,13 +320,13 @@ void pp__idle_timer_arm(pp_pool_t *pool) {
   if (pool->opts.idle_timeout == 0 || pool->closing || pp__list_empty(&pool->idle)) return;
   if (uv_is_active((uv_handle_t *)&pool->idle_timer)) return;
   pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
-  pp__timer_start_at(pool, &pool->idle_timer, idle_timer_cb,
+  pp_timer_start_at(&pool->idle_timer, idle_timer_cb,
                      oldest->last_used + (uint64_t)pool->opts.idle_timeout);
 }
 
 static void idle_timer_cb(uv_timer_t *timer) {
   pp_pool_t *pool = timer->data;
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   while (!pp__list_empty(&pool->idle)) {
     pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
     if (oldest->last_used + (uint64_t)pool->opts.idle_timeout > now) break;
@@ -368,7 +367,7 @@ static void maintenance_timer_cb(uv_timer_t *timer) {
 
 bool pp__request_seed(pp_pool_t *pool, int wanted) {
   if (pool->policy.seed == NULL || pool->closing) return false;
-  uint64_t now = pp__now(pool);
+  uint64_t now = pp_now();
   if (pool->last_seed != 0 && now - pool->last_seed < (uint64_t)pool->opts.seed_interval)
     return true;
   pool->last_seed = now ? now : 1;
@@ -416,13 +415,13 @@ void **pp__scratch(pp_pool_t *pool, int n) {
   return pool->scratch;
 }
 
-uint64_t pp__now(pp_pool_t *pool) {
-  uv_update_time(pool->loop);
-  return uv_now(pool->loop);
+uint64_t pp_now(void) {
+  return uv_hrtime() / 1000000;
 }
 
+
 bool pp__ahead(pp_pool_t *pool, uint64_t at) {
-  return at > uv_now(pool->loop) && at > pp__now(pool);
+  return at > uv_now(pool->loop) && at > pp_now();
 }
 
 uint64_t pp__stamp(pp_pool_t *pool) {
@@ -436,18 +435,21 @@ uint64_t pp__stamp(pp_pool_t *pool) {
   }
   return now;
 #else
-  return pp__now(pool);
+  return pp_now();
 #endif
 }
 
-void pp__timer_start(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t ms) {
-  uv_update_time(pool->loop);
-  uv_timer_start(timer, cb, ms, 0);
+void pp_timer_start_at(uv_timer_t *timer, uv_timer_cb cb, uint64_t at) {
+  /* libuv counts from its cached loop time, which lags behind after blocking work: count from
+   * it too, so the timer fires at `at` on the same timeline. At least 1 ms: libuv 1.44 runs a
+   * timer due "now" again within the timer phase that is running, and a callback that re-arms
+   * for a cause that has not gone would keep the loop there (no I/O, no check phase). */
+  uint64_t base = uv_now(timer->loop);
+  uv_timer_start(timer, cb, at > base ? at - base : 1, 0);
 }
 
-void pp__timer_start_at(pp_pool_t *pool, uv_timer_t *timer, uv_timer_cb cb, uint64_t at) {
-  uint64_t now = pp__now(pool);
-  uv_timer_start(timer, cb, at > now ? at - now : 0, 0);
+void pp_timer_start(uv_timer_t *timer, uv_timer_cb cb, uint64_t ms) {
+  pp_timer_start_at(timer, cb, pp_now() + ms);
 }
 
 int64_t pp__unix_now_ms(void) {

@@ -68,15 +68,16 @@ static void on_acquired(pp_lease_t *lease, int status) {
       pp_release(&c->lease, PP_EBROKEN);
       c->state = LPP_CONN_DONE;
     }
-    lpp_unref(L, &c->co_ref);
+    lpp_unref(L, &c->wait.co_ref);
     lpp_unref(L, &c->cb_ref);
     lpp_unref(L, &c->self_ref);
     return;
   }
-  if (c->co_ref != LUA_NOREF) {
-    lua_State *co = lpp_take_thread(L, &c->co_ref); /* anchored on L until we return */
-    if (lua_status(co) != LUA_YIELD) {
-      /* The coroutine was closed while it waited: nobody will take the conn. */
+  if (c->wait.co_ref != LUA_NOREF) {
+    lua_State *co = lpp_wait_take(L, &c->wait); /* anchored on L until we return */
+    if (co == NULL) {
+      /* The coroutine was closed, or resumed by the program, while it waited: nobody will
+       * take the conn. */
       if (status == 0) {
         c->state = LPP_CONN_DONE;
         pp_release(&c->lease, 0);
@@ -122,7 +123,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
                       "(peerpool.run(fn), or a coroutine on the luv loop)");
   lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 3); /* 3: the traceback (lobserve.c) */
   memset(c, 0, sizeof(*c));
-  c->self_ref = c->co_ref = c->cb_ref = c->send_co_ref = c->send_self_ref = LUA_NOREF;
+  c->self_ref = c->wait.co_ref = c->cb_ref = c->send_wait.co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->lease.data = c;
@@ -151,15 +152,18 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
    * not leave the engine pointing at an object the collector may free. */
   lua_pushvalue(L, -1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  if (cb_idx)
+  if (cb_idx) {
     lua_pushvalue(L, cb_idx);
-  else
-    lua_pushthread(L);
-  int *waiter_ref = cb_idx ? &c->cb_ref : &c->co_ref;
-  *waiter_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  } else {
+    lpp_wait_begin(L, p->st, &c->wait);
+  }
   err = pp_acquire(p->pool, &c->lease, peer, opts, on_acquired);
   if (err) {
-    lpp_unref(L, waiter_ref);
+    if (cb_idx)
+      lpp_unref(L, &c->cb_ref);
+    else
+      lpp_wait_cancel(L, &c->wait);
     lpp_unref(L, &c->self_ref);
     return push_acquire_error(L, p, &c->lease, peer, err);
   }
@@ -168,7 +172,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     lua_pushboolean(L, 1);
     return 1;
   }
-  return lua_yield(L, 0);
+  return lpp_wait_yield(L);
 }
 
 /* ---- receive --------------------------------------------------------------------------- */
@@ -336,7 +340,7 @@ static void list_receive(lua_State *L, lpp_conn_t *c, int64_t ms) {
 static void stop_waiting(lua_State *L, lpp_conn_t *c) {
   unlist_receive(c);
   c->want_kind = 0;
-  lpp_unref(L, &c->co_ref);
+  lpp_unref(L, &c->wait.co_ref);
   lpp_unref(L, &c->self_ref);
 }
 
@@ -352,8 +356,8 @@ static void finish_receive_unbudgeted(lpp_conn_t *c, int err) {
   unlist_receive(c);
   /* A reply still on its way would be read by the conn's next holder as its own. */
   if (err == PP_ETIMEDOUT || err == PP_ETOOLONG) c->tainted = 1;
-  lua_State *co = lpp_take_thread(L, &c->co_ref); /* anchored on L until we return */
-  if (lua_status(co) != LUA_YIELD) { /* closed while it waited: leave the data buffered */
+  lua_State *co = lpp_wait_take(L, &c->wait); /* anchored on L until we return */
+  if (co == NULL) { /* closed, or resumed by the program, while it waited: data stays buffered */
     stop_waiting(L, c);
     lua_pop(L, 1);
     return;
@@ -424,10 +428,10 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
   } else if (append(c, data, (size_t)nread) != 0) {
     c->read_error = UV_ENOMEM;
     stop_reading(c, conn);
-    if (c->co_ref != LUA_NOREF) finish_receive(c, UV_ENOMEM);
+    if (c->wait.co_ref != LUA_NOREF) finish_receive(c, UV_ENOMEM);
     return;
   }
-  if (c->co_ref == LUA_NOREF) {
+  if (c->wait.co_ref == LUA_NOREF) {
     /* Nobody is receiving: past a bound, let the engine hold (and pause) the stream. */
     if (c->len >= LPP_RECV_BUFFER_MAX) stop_reading(c, conn);
     return;
@@ -453,13 +457,9 @@ static void on_io_timeout(uv_timer_t *timer) {
 
 static int l_receive(lua_State *L) {
   lpp_conn_t *c = lpp_check_conn(L, 1);
-  if (c->co_ref != LUA_NOREF) { /* a waiter whose coroutine was closed waits no more */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
-    int alive = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
-    lua_pop(L, 1);
-    if (!alive) stop_waiting(L, c);
-  }
-  luaL_argcheck(L, c->co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
+  /* a waiter whose coroutine was closed or resumed by the program waits no more */
+  if (c->wait.co_ref != LUA_NOREF && !lpp_wait_active(L, &c->wait)) stop_waiting(L, c);
+  luaL_argcheck(L, c->wait.co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
   c->want_kind = 'l';
   if (lua_type(L, 2) == LUA_TNUMBER) {
     lua_Integer n = luaL_checkinteger(L, 2);
@@ -490,8 +490,7 @@ static int l_receive(lua_State *L) {
   if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
   if (!lua_isyieldable(L))
     return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
-  lua_pushthread(L); /* anchored first: see lpp_acquire */
-  c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lpp_wait_begin(L, c->owner->st, &c->wait); /* anchored first: see lpp_acquire */
   lua_pushvalue(L, 1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   int err = start_reading(c, conn);
@@ -501,7 +500,7 @@ static int l_receive(lua_State *L) {
   }
   int64_t ms = c->owner->io_timeout;
   if (ms > 0) list_receive(L, c, ms);
-  return lua_yield(L, 0);
+  return lpp_wait_yield(L);
 }
 
 /* ---- release --------------------------------------------------------------------------- */
@@ -513,11 +512,9 @@ static int l_receive(lua_State *L) {
 static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   if (c->state != LPP_CONN_LEASED) return;
   int waiting = 0;
-  if (c->co_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->co_ref);
-    waiting = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
-    lua_pop(L, 1);
-    if (!waiting) stop_waiting(L, c); /* its coroutine was closed: nothing waits any more */
+  if (c->wait.co_ref != LUA_NOREF) {
+    waiting = lpp_wait_active(L, &c->wait);
+    if (!waiting) stop_waiting(L, c); /* its coroutine left the wait: nothing waits any more */
   }
   /* A request whose reply was never read (sent after the last receive, or still queued) may be
    * answered later: the next holder would read that answer as its own. Protocols without
@@ -536,7 +533,7 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
         pp_conn_unread(c->lease.conn, unread(c), c->len) != 0)
       status = LPP_NOREUSE;
   }
-  if (c->send_co_ref != LUA_NOREF && status == 0) status = LPP_NOREUSE; /* half a request out */
+  if (c->send_wait.co_ref != LUA_NOREF && status == 0) status = LPP_NOREUSE; /* half a request out */
   c->state = LPP_CONN_DONE; /* before anything can run: a reentrant release is a no-op */
   pp_release(&c->lease, status);
   lpp_send_wake(c, PP_ECLOSED);
@@ -552,7 +549,7 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
 lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int kind) {
   lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 1);
   memset(c, 0, sizeof(*c));
-  c->self_ref = c->co_ref = c->cb_ref = c->send_co_ref = c->send_self_ref = LUA_NOREF;
+  c->self_ref = c->wait.co_ref = c->cb_ref = c->send_wait.co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->state = LPP_CONN_HOOK;
@@ -576,7 +573,7 @@ void lpp_hook_conn_dead(lpp_conn_t *c) {
   hook_conn_detach(c);
   lpp_send_wake(c, PP_ECLOSED);
   c->read_error = PP_ECLOSED;
-  if (c->co_ref != LUA_NOREF) finish_receive(c, PP_ECLOSED);
+  if (c->wait.co_ref != LUA_NOREF) finish_receive(c, PP_ECLOSED);
 }
 
 void lpp_hook_conn_done(lpp_conn_t *c, int ok) {

@@ -15,7 +15,7 @@ static void deliver(lpp_notice_t *n) {
   lua_State *L = p->L;
   if (n->timer) uv_timer_stop(n->timer);
   if (p->st->shutting_down) {
-    lpp_unref(L, &n->co_ref);
+    lpp_unref(L, &n->wait.co_ref);
     lpp_unref(L, &n->cb_ref);
     lpp_unref(L, &n->self_ref);
     return;
@@ -23,9 +23,9 @@ static void deliver(lpp_notice_t *n) {
   /* Keep the userdata alive across the calls below. */
   lua_rawgeti(L, LUA_REGISTRYINDEX, n->self_ref);
   int anchor = lua_gettop(L);
-  if (n->co_ref != LUA_NOREF) {
-    lua_State *co = lpp_take_thread(L, &n->co_ref); /* anchored until settop below */
-    if (lua_status(co) != LUA_YIELD) goto callback; /* closed while it waited */
+  if (n->wait.co_ref != LUA_NOREF) {
+    lua_State *co = lpp_wait_take(L, &n->wait); /* anchored until settop below */
+    if (co == NULL) goto callback; /* closed, or resumed by the program, while it waited */
     int nres = 1;
     if (n->status == 0)
       lua_pushboolean(co, 1);
@@ -57,7 +57,7 @@ static void on_fired(pp_notice_t *notice, int status) {
 void lpp_push_notice(lua_State *L, lpp_pool_t *p, int pool_idx, pp_peer_t *peer) {
   lpp_notice_t *n = lua_newuserdatauv(L, sizeof(*n), 1);
   memset(n, 0, sizeof(*n));
-  n->self_ref = n->co_ref = n->cb_ref = LUA_NOREF;
+  n->self_ref = n->wait.co_ref = n->cb_ref = LUA_NOREF;
   n->owner = p;
   n->notice.data = n;
   luaL_setmetatable(L, LPP_NOTICE);
@@ -74,10 +74,10 @@ void lpp_push_notice(lua_State *L, lpp_pool_t *p, int pool_idx, pp_peer_t *peer)
 
 static void on_wait_timeout(uv_timer_t *timer) {
   lpp_notice_t *n = timer->data;
-  if (n == NULL || n->co_ref == LUA_NOREF) return;
+  if (n == NULL || n->wait.co_ref == LUA_NOREF) return;
   lua_State *L = n->owner->L;
-  lua_State *co = lpp_take_thread(L, &n->co_ref);
-  if (lua_status(co) == LUA_YIELD) {
+  lua_State *co = lpp_wait_take(L, &n->wait);
+  if (co) {
     int nres = lpp_push_error(co, PP_ETIMEDOUT, "capacity did not free in time");
     lpp_resume(L, co, nres, n->owner);
   }
@@ -95,20 +95,15 @@ static int l_wait(lua_State *L) {
     }
     return lpp_push_error(L, n->status, NULL);
   }
-  if (n->co_ref != LUA_NOREF) { /* a waiter whose coroutine was closed waits no more */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, n->co_ref);
-    int alive = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
-    lua_pop(L, 1);
-    if (!alive) lpp_unref(L, &n->co_ref);
-  }
-  luaL_argcheck(L, n->co_ref == LUA_NOREF, 1, "a coroutine is already waiting on this notice");
+  /* a waiter whose coroutine was closed or resumed by the program waits no more */
+  if (n->wait.co_ref != LUA_NOREF && !lpp_wait_active(L, &n->wait)) lpp_unref(L, &n->wait.co_ref);
+  luaL_argcheck(L, n->wait.co_ref == LUA_NOREF, 1, "a coroutine is already waiting on this notice");
   if (!lua_isyieldable(L))
     return luaL_error(L, "notice:wait() must run inside a coroutine (or use notice:on_free(fn))");
   uv_timer_t *timer = ms > 0 ? lpp_timer(L, n->owner, &n->timer, n) : NULL;
-  lua_pushthread(L); /* anchored before the timer may look for it */
-  n->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lpp_wait_begin(L, n->owner->st, &n->wait); /* anchored before the timer may look for it */
   if (timer) pp_timer_start(timer, on_wait_timeout, (uint64_t)ms);
-  return lua_yield(L, 0);
+  return lpp_wait_yield(L);
 }
 
 static void on_late(uv_timer_t *timer) {
@@ -152,7 +147,7 @@ static int l_gc(lua_State *L) {
   lpp_notice_t *n = check_notice(L, 1);
   lpp_timer_drop(&n->timer);
   lpp_unref(L, &n->cb_ref);
-  lpp_unref(L, &n->co_ref);
+  lpp_unref(L, &n->wait.co_ref);
   return 0;
 }
 

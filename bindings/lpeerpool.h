@@ -4,6 +4,7 @@
 #define LPEERPOOL_H
 
 #include <lauxlib.h>
+#include <stdbool.h>
 #include <lua.h>
 
 #include "peerpool.h"
@@ -32,6 +33,7 @@ enum {
  * luv's loop finaliser walks the loop (which would mistake our handles for its own). */
 typedef struct lpp_state_s {
   uv_loop_t *loop;
+  lua_Integer wait_serial;  /* the last wait id handed out (lwait.c) */
   lua_State *L;             /* the main thread */
   struct lpp_pool_s *pools; /* open pool userdata */
   int engine_pools;         /* engine pools not yet freed (closing ones included) */
@@ -39,6 +41,12 @@ typedef struct lpp_state_s {
   uv_timer_t *later_timer; /* runs finalisers put off by lpp_finalize_later */
   void *alloc_ud;          /* the budget allocator's record (lsandbox.c) */
 } lpp_state_t;
+
+/* A coroutine waiting inside the API, and which of its waits this is (lwait.c). */
+typedef struct {
+  int co_ref;     /* the coroutine, or LUA_NOREF */
+  lua_Integer id; /* the wait's id */
+} lpp_wait_t;
 
 /* One per pool userdata. The engine pool outlives the userdata until its close callback. */
 typedef struct lpp_pool_s {
@@ -80,7 +88,7 @@ typedef struct lpp_conn_s {
   pp_lease_t lease;
   lpp_pool_t *owner; /* the pool userdata's struct (its user value keeps it alive) */
   int self_ref;      /* registry ref keeping this userdata alive while pending/reading */
-  int co_ref;        /* the coroutine waiting in acquire/receive, or LUA_NOREF */
+  lpp_wait_t wait;   /* the coroutine waiting in acquire/receive */
   int cb_ref;        /* the acquire callback, or LUA_NOREF */
   int state;         /* LPP_CONN_* */
   /* receive */
@@ -91,7 +99,7 @@ typedef struct lpp_conn_s {
   int unanswered;       /* bytes were sent since the last receive returned data */
   /* send (lsend.c) */
   struct write_s *writes; /* queued writes, newest first */
-  int send_co_ref;        /* the coroutine waiting for the send queue to drain */
+  lpp_wait_t send_wait;   /* the coroutine waiting for the send queue to drain */
   int send_self_ref;      /* keeps this object alive meanwhile */
   size_t send_len;        /* what that send returns */
   uv_timer_t *send_timer; /* io_timeout of that wait */
@@ -114,7 +122,7 @@ enum { LPP_CONN_PENDING = 1, LPP_CONN_LEASED, LPP_CONN_DONE, LPP_CONN_HOOK };
 typedef struct {
   pp_notice_t notice;
   int self_ref;  /* alive while armed */
-  int co_ref;    /* coroutine in notice:wait() */
+  lpp_wait_t wait; /* coroutine in notice:wait() */
   int cb_ref;    /* notice:on_free(fn) */
   int fired;     /* 0 armed, 1 fired with status */
   int cancelled; /* cancel() was called */
@@ -122,6 +130,17 @@ typedef struct {
   uv_timer_t *timer; /* wait(ms) */
   lpp_pool_t *owner;
 } lpp_notice_t;
+
+/* lwait.c: a coroutine waits in the API with lpp_wait_begin (anchors it; may raise) and
+ * `return lpp_wait_yield(L)`, or lpp_wait_cancel if it cannot wait after all. An answer takes
+ * it with lpp_wait_take: the coroutine (pushed on L, anchored there) if it still waits in this
+ * wait, else NULL (the program resumed it by hand, or closed it: nobody takes the answer; still
+ * pop the pushed value). lpp_wait_active: whether a wait is still owed its answer. */
+void lpp_wait_begin(lua_State *L, lpp_state_t *st, lpp_wait_t *w);
+void lpp_wait_cancel(lua_State *L, lpp_wait_t *w);
+int lpp_wait_yield(lua_State *L);
+lua_State *lpp_wait_take(lua_State *L, lpp_wait_t *w);
+bool lpp_wait_active(lua_State *L, const lpp_wait_t *w);
 
 /* module.c */
 lpp_state_t *lpp_state(lua_State *L);

@@ -43,14 +43,14 @@ static int error_code(int err) {
 
 /* The coroutine waiting for the queue to drain goes on: with `err`, or true. */
 void lpp_send_wake(lpp_conn_t *c, int err) {
-  if (c->send_co_ref == LUA_NOREF) return;
+  if (c->send_wait.co_ref == LUA_NOREF) return;
   lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
   lua_State *L = c->owner->L;
   if (c->send_timer) uv_timer_stop(c->send_timer);
-  lua_State *co = lpp_take_thread(L, &c->send_co_ref);
+  lua_State *co = lpp_wait_take(L, &c->send_wait);
   lpp_unref(L, &c->send_self_ref);
   if (err == PP_ETIMEDOUT) c->tainted = 1; /* part of a request may be on the wire */
-  if (lua_status(co) == LUA_YIELD && !c->owner->st->shutting_down) {
+  if (co && !c->owner->st->shutting_down) {
     int n = 1;
     if (err)
       n = lpp_push_error(co, err == PP_ETIMEDOUT ? PP_ETIMEDOUT : error_code(err),
@@ -84,7 +84,7 @@ static void on_written(pp_write_t *req, int status) {
   lpp_conn_t *c = w->c;
   unlink_write(w);
   free(w);
-  if (c && c->send_co_ref != LUA_NOREF &&
+  if (c && c->send_wait.co_ref != LUA_NOREF &&
       (status != 0 || queued(c) <= (size_t)c->owner->max_send_queue))
     lpp_send_wake(c, status);
 }
@@ -147,17 +147,15 @@ int lpp_l_send(lua_State *L) {
              mark);
     return lpp_push_error(L, PP_EBUSY, msg);
   }
-  if (c->send_co_ref != LUA_NOREF) { /* a sender whose coroutine was closed waits no more */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->send_co_ref);
-    int alive = lua_status(lua_tothread(L, -1)) == LUA_YIELD;
-    lua_pop(L, 1);
-    if (!alive) {
-      lpp_unref(L, &c->send_co_ref);
+  /* a sender whose coroutine was closed or resumed by the program waits no more */
+  if (c->send_wait.co_ref != LUA_NOREF) {
+    if (!lpp_wait_active(L, &c->send_wait)) {
+      lpp_unref(L, &c->send_wait.co_ref);
       lpp_unref(L, &c->send_self_ref);
       if (c->send_timer) uv_timer_stop(c->send_timer);
     }
   }
-  luaL_argcheck(L, c->send_co_ref == LUA_NOREF, 1, "a send is already waiting on this conn");
+  luaL_argcheck(L, c->send_wait.co_ref == LUA_NOREF, 1, "a send is already waiting on this conn");
   /* Most sends fit the socket buffer at once: no copy, no queued write. */
   int done = 0;
   if (len > 0 && queued(c) == 0 && cb_idx == 0) { /* a callback waits for its own write */
@@ -183,13 +181,12 @@ int lpp_l_send(lua_State *L) {
   }
   /* Over the mark: wait for the peer to read, up to io_timeout. */
   c->send_len = len;
-  lua_pushthread(L);
-  c->send_co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lpp_wait_begin(L, c->owner->st, &c->send_wait);
   lua_pushvalue(L, 1);
   c->send_self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   int64_t ms = c->owner->io_timeout;
   if (ms > 0) {
     pp_timer_start(lpp_timer(L, c->owner, &c->send_timer, c), on_send_timeout, (uint64_t)ms);
   }
-  return lua_yield(L, 0);
+  return lpp_wait_yield(L);
 }

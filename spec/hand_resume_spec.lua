@@ -1,0 +1,132 @@
+-- A coroutine waiting inside the API that the program resumes itself (its own scheduler, a
+-- luv callback, a stray coroutine.resume): the call returns what the program passed, and the
+-- answer that arrives later must go to nobody — never into whatever the coroutine waits for
+-- next. (The fuzzer's "meddle" op; before the per-wait ids, the late answer resumed the
+-- coroutine inside its next wait: one call's reply handed to another.)
+local H = require "spec.support.helpers"
+
+-- Start fn in a coroutine of its own; returns the coroutine (suspended once fn waits).
+local function start(fn)
+  local co = coroutine.create(fn)
+  assert(coroutine.resume(co))
+  return co
+end
+
+describe("a coroutine the program resumes while it waits in the API", function()
+  it("acquire: returns what the program passed; the late grant goes back to the pool",
+    H.test(function(env)
+      local srv = env:line()
+      local pool = env:pool { peers = { srv.addr }, max_per_peer = 1 }
+      local held = assert(pool:acquire(srv.addr))
+      local got, next_wait
+      local co = start(function()
+        got = H.pack(pool:acquire(srv.addr, { timeout = 5000 }))
+        -- it waits again, elsewhere: a sleep of the program's own
+        next_wait = H.pack(coroutine.yield("sleeping"))
+      end)
+      assert.equal("suspended", coroutine.status(co))
+      assert(coroutine.resume(co, "by", "hand"))
+      assert.same({ "by", "hand", n = 2 }, got)
+      held:release() -- the waiting acquire is granted now: nobody may take it
+      H.ticks(5)
+      assert.is_nil(next_wait) -- the grant did not resume it in its sleep
+      local st = pool:stats()
+      assert.equal(0, st.active)
+      assert.equal(1, st.idle)
+      assert(coroutine.resume(co, "woken"))
+      assert.same({ "woken", n = 1 }, next_wait)
+      local again = assert(pool:acquire(srv.addr, { timeout = 1000 })) -- the conn is lendable
+      again:release()
+    end))
+
+  it("acquire: a late answer never lands in the coroutine's next acquire", H.test(function(env)
+    local srv, hole = env:line(), env:blackhole()
+    local pool = env:pool { peers = { srv.addr, hole.addr }, max_per_peer = 1 }
+    local held = assert(pool:acquire(srv.addr))
+    local second
+    local co = start(function()
+      pool:acquire(srv.addr, { timeout = 5000 }) -- resumed by hand below
+      second = H.pack(pool:acquire(hole.addr, { timeout = 200 })) -- connects hang: times out
+    end)
+    assert(coroutine.resume(co, "meddled")) -- now in its second acquire
+    held:release()                          -- the first acquire's grant: nobody takes it
+    H.wait_until(function() return second ~= nil end, 3000, "the second acquire")
+    assert.is_nil(second[1]) -- not the first acquire's conn, delivered to the wrong call
+    assert.equal("timeout", second[2])
+    H.ticks(5)
+    assert.equal(0, pool:stats().active)
+  end))
+
+  it("receive: the reply stays buffered for the next receive, not the coroutine's next wait",
+    H.test(function(env)
+      local srv = env:slow(50) -- answers each line with +SLOW after 50 ms
+      local pool = env:pool { peers = { srv.addr } }
+      local conn = assert(pool:acquire(srv.addr))
+      local first, slept
+      local co = start(function()
+        conn:send("A\r\n")
+        first = H.pack(conn:receive("*l"))
+        slept = H.pack(coroutine.yield())
+      end)
+      assert(coroutine.resume(co, "junk"))
+      assert.same({ "junk", n = 1 }, first)
+      H.sleep(150) -- the reply arrives while the coroutine sleeps
+      assert.is_nil(slept)
+      assert.equal("+SLOW", conn:receive("*l")) -- the reply waited for the next receive
+      conn:release()
+      assert(coroutine.resume(co))
+    end))
+
+  it("receive: a new receive on the conn is allowed once the old waiter left", H.test(function(env)
+    local srv = env:line()
+    local pool = env:pool { peers = { srv.addr } }
+    local conn = assert(pool:acquire(srv.addr))
+    local co = start(function() conn:receive("*l") end)
+    assert(coroutine.resume(co, "gone")) -- the coroutine ends; its receive owes nothing
+    conn:send("ECHO hi\r\n")
+    assert.equal("hi", conn:receive("*l"))
+    conn:release()
+  end))
+
+  it("notice:wait: the late firing does not resume the coroutine elsewhere", H.test(function(env)
+    local srv = env:line()
+    local pool = env:pool { peers = { srv.addr }, max_per_peer = 1 }
+    local held = assert(pool:acquire(srv.addr))
+    local busy = H.pack(pool:acquire(srv.addr, { busy = "fail" }))
+    assert.equal("busy", busy[2])
+    local notice = busy[3]
+    local waited, slept
+    local co = start(function()
+      waited = H.pack(notice:wait(5000))
+      slept = H.pack(coroutine.yield())
+    end)
+    assert(coroutine.resume(co, "early"))
+    assert.same({ "early", n = 1 }, waited)
+    held:release() -- capacity frees: the notice fires with nobody waiting in it
+    H.ticks(5)
+    assert.is_nil(slept)
+    assert(coroutine.resume(co))
+    assert.same({ n = 0 }, slept)
+  end))
+
+  it("send: a wait for the send queue to drain, resumed by hand, owes nothing", H.test(function(env)
+    local srv = env:deaf() -- accepts, never reads: the send queue fills
+    local pool = env:pool { peers = { srv.addr }, max_send_queue = 1024, io_timeout = 300 }
+    local conn = assert(pool:acquire(srv.addr))
+    local sent, slept
+    local big = string.rep("x", 1 << 22)
+    local co = start(function()
+      sent = H.pack(conn:send(big))
+      slept = H.pack(coroutine.yield())
+    end)
+    if coroutine.status(co) ~= "suspended" then return end -- the kernel took it all
+    assert(coroutine.resume(co, "hand"))
+    assert.same({ "hand", n = 1 }, sent)
+    H.sleep(500) -- the io_timeout passes: its answer goes to nobody
+    assert.is_nil(slept)
+    conn:close()
+    assert(coroutine.resume(co))
+    assert.same({ n = 0 }, slept)
+    assert.equal(0, pool:stats().active)
+  end))
+end)

@@ -751,6 +751,9 @@ struct pp_notice_s {
   unsigned char state_;
 };
 
+/* Arm `notice` for `peer` (NULL: any peer). Returns 0 (the callback runs later, once);
+ * PP_ECLOSED on a closing pool; PP_EINVAL for a NULL pool, notice or cb, a notice already
+ * armed, or a peer of another pool. Allocates nothing. */
 int pp_notice_start(pp_pool_t *pool, pp_notice_t *notice, pp_peer_t *peer, pp_notice_cb cb);
 /* Returns 0 (callback runs later with PP_ECANCELED) or PP_ESTATE if it is not armed. */
 int pp_notice_cancel(pp_notice_t *notice);

@@ -8,6 +8,8 @@ ARGS     ?=
 # make fuzz: seeds (a count or a range), seconds per seed; FUZZ_SEED=n replays one seed
 SEEDS    ?= 1-40
 SECONDS  ?= 20
+# WERROR=ON: compiler warnings fail the build (CI sets it)
+WERROR   ?= OFF
 
 .PHONY: all deps build run test test-sanitize fuzz fuzz-sanitize fuzz-c bench clean
 
@@ -16,10 +18,8 @@ all: build
 deps:
 	@sh tools/install-deps.sh
 
-$(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
-
-build: deps $(BUILD)/CMakeCache.txt
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPP_WERROR=$(WERROR) > /dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
@@ -29,7 +29,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 test-sanitize: deps
-	cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_SANITIZE=ON
+	cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_SANITIZE=ON -DPP_WERROR=$(WERROR)
 	cmake --build $(SAN_BUILD) -j $(JOBS)
 	cd $(SAN_BUILD) && ctest --output-on-failure -j $(JOBS)
 
@@ -39,7 +39,7 @@ fuzz: build
 	sh spec/fuzz/campaign.sh $(BUILD) $(SEEDS) $(SECONDS) $(JOBS)
 
 fuzz-sanitize: deps
-	cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_SANITIZE=ON
+	cmake -S . -B $(SAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_SANITIZE=ON -DPP_WERROR=$(WERROR)
 	cmake --build $(SAN_BUILD) -j $(JOBS)
 	sh spec/fuzz/campaign.sh $(SAN_BUILD) $(SEEDS) $(SECONDS) $(JOBS)
 

@@ -142,7 +142,11 @@ int lpp_wait_yield(lua_State *L);
 lua_State *lpp_wait_take(lua_State *L, lpp_wait_t *w);
 bool lpp_wait_active(lua_State *L, const lpp_wait_t *w);
 
+/* lbook.c: the address book's C functions, into the module table on top of the stack */
+int lpp_book_open(lua_State *L);
+
 /* module.c */
+LUAMOD_API int luaopen_peerpool(lua_State *L);
 lpp_state_t *lpp_state(lua_State *L);
 void lpp_pools_add(lpp_pool_t *p);
 void lpp_pools_remove(lpp_pool_t *p);

@@ -499,7 +499,7 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
   lua_pushstring(L, pp_peer_state_name(i.state));
   lua_setfield(L, -2, "state");
 #define INT_FIELD(f)       \
-  lua_pushinteger(L, i.f); \
+  lua_pushinteger(L, (lua_Integer)i.f); \
   lua_setfield(L, -2, #f);
   INT_FIELD(conns)
   INT_FIELD(idle)

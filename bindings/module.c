@@ -344,7 +344,6 @@ static const luaL_Reg module_fns[] = {
 
 static const char module_key = 'm';
 
-int lpp_book_open(lua_State *L); /* lbook.c: the address book's C functions */
 
 int luaopen_peerpool(lua_State *L) {
   /* Required again (busted clears package.loaded): the same module, set up once per state. */

@@ -1209,7 +1209,7 @@ TEST(tls_pool_client_cert_required) {
   mine.cert_file = env.client;
   mine.key_file = env.client_key;
   ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
-  RUN_UNTIL(!pp__ahead(pool, test_peer_info(peer).retry_at), 5000);
+  RUN_UNTIL(!pp__ahead(pool, (uint64_t)test_peer_info(peer).retry_at), 5000);
   ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
   ASSERT_EQ(lease_ask(&l, PING, "+PONG\r\n", &r), 0);
   test_reader_free(&r);

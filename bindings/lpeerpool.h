@@ -27,7 +27,6 @@ enum {
 #undef XX
       LPP_HOOK_COUNT
 };
-#define LPP_VIEWS_MAX 64
 
 /* Per Lua state: the live pools, and the sentinel whose __gc closes them at lua_close before
  * luv's loop finaliser walks the loop (which would mistake our handles for its own). */
@@ -66,7 +65,7 @@ typedef struct lpp_pool_s {
   int hook_L_ref;
   int64_t budget;      /* instructions a synchronous hook may run */
   int64_t hook_memory; /* bytes a hook call may allocate */
-  int views_ref;       /* table of LPP_VIEWS_MAX reusable view userdata */
+  int views_ref;       /* table of PP_CANDIDATES_MAX reusable view userdata */
   int cand_ref;        /* reusable candidates table */
   uint64_t hook_calls[LPP_HOOK_COUNT], hook_errors[LPP_HOOK_COUNT];
   uint64_t hook_logged_at[LPP_HOOK_COUNT], hook_suppressed[LPP_HOOK_COUNT];
@@ -111,7 +110,7 @@ typedef struct lpp_conn_s {
   uint64_t deadline;                /* loop ms when a waiting receive times out; 0 = not listed */
   pp_conn_t *hook_conn;             /* with LPP_CONN_HOOK */
   int hook_kind;                    /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
-  char peer_addr[96];
+  char peer_addr[PP_ADDR_MAX];
 } lpp_conn_t;
 
 /* A release status: close the conn without counting a failure of its peer. */

@@ -142,7 +142,7 @@ static void push_candidates(lpp_pool_t *p, pp_peer_t *const *peers, pp_conn_t *c
     lua_rawseti(L, -3, i + 1);
   }
   lua_pop(L, 1);
-  for (int i = n + 1; i <= LPP_VIEWS_MAX; i++) {
+  for (int i = n + 1; i <= PP_CANDIDATES_MAX; i++) {
     if (lua_rawgeti(L, -1, i) == LUA_TNIL) {
       lua_pop(L, 1);
       break;
@@ -542,8 +542,8 @@ void lpp_policy_init(lua_State *L, lpp_pool_t *p) {
   snprintf(p->policy_name, sizeof(p->policy_name), "built-in");
   p->hook_L = lua_newthread(L);
   p->hook_L_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_createtable(L, LPP_VIEWS_MAX, 0);
-  for (int i = 0; i < LPP_VIEWS_MAX; i++) {
+  lua_createtable(L, PP_CANDIDATES_MAX, 0);
+  for (int i = 0; i < PP_CANDIDATES_MAX; i++) {
     view_t *v = lua_newuserdatauv(L, sizeof(*v), 0);
     memset(v, 0, sizeof(*v));
     v->p = p;
@@ -552,7 +552,7 @@ void lpp_policy_init(lua_State *L, lpp_pool_t *p) {
     lua_rawseti(L, -2, i + 1);
   }
   p->views_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_createtable(L, LPP_VIEWS_MAX, 0);
+  lua_createtable(L, PP_CANDIDATES_MAX, 0);
   p->cand_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 

@@ -295,10 +295,10 @@ typedef struct {
   void *data;
 
   /* Pick the peer for an acquire that named none (and was not routed: see `route`), among
-   * `n` (1..64) eligible candidates, a window that rotates through the pool: peers with a
+   * `n` (1..PP_CANDIDATES_MAX) eligible candidates, a window that rotates through the pool: peers with a
    * usable conn when `dialing` is 0, peers that may be dialled now when it is 1 (not burned,
    * not ejected, not stale, not backing off, under max_per_peer). Because the window holds
-   * only such peers, and at most 64 of them, this hook suits load balancing (least loaded,
+   * only such peers, and at most PP_CANDIDATES_MAX of them, this hook suits load balancing (least loaded,
    * power of two choices), not key affinity: use `route` for that.
    * `key` is the acquire's key (may be NULL). Return an index in [0, n), or -1 for the
    * default (round robin). Any other value counts as a policy error and uses the default. */
@@ -480,6 +480,12 @@ int pp_pool_explain(pp_pool_t *pool, pp_peer_t *peer,
 
 /* A conn's number, unique within its pool (1, 2, ...). */
 uint64_t pp_conn_id(const pp_conn_t *conn);
+
+/* The most candidates a select hook is shown at once (its window; see pp_policy_t). */
+#define PP_CANDIDATES_MAX 64
+/* Room for any canonical peer address with its NUL: a unix path (107 bytes, sun_path), an
+ * IPv6 address with its port, a host name (253 bytes) with its port. */
+#define PP_ADDR_MAX 264
 
 /* ------------------------------------------------------------------------------------------
  * Peers. Addresses: "1.2.3.4:port", "[v6]:port", or a unix socket path (starting with '/'

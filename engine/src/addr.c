@@ -38,6 +38,7 @@ int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *
      * back as a unix path and not as host:port ("unix:x.sock" and "./x.sock" are one peer). */
     const char *dot = path[0] != '/' && strncmp(path, "./", 2) != 0 ? "./" : "";
     size_t len = strlen(dot) + strlen(path);
+    _Static_assert(sizeof(((struct sockaddr_un *)0)->sun_path) <= PP_ADDR_MAX, "PP_ADDR_MAX");
     if (len >= sizeof(((struct sockaddr_un *)0)->sun_path))
       FAIL("unix socket path is too long (at most 107 bytes, with ./ before a relative path)");
     *is_pipe = true;

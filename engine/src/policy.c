@@ -1,11 +1,10 @@
 /* Policy decisions: each consults the installed hook, checks its answer, and falls back to the
  * built-in default (counting a policy error) when the answer is unusable. The select hooks see
- * at most PP__CANDIDATES_MAX candidates, a window that rotates through the pool, so a hook's
+ * at most PP_CANDIDATES_MAX candidates, a window that rotates through the pool, so a hook's
  * cost does not grow with the pool; the route hook sees no candidates at all (it names the
  * owner of a key among all live peers, from the ring it keeps through peer events). */
 #include "internal.h"
 
-#define PP__CANDIDATES_MAX 64
 
 int64_t pp_backoff_full_jitter(pp_pool_t *pool, int attempt, int64_t base_ms, int64_t cap_ms) {
   if (attempt < 0) attempt = 0;
@@ -38,9 +37,9 @@ static int checked_choice(pp_pool_t *pool, int choice, int n) {
 pp_conn_t *pp__select_conn(pp_peer_t *peer, const char *key) {
   pp_pool_t *pool = peer->pool;
   if (pool->policy.select_conn && peer->usable > 1) {
-    pp_conn_t **conns = (pp_conn_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
+    pp_conn_t **conns = (pp_conn_t **)pp__scratch(pool, PP_CANDIDATES_MAX);
     if (conns) {
-      int n = pp__peer_usable_conns(peer, conns, PP__CANDIDATES_MAX);
+      int n = pp__peer_usable_conns(peer, conns, PP_CANDIDATES_MAX);
       int i =
           checked_choice(pool, pool->policy.select_conn(pool->policy.data, peer, conns, n, key), n);
       if (i >= 0) return conns[i];
@@ -59,11 +58,11 @@ static pp_peer_t *select_usable(pp_pool_t *pool, const char *key) {
   pp_peer_t *first = PP__CONTAINER(pool->usable_peers.next, pp_peer_t, usable_link);
   pp_peer_t *chosen = first;
   if (pool->policy.select_peer && first->usable_link.next != &pool->usable_peers) {
-    pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
+    pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP_CANDIDATES_MAX);
     if (peers) {
       int n = 0;
       for (pp__link_t *l = pool->usable_peers.next;
-           l != &pool->usable_peers && n < PP__CANDIDATES_MAX; l = l->next)
+           l != &pool->usable_peers && n < PP_CANDIDATES_MAX; l = l->next)
         peers[n++] = PP__CONTAINER(l, pp_peer_t, usable_link);
       int i = checked_choice(
           pool, pool->policy.select_peer(pool->policy.data, pool, peers, n, 0, key), n);
@@ -99,13 +98,13 @@ static void rotate_dialable(pp_pool_t *pool, pp_peer_t *peer) {
  * them back. Only candidates are looked at, so the cost does not grow with burned, stale, full
  * or held peers. */
 static pp_peer_t *select_dialable(pp_pool_t *pool, const char *key, bool bare) {
-  pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP__CANDIDATES_MAX);
+  pp_peer_t **peers = (pp_peer_t **)pp__scratch(pool, PP_CANDIDATES_MAX);
   if (peers == NULL || pool->closing || pool->total >= pool->opts.max_total) return NULL;
   pp__candidates_refresh(pool);
   int n = bare ? ring_candidates(&pool->dialable_bare, offsetof(pp_peer_t, bare_link), peers,
-                                 PP__CANDIDATES_MAX)
+                                 PP_CANDIDATES_MAX)
                : ring_candidates(&pool->dialable, offsetof(pp_peer_t, dial_link), peers,
-                                 PP__CANDIDATES_MAX);
+                                 PP_CANDIDATES_MAX);
   pool->candidate_visits += (uint64_t)n;
   if (n == 0) return NULL;
   pp_peer_t *chosen = peers[0];

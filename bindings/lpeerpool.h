@@ -15,14 +15,21 @@
 #define LPP_VIEW "peerpool.view"
 #define LPP_HOOK_RUN "peerpool.hook_run"
 
-/* Policy hooks, for per-hook counters. */
-#define LPP_HOOK_MAP(XX)                                                                   \
-  XX(SELECT_PEER, select_peer)                                                             \
-  XX(SELECT_CONN, select_conn)                                                             \
-  XX(BACKOFF, backoff)                                                                     \
-  XX(SEED, seed) XX(HANDSHAKE, handshake) XX(PING, ping) XX(ROUTE, route) XX(PEER_EVENT, peer_event)
+/* Policy hooks, once: XX(ENUM, name, async, budget factor). A sync hook answers within its
+ * call; an async one runs as a coroutine and may wait on I/O (its conn, the seed's lookups).
+ * Each call may run hook_budget x factor instructions. peerpool.hooks, the per-hook counters
+ * and the policy checks of load_policy derive from it (docs/engine.md: how to add a hook). */
+#define LPP_HOOK_MAP(XX)                \
+  XX(SELECT_PEER, select_peer, 0, 1)    \
+  XX(SELECT_CONN, select_conn, 0, 1)    \
+  XX(BACKOFF, backoff, 0, 1)            \
+  XX(SEED, seed, 1, 10)                 \
+  XX(HANDSHAKE, handshake, 1, 10)       \
+  XX(PING, ping, 1, 10)                 \
+  XX(ROUTE, route, 0, 1)                \
+  XX(PEER_EVENT, peer_event, 0, 1)
 enum {
-#define XX(u, l) LPP_HOOK_##u,
+#define XX(u, l, async, factor) LPP_HOOK_##u,
   LPP_HOOK_MAP(XX)
 #undef XX
       LPP_HOOK_COUNT
@@ -182,6 +189,7 @@ int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
 void lpp_pool_open(lua_State *L);
 int lpp_l_new(lua_State *L);   /* peerpool.new(opts) */
 int lpp_l_pools(lua_State *L); /* peerpool.pools() */
+int lpp_l_options(lua_State *L); /* peerpool.options() */
 /* The pool userdata's struct of an engine pool, or NULL once it is gone (or shutting down). */
 lpp_pool_t *lpp_pool_of(pp_pool_t *pool);
 
@@ -258,6 +266,8 @@ void lpp_leave_engine_call(lpp_pool_t *p, int may_add_peers);
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg);
 void lpp_hook_error_on(lua_State *L, lpp_pool_t *p, int hook, const char *msg);
 extern const char *const lpp_hook_names[LPP_HOOK_COUNT];
+extern const int lpp_hook_async[LPP_HOOK_COUNT];
+extern const int lpp_hook_budget_factor[LPP_HOOK_COUNT];
 int lpp_l_set_seed_ctx(lua_State *L); /* peerpool._set_seed_ctx(fn) */
 /* A hook call running as a coroutine (handshake, ping, seed). */
 typedef struct {

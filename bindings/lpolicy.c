@@ -11,7 +11,17 @@
 #include "lpeerpool.h"
 
 const char *const lpp_hook_names[LPP_HOOK_COUNT] = {
-#define XX(u, l) #l,
+#define XX(u, l, async, factor) #l,
+    LPP_HOOK_MAP(XX)
+#undef XX
+};
+const int lpp_hook_async[LPP_HOOK_COUNT] = {
+#define XX(u, l, async, factor) async,
+    LPP_HOOK_MAP(XX)
+#undef XX
+};
+const int lpp_hook_budget_factor[LPP_HOOK_COUNT] = {
+#define XX(u, l, async, factor) factor,
     LPP_HOOK_MAP(XX)
 #undef XX
 };
@@ -97,7 +107,7 @@ static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   p->hook_calls[hook]++;
   int gc = lpp_enter_engine_call(p, 0);
   lpp_budget_t budget;
-  lpp_budget_init(&budget, p->budget, (size_t)p->hook_memory);
+  lpp_budget_init(&budget, p->budget * lpp_hook_budget_factor[hook], (size_t)p->hook_memory);
   lpp_budget_arm(L);
   if (lpp_gc_stress) lua_gc(L, LUA_GCCOLLECT);
   lpp_budget_t *prev = lpp_budget_enter(&budget);
@@ -280,8 +290,8 @@ static void c_peer_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_e
 
 /* ---- asynchronous hooks: handshake, ping and seed run as coroutines -------------------- */
 
-/* Each runs in a coroutine of its own, registered in a weak table with its budget (ten times
- * the synchronous one: these wait on I/O); lpp_resume charges every slice to it and, when the
+/* Each runs in a coroutine of its own, registered in a weak table with its budget (its factor
+ * in LPP_HOOK_MAP times hook_budget: these wait on I/O); lpp_resume charges every slice to it and, when the
  * coroutine ends, calls lpp_hook_run_end. The wrap-up runs here, in C and outside the budget:
  * a hook that spent its budget cannot keep its conn from going back to the engine. */
 
@@ -362,7 +372,7 @@ static int start_async(lpp_pool_t *p, int hook, void (*push_input)(lpp_pool_t *,
   int fn = top + 2, pool_idx = top + 3;
   lua_State *co = lua_newthread(L);
   lpp_hook_run_t *run = lua_newuserdatauv(L, sizeof(*run), 2);
-  lpp_budget_init(&run->budget, p->budget * 10, (size_t)p->hook_memory);
+  lpp_budget_init(&run->budget, p->budget * lpp_hook_budget_factor[hook], (size_t)p->hook_memory);
   run->hook = hook;
   luaL_setmetatable(L, LPP_HOOK_RUN);
   lua_pushvalue(L, pool_idx);

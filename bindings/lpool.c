@@ -28,60 +28,36 @@ lpp_pool_t *lpp_check_pool_mutable(lua_State *L, int idx) {
 
 /* ---- options --------------------------------------------------------------------------- */
 
+/* The engine's options, from its one table (PP_OPTIONS_MAP). */
 typedef struct {
   const char *name;
-  size_t offset;
-  int is_ms; /* int64_t field (ms) rather than int */
+  size_t offset, size; /* in pp_options_t: an int or an int64_t */
+  int64_t dflt, min, max;
+  const char *unit, *doc;
 } option_t;
 
-#define OPT_INT(f) \
-  { #f, offsetof(pp_options_t, f), 0 }
-#define OPT_MS(f) \
-  { #f, offsetof(pp_options_t, f), 1 }
 static const option_t options[] = {
-    OPT_INT(max_per_peer),
-    OPT_INT(max_total),
-    OPT_INT(client_limit),
-    OPT_MS(connect_timeout),
-    OPT_INT(retries),
-    OPT_MS(acquire_timeout),
-    OPT_INT(backlog),
-    OPT_MS(idle_timeout),
-    OPT_MS(max_lifespan),
-    OPT_INT(lifespan_jitter),
-    OPT_MS(handshake_timeout),
-    OPT_MS(max_address_age),
-    OPT_MS(ping_after),
-    OPT_MS(keepalive),
-    OPT_INT(target_peers),
-    OPT_MS(maintenance_interval),
-    OPT_MS(seed_interval),
-    OPT_INT(eject_after),
-    OPT_MS(eject_time),
-    OPT_MS(eject_max),
-    OPT_INT(keep_idle_bytes),
-    OPT_MS(leak_threshold),
-    {NULL, 0, 0},
+#define OPTION(type, name, dflt, min, max, unit, rule, doc) \
+  {#name, offsetof(pp_options_t, name), sizeof(type), dflt, min, max, unit, doc},
+    PP_OPTIONS_MAP(OPTION)
+#undef OPTION
+    {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
 
-/* Options of the binding itself (not the engine's): name, field, range, default. */
-typedef struct {
-  const char *name;
-  size_t offset; /* in lpp_pool_t, an int64_t */
-  int64_t min, max, dflt;
-  const char *unit;
-} lua_option_t;
-
-static const lua_option_t lua_options[] = {
-    {"io_timeout", offsetof(lpp_pool_t, io_timeout), 0, INT64_C(365) * 24 * 3600 * 1000, 30000,
-     "ms"},
-    {"hook_budget", offsetof(lpp_pool_t, budget), 1000, 100000000, 100000, "instructions"},
-    {"hook_memory", offsetof(lpp_pool_t, hook_memory), 64 * 1024, INT64_C(1) << 40,
-     16 * 1024 * 1024, "bytes"},
-    {"max_receive", offsetof(lpp_pool_t, max_receive), 1, INT64_C(1) << 40, 1024 * 1024, "bytes"},
-    {"max_send_queue", offsetof(lpp_pool_t, max_send_queue), 0, INT64_C(1) << 40, 1024 * 1024,
-     "bytes"},
-    {NULL, 0, 0, 0, 0, NULL},
+/* Options of the binding itself (not the engine's): fields of lpp_pool_t, all int64_t. */
+static const option_t lua_options[] = {
+    {"io_timeout", offsetof(lpp_pool_t, io_timeout), 8, 30000, 0, PP_MS_MAX, "ms",
+     "deadline of a conn:receive() or of a send waiting for the peer to read (0 = none)"},
+    {"hook_budget", offsetof(lpp_pool_t, budget), 8, 100000, 1000, 100000000, "instructions",
+     "Lua instructions one policy hook call may run"},
+    {"hook_memory", offsetof(lpp_pool_t, hook_memory), 8, 16 * 1024 * 1024, 64 * 1024,
+     INT64_C(1) << 40, "bytes", "memory policy hooks may hold while they run"},
+    {"max_receive", offsetof(lpp_pool_t, max_receive), 8, 1024 * 1024, 1, INT64_C(1) << 40,
+     "bytes", "a line, \"*a\" or a byte count a receive may wait for (more: too_long)"},
+    {"max_send_queue", offsetof(lpp_pool_t, max_send_queue), 8, 1024 * 1024, 0,
+     INT64_C(1) << 40, "bytes",
+     "bytes queued past the socket before a send in a coroutine waits for the peer to read"},
+    {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
 
 /* An option's value as an integer; raises naming it when it is not one (2^63 included). */
@@ -177,11 +153,45 @@ static int tls_error(lua_State *L, const char *what, const char *why) {
   return luaL_error(L, "%s 'tls': %s", what, why ? why : "refused");
 }
 
+static void push_option(lua_State *L, const option_t *opt, bool engine) {
+  lua_createtable(L, 0, 7);
+  lua_pushstring(L, opt->name);
+  lua_setfield(L, -2, "name");
+  lua_pushinteger(L, (lua_Integer)opt->dflt);
+  lua_setfield(L, -2, "default");
+  lua_pushinteger(L, (lua_Integer)opt->min);
+  lua_setfield(L, -2, "min");
+  lua_pushinteger(L, (lua_Integer)opt->max);
+  lua_setfield(L, -2, "max");
+  lua_pushstring(L, opt->unit);
+  lua_setfield(L, -2, "unit");
+  lua_pushstring(L, opt->doc);
+  lua_setfield(L, -2, "doc");
+  lua_pushboolean(L, engine);
+  lua_setfield(L, -2, "engine");
+}
+
+/* peerpool.options(): every numeric option of peerpool.new, in table order, as
+ * { name, default, min, max, unit, doc, engine } (engine: the C engine's, else the binding's). */
+int lpp_l_options(lua_State *L) {
+  lua_newtable(L);
+  lua_Integer n = 0;
+  for (const option_t *opt = options; opt->name; opt++) {
+    push_option(L, opt, true);
+    lua_rawseti(L, -2, ++n);
+  }
+  for (const option_t *opt = lua_options; opt->name; opt++) {
+    push_option(L, opt, false);
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
 /* Read opts.<name> into the engine options and the binding's own; every type or range error
  * names the field. */
 static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) {
   pp_options_init(o);
-  for (const lua_option_t *lo = lua_options; lo->name; lo++)
+  for (const option_t *lo = lua_options; lo->name; lo++)
     *(int64_t *)((char *)p + lo->offset) = lo->dflt;
   if (lua_isnoneornil(L, idx)) return;
   luaL_checktype(L, idx, LUA_TTABLE);
@@ -196,7 +206,7 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) 
     const option_t *opt = options;
     while (opt->name && strcmp(opt->name, key) != 0)
       opt++;
-    const lua_option_t *lo = lua_options;
+    const option_t *lo = lua_options;
     while (lo->name && strcmp(lo->name, key) != 0)
       lo++;
     if (opt->name == NULL && lo->name == NULL)
@@ -207,7 +217,7 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) 
         luaL_error(L, "peerpool.new: option '%s' must be an integer in %I..%I (%s)", key,
                    (lua_Integer)lo->min, (lua_Integer)lo->max, lo->unit);
       *(int64_t *)((char *)p + lo->offset) = v;
-    } else if (opt->is_ms) {
+    } else if (opt->size == sizeof(int64_t)) {
       *(int64_t *)((char *)o + opt->offset) = v;
     } else {
       if (v < -2147483647 || v > 2147483647)

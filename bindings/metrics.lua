@@ -12,9 +12,13 @@ local metrics = {} -- what peerpool.lua calls
 
 -- ---- what the exposition knows of a pool besides its stats ---------------------------------
 
--- The engine's defaults of the limits shown (engine/include/peerpool.h, pp_options_t); a spec
--- checks them against the header. The binding has no accessor for a pool's resolved options.
-local DEFAULT_LIMITS = { max_total = 256, max_per_peer = 4, backlog = 1024 }
+-- The engine's defaults of the limits shown (from its options table, PP_OPTIONS_MAP).
+local DEFAULT_LIMITS = {}
+for _, o in ipairs(M.options()) do
+  if o.name == "max_total" or o.name == "max_per_peer" or o.name == "backlog" then
+    DEFAULT_LIMITS[o.name] = o.default
+  end
+end
 
 local info = setmetatable({}, { __mode = "k" }) -- pool -> { name, seq, max_total, ... }
 local seq = 0

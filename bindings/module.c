@@ -331,6 +331,7 @@ static const luaL_Reg module_fns[] = {
     {"strerror", l_strerror},
     {"new", lpp_l_new},
     {"pools", lpp_l_pools},
+    {"options", lpp_l_options},
     {"_loop_running", l_loop_running},
     {"_spawn", l_spawn},
     {"spawn", l_spawn},
@@ -401,6 +402,12 @@ int luaopen_peerpool(lua_State *L) {
   PP_ERRNO_MAP(XX)
 #undef XX
   lua_setfield(L, -2, "errors");
+  lua_newtable(L); /* hooks: name -> "sync" or "async" */
+  for (int h = 0; h < LPP_HOOK_COUNT; h++) {
+    lua_pushstring(L, lpp_hook_async[h] ? "async" : "sync");
+    lua_setfield(L, -2, lpp_hook_names[h]);
+  }
+  lua_setfield(L, -2, "hooks");
   lua_pushliteral(L, PP_VERSION_STRING);
   lua_setfield(L, -2, "version");
 #ifdef PP_SCRIPTS_DIR

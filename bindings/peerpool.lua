@@ -70,10 +70,7 @@ end
 
 -- ---- policies ------------------------------------------------------------------------------
 
-local HOOKS = {
-  select_peer = true, select_conn = true, backoff = true, seed = true, handshake = true,
-  ping = true, route = true, peer_event = true,
-}
+local HOOKS = M.hooks -- name -> "sync" or "async" (bindings/lpeerpool.h's LPP_HOOK_MAP)
 local HOOK_LIST = {}
 for name in pairs(HOOKS) do HOOK_LIST[#HOOK_LIST + 1] = name end
 table.sort(HOOK_LIST)

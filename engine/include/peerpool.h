@@ -161,57 +161,83 @@ void pp_timer_start(uv_timer_t *timer, uv_timer_cb cb, uint64_t ms);
  * connect, handshake, ping, backoff, idle, lifespan) runs from the moment the engine starts it,
  * read from pp_now(), so blocking work in a callback before the call does not eat into it.
  */
+/* Every numeric pool option, once: X(type, name, default, min, max, unit, rule, doc). The
+ * struct below, pp_options_init's defaults, pp_options_validate's ranges and messages ("NAME
+ * must be RULE"), the Lua option parser (peerpool.new), peerpool.options() and the README's
+ * table (checked by a spec) all derive from it. unit: "ms", "%", "" (a count) or "flag" (0/1).
+ * PP_MS_MAX (one year) bounds every duration: deadline arithmetic stays far from overflow.
+ * How to add an option: docs/engine.md. */
+#define PP_MS_MAX ((int64_t)365 * 24 * 3600 * 1000)
+#define PP_OPTIONS_MAP(X)                                                                        \
+  X(int, max_per_peer, 4, 1, 1000000, "", "an integer in 1..1000000",                            \
+    "conns per peer, counting conns still connecting")                                           \
+  X(int, max_total, 256, 1, 10000000, "", "an integer in 1..10000000",                           \
+    "conns in the pool, counting conns still connecting")                                        \
+  X(int, client_limit, 1, 1, 65536, "", "an integer in 1..65536",                                \
+    "leases one conn carries at once (shared conns when > 1)")                                   \
+  X(int64_t, connect_timeout, 5000, 1, PP_MS_MAX, "ms",                                          \
+    "a positive number of ms (at most one year)", "per connect attempt")                         \
+  X(int, retries, 3, 0, 100, "", "an integer in 0..100",                                         \
+    "further attempts after the first, spaced by the backoff policy")                            \
+  X(int64_t, acquire_timeout, 30000, 0, PP_MS_MAX, "ms",                                         \
+    "a number of ms >= 0 (0 = no deadline)",                                                     \
+    "default deadline of an acquire (0 = none); per call: opts.timeout")                         \
+  X(int, backlog, 1024, 0, 10000000, "", "an integer in 0..10000000",                            \
+    "acquires allowed to wait behind capacity; a full queue answers exhausted at once (0 = "     \
+    "never wait; an acquire waiting for the conn dialled for it does not count)")                \
+  X(int64_t, idle_timeout, 300000, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",        \
+    "close conns idle this long (0 = never)")                                                    \
+  X(int64_t, max_lifespan, 3600000, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",       \
+    "close conns this old when their last lease ends (0 = never)")                               \
+  X(int, lifespan_jitter, 10, 0, 50, "%", "a percentage in 0..50",                               \
+    "each conn's lifespan is shortened by a random 0..jitter %, so conns opened together "       \
+    "expire apart")                                                                              \
+  X(int64_t, handshake_timeout, 5000, 1, PP_MS_MAX, "ms", "a positive number of ms",             \
+    "for the TLS handshake and the handshake hook together (and for a ping)")                    \
+  X(int64_t, max_address_age, 10800000, 0, PP_MS_MAX * 100, "ms",                                \
+    "a number of ms >= 0 (0 = no limit)",                                                        \
+    "peers whose last_seen is older are not dialled (0 = no limit)")                             \
+  X(int64_t, ping_after, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",               \
+    "with a ping hook: ping a conn idle this long before lending it (0 = never)")                \
+  X(int64_t, keepalive, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",                \
+    "with a ping hook: ping conns idle this long, checked this often (0 = never); a ping has "   \
+    "handshake_timeout to complete")                                                             \
+  X(int, target_peers, 0, 0, 1000000, "", "an integer in 0..1000000",                            \
+    "keep this many peers ready: a maintenance tick dials fresh peers and asks the seed hook "    \
+    "for addresses when none is left (0 = off; like a server, this keeps the loop alive until "  \
+    "the pool is closed)")                                                                       \
+  X(int64_t, maintenance_interval, 1000, 1, PP_MS_MAX, "ms", "a positive number of ms",          \
+    "between maintenance ticks")                                                                 \
+  X(int64_t, seed_interval, 10000, 0, PP_MS_MAX, "ms", "a number of ms >= 0",                    \
+    "at least this long between two seed hook calls")                                            \
+  X(int, eject_after, 5, 0, 1000000, "", "an integer >= 0 (0 = never)",                          \
+    "consecutive failures (failed connects and handshakes, failures in use: see pp_release) "    \
+    "that eject a peer for a cool-down (0 = never)")                                             \
+  X(int64_t, eject_time, 10000, 1, PP_MS_MAX, "ms", "a positive number of ms",                   \
+    "the first cool-down; doubles with each consecutive ejection (reset once the peer went "     \
+    "eject_time without a failure)")                                                             \
+  X(int64_t, eject_max, 300000, 1, PP_MS_MAX, "ms", "a number of ms >= eject_time",              \
+    "the longest cool-down")                                                                     \
+  X(int, eject_max_percent, 50, 0, 100, "%", "a percentage in 0..100",                           \
+    "at most this share of the peers that are not burned are ejected at once, never all of "     \
+    "them; a peer over the limit backs off for min(eject_time, 500 ms) instead")                 \
+  X(int64_t, probe_interval, 500, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = no probes)",     \
+    "an ejected or backing-off peer that once connected gets one probe (a connect attempt, "     \
+    "handshake included, not a lease) this often, so it serves again soon after it comes back " \
+    "(0 = no probes)")                                                                           \
+  X(int, keep_idle_bytes, 0, 0, 1, "flag", "0 or 1",                                             \
+    "keep bytes that arrive on an idle conn for its next holder (chatty P2P protocols) instead " \
+    "of closing it as a late reply")                                                             \
+  X(int64_t, leak_threshold, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = off)",             \
+    "a lease held longer is reported once (event leak), and again at its release (unleak); "     \
+    "checked every threshold/4 (10..1000) ms (0 = off)")
+
 typedef struct {
-  int max_per_peer;             /* conns per peer, counting conns still connecting (4) */
-  int max_total;                /* conns in the pool, counting connecting ones (256) */
-  int client_limit;             /* leases one conn carries at once (1) */
-  int64_t connect_timeout;      /* per connect attempt, > 0 (5000) */
-  int retries;                  /* further attempts after the first, 0..100 (3) */
-  int64_t acquire_timeout;      /* default deadline of an acquire; 0 = none (30000) */
-  int backlog;                  /* acquires allowed to queue behind capacity; 0 = never wait
-                                   (an acquire waiting for the conn dialled for it does not
-                                   count) (1024) */
-  int64_t idle_timeout;         /* close conns idle this long; 0 = never (300000) */
-  int64_t max_lifespan;         /* close conns this old when their last lease ends; 0 = never
-                                   (3600000) */
-  int lifespan_jitter;          /* percent 0..50: each conn's lifespan is shortened by a random
-                                   0..jitter% so conns opened together expire apart (10) */
-  int64_t handshake_timeout;    /* for the handshake hook, > 0 (5000) */
-  int64_t max_address_age;      /* peers whose last_seen is older are not dialled; 0 = no limit
-                                   (3 h) */
-  int64_t ping_after;           /* with a ping hook: ping a conn idle this long before lending it;
-                                   0 = never (0) */
-  int64_t keepalive;            /* with a ping hook: ping conns idle this long, checked this often;
-                                   0 = never (0). A ping has handshake_timeout to complete. */
-  int target_peers;             /* keep this many peers ready (a maintenance tick dials, and asks
-                                   the seed hook for addresses when it runs out); 0 = off (0).
-                                   Like a server, a pool with target_peers keeps the loop alive
-                                   until it is closed. */
-  int64_t maintenance_interval; /* ms between maintenance ticks, > 0 (1000) */
-  int64_t seed_interval;        /* at least this many ms between two seed hook calls (10000) */
-  int eject_after;              /* consecutive failures (failed connects and handshakes, failures
-                                   in use: see pp_release) that eject a peer for a cool-down;
-                                   0 = never (5) */
-  int64_t eject_time;           /* first cool-down, ms; doubles with each consecutive ejection
-                                   (reset once the peer went eject_time without a failure)
-                                   (10000) */
-  int64_t eject_max;            /* longest cool-down, ms (300000) */
-  int eject_max_percent;        /* percent 0..100: at most this share of the peers that are not
-                                   burned are ejected at once, and never all of them (with one
-                                   peer, none). A peer whose ejection would pass the limit is
-                                   not ejected: it backs off for min(eject_time, 500 ms) (50) */
-  int64_t probe_interval;       /* ms: a peer that once connected and is now ejected (after
-                                   failed connects) or backing off gets one probe (a single
-                                   connect attempt, handshake included, not a lease) this often,
-                                   so that it serves again soon after it comes back; 0 = no
-                                   probes (500) */
-  int keep_idle_bytes;          /* 1: bytes arriving on an idle conn are kept for its next holder
-                                   (chatty P2P protocols); 0: they close it as a late reply (0) */
-  const pp_tls_options_t *tls;  /* TLS for every peer (copied by pp_pool_new, which points this
-                                   at its copy); NULL: plain TCP (NULL) */
-  int64_t leak_threshold;       /* ms: a lease held longer is reported once (PP_EVENT_LEAK), and
-                                   again when it is released (PP_EVENT_UNLEAK); checked every
-                                   threshold/4 (10..1000) ms; 0 = off (0) */
+#define PP__OPTION_FIELD(type, name, dflt, min, max, unit, rule, doc) type name;
+  PP_OPTIONS_MAP(PP__OPTION_FIELD)
+#undef PP__OPTION_FIELD
+  const pp_tls_options_t *tls; /* TLS for every peer (copied by pp_pool_new, which points this
+                                  at its copy); NULL: plain TCP (NULL) */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */

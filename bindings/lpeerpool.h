@@ -190,6 +190,7 @@ void lpp_pool_open(lua_State *L);
 int lpp_l_new(lua_State *L);   /* peerpool.new(opts) */
 int lpp_l_pools(lua_State *L); /* peerpool.pools() */
 int lpp_l_options(lua_State *L); /* peerpool.options() */
+int lpp_l_stats_fields(lua_State *L); /* peerpool.stats_fields() */
 /* The pool userdata's struct of an engine pool, or NULL once it is gone (or shutting down). */
 lpp_pool_t *lpp_pool_of(pp_pool_t *pool);
 

@@ -613,35 +613,46 @@ static int l_check(lua_State *L) {
 
 /* ---- stats ----------------------------------------------------------------------------- */
 
+/* The engine's scalar stats, from its one table (PP_STATS_MAP). */
+typedef struct {
+  const char *name, *doc;
+  size_t offset, size;
+  bool is_double;
+} stat_t;
+
+static const stat_t stats[] = {
+#define STAT(type, name, doc) \
+  {#name, doc, offsetof(pp_stats_t, name), sizeof(type), (type)0.5 != 0},
+    PP_STATS_MAP(STAT)
+#undef STAT
+    {NULL, NULL, 0, 0, false},
+};
+
+/* peerpool.stats_fields(): { name = doc } of every scalar field of stats() the engine keeps. */
+int lpp_l_stats_fields(lua_State *L) {
+  lua_newtable(L);
+  for (const stat_t *st = stats; st->name; st++) {
+    lua_pushstring(L, st->doc);
+    lua_setfield(L, -2, st->name);
+  }
+  return 1;
+}
+
 static int l_stats(lua_State *L) {
   lpp_pool_t *p = lpp_check_pool(L, 1);
   pp_stats_t s;
   pp_pool_stats(p->pool, &s);
-  lua_createtable(L, 0, 40);
-#define F(f)                            \
-  lua_pushinteger(L, (lua_Integer)s.f); \
-  lua_setfield(L, -2, #f);
-  F(conns)
-  F(idle)
-  F(active)
-  F(connecting)
-  F(waiters)
-  F(peers)
-  F(acquires)
-  F(acquired_immediate)
-  F(acquired_dialed)
-  F(acquired_waited)
-  F(timed_out)
-  F(busy)
-  F(exhausted)
-  F(canceled) F(cannot_connect) F(releases) F(released_broken) F(connect_attempts) F(connects_ok)
-      F(connects_failed) F(bytes_in) F(bytes_out) F(msgs_in) F(msgs_out) F(pings) F(pings_failed)
-          F(ejections) F(seeds) F(policy_errors) F(tls_full) F(tls_resumed) F(tls_failed)
-#undef F
-              lua_pushnumber(L, s.connect_latency_ms_avg);
-  lua_setfield(L, -2, "connect_latency_ms_avg");
-  lua_pushnumber(L, s.connect_latency_ms_max);
-  lua_setfield(L, -2, "connect_latency_ms_max");
+  lua_createtable(L, 0, 48);
+  for (const stat_t *st = stats; st->name; st++) {
+    const char *field = (const char *)&s + st->offset;
+    if (st->is_double)
+      lua_pushnumber(L, *(const double *)field);
+    else if (st->size == sizeof(int))
+      lua_pushinteger(L, *(const int *)field);
+    else
+      lua_pushinteger(L, (lua_Integer) * (const uint64_t *)field);
+    lua_setfield(L, -2, st->name);
+  }
   lua_pushinteger(L, (lua_Integer)p->leaked_leases);
   lua_setfield(L, -2, "leaked_leases");
   lua_pushinteger(L, (lua_Integer)p->callback_errors);

@@ -281,6 +281,25 @@ simple("peerpool_pings_total", "counter", "Health pings started.", "pings")
 simple("peerpool_ping_failures_total", "counter", "Health pings that failed.", "pings_failed")
 simple("peerpool_ejections_total", "counter",
   "Peers ejected for a cool-down after consecutive failures.", "ejections")
+simple("peerpool_ejections_refused_total", "counter",
+  "Ejections eject_max_percent refused (the peer backed off briefly instead).",
+  "ejections_refused")
+simple("peerpool_acquires_failed_fast_total", "counter",
+  "Acquires answered at once because no peer could serve them (burned, ejected, backing " ..
+  "off, too old).", "failed_fast")
+family(POOL, "peerpool_probes_total", "counter",
+  "Probe connects of ejected or backing-off peers, by result (ok, failed).",
+  { "probes", "probes_failed" }, function(t, e)
+    e('result="ok"', t.s.probes - t.s.probes_failed)
+    e('result="failed"', t.s.probes_failed)
+  end)
+family(POOL, "peerpool_tls_handshakes_total", "counter",
+  "TLS handshakes, by result: full, resumed (a cached session), failed.",
+  { "tls_full", "tls_resumed", "tls_failed" }, function(t, e)
+    e('result="full"', t.s.tls_full)
+    e('result="resumed"', t.s.tls_resumed)
+    e('result="failed"', t.s.tls_failed)
+  end)
 simple("peerpool_seed_calls_total", "counter", "Seed hook calls.", "seeds")
 simple("peerpool_policy_errors_total", "counter",
   "Policy answers the engine had to ignore (a default decision was taken instead).",

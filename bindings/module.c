@@ -332,6 +332,7 @@ static const luaL_Reg module_fns[] = {
     {"new", lpp_l_new},
     {"pools", lpp_l_pools},
     {"options", lpp_l_options},
+    {"stats_fields", lpp_l_stats_fields},
     {"_loop_running", l_loop_running},
     {"_spawn", l_spawn},
     {"spawn", l_spawn},

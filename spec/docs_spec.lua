@@ -25,3 +25,16 @@ describe("the README's options table", function()
     end
   end)
 end)
+
+describe("the engine's stats", function()
+  it("are all in stats(), each shown by a named Prometheus family in docs/metrics.md", function()
+    local pool = peerpool.new {}
+    local stats = pool:stats()
+    pool:close()
+    local md = read("docs/metrics.md")
+    for name in pairs(peerpool.stats_fields()) do
+      assert.is_not_nil(stats[name], name)
+      assert.is_truthy(md:find("`" .. name .. "`", 1, true), name .. " is not in docs/metrics.md")
+    end
+  end)
+end)

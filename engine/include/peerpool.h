@@ -870,44 +870,59 @@ int pp_conn_ping_done(pp_conn_t *conn, int status);
 /* ------------------------------------------------------------------------------------------
  * Stats: gauges and counters since the pool was created.
  */
+/* Every scalar stat, once: X(type, name, doc). pp_stats_t and the Lua stats() table derive
+ * from it (peerpool.stats_fields() lists them for tools); a counter's name says what it counts
+ * since the pool was created, a gauge is a count now. */
+#define PP_STATS_MAP(X)                                                                        \
+  X(int, conns, "gauge: conns open, connecting ones included")                                 \
+  X(int, idle, "gauge: conns idle, ready to lend")                                             \
+  X(int, active, "gauge: conns with at least one lease")                                       \
+  X(int, connecting, "gauge: conns connecting, handshaking or backing off")                    \
+  X(int, waiters, "gauge: acquires waiting")                                                   \
+  X(int, peers, "gauge: known peers")                                                          \
+  X(uint64_t, acquires, "calls to pp_acquire / pp_try_acquire that were accepted")             \
+  X(uint64_t, acquired_immediate, "granted an idle (or shareable) conn at once")               \
+  X(uint64_t, acquired_dialed, "granted the conn dialled for it")                              \
+  X(uint64_t, acquired_waited, "granted after queueing behind capacity")                       \
+  X(uint64_t, timed_out, "acquires that reached their deadline")                               \
+  X(uint64_t, busy, "acquires answered busy (busy = fail at capacity)")                        \
+  X(uint64_t, exhausted, "acquires refused because the backlog was full")                      \
+  X(uint64_t, canceled, "acquires canceled")                                                   \
+  X(uint64_t, cannot_connect, "acquires whose dial ran out of attempts")                       \
+  X(uint64_t, releases, "leases ended")                                                        \
+  X(uint64_t, released_broken, "leases ended with a verdict against the peer")                 \
+  X(uint64_t, connect_attempts, "connect attempts")                                            \
+  X(uint64_t, connects_ok, "connects that succeeded")                                          \
+  X(uint64_t, connects_failed, "connect attempts that failed")                                 \
+  X(double, connect_latency_ms_avg, "mean time of the successful connects, ms")                \
+  X(double, connect_latency_ms_max, "longest successful connect, ms")                          \
+  X(uint64_t, tls_full, "TLS handshakes completed without resuming a session")                 \
+  X(uint64_t, tls_resumed, "TLS handshakes completed by resuming a cached session")            \
+  X(uint64_t, tls_failed, "TLS handshakes (or conns later) that ended with PP_ETLS")           \
+  X(uint64_t, bytes_in, "bytes read")                                                          \
+  X(uint64_t, bytes_out, "bytes written")                                                      \
+  X(uint64_t, msgs_in, "reads")                                                                \
+  X(uint64_t, msgs_out, "writes")                                                              \
+  X(uint64_t, pings, "pings started")                                                          \
+  X(uint64_t, pings_failed, "pings that failed")                                               \
+  X(uint64_t, ejections, "peers ejected for a cool-down after consecutive failures")           \
+  X(uint64_t, ejections_refused,                                                               \
+    "ejections eject_max_percent refused (the peer backed off briefly instead)")               \
+  X(uint64_t, failed_fast,                                                                     \
+    "acquires answered at once because no peer could serve them (burned, ejected, backing "    \
+    "off, too old)")                                                                           \
+  X(uint64_t, probes, "probe connects of held peers")                                          \
+  X(uint64_t, probes_failed, "probe connects that failed")                                     \
+  X(uint64_t, seeds, "seed hook calls")                                                        \
+  X(uint64_t, policy_errors, "hook results the engine had to ignore")
+
+/* Stats: the scalar ones above, and counts by peer state and by close reason. */
 typedef struct {
-  /* gauges */
-  int conns, idle, active, connecting; /* connecting includes handshaking and backoff */
-  int waiters;
-  int peers;
+#define PP__STAT_FIELD(type, name, doc) type name;
+  PP_STATS_MAP(PP__STAT_FIELD)
+#undef PP__STAT_FIELD
   int peers_by_state[PP_PEER_STATE_COUNT];
-  /* acquire counters */
-  uint64_t acquires;           /* calls to pp_acquire / pp_try_acquire that were accepted */
-  uint64_t acquired_immediate; /* granted an idle (or shareable) conn at once */
-  uint64_t acquired_dialed;    /* granted the conn dialled for it */
-  uint64_t acquired_waited;    /* granted after queueing behind capacity */
-  uint64_t timed_out;
-  uint64_t busy;
-  uint64_t exhausted;
-  uint64_t canceled;
-  uint64_t cannot_connect;
-  uint64_t releases, released_broken;
-  /* connect counters */
-  uint64_t connect_attempts, connects_ok, connects_failed;
-  double connect_latency_ms_avg; /* mean of successful connects */
-  double connect_latency_ms_max;
-  /* TLS handshakes (see pp_tls_options_t) */
-  uint64_t tls_full;    /* completed without resuming a session */
-  uint64_t tls_resumed; /* completed by resuming a cached session */
-  uint64_t tls_failed;  /* handshakes (or conns later) that ended with PP_ETLS */
-  /* conns closed by reason */
-  uint64_t closed[PP_CLOSE_REASON_COUNT];
-  /* I/O */
-  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
-  uint64_t pings, pings_failed;
-  uint64_t ejections;             /* peers ejected for a cool-down after consecutive failures */
-  uint64_t ejections_refused;     /* ejections eject_max_percent refused (the peer backed
-                                     off briefly instead) */
-  uint64_t failed_fast;           /* acquires answered at once because no peer could serve
-                                     them (burned, ejected, backing off, too old) */
-  uint64_t probes, probes_failed; /* probe connects of held peers */
-  uint64_t seeds;                 /* seed hook calls */
-  uint64_t policy_errors;         /* hook results the engine had to ignore */
+  uint64_t closed[PP_CLOSE_REASON_COUNT]; /* conns closed, by reason */
 } pp_stats_t;
 
 void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);

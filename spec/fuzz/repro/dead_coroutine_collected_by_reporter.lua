@@ -9,14 +9,7 @@
 local uv = require "luv"
 local peerpool = require "peerpool"
 
-local srv, clients = uv.new_tcp(), {}
-srv:bind("127.0.0.1", 0)
-srv:listen(8, function()
-  local c = uv.new_tcp()
-  srv:accept(c)
-  clients[#clients + 1] = c
-end)
-local addr = "127.0.0.1:" .. srv:getsockname().port
+local addr, close_server = require "spec.fuzz.holding_server"()
 local pool = peerpool.new { peers = { addr } }
 
 peerpool.on_error(function(text)
@@ -34,8 +27,7 @@ local t = uv.new_timer()
 t:start(100, 0, function()
   t:close()
   pool:close()
-  srv:close()
-  for _, c in ipairs(clients) do c:close() end
+  close_server()
 end)
 uv.run()
 print("ok: done")

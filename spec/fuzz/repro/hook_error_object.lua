@@ -11,14 +11,7 @@
 local uv = require "luv"
 local peerpool = require "peerpool"
 
-local srv, clients = uv.new_tcp(), {}
-srv:bind("127.0.0.1", 0)
-srv:listen(8, function()
-  local c = uv.new_tcp()
-  srv:accept(c)
-  clients[#clients + 1] = c
-end)
-local addr = "127.0.0.1:" .. srv:getsockname().port
+local addr, close_server = require "spec.fuzz.holding_server"()
 local report = ""
 peerpool.on_error(function(text) report = report .. text .. "\n" end)
 local pool = peerpool.new { peers = { addr }, retries = 0, policy = {
@@ -30,8 +23,7 @@ peerpool.run(function()
   --      to '_hook_error' (string expected, got table); using the default
 end)
 pool:close()
-srv:close()
-for _, c in ipairs(clients) do c:close() end
+close_server()
 uv.run()
 local good = report:find("policy hook handshake", 1, true) and not report:find("_hook_error", 1, true)
 print((good and "ok: " or "BUG: ") .. (report:match("^[^\n]*") or "(no report)"))

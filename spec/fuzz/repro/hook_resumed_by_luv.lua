@@ -13,14 +13,7 @@
 local uv = require "luv"
 local peerpool = require "peerpool"
 
-local srv, clients = uv.new_tcp(), {}
-srv:bind("127.0.0.1", 0)
-srv:listen(8, function()
-  local c = uv.new_tcp()
-  srv:accept(c)
-  clients[#clients + 1] = c
-end)
-local addr = "127.0.0.1:" .. srv:getsockname().port
+local addr, close_server = require "spec.fuzz.holding_server"()
 local pool = peerpool.new { peers = { addr }, retries = 0, handshake_timeout = 300, policy = {
   handshake = function()
     local co, t = coroutine.running(), uv.new_timer()
@@ -38,6 +31,5 @@ peerpool.run(function()
   if conn then conn:release() end
 end)
 pool:close()
-srv:close()
-for _, c in ipairs(clients) do c:close() end
+close_server()
 uv.run()

@@ -7,14 +7,7 @@
 local uv = require "luv"
 local peerpool = require "peerpool"
 
-local srv, clients = uv.new_tcp(), {}
-srv:bind("127.0.0.1", 0)
-srv:listen(8, function()
-  local c = uv.new_tcp()
-  srv:accept(c)
-  clients[#clients + 1] = c
-end)
-local addr = "127.0.0.1:" .. srv:getsockname().port
+local addr, close_server = require "spec.fuzz.holding_server"()
 local pool = peerpool.new { peers = { addr }, max_per_peer = 1 }
 
 peerpool.run(function()
@@ -28,6 +21,5 @@ peerpool.run(function()
   conn:release()
 end)
 pool:close()
-srv:close()
-for _, c in ipairs(clients) do c:close() end
+close_server()
 uv.run()

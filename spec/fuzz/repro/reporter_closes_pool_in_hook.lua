@@ -12,14 +12,7 @@
 local uv = require "luv"
 local peerpool = require "peerpool"
 
-local srv, clients = uv.new_tcp(), {}
-srv:bind("127.0.0.1", 0)
-srv:listen(8, function()
-  local c = uv.new_tcp()
-  srv:accept(c)
-  clients[#clients + 1] = c
-end)
-local addr = "127.0.0.1:" .. srv:getsockname().port
+local addr, close_server = require "spec.fuzz.holding_server"()
 local pool = peerpool.new { peers = { addr }, max_per_peer = 2 }
 
 peerpool.run(function()
@@ -33,7 +26,6 @@ peerpool.run(function()
   end)
   print("acquire:", pcall(pool.acquire, pool, addr))
 end)
-srv:close()
-for _, c in ipairs(clients) do c:close() end
+close_server()
 uv.run()
 print("ok: done")

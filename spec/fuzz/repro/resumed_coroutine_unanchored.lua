@@ -13,14 +13,7 @@
 local uv = require "luv"
 local peerpool = require "peerpool"
 
-local srv, clients = uv.new_tcp(), {}
-srv:bind("127.0.0.1", 0)
-srv:listen(8, function()
-  local c = uv.new_tcp()
-  srv:accept(c)
-  clients[#clients + 1] = c
-end)
-local addr = "127.0.0.1:" .. srv:getsockname().port
+local addr, close_server = require "spec.fuzz.holding_server"()
 local pool = peerpool.new { peers = { addr } }
 
 peerpool.spawn(function()          -- nothing but the binding refers to this coroutine
@@ -32,7 +25,6 @@ peerpool.spawn(function()          -- nothing but the binding refers to this cor
   print("ok: survived")             -- back in the (then freed) coroutine
   conn:release()
   pool:close()
-  srv:close()
-  for _, c in ipairs(clients) do c:close() end
+  close_server()
 end)
 uv.run()

@@ -16,10 +16,7 @@
 --   LUA_CPATH='build/lua/?.so;;' lua5.4 spec/fuzz/repro/timers_phase_starves_answers.lua control
 local uv = require "luv"
 local peerpool = require "peerpool"
-local srv, clients = uv.new_tcp(), {}
-srv:bind("127.0.0.1", 0)
-srv:listen(8, function() local c = uv.new_tcp(); srv:accept(c); clients[#clients + 1] = c end)
-local addr = "127.0.0.1:" .. srv:getsockname().port
+local addr, close_server = require "spec.fuzz.holding_server"()
 local pool = peerpool.new { peers = { addr }, max_per_peer = 1, backlog = 10000 }
 local with_engine_call = arg[1] ~= "control"
 local late
@@ -36,7 +33,7 @@ peerpool.run(function()
     if with_engine_call then pool:acquire(addr, { timeout = 1 }, function() end) end
   end)
   local t0 = uv.hrtime()
-  local c, code = pool:acquire(addr, { timeout = 50 })
+  local _, code = pool:acquire(addr, { timeout = 50 })
   local ms = (uv.hrtime() - t0) / 1e6
   print(string.format("%s%s: acquire(timeout=50) answered %s after %.0f ms (the busy timer ran %d " ..
     "times)", ms < 150 and "ok: " or "BUG: ", with_engine_call and "with engine calls" or "control",
@@ -46,7 +43,6 @@ peerpool.run(function()
   held:release()
 end)
 pool:close()
-srv:close()
-for _, c in ipairs(clients) do c:close() end
+close_server()
 uv.run()
 os.exit(late and 1 or 0)

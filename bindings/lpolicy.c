@@ -198,13 +198,15 @@ static int answer_index(lpp_pool_t *p, int hook, int n) {
 
 static void push_ctx(lpp_pool_t *p, const char *key, int dialing) {
   lua_State *L = p->hook_L;
-  lua_createtable(L, 0, 2);
+  lua_createtable(L, 0, 3);
   if (key) {
     lua_pushstring(L, key);
     lua_setfield(L, -2, "key");
   }
   lua_pushboolean(L, dialing);
   lua_setfield(L, -2, "dialing");
+  lua_pushinteger(L, p->pool ? pp_pool_options(p->pool)->client_limit : 1);
+  lua_setfield(L, -2, "client_limit");
 }
 
 static int c_select_peer(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n, int dialing,

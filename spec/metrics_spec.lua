@@ -220,6 +220,13 @@ describe("pool:metrics()", function()
       pings = { "peerpool_pings_total" },
       pings_failed = { "peerpool_ping_failures_total" },
       ejections = { "peerpool_ejections_total" },
+      ejections_refused = { "peerpool_ejections_refused_total" },
+      failed_fast = { "peerpool_acquires_failed_fast_total" },
+      probes = false, -- ok + failed (below)
+      probes_failed = { "peerpool_probes_total", { result = "failed" } },
+      tls_full = { "peerpool_tls_handshakes_total", { result = "full" } },
+      tls_resumed = { "peerpool_tls_handshakes_total", { result = "resumed" } },
+      tls_failed = { "peerpool_tls_handshakes_total", { result = "failed" } },
       seeds = { "peerpool_seed_calls_total" },
       policy_errors = { "peerpool_policy_errors_total" },
       leaked_leases = { "peerpool_leaked_leases_total" },

@@ -332,11 +332,15 @@ void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn) {
 
 pp_conn_t *pp__peer_best_conn(pp_peer_t *peer) {
   if (peer->usable == 0) return NULL;
-  int words = (peer->pool->opts.client_limit + 63) / 64;
+  int limit = peer->pool->opts.client_limit, words = (limit + 63) / 64;
   for (int w = 0; w < words; w++) {
     if (peer->nonempty[w] == 0) continue;
     int k = w * 64 + __builtin_ctzll(peer->nonempty[w]);
-    return PP__CONTAINER(peer->buckets[k].next, pp_conn_t, bucket_link);
+    /* Exclusive conns: the one released last (LIFO, as Vitess and HikariCP lend: a hot set
+     * stays in cache and the rest can idle out). Shared ones: fewest leases, then longest
+     * idle (the seed's heap rule). Buckets are kept in release order. */
+    pp__link_t *bucket = &peer->buckets[k];
+    return PP__CONTAINER(limit == 1 ? bucket->prev : bucket->next, pp_conn_t, bucket_link);
   }
   return NULL;
 }

@@ -33,9 +33,17 @@ function M.select_peer(peers, ctx) -- luacheck: no unused args
 end
 
 --- select_conn(conns, ctx): which of a peer's usable conns serves the acquire. The built-in
--- choice: the fewest leases, then the longest idle (idle_ms: time since its lease count last
--- changed).
-function M.select_conn(conns, ctx) -- luacheck: no unused args
+-- choice: for exclusive conns (ctx.client_limit == 1) the one released last (the least idle);
+-- for shared ones the fewest leases, then the longest idle (idle_ms: time since its lease
+-- count last changed).
+function M.select_conn(conns, ctx)
+  if ctx.client_limit == 1 then
+    local best = 1
+    for i = 2, #conns do
+      if conns[i].idle_ms <= conns[best].idle_ms then best = i end -- (listed oldest first)
+    end
+    return best
+  end
   local best, leases, idle = 1, nil, nil
   for i = 1, #conns do
     local c = conns[i]

@@ -191,7 +191,7 @@ TEST(shared_default_selection_fewest_leases) {
   test_finish_srv(pool, srv);
 }
 
-TEST(shared_default_selection_longest_idle) {
+TEST(exclusive_default_selection_lends_the_last_released) {
   srv_t *srv = srv_echo_start(NULL);
   pp_peer_t *peer;
   pp_pool_t *pool = shared_pool(srv, 1, 3, &peer);
@@ -211,12 +211,14 @@ TEST(shared_default_selection_longest_idle) {
   ASSERT_GE(pp_conn_idle_ms(c[2]), pp_conn_idle_ms(c[0]));
   pp_lease_t t[3];
   test_rec_t tr[3];
+  /* LIFO: the hot set stays small, and conns idle the longest are the ones idle_timeout
+   * closes. */
   ASSERT_OK(test_acquire_wait(pool, &t[0], &tr[0], peer, NULL));
-  ASSERT_PTR_EQ(t[0].conn, c[1]);
+  ASSERT_PTR_EQ(t[0].conn, c[0]);
   ASSERT_OK(test_acquire_wait(pool, &t[1], &tr[1], peer, NULL));
   ASSERT_PTR_EQ(t[1].conn, c[2]);
   ASSERT_OK(test_acquire_wait(pool, &t[2], &tr[2], peer, NULL));
-  ASSERT_PTR_EQ(t[2].conn, c[0]);
+  ASSERT_PTR_EQ(t[2].conn, c[1]);
   for (int i = 0; i < 3; i++)
     ASSERT_OK(pp_release(&t[i], 0));
   test_finish_srv(pool, srv);
@@ -270,8 +272,9 @@ TEST(shared_select_conn_hook_is_used) {
   ASSERT_OK(pp_release(&l[0], 0));
   test_run_for(20);
   ASSERT_OK(pp_release(&l[1], 0));
-  /* The default would pick c0 (idle longer); the hook picks c1. */
-  select_rec_t s = {0, 0, c1};
+  /* The default would pick c1 (released last: exclusive conns are lent LIFO); the hook
+   * picks c0. */
+  select_rec_t s = {0, 0, c0};
   pp_policy_t pol;
   memset(&pol, 0, sizeof pol);
   pol.data = &s;
@@ -280,16 +283,16 @@ TEST(shared_select_conn_hook_is_used) {
   ASSERT_OK(test_acquire_wait(pool, &l[0], &r[0], peer, NULL));
   ASSERT_GE(s.calls, 1);
   ASSERT_EQ(s.last_n, 2);
-  ASSERT_PTR_EQ(l[0].conn, c1);
-  pp_conn_t *chosen = l[0].conn;
-  (void)c0;
+  ASSERT_PTR_EQ(l[0].conn, c0);
   ASSERT_OK(pp_release(&l[0], 0));
-  /* Default (-1) falls back to longest idle; NULL policy restores defaults. */
+  test_run_for(5);
+  /* NULL policy restores the default: the conn released last (c0 again). */
   pp_pool_set_policy(pool, NULL);
   int before = s.calls;
   ASSERT_OK(test_acquire_wait(pool, &l[0], &r[0], peer, NULL));
   ASSERT_EQ(s.calls, before);
-  ASSERT_PTR_NE(l[0].conn, chosen); /* the other one idled longer */
+  ASSERT_PTR_EQ(l[0].conn, c0);
+  (void)c1;
   ASSERT_OK(pp_release(&l[0], 0));
   test_finish_srv(pool, srv);
 }

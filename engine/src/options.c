@@ -1,5 +1,6 @@
 /* Pool options: defaults and validation. Every message names its field. */
 #include "peerpool.h"
+#include "dns.h"
 #include "tls.h"
 
 void pp_options_init(pp_options_t *o) {
@@ -28,6 +29,11 @@ void pp_options_init(pp_options_t *o) {
   o->keep_idle_bytes = 0;
   o->leak_threshold = 0;
   o->tls = NULL;
+  o->dns_servers = NULL;
+  o->dns_timeout = 2000;
+  o->dns_ttl_min = 1000;
+  o->dns_ttl_max = 300000;
+  o->happy_eyeballs_delay = 250;
 }
 
 /* One year in ms: no sane timeout is longer, and it keeps deadline arithmetic far from
@@ -90,6 +96,15 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
   CHECK(o->keep_idle_bytes == 0 || o->keep_idle_bytes == 1, "keep_idle_bytes must be 0 or 1");
   CHECK(o->leak_threshold >= 0 && o->leak_threshold <= PP_MS_MAX,
         "leak_threshold must be a number of ms >= 0 (0 = off)");
+  CHECK(o->dns_timeout >= 1 && o->dns_timeout <= 3600000,
+        "dns_timeout must be a positive number of ms (at most one hour)");
+  CHECK(o->dns_ttl_min >= 1 && o->dns_ttl_min <= PP_MS_MAX,
+        "dns_ttl_min must be a positive number of ms");
+  CHECK(o->dns_ttl_max >= o->dns_ttl_min && o->dns_ttl_max <= PP_MS_MAX,
+        "dns_ttl_max must be a number of ms >= dns_ttl_min");
+  CHECK(o->happy_eyeballs_delay >= 10 && o->happy_eyeballs_delay <= 10000,
+        "happy_eyeballs_delay must be a number of ms in 10..10000");
+  if (o->dns_servers && pp__dns_servers_check(o->dns_servers, why) != 0) return PP_EINVAL;
   if (o->tls) return pp__tls_options_check(o->tls, why);
   return 0;
 }

@@ -24,7 +24,7 @@ typedef struct pp__dns_peer_s {
   uint64_t refresh_at;           /* loop ms after which the answer is stale (0: none yet) */
   pp__heap_node_t refresh_node;  /* pool dns->refresh while refresh_key != 0 */
   uint64_t refresh_key;
-  uint64_t seq; /* ties in the refresh heap go to the older peer */
+  uint64_t seq;     /* ties in the refresh heap go to the older peer */
   char reason[128]; /* the last query's failure ("" after a success) */
 } pp__dns_peer_t;
 

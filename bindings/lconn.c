@@ -692,9 +692,24 @@ static int l_alpn(lua_State *L) {
   return 1;
 }
 
+/* conn:address(): the address this conn dialled ("10.0.0.5:6379", "[::1]:6379": for a peer
+ * named by a host name, the resolved address it uses), or nil (a unix socket, the lease
+ * ended). */
+static int l_address(lua_State *L) {
+  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  pp_conn_t *conn = lpp_conn_of(c);
+  char buf[64];
+  if (conn && pp_conn_address(conn, buf, sizeof buf) == 0 && buf[0])
+    lua_pushstring(L, buf);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
 static const luaL_Reg conn_methods[] = {
     {"send", lpp_l_send}, {"receive", l_receive}, {"release", l_release},
-    {"close", l_close},   {"alpn", l_alpn},       {NULL, NULL},
+    {"close", l_close},   {"alpn", l_alpn},       {"address", l_address},
+    {NULL, NULL},
 };
 
 void lpp_conn_open(lua_State *L) {

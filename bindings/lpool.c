@@ -199,7 +199,7 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) 
   while (lua_next(L, idx)) {
     if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "peerpool.new: option names must be strings");
     const char *key = lua_tostring(L, -2);
-    if (strcmp(key, "tls") == 0) { /* read by read_tls */
+    if (strcmp(key, "tls") == 0 || strcmp(key, "dns_servers") == 0) { /* read on their own */
       lua_pop(L, 1);
       continue;
     }
@@ -228,6 +228,33 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) 
   }
   const char *why;
   if (pp_options_validate(o, &why) != 0) luaL_error(L, "peerpool.new: option %s", why);
+}
+
+/* dns_servers: a list of "ip[:port]" / "[ipv6]:port" strings (or one such string), replaced on
+ * the stack at `idx` by the engine's comma-separated form; NULL for nil (the system's). */
+static const char *read_dns_servers(lua_State *L, int idx) {
+  if (lua_isnil(L, idx)) return NULL;
+  if (lua_type(L, idx) == LUA_TSTRING) return lua_tostring(L, idx);
+  if (!lua_istable(L, idx))
+    luaL_error(L, "peerpool.new: option 'dns_servers' must be a list of \"ip[:port]\" strings "
+                  "(got %s)", luaL_typename(L, idx));
+  lua_Integer n = luaL_len(L, idx);
+  if (n < 1 || n > 16)
+    luaL_error(L, "peerpool.new: option 'dns_servers' must list 1..16 servers");
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, ',');
+    if (lua_rawgeti(L, idx, i) != LUA_TSTRING)
+      luaL_error(L, "peerpool.new: option 'dns_servers[%I]' must be a string (got %s)", i,
+                 luaL_typename(L, -1));
+    if (strchr(lua_tostring(L, -1), ','))
+      luaL_error(L, "peerpool.new: option 'dns_servers[%I]' must be one server", i);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  lua_replace(L, idx);
+  return lua_tostring(L, idx);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------- */
@@ -287,6 +314,10 @@ int lpp_l_new(lua_State *L) {
   if (lua_istable(L, 1) && lua_getfield(L, 1, "tls") != LUA_TNIL) {
     read_tls(L, -1, &tls, "peerpool.new: option"); /* its strings live in opts.tls */
     o.tls = &tls.o;
+  }
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "dns_servers");
+    o.dns_servers = read_dns_servers(L, lua_gettop(L)); /* on the stack until pp_pool_new */
   }
   lpp_state_t *st = lpp_state(L);
   lpp_pool_t *p = lua_newuserdatauv(L, sizeof(*p), 1);
@@ -500,6 +531,43 @@ int lpp_push_peer_meta(lua_State *L, pp_peer_t *peer) {
   return t;
 }
 
+/* A host-name peer's `resolved` list ({ addr, conns, current } per address, the answer's first)
+ * and `dns_error` (why its last query failed). */
+static void push_resolved(lua_State *L, pp_peer_t *peer) {
+  pp_resolved_t r[PP_DNS_MAX_ADDRS * 2];
+  int n = pp_peer_resolved(peer, r, PP_DNS_MAX_ADDRS * 2);
+  if (n < 0) return;
+  if (n > PP_DNS_MAX_ADDRS * 2) n = PP_DNS_MAX_ADDRS * 2;
+  lua_createtable(L, n, 0);
+  for (int k = 0; k < n; k++) {
+    char addr[96] = "";
+    if (r[k].sa.ss_family == AF_INET6) {
+      char ip[64];
+      uv_ip6_name((const struct sockaddr_in6 *)&r[k].sa, ip, sizeof ip);
+      snprintf(addr, sizeof addr, "[%s]:%d", ip,
+               ntohs(((const struct sockaddr_in6 *)&r[k].sa)->sin6_port));
+    } else if (r[k].sa.ss_family == AF_INET) {
+      char ip[64];
+      uv_ip4_name((const struct sockaddr_in *)&r[k].sa, ip, sizeof ip);
+      snprintf(addr, sizeof addr, "%s:%d", ip,
+               ntohs(((const struct sockaddr_in *)&r[k].sa)->sin_port));
+    }
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, addr);
+    lua_setfield(L, -2, "addr");
+    lua_pushinteger(L, r[k].conns);
+    lua_setfield(L, -2, "conns");
+    lua_pushboolean(L, r[k].current);
+    lua_setfield(L, -2, "current");
+    lua_rawseti(L, -2, k + 1);
+  }
+  lua_setfield(L, -2, "resolved");
+  if (pp_peer_dns_reason(peer)) {
+    lua_pushstring(L, pp_peer_dns_reason(peer));
+    lua_setfield(L, -2, "dns_error");
+  }
+}
+
 void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
   pp_peer_info_t i;
   pp_peer_info(peer, &i);
@@ -537,6 +605,7 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
     lua_pushinteger(L, i.retry_at > (int64_t)now ? i.retry_at - (int64_t)now : 0);
     lua_setfield(L, -2, "retry_in_ms");
   }
+  push_resolved(L, peer);
   if (lpp_push_peer_meta(L, peer) == LUA_TTABLE) {
     lua_getfield(L, -1, "source");
     lua_setfield(L, -3, "source");

@@ -7,8 +7,8 @@
 # libuv is in Requires, not Requires.private: peerpool.h includes uv.h and every program that
 # uses the library calls libuv itself (uv_default_loop, uv_run), so it needs libuv's flags and
 # library whether it links libpeerpool shared or static.
-# OpenSSL (libssl, libcrypto) is in Requires.private: only the engine calls it, so only a static
-# link (`pkg-config --static`) needs it.
+# OpenSSL (libssl, libcrypto) and c-ares (libcares) are in Requires.private: only the engine
+# calls them, so only a static link (`pkg-config --static`) needs them.
 set(PP_PC_PREFIX "${CMAKE_INSTALL_PREFIX}")
 foreach(dir LIBDIR INCLUDEDIR)
   if(NOT IS_ABSOLUTE "${PP_PC_${dir}}")

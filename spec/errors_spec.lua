@@ -276,8 +276,8 @@ describe("peerpool errors", function()
   describe("invalid", function()
     it("answers a malformed address", test(function(env)
       assert.same({ n = 3, nil, "invalid",
-        "host must be a numeric IPv4 address (resolve names in a seed policy)" },
-        pack(env:pool():add_peer("example.com:80")))
+        "host must be an IPv4 address or a host name (letters, digits, '-', '_', dots)" },
+        pack(env:pool():add_peer("bad..name:80")))
     end))
   end)
 

@@ -66,6 +66,20 @@ describe("scripts/examples", function()
     end)
   end)
 
+  describe("redis_hostname.lua", function()
+    it("PINGs a real redis-server named localhost:PORT and shows the address it resolved to",
+      function()
+        local addr = redis()
+        if not addr then return pending("redis-server is not installed (make test installs it)") end
+        local port = addr:match(":(%d+)$")
+        local out = run("redis_hostname.lua", { "localhost:" .. port })
+        local name = "localhost:" .. port
+        assert.matches("ping 3: %+PONG via " .. name .. " %(127%.0%.0%.1:" .. port .. "%)", out)
+        assert.matches(name .. " resolves to 127%.0%.0%.1:" .. port .. ": 1 conns", out)
+        assert.matches(name .. " resolves to %[::1%]:" .. port .. ": 0 conns", out)
+      end)
+  end)
+
   describe("redis_shards.lua", function()
     it("keeps every key on its shard while one of three redis-servers dies and comes back",
       function()

@@ -224,8 +224,8 @@ describe("peerpool", function()
       for _, v in ipairs(pool:peers()) do addrs[#addrs + 1] = v.addr end
       assert.same({ "127.0.0.1:7001", "[::1]:7002" }, addrs)
       pool:close()
-      assert.error_matches(function() peerpool.new { peers = { "localhost:1" } } end,
-        "peerpool.new: peers[1]: host must be a numeric IPv4 address", nil, true)
+      assert.error_matches(function() peerpool.new { peers = { "bad..name:1" } } end,
+        "peerpool.new: peers[1]: host must be an IPv4 address or a host name", nil, true)
       assert.error_matches(function() peerpool.new { peers = "127.0.0.1:1" } end,
         "peerpool.new: option 'peers' must be a list of addresses", nil, true)
     end)

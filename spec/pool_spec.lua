@@ -48,8 +48,8 @@ describe("peerpool.pool", function()
     it("answers nil, 'invalid', why for a malformed address", test(function(env)
       local pool = env:pool()
       assert.same({ n = 3, nil, "invalid",
-        "host must be a numeric IPv4 address (resolve names in a seed policy)" },
-        pack(pool:add_peer("localhost:80")))
+        "host must be an IPv4 address or a host name (letters, digits, '-', '_', dots)" },
+        pack(pool:add_peer("bad..name:80")))
       assert.same({ n = 3, nil, "invalid",
         "address must be host:port, [ipv6]:port or a unix socket path" },
         pack(pool:add_peer("127.0.0.1")))

@@ -155,8 +155,8 @@ describe("TLS", function()
 
   -- Each failure answers `tls` with the reason as detail, at once (not at the deadline), and
   -- counts as a failed handshake.
-  local function refused(env, addr, opts, pattern)
-    local pool = env:pool { tls = opts, acquire_timeout = 5000 }
+  local function refused(env, addr, opts, pattern, dns_servers)
+    local pool = env:pool { tls = opts, acquire_timeout = 5000, dns_servers = dns_servers }
     pool:add_peer(addr)
     local t0 = uv.hrtime()
     local got = pack(pool:acquire(addr))
@@ -184,6 +184,26 @@ describe("TLS", function()
     c:release()
     assert.equal(1, pool:stats().tls_full)
   end))
+
+  it("verifies a host-name peer against its name, not the address it resolved to",
+    test(function(env)
+      if skip_unless_env() then return end
+      local dns = env:add(require("spec.support.dns_server").start())
+      dns:set("wrong.example", { a = { "127.0.0.1" }, ttl = 30 })
+      dns:set("other.pp.test", { a = { "127.0.0.1" }, ttl = 30 })
+      -- wrong.pem is for DNS:wrong.example only: the name passes where the address would not
+      local port = s_server("wrong.pem"):match(":(%d+)$")
+      local pool = env:pool { tls = tls_opts(), dns_servers = { dns.addr } }
+      local addr = assert(pool:add_peer("wrong.example:" .. port))
+      local c = assert(pool:acquire(addr))
+      assert.equal("127.0.0.1:" .. port, c:address())
+      c:release()
+      -- server.pem carries IP:127.0.0.1, but a name peer is checked against its name
+      port = s_server("server.pem"):match(":(%d+)$")
+      local why = refused(env, "other.pp.test:" .. port, tls_opts(), "name mismatch: ",
+        { dns.addr })
+      assert.matches("other.pp.test", why, 1, true)
+    end))
 
   it("answers tls (protocol) when the versions do not meet", test(function(env)
     if skip_unless_env() then return end

@@ -51,7 +51,8 @@ extern "C" {
   XX(ENOREUSE, -30015, "not_reusable", "connection is not reusable (its peer is healthy)") \
   XX(ETOOLONG, -30016, "too_long", "reply or line over the receive limit")                 \
   XX(EEJECTED, -30017, "ejected", "peer is ejected for a cool-down")                       \
-  XX(ETLS, -30018, "tls", "TLS handshake or verification failed")
+  XX(ETLS, -30018, "tls", "TLS handshake or verification failed")                         \
+  XX(EDNS, -30019, "dns", "host name did not resolve")
 
 typedef enum {
 #define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,
@@ -230,7 +231,17 @@ void pp_timer_start(uv_timer_t *timer, uv_timer_cb cb, uint64_t ms);
     "of closing it as a late reply")                                                             \
   X(int64_t, leak_threshold, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = off)",             \
     "a lease held longer is reported once (event leak), and again at its release (unleak); "     \
-    "checked every threshold/4 (10..1000) ms (0 = off)")
+    "checked every threshold/4 (10..1000) ms (0 = off)")                                        \
+  X(int64_t, dns_timeout, 2000, 1, 3600000, "ms", "a positive number of ms (at most one hour)",  \
+    "host names: one try of a query; a query tries twice per server (the second try waits "      \
+    "twice as long), so a name nobody answers fails after about 3 x this")                   \
+  X(int64_t, dns_ttl_min, 1000, 1, PP_MS_MAX, "ms", "a positive number of ms",                   \
+    "host names: an answer is re-resolved after its TTL, but not sooner (a failed query is "     \
+    "retried after this too)")                                                                   \
+  X(int64_t, dns_ttl_max, 300000, 1, PP_MS_MAX, "ms", "a number of ms >= dns_ttl_min",           \
+    "host names: ... and not later than this")                                                   \
+  X(int64_t, happy_eyeballs_delay, 250, 10, 10000, "ms", "a number of ms in 10..10000",          \
+    "between the starts of two connect attempts to a name's addresses (RFC 8305)")
 
 typedef struct {
 #define PP__OPTION_FIELD(type, name, dflt, min, max, unit, rule, doc) type name;
@@ -238,6 +249,9 @@ typedef struct {
 #undef PP__OPTION_FIELD
   const pp_tls_options_t *tls; /* TLS for every peer (copied by pp_pool_new, which points this
                                   at its copy); NULL: plain TCP (NULL) */
+  const char *dns_servers;     /* host names (see "Peers"): "ip[:port],[ip6]:port,..." to ask
+                                  instead of the system's resolv.conf (copied); /etc/hosts is
+                                  read either way; NULL: the system's (NULL) */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */
@@ -271,7 +285,7 @@ typedef enum {
 const char *pp_peer_state_name(pp_peer_state_t state);
 
 /* Why a conn was closed (counted in pp_stats_t.closed[]). "discarded": its holder released it
- * with PP_ENOREUSE. */
+ * with PP_ENOREUSE. "dns": its address left its host name's DNS answer (closed once unleased). */
 #define PP_CLOSE_REASON_MAP(XX) \
   XX(IDLE, "idle")              \
   XX(LIFESPAN, "lifespan")      \
@@ -281,7 +295,8 @@ const char *pp_peer_state_name(pp_peer_state_t state);
   XX(EVICTED, "evicted")        \
   XX(EJECTED, "ejected")        \
   XX(CLOSED, "closed")          \
-  XX(DISCARDED, "discarded")
+  XX(DISCARDED, "discarded")    \
+  XX(DNS, "dns")
 
 typedef enum {
 #define PP__REASON_ENUM(name, str) PP_CLOSE_##name,
@@ -491,7 +506,7 @@ void pp_pool_on_event(pp_pool_t *pool, pp_event_cb cb, void *arg);
 typedef struct {
   uint64_t at;      /* loop ms */
   const char *kind; /* "acquire", "wait", "fail", "conn_open", "conn_close", "eject",
-                       "burn", "probe", "recover", "leak" (static strings) */
+                       "burn", "probe", "recover", "leak", "dns" (static strings) */
   pp_peer_t *peer;  /* NULL: no peer in particular */
   uint64_t conn_id; /* 0: none */
   unsigned int repeats; /* more of the same folded into this entry: failures of an acquire with
@@ -514,10 +529,23 @@ uint64_t pp_conn_id(const pp_conn_t *conn);
 #define PP_ADDR_MAX 264
 
 /* ------------------------------------------------------------------------------------------
- * Peers. Addresses: "1.2.3.4:port", "[v6]:port", or a unix socket path (starting with '/'
- * or "./", or prefixed "unix:"). Names are canonicalised, so spellings of one address are
- * one peer, and a canonical spelling reads back as itself: "unix:x.sock" becomes "./x.sock".
- * IPv6 zone ids ("[fe80::1%eth0]:5") are refused.
+ * Peers. Addresses: "1.2.3.4:port", "[v6]:port", "name:port", or a unix socket path (starting
+ * with '/' or "./", or prefixed "unix:"). Names are canonicalised, so spellings of one address
+ * are one peer, and a canonical spelling reads back as itself: "unix:x.sock" becomes "./x.sock",
+ * "Redis.Internal:6379" becomes "redis.internal:6379". IPv6 zone ids ("[fe80::1%eth0]:5") are
+ * refused.
+ * A host name (letters, digits, '-', '_', dots; at most 253 bytes) stays the peer's address; the
+ * pool resolves it (A and AAAA, with c-ares on the loop: nothing blocks and no libuv thread is
+ * used) when it is added, again when its answer's TTL runs out (within dns_ttl_min..max) while
+ * the peer has conns, and before a dial once the answer is stale. "localhost" and names under
+ * ".localhost" answer ::1 and 127.0.0.1 without a query (RFC 6761). A dial of a name with several
+ * addresses races them (Happy Eyeballs, RFC 8305): families interleaved, IPv6 first, a new
+ * attempt every happy_eyeballs_delay ms (or as soon as one fails) while the earlier ones go on;
+ * the first to connect wins and the others are closed; the whole race is one connect attempt
+ * within connect_timeout. Conns to an address that leaves a new answer close once their last
+ * lease ends (reason "dns"); the others stay. A query that fails keeps the last answer; a name
+ * that has no answer yet fails its dial with PP_EDNS (a failed connect: backoff, no retry within
+ * the dial), and pp_peer_dns_reason() says why. At most PP_DNS_MAX_ADDRS addresses are kept.
  */
 
 /* Add (or find) the peer at `addr`. `last_seen_ms` is Unix time in ms; 0 means now. An
@@ -604,6 +632,30 @@ void pp_peer_history(const pp_peer_t *peer, pp_peer_history_t *out);
  * burned other than 0/1); PP_ECLOSED when the pool is closing. */
 int pp_peer_restore(pp_peer_t *peer, const pp_peer_history_t *hist);
 const char *pp_peer_addr(const pp_peer_t *peer);
+
+#define PP_DNS_MAX_ADDRS 16
+
+/* One address a peer's name resolved to, or that one of its conns still uses. */
+typedef struct {
+  struct sockaddr_storage sa;
+  int conns;   /* open or connecting conns using it */
+  int current; /* 1: in the last answer; 0: gone from it (its conns close as leases end) */
+} pp_resolved_t;
+
+/* The addresses of a host-name peer: the last answer's (in dial order), then any its conns
+ * still use that left it. Writes at most `max` entries; returns how many there are (which may
+ * be more than max), 0 for a name with no answer yet, or -1 for a numeric or unix peer. */
+int pp_peer_resolved(const pp_peer_t *peer, pp_resolved_t *out, int max);
+
+/* Why the last query for a host-name peer failed, e.g. "redis.internal: NXDOMAIN" or
+ * "redis.internal: timeout"; NULL when its last query succeeded (or it is no name). Valid until
+ * the peer's next query ends. */
+const char *pp_peer_dns_reason(const pp_peer_t *peer);
+
+/* Write the address a TCP conn dialled ("10.0.0.5:6379", "[::1]:6379"; for a conn still racing
+ * several: "") into out[n]. Returns 0, PP_EINVAL for a unix socket conn, UV_ENOBUFS. */
+int pp_conn_address(const pp_conn_t *conn, char *out, size_t n);
+
 pp_peer_state_t pp_peer_state(const pp_peer_t *peer);
 pp_pool_t *pp_peer_pool(const pp_peer_t *peer);
 void *pp_peer_get_data(const pp_peer_t *peer);
@@ -914,7 +966,9 @@ int pp_conn_ping_done(pp_conn_t *conn, int status);
   X(uint64_t, probes, "probe connects of held peers")                                          \
   X(uint64_t, probes_failed, "probe connects that failed")                                     \
   X(uint64_t, seeds, "seed hook calls")                                                        \
-  X(uint64_t, policy_errors, "hook results the engine had to ignore")
+  X(uint64_t, policy_errors, "hook results the engine had to ignore")                         \
+  X(uint64_t, dns_queries, "host name lookups started (A and AAAA together count one)")       \
+  X(uint64_t, dns_failures, "host name lookups that failed (no such name, no address, timeout)")
 
 /* Stats: the scalar ones above, and counts by peer state and by close reason. */
 typedef struct {

@@ -1,5 +1,5 @@
 /* Peer addresses: parse, validate and canonicalise, so that spellings of one address are
- * one peer. Host names are not resolved here (that is the seeding policy's job). */
+ * one peer. A host name is checked and lowercased here; dns.c resolves it. */
 #include "internal.h"
 
 #include <stdio.h>
@@ -20,15 +20,41 @@ static int parse_port(const char *s, int *port) {
   return 0;
 }
 
+/* Whether `host` is a host name (RFC 1123 labels, '_' allowed for service names): labels of
+ * 1..63 letters, digits, '-' or '_', not starting or ending with '-', dot-separated, at most 253
+ * bytes, with a trailing dot allowed; and not all digits and dots (a malformed IPv4 address). */
+static bool is_host_name(const char *host) {
+  size_t len = strlen(host), label = 0;
+  bool numeric = true;
+  if (len == 0 || len > 254 || (len == 254 && host[253] != '.')) return false;
+  for (size_t i = 0; i < len; i++) {
+    char c = host[i];
+    if (c == '.') {
+      if (label == 0 || host[i - 1] == '-') return false;
+      label = 0;
+      continue;
+    }
+    bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    if (!alnum && c != '-' && c != '_') return false;
+    if (c == '-' && label == 0) return false;
+    if (!(c >= '0' && c <= '9')) numeric = false;
+    if (++label > 63) return false;
+  }
+  if (label > 0 && host[len - 1] == '-') return false;
+  return !numeric;
+}
+
 #define FAIL(msg)        \
   do {                   \
     if (why) *why = msg; \
     return PP_EINVAL;    \
   } while (0)
 
+#define BAD_HOST "host must be an IPv4 address or a host name (letters, digits, '-', '_', dots)"
+
 int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *sa, bool *is_pipe,
                    const char **why) {
-  char host[64], out[80];
+  char host[256], out[272];
   int port;
   if (addr == NULL || *addr == '\0') FAIL("address must be a non-empty string");
   if (strncmp(addr, "unix:", 5) == 0 || addr[0] == '/' || strncmp(addr, "./", 2) == 0) {
@@ -49,6 +75,7 @@ int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *
   }
   *is_pipe = false;
   memset(sa, 0, sizeof(*sa));
+  if (strlen(addr) > 300) FAIL("address is too long (at most 300 bytes)");
   if (addr[0] == '[') {
     const char *close = strchr(addr, ']');
     if (close == NULL) FAIL("IPv6 address must be written [addr]:port");
@@ -69,17 +96,26 @@ int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *
     const char *colon = strrchr(addr, ':');
     if (colon == NULL) FAIL("address must be host:port, [ipv6]:port or a unix socket path");
     size_t len = (size_t)(colon - addr);
-    if (len == 0 || len >= sizeof(host)) FAIL("host must be a numeric IPv4 address");
+    if (len == 0 || len >= sizeof(host)) FAIL(BAD_HOST);
     memcpy(host, addr, len);
     host[len] = '\0';
     if (strchr(host, ':')) FAIL("IPv6 addresses must be written [addr]:port");
     if (parse_port(colon + 1, &port) != 0) FAIL("port must be an integer in 1..65535");
     struct sockaddr_in *a4 = (struct sockaddr_in *)sa;
-    if (uv_ip4_addr(host, port, a4) != 0)
-      FAIL("host must be a numeric IPv4 address (resolve names in a seed policy)");
-    char name[INET_ADDRSTRLEN];
-    if (uv_ip4_name(a4, name, sizeof(name)) != 0) FAIL("host must be a numeric IPv4 address");
-    snprintf(out, sizeof(out), "%s:%d", name, port);
+    if (uv_ip4_addr(host, port, a4) == 0) {
+      char name[INET_ADDRSTRLEN];
+      if (uv_ip4_name(a4, name, sizeof(name)) != 0) FAIL(BAD_HOST);
+      snprintf(out, sizeof(out), "%s:%d", name, port);
+    } else {
+      /* A host name: the peer keeps it (lowercased, without a trailing dot) as its address,
+       * and its sockaddr stays AF_UNSPEC until dns.c resolves it. */
+      if (!is_host_name(host)) FAIL(BAD_HOST);
+      memset(sa, 0, sizeof(*sa));
+      if (host[len - 1] == '.') host[--len] = '\0';
+      for (size_t i = 0; i < len; i++)
+        if (host[i] >= 'A' && host[i] <= 'Z') host[i] = (char)(host[i] - 'A' + 'a');
+      snprintf(out, sizeof(out), "%s:%d", host, port);
+    }
   }
   *canonical = strdup(out);
   return *canonical ? 0 : UV_ENOMEM;

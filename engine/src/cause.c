@@ -161,6 +161,13 @@ static void describe_other(line_t *b, const pp_lease_t *lease, const pp_cause_t 
     case PP_EEXHAUSTED:
       put(b, "the wait queue is full (backlog)");
       return;
+    case PP_EDNS: /* host names (dns.c): the resolver's reason, "name: NXDOMAIN" */
+      if (c->peer && pp_peer_dns_reason(c->peer))
+        put(b, "%s did not resolve: %s", where(c), pp_peer_dns_reason(c->peer));
+      else
+        put(b, "%s did not resolve", where(c));
+      if (c->held_ms > 0) put(b, "; backing off for %.1f s more", secs(c->held_ms));
+      return;
     case PP_ETLS: /* TLS (tls.c): the reason the handshake gave */
       put(b, "TLS with %s failed", where(c));
       if (c->peer && pp_peer_tls_reason(c->peer)) put(b, ": %s", pp_peer_tls_reason(c->peer));

@@ -5,10 +5,13 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { H_NONE = 0, H_OPEN, H_CLOSING };
 
 static void start_attempt(pp_conn_t *conn);
+static void dial(pp_conn_t *conn);
+static void connected(pp_conn_t *conn);
 static void attempt_failed(pp_conn_t *conn, int err);
 static void conn_ready(pp_conn_t *conn);
 static void transport_ready(pp_conn_t *conn);
@@ -169,14 +172,19 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
 static void on_connect(uv_connect_t *req, int status) {
   pp_conn_t *conn = req->data;
-  pp_pool_t *pool = conn->pool;
-  pp_peer_t *peer = conn->peer;
   /* Timed out, closed, or its socket is being dropped (UV_ECANCELED): already handled. */
   if (conn->phase != PP_CONN_DIALING || conn->hstate != H_OPEN) return;
   if (status < 0) {
     attempt_failed(conn, status);
     return;
   }
+  connected(conn);
+}
+
+/* The socket is connected (on_connect, or the winner of a Happy Eyeballs race). */
+static void connected(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
   uv_timer_stop(&conn->timer);
   double ms = (double)(pp_now() - conn->attempt_started);
   pool->connect_latency_sum += ms;
@@ -227,30 +235,60 @@ static void transport_ready(pp_conn_t *conn) {
 static void start_attempt(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  int err = 0;
   conn->attempt++;
   conn->broken = false; /* a new socket: what the last one saw does not carry over */
   conn->kept_error = 0;
   peer->attempts++;
   pool->stats.connect_attempts++;
   set_phase(conn, PP_CONN_DIALING);
+  if (peer->dns && !pp__dns_fresh(peer)) {
+    /* A host name whose answer is missing or stale: dial once the query ends (dns.c calls
+     * pp__conn_dns_done; its own timeouts bound the wait, which is no connect time). */
+    pp__dns_resolve(peer);
+    if (!pp__dns_fresh(peer) && pp__dns_busy(peer)) {
+      conn->dns_wait = true;
+      pp__peer_update_state(peer);
+      return;
+    }
+  }
+  dial(conn);
+}
+
+/* Open the socket and connect: to the unix path, the numeric address, the name's one address,
+ * or a Happy Eyeballs race over the name's addresses (eyeballs.c). A name with no answer fails
+ * the attempt with PP_EDNS. */
+static void dial(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  int err = 0;
   conn->attempt_started = pp_now();
   conn->phase_ns = uv_hrtime();
   conn->connect_req.data = conn;
-  if (peer->is_pipe) {
-    err = uv_pipe_init(pool->loop, &conn->h.pipe, 0);
-  } else {
-    err = uv_tcp_init(pool->loop, &conn->h.tcp);
+  if (peer->dns && peer->dns->naddrs == 0) {
+    pp__peer_update_state(peer);
+    attempt_failed(conn, PP_EDNS);
+    return;
   }
-  if (err == 0) {
-    conn->h.handle.data = conn;
-    conn->hstate = H_OPEN;
-    pool->conn_handles++;
-    if (peer->is_pipe)
-      uv_pipe_connect(&conn->connect_req, &conn->h.pipe, peer->addr, on_connect);
-    else
-      err = uv_tcp_connect(&conn->connect_req, &conn->h.tcp, (const struct sockaddr *)&peer->sa,
-                           on_connect);
+  if (peer->dns && peer->dns->naddrs > 1) {
+    memset(&conn->sa, 0, sizeof conn->sa); /* known once a socket wins */
+    err = pp__race_start(conn);
+  } else {
+    conn->sa = peer->dns ? peer->dns->addrs[0] : peer->sa;
+    if (peer->is_pipe) {
+      err = uv_pipe_init(pool->loop, &conn->h.pipe, 0);
+    } else {
+      err = uv_tcp_init(pool->loop, &conn->h.tcp);
+    }
+    if (err == 0) {
+      conn->h.handle.data = conn;
+      conn->hstate = H_OPEN;
+      pool->conn_handles++;
+      if (peer->is_pipe)
+        uv_pipe_connect(&conn->connect_req, &conn->h.pipe, peer->addr, on_connect);
+      else
+        err = uv_tcp_connect(&conn->connect_req, &conn->h.tcp,
+                             (const struct sockaddr *)&conn->sa, on_connect);
+    }
   }
   pp__peer_update_state(peer);
   if (err) {
@@ -258,6 +296,65 @@ static void start_attempt(pp_conn_t *conn) {
     return;
   }
   pp_timer_start(&conn->timer, on_connect_timeout, (uint64_t)pool->opts.connect_timeout);
+}
+
+/* ---- host names (dns.h) ---------------------------------------------------------------- */
+
+void pp__conn_race_won(pp_conn_t *conn, int fd, const struct sockaddr_storage *sa) {
+  pp_pool_t *pool = conn->pool;
+  conn->sa = *sa;
+  int err = uv_tcp_init(pool->loop, &conn->h.tcp);
+  if (err == 0) {
+    conn->h.handle.data = conn;
+    conn->hstate = H_OPEN;
+    pool->conn_handles++;
+    err = uv_tcp_open(&conn->h.tcp, fd);
+  }
+  if (err) {
+    close(fd);
+    attempt_failed(conn, err);
+    return;
+  }
+  connected(conn);
+}
+
+void pp__conn_race_failed(pp_conn_t *conn, int err) {
+  attempt_failed(conn, err);
+}
+
+/* Its address left the answer: no new lease; closed now if unleased, else at its release. */
+static void address_gone(pp_conn_t *conn) {
+  conn->dns_gone = true;
+  conn->expired = true;
+  if (conn->leases == 0 && (conn->phase == PP_CONN_READY || conn->phase == PP_CONN_PINGING))
+    pp__conn_close(conn, PP_CLOSE_DNS);
+  else
+    pp__peer_unmark_usable(conn->peer, conn);
+}
+
+void pp__conn_dns_done(pp_peer_t *peer, bool changed) {
+  pp__link_t *l = peer->conns_list.next;
+  while (l != &peer->conns_list) {
+    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
+    l = l->next; /* conns this adds go at the end, dialled with the new answer already */
+    if (conn->dns_wait) {
+      conn->dns_wait = false;
+      dial(conn);
+    } else if (changed && !conn->dns_gone && conn->sa.ss_family != AF_UNSPEC &&
+               (conn->phase == PP_CONN_READY || conn->phase == PP_CONN_PINGING) &&
+               !pp__dns_has(peer, &conn->sa)) {
+      address_gone(conn);
+    }
+  }
+}
+
+int pp_conn_address(const pp_conn_t *conn, char *out, size_t n) {
+  if (conn == NULL || conn->peer->is_pipe) return PP_EINVAL;
+  char buf[64];
+  pp__sockaddr_format(&conn->sa, buf, sizeof buf);
+  if (strlen(buf) >= n) return UV_ENOBUFS;
+  memcpy(out, buf, strlen(buf) + 1);
+  return 0;
 }
 
 static void on_attempt_closed(uv_handle_t *handle);
@@ -271,6 +368,8 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
   bool local = pp__err_is_local(err);
+  pp__race_cancel(conn);
+  conn->dns_wait = false;
   conn->last_error = err;
   if (!local) peer->last_error = err;
   pool->stats.connects_failed++;
@@ -332,15 +431,17 @@ static void after_attempt(pp_conn_t *conn) {
     return;
   }
   /* TLS (tls.c): a certificate does not change between attempts, so a TLS failure is not
-   * retried and the owner hears PP_ETLS itself. */
-  if (!conn->probe && conn->attempt <= pool->opts.retries && err != PP_ETLS) {
+   * retried and the owner hears PP_ETLS itself. A name that did not resolve (dns.c) was asked
+   * with retries of its own: the owner hears PP_EDNS at once, not at its deadline. */
+  bool final = err == PP_ETLS || err == PP_EDNS;
+  if (!conn->probe && conn->attempt <= pool->opts.retries && !final) {
     pp_timer_start(&conn->timer, on_backoff_done, (uint64_t)delay);
     pp__peer_update_state(peer);
     return;
   }
   uint64_t at = pp_now() + (uint64_t)delay;
   if (at > peer->retry_at) peer->retry_at = at;
-  give_up(conn, err == PP_ETLS ? PP_ETLS : PP_ECANNOTCONNECT);
+  give_up(conn, final ? err : PP_ECANNOTCONNECT);
 }
 
 static void on_attempt_closed(uv_handle_t *handle) {
@@ -477,8 +578,10 @@ static void conn_ready(pp_conn_t *conn) {
   uv_unref(&conn->h.handle);
   uv_unref((uv_handle_t *)&conn->timer);
   pp__peer_update_state(peer);
-  if (!pp__conn_lendable(conn)) { /* its peer is still ejected */
-    pp__conn_close(conn, PP_CLOSE_EJECTED);
+  /* A race over an answer that a new one replaced meanwhile may win on a gone address. */
+  if (peer->dns && !pp__dns_has(peer, &conn->sa)) conn->dns_gone = conn->expired = true;
+  if (!pp__conn_lendable(conn)) { /* its peer is still ejected, or its address is gone */
+    pp__conn_close(conn, conn->dns_gone ? PP_CLOSE_DNS : PP_CLOSE_EJECTED);
     return;
   }
   pp__peer_mark_usable(peer, conn);
@@ -551,7 +654,7 @@ void pp__conn_released(pp_conn_t *conn, int status) {
     return;
   }
   if (conn->leases == 0 && conn->expired) {
-    pp__conn_close(conn, PP_CLOSE_LIFESPAN);
+    pp__conn_close(conn, conn->dns_gone ? PP_CLOSE_DNS : PP_CLOSE_LIFESPAN);
     return;
   }
   pp_peer_t *peer = conn->peer;
@@ -829,6 +932,8 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   if (was_open) pp__ev_conn_close(conn, reason); /* events.c */
   if (was_open && conn->leases > 0) pool->active--;
   set_phase(conn, PP_CONN_CLOSED);
+  pp__race_cancel(conn);
+  conn->dns_wait = false;
   peer->conns--;
   pool->total--;
   if (conn->probe) {

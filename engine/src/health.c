@@ -278,7 +278,9 @@ int pp__peer_fail_code(pp_peer_t *peer) {
   if (peer->burned) return PP_EBURNED;
   if (still_ejected(peer)) return PP_EEJECTED;
   if (peer->usable > 0 || peer->conns > peer->probing) return 0; /* a conn may serve it */
-  if (pp__ahead(pool, peer->retry_at)) return PP_ECANNOTCONNECT;
+  /* A name that did not resolve (dns.c) answers PP_EDNS while it backs off, as its dial did. */
+  if (pp__ahead(pool, peer->retry_at))
+    return peer->last_error == PP_EDNS ? PP_EDNS : PP_ECANNOTCONNECT;
   if (!pp__peer_is_fresh(peer)) return PP_ENOPEER;
   return 0;
 }

@@ -127,6 +127,12 @@ struct pp_conn_s {
   uint64_t id;       /* pp_conn_id (events.c) */
   void *data;
   struct pp__tls_s *tls; /* TLS state (tls.c) while the socket lives; NULL: plain TCP */
+  /* Host names (dns.h): the address this conn dialled, its Happy Eyeballs race while one
+   * runs, whether it waits for its peer's answer, whether its address left the answer. */
+  struct sockaddr_storage sa;
+  struct pp__race_s *race;
+  bool dns_wait;
+  bool dns_gone;
 };
 
 struct pp_peer_s {
@@ -185,6 +191,7 @@ struct pp_peer_s {
   uint64_t probe_at;          /* loop ms of its next probe; 0 = none scheduled */
   pp__heap_node_t probe_node; /* pool->probes while probe_at != 0 */
   int probing;                /* its conns that are probes */
+  struct pp__dns_peer_s *dns; /* a host name's resolver state (dns.c); NULL: numeric or unix */
 };
 
 struct pp_pool_s {
@@ -259,6 +266,7 @@ struct pp_pool_s {
   uv_timer_t leak_timer;
   unsigned int explain_next, explain_len;
   struct pp__explain_s *explain; /* PP_EXPLAIN_MAX entries, allocated with the pool */
+  struct pp__dns_pool_s *dns;    /* host names (dns.c) */
 };
 
 /* An explain entry: text formatted when recorded, or (lazy != 0) the numbers to format it
@@ -277,6 +285,9 @@ struct pp__event_s {
 
 /* ---- tls.c: TLS on memory BIOs, per pool and per peer --------------------------------- */
 #include "tls.h"
+
+/* ---- dns.c, eyeballs.c: host names and Happy Eyeballs ---------------------------------- */
+#include "dns.h"
 
 /* ---- error.c --------------------------------------------------------------------------- */
 /* Whether `err` says this machine is short of a resource (fds, memory, buffers) rather than

@@ -1,5 +1,6 @@
 /* Pool options: defaults and validation. Every message names its field. */
 #include "peerpool.h"
+#include "dns.h"
 #include "tls.h"
 
 void pp_options_init(pp_options_t *o) {
@@ -7,6 +8,7 @@ void pp_options_init(pp_options_t *o) {
   PP_OPTIONS_MAP(DEFAULT)
 #undef DEFAULT
   o->tls = NULL;
+  o->dns_servers = NULL;
 }
 
 int pp_options_validate(const pp_options_t *o, const char **why) {
@@ -22,6 +24,8 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
   PP_OPTIONS_MAP(RANGE)
 #undef RANGE
   if (o->eject_max < o->eject_time) FAIL("eject_max must be a number of ms >= eject_time");
+  if (o->dns_ttl_max < o->dns_ttl_min) FAIL("dns_ttl_max must be a number of ms >= dns_ttl_min");
+  if (o->dns_servers && pp__dns_servers_check(o->dns_servers, why) != 0) return PP_EINVAL;
 #undef FAIL
   if (o->tls) return pp__tls_options_check(o->tls, why);
   return 0;

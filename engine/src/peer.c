@@ -95,6 +95,8 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   peer->addr = canonical;
   peer->sa = sa;
   peer->is_pipe = is_pipe;
+  /* A host name (addr.c leaves its sockaddr AF_UNSPEC): its resolver state (dns.c). */
+  if (!is_pipe && sa.ss_family == AF_UNSPEC && pp__dns_peer_new(peer) != 0) goto nomem;
   peer->last_seen = last_seen_ms;
   peer->state = PP_PEER_KNOWN;
   peer->seq = ++pool->peer_seq;
@@ -107,6 +109,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   pp__list_push(&pool->peers, &peer->order_link);
   pool->stats.peers_by_state[PP_PEER_KNOWN]++;
   pp__peer_update_state(peer);
+  if (peer->dns) pp__dns_resolve(peer); /* resolved as it is added, ready for its first dial */
   if (out) *out = peer;
   pp__peer_event(peer, PP_PEER_EVENT_ADDED);
   /* Acquires for any peer may be waiting for exactly this. */
@@ -114,6 +117,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   return 0;
 nomem:
   if (peer) {
+    if (peer->dns) pp__dns_peer_free(peer);
     free(peer->buckets);
     free(peer->nonempty);
     free(peer);
@@ -124,6 +128,7 @@ nomem:
 }
 
 void pp__peer_free(pp_peer_t *peer) {
+  pp__dns_peer_free(peer);
   free(peer->addr);
   free(peer->buckets);
   free(peer->nonempty);

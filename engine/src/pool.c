@@ -46,6 +46,8 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   pool->loop = loop;
   pool->opts = *opts;
   err = pp__tls_pool_init(pool, opts->tls, why); /* TLS (tls.c): copies opts->tls */
+  if (err == 0 && (err = pp__dns_pool_init(pool, opts->dns_servers)) != 0) /* dns.c */
+    pp__tls_pool_free(pool);
   if (err) {
     free(pool->explain);
     free(pool);
@@ -216,6 +218,7 @@ static void own_handle_closed(uv_handle_t *handle) {
     pp__peer_free(peer);
   }
   pp__tls_pool_free(pool); /* TLS (tls.c) */
+  pp__dns_pool_free(pool); /* host names (dns.c) */
   free(pool->table);
   free(pool->scratch);
   free(pool->events);
@@ -247,6 +250,7 @@ int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
   uv_timer_stop(&pool->maintenance_timer);
   uv_timer_stop(&pool->hold_timer);
   pp__events_close(pool);
+  pp__dns_close(pool); /* host names (dns.c): queries end, their handles close */
   pp__fail_all_waiters(pool, PP_ECLOSED);
   pp__fire_notices(pool, PP_ECLOSED);
   /* Close every conn; detach the leases still holding one. */

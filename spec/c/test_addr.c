@@ -145,12 +145,43 @@ TEST(addr_malformed_refused) {
   test_finish(pool);
 }
 
-TEST(addr_hostname_refused) {
-  /* The header lists IPv4, [v6]:port and unix paths; names are resolved by the seeding
-   * policy, not by add_peer. */
+TEST(addr_hostname_canonical) {
+  /* A host name is a peer of its own: lowercased, a trailing dot dropped, the port kept. It is
+   * not resolved here (pp_addr_canonical makes no query). */
+  char out[300];
+  ASSERT_OK(pp_addr_canonical("Redis.Internal:6379", out, sizeof out, NULL));
+  ASSERT_STREQ(out, "redis.internal:6379");
+  ASSERT_OK(pp_addr_canonical("redis.internal.:6379", out, sizeof out, NULL));
+  ASSERT_STREQ(out, "redis.internal:6379");
+  ASSERT_OK(pp_addr_canonical("_srv-1.a-b.example:1", out, sizeof out, NULL));
+  ASSERT_STREQ(out, "_srv-1.a-b.example:1");
+  ASSERT_OK(pp_addr_canonical("localhost:80", out, sizeof out, NULL));
+  ASSERT_STREQ(out, "localhost:80");
   pp_pool_t *pool = test_pool(NULL);
-  expect_malformed(pool, "localhost:80");
-  expect_malformed(pool, "example.com:443");
+  pp_peer_t *a = test_peer(pool, "LocalHost:80");
+  ASSERT_STREQ(pp_peer_addr(a), "localhost:80");
+  ASSERT_PTR_EQ(test_peer(pool, "localhost.:80"), a);
+  ASSERT_PTR_EQ(pp_pool_find_peer(pool, "LOCALHOST:80"), a);
+  ASSERT_PTR_NE(test_peer(pool, "127.0.0.1:80"), a); /* a name is not its address */
+  test_finish(pool);
+}
+
+TEST(addr_hostname_malformed_refused) {
+  pp_pool_t *pool = test_pool(NULL);
+  char long_label[80], long_name[300];
+  memset(long_label, 'a', 64);
+  strcpy(long_label + 64, ".x:1");
+  memset(long_name, 0, sizeof long_name);
+  for (int i = 0; i < 64; i++)
+    memcpy(long_name + i * 4, "abc.", 4); /* 256 bytes */
+  strcat(long_name, "x:1");
+  const char *bad[] = {
+      "bad..name:80", ".lead:80",     "trail-.x:80", "-x.y:80", "spa ce:80",
+      "1.2.3.256:80", "1.2.3:80",     "999:80",      "x/y:80",  "caf\xc3\xa9.example:80",
+      long_label,     long_name,      "name:0",      "name:",   "name:65536",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    expect_malformed(pool, bad[i]);
   ASSERT_EQ(test_stats(pool).peers, 0);
   test_finish(pool);
 }

@@ -300,6 +300,12 @@ family(POOL, "peerpool_tls_handshakes_total", "counter",
     e('result="resumed"', t.s.tls_resumed)
     e('result="failed"', t.s.tls_failed)
   end)
+family(POOL, "peerpool_dns_lookups_total", "counter",
+  "Host name lookups (A and AAAA together count one), by result (ok, failed).",
+  { "dns_queries", "dns_failures" }, function(t, e)
+    e('result="ok"', (t.s.dns_queries or 0) - (t.s.dns_failures or 0))
+    e('result="failed"', t.s.dns_failures or 0)
+  end)
 simple("peerpool_seed_calls_total", "counter", "Seed hook calls.", "seeds")
 simple("peerpool_policy_errors_total", "counter",
   "Policy answers the engine had to ignore (a default decision was taken instead).",

@@ -228,6 +228,8 @@ describe("pool:metrics()", function()
       tls_resumed = { "peerpool_tls_handshakes_total", { result = "resumed" } },
       tls_failed = { "peerpool_tls_handshakes_total", { result = "failed" } },
       seeds = { "peerpool_seed_calls_total" },
+      dns_queries = false, -- ok + failed (below)
+      dns_failures = { "peerpool_dns_lookups_total", { result = "failed" } },
       policy_errors = { "peerpool_policy_errors_total" },
       leaked_leases = { "peerpool_leaked_leases_total" },
       callback_errors = { "peerpool_callback_errors_total" },

@@ -275,6 +275,7 @@ static void hold_timer_cb(uv_timer_t *timer) {
 
 int pp__peer_fail_code(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
+  if (peer->draining) return PP_EREMOVED; /* drain.c */
   if (peer->burned) return PP_EBURNED;
   if (still_ejected(peer)) return PP_EEJECTED;
   if (peer->usable > 0 || peer->conns > peer->probing) return 0; /* a conn may serve it */

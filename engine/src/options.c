@@ -27,6 +27,7 @@ void pp_options_init(pp_options_t *o) {
   o->probe_interval = 500;
   o->keep_idle_bytes = 0;
   o->leak_threshold = 0;
+  o->min_idle = 0;
   o->tls = NULL;
 }
 
@@ -90,6 +91,8 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
   CHECK(o->keep_idle_bytes == 0 || o->keep_idle_bytes == 1, "keep_idle_bytes must be 0 or 1");
   CHECK(o->leak_threshold >= 0 && o->leak_threshold <= PP_MS_MAX,
         "leak_threshold must be a number of ms >= 0 (0 = off)");
+  CHECK(o->min_idle >= 0 && o->min_idle <= o->max_per_peer,
+        "min_idle must be an integer in 0..max_per_peer");
   if (o->tls) return pp__tls_options_check(o->tls, why);
   return 0;
 }

@@ -498,7 +498,8 @@ void pp_pool_on_event(pp_pool_t *pool, pp_event_cb cb, void *arg);
 typedef struct {
   uint64_t at;      /* loop ms */
   const char *kind; /* "acquire", "wait", "fail", "conn_open", "conn_close", "eject",
-                       "burn", "probe", "recover", "leak" (static strings) */
+                       "burn", "probe", "recover", "leak", "warm" (min_idle dials), "remove",
+                       "drain", "close" (a graceful close) (static strings) */
   pp_peer_t *peer;  /* NULL: no peer in particular */
   uint64_t conn_id; /* 0: none */
   unsigned int repeats; /* more of the same folded into this entry: failures of an acquire with

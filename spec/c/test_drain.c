@@ -374,3 +374,30 @@ TEST(close_drain_without_leases_closes_at_once) {
   test_finish_closed();
   srv_stop(srv);
 }
+
+TEST(remove_peer_whose_leased_conn_breaks_is_not_ejected) {
+  /* A failure of a removed peer's leased conn must not eject it: an ejected peer sits in the
+   * pool's ejection heap, and a removed one is freed (ASan: heap-use-after-free before). */
+  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL), *c = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 1;
+  o.eject_max_percent = 100;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(a));
+  test_peer(pool, srv_addr(b));
+  test_peer(pool, srv_addr(c));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_pool_remove_peer(pool, peer));
+  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+  ASSERT_EQ(test_stats(pool).ejections, 0);
+  RUN_UNTIL(pp__list_empty(&pool->removed_peers), 1000);
+  ASSERT_NULL(pool->ejected.min);
+  test_run_for(30);
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+  srv_stop(c);
+}

@@ -6,7 +6,8 @@
 -- also for each live peer when the policy is loaded) or leaves ("burned", or "removed": removed
 -- or draining), so the route hook answers with a binary search, O(log n) per acquire, with
 -- 10,000 peers as with 3. Each address owns `vnodes` points on a 32-bit ring (FNV-1a of the
--- address, spread with a murmur3 finaliser); a key belongs to the owner of the first point at or after the key's hash.
+-- address, spread with a murmur3 finaliser); a key belongs to the owner of the first point at
+-- or after the key's hash.
 --
 -- What a key does while its owner is down (ejected, backing off, aged out) is an explicit
 -- choice, `on_down`:

@@ -10,6 +10,11 @@
 typedef struct {
   lpp_state_t *st;
   lpp_pool_t *p;
+  /* pool:close{ drain_ms = N }: who hears how it ended (the engine's close callback) */
+  int draining;
+  int64_t drain_ms;
+  lpp_wait_t wait; /* the coroutine waiting in close, or co_ref LUA_NOREF */
+  int cb_ref;      /* the close callback, or LUA_NOREF */
 } pool_link_t;
 
 static const char pools_key = 'p'; /* weak table: lightuserdata(lpp_pool_t*) -> userdata */
@@ -259,9 +264,62 @@ static const char *read_dns_servers(lua_State *L, int idx) {
 
 /* ---- lifecycle ------------------------------------------------------------------------- */
 
+/* The Lua side of a pool whose engine pool closed (or is closing). */
+static void forget_engine_pool(lua_State *L, lpp_pool_t *p) {
+  pool_link_t *link = pp_pool_get_data(p->pool);
+  link->p = NULL;
+  p->pool = NULL;
+  lpp_pools_remove(p);
+  lpp_policy_free(L, p);
+}
+
+/* A graceful close ended (the engine pool still readable): the pool's Lua side goes, and the
+ * waiting coroutine or the callback hears true, or nil, "timeout", why when leases were cut. */
+static void drain_done(pp_pool_t *pool, pool_link_t *link) {
+  lpp_state_t *st = link->st;
+  lua_State *L = st->L;
+  if (link->p) forget_engine_pool(L, link->p);
+  if (st->shutting_down) {
+    lpp_unref(L, &link->wait.co_ref);
+    lpp_unref(L, &link->cb_ref);
+    return;
+  }
+  pp_stats_t s;
+  pp_pool_stats(pool, &s);
+  char why[160];
+  snprintf(why, sizeof(why), "%llu lease%s still held after %lld ms %s cut (their conns closed)",
+           (unsigned long long)s.leases_cut, s.leases_cut == 1 ? "" : "s",
+           (long long)link->drain_ms, s.leases_cut == 1 ? "was" : "were");
+  if (link->cb_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, link->cb_ref);
+    lpp_unref(L, &link->cb_ref);
+    if (s.leases_cut == 0) {
+      lua_pushnil(L);
+      lua_pushnil(L);
+    } else {
+      lua_pushstring(L, pp_err_name(PP_ETIMEDOUT));
+      lua_pushstring(L, why);
+    }
+    lpp_call(L, 2, NULL); /* fn(err, detail) */
+  }
+  if (link->wait.co_ref != LUA_NOREF) {
+    lua_State *co = lpp_wait_take(L, &link->wait); /* anchored on L until we return */
+    if (co) {
+      int n = 1;
+      if (s.leases_cut == 0)
+        lua_pushboolean(co, 1);
+      else
+        n = lpp_push_error(co, PP_ETIMEDOUT, why);
+      lpp_resume(L, co, n, NULL);
+    }
+    lua_pop(L, 1);
+  }
+}
+
 static void engine_pool_closed(pp_pool_t *pool) {
   pool_link_t *link = pp_pool_get_data(pool);
   link->st->engine_pools--;
+  if (link->draining) drain_done(pool, link);
   free(link);
 }
 
@@ -335,8 +393,11 @@ int lpp_l_new(lua_State *L) {
     if (o.tls && why && strncmp(why, "tls", 3) == 0) return tls_error(L, "peerpool.new: option", why);
     return luaL_error(L, "peerpool.new: %s", why ? why : pp_strerror(err));
   }
+  memset(link, 0, sizeof(*link));
   link->st = st;
   link->p = p;
+  link->wait.co_ref = LUA_NOREF;
+  link->cb_ref = LUA_NOREF;
   pp_pool_set_data(p->pool, link);
   pp_pool_on_state(p->pool, state_changed);
   st->engine_pools++;
@@ -382,9 +443,55 @@ static int l_every(lua_State *L) {
   return 0;
 }
 
+/* pool:close{ drain_ms = N [, callback = fn] }: a graceful close (pp_pool_close_drain). Inside
+ * a coroutine without a callback it waits until the pool has closed: true, or nil, "timeout",
+ * why when leases were still held at the end (they were cut). Elsewhere it returns true at once
+ * and fn(err, detail) runs when the pool has closed (err nil: every lease ended in time). */
+static int close_drain(lua_State *L, lpp_pool_t *p) {
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    lua_pop(L, 1);
+    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+    if (strcmp(k, "drain_ms") != 0 && strcmp(k, "callback") != 0)
+      return luaL_error(L, "bad argument #1 to 'close' (unknown option '%s'; options: drain_ms, "
+                           "callback)", k);
+  }
+  lua_getfield(L, 2, "drain_ms");
+  int isint;
+  lua_Integer ms = lua_tointegerx(L, -1, &isint);
+  if (!isint || ms < 0 || ms > INT64_C(365) * 24 * 3600 * 1000)
+    return luaL_error(L, "bad argument #1 to 'close' (drain_ms must be an integer number of ms "
+                         ">= 0, got %s)", luaL_typename(L, -1));
+  int has_cb = lua_getfield(L, 2, "callback") != LUA_TNIL;
+  if (has_cb) luaL_argexpected(L, lua_isfunction(L, -1), 2, "function as callback");
+  if (p->pool == NULL) { /* closed already: nothing to wait for */
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  pool_link_t *link = pp_pool_get_data(p->pool);
+  if (link->draining) return lpp_push_error(L, PP_ECLOSED, "the pool is closing already");
+  int wait = !has_cb && lua_isyieldable(L);
+  if (wait) lpp_wait_begin(L, p->st, &link->wait); /* may raise: before anything changes */
+  stop_book_timer(L, p);
+  if (has_cb) {
+    lua_pushvalue(L, -1);
+    link->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  link->draining = 1;
+  link->drain_ms = ms;
+  pp_pool_close_drain(p->pool, ms, engine_pool_closed); /* its callback runs drain_done */
+  if (wait) return lpp_wait_yield(L);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_close(lua_State *L) {
   lpp_pool_t *p = luaL_checkudata(L, 1, LPP_POOL);
   if (p->pool && p->in_engine_call) return luaL_error(L, LPP_IN_HOOK_ERROR);
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_argexpected(L, lua_istable(L, 2), 2, "table of options");
+    return close_drain(L, p);
+  }
   return close_pool(L, p);
 }
 
@@ -403,7 +510,7 @@ static int close_pool(lua_State *L, lpp_pool_t *p) {
   if (p->pool) {
     pool_link_t *link = pp_pool_get_data(p->pool);
     link->p = NULL;
-    pp_pool_close(p->pool, engine_pool_closed);
+    pp_pool_close(p->pool, engine_pool_closed); /* during a drain: ends it now */
     p->pool = NULL;
     lpp_pools_remove(p);
     lpp_policy_free(L, p);
@@ -485,6 +592,15 @@ static int add_peer(lua_State *L, const char *source) {
     luaL_argexpected(L, lua_istable(L, 4), 4, "table of tags");
     tags_idx = 4;
   }
+  int min_idle = -1; /* the tag min_idle: the peer's own (checked before the peer is added) */
+  if (tags_idx && lua_getfield(L, tags_idx, "min_idle") != LUA_TNIL) {
+    int max = pp_pool_options(p->pool)->max_per_peer;
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > max)
+      luaL_error(L, "pool:add_peer: tag 'min_idle' must be an integer in 0..%d (max_per_peer)",
+                 max);
+    min_idle = (int)lua_tointeger(L, -1);
+  }
+  if (tags_idx) lua_pop(L, 1);
   tls_opts_t tls;
   int has_tls = tags_idx && lua_getfield(L, tags_idx, "tls") != LUA_TNIL;
   if (has_tls) read_tls(L, -1, &tls, "pool:add_peer: tag"); /* checked before the peer is added */
@@ -496,8 +612,53 @@ static int add_peer(lua_State *L, const char *source) {
    * closed (no conn at all) and the call raises naming the field. */
   if (has_tls && (err = pp_peer_set_tls(peer, &tls.o, &why)) != 0)
     return tls_error(L, "pool:add_peer: tag", why ? why : pp_strerror(err));
+  if (min_idle >= 0) pp_peer_set_min_idle(peer, min_idle);
   set_peer_meta(L, 1, pp_peer_addr(peer), tags_idx, source);
   lua_pushstring(L, pp_peer_addr(peer));
+  return 1;
+}
+
+/* The peer named by argument 2 (an address or a peer view), or NULL with the error tuple of an
+ * unknown peer pushed (3 values). */
+static pp_peer_t *peer_arg(lua_State *L, lpp_pool_t *p) {
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "addr") == LUA_TSTRING) lua_replace(L, 2);
+  const char *addr = luaL_checkstring(L, 2);
+  pp_peer_t *peer = pp_pool_find_peer(p->pool, addr);
+  if (peer == NULL) {
+    char msg[200];
+    snprintf(msg, sizeof(msg), "unknown peer %s", addr);
+    lpp_push_error(L, PP_ENOPEER, msg);
+  }
+  return peer;
+}
+
+/* pool:remove_peer(addr): see pp_pool_remove_peer. true, or nil, code, why. Its source and
+ * tags go too (the address book forgets it at its next save). */
+static int l_remove_peer(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool_mutable(L, 1);
+  pp_peer_t *peer = peer_arg(L, p);
+  if (peer == NULL) return 3;
+  lua_pushstring(L, pp_peer_addr(peer)); /* (the peer's memory may go) */
+  int err = pp_pool_remove_peer(p->pool, peer);
+  if (err) return lpp_push_error(L, err, NULL);
+  lua_getiuservalue(L, 1, 1);
+  if (lua_getfield(L, -1, "peer_meta") == LUA_TTABLE) {
+    lua_pushvalue(L, -3);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* pool:drain(addr): see pp_pool_drain_peer. true, or nil, code, why. */
+static int l_drain(lua_State *L) {
+  lpp_pool_t *p = lpp_check_pool_mutable(L, 1);
+  pp_peer_t *peer = peer_arg(L, p);
+  if (peer == NULL) return 3;
+  int err = pp_pool_drain_peer(p->pool, peer);
+  if (err) return lpp_push_error(L, err, NULL);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -596,6 +757,10 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
   lua_setfield(L, -2, "latency_ms");
   lua_pushinteger(L, (lua_Integer)i.ejections);
   lua_setfield(L, -2, "ejections");
+  lua_pushinteger(L, i.min_idle);
+  lua_setfield(L, -2, "min_idle");
+  lua_pushboolean(L, i.draining);
+  lua_setfield(L, -2, "draining");
   if (i.last_error) {
     lua_pushstring(L, pp_err_name(i.last_error));
     lua_setfield(L, -2, "last_error");
@@ -874,6 +1039,7 @@ static const luaL_Reg pool_methods[] = {
     {"_every", l_every},      {"peers", l_peers},
     {"peer", l_peer},         {"check", l_check},
     {"_restore", l_restore},  {"close", l_close},
+    {"remove_peer", l_remove_peer}, {"drain", l_drain},
     {"_closed", l_closed},    {NULL, NULL},
 };
 

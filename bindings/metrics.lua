@@ -306,6 +306,17 @@ family(POOL, "peerpool_dns_lookups_total", "counter",
     e('result="ok"', (t.s.dns_queries or 0) - (t.s.dns_failures or 0))
     e('result="failed"', t.s.dns_failures or 0)
   end)
+simple("peerpool_warm_dials_total", "counter", "Dials started to keep min_idle conns idle.",
+  "warm_dials")
+family(POOL, "peerpool_peers_removed_total", "counter",
+  "Peers taken out of service, by how: removed (remove_peer), drained (drain started).",
+  { "peers_removed", "peers_drained" }, function(t, e)
+    e('how="removed"', t.s.peers_removed or 0)
+    e('how="drained"', t.s.peers_drained or 0)
+  end)
+simple("peerpool_leases_cut_total", "counter",
+  "Leases a pool close took from their holders (a plain close, or a graceful one that ran out).",
+  "leases_cut")
 simple("peerpool_seed_calls_total", "counter", "Seed hook calls.", "seeds")
 simple("peerpool_policy_errors_total", "counter",
   "Policy answers the engine had to ignore (a default decision was taken instead).",

@@ -178,11 +178,22 @@ local book = book_chunk(M, uv, book_c)
 local metrics = metrics_chunk(M, pool_mt, uv, check_pool, book_c.emit)
 
 local c_close = pool_methods.close
---- pool:close(): also saves the address book, if the pool has one.
-function pool_methods:close()
+--- pool:close([{ drain_ms = N, callback = fn }]): also saves the address book, if the pool has
+-- one. With drain_ms, a graceful close (lpool.c's close_drain).
+function pool_methods:close(opts)
   check_pool(self, "close")
   book.close(self)
-  return c_close(self)
+  return c_close(self, opts)
+end
+
+local c_remove_peer = pool_methods.remove_peer
+--- pool:remove_peer(addr): also saves the address book soon (off the loop), so that the file
+-- forgets the peer without waiting for the next periodic save.
+function pool_methods:remove_peer(addr)
+  check_pool(self, "remove_peer", true)
+  local ok, err, why = c_remove_peer(self, addr)
+  if ok then book.save(self) end
+  return ok, err, why
 end
 pool_mt.__close = function(self) return pool_methods.close(self) end
 

@@ -80,6 +80,25 @@ describe("scripts/examples", function()
       end)
   end)
 
+  describe("redis_drain.lua", function()
+    it("warms conns, drains and removes a backend, and closes gracefully without a failure",
+      function()
+        local blue = redis()
+        if not blue then return pending("redis-server is not installed (make test installs it)") end
+        local green = redis()
+        local out = run("redis_drain.lua", { blue, green })
+        assert.matches("warm before the first request: 4 idle conns %(min_idle 2 per backend%)",
+          out)
+        assert.matches("blue drained in %d+ ms: 0 conns", out)
+        assert.matches("blue removed: peers now 1", out)
+        assert.matches("blue served %d+ requests before its drain, 0 after", out)
+        assert.matches("closed gracefully: true", out)
+        local ok, failed = out:match("requests: (%d+) ok, (%d+) failed")
+        assert.is_true(tonumber(ok) > 0, out)
+        assert.equal("0", failed, out)
+      end)
+  end)
+
   describe("redis_shards.lua", function()
     it("keeps every key on its shard while one of three redis-servers dies and comes back",
       function()

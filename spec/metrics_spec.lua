@@ -228,6 +228,10 @@ describe("pool:metrics()", function()
       tls_resumed = { "peerpool_tls_handshakes_total", { result = "resumed" } },
       tls_failed = { "peerpool_tls_handshakes_total", { result = "failed" } },
       seeds = { "peerpool_seed_calls_total" },
+      warm_dials = { "peerpool_warm_dials_total" },
+      peers_removed = { "peerpool_peers_removed_total", { how = "removed" } },
+      peers_drained = { "peerpool_peers_removed_total", { how = "drained" } },
+      leases_cut = { "peerpool_leases_cut_total" },
       dns_queries = false, -- ok + failed (below)
       dns_failures = { "peerpool_dns_lookups_total", { result = "failed" } },
       policy_errors = { "peerpool_policy_errors_total" },

@@ -52,7 +52,8 @@ extern "C" {
   XX(ETOOLONG, -30016, "too_long", "reply or line over the receive limit")                 \
   XX(EEJECTED, -30017, "ejected", "peer is ejected for a cool-down")                       \
   XX(ETLS, -30018, "tls", "TLS handshake or verification failed")                         \
-  XX(EDNS, -30019, "dns", "host name did not resolve")
+  XX(EDNS, -30019, "dns", "host name did not resolve")                                         \
+  XX(EREMOVED, -30020, "removed", "peer was removed or is draining")
 
 typedef enum {
 #define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,
@@ -241,7 +242,10 @@ void pp_timer_start(uv_timer_t *timer, uv_timer_cb cb, uint64_t ms);
   X(int64_t, dns_ttl_max, 300000, 1, PP_MS_MAX, "ms", "a number of ms >= dns_ttl_min",           \
     "host names: ... and not later than this")                                                   \
   X(int64_t, happy_eyeballs_delay, 250, 10, 10000, "ms", "a number of ms in 10..10000",          \
-    "between the starts of two connect attempts to a name's addresses (RFC 8305)")
+    "between the starts of two connect attempts to a name's addresses (RFC 8305)")              \
+  X(int, min_idle, 0, 0, 1000000, "", "an integer in 0..max_per_peer",                           \
+    "conns each peer keeps open and idle, dialled in the background (as HikariCP's "             \
+    "minimumIdle: idle_timeout closes idle conns only down to it); per peer: add_peer's tag")
 
 typedef struct {
 #define PP__OPTION_FIELD(type, name, dflt, min, max, unit, rule, doc) type name;
@@ -285,21 +289,25 @@ typedef enum {
 const char *pp_peer_state_name(pp_peer_state_t state);
 
 /* Why a conn was closed (counted in pp_stats_t.closed[]). "discarded": its holder released it
- * with PP_ENOREUSE. "dns": its address left its host name's DNS answer (closed once unleased). */
-#define PP_CLOSE_REASON_MAP(XX) \
-  XX(IDLE, "idle")              \
-  XX(LIFESPAN, "lifespan")      \
-  XX(BROKEN, "broken")          \
-  XX(REMOTE, "remote")          \
-  XX(PING, "ping")              \
-  XX(EVICTED, "evicted")        \
-  XX(EJECTED, "ejected")        \
-  XX(CLOSED, "closed")          \
-  XX(DISCARDED, "discarded")    \
-  XX(DNS, "dns")
+ * with PP_ENOREUSE. "dns": its address left its host name's DNS answer (closed once unleased).
+ * "removed" / "drained": its peer was removed (pp_pool_remove_peer) or is draining
+ * (pp_pool_drain_peer); conns a closing pool closes, gracefully or not, are "closed". */
+#define PP_CLOSE_REASON_MAP(XX)                                                                 \
+  XX(IDLE, "idle", "idle past idle_timeout")                                                    \
+  XX(LIFESPAN, "lifespan", "past its lifespan (max_lifespan)")                                  \
+  XX(BROKEN, "broken", "broken (an I/O error, a verdict blaming the peer, or unread bytes)")    \
+  XX(REMOTE, "remote", "the peer closed it")                                                    \
+  XX(PING, "ping", "its health ping failed")                                                    \
+  XX(EVICTED, "evicted", "evicted to make room under max_total")                                \
+  XX(EJECTED, "ejected", "its peer is ejected")                                                 \
+  XX(CLOSED, "closed", "the pool or its peer closed (burned, closing)")                         \
+  XX(DISCARDED, "discarded", "its holder discarded it (not reusable)")                          \
+  XX(DNS, "dns", "its address left its host name's DNS answer")                                 \
+  XX(REMOVED, "removed", "its peer was removed (remove_peer)")                                  \
+  XX(DRAINED, "drained", "its peer is draining (drain)")
 
 typedef enum {
-#define PP__REASON_ENUM(name, str) PP_CLOSE_##name,
+#define PP__REASON_ENUM(name, str, why) PP_CLOSE_##name,
   PP_CLOSE_REASON_MAP(PP__REASON_ENUM)
 #undef PP__REASON_ENUM
       PP_CLOSE_REASON_COUNT
@@ -308,12 +316,14 @@ typedef enum {
 const char *pp_close_reason_name(pp_close_reason_t reason);
 
 /* Peer lifecycle events for the policy's peer_event hook: a peer joins the set of live peers
- * (added, or a burned peer re-added) or leaves it (burned). A policy that routes keys keeps its
+ * (added, or a burned or draining peer re-added) or leaves it (burned; removed: by
+ * pp_pool_remove_peer, or draining by pp_pool_drain_peer). A policy that routes keys keeps its
  * ring over exactly these peers. Ejection and backoff do not change the set: an owner that is
  * down stays the owner, and the route hook decides what its keys do meanwhile. */
 #define PP_PEER_EVENT_MAP(XX) \
   XX(ADDED, "added")          \
-  XX(BURNED, "burned")
+  XX(BURNED, "burned")        \
+  XX(REMOVED, "removed")
 
 typedef enum {
 #define PP__EVENT_ENUM(name, str) PP_PEER_EVENT_##name,
@@ -322,7 +332,7 @@ typedef enum {
       PP_PEER_EVENT_COUNT
 } pp_peer_event_t;
 
-/* "added", "burned"; "unknown" for an out-of-range value. */
+/* "added", "burned", "removed"; "unknown" for an out-of-range value. */
 const char *pp_peer_event_name(pp_peer_event_t event);
 
 /* ------------------------------------------------------------------------------------------
@@ -421,7 +431,23 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **pool, con
  * PP_ECLOSED. */
 int pp_pool_close(pp_pool_t *pool, pp_close_cb cb);
 
-/* 1 once pp_pool_close() was called. */
+/* Close the pool gracefully: like pp_pool_close, except that conns leased now may serve their
+ * holders for up to `drain_ms` more. At once: new acquires answer PP_ECLOSED (so do
+ * pp_pool_add_peer and pp_notice_start), queued acquires end with PP_ECLOSED, armed notices
+ * fire PP_ECLOSED, and every conn that no lease holds closes (idle, connecting, pinging). A
+ * leased conn keeps working (reads, writes) and closes when its last lease ends (released
+ * healthy or not, it is not lent again). Once no lease is left, or when drain_ms runs out,
+ * the pool closes as pp_pool_close does: leases still held then are detached (counted in
+ * pp_stats_t.leases_cut; pp_release on them is a harmless no-op), and `cb` (may be NULL) runs
+ * once every handle is closed, the pool's memory freed right after it returns — so a callback
+ * may read pp_pool_stats() to learn whether leases were cut. The drain timer keeps the loop
+ * alive until then. With no lease held, or drain_ms 0, this is pp_pool_close. A pp_pool_close
+ * during the drain ends it now (its `cb`, when non-NULL, replaces this one).
+ * Returns 0; PP_EINVAL for a NULL pool or drain_ms outside 0..one year; PP_ECLOSED if the pool
+ * is closing already (gracefully or not). */
+int pp_pool_close_drain(pp_pool_t *pool, int64_t drain_ms, pp_close_cb cb);
+
+/* 1 once pp_pool_close() or pp_pool_close_drain() was called. */
 int pp_pool_is_closing(const pp_pool_t *pool);
 
 uv_loop_t *pp_pool_loop(const pp_pool_t *pool);
@@ -506,7 +532,8 @@ void pp_pool_on_event(pp_pool_t *pool, pp_event_cb cb, void *arg);
 typedef struct {
   uint64_t at;      /* loop ms */
   const char *kind; /* "acquire", "wait", "fail", "conn_open", "conn_close", "eject",
-                       "burn", "probe", "recover", "leak", "dns" (static strings) */
+                       "burn", "probe", "recover", "leak", "dns", "warm" (min_idle dials),
+                       "remove", "drain", "close" (a graceful close) (static strings) */
   pp_peer_t *peer;  /* NULL: no peer in particular */
   uint64_t conn_id; /* 0: none */
   unsigned int repeats; /* more of the same folded into this entry: failures of an acquire with
@@ -564,6 +591,40 @@ int pp_addr_canonical(const char *addr, char *out, size_t n, const char **why);
 /* The peer at `addr` (any spelling), or NULL. */
 pp_peer_t *pp_pool_find_peer(pp_pool_t *pool, const char *addr);
 
+/* Remove `peer` from the pool now. Acquires waiting for it end with PP_EREMOVED, armed notices
+ * for it fire PP_EREMOVED, its idle and connecting conns close (reason "removed"), its leased
+ * conns keep serving their holders and close at release; it leaves the peer table (lookups,
+ * pp_pool_foreach_peer, stats, hence the address book), the dial candidates and, with a
+ * peer_event hook, the policy's live set (PP_PEER_EVENT_REMOVED, before this returns). Adding
+ * the address again makes a new peer with no history. Acquires for any peer go on with the
+ * others (and fail fast if none is left).
+ * Ownership: the engine frees the peer once its last conn is gone and the callbacks it caused
+ * have run, so `peer` must not be used after this call (nor pp_cause_t.peer or
+ * pp_lease_describe() of leases that failed about it, except inside their callback), except
+ * lease->peer and pp_conn_peer() of a conn still leased.
+ * Returns 0; PP_EINVAL for a NULL pool or peer, or a peer of another pool; PP_ECLOSED on a
+ * closing pool. */
+int pp_pool_remove_peer(pp_pool_t *pool, pp_peer_t *peer);
+
+/* Drain `peer`: it takes no new lease, and closes its conns as their leases end. At once:
+ * acquires for it (waiting or new) answer PP_EREMOVED (pp_lease_describe: "draining"), armed
+ * notices for it fire PP_EREMOVED, its idle and connecting conns close (reason "drained"); it
+ * is no dial candidate, keeps no min_idle conns and leaves the policy's live set
+ * (PP_PEER_EVENT_REMOVED). It stays known (pp_pool_find_peer, foreach, stats, the address
+ * book) with pp_peer_info_t.draining = 1, its history kept, once drained too: a drain is done
+ * when pp_peer_info_t.conns reads 0. pp_pool_add_peer() on it ends the drain (it serves
+ * again); pp_pool_remove_peer() forgets it. Draining a draining peer does nothing.
+ * Returns 0; PP_EINVAL for a NULL pool or peer, or a peer of another pool; PP_ECLOSED on a
+ * closing pool. */
+int pp_pool_drain_peer(pp_pool_t *pool, pp_peer_t *peer);
+
+/* Give `peer` its own min_idle (0..max_per_peer), or -1 to follow the pool's option again.
+ * Conns are dialled for it soon (not inside the call) when it has fewer idle conns. Lowering it
+ * closes no conn: the ones kept idle beyond the new value close at their lifespan, or on a
+ * remote close. Returns 0; PP_EINVAL for a NULL peer or a value out of range; PP_ECLOSED on a
+ * closing pool. */
+int pp_peer_set_min_idle(pp_peer_t *peer, int min_idle);
+
 /* Calls fn for every peer, in insertion order, until fn returns non-zero (that value is
  * returned). fn must not add peers. */
 int pp_pool_foreach_peer(pp_pool_t *pool, int (*fn)(pp_peer_t *peer, void *arg), void *arg);
@@ -592,6 +653,8 @@ typedef struct {
   int64_t ejected_until; /* Unix ms when the current ejection ends; 0 = not ejected */
   int eject_streak;      /* consecutive ejections: the next cool-down is eject_time * 2^streak */
   int64_t last_failure;  /* Unix ms of the last failure, 0 = none */
+  int draining;          /* 1 while draining (pp_pool_drain_peer) */
+  int min_idle;          /* conns it keeps idle: its own (pp_peer_set_min_idle) or the pool's */
 } pp_peer_info_t;
 
 void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info);
@@ -739,7 +802,8 @@ struct pp_lease_s {
  * runs later with 0 (lease->conn is set) or an error.
  * Fail fast: an acquire for a peer that cannot serve is answered at once, never at its
  * deadline. Errors returned at once (the callback then never runs; pp_lease_cause() tells
- * why): PP_ECLOSED; PP_EBURNED (the peer is burned); PP_EEJECTED (the peer is ejected for a
+ * why): PP_ECLOSED; PP_EREMOVED (the peer is draining: pp_pool_drain_peer); PP_EBURNED (the
+ * peer is burned); PP_EEJECTED (the peer is ejected for a
  * cool-down); PP_ECANNOTCONNECT (the peer is backing off after failed connects and has no conn
  * that could serve; lease->cause is its last socket error); PP_ENOPEER (the peer's address is
  * too old to dial; for any peer: no peer is known, or all are burned or too old); for any peer,
@@ -749,6 +813,7 @@ struct pp_lease_s {
  * to learn when capacity frees); PP_EEXHAUSTED (backlog full); PP_EINVAL (bad opts, lease in
  * use, peer of another pool).
  * Callback statuses: 0; PP_ETIMEDOUT (pp_lease_describe() says what it waited behind);
+ * PP_EREMOVED (the peer it waited for was removed or began draining);
  * PP_ECANNOTCONNECT (its dial ran out of attempts; lease->cause is the last socket error);
  * PP_ETLS (the peer's TLS handshake failed; not retried: pp_peer_tls_reason() says why);
  * PP_EBURNED, PP_EEJECTED, PP_ECANNOTCONNECT, PP_ENOPEER when the peer it waited for stopped
@@ -818,8 +883,9 @@ int pp_release(pp_lease_t *lease, int status);
 /* ------------------------------------------------------------------------------------------
  * Busy notices: learn when capacity for a peer frees (the ResourceBusy-with-condition
  * pattern). Armed after PP_EBUSY, a notice fires once: with 0 when a conn of that peer (or any
- * peer, for NULL) becomes usable or a slot opens, PP_ECANCELED on pp_notice_cancel, or
- * PP_ECLOSED when the pool closes. If capacity is free already it fires on the next tick.
+ * peer, for NULL) becomes usable or a slot opens, PP_ECANCELED on pp_notice_cancel,
+ * PP_EREMOVED when its peer is removed or drained, or PP_ECLOSED when the pool closes. If
+ * capacity is free already it fires on the next tick.
  */
 typedef void (*pp_notice_cb)(pp_notice_t *notice, int status);
 
@@ -968,7 +1034,12 @@ int pp_conn_ping_done(pp_conn_t *conn, int status);
   X(uint64_t, seeds, "seed hook calls")                                                        \
   X(uint64_t, policy_errors, "hook results the engine had to ignore")                         \
   X(uint64_t, dns_queries, "host name lookups started (A and AAAA together count one)")       \
-  X(uint64_t, dns_failures, "host name lookups that failed (no such name, no address, timeout)")
+  X(uint64_t, dns_failures, "host name lookups that failed (no such name, no address, timeout)") \
+  X(uint64_t, warm_dials, "dials started to keep min_idle conns idle")                        \
+  X(uint64_t, peers_removed, "pp_pool_remove_peer calls that removed a peer")                 \
+  X(uint64_t, peers_drained, "pp_pool_drain_peer calls that started a drain")                 \
+  X(uint64_t, leases_cut, "leases a pool close took from their holders (all of them for a "   \
+    "plain close, those still held when the drain ended for a graceful one)")
 
 /* Stats: the scalar ones above, and counts by peer state and by close reason. */
 typedef struct {

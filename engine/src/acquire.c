@@ -192,6 +192,17 @@ void pp__fire_notices(pp_pool_t *pool, int status) {
   }
 }
 
+void pp__fire_peer_notices(pp_pool_t *pool, pp_peer_t *peer, int status) {
+  pp__link_t *l = pool->notices.next;
+  while (l != &pool->notices) {
+    pp_notice_t *notice = PP__CONTAINER(l, pp_notice_t, link_);
+    l = l->next;
+    if (notice->peer_ != peer) continue;
+    pp__list_remove(&notice->link_);
+    pp__defer_notice(pool, notice, status);
+  }
+}
+
 int pp_notice_start(pp_pool_t *pool, pp_notice_t *notice, pp_peer_t *peer, pp_notice_cb cb) {
   if (pool == NULL || notice == NULL || cb == NULL) return PP_EINVAL;
   if (pool->closing) return PP_ECLOSED;
@@ -201,7 +212,9 @@ int pp_notice_start(pp_pool_t *pool, pp_notice_t *notice, pp_peer_t *peer, pp_no
   notice->peer_ = peer;
   notice->cb_ = cb;
   notice->status_ = 0;
-  if (has_capacity(pool, peer)) {
+  if (peer && peer->draining) {
+    pp__defer_notice(pool, notice, PP_EREMOVED); /* it will never have capacity again */
+  } else if (has_capacity(pool, peer)) {
     pp__defer_notice(pool, notice, 0);
   } else {
     notice->state_ = PP_NOTICE_ARMED;
@@ -254,8 +267,8 @@ static bool slot_wanted(pp_pool_t *pool) {
 /* At max_total, an idle conn of one peer must not starve another peer's acquires: close the
  * longest-idle conn so a slot opens (its waiters, in order, get it). */
 static void evict_idle(pp_pool_t *pool) {
-  if (pool->total < pool->opts.max_total || pp__list_empty(&pool->idle)) return;
-  pp__conn_close(PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link), PP_CLOSE_EVICTED);
+  pp_conn_t *oldest = pool->total < pool->opts.max_total ? NULL : pp__idle_oldest(pool);
+  if (oldest) pp__conn_close(oldest, PP_CLOSE_EVICTED);
 }
 
 void pp__conn_available(pp_conn_t *conn) {
@@ -351,9 +364,9 @@ static int fail_now(pp_lease_t *lease, int code, pp_peer_t *peer) {
   return code;
 }
 
-/* A burned or ejected peer lends nothing, not even a shared conn it still has. */
+/* A burned, ejected or draining peer lends nothing, not even a shared conn it still has. */
 static int barred(pp_peer_t *peer) {
-  return peer->burned || peer->ejected ? pp__peer_fail_code(peer) : 0;
+  return peer->burned || peer->ejected || peer->draining ? pp__peer_fail_code(peer) : 0;
 }
 
 /* The conn to lend now, or NULL. A conn that idled past ping_after is sent for a ping first
@@ -520,5 +533,6 @@ int pp_release(pp_lease_t *lease, int status) {
       conn->last_used > lease->granted_ ? (conn->last_used - lease->granted_) * 1000 : 0);
   if (pp__err_blames(status)) pool->stats.released_broken++;
   pp__conn_released(conn, status);
+  if (pool->drain_closing) pp__maybe_finish(pool); /* the last lease of a graceful close */
   return 0;
 }

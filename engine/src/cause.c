@@ -139,6 +139,13 @@ static void describe_held(line_t *b, const pp_lease_t *lease, const pp_cause_t *
 
 static void describe_other(line_t *b, const pp_lease_t *lease, const pp_cause_t *c) {
   switch (c->code) {
+    case PP_EREMOVED: /* drain.c: the peer still exists while its failures are told */
+      if (c->peer && c->peer->removed)
+        put(b, "%s was removed from the pool (remove_peer)", where(c));
+      else
+        put(b, "%s is draining: it takes no new leases (add_peer again to end the drain)",
+            where(c));
+      return;
     case PP_EBURNED:
       put(b, "%s is burned: its backoff policy gave up; it is not dialled unless re-added",
           where(c));

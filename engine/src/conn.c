@@ -63,9 +63,12 @@ void pp__conn_maybe_free(pp_conn_t *conn) {
   if (conn->hstate != H_NONE || conn->tstate != H_NONE || conn->leases > 0 ||
       conn->deliver_pending || conn->delivering)
     return;
+  pp_peer_t *peer = conn->peer;
   pp__list_remove(&conn->peer_link);
   free(conn->kept);
   free(conn);
+  /* A removed peer is freed once its last conn is (drain.c, from the deferred pass). */
+  if (peer->removed && pp__list_empty(&peer->conns_list)) pp__defer_wake(peer->pool);
 }
 
 static void on_timer_closed(uv_handle_t *handle) {
@@ -593,7 +596,7 @@ static void conn_ready(pp_conn_t *conn) {
 bool pp__conn_lendable(const pp_conn_t *conn) {
   return conn->phase == PP_CONN_READY && !conn->broken && !conn->expired &&
          conn->leases < conn->pool->opts.client_limit && !conn->peer->ejected &&
-         !conn->peer->burned;
+         !conn->peer->burned && !conn->peer->draining && !conn->pool->closing;
 }
 
 void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
@@ -607,6 +610,7 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   pp__list_push(&conn->lease_list, &lease->qlink_);
   lease->conn = conn;
   lease->peer = peer;
+  pp__warm_check(peer); /* min_idle: one idle conn fewer (warm.c) */
   /* The cached loop time will do: this stamp only feeds pp_conn_idle_ms while the conn is
    * leased, and the release stamps again from the clock (idle time counts from there). */
   conn->last_used = uv_now(conn->pool->loop);
@@ -658,6 +662,12 @@ void pp__conn_released(pp_conn_t *conn, int status) {
     return;
   }
   pp_peer_t *peer = conn->peer;
+  if (conn->pool->closing || peer->draining) {
+    /* A graceful close or a drain: the conn served its last holder (drain.c). */
+    if (conn->leases == 0)
+      pp__conn_close(conn, conn->pool->closing ? PP_CLOSE_CLOSED : pp__drain_reason(peer));
+    return;
+  }
   bool unclean = conn->kept_len > 0 && !conn->pool->opts.keep_idle_bytes;
   if (conn->leases == 0 && (unclean || peer->burned)) {
     /* Unread bytes are a reply nobody will read: lending the conn would shift every later
@@ -955,6 +965,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
     uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
   }
   pp__peer_update_state(peer);
+  if (!pool->closing) pp__warm_check(peer); /* min_idle: dial a replacement (warm.c) */
   if (!pool->closing) pp__capacity_opened(pool);
 }
 

@@ -53,7 +53,7 @@ const char *pp_peer_state_name(pp_peer_state_t state) {
 
 const char *pp_close_reason_name(pp_close_reason_t reason) {
   static const char *const names[] = {
-#define PP__REASON_NAME(name, str) str,
+#define PP__REASON_NAME(name, str, why) str,
       PP_CLOSE_REASON_MAP(PP__REASON_NAME)
 #undef PP__REASON_NAME
   };

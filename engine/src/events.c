@@ -179,6 +179,29 @@ int pp_pool_explain(pp_pool_t *pool, pp_peer_t *peer,
   return 0;
 }
 
+void pp__explain_forget(pp_pool_t *pool, pp_peer_t *peer) {
+  for (unsigned int i = 0; i < pool->explain_len; i++) {
+    struct pp__explain_s *x = &pool->explain[i];
+    if (x->e.peer != peer && x->want != peer && x->cause.peer != peer) continue;
+    if (x->lazy != LAZY_NONE || x->e.repeats > 0) {
+      pp_explain_t e = x->e;
+      explain_format(x, &e); /* the text, while the peer is still there to name */
+      memcpy(x->e.text, e.text, sizeof(e.text));
+      x->lazy = LAZY_NONE;
+      x->e.repeats = 0;
+    }
+    if (x->e.peer == peer) x->e.peer = NULL;
+    x->want = NULL;
+    x->cause.peer = NULL;
+  }
+}
+
+bool pp__events_mention(pp_pool_t *pool, pp_peer_t *peer) {
+  for (unsigned int i = 0; i < pool->events_len; i++)
+    if (pool->events[(pool->events_head + i) % pool->events_cap].ev.peer == peer) return true;
+  return false;
+}
+
 static const char *err_name(int err) {
   return err ? pp_err_name(err) : "none";
 }
@@ -213,15 +236,9 @@ void pp__ev_conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
       conn->created_at && (int64_t)now > conn->created_at ? (int64_t)now - conn->created_at : 0;
   int err = conn->broken ? conn->last_error : 0;
   static const char *const why[PP_CLOSE_REASON_COUNT] = {
-      "idle past idle_timeout",
-      "past its lifespan (max_lifespan)",
-      "broken (an I/O error, a verdict blaming the peer, or unread bytes)",
-      "the peer closed it",
-      "its health ping failed",
-      "evicted to make room under max_total",
-      "its peer is ejected",
-      "the pool or its peer closed (burned, closing)",
-      "its holder discarded it (not reusable)",
+#define WHY(name, str, text) text,
+      PP_CLOSE_REASON_MAP(WHY)
+#undef WHY
   };
   pp__explain(pool, "conn_close", peer, conn->id,
               "conn #%llu to %s closed: %s; age %lld ms, %d lease%s; last error %s",

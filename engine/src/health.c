@@ -199,8 +199,10 @@ void pp__peer_failed(pp_peer_t *peer, int err, bool in_use) {
   int limit = pool->opts.eject_after;
   /* The run is not cleared by an ejection: once it ends, the next failure ejects again (with a
    * doubled cool-down) until a success ends the run — the circuit breaker's half-open state. */
+  /* A draining (or removed) peer is on its way out: it is never ejected, so never probed, and
+   * a removed one never enters the ejection heap again. */
   if (limit > 0 && peer->failures + peer->connect_failures >= limit && !peer->burned &&
-      !pool->closing && !still_ejected(peer)) {
+      !peer->draining && !pool->closing && !still_ejected(peer)) {
     if (eject_allowed(pool))
       eject(peer);
     else
@@ -230,7 +232,8 @@ void pp__probe_cancel(pp_peer_t *peer) {
 void pp__probe_schedule(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
   int64_t every = pool->opts.probe_interval;
-  if (every == 0 || pool->closing || peer->burned || peer->probe_at != 0) return;
+  if (every == 0 || pool->closing || peer->burned || peer->draining || peer->probe_at != 0)
+    return;
   /* Only a peer that once connected is worth probing (the rest are mere addresses), and a
    * connect proves nothing about failures in use (resets mid-request, broken verdicts). */
   if (peer->last_success == 0 || (peer->ejected && peer->fail_in_use)) return;
@@ -275,6 +278,7 @@ static void hold_timer_cb(uv_timer_t *timer) {
 
 int pp__peer_fail_code(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
+  if (peer->draining) return PP_EREMOVED; /* drain.c */
   if (peer->burned) return PP_EBURNED;
   if (still_ejected(peer)) return PP_EEJECTED;
   if (peer->usable > 0 || peer->conns > peer->probing) return 0; /* a conn may serve it */

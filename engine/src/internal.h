@@ -192,6 +192,12 @@ struct pp_peer_s {
   pp__heap_node_t probe_node; /* pool->probes while probe_at != 0 */
   int probing;                /* its conns that are probes */
   struct pp__dns_peer_s *dns; /* a host name's resolver state (dns.c); NULL: numeric or unix */
+  /* warm.c: min_idle; drain.c: drain and removal */
+  int min_idle;           /* its own min_idle, -1: the pool's (see pp__warm_min) */
+  pp__link_t warm_link;   /* pool->warm_needy while it may have fewer idle conns than that */
+  bool draining;          /* takes no lease, closes conns at release (removed peers too) */
+  bool removed;           /* out of the table; freed once no conn and no callback needs it */
+  uint64_t removed_pass;  /* pool->defer_pass when it was removed */
 };
 
 struct pp_pool_s {
@@ -267,6 +273,17 @@ struct pp_pool_s {
   unsigned int explain_next, explain_len;
   struct pp__explain_s *explain; /* PP_EXPLAIN_MAX entries, allocated with the pool */
   struct pp__dns_pool_s *dns;    /* host names (dns.c) */
+  /* warm.c: min_idle */
+  uv_timer_t warm_timer;  /* fills the needy peers; a pool handle */
+  bool warm_soon;         /* warm_timer is armed for the next tick */
+  pp__link_t warm_needy;  /* peers that may lack idle conns (their warm_link) */
+  pp__link_t warm_idle;   /* idle conns past idle_timeout kept for min_idle (their idle_link),
+                             oldest first; still counted idle and lendable */
+  /* drain.c: removal and graceful close */
+  pp__link_t removed_peers;  /* removed peers not yet freed (their order_link) */
+  uint64_t defer_pass;       /* deferred-callback passes run so far */
+  uv_timer_t drain_timer;    /* ends a graceful close (pp_pool_close_drain); a pool handle */
+  bool drain_closing;        /* a graceful close is letting leases finish */
 };
 
 /* An explain entry: text formatted when recorded, or (lazy != 0) the numbers to format it
@@ -421,6 +438,50 @@ void pp__ev_queued(pp_lease_t *lease, pp_peer_t *target);
 void pp__ev_failed(pp_lease_t *lease);
 /* A lease reported as leaked was released after `held_ms`. */
 void pp__ev_unleak(pp_lease_t *lease, pp_conn_t *conn, uint64_t held_ms);
+
+/* ---- warm.c: min_idle ------------------------------------------------------------------ */
+/* The min_idle `peer` keeps: its own, or the pool's. */
+static inline int pp__warm_min(const pp_peer_t *peer) {
+  return peer->min_idle >= 0 ? peer->min_idle : peer->pool->opts.min_idle;
+}
+void pp__warm_init(pp_pool_t *pool); /* inits warm_timer and the lists */
+/* `peer` may have fewer idle conns than its min_idle: dial for it on a later tick. */
+void pp__warm_need(pp_peer_t *peer);
+/* Cheap check for the hot path: call pp__warm_need only when idle conns fell short. */
+static inline void pp__warm_check(pp_peer_t *peer) {
+  if (peer->idle < pp__warm_min(peer)) pp__warm_need(peer);
+}
+/* The idle sweep found `conn` past idle_timeout: keep it (moved to pool->warm_idle) when its
+ * peer would fall below min_idle; returns whether it was kept. */
+bool pp__warm_keep(pp_conn_t *conn);
+/* The longest-idle conn (idle list first, then the kept ones), or NULL. */
+pp_conn_t *pp__idle_oldest(pp_pool_t *pool);
+
+/* ---- drain.c: removal, drain, graceful close ------------------------------------------- */
+/* How a conn of a draining peer closes: "removed" or "drained". */
+pp_close_reason_t pp__drain_reason(const pp_peer_t *peer);
+/* Free the removed peers nothing needs any more (run at the end of a deferred pass). */
+void pp__peers_reap(pp_pool_t *pool);
+/* During a graceful close: whether a lease is still held (maybe on a conn closed under it). */
+bool pp__drain_leases_left(pp_pool_t *pool);
+/* Free every removed peer (the pool's end). */
+void pp__peers_free_removed(pp_pool_t *pool);
+/* pool.c: close every conn now, detaching leases (pp_pool_close's work, and a drain's end). */
+void pp__close_all_conns(pp_pool_t *pool);
+/* pool.c: stop the pool's timers and answer waiters and notices with PP_ECLOSED. */
+void pp__close_begin(pp_pool_t *pool);
+/* pool.c: run the deferred queue soon. */
+void pp__defer_wake(pp_pool_t *pool);
+/* peer.c: take `peer` out of the table, the insertion list and the state counts. */
+void pp__peer_unlink(pp_peer_t *peer);
+/* acquire.c: fire the armed notices for `peer` with `status`. */
+void pp__fire_peer_notices(pp_pool_t *pool, pp_peer_t *peer, int status);
+/* events.c: explain entries about `peer` keep their text and forget the pointer. */
+void pp__explain_forget(pp_pool_t *pool, pp_peer_t *peer);
+/* events.c: whether a queued event is about `peer`. */
+bool pp__events_mention(pp_pool_t *pool, pp_peer_t *peer);
+/* tls.c: free the peer's TLS state (a removed peer's end). */
+void pp__tls_peer_free(pp_peer_t *peer);
 
 /* ---- addr.c ---------------------------------------------------------------------------- */
 /* Parse `addr` into a canonical string (malloc'd) and, for TCP, a sockaddr. */

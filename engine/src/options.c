@@ -25,6 +25,7 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
 #undef RANGE
   if (o->eject_max < o->eject_time) FAIL("eject_max must be a number of ms >= eject_time");
   if (o->dns_ttl_max < o->dns_ttl_min) FAIL("dns_ttl_max must be a number of ms >= dns_ttl_min");
+  if (o->min_idle > o->max_per_peer) FAIL("min_idle must be an integer in 0..max_per_peer");
   if (o->dns_servers && pp__dns_servers_check(o->dns_servers, why) != 0) return PP_EINVAL;
 #undef FAIL
   if (o->tls) return pp__tls_options_check(o->tls, why);

@@ -68,7 +68,8 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   if (peer) {
     free(canonical);
     if (last_seen_ms > peer->last_seen) peer->last_seen = last_seen_ms;
-    bool unburn = peer->burned;
+    bool unburn = peer->burned, undrain = peer->draining;
+    if (undrain) peer->draining = false; /* re-adding ends a drain (drain.c) */
     if (unburn) {
       /* Re-adding is the one way back from burned: a fresh start. */
       peer->burned = false;
@@ -81,7 +82,9 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
     }
     pp__peer_update_state(peer);
     if (out) *out = peer;
-    if (unburn) pp__peer_event(peer, PP_PEER_EVENT_ADDED);
+    if (unburn || undrain) pp__peer_event(peer, PP_PEER_EVENT_ADDED);
+    if (unburn || undrain) pp__warm_need(peer);
+    if (undrain && pool->any_waiters.count > 0) pp__capacity_opened(pool);
     return 0;
   }
   peer = calloc(1, sizeof(*peer));
@@ -100,6 +103,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   peer->last_seen = last_seen_ms;
   peer->state = PP_PEER_KNOWN;
   peer->seq = ++pool->peer_seq;
+  peer->min_idle = -1; /* the pool's */
   pp__list_init(&peer->conns_list);
   for (int i = 0; i < limit; i++)
     pp__list_init(&peer->buckets[i]);
@@ -112,6 +116,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   if (peer->dns) pp__dns_resolve(peer); /* resolved as it is added, ready for its first dial */
   if (out) *out = peer;
   pp__peer_event(peer, PP_PEER_EVENT_ADDED);
+  pp__warm_need(peer); /* min_idle conns, dialled on a later tick */
   /* Acquires for any peer may be waiting for exactly this. */
   if (pool->any_waiters.count > 0) pp__capacity_opened(pool);
   return 0;
@@ -125,6 +130,23 @@ nomem:
   free(canonical);
   if (why) *why = "out of memory";
   return UV_ENOMEM;
+}
+
+static void table_remove(pp_pool_t *pool, pp_peer_t *peer) {
+  pp_peer_t **p = &pool->table[hash_str(peer->addr) & (pool->table_size - 1)];
+  while (*p && *p != peer)
+    p = &(*p)->hash_next;
+  if (*p) *p = peer->hash_next;
+  peer->hash_next = NULL;
+  pool->npeers--;
+}
+
+void pp__peer_unlink(pp_peer_t *peer) {
+  pp_pool_t *pool = peer->pool;
+  table_remove(pool, peer);
+  pp__list_remove(&peer->order_link);
+  pool->stats.peers_by_state[peer->state]--;
+  if (peer->burned) pool->nburned--;
 }
 
 void pp__peer_free(pp_peer_t *peer) {
@@ -218,12 +240,13 @@ static bool fresh_at(const pp_peer_t *peer, int64_t unix_now) {
 static void place_candidate(pp_peer_t *peer, uint64_t now, int64_t unix_now) {
   pp_pool_t *pool = peer->pool;
   int64_t age = pool->opts.max_address_age;
-  bool live = !peer->burned && !peer->ejected && peer->conns > peer->probing;
+  bool live = !peer->burned && !peer->ejected && !peer->draining && peer->conns > peer->probing;
   if (live != peer->live) {
     peer->live = live;
     pool->live_peers += live ? 1 : -1;
   }
-  bool may = !peer->burned && peer->conns < pool->opts.max_per_peer && fresh_at(peer, unix_now);
+  bool may = !peer->burned && !peer->draining && peer->conns < pool->opts.max_per_peer &&
+             fresh_at(peer, unix_now);
   uint64_t hold = pp__peer_hold_until(peer);
   bool later = may && hold > now;
   int64_t stale_at = 0;
@@ -278,6 +301,7 @@ static pp_peer_state_t derive_state(const pp_peer_t *peer, uint64_t now) {
 }
 
 void pp__peer_update_state(pp_peer_t *peer) {
+  if (peer->removed) return; /* out of every count and candidate structure for good */
   uint64_t now = pp_now();
   place_candidate(peer, now, pp__unix_now_ms());
   pp_peer_state_t to = derive_state(peer, now);
@@ -296,7 +320,7 @@ bool pp__peer_is_fresh(const pp_peer_t *peer) {
 
 bool pp__peer_may_dial(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
-  return !peer->burned && !peer->ejected && !pool->closing &&
+  return !peer->burned && !peer->ejected && !peer->draining && !pool->closing &&
          peer->conns < pool->opts.max_per_peer && !pp__ahead(pool, peer->retry_at) &&
          pp__peer_is_fresh(peer);
 }
@@ -383,6 +407,8 @@ void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info) {
   info->ejected_until = pp__peer_ejected_until_unix(peer);
   info->eject_streak = peer->eject_streak;
   info->last_failure = peer->last_failure;
+  info->draining = peer->draining;
+  info->min_idle = pp__warm_min(peer);
 }
 
 const char *pp_peer_addr(const pp_peer_t *peer) {

@@ -91,7 +91,11 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
     uv_timer_start(&pool->keepalive_timer, keepalive_timer_cb, (uint64_t)opts->keepalive,
                    (uint64_t)opts->keepalive);
   pp__events_init(pool); /* the leak timer */
-  pool->own_handles = 8;
+  pp__warm_init(pool);   /* min_idle (warm.c) */
+  pp__list_init(&pool->removed_peers);
+  uv_timer_init(loop, &pool->drain_timer); /* graceful close (drain.c) */
+  pool->drain_timer.data = pool;
+  pool->own_handles = 10;
   *out = pool;
   return 0;
 }
@@ -103,11 +107,15 @@ static void defer_idle_cb(uv_idle_t *idle) {
 }
 
 static void defer_wake(pp_pool_t *pool) {
-  if (pool->defer_active) return;
+  if (pool->defer_active || pool->own_closed) return;
   pool->defer_active = true;
   uv_check_start(&pool->defer_check, defer_run);
   /* An active idle handle makes the poll phase return at once, so the check runs soon. */
   uv_idle_start(&pool->defer_idle, defer_idle_cb);
+}
+
+void pp__defer_wake(pp_pool_t *pool) {
+  defer_wake(pool);
 }
 
 void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status) {
@@ -165,6 +173,7 @@ static void defer_run(uv_check_t *check) {
   pp_pool_t *pool = check->data;
   pp__link_t leases, notices, conns;
   unsigned int nevents = pool->events_len;
+  pool->defer_pass++;
   splice(&pool->defer_leases, &leases);
   splice(&pool->defer_notices, &notices);
   splice(&pool->defer_conns, &conns);
@@ -194,6 +203,8 @@ static void defer_run(uv_check_t *check) {
     notice->state_ = PP_NOTICE_IDLE;
     notice->cb_(notice, notice->status_);
   }
+  /* Removed peers go once the callbacks that mention them have run (drain.c). */
+  if (!pp__list_empty(&pool->removed_peers)) pp__peers_reap(pool);
   if (pp__list_empty(&pool->defer_leases) && pp__list_empty(&pool->defer_notices) &&
       pp__list_empty(&pool->defer_conns) && pool->events_len == 0) {
     pool->defer_active = false;
@@ -217,8 +228,9 @@ static void own_handle_closed(uv_handle_t *handle) {
     pp__list_remove(&peer->order_link);
     pp__peer_free(peer);
   }
-  pp__tls_pool_free(pool); /* TLS (tls.c) */
-  pp__dns_pool_free(pool); /* host names (dns.c) */
+  pp__peers_free_removed(pool); /* drain.c */
+  pp__tls_pool_free(pool);      /* TLS (tls.c) */
+  pp__dns_pool_free(pool);      /* host names (dns.c) */
   free(pool->table);
   free(pool->scratch);
   free(pool->events);
@@ -228,6 +240,9 @@ static void own_handle_closed(uv_handle_t *handle) {
 
 void pp__maybe_finish(pp_pool_t *pool) {
   if (!pool->closing || pool->own_closed || pool->conn_handles > 0 || pool->defer_active) return;
+  /* A graceful close waits for leases on conns that closed under them, too: their release
+   * still reaches the pool (pp_release calls this again). */
+  if (pool->drain_closing && pp__drain_leases_left(pool)) return;
   pool->own_closed = true;
   uv_close((uv_handle_t *)&pool->idle_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->deadline_timer, own_handle_closed);
@@ -237,50 +252,70 @@ void pp__maybe_finish(pp_pool_t *pool) {
   uv_close((uv_handle_t *)&pool->leak_timer, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_check, own_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_idle, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->warm_timer, own_handle_closed);
+  uv_close((uv_handle_t *)&pool->drain_timer, own_handle_closed);
 }
 
-int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
-  if (pool == NULL) return PP_EINVAL;
-  if (pool->closing) return PP_ECLOSED;
+void pp__close_begin(pp_pool_t *pool) {
   pool->closing = true;
-  pool->close_cb = cb;
   uv_timer_stop(&pool->idle_timer);
   uv_timer_stop(&pool->deadline_timer);
   uv_timer_stop(&pool->keepalive_timer);
   uv_timer_stop(&pool->maintenance_timer);
   uv_timer_stop(&pool->hold_timer);
+  uv_timer_stop(&pool->warm_timer);
   pp__events_close(pool);
   pp__dns_close(pool); /* host names (dns.c): queries end, their handles close */
   pp__fail_all_waiters(pool, PP_ECLOSED);
   pp__fire_notices(pool, PP_ECLOSED);
-  /* Close every conn; detach the leases still holding one. */
-  pp__link_t *pl;
-  for (pl = pool->peers.next; pl != &pool->peers; pl = pl->next) {
-    pp_peer_t *peer = PP__CONTAINER(pl, pp_peer_t, order_link);
-    pp__link_t *cl = peer->conns_list.next;
-    while (cl != &peer->conns_list) {
-      pp_conn_t *conn = PP__CONTAINER(cl, pp_conn_t, peer_link);
-      cl = cl->next;                      /* the conn may be freed below */
-      pp__peer_unmark_usable(peer, conn); /* while its bucket still matches its lease count */
-      while (!pp__list_empty(&conn->lease_list)) {
-        pp_lease_t *lease = PP__CONTAINER(conn->lease_list.next, pp_lease_t, qlink_);
-        pp__list_remove(&lease->qlink_);
-        lease->conn = NULL;
-        if (lease->state_ == PP_LEASE_DONE) {
-          lease->status_ = PP_ECLOSED; /* granted, callback not yet run */
-          pp__cause_fill(lease, peer, PP_ECLOSED);
-        } else
-          lease->state_ = PP_LEASE_DETACHED;
-        conn->leases--;
-        peer->leases--;
-        if (conn->leases == 0 && conn->phase != PP_CONN_CLOSED) pool->active--;
+}
+
+/* Close every conn; detach the leases still holding one. */
+void pp__close_all_conns(pp_pool_t *pool) {
+  pp__link_t *pl, *lists[2] = {&pool->peers, &pool->removed_peers};
+  for (int i = 0; i < 2; i++)
+    for (pl = lists[i]->next; pl != lists[i]; pl = pl->next) {
+      pp_peer_t *peer = PP__CONTAINER(pl, pp_peer_t, order_link);
+      pp__link_t *cl = peer->conns_list.next;
+      while (cl != &peer->conns_list) {
+        pp_conn_t *conn = PP__CONTAINER(cl, pp_conn_t, peer_link);
+        cl = cl->next;                      /* the conn may be freed below */
+        pp__peer_unmark_usable(peer, conn); /* while its bucket still matches its lease count */
+        while (!pp__list_empty(&conn->lease_list)) {
+          pp_lease_t *lease = PP__CONTAINER(conn->lease_list.next, pp_lease_t, qlink_);
+          pp__list_remove(&lease->qlink_);
+          lease->conn = NULL;
+          if (lease->state_ == PP_LEASE_DONE) {
+            lease->status_ = PP_ECLOSED; /* granted, callback not yet run */
+            pp__cause_fill(lease, peer, PP_ECLOSED);
+          } else {
+            lease->state_ = PP_LEASE_DETACHED;
+            pool->stats.leases_cut++;
+          }
+          conn->leases--;
+          peer->leases--;
+          if (conn->leases == 0 && conn->phase != PP_CONN_CLOSED) pool->active--;
+        }
+        if (conn->phase == PP_CONN_CLOSED)
+          pp__conn_maybe_free(conn); /* closed earlier, held only by the leases just detached */
+        else
+          pp__conn_close(conn, PP_CLOSE_CLOSED);
       }
-      if (conn->phase == PP_CONN_CLOSED)
-        pp__conn_maybe_free(conn); /* closed earlier, held only by the leases just detached */
-      else
-        pp__conn_close(conn, PP_CLOSE_CLOSED);
     }
+}
+
+int pp_pool_close(pp_pool_t *pool, pp_close_cb cb) {
+  if (pool == NULL) return PP_EINVAL;
+  if (pool->closing && !pool->drain_closing) return PP_ECLOSED;
+  if (pool->drain_closing) { /* a graceful close ends now (drain.c) */
+    pool->drain_closing = false;
+    uv_timer_stop(&pool->drain_timer);
+    if (cb) pool->close_cb = cb;
+  } else {
+    pool->close_cb = cb;
+    pp__close_begin(pool);
   }
+  pp__close_all_conns(pool);
   pp__maybe_finish(pool);
   return 0;
 }
@@ -334,6 +369,7 @@ static void idle_timer_cb(uv_timer_t *timer) {
   while (!pp__list_empty(&pool->idle)) {
     pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
     if (oldest->last_used + (uint64_t)pool->opts.idle_timeout > now) break;
+    if (pp__warm_keep(oldest)) continue; /* min_idle: moved to pool->warm_idle (warm.c) */
     pp__conn_close(oldest, PP_CLOSE_IDLE);
   }
   pp__idle_timer_arm(pool);
@@ -345,11 +381,14 @@ static void keepalive_timer_cb(uv_timer_t *timer) {
   pp_pool_t *pool = timer->data;
   if (pool->policy.ping == NULL) return;
   uint64_t idle_ms = (uint64_t)pool->opts.keepalive;
-  while (!pp__list_empty(&pool->idle)) {
-    pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
-    if (!pp__conn_needs_ping(oldest, idle_ms)) break;
-    pp__conn_ping(oldest); /* leaves the idle list */
-  }
+  /* Both idle lists (the conns min_idle keeps, too) are oldest first. */
+  pp__link_t *lists[2] = {&pool->warm_idle, &pool->idle};
+  for (int i = 0; i < 2; i++)
+    while (!pp__list_empty(lists[i])) {
+      pp_conn_t *oldest = PP__CONTAINER(lists[i]->next, pp_conn_t, idle_link);
+      if (!pp__conn_needs_ping(oldest, idle_ms)) break;
+      pp__conn_ping(oldest); /* leaves the idle list */
+    }
 }
 
 /* target_peers: count peers ready or on their way, dial fresh ones for the rest (chosen by

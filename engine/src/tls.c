@@ -869,6 +869,12 @@ static void peer_tls_free(struct pp__tls_peer_s *pt) {
   free(pt);
 }
 
+void pp__tls_peer_free(pp_peer_t *peer) {
+  if (peer->tls == NULL) return;
+  peer_tls_free(peer->tls);
+  peer->tls = NULL;
+}
+
 void pp__tls_pool_free(pp_pool_t *pool) {
   struct pp__tls_pool_s *tp = pool->tls;
   if (tp == NULL) return;

@@ -3,10 +3,11 @@
 -- be idle — and adding or losing a peer moves only about 1/N of the keys.
 --
 -- The ring is kept by the peer_event hook: the pool reports every peer that joins ("added",
--- also for each live peer when the policy is loaded) or leaves ("burned"), so the route hook
--- answers with a binary search, O(log n) per acquire, with 10,000 peers as with 3. Each
--- address owns `vnodes` points on a 32-bit ring (FNV-1a of the address, spread with a murmur3
--- finaliser); a key belongs to the owner of the first point at or after the key's hash.
+-- also for each live peer when the policy is loaded) or leaves ("burned", or "removed": removed
+-- or draining), so the route hook answers with a binary search, O(log n) per acquire, with
+-- 10,000 peers as with 3. Each address owns `vnodes` points on a 32-bit ring (FNV-1a of the
+-- address, spread with a murmur3 finaliser); a key belongs to the owner of the first point at
+-- or after the key's hash.
 --
 -- What a key does while its owner is down (ejected, backing off, aged out) is an explicit
 -- choice, `on_down`:
@@ -50,7 +51,7 @@ local function new(opts)
   local skip_down = o.on_down == "next"
 
   function M.peer_event(addr, event)
-    if event == "added" then ring:add(addr) elseif event == "burned" then ring:remove(addr) end
+    if event == "added" then ring:add(addr) else ring:remove(addr) end -- burned, removed
   end
 
   function M.route(key, pool)

@@ -62,7 +62,7 @@ TEST(errors_peer_state_names) {
 }
 
 TEST(errors_close_reason_names) {
-#define CHECK(name, str) ASSERT_STREQ(pp_close_reason_name(PP_CLOSE_##name), str);
+#define CHECK(name, str, why) ASSERT_STREQ(pp_close_reason_name(PP_CLOSE_##name), str);
   PP_CLOSE_REASON_MAP(CHECK)
 #undef CHECK
   ASSERT_NOT_NULL(pp_close_reason_name(PP_CLOSE_REASON_COUNT));

@@ -79,7 +79,8 @@ function Env:add(srv)
   return srv
 end
 
-for _, name in ipairs { "echo", "line", "refused", "closer", "slow", "unix_echo", "deaf" } do
+for _, name in ipairs { "echo", "echo_on", "line", "refused", "closer", "slow", "unix_echo",
+  "deaf" } do
   Env[name] = function(self, ...) return self:add(servers[name](...)) end
 end
 

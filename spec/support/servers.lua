@@ -3,6 +3,7 @@
 -- accepted conn and every timer the server started, so a test leaves nothing on the loop.
 --
 --   servers.echo()       writes back every byte it reads
+--   servers.echo_on(p)   the same on port p of 127.0.0.1 (to restart a server)
 --   servers.line()       a line protocol (see LINE COMMANDS below)
 --   servers.refused()    a port where nothing listens (bound, not listening: ECONNREFUSED)
 --   servers.closer()     answers "par" to the first bytes of a conn and closes it (mid-use)
@@ -70,8 +71,8 @@ function Server:write(client, data)
 end
 
 -- Listen with `on_conn(srv, client)` for every accepted conn; `kind` is nil (127.0.0.1),
--- "ipv6" ([::1]) or "unix".
-local function listen(on_conn, backlog, kind)
+-- "ipv6" ([::1]) or "unix"; `port` (TCP): a given port rather than a fresh one.
+local function listen(on_conn, backlog, kind, port)
   local srv = new_server()
   local tcp
   if kind == "unix" then
@@ -84,7 +85,7 @@ local function listen(on_conn, backlog, kind)
   else
     tcp = uv.new_tcp()
     local host = kind == "ipv6" and "::1" or "127.0.0.1"
-    local ok, err = tcp:bind(host, 0)
+    local ok, err = tcp:bind(host, port or 0)
     if not ok then
       tcp:close()
       return nil, err
@@ -141,6 +142,9 @@ local function echo(srv, client)
 end
 
 function M.echo() return listen(echo) end
+-- The echo server on a given port of 127.0.0.1 (a server closed there comes back: a restart);
+-- nil, why if the port cannot be bound.
+function M.echo_on(port) return listen(echo, nil, nil, port) end
 function M.echo6() return listen(echo, nil, "ipv6") end
 function M.unix_echo() return listen(echo, nil, "unix") end
 

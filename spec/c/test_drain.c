@@ -1,0 +1,403 @@
+/* Taking peers and pools out of service: pp_pool_remove_peer, pp_pool_drain_peer and
+ * pp_pool_close_drain — waiters answered, idle conns closed now, leased ones at release. */
+#include "fixtures.h"
+#include "internal.h"
+
+/* Whether an explain entry of `kind` has `text` in it (every entry: NULL peer). */
+typedef struct {
+  const char *kind, *text;
+  int found;
+} find_t;
+static int find_entry(const pp_explain_t *e, void *arg) {
+  find_t *f = arg;
+  if (strcmp(e->kind, f->kind) == 0 && strstr(e->text, f->text)) f->found++;
+  return 0;
+}
+static int explained(pp_pool_t *pool, const char *kind, const char *text) {
+  find_t f = {kind, text, 0};
+  pp_pool_explain(pool, NULL, find_entry, &f);
+  return f.found;
+}
+
+/* ---- remove_peer ------------------------------------------------------------------------- */
+
+TEST(remove_peer_answers_waiters_leased_conns_close_at_release) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 2;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t a, b, w;
+  test_rec_t ar, br, wr;
+  ASSERT_OK(test_acquire_wait(pool, &a, &ar, peer, NULL));
+  ASSERT_OK(test_acquire_wait(pool, &b, &br, peer, NULL));
+  ASSERT_OK(test_acquire_start(pool, &w, &wr, peer, NULL));
+  ASSERT_EQ(test_peer_info(peer).waiters, 1);
+  ASSERT_OK(CALL(pp_pool_remove_peer(pool, peer)));
+  ASSERT_EQ(wr.calls, 0); /* answered later, not inside the call */
+  ASSERT_NULL(pp_pool_find_peer(pool, srv_addr(srv)));
+  RUN_UNTIL(wr.calls == 1, 1000);
+  ASSERT_ERR(wr.status, PP_EREMOVED);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.peers, 0);
+  ASSERT_EQ(s.peers_removed, 1);
+  ASSERT_EQ(s.waiters, 0);
+  /* Leased conns still serve their holders, then close. */
+  ASSERT_EQ(pp_conn_is_broken(a.conn), 0);
+  ASSERT_OK(test_write(a.conn, "x", 1));
+  ASSERT_EQ(srv_client_conns(srv), 2);
+  ASSERT_OK(pp_release(&a, 0));
+  ASSERT_EQ(srv_client_conns(srv), 1);
+  ASSERT_OK(pp_release(&b, 0));
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOVED], 2);
+  ASSERT_EQ(srv_client_conns(srv), 0);
+  /* Freed once nothing needs it; explain keeps the story. */
+  RUN_UNTIL(pp__list_empty(&pool->removed_peers), 1000);
+  ASSERT_EQ(explained(pool, "remove", "removed: no new leases; 2 leased conns close at release"),
+            1);
+  ASSERT_EQ(explained(pool, "conn_close", "its peer was removed"), 2);
+  ASSERT_EQ(explained(pool, "fail", "was removed"), 1);
+  test_finish_srv(pool, srv);
+}
+
+TEST(remove_peer_closes_idle_conns_now) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  test_acquire_release(pool, peer);
+  ASSERT_EQ(srv_client_conns(srv), 1);
+  ASSERT_OK(pp_pool_remove_peer(pool, peer));
+  ASSERT_EQ(srv_client_conns(srv), 0);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.closed[PP_CLOSE_REMOVED], 1);
+  ASSERT_EQ(s.conns, 0);
+  ASSERT_EQ(s.peers_by_state[PP_PEER_READY], 0);
+  RUN_UNTIL(pp__list_empty(&pool->removed_peers), 1000);
+  test_finish_srv(pool, srv);
+}
+
+TEST(remove_peer_then_add_again_is_a_new_peer) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  test_acquire_release(pool, peer);
+  ASSERT_OK(pp_pool_remove_peer(pool, peer));
+  pp_peer_t *again = test_peer(pool, srv_addr(srv));
+  ASSERT_EQ(test_peer_info(again).attempts, 0);
+  test_acquire_release(pool, again);
+  ASSERT_EQ(test_stats(pool).peers, 1);
+  test_finish_srv(pool, srv);
+}
+
+TEST(remove_peer_errors) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_pool_t *other = test_pool(NULL);
+  ASSERT_ERR(pp_pool_remove_peer(NULL, peer), PP_EINVAL);
+  ASSERT_ERR(pp_pool_remove_peer(pool, NULL), PP_EINVAL);
+  ASSERT_ERR(pp_pool_remove_peer(other, peer), PP_EINVAL);
+  ASSERT_ERR(pp_pool_drain_peer(other, peer), PP_EINVAL);
+  ASSERT_OK(pp_pool_close(other, NULL));
+  ASSERT_OK(pp_pool_close(pool, test_close_cb));
+  ASSERT_ERR(pp_pool_remove_peer(pool, peer), PP_ECLOSED);
+  ASSERT_ERR(pp_pool_drain_peer(pool, peer), PP_ECLOSED);
+  test_finish_closed();
+  srv_stop(srv);
+}
+
+TEST(remove_peer_fires_its_notices) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held;
+  test_rec_t hr;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  pp_notice_t n;
+  test_rec_t nr;
+  ASSERT_OK(test_notice_start(pool, &n, &nr, peer));
+  ASSERT_OK(CALL(pp_pool_remove_peer(pool, peer)));
+  RUN_UNTIL(nr.calls == 1, 1000);
+  ASSERT_ERR(nr.status, PP_EREMOVED);
+  ASSERT_OK(pp_release(&held, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(remove_last_peer_fails_acquires_for_any_peer) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held, any;
+  test_rec_t hr, ar;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_start(pool, &any, &ar, NULL, NULL));
+  ASSERT_OK(pp_pool_remove_peer(pool, peer));
+  RUN_UNTIL(ar.calls == 1, 1000);
+  ASSERT_ERR(ar.status, PP_ENOPEER);
+  ASSERT_OK(pp_release(&held, 0));
+  test_finish_srv(pool, srv);
+}
+
+static int events_seen;
+static void count_event(pp_pool_t *pool, const pp_event_t *ev, void *arg) {
+  (void)pool;
+  (void)arg;
+  if (ev->peer) ASSERT_NOT_NULL(pp_peer_addr(ev->peer)); /* still valid when delivered */
+  events_seen++;
+}
+
+TEST(remove_many_peers_frees_them) {
+  /* Peers added and removed in a loop (with conns, explain entries and events) do not pile
+   * up: each is freed once its callbacks ran. */
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  pp_pool_t *pool = test_pool(&o);
+  pp_pool_on_event(pool, count_event, NULL);
+  for (int i = 0; i < 50; i++) {
+    pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+    test_acquire_release(pool, peer);
+    ASSERT_OK(pp_pool_remove_peer(pool, peer));
+  }
+  RUN_UNTIL(pp__list_empty(&pool->removed_peers), 2000);
+  ASSERT_EQ(test_stats(pool).peers_removed, 50);
+  ASSERT_GE(events_seen, 100); /* conn_open and conn_close of each, delivered */
+  test_finish_srv(pool, srv);
+}
+
+/* ---- drain ------------------------------------------------------------------------------- */
+
+TEST(drain_peer_no_new_leases_conns_close_at_release) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 2;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held, idle;
+  test_rec_t hr, ir;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(pool, &idle, &ir, peer, NULL));
+  ASSERT_OK(pp_release(&idle, 0));
+  ASSERT_EQ(srv_client_conns(srv), 2);
+  ASSERT_OK(CALL(pp_pool_drain_peer(pool, peer)));
+  ASSERT_EQ(srv_client_conns(srv), 1); /* the idle one closed now */
+  ASSERT_OK(pp_pool_drain_peer(pool, peer)); /* again: nothing more */
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_EREMOVED);
+  char why[200];
+  pp_lease_describe(&l, why, sizeof why);
+  ASSERT_CONTAINS(why, "draining");
+  ASSERT_EQ(test_peer_info(peer).draining, 1);
+  ASSERT_EQ(explained(pool, "drain", "draining: no new leases; 1 leased conn close at release"), 1);
+  ASSERT_OK(test_write(held.conn, "x", 1)); /* the leased conn still works */
+  ASSERT_OK(pp_release(&held, 0));
+  ASSERT_EQ(test_peer_info(peer).conns, 0); /* drained */
+  RUN_UNTIL(srv_client_conns(srv) == 0, 1000);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.closed[PP_CLOSE_DRAINED], 2);
+  ASSERT_EQ(s.peers_drained, 1);
+  ASSERT_EQ(s.peers, 1); /* still known */
+  ASSERT_PTR_EQ(pp_pool_find_peer(pool, srv_addr(srv)), peer);
+  /* Re-adding ends the drain. */
+  ASSERT_OK(pp_pool_add_peer(pool, srv_addr(srv), 0, NULL, NULL));
+  ASSERT_EQ(test_peer_info(peer).draining, 0);
+  test_acquire_release(pool, peer);
+  test_finish_srv(pool, srv);
+}
+
+TEST(drain_peer_answers_waiters_removed) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held, w;
+  test_rec_t hr, wr;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_start(pool, &w, &wr, peer, NULL));
+  ASSERT_OK(CALL(pp_pool_drain_peer(pool, peer)));
+  RUN_UNTIL(wr.calls == 1, 1000);
+  ASSERT_ERR(wr.status, PP_EREMOVED);
+  ASSERT_OK(pp_release(&held, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(drain_peer_keeps_no_min_idle_conns) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.min_idle = 2;
+  o.maintenance_interval = 20;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  RUN_UNTIL(test_peer_info(peer).idle == 2, 2000);
+  ASSERT_OK(pp_pool_drain_peer(pool, peer));
+  test_run_for(100);
+  ASSERT_EQ(srv_client_conns(srv), 0);
+  ASSERT_EQ(test_stats(pool).warm_dials, 2);
+  test_finish_srv(pool, srv);
+}
+
+/* ---- close_drain ------------------------------------------------------------------------- */
+
+static pp_stats_t closed_stats;
+static int closed_calls;
+static void record_close(pp_pool_t *pool) {
+  pp_pool_stats(pool, &closed_stats); /* still valid inside the callback */
+  closed_calls++;
+  test_close_cb(pool);
+}
+
+TEST(close_drain_lets_leases_finish) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_lease_t a, b, c;
+  test_rec_t ar, br, cr;
+  ASSERT_OK(test_acquire_wait(pool, &a, &ar, peer, NULL));
+  ASSERT_OK(test_acquire_wait(pool, &b, &br, peer, NULL));
+  ASSERT_OK(test_acquire_wait(pool, &c, &cr, peer, NULL));
+  ASSERT_OK(pp_release(&c, 0)); /* one idle conn, two leased */
+  ASSERT_EQ(srv_client_conns(srv), 3);
+  ASSERT_OK(CALL(pp_pool_close_drain(pool, 5000, record_close)));
+  ASSERT_EQ(pp_pool_is_closing(pool), 1);
+  ASSERT_EQ(srv_client_conns(srv), 2); /* the idle conn closed at once */
+  pp_lease_t late;
+  test_rec_t lr;
+  ASSERT_ERR(test_acquire_start(pool, &late, &lr, peer, NULL), PP_ECLOSED);
+  ASSERT_ERR(pp_pool_close_drain(pool, 10, NULL), PP_ECLOSED);
+  ASSERT_OK(test_write(a.conn, "x", 1)); /* leases keep working */
+  ASSERT_OK(pp_release(&a, 0));
+  ASSERT_EQ(srv_client_conns(srv), 1); /* released conns close at once */
+  test_run_for(50);
+  ASSERT_EQ(closed_calls, 0); /* b is still held */
+  ASSERT_OK(pp_release(&b, 0));
+  RUN_UNTIL(closed_calls == 1, 1000);
+  ASSERT_EQ(closed_stats.leases_cut, 0);
+  test_finish_closed();
+  srv_stop(srv);
+}
+
+TEST(close_drain_ends_waiters_with_closed) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.max_per_peer = 1;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_lease_t held, w;
+  test_rec_t hr, wr;
+  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_start(pool, &w, &wr, peer, NULL));
+  ASSERT_OK(CALL(pp_pool_close_drain(pool, 5000, record_close)));
+  RUN_UNTIL(wr.calls == 1, 1000);
+  ASSERT_ERR(wr.status, PP_ECLOSED);
+  ASSERT_OK(pp_release(&held, 0)); /* not lent to anybody: closed */
+  RUN_UNTIL(closed_calls == 1, 1000);
+  ASSERT_EQ(wr.calls, 1);
+  test_finish_closed();
+  srv_stop(srv);
+}
+
+TEST(close_drain_cuts_leases_at_the_deadline) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_lease_t slow;
+  test_rec_t sr;
+  ASSERT_OK(test_acquire_wait(pool, &slow, &sr, peer, NULL));
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(pp_pool_close_drain(pool, 50, record_close));
+  RUN_UNTIL(closed_calls == 1, 2000);
+  ASSERT_GE(test_now_ms() - t0, 40); /* not before the deadline */
+  ASSERT_EQ(closed_stats.leases_cut, 1);
+  ASSERT_NULL(slow.conn);
+  ASSERT_OK(pp_release(&slow, 0)); /* its late release is harmless */
+  test_finish_closed();
+  srv_stop(srv);
+}
+
+TEST(close_drain_waits_for_a_lease_whose_conn_died) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_pool_close_drain(pool, 5000, record_close));
+  KICK_AFTER_ACCEPTED(srv, 1); /* the server hangs up under the lease */
+  RUN_UNTIL(pp_conn_is_broken(l.conn), 1000);
+  test_run_for(50);
+  ASSERT_EQ(closed_calls, 0); /* the lease still points into the pool */
+  ASSERT_OK(pp_release(&l, 0));
+  RUN_UNTIL(closed_calls == 1, 1000);
+  ASSERT_EQ(closed_stats.leases_cut, 0);
+  test_finish_closed();
+  srv_stop(srv);
+}
+
+TEST(close_during_drain_is_immediate) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_pool_close_drain(pool, 60000, record_close));
+  ASSERT_OK(pp_pool_close(pool, NULL)); /* ends the drain now; record_close still runs */
+  ASSERT_ERR(pp_pool_close(pool, NULL), PP_ECLOSED);
+  RUN_UNTIL(closed_calls == 1, 1000);
+  ASSERT_EQ(closed_stats.leases_cut, 1);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish_closed();
+  srv_stop(srv);
+}
+
+TEST(close_drain_without_leases_closes_at_once) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  test_acquire_release(pool, peer);
+  ASSERT_ERR(pp_pool_close_drain(pool, -1, NULL), PP_EINVAL);
+  ASSERT_OK(pp_pool_close_drain(pool, 60000, record_close));
+  RUN_UNTIL(closed_calls == 1, 1000);
+  test_finish_closed();
+  srv_stop(srv);
+}
+
+TEST(remove_peer_whose_leased_conn_breaks_is_not_ejected) {
+  /* A failure of a removed peer's leased conn must not eject it: an ejected peer sits in the
+   * pool's ejection heap, and a removed one is freed (ASan: heap-use-after-free before). */
+  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL), *c = srv_echo_start(NULL);
+  pp_options_t o;
+  test_options(&o);
+  o.eject_after = 1;
+  o.eject_max_percent = 100;
+  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer = test_peer(pool, srv_addr(a));
+  test_peer(pool, srv_addr(b));
+  test_peer(pool, srv_addr(c));
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_pool_remove_peer(pool, peer));
+  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+  ASSERT_EQ(test_stats(pool).ejections, 0);
+  RUN_UNTIL(pp__list_empty(&pool->removed_peers), 1000);
+  ASSERT_NULL(pool->ejected.min);
+  test_run_for(30);
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+  srv_stop(c);
+}

@@ -1,0 +1,249 @@
+-- Warm conns (min_idle), taking peers out of service (remove_peer, drain) and closing a pool
+-- gracefully (close{ drain_ms }).
+local H = require "spec.support.helpers"
+local peerpool = require "peerpool"
+
+local test, pack, sleep, wait_until = H.test, H.pack, H.sleep, H.wait_until
+
+-- Acquire with a callback; returns a function that gives the callback's arguments once called.
+local function acquire_cb(pool, addr)
+  local got
+  assert.is_true(pool:acquire(addr, {}, function(...) got = pack(...) end))
+  return function() return got end
+end
+
+-- One echo round trip on a conn.
+local function ping(conn)
+  assert(conn:send("PING\n"))
+  return conn:receive("*l")
+end
+
+describe("peerpool.pool", function()
+  describe("min_idle", function()
+    it("keeps min_idle conns open and idle without any acquire", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool { min_idle = 2 }
+      pool:add_peer(srv.addr)
+      wait_until(function() return pool:peer(srv.addr).idle == 2 end, 3000, "2 idle conns")
+      sleep(50)
+      local s = pool:stats()
+      assert.equal(2, s.idle)
+      assert.equal(0, s.acquires)
+      assert.equal(2, s.warm_dials)
+      assert.equal(2, srv.accepted)
+      -- the first acquire pays no connect
+      assert.equal("PING", pool:with(srv.addr, ping))
+      assert.equal(0, pool:stats().acquired_dialed)
+    end))
+
+    it("dials them again after the server restarts", test(function(env)
+      local srv = env:echo()
+      local port = srv.port
+      local pool = env:pool { min_idle = 2, maintenance_interval = 20, eject_after = 0,
+        policy = { backoff = function() return 50 end } }
+      pool:add_peer(srv.addr)
+      wait_until(function() return pool:peer(srv.addr).idle == 2 end, 3000, "2 idle conns")
+      srv:close() -- its conns close; the port refuses
+      wait_until(function() return pool:peer(srv.addr).idle == 0 end, 3000, "the conns to go")
+      sleep(200)
+      assert.equal(0, pool:peer(srv.addr).idle)
+      local again = assert(env:echo_on(port))
+      wait_until(function() return pool:peer(srv.addr).idle == 2 end, 5000, "2 conns again")
+      wait_until(function() return again.accepted == 2 end, 1000, "the restarted server's view")
+    end))
+
+    it("stays within max_per_peer and max_total", test(function(env)
+      local a, b = env:echo(), env:echo()
+      local pool = env:pool { min_idle = 3, max_per_peer = 3, max_total = 4 }
+      pool:add_peer(a.addr)
+      pool:add_peer(b.addr)
+      wait_until(function() return pool:stats().idle == 4 end, 3000, "4 idle conns")
+      sleep(100)
+      assert.equal(4, pool:stats().conns)
+      assert.is_true(pool:peer(a.addr).conns <= 3 and pool:peer(b.addr).conns <= 3)
+      assert.equal(4, a.open + b.open)
+    end))
+
+    it("is kept by idle_timeout (HikariCP's minimumIdle)", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool { min_idle = 1, idle_timeout = 50 }
+      pool:add_peer(srv.addr)
+      local conns = {}
+      for i = 1, 3 do conns[i] = assert(pool:acquire(srv.addr)) end
+      for i = 1, 3 do conns[i]:release() end
+      wait_until(function() return pool:stats().closed.idle == 2 end, 3000, "2 idle closes")
+      sleep(200)
+      assert.equal(2, pool:stats().closed.idle)
+      assert.equal(1, pool:peer(srv.addr).idle)
+    end))
+
+    it("takes a per-peer value from add_peer's tag min_idle", test(function(env)
+      local a, b = env:echo(), env:echo()
+      local pool = env:pool()
+      pool:add_peer(a.addr, nil, { min_idle = 2 })
+      pool:add_peer(b.addr)
+      wait_until(function() return pool:peer(a.addr).idle == 2 end, 3000, "2 idle conns")
+      assert.equal(2, pool:peer(a.addr).min_idle)
+      assert.equal(0, pool:peer(b.addr).min_idle)
+      assert.equal(0, b.accepted)
+      assert.has_error(function() pool:add_peer(b.addr, nil, { min_idle = 9 }) end,
+        "pool:add_peer: tag 'min_idle' must be an integer in 0..4 (max_per_peer)")
+    end))
+
+    it("is checked against max_per_peer", function()
+      assert.has_error(function() peerpool.new { min_idle = 5 } end,
+        "peerpool.new: option min_idle must be an integer in 0..max_per_peer")
+    end)
+  end)
+
+  describe(":remove_peer()", function()
+    it("answers waiters 'removed'; leased conns serve on and close at release",
+      test(function(env)
+        local srv = env:echo()
+        local pool = env:pool { max_per_peer = 1 }
+        pool:add_peer(srv.addr)
+        local held = assert(pool:acquire(srv.addr))
+        local waiter = acquire_cb(pool, srv.addr)
+        assert.is_true(pool:remove_peer(srv.addr))
+        wait_until(waiter, 1000, "the waiter's answer")
+        assert.equal("removed", waiter()[1])
+        assert.matches("was removed from the pool", waiter()[3])
+        assert.is_nil(pool:peer(srv.addr))
+        assert.same({}, pool:peers())
+        assert.equal("no_peer", select(2, pool:acquire(srv.addr)))
+        assert.equal("PING", ping(held)) -- still serves its holder
+        held:release()
+        wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
+        local s = pool:stats()
+        assert.equal(1, s.closed.removed)
+        assert.equal(1, s.peers_removed)
+        assert.equal(0, s.peers)
+      end))
+
+    it("closes idle conns at once", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      pool:with(srv.addr, ping)
+      assert.equal(1, pool:stats().idle)
+      assert.is_true(pool:remove_peer(srv.addr))
+      assert.equal(0, pool:stats().conns)
+      wait_until(function() return srv.open == 0 end, 1000, "the server to see the close")
+    end))
+
+    it("answers an unknown peer with no_peer", test(function(env)
+      local pool = env:pool()
+      local r = pack(pool:remove_peer("127.0.0.1:1"))
+      assert.same({ n = 3, nil, "no_peer", "unknown peer 127.0.0.1:1" }, r)
+      assert.same({ n = 3, nil, "no_peer", "unknown peer 127.0.0.1:1" },
+        pack(pool:drain("127.0.0.1:1")))
+    end))
+
+    it("takes the peer out of the address book", test(function(env)
+      local path = os.tmpname()
+      local pool = env:pool { address_book = path }
+      pool:add_peer("127.0.0.1:7001")
+      pool:add_peer("127.0.0.1:7002")
+      assert.is_true(pool:remove_peer("127.0.0.1:7001"))
+      wait_until(function()
+        local info = peerpool._book.info(pool)
+        return info.saves >= 1 and not info.saving
+      end, 2000, "the save")
+      local text = assert(io.open(path)):read("a")
+      os.remove(path)
+      assert.not_matches("7001", text)
+      assert.matches("127.0.0.1:7002", text)
+    end))
+  end)
+
+  describe(":drain()", function()
+    it("takes no new lease and closes conns as their leases end", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local held = assert(pool:acquire(srv.addr))
+      pool:with(srv.addr, ping) -- a second conn, idle now
+      assert.equal(2, srv.accepted)
+      assert.is_true(pool:drain(srv.addr))
+      local r = pack(pool:acquire(srv.addr))
+      assert.equal("removed", r[2])
+      assert.matches("is draining", r[3])
+      local view = pool:peer(srv.addr)
+      assert.is_true(view.draining)
+      assert.equal(1, view.conns) -- the idle one closed at once
+      assert.equal("PING", ping(held))
+      held:release()
+      assert.equal(0, pool:peer(srv.addr).conns) -- drained, still known
+      assert.equal(2, pool:stats().closed.drained)
+      -- add_peer ends the drain
+      pool:add_peer(srv.addr)
+      assert.is_false(pool:peer(srv.addr).draining)
+      assert.equal("PING", pool:with(srv.addr, ping))
+    end))
+  end)
+
+  describe(":close{ drain_ms }", function()
+    it("lets a lease that finishes in time finish, then closes", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local held = assert(pool:acquire(srv.addr))
+      local during, reply
+      peerpool.run(function()
+        sleep(50)
+        during = pack(pool:acquire(srv.addr))
+        reply = ping(held)
+        held:release()
+      end)
+      assert.is_true(pool:close { drain_ms = 3000 }) -- waits in this coroutine
+      assert.equal("PING", reply)
+      assert.equal("closed", during[2])
+      assert.has_error(function() pool:stats() end, "attempt to use a closed pool")
+      wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
+    end))
+
+    it("cuts a lease that does not finish; its later release is harmless", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local slow = assert(pool:acquire(srv.addr))
+      local r = pack(pool:close { drain_ms = 50 })
+      assert.same({ n = 3, nil, "timeout",
+        "1 lease still held after 50 ms was cut (their conns closed)" }, r)
+      wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
+      slow:release()
+    end))
+
+    it("calls back instead of waiting when given a callback", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local held = assert(pool:acquire(srv.addr))
+      local got
+      assert.is_true(pool:close { drain_ms = 3000, callback = function(...) got = pack(...) end })
+      sleep(20)
+      assert.is_nil(got)
+      held:release()
+      wait_until(function() return got end, 1000, "the callback")
+      assert.same({ n = 2 }, got)
+    end))
+
+    it("leaves plain close() immediate", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool()
+      pool:add_peer(srv.addr)
+      local held = assert(pool:acquire(srv.addr))
+      pool:close()
+      wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
+      held:release()
+    end))
+
+    it("refuses bad options, naming them", test(function(env)
+      local pool = env:pool()
+      assert.has_error(function() pool:close { drain_ms = -1 } end,
+        "bad argument #1 to 'close' (drain_ms must be an integer number of ms >= 0, got number)")
+      assert.has_error(function() pool:close { drain = 5 } end,
+        "bad argument #1 to 'close' (unknown option 'drain'; options: drain_ms, callback)")
+    end))
+  end)
+end)

@@ -28,6 +28,7 @@ void pp_options_init(pp_options_t *o) {
   o->keep_idle_bytes = 0;
   o->leak_threshold = 0;
   o->tls = NULL;
+  o->framing = NULL;
 }
 
 /* One year in ms: no sane timeout is longer, and it keeps deadline arithmetic far from
@@ -90,6 +91,7 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
   CHECK(o->keep_idle_bytes == 0 || o->keep_idle_bytes == 1, "keep_idle_bytes must be 0 or 1");
   CHECK(o->leak_threshold >= 0 && o->leak_threshold <= PP_MS_MAX,
         "leak_threshold must be a number of ms >= 0 (0 = off)");
+  if (o->framing && pp_framing_validate(o->framing, why) != 0) return PP_EINVAL;
   if (o->tls) return pp__tls_options_check(o->tls, why);
   return 0;
 }

@@ -113,6 +113,10 @@ static int call_hook(lpp_pool_t *p, int hook, int nargs) {
   return 1;
 }
 
+int lpp_call_sync_hook(lpp_pool_t *p, int hook, int nargs) {
+  return call_hook(p, hook, nargs);
+}
+
 /* Push the policy's hook function onto p->hook_L; 0 (nothing pushed) if unusable now. */
 static int push_hook(lpp_pool_t *p, const char *name) {
   if (p->policy_ref == LUA_NOREF || p->st->shutting_down) return 0;

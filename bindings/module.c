@@ -41,6 +41,7 @@ static int state_gc(lua_State *L) {
   }
   for (int i = 0; i < 1000 && st->engine_pools > 0; i++)
     uv_run(st->loop, UV_RUN_NOWAIT);
+  lpp_req_free_all(st);
   return 0;
 }
 

@@ -212,7 +212,7 @@ describe("pipelining against redis-server", function()
         local id = ("%d:%d:"):format(i, k)
         -- mostly small, one in 50 up to 64 KiB
         if k % 50 == 0 then id = id .. big:sub(1, math.random(1, #big - #id)) end
-        local reply, err = pool:request(addr, echo_cmd(id))
+        local reply = pool:request(addr, echo_cmd(id))
         if reply == nil then
           failed = failed + 1
         elseif reply ~= bulk(id) then

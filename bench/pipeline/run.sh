@@ -70,12 +70,12 @@ local function parse(s)
   n, secs, cpu = tonumber(n), tonumber(secs), tonumber(cpu)
   return { rps = n / secs, cpu_us = cpu / n * 1e6 }
 end
-local rows = {
-  { "peerpool Lua, framing=resp, client_limit=16, 2 shared conns", parse(arg[5]) },
-  { "peerpool Lua, unshared (client_limit=1, max_per_peer=16)", parse(arg[6]) },
-  { "redis-benchmark -t ping_inline -c 32", parse(arg[7]) },
-  { "redis-benchmark -t ping_inline -c 32 -P 16", parse(arg[8]) },
-  { "ioredis 5, enableAutoPipelining", parse(arg[9]) },
+local rows = { -- the table's name, the value, the plot's label
+  { "peerpool Lua, framing=resp, client_limit=16, 2 shared conns", parse(arg[5]), "Lua framed" },
+  { "peerpool Lua, unshared (client_limit=1, max_per_peer=16)", parse(arg[6]), "Lua unshared" },
+  { "redis-benchmark -t ping_inline -c 32", parse(arg[7]), "redis-benchmark" },
+  { "redis-benchmark -t ping_inline -c 32 -P 16", parse(arg[8]), "redis-benchmark -P 16" },
+  { "ioredis 5, enableAutoPipelining", parse(arg[9]), "ioredis auto" },
 }
 local lua, rb, ior = rows[1][2], rows[3][2], rows[5][2]
 local out = { "<!-- bench:pipeline -->", "",
@@ -87,7 +87,7 @@ for i, r in ipairs(rows) do
   local v = r[2]
   out[#out + 1] = v and ("| %s | %.0f | %.2f |"):format(r[1], v.rps, v.cpu_us)
     or ("| %s | not run | — |"):format(r[1])
-  if v then dat:write(('%d "%s" %.0f %.3f\n'):format(i, r[1]:gsub(",.*", ""), v.rps, v.cpu_us)) end
+  if v then dat:write(('%d "%s" %.0f %.3f\n'):format(i, r[3], v.rps, v.cpu_us)) end
 end
 dat:close()
 out[#out + 1] = ""

@@ -246,13 +246,17 @@ static int ready(lpp_conn_t *c) {
       return find_newline(c) != NULL;
     case 'n':
       return c->len >= c->want_n;
+    case 'r': /* with framing: the oldest request's reply (lrequest.c) */
+      return lpp_req_ready(c);
     default: /* 'a': everything, once the stream has ended */
       return c->read_error != 0;
   }
 }
 
-/* If the buffer satisfies the wanted pattern, push the result and consume it: 1; else 0. */
+/* If the buffer satisfies the wanted pattern, push the result and consume it: how many values
+ * were pushed; else 0. */
 static int take(lua_State *L, lpp_conn_t *c) {
+  if (c->want_kind == 'r') return lpp_req_take(L, c);
   if (!ready(c)) return 0;
   size_t n;
   switch (c->want_kind) {
@@ -363,7 +367,14 @@ static void finish_receive_unbudgeted(lpp_conn_t *c, int err) {
     return;
   }
   int n;
-  if (err == PP_ETOOLONG) {
+  if (c->want_kind == 'r' && err == PP_ETIMEDOUT) {
+    lpp_req_timed_out(c); /* the shared conn breaks: reply order is lost */
+    n = lpp_push_error(co, PP_ETIMEDOUT,
+                       "no reply within io_timeout; the shared conn was closed and the "
+                       "requests behind this one fail with pipeline_broken");
+  } else if (c->want_kind == 'r' && err) {
+    n = lpp_push_error(co, err == UV_EOF ? PP_ECLOSED : err, NULL);
+  } else if (err == PP_ETOOLONG) {
     consume(c, c->len);
     n = fail_too_long(co, c);
   } else {
@@ -455,11 +466,43 @@ static void on_io_timeout(uv_timer_t *timer) {
   arm_recv_timer(p->L, p);
 }
 
+void lpp_receive_wake(lpp_conn_t *c) {
+  if (c->wait.co_ref != LUA_NOREF) finish_receive(c, 0);
+}
+
+/* receive() on a conn of a pool with framing: the lease's next whole reply, in the order its
+ * requests were sent. */
+static int receive_reply(lua_State *L, lpp_conn_t *c) {
+  if (!lua_isnoneornil(L, 2))
+    return luaL_argerror(L, 2,
+                         "a pool with framing has no receive patterns: receive() returns the "
+                         "next whole reply");
+  c->want_kind = 'r';
+  int n = take(L, c);
+  if (n) {
+    c->want_kind = 0;
+    return n;
+  }
+  c->want_kind = 0;
+  if (c->rq_head == NULL)
+    return lpp_push_error(L, PP_ESTATE, "nothing sent on this conn awaits a reply");
+  if (!lua_isyieldable(L))
+    return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
+  lpp_wait_begin(L, c->owner->st, &c->wait); /* anchored first: see lpp_acquire */
+  lua_pushvalue(L, 1);
+  c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->want_kind = 'r';
+  int64_t ms = c->owner->io_timeout;
+  if (ms > 0) list_receive(L, c, ms);
+  return lpp_wait_yield(L);
+}
+
 static int l_receive(lua_State *L) {
   lpp_conn_t *c = lpp_check_conn(L, 1);
   /* a waiter whose coroutine was closed or resumed by the program waits no more */
   if (c->wait.co_ref != LUA_NOREF && !lpp_wait_active(L, &c->wait)) stop_waiting(L, c);
   luaL_argcheck(L, c->wait.co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
+  if (c->owner->framed) return receive_reply(L, c);
   c->want_kind = 'l';
   if (lua_type(L, 2) == LUA_TNUMBER) {
     lua_Integer n = luaL_checkinteger(L, 2);
@@ -521,8 +564,12 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
    * replies keep_idle_bytes (their conns' unsolicited bytes are expected). */
   pp_pool_t *owner_pool = c->owner->pool;
   int chatty = owner_pool && pp_pool_options(owner_pool)->keep_idle_bytes;
-  int in_flight =
-      !chatty && (c->unanswered || (c->lease.conn && pp_conn_write_queue_size(c->lease.conn) > 0));
+  /* With framing every reply goes to its own request: a reply still on its way is no one
+   * else's, so the conn stays clean (its requests just forget this object). */
+  int framed = c->owner->framed;
+  int in_flight = !chatty && !framed &&
+                  (c->unanswered || (c->lease.conn && pp_conn_write_queue_size(c->lease.conn) > 0));
+  if (framed) lpp_req_detach_all(L, c);
   if (status == 0 && (waiting || c->tainted || in_flight)) status = LPP_NOREUSE;
   stop_reading(c, c->lease.conn);
   if (status == 0 && c->len > 0) {
@@ -565,6 +612,7 @@ lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int
 /* Hand the conn back to the engine; the hook's reader ends with it. */
 static void hook_conn_detach(lpp_conn_t *c) {
   stop_reading(c, c->hook_conn);
+  lpp_req_detach_all(c->owner->L, c);
   if (c->hook_conn) pp_conn_set_data(c->hook_conn, NULL);
   c->hook_conn = NULL;
 }
@@ -645,6 +693,7 @@ static int l_gc(lua_State *L) {
    * waiting coroutine is not resumed from a finaliser. */
   stop_waiting(L, c);
   lpp_send_detach(c);
+  lpp_req_detach_all(L, c);
   if (c->state == LPP_CONN_HOOK && c->hook_conn) hook_conn_detach(c);
   stop_reading(c, lpp_conn_of(c)); /* e.g. a lease its pool's close detached */
   if (c->state == LPP_CONN_LEASED) {

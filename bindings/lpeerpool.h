@@ -15,21 +15,23 @@
 #define LPP_VIEW "peerpool.view"
 #define LPP_HOOK_RUN "peerpool.hook_run"
 
-/* Policy hooks, once: XX(ENUM, name, async, budget factor). A sync hook answers within its
+/* Hooks, once: XX(ENUM, name, async, budget factor, policy). A sync hook answers within its
  * call; an async one runs as a coroutine and may wait on I/O (its conn, the seed's lookups).
- * Each call may run hook_budget x factor instructions. peerpool.hooks, the per-hook counters
- * and the policy checks of load_policy derive from it (docs/engine.md: how to add a hook). */
-#define LPP_HOOK_MAP(XX)                \
-  XX(SELECT_PEER, select_peer, 0, 1)    \
-  XX(SELECT_CONN, select_conn, 0, 1)    \
-  XX(BACKOFF, backoff, 0, 1)            \
-  XX(SEED, seed, 1, 10)                 \
-  XX(HANDSHAKE, handshake, 1, 10)       \
-  XX(PING, ping, 1, 10)                 \
-  XX(ROUTE, route, 0, 1)                \
-  XX(PEER_EVENT, peer_event, 0, 1)
+ * Each call may run hook_budget x factor instructions. policy: set by a policy table (else by
+ * an option: framing). peerpool.hooks, the per-hook counters and load_policy's checks derive
+ * from it (docs/engine.md: how to add a hook). */
+#define LPP_HOOK_MAP(XX)                  \
+  XX(SELECT_PEER, select_peer, 0, 1, 1)   \
+  XX(SELECT_CONN, select_conn, 0, 1, 1)   \
+  XX(BACKOFF, backoff, 0, 1, 1)           \
+  XX(SEED, seed, 1, 10, 1)                \
+  XX(HANDSHAKE, handshake, 1, 10, 1)      \
+  XX(PING, ping, 1, 10, 1)                \
+  XX(ROUTE, route, 0, 1, 1)               \
+  XX(PEER_EVENT, peer_event, 0, 1, 1)     \
+  XX(FRAMING, framing, 0, 1, 0)
 enum {
-#define XX(u, l, async, factor) LPP_HOOK_##u,
+#define XX(u, l, async, factor, policy) LPP_HOOK_##u,
   LPP_HOOK_MAP(XX)
 #undef XX
       LPP_HOOK_COUNT
@@ -46,6 +48,8 @@ typedef struct lpp_state_s {
   int shutting_down;
   uv_timer_t *later_timer; /* runs finalisers put off by lpp_finalize_later */
   void *alloc_ud;          /* the budget allocator's record (lsandbox.c) */
+  struct lpp_req_s *free_reqs; /* requests kept for reuse (lrequest.c) */
+  int nfree_reqs;
 } lpp_state_t;
 
 /* A coroutine waiting inside the API, and which of its waits this is (lwait.c). */
@@ -86,6 +90,9 @@ typedef struct lpp_pool_s {
   struct lpp_conn_s *recv_head, *recv_tail;
   uv_timer_t *recv_timer;
   int book_fn_ref;
+  int framed;      /* the pool has framing: send/receive go through requests (lrequest.c) */
+  int framing_ref; /* framing = function(buf): the function, or LUA_NOREF */
+  pp_framing_t framing;
   struct lpp_pool_s *next, *prev; /* live pools, for pools() and the close-at-exit sentinel */
 } lpp_pool_t;
 
@@ -118,6 +125,7 @@ typedef struct lpp_conn_s {
   pp_conn_t *hook_conn;             /* with LPP_CONN_HOOK */
   int hook_kind;                    /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
   char peer_addr[PP_ADDR_MAX];
+  struct lpp_req_s *rq_head, *rq_tail; /* with framing: requests sent, replies not yet received */
 } lpp_conn_t;
 
 /* A release status: close the conn without counting a failure of its peer. */
@@ -253,7 +261,30 @@ void lpp_send_wake(lpp_conn_t *c, int err);
 /* The conn object goes: its queued writes forget it, its timer closes. */
 void lpp_send_detach(lpp_conn_t *c);
 
+/* lrequest.c: send/receive on conns of a pool with framing */
+/* framing = "line" | "resp" | "length" | { kind = "length", ... } | function(buf): read the
+ * value at idx into p->framing (raises naming the field). */
+void lpp_read_framing(lua_State *L, int idx, lpp_pool_t *p);
+/* conn:send(data) with framing: one request; returns what send returns. */
+int lpp_req_send(lua_State *L, lpp_conn_t *c, pp_conn_t *conn, int data_idx);
+/* Whether the lease's oldest request has its answer. */
+int lpp_req_ready(lpp_conn_t *c);
+/* Push the oldest request's answer (reply, or nil, code, detail) and forget it; returns how
+ * many values were pushed. */
+int lpp_req_take(lua_State *L, lpp_conn_t *c);
+/* The receive waiting for the oldest request timed out: give up on it (its conn breaks). */
+void lpp_req_timed_out(lpp_conn_t *c);
+/* The conn object stops taking replies (released, collected): its requests forget it. */
+void lpp_req_detach_all(lua_State *L, lpp_conn_t *c);
+/* Free the kept requests (at the state's end). */
+void lpp_req_free_all(lpp_state_t *st);
+/* lconn.c: the answer a receive waits for has come. */
+void lpp_receive_wake(lpp_conn_t *c);
+
 /* lpolicy.c */
+/* Call a synchronous hook already pushed on p->hook_L with nargs arguments (budgeted,
+ * contained); leaves one result on p->hook_L, or returns 0 (the error counted and logged). */
+int lpp_call_sync_hook(lpp_pool_t *p, int hook, int nargs);
 void lpp_policy_open(lua_State *L);
 void lpp_policy_init(lua_State *L, lpp_pool_t *p); /* at pool creation */
 void lpp_policy_free(lua_State *L, lpp_pool_t *p); /* at pool close */
@@ -269,6 +300,7 @@ void lpp_hook_error_on(lua_State *L, lpp_pool_t *p, int hook, const char *msg);
 extern const char *const lpp_hook_names[LPP_HOOK_COUNT];
 extern const int lpp_hook_async[LPP_HOOK_COUNT];
 extern const int lpp_hook_budget_factor[LPP_HOOK_COUNT];
+extern const int lpp_hook_policy[LPP_HOOK_COUNT];
 int lpp_l_set_seed_ctx(lua_State *L); /* peerpool._set_seed_ctx(fn) */
 /* A hook call running as a coroutine (handshake, ping, seed). */
 typedef struct {

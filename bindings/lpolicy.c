@@ -11,17 +11,22 @@
 #include "lpeerpool.h"
 
 const char *const lpp_hook_names[LPP_HOOK_COUNT] = {
-#define XX(u, l, async, factor) #l,
+#define XX(u, l, async, factor, policy) #l,
     LPP_HOOK_MAP(XX)
 #undef XX
 };
 const int lpp_hook_async[LPP_HOOK_COUNT] = {
-#define XX(u, l, async, factor) async,
+#define XX(u, l, async, factor, policy) async,
+    LPP_HOOK_MAP(XX)
+#undef XX
+};
+const int lpp_hook_policy[LPP_HOOK_COUNT] = {
+#define XX(u, l, async, factor, policy) policy,
     LPP_HOOK_MAP(XX)
 #undef XX
 };
 const int lpp_hook_budget_factor[LPP_HOOK_COUNT] = {
-#define XX(u, l, async, factor) factor,
+#define XX(u, l, async, factor, policy) factor,
     LPP_HOOK_MAP(XX)
 #undef XX
 };
@@ -121,6 +126,10 @@ static int call_hook(lpp_pool_t *p, int hook, int nargs) {
     return 0;
   }
   return 1;
+}
+
+int lpp_call_sync_hook(lpp_pool_t *p, int hook, int nargs) {
+  return call_hook(p, hook, nargs);
 }
 
 /* Push the policy's hook function onto p->hook_L; 0 (nothing pushed) if unusable now. */

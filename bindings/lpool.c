@@ -204,7 +204,8 @@ static void read_options(lua_State *L, int idx, pp_options_t *o, lpp_pool_t *p) 
   while (lua_next(L, idx)) {
     if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "peerpool.new: option names must be strings");
     const char *key = lua_tostring(L, -2);
-    if (strcmp(key, "tls") == 0 || strcmp(key, "dns_servers") == 0) { /* read on their own */
+    if (strcmp(key, "tls") == 0 || strcmp(key, "dns_servers") == 0 ||
+        strcmp(key, "framing") == 0) { /* read on their own */
       lua_pop(L, 1);
       continue;
     }
@@ -383,13 +384,21 @@ int lpp_l_new(lua_State *L) {
   p->st = st;
   p->L = st->L;
   p->book_fn_ref = LUA_NOREF;
+  p->framing_ref = LUA_NOREF;
   lpp_policy_init(L, p);
+  if (lua_istable(L, 1)) {
+    lua_getfield(L, 1, "framing");
+    lpp_read_framing(L, -1, p); /* lrequest.c; raises naming the field */
+    lua_pop(L, 1);
+    if (p->framed) o.framing = &p->framing;
+  }
   pool_link_t *link = malloc(sizeof(*link));
   if (link == NULL) return luaL_error(L, "peerpool.new: out of memory");
   const char *why;
   int err = pp_pool_new(st->loop, &o, &p->pool, &why);
   if (err) {
     free(link);
+    lpp_unref(L, &p->framing_ref);
     if (o.tls && why && strncmp(why, "tls", 3) == 0) return tls_error(L, "peerpool.new: option", why);
     return luaL_error(L, "peerpool.new: %s", why ? why : pp_strerror(err));
   }
@@ -514,8 +523,15 @@ static int close_pool(lua_State *L, lpp_pool_t *p) {
     p->pool = NULL;
     lpp_pools_remove(p);
     lpp_policy_free(L, p);
+    lpp_unref(L, &p->framing_ref);
   }
   return 0;
+}
+
+/* pool:_framed(): whether the pool has framing (for pool:request, written in Lua). */
+static int l_framed(lua_State *L) {
+  lua_pushboolean(L, ((lpp_pool_t *)luaL_checkudata(L, 1, LPP_POOL))->framed);
+  return 1;
 }
 
 /* pool:_closed(): whether the pool is closed (for methods written in Lua). */
@@ -1040,7 +1056,7 @@ static const luaL_Reg pool_methods[] = {
     {"peer", l_peer},         {"check", l_check},
     {"_restore", l_restore},  {"close", l_close},
     {"remove_peer", l_remove_peer}, {"drain", l_drain},
-    {"_closed", l_closed},    {NULL, NULL},
+    {"_closed", l_closed},    {"_framed", l_framed},    {NULL, NULL},
 };
 
 void lpp_pool_open(lua_State *L) {

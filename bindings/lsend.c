@@ -133,12 +133,13 @@ int lpp_l_send(lua_State *L) {
   const char *data = luaL_checklstring(L, 2, &len);
   luaL_argcheck(L, len <= UINT_MAX, 2, "data must be under 4 GiB");
   int cb_idx = 0;
-  if (!lua_isnoneornil(L, 3)) {
+  if (!lua_isnoneornil(L, 3) && !c->owner->framed) {
     luaL_checktype(L, 3, LUA_TFUNCTION);
     cb_idx = 3;
   }
   pp_conn_t *conn = lpp_conn_of(c);
   if (conn == NULL) return lpp_push_error(L, PP_ECLOSED, NULL);
+  if (c->owner->framed) return lpp_req_send(L, c, conn, 2); /* one request (lrequest.c) */
   size_t mark = (size_t)c->owner->max_send_queue;
   int in_coroutine = cb_idx == 0 && lua_isyieldable(L);
   if (!in_coroutine && queued(c) > mark) {

@@ -41,6 +41,7 @@ static int state_gc(lua_State *L) {
   }
   for (int i = 0; i < 1000 && st->engine_pools > 0; i++)
     uv_run(st->loop, UV_RUN_NOWAIT);
+  lpp_req_free_all(st);
   return 0;
 }
 
@@ -405,6 +406,7 @@ int luaopen_peerpool(lua_State *L) {
   lua_setfield(L, -2, "errors");
   lua_newtable(L); /* hooks: name -> "sync" or "async" */
   for (int h = 0; h < LPP_HOOK_COUNT; h++) {
+    if (!lpp_hook_policy[h]) continue; /* (set by an option, not by a policy) */
     lua_pushstring(L, lpp_hook_async[h] ? "async" : "sync");
     lua_setfield(L, -2, lpp_hook_names[h]);
   }

@@ -43,6 +43,56 @@ function pool_methods:with(peer, fn, opts)
   error(res[2], 0)
 end
 
+-- One request on a lease of its own: acquire, send, receive the reply, release.
+local function request(self, peer, data, opts)
+  local conn, err, detail = self:acquire(peer, opts)
+  if not conn then return nil, err, detail end
+  local n
+  n, err, detail = conn:send(data)
+  if not n then
+    conn:release()
+    return nil, err, detail
+  end
+  local reply
+  reply, err, detail = conn:receive()
+  conn:release()
+  if reply == nil then return nil, err, detail end
+  return reply
+end
+
+--- pool:request(peer, data [, opts] [, callback]): acquire a conn of `peer` (nil: any peer),
+-- send `data` and return its whole reply, releasing the lease whatever happens; on a shared
+-- conn the request pipelines with the others. Needs a pool with `framing`. In a coroutine it
+-- returns the reply, or nil, code, detail; with a callback it returns true at once and calls
+-- callback(err, reply, detail) later (err nil on success). `opts` are acquire's.
+function pool_methods:request(peer, data, opts, cb)
+  check_pool(self, "request", true)
+  if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
+  if type(data) ~= "string" then
+    error("bad argument #2 to 'request' (string expected, got " .. type(data) .. ")", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #3 to 'request' (table of options expected, got " .. type(opts) .. ")", 2)
+  end
+  if cb ~= nil and type(cb) ~= "function" then
+    error("bad argument #4 to 'request' (function expected, got " .. type(cb) .. ")", 2)
+  end
+  if not self:_framed() then
+    error("pool:request() needs a pool with framing (peerpool.new{ framing = \"resp\" })", 2)
+  end
+  if cb then
+    M._spawn(function()
+      local reply, err, detail = request(self, peer, data, opts)
+      cb(err, reply, detail)
+    end)
+    return true
+  end
+  if not coroutine.isyieldable() then
+    error("pool:request() without a callback must run inside a coroutine (peerpool.run(fn))", 2)
+  end
+  return request(self, peer, data, opts)
+end
+
 --- peerpool.run(fn, ...): run fn(...) in a new coroutine on luv's loop. When the loop is not
 -- running yet, drive it until fn has finished, then return fn's results (an error in fn is
 -- raised here, with its traceback). From inside a running loop it returns at once; errors are

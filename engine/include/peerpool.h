@@ -53,7 +53,10 @@ extern "C" {
   XX(EEJECTED, -30017, "ejected", "peer is ejected for a cool-down")                       \
   XX(ETLS, -30018, "tls", "TLS handshake or verification failed")                         \
   XX(EDNS, -30019, "dns", "host name did not resolve")                                         \
-  XX(EREMOVED, -30020, "removed", "peer was removed or is draining")
+  XX(EREMOVED, -30020, "removed", "peer was removed or is draining") \
+  XX(EFRAMING, -30021, "bad_reply", "reply does not parse under the conn's framing")       \
+  XX(EPIPELINE, -30022, "pipeline_broken",                                                 \
+     "an earlier request on the shared conn failed; reply order is lost")
 
 typedef enum {
 #define PP__ERR_ENUM(name, value, code, msg) PP_##name = value,
@@ -158,6 +161,72 @@ void pp_timer_start_at(uv_timer_t *timer, uv_timer_cb cb, uint64_t at);
 void pp_timer_start(uv_timer_t *timer, uv_timer_cb cb, uint64_t ms);
 
 /* ------------------------------------------------------------------------------------------
+ * Framing: where one reply ends in a conn's byte stream, so that a shared conn can pipeline
+ * (pp_request_send below routes each whole reply to the request it answers, in order).
+ * Built-ins: "line" (a reply ends at LF; CRLF included), "resp" (Redis RESP2 and RESP3, nested
+ * aggregates, attributes and streamed bulk sizes refused), "length" (a length field at a fixed
+ * offset), or a function of the caller's. A reply longer than max_reply fails with PP_ETOOLONG;
+ * bytes that cannot start or continue a reply fail with PP_EFRAMING.
+ */
+#define PP_FRAMING_MAP(XX) \
+  XX(NONE, "none")         \
+  XX(LINE, "line")         \
+  XX(RESP, "resp")         \
+  XX(LENGTH, "length")     \
+  XX(CUSTOM, "function")
+
+typedef enum {
+#define PP__FRAMING_ENUM(name, str) PP_FRAMING_##name,
+  PP_FRAMING_MAP(PP__FRAMING_ENUM)
+#undef PP__FRAMING_ENUM
+      PP_FRAMING_COUNT
+} pp_framing_kind_t;
+
+/* A caller's framer: the length of the whole reply at the start of buf[0, len) (1..len), 0 when
+ * more bytes are needed (it is called again with the same bytes and more), or a negative
+ * error (PP_EFRAMING). It may keep no pointer into buf. */
+typedef ssize_t (*pp_frame_fn)(void *data, const char *buf, size_t len);
+
+typedef struct {
+  pp_framing_kind_t kind;     /* PP_FRAMING_* (NONE: conns do not pipeline) */
+  size_t max_reply;           /* longest reply accepted, bytes; 0 = 64 MiB */
+  int length_size;            /* length: 1, 2, 4 or 8 bytes (4) */
+  int length_big_endian;      /* length: 1 network order, 0 little-endian (1) */
+  int length_offset;          /* length: bytes before the length field, 0..1024 (0) */
+  int length_includes_header; /* length: 1 if the length counts the header (the offset bytes
+                                 and the field) as well as the payload (0) */
+  pp_frame_fn fn;             /* custom: the framer */
+  void *fn_data;              /* custom: passed to fn */
+} pp_framing_t;
+
+/* Fill *f for `kind` with the defaults above. */
+void pp_framing_init(pp_framing_t *f, pp_framing_kind_t kind);
+/* Check every field. Returns 0, or PP_EINVAL with *why (if non-NULL) naming the field. */
+int pp_framing_validate(const pp_framing_t *f, const char **why);
+/* "line", "resp", ...; "unknown" for an out-of-range value. */
+const char *pp_framing_name(pp_framing_kind_t kind);
+
+/* An incremental framer over one stream. Each call to pp_framer_next() gets the bytes not yet
+ * taken as replies (those passed before, not yet returned, and any new ones behind them); it
+ * resumes where it stopped, so a reply that arrives one byte at a time is scanned once, not
+ * once per byte. Owns no memory. */
+typedef struct {
+  pp_framing_t cfg;
+  /* private */
+  size_t pos_;     /* resp: where the next element header starts; line: bytes scanned */
+  size_t scan_;    /* resp: bytes of the current header scanned for its CRLF */
+  int depth_;      /* resp: open aggregates */
+  int64_t left_[64]; /* resp: elements still owed by each open aggregate */
+} pp_framer_t;
+
+/* Start `fr` with a copy of `cfg` (validated by the caller). */
+void pp_framer_init(pp_framer_t *fr, const pp_framing_t *cfg);
+/* The length of the whole reply at the start of buf[0, len): > 0 (the framer restarts for the
+ * next reply), 0 when more bytes are needed, or PP_EFRAMING / PP_ETOOLONG (the stream cannot be
+ * framed any more; reset with pp_framer_init). Allocates nothing, copies nothing. */
+ssize_t pp_framer_next(pp_framer_t *fr, const char *buf, size_t len);
+
+/* ------------------------------------------------------------------------------------------
  * Options. Call pp_options_init() for the defaults, change fields, pass to pp_pool_new().
  * Durations are milliseconds; 0 means "never" where noted. Every deadline and timeout (acquire,
  * connect, handshake, ping, backoff, idle, lifespan) runs from the moment the engine starts it,
@@ -256,6 +325,8 @@ typedef struct {
   const char *dns_servers;     /* host names (see "Peers"): "ip[:port],[ip6]:port,..." to ask
                                   instead of the system's resolv.conf (copied); /etc/hosts is
                                   read either way; NULL: the system's (NULL) */
+  const pp_framing_t *framing; /* where replies end, for pipelining requests on shared conns
+                                  (copied by pp_pool_new); NULL: none (NULL) */
 } pp_options_t;
 
 /* Fill *opts with the defaults above. */
@@ -979,6 +1050,56 @@ int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs
  * backpressure). 0 for a conn that is closed or closing (its queued writes end with
  * UV_ECANCELED). Never fails; allocates nothing. */
 size_t pp_conn_write_queue_size(const pp_conn_t *conn);
+
+/* ------------------------------------------------------------------------------------------
+ * Requests: pipelining on conns of a pool with framing (pp_options_t.framing). Each request's
+ * bytes are queued on the conn in order, and each whole reply goes to the request it answers,
+ * in the same order, whichever lease (or handshake/ping hook) sent it — so a conn shared by
+ * client_limit leases carries many requests at once. Requests sent on one conn within one loop
+ * iteration leave in one write (uv_try_write of many buffers) at the end of the iteration; the
+ * replies parsed from one read go to many requests. Steady state allocates nothing.
+ * Failure: a conn that dies (I/O error, EOF, close, a reply that does not frame) fails every
+ * request still on it, once each, with the conn's error (PP_EFRAMING, PP_ETOOLONG, a socket
+ * error, or PP_ECLOSED). pp_request_abort() gives up on one request: since the reply order is
+ * lost, its conn is closed (reason "discarded", not the peer's failure) and every other request
+ * on it fails with PP_EPIPELINE. A reply that answers no request closes the conn as a late
+ * reply (reason "remote"). Replies are routed in order; a protocol that answers out of order
+ * would give its framer's replies ids — that seam is not built (see docs/engine.md).
+ * Bytes that arrive while no request waits go to the raw reader (pp_conn_read_start) as
+ * before, so a handshake may use either; do not have raw reads and requests in flight at once.
+ */
+typedef struct pp_request_s pp_request_t;
+/* status 0: `reply` holds the whole reply (len bytes, valid only during the call). Otherwise
+ * the request failed (reply NULL). */
+typedef void (*pp_reply_cb)(pp_request_t *req, int status, const char *reply, size_t len);
+
+struct pp_request_s {
+  void *data;
+  /* private */
+  pp_conn_t *conn_;
+  pp_reply_cb cb_;
+  const uv_buf_t *bufs_;
+  unsigned int nbufs_;
+  int status_;
+  pp__link_t link_; /* the conn's send queue, then its reply queue, then the pool's defer list */
+};
+
+/* Send `bufs` on `conn` (held by a lease, or by a handshake/ping hook) as one request: its
+ * reply comes to `cb`, exactly once (later, never inside this call), with 0 and the reply or
+ * an error. The array `bufs` and the bytes must stay valid until the callback. Returns 0;
+ * PP_ESTATE when the pool has no framing or the conn is not open for I/O; PP_ECLOSED or the
+ * stored error of a broken conn; PP_EINVAL; UV_ENOMEM (the conn's first request). */
+int pp_request_send(pp_request_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs,
+                    pp_reply_cb cb);
+
+/* Give up on a pending request (a timeout): its callback runs later with `status` (< 0), its
+ * conn is closed without blaming the peer, and every other request on that conn fails with
+ * PP_EPIPELINE. Returns 0, or PP_ESTATE when the request is not pending (its callback is
+ * queued already or has run). */
+int pp_request_abort(pp_request_t *req, int status);
+
+/* Requests on `conn` whose callbacks have not been queued yet (sent or waiting to be). */
+int pp_conn_requests(const pp_conn_t *conn);
 
 /* Complete the handshake / ping started by the policy hook. status 0 = success. Returns 0 or
  * PP_ESTATE if no handshake/ping is running on the conn. */

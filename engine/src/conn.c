@@ -65,6 +65,7 @@ void pp__conn_maybe_free(pp_conn_t *conn) {
     return;
   pp_peer_t *peer = conn->peer;
   pp__list_remove(&conn->peer_link);
+  pp__pipe_free(conn);
   free(conn->kept);
   free(conn);
   /* A removed peer is freed once its last conn is (drain.c, from the deferred pass). */
@@ -384,6 +385,7 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   conn->read_cb = NULL;
   conn->kept_len = 0;
   conn->kept_error = 0;
+  pp__pipe_closed(conn); /* a handshake hook's requests fail with the attempt */
   tls_drop(conn, false); /* a retry or a probe makes a new TLS state */
   set_phase(conn, local ? PP_CONN_DIALING : PP_CONN_BACKOFF);
   if (conn->hstate == H_OPEN)
@@ -721,6 +723,7 @@ static int keep_bytes(pp_conn_t *conn, const char *data, size_t len, bool front)
 /* Bytes of the stream (plaintext on a TLS conn) to the reader, or kept for one. */
 static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
   pp_pool_t *pool = conn->pool;
+  if (conn->pipe && pp__pipe_input(conn, data, (size_t)nread)) return; /* replies (pipeline.c) */
   if (conn->leases == 0 && conn->phase == PP_CONN_READY && !pool->opts.keep_idle_bytes) {
     /* Nobody holds an idle conn, so its bytes are a late reply (or chatter) that would
      * reach the next holder ahead of its own reply: the conn is no longer clean. */
@@ -958,6 +961,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
     /* A lessee that starts reading later still learns why the conn ended. */
     conn->kept_error = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
   }
+  pp__pipe_closed(conn); /* its requests fail, once each (pipeline.c) */
   tls_drop(conn, true); /* close_notify, then the TLS state goes */
   close_handle(conn, on_handle_closed);
   if (conn->tstate == H_OPEN) {

@@ -17,6 +17,7 @@ bool pp__err_blames(int err) {
     case PP_ECLOSED:
     case PP_ECANCELED:
     case UV_ECANCELED:
+    case PP_EPIPELINE: /* another request's failure broke the conn */
       return false;
     default:
       return !pp__err_is_local(err);

@@ -133,6 +133,7 @@ struct pp_conn_s {
   struct pp__race_s *race;
   bool dns_wait;
   bool dns_gone;
+  struct pp__pipe_s *pipe; /* requests and reply framing (pipeline.c); NULL: none sent yet */
 };
 
 struct pp_peer_s {
@@ -284,6 +285,10 @@ struct pp_pool_s {
   uint64_t defer_pass;       /* deferred-callback passes run so far */
   uv_timer_t drain_timer;    /* ends a graceful close (pp_pool_close_drain); a pool handle */
   bool drain_closing;        /* a graceful close is letting leases finish */
+  /* pipeline.c: framing (kind NONE: conns do not pipeline), conns with requests to write,
+   * requests whose callbacks wait for the check phase */
+  pp_framing_t framing;
+  pp__link_t flush_conns, defer_requests;
 };
 
 /* An explain entry: text formatted when recorded, or (lazy != 0) the numbers to format it
@@ -300,6 +305,8 @@ struct pp__event_s {
   pp_event_t ev; /* kind PP_EVENT_STATE: a state transition (ev.peer, ev.from, ev.to) */
 };
 
+typedef struct pp__pipe_s pp__pipe_t;
+
 /* ---- tls.c: TLS on memory BIOs, per pool and per peer --------------------------------- */
 #include "tls.h"
 
@@ -315,6 +322,8 @@ bool pp__err_is_local(int err);
 void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status);
 void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status);
 void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn);
+/* Make sure the check phase runs the defer queue (pipeline.c's lists are read there). */
+void pp__defer_wake(pp_pool_t *pool);
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to);
 /* Queue the event written into pp__event_slot()'s slot. */
 void pp__defer_pool_event(pp_pool_t *pool);
@@ -530,6 +539,18 @@ bool pp__any_peer_could_serve(pp_pool_t *pool);
 int pp__waiters_ahead(pp_lease_t *lease);
 void pp__deadline_timer_cb(uv_timer_t *timer);
 void pp__fire_notices(pp_pool_t *pool, int status);
+
+/* ---- pipeline.c ------------------------------------------------------------------------ */
+/* Bytes read on a conn: whole replies go to its requests. Returns false when the conn has no
+ * request waiting (the bytes are the raw reader's, or a late reply). */
+bool pp__pipe_input(pp_conn_t *conn, const char *data, size_t len);
+/* The conn closes (or its attempt failed): its requests fail. */
+void pp__pipe_closed(pp_conn_t *conn);
+void pp__pipe_free(pp_conn_t *conn);
+/* From the defer queue: request callbacks queued before this pass, then every conn's write. */
+void pp__pipe_run_deferred(pp_pool_t *pool);
+void pp__pipe_flush_all(pp_pool_t *pool);
+bool pp__pipe_pending(const pp_pool_t *pool);
 
 /* ---- policy.c -------------------------------------------------------------------------- */
 /* dialing: 0 = among peers with a usable conn; 1 = among peers that may be dialled;

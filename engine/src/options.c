@@ -9,6 +9,7 @@ void pp_options_init(pp_options_t *o) {
 #undef DEFAULT
   o->tls = NULL;
   o->dns_servers = NULL;
+  o->framing = NULL;
 }
 
 int pp_options_validate(const pp_options_t *o, const char **why) {
@@ -27,6 +28,7 @@ int pp_options_validate(const pp_options_t *o, const char **why) {
   if (o->dns_ttl_max < o->dns_ttl_min) FAIL("dns_ttl_max must be a number of ms >= dns_ttl_min");
   if (o->min_idle > o->max_per_peer) FAIL("min_idle must be an integer in 0..max_per_peer");
   if (o->dns_servers && pp__dns_servers_check(o->dns_servers, why) != 0) return PP_EINVAL;
+  if (o->framing && pp_framing_validate(o->framing, why) != 0) return PP_EINVAL;
 #undef FAIL
   if (o->tls) return pp__tls_options_check(o->tls, why);
   return 0;

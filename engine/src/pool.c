@@ -61,6 +61,11 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   pp__list_init(&pool->defer_leases);
   pp__list_init(&pool->defer_notices);
   pp__list_init(&pool->defer_conns);
+  pp__list_init(&pool->flush_conns);
+  pp__list_init(&pool->defer_requests);
+  pp_framing_init(&pool->framing, PP_FRAMING_NONE);
+  if (opts->framing) pool->framing = *opts->framing; /* (validated with the options) */
+  pool->opts.framing = &pool->framing;
   queue_init(&pool->any_waiters);
   pp__candidates_init(pool);
   pp__health_init(pool);
@@ -122,21 +127,21 @@ void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status) {
   lease->state_ = PP_LEASE_DONE;
   lease->status_ = status;
   pp__list_push(&pool->defer_leases, &lease->dlink_);
-  defer_wake(pool);
+  pp__defer_wake(pool);
 }
 
 void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status) {
   notice->state_ = PP_NOTICE_DONE;
   notice->status_ = status;
   pp__list_push(&pool->defer_notices, &notice->dlink_);
-  defer_wake(pool);
+  pp__defer_wake(pool);
 }
 
 void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn) {
   if (conn->deliver_pending) return;
   conn->deliver_pending = true;
   pp__list_push(&pool->defer_conns, &conn->defer_link);
-  defer_wake(pool);
+  pp__defer_wake(pool);
 }
 
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to) {
@@ -154,7 +159,7 @@ void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_
 
 void pp__defer_pool_event(pp_pool_t *pool) {
   pool->events_len++;
-  defer_wake(pool);
+  pp__defer_wake(pool);
 }
 
 static void splice(pp__link_t *from, pp__link_t *to) {
@@ -205,8 +210,11 @@ static void defer_run(uv_check_t *check) {
   }
   /* Removed peers go once the callbacks that mention them have run (drain.c). */
   if (!pp__list_empty(&pool->removed_peers)) pp__peers_reap(pool);
+  pp__pipe_run_deferred(pool);
+  /* Last: the requests every callback of this pass sent leave in one write per conn. */
+  pp__pipe_flush_all(pool);
   if (pp__list_empty(&pool->defer_leases) && pp__list_empty(&pool->defer_notices) &&
-      pp__list_empty(&pool->defer_conns) && pool->events_len == 0) {
+      pp__list_empty(&pool->defer_conns) && pool->events_len == 0 && !pp__pipe_pending(pool)) {
     pool->defer_active = false;
     uv_check_stop(&pool->defer_check);
     uv_idle_stop(&pool->defer_idle);

@@ -1,0 +1,255 @@
+/* Conns of a pool with framing: conn:send(data) is one engine request (pp_request_send) and
+ * conn:receive() returns this lease's next whole reply, in the order its requests were sent,
+ * while other leases pipeline on the same conn. Also the `framing` option (a built-in, or a
+ * Lua function run as a contained hook). Requests are kept for reuse: steady state allocates
+ * nothing here but the reply string. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lpeerpool.h"
+
+#define FREE_REQS_MAX 4096
+
+typedef struct lpp_req_s {
+  pp_request_t req;
+  uv_buf_t buf;
+  lpp_state_t *st;
+  lpp_conn_t *c;          /* the conn object its reply is for; NULL once that one left */
+  struct lpp_req_s *next; /* c's requests, oldest first; then the free list */
+  int data_ref;           /* the sent string, anchored until the engine is done with it */
+  int reply_ref;          /* the reply, once it came */
+  int status;             /* its failure, once it failed */
+  int done;
+} lpp_req_t;
+
+/* ---- the framing option ----------------------------------------------------------------- */
+
+/* framing = function(buf): how long the reply at the front of buf is (nil: more bytes are
+ * needed). Runs like a policy hook: budgeted, contained; an error or a bad answer makes the
+ * stream unframeable (the conn's requests fail with bad_reply, the hook error is counted). */
+static ssize_t lua_framer(void *data, const char *buf, size_t len) {
+  lpp_pool_t *p = data;
+  if (p->st->shutting_down || p->framing_ref == LUA_NOREF) return PP_EFRAMING;
+  lua_State *L = p->hook_L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->framing_ref);
+  lua_pushlstring(L, buf, len);
+  if (!lpp_call_sync_hook(p, LPP_HOOK_FRAMING, 1)) return PP_EFRAMING;
+  ssize_t n = -1;
+  int isint = 0;
+  lua_Integer v = lua_tointegerx(L, -1, &isint);
+  if (lua_isnil(L, -1))
+    n = 0;
+  else if (isint && lua_type(L, -1) == LUA_TNUMBER && v >= 1 && (size_t)v <= len)
+    n = (ssize_t)v;
+  if (n < 0) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "answered %s (want a length in 1..#buf = %zu, or nil for more)",
+             lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1), len);
+    lpp_hook_error(p, LPP_HOOK_FRAMING, msg);
+    n = PP_EFRAMING;
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+static int field_int(lua_State *L, int t, const char *name, int dflt, int lo, int hi) {
+  int isint, v = dflt;
+  int type = lua_getfield(L, t, name);
+  if (type == LUA_TBOOLEAN) {
+    v = lua_toboolean(L, -1);
+  } else if (type != LUA_TNIL) {
+    lua_Integer i = lua_tointegerx(L, -1, &isint);
+    if (!isint || i < lo || i > hi)
+      luaL_error(L, "peerpool.new: option 'framing.%s' must be an integer in %d..%d", name, lo, hi);
+    v = (int)i;
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static pp_framing_kind_t kind_named(lua_State *L, const char *s) {
+  for (int k = PP_FRAMING_LINE; k <= PP_FRAMING_LENGTH; k++)
+    if (strcmp(s, pp_framing_name((pp_framing_kind_t)k)) == 0) return (pp_framing_kind_t)k;
+  luaL_error(L, "peerpool.new: option 'framing' must be \"line\", \"resp\", \"length\", a table "
+                "or a function (got \"%s\")", s);
+  return PP_FRAMING_NONE;
+}
+
+void lpp_read_framing(lua_State *L, int idx, lpp_pool_t *p) {
+  idx = lua_absindex(L, idx);
+  pp_framing_t *f = &p->framing;
+  p->framing_ref = LUA_NOREF;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+      pp_framing_init(f, PP_FRAMING_NONE);
+      return;
+    case LUA_TSTRING:
+      pp_framing_init(f, kind_named(L, lua_tostring(L, idx)));
+      break;
+    case LUA_TFUNCTION:
+      pp_framing_init(f, PP_FRAMING_CUSTOM);
+      f->fn = lua_framer;
+      f->fn_data = p; /* the pool's struct: it lives as long as the engine pool's reads */
+      break;
+    case LUA_TTABLE: {
+      if (lua_getfield(L, idx, "kind") != LUA_TSTRING)
+        luaL_error(L, "peerpool.new: option 'framing.kind' must be \"line\", \"resp\" or "
+                      "\"length\" (got %s)", luaL_typename(L, -1));
+      pp_framing_init(f, kind_named(L, lua_tostring(L, -1)));
+      lua_pop(L, 1);
+      f->length_size = field_int(L, idx, "size", 4, 1, 8);
+      f->length_big_endian = field_int(L, idx, "big_endian", 1, 0, 1);
+      f->length_offset = field_int(L, idx, "offset", 0, 0, 1024);
+      f->length_includes_header = field_int(L, idx, "includes_header", 0, 0, 1);
+      f->max_reply = (size_t)field_int(L, idx, "max_reply", 0, 0, INT_MAX);
+      break;
+    }
+    default:
+      luaL_error(L, "peerpool.new: option 'framing' must be \"line\", \"resp\", \"length\", a "
+                    "table or a function (got %s)", luaL_typename(L, idx));
+  }
+  const char *why;
+  if (pp_framing_validate(f, &why) != 0) luaL_error(L, "peerpool.new: option %s", why);
+  if (f->kind == PP_FRAMING_CUSTOM) {
+    lua_pushvalue(L, idx);
+    p->framing_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  p->framed = 1;
+}
+
+/* ---- requests ----------------------------------------------------------------------------- */
+
+static lpp_req_t *req_new(lpp_state_t *st) {
+  lpp_req_t *r = st->free_reqs;
+  if (r) {
+    st->free_reqs = r->next;
+    st->nfree_reqs--;
+  } else if ((r = malloc(sizeof(*r))) == NULL) {
+    return NULL;
+  }
+  memset(r, 0, sizeof(*r));
+  r->st = st;
+  r->data_ref = r->reply_ref = LUA_NOREF;
+  return r;
+}
+
+static void req_free(lua_State *L, lpp_req_t *r) {
+  lpp_state_t *st = r->st;
+  lpp_unref(L, &r->data_ref);
+  lpp_unref(L, &r->reply_ref);
+  if (st->nfree_reqs >= FREE_REQS_MAX || st->shutting_down) {
+    free(r);
+    return;
+  }
+  r->next = st->free_reqs;
+  st->free_reqs = r;
+  st->nfree_reqs++;
+}
+
+void lpp_req_free_all(lpp_state_t *st) {
+  while (st->free_reqs) {
+    lpp_req_t *r = st->free_reqs;
+    st->free_reqs = r->next;
+    free(r);
+  }
+  st->nfree_reqs = 0;
+}
+
+static void on_reply(pp_request_t *req, int status, const char *reply, size_t len) {
+  lpp_req_t *r = req->data;
+  lua_State *L = r->st->L;
+  lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
+  lpp_unref(L, &r->data_ref);
+  lpp_conn_t *c = r->c;
+  if (c == NULL || r->st->shutting_down) { /* nobody will receive it */
+    req_free(L, r);
+    lpp_budget_leave(outside);
+    return;
+  }
+  r->done = 1;
+  r->status = status;
+  if (status == 0) {
+    lua_pushlstring(L, reply, len); /* the reply's one copy */
+    r->reply_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  if (c->rq_head == r && c->want_kind == 'r') lpp_receive_wake(c);
+  lpp_budget_leave(outside);
+}
+
+int lpp_req_send(lua_State *L, lpp_conn_t *c, pp_conn_t *conn, int data_idx) {
+  if (!lua_isnoneornil(L, data_idx + 1))
+    return luaL_argerror(L, data_idx + 1,
+                         "a send callback is not available on a conn with framing "
+                         "(conn:receive() answers each request)");
+  size_t len;
+  const char *data = lua_tolstring(L, data_idx, &len);
+  lpp_req_t *r = req_new(c->owner->st);
+  if (r == NULL) return lpp_push_error(L, UV_ENOMEM, NULL);
+  lua_pushvalue(L, data_idx); /* Lua strings never move: the engine writes from it */
+  r->data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  r->buf = uv_buf_init((char *)data, (unsigned int)len);
+  r->req.data = r;
+  r->c = c;
+  int err = pp_request_send(&r->req, conn, &r->buf, 1, on_reply);
+  if (err) {
+    r->c = NULL;
+    req_free(L, r);
+    return lpp_push_error(L, err == UV_EOF ? PP_ECLOSED : err, NULL);
+  }
+  if (c->rq_tail)
+    c->rq_tail->next = r;
+  else
+    c->rq_head = r;
+  c->rq_tail = r;
+  lua_pushinteger(L, (lua_Integer)len);
+  return 1;
+}
+
+int lpp_req_ready(lpp_conn_t *c) {
+  return c->rq_head && c->rq_head->done;
+}
+
+static lpp_req_t *pop_head(lpp_conn_t *c) {
+  lpp_req_t *r = c->rq_head;
+  c->rq_head = r->next;
+  if (c->rq_head == NULL) c->rq_tail = NULL;
+  r->next = NULL;
+  return r;
+}
+
+int lpp_req_take(lua_State *L, lpp_conn_t *c) {
+  if (!lpp_req_ready(c)) return 0;
+  lpp_req_t *r = pop_head(c);
+  int n = 1;
+  if (r->status == 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->reply_ref);
+  } else {
+    int err = r->status == UV_EOF ? PP_ECLOSED : r->status;
+    const char *detail =
+        err == PP_EPIPELINE ? "an earlier request on this shared conn timed out or failed; "
+                              "the conn was closed and this request's reply is lost"
+        : err == PP_EFRAMING ? "a reply did not parse under the pool's framing; conn closed"
+                             : NULL;
+    n = lpp_push_error(L, err, detail);
+  }
+  req_free(L, r);
+  return n;
+}
+
+void lpp_req_timed_out(lpp_conn_t *c) {
+  if (c->rq_head == NULL || c->rq_head->done) return;
+  lpp_req_t *r = pop_head(c);
+  r->c = NULL; /* its (aborted) callback frees it */
+  pp_request_abort(&r->req, PP_ETIMEDOUT);
+}
+
+void lpp_req_detach_all(lua_State *L, lpp_conn_t *c) {
+  while (c->rq_head) {
+    lpp_req_t *r = pop_head(c);
+    if (r->done)
+      req_free(L, r);
+    else
+      r->c = NULL; /* the engine still owes its callback, which frees it */
+  }
+}

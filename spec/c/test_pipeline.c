@@ -1,0 +1,192 @@
+/* Requests on framed shared conns (pipeline.c): replies routed in order to their requests
+ * whichever lease sent them, one write per conn per loop iteration, every pending request
+ * failed once when its conn dies, and pp_request_abort breaking the pipeline. */
+#include "fixtures.h"
+
+#define NREQ 200
+
+typedef struct {
+  pp_request_t req;
+  uv_buf_t buf;
+  char text[32];
+  int calls, status;
+  int matched; /* the reply was its own text */
+} treq_t;
+
+static void on_reply(pp_request_t *req, int status, const char *reply, size_t len) {
+  ASSERT_NOT_IN_CALL();
+  treq_t *t = req->data;
+  t->calls++;
+  t->status = status;
+  t->matched = status == 0 && len == strlen(t->text) && memcmp(reply, t->text, len) == 0;
+}
+
+/* Send "<tag><a>-<b>\n" as one request and expect it back. */
+static int treq_send(treq_t *t, pp_conn_t *conn, const char *tag, int a, int b) {
+  memset(t, 0, sizeof(*t));
+  snprintf(t->text, sizeof(t->text), "%s%d-%d\n", tag, a, b);
+  t->buf = uv_buf_init(t->text, (unsigned int)strlen(t->text));
+  t->req.data = t;
+  return CALL(pp_request_send(&t->req, conn, &t->buf, 1, on_reply));
+}
+
+static pp_pool_t *line_pool(srv_t *srv, int client_limit, pp_peer_t **peer) {
+  pp_options_t o;
+  test_options(&o);
+  o.client_limit = client_limit;
+  o.max_per_peer = 1;
+  pp_framing_t f;
+  pp_framing_init(&f, PP_FRAMING_LINE);
+  o.framing = &f; /* copied by pp_pool_new */
+  return test_pool_on(srv, &o, peer);
+}
+
+TEST(pipeline_replies_routed_in_order_across_leases) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = line_pool(srv, 4, &peer);
+  pp_lease_t l[4];
+  test_rec_t r[4];
+  for (int i = 0; i < 4; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  ASSERT_PTR_EQ(l[3].conn, l[0].conn); /* one shared conn */
+  static treq_t t[NREQ];
+  for (int k = 0; k < NREQ; k++)
+    ASSERT_OK(treq_send(&t[k], l[k % 4].conn, "lease-req", k % 4, k));
+  ASSERT_EQ(pp_conn_requests(l[0].conn), NREQ);
+  int done = 0;
+  RUN_UNTIL((done = 0, ({
+              for (int k = 0; k < NREQ; k++)
+                done += t[k].calls;
+            }),
+             done == NREQ),
+            2000);
+  for (int k = 0; k < NREQ; k++) {
+    ASSERT_EQ(t[k].calls, 1);
+    ASSERT_MSG(t[k].matched, "request %d got another's reply", k);
+  }
+  ASSERT_EQ(pp_conn_requests(l[0].conn), 0);
+  /* the 200 requests sent within one iteration left in one write */
+  pp_conn_info_t info;
+  pp_conn_info(l[0].conn, &info);
+  ASSERT_EQ(info.msgs_out, 1);
+  ASSERT_EQ(info.msgs_in, NREQ);
+  for (int i = 0; i < 4; i++)
+    ASSERT_OK(pp_release(&l[i], 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(pipeline_reply_after_release_still_reaches_its_request) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = line_pool(srv, 2, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  pp_conn_t *conn = l.conn;
+  treq_t t;
+  ASSERT_OK(treq_send(&t, conn, "late", 1, 2));
+  ASSERT_OK(pp_release(&l, 0)); /* the conn stays clean: the reply has a request to go to */
+  RUN_UNTIL(t.calls == 1, 2000);
+  ASSERT(t.matched);
+  ASSERT_EQ(test_stats(pool).conns, 1);
+  ASSERT_PTR_EQ(test_acquire_release(pool, peer), conn);
+  test_finish_srv(pool, srv);
+}
+
+TEST(pipeline_conn_death_fails_each_request_once) {
+  srv_opts_t so = {0};
+  so.no_echo = 1;
+  so.close_after_bytes = 30;
+  srv_t *srv = srv_echo_start(&so);
+  pp_peer_t *peer;
+  pp_pool_t *pool = line_pool(srv, 2, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  static treq_t t[20];
+  for (int k = 0; k < 20; k++)
+    ASSERT_OK(treq_send(&t[k], l.conn, "x", k, k));
+  int done = 0;
+  RUN_UNTIL((done = 0, ({
+              for (int k = 0; k < 20; k++)
+                done += t[k].calls;
+            }),
+             done == 20),
+            2000);
+  test_run_for(30);
+  for (int k = 0; k < 20; k++) {
+    ASSERT_EQ(t[k].calls, 1);
+    ASSERT_MSG(t[k].status == UV_EOF || t[k].status == UV_ECONNRESET, "request %d: %s", k,
+               pp_err_name(t[k].status));
+  }
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(pipeline_abort_breaks_the_conn_and_fails_the_rest) {
+  srv_opts_t so = {0};
+  so.no_echo = 1; /* no reply ever comes: the second request times out */
+  srv_t *srv = srv_echo_start(&so);
+  pp_peer_t *peer;
+  pp_pool_t *pool = line_pool(srv, 2, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  treq_t t[3];
+  for (int k = 0; k < 3; k++)
+    ASSERT_OK(treq_send(&t[k], l.conn, "y", k, k));
+  test_run_for(20); /* written */
+  ASSERT_OK(CALL(pp_request_abort(&t[1].req, PP_ETIMEDOUT)));
+  ASSERT_EQ(t[0].calls + t[1].calls + t[2].calls, 0); /* later, never inside the call */
+  ASSERT_ERR(pp_request_abort(&t[1].req, PP_ETIMEDOUT), PP_ESTATE);
+  RUN_UNTIL(t[0].calls + t[1].calls + t[2].calls == 3, 1000);
+  ASSERT_EQ(t[1].status, PP_ETIMEDOUT);
+  ASSERT_EQ(t[0].status, PP_EPIPELINE);
+  ASSERT_EQ(t[2].status, PP_EPIPELINE);
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.closed[PP_CLOSE_DISCARDED], 1);
+  ASSERT_EQ(test_peer_info(peer).failures, 0); /* not the peer's failure */
+  ASSERT_OK(pp_release(&l, PP_EPIPELINE));
+  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  test_finish_srv(pool, srv);
+}
+
+TEST(pipeline_unasked_reply_closes_the_conn) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = line_pool(srv, 2, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  /* one request whose bytes make two replies: the second answers nobody */
+  treq_t t;
+  ASSERT_OK(treq_send(&t, l.conn, "a1\nb", 1, 2));
+  RUN_UNTIL(t.calls == 1, 2000);
+  ASSERT_OK(t.status); /* "a1\n"; then "b1-2\n" answers nobody */
+  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 2000);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish_srv(pool, srv);
+}
+
+TEST(pipeline_needs_framing) {
+  srv_t *srv = srv_echo_start(NULL);
+  fixture_t f = fixture_start(srv, NULL);
+  fixture_hold(&f);
+  treq_t t;
+  ASSERT_ERR(treq_send(&t, f.held.conn, "z", 1, 1), PP_ESTATE);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
+}
+
+TEST(pipeline_bad_framing_option_names_the_field) {
+  pp_options_t o;
+  pp_options_init(&o);
+  pp_framing_t fr;
+  pp_framing_init(&fr, PP_FRAMING_LENGTH);
+  fr.length_size = 5;
+  o.framing = &fr;
+  const char *why;
+  ASSERT_ERR(pp_options_validate(&o, &why), PP_EINVAL);
+  ASSERT_CONTAINS(why, "framing.length_size");
+}

@@ -1,0 +1,269 @@
+-- Shared conns that pipeline: framing = "line" / "resp" / "length" / function(buf),
+-- conn:receive() returning the lease's next whole reply, pool:request, timeouts that break the
+-- pipeline, the Lua framer's containment; and pipelining correctness against real
+-- redis-servers (PIPE_REQUESTS requests per coroutine, 2000 by default).
+local H = require "spec.support.helpers"
+local peerpool = require "peerpool"
+
+local test, pack, wait_until = H.test, H.pack, H.wait_until
+
+-- Run fn(i) in n coroutines of their own and wait until all have returned.
+local function in_parallel(n, fn, ms)
+  local done = 0
+  for i = 1, n do
+    peerpool._spawn(function()
+      fn(i)
+      done = done + 1
+    end)
+  end
+  wait_until(function() return done == n end, ms or 10000, "the coroutines to finish")
+end
+
+describe("pipelining", function()
+  describe("framing option", function()
+    it("names the field when it is wrong", function()
+      for opt, msg in pairs {
+        [42] = "option 'framing' must be",
+        ["xml"] = "option 'framing' must be",
+        [{ kind = "length", size = 3 }] = "framing.length_size",
+        [{ kind = "length", offset = -1 }] = "framing.offset",
+        [{}] = "framing.kind",
+      } do
+        local ok, err = pcall(peerpool.new, { framing = opt })
+        assert.is_false(ok)
+        assert.matches(msg, err, 1, true)
+      end
+    end)
+  end)
+
+  describe("conn:receive()", function()
+    it("returns each lease's own replies while leases share one conn", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool { framing = "line", client_limit = 8, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local bad = 0
+      in_parallel(8, function(i)
+        local conn = assert(pool:acquire(srv.addr))
+        for k = 1, 100 do
+          -- two requests out before reading either
+          assert(conn:send(("c%d-%d-a\n"):format(i, k)))
+          assert(conn:send(("c%d-%d-b\n"):format(i, k)))
+          if conn:receive() ~= ("c%d-%d-a\n"):format(i, k) then bad = bad + 1 end
+          if conn:receive() ~= ("c%d-%d-b\n"):format(i, k) then bad = bad + 1 end
+        end
+        conn:release()
+      end)
+      assert.equal(0, bad)
+      local st = pool:stats()
+      assert.equal(1, st.conns)
+      assert.equal(0, st.closed.broken + st.closed.discarded + st.closed.remote)
+    end))
+
+    it("refuses patterns and answers bad_state with nothing sent", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool { framing = "line" }
+      pool:add_peer(srv.addr)
+      local conn = assert(pool:acquire(srv.addr))
+      assert.has_error(function() conn:receive("*l") end)
+      local r = pack(conn:receive())
+      assert.same({ nil, "bad_state", "nothing sent on this conn awaits a reply" },
+        { r[1], r[2], r[3] })
+      assert.has_error(function() conn:send("x\n", function() end) end)
+      conn:release()
+    end))
+
+    it("a timeout breaks the shared conn; the requests behind it fail", test(function(env)
+      local srv = env:slow(400)
+      local pool = env:pool { framing = "line", client_limit = 4, io_timeout = 100 }
+      pool:add_peer(srv.addr)
+      local results = {}
+      in_parallel(3, function(i)
+        local conn = assert(pool:acquire(srv.addr))
+        assert(conn:send("PING\n"))
+        local r, code = conn:receive()
+        results[i] = r or code
+        conn:release()
+      end)
+      table.sort(results)
+      -- the first to time out breaks the conn; the others lose their replies
+      assert.equal("timeout", results[#results])
+      for i = 1, #results do
+        assert.is_true(results[i] == "timeout" or results[i] == "pipeline_broken", results[i])
+      end
+      local st = pool:stats()
+      assert.equal(1, st.closed.discarded)
+      assert.equal(0, pool:peer(srv.addr).failures)
+    end))
+
+    it("a reply for a released lease does not dirty the conn", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool { framing = "line", client_limit = 2 }
+      pool:add_peer(srv.addr)
+      local conn = assert(pool:acquire(srv.addr))
+      conn:send("never read\n")
+      conn:release()
+      assert.equal("again\n", pool:request(srv.addr, "again\n"))
+      assert.equal(1, pool:stats().conns)
+    end))
+  end)
+
+  describe("pool:request()", function()
+    it("answers in a coroutine and with a callback", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool { framing = "line", client_limit = 4 }
+      pool:add_peer(srv.addr)
+      assert.equal("hi\n", pool:request(srv.addr, "hi\n"))
+      local got
+      assert.is_true(pool:request(srv.addr, "cb\n", function(err, reply) got = { err, reply } end))
+      wait_until(function() return got end, 2000, "the callback")
+      assert.same({ nil, "cb\n" }, got)
+    end))
+
+    it("raises on a pool without framing and names bad arguments", test(function(env)
+      local pool = env:pool()
+      assert.has_error(function() pool:request(nil, "x") end,
+        "pool:request() needs a pool with framing (peerpool.new{ framing = \"resp\" })")
+      local framed = env:pool { framing = "resp" }
+      assert.has_error(function() framed:request(nil, 42) end,
+        "bad argument #2 to 'request' (string expected, got number)")
+    end))
+  end)
+
+  describe("framing = function(buf)", function()
+    it("frames replies split and coalesced", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool { client_limit = 4, framing = function(buf)
+        local i = buf:find(";", 1, true)
+        return i
+      end }
+      pool:add_peer(srv.addr)
+      local got = {}
+      in_parallel(4, function(i)
+        got[i] = pool:request(srv.addr, ("one-%d;"):format(i))
+      end)
+      for i = 1, 4 do assert.equal(("one-%d;"):format(i), got[i]) end
+      assert.is_true(pool:stats().hooks.framing.calls >= 4)
+    end))
+
+    for what, fn in pairs {
+      raises = function() error("framer bug") end,
+      ["answers a string"] = function() return "3" end,
+      ["answers past the buffer"] = function(buf) return #buf + 1 end,
+      ["answers 0"] = function() return 0 end,
+      ["runs forever"] = function() while true do end end,
+    } do
+      it("is contained when it " .. what, test(function(env)
+        local srv = env:echo()
+        local pool = env:pool { framing = fn, hook_budget = 10000 }
+        pool:add_peer(srv.addr)
+        local r = pack(pool:request(srv.addr, "x;"))
+        assert.same({ n = 3, nil, "bad_reply" }, { n = 3, r[1], r[2] })
+        assert.equal(1, pool:stats().hooks.framing.errors)
+        -- the pool goes on serving (a new conn)
+        assert.equal(1, pool:stats().closed.broken + pool:stats().closed.remote)
+      end))
+    end
+  end)
+end)
+
+-- ---- against real redis-servers ------------------------------------------------------------
+
+local function redis_server()
+  local exe = io.popen("command -v redis-server"):read("l")
+  if not exe then return nil end
+  local uv = require "luv"
+  local t = uv.new_tcp()
+  t:bind("127.0.0.1", 0)
+  local port = t:getsockname().port
+  t:close()
+  uv.run("nowait")
+  local pid = io.popen(string.format(
+    "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
+    ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
+  for _ = 1, 100 do
+    local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
+    if r:match("PONG") then break end
+    os.execute("sleep 0.05")
+  end
+  return "127.0.0.1:" .. port, pid, port
+end
+
+local function echo_cmd(s) return ("*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n"):format(#s, s) end
+local function bulk(s) return ("$%d\r\n%s\r\n"):format(#s, s) end
+
+describe("pipelining against redis-server", function()
+  local pids = {}
+  after_each(function()
+    for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
+    pids = {}
+  end)
+
+  it("matches every reply to its own request (32 coroutines, 2 shared conns)", test(function(env)
+    local addr, pid = redis_server()
+    if not addr then return pending("redis-server is not installed") end
+    pids[#pids + 1] = pid
+    -- (under GC stress every entry into Lua runs a full collection: fewer requests there)
+    local per = tonumber(os.getenv("PIPE_REQUESTS"))
+      or (os.getenv("PEERPOOL_GC_STRESS") == "1" and 50 or 2000)
+    local pool = env:pool { framing = "resp", client_limit = 16, max_per_peer = 2 }
+    pool:add_peer(addr)
+    local mismatched, failed, done = 0, 0, 0
+    local big = string.rep("0123456789abcdef", 4096) -- 64 KiB
+    in_parallel(32, function(i)
+      for k = 1, per do
+        local id = ("%d:%d:"):format(i, k)
+        -- mostly small, one in 50 up to 64 KiB
+        if k % 50 == 0 then id = id .. big:sub(1, math.random(1, #big - #id)) end
+        local reply = pool:request(addr, echo_cmd(id))
+        if reply == nil then
+          failed = failed + 1
+        elseif reply ~= bulk(id) then
+          mismatched = mismatched + 1
+        end
+        done = done + 1
+      end
+    end, 120000)
+    assert.equal(32 * per, done)
+    assert.equal(0, failed)
+    assert.equal(0, mismatched)
+    local st = pool:stats()
+    assert.equal(2, st.conns)
+    assert.equal(0, st.closed.broken + st.closed.discarded + st.closed.remote)
+  end))
+
+  it("a conn killed mid-pipeline fails exactly its requests in flight, once each",
+    test(function(env)
+      local addr, pid, port = redis_server()
+      if not addr then return pending("redis-server is not installed") end
+      pids[#pids + 1] = pid
+      local pool = env:pool { framing = "resp", client_limit = 16, max_per_peer = 1 }
+      pool:add_peer(addr)
+      -- the conn's id, asked on the conn itself
+      local conn = assert(pool:acquire(addr))
+      conn:send("*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
+      local id = assert(conn:receive()):match("^:(%d+)")
+      conn:release()
+      local answers, ok, failed, codes = 0, 0, 0, {}
+      local killed = false
+      in_parallel(16, function()
+        for _ = 1, os.getenv("PEERPOOL_GC_STRESS") == "1" and 60 or 200 do
+          -- requests that take a while, so that some are in flight when the kill lands
+          local reply, err = pool:request(addr, echo_cmd("in flight"))
+          answers = answers + 1
+          if reply then ok = ok + 1 else failed = failed + 1; codes[err] = true end
+          if answers == 400 and not killed then
+            killed = true
+            os.execute(("redis-cli -p %d CLIENT KILL ID %s >/dev/null"):format(port, id))
+          end
+        end
+      end, 60000)
+      local per = os.getenv("PEERPOOL_GC_STRESS") == "1" and 60 or 200
+      assert.equal(16 * per, answers) -- every request answered exactly once
+      assert.is_true(failed >= 1, "no request was in flight when the conn died")
+      assert.is_true(failed <= 16, "more failures than requests in flight: " .. failed)
+      for code in pairs(codes) do
+        assert.is_true(code == "closed" or code == "ECONNRESET", code)
+      end
+      assert.equal(1, pool:stats().closed.remote + pool:stats().closed.broken)
+    end))
+end)

@@ -112,6 +112,8 @@ typedef struct lpp_conn_s {
   pp_conn_t *hook_conn;             /* with LPP_CONN_HOOK */
   int hook_kind;                    /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
   char peer_addr[96];
+  uint64_t leak_stack; /* with leak_threshold: the acquiring stack's key in the pool's stack
+                          cache (lobserve.c); 0 = not kept */
 } lpp_conn_t;
 
 /* A release status: close the conn without counting a failure of its peer. */

@@ -6,8 +6,11 @@ set -e
 # tests against its --tls-port). libssl-dev: the engine's TLS (OpenSSL 3); openssl: the TLS
 # tests make their CA and certificates with it and run `openssl s_server`.
 # prometheus: promtool checks the metrics exposition, and a spec lets a real server scrape it.
+# gnuplot-nox: `make run` ends by drawing the demo's run into a PNG, and `make bench` plots its
+# tables into docs/ (no X: the pngcairo terminal only).
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
-lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl"
+lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl
+gnuplot-nox"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -6,8 +6,9 @@
 # redis-servers (bench/ping/run.sh, which installs what it needs; it also writes
 # docs/bench-ping.png), then the cost of Lua policy hooks on the acquire path
 # (bench/hook_overhead.lua), then the TLS handshake cost (bench/tls/run.sh), then PING over TLS,
-# pooled vs connect per request (bench/tls/ping_tls.lua). PP_BENCH=idle, ping, hooks, tls or
-# tls-ping runs only that step.
+# pooled vs connect per request (bench/tls/ping_tls.lua), then what observability costs the
+# PING clients, off vs on (bench/observe/run.sh). PP_BENCH=idle, ping, hooks, tls, tls-ping or
+# observe runs only that step.
 set -eu
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +33,7 @@ fi
 export PP_BENCH_COMMIT
 mkdir -p "$ROOT/docs"
 if [ $# -gt 0 ]; then shift; fi  # the rest goes to bench_idle
-STEPS=${PP_BENCH:-idle,ping,hooks,tls,tls-ping}
+STEPS=${PP_BENCH:-idle,ping,hooks,tls,tls-ping,observe}
 failed=""
 case ",$STEPS," in *,idle,*)
   "$BIN" --out "$ROOT/docs/bench.md" "$@" || failed="$failed bench_idle" ;;
@@ -50,6 +51,9 @@ esac
 case ",$STEPS," in *,tls-ping,*)
   (cd "$ROOT" && lua5.4 bench/tls/ping_tls.lua --build "$BUILD" --out "$ROOT/docs/bench.md") \
     || failed="$failed tls-ping" ;;
+esac
+case ",$STEPS," in *,observe,*)
+  sh "$ROOT/bench/observe/run.sh" "$BUILD" || failed="$failed observe" ;;
 esac
 if [ -n "$failed" ]; then
   echo "bench: failed:$failed" >&2

@@ -121,7 +121,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     return luaL_error(L,
                       "pool:acquire() without a callback must run inside a coroutine "
                       "(peerpool.run(fn), or a coroutine on the luv loop)");
-  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 3); /* 3: the traceback (lobserve.c) */
+  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 2);
   memset(c, 0, sizeof(*c));
   c->self_ref = c->wait.co_ref = c->cb_ref = c->send_wait.co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);

@@ -180,30 +180,148 @@ static void set_err(lua_State *L, const char *k, int err) {
 
 /* ---- leaks ----------------------------------------------------------------------------- */
 
-/* At an acquire of a pool with leak_threshold: remember the acquiring coroutine's traceback in
- * the conn object (user value 3), and the object under its lease (weakly) so that a leak
- * report finds it. The conn object is at the top of the stack. */
+/* The acquiring stack is kept raw and formatted only if a leak is reported: per level the
+ * function, its current line, its name and what kind of name (4 slots; `false` for none).
+ * Acquires come from a few call sites, so each distinct stack is captured once per pool, in
+ * the pool's "_stacks" cache under a key hashed from each level's code (a Lua function's
+ * prototype, a C function's address) and line; an acquire walks the stack, hashes it and
+ * stores the key in its conn object. luaL_traceback at every acquire cost about 30 us (it
+ * searches package.loaded for each frame's global name) and a fresh table per acquire about
+ * 2 us (mostly the garbage collection it brings); this costs a few hundred instructions and
+ * allocates nothing once the stack has been seen. The cached tables anchor their functions,
+ * so the addresses hashed are not reused while their entry lives. */
+#define LEAK_LEVELS 12   /* frames kept; a deeper stack ends with "..." */
+#define LEAK_SLOTS 4
+#define LEAK_STACKS 1024 /* distinct stacks kept per pool; acquires from more are not traced */
+
+/* Push the raw table of L's stack above the running C function (see above). */
+static void capture_stack(lua_State *L, int levels, int more) {
+  lua_createtable(L, levels * LEAK_SLOTS, more);
+  int t = lua_gettop(L);
+  lua_Debug ar;
+  int n = 0;
+  for (int level = 1; level <= levels && lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "nlf", &ar); /* pushes the function */
+    lua_rawseti(L, t, ++n);
+    lua_pushinteger(L, ar.currentline);
+    lua_rawseti(L, t, ++n);
+    if (ar.name) lua_pushstring(L, ar.name); else lua_pushboolean(L, 0);
+    lua_rawseti(L, t, ++n);
+    lua_pushstring(L, ar.namewhat ? ar.namewhat : "");
+    lua_rawseti(L, t, ++n);
+  }
+  if (more) {
+    lua_pushboolean(L, 1); /* truncated */
+    lua_setfield(L, t, "more");
+  }
+}
+
+/* Push the pool's stack cache (created on first use); pool_idx is the pool userdata. */
+static void push_stacks(lua_State *L, int pool_idx) {
+  lua_getiuservalue(L, pool_idx, 1);
+  if (lua_getfield(L, -1, "_stacks") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 8);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "_stacks");
+  }
+  lua_remove(L, -2);
+}
+
+/* The key of L's stack in the cache of the pool at pool_idx, capturing it on first sight;
+ * 0 when the cache is full and the stack is new. */
+static uint64_t stack_key(lua_State *L, int pool_idx) {
+  uint64_t h = 1469598103934665603ull; /* FNV-1a over (code, line) per level */
+  lua_Debug ar;
+  int level = 1;
+  for (; level <= LEAK_LEVELS && lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "Slf", &ar);
+    const void *code = *ar.what == 'C' ? (const void *)lua_tocfunction(L, -1) : ar.source;
+    lua_pop(L, 1);
+    h = (h ^ (uint64_t)(uintptr_t)code) * 1099511628211ull;
+    h = (h ^ (uint64_t)(uint32_t)ar.linedefined) * 1099511628211ull;
+    h = (h ^ (uint64_t)(uint32_t)ar.currentline) * 1099511628211ull;
+  }
+  int levels = level - 1;
+  int more = lua_getstack(L, level, &ar);
+  h = (h ^ (uint64_t)(uint32_t)more) * 1099511628211ull;
+  if (h == 0) h = 1;
+  push_stacks(L, pool_idx);
+  int cache = lua_gettop(L);
+  if (lua_rawgeti(L, cache, (lua_Integer)h) == LUA_TTABLE) {
+    lua_settop(L, cache - 1);
+    return h;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, cache, "n");
+  lua_Integer n = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (n >= LEAK_STACKS) {
+    lua_settop(L, cache - 1);
+    return 0;
+  }
+  capture_stack(L, levels, more);
+  lua_rawseti(L, cache, (lua_Integer)h);
+  lua_pushinteger(L, n + 1);
+  lua_setfield(L, cache, "n");
+  lua_settop(L, cache - 1);
+  return h;
+}
+
+/* Replace the raw stack at the top with its text, in luaL_traceback's layout ("acquired",
+ * "stack traceback:", then "\n\tsrc:line: in what" per frame). */
+static void format_stack(lua_State *L) {
+  int t = lua_gettop(L);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "acquired\nstack traceback:");
+  int n = (int)lua_rawlen(L, t);
+  for (int i = 1; i + LEAK_SLOTS - 1 <= n; i += LEAK_SLOTS) {
+    lua_Debug ar;
+    lua_rawgeti(L, t, i + 1);
+    lua_Integer line = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_rawgeti(L, t, i);
+    lua_getinfo(L, ">S", &ar); /* pops the function */
+    if (line > 0)
+      lua_pushfstring(L, "\n\t%s:%I: in ", ar.short_src, line);
+    else
+      lua_pushfstring(L, "\n\t%s: in ", ar.short_src);
+    luaL_addvalue(&b);
+    lua_rawgeti(L, t, i + 2);
+    lua_rawgeti(L, t, i + 3);
+    const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    const char *namewhat = lua_tostring(L, -1);
+    if (name && namewhat && *namewhat)
+      lua_pushfstring(L, "%s '%s'", namewhat, name);
+    else if (*ar.what == 'm')
+      lua_pushliteral(L, "main chunk");
+    else if (*ar.what != 'C')
+      lua_pushfstring(L, "function <%s:%d>", ar.short_src, ar.linedefined);
+    else
+      lua_pushliteral(L, "?");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    luaL_addvalue(&b);
+  }
+  if (lua_getfield(L, t, "more") == LUA_TBOOLEAN) {
+    lua_pop(L, 1);
+    luaL_addstring(&b, "\n\t...");
+  } else {
+    lua_pop(L, 1);
+  }
+  luaL_pushresult(&b);
+  lua_replace(L, t);
+}
+
+/* At an acquire of a pool with leak_threshold: remember the acquiring coroutine's stack (its
+ * key in the pool's cache; formatted only for a report). */
 void lpp_leak_watch(lua_State *L, lpp_pool_t *p, lpp_conn_t *c) {
   if (pp_pool_options(p->pool)->leak_threshold <= 0) return;
   attach(p);
-  int conn = lua_gettop(L);
-  luaL_traceback(L, L, "acquired", 1);
-  lua_setiuservalue(L, conn, 3);
   lpp_push_pool(L, p);
-  lua_getiuservalue(L, -1, 1);
-  if (lua_getfield(L, -1, "_leases") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "v");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "_leases");
-  }
-  lua_pushvalue(L, conn);
-  lua_rawsetp(L, -2, c);
-  lua_settop(L, conn);
+  c->leak_stack = stack_key(L, lua_gettop(L));
+  lua_pop(L, 1);
 }
 
 /* The leak record of a report: { addr, conn, traceback }, kept in the pool's "_leaks" by leak
@@ -230,13 +348,18 @@ static void leak_record(lua_State *L, int pool_idx, const pp_event_t *ev) {
   }
   lua_createtable(L, 0, 1);
   int rec = lua_gettop(L);
-  /* the traceback: the conn object (found in _leases) holds it as its user value 3 */
-  lua_getiuservalue(L, pool_idx, 1);
-  if (lua_getfield(L, -1, "_leases") == LUA_TTABLE &&
-      lua_rawgetp(L, -1, ev->lease->data) == LUA_TUSERDATA) {
-    lua_getiuservalue(L, -1, 3);
-    lua_setfield(L, rec, "traceback");
+  /* the traceback, from the stack cache (lpp_leak_watch) */
+  const lpp_conn_t *c = ev->lease->data;
+  if (c->leak_stack == 0) {
+    lua_pushfstring(L, "acquired (the stack was not kept: more than %d distinct acquiring "
+                       "stacks in this pool)", LEAK_STACKS);
+  } else {
+    push_stacks(L, pool_idx);
+    lua_rawgeti(L, -1, (lua_Integer)c->leak_stack);
+    lua_remove(L, -2);
+    if (lua_istable(L, -1)) format_stack(L);
   }
+  lua_setfield(L, rec, "traceback");
   lua_settop(L, rec);
   lua_pushvalue(L, rec);
   lua_rawseti(L, -3, (lua_Integer)ev->leak_id);

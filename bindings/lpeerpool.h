@@ -126,6 +126,8 @@ typedef struct lpp_conn_s {
   int hook_kind;                    /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
   char peer_addr[PP_ADDR_MAX];
   struct lpp_req_s *rq_head, *rq_tail; /* with framing: requests sent, replies not yet received */
+  uint64_t leak_stack; /* with leak_threshold: the acquiring stack's key in the pool's stack
+                          cache (lobserve.c); 0 = not kept */
 } lpp_conn_t;
 
 /* A release status: close the conn without counting a failure of its peer. */

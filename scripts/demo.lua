@@ -196,6 +196,7 @@ local RESERVOIR = 100000
 local function count_error(code)
   code = code or "unknown"
   errors[code] = (errors[code] or 0) + 1
+  second.errors = (second.errors or 0) + 1
 end
 
 local function record(ms, addr)
@@ -268,7 +269,8 @@ local function error_text()
 end
 
 local started_at = uv.now()
-local function status()
+local timeline = {} -- one row per second of the run, for the plot (plot.lua)
+local function status(keep)
   local lat = second.lat
   table.sort(lat)
   local s = pool:stats()
@@ -276,6 +278,12 @@ local function status()
     "conns %2d (%d idle, %d active) | peers %s | waiters %d | errors %s",
     (uv.now() - started_at) // 1000, second.n, percentile(lat, 50), percentile(lat, 99), s.conns,
     s.idle, s.active, states(s.peers_by_state), s.waiters, error_text())
+  if keep then
+    timeline[#timeline + 1] = { t = (uv.now() - started_at) / 1000, rps = second.n,
+      p50 = percentile(lat, 50), p99 = percentile(lat, 99), idle = s.idle, active = s.active,
+      connecting = s.connecting, other = math.max(0, s.conns - s.idle - s.active - s.connecting),
+      ready = s.peers_by_state.ready or 0, errors = second.errors or 0, flappy_up = flappy.up }
+  end
   second = { n = 0, lat = {} }
   return line
 end
@@ -326,6 +334,93 @@ local function summary()
   return table.concat(lines, "\n")
 end
 
+-- ---- the picture of the run ------------------------------------------------------------
+
+-- A PNG of the run (requests/s, p50/p99 latency, conns by state, per second) drawn by gnuplot
+-- (Debian gnuplot-nox), written to $PP_DEMO_PNG (make run: BUILD/demo.png; "none": no plot)
+-- or the temp dir.
+local function plot_run()
+  local path = os.getenv("PP_DEMO_PNG")
+  if #timeline < 2 or path == "none" then return end
+  if path == nil or path == "" then
+    path = (os.getenv("TMPDIR") or "/tmp") .. "/peerpool-demo-" .. uv.os_getpid() .. ".png"
+  end
+  local rows, rmax, lmax = {}, 1, 0.01
+  for _, r in ipairs(timeline) do
+    rmax = math.max(rmax, r.rps, r.errors)
+    lmax = math.max(lmax, r.p99)
+    rows[#rows + 1] = fmt("%.1f %d %.3f %.3f %d %d %d %d %d %d %d", r.t, r.rps,
+      math.max(r.p50, 0.001), math.max(r.p99, 0.001), r.idle, r.active, r.connecting, r.other,
+      r.ready, r.errors, r.flappy_up and 1 or 0)
+  end
+  -- luacheck: push no max line length
+  local script = fmt([[
+set terminal pngcairo size 1100,1000 font "DejaVu Sans,11" enhanced
+set output '%s'
+set encoding utf8
+set multiplot layout 3,1 title "peerpool demo: %d workers, 6 peers (4 healthy, 1 slow, 1 flappy), one pool of at most %d conns\n{/*0.85 each point is one second; shaded: the flappy peer is down}" font ",13"
+$run << EOD
+%s
+EOD
+set xrange [0:%g]
+set grid lc rgb "#dddddd"
+set border 3
+set xtics nomirror
+set ytics nomirror
+set key outside right top
+set lmargin 12
+set rmargin 30
+set style fill transparent solid 0.12 noborder
+down(up, top) = up > 0.5 ? NaN : top
+set boxwidth 1 absolute
+
+set title "Throughput"
+set ylabel "requests/s"
+set yrange [0:%g]
+set xlabel ""
+plot $run using 1:(down($11, %g)) with boxes lc rgb "#e15759" fs transparent solid 0.10 noborder title "flappy peer down", \
+     $run using 1:2 with linespoints pt 7 ps 0.5 lw 2 lc rgb "#4e79a7" title "requests/s", \
+     $run using 1:10 with linespoints pt 7 ps 0.5 lw 1.5 lc rgb "#e15759" title "errors/s"
+
+set title "Latency (acquire to reply, per request)"
+set ylabel "ms (log scale)"
+set logscale y
+set yrange [*:%g]
+plot $run using 1:(down($11, %g)) with boxes lc rgb "#e15759" fs transparent solid 0.10 noborder title "flappy peer down", \
+     $run using 1:3 with linespoints pt 7 ps 0.5 lw 2 lc rgb "#59a14f" title "p50", \
+     $run using 1:4 with linespoints pt 7 ps 0.5 lw 2 lc rgb "#f28e2b" title "p99"
+unset logscale y
+
+set title "Connections by state (stacked), and peers ready"
+set ylabel "connections"
+set y2tics nomirror
+set yrange [0:*]
+set y2range [0:7]
+set xlabel "time since start (s)"
+set style fill solid 0.75 noborder
+plot $run using 1:($5+$6+$7+$8) with filledcurves x1 lc rgb "#bab0ac" title "other (pinging)", \
+     $run using 1:($5+$6+$7) with filledcurves x1 lc rgb "#f28e2b" title "connecting", \
+     $run using 1:($5+$6) with filledcurves x1 lc rgb "#4e79a7" title "active (leased)", \
+     $run using 1:5 with filledcurves x1 lc rgb "#a0cbe8" title "idle", \
+     $run using 1:9 axes x1y2 with steps lw 2 lc rgb "#222222" title "peers ready (right axis)"
+unset multiplot
+]], path, WORKERS, options.max_total, table.concat(rows, "\n"), timeline[#timeline].t + 0.5,
+    rmax * 1.1, rmax * 1.1, lmax * 1.5, lmax * 1.5)
+  -- luacheck: pop
+  local ok_pipe, gp = pcall(io.popen, "gnuplot 2>&1", "w")
+  if not ok_pipe or not gp then
+    out("demo: no plot (gnuplot could not be started: install Debian's gnuplot-nox)")
+    return
+  end
+  gp:write(script)
+  local ok = gp:close()
+  if ok then
+    out("demo: a plot of this run (requests/s, p50/p99 latency, conns by state): " .. path)
+  else
+    out("demo: no plot (gnuplot failed or is missing: install Debian's gnuplot-nox)")
+  end
+end
+
 -- ---- run --------------------------------------------------------------------------------
 
 local tick = uv.new_timer()
@@ -341,6 +436,7 @@ local function finish()
     if workers_left > 0 then return end
     waiter:close()
     out(summary())
+    plot_run()
     if repl then
       out("(the workers stopped; the pool and the peers stay up for the REPL)")
       return
@@ -361,7 +457,7 @@ if quiet then
     "demo.stop() stops the workers")
 end
 tick:start(1000, 1000, function()
-  local line = status()
+  local line = status(true)
   if not quiet then out(line) end
   if (uv.now() - started_at) >= seconds * 1000 then finish() end
 end)

@@ -332,7 +332,8 @@ end)
 describe("scripts/demo.lua (make run)", function()
   it("runs to its end without a terminal: a status line per second, a summary, exit 0", function()
     T.run(function()
-      local p = T.spawn { T.peerpool, "scripts/demo.lua", "3", "8" }
+      local p = T.spawn({ T.peerpool, "scripts/demo.lua", "3", "8" },
+        { env = { PP_DEMO_PNG = "none" } })
       local code = p:wait(30000)
       assert.equal("", p.err)
       assert.equal(0, code)
@@ -353,6 +354,29 @@ describe("scripts/demo.lua (make run)", function()
       assert.is_true(requests > 100, "requests: " .. tostring(requests))
       assert.matches("\n  latency +p50 [%d.]+ ms, p90 [%d.]+ ms, p99 [%d.]+ ms", out)
       assert.matches("\n  errors +", out)
+      assert.not_matches("a plot of this run", out)
+    end, 40000)
+  end)
+
+  it("ends by drawing its run into a PNG (gnuplot) and saying where it is", function()
+    if os.execute("command -v gnuplot >/dev/null 2>&1") ~= true then
+      pending("gnuplot is not installed (Debian gnuplot-nox)")
+      return
+    end
+    T.run(function()
+      local path = T.tmpdir() .. "/run.png"
+      local p = T.spawn({ T.peerpool, "scripts/demo.lua", "3", "8" },
+        { env = { PP_DEMO_PNG = path } })
+      local code = p:wait(30000)
+      assert.equal("", p.err)
+      assert.equal(0, code)
+      assert.matches("\ndemo: a plot of this run %(requests/s, p50/p99 latency, conns by " ..
+        "state%): " .. path:gsub("%p", "%%%0") .. "\n$", p.out)
+      local f = assert(io.open(path, "rb"))
+      local png = f:read("a")
+      f:close()
+      assert.equal("\137PNG\r\n\26\n", png:sub(1, 8))
+      assert.is_true(#png > 10000, "a PNG of " .. #png .. " bytes")
     end, 40000)
   end)
 end)

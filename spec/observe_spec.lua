@@ -261,6 +261,64 @@ describe("leak_threshold", function()
       assert.truthy(unleak_line:find("released after", 1, true))
     end))
 
+  -- Two call sites, and a lease kept by the caller after the acquiring function returned: each
+  -- report names the function that acquired, at its line (the stack of the acquire, not where
+  -- the holder is when the report comes).
+  local function acquire_here(pool, addr) return assert(pool:acquire(addr)) end
+  local function acquire_there(pool, addr)
+    local conn = assert(pool:acquire(addr))
+    return conn
+  end
+
+  it("keeps each acquire's own stack, per call site, after the acquiring function returned",
+    test(function(env)
+      peerpool.on_error(function() end)
+      finally(function() peerpool.on_error(nil) end)
+      local pool, srv = line_pool(env, { leak_threshold = 30, max_per_peer = 4 })
+      local evs = {}
+      pool:on("leak", function(ev) if not ev.unleaked then evs[#evs + 1] = ev end end)
+      -- many acquires from the same site first: they share one noted stack
+      for _ = 1, 50 do acquire_here(pool, srv.addr):release() end
+      local a = acquire_here(pool, srv.addr)
+      wait_until(function() return #evs == 1 end)
+      a:release()
+      local b = acquire_there(pool, srv.addr)
+      wait_until(function() return #evs == 2 end)
+      b:release()
+      local ta, tb = evs[1].traceback, evs[2].traceback
+      assert.matches("^acquired\nstack traceback:\n", ta)
+      assert.truthy(ta:find("in upvalue 'acquire_here'", 1, true), ta)
+      assert.falsy(ta:find("acquire_there", 1, true), ta)
+      assert.truthy(tb:find("in upvalue 'acquire_there'", 1, true), tb)
+      assert.falsy(tb:find("acquire_here", 1, true), tb)
+      -- file:line of the acquire itself
+      local line = debug.getinfo(acquire_there, "S").linedefined + 1
+      local site = "observe_spec.lua:" .. line .. ": in upvalue 'acquire_there'"
+      assert.truthy(tb:find(site, 1, true), tb)
+    end))
+
+  it("notes an acquire's stack without allocating once that stack has been seen", test(function(env)
+    -- (luaL_traceback at every acquire made a string of a few hundred bytes, and cost ~30 us)
+    local function per_acquire_bytes(pool, addr)
+      for _ = 1, 10 do acquire_here(pool, addr):release() end
+      collectgarbage("collect")
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      for _ = 1, 2000 do acquire_here(pool, addr):release() end
+      local after = collectgarbage("count")
+      collectgarbage("restart")
+      return (after - before) * 1024 / 2000
+    end
+    local plain, srv = line_pool(env, {})
+    local watched = env:pool { leak_threshold = 60000 }
+    watched:add_peer(srv.addr)
+    local base = per_acquire_bytes(plain, srv.addr)
+    local with = per_acquire_bytes(watched, srv.addr)
+    assert.is_true(with - base < 16, string.format(
+      "leak_threshold adds %.0f bytes per acquire (%.0f without, %.0f with)",
+      with - base, base, with))
+  end))
+
   it("is off by default and with 0: no traceback is kept", test(function(env)
     local pool, srv = line_pool(env, { leak_threshold = 0 })
     local evs = 0

@@ -8,9 +8,11 @@ set -e
 # prometheus: promtool checks the metrics exposition, and a spec lets a real server scrape it.
 # libc-ares-dev: the engine resolves host names with c-ares on the loop (no blocking, no worker
 # threads), with TTLs.
+# gnuplot-nox: `make run` ends by drawing the demo's run into a PNG, and `make bench` plots its
+# tables into docs/ (no X: the pngcairo terminal only).
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
 lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl
-libc-ares-dev"
+libc-ares-dev gnuplot-nox"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -18,4 +18,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 # shellcheck disable=SC2086
+# The demo ends by drawing its run (gnuplot) into this PNG and says where it is.
+PP_DEMO_PNG=${PP_DEMO_PNG:-$(cd "$build" && pwd)/demo.png}
+export PP_DEMO_PNG
 exec "$build/bin/peerpool" $host_opts "$here/../scripts/demo.lua" $demo_args

@@ -54,15 +54,39 @@ watchdog:unref()
 -- each new conn a TLS handshake, resumed when it can be).
 local tls_ca = os.getenv("PP_PING_TLS_CA")
 local recycle = os.getenv("PP_PING_RECYCLE") == "1"
+-- The cost of observability (bench/observe/): PP_PING_OBSERVE=1 subscribes a handler to every
+-- pool event and, every second (PP_PING_SCRAPE_MS; 0: never), renders pool:metrics() (what a
+-- scrape costs the loop) and reads pool:explain(); PP_PING_LEAK=ms sets leak_threshold (each
+-- acquire then notes its stack).
+local observe = os.getenv("PP_PING_OBSERVE") == "1"
+local leak_ms = tonumber(os.getenv("PP_PING_LEAK") or "")
 local pool = peerpool.new {
   max_per_peer = (C + #peers - 1) // #peers,
   max_total = C,
   client_limit = 1,
   tls = tls_ca and { ca_file = tls_ca } or nil,
+  leak_threshold = leak_ms,
 }
 for _, p in ipairs(peers) do
   local ok, err, detail = pool:add_peer(p)
   if not ok then die("add_peer " .. p .. ": " .. tostring(err) .. " " .. tostring(detail)) end
+end
+
+local scrape
+if observe then
+  local seen = 0
+  local function count() seen = seen + 1 end
+  for _, ev in ipairs { "state", "conn_open", "conn_close", "eject", "burn", "leak",
+    "acquire_timeout" } do
+    pool:on(ev, count)
+  end
+  local every = tonumber(os.getenv("PP_PING_SCRAPE_MS") or "") or 1000 -- 0: no scrape
+  scrape = uv.new_timer()
+  if every > 0 then scrape:start(every, every, function()
+    assert(#pool:metrics() > 0)
+    pool:explain()
+  end) end
+  scrape:unref()
 end
 
 local hrtime = uv.hrtime
@@ -132,6 +156,7 @@ io.write(string.format("TLS full=%d resumed=%d failed=%d\n", st.tls_full - st0.t
 io.stdout:flush()
 pool:close()
 watchdog:close()
+if scrape then scrape:close() end
 -- Let the loop run the close callbacks: luv 1.44 crashes at lua_close on a handle that was
 -- closed but whose close callback has not run yet (plain luv, without peerpool, too).
 uv.run("nowait")

@@ -121,6 +121,36 @@ static void run_phase(long per_client) {
     uv_run(loop, UV_RUN_DEFAULT);
 }
 
+/* The cost of observability (bench/observe/): PP_PING_OBSERVE=1 takes every pool event and,
+ * every second (PP_PING_SCRAPE_MS; 0: never), reads what an exporter would (stats, every
+ * histogram and its quantiles, the explain ring); PP_PING_LEAK=ms sets leak_threshold. */
+static uv_timer_t scrape;
+static uint64_t events_seen;
+
+static void on_event(pp_pool_t *p, const pp_event_t *ev, void *arg) {
+  (void)p, (void)ev, (void)arg;
+  events_seen++;
+}
+
+static int explain_one(const pp_explain_t *e, void *arg) {
+  (*(size_t *)arg) += strlen(e->text);
+  return 0;
+}
+
+static void on_scrape(uv_timer_t *t) {
+  (void)t;
+  pp_stats_t st;
+  pp_pool_stats(pool, &st);
+  volatile double q = 0;
+  for (int k = 0; k < PP_HIST_COUNT; k++) {
+    pp_histogram_t h;
+    pp_pool_histogram(pool, (pp_hist_kind_t)k, &h);
+    q += pp_histogram_quantile(&h, 0.5) + pp_histogram_quantile(&h, 0.99);
+  }
+  size_t text = 0;
+  pp_pool_explain(pool, NULL, explain_one, &text);
+}
+
 static void pool_closed(pp_pool_t *p) {
   pool = NULL;
 }
@@ -141,12 +171,21 @@ int main(int argc, char **argv) {
     o.tls = &tls;
   }
   recycle = getenv("PP_PING_RECYCLE") && strcmp(getenv("PP_PING_RECYCLE"), "1") == 0;
+  int observe = getenv("PP_PING_OBSERVE") && strcmp(getenv("PP_PING_OBSERVE"), "1") == 0;
+  if (getenv("PP_PING_LEAK")) o.leak_threshold = atol(getenv("PP_PING_LEAK"));
   const char *why = NULL;
   int r = pp_pool_new(loop, &o, &pool, &why);
   if (r != 0) ping_die("c", "pp_pool_new: %s", why ? why : pp_strerror(r));
   for (int i = 0; i < args.npeers; i++) {
     r = pp_pool_add_peer(pool, args.peers[i], 0, NULL, &why);
     if (r != 0) ping_die("c", "pp_pool_add_peer(%s): %s", args.peers[i], why ? why : "?");
+  }
+  if (observe) {
+    pp_pool_on_event(pool, on_event, NULL);
+    uv_timer_init(loop, &scrape);
+    long every = getenv("PP_PING_SCRAPE_MS") ? atol(getenv("PP_PING_SCRAPE_MS")) : 1000;
+    if (every > 0) uv_timer_start(&scrape, on_scrape, (uint64_t)every, (uint64_t)every);
+    uv_unref((uv_handle_t *)&scrape);
   }
   clients = calloc((size_t)args.clients, sizeof *clients);
   lat = malloc(sizeof *lat * (size_t)args.requests);
@@ -178,6 +217,7 @@ int main(int argc, char **argv) {
          (unsigned long long)(st.tls_failed - st0.tls_failed));
   fflush(stdout);
 
+  if (observe) uv_close((uv_handle_t *)&scrape, NULL);
   pp_pool_close(pool, pool_closed);
   while (pool != NULL)
     uv_run(loop, UV_RUN_DEFAULT);

@@ -98,7 +98,15 @@ start_server() {
   return 1
 }
 
-set -- --build "$BUILD" --out "$ROOT/docs/bench.md" --png "$ROOT/docs/bench-ping.png" "$@"
+# PP_PING_DRIVER: another driver for the same two servers (bench/observe/run.sh sets it); it
+# gets --build and --peers and the options given here, and writes where its own defaults say.
+if [ -n "${PP_PING_DRIVER:-}" ]; then
+  DRIVER=$PP_PING_DRIVER
+  set -- --build "$BUILD" "$@"
+else
+  DRIVER=$HERE/bench_ping.lua
+  set -- --build "$BUILD" --out "$ROOT/docs/bench.md" --png "$ROOT/docs/bench-ping.png" "$@"
+fi
 r1=$(start_server) || { echo "bench/ping: cannot start redis-server" >&2; exit 1; }
 PIDS="$PIDS ${r1% *}"
 r2=$(start_server) || { echo "bench/ping: cannot start redis-server" >&2; exit 1; }
@@ -110,6 +118,6 @@ mkdir -p "$ROOT/docs"
 export PP_PING_LOG="$TMP/clients.log"
 # In the background and waited for, so that a signal to this shell is handled at once (the
 # trap stops the run and the servers) rather than after the run.
-timeout 300 lua5.4 "$HERE/bench_ping.lua" --peers "$PEERS" "$@" &
+timeout 900 lua5.4 "$DRIVER" --peers "$PEERS" "$@" &
 RUN_PID=$!
 wait "$RUN_PID"

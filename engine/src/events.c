@@ -66,6 +66,11 @@ enum { LAZY_NONE = 0, LAZY_FAIL, LAZY_WAIT_DIAL, LAZY_WAIT_PEER, LAZY_WAIT_ANY, 
 
 static struct pp__explain_s *explain_next(pp_pool_t *pool, const char *kind, pp_peer_t *peer,
                                           uint64_t conn_id) {
+#ifdef PP_NO_OBSERVE
+  static struct pp__explain_s scratch; /* recorded nowhere (see internal.h) */
+  (void)kind, (void)peer, (void)conn_id;
+  if (pool) return &scratch;
+#endif
   struct pp__explain_s *x = &pool->explain[pool->explain_next];
   pool->explain_next = (pool->explain_next + 1) % PP_EXPLAIN_MAX;
   if (pool->explain_len < PP_EXPLAIN_MAX) pool->explain_len++;
@@ -87,6 +92,10 @@ static struct pp__explain_s *explain_last(pp_pool_t *pool) {
 
 void pp__explain(pp_pool_t *pool, const char *kind, pp_peer_t *peer, uint64_t conn_id,
                  const char *fmt, ...) {
+#ifdef PP_NO_OBSERVE
+  (void)pool, (void)kind, (void)peer, (void)conn_id, (void)fmt;
+  return;
+#endif
   struct pp__explain_s *x = explain_next(pool, kind, peer, conn_id);
   va_list ap;
   va_start(ap, fmt);

@@ -405,7 +405,13 @@ int pp__any_fail_code(pp_pool_t *pool, pp_peer_t **peer);
 
 /* ---- hist.c ---------------------------------------------------------------------------- */
 /* Inline: the acquire and release hot path observes through these (a few instructions). */
+/* PP_NO_OBSERVE (defined only for the benchmark of what observability costs, bench/observe/)
+ * compiles the histogram updates and the explain ring out. */
 static inline void pp__hist_observe_us(pp_pool_t *pool, pp_hist_kind_t kind, uint64_t us) {
+#ifdef PP_NO_OBSERVE
+  (void)pool, (void)kind, (void)us;
+  return;
+#endif
   pp_histogram_t *h = &pool->hist[kind];
   unsigned int i = us <= 1 ? 0 : 64 - (unsigned int)__builtin_clzll(us - 1); /* 2^i >= us */
   if (i > PP_HIST_BUCKETS - 1) i = PP_HIST_BUCKETS - 1;
@@ -415,6 +421,10 @@ static inline void pp__hist_observe_us(pp_pool_t *pool, pp_hist_kind_t kind, uin
 }
 /* An observation of 0 (an acquire granted at once). */
 static inline void pp__hist_observe_zero(pp_pool_t *pool, pp_hist_kind_t kind) {
+#ifdef PP_NO_OBSERVE
+  (void)pool, (void)kind;
+  return;
+#endif
   pool->hist[kind].buckets[0]++;
   pool->hist[kind].count++;
 }

@@ -1,0 +1,19 @@
+#!/bin/sh
+# One ctest case fuzz.NAME: sh fuzz/run.sh BINARY NAME OUT_DIR SEED_CORPUS [libFuzzer options]
+# Starts from the committed seed corpus only (OUT_DIR/found-NAME is emptied first), so that the
+# same binary makes the same run every time; new inputs go to OUT_DIR/found-NAME and a crash
+# to OUT_DIR/NAME-crash-<sha1> (or -leak-, -timeout-, -oom-), never into the source tree.
+set -u
+bin=$1 name=$2 out=$3 seeds=$4
+shift 4
+found="$out/found-$name"
+rm -rf "$found"
+mkdir -p "$found"
+"$bin" -seed=1 -print_final_stats=1 -artifact_prefix="$out/$name-" "$@" "$found" "$seeds"
+rc=$?
+if [ $rc -ne 0 ]; then
+  echo "fuzz.$name FAILED (exit $rc). Replay the input it saved (path above, $out/$name-*):" >&2
+  echo "  $bin $out/$name-crash-<sha1>" >&2
+  echo "keep it as a regression seed: cp it to fuzz/corpus/$name/ once fixed" >&2
+fi
+exit $rc

@@ -51,7 +51,8 @@ fuzz-c: deps
 	@why=$$(sh tools/have-libfuzzer.sh) || { echo "fuzz-c: $$why" >&2; exit 1; }
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_BUILD_LUA=OFF \
 	  -DPP_BUILD_TESTS=OFF -DPP_BUILD_BENCH=OFF
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_addr fuzz_book fuzz_repl_frames
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_addr fuzz_book fuzz_repl_frames \
+	  fuzz_attach_frames
 	cd $(FUZZ_BUILD) && ctest --output-on-failure --no-tests=error -L libfuzzer -j $(JOBS)
 
 bench: build

@@ -86,7 +86,7 @@ TEST(addr_unix_relative_path) {
 
 TEST(addr_unix_prefixed_relative_path_reads_back) {
   /* The canonical spelling of "unix:x.sock" must read back as the same unix path (found by
-   * the round-trip property of spec/fuzz/fuzz_addr.c: it used to be "x.sock", host:port). */
+   * the round-trip property of fuzz/fuzz_addr.c: it used to be "x.sock", host:port). */
   char out[128];
   ASSERT_OK(pp_addr_canonical("unix:x.sock", out, sizeof out, NULL));
   ASSERT_STREQ(out, "./x.sock");

@@ -12,8 +12,10 @@ mkdir -p "$found"
 "$bin" -seed=1 -print_final_stats=1 -artifact_prefix="$out/$name-" "$@" "$found" "$seeds"
 rc=$?
 if [ $rc -ne 0 ]; then
-  echo "fuzz.$name FAILED (exit $rc). Replay the input it saved (path above, $out/$name-*):" >&2
-  echo "  $bin $out/$name-crash-<sha1>" >&2
-  echo "keep it as a regression seed: cp it to fuzz/corpus/$name/ once fixed" >&2
+  saved=$(ls -t "$out/$name"-crash-* "$out/$name"-leak-* "$out/$name"-timeout-* \
+    "$out/$name"-oom-* 2>/dev/null | head -1)
+  echo "fuzz.$name FAILED (exit $rc). Replay the input it saved:" >&2
+  echo "  $bin ${saved:-$out/$name-crash-<sha1>}" >&2
+  echo "Once fixed: a test of it in the normal suite, and the input in fuzz/corpus/$name/." >&2
 fi
 exit $rc

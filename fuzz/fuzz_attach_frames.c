@@ -6,12 +6,14 @@
  * and arriving in pseudo-random chunks (1..16 bytes mostly, up to 512 at times) with frames
  * taken after each chunk, as the client's loop does. The receive buffer is always exactly as
  * big as the bytes held, so ASan sees any read past them. Checked:
- *   - each frame's payload is as long as its header says, and NUL-terminated;
+ *   - each frame's payload is as long as its header says, NUL-terminated, and found in the
+ *     input right after a ':' (it was cut from the right place);
  *   - both ways give the same frames, the same bytes left over and the same text kept from
  *     outside frames.
  * A broken property aborts with a message (libFuzzer saves the input). Built and run by
  * fuzz/CMakeLists.txt (ctest case fuzz.attach_frames, `make fuzz-c`).
  */
+#define _GNU_SOURCE /* memmem */
 #include <stdint.h>
 
 #include "host/attach.c"
@@ -54,11 +56,19 @@ static void log_add(result_t *r, const void *p, size_t n) {
   r->n += n;
 }
 
+static const uint8_t *input;
+static size_t input_len;
+
 /* Take every whole frame off the client's buffer. */
 static void drain(result_t *r) {
   frame_t f;
   while (next_frame(&f)) {
     CHECK(f.payload[f.len] == '\0');
+    char *needle = malloc(f.len + 1);
+    needle[0] = ':';
+    memcpy(needle + 1, f.payload, f.len);
+    CHECK(memmem(input, input_len, needle, f.len + 1) != NULL);
+    free(needle);
     log_add(r, &f.kind, 1);
     log_add(r, &f.len, sizeof(f.len));
     log_add(r, f.payload, f.len);
@@ -109,6 +119,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
   uint32_t rng = 2463534242u ^ ((uint32_t)in[0] * 2654435761u);
   const uint8_t *data = in + 1;
   size_t n = size - 1;
+  input = data;
+  input_len = n;
   result_t whole = {0}, chunked = {0};
 
   start();

@@ -6,6 +6,9 @@ set -e
 # tests against its --tls-port). libssl-dev: the engine's TLS (OpenSSL 3); openssl: the TLS
 # tests make their CA and certificates with it and run `openssl s_server`.
 # prometheus: promtool checks the metrics exposition, and a spec lets a real server scrape it.
+# Not installed here, as `make test` does not need them: clang and libclang-rt-14-dev, for the
+# libFuzzer targets of `make fuzz-c` (tools/have-libfuzzer.sh checks for them; .ci/run skips
+# those targets without them).
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
 lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl"
 missing=""

@@ -27,8 +27,12 @@
   } while (0)
 
 /* attach.c's terminal and host helpers: never called here (the client is not interactive). */
-int term_open(const term_cbs_t *cbs, const char *history, int want_readline) { return 0; }
-int term_input_ready(void) { return 0; }
+int term_open(const term_cbs_t *cbs, const char *history, int want_readline) {
+  return 0;
+}
+int term_input_ready(void) {
+  return 0;
+}
 void term_write(const char *s, size_t n, int to_stderr) {}
 void term_prompt(const char *prompt) {}
 void term_watch(int on) {}
@@ -36,8 +40,12 @@ void term_cancel_line(void) {}
 void term_history_add(const char *chunk) {}
 void term_resize(void) {}
 void term_close(void) {}
-const char *term_backend(void) { return "none"; }
-const char *host_history_path(void) { return NULL; }
+const char *term_backend(void) {
+  return "none";
+}
+const char *host_history_path(void) {
+  return NULL;
+}
 
 /* What one parse gave: the frames (kind, length, payload back to back), what was left. */
 typedef struct {

@@ -10,8 +10,8 @@
 
 #define LUA_COV_SIZE 8192
 
-__attribute__((used, section("__libfuzzer_extra_counters"))) static uint8_t
-    lua_cov_counters[LUA_COV_SIZE];
+__attribute__((
+    used, section("__libfuzzer_extra_counters"))) static uint8_t lua_cov_counters[LUA_COV_SIZE];
 static uint32_t lua_cov_prev;
 
 static void lua_cov_hook(lua_State *L, lua_Debug *ar) {

@@ -9,7 +9,13 @@ shift 4
 found="$out/found-$name"
 rm -rf "$found"
 mkdir -p "$found"
-"$bin" -seed=1 -print_final_stats=1 -artifact_prefix="$out/$name-" "$@" "$found" "$seeds"
+# The same run every time: a fixed seed and number of runs, no re-reading of the corpus dir on
+# a timer (-reload=0), and no address-space randomisation (setarch -R), since the fuzzer
+# learns from the values compared, pointers among them.
+norand=
+setarch -R true 2>/dev/null && norand="setarch -R"
+$norand "$bin" -seed=1 -reload=0 -print_final_stats=1 -artifact_prefix="$out/$name-" "$@" \
+  "$found" "$seeds"
 rc=$?
 if [ $rc -ne 0 ]; then
   saved=$(ls -t "$out/$name"-crash-* "$out/$name"-leak-* "$out/$name"-timeout-* \

@@ -43,14 +43,17 @@ fuzz-sanitize: deps
 	cmake --build $(SAN_BUILD) -j $(JOBS)
 	sh spec/fuzz/campaign.sh $(SAN_BUILD) $(SEEDS) $(SECONDS) $(JOBS)
 
-# The engine's libFuzzer targets (spec/fuzz/), built with clang in their own dir and run
-# briefly from their seed corpora. Needs clang and libclang-rt-14-dev (not installed by deps).
+# The libFuzzer targets of the parsers of untrusted input (fuzz/: addresses, the address book,
+# the REPL socket's line protocol), built with clang, ASan and UBSan in their own dir and run
+# briefly from their seed corpora (ctest label libfuzzer). Needs clang and libclang-rt-14-dev
+# (not installed by deps).
 fuzz-c: deps
-	@command -v clang >/dev/null || { echo "fuzz-c: needs clang and libclang-rt-14-dev" >&2; exit 1; }
+	@why=$$(sh tools/have-libfuzzer.sh) || { echo "fuzz-c: $$why" >&2; exit 1; }
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPP_BUILD_LUA=OFF \
 	  -DPP_BUILD_TESTS=OFF -DPP_BUILD_BENCH=OFF
-	cmake --build $(FUZZ_BUILD) -j $(JOBS)
-	cd $(FUZZ_BUILD) && ctest --output-on-failure --no-tests=error -R '^fuzz\.'
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_addr fuzz_book fuzz_repl_frames \
+	  fuzz_attach_frames
+	cd $(FUZZ_BUILD) && ctest --output-on-failure --no-tests=error -L libfuzzer -j $(JOBS)
 
 bench: build
 	sh bench/run.sh $(BUILD)

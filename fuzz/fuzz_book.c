@@ -1,17 +1,14 @@
-/* libFuzzer target for the address book's text format (bindings/lbook.c). Every line of the
- * input is parsed as v1 and as v2:
+/* libFuzzer target for the address book's text format (bindings/lbook.c, compiled in here, as
+ * bindings/book.lua uses it). Every line of the input is parsed as v1, v2 and v3:
  *   - by the plain C parser: what it accepts must lie within the line, decode, and survive
- *     escape + unescape unchanged (the input as one raw address or tag key must too);
- *   - by book.parse in a Lua state: every row it gives is written back with book.lines (tags
- *     and all) and must parse again to the same address (canonically), last_seen, source and
- *     tags.
+ *     escape + unescape unchanged (the input as one raw address or tag key must too); a v3
+ *     history must be within its bounds;
+ *   - by book.parse in a Lua state, the way book.lua's load reads a file: whole, and in two
+ *     blocks with the unfinished line carried over (the same rows, line count and refusals);
+ *     every row it gives is written back with book.lines (tags and history too) and must
+ *     parse again to the same address (canonically), last_seen, source, tags and history.
  * The pool-facing functions of lbook.c (snapshot) are not run; their two binding helpers are
- * stubbed below.
- *
- *   cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DPP_FUZZ=ON
- *   cmake --build build-fuzz --target fuzz_book
- *   mkdir -p /tmp/book-corpus
- *   build-fuzz/fuzz_book -dict=fuzz/book.dict -max_len=4096 /tmp/book-corpus fuzz/corpus/book
+ * stubbed below. Built and run by fuzz/CMakeLists.txt (ctest case fuzz.book, `make fuzz-c`).
  */
 #include "../bindings/lbook.c"
 
@@ -47,6 +44,18 @@ static void check_span(span_t f, const char *line, size_t n) {
   CHECK(f.n == 0 || (f.p >= line && f.p + f.n <= line + n));
 }
 
+/* A v3 history the parser accepted stays within what pp_peer_restore takes. */
+static void check_history(const book_line_t *e) {
+  const pp_peer_history_t *h = &e->history;
+  const int64_t max = INT64_C(1) << 53;
+  CHECK(h->burned == 0 || h->burned == 1);
+  CHECK(h->failures >= 0 && h->failures <= 1000000 && h->eject_streak >= 0 &&
+        h->eject_streak <= 64);
+  CHECK(h->last_success >= 0 && h->last_success <= max && h->last_failure >= 0 &&
+        h->last_failure <= max && h->ejected_until >= 0 && h->ejected_until <= max &&
+        h->ejections <= (uint64_t)max);
+}
+
 static void check_line(const char *line, size_t n, int version) {
   book_line_t e;
   const int64_t max = INT64_C(1) << 53;
@@ -56,6 +65,8 @@ static void check_line(const char *line, size_t n, int version) {
   check_span(e.source, line, n);
   check_span(e.tags, line, n);
   CHECK(e.addr.n > 0 && e.last_seen >= 1 && e.last_seen <= max);
+  CHECK(version == 3 || !e.has_history);
+  if (e.has_history) check_history(&e);
   if (version == 1) return;
   char *buf = malloc(n + 1);
   long k = book_unescape(e.addr, buf);
@@ -80,7 +91,15 @@ lpp_pool_t *lpp_check_pool(lua_State *L, int idx) {
 
 void lpp_emit(lua_State *L, const char *text) {}
 
-/* newjob(addrs, seens, meta): a job as l_snapshot makes, from lists instead of a pool. */
+static int64_t history_field(lua_State *L, int idx, const char *name) {
+  lua_getfield(L, idx, name);
+  int64_t v = lua_type(L, -1) == LUA_TBOOLEAN ? lua_toboolean(L, -1) : lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* newjob(addrs, seens, histories, meta): a job as l_snapshot makes, from lists instead of a
+ * pool (a history is book.parse's table, or false). */
 static int newjob(lua_State *L) {
   job_t *j = lua_newuserdatauv(L, sizeof(*j), 1);
   memset(j, 0, sizeof(*j));
@@ -89,14 +108,24 @@ static int newjob(lua_State *L) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
-  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 4);
   lua_setiuservalue(L, -2, 1);
   for (lua_Integer i = 1; lua_rawgeti(L, 1, i) == LUA_TSTRING; i++) {
     lua_rawgeti(L, 2, i);
-    row_t r = {j->addrs.n, lua_tointeger(L, -1)};
-    out_add(L, &j->addrs, lua_tostring(L, -2), lua_rawlen(L, -2) + 1);
+    row_t r = {j->addrs.n, lua_tointeger(L, -1), {0}};
+    if (lua_rawgeti(L, 3, i) == LUA_TTABLE) {
+      int h = lua_gettop(L);
+      r.history.burned = (int)history_field(L, h, "burned");
+      r.history.failures = (int)history_field(L, h, "failures");
+      r.history.last_success = history_field(L, h, "last_success");
+      r.history.last_failure = history_field(L, h, "last_failure");
+      r.history.ejections = (uint64_t)history_field(L, h, "ejections");
+      r.history.eject_streak = (int)history_field(L, h, "eject_streak");
+      r.history.ejected_until = history_field(L, h, "ejected_until");
+    }
+    out_add(L, &j->addrs, lua_tostring(L, -3), lua_rawlen(L, -3) + 1);
     out_add(L, &j->rows, (const char *)&r, sizeof(r));
-    lua_pop(L, 2);
+    lua_pop(L, 3);
   }
   lua_pop(L, 1);
   return 1;
@@ -120,26 +149,54 @@ static const char round_trip_lua[] =
     "  for k in pairs(b) do if a[k] == nil then return false end end\n"
     "  return true\n"
     "end\n"
-    "return function(data)\n"
-    "  for version = 1, 2 do\n"
-    "    local st = { version = version, max_seen = 1 << 53, line = 0, nbad = 0, bad = {} }\n"
+    "-- A history that says nothing is written back as '-', which reads as none.\n"
+    "local function history(h)\n"
+    "  if not h then return false end\n"
+    "  for _, v in pairs(h) do if v ~= 0 and v ~= false then return h end end\n"
+    "  return false\n"
+    "end\n"
+    "-- Parse `pieces` one after another as book.lua's load reads blocks: each parse gets the\n"
+    "-- unfinished line of the one before in front of its block; at the end that line is\n"
+    "-- given a newline. Returns st and the rows (6 values per row).\n"
+    "local function read(version, pieces)\n"
+    "  local st = { version = version, max_seen = 1 << 53, line = 0, nbad = 0, bad = {} }\n"
+    "  local all, count, rest = {}, 0, ''\n"
+    "  for i = 1, #pieces + 1 do\n"
+    "    local data = pieces[i] and rest .. pieces[i] or (rest ~= '' and rest .. '\\n') or nil\n"
+    "    if not data then break end\n"
     "    local rows = {}\n"
     "    local n, used = parse(st, data, rows)\n"
-    "    assert(used <= #data and st.nbad + n <= st.line)\n"
-    "    for r = 0, 5 * (n - 1), 5 do\n"
+    "    assert(used <= #data and not data:find('\\n', used + 1, true), 'a whole line left')\n"
+    "    for k = 1, 6 * n do all[6 * count + k] = rows[k] end\n"
+    "    count = count + n\n"
+    "    rest = data:sub(used + 1)\n"
+    "  end\n"
+    "  assert(st.nbad + count <= st.line, 'more rows than lines')\n"
+    "  return st, all, count\n"
+    "end\n"
+    "return function(data, cut)\n"
+    "  for version = 1, 3 do\n"
+    "    local st, rows, n = read(version, { data })\n"
+    "    local st2, rows2, n2 = read(version, { data:sub(1, cut), data:sub(cut + 1) })\n"
+    "    assert(n2 == n and same(rows2, rows), 'blocks read differently from the whole')\n"
+    "    assert(st2.line == st.line and st2.nbad == st.nbad and same(st2.bad, st.bad),\n"
+    "      'blocks counted differently from the whole')\n"
+    "    for r = 0, 6 * (n - 1), 6 do\n"
     "      local addr, seen, source, tags = rows[r + 1], rows[r + 2], rows[r + 3] or 'book',\n"
     "        rows[r + 4] or nil\n"
+    "      local hist = history(rows[r + 6])\n"
     "      local c = canonical(addr)\n"
     "      if c then\n"
-    "        local job = newjob({ c }, { seen }, { [c] = { source = source, tags = tags } })\n"
+    "        local job = newjob({ c }, { seen }, { hist },\n"
+    "          { [c] = { source = source, tags = tags } })\n"
     "        local text, done, dropped = lines(job, 1)\n"
     "        assert(done and dropped == 0, 'tags left out')\n"
-    "        local st2 = { version = 2, max_seen = 1 << 53, line = 0, nbad = 0, bad = {} }\n"
-    "        local rows2 = {}\n"
-    "        assert(parse(st2, text, rows2) == 1, st2.bad[1] or 'no row')\n"
-    "        assert(canonical(rows2[1]) == c, 'address')\n"
-    "        assert(rows2[2] == seen and rows2[3] == source, 'last_seen or source')\n"
-    "        assert(same(rows2[4] or nil, tags), 'tags')\n"
+    "        local _, back, nb = read(3, { text })\n"
+    "        assert(nb == 1, 'a written line does not read back: ' .. text)\n"
+    "        assert(canonical(back[1]) == c, 'address')\n"
+    "        assert(back[2] == seen and back[3] == source, 'last_seen or source')\n"
+    "        assert(same(back[4] or nil, tags), 'tags')\n"
+    "        assert(same(history(back[6]), hist), 'history')\n"
     "      end\n"
     "    end\n"
     "  end\n"
@@ -164,10 +221,18 @@ static void lua_round_trip(const uint8_t *data, size_t size) {
   }
   lua_getglobal(L, "round_trip");
   lua_pushlstring(L, (const char *)data, size);
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+  /* where the input is cut in two blocks: anywhere, picked by its bytes */
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < size; i++)
+    h = (h ^ data[i]) * 16777619u;
+  lua_pushinteger(L, size ? (lua_Integer)(h % (size + 1)) : 0);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
     fprintf(stderr, "fuzz_book: %s\n", lua_tostring(L, -1));
     abort();
   }
+  /* This input's garbage (jobs' buffers too) goes now: otherwise libFuzzer, seeing more
+   * mallocs than frees, scans the whole heap for leaks after the input. */
+  lua_gc(L, LUA_GCCOLLECT);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -178,8 +243,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* A copy of exactly the line's bytes: ASan then catches any read past its end. */
     char *line = malloc(n ? n : 1);
     memcpy(line, s + pos, n);
-    check_line(line, n, 1);
-    check_line(line, n, 2);
+    for (int version = 1; version <= 3; version++)
+      check_line(line, n, version);
     free(line);
     if (nl == NULL) break;
     pos += n + 1;

@@ -8,11 +8,9 @@
  *   - the splitter never holds more than max_line bytes;
  *   - both splitters give the same events, each well formed (a line holds no "\n" and at most
  *     max_line bytes; "too_long" comes last, once).
- * A broken invariant aborts with a message (libFuzzer saves the input).
- *
- *   CC=clang cmake -S . -B build-fuzz -DPP_FUZZ=ON
- *   cmake --build build-fuzz --target fuzz_repl_frames
- *   build-fuzz/fuzz/fuzz_repl_frames -max_total_time=60 fuzz/corpus/repl_frames  (adds to it)
+ * A broken invariant aborts with a message (libFuzzer saves the input). The Lua lines run are
+ * libFuzzer's coverage (lua_cov.h). Built and run by fuzz/CMakeLists.txt (ctest case
+ * fuzz.repl_frames, `make fuzz-c`).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -23,6 +21,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "lua_cov.h"
 #include "peerpool_repl_frames_lua.h" /* generated from bindings/host/repl_frames.lua */
 
 /* The checks that read better in Lua: events well formed, and two event lists equal. Returns
@@ -55,6 +54,13 @@ static const char check_lua[] =
     "  end\n"
     "end\n";
 
+/* Every input makes and frees thousands of small Lua strings: ASan's default 256 MB quarantine
+ * of freed memory took this target's RSS past 500 MB in a short run. 32 MB still keeps
+ * recently freed memory poisoned across several inputs. */
+const char *__asan_default_options(void) {
+  return "quarantine_size_mb=32";
+}
+
 static lua_State *L;
 static int frames_ref; /* the module table */
 static int check_ref;  /* check(max_line, whole, chunked) */
@@ -82,6 +88,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     fail("cannot load the checks", lua_tostring(L, -1));
   call(0, 1, "the checks");
   check_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_cov_start(L);
   return 0;
 }
 
@@ -156,5 +163,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
   call(3, 1, "the checks");
   if (!lua_isnil(L, -1)) fail("whole and chunked feeds differ", lua_tostring(L, -1));
   lua_settop(L, top);
+  /* Free this input's garbage now: an input whose mallocs and frees do not match makes
+   * libFuzzer scan the whole heap for leaks, which costs far more than a collection. */
+  lua_gc(L, LUA_GCCOLLECT);
   return 0;
 }

@@ -10,6 +10,9 @@ set -e
 # threads), with TTLs.
 # gnuplot-nox: `make run` ends by drawing the demo's run into a PNG, and `make bench` plots its
 # tables into docs/ (no X: the pngcairo terminal only).
+# Not installed here, as `make test` does not need them: clang and libclang-rt-14-dev, for the
+# libFuzzer targets of `make fuzz-c` (tools/have-libfuzzer.sh checks for them; .ci/run skips
+# those targets without them).
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
 lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl
 libc-ares-dev gnuplot-nox"

@@ -114,6 +114,8 @@ int pp__addr_parse(const char *addr, char **canonical, struct sockaddr_storage *
       if (host[len - 1] == '.') host[--len] = '\0';
       for (size_t i = 0; i < len; i++)
         if (host[i] >= 'A' && host[i] <= 'Z') host[i] = (char)(host[i] - 'A' + 'a');
+      /* "UNIX:80" would be spelled "unix:80", which reads back as a unix socket path. */
+      if (strcmp(host, "unix") == 0) FAIL("a host named \"unix\" would read as the unix: prefix");
       snprintf(out, sizeof(out), "%s:%d", host, port);
     }
   }

@@ -86,7 +86,7 @@ TEST(addr_unix_relative_path) {
 
 TEST(addr_unix_prefixed_relative_path_reads_back) {
   /* The canonical spelling of "unix:x.sock" must read back as the same unix path (found by
-   * the round-trip property of spec/fuzz/fuzz_addr.c: it used to be "x.sock", host:port). */
+   * the round-trip property of fuzz/fuzz_addr.c: it used to be "x.sock", host:port). */
   char out[128];
   ASSERT_OK(pp_addr_canonical("unix:x.sock", out, sizeof out, NULL));
   ASSERT_STREQ(out, "./x.sock");
@@ -179,6 +179,7 @@ TEST(addr_hostname_malformed_refused) {
       "bad..name:80", ".lead:80",     "trail-.x:80", "-x.y:80", "spa ce:80",
       "1.2.3.256:80", "1.2.3:80",     "999:80",      "x/y:80",  "caf\xc3\xa9.example:80",
       long_label,     long_name,      "name:0",      "name:",   "name:65536",
+      "UNIX:80",      "Unix.:80", /* would read back as a unix path */
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     expect_malformed(pool, bad[i]);

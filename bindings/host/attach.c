@@ -53,40 +53,52 @@ static int send_all(const char *s, size_t n) {
 
 /* Take one frame off rbuf: 1 and *f (payload malloc'd), 0 when incomplete. Bytes before a
  * frame's start (a plain greeting sent before our hello was read) are skipped. */
+/* The largest frame a host sends (its sessions drop output past 1 MiB): a longer length is no
+ * frame, and the client never buffers for it. */
+#define ATTACH_FRAME_MAX ((size_t)64 << 20)
+
 static int next_frame(frame_t *f) {
-  size_t i = 0;
-  while (i < rlen && rbuf[i] != '\1')
-    i++;
-  if (i > 0 && !framed) {
-    size_t n = i < sizeof(unframed) - 1 - nunframed ? i : sizeof(unframed) - 1 - nunframed;
-    memcpy(unframed + nunframed, rbuf, n);
-    nunframed += n;
+  /* One pass over the buffer, compacted once at the end: a host that sends a long run of
+   * bogus markers costs linear time, not a memmove (or a recursion) per marker. */
+  size_t off = 0;
+  int found = 0;
+  for (;;) {
+    size_t i = off;
+    while (i < rlen && rbuf[i] != '\1')
+      i++;
+    if (i > off && !framed) {
+      size_t room = sizeof(unframed) - 1 - nunframed, n = i - off < room ? i - off : room;
+      memcpy(unframed + nunframed, rbuf + off, n);
+      nunframed += n;
+    }
+    off = i;
+    if (rlen - off < 4) break;
+    size_t p = off + 2, len = 0;
+    int too_big = 0;
+    while (p < rlen && rbuf[p] >= '0' && rbuf[p] <= '9' && !too_big) {
+      len = len * 10 + (size_t)(rbuf[p++] - '0');
+      too_big = len > ATTACH_FRAME_MAX;
+    }
+    if (!too_big && p >= rlen) break; /* the header is not complete yet */
+    if (too_big || rbuf[p] != ':') {  /* not a frame: skip the marker */
+      off++;
+      continue;
+    }
+    if (rlen - p - 1 < len) break; /* the payload is not complete yet */
+    framed = 1;
+    f->kind = rbuf[off + 1];
+    f->len = len;
+    f->payload = malloc(len + 1);
+    if (f->payload == NULL) break;
+    memcpy(f->payload, rbuf + p + 1, len);
+    f->payload[len] = '\0';
+    off = p + 1 + len;
+    found = 1;
+    break;
   }
-  if (i > 0) {
-    memmove(rbuf, rbuf + i, rlen - i);
-    rlen -= i;
-  }
-  if (rlen < 4) return 0;
-  size_t p = 2, len = 0;
-  while (p < rlen && rbuf[p] >= '0' && rbuf[p] <= '9')
-    len = len * 10 + (size_t)(rbuf[p++] - '0');
-  if (p >= rlen) return 0;
-  if (rbuf[p] != ':') { /* not a frame: skip the marker */
-    memmove(rbuf, rbuf + 1, rlen - 1);
-    rlen--;
-    return next_frame(f);
-  }
-  if (rlen - p - 1 < len) return 0;
-  framed = 1;
-  f->kind = rbuf[1];
-  f->len = len;
-  f->payload = malloc(len + 1);
-  if (f->payload == NULL) return 0;
-  memcpy(f->payload, rbuf + p + 1, len);
-  f->payload[len] = '\0';
-  memmove(rbuf, rbuf + p + 1 + len, rlen - p - 1 - len);
-  rlen -= p + 1 + len;
-  return 1;
+  memmove(rbuf, rbuf + off, rlen - off);
+  rlen -= off;
+  return found;
 }
 
 /* Read what the host sent into rbuf: 1 read, 0 nothing now, -1 closed. */

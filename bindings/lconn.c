@@ -122,6 +122,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
                       "pool:acquire() without a callback must run inside a coroutine "
                       "(peerpool.run(fn), or a coroutine on the luv loop)");
   lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 2);
+  int obj = lua_gettop(L);
   memset(c, 0, sizeof(*c));
   c->self_ref = c->wait.co_ref = c->cb_ref = c->send_wait.co_ref = c->send_self_ref = LUA_NOREF;
   luaL_setmetatable(L, LPP_CONN);
@@ -156,7 +157,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     lua_pushvalue(L, cb_idx);
     c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   } else {
-    lpp_wait_begin(L, p->st, &c->wait);
+    lpp_wait_begin(L, &c->wait);
   }
   err = pp_acquire(p->pool, &c->lease, peer, opts, on_acquired);
   if (err) {
@@ -172,7 +173,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     lua_pushboolean(L, 1);
     return 1;
   }
-  return lpp_wait_yield(L);
+  return lpp_wait_yield(L, p->st, obj, &c->wait);
 }
 
 /* ---- receive --------------------------------------------------------------------------- */
@@ -488,13 +489,13 @@ static int receive_reply(lua_State *L, lpp_conn_t *c) {
     return lpp_push_error(L, PP_ESTATE, "nothing sent on this conn awaits a reply");
   if (!lua_isyieldable(L))
     return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
-  lpp_wait_begin(L, c->owner->st, &c->wait); /* anchored first: see lpp_acquire */
+  lpp_wait_begin(L, &c->wait); /* anchored first: see lpp_acquire */
   lua_pushvalue(L, 1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   c->want_kind = 'r';
   int64_t ms = c->owner->io_timeout;
   if (ms > 0) list_receive(L, c, ms);
-  return lpp_wait_yield(L);
+  return lpp_wait_yield(L, c->owner->st, 1, &c->wait);
 }
 
 static int l_receive(lua_State *L) {
@@ -533,7 +534,7 @@ static int l_receive(lua_State *L) {
   if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
   if (!lua_isyieldable(L))
     return luaL_error(L, "conn:receive() must run inside a coroutine (peerpool.run(fn))");
-  lpp_wait_begin(L, c->owner->st, &c->wait); /* anchored first: see lpp_acquire */
+  lpp_wait_begin(L, &c->wait); /* anchored first: see lpp_acquire */
   lua_pushvalue(L, 1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   int err = start_reading(c, conn);
@@ -543,7 +544,7 @@ static int l_receive(lua_State *L) {
   }
   int64_t ms = c->owner->io_timeout;
   if (ms > 0) list_receive(L, c, ms);
-  return lpp_wait_yield(L);
+  return lpp_wait_yield(L, c->owner->st, 1, &c->wait);
 }
 
 /* ---- release --------------------------------------------------------------------------- */

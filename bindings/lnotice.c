@@ -101,9 +101,9 @@ static int l_wait(lua_State *L) {
   if (!lua_isyieldable(L))
     return luaL_error(L, "notice:wait() must run inside a coroutine (or use notice:on_free(fn))");
   uv_timer_t *timer = ms > 0 ? lpp_timer(L, n->owner, &n->timer, n) : NULL;
-  lpp_wait_begin(L, n->owner->st, &n->wait); /* anchored before the timer may look for it */
+  lpp_wait_begin(L, &n->wait); /* anchored before the timer may look for it */
   if (timer) pp_timer_start(timer, on_wait_timeout, (uint64_t)ms);
-  return lpp_wait_yield(L);
+  return lpp_wait_yield(L, n->owner->st, 1, &n->wait);
 }
 
 static void on_late(uv_timer_t *timer) {

@@ -55,7 +55,8 @@ typedef struct lpp_state_s {
 /* A coroutine waiting inside the API, and which of its waits this is (lwait.c). */
 typedef struct {
   int co_ref;     /* the coroutine, or LUA_NOREF */
-  lua_Integer id; /* the wait's id */
+  lua_State *co;  /* the same, while co_ref anchors it */
+  lua_Integer id; /* the wait's id while armed (yielded, not resumed since), else 0 */
 } lpp_wait_t;
 
 /* One per pool userdata. The engine pool outlives the userdata until its close callback. */
@@ -64,6 +65,8 @@ typedef struct lpp_pool_s {
   pp_pool_t *pool;          /* NULL once closed */
   lua_State *L;             /* the main thread */
   int state_refs;           /* registry ref of the table of on("state") callbacks */
+  lpp_wait_t close_wait;    /* the coroutine waiting in close{drain_ms} (in the userdata, which
+                               its yielding frame keeps alive) */
   int64_t io_timeout;       /* ms for conn:receive(); 0 = none */
   int64_t max_receive;      /* bytes a receive may wait for (a line, "*a", a count) */
   int64_t max_send_queue;   /* bytes queued past the socket before a send waits */
@@ -148,13 +151,15 @@ typedef struct {
 } lpp_notice_t;
 
 /* lwait.c: a coroutine waits in the API with lpp_wait_begin (anchors it; may raise) and
- * `return lpp_wait_yield(L)`, or lpp_wait_cancel if it cannot wait after all. An answer takes
- * it with lpp_wait_take: the coroutine (pushed on L, anchored there) if it still waits in this
- * wait, else NULL (the program resumed it by hand, or closed it: nobody takes the answer; still
- * pop the pushed value). lpp_wait_active: whether a wait is still owed its answer. */
-void lpp_wait_begin(lua_State *L, lpp_state_t *st, lpp_wait_t *w);
+ * `return lpp_wait_yield(L, st, obj, w)` (arms the wait and yields; `obj` is the stack index of
+ * the userdata holding w, kept alive by the yielding frame), or lpp_wait_cancel if it cannot
+ * wait after all. An answer takes it with lpp_wait_take: the coroutine (pushed on L, anchored
+ * there) if it still waits in this wait, else NULL (the program resumed it by hand, or closed
+ * it, or it never yielded: nobody takes the answer; still pop the pushed value).
+ * lpp_wait_active: whether a wait is still owed its answer. */
+void lpp_wait_begin(lua_State *L, lpp_wait_t *w);
 void lpp_wait_cancel(lua_State *L, lpp_wait_t *w);
-int lpp_wait_yield(lua_State *L);
+int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w);
 lua_State *lpp_wait_take(lua_State *L, lpp_wait_t *w);
 bool lpp_wait_active(lua_State *L, const lpp_wait_t *w);
 

@@ -13,7 +13,6 @@ typedef struct {
   /* pool:close{ drain_ms = N }: who hears how it ended (the engine's close callback) */
   int draining;
   int64_t drain_ms;
-  lpp_wait_t wait; /* the coroutine waiting in close, or co_ref LUA_NOREF */
   int cb_ref;      /* the close callback, or LUA_NOREF */
 } pool_link_t;
 
@@ -279,9 +278,10 @@ static void forget_engine_pool(lua_State *L, lpp_pool_t *p) {
 static void drain_done(pp_pool_t *pool, pool_link_t *link) {
   lpp_state_t *st = link->st;
   lua_State *L = st->L;
-  if (link->p) forget_engine_pool(L, link->p);
+  lpp_pool_t *p = link->p; /* NULL once its userdata was collected (then nothing waits) */
+  if (p) forget_engine_pool(L, p);
   if (st->shutting_down) {
-    lpp_unref(L, &link->wait.co_ref);
+    if (p) lpp_unref(L, &p->close_wait.co_ref);
     lpp_unref(L, &link->cb_ref);
     return;
   }
@@ -303,8 +303,8 @@ static void drain_done(pp_pool_t *pool, pool_link_t *link) {
     }
     lpp_call(L, 2, NULL); /* fn(err, detail) */
   }
-  if (link->wait.co_ref != LUA_NOREF) {
-    lua_State *co = lpp_wait_take(L, &link->wait); /* anchored on L until we return */
+  if (p && p->close_wait.co_ref != LUA_NOREF) {
+    lua_State *co = lpp_wait_take(L, &p->close_wait); /* anchored on L until we return */
     if (co) {
       int n = 1;
       if (s.leases_cut == 0)
@@ -385,6 +385,7 @@ int lpp_l_new(lua_State *L) {
   p->L = st->L;
   p->book_fn_ref = LUA_NOREF;
   p->framing_ref = LUA_NOREF;
+  p->close_wait.co_ref = LUA_NOREF;
   lpp_policy_init(L, p);
   if (lua_istable(L, 1)) {
     lua_getfield(L, 1, "framing");
@@ -405,7 +406,6 @@ int lpp_l_new(lua_State *L) {
   memset(link, 0, sizeof(*link));
   link->st = st;
   link->p = p;
-  link->wait.co_ref = LUA_NOREF;
   link->cb_ref = LUA_NOREF;
   pp_pool_set_data(p->pool, link);
   pp_pool_on_state(p->pool, state_changed);
@@ -480,7 +480,7 @@ static int close_drain(lua_State *L, lpp_pool_t *p) {
   pool_link_t *link = pp_pool_get_data(p->pool);
   if (link->draining) return lpp_push_error(L, PP_ECLOSED, "the pool is closing already");
   int wait = !has_cb && lua_isyieldable(L);
-  if (wait) lpp_wait_begin(L, p->st, &link->wait); /* may raise: before anything changes */
+  if (wait) lpp_wait_begin(L, &p->close_wait); /* may raise: before anything changes */
   stop_book_timer(L, p);
   if (has_cb) {
     lua_pushvalue(L, -1);
@@ -489,7 +489,7 @@ static int close_drain(lua_State *L, lpp_pool_t *p) {
   link->draining = 1;
   link->drain_ms = ms;
   pp_pool_close_drain(p->pool, ms, engine_pool_closed); /* its callback runs drain_done */
-  if (wait) return lpp_wait_yield(L);
+  if (wait) return lpp_wait_yield(L, p->st, 1, &p->close_wait);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -182,12 +182,12 @@ int lpp_l_send(lua_State *L) {
   }
   /* Over the mark: wait for the peer to read, up to io_timeout. */
   c->send_len = len;
-  lpp_wait_begin(L, c->owner->st, &c->send_wait);
+  lpp_wait_begin(L, &c->send_wait);
   lua_pushvalue(L, 1);
   c->send_self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   int64_t ms = c->owner->io_timeout;
   if (ms > 0) {
     pp_timer_start(lpp_timer(L, c->owner, &c->send_timer, c), on_send_timeout, (uint64_t)ms);
   }
-  return lpp_wait_yield(L);
+  return lpp_wait_yield(L, c->owner->st, 1, &c->send_wait);
 }

@@ -129,4 +129,79 @@ describe("a coroutine the program resumes while it waits in the API", function()
     assert.same({ n = 0 }, slept)
     assert.equal(0, pool:stats().active)
   end))
+  it("receive: the same coroutine's next receive on the conn gets the reply", H.test(function(env)
+    local srv = env:slow(50)
+    local pool = env:pool { peers = { srv.addr } }
+    local conn = assert(pool:acquire(srv.addr))
+    local got
+    local co = start(function()
+      conn:send("A\r\n")
+      local first = conn:receive("*l") -- resumed by hand
+      got = { first, conn:receive("*l") } -- waits again in the same API on the same conn
+    end)
+    assert(coroutine.resume(co, "hand"))
+    H.wait_until(function() return got ~= nil end, 3000, "the second receive")
+    assert.same({ "hand", "+SLOW" }, got)
+    conn:release()
+  end))
+
+  it("notice:wait: a second wait on the same notice gets the firing", H.test(function(env)
+    local srv = env:line()
+    local pool = env:pool { peers = { srv.addr }, max_per_peer = 1 }
+    local held = assert(pool:acquire(srv.addr))
+    local notice = select(3, pool:acquire(srv.addr, { busy = "fail" }))
+    local got
+    local w = coroutine.wrap(function()
+      local first = notice:wait(5000) -- resumed by hand (through coroutine.wrap)
+      got = { first, notice:wait(5000) }
+    end)
+    w()
+    w("hand")
+    assert.is_nil(got)
+    held:release()
+    H.wait_until(function() return got ~= nil end, 3000, "the second wait")
+    assert.same({ "hand", true }, got)
+  end))
+
+  it("a hook resumed by the program inside conn:receive: its next receive gets the reply",
+    H.test(function(env)
+      local srv = env:slow(50)
+      local hook_co
+      local pool = env:pool { peers = { srv.addr }, handshake_timeout = 3000, policy = {
+        handshake = function(conn)
+          hook_co = coroutine.running()
+          conn:send("HELLO\r\n")
+          local first = conn:receive("*l") -- the program resumes it by hand
+          return first == "meddled" and conn:receive("*l") == "+SLOW"
+        end,
+      } }
+      local t = require("luv").new_timer()
+      t:start(10, 0, function()
+        t:close()
+        assert(coroutine.resume(hook_co, "meddled"))
+      end)
+      local conn, code, detail = pool:acquire(srv.addr, { timeout = 3000 })
+      assert(conn, tostring(code) .. " " .. tostring(detail))
+      conn:release()
+    end))
+
+  it("close{drain_ms}: the end of the drain does not resume it elsewhere", H.test(function(env)
+    local srv = env:line()
+    local pool = env:pool { peers = { srv.addr } }
+    local held = assert(pool:acquire(srv.addr))
+    local closed, slept
+    local co = start(function()
+      closed = H.pack(pool:close { drain_ms = 2000 })
+      slept = H.pack(coroutine.yield())
+    end)
+    assert(coroutine.resume(co, "early"))
+    assert.same({ "early", n = 1 }, closed)
+    held:release() -- the drain ends: nobody waits for its answer any more
+    H.wait_until(function() return pool:_closed() end, 3000, "the close")
+    collectgarbage()
+    H.ticks(5)
+    assert.is_nil(slept)
+    assert(coroutine.resume(co))
+    assert.same({ n = 0 }, slept)
+  end))
 end)

@@ -712,7 +712,7 @@ typedef struct {
                            the last healthy release */
   int64_t last_seen;    /* Unix ms */
   int64_t last_success; /* Unix ms of the last successful connect, 0 = never */
-  int64_t retry_at;     /* loop ms (uv_now) before which no dial starts (the later of its
+  int64_t retry_at;     /* loop ms (pp_now) before which no dial starts (the later of its
                            backoff and its ejection); 0 = none */
   uint64_t attempts;    /* connect attempts in all */
   uint64_t ejections;   /* times this peer was ejected */

@@ -613,9 +613,10 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   lease->conn = conn;
   lease->peer = peer;
   pp__warm_check(peer); /* min_idle: one idle conn fewer (warm.c) */
-  /* The cached loop time will do: this stamp only feeds pp_conn_idle_ms while the conn is
-   * leased, and the release stamps again from the clock (idle time counts from there). */
-  conn->last_used = uv_now(conn->pool->loop);
+  /* The grant's stamp: the lease's hold (leak_threshold, the hold histogram) counts from it.
+   * Not the cached loop time, which lags behind by whatever ran in this loop iteration before
+   * (the engine never brings it up to date); the coarse clock is cheap enough here. */
+  conn->last_used = pp__stamp(conn->pool);
   if (pp__conn_lendable(conn)) pp__peer_mark_usable(peer, conn);
 }
 

@@ -76,3 +76,38 @@ TEST(clock_idle_timeout_counts_from_the_release) {
   ASSERT_GE(test_now_ms() - a.called_at, 250);
   fixture_end(&f);
 }
+
+static int leak_events;
+
+static void count_leaks(pp_pool_t *pool, const pp_event_t *ev, void *arg) {
+  (void)pool;
+  (void)arg;
+  if (ev->kind == PP_EVENT_LEAK) leak_events++;
+}
+
+static void try_acquire_now(void *arg) {
+  late_call_t *a = arg;
+  a->called_at = test_now_ms();
+  a->rc = pp_try_acquire(a->f->pool, &a->lease, a->f->peer, NULL);
+}
+
+TEST(clock_lease_hold_counts_from_the_grant) {
+  /* A lease granted at once (an idle conn) after a 600 ms stall and held 150 ms is no leak at
+   * leak_threshold 400: its hold counts from the grant, not from the loop's cached time (which
+   * the engine no longer brings up to date on the way). */
+  pp_options_t o;
+  test_options(&o);
+  o.leak_threshold = 400;
+  fixture_t f = fixture_start(srv_echo_start(NULL), &o);
+  pp_pool_on_event(f.pool, count_leaks, NULL);
+  leak_events = 0;
+  fixture_hold(&f);
+  ASSERT_OK(pp_release(&f.held, 0)); /* one idle conn */
+  late_call_t a = {.f = &f};
+  test_after_stall(600, try_acquire_now, &a);
+  ASSERT_OK(a.rc);
+  test_run_for(150); /* the leak sweep runs every 100 ms */
+  ASSERT_EQ(leak_events, 0);
+  ASSERT_OK(pp_release(&a.lease, 0));
+  fixture_end(&f);
+}

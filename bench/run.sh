@@ -36,14 +36,20 @@ if [ $# -gt 0 ]; then shift; fi  # the rest goes to bench_idle
 STEPS=${PP_BENCH:-idle,ping,hooks,tls,tls-ping,observe}
 failed=""
 case ",$STEPS," in *,idle,*)
-  "$BIN" --out "$ROOT/docs/bench.md" "$@" || failed="$failed bench_idle" ;;
+  "$BIN" --out "$ROOT/docs/bench.md" "$@" || failed="$failed bench_idle"
+  lua5.4 "$ROOT/bench/plot_md.lua" "$ROOT/docs/bench.md" "Idle acquire + release (C API)" \
+    "$ROOT/docs/bench-idle.png" lines 1,2 3 4 "ns per acquire + release (median)" \
+    "Idle acquire + release through the C API, by pool size" || failed="$failed idle-plot" ;;
 esac
 case ",$STEPS," in *,ping,*)
   sh "$ROOT/bench/ping/run.sh" "$BUILD" || failed="$failed ping" ;;
 esac
 case ",$STEPS," in *,hooks,*)
   LUA_CPATH="$BUILD/lua/?.so;;" lua5.4 "$ROOT/bench/hook_overhead.lua" --out "$ROOT/docs/bench.md" \
-    || failed="$failed hooks" ;;
+    || failed="$failed hooks"
+  lua5.4 "$ROOT/bench/plot_md.lua" "$ROOT/docs/bench.md" "Lua policy hooks on the acquire path" \
+    "$ROOT/docs/bench-hooks.png" bars 1 2 "ns per acquire + release (median)" \
+    "Lua policy hooks on the acquire path" || failed="$failed hooks-plot" ;;
 esac
 case ",$STEPS," in *,tls,*)
   sh "$ROOT/bench/tls/run.sh" "$BUILD" || failed="$failed tls" ;;

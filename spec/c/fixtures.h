@@ -22,7 +22,8 @@ typedef struct {
 /* A pool with `opts` (NULL = test_options() defaults) and `srv` as its one peer. The fixture
  * owns `srv`: fixture_end() stops it. */
 fixture_t fixture_start(srv_t *srv, const pp_options_t *opts);
-/* Acquire a lease on the fixture's peer into f->held (it must succeed). */
+/* Acquire a lease on the fixture's peer into f->held (it must succeed), and wait until the
+ * server has accepted every conn the pool connected. */
 void fixture_hold(fixture_t *f);
 /* test_finish(f->pool), then srv_stop(f->srv). */
 void fixture_end(fixture_t *f);

@@ -537,7 +537,6 @@ describe("peerpool.conn", function()
     end))
 
     it("holds the longest unix path whole (107 bytes)", test(function(env)
-      local uv = require "luv"
       local dir = os.tmpname()
       os.remove(dir)
       assert(uv.fs_mkdir(dir, 448))

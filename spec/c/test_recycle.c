@@ -147,7 +147,7 @@ TEST(recycle_server_closes_mid_use) {
   ASSERT_EQ(rd.len, 0);
   ASSERT_EQ(pp_conn_is_broken(f.held.conn), 1);
   /* The holder releases it (healthy, as far as it knows): it is closed all the same. A reset
-   * (the server closed with our bytes unread) is the f.peer's failure; a clean EOF is not. */
+   * (the server closed with our bytes unread) is the peer's failure; a clean EOF is not. */
   ASSERT_OK(pp_release(&f.held, 0));
   RUN_UNTIL(test_stats(f.pool).conns == 0, 2000);
   pp_stats_t s = test_stats(f.pool);

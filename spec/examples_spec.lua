@@ -1,6 +1,5 @@
 -- The examples in scripts/examples/ run as documented, against real servers.
 describe("scripts/examples", function()
-  local uv = require "luv"
 
   -- The directory of the peerpool module busted was pointed at (--cpath).
   local function module_dir()
@@ -8,14 +7,7 @@ describe("scripts/examples", function()
     return so:match("^(.*)/[^/]+$")
   end
 
-  local function free_port()
-    local t = uv.new_tcp()
-    t:bind("127.0.0.1", 0)
-    local port = t:getsockname().port
-    t:close()
-    uv.run("nowait") -- finish the close: luv crashes at exit on a handle still closing
-    return port
-  end
+  local free_port = require "spec.support.helpers".free_port
 
   -- redis-servers started by the running test: busted keeps one finally per test, so one
   -- list, killed after each test.

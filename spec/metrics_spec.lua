@@ -73,21 +73,10 @@ local function busy_pool(env, opts)
   return pool, srv
 end
 
-local PROMTOOL = io.popen("command -v promtool"):read("l")
+local PROMTOOL = H.PROMTOOL
 local PROMETHEUS = io.popen("command -v prometheus"):read("l")
 
--- promtool check metrics on `text`: ok, its output.
-local function promtool(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  local p = io.popen(string.format("'%s' check metrics < '%s' 2>&1", PROMTOOL, path))
-  local out = p:read("a")
-  local ok = p:close()
-  os.remove(path)
-  return ok == true, out
-end
+local promtool = H.promtool
 
 -- The fds this process has open.
 local function fd_count() return T.fd_count("self") end

@@ -11,14 +11,7 @@ local function have(cmd)
   return os.execute("command -v " .. cmd .. " >/dev/null 2>&1") == true
 end
 
-local function free_port()
-  local t = uv.new_tcp()
-  t:bind("127.0.0.1", 0)
-  local port = t:getsockname().port
-  t:close()
-  uv.run("nowait")
-  return port
-end
+local free_port = H.free_port
 
 local function read_file(path)
   local f = io.open(path)

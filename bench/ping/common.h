@@ -29,6 +29,7 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 enum { PING_MAX_PEERS = 8 };
 
@@ -154,6 +155,32 @@ static void ping_report(const ping_args_t *a, const ping_mark_t *t0, const ping_
       ping_tv_s(t0->ru.ru_utime, t1->ru.ru_utime), ping_tv_s(t0->ru.ru_stime, t1->ru.ru_stime),
       ping_quantile(lat_ns, n, 0.50) / 1e3, ping_quantile(lat_ns, n, 0.99) / 1e3, errors);
   fflush(stdout);
+}
+
+/* Add `n` bytes of a reply to `buf` (`*len` bytes so far, room for `cap`). Returns 1 once the
+ * reply is the complete "+PONG\r\n" line (and empties the buffer), 0 while the line is not
+ * complete; anything else ends the program. */
+static int ping_pong_add(const char *kind, char *buf, size_t cap, size_t *len, const char *data,
+                         size_t n) {
+  if (*len + n > cap) ping_die(kind, "reply too long");
+  memcpy(buf + *len, data, n);
+  *len += n;
+  if (memchr(buf, '\n', *len) == NULL) return 0;
+  if (*len != 7 || memcmp(buf, "+PONG\r\n", 7) != 0)
+    ping_die(kind, "unexpected reply '%.*s'", (int)*len, buf);
+  *len = 0;
+  return 1;
+}
+
+/* One phase: `start(i, per_client)` starts client i on its `per_client` requests; the loop runs
+ * until every client said it is done by counting `*running` down to 0 (and stopping the loop). */
+static void ping_run_phase(uv_loop_t *loop, int *running, int clients, long per_client,
+                           void (*start)(int i, long per_client)) {
+  *running = clients;
+  for (int i = 0; i < clients; i++)
+    start(i, per_client);
+  while (*running > 0)
+    uv_run(loop, UV_RUN_DEFAULT);
 }
 
 static uint32_t ping_clamp_ns(uint64_t ns) {

@@ -61,15 +61,9 @@ static void client_done(client_t *c) {
 static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg) {
   client_t *c = arg;
   if (nread < 0) fail("read", (int)nread);
-  if (c->len + (size_t)nread > sizeof c->buf) ping_die("c", "reply too long");
-  memcpy(c->buf + c->len, data, (size_t)nread);
-  c->len += (size_t)nread;
-  if (memchr(c->buf, '\n', c->len) == NULL) return;
-  if (c->len != 7 || memcmp(c->buf, "+PONG\r\n", 7) != 0)
-    ping_die("c", "unexpected reply '%.*s'", (int)c->len, c->buf);
+  if (!ping_pong_add("c", c->buf, sizeof c->buf, &c->len, data, (size_t)nread)) return;
   uint64_t t = ping_now_ns();
   if (phase == 1) lat[nlat++] = ping_clamp_ns(t - c->t0);
-  c->len = 0;
   pp_conn_read_stop(conn);
   int r = pp_release(&c->lease, recycle ? PP_ENOREUSE : 0);
   if (r != 0) fail("pp_release", r);
@@ -111,14 +105,13 @@ static void start_request(client_t *c) {
   if (r != 0) fail("pp_acquire", r);
 }
 
+static void start_client(int i, long per_client) {
+  clients[i].left = per_client;
+  start_request(&clients[i]);
+}
+
 static void run_phase(long per_client) {
-  running = args.clients;
-  for (int i = 0; i < args.clients; i++) {
-    clients[i].left = per_client;
-    start_request(&clients[i]);
-  }
-  while (running > 0)
-    uv_run(loop, UV_RUN_DEFAULT);
+  ping_run_phase(loop, &running, args.clients, per_client, start_client);
 }
 
 /* The cost of observability (bench/observe/): PP_PING_OBSERVE=1 takes every pool event and,

@@ -15,8 +15,6 @@
  * ephemeral port range is never exhausted. Any error ends the program with a message.
  * Arguments and the RESULT line: see common.h.
  */
-#include <uv.h>
-
 #include "common.h"
 
 typedef struct {
@@ -63,14 +61,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   client_t *c = s->data;
   if (nread == 0) return;
   if (nread < 0) fail("read", (int)nread);
-  if (c->len + (size_t)nread > sizeof c->buf) ping_die("connect", "reply too long");
-  memcpy(c->buf + c->len, buf->base, (size_t)nread);
-  c->len += (size_t)nread;
-  if (memchr(c->buf, '\n', c->len) == NULL) return;
-  if (c->len != 7 || memcmp(c->buf, "+PONG\r\n", 7) != 0)
-    ping_die("connect", "unexpected reply '%.*s'", (int)c->len, c->buf);
+  if (!ping_pong_add("connect", c->buf, sizeof c->buf, &c->len, buf->base, (size_t)nread)) return;
   if (phase == 1) lat[nlat++] = ping_clamp_ns(ping_now_ns() - c->t0);
-  c->len = 0;
   uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
@@ -100,14 +92,13 @@ static void start_request(client_t *c) {
   if (r != 0) fail("uv_tcp_connect", r);
 }
 
+static void start_client(int i, long per_client) {
+  clients[i].left = per_client;
+  start_request(&clients[i]);
+}
+
 static void run_phase(long per_client) {
-  running = args.clients;
-  for (int i = 0; i < args.clients; i++) {
-    clients[i].left = per_client;
-    start_request(&clients[i]);
-  }
-  while (running > 0)
-    uv_run(loop, UV_RUN_DEFAULT);
+  ping_run_phase(loop, &running, args.clients, per_client, start_client);
 }
 
 int main(int argc, char **argv) {

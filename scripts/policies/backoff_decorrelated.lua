@@ -19,24 +19,20 @@
 --   pool:load_policy(require "peerpool.policies.backoff_decorrelated".new{ base_ms = 50 })
 local options = require "peerpool.policies.options"
 
+-- Its own options; cap_ms, burn_after and burn_on come with options.backoff.
 local DEFAULTS = {
   base_ms = { 100, "positive_number" },
-  cap_ms = { 30000, "positive_number" },
-  burn_after = { false, "count_or_false" },
-  burn_on = { {}, "strings" },
 }
 
 local MAX_REMEMBERED = 4096 -- peers whose last delay is kept; then the memory starts over
 
 local function new(opts)
-  local o = options.check("policy.backoff", opts, DEFAULTS)
-  if o.cap_ms < o.base_ms then error("policy.backoff.cap_ms must be >= base_ms", 0) end
+  local o, burns = options.backoff(opts, DEFAULTS)
   local M = {
     name = "backoff_decorrelated",
     description = "decorrelated jitter backoff",
   }
   local base, cap = math.floor(o.base_ms), math.floor(o.cap_ms)
-  local burns = options.burner(o)
   local last, remembered = {}, 0
 
   function M.backoff(attempt, err, peer)

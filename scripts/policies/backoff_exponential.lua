@@ -21,22 +21,18 @@
 --     base_ms = 250, cap_ms = 60000, burn_after = 8 })
 local options = require "peerpool.policies.options"
 
+-- Its own options; cap_ms, burn_after and burn_on come with options.backoff.
 local DEFAULTS = {
   base_ms = { 100, "positive_number" },
-  cap_ms = { 30000, "positive_number" },
-  burn_after = { false, "count_or_false" },
-  burn_on = { {}, "strings" },
 }
 
 local function new(opts)
-  local o = options.check("policy.backoff", opts, DEFAULTS)
-  if o.cap_ms < o.base_ms then error("policy.backoff.cap_ms must be >= base_ms", 0) end
+  local o, burns = options.backoff(opts, DEFAULTS)
   local M = {
     name = "backoff_exponential",
     description = "exponential backoff with full jitter",
   }
   local base, cap = o.base_ms, o.cap_ms
-  local burns = options.burner(o)
 
   --- The ceiling of the delay after `attempt` failures.
   local function ceiling(attempt)

@@ -17,23 +17,19 @@
 --     jitter_ms = 100, burn_after = 20 })
 local options = require "peerpool.policies.options"
 
+-- Its own options; cap_ms, burn_after and burn_on come with options.backoff.
 local DEFAULTS = {
   base_ms = { 1000, "positive_number" },
   jitter_ms = { 0, "number" },
-  cap_ms = { 30000, "positive_number" },
-  burn_after = { false, "count_or_false" },
-  burn_on = { {}, "strings" },
 }
 
 local function new(opts)
-  local o = options.check("policy.backoff", opts, DEFAULTS)
-  if o.cap_ms < o.base_ms then error("policy.backoff.cap_ms must be >= base_ms", 0) end
+  local o, burns = options.backoff(opts, DEFAULTS)
   local M = {
     name = "backoff_fixed",
     description = "a fixed delay with optional jitter",
   }
   local base, jitter, cap = math.floor(o.base_ms), math.floor(o.jitter_ms), math.floor(o.cap_ms)
-  local burns = options.burner(o)
 
   function M.backoff(attempt, err)
     if burns(attempt, err) then return false end

@@ -127,4 +127,22 @@ function O.burner(o)
   end
 end
 
+--- options.backoff(opts, spec): the options of a backoff policy: `spec` (its own options, base_ms
+-- among them) plus the ones every backoff takes, cap_ms = 30000, burn_after = false and
+-- burn_on = {}, checked as options.check("policy.backoff", opts, ...) does, and cap_ms no smaller
+-- than base_ms. Returns the checked options and their burner (options.burner).
+local BACKOFF_COMMON = {
+  cap_ms = { 30000, "positive_number" },
+  burn_after = { false, "count_or_false" },
+  burn_on = { {}, "strings" },
+}
+function O.backoff(opts, spec)
+  local all = {}
+  for k, v in pairs(BACKOFF_COMMON) do all[k] = v end
+  for k, v in pairs(spec) do all[k] = v end
+  local o = O.check("policy.backoff", opts, all)
+  if o.cap_ms < o.base_ms then error("policy.backoff.cap_ms must be >= base_ms", 0) end
+  return o, O.burner(o)
+end
+
 return O

@@ -19,6 +19,17 @@ typedef struct {
   test_rec_t held_rec;
 } fixture_t;
 
+/* test_options() with the changes given as statements on `o`, as a pointer for test_pool or
+ * fixture_start: TEST_OPTS(o.retries = 2; o.connect_timeout = 100). Each use has its own
+ * static copy, so the pointer stays valid for the whole test (a pool may keep it). */
+#define TEST_OPTS(...)        \
+  ({                          \
+    static pp_options_t o;    \
+    test_options(&o);         \
+    __VA_ARGS__;              \
+    (const pp_options_t *)&o; \
+  })
+
 /* A pool with `opts` (NULL = test_options() defaults) and `srv` as its one peer. The fixture
  * owns `srv`: fixture_end() stops it. */
 fixture_t fixture_start(srv_t *srv, const pp_options_t *opts);

@@ -255,32 +255,22 @@ TEST(acquire_release_twice_is_bad_state) {
 }
 
 TEST(acquire_release_of_pending_lease_is_bad_state) {
-  srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.connect_timeout = 5000;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  fixture_t f = fixture_start(srv_hang_start(), TEST_OPTS(o.connect_timeout = 5000));
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
   ASSERT_ERR(pp_release(&l, 0), PP_ESTATE);
   ASSERT_OK(pp_acquire_cancel(&l));
   RUN_UNTIL(r.calls == 1, 1000);
   ASSERT_ERR(r.status, PP_ECANCELED);
-  test_finish_srv(pool, hang);
+  fixture_end(&f);
 }
 
 TEST(acquire_cancel_pending) {
-  srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.connect_timeout = 5000;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  fixture_t f = fixture_start(srv_hang_start(), TEST_OPTS(o.connect_timeout = 5000));
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
   test_run_for(20);
   ASSERT_EQ(r.calls, 0);
   ASSERT_OK(CALL(pp_acquire_cancel(&l)));
@@ -290,23 +280,18 @@ TEST(acquire_cancel_pending) {
   ASSERT_NULL(l.conn);
   test_run_for(20);
   ASSERT_EQ(r.calls, 1);
-  ASSERT_EQ(test_stats(pool).canceled, 1);
+  ASSERT_EQ(test_stats(f.pool).canceled, 1);
   ASSERT_ERR(pp_acquire_cancel(&l), PP_ESTATE);
-  test_finish_srv(pool, hang);
+  fixture_end(&f);
 }
 
 TEST(acquire_cancel_then_release_does_not_matter) {
   /* Canceling twice before the callback: the second is bad state or a harmless 0, and the
    * callback still runs once. */
-  srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.connect_timeout = 5000;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  fixture_t f = fixture_start(srv_hang_start(), TEST_OPTS(o.connect_timeout = 5000));
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
   ASSERT_OK(pp_acquire_cancel(&l));
   int rc = pp_acquire_cancel(&l);
   ASSERT_ERR2(rc, 0, PP_ESTATE);
@@ -314,7 +299,7 @@ TEST(acquire_cancel_then_release_does_not_matter) {
   test_run_for(20);
   ASSERT_EQ(r.calls, 1);
   ASSERT_ERR(r.status, PP_ECANCELED);
-  test_finish_srv(pool, hang);
+  fixture_end(&f);
 }
 
 TEST(acquire_cancel_granted_is_bad_state) {

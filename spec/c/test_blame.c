@@ -151,20 +151,15 @@ TEST(blame_broken_verdict_after_clean_eof_counts_once) {
 
 TEST(blame_shared_conn_broken_by_every_holder_counts_once) {
   /* Three holders of one shared conn all release it as broken: one failure, not three. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.client_limit = 3;
-  o.eject_after = 0;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.client_limit = 3; o.eject_after = 0));
   pp_lease_t l[3];
   test_rec_t r[3];
   for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
   ASSERT_PTR_EQ(l[0].conn, l[2].conn);
   for (int i = 0; i < 3; i++)
     ASSERT_OK(pp_release(&l[i], PP_EBROKEN));
-  ASSERT_EQ(test_peer_info(peer).failures, 1);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 1);
+  fixture_end(&f);
 }

@@ -1,7 +1,6 @@
 /* Closing the pool: pending acquires and notices end with PP_ECLOSED, leases are detached,
  * the close callback runs once, and the loop closes with 0. */
-#include "servers.h"
-#include "test.h"
+#include "fixtures.h"
 
 TEST(close_empty_pool) {
   pp_pool_t *pool = test_pool(NULL);
@@ -34,41 +33,31 @@ TEST(close_twice_is_closed) {
 }
 
 TEST(close_ends_pending_dial_with_closed) {
-  srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.connect_timeout = 10000;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  fixture_t f = fixture_start(srv_hang_start(), TEST_OPTS(o.connect_timeout = 10000));
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
   test_run_for(20);
-  ASSERT_EQ(srv_client_conns(hang), 1);
-  ASSERT_OK(CALL(pp_pool_close(pool, test_close_cb)));
+  ASSERT_EQ(srv_client_conns(f.srv), 1);
+  ASSERT_OK(CALL(pp_pool_close(f.pool, test_close_cb)));
   ASSERT_EQ(r.calls, 0);
   RUN_UNTIL(r.calls == 1, 1000);
   ASSERT_ERR(r.status, PP_ECLOSED);
   ASSERT_NULL(l.conn);
   test_finish_closed();
   ASSERT_EQ(r.calls, 1);
-  ASSERT_EQ(srv_client_conns(hang), 0);
-  srv_stop(hang);
+  ASSERT_EQ(srv_client_conns(f.srv), 0);
+  srv_stop(f.srv);
 }
 
 TEST(close_ends_waiters_with_closed) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
   pp_lease_t held, w[3];
   test_rec_t hr, r[3];
-  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
   for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_start(pool, &w[i], &r[i], peer, NULL));
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
+    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
   RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 1000);
   for (int i = 0; i < 3; i++) {
     ASSERT_EQ(r[i].calls, 1);
@@ -76,7 +65,7 @@ TEST(close_ends_waiters_with_closed) {
   }
   test_finish_closed();
   ASSERT_EQ(hr.calls, 1);
-  srv_stop(srv);
+  srv_stop(f.srv);
 }
 
 TEST(close_ends_backoff_promptly) {
@@ -104,24 +93,19 @@ TEST(close_ends_backoff_promptly) {
 }
 
 TEST(close_fires_armed_notices_with_closed) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
   pp_lease_t held;
   test_rec_t hr;
-  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
   pp_notice_t n1, n2;
   test_rec_t r1 = {0}, r2 = {0};
   memset(&n1, 0, sizeof n1);
   memset(&n2, 0, sizeof n2);
   n1.data = &r1;
   n2.data = &r2;
-  ASSERT_OK(pp_notice_start(pool, &n1, peer, test_notice_cb));
-  ASSERT_OK(pp_notice_start(pool, &n2, NULL, test_notice_cb));
-  ASSERT_OK(CALL(pp_pool_close(pool, test_close_cb)));
+  ASSERT_OK(pp_notice_start(f.pool, &n1, f.peer, test_notice_cb));
+  ASSERT_OK(pp_notice_start(f.pool, &n2, NULL, test_notice_cb));
+  ASSERT_OK(CALL(pp_pool_close(f.pool, test_close_cb)));
   ASSERT_EQ(r1.calls + r2.calls, 0);
   RUN_UNTIL(r1.calls == 1 && r2.calls == 1, 1000);
   ASSERT_ERR(r1.status, PP_ECLOSED);
@@ -129,7 +113,7 @@ TEST(close_fires_armed_notices_with_closed) {
   test_finish_closed();
   ASSERT_EQ(r1.calls, 1);
   ASSERT_EQ(r2.calls, 1);
-  srv_stop(srv);
+  srv_stop(f.srv);
 }
 
 TEST(close_detaches_leases) {
@@ -220,25 +204,20 @@ TEST(close_ends_pending_write) {
 }
 
 TEST(close_closes_every_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 4;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 4));
   pp_lease_t l[4];
   test_rec_t r[4];
   for (int i = 0; i < 4; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
   ASSERT_OK(pp_release(&l[0], 0));
   ASSERT_OK(pp_release(&l[1], 0)); /* two idle, two leased */
-  RUN_UNTIL(srv_open(srv) == 4, 2000);
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
+  RUN_UNTIL(srv_open(f.srv) == 4, 2000);
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
   RUN_UNTIL(test_close_calls == 1, 2000);
-  ASSERT_EQ(srv_client_conns(srv), 0);
+  ASSERT_EQ(srv_client_conns(f.srv), 0);
   test_finish_closed();
-  RUN_UNTIL(srv_open(srv) == 0, 2000);
-  srv_stop(srv);
+  RUN_UNTIL(srv_open(f.srv) == 0, 2000);
+  srv_stop(f.srv);
 }
 
 static pp_stats_t stats_in_close_cb;
@@ -249,25 +228,20 @@ static void close_cb_with_stats(pp_pool_t *pool) {
 }
 
 TEST(close_counts_closed_conns) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 2;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 2));
   pp_lease_t l[2];
   test_rec_t r[2];
   for (int i = 0; i < 2; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
   ASSERT_OK(pp_release(&l[0], 0));
-  ASSERT_OK(pp_pool_close(pool, close_cb_with_stats));
+  ASSERT_OK(pp_pool_close(f.pool, close_cb_with_stats));
   test_finish_closed();
   ASSERT_EQ(stats_in_close_cb.closed[PP_CLOSE_CLOSED], 2);
   ASSERT_EQ(stats_in_close_cb.conns, 0);
   ASSERT_EQ(stats_in_close_cb.idle, 0);
   ASSERT_EQ(stats_in_close_cb.active, 0);
   ASSERT_EQ(stats_in_close_cb.waiters, 0);
-  srv_stop(srv);
+  srv_stop(f.srv);
 }
 
 TEST(close_refuses_new_work) {

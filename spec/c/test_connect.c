@@ -59,20 +59,15 @@ TEST(connect_refused_cannot_connect_after_retries) {
 
 TEST(connect_refused_with_default_backoff) {
   /* Built-in backoff: full jitter, base 100 ms: two retries take at most ~600 ms. */
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 2;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_refused_start(), TEST_OPTS(o.retries = 2));
   pp_lease_t l;
   test_rec_t r;
   uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, NULL), PP_ECANNOTCONNECT);
   ASSERT_LT(test_now_ms() - t0, 3000);
   ASSERT_ERR(l.cause, UV_ECONNREFUSED);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 3);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 3);
+  fixture_end(&f);
 }
 
 TEST(connect_no_retries_means_one_attempt) {
@@ -217,41 +212,31 @@ TEST(connect_hanging_listener_times_out_each_attempt) {
 }
 
 TEST(connect_timeout_single_attempt) {
-  srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.connect_timeout = 100;
-  o.retries = 0;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  fixture_t f = fixture_start(srv_hang_start(), TEST_OPTS(o.connect_timeout = 100; o.retries = 0));
   pp_lease_t l;
   test_rec_t r;
   uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, NULL), PP_ECANNOTCONNECT);
   uint64_t took = test_now_ms() - t0;
   ASSERT_GE(took, 90);
   ASSERT_LT(took, 3000);
-  test_finish_srv(pool, hang);
+  fixture_end(&f);
 }
 
 TEST(connect_success_records_latency) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
   int64_t before = test_unix_ms();
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  pp_stats_t s = test_stats(pool);
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connect_attempts, 1);
   ASSERT_EQ(s.connects_ok, 1);
   ASSERT_EQ(s.connects_failed, 0);
   ASSERT_DBL_GE(s.connect_latency_ms_avg, 0.0);
   ASSERT(s.connect_latency_ms_avg < 1000.0);
   ASSERT_DBL_GE(s.connect_latency_ms_max, s.connect_latency_ms_avg);
-  pp_peer_info_t i = test_peer_info(peer);
+  pp_peer_info_t i = test_peer_info(f.peer);
   ASSERT_EQ(i.attempts, 1);
   ASSERT_EQ(i.failures, 0);
   ASSERT_EQ(i.last_error, 0);
@@ -262,7 +247,7 @@ TEST(connect_success_records_latency) {
   ASSERT_EQ(i.leases, 1);
   ASSERT_EQ(i.idle, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(connect_unix_socket_peer) {
@@ -319,16 +304,11 @@ TEST(connect_ipv6_peer) {
 
 TEST(connect_one_dial_for_two_waiting_acquires) {
   /* max_per_peer = 1: the second acquire waits for the first conn instead of dialling. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
   pp_lease_t a, b;
   test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_start(pool, &a, &ra, peer, NULL));
-  ASSERT_OK(test_acquire_start(pool, &b, &rb, peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &a, &ra, f.peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &b, &rb, f.peer, NULL));
   RUN_UNTIL(ra.calls + rb.calls >= 1, 3000);
   test_run_for(20);
   ASSERT_EQ(ra.calls + rb.calls, 1);
@@ -337,10 +317,10 @@ TEST(connect_one_dial_for_two_waiting_acquires) {
   ASSERT_OK(pp_release(first, 0));
   RUN_UNTIL(second_rec->calls == 1, 1000);
   ASSERT_OK(second_rec->status);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 1);
-  ASSERT_ACCEPTED(srv, 1);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 1);
+  ASSERT_ACCEPTED(f.srv, 1);
   ASSERT_OK(pp_release(second, 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(connect_failure_is_not_inside_acquire) {
@@ -388,24 +368,19 @@ TEST(connect_failed_peer_fails_fast_until_its_retry_time) {
 
 TEST(connect_deadline_applies_while_dialing) {
   /* An acquire's deadline ends it even while its dial is still trying. */
-  srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.connect_timeout = 5000;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  fixture_t f = fixture_start(srv_hang_start(), TEST_OPTS(o.connect_timeout = 5000));
   pp_acquire_opts_t a;
   pp_acquire_opts_init(&a);
   a.timeout = 100;
   pp_lease_t l;
   test_rec_t r;
   uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, &a), PP_ETIMEDOUT);
+  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, &a), PP_ETIMEDOUT);
   uint64_t took = test_now_ms() - t0;
   ASSERT_GE(took, 90);
   ASSERT_LT(took, 2000);
-  ASSERT_EQ(test_stats(pool).timed_out, 1);
-  test_finish_srv(pool, hang);
+  ASSERT_EQ(test_stats(f.pool).timed_out, 1);
+  fixture_end(&f);
 }
 
 TEST(connect_waiters_behind_a_failing_dial_all_end) {

@@ -157,24 +157,19 @@ TEST(failfast_burned_peer_describes_itself) {
 TEST(failfast_timeout_describes_what_it_waited_behind) {
   /* One conn (max_per_peer 1), held; two waiters; the second times out first: it waited
    * behind the conn in use and one waiter, and the peer's last error shows. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  o.eject_after = 0;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1; o.eject_after = 0));
   pp_lease_t held, first, second;
   test_rec_t hr, fr, sr;
-  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
   ASSERT_OK(pp_release(&held, UV_ECONNRESET)); /* a last error to report */
-  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
   pp_acquire_opts_t ao;
   pp_acquire_opts_init(&ao);
   ao.timeout = 2000;
-  ASSERT_OK(test_acquire_start(pool, &first, &fr, peer, &ao));
+  ASSERT_OK(test_acquire_start(f.pool, &first, &fr, f.peer, &ao));
   ao.timeout = 200;
-  ASSERT_OK(test_acquire_start(pool, &second, &sr, peer, &ao));
+  ASSERT_OK(test_acquire_start(f.pool, &second, &sr, f.peer, &ao));
   RUN_UNTIL(sr.calls == 1, 2000);
   ASSERT_ERR(sr.status, PP_ETIMEDOUT);
   pp_cause_t c;
@@ -189,13 +184,13 @@ TEST(failfast_timeout_describes_what_it_waited_behind) {
   snprintf(want, sizeof want,
            " ms waiting for %s: 1/1 conns in use, 1 waiter ahead; last error "
            "ECONNRESET ",
-           srv_addr(srv));
+           srv_addr(f.srv));
   ASSERT_CONTAINS(line, want);
   ASSERT_CONTAINS(line, " s ago");
   ASSERT_OK(pp_acquire_cancel(&first));
   RUN_UNTIL(fr.calls == 1, 1000);
   ASSERT_OK(pp_release(&held, 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(failfast_any_peer_passes_over_held_peers) {
@@ -267,19 +262,14 @@ TEST(failfast_cause_is_zero_after_a_grant) {
 }
 
 TEST(failfast_describe_truncates_like_snprintf) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
   pp_lease_t held, l;
   test_rec_t hr, r;
-  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
   pp_acquire_opts_t ao;
   pp_acquire_opts_init(&ao);
   ao.busy = PP_BUSY_FAIL;
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, &ao), PP_EBUSY);
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &ao), PP_EBUSY);
   int whole = pp_lease_describe(&l, line, sizeof line);
   ASSERT_CONTAINS(line, " is at capacity: 1/1 conns in use");
   char small[8];
@@ -291,36 +281,31 @@ TEST(failfast_describe_truncates_like_snprintf) {
   ASSERT_ERR(pp_lease_describe(NULL, line, sizeof line), PP_EINVAL);
   ASSERT_ERR(pp_lease_cause(NULL, NULL), PP_EINVAL);
   ASSERT_OK(pp_release(&held, 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
   /* The only peer backs off (a broken conn, its ejection refused) while another conn of it is
    * leased: an acquire for it waits rather than failing fast, and the release serves it. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 1;
-  o.max_per_peer = 2;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.eject_after = 1; o.max_per_peer = 2));
   pp_lease_t held, broken, waiter;
   test_rec_t hr, br, wr;
-  ASSERT_OK(test_acquire_wait(pool, &held, &hr, peer, NULL));
-  ASSERT_OK(test_acquire_wait(pool, &broken, &br, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &broken, &br, f.peer, NULL));
   ASSERT_OK(pp_release(&broken, PP_EBROKEN));
-  ASSERT_EQ(test_stats(pool).ejections_refused, 1);
-  ASSERT_GT(test_peer_info(peer).retry_at, 0); /* backing off */
-  ASSERT_EQ(pp_peer_check(peer), 0);           /* but its leased conn may serve */
-  ASSERT_OK(test_acquire_start(pool, &waiter, &wr, peer, NULL));
+  ASSERT_EQ(test_stats(f.pool).ejections_refused, 1);
+  ASSERT_GT(test_peer_info(f.peer).retry_at, 0); /* backing off */
+  ASSERT_EQ(pp_peer_check(f.peer), 0);           /* but its leased conn may serve */
+  ASSERT_OK(test_acquire_start(f.pool, &waiter, &wr, f.peer, NULL));
   test_run_for(50);
   ASSERT_EQ(wr.calls, 0);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 2); /* nothing dialled meanwhile */
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 2); /* nothing dialled meanwhile */
   ASSERT_OK(pp_release(&held, 0));
   RUN_UNTIL(wr.calls == 1, 1000);
   ASSERT_OK(wr.status);
   ASSERT_OK(pp_release(&waiter, 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(failfast_notice_for_a_held_peer_fires_when_its_hold_ends) {

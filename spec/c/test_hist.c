@@ -16,37 +16,32 @@ static pp_histogram_t hist(pp_pool_t *pool, pp_hist_kind_t kind) {
 }
 
 TEST(hist_counts_follow_acquires_connects_and_releases) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 2;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 2));
   pp_lease_t l[3];
   test_rec_t r[3];
-  ASSERT_OK(test_acquire_wait(pool, &l[0], &r[0], peer, NULL)); /* dialled */
-  ASSERT_OK(test_acquire_wait(pool, &l[1], &r[1], peer, NULL)); /* dialled */
-  ASSERT_EQ(hist(pool, PP_HIST_CONNECT).count, 2);
-  ASSERT_EQ(hist(pool, PP_HIST_HANDSHAKE).count, 0);
-  ASSERT_EQ(hist(pool, PP_HIST_ACQUIRE_WAIT).count, 2);
-  ASSERT_EQ(hist(pool, PP_HIST_HOLD).count, 0);
+  ASSERT_OK(test_acquire_wait(f.pool, &l[0], &r[0], f.peer, NULL)); /* dialled */
+  ASSERT_OK(test_acquire_wait(f.pool, &l[1], &r[1], f.peer, NULL)); /* dialled */
+  ASSERT_EQ(hist(f.pool, PP_HIST_CONNECT).count, 2);
+  ASSERT_EQ(hist(f.pool, PP_HIST_HANDSHAKE).count, 0);
+  ASSERT_EQ(hist(f.pool, PP_HIST_ACQUIRE_WAIT).count, 2);
+  ASSERT_EQ(hist(f.pool, PP_HIST_HOLD).count, 0);
   ASSERT_OK(pp_release(&l[0], 0));
-  ASSERT_EQ(hist(pool, PP_HIST_HOLD).count, 1);
+  ASSERT_EQ(hist(f.pool, PP_HIST_HOLD).count, 1);
   for (int i = 0; i < 5; i++) { /* idle conn at once: wait 0 */
-    ASSERT_OK(pp_try_acquire(pool, &l[2], peer, NULL));
+    ASSERT_OK(pp_try_acquire(f.pool, &l[2], f.peer, NULL));
     ASSERT_OK(pp_release(&l[2], 0));
   }
-  pp_histogram_t w = hist(pool, PP_HIST_ACQUIRE_WAIT);
+  pp_histogram_t w = hist(f.pool, PP_HIST_ACQUIRE_WAIT);
   ASSERT_EQ(w.count, 7);
   ASSERT(w.buckets[0] >= 5);
-  ASSERT_EQ(w.count, test_stats(pool).acquires);
-  ASSERT_EQ(hist(pool, PP_HIST_HOLD).count, 6);
+  ASSERT_EQ(w.count, test_stats(f.pool).acquires);
+  ASSERT_EQ(hist(f.pool, PP_HIST_HOLD).count, 6);
   ASSERT_OK(pp_release(&l[1], 0));
-  ASSERT_EQ(hist(pool, PP_HIST_HOLD).count, test_stats(pool).releases);
-  pp_histogram_t c = hist(pool, PP_HIST_CONNECT);
+  ASSERT_EQ(hist(f.pool, PP_HIST_HOLD).count, test_stats(f.pool).releases);
+  pp_histogram_t c = hist(f.pool, PP_HIST_CONNECT);
   ASSERT(c.sum_us > 0);
   ASSERT(c.sum_us < 5000000);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(hist_buckets_and_quantiles) {

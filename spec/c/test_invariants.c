@@ -102,30 +102,25 @@ TEST(inv_try_acquire_release_of_idle_conn_allocates_nothing) {
 
 TEST(inv_shared_try_acquire_release_allocates_nothing) {
   skip_if_no_malloc_count();
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.client_limit = 4;
-  o.max_per_peer = 2;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.client_limit = 4; o.max_per_peer = 2));
   pp_lease_t l[4];
   test_rec_t r[4];
-  ASSERT_OK(test_acquire_wait(pool, &l[0], &r[0], peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &l[0], &r[0], f.peer, NULL));
   ASSERT_OK(pp_release(&l[0], 0));
   memset(l, 0, sizeof l);
   int ok = 0;
   counting = 1;
   for (int i = 0; i < 500; i++) {
     for (int k = 0; k < 4; k++)
-      if (pp_try_acquire(pool, &l[k], peer, NULL) == 0) ok++;
+      if (pp_try_acquire(f.pool, &l[k], f.peer, NULL) == 0) ok++;
     for (int k = 3; k >= 0; k--)
       pp_release(&l[k], 0);
   }
   counting = 0;
   ASSERT_EQ(ok, 2000);
   ASSERT_EQ(alloc_count, 0);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 static void count_cb(pp_lease_t *lease, int status) {
@@ -553,27 +548,21 @@ TEST(inv_storm_then_close_midway) {
 
 TEST(inv_limits_hold_under_a_burst) {
   /* 40 simultaneous acquires for one peer: never more than max_per_peer dials. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 3;
-  o.max_total = 3;
-  o.backlog = 100;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL),
+                              TEST_OPTS(o.max_per_peer = 3; o.max_total = 3; o.backlog = 100));
   enum { N = 40 };
   pp_lease_t l[N];
   test_rec_t r[N];
   for (int i = 0; i < N; i++)
-    ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
-  ASSERT_LE(test_stats(pool).connecting, 3);
-  ASSERT_LE(srv_client_conns(srv), 3);
+    ASSERT_OK(test_acquire_start(f.pool, &l[i], &r[i], f.peer, NULL));
+  ASSERT_LE(test_stats(f.pool).connecting, 3);
+  ASSERT_LE(srv_client_conns(f.srv), 3);
   int served = 0;
   uint64_t end = test_now_ms() + 5000;
   while (served < N && test_now_ms() < end) {
     test_tick();
-    ASSERT_LE(srv_client_conns(srv), 3);
-    ASSERT_LE(test_stats(pool).conns, 3);
+    ASSERT_LE(srv_client_conns(f.srv), 3);
+    ASSERT_LE(test_stats(f.pool).conns, 3);
     for (int i = 0; i < N; i++) {
       if (r[i].calls == 1 && l[i].conn) {
         ASSERT_OK(r[i].status);
@@ -585,9 +574,9 @@ TEST(inv_limits_hold_under_a_burst) {
   ASSERT_EQ(served, N);
   for (int i = 0; i < N; i++)
     ASSERT_EQ(r[i].calls, 1);
-  ASSERT_LE(srv_max_open(srv), 3);
-  ASSERT_LE(srv_accepted(srv), 3);
-  test_finish_srv(pool, srv);
+  ASSERT_LE(srv_max_open(f.srv), 3);
+  ASSERT_LE(srv_accepted(f.srv), 3);
+  fixture_end(&f);
 }
 
 TEST(inv_loop_closes_after_close_with_everything_in_flight) {

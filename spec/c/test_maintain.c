@@ -130,27 +130,22 @@ static void late_reply(pp_pool_t *pool, pp_peer_t *peer, int keep, int *closed_r
 }
 
 TEST(keep_idle_bytes_keeps_chatty_conns) {
-  srv_t *a = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.keep_idle_bytes = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(a));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.keep_idle_bytes = 1));
   int closed;
-  late_reply(pool, peer, 1, &closed);
+  late_reply(f.pool, f.peer, 1, &closed);
   ASSERT_EQ(closed, 0);
-  ASSERT_EQ(test_stats(pool).idle, 1);
+  ASSERT_EQ(test_stats(f.pool).idle, 1);
   /* The next holder's reader gets the kept bytes. */
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &rd));
   RUN_UNTIL(rd.len >= 5, 2000);
   ASSERT_EQ(memcmp(rd.buf, "late!", 5), 0);
   ASSERT_OK(pp_release(&l, 0));
   test_reader_free(&rd);
-  test_finish_srv(pool, a);
+  fixture_end(&f);
 }
 
 TEST(keep_idle_bytes_off_closes_on_late_reply) {

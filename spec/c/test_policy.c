@@ -149,16 +149,11 @@ static int bad_conn_choice(void *data, pp_peer_t *peer, pp_conn_t *const *conns,
 }
 
 TEST(policy_select_conn_bad_answer_falls_back) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 2;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 2));
   pp_lease_t l[2];
   test_rec_t r[2];
   for (int i = 0; i < 2; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
   for (int i = 0; i < 2; i++)
     ASSERT_OK(pp_release(&l[i], 0));
   int calls = 0;
@@ -166,13 +161,13 @@ TEST(policy_select_conn_bad_answer_falls_back) {
   memset(&pol, 0, sizeof pol);
   pol.data = &calls;
   pol.select_conn = bad_conn_choice;
-  pp_pool_set_policy(pool, &pol);
-  ASSERT_OK(test_acquire_wait(pool, &l[0], &r[0], peer, NULL));
+  pp_pool_set_policy(f.pool, &pol);
+  ASSERT_OK(test_acquire_wait(f.pool, &l[0], &r[0], f.peer, NULL));
   ASSERT_GE(calls, 1);
-  ASSERT_GE(test_stats(pool).policy_errors, 1);
+  ASSERT_GE(test_stats(f.pool).policy_errors, 1);
   ASSERT_NOT_NULL(l[0].conn);
   ASSERT_OK(pp_release(&l[0], 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 static int64_t nonsense_backoff(void *data, pp_peer_t *peer, int attempt, int err) {

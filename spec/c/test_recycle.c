@@ -3,140 +3,99 @@
 #include "fixtures.h"
 
 TEST(recycle_idle_timeout_closes_idle_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.idle_timeout = 50;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  test_acquire_release(pool, peer);
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.idle_timeout = 50));
+  test_acquire_release(f.pool, f.peer);
   uint64_t t0 = test_now_ms();
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_IDLE] == 1, 3000);
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_IDLE] == 1, 3000);
   ASSERT_GE(test_now_ms() - t0, 40);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.conns, 0);
   ASSERT_EQ(s.idle, 0);
-  ASSERT_EQ(test_peer_info(peer).failures, 0);
-  RUN_UNTIL(srv_open(srv) == 0, 2000);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
+  RUN_UNTIL(srv_open(f.srv) == 0, 2000);
+  fixture_end(&f);
 }
 
 TEST(recycle_idle_timeout_spares_leased_conns) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.idle_timeout = 50;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.idle_timeout = 50));
+  fixture_hold(&f);
   test_run_for(200);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 0);
-  ASSERT_NOT_NULL(l.conn);
-  ASSERT_EQ(pp_conn_is_broken(l.conn), 0);
-  ASSERT_EQ(test_write(l.conn, "x", 1), 0);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_IDLE], 0);
+  ASSERT_NOT_NULL(f.held.conn);
+  ASSERT_EQ(pp_conn_is_broken(f.held.conn), 0);
+  ASSERT_EQ(test_write(f.held.conn, "x", 1), 0);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(recycle_idle_timer_restarts_on_reuse) {
   /* Reusing a conn every 100 ms keeps it alive under a 500 ms idle timeout for longer than
    * the timeout (wide margins: a loaded machine stretches each pause). */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.idle_timeout = 500;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.idle_timeout = 500));
   for (int i = 0; i < 8; i++) {
-    test_acquire_release(pool, peer);
+    test_acquire_release(f.pool, f.peer);
     test_run_for(100);
   }
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 0);
-  ASSERT_ACCEPTED(srv, 1);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_IDLE], 0);
+  ASSERT_ACCEPTED(f.srv, 1);
+  fixture_end(&f);
 }
 
 TEST(recycle_idle_timeout_zero_never_closes) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.idle_timeout = 0;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  test_acquire_release(pool, peer);
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.idle_timeout = 0));
+  test_acquire_release(f.pool, f.peer);
   test_run_for(150);
-  ASSERT_EQ(test_stats(pool).conns, 1);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).conns, 1);
+  fixture_end(&f);
 }
 
 TEST(recycle_max_lifespan_closes_when_last_lease_ends) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_lifespan = 50;
-  o.lifespan_jitter = 0;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  pp_conn_t *c = l.conn;
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_lifespan = 50; o.lifespan_jitter = 0));
+  fixture_hold(&f);
+  pp_conn_t *c = f.held.conn;
   test_run_for(120);
   /* Past its lifespan but leased: still open and usable. */
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_LIFESPAN], 0);
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_LIFESPAN], 0);
   ASSERT_EQ(pp_conn_is_broken(c), 0);
   ASSERT_EQ(test_write(c, "abc", 3), 0);
-  ASSERT_OK(pp_release(&l, 0));
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_LIFESPAN] == 1, 1000);
-  ASSERT_EQ(test_stats(pool).conns, 0);
-  ASSERT_EQ(test_peer_info(peer).failures, 0);
+  ASSERT_OK(pp_release(&f.held, 0));
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_LIFESPAN] == 1, 1000);
+  ASSERT_EQ(test_stats(f.pool).conns, 0);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
   /* The next acquire gets a fresh conn. */
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_ACCEPTED(srv, 2);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
+  ASSERT_ACCEPTED(f.srv, 2);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(recycle_expired_idle_conn_is_not_lent) {
   /* An idle conn that passed its lifespan is never handed out again. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_lifespan = 60;
-  o.lifespan_jitter = 0;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0)); /* idle, young */
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_lifespan = 60; o.lifespan_jitter = 0));
+  fixture_hold(&f);
+  ASSERT_OK(pp_release(&f.held, 0)); /* idle, young */
   test_run_for(120);
   pp_lease_t t;
   memset(&t, 0, sizeof t);
-  int rc = pp_try_acquire(pool, &t, peer, NULL);
+  int rc = pp_try_acquire(f.pool, &t, f.peer, NULL);
   ASSERT_ERR(rc, PP_EAGAIN);
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_ACCEPTED(srv, 2);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
+  ASSERT_ACCEPTED(f.srv, 2);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(recycle_lifespan_jitter_bounds) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_lifespan = 10000;
-  o.lifespan_jitter = 50;
-  o.max_per_peer = 8;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL),
+                    TEST_OPTS(o.max_lifespan = 10000; o.lifespan_jitter = 50; o.max_per_peer = 8));
   enum { N = 8 };
   pp_lease_t l[N];
   test_rec_t r[N];
   for (int i = 0; i < N; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
   int64_t first = -1;
   int spread = 0;
   for (int i = 0; i < N; i++) {
@@ -151,72 +110,52 @@ TEST(recycle_lifespan_jitter_bounds) {
   ASSERT_MSG(spread, "8 conns opened together all expire together despite 50%% jitter");
   for (int i = 0; i < N; i++)
     ASSERT_OK(pp_release(&l[i], 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(recycle_lifespan_without_jitter_is_exact) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_lifespan = 10000;
-  o.lifespan_jitter = 0;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_lifespan = 10000; o.lifespan_jitter = 0));
+  fixture_hold(&f);
   pp_conn_info_t ci;
-  pp_conn_info(l.conn, &ci);
+  pp_conn_info(f.held.conn, &ci);
   ASSERT_EQ(ci.expires_at - ci.created_at, 10000);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(recycle_no_lifespan_means_no_expiry) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_lifespan = 0;
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_lifespan = 0));
+  fixture_hold(&f);
   pp_conn_info_t ci;
-  pp_conn_info(l.conn, &ci);
+  pp_conn_info(f.held.conn, &ci);
   ASSERT_EQ(ci.expires_at, 0);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(recycle_server_closes_mid_use) {
   srv_opts_t so = {0};
   so.close_after_bytes = 4;
-  srv_t *srv = srv_echo_start(&so);
-  pp_options_t o;
-  test_options(&o);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = fixture_start(srv_echo_start(&so), NULL);
+  fixture_hold(&f);
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &rd));
-  ASSERT_EQ(test_write(l.conn, "12345678", 8), 0);
+  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
+  ASSERT_EQ(test_write(f.held.conn, "12345678", 8), 0);
   RUN_UNTIL(rd.ended == 1, 3000);
   ASSERT_LT(rd.end_status, 0);
   ASSERT_EQ(rd.len, 0);
-  ASSERT_EQ(pp_conn_is_broken(l.conn), 1);
+  ASSERT_EQ(pp_conn_is_broken(f.held.conn), 1);
   /* The holder releases it (healthy, as far as it knows): it is closed all the same. A reset
    * (the server closed with our bytes unread) is the peer's failure; a clean EOF is not. */
-  ASSERT_OK(pp_release(&l, 0));
-  RUN_UNTIL(test_stats(pool).conns == 0, 2000);
-  pp_stats_t s = test_stats(pool);
+  ASSERT_OK(pp_release(&f.held, 0));
+  RUN_UNTIL(test_stats(f.pool).conns == 0, 2000);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.closed[PP_CLOSE_BROKEN] + s.closed[PP_CLOSE_REMOTE], 1);
-  ASSERT_EQ(test_peer_info(peer).failures, rd.end_status == UV_EOF ? 0 : 1);
+  ASSERT_EQ(test_peer_info(f.peer).failures, rd.end_status == UV_EOF ? 0 : 1);
   ASSERT_EQ(rd.after_end, 0);
   test_reader_free(&rd);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(recycle_server_closes_right_after_accept) {
@@ -224,14 +163,10 @@ TEST(recycle_server_closes_right_after_accept) {
    * an EOF; either way a later acquire gets a fresh attempt. */
   srv_opts_t so = {0};
   so.close_on_accept = 1;
-  srv_t *srv = srv_echo_start(&so);
-  pp_options_t o;
-  test_options(&o);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  fixture_t f = fixture_start(srv_echo_start(&so), NULL);
   pp_lease_t l;
   test_rec_t r;
-  int st = test_acquire_wait(pool, &l, &r, peer, NULL);
+  int st = test_acquire_wait(f.pool, &l, &r, f.peer, NULL);
   if (st == 0) {
     test_reader_t rd = {0};
     ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &rd));
@@ -240,47 +175,39 @@ TEST(recycle_server_closes_right_after_accept) {
     ASSERT_OK(pp_release(&l, 0));
     test_reader_free(&rd);
   }
-  RUN_UNTIL(test_stats(pool).conns == 0, 2000);
-  test_finish_srv(pool, srv);
+  RUN_UNTIL(test_stats(f.pool).conns == 0, 2000);
+  fixture_end(&f);
 }
 
 TEST(recycle_server_closes_idle_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_lease_t l;
   test_rec_t r;
-  test_acquire_release(pool, peer);
-  KICK_AFTER_ACCEPTED(srv, 1);
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 3000);
-  pp_stats_t s = test_stats(pool);
+  test_acquire_release(f.pool, f.peer);
+  KICK_AFTER_ACCEPTED(f.srv, 1);
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_REMOTE] == 1, 3000);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.conns, 0);
   ASSERT_EQ(s.idle, 0);
   ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 0);
   ASSERT_EQ(s.released_broken, 0);
-  ASSERT_EQ(test_peer_info(peer).failures, 0);
-  ASSERT_EQ(srv_client_conns(srv), 0); /* our side of the socket is closed too */
+  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
+  ASSERT_EQ(srv_client_conns(f.srv), 0); /* our side of the socket is closed too */
   /* The next acquire dials again and works. */
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
   ASSERT_EQ(test_write(l.conn, "ping", 4), 0);
-  ASSERT_ACCEPTED(srv, 2);
+  ASSERT_ACCEPTED(f.srv, 2);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(recycle_server_closes_after_delay_while_idle) {
   srv_opts_t so = {0};
   so.close_after_ms = 60;
-  srv_t *srv = srv_echo_start(&so);
-  pp_options_t o;
-  test_options(&o);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
-  test_acquire_release(pool, peer);
-  RUN_UNTIL(test_stats(pool).conns == 0, 3000);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 1);
-  ASSERT_EQ(test_peer_info(peer).failures, 0);
-  test_finish_srv(pool, srv);
+  fixture_t f = fixture_start(srv_echo_start(&so), NULL);
+  test_acquire_release(f.pool, f.peer);
+  RUN_UNTIL(test_stats(f.pool).conns == 0, 3000);
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_REMOTE], 1);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
+  fixture_end(&f);
 }

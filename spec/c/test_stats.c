@@ -49,95 +49,80 @@ TEST(stats_fresh_pool_is_zero) {
 }
 
 TEST(stats_gauges_idle_and_active) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 3;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 3));
   pp_lease_t l[3];
   test_rec_t r[3];
   for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
-  pp_stats_t s = test_stats(pool);
+    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.conns, 3);
   ASSERT_EQ(s.active, 3);
   ASSERT_EQ(s.idle, 0);
-  check_gauge_identity(pool);
+  check_gauge_identity(f.pool);
   ASSERT_OK(pp_release(&l[0], 0));
-  s = test_stats(pool);
+  s = test_stats(f.pool);
   ASSERT_EQ(s.conns, 3);
   ASSERT_EQ(s.active, 2);
   ASSERT_EQ(s.idle, 1);
-  check_gauge_identity(pool);
-  pp_peer_info_t i = test_peer_info(peer);
+  check_gauge_identity(f.pool);
+  pp_peer_info_t i = test_peer_info(f.peer);
   ASSERT_EQ(i.conns, 3);
   ASSERT_EQ(i.idle, 1);
   ASSERT_EQ(i.leases, 2);
   ASSERT_OK(pp_release(&l[1], PP_EBROKEN));
-  RUN_UNTIL(test_stats(pool).conns == 2, 1000);
-  s = test_stats(pool);
+  RUN_UNTIL(test_stats(f.pool).conns == 2, 1000);
+  s = test_stats(f.pool);
   ASSERT_EQ(s.active, 1);
   ASSERT_EQ(s.idle, 1);
-  check_gauge_identity(pool);
+  check_gauge_identity(f.pool);
   ASSERT_OK(pp_release(&l[2], 0));
-  s = test_stats(pool);
+  s = test_stats(f.pool);
   ASSERT_EQ(s.active, 0);
   ASSERT_EQ(s.idle, 2);
-  check_gauge_identity(pool);
-  test_finish_srv(pool, srv);
+  check_gauge_identity(f.pool);
+  fixture_end(&f);
 }
 
 TEST(stats_connecting_gauge) {
-  srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 2;
-  o.connect_timeout = 5000;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
+  fixture_t f =
+      fixture_start(srv_hang_start(), TEST_OPTS(o.max_per_peer = 2; o.connect_timeout = 5000));
   pp_lease_t l[3];
   test_rec_t r[3];
   for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
+    ASSERT_OK(test_acquire_start(f.pool, &l[i], &r[i], f.peer, NULL));
   test_run_for(30);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connecting, 2); /* max_per_peer counts conns still connecting */
   ASSERT_EQ(s.idle, 0);
   ASSERT_EQ(s.active, 0);
-  ASSERT_EQ(test_peer_info(peer).conns, 2);
-  ASSERT_EQ(srv_client_conns(hang), 2);
-  check_gauge_identity(pool);
+  ASSERT_EQ(test_peer_info(f.peer).conns, 2);
+  ASSERT_EQ(srv_client_conns(f.srv), 2);
+  check_gauge_identity(f.pool);
   ASSERT_EQ(s.peers_by_state[PP_PEER_CONNECTING], 1);
   for (int i = 0; i < 3; i++)
     ASSERT_OK(pp_acquire_cancel(&l[i]));
   RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 1000);
-  ASSERT_EQ(test_stats(pool).canceled, 3);
-  test_finish_srv(pool, hang);
+  ASSERT_EQ(test_stats(f.pool).canceled, 3);
+  fixture_end(&f);
 }
 
 TEST(stats_waiters_gauge) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
   pp_lease_t h, w[4];
   test_rec_t hr, r[4];
-  ASSERT_OK(test_acquire_wait(pool, &h, &hr, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &h, &hr, f.peer, NULL));
   for (int i = 0; i < 4; i++)
-    ASSERT_OK(test_acquire_start(pool, &w[i], &r[i], peer, NULL));
-  ASSERT_EQ(test_stats(pool).waiters, 4);
-  ASSERT_EQ(test_peer_info(peer).waiters, 4);
+    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
+  ASSERT_EQ(test_stats(f.pool).waiters, 4);
+  ASSERT_EQ(test_peer_info(f.peer).waiters, 4);
   ASSERT_OK(pp_acquire_cancel(&w[3]));
   RUN_UNTIL(r[3].calls == 1, 1000);
-  ASSERT_EQ(test_stats(pool).waiters, 3);
+  ASSERT_EQ(test_stats(f.pool).waiters, 3);
   ASSERT_OK(pp_release(&h, 0));
   RUN_UNTIL(r[0].calls == 1, 1000);
-  ASSERT_EQ(test_stats(pool).waiters, 2);
-  ASSERT_EQ(test_peer_info(peer).waiters, 2);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).waiters, 2);
+  ASSERT_EQ(test_peer_info(f.peer).waiters, 2);
+  fixture_end(&f);
 }
 
 TEST(stats_acquire_counters) {
@@ -224,31 +209,26 @@ TEST(stats_connect_counters) {
 }
 
 TEST(stats_closed_by_reason) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 4;
-  o.idle_timeout = 0;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 4; o.idle_timeout = 0));
   pp_lease_t l[4];
   test_rec_t r[4];
   for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
   ASSERT_OK(pp_release(&l[0], PP_EBROKEN)); /* broken */
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_BROKEN] == 1, 1000);
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_BROKEN] == 1, 1000);
   ASSERT_OK(pp_release(&l[1], 0));
   ASSERT_OK(pp_release(&l[2], 0));
-  KICK_AFTER_ACCEPTED(srv, 3); /* both idle conns: remote */
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 2, 2000);
-  ASSERT_OK(test_acquire_wait(pool, &l[3], &r[3], peer, NULL));
+  KICK_AFTER_ACCEPTED(f.srv, 3); /* both idle conns: remote */
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_REMOTE] == 2, 2000);
+  ASSERT_OK(test_acquire_wait(f.pool, &l[3], &r[3], f.peer, NULL));
   ASSERT_OK(pp_release(&l[3], 0));
-  ASSERT_OK(pp_pool_close(pool, test_close_cb)); /* closed */
-  pp_stats_t s = test_stats(pool);
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb)); /* closed */
+  pp_stats_t s = test_stats(f.pool);
   test_finish_closed();
   ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 1);
   ASSERT_EQ(s.closed[PP_CLOSE_REMOTE], 2);
   ASSERT_EQ(s.closed[PP_CLOSE_IDLE], 0);
   ASSERT_EQ(s.closed[PP_CLOSE_LIFESPAN], 0);
-  srv_stop(srv);
+  srv_stop(f.srv);
 }

@@ -24,9 +24,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "internal.h"
-#include "servers.h"
-#include "test.h"
 
 #ifndef PP_SPEC_DIR
 #error "PP_SPEC_DIR must name spec/c (CMake sets it)"
@@ -285,6 +284,50 @@ static pp_tls_options_t trusting_ca(void) {
   return t;
 }
 
+/* trusting_ca() with the changes given as statements on `t`, as a pointer that stays valid for
+ * the whole test: CA_TRUSTED(t.verify = 0). */
+#define CA_TRUSTED(...)           \
+  ({                              \
+    static pp_tls_options_t t;    \
+    t = trusting_ca();            \
+    __VA_ARGS__;                  \
+    (const pp_tls_options_t *)&t; \
+  })
+
+/* For the tests through the pool: `o` with `tls`, and a handshake timeout with room for TLS. */
+static pp_pool_t *tls_pool_with(const pp_tls_options_t *tls, pp_options_t *o) {
+  o->tls = tls;
+  o->handshake_timeout = 5000; /* TLS counts against it: room for a loaded (sanitizer) run */
+  return test_pool(o);
+}
+
+/* A test's pool and its one peer, at the TLS server on 127.0.0.1:port. */
+typedef struct {
+  int port;
+  pp_pool_t *pool;
+  pp_peer_t *peer;
+} tls_fix_t;
+
+/* A pool with `tls`: with test_options() when `opts` is NULL (the tc_* tests, which only take
+ * the TLS state from it), else through tls_pool_with on a copy of `opts` (the pool tests). */
+static tls_fix_t tls_start(int port, const pp_tls_options_t *tls, const pp_options_t *opts) {
+  tls_fix_t f = {.port = port};
+  if (opts == NULL) {
+    f.pool = tls_pool(tls);
+  } else {
+    pp_options_t o = *opts;
+    f.pool = tls_pool_with(tls, &o);
+  }
+  f.peer = peer_at(f.pool, port);
+  return f;
+}
+
+/* The end of a test with a TLS server: the pool closes clean, the servers stop. */
+static void tls_end(tls_fix_t *f) {
+  test_finish(f->pool);
+  env_teardown();
+}
+
 /* ------------------------------------------------------------------------------------------
  * The client: one uv_tcp_t and one pp__tls_t, driven as the seam in tls.c says.
  */
@@ -457,47 +500,89 @@ static void assert_starts(const char *s, const char *prefix) {
 
 TEST(tls_redis_ping_pong) {
   env_setup();
-  int port = redis_tls("no", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, peer, port));
+  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
   ASSERT_STREQ(pp__tls_version(c.tls), "TLSv1.3");
   ASSERT(!pp__tls_resumed(c.tls));
   ASSERT(tc_ask(&c, PING, "+PONG\r\n"));
   ASSERT_STREQ(c.in, "+PONG\r\n");
   ASSERT_EQ(c.end, 0);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.tls_full, 1);
   ASSERT_EQ(s.tls_resumed, 0);
   ASSERT_EQ(s.tls_failed, 0);
-  ASSERT_NULL(pp_peer_tls_reason(peer));
+  ASSERT_NULL(pp_peer_tls_reason(f.peer));
   tc_close(&c, true);
   ASSERT_EQ(c.write_errors, 0);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
-/* The certificate is by a CA the pool does not trust. */
-TEST(tls_unknown_ca_fails_with_reason) {
+/* A certificate the pool refuses, and how the refusal reads: its kind, and a reason that starts
+ * with the kind's name and says what OpenSSL said (`detail`). */
+typedef struct {
+  size_t cert; /* offsetof(env_t, ...): the server's certificate */
+  int failure;
+  const char *prefix, *detail;
+  bool exact; /* the reason is prefix and detail and nothing more */
+} cert_failure_t;
+
+static const cert_failure_t UNKNOWN_CA = {offsetof(env_t, unknown), PP__TLS_FAIL_UNKNOWN_CA,
+                                          "unknown CA: ", "unable to get local issuer certificate",
+                                          false};
+/* A certificate for wrong.example from 127.0.0.1: the address is checked as an IP. */
+static const cert_failure_t NAME_MISMATCH = {offsetof(env_t, wrong), PP__TLS_FAIL_NAME_MISMATCH,
+                                             "name mismatch: ", "IP address mismatch", false};
+static const cert_failure_t EXPIRED = {offsetof(env_t, expired), PP__TLS_FAIL_EXPIRED,
+                                       "expired: ", "certificate has expired", true};
+
+/* The handshake with a server showing `want->cert` fails with PP_ETLS and the reason, for the
+ * conn and for its peer; the pool counts one failed handshake and no full one. */
+static void check_cert_failure(const cert_failure_t *want) {
   env_setup();
-  int port = s_server(env.unknown, NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(s_server((const char *)&env + want->cert, NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_ERR(tc_handshake(&c, peer, port), PP_ETLS);
-  ASSERT_EQ(pp__tls_failure(c.tls), PP__TLS_FAIL_UNKNOWN_CA);
-  assert_starts(pp__tls_reason(c.tls), "unknown CA: ");
-  ASSERT_CONTAINS(pp__tls_reason(c.tls), "unable to get local issuer certificate");
-  ASSERT_STREQ(pp_peer_tls_reason(peer), pp__tls_reason(c.tls));
-  ASSERT_EQ(test_stats(pool).tls_failed, 1);
-  ASSERT_EQ(test_stats(pool).tls_full, 0);
-  ASSERT_STREQ(pp_err_name(PP_ETLS), "tls");
+  ASSERT_ERR(tc_handshake(&c, f.peer, f.port), PP_ETLS);
+  ASSERT_EQ(pp__tls_failure(c.tls), want->failure);
+  assert_starts(pp__tls_reason(c.tls), want->prefix);
+  ASSERT_CONTAINS(pp__tls_reason(c.tls), want->detail);
+  char whole[256];
+  snprintf(whole, sizeof whole, "%s%s", want->prefix, want->detail);
+  if (want->exact) ASSERT_STREQ(pp__tls_reason(c.tls), whole);
+  ASSERT_STREQ(pp_peer_tls_reason(f.peer), pp__tls_reason(c.tls));
+  ASSERT_EQ(test_stats(f.pool).tls_failed, 1);
+  ASSERT_EQ(test_stats(f.pool).tls_full, 0);
   tc_close(&c, true); /* no close_notify after a failure: nothing to send */
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
+}
+
+TEST(tls_unknown_ca_fails_with_reason) {
+  check_cert_failure(&UNKNOWN_CA);
+  ASSERT_STREQ(pp_err_name(PP_ETLS), "tls");
+}
+
+TEST(tls_name_mismatch_fails_with_reason) {
+  check_cert_failure(&NAME_MISMATCH);
+}
+
+TEST(tls_expired_fails_with_reason) {
+  check_cert_failure(&EXPIRED);
+}
+
+/* server_name given for the peer: checked as a host name (and sent as SNI). */
+TEST(tls_server_name_checked_as_host_name) {
+  env_setup();
+  tls_fix_t f = tls_start(s_server(env.wrong, NULL), CA_TRUSTED(), NULL);
+  pp_tls_options_t named = trusting_ca();
+  named.server_name = "localhost";
+  ASSERT_OK(pp_peer_set_tls(f.peer, &named, NULL));
+  tc_t c;
+  ASSERT_ERR(tc_handshake(&c, f.peer, f.port), PP_ETLS);
+  ASSERT_EQ(pp__tls_failure(c.tls), PP__TLS_FAIL_NAME_MISMATCH);
+  assert_starts(pp_peer_tls_reason(f.peer), "name mismatch: ");
+  ASSERT_CONTAINS(pp_peer_tls_reason(f.peer), "hostname mismatch");
+  tc_close(&c, false);
+  tls_end(&f);
 }
 
 /* With no ca_file and no ca_path the system's store is used: our test CA is not in it. */
@@ -519,41 +604,11 @@ TEST(tls_system_store_by_default) {
 /* verify = 0 accepts any certificate (here one by an unknown CA). */
 TEST(tls_verify_off_accepts_any_certificate) {
   env_setup();
-  int port = s_server(env.unknown, NULL);
-  pp_tls_options_t t = trusting_ca();
-  t.verify = 0;
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(s_server(env.unknown, NULL), CA_TRUSTED(t.verify = 0), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, peer, port));
+  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
   tc_close(&c, true);
-  test_finish(pool);
-  env_teardown();
-}
-
-/* A certificate for wrong.example from 127.0.0.1: the address is checked as an IP. */
-TEST(tls_name_mismatch_fails_with_reason) {
-  env_setup();
-  int port = s_server(env.wrong, NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
-  tc_t c;
-  ASSERT_ERR(tc_handshake(&c, peer, port), PP_ETLS);
-  ASSERT_EQ(pp__tls_failure(c.tls), PP__TLS_FAIL_NAME_MISMATCH);
-  assert_starts(pp_peer_tls_reason(peer), "name mismatch: ");
-  ASSERT_CONTAINS(pp_peer_tls_reason(peer), "IP address mismatch");
-  tc_close(&c, false);
-  /* server_name given for the pool: checked as a host name (and sent as SNI). */
-  pp_tls_options_t named = trusting_ca();
-  named.server_name = "localhost";
-  ASSERT_OK(pp_peer_set_tls(peer, &named, NULL));
-  ASSERT_ERR(tc_handshake(&c, peer, port), PP_ETLS);
-  assert_starts(pp_peer_tls_reason(peer), "name mismatch: ");
-  ASSERT_CONTAINS(pp_peer_tls_reason(peer), "hostname mismatch");
-  tc_close(&c, false);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* A peer's own server_name over the pool's settings: SNI carries it (the server answers
@@ -561,66 +616,44 @@ TEST(tls_name_mismatch_fails_with_reason) {
  * certificate is checked against it; the pool's ca_file still applies. */
 TEST(tls_peer_server_name_over_pool_options) {
   env_setup();
-  int port = s_server(env.unknown, "-servername", "wrong.example", "-cert2", env.wrong, "-key2",
-                      env.server_key, NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(s_server(env.unknown, "-servername", "wrong.example", "-cert2", env.wrong,
+                                   "-key2", env.server_key, NULL),
+                          CA_TRUSTED(), NULL);
   pp_tls_options_t mine;
   pp_tls_options_init(&mine);
   mine.server_name = "wrong.example";
-  ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
+  ASSERT_OK(pp_peer_set_tls(f.peer, &mine, NULL));
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, peer, port));
+  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
   tc_close(&c, true);
   /* Dropping the peer's options: the pool's apply (IP check against a wrong.example cert:
    * no SNI is sent for an IP, so the server shows its default, unknown-CA certificate). */
-  ASSERT_OK(pp_peer_set_tls(peer, NULL, NULL));
-  ASSERT_ERR(tc_handshake(&c, peer, port), PP_ETLS);
-  assert_starts(pp_peer_tls_reason(peer), "unknown CA: ");
+  ASSERT_OK(pp_peer_set_tls(f.peer, NULL, NULL));
+  ASSERT_ERR(tc_handshake(&c, f.peer, f.port), PP_ETLS);
+  assert_starts(pp_peer_tls_reason(f.peer), "unknown CA: ");
   tc_close(&c, false);
-  test_finish(pool);
-  env_teardown();
-}
-
-TEST(tls_expired_fails_with_reason) {
-  env_setup();
-  int port = s_server(env.expired, NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
-  tc_t c;
-  ASSERT_ERR(tc_handshake(&c, peer, port), PP_ETLS);
-  ASSERT_EQ(pp__tls_failure(c.tls), PP__TLS_FAIL_EXPIRED);
-  ASSERT_STREQ(pp_peer_tls_reason(peer), "expired: certificate has expired");
-  tc_close(&c, false);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* min_version 1.3 against a server that speaks 1.2 at most. */
 TEST(tls_min_version_fails_as_protocol) {
   env_setup();
-  int port = s_server(env.server, "-tls1_2", NULL);
-  pp_tls_options_t t = trusting_ca();
-  t.min_version = "1.3";
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f =
+      tls_start(s_server(env.server, "-tls1_2", NULL), CA_TRUSTED(t.min_version = "1.3"), NULL);
   tc_t c;
-  ASSERT_ERR(tc_handshake(&c, peer, port), PP_ETLS);
+  ASSERT_ERR(tc_handshake(&c, f.peer, f.port), PP_ETLS);
   ASSERT_EQ(pp__tls_failure(c.tls), PP__TLS_FAIL_PROTOCOL);
-  assert_starts(pp_peer_tls_reason(peer), "protocol: ");
+  assert_starts(pp_peer_tls_reason(f.peer), "protocol: ");
   tc_close(&c, false);
   /* The same server is fine with the default minimum (1.2). */
   pp_tls_options_t v12;
   pp_tls_options_init(&v12);
   v12.min_version = "1.2";
-  ASSERT_OK(pp_peer_set_tls(peer, &v12, NULL));
-  ASSERT_OK(tc_handshake(&c, peer, port));
+  ASSERT_OK(pp_peer_set_tls(f.peer, &v12, NULL));
+  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
   ASSERT_STREQ(pp__tls_version(c.tls), "TLSv1.2");
   tc_close(&c, true);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* redis with tls-auth-clients yes, and no client certificate: in TLS 1.3 the client's side of
@@ -628,115 +661,97 @@ TEST(tls_min_version_fails_as_protocol) {
  * arrives as an alert on the first read. */
 TEST(tls_client_cert_required_without_one) {
   env_setup();
-  int port = redis_tls("yes", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("yes", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, peer, port));
+  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
   ASSERT(!tc_ask(&c, PING, "+PONG"));
   ASSERT_ERR(c.end, PP_ETLS);
-  ASSERT_STREQ(pp_peer_tls_reason(peer),
+  ASSERT_STREQ(pp_peer_tls_reason(f.peer),
                "other: the peer asked for a client certificate and none is configured "
                "(tls.cert_file): tlsv13 alert certificate required");
-  ASSERT_EQ(test_stats(pool).tls_failed, 1);
+  ASSERT_EQ(test_stats(f.pool).tls_failed, 1);
   tc_close(&c, false);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* The same over TLS 1.2, where the server refuses within the handshake. */
 TEST(tls_client_cert_required_tls12) {
   env_setup();
-  int port = s_server(env.server, "-tls1_2", "-Verify", "1", "-CAfile", env.ca, NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(s_server(env.server, "-tls1_2", "-Verify", "1", "-CAfile", env.ca, NULL),
+                          CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_ERR(tc_handshake(&c, peer, port), PP_ETLS);
-  assert_starts(pp_peer_tls_reason(peer),
+  ASSERT_ERR(tc_handshake(&c, f.peer, f.port), PP_ETLS);
+  assert_starts(pp_peer_tls_reason(f.peer),
                 "other: the peer asked for a client certificate and none is configured");
   tc_close(&c, false);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* A client certificate given for the peer (its CA from the pool's options). */
 TEST(tls_client_cert_required_with_one) {
   env_setup();
-  int port = redis_tls("yes", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("yes", NULL), CA_TRUSTED(), NULL);
   pp_tls_options_t mine;
   pp_tls_options_init(&mine);
   mine.cert_file = env.client;
   mine.key_file = env.client_key;
-  ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
+  ASSERT_OK(pp_peer_set_tls(f.peer, &mine, NULL));
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, peer, port));
+  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
   ASSERT(tc_ask(&c, PING, "+PONG\r\n"));
-  ASSERT_NULL(pp_peer_tls_reason(peer));
+  ASSERT_NULL(pp_peer_tls_reason(f.peer));
   tc_close(&c, true);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* The second conn to a peer resumes the session of the first (a TLS 1.3 ticket that came after
  * the first handshake), and the pool counts one full and one resumed handshake. */
 TEST(tls_second_conn_resumes) {
   env_setup();
-  int port = redis_tls("no", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t a, b;
-  ASSERT_OK(tc_handshake(&a, peer, port));
+  ASSERT_OK(tc_handshake(&a, f.peer, f.port));
   ASSERT(tc_ask(&a, PING, "+PONG\r\n")); /* reads the tickets too */
   ASSERT(!pp__tls_resumed(a.tls));
   tc_close(&a, true);
-  ASSERT_OK(tc_handshake(&b, peer, port));
+  ASSERT_OK(tc_handshake(&b, f.peer, f.port));
   ASSERT(pp__tls_resumed(b.tls));
   ASSERT(tc_ask(&b, PING, "+PONG\r\n"));
   tc_close(&b, true);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.tls_full, 1);
   ASSERT_EQ(s.tls_resumed, 1);
   /* Sessions are per peer: another peer's first conn is a full handshake. */
   int port2 = redis_tls("no", NULL);
-  pp_peer_t *other = peer_at(pool, port2);
+  pp_peer_t *other = peer_at(f.pool, port2);
   ASSERT_OK(tc_handshake(&a, other, port2));
   ASSERT(!pp__tls_resumed(a.tls));
   tc_close(&a, true);
-  ASSERT_EQ(test_stats(pool).tls_full, 2);
-  test_finish(pool);
-  env_teardown();
+  ASSERT_EQ(test_stats(f.pool).tls_full, 2);
+  tls_end(&f);
 }
 
 /* Sessions whose lifetime ended are not offered: redis gives its tickets a 1 s lifetime. */
 TEST(tls_expired_sessions_are_dropped) {
   env_setup();
-  int port = redis_tls("no", "--tls-session-cache-timeout", "1", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f =
+      tls_start(redis_tls("no", "--tls-session-cache-timeout", "1", NULL), CA_TRUSTED(), NULL);
   tc_t a;
-  ASSERT_OK(tc_handshake(&a, peer, port));
+  ASSERT_OK(tc_handshake(&a, f.peer, f.port));
   ASSERT(tc_ask(&a, PING, "+PONG\r\n"));
   tc_close(&a, true);
   pp__tls_counts_t n;
-  ASSERT_NOT_NULL(pp__tls_peer_cache(peer));
-  pp__tls_cache_counts(pp__tls_peer_cache(peer), &n);
+  ASSERT_NOT_NULL(pp__tls_peer_cache(f.peer));
+  pp__tls_cache_counts(pp__tls_peer_cache(f.peer), &n);
   ASSERT_GE(n.sessions, 1);
   test_run_for(2100);
-  ASSERT_OK(tc_handshake(&a, peer, port));
+  ASSERT_OK(tc_handshake(&a, f.peer, f.port));
   ASSERT(!pp__tls_resumed(a.tls));
   tc_close(&a, true);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.tls_full, 2);
   ASSERT_EQ(s.tls_resumed, 0);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* Closing sends close_notify: s_server logs the alert it got and ends the session cleanly
@@ -801,12 +816,9 @@ TEST(tls_alpn_result) {
  * layer's own (OpenSSL's are its business). */
 TEST(tls_steady_state_allocates_nothing) {
   env_setup();
-  int port = redis_tls("no", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, peer, port));
+  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
   for (int i = 0; i < 10; i++)
     ASSERT(tc_ask(&c, PING, "+PONG\r\n"));
   uint64_t before = pp__tls_allocs;
@@ -814,20 +826,16 @@ TEST(tls_steady_state_allocates_nothing) {
     ASSERT(tc_ask(&c, PING, "+PONG\r\n"));
   ASSERT_EQ(pp__tls_allocs, before);
   tc_close(&c, true);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* The state may be freed while its ciphertext is still queued in libuv: the chunks stay valid
  * until their callbacks hand them back (ASan watches), and the last one frees the rest. */
 TEST(tls_free_with_writes_in_flight) {
   env_setup();
-  int port = redis_tls("no", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_pool_t *pool = tls_pool(&t);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, peer, port));
+  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
   static char big[4 << 20];
   memset(big, 'x', sizeof big);
   uv_buf_t b[2] = {uv_buf_init(PING, 14), uv_buf_init(big, sizeof big)};
@@ -837,8 +845,7 @@ TEST(tls_free_with_writes_in_flight) {
   ASSERT_GT(uv_stream_get_write_queue_size((uv_stream_t *)&c.tcp), 0);
   tc_close(&c, true); /* frees the state first, then closes: the writes end cancelled */
   ASSERT_GT(c.wrote, 0);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -958,12 +965,6 @@ TEST(tls_which_peers_speak_tls) {
 /* ------------------------------------------------------------------------------------------
  * Through the pool: conns speak TLS (conn.c's TLS section), lent only after the handshake.
  */
-static pp_pool_t *tls_pool_with(const pp_tls_options_t *tls, pp_options_t *o) {
-  o->tls = tls;
-  o->handshake_timeout = 5000; /* TLS counts against it: room for a loaded (sanitizer) run */
-  return test_pool(o);
-}
-
 /* Send `request` on a leased conn and read until `reply` arrived (or the conn ended). Returns
  * the reader's end status (0 while open). */
 static ssize_t lease_ask(pp_lease_t *l, const char *request, const char *reply, test_reader_t *r) {
@@ -971,7 +972,8 @@ static ssize_t lease_ask(pp_lease_t *l, const char *request, const char *reply, 
   ASSERT_OK(pp_conn_read_start(l->conn, test_reader_cb, r));
   ASSERT_OK(test_write(l->conn, request, strlen(request)));
   uint64_t end = test_now_ms() + 5000;
-  while ((r->buf == NULL || r->len < strlen(reply) || memmem(r->buf, r->len, reply, strlen(reply)) == NULL) &&
+  while ((r->buf == NULL || r->len < strlen(reply) ||
+          memmem(r->buf, r->len, reply, strlen(reply)) == NULL) &&
          r->ended == 0 && test_now_ms() < end)
     test_tick();
   if (r->ended == 0) pp_conn_read_stop(l->conn);
@@ -986,30 +988,25 @@ static bool got(const test_reader_t *r, const char *text) {
  * session (a TLS 1.3 ticket read with the first reply), and stats count both handshakes. */
 TEST(tls_pool_redis_ping_and_resume) {
   env_setup();
-  int port = redis_tls("no", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = tls_pool_with(&t, &o);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t a, b;
   test_rec_t ra, rb;
   test_reader_t r;
-  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, f.peer, NULL));
   ASSERT_NULL(pp_conn_tls_alpn(a.conn)); /* none offered */
   ASSERT_EQ(lease_ask(&a, PING, "+PONG\r\n", &r), 0);
   ASSERT(got(&r, "+PONG\r\n"));
   ASSERT_EQ(r.len, 7); /* plaintext only: the tickets decrypted to nothing */
   test_reader_free(&r);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.tls_full, 1);
   ASSERT_EQ(s.tls_resumed, 0);
   /* a is held: b gets a new conn, which resumes. */
-  ASSERT_OK(test_acquire_wait(pool, &b, &rb, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &b, &rb, f.peer, NULL));
   ASSERT_PTR_NE(a.conn, b.conn);
   ASSERT_EQ(lease_ask(&b, PING, "+PONG\r\n", &r), 0);
   test_reader_free(&r);
-  s = test_stats(pool);
+  s = test_stats(f.pool);
   ASSERT_EQ(s.tls_full, 1);
   ASSERT_EQ(s.tls_resumed, 1);
   ASSERT_EQ(s.tls_failed, 0);
@@ -1021,67 +1018,53 @@ TEST(tls_pool_redis_ping_and_resume) {
   ASSERT_OK(pp_release(&b, 0));
   /* Idle TLS conns stay clean while tickets arrive: both are lent again. */
   test_run_for(100);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 0);
-  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_REMOTE], 0);
+  ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, f.peer, NULL));
   ASSERT_EQ(lease_ask(&a, PING, "+PONG\r\n", &r), 0);
   test_reader_free(&r);
   ASSERT_OK(pp_release(&a, 0));
-  ASSERT_EQ(test_stats(pool).connects_ok, 2);
-  test_finish(pool);
-  env_teardown();
+  ASSERT_EQ(test_stats(f.pool).connects_ok, 2);
+  tls_end(&f);
 }
 
 /* Wrong name: the acquire answers PP_ETLS promptly (no retry), the lease says why, the peer
  * backs off and later acquires fail fast with the TLS cause. */
 TEST(tls_pool_wrong_name_answers_tls) {
   env_setup();
-  int port = s_server(env.wrong, NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 3;
-  pp_pool_t *pool = tls_pool_with(&t, &o);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(s_server(env.wrong, NULL), CA_TRUSTED(), TEST_OPTS(o.retries = 3));
   pp_lease_t l;
   test_rec_t r;
   uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ETLS);
+  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, NULL), PP_ETLS);
   ASSERT_LT(test_now_ms() - t0, 1500);
-  ASSERT_EQ(test_peer_info(peer).attempts, 1);
-  assert_starts(pp_peer_tls_reason(peer), "name mismatch: ");
+  ASSERT_EQ(test_peer_info(f.peer).attempts, 1);
+  assert_starts(pp_peer_tls_reason(f.peer), "name mismatch: ");
   char why[512];
   ASSERT_GT(pp_lease_describe(&l, why, sizeof why), 0);
   ASSERT_CONTAINS(why, "TLS with 127.0.0.1:");
   ASSERT_CONTAINS(why, "name mismatch");
-  ASSERT_EQ(test_stats(pool).tls_failed, 1);
-  ASSERT_EQ(test_stats(pool).connects_ok, 0);
+  ASSERT_EQ(test_stats(f.pool).tls_failed, 1);
+  ASSERT_EQ(test_stats(f.pool).connects_ok, 0);
   memset(&l, 0, sizeof l);
-  ASSERT_ERR(pp_acquire(pool, &l, peer, NULL, test_acquire_cb), PP_ECANNOTCONNECT);
+  ASSERT_ERR(pp_acquire(f.pool, &l, f.peer, NULL, test_acquire_cb), PP_ECANNOTCONNECT);
   ASSERT_ERR(l.cause, PP_ETLS);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* A peer's own server_name over the pool's options: the wrong.example certificate passes. */
 TEST(tls_pool_peer_server_name) {
   env_setup();
-  int port = s_server(env.wrong, NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = tls_pool_with(&t, &o);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(s_server(env.wrong, NULL), CA_TRUSTED(), TEST_OPTS());
   pp_tls_options_t mine;
   pp_tls_options_init(&mine);
   mine.server_name = "wrong.example";
-  ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
+  ASSERT_OK(pp_peer_set_tls(f.peer, &mine, NULL));
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
   ASSERT_OK(pp_release(&l, 0));
-  ASSERT_EQ(test_stats(pool).tls_full, 1);
-  test_finish(pool);
-  env_teardown();
+  ASSERT_EQ(test_stats(f.pool).tls_full, 1);
+  tls_end(&f);
 }
 
 /* The late-reply rule judges plaintext: a reply that arrives on an idle TLS conn closes it
@@ -1142,16 +1125,11 @@ TEST(tls_pool_keep_idle_bytes_after_decryption) {
 /* pp_conn_try_write on a TLS conn takes every byte; big writes go whole through the layer. */
 TEST(tls_pool_try_write_and_big_write) {
   env_setup();
-  int port = redis_tls("no", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = tls_pool_with(&t, &o);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t l;
   test_rec_t rec;
   test_reader_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &rec, f.peer, NULL));
   memset(&r, 0, sizeof r);
   ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &r));
   uv_buf_t b[2] = {uv_buf_init("*1\r\n$4\r\n", 8), uv_buf_init("PING\r\n", 6)};
@@ -1171,24 +1149,18 @@ TEST(tls_pool_try_write_and_big_write) {
   ASSERT_EQ(r.len, (size_t)(1 << 20) + 2 + 10); /* "$1048576\r\n" + value + "\r\n" */
   test_reader_free(&r);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* TLS 1.3 and a client certificate required: the refusal arrives after the handshake, on the
  * first read, as PP_ETLS with the reason; with a certificate it works. */
 TEST(tls_pool_client_cert_required) {
   env_setup();
-  int port = redis_tls("yes", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = tls_pool_with(&t, &o);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("yes", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t l;
   test_rec_t rec;
   test_reader_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &rec, f.peer, NULL));
   /* The alert, unless the server's reset to our request overtakes it (then the kernel drops
    * the alert unread): either way the conn ends and the peer is blamed. */
   memset(&r, 0, sizeof r);
@@ -1199,8 +1171,8 @@ TEST(tls_pool_client_cert_required) {
   ASSERT_MSG(r.end_status == PP_ETLS || r.end_status == UV_ECONNRESET, "ended with %s",
              pp_err_name((int)r.end_status));
   if (r.end_status == PP_ETLS) {
-    ASSERT_CONTAINS(pp_peer_tls_reason(peer), "asked for a client certificate");
-    ASSERT_EQ(test_stats(pool).tls_failed, 1);
+    ASSERT_CONTAINS(pp_peer_tls_reason(f.peer), "asked for a client certificate");
+    ASSERT_EQ(test_stats(f.pool).tls_failed, 1);
   }
   test_reader_free(&r);
   pp_release(&l, (int)r.end_status);
@@ -1208,14 +1180,13 @@ TEST(tls_pool_client_cert_required) {
   pp_tls_options_init(&mine);
   mine.cert_file = env.client;
   mine.key_file = env.client_key;
-  ASSERT_OK(pp_peer_set_tls(peer, &mine, NULL));
-  RUN_UNTIL(!pp__ahead(pool, (uint64_t)test_peer_info(peer).retry_at), 5000);
-  ASSERT_OK(test_acquire_wait(pool, &l, &rec, peer, NULL));
+  ASSERT_OK(pp_peer_set_tls(f.peer, &mine, NULL));
+  RUN_UNTIL(!pp__ahead(f.pool, (uint64_t)test_peer_info(f.peer).retry_at), 5000);
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &rec, f.peer, NULL));
   ASSERT_EQ(lease_ask(&l, PING, "+PONG\r\n", &r), 0);
   test_reader_free(&r);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }
 
 /* ALPN through the pool, and close_notify when the pool closes the conn. */
@@ -1329,7 +1300,8 @@ static int mute_start(mute_t *m, bool hangup) {
 
 static void mute_stop(mute_t *m) {
   for (int i = 0; i < m->n; i++)
-    if (!uv_is_closing((uv_handle_t *)&m->conns[i])) uv_close((uv_handle_t *)&m->conns[i], mute_closed);
+    if (!uv_is_closing((uv_handle_t *)&m->conns[i]))
+      uv_close((uv_handle_t *)&m->conns[i], mute_closed);
   uv_close((uv_handle_t *)&m->srv, mute_closed);
   test_run_nowait();
 }
@@ -1369,20 +1341,14 @@ TEST(tls_pool_handshake_timeout_and_eof) {
  * have conns dialling at once (max_per_peer, at least 8), and TLS 1.3 tickets are used once. */
 TEST(tls_pool_burst_of_new_conns_resumes) {
   env_setup();
-  int port = redis_tls("no", NULL);
-  pp_tls_options_t t = trusting_ca();
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 16;
-  pp_pool_t *pool = tls_pool_with(&t, &o);
-  pp_peer_t *peer = peer_at(pool, port);
+  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), TEST_OPTS(o.max_per_peer = 16));
   enum { N = 16 };
   static pp_lease_t l[N];
   static test_rec_t rec[N];
   test_reader_t r;
   for (int round = 0; round < 2; round++) {
     for (int i = 0; i < N; i++)
-      ASSERT_OK(test_acquire_start(pool, &l[i], &rec[i], peer, NULL));
+      ASSERT_OK(test_acquire_start(f.pool, &l[i], &rec[i], f.peer, NULL));
     for (int i = 0; i < N; i++) {
       RUN_UNTIL(rec[i].calls == 1, 5000);
       ASSERT_OK(rec[i].status);
@@ -1394,12 +1360,11 @@ TEST(tls_pool_burst_of_new_conns_resumes) {
     for (int i = 0; i < N; i++)
       ASSERT_OK(pp_release(&l[i], PP_ENOREUSE));
   }
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.tls_full, N);    /* the first burst: no session yet */
   ASSERT_EQ(s.tls_resumed, N); /* the second: every conn resumed */
   pp__tls_counts_t n;
-  pp__tls_cache_counts(pp__tls_peer_cache(peer), &n);
+  pp__tls_cache_counts(pp__tls_peer_cache(f.peer), &n);
   ASSERT_GE(n.sessions, N - 1);
-  test_finish(pool);
-  env_teardown();
+  tls_end(&f);
 }

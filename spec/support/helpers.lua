@@ -14,6 +14,9 @@
 -- H.child(code [, sh])   run `code` in a fresh lua5.4 process with the module's paths (after
 --                        the shell commands `sh`, e.g. "ulimit -n 64;");
 --                        returns ok, exit code, stdout, stderr
+-- H.free_port()          a port on 127.0.0.1 nobody listens on (for a server the test starts)
+-- H.promtool(text)       `promtool check metrics` on text: ok, its output; nil when promtool is
+--                        not installed
 local uv = require "luv"
 local peerpool = require "peerpool"
 local servers = require "spec.support.servers"
@@ -174,6 +177,32 @@ function H.child(code, shell_prefix)
   ef:close()
   os.remove(errfile)
   return ok == true, status, out, err
+end
+
+-- A port of 127.0.0.1 that was free a moment ago: bound, read and closed again.
+function H.free_port()
+  local t = uv.new_tcp()
+  t:bind("127.0.0.1", 0)
+  local port = t:getsockname().port
+  t:close()
+  uv.run("nowait") -- finish the close: luv crashes at exit on a handle still closing
+  return port
+end
+
+H.PROMTOOL = io.popen("command -v promtool"):read("l")
+
+-- `promtool check metrics < text`: ok, its output; nil when promtool is not installed.
+function H.promtool(text)
+  if not H.PROMTOOL then return nil end
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  local p = io.popen(string.format("'%s' check metrics < '%s' 2>&1", H.PROMTOOL, path))
+  local out = p:read("a")
+  local ok = p:close()
+  os.remove(path)
+  return ok == true, out
 end
 
 return H

@@ -37,95 +37,42 @@ local function remember(handle)
   if inode then M.inodes[inode] = true end
 end
 
-local Server = {}
+-- The server object, listen and blackhole of servers.lua, loaded by path: this file also runs
+-- on its own as the helper process (M.remote), where spec.support is not on the module path.
+local base = dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "servers.lua")
+local close_handle = base.close_handle
+
+-- A hostile server also keeps the drip queue of each conn (handlers.drip).
+local Server = setmetatable({}, { __index = base.Server })
 Server.__index = Server
 
-local function close_handle(h)
-  if h and not h:is_closing() then h:close() end
-end
-
 function Server:drop(client)
-  if self.clients[client] then
-    self.clients[client] = nil
-    self.open = self.open - 1
-  end
   local t = self.drips[client]
   if t then
     self.drips[client] = nil
     close_handle(t.timer)
   end
-  close_handle(client)
+  base.Server.drop(self, client)
 end
 
-function Server:drop_all()
-  for client in pairs(self.clients) do self:drop(client) end
-end
-
-function Server:close()
-  if self.closed then return end
-  self.closed = true
-  self:drop_all()
-  for _, h in ipairs(self.extra) do close_handle(h) end
-  close_handle(self.tcp)
-end
-
-function Server:write(client, data, cb)
-  if self.clients[client] and not client:is_closing() then
-    client:write(data, cb)
-    return true
-  end
-  return false
-end
-
--- Read until EOF/error (then drop); on_data(data) for every chunk.
-local function read(srv, client, on_data)
-  client:read_start(function(err, data)
-    if err or data == nil then
-      srv:drop(client)
-      return
-    end
-    if on_data then on_data(data) end
-  end)
-end
-
+-- Big floods and echoes: not kept in srv.received.
 local function new_server(kind)
-  return setmetatable({ kind = kind, accepted = 0, open = 0, clients = {}, drips = {},
-    extra = {}, closed = false, greeted = 0 }, Server)
+  return base.new_server(Server, { kind = kind, drips = {}, greeted = 0, received = false })
 end
 
-local function bind(srv)
-  local tcp = uv.new_tcp()
-  assert(tcp:bind("127.0.0.1", 0))
-  srv.tcp = tcp
-  srv.port = tcp:getsockname().port
-  srv.addr = "127.0.0.1:" .. srv.port
-end
+local read = base.read
 
 local function listen(kind, on_conn)
-  local srv = new_server(kind)
-  bind(srv)
-  assert(srv.tcp:listen(128, function(err)
-    if err or srv.closed then return end
-    local client = uv.new_tcp()
-    if not srv.tcp:accept(client) then
-      close_handle(client)
-      return
-    end
+  return base.listen(function(srv, client)
     remember(client)
-    srv.accepted = srv.accepted + 1
-    srv.open = srv.open + 1
-    srv.clients[client] = true
     on_conn(srv, client)
-  end))
-  return srv
+  end, { srv = new_server(kind) })
 end
 
 local handlers = {}
 
 function handlers.reset(srv, client)
-  srv.clients[client] = nil
-  srv.open = srv.open - 1
-  client:close_reset()
+  srv:reset(client)
 end
 
 function handlers.stall() end -- never reads, never writes; dropped by drop_all/close
@@ -171,31 +118,15 @@ function handlers.greeter(srv, client)
   read(srv, client, function(data) srv:write(client, data) end)
 end
 
--- A listener with backlog 0 that never accepts, its queue filled by two conns of its own: a
--- further connect gets no SYN-ACK. `on_ready(srv)` runs once the queue is full; the fillers'
--- local ports are in srv.filler_ports (their sockets are the fuzzer's, not a pool's).
+-- servers.lua's blackhole; the fillers' local ports are in srv.filler_ports (their sockets are
+-- the fuzzer's, not a pool's).
 local function blackhole(on_ready)
   local srv = new_server("blackhole")
-  bind(srv)
   srv.filler_ports = {}
-  assert(srv.tcp:listen(0, function() end))
-  local function filler(n)
-    local c = uv.new_tcp()
-    srv.extra[#srv.extra + 1] = c
-    c:connect("127.0.0.1", srv.port, function(err)
-      if err or srv.closed then return end
-      srv.filler_ports[c:getsockname().port] = true
-      remember(c)
-      local t = uv.new_timer()
-      srv.extra[#srv.extra + 1] = t
-      t:start(20, 0, function()
-        close_handle(t)
-        if n == 1 then filler(2) else on_ready(srv) end
-      end)
-    end)
-  end
-  filler(1)
-  return srv
+  return base.blackhole(on_ready, function(c)
+    srv.filler_ports[c:getsockname().port] = true
+    remember(c)
+  end, srv)
 end
 
 M.KINDS = { "refuse", "blackhole", "reset", "stall", "flood", "echo", "closer", "drip",
@@ -204,8 +135,7 @@ M.KINDS = { "refuse", "blackhole", "reset", "stall", "flood", "echo", "closer", 
 -- One server of `kind`. A blackhole is usable once `on_ready` has run.
 function M.start(kind, on_ready)
   if kind == "refuse" then
-    local srv = new_server(kind)
-    bind(srv)
+    local srv = assert(base.bind(new_server(kind)))
     if on_ready then on_ready(srv) end
     return srv
   elseif kind == "blackhole" then

@@ -12,84 +12,20 @@
 --       CLIENT SETNAME, PING, ECHO; srv.commands records every command (a string like
 --       "AUTH secret"); srv.mute = true stops all replies (a hung server).
 --   S.many(n, make)    n servers from make(); returns the list.
-local uv = require "luv"
+local servers = require "spec.support.servers"
 
 local S = {}
 
-local Server = {}
-Server.__index = Server
-
-local function close_handle(h)
-  if h and not h:is_closing() then h:close() end
-end
-
-function Server:drop(client)
-  if self.clients[client] then
-    self.clients[client] = nil
-    self.open = self.open - 1
-  end
-  close_handle(client)
-end
-
-function Server:drop_all()
-  for client in pairs(self.clients) do self:drop(client) end
-end
-
-function Server:close()
-  if self.closed then return end
-  self.closed = true
-  self:drop_all()
-  for t in pairs(self.timers) do close_handle(t) end
-  self.timers = {}
-  close_handle(self.tcp)
-end
-
-function Server:write(client, data)
-  if self.clients[client] and not client:is_closing() then client:write(data) end
-end
-
-function Server:every(ms, fn)
-  local t = uv.new_timer()
-  self.timers[t] = true
-  t:start(ms, ms, function()
-    if fn() == false then
-      self.timers[t] = nil
-      close_handle(t)
-    end
-  end)
-  return t
-end
-
--- Listen on 127.0.0.1, port 0; on_data(srv, client, state, data) for every chunk read.
+-- Listen on 127.0.0.1, port 0 (servers.listen); on_data(srv, client, state) for every chunk
+-- read, with the conn's unread bytes in state.buf and its accept number in state.id.
 local function listen(on_data)
-  local srv = setmetatable({ accepted = 0, open = 0, clients = {}, timers = {}, closed = false },
-    Server)
-  local tcp = uv.new_tcp()
-  assert(tcp:bind("127.0.0.1", 0))
-  srv.tcp = tcp
-  srv.port = tcp:getsockname().port
-  srv.addr = "127.0.0.1:" .. srv.port
-  assert(tcp:listen(128, function(err)
-    if err or srv.closed then return end
-    local client = uv.new_tcp()
-    if not tcp:accept(client) then
-      close_handle(client)
-      return
-    end
-    srv.accepted = srv.accepted + 1
-    srv.open = srv.open + 1
-    srv.clients[client] = true
+  return servers.listen(function(srv, client)
     local state = { buf = "", id = srv.accepted }
-    client:read_start(function(rerr, data)
-      if rerr or data == nil then
-        srv:drop(client)
-        return
-      end
+    servers.read(srv, client, function(data)
       state.buf = state.buf .. data
       on_data(srv, client, state)
     end)
-  end))
-  return srv
+  end, { srv = servers.new_server(nil, { received = false }) })
 end
 
 -- Take complete lines (without \r\n) off state.buf.

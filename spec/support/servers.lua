@@ -19,18 +19,25 @@ local uv = require "luv"
 
 local M = {}
 
+-- The server object every spec server is (policy_servers.lua and hostile_servers.lua build theirs
+-- on it too): the counters, the accepted conns, the timers and extra handles it closes.
 local Server = {}
 Server.__index = Server
+M.Server = Server
 
-local function new_server()
-  return setmetatable({ accepted = 0, open = 0, lines = {}, received = "", clients = {},
-    timers = {}, closed = false }, Server)
+-- A fresh server of `class` (Server, or a table whose __index leads to it) with `fields` added.
+function M.new_server(class, fields)
+  local srv = setmetatable({ accepted = 0, open = 0, lines = {}, received = "", clients = {},
+    timers = {}, extra = {}, closed = false }, class or Server)
+  for k, v in pairs(fields or {}) do srv[k] = v end
+  return srv
 end
 
 -- Close a handle once, whatever its state.
 local function close_handle(h)
   if h and not h:is_closing() then h:close() end
 end
+M.close_handle = close_handle
 
 function Server:timer(ms, fn)
   local t = uv.new_timer()
@@ -43,12 +50,34 @@ function Server:timer(ms, fn)
   return t
 end
 
+-- Call fn() every `ms` until it returns false (or the server closes).
+function Server:every(ms, fn)
+  local t = uv.new_timer()
+  self.timers[t] = true
+  t:start(ms, ms, function()
+    if fn() == false then
+      self.timers[t] = nil
+      close_handle(t)
+    end
+  end)
+  return t
+end
+
 function Server:drop(client)
   if self.clients[client] then
     self.clients[client] = nil
     self.open = self.open - 1
   end
   close_handle(client)
+end
+
+-- Reset `client` (RST: the other side sees ECONNRESET).
+function Server:reset(client)
+  if self.clients[client] then
+    self.clients[client] = nil
+    self.open = self.open - 1
+    client:close_reset()
+  end
 end
 
 function Server:drop_all()
@@ -61,19 +90,25 @@ function Server:close()
   self:drop_all()
   for t in pairs(self.timers) do close_handle(t) end
   self.timers = {}
-  for _, h in ipairs(self.extra or {}) do close_handle(h) end
+  for _, h in ipairs(self.extra) do close_handle(h) end
   close_handle(self.tcp)
   if self.path then os.remove(self.path) end
 end
 
-function Server:write(client, data)
-  if self.clients[client] and not client:is_closing() then client:write(data) end
+-- Write to `client` if it is still open; returns whether it did.
+function Server:write(client, data, cb)
+  if self.clients[client] and not client:is_closing() then
+    client:write(data, cb)
+    return true
+  end
+  return false
 end
 
--- Listen with `on_conn(srv, client)` for every accepted conn; `kind` is nil (127.0.0.1),
--- "ipv6" ([::1]) or "unix"; `port` (TCP): a given port rather than a fresh one.
-local function listen(on_conn, backlog, kind, port)
-  local srv = new_server()
+-- Bind `srv` (opts.kind: nil = 127.0.0.1, "ipv6" = [::1], "unix"; opts.port: a given TCP port
+-- rather than a fresh one) and set srv.tcp, srv.addr and srv.port (TCP) or srv.path (unix).
+-- Returns srv, or nil, why when the address cannot be bound.
+function M.bind(srv, opts)
+  local kind = opts and opts.kind
   local tcp
   if kind == "unix" then
     local path = os.tmpname()
@@ -85,7 +120,7 @@ local function listen(on_conn, backlog, kind, port)
   else
     tcp = uv.new_tcp()
     local host = kind == "ipv6" and "::1" or "127.0.0.1"
-    local ok, err = tcp:bind(host, port or 0)
+    local ok, err = tcp:bind(host, opts and opts.port or 0)
     if not ok then
       tcp:close()
       return nil, err
@@ -94,10 +129,20 @@ local function listen(on_conn, backlog, kind, port)
     srv.addr = kind == "ipv6" and ("[::1]:" .. srv.port) or ("127.0.0.1:" .. srv.port)
   end
   srv.tcp = tcp
-  if on_conn == nil then return srv end -- bound, never listening
-  assert(tcp:listen(backlog or 128, function(err)
-    if err or srv.closed then return end
-    local client = kind == "unix" and uv.new_pipe(false) or uv.new_tcp()
+  return srv
+end
+
+-- Bind (M.bind) and listen with `on_conn(srv, client)` for every accepted conn; on_conn nil:
+-- bound, never listening. opts: kind, port, backlog, srv (a server from M.new_server to use).
+function M.listen(on_conn, opts)
+  opts = opts or {}
+  local srv, err = M.bind(opts.srv or M.new_server(), opts)
+  if not srv then return nil, err end
+  if on_conn == nil then return srv end
+  local tcp = srv.tcp
+  assert(tcp:listen(opts.backlog or 128, function(lerr)
+    if lerr or srv.closed then return end
+    local client = opts.kind == "unix" and uv.new_pipe(false) or uv.new_tcp()
     if not tcp:accept(client) then
       close_handle(client)
       return
@@ -109,18 +154,21 @@ local function listen(on_conn, backlog, kind, port)
   end))
   return srv
 end
+local listen = M.listen
 
--- Read from `client`; `on_data(data)` for each chunk; the server drops the conn at EOF/error.
-local function read(srv, client, on_data)
+-- Read from `client`; `on_data(data)` (if given) for each chunk, kept in srv.received too
+-- unless that is false; the server drops the conn at EOF/error.
+function M.read(srv, client, on_data)
   client:read_start(function(err, data)
     if err or data == nil then
       srv:drop(client)
       return
     end
-    srv.received = srv.received .. data
-    on_data(data)
+    if srv.received then srv.received = srv.received .. data end
+    if on_data then on_data(data) end
   end)
 end
+local read = M.read
 
 -- Split `data` into lines (the buffer is per conn); call `on_line(line)` without \r\n.
 local function line_reader(srv, client, on_line)
@@ -144,9 +192,9 @@ end
 function M.echo() return listen(echo) end
 -- The echo server on a given port of 127.0.0.1 (a server closed there comes back: a restart);
 -- nil, why if the port cannot be bound.
-function M.echo_on(port) return listen(echo, nil, nil, port) end
-function M.echo6() return listen(echo, nil, "ipv6") end
-function M.unix_echo() return listen(echo, nil, "unix") end
+function M.echo_on(port) return listen(echo, { port = port }) end
+function M.echo6() return listen(echo, { kind = "ipv6" }) end
+function M.unix_echo() return listen(echo, { kind = "unix" }) end
 
 -- LINE COMMANDS (one per line, answered on the same conn):
 --   PING          +PONG\r\n
@@ -187,11 +235,7 @@ function M.line()
         srv:write(client, "bye\r\n")
         srv:drop(client)
       elseif cmd == "RESET" then
-        if srv.clients[client] then
-          srv.clients[client] = nil
-          srv.open = srv.open - 1
-          client:close_reset()
-        end
+        srv:reset(client)
       elseif cmd == "SLEEP" then
         srv:timer(tonumber(arg), function() srv:write(client, "+WOKE\r\n") end)
       elseif cmd == "SILENT" then -- luacheck: ignore 542
@@ -231,21 +275,17 @@ end
 -- A listener with backlog 0 that never accepts, filled by two conns of its own (libuv takes
 -- the first off the kernel's queue, the second fills it): a further connect gets no SYN-ACK, so
 -- it hangs until the dialler's timeout (the kernel retries the SYN after a second).
--- `callback(srv)` runs once the queue is full.
-function M.blackhole(callback)
-  local srv = new_server()
-  local tcp = uv.new_tcp()
-  assert(tcp:bind("127.0.0.1", 0))
-  srv.tcp = tcp
-  srv.port = tcp:getsockname().port
-  srv.addr = "127.0.0.1:" .. srv.port
-  assert(tcp:listen(0, function() end)) -- never accepts
-  srv.extra = {}
+-- `callback(srv)` runs once the queue is full; `on_filler(conn)`, if given, for each filler
+-- once it connected; `srv` (from M.new_server) is the server to use, if given.
+function M.blackhole(callback, on_filler, srv)
+  srv = assert(M.bind(srv or M.new_server()))
+  assert(srv.tcp:listen(0, function() end)) -- never accepts
   local function filler(n)
     local c = uv.new_tcp()
     srv.extra[#srv.extra + 1] = c
     c:connect("127.0.0.1", srv.port, function(err)
       if err or srv.closed then return end
+      if on_filler then on_filler(c) end
       -- Give libuv a moment to take the first one off the queue before the next.
       srv:timer(20, function()
         if n == 1 then filler(2) else callback(srv) end

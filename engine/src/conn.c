@@ -612,6 +612,7 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   pp__list_push(&conn->lease_list, &lease->qlink_);
   lease->conn = conn;
   lease->peer = peer;
+  pp__warm_lent(conn);
   pp__warm_check(peer); /* min_idle: one idle conn fewer (warm.c) */
   /* The cached loop time will do: this stamp only feeds pp_conn_idle_ms while the conn is
    * leased, and the release stamps again from the clock (idle time counts from there). */
@@ -969,7 +970,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
     uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
   }
   pp__peer_update_state(peer);
-  if (!pool->closing) pp__warm_check(peer); /* min_idle: dial a replacement (warm.c) */
+  if (!pool->closing) pp__warm_closed(conn, reason); /* min_idle: a replacement (warm.c) */
   if (!pool->closing) pp__capacity_opened(pool);
 }
 

@@ -2152,8 +2152,8 @@ end
 
 local function run_round(n, budget, live)
   local pools_before = #peerpool.pools()
-  R = { n = n, acquires = {}, conns = {}, notices = {}, actors = {}, subs = {}, peer_set = {}, removed_ports = {},
-    send_cbs = {},
+  R = { n = n, acquires = {}, conns = {}, notices = {}, actors = {}, subs = {}, peer_set = {},
+    removed_ports = {}, send_cbs = {},
     peer_list = {}, leaked = 0, state_events = 0 }
   F.rounds = n
   R.baseline_inodes = procfs.snapshot(F.server_ports, {}, F.ignore_ports).inodes

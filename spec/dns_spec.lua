@@ -99,6 +99,28 @@ describe("host names", function()
     assert.equal(0, pool:stats().waiters)
   end))
 
+  it("dials no unspecified, multicast or broadcast address an answer names", test(function(env)
+    local srv = env:echo() -- 0.0.0.0 would reach it: on Linux it connects to this host
+    local dns, pool = setup(env)
+    dns:set("zero.pp.test", { a = { "0.0.0.0", "255.255.255.255", "224.0.0.1" },
+      aaaa = { "::", "ff02::1", "::ffff:0:0" } })
+    local zero = pool:add_peer("zero.pp.test:" .. srv.port)
+    local res = pack(pool:acquire(zero, { timeout = 5000 }))
+    assert.same({ nil, "dns" }, { res[1], res[2] })
+    assert.matches("zero.pp.test: no usable address (only unspecified, multicast or broadcast " ..
+      "ones)", res[3], 1, true)
+    assert.equal(0, srv.accepted)
+    -- mixed with a unicast address: that one only
+    dns:set("some.pp.test", { a = { "0.0.0.0", "127.0.0.1" }, aaaa = { "::" } })
+    local some = pool:add_peer("some.pp.test:" .. srv.port)
+    local conn = assert(pool:acquire(some, { timeout = 5000 }))
+    assert.equal("127.0.0.1:" .. srv.port, conn:address())
+    conn:release()
+    local resolved = pool:peer(some).resolved
+    assert.equal(1, #resolved)
+    assert.equal("127.0.0.1:" .. srv.port, resolved[1].addr)
+  end))
+
   it("races the addresses (Happy Eyeballs): a hanging one does not hold the dial up",
     test(function(env)
       local hole = env:blackhole() -- 127.0.0.1:port, connects hang

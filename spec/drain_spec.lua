@@ -90,6 +90,45 @@ describe("peerpool.pool", function()
         "pool:add_peer: tag 'min_idle' must be an integer in 0..4 (max_per_peer)")
     end))
 
+    it("does not redial in a loop a server that hangs up on every conn", test(function(env)
+      local srv = env:hangup()
+      local pool = env:pool { min_idle = 2 }
+      pool:add_peer(srv.addr)
+      wait_until(function() return srv.accepted >= 2 end, 3000, "the first conns")
+      sleep(500)
+      -- each conn ends unused, so the next waits longer (before: a dial every tick, ~1000)
+      assert.is_true(srv.accepted < 50, srv.accepted .. " conns in 500 ms")
+      -- a lease shows the peer serves: an echo server on the port is warmed at once again
+      local port = srv.port
+      srv:close()
+      local echo = assert(env:echo_on(port))
+      assert.equal("PING", pool:with(srv.addr, ping))
+      wait_until(function() return pool:peer(srv.addr).idle >= 2 end, 3000, "2 idle conns")
+      assert.is_true(echo.accepted <= 3) -- (2 warm, 1 dialled by the acquire if none was idle)
+    end))
+
+    it("does not redial in a loop when the process is out of fds", function()
+      local ok, status, _, err = H.child([[
+        local uv = require "luv"
+        local peerpool = require "peerpool"
+        local srv = require("spec.support.servers").echo()
+        local pool = peerpool.new { min_idle = 100, max_per_peer = 100, max_total = 200 }
+        pool:add_peer(srv.addr)
+        local t = uv.new_timer()
+        t:start(500, 0, function()
+          io.stderr:write(pool:stats().connect_attempts, "\n")
+          pool:close()
+          srv:close()
+          t:close()
+        end)
+        uv.run()
+      ]], "ulimit -n 64;")
+      assert.is_true(ok, tostring(status) .. " " .. err)
+      -- each dial fails at once (EMFILE), with no backoff of its own (before: ~50,000)
+      local attempts = tonumber(err:match("^(%d+)\n"))
+      assert.is_true(attempts and attempts < 1000, err .. " connect attempts in 500 ms")
+    end)
+
     it("is checked against max_per_peer", function()
       assert.has_error(function() peerpool.new { min_idle = 5 } end,
         "peerpool.new: option min_idle must be an integer in 0..max_per_peer")

@@ -643,7 +643,8 @@ uint64_t pp_conn_id(const pp_conn_t *conn);
  * within connect_timeout. Conns to an address that leaves a new answer close once their last
  * lease ends (reason "dns"); the others stay. A query that fails keeps the last answer; a name
  * that has no answer yet fails its dial with PP_EDNS (a failed connect: backoff, no retry within
- * the dial), and pp_peer_dns_reason() says why. At most PP_DNS_MAX_ADDRS addresses are kept.
+ * the dial), and pp_peer_dns_reason() says why. At most PP_DNS_MAX_ADDRS addresses are kept;
+ * unspecified (0.0.0.0, ::), multicast and broadcast ones in an answer are dropped.
  */
 
 /* Add (or find) the peer at `addr`. `last_seen_ms` is Unix time in ms; 0 means now. An

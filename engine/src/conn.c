@@ -612,6 +612,7 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   pp__list_push(&conn->lease_list, &lease->qlink_);
   lease->conn = conn;
   lease->peer = peer;
+  pp__warm_lent(conn);
   pp__warm_check(peer); /* min_idle: one idle conn fewer (warm.c) */
   /* The grant's stamp: the lease's hold (leak_threshold, the hold histogram) counts from it.
    * Not the cached loop time, which lags behind by whatever ran in this loop iteration before
@@ -970,7 +971,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
     uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
   }
   pp__peer_update_state(peer);
-  if (!pool->closing) pp__warm_check(peer); /* min_idle: dial a replacement (warm.c) */
+  if (!pool->closing) pp__warm_closed(conn, reason); /* min_idle: a replacement (warm.c) */
   if (!pool->closing) pp__capacity_opened(pool);
 }
 

@@ -420,10 +420,31 @@ static void failed(pp_peer_t *peer, const char *why) {
   pp__conn_dns_done(peer, false);
 }
 
+/* Whether an answer's address can be a peer: not unspecified (0.0.0.0 and :: connect to this
+ * host on Linux: a hostile answer would point the pool at local services), multicast or the
+ * broadcast address, also as v4-mapped IPv6. */
+static bool unicast(const struct sockaddr_storage *sa) {
+  const uint8_t *b;
+  if (sa->ss_family == AF_INET6) {
+    b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(b, mapped, 12) != 0) {
+      static const uint8_t zero[16] = {0};
+      return b[0] != 0xff && memcmp(b, zero, 16) != 0;
+    }
+    b += 12;
+  } else {
+    b = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr.s_addr;
+  }
+  uint32_t v4 = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+  return v4 != 0 && (v4 >> 28) != 0xe && v4 != 0xffffffffu;
+}
+
 /* Put the answer's addresses in dial order (RFC 8305 4: families interleaved, IPv6 first),
- * with the peer's port, at most PP_DNS_MAX_ADDRS, no duplicates. Returns how many. */
+ * with the peer's port, at most PP_DNS_MAX_ADDRS, no duplicates, only unicast ones (*dropped
+ * counts the others). Returns how many. */
 static int collect(const struct ares_addrinfo *ai, int port, struct sockaddr_storage *out,
-                   uint64_t *ttl_ms) {
+                   uint64_t *ttl_ms, int *dropped) {
   struct sockaddr_storage v6[PP_DNS_MAX_ADDRS], v4[PP_DNS_MAX_ADDRS];
   int n6 = 0, n4 = 0, n = 0;
   int ttl = -1;
@@ -439,6 +460,10 @@ static int collect(const struct ares_addrinfo *ai, int port, struct sockaddr_sto
       memcpy(&sa, node->ai_addr, sizeof(struct sockaddr_in));
       ((struct sockaddr_in *)&sa)->sin_port = htons((uint16_t)port);
     } else {
+      continue;
+    }
+    if (!unicast(&sa)) {
+      (*dropped)++;
       continue;
     }
     struct sockaddr_storage *list = sa.ss_family == AF_INET6 ? v6 : v4;
@@ -470,10 +495,14 @@ static void on_addrinfo(void *arg, int status, int timeouts, struct ares_addrinf
   }
   struct sockaddr_storage addrs[PP_DNS_MAX_ADDRS];
   uint64_t ttl_ms = 0;
-  int n = status == ARES_SUCCESS ? collect(ai, peer->dns->port, addrs, &ttl_ms) : 0;
+  int dropped = 0;
+  int n = status == ARES_SUCCESS ? collect(ai, peer->dns->port, addrs, &ttl_ms, &dropped) : 0;
   if (ai) ares_freeaddrinfo(ai);
-  if (status == ARES_SUCCESS && n == 0) status = ARES_ENODATA;
-  if (status != ARES_SUCCESS)
+  if (status == ARES_SUCCESS && n == 0 && dropped > 0)
+    failed(peer, "no usable address (only unspecified, multicast or broadcast ones)");
+  else if (status == ARES_SUCCESS && n == 0)
+    failed(peer, reason_of(ARES_ENODATA));
+  else if (status != ARES_SUCCESS)
     failed(peer, reason_of(status));
   else
     answered(peer, addrs, n, ttl_ms);

@@ -95,6 +95,7 @@ struct pp_conn_s {
   bool delivering;              /* inside a reader callback from the defer queue: do not free */
   bool probe;                   /* a probe: one attempt, for a held peer, not counted as live */
   bool blamed;                  /* counted a failure of its peer already (once per conn) */
+  bool lent;                    /* some lease held it once (warm.c: it was of use) */
   unsigned char hstate, tstate; /* h and timer: none, open, closing */
   /* line 1 */
   pp__link_t lease_list; /* leases holding this conn (their qlink_) */
@@ -196,6 +197,8 @@ struct pp_peer_s {
   /* warm.c: min_idle; drain.c: drain and removal */
   int min_idle;           /* its own min_idle, -1: the pool's (see pp__warm_min) */
   pp__link_t warm_link;   /* pool->warm_needy while it may have fewer idle conns than that */
+  int warm_streak;        /* its conns that ended unused in a row (see pp__warm_closed) */
+  uint64_t warm_hold;     /* loop ms before which no min_idle dial starts for it; 0: none */
   bool draining;          /* takes no lease, closes conns at release (removed peers too) */
   bool removed;           /* out of the table; freed once no conn and no callback needs it */
   uint64_t removed_pass;  /* pool->defer_pass when it was removed */
@@ -469,6 +472,16 @@ void pp__warm_need(pp_peer_t *peer);
 /* Cheap check for the hot path: call pp__warm_need only when idle conns fell short. */
 static inline void pp__warm_check(pp_peer_t *peer) {
   if (peer->idle < pp__warm_min(peer)) pp__warm_need(peer);
+}
+/* `conn` closed (not the pool): min_idle may want a replacement. One that ended unused, hung up
+ * on by its server or failed on this machine (out of fds), holds the peer's min_idle dials back,
+ * longer each time in a row, until a lease shows the peer serves: no dial loop. */
+void pp__warm_closed(pp_conn_t *conn, pp_close_reason_t reason);
+/* A lease of one of `peer`'s conns: its conns are of use, min_idle dials need no holding back. */
+static inline void pp__warm_lent(pp_conn_t *conn) {
+  conn->lent = true;
+  conn->peer->warm_streak = 0;
+  conn->peer->warm_hold = 0;
 }
 /* The idle sweep found `conn` past idle_timeout: keep it (moved to pool->warm_idle) when its
  * peer would fall below min_idle; returns whether it was kept. */

@@ -30,11 +30,32 @@ void pp__warm_need(pp_peer_t *peer) {
   pp_timer_start(&pool->warm_timer, warm_timer_cb, 0); /* the next tick */
 }
 
-/* Dial what `peer` lacks. Returns whether it is done with (has enough, or never will). */
-static bool fill(pp_peer_t *peer) {
+void pp__warm_closed(pp_conn_t *conn, pp_close_reason_t reason) {
+  pp_peer_t *peer = conn->peer;
+  /* A server that accepts and hangs up at once (or sends unasked bytes) ends every conn with a
+   * successful connect, which clears the connect backoff; a dial that fails for want of fds has
+   * no backoff at all. Either would have min_idle redial on the next tick, forever. */
+  bool wasted = reason == PP_CLOSE_REMOTE ||
+                (reason == PP_CLOSE_CLOSED && pp__err_is_local(conn->last_error));
+  if (wasted && !conn->lent && pp__warm_min(peer) > 0) {
+    if (peer->warm_streak < 30) peer->warm_streak++;
+    /* The built-in connect backoff's curve (full jitter, 100 ms doubling up to 30 s). */
+    uint64_t hold = (uint64_t)pp_backoff_full_jitter(peer->pool, peer->warm_streak, 100, 30000);
+    peer->warm_hold = pp_now() + (hold > 0 ? hold : 1);
+  }
+  pp__warm_check(peer);
+}
+
+/* Dial what `peer` lacks. Returns whether it is done with (has enough, or never will); if not,
+ * lowers *retry_at to when it may be dialled again (its hold), if that is before. */
+static bool fill(pp_peer_t *peer, uint64_t *retry_at) {
   pp_pool_t *pool = peer->pool;
   int min = pp__warm_min(peer);
   if (peer->draining || peer->burned || min == 0) return true;
+  if (peer->warm_hold && pp__ahead(pool, peer->warm_hold)) {
+    if (peer->warm_hold < *retry_at) *retry_at = peer->warm_hold;
+    return peer->idle + peer->dialing + peer->backoff + peer->handshaking >= min;
+  }
   /* Connecting conns count: each becomes idle, or serves a waiter (its lease brings the peer
    * back here). */
   int have = peer->idle + peer->dialing + peer->backoff + peer->handshaking;
@@ -62,18 +83,19 @@ static void warm_timer_cb(uv_timer_t *timer) {
   pool->warm_soon = false;
   if (pool->closing) return;
   bool pending = false;
+  uint64_t retry_at = pp_now() + (uint64_t)pool->opts.maintenance_interval;
   pp__link_t *l = pool->warm_needy.next;
   while (l != &pool->warm_needy) {
     pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, warm_link);
     l = l->next;
-    if (fill(peer))
+    if (fill(peer, &retry_at))
       pp__list_remove(&peer->warm_link);
     else
       pending = true;
   }
-  /* A peer that may not be dialled now (backing off, ejected, at a limit) is tried again. */
-  if (pending && !pool->warm_soon)
-    pp_timer_start(&pool->warm_timer, warm_timer_cb, (uint64_t)pool->opts.maintenance_interval);
+  /* A peer that may not be dialled now (held, backing off, ejected, at a limit) is tried again:
+   * at its hold's end, or every maintenance_interval. */
+  if (pending && !pool->warm_soon) pp_timer_start_at(&pool->warm_timer, warm_timer_cb, retry_at);
 }
 
 int pp_peer_set_min_idle(pp_peer_t *peer, int min_idle) {

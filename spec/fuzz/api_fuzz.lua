@@ -836,6 +836,7 @@ local function gen_options()
   maybe(0.3, "maintenance_interval", pick { 5, 20, 100 })
   maybe(0.3, "seed_interval", pick { 0, 10, 100 })
   maybe(0.3, "eject_after", pick { 0, 1, 2, 5 })
+  if not SKIP.min_idle then maybe(0.2, "min_idle", rnd(2) - 1) end -- (<= any max_per_peer)
   if chance(0.3) then
     o.eject_time = pick { 5, 50, 500 }
     o.eject_max = o.eject_time * rnd(4)
@@ -945,7 +946,8 @@ local function check_kernel(where)
         F.by_port[port] and F.by_port[port].kind or "?", R.max_per_peer,
         tostring(engine[port]), tostring(R.closed_at ~= nil), tostring(detail[port]),
         table.concat(snap.list, "\n"))
-      if not R.closed_at and not SKIP.kernel_engine and n > (engine[port] or 0) then
+      if not R.closed_at and not SKIP.kernel_engine and n > (engine[port] or 0) and
+        not R.removed_ports[port] then -- (a removed peer's leased conns are in no view)
         -- A socket the engine does not count. Look again a little later: one still open then,
         -- with the engine still counting fewer, is a socket it lost track of.
         local first = fmt("%s: %d sockets to port %d but the engine counts %d conns of that " ..
@@ -962,7 +964,7 @@ local function check_kernel(where)
             handles[t] = nil
             t:close()
             rr.suspects[port] = nil
-            if rr ~= R or R.closed_at or not R.pool then return end
+            if rr ~= R or R.closed_at or not R.pool or R.removed_ports[port] then return end
             local again = snapshot()
             local ok, peers = pcall(R.pool.peers, R.pool)
             if not ok then return end
@@ -1066,7 +1068,9 @@ end
 -- r: pcall's pack (r[1] is pcall's status)
 local function notice_result_ok(r)
   if r[2] == true then return r.n == 2 end
-  return r[2] == nil and (r[3] == "timeout" or r[3] == "canceled" or r[3] == "closed")
+  -- (removed: its peer was removed or drained meanwhile)
+  return r[2] == nil and (r[3] == "timeout" or r[3] == "canceled" or r[3] == "closed" or
+    r[3] == "removed")
 end
 
 -- ---- ops -------------------------------------------------------------------------------------
@@ -1571,7 +1575,7 @@ local function op_notice(a)
         entry.calls = entry.calls + 1
         trace(fmt("notice%d fn%d(%s)", rec.id, id, show(code)))
         check(entry.calls == 1, "notice%d: on_free fn%d ran %d times", rec.id, id, entry.calls)
-        check(code == nil or code == "canceled" or code == "closed",
+        check(code == nil or code == "canceled" or code == "closed" or code == "removed",
           "notice:on_free fn got %s", show(code))
         if chance(0.1) then
           F.intended = F.intended + 1
@@ -1939,6 +1943,30 @@ local function op_side(a)
   end
 end
 
+-- remove_peer / drain: a peer out of service. Its leased conns serve on after removal, out of
+-- pool:peers(): the kernel check allows for them (a ghost entry per removal, see peer_limit).
+local function op_remove_peer(a)
+  if #R.peer_list == 0 or not chance(0.5) then return end
+  local p = pick(R.peer_list)
+  local drain = chance(0.4)
+  local verb = drain and "drain" or "remove_peer"
+  local rule = pool_rule()
+  local ok, r = call(fmt("a%d %s(%s)", a.id, verb, show(p.addr)), rule,
+    function() return R.pool[verb](R.pool, p.addr) end)
+  if not ok or rule then return end
+  if r[2] == true then
+    local port = R.peer_set[p.addr] and R.peer_set[p.addr].port
+    if not drain and port then
+      R.removed_n = (R.removed_n or 0) + 1
+      R.peer_set[p.addr .. "#removed" .. R.removed_n] = { port = port }
+      R.removed_ports[port] = true
+    end
+  else
+    check(r[2] == nil and r[3] == "no_peer" and type(r[4]) == "string",
+      "%s of a peer answered %s", verb, show_results(r))
+  end
+end
+
 local function op_close_pool(a)
   if not may_close() or not chance(0.3) then return end
   R.closed_at = uv.now()
@@ -1956,6 +1984,7 @@ do
     { 3, op_odd_valid, "odd_valid" }, { 2, op_abandon, "abandon" }, { 2, op_side, "side" },
     { 1, op_close_pool, "close_pool" }, { 4, op_acquire_sub, "acquire_sub" },
     { 2, op_dying_receiver, "dying_receiver" }, { 1, op_meddle, "meddle" },
+    { 1, op_remove_peer, "remove_peer" },
   }
   -- FUZZ_OPS=name,name: only these ops (to narrow a failure down); FUZZ_SKIP names work too
   local only
@@ -2128,7 +2157,7 @@ end
 local function run_round(n, budget, live)
   local pools_before = #peerpool.pools()
   R = { n = n, acquires = {}, conns = {}, notices = {}, actors = {}, subs = {}, peer_set = {},
-    send_cbs = {},
+    removed_ports = {}, send_cbs = {},
     peer_list = {}, leaked = 0, state_events = 0 }
   F.rounds = n
   R.baseline_inodes = procfs.snapshot(F.server_ports, {}, F.ignore_ports).inodes

@@ -5,7 +5,8 @@
 --   it("...", H.test(function(env) ... end))
 --
 -- env:pool(opts)         peerpool.new(opts), closed at the end of the test
--- env:echo() / env:line() / env:refused() / env:closer() / env:slow(ms) / env:blackhole() /
+-- env:echo() / env:line() / env:refused() / env:closer() / env:hangup() / env:slow(ms) /
+-- env:blackhole() /
 -- env:deaf()
 --                        servers (spec/support/servers.lua), closed at the end of the test
 -- H.sleep(ms)            yield the running coroutine for ms
@@ -82,8 +83,8 @@ function Env:add(srv)
   return srv
 end
 
-for _, name in ipairs { "echo", "echo_on", "line", "refused", "closer", "slow", "unix_echo",
-  "deaf" } do
+for _, name in ipairs { "echo", "echo_on", "line", "refused", "closer", "hangup", "slow",
+  "unix_echo", "deaf" } do
   Env[name] = function(self, ...) return self:add(servers[name](...)) end
 end
 

@@ -264,6 +264,11 @@ function M.closer()
   end)
 end
 
+-- Accepts and hangs up at once, before a byte is read or written.
+function M.hangup()
+  return listen(function(srv, client) srv:drop(client) end)
+end
+
 function M.slow(ms)
   return listen(function(srv, client)
     line_reader(srv, client, function()

@@ -580,7 +580,7 @@ local function sync_common(b, hook)
   if b == "raise_odd" then error(odd_error()) end
   if b == "loop" then while true do end end
   if b == "alloc" then
-    local t = {}
+    local t = {} -- luacheck: ignore (allocation is the point)
     for i = 1, 20000 do t[i] = { i } end
     local _ = string.rep("x", 1 << 20)
   end
@@ -1380,7 +1380,7 @@ local function receive_pattern()
     (R.max_receive or 1 << 20) + 1))
 end
 
-local function do_receive(a, rec, pat, who)
+local function do_receive(_, rec, pat, who)
   local rule = conn_rule(rec)
   if not rec.released and rec.receiving then
     rule = { raise = { "a receive is already waiting on this conn" } }

@@ -319,6 +319,11 @@ typedef struct pp__pipe_s pp__pipe_t;
 bool pp__err_is_local(int err);
 
 /* ---- pool.c ---------------------------------------------------------------------------- */
+/* Finish the close once nothing is pending: close the pool's own handles, then free it. */
+void pp__maybe_finish(pp_pool_t *pool);
+
+/* ---- defer.c --------------------------------------------------------------------------- */
+void pp__defer_init(pp_pool_t *pool); /* the lists, the check and the idle handle */
 void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status);
 void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status);
 void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn);
@@ -327,9 +332,15 @@ void pp__defer_wake(pp_pool_t *pool);
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to);
 /* Queue the event written into pp__event_slot()'s slot. */
 void pp__defer_pool_event(pp_pool_t *pool);
-void pp__maybe_finish(pp_pool_t *pool);
-uint64_t pp__random(pp_pool_t *pool);
-void **pp__scratch(pp_pool_t *pool, int n);
+
+/* ---- maintain.c ------------------------------------------------------------------------ */
+void pp__maintain_init(pp_pool_t *pool); /* the idle, keepalive and maintenance timers */
+void pp__idle_timer_arm(pp_pool_t *pool);
+/* Ask the seed hook for `wanted` addresses, if it has not been asked within seed_interval.
+ * Returns whether a seed hook exists. */
+bool pp__request_seed(pp_pool_t *pool, int wanted);
+
+/* ---- clock.c --------------------------------------------------------------------------- */
 int64_t pp__unix_now_ms(void);
 /* Whether loop time `at` is still to come, reading the clock only when the cached loop time
  * (never ahead of it) says so: cheap on the hot path when `at` has long passed (or is 0). */
@@ -338,10 +349,6 @@ bool pp__ahead(pp_pool_t *pool, uint64_t at);
  * monotonic clock, at most one tick (a few ms) behind the real time, never behind uv_now(), at
  * a third of the cost of pp_now(). */
 uint64_t pp__stamp(pp_pool_t *pool);
-void pp__idle_timer_arm(pp_pool_t *pool);
-/* Ask the seed hook for `wanted` addresses, if it has not been asked within seed_interval.
- * Returns whether a seed hook exists. */
-bool pp__request_seed(pp_pool_t *pool, int wanted);
 
 /* ---- peer.c ---------------------------------------------------------------------------- */
 /* Re-derive everything that follows from a peer's fields (burned, conns, retry_at, last_seen):
@@ -489,8 +496,6 @@ void pp__peers_free_removed(pp_pool_t *pool);
 void pp__close_all_conns(pp_pool_t *pool);
 /* pool.c: stop the pool's timers and answer waiters and notices with PP_ECLOSED. */
 void pp__close_begin(pp_pool_t *pool);
-/* pool.c: run the deferred queue soon. */
-void pp__defer_wake(pp_pool_t *pool);
 /* peer.c: take `peer` out of the table, the insertion list and the state counts. */
 void pp__peer_unlink(pp_peer_t *peer);
 /* acquire.c: fire the armed notices for `peer` with `status`. */
@@ -563,6 +568,9 @@ void pp__pipe_flush_all(pp_pool_t *pool);
 bool pp__pipe_pending(const pp_pool_t *pool);
 
 /* ---- policy.c -------------------------------------------------------------------------- */
+uint64_t pp__random(pp_pool_t *pool); /* xorshift64*: jitter */
+/* Room for `n` candidate pointers, reused by every decision (NULL when out of memory). */
+void **pp__scratch(pp_pool_t *pool, int n);
 /* dialing: 0 = among peers with a usable conn; 1 = among peers that may be dialled;
  * 2 = among dialable peers with no conn at all (target_peers maintenance). */
 pp_peer_t *pp__select_peer(pp_pool_t *pool, int dialing, const char *key);

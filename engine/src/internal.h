@@ -498,7 +498,7 @@ void pp__close_all_conns(pp_pool_t *pool);
 void pp__close_begin(pp_pool_t *pool);
 /* peer.c: take `peer` out of the table, the insertion list and the state counts. */
 void pp__peer_unlink(pp_peer_t *peer);
-/* acquire.c: fire the armed notices for `peer` with `status`. */
+/* notice.c: fire the armed notices for `peer` with `status`. */
 void pp__fire_peer_notices(pp_pool_t *pool, pp_peer_t *peer, int status);
 /* events.c: explain entries about `peer` keep their text and forget the pointer. */
 void pp__explain_forget(pp_pool_t *pool, pp_peer_t *peer);
@@ -537,6 +537,18 @@ void pp__conn_available(pp_conn_t *conn);
 /* A conn slot opened (a conn closed, a peer was added): start dials for waiters that can
  * use it, and fire notices. */
 void pp__capacity_opened(pp_pool_t *pool);
+
+/* ---- waiter.c -------------------------------------------------------------------------- */
+void pp__queue_init(pp__queue_t *q);
+void pp__waiters_init(pp_pool_t *pool); /* the queues, the deadline heap and its timer */
+/* Queue `lease` (state WAITING) at its priority, with a deadline `timeout` ms away (> 0). */
+void pp__enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout);
+/* Take a queued `lease` out of its queue and the deadline heap; a dial it owns goes on. */
+void pp__dequeue(pp_pool_t *pool, pp_lease_t *lease);
+/* The first waiter of `q` in service order; with `without_dial`, the first that owns no dial. */
+pp_lease_t *pp__queue_first(pp__queue_t *q, bool without_dial);
+/* Whether `a` is served before `b` (NULL is served last). */
+bool pp__served_before(const pp_lease_t *a, const pp_lease_t *b);
 /* A dial ended without a conn: tell its owner (an acquire for any peer keeps waiting, for
  * another peer, unless the error was local). */
 void pp__dial_failed(pp_conn_t *conn, int status);
@@ -552,7 +564,10 @@ void pp__fail_hopeless_waiters(pp_pool_t *pool);
 bool pp__any_peer_could_serve(pp_pool_t *pool);
 /* Acquires ahead of `lease` in its queue (it must be queued). */
 int pp__waiters_ahead(pp_lease_t *lease);
-void pp__deadline_timer_cb(uv_timer_t *timer);
+
+/* ---- notice.c -------------------------------------------------------------------------- */
+/* Fire armed notices: all of them with an error status; with 0, those whose peer (or any
+ * peer) has capacity now. */
 void pp__fire_notices(pp_pool_t *pool, int status);
 
 /* ---- pipeline.c ------------------------------------------------------------------------ */

@@ -6,19 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int deadline_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
-  const pp_lease_t *x = PP__CONTAINER(a, pp_lease_t, heap_);
-  const pp_lease_t *y = PP__CONTAINER(b, pp_lease_t, heap_);
-  if (x->deadline_ != y->deadline_) return x->deadline_ < y->deadline_;
-  return x->seq_ < y->seq_;
-}
-
-static void queue_init(pp__queue_t *q) {
-  for (int i = 0; i <= PP_PRIORITY_MAX; i++)
-    pp__list_init(&q->level[i]);
-  q->count = 0;
-}
-
 int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, const char **why) {
   pp_options_t defaults;
   if (why) *why = NULL;
@@ -51,7 +38,6 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   }
   pp__list_init(&pool->peers);
   pp__list_init(&pool->usable_peers);
-  pp__list_init(&pool->waiting_peers);
   pp__list_init(&pool->idle);
   pp__list_init(&pool->notices);
   pp__list_init(&pool->flush_conns);
@@ -59,14 +45,11 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   pp_framing_init(&pool->framing, PP_FRAMING_NONE);
   if (opts->framing) pool->framing = *opts->framing; /* (validated with the options) */
   pool->opts.framing = &pool->framing;
-  queue_init(&pool->any_waiters);
   pp__candidates_init(pool);
   pp__health_init(pool);
-  pp__heap_init(&pool->deadlines, deadline_less);
   pool->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)pool ^ 0x9E3779B97F4A7C15ull;
   if (pool->rng == 0) pool->rng = 1;
-  uv_timer_init(loop, &pool->deadline_timer);
-  pool->deadline_timer.data = pool;
+  pp__waiters_init(pool);  /* the queues, the deadline heap and its timer (waiter.c) */
   pp__maintain_init(pool); /* idle, keepalive and maintenance timers (maintain.c) */
   pp__defer_init(pool);    /* the check and idle handles of the deferred queue (defer.c) */
   pp__events_init(pool); /* the leak timer */

@@ -973,31 +973,6 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   if (!pool->closing) pp__capacity_opened(pool);
 }
 
-/* Burn `peer`: its waiters end with PP_EBURNED, its unleased conns close (leased ones take no
- * new lease and close at release), and the policy hears that it left the live set. */
-void pp__peer_burn(pp_peer_t *peer) {
-  pp_pool_t *pool = peer->pool;
-  peer->burned = true;
-  pool->nburned++;
-  pp__probe_cancel(peer);
-  pp__eject_end(peer);
-  pp__peer_update_state(peer);
-  pp__fail_peer_waiters(peer, PP_EBURNED);
-  pp__link_t *l = peer->conns_list.next;
-  while (l != &peer->conns_list) {
-    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
-    l = l->next;
-    if (conn->phase == PP_CONN_CLOSED) continue;
-    if (conn->leases > 0) {
-      pp__peer_unmark_usable(peer, conn);
-      continue;
-    }
-    if (conn->owner) pp__dial_failed(conn, PP_EBURNED);
-    pp__conn_close(conn, PP_CLOSE_CLOSED);
-  }
-  pp__peer_event(peer, PP_PEER_EVENT_BURNED);
-}
-
 /* ---- TLS (tls.c): the layer between the socket and the conn's stream ------------------ */
 
 /* The stream failed with `err`: while the TLS handshake runs (no hook holds the conn yet)

@@ -378,6 +378,8 @@ pp_conn_t *pp__peer_best_conn(pp_peer_t *peer);
 int pp__peer_usable_conns(pp_peer_t *peer, pp_conn_t **out, int max);
 
 /* ---- health.c -------------------------------------------------------------------------- */
+/* Burn `peer` (the backoff policy gave up): never dialled again until re-added. */
+void pp__peer_burn(pp_peer_t *peer);
 /* Whether a verdict or error `err` is the peer's fault (see pp_release): false for 0,
  * PP_ENOREUSE, UV_EOF, PP_ECLOSED, cancelations and local errors. */
 bool pp__err_blames(int err);
@@ -528,7 +530,6 @@ void pp__conn_ping(pp_conn_t *conn);
 void pp__conn_io_error(pp_conn_t *conn, int err);
 /* Dial `peer` once, now, for no waiter: a probe of a held peer. */
 int pp__conn_probe(pp_peer_t *peer);
-void pp__peer_burn(pp_peer_t *peer);
 
 /* ---- acquire.c ------------------------------------------------------------------------- */
 /* A conn became usable (connected, released, pinged): serve its owner or the next waiter,

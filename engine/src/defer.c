@@ -48,8 +48,9 @@ void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status) {
 }
 
 void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn) {
-  if (conn->deliver_pending) return;
-  conn->deliver_pending = true;
+  if (conn->flags & PP__CONN_F_DELIVER_PENDING) return;
+  conn->flags |= PP__CONN_F_DELIVER_PENDING;
+  pp__conn_ref(conn); /* the conn stays until its reader has been handed what is kept */
   pp__list_push(&pool->defer_conns, &conn->defer_link);
   pp__defer_wake(pool);
 }
@@ -65,6 +66,12 @@ void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_
   e->ev.from = from;
   e->ev.to = to;
   pp__defer_pool_event(pool);
+}
+
+void pp__capacity_soon(pp_pool_t *pool) {
+  if (pool->closing) return;
+  pool->capacity_soon = true;
+  pp__defer_wake(pool);
 }
 
 void pp__defer_pool_event(pp_pool_t *pool) {
@@ -87,8 +94,14 @@ static void splice(pp__link_t *from, pp__link_t *to) {
 static void defer_run(uv_check_t *check) {
   pp_pool_t *pool = check->data;
   pp__link_t leases, notices, conns;
-  unsigned int nevents = pool->events_len;
   pool->defer_pass++;
+  /* First the slots that opened since the last pass, so the acquires they serve or fail are
+   * answered in this pass. */
+  if (pool->capacity_soon) {
+    pool->capacity_soon = false;
+    pp__capacity_opened(pool);
+  }
+  unsigned int nevents = pool->events_len;
   splice(&pool->defer_leases, &leases);
   splice(&pool->defer_notices, &notices);
   splice(&pool->defer_conns, &conns);
@@ -102,8 +115,9 @@ static void defer_run(uv_check_t *check) {
   while (!pp__list_empty(&conns)) {
     pp_conn_t *conn = PP__CONTAINER(conns.next, pp_conn_t, defer_link);
     pp__list_remove(&conn->defer_link);
-    conn->deliver_pending = false;
+    conn->flags &= (uint16_t)~PP__CONN_F_DELIVER_PENDING;
     pp__conn_deliver_kept(conn);
+    pp__conn_unref(conn);
   }
   while (!pp__list_empty(&leases)) {
     pp_lease_t *lease = PP__CONTAINER(leases.next, pp_lease_t, dlink_);
@@ -124,7 +138,8 @@ static void defer_run(uv_check_t *check) {
   /* Last: the requests every callback of this pass sent leave in one write per conn. */
   pp__pipe_flush_all(pool);
   if (pp__list_empty(&pool->defer_leases) && pp__list_empty(&pool->defer_notices) &&
-      pp__list_empty(&pool->defer_conns) && pool->events_len == 0 && !pp__pipe_pending(pool)) {
+      pp__list_empty(&pool->defer_conns) && pool->events_len == 0 && !pp__pipe_pending(pool) &&
+      !pool->capacity_soon) {
     pool->defer_active = false;
     uv_check_stop(&pool->defer_check);
     uv_idle_stop(&pool->defer_idle);

@@ -75,6 +75,21 @@ typedef struct {
 
 #define PP__READ_KEEP_MAX (64 * 1024)
 
+/* A conn's lifetime word (conn->flags), as libuv's handle flags: which of its handles are open
+ * or closing, and what is pending or running on it. */
+enum {
+  PP__CONN_F_SOCKET = 1 << 0,         /* conn->h is initialised and not yet closed */
+  PP__CONN_F_SOCKET_CLOSING = 1 << 1, /* uv_close(conn->h) called, its callback not yet run */
+  PP__CONN_F_TIMER = 1 << 2,          /* conn->timer likewise */
+  PP__CONN_F_TIMER_CLOSING = 1 << 3,
+  PP__CONN_F_READING = 1 << 4,         /* uv_read_start is active */
+  PP__CONN_F_DELIVER_PENDING = 1 << 5, /* on the defer list to hand kept bytes to the reader */
+  PP__CONN_F_HOOK = 1 << 6,            /* a handshake/ping hook holds the conn */
+};
+/* Whether the socket is open and not closing (what the old H_OPEN meant). */
+#define PP__CONN_SOCKET_LIVE(conn) \
+  (((conn)->flags & (PP__CONN_F_SOCKET | PP__CONN_F_SOCKET_CLOSING)) == PP__CONN_F_SOCKET)
+
 /* The fields the acquire/release hot path touches come first, so a lend or a return touches
  * the conn's first two cache lines (and a list neighbour's first line) and not more: with
  * thousands of idle conns lent longest-idle first, every conn is a cache miss. Conns are
@@ -87,16 +102,13 @@ struct pp_conn_s {
   pp_peer_t *peer;
   int leases;
   pp__conn_phase_t phase;
-  bool broken;                  /* saw an I/O error or EOF; never lent again */
-  bool expired;                 /* past max_lifespan; closes when its last lease ends */
-  bool reading;                 /* uv_read_start is active */
-  bool deliver_pending;         /* on the defer list to hand kept bytes to the reader */
-  bool hook_running;            /* handshake/ping hook holds the conn */
-  bool delivering;              /* inside a reader callback from the defer queue: do not free */
-  bool probe;                   /* a probe: one attempt, for a held peer, not counted as live */
-  bool blamed;                  /* counted a failure of its peer already (once per conn) */
-  unsigned char hstate, tstate; /* h and timer: none, open, closing */
+  bool broken;    /* saw an I/O error or EOF; never lent again */
+  bool expired;   /* past max_lifespan; closes when its last lease ends */
+  bool probe;     /* a probe: one attempt, for a held peer, not counted as live */
+  bool blamed;    /* counted a failure of its peer already (once per conn) */
+  uint16_t flags; /* PP__CONN_F_*: what is open, pending or running (its lifetime word) */
   /* line 1 */
+  unsigned int refs;     /* holders (see pp__conn_ref): the conn is freed when they are gone */
   pp__link_t lease_list; /* leases holding this conn (their qlink_) */
   uint64_t last_used;    /* loop ms when the lease count last changed */
   size_t kept_len;       /* bytes kept in `kept` */
@@ -256,6 +268,7 @@ struct pp_pool_s {
   uv_check_t defer_check;
   uv_idle_t defer_idle;
   bool defer_active;
+  bool capacity_soon; /* pp__capacity_opened runs at the start of the next deferred pass */
   /* scratch for policy candidates */
   void **scratch;
   int scratch_cap;
@@ -332,6 +345,9 @@ void pp__defer_wake(pp_pool_t *pool);
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to);
 /* Queue the event written into pp__event_slot()'s slot. */
 void pp__defer_pool_event(pp_pool_t *pool);
+/* A conn slot opened or a peer came: run pp__capacity_opened from the next deferred pass, not
+ * inside this call (it runs policy hooks: select_peer, and through dials, handshake). */
+void pp__capacity_soon(pp_pool_t *pool);
 
 /* ---- maintain.c ------------------------------------------------------------------------ */
 void pp__maintain_init(pp_pool_t *pool); /* the idle, keepalive and maintenance timers */
@@ -521,9 +537,21 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease);
 void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease);
 void pp__conn_deliver_kept(pp_conn_t *conn);
 bool pp__conn_lendable(const pp_conn_t *conn);
+/* A lease ended (after pp__conn_unlease) with the holder's verdict `status`; drops the
+ * lease's reference. */
 void pp__conn_released(pp_conn_t *conn, int status);
-/* Free a closed conn once nothing holds it (handles closed, no lease, no delivery). */
-void pp__conn_maybe_free(pp_conn_t *conn);
+/* A conn's holders, Redis-style: each open (or closing) handle, each lease, a pending or
+ * running delivery to its reader, and whoever calls out (a hook) while the conn must stay.
+ * pp__conn_unref frees it when the last holder goes; that is always after pp__conn_close,
+ * since the timer's reference is only dropped by its close callback. */
+static inline void pp__conn_ref(pp_conn_t *conn) {
+  conn->refs++;
+}
+void pp__conn_unref(pp_conn_t *conn);
+/* Take `lease` off `conn` and out of every count it was in (the conn's, its peer's, the pool's
+ * active gauge); the lease's reference stays with the caller, to drop with pp__conn_unref.
+ * Shared by a release (pp__conn_unlease) and the pool's close (pp__close_all_conns). */
+void pp__lease_detach(pp_conn_t *conn, pp_lease_t *lease);
 /* Whether an unleased conn has idled `idle_ms` (> 0) and a ping hook is installed. */
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms);
 void pp__conn_ping(pp_conn_t *conn);

@@ -92,16 +92,18 @@ void pp__maybe_finish(pp_pool_t *pool) {
    * still reaches the pool (pp_release calls this again). */
   if (pool->drain_closing && pp__drain_leases_left(pool)) return;
   pool->own_closed = true;
-  uv_close((uv_handle_t *)&pool->idle_timer, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->deadline_timer, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->keepalive_timer, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->maintenance_timer, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->hold_timer, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->leak_timer, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->defer_check, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->defer_idle, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->warm_timer, own_handle_closed);
-  uv_close((uv_handle_t *)&pool->drain_timer, own_handle_closed);
+  /* Every handle the pool owns, whichever file started it; the count is taken from this list,
+   * so a handle added here is waited for. */
+  uv_handle_t *own[] = {
+      (uv_handle_t *)&pool->idle_timer,  (uv_handle_t *)&pool->deadline_timer,
+      (uv_handle_t *)&pool->keepalive_timer, (uv_handle_t *)&pool->maintenance_timer,
+      (uv_handle_t *)&pool->hold_timer,  (uv_handle_t *)&pool->leak_timer,
+      (uv_handle_t *)&pool->defer_check, (uv_handle_t *)&pool->defer_idle,
+      (uv_handle_t *)&pool->warm_timer,  (uv_handle_t *)&pool->drain_timer,
+  };
+  pool->own_handles = (int)(sizeof own / sizeof own[0]);
+  for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+    uv_close(own[i], own_handle_closed);
 }
 
 void pp__close_begin(pp_pool_t *pool) {
@@ -118,6 +120,24 @@ void pp__close_begin(pp_pool_t *pool) {
   pp__fire_notices(pool, PP_ECLOSED);
 }
 
+/* Detach every lease of `conn` (pp__lease_detach, as a release does): one granted but not yet
+ * told hears PP_ECLOSED instead, one held is cut (its pp_release is then a no-op). */
+static void detach_leases(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  while (!pp__list_empty(&conn->lease_list)) {
+    pp_lease_t *lease = PP__CONTAINER(conn->lease_list.next, pp_lease_t, qlink_);
+    pp__lease_detach(conn, lease);
+    if (lease->state_ == PP_LEASE_DONE) {
+      lease->status_ = PP_ECLOSED; /* granted, callback not yet run */
+      pp__cause_fill(lease, conn->peer, PP_ECLOSED);
+    } else {
+      lease->state_ = PP_LEASE_DETACHED;
+      pool->stats.leases_cut++;
+    }
+    pp__conn_unref(conn); /* the lease's; the conn's own hold (below) keeps it */
+  }
+}
+
 /* Close every conn; detach the leases still holding one. */
 void pp__close_all_conns(pp_pool_t *pool) {
   pp__link_t *pl, *lists[2] = {&pool->peers, &pool->removed_peers};
@@ -127,27 +147,11 @@ void pp__close_all_conns(pp_pool_t *pool) {
       pp__link_t *cl = peer->conns_list.next;
       while (cl != &peer->conns_list) {
         pp_conn_t *conn = PP__CONTAINER(cl, pp_conn_t, peer_link);
-        cl = cl->next;                      /* the conn may be freed below */
-        pp__peer_unmark_usable(peer, conn); /* while its bucket still matches its lease count */
-        while (!pp__list_empty(&conn->lease_list)) {
-          pp_lease_t *lease = PP__CONTAINER(conn->lease_list.next, pp_lease_t, qlink_);
-          pp__list_remove(&lease->qlink_);
-          lease->conn = NULL;
-          if (lease->state_ == PP_LEASE_DONE) {
-            lease->status_ = PP_ECLOSED; /* granted, callback not yet run */
-            pp__cause_fill(lease, peer, PP_ECLOSED);
-          } else {
-            lease->state_ = PP_LEASE_DETACHED;
-            pool->stats.leases_cut++;
-          }
-          conn->leases--;
-          peer->leases--;
-          if (conn->leases == 0 && conn->phase != PP_CONN_CLOSED) pool->active--;
-        }
-        if (conn->phase == PP_CONN_CLOSED)
-          pp__conn_maybe_free(conn); /* closed earlier, held only by the leases just detached */
-        else
-          pp__conn_close(conn, PP_CLOSE_CLOSED);
+        cl = cl->next; /* the conn may be freed below */
+        pp__conn_ref(conn);
+        pp__conn_close(conn, PP_CLOSE_CLOSED); /* no-op when it closed earlier */
+        detach_leases(conn);
+        pp__conn_unref(conn); /* a conn closed earlier and held only by leases goes now */
       }
     }
 }

@@ -646,20 +646,28 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   if (pp__conn_lendable(conn)) pp__peer_mark_usable(peer, conn);
 }
 
-void pp__lease_detach(pp_conn_t *conn, pp_lease_t *lease) {
+/* The part of a lease's end that a release and the pool's close share; returns whether it was
+ * the conn's last lease. */
+static inline bool lease_off(pp_conn_t *conn, pp_lease_t *lease) {
   pp_peer_t *peer = conn->peer;
   pp__list_remove(&lease->qlink_);
   lease->conn = NULL;
   pp__peer_unmark_usable(peer, conn);
   peer->leases--;
-  if (--conn->leases == 0 && conn->phase != PP_CONN_CLOSED) conn->pool->active--;
+  return --conn->leases == 0;
+}
+
+void pp__lease_detach(pp_conn_t *conn, pp_lease_t *lease) {
+  if (lease_off(conn, lease) && conn->phase != PP_CONN_CLOSED) conn->pool->active--;
 }
 
 void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
-  pp__lease_detach(conn, lease);
-  if (conn->leases == 0) {
+  if (lease_off(conn, lease)) {
     conn->read_cb = NULL; /* a reader does not outlive the last lease */
-    if (conn->phase != PP_CONN_CLOSED) uv_unref(&conn->h.handle);
+    if (conn->phase != PP_CONN_CLOSED) {
+      conn->pool->active--;
+      uv_unref(&conn->h.handle);
+    }
   }
   conn->last_used = pp__stamp(conn->pool);
 }
@@ -674,11 +682,13 @@ static void blame(pp_conn_t *conn, int status) {
 /* A lease of `conn` ended with the holder's verdict `status` (see pp_release): a healthy conn
  * returns to service; any other verdict closes it for every holder, and blames the peer only
  * when the verdict says the peer failed. */
-static void released(pp_conn_t *conn, int status) {
+void pp__conn_released(pp_conn_t *conn, int status) {
   if (conn->phase == PP_CONN_CLOSED) {
     blame(conn, status); /* e.g. the server hung up cleanly mid-reply: the holder knows */
+    pp__conn_unref(conn); /* the lease's: it may be the last */
     return;
   }
+  conn->refs--; /* the lease's, never the last on an open conn: its timer holds one */
   if (status < 0) {
     bool fault = pp__err_blames(status);
     conn->broken = true; /* before blame: an ejection must not close it as "ejected" */
@@ -715,11 +725,6 @@ static void released(pp_conn_t *conn, int status) {
     pp__peer_mark_usable(conn->peer, conn);
     pp__conn_available(conn);
   }
-}
-
-void pp__conn_released(pp_conn_t *conn, int status) {
-  released(conn, status);
-  pp__conn_unref(conn); /* the lease's; a conn closed already goes now if nothing else holds it */
 }
 
 /* ---- reading --------------------------------------------------------------------------- */

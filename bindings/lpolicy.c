@@ -257,9 +257,9 @@ static void c_peer_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_e
 /* ---- asynchronous hooks: handshake, ping and seed run as coroutines -------------------- */
 
 /* Each runs in a coroutine of its own, registered in a weak table with its budget (its factor
- * in LPP_HOOK_MAP times hook_budget: these wait on I/O); lpp_resume charges every slice to it and, when the
- * coroutine ends, calls lpp_hook_run_end. The wrap-up runs here, in C and outside the budget:
- * a hook that spent its budget cannot keep its conn from going back to the engine. */
+ * in LPP_HOOK_MAP times hook_budget: these wait on I/O); lpp_resume charges every slice to it and,
+ * when the coroutine ends, calls lpp_hook_run_end. The wrap-up runs here, in C and outside the
+ * budget: a hook that spent its budget cannot keep its conn from going back to the engine. */
 
 lpp_hook_run_t *lpp_hook_run_find(lua_State *L, lua_State *co) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) != LUA_TTABLE) {

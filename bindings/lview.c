@@ -54,7 +54,7 @@ void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
   lua_setfield(L, -2, "addr");
   lua_pushstring(L, pp_peer_state_name(i.state));
   lua_setfield(L, -2, "state");
-#define INT_FIELD(f)       \
+#define INT_FIELD(f)                    \
   lua_pushinteger(L, (lua_Integer)i.f); \
   lua_setfield(L, -2, #f);
   INT_FIELD(conns)
@@ -164,8 +164,7 @@ int lpp_views_new(lua_State *L, lpp_pool_t *p) {
 }
 
 /* Fill the reusable candidates table with n views and push it. */
-void lpp_views_fill(lpp_pool_t *p, pp_peer_t *const *peers, pp_conn_t *const *conns,
-                            int n) {
+void lpp_views_fill(lpp_pool_t *p, pp_peer_t *const *peers, pp_conn_t *const *conns, int n) {
   lua_State *L = p->hook_L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->cand_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->views_ref);

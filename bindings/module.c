@@ -348,7 +348,6 @@ static const luaL_Reg module_fns[] = {
 
 static const char module_key = 'm';
 
-
 int luaopen_peerpool(lua_State *L) {
   /* Required again (busted clears package.loaded): the same module, set up once per state. */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &module_key) == LUA_TTABLE) return 1;

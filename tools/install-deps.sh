@@ -10,9 +10,10 @@ set -e
 # threads), with TTLs.
 # gnuplot-nox: `make run` ends by drawing the demo's run into a PNG, and `make bench` plots its
 # tables into docs/ (no X: the pngcairo terminal only).
+# clang-format (14): `make lint` checks the C formatting against .clang-format.
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
 lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl
-libc-ares-dev gnuplot-nox"
+libc-ares-dev gnuplot-nox clang-format"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

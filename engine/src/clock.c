@@ -46,4 +46,3 @@ int64_t pp__unix_now_ms(void) {
   if (uv_gettimeofday(&tv) != 0) return 0;
   return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
-

@@ -238,8 +238,7 @@ static void transport_ready(pp_conn_t *conn) {
   if (pool->policy.handshake) {
     if (conn->phase != PP_CONN_HANDSHAKE) {
       set_phase(conn, PP_CONN_HANDSHAKE);
-      pp_timer_start(&conn->timer, on_handshake_timeout,
-                      (uint64_t)pool->opts.handshake_timeout);
+      pp_timer_start(&conn->timer, on_handshake_timeout, (uint64_t)pool->opts.handshake_timeout);
       pp__peer_update_state(conn->peer);
     }
     conn->flags |= PP__CONN_F_HOOK;
@@ -301,8 +300,8 @@ static void dial(pp_conn_t *conn) {
       if (peer->is_pipe)
         uv_pipe_connect(&conn->connect_req, &conn->h.pipe, peer->addr, on_connect);
       else
-        err = uv_tcp_connect(&conn->connect_req, &conn->h.tcp,
-                             (const struct sockaddr *)&conn->sa, on_connect);
+        err = uv_tcp_connect(&conn->connect_req, &conn->h.tcp, (const struct sockaddr *)&conn->sa,
+                             on_connect);
     }
   }
   pp__peer_update_state(peer);
@@ -487,7 +486,8 @@ static void on_attempt_timer(uv_timer_t *timer) {
 }
 
 int pp_conn_handshake_done(pp_conn_t *conn, int status) {
-  if (conn == NULL || conn->phase != PP_CONN_HANDSHAKE || !(conn->flags & PP__CONN_F_HOOK)) return PP_ESTATE;
+  if (conn == NULL || conn->phase != PP_CONN_HANDSHAKE || !(conn->flags & PP__CONN_F_HOOK))
+    return PP_ESTATE;
   conn->flags &= (uint16_t)~PP__CONN_F_HOOK;
   if (status == 0 && conn->broken) status = conn->last_error; /* the stream died meanwhile */
   if (status == 0) {
@@ -529,7 +529,8 @@ void pp__conn_ping(pp_conn_t *conn) {
 }
 
 int pp_conn_ping_done(pp_conn_t *conn, int status) {
-  if (conn == NULL || conn->phase != PP_CONN_PINGING || !(conn->flags & PP__CONN_F_HOOK)) return PP_ESTATE;
+  if (conn == NULL || conn->phase != PP_CONN_PINGING || !(conn->flags & PP__CONN_F_HOOK))
+    return PP_ESTATE;
   pp_pool_t *pool = conn->pool;
   conn->flags &= (uint16_t)~PP__CONN_F_HOOK;
   conn->read_cb = NULL; /* the hook's reader ends with the ping */
@@ -684,7 +685,7 @@ static void blame(pp_conn_t *conn, int status) {
  * when the verdict says the peer failed. */
 void pp__conn_released(pp_conn_t *conn, int status) {
   if (conn->phase == PP_CONN_CLOSED) {
-    blame(conn, status); /* e.g. the server hung up cleanly mid-reply: the holder knows */
+    blame(conn, status);  /* e.g. the server hung up cleanly mid-reply: the holder knows */
     pp__conn_unref(conn); /* the lease's: it may be the last */
     return;
   }
@@ -1027,7 +1028,8 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
 /* The stream failed with `err`: while the TLS handshake runs (no hook holds the conn yet)
  * that fails the attempt, later it is an I/O error as on a plain conn. */
 static void tls_stream_failed(pp_conn_t *conn, int err) {
-  if (conn->phase == PP_CONN_HANDSHAKE && !(conn->flags & PP__CONN_F_HOOK) && PP__CONN_SOCKET_LIVE(conn))
+  if (conn->phase == PP_CONN_HANDSHAKE && !(conn->flags & PP__CONN_F_HOOK) &&
+      PP__CONN_SOCKET_LIVE(conn))
     attempt_failed(conn, err);
   else
     pp__conn_io_error(conn, err);
@@ -1068,8 +1070,7 @@ static void tls_failed(pp_conn_t *conn) {
 static void tls_start(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   set_phase(conn, PP_CONN_HANDSHAKE);
-  pp_timer_start(&conn->timer, on_handshake_timeout,
-                  (uint64_t)pool->opts.handshake_timeout);
+  pp_timer_start(&conn->timer, on_handshake_timeout, (uint64_t)pool->opts.handshake_timeout);
   pp__peer_update_state(conn->peer);
   int r = pp__tls_handshake(conn->tls);
   if (r == PP_ETLS) {
@@ -1157,7 +1158,8 @@ static int tls_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], un
     pp__tls_out_t *next = pp__tls_output(conn->tls, &err);
     bool last = next == NULL && err == 0;
     out->data = last ? (void *)req : (void *)conn;
-    int r = uv_write(&out->req, &conn->h.stream, &out->buf, 1, last ? on_tls_write : on_tls_flushed);
+    int r =
+        uv_write(&out->req, &conn->h.stream, &out->buf, 1, last ? on_tls_write : on_tls_flushed);
     if (r) {
       pp__tls_output_done(out);
       if (next) pp__tls_output_done(next);

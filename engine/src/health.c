@@ -234,8 +234,7 @@ void pp__probe_cancel(pp_peer_t *peer) {
 void pp__probe_schedule(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
   int64_t every = pool->opts.probe_interval;
-  if (every == 0 || pool->closing || peer->burned || peer->draining || peer->probe_at != 0)
-    return;
+  if (every == 0 || pool->closing || peer->burned || peer->draining || peer->probe_at != 0) return;
   /* Only a peer that once connected is worth probing (the rest are mere addresses), and a
    * connect proves nothing about failures in use (resets mid-request, broken verdicts). */
   if (peer->last_success == 0 || (peer->ejected && peer->fail_in_use)) return;

@@ -36,7 +36,7 @@ void pp__idle_timer_arm(pp_pool_t *pool) {
   if (uv_is_active((uv_handle_t *)&pool->idle_timer)) return;
   pp_conn_t *oldest = PP__CONTAINER(pool->idle.next, pp_conn_t, idle_link);
   pp_timer_start_at(&pool->idle_timer, idle_timer_cb,
-                     oldest->last_used + (uint64_t)pool->opts.idle_timeout);
+                    oldest->last_used + (uint64_t)pool->opts.idle_timeout);
 }
 
 static void idle_timer_cb(uv_timer_t *timer) {

@@ -30,7 +30,6 @@ void **pp__scratch(pp_pool_t *pool, int n) {
   return pool->scratch;
 }
 
-
 int64_t pp_backoff_full_jitter(pp_pool_t *pool, int attempt, int64_t base_ms, int64_t cap_ms) {
   if (attempt < 0) attempt = 0;
   int64_t ceiling = base_ms;

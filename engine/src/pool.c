@@ -52,8 +52,8 @@ int pp_pool_new(uv_loop_t *loop, const pp_options_t *opts, pp_pool_t **out, cons
   pp__waiters_init(pool);  /* the queues, the deadline heap and its timer (waiter.c) */
   pp__maintain_init(pool); /* idle, keepalive and maintenance timers (maintain.c) */
   pp__defer_init(pool);    /* the check and idle handles of the deferred queue (defer.c) */
-  pp__events_init(pool); /* the leak timer */
-  pp__warm_init(pool);   /* min_idle (warm.c) */
+  pp__events_init(pool);   /* the leak timer */
+  pp__warm_init(pool);     /* min_idle (warm.c) */
   pp__list_init(&pool->removed_peers);
   uv_timer_init(loop, &pool->drain_timer); /* graceful close (drain.c) */
   pool->drain_timer.data = pool;
@@ -95,11 +95,11 @@ void pp__maybe_finish(pp_pool_t *pool) {
   /* Every handle the pool owns, whichever file started it; the count is taken from this list,
    * so a handle added here is waited for. */
   uv_handle_t *own[] = {
-      (uv_handle_t *)&pool->idle_timer,  (uv_handle_t *)&pool->deadline_timer,
+      (uv_handle_t *)&pool->idle_timer,      (uv_handle_t *)&pool->deadline_timer,
       (uv_handle_t *)&pool->keepalive_timer, (uv_handle_t *)&pool->maintenance_timer,
-      (uv_handle_t *)&pool->hold_timer,  (uv_handle_t *)&pool->leak_timer,
-      (uv_handle_t *)&pool->defer_check, (uv_handle_t *)&pool->defer_idle,
-      (uv_handle_t *)&pool->warm_timer,  (uv_handle_t *)&pool->drain_timer,
+      (uv_handle_t *)&pool->hold_timer,      (uv_handle_t *)&pool->leak_timer,
+      (uv_handle_t *)&pool->defer_check,     (uv_handle_t *)&pool->defer_idle,
+      (uv_handle_t *)&pool->warm_timer,      (uv_handle_t *)&pool->drain_timer,
   };
   pool->own_handles = (int)(sizeof own / sizeof own[0]);
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)

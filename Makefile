@@ -11,7 +11,7 @@ SECONDS  ?= 20
 # WERROR=ON: compiler warnings fail the build (CI sets it)
 WERROR   ?= OFF
 
-.PHONY: all deps build run test test-sanitize fuzz fuzz-sanitize fuzz-c bench clean
+.PHONY: all deps build run test test-sanitize fuzz fuzz-sanitize fuzz-c bench lint clean
 
 all: build
 
@@ -57,6 +57,17 @@ fuzz-c: deps
 
 bench: build
 	sh bench/run.sh $(BUILD)
+
+# make lint: formatting is mechanical (.clang-format, clang-format 14) and Lua is linted
+# (.luacheckrc). Fails on any file clang-format would change and on any luacheck warning.
+# LINT_C / LINT_LUA narrow it to some files: make lint LINT_C=engine/src/conn.c LINT_LUA=
+LINT_C   ?= $(shell git ls-files '*.c' '*.h')
+LINT_LUA ?= .
+lint: deps
+	@command -v clang-format >/dev/null || { echo "lint: needs clang-format (clang-format-14)" >&2; exit 1; }
+	@command -v luacheck >/dev/null || { echo "lint: needs luacheck (lua-check)" >&2; exit 1; }
+	$(if $(strip $(LINT_C)),clang-format --dry-run --Werror $(LINT_C))
+	$(if $(strip $(LINT_LUA)),luacheck -q $(LINT_LUA))
 
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD) $(FUZZ_BUILD)

@@ -221,8 +221,6 @@ lpp_pool_t *lpp_check_pool(lua_State *L, int idx);
 /* lpp_check_pool for calls that change the pool: refused inside a synchronous policy hook,
  * where the engine is in the middle of a decision. */
 lpp_pool_t *lpp_check_pool_mutable(lua_State *L, int idx);
-/* Push a peer's view table: the engine's figures plus its source and tags. */
-void lpp_push_peer_view(lua_State *L, pp_peer_t *peer);
 /* Push the peer's { source, tags } record (or nil); returns its Lua type. */
 int lpp_push_peer_meta(lua_State *L, pp_peer_t *peer);
 
@@ -287,6 +285,19 @@ void lpp_req_detach_all(lua_State *L, lpp_conn_t *c);
 void lpp_req_free_all(lpp_state_t *st);
 /* lconn.c: the answer a receive waits for has come. */
 void lpp_receive_wake(lpp_conn_t *c);
+
+/* lview.c: peer views (tables) and candidate views (userdata valid during one hook call) */
+/* Push a peer's view table: the engine's figures plus its source and tags. */
+void lpp_push_peer_view(lua_State *L, pp_peer_t *peer);
+/* The candidate views of pool `p`: a table of PP_CANDIDATES_MAX, as a registry reference. */
+int lpp_views_new(lua_State *L, lpp_pool_t *p);
+/* Fill p's candidates table (p->cand_ref) with n views, valid until lpp_views_invalidate, and
+ * push it on p->hook_L. */
+void lpp_views_fill(lpp_pool_t *p, pp_peer_t *const *peers, pp_conn_t *const *conns, int n);
+void lpp_views_invalidate(lpp_pool_t *p, int n);
+/* The 0-based slot of the valid candidate view at `idx`, or -1. */
+int lpp_view_slot(lua_State *L, int idx);
+void lpp_view_open(lua_State *L); /* the peerpool.view metatable */
 
 /* lpolicy.c */
 /* Call a synchronous hook already pushed on p->hook_L with nargs arguments (budgeted,

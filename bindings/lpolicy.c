@@ -34,14 +34,6 @@ const int lpp_hook_budget_factor[LPP_HOOK_COUNT] = {
 static const char seed_ctx_key = 'h'; /* registry: peerpool.lua's seed context maker */
 static const char runs_key = 'R';     /* registry: weak-keyed hook thread -> lpp_hook_run_t */
 
-typedef struct {
-  lpp_pool_t *p;
-  pp_peer_t *peer;
-  pp_conn_t *conn; /* for conn views */
-  int slot;
-  int valid; /* views are valid only during the hook call that received them */
-} view_t;
-
 void lpp_hook_error(lpp_pool_t *p, int hook, const char *msg) {
   /* The pool's hook thread: idle here, and never a thread in the middle of a resume (the main
    * thread once the pool is closed and its hook thread dropped). */
@@ -146,43 +138,6 @@ static int push_hook(lpp_pool_t *p, const char *name) {
   return 1;
 }
 
-/* Fill the reusable candidates table with n views and push it. */
-static void push_candidates(lpp_pool_t *p, pp_peer_t *const *peers, pp_conn_t *const *conns,
-                            int n) {
-  lua_State *L = p->hook_L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->cand_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->views_ref);
-  for (int i = 0; i < n; i++) {
-    lua_rawgeti(L, -1, i + 1);
-    view_t *v = lua_touserdata(L, -1);
-    v->conn = conns ? conns[i] : NULL;
-    v->peer = conns ? pp_conn_peer(conns[i]) : peers[i];
-    v->valid = 1;
-    lua_rawseti(L, -3, i + 1);
-  }
-  lua_pop(L, 1);
-  for (int i = n + 1; i <= PP_CANDIDATES_MAX; i++) {
-    if (lua_rawgeti(L, -1, i) == LUA_TNIL) {
-      lua_pop(L, 1);
-      break;
-    }
-    lua_pop(L, 1);
-    lua_pushnil(L);
-    lua_rawseti(L, -2, i);
-  }
-}
-
-static void invalidate_views(lpp_pool_t *p, int n) {
-  lua_State *L = p->hook_L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->views_ref);
-  for (int i = 0; i < n; i++) {
-    lua_rawgeti(L, -1, i + 1);
-    ((view_t *)lua_touserdata(L, -1))->valid = 0;
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-}
-
 /* The hook's answer as an index in [0, n): a view it was given, or its 1-based index. */
 static int answer_index(lpp_pool_t *p, int hook, int n) {
   lua_State *L = p->hook_L;
@@ -192,8 +147,8 @@ static int answer_index(lpp_pool_t *p, int hook, int n) {
     lua_Number d = lua_tonumber(L, -1);
     if (d >= 1 && d <= n && d == floor(d)) idx = (int)d - 1;
   } else {
-    view_t *v = luaL_testudata(L, -1, LPP_VIEW);
-    if (v && v->valid && v->slot < n) idx = v->slot;
+    int slot = lpp_view_slot(L, -1);
+    if (slot >= 0 && slot < n) idx = slot;
   }
   if (idx < 0) {
     char msg[128];
@@ -222,10 +177,10 @@ static int c_select_peer(void *data, pp_pool_t *pool, pp_peer_t *const *peers, i
                          const char *key) {
   lpp_pool_t *p = data;
   if (!push_hook(p, "select_peer")) return -1;
-  push_candidates(p, peers, NULL, n);
+  lpp_views_fill(p, peers, NULL, n);
   push_ctx(p, key, dialing);
   int idx = call_hook(p, LPP_HOOK_SELECT_PEER, 2) ? answer_index(p, LPP_HOOK_SELECT_PEER, n) : -1;
-  invalidate_views(p, n);
+  lpp_views_invalidate(p, n);
   return idx;
 }
 
@@ -233,10 +188,10 @@ static int c_select_conn(void *data, pp_peer_t *peer, pp_conn_t *const *conns, i
                          const char *key) {
   lpp_pool_t *p = data;
   if (!push_hook(p, "select_conn")) return -1;
-  push_candidates(p, NULL, conns, n);
+  lpp_views_fill(p, NULL, conns, n);
   push_ctx(p, key, 0);
   int idx = call_hook(p, LPP_HOOK_SELECT_CONN, 2) ? answer_index(p, LPP_HOOK_SELECT_CONN, n) : -1;
-  invalidate_views(p, n);
+  lpp_views_invalidate(p, n);
   return idx;
 }
 
@@ -302,9 +257,9 @@ static void c_peer_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_e
 /* ---- asynchronous hooks: handshake, ping and seed run as coroutines -------------------- */
 
 /* Each runs in a coroutine of its own, registered in a weak table with its budget (its factor
- * in LPP_HOOK_MAP times hook_budget: these wait on I/O); lpp_resume charges every slice to it and, when the
- * coroutine ends, calls lpp_hook_run_end. The wrap-up runs here, in C and outside the budget:
- * a hook that spent its budget cannot keep its conn from going back to the engine. */
+ * in LPP_HOOK_MAP times hook_budget: these wait on I/O); lpp_resume charges every slice to it and,
+ * when the coroutine ends, calls lpp_hook_run_end. The wrap-up runs here, in C and outside the
+ * budget: a hook that spent its budget cannot keep its conn from going back to the engine. */
 
 lpp_hook_run_t *lpp_hook_run_find(lua_State *L, lua_State *co) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &runs_key) != LUA_TTABLE) {
@@ -513,66 +468,12 @@ static int l_hook_error(lua_State *L) {
   return 0;
 }
 
-/* ---- views ----------------------------------------------------------------------------- */
-
-static int view_index(lua_State *L) {
-  view_t *v = luaL_checkudata(L, 1, LPP_VIEW);
-  const char *key = luaL_checkstring(L, 2);
-  if (!v->valid || v->p->pool == NULL)
-    return luaL_error(L, "a candidate view is valid only during the hook call");
-  pp_peer_info_t i;
-  pp_peer_info(v->peer, &i);
-  if (strcmp(key, "addr") == 0)
-    lua_pushstring(L, i.addr);
-  else if (strcmp(key, "leases") == 0)
-    lua_pushinteger(L, v->conn ? pp_conn_leases(v->conn) : i.leases);
-  else if (strcmp(key, "idle_ms") == 0)
-    lua_pushinteger(L, v->conn ? (lua_Integer)pp_conn_idle_ms(v->conn) : 0);
-  else if (strcmp(key, "latency_ms") == 0)
-    lua_pushnumber(L, i.latency_ms);
-  else if (strcmp(key, "failures") == 0)
-    lua_pushinteger(L, i.failures);
-  else if (strcmp(key, "state") == 0)
-    lua_pushstring(L, pp_peer_state_name(i.state));
-  else if (strcmp(key, "conns") == 0)
-    lua_pushinteger(L, i.conns);
-  else if (strcmp(key, "idle") == 0)
-    lua_pushinteger(L, i.idle);
-  else if (strcmp(key, "waiters") == 0)
-    lua_pushinteger(L, i.waiters);
-  else if (strcmp(key, "last_seen") == 0)
-    lua_pushinteger(L, i.last_seen);
-  else if (strcmp(key, "tags") == 0 || strcmp(key, "source") == 0) {
-    if (lpp_push_peer_meta(L, v->peer) == LUA_TTABLE)
-      lua_getfield(L, -1, key);
-    else
-      lua_pushnil(L);
-  } else
-    lua_pushnil(L);
-  return 1;
-}
-
-static int view_tostring(lua_State *L) {
-  view_t *v = luaL_checkudata(L, 1, LPP_VIEW);
-  lua_pushfstring(L, "peerpool.view (%s)", v->valid ? pp_peer_addr(v->peer) : "expired");
-  return 1;
-}
-
 void lpp_policy_init(lua_State *L, lpp_pool_t *p) {
   p->policy_ref = LUA_NOREF;
   snprintf(p->policy_name, sizeof(p->policy_name), "built-in");
   p->hook_L = lua_newthread(L);
   p->hook_L_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_createtable(L, PP_CANDIDATES_MAX, 0);
-  for (int i = 0; i < PP_CANDIDATES_MAX; i++) {
-    view_t *v = lua_newuserdatauv(L, sizeof(*v), 0);
-    memset(v, 0, sizeof(*v));
-    v->p = p;
-    v->slot = i;
-    luaL_setmetatable(L, LPP_VIEW);
-    lua_rawseti(L, -2, i + 1);
-  }
-  p->views_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  p->views_ref = lpp_views_new(L, p);
   lua_createtable(L, PP_CANDIDATES_MAX, 0);
   p->cand_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
@@ -595,13 +496,7 @@ static const luaL_Reg policy_methods[] = {
 void lpp_policy_open(lua_State *L) {
   luaL_newmetatable(L, LPP_HOOK_RUN);
   lua_pop(L, 1);
-  if (luaL_newmetatable(L, LPP_VIEW)) {
-    lua_pushcfunction(L, view_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, view_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  lpp_view_open(L);
   luaL_getmetatable(L, LPP_POOL);
   lua_getfield(L, -1, "__index");
   luaL_setfuncs(L, policy_methods, 0);

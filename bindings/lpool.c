@@ -45,7 +45,7 @@ static const option_t options[] = {
   {#name, offsetof(pp_options_t, name), sizeof(type), dflt, min, max, unit, doc},
     PP_OPTIONS_MAP(OPTION)
 #undef OPTION
-    {NULL, 0, 0, 0, 0, 0, NULL, NULL},
+        {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
 
 /* Options of the binding itself (not the engine's): fields of lpp_pool_t, all int64_t. */
@@ -56,10 +56,10 @@ static const option_t lua_options[] = {
      "Lua instructions one policy hook call may run"},
     {"hook_memory", offsetof(lpp_pool_t, hook_memory), 8, 16 * 1024 * 1024, 64 * 1024,
      INT64_C(1) << 40, "bytes", "memory policy hooks may hold while they run"},
-    {"max_receive", offsetof(lpp_pool_t, max_receive), 8, 1024 * 1024, 1, INT64_C(1) << 40,
-     "bytes", "a line, \"*a\" or a byte count a receive may wait for (more: too_long)"},
-    {"max_send_queue", offsetof(lpp_pool_t, max_send_queue), 8, 1024 * 1024, 0,
-     INT64_C(1) << 40, "bytes",
+    {"max_receive", offsetof(lpp_pool_t, max_receive), 8, 1024 * 1024, 1, INT64_C(1) << 40, "bytes",
+     "a line, \"*a\" or a byte count a receive may wait for (more: too_long)"},
+    {"max_send_queue", offsetof(lpp_pool_t, max_send_queue), 8, 1024 * 1024, 0, INT64_C(1) << 40,
+     "bytes",
      "bytes queued past the socket before a send in a coroutine waits for the peer to read"},
     {NULL, 0, 0, 0, 0, 0, NULL, NULL},
 };
@@ -115,7 +115,9 @@ static void read_tls(lua_State *L, int idx, tls_opts_t *t, const char *what) {
     } else if (strcmp(k, "min_version") == 0) {
       /* "1.2" or "1.3" (a number 1.2 is taken too); the engine checks the value */
       if (lua_type(L, -1) == LUA_TNUMBER)
-        t->o.min_version = lua_tonumber(L, -1) == 1.3 ? "1.3" : lua_tonumber(L, -1) == 1.2 ? "1.2" : "?";
+        t->o.min_version = lua_tonumber(L, -1) == 1.3   ? "1.3"
+                           : lua_tonumber(L, -1) == 1.2 ? "1.2"
+                                                        : "?";
       else if (lua_type(L, -1) == LUA_TSTRING)
         t->o.min_version = lua_tostring(L, -1);
       else
@@ -241,11 +243,12 @@ static const char *read_dns_servers(lua_State *L, int idx) {
   if (lua_isnil(L, idx)) return NULL;
   if (lua_type(L, idx) == LUA_TSTRING) return lua_tostring(L, idx);
   if (!lua_istable(L, idx))
-    luaL_error(L, "peerpool.new: option 'dns_servers' must be a list of \"ip[:port]\" strings "
-                  "(got %s)", luaL_typename(L, idx));
+    luaL_error(L,
+               "peerpool.new: option 'dns_servers' must be a list of \"ip[:port]\" strings "
+               "(got %s)",
+               luaL_typename(L, idx));
   lua_Integer n = luaL_len(L, idx);
-  if (n < 1 || n > 16)
-    luaL_error(L, "peerpool.new: option 'dns_servers' must list 1..16 servers");
+  if (n < 1 || n > 16) luaL_error(L, "peerpool.new: option 'dns_servers' must list 1..16 servers");
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   for (lua_Integer i = 1; i <= n; i++) {
@@ -400,7 +403,8 @@ int lpp_l_new(lua_State *L) {
   if (err) {
     free(link);
     lpp_unref(L, &p->framing_ref);
-    if (o.tls && why && strncmp(why, "tls", 3) == 0) return tls_error(L, "peerpool.new: option", why);
+    if (o.tls && why && strncmp(why, "tls", 3) == 0)
+      return tls_error(L, "peerpool.new: option", why);
     return luaL_error(L, "peerpool.new: %s", why ? why : pp_strerror(err));
   }
   memset(link, 0, sizeof(*link));
@@ -462,15 +466,19 @@ static int close_drain(lua_State *L, lpp_pool_t *p) {
     lua_pop(L, 1);
     const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
     if (strcmp(k, "drain_ms") != 0 && strcmp(k, "callback") != 0)
-      return luaL_error(L, "bad argument #1 to 'close' (unknown option '%s'; options: drain_ms, "
-                           "callback)", k);
+      return luaL_error(L,
+                        "bad argument #1 to 'close' (unknown option '%s'; options: drain_ms, "
+                        "callback)",
+                        k);
   }
   lua_getfield(L, 2, "drain_ms");
   int isint;
   lua_Integer ms = lua_tointegerx(L, -1, &isint);
   if (!isint || ms < 0 || ms > INT64_C(365) * 24 * 3600 * 1000)
-    return luaL_error(L, "bad argument #1 to 'close' (drain_ms must be an integer number of ms "
-                         ">= 0, got %s)", luaL_typename(L, -1));
+    return luaL_error(L,
+                      "bad argument #1 to 'close' (drain_ms must be an integer number of ms "
+                      ">= 0, got %s)",
+                      luaL_typename(L, -1));
   int has_cb = lua_getfield(L, 2, "callback") != LUA_TNIL;
   if (has_cb) luaL_argexpected(L, lua_isfunction(L, -1), 2, "function as callback");
   if (p->pool == NULL) { /* closed already: nothing to wait for */
@@ -708,94 +716,6 @@ int lpp_push_peer_meta(lua_State *L, pp_peer_t *peer) {
   return t;
 }
 
-/* A host-name peer's `resolved` list ({ addr, conns, current } per address, the answer's first)
- * and `dns_error` (why its last query failed). */
-static void push_resolved(lua_State *L, pp_peer_t *peer) {
-  pp_resolved_t r[PP_DNS_MAX_ADDRS * 2];
-  int n = pp_peer_resolved(peer, r, PP_DNS_MAX_ADDRS * 2);
-  if (n < 0) return;
-  if (n > PP_DNS_MAX_ADDRS * 2) n = PP_DNS_MAX_ADDRS * 2;
-  lua_createtable(L, n, 0);
-  for (int k = 0; k < n; k++) {
-    char addr[96] = "";
-    if (r[k].sa.ss_family == AF_INET6) {
-      char ip[64];
-      uv_ip6_name((const struct sockaddr_in6 *)&r[k].sa, ip, sizeof ip);
-      snprintf(addr, sizeof addr, "[%s]:%d", ip,
-               ntohs(((const struct sockaddr_in6 *)&r[k].sa)->sin6_port));
-    } else if (r[k].sa.ss_family == AF_INET) {
-      char ip[64];
-      uv_ip4_name((const struct sockaddr_in *)&r[k].sa, ip, sizeof ip);
-      snprintf(addr, sizeof addr, "%s:%d", ip,
-               ntohs(((const struct sockaddr_in *)&r[k].sa)->sin_port));
-    }
-    lua_createtable(L, 0, 3);
-    lua_pushstring(L, addr);
-    lua_setfield(L, -2, "addr");
-    lua_pushinteger(L, r[k].conns);
-    lua_setfield(L, -2, "conns");
-    lua_pushboolean(L, r[k].current);
-    lua_setfield(L, -2, "current");
-    lua_rawseti(L, -2, k + 1);
-  }
-  lua_setfield(L, -2, "resolved");
-  if (pp_peer_dns_reason(peer)) {
-    lua_pushstring(L, pp_peer_dns_reason(peer));
-    lua_setfield(L, -2, "dns_error");
-  }
-}
-
-void lpp_push_peer_view(lua_State *L, pp_peer_t *peer) {
-  pp_peer_info_t i;
-  pp_peer_info(peer, &i);
-  lua_createtable(L, 0, 18);
-  lua_pushstring(L, i.addr);
-  lua_setfield(L, -2, "addr");
-  lua_pushstring(L, pp_peer_state_name(i.state));
-  lua_setfield(L, -2, "state");
-#define INT_FIELD(f)       \
-  lua_pushinteger(L, (lua_Integer)i.f); \
-  lua_setfield(L, -2, #f);
-  INT_FIELD(conns)
-  INT_FIELD(idle)
-  INT_FIELD(leases)
-  INT_FIELD(waiters)
-  INT_FIELD(failures)
-  INT_FIELD(last_seen)
-  INT_FIELD(last_success)
-  INT_FIELD(attempts)
-  INT_FIELD(bytes_in)
-  INT_FIELD(bytes_out)
-  INT_FIELD(msgs_in)
-  INT_FIELD(msgs_out)
-#undef INT_FIELD
-  lua_pushnumber(L, i.latency_ms);
-  lua_setfield(L, -2, "latency_ms");
-  lua_pushinteger(L, (lua_Integer)i.ejections);
-  lua_setfield(L, -2, "ejections");
-  lua_pushinteger(L, i.min_idle);
-  lua_setfield(L, -2, "min_idle");
-  lua_pushboolean(L, i.draining);
-  lua_setfield(L, -2, "draining");
-  if (i.last_error) {
-    lua_pushstring(L, pp_err_name(i.last_error));
-    lua_setfield(L, -2, "last_error");
-  }
-  if (i.retry_at) {
-    uint64_t now = pp_now();
-    lua_pushinteger(L, i.retry_at > (int64_t)now ? i.retry_at - (int64_t)now : 0);
-    lua_setfield(L, -2, "retry_in_ms");
-  }
-  push_resolved(L, peer);
-  if (lpp_push_peer_meta(L, peer) == LUA_TTABLE) {
-    lua_getfield(L, -1, "source");
-    lua_setfield(L, -3, "source");
-    lua_getfield(L, -1, "tags");
-    lua_setfield(L, -3, "tags");
-  }
-  lua_pop(L, 1);
-}
-
 static int push_view_cb(pp_peer_t *peer, void *arg) {
   lua_State *L = arg;
   lpp_push_peer_view(L, peer);
@@ -830,17 +750,20 @@ static int l_restore(lua_State *L) {
   if (peer == NULL) return lpp_push_error(L, PP_ENOPEER, NULL);
   pp_peer_history_t h;
   memset(&h, 0, sizeof(h));
-#define F(f, type)                       \
-  lua_getfield(L, 3, #f);                \
-  h.f = (type)luaL_optinteger(L, -1, 0); \
-  lua_pop(L, 1);
-  F(failures, int)
-  F(last_success, int64_t)
-  F(last_failure, int64_t)
-  F(ejections, uint64_t)
-  F(eject_streak, int) F(ejected_until, int64_t)
+#define F(f, type)                         \
+  do {                                     \
+    lua_getfield(L, 3, #f);                \
+    h.f = (type)luaL_optinteger(L, -1, 0); \
+    lua_pop(L, 1);                         \
+  } while (0)
+  F(failures, int);
+  F(last_success, int64_t);
+  F(last_failure, int64_t);
+  F(ejections, uint64_t);
+  F(eject_streak, int);
+  F(ejected_until, int64_t);
 #undef F
-      lua_getfield(L, 3, "burned");
+  lua_getfield(L, 3, "burned");
   h.burned = lua_toboolean(L, -1);
   lua_pop(L, 1);
   int err = pp_peer_restore(peer, &h);
@@ -875,7 +798,7 @@ static const stat_t stats[] = {
   {#name, doc, offsetof(pp_stats_t, name), sizeof(type), (type)0.5 != 0},
     PP_STATS_MAP(STAT)
 #undef STAT
-    {NULL, NULL, 0, 0, false},
+        {NULL, NULL, 0, 0, false},
 };
 
 /* peerpool.stats_fields(): { name = doc } of every scalar field of stats() the engine keeps. */
@@ -1050,13 +973,21 @@ int lpp_l_pools(lua_State *L) {
 }
 
 static const luaL_Reg pool_methods[] = {
-    {"add_peer", l_add_peer}, {"_add_peer", l_add_peer_from},
-    {"acquire", l_acquire},   {"stats", l_stats},
-    {"_every", l_every},      {"peers", l_peers},
-    {"peer", l_peer},         {"check", l_check},
-    {"_restore", l_restore},  {"close", l_close},
-    {"remove_peer", l_remove_peer}, {"drain", l_drain},
-    {"_closed", l_closed},    {"_framed", l_framed},    {NULL, NULL},
+    {"add_peer", l_add_peer},
+    {"_add_peer", l_add_peer_from},
+    {"acquire", l_acquire},
+    {"stats", l_stats},
+    {"_every", l_every},
+    {"peers", l_peers},
+    {"peer", l_peer},
+    {"check", l_check},
+    {"_restore", l_restore},
+    {"close", l_close},
+    {"remove_peer", l_remove_peer},
+    {"drain", l_drain},
+    {"_closed", l_closed},
+    {"_framed", l_framed},
+    {NULL, NULL},
 };
 
 void lpp_pool_open(lua_State *L) {

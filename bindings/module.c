@@ -12,6 +12,7 @@
 #include "book_lua.h"     /* generated from bindings/book.lua */
 #include "metrics_lua.h"  /* generated from bindings/metrics.lua */
 #include "peerpool_lua.h" /* generated from bindings/peerpool.lua */
+#include "policy_lua.h"   /* generated from bindings/policy.lua */
 
 static const char state_key = 's';
 static const char later_key = 'z'; /* registry: objects whose finaliser was put off */
@@ -347,7 +348,6 @@ static const luaL_Reg module_fns[] = {
 
 static const char module_key = 'm';
 
-
 int luaopen_peerpool(lua_State *L) {
   /* Required again (busted clears package.loaded): the same module, set up once per state. */
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &module_key) == LUA_TTABLE) return 1;
@@ -419,7 +419,7 @@ int luaopen_peerpool(lua_State *L) {
 #endif
 
   /* The Lua half: peerpool.new, pool:with, peerpool.run... the address book, handed over as
-   * its chunk and lbook.c's functions, and metrics.lua's chunk. */
+   * its chunk and lbook.c's functions, metrics.lua's chunk and policy.lua's chunk. */
   if (luaL_loadbuffer(L, (const char *)peerpool_lua, sizeof(peerpool_lua), "=peerpool.lua") !=
       LUA_OK)
     return lua_error(L);
@@ -433,7 +433,9 @@ int luaopen_peerpool(lua_State *L) {
   lpp_book_open(L);
   if (luaL_loadbuffer(L, (const char *)metrics_lua, sizeof(metrics_lua), "=metrics.lua") != LUA_OK)
     return lua_error(L);
-  lua_call(L, 8, 0);
+  if (luaL_loadbuffer(L, (const char *)policy_lua, sizeof(policy_lua), "=policy.lua") != LUA_OK)
+    return lua_error(L);
+  lua_call(L, 9, 0);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &module_key);
   return 1;

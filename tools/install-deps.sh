@@ -13,9 +13,10 @@ set -e
 # Not installed here, as `make test` does not need them: clang and libclang-rt-14-dev, for the
 # libFuzzer targets of `make fuzz-c` (tools/have-libfuzzer.sh checks for them; .ci/run skips
 # those targets without them).
+# clang-format (14): `make lint` checks the C formatting against .clang-format.
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
 lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl
-libc-ares-dev gnuplot-nox"
+libc-ares-dev gnuplot-nox clang-format"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -448,7 +448,9 @@ typedef struct {
    * same give-up rule as handshake. */
   void (*ping)(void *data, pp_conn_t *conn);
 
-  /* A conn that was passed to handshake or ping is closing: forget it. */
+  /* A conn that was passed to handshake or ping is closing: forget it. Called once the engine
+   * has finished closing it (it no longer counts toward any limit or stat), so the hook may
+   * acquire, release, add peers or close the pool from here. */
   void (*closed)(void *data, pp_conn_t *conn);
 
   /* The pool wants `wanted` more addresses (target_peers maintenance ran out of candidates,

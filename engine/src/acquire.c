@@ -1,242 +1,7 @@
-/* Acquire and release: the idle fast path, routing by key, dialling on demand, the wait queue
- * (FIFO within priority levels, with deadlines), busy notices, serving waiters the moment a
- * conn or a slot frees, and failing fast (with a cause) when nothing can serve. Every acquire
- * ends exactly once: granted, or one error. */
+/* Acquire and release: the idle fast path, routing by key, dialling on demand, and serving
+ * waiters the moment a conn or a slot frees (the wait queue is waiter.c, busy notices
+ * notice.c). Every acquire ends exactly once: granted, or one error. */
 #include "internal.h"
-
-/* ---- wait queues ----------------------------------------------------------------------- */
-
-static pp__queue_t *queue_of(pp_pool_t *pool, pp_lease_t *lease) {
-  return lease->want_ ? &lease->want_->waiters : &pool->any_waiters;
-}
-
-/* The first waiter in service order; with `without_dial`, the first that owns no dial. */
-static pp_lease_t *queue_first(pp__queue_t *q, bool without_dial) {
-  if (q->count == 0) return NULL;
-  for (int p = PP_PRIORITY_MAX; p >= 0; p--) {
-    for (pp__link_t *l = q->level[p].next; l != &q->level[p]; l = l->next) {
-      pp_lease_t *lease = PP__CONTAINER(l, pp_lease_t, qlink_);
-      if (!without_dial || lease->dial_ == NULL) return lease;
-    }
-  }
-  return NULL;
-}
-
-/* Whether `a` is served before `b` (NULL is served last). */
-static bool served_before(const pp_lease_t *a, const pp_lease_t *b) {
-  if (a == NULL) return false;
-  if (b == NULL) return true;
-  if (a->priority_ != b->priority_) return a->priority_ > b->priority_;
-  return a->seq_ < b->seq_;
-}
-
-static void arm_deadline_timer(pp_pool_t *pool) {
-  if (pool->deadlines.min == NULL || pool->closing) return;
-  pp_lease_t *first = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
-  pp_timer_start_at(&pool->deadline_timer, pp__deadline_timer_cb, first->deadline_);
-}
-
-int pp__waiters_ahead(pp_lease_t *lease) {
-  pp__queue_t *q = queue_of(lease->pool_, lease);
-  int n = 0;
-  for (int p = PP_PRIORITY_MAX; p > lease->priority_; p--)
-    for (pp__link_t *l = q->level[p].next; l != &q->level[p]; l = l->next)
-      n++;
-  for (pp__link_t *l = q->level[lease->priority_].next; l != &lease->qlink_; l = l->next)
-    n++;
-  return n;
-}
-
-static void enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
-  pp__queue_t *q = queue_of(pool, lease);
-  uint64_t now = pp_now();
-  lease->state_ = PP_LEASE_WAITING;
-  lease->seq_ = ++pool->seq;
-  lease->since_ = now;
-  lease->wait_ns_ = uv_hrtime();
-  pp__list_push(&q->level[lease->priority_], &lease->qlink_);
-  if (q->count++ == 0 && lease->want_)
-    pp__list_push(&pool->waiting_peers, &lease->want_->waiting_link);
-  pool->waiters++;
-  lease->deadline_ = 0;
-  if (timeout > 0) {
-    lease->deadline_ = now + (uint64_t)timeout;
-    pp__heap_insert(&pool->deadlines, &lease->heap_);
-    if (pool->deadlines.min == &lease->heap_) arm_deadline_timer(pool);
-  }
-}
-
-static void dequeue(pp_pool_t *pool, pp_lease_t *lease) {
-  pp__queue_t *q = queue_of(pool, lease);
-  pp__list_remove(&lease->qlink_);
-  if (--q->count == 0 && lease->want_) pp__list_remove(&lease->want_->waiting_link);
-  pool->waiters--;
-  if (lease->deadline_) {
-    pp__heap_remove(&pool->deadlines, &lease->heap_);
-    lease->deadline_ = 0;
-  }
-  if (lease->dial_) {
-    lease->dial_->owner = NULL; /* the dial goes on; its conn will serve someone else */
-    lease->dial_ = NULL;
-    pool->dial_owners--;
-  }
-  /* A ref'd timer armed for a waiter that left would keep uv_run from returning. */
-  if (pool->deadlines.min == NULL) uv_timer_stop(&pool->deadline_timer);
-}
-
-void pp__deadline_timer_cb(uv_timer_t *timer) {
-  pp_pool_t *pool = timer->data;
-  uint64_t now = pp_now();
-  while (pool->deadlines.min) {
-    pp_lease_t *lease = PP__CONTAINER(pool->deadlines.min, pp_lease_t, heap_);
-    if (lease->deadline_ > now) break;
-    pool->stats.timed_out++;
-    pp__lease_fail(lease, PP_ETIMEDOUT, lease->want_);
-  }
-  arm_deadline_timer(pool);
-}
-
-void pp__lease_complete(pp_lease_t *lease, int status) {
-  pp_pool_t *pool = lease->pool_;
-  if (lease->state_ == PP_LEASE_WAITING) dequeue(pool, lease);
-  pp__defer_lease(pool, lease, status);
-}
-
-void pp__lease_fail(pp_lease_t *lease, int status, pp_peer_t *peer) {
-  if (status == PP_ECANNOTCONNECT) lease->pool_->stats.cannot_connect++;
-  pp__cause_fill(lease, peer, status);
-  pp__lease_complete(lease, status);
-}
-
-static void fail_queue(pp_pool_t *pool, pp__queue_t *q, int status, pp_peer_t *peer) {
-  pp_lease_t *lease;
-  while ((lease = queue_first(q, false)) != NULL)
-    pp__lease_fail(lease, status, peer);
-}
-
-void pp__fail_peer_waiters(pp_peer_t *peer, int status) {
-  fail_queue(peer->pool, &peer->waiters, status, peer);
-}
-
-void pp__fail_all_waiters(pp_pool_t *pool, int status) {
-  while (!pp__list_empty(&pool->waiting_peers)) {
-    pp_peer_t *peer = PP__CONTAINER(pool->waiting_peers.next, pp_peer_t, waiting_link);
-    fail_queue(pool, &peer->waiters, status, peer);
-  }
-  fail_queue(pool, &pool->any_waiters, status, NULL);
-}
-
-bool pp__any_peer_could_serve(pp_pool_t *pool) {
-  return pool->live_peers > 0 || pp__any_dial_candidate(pool);
-}
-
-void pp__fail_hopeless_waiters(pp_pool_t *pool) {
-  pp__link_t *l = pool->waiting_peers.next;
-  while (l != &pool->waiting_peers) {
-    pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, waiting_link);
-    l = l->next; /* failing its waiters takes the peer off the list */
-    int code = pp__peer_fail_code(peer);
-    if (code) fail_queue(pool, &peer->waiters, code, peer);
-  }
-  /* With a seed hook, acquires for any peer wait for the addresses it brings. */
-  if (pool->any_waiters.count == 0 || pool->policy.seed || pp__any_peer_could_serve(pool)) return;
-  pp_peer_t *telling;
-  int code = pp__any_fail_code(pool, &telling);
-  pp_lease_t *lease;
-  while ((lease = queue_first(&pool->any_waiters, false)) != NULL) {
-    /* The peer its own dial failed on tells most (burned, say), if it still cannot serve. */
-    int own = lease->tried_ ? pp__peer_fail_code(lease->tried_) : 0;
-    pp__lease_fail(lease, own ? own : code, own ? lease->tried_ : telling);
-  }
-}
-
-void pp__dial_failed(pp_conn_t *conn, int status) {
-  pp_lease_t *owner = conn->owner;
-  if (owner == NULL) return;
-  pp_pool_t *pool = conn->pool;
-  if (owner->want_ == NULL && !pp__err_is_local(status)) {
-    /* An acquire for any peer is not bound to this one: it waits on, for a conn another peer
-     * frees or a dial of another peer (pp__capacity_opened), and fails only when no peer
-     * can serve (pp__fail_hopeless_waiters). */
-    owner->dial_ = NULL;
-    owner->tried_ = conn->peer;
-    conn->owner = NULL;
-    pool->dial_owners--;
-    return;
-  }
-  owner->cause = conn->last_error;
-  pp__lease_fail(owner, status, conn->peer);
-}
-
-/* ---- busy notices ---------------------------------------------------------------------- */
-
-static bool any_peer_dialable(pp_pool_t *pool) {
-  return !pool->closing && pool->total < pool->opts.max_total && pp__any_dial_candidate(pool);
-}
-
-static bool has_capacity(pp_pool_t *pool, pp_peer_t *peer) {
-  if (peer) return peer->usable > 0 || pp__peer_can_dial(peer);
-  return !pp__list_empty(&pool->usable_peers) || any_peer_dialable(pool);
-}
-
-/* Fire armed notices: all of them with an error status; with 0, those whose peer (or any
- * peer) has capacity now. */
-void pp__fire_notices(pp_pool_t *pool, int status) {
-  pp__link_t *l = pool->notices.next;
-  while (l != &pool->notices) {
-    pp_notice_t *notice = PP__CONTAINER(l, pp_notice_t, link_);
-    l = l->next;
-    if (status == 0 && !has_capacity(pool, notice->peer_)) continue;
-    pp__list_remove(&notice->link_);
-    pp__defer_notice(pool, notice, status);
-  }
-}
-
-void pp__fire_peer_notices(pp_pool_t *pool, pp_peer_t *peer, int status) {
-  pp__link_t *l = pool->notices.next;
-  while (l != &pool->notices) {
-    pp_notice_t *notice = PP__CONTAINER(l, pp_notice_t, link_);
-    l = l->next;
-    if (notice->peer_ != peer) continue;
-    pp__list_remove(&notice->link_);
-    pp__defer_notice(pool, notice, status);
-  }
-}
-
-int pp_notice_start(pp_pool_t *pool, pp_notice_t *notice, pp_peer_t *peer, pp_notice_cb cb) {
-  if (pool == NULL || notice == NULL || cb == NULL) return PP_EINVAL;
-  if (pool->closing) return PP_ECLOSED;
-  if (notice->state_ != PP_NOTICE_IDLE) return PP_EINVAL;
-  if (peer && peer->pool != pool) return PP_EINVAL;
-  notice->pool_ = pool;
-  notice->peer_ = peer;
-  notice->cb_ = cb;
-  notice->status_ = 0;
-  if (peer && peer->draining) {
-    pp__defer_notice(pool, notice, PP_EREMOVED); /* it will never have capacity again */
-  } else if (has_capacity(pool, peer)) {
-    pp__defer_notice(pool, notice, 0);
-  } else {
-    notice->state_ = PP_NOTICE_ARMED;
-    pp__list_push(&pool->notices, &notice->link_);
-    pp__hold_timer_arm(pool); /* capacity may come back with a held peer */
-  }
-  return 0;
-}
-
-int pp_notice_cancel(pp_notice_t *notice) {
-  if (notice == NULL) return PP_EINVAL;
-  if (notice->state_ == PP_NOTICE_ARMED) {
-    pp__list_remove(&notice->link_);
-    pp__defer_notice(notice->pool_, notice, PP_ECANCELED);
-    return 0;
-  }
-  if (notice->state_ == PP_NOTICE_DONE) {
-    notice->status_ = PP_ECANCELED;
-    return 0;
-  }
-  return PP_ESTATE;
-}
 
 /* ---- serving --------------------------------------------------------------------------- */
 
@@ -247,7 +12,7 @@ static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
     pool->stats.acquired_dialed++;
   else
     pool->stats.acquired_waited++;
-  dequeue(pool, lease);
+  pp__dequeue(pool, lease);
   pp__conn_lease(conn, lease);
   lease->granted_ = conn->last_used;
   pp__hist_observe_ns(pool, PP_HIST_ACQUIRE_WAIT, lease->wait_ns_);
@@ -259,7 +24,7 @@ static void grant_waiter(pp_conn_t *conn, pp_lease_t *lease) {
 static bool slot_wanted(pp_pool_t *pool) {
   for (pp__link_t *l = pool->waiting_peers.next; l != &pool->waiting_peers; l = l->next) {
     pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, waiting_link);
-    if (pp__peer_may_dial(peer) && queue_first(&peer->waiters, true)) return true;
+    if (pp__peer_may_dial(peer) && pp__queue_first(&peer->waiters, true)) return true;
   }
   return false;
 }
@@ -277,9 +42,9 @@ void pp__conn_available(pp_conn_t *conn) {
   if (pool->closing) return;
   if (conn->owner && pp__conn_lendable(conn)) grant_waiter(conn, conn->owner);
   while ((peer->waiters.count > 0 || pool->any_waiters.count > 0) && pp__conn_lendable(conn)) {
-    pp_lease_t *mine = queue_first(&peer->waiters, false);
-    pp_lease_t *any = queue_first(&pool->any_waiters, false);
-    grant_waiter(conn, served_before(mine, any) ? mine : any);
+    pp_lease_t *mine = pp__queue_first(&peer->waiters, false);
+    pp_lease_t *any = pp__queue_first(&pool->any_waiters, false);
+    grant_waiter(conn, pp__served_before(mine, any) ? mine : any);
   }
   if (conn->leases == 0 && pool->total >= pool->opts.max_total && slot_wanted(pool)) {
     pp__conn_close(conn, PP_CLOSE_EVICTED);
@@ -297,14 +62,14 @@ void pp__capacity_opened(pp_pool_t *pool) {
     for (pp__link_t *l = pool->waiting_peers.next; l != &pool->waiting_peers; l = l->next) {
       pp_peer_t *peer = PP__CONTAINER(l, pp_peer_t, waiting_link);
       if (!pp__peer_can_dial(peer)) continue;
-      pp_lease_t *lease = queue_first(&peer->waiters, true);
-      if (served_before(lease, best)) {
+      pp_lease_t *lease = pp__queue_first(&peer->waiters, true);
+      if (pp__served_before(lease, best)) {
         best = lease;
         target = peer;
       }
     }
-    pp_lease_t *any = queue_first(&pool->any_waiters, true);
-    if (served_before(any, best)) {
+    pp_lease_t *any = pp__queue_first(&pool->any_waiters, true);
+    if (pp__served_before(any, best)) {
       pp_peer_t *peer = pp__select_peer(pool, 1, any->key_);
       if (peer) {
         best = any;
@@ -418,10 +183,10 @@ static pp_peer_t *dial_target(pp_pool_t *pool, pp_peer_t *peer, const char *key)
 
 /* Dial `target` for `lease`, which waits meanwhile. */
 static int wait_for_dial(pp_pool_t *pool, pp_lease_t *lease, pp_peer_t *target, int64_t timeout) {
-  enqueue(pool, lease, timeout);
+  pp__enqueue(pool, lease, timeout);
   int err = pp__conn_dial(target, lease, NULL);
   if (err) {
-    dequeue(pool, lease);
+    pp__dequeue(pool, lease);
     lease->state_ = PP_LEASE_UNUSED;
     return err;
   }
@@ -447,7 +212,7 @@ static int wait_for_capacity(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout
     pool->stats.exhausted++;
     return fail_now(lease, PP_EEXHAUSTED, peer);
   }
-  enqueue(pool, lease, timeout);
+  pp__enqueue(pool, lease, timeout);
   pool->stats.acquires++;
   pp__ev_queued(lease, NULL);
   if (peer == NULL) {

@@ -1,13 +1,13 @@
 /* Conns: dialling with per-attempt timeouts and backoff, the handshake, reading and writing,
- * lifespan, and closing. A conn's memory lives until its handles are closed, no lease holds
- * it and no delivery to its reader is pending. */
+ * lifespan, and closing. A conn's life reads from two fields: its flags word (which handles are
+ * open or closing, what is pending or running) and its reference count (pp__conn_ref: handles,
+ * leases, a pending delivery, a hook call in progress). It closes through one path,
+ * pp__conn_close, in steps, and its memory goes when the last reference does. */
 #include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-enum { H_NONE = 0, H_OPEN, H_CLOSING };
 
 static void start_attempt(pp_conn_t *conn);
 static void dial(pp_conn_t *conn);
@@ -59,10 +59,8 @@ static void set_phase(pp_conn_t *conn, pp__conn_phase_t phase) {
   conn->phase = phase;
 }
 
-void pp__conn_maybe_free(pp_conn_t *conn) {
-  if (conn->hstate != H_NONE || conn->tstate != H_NONE || conn->leases > 0 ||
-      conn->deliver_pending || conn->delivering)
-    return;
+void pp__conn_unref(pp_conn_t *conn) {
+  if (--conn->refs > 0) return;
   pp_peer_t *peer = conn->peer;
   pp__list_remove(&conn->peer_link);
   pp__pipe_free(conn);
@@ -74,26 +72,40 @@ void pp__conn_maybe_free(pp_conn_t *conn) {
 
 static void on_timer_closed(uv_handle_t *handle) {
   pp_conn_t *conn = handle->data;
-  conn->tstate = H_NONE;
-  conn->pool->conn_handles--;
   pp_pool_t *pool = conn->pool;
-  pp__conn_maybe_free(conn);
+  conn->flags &= (uint16_t) ~(PP__CONN_F_TIMER | PP__CONN_F_TIMER_CLOSING);
+  pool->conn_handles--;
+  pp__conn_unref(conn); /* the timer's */
   pp__maybe_finish(pool);
+}
+
+/* The socket is closed: a conn that was closed (or an attempt that failed, after_attempt) may
+ * go with its reference. */
+static void socket_closed(pp_conn_t *conn) {
+  conn->flags &= (uint16_t) ~(PP__CONN_F_SOCKET | PP__CONN_F_SOCKET_CLOSING);
+  conn->pool->conn_handles--;
 }
 
 static void on_handle_closed(uv_handle_t *handle) {
   pp_conn_t *conn = handle->data;
-  conn->hstate = H_NONE;
-  conn->pool->conn_handles--;
   pp_pool_t *pool = conn->pool;
-  pp__conn_maybe_free(conn);
+  socket_closed(conn);
+  pp__conn_unref(conn); /* the socket's */
   pp__maybe_finish(pool);
 }
 
+/* conn->h was initialised: it holds a reference until its close callback. */
+static void socket_opened(pp_conn_t *conn) {
+  conn->h.handle.data = conn;
+  conn->flags |= PP__CONN_F_SOCKET;
+  conn->pool->conn_handles++;
+  pp__conn_ref(conn);
+}
+
 static void close_handle(pp_conn_t *conn, uv_close_cb cb) {
-  if (conn->hstate != H_OPEN) return;
-  conn->hstate = H_CLOSING;
-  conn->reading = false;
+  if (!PP__CONN_SOCKET_LIVE(conn)) return;
+  conn->flags |= PP__CONN_F_SOCKET_CLOSING;
+  conn->flags &= (uint16_t)~PP__CONN_F_READING;
   uv_close(&conn->h.handle, cb);
 }
 
@@ -117,7 +129,8 @@ static pp_conn_t *conn_new(pp_peer_t *peer) {
   pp__list_init(&conn->lease_list);
   uv_timer_init(pool->loop, &conn->timer);
   conn->timer.data = conn;
-  conn->tstate = H_OPEN;
+  conn->flags = PP__CONN_F_TIMER;
+  conn->refs = 1; /* the timer's: dropped by its close callback, after pp__conn_close */
   pool->conn_handles++;
   pp__list_push(&peer->conns_list, &conn->peer_link);
   peer->conns++;
@@ -177,7 +190,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void on_connect(uv_connect_t *req, int status) {
   pp_conn_t *conn = req->data;
   /* Timed out, closed, or its socket is being dropped (UV_ECANCELED): already handled. */
-  if (conn->phase != PP_CONN_DIALING || conn->hstate != H_OPEN) return;
+  if (conn->phase != PP_CONN_DIALING || !PP__CONN_SOCKET_LIVE(conn)) return;
   if (status < 0) {
     attempt_failed(conn, status);
     return;
@@ -209,7 +222,7 @@ static void connected(pp_conn_t *conn) {
     attempt_failed(conn, err);
     return;
   }
-  conn->reading = true;
+  conn->flags |= PP__CONN_F_READING;
   if (conn->tls) {
     tls_start(conn); /* transport_ready once the TLS handshake completes (on_read) */
     return;
@@ -225,11 +238,10 @@ static void transport_ready(pp_conn_t *conn) {
   if (pool->policy.handshake) {
     if (conn->phase != PP_CONN_HANDSHAKE) {
       set_phase(conn, PP_CONN_HANDSHAKE);
-      pp_timer_start(&conn->timer, on_handshake_timeout,
-                      (uint64_t)pool->opts.handshake_timeout);
+      pp_timer_start(&conn->timer, on_handshake_timeout, (uint64_t)pool->opts.handshake_timeout);
       pp__peer_update_state(conn->peer);
     }
-    conn->hook_running = true;
+    conn->flags |= PP__CONN_F_HOOK;
     pool->policy.handshake(pool->policy.data, conn);
     return; /* the hook may have completed (or failed) the conn already */
   }
@@ -284,14 +296,12 @@ static void dial(pp_conn_t *conn) {
       err = uv_tcp_init(pool->loop, &conn->h.tcp);
     }
     if (err == 0) {
-      conn->h.handle.data = conn;
-      conn->hstate = H_OPEN;
-      pool->conn_handles++;
+      socket_opened(conn);
       if (peer->is_pipe)
         uv_pipe_connect(&conn->connect_req, &conn->h.pipe, peer->addr, on_connect);
       else
-        err = uv_tcp_connect(&conn->connect_req, &conn->h.tcp,
-                             (const struct sockaddr *)&conn->sa, on_connect);
+        err = uv_tcp_connect(&conn->connect_req, &conn->h.tcp, (const struct sockaddr *)&conn->sa,
+                             on_connect);
     }
   }
   pp__peer_update_state(peer);
@@ -309,9 +319,7 @@ void pp__conn_race_won(pp_conn_t *conn, int fd, const struct sockaddr_storage *s
   conn->sa = *sa;
   int err = uv_tcp_init(pool->loop, &conn->h.tcp);
   if (err == 0) {
-    conn->h.handle.data = conn;
-    conn->hstate = H_OPEN;
-    pool->conn_handles++;
+    socket_opened(conn);
     err = uv_tcp_open(&conn->h.tcp, fd);
   }
   if (err) {
@@ -364,6 +372,27 @@ int pp_conn_address(const pp_conn_t *conn, char *out, size_t n) {
 static void on_attempt_closed(uv_handle_t *handle);
 static void on_attempt_timer(uv_timer_t *timer);
 
+/* Take the hook's hold off `conn`; returns whether a hook held it. Its reader goes too: the hook
+ * forgets the conn in `closed` and must not be called afterwards. */
+static bool hook_release(pp_conn_t *conn) {
+  if (!(conn->flags & PP__CONN_F_HOOK)) return false;
+  conn->flags &= (uint16_t)~PP__CONN_F_HOOK;
+  conn->read_cb = NULL;
+  conn->kept_error = 0;
+  return true;
+}
+
+/* Tell the policy that the hook holding `conn` lost it. Called last, once every counter is
+ * consistent, so the hook may acquire, release or close anything (the pool too); the conn
+ * stays allocated while it runs. */
+static void hook_closed(pp_conn_t *conn) {
+  pp_pool_t *pool = conn->pool;
+  if (pool->policy.closed == NULL) return;
+  pp__conn_ref(conn);
+  pool->policy.closed(pool->policy.data, conn);
+  pp__conn_unref(conn);
+}
+
 /* One attempt failed: drop its socket; once the socket is closed, decide (on_attempt_closed)
  * between another attempt after the backoff delay, giving up, or burning the peer. A local
  * failure (this machine out of fds or memory) keeps the conn dialling until then: the peer
@@ -377,10 +406,7 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   conn->last_error = err;
   if (!local) peer->last_error = err;
   pool->stats.connects_failed++;
-  if (conn->hook_running) {
-    conn->hook_running = false;
-    if (pool->policy.closed) pool->policy.closed(pool->policy.data, conn);
-  }
+  bool hooked = hook_release(conn);
   uv_timer_stop(&conn->timer);
   conn->read_cb = NULL;
   conn->kept_len = 0;
@@ -388,11 +414,12 @@ static void attempt_failed(pp_conn_t *conn, int err) {
   pp__pipe_closed(conn); /* a handshake hook's requests fail with the attempt */
   tls_drop(conn, false); /* a retry or a probe makes a new TLS state */
   set_phase(conn, local ? PP_CONN_DIALING : PP_CONN_BACKOFF);
-  if (conn->hstate == H_OPEN)
+  if (PP__CONN_SOCKET_LIVE(conn))
     close_handle(conn, on_attempt_closed);
   else
     pp_timer_start(&conn->timer, on_attempt_timer, 0); /* no socket: decide next tick */
   pp__peer_update_state(peer);
+  if (hooked) hook_closed(conn);
 }
 
 /* The dial of `conn` ends without a conn (`status` for its owner); a held peer gets a probe. */
@@ -410,11 +437,7 @@ static void give_up(pp_conn_t *conn, int status) {
 static void after_attempt(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  if (conn->phase == PP_CONN_CLOSED) { /* the pool closed meanwhile */
-    pp__conn_maybe_free(conn);
-    pp__maybe_finish(pool);
-    return;
-  }
+  if (conn->phase == PP_CONN_CLOSED) return; /* the pool closed meanwhile */
   int err = conn->last_error;
   if (pp__err_is_local(err)) {
     /* No backoff and no further attempt (they would fail alike): the owner hears the error
@@ -451,9 +474,11 @@ static void after_attempt(pp_conn_t *conn) {
 
 static void on_attempt_closed(uv_handle_t *handle) {
   pp_conn_t *conn = handle->data;
-  conn->hstate = H_NONE;
-  conn->pool->conn_handles--;
+  pp_pool_t *pool = conn->pool;
+  socket_closed(conn);
   after_attempt(conn);
+  pp__conn_unref(conn); /* the socket's */
+  pp__maybe_finish(pool);
 }
 
 static void on_attempt_timer(uv_timer_t *timer) {
@@ -461,8 +486,9 @@ static void on_attempt_timer(uv_timer_t *timer) {
 }
 
 int pp_conn_handshake_done(pp_conn_t *conn, int status) {
-  if (conn == NULL || conn->phase != PP_CONN_HANDSHAKE || !conn->hook_running) return PP_ESTATE;
-  conn->hook_running = false;
+  if (conn == NULL || conn->phase != PP_CONN_HANDSHAKE || !(conn->flags & PP__CONN_F_HOOK))
+    return PP_ESTATE;
+  conn->flags &= (uint16_t)~PP__CONN_F_HOOK;
   if (status == 0 && conn->broken) status = conn->last_error; /* the stream died meanwhile */
   if (status == 0) {
     pp__hist_observe_ns(conn->pool, PP_HIST_HANDSHAKE, conn->phase_ns);
@@ -495,7 +521,7 @@ void pp__conn_ping(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   pp__peer_unmark_usable(conn->peer, conn);
   conn->phase = PP_CONN_PINGING;
-  conn->hook_running = true;
+  conn->flags |= PP__CONN_F_HOOK;
   pool->stats.pings++;
   uv_ref((uv_handle_t *)&conn->timer); /* a running ping keeps the loop alive */
   pp_timer_start(&conn->timer, on_ping_timeout, (uint64_t)pool->opts.handshake_timeout);
@@ -503,9 +529,10 @@ void pp__conn_ping(pp_conn_t *conn) {
 }
 
 int pp_conn_ping_done(pp_conn_t *conn, int status) {
-  if (conn == NULL || conn->phase != PP_CONN_PINGING || !conn->hook_running) return PP_ESTATE;
+  if (conn == NULL || conn->phase != PP_CONN_PINGING || !(conn->flags & PP__CONN_F_HOOK))
+    return PP_ESTATE;
   pp_pool_t *pool = conn->pool;
-  conn->hook_running = false;
+  conn->flags &= (uint16_t)~PP__CONN_F_HOOK;
   conn->read_cb = NULL; /* the hook's reader ends with the ping */
   uv_timer_stop(&conn->timer);
   uv_unref((uv_handle_t *)&conn->timer);
@@ -610,6 +637,7 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   }
   peer->leases++;
   pp__list_push(&conn->lease_list, &lease->qlink_);
+  pp__conn_ref(conn); /* the lease's: dropped by pp__conn_released or the pool's close */
   lease->conn = conn;
   lease->peer = peer;
   pp__warm_lent(conn);
@@ -621,13 +649,23 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
   if (pp__conn_lendable(conn)) pp__peer_mark_usable(peer, conn);
 }
 
-void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
+/* The part of a lease's end that a release and the pool's close share; returns whether it was
+ * the conn's last lease. */
+static inline bool lease_off(pp_conn_t *conn, pp_lease_t *lease) {
   pp_peer_t *peer = conn->peer;
   pp__list_remove(&lease->qlink_);
   lease->conn = NULL;
   pp__peer_unmark_usable(peer, conn);
   peer->leases--;
-  if (--conn->leases == 0) {
+  return --conn->leases == 0;
+}
+
+void pp__lease_detach(pp_conn_t *conn, pp_lease_t *lease) {
+  if (lease_off(conn, lease) && conn->phase != PP_CONN_CLOSED) conn->pool->active--;
+}
+
+void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease) {
+  if (lease_off(conn, lease)) {
     conn->read_cb = NULL; /* a reader does not outlive the last lease */
     if (conn->phase != PP_CONN_CLOSED) {
       conn->pool->active--;
@@ -646,13 +684,14 @@ static void blame(pp_conn_t *conn, int status) {
 
 /* A lease of `conn` ended with the holder's verdict `status` (see pp_release): a healthy conn
  * returns to service; any other verdict closes it for every holder, and blames the peer only
- * when the verdict says the peer failed. A conn that was closed already is freed once unheld. */
+ * when the verdict says the peer failed. */
 void pp__conn_released(pp_conn_t *conn, int status) {
   if (conn->phase == PP_CONN_CLOSED) {
-    blame(conn, status); /* e.g. the server hung up cleanly mid-reply: the holder knows */
-    pp__conn_maybe_free(conn);
+    blame(conn, status);  /* e.g. the server hung up cleanly mid-reply: the holder knows */
+    pp__conn_unref(conn); /* the lease's: it may be the last */
     return;
   }
+  conn->refs--; /* the lease's, never the last on an open conn: its timer holds one */
   if (status < 0) {
     bool fault = pp__err_blames(status);
     conn->broken = true; /* before blame: an ejection must not close it as "ejected" */
@@ -715,9 +754,9 @@ static int keep_bytes(pp_conn_t *conn, const char *data, size_t len, bool front)
     memcpy(conn->kept + conn->kept_len, data, len);
   }
   conn->kept_len += len;
-  if (conn->kept_len >= PP__READ_KEEP_MAX && conn->reading) {
+  if (conn->kept_len >= PP__READ_KEEP_MAX && (conn->flags & PP__CONN_F_READING)) {
     uv_read_stop(&conn->h.stream); /* backpressure until a reader drains it */
-    conn->reading = false;
+    conn->flags &= (uint16_t)~PP__CONN_F_READING;
   }
   return 0;
 }
@@ -730,11 +769,11 @@ static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
     /* Nobody holds an idle conn, so its bytes are a late reply (or chatter) that would
      * reach the next holder ahead of its own reply: the conn is no longer clean. */
     uv_read_stop(&conn->h.stream);
-    conn->reading = false;
+    conn->flags &= (uint16_t)~PP__CONN_F_READING;
     pp__conn_close(conn, PP_CLOSE_REMOTE);
     return;
   }
-  if (conn->read_cb && conn->kept_len == 0 && !conn->deliver_pending) {
+  if (conn->read_cb && conn->kept_len == 0 && !(conn->flags & PP__CONN_F_DELIVER_PENDING)) {
     conn->msgs_in++;
     conn->peer->msgs_in++;
     pool->stats.msgs_in++;
@@ -750,7 +789,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0) return;
   if (nread < 0) {
     uv_read_stop(stream);
-    conn->reading = false;
+    conn->flags &= (uint16_t)~PP__CONN_F_READING;
     if (conn->tls && tls_read_end(conn, (int)nread)) return;
     pp__conn_io_error(conn, (int)nread);
     return;
@@ -800,8 +839,8 @@ int pp_conn_read_start(pp_conn_t *conn, pp_read_cb cb, void *arg) {
   conn->read_arg = arg;
   if (pending) {
     pp__defer_conn(conn->pool, conn);
-  } else if (!conn->reading && conn->hstate == H_OPEN && !conn->broken) {
-    if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0) conn->reading = true;
+  } else if (!(conn->flags & PP__CONN_F_READING) && PP__CONN_SOCKET_LIVE(conn) && !conn->broken) {
+    if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0) conn->flags |= PP__CONN_F_READING;
   }
   return 0;
 }
@@ -817,10 +856,10 @@ int pp_conn_unread(pp_conn_t *conn, const char *data, size_t len) {
   return len == 0 ? 0 : keep_bytes(conn, data, len, true);
 }
 
-/* Hand kept bytes, then a kept error, to the reader (run from the defer queue). */
+/* Hand kept bytes, then a kept error, to the reader (run from the defer queue, whose reference
+ * keeps the conn while the reader runs). */
 void pp__conn_deliver_kept(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
-  conn->delivering = true;
   if (conn->read_cb && conn->kept_len > 0) {
     size_t len = conn->kept_len;
     conn->kept_len = 0;
@@ -838,12 +877,10 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
     cb(conn, err, NULL, conn->read_arg);
   }
   if (conn->read_cb && conn->kept_len > 0) pp__defer_conn(pool, conn); /* more arrived */
-  if (!conn->reading && conn->hstate == H_OPEN && !conn->broken &&
+  if (!(conn->flags & PP__CONN_F_READING) && PP__CONN_SOCKET_LIVE(conn) && !conn->broken &&
       conn->kept_len < PP__READ_KEEP_MAX) {
-    if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0) conn->reading = true;
+    if (uv_read_start(&conn->h.stream, on_alloc, on_read) == 0) conn->flags |= PP__CONN_F_READING;
   }
-  conn->delivering = false;
-  pp__conn_maybe_free(conn);
 }
 
 /* ---- writing --------------------------------------------------------------------------- */
@@ -868,7 +905,7 @@ static void on_write(uv_write_t *w, int status) {
 }
 
 static int writable(const pp_conn_t *conn) {
-  if (conn->phase == PP_CONN_CLOSED || conn->hstate != H_OPEN)
+  if (conn->phase == PP_CONN_CLOSED || !PP__CONN_SOCKET_LIVE(conn))
     return conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
   if (conn->phase != PP_CONN_READY && conn->phase != PP_CONN_HANDSHAKE &&
       conn->phase != PP_CONN_PINGING)
@@ -919,23 +956,17 @@ int pp_conn_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], unsig
 }
 
 size_t pp_conn_write_queue_size(const pp_conn_t *conn) {
-  if (conn->hstate != H_OPEN) return 0;
+  if (!PP__CONN_SOCKET_LIVE(conn)) return 0;
   return uv_stream_get_write_queue_size(&conn->h.stream);
 }
 
 /* ---- closing --------------------------------------------------------------------------- */
 
-void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
-  if (conn->phase == PP_CONN_CLOSED) return;
+/* Step 1: out of service and out of every count (the dial it owned, the pool's and the peer's
+ * gauges, the close stats), so that what runs later sees consistent numbers. */
+static void close_uncount(pp_conn_t *conn, pp_close_reason_t reason) {
   pp_pool_t *pool = conn->pool;
   pp_peer_t *peer = conn->peer;
-  if (conn->hook_running) {
-    /* The hook forgets the conn in `closed`: its reader must not be called afterwards. */
-    conn->hook_running = false;
-    conn->read_cb = NULL;
-    conn->kept_error = 0;
-    if (pool->policy.closed) pool->policy.closed(pool->policy.data, conn);
-  }
   pp__peer_unmark_usable(peer, conn);
   if (conn->owner) {
     conn->owner->dial_ = NULL;
@@ -944,7 +975,7 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
   }
   bool was_open = conn->phase == PP_CONN_READY || conn->phase == PP_CONN_PINGING;
   if (was_open) pool->stats.closed[reason]++;
-  if (was_open) pp__ev_conn_close(conn, reason); /* events.c */
+  if (was_open) pp__ev_conn_close(conn, reason); /* events.c: recorded, delivered deferred */
   if (was_open && conn->leases > 0) pool->active--;
   set_phase(conn, PP_CONN_CLOSED);
   pp__race_cancel(conn);
@@ -955,49 +986,43 @@ void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
     conn->probe = false;
     peer->probing--;
   }
-  if (conn->read_cb) {
-    if (!conn->kept_error)
-      conn->kept_error = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
-    pp__defer_conn(pool, conn);
-  } else if (!conn->kept_error && conn->leases > 0) {
-    /* A lessee that starts reading later still learns why the conn ended. */
-    conn->kept_error = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
-  }
-  pp__pipe_closed(conn); /* its requests fail, once each (pipeline.c) */
-  tls_drop(conn, true); /* close_notify, then the TLS state goes */
-  close_handle(conn, on_handle_closed);
-  if (conn->tstate == H_OPEN) {
-    conn->tstate = H_CLOSING;
-    uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
-  }
-  pp__peer_update_state(peer);
-  if (!pool->closing) pp__warm_closed(conn, reason); /* min_idle: a replacement (warm.c) */
-  if (!pool->closing) pp__capacity_opened(pool);
 }
 
-/* Burn `peer`: its waiters end with PP_EBURNED, its unleased conns close (leased ones take no
- * new lease and close at release), and the policy hears that it left the live set. */
-void pp__peer_burn(pp_peer_t *peer) {
-  pp_pool_t *pool = peer->pool;
-  peer->burned = true;
-  pool->nburned++;
-  pp__probe_cancel(peer);
-  pp__eject_end(peer);
-  pp__peer_update_state(peer);
-  pp__fail_peer_waiters(peer, PP_EBURNED);
-  pp__link_t *l = peer->conns_list.next;
-  while (l != &peer->conns_list) {
-    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
-    l = l->next;
-    if (conn->phase == PP_CONN_CLOSED) continue;
-    if (conn->leases > 0) {
-      pp__peer_unmark_usable(peer, conn);
-      continue;
-    }
-    if (conn->owner) pp__dial_failed(conn, PP_EBURNED);
-    pp__conn_close(conn, PP_CLOSE_CLOSED);
+/* Step 2: whoever reads the conn learns why it ended (from the defer queue), its requests fail,
+ * and its handles close; their callbacks drop their references. */
+static void close_io(pp_conn_t *conn) {
+  int why = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
+  if (conn->read_cb) {
+    if (!conn->kept_error) conn->kept_error = why;
+    pp__defer_conn(conn->pool, conn);
+  } else if (!conn->kept_error && conn->leases > 0) {
+    conn->kept_error = why; /* a lessee that starts reading later still learns why */
   }
-  pp__peer_event(peer, PP_PEER_EVENT_BURNED);
+  pp__pipe_closed(conn); /* its requests fail, once each (pipeline.c) */
+  tls_drop(conn, true);  /* close_notify, then the TLS state goes */
+  close_handle(conn, on_handle_closed);
+  if ((conn->flags & (PP__CONN_F_TIMER | PP__CONN_F_TIMER_CLOSING)) == PP__CONN_F_TIMER) {
+    conn->flags |= PP__CONN_F_TIMER_CLOSING;
+    uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
+  }
+}
+
+/* The one close path, in steps: uncount, end the I/O, re-derive the peer's state, then -- with
+ * everything consistent -- tell the hook that held the conn, and let the freed slot serve
+ * waiters from the defer queue (never policy code inside this call, which may come from a
+ * release, a hook or the pool's close). Leases still on the conn stay attached until released
+ * (or the pool's close detaches them); the memory goes with the last reference. */
+void pp__conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
+  if (conn->phase == PP_CONN_CLOSED) return;
+  pp_pool_t *pool = conn->pool;
+  pp_peer_t *peer = conn->peer;
+  bool hooked = hook_release(conn);
+  close_uncount(conn, reason);
+  close_io(conn);
+  pp__peer_update_state(peer);
+  if (!pool->closing) pp__warm_closed(conn, reason); /* min_idle: a replacement (warm.c) */
+  if (!pool->closing) pp__capacity_soon(pool);
+  if (hooked) hook_closed(conn);
 }
 
 /* ---- TLS (tls.c): the layer between the socket and the conn's stream ------------------ */
@@ -1005,7 +1030,8 @@ void pp__peer_burn(pp_peer_t *peer) {
 /* The stream failed with `err`: while the TLS handshake runs (no hook holds the conn yet)
  * that fails the attempt, later it is an I/O error as on a plain conn. */
 static void tls_stream_failed(pp_conn_t *conn, int err) {
-  if (conn->phase == PP_CONN_HANDSHAKE && !conn->hook_running && conn->hstate == H_OPEN)
+  if (conn->phase == PP_CONN_HANDSHAKE && !(conn->flags & PP__CONN_F_HOOK) &&
+      PP__CONN_SOCKET_LIVE(conn))
     attempt_failed(conn, err);
   else
     pp__conn_io_error(conn, err);
@@ -1046,8 +1072,7 @@ static void tls_failed(pp_conn_t *conn) {
 static void tls_start(pp_conn_t *conn) {
   pp_pool_t *pool = conn->pool;
   set_phase(conn, PP_CONN_HANDSHAKE);
-  pp_timer_start(&conn->timer, on_handshake_timeout,
-                  (uint64_t)pool->opts.handshake_timeout);
+  pp_timer_start(&conn->timer, on_handshake_timeout, (uint64_t)pool->opts.handshake_timeout);
   pp__peer_update_state(conn->peer);
   int r = pp__tls_handshake(conn->tls);
   if (r == PP_ETLS) {
@@ -1058,7 +1083,7 @@ static void tls_start(pp_conn_t *conn) {
 }
 
 static bool tls_alive(const pp_conn_t *conn) {
-  return conn->tls && conn->hstate == H_OPEN && conn->phase != PP_CONN_CLOSED;
+  return conn->tls && PP__CONN_SOCKET_LIVE(conn) && conn->phase != PP_CONN_CLOSED;
 }
 
 /* Ciphertext read from the socket: the handshake goes on, then plaintext goes to deliver.
@@ -1090,7 +1115,7 @@ static void tls_input(pp_conn_t *conn, const char *data, size_t len) {
   if (tls_flush(conn) != 0) return;
   if (n == UV_EOF || n == PP_ETLS) {
     uv_read_stop(&conn->h.stream);
-    conn->reading = false;
+    conn->flags &= (uint16_t)~PP__CONN_F_READING;
     if (n == PP_ETLS && conn->phase == PP_CONN_READY && conn->leases == 0 && !conn->blamed) {
       /* A fatal alert on an idle conn (a TLS 1.3 server refusing our certificate after the
        * handshake) is the peer's failure even though nobody holds the conn. */
@@ -1135,7 +1160,8 @@ static int tls_write(pp_write_t *req, pp_conn_t *conn, const uv_buf_t bufs[], un
     pp__tls_out_t *next = pp__tls_output(conn->tls, &err);
     bool last = next == NULL && err == 0;
     out->data = last ? (void *)req : (void *)conn;
-    int r = uv_write(&out->req, &conn->h.stream, &out->buf, 1, last ? on_tls_write : on_tls_flushed);
+    int r =
+        uv_write(&out->req, &conn->h.stream, &out->buf, 1, last ? on_tls_write : on_tls_flushed);
     if (r) {
       pp__tls_output_done(out);
       if (next) pp__tls_output_done(next);
@@ -1198,7 +1224,7 @@ static void tls_drop(pp_conn_t *conn, bool notify) {
   /* A conn released as "do not reuse" is broken but its socket is fine; one that saw an I/O
    * error (last_error) gets nothing more written. */
   bool dead = conn->broken && conn->last_error != 0;
-  if (notify && pp__tls_done(conn->tls) && !dead && conn->hstate == H_OPEN) {
+  if (notify && pp__tls_done(conn->tls) && !dead && PP__CONN_SOCKET_LIVE(conn)) {
     pp__tls_close_notify(conn->tls);
     pp__tls_out_t *out = pp__tls_output(conn->tls, NULL);
     if (out) {

@@ -61,7 +61,7 @@ int pp_pool_drain_peer(pp_pool_t *pool, pp_peer_t *peer) {
               "%s draining: no new leases; %d leased conn%s close at release (%d lease%s held)",
               peer->addr, peer->conns, peer->conns == 1 ? "" : "s", peer->leases,
               peer->leases == 1 ? "" : "s");
-  pp__capacity_opened(pool); /* its closed conns freed slots; any-peer waiters may be hopeless */
+  pp__capacity_soon(pool); /* its closed conns freed slots; any-peer waiters may be hopeless */
   return 0;
 }
 
@@ -85,7 +85,7 @@ int pp_pool_remove_peer(pp_pool_t *pool, pp_peer_t *peer) {
   peer->removed_pass = pool->defer_pass;
   pp__list_push(&pool->removed_peers, &peer->order_link);
   pp__defer_wake(pool); /* to free it once the callbacks it caused have run */
-  pp__capacity_opened(pool);
+  pp__capacity_soon(pool);
   return 0;
 }
 

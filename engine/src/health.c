@@ -1,7 +1,8 @@
 /* Peer health: what counts against a peer (blame), outlier ejection as Envoy does it (a
  * cool-down that doubles with each consecutive ejection up to eject_max, a cap on the share of
  * peers ejected at once, never all of them), early probes of held peers, the fail-fast answer
- * for a peer that cannot serve, and the failure history an address book saves and restores.
+ * for a peer that cannot serve, burning (the last verdict), and the failure history an address
+ * book saves and restores.
  *
  * A peer is "held" while it may not be dialled: ejected (until eject_until) or backing off
  * after failed connects (until retry_at). Held peers are not dialled for acquires; a peer that
@@ -233,8 +234,7 @@ void pp__probe_cancel(pp_peer_t *peer) {
 void pp__probe_schedule(pp_peer_t *peer) {
   pp_pool_t *pool = peer->pool;
   int64_t every = pool->opts.probe_interval;
-  if (every == 0 || pool->closing || peer->burned || peer->draining || peer->probe_at != 0)
-    return;
+  if (every == 0 || pool->closing || peer->burned || peer->draining || peer->probe_at != 0) return;
   /* Only a peer that once connected is worth probing (the rest are mere addresses), and a
    * connect proves nothing about failures in use (resets mid-request, broken verdicts). */
   if (peer->last_success == 0 || (peer->ejected && peer->fail_in_use)) return;
@@ -360,4 +360,31 @@ int pp_peer_restore(pp_peer_t *peer, const pp_peer_history_t *h) {
   restore_ejection(peer, h->ejected_until - unix_now);
   pp__peer_update_state(peer);
   return 0;
+}
+
+/* ---- burning: the verdict of a backoff policy that gave up ------------------------------ */
+
+/* Burn `peer`: its waiters end with PP_EBURNED, its unleased conns close (leased ones take no
+ * new lease and close at release), and the policy hears that it left the live set. */
+void pp__peer_burn(pp_peer_t *peer) {
+  pp_pool_t *pool = peer->pool;
+  peer->burned = true;
+  pool->nburned++;
+  pp__probe_cancel(peer);
+  pp__eject_end(peer);
+  pp__peer_update_state(peer);
+  pp__fail_peer_waiters(peer, PP_EBURNED);
+  pp__link_t *l = peer->conns_list.next;
+  while (l != &peer->conns_list) {
+    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
+    l = l->next;
+    if (conn->phase == PP_CONN_CLOSED) continue;
+    if (conn->leases > 0) {
+      pp__peer_unmark_usable(peer, conn);
+      continue;
+    }
+    if (conn->owner) pp__dial_failed(conn, PP_EBURNED);
+    pp__conn_close(conn, PP_CLOSE_CLOSED);
+  }
+  pp__peer_event(peer, PP_PEER_EVENT_BURNED);
 }

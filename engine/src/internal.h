@@ -75,6 +75,21 @@ typedef struct {
 
 #define PP__READ_KEEP_MAX (64 * 1024)
 
+/* A conn's lifetime word (conn->flags), as libuv's handle flags: which of its handles are open
+ * or closing, and what is pending or running on it. */
+enum {
+  PP__CONN_F_SOCKET = 1 << 0,         /* conn->h is initialised and not yet closed */
+  PP__CONN_F_SOCKET_CLOSING = 1 << 1, /* uv_close(conn->h) called, its callback not yet run */
+  PP__CONN_F_TIMER = 1 << 2,          /* conn->timer likewise */
+  PP__CONN_F_TIMER_CLOSING = 1 << 3,
+  PP__CONN_F_READING = 1 << 4,         /* uv_read_start is active */
+  PP__CONN_F_DELIVER_PENDING = 1 << 5, /* on the defer list to hand kept bytes to the reader */
+  PP__CONN_F_HOOK = 1 << 6,            /* a handshake/ping hook holds the conn */
+};
+/* Whether the socket is open and not closing (what the old H_OPEN meant). */
+#define PP__CONN_SOCKET_LIVE(conn) \
+  (((conn)->flags & (PP__CONN_F_SOCKET | PP__CONN_F_SOCKET_CLOSING)) == PP__CONN_F_SOCKET)
+
 /* The fields the acquire/release hot path touches come first, so a lend or a return touches
  * the conn's first two cache lines (and a list neighbour's first line) and not more: with
  * thousands of idle conns lent longest-idle first, every conn is a cache miss. Conns are
@@ -87,17 +102,14 @@ struct pp_conn_s {
   pp_peer_t *peer;
   int leases;
   pp__conn_phase_t phase;
-  bool broken;                  /* saw an I/O error or EOF; never lent again */
-  bool expired;                 /* past max_lifespan; closes when its last lease ends */
-  bool reading;                 /* uv_read_start is active */
-  bool deliver_pending;         /* on the defer list to hand kept bytes to the reader */
-  bool hook_running;            /* handshake/ping hook holds the conn */
-  bool delivering;              /* inside a reader callback from the defer queue: do not free */
-  bool probe;                   /* a probe: one attempt, for a held peer, not counted as live */
-  bool blamed;                  /* counted a failure of its peer already (once per conn) */
-  bool lent;                    /* some lease held it once (warm.c: it was of use) */
-  unsigned char hstate, tstate; /* h and timer: none, open, closing */
+  bool broken;    /* saw an I/O error or EOF; never lent again */
+  bool expired;   /* past max_lifespan; closes when its last lease ends */
+  bool probe;     /* a probe: one attempt, for a held peer, not counted as live */
+  bool blamed;    /* counted a failure of its peer already (once per conn) */
+  bool lent;      /* some lease held it once (warm.c: it was of use) */
+  uint16_t flags; /* PP__CONN_F_*: what is open, pending or running (its lifetime word) */
   /* line 1 */
+  unsigned int refs;     /* holders (see pp__conn_ref): the conn is freed when they are gone */
   pp__link_t lease_list; /* leases holding this conn (their qlink_) */
   uint64_t last_used;    /* loop ms when the lease count last changed */
   size_t kept_len;       /* bytes kept in `kept` */
@@ -259,6 +271,7 @@ struct pp_pool_s {
   uv_check_t defer_check;
   uv_idle_t defer_idle;
   bool defer_active;
+  bool capacity_soon; /* pp__capacity_opened runs at the start of the next deferred pass */
   /* scratch for policy candidates */
   void **scratch;
   int scratch_cap;
@@ -322,6 +335,11 @@ typedef struct pp__pipe_s pp__pipe_t;
 bool pp__err_is_local(int err);
 
 /* ---- pool.c ---------------------------------------------------------------------------- */
+/* Finish the close once nothing is pending: close the pool's own handles, then free it. */
+void pp__maybe_finish(pp_pool_t *pool);
+
+/* ---- defer.c --------------------------------------------------------------------------- */
+void pp__defer_init(pp_pool_t *pool); /* the lists, the check and the idle handle */
 void pp__defer_lease(pp_pool_t *pool, pp_lease_t *lease, int status);
 void pp__defer_notice(pp_pool_t *pool, pp_notice_t *notice, int status);
 void pp__defer_conn(pp_pool_t *pool, pp_conn_t *conn);
@@ -330,9 +348,18 @@ void pp__defer_wake(pp_pool_t *pool);
 void pp__defer_event(pp_pool_t *pool, pp_peer_t *peer, pp_peer_state_t from, pp_peer_state_t to);
 /* Queue the event written into pp__event_slot()'s slot. */
 void pp__defer_pool_event(pp_pool_t *pool);
-void pp__maybe_finish(pp_pool_t *pool);
-uint64_t pp__random(pp_pool_t *pool);
-void **pp__scratch(pp_pool_t *pool, int n);
+/* A conn slot opened or a peer came: run pp__capacity_opened from the next deferred pass, not
+ * inside this call (it runs policy hooks: select_peer, and through dials, handshake). */
+void pp__capacity_soon(pp_pool_t *pool);
+
+/* ---- maintain.c ------------------------------------------------------------------------ */
+void pp__maintain_init(pp_pool_t *pool); /* the idle, keepalive and maintenance timers */
+void pp__idle_timer_arm(pp_pool_t *pool);
+/* Ask the seed hook for `wanted` addresses, if it has not been asked within seed_interval.
+ * Returns whether a seed hook exists. */
+bool pp__request_seed(pp_pool_t *pool, int wanted);
+
+/* ---- clock.c --------------------------------------------------------------------------- */
 int64_t pp__unix_now_ms(void);
 /* Whether loop time `at` is still to come, reading the clock only when the cached loop time
  * (never ahead of it) says so: cheap on the hot path when `at` has long passed (or is 0). */
@@ -341,10 +368,6 @@ bool pp__ahead(pp_pool_t *pool, uint64_t at);
  * monotonic clock, at most one tick (a few ms) behind the real time, never behind uv_now(), at
  * a third of the cost of pp_now(). */
 uint64_t pp__stamp(pp_pool_t *pool);
-void pp__idle_timer_arm(pp_pool_t *pool);
-/* Ask the seed hook for `wanted` addresses, if it has not been asked within seed_interval.
- * Returns whether a seed hook exists. */
-bool pp__request_seed(pp_pool_t *pool, int wanted);
 
 /* ---- peer.c ---------------------------------------------------------------------------- */
 /* Re-derive everything that follows from a peer's fields (burned, conns, retry_at, last_seen):
@@ -374,6 +397,8 @@ pp_conn_t *pp__peer_best_conn(pp_peer_t *peer);
 int pp__peer_usable_conns(pp_peer_t *peer, pp_conn_t **out, int max);
 
 /* ---- health.c -------------------------------------------------------------------------- */
+/* Burn `peer` (the backoff policy gave up): never dialled again until re-added. */
+void pp__peer_burn(pp_peer_t *peer);
 /* Whether a verdict or error `err` is the peer's fault (see pp_release): false for 0,
  * PP_ENOREUSE, UV_EOF, PP_ECLOSED, cancelations and local errors. */
 bool pp__err_blames(int err);
@@ -502,11 +527,9 @@ void pp__peers_free_removed(pp_pool_t *pool);
 void pp__close_all_conns(pp_pool_t *pool);
 /* pool.c: stop the pool's timers and answer waiters and notices with PP_ECLOSED. */
 void pp__close_begin(pp_pool_t *pool);
-/* pool.c: run the deferred queue soon. */
-void pp__defer_wake(pp_pool_t *pool);
 /* peer.c: take `peer` out of the table, the insertion list and the state counts. */
 void pp__peer_unlink(pp_peer_t *peer);
-/* acquire.c: fire the armed notices for `peer` with `status`. */
+/* notice.c: fire the armed notices for `peer` with `status`. */
 void pp__fire_peer_notices(pp_pool_t *pool, pp_peer_t *peer, int status);
 /* events.c: explain entries about `peer` keep their text and forget the pointer. */
 void pp__explain_forget(pp_pool_t *pool, pp_peer_t *peer);
@@ -527,16 +550,27 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease);
 void pp__conn_unlease(pp_conn_t *conn, pp_lease_t *lease);
 void pp__conn_deliver_kept(pp_conn_t *conn);
 bool pp__conn_lendable(const pp_conn_t *conn);
+/* A lease ended (after pp__conn_unlease) with the holder's verdict `status`; drops the
+ * lease's reference. */
 void pp__conn_released(pp_conn_t *conn, int status);
-/* Free a closed conn once nothing holds it (handles closed, no lease, no delivery). */
-void pp__conn_maybe_free(pp_conn_t *conn);
+/* A conn's holders, Redis-style: each open (or closing) handle, each lease, a pending or
+ * running delivery to its reader, and whoever calls out (a hook) while the conn must stay.
+ * pp__conn_unref frees it when the last holder goes; that is always after pp__conn_close,
+ * since the timer's reference is only dropped by its close callback. */
+static inline void pp__conn_ref(pp_conn_t *conn) {
+  conn->refs++;
+}
+void pp__conn_unref(pp_conn_t *conn);
+/* Take `lease` off `conn` and out of every count it was in (the conn's, its peer's, the pool's
+ * active gauge); the lease's reference stays with the caller, to drop with pp__conn_unref.
+ * Shared by a release (pp__conn_unlease) and the pool's close (pp__close_all_conns). */
+void pp__lease_detach(pp_conn_t *conn, pp_lease_t *lease);
 /* Whether an unleased conn has idled `idle_ms` (> 0) and a ping hook is installed. */
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms);
 void pp__conn_ping(pp_conn_t *conn);
 void pp__conn_io_error(pp_conn_t *conn, int err);
 /* Dial `peer` once, now, for no waiter: a probe of a held peer. */
 int pp__conn_probe(pp_peer_t *peer);
-void pp__peer_burn(pp_peer_t *peer);
 
 /* ---- acquire.c ------------------------------------------------------------------------- */
 /* A conn became usable (connected, released, pinged): serve its owner or the next waiter,
@@ -545,6 +579,18 @@ void pp__conn_available(pp_conn_t *conn);
 /* A conn slot opened (a conn closed, a peer was added): start dials for waiters that can
  * use it, and fire notices. */
 void pp__capacity_opened(pp_pool_t *pool);
+
+/* ---- waiter.c -------------------------------------------------------------------------- */
+void pp__queue_init(pp__queue_t *q);
+void pp__waiters_init(pp_pool_t *pool); /* the queues, the deadline heap and its timer */
+/* Queue `lease` (state WAITING) at its priority, with a deadline `timeout` ms away (> 0). */
+void pp__enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout);
+/* Take a queued `lease` out of its queue and the deadline heap; a dial it owns goes on. */
+void pp__dequeue(pp_pool_t *pool, pp_lease_t *lease);
+/* The first waiter of `q` in service order; with `without_dial`, the first that owns no dial. */
+pp_lease_t *pp__queue_first(pp__queue_t *q, bool without_dial);
+/* Whether `a` is served before `b` (NULL is served last). */
+bool pp__served_before(const pp_lease_t *a, const pp_lease_t *b);
 /* A dial ended without a conn: tell its owner (an acquire for any peer keeps waiting, for
  * another peer, unless the error was local). */
 void pp__dial_failed(pp_conn_t *conn, int status);
@@ -560,7 +606,10 @@ void pp__fail_hopeless_waiters(pp_pool_t *pool);
 bool pp__any_peer_could_serve(pp_pool_t *pool);
 /* Acquires ahead of `lease` in its queue (it must be queued). */
 int pp__waiters_ahead(pp_lease_t *lease);
-void pp__deadline_timer_cb(uv_timer_t *timer);
+
+/* ---- notice.c -------------------------------------------------------------------------- */
+/* Fire armed notices: all of them with an error status; with 0, those whose peer (or any
+ * peer) has capacity now. */
 void pp__fire_notices(pp_pool_t *pool, int status);
 
 /* ---- pipeline.c ------------------------------------------------------------------------ */
@@ -576,6 +625,9 @@ void pp__pipe_flush_all(pp_pool_t *pool);
 bool pp__pipe_pending(const pp_pool_t *pool);
 
 /* ---- policy.c -------------------------------------------------------------------------- */
+uint64_t pp__random(pp_pool_t *pool); /* xorshift64*: jitter */
+/* Room for `n` candidate pointers, reused by every decision (NULL when out of memory). */
+void **pp__scratch(pp_pool_t *pool, int n);
 /* dialing: 0 = among peers with a usable conn; 1 = among peers that may be dialled;
  * 2 = among dialable peers with no conn at all (target_peers maintenance). */
 pp_peer_t *pp__select_peer(pp_pool_t *pool, int dialing, const char *key);

@@ -84,7 +84,7 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
     if (out) *out = peer;
     if (unburn || undrain) pp__peer_event(peer, PP_PEER_EVENT_ADDED);
     if (unburn || undrain) pp__warm_need(peer);
-    if (undrain && pool->any_waiters.count > 0) pp__capacity_opened(pool);
+    if (undrain && pool->any_waiters.count > 0) pp__capacity_soon(pool);
     return 0;
   }
   peer = calloc(1, sizeof(*peer));
@@ -117,8 +117,9 @@ int pp_pool_add_peer(pp_pool_t *pool, const char *addr, int64_t last_seen_ms, pp
   if (out) *out = peer;
   pp__peer_event(peer, PP_PEER_EVENT_ADDED);
   pp__warm_need(peer); /* min_idle conns, dialled on a later tick */
-  /* Acquires for any peer may be waiting for exactly this. */
-  if (pool->any_waiters.count > 0) pp__capacity_opened(pool);
+  /* Acquires for any peer may be waiting for exactly this (served from the defer queue: the
+   * caller may be a seed hook inside pp_acquire, before that acquire is queued). */
+  if (pool->any_waiters.count > 0) pp__capacity_soon(pool);
   return 0;
 nomem:
   if (peer) {

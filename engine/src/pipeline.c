@@ -209,7 +209,7 @@ static void flush(pp__pipe_t *p) {
   }
 }
 
-/* ---- the defer queue's part (pool.c) ------------------------------------------------------ */
+/* ---- the defer queue's part (defer.c) ------------------------------------------------------ */
 
 bool pp__pipe_pending(const pp_pool_t *pool) {
   return !pp__list_empty(&pool->flush_conns) || !pp__list_empty(&pool->defer_requests);

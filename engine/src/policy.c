@@ -5,6 +5,30 @@
  * owner of a key among all live peers, from the ring it keeps through peer events). */
 #include "internal.h"
 
+#include <stdlib.h>
+
+uint64_t pp__random(pp_pool_t *pool) {
+  /* xorshift64*: fast, and good enough for jitter. */
+  uint64_t x = pool->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  pool->rng = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+void **pp__scratch(pp_pool_t *pool, int n) {
+  if (n > pool->scratch_cap) {
+    int cap = pool->scratch_cap ? pool->scratch_cap : 16;
+    while (cap < n)
+      cap *= 2;
+    void **p = realloc(pool->scratch, (size_t)cap * sizeof(void *));
+    if (p == NULL) return NULL;
+    pool->scratch = p;
+    pool->scratch_cap = cap;
+  }
+  return pool->scratch;
+}
 
 int64_t pp_backoff_full_jitter(pp_pool_t *pool, int attempt, int64_t base_ms, int64_t cap_ms) {
   if (attempt < 0) attempt = 0;

@@ -190,7 +190,7 @@ static void set_err(lua_State *L, const char *k, int err) {
  * 2 us (mostly the garbage collection it brings); this costs a few hundred instructions and
  * allocates nothing once the stack has been seen. The cached tables anchor their functions,
  * so the addresses hashed are not reused while their entry lives. */
-#define LEAK_LEVELS 12   /* frames kept; a deeper stack ends with "..." */
+#define LEAK_LEVELS 12 /* frames kept; a deeper stack ends with "..." */
 #define LEAK_SLOTS 4
 #define LEAK_STACKS 1024 /* distinct stacks kept per pool; acquires from more are not traced */
 
@@ -205,7 +205,10 @@ static void capture_stack(lua_State *L, int levels, int more) {
     lua_rawseti(L, t, ++n);
     lua_pushinteger(L, ar.currentline);
     lua_rawseti(L, t, ++n);
-    if (ar.name) lua_pushstring(L, ar.name); else lua_pushboolean(L, 0);
+    if (ar.name)
+      lua_pushstring(L, ar.name);
+    else
+      lua_pushboolean(L, 0);
     lua_rawseti(L, t, ++n);
     lua_pushstring(L, ar.namewhat ? ar.namewhat : "");
     lua_rawseti(L, t, ++n);
@@ -351,8 +354,10 @@ static void leak_record(lua_State *L, int pool_idx, const pp_event_t *ev) {
   /* the traceback, from the stack cache (lpp_leak_watch) */
   const lpp_conn_t *c = ev->lease->data;
   if (c->leak_stack == 0) {
-    lua_pushfstring(L, "acquired (the stack was not kept: more than %d distinct acquiring "
-                       "stacks in this pool)", LEAK_STACKS);
+    lua_pushfstring(L,
+                    "acquired (the stack was not kept: more than %d distinct acquiring "
+                    "stacks in this pool)",
+                    LEAK_STACKS);
   } else {
     push_stacks(L, pool_idx);
     lua_rawgeti(L, -1, (lua_Integer)c->leak_stack);

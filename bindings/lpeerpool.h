@@ -20,15 +20,15 @@
  * Each call may run hook_budget x factor instructions. policy: set by a policy table (else by
  * an option: framing). peerpool.hooks, the per-hook counters and load_policy's checks derive
  * from it (docs/engine.md: how to add a hook). */
-#define LPP_HOOK_MAP(XX)                  \
-  XX(SELECT_PEER, select_peer, 0, 1, 1)   \
-  XX(SELECT_CONN, select_conn, 0, 1, 1)   \
-  XX(BACKOFF, backoff, 0, 1, 1)           \
-  XX(SEED, seed, 1, 10, 1)                \
-  XX(HANDSHAKE, handshake, 1, 10, 1)      \
-  XX(PING, ping, 1, 10, 1)                \
-  XX(ROUTE, route, 0, 1, 1)               \
-  XX(PEER_EVENT, peer_event, 0, 1, 1)     \
+#define LPP_HOOK_MAP(XX)                \
+  XX(SELECT_PEER, select_peer, 0, 1, 1) \
+  XX(SELECT_CONN, select_conn, 0, 1, 1) \
+  XX(BACKOFF, backoff, 0, 1, 1)         \
+  XX(SEED, seed, 1, 10, 1)              \
+  XX(HANDSHAKE, handshake, 1, 10, 1)    \
+  XX(PING, ping, 1, 10, 1)              \
+  XX(ROUTE, route, 0, 1, 1)             \
+  XX(PEER_EVENT, peer_event, 0, 1, 1)   \
   XX(FRAMING, framing, 0, 1, 0)
 enum {
 #define XX(u, l, async, factor, policy) LPP_HOOK_##u,
@@ -46,8 +46,8 @@ typedef struct lpp_state_s {
   struct lpp_pool_s *pools; /* open pool userdata */
   int engine_pools;         /* engine pools not yet freed (closing ones included) */
   int shutting_down;
-  uv_timer_t *later_timer; /* runs finalisers put off by lpp_finalize_later */
-  void *alloc_ud;          /* the budget allocator's record (lsandbox.c) */
+  uv_timer_t *later_timer;     /* runs finalisers put off by lpp_finalize_later */
+  void *alloc_ud;              /* the budget allocator's record (lsandbox.c) */
   struct lpp_req_s *free_reqs; /* requests kept for reuse (lrequest.c) */
   int nfree_reqs;
 } lpp_state_t;
@@ -140,11 +140,11 @@ enum { LPP_CONN_PENDING = 1, LPP_CONN_LEASED, LPP_CONN_DONE, LPP_CONN_HOOK };
 
 typedef struct {
   pp_notice_t notice;
-  int self_ref;  /* alive while armed */
+  int self_ref;    /* alive while armed */
   lpp_wait_t wait; /* coroutine in notice:wait() */
-  int cb_ref;    /* notice:on_free(fn) */
-  int fired;     /* 0 armed, 1 fired with status */
-  int cancelled; /* cancel() was called */
+  int cb_ref;      /* notice:on_free(fn) */
+  int fired;       /* 0 armed, 1 fired with status */
+  int cancelled;   /* cancel() was called */
   int status;
   uv_timer_t *timer; /* wait(ms) */
   lpp_pool_t *owner;
@@ -202,9 +202,9 @@ int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
 
 /* lpool.c */
 void lpp_pool_open(lua_State *L);
-int lpp_l_new(lua_State *L);   /* peerpool.new(opts) */
-int lpp_l_pools(lua_State *L); /* peerpool.pools() */
-int lpp_l_options(lua_State *L); /* peerpool.options() */
+int lpp_l_new(lua_State *L);          /* peerpool.new(opts) */
+int lpp_l_pools(lua_State *L);        /* peerpool.pools() */
+int lpp_l_options(lua_State *L);      /* peerpool.options() */
 int lpp_l_stats_fields(lua_State *L); /* peerpool.stats_fields() */
 /* The pool userdata's struct of an engine pool, or NULL once it is gone (or shutting down). */
 lpp_pool_t *lpp_pool_of(pp_pool_t *pool);

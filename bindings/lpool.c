@@ -13,7 +13,7 @@ typedef struct {
   /* pool:close{ drain_ms = N }: who hears how it ended (the engine's close callback) */
   int draining;
   int64_t drain_ms;
-  int cb_ref;      /* the close callback, or LUA_NOREF */
+  int cb_ref; /* the close callback, or LUA_NOREF */
 } pool_link_t;
 
 static const char pools_key = 'p'; /* weak table: lightuserdata(lpp_pool_t*) -> userdata */

@@ -51,9 +51,9 @@ extern "C" {
   XX(ENOREUSE, -30015, "not_reusable", "connection is not reusable (its peer is healthy)") \
   XX(ETOOLONG, -30016, "too_long", "reply or line over the receive limit")                 \
   XX(EEJECTED, -30017, "ejected", "peer is ejected for a cool-down")                       \
-  XX(ETLS, -30018, "tls", "TLS handshake or verification failed")                         \
-  XX(EDNS, -30019, "dns", "host name did not resolve")                                         \
-  XX(EREMOVED, -30020, "removed", "peer was removed or is draining") \
+  XX(ETLS, -30018, "tls", "TLS handshake or verification failed")                          \
+  XX(EDNS, -30019, "dns", "host name did not resolve")                                     \
+  XX(EREMOVED, -30020, "removed", "peer was removed or is draining")                       \
   XX(EFRAMING, -30021, "bad_reply", "reply does not parse under the conn's framing")       \
   XX(EPIPELINE, -30022, "pipeline_broken",                                                 \
      "an earlier request on the shared conn failed; reply order is lost")
@@ -213,9 +213,9 @@ const char *pp_framing_name(pp_framing_kind_t kind);
 typedef struct {
   pp_framing_t cfg;
   /* private */
-  size_t pos_;     /* resp: where the next element header starts; line: bytes scanned */
-  size_t scan_;    /* resp: bytes of the current header scanned for its CRLF */
-  int depth_;      /* resp: open aggregates */
+  size_t pos_;       /* resp: where the next element header starts; line: bytes scanned */
+  size_t scan_;      /* resp: bytes of the current header scanned for its CRLF */
+  int depth_;        /* resp: open aggregates */
   int64_t left_[64]; /* resp: elements still owed by each open aggregate */
 } pp_framer_t;
 
@@ -239,81 +239,80 @@ ssize_t pp_framer_next(pp_framer_t *fr, const char *buf, size_t len);
  * PP_MS_MAX (one year) bounds every duration: deadline arithmetic stays far from overflow.
  * How to add an option: docs/engine.md. */
 #define PP_MS_MAX ((int64_t)365 * 24 * 3600 * 1000)
-#define PP_OPTIONS_MAP(X)                                                                        \
-  X(int, max_per_peer, 4, 1, 1000000, "", "an integer in 1..1000000",                            \
-    "conns per peer, counting conns still connecting")                                           \
-  X(int, max_total, 256, 1, 10000000, "", "an integer in 1..10000000",                           \
-    "conns in the pool, counting conns still connecting")                                        \
-  X(int, client_limit, 1, 1, 65536, "", "an integer in 1..65536",                                \
-    "leases one conn carries at once (shared conns when > 1)")                                   \
-  X(int64_t, connect_timeout, 5000, 1, PP_MS_MAX, "ms",                                          \
-    "a positive number of ms (at most one year)", "per connect attempt")                         \
-  X(int, retries, 3, 0, 100, "", "an integer in 0..100",                                         \
-    "further attempts after the first, spaced by the backoff policy")                            \
-  X(int64_t, acquire_timeout, 30000, 0, PP_MS_MAX, "ms",                                         \
-    "a number of ms >= 0 (0 = no deadline)",                                                     \
-    "default deadline of an acquire (0 = none); per call: opts.timeout")                         \
-  X(int, backlog, 1024, 0, 10000000, "", "an integer in 0..10000000",                            \
-    "acquires allowed to wait behind capacity; a full queue answers exhausted at once (0 = "     \
-    "never wait; an acquire waiting for the conn dialled for it does not count)")                \
-  X(int64_t, idle_timeout, 300000, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",        \
-    "close conns idle this long (0 = never)")                                                    \
-  X(int64_t, max_lifespan, 3600000, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",       \
-    "close conns this old when their last lease ends (0 = never)")                               \
-  X(int, lifespan_jitter, 10, 0, 50, "%", "a percentage in 0..50",                               \
-    "each conn's lifespan is shortened by a random 0..jitter %, so conns opened together "       \
-    "expire apart")                                                                              \
-  X(int64_t, handshake_timeout, 5000, 1, PP_MS_MAX, "ms", "a positive number of ms",             \
-    "for the TLS handshake and the handshake hook together (and for a ping)")                    \
-  X(int64_t, max_address_age, 10800000, 0, PP_MS_MAX * 100, "ms",                                \
-    "a number of ms >= 0 (0 = no limit)",                                                        \
-    "peers whose last_seen is older are not dialled (0 = no limit)")                             \
-  X(int64_t, ping_after, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",               \
-    "with a ping hook: ping a conn idle this long before lending it (0 = never)")                \
-  X(int64_t, keepalive, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",                \
-    "with a ping hook: ping conns idle this long, checked this often (0 = never); a ping has "   \
-    "handshake_timeout to complete")                                                             \
-  X(int, target_peers, 0, 0, 1000000, "", "an integer in 0..1000000",                            \
+#define PP_OPTIONS_MAP(X)                                                                         \
+  X(int, max_per_peer, 4, 1, 1000000, "", "an integer in 1..1000000",                             \
+    "conns per peer, counting conns still connecting")                                            \
+  X(int, max_total, 256, 1, 10000000, "", "an integer in 1..10000000",                            \
+    "conns in the pool, counting conns still connecting")                                         \
+  X(int, client_limit, 1, 1, 65536, "", "an integer in 1..65536",                                 \
+    "leases one conn carries at once (shared conns when > 1)")                                    \
+  X(int64_t, connect_timeout, 5000, 1, PP_MS_MAX, "ms",                                           \
+    "a positive number of ms (at most one year)", "per connect attempt")                          \
+  X(int, retries, 3, 0, 100, "", "an integer in 0..100",                                          \
+    "further attempts after the first, spaced by the backoff policy")                             \
+  X(int64_t, acquire_timeout, 30000, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = no deadline)", \
+    "default deadline of an acquire (0 = none); per call: opts.timeout")                          \
+  X(int, backlog, 1024, 0, 10000000, "", "an integer in 0..10000000",                             \
+    "acquires allowed to wait behind capacity; a full queue answers exhausted at once (0 = "      \
+    "never wait; an acquire waiting for the conn dialled for it does not count)")                 \
+  X(int64_t, idle_timeout, 300000, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",         \
+    "close conns idle this long (0 = never)")                                                     \
+  X(int64_t, max_lifespan, 3600000, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",        \
+    "close conns this old when their last lease ends (0 = never)")                                \
+  X(int, lifespan_jitter, 10, 0, 50, "%", "a percentage in 0..50",                                \
+    "each conn's lifespan is shortened by a random 0..jitter %, so conns opened together "        \
+    "expire apart")                                                                               \
+  X(int64_t, handshake_timeout, 5000, 1, PP_MS_MAX, "ms", "a positive number of ms",              \
+    "for the TLS handshake and the handshake hook together (and for a ping)")                     \
+  X(int64_t, max_address_age, 10800000, 0, PP_MS_MAX * 100, "ms",                                 \
+    "a number of ms >= 0 (0 = no limit)",                                                         \
+    "peers whose last_seen is older are not dialled (0 = no limit)")                              \
+  X(int64_t, ping_after, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",                \
+    "with a ping hook: ping a conn idle this long before lending it (0 = never)")                 \
+  X(int64_t, keepalive, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = never)",                 \
+    "with a ping hook: ping conns idle this long, checked this often (0 = never); a ping has "    \
+    "handshake_timeout to complete")                                                              \
+  X(int, target_peers, 0, 0, 1000000, "", "an integer in 0..1000000",                             \
     "keep this many peers ready: a maintenance tick dials fresh peers and asks the seed hook "    \
-    "for addresses when none is left (0 = off; like a server, this keeps the loop alive until "  \
-    "the pool is closed)")                                                                       \
-  X(int64_t, maintenance_interval, 1000, 1, PP_MS_MAX, "ms", "a positive number of ms",          \
-    "between maintenance ticks")                                                                 \
-  X(int64_t, seed_interval, 10000, 0, PP_MS_MAX, "ms", "a number of ms >= 0",                    \
-    "at least this long between two seed hook calls")                                            \
-  X(int, eject_after, 5, 0, 1000000, "", "an integer >= 0 (0 = never)",                          \
-    "consecutive failures (failed connects and handshakes, failures in use: see pp_release) "    \
-    "that eject a peer for a cool-down (0 = never)")                                             \
-  X(int64_t, eject_time, 10000, 1, PP_MS_MAX, "ms", "a positive number of ms",                   \
-    "the first cool-down; doubles with each consecutive ejection (reset once the peer went "     \
-    "eject_time without a failure)")                                                             \
-  X(int64_t, eject_max, 300000, 1, PP_MS_MAX, "ms", "a number of ms >= eject_time",              \
-    "the longest cool-down")                                                                     \
-  X(int, eject_max_percent, 50, 0, 100, "%", "a percentage in 0..100",                           \
-    "at most this share of the peers that are not burned are ejected at once, never all of "     \
-    "them; a peer over the limit backs off for min(eject_time, 500 ms) instead")                 \
-  X(int64_t, probe_interval, 500, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = no probes)",     \
-    "an ejected or backing-off peer that once connected gets one probe (a connect attempt, "     \
-    "handshake included, not a lease) this often, so it serves again soon after it comes back " \
-    "(0 = no probes)")                                                                           \
-  X(int, keep_idle_bytes, 0, 0, 1, "flag", "0 or 1",                                             \
-    "keep bytes that arrive on an idle conn for its next holder (chatty P2P protocols) instead " \
-    "of closing it as a late reply")                                                             \
-  X(int64_t, leak_threshold, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = off)",             \
-    "a lease held longer is reported once (event leak), and again at its release (unleak); "     \
-    "checked every threshold/4 (10..1000) ms (0 = off)")                                        \
-  X(int64_t, dns_timeout, 2000, 1, 3600000, "ms", "a positive number of ms (at most one hour)",  \
-    "host names: one try of a query; a query tries twice per server (the second try waits "      \
-    "twice as long), so a name nobody answers fails after about 3 x this")                   \
-  X(int64_t, dns_ttl_min, 1000, 1, PP_MS_MAX, "ms", "a positive number of ms",                   \
-    "host names: an answer is re-resolved after its TTL, but not sooner (a failed query is "     \
-    "retried after this too)")                                                                   \
-  X(int64_t, dns_ttl_max, 300000, 1, PP_MS_MAX, "ms", "a number of ms >= dns_ttl_min",           \
-    "host names: ... and not later than this")                                                   \
-  X(int64_t, happy_eyeballs_delay, 250, 10, 10000, "ms", "a number of ms in 10..10000",          \
-    "between the starts of two connect attempts to a name's addresses (RFC 8305)")              \
-  X(int, min_idle, 0, 0, 1000000, "", "an integer in 0..max_per_peer",                           \
-    "conns each peer keeps open and idle, dialled in the background (as HikariCP's "             \
+    "for addresses when none is left (0 = off; like a server, this keeps the loop alive until "   \
+    "the pool is closed)")                                                                        \
+  X(int64_t, maintenance_interval, 1000, 1, PP_MS_MAX, "ms", "a positive number of ms",           \
+    "between maintenance ticks")                                                                  \
+  X(int64_t, seed_interval, 10000, 0, PP_MS_MAX, "ms", "a number of ms >= 0",                     \
+    "at least this long between two seed hook calls")                                             \
+  X(int, eject_after, 5, 0, 1000000, "", "an integer >= 0 (0 = never)",                           \
+    "consecutive failures (failed connects and handshakes, failures in use: see pp_release) "     \
+    "that eject a peer for a cool-down (0 = never)")                                              \
+  X(int64_t, eject_time, 10000, 1, PP_MS_MAX, "ms", "a positive number of ms",                    \
+    "the first cool-down; doubles with each consecutive ejection (reset once the peer went "      \
+    "eject_time without a failure)")                                                              \
+  X(int64_t, eject_max, 300000, 1, PP_MS_MAX, "ms", "a number of ms >= eject_time",               \
+    "the longest cool-down")                                                                      \
+  X(int, eject_max_percent, 50, 0, 100, "%", "a percentage in 0..100",                            \
+    "at most this share of the peers that are not burned are ejected at once, never all of "      \
+    "them; a peer over the limit backs off for min(eject_time, 500 ms) instead")                  \
+  X(int64_t, probe_interval, 500, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = no probes)",      \
+    "an ejected or backing-off peer that once connected gets one probe (a connect attempt, "      \
+    "handshake included, not a lease) this often, so it serves again soon after it comes back "   \
+    "(0 = no probes)")                                                                            \
+  X(int, keep_idle_bytes, 0, 0, 1, "flag", "0 or 1",                                              \
+    "keep bytes that arrive on an idle conn for its next holder (chatty P2P protocols) instead "  \
+    "of closing it as a late reply")                                                              \
+  X(int64_t, leak_threshold, 0, 0, PP_MS_MAX, "ms", "a number of ms >= 0 (0 = off)",              \
+    "a lease held longer is reported once (event leak), and again at its release (unleak); "      \
+    "checked every threshold/4 (10..1000) ms (0 = off)")                                          \
+  X(int64_t, dns_timeout, 2000, 1, 3600000, "ms", "a positive number of ms (at most one hour)",   \
+    "host names: one try of a query; a query tries twice per server (the second try waits "       \
+    "twice as long), so a name nobody answers fails after about 3 x this")                        \
+  X(int64_t, dns_ttl_min, 1000, 1, PP_MS_MAX, "ms", "a positive number of ms",                    \
+    "host names: an answer is re-resolved after its TTL, but not sooner (a failed query is "      \
+    "retried after this too)")                                                                    \
+  X(int64_t, dns_ttl_max, 300000, 1, PP_MS_MAX, "ms", "a number of ms >= dns_ttl_min",            \
+    "host names: ... and not later than this")                                                    \
+  X(int64_t, happy_eyeballs_delay, 250, 10, 10000, "ms", "a number of ms in 10..10000",           \
+    "between the starts of two connect attempts to a name's addresses (RFC 8305)")                \
+  X(int, min_idle, 0, 0, 1000000, "", "an integer in 0..max_per_peer",                            \
+    "conns each peer keeps open and idle, dialled in the background (as HikariCP's "              \
     "minimumIdle: idle_timeout closes idle conns only down to it); per peer: add_peer's tag")
 
 typedef struct {
@@ -363,18 +362,18 @@ const char *pp_peer_state_name(pp_peer_state_t state);
  * with PP_ENOREUSE. "dns": its address left its host name's DNS answer (closed once unleased).
  * "removed" / "drained": its peer was removed (pp_pool_remove_peer) or is draining
  * (pp_pool_drain_peer); conns a closing pool closes, gracefully or not, are "closed". */
-#define PP_CLOSE_REASON_MAP(XX)                                                                 \
-  XX(IDLE, "idle", "idle past idle_timeout")                                                    \
-  XX(LIFESPAN, "lifespan", "past its lifespan (max_lifespan)")                                  \
-  XX(BROKEN, "broken", "broken (an I/O error, a verdict blaming the peer, or unread bytes)")    \
-  XX(REMOTE, "remote", "the peer closed it")                                                    \
-  XX(PING, "ping", "its health ping failed")                                                    \
-  XX(EVICTED, "evicted", "evicted to make room under max_total")                                \
-  XX(EJECTED, "ejected", "its peer is ejected")                                                 \
-  XX(CLOSED, "closed", "the pool or its peer closed (burned, closing)")                         \
-  XX(DISCARDED, "discarded", "its holder discarded it (not reusable)")                          \
-  XX(DNS, "dns", "its address left its host name's DNS answer")                                 \
-  XX(REMOVED, "removed", "its peer was removed (remove_peer)")                                  \
+#define PP_CLOSE_REASON_MAP(XX)                                                              \
+  XX(IDLE, "idle", "idle past idle_timeout")                                                 \
+  XX(LIFESPAN, "lifespan", "past its lifespan (max_lifespan)")                               \
+  XX(BROKEN, "broken", "broken (an I/O error, a verdict blaming the peer, or unread bytes)") \
+  XX(REMOTE, "remote", "the peer closed it")                                                 \
+  XX(PING, "ping", "its health ping failed")                                                 \
+  XX(EVICTED, "evicted", "evicted to make room under max_total")                             \
+  XX(EJECTED, "ejected", "its peer is ejected")                                              \
+  XX(CLOSED, "closed", "the pool or its peer closed (burned, closing)")                      \
+  XX(DISCARDED, "discarded", "its holder discarded it (not reusable)")                       \
+  XX(DNS, "dns", "its address left its host name's DNS answer")                              \
+  XX(REMOVED, "removed", "its peer was removed (remove_peer)")                               \
   XX(DRAINED, "drained", "its peer is draining (drain)")
 
 typedef enum {
@@ -417,13 +416,13 @@ typedef struct {
   void *data;
 
   /* Pick the peer for an acquire that named none (and was not routed: see `route`), among
-   * `n` (1..PP_CANDIDATES_MAX) eligible candidates, a window that rotates through the pool: peers with a
-   * usable conn when `dialing` is 0, peers that may be dialled now when it is 1 (not burned,
+   * `n` (1..PP_CANDIDATES_MAX) eligible candidates, a window that rotates through the pool: peers
+   * with a usable conn when `dialing` is 0, peers that may be dialled now when it is 1 (not burned,
    * not ejected, not stale, not backing off, under max_per_peer). Because the window holds
-   * only such peers, and at most PP_CANDIDATES_MAX of them, this hook suits load balancing (least loaded,
-   * power of two choices), not key affinity: use `route` for that.
-   * `key` is the acquire's key (may be NULL). Return an index in [0, n), or -1 for the
-   * default (round robin). Any other value counts as a policy error and uses the default. */
+   * only such peers, and at most PP_CANDIDATES_MAX of them, this hook suits load balancing (least
+   * loaded, power of two choices), not key affinity: use `route` for that. `key` is the acquire's
+   * key (may be NULL). Return an index in [0, n), or -1 for the default (round robin). Any other
+   * value counts as a policy error and uses the default. */
   int (*select_peer)(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n, int dialing,
                      const char *key);
 
@@ -603,12 +602,12 @@ void pp_pool_on_event(pp_pool_t *pool, pp_event_cb cb, void *arg);
 #define PP_EXPLAIN_TEXT 200
 
 typedef struct {
-  uint64_t at;      /* loop ms */
-  const char *kind; /* "acquire", "wait", "fail", "conn_open", "conn_close", "eject",
-                       "burn", "probe", "recover", "leak", "dns", "warm" (min_idle dials),
-                       "remove", "drain", "close" (a graceful close) (static strings) */
-  pp_peer_t *peer;  /* NULL: no peer in particular */
-  uint64_t conn_id; /* 0: none */
+  uint64_t at;          /* loop ms */
+  const char *kind;     /* "acquire", "wait", "fail", "conn_open", "conn_close", "eject",
+                           "burn", "probe", "recover", "leak", "dns", "warm" (min_idle dials),
+                           "remove", "drain", "close" (a graceful close) (static strings) */
+  pp_peer_t *peer;      /* NULL: no peer in particular */
+  uint64_t conn_id;     /* 0: none */
   unsigned int repeats; /* more of the same folded into this entry: failures of an acquire with
                            the same code for the same peer, in a row (at, text: the last) */
   char text[PP_EXPLAIN_TEXT];
@@ -1115,54 +1114,55 @@ int pp_conn_ping_done(pp_conn_t *conn, int status);
 /* Every scalar stat, once: X(type, name, doc). pp_stats_t and the Lua stats() table derive
  * from it (peerpool.stats_fields() lists them for tools); a counter's name says what it counts
  * since the pool was created, a gauge is a count now. */
-#define PP_STATS_MAP(X)                                                                        \
-  X(int, conns, "gauge: conns open, connecting ones included")                                 \
-  X(int, idle, "gauge: conns idle, ready to lend")                                             \
-  X(int, active, "gauge: conns with at least one lease")                                       \
-  X(int, connecting, "gauge: conns connecting, handshaking or backing off")                    \
-  X(int, waiters, "gauge: acquires waiting")                                                   \
-  X(int, peers, "gauge: known peers")                                                          \
-  X(uint64_t, acquires, "calls to pp_acquire / pp_try_acquire that were accepted")             \
-  X(uint64_t, acquired_immediate, "granted an idle (or shareable) conn at once")               \
-  X(uint64_t, acquired_dialed, "granted the conn dialled for it")                              \
-  X(uint64_t, acquired_waited, "granted after queueing behind capacity")                       \
-  X(uint64_t, timed_out, "acquires that reached their deadline")                               \
-  X(uint64_t, busy, "acquires answered busy (busy = fail at capacity)")                        \
-  X(uint64_t, exhausted, "acquires refused because the backlog was full")                      \
-  X(uint64_t, canceled, "acquires canceled")                                                   \
-  X(uint64_t, cannot_connect, "acquires whose dial ran out of attempts")                       \
-  X(uint64_t, releases, "leases ended")                                                        \
-  X(uint64_t, released_broken, "leases ended with a verdict against the peer")                 \
-  X(uint64_t, connect_attempts, "connect attempts")                                            \
-  X(uint64_t, connects_ok, "connects that succeeded")                                          \
-  X(uint64_t, connects_failed, "connect attempts that failed")                                 \
-  X(double, connect_latency_ms_avg, "mean time of the successful connects, ms")                \
-  X(double, connect_latency_ms_max, "longest successful connect, ms")                          \
-  X(uint64_t, tls_full, "TLS handshakes completed without resuming a session")                 \
-  X(uint64_t, tls_resumed, "TLS handshakes completed by resuming a cached session")            \
-  X(uint64_t, tls_failed, "TLS handshakes (or conns later) that ended with PP_ETLS")           \
-  X(uint64_t, bytes_in, "bytes read")                                                          \
-  X(uint64_t, bytes_out, "bytes written")                                                      \
-  X(uint64_t, msgs_in, "reads")                                                                \
-  X(uint64_t, msgs_out, "writes")                                                              \
-  X(uint64_t, pings, "pings started")                                                          \
-  X(uint64_t, pings_failed, "pings that failed")                                               \
-  X(uint64_t, ejections, "peers ejected for a cool-down after consecutive failures")           \
-  X(uint64_t, ejections_refused,                                                               \
-    "ejections eject_max_percent refused (the peer backed off briefly instead)")               \
-  X(uint64_t, failed_fast,                                                                     \
-    "acquires answered at once because no peer could serve them (burned, ejected, backing "    \
-    "off, too old)")                                                                           \
-  X(uint64_t, probes, "probe connects of held peers")                                          \
-  X(uint64_t, probes_failed, "probe connects that failed")                                     \
-  X(uint64_t, seeds, "seed hook calls")                                                        \
-  X(uint64_t, policy_errors, "hook results the engine had to ignore")                         \
-  X(uint64_t, dns_queries, "host name lookups started (A and AAAA together count one)")       \
+#define PP_STATS_MAP(X)                                                                          \
+  X(int, conns, "gauge: conns open, connecting ones included")                                   \
+  X(int, idle, "gauge: conns idle, ready to lend")                                               \
+  X(int, active, "gauge: conns with at least one lease")                                         \
+  X(int, connecting, "gauge: conns connecting, handshaking or backing off")                      \
+  X(int, waiters, "gauge: acquires waiting")                                                     \
+  X(int, peers, "gauge: known peers")                                                            \
+  X(uint64_t, acquires, "calls to pp_acquire / pp_try_acquire that were accepted")               \
+  X(uint64_t, acquired_immediate, "granted an idle (or shareable) conn at once")                 \
+  X(uint64_t, acquired_dialed, "granted the conn dialled for it")                                \
+  X(uint64_t, acquired_waited, "granted after queueing behind capacity")                         \
+  X(uint64_t, timed_out, "acquires that reached their deadline")                                 \
+  X(uint64_t, busy, "acquires answered busy (busy = fail at capacity)")                          \
+  X(uint64_t, exhausted, "acquires refused because the backlog was full")                        \
+  X(uint64_t, canceled, "acquires canceled")                                                     \
+  X(uint64_t, cannot_connect, "acquires whose dial ran out of attempts")                         \
+  X(uint64_t, releases, "leases ended")                                                          \
+  X(uint64_t, released_broken, "leases ended with a verdict against the peer")                   \
+  X(uint64_t, connect_attempts, "connect attempts")                                              \
+  X(uint64_t, connects_ok, "connects that succeeded")                                            \
+  X(uint64_t, connects_failed, "connect attempts that failed")                                   \
+  X(double, connect_latency_ms_avg, "mean time of the successful connects, ms")                  \
+  X(double, connect_latency_ms_max, "longest successful connect, ms")                            \
+  X(uint64_t, tls_full, "TLS handshakes completed without resuming a session")                   \
+  X(uint64_t, tls_resumed, "TLS handshakes completed by resuming a cached session")              \
+  X(uint64_t, tls_failed, "TLS handshakes (or conns later) that ended with PP_ETLS")             \
+  X(uint64_t, bytes_in, "bytes read")                                                            \
+  X(uint64_t, bytes_out, "bytes written")                                                        \
+  X(uint64_t, msgs_in, "reads")                                                                  \
+  X(uint64_t, msgs_out, "writes")                                                                \
+  X(uint64_t, pings, "pings started")                                                            \
+  X(uint64_t, pings_failed, "pings that failed")                                                 \
+  X(uint64_t, ejections, "peers ejected for a cool-down after consecutive failures")             \
+  X(uint64_t, ejections_refused,                                                                 \
+    "ejections eject_max_percent refused (the peer backed off briefly instead)")                 \
+  X(uint64_t, failed_fast,                                                                       \
+    "acquires answered at once because no peer could serve them (burned, ejected, backing "      \
+    "off, too old)")                                                                             \
+  X(uint64_t, probes, "probe connects of held peers")                                            \
+  X(uint64_t, probes_failed, "probe connects that failed")                                       \
+  X(uint64_t, seeds, "seed hook calls")                                                          \
+  X(uint64_t, policy_errors, "hook results the engine had to ignore")                            \
+  X(uint64_t, dns_queries, "host name lookups started (A and AAAA together count one)")          \
   X(uint64_t, dns_failures, "host name lookups that failed (no such name, no address, timeout)") \
-  X(uint64_t, warm_dials, "dials started to keep min_idle conns idle")                        \
-  X(uint64_t, peers_removed, "pp_pool_remove_peer calls that removed a peer")                 \
-  X(uint64_t, peers_drained, "pp_pool_drain_peer calls that started a drain")                 \
-  X(uint64_t, leases_cut, "leases a pool close took from their holders (all of them for a "   \
+  X(uint64_t, warm_dials, "dials started to keep min_idle conns idle")                           \
+  X(uint64_t, peers_removed, "pp_pool_remove_peer calls that removed a peer")                    \
+  X(uint64_t, peers_drained, "pp_pool_drain_peer calls that started a drain")                    \
+  X(uint64_t, leases_cut,                                                                        \
+    "leases a pool close took from their holders (all of them for a "                            \
     "plain close, those still held when the drain ended for a graceful one)")
 
 /* Stats: the scalar ones above, and counts by peer state and by close reason. */

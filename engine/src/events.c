@@ -320,11 +320,10 @@ void pp__ev_probe(pp_peer_t *peer) {
 }
 
 void pp__ev_recover(pp_peer_t *peer) {
-  pp__explain(
-      peer->pool, "recover", peer, 0,
-      "%s recovered: its ejection ended (%s); %d consecutive failures so far", peer->addr,
-      peer->eject_until > pp_now() ? "it connected again" : "its cool-down passed",
-      peer->failures + peer->connect_failures);
+  pp__explain(peer->pool, "recover", peer, 0,
+              "%s recovered: its ejection ended (%s); %d consecutive failures so far", peer->addr,
+              peer->eject_until > pp_now() ? "it connected again" : "its cool-down passed",
+              peer->failures + peer->connect_failures);
 }
 
 void pp__ev_granted(pp_lease_t *lease, pp_conn_t *conn, bool dialed) {

@@ -207,13 +207,13 @@ struct pp_peer_s {
   int probing;                /* its conns that are probes */
   struct pp__dns_peer_s *dns; /* a host name's resolver state (dns.c); NULL: numeric or unix */
   /* warm.c: min_idle; drain.c: drain and removal */
-  int min_idle;           /* its own min_idle, -1: the pool's (see pp__warm_min) */
-  pp__link_t warm_link;   /* pool->warm_needy while it may have fewer idle conns than that */
-  int warm_streak;        /* its conns that ended unused in a row (see pp__warm_closed) */
-  uint64_t warm_hold;     /* loop ms before which no min_idle dial starts for it; 0: none */
-  bool draining;          /* takes no lease, closes conns at release (removed peers too) */
-  bool removed;           /* out of the table; freed once no conn and no callback needs it */
-  uint64_t removed_pass;  /* pool->defer_pass when it was removed */
+  int min_idle;          /* its own min_idle, -1: the pool's (see pp__warm_min) */
+  pp__link_t warm_link;  /* pool->warm_needy while it may have fewer idle conns than that */
+  int warm_streak;       /* its conns that ended unused in a row (see pp__warm_closed) */
+  uint64_t warm_hold;    /* loop ms before which no min_idle dial starts for it; 0: none */
+  bool draining;         /* takes no lease, closes conns at release (removed peers too) */
+  bool removed;          /* out of the table; freed once no conn and no callback needs it */
+  uint64_t removed_pass; /* pool->defer_pass when it was removed */
 };
 
 struct pp_pool_s {
@@ -291,16 +291,16 @@ struct pp_pool_s {
   struct pp__explain_s *explain; /* PP_EXPLAIN_MAX entries, allocated with the pool */
   struct pp__dns_pool_s *dns;    /* host names (dns.c) */
   /* warm.c: min_idle */
-  uv_timer_t warm_timer;  /* fills the needy peers; a pool handle */
-  bool warm_soon;         /* warm_timer is armed for the next tick */
-  pp__link_t warm_needy;  /* peers that may lack idle conns (their warm_link) */
-  pp__link_t warm_idle;   /* idle conns past idle_timeout kept for min_idle (their idle_link),
-                             oldest first; still counted idle and lendable */
+  uv_timer_t warm_timer; /* fills the needy peers; a pool handle */
+  bool warm_soon;        /* warm_timer is armed for the next tick */
+  pp__link_t warm_needy; /* peers that may lack idle conns (their warm_link) */
+  pp__link_t warm_idle;  /* idle conns past idle_timeout kept for min_idle (their idle_link),
+                            oldest first; still counted idle and lendable */
   /* drain.c: removal and graceful close */
-  pp__link_t removed_peers;  /* removed peers not yet freed (their order_link) */
-  uint64_t defer_pass;       /* deferred-callback passes run so far */
-  uv_timer_t drain_timer;    /* ends a graceful close (pp_pool_close_drain); a pool handle */
-  bool drain_closing;        /* a graceful close is letting leases finish */
+  pp__link_t removed_peers; /* removed peers not yet freed (their order_link) */
+  uint64_t defer_pass;      /* deferred-callback passes run so far */
+  uv_timer_t drain_timer;   /* ends a graceful close (pp_pool_close_drain); a pool handle */
+  bool drain_closing;       /* a graceful close is letting leases finish */
   /* pipeline.c: framing (kind NONE: conns do not pipeline), conns with requests to write,
    * requests whose callbacks wait for the check phase */
   pp_framing_t framing;

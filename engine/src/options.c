@@ -14,10 +14,10 @@ void pp_options_init(pp_options_t *o) {
 
 int pp_options_validate(const pp_options_t *o, const char **why) {
   if (why) *why = NULL;
-#define FAIL(msg)          \
-  do {                     \
-    if (why) *why = msg;   \
-    return PP_EINVAL;      \
+#define FAIL(msg)        \
+  do {                   \
+    if (why) *why = msg; \
+    return PP_EINVAL;    \
   } while (0)
   if (o == NULL) FAIL("options must not be NULL");
 #define RANGE(type, name, dflt, min, max, unit, rule, doc) \

@@ -99,8 +99,7 @@ static void warm_timer_cb(uv_timer_t *timer) {
 }
 
 int pp_peer_set_min_idle(pp_peer_t *peer, int min_idle) {
-  if (peer == NULL || min_idle < -1 || min_idle > peer->pool->opts.max_per_peer)
-    return PP_EINVAL;
+  if (peer == NULL || min_idle < -1 || min_idle > peer->pool->opts.max_per_peer) return PP_EINVAL;
   if (peer->pool->closing) return PP_ECLOSED;
   peer->min_idle = min_idle;
   pp__warm_check(peer);

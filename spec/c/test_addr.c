@@ -176,9 +176,9 @@ TEST(addr_hostname_malformed_refused) {
     memcpy(long_name + i * 4, "abc.", 4); /* 256 bytes */
   strcat(long_name, "x:1");
   const char *bad[] = {
-      "bad..name:80", ".lead:80",     "trail-.x:80", "-x.y:80", "spa ce:80",
-      "1.2.3.256:80", "1.2.3:80",     "999:80",      "x/y:80",  "caf\xc3\xa9.example:80",
-      long_label,     long_name,      "name:0",      "name:",   "name:65536",
+      "bad..name:80", ".lead:80", "trail-.x:80", "-x.y:80", "spa ce:80",
+      "1.2.3.256:80", "1.2.3:80", "999:80",      "x/y:80",  "caf\xc3\xa9.example:80",
+      long_label,     long_name,  "name:0",      "name:",   "name:65536",
       "UNIX:80",      "Unix.:80", /* would read back as a unix path */
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)

@@ -188,7 +188,7 @@ TEST(drain_peer_no_new_leases_conns_close_at_release) {
   ASSERT_OK(pp_release(&idle, 0));
   ASSERT_EQ(srv_client_conns(srv), 2);
   ASSERT_OK(CALL(pp_pool_drain_peer(pool, peer)));
-  ASSERT_EQ(srv_client_conns(srv), 1); /* the idle one closed now */
+  ASSERT_EQ(srv_client_conns(srv), 1);       /* the idle one closed now */
   ASSERT_OK(pp_pool_drain_peer(pool, peer)); /* again: nothing more */
   pp_lease_t l;
   test_rec_t r;

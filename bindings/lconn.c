@@ -551,7 +551,8 @@ static int l_receive(lua_State *L) {
 /* End the lease: status 0 gives the conn back; LPP_NOREUSE closes it without blaming the
  * peer; PP_EBROKEN (or a socket error) closes it as the peer's failure. A conn that may still
  * have a reply on its way — a receive waiting in another coroutine, one that timed out, unread
- * bytes — is never lent again: it is closed, without blame. */
+ * bytes — is never lent again: it is closed, without blame (except on a framed pool, where each
+ * reply goes to its own request whoever holds the conn). */
 static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   if (c->state != LPP_CONN_LEASED) return;
   int waiting = 0;
@@ -570,7 +571,7 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   int in_flight = !chatty && !framed &&
                   (c->unanswered || (c->lease.conn && pp_conn_write_queue_size(c->lease.conn) > 0));
   if (framed) lpp_req_detach_all(L, c);
-  if (status == 0 && (waiting || c->tainted || in_flight)) status = LPP_NOREUSE;
+  if (status == 0 && !framed && (waiting || c->tainted || in_flight)) status = LPP_NOREUSE;
   stop_reading(c, c->lease.conn);
   if (status == 0 && c->len > 0) {
     /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;
@@ -637,6 +638,13 @@ void lpp_hook_conn_done(lpp_conn_t *c, int ok) {
     pp_conn_ping_done(conn, status);
 }
 
+/* How to end a lease whose protocol state the program lost (an error left its scope, it was
+ * collected): closed, without blame. On a framed conn every reply goes to its own request, so
+ * the state is never the lease's: the conn stays with the leases sharing it. */
+static int unknown_state(lpp_conn_t *c) {
+  return c->owner->framed ? 0 : LPP_NOREUSE;
+}
+
 static void check_not_in_hook(lua_State *L, lpp_conn_t *c) {
   if (c->state == LPP_CONN_LEASED && c->owner->in_engine_call) luaL_error(L, LPP_IN_HOOK_ERROR);
 }
@@ -678,7 +686,7 @@ static int l_close_scope(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK) return 0;
   check_not_in_hook(L, c);
-  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : LPP_NOREUSE);
+  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : unknown_state(c));
   return 0;
 }
 
@@ -698,7 +706,7 @@ static int l_gc(lua_State *L) {
   stop_reading(c, lpp_conn_of(c)); /* e.g. a lease its pool's close detached */
   if (c->state == LPP_CONN_LEASED) {
     c->owner->leaked_leases++;
-    end_lease(L, c, LPP_NOREUSE); /* our program's leak, not the peer's failure */
+    end_lease(L, c, unknown_state(c)); /* our program's leak, not the peer's failure */
   }
   drop_buffer(c);
   return 0;

@@ -20,8 +20,8 @@ end
 
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
 -- end the lease whatever happens: released when fn returns, closed (the protocol state is
--- unknown; the peer is not blamed for the program's error) when fn raises, and the error is
--- raised again. Returns what
+-- unknown; the peer is not blamed for the program's error) when fn raises — released on a
+-- framed pool — and the error is raised again. Returns what
 -- fn returns, or nil, code, detail when the acquire fails.
 function pool_methods:with(peer, fn, opts)
   check_pool(self, "with", true)
@@ -39,7 +39,9 @@ function pool_methods:with(peer, fn, opts)
     conn:release()
     return unpack(res, 2, res.n)
   end
-  conn:close()
+  -- (on a framed pool the conn is shared and each reply finds its own request: the program's
+  -- error left no protocol state behind, and closing would fail the other leases' requests)
+  if self:_framed() then conn:release() else conn:close() end
   error(res[2], 0)
 end
 

@@ -723,7 +723,8 @@ static int keep_bytes(pp_conn_t *conn, const char *data, size_t len, bool front)
 /* Bytes of the stream (plaintext on a TLS conn) to the reader, or kept for one. */
 static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
   pp_pool_t *pool = conn->pool;
-  if (conn->pipe && pp__pipe_input(conn, data, (size_t)nread)) return; /* replies (pipeline.c) */
+  if (pool->framing.kind != PP_FRAMING_NONE && pp__pipe_input(conn, data, (size_t)nread))
+    return; /* replies (pipeline.c) */
   if (conn->leases == 0 && conn->phase == PP_CONN_READY && !pool->opts.keep_idle_bytes) {
     /* Nobody holds an idle conn, so its bytes are a late reply (or chatter) that would
      * reach the next holder ahead of its own reply: the conn is no longer clean. */

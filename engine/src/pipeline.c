@@ -313,9 +313,24 @@ static int buffer(pp__pipe_t *p, const char *data, size_t len) {
   return 0;
 }
 
+/* Bytes with no request waiting on a framed conn: a raw reader's (a hook or a C caller reading
+ * the stream itself), kept for one (not ready yet, or a chatty protocol), or else a reply nobody
+ * asked for. Kept, it would sit ahead of the next reply's bytes and, once the keep buffer
+ * filled, stop the conn reading with requests in flight: the conn closes instead. */
+static bool unasked(pp_conn_t *conn) {
+  if (conn->read_cb || conn->phase != PP_CONN_READY || conn->leases == 0 ||
+      conn->pool->opts.keep_idle_bytes)
+    return false; /* conn.c's rules (an idle conn's bytes close it there) */
+  if (conn->pipe) conn->pipe->fail_status = PP_EFRAMING;
+  conn->broken = true;
+  conn->last_error = PP_EFRAMING;
+  pp__conn_close(conn, PP_CLOSE_REMOTE);
+  return true;
+}
+
 bool pp__pipe_input(pp_conn_t *conn, const char *data, size_t len) {
   pp__pipe_t *p = conn->pipe;
-  if (p == NULL || (p->requests == 0 && p->len == 0)) return false;
+  if (p == NULL || (p->requests == 0 && p->len == 0)) return unasked(conn);
   if (p->len == 0) {
     /* The common case: whole replies straight from the read buffer, uncopied; only a reply
      * cut at the end of the read is copied, once, to wait for the rest. */

@@ -80,7 +80,7 @@ function Env:add(srv)
 end
 
 for _, name in ipairs { "echo", "echo_on", "line", "refused", "closer", "slow", "unix_echo",
-  "deaf" } do
+  "deaf", "ordered" } do
   Env[name] = function(self, ...) return self:add(servers[name](...)) end
 end
 

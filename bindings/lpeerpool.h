@@ -116,8 +116,13 @@ typedef struct lpp_conn_s {
   int send_self_ref;      /* keeps this object alive meanwhile */
   size_t send_len;        /* what that send returns */
   uv_timer_t *send_timer; /* io_timeout of that wait */
-  int want_kind;          /* 0 none, 'l' line, 'n' bytes, 'a' all */
+  int want_kind;          /* 0 none, 'l' line, 'n' bytes, 'a' all, 'u' up to delim, 'r' reply */
   size_t want_n;
+  const char *delim;      /* receive_until's delimiter (anchored in user value 3 meanwhile) */
+  size_t delim_len;
+  size_t dscanned;        /* unread bytes known to start no delimiter, in this receive_until */
+  int64_t send_ms, read_ms; /* conn:settimeouts; -1: the pool's io_timeout */
+  uint64_t reused;          /* leases of this conn before this one (conn:reused()) */
   int read_error;                   /* stream end/error seen, 0 = none */
   struct lpp_reader_s *reader;      /* set while the engine may call our reader (see lconn.c) */
   struct lpp_conn_s *wnext, *wprev; /* in the pool's list of timed receives */

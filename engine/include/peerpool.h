@@ -1000,6 +1000,8 @@ typedef struct {
   uint64_t msgs_out;  /* write requests completed */
   int64_t created_at; /* loop ms */
   int64_t expires_at; /* loop ms; 0 = no lifespan */
+  uint64_t leases;    /* leases granted over its life, the current ones included (a conn
+                         lent the first time has 1: OpenResty's getreusedtimes is leases - 1) */
 } pp_conn_info_t;
 void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info);
 

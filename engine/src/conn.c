@@ -609,6 +609,7 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
     uv_ref(&conn->h.handle);
   }
   peer->leases++;
+  conn->leases_total++;
   pp__list_push(&conn->lease_list, &lease->qlink_);
   lease->conn = conn;
   lease->peer = peer;
@@ -1243,4 +1244,5 @@ void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info) {
   info->msgs_out = conn->msgs_out;
   info->created_at = conn->created_at;
   info->expires_at = conn->expires_at;
+  info->leases = conn->leases_total;
 }

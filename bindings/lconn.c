@@ -24,8 +24,8 @@ pp_conn_t *lpp_conn_of(lpp_conn_t *c) {
 /* Push the error tuple for an acquire of `lease` that failed with `err`: nil, code, detail.
  * With busy, the detail is a notice armed for `peer`; otherwise the engine's one line of why
  * (pp_lease_describe: the peer's state, conns in use, waiters ahead, last error and when). */
-static int push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,
-                              int err) {
+int lpp_push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,
+                           int err) {
   if (err == PP_EBUSY) {
     lua_pushnil(L);
     lua_pushstring(L, pp_err_name(err));
@@ -94,7 +94,7 @@ static void on_acquired(pp_lease_t *lease, int status) {
       lua_rawgeti(co, LUA_REGISTRYINDEX, c->self_ref);
       n = 1;
     } else {
-      n = push_acquire_error(co, p, lease, NULL, status);
+      n = lpp_push_acquire_error(co, p, lease, NULL, status);
     }
     lpp_unref(L, &c->self_ref);
     lpp_resume(L, co, n, p);
@@ -107,7 +107,7 @@ static void on_acquired(pp_lease_t *lease, int status) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref);
     lua_pushnil(L);
   } else {
-    int n = push_acquire_error(L, p, lease, NULL, status);
+    int n = lpp_push_acquire_error(L, p, lease, NULL, status);
     /* (nil, code, detail) -> (code, nil, detail) */
     lua_remove(L, -n);
     lua_pushnil(L);
@@ -150,7 +150,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
       granted(c);
       return 1;
     }
-    if (err != PP_EAGAIN) return push_acquire_error(L, p, &c->lease, peer, err);
+    if (err != PP_EAGAIN) return lpp_push_acquire_error(L, p, &c->lease, peer, err);
   }
   /* Anchor first, then register with the engine: an anchor that fails (out of memory) must
    * not leave the engine pointing at an object the collector may free. */
@@ -169,7 +169,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     else
       lpp_wait_cancel(L, &c->wait);
     lpp_unref(L, &c->self_ref);
-    return push_acquire_error(L, p, &c->lease, peer, err);
+    return lpp_push_acquire_error(L, p, &c->lease, peer, err);
   }
   c->state = LPP_CONN_PENDING;
   if (cb_idx) {

@@ -50,6 +50,8 @@ typedef struct lpp_state_s {
   void *alloc_ud;          /* the budget allocator's record (lsandbox.c) */
   struct lpp_req_s *free_reqs; /* requests kept for reuse (lrequest.c) */
   int nfree_reqs;
+  struct lpp_call_s *free_calls; /* pool:request's calls kept for reuse (lrequest.c) */
+  int nfree_calls;
 } lpp_state_t;
 
 /* A coroutine waiting inside the API, and which of its waits this is (lwait.c). */
@@ -89,6 +91,10 @@ typedef struct lpp_pool_s {
    * their deadlines come in start order, so one timer armed for the head serves them all. */
   struct lpp_conn_s *recv_head, *recv_tail;
   uv_timer_t *recv_timer;
+  /* pool:request's fast path (lrequest.c): its calls waiting for replies, oldest first (one
+   * io_timeout: deadlines in start order), and their one timer */
+  struct lpp_call_s *call_head, *call_tail;
+  uv_timer_t *call_timer;
   int book_fn_ref;
   int framed;      /* the pool has framing: send/receive go through requests (lrequest.c) */
   int framing_ref; /* framing = function(buf): the function, or LUA_NOREF */
@@ -285,6 +291,13 @@ void lpp_req_timed_out(lpp_conn_t *c);
 void lpp_req_detach_all(lua_State *L, lpp_conn_t *c);
 /* Free the kept requests (at the state's end). */
 void lpp_req_free_all(lpp_state_t *st);
+/* pool:_request(peer, data): pool:request's fast path (lrequest.c), or false to take the
+ * general one (no conn lent at once, opts, a peer view). */
+int lpp_l_request_fast(lua_State *L);
+/* Push nil, code, detail for an acquire of `lease` that failed with `err` (lconn.c); with busy
+ * the detail is a notice armed for `peer`. Returns 3. */
+int lpp_push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,
+                           int err);
 /* lconn.c: the answer a receive waits for has come. */
 void lpp_receive_wake(lpp_conn_t *c);
 

@@ -426,6 +426,7 @@ static int close_pool(lua_State *L, lpp_pool_t *p);
 
 static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
   lpp_timer_drop(&p->recv_timer); /* waiting receives end with the conns' final reads */
+  lpp_timer_drop(&p->call_timer); /* pool:request's calls end with their requests' failure */
   lpp_timer_drop(&p->book_timer);
   lpp_unref(L, &p->book_fn_ref);
 }
@@ -1056,7 +1057,8 @@ static const luaL_Reg pool_methods[] = {
     {"peer", l_peer},         {"check", l_check},
     {"_restore", l_restore},  {"close", l_close},
     {"remove_peer", l_remove_peer}, {"drain", l_drain},
-    {"_closed", l_closed},    {"_framed", l_framed},    {NULL, NULL},
+    {"_closed", l_closed},    {"_framed", l_framed},    {"_request", lpp_l_request_fast},
+    {NULL, NULL},
 };
 
 void lpp_pool_open(lua_State *L) {

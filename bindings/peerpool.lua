@@ -67,7 +67,12 @@ end
 -- conn the request pipelines with the others. Needs a pool with `framing`. In a coroutine it
 -- returns the reply, or nil, code, detail; with a callback it returns true at once and calls
 -- callback(err, reply, detail) later (err nil on success). `opts` are acquire's.
+local request_fast = pool_methods._request
 function pool_methods:request(peer, data, opts, cb)
+  -- the fast path (lrequest.c): a coroutine's request without opts or callback, in one C call;
+  -- false: this general one (which also names bad arguments)
+  local reply, err, detail = request_fast(self, peer, data, opts, cb)
+  if reply ~= false then return reply, err, detail end
   check_pool(self, "request", true)
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
   if type(data) ~= "string" then
@@ -84,8 +89,8 @@ function pool_methods:request(peer, data, opts, cb)
   end
   if cb then
     M._spawn(function()
-      local reply, err, detail = request(self, peer, data, opts)
-      cb(err, reply, detail)
+      local r, e, d = request(self, peer, data, opts)
+      cb(e, r, d)
     end)
     return true
   end

@@ -119,6 +119,72 @@ describe("pipelining", function()
       assert.same({ nil, "cb\n" }, got)
     end))
 
+    it("times out (io_timeout), breaking the shared conn for the requests behind",
+      test(function(env)
+        local srv = env:slow(400)
+        local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1,
+          io_timeout = 100 }
+        pool:add_peer(srv.addr)
+        local codes = {}
+        in_parallel(6, function(i) -- 4 get a conn at once, 2 wait for one
+          local r, code = pool:request(srv.addr, "PING\n")
+          codes[i] = r or code
+        end)
+        local timeouts = 0
+        for i = 1, 6 do
+          assert.is_true(codes[i] == "timeout" or codes[i] == "pipeline_broken" or
+            codes[i] == "+SLOW\r\n", codes[i])
+          if codes[i] == "timeout" then timeouts = timeouts + 1 end
+        end
+        assert.is_true(timeouts >= 1)
+        assert.equal(0, pool:peer(srv.addr).failures)
+      end))
+
+    it("waits for a conn at client_limit and answers each caller its own reply",
+      test(function(env)
+        local srv = env:ordered()
+        local pool = env:pool { framing = "line", client_limit = 2, max_per_peer = 1 }
+        pool:add_peer(srv.addr)
+        local got = {}
+        in_parallel(10, function(i) got[i] = pool:request(srv.addr, ("ECHO r%d\n"):format(i)) end)
+        for i = 1, 10 do assert.equal(("r%d\r\n"):format(i), got[i]) end
+        local st = pool:stats()
+        assert.equal(1, st.conns)
+        assert.is_true(st.acquired_waited >= 1, "no request waited for a conn")
+        assert.equal(st.acquires, st.releases)
+      end))
+
+    it("a hand-resumed caller is owed nothing; the conn serves on", test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local first, second
+      local co = coroutine.create(function()
+        first = pool:request(srv.addr, "SLEEP 30\n") -- resumed by hand with "fake"
+        second = pool:request(srv.addr, "ECHO mine\n")
+      end)
+      assert(coroutine.resume(co))
+      assert(coroutine.resume(co, "fake"))
+      wait_until(function() return second end, 2000, "the second request")
+      assert.same({ "fake", "mine\r\n" }, { first, second })
+      wait_until(function() return pool:stats().active == 0 end, 2000, "the first lease to end")
+      assert.equal(1, pool:stats().conns)
+    end))
+
+    it("answers closed to the callers waiting when the pool closes", test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 1, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local codes = {}
+      for i = 1, 3 do -- one holds the conn, two wait for it
+        peerpool._spawn(function() codes[i] = select(2, pool:request(srv.addr, "SLEEP 200\n")) end)
+      end
+      H.ticks(3)
+      pool:close()
+      wait_until(function() return codes[1] and codes[2] and codes[3] end, 2000, "the answers")
+      assert.same({ "closed", "closed", "closed" }, codes)
+    end))
+
     it("raises on a pool without framing and names bad arguments", test(function(env)
       local pool = env:pool()
       assert.has_error(function() pool:request(nil, "x") end,

@@ -6,8 +6,11 @@
 
 #include "lpeerpool.h"
 
+const char lpp_conn_mt_key = 0;
+
 lpp_conn_t *lpp_check_conn(lua_State *L, int idx) {
-  lpp_conn_t *c = luaL_checkudata(L, idx, LPP_CONN);
+  lpp_conn_t *c = lpp_toudata(L, idx, &lpp_conn_mt_key);
+  if (c == NULL) c = luaL_checkudata(L, idx, LPP_CONN); /* raises, naming what it got */
   if (c->state == LPP_CONN_HOOK && c->hook_conn == NULL)
     luaL_error(L, "attempt to use a conn the pool took back from its hook");
   if (c->state != LPP_CONN_LEASED && c->state != LPP_CONN_HOOK)
@@ -128,7 +131,8 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
   memset(c, 0, sizeof(*c));
   c->self_ref = c->wait.co_ref = c->cb_ref = c->send_wait.co_ref = c->send_self_ref = LUA_NOREF;
   c->send_ms = c->read_ms = -1;
-  luaL_setmetatable(L, LPP_CONN);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &lpp_conn_mt_key);
+  lua_setmetatable(L, -2);
   c->owner = p;
   c->lease.data = c;
   lpp_leak_watch(L, p, c);
@@ -780,7 +784,8 @@ static void check_not_in_hook(lua_State *L, lpp_conn_t *c) {
 }
 
 static int l_release(lua_State *L) {
-  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  lpp_conn_t *c = lpp_toudata(L, 1, &lpp_conn_mt_key);
+  if (c == NULL) c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK)
     return luaL_error(L, "a hook's conn goes back to the pool when the hook returns");
   check_not_in_hook(L, c);
@@ -921,5 +926,5 @@ void lpp_conn_open(lua_State *L) {
     lua_pushcfunction(L, l_tostring);
     lua_setfield(L, -2, "__tostring");
   }
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_conn_mt_key);
 }

@@ -11,6 +11,21 @@
 
 #define LPP_POOL "peerpool.pool"
 #define LPP_CONN "peerpool.conn"
+
+/* The pool and conn metatables are also kept under these static keys: luaL_checkudata finds a
+ * metatable by name (a C string turned into a Lua string on every call, about 300
+ * instructions); on the acquire path one lua_rawgetp does. */
+extern const char lpp_pool_mt_key, lpp_conn_mt_key;
+
+/* The userdata at idx if its metatable is the one under `key`, else NULL (never raises). */
+static inline void *lpp_toudata(lua_State *L, int idx, const void *key) {
+  void *u = lua_touserdata(L, idx);
+  if (u == NULL || !lua_getmetatable(L, idx)) return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? u : NULL;
+}
 #define LPP_NOTICE "peerpool.notice"
 #define LPP_VIEW "peerpool.view"
 #define LPP_HOOK_RUN "peerpool.hook_run"

@@ -19,8 +19,11 @@ typedef struct {
 
 static const char pools_key = 'p'; /* weak table: lightuserdata(lpp_pool_t*) -> userdata */
 
+const char lpp_pool_mt_key = 0;
+
 lpp_pool_t *lpp_check_pool(lua_State *L, int idx) {
-  lpp_pool_t *p = luaL_checkudata(L, idx, LPP_POOL);
+  lpp_pool_t *p = lpp_toudata(L, idx, &lpp_pool_mt_key);
+  if (p == NULL) p = luaL_checkudata(L, idx, LPP_POOL); /* raises, naming what it got */
   if (p->pool == NULL) luaL_error(L, "attempt to use a closed pool");
   return p;
 }
@@ -1073,7 +1076,7 @@ void lpp_pool_open(lua_State *L) {
     lua_pushcfunction(L, l_tostring);
     lua_setfield(L, -2, "__tostring");
   }
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_pool_mt_key);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
   if (lua_isnil(L, -1)) {
     lua_newtable(L);

@@ -417,7 +417,7 @@ static void on_call_acquired(pp_lease_t *lease, int status) {
 }
 
 int lpp_l_request_fast(lua_State *L) {
-  lpp_pool_t *p = luaL_testudata(L, 1, LPP_POOL);
+  lpp_pool_t *p = lpp_toudata(L, 1, &lpp_pool_mt_key);
   int t = lua_type(L, 2);
   if (p == NULL || p->pool == NULL || p->in_engine_call || !p->framed ||
       lua_type(L, 3) != LUA_TSTRING || !lua_isnoneornil(L, 4) || !lua_isnoneornil(L, 5) ||

@@ -66,6 +66,9 @@ TEST(pipeline_replies_routed_in_order_across_leases) {
     ASSERT_MSG(t[k].matched, "request %d got another's reply", k);
   }
   ASSERT_EQ(pp_conn_requests(l[0].conn), 0);
+  pp_histogram_t h;
+  ASSERT_OK(pp_pool_histogram(pool, PP_HIST_REQUEST, &h));
+  ASSERT_EQ(h.count, NREQ); /* one request time per answered request */
   /* the 200 requests sent within one iteration left in one write */
   pp_conn_info_t info;
   pp_conn_info(l[0].conn, &info);

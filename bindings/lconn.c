@@ -6,8 +6,11 @@
 
 #include "lpeerpool.h"
 
+const char lpp_conn_mt_key = 0;
+
 lpp_conn_t *lpp_check_conn(lua_State *L, int idx) {
-  lpp_conn_t *c = luaL_checkudata(L, idx, LPP_CONN);
+  lpp_conn_t *c = lpp_toudata(L, idx, &lpp_conn_mt_key);
+  if (c == NULL) c = luaL_checkudata(L, idx, LPP_CONN); /* raises, naming what it got */
   if (c->state == LPP_CONN_HOOK && c->hook_conn == NULL)
     luaL_error(L, "attempt to use a conn the pool took back from its hook");
   if (c->state != LPP_CONN_LEASED && c->state != LPP_CONN_HOOK)
@@ -24,8 +27,8 @@ pp_conn_t *lpp_conn_of(lpp_conn_t *c) {
 /* Push the error tuple for an acquire of `lease` that failed with `err`: nil, code, detail.
  * With busy, the detail is a notice armed for `peer`; otherwise the engine's one line of why
  * (pp_lease_describe: the peer's state, conns in use, waiters ahead, last error and when). */
-static int push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,
-                              int err) {
+int lpp_push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,
+                           int err) {
   if (err == PP_EBUSY) {
     lua_pushnil(L);
     lua_pushstring(L, pp_err_name(err));
@@ -53,6 +56,9 @@ static void copy_addr(lpp_conn_t *c, pp_peer_t *peer) {
 static void granted(lpp_conn_t *c) {
   c->state = LPP_CONN_LEASED;
   copy_addr(c, c->lease.peer);
+  pp_conn_info_t info;
+  pp_conn_info(c->lease.conn, &info);
+  c->reused = info.leases - 1; /* now: a shared conn's count moves on with other leases */
 }
 
 static void on_acquired(pp_lease_t *lease, int status) {
@@ -91,7 +97,7 @@ static void on_acquired(pp_lease_t *lease, int status) {
       lua_rawgeti(co, LUA_REGISTRYINDEX, c->self_ref);
       n = 1;
     } else {
-      n = push_acquire_error(co, p, lease, NULL, status);
+      n = lpp_push_acquire_error(co, p, lease, NULL, status);
     }
     lpp_unref(L, &c->self_ref);
     lpp_resume(L, co, n, p);
@@ -104,7 +110,7 @@ static void on_acquired(pp_lease_t *lease, int status) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref);
     lua_pushnil(L);
   } else {
-    int n = push_acquire_error(L, p, lease, NULL, status);
+    int n = lpp_push_acquire_error(L, p, lease, NULL, status);
     /* (nil, code, detail) -> (code, nil, detail) */
     lua_remove(L, -n);
     lua_pushnil(L);
@@ -121,11 +127,13 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     return luaL_error(L,
                       "pool:acquire() without a callback must run inside a coroutine "
                       "(peerpool.run(fn), or a coroutine on the luv loop)");
-  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 2);
+  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 3); /* 3: receive_until's delimiter */
   int obj = lua_gettop(L);
   memset(c, 0, sizeof(*c));
   c->self_ref = c->wait.co_ref = c->cb_ref = c->send_wait.co_ref = c->send_self_ref = LUA_NOREF;
-  luaL_setmetatable(L, LPP_CONN);
+  c->send_ms = c->read_ms = -1;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &lpp_conn_mt_key);
+  lua_setmetatable(L, -2);
   c->owner = p;
   c->lease.data = c;
   lpp_leak_watch(L, p, c);
@@ -147,7 +155,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
       granted(c);
       return 1;
     }
-    if (err != PP_EAGAIN) return push_acquire_error(L, p, &c->lease, peer, err);
+    if (err != PP_EAGAIN) return lpp_push_acquire_error(L, p, &c->lease, peer, err);
   }
   /* Anchor first, then register with the engine: an anchor that fails (out of memory) must
    * not leave the engine pointing at an object the collector may free. */
@@ -166,7 +174,7 @@ int lpp_acquire(lua_State *L, lpp_pool_t *p, pp_peer_t *peer, const pp_acquire_o
     else
       lpp_wait_cancel(L, &c->wait);
     lpp_unref(L, &c->self_ref);
-    return push_acquire_error(L, p, &c->lease, peer, err);
+    return lpp_push_acquire_error(L, p, &c->lease, peer, err);
   }
   c->state = LPP_CONN_PENDING;
   if (cb_idx) {
@@ -198,6 +206,33 @@ static char *find_newline(lpp_conn_t *c) {
   char *nl = memchr(unread(c) + c->scanned, '\n', c->len - c->scanned);
   c->scanned = nl ? (size_t)(nl - unread(c)) : c->len;
   return nl;
+}
+
+/* The first `needle` in hay[0, n) (memmem is a GNU extension: memchr for its first byte). */
+static char *find_bytes(char *hay, size_t n, const char *needle, size_t nl) {
+  char *end = hay + n;
+  while ((size_t)(end - hay) >= nl) {
+    char *p = memchr(hay, needle[0], (size_t)(end - hay) - nl + 1);
+    if (p == NULL) return NULL;
+    if (memcmp(p + 1, needle + 1, nl - 1) == 0) return p;
+    hay = p + 1;
+  }
+  return NULL;
+}
+
+/* The start of the first delimiter (receive_until), or NULL. Each call scans only what the last
+ * one had not ruled out: the bytes that arrived since, plus the delimiter's length less one. */
+static char *find_delim(lpp_conn_t *c) {
+  size_t dl = c->delim_len;
+  if (c->len < dl) return NULL;
+  char *base = unread(c);
+  char *hit = find_bytes(base + c->dscanned, c->len - c->dscanned, c->delim, dl);
+  if (hit) {
+    c->dscanned = (size_t)(hit - base);
+    return hit;
+  }
+  c->dscanned = c->len - (dl - 1);
+  return NULL;
 }
 
 /* Append n bytes; 0, or UV_ENOMEM. */
@@ -235,6 +270,8 @@ static int too_long(lpp_conn_t *c) {
       return c->len >= max && c->scanned >= max;
     case 'a':
       return c->len > max;
+    case 'u': /* no delimiter starts within the first max bytes */
+      return c->dscanned > max;
     default:
       return 0;
   }
@@ -247,6 +284,8 @@ static int ready(lpp_conn_t *c) {
       return find_newline(c) != NULL;
     case 'n':
       return c->len >= c->want_n;
+    case 'u':
+      return find_delim(c) != NULL;
     case 'r': /* with framing: the oldest request's reply (lrequest.c) */
       return lpp_req_ready(c);
     default: /* 'a': everything, once the stream has ended */
@@ -270,6 +309,10 @@ static int take(lua_State *L, lpp_conn_t *c) {
     case 'n':
       n = c->want_n;
       lua_pushlstring(L, unread(c), n);
+      break;
+    case 'u': /* find_delim left dscanned at the delimiter, which is consumed too */
+      lua_pushlstring(L, unread(c), c->dscanned);
+      n = c->dscanned + c->delim_len;
       break;
     default:
       n = c->len;
@@ -298,7 +341,10 @@ static void finish_receive_unbudgeted(lpp_conn_t *c, int err);
 static int fail_too_long(lua_State *L, lpp_conn_t *c) {
   char msg[96];
   snprintf(msg, sizeof(msg), "no %s within max_receive (%zu bytes); conn closed",
-           c->want_kind == 'l' ? "end of line" : "end of stream", (size_t)c->owner->max_receive);
+           c->want_kind == 'l'   ? "end of line"
+           : c->want_kind == 'u' ? "delimiter"
+                                 : "end of stream",
+           (size_t)c->owner->max_receive);
   c->want_kind = 0;
   end_lease(L, c, LPP_NOREUSE);
   return lpp_push_error(L, PP_ETOOLONG, msg);
@@ -328,17 +374,40 @@ static void unlist_receive(lpp_conn_t *c) {
   c->deadline = 0;
 }
 
+/* In deadline order. With the pool's one io_timeout deadlines come in start order and this
+ * appends at once; a shorter per-conn or per-call timeout walks back past the later ones. */
 static void list_receive(lua_State *L, lpp_conn_t *c, int64_t ms) {
   lpp_pool_t *p = c->owner;
   c->deadline = pp_now() + (uint64_t)ms;
-  c->wprev = p->recv_tail;
-  c->wnext = NULL;
-  if (p->recv_tail)
-    p->recv_tail->wnext = c;
+  lpp_conn_t *after = p->recv_tail;
+  while (after && after->deadline > c->deadline)
+    after = after->wprev;
+  c->wprev = after;
+  c->wnext = after ? after->wnext : p->recv_head;
+  if (c->wnext)
+    c->wnext->wprev = c;
+  else
+    p->recv_tail = c;
+  if (after)
+    after->wnext = c;
   else
     p->recv_head = c;
-  p->recv_tail = c;
   if (p->recv_head == c) arm_recv_timer(L, p);
+}
+
+/* A receive's timeout: the call's, else the conn's (settimeouts), else the pool's io_timeout;
+ * 0 waits without one. */
+static int64_t read_timeout(lpp_conn_t *c, int64_t call_ms) {
+  if (call_ms >= 0) return call_ms;
+  return c->read_ms >= 0 ? c->read_ms : c->owner->io_timeout;
+}
+
+/* The optional timeout argument at idx: milliseconds >= 0, or -1 when absent. */
+static int64_t opt_timeout(lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return -1;
+  lua_Integer ms = luaL_checkinteger(L, idx);
+  luaL_argcheck(L, ms >= 0, idx, "timeout must be milliseconds >= 0");
+  return (int64_t)ms;
 }
 
 /* Nothing waits in receive any more: drop the anchors and the deadline. */
@@ -472,12 +541,17 @@ void lpp_receive_wake(lpp_conn_t *c) {
 }
 
 /* receive() on a conn of a pool with framing: the lease's next whole reply, in the order its
- * requests were sent. */
+ * requests were sent. receive(0) answers "" (as for any conn); receive(nil, ms) times out. */
 static int receive_reply(lua_State *L, lpp_conn_t *c) {
+  if (lua_type(L, 2) == LUA_TNUMBER && lua_tointeger(L, 2) == 0) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
   if (!lua_isnoneornil(L, 2))
     return luaL_argerror(L, 2,
                          "a pool with framing has no receive patterns: receive() returns the "
                          "next whole reply");
+  int64_t call_ms = opt_timeout(L, 3);
   c->want_kind = 'r';
   int n = take(L, c);
   if (n) {
@@ -493,40 +567,13 @@ static int receive_reply(lua_State *L, lpp_conn_t *c) {
   lua_pushvalue(L, 1);
   c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   c->want_kind = 'r';
-  int64_t ms = c->owner->io_timeout;
+  int64_t ms = read_timeout(c, call_ms);
   if (ms > 0) list_receive(L, c, ms);
   return lpp_wait_yield(L, c->owner->st, 1, &c->wait);
 }
 
-static int l_receive(lua_State *L) {
-  lpp_conn_t *c = lpp_check_conn(L, 1);
-  /* a waiter whose coroutine was closed or resumed by the program waits no more */
-  if (c->wait.co_ref != LUA_NOREF && !lpp_wait_active(L, &c->wait)) stop_waiting(L, c);
-  luaL_argcheck(L, c->wait.co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
-  if (c->owner->framed) return receive_reply(L, c);
-  c->want_kind = 'l';
-  if (lua_type(L, 2) == LUA_TNUMBER) {
-    lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
-    if (n == 0) {
-      lua_pushliteral(L, "");
-      return 1;
-    }
-    if (n > c->owner->max_receive) {
-      char msg[96];
-      snprintf(msg, sizeof(msg), "%lld bytes is over the pool's max_receive (%lld)", (long long)n,
-               (long long)c->owner->max_receive);
-      return lpp_push_error(L, PP_ETOOLONG, msg);
-    }
-    c->want_kind = 'n';
-    c->want_n = (size_t)n;
-  } else if (!lua_isnoneornil(L, 2)) {
-    const char *pat = luaL_checkstring(L, 2);
-    if (*pat == '*') pat++;
-    luaL_argcheck(L, strcmp(pat, "l") == 0 || strcmp(pat, "a") == 0, 2,
-                  "pattern must be \"*l\", \"*a\" or a byte count");
-    c->want_kind = pat[0];
-  }
+/* The wanted pattern is set: answer from the buffer, or wait in the coroutine for more. */
+static int receive_wanted(lua_State *L, lpp_conn_t *c, int64_t call_ms) {
   if (take(L, c)) return 1;
   if (c->read_error) return push_receive_end(L, c, c->read_error);
   if (too_long(c)) return fail_too_long(L, c);
@@ -542,9 +589,95 @@ static int l_receive(lua_State *L) {
     stop_waiting(L, c);
     return push_receive_end(L, c, err);
   }
-  int64_t ms = c->owner->io_timeout;
+  int64_t ms = read_timeout(c, call_ms);
   if (ms > 0) list_receive(L, c, ms);
   return lpp_wait_yield(L, c->owner->st, 1, &c->wait);
+}
+
+/* The conn's receive may start: no other waits (one whose coroutine was closed or resumed by
+ * the program waits no more). */
+static lpp_conn_t *check_receive(lua_State *L) {
+  lpp_conn_t *c = lpp_check_conn(L, 1);
+  if (c->wait.co_ref != LUA_NOREF && !lpp_wait_active(L, &c->wait)) stop_waiting(L, c);
+  luaL_argcheck(L, c->wait.co_ref == LUA_NOREF, 1, "a receive is already waiting on this conn");
+  return c;
+}
+
+/* conn:receive([pattern [, timeout_ms]]) */
+static int l_receive(lua_State *L) {
+  lpp_conn_t *c = check_receive(L);
+  if (c->owner->framed) return receive_reply(L, c);
+  int64_t call_ms = opt_timeout(L, 3);
+  c->want_kind = 'l';
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
+    if (n == 0) {
+      c->want_kind = 0;
+      lua_pushliteral(L, "");
+      return 1;
+    }
+    if (n > c->owner->max_receive) {
+      char msg[96];
+      c->want_kind = 0;
+      snprintf(msg, sizeof(msg), "%lld bytes is over the pool's max_receive (%lld)", (long long)n,
+               (long long)c->owner->max_receive);
+      return lpp_push_error(L, PP_ETOOLONG, msg);
+    }
+    c->want_kind = 'n';
+    c->want_n = (size_t)n;
+  } else if (!lua_isnoneornil(L, 2)) {
+    const char *pat = luaL_checkstring(L, 2);
+    if (*pat == '*') pat++;
+    luaL_argcheck(L, strcmp(pat, "l") == 0 || strcmp(pat, "a") == 0, 2,
+                  "pattern must be \"*l\", \"*a\" or a byte count");
+    c->want_kind = pat[0];
+  }
+  return receive_wanted(L, c, call_ms);
+}
+
+/* conn:receive_until(delim [, timeout_ms]): the bytes before the next `delim` (which is read
+ * and dropped), within max_receive. Scans each byte about once however the data arrives. */
+static int l_receive_until(lua_State *L) {
+  lpp_conn_t *c = check_receive(L);
+  size_t dl;
+  const char *delim = luaL_checklstring(L, 2, &dl);
+  luaL_argcheck(L, dl > 0, 2, "delimiter must not be empty");
+  int64_t call_ms = opt_timeout(L, 3);
+  if (c->owner->framed)
+    return luaL_error(L, "conn:receive_until() is not available on a pool with framing "
+                         "(receive() returns each whole reply)");
+  lua_pushvalue(L, 2); /* the delimiter lives in user value 3 while we point into it */
+  lua_setiuservalue(L, 1, 3);
+  c->delim = delim;
+  c->delim_len = dl;
+  c->dscanned = 0;
+  c->want_kind = 'u';
+  return receive_wanted(L, c, call_ms);
+}
+
+/* conn:settimeouts(connect_ms, send_ms, read_ms): this lease's send and receive timeouts
+ * (nil: the pool's io_timeout; 0: none), as OpenResty's cosocket. connect_ms is accepted for
+ * code written for cosockets and has no effect: the conn was dialled before it was lent,
+ * under the pool's connect_timeout. */
+static int l_settimeouts(lua_State *L) {
+  lpp_conn_t *c = lpp_check_conn(L, 1);
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Integer ms = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, ms >= 0, 2, "timeout must be milliseconds >= 0");
+  }
+  int64_t send_ms = opt_timeout(L, 3), read_ms = opt_timeout(L, 4);
+  c->send_ms = send_ms;
+  c->read_ms = read_ms;
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* conn:reused(): how many leases this conn served before this one (0: a new conn). */
+static int l_reused(lua_State *L) {
+  lpp_conn_t *c = lpp_check_conn(L, 1);
+  lua_pushinteger(L, (lua_Integer)c->reused);
+  return 1;
 }
 
 /* ---- release --------------------------------------------------------------------------- */
@@ -552,7 +685,8 @@ static int l_receive(lua_State *L) {
 /* End the lease: status 0 gives the conn back; LPP_NOREUSE closes it without blaming the
  * peer; PP_EBROKEN (or a socket error) closes it as the peer's failure. A conn that may still
  * have a reply on its way — a receive waiting in another coroutine, one that timed out, unread
- * bytes — is never lent again: it is closed, without blame. */
+ * bytes — is never lent again: it is closed, without blame (except on a framed pool, where each
+ * reply goes to its own request whoever holds the conn). */
 static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   if (c->state != LPP_CONN_LEASED) return;
   int waiting = 0;
@@ -571,7 +705,7 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   int in_flight = !chatty && !framed &&
                   (c->unanswered || (c->lease.conn && pp_conn_write_queue_size(c->lease.conn) > 0));
   if (framed) lpp_req_detach_all(L, c);
-  if (status == 0 && (waiting || c->tainted || in_flight)) status = LPP_NOREUSE;
+  if (status == 0 && !framed && (waiting || c->tainted || in_flight)) status = LPP_NOREUSE;
   stop_reading(c, c->lease.conn);
   if (status == 0 && c->len > 0) {
     /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;
@@ -595,9 +729,10 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
 /* ---- conns lent to handshake/ping hooks -------------------------------------------------- */
 
 lpp_conn_t *lpp_push_hook_conn(lua_State *L, lpp_pool_t *p, pp_conn_t *conn, int kind) {
-  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 1);
+  lpp_conn_t *c = lua_newuserdatauv(L, sizeof(*c), 3);
   memset(c, 0, sizeof(*c));
   c->self_ref = c->wait.co_ref = c->cb_ref = c->send_wait.co_ref = c->send_self_ref = LUA_NOREF;
+  c->send_ms = c->read_ms = -1;
   luaL_setmetatable(L, LPP_CONN);
   c->owner = p;
   c->state = LPP_CONN_HOOK;
@@ -638,12 +773,20 @@ void lpp_hook_conn_done(lpp_conn_t *c, int ok) {
     pp_conn_ping_done(conn, status);
 }
 
+/* How to end a lease whose protocol state the program lost (an error left its scope, it was
+ * collected): closed, without blame. On a framed conn every reply goes to its own request, so
+ * the state is never the lease's: the conn stays with the leases sharing it. */
+static int unknown_state(lpp_conn_t *c) {
+  return c->owner->framed ? 0 : LPP_NOREUSE;
+}
+
 static void check_not_in_hook(lua_State *L, lpp_conn_t *c) {
   if (c->state == LPP_CONN_LEASED && c->owner->in_engine_call) luaL_error(L, LPP_IN_HOOK_ERROR);
 }
 
 static int l_release(lua_State *L) {
-  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
+  lpp_conn_t *c = lpp_toudata(L, 1, &lpp_conn_mt_key);
+  if (c == NULL) c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK)
     return luaL_error(L, "a hook's conn goes back to the pool when the hook returns");
   check_not_in_hook(L, c);
@@ -679,7 +822,7 @@ static int l_close_scope(lua_State *L) {
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   if (c->state == LPP_CONN_HOOK) return 0;
   check_not_in_hook(L, c);
-  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : LPP_NOREUSE);
+  end_lease(L, c, lua_isnoneornil(L, 2) ? 0 : unknown_state(c));
   return 0;
 }
 
@@ -699,7 +842,7 @@ static int l_gc(lua_State *L) {
   stop_reading(c, lpp_conn_of(c)); /* e.g. a lease its pool's close detached */
   if (c->state == LPP_CONN_LEASED) {
     c->owner->leaked_leases++;
-    end_lease(L, c, LPP_NOREUSE); /* our program's leak, not the peer's failure */
+    end_lease(L, c, unknown_state(c)); /* our program's leak, not the peer's failure */
   }
   drop_buffer(c);
   return 0;
@@ -757,8 +900,15 @@ static int l_address(lua_State *L) {
 }
 
 static const luaL_Reg conn_methods[] = {
-    {"send", lpp_l_send}, {"receive", l_receive}, {"release", l_release},
-    {"close", l_close},   {"alpn", l_alpn},       {"address", l_address},
+    {"send", lpp_l_send},
+    {"receive", l_receive},
+    {"receive_until", l_receive_until},
+    {"settimeouts", l_settimeouts},
+    {"reused", l_reused},
+    {"release", l_release},
+    {"close", l_close},
+    {"alpn", l_alpn},
+    {"address", l_address},
     {NULL, NULL},
 };
 
@@ -777,5 +927,5 @@ void lpp_conn_open(lua_State *L) {
     lua_pushcfunction(L, l_tostring);
     lua_setfield(L, -2, "__tostring");
   }
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_conn_mt_key);
 }

@@ -11,6 +11,21 @@
 
 #define LPP_POOL "peerpool.pool"
 #define LPP_CONN "peerpool.conn"
+
+/* The pool and conn metatables are also kept under these static keys: luaL_checkudata finds a
+ * metatable by name (a C string turned into a Lua string on every call, about 300
+ * instructions); on the acquire path one lua_rawgetp does. */
+extern const char lpp_pool_mt_key, lpp_conn_mt_key;
+
+/* The userdata at idx if its metatable is the one under `key`, else NULL (never raises). */
+static inline void *lpp_toudata(lua_State *L, int idx, const void *key) {
+  void *u = lua_touserdata(L, idx);
+  if (u == NULL || !lua_getmetatable(L, idx)) return NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
+  int same = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return same ? u : NULL;
+}
 #define LPP_NOTICE "peerpool.notice"
 #define LPP_VIEW "peerpool.view"
 #define LPP_HOOK_RUN "peerpool.hook_run"
@@ -50,13 +65,16 @@ typedef struct lpp_state_s {
   void *alloc_ud;              /* the budget allocator's record (lsandbox.c) */
   struct lpp_req_s *free_reqs; /* requests kept for reuse (lrequest.c) */
   int nfree_reqs;
+  struct lpp_call_s *free_calls; /* pool:request's calls kept for reuse (lrequest.c) */
+  int nfree_calls;
 } lpp_state_t;
 
 /* A coroutine waiting inside the API, and which of its waits this is (lwait.c). */
 typedef struct {
-  int co_ref;     /* the coroutine, or LUA_NOREF */
-  lua_State *co;  /* the same, while co_ref anchors it */
-  lua_Integer id; /* the wait's id while armed (yielded, not resumed since), else 0 */
+  int co_ref;      /* the coroutine, or LUA_NOREF */
+  lua_State *co;   /* the same, while co_ref anchors it */
+  lua_Integer id;  /* the wait's id once it yielded, else 0 */
+  const void *obj; /* the object its yielding frame holds (see lwait.c) */
 } lpp_wait_t;
 
 /* One per pool userdata. The engine pool outlives the userdata until its close callback. */
@@ -92,6 +110,10 @@ typedef struct lpp_pool_s {
    * their deadlines come in start order, so one timer armed for the head serves them all. */
   struct lpp_conn_s *recv_head, *recv_tail;
   uv_timer_t *recv_timer;
+  /* pool:request's fast path (lrequest.c): its calls waiting for replies, oldest first (one
+   * io_timeout: deadlines in start order), and their one timer */
+  struct lpp_call_s *call_head, *call_tail;
+  uv_timer_t *call_timer;
   int book_fn_ref;
   int framed;      /* the pool has framing: send/receive go through requests (lrequest.c) */
   int framing_ref; /* framing = function(buf): the function, or LUA_NOREF */
@@ -119,8 +141,13 @@ typedef struct lpp_conn_s {
   int send_self_ref;      /* keeps this object alive meanwhile */
   size_t send_len;        /* what that send returns */
   uv_timer_t *send_timer; /* io_timeout of that wait */
-  int want_kind;          /* 0 none, 'l' line, 'n' bytes, 'a' all */
+  int want_kind;          /* 0 none, 'l' line, 'n' bytes, 'a' all, 'u' up to delim, 'r' reply */
   size_t want_n;
+  const char *delim;      /* receive_until's delimiter (anchored in user value 3 meanwhile) */
+  size_t delim_len;
+  size_t dscanned;        /* unread bytes known to start no delimiter, in this receive_until */
+  int64_t send_ms, read_ms; /* conn:settimeouts; -1: the pool's io_timeout */
+  uint64_t reused;          /* leases of this conn before this one (conn:reused()) */
   int read_error;                   /* stream end/error seen, 0 = none */
   struct lpp_reader_s *reader;      /* set while the engine may call our reader (see lconn.c) */
   struct lpp_conn_s *wnext, *wprev; /* in the pool's list of timed receives */
@@ -151,9 +178,9 @@ typedef struct {
 } lpp_notice_t;
 
 /* lwait.c: a coroutine waits in the API with lpp_wait_begin (anchors it; may raise) and
- * `return lpp_wait_yield(L, st, obj, w)` (arms the wait and yields; `obj` is the stack index of
- * the userdata holding w, kept alive by the yielding frame), or lpp_wait_cancel if it cannot
- * wait after all. An answer takes it with lpp_wait_take: the coroutine (pushed on L, anchored
+ * `return lpp_wait_yield(L, st, obj, w)` (arms the wait and yields; `obj`, the stack index of
+ * the object waited on, stays on the yielding frame: alive, and part of the proof), or
+ * lpp_wait_cancel if it cannot wait after all. An answer takes it with lpp_wait_take: the coroutine (pushed on L, anchored
  * there) if it still waits in this wait, else NULL (the program resumed it by hand, or closed
  * it, or it never yielded: nobody takes the answer; still pop the pushed value).
  * lpp_wait_active: whether a wait is still owed its answer. */
@@ -283,6 +310,13 @@ void lpp_req_timed_out(lpp_conn_t *c);
 void lpp_req_detach_all(lua_State *L, lpp_conn_t *c);
 /* Free the kept requests (at the state's end). */
 void lpp_req_free_all(lpp_state_t *st);
+/* pool:_request(peer, data): pool:request's fast path (lrequest.c), or false to take the
+ * general one (no conn lent at once, opts, a peer view). */
+int lpp_l_request_fast(lua_State *L);
+/* Push nil, code, detail for an acquire of `lease` that failed with `err` (lconn.c); with busy
+ * the detail is a notice armed for `peer`. Returns 3. */
+int lpp_push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,
+                           int err);
 /* lconn.c: the answer a receive waits for has come. */
 void lpp_receive_wake(lpp_conn_t *c);
 

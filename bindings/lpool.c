@@ -18,8 +18,11 @@ typedef struct {
 
 static const char pools_key = 'p'; /* weak table: lightuserdata(lpp_pool_t*) -> userdata */
 
+const char lpp_pool_mt_key = 0;
+
 lpp_pool_t *lpp_check_pool(lua_State *L, int idx) {
-  lpp_pool_t *p = luaL_checkudata(L, idx, LPP_POOL);
+  lpp_pool_t *p = lpp_toudata(L, idx, &lpp_pool_mt_key);
+  if (p == NULL) p = luaL_checkudata(L, idx, LPP_POOL); /* raises, naming what it got */
   if (p->pool == NULL) luaL_error(L, "attempt to use a closed pool");
   return p;
 }
@@ -430,6 +433,7 @@ static int close_pool(lua_State *L, lpp_pool_t *p);
 
 static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
   lpp_timer_drop(&p->recv_timer); /* waiting receives end with the conns' final reads */
+  lpp_timer_drop(&p->call_timer); /* pool:request's calls end with their requests' failure */
   lpp_timer_drop(&p->book_timer);
   lpp_unref(L, &p->book_fn_ref);
 }
@@ -987,6 +991,7 @@ static const luaL_Reg pool_methods[] = {
     {"drain", l_drain},
     {"_closed", l_closed},
     {"_framed", l_framed},
+    {"_request", lpp_l_request_fast},
     {NULL, NULL},
 };
 
@@ -1002,7 +1007,7 @@ void lpp_pool_open(lua_State *L) {
     lua_pushcfunction(L, l_tostring);
     lua_setfield(L, -2, "__tostring");
   }
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_pool_mt_key);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
   if (lua_isnil(L, -1)) {
     lua_newtable(L);

@@ -147,6 +147,8 @@ static void req_free(lua_State *L, lpp_req_t *r) {
   st->nfree_reqs++;
 }
 
+static void free_calls(lpp_state_t *st);
+
 void lpp_req_free_all(lpp_state_t *st) {
   while (st->free_reqs) {
     lpp_req_t *r = st->free_reqs;
@@ -154,6 +156,7 @@ void lpp_req_free_all(lpp_state_t *st) {
     free(r);
   }
   st->nfree_reqs = 0;
+  free_calls(st);
 }
 
 static void on_reply(pp_request_t *req, int status, const char *reply, size_t len) {
@@ -252,4 +255,238 @@ void lpp_req_detach_all(lua_State *L, lpp_conn_t *c) {
     else
       r->c = NULL; /* the engine still owes its callback, which frees it */
   }
+}
+
+/* ---- pool:request's fast path ---------------------------------------------------------------
+ * A coroutine's pool:request(peer, data) without opts, when a conn is lent at once (on a shared
+ * conn under client_limit, nearly always): one C call takes the lease into a reused call
+ * struct, sends, waits, and resumes the coroutine with the reply pushed straight onto its stack
+ * once the lease is released. No conn object, no reply anchored in the registry, no method
+ * calls from Lua. Anything else (a wait for a conn, opts, a peer view, an error to explain)
+ * answers false and takes the general path in peerpool.lua. */
+
+#define FREE_CALLS_MAX 4096
+
+typedef struct lpp_call_s {
+  pp_lease_t lease;
+  pp_request_t req;
+  uv_buf_t buf;
+  lpp_pool_t *p;
+  lpp_wait_t wait;
+  int data_ref;                   /* the sent string, anchored until the engine is done */
+  uint64_t deadline;              /* io_timeout; 0: not listed */
+  struct lpp_call_s *next, *prev; /* the pool's timed calls; `next` on the free list too */
+} lpp_call_t;
+
+static void call_free(lua_State *L, lpp_call_t *k) {
+  lpp_state_t *st = k->p->st;
+  lpp_unref(L, &k->data_ref);
+  if (st->nfree_calls >= FREE_CALLS_MAX || st->shutting_down) {
+    free(k);
+    return;
+  }
+  k->next = st->free_calls;
+  st->free_calls = k;
+  st->nfree_calls++;
+}
+
+static void call_unlist(lpp_call_t *k) {
+  if (k->deadline == 0) return;
+  lpp_pool_t *p = k->p;
+  if (k->prev)
+    k->prev->next = k->next;
+  else
+    p->call_head = k->next;
+  if (k->next)
+    k->next->prev = k->prev;
+  else
+    p->call_tail = k->prev;
+  k->next = k->prev = NULL;
+  k->deadline = 0;
+}
+
+static void on_call_timeout(uv_timer_t *timer);
+
+static void arm_call_timer(lua_State *L, lpp_pool_t *p) {
+  if (p->call_head == NULL) return;
+  pp_timer_start_at(lpp_timer(L, p, &p->call_timer, p), on_call_timeout, p->call_head->deadline);
+}
+
+/* Past io_timeout: the request is aborted (the shared conn breaks, reply order being lost);
+ * its callback, later, resumes the caller with the timeout. */
+static void on_call_timeout(uv_timer_t *timer) {
+  lpp_pool_t *p = timer->data;
+  if (p == NULL) return;
+  uint64_t now = pp_now();
+  while (p->call_head && p->call_head->deadline <= now) {
+    lpp_call_t *k = p->call_head;
+    call_unlist(k);
+    pp_request_abort(&k->req, PP_ETIMEDOUT);
+  }
+  arm_call_timer(p->L, p);
+}
+
+static void on_call_reply(pp_request_t *req, int status, const char *reply, size_t len) {
+  lpp_call_t *k = req->data;
+  lpp_pool_t *p = k->p;
+  lua_State *L = p->st->L;
+  lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
+  call_unlist(k);
+  pp_release(&k->lease, 0); /* the reply is in: the conn owes this lease nothing more */
+  lua_State *co = p->st->shutting_down ? NULL : lpp_wait_take(L, &k->wait);
+  if (co == NULL) { /* closed, or resumed by the program, while it waited: nobody takes it */
+    if (!p->st->shutting_down) lua_pop(L, 1);
+    else lpp_unref(L, &k->wait.co_ref);
+    call_free(L, k);
+    lpp_budget_leave(outside);
+    return;
+  }
+  int n = 1;
+  if (status == 0) {
+    lua_pushlstring(co, reply, len); /* the reply's one copy, on the caller's stack */
+  } else {
+    int err = status == UV_EOF ? PP_ECLOSED : status;
+    const char *detail =
+        err == PP_ETIMEDOUT
+            ? "no reply within io_timeout; the shared conn was closed and the requests behind "
+              "this one fail with pipeline_broken"
+        : err == PP_EPIPELINE ? "an earlier request on this shared conn timed out or failed; "
+                                "the conn was closed and this request's reply is lost"
+        : err == PP_EFRAMING ? "a reply did not parse under the pool's framing; conn closed"
+                             : NULL;
+    n = lpp_push_error(co, err, detail);
+  }
+  call_free(L, k);
+  lpp_resume(L, co, n, p);
+  lua_pop(L, 1);
+  lpp_budget_leave(outside);
+}
+
+/* Send k's request on its lease's conn and start its io_timeout: 0, or the error. */
+static int call_send(lua_State *L, lpp_call_t *k) {
+  lpp_pool_t *p = k->p;
+  int err = pp_request_send(&k->req, k->lease.conn, &k->buf, 1, on_call_reply);
+  if (err) return err == UV_EOF ? PP_ECLOSED : err;
+  int64_t ms = p->io_timeout;
+  if (ms > 0) {
+    k->deadline = pp_now() + (uint64_t)ms;
+    k->prev = p->call_tail;
+    k->next = NULL;
+    if (p->call_tail)
+      p->call_tail->next = k;
+    else
+      p->call_head = k;
+    p->call_tail = k;
+    if (p->call_head == k) arm_call_timer(L, p);
+  }
+  return 0;
+}
+
+/* A conn for a call that had to wait: send (the caller is resumed by the reply), or resume the
+ * caller with why not. */
+static void on_call_acquired(pp_lease_t *lease, int status) {
+  lpp_call_t *k = lease->data;
+  lpp_pool_t *p = k->p;
+  lua_State *L = p->st->L;
+  int down = p->st->shutting_down;
+  if (status == 0) {
+    if (!down && lpp_wait_active(L, &k->wait)) {
+      status = call_send(L, k);
+      if (status == 0) return;
+    } else {
+      status = PP_ECLOSED; /* nobody waits for it any more */
+    }
+    pp_release(lease, 0);
+  }
+  lpp_budget_t *outside = lpp_budget_enter(NULL);
+  lua_State *co = down ? NULL : lpp_wait_take(L, &k->wait);
+  if (co == NULL) {
+    if (!down)
+      lua_pop(L, 1);
+    else
+      lpp_unref(L, &k->wait.co_ref);
+    call_free(L, k);
+    lpp_budget_leave(outside);
+    return;
+  }
+  int n = lpp_push_acquire_error(co, p, lease, NULL, status);
+  call_free(L, k);
+  lpp_resume(L, co, n, p);
+  lua_pop(L, 1);
+  lpp_budget_leave(outside);
+}
+
+int lpp_l_request_fast(lua_State *L) {
+  lpp_pool_t *p = lpp_toudata(L, 1, &lpp_pool_mt_key);
+  int t = lua_type(L, 2);
+  if (p == NULL || p->pool == NULL || p->in_engine_call || !p->framed ||
+      lua_type(L, 3) != LUA_TSTRING || !lua_isnoneornil(L, 4) || !lua_isnoneornil(L, 5) ||
+      (t != LUA_TNIL && t != LUA_TSTRING) || !lua_isyieldable(L)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  size_t len;
+  const char *data = lua_tolstring(L, 3, &len);
+  pp_peer_t *peer = NULL;
+  if (t == LUA_TSTRING && (peer = pp_pool_find_peer(p->pool, lua_tostring(L, 2))) == NULL) {
+    lua_pushboolean(L, 0); /* the general path explains */
+    return 1;
+  }
+  lpp_state_t *st = p->st;
+  /* Anchor first (these may raise: out of memory), then take the lease and hand the engine
+   * what it will point at. */
+  lua_pushvalue(L, 3); /* Lua strings never move: the engine writes from it */
+  int data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lpp_wait_t wait;
+  lpp_wait_begin(L, &wait);
+  lpp_call_t *k = st->free_calls;
+  if (k) {
+    st->free_calls = k->next;
+    st->nfree_calls--;
+  } else {
+    k = malloc(sizeof(*k));
+  }
+  int err = PP_EAGAIN;
+  if (k) {
+    memset(&k->lease, 0, sizeof(k->lease));
+    k->p = p;
+    k->data_ref = data_ref;
+    k->wait = wait;
+    k->deadline = 0;
+    k->next = k->prev = NULL;
+    k->lease.data = k->req.data = k;
+    k->buf = uv_buf_init((char *)data, (unsigned int)len);
+    err = pp_try_acquire(p->pool, &k->lease, peer, NULL);
+    /* No conn free now: wait for one here too (the acquire's callback sends). */
+    if (err == PP_EAGAIN && pp_acquire(p->pool, &k->lease, peer, NULL, on_call_acquired) == 0)
+      return lpp_wait_yield(L, st, 1, &k->wait);
+  }
+  if (err != 0) {
+    /* (k's lease is only written on success) */
+    lpp_wait_cancel(L, &wait);
+    lpp_unref(L, &data_ref);
+    if (k) {
+      k->data_ref = LUA_NOREF;
+      call_free(L, k);
+    }
+    lua_pushboolean(L, 0); /* the general path explains */
+    return 1;
+  }
+  err = call_send(L, k);
+  if (err) {
+    lpp_wait_cancel(L, &k->wait);
+    pp_release(&k->lease, 0);
+    call_free(L, k);
+    return lpp_push_error(L, err, NULL);
+  }
+  return lpp_wait_yield(L, st, 1, &k->wait);
+}
+
+static void free_calls(lpp_state_t *st) {
+  while (st->free_calls) {
+    lpp_call_t *k = st->free_calls;
+    st->free_calls = k->next;
+    free(k);
+  }
+  st->nfree_calls = 0;
 }

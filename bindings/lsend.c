@@ -185,7 +185,7 @@ int lpp_l_send(lua_State *L) {
   lpp_wait_begin(L, &c->send_wait);
   lua_pushvalue(L, 1);
   c->send_self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  int64_t ms = c->owner->io_timeout;
+  int64_t ms = c->send_ms >= 0 ? c->send_ms : c->owner->io_timeout;
   if (ms > 0) {
     pp_timer_start(lpp_timer(L, c->owner, &c->send_timer, c), on_send_timeout, (uint64_t)ms);
   }

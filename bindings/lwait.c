@@ -1,17 +1,14 @@
-/* A coroutine waiting inside the API (acquire, receive, send, notice:wait), and the proof that
- * an answer arriving later is still for it.
+/* A coroutine waiting inside the API (acquire, receive, send, notice:wait, close{drain_ms},
+ * pool:request), and the proof that an answer arriving later is still for it.
  *
  * The program may resume such a coroutine itself (its scheduler, a luv callback, a stray
- * coroutine.resume). It then runs on, and may wait again — in the API or elsewhere — before
+ * coroutine.resume). It then runs on, and may wait again -- in the API or elsewhere -- before
  * the first wait's answer arrives. Resuming it with that answer would hand one call's reply to
- * another. So each wait has an id, armed in its lpp_wait_t at the yield, and the yield's
- * continuation disarms it however the coroutine is resumed: an answer resumes the coroutine
- * only while its wait is still armed.
- *
- * No table: the continuation reaches the lpp_wait_t through its context pointer, and the
- * yielding frame keeps [the object holding it, the id] — the object stays alive for as long
- * as the coroutine may be resumed, and the id tells the continuation whether the lpp_wait_t
- * still holds this wait (an object may be waited on again once an answer took the old wait). */
+ * another. So each wait has an id, and the yielding C frame holds [the object, the id] as its
+ * whole stack: while the coroutine is suspended in that very yield, its stack reads exactly
+ * that (a suspended coroutine's stack is the frame it yielded from). Resumed by anyone, the
+ * frame is gone, and with it the proof. Nothing is written when the coroutine resumes, so the
+ * record holding the wait may go away at any time after its answer is taken. */
 #include "lpeerpool.h"
 
 void lpp_wait_begin(lua_State *L, lpp_wait_t *w) {
@@ -19,19 +16,13 @@ void lpp_wait_begin(lua_State *L, lpp_wait_t *w) {
   w->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* (may raise: nothing is armed yet) */
   w->co = L;
   w->id = 0;
+  w->obj = NULL;
 }
 
 void lpp_wait_cancel(lua_State *L, lpp_wait_t *w) {
   lpp_unref(L, &w->co_ref);
   w->co = NULL;
   w->id = 0;
-}
-
-static int wait_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  lpp_wait_t *w = (lpp_wait_t *)ctx;
-  if (w->id == lua_tointeger(L, 2)) w->id = 0; /* however it was resumed, it waits no more */
-  return lua_gettop(L) - 2;                    /* what the resumer passed */
 }
 
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w) {
@@ -45,14 +36,17 @@ int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w) {
   lua_settop(L, 2); /* the frame: [obj, id] */
   /* Armed last: an error raised anywhere between lpp_wait_begin and here leaves the wait
    * unarmed, so no answer can resume the coroutine wherever it went on to. */
+  w->obj = lua_topointer(L, 1);
   w->id = id;
-  return lua_yieldk(L, 0, (lua_KContext)w, wait_k);
+  return lua_yield(L, 0); /* resumed, the call returns what the resumer passed */
 }
 
-/* Whether `w` is still owed its answer: armed (yielded, not resumed since) and its coroutine
- * not closed. */
+/* Whether `w` is still owed its answer: its coroutine is suspended in this wait's yield. */
 static bool armed(const lpp_wait_t *w) {
-  return w->co_ref != LUA_NOREF && w->id != 0 && lua_status(w->co) == LUA_YIELD;
+  if (w->co_ref == LUA_NOREF || w->id == 0) return false;
+  lua_State *co = w->co;
+  return lua_status(co) == LUA_YIELD && lua_gettop(co) == 2 && lua_isinteger(co, 2) &&
+         lua_tointeger(co, 2) == w->id && lua_topointer(co, 1) == w->obj;
 }
 
 lua_State *lpp_wait_take(lua_State *L, lpp_wait_t *w) {

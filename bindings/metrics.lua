@@ -271,6 +271,11 @@ family(POOL, "peerpool_lease_hold_seconds", "histogram",
   {}, function(t, e)
     hist_samples(e, t.s.histograms and t.s.histograms.hold)
   end)
+family(POOL, "peerpool_request_duration_seconds", "histogram",
+  "Requests on framed (pipelined) conns, from the send to the read that brought the whole " ..
+  "reply; failed requests are not observed.", {}, function(t, e)
+    hist_samples(e, t.s.histograms and t.s.histograms.request)
+  end)
 by("peerpool_peers", "gauge", "Peers known to the pool, by state.", "peers_by_state", "state")
 MAPPED.peers = true -- the sum of peerpool_peers
 simple("peerpool_sent_bytes_total", "counter", "Bytes written to peers.", "bytes_out")

@@ -20,8 +20,8 @@ end
 
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
 -- end the lease whatever happens: released when fn returns, closed (the protocol state is
--- unknown; the peer is not blamed for the program's error) when fn raises, and the error is
--- raised again. Returns what
+-- unknown; the peer is not blamed for the program's error) when fn raises — released on a
+-- framed pool — and the error is raised again. Returns what
 -- fn returns, or nil, code, detail when the acquire fails.
 function pool_methods:with(peer, fn, opts)
   check_pool(self, "with", true)
@@ -39,7 +39,9 @@ function pool_methods:with(peer, fn, opts)
     conn:release()
     return unpack(res, 2, res.n)
   end
-  conn:close()
+  -- (on a framed pool the conn is shared and each reply finds its own request: the program's
+  -- error left no protocol state behind, and closing would fail the other leases' requests)
+  if self:_framed() then conn:release() else conn:close() end
   error(res[2], 0)
 end
 
@@ -65,7 +67,12 @@ end
 -- conn the request pipelines with the others. Needs a pool with `framing`. In a coroutine it
 -- returns the reply, or nil, code, detail; with a callback it returns true at once and calls
 -- callback(err, reply, detail) later (err nil on success). `opts` are acquire's.
+local request_fast = pool_methods._request
 function pool_methods:request(peer, data, opts, cb)
+  -- the fast path (lrequest.c): a coroutine's request without opts or callback, in one C call;
+  -- false: this general one (which also names bad arguments)
+  local reply, err, detail = request_fast(self, peer, data, opts, cb)
+  if reply ~= false then return reply, err, detail end
   check_pool(self, "request", true)
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
   if type(data) ~= "string" then
@@ -82,8 +89,8 @@ function pool_methods:request(peer, data, opts, cb)
   end
   if cb then
     M._spawn(function()
-      local reply, err, detail = request(self, peer, data, opts)
-      cb(err, reply, detail)
+      local r, e, d = request(self, peer, data, opts)
+      cb(e, r, d)
     end)
     return true
   end

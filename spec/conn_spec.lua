@@ -82,6 +82,18 @@ describe("peerpool.conn", function()
         assert.equal(0, pool:stats().conns) -- half a request went out: not lent again
       end))
 
+    it("waits no longer than the lease's send timeout (conn:settimeouts)", test(function(env)
+      local conn = setup(env, { io_timeout = 0, max_send_queue = 1024 * 1024 }, "deaf")
+      conn:settimeouts(nil, 100, nil) -- the pool waits forever (io_timeout 0), this lease not
+      local got
+      for _ = 1, 512 do
+        got = pack(conn:send(MB))
+        if not got[1] then break end
+      end
+      assert.same({ nil, "timeout" }, { got[1], got[2] })
+      conn:close()
+    end))
+
     it("with a callback: answers busy at once past max_send_queue, reports each write",
       test(function(env)
         local conn = setup(env, { max_send_queue = 64 * 1024 }, "deaf")
@@ -565,10 +577,127 @@ describe("peerpool.conn", function()
     end))
   end)
 
+  describe(":receive_until()", function()
+    it("returns the bytes before the delimiter and drops the delimiter", test(function(env)
+      local conn = setup(env)
+      conn:send("ECHO a--b----c\r\n")
+      assert.equal("a", conn:receive_until("--"))
+      assert.equal("b", conn:receive_until("--"))
+      assert.equal("", conn:receive_until("--"))
+      assert.equal("c", conn:receive())
+      conn:release()
+    end))
+
+    it("finds a delimiter split across reads", test(function(env)
+      local conn = setup(env)
+      conn:send("SPLIT\r\n") -- "hel", then "lo\r\n" 30 ms later
+      assert.equal("he", conn:receive_until("llo\r"))
+      assert.equal("", conn:receive())
+      conn:release()
+    end))
+
+    it("fails with too_long past max_receive and closes the conn", test(function(env)
+      local conn, pool, srv = setup(env, { max_receive = 1000 })
+      conn:send("BYTES 5000\r\n")
+      local got = pack(conn:receive_until("END"))
+      assert.same({ nil, "too_long" }, { got[1], got[2] })
+      assert.matches("no delimiter within max_receive (1000 bytes)", got[3], 1, true)
+      assert.is_false(conn:release())
+      assert.equal(0, pool:peer(srv.addr).failures)
+    end))
+
+    it("names a bad delimiter and refuses a framed pool", test(function(env)
+      local conn = setup(env)
+      assert.error_matches(function() conn:receive_until("") end, "delimiter must not be empty",
+        nil, true)
+      assert.error_matches(function() conn:receive_until() end, "string expected", nil, true)
+      conn:release()
+      local framed = setup(env, { framing = "line" }, "echo")
+      assert.error_matches(function() framed:receive_until("x") end,
+        "not available on a pool with framing", nil, true)
+      framed:release()
+    end))
+  end)
+
+  describe("timeouts", function()
+    it("conn:settimeouts(connect, send, read) sets this lease's read timeout", test(function(env)
+      local conn, pool = setup(env, { io_timeout = 10000 })
+      assert.equal(conn, conn:settimeouts(1000, 1000, 50))
+      conn:send("SILENT\r\n")
+      local t0 = uv.hrtime()
+      local got = pack(conn:receive())
+      assert.same({ nil, "timeout" }, { got[1], got[2] })
+      assert.is_true((uv.hrtime() - t0) / 1e6 < 5000, "the lease's 50 ms, not the pool's 10 s")
+      conn:release()
+      assert.equal(1, pool:stats().closed.discarded) -- a reply may be on its way: not lent again
+      local again = assert(pool:acquire())
+      again:send("SILENT\r\n") -- a per-call timeout
+      got = pack(again:receive(nil, 30))
+      assert.same({ nil, "timeout" }, { got[1], got[2] })
+      again:close()
+    end))
+
+    it("a shorter timeout fires before a longer one started earlier", test(function(env)
+      local srv = env:line()
+      local pool = env:pool { io_timeout = 10000 }
+      pool:add_peer(srv.addr)
+      local order = {}
+      for i, ms in ipairs { 3000, 40 } do
+        peerpool._spawn(function()
+          local conn = assert(pool:acquire(srv.addr))
+          conn:send("SILENT\r\n")
+          local _, err = conn:receive("*l", ms)
+          order[#order + 1] = i .. ":" .. tostring(err)
+          conn:close()
+        end)
+        H.ticks(1)
+      end
+      wait_until(function() return #order == 2 end, 8000, "both timeouts")
+      assert.same({ "2:timeout", "1:timeout" }, order)
+    end))
+
+    it("a per-call timeout on a framed conn breaks the pipeline as io_timeout does",
+      test(function(env)
+        local srv = env:slow(400)
+        local pool = env:pool { framing = "line" }
+        pool:add_peer(srv.addr)
+        local conn = assert(pool:acquire(srv.addr))
+        assert(conn:send("x\n"))
+        local got = pack(conn:receive(nil, 30))
+        assert.same({ nil, "timeout" }, { got[1], got[2] })
+        assert.same({ n = 1, "" }, pack(conn:receive(0)))
+        conn:release()
+      end))
+
+    it("names a bad timeout", test(function(env)
+      local conn = setup(env)
+      assert.error_matches(function() conn:settimeouts(nil, -1) end,
+        "timeout must be milliseconds >= 0", nil, true)
+      assert.error_matches(function() conn:receive("*l", "soon") end, "number expected", nil,
+        true)
+      conn:release()
+    end))
+  end)
+
+  describe(":reused()", function()
+    it("counts the leases the conn served before this one", test(function(env)
+      local conn, pool, srv = setup(env)
+      assert.equal(0, conn:reused())
+      conn:release()
+      for i = 1, 3 do
+        conn = assert(pool:acquire(srv.addr))
+        assert.equal(i, conn:reused())
+        conn:release()
+      end
+      assert.error_matches(function() conn:reused() end, RELEASED, nil, true)
+    end))
+  end)
+
   describe("methods", function()
     it("raise naming the conn when called on something else", test(function(env)
       local conn, pool = setup(env)
-      for _, name in ipairs { "send", "receive", "release", "close" } do
+      for _, name in ipairs { "send", "receive", "receive_until", "settimeouts", "reused",
+        "release", "close" } do
         local method = conn[name]
         assert.error_matches(function() method(pool, "x") end,
           "peerpool.conn expected, got peerpool.pool", nil, true, name)

@@ -63,6 +63,33 @@ describe("histograms", function()
     assert.is_true(h.p99 >= 0.016, "p99 " .. h.p99)
   end))
 
+  it("time each answered request on a framed pool, send to reply", test(function(env)
+    local srv = env:ordered()
+    local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1,
+      io_timeout = 5000 }
+    pool:add_peer(srv.addr)
+    assert.equal(0, pool:histogram("request").count)
+    for _ = 1, 3 do assert.equal("+WOKE\r\n", pool:request(srv.addr, "SLEEP 20\n")) end
+    local conn = assert(pool:acquire(srv.addr)) -- through a conn too
+    assert(conn:send("ECHO x\n"))
+    assert.equal("x\r\n", conn:receive())
+    conn:release()
+    local h = pool:histogram("request")
+    assert.equal(4, h.count)
+    assert.is_true(h.sum >= 0.06, "three 20 ms sleeps, sum " .. h.sum)
+    assert.is_true(h.p99 >= 0.016, "p99 " .. h.p99)
+    assert.equal(4, pool:stats().histograms.request.count)
+    local text = pool:metrics()
+    assert.truthy(text:find("# TYPE peerpool_request_duration_seconds histogram", 1, true))
+    assert.truthy(text:find("peerpool_request_duration_seconds_count 4\n", 1, true))
+    -- a failed request is not observed
+    local slow = env:slow(400)
+    local p2 = env:pool { framing = "line", io_timeout = 50 }
+    p2:add_peer(slow.addr)
+    assert.is_nil((p2:request(slow.addr, "x\n")))
+    assert.equal(0, p2:histogram("request").count)
+  end))
+
   it("appear in pool:metrics() as Prometheus histograms", test(function(env)
     local pool, srv = line_pool(env, {})
     for _ = 1, 3 do assert(pool:acquire(srv.addr)):release() end

@@ -119,6 +119,72 @@ describe("pipelining", function()
       assert.same({ nil, "cb\n" }, got)
     end))
 
+    it("times out (io_timeout), breaking the shared conn for the requests behind",
+      test(function(env)
+        local srv = env:slow(400)
+        local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1,
+          io_timeout = 100 }
+        pool:add_peer(srv.addr)
+        local codes = {}
+        in_parallel(6, function(i) -- 4 get a conn at once, 2 wait for one
+          local r, code = pool:request(srv.addr, "PING\n")
+          codes[i] = r or code
+        end)
+        local timeouts = 0
+        for i = 1, 6 do
+          assert.is_true(codes[i] == "timeout" or codes[i] == "pipeline_broken" or
+            codes[i] == "+SLOW\r\n", codes[i])
+          if codes[i] == "timeout" then timeouts = timeouts + 1 end
+        end
+        assert.is_true(timeouts >= 1)
+        assert.equal(0, pool:peer(srv.addr).failures)
+      end))
+
+    it("waits for a conn at client_limit and answers each caller its own reply",
+      test(function(env)
+        local srv = env:ordered()
+        local pool = env:pool { framing = "line", client_limit = 2, max_per_peer = 1 }
+        pool:add_peer(srv.addr)
+        local got = {}
+        in_parallel(10, function(i) got[i] = pool:request(srv.addr, ("ECHO r%d\n"):format(i)) end)
+        for i = 1, 10 do assert.equal(("r%d\r\n"):format(i), got[i]) end
+        local st = pool:stats()
+        assert.equal(1, st.conns)
+        assert.is_true(st.acquired_waited >= 1, "no request waited for a conn")
+        assert.equal(st.acquires, st.releases)
+      end))
+
+    it("a hand-resumed caller is owed nothing; the conn serves on", test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local first, second
+      local co = coroutine.create(function()
+        first = pool:request(srv.addr, "SLEEP 30\n") -- resumed by hand with "fake"
+        second = pool:request(srv.addr, "ECHO mine\n")
+      end)
+      assert(coroutine.resume(co))
+      assert(coroutine.resume(co, "fake"))
+      wait_until(function() return second end, 2000, "the second request")
+      assert.same({ "fake", "mine\r\n" }, { first, second })
+      wait_until(function() return pool:stats().active == 0 end, 2000, "the first lease to end")
+      assert.equal(1, pool:stats().conns)
+    end))
+
+    it("answers closed to the callers waiting when the pool closes", test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 1, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local codes = {}
+      for i = 1, 3 do -- one holds the conn, two wait for it
+        peerpool._spawn(function() codes[i] = select(2, pool:request(srv.addr, "SLEEP 200\n")) end)
+      end
+      H.ticks(3)
+      pool:close()
+      wait_until(function() return codes[1] and codes[2] and codes[3] end, 2000, "the answers")
+      assert.same({ "closed", "closed", "closed" }, codes)
+    end))
+
     it("raises on a pool without framing and names bad arguments", test(function(env)
       local pool = env:pool()
       assert.has_error(function() pool:request(nil, "x") end,
@@ -163,6 +229,207 @@ describe("pipelining", function()
         assert.equal(1, pool:stats().closed.broken + pool:stats().closed.remote)
       end))
     end
+  end)
+end)
+
+-- ---- adversarial: replies never reach the wrong lease ---------------------------------------
+
+describe("pipelining, adversarial", function()
+  it("a reply nobody asked for closes the conn (no stall behind kept bytes)", test(function(env)
+    local srv = env:ordered()
+    local pool = env:pool { framing = "line", client_limit = 4, io_timeout = 2000 }
+    pool:add_peer(srv.addr)
+    local conn = assert(pool:acquire(srv.addr))
+    -- one request, two replies: "a" now, "+WOKE" 30 ms later with no request waiting
+    assert(conn:send("ECHO a\nSLEEP 30\n"))
+    assert.equal("a\r\n", conn:receive())
+    wait_until(function() return pool:stats().closed.remote == 1 end, 2000,
+      "the conn to close on the reply nobody asked for")
+    local r = pack(conn:send("ECHO b\n"))
+    assert.same({ nil, "bad_reply" }, { r[1], r[2] })
+    conn:release()
+    assert.equal("c\r\n", pool:request(srv.addr, "ECHO c\n"))
+  end))
+
+  it("a lease released while its receive waits elsewhere leaves the shared conn to the others",
+    test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local a = assert(pool:acquire(srv.addr))
+      local b = assert(pool:acquire(srv.addr))
+      assert(a:send("SLEEP 100\n"))
+      assert(b:send("SLEEP 50\n"))
+      local b_got
+      peerpool._spawn(function() b_got = pack(b:receive()) end)
+      H.ticks(2)
+      b:release() -- from another coroutine, while b's receive waits
+      assert.equal("+WOKE\r\n", a:receive()) -- a's reply, on the conn b's release left alone
+      assert.equal("closed", b_got[2])
+      a:release()
+      local st = pool:stats()
+      assert.equal(1, st.conns)
+      assert.equal(0, st.closed.discarded + st.closed.broken + st.closed.remote)
+    end))
+
+  it("a lease collected with requests in flight leaves the shared conn to the others",
+    test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local a = assert(pool:acquire(srv.addr))
+      do
+        local b = assert(pool:acquire(srv.addr))
+        assert(b:send("SLEEP 20\n"))
+      end
+      assert(a:send("SLEEP 60\n"))
+      collectgarbage()
+      collectgarbage()
+      assert.equal("+WOKE\r\n", a:receive())
+      a:release()
+      assert.equal(1, pool:stats().leaked_leases)
+      assert.equal(0, pool:stats().closed.discarded)
+    end))
+
+  it("an error inside pool:with leaves the shared conn to the others", test(function(env)
+    local srv = env:ordered()
+    local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
+    pool:add_peer(srv.addr)
+    local a = assert(pool:acquire(srv.addr))
+    assert(a:send("SLEEP 50\n"))
+    local ok, err = pcall(pool.with, pool, srv.addr, function(conn)
+      assert(conn:send("ECHO x\n"))
+      error("the program's bug")
+    end)
+    assert.is_false(ok)
+    assert.matches("the program's bug", err)
+    assert.equal("+WOKE\r\n", a:receive())
+    a:release()
+    assert.equal(0, pool:stats().closed.discarded)
+  end))
+
+  it("a hand-resumed receive gets its own reply on its next receive", test(function(env)
+    local srv = env:ordered()
+    local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
+    pool:add_peer(srv.addr)
+    local a = assert(pool:acquire(srv.addr))
+    local b = assert(pool:acquire(srv.addr))
+    local got = {}
+    local co = coroutine.create(function()
+      assert(a:send("SLEEP 30\n"))
+      got[1] = a:receive() -- resumed by hand below with "fake"
+      got[2] = a:receive() -- its own reply
+    end)
+    assert(coroutine.resume(co))
+    assert(coroutine.resume(co, "fake"))
+    assert.equal("b\r\n", pool:request(srv.addr, "ECHO b\n"))
+    assert(b:send("ECHO bb\n"))
+    assert.equal("bb\r\n", b:receive())
+    wait_until(function() return got[2] end, 2000, "the second receive")
+    assert.same({ "fake", "+WOKE\r\n" }, got)
+    a:release()
+    b:release()
+  end))
+
+  for what, fn in pairs {
+    yields = function() coroutine.yield() end,
+    ["runs the collector"] = function(buf)
+      collectgarbage()
+      return buf:find("\n", 1, true)
+    end,
+  } do
+    it("a framer that " .. what .. " is contained", test(function(env)
+      local srv = env:echo()
+      local pool = env:pool { framing = fn, hook_budget = 10000 }
+      pool:add_peer(srv.addr)
+      local r = pack(pool:request(srv.addr, "x\n"))
+      if what == "yields" then
+        assert.equal("bad_reply", r[2])
+        assert.equal(1, pool:stats().hooks.framing.errors)
+      else
+        assert.equal("x\n", r[1])
+      end
+    end))
+  end
+
+  it("a reply over max_reply closes the conn; the pool carries on", test(function(env)
+    local srv = env:ordered()
+    local pool = env:pool { framing = { kind = "line", max_reply = 100 } }
+    pool:add_peer(srv.addr)
+    local r = pack(pool:request(srv.addr, "ECHO " .. ("y"):rep(200) .. "\n"))
+    assert.same({ nil, "too_long" }, { r[1], r[2] })
+    assert.equal("ok\r\n", pool:request(srv.addr, "ECHO ok\n"))
+    assert.equal(0, pool:peer(srv.addr).failures)
+  end))
+
+  describe("hooks on framed shared conns", function()
+    it("a handshake hook's request and reply go through the queue", test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 8, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      local said
+      assert(pool:load_policy { handshake = function(conn)
+        assert(conn:send("ECHO hello\n"))
+        said = conn:receive()
+        return said == "hello\r\n"
+      end })
+      local got = {}
+      in_parallel(8, function(i) got[i] = pool:request(srv.addr, "ECHO " .. i .. "\n") end)
+      for i = 1, 8 do assert.equal(i .. "\r\n", got[i]) end
+      assert.equal("hello\r\n", said)
+      assert.equal(1, pool:stats().connects_ok)
+    end))
+
+    it("a handshake hook that sends and returns leaves its reply to nobody", test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 8, max_per_peer = 1 }
+      pool:add_peer(srv.addr)
+      assert(pool:load_policy { handshake = function(conn)
+        assert(conn:send("SLEEP 30\n"))
+        return true
+      end })
+      assert.equal("mine\r\n", pool:request(srv.addr, "ECHO mine\n"))
+      assert.equal("again\r\n", pool:request(srv.addr, "ECHO again\n"))
+      assert.equal(1, pool:stats().connects_ok)
+    end))
+
+    it("a ping hook checks an idle framed conn through the queue", test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", client_limit = 8, max_per_peer = 1,
+        ping_after = 20 }
+      pool:add_peer(srv.addr)
+      local pongs = 0
+      assert(pool:load_policy { ping = function(conn)
+        assert(conn:send("PING\n"))
+        local ok = conn:receive() == "+PONG\r\n"
+        if ok then pongs = pongs + 1 end
+        return ok
+      end })
+      assert.equal("1\r\n", pool:request(srv.addr, "ECHO 1\n"))
+      H.sleep(40)
+      local got = {}
+      in_parallel(4, function(i) got[i] = pool:request(srv.addr, "ECHO " .. i .. "\n") end)
+      for i = 1, 4 do assert.equal(i .. "\r\n", got[i]) end
+      assert.equal(1, pool:stats().pings)
+      assert.equal(1, pongs)
+      assert.equal(1, pool:stats().connects_ok)
+    end))
+
+    it("a failed ping closes the framed conn; requests go to a new one", test(function(env)
+      local srv = env:ordered()
+      local pool = env:pool { framing = "line", max_per_peer = 1, ping_after = 20 }
+      pool:add_peer(srv.addr)
+      assert(pool:load_policy { ping = function(conn)
+        assert(conn:send("PING\n"))
+        conn:receive()
+        return false
+      end })
+      assert.equal("1\r\n", pool:request(srv.addr, "ECHO 1\n"))
+      H.sleep(40)
+      assert.equal("2\r\n", pool:request(srv.addr, "ECHO 2\n"))
+      assert.equal(1, pool:stats().pings_failed)
+      assert.equal(2, pool:stats().connects_ok)
+    end))
   end)
 end)
 

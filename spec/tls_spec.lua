@@ -114,6 +114,31 @@ describe("TLS", function()
     assert.equal(2, pool:stats().connects_ok)
   end))
 
+  it("pipelines framed requests from many leases over one TLS conn", test(function(env)
+    if skip_unless_env() then return end
+    local addr = redis_tls()
+    local pool = env:pool { tls = tls_opts(), framing = "resp", client_limit = 16,
+      max_per_peer = 1 }
+    assert(pool:add_peer(addr))
+    local big = ("0123456789abcdef"):rep(2048) -- replies over several TLS records
+    local done, bad = 0, 0
+    for i = 1, 16 do
+      require("peerpool")._spawn(function()
+        for k = 1, 30 do
+          local s = ("%d:%d:%s"):format(i, k, k % 10 == 0 and big or "")
+          local reply = pool:request(addr, ("*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n"):format(#s, s))
+          if reply ~= ("$%d\r\n%s\r\n"):format(#s, s) then bad = bad + 1 end
+        end
+        done = done + 1
+      end)
+    end
+    H.wait_until(function() return done == 16 end, 20000, "the requests")
+    assert.equal(0, bad)
+    local s = pool:stats()
+    assert.equal(1, s.connects_ok)
+    assert.equal(0, s.closed.broken + s.closed.discarded + s.closed.remote)
+  end))
+
   it("sends and receives megabytes through the layer, with send backpressure",
     test(function(env)
       if skip_unless_env() then return end

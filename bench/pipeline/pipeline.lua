@@ -1,6 +1,7 @@
 -- One client of the pipelining benchmark: PING through the Lua API against the redis-servers
 -- in --addrs, from --clients coroutines, --requests in all (alternating between the servers).
 --   --mode framed    framing = "resp", client_limit = 16, max_per_peer = 1 (2 shared conns)
+--   --mode conn      the framed pool through conns: acquire, send, receive, release
 --   --mode unshared  today's pool: client_limit = 1, max_per_peer = 16, send + receive("*l")
 -- Prints one line: "requests seconds cpu_seconds" (the process's CPU: user + system).
 local uv = require "luv"
@@ -11,7 +12,8 @@ for i = 1, #arg, 2 do opt[arg[i]:gsub("^%-%-", "")] = arg[i + 1] end
 local addrs = {}
 for a in opt.addrs:gmatch("[^,]+") do addrs[#addrs + 1] = a end
 local clients, total = tonumber(opt.clients), tonumber(opt.requests)
-local framed = opt.mode == "framed"
+local framed = opt.mode ~= "unshared"
+local by_conn = opt.mode == "conn"
 local pool = peerpool.new(framed and { framing = "resp", client_limit = 16, max_per_peer = 1 }
   or { client_limit = 1, max_per_peer = 16 })
 for _, a in ipairs(addrs) do pool:add_peer(a) end
@@ -24,7 +26,14 @@ local function client(i)
   for k = 1, per do
     local addr = addrs[(i + k) % #addrs + 1]
     local reply
-    if framed then
+    if by_conn then
+      local conn = pool:acquire(addr)
+      if conn then
+        conn:send(PING)
+        reply = conn:receive()
+        conn:release()
+      end
+    elseif framed then
       reply = pool:request(addr, PING)
     else
       local conn = pool:acquire(addr)

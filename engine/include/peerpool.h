@@ -1002,6 +1002,8 @@ typedef struct {
   uint64_t msgs_out;  /* write requests completed */
   int64_t created_at; /* loop ms */
   int64_t expires_at; /* loop ms; 0 = no lifespan */
+  uint64_t leases;    /* leases granted over its life, the current ones included (a conn
+                         lent the first time has 1: OpenResty's getreusedtimes is leases - 1) */
 } pp_conn_info_t;
 void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info);
 
@@ -1084,6 +1086,7 @@ struct pp_request_s {
   unsigned int nbufs_;
   int status_;
   pp__link_t link_; /* the conn's send queue, then its reply queue, then the pool's defer list */
+  uint64_t sent_ns_; /* uv_hrtime at pp_request_send (the request histogram) */
 };
 
 /* Send `bufs` on `conn` (held by a lease, or by a handshake/ping hook) as one request: its
@@ -1191,13 +1194,17 @@ void pp_pool_stats(const pp_pool_t *pool, pp_stats_t *stats);
  *                 cached loop time at the grant, the coarse monotonic clock at the release), so
  *                 it has about a loop tick of resolution (1..4 ms): holds shorter than that
  *                 count 0 or one tick. Leases detached by pool close are not observed.
+ *   request       a request on a framed conn (pp_request_send), from the call to the read that
+ *                 brought its whole reply (the replies of one read share its stamp); failed
+ *                 and aborted requests are not observed
  */
 #define PP_HIST_KIND_MAP(XX)       \
   XX(ACQUIRE_WAIT, "acquire_wait") \
   XX(CONNECT, "connect")           \
   XX(TLS, "tls")                   \
   XX(HANDSHAKE, "handshake")       \
-  XX(HOLD, "hold")
+  XX(HOLD, "hold")                 \
+  XX(REQUEST, "request")
 
 typedef enum {
 #define PP__HIST_ENUM(name, str) PP_HIST_##name,

@@ -636,6 +636,7 @@ void pp__conn_lease(pp_conn_t *conn, pp_lease_t *lease) {
     uv_ref(&conn->h.handle);
   }
   peer->leases++;
+  conn->leases_total++;
   pp__list_push(&conn->lease_list, &lease->qlink_);
   pp__conn_ref(conn); /* the lease's: dropped by pp__conn_released or the pool's close */
   lease->conn = conn;
@@ -764,7 +765,8 @@ static int keep_bytes(pp_conn_t *conn, const char *data, size_t len, bool front)
 /* Bytes of the stream (plaintext on a TLS conn) to the reader, or kept for one. */
 static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
   pp_pool_t *pool = conn->pool;
-  if (conn->pipe && pp__pipe_input(conn, data, (size_t)nread)) return; /* replies (pipeline.c) */
+  if (pool->framing.kind != PP_FRAMING_NONE && pp__pipe_input(conn, data, (size_t)nread))
+    return; /* replies (pipeline.c) */
   if (conn->leases == 0 && conn->phase == PP_CONN_READY && !pool->opts.keep_idle_bytes) {
     /* Nobody holds an idle conn, so its bytes are a late reply (or chatter) that would
      * reach the next holder ahead of its own reply: the conn is no longer clean. */
@@ -1270,4 +1272,5 @@ void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info) {
   info->msgs_out = conn->msgs_out;
   info->created_at = conn->created_at;
   info->expires_at = conn->expires_at;
+  info->leases = conn->leases_total;
 }

@@ -115,7 +115,8 @@ struct pp_conn_s {
   size_t kept_len;       /* bytes kept in `kept` */
   pp_read_cb read_cb;
   void *read_arg;
-  pp_lease_t *owner; /* the waiter this dial was started for (may be NULL) */
+  pp_lease_t *owner;     /* the waiter this dial was started for (may be NULL) */
+  uint64_t leases_total; /* leases granted over its life (pp_conn_info) */
   /* the rest */
   union {
     uv_handle_t handle;

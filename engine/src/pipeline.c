@@ -22,7 +22,17 @@ struct pp__pipe_s {
   pp__link_t flush_link; /* pool->flush_conns */
   char *buf;             /* a reply split across reads: its bytes so far (and any after it) */
   size_t off, len, cap;
+  uint64_t read_ns; /* uv_hrtime of the read being framed (the request histogram) */
 };
+
+/* The clock of the request histogram; compiled out with it (PP_NO_OBSERVE). */
+static inline uint64_t request_clock(void) {
+#ifdef PP_NO_OBSERVE
+  return 0;
+#else
+  return uv_hrtime();
+#endif
+}
 
 static pp__pipe_t *pipe_of(pp_conn_t *conn) {
   pp__pipe_t *p = conn->pipe;
@@ -64,6 +74,7 @@ int pp_request_send(pp_request_t *req, pp_conn_t *conn, const uv_buf_t bufs[], u
   req->bufs_ = bufs;
   req->nbufs_ = nbufs;
   req->status_ = 0;
+  req->sent_ns_ = request_clock();
   pp__list_push(&p->send_q, &req->link_);
   p->requests++;
   schedule_flush(p);
@@ -273,6 +284,8 @@ static bool route(pp__pipe_t *p, const char *reply, size_t len) {
   conn->msgs_in++;
   conn->peer->msgs_in++;
   conn->pool->stats.msgs_in++;
+  pp__hist_observe_us(conn->pool, PP_HIST_REQUEST,
+                      p->read_ns > req->sent_ns_ ? (p->read_ns - req->sent_ns_ + 500) / 1000 : 0);
   req->cb_(req, 0, reply, len); /* may send, release, close the conn: look again after */
   return conn->phase != PP_CONN_CLOSED && !conn->broken;
 }
@@ -313,9 +326,25 @@ static int buffer(pp__pipe_t *p, const char *data, size_t len) {
   return 0;
 }
 
+/* Bytes with no request waiting on a framed conn: a raw reader's (a hook or a C caller reading
+ * the stream itself), kept for one (not ready yet, or a chatty protocol), or else a reply nobody
+ * asked for. Kept, it would sit ahead of the next reply's bytes and, once the keep buffer
+ * filled, stop the conn reading with requests in flight: the conn closes instead. */
+static bool unasked(pp_conn_t *conn) {
+  if (conn->read_cb || conn->phase != PP_CONN_READY || conn->leases == 0 ||
+      conn->pool->opts.keep_idle_bytes)
+    return false; /* conn.c's rules (an idle conn's bytes close it there) */
+  if (conn->pipe) conn->pipe->fail_status = PP_EFRAMING;
+  conn->broken = true;
+  conn->last_error = PP_EFRAMING;
+  pp__conn_close(conn, PP_CLOSE_REMOTE);
+  return true;
+}
+
 bool pp__pipe_input(pp_conn_t *conn, const char *data, size_t len) {
   pp__pipe_t *p = conn->pipe;
-  if (p == NULL || (p->requests == 0 && p->len == 0)) return false;
+  if (p == NULL || (p->requests == 0 && p->len == 0)) return unasked(conn);
+  p->read_ns = request_clock(); /* one stamp for every reply this read completes */
   if (p->len == 0) {
     /* The common case: whole replies straight from the read buffer, uncopied; only a reply
      * cut at the end of the read is copied, once, to wait for the rest. */

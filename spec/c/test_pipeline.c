@@ -66,6 +66,9 @@ TEST(pipeline_replies_routed_in_order_across_leases) {
     ASSERT_MSG(t[k].matched, "request %d got another's reply", k);
   }
   ASSERT_EQ(pp_conn_requests(l[0].conn), 0);
+  pp_histogram_t h;
+  ASSERT_OK(pp_pool_histogram(pool, PP_HIST_REQUEST, &h));
+  ASSERT_EQ(h.count, NREQ); /* one request time per answered request */
   /* the 200 requests sent within one iteration left in one write */
   pp_conn_info_t info;
   pp_conn_info(l[0].conn, &info);
@@ -165,6 +168,33 @@ TEST(pipeline_unasked_reply_closes_the_conn) {
   RUN_UNTIL(t.calls == 1, 2000);
   ASSERT_OK(t.status); /* "a1\n"; then "b1-2\n" answers nobody */
   RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 2000);
+  ASSERT_OK(pp_release(&l, 0));
+  test_finish_srv(pool, srv);
+}
+
+static void on_raw_written(pp_write_t *w, int status) {
+  *(int *)w->data = status == 0 ? 1 : status;
+}
+
+/* A reply in a read of its own while a lease holds the conn and no request waits: kept, it
+ * would sit ahead of the next replies and stall the conn once the keep buffer filled. */
+TEST(pipeline_unasked_reply_while_leased_closes_the_conn) {
+  srv_t *srv = srv_echo_start(NULL);
+  pp_peer_t *peer;
+  pp_pool_t *pool = line_pool(srv, 2, &peer);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  /* bytes written around the request queue: their echo answers no request */
+  pp_write_t w;
+  int written = 0;
+  w.data = &written;
+  uv_buf_t b = uv_buf_init((char *)"zz\n", 3);
+  ASSERT_OK(pp_conn_write(&w, l.conn, &b, 1, on_raw_written));
+  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 2000);
+  ASSERT_EQ(written, 1);
+  treq_t t;
+  ASSERT_EQ(pp_request_send(&t.req, l.conn, &b, 1, on_reply), PP_EFRAMING);
   ASSERT_OK(pp_release(&l, 0));
   test_finish_srv(pool, srv);
 }

@@ -84,7 +84,7 @@ function Env:add(srv)
 end
 
 for _, name in ipairs { "echo", "echo_on", "line", "refused", "closer", "hangup", "slow",
-  "unix_echo", "deaf" } do
+  "unix_echo", "deaf", "ordered" } do
   Env[name] = function(self, ...) return self:add(servers[name](...)) end
 end
 

@@ -8,6 +8,7 @@
 --   servers.refused()    a port where nothing listens (bound, not listening: ECONNREFUSED)
 --   servers.closer()     answers "par" to the first bytes of a conn and closes it (mid-use)
 --   servers.slow(ms)     answers each line with "+SLOW\r\n" after `ms`
+--   servers.ordered()    answers like line() (PING, ECHO, SLEEP), always in request order
 --   servers.blackhole()  a listener whose accept queue is full: connects hang (connect_timeout)
 --   servers.echo6()      the echo server on [::1] (nil, why when IPv6 is not available)
 --   servers.unix_echo()  the echo server on a unix socket (addr "unix:/tmp/...")
@@ -242,6 +243,41 @@ function M.line()
       else
         srv:write(client, "-ERR unknown command\r\n")
       end
+    end)
+  end)
+end
+
+-- Like line()'s PING, ECHO <text> and SLEEP <ms>, but every answer waits for the ones before
+-- it, as a server that pipelines must: a SLEEP holds back the answers to the lines after it.
+function M.ordered()
+  return listen(function(srv, client)
+    local queue, busy = {}, false
+    local function pump()
+      if busy or #queue == 0 then return end
+      local item = table.remove(queue, 1)
+      if item.ms == 0 then
+        srv:write(client, item.text)
+        return pump()
+      end
+      busy = true
+      srv:timer(item.ms, function()
+        busy = false
+        srv:write(client, item.text)
+        pump()
+      end)
+    end
+    line_reader(srv, client, function(line)
+      local cmd, arg = line:match("^(%S+)%s?(.*)$")
+      if cmd == "PING" then
+        queue[#queue + 1] = { ms = 0, text = "+PONG\r\n" }
+      elseif cmd == "ECHO" then
+        queue[#queue + 1] = { ms = 0, text = arg .. "\r\n" }
+      elseif cmd == "SLEEP" then
+        queue[#queue + 1] = { ms = tonumber(arg), text = "+WOKE\r\n" }
+      else
+        queue[#queue + 1] = { ms = 0, text = "-ERR unknown command\r\n" }
+      end
+      pump()
     end)
   end)
 end

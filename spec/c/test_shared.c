@@ -84,47 +84,54 @@ TEST(shared_release_one_keeps_the_conn) {
   fixture_end(&f);
 }
 
-/* Two holders of one shared conn; the first releases it with `status` (a reason to close
- * it): the other holder's reader sees the end, the conn is never lent again, releasing the
- * other lease is harmless, and the conn closes. Returns the reader's end status; the stats
- * are for the caller to check. */
-static ssize_t shared_release_closes_for_every_holder(fixture_t *f, int status) {
+/* How one holder's release ends a shared conn for every holder: the release status, what
+ * the other holder's reader sees at the end (0: any error), the close reason, and whether
+ * the release counts as broken and as the peer's failure. */
+typedef struct {
+  int status;
+  int reader_end;
+  pp_close_reason_t reason;
+  int broken, failures;
+} shared_close_row_t;
+
+/* Two holders of one shared conn; the first releases it with row->status: the other
+ * holder's reader sees the end, the conn is never lent again, releasing the other lease is
+ * harmless, the conn closes, and the counters are the row's. */
+static void shared_release_closes_for_every_holder(const shared_close_row_t *row) {
+  fixture_t f = shared_start(2, 1);
   pp_lease_t l[2];
   test_rec_t r[2];
-  test_acquire_n(f->pool, f->peer, l, r, 2);
+  test_acquire_n(f.pool, f.peer, l, r, 2);
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(l[1].conn, test_reader_cb, &rd));
-  ASSERT_OK(pp_release(&l[0], status));
+  ASSERT_OK(pp_release(&l[0], row->status));
   RUN_UNTIL(rd.ended == 1, 1000);
-  test_try_acquire_fails(f->pool, f->peer, PP_EAGAIN); /* never lent again */
+  if (row->reader_end != 0)
+    ASSERT_ERR(rd.end_status, row->reader_end);
+  else
+    ASSERT_LT(rd.end_status, 0);
+  test_try_acquire_fails(f.pool, f.peer, PP_EAGAIN); /* never lent again */
   ASSERT_ERR2(pp_release(&l[1], 0), 0, PP_ESTATE);
-  RUN_UNTIL(test_stats(f->pool).conns == 0, 2000);
+  RUN_UNTIL(test_stats(f.pool).conns == 0, 2000);
   ASSERT_EQ(rd.after_end, 0);
-  ssize_t end = rd.end_status;
+  pp_stats_t s = test_stats(f.pool);
+  ASSERT_EQ(s.closed[row->reason], 1);
+  ASSERT_EQ(s.released_broken, row->broken);
+  ASSERT_EQ(test_peer_info(f.peer).failures, row->failures);
   test_reader_free(&rd);
-  return end;
+  fixture_end(&f);
 }
 
 TEST(shared_broken_release_closes_for_every_holder) {
-  fixture_t f = shared_start(2, 1);
-  ASSERT_LT(shared_release_closes_for_every_holder(&f, PP_EBROKEN), 0);
-  pp_stats_t s = test_stats(f.pool);
-  ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 1);
-  ASSERT_EQ(s.released_broken, 1);
-  ASSERT_EQ(test_peer_info(f.peer).failures, 1);
-  fixture_end(&f);
+  shared_release_closes_for_every_holder(
+      &(shared_close_row_t){PP_EBROKEN, 0, PP_CLOSE_BROKEN, .broken = 1, .failures = 1});
 }
 
 TEST(shared_not_reusable_release_closes_for_every_holder) {
   /* One holder of a shared conn says it is not reusable (its replies are out of step): the
    * conn closes for every holder, as with PP_EBROKEN, but the peer counts no failure. */
-  fixture_t f = shared_start(2, 1);
-  ASSERT_ERR(shared_release_closes_for_every_holder(&f, PP_ENOREUSE), PP_ECLOSED);
-  pp_stats_t s = test_stats(f.pool);
-  ASSERT_EQ(s.closed[PP_CLOSE_DISCARDED], 1);
-  ASSERT_EQ(s.released_broken, 0);
-  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
-  fixture_end(&f);
+  shared_release_closes_for_every_holder(&(shared_close_row_t){
+      PP_ENOREUSE, PP_ECLOSED, PP_CLOSE_DISCARDED, .broken = 0, .failures = 0});
 }
 
 TEST(shared_default_selection_fewest_leases) {

@@ -222,8 +222,7 @@ describe("peerpool errors", function()
 
     it("answers when the backoff policy burns the peer, in both styles", test(function(env)
       local srv = env:refused()
-      local pool = env:pool { policy = burn, retries = 3 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { policy = burn, retries = 3 })
       assert.same({ n = 3, nil, "burned", burned(srv.addr) }, pack(pool:acquire(srv.addr)))
       assert.equal("burned", pool:peer(srv.addr).state)
       assert.equal(1, pool:peer(srv.addr).attempts)
@@ -240,8 +239,7 @@ describe("peerpool errors", function()
 
     it("ends a callback acquire that was dialling", test(function(env)
       local srv = env:refused()
-      local pool = env:pool { policy = burn }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { policy = burn })
       local now, later = acquire_cb(pool, srv.addr)
       assert.same({ n = 1, true }, now)
       wait_until(later)
@@ -250,8 +248,7 @@ describe("peerpool errors", function()
 
     it("is lifted by adding the address again", test(function(env)
       local srv = env:refused()
-      local pool = env:pool { policy = burn }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { policy = burn })
       pool:acquire(srv.addr)
       assert.equal("burned", pool:peer(srv.addr).state)
       pool:add_peer(srv.addr)

@@ -7,8 +7,7 @@ local test, wait_until = H.test, H.wait_until
 
 local function line_pool(env, opts)
   local srv = env:line()
-  local pool = env:pool(opts)
-  pool:add_peer(srv.addr)
+  local pool = env:pool_on(srv, opts)
   return pool, srv
 end
 

@@ -3,6 +3,19 @@
 local uv = require "luv"
 local T = require "spec.support.host_helper"
 
+-- A test run against a host with a REPL socket, through one session that said hello as a
+-- terminal: body(c, path) gets the session and the socket's path.
+local function tty_session(body)
+  return function()
+    T.run(function()
+      local _, path = T.host_with_socket()
+      local c = T.connect(path)
+      c:hello("tty")
+      body(c, path)
+    end)
+  end
+end
+
 describe("peerpool --repl-socket", function()
   it("creates the socket with mode 0600", function()
     T.run(function()
@@ -13,99 +26,76 @@ describe("peerpool --repl-socket", function()
     end)
   end)
 
-  it("evaluates an expression without return and prints several results", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local c = T.connect(path)
-      c:hello("tty")
-      assert.same({ "3\n", "", "> " }, { c:eval("1 + 2") })
-      assert.same({ "1\ta\tnil\ttrue\n", "", "> " }, { c:eval('1, "a", nil, true') })
-      assert.same({ "42\n", "", "> " }, { c:eval("=6 * 7") })
-      assert.same({ "", "", "> " }, { c:eval("x = 5") })
-      assert.same({ "5\n", "", "> " }, { c:eval("return x") })
-    end)
-  end)
+  it("evaluates an expression without return and prints several results", tty_session(function(c)
+    assert.same({ "3\n", "", "> " }, { c:eval("1 + 2") })
+    assert.same({ "1\ta\tnil\ttrue\n", "", "> " }, { c:eval('1, "a", nil, true') })
+    assert.same({ "42\n", "", "> " }, { c:eval("=6 * 7") })
+    assert.same({ "", "", "> " }, { c:eval("x = 5") })
+    assert.same({ "5\n", "", "> " }, { c:eval("return x") })
+  end))
 
-  it("pretty-prints tables: sorted keys, nested, cycles marked, depth-limited", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local c = T.connect(path)
-      c:hello("tty")
-      assert.equal('{ 10, 20, a = 1, b = { c = true }, ["two words"] = "x\\ny" }\n',
-        (c:eval('{ b = { c = true }, a = 1, 10, 20, ["two words"] = "x\\ny" }')))
-      local out = c:eval("t = { name = 't' }; t.self = t; return t")
-      assert.matches('^{ name = "t", self = <cycle: table: 0x%x+> }\n$', out)
-      assert.equal("{ a = { b = { c = { d = {...1} } } } }\n",
-        (c:eval("{ a = { b = { c = { d = { e = 1 } } } } }")))
-      local long = c:eval("local t = {} for i = 1, 30 do t['key' .. i] = i end return t")
-      assert.matches("^{\n  key1 = 1,\n  key10 = 10,\n", long)
-      assert.matches("\n  key9 = 9\n}\n$", long)
-    end)
-  end)
+  it("pretty-prints tables: sorted keys, nested, cycles marked, depth-limited",
+    tty_session(function(c)
+    assert.equal('{ 10, 20, a = 1, b = { c = true }, ["two words"] = "x\\ny" }\n',
+      (c:eval('{ b = { c = true }, a = 1, 10, 20, ["two words"] = "x\\ny" }')))
+    local out = c:eval("t = { name = 't' }; t.self = t; return t")
+    assert.matches('^{ name = "t", self = <cycle: table: 0x%x+> }\n$', out)
+    assert.equal("{ a = { b = { c = { d = {...1} } } } }\n",
+      (c:eval("{ a = { b = { c = { d = { e = 1 } } } } }")))
+    local long = c:eval("local t = {} for i = 1, 30 do t['key' .. i] = i end return t")
+    assert.matches("^{\n  key1 = 1,\n  key10 = 10,\n", long)
+    assert.matches("\n  key9 = 9\n}\n$", long)
+  end))
 
-  it("prints an error with its message and the session goes on", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local c = T.connect(path)
-      c:hello("tty")
-      local out, err = c:eval('error("boom")')
-      assert.equal("", out)
-      assert.matches("^repl:1: boom\n$", err)
-      local _, err2 = c:eval("local function f() return nil + 1 end f()")
-      assert.matches("attempt to perform arithmetic on a nil value", err2)
-      assert.matches("stack traceback:", err2)
-      local _, err3 = c:eval("1 +* 2")
-      assert.matches("unexpected symbol", err3)
-      assert.same({ "2\n", "", "> " }, { c:eval("1 + 1") })
-    end)
-  end)
+  it("prints an error with its message and the session goes on", tty_session(function(c)
+    local out, err = c:eval('error("boom")')
+    assert.equal("", out)
+    assert.matches("^repl:1: boom\n$", err)
+    local _, err2 = c:eval("local function f() return nil + 1 end f()")
+    assert.matches("attempt to perform arithmetic on a nil value", err2)
+    assert.matches("stack traceback:", err2)
+    local _, err3 = c:eval("1 +* 2")
+    assert.matches("unexpected symbol", err3)
+    assert.same({ "2\n", "", "> " }, { c:eval("1 + 1") })
+  end))
 
-  it("continues an unfinished chunk on the next line", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local c = T.connect(path)
-      c:hello("tty")
-      assert.same({ "", "", ">> " }, { c:eval("function double(x)") })
-      assert.same({ "", "", ">> " }, { c:eval("  return x * 2") })
-      assert.same({ "", "", "> " }, { c:eval("end") })
-      assert.same({ "42\n", "", "> " }, { c:eval("double(21)") })
-    end)
-  end)
+  it("continues an unfinished chunk on the next line", tty_session(function(c)
+    assert.same({ "", "", ">> " }, { c:eval("function double(x)") })
+    assert.same({ "", "", ">> " }, { c:eval("  return x * 2") })
+    assert.same({ "", "", "> " }, { c:eval("end") })
+    assert.same({ "42\n", "", "> " }, { c:eval("double(21)") })
+  end))
 
-  it("runs a line that yields in its own coroutine while the loop goes on", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local c = T.connect(path)
-      c:hello("tty")
-      local before = tonumber((c:eval("ticks")))
-      assert.equal("slept\n", (c:eval('sleep(300); return "slept"')))
-      local after = tonumber((c:eval("ticks")))
-      assert.is_true(after - before >= 5, "the fixture's 20 ms timer ran " .. (after - before) ..
-        " times during a 300 ms line")
-      -- the example of the issue: acquire a conn of the fixture's echo peer
-      assert.matches("^peerpool%.conn %(127%.0%.0%.1:%d+, leased%)",
-        (c:eval("conn = pool:acquire(peer); return conn")))
-      assert.equal("hi\n", (c:eval('conn:send("hi\\n"); return conn:receive()')))
-      -- max_per_peer = 1: a second acquire waits until the first conn is released (here by
-      -- another session; lines typed meanwhile in this one queue up behind it)
-      local from = #c.frames
-      c:send("second = pool:acquire(peer); return 'got it'\n")
-      c:send("return 'typed ahead'\n")
-      T.sleep(200)
-      for i = from + 1, #c.frames do
-        assert.is_not.equal("got it\n", c.frames[i].text)
-      end
-      local other = T.connect(path)
-      other:hello("tty")
-      assert.same({ "true\n", "", "> " }, { other:eval("conn:release()") })
-      local at = c:wait_prompt(from) -- one prompt, after both lines
-      local texts = {}
-      for i = from + 1, at do
-        if c.frames[i].kind == "o" then texts[#texts + 1] = c.frames[i].text end
-      end
-      assert.same({ "got it\n", "typed ahead\n" }, texts)
-    end)
-  end)
+  it("runs a line that yields in its own coroutine while the loop goes on",
+    tty_session(function(c, path)
+    local before = tonumber((c:eval("ticks")))
+    assert.equal("slept\n", (c:eval('sleep(300); return "slept"')))
+    local after = tonumber((c:eval("ticks")))
+    assert.is_true(after - before >= 5, "the fixture's 20 ms timer ran " .. (after - before) ..
+      " times during a 300 ms line")
+    -- the example of the issue: acquire a conn of the fixture's echo peer
+    assert.matches("^peerpool%.conn %(127%.0%.0%.1:%d+, leased%)",
+      (c:eval("conn = pool:acquire(peer); return conn")))
+    assert.equal("hi\n", (c:eval('conn:send("hi\\n"); return conn:receive()')))
+    -- max_per_peer = 1: a second acquire waits until the first conn is released (here by
+    -- another session; lines typed meanwhile in this one queue up behind it)
+    local from = #c.frames
+    c:send("second = pool:acquire(peer); return 'got it'\n")
+    c:send("return 'typed ahead'\n")
+    T.sleep(200)
+    for i = from + 1, #c.frames do
+      assert.is_not.equal("got it\n", c.frames[i].text)
+    end
+    local other = T.connect(path)
+    other:hello("tty")
+    assert.same({ "true\n", "", "> " }, { other:eval("conn:release()") })
+    local at = c:wait_prompt(from) -- one prompt, after both lines
+    local texts = {}
+    for i = from + 1, at do
+      if c.frames[i].kind == "o" then texts[#texts + 1] = c.frames[i].text end
+    end
+    assert.same({ "got it\n", "typed ahead\n" }, texts)
+  end))
 
   it("stops a line that holds the loop too long without yielding", function()
     if os.getenv("PEERPOOL_GC_STRESS") then
@@ -169,35 +159,30 @@ describe("peerpool --repl-socket", function()
     end)
   end)
 
-  it("lists pools() and watches a pool until a key is pressed", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local c = T.connect(path)
-      c:hello("tty")
-      assert.matches("^{ peerpool%.pool %(1 peers, %d+ conns, 0 waiters%): 0x%x+ }\n$",
-        (c:eval("pools()")))
-      local from = #c.frames
-      c:send("watch(pool, 50)\n")
-      local watching
-      T.wait_until(function()
-        local lines = 0
-        for i = from + 1, #c.frames do
-          local f = c.frames[i]
-          if f.kind == "w" and f.text == "1" then watching = true end
-          if f.kind == "o" and f.text:match("conns %d+ %(idle") then lines = lines + 1 end
-        end
-        return watching and lines >= 3
-      end, 5000, "three status lines")
-      c:send("\1key\n")
-      local at = c:wait_prompt(from)
-      local saw_off = false
-      for i = from + 1, at do
-        if c.frames[i].kind == "w" and c.frames[i].text == "0" then saw_off = true end
+  it("lists pools() and watches a pool until a key is pressed", tty_session(function(c)
+    assert.matches("^{ peerpool%.pool %(1 peers, %d+ conns, 0 waiters%): 0x%x+ }\n$",
+      (c:eval("pools()")))
+    local from = #c.frames
+    c:send("watch(pool, 50)\n")
+    local watching
+    T.wait_until(function()
+      local lines = 0
+      for i = from + 1, #c.frames do
+        local f = c.frames[i]
+        if f.kind == "w" and f.text == "1" then watching = true end
+        if f.kind == "o" and f.text:match("conns %d+ %(idle") then lines = lines + 1 end
       end
-      assert.is_true(saw_off)
-      assert.same({ "1\n", "", "> " }, { c:eval("1") })
-    end)
-  end)
+      return watching and lines >= 3
+    end, 5000, "three status lines")
+    c:send("\1key\n")
+    local at = c:wait_prompt(from)
+    local saw_off = false
+    for i = from + 1, at do
+      if c.frames[i].kind == "w" and c.frames[i].text == "0" then saw_off = true end
+    end
+    assert.is_true(saw_off)
+    assert.same({ "1\n", "", "> " }, { c:eval("1") })
+  end))
 
   it("serves a plain client (no hello) with prompts", function()
     T.run(function()

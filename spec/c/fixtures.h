@@ -19,16 +19,21 @@ typedef struct {
   test_rec_t held_rec;
 } fixture_t;
 
-/* test_options() with the changes given as statements on `o`, as a pointer for test_pool or
- * fixture_start: TEST_OPTS(o.retries = 2; o.connect_timeout = 100). Each use has its own
- * static copy, so the pointer stays valid for the whole test (a pool may keep it). */
-#define TEST_OPTS(...)        \
-  ({                          \
-    static pp_options_t o;    \
-    test_options(&o);         \
-    __VA_ARGS__;              \
-    (const pp_options_t *)&o; \
+/* A static `T var`, filled by init(&var), then changed by the statements given, as a const
+ * pointer. Each use has its own static copy, so the pointer stays valid for the whole test
+ * (a pool may keep it). */
+#define TEST_STATIC(T, init, var, ...) \
+  ({                                   \
+    static T var;                      \
+    init(&var);                        \
+    __VA_ARGS__;                       \
+    (const T *)&var;                   \
   })
+/* test_options() with changes on `o`, for test_pool or fixture_start:
+ * TEST_OPTS(o.retries = 2; o.connect_timeout = 100). */
+#define TEST_OPTS(...) TEST_STATIC(pp_options_t, test_options, o, __VA_ARGS__)
+/* pp_acquire_opts_init() with changes on `a`: TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL). */
+#define TEST_ACQUIRE_OPTS(...) TEST_STATIC(pp_acquire_opts_t, pp_acquire_opts_init, a, __VA_ARGS__)
 
 /* A pool with `opts` (NULL = test_options() defaults) and `srv` as its one peer. The fixture
  * owns `srv`: fixture_end() stops it. */
@@ -38,6 +43,16 @@ fixture_t fixture_start(srv_t *srv, const pp_options_t *opts);
 void fixture_hold(fixture_t *f);
 /* test_finish(f->pool), then srv_stop(f->srv). */
 void fixture_end(fixture_t *f);
+
+/* test_acquire_wait for leases l[0..n-1] (records r[0..n-1]) on `peer`: each must succeed. */
+void test_acquire_n(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *l, test_rec_t *r, int n);
+/* pp_release(&l[i], status) for i in 0..n-1: each must return 0. */
+void test_release_n(pp_lease_t *l, int n, int status);
+/* An acquire on `peer` with `opts` that must fail at once with `code`, its callback not run.
+ * The lease is the helper's own: a pool that kept a failed lease is a bug ASan shows. */
+void test_acquire_fails(pp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *opts, int code);
+/* pp_try_acquire on `peer` that must return `code` (PP_EAGAIN: nothing idle to lend). */
+void test_try_acquire_fails(pp_pool_t *pool, pp_peer_t *peer, int code);
 
 /* A pool with `opts` (NULL = engine defaults, as test_pool) and a peer at `srv`. */
 pp_pool_t *test_pool_on(const srv_t *srv, const pp_options_t *opts, pp_peer_t **peer);

@@ -2,16 +2,39 @@
  * backlog, and prompt service of waiters on release. */
 #include "fixtures.h"
 
-/* An echo peer with max_per_peer = 1 whose only conn is held by f->held. */
-static void busy_fixture(fixture_t *f, pp_options_t *o) {
-  pp_options_t d;
-  if (o == NULL) {
-    test_options(&d);
-    o = &d;
-  }
-  o->max_per_peer = 1;
-  *f = fixture_start(srv_echo_start(NULL), o);
+/* An echo peer with `o` (NULL = test defaults) and max_per_peer = 1, whose only conn is held
+ * by f->held. */
+static void busy_fixture(fixture_t *f, const pp_options_t *o) {
+  static pp_options_t opts;
+  if (o != NULL)
+    opts = *o;
+  else
+    test_options(&opts);
+  opts.max_per_peer = 1;
+  *f = fixture_start(srv_echo_start(NULL), &opts);
   fixture_hold(f);
+}
+
+/* busy_fixture, and a notice armed (inside CALL) on the fixture's peer, or for any peer. */
+static void busy_notice_fixture(fixture_t *f, pp_notice_t *n, test_rec_t *nr, int any_peer) {
+  busy_fixture(f, NULL);
+  ASSERT_OK(CALL(test_notice_start(f->pool, n, nr, any_peer ? NULL : f->peer)));
+}
+
+/* busy_fixture, and an acquire `l` (on the fixture's peer, or any peer) queued behind the
+ * held conn. */
+static void busy_waiter_fixture(fixture_t *f, pp_lease_t *l, test_rec_t *r, int any_peer) {
+  busy_fixture(f, NULL);
+  ASSERT_OK(test_acquire_start(f->pool, l, r, any_peer ? NULL : f->peer, NULL));
+}
+
+/* busy_fixture, and a busy=fail acquire `l` answered PP_EBUSY at once. Returns its options,
+ * to try again. */
+static const pp_acquire_opts_t *busy_fail_fixture(fixture_t *f, pp_lease_t *l, test_rec_t *r) {
+  busy_fixture(f, NULL);
+  const pp_acquire_opts_t *fail = TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL);
+  ASSERT_ERR(test_acquire_start(f->pool, l, r, f->peer, fail), PP_EBUSY);
+  return fail;
 }
 
 static pp_acquire_opts_t opts_busy(int busy, int64_t timeout, int prio) {
@@ -25,11 +48,9 @@ static pp_acquire_opts_t opts_busy(int busy, int64_t timeout, int prio) {
 
 TEST(busy_fail_at_capacity_answers_at_once) {
   fixture_t f;
-  busy_fixture(&f, NULL);
-  pp_acquire_opts_t a = opts_busy(PP_BUSY_FAIL, -1, 0);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EBUSY);
+  const pp_acquire_opts_t *fail = busy_fail_fixture(&f, &l, &r);
   ASSERT_NULL(l.conn);
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.busy, 1);
@@ -38,7 +59,7 @@ TEST(busy_fail_at_capacity_answers_at_once) {
   test_run_for(30);
   ASSERT_EQ(r.calls, 0); /* an error return never runs the callback */
   /* With the conn free again, the same busy=fail acquire succeeds. */
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, &a));
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, fail));
   ASSERT_OK(pp_release(&l, 0));
   fixture_end(&f);
 }
@@ -52,14 +73,14 @@ TEST(busy_fail_at_max_total) {
   pp_pool_t *pool = test_pool(&o);
   pp_peer_t *p1 = test_peer(pool, srv_addr(s1));
   pp_peer_t *p2 = test_peer(pool, srv_addr(s2));
-  pp_lease_t a, b;
-  test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_wait(pool, &a, &ra, p1, NULL));
-  pp_acquire_opts_t ao = opts_busy(PP_BUSY_FAIL, -1, 0);
-  ASSERT_ERR(test_acquire_start(pool, &b, &rb, p2, &ao), PP_EBUSY);
+  pp_lease_t held, refused;
+  test_rec_t rh, rr;
+  ASSERT_OK(test_acquire_wait(pool, &held, &rh, p1, NULL));
+  ASSERT_ERR(test_acquire_start(pool, &refused, &rr, p2, TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL)),
+             PP_EBUSY);
   test_run_for(30);
   ASSERT_EQ(srv_accepted(s2), 0);
-  ASSERT_OK(pp_release(&a, 0));
+  ASSERT_OK(pp_release(&held, 0));
   test_finish(pool);
   srv_stop(s1);
   srv_stop(s2);
@@ -67,11 +88,9 @@ TEST(busy_fail_at_max_total) {
 
 TEST(busy_notice_fires_after_release) {
   fixture_t f;
-  busy_fixture(&f, NULL);
-  pp_acquire_opts_t a = opts_busy(PP_BUSY_FAIL, -1, 0);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &a), PP_EBUSY);
+  const pp_acquire_opts_t *fail = busy_fail_fixture(&f, &l, &r);
   pp_notice_t n;
   test_rec_t nr;
   ASSERT_OK(CALL(test_notice_start(f.pool, &n, &nr, f.peer)));
@@ -84,7 +103,7 @@ TEST(busy_notice_fires_after_release) {
   ASSERT_EQ(nr.calls, 1); /* fires once */
   ASSERT_ERR(pp_notice_cancel(&n), PP_ESTATE);
   /* And now the acquire goes through. */
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, &a));
+  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, fail));
   ASSERT_OK(pp_release(&l, 0));
   fixture_end(&f);
 }
@@ -104,10 +123,9 @@ TEST(busy_notice_fires_next_tick_when_capacity_is_free) {
 
 TEST(busy_notice_for_any_peer) {
   fixture_t f;
-  busy_fixture(&f, NULL);
   pp_notice_t n;
   test_rec_t nr;
-  ASSERT_OK(CALL(test_notice_start(f.pool, &n, &nr, NULL)));
+  busy_notice_fixture(&f, &n, &nr, 1);
   test_run_for(30);
   ASSERT_EQ(nr.calls, 0);
   ASSERT_OK(pp_release(&f.held, 0));
@@ -118,10 +136,9 @@ TEST(busy_notice_for_any_peer) {
 
 TEST(busy_notice_fires_when_a_broken_release_frees_a_slot) {
   fixture_t f;
-  busy_fixture(&f, NULL);
   pp_notice_t n;
   test_rec_t nr;
-  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
+  busy_notice_fixture(&f, &n, &nr, 0);
   ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
   RUN_UNTIL(nr.calls == 1, 1000);
   ASSERT_OK(nr.status);
@@ -130,10 +147,9 @@ TEST(busy_notice_fires_when_a_broken_release_frees_a_slot) {
 
 TEST(busy_notice_cancel) {
   fixture_t f;
-  busy_fixture(&f, NULL);
   pp_notice_t n;
   test_rec_t nr;
-  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
+  busy_notice_fixture(&f, &n, &nr, 0);
   ASSERT_OK(CALL(pp_notice_cancel(&n)));
   ASSERT_EQ(nr.calls, 0);
   RUN_UNTIL(nr.calls == 1, 1000);
@@ -151,10 +167,9 @@ TEST(busy_notice_cancel) {
 
 TEST(busy_notice_can_be_rearmed) {
   fixture_t f;
-  busy_fixture(&f, NULL);
   pp_notice_t n;
   test_rec_t nr;
-  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
+  busy_notice_fixture(&f, &n, &nr, 0);
   ASSERT_OK(pp_release(&f.held, 0));
   RUN_UNTIL(nr.calls == 1, 1000);
   ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
@@ -169,10 +184,9 @@ TEST(busy_notice_can_be_rearmed) {
 
 TEST(busy_notice_armed_twice_is_invalid_or_state) {
   fixture_t f;
-  busy_fixture(&f, NULL);
   pp_notice_t n;
   test_rec_t nr;
-  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
+  busy_notice_fixture(&f, &n, &nr, 0);
   int rc = pp_notice_start(f.pool, &n, f.peer, test_notice_cb);
   ASSERT_ERR2(rc, PP_EINVAL, PP_ESTATE);
   ASSERT_OK(pp_release(&f.held, 0));
@@ -271,10 +285,7 @@ TEST(busy_wait_deadline_times_out) {
 
 TEST(busy_wait_uses_pool_acquire_timeout) {
   fixture_t f;
-  pp_options_t o;
-  test_options(&o);
-  o.acquire_timeout = 100;
-  busy_fixture(&f, &o);
+  busy_fixture(&f, TEST_OPTS(o.acquire_timeout = 100));
   pp_lease_t l;
   test_rec_t r;
   uint64_t t0 = test_now_ms();
@@ -288,10 +299,7 @@ TEST(busy_wait_uses_pool_acquire_timeout) {
 
 TEST(busy_wait_timeout_zero_means_no_deadline) {
   fixture_t f;
-  pp_options_t o;
-  test_options(&o);
-  o.acquire_timeout = 50;
-  busy_fixture(&f, &o);
+  busy_fixture(&f, TEST_OPTS(o.acquire_timeout = 50));
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, 0);
   pp_lease_t l;
   test_rec_t r;
@@ -327,10 +335,7 @@ TEST(busy_wait_deadlines_fire_in_order) {
 
 TEST(busy_backlog_full_is_exhausted_at_once) {
   fixture_t f;
-  pp_options_t o;
-  test_options(&o);
-  o.backlog = 2;
-  busy_fixture(&f, &o);
+  busy_fixture(&f, TEST_OPTS(o.backlog = 2));
   pp_lease_t w[3];
   test_rec_t r[3];
   ASSERT_OK(test_acquire_start(f.pool, &w[0], &r[0], f.peer, NULL));
@@ -350,10 +355,7 @@ TEST(busy_backlog_full_is_exhausted_at_once) {
 
 TEST(busy_backlog_zero_never_waits) {
   fixture_t f;
-  pp_options_t o;
-  test_options(&o);
-  o.backlog = 0;
-  busy_fixture(&f, &o);
+  busy_fixture(&f, TEST_OPTS(o.backlog = 0));
   pp_lease_t l;
   test_rec_t r;
   ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, NULL), PP_EEXHAUSTED);
@@ -366,10 +368,9 @@ TEST(busy_backlog_zero_never_waits) {
 
 TEST(busy_waiter_served_on_release_without_polling) {
   fixture_t f;
-  busy_fixture(&f, NULL);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
+  busy_waiter_fixture(&f, &l, &r, 0);
   test_run_for(20);
   ASSERT_EQ(r.calls, 0);
   uint64_t waited_before = test_stats(f.pool).acquired_waited;
@@ -393,10 +394,9 @@ TEST(busy_waiter_served_on_release_without_polling) {
 
 TEST(busy_waiter_gets_new_conn_after_broken_release) {
   fixture_t f;
-  busy_fixture(&f, NULL);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
+  busy_waiter_fixture(&f, &l, &r, 0);
   ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
   RUN_UNTIL(r.calls == 1, 3000);
   ASSERT_OK(r.status);
@@ -407,10 +407,9 @@ TEST(busy_waiter_gets_new_conn_after_broken_release) {
 
 TEST(busy_waiter_for_any_peer) {
   fixture_t f;
-  busy_fixture(&f, NULL);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_start(f.pool, &l, &r, NULL, NULL));
+  busy_waiter_fixture(&f, &l, &r, 1);
   test_run_for(30);
   ASSERT_EQ(r.calls, 0);
   ASSERT_EQ(test_stats(f.pool).waiters, 1);

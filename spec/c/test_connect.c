@@ -23,134 +23,96 @@ static int64_t rec_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
   return b->delay;
 }
 
-static pp_pool_t *pool_with_backoff(pp_options_t *o, backoff_rec_t *b) {
-  pp_pool_t *pool = test_pool(o);
-  test_set_backoff(pool, rec_backoff, b);
-  return pool;
+static backoff_rec_t bk;
+
+/* A pool with `opts` whose backoff hook records into `bk` and answers `delay`, with a peer at
+ * `srv`. The test's lease is f.held. */
+static fixture_t backoff_start(srv_t *srv, int64_t delay, const pp_options_t *opts) {
+  memset(&bk, 0, sizeof bk);
+  bk.delay = delay;
+  fixture_t f = fixture_start(srv, opts);
+  test_set_backoff(f.pool, rec_backoff, &bk);
+  return f;
+}
+
+/* Acquire f.held: it must end in cannot_connect. Returns how long it took (ms). */
+static uint64_t cannot_connect(fixture_t *f) {
+  uint64_t t0 = test_now_ms();
+  ASSERT_ERR(test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL), PP_ECANNOTCONNECT);
+  return test_now_ms() - t0;
 }
 
 TEST(connect_refused_cannot_connect_after_retries) {
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 2;
-  backoff_rec_t b = {0};
-  b.delay = 5;
-  pp_pool_t *pool = pool_with_backoff(&o, &b);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_ERR(l.cause, UV_ECONNREFUSED);
-  ASSERT_NULL(l.conn);
-  pp_stats_t s = test_stats(pool);
+  fixture_t f = backoff_start(srv_refused_start(), 5, TEST_OPTS(o.retries = 2));
+  cannot_connect(&f);
+  ASSERT_ERR(f.held.cause, UV_ECONNREFUSED);
+  ASSERT_NULL(f.held.conn);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connect_attempts, 3);
   ASSERT_EQ(s.connects_failed, 3);
   ASSERT_EQ(s.connects_ok, 0);
   ASSERT_EQ(s.cannot_connect, 1);
   ASSERT_EQ(s.conns, 0);
   ASSERT_EQ(s.connecting, 0);
-  pp_peer_info_t i = test_peer_info(peer);
+  pp_peer_info_t i = test_peer_info(f.peer);
   ASSERT_EQ(i.attempts, 3);
   ASSERT_ERR(i.last_error, UV_ECONNREFUSED);
   ASSERT_EQ(i.conns, 0);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(connect_refused_with_default_backoff) {
   /* Built-in backoff: full jitter, base 100 ms: two retries take at most ~600 ms. */
   fixture_t f = fixture_start(srv_refused_start(), TEST_OPTS(o.retries = 2));
-  pp_lease_t l;
-  test_rec_t r;
-  uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_LT(test_now_ms() - t0, 3000);
-  ASSERT_ERR(l.cause, UV_ECONNREFUSED);
+  ASSERT_LT(cannot_connect(&f), 3000);
+  ASSERT_ERR(f.held.cause, UV_ECONNREFUSED);
   ASSERT_EQ(test_stats(f.pool).connect_attempts, 3);
   fixture_end(&f);
 }
 
 TEST(connect_no_retries_means_one_attempt) {
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 0;
-  backoff_rec_t b = {0};
-  b.delay = 5;
-  pp_pool_t *pool = pool_with_backoff(&o, &b);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 1);
+  fixture_t f = backoff_start(srv_refused_start(), 5, TEST_OPTS(o.retries = 0));
+  cannot_connect(&f);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 1);
   /* No retry needs a delay; the engine may still consult the policy once after the final
    * failure (to set the peer's retry time, or to burn it). */
-  ASSERT_LE(b.calls, 1);
-  if (b.calls == 1) ASSERT_EQ(b.attempts[0], 1);
-  test_finish_srv(pool, srv);
+  ASSERT_LE(bk.calls, 1);
+  if (bk.calls == 1) ASSERT_EQ(bk.attempts[0], 1);
+  fixture_end(&f);
 }
 
 TEST(connect_backoff_called_with_attempt_numbers) {
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 3;
-  backoff_rec_t b = {0};
-  b.delay = 5;
-  pp_pool_t *pool = pool_with_backoff(&o, &b);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  fixture_t f = backoff_start(srv_refused_start(), 5, TEST_OPTS(o.retries = 3));
+  cannot_connect(&f);
   /* Called before each of the 3 retries with 1, 2, 3; possibly once more (4) after the final
    * failure to set the peer's retry time. */
-  ASSERT_GE(b.calls, 3);
-  ASSERT_LE(b.calls, 4);
-  for (int i = 0; i < b.calls; i++) {
-    ASSERT_EQ(b.attempts[i], i + 1);
-    ASSERT_ERR(b.errs[i], UV_ECONNREFUSED);
-    ASSERT_PTR_EQ(b.peers[i], peer);
+  ASSERT_GE(bk.calls, 3);
+  ASSERT_LE(bk.calls, 4);
+  for (int i = 0; i < bk.calls; i++) {
+    ASSERT_EQ(bk.attempts[i], i + 1);
+    ASSERT_ERR(bk.errs[i], UV_ECONNREFUSED);
+    ASSERT_PTR_EQ(bk.peers[i], f.peer);
   }
-  ASSERT_EQ(test_stats(pool).connect_attempts, 4);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 4);
+  fixture_end(&f);
 }
 
 TEST(connect_backoff_delay_is_respected) {
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 2;
-  backoff_rec_t b = {0};
-  b.delay = 120;
-  pp_pool_t *pool = pool_with_backoff(&o, &b);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  uint64_t took = test_now_ms() - t0;
+  fixture_t f = backoff_start(srv_refused_start(), 120, TEST_OPTS(o.retries = 2));
+  uint64_t took = cannot_connect(&f);
   ASSERT_GE(took, 200); /* two waits of 120 ms */
   ASSERT_LT(took, 5000);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(connect_backoff_default_value_uses_builtin) {
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 1;
-  backoff_rec_t b = {0};
-  b.delay = PP_BACKOFF_DEFAULT;
-  pp_pool_t *pool = pool_with_backoff(&o, &b);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_GE(b.calls, 1);
-  ASSERT_LE(b.calls, 2);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 2);
-  ASSERT_EQ(test_stats(pool).policy_errors, 0);
-  test_finish_srv(pool, srv);
+  fixture_t f = backoff_start(srv_refused_start(), PP_BACKOFF_DEFAULT, TEST_OPTS(o.retries = 1));
+  cannot_connect(&f);
+  ASSERT_GE(bk.calls, 1);
+  ASSERT_LE(bk.calls, 2);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 2);
+  ASSERT_EQ(test_stats(f.pool).policy_errors, 0);
+  fixture_end(&f);
 }
 
 TEST(connect_full_jitter_bounds) {
@@ -177,47 +139,34 @@ TEST(connect_full_jitter_bounds) {
 }
 
 TEST(connect_hanging_listener_times_out_each_attempt) {
-  srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.connect_timeout = 100;
-  o.retries = 1;
-  backoff_rec_t b = {0};
-  b.delay = 5;
-  pp_pool_t *pool = pool_with_backoff(&o, &b);
-  pp_peer_t *peer = test_peer(pool, srv_addr(hang));
-  pp_lease_t l;
-  test_rec_t r;
+  fixture_t f =
+      backoff_start(srv_hang_start(), 5, TEST_OPTS(o.connect_timeout = 100; o.retries = 1));
   uint64_t t0 = test_now_ms();
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &f.held, &f.held_rec, f.peer, NULL));
   test_run_for(30);
-  ASSERT_EQ(r.calls, 0);
-  ASSERT_EQ(test_stats(pool).connecting, 1);
-  ASSERT_EQ(srv_client_conns(hang), 1); /* the kernel sees one SYN_SENT socket */
-  RUN_UNTIL(r.calls == 1, 5000);
+  ASSERT_EQ(f.held_rec.calls, 0);
+  ASSERT_EQ(test_stats(f.pool).connecting, 1);
+  ASSERT_EQ(srv_client_conns(f.srv), 1); /* the kernel sees one SYN_SENT socket */
+  RUN_UNTIL(f.held_rec.calls == 1, 5000);
   uint64_t took = test_now_ms() - t0;
-  ASSERT_ERR(r.status, PP_ECANNOTCONNECT);
-  ASSERT_ERR2(l.cause, UV_ETIMEDOUT, PP_ETIMEDOUT);
+  ASSERT_ERR(f.held_rec.status, PP_ECANNOTCONNECT);
+  ASSERT_ERR2(f.held.cause, UV_ETIMEDOUT, PP_ETIMEDOUT);
   ASSERT_GE(took, 180); /* two attempts of 100 ms */
   ASSERT_LT(took, 4000);
-  ASSERT_GE(b.calls, 1);
-  ASSERT_LE(b.calls, 2);
-  ASSERT_ERR2(b.errs[0], UV_ETIMEDOUT, PP_ETIMEDOUT);
-  pp_stats_t s = test_stats(pool);
+  ASSERT_GE(bk.calls, 1);
+  ASSERT_LE(bk.calls, 2);
+  ASSERT_ERR2(bk.errs[0], UV_ETIMEDOUT, PP_ETIMEDOUT);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connect_attempts, 2);
   ASSERT_EQ(s.connects_failed, 2);
   ASSERT_EQ(s.connecting, 0);
-  ASSERT_EQ(srv_client_conns(hang), 0); /* the timed-out sockets were closed */
-  test_finish_srv(pool, hang);
+  ASSERT_EQ(srv_client_conns(f.srv), 0); /* the timed-out sockets were closed */
+  fixture_end(&f);
 }
 
 TEST(connect_timeout_single_attempt) {
   fixture_t f = fixture_start(srv_hang_start(), TEST_OPTS(o.connect_timeout = 100; o.retries = 0));
-  pp_lease_t l;
-  test_rec_t r;
-  uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, NULL), PP_ECANNOTCONNECT);
-  uint64_t took = test_now_ms() - t0;
+  uint64_t took = cannot_connect(&f);
   ASSERT_GE(took, 90);
   ASSERT_LT(took, 3000);
   fixture_end(&f);
@@ -252,8 +201,8 @@ TEST(connect_success_records_latency) {
 
 TEST(connect_unix_socket_peer) {
   srv_t *srv = srv_unix_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -274,12 +223,16 @@ TEST(connect_unix_prefixed_peer) {
   test_finish_srv(pool, srv);
 }
 
+/* A pool without retries and a peer at a unix path that does not exist. */
+static pp_pool_t *missing_path_pool(pp_peer_t **peer) {
+  pp_pool_t *pool = test_pool(TEST_OPTS(o.retries = 0));
+  *peer = test_peer(pool, "/tmp/pp-test-no-such-dir/none.sock");
+  return pool;
+}
+
 TEST(connect_unix_missing_path) {
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 0;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, "/tmp/pp-test-no-such-dir/none.sock");
+  pp_peer_t *peer;
+  pp_pool_t *pool = missing_path_pool(&peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
@@ -325,11 +278,8 @@ TEST(connect_one_dial_for_two_waiting_acquires) {
 
 TEST(connect_failure_is_not_inside_acquire) {
   /* Even a failure known early (unix path missing) is reported through the callback. */
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 0;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, "/tmp/pp-test-no-such-dir/none.sock");
+  pp_peer_t *peer;
+  pp_pool_t *pool = missing_path_pool(&peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
@@ -342,40 +292,29 @@ TEST(connect_failed_peer_fails_fast_until_its_retry_time) {
   /* After cannot_connect, the peer is in backoff: an acquire for it is answered at once with
    * cannot_connect (its last socket error as the cause), without a dial, until the retry time
    * the backoff policy gave; then it is dialled again. */
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 0;
-  o.acquire_timeout = 0;
-  backoff_rec_t b = {0};
-  b.delay = 300;
-  pp_pool_t *pool = pool_with_backoff(&o, &b);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  pp_peer_info_t i = test_peer_info(peer);
+  fixture_t f =
+      backoff_start(srv_refused_start(), 300, TEST_OPTS(o.retries = 0; o.acquire_timeout = 0));
+  cannot_connect(&f);
+  pp_peer_info_t i = test_peer_info(f.peer);
   ASSERT_EQ(i.state, PP_PEER_FAILED);
   ASSERT_GT(i.retry_at, 0);
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_ERR(l.cause, UV_ECONNREFUSED);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 1);
-  RUN_UNTIL(pp_peer_check(peer) == 0, 3000); /* the retry time passed */
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 2);
-  test_finish_srv(pool, srv);
+  ASSERT_ERR(test_acquire_start(f.pool, &f.held, &f.held_rec, f.peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(f.held.cause, UV_ECONNREFUSED);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 1);
+  RUN_UNTIL(pp_peer_check(f.peer) == 0, 3000); /* the retry time passed */
+  cannot_connect(&f);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 2);
+  fixture_end(&f);
 }
 
 TEST(connect_deadline_applies_while_dialing) {
   /* An acquire's deadline ends it even while its dial is still trying. */
   fixture_t f = fixture_start(srv_hang_start(), TEST_OPTS(o.connect_timeout = 5000));
-  pp_acquire_opts_t a;
-  pp_acquire_opts_init(&a);
-  a.timeout = 100;
   pp_lease_t l;
   test_rec_t r;
   uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, &a), PP_ETIMEDOUT);
+  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, TEST_ACQUIRE_OPTS(a.timeout = 100)),
+             PP_ETIMEDOUT);
   uint64_t took = test_now_ms() - t0;
   ASSERT_GE(took, 90);
   ASSERT_LT(took, 2000);
@@ -386,26 +325,19 @@ TEST(connect_deadline_applies_while_dialing) {
 TEST(connect_waiters_behind_a_failing_dial_all_end) {
   /* max_per_peer 1 and three acquires on a refused peer: each one ends (cannot_connect, or
    * its deadline), none hangs. */
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  o.retries = 1;
-  o.acquire_timeout = 1500;
-  backoff_rec_t b = {0};
-  b.delay = 5;
-  pp_pool_t *pool = pool_with_backoff(&o, &b);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f =
+      backoff_start(srv_refused_start(), 5,
+                    TEST_OPTS(o.max_per_peer = 1; o.retries = 1; o.acquire_timeout = 1500));
   pp_lease_t l[3];
   test_rec_t r[3];
   for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
+    ASSERT_OK(test_acquire_start(f.pool, &l[i], &r[i], f.peer, NULL));
   RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 5000);
   for (int i = 0; i < 3; i++) {
     ASSERT_EQ(r[i].calls, 1);
     ASSERT_ERR2(r[i].status, PP_ECANNOTCONNECT, PP_ETIMEDOUT);
   }
   ASSERT_ERR(r[0].status, PP_ECANNOTCONNECT);
-  ASSERT_EQ(test_stats(pool).waiters, 0);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).waiters, 0);
+  fixture_end(&f);
 }

@@ -30,6 +30,29 @@ void fixture_end(fixture_t *f) {
   test_finish_srv(f->pool, f->srv);
 }
 
+void test_acquire_n(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *l, test_rec_t *r, int n) {
+  for (int i = 0; i < n; i++)
+    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+}
+
+void test_release_n(pp_lease_t *l, int n, int status) {
+  for (int i = 0; i < n; i++)
+    ASSERT_OK(pp_release(&l[i], status));
+}
+
+void test_acquire_fails(pp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *opts, int code) {
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, opts), code);
+  ASSERT_EQ(r.calls, 0);
+}
+
+void test_try_acquire_fails(pp_pool_t *pool, pp_peer_t *peer, int code) {
+  pp_lease_t l;
+  memset(&l, 0, sizeof l);
+  ASSERT_ERR(pp_try_acquire(pool, &l, peer, NULL), code);
+}
+
 pp_pool_t *test_pool_on(const srv_t *srv, const pp_options_t *opts, pp_peer_t **peer) {
   pp_pool_t *pool = test_pool(opts);
   *peer = test_peer(pool, srv_addr(srv));

@@ -96,198 +96,158 @@ static int64_t hs_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
   return 5;
 }
 
-static pp_pool_t *hs_pool(int mode, pp_options_t *o) {
+/* A pool with `opts` (NULL = test defaults) whose policy is the hs hook in `mode` (with
+ * hs_closed and hs_backoff), recording peer states, and one peer at an echo server with
+ * `so` (NULL = plain). The lease of the test is f.held. */
+static fixture_t hs_start(int mode, const pp_options_t *opts, const srv_opts_t *so) {
   memset(&hs, 0, sizeof hs);
   hs.mode = mode;
-  pp_pool_t *pool = test_pool(o);
-  hs.pool = pool;
+  fixture_t f = fixture_start(srv_echo_start(so), opts);
+  hs.pool = f.pool;
   pp_policy_t pol;
   memset(&pol, 0, sizeof pol);
   pol.data = &hs;
   pol.handshake = hs_hook;
   pol.closed = hs_closed;
   pol.backoff = hs_backoff;
-  pp_pool_set_policy(pool, &pol);
-  pp_pool_on_state(pool, test_state_cb);
-  return pool;
+  pp_pool_set_policy(f.pool, &pol);
+  pp_pool_on_state(f.pool, test_state_cb);
+  return f;
+}
+
+/* Acquire f.held on the fixture's peer and return the callback's status. */
+static int hs_acquire(fixture_t *f) {
+  return test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL);
+}
+
+/* Start acquiring f.held and run until the hook was called for its dial. */
+static void hs_acquire_until_hook(fixture_t *f) {
+  ASSERT_OK(test_acquire_start(f->pool, &f->held, &f->held_rec, f->peer, NULL));
+  RUN_UNTIL(hs.calls == 1, 2000);
+}
+
+/* Close the pool while the hook holds the conn: `closed` is called once and the acquire
+ * ends with PP_ECLOSED. Ends the test. */
+static void hs_close_pool_during_handshake(fixture_t *f) {
+  ASSERT_OK(pp_pool_close(f->pool, test_close_cb));
+  test_finish_closed();
+  ASSERT_EQ(hs.closed_calls, 1);
+  ASSERT_EQ(f->held_rec.calls, 1);
+  ASSERT_ERR(f->held_rec.status, PP_ECLOSED);
+  srv_stop(f->srv);
 }
 
 TEST(handshake_hello_reaches_ready) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = hs_start(HS_HELLO, NULL, NULL);
+  ASSERT_OK(hs_acquire(&f));
   ASSERT_EQ(hs.calls, 1);
   ASSERT_OK(hs.done_rc);
-  ASSERT_PTR_EQ(l.conn, hs.slot[0].conn);
-  ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
-  WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
+  ASSERT_PTR_EQ(f.held.conn, hs.slot[0].conn);
+  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_READY);
+  WAIT_TRANSITION(f.peer, PP_PEER_READY, 0, 1000);
   /* Strictly known -> connecting -> connected -> ready. */
   if (test_ntransitions != 3 || test_transitions[0].to != PP_PEER_CONNECTING ||
       test_transitions[1].to != PP_PEER_CONNECTED || test_transitions[2].to != PP_PEER_READY) {
     test_dump_transitions();
     FAIL("want known -> connecting -> connected -> ready");
   }
-  ASSERT_EQ(srv_bytes_in(srv), 6);
+  ASSERT_EQ(srv_bytes_in(f.srv), 6);
   /* The hook's bytes count like any other. */
-  ASSERT_EQ(test_peer_info(peer).bytes_out, 6);
+  ASSERT_EQ(test_peer_info(f.peer).bytes_out, 6);
   ASSERT_EQ(hs.closed_calls, 0);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(handshake_peer_is_connected_during_hook) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = hs_start(HS_HELLO, NULL, NULL);
+  ASSERT_OK(hs_acquire(&f));
   ASSERT_EQ(hs.state_in_hook, PP_PEER_CONNECTED);
   /* A handshaking conn counts as connecting (header: "connecting includes handshaking"). */
   ASSERT_EQ(hs.stats_in_hook.connecting, 1);
   ASSERT_EQ(hs.stats_in_hook.conns, 1);
   ASSERT_EQ(hs.stats_in_hook.idle, 0);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(handshake_done_inside_hook) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = hs_pool(HS_SYNC_OK, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = hs_start(HS_SYNC_OK, NULL, NULL);
+  ASSERT_OK(hs_acquire(&f));
   ASSERT_OK(hs.done_rc);
-  ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_READY);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(handshake_done_twice_is_bad_state) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = hs_start(HS_HELLO, NULL, NULL);
+  ASSERT_OK(hs_acquire(&f));
   ASSERT_OK(hs.done_rc);
   ASSERT_ERR(hs.done_again_rc, PP_ESTATE);
   /* No handshake runs on a leased conn. */
-  ASSERT_ERR(pp_conn_handshake_done(l.conn, 0), PP_ESTATE);
-  ASSERT_ERR(pp_conn_ping_done(l.conn, 0), PP_ESTATE);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_ERR(pp_conn_handshake_done(f.held.conn, 0), PP_ESTATE);
+  ASSERT_ERR(pp_conn_ping_done(f.held.conn, 0), PP_ESTATE);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(handshake_runs_once_per_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = hs_start(HS_HELLO, NULL, NULL);
   for (int i = 0; i < 3; i++)
-    test_acquire_release(pool, peer);
+    test_acquire_release(f.pool, f.peer);
   ASSERT_EQ(hs.calls, 1);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(handshake_error_fails_the_attempt) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 1;
-  pp_pool_t *pool = hs_pool(HS_HELLO_FAIL, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_ERR(l.cause, PP_EHANDSHAKE);
+  fixture_t f = hs_start(HS_HELLO_FAIL, TEST_OPTS(o.retries = 1), NULL);
+  ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
+  ASSERT_ERR(f.held.cause, PP_EHANDSHAKE);
   ASSERT_EQ(hs.calls, 2); /* the first attempt and one retry */
   ASSERT_OK(hs.done_rc);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connect_attempts, 2);
   ASSERT_EQ(s.connects_failed, 2);
   ASSERT_EQ(s.cannot_connect, 1);
   ASSERT_EQ(s.conns, 0);
-  ASSERT_ACCEPTED(srv, 2);
-  RUN_UNTIL(srv_open(srv) == 0, 2000);
-  ASSERT_ERR(test_peer_info(peer).last_error, PP_EHANDSHAKE);
-  ASSERT_EQ(test_find_transition(peer, PP_PEER_READY, 0), -1);
-  test_finish_srv(pool, srv);
+  ASSERT_ACCEPTED(f.srv, 2);
+  RUN_UNTIL(srv_open(f.srv) == 0, 2000);
+  ASSERT_ERR(test_peer_info(f.peer).last_error, PP_EHANDSHAKE);
+  ASSERT_EQ(test_find_transition(f.peer, PP_PEER_READY, 0), -1);
+  fixture_end(&f);
 }
 
 TEST(handshake_timeout_fails_the_attempt) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.handshake_timeout = 100;
-  o.retries = 0;
-  pp_pool_t *pool = hs_pool(HS_NEVER, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
+  fixture_t f = hs_start(HS_NEVER, TEST_OPTS(o.handshake_timeout = 100; o.retries = 0), NULL);
   uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
   uint64_t took = test_now_ms() - t0;
   ASSERT_GE(took, 90);
   ASSERT_LT(took, 3000);
-  ASSERT_ERR2(l.cause, PP_ETIMEDOUT, UV_ETIMEDOUT);
+  ASSERT_ERR2(f.held.cause, PP_ETIMEDOUT, UV_ETIMEDOUT);
   ASSERT_EQ(hs.calls, 1);
   ASSERT_EQ(hs.closed_calls, 1); /* the engine gave up: the hook is told to let go */
   ASSERT_EQ(hs.slot[0].closed, 1);
-  ASSERT_EQ(test_stats(pool).connects_failed, 1);
-  RUN_UNTIL(srv_open(srv) == 0, 2000);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).connects_failed, 1);
+  RUN_UNTIL(srv_open(f.srv) == 0, 2000);
+  fixture_end(&f);
 }
 
 TEST(handshake_timeout_counts_toward_retries) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.handshake_timeout = 50;
-  o.retries = 2;
-  pp_pool_t *pool = hs_pool(HS_NEVER, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  fixture_t f = hs_start(HS_NEVER, TEST_OPTS(o.handshake_timeout = 50; o.retries = 2), NULL);
+  ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
   ASSERT_EQ(hs.calls, 3);
   ASSERT_EQ(hs.closed_calls, 3);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 3);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 3);
+  fixture_end(&f);
 }
 
 TEST(handshake_closed_hook_on_pool_close) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.handshake_timeout = 10000;
-  pp_pool_t *pool = hs_pool(HS_NEVER, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
-  RUN_UNTIL(hs.calls == 1, 2000);
-  ASSERT_EQ(test_stats(pool).connecting, 1);
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
-  RUN_UNTIL(test_close_calls == 1, 2000);
-  ASSERT_EQ(hs.closed_calls, 1);
-  ASSERT_EQ(r.calls, 1);
-  ASSERT_ERR(r.status, PP_ECLOSED);
-  test_finish_closed();
-  srv_stop(srv);
+  fixture_t f = hs_start(HS_NEVER, TEST_OPTS(o.handshake_timeout = 10000), NULL);
+  hs_acquire_until_hook(&f);
+  ASSERT_EQ(test_stats(f.pool).connecting, 1);
+  hs_close_pool_during_handshake(&f);
 }
 
 TEST(handshake_server_closes_during_handshake) {
@@ -295,79 +255,45 @@ TEST(handshake_server_closes_during_handshake) {
    * the engine gives up and calls `closed`). */
   srv_opts_t so = {0};
   so.close_after_bytes = 1;
-  srv_t *srv = srv_echo_start(&so);
-  pp_options_t o;
-  test_options(&o);
-  o.handshake_timeout = 300;
-  pp_pool_t *pool = hs_pool(HS_HELLO, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_NE(l.cause, 0);
+  fixture_t f = hs_start(HS_HELLO, TEST_OPTS(o.handshake_timeout = 300), &so);
+  ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
+  ASSERT_NE(f.held.cause, 0);
   ASSERT_EQ(hs.calls, 1);
   ASSERT_EQ(hs.closed_calls, 1);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(handshake_canceled_acquire_leaves_the_conn_to_the_pool) {
   /* The acquire that started a dial is canceled during the handshake; the handshake then
    * succeeds and the conn becomes idle (not leaked, not lost). */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.handshake_timeout = 5000;
-  pp_pool_t *pool = hs_pool(HS_NEVER, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
-  RUN_UNTIL(hs.calls == 1, 2000);
-  ASSERT_OK(pp_acquire_cancel(&l));
-  RUN_UNTIL(r.calls == 1, 1000);
-  ASSERT_ERR(r.status, PP_ECANCELED);
+  fixture_t f = hs_start(HS_NEVER, TEST_OPTS(o.handshake_timeout = 5000), NULL);
+  hs_acquire_until_hook(&f);
+  ASSERT_OK(pp_acquire_cancel(&f.held));
+  RUN_UNTIL(f.held_rec.calls == 1, 1000);
+  ASSERT_ERR(f.held_rec.status, PP_ECANCELED);
   hs.slot[0].done = 1;
   ASSERT_OK(pp_conn_handshake_done(hs.slot[0].conn, 0));
-  RUN_UNTIL(test_stats(pool).idle == 1, 1000);
+  RUN_UNTIL(test_stats(f.pool).idle == 1, 1000);
   pp_lease_t t;
   memset(&t, 0, sizeof t);
-  ASSERT_OK(pp_try_acquire(pool, &t, peer, NULL));
+  ASSERT_OK(pp_try_acquire(f.pool, &t, f.peer, NULL));
   ASSERT_PTR_EQ(t.conn, hs.slot[0].conn);
   ASSERT_OK(pp_release(&t, 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(handshake_reader_not_called_after_closed_on_pool_close) {
   /* `closed` tells the hook to forget the conn (it may free the reader's arg there): the
    * hook's reader must not be called after it. hs_read_cb asserts it. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.handshake_timeout = 10000;
-  pp_pool_t *pool = hs_pool(HS_READ_NEVER, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
-  RUN_UNTIL(hs.calls == 1, 2000);
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
-  test_finish_closed();
-  ASSERT_EQ(hs.closed_calls, 1);
-  ASSERT_ERR(r.status, PP_ECLOSED);
-  srv_stop(srv);
+  fixture_t f = hs_start(HS_READ_NEVER, TEST_OPTS(o.handshake_timeout = 10000), NULL);
+  hs_acquire_until_hook(&f);
+  hs_close_pool_during_handshake(&f);
 }
 
 TEST(handshake_reader_not_called_after_closed_on_timeout) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.handshake_timeout = 60;
-  pp_pool_t *pool = hs_pool(HS_READ_NEVER, &o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  fixture_t f = hs_start(HS_READ_NEVER, TEST_OPTS(o.handshake_timeout = 60), NULL);
+  ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
   test_run_for(30);
   ASSERT_EQ(hs.closed_calls, 1);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }

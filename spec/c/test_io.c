@@ -7,19 +7,68 @@ static void io_fixture(fixture_t *f, srv_t *srv) {
   fixture_hold(f);
 }
 
+static void write_cb_rec(pp_write_t *req, int status) {
+  ASSERT_NOT_IN_CALL();
+  test_rec_t *r = req->data;
+  r->calls++;
+  r->status = status;
+  r->order = ++test_order_counter;
+}
+
+/* A write request and the record of its callback. */
+typedef struct {
+  pp_write_t req;
+  test_rec_t rec;
+} io_write_t;
+
+/* Start a write of `len` bytes at `data` on the held conn, recorded into w->rec (inside
+ * CALL). Returns what pp_conn_write returned. */
+static int io_write_start(fixture_t *f, io_write_t *w, const void *data, size_t len) {
+  memset(w, 0, sizeof *w);
+  w->req.data = &w->rec;
+  uv_buf_t b = uv_buf_init((char *)data, (unsigned int)len);
+  return CALL(pp_conn_write(&w->req, f->held.conn, &b, 1, write_cb_rec));
+}
+
+/* Write `s` on the held conn and wait until the reader `rd` has it all, then compare. */
+static void io_echo(fixture_t *f, test_reader_t *rd, const char *s) {
+  size_t n = strlen(s), before = rd->len;
+  ASSERT_EQ(test_write(f->held.conn, s, n), 0);
+  RUN_UNTIL(rd->len == before + n, 2000);
+  ASSERT(memcmp(rd->buf + before, s, n) == 0);
+}
+
+/* `n` bytes of a pattern that shows misordered or lost bytes (the caller frees it). */
+static char *io_pattern(size_t n, int mul, int add) {
+  char *data = malloc(n);
+  for (size_t i = 0; i < n; i++)
+    data[i] = (char)(i * (size_t)mul + (size_t)add);
+  return data;
+}
+
+/* Start a reader on the held conn and make the server close it: wait for the end. */
+static void io_read_until_server_closes(fixture_t *f, test_reader_t *rd) {
+  ASSERT_OK(pp_conn_read_start(f->held.conn, test_reader_cb, rd));
+  KICK_AFTER_ACCEPTED(f->srv, 1);
+  RUN_UNTIL(rd->ended == 1, 2000);
+}
+
+/* Release the held lease healthy, free the reader (NULL: none) and end the fixture. */
+static void io_end(fixture_t *f, test_reader_t *rd) {
+  ASSERT_OK(pp_release(&f->held, 0));
+  if (rd != NULL) test_reader_free(rd);
+  fixture_end(f);
+}
+
 TEST(io_echo_round_trip) {
   fixture_t f;
   io_fixture(&f, srv_echo_start(NULL));
   test_reader_t rd = {0};
   ASSERT_OK(CALL(pp_conn_read_start(f.held.conn, test_reader_cb, &rd)));
-  ASSERT_EQ(test_write(f.held.conn, "hello world", 11), 0);
-  RUN_UNTIL(rd.len == 11, 2000);
-  ASSERT(memcmp(rd.buf, "hello world", 11) == 0);
+  io_echo(&f, &rd, "hello world");
   ASSERT_EQ(rd.ended, 0);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_counters_rise) {
@@ -28,10 +77,8 @@ TEST(io_counters_rise) {
   pp_conn_t *c = f.held.conn;
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(c, test_reader_cb, &rd));
-  ASSERT_EQ(test_write(c, "0123456789", 10), 0);
-  RUN_UNTIL(rd.len == 10, 2000);
-  ASSERT_EQ(test_write(c, "abcde", 5), 0);
-  RUN_UNTIL(rd.len == 15, 2000);
+  io_echo(&f, &rd, "0123456789");
+  io_echo(&f, &rd, "abcde");
   pp_conn_info_t ci;
   pp_conn_info(c, &ci);
   ASSERT_EQ(ci.bytes_out, 15);
@@ -40,19 +87,18 @@ TEST(io_counters_rise) {
   ASSERT_GE(ci.msgs_in, 2);
   ASSERT_LE(ci.msgs_in, 15);
   ASSERT_EQ(ci.msgs_in, (uint64_t)rd.calls);
+  /* The peer's counters, then the pool's: the same sums. */
   pp_peer_info_t pi = test_peer_info(f.peer);
-  ASSERT_EQ(pi.bytes_out, 15);
-  ASSERT_EQ(pi.bytes_in, 15);
-  ASSERT_EQ(pi.msgs_out, 2);
-  ASSERT_EQ(pi.msgs_in, ci.msgs_in);
   pp_stats_t s = test_stats(f.pool);
-  ASSERT_EQ(s.bytes_out, 15);
-  ASSERT_EQ(s.bytes_in, 15);
-  ASSERT_EQ(s.msgs_out, 2);
-  ASSERT_EQ(s.msgs_in, ci.msgs_in);
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  uint64_t sums[2][4] = {{pi.bytes_out, pi.bytes_in, pi.msgs_out, pi.msgs_in},
+                         {s.bytes_out, s.bytes_in, s.msgs_out, s.msgs_in}};
+  for (int i = 0; i < 2; i++) {
+    ASSERT_EQ(sums[i][0], 15);
+    ASSERT_EQ(sums[i][1], 15);
+    ASSERT_EQ(sums[i][2], 2);
+    ASSERT_EQ(sums[i][3], ci.msgs_in);
+  }
+  io_end(&f, &rd);
 }
 
 TEST(io_peer_counters_survive_conn_close) {
@@ -66,30 +112,17 @@ TEST(io_peer_counters_survive_conn_close) {
   fixture_end(&f);
 }
 
-static void write_cb_rec(pp_write_t *req, int status) {
-  ASSERT_NOT_IN_CALL();
-  test_rec_t *r = req->data;
-  r->calls++;
-  r->status = status;
-  r->order = ++test_order_counter;
-}
-
 TEST(io_write_callback_later_with_status) {
   fixture_t f;
   io_fixture(&f, srv_echo_start(NULL));
-  pp_write_t w;
-  test_rec_t wr = {0};
-  memset(&w, 0, sizeof w);
-  w.data = &wr;
-  uv_buf_t b = uv_buf_init("x", 1);
-  ASSERT_OK(CALL(pp_conn_write(&w, f.held.conn, &b, 1, write_cb_rec)));
-  ASSERT_EQ(wr.calls, 0);
-  RUN_UNTIL(wr.calls == 1, 2000);
-  ASSERT_OK(wr.status);
+  io_write_t w;
+  ASSERT_OK(io_write_start(&f, &w, "x", 1));
+  ASSERT_EQ(w.rec.calls, 0);
+  RUN_UNTIL(w.rec.calls == 1, 2000);
+  ASSERT_OK(w.rec.status);
   test_run_for(10);
-  ASSERT_EQ(wr.calls, 1);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  ASSERT_EQ(w.rec.calls, 1);
+  io_end(&f, NULL);
 }
 
 TEST(io_write_several_buffers_in_order) {
@@ -97,17 +130,15 @@ TEST(io_write_several_buffers_in_order) {
   io_fixture(&f, srv_echo_start(NULL));
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
-  pp_write_t w[3];
-  test_rec_t wr[3];
-  const char *parts[] = {"one,", "two,", "three"};
-  for (int i = 0; i < 3; i++) {
+  pp_write_t w[2];
+  test_rec_t wr[2] = {{0}};
+  for (int i = 0; i < 2; i++) {
     memset(&w[i], 0, sizeof w[i]);
-    memset(&wr[i], 0, sizeof wr[i]);
     w[i].data = &wr[i];
   }
-  uv_buf_t bufs[2] = {uv_buf_init((char *)parts[0], 4), uv_buf_init((char *)parts[1], 4)};
+  uv_buf_t bufs[2] = {uv_buf_init("one,", 4), uv_buf_init("two,", 4)};
   ASSERT_OK(pp_conn_write(&w[0], f.held.conn, bufs, 2, write_cb_rec));
-  uv_buf_t b3 = uv_buf_init((char *)parts[2], 5);
+  uv_buf_t b3 = uv_buf_init("three", 5);
   ASSERT_OK(pp_conn_write(&w[1], f.held.conn, &b3, 1, write_cb_rec));
   RUN_UNTIL(rd.len == 13, 2000);
   ASSERT(memcmp(rd.buf, "one,two,three", 13) == 0);
@@ -118,33 +149,23 @@ TEST(io_write_several_buffers_in_order) {
   pp_conn_info(f.held.conn, &ci);
   ASSERT_EQ(ci.bytes_out, 13);
   ASSERT_EQ(ci.msgs_out, 2);
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_large_round_trip) {
   fixture_t f;
   io_fixture(&f, srv_echo_start(NULL));
   size_t n = 1 << 20;
-  char *data = malloc(n);
-  for (size_t i = 0; i < n; i++)
-    data[i] = (char)(i * 31 + 7);
+  char *data = io_pattern(n, 31, 7);
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
-  pp_write_t w;
-  test_rec_t wr = {0};
-  memset(&w, 0, sizeof w);
-  w.data = &wr;
-  uv_buf_t b = uv_buf_init(data, (unsigned int)n);
-  ASSERT_OK(pp_conn_write(&w, f.held.conn, &b, 1, write_cb_rec));
-  RUN_UNTIL(rd.len == n && wr.calls == 1, 10000);
+  io_write_t w;
+  ASSERT_OK(io_write_start(&f, &w, data, n));
+  RUN_UNTIL(rd.len == n && w.rec.calls == 1, 10000);
   ASSERT(memcmp(rd.buf, data, n) == 0);
-  ASSERT_OK(wr.status);
-  ASSERT_OK(pp_release(&f.held, 0));
+  ASSERT_OK(w.rec.status);
   free(data);
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_read_stop_keeps_bytes_for_next_reader) {
@@ -161,9 +182,7 @@ TEST(io_read_stop_keeps_bytes_for_next_reader) {
   ASSERT_EQ(rd.calls, 0); /* delivered on a later tick, not inside read_start */
   RUN_UNTIL(rd.len == 10, 2000);
   ASSERT(memcmp(rd.buf, "kept bytes", 10) == 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_bytes_before_any_reader_are_kept) {
@@ -177,9 +196,7 @@ TEST(io_bytes_before_any_reader_are_kept) {
   ASSERT_EQ(rd.calls, 0);
   RUN_UNTIL(rd.len == 5, 2000);
   ASSERT(memcmp(rd.buf, "early", 5) == 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_kept_bytes_beyond_64k_are_not_lost) {
@@ -188,25 +205,17 @@ TEST(io_kept_bytes_beyond_64k_are_not_lost) {
   fixture_t f;
   io_fixture(&f, srv_echo_start(NULL));
   size_t n = 256 * 1024;
-  char *data = malloc(n);
-  for (size_t i = 0; i < n; i++)
-    data[i] = (char)(i * 13 + 1);
-  pp_write_t w;
-  test_rec_t wr = {0};
-  memset(&w, 0, sizeof w);
-  w.data = &wr;
-  uv_buf_t b = uv_buf_init(data, (unsigned int)n);
-  ASSERT_OK(pp_conn_write(&w, f.held.conn, &b, 1, write_cb_rec));
+  char *data = io_pattern(n, 13, 1);
+  io_write_t w;
+  ASSERT_OK(io_write_start(&f, &w, data, n));
   test_run_for(200);
   ASSERT_EQ(pp_conn_is_broken(f.held.conn), 0);
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
-  RUN_UNTIL(rd.len == n && wr.calls == 1, 10000);
+  RUN_UNTIL(rd.len == n && w.rec.calls == 1, 10000);
   ASSERT(memcmp(rd.buf, data, n) == 0);
-  ASSERT_OK(pp_release(&f.held, 0));
   free(data);
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_second_reader_is_bad_state) {
@@ -218,55 +227,40 @@ TEST(io_second_reader_is_bad_state) {
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
   ASSERT_OK(pp_conn_read_stop(f.held.conn)); /* always 0 */
   ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &b));
-  ASSERT_EQ(test_write(f.held.conn, "z", 1), 0);
-  RUN_UNTIL(b.len == 1, 2000);
+  io_echo(&f, &b, "z");
   ASSERT_EQ(a.calls, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
   test_reader_free(&a);
-  test_reader_free(&b);
-  fixture_end(&f);
+  io_end(&f, &b);
 }
 
 TEST(io_reader_gets_eof_once_when_server_closes) {
   fixture_t f;
   io_fixture(&f, srv_echo_start(NULL));
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
-  KICK_AFTER_ACCEPTED(f.srv, 1);
-  RUN_UNTIL(rd.ended == 1, 2000);
+  io_read_until_server_closes(&f, &rd);
   ASSERT_ERR2(rd.end_status, UV_EOF, UV_ECONNRESET);
   test_run_for(30);
   ASSERT_EQ(rd.after_end, 0);
   ASSERT_EQ(pp_conn_is_broken(f.held.conn), 1);
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_write_on_broken_conn_fails) {
   fixture_t f;
   io_fixture(&f, srv_echo_start(NULL));
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
-  KICK_AFTER_ACCEPTED(f.srv, 1);
-  RUN_UNTIL(rd.ended == 1, 2000);
-  pp_write_t w;
-  test_rec_t wr = {0};
-  memset(&w, 0, sizeof w);
-  w.data = &wr;
-  uv_buf_t b = uv_buf_init("late", 4);
-  int rc = CALL(pp_conn_write(&w, f.held.conn, &b, 1, write_cb_rec));
+  io_read_until_server_closes(&f, &rd);
+  io_write_t w;
+  int rc = io_write_start(&f, &w, "late", 4);
   if (rc == 0) {
-    RUN_UNTIL(wr.calls == 1, 2000);
-    ASSERT_LT(wr.status, 0);
+    RUN_UNTIL(w.rec.calls == 1, 2000);
+    ASSERT_LT(w.rec.status, 0);
   } else {
     ASSERT_LT(rc, 0);
     test_run_for(20);
-    ASSERT_EQ(wr.calls, 0);
+    ASSERT_EQ(w.rec.calls, 0);
   }
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_read_start_on_broken_conn) {
@@ -275,9 +269,7 @@ TEST(io_read_start_on_broken_conn) {
   fixture_t f;
   io_fixture(&f, srv_echo_start(NULL));
   test_reader_t a = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &a));
-  KICK_AFTER_ACCEPTED(f.srv, 1);
-  RUN_UNTIL(a.ended == 1, 2000);
+  io_read_until_server_closes(&f, &a);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
   test_reader_t b = {0};
   int rc = CALL(pp_conn_read_start(f.held.conn, test_reader_cb, &b));
@@ -287,10 +279,8 @@ TEST(io_read_start_on_broken_conn) {
   } else {
     ASSERT_ERR(rc, PP_ECLOSED);
   }
-  ASSERT_OK(pp_release(&f.held, 0));
   test_reader_free(&a);
-  test_reader_free(&b);
-  fixture_end(&f);
+  io_end(&f, &b);
 }
 
 TEST(io_write_error_marks_conn_broken_and_closes_on_release) {
@@ -321,13 +311,9 @@ TEST(io_unix_round_trip) {
   io_fixture(&f, srv_unix_start(NULL));
   test_reader_t rd = {0};
   ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
-  ASSERT_EQ(test_write(f.held.conn, "via unix", 8), 0);
-  RUN_UNTIL(rd.len == 8, 2000);
-  ASSERT(memcmp(rd.buf, "via unix", 8) == 0);
+  io_echo(&f, &rd, "via unix");
   ASSERT_EQ(test_peer_info(f.peer).bytes_in, 8);
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }
 
 TEST(io_reader_released_with_lease) {
@@ -341,13 +327,10 @@ TEST(io_reader_released_with_lease) {
   ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
   ASSERT_PTR_EQ(f.held.conn, c);
   ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &b));
-  ASSERT_EQ(test_write(f.held.conn, "q", 1), 0);
-  RUN_UNTIL(b.len == 1, 2000);
+  io_echo(&f, &b, "q");
   ASSERT_EQ(a.len, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
   test_reader_free(&a);
-  test_reader_free(&b);
-  fixture_end(&f);
+  io_end(&f, &b);
 }
 
 TEST(io_conn_data) {
@@ -357,8 +340,22 @@ TEST(io_conn_data) {
   ASSERT_NULL(pp_conn_get_data(f.held.conn));
   pp_conn_set_data(f.held.conn, &x);
   ASSERT_PTR_EQ(pp_conn_get_data(f.held.conn), &x);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  io_end(&f, NULL);
+}
+
+/* The next holder of the conn (the same one, or a new one if the pool closed it) writes
+ * "fresh": it must read back exactly that, no stale bytes before it and no end. */
+static void io_next_lessee_reads_only_its_reply(fixture_t *f) {
+  ASSERT_OK(test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL));
+  test_reader_t rd = {0};
+  ASSERT_OK(pp_conn_read_start(f->held.conn, test_reader_cb, &rd));
+  ASSERT_EQ(test_write(f->held.conn, "fresh", 5), 0);
+  RUN_UNTIL(rd.len >= 5 || rd.ended, 2000);
+  test_run_for(20);
+  ASSERT_EQ(rd.ended, 0);
+  ASSERT_EQ(rd.len, 5);
+  ASSERT(memcmp(rd.buf, "fresh", 5) == 0);
+  io_end(f, &rd);
 }
 
 TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
@@ -370,45 +367,19 @@ TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
   RUN_UNTIL(srv_bytes_out(f.srv) == 5, 2000);
   test_run_for(20);
   ASSERT_OK(pp_release(&f.held, 0));
-  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
-  test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
-  ASSERT_EQ(test_write(f.held.conn, "fresh", 5), 0);
-  RUN_UNTIL(rd.len >= 5, 2000);
-  test_run_for(20);
-  ASSERT_EQ(rd.len, 5);
-  ASSERT(memcmp(rd.buf, "fresh", 5) == 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_next_lessee_reads_only_its_reply(&f);
 }
 
 TEST(io_late_reply_on_idle_conn_is_not_handed_to_the_next_lessee) {
   /* The reply arrives after the release, while the conn idles: same rule. */
   fixture_t f;
-  srv_opts_t so = {0};
-  io_fixture(&f, srv_echo_start(&so));
-  pp_write_t w;
-  test_rec_t wr = {0};
-  memset(&w, 0, sizeof w);
-  w.data = &wr;
-  uv_buf_t b = uv_buf_init("late!", 5);
-  ASSERT_OK(pp_conn_write(&w, f.held.conn, &b, 1, write_cb_rec));
+  io_fixture(&f, srv_echo_start(NULL));
+  io_write_t w;
+  ASSERT_OK(io_write_start(&f, &w, "late!", 5));
   ASSERT_OK(pp_release(&f.held, 0)); /* before the echo can be back */
-  RUN_UNTIL(wr.calls == 1 && srv_bytes_out(f.srv) == 5, 2000);
+  RUN_UNTIL(w.rec.calls == 1 && srv_bytes_out(f.srv) == 5, 2000);
   test_run_for(30); /* the echo reaches the idle conn */
-  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
-  test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
-  ASSERT_EQ(test_write(f.held.conn, "fresh", 5), 0);
-  RUN_UNTIL(rd.len >= 5 || rd.ended, 2000);
-  test_run_for(20);
-  ASSERT_EQ(rd.ended, 0);
-  ASSERT_EQ(rd.len, 5);
-  ASSERT(memcmp(rd.buf, "fresh", 5) == 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_next_lessee_reads_only_its_reply(&f);
 }
 
 TEST(io_write_queue_size_grows_while_the_peer_does_not_read) {
@@ -422,12 +393,8 @@ TEST(io_write_queue_size_grows_while_the_peer_does_not_read) {
   ASSERT_EQ(pp_conn_write_queue_size(c), 0);
   size_t n = 32u << 20;
   char *data = calloc(1, n);
-  pp_write_t w;
-  test_rec_t wr = {0};
-  memset(&w, 0, sizeof w);
-  w.data = &wr;
-  uv_buf_t b = uv_buf_init(data, (unsigned int)n);
-  ASSERT_OK(pp_conn_write(&w, c, &b, 1, write_cb_rec));
+  io_write_t w;
+  ASSERT_OK(io_write_start(&f, &w, data, n));
   size_t queued = pp_conn_write_queue_size(c);
   ASSERT_GT(queued, 0);
   ASSERT_LE(queued, n);
@@ -435,12 +402,12 @@ TEST(io_write_queue_size_grows_while_the_peer_does_not_read) {
   size_t later = pp_conn_write_queue_size(c);
   ASSERT_GT(later, n / 2);
   ASSERT_LE(later, queued);
-  ASSERT_EQ(wr.calls, 0);
+  ASSERT_EQ(w.rec.calls, 0);
   uv_buf_t one = uv_buf_init("x", 1);
   ASSERT_ERR(pp_conn_try_write(c, &one, 1), UV_EAGAIN); /* queued bytes go first */
   ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
-  RUN_UNTIL(wr.calls == 1, 2000);
-  ASSERT_ERR(wr.status, UV_ECANCELED);
+  RUN_UNTIL(w.rec.calls == 1, 2000);
+  ASSERT_ERR(w.rec.status, UV_ECANCELED);
   free(data);
   fixture_end(&f);
 }
@@ -452,18 +419,12 @@ TEST(io_write_queue_size_drains_to_zero) {
   ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
   size_t n = 8u << 20;
   char *data = calloc(1, n);
-  pp_write_t w;
-  test_rec_t wr = {0};
-  memset(&w, 0, sizeof w);
-  w.data = &wr;
-  uv_buf_t b = uv_buf_init(data, (unsigned int)n);
-  ASSERT_OK(pp_conn_write(&w, f.held.conn, &b, 1, write_cb_rec));
-  RUN_UNTIL(wr.calls == 1, 10000);
-  ASSERT_OK(wr.status);
+  io_write_t w;
+  ASSERT_OK(io_write_start(&f, &w, data, n));
+  RUN_UNTIL(w.rec.calls == 1, 10000);
+  ASSERT_OK(w.rec.status);
   ASSERT_EQ(pp_conn_write_queue_size(f.held.conn), 0);
   RUN_UNTIL(rd.len == n, 10000);
-  ASSERT_OK(pp_release(&f.held, 0));
   free(data);
-  test_reader_free(&rd);
-  fixture_end(&f);
+  io_end(&f, &rd);
 }

@@ -80,236 +80,172 @@ static void ping_closed(void *data, pp_conn_t *conn) {
   s->closed = 1;
 }
 
-static pp_pool_t *ping_pool(int mode, pp_options_t *o, srv_t *srv, pp_peer_t **peer) {
+/* A pool with `opts` whose policy is the ping hook in `mode` (with ping_closed), and one
+ * peer at an echo server. The test's lease is f.held. */
+static fixture_t ping_start(int mode, const pp_options_t *opts) {
   memset(&pg, 0, sizeof pg);
   pg.mode = mode;
-  pp_pool_t *pool = test_pool(o);
+  fixture_t f = fixture_start(srv_echo_start(NULL), opts);
   pp_policy_t pol;
   memset(&pol, 0, sizeof pol);
   pol.ping = ping_hook;
   pol.closed = ping_closed;
-  pp_pool_set_policy(pool, &pol);
-  *peer = test_peer(pool, srv_addr(srv));
-  return pool;
+  pp_pool_set_policy(f.pool, &pol);
+  return f;
+}
+
+/* Acquire f.held (it must succeed). */
+static void ping_acquire(fixture_t *f) {
+  ASSERT_OK(test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL));
+}
+
+/* One conn, released idle; then run until the keepalive sweep called the hook for it. */
+static void ping_until_hook(fixture_t *f) {
+  test_acquire_release(f->pool, f->peer);
+  RUN_UNTIL(pg.calls == 1, 2000);
 }
 
 TEST(ping_before_lending_an_idle_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.ping_after = 50;
-  o.max_per_peer = 1; /* the acquire waits for the ping instead of dialling a second conn */
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_ECHO, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  pp_conn_t *c = test_acquire_release(pool, peer);
+  /* max_per_peer 1: the acquire waits for the ping instead of dialling a second conn. */
+  fixture_t f = ping_start(PING_ECHO, TEST_OPTS(o.ping_after = 50; o.max_per_peer = 1));
+  pp_conn_t *c = test_acquire_release(f.pool, f.peer);
   ASSERT_EQ(pg.calls, 0); /* a fresh conn needs no ping */
   test_run_for(100);
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ping_acquire(&f);
   ASSERT_EQ(pg.calls, 1);
   ASSERT_PTR_EQ(pg.slot[0].conn, c);
   ASSERT_OK(pg.done_rc);
-  ASSERT_PTR_EQ(l.conn, c);
-  ASSERT_ACCEPTED(srv, 1);
-  pp_stats_t s = test_stats(pool);
+  ASSERT_PTR_EQ(f.held.conn, c);
+  ASSERT_ACCEPTED(f.srv, 1);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.pings, 1);
   ASSERT_EQ(s.pings_failed, 0);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(ping_not_needed_for_a_recently_used_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.ping_after = 5000;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_ECHO, &o, srv, &peer);
+  fixture_t f = ping_start(PING_ECHO, TEST_OPTS(o.ping_after = 5000));
   for (int i = 0; i < 3; i++)
-    test_acquire_release(pool, peer);
+    test_acquire_release(f.pool, f.peer);
   ASSERT_EQ(pg.calls, 0);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(ping_completed_inside_hook) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.ping_after = 30;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_SYNC_OK, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  test_acquire_release(pool, peer);
+  fixture_t f = ping_start(PING_SYNC_OK, TEST_OPTS(o.ping_after = 30));
+  test_acquire_release(f.pool, f.peer);
   test_run_for(60);
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ping_acquire(&f);
   ASSERT_EQ(pg.calls, 1);
   ASSERT_OK(pg.done_rc);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(ping_failure_closes_the_conn_and_acquire_gets_another) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.ping_after = 30;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_FAIL, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  pp_conn_t *c = test_acquire_release(pool, peer);
+  fixture_t f = ping_start(PING_FAIL, TEST_OPTS(o.ping_after = 30));
+  pp_conn_t *c = test_acquire_release(f.pool, f.peer);
   test_run_for(60);
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ping_acquire(&f);
   ASSERT_GE(pg.calls, 1);
   ASSERT_OK(pg.done_rc);
-  ASSERT_PTR_NE(l.conn, c);
-  ASSERT_ACCEPTED(srv, 2);
-  pp_stats_t s = test_stats(pool);
+  ASSERT_PTR_NE(f.held.conn, c);
+  ASSERT_ACCEPTED(f.srv, 2);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.closed[PP_CLOSE_PING], 1);
   ASSERT_EQ(s.pings_failed, 1);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(ping_timeout_closes_the_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.ping_after = 30;
-  o.handshake_timeout = 80; /* a ping has handshake_timeout to complete */
-  o.max_per_peer = 1;       /* the acquire waits for the ping instead of dialling */
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_NEVER, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  test_acquire_release(pool, peer);
+  /* A ping has handshake_timeout to complete; max_per_peer 1: the acquire waits for the ping
+   * instead of dialling. */
+  fixture_t f = ping_start(
+      PING_NEVER, TEST_OPTS(o.ping_after = 30; o.handshake_timeout = 80; o.max_per_peer = 1));
+  test_acquire_release(f.pool, f.peer);
   test_run_for(60);
   uint64_t t0 = test_now_ms();
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ping_acquire(&f);
   ASSERT_GE(test_now_ms() - t0, 70);
   ASSERT_EQ(pg.calls, 1);
   ASSERT_EQ(pg.closed_calls, 1);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_PING], 1);
-  ASSERT_ACCEPTED(srv, 2);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_PING], 1);
+  ASSERT_ACCEPTED(f.srv, 2);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(ping_keepalive_checks_idle_conns) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.keepalive = 40;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_ECHO, &o, srv, &peer);
-  test_acquire_release(pool, peer);
+  fixture_t f = ping_start(PING_ECHO, TEST_OPTS(o.keepalive = 40));
+  test_acquire_release(f.pool, f.peer);
   RUN_UNTIL(pg.calls >= 2 && pg.slot[pg.calls - 1].finished, 2000);
   ASSERT_OK(pg.done_rc);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_GE(s.pings, 1);
   ASSERT_EQ(s.closed[PP_CLOSE_PING], 0);
   ASSERT_EQ(s.conns, 1);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(ping_keepalive_skips_leased_conns) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.keepalive = 30;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_ECHO, &o, srv, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = ping_start(PING_ECHO, TEST_OPTS(o.keepalive = 30));
+  ping_acquire(&f);
   test_run_for(200);
   ASSERT_EQ(pg.calls, 0);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(ping_keepalive_failure_closes_idle_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.keepalive = 40;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_FAIL, &o, srv, &peer);
-  test_acquire_release(pool, peer);
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_PING] == 1, 2000);
-  ASSERT_EQ(test_stats(pool).conns, 0);
-  RUN_UNTIL(srv_open(srv) == 0, 2000);
-  test_finish_srv(pool, srv);
+  fixture_t f = ping_start(PING_FAIL, TEST_OPTS(o.keepalive = 40));
+  test_acquire_release(f.pool, f.peer);
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_PING] == 1, 2000);
+  ASSERT_EQ(test_stats(f.pool).conns, 0);
+  RUN_UNTIL(srv_open(f.srv) == 0, 2000);
+  fixture_end(&f);
+}
+
+/* The pool closes while the hook (in `mode`) holds a conn: `closed` is called once. */
+static void ping_pool_closed_while_pinging(int mode) {
+  fixture_t f = ping_start(mode, TEST_OPTS(o.keepalive = 30; o.handshake_timeout = 10000));
+  ping_until_hook(&f);
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
+  test_finish_closed();
+  ASSERT_EQ(pg.closed_calls, 1);
+  srv_stop(f.srv);
 }
 
 TEST(ping_closed_hook_on_pool_close) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.keepalive = 30;
-  o.handshake_timeout = 10000;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_NEVER, &o, srv, &peer);
-  test_acquire_release(pool, peer);
-  RUN_UNTIL(pg.calls == 1, 2000);
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
-  test_finish_closed();
-  ASSERT_EQ(pg.closed_calls, 1);
-  srv_stop(srv);
+  ping_pool_closed_while_pinging(PING_NEVER);
 }
 
 TEST(ping_hook_reader_not_called_after_closed) {
   /* `closed` means "forget this conn": the hook's reader (whose arg the hook may free in
    * `closed`) must not be called afterwards. ping_read_cb asserts it. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.keepalive = 30;
-  o.handshake_timeout = 10000;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_READ_NEVER, &o, srv, &peer);
-  test_acquire_release(pool, peer);
-  RUN_UNTIL(pg.calls == 1, 2000);
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
-  test_finish_closed();
-  ASSERT_EQ(pg.closed_calls, 1);
-  srv_stop(srv);
+  ping_pool_closed_while_pinging(PING_READ_NEVER);
 }
 
 TEST(ping_pinging_conn_is_not_lent_by_try_acquire) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.keepalive = 30;
-  o.handshake_timeout = 10000;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_NEVER, &o, srv, &peer);
-  test_acquire_release(pool, peer);
-  RUN_UNTIL(pg.calls == 1, 2000);
-  pp_lease_t t;
-  memset(&t, 0, sizeof t);
-  ASSERT_ERR(pp_try_acquire(pool, &t, peer, NULL), PP_EAGAIN);
+  fixture_t f = ping_start(PING_NEVER, TEST_OPTS(o.keepalive = 30; o.handshake_timeout = 10000));
+  ping_until_hook(&f);
+  test_try_acquire_fails(f.pool, f.peer, PP_EAGAIN);
   /* Completing the ping makes it lendable again. */
   pg.slot[0].finished = 1;
   ASSERT_OK(pp_conn_ping_done(pg.slot[0].conn, 0));
-  ASSERT_OK(pp_try_acquire(pool, &t, peer, NULL));
+  pp_lease_t t;
+  memset(&t, 0, sizeof t);
+  ASSERT_OK(pp_try_acquire(f.pool, &t, f.peer, NULL));
   ASSERT_OK(pp_release(&t, 0));
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(ping_hook_reader_not_called_after_closed_on_timeout) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.keepalive = 30;
-  o.handshake_timeout = 50;
-  pp_peer_t *peer;
-  pp_pool_t *pool = ping_pool(PING_READ_NEVER, &o, srv, &peer);
-  test_acquire_release(pool, peer);
+  fixture_t f = ping_start(PING_READ_NEVER, TEST_OPTS(o.keepalive = 30; o.handshake_timeout = 50));
+  test_acquire_release(f.pool, f.peer);
   RUN_UNTIL(pg.closed_calls == 1, 2000);
   test_run_for(30);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_PING], 1);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_PING], 1);
+  fixture_end(&f);
 }

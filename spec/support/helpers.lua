@@ -5,6 +5,7 @@
 --   it("...", H.test(function(env) ... end))
 --
 -- env:pool(opts)         peerpool.new(opts), closed at the end of the test
+-- env:pool_on(srv, opts) env:pool(opts) with srv.addr added as its peer
 -- env:echo() / env:line() / env:refused() / env:closer() / env:hangup() / env:slow(ms) /
 -- env:blackhole() /
 -- env:deaf()
@@ -75,6 +76,12 @@ Env.__index = Env
 function Env:pool(opts)
   local pool = peerpool.new(opts)
   self.pools[#self.pools + 1] = pool
+  return pool
+end
+
+function Env:pool_on(srv, opts)
+  local pool = self:pool(opts)
+  pool:add_peer(srv.addr)
   return pool
 end
 

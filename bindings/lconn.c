@@ -645,8 +645,9 @@ static int l_receive_until(lua_State *L) {
   luaL_argcheck(L, dl > 0, 2, "delimiter must not be empty");
   int64_t call_ms = opt_timeout(L, 3);
   if (c->owner->framed)
-    return luaL_error(L, "conn:receive_until() is not available on a pool with framing "
-                         "(receive() returns each whole reply)");
+    return luaL_error(L,
+                      "conn:receive_until() is not available on a pool with framing "
+                      "(receive() returns each whole reply)");
   lua_pushvalue(L, 2); /* the delimiter lives in user value 3 while we point into it */
   lua_setiuservalue(L, 1, 3);
   c->delim = delim;
@@ -715,7 +716,8 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
         pp_conn_unread(c->lease.conn, unread(c), c->len) != 0)
       status = LPP_NOREUSE;
   }
-  if (c->send_wait.co_ref != LUA_NOREF && status == 0) status = LPP_NOREUSE; /* half a request out */
+  if (c->send_wait.co_ref != LUA_NOREF && status == 0)
+    status = LPP_NOREUSE;   /* half a request out */
   c->state = LPP_CONN_DONE; /* before anything can run: a reentrant release is a no-op */
   pp_release(&c->lease, status);
   lpp_send_wake(c, PP_ECLOSED);

@@ -143,13 +143,13 @@ typedef struct lpp_conn_s {
   uv_timer_t *send_timer; /* io_timeout of that wait */
   int want_kind;          /* 0 none, 'l' line, 'n' bytes, 'a' all, 'u' up to delim, 'r' reply */
   size_t want_n;
-  const char *delim;      /* receive_until's delimiter (anchored in user value 3 meanwhile) */
+  const char *delim; /* receive_until's delimiter (anchored in user value 3 meanwhile) */
   size_t delim_len;
-  size_t dscanned;        /* unread bytes known to start no delimiter, in this receive_until */
-  int64_t send_ms, read_ms; /* conn:settimeouts; -1: the pool's io_timeout */
-  uint64_t reused;          /* leases of this conn before this one (conn:reused()) */
-  int read_error;                   /* stream end/error seen, 0 = none */
-  struct lpp_reader_s *reader;      /* set while the engine may call our reader (see lconn.c) */
+  size_t dscanned;             /* unread bytes known to start no delimiter, in this receive_until */
+  int64_t send_ms, read_ms;    /* conn:settimeouts; -1: the pool's io_timeout */
+  uint64_t reused;             /* leases of this conn before this one (conn:reused()) */
+  int read_error;              /* stream end/error seen, 0 = none */
+  struct lpp_reader_s *reader; /* set while the engine may call our reader (see lconn.c) */
   struct lpp_conn_s *wnext, *wprev; /* in the pool's list of timed receives */
   uint64_t deadline;                /* loop ms when a waiting receive times out; 0 = not listed */
   pp_conn_t *hook_conn;             /* with LPP_CONN_HOOK */
@@ -180,9 +180,9 @@ typedef struct {
 /* lwait.c: a coroutine waits in the API with lpp_wait_begin (anchors it; may raise) and
  * `return lpp_wait_yield(L, st, obj, w)` (arms the wait and yields; `obj`, the stack index of
  * the object waited on, stays on the yielding frame: alive, and part of the proof), or
- * lpp_wait_cancel if it cannot wait after all. An answer takes it with lpp_wait_take: the coroutine (pushed on L, anchored
- * there) if it still waits in this wait, else NULL (the program resumed it by hand, or closed
- * it, or it never yielded: nobody takes the answer; still pop the pushed value).
+ * lpp_wait_cancel if it cannot wait after all. An answer takes it with lpp_wait_take: the coroutine
+ * (pushed on L, anchored there) if it still waits in this wait, else NULL (the program resumed it
+ * by hand, or closed it, or it never yielded: nobody takes the answer; still pop the pushed value).
  * lpp_wait_active: whether a wait is still owed its answer. */
 void lpp_wait_begin(lua_State *L, lpp_wait_t *w);
 void lpp_wait_cancel(lua_State *L, lpp_wait_t *w);

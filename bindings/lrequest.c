@@ -71,8 +71,10 @@ static int field_int(lua_State *L, int t, const char *name, int dflt, int lo, in
 static pp_framing_kind_t kind_named(lua_State *L, const char *s) {
   for (int k = PP_FRAMING_LINE; k <= PP_FRAMING_LENGTH; k++)
     if (strcmp(s, pp_framing_name((pp_framing_kind_t)k)) == 0) return (pp_framing_kind_t)k;
-  luaL_error(L, "peerpool.new: option 'framing' must be \"line\", \"resp\", \"length\", a table "
-                "or a function (got \"%s\")", s);
+  luaL_error(L,
+             "peerpool.new: option 'framing' must be \"line\", \"resp\", \"length\", a table "
+             "or a function (got \"%s\")",
+             s);
   return PP_FRAMING_NONE;
 }
 
@@ -94,8 +96,10 @@ void lpp_read_framing(lua_State *L, int idx, lpp_pool_t *p) {
       break;
     case LUA_TTABLE: {
       if (lua_getfield(L, idx, "kind") != LUA_TSTRING)
-        luaL_error(L, "peerpool.new: option 'framing.kind' must be \"line\", \"resp\" or "
-                      "\"length\" (got %s)", luaL_typename(L, -1));
+        luaL_error(L,
+                   "peerpool.new: option 'framing.kind' must be \"line\", \"resp\" or "
+                   "\"length\" (got %s)",
+                   luaL_typename(L, -1));
       pp_framing_init(f, kind_named(L, lua_tostring(L, -1)));
       lua_pop(L, 1);
       f->length_size = field_int(L, idx, "size", 4, 1, 8);
@@ -106,8 +110,10 @@ void lpp_read_framing(lua_State *L, int idx, lpp_pool_t *p) {
       break;
     }
     default:
-      luaL_error(L, "peerpool.new: option 'framing' must be \"line\", \"resp\", \"length\", a "
-                    "table or a function (got %s)", luaL_typename(L, idx));
+      luaL_error(L,
+                 "peerpool.new: option 'framing' must be \"line\", \"resp\", \"length\", a "
+                 "table or a function (got %s)",
+                 luaL_typename(L, idx));
   }
   const char *why;
   if (pp_framing_validate(f, &why) != 0) luaL_error(L, "peerpool.new: option %s", why);
@@ -230,8 +236,8 @@ int lpp_req_take(lua_State *L, lpp_conn_t *c) {
   } else {
     int err = r->status == UV_EOF ? PP_ECLOSED : r->status;
     const char *detail =
-        err == PP_EPIPELINE ? "an earlier request on this shared conn timed out or failed; "
-                              "the conn was closed and this request's reply is lost"
+        err == PP_EPIPELINE  ? "an earlier request on this shared conn timed out or failed; "
+                               "the conn was closed and this request's reply is lost"
         : err == PP_EFRAMING ? "a reply did not parse under the pool's framing; conn closed"
                              : NULL;
     n = lpp_push_error(L, err, detail);
@@ -335,8 +341,10 @@ static void on_call_reply(pp_request_t *req, int status, const char *reply, size
   pp_release(&k->lease, 0); /* the reply is in: the conn owes this lease nothing more */
   lua_State *co = p->st->shutting_down ? NULL : lpp_wait_take(L, &k->wait);
   if (co == NULL) { /* closed, or resumed by the program, while it waited: nobody takes it */
-    if (!p->st->shutting_down) lua_pop(L, 1);
-    else lpp_unref(L, &k->wait.co_ref);
+    if (!p->st->shutting_down)
+      lua_pop(L, 1);
+    else
+      lpp_unref(L, &k->wait.co_ref);
     call_free(L, k);
     lpp_budget_leave(outside);
     return;
@@ -352,8 +360,8 @@ static void on_call_reply(pp_request_t *req, int status, const char *reply, size
               "this one fail with pipeline_broken"
         : err == PP_EPIPELINE ? "an earlier request on this shared conn timed out or failed; "
                                 "the conn was closed and this request's reply is lost"
-        : err == PP_EFRAMING ? "a reply did not parse under the pool's framing; conn closed"
-                             : NULL;
+        : err == PP_EFRAMING  ? "a reply did not parse under the pool's framing; conn closed"
+                              : NULL;
     n = lpp_push_error(co, err, detail);
   }
   call_free(L, k);

@@ -1085,7 +1085,7 @@ struct pp_request_s {
   const uv_buf_t *bufs_;
   unsigned int nbufs_;
   int status_;
-  pp__link_t link_; /* the conn's send queue, then its reply queue, then the pool's defer list */
+  pp__link_t link_;  /* the conn's send queue, then its reply queue, then the pool's defer list */
   uint64_t sent_ns_; /* uv_hrtime at pp_request_send (the request histogram) */
 };
 

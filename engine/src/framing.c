@@ -43,8 +43,7 @@ int pp_framing_validate(const pp_framing_t *f, const char **why) {
         "framing.kind must be none, line, resp, length or a function");
   CHECK(f->max_reply <= ((size_t)1 << 40), "framing.max_reply must be at most 2^40 bytes");
   if (f->kind == PP_FRAMING_LENGTH) {
-    CHECK(f->length_size == 1 || f->length_size == 2 || f->length_size == 4 ||
-              f->length_size == 8,
+    CHECK(f->length_size == 1 || f->length_size == 2 || f->length_size == 4 || f->length_size == 8,
           "framing.length_size must be 1, 2, 4 or 8");
     CHECK(f->length_offset >= 0 && f->length_offset <= 1024,
           "framing.length_offset must be an integer in 0..1024");
@@ -123,10 +122,18 @@ static ssize_t resp_next(pp_framer_t *fr, const char *buf, size_t len) {
     int64_t n;
     char type = buf[pos];
     switch (type) {
-      case '+': case '-': case ':': case '_': case '#': case ',': case '(':
+      case '+':
+      case '-':
+      case ':':
+      case '_':
+      case '#':
+      case ',':
+      case '(':
         end = next;
         break;
-      case '$': case '!': case '=':
+      case '$':
+      case '!':
+      case '=':
         if (parse_len(buf + pos + 1, crl - pos - 1, &n) != 0) return PP_EFRAMING;
         if (n == -1) {
           if (type != '$') return PP_EFRAMING;
@@ -142,7 +149,11 @@ static ssize_t resp_next(pp_framer_t *fr, const char *buf, size_t len) {
         }
         if (buf[end - 2] != '\r' || buf[end - 1] != '\n') return PP_EFRAMING;
         break;
-      case '*': case '~': case '>': case '%': case '|':
+      case '*':
+      case '~':
+      case '>':
+      case '%':
+      case '|':
         if (parse_len(buf + pos + 1, crl - pos - 1, &n) != 0) return PP_EFRAMING;
         if (n == -1 && type != '*') return PP_EFRAMING;
         if (type == '%') n *= 2;

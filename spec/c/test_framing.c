@@ -23,8 +23,8 @@ static int frame_stream(const pp_framing_t *cfg, const char *stream, size_t len,
       if (n < 0) return (int)n;
       if (n == 0) break;
       ASSERT_MSG(want[nreply] != 0, "more replies than expected (chunk %zu)", chunk);
-      ASSERT_MSG((size_t)n == want[nreply], "reply %d: %zd bytes, want %zu (chunk %zu)", nreply,
-                 n, want[nreply], chunk);
+      ASSERT_MSG((size_t)n == want[nreply], "reply %d: %zd bytes, want %zu (chunk %zu)", nreply, n,
+                 want[nreply], chunk);
       taken += (size_t)n;
       nreply++;
     }
@@ -65,12 +65,25 @@ TEST(framing_line_too_long) {
 }
 
 /* One reply per entry: every RESP2 and RESP3 type, nesting, CRLFs inside a bulk string. */
-static const char *const resp_replies[] = {
-    "+OK\r\n", "-ERR unknown command\r\n", ":-42\r\n", "$5\r\nhello\r\n", "$-1\r\n",
-    "$0\r\n\r\n", "*-1\r\n", "*0\r\n", "*2\r\n$3\r\nfoo\r\n*2\r\n:1\r\n*1\r\n+x\r\n",
-    "$11\r\na\r\nb\r\n\r\nc\r\n\r\n", "%1\r\n+k\r\n#t\r\n", "|1\r\n+ttl\r\n:3\r\n:7\r\n",
-    "_\r\n", ",3.14\r\n", "(123\r\n", "=7\r\ntxt:abc\r\n", "~1\r\n!2\r\nno\r\n",
-    ">2\r\n+message\r\n*1\r\n%0\r\n", NULL};
+static const char *const resp_replies[] = {"+OK\r\n",
+                                           "-ERR unknown command\r\n",
+                                           ":-42\r\n",
+                                           "$5\r\nhello\r\n",
+                                           "$-1\r\n",
+                                           "$0\r\n\r\n",
+                                           "*-1\r\n",
+                                           "*0\r\n",
+                                           "*2\r\n$3\r\nfoo\r\n*2\r\n:1\r\n*1\r\n+x\r\n",
+                                           "$11\r\na\r\nb\r\n\r\nc\r\n\r\n",
+                                           "%1\r\n+k\r\n#t\r\n",
+                                           "|1\r\n+ttl\r\n:3\r\n:7\r\n",
+                                           "_\r\n",
+                                           ",3.14\r\n",
+                                           "(123\r\n",
+                                           "=7\r\ntxt:abc\r\n",
+                                           "~1\r\n!2\r\nno\r\n",
+                                           ">2\r\n+message\r\n*1\r\n%0\r\n",
+                                           NULL};
 
 TEST(framing_resp_all_types_every_split) {
   pp_framing_t cfg;
@@ -143,7 +156,11 @@ TEST(framing_length_prefix_variants) {
   pp_framing_init(&cfg, PP_FRAMING_LENGTH);
   cfg.length_size = 2;
   cfg.length_offset = 1;
-  const char a[] = "T\x00\x03" "abc" "U\x00\x00" "V\x01\x01";
+  const char a[] =
+      "T\x00\x03"
+      "abc"
+      "U\x00\x00"
+      "V\x01\x01";
   char big[12 + 257];
   memcpy(big, a, 12);
   memset(big + 12, 'x', 257);
@@ -153,7 +170,10 @@ TEST(framing_length_prefix_variants) {
   pp_framing_init(&cfg, PP_FRAMING_LENGTH);
   cfg.length_big_endian = 0;
   cfg.length_includes_header = 1;
-  const char b[] = "\x06\x00\x00\x00hi" "\x04\x00\x00\x00" "\x05\x00\x00\x00!";
+  const char b[] =
+      "\x06\x00\x00\x00hi"
+      "\x04\x00\x00\x00"
+      "\x05\x00\x00\x00!";
   size_t want_b[] = {6, 4, 5, 0};
   frame_all_ways(&cfg, b, sizeof(b) - 1, want_b);
   /* 8-byte, 1-byte */

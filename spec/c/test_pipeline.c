@@ -56,9 +56,9 @@ TEST(pipeline_replies_routed_in_order_across_leases) {
   ASSERT_EQ(pp_conn_requests(l[0].conn), NREQ);
   int done = 0;
   RUN_UNTIL((done = 0, ({
-              for (int k = 0; k < NREQ; k++)
-                done += t[k].calls;
-            }),
+               for (int k = 0; k < NREQ; k++)
+                 done += t[k].calls;
+             }),
              done == NREQ),
             2000);
   for (int k = 0; k < NREQ; k++) {
@@ -112,9 +112,9 @@ TEST(pipeline_conn_death_fails_each_request_once) {
     ASSERT_OK(treq_send(&t[k], l.conn, "x", k, k));
   int done = 0;
   RUN_UNTIL((done = 0, ({
-              for (int k = 0; k < 20; k++)
-                done += t[k].calls;
-            }),
+               for (int k = 0; k < 20; k++)
+                 done += t[k].calls;
+             }),
              done == 20),
             2000);
   test_run_for(30);

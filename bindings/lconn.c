@@ -277,19 +277,21 @@ static int too_long(lpp_conn_t *c) {
   }
 }
 
-/* Whether the buffer satisfies the wanted pattern (without consuming it). */
+/* Whether the buffer satisfies the wanted pattern (without consuming it). Within max_receive
+ * as too_long counts it, whether the bytes came in one read or many. */
 static int ready(lpp_conn_t *c) {
+  size_t max = (size_t)c->owner->max_receive;
   switch (c->want_kind) {
     case 'l':
-      return find_newline(c) != NULL;
+      return find_newline(c) != NULL && c->scanned < max;
     case 'n':
       return c->len >= c->want_n;
     case 'u':
-      return find_delim(c) != NULL;
+      return find_delim(c) != NULL && c->dscanned <= max;
     case 'r': /* with framing: the oldest request's reply (lrequest.c) */
       return lpp_req_ready(c);
     default: /* 'a': everything, once the stream has ended */
-      return c->read_error != 0;
+      return c->read_error != 0 && c->len <= max;
   }
 }
 
@@ -520,10 +522,10 @@ static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg)
   /* "*a" is satisfied by the end of the stream; others fail on it. */
   if (ready(c))
     finish_receive(c, 0);
-  else if (c->read_error)
-    finish_receive(c, c->read_error);
   else if (too_long(c))
     finish_receive(c, PP_ETOOLONG);
+  else if (c->read_error)
+    finish_receive(c, c->read_error);
 }
 
 static void on_io_timeout(uv_timer_t *timer) {
@@ -575,8 +577,8 @@ static int receive_reply(lua_State *L, lpp_conn_t *c) {
 /* The wanted pattern is set: answer from the buffer, or wait in the coroutine for more. */
 static int receive_wanted(lua_State *L, lpp_conn_t *c, int64_t call_ms) {
   if (take(L, c)) return 1;
-  if (c->read_error) return push_receive_end(L, c, c->read_error);
   if (too_long(c)) return fail_too_long(L, c);
+  if (c->read_error) return push_receive_end(L, c, c->read_error);
   pp_conn_t *conn = lpp_conn_of(c);
   if (conn == NULL) return push_receive_end(L, c, PP_ECLOSED);
   if (!lua_isyieldable(L))

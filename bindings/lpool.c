@@ -432,10 +432,16 @@ int lpp_l_new(lua_State *L) {
 static int close_pool(lua_State *L, lpp_pool_t *p);
 
 static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
-  lpp_timer_drop(&p->recv_timer); /* waiting receives end with the conns' final reads */
-  lpp_timer_drop(&p->call_timer); /* pool:request's calls end with their requests' failure */
   lpp_timer_drop(&p->book_timer);
   lpp_unref(L, &p->book_fn_ref);
+}
+
+/* The pool's timers at its final close. (A graceful drain keeps the io_timeout timers: leases
+ * still receive and request meanwhile, and their timeouts must still fire.) */
+static void stop_timers(lua_State *L, lpp_pool_t *p) {
+  lpp_timer_drop(&p->recv_timer); /* waiting receives end with the conns' final reads */
+  lpp_timer_drop(&p->call_timer); /* pool:request's calls end with their requests' failure */
+  stop_book_timer(L, p);
 }
 
 static void book_tick(uv_timer_t *t) {
@@ -527,7 +533,7 @@ static int l_gc(lua_State *L) {
 }
 
 static int close_pool(lua_State *L, lpp_pool_t *p) {
-  stop_book_timer(L, p);
+  stop_timers(L, p);
   if (p->pool) {
     pool_link_t *link = pp_pool_get_data(p->pool);
     link->p = NULL;

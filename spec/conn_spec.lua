@@ -603,6 +603,25 @@ describe("peerpool.conn", function()
       assert.equal(0, pool:peer(srv.addr).failures)
     end))
 
+    it("holds max_receive however the bytes arrive (one read, over the limit)", test(function(env)
+      -- (the limit was checked only while waiting: a record that came whole in one read
+      -- passed whatever its length)
+      local conn, pool, srv = setup(env, { max_receive = 4 })
+      conn:send("ECHO abcdefgh--\r\n") -- one write, one read
+      local got = pack(conn:receive_until("--"))
+      assert.same({ nil, "too_long" }, { got[1], got[2] })
+      assert.is_false(conn:release())
+      conn = assert(pool:acquire(srv.addr))
+      conn:send("ECHO abcdefgh\r\n")
+      got = pack(conn:receive())
+      assert.same({ nil, "too_long" }, { got[1], got[2] })
+      assert.is_false(conn:release())
+      conn = assert(pool:acquire(srv.addr))
+      conn:send("ECHO ab--\r\n")
+      assert.equal("ab", conn:receive_until("--")) -- within the limit: as before
+      conn:release()
+    end))
+
     it("names a bad delimiter and refuses a framed pool", test(function(env)
       local conn = setup(env)
       assert.error_matches(function() conn:receive_until("") end, "delimiter must not be empty",

@@ -267,6 +267,28 @@ describe("peerpool.pool", function()
       assert.same({ n = 2 }, got)
     end))
 
+    it("keeps io_timeout for the receives and requests of leases still held", test(function(env)
+      -- (the drain used to stop the io_timeout timers: a silent peer held them until drain_ms)
+      local srv = env:line()
+      local pool = env:pool { peers = { srv.addr }, io_timeout = 100 }
+      local framed = env:pool { peers = { srv.addr }, io_timeout = 100, framing = "line" }
+      assert.equal("+PONG\r\n", framed:request(nil, "PING\r\n")) -- a conn to pipeline on
+      local conn = assert(pool:acquire(srv.addr))
+      local received, requested
+      peerpool.run(function() received = pack(conn:receive()) end)
+      peerpool.run(function() requested = pack(framed:request(nil, "SILENT\r\n")) end)
+      local closed = {}
+      for _, p in ipairs { pool, framed } do
+        assert.is_true(p:close { drain_ms = 5000, callback = function() closed[p] = true end })
+      end
+      wait_until(function() return received and requested end, 8000, "both to end")
+      assert.equal("timeout", received[2])
+      assert.equal("timeout", requested[2])
+      assert.is_nil(closed[pool])
+      conn:release()
+      wait_until(function() return closed[pool] and closed[framed] end, 3000, "the closes")
+    end))
+
     it("leaves plain close() immediate", test(function(env)
       local srv = env:echo()
       local pool = env:pool()

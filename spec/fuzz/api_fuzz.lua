@@ -912,11 +912,12 @@ end
 local function check_kernel(where)
   if SKIP.kernel or not R.pool then return end
   local snap = snapshot()
-  local side = R.side and R.side_port
+  local side = (R.side or R.framed) and R.side_port
   local total = snap.total - (side and (snap.per_port[side] or 0) or 0)
-  if R.side then
-    check((snap.per_port[side] or 0) <= 1, "%s: %d sockets to the side pool's peer (max_per_peer" ..
-      " 1)\n%s", where, snap.per_port[side] or 0, table.concat(snap.list, "\n"))
+  if side then
+    local max = (R.side and 1 or 0) + (R.framed and 1 or 0) -- (each has max_per_peer 1)
+    check((snap.per_port[side] or 0) <= max, "%s: %d sockets to the side pools' peer (max %d)" ..
+      "\n%s", where, snap.per_port[side] or 0, max, table.concat(snap.list, "\n"))
   end
   check(total <= R.max_total, "%s: the pool holds %d sockets, max_total is %d\n%s", where, total,
     R.max_total, table.concat(snap.list, "\n"))
@@ -1376,6 +1377,9 @@ local function op_send(a)
 end
 
 local function receive_pattern()
+  if chance(0.15) and not SKIP.receive_until then -- conn:receive_until(delim)
+    return { until_ = pick { "\n", "\n", "p", "\r\n", "aab", "n1" } }
+  end
   return pick(L(nil, "*l", "l", "*l", "*a", "a", 0, 1, 2, 7, 100, 4096, 1 << 20,
     (R.max_receive or 1 << 20) + 1))
 end
@@ -1393,7 +1397,10 @@ local function do_receive(_, rec, pat, who)
   local expect_end = R.io_timeout > 0 and clock() + R.io_timeout or nil
   rec.receiving = rule == nil and who or rec.receiving
   local ok, r = call(fmt("%s receive c%d(%s) %s", who, rec.id, show(rec.peer), show(pat)), rule,
-    function() return rec.conn:receive(pat) end)
+    function()
+      if type(pat) == "table" then return rec.conn:receive_until(pat.until_) end
+      return rec.conn:receive(pat)
+    end)
   if rule == nil and rec.receiving == who then rec.receiving = false end
   if not ok then return end
   if r[2] == "meddled" then
@@ -1409,7 +1416,18 @@ local function do_receive(_, rec, pat, who)
   local data, code, partial = r[2], r[3], r[4]
   if data ~= nil then
     check(type(data) == "string", "receive answered %s", show(data))
-    if pat == nil or pat == "*l" or pat == "l" then
+    if type(pat) == "table" then
+      check(not data:find(pat.until_, 1, true), "receive_until(%s) answered %s", show(pat.until_),
+        show(data))
+      check(#data <= R.max_receive, "receive_until answered %d bytes, over max_receive %d", #data,
+        R.max_receive)
+      local kind = rec.srv and rec.srv.kind
+      if pat.until_ == "\n" and (kind == "echo" or kind == "drip") and not rec.fragmented then
+        check_echo_line(rec.port, data, rec.srv)
+      else
+        rec.fragmented = true
+      end
+    elseif pat == nil or pat == "*l" or pat == "l" then
       check(not data:find("\n", 1, true), "receive('*l') answered a line with a newline: %s",
         show(data))
       local kind = rec.srv and rec.srv.kind
@@ -1943,6 +1961,61 @@ local function op_side(a)
   end
 end
 
+-- pool:request on a framed pool (line framing, the side echo server): each call ends exactly
+-- once, with its own token line back (never another call's reply, pipelined or not), or a code;
+-- a caller resumed by hand or closed while it waits owes nothing, and its next request gets
+-- its own reply (the per-wait proof of lwait.c; call records reused from a free list).
+local function op_request(a)
+  local fp = R.framed
+  if not fp then return end
+  R.req_n = R.req_n + 1
+  local e = { id = R.req_n, calls = 0 }
+  R.requests[#R.requests + 1] = e
+  local style = wpick { { 6, "plain" }, { 1, "meddle" }, { 1, "close" }, { 1, "pcall" } }
+  local function one(tag)
+    local tok = fmt("R%dn%d%s\n", SEED, e.id, tag)
+    local r
+    if style == "pcall" then
+      r = pack(pcall(fp.request, fp, nil, tok))
+      check(r[1] or tostring(r[2]):find(CLOSED_POOL, 1, true), "request raised %s", show(r[2]))
+      r = pack(select(2, unpack(r, 1, r.n)))
+    else
+      local ok, err = pcall(function() r = pack(fp:request(nil, tok)) end)
+      check(ok or tostring(err):find(CLOSED_POOL, 1, true), "request raised %s", show(err))
+      if not ok then r = pack(nil, "closed") end
+    end
+    if r[1] == "meddled" then return r end
+    if r[1] ~= nil then
+      check(r[1] == tok, "request r%d %s got the reply %s", e.id, show(tok), show(r[1]))
+    else
+      check(valid_code(r[2]), "request r%d answered nil, %s", e.id, show(r[2]))
+    end
+    return r
+  end
+  local co = coroutine.create(function()
+    local r = one("a")
+    e.calls = e.calls + 1
+    check(e.calls == 1, "request r%d ended %d times", e.id, e.calls)
+    if r[1] == "meddled" then one("b") end -- its next wait gets its own reply, not the first's
+    e.done = true
+  end)
+  trace(fmt("a%d request r%d (%s)", a.id, e.id, style))
+  F.ops = F.ops + 1
+  local ok, err = coroutine.resume(co)
+  check(ok, "request r%d raised %s", e.id, show(err))
+  if coroutine.status(co) ~= "suspended" then return end
+  if style == "meddle" then
+    if chance(0.5) then sleep(rnd(3)) end
+    if coroutine.status(co) == "suspended" then
+      ok, err = coroutine.resume(co, "meddled", "junk")
+      check(ok, "meddled request r%d raised %s", e.id, show(err))
+    end
+  elseif style == "close" then
+    coroutine.close(co)
+    e.done = true
+  end
+end
+
 -- remove_peer / drain: a peer out of service. Its leased conns serve on after removal, out of
 -- pool:peers(): the kernel check allows for them (a ghost entry per removal, see peer_limit).
 local function op_remove_peer(a)
@@ -1984,7 +2057,7 @@ do
     { 3, op_odd_valid, "odd_valid" }, { 2, op_abandon, "abandon" }, { 2, op_side, "side" },
     { 1, op_close_pool, "close_pool" }, { 4, op_acquire_sub, "acquire_sub" },
     { 2, op_dying_receiver, "dying_receiver" }, { 1, op_meddle, "meddle" },
-    { 1, op_remove_peer, "remove_peer" },
+    { 1, op_remove_peer, "remove_peer" }, { 4, op_request, "request" },
   }
   -- FUZZ_OPS=name,name: only these ops (to narrow a failure down); FUZZ_SKIP names work too
   local only
@@ -2134,6 +2207,9 @@ local function pending_dump()
       lines[#lines + 1] = fmt("send callback %d (c%d) never ran", i, e.rec.id)
     end
   end
+  for _, e in ipairs(R.requests) do
+    if not e.done then lines[#lines + 1] = fmt("request r%d never ended", e.id) end
+  end
   table.sort(lines)
   return table.concat(lines, "\n  ")
 end
@@ -2151,13 +2227,14 @@ local function settled()
   for _, e in ipairs(R.send_cbs) do
     if not e.never and e.calls == 0 and not SKIP.send_callback_check then return false end
   end
+  for _, e in ipairs(R.requests) do if not e.done then return false end end
   return true
 end
 
 local function run_round(n, budget, live)
   local pools_before = #peerpool.pools()
   R = { n = n, acquires = {}, conns = {}, notices = {}, actors = {}, subs = {}, peer_set = {},
-    removed_ports = {}, send_cbs = {},
+    removed_ports = {}, send_cbs = {}, requests = {}, req_n = 0,
     peer_list = {}, leaked = 0, state_events = 0 }
   F.rounds = n
   R.baseline_inodes = procfs.snapshot(F.server_ports, {}, F.ignore_ports).inodes
@@ -2177,6 +2254,11 @@ local function run_round(n, budget, live)
     R.side = peerpool.new { max_per_peer = 1 }
     R.side_port = F.side_srv.port
     R.side:add_peer(F.side_srv.addr)
+  end
+  if chance(0.4) and not SKIP.request then
+    R.side_port = F.side_srv.port
+    R.framed = peerpool.new { framing = "line", max_per_peer = 1, client_limit = rnd(8),
+      io_timeout = pick { 0, 50, 500, 2000 }, peers = { F.side_srv.addr } }
   end
   for i = 1, 2 + rnd(6) do
     local a = { id = i, held = {} }
@@ -2282,6 +2364,7 @@ local function run_round(n, budget, live)
     if chance(0.3) then call("pool:close() again", nil, function() return R.pool:close() end) end
   end
   if R.side and not R.side_closed then R.side:close() end
+  if R.framed then R.framed:close() end
   if not wait_until(settled, 2500 * SLOW) then
     fail("after pool:close() these never ended:\n  " .. pending_dump())
   end

@@ -230,6 +230,22 @@ static void record_close(pp_pool_t *pool) {
   test_close_cb(pool);
 }
 
+/* A pool with one lease held, then close_drain(`ms`, record_close) on it. Returns the time
+ * just before that call. */
+static uint64_t held_then_close_drain(fixture_t *f, int64_t ms) {
+  *f = fixture_start(srv_echo_start(NULL), NULL);
+  fixture_hold(f);
+  uint64_t t0 = test_now_ms();
+  ASSERT_OK(pp_pool_close_drain(f->pool, ms, record_close));
+  return t0;
+}
+
+/* Release the fixture's lease; the pool then finishes closing. */
+static void release_then_closed(fixture_t *f) {
+  ASSERT_OK(pp_release(&f->held, 0));
+  RUN_UNTIL(closed_calls == 1, 1000);
+}
+
 TEST(close_drain_lets_leases_finish) {
   fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_pool_t *pool = f.pool;
@@ -262,17 +278,14 @@ TEST(close_drain_ends_waiters_with_closed) {
   ASSERT_OK(test_acquire_start(f.pool, &w, &wr, f.peer, NULL));
   ASSERT_OK(CALL(pp_pool_close_drain(f.pool, 5000, record_close)));
   answered(&wr, PP_ECLOSED);
-  ASSERT_OK(pp_release(&f.held, 0)); /* not lent to anybody: closed */
-  RUN_UNTIL(closed_calls == 1, 1000);
+  release_then_closed(&f); /* not lent to anybody: closed */
   ASSERT_EQ(wr.calls, 1);
   end_closed(&f);
 }
 
 TEST(close_drain_cuts_leases_at_the_deadline) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  fixture_hold(&f);
-  uint64_t t0 = test_now_ms();
-  ASSERT_OK(pp_pool_close_drain(f.pool, 50, record_close));
+  fixture_t f;
+  uint64_t t0 = held_then_close_drain(&f, 50);
   RUN_UNTIL(closed_calls == 1, 2000);
   ASSERT_GE(test_now_ms() - t0, 40); /* not before the deadline */
   ASSERT_EQ(closed_stats.leases_cut, 1);
@@ -282,23 +295,20 @@ TEST(close_drain_cuts_leases_at_the_deadline) {
 }
 
 TEST(close_drain_waits_for_a_lease_whose_conn_died) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  fixture_hold(&f);
-  ASSERT_OK(pp_pool_close_drain(f.pool, 5000, record_close));
+  fixture_t f;
+  held_then_close_drain(&f, 5000);
   KICK_AFTER_ACCEPTED(f.srv, 1); /* the server hangs up under the lease */
   RUN_UNTIL(pp_conn_is_broken(f.held.conn), 1000);
   test_run_for(50);
   ASSERT_EQ(closed_calls, 0); /* the lease still points into the pool */
-  ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(closed_calls == 1, 1000);
+  release_then_closed(&f);
   ASSERT_EQ(closed_stats.leases_cut, 0);
   end_closed(&f);
 }
 
 TEST(close_during_drain_is_immediate) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  fixture_hold(&f);
-  ASSERT_OK(pp_pool_close_drain(f.pool, 60000, record_close));
+  fixture_t f;
+  held_then_close_drain(&f, 60000);
   ASSERT_OK(pp_pool_close(f.pool, NULL)); /* ends the drain now; record_close still runs */
   ASSERT_ERR(pp_pool_close(f.pool, NULL), PP_ECLOSED);
   RUN_UNTIL(closed_calls == 1, 1000);

@@ -18,12 +18,18 @@ local function ping(conn)
   return conn:receive("*l")
 end
 
+-- An echo server, a pool with it as its peer, and a lease held on it.
+local function echo_held(env)
+  local srv = env:echo()
+  local pool = env:pool_on(srv)
+  return srv, pool, assert(pool:acquire(srv.addr))
+end
+
 describe("peerpool.pool", function()
   describe("min_idle", function()
     it("keeps min_idle conns open and idle without any acquire", test(function(env)
       local srv = env:echo()
-      local pool = env:pool { min_idle = 2 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { min_idle = 2 })
       wait_until(function() return pool:peer(srv.addr).idle == 2 end, 3000, "2 idle conns")
       sleep(50)
       local s = pool:stats()
@@ -66,8 +72,7 @@ describe("peerpool.pool", function()
 
     it("is kept by idle_timeout (HikariCP's minimumIdle)", test(function(env)
       local srv = env:echo()
-      local pool = env:pool { min_idle = 1, idle_timeout = 50 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { min_idle = 1, idle_timeout = 50 })
       local conns = {}
       for i = 1, 3 do conns[i] = assert(pool:acquire(srv.addr)) end
       for i = 1, 3 do conns[i]:release() end
@@ -92,8 +97,7 @@ describe("peerpool.pool", function()
 
     it("does not redial in a loop a server that hangs up on every conn", test(function(env)
       local srv = env:hangup()
-      local pool = env:pool { min_idle = 2 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { min_idle = 2 })
       wait_until(function() return srv.accepted >= 2 end, 3000, "the first conns")
       sleep(500)
       -- each conn ends unused, so the next waits longer (before: a dial every tick, ~1000)
@@ -139,8 +143,7 @@ describe("peerpool.pool", function()
     it("answers waiters 'removed'; leased conns serve on and close at release",
       test(function(env)
         local srv = env:echo()
-        local pool = env:pool { max_per_peer = 1 }
-        pool:add_peer(srv.addr)
+        local pool = env:pool_on(srv, { max_per_peer = 1 })
         local held = assert(pool:acquire(srv.addr))
         local waiter = acquire_cb(pool, srv.addr)
         assert.is_true(pool:remove_peer(srv.addr))
@@ -161,8 +164,7 @@ describe("peerpool.pool", function()
 
     it("closes idle conns at once", test(function(env)
       local srv = env:echo()
-      local pool = env:pool()
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv)
       pool:with(srv.addr, ping)
       assert.equal(1, pool:stats().idle)
       assert.is_true(pool:remove_peer(srv.addr))
@@ -197,10 +199,7 @@ describe("peerpool.pool", function()
 
   describe(":drain()", function()
     it("takes no new lease and closes conns as their leases end", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool()
-      pool:add_peer(srv.addr)
-      local held = assert(pool:acquire(srv.addr))
+      local srv, pool, held = echo_held(env)
       pool:with(srv.addr, ping) -- a second conn, idle now
       assert.equal(2, srv.accepted)
       assert.is_true(pool:drain(srv.addr))
@@ -223,10 +222,7 @@ describe("peerpool.pool", function()
 
   describe(":close{ drain_ms }", function()
     it("lets a lease that finishes in time finish, then closes", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool()
-      pool:add_peer(srv.addr)
-      local held = assert(pool:acquire(srv.addr))
+      local srv, pool, held = echo_held(env)
       local during, reply
       peerpool.run(function()
         sleep(50)
@@ -243,8 +239,7 @@ describe("peerpool.pool", function()
 
     it("cuts a lease that does not finish; its later release is harmless", test(function(env)
       local srv = env:echo()
-      local pool = env:pool()
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv)
       local slow = assert(pool:acquire(srv.addr))
       local r = pack(pool:close { drain_ms = 50 })
       assert.same({ n = 3, nil, "timeout",
@@ -254,10 +249,7 @@ describe("peerpool.pool", function()
     end))
 
     it("calls back instead of waiting when given a callback", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool()
-      pool:add_peer(srv.addr)
-      local held = assert(pool:acquire(srv.addr))
+      local _, pool, held = echo_held(env)
       local got
       assert.is_true(pool:close { drain_ms = 3000, callback = function(...) got = pack(...) end })
       sleep(20)
@@ -290,10 +282,7 @@ describe("peerpool.pool", function()
     end))
 
     it("leaves plain close() immediate", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool()
-      pool:add_peer(srv.addr)
-      local held = assert(pool:acquire(srv.addr))
+      local srv, pool, held = echo_held(env)
       pool:close()
       wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
       held:release()

@@ -12,12 +12,25 @@ local function start(fn)
   return co
 end
 
+-- A line server and a pool lending one conn to it, that conn held: the next acquire waits.
+local function one_held(env)
+  local srv = env:line()
+  local pool = env:pool { peers = { srv.addr }, max_per_peer = 1 }
+  return srv, pool, assert(pool:acquire(srv.addr))
+end
+
+-- one_held(), and the notice of a busy = "fail" acquire behind the held conn.
+local function busy_notice(env)
+  local srv, pool, held = one_held(env)
+  local busy = H.pack(pool:acquire(srv.addr, { busy = "fail" }))
+  assert.equal("busy", busy[2])
+  return pool, held, busy[3]
+end
+
 describe("a coroutine the program resumes while it waits in the API", function()
   it("acquire: returns what the program passed; the late grant goes back to the pool",
     H.test(function(env)
-      local srv = env:line()
-      local pool = env:pool { peers = { srv.addr }, max_per_peer = 1 }
-      local held = assert(pool:acquire(srv.addr))
+      local srv, pool, held = one_held(env)
       local got, next_wait
       local co = start(function()
         got = H.pack(pool:acquire(srv.addr, { timeout = 5000 }))
@@ -89,12 +102,7 @@ describe("a coroutine the program resumes while it waits in the API", function()
   end))
 
   it("notice:wait: the late firing does not resume the coroutine elsewhere", H.test(function(env)
-    local srv = env:line()
-    local pool = env:pool { peers = { srv.addr }, max_per_peer = 1 }
-    local held = assert(pool:acquire(srv.addr))
-    local busy = H.pack(pool:acquire(srv.addr, { busy = "fail" }))
-    assert.equal("busy", busy[2])
-    local notice = busy[3]
+    local _, held, notice = busy_notice(env)
     local waited, slept
     local co = start(function()
       waited = H.pack(notice:wait(5000))
@@ -146,10 +154,7 @@ describe("a coroutine the program resumes while it waits in the API", function()
   end))
 
   it("notice:wait: a second wait on the same notice gets the firing", H.test(function(env)
-    local srv = env:line()
-    local pool = env:pool { peers = { srv.addr }, max_per_peer = 1 }
-    local held = assert(pool:acquire(srv.addr))
-    local notice = select(3, pool:acquire(srv.addr, { busy = "fail" }))
+    local _, held, notice = busy_notice(env)
     local got
     local w = coroutine.wrap(function()
       local first = notice:wait(5000) -- resumed by hand (through coroutine.wrap)

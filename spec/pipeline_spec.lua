@@ -19,6 +19,15 @@ local function in_parallel(n, fn, ms)
   wait_until(function() return done == n end, ms or 10000, "the coroutines to finish")
 end
 
+-- An ordered server and a pool of line-framed conns on it, one conn per peer shared by up to
+-- `limit` leases; `extra` options added.
+local function shared_line(env, limit, extra)
+  local opts = { framing = "line", client_limit = limit, max_per_peer = 1 }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  local srv = env:ordered()
+  return srv, env:pool_on(srv, opts)
+end
+
 describe("pipelining", function()
   describe("framing option", function()
     it("names the field when it is wrong", function()
@@ -39,8 +48,7 @@ describe("pipelining", function()
   describe("conn:receive()", function()
     it("returns each lease's own replies while leases share one conn", test(function(env)
       local srv = env:echo()
-      local pool = env:pool { framing = "line", client_limit = 8, max_per_peer = 1 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { framing = "line", client_limit = 8, max_per_peer = 1 })
       local bad = 0
       in_parallel(8, function(i)
         local conn = assert(pool:acquire(srv.addr))
@@ -61,8 +69,7 @@ describe("pipelining", function()
 
     it("refuses patterns and answers bad_state with nothing sent", test(function(env)
       local srv = env:echo()
-      local pool = env:pool { framing = "line" }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { framing = "line" })
       local conn = assert(pool:acquire(srv.addr))
       assert.has_error(function() conn:receive("*l") end)
       local r = pack(conn:receive())
@@ -74,8 +81,7 @@ describe("pipelining", function()
 
     it("a timeout breaks the shared conn; the requests behind it fail", test(function(env)
       local srv = env:slow(400)
-      local pool = env:pool { framing = "line", client_limit = 4, io_timeout = 100 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { framing = "line", client_limit = 4, io_timeout = 100 })
       local results = {}
       in_parallel(3, function(i)
         local conn = assert(pool:acquire(srv.addr))
@@ -97,8 +103,7 @@ describe("pipelining", function()
 
     it("a reply for a released lease does not dirty the conn", test(function(env)
       local srv = env:echo()
-      local pool = env:pool { framing = "line", client_limit = 2 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { framing = "line", client_limit = 2 })
       local conn = assert(pool:acquire(srv.addr))
       conn:send("never read\n")
       conn:release()
@@ -110,8 +115,7 @@ describe("pipelining", function()
   describe("pool:request()", function()
     it("answers in a coroutine and with a callback", test(function(env)
       local srv = env:echo()
-      local pool = env:pool { framing = "line", client_limit = 4 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { framing = "line", client_limit = 4 })
       assert.equal("hi\n", pool:request(srv.addr, "hi\n"))
       local got
       assert.is_true(pool:request(srv.addr, "cb\n", function(err, reply) got = { err, reply } end))
@@ -122,9 +126,8 @@ describe("pipelining", function()
     it("times out (io_timeout), breaking the shared conn for the requests behind",
       test(function(env)
         local srv = env:slow(400)
-        local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1,
-          io_timeout = 100 }
-        pool:add_peer(srv.addr)
+        local pool = env:pool_on(srv, { framing = "line", client_limit = 4, max_per_peer = 1,
+          io_timeout = 100 })
         local codes = {}
         in_parallel(6, function(i) -- 4 get a conn at once, 2 wait for one
           local r, code = pool:request(srv.addr, "PING\n")
@@ -142,9 +145,7 @@ describe("pipelining", function()
 
     it("waits for a conn at client_limit and answers each caller its own reply",
       test(function(env)
-        local srv = env:ordered()
-        local pool = env:pool { framing = "line", client_limit = 2, max_per_peer = 1 }
-        pool:add_peer(srv.addr)
+        local srv, pool = shared_line(env, 2)
         local got = {}
         in_parallel(10, function(i) got[i] = pool:request(srv.addr, ("ECHO r%d\n"):format(i)) end)
         for i = 1, 10 do assert.equal(("r%d\r\n"):format(i), got[i]) end
@@ -155,9 +156,7 @@ describe("pipelining", function()
       end))
 
     it("a hand-resumed caller is owed nothing; the conn serves on", test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
-      pool:add_peer(srv.addr)
+      local srv, pool = shared_line(env, 4)
       local first, second
       local co = coroutine.create(function()
         first = pool:request(srv.addr, "SLEEP 30\n") -- resumed by hand with "fake"
@@ -172,9 +171,7 @@ describe("pipelining", function()
     end))
 
     it("answers closed to the callers waiting when the pool closes", test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool { framing = "line", client_limit = 1, max_per_peer = 1 }
-      pool:add_peer(srv.addr)
+      local srv, pool = shared_line(env, 1)
       local codes = {}
       for i = 1, 3 do -- one holds the conn, two wait for it
         peerpool._spawn(function() codes[i] = select(2, pool:request(srv.addr, "SLEEP 200\n")) end)
@@ -198,11 +195,10 @@ describe("pipelining", function()
   describe("framing = function(buf)", function()
     it("frames replies split and coalesced", test(function(env)
       local srv = env:echo()
-      local pool = env:pool { client_limit = 4, framing = function(buf)
+      local pool = env:pool_on(srv, { client_limit = 4, framing = function(buf)
         local i = buf:find(";", 1, true)
         return i
-      end }
-      pool:add_peer(srv.addr)
+      end })
       local got = {}
       in_parallel(4, function(i)
         got[i] = pool:request(srv.addr, ("one-%d;"):format(i))
@@ -220,8 +216,7 @@ describe("pipelining", function()
     } do
       it("is contained when it " .. what, test(function(env)
         local srv = env:echo()
-        local pool = env:pool { framing = fn, hook_budget = 10000 }
-        pool:add_peer(srv.addr)
+        local pool = env:pool_on(srv, { framing = fn, hook_budget = 10000 })
         local r = pack(pool:request(srv.addr, "x;"))
         assert.same({ n = 3, nil, "bad_reply" }, { n = 3, r[1], r[2] })
         assert.equal(1, pool:stats().hooks.framing.errors)
@@ -237,8 +232,7 @@ end)
 describe("pipelining, adversarial", function()
   it("a reply nobody asked for closes the conn (no stall behind kept bytes)", test(function(env)
     local srv = env:ordered()
-    local pool = env:pool { framing = "line", client_limit = 4, io_timeout = 2000 }
-    pool:add_peer(srv.addr)
+    local pool = env:pool_on(srv, { framing = "line", client_limit = 4, io_timeout = 2000 })
     local conn = assert(pool:acquire(srv.addr))
     -- one request, two replies: "a" now, "+WOKE" 30 ms later with no request waiting
     assert(conn:send("ECHO a\nSLEEP 30\n"))
@@ -253,9 +247,7 @@ describe("pipelining, adversarial", function()
 
   it("a lease released while its receive waits elsewhere leaves the shared conn to the others",
     test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
-      pool:add_peer(srv.addr)
+      local srv, pool = shared_line(env, 4)
       local a = assert(pool:acquire(srv.addr))
       local b = assert(pool:acquire(srv.addr))
       assert(a:send("SLEEP 100\n"))
@@ -274,9 +266,7 @@ describe("pipelining, adversarial", function()
 
   it("a lease collected with requests in flight leaves the shared conn to the others",
     test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
-      pool:add_peer(srv.addr)
+      local srv, pool = shared_line(env, 4)
       local a = assert(pool:acquire(srv.addr))
       do
         local b = assert(pool:acquire(srv.addr))
@@ -292,9 +282,7 @@ describe("pipelining, adversarial", function()
     end))
 
   it("an error inside pool:with leaves the shared conn to the others", test(function(env)
-    local srv = env:ordered()
-    local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
-    pool:add_peer(srv.addr)
+    local srv, pool = shared_line(env, 4)
     local a = assert(pool:acquire(srv.addr))
     assert(a:send("SLEEP 50\n"))
     local ok, err = pcall(pool.with, pool, srv.addr, function(conn)
@@ -309,9 +297,7 @@ describe("pipelining, adversarial", function()
   end))
 
   it("a hand-resumed receive gets its own reply on its next receive", test(function(env)
-    local srv = env:ordered()
-    local pool = env:pool { framing = "line", client_limit = 4, max_per_peer = 1 }
-    pool:add_peer(srv.addr)
+    local srv, pool = shared_line(env, 4)
     local a = assert(pool:acquire(srv.addr))
     local b = assert(pool:acquire(srv.addr))
     local got = {}
@@ -340,8 +326,7 @@ describe("pipelining, adversarial", function()
   } do
     it("a framer that " .. what .. " is contained", test(function(env)
       local srv = env:echo()
-      local pool = env:pool { framing = fn, hook_budget = 10000 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { framing = fn, hook_budget = 10000 })
       local r = pack(pool:request(srv.addr, "x\n"))
       if what == "yields" then
         assert.equal("bad_reply", r[2])
@@ -354,8 +339,7 @@ describe("pipelining, adversarial", function()
 
   it("a reply over max_reply closes the conn; the pool carries on", test(function(env)
     local srv = env:ordered()
-    local pool = env:pool { framing = { kind = "line", max_reply = 100 } }
-    pool:add_peer(srv.addr)
+    local pool = env:pool_on(srv, { framing = { kind = "line", max_reply = 100 } })
     local r = pack(pool:request(srv.addr, "ECHO " .. ("y"):rep(200) .. "\n"))
     assert.same({ nil, "too_long" }, { r[1], r[2] })
     assert.equal("ok\r\n", pool:request(srv.addr, "ECHO ok\n"))
@@ -364,9 +348,7 @@ describe("pipelining, adversarial", function()
 
   describe("hooks on framed shared conns", function()
     it("a handshake hook's request and reply go through the queue", test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool { framing = "line", client_limit = 8, max_per_peer = 1 }
-      pool:add_peer(srv.addr)
+      local srv, pool = shared_line(env, 8)
       local said
       assert(pool:load_policy { handshake = function(conn)
         assert(conn:send("ECHO hello\n"))
@@ -381,9 +363,7 @@ describe("pipelining, adversarial", function()
     end))
 
     it("a handshake hook that sends and returns leaves its reply to nobody", test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool { framing = "line", client_limit = 8, max_per_peer = 1 }
-      pool:add_peer(srv.addr)
+      local srv, pool = shared_line(env, 8)
       assert(pool:load_policy { handshake = function(conn)
         assert(conn:send("SLEEP 30\n"))
         return true
@@ -394,10 +374,7 @@ describe("pipelining, adversarial", function()
     end))
 
     it("a ping hook checks an idle framed conn through the queue", test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool { framing = "line", client_limit = 8, max_per_peer = 1,
-        ping_after = 20 }
-      pool:add_peer(srv.addr)
+      local srv, pool = shared_line(env, 8, { ping_after = 20 })
       local pongs = 0
       assert(pool:load_policy { ping = function(conn)
         assert(conn:send("PING\n"))
@@ -417,8 +394,7 @@ describe("pipelining, adversarial", function()
 
     it("a failed ping closes the framed conn; requests go to a new one", test(function(env)
       local srv = env:ordered()
-      local pool = env:pool { framing = "line", max_per_peer = 1, ping_after = 20 }
-      pool:add_peer(srv.addr)
+      local pool = env:pool_on(srv, { framing = "line", max_per_peer = 1, ping_after = 20 })
       assert(pool:load_policy { ping = function(conn)
         assert(conn:send("PING\n"))
         conn:receive()

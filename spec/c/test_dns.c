@@ -20,6 +20,15 @@ static pp_pool_t *dns_pool(dns_srv_t *dns, pp_options_t *o) {
   return test_pool(o);
 }
 
+/* dns_pool() whose answers are asked again every 20..50 ms (the TTL clamped to that). */
+static pp_pool_t *refreshing_pool(dns_srv_t *dns) {
+  pp_options_t o;
+  test_options(&o);
+  o.dns_ttl_min = 20;
+  o.dns_ttl_max = 50;
+  return dns_pool(dns, &o);
+}
+
 static pp_peer_t *name_peer(pp_pool_t *pool, const char *name, int port) {
   char addr[300];
   snprintf(addr, sizeof addr, "%s:%d", name, port);
@@ -41,6 +50,36 @@ static int explain_has(pp_pool_t *pool, const char *kind, const char *text) {
   return pp_pool_explain(pool, NULL, explain_match, &want);
 }
 
+/* The conn is connected to `srv`'s address. */
+static void assert_conn_to(const pp_conn_t *conn, const srv_t *srv) {
+  char addr[64];
+  ASSERT_OK(pp_conn_address(conn, addr, sizeof addr));
+  ASSERT_STREQ(addr, srv_addr(srv));
+}
+
+/* The end of a test with a DNS server and, unless NULL, one echo server. */
+static void dns_finish(dns_srv_t *dns, pp_pool_t *pool, srv_t *srv) {
+  dns_srv_stop(dns);
+  test_finish(pool);
+  if (srv) srv_stop(srv);
+}
+
+/* An acquire on `name` (port 7), which the DNS server answers with failure `mode`, ends
+ * PP_EDNS. Copies the peer's DNS reason into `why`; returns how many queries the server got. */
+static int dns_failure(const char *name, int mode, char *why, size_t n) {
+  dns_srv_t *dns = dns_srv_start();
+  dns_srv_set(dns, name, mode, NULL, NULL, 0);
+  pp_pool_t *pool = dns_pool(dns, NULL);
+  pp_peer_t *peer = name_peer(pool, name, 7);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_EQ(test_acquire_wait(pool, &l, &r, peer, NULL), PP_EDNS);
+  snprintf(why, n, "%s", pp_peer_dns_reason(peer));
+  int queries = dns_srv_queries(dns, name);
+  dns_finish(dns, pool, NULL);
+  return queries;
+}
+
 TEST(dns_name_resolves_and_dials) {
   srv_t *srv = srv_echo_start(NULL);
   dns_srv_t *dns = dns_srv_start();
@@ -53,9 +92,7 @@ TEST(dns_name_resolves_and_dials) {
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  char addr[64];
-  ASSERT_OK(pp_conn_address(l.conn, addr, sizeof addr));
-  ASSERT_STREQ(addr, srv_addr(srv));
+  assert_conn_to(l.conn, srv);
   pp_resolved_t res[4];
   ASSERT_EQ(pp_peer_resolved(peer, res, 4), 1);
   ASSERT_EQ(res[0].conns, 1);
@@ -67,9 +104,7 @@ TEST(dns_name_resolves_and_dials) {
   ASSERT_OK(pp_release(&l, 0));
   /* A numeric peer has no answer to show. */
   ASSERT_EQ(pp_peer_resolved(test_peer(pool, "127.0.0.1:9"), res, 4), -1);
-  dns_srv_stop(dns);
-  test_finish(pool);
-  srv_stop(srv);
+  dns_finish(dns, pool, srv);
 }
 
 TEST(dns_nxdomain_fails_fast_with_reason) {
@@ -99,36 +134,20 @@ TEST(dns_nxdomain_fails_fast_with_reason) {
     ASSERT_EQ(pp_peer_check(peer), PP_EDNS);
     ASSERT_EQ(test_acquire_start(pool, &l, &r, peer, NULL), PP_EDNS);
   }
-  dns_srv_stop(dns);
-  test_finish(pool);
+  dns_finish(dns, pool, NULL);
 }
 
 TEST(dns_silent_server_times_out) {
-  dns_srv_t *dns = dns_srv_start();
-  dns_srv_set(dns, "mute.pp.test", DNS_SILENT, NULL, NULL, 0);
-  pp_pool_t *pool = dns_pool(dns, NULL);
-  pp_peer_t *peer = name_peer(pool, "mute.pp.test", 7);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_EQ(test_acquire_wait(pool, &l, &r, peer, NULL), PP_EDNS);
-  ASSERT_STREQ(pp_peer_dns_reason(peer), "mute.pp.test: timeout");
-  ASSERT(dns_srv_queries(dns, "mute.pp.test") >= 2);
-  dns_srv_stop(dns);
-  test_finish(pool);
+  char why[256];
+  ASSERT(dns_failure("mute.pp.test", DNS_SILENT, why, sizeof why) >= 2);
+  ASSERT_STREQ(why, "mute.pp.test: timeout");
 }
 
 TEST(dns_servfail_names_the_failure) {
-  dns_srv_t *dns = dns_srv_start();
-  dns_srv_set(dns, "sick.pp.test", DNS_SERVFAIL, NULL, NULL, 0);
-  pp_pool_t *pool = dns_pool(dns, NULL);
-  pp_peer_t *peer = name_peer(pool, "sick.pp.test", 7);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_EQ(test_acquire_wait(pool, &l, &r, peer, NULL), PP_EDNS);
-  ASSERT_CONTAINS(pp_peer_dns_reason(peer), "sick.pp.test: ");
-  ASSERT_CONTAINS(pp_peer_dns_reason(peer), "SERVFAIL");
-  dns_srv_stop(dns);
-  test_finish(pool);
+  char why[256];
+  dns_failure("sick.pp.test", DNS_SERVFAIL, why, sizeof why);
+  ASSERT_CONTAINS(why, "sick.pp.test: ");
+  ASSERT_CONTAINS(why, "SERVFAIL");
 }
 
 /* Happy Eyeballs: IPv6 first; the server listens on 127.0.0.1 only, so [::1] is refused and
@@ -142,9 +161,7 @@ TEST(dns_happy_eyeballs_falls_back_to_ipv4) {
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  char addr[64];
-  ASSERT_OK(pp_conn_address(l.conn, addr, sizeof addr));
-  ASSERT_STREQ(addr, srv_addr(srv));
+  assert_conn_to(l.conn, srv);
   pp_stats_t s = test_stats(pool);
   ASSERT_EQ(s.connect_attempts, 1);
   ASSERT_EQ(s.connects_failed, 0);
@@ -154,9 +171,7 @@ TEST(dns_happy_eyeballs_falls_back_to_ipv4) {
   ASSERT_EQ(res[0].conns, 0);
   ASSERT_EQ(res[1].conns, 1);
   ASSERT_OK(pp_release(&l, 0));
-  dns_srv_stop(dns);
-  test_finish(pool);
-  srv_stop(srv);
+  dns_finish(dns, pool, srv);
 }
 
 /* localhost answers ::1 and 127.0.0.1 without a query: it works with a server on either. */
@@ -169,9 +184,7 @@ static void localhost_reaches(srv_t *srv) {
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  char addr[64];
-  ASSERT_OK(pp_conn_address(l.conn, addr, sizeof addr));
-  ASSERT_STREQ(addr, srv_addr(srv));
+  assert_conn_to(l.conn, srv);
   ASSERT_OK(pp_release(&l, 0));
   test_finish(pool);
   srv_stop(srv);
@@ -196,11 +209,7 @@ TEST(dns_refresh_drains_conns_of_a_gone_address) {
   if (four == NULL) test_skip("the port of the IPv6 server is taken on 127.0.0.1");
   dns_srv_t *dns = dns_srv_start();
   dns_srv_set(dns, "move.pp.test", DNS_ANSWER, NULL, "::1", 1);
-  pp_options_t o;
-  test_options(&o);
-  o.dns_ttl_min = 20;
-  o.dns_ttl_max = 50;
-  pp_pool_t *pool = dns_pool(dns, &o);
+  pp_pool_t *pool = refreshing_pool(dns);
   pp_peer_t *peer = name_peer(pool, "move.pp.test", srv_port(six));
   pp_lease_t a, b;
   test_rec_t ra, rb;
@@ -224,13 +233,9 @@ TEST(dns_refresh_drains_conns_of_a_gone_address) {
   ASSERT_OK(pp_release(&a, 0));
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_DNS], 2);
   ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
-  char addr[64];
-  ASSERT_OK(pp_conn_address(a.conn, addr, sizeof addr));
-  ASSERT_STREQ(addr, srv_addr(four));
+  assert_conn_to(a.conn, four);
   ASSERT_OK(pp_release(&a, 0));
-  dns_srv_stop(dns);
-  test_finish(pool);
-  srv_stop(four);
+  dns_finish(dns, pool, four);
   srv_stop(six);
 }
 
@@ -239,11 +244,7 @@ TEST(dns_failed_refresh_keeps_the_answer) {
   srv_t *srv = srv_echo_start(NULL);
   dns_srv_t *dns = dns_srv_start();
   dns_srv_set(dns, "flaky.pp.test", DNS_ANSWER, "127.0.0.1", NULL, 1);
-  pp_options_t o;
-  test_options(&o);
-  o.dns_ttl_min = 20;
-  o.dns_ttl_max = 50;
-  pp_pool_t *pool = dns_pool(dns, &o);
+  pp_pool_t *pool = refreshing_pool(dns);
   pp_peer_t *peer = name_peer(pool, "flaky.pp.test", srv_port(srv));
   test_acquire_release(pool, peer);
   dns_srv_set(dns, "flaky.pp.test", DNS_SERVFAIL, NULL, NULL, 0);
@@ -251,9 +252,7 @@ TEST(dns_failed_refresh_keeps_the_answer) {
   ASSERT_EQ(test_stats(pool).conns, 1);
   test_acquire_release(pool, peer); /* the idle conn serves */
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_DNS], 0);
-  dns_srv_stop(dns);
-  test_finish(pool);
-  srv_stop(srv);
+  dns_finish(dns, pool, srv);
 }
 
 /* 64 addresses in an answer: at most PP_DNS_MAX_ADDRS are kept, the dial still works. */
@@ -274,9 +273,7 @@ TEST(dns_hostile_answer_is_bounded) {
   pp_resolved_t res[64];
   ASSERT_EQ(pp_peer_resolved(peer, res, 64), PP_DNS_MAX_ADDRS);
   ASSERT_OK(pp_release(&l, 0));
-  dns_srv_stop(dns);
-  test_finish(pool);
-  srv_stop(srv);
+  dns_finish(dns, pool, srv);
 }
 
 /* Closing the pool while a query is out: the acquire ends with PP_ECLOSED, nothing is left on

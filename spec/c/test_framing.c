@@ -150,12 +150,21 @@ TEST(framing_resp_big_bulk_scanned_once) {
   free(s);
 }
 
-TEST(framing_length_prefix_variants) {
+/* A length-prefixed framing: a `size`-byte length at `offset`, big- or little-endian, of the
+ * payload or (includes_header) of the whole frame. */
+static pp_framing_t length_framing(int size, int offset, int big_endian, int includes_header) {
   pp_framing_t cfg;
-  /* 2-byte big-endian payload length after a 1-byte type */
   pp_framing_init(&cfg, PP_FRAMING_LENGTH);
-  cfg.length_size = 2;
-  cfg.length_offset = 1;
+  cfg.length_size = size;
+  cfg.length_offset = offset;
+  cfg.length_big_endian = big_endian;
+  cfg.length_includes_header = includes_header;
+  return cfg;
+}
+
+TEST(framing_length_prefix_variants) {
+  /* 2-byte big-endian payload length after a 1-byte type */
+  pp_framing_t cfg = length_framing(2, 1, 1, 0);
   const char a[] =
       "T\x00\x03"
       "abc"
@@ -167,9 +176,7 @@ TEST(framing_length_prefix_variants) {
   size_t want_a[] = {6, 3, 3 + 257, 0};
   frame_all_ways(&cfg, big, sizeof(big), want_a);
   /* 4-byte little-endian total length (header included) */
-  pp_framing_init(&cfg, PP_FRAMING_LENGTH);
-  cfg.length_big_endian = 0;
-  cfg.length_includes_header = 1;
+  cfg = length_framing(4, 0, 0, 1);
   const char b[] =
       "\x06\x00\x00\x00hi"
       "\x04\x00\x00\x00"
@@ -177,8 +184,7 @@ TEST(framing_length_prefix_variants) {
   size_t want_b[] = {6, 4, 5, 0};
   frame_all_ways(&cfg, b, sizeof(b) - 1, want_b);
   /* 8-byte, 1-byte */
-  pp_framing_init(&cfg, PP_FRAMING_LENGTH);
-  cfg.length_size = 1;
+  cfg = length_framing(1, 0, 1, 0);
   const char c[] = "\x02zz\x00\x01q";
   size_t want_c[] = {3, 1, 2, 0};
   frame_all_ways(&cfg, c, sizeof(c) - 1, want_c);

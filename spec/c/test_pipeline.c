@@ -30,37 +30,48 @@ static int treq_send(treq_t *t, pp_conn_t *conn, const char *tag, int a, int b) 
   return CALL(pp_request_send(&t->req, conn, &t->buf, 1, on_reply));
 }
 
-static pp_pool_t *line_pool(srv_t *srv, int client_limit, pp_peer_t **peer) {
-  pp_options_t o;
-  test_options(&o);
-  o.client_limit = client_limit;
-  o.max_per_peer = 1;
-  pp_framing_t f;
-  pp_framing_init(&f, PP_FRAMING_LINE);
-  o.framing = &f; /* copied by pp_pool_new */
-  return test_pool_on(srv, &o, peer);
+/* How many replies (or failures) the requests t[0..n-1] got in all. */
+static int treqs_done(const treq_t *t, int n) {
+  int done = 0;
+  for (int k = 0; k < n; k++)
+    done += t[k].calls;
+  return done;
+}
+
+/* A pool of line-framed conns, one per peer shared by `client_limit` leases, with `srv` as
+ * its peer. */
+static fixture_t line_fixture(srv_t *srv, int client_limit) {
+  pp_framing_t fr;
+  pp_framing_init(&fr, PP_FRAMING_LINE);
+  /* the framing is copied by pp_pool_new */
+  return fixture_start(
+      srv, TEST_OPTS(o.client_limit = client_limit; o.max_per_peer = 1; o.framing = &fr));
+}
+
+/* line_fixture with `srv` and a client_limit of 2, and one lease held. */
+static void line_held(fixture_t *f, srv_t *srv) {
+  *f = line_fixture(srv, 2);
+  fixture_hold(f);
+}
+
+/* Release the fixture's lease, then end the test. */
+static void release_end(fixture_t *f) {
+  ASSERT_OK(pp_release(&f->held, 0));
+  fixture_end(f);
 }
 
 TEST(pipeline_replies_routed_in_order_across_leases) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = line_pool(srv, 4, &peer);
+  fixture_t f = line_fixture(srv_echo_start(NULL), 4);
+  pp_pool_t *pool = f.pool;
   pp_lease_t l[4];
   test_rec_t r[4];
-  for (int i = 0; i < 4; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
+  test_acquire_n(pool, f.peer, l, r, 4);
   ASSERT_PTR_EQ(l[3].conn, l[0].conn); /* one shared conn */
   static treq_t t[NREQ];
   for (int k = 0; k < NREQ; k++)
     ASSERT_OK(treq_send(&t[k], l[k % 4].conn, "lease-req", k % 4, k));
   ASSERT_EQ(pp_conn_requests(l[0].conn), NREQ);
-  int done = 0;
-  RUN_UNTIL((done = 0, ({
-               for (int k = 0; k < NREQ; k++)
-                 done += t[k].calls;
-             }),
-             done == NREQ),
-            2000);
+  RUN_UNTIL(treqs_done(t, NREQ) == NREQ, 2000);
   for (int k = 0; k < NREQ; k++) {
     ASSERT_EQ(t[k].calls, 1);
     ASSERT_MSG(t[k].matched, "request %d got another's reply", k);
@@ -74,102 +85,77 @@ TEST(pipeline_replies_routed_in_order_across_leases) {
   pp_conn_info(l[0].conn, &info);
   ASSERT_EQ(info.msgs_out, 1);
   ASSERT_EQ(info.msgs_in, NREQ);
-  for (int i = 0; i < 4; i++)
-    ASSERT_OK(pp_release(&l[i], 0));
-  test_finish_srv(pool, srv);
+  test_release_n(l, 4, 0);
+  fixture_end(&f);
 }
 
 TEST(pipeline_reply_after_release_still_reaches_its_request) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = line_pool(srv, 2, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  pp_conn_t *conn = l.conn;
+  fixture_t f;
+  line_held(&f, srv_echo_start(NULL));
+  pp_conn_t *conn = f.held.conn;
   treq_t t;
   ASSERT_OK(treq_send(&t, conn, "late", 1, 2));
-  ASSERT_OK(pp_release(&l, 0)); /* the conn stays clean: the reply has a request to go to */
+  ASSERT_OK(pp_release(&f.held, 0)); /* the conn stays clean: the reply has a request to go to */
   RUN_UNTIL(t.calls == 1, 2000);
   ASSERT(t.matched);
-  ASSERT_EQ(test_stats(pool).conns, 1);
-  ASSERT_PTR_EQ(test_acquire_release(pool, peer), conn);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_stats(f.pool).conns, 1);
+  ASSERT_PTR_EQ(test_acquire_release(f.pool, f.peer), conn);
+  fixture_end(&f);
 }
 
 TEST(pipeline_conn_death_fails_each_request_once) {
   srv_opts_t so = {0};
   so.no_echo = 1;
   so.close_after_bytes = 30;
-  srv_t *srv = srv_echo_start(&so);
-  pp_peer_t *peer;
-  pp_pool_t *pool = line_pool(srv, 2, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f;
+  line_held(&f, srv_echo_start(&so));
   static treq_t t[20];
   for (int k = 0; k < 20; k++)
-    ASSERT_OK(treq_send(&t[k], l.conn, "x", k, k));
-  int done = 0;
-  RUN_UNTIL((done = 0, ({
-               for (int k = 0; k < 20; k++)
-                 done += t[k].calls;
-             }),
-             done == 20),
-            2000);
+    ASSERT_OK(treq_send(&t[k], f.held.conn, "x", k, k));
+  RUN_UNTIL(treqs_done(t, 20) == 20, 2000);
   test_run_for(30);
   for (int k = 0; k < 20; k++) {
     ASSERT_EQ(t[k].calls, 1);
     ASSERT_MSG(t[k].status == UV_EOF || t[k].status == UV_ECONNRESET, "request %d: %s", k,
                pp_err_name(t[k].status));
   }
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  release_end(&f);
 }
 
 TEST(pipeline_abort_breaks_the_conn_and_fails_the_rest) {
   srv_opts_t so = {0};
   so.no_echo = 1; /* no reply ever comes: the second request times out */
-  srv_t *srv = srv_echo_start(&so);
-  pp_peer_t *peer;
-  pp_pool_t *pool = line_pool(srv, 2, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f;
+  line_held(&f, srv_echo_start(&so));
   treq_t t[3];
   for (int k = 0; k < 3; k++)
-    ASSERT_OK(treq_send(&t[k], l.conn, "y", k, k));
+    ASSERT_OK(treq_send(&t[k], f.held.conn, "y", k, k));
   test_run_for(20); /* written */
   ASSERT_OK(CALL(pp_request_abort(&t[1].req, PP_ETIMEDOUT)));
   ASSERT_EQ(t[0].calls + t[1].calls + t[2].calls, 0); /* later, never inside the call */
   ASSERT_ERR(pp_request_abort(&t[1].req, PP_ETIMEDOUT), PP_ESTATE);
-  RUN_UNTIL(t[0].calls + t[1].calls + t[2].calls == 3, 1000);
+  RUN_UNTIL(treqs_done(t, 3) == 3, 1000);
   ASSERT_EQ(t[1].status, PP_ETIMEDOUT);
   ASSERT_EQ(t[0].status, PP_EPIPELINE);
   ASSERT_EQ(t[2].status, PP_EPIPELINE);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.closed[PP_CLOSE_DISCARDED], 1);
-  ASSERT_EQ(test_peer_info(peer).failures, 0); /* not the peer's failure */
-  ASSERT_OK(pp_release(&l, PP_EPIPELINE));
-  ASSERT_EQ(test_peer_info(peer).failures, 0);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 0); /* not the peer's failure */
+  ASSERT_OK(pp_release(&f.held, PP_EPIPELINE));
+  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
+  fixture_end(&f);
 }
 
 TEST(pipeline_unasked_reply_closes_the_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = line_pool(srv, 2, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f;
+  line_held(&f, srv_echo_start(NULL));
   /* one request whose bytes make two replies: the second answers nobody */
   treq_t t;
-  ASSERT_OK(treq_send(&t, l.conn, "a1\nb", 1, 2));
+  ASSERT_OK(treq_send(&t, f.held.conn, "a1\nb", 1, 2));
   RUN_UNTIL(t.calls == 1, 2000);
   ASSERT_OK(t.status); /* "a1\n"; then "b1-2\n" answers nobody */
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 2000);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_REMOTE] == 1, 2000);
+  release_end(&f);
 }
 
 static void on_raw_written(pp_write_t *w, int status) {
@@ -179,34 +165,27 @@ static void on_raw_written(pp_write_t *w, int status) {
 /* A reply in a read of its own while a lease holds the conn and no request waits: kept, it
  * would sit ahead of the next replies and stall the conn once the keep buffer filled. */
 TEST(pipeline_unasked_reply_while_leased_closes_the_conn) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = line_pool(srv, 2, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f;
+  line_held(&f, srv_echo_start(NULL));
   /* bytes written around the request queue: their echo answers no request */
   pp_write_t w;
   int written = 0;
   w.data = &written;
   uv_buf_t b = uv_buf_init((char *)"zz\n", 3);
-  ASSERT_OK(pp_conn_write(&w, l.conn, &b, 1, on_raw_written));
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_REMOTE] == 1, 2000);
+  ASSERT_OK(pp_conn_write(&w, f.held.conn, &b, 1, on_raw_written));
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_REMOTE] == 1, 2000);
   ASSERT_EQ(written, 1);
   treq_t t;
-  ASSERT_EQ(pp_request_send(&t.req, l.conn, &b, 1, on_reply), PP_EFRAMING);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(pp_request_send(&t.req, f.held.conn, &b, 1, on_reply), PP_EFRAMING);
+  release_end(&f);
 }
 
 TEST(pipeline_needs_framing) {
-  srv_t *srv = srv_echo_start(NULL);
-  fixture_t f = fixture_start(srv, NULL);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   fixture_hold(&f);
   treq_t t;
   ASSERT_ERR(treq_send(&t, f.held.conn, "z", 1, 1), PP_ESTATE);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  release_end(&f);
 }
 
 TEST(pipeline_bad_framing_option_names_the_field) {

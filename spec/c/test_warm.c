@@ -3,20 +3,20 @@
 #include "fixtures.h"
 #include "internal.h"
 
-static pp_pool_t *warm_pool(const srv_t *srv, int min_idle, pp_options_t *o, pp_peer_t **peer) {
-  o->min_idle = min_idle;
-  o->maintenance_interval = 20; /* a held peer is looked at again this often */
-  pp_pool_t *pool = test_pool(o);
-  *peer = srv ? test_peer(pool, srv_addr(srv)) : NULL;
-  return pool;
+/* Test options with `min` as min_idle, then the changes given. A held peer is looked at again
+ * every 20 ms. */
+#define WARM_OPTS(min, ...) TEST_OPTS(o.min_idle = (min); o.maintenance_interval = 20; __VA_ARGS__)
+
+/* An echo server's pool with WARM_OPTS(min): its peer is not dialled yet. */
+static fixture_t warm_echo(int min) {
+  return fixture_start(srv_echo_start(NULL), WARM_OPTS(min));
 }
 
 TEST(warm_dials_min_idle_without_any_acquire) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_peer_t *peer;
-  pp_pool_t *pool = warm_pool(srv, 2, &o, &peer);
+  fixture_t f = warm_echo(2);
+  srv_t *srv = f.srv;
+  pp_pool_t *pool = f.pool;
+  pp_peer_t *peer = f.peer;
   ASSERT_EQ(srv_client_conns(srv), 0); /* not inside pp_pool_add_peer */
   RUN_UNTIL(test_peer_info(peer).idle == 2, 2000);
   test_run_for(50);
@@ -29,17 +29,13 @@ TEST(warm_dials_min_idle_without_any_acquire) {
   test_acquire_release(pool, peer);
   ASSERT_EQ(test_stats(pool).acquired_immediate, 1);
   ASSERT_EQ(test_stats(pool).acquired_dialed, 0);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(warm_stays_within_max_per_peer_and_max_total) {
   srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 3;
-  o.max_total = 4;
-  pp_peer_t *pa;
-  pp_pool_t *pool = warm_pool(a, 3, &o, &pa);
+  pp_pool_t *pool = test_pool(WARM_OPTS(3, o.max_per_peer = 3; o.max_total = 4));
+  test_peer(pool, srv_addr(a));
   test_peer(pool, srv_addr(b));
   RUN_UNTIL(test_stats(pool).idle == 4, 2000);
   test_run_for(100);
@@ -56,53 +52,40 @@ TEST(warm_stays_within_max_per_peer_and_max_total) {
 }
 
 TEST(warm_idle_timeout_closes_down_to_min_idle_only) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.idle_timeout = 50;
-  pp_peer_t *peer;
-  pp_pool_t *pool = warm_pool(srv, 1, &o, &peer);
+  fixture_t f = fixture_start(srv_echo_start(NULL), WARM_OPTS(1, o.idle_timeout = 50));
+  pp_pool_t *pool = f.pool;
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_wait(pool, &l[i], &r[i], peer, NULL));
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(pp_release(&l[i], 0));
+  test_acquire_n(pool, f.peer, l, r, 3);
+  test_release_n(l, 3, 0);
   RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_IDLE] >= 2, 2000);
   test_run_for(200); /* four idle timeouts more */
   pp_stats_t s = test_stats(pool);
   ASSERT_EQ(s.closed[PP_CLOSE_IDLE], 2);
   ASSERT_EQ(s.idle, 1);
-  ASSERT_EQ(srv_client_conns(srv), 1);
+  ASSERT_EQ(srv_client_conns(f.srv), 1);
   /* The kept conn is still lent at once. */
-  test_acquire_release(pool, peer);
+  test_acquire_release(pool, f.peer);
   ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 2);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(warm_redials_conns_the_server_closed) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_peer_t *peer;
-  pp_pool_t *pool = warm_pool(srv, 2, &o, &peer);
-  RUN_UNTIL(test_peer_info(peer).idle == 2, 2000);
-  KICK_AFTER_ACCEPTED(srv, 2);
-  RUN_UNTIL(srv_accepted(srv) == 4 && test_peer_info(peer).idle == 2, 2000);
+  fixture_t f = warm_echo(2);
+  RUN_UNTIL(test_peer_info(f.peer).idle == 2, 2000);
+  KICK_AFTER_ACCEPTED(f.srv, 2);
+  RUN_UNTIL(srv_accepted(f.srv) == 4 && test_peer_info(f.peer).idle == 2, 2000);
   test_run_for(50);
-  ASSERT_EQ(srv_accepted(srv), 4);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_REMOTE], 2);
-  test_finish_srv(pool, srv);
+  ASSERT_EQ(srv_accepted(f.srv), 4);
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_REMOTE], 2);
+  fixture_end(&f);
 }
 
 TEST(warm_comes_back_after_a_server_restart_with_backoff) {
   srv_t *srv = srv_echo_start(NULL);
   int port = srv_port(srv);
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 0;
   pp_peer_t *peer;
-  pp_pool_t *pool = warm_pool(srv, 2, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, WARM_OPTS(2, o.eject_after = 0), &peer);
   int64_t delay = 100;
   test_set_backoff(pool, test_backoff_fixed, &delay);
   RUN_UNTIL(test_peer_info(peer).idle == 2, 2000);
@@ -122,17 +105,12 @@ TEST(warm_comes_back_after_a_server_restart_with_backoff) {
 }
 
 TEST(warm_redials_after_lifespan) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_lifespan = 60;
-  o.lifespan_jitter = 0;
-  pp_peer_t *peer;
-  pp_pool_t *pool = warm_pool(srv, 1, &o, &peer);
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_LIFESPAN] >= 2, 2000);
-  RUN_UNTIL(test_peer_info(peer).idle == 1 && srv_accepted(srv) >= 3, 2000);
-  ASSERT_LE(test_stats(pool).conns, 1);
-  test_finish_srv(pool, srv);
+  fixture_t f =
+      fixture_start(srv_echo_start(NULL), WARM_OPTS(1, o.max_lifespan = 60; o.lifespan_jitter = 0));
+  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_LIFESPAN] >= 2, 2000);
+  RUN_UNTIL(test_peer_info(f.peer).idle == 1 && srv_accepted(f.srv) >= 3, 2000);
+  ASSERT_LE(test_stats(f.pool).conns, 1);
+  fixture_end(&f);
 }
 
 static int warm_handshakes;
@@ -144,10 +122,7 @@ static void warm_handshake(void *data, pp_conn_t *conn) {
 
 TEST(warm_conns_run_the_handshake_hook) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.min_idle = 2;
-  pp_pool_t *pool = test_pool(&o);
+  pp_pool_t *pool = test_pool(TEST_OPTS(o.min_idle = 2));
   pp_policy_t policy = {0};
   policy.handshake = warm_handshake;
   pp_pool_set_policy(pool, &policy);
@@ -159,9 +134,7 @@ TEST(warm_conns_run_the_handshake_hook) {
 
 TEST(warm_per_peer_min_idle) {
   srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o); /* the pool's min_idle is 0 */
+  pp_pool_t *pool = test_pool(TEST_OPTS()); /* the pool's min_idle is 0 */
   pp_peer_t *pa = test_peer(pool, srv_addr(a));
   pp_peer_t *pb = test_peer(pool, srv_addr(b));
   ASSERT_ERR(pp_peer_set_min_idle(pa, 5), PP_EINVAL); /* over max_per_peer (4) */
@@ -192,11 +165,8 @@ TEST(warm_option_is_checked) {
 
 TEST(warm_close_with_dials_in_flight) {
   srv_t *hang = srv_hang_start();
-  pp_options_t o;
-  test_options(&o);
-  o.connect_timeout = 5000;
   pp_peer_t *peer;
-  pp_pool_t *pool = warm_pool(hang, 2, &o, &peer);
+  pp_pool_t *pool = test_pool_on(hang, WARM_OPTS(2, o.connect_timeout = 5000), &peer);
   RUN_UNTIL(srv_client_conns(hang) == 2, 2000);
   test_finish(pool); /* the loop closes with no handle left */
   ASSERT_EQ(srv_client_conns(hang), 0);
@@ -205,13 +175,10 @@ TEST(warm_close_with_dials_in_flight) {
 
 TEST(warm_not_for_a_burned_peer) {
   srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  pp_peer_t *peer;
-  pp_pool_t *pool = warm_pool(NULL, 1, &o, &peer);
+  pp_pool_t *pool = test_pool(WARM_OPTS(1));
   int64_t burn = PP_BACKOFF_BURN;
   test_set_backoff(pool, test_backoff_fixed, &burn);
-  peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   RUN_UNTIL(test_peer_info(peer).burned, 2000);
   uint64_t attempts = test_stats(pool).connect_attempts;
   test_run_for(150);

@@ -30,18 +30,28 @@ static void wait_all(test_rec_t *recs, int n) {
     RUN_UNTIL(recs[i].calls == 1, 5000);
 }
 
+/* A pool with `o` whose peers back off as their data says (backoff_from_data). */
+static pp_pool_t *failing_pool(const pp_options_t *o) {
+  pp_pool_t *pool = test_pool(o);
+  test_set_backoff(pool, backoff_from_data, NULL);
+  return pool;
+}
+
+/* Three failing peers p[0..2] backing off for delay[0..2] ms, their first acquires ended. */
+static void three_failing(pp_pool_t *pool, const srv_t *refused, const intptr_t delay[3],
+                          pp_peer_t *p[3], pp_lease_t l[3], test_rec_t r[3]) {
+  for (int i = 0; i < 3; i++)
+    p[i] = failing_peer(pool, refused, 2 + i, delay[i], &l[i], &r[i]);
+  wait_all(r, 3);
+}
+
 #define FAILING 100
 #define STALE 100000
 
 TEST(candidates_acquire_any_ignores_unusable_peers) {
   srv_t *refused = srv_refused_start();
   srv_t *echo = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  o.max_address_age = 3600 * 1000;
-  pp_pool_t *pool = test_pool(&o);
-  test_set_backoff(pool, backoff_from_data, NULL);
+  pp_pool_t *pool = failing_pool(TEST_OPTS(o.max_per_peer = 1; o.max_address_age = 3600 * 1000));
   /* FAILING peers fail their connect: every other one burns, the rest back off for a minute. */
   static pp_lease_t leases[FAILING];
   static test_rec_t recs[FAILING];
@@ -88,19 +98,12 @@ TEST(candidates_backoff_ends_in_retry_order) {
   /* Three peers back off for 300, 100 and 200 ms. Once all three retry times have passed,
    * acquires for any peer dial them in that order: 100, 200, 300 (not insertion order). */
   srv_t *refused = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  pp_pool_t *pool = test_pool(&o);
-  test_set_backoff(pool, backoff_from_data, NULL);
+  pp_pool_t *pool = failing_pool(TEST_OPTS(o.max_per_peer = 1));
   pp_pool_on_state(pool, test_state_cb);
   pp_lease_t l[3];
   test_rec_t r[3];
-  intptr_t delay[3] = {300, 100, 200};
   pp_peer_t *p[3];
-  for (int i = 0; i < 3; i++)
-    p[i] = failing_peer(pool, refused, 2 + i, delay[i], &l[i], &r[i]);
-  wait_all(r, 3);
+  three_failing(pool, refused, (const intptr_t[3]){300, 100, 200}, p, l, r);
   test_run_for(400);
   int start = test_ntransitions;
   for (int i = 0; i < 3; i++)
@@ -128,17 +131,11 @@ TEST(candidates_all_held_fails_fast_naming_the_soonest) {
   /* No peer may be dialled now (all back off): an acquire for any peer dials none of them; it
    * is answered at once with cannot_connect, about the peer whose backoff ends first. */
   srv_t *refused = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  test_set_backoff(pool, backoff_from_data, NULL);
+  pp_pool_t *pool = failing_pool(TEST_OPTS());
   pp_lease_t l[3];
   test_rec_t r[3];
-  intptr_t delay[3] = {3000, 150, 2000};
   pp_peer_t *p[3];
-  for (int i = 0; i < 3; i++)
-    p[i] = failing_peer(pool, refused, 2 + i, delay[i], &l[i], &r[i]);
-  wait_all(r, 3);
+  three_failing(pool, refused, (const intptr_t[3]){3000, 150, 2000}, p, l, r);
   test_set_backoff(pool, backoff_counting, NULL);
   ASSERT_ERR(test_acquire_start(pool, &l[0], &r[0], NULL, NULL), PP_ECANNOTCONNECT);
   pp_cause_t c;

@@ -55,11 +55,25 @@ static int collect(const pp_explain_t *e, void *arg) {
   return 0;
 }
 
+/* The explain entries of `peer` (NULL: the pool's) into `b`. */
+static void explain(pp_pool_t *pool, pp_peer_t *peer, explain_buf_t *b) {
+  memset(b, 0, sizeof *b);
+  ASSERT_OK(pp_pool_explain(pool, peer, collect, b));
+}
+
+/* A pool with `opts` (NULL: engine defaults) whose events go to `evs`, then the echo server
+ * `srv` as a peer (added after subscribing, so its events are seen too). */
+static pp_pool_t *events_pool(const srv_t *srv, const pp_options_t *opts, pp_peer_t **peer) {
+  pp_pool_t *pool = test_pool(opts);
+  pp_pool_on_event(pool, on_event, &evs);
+  *peer = test_peer(pool, srv_addr(srv));
+  return pool;
+}
+
 TEST(events_conn_open_close_and_state_in_order) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_pool_on_event(pool, on_event, &evs);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = events_pool(srv, NULL, &peer);
   pp_lease_t l;
   test_rec_t r;
   evs.in_call = 1;
@@ -96,43 +110,31 @@ TEST(events_conn_open_close_and_state_in_order) {
 
 TEST(events_acquire_timeout_and_explain_says_why_it_waited) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_event(pool, on_event, &evs);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = events_pool(srv, TEST_OPTS(o.max_per_peer = 1), &peer);
   pp_lease_t held, waiting;
   test_rec_t r1, r2;
   ASSERT_OK(test_acquire_wait(pool, &held, &r1, peer, NULL));
-  pp_acquire_opts_t ao;
-  pp_acquire_opts_init(&ao);
-  ao.timeout = 30;
-  ASSERT_ERR(test_acquire_wait(pool, &waiting, &r2, peer, &ao), PP_ETIMEDOUT);
+  ASSERT_ERR(test_acquire_wait(pool, &waiting, &r2, peer, TEST_ACQUIRE_OPTS(a.timeout = 30)),
+             PP_ETIMEDOUT);
   RUN_UNTIL(count(PP_EVENT_ACQUIRE_TIMEOUT) == 1, 1000);
   const pp_event_t *t = find(PP_EVENT_ACQUIRE_TIMEOUT);
   ASSERT_PTR_EQ(t->peer, peer);
   ASSERT(t->ms >= 20);
   ASSERT_EQ(t->conns, 1);
   ASSERT_EQ(t->max_conns, 1);
-  explain_buf_t b = {{0}, 0};
-  ASSERT_OK(pp_pool_explain(pool, peer, collect, &b));
+  explain_buf_t b;
+  explain(pool, peer, &b);
   ASSERT(strstr(b.all, "[wait] acquire for") != NULL);
   ASSERT(strstr(b.all, "1/1 conns (max_per_peer)") != NULL);
   ASSERT(strstr(b.all, "[fail] acquire failed: timed out") != NULL);
   ASSERT(strstr(b.all, "[conn_open] conn #1") != NULL);
   ASSERT(strstr(b.all, "dialled for it") != NULL);
   /* A run of busy answers folds into one entry. */
-  pp_acquire_opts_t busy;
-  pp_acquire_opts_init(&busy);
-  busy.busy = PP_BUSY_FAIL;
-  for (int i = 0; i < 50; i++) {
-    pp_lease_t b1;
-    test_rec_t rb;
-    ASSERT_ERR(test_acquire_start(pool, &b1, &rb, peer, &busy), PP_EBUSY);
-  }
-  explain_buf_t b2 = {{0}, 0};
-  ASSERT_OK(pp_pool_explain(pool, peer, collect, &b2));
+  for (int i = 0; i < 50; i++)
+    test_acquire_fails(pool, peer, TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL), PP_EBUSY);
+  explain_buf_t b2;
+  explain(pool, peer, &b2);
   ASSERT_EQ(b2.n, b.n + 1);
   ASSERT_MSG(strstr(b2.all, "is at capacity: 1/1 conns in use (and 49 more like it)") != NULL, "%s",
              b2.all);
@@ -142,13 +144,8 @@ TEST(events_acquire_timeout_and_explain_says_why_it_waited) {
 
 TEST(events_eject_and_explain_names_peer_and_reason) {
   srv_t *a = srv_echo_start(NULL), *b2 = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 2;
-  o.eject_time = 5000;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_event(pool, on_event, &evs);
-  pp_peer_t *p1 = test_peer(pool, srv_addr(a));
+  pp_peer_t *p1;
+  pp_pool_t *pool = events_pool(a, TEST_OPTS(o.eject_after = 2; o.eject_time = 5000), &p1);
   test_peer(pool, srv_addr(b2));
   for (int i = 0; i < 2; i++) {
     pp_lease_t l;
@@ -162,8 +159,8 @@ TEST(events_eject_and_explain_names_peer_and_reason) {
   ASSERT_EQ(e->failures, 2);
   ASSERT_EQ(e->ms, 5000);
   ASSERT_EQ(e->error, PP_EBROKEN);
-  explain_buf_t b = {{0}, 0};
-  ASSERT_OK(pp_pool_explain(pool, p1, collect, &b));
+  explain_buf_t b;
+  explain(pool, p1, &b);
   char want[128];
   snprintf(want, sizeof want, "[eject] %s ejected for 5000 ms: 2 consecutive failures",
            pp_peer_addr(p1));
@@ -178,12 +175,8 @@ TEST(events_eject_and_explain_names_peer_and_reason) {
 
 TEST(events_leak_reported_once_then_unleak) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.leak_threshold = 40;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_event(pool, on_event, &evs);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = events_pool(srv, TEST_OPTS(o.leak_threshold = 40), &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
@@ -206,8 +199,8 @@ TEST(events_leak_reported_once_then_unleak) {
   evs.release_on_leak = &l;
   RUN_UNTIL(count(PP_EVENT_LEAK) == 2 && count(PP_EVENT_UNLEAK) == 2, 2000);
   ASSERT_PTR_EQ(evs.release_on_leak, NULL);
-  explain_buf_t b = {{0}, 0};
-  ASSERT_OK(pp_pool_explain(pool, NULL, collect, &b));
+  explain_buf_t b;
+  explain(pool, NULL, &b);
   ASSERT(strstr(b.all, "past leak_threshold 40 ms") != NULL);
   ASSERT(strstr(b.all, "reported as leaked (leak #1) was released") != NULL);
   test_finish_srv(pool, srv);

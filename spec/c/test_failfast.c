@@ -5,16 +5,38 @@
  * included. */
 #include "fixtures.h"
 
-/* A pool of `a` and `b` that ejects at the first failure. */
-static pp_pool_t *two_peers(const srv_t *a, const srv_t *b, pp_options_t *o, pp_peer_t **pa,
-                            pp_peer_t **pb) {
-  test_options(o);
-  o->eject_after = 1;
-  o->eject_time = 5000;
-  pp_pool_t *pool = test_pool(o);
-  *pa = test_peer(pool, srv_addr(a));
-  *pb = test_peer(pool, srv_addr(b));
-  return pool;
+/* A pool of echo servers `a` and `b` that ejects at the first failure. */
+typedef struct {
+  srv_t *a, *b;
+  pp_pool_t *pool;
+  pp_peer_t *pa, *pb;
+} duo_t;
+
+static void duo_start(duo_t *d) {
+  d->a = srv_echo_start(NULL);
+  d->b = srv_echo_start(NULL);
+  d->pool = test_pool(TEST_OPTS(o.eject_after = 1; o.eject_time = 5000));
+  d->pa = test_peer(d->pool, srv_addr(d->a));
+  d->pb = test_peer(d->pool, srv_addr(d->b));
+}
+
+static void duo_end(duo_t *d) {
+  test_finish(d->pool);
+  srv_stop(d->a);
+  srv_stop(d->b);
+}
+
+/* A pool (options `o`) with one refused peer whose backoff is a fixed `*delay` ms. */
+static fixture_t refused_start(const pp_options_t *o, int64_t *delay) {
+  fixture_t f = fixture_start(srv_refused_start(), o);
+  test_set_backoff(f.pool, test_backoff_fixed, delay);
+  return f;
+}
+
+/* An acquire on the refused peer into `l`: it must fail to connect. */
+static void fails_to_connect(fixture_t *f, pp_lease_t *l) {
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(f->pool, l, &r, f->peer, NULL), PP_ECANNOTCONNECT);
 }
 
 static void broken_use(pp_pool_t *pool, pp_peer_t *peer) {
@@ -35,18 +57,16 @@ static const char *describe(const pp_lease_t *l) {
 }
 
 TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_options_t o;
-  pp_peer_t *pa, *pb;
-  pp_pool_t *pool = two_peers(a, b, &o, &pa, &pb);
-  broken_use(pool, pa);
+  duo_t d;
+  duo_start(&d);
+  broken_use(d.pool, d.pa);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, pa, NULL), PP_EEJECTED);
+  ASSERT_ERR(test_acquire_start(d.pool, &l, &r, d.pa, NULL), PP_EEJECTED);
   pp_cause_t c;
   ASSERT_OK(pp_lease_cause(&l, &c));
   ASSERT_ERR(c.code, PP_EEJECTED);
-  ASSERT_PTR_EQ(c.peer, pa);
+  ASSERT_PTR_EQ(c.peer, d.pa);
   ASSERT_EQ(c.state, PP_PEER_EJECTED);
   ASSERT_EQ(c.ejected, 1);
   ASSERT_GT(c.held_ms, 4000);
@@ -57,83 +77,62 @@ TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
   ASSERT_EQ(c.peers_ejected, 1);
   ASSERT_CONTAINS(describe(&l), " is ejected for ");
   ASSERT_CONTAINS(line, " s more after 1 consecutive failure (last broken)");
-  ASSERT(strncmp(line, srv_addr(a), strlen(srv_addr(a))) == 0);
-  ASSERT_EQ(test_stats(pool).failed_fast, 1);
+  ASSERT(strncmp(line, srv_addr(d.a), strlen(srv_addr(d.a))) == 0);
+  ASSERT_EQ(test_stats(d.pool).failed_fast, 1);
   ASSERT_EQ(r.calls, 0);
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  duo_end(&d);
 }
 
 TEST(failfast_try_acquire_of_ejected_peer_says_ejected) {
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_options_t o;
-  pp_peer_t *pa, *pb;
-  pp_pool_t *pool = two_peers(a, b, &o, &pa, &pb);
-  broken_use(pool, pa);
+  duo_t d;
+  duo_start(&d);
+  broken_use(d.pool, d.pa);
   pp_lease_t l;
   memset(&l, 0, sizeof l);
-  ASSERT_ERR(pp_try_acquire(pool, &l, pa, NULL), PP_EEJECTED);
+  ASSERT_ERR(pp_try_acquire(d.pool, &l, d.pa, NULL), PP_EEJECTED);
   ASSERT_CONTAINS(describe(&l), "is ejected");
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  duo_end(&d);
 }
 
 TEST(failfast_waiter_of_a_peer_that_gets_ejected_is_answered_on_the_next_tick) {
   /* A waiter queued behind the peer's only conn (deadline 5 s): the conn breaks, the peer is
    * ejected, and the waiter hears PP_EEJECTED at once, not at its deadline. */
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_options_t o;
-  pp_peer_t *pa, *pb;
-  pp_pool_t *pool = two_peers(a, b, &o, &pa, &pb);
+  duo_t d;
+  duo_start(&d);
   pp_lease_t held, waiter;
   test_rec_t hr, wr;
-  ASSERT_OK(test_acquire_wait(pool, &held, &hr, pa, NULL));
-  pp_acquire_opts_t ao;
-  pp_acquire_opts_init(&ao);
-  ao.timeout = 5000;
+  ASSERT_OK(test_acquire_wait(d.pool, &held, &hr, d.pa, NULL));
   /* max_per_peer is 4: fill it so the waiter queues. */
   pp_lease_t more[3];
   test_rec_t mr[3];
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_wait(pool, &more[i], &mr[i], pa, NULL));
-  ASSERT_OK(test_acquire_start(pool, &waiter, &wr, pa, &ao));
+  test_acquire_n(d.pool, d.pa, more, mr, 3);
+  ASSERT_OK(test_acquire_start(d.pool, &waiter, &wr, d.pa, TEST_ACQUIRE_OPTS(a.timeout = 5000)));
   uint64_t t0 = test_now_ms();
   ASSERT_OK(pp_release(&held, PP_EBROKEN));
   RUN_UNTIL(wr.calls == 1, 1000);
   ASSERT_ERR(wr.status, PP_EEJECTED);
   ASSERT_LT(wr.at_ms - t0, 500);
   ASSERT_CONTAINS(describe(&waiter), "is ejected for");
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(pp_release(&more[i], 0));
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  test_release_n(more, 3, 0);
+  duo_end(&d);
 }
 
 TEST(failfast_backing_off_peer_describes_its_backoff) {
-  srv_t *refused = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 0;
   int64_t delay = 3000;
-  pp_pool_t *pool = test_pool(&o);
-  test_set_backoff(pool, test_backoff_fixed, &delay);
-  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  fixture_t f = refused_start(TEST_OPTS(o.eject_after = 0), &delay);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  fails_to_connect(&f, &l);
   ASSERT_CONTAINS(describe(&l), "cannot connect to ");
   ASSERT_CONTAINS(line,
                   ": backing off for 3.0 s more after 1 consecutive failure (last "
                   "ECONNREFUSED)");
   uint64_t t0 = test_now_ms();
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, NULL), PP_ECANNOTCONNECT);
   ASSERT_LT(test_now_ms() - t0, 100);
   ASSERT_ERR(l.cause, UV_ECONNREFUSED);
   ASSERT_CONTAINS(describe(&l), "backing off for");
-  test_finish_srv(pool, refused);
+  fixture_end(&f);
 }
 
 static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
@@ -196,48 +195,40 @@ TEST(failfast_timeout_describes_what_it_waited_behind) {
 TEST(failfast_any_peer_passes_over_held_peers) {
   /* An ejected peer, a peer backing off and a healthy one: acquires for any peer all go to the
    * healthy one and none fails. */
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL), *refused = srv_refused_start();
-  pp_options_t o;
-  pp_peer_t *pa, *pb;
-  pp_pool_t *pool = two_peers(a, b, &o, &pa, &pb);
+  srv_t *refused = srv_refused_start();
+  duo_t d;
+  duo_start(&d);
   int64_t delay = 60000;
-  test_set_backoff(pool, test_backoff_fixed, &delay);
-  pp_peer_t *pr = test_peer(pool, srv_addr(refused));
-  broken_use(pool, pa);
+  test_set_backoff(d.pool, test_backoff_fixed, &delay);
+  pp_peer_t *pr = test_peer(d.pool, srv_addr(refused));
+  broken_use(d.pool, d.pa);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, pr, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(test_acquire_wait(d.pool, &l, &r, pr, NULL), PP_ECANNOTCONNECT);
   for (int i = 0; i < 10; i++) {
-    ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
-    ASSERT_PTR_EQ(l.peer, pb);
+    ASSERT_OK(test_acquire_wait(d.pool, &l, &r, NULL, NULL));
+    ASSERT_PTR_EQ(l.peer, d.pb);
     ASSERT_OK(pp_release(&l, 0));
   }
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  duo_end(&d);
   srv_stop(refused);
 }
 
 TEST(failfast_any_peer_with_all_held_names_the_telling_peer) {
-  srv_t *refused = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
   int64_t delay = 60000;
-  pp_pool_t *pool = test_pool(&o);
-  test_set_backoff(pool, test_backoff_fixed, &delay);
-  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  fixture_t f = refused_start(NULL, &delay);
   pp_lease_t l;
   test_rec_t r;
   /* The acquire for any peer dials the only one; its failure leaves nothing to serve. */
-  ASSERT_OK(test_acquire_start(pool, &l, &r, NULL, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, NULL, NULL));
   RUN_UNTIL(r.calls == 1, 2000);
   ASSERT_ERR(r.status, PP_ECANNOTCONNECT);
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, NULL, NULL), PP_ECANNOTCONNECT);
   pp_cause_t c;
   ASSERT_OK(pp_lease_cause(&l, &c));
-  ASSERT_PTR_EQ(c.peer, peer);
+  ASSERT_PTR_EQ(c.peer, f.peer);
   ASSERT_CONTAINS(describe(&l), "no peer can serve (1 peer, 0 ejected): cannot connect to ");
-  test_finish_srv(pool, refused);
+  fixture_end(&f);
 }
 
 TEST(failfast_cause_is_zero_after_a_grant) {
@@ -263,13 +254,11 @@ TEST(failfast_cause_is_zero_after_a_grant) {
 
 TEST(failfast_describe_truncates_like_snprintf) {
   fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
-  pp_lease_t held, l;
-  test_rec_t hr, r;
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
-  pp_acquire_opts_t ao;
-  pp_acquire_opts_init(&ao);
-  ao.busy = PP_BUSY_FAIL;
-  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, &ao), PP_EBUSY);
+  fixture_hold(&f);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL)),
+             PP_EBUSY);
   int whole = pp_lease_describe(&l, line, sizeof line);
   ASSERT_CONTAINS(line, " is at capacity: 1/1 conns in use");
   char small[8];
@@ -280,7 +269,7 @@ TEST(failfast_describe_truncates_like_snprintf) {
   ASSERT_ERR(pp_lease_describe(&l, NULL, 4), PP_EINVAL);
   ASSERT_ERR(pp_lease_describe(NULL, line, sizeof line), PP_EINVAL);
   ASSERT_ERR(pp_lease_cause(NULL, NULL), PP_EINVAL);
-  ASSERT_OK(pp_release(&held, 0));
+  ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }
 
@@ -309,25 +298,18 @@ TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
 }
 
 TEST(failfast_notice_for_a_held_peer_fires_when_its_hold_ends) {
-  srv_t *refused = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 0;
   int64_t delay = 200;
-  pp_pool_t *pool = test_pool(&o);
-  test_set_backoff(pool, test_backoff_fixed, &delay);
-  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  fixture_t f = refused_start(TEST_OPTS(o.eject_after = 0), &delay);
   pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  fails_to_connect(&f, &l);
   pp_notice_t n;
   test_rec_t nr;
   uint64_t t0 = test_now_ms();
-  ASSERT_OK(test_notice_start(pool, &n, &nr, peer));
+  ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
   RUN_UNTIL(nr.calls == 1, 2000);
   ASSERT_OK(nr.status);
   ASSERT_GE(nr.at_ms - t0, 100);
-  test_finish_srv(pool, refused);
+  fixture_end(&f);
 }
 
 static int seeds;

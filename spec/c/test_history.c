@@ -7,6 +7,23 @@ static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
   return PP_BACKOFF_BURN;
 }
 
+/* An echo server as the one peer of a pool with engine defaults. */
+static fixture_t echo_pool(void) {
+  fixture_t f;
+  memset(&f, 0, sizeof f);
+  f.srv = srv_echo_start(NULL);
+  f.pool = test_pool_on(f.srv, NULL, &f.peer);
+  return f;
+}
+
+/* A healthy acquire and release on `peer`: it serves. */
+static void use_once(pp_pool_t *pool, pp_peer_t *peer) {
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
+}
+
 TEST(history_burned_peer_stays_burned_after_a_restart) {
   /* Pool one burns a peer; its history goes to pool two (the next run), which never dials it. */
   srv_t *refused = srv_refused_start();
@@ -36,17 +53,15 @@ TEST(history_burned_peer_stays_burned_after_a_restart) {
 }
 
 TEST(history_restores_the_counters) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  fixture_t f = echo_pool();
   pp_peer_history_t h = {0};
   h.failures = 3;
   h.last_success = 1700000000000;
   h.last_failure = test_unix_ms() - 2000;
   h.ejections = 7;
   h.eject_streak = 2;
-  ASSERT_OK(pp_peer_restore(peer, &h));
-  pp_peer_info_t i = test_peer_info(peer);
+  ASSERT_OK(pp_peer_restore(f.peer, &h));
+  pp_peer_info_t i = test_peer_info(f.peer);
   ASSERT_EQ(i.failures, 3);
   ASSERT_EQ(i.last_success, 1700000000000);
   ASSERT_EQ(i.last_failure, h.last_failure);
@@ -55,16 +70,13 @@ TEST(history_restores_the_counters) {
   ASSERT_EQ(i.burned, 0);
   ASSERT_EQ(i.ejected_until, 0);
   pp_peer_history_t back;
-  pp_peer_history(peer, &back);
+  pp_peer_history(f.peer, &back);
   ASSERT_EQ(back.failures, 3);
   ASSERT_EQ(back.ejections, 7);
   /* A healthy release ends the restored run, as it would have ended the original one. */
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
-  ASSERT_EQ(test_peer_info(peer).failures, 0);
-  test_finish_srv(pool, srv);
+  use_once(f.pool, f.peer);
+  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
+  fixture_end(&f);
 }
 
 TEST(history_restores_an_ejection_to_its_end) {
@@ -86,8 +98,7 @@ TEST(history_restores_an_ejection_to_its_end) {
   test_rec_t r;
   ASSERT_ERR(test_acquire_start(pool, &l, &r, pa, NULL), PP_EEJECTED);
   RUN_UNTIL(pp_peer_check(pa) == 0, 2000);
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, pa, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  use_once(pool, pa);
   test_finish(pool);
   srv_stop(a);
   srv_stop(b);
@@ -95,20 +106,15 @@ TEST(history_restores_an_ejection_to_its_end) {
 
 TEST(history_ejection_is_not_restored_on_the_only_peer) {
   /* eject_max_percent holds for restored ejections too: the only peer is not ejected. */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  fixture_t f = echo_pool();
   pp_peer_history_t h = {0};
   h.failures = 5;
   h.ejected_until = test_unix_ms() + 60000;
-  ASSERT_OK(pp_peer_restore(peer, &h));
-  ASSERT_NE(pp_peer_state(peer), PP_PEER_EJECTED);
-  ASSERT_EQ(test_peer_info(peer).ejected_until, 0);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_peer_restore(f.peer, &h));
+  ASSERT_NE(pp_peer_state(f.peer), PP_PEER_EJECTED);
+  ASSERT_EQ(test_peer_info(f.peer).ejected_until, 0);
+  use_once(f.pool, f.peer);
+  fixture_end(&f);
 }
 
 TEST(history_restore_refuses_bad_fields) {
@@ -117,18 +123,10 @@ TEST(history_restore_refuses_bad_fields) {
   pp_peer_history_t ok = {0};
   ASSERT_ERR(pp_peer_restore(NULL, &ok), PP_EINVAL);
   ASSERT_ERR(pp_peer_restore(peer, NULL), PP_EINVAL);
-  pp_peer_history_t h = ok;
-  h.failures = -1;
-  ASSERT_ERR(pp_peer_restore(peer, &h), PP_EINVAL);
-  h = ok;
-  h.burned = 2;
-  ASSERT_ERR(pp_peer_restore(peer, &h), PP_EINVAL);
-  h = ok;
-  h.ejected_until = -5;
-  ASSERT_ERR(pp_peer_restore(peer, &h), PP_EINVAL);
-  h = ok;
-  h.eject_streak = -1;
-  ASSERT_ERR(pp_peer_restore(peer, &h), PP_EINVAL);
+  const pp_peer_history_t bad[] = {
+      {.failures = -1}, {.burned = 2}, {.ejected_until = -5}, {.eject_streak = -1}};
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++)
+    ASSERT_ERR(pp_peer_restore(peer, &bad[k]), PP_EINVAL);
   ASSERT_OK(pp_peer_restore(peer, &ok));
   pp_pool_close(pool, test_close_cb);
   ASSERT_ERR(pp_peer_restore(peer, &ok), PP_ECLOSED);
@@ -136,18 +134,13 @@ TEST(history_restore_refuses_bad_fields) {
 }
 
 TEST(history_readding_a_restored_burned_peer_unburns_it) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
+  fixture_t f = echo_pool();
   pp_peer_history_t h = {0};
   h.burned = 1;
-  ASSERT_OK(pp_peer_restore(peer, &h));
-  ASSERT_EQ(pp_peer_state(peer), PP_PEER_BURNED);
-  test_peer(pool, srv_addr(srv));
-  ASSERT_NE(pp_peer_state(peer), PP_PEER_BURNED);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_peer_restore(f.peer, &h));
+  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_BURNED);
+  test_peer(f.pool, srv_addr(f.srv));
+  ASSERT_NE(pp_peer_state(f.peer), PP_PEER_BURNED);
+  use_once(f.pool, f.peer);
+  fixture_end(&f);
 }

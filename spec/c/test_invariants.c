@@ -58,6 +58,32 @@ static void skip_if_no_malloc_count(void) {
 #endif
 }
 
+/* An echo server and a pool with engine defaults, left with one idle conn to it. */
+static fixture_t one_idle_conn(void) {
+  fixture_t f;
+  memset(&f, 0, sizeof f);
+  f.srv = srv_echo_start(NULL);
+  f.pool = test_pool_on(f.srv, NULL, &f.peer);
+  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
+  ASSERT_OK(pp_release(&f.held, 0));
+  return f;
+}
+
+/* `n` pp_try_acquire + pp_release on `peer` (NULL: any peer) with allocations counted; returns
+ * how many try_acquires succeeded. */
+static int counted_try_acquires(pp_pool_t *pool, pp_peer_t *peer, int n) {
+  pp_lease_t l;
+  memset(&l, 0, sizeof l);
+  int ok = 0;
+  counting = 1;
+  for (int i = 0; i < n; i++) {
+    if (pp_try_acquire(pool, &l, peer, NULL) == 0) ok++;
+    pp_release(&l, 0);
+  }
+  counting = 0;
+  return ok;
+}
+
 TEST(inv_try_acquire_release_of_idle_conn_allocates_nothing) {
   skip_if_no_malloc_count();
   /* The counter works at all. */
@@ -68,36 +94,18 @@ TEST(inv_try_acquire_release_of_idle_conn_allocates_nothing) {
   ASSERT_EQ(alloc_count, 1);
   alloc_count = 0;
 
-  srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  fixture_t f = one_idle_conn();
   /* Warm up once (first use of any lazily sized scratch space is not the steady state). */
+  pp_lease_t l;
   memset(&l, 0, sizeof l);
-  ASSERT_OK(pp_try_acquire(pool, &l, peer, NULL));
+  ASSERT_OK(pp_try_acquire(f.pool, &l, f.peer, NULL));
   ASSERT_OK(pp_release(&l, 0));
-  int ok = 0;
-  counting = 1;
-  for (int i = 0; i < 1000; i++) {
-    if (pp_try_acquire(pool, &l, peer, NULL) == 0) ok++;
-    pp_release(&l, 0);
-  }
-  counting = 0;
-  ASSERT_EQ(ok, 1000);
+  ASSERT_EQ(counted_try_acquires(f.pool, f.peer, 1000), 1000);
   ASSERT_EQ(alloc_count, 0);
   /* The same through "any peer". */
-  counting = 1;
-  for (int i = 0; i < 1000; i++) {
-    if (pp_try_acquire(pool, &l, NULL, NULL) == 0) ok++;
-    pp_release(&l, 0);
-  }
-  counting = 0;
-  ASSERT_EQ(ok, 2000);
+  ASSERT_EQ(counted_try_acquires(f.pool, NULL, 1000), 1000);
   ASSERT_EQ(alloc_count, 0);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(inv_shared_try_acquire_release_allocates_nothing) {
@@ -133,21 +141,18 @@ TEST(inv_acquire_release_of_idle_conn_allocates_nothing) {
   /* The callback path too: pp_acquire of an idle conn, the deferred callback, the release
    * (the loop iterations in between are counted as well). */
   skip_if_no_malloc_count();
-  srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  fixture_t f = one_idle_conn();
+  test_tick(); /* the guard timer exists before counting starts */
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
-  test_tick(); /* the guard timer exists before counting starts */
+  memset(&l, 0, sizeof l);
   memset(&r, 0, sizeof r);
   l.data = &r;
   int warm = 5;
   for (int i = 0; i < 200 + warm; i++) {
     if (i == warm) counting = 1;
     int before = r.calls;
-    ASSERT_OK(pp_acquire(pool, &l, peer, NULL, count_cb));
+    ASSERT_OK(pp_acquire(f.pool, &l, f.peer, NULL, count_cb));
     while (r.calls == before)
       uv_run(test_loop(), UV_RUN_NOWAIT);
     ASSERT_OK(r.status);
@@ -156,7 +161,7 @@ TEST(inv_acquire_release_of_idle_conn_allocates_nothing) {
   counting = 0;
   ASSERT_EQ(r.calls, 200 + warm);
   ASSERT_EQ(alloc_count, 0);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -583,19 +588,14 @@ TEST(inv_loop_closes_after_close_with_everything_in_flight) {
   /* The close path with conns in every phase: connecting, handshake-free ready, idle, leased,
    * backing off, and waiters; then uv_loop_close() == 0 (checked by test_finish). */
   srv_t *echo = srv_echo_start(NULL), *hang = srv_hang_start(), *ref = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 2;
-  o.retries = 5;
-  o.connect_timeout = 5000;
-  pp_pool_t *pool = test_pool(&o);
+  pp_pool_t *pool =
+      test_pool(TEST_OPTS(o.max_per_peer = 2; o.retries = 5; o.connect_timeout = 5000));
   pp_peer_t *pe = test_peer(pool, srv_addr(echo));
   pp_peer_t *ph = test_peer(pool, srv_addr(hang));
   pp_peer_t *pr = test_peer(pool, srv_addr(ref));
   pp_lease_t l[8];
   test_rec_t r[8];
-  ASSERT_OK(test_acquire_wait(pool, &l[0], &r[0], pe, NULL));
-  ASSERT_OK(test_acquire_wait(pool, &l[1], &r[1], pe, NULL));
+  test_acquire_n(pool, pe, l, r, 2);
   ASSERT_OK(pp_release(&l[1], 0));
   ASSERT_OK(test_acquire_start(pool, &l[2], &r[2], ph, NULL));
   ASSERT_OK(test_acquire_start(pool, &l[3], &r[3], pr, NULL));

@@ -18,13 +18,27 @@ static void seed_hook(void *data, pp_pool_t *pool, int wanted) {
     pp_pool_add_peer(pool, s->addrs[i], 0, NULL, NULL);
 }
 
+/* A pool with `o` whose seed hook is seed_hook on `rec`. */
+static pp_pool_t *seeded_pool(const pp_options_t *o, seed_rec_t *rec) {
+  pp_policy_t policy = {0};
+  policy.data = rec;
+  policy.seed = seed_hook;
+  pp_pool_t *pool = test_pool(o);
+  pp_pool_set_policy(pool, &policy);
+  return pool;
+}
+
+/* A seed record that adds the address of `srv`. */
+static seed_rec_t seeds_of(const srv_t *srv) {
+  seed_rec_t rec = {0};
+  rec.addrs[0] = srv_addr(srv);
+  rec.n = 1;
+  return rec;
+}
+
 TEST(maintain_target_peers_dials_until_ready) {
   srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL), *c = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.target_peers = 2;
-  o.maintenance_interval = 20;
-  pp_pool_t *pool = test_pool(&o);
+  pp_pool_t *pool = test_pool(TEST_OPTS(o.target_peers = 2; o.maintenance_interval = 20));
   test_peer(pool, srv_addr(a));
   test_peer(pool, srv_addr(b));
   test_peer(pool, srv_addr(c));
@@ -41,19 +55,9 @@ TEST(maintain_target_peers_dials_until_ready) {
 
 TEST(maintain_calls_seed_when_out_of_candidates) {
   srv_t *a = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.target_peers = 1;
-  o.maintenance_interval = 20;
-  o.seed_interval = 1000;
-  seed_rec_t rec = {0};
-  rec.addrs[0] = srv_addr(a);
-  rec.n = 1;
-  pp_policy_t policy = {0};
-  policy.data = &rec;
-  policy.seed = seed_hook;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_set_policy(pool, &policy);
+  seed_rec_t rec = seeds_of(a);
+  pp_pool_t *pool = seeded_pool(
+      TEST_OPTS(o.target_peers = 1; o.maintenance_interval = 20; o.seed_interval = 1000), &rec);
   RUN_UNTIL(test_stats(pool).peers_by_state[PP_PEER_READY] == 1, 2000);
   ASSERT_EQ(rec.calls, 1);
   ASSERT_EQ(rec.wanted, 1);
@@ -62,17 +66,9 @@ TEST(maintain_calls_seed_when_out_of_candidates) {
 }
 
 TEST(maintain_seed_is_rate_limited) {
-  pp_options_t o;
-  test_options(&o);
-  o.target_peers = 3;
-  o.maintenance_interval = 10;
-  o.seed_interval = 100000;
   seed_rec_t rec = {0}; /* adds nothing */
-  pp_policy_t policy = {0};
-  policy.data = &rec;
-  policy.seed = seed_hook;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_set_policy(pool, &policy);
+  pp_pool_t *pool = seeded_pool(
+      TEST_OPTS(o.target_peers = 3; o.maintenance_interval = 10; o.seed_interval = 100000), &rec);
   test_run_for(150);
   ASSERT_EQ(rec.calls, 1);
   test_finish(pool);
@@ -80,16 +76,8 @@ TEST(maintain_seed_is_rate_limited) {
 
 TEST(maintain_any_acquire_waits_for_seeded_peer) {
   srv_t *a = srv_echo_start(NULL);
-  seed_rec_t rec = {0};
-  rec.addrs[0] = srv_addr(a);
-  rec.n = 1;
-  pp_policy_t policy = {0};
-  policy.data = &rec;
-  policy.seed = seed_hook;
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_set_policy(pool, &policy);
+  seed_rec_t rec = seeds_of(a);
+  pp_pool_t *pool = seeded_pool(TEST_OPTS(), &rec);
   pp_lease_t l;
   test_rec_t r;
   /* No peer at all: with a seed hook the acquire waits and the seeded peer serves it. */
@@ -150,8 +138,8 @@ TEST(keep_idle_bytes_keeps_chatty_conns) {
 
 TEST(keep_idle_bytes_off_closes_on_late_reply) {
   srv_t *a = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(a));
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(a, NULL, &peer);
   int closed;
   late_reply(pool, peer, 0, &closed);
   ASSERT_EQ(closed, 1);

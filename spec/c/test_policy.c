@@ -26,120 +26,119 @@ static int sel_peer(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n,
   return -1;
 }
 
-static pp_pool_t *two_peers(srv_t *a, srv_t *b, pp_peer_t **pa, pp_peer_t **pb, sel_t *s) {
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  *pa = test_peer(pool, srv_addr(a));
-  *pb = test_peer(pool, srv_addr(b));
+/* Two echo servers as the peers of one pool, with `s` as the select_peer hook's data. */
+typedef struct {
+  srv_t *a, *b;
+  pp_pool_t *pool;
+  pp_peer_t *pa, *pb;
+  sel_t s;
+} duo_t;
+
+static void duo_start(duo_t *d, int hooked) {
+  memset(d, 0, sizeof *d);
+  d->a = srv_echo_start(NULL);
+  d->b = srv_echo_start(NULL);
+  d->pool = test_pool(TEST_OPTS());
+  d->pa = test_peer(d->pool, srv_addr(d->a));
+  d->pb = test_peer(d->pool, srv_addr(d->b));
+  if (!hooked) return;
   pp_policy_t pol;
   memset(&pol, 0, sizeof pol);
-  pol.data = s;
+  pol.data = &d->s;
   pol.select_peer = sel_peer;
-  pp_pool_set_policy(pool, &pol);
-  return pool;
+  pp_pool_set_policy(d->pool, &pol);
+}
+
+static void duo_end(duo_t *d) {
+  test_finish(d->pool);
+  srv_stop(d->a);
+  srv_stop(d->b);
+}
+
+/* Leave one idle conn on each peer, so a hook has a real choice (n = 2). */
+static void duo_idle_both(duo_t *d) {
+  pp_lease_t la, lb;
+  test_rec_t ra, rb;
+  ASSERT_OK(test_acquire_wait(d->pool, &la, &ra, d->pa, NULL));
+  ASSERT_OK(test_acquire_wait(d->pool, &lb, &rb, d->pb, NULL));
+  ASSERT_OK(pp_release(&la, 0));
+  ASSERT_OK(pp_release(&lb, 0));
+}
+
+/* An acquire that names no peer (the policy picks) into `l`; it must succeed. */
+static void acquire_any(duo_t *d, pp_lease_t *l, const pp_acquire_opts_t *ao) {
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(d->pool, l, &r, NULL, ao));
 }
 
 TEST(policy_select_peer_picks_for_dialing) {
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_peer_t *pa, *pb;
-  sel_t s = {0};
-  pp_pool_t *pool = two_peers(a, b, &pa, &pb, &s);
-  s.answer = -2;
-  s.want = pb;
-  pp_acquire_opts_t ao;
-  pp_acquire_opts_init(&ao);
-  ao.key = "some-key";
+  duo_t d;
+  duo_start(&d, 1);
+  d.s.answer = -2;
+  d.s.want = d.pb;
   pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, &ao));
-  ASSERT_PTR_EQ(l.peer, pb);
-  ASSERT_GE(s.calls, 1);
-  ASSERT_EQ(s.last_dialing, 1); /* no peer had a usable conn */
-  ASSERT_EQ(s.last_n, 2);
-  ASSERT_STREQ(s.last_key, "some-key");
-  ASSERT_ACCEPTED(b, 1);
-  ASSERT_EQ(srv_accepted(a), 0);
+  acquire_any(&d, &l, TEST_ACQUIRE_OPTS(a.key = "some-key"));
+  ASSERT_PTR_EQ(l.peer, d.pb);
+  ASSERT_GE(d.s.calls, 1);
+  ASSERT_EQ(d.s.last_dialing, 1); /* no peer had a usable conn */
+  ASSERT_EQ(d.s.last_n, 2);
+  ASSERT_STREQ(d.s.last_key, "some-key");
+  ASSERT_ACCEPTED(d.b, 1);
+  ASSERT_EQ(srv_accepted(d.a), 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  duo_end(&d);
 }
 
 TEST(policy_select_peer_picks_among_usable) {
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_peer_t *pa, *pb;
-  sel_t s = {0};
-  pp_pool_t *pool = two_peers(a, b, &pa, &pb, &s);
-  pp_lease_t la, lb;
-  test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_wait(pool, &la, &ra, pa, NULL));
-  ASSERT_OK(test_acquire_wait(pool, &lb, &rb, pb, NULL));
-  ASSERT_OK(pp_release(&la, 0));
-  ASSERT_OK(pp_release(&lb, 0));
-  s.answer = -2;
+  duo_t d;
+  duo_start(&d, 1);
+  duo_idle_both(&d);
+  d.s.answer = -2;
   for (int k = 0; k < 4; k++) {
-    s.want = (k & 1) ? pa : pb;
-    int before = s.calls;
-    ASSERT_OK(test_acquire_wait(pool, &la, &ra, NULL, NULL));
-    ASSERT_GT(s.calls, before);
-    ASSERT_EQ(s.last_dialing, 0);
-    ASSERT_EQ(s.last_n, 2);
-    ASSERT_PTR_EQ(la.peer, s.want);
-    ASSERT_OK(pp_release(&la, 0));
+    d.s.want = (k & 1) ? d.pa : d.pb;
+    int before = d.s.calls;
+    pp_lease_t l;
+    acquire_any(&d, &l, NULL);
+    ASSERT_GT(d.s.calls, before);
+    ASSERT_EQ(d.s.last_dialing, 0);
+    ASSERT_EQ(d.s.last_n, 2);
+    ASSERT_PTR_EQ(l.peer, d.s.want);
+    ASSERT_OK(pp_release(&l, 0));
   }
-  ASSERT_EQ(test_stats(pool).connect_attempts, 2);
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  ASSERT_EQ(test_stats(d.pool).connect_attempts, 2);
+  duo_end(&d);
 }
 
 TEST(policy_select_peer_bad_answer_falls_back) {
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_peer_t *pa, *pb;
-  sel_t s = {0};
-  pp_pool_t *pool = two_peers(a, b, &pa, &pb, &s);
-  s.answer = 99;
+  duo_t d;
+  duo_start(&d, 1);
+  d.s.answer = 99;
   pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
-  ASSERT(l.peer == pa || l.peer == pb);
-  ASSERT_GE(test_stats(pool).policy_errors, 1);
+  acquire_any(&d, &l, NULL);
+  ASSERT(l.peer == d.pa || l.peer == d.pb);
+  ASSERT_GE(test_stats(d.pool).policy_errors, 1);
   ASSERT_OK(pp_release(&l, 0));
-  /* Both peers with an idle conn, so the hook has a real choice (n = 2). */
-  pp_lease_t la, lb;
-  test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_wait(pool, &la, &ra, pa, NULL));
-  ASSERT_OK(test_acquire_wait(pool, &lb, &rb, pb, NULL));
-  ASSERT_OK(pp_release(&la, 0));
-  ASSERT_OK(pp_release(&lb, 0));
-  s.answer = -5;
-  uint64_t pe = test_stats(pool).policy_errors;
-  int calls = s.calls;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
-  ASSERT_GT(s.calls, calls);
-  ASSERT_EQ(s.last_n, 2);
-  ASSERT_GT(test_stats(pool).policy_errors, pe);
+  duo_idle_both(&d);
+  d.s.answer = -5;
+  uint64_t pe = test_stats(d.pool).policy_errors;
+  int calls = d.s.calls;
+  acquire_any(&d, &l, NULL);
+  ASSERT_GT(d.s.calls, calls);
+  ASSERT_EQ(d.s.last_n, 2);
+  ASSERT_GT(test_stats(d.pool).policy_errors, pe);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  duo_end(&d);
 }
 
 TEST(policy_select_peer_minus_one_is_default_not_error) {
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_peer_t *pa, *pb;
-  sel_t s = {0};
-  pp_pool_t *pool = two_peers(a, b, &pa, &pb, &s);
-  s.answer = -1;
+  duo_t d;
+  duo_start(&d, 1);
+  d.s.answer = -1;
   pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
-  ASSERT_EQ(test_stats(pool).policy_errors, 0);
+  acquire_any(&d, &l, NULL);
+  ASSERT_EQ(test_stats(d.pool).policy_errors, 0);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  duo_end(&d);
 }
 
 static int bad_conn_choice(void *data, pp_peer_t *peer, pp_conn_t *const *conns, int n,
@@ -152,10 +151,8 @@ TEST(policy_select_conn_bad_answer_falls_back) {
   fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 2));
   pp_lease_t l[2];
   test_rec_t r[2];
-  for (int i = 0; i < 2; i++)
-    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
-  for (int i = 0; i < 2; i++)
-    ASSERT_OK(pp_release(&l[i], 0));
+  test_acquire_n(f.pool, f.peer, l, r, 2);
+  test_release_n(l, 2, 0);
   int calls = 0;
   pp_policy_t pol;
   memset(&pol, 0, sizeof pol);
@@ -176,82 +173,56 @@ static int64_t nonsense_backoff(void *data, pp_peer_t *peer, int attempt, int er
 }
 
 TEST(policy_backoff_nonsense_falls_back) {
-  srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 1;
-  pp_pool_t *pool = test_pool(&o);
+  fixture_t f = fixture_start(srv_refused_start(), TEST_OPTS(o.retries = 1));
   int calls = 0;
-  test_set_backoff(pool, nonsense_backoff, &calls);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  test_set_backoff(f.pool, nonsense_backoff, &calls);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
+  ASSERT_ERR(test_acquire_wait(f.pool, &l, &r, f.peer, NULL), PP_ECANNOTCONNECT);
   ASSERT_GE(calls, 1);
-  ASSERT_GE(test_stats(pool).policy_errors, 1);
-  ASSERT_EQ(test_stats(pool).connect_attempts, 2); /* not burned, retried */
-  ASSERT(pp_peer_state(peer) != PP_PEER_BURNED);
-  test_finish_srv(pool, srv);
+  ASSERT_GE(test_stats(f.pool).policy_errors, 1);
+  ASSERT_EQ(test_stats(f.pool).connect_attempts, 2); /* not burned, retried */
+  ASSERT(pp_peer_state(f.peer) != PP_PEER_BURNED);
+  fixture_end(&f);
 }
 
 TEST(policy_is_copied_and_null_restores_defaults) {
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_peer_t *pa, *pb;
-  sel_t s = {0};
-  s.answer = -1;
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  pa = test_peer(pool, srv_addr(a));
-  pb = test_peer(pool, srv_addr(b));
-  (void)pa;
-  (void)pb;
+  duo_t d;
+  duo_start(&d, 0);
+  d.s.answer = -1;
   pp_policy_t pol;
   memset(&pol, 0, sizeof pol);
-  pol.data = &s;
+  pol.data = &d.s;
   pol.select_peer = sel_peer;
-  pp_pool_set_policy(pool, &pol);
+  pp_pool_set_policy(d.pool, &pol);
   pol.select_peer = NULL; /* the pool keeps its copy */
   pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
-  ASSERT_GE(s.calls, 1);
+  acquire_any(&d, &l, NULL);
+  ASSERT_GE(d.s.calls, 1);
   ASSERT_OK(pp_release(&l, 0));
-  pp_pool_set_policy(pool, NULL);
-  int before = s.calls;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, NULL));
-  ASSERT_EQ(s.calls, before);
+  pp_pool_set_policy(d.pool, NULL);
+  int before = d.s.calls;
+  acquire_any(&d, &l, NULL);
+  ASSERT_EQ(d.s.calls, before);
   ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  duo_end(&d);
 }
 
 TEST(policy_default_select_peer_round_robin) {
   /* Without a hook, acquires that name no peer rotate over ready peers. */
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *pa = test_peer(pool, srv_addr(a));
-  pp_peer_t *pb = test_peer(pool, srv_addr(b));
-  pp_lease_t la, lb;
-  test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_wait(pool, &la, &ra, pa, NULL));
-  ASSERT_OK(test_acquire_wait(pool, &lb, &rb, pb, NULL));
-  ASSERT_OK(pp_release(&la, 0));
-  ASSERT_OK(pp_release(&lb, 0));
+  duo_t d;
+  duo_start(&d, 0);
+  duo_idle_both(&d);
   int hits_a = 0, hits_b = 0;
   for (int k = 0; k < 6; k++) {
-    ASSERT_OK(test_acquire_wait(pool, &la, &ra, NULL, NULL));
-    if (la.peer == pa) hits_a++;
-    if (la.peer == pb) hits_b++;
-    ASSERT_OK(pp_release(&la, 0));
+    pp_lease_t l;
+    acquire_any(&d, &l, NULL);
+    if (l.peer == d.pa) hits_a++;
+    if (l.peer == d.pb) hits_b++;
+    ASSERT_OK(pp_release(&l, 0));
   }
   ASSERT_EQ(hits_a + hits_b, 6);
   ASSERT_GE(hits_a, 2);
   ASSERT_GE(hits_b, 2);
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  duo_end(&d);
 }

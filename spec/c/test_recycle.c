@@ -2,6 +2,25 @@
  * while idle. */
 #include "fixtures.h"
 
+/* The next acquire gets a fresh conn (the server accepts a second one); then the end. */
+static void fresh_conn_then_end(fixture_t *f) {
+  ASSERT_OK(test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL));
+  ASSERT_ACCEPTED(f->srv, 2);
+  ASSERT_OK(pp_release(&f->held, 0));
+  fixture_end(f);
+}
+
+/* The info of the first conn of a pool with `o` (the pool is gone when this returns). */
+static pp_conn_info_t first_conn_info(const pp_options_t *o) {
+  fixture_t f = fixture_start(srv_echo_start(NULL), o);
+  fixture_hold(&f);
+  pp_conn_info_t ci;
+  pp_conn_info(f.held.conn, &ci);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
+  return ci;
+}
+
 TEST(recycle_idle_timeout_closes_idle_conn) {
   fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.idle_timeout = 50));
   test_acquire_release(f.pool, f.peer);
@@ -64,10 +83,7 @@ TEST(recycle_max_lifespan_closes_when_last_lease_ends) {
   ASSERT_EQ(test_stats(f.pool).conns, 0);
   ASSERT_EQ(test_peer_info(f.peer).failures, 0);
   /* The next acquire gets a fresh conn. */
-  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
-  ASSERT_ACCEPTED(f.srv, 2);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fresh_conn_then_end(&f);
 }
 
 TEST(recycle_expired_idle_conn_is_not_lent) {
@@ -77,14 +93,8 @@ TEST(recycle_expired_idle_conn_is_not_lent) {
   fixture_hold(&f);
   ASSERT_OK(pp_release(&f.held, 0)); /* idle, young */
   test_run_for(120);
-  pp_lease_t t;
-  memset(&t, 0, sizeof t);
-  int rc = pp_try_acquire(f.pool, &t, f.peer, NULL);
-  ASSERT_ERR(rc, PP_EAGAIN);
-  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
-  ASSERT_ACCEPTED(f.srv, 2);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  test_try_acquire_fails(f.pool, f.peer, PP_EAGAIN);
+  fresh_conn_then_end(&f);
 }
 
 TEST(recycle_lifespan_jitter_bounds) {
@@ -94,8 +104,7 @@ TEST(recycle_lifespan_jitter_bounds) {
   enum { N = 8 };
   pp_lease_t l[N];
   test_rec_t r[N];
-  for (int i = 0; i < N; i++)
-    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
+  test_acquire_n(f.pool, f.peer, l, r, N);
   int64_t first = -1;
   int spread = 0;
   for (int i = 0; i < N; i++) {
@@ -108,30 +117,18 @@ TEST(recycle_lifespan_jitter_bounds) {
     if (life != first) spread = 1;
   }
   ASSERT_MSG(spread, "8 conns opened together all expire together despite 50%% jitter");
-  for (int i = 0; i < N; i++)
-    ASSERT_OK(pp_release(&l[i], 0));
+  test_release_n(l, N, 0);
   fixture_end(&f);
 }
 
 TEST(recycle_lifespan_without_jitter_is_exact) {
-  fixture_t f =
-      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_lifespan = 10000; o.lifespan_jitter = 0));
-  fixture_hold(&f);
-  pp_conn_info_t ci;
-  pp_conn_info(f.held.conn, &ci);
+  pp_conn_info_t ci = first_conn_info(TEST_OPTS(o.max_lifespan = 10000; o.lifespan_jitter = 0));
   ASSERT_EQ(ci.expires_at - ci.created_at, 10000);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
 }
 
 TEST(recycle_no_lifespan_means_no_expiry) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_lifespan = 0));
-  fixture_hold(&f);
-  pp_conn_info_t ci;
-  pp_conn_info(f.held.conn, &ci);
+  pp_conn_info_t ci = first_conn_info(TEST_OPTS(o.max_lifespan = 0));
   ASSERT_EQ(ci.expires_at, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
 }
 
 TEST(recycle_server_closes_mid_use) {

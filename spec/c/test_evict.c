@@ -3,25 +3,27 @@
 
 #include <string.h>
 
-/* Echo servers `a` and `b` as the peers of a pool with room for one conn in all. */
+/* Two echo servers as the peers of a pool with room for one conn in all. */
 typedef struct {
-  srv_t *a, *b;
+  srv_t *srv[2];
   pp_pool_t *pool;
-  pp_peer_t *pa, *pb;
-} duo_t;
+  pp_peer_t *peer[2];
+} pair_t;
 
-static void duo_start(duo_t *d) {
-  d->a = srv_echo_start(NULL);
-  d->b = srv_echo_start(NULL);
-  d->pool = test_pool(TEST_OPTS(o.max_per_peer = 2; o.max_total = 1));
-  d->pa = test_peer(d->pool, srv_addr(d->a));
-  d->pb = test_peer(d->pool, srv_addr(d->b));
+static pair_t pair_start(void) {
+  pair_t p;
+  p.pool = test_pool(TEST_OPTS(o.max_per_peer = 2; o.max_total = 1));
+  for (int i = 0; i < 2; i++) {
+    p.srv[i] = srv_echo_start(NULL);
+    p.peer[i] = test_peer(p.pool, srv_addr(p.srv[i]));
+  }
+  return p;
 }
 
-static void duo_end(duo_t *d) {
-  test_finish(d->pool);
-  srv_stop(d->a);
-  srv_stop(d->b);
+static void pair_end(pair_t *p) {
+  test_finish(p->pool);
+  for (int i = 0; i < 2; i++)
+    srv_stop(p->srv[i]);
 }
 
 /* Wait for the acquire of `r` to be granted; it must succeed. */
@@ -31,59 +33,53 @@ static void granted(const test_rec_t *r) {
 }
 
 TEST(evict_idle_conn_of_other_peer_for_named_acquire) {
-  duo_t d;
-  duo_start(&d);
-  pp_pool_t *pool = d.pool;
-  pp_peer_t *pa = d.pa, *pb = d.pb;
+  pair_t p = pair_start();
+  pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, pa, NULL));
+  ASSERT_OK(test_acquire_wait(p.pool, &l, &r, pa, NULL));
   ASSERT_OK(pp_release(&l, 0)); /* A's conn idles; the pool is at max_total */
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, pb, NULL));
+  ASSERT_OK(test_acquire_wait(p.pool, &l, &r, pb, NULL));
   ASSERT_PTR_EQ(l.peer, pb);
-  pp_stats_t s = test_stats(pool);
+  pp_stats_t s = test_stats(p.pool);
   ASSERT_EQ(s.closed[PP_CLOSE_EVICTED], 1);
   ASSERT_EQ(s.conns, 1);
   ASSERT_OK(pp_release(&l, 0));
-  duo_end(&d);
+  pair_end(&p);
 }
 
 TEST(evict_released_conn_serves_waiter_of_other_peer) {
-  duo_t d;
-  duo_start(&d);
-  pp_pool_t *pool = d.pool;
-  pp_peer_t *pa = d.pa, *pb = d.pb;
+  pair_t p = pair_start();
+  pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t la, lb;
   test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_wait(pool, &la, &ra, pa, NULL));
-  ASSERT_OK(test_acquire_start(pool, &lb, &rb, pb, NULL)); /* waits: A holds the only slot */
+  ASSERT_OK(test_acquire_wait(p.pool, &la, &ra, pa, NULL));
+  ASSERT_OK(test_acquire_start(p.pool, &lb, &rb, pb, NULL)); /* waits: A holds the only slot */
   test_run_for(20);
   ASSERT_EQ(rb.calls, 0);
-  ASSERT_EQ(test_stats(pool).waiters, 1);
+  ASSERT_EQ(test_stats(p.pool).waiters, 1);
   ASSERT_OK(pp_release(&la, 0)); /* nobody wants A's conn: it gives way to B */
   granted(&rb);
   ASSERT_PTR_EQ(lb.peer, pb);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_EVICTED], 1);
+  ASSERT_EQ(test_stats(p.pool).closed[PP_CLOSE_EVICTED], 1);
   ASSERT_OK(pp_release(&lb, 0));
-  duo_end(&d);
+  pair_end(&p);
 }
 
 TEST(evict_keeps_conn_wanted_by_its_own_peer) {
-  duo_t d;
-  duo_start(&d);
-  pp_pool_t *pool = d.pool;
-  pp_peer_t *pa = d.pa, *pb = d.pb;
+  pair_t p = pair_start();
+  pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t la, la2, lb;
   test_rec_t ra, ra2, rb;
-  ASSERT_OK(test_acquire_wait(pool, &la, &ra, pa, NULL));
-  ASSERT_OK(test_acquire_start(pool, &la2, &ra2, pa, NULL)); /* A's own waiter, first */
-  ASSERT_OK(test_acquire_start(pool, &lb, &rb, pb, NULL));
+  ASSERT_OK(test_acquire_wait(p.pool, &la, &ra, pa, NULL));
+  ASSERT_OK(test_acquire_start(p.pool, &la2, &ra2, pa, NULL)); /* A's own waiter, first */
+  ASSERT_OK(test_acquire_start(p.pool, &lb, &rb, pb, NULL));
   ASSERT_OK(pp_release(&la, 0));
   granted(&ra2);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_EVICTED], 0); /* handed over, not evicted */
+  ASSERT_EQ(test_stats(p.pool).closed[PP_CLOSE_EVICTED], 0); /* handed over, not evicted */
   ASSERT_EQ(rb.calls, 0);
   ASSERT_OK(pp_release(&la2, 0)); /* now B's waiter gets the slot */
   granted(&rb);
   ASSERT_OK(pp_release(&lb, 0));
-  duo_end(&d);
+  pair_end(&p);
 }

@@ -71,6 +71,15 @@ static void acquire_any(duo_t *d, pp_lease_t *l, const pp_acquire_opts_t *ao) {
   ASSERT_OK(test_acquire_wait(d->pool, l, &r, NULL, ao));
 }
 
+/* acquire_any, then a healthy release; returns the peer it was lent from. */
+static pp_peer_t *use_any(duo_t *d) {
+  pp_lease_t l;
+  acquire_any(d, &l, NULL);
+  pp_peer_t *peer = l.peer;
+  ASSERT_OK(pp_release(&l, 0));
+  return peer;
+}
+
 TEST(policy_select_peer_picks_for_dialing) {
   duo_t d;
   duo_start(&d, 1);
@@ -97,13 +106,10 @@ TEST(policy_select_peer_picks_among_usable) {
   for (int k = 0; k < 4; k++) {
     d.s.want = (k & 1) ? d.pa : d.pb;
     int before = d.s.calls;
-    pp_lease_t l;
-    acquire_any(&d, &l, NULL);
+    ASSERT_PTR_EQ(use_any(&d), d.s.want);
     ASSERT_GT(d.s.calls, before);
     ASSERT_EQ(d.s.last_dialing, 0);
     ASSERT_EQ(d.s.last_n, 2);
-    ASSERT_PTR_EQ(l.peer, d.s.want);
-    ASSERT_OK(pp_release(&l, 0));
   }
   ASSERT_EQ(test_stats(d.pool).connect_attempts, 2);
   duo_end(&d);
@@ -113,20 +119,17 @@ TEST(policy_select_peer_bad_answer_falls_back) {
   duo_t d;
   duo_start(&d, 1);
   d.s.answer = 99;
-  pp_lease_t l;
-  acquire_any(&d, &l, NULL);
-  ASSERT(l.peer == d.pa || l.peer == d.pb);
+  pp_peer_t *got = use_any(&d);
+  ASSERT(got == d.pa || got == d.pb);
   ASSERT_GE(test_stats(d.pool).policy_errors, 1);
-  ASSERT_OK(pp_release(&l, 0));
   duo_idle_both(&d);
   d.s.answer = -5;
   uint64_t pe = test_stats(d.pool).policy_errors;
   int calls = d.s.calls;
-  acquire_any(&d, &l, NULL);
+  use_any(&d);
   ASSERT_GT(d.s.calls, calls);
   ASSERT_EQ(d.s.last_n, 2);
   ASSERT_GT(test_stats(d.pool).policy_errors, pe);
-  ASSERT_OK(pp_release(&l, 0));
   duo_end(&d);
 }
 
@@ -134,10 +137,8 @@ TEST(policy_select_peer_minus_one_is_default_not_error) {
   duo_t d;
   duo_start(&d, 1);
   d.s.answer = -1;
-  pp_lease_t l;
-  acquire_any(&d, &l, NULL);
+  use_any(&d);
   ASSERT_EQ(test_stats(d.pool).policy_errors, 0);
-  ASSERT_OK(pp_release(&l, 0));
   duo_end(&d);
 }
 
@@ -196,15 +197,12 @@ TEST(policy_is_copied_and_null_restores_defaults) {
   pol.select_peer = sel_peer;
   pp_pool_set_policy(d.pool, &pol);
   pol.select_peer = NULL; /* the pool keeps its copy */
-  pp_lease_t l;
-  acquire_any(&d, &l, NULL);
+  use_any(&d);
   ASSERT_GE(d.s.calls, 1);
-  ASSERT_OK(pp_release(&l, 0));
   pp_pool_set_policy(d.pool, NULL);
   int before = d.s.calls;
-  acquire_any(&d, &l, NULL);
+  use_any(&d);
   ASSERT_EQ(d.s.calls, before);
-  ASSERT_OK(pp_release(&l, 0));
   duo_end(&d);
 }
 
@@ -215,11 +213,9 @@ TEST(policy_default_select_peer_round_robin) {
   duo_idle_both(&d);
   int hits_a = 0, hits_b = 0;
   for (int k = 0; k < 6; k++) {
-    pp_lease_t l;
-    acquire_any(&d, &l, NULL);
-    if (l.peer == d.pa) hits_a++;
-    if (l.peer == d.pb) hits_b++;
-    ASSERT_OK(pp_release(&l, 0));
+    pp_peer_t *got = use_any(&d);
+    if (got == d.pa) hits_a++;
+    if (got == d.pb) hits_b++;
   }
   ASSERT_EQ(hits_a + hits_b, 6);
   ASSERT_GE(hits_a, 2);

@@ -2,6 +2,15 @@
  * the close callback runs once, and the loop closes with 0. */
 #include "fixtures.h"
 
+/* An echo server and a pool on it with engine defaults (test_pool(NULL)), one lease in
+ * f->held. In place: the pool points at f->held. */
+static void echo_held(fixture_t *f) {
+  pp_options_t d;
+  pp_options_init(&d);
+  *f = fixture_start(srv_echo_start(NULL), &d);
+  fixture_hold(f);
+}
+
 TEST(close_empty_pool) {
   pp_pool_t *pool = test_pool(NULL);
   ASSERT_EQ(pp_pool_is_closing(pool), 0);
@@ -13,8 +22,8 @@ TEST(close_empty_pool) {
 
 TEST(close_with_null_callback) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
   test_acquire_release(pool, peer);
   ASSERT_OK(pp_pool_close(pool, NULL));
   /* Nothing to wait for but the loop running dry. */
@@ -71,13 +80,10 @@ TEST(close_ends_waiters_with_closed) {
 TEST(close_ends_backoff_promptly) {
   /* A dial waiting out a long backoff does not hold the close up. */
   srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 5;
-  pp_pool_t *pool = test_pool(&o);
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, TEST_OPTS(o.retries = 5), &peer);
   int64_t delay = 10000;
   test_set_backoff(pool, test_backoff_fixed, &delay);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
@@ -117,58 +123,46 @@ TEST(close_fires_armed_notices_with_closed) {
 }
 
 TEST(close_detaches_leases) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
-  ASSERT_NULL(l.conn);
+  fixture_t f;
+  echo_held(&f);
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
+  ASSERT_NULL(f.held.conn);
   /* Releasing a detached lease is a harmless no-op, while the pool is closing ... */
-  ASSERT_ERR2(pp_release(&l, 0), 0, PP_ESTATE);
+  ASSERT_ERR2(pp_release(&f.held, 0), 0, PP_ESTATE);
   RUN_UNTIL(test_close_calls == 1, 2000);
   /* ... and after the pool is gone (it must not touch freed memory: run under ASan). */
-  ASSERT_ERR2(pp_release(&l, 0), 0, PP_ESTATE);
-  ASSERT_ERR(pp_acquire_cancel(&l), PP_ESTATE);
+  ASSERT_ERR2(pp_release(&f.held, 0), 0, PP_ESTATE);
+  ASSERT_ERR(pp_acquire_cancel(&f.held), PP_ESTATE);
   test_finish_closed();
-  RUN_UNTIL(srv_open(srv) == 0, 2000);
-  ASSERT_EQ(r.calls, 1);
-  srv_stop(srv);
+  RUN_UNTIL(srv_open(f.srv) == 0, 2000);
+  ASSERT_EQ(f.held_rec.calls, 1);
+  srv_stop(f.srv);
 }
 
 TEST(close_detached_lease_released_only_after_close) {
   /* The holder learns of the close only later and releases then (the common case). */
-  srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
+  fixture_t f;
+  echo_held(&f);
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
   test_finish_closed();
-  ASSERT_NULL(l.conn);
-  ASSERT_ERR2(pp_release(&l, PP_EBROKEN), 0, PP_ESTATE);
-  srv_stop(srv);
+  ASSERT_NULL(f.held.conn);
+  ASSERT_ERR2(pp_release(&f.held, PP_EBROKEN), 0, PP_ESTATE);
+  srv_stop(f.srv);
 }
 
 TEST(close_ends_reader_with_closed) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f;
+  echo_held(&f);
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &rd));
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
+  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
   RUN_UNTIL(test_close_calls == 1, 2000);
   ASSERT_EQ(rd.ended, 1);
   ASSERT_ERR(rd.end_status, PP_ECLOSED);
   ASSERT_EQ(rd.after_end, 0);
   test_finish_closed();
   test_reader_free(&rd);
-  srv_stop(srv);
+  srv_stop(f.srv);
 }
 
 static void count_write_cb(pp_write_t *req, int status) {
@@ -179,12 +173,8 @@ static void count_write_cb(pp_write_t *req, int status) {
 }
 
 TEST(close_ends_pending_write) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f;
+  echo_held(&f);
   size_t n = 8 << 20; /* big enough not to complete in one go */
   char *data = calloc(1, n);
   pp_write_t w;
@@ -192,25 +182,23 @@ TEST(close_ends_pending_write) {
   memset(&w, 0, sizeof w);
   w.data = &wr;
   uv_buf_t b = uv_buf_init(data, (unsigned int)n);
-  ASSERT_OK(pp_conn_write(&w, l.conn, &b, 1, count_write_cb));
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
+  ASSERT_OK(pp_conn_write(&w, f.held.conn, &b, 1, count_write_cb));
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
   RUN_UNTIL(test_close_calls == 1, 3000);
   /* The write's callback ran (once) before the pool finished closing. */
   ASSERT_EQ(wr.calls, 1);
   test_finish_closed();
   ASSERT_EQ(wr.calls, 1);
   free(data);
-  srv_stop(srv);
+  srv_stop(f.srv);
 }
 
 TEST(close_closes_every_conn) {
   fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 4));
   pp_lease_t l[4];
   test_rec_t r[4];
-  for (int i = 0; i < 4; i++)
-    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
-  ASSERT_OK(pp_release(&l[0], 0));
-  ASSERT_OK(pp_release(&l[1], 0)); /* two idle, two leased */
+  test_acquire_n(f.pool, f.peer, l, r, 4);
+  test_release_n(l, 2, 0); /* two idle, two leased */
   RUN_UNTIL(srv_open(f.srv) == 4, 2000);
   ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
   RUN_UNTIL(test_close_calls == 1, 2000);
@@ -231,9 +219,8 @@ TEST(close_counts_closed_conns) {
   fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 2));
   pp_lease_t l[2];
   test_rec_t r[2];
-  for (int i = 0; i < 2; i++)
-    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
-  ASSERT_OK(pp_release(&l[0], 0));
+  test_acquire_n(f.pool, f.peer, l, r, 2);
+  test_release_n(l, 1, 0);
   ASSERT_OK(pp_pool_close(f.pool, close_cb_with_stats));
   test_finish_closed();
   ASSERT_EQ(stats_in_close_cb.closed[PP_CLOSE_CLOSED], 2);
@@ -246,8 +233,8 @@ TEST(close_counts_closed_conns) {
 
 TEST(close_refuses_new_work) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
   pp_lease_t l;
   test_rec_t r;
   test_acquire_release(pool, peer);
@@ -317,12 +304,8 @@ TEST(close_from_inside_state_callback) {
 TEST(close_pool_with_many_objects) {
   /* Lots of everything at once: idle and leased conns, dials, backoffs, waiters, notices. */
   srv_t *echo = srv_echo_start(NULL), *hang = srv_hang_start(), *ref = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 2;
-  o.retries = 3;
-  o.connect_timeout = 5000;
-  pp_pool_t *pool = test_pool(&o);
+  pp_pool_t *pool =
+      test_pool(TEST_OPTS(o.max_per_peer = 2; o.retries = 3; o.connect_timeout = 5000));
   int64_t delay = 5000;
   test_set_backoff(pool, test_backoff_fixed, &delay);
   pp_peer_t *pe = test_peer(pool, srv_addr(echo));

@@ -56,104 +56,80 @@ TEST(options_defaults_are_valid) {
     if (rc != 0) FAIL("%s = %lld refused: %s", #field, (long long)(good), why ? why : "-"); \
   } while (0)
 
+/* Each value in `bad` (a LIST) refused naming `field`, each value in `good` taken. */
+#define LIST(...) \
+  { __VA_ARGS__ }
+#define EXPECT_RANGE(field, bad, good)                                         \
+  do {                                                                         \
+    const __typeof__(((pp_options_t *)0)->field) bads[] = bad, goods[] = good; \
+    for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++)                  \
+      EXPECT_BAD(field, bads[i]);                                              \
+    for (size_t i = 0; i < sizeof goods / sizeof goods[0]; i++)                \
+      EXPECT_GOOD(field, goods[i]);                                            \
+  } while (0)
+
 TEST(options_max_per_peer_range) {
-  EXPECT_BAD(max_per_peer, 0);
-  EXPECT_BAD(max_per_peer, -1);
-  EXPECT_GOOD(max_per_peer, 1);
+  EXPECT_RANGE(max_per_peer, LIST(0, -1), LIST(1));
 }
 
 TEST(options_max_total_range) {
-  EXPECT_BAD(max_total, 0);
-  EXPECT_BAD(max_total, -5);
-  EXPECT_GOOD(max_total, 4);
-  EXPECT_GOOD(max_total, 100000);
+  EXPECT_RANGE(max_total, LIST(0, -5), LIST(4, 100000));
 }
 
 TEST(options_client_limit_range) {
-  EXPECT_BAD(client_limit, 0);
-  EXPECT_BAD(client_limit, -1);
-  EXPECT_GOOD(client_limit, 1);
-  EXPECT_GOOD(client_limit, 64);
+  EXPECT_RANGE(client_limit, LIST(0, -1), LIST(1, 64));
 }
 
 TEST(options_connect_timeout_range) {
-  EXPECT_BAD(connect_timeout, 0);
-  EXPECT_BAD(connect_timeout, -1);
-  EXPECT_GOOD(connect_timeout, 1);
+  EXPECT_RANGE(connect_timeout, LIST(0, -1), LIST(1));
 }
 
 TEST(options_retries_range) {
-  EXPECT_BAD(retries, -1);
-  EXPECT_BAD(retries, 101);
-  EXPECT_GOOD(retries, 0);
-  EXPECT_GOOD(retries, 100);
+  EXPECT_RANGE(retries, LIST(-1, 101), LIST(0, 100));
 }
 
 TEST(options_acquire_timeout_range) {
-  EXPECT_BAD(acquire_timeout, -1);
-  EXPECT_GOOD(acquire_timeout, 0);
-  EXPECT_GOOD(acquire_timeout, 1);
+  EXPECT_RANGE(acquire_timeout, LIST(-1), LIST(0, 1));
 }
 
 TEST(options_backlog_range) {
-  EXPECT_BAD(backlog, -1);
-  EXPECT_GOOD(backlog, 0);
-  EXPECT_GOOD(backlog, 1);
+  EXPECT_RANGE(backlog, LIST(-1), LIST(0, 1));
 }
 
 TEST(options_idle_timeout_range) {
-  EXPECT_BAD(idle_timeout, -1);
-  EXPECT_GOOD(idle_timeout, 0);
-  EXPECT_GOOD(idle_timeout, 10);
+  EXPECT_RANGE(idle_timeout, LIST(-1), LIST(0, 10));
 }
 
 TEST(options_max_lifespan_range) {
-  EXPECT_BAD(max_lifespan, -1);
-  EXPECT_GOOD(max_lifespan, 0);
-  EXPECT_GOOD(max_lifespan, 10);
+  EXPECT_RANGE(max_lifespan, LIST(-1), LIST(0, 10));
 }
 
 TEST(options_lifespan_jitter_range) {
-  EXPECT_BAD(lifespan_jitter, -1);
-  EXPECT_BAD(lifespan_jitter, 51);
-  EXPECT_GOOD(lifespan_jitter, 0);
-  EXPECT_GOOD(lifespan_jitter, 50);
+  EXPECT_RANGE(lifespan_jitter, LIST(-1, 51), LIST(0, 50));
 }
 
 TEST(options_handshake_timeout_range) {
-  EXPECT_BAD(handshake_timeout, 0);
-  EXPECT_BAD(handshake_timeout, -1);
-  EXPECT_GOOD(handshake_timeout, 1);
+  EXPECT_RANGE(handshake_timeout, LIST(0, -1), LIST(1));
 }
 
 TEST(options_max_address_age_range) {
-  EXPECT_BAD(max_address_age, -1);
-  EXPECT_GOOD(max_address_age, 0);
+  EXPECT_RANGE(max_address_age, LIST(-1), LIST(0));
 }
 
 TEST(options_ping_after_range) {
-  EXPECT_BAD(ping_after, -1);
-  EXPECT_GOOD(ping_after, 0);
-  EXPECT_GOOD(ping_after, 1000);
+  EXPECT_RANGE(ping_after, LIST(-1), LIST(0, 1000));
 }
 
 TEST(options_keepalive_range) {
-  EXPECT_BAD(keepalive, -1);
-  EXPECT_GOOD(keepalive, 0);
-  EXPECT_GOOD(keepalive, 1000);
+  EXPECT_RANGE(keepalive, LIST(-1), LIST(0, 1000));
 }
 
 TEST(options_eject_max_percent_range) {
-  EXPECT_BAD(eject_max_percent, -1);
-  EXPECT_BAD(eject_max_percent, 101);
-  EXPECT_GOOD(eject_max_percent, 0);
-  EXPECT_GOOD(eject_max_percent, 100);
+  EXPECT_RANGE(eject_max_percent, LIST(-1, 101), LIST(0, 100));
 }
 
 TEST(options_probe_interval_range) {
-  EXPECT_BAD(probe_interval, -1);
-  EXPECT_GOOD(probe_interval, 0);
-  EXPECT_GOOD(probe_interval, 1);
+  EXPECT_RANGE(probe_interval, LIST(-1), LIST(0, 1));
 }
 
 TEST(options_pool_new_refuses_bad_options) {

@@ -198,6 +198,22 @@ TEST(recover_only_peer_restart_serves_again_within_2s) {
   test_finish_srv(pool, srv);
 }
 
+/* Two echo servers (*a, *b) and a pool with `opts` and a peer at each (the one at *a in *pa). */
+static pp_pool_t *pool_on_two(const pp_options_t *opts, srv_t **a, srv_t **b, pp_peer_t **pa) {
+  *a = srv_echo_start(NULL);
+  *b = srv_echo_start(NULL);
+  pp_pool_t *pool = test_pool_on(*a, opts, pa);
+  test_peer(pool, srv_addr(*b));
+  return pool;
+}
+
+/* test_finish(pool), then stop both servers. */
+static void finish_two(pp_pool_t *pool, srv_t *a, srv_t *b) {
+  test_finish(pool);
+  srv_stop(a);
+  srv_stop(b);
+}
+
 /* Marks the moment the dead peer is seen failed: its conns gone, held or ejected. */
 static pp_peer_t *watched;
 
@@ -212,9 +228,8 @@ TEST(recover_one_of_three_dies_under_load) {
   /* Acquires for any peer over three servers; one dies. Only requests in flight on it (at most
    * max_per_peer) fail; no acquire fails; once it is seen failed, no request fails. */
   srv_t *s[3];
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
+  const pp_options_t *opts = TEST_OPTS();
+  pp_pool_t *pool = test_pool(opts);
   pp_peer_t *p[3];
   for (int i = 0; i < 3; i++) {
     s[i] = srv_echo_start(NULL);
@@ -242,13 +257,11 @@ TEST(recover_one_of_three_dies_under_load) {
       (unsigned long long)(L.detected_at ? L.detected_at - killed : 0));
   ASSERT_GT(L.detected_at, 0);
   ASSERT_EQ(L.acquire_failed, 0);
-  ASSERT_LE(L.request_failed, (uint64_t)o.max_per_peer);
+  ASSERT_LE(L.request_failed, (uint64_t)opts->max_per_peer);
   ASSERT_EQ(L.failed_after_detect, 0);
   ASSERT_GT(L.ok - ok_before, 300);
   load_stop();
-  test_finish(pool);
-  srv_stop(s[0]);
-  srv_stop(s[2]);
+  finish_two(pool, s[0], s[2]);
 }
 
 /* The outcome of an acquire of `peer`: an error answered at once, or the callback's status. */
@@ -262,22 +275,16 @@ static int acquire_status(pp_pool_t *pool, pp_lease_t *l, test_rec_t *r, pp_peer
 TEST(recover_probe_ends_an_ejection_for_failed_connects) {
   /* A peer that served, then refused connects until it was ejected (eject_time 10 s), comes
    * back: a probe finds it within about probe_interval, long before its cool-down ends. */
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
+  srv_t *a, *b;
+  pp_peer_t *pa;
+  pp_pool_t *pool = pool_on_two(
+      TEST_OPTS(o.eject_after = 2; o.eject_time = 10000; o.probe_interval = 100), &a, &b, &pa);
   int port = srv_port(a);
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 2;
-  o.eject_time = 10000;
-  o.probe_interval = 100;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *pa = test_peer(pool, srv_addr(a));
-  test_peer(pool, srv_addr(b));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, pa, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, pa);
   srv_stop(a);
   RUN_UNTIL(test_peer_info(pa).conns == 0, 2000);
+  pp_lease_t l;
+  test_rec_t r;
   int code;
   do { /* dial it until it is ejected: cannot_connect, backoff, ..., ejected */
     code = acquire_status(pool, &l, &r, pa);
@@ -294,23 +301,15 @@ TEST(recover_probe_ends_an_ejection_for_failed_connects) {
   ASSERT_LT(test_now_ms() - t0, 1000);
   ASSERT_GE(test_stats(pool).probes, 1);
   ASSERT_EQ(pp_peer_state(pa), PP_PEER_READY);
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, pa, NULL));
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  test_acquire_release(pool, pa);
+  finish_two(pool, a, b);
 }
 
 TEST(recover_no_probe_for_failures_in_use) {
   /* A peer ejected for broken conns is not probed: a connect proves nothing about those. */
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 1;
-  o.probe_interval = 20;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *pa = test_peer(pool, srv_addr(a));
-  test_peer(pool, srv_addr(b));
+  srv_t *a, *b;
+  pp_peer_t *pa;
+  pp_pool_t *pool = pool_on_two(TEST_OPTS(o.eject_after = 1; o.probe_interval = 20), &a, &b, &pa);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(pool, &l, &r, pa, NULL));
@@ -320,28 +319,21 @@ TEST(recover_no_probe_for_failures_in_use) {
   ASSERT_EQ(test_stats(pool).probes, 0);
   ASSERT_EQ(test_stats(pool).connect_attempts, 1);
   ASSERT_ERR(pp_peer_check(pa), PP_EEJECTED);
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  finish_two(pool, a, b);
 }
 
 TEST(recover_probe_interval_zero_sends_no_probe) {
   srv_t *srv = srv_echo_start(NULL);
   int port = srv_port(srv);
-  pp_options_t o;
-  test_options(&o);
-  o.probe_interval = 0;
-  o.eject_after = 0;
   int64_t delay = 60000;
   pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, &o, &peer);
+  pp_pool_t *pool = test_pool_on(srv, TEST_OPTS(o.probe_interval = 0; o.eject_after = 0), &peer);
   test_set_backoff(pool, test_backoff_fixed, &delay);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  test_acquire_release(pool, peer);
   srv_stop(srv);
   RUN_UNTIL(test_peer_info(peer).conns == 0, 2000);
+  pp_lease_t l;
+  test_rec_t r;
   ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
   srv = srv_echo_start_on(NULL, port);
   test_run_for(200);

@@ -147,12 +147,36 @@ static int index_of(const trio_t *t, const pp_peer_t *peer) {
 
 static ring_t ring;
 
+/* Where an acquire with `ao` on `peer` (NULL: let the pool choose) lands; released again. */
+static pp_peer_t *lands_on(pp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *ao) {
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, ao));
+  pp_peer_t *at = l.peer;
+  ASSERT_OK(pp_release(&l, 0));
+  return at;
+}
+
+/* A conn to `peer` released broken: with eject_after = 1 the peer is ejected. */
+static void break_a_conn(pp_pool_t *pool, pp_peer_t *peer) {
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+}
+
+/* A policy with only a route hook. */
+static void set_route(pp_pool_t *pool, pp_peer_t *(*route)(void *, pp_pool_t *, const char *)) {
+  pp_policy_t p;
+  memset(&p, 0, sizeof p);
+  p.route = route;
+  pp_pool_set_policy(pool, &p);
+}
+
 TEST(route_keys_stay_with_their_owner_whatever_is_idle) {
   /* 40 keys over 3 peers, 400 acquires; before each, a random set of conns is held so that
    * which peers have idle conns keeps changing. Every key is always served by its owner. */
-  pp_options_t o;
-  test_options(&o);
-  trio_t t = trio_start(&o);
+  trio_t t = trio_start(TEST_OPTS());
   ring_install(t.pool, &ring);
   ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 3);
   pp_peer_t *owner[40] = {0};
@@ -202,16 +226,12 @@ static const char *key_of(pp_peer_t *peer) {
 TEST(route_owner_down_fails_fast_with_its_cause) {
   /* The hook returns the owner even when it is down: the acquire is answered at once with the
    * owner's own cause. */
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 1;
-  trio_t t = trio_start(&o);
+  trio_t t = trio_start(TEST_OPTS(o.eject_after = 1));
   ring_install(t.pool, &ring);
+  break_a_conn(t.pool, t.peer[0]);
+  pp_acquire_opts_t ao = keyed(key_of(t.peer[0]));
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, t.peer[0], NULL));
-  ASSERT_OK(pp_release(&l, PP_EBROKEN));
-  pp_acquire_opts_t ao = keyed(key_of(t.peer[0]));
   ASSERT_ERR(test_acquire_start(t.pool, &l, &r, NULL, &ao), PP_EEJECTED);
   pp_cause_t c;
   ASSERT_OK(pp_lease_cause(&l, &c));
@@ -227,31 +247,20 @@ TEST(route_owner_down_fails_fast_with_its_cause) {
 TEST(route_next_on_the_ring_when_the_owner_is_down) {
   /* The hook passes over an owner that cannot serve: its keys go to the next peer on the
    * ring, the same one every time, and come back once the owner does. */
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 1;
-  o.eject_time = 300;
-  o.eject_max = 300;
-  trio_t t = trio_start(&o);
+  trio_t t = trio_start(TEST_OPTS(o.eject_after = 1; o.eject_time = 300; o.eject_max = 300));
   ring.next_when_down = 1;
   ring_install(t.pool, &ring);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, t.peer[0], NULL));
-  ASSERT_OK(pp_release(&l, PP_EBROKEN));
+  break_a_conn(t.pool, t.peer[0]);
   pp_acquire_opts_t ao = keyed(key_of(t.peer[0]));
   pp_peer_t *stand_in = NULL;
   for (int i = 0; i < 10; i++) {
-    ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
-    ASSERT_PTR_NE(l.peer, t.peer[0]);
-    if (stand_in == NULL) stand_in = l.peer;
-    ASSERT_PTR_EQ(l.peer, stand_in);
-    ASSERT_OK(pp_release(&l, 0));
+    pp_peer_t *at = lands_on(t.pool, NULL, &ao);
+    ASSERT_PTR_NE(at, t.peer[0]);
+    if (stand_in == NULL) stand_in = at;
+    ASSERT_PTR_EQ(at, stand_in);
   }
   RUN_UNTIL(pp_peer_check(t.peer[0]) == 0, 2000);
-  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
-  ASSERT_PTR_EQ(l.peer, t.peer[0]);
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_PTR_EQ(lands_on(t.pool, NULL, &ao), t.peer[0]);
   trio_end(&t);
 }
 
@@ -306,16 +315,9 @@ TEST(route_null_falls_back_to_the_selection) {
   srv_t *srv = srv_echo_start(NULL);
   pp_peer_t *peer;
   pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
-  pp_policy_t p;
-  memset(&p, 0, sizeof p);
-  p.route = route_none;
-  pp_pool_set_policy(pool, &p);
+  set_route(pool, route_none);
   pp_acquire_opts_t ao = keyed("k");
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, &ao));
-  ASSERT_PTR_EQ(l.peer, peer);
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_PTR_EQ(lands_on(pool, NULL, &ao), peer);
   ASSERT_EQ(test_stats(pool).policy_errors, 0);
   test_finish_srv(pool, srv);
 }
@@ -332,37 +334,22 @@ TEST(route_to_a_peer_of_another_pool_is_a_policy_error) {
   pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
   pp_pool_t *other = test_pool(NULL);
   foreign = test_peer(other, "127.0.0.1:9");
-  pp_policy_t p;
-  memset(&p, 0, sizeof p);
-  p.route = route_foreign;
-  pp_pool_set_policy(pool, &p);
+  set_route(pool, route_foreign);
   pp_acquire_opts_t ao = keyed("k");
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, NULL, &ao));
-  ASSERT_PTR_EQ(l.peer, peer);
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_PTR_EQ(lands_on(pool, NULL, &ao), peer);
   ASSERT_EQ(test_stats(pool).policy_errors, 1);
   pp_pool_close(other, NULL);
   test_finish_srv(pool, srv);
 }
 
 TEST(route_is_asked_only_for_a_key_without_a_peer) {
-  pp_options_t o;
-  test_options(&o);
-  trio_t t = trio_start(&o);
+  trio_t t = trio_start(TEST_OPTS());
   ring_install(t.pool, &ring);
-  pp_lease_t l;
-  test_rec_t r;
   pp_acquire_opts_t ao = keyed("key:1");
-  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, t.peer[2], &ao));
-  ASSERT_PTR_EQ(l.peer, t.peer[2]); /* a named peer wins over the key */
-  ASSERT_OK(pp_release(&l, 0));
-  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, NULL));
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_PTR_EQ(lands_on(t.pool, t.peer[2], &ao), t.peer[2]); /* a named peer wins over the key */
+  lands_on(t.pool, NULL, NULL);
   ASSERT_EQ(ring.calls, 0);
-  ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
-  ASSERT_OK(pp_release(&l, 0));
+  lands_on(t.pool, NULL, &ao);
   ASSERT_EQ(ring.calls, 1);
   trio_end(&t);
 }

@@ -1,13 +1,19 @@
 /* Peer states and their transitions, seen through pp_pool_on_state. */
 #include "fixtures.h"
 
+/* A pool with `opts` (NULL = test_options()) that records its transitions (test_state_cb),
+ * and a peer at `srv`. */
+static pp_pool_t *watched_pool(const srv_t *srv, const pp_options_t *opts, pp_peer_t **peer) {
+  pp_pool_t *pool = test_pool(opts ? opts : TEST_OPTS());
+  pp_pool_on_state(pool, test_state_cb);
+  *peer = test_peer(pool, srv_addr(srv));
+  return pool;
+}
+
 TEST(state_known_connecting_ready) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_state(pool, test_state_cb);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = watched_pool(srv, NULL, &peer);
   ASSERT_EQ(pp_peer_state(peer), PP_PEER_KNOWN);
   pp_lease_t l;
   test_rec_t r;
@@ -37,11 +43,8 @@ TEST(state_known_connecting_ready) {
 TEST(state_no_transition_without_change) {
   /* A second acquire on a ready peer with an idle conn reports nothing. */
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_state(pool, test_state_cb);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = watched_pool(srv, NULL, &peer);
   test_acquire_release(pool, peer);
   WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
   test_run_for(20);
@@ -54,9 +57,7 @@ TEST(state_no_transition_without_change) {
 
 TEST(state_callback_can_be_removed) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
+  pp_pool_t *pool = test_pool(TEST_OPTS());
   pp_pool_on_state(pool, test_state_cb);
   pp_pool_on_state(pool, NULL);
   pp_peer_t *peer = test_peer(pool, srv_addr(srv));
@@ -71,12 +72,8 @@ TEST(state_callback_can_be_removed) {
 
 TEST(state_failed_after_refused_connect) {
   srv_t *srv = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 0;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_state(pool, test_state_cb);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = watched_pool(srv, TEST_OPTS(o.retries = 0), &peer);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_ECANNOTCONNECT);
@@ -96,11 +93,8 @@ TEST(state_failed_after_refused_connect) {
 
 TEST(state_disconnected_after_server_closes_last_conn) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_state(pool, test_state_cb);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = watched_pool(srv, NULL, &peer);
   test_acquire_release(pool, peer);
   WAIT_TRANSITION(peer, PP_PEER_READY, 0, 1000);
   int before = test_ntransitions;
@@ -115,12 +109,8 @@ TEST(state_disconnected_after_server_closes_last_conn) {
 
 TEST(state_disconnected_after_idle_timeout) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.idle_timeout = 50;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_state(pool, test_state_cb);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
+  pp_peer_t *peer;
+  pp_pool_t *pool = watched_pool(srv, TEST_OPTS(o.idle_timeout = 50), &peer);
   test_acquire_release(pool, peer);
   RUN_UNTIL(pp_peer_state(peer) == PP_PEER_DISCONNECTED, 3000);
   WAIT_TRANSITION(peer, PP_PEER_DISCONNECTED, 0, 1000);
@@ -130,22 +120,17 @@ TEST(state_disconnected_after_idle_timeout) {
 
 TEST(state_not_disconnected_while_another_conn_lives) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 2;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_state(pool, test_state_cb);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t a, b;
-  test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
-  ASSERT_OK(test_acquire_wait(pool, &b, &rb, peer, NULL));
-  ASSERT_PTR_NE(a.conn, b.conn);
-  ASSERT_OK(pp_release(&a, PP_EBROKEN)); /* one conn closes, the other lives */
+  pp_peer_t *peer;
+  pp_pool_t *pool = watched_pool(srv, TEST_OPTS(o.max_per_peer = 2), &peer);
+  pp_lease_t l[2];
+  test_rec_t r[2];
+  test_acquire_n(pool, peer, l, r, 2);
+  ASSERT_PTR_NE(l[0].conn, l[1].conn);
+  ASSERT_OK(pp_release(&l[0], PP_EBROKEN)); /* one conn closes, the other lives */
   test_run_for(30);
   ASSERT_EQ(test_find_transition(peer, PP_PEER_DISCONNECTED, 0), -1);
   ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
-  ASSERT_OK(pp_release(&b, 0));
+  ASSERT_OK(pp_release(&l[1], 0));
   test_finish_srv(pool, srv);
 }
 
@@ -155,13 +140,9 @@ static int64_t burn_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
 }
 
 static pp_peer_t *burn_a_peer(pp_pool_t **poolp, srv_t *srv, int *calls) {
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 3;
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_state(pool, test_state_cb);
+  pp_peer_t *peer;
+  pp_pool_t *pool = watched_pool(srv, TEST_OPTS(o.retries = 3), &peer);
   test_set_backoff(pool, burn_backoff, calls);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
   pp_lease_t l;
   test_rec_t r;
   int st = test_acquire_wait(pool, &l, &r, peer, NULL);
@@ -228,11 +209,8 @@ TEST(state_readding_a_burned_peer_unburns_it) {
 TEST(state_peers_by_state_sums_to_peers) {
   srv_t *echo = srv_echo_start(NULL);
   srv_t *ref = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  pp_pool_t *pool = test_pool(&o);
-  pp_pool_on_state(pool, test_state_cb);
-  pp_peer_t *a = test_peer(pool, srv_addr(echo));
+  pp_peer_t *a;
+  pp_pool_t *pool = watched_pool(echo, NULL, &a);
   pp_peer_t *b = test_peer(pool, srv_addr(ref));
   test_peer(pool, "127.0.0.1:1");
   pp_lease_t la, lb;

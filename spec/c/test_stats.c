@@ -1,6 +1,17 @@
 /* Stats: gauges and counters match what the test did. */
 #include "fixtures.h"
 
+static void check_gauge_identity(pp_pool_t *pool);
+
+/* The pool's active and idle gauges, its conns (unless -1), and check_gauge_identity. */
+static void expect_gauges(pp_pool_t *pool, int conns, int active, int idle) {
+  pp_stats_t s = test_stats(pool);
+  if (conns >= 0) ASSERT_EQ(s.conns, conns);
+  ASSERT_EQ(s.active, active);
+  ASSERT_EQ(s.idle, idle);
+  check_gauge_identity(pool);
+}
+
 static void check_gauge_identity(pp_pool_t *pool) {
   pp_stats_t s = test_stats(pool);
   if (s.conns != s.idle + s.active + s.connecting)
@@ -12,38 +23,26 @@ static void check_gauge_identity(pp_pool_t *pool) {
   ASSERT_EQ(sum, s.peers);
 }
 
+/* Every scalar gauge and counter of pp_stats_t (peers_by_state and closed are arrays). */
+/* clang-format off */
+#define STATS_SCALARS(X) \
+  X(conns) X(idle) X(active) X(connecting) X(waiters) X(peers) X(acquires) \
+  X(acquired_immediate) X(acquired_dialed) X(acquired_waited) X(timed_out) X(busy) \
+  X(exhausted) X(canceled) X(cannot_connect) X(releases) X(released_broken) \
+  X(connect_attempts) X(connects_ok) X(connects_failed) X(bytes_in) X(bytes_out) \
+  X(msgs_in) X(msgs_out) X(policy_errors)
+/* clang-format on */
+/* An ASSERT_EQ naming the field, on `s`. */
+#define EXPECT_ZERO(field) ASSERT_EQ(s.field, 0);
+
 TEST(stats_fresh_pool_is_zero) {
   pp_pool_t *pool = test_pool(NULL);
   pp_stats_t s = test_stats(pool);
-  ASSERT_EQ(s.conns, 0);
-  ASSERT_EQ(s.idle, 0);
-  ASSERT_EQ(s.active, 0);
-  ASSERT_EQ(s.connecting, 0);
-  ASSERT_EQ(s.waiters, 0);
-  ASSERT_EQ(s.peers, 0);
+  STATS_SCALARS(EXPECT_ZERO);
   for (int i = 0; i < PP_PEER_STATE_COUNT; i++)
     ASSERT_EQ(s.peers_by_state[i], 0);
-  ASSERT_EQ(s.acquires, 0);
-  ASSERT_EQ(s.acquired_immediate, 0);
-  ASSERT_EQ(s.acquired_dialed, 0);
-  ASSERT_EQ(s.acquired_waited, 0);
-  ASSERT_EQ(s.timed_out, 0);
-  ASSERT_EQ(s.busy, 0);
-  ASSERT_EQ(s.exhausted, 0);
-  ASSERT_EQ(s.canceled, 0);
-  ASSERT_EQ(s.cannot_connect, 0);
-  ASSERT_EQ(s.releases, 0);
-  ASSERT_EQ(s.released_broken, 0);
-  ASSERT_EQ(s.connect_attempts, 0);
-  ASSERT_EQ(s.connects_ok, 0);
-  ASSERT_EQ(s.connects_failed, 0);
   for (int i = 0; i < PP_CLOSE_REASON_COUNT; i++)
     ASSERT_EQ(s.closed[i], 0);
-  ASSERT_EQ(s.bytes_in, 0);
-  ASSERT_EQ(s.bytes_out, 0);
-  ASSERT_EQ(s.msgs_in, 0);
-  ASSERT_EQ(s.msgs_out, 0);
-  ASSERT_EQ(s.policy_errors, 0);
   ASSERT(s.connect_latency_ms_avg == 0.0);
   test_finish(pool);
 }
@@ -52,34 +51,19 @@ TEST(stats_gauges_idle_and_active) {
   fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 3));
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
-  pp_stats_t s = test_stats(f.pool);
-  ASSERT_EQ(s.conns, 3);
-  ASSERT_EQ(s.active, 3);
-  ASSERT_EQ(s.idle, 0);
-  check_gauge_identity(f.pool);
+  test_acquire_n(f.pool, f.peer, l, r, 3);
+  expect_gauges(f.pool, 3, 3, 0);
   ASSERT_OK(pp_release(&l[0], 0));
-  s = test_stats(f.pool);
-  ASSERT_EQ(s.conns, 3);
-  ASSERT_EQ(s.active, 2);
-  ASSERT_EQ(s.idle, 1);
-  check_gauge_identity(f.pool);
+  expect_gauges(f.pool, 3, 2, 1);
   pp_peer_info_t i = test_peer_info(f.peer);
   ASSERT_EQ(i.conns, 3);
   ASSERT_EQ(i.idle, 1);
   ASSERT_EQ(i.leases, 2);
   ASSERT_OK(pp_release(&l[1], PP_EBROKEN));
   RUN_UNTIL(test_stats(f.pool).conns == 2, 1000);
-  s = test_stats(f.pool);
-  ASSERT_EQ(s.active, 1);
-  ASSERT_EQ(s.idle, 1);
-  check_gauge_identity(f.pool);
+  expect_gauges(f.pool, -1, 1, 1);
   ASSERT_OK(pp_release(&l[2], 0));
-  s = test_stats(f.pool);
-  ASSERT_EQ(s.active, 0);
-  ASSERT_EQ(s.idle, 2);
-  check_gauge_identity(f.pool);
+  expect_gauges(f.pool, -1, 0, 2);
   fixture_end(&f);
 }
 
@@ -127,37 +111,27 @@ TEST(stats_waiters_gauge) {
 
 TEST(stats_acquire_counters) {
   srv_t *srv = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  o.backlog = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t a, b, c;
-  test_rec_t ra, rb, rc;
+  pp_peer_t *peer;
+  pp_pool_t *pool = test_pool_on(srv, TEST_OPTS(o.max_per_peer = 1; o.backlog = 1), &peer);
+  pp_lease_t l, b, c;
+  test_rec_t rl, rb, rc;
   /* 1: dialled for it. */
   test_acquire_release(pool, peer);
   /* 2: the idle conn, at once. */
-  ASSERT_OK(test_acquire_wait(pool, &a, &ra, peer, NULL));
-  ASSERT_OK(pp_release(&a, 0));
+  ASSERT_OK(test_acquire_wait(pool, &l, &rl, peer, NULL));
+  ASSERT_OK(pp_release(&l, 0));
   /* 3: try_acquire. */
-  memset(&a, 0, sizeof a);
-  ASSERT_OK(pp_try_acquire(pool, &a, peer, NULL));
+  memset(&l, 0, sizeof l);
+  ASSERT_OK(pp_try_acquire(pool, &l, peer, NULL));
   /* 4: waits behind capacity, then served. */
   ASSERT_OK(test_acquire_start(pool, &b, &rb, peer, NULL));
   /* rejected: busy and exhausted (not counted as acquires) */
-  pp_acquire_opts_t f;
-  pp_acquire_opts_init(&f);
-  f.busy = PP_BUSY_FAIL;
-  ASSERT_ERR(test_acquire_start(pool, &c, &rc, peer, &f), PP_EBUSY);
-  ASSERT_ERR(test_acquire_start(pool, &c, &rc, peer, NULL), PP_EEXHAUSTED);
-  ASSERT_OK(pp_release(&a, 0));
+  test_acquire_fails(pool, peer, TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL), PP_EBUSY);
+  test_acquire_fails(pool, peer, NULL, PP_EEXHAUSTED);
+  ASSERT_OK(pp_release(&l, 0));
   RUN_UNTIL(rb.calls == 1, 1000);
   /* 5: times out. */
-  pp_acquire_opts_t t;
-  pp_acquire_opts_init(&t);
-  t.timeout = 30;
-  ASSERT_OK(test_acquire_start(pool, &c, &rc, peer, &t));
+  ASSERT_OK(test_acquire_start(pool, &c, &rc, peer, TEST_ACQUIRE_OPTS(a.timeout = 30)));
   RUN_UNTIL(rc.calls == 1, 1000);
   ASSERT_ERR(rc.status, PP_ETIMEDOUT);
   /* 6: canceled. */
@@ -182,10 +156,7 @@ TEST(stats_acquire_counters) {
 
 TEST(stats_connect_counters) {
   srv_t *echo = srv_echo_start(NULL), *ref = srv_refused_start();
-  pp_options_t o;
-  test_options(&o);
-  o.retries = 1;
-  pp_pool_t *pool = test_pool(&o);
+  pp_pool_t *pool = test_pool(TEST_OPTS(o.retries = 1));
   int64_t delay = 5;
   test_set_backoff(pool, test_backoff_fixed, &delay);
   pp_peer_t *pe = test_peer(pool, srv_addr(echo));
@@ -213,12 +184,10 @@ TEST(stats_closed_by_reason) {
       fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 4; o.idle_timeout = 0));
   pp_lease_t l[4];
   test_rec_t r[4];
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_wait(f.pool, &l[i], &r[i], f.peer, NULL));
+  test_acquire_n(f.pool, f.peer, l, r, 3);
   ASSERT_OK(pp_release(&l[0], PP_EBROKEN)); /* broken */
   RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_BROKEN] == 1, 1000);
-  ASSERT_OK(pp_release(&l[1], 0));
-  ASSERT_OK(pp_release(&l[2], 0));
+  test_release_n(&l[1], 2, 0);
   KICK_AFTER_ACCEPTED(f.srv, 3); /* both idle conns: remote */
   RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_REMOTE] == 2, 2000);
   ASSERT_OK(test_acquire_wait(f.pool, &l[3], &r[3], f.peer, NULL));

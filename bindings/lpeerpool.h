@@ -54,6 +54,13 @@ enum {
 
 /* Per Lua state: the live pools, and the sentinel whose __gc closes them at lua_close before
  * luv's loop finaliser walks the loop (which would mistake our handles for its own). */
+/* Records of one size kept for reuse, at most LPP_RECYCLE_MAX (lrequest.c): a freed record's
+ * first bytes link it to the next. */
+typedef struct {
+  void *head;
+  int n;
+} lpp_recycle_t;
+
 typedef struct lpp_state_s {
   uv_loop_t *loop;
   lua_Integer wait_serial;  /* the last wait id handed out (lwait.c) */
@@ -61,12 +68,10 @@ typedef struct lpp_state_s {
   struct lpp_pool_s *pools; /* open pool userdata */
   int engine_pools;         /* engine pools not yet freed (closing ones included) */
   int shutting_down;
-  uv_timer_t *later_timer;     /* runs finalisers put off by lpp_finalize_later */
-  void *alloc_ud;              /* the budget allocator's record (lsandbox.c) */
-  struct lpp_req_s *free_reqs; /* requests kept for reuse (lrequest.c) */
-  int nfree_reqs;
-  struct lpp_call_s *free_calls; /* pool:request's calls kept for reuse (lrequest.c) */
-  int nfree_calls;
+  uv_timer_t *later_timer; /* runs finalisers put off by lpp_finalize_later */
+  void *alloc_ud;          /* the budget allocator's record (lsandbox.c) */
+  lpp_recycle_t reqs;      /* requests kept for reuse (lrequest.c) */
+  lpp_recycle_t calls;     /* pool:request's calls kept for reuse (lrequest.c) */
 } lpp_state_t;
 
 /* A coroutine waiting inside the API, and which of its waits this is (lwait.c). */

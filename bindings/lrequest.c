@@ -9,14 +9,43 @@
 
 #include "lpeerpool.h"
 
-#define FREE_REQS_MAX 4096
+#define LPP_RECYCLE_MAX 4096
+
+/* A record from `r` (or new, NULL when out of memory); its contents are garbage. */
+static void *recycle_take(lpp_recycle_t *r, size_t size) {
+  void *item = r->head;
+  if (item == NULL) return malloc(size);
+  memcpy(&r->head, item, sizeof(void *));
+  r->n--;
+  return item;
+}
+
+/* Keep `item` for reuse, or free it past the bound or at shutdown. */
+static void recycle_give(lpp_state_t *st, lpp_recycle_t *r, void *item) {
+  if (r->n >= LPP_RECYCLE_MAX || st->shutting_down) {
+    free(item);
+    return;
+  }
+  memcpy(item, &r->head, sizeof(void *));
+  r->head = item;
+  r->n++;
+}
+
+static void recycle_clear(lpp_recycle_t *r) {
+  while (r->head) {
+    void *item = r->head;
+    memcpy(&r->head, item, sizeof(void *));
+    free(item);
+  }
+  r->n = 0;
+}
 
 typedef struct lpp_req_s {
   pp_request_t req;
   uv_buf_t buf;
   lpp_state_t *st;
   lpp_conn_t *c;          /* the conn object its reply is for; NULL once that one left */
-  struct lpp_req_s *next; /* c's requests, oldest first; then the free list */
+  struct lpp_req_s *next; /* c's requests, oldest first */
   int data_ref;           /* the sent string, anchored until the engine is done with it */
   int reply_ref;          /* the reply, once it came */
   int status;             /* its failure, once it failed */
@@ -127,13 +156,8 @@ void lpp_read_framing(lua_State *L, int idx, lpp_pool_t *p) {
 /* ---- requests ----------------------------------------------------------------------------- */
 
 static lpp_req_t *req_new(lpp_state_t *st) {
-  lpp_req_t *r = st->free_reqs;
-  if (r) {
-    st->free_reqs = r->next;
-    st->nfree_reqs--;
-  } else if ((r = malloc(sizeof(*r))) == NULL) {
-    return NULL;
-  }
+  lpp_req_t *r = recycle_take(&st->reqs, sizeof(*r));
+  if (r == NULL) return NULL;
   memset(r, 0, sizeof(*r));
   r->st = st;
   r->data_ref = r->reply_ref = LUA_NOREF;
@@ -144,25 +168,12 @@ static void req_free(lua_State *L, lpp_req_t *r) {
   lpp_state_t *st = r->st;
   lpp_unref(L, &r->data_ref);
   lpp_unref(L, &r->reply_ref);
-  if (st->nfree_reqs >= FREE_REQS_MAX || st->shutting_down) {
-    free(r);
-    return;
-  }
-  r->next = st->free_reqs;
-  st->free_reqs = r;
-  st->nfree_reqs++;
+  recycle_give(st, &st->reqs, r);
 }
 
-static void free_calls(lpp_state_t *st);
-
 void lpp_req_free_all(lpp_state_t *st) {
-  while (st->free_reqs) {
-    lpp_req_t *r = st->free_reqs;
-    st->free_reqs = r->next;
-    free(r);
-  }
-  st->nfree_reqs = 0;
-  free_calls(st);
+  recycle_clear(&st->reqs);
+  recycle_clear(&st->calls);
 }
 
 static void on_reply(pp_request_t *req, int status, const char *reply, size_t len) {
@@ -271,8 +282,6 @@ void lpp_req_detach_all(lua_State *L, lpp_conn_t *c) {
  * calls from Lua. Anything else (a wait for a conn, opts, a peer view, an error to explain)
  * answers false and takes the general path in peerpool.lua. */
 
-#define FREE_CALLS_MAX 4096
-
 typedef struct lpp_call_s {
   pp_lease_t lease;
   pp_request_t req;
@@ -281,19 +290,13 @@ typedef struct lpp_call_s {
   lpp_wait_t wait;
   int data_ref;                   /* the sent string, anchored until the engine is done */
   uint64_t deadline;              /* io_timeout; 0: not listed */
-  struct lpp_call_s *next, *prev; /* the pool's timed calls; `next` on the free list too */
+  struct lpp_call_s *next, *prev; /* the pool's timed calls */
 } lpp_call_t;
 
 static void call_free(lua_State *L, lpp_call_t *k) {
   lpp_state_t *st = k->p->st;
   lpp_unref(L, &k->data_ref);
-  if (st->nfree_calls >= FREE_CALLS_MAX || st->shutting_down) {
-    free(k);
-    return;
-  }
-  k->next = st->free_calls;
-  st->free_calls = k;
-  st->nfree_calls++;
+  recycle_give(st, &st->calls, k);
 }
 
 static void call_unlist(lpp_call_t *k) {
@@ -447,13 +450,7 @@ int lpp_l_request_fast(lua_State *L) {
   int data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lpp_wait_t wait;
   lpp_wait_begin(L, &wait);
-  lpp_call_t *k = st->free_calls;
-  if (k) {
-    st->free_calls = k->next;
-    st->nfree_calls--;
-  } else {
-    k = malloc(sizeof(*k));
-  }
+  lpp_call_t *k = recycle_take(&st->calls, sizeof(*k));
   int err = PP_EAGAIN;
   if (k) {
     memset(&k->lease, 0, sizeof(k->lease));
@@ -488,13 +485,4 @@ int lpp_l_request_fast(lua_State *L) {
     return lpp_push_error(L, err, NULL);
   }
   return lpp_wait_yield(L, st, 1, &k->wait);
-}
-
-static void free_calls(lpp_state_t *st) {
-  while (st->free_calls) {
-    lpp_call_t *k = st->free_calls;
-    st->free_calls = k->next;
-    free(k);
-  }
-  st->nfree_calls = 0;
 }

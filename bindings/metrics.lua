@@ -156,6 +156,15 @@ local function simple(name, kind, help, field)
   family(POOL, name, kind, help, { field }, function(t, e) e(nil, t.s[field]) end)
 end
 
+-- A family with one sample per stats field, labelled `label`: samples = { {value, field}, ... }.
+local function labelled(name, kind, help, label, samples)
+  local fields = {}
+  for i, v in ipairs(samples) do fields[i] = v[2] end
+  family(POOL, name, kind, help, fields, function(t, e)
+    for _, v in ipairs(samples) do e(label .. '="' .. v[1] .. '"', t.s[v[2]]) end
+  end)
+end
+
 -- A family with one sample per key of a stats sub-table, labelled `label`.
 local function by(name, kind, help, field, label)
   family(POOL, name, kind, help, { field }, function(t, e)
@@ -189,25 +198,17 @@ family(POOL, "peerpool_pending_requests_max", "gauge",
   "Acquires that may queue behind capacity (option backlog); past it they answer exhausted.",
   {}, function(t, e) e(nil, t.info.backlog) end)
 simple("peerpool_acquires_total", "counter", "Acquires accepted.", "acquires")
-family(POOL, "peerpool_acquires_granted_total", "counter",
+labelled("peerpool_acquires_granted_total", "counter",
   "Acquires that got a conn, by how: immediate (an idle or shareable conn at once), dialed " ..
-  "(the conn dialled for it), waited (after queueing behind capacity).",
-  { "acquired_immediate", "acquired_dialed", "acquired_waited" }, function(t, e)
-    e('via="immediate"', t.s.acquired_immediate)
-    e('via="dialed"', t.s.acquired_dialed)
-    e('via="waited"', t.s.acquired_waited)
-  end)
-family(POOL, "peerpool_acquires_failed_total", "counter",
+  "(the conn dialled for it), waited (after queueing behind capacity).", "via",
+  { { "immediate", "acquired_immediate" }, { "dialed", "acquired_dialed" },
+    { "waited", "acquired_waited" } })
+labelled("peerpool_acquires_failed_total", "counter",
   "Acquires that ended without a conn, by the error code they returned: timeout (deadline " ..
   "reached), busy (at capacity with busy = \"fail\"), exhausted (wait queue full), " ..
-  "cannot_connect (out of connect attempts), canceled.",
-  { "timed_out", "busy", "exhausted", "cannot_connect", "canceled" }, function(t, e)
-    e('error="timeout"', t.s.timed_out)
-    e('error="busy"', t.s.busy)
-    e('error="exhausted"', t.s.exhausted)
-    e('error="cannot_connect"', t.s.cannot_connect)
-    e('error="canceled"', t.s.canceled)
-  end)
+  "cannot_connect (out of connect attempts), canceled.", "error",
+  { { "timeout", "timed_out" }, { "busy", "busy" }, { "exhausted", "exhausted" },
+    { "cannot_connect", "cannot_connect" }, { "canceled", "canceled" } })
 simple("peerpool_releases_total", "counter", "Leases released, healthy or broken.", "releases")
 simple("peerpool_releases_broken_total", "counter",
   "Leases released as broken (the conn is closed and its peer's failures rise).",
@@ -298,27 +299,20 @@ family(POOL, "peerpool_probes_total", "counter",
     e('result="ok"', t.s.probes - t.s.probes_failed)
     e('result="failed"', t.s.probes_failed)
   end)
-family(POOL, "peerpool_tls_handshakes_total", "counter",
-  "TLS handshakes, by result: full, resumed (a cached session), failed.",
-  { "tls_full", "tls_resumed", "tls_failed" }, function(t, e)
-    e('result="full"', t.s.tls_full)
-    e('result="resumed"', t.s.tls_resumed)
-    e('result="failed"', t.s.tls_failed)
-  end)
+labelled("peerpool_tls_handshakes_total", "counter",
+  "TLS handshakes, by result: full, resumed (a cached session), failed.", "result",
+  { { "full", "tls_full" }, { "resumed", "tls_resumed" }, { "failed", "tls_failed" } })
 family(POOL, "peerpool_dns_lookups_total", "counter",
   "Host name lookups (A and AAAA together count one), by result (ok, failed).",
   { "dns_queries", "dns_failures" }, function(t, e)
-    e('result="ok"', (t.s.dns_queries or 0) - (t.s.dns_failures or 0))
-    e('result="failed"', t.s.dns_failures or 0)
+    e('result="ok"', t.s.dns_queries - t.s.dns_failures)
+    e('result="failed"', t.s.dns_failures)
   end)
 simple("peerpool_warm_dials_total", "counter", "Dials started to keep min_idle conns idle.",
   "warm_dials")
-family(POOL, "peerpool_peers_removed_total", "counter",
-  "Peers taken out of service, by how: removed (remove_peer), drained (drain started).",
-  { "peers_removed", "peers_drained" }, function(t, e)
-    e('how="removed"', t.s.peers_removed or 0)
-    e('how="drained"', t.s.peers_drained or 0)
-  end)
+labelled("peerpool_peers_removed_total", "counter",
+  "Peers taken out of service, by how: removed (remove_peer), drained (drain started).", "how",
+  { { "removed", "peers_removed" }, { "drained", "peers_drained" } })
 simple("peerpool_leases_cut_total", "counter",
   "Leases a pool close took from their holders (a plain close, or a graceful one that ran out).",
   "leases_cut")

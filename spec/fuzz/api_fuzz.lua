@@ -1191,18 +1191,26 @@ local function op_dying_receiver(a)
   if SKIP.unanchored then anchored[co] = true end -- (dropped at the end of the round)
 end
 
+-- One coroutine waiting inside the API, picked (in a seed-stable order) and taken out of
+-- R.subs; nil when none still waits.
+local function take_waiting_sub()
+  local list = {}
+  for co, rec in pairs(R.subs) do list[#list + 1] = { co, rec } end
+  table.sort(list, function(x, y) return tostring(x[1]) < tostring(y[1]) end)
+  if #list == 0 then return nil end
+  local e = pick(list)
+  local co, rec = e[1], e[2]
+  R.subs[co] = nil
+  if coroutine.status(co) ~= "suspended" then return nil end
+  return co, rec
+end
+
 -- Resume by hand a coroutine that waits inside the API: the call returns what we pass; the
 -- binding must cope when its own answer comes later.
 local function op_meddle(a)
   if SKIP.meddle then return end
-  local list = {}
-  for co, rec in pairs(R.subs) do list[#list + 1] = { co, rec } end
-  table.sort(list, function(x, y) return tostring(x[1]) < tostring(y[1]) end)
-  if #list == 0 then return end
-  local e = pick(list)
-  local co, rec = e[1], e[2]
-  R.subs[co] = nil
-  if coroutine.status(co) ~= "suspended" then return end
+  local co, rec = take_waiting_sub()
+  if not co then return end
   rec.meddled = true
   trace(fmt("a%d resumes a waiting coroutine by hand", a.id))
   F.ops = F.ops + 1
@@ -1474,14 +1482,8 @@ end
 -- Close a coroutine that waits inside the API (receive or notice wait): abandoned.
 local function op_abandon(a)
   if SKIP.abandon then return end
-  local list = {}
-  for co, rec in pairs(R.subs) do list[#list + 1] = { co, rec } end
-  table.sort(list, function(x, y) return tostring(x[1]) < tostring(y[1]) end)
-  if #list == 0 then return end
-  local e = pick(list)
-  local co, rec = e[1], e[2]
-  R.subs[co] = nil
-  if coroutine.status(co) ~= "suspended" then return end
+  local co, rec = take_waiting_sub()
+  if not co then return end
   trace(fmt("a%d coroutine.close(a waiting %s)", a.id,
     rec.acq and "acquire" or rec.kind == "notice" and "notice:wait" or "receive"))
   F.ops = F.ops + 1

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../spec/c/ring_hash.h" /* the ring's hash, as the test's ring and peerpool.ring */
 #include "peerpool.h"
 
 enum { REAL = 64, VNODES = 64, NKEYS = 4096 };
@@ -45,17 +46,6 @@ typedef struct {
   size_t n, cap;
   int dirty;
 } ring_t;
-
-static uint32_t hash32(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 16777619u;
-  h ^= h >> 16;
-  h *= 0x85ebca6bu;
-  h ^= h >> 13;
-  h *= 0xc2b2ae35u;
-  return h ^ (h >> 16);
-}
 
 static int point_cmp(const void *a, const void *b) {
   uint32_t x = ((const point_t *)a)->h, y = ((const point_t *)b)->h;
@@ -79,7 +69,7 @@ static void ring_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_eve
   char v[300];
   for (int i = 0; i < VNODES; i++) {
     snprintf(v, sizeof v, "%s#%d", pp_peer_addr(peer), i);
-    r->pts[r->n++] = (point_t){hash32(v), peer};
+    r->pts[r->n++] = (point_t){ring_hash(v), peer};
   }
   r->dirty = 1;
 }
@@ -91,7 +81,7 @@ static pp_peer_t *ring_route(void *data, pp_pool_t *pool, const char *key) {
     qsort(r->pts, r->n, sizeof(*r->pts), point_cmp);
     r->dirty = 0;
   }
-  uint32_t h = hash32(key);
+  uint32_t h = ring_hash(key);
   size_t lo = 0, hi = r->n;
   while (lo < hi) {
     size_t mid = (lo + hi) / 2;
@@ -270,7 +260,7 @@ static int scan_peer(pp_peer_t *peer, void *arg) {
   scan_t *s = arg;
   char v[300];
   snprintf(v, sizeof v, "%s|%s", pp_peer_addr(peer), s->key);
-  uint32_t h = hash32(v);
+  uint32_t h = ring_hash(v);
   if (s->owner == NULL || h > s->best) {
     s->best = h;
     s->owner = peer;

@@ -77,4 +77,38 @@ void test_fds_exhaust(test_fds_t *t, int limit);
 /* Close what test_fds_exhaust opened and restore the limit. */
 void test_fds_release(test_fds_t *t);
 
+/* ---- More shared setup (test_addr, test_drain, test_evict, test_handshake, test_io,
+ * test_ping, test_pipeline, test_route) ------------------------------------------------- */
+
+/* fixture_start, then fixture_hold: a pool with `srv` as its one peer and f.held leased. */
+fixture_t fixture_held(srv_t *srv, const pp_options_t *opts);
+/* Release f->held healthy (it must succeed), then fixture_end(f). */
+void fixture_release_end(fixture_t *f);
+
+/* Install a policy that is all defaults but what the statements set on `p`:
+ * TEST_SET_POLICY(pool, p.data = &ring; p.route = ring_route). The pool copies it. */
+#define TEST_SET_POLICY(pool, ...) \
+  do {                             \
+    pp_policy_t p;                 \
+    memset(&p, 0, sizeof p);       \
+    __VA_ARGS__;                   \
+    pp_pool_set_policy(pool, &p);  \
+  } while (0)
+
+/* A pool whose peers are echo servers of this process, peer[i] at srv[i]. */
+#define ECHO_PEERS_MAX 4
+typedef struct {
+  pp_pool_t *pool;
+  int n;
+  srv_t *srv[ECHO_PEERS_MAX];
+  pp_peer_t *peer[ECHO_PEERS_MAX];
+} echo_peers_t;
+/* A pool with `opts` (NULL = engine defaults, as test_pool) and `n` echo servers as its peers,
+ * added in order. */
+echo_peers_t echo_peers_start(int n, const pp_options_t *opts);
+/* test_finish(e->pool), then stop every server. */
+void echo_peers_end(echo_peers_t *e);
+/* The index of `peer` in e->peer, or -1. */
+int echo_peers_index(const echo_peers_t *e, const pp_peer_t *peer);
+
 #endif /* PP_FIXTURES_H */

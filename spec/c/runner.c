@@ -181,27 +181,25 @@ void test_finish(pp_pool_t *pool) {
   test_finish_closed();
 }
 
-void test_acquire_cb(pp_lease_t *lease, int status) {
+/* What the recording callbacks share: never inside the call, then one more call of `rec`. */
+static void record(test_rec_t *rec, int status) {
   ASSERT_NOT_IN_CALL();
-  test_rec_t *rec = lease->data;
   ASSERT_NOT_NULL(rec);
   rec->calls++;
   rec->status = status;
   rec->at_ms = test_now_ms();
   rec->order = ++test_order_counter;
+}
+
+void test_acquire_cb(pp_lease_t *lease, int status) {
+  record(lease->data, status);
   if (status == 0) {
     ASSERT_NOT_NULL(lease->conn);
   }
 }
 
 void test_notice_cb(pp_notice_t *n, int status) {
-  ASSERT_NOT_IN_CALL();
-  test_rec_t *rec = n->data;
-  ASSERT_NOT_NULL(rec);
-  rec->calls++;
-  rec->status = status;
-  rec->at_ms = test_now_ms();
-  rec->order = ++test_order_counter;
+  record(n->data, status);
 }
 
 int test_acquire_start(pp_pool_t *pool, pp_lease_t *lease, test_rec_t *rec, pp_peer_t *peer,
@@ -222,13 +220,18 @@ int test_acquire_wait(pp_pool_t *pool, pp_lease_t *lease, test_rec_t *rec, pp_pe
   return rec->status;
 }
 
-pp_conn_t *test_acquire_release(pp_pool_t *pool, pp_peer_t *peer) {
+pp_conn_t *test_acquire_release_with(pp_pool_t *pool, pp_peer_t *peer,
+                                     const pp_acquire_opts_t *opts) {
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, opts));
   pp_conn_t *conn = l.conn;
   ASSERT_OK(pp_release(&l, 0));
   return conn;
+}
+
+pp_conn_t *test_acquire_release(pp_pool_t *pool, pp_peer_t *peer) {
+  return test_acquire_release_with(pool, peer, NULL);
 }
 
 int test_notice_start(pp_pool_t *pool, pp_notice_t *n, test_rec_t *rec, pp_peer_t *peer) {

@@ -228,6 +228,9 @@ int test_acquire_wait(pp_pool_t *pool, pp_lease_t *lease, test_rec_t *rec, pp_pe
 /* test_acquire_wait on `peer` (it must succeed), then release the lease healthy at once.
  * Returns the conn it was lent, to compare with later leases (the pool owns it). */
 pp_conn_t *test_acquire_release(pp_pool_t *pool, pp_peer_t *peer);
+/* The same with acquire options `opts` (NULL: defaults; e.g. a key and no peer). */
+pp_conn_t *test_acquire_release_with(pp_pool_t *pool, pp_peer_t *peer,
+                                     const pp_acquire_opts_t *opts);
 
 /* Zero `n` and `rec`, link them, and call pp_notice_start with test_notice_cb (not inside
  * CALL: wrap the call for that). Returns what pp_notice_start returned. */

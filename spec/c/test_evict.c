@@ -4,26 +4,8 @@
 #include <string.h>
 
 /* Two echo servers as the peers of a pool with room for one conn in all. */
-typedef struct {
-  srv_t *srv[2];
-  pp_pool_t *pool;
-  pp_peer_t *peer[2];
-} pair_t;
-
-static pair_t pair_start(void) {
-  pair_t p;
-  p.pool = test_pool(TEST_OPTS(o.max_per_peer = 2; o.max_total = 1));
-  for (int i = 0; i < 2; i++) {
-    p.srv[i] = srv_echo_start(NULL);
-    p.peer[i] = test_peer(p.pool, srv_addr(p.srv[i]));
-  }
-  return p;
-}
-
-static void pair_end(pair_t *p) {
-  test_finish(p->pool);
-  for (int i = 0; i < 2; i++)
-    srv_stop(p->srv[i]);
+static echo_peers_t pair_start(void) {
+  return echo_peers_start(2, TEST_OPTS(o.max_per_peer = 2; o.max_total = 1));
 }
 
 /* Wait for the acquire of `r` to be granted; it must succeed. */
@@ -33,7 +15,7 @@ static void granted(const test_rec_t *r) {
 }
 
 TEST(evict_idle_conn_of_other_peer_for_named_acquire) {
-  pair_t p = pair_start();
+  echo_peers_t p = pair_start();
   pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t l;
   test_rec_t r;
@@ -45,11 +27,11 @@ TEST(evict_idle_conn_of_other_peer_for_named_acquire) {
   ASSERT_EQ(s.closed[PP_CLOSE_EVICTED], 1);
   ASSERT_EQ(s.conns, 1);
   ASSERT_OK(pp_release(&l, 0));
-  pair_end(&p);
+  echo_peers_end(&p);
 }
 
 TEST(evict_released_conn_serves_waiter_of_other_peer) {
-  pair_t p = pair_start();
+  echo_peers_t p = pair_start();
   pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t la, lb;
   test_rec_t ra, rb;
@@ -63,11 +45,11 @@ TEST(evict_released_conn_serves_waiter_of_other_peer) {
   ASSERT_PTR_EQ(lb.peer, pb);
   ASSERT_EQ(test_stats(p.pool).closed[PP_CLOSE_EVICTED], 1);
   ASSERT_OK(pp_release(&lb, 0));
-  pair_end(&p);
+  echo_peers_end(&p);
 }
 
 TEST(evict_keeps_conn_wanted_by_its_own_peer) {
-  pair_t p = pair_start();
+  echo_peers_t p = pair_start();
   pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t la, la2, lb;
   test_rec_t ra, ra2, rb;
@@ -81,5 +63,5 @@ TEST(evict_keeps_conn_wanted_by_its_own_peer) {
   ASSERT_OK(pp_release(&la2, 0)); /* now B's waiter gets the slot */
   granted(&rb);
   ASSERT_OK(pp_release(&lb, 0));
-  pair_end(&p);
+  echo_peers_end(&p);
 }

@@ -121,3 +121,41 @@ void test_fds_release(test_fds_t *t) {
     close(t->fds[--t->n]);
   if (setrlimit(RLIMIT_NOFILE, &t->saved) != 0) FAIL("setrlimit: %s", strerror(errno));
 }
+
+/* ---- More shared setup (see the block at the end of fixtures.h) ---------------------------- */
+
+fixture_t fixture_held(srv_t *srv, const pp_options_t *opts) {
+  fixture_t f = fixture_start(srv, opts);
+  fixture_hold(&f);
+  return f;
+}
+
+void fixture_release_end(fixture_t *f) {
+  ASSERT_OK(pp_release(&f->held, 0));
+  fixture_end(f);
+}
+
+echo_peers_t echo_peers_start(int n, const pp_options_t *opts) {
+  ASSERT_LE(n, ECHO_PEERS_MAX);
+  echo_peers_t e;
+  memset(&e, 0, sizeof e);
+  e.n = n;
+  e.pool = test_pool(opts);
+  for (int i = 0; i < n; i++) {
+    e.srv[i] = srv_echo_start(NULL);
+    e.peer[i] = test_peer(e.pool, srv_addr(e.srv[i]));
+  }
+  return e;
+}
+
+void echo_peers_end(echo_peers_t *e) {
+  test_finish(e->pool);
+  for (int i = 0; i < e->n; i++)
+    srv_stop(e->srv[i]);
+}
+
+int echo_peers_index(const echo_peers_t *e, const pp_peer_t *peer) {
+  for (int i = 0; i < e->n; i++)
+    if (e->peer[i] == peer) return i;
+  return -1;
+}

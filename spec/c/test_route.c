@@ -3,6 +3,7 @@
  * through peer events) holds whatever conns are idle; what a key does while its owner is down
  * is the hook's choice. */
 #include "fixtures.h"
+#include "ring_hash.h"
 
 /* ---- a consistent-hash ring kept through peer events ---------------------------------- */
 
@@ -23,22 +24,11 @@ typedef struct {
   int calls;     /* route calls */
 } ring_t;
 
-/* FNV-1a, then murmur3's finaliser: similar strings ("key:1", "key:2") land far apart. */
-static uint32_t fnv(const char *s, uint32_t h) {
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 16777619u;
-  h ^= h >> 16;
-  h *= 0x85ebca6bu;
-  h ^= h >> 13;
-  h *= 0xc2b2ae35u;
-  return h ^ (h >> 16);
-}
-
 static void ring_add(ring_t *r, pp_peer_t *peer) {
   char v[320];
   for (int i = 0; i < VNODES && r->n < MAXPTS; i++) {
     snprintf(v, sizeof v, "%s#%d", pp_peer_addr(peer), i);
-    point_t p = {fnv(v, 2166136261u), peer};
+    point_t p = {ring_hash(v), peer};
     int at = r->n;
     while (at > 0 && r->pts[at - 1].h > p.h) {
       r->pts[at] = r->pts[at - 1];
@@ -58,7 +48,7 @@ static void ring_remove(ring_t *r, pp_peer_t *peer) {
 
 /* Index of the first point at or after the key's hash (binary search, wrapping). */
 static int ring_find(const ring_t *r, const char *key) {
-  uint32_t h = fnv(key, 2166136261u);
+  uint32_t h = ring_hash(key);
   int lo = 0, hi = r->n;
   while (lo < hi) {
     int mid = (lo + hi) / 2;
@@ -100,37 +90,10 @@ static void ring_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_eve
 }
 
 static void ring_install(pp_pool_t *pool, ring_t *r) {
-  pp_policy_t p;
-  memset(&p, 0, sizeof p);
-  p.data = r;
-  p.route = ring_route;
-  p.peer_event = ring_event;
-  pp_pool_set_policy(pool, &p);
+  TEST_SET_POLICY(pool, p.data = r; p.route = ring_route; p.peer_event = ring_event);
 }
 
 /* ---- a pool over three echo servers ---------------------------------------------------- */
-
-typedef struct {
-  srv_t *srv[3];
-  pp_peer_t *peer[3];
-  pp_pool_t *pool;
-} trio_t;
-
-static trio_t trio_start(const pp_options_t *o) {
-  trio_t t;
-  t.pool = test_pool(o);
-  for (int i = 0; i < 3; i++) {
-    t.srv[i] = srv_echo_start(NULL);
-    t.peer[i] = test_peer(t.pool, srv_addr(t.srv[i]));
-  }
-  return t;
-}
-
-static void trio_end(trio_t *t) {
-  test_finish(t->pool);
-  for (int i = 0; i < 3; i++)
-    srv_stop(t->srv[i]);
-}
 
 static pp_acquire_opts_t keyed(const char *key) {
   pp_acquire_opts_t o;
@@ -139,22 +102,11 @@ static pp_acquire_opts_t keyed(const char *key) {
   return o;
 }
 
-static int index_of(const trio_t *t, const pp_peer_t *peer) {
-  for (int i = 0; i < 3; i++)
-    if (t->peer[i] == peer) return i;
-  return -1;
-}
-
 static ring_t ring;
 
 /* Where an acquire with `ao` on `peer` (NULL: let the pool choose) lands; released again. */
 static pp_peer_t *lands_on(pp_pool_t *pool, pp_peer_t *peer, const pp_acquire_opts_t *ao) {
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, ao));
-  pp_peer_t *at = l.peer;
-  ASSERT_OK(pp_release(&l, 0));
-  return at;
+  return pp_conn_peer(test_acquire_release_with(pool, peer, ao));
 }
 
 /* A conn to `peer` released broken: with eject_after = 1 the peer is ejected. */
@@ -165,18 +117,10 @@ static void break_a_conn(pp_pool_t *pool, pp_peer_t *peer) {
   ASSERT_OK(pp_release(&l, PP_EBROKEN));
 }
 
-/* A policy with only a route hook. */
-static void set_route(pp_pool_t *pool, pp_peer_t *(*route)(void *, pp_pool_t *, const char *)) {
-  pp_policy_t p;
-  memset(&p, 0, sizeof p);
-  p.route = route;
-  pp_pool_set_policy(pool, &p);
-}
-
 TEST(route_keys_stay_with_their_owner_whatever_is_idle) {
   /* 40 keys over 3 peers, 400 acquires; before each, a random set of conns is held so that
    * which peers have idle conns keeps changing. Every key is always served by its owner. */
-  trio_t t = trio_start(TEST_OPTS());
+  echo_peers_t t = echo_peers_start(3, TEST_OPTS());
   ring_install(t.pool, &ring);
   ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 3);
   pp_peer_t *owner[40] = {0};
@@ -198,7 +142,7 @@ TEST(route_keys_stay_with_their_owner_whatever_is_idle) {
     ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
     if (owner[k] == NULL) {
       owner[k] = l.peer;
-      per_peer[index_of(&t, l.peer)]++;
+      per_peer[echo_peers_index(&t, l.peer)]++;
     }
     ASSERT_PTR_EQ(l.peer, owner[k]);
     ASSERT_PTR_EQ(l.peer, ring_owner(&ring, key[k]));
@@ -210,7 +154,7 @@ TEST(route_keys_stay_with_their_owner_whatever_is_idle) {
   for (int i = 0; i < 3; i++)
     ASSERT_GT(per_peer[i], 0); /* the keys spread over every peer */
   ASSERT_EQ(test_stats(t.pool).policy_errors, 0);
-  trio_end(&t);
+  echo_peers_end(&t);
 }
 
 /* The first of keys "key:0", "key:1", ... that the ring gives to `peer`. */
@@ -226,7 +170,7 @@ static const char *key_of(pp_peer_t *peer) {
 TEST(route_owner_down_fails_fast_with_its_cause) {
   /* The hook returns the owner even when it is down: the acquire is answered at once with the
    * owner's own cause. */
-  trio_t t = trio_start(TEST_OPTS(o.eject_after = 1));
+  echo_peers_t t = echo_peers_start(3, TEST_OPTS(o.eject_after = 1));
   ring_install(t.pool, &ring);
   break_a_conn(t.pool, t.peer[0]);
   pp_acquire_opts_t ao = keyed(key_of(t.peer[0]));
@@ -241,13 +185,14 @@ TEST(route_owner_down_fails_fast_with_its_cause) {
   ASSERT(strncmp(line, srv_addr(t.srv[0]), strlen(srv_addr(t.srv[0]))) == 0);
   memset(&l, 0, sizeof l);
   ASSERT_ERR(pp_try_acquire(t.pool, &l, NULL, &ao), PP_EEJECTED);
-  trio_end(&t);
+  echo_peers_end(&t);
 }
 
 TEST(route_next_on_the_ring_when_the_owner_is_down) {
   /* The hook passes over an owner that cannot serve: its keys go to the next peer on the
    * ring, the same one every time, and come back once the owner does. */
-  trio_t t = trio_start(TEST_OPTS(o.eject_after = 1; o.eject_time = 300; o.eject_max = 300));
+  echo_peers_t t =
+      echo_peers_start(3, TEST_OPTS(o.eject_after = 1; o.eject_time = 300; o.eject_max = 300));
   ring.next_when_down = 1;
   ring_install(t.pool, &ring);
   break_a_conn(t.pool, t.peer[0]);
@@ -261,7 +206,7 @@ TEST(route_next_on_the_ring_when_the_owner_is_down) {
   }
   RUN_UNTIL(pp_peer_check(t.peer[0]) == 0, 2000);
   ASSERT_PTR_EQ(lands_on(t.pool, NULL, &ao), t.peer[0]);
-  trio_end(&t);
+  echo_peers_end(&t);
 }
 
 static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
@@ -277,15 +222,10 @@ TEST(route_peer_events_follow_the_live_set) {
   ring_install(pool, &ring);
   ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 1);
   ASSERT_EQ(ring.n, VNODES); /* the ring holds the replayed peer */
-  pp_policy_t p;
-  memset(&p, 0, sizeof p);
-  p.data = &ring;
-  p.route = ring_route;
-  p.peer_event = ring_event;
-  p.backoff = burn;
   ring.n = 0;
   memset(ring.events, 0, sizeof ring.events);
-  pp_pool_set_policy(pool, &p);
+  TEST_SET_POLICY(pool, p.data = &ring; p.route = ring_route; p.peer_event = ring_event;
+                  p.backoff = burn);
   ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 1);
   pp_peer_t *bad = test_peer(pool, srv_addr(refused));
   ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 2);
@@ -311,15 +251,24 @@ static pp_peer_t *route_none(void *data, pp_pool_t *pool, const char *key) {
   return NULL;
 }
 
-TEST(route_null_falls_back_to_the_selection) {
+/* A keyed acquire on a pool with one peer and a policy whose only hook is `route`: it lands on
+ * that peer (the default selection) and the pool counts `policy_errors`. Ends the test, closing
+ * `other` (NULL: none) first, a pool whose peer `route` may return. */
+static void keyed_acquire_falls_back(pp_peer_t *(*route)(void *, pp_pool_t *, const char *),
+                                     int policy_errors, pp_pool_t *other) {
   srv_t *srv = srv_echo_start(NULL);
   pp_peer_t *peer;
   pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
-  set_route(pool, route_none);
+  TEST_SET_POLICY(pool, p.route = route);
   pp_acquire_opts_t ao = keyed("k");
   ASSERT_PTR_EQ(lands_on(pool, NULL, &ao), peer);
-  ASSERT_EQ(test_stats(pool).policy_errors, 0);
+  ASSERT_EQ(test_stats(pool).policy_errors, policy_errors);
+  if (other != NULL) pp_pool_close(other, NULL);
   test_finish_srv(pool, srv);
+}
+
+TEST(route_null_falls_back_to_the_selection) {
+  keyed_acquire_falls_back(route_none, 0, NULL);
 }
 
 static pp_peer_t *foreign;
@@ -329,21 +278,13 @@ static pp_peer_t *route_foreign(void *data, pp_pool_t *pool, const char *key) {
 }
 
 TEST(route_to_a_peer_of_another_pool_is_a_policy_error) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
   pp_pool_t *other = test_pool(NULL);
   foreign = test_peer(other, "127.0.0.1:9");
-  set_route(pool, route_foreign);
-  pp_acquire_opts_t ao = keyed("k");
-  ASSERT_PTR_EQ(lands_on(pool, NULL, &ao), peer);
-  ASSERT_EQ(test_stats(pool).policy_errors, 1);
-  pp_pool_close(other, NULL);
-  test_finish_srv(pool, srv);
+  keyed_acquire_falls_back(route_foreign, 1, other);
 }
 
 TEST(route_is_asked_only_for_a_key_without_a_peer) {
-  trio_t t = trio_start(TEST_OPTS());
+  echo_peers_t t = echo_peers_start(3, TEST_OPTS());
   ring_install(t.pool, &ring);
   pp_acquire_opts_t ao = keyed("key:1");
   ASSERT_PTR_EQ(lands_on(t.pool, t.peer[2], &ao), t.peer[2]); /* a named peer wins over the key */
@@ -351,5 +292,5 @@ TEST(route_is_asked_only_for_a_key_without_a_peer) {
   ASSERT_EQ(ring.calls, 0);
   lands_on(t.pool, NULL, &ao);
   ASSERT_EQ(ring.calls, 1);
-  trio_end(&t);
+  echo_peers_end(&t);
 }

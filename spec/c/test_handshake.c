@@ -1,94 +1,26 @@
 /* The handshake hook: success moves the peer to ready through connected; an error or a
  * timeout fails the attempt (counting toward retries); `closed` tells the hook to let go. */
-#include "fixtures.h"
+#include "fixtures_hook.h"
 
-enum { HS_HELLO, HS_HELLO_FAIL, HS_SYNC_OK, HS_NEVER, HS_READ_NEVER };
-
-#define HS_SLOTS 16
-
-typedef struct {
-  pp_conn_t *conn;
-  pp_write_t w;
-  char got[64];
-  size_t len;
-  int done;
-  int closed;
-} hs_slot_t;
-
-typedef struct {
-  int mode;
-  int calls;
-  int closed_calls;
-  int done_rc, done_again_rc;
+/* The hook's script, and what the hook saw of the pool when it was called. */
+static struct {
+  hook_script_t script;
   int state_in_hook;
   pp_stats_t stats_in_hook;
   pp_pool_t *pool;
-  hs_slot_t slot[HS_SLOTS];
-} hs_t;
-
-static hs_t hs;
-
-static hs_slot_t *slot_of(pp_conn_t *conn) {
-  for (int i = 0; i < hs.calls && i < HS_SLOTS; i++)
-    if (hs.slot[i].conn == conn && !hs.slot[i].closed && !hs.slot[i].done) return &hs.slot[i];
-  return NULL;
-}
-
-static void hs_write_cb(pp_write_t *req, int status) {
-  (void)req;
-}
-
-static void hs_read_cb(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg) {
-  hs_slot_t *s = arg;
-  ASSERT(!s->closed);
-  if (nread < 0) return;
-  if (s->len + (size_t)nread <= sizeof s->got) memcpy(s->got + s->len, buf, (size_t)nread);
-  s->len += (size_t)nread;
-  if (s->len >= 6 && memcmp(s->got, "HELLO\n", 6) == 0) {
-    ASSERT_OK(pp_conn_read_stop(conn));
-    s->done = 1;
-    int st = hs.mode == HS_HELLO_FAIL ? PP_EHANDSHAKE : 0;
-    hs.done_rc = pp_conn_handshake_done(conn, st);
-    hs.done_again_rc = pp_conn_handshake_done(conn, st);
-  }
-}
+} hs;
 
 static void hs_hook(void *data, pp_conn_t *conn) {
   ASSERT_PTR_EQ(data, &hs);
   ASSERT_NOT_NULL(conn);
-  int i = hs.calls++;
-  ASSERT_LT(i, HS_SLOTS);
-  hs_slot_t *s = &hs.slot[i];
-  memset(s, 0, sizeof *s);
-  s->conn = conn;
   hs.state_in_hook = pp_peer_state(pp_conn_peer(conn));
   pp_pool_stats(hs.pool, &hs.stats_in_hook);
-  switch (hs.mode) {
-    case HS_HELLO:
-    case HS_HELLO_FAIL: {
-      ASSERT_OK(pp_conn_read_start(conn, hs_read_cb, s));
-      uv_buf_t b = uv_buf_init("HELLO\n", 6);
-      ASSERT_OK(pp_conn_write(&s->w, conn, &b, 1, hs_write_cb));
-      break;
-    }
-    case HS_SYNC_OK:
-      s->done = 1;
-      hs.done_rc = pp_conn_handshake_done(conn, 0);
-      break;
-    case HS_READ_NEVER: /* reads, but never completes */
-      ASSERT_OK(pp_conn_read_start(conn, hs_read_cb, s));
-      break;
-    case HS_NEVER:
-      break;
-  }
+  hook_script_run(&hs.script, conn);
 }
 
 static void hs_closed(void *data, pp_conn_t *conn) {
-  hs.closed_calls++;
-  hs_slot_t *s = slot_of(conn);
   /* Only conns still in the hook's hands are reported. */
-  ASSERT_NOT_NULL(s);
-  s->closed = 1;
+  ASSERT_NOT_NULL(hook_script_closed(&hs.script, conn));
 }
 
 /* Retries come quickly in these tests. */
@@ -99,18 +31,14 @@ static int64_t hs_backoff(void *data, pp_peer_t *peer, int attempt, int err) {
 /* A pool with `opts` (NULL = test defaults) whose policy is the hs hook in `mode` (with
  * hs_closed and hs_backoff), recording peer states, and one peer at an echo server with
  * `so` (NULL = plain). The lease of the test is f.held. */
-static fixture_t hs_start(int mode, const pp_options_t *opts, const srv_opts_t *so) {
+static fixture_t hs_start(hook_mode_t mode, const pp_options_t *opts, const srv_opts_t *so) {
   memset(&hs, 0, sizeof hs);
-  hs.mode = mode;
+  hook_script_init(&hs.script, mode, "HELLO\n", pp_conn_handshake_done, PP_EHANDSHAKE);
+  hs.script.report_twice = 1;
   fixture_t f = fixture_start(srv_echo_start(so), opts);
   hs.pool = f.pool;
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.data = &hs;
-  pol.handshake = hs_hook;
-  pol.closed = hs_closed;
-  pol.backoff = hs_backoff;
-  pp_pool_set_policy(f.pool, &pol);
+  TEST_SET_POLICY(f.pool, p.data = &hs; p.handshake = hs_hook; p.closed = hs_closed;
+                  p.backoff = hs_backoff);
   pp_pool_on_state(f.pool, test_state_cb);
   return f;
 }
@@ -120,10 +48,20 @@ static int hs_acquire(fixture_t *f) {
   return test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL);
 }
 
+/* hs_start(mode) on a plain echo server with the test defaults, and f.held acquired: the hook
+ * reported done without an error and the peer is ready. */
+static fixture_t hs_ready(hook_mode_t mode) {
+  fixture_t f = hs_start(mode, NULL, NULL);
+  ASSERT_OK(hs_acquire(&f));
+  ASSERT_OK(hs.script.done_rc);
+  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_READY);
+  return f;
+}
+
 /* Start acquiring f.held and run until the hook was called for its dial. */
 static void hs_acquire_until_hook(fixture_t *f) {
   ASSERT_OK(test_acquire_start(f->pool, &f->held, &f->held_rec, f->peer, NULL));
-  RUN_UNTIL(hs.calls == 1, 2000);
+  RUN_UNTIL(hs.script.calls == 1, 2000);
 }
 
 /* Close the pool while the hook holds the conn: `closed` is called once and the acquire
@@ -131,19 +69,16 @@ static void hs_acquire_until_hook(fixture_t *f) {
 static void hs_close_pool_during_handshake(fixture_t *f) {
   ASSERT_OK(pp_pool_close(f->pool, test_close_cb));
   test_finish_closed();
-  ASSERT_EQ(hs.closed_calls, 1);
+  ASSERT_EQ(hs.script.closed_calls, 1);
   ASSERT_EQ(f->held_rec.calls, 1);
   ASSERT_ERR(f->held_rec.status, PP_ECLOSED);
   srv_stop(f->srv);
 }
 
 TEST(handshake_hello_reaches_ready) {
-  fixture_t f = hs_start(HS_HELLO, NULL, NULL);
-  ASSERT_OK(hs_acquire(&f));
-  ASSERT_EQ(hs.calls, 1);
-  ASSERT_OK(hs.done_rc);
-  ASSERT_PTR_EQ(f.held.conn, hs.slot[0].conn);
-  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_READY);
+  fixture_t f = hs_ready(HOOK_ECHO);
+  ASSERT_EQ(hs.script.calls, 1);
+  ASSERT_PTR_EQ(f.held.conn, hs.script.slot[0].conn);
   WAIT_TRANSITION(f.peer, PP_PEER_READY, 0, 1000);
   /* Strictly known -> connecting -> connected -> ready. */
   if (test_ntransitions != 3 || test_transitions[0].to != PP_PEER_CONNECTING ||
@@ -154,58 +89,48 @@ TEST(handshake_hello_reaches_ready) {
   ASSERT_EQ(srv_bytes_in(f.srv), 6);
   /* The hook's bytes count like any other. */
   ASSERT_EQ(test_peer_info(f.peer).bytes_out, 6);
-  ASSERT_EQ(hs.closed_calls, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  ASSERT_EQ(hs.script.closed_calls, 0);
+  fixture_release_end(&f);
 }
 
 TEST(handshake_peer_is_connected_during_hook) {
-  fixture_t f = hs_start(HS_HELLO, NULL, NULL);
-  ASSERT_OK(hs_acquire(&f));
+  fixture_t f = hs_ready(HOOK_ECHO);
   ASSERT_EQ(hs.state_in_hook, PP_PEER_CONNECTED);
   /* A handshaking conn counts as connecting (header: "connecting includes handshaking"). */
   ASSERT_EQ(hs.stats_in_hook.connecting, 1);
   ASSERT_EQ(hs.stats_in_hook.conns, 1);
   ASSERT_EQ(hs.stats_in_hook.idle, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(handshake_done_inside_hook) {
-  fixture_t f = hs_start(HS_SYNC_OK, NULL, NULL);
-  ASSERT_OK(hs_acquire(&f));
-  ASSERT_OK(hs.done_rc);
-  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_READY);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_t f = hs_ready(HOOK_SYNC_OK);
+  fixture_release_end(&f);
 }
 
 TEST(handshake_done_twice_is_bad_state) {
-  fixture_t f = hs_start(HS_HELLO, NULL, NULL);
-  ASSERT_OK(hs_acquire(&f));
-  ASSERT_OK(hs.done_rc);
-  ASSERT_ERR(hs.done_again_rc, PP_ESTATE);
+  fixture_t f = hs_ready(HOOK_ECHO);
+  ASSERT_ERR(hs.script.done_again_rc, PP_ESTATE);
   /* No handshake runs on a leased conn. */
   ASSERT_ERR(pp_conn_handshake_done(f.held.conn, 0), PP_ESTATE);
   ASSERT_ERR(pp_conn_ping_done(f.held.conn, 0), PP_ESTATE);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(handshake_runs_once_per_conn) {
-  fixture_t f = hs_start(HS_HELLO, NULL, NULL);
+  fixture_t f = hs_start(HOOK_ECHO, NULL, NULL);
   for (int i = 0; i < 3; i++)
     test_acquire_release(f.pool, f.peer);
-  ASSERT_EQ(hs.calls, 1);
+  ASSERT_EQ(hs.script.calls, 1);
   fixture_end(&f);
 }
 
 TEST(handshake_error_fails_the_attempt) {
-  fixture_t f = hs_start(HS_HELLO_FAIL, TEST_OPTS(o.retries = 1), NULL);
+  fixture_t f = hs_start(HOOK_ECHO_FAIL, TEST_OPTS(o.retries = 1), NULL);
   ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
   ASSERT_ERR(f.held.cause, PP_EHANDSHAKE);
-  ASSERT_EQ(hs.calls, 2); /* the first attempt and one retry */
-  ASSERT_OK(hs.done_rc);
+  ASSERT_EQ(hs.script.calls, 2); /* the first attempt and one retry */
+  ASSERT_OK(hs.script.done_rc);
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connect_attempts, 2);
   ASSERT_EQ(s.connects_failed, 2);
@@ -219,32 +144,32 @@ TEST(handshake_error_fails_the_attempt) {
 }
 
 TEST(handshake_timeout_fails_the_attempt) {
-  fixture_t f = hs_start(HS_NEVER, TEST_OPTS(o.handshake_timeout = 100; o.retries = 0), NULL);
+  fixture_t f = hs_start(HOOK_NEVER, TEST_OPTS(o.handshake_timeout = 100; o.retries = 0), NULL);
   uint64_t t0 = test_now_ms();
   ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
   uint64_t took = test_now_ms() - t0;
   ASSERT_GE(took, 90);
   ASSERT_LT(took, 3000);
   ASSERT_ERR2(f.held.cause, PP_ETIMEDOUT, UV_ETIMEDOUT);
-  ASSERT_EQ(hs.calls, 1);
-  ASSERT_EQ(hs.closed_calls, 1); /* the engine gave up: the hook is told to let go */
-  ASSERT_EQ(hs.slot[0].closed, 1);
+  ASSERT_EQ(hs.script.calls, 1);
+  ASSERT_EQ(hs.script.closed_calls, 1); /* the engine gave up: the hook is told to let go */
+  ASSERT_EQ(hs.script.slot[0].closed, 1);
   ASSERT_EQ(test_stats(f.pool).connects_failed, 1);
   RUN_UNTIL(srv_open(f.srv) == 0, 2000);
   fixture_end(&f);
 }
 
 TEST(handshake_timeout_counts_toward_retries) {
-  fixture_t f = hs_start(HS_NEVER, TEST_OPTS(o.handshake_timeout = 50; o.retries = 2), NULL);
+  fixture_t f = hs_start(HOOK_NEVER, TEST_OPTS(o.handshake_timeout = 50; o.retries = 2), NULL);
   ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
-  ASSERT_EQ(hs.calls, 3);
-  ASSERT_EQ(hs.closed_calls, 3);
+  ASSERT_EQ(hs.script.calls, 3);
+  ASSERT_EQ(hs.script.closed_calls, 3);
   ASSERT_EQ(test_stats(f.pool).connect_attempts, 3);
   fixture_end(&f);
 }
 
 TEST(handshake_closed_hook_on_pool_close) {
-  fixture_t f = hs_start(HS_NEVER, TEST_OPTS(o.handshake_timeout = 10000), NULL);
+  fixture_t f = hs_start(HOOK_NEVER, TEST_OPTS(o.handshake_timeout = 10000), NULL);
   hs_acquire_until_hook(&f);
   ASSERT_EQ(test_stats(f.pool).connecting, 1);
   hs_close_pool_during_handshake(&f);
@@ -255,29 +180,28 @@ TEST(handshake_server_closes_during_handshake) {
    * the engine gives up and calls `closed`). */
   srv_opts_t so = {0};
   so.close_after_bytes = 1;
-  fixture_t f = hs_start(HS_HELLO, TEST_OPTS(o.handshake_timeout = 300), &so);
+  fixture_t f = hs_start(HOOK_ECHO, TEST_OPTS(o.handshake_timeout = 300), &so);
   ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
   ASSERT_NE(f.held.cause, 0);
-  ASSERT_EQ(hs.calls, 1);
-  ASSERT_EQ(hs.closed_calls, 1);
+  ASSERT_EQ(hs.script.calls, 1);
+  ASSERT_EQ(hs.script.closed_calls, 1);
   fixture_end(&f);
 }
 
 TEST(handshake_canceled_acquire_leaves_the_conn_to_the_pool) {
   /* The acquire that started a dial is canceled during the handshake; the handshake then
    * succeeds and the conn becomes idle (not leaked, not lost). */
-  fixture_t f = hs_start(HS_NEVER, TEST_OPTS(o.handshake_timeout = 5000), NULL);
+  fixture_t f = hs_start(HOOK_NEVER, TEST_OPTS(o.handshake_timeout = 5000), NULL);
   hs_acquire_until_hook(&f);
   ASSERT_OK(pp_acquire_cancel(&f.held));
   RUN_UNTIL(f.held_rec.calls == 1, 1000);
   ASSERT_ERR(f.held_rec.status, PP_ECANCELED);
-  hs.slot[0].done = 1;
-  ASSERT_OK(pp_conn_handshake_done(hs.slot[0].conn, 0));
+  ASSERT_OK(hook_script_finish(&hs.script, 0));
   RUN_UNTIL(test_stats(f.pool).idle == 1, 1000);
   pp_lease_t t;
   memset(&t, 0, sizeof t);
   ASSERT_OK(pp_try_acquire(f.pool, &t, f.peer, NULL));
-  ASSERT_PTR_EQ(t.conn, hs.slot[0].conn);
+  ASSERT_PTR_EQ(t.conn, hs.script.slot[0].conn);
   ASSERT_OK(pp_release(&t, 0));
   fixture_end(&f);
 }
@@ -285,15 +209,15 @@ TEST(handshake_canceled_acquire_leaves_the_conn_to_the_pool) {
 TEST(handshake_reader_not_called_after_closed_on_pool_close) {
   /* `closed` tells the hook to forget the conn (it may free the reader's arg there): the
    * hook's reader must not be called after it. hs_read_cb asserts it. */
-  fixture_t f = hs_start(HS_READ_NEVER, TEST_OPTS(o.handshake_timeout = 10000), NULL);
+  fixture_t f = hs_start(HOOK_READ_NEVER, TEST_OPTS(o.handshake_timeout = 10000), NULL);
   hs_acquire_until_hook(&f);
   hs_close_pool_during_handshake(&f);
 }
 
 TEST(handshake_reader_not_called_after_closed_on_timeout) {
-  fixture_t f = hs_start(HS_READ_NEVER, TEST_OPTS(o.handshake_timeout = 60), NULL);
+  fixture_t f = hs_start(HOOK_READ_NEVER, TEST_OPTS(o.handshake_timeout = 60), NULL);
   ASSERT_ERR(hs_acquire(&f), PP_ECANNOTCONNECT);
   test_run_for(30);
-  ASSERT_EQ(hs.closed_calls, 1);
+  ASSERT_EQ(hs.script.closed_calls, 1);
   fixture_end(&f);
 }

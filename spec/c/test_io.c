@@ -1,10 +1,12 @@
 /* Stream I/O on a lease: write with completion, read start/stop, kept bytes, counters. */
 #include "fixtures.h"
 
-/* A pool with one peer at `srv` and a lease on it held in f->held. */
-static void io_fixture(fixture_t *f, srv_t *srv) {
-  *f = fixture_start(srv, NULL);
-  fixture_hold(f);
+/* fixture_held(srv) with the test defaults, and `rd` reading on f.held (started inside CALL:
+ * the reader is never called inside pp_conn_read_start). */
+static fixture_t io_reading(srv_t *srv, test_reader_t *rd) {
+  fixture_t f = fixture_held(srv, NULL);
+  ASSERT_OK(CALL(pp_conn_read_start(f.held.conn, test_reader_cb, rd)));
+  return f;
 }
 
 static void write_cb_rec(pp_write_t *req, int status) {
@@ -61,10 +63,8 @@ static void io_end(fixture_t *f, test_reader_t *rd) {
 }
 
 TEST(io_echo_round_trip) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
   test_reader_t rd = {0};
-  ASSERT_OK(CALL(pp_conn_read_start(f.held.conn, test_reader_cb, &rd)));
+  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
   io_echo(&f, &rd, "hello world");
   ASSERT_EQ(rd.ended, 0);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
@@ -72,11 +72,9 @@ TEST(io_echo_round_trip) {
 }
 
 TEST(io_counters_rise) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
-  pp_conn_t *c = f.held.conn;
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(c, test_reader_cb, &rd));
+  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
+  pp_conn_t *c = f.held.conn;
   io_echo(&f, &rd, "0123456789");
   io_echo(&f, &rd, "abcde");
   pp_conn_info_t ci;
@@ -102,8 +100,7 @@ TEST(io_counters_rise) {
 }
 
 TEST(io_peer_counters_survive_conn_close) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   ASSERT_EQ(test_write(f.held.conn, "abc", 3), 0);
   ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
   RUN_UNTIL(test_stats(f.pool).conns == 0, 2000);
@@ -113,8 +110,7 @@ TEST(io_peer_counters_survive_conn_close) {
 }
 
 TEST(io_write_callback_later_with_status) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   io_write_t w;
   ASSERT_OK(io_write_start(&f, &w, "x", 1));
   ASSERT_EQ(w.rec.calls, 0);
@@ -126,10 +122,8 @@ TEST(io_write_callback_later_with_status) {
 }
 
 TEST(io_write_several_buffers_in_order) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
+  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
   pp_write_t w[2];
   test_rec_t wr[2] = {{0}};
   for (int i = 0; i < 2; i++) {
@@ -153,12 +147,10 @@ TEST(io_write_several_buffers_in_order) {
 }
 
 TEST(io_large_round_trip) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
   size_t n = 1 << 20;
   char *data = io_pattern(n, 31, 7);
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
+  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
   io_write_t w;
   ASSERT_OK(io_write_start(&f, &w, data, n));
   RUN_UNTIL(rd.len == n && w.rec.calls == 1, 10000);
@@ -169,10 +161,8 @@ TEST(io_large_round_trip) {
 }
 
 TEST(io_read_stop_keeps_bytes_for_next_reader) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
+  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
   ASSERT_EQ(test_write(f.held.conn, "kept bytes", 10), 0);
   RUN_UNTIL(srv_bytes_out(f.srv) == 10, 2000); /* the echo is on its way back */
@@ -186,8 +176,7 @@ TEST(io_read_stop_keeps_bytes_for_next_reader) {
 }
 
 TEST(io_bytes_before_any_reader_are_kept) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   ASSERT_EQ(test_write(f.held.conn, "early", 5), 0);
   RUN_UNTIL(srv_bytes_out(f.srv) == 5, 2000);
   test_run_for(30);
@@ -202,8 +191,7 @@ TEST(io_bytes_before_any_reader_are_kept) {
 TEST(io_kept_bytes_beyond_64k_are_not_lost) {
   /* Reading pauses once 64 KiB are kept; nothing is lost, everything arrives after
    * read_start. */
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   size_t n = 256 * 1024;
   char *data = io_pattern(n, 13, 1);
   io_write_t w;
@@ -219,10 +207,8 @@ TEST(io_kept_bytes_beyond_64k_are_not_lost) {
 }
 
 TEST(io_second_reader_is_bad_state) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
   test_reader_t a = {0}, b = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &a));
+  fixture_t f = io_reading(srv_echo_start(NULL), &a);
   ASSERT_ERR(pp_conn_read_start(f.held.conn, test_reader_cb, &b), PP_ESTATE);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
   ASSERT_OK(pp_conn_read_stop(f.held.conn)); /* always 0 */
@@ -234,8 +220,7 @@ TEST(io_second_reader_is_bad_state) {
 }
 
 TEST(io_reader_gets_eof_once_when_server_closes) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   test_reader_t rd = {0};
   io_read_until_server_closes(&f, &rd);
   ASSERT_ERR2(rd.end_status, UV_EOF, UV_ECONNRESET);
@@ -246,8 +231,7 @@ TEST(io_reader_gets_eof_once_when_server_closes) {
 }
 
 TEST(io_write_on_broken_conn_fails) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   test_reader_t rd = {0};
   io_read_until_server_closes(&f, &rd);
   io_write_t w;
@@ -266,8 +250,7 @@ TEST(io_write_on_broken_conn_fails) {
 TEST(io_read_start_on_broken_conn) {
   /* After the stream ended, a new reader learns it at once (PP_ECLOSED) or through one final
    * callback with the error; never silence. */
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   test_reader_t a = {0};
   io_read_until_server_closes(&f, &a);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
@@ -286,8 +269,7 @@ TEST(io_read_start_on_broken_conn) {
 TEST(io_write_error_marks_conn_broken_and_closes_on_release) {
   srv_opts_t so = {0};
   so.close_after_bytes = 1;
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(&so));
+  fixture_t f = fixture_held(srv_echo_start(&so), NULL);
   /* Keep writing until the socket errors (the server closed after the first byte). */
   int failed = 0;
   for (int i = 0; i < 50 && !failed; i++) {
@@ -307,10 +289,8 @@ TEST(io_write_error_marks_conn_broken_and_closes_on_release) {
 }
 
 TEST(io_unix_round_trip) {
-  fixture_t f;
-  io_fixture(&f, srv_unix_start(NULL));
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
+  fixture_t f = io_reading(srv_unix_start(NULL), &rd);
   io_echo(&f, &rd, "via unix");
   ASSERT_EQ(test_peer_info(f.peer).bytes_in, 8);
   io_end(&f, &rd);
@@ -318,10 +298,8 @@ TEST(io_unix_round_trip) {
 
 TEST(io_reader_released_with_lease) {
   /* Releasing a lease whose reader is set: the next holder can set its own reader. */
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
   test_reader_t a = {0}, b = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &a));
+  fixture_t f = io_reading(srv_echo_start(NULL), &a);
   pp_conn_t *c = f.held.conn;
   ASSERT_OK(pp_release(&f.held, 0));
   ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
@@ -334,8 +312,7 @@ TEST(io_reader_released_with_lease) {
 }
 
 TEST(io_conn_data) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   int x;
   ASSERT_NULL(pp_conn_get_data(f.held.conn));
   pp_conn_set_data(f.held.conn, &x);
@@ -361,8 +338,7 @@ static void io_next_lessee_reads_only_its_reply(fixture_t *f) {
 TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
   /* Bytes the last holder left unread are a reply nobody will read: the next holder must not
    * receive them (the conn is closed or the bytes dropped). */
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   ASSERT_EQ(test_write(f.held.conn, "stale", 5), 0);
   RUN_UNTIL(srv_bytes_out(f.srv) == 5, 2000);
   test_run_for(20);
@@ -372,8 +348,7 @@ TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
 
 TEST(io_late_reply_on_idle_conn_is_not_handed_to_the_next_lessee) {
   /* The reply arrives after the release, while the conn idles: same rule. */
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   io_write_t w;
   ASSERT_OK(io_write_start(&f, &w, "late!", 5));
   ASSERT_OK(pp_release(&f.held, 0)); /* before the echo can be back */
@@ -387,8 +362,7 @@ TEST(io_write_queue_size_grows_while_the_peer_does_not_read) {
    * shows in pp_conn_write_queue_size until the conn closes. */
   srv_opts_t so = {0};
   so.no_read = 1;
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(&so));
+  fixture_t f = fixture_held(srv_echo_start(&so), NULL);
   pp_conn_t *c = f.held.conn;
   ASSERT_EQ(pp_conn_write_queue_size(c), 0);
   size_t n = 32u << 20;
@@ -413,10 +387,8 @@ TEST(io_write_queue_size_grows_while_the_peer_does_not_read) {
 }
 
 TEST(io_write_queue_size_drains_to_zero) {
-  fixture_t f;
-  io_fixture(&f, srv_echo_start(NULL));
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
+  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
   size_t n = 8u << 20;
   char *data = calloc(1, n);
   io_write_t w;

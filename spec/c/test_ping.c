@@ -1,96 +1,25 @@
 /* The ping hook: a health check before lending a conn that idled past ping_after, and on a
  * keepalive sweep; failures and timeouts close the conn (reason "ping"). */
-#include "fixtures.h"
+#include "fixtures_hook.h"
 
-enum { PING_ECHO, PING_FAIL, PING_NEVER, PING_SYNC_OK, PING_READ_NEVER };
-
-typedef struct {
-  pp_conn_t *conn;
-  pp_write_t w;
-  char got[16];
-  size_t len;
-  int finished;
-  int closed;
-} ping_slot_t;
-
-#define PING_SLOTS 64
-
-static struct {
-  int mode;
-  int calls;
-  int closed_calls;
-  int done_rc;
-  ping_slot_t slot[PING_SLOTS];
-} pg;
-
-static ping_slot_t *live_slot(pp_conn_t *conn) {
-  for (int i = 0; i < pg.calls && i < PING_SLOTS; i++)
-    if (pg.slot[i].conn == conn && !pg.slot[i].finished && !pg.slot[i].closed) return &pg.slot[i];
-  return NULL;
-}
-
-static void ping_write_cb(pp_write_t *req, int status) {
-  (void)req;
-}
-
-static void ping_read_cb(pp_conn_t *conn, ssize_t nread, const char *buf, void *arg) {
-  ping_slot_t *s = arg;
-  ASSERT(!s->closed);
-  if (nread < 0) return;
-  if (s->len + (size_t)nread <= sizeof s->got) memcpy(s->got + s->len, buf, (size_t)nread);
-  s->len += (size_t)nread;
-  if (s->len >= 5 && memcmp(s->got, "PING\n", 5) == 0) {
-    ASSERT_OK(pp_conn_read_stop(conn));
-    s->finished = 1;
-    pg.done_rc = pp_conn_ping_done(conn, pg.mode == PING_FAIL ? PP_EPING : 0);
-  }
-}
+static hook_script_t pg;
 
 static void ping_hook(void *data, pp_conn_t *conn) {
-  int i = pg.calls++;
-  ASSERT_LT(i, PING_SLOTS);
-  ping_slot_t *s = &pg.slot[i];
-  memset(s, 0, sizeof *s);
-  s->conn = conn;
   ASSERT_EQ(pp_conn_leases(conn), 0); /* pings run on idle conns */
-  switch (pg.mode) {
-    case PING_ECHO:
-    case PING_FAIL: {
-      ASSERT_OK(pp_conn_read_start(conn, ping_read_cb, s));
-      uv_buf_t b = uv_buf_init("PING\n", 5);
-      ASSERT_OK(pp_conn_write(&s->w, conn, &b, 1, ping_write_cb));
-      break;
-    }
-    case PING_SYNC_OK:
-      s->finished = 1;
-      pg.done_rc = pp_conn_ping_done(conn, 0);
-      break;
-    case PING_READ_NEVER: /* a reader, but no answer ever completes the ping */
-      ASSERT_OK(pp_conn_read_start(conn, ping_read_cb, s));
-      break;
-    case PING_NEVER:
-      break;
-  }
+  hook_script_run(&pg, conn);
 }
 
+/* A conn whose ping completed earlier is not the script's any more: nothing to forget. */
 static void ping_closed(void *data, pp_conn_t *conn) {
-  ping_slot_t *s = live_slot(conn);
-  if (s == NULL) return; /* a conn whose ping completed earlier: nothing to forget */
-  pg.closed_calls++;
-  s->closed = 1;
+  hook_script_closed(&pg, conn);
 }
 
 /* A pool with `opts` whose policy is the ping hook in `mode` (with ping_closed), and one
  * peer at an echo server. The test's lease is f.held. */
-static fixture_t ping_start(int mode, const pp_options_t *opts) {
-  memset(&pg, 0, sizeof pg);
-  pg.mode = mode;
+static fixture_t ping_start(hook_mode_t mode, const pp_options_t *opts) {
+  hook_script_init(&pg, mode, "PING\n", pp_conn_ping_done, PP_EPING);
   fixture_t f = fixture_start(srv_echo_start(NULL), opts);
-  pp_policy_t pol;
-  memset(&pol, 0, sizeof pol);
-  pol.ping = ping_hook;
-  pol.closed = ping_closed;
-  pp_pool_set_policy(f.pool, &pol);
+  TEST_SET_POLICY(f.pool, p.ping = ping_hook; p.closed = ping_closed);
   return f;
 }
 
@@ -107,7 +36,7 @@ static void ping_until_hook(fixture_t *f) {
 
 TEST(ping_before_lending_an_idle_conn) {
   /* max_per_peer 1: the acquire waits for the ping instead of dialling a second conn. */
-  fixture_t f = ping_start(PING_ECHO, TEST_OPTS(o.ping_after = 50; o.max_per_peer = 1));
+  fixture_t f = ping_start(HOOK_ECHO, TEST_OPTS(o.ping_after = 50; o.max_per_peer = 1));
   pp_conn_t *c = test_acquire_release(f.pool, f.peer);
   ASSERT_EQ(pg.calls, 0); /* a fresh conn needs no ping */
   test_run_for(100);
@@ -120,12 +49,11 @@ TEST(ping_before_lending_an_idle_conn) {
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.pings, 1);
   ASSERT_EQ(s.pings_failed, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(ping_not_needed_for_a_recently_used_conn) {
-  fixture_t f = ping_start(PING_ECHO, TEST_OPTS(o.ping_after = 5000));
+  fixture_t f = ping_start(HOOK_ECHO, TEST_OPTS(o.ping_after = 5000));
   for (int i = 0; i < 3; i++)
     test_acquire_release(f.pool, f.peer);
   ASSERT_EQ(pg.calls, 0);
@@ -133,18 +61,17 @@ TEST(ping_not_needed_for_a_recently_used_conn) {
 }
 
 TEST(ping_completed_inside_hook) {
-  fixture_t f = ping_start(PING_SYNC_OK, TEST_OPTS(o.ping_after = 30));
+  fixture_t f = ping_start(HOOK_SYNC_OK, TEST_OPTS(o.ping_after = 30));
   test_acquire_release(f.pool, f.peer);
   test_run_for(60);
   ping_acquire(&f);
   ASSERT_EQ(pg.calls, 1);
   ASSERT_OK(pg.done_rc);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(ping_failure_closes_the_conn_and_acquire_gets_another) {
-  fixture_t f = ping_start(PING_FAIL, TEST_OPTS(o.ping_after = 30));
+  fixture_t f = ping_start(HOOK_ECHO_FAIL, TEST_OPTS(o.ping_after = 30));
   pp_conn_t *c = test_acquire_release(f.pool, f.peer);
   test_run_for(60);
   ping_acquire(&f);
@@ -155,15 +82,14 @@ TEST(ping_failure_closes_the_conn_and_acquire_gets_another) {
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.closed[PP_CLOSE_PING], 1);
   ASSERT_EQ(s.pings_failed, 1);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(ping_timeout_closes_the_conn) {
   /* A ping has handshake_timeout to complete; max_per_peer 1: the acquire waits for the ping
    * instead of dialling. */
   fixture_t f = ping_start(
-      PING_NEVER, TEST_OPTS(o.ping_after = 30; o.handshake_timeout = 80; o.max_per_peer = 1));
+      HOOK_NEVER, TEST_OPTS(o.ping_after = 30; o.handshake_timeout = 80; o.max_per_peer = 1));
   test_acquire_release(f.pool, f.peer);
   test_run_for(60);
   uint64_t t0 = test_now_ms();
@@ -173,14 +99,13 @@ TEST(ping_timeout_closes_the_conn) {
   ASSERT_EQ(pg.closed_calls, 1);
   ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_PING], 1);
   ASSERT_ACCEPTED(f.srv, 2);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(ping_keepalive_checks_idle_conns) {
-  fixture_t f = ping_start(PING_ECHO, TEST_OPTS(o.keepalive = 40));
+  fixture_t f = ping_start(HOOK_ECHO, TEST_OPTS(o.keepalive = 40));
   test_acquire_release(f.pool, f.peer);
-  RUN_UNTIL(pg.calls >= 2 && pg.slot[pg.calls - 1].finished, 2000);
+  RUN_UNTIL(pg.calls >= 2 && pg.slot[pg.calls - 1].done, 2000);
   ASSERT_OK(pg.done_rc);
   pp_stats_t s = test_stats(f.pool);
   ASSERT_GE(s.pings, 1);
@@ -190,16 +115,15 @@ TEST(ping_keepalive_checks_idle_conns) {
 }
 
 TEST(ping_keepalive_skips_leased_conns) {
-  fixture_t f = ping_start(PING_ECHO, TEST_OPTS(o.keepalive = 30));
+  fixture_t f = ping_start(HOOK_ECHO, TEST_OPTS(o.keepalive = 30));
   ping_acquire(&f);
   test_run_for(200);
   ASSERT_EQ(pg.calls, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(ping_keepalive_failure_closes_idle_conn) {
-  fixture_t f = ping_start(PING_FAIL, TEST_OPTS(o.keepalive = 40));
+  fixture_t f = ping_start(HOOK_ECHO_FAIL, TEST_OPTS(o.keepalive = 40));
   test_acquire_release(f.pool, f.peer);
   RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_PING] == 1, 2000);
   ASSERT_EQ(test_stats(f.pool).conns, 0);
@@ -208,7 +132,7 @@ TEST(ping_keepalive_failure_closes_idle_conn) {
 }
 
 /* The pool closes while the hook (in `mode`) holds a conn: `closed` is called once. */
-static void ping_pool_closed_while_pinging(int mode) {
+static void ping_pool_closed_while_pinging(hook_mode_t mode) {
   fixture_t f = ping_start(mode, TEST_OPTS(o.keepalive = 30; o.handshake_timeout = 10000));
   ping_until_hook(&f);
   ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
@@ -218,22 +142,21 @@ static void ping_pool_closed_while_pinging(int mode) {
 }
 
 TEST(ping_closed_hook_on_pool_close) {
-  ping_pool_closed_while_pinging(PING_NEVER);
+  ping_pool_closed_while_pinging(HOOK_NEVER);
 }
 
 TEST(ping_hook_reader_not_called_after_closed) {
   /* `closed` means "forget this conn": the hook's reader (whose arg the hook may free in
-   * `closed`) must not be called afterwards. ping_read_cb asserts it. */
-  ping_pool_closed_while_pinging(PING_READ_NEVER);
+   * `closed`) must not be called afterwards. the script's reader asserts it. */
+  ping_pool_closed_while_pinging(HOOK_READ_NEVER);
 }
 
 TEST(ping_pinging_conn_is_not_lent_by_try_acquire) {
-  fixture_t f = ping_start(PING_NEVER, TEST_OPTS(o.keepalive = 30; o.handshake_timeout = 10000));
+  fixture_t f = ping_start(HOOK_NEVER, TEST_OPTS(o.keepalive = 30; o.handshake_timeout = 10000));
   ping_until_hook(&f);
   test_try_acquire_fails(f.pool, f.peer, PP_EAGAIN);
   /* Completing the ping makes it lendable again. */
-  pg.slot[0].finished = 1;
-  ASSERT_OK(pp_conn_ping_done(pg.slot[0].conn, 0));
+  ASSERT_OK(hook_script_finish(&pg, 0));
   pp_lease_t t;
   memset(&t, 0, sizeof t);
   ASSERT_OK(pp_try_acquire(f.pool, &t, f.peer, NULL));
@@ -242,7 +165,7 @@ TEST(ping_pinging_conn_is_not_lent_by_try_acquire) {
 }
 
 TEST(ping_hook_reader_not_called_after_closed_on_timeout) {
-  fixture_t f = ping_start(PING_READ_NEVER, TEST_OPTS(o.keepalive = 30; o.handshake_timeout = 50));
+  fixture_t f = ping_start(HOOK_READ_NEVER, TEST_OPTS(o.keepalive = 30; o.handshake_timeout = 50));
   test_acquire_release(f.pool, f.peer);
   RUN_UNTIL(pg.closed_calls == 1, 2000);
   test_run_for(30);

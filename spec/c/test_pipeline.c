@@ -38,30 +38,20 @@ static int treqs_done(const treq_t *t, int n) {
   return done;
 }
 
-/* A pool of line-framed conns, one per peer shared by `client_limit` leases, with `srv` as
- * its peer. */
-static fixture_t line_fixture(srv_t *srv, int client_limit) {
-  pp_framing_t fr;
+/* Options for line-framed conns, one per peer shared by `client_limit` leases. */
+static const pp_options_t *line_opts(int client_limit) {
+  static pp_framing_t fr;
   pp_framing_init(&fr, PP_FRAMING_LINE);
-  /* the framing is copied by pp_pool_new */
-  return fixture_start(
-      srv, TEST_OPTS(o.client_limit = client_limit; o.max_per_peer = 1; o.framing = &fr));
+  return TEST_OPTS(o.client_limit = client_limit; o.max_per_peer = 1; o.framing = &fr);
 }
 
-/* line_fixture with `srv` and a client_limit of 2, and one lease held. */
-static void line_held(fixture_t *f, srv_t *srv) {
-  *f = line_fixture(srv, 2);
-  fixture_hold(f);
-}
-
-/* Release the fixture's lease, then end the test. */
-static void release_end(fixture_t *f) {
-  ASSERT_OK(pp_release(&f->held, 0));
-  fixture_end(f);
+/* A pool of line-framed conns (client_limit 2) with `srv` as its peer, one lease held. */
+static fixture_t line_held(srv_t *srv) {
+  return fixture_held(srv, line_opts(2));
 }
 
 TEST(pipeline_replies_routed_in_order_across_leases) {
-  fixture_t f = line_fixture(srv_echo_start(NULL), 4);
+  fixture_t f = fixture_start(srv_echo_start(NULL), line_opts(4));
   pp_pool_t *pool = f.pool;
   pp_lease_t l[4];
   test_rec_t r[4];
@@ -90,8 +80,7 @@ TEST(pipeline_replies_routed_in_order_across_leases) {
 }
 
 TEST(pipeline_reply_after_release_still_reaches_its_request) {
-  fixture_t f;
-  line_held(&f, srv_echo_start(NULL));
+  fixture_t f = line_held(srv_echo_start(NULL));
   pp_conn_t *conn = f.held.conn;
   treq_t t;
   ASSERT_OK(treq_send(&t, conn, "late", 1, 2));
@@ -107,8 +96,7 @@ TEST(pipeline_conn_death_fails_each_request_once) {
   srv_opts_t so = {0};
   so.no_echo = 1;
   so.close_after_bytes = 30;
-  fixture_t f;
-  line_held(&f, srv_echo_start(&so));
+  fixture_t f = line_held(srv_echo_start(&so));
   static treq_t t[20];
   for (int k = 0; k < 20; k++)
     ASSERT_OK(treq_send(&t[k], f.held.conn, "x", k, k));
@@ -119,14 +107,13 @@ TEST(pipeline_conn_death_fails_each_request_once) {
     ASSERT_MSG(t[k].status == UV_EOF || t[k].status == UV_ECONNRESET, "request %d: %s", k,
                pp_err_name(t[k].status));
   }
-  release_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(pipeline_abort_breaks_the_conn_and_fails_the_rest) {
   srv_opts_t so = {0};
   so.no_echo = 1; /* no reply ever comes: the second request times out */
-  fixture_t f;
-  line_held(&f, srv_echo_start(&so));
+  fixture_t f = line_held(srv_echo_start(&so));
   treq_t t[3];
   for (int k = 0; k < 3; k++)
     ASSERT_OK(treq_send(&t[k], f.held.conn, "y", k, k));
@@ -147,15 +134,14 @@ TEST(pipeline_abort_breaks_the_conn_and_fails_the_rest) {
 }
 
 TEST(pipeline_unasked_reply_closes_the_conn) {
-  fixture_t f;
-  line_held(&f, srv_echo_start(NULL));
+  fixture_t f = line_held(srv_echo_start(NULL));
   /* one request whose bytes make two replies: the second answers nobody */
   treq_t t;
   ASSERT_OK(treq_send(&t, f.held.conn, "a1\nb", 1, 2));
   RUN_UNTIL(t.calls == 1, 2000);
   ASSERT_OK(t.status); /* "a1\n"; then "b1-2\n" answers nobody */
   RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_REMOTE] == 1, 2000);
-  release_end(&f);
+  fixture_release_end(&f);
 }
 
 static void on_raw_written(pp_write_t *w, int status) {
@@ -165,8 +151,7 @@ static void on_raw_written(pp_write_t *w, int status) {
 /* A reply in a read of its own while a lease holds the conn and no request waits: kept, it
  * would sit ahead of the next replies and stall the conn once the keep buffer filled. */
 TEST(pipeline_unasked_reply_while_leased_closes_the_conn) {
-  fixture_t f;
-  line_held(&f, srv_echo_start(NULL));
+  fixture_t f = line_held(srv_echo_start(NULL));
   /* bytes written around the request queue: their echo answers no request */
   pp_write_t w;
   int written = 0;
@@ -177,15 +162,14 @@ TEST(pipeline_unasked_reply_while_leased_closes_the_conn) {
   ASSERT_EQ(written, 1);
   treq_t t;
   ASSERT_EQ(pp_request_send(&t.req, f.held.conn, &b, 1, on_reply), PP_EFRAMING);
-  release_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(pipeline_needs_framing) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  fixture_hold(&f);
+  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
   treq_t t;
   ASSERT_ERR(treq_send(&t, f.held.conn, "z", 1, 1), PP_ESTATE);
-  release_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(pipeline_bad_framing_option_names_the_field) {

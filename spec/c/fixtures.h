@@ -80,8 +80,9 @@ void test_fds_release(test_fds_t *t);
 /* ---- More shared setup (test_addr, test_drain, test_evict, test_handshake, test_io,
  * test_ping, test_pipeline, test_route) ------------------------------------------------- */
 
-/* fixture_start, then fixture_hold: a pool with `srv` as its one peer and f.held leased. */
-fixture_t fixture_held(srv_t *srv, const pp_options_t *opts);
+/* *f = fixture_start(srv, opts), then fixture_hold(f): a pool with `srv` as its one peer and
+ * f->held leased. The pool keeps pointers into *f from then on: never copy it. */
+void fixture_held(fixture_t *f, srv_t *srv, const pp_options_t *opts);
 /* Release f->held healthy (it must succeed), then fixture_end(f). */
 void fixture_release_end(fixture_t *f);
 

@@ -589,9 +589,24 @@ static int count_diag(const srv_t *const *srvs, int nsrv, int family, int *out) 
   }
 }
 
+/* Client conns of the `n` servers srvs[k] (one address family), into out[idx[k]]: in one
+ * sock_diag dump, or from `proc` where sock_diag is not available. */
+static void count_family(const srv_t *const *srvs, const int *idx, int n, int family,
+                         const char *proc, int *out) {
+  int c[16];
+  if (n == 0) return;
+  if (count_diag(srvs, n, family, c) == 0) {
+    for (int k = 0; k < n; k++)
+      out[idx[k]] = c[k];
+  } else {
+    for (int k = 0; k < n; k++)
+      out[idx[k]] = count_in(proc, srvs[k]);
+  }
+}
+
 void srv_client_conns_many(const srv_t *const *srvs, int n, int *out) {
   const srv_t *v4[16], *v6[16];
-  int i4[16], i6[16], n4 = 0, n6 = 0, c4[16], c6[16];
+  int i4[16], i6[16], n4 = 0, n6 = 0;
   for (int i = 0; i < n && i < 16; i++) {
     out[i] = -1;
     if (srvs[i]->kind == K_UNIX) continue;
@@ -603,24 +618,8 @@ void srv_client_conns_many(const srv_t *const *srvs, int n, int *out) {
       v4[n4++] = srvs[i];
     }
   }
-  if (n4) {
-    if (count_diag(v4, n4, AF_INET, c4) == 0) {
-      for (int k = 0; k < n4; k++)
-        out[i4[k]] = c4[k];
-    } else {
-      for (int k = 0; k < n4; k++)
-        out[i4[k]] = count_in("/proc/net/tcp", v4[k]);
-    }
-  }
-  if (n6) {
-    if (count_diag(v6, n6, AF_INET6, c6) == 0) {
-      for (int k = 0; k < n6; k++)
-        out[i6[k]] = c6[k];
-    } else {
-      for (int k = 0; k < n6; k++)
-        out[i6[k]] = count_in("/proc/net/tcp6", v6[k]);
-    }
-  }
+  count_family(v4, i4, n4, AF_INET, "/proc/net/tcp", out);
+  count_family(v6, i6, n6, AF_INET6, "/proc/net/tcp6", out);
 }
 
 int srv_client_conns(const srv_t *s) {

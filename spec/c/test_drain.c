@@ -24,6 +24,13 @@ static fixture_t echo_pool(int max) {
   return fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = max));
 }
 
+/* echo_pool(1) with its one conn leased in f->held, and an acquire for the peer (`any_peer`:
+ * for any peer) waiting behind it, recorded in `w`/`wr`. */
+static void held_and_waiting(fixture_t *f, pp_lease_t *w, test_rec_t *wr, int any_peer) {
+  fixture_held(f, srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
+  ASSERT_OK(test_acquire_start(f->pool, w, wr, any_peer ? NULL : f->peer, NULL));
+}
+
 /* The acquire or notice recorded in `r` ends, later, with `code`. */
 static void answered(const test_rec_t *r, int code) {
   RUN_UNTIL(r->calls == 1, 1000);
@@ -113,27 +120,24 @@ TEST(remove_peer_errors) {
 }
 
 TEST(remove_peer_fires_its_notices) {
-  fixture_t f = echo_pool(1);
-  fixture_hold(&f);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
   pp_notice_t n;
   test_rec_t nr;
   ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
   ASSERT_OK(CALL(pp_pool_remove_peer(f.pool, f.peer)));
   answered(&nr, PP_EREMOVED);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(remove_last_peer_fails_acquires_for_any_peer) {
-  fixture_t f = echo_pool(1);
-  fixture_hold(&f);
   pp_lease_t any;
   test_rec_t ar;
-  ASSERT_OK(test_acquire_start(f.pool, &any, &ar, NULL, NULL));
+  fixture_t f;
+  held_and_waiting(&f, &any, &ar, 1);
   ASSERT_OK(pp_pool_remove_peer(f.pool, f.peer));
   answered(&ar, PP_ENOPEER);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 static int events_seen;
@@ -198,15 +202,13 @@ TEST(drain_peer_no_new_leases_conns_close_at_release) {
 }
 
 TEST(drain_peer_answers_waiters_removed) {
-  fixture_t f = echo_pool(1);
-  fixture_hold(&f);
   pp_lease_t w;
   test_rec_t wr;
-  ASSERT_OK(test_acquire_start(f.pool, &w, &wr, f.peer, NULL));
+  fixture_t f;
+  held_and_waiting(&f, &w, &wr, 0);
   ASSERT_OK(CALL(pp_pool_drain_peer(f.pool, f.peer)));
   answered(&wr, PP_EREMOVED);
-  ASSERT_OK(pp_release(&f.held, 0));
-  fixture_end(&f);
+  fixture_release_end(&f);
 }
 
 TEST(drain_peer_keeps_no_min_idle_conns) {
@@ -233,8 +235,7 @@ static void record_close(pp_pool_t *pool) {
 /* A pool with one lease held, then close_drain(`ms`, record_close) on it. Returns the time
  * just before that call. */
 static uint64_t held_then_close_drain(fixture_t *f, int64_t ms) {
-  *f = fixture_start(srv_echo_start(NULL), NULL);
-  fixture_hold(f);
+  fixture_held(f, srv_echo_start(NULL), NULL);
   uint64_t t0 = test_now_ms();
   ASSERT_OK(pp_pool_close_drain(f->pool, ms, record_close));
   return t0;
@@ -271,11 +272,10 @@ TEST(close_drain_lets_leases_finish) {
 }
 
 TEST(close_drain_ends_waiters_with_closed) {
-  fixture_t f = echo_pool(1);
-  fixture_hold(&f);
   pp_lease_t w;
   test_rec_t wr;
-  ASSERT_OK(test_acquire_start(f.pool, &w, &wr, f.peer, NULL));
+  fixture_t f;
+  held_and_waiting(&f, &w, &wr, 0);
   ASSERT_OK(CALL(pp_pool_close_drain(f.pool, 5000, record_close)));
   answered(&wr, PP_ECLOSED);
   release_then_closed(&f); /* not lent to anybody: closed */

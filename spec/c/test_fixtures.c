@@ -124,10 +124,9 @@ void test_fds_release(test_fds_t *t) {
 
 /* ---- More shared setup (see the block at the end of fixtures.h) ---------------------------- */
 
-fixture_t fixture_held(srv_t *srv, const pp_options_t *opts) {
-  fixture_t f = fixture_start(srv, opts);
-  fixture_hold(&f);
-  return f;
+void fixture_held(fixture_t *f, srv_t *srv, const pp_options_t *opts) {
+  *f = fixture_start(srv, opts);
+  fixture_hold(f);
 }
 
 void fixture_release_end(fixture_t *f) {

@@ -48,14 +48,13 @@ static int hs_acquire(fixture_t *f) {
   return test_acquire_wait(f->pool, &f->held, &f->held_rec, f->peer, NULL);
 }
 
-/* hs_start(mode) on a plain echo server with the test defaults, and f.held acquired: the hook
- * reported done without an error and the peer is ready. */
-static fixture_t hs_ready(hook_mode_t mode) {
-  fixture_t f = hs_start(mode, NULL, NULL);
-  ASSERT_OK(hs_acquire(&f));
+/* *f = hs_start(mode) on a plain echo server with the test defaults, and f->held acquired: the
+ * hook reported done without an error and the peer is ready. */
+static void hs_ready(fixture_t *f, hook_mode_t mode) {
+  *f = hs_start(mode, NULL, NULL);
+  ASSERT_OK(hs_acquire(f));
   ASSERT_OK(hs.script.done_rc);
-  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_READY);
-  return f;
+  ASSERT_EQ(pp_peer_state(f->peer), PP_PEER_READY);
 }
 
 /* Start acquiring f.held and run until the hook was called for its dial. */
@@ -76,7 +75,8 @@ static void hs_close_pool_during_handshake(fixture_t *f) {
 }
 
 TEST(handshake_hello_reaches_ready) {
-  fixture_t f = hs_ready(HOOK_ECHO);
+  fixture_t f;
+  hs_ready(&f, HOOK_ECHO);
   ASSERT_EQ(hs.script.calls, 1);
   ASSERT_PTR_EQ(f.held.conn, hs.script.slot[0].conn);
   WAIT_TRANSITION(f.peer, PP_PEER_READY, 0, 1000);
@@ -94,7 +94,8 @@ TEST(handshake_hello_reaches_ready) {
 }
 
 TEST(handshake_peer_is_connected_during_hook) {
-  fixture_t f = hs_ready(HOOK_ECHO);
+  fixture_t f;
+  hs_ready(&f, HOOK_ECHO);
   ASSERT_EQ(hs.state_in_hook, PP_PEER_CONNECTED);
   /* A handshaking conn counts as connecting (header: "connecting includes handshaking"). */
   ASSERT_EQ(hs.stats_in_hook.connecting, 1);
@@ -104,12 +105,14 @@ TEST(handshake_peer_is_connected_during_hook) {
 }
 
 TEST(handshake_done_inside_hook) {
-  fixture_t f = hs_ready(HOOK_SYNC_OK);
+  fixture_t f;
+  hs_ready(&f, HOOK_SYNC_OK);
   fixture_release_end(&f);
 }
 
 TEST(handshake_done_twice_is_bad_state) {
-  fixture_t f = hs_ready(HOOK_ECHO);
+  fixture_t f;
+  hs_ready(&f, HOOK_ECHO);
   ASSERT_ERR(hs.script.done_again_rc, PP_ESTATE);
   /* No handshake runs on a leased conn. */
   ASSERT_ERR(pp_conn_handshake_done(f.held.conn, 0), PP_ESTATE);

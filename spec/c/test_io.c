@@ -1,12 +1,11 @@
 /* Stream I/O on a lease: write with completion, read start/stop, kept bytes, counters. */
 #include "fixtures.h"
 
-/* fixture_held(srv) with the test defaults, and `rd` reading on f.held (started inside CALL:
+/* fixture_held(f, srv) with the test defaults, and `rd` reading on f->held (started inside CALL:
  * the reader is never called inside pp_conn_read_start). */
-static fixture_t io_reading(srv_t *srv, test_reader_t *rd) {
-  fixture_t f = fixture_held(srv, NULL);
-  ASSERT_OK(CALL(pp_conn_read_start(f.held.conn, test_reader_cb, rd)));
-  return f;
+static void io_reading(fixture_t *f, srv_t *srv, test_reader_t *rd) {
+  fixture_held(f, srv, NULL);
+  ASSERT_OK(CALL(pp_conn_read_start(f->held.conn, test_reader_cb, rd)));
 }
 
 static void write_cb_rec(pp_write_t *req, int status) {
@@ -62,9 +61,21 @@ static void io_end(fixture_t *f, test_reader_t *rd) {
   fixture_end(f);
 }
 
+/* Reader `b` takes over f.held's conn from `a`: an echo of `text` reaches `b`, and `a` is never
+ * called. Frees both readers and ends the test. */
+static void io_reader_takes_over(fixture_t *f, test_reader_t *a, test_reader_t *b,
+                                 const char *text) {
+  ASSERT_OK(pp_conn_read_start(f->held.conn, test_reader_cb, b));
+  io_echo(f, b, text);
+  ASSERT_EQ(a->calls, 0);
+  test_reader_free(a);
+  io_end(f, b);
+}
+
 TEST(io_echo_round_trip) {
   test_reader_t rd = {0};
-  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
+  fixture_t f;
+  io_reading(&f, srv_echo_start(NULL), &rd);
   io_echo(&f, &rd, "hello world");
   ASSERT_EQ(rd.ended, 0);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
@@ -73,7 +84,8 @@ TEST(io_echo_round_trip) {
 
 TEST(io_counters_rise) {
   test_reader_t rd = {0};
-  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
+  fixture_t f;
+  io_reading(&f, srv_echo_start(NULL), &rd);
   pp_conn_t *c = f.held.conn;
   io_echo(&f, &rd, "0123456789");
   io_echo(&f, &rd, "abcde");
@@ -100,7 +112,8 @@ TEST(io_counters_rise) {
 }
 
 TEST(io_peer_counters_survive_conn_close) {
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   ASSERT_EQ(test_write(f.held.conn, "abc", 3), 0);
   ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
   RUN_UNTIL(test_stats(f.pool).conns == 0, 2000);
@@ -110,7 +123,8 @@ TEST(io_peer_counters_survive_conn_close) {
 }
 
 TEST(io_write_callback_later_with_status) {
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   io_write_t w;
   ASSERT_OK(io_write_start(&f, &w, "x", 1));
   ASSERT_EQ(w.rec.calls, 0);
@@ -123,7 +137,8 @@ TEST(io_write_callback_later_with_status) {
 
 TEST(io_write_several_buffers_in_order) {
   test_reader_t rd = {0};
-  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
+  fixture_t f;
+  io_reading(&f, srv_echo_start(NULL), &rd);
   pp_write_t w[2];
   test_rec_t wr[2] = {{0}};
   for (int i = 0; i < 2; i++) {
@@ -150,7 +165,8 @@ TEST(io_large_round_trip) {
   size_t n = 1 << 20;
   char *data = io_pattern(n, 31, 7);
   test_reader_t rd = {0};
-  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
+  fixture_t f;
+  io_reading(&f, srv_echo_start(NULL), &rd);
   io_write_t w;
   ASSERT_OK(io_write_start(&f, &w, data, n));
   RUN_UNTIL(rd.len == n && w.rec.calls == 1, 10000);
@@ -162,7 +178,8 @@ TEST(io_large_round_trip) {
 
 TEST(io_read_stop_keeps_bytes_for_next_reader) {
   test_reader_t rd = {0};
-  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
+  fixture_t f;
+  io_reading(&f, srv_echo_start(NULL), &rd);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
   ASSERT_EQ(test_write(f.held.conn, "kept bytes", 10), 0);
   RUN_UNTIL(srv_bytes_out(f.srv) == 10, 2000); /* the echo is on its way back */
@@ -176,7 +193,8 @@ TEST(io_read_stop_keeps_bytes_for_next_reader) {
 }
 
 TEST(io_bytes_before_any_reader_are_kept) {
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   ASSERT_EQ(test_write(f.held.conn, "early", 5), 0);
   RUN_UNTIL(srv_bytes_out(f.srv) == 5, 2000);
   test_run_for(30);
@@ -191,7 +209,8 @@ TEST(io_bytes_before_any_reader_are_kept) {
 TEST(io_kept_bytes_beyond_64k_are_not_lost) {
   /* Reading pauses once 64 KiB are kept; nothing is lost, everything arrives after
    * read_start. */
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   size_t n = 256 * 1024;
   char *data = io_pattern(n, 13, 1);
   io_write_t w;
@@ -208,19 +227,17 @@ TEST(io_kept_bytes_beyond_64k_are_not_lost) {
 
 TEST(io_second_reader_is_bad_state) {
   test_reader_t a = {0}, b = {0};
-  fixture_t f = io_reading(srv_echo_start(NULL), &a);
+  fixture_t f;
+  io_reading(&f, srv_echo_start(NULL), &a);
   ASSERT_ERR(pp_conn_read_start(f.held.conn, test_reader_cb, &b), PP_ESTATE);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
   ASSERT_OK(pp_conn_read_stop(f.held.conn)); /* always 0 */
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &b));
-  io_echo(&f, &b, "z");
-  ASSERT_EQ(a.calls, 0);
-  test_reader_free(&a);
-  io_end(&f, &b);
+  io_reader_takes_over(&f, &a, &b, "z");
 }
 
 TEST(io_reader_gets_eof_once_when_server_closes) {
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   test_reader_t rd = {0};
   io_read_until_server_closes(&f, &rd);
   ASSERT_ERR2(rd.end_status, UV_EOF, UV_ECONNRESET);
@@ -231,7 +248,8 @@ TEST(io_reader_gets_eof_once_when_server_closes) {
 }
 
 TEST(io_write_on_broken_conn_fails) {
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   test_reader_t rd = {0};
   io_read_until_server_closes(&f, &rd);
   io_write_t w;
@@ -250,7 +268,8 @@ TEST(io_write_on_broken_conn_fails) {
 TEST(io_read_start_on_broken_conn) {
   /* After the stream ended, a new reader learns it at once (PP_ECLOSED) or through one final
    * callback with the error; never silence. */
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   test_reader_t a = {0};
   io_read_until_server_closes(&f, &a);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
@@ -269,7 +288,8 @@ TEST(io_read_start_on_broken_conn) {
 TEST(io_write_error_marks_conn_broken_and_closes_on_release) {
   srv_opts_t so = {0};
   so.close_after_bytes = 1;
-  fixture_t f = fixture_held(srv_echo_start(&so), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(&so), NULL);
   /* Keep writing until the socket errors (the server closed after the first byte). */
   int failed = 0;
   for (int i = 0; i < 50 && !failed; i++) {
@@ -290,7 +310,8 @@ TEST(io_write_error_marks_conn_broken_and_closes_on_release) {
 
 TEST(io_unix_round_trip) {
   test_reader_t rd = {0};
-  fixture_t f = io_reading(srv_unix_start(NULL), &rd);
+  fixture_t f;
+  io_reading(&f, srv_unix_start(NULL), &rd);
   io_echo(&f, &rd, "via unix");
   ASSERT_EQ(test_peer_info(f.peer).bytes_in, 8);
   io_end(&f, &rd);
@@ -299,20 +320,18 @@ TEST(io_unix_round_trip) {
 TEST(io_reader_released_with_lease) {
   /* Releasing a lease whose reader is set: the next holder can set its own reader. */
   test_reader_t a = {0}, b = {0};
-  fixture_t f = io_reading(srv_echo_start(NULL), &a);
+  fixture_t f;
+  io_reading(&f, srv_echo_start(NULL), &a);
   pp_conn_t *c = f.held.conn;
   ASSERT_OK(pp_release(&f.held, 0));
   ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
   ASSERT_PTR_EQ(f.held.conn, c);
-  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &b));
-  io_echo(&f, &b, "q");
-  ASSERT_EQ(a.len, 0);
-  test_reader_free(&a);
-  io_end(&f, &b);
+  io_reader_takes_over(&f, &a, &b, "q");
 }
 
 TEST(io_conn_data) {
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   int x;
   ASSERT_NULL(pp_conn_get_data(f.held.conn));
   pp_conn_set_data(f.held.conn, &x);
@@ -338,7 +357,8 @@ static void io_next_lessee_reads_only_its_reply(fixture_t *f) {
 TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
   /* Bytes the last holder left unread are a reply nobody will read: the next holder must not
    * receive them (the conn is closed or the bytes dropped). */
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   ASSERT_EQ(test_write(f.held.conn, "stale", 5), 0);
   RUN_UNTIL(srv_bytes_out(f.srv) == 5, 2000);
   test_run_for(20);
@@ -348,7 +368,8 @@ TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
 
 TEST(io_late_reply_on_idle_conn_is_not_handed_to_the_next_lessee) {
   /* The reply arrives after the release, while the conn idles: same rule. */
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   io_write_t w;
   ASSERT_OK(io_write_start(&f, &w, "late!", 5));
   ASSERT_OK(pp_release(&f.held, 0)); /* before the echo can be back */
@@ -362,7 +383,8 @@ TEST(io_write_queue_size_grows_while_the_peer_does_not_read) {
    * shows in pp_conn_write_queue_size until the conn closes. */
   srv_opts_t so = {0};
   so.no_read = 1;
-  fixture_t f = fixture_held(srv_echo_start(&so), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(&so), NULL);
   pp_conn_t *c = f.held.conn;
   ASSERT_EQ(pp_conn_write_queue_size(c), 0);
   size_t n = 32u << 20;
@@ -388,7 +410,8 @@ TEST(io_write_queue_size_grows_while_the_peer_does_not_read) {
 
 TEST(io_write_queue_size_drains_to_zero) {
   test_reader_t rd = {0};
-  fixture_t f = io_reading(srv_echo_start(NULL), &rd);
+  fixture_t f;
+  io_reading(&f, srv_echo_start(NULL), &rd);
   size_t n = 8u << 20;
   char *data = calloc(1, n);
   io_write_t w;

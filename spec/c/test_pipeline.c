@@ -46,8 +46,8 @@ static const pp_options_t *line_opts(int client_limit) {
 }
 
 /* A pool of line-framed conns (client_limit 2) with `srv` as its peer, one lease held. */
-static fixture_t line_held(srv_t *srv) {
-  return fixture_held(srv, line_opts(2));
+static void line_held(fixture_t *f, srv_t *srv) {
+  fixture_held(f, srv, line_opts(2));
 }
 
 TEST(pipeline_replies_routed_in_order_across_leases) {
@@ -80,7 +80,8 @@ TEST(pipeline_replies_routed_in_order_across_leases) {
 }
 
 TEST(pipeline_reply_after_release_still_reaches_its_request) {
-  fixture_t f = line_held(srv_echo_start(NULL));
+  fixture_t f;
+  line_held(&f, srv_echo_start(NULL));
   pp_conn_t *conn = f.held.conn;
   treq_t t;
   ASSERT_OK(treq_send(&t, conn, "late", 1, 2));
@@ -96,7 +97,8 @@ TEST(pipeline_conn_death_fails_each_request_once) {
   srv_opts_t so = {0};
   so.no_echo = 1;
   so.close_after_bytes = 30;
-  fixture_t f = line_held(srv_echo_start(&so));
+  fixture_t f;
+  line_held(&f, srv_echo_start(&so));
   static treq_t t[20];
   for (int k = 0; k < 20; k++)
     ASSERT_OK(treq_send(&t[k], f.held.conn, "x", k, k));
@@ -113,7 +115,8 @@ TEST(pipeline_conn_death_fails_each_request_once) {
 TEST(pipeline_abort_breaks_the_conn_and_fails_the_rest) {
   srv_opts_t so = {0};
   so.no_echo = 1; /* no reply ever comes: the second request times out */
-  fixture_t f = line_held(srv_echo_start(&so));
+  fixture_t f;
+  line_held(&f, srv_echo_start(&so));
   treq_t t[3];
   for (int k = 0; k < 3; k++)
     ASSERT_OK(treq_send(&t[k], f.held.conn, "y", k, k));
@@ -134,7 +137,8 @@ TEST(pipeline_abort_breaks_the_conn_and_fails_the_rest) {
 }
 
 TEST(pipeline_unasked_reply_closes_the_conn) {
-  fixture_t f = line_held(srv_echo_start(NULL));
+  fixture_t f;
+  line_held(&f, srv_echo_start(NULL));
   /* one request whose bytes make two replies: the second answers nobody */
   treq_t t;
   ASSERT_OK(treq_send(&t, f.held.conn, "a1\nb", 1, 2));
@@ -151,7 +155,8 @@ static void on_raw_written(pp_write_t *w, int status) {
 /* A reply in a read of its own while a lease holds the conn and no request waits: kept, it
  * would sit ahead of the next replies and stall the conn once the keep buffer filled. */
 TEST(pipeline_unasked_reply_while_leased_closes_the_conn) {
-  fixture_t f = line_held(srv_echo_start(NULL));
+  fixture_t f;
+  line_held(&f, srv_echo_start(NULL));
   /* bytes written around the request queue: their echo answers no request */
   pp_write_t w;
   int written = 0;
@@ -166,7 +171,8 @@ TEST(pipeline_unasked_reply_while_leased_closes_the_conn) {
 }
 
 TEST(pipeline_needs_framing) {
-  fixture_t f = fixture_held(srv_echo_start(NULL), NULL);
+  fixture_t f;
+  fixture_held(&f, srv_echo_start(NULL), NULL);
   treq_t t;
   ASSERT_ERR(treq_send(&t, f.held.conn, "z", 1, 1), PP_ESTATE);
   fixture_release_end(&f);

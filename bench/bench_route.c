@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../spec/c/ring_hash.h" /* the ring's hash, as the test's ring and peerpool.ring */
+#include "../spec/c/hash_ring.h" /* the ring's points, as the test's ring and peerpool.ring */
 #include "peerpool.h"
 
 enum { REAL = 64, VNODES = 64, NKEYS = 4096 };
@@ -37,28 +37,20 @@ enum { REAL = 64, VNODES = 64, NKEYS = 4096 };
 /* ---- a ring kept through peer events ----------------------------------------------------- */
 
 typedef struct {
-  uint32_t h;
-  pp_peer_t *peer;
-} point_t;
-
-typedef struct {
-  point_t *pts;
+  ring_point_t *pts;
   size_t n, cap;
   int dirty;
 } ring_t;
 
 static int point_cmp(const void *a, const void *b) {
-  uint32_t x = ((const point_t *)a)->h, y = ((const point_t *)b)->h;
+  uint32_t x = ((const ring_point_t *)a)->h, y = ((const ring_point_t *)b)->h;
   return x < y ? -1 : x > y;
 }
 
 static void ring_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_event_t ev) {
   ring_t *r = data;
   if (ev == PP_PEER_EVENT_BURNED) {
-    size_t k = 0;
-    for (size_t i = 0; i < r->n; i++)
-      if (r->pts[i].peer != peer) r->pts[k++] = r->pts[i];
-    r->n = k;
+    r->n = ring_drop(r->pts, r->n, peer);
     return;
   }
   if (r->n + VNODES > r->cap) {
@@ -66,11 +58,8 @@ static void ring_event(void *data, pp_pool_t *pool, pp_peer_t *peer, pp_peer_eve
     r->pts = realloc(r->pts, r->cap * sizeof(*r->pts));
     if (r->pts == NULL) abort();
   }
-  char v[300];
-  for (int i = 0; i < VNODES; i++) {
-    snprintf(v, sizeof v, "%s#%d", pp_peer_addr(peer), i);
-    r->pts[r->n++] = (point_t){ring_hash(v), peer};
-  }
+  for (int i = 0; i < VNODES; i++)
+    r->pts[r->n++] = ring_vnode(peer, i);
   r->dirty = 1;
 }
 
@@ -81,16 +70,7 @@ static pp_peer_t *ring_route(void *data, pp_pool_t *pool, const char *key) {
     qsort(r->pts, r->n, sizeof(*r->pts), point_cmp);
     r->dirty = 0;
   }
-  uint32_t h = ring_hash(key);
-  size_t lo = 0, hi = r->n;
-  while (lo < hi) {
-    size_t mid = (lo + hi) / 2;
-    if (r->pts[mid].h < h)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return r->pts[lo == r->n ? 0 : lo].peer;
+  return r->pts[ring_successor(r->pts, r->n, key)].peer;
 }
 
 /* ---- listeners that hold what they accept ------------------------------------------------ */

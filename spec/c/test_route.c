@@ -3,7 +3,7 @@
  * through peer events) holds whatever conns are idle; what a key does while its owner is down
  * is the hook's choice. */
 #include "fixtures.h"
-#include "ring_hash.h"
+#include "hash_ring.h"
 
 /* ---- a consistent-hash ring kept through peer events ---------------------------------- */
 
@@ -11,12 +11,7 @@
 #define MAXPTS (16 * VNODES)
 
 typedef struct {
-  uint32_t h;
-  pp_peer_t *peer;
-} point_t;
-
-typedef struct {
-  point_t pts[MAXPTS];
+  ring_point_t pts[MAXPTS];
   int n;
   int next_when_down; /* route a key whose owner cannot serve to the next peer on the ring */
   int events[PP_PEER_EVENT_COUNT];
@@ -25,10 +20,8 @@ typedef struct {
 } ring_t;
 
 static void ring_add(ring_t *r, pp_peer_t *peer) {
-  char v[320];
   for (int i = 0; i < VNODES && r->n < MAXPTS; i++) {
-    snprintf(v, sizeof v, "%s#%d", pp_peer_addr(peer), i);
-    point_t p = {ring_hash(v), peer};
+    ring_point_t p = ring_vnode(peer, i);
     int at = r->n;
     while (at > 0 && r->pts[at - 1].h > p.h) {
       r->pts[at] = r->pts[at - 1];
@@ -40,24 +33,12 @@ static void ring_add(ring_t *r, pp_peer_t *peer) {
 }
 
 static void ring_remove(ring_t *r, pp_peer_t *peer) {
-  int k = 0;
-  for (int i = 0; i < r->n; i++)
-    if (r->pts[i].peer != peer) r->pts[k++] = r->pts[i];
-  r->n = k;
+  r->n = (int)ring_drop(r->pts, (size_t)r->n, peer);
 }
 
-/* Index of the first point at or after the key's hash (binary search, wrapping). */
+/* Index of the first point at or after the key's hash (wrapping). */
 static int ring_find(const ring_t *r, const char *key) {
-  uint32_t h = ring_hash(key);
-  int lo = 0, hi = r->n;
-  while (lo < hi) {
-    int mid = (lo + hi) / 2;
-    if (r->pts[mid].h < h)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo == r->n ? 0 : lo;
+  return (int)ring_successor(r->pts, (size_t)r->n, key);
 }
 
 static pp_peer_t *ring_owner(const ring_t *r, const char *key) {

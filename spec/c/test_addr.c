@@ -12,6 +12,33 @@ static void expect_malformed(pp_pool_t *pool, const char *addr) {
   ASSERT_NULL(pp_pool_find_peer(pool, addr));
 }
 
+/* A NULL-terminated list of addresses. */
+#define NAMES(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+/* Every spelling in `same` adds the very peer the first one adds, which reads back as
+ * `canonical`. Returns that peer. */
+static pp_peer_t *one_peer(pp_pool_t *pool, const char *canonical, const char *const *same) {
+  pp_peer_t *a = test_peer(pool, same[0]);
+  for (int i = 1; same[i]; i++)
+    if (test_peer(pool, same[i]) != a) FAIL("\"%s\" is not the peer \"%s\"", same[i], same[0]);
+  ASSERT_STREQ(pp_peer_addr(a), canonical);
+  return a;
+}
+
+/* Every address in `others` adds a peer other than `a`. */
+static void apart(pp_pool_t *pool, const pp_peer_t *a, const char *const *others) {
+  for (int i = 0; others[i]; i++)
+    if (test_peer(pool, others[i]) == a)
+      FAIL("\"%s\" is the peer \"%s\"", others[i], pp_peer_addr(a));
+}
+
+/* pp_addr_canonical(addr) succeeds with `want`. */
+static void expect_canonical(const char *addr, const char *want) {
+  char out[300];
+  ASSERT_OK(pp_addr_canonical(addr, out, sizeof out, NULL));
+  if (strcmp(out, want) != 0) FAIL("\"%s\" reads back as \"%s\", want \"%s\"", addr, out, want);
+}
+
 TEST(addr_ipv4) {
   pp_pool_t *pool = test_pool(NULL);
   pp_peer_t *peer = NULL;
@@ -39,24 +66,16 @@ TEST(addr_ipv6) {
 
 TEST(addr_ipv6_spellings_are_one_peer) {
   pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *a = test_peer(pool, "[::1]:5");
-  ASSERT_PTR_EQ(test_peer(pool, "[0:0::1]:5"), a);
-  ASSERT_PTR_EQ(test_peer(pool, "[0:0:0:0:0:0:0:1]:5"), a);
-  ASSERT_STREQ(pp_peer_addr(a), "[::1]:5");
-  pp_peer_t *b = test_peer(pool, "[2001:DB8:0::1]:80");
-  ASSERT_PTR_EQ(test_peer(pool, "[2001:db8::1]:80"), b);
-  ASSERT_STREQ(pp_peer_addr(b), "[2001:db8::1]:80");
-  /* Another port is another peer. */
-  ASSERT_PTR_NE(test_peer(pool, "[::1]:6"), a);
+  pp_peer_t *a = one_peer(pool, "[::1]:5", NAMES("[::1]:5", "[0:0::1]:5", "[0:0:0:0:0:0:0:1]:5"));
+  one_peer(pool, "[2001:db8::1]:80", NAMES("[2001:DB8:0::1]:80", "[2001:db8::1]:80"));
+  apart(pool, a, NAMES("[::1]:6")); /* another port is another peer */
   ASSERT_EQ(test_stats(pool).peers, 3);
   test_finish(pool);
 }
 
 TEST(addr_ipv4_and_ipv6_differ) {
   pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *a = test_peer(pool, "127.0.0.1:5");
-  pp_peer_t *b = test_peer(pool, "[::1]:5");
-  ASSERT_PTR_NE(a, b);
+  apart(pool, test_peer(pool, "127.0.0.1:5"), NAMES("[::1]:5"));
   test_finish(pool);
 }
 
@@ -70,34 +89,26 @@ TEST(addr_unix_path) {
 
 TEST(addr_unix_prefix_is_same_peer) {
   pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *a = test_peer(pool, "/tmp/pp-nowhere/x.sock");
-  ASSERT_PTR_EQ(test_peer(pool, "unix:/tmp/pp-nowhere/x.sock"), a);
+  one_peer(pool, "/tmp/pp-nowhere/x.sock",
+           NAMES("/tmp/pp-nowhere/x.sock", "unix:/tmp/pp-nowhere/x.sock"));
   ASSERT_EQ(test_stats(pool).peers, 1);
   test_finish(pool);
 }
 
 TEST(addr_unix_relative_path) {
   pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *a = test_peer(pool, "./x.sock");
-  ASSERT_NOT_NULL(pp_peer_addr(a));
-  ASSERT_PTR_EQ(test_peer(pool, "./x.sock"), a);
+  one_peer(pool, "./x.sock", NAMES("./x.sock", "./x.sock"));
   test_finish(pool);
 }
 
 TEST(addr_unix_prefixed_relative_path_reads_back) {
   /* The canonical spelling of "unix:x.sock" must read back as the same unix path (found by
    * the round-trip property of fuzz/fuzz_addr.c: it used to be "x.sock", host:port). */
-  char out[128];
-  ASSERT_OK(pp_addr_canonical("unix:x.sock", out, sizeof out, NULL));
-  ASSERT_STREQ(out, "./x.sock");
-  char again[128];
-  ASSERT_OK(pp_addr_canonical(out, again, sizeof again, NULL));
-  ASSERT_STREQ(again, out);
-  ASSERT_OK(pp_addr_canonical("unix:unix:x", out, sizeof out, NULL));
-  ASSERT_STREQ(out, "./unix:x");
+  expect_canonical("unix:x.sock", "./x.sock");
+  expect_canonical("./x.sock", "./x.sock");
+  expect_canonical("unix:unix:x", "./unix:x");
   pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *a = test_peer(pool, "unix:x.sock");
-  ASSERT_PTR_EQ(test_peer(pool, "./x.sock"), a);
+  pp_peer_t *a = one_peer(pool, "./x.sock", NAMES("unix:x.sock", "./x.sock"));
   ASSERT_PTR_EQ(pp_pool_find_peer(pool, pp_peer_addr(a)), a);
   test_finish(pool);
 }
@@ -148,21 +159,14 @@ TEST(addr_malformed_refused) {
 TEST(addr_hostname_canonical) {
   /* A host name is a peer of its own: lowercased, a trailing dot dropped, the port kept. It is
    * not resolved here (pp_addr_canonical makes no query). */
-  char out[300];
-  ASSERT_OK(pp_addr_canonical("Redis.Internal:6379", out, sizeof out, NULL));
-  ASSERT_STREQ(out, "redis.internal:6379");
-  ASSERT_OK(pp_addr_canonical("redis.internal.:6379", out, sizeof out, NULL));
-  ASSERT_STREQ(out, "redis.internal:6379");
-  ASSERT_OK(pp_addr_canonical("_srv-1.a-b.example:1", out, sizeof out, NULL));
-  ASSERT_STREQ(out, "_srv-1.a-b.example:1");
-  ASSERT_OK(pp_addr_canonical("localhost:80", out, sizeof out, NULL));
-  ASSERT_STREQ(out, "localhost:80");
+  expect_canonical("Redis.Internal:6379", "redis.internal:6379");
+  expect_canonical("redis.internal.:6379", "redis.internal:6379");
+  expect_canonical("_srv-1.a-b.example:1", "_srv-1.a-b.example:1");
+  expect_canonical("localhost:80", "localhost:80");
   pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *a = test_peer(pool, "LocalHost:80");
-  ASSERT_STREQ(pp_peer_addr(a), "localhost:80");
-  ASSERT_PTR_EQ(test_peer(pool, "localhost.:80"), a);
+  pp_peer_t *a = one_peer(pool, "localhost:80", NAMES("LocalHost:80", "localhost.:80"));
   ASSERT_PTR_EQ(pp_pool_find_peer(pool, "LOCALHOST:80"), a);
-  ASSERT_PTR_NE(test_peer(pool, "127.0.0.1:80"), a); /* a name is not its address */
+  apart(pool, a, NAMES("127.0.0.1:80")); /* a name is not its address */
   test_finish(pool);
 }
 
@@ -199,12 +203,9 @@ TEST(addr_unix_path_too_long) {
 
 TEST(addr_same_string_twice_one_peer) {
   pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *a = test_peer(pool, "127.0.0.1:80");
-  pp_peer_t *b = test_peer(pool, "127.0.0.1:80");
-  ASSERT_PTR_EQ(a, b);
+  pp_peer_t *a = one_peer(pool, "127.0.0.1:80", NAMES("127.0.0.1:80", "127.0.0.1:80"));
   ASSERT_EQ(test_stats(pool).peers, 1);
-  ASSERT_PTR_NE(test_peer(pool, "127.0.0.1:81"), a);
-  ASSERT_PTR_NE(test_peer(pool, "127.0.0.2:80"), a);
+  apart(pool, a, NAMES("127.0.0.1:81", "127.0.0.2:80"));
   ASSERT_EQ(test_stats(pool).peers, 3);
   test_finish(pool);
 }

@@ -255,6 +255,24 @@ static void check_cause(const pp_lease_t *lease, int code) {
   ASSERT_GT(pp_lease_describe(lease, line, sizeof line), 0);
 }
 
+/* The errors the storm allows: what an acquire's callback may report, and what pp_acquire and
+ * pp_try_acquire may return at once. */
+static const int callback_errors[] = {PP_ETIMEDOUT, PP_ENOPEER,   PP_ECANNOTCONNECT, PP_EBURNED,
+                                      PP_EEJECTED,  PP_ECANCELED, PP_ECLOSED};
+static const int acquire_errors[] = {PP_EBUSY,    PP_EEXHAUSTED,     PP_EBURNED,
+                                     PP_EEJECTED, PP_ECANNOTCONNECT, PP_ENOPEER};
+static const int try_acquire_errors[] = {PP_EAGAIN, PP_EBURNED, PP_EEJECTED, PP_ECANNOTCONNECT,
+                                         PP_ENOPEER};
+
+/* Fail, naming `what`, unless `code` is one of the `n` codes of `allowed`. */
+static void expect_one_of(const char *what, int code, const int *allowed, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (allowed[i] == code) return;
+  FAIL("unexpected %s %d (%s)", what, code, pp_err_name(code));
+}
+#define EXPECT_ONE_OF(what, code, allowed) \
+  expect_one_of(what, code, allowed, sizeof allowed / sizeof allowed[0])
+
 static void storm_cb(pp_lease_t *lease, int status) {
   slot_t *sl = lease->data;
   ASSERT_NOT_IN_CALL();
@@ -278,18 +296,7 @@ static void storm_cb(pp_lease_t *lease, int status) {
       sl->state = FREE;
     }
   } else {
-    switch (status) {
-      case PP_ETIMEDOUT:
-      case PP_ECANNOTCONNECT:
-      case PP_EBURNED:
-      case PP_EEJECTED:
-      case PP_ENOPEER:
-      case PP_ECANCELED:
-      case PP_ECLOSED:
-        break;
-      default:
-        FAIL("unexpected acquire status %d (%s)", status, pp_err_name(status));
-    }
+    EXPECT_ONE_OF("acquire status", status, callback_errors);
     check_cause(lease, status);
     if (status == PP_ECANCELED && !sl->cancel_ok) FAIL("PP_ECANCELED without a cancel");
     ASSERT_NULL(lease->conn);
@@ -341,17 +348,7 @@ static void storm_op(void) {
       sl->accepted++;
       sl->state = PENDING;
     } else {
-      switch (rc) {
-        case PP_EBUSY:
-        case PP_EEXHAUSTED:
-        case PP_EBURNED:
-        case PP_EEJECTED:
-        case PP_ECANNOTCONNECT:
-        case PP_ENOPEER:
-          break;
-        default:
-          FAIL("unexpected pp_acquire return %d (%s)", rc, pp_err_name(rc));
-      }
+      EXPECT_ONE_OF("pp_acquire return", rc, acquire_errors);
       check_cause(&sl->lease, rc);
     }
   } else if (r < 55) { /* try_acquire */
@@ -366,11 +363,9 @@ static void storm_op(void) {
       ASSERT_NOT_NULL(sl->lease.conn);
       sl->state = GRANTED;
       sl->sync_granted++;
-    } else if (rc != PP_EAGAIN && rc != PP_EBURNED && rc != PP_EEJECTED &&
-               rc != PP_ECANNOTCONNECT && rc != PP_ENOPEER) {
-      FAIL("unexpected pp_try_acquire return %d (%s)", rc, pp_err_name(rc));
-    } else if (rc != PP_EAGAIN) {
-      check_cause(&sl->lease, rc);
+    } else {
+      EXPECT_ONE_OF("pp_try_acquire return", rc, try_acquire_errors);
+      if (rc != PP_EAGAIN) check_cause(&sl->lease, rc);
     }
   } else if (r < 65) { /* cancel */
     slot_t *sl = pick(PENDING);

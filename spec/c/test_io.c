@@ -31,6 +31,13 @@ static int io_write_start(fixture_t *f, io_write_t *w, const void *data, size_t 
   return CALL(pp_conn_write(&w->req, f->held.conn, &b, 1, write_cb_rec));
 }
 
+/* A held conn to an echo server, and a write of `len` bytes at `data` started on it (it must be
+ * accepted), recorded in `w`. */
+static void io_writing(fixture_t *f, io_write_t *w, const void *data, size_t len) {
+  fixture_held(f, srv_echo_start(NULL), NULL);
+  ASSERT_OK(io_write_start(f, w, data, len));
+}
+
 /* Write `s` on the held conn and wait until the reader `rd` has it all, then compare. */
 static void io_echo(fixture_t *f, test_reader_t *rd, const char *s) {
   size_t n = strlen(s), before = rd->len;
@@ -47,11 +54,22 @@ static char *io_pattern(size_t n, int mul, int add) {
   return data;
 }
 
-/* Start a reader on the held conn and make the server close it: wait for the end. */
-static void io_read_until_server_closes(fixture_t *f, test_reader_t *rd) {
+/* A held conn to an echo server with reader `rd` on it; then the server closes the conn: wait
+ * until the reader saw the end. */
+static void io_server_closed(fixture_t *f, test_reader_t *rd) {
+  fixture_held(f, srv_echo_start(NULL), NULL);
   ASSERT_OK(pp_conn_read_start(f->held.conn, test_reader_cb, rd));
   KICK_AFTER_ACCEPTED(f->srv, 1);
   RUN_UNTIL(rd->ended == 1, 2000);
+}
+
+/* Write `s` on the held conn, with no reader, until its echo has reached our end (the server
+ * sent it all, and a little time for it to arrive). */
+static void io_echo_unread(fixture_t *f, const char *s) {
+  size_t n = strlen(s);
+  ASSERT_EQ(test_write(f->held.conn, s, n), 0);
+  RUN_UNTIL(srv_bytes_out(f->srv) == n, 2000);
+  test_run_for(30);
 }
 
 /* Release the held lease healthy, free the reader (NULL: none) and end the fixture. */
@@ -124,9 +142,8 @@ TEST(io_peer_counters_survive_conn_close) {
 
 TEST(io_write_callback_later_with_status) {
   fixture_t f;
-  fixture_held(&f, srv_echo_start(NULL), NULL);
   io_write_t w;
-  ASSERT_OK(io_write_start(&f, &w, "x", 1));
+  io_writing(&f, &w, "x", 1);
   ASSERT_EQ(w.rec.calls, 0);
   RUN_UNTIL(w.rec.calls == 1, 2000);
   ASSERT_OK(w.rec.status);
@@ -181,9 +198,7 @@ TEST(io_read_stop_keeps_bytes_for_next_reader) {
   fixture_t f;
   io_reading(&f, srv_echo_start(NULL), &rd);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
-  ASSERT_EQ(test_write(f.held.conn, "kept bytes", 10), 0);
-  RUN_UNTIL(srv_bytes_out(f.srv) == 10, 2000); /* the echo is on its way back */
-  test_run_for(30);
+  io_echo_unread(&f, "kept bytes");
   ASSERT_EQ(rd.calls, 0);
   ASSERT_OK(CALL(pp_conn_read_start(f.held.conn, test_reader_cb, &rd)));
   ASSERT_EQ(rd.calls, 0); /* delivered on a later tick, not inside read_start */
@@ -195,9 +210,7 @@ TEST(io_read_stop_keeps_bytes_for_next_reader) {
 TEST(io_bytes_before_any_reader_are_kept) {
   fixture_t f;
   fixture_held(&f, srv_echo_start(NULL), NULL);
-  ASSERT_EQ(test_write(f.held.conn, "early", 5), 0);
-  RUN_UNTIL(srv_bytes_out(f.srv) == 5, 2000);
-  test_run_for(30);
+  io_echo_unread(&f, "early");
   test_reader_t rd = {0};
   ASSERT_OK(CALL(pp_conn_read_start(f.held.conn, test_reader_cb, &rd)));
   ASSERT_EQ(rd.calls, 0);
@@ -209,12 +222,11 @@ TEST(io_bytes_before_any_reader_are_kept) {
 TEST(io_kept_bytes_beyond_64k_are_not_lost) {
   /* Reading pauses once 64 KiB are kept; nothing is lost, everything arrives after
    * read_start. */
-  fixture_t f;
-  fixture_held(&f, srv_echo_start(NULL), NULL);
   size_t n = 256 * 1024;
   char *data = io_pattern(n, 13, 1);
+  fixture_t f;
   io_write_t w;
-  ASSERT_OK(io_write_start(&f, &w, data, n));
+  io_writing(&f, &w, data, n);
   test_run_for(200);
   ASSERT_EQ(pp_conn_is_broken(f.held.conn), 0);
   test_reader_t rd = {0};
@@ -237,9 +249,8 @@ TEST(io_second_reader_is_bad_state) {
 
 TEST(io_reader_gets_eof_once_when_server_closes) {
   fixture_t f;
-  fixture_held(&f, srv_echo_start(NULL), NULL);
   test_reader_t rd = {0};
-  io_read_until_server_closes(&f, &rd);
+  io_server_closed(&f, &rd);
   ASSERT_ERR2(rd.end_status, UV_EOF, UV_ECONNRESET);
   test_run_for(30);
   ASSERT_EQ(rd.after_end, 0);
@@ -249,9 +260,8 @@ TEST(io_reader_gets_eof_once_when_server_closes) {
 
 TEST(io_write_on_broken_conn_fails) {
   fixture_t f;
-  fixture_held(&f, srv_echo_start(NULL), NULL);
   test_reader_t rd = {0};
-  io_read_until_server_closes(&f, &rd);
+  io_server_closed(&f, &rd);
   io_write_t w;
   int rc = io_write_start(&f, &w, "late", 4);
   if (rc == 0) {
@@ -269,9 +279,8 @@ TEST(io_read_start_on_broken_conn) {
   /* After the stream ended, a new reader learns it at once (PP_ECLOSED) or through one final
    * callback with the error; never silence. */
   fixture_t f;
-  fixture_held(&f, srv_echo_start(NULL), NULL);
   test_reader_t a = {0};
-  io_read_until_server_closes(&f, &a);
+  io_server_closed(&f, &a);
   ASSERT_OK(pp_conn_read_stop(f.held.conn));
   test_reader_t b = {0};
   int rc = CALL(pp_conn_read_start(f.held.conn, test_reader_cb, &b));
@@ -359,9 +368,7 @@ TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
    * receive them (the conn is closed or the bytes dropped). */
   fixture_t f;
   fixture_held(&f, srv_echo_start(NULL), NULL);
-  ASSERT_EQ(test_write(f.held.conn, "stale", 5), 0);
-  RUN_UNTIL(srv_bytes_out(f.srv) == 5, 2000);
-  test_run_for(20);
+  io_echo_unread(&f, "stale");
   ASSERT_OK(pp_release(&f.held, 0));
   io_next_lessee_reads_only_its_reply(&f);
 }
@@ -369,9 +376,8 @@ TEST(io_unread_reply_is_not_handed_to_the_next_lessee) {
 TEST(io_late_reply_on_idle_conn_is_not_handed_to_the_next_lessee) {
   /* The reply arrives after the release, while the conn idles: same rule. */
   fixture_t f;
-  fixture_held(&f, srv_echo_start(NULL), NULL);
   io_write_t w;
-  ASSERT_OK(io_write_start(&f, &w, "late!", 5));
+  io_writing(&f, &w, "late!", 5);
   ASSERT_OK(pp_release(&f.held, 0)); /* before the echo can be back */
   RUN_UNTIL(w.rec.calls == 1 && srv_bytes_out(f.srv) == 5, 2000);
   test_run_for(30); /* the echo reaches the idle conn */

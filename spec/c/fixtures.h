@@ -86,6 +86,10 @@ void fixture_held(fixture_t *f, srv_t *srv, const pp_options_t *opts);
 /* Release f->held healthy (it must succeed), then fixture_end(f). */
 void fixture_release_end(fixture_t *f);
 
+/* The pool's stats once an acquire ended with PP_ECANNOTCONNECT after `attempts` connect
+ * attempts that all failed: that many attempts, each failed, one cannot_connect, no conn. */
+void expect_connects_all_failed(pp_pool_t *pool, int attempts);
+
 /* Install a policy that is all defaults but what the statements set on `p`:
  * TEST_SET_POLICY(pool, p.data = &ring; p.route = ring_route). The pool copies it. */
 #define TEST_SET_POLICY(pool, ...) \

@@ -134,6 +134,14 @@ void fixture_release_end(fixture_t *f) {
   fixture_end(f);
 }
 
+void expect_connects_all_failed(pp_pool_t *pool, int attempts) {
+  pp_stats_t s = test_stats(pool);
+  ASSERT_EQ(s.connect_attempts, attempts);
+  ASSERT_EQ(s.connects_failed, attempts);
+  ASSERT_EQ(s.cannot_connect, 1);
+  ASSERT_EQ(s.conns, 0);
+}
+
 echo_peers_t echo_peers_start(int n, const pp_options_t *opts) {
   ASSERT_LE(n, ECHO_PEERS_MAX);
   echo_peers_t e;

@@ -41,6 +41,10 @@ void fixture_leases_start(fixture_leases_t *s, const pp_options_t *opts, int n);
  * End it with fixture_end(). */
 fixture_t fixture_burned(void);
 
+/* test_acquire_start of leases l[0..n-1] (records r[0..n-1]) on `peer`: each must return 0 (it
+ * waits, or dials). */
+void test_acquire_start_n(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *l, test_rec_t *r, int n);
+
 /* The pool's active and idle gauges, its conns (unless -1), and test_check_gauge_identity. */
 void test_expect_gauges(pp_pool_t *pool, int conns, int active, int idle);
 /* conns = idle + active + connecting, and the peers by state add up to the peers. */

@@ -39,6 +39,11 @@ fixture_t fixture_burned(void) {
   return f;
 }
 
+void test_acquire_start_n(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *l, test_rec_t *r, int n) {
+  for (int i = 0; i < n; i++)
+    ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));
+}
+
 void test_expect_gauges(pp_pool_t *pool, int conns, int active, int idle) {
   pp_stats_t s = test_stats(pool);
   if (conns >= 0) ASSERT_EQ(s.conns, conns);

@@ -48,8 +48,7 @@ TEST(stats_connecting_gauge) {
       fixture_start(srv_hang_start(), TEST_OPTS(o.max_per_peer = 2; o.connect_timeout = 5000));
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_start(f.pool, &l[i], &r[i], f.peer, NULL));
+  test_acquire_start_n(f.pool, f.peer, l, r, 3);
   test_run_for(30);
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connecting, 2); /* max_per_peer counts conns still connecting */
@@ -68,17 +67,16 @@ TEST(stats_connecting_gauge) {
 
 TEST(stats_waiters_gauge) {
   fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
-  pp_lease_t h, w[4];
-  test_rec_t hr, r[4];
-  ASSERT_OK(test_acquire_wait(f.pool, &h, &hr, f.peer, NULL));
-  for (int i = 0; i < 4; i++)
-    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
+  fixture_hold(&f);
+  pp_lease_t w[4];
+  test_rec_t r[4];
+  test_acquire_start_n(f.pool, f.peer, w, r, 4);
   ASSERT_EQ(test_stats(f.pool).waiters, 4);
   ASSERT_EQ(test_peer_info(f.peer).waiters, 4);
   ASSERT_OK(pp_acquire_cancel(&w[3]));
   RUN_UNTIL(r[3].calls == 1, 1000);
   ASSERT_EQ(test_stats(f.pool).waiters, 3);
-  ASSERT_OK(pp_release(&h, 0));
+  ASSERT_OK(pp_release(&f.held, 0));
   RUN_UNTIL(r[0].calls == 1, 1000);
   ASSERT_EQ(test_stats(f.pool).waiters, 2);
   ASSERT_EQ(test_peer_info(f.peer).waiters, 2);

@@ -41,6 +41,10 @@ void fixture_leases_start(fixture_leases_t *s, const pp_options_t *opts, int n);
  * End it with fixture_end(). */
 fixture_t fixture_burned(void);
 
+/* Run the loop until the callback that `r` records (an acquire's or a notice's) ran once; its
+ * status must be 0. */
+void test_wait_ok(const test_rec_t *r);
+
 /* test_acquire_start of leases l[0..n-1] (records r[0..n-1]) on `peer`: each must return 0 (it
  * waits, or dials). */
 void test_acquire_start_n(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *l, test_rec_t *r, int n);

@@ -116,8 +116,7 @@ TEST(busy_notice_fires_after_release) {
   test_run_for(50);
   ASSERT_EQ(nr.calls, 0);
   ASSERT_OK(CALL(pp_release(&f.held, 0)));
-  RUN_UNTIL(nr.calls == 1, 1000);
-  ASSERT_OK(nr.status);
+  test_wait_ok(&nr);
   test_run_for(30);
   ASSERT_EQ(nr.calls, 1); /* fires once */
   ASSERT_ERR(pp_notice_cancel(&n), PP_ESTATE);
@@ -135,8 +134,7 @@ TEST(busy_notice_fires_next_tick_when_capacity_is_free) {
   test_rec_t nr;
   ASSERT_OK(CALL(test_notice_start(f.pool, &n, &nr, f.peer)));
   ASSERT_EQ(nr.calls, 0);
-  RUN_UNTIL(nr.calls == 1, 500);
-  ASSERT_OK(nr.status);
+  test_wait_ok(&nr);
   fixture_end(&f);
 }
 
@@ -216,8 +214,7 @@ TEST(busy_wait_is_fifo) {
   pp_lease_t *cur = &f.held;
   for (int i = 0; i < NW; i++) {
     ASSERT_OK(pp_release(cur, 0));
-    RUN_UNTIL(r[i].calls == 1, 1000);
-    ASSERT_OK(r[i].status);
+    test_wait_ok(&r[i]);
     for (int j = i + 1; j < NW; j++)
       ASSERT_EQ(r[j].calls, 0);
     cur = &w[i];
@@ -244,8 +241,7 @@ TEST(busy_wait_higher_priority_first) {
   for (int k = 0; k < N; k++) {
     ASSERT_OK(pp_release(cur, 0));
     int i = want[k];
-    RUN_UNTIL(r[i].calls == 1, 1000);
-    ASSERT_OK(r[i].status);
+    test_wait_ok(&r[i]);
     int served = 0;
     for (int j = 0; j < N; j++)
       served += r[j].calls;
@@ -306,8 +302,7 @@ TEST(busy_wait_timeout_zero_means_no_deadline) {
   test_run_for(250);
   ASSERT_EQ(r.calls, 0);
   ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(r.calls == 1, 1000);
-  ASSERT_OK(r.status);
+  test_wait_ok(&r);
   ASSERT_OK(pp_release(&l, 0));
   fixture_end(&f);
 }

@@ -1,6 +1,6 @@
 /* Connecting: timeouts per attempt, retries spaced by the backoff policy, cannot_connect with
  * the last socket error; unix and IPv6 peers. */
-#include "fixtures.h"
+#include "fixtures_multi.h"
 
 typedef struct {
   int calls;
@@ -268,8 +268,7 @@ TEST(connect_one_dial_for_two_waiting_acquires) {
   pp_lease_t *first = ra.calls ? &a : &b, *second = ra.calls ? &b : &a;
   test_rec_t *second_rec = ra.calls ? &rb : &ra;
   ASSERT_OK(pp_release(first, 0));
-  RUN_UNTIL(second_rec->calls == 1, 1000);
-  ASSERT_OK(second_rec->status);
+  test_wait_ok(second_rec);
   ASSERT_EQ(test_stats(f.pool).connect_attempts, 1);
   ASSERT_ACCEPTED(f.srv, 1);
   ASSERT_OK(pp_release(second, 0));

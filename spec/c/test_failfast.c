@@ -3,7 +3,7 @@
  * of a peer that stops being able to serve are answered on the next tick; the lease carries
  * the facts (pp_lease_cause) and a line that tells them (pp_lease_describe), a real timeout
  * included. */
-#include "fixtures.h"
+#include "fixtures_multi.h"
 
 /* A pool of echo servers `a` and `b` that ejects at the first failure. */
 typedef struct {
@@ -291,8 +291,7 @@ TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
   ASSERT_EQ(wr.calls, 0);
   ASSERT_EQ(test_stats(f.pool).connect_attempts, 2); /* nothing dialled meanwhile */
   ASSERT_OK(pp_release(&held, 0));
-  RUN_UNTIL(wr.calls == 1, 1000);
-  ASSERT_OK(wr.status);
+  test_wait_ok(&wr);
   ASSERT_OK(pp_release(&waiter, 0));
   fixture_end(&f);
 }
@@ -306,8 +305,7 @@ TEST(failfast_notice_for_a_held_peer_fires_when_its_hold_ends) {
   test_rec_t nr;
   uint64_t t0 = test_now_ms();
   ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
-  RUN_UNTIL(nr.calls == 1, 2000);
-  ASSERT_OK(nr.status);
+  test_wait_ok(&nr);
   ASSERT_GE(nr.at_ms - t0, 100);
   fixture_end(&f);
 }
@@ -350,8 +348,7 @@ TEST(failfast_any_peer_with_a_seed_hook_waits_for_a_held_peer_to_return) {
   }
   ASSERT_OK(test_acquire_start(pool, &l, &r, NULL, NULL));
   ASSERT_GE(seeds, 1);
-  RUN_UNTIL(r.calls == 1, 2000);
-  ASSERT_OK(r.status);
+  test_wait_ok(&r);
   ASSERT_OK(pp_release(&l, 0));
   test_finish_srv(pool, srv);
 }

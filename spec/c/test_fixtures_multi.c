@@ -39,6 +39,11 @@ fixture_t fixture_burned(void) {
   return f;
 }
 
+void test_wait_ok(const test_rec_t *r) {
+  RUN_UNTIL(r->calls == 1, 5000);
+  ASSERT_OK(r->status);
+}
+
 void test_acquire_start_n(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *l, test_rec_t *r, int n) {
   for (int i = 0; i < n; i++)
     ASSERT_OK(test_acquire_start(pool, &l[i], &r[i], peer, NULL));

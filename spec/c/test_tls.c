@@ -24,7 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "fixtures.h"
+#include "fixtures_multi.h"
 #include "internal.h"
 
 #ifndef PP_SPEC_DIR
@@ -1350,8 +1350,7 @@ TEST(tls_pool_burst_of_new_conns_resumes) {
     for (int i = 0; i < N; i++)
       ASSERT_OK(test_acquire_start(f.pool, &l[i], &rec[i], f.peer, NULL));
     for (int i = 0; i < N; i++) {
-      RUN_UNTIL(rec[i].calls == 1, 5000);
-      ASSERT_OK(rec[i].status);
+      test_wait_ok(&rec[i]);
     }
     for (int i = 0; i < N; i++) { /* each reply comes after the conn's tickets */
       ASSERT_EQ(lease_ask(&l[i], PING, "+PONG\r\n", &r), 0);

@@ -36,6 +36,12 @@ typedef struct {
 /* fixture_start(srv_echo_start(NULL), opts), then test_acquire_n of `n` leases into s->l. */
 void fixture_leases_start(fixture_leases_t *s, const pp_options_t *opts, int n);
 
+/* A fixture whose peer (an echo server; `opts`, NULL = test_options(), with max_per_peer = 1)
+ * is at capacity: its only conn is held by f->held (fixture_hold). */
+void fixture_busy(fixture_t *f, const pp_options_t *opts);
+/* fixture_busy into s->f, and acquires s->l[0..n-1] queued behind the held conn. */
+void fixture_busy_queue(fixture_leases_t *s, const pp_options_t *opts, int n);
+
 /* A pool with engine defaults (as test_pool(NULL)) whose one peer, at a refused server, burned:
  * its backoff hook answers PP_BACKOFF_BURN, and the acquire that dialled it ended PP_EBURNED.
  * End it with fixture_end(). */

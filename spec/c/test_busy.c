@@ -2,20 +2,7 @@
  * backlog, and prompt service of waiters on release. */
 #include "fixtures_multi.h"
 
-/* An echo peer with `o` (NULL = test defaults) and max_per_peer = 1, whose only conn is held
- * by f->held. */
-static void busy_fixture(fixture_t *f, const pp_options_t *o) {
-  static pp_options_t opts;
-  if (o != NULL)
-    opts = *o;
-  else
-    test_options(&opts);
-  opts.max_per_peer = 1;
-  *f = fixture_start(srv_echo_start(NULL), &opts);
-  fixture_hold(f);
-}
-
-/* A busy_fixture and what waits behind its held conn: a notice `n` or an acquire `l`, whose
+/* A fixture_busy and what waits behind its held conn: a notice `n` or an acquire `l`, whose
  * callbacks `r` records. */
 typedef struct {
   fixture_t f;
@@ -24,15 +11,15 @@ typedef struct {
   test_rec_t r;
 } busy_t;
 
-/* busy_fixture, and the notice armed (inside CALL) on the fixture's peer, or for any peer. */
+/* fixture_busy, and the notice armed (inside CALL) on the fixture's peer, or for any peer. */
 static void busy_notice_fixture(busy_t *b, int any_peer) {
-  busy_fixture(&b->f, NULL);
+  fixture_busy(&b->f, NULL);
   ASSERT_OK(CALL(test_notice_start(b->f.pool, &b->n, &b->r, any_peer ? NULL : b->f.peer)));
 }
 
-/* busy_fixture, and the acquire queued on the fixture's peer, or for any peer. */
+/* fixture_busy, and the acquire queued on the fixture's peer, or for any peer. */
 static void busy_waiter_fixture(busy_t *b, int any_peer) {
-  busy_fixture(&b->f, NULL);
+  fixture_busy(&b->f, NULL);
   ASSERT_OK(test_acquire_start(b->f.pool, &b->l, &b->r, any_peer ? NULL : b->f.peer, NULL));
 }
 
@@ -56,10 +43,10 @@ static void busy_waiter_end(busy_t *b) {
   fixture_end(&b->f);
 }
 
-/* busy_fixture, and a busy=fail acquire `l` answered PP_EBUSY at once. Returns its options,
+/* fixture_busy, and a busy=fail acquire `l` answered PP_EBUSY at once. Returns its options,
  * to try again. */
 static const pp_acquire_opts_t *busy_fail_fixture(fixture_t *f, pp_lease_t *l, test_rec_t *r) {
-  busy_fixture(f, NULL);
+  fixture_busy(f, NULL);
   const pp_acquire_opts_t *fail = TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL);
   ASSERT_ERR(test_acquire_start(f->pool, l, r, f->peer, fail), PP_EBUSY);
   return fail;
@@ -128,7 +115,7 @@ TEST(busy_notice_fires_after_release) {
 
 TEST(busy_notice_fires_next_tick_when_capacity_is_free) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   ASSERT_OK(pp_release(&f.held, 0));
   pp_notice_t n;
   test_rec_t nr;
@@ -200,34 +187,31 @@ TEST(busy_notice_armed_twice_is_invalid_or_state) {
 #define NW 5
 
 TEST(busy_wait_is_fifo) {
-  fixture_t f;
-  busy_fixture(&f, NULL);
-  pp_lease_t w[NW];
-  test_rec_t r[NW];
-  test_acquire_start_n(f.pool, f.peer, w, r, NW);
-  pp_stats_t s = test_stats(f.pool);
+  fixture_leases_t h;
+  fixture_busy_queue(&h, NULL, NW);
+  pp_stats_t s = test_stats(h.f.pool);
   ASSERT_EQ(s.waiters, NW);
-  ASSERT_EQ(test_peer_info(f.peer).waiters, NW);
+  ASSERT_EQ(test_peer_info(h.f.peer).waiters, NW);
   test_run_for(30);
   for (int i = 0; i < NW; i++)
-    ASSERT_EQ(r[i].calls, 0);
-  pp_lease_t *cur = &f.held;
+    ASSERT_EQ(h.r[i].calls, 0);
+  pp_lease_t *cur = &h.f.held;
   for (int i = 0; i < NW; i++) {
     ASSERT_OK(pp_release(cur, 0));
-    test_wait_ok(&r[i]);
+    test_wait_ok(&h.r[i]);
     for (int j = i + 1; j < NW; j++)
-      ASSERT_EQ(r[j].calls, 0);
-    cur = &w[i];
+      ASSERT_EQ(h.r[j].calls, 0);
+    cur = &h.l[i];
   }
   ASSERT_OK(pp_release(cur, 0));
-  ASSERT_EQ(test_stats(f.pool).waiters, 0);
-  ASSERT_ACCEPTED(f.srv, 1);
-  fixture_end(&f);
+  ASSERT_EQ(test_stats(h.f.pool).waiters, 0);
+  ASSERT_ACCEPTED(h.f.srv, 1);
+  fixture_end(&h.f);
 }
 
 TEST(busy_wait_higher_priority_first) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   int prio[] = {0, 5, 2, 5, 7, 0};
   int want[] = {4, 1, 3, 2, 0, 5}; /* indices in service order */
   enum { N = 6 };
@@ -254,7 +238,7 @@ TEST(busy_wait_higher_priority_first) {
 
 TEST(busy_wait_deadline_times_out) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 100, 0);
   pp_lease_t l;
   test_rec_t r;
@@ -280,7 +264,7 @@ TEST(busy_wait_deadline_times_out) {
 
 TEST(busy_wait_uses_pool_acquire_timeout) {
   fixture_t f;
-  busy_fixture(&f, TEST_OPTS(o.acquire_timeout = 100));
+  fixture_busy(&f, TEST_OPTS(o.acquire_timeout = 100));
   pp_lease_t l;
   test_rec_t r;
   uint64_t t0 = test_now_ms();
@@ -294,7 +278,7 @@ TEST(busy_wait_uses_pool_acquire_timeout) {
 
 TEST(busy_wait_timeout_zero_means_no_deadline) {
   fixture_t f;
-  busy_fixture(&f, TEST_OPTS(o.acquire_timeout = 50));
+  fixture_busy(&f, TEST_OPTS(o.acquire_timeout = 50));
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, 0);
   pp_lease_t l;
   test_rec_t r;
@@ -309,7 +293,7 @@ TEST(busy_wait_timeout_zero_means_no_deadline) {
 
 TEST(busy_wait_deadlines_fire_in_order) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   int64_t tmo[] = {150, 50, 100};
   pp_lease_t w[3];
   test_rec_t r[3];
@@ -329,7 +313,7 @@ TEST(busy_wait_deadlines_fire_in_order) {
 
 TEST(busy_backlog_full_is_exhausted_at_once) {
   fixture_t f;
-  busy_fixture(&f, TEST_OPTS(o.backlog = 2));
+  fixture_busy(&f, TEST_OPTS(o.backlog = 2));
   pp_lease_t w[3];
   test_rec_t r[3];
   ASSERT_OK(test_acquire_start(f.pool, &w[0], &r[0], f.peer, NULL));
@@ -349,7 +333,7 @@ TEST(busy_backlog_full_is_exhausted_at_once) {
 
 TEST(busy_backlog_zero_never_waits) {
   fixture_t f;
-  busy_fixture(&f, TEST_OPTS(o.backlog = 0));
+  fixture_busy(&f, TEST_OPTS(o.backlog = 0));
   pp_lease_t l;
   test_rec_t r;
   ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, NULL), PP_EEXHAUSTED);
@@ -403,7 +387,7 @@ TEST(busy_waiter_for_any_peer) {
 
 TEST(busy_wait_with_priority_in_range_only) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, PP_PRIORITY_MAX + 1);
   pp_lease_t l;
   test_rec_t r;

@@ -60,20 +60,17 @@ TEST(close_ends_pending_dial_with_closed) {
 }
 
 TEST(close_ends_waiters_with_closed) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
-  fixture_hold(&f);
-  pp_lease_t w[3];
-  test_rec_t r[3];
-  test_acquire_start_n(f.pool, f.peer, w, r, 3);
-  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
-  RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 1000);
+  fixture_leases_t h;
+  fixture_busy_queue(&h, NULL, 3);
+  ASSERT_OK(pp_pool_close(h.f.pool, test_close_cb));
+  RUN_UNTIL(h.r[0].calls && h.r[1].calls && h.r[2].calls, 1000);
   for (int i = 0; i < 3; i++) {
-    ASSERT_EQ(r[i].calls, 1);
-    ASSERT_ERR(r[i].status, PP_ECLOSED);
+    ASSERT_EQ(h.r[i].calls, 1);
+    ASSERT_ERR(h.r[i].status, PP_ECLOSED);
   }
   test_finish_closed();
-  ASSERT_EQ(f.held_rec.calls, 1);
-  srv_stop(f.srv);
+  ASSERT_EQ(h.f.held_rec.calls, 1);
+  srv_stop(h.f.srv);
 }
 
 TEST(close_ends_backoff_promptly) {
@@ -98,8 +95,8 @@ TEST(close_ends_backoff_promptly) {
 }
 
 TEST(close_fires_armed_notices_with_closed) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
-  fixture_hold(&f);
+  fixture_t f;
+  fixture_busy(&f, NULL);
   pp_notice_t n1, n2;
   test_rec_t r1 = {0}, r2 = {0};
   memset(&n1, 0, sizeof n1);

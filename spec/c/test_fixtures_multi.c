@@ -23,6 +23,23 @@ void fixture_leases_start(fixture_leases_t *s, const pp_options_t *opts, int n) 
   test_acquire_n(s->f.pool, s->f.peer, s->l, s->r, n);
 }
 
+void fixture_busy(fixture_t *f, const pp_options_t *opts) {
+  pp_options_t o;
+  if (opts != NULL)
+    o = *opts;
+  else
+    test_options(&o);
+  o.max_per_peer = 1;
+  *f = fixture_start(srv_echo_start(NULL), &o);
+  fixture_hold(f);
+}
+
+void fixture_busy_queue(fixture_leases_t *s, const pp_options_t *opts, int n) {
+  ASSERT_LE(n, FIXTURE_LEASES);
+  fixture_busy(&s->f, opts);
+  test_acquire_start_n(s->f.pool, s->f.peer, s->l, s->r, n);
+}
+
 static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
   return PP_BACKOFF_BURN;
 }

@@ -66,21 +66,18 @@ TEST(stats_connecting_gauge) {
 }
 
 TEST(stats_waiters_gauge) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
-  fixture_hold(&f);
-  pp_lease_t w[4];
-  test_rec_t r[4];
-  test_acquire_start_n(f.pool, f.peer, w, r, 4);
-  ASSERT_EQ(test_stats(f.pool).waiters, 4);
-  ASSERT_EQ(test_peer_info(f.peer).waiters, 4);
-  ASSERT_OK(pp_acquire_cancel(&w[3]));
-  RUN_UNTIL(r[3].calls == 1, 1000);
-  ASSERT_EQ(test_stats(f.pool).waiters, 3);
-  ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(r[0].calls == 1, 1000);
-  ASSERT_EQ(test_stats(f.pool).waiters, 2);
-  ASSERT_EQ(test_peer_info(f.peer).waiters, 2);
-  fixture_end(&f);
+  fixture_leases_t h;
+  fixture_busy_queue(&h, NULL, 4);
+  ASSERT_EQ(test_stats(h.f.pool).waiters, 4);
+  ASSERT_EQ(test_peer_info(h.f.peer).waiters, 4);
+  ASSERT_OK(pp_acquire_cancel(&h.l[3]));
+  RUN_UNTIL(h.r[3].calls == 1, 1000);
+  ASSERT_EQ(test_stats(h.f.pool).waiters, 3);
+  ASSERT_OK(pp_release(&h.f.held, 0));
+  RUN_UNTIL(h.r[0].calls == 1, 1000);
+  ASSERT_EQ(test_stats(h.f.pool).waiters, 2);
+  ASSERT_EQ(test_peer_info(h.f.peer).waiters, 2);
+  fixture_end(&h.f);
 }
 
 TEST(stats_acquire_counters) {

@@ -135,34 +135,25 @@ TEST(failfast_backing_off_peer_describes_its_backoff) {
   fixture_end(&f);
 }
 
-static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
-  return PP_BACKOFF_BURN;
-}
-
 TEST(failfast_burned_peer_describes_itself) {
-  srv_t *refused = srv_refused_start();
-  pp_pool_t *pool = test_pool(NULL);
-  test_set_backoff(pool, burn, NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  fixture_t f = fixture_burned();
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_EBURNED);
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_EBURNED);
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, NULL), PP_EBURNED);
   ASSERT_CONTAINS(describe(&l), " is burned: ");
   ASSERT_CONTAINS(line, "(last ECONNREFUSED)");
-  test_finish_srv(pool, refused);
+  fixture_end(&f);
 }
 
 TEST(failfast_timeout_describes_what_it_waited_behind) {
   /* One conn (max_per_peer 1), held; two waiters; the second times out first: it waited
    * behind the conn in use and one waiter, and the peer's last error shows. */
-  fixture_t f =
-      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1; o.eject_after = 0));
-  pp_lease_t held, first, second;
-  test_rec_t hr, fr, sr;
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
-  ASSERT_OK(pp_release(&held, UV_ECONNRESET)); /* a last error to report */
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
+  fixture_t f;
+  fixture_busy(&f, TEST_OPTS(o.eject_after = 0));
+  ASSERT_OK(pp_release(&f.held, UV_ECONNRESET)); /* a last error to report */
+  fixture_hold(&f);
+  pp_lease_t first, second;
+  test_rec_t fr, sr;
   pp_acquire_opts_t ao;
   pp_acquire_opts_init(&ao);
   ao.timeout = 2000;
@@ -188,7 +179,7 @@ TEST(failfast_timeout_describes_what_it_waited_behind) {
   ASSERT_CONTAINS(line, " s ago");
   ASSERT_OK(pp_acquire_cancel(&first));
   RUN_UNTIL(fr.calls == 1, 1000);
-  ASSERT_OK(pp_release(&held, 0));
+  ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }
 
@@ -278,9 +269,9 @@ TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
    * leased: an acquire for it waits rather than failing fast, and the release serves it. */
   fixture_t f =
       fixture_start(srv_echo_start(NULL), TEST_OPTS(o.eject_after = 1; o.max_per_peer = 2));
-  pp_lease_t held, broken, waiter;
-  test_rec_t hr, br, wr;
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
+  fixture_hold(&f);
+  pp_lease_t broken, waiter;
+  test_rec_t br, wr;
   ASSERT_OK(test_acquire_wait(f.pool, &broken, &br, f.peer, NULL));
   ASSERT_OK(pp_release(&broken, PP_EBROKEN));
   ASSERT_EQ(test_stats(f.pool).ejections_refused, 1);
@@ -290,7 +281,7 @@ TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
   test_run_for(50);
   ASSERT_EQ(wr.calls, 0);
   ASSERT_EQ(test_stats(f.pool).connect_attempts, 2); /* nothing dialled meanwhile */
-  ASSERT_OK(pp_release(&held, 0));
+  ASSERT_OK(pp_release(&f.held, 0));
   test_wait_ok(&wr);
   ASSERT_OK(pp_release(&waiter, 0));
   fixture_end(&f);

@@ -5,25 +5,10 @@
  * included. */
 #include "fixtures_multi.h"
 
-/* A pool of echo servers `a` and `b` that ejects at the first failure. */
-typedef struct {
-  srv_t *a, *b;
-  pp_pool_t *pool;
-  pp_peer_t *pa, *pb;
-} duo_t;
-
-static void duo_start(duo_t *d) {
-  d->a = srv_echo_start(NULL);
-  d->b = srv_echo_start(NULL);
-  d->pool = test_pool(TEST_OPTS(o.eject_after = 1; o.eject_time = 5000));
-  d->pa = test_peer(d->pool, srv_addr(d->a));
-  d->pb = test_peer(d->pool, srv_addr(d->b));
-}
-
-static void duo_end(duo_t *d) {
-  test_finish(d->pool);
-  srv_stop(d->a);
-  srv_stop(d->b);
+/* A pool of two echo servers that ejects at the first failure. */
+static fixture2_t duo_start(void) {
+  return fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL),
+                        TEST_OPTS(o.eject_after = 1; o.eject_time = 5000));
 }
 
 /* A pool (options `o`) with one refused peer whose backoff is a fixed `*delay` ms. */
@@ -57,16 +42,15 @@ static const char *describe(const pp_lease_t *l) {
 }
 
 TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
-  duo_t d;
-  duo_start(&d);
-  broken_use(d.pool, d.pa);
+  fixture2_t d = duo_start();
+  broken_use(d.pool, d.peer[0]);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_start(d.pool, &l, &r, d.pa, NULL), PP_EEJECTED);
+  ASSERT_ERR(test_acquire_start(d.pool, &l, &r, d.peer[0], NULL), PP_EEJECTED);
   pp_cause_t c;
   ASSERT_OK(pp_lease_cause(&l, &c));
   ASSERT_ERR(c.code, PP_EEJECTED);
-  ASSERT_PTR_EQ(c.peer, d.pa);
+  ASSERT_PTR_EQ(c.peer, d.peer[0]);
   ASSERT_EQ(c.state, PP_PEER_EJECTED);
   ASSERT_EQ(c.ejected, 1);
   ASSERT_GT(c.held_ms, 4000);
@@ -77,36 +61,35 @@ TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
   ASSERT_EQ(c.peers_ejected, 1);
   ASSERT_CONTAINS(describe(&l), " is ejected for ");
   ASSERT_CONTAINS(line, " s more after 1 consecutive failure (last broken)");
-  ASSERT(strncmp(line, srv_addr(d.a), strlen(srv_addr(d.a))) == 0);
+  ASSERT(strncmp(line, srv_addr(d.srv[0]), strlen(srv_addr(d.srv[0]))) == 0);
   ASSERT_EQ(test_stats(d.pool).failed_fast, 1);
   ASSERT_EQ(r.calls, 0);
-  duo_end(&d);
+  fixture2_end(&d);
 }
 
 TEST(failfast_try_acquire_of_ejected_peer_says_ejected) {
-  duo_t d;
-  duo_start(&d);
-  broken_use(d.pool, d.pa);
+  fixture2_t d = duo_start();
+  broken_use(d.pool, d.peer[0]);
   pp_lease_t l;
   memset(&l, 0, sizeof l);
-  ASSERT_ERR(pp_try_acquire(d.pool, &l, d.pa, NULL), PP_EEJECTED);
+  ASSERT_ERR(pp_try_acquire(d.pool, &l, d.peer[0], NULL), PP_EEJECTED);
   ASSERT_CONTAINS(describe(&l), "is ejected");
-  duo_end(&d);
+  fixture2_end(&d);
 }
 
 TEST(failfast_waiter_of_a_peer_that_gets_ejected_is_answered_on_the_next_tick) {
   /* A waiter queued behind the peer's only conn (deadline 5 s): the conn breaks, the peer is
    * ejected, and the waiter hears PP_EEJECTED at once, not at its deadline. */
-  duo_t d;
-  duo_start(&d);
+  fixture2_t d = duo_start();
   pp_lease_t held, waiter;
   test_rec_t hr, wr;
-  ASSERT_OK(test_acquire_wait(d.pool, &held, &hr, d.pa, NULL));
+  ASSERT_OK(test_acquire_wait(d.pool, &held, &hr, d.peer[0], NULL));
   /* max_per_peer is 4: fill it so the waiter queues. */
   pp_lease_t more[3];
   test_rec_t mr[3];
-  test_acquire_n(d.pool, d.pa, more, mr, 3);
-  ASSERT_OK(test_acquire_start(d.pool, &waiter, &wr, d.pa, TEST_ACQUIRE_OPTS(a.timeout = 5000)));
+  test_acquire_n(d.pool, d.peer[0], more, mr, 3);
+  ASSERT_OK(
+      test_acquire_start(d.pool, &waiter, &wr, d.peer[0], TEST_ACQUIRE_OPTS(a.timeout = 5000)));
   uint64_t t0 = test_now_ms();
   ASSERT_OK(pp_release(&held, PP_EBROKEN));
   RUN_UNTIL(wr.calls == 1, 1000);
@@ -114,7 +97,7 @@ TEST(failfast_waiter_of_a_peer_that_gets_ejected_is_answered_on_the_next_tick) {
   ASSERT_LT(wr.at_ms - t0, 500);
   ASSERT_CONTAINS(describe(&waiter), "is ejected for");
   test_release_n(more, 3, 0);
-  duo_end(&d);
+  fixture2_end(&d);
 }
 
 TEST(failfast_backing_off_peer_describes_its_backoff) {
@@ -187,21 +170,20 @@ TEST(failfast_any_peer_passes_over_held_peers) {
   /* An ejected peer, a peer backing off and a healthy one: acquires for any peer all go to the
    * healthy one and none fails. */
   srv_t *refused = srv_refused_start();
-  duo_t d;
-  duo_start(&d);
+  fixture2_t d = duo_start();
   int64_t delay = 60000;
   test_set_backoff(d.pool, test_backoff_fixed, &delay);
   pp_peer_t *pr = test_peer(d.pool, srv_addr(refused));
-  broken_use(d.pool, d.pa);
+  broken_use(d.pool, d.peer[0]);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_ERR(test_acquire_wait(d.pool, &l, &r, pr, NULL), PP_ECANNOTCONNECT);
   for (int i = 0; i < 10; i++) {
     ASSERT_OK(test_acquire_wait(d.pool, &l, &r, NULL, NULL));
-    ASSERT_PTR_EQ(l.peer, d.pb);
+    ASSERT_PTR_EQ(l.peer, d.peer[1]);
     ASSERT_OK(pp_release(&l, 0));
   }
-  duo_end(&d);
+  fixture2_end(&d);
   srv_stop(refused);
 }
 

@@ -139,7 +139,7 @@ static int bad_conn_choice(void *data, pp_peer_t *peer, pp_conn_t *const *conns,
 
 TEST(policy_select_conn_bad_answer_falls_back) {
   fixture_leases_t h;
-  fixture_leases_start(&h, , TEST_OPTS(o.max_per_peer = 2));
+  fixture_leases_start(&h, TEST_OPTS(o.max_per_peer = 2), 2);
   test_release_n(h.l, 2, 0);
   int calls = 0;
   pp_policy_t pol;

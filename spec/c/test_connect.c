@@ -200,17 +200,13 @@ TEST(connect_success_records_latency) {
 }
 
 TEST(connect_unix_socket_peer) {
-  srv_t *srv = srv_unix_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  ASSERT_NOT_NULL(l.conn);
-  ASSERT_ACCEPTED(srv, 1);
-  ASSERT_EQ(pp_peer_state(peer), PP_PEER_READY);
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  fixture_t f = fixture_start(srv_unix_start(NULL), NULL);
+  fixture_hold(&f);
+  ASSERT_NOT_NULL(f.held.conn);
+  ASSERT_ACCEPTED(f.srv, 1);
+  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_READY);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(connect_unix_prefixed_peer) {

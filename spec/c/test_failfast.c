@@ -205,24 +205,20 @@ TEST(failfast_any_peer_with_all_held_names_the_telling_peer) {
 }
 
 TEST(failfast_cause_is_zero_after_a_grant) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL,
-                                &(pp_acquire_opts_t){.busy = PP_BUSY_FAIL, .timeout = -1}),
-             0);
-  RUN_UNTIL(r.calls == 1, 2000);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
+  pp_lease_t *l = &f.held;
+  ASSERT_OK(test_acquire_start(f.pool, l, &f.held_rec, NULL,
+                               TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL; a.timeout = -1)));
+  test_wait_ok(&f.held_rec);
   pp_cause_t c;
   memset(&c, 0xff, sizeof c);
-  ASSERT_OK(pp_lease_cause(&l, &c));
+  ASSERT_OK(pp_lease_cause(l, &c));
   ASSERT_EQ(c.code, 0);
   ASSERT_NULL(c.peer);
-  ASSERT_EQ(pp_lease_describe(&l, line, sizeof line), 0);
+  ASSERT_EQ(pp_lease_describe(l, line, sizeof line), 0);
   ASSERT_STREQ(line, "");
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(l, 0));
+  fixture_end(&f);
 }
 
 TEST(failfast_describe_truncates_like_snprintf) {

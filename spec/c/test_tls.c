@@ -176,19 +176,24 @@ static void wait_log(proc_t *p, const char *text, int ms) {
   }
 }
 
+/* Put the string arguments of `ap` (NULL ended) at argv[n...], at most up to argv[max - 2],
+ * and a NULL after them. */
+static void argv_append(char **argv, int n, int max, va_list ap) {
+  for (char *a; (a = va_arg(ap, char *)) != NULL && n < max - 1;)
+    argv[n++] = a;
+  argv[n] = NULL;
+}
+
 /* `openssl s_server` on 127.0.0.1 with `cert` (key: server.key) and more arguments (NULL
  * ended); returns its port. `-msg` makes it log every TLS message it gets (close_notify). */
 static int s_server(const char *cert, ...) {
   need("openssl");
   char *argv[32] = {"openssl",    "s_server", "-accept",      "127.0.0.1:0", "-cert",
                     (char *)cert, "-key",     env.server_key, "-msg"};
-  int n = 9;
   va_list ap;
   va_start(ap, cert);
-  for (char *a; (a = va_arg(ap, char *)) != NULL && n < 31;)
-    argv[n++] = a;
+  argv_append(argv, 9, 32, ap);
   va_end(ap);
-  argv[n] = NULL;
   proc_t *p = spawn("s_server.log", argv);
   wait_log(p, "ACCEPT 127.0.0.1:", 5000);
   const char *at = strstr(log_text(p), "ACCEPT 127.0.0.1:");
@@ -240,13 +245,10 @@ static int redis_tls(const char *auth_clients, ...) {
                       "no",
                       "--dir",
                       env.dir};
-    int n = 21;
     va_list ap;
     va_start(ap, auth_clients);
-    for (char *a; (a = va_arg(ap, char *)) != NULL && n < 39;)
-      argv[n++] = a;
+    argv_append(argv, 21, 40, ap);
     va_end(ap);
-    argv[n] = NULL;
     proc_t *p = spawn("redis.log", argv);
     uint64_t end = test_now_ms() + 5000;
     while (strstr(log_text(p), "Ready to accept connections") == NULL && proc_alive(p) &&
@@ -494,15 +496,22 @@ static void assert_starts(const char *s, const char *prefix) {
   ASSERT_MSG(strncmp(s, prefix, strlen(prefix)) == 0, "\"%s\" should start with \"%s\"", s, prefix);
 }
 
+/* env_setup, a fixture on a `redis-server --tls-port` (tls-auth-clients `auth`) whose pool
+ * trusts the test CA, and a client handshake on `c` with it that must succeed. */
+static tls_fix_t redis_handshake(tc_t *c, const char *auth) {
+  env_setup();
+  tls_fix_t f = tls_start(redis_tls(auth, NULL), CA_TRUSTED(), NULL);
+  ASSERT_OK(tc_handshake(c, f.peer, f.port));
+  return f;
+}
+
 /* ------------------------------------------------------------------------------------------
  * The tests.
  */
 
 TEST(tls_redis_ping_pong) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
+  tls_fix_t f = redis_handshake(&c, "no");
   ASSERT_STREQ(pp__tls_version(c.tls), "TLSv1.3");
   ASSERT(!pp__tls_resumed(c.tls));
   ASSERT(tc_ask(&c, PING, "+PONG\r\n"));
@@ -660,10 +669,8 @@ TEST(tls_min_version_fails_as_protocol) {
  * the handshake completes before the server judges its (missing) certificate, so the refusal
  * arrives as an alert on the first read. */
 TEST(tls_client_cert_required_without_one) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("yes", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
+  tls_fix_t f = redis_handshake(&c, "yes");
   ASSERT(!tc_ask(&c, PING, "+PONG"));
   ASSERT_ERR(c.end, PP_ETLS);
   ASSERT_STREQ(pp_peer_tls_reason(f.peer),
@@ -815,10 +822,8 @@ TEST(tls_alpn_result) {
 /* Once warm, a conn that writes and reads in a steady rhythm makes no allocation of the
  * layer's own (OpenSSL's are its business). */
 TEST(tls_steady_state_allocates_nothing) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
+  tls_fix_t f = redis_handshake(&c, "no");
   for (int i = 0; i < 10; i++)
     ASSERT(tc_ask(&c, PING, "+PONG\r\n"));
   uint64_t before = pp__tls_allocs;
@@ -832,10 +837,8 @@ TEST(tls_steady_state_allocates_nothing) {
 /* The state may be freed while its ciphertext is still queued in libuv: the chunks stay valid
  * until their callbacks hand them back (ASan watches), and the last one frees the rest. */
 TEST(tls_free_with_writes_in_flight) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
+  tls_fix_t f = redis_handshake(&c, "no");
   static char big[4 << 20];
   memset(big, 'x', sizeof big);
   uv_buf_t b[2] = {uv_buf_init(PING, 14), uv_buf_init(big, sizeof big)};

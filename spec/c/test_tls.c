@@ -987,15 +987,30 @@ static bool got(const test_reader_t *r, const char *text) {
   return r->buf && memmem(r->buf, r->len, text, strlen(text)) != NULL;
 }
 
+/* Start reading `l` into `r` (from empty), then send `n` buffers with pp_conn_try_write;
+ * returns what that returned. */
+static int lease_try_send(pp_lease_t *l, const uv_buf_t *bufs, unsigned int n, test_reader_t *r) {
+  memset(r, 0, sizeof *r);
+  ASSERT_OK(pp_conn_read_start(l->conn, test_reader_cb, r));
+  return pp_conn_try_write(l->conn, bufs, n);
+}
+
+/* env_setup, a pool (test options) on a `redis-server --tls-port` with tls-auth-clients `auth`,
+ * and a lease `l` (recorded in `rec`) granted on its peer. */
+static tls_fix_t redis_pool_lease(pp_lease_t *l, test_rec_t *rec, const char *auth) {
+  env_setup();
+  tls_fix_t f = tls_start(redis_tls(auth, NULL), CA_TRUSTED(), TEST_OPTS());
+  ASSERT_OK(test_acquire_wait(f.pool, l, rec, f.peer, NULL));
+  return f;
+}
+
 /* acquire -> PING/+PONG over redis --tls-port; a second conn to the peer resumes the first's
  * session (a TLS 1.3 ticket read with the first reply), and stats count both handshakes. */
 TEST(tls_pool_redis_ping_and_resume) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t a, b;
   test_rec_t ra, rb;
+  tls_fix_t f = redis_pool_lease(&a, &ra, "no");
   test_reader_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, f.peer, NULL));
   ASSERT_NULL(pp_conn_tls_alpn(a.conn)); /* none offered */
   ASSERT_EQ(lease_ask(&a, PING, "+PONG\r\n", &r), 0);
   ASSERT(got(&r, "+PONG\r\n"));
@@ -1127,16 +1142,12 @@ TEST(tls_pool_keep_idle_bytes_after_decryption) {
 
 /* pp_conn_try_write on a TLS conn takes every byte; big writes go whole through the layer. */
 TEST(tls_pool_try_write_and_big_write) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t l;
   test_rec_t rec;
+  tls_fix_t f = redis_pool_lease(&l, &rec, "no");
   test_reader_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &rec, f.peer, NULL));
-  memset(&r, 0, sizeof r);
-  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &r));
   uv_buf_t b[2] = {uv_buf_init("*1\r\n$4\r\n", 8), uv_buf_init("PING\r\n", 6)};
-  ASSERT_EQ(pp_conn_try_write(l.conn, b, 2), 14);
+  ASSERT_EQ(lease_try_send(&l, b, 2, &r), 14);
   RUN_UNTIL(got(&r, "+PONG\r\n"), 3000);
   pp_conn_read_stop(l.conn);
   test_reader_free(&r);
@@ -1158,18 +1169,14 @@ TEST(tls_pool_try_write_and_big_write) {
 /* TLS 1.3 and a client certificate required: the refusal arrives after the handshake, on the
  * first read, as PP_ETLS with the reason; with a certificate it works. */
 TEST(tls_pool_client_cert_required) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("yes", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t l;
   test_rec_t rec;
-  test_reader_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &rec, f.peer, NULL));
+  tls_fix_t f = redis_pool_lease(&l, &rec, "yes");
   /* The alert, unless the server's reset to our request overtakes it (then the kernel drops
    * the alert unread): either way the conn ends and the peer is blamed. */
-  memset(&r, 0, sizeof r);
-  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &r));
+  test_reader_t r;
   uv_buf_t b = uv_buf_init(PING, 14);
-  pp_conn_try_write(l.conn, &b, 1);
+  lease_try_send(&l, &b, 1, &r);
   RUN_UNTIL(r.ended, 3000);
   ASSERT_MSG(r.end_status == PP_ETLS || r.end_status == UV_ECONNRESET, "ended with %s",
              pp_err_name((int)r.end_status));
@@ -1350,11 +1357,9 @@ TEST(tls_pool_burst_of_new_conns_resumes) {
   static test_rec_t rec[N];
   test_reader_t r;
   for (int round = 0; round < 2; round++) {
+    test_acquire_start_n(f.pool, f.peer, l, rec, N);
     for (int i = 0; i < N; i++)
-      ASSERT_OK(test_acquire_start(f.pool, &l[i], &rec[i], f.peer, NULL));
-    for (int i = 0; i < N; i++) {
       test_wait_ok(&rec[i]);
-    }
     for (int i = 0; i < N; i++) { /* each reply comes after the conn's tickets */
       ASSERT_EQ(lease_ask(&l[i], PING, "+PONG\r\n", &r), 0);
       test_reader_free(&r);

@@ -1,60 +1,49 @@
 /* Acquire, try_acquire, release and cancel. */
-#include "fixtures.h"
+#include "fixtures_multi.h"
 
 TEST(acquire_named_peer) {
   fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  pp_lease_t l;
-  test_rec_t r;
-  int rc = test_acquire_start(f.pool, &l, &r, f.peer, NULL);
-  ASSERT_OK(rc);
-  ASSERT_EQ(r.calls, 0); /* never inside the call */
-  RUN_UNTIL(r.calls == 1, 3000);
-  ASSERT_OK(r.status);
-  ASSERT_NOT_NULL(l.conn);
-  ASSERT_PTR_EQ(l.peer, f.peer);
-  ASSERT_PTR_EQ(pp_conn_peer(l.conn), f.peer);
-  ASSERT_EQ(pp_conn_leases(l.conn), 1);
-  ASSERT_EQ(pp_conn_is_broken(l.conn), 0);
+  pp_lease_t *l = &f.held;
+  test_rec_t *r = &f.held_rec;
+  ASSERT_OK(test_acquire_start(f.pool, l, r, f.peer, NULL));
+  ASSERT_EQ(r->calls, 0); /* never inside the call */
+  test_wait_ok(r);
+  ASSERT_NOT_NULL(l->conn);
+  ASSERT_PTR_EQ(l->peer, f.peer);
+  ASSERT_PTR_EQ(pp_conn_peer(l->conn), f.peer);
+  ASSERT_EQ(pp_conn_leases(l->conn), 1);
+  ASSERT_EQ(pp_conn_is_broken(l->conn), 0);
   ASSERT_EQ(srv_accepted(f.srv) <= 1, 1);
   ASSERT_ACCEPTED(f.srv, 1);
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_OK(pp_release(l, 0));
   fixture_end(&f);
 }
 
 TEST(acquire_any_peer) {
   fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, NULL, NULL));
-  ASSERT_NOT_NULL(l.conn);
-  ASSERT_PTR_EQ(l.peer, f.peer);
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, NULL, NULL));
+  ASSERT_NOT_NULL(f.held.conn);
+  ASSERT_PTR_EQ(f.held.peer, f.peer);
+  ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }
 
 TEST(acquire_any_peer_spreads_over_ready_peers) {
   /* Two echo servers and max_per_peer = 1: two held acquires without a peer must land on
    * both peers. */
-  srv_t *s1 = srv_echo_start(NULL), *s2 = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *p1 = test_peer(pool, srv_addr(s1));
-  pp_peer_t *p2 = test_peer(pool, srv_addr(s2));
+  fixture2_t f =
+      fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
   pp_lease_t a, b;
   test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_wait(pool, &a, &ra, NULL, NULL));
-  ASSERT_OK(test_acquire_wait(pool, &b, &rb, NULL, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, NULL, NULL));
+  ASSERT_OK(test_acquire_wait(f.pool, &b, &rb, NULL, NULL));
   /* max_per_peer = 1: the second must go to the other peer. */
   ASSERT_PTR_NE(a.peer, b.peer);
-  ASSERT(a.peer == p1 || a.peer == p2);
-  ASSERT(b.peer == p1 || b.peer == p2);
+  ASSERT(a.peer == f.peer[0] || a.peer == f.peer[1]);
+  ASSERT(b.peer == f.peer[0] || b.peer == f.peer[1]);
   ASSERT_OK(pp_release(&a, 0));
   ASSERT_OK(pp_release(&b, 0));
-  test_finish(pool);
-  srv_stop(s1);
-  srv_stop(s2);
+  fixture2_end(&f);
 }
 
 /* An acquire without a peer on `pool` ends in PP_ENOPEER: at once (its callback never runs)
@@ -96,14 +85,12 @@ TEST(acquire_any_peer_skips_stale_addresses) {
 TEST(acquire_callback_not_inside_call_when_idle_conn) {
   /* Even when an idle conn could be handed over at once, the callback is deferred. */
   fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  pp_lease_t l;
-  test_rec_t r;
   test_acquire_release(f.pool, f.peer);
-  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL)); /* asserts in the callback */
-  ASSERT_EQ(r.calls, 0);
-  RUN_UNTIL(r.calls == 1, 1000);
-  ASSERT_OK(r.status);
-  ASSERT_OK(pp_release(&l, 0));
+  /* test_acquire_cb asserts it does not run inside the call. */
+  ASSERT_OK(test_acquire_start(f.pool, &f.held, &f.held_rec, f.peer, NULL));
+  ASSERT_EQ(f.held_rec.calls, 0);
+  test_wait_ok(&f.held_rec);
+  ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }
 
@@ -135,8 +122,7 @@ TEST(acquire_released_lease_can_be_reused_as_is) {
   ASSERT_OK(pp_release(&f.held, 0));
   f.held_rec.calls = 0;
   ASSERT_OK(CALL(pp_acquire(f.pool, &f.held, f.peer, NULL, test_acquire_cb)));
-  RUN_UNTIL(f.held_rec.calls == 1, 1000);
-  ASSERT_OK(f.held_rec.status);
+  test_wait_ok(&f.held_rec);
   ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }
@@ -160,12 +146,9 @@ TEST(acquire_try_acquire_eagain_when_nothing_idle) {
 
 TEST(acquire_try_acquire_eagain_when_all_busy) {
   fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  pp_lease_t l, t;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
-  memset(&t, 0, sizeof t);
-  ASSERT_ERR(pp_try_acquire(f.pool, &t, f.peer, NULL), PP_EAGAIN);
-  ASSERT_OK(pp_release(&l, 0));
+  fixture_hold(&f);
+  test_try_acquire_fails(f.pool, f.peer, PP_EAGAIN);
+  ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }
 
@@ -306,14 +289,10 @@ TEST(acquire_cancel_granted_is_bad_state) {
 }
 
 TEST(acquire_cancel_waiter_frees_its_queue_slot) {
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  o.backlog = 1;
-  fixture_t f = fixture_start(srv_echo_start(NULL), &o);
-  pp_lease_t a, w1, w2;
-  test_rec_t ra, r1, r2;
-  ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, f.peer, NULL));
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1; o.backlog = 1));
+  fixture_hold(&f);
+  pp_lease_t w1, w2;
+  test_rec_t r1, r2;
   ASSERT_OK(test_acquire_start(f.pool, &w1, &r1, f.peer, NULL));
   ASSERT_EQ(test_stats(f.pool).waiters, 1);
   ASSERT_OK(pp_acquire_cancel(&w1));
@@ -321,29 +300,25 @@ TEST(acquire_cancel_waiter_frees_its_queue_slot) {
   ASSERT_ERR(r1.status, PP_ECANCELED);
   ASSERT_EQ(test_stats(f.pool).waiters, 0);
   ASSERT_OK(test_acquire_start(f.pool, &w2, &r2, f.peer, NULL));
-  ASSERT_OK(pp_release(&a, 0));
-  RUN_UNTIL(r2.calls == 1, 1000);
-  ASSERT_OK(r2.status);
+  ASSERT_OK(pp_release(&f.held, 0));
+  test_wait_ok(&r2);
   ASSERT_OK(pp_release(&w2, 0));
   fixture_end(&f);
 }
 
 TEST(acquire_lease_in_use_is_invalid) {
   fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_OK(test_acquire_start(f.pool, &f.held, &f.held_rec, f.peer, NULL));
   /* Pending: reusing it is refused. */
-  ASSERT_ERR(CALL(pp_acquire(f.pool, &l, f.peer, NULL, test_acquire_cb)), PP_EINVAL);
-  RUN_UNTIL(r.calls == 1, 3000);
-  ASSERT_OK(r.status);
+  ASSERT_ERR(CALL(pp_acquire(f.pool, &f.held, f.peer, NULL, test_acquire_cb)), PP_EINVAL);
+  test_wait_ok(&f.held_rec);
   /* Granted: refused too. */
-  ASSERT_ERR(CALL(pp_acquire(f.pool, &l, f.peer, NULL, test_acquire_cb)), PP_EINVAL);
-  ASSERT_ERR(pp_try_acquire(f.pool, &l, f.peer, NULL), PP_EINVAL);
+  ASSERT_ERR(CALL(pp_acquire(f.pool, &f.held, f.peer, NULL, test_acquire_cb)), PP_EINVAL);
+  ASSERT_ERR(pp_try_acquire(f.pool, &f.held, f.peer, NULL), PP_EINVAL);
   test_run_for(20);
-  ASSERT_EQ(r.calls, 1);
-  ASSERT_NOT_NULL(l.conn);
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_EQ(f.held_rec.calls, 1);
+  ASSERT_NOT_NULL(f.held.conn);
+  ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }
 
@@ -351,15 +326,9 @@ TEST(acquire_peer_of_another_pool_is_invalid) {
   pp_pool_t *p1 = test_pool(NULL);
   pp_pool_t *p2 = test_pool(NULL);
   pp_peer_t *peer = test_peer(p2, "127.0.0.1:9");
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_start(p1, &l, &r, peer, NULL), PP_EINVAL);
-  pp_lease_t t;
-  memset(&t, 0, sizeof t);
-  ASSERT_ERR(pp_try_acquire(p1, &t, peer, NULL), PP_EINVAL);
+  test_acquire_fails(p1, peer, NULL, PP_EINVAL);
+  test_try_acquire_fails(p1, peer, PP_EINVAL);
   ASSERT_OK(pp_pool_close(p2, NULL));
-  test_run_for(30);
-  ASSERT_EQ(r.calls, 0);
   test_finish(p1);
 }
 
@@ -400,10 +369,10 @@ static void acquire_with_cb(fixture_t *f, pp_acquire_cb cb) {
 static pp_lease_t chain_second;
 static test_rec_t chain_rec2;
 
+/* Records the grant and releases the lease from inside its callback. */
 static void release_inside_cb(pp_lease_t *lease, int status) {
   test_acquire_cb(lease, status);
   ASSERT_OK(status);
-  /* Release and acquire again from inside the callback. */
   ASSERT_OK(pp_release(lease, 0));
 }
 
@@ -424,10 +393,9 @@ static pp_peer_t *nested_peer;
 static pp_lease_t nested_inner;
 static test_rec_t nested_inner_rec;
 
+/* release_inside_cb, then an acquire of nested_inner from the same callback. */
 static void acquire_inside_cb(pp_lease_t *lease, int status) {
-  test_acquire_cb(lease, status);
-  ASSERT_OK(status);
-  ASSERT_OK(pp_release(lease, 0));
+  release_inside_cb(lease, status);
   memset(&nested_inner, 0, sizeof nested_inner);
   nested_inner.data = &nested_inner_rec;
   /* test_in_call is 0 here: we are in a callback, and the inner callback must not run
@@ -441,41 +409,27 @@ TEST(acquire_acquire_inside_callback) {
   nested_pool = f.pool;
   nested_peer = f.peer;
   acquire_with_cb(&f, acquire_inside_cb);
-  RUN_UNTIL(nested_inner_rec.calls == 1, 3000);
-  ASSERT_OK(nested_inner_rec.status);
+  test_wait_ok(&nested_inner_rec);
   ASSERT_OK(pp_release(&nested_inner, 0));
   ASSERT_ACCEPTED(f.srv, 1);
   fixture_end(&f);
 }
 
-static int64_t always_burn(void *data, pp_peer_t *peer, int attempt, int err) {
-  return PP_BACKOFF_BURN;
-}
-
 TEST(acquire_any_peer_when_all_are_burned_is_no_peer) {
-  srv_t *srv = srv_refused_start();
-  pp_pool_t *pool = test_pool(TEST_OPTS());
-  test_set_backoff(pool, always_burn, NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(srv));
-  pp_lease_t l;
-  test_rec_t r;
-  int st = test_acquire_wait(pool, &l, &r, peer, NULL);
-  ASSERT_ERR2(st, PP_EBURNED, PP_ECANNOTCONNECT);
-  ASSERT_EQ(pp_peer_state(peer), PP_PEER_BURNED);
-  acquire_any_is_no_peer(pool);
-  test_finish_srv(pool, srv);
+  fixture_t f = fixture_burned();
+  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_BURNED);
+  acquire_any_is_no_peer(f.pool);
+  fixture_end(&f);
 }
 
 TEST(acquire_conn_idle_ms_grows_while_idle) {
   fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
-  pp_lease_t l;
-  test_rec_t r;
   pp_conn_t *c = test_acquire_release(f.pool, f.peer);
   test_run_for(60);
   ASSERT_GE(pp_conn_idle_ms(c), 40); /* c is idle but still alive: the pool owns it */
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
-  ASSERT_PTR_EQ(l.conn, c);
+  fixture_hold(&f);
+  ASSERT_PTR_EQ(f.held.conn, c);
   ASSERT_LT(pp_conn_idle_ms(c), 40);
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }

@@ -1,37 +1,52 @@
 /* Resource-busy signalling: busy=fail + notices, busy=wait queues (FIFO, priority, deadline),
  * backlog, and prompt service of waiters on release. */
-#include "fixtures.h"
+#include "fixtures_multi.h"
 
-/* An echo peer with `o` (NULL = test defaults) and max_per_peer = 1, whose only conn is held
- * by f->held. */
-static void busy_fixture(fixture_t *f, const pp_options_t *o) {
-  static pp_options_t opts;
-  if (o != NULL)
-    opts = *o;
-  else
-    test_options(&opts);
-  opts.max_per_peer = 1;
-  *f = fixture_start(srv_echo_start(NULL), &opts);
-  fixture_hold(f);
+/* A fixture_busy and what waits behind its held conn: a notice `n` or an acquire `l`, whose
+ * callbacks `r` records. */
+typedef struct {
+  fixture_t f;
+  pp_notice_t n;
+  pp_lease_t l;
+  test_rec_t r;
+} busy_t;
+
+/* fixture_busy, and the notice armed (inside CALL) on the fixture's peer, or for any peer. */
+static void busy_notice_fixture(busy_t *b, int any_peer) {
+  fixture_busy(&b->f, NULL);
+  ASSERT_OK(CALL(test_notice_start(b->f.pool, &b->n, &b->r, any_peer ? NULL : b->f.peer)));
 }
 
-/* busy_fixture, and a notice armed (inside CALL) on the fixture's peer, or for any peer. */
-static void busy_notice_fixture(fixture_t *f, pp_notice_t *n, test_rec_t *nr, int any_peer) {
-  busy_fixture(f, NULL);
-  ASSERT_OK(CALL(test_notice_start(f->pool, n, nr, any_peer ? NULL : f->peer)));
+/* fixture_busy, and the acquire queued on the fixture's peer, or for any peer. */
+static void busy_waiter_fixture(busy_t *b, int any_peer) {
+  fixture_busy(&b->f, NULL);
+  ASSERT_OK(test_acquire_start(b->f.pool, &b->l, &b->r, any_peer ? NULL : b->f.peer, NULL));
 }
 
-/* busy_fixture, and an acquire `l` (on the fixture's peer, or any peer) queued behind the
- * held conn. */
-static void busy_waiter_fixture(fixture_t *f, pp_lease_t *l, test_rec_t *r, int any_peer) {
-  busy_fixture(f, NULL);
-  ASSERT_OK(test_acquire_start(f->pool, l, r, any_peer ? NULL : f->peer, NULL));
+/* Run the loop a while: what waits is called no more than the `calls` times it was. */
+static void calls_stay_at(busy_t *b, int calls) {
+  test_run_for(30);
+  ASSERT_EQ(b->r.calls, calls);
 }
 
-/* busy_fixture, and a busy=fail acquire `l` answered PP_EBUSY at once. Returns its options,
+/* Release the held conn with `status` (inside CALL): what waits is served, its `calls`-th
+ * callback, with 0. */
+static void release_serves(busy_t *b, int status, int calls) {
+  ASSERT_OK(CALL(pp_release(&b->f.held, status)));
+  RUN_UNTIL(b->r.calls == calls, 3000);
+  ASSERT_OK(b->r.status);
+}
+
+/* Release the waiter's lease, then fixture_end. */
+static void busy_waiter_end(busy_t *b) {
+  ASSERT_OK(pp_release(&b->l, 0));
+  fixture_end(&b->f);
+}
+
+/* fixture_busy, and a busy=fail acquire `l` answered PP_EBUSY at once. Returns its options,
  * to try again. */
 static const pp_acquire_opts_t *busy_fail_fixture(fixture_t *f, pp_lease_t *l, test_rec_t *r) {
-  busy_fixture(f, NULL);
+  fixture_busy(f, NULL);
   const pp_acquire_opts_t *fail = TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL);
   ASSERT_ERR(test_acquire_start(f->pool, l, r, f->peer, fail), PP_EBUSY);
   return fail;
@@ -65,25 +80,16 @@ TEST(busy_fail_at_capacity_answers_at_once) {
 }
 
 TEST(busy_fail_at_max_total) {
-  srv_t *s1 = srv_echo_start(NULL), *s2 = srv_echo_start(NULL);
-  pp_options_t o;
-  test_options(&o);
-  o.max_per_peer = 1;
-  o.max_total = 1;
-  pp_pool_t *pool = test_pool(&o);
-  pp_peer_t *p1 = test_peer(pool, srv_addr(s1));
-  pp_peer_t *p2 = test_peer(pool, srv_addr(s2));
-  pp_lease_t held, refused;
-  test_rec_t rh, rr;
-  ASSERT_OK(test_acquire_wait(pool, &held, &rh, p1, NULL));
-  ASSERT_ERR(test_acquire_start(pool, &refused, &rr, p2, TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL)),
-             PP_EBUSY);
+  fixture2_t f = fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL),
+                                TEST_OPTS(o.max_per_peer = 1; o.max_total = 1));
+  pp_lease_t held;
+  test_rec_t rh;
+  ASSERT_OK(test_acquire_wait(f.pool, &held, &rh, f.peer[0], NULL));
+  test_acquire_fails(f.pool, f.peer[1], TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL), PP_EBUSY);
   test_run_for(30);
-  ASSERT_EQ(srv_accepted(s2), 0);
+  ASSERT_EQ(srv_accepted(f.srv[1]), 0);
   ASSERT_OK(pp_release(&held, 0));
-  test_finish(pool);
-  srv_stop(s1);
-  srv_stop(s2);
+  fixture2_end(&f);
 }
 
 TEST(busy_notice_fires_after_release) {
@@ -97,8 +103,7 @@ TEST(busy_notice_fires_after_release) {
   test_run_for(50);
   ASSERT_EQ(nr.calls, 0);
   ASSERT_OK(CALL(pp_release(&f.held, 0)));
-  RUN_UNTIL(nr.calls == 1, 1000);
-  ASSERT_OK(nr.status);
+  test_wait_ok(&nr);
   test_run_for(30);
   ASSERT_EQ(nr.calls, 1); /* fires once */
   ASSERT_ERR(pp_notice_cancel(&n), PP_ESTATE);
@@ -110,90 +115,70 @@ TEST(busy_notice_fires_after_release) {
 
 TEST(busy_notice_fires_next_tick_when_capacity_is_free) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   ASSERT_OK(pp_release(&f.held, 0));
   pp_notice_t n;
   test_rec_t nr;
   ASSERT_OK(CALL(test_notice_start(f.pool, &n, &nr, f.peer)));
   ASSERT_EQ(nr.calls, 0);
-  RUN_UNTIL(nr.calls == 1, 500);
-  ASSERT_OK(nr.status);
+  test_wait_ok(&nr);
   fixture_end(&f);
+}
+
+/* A notice armed while the peer is at capacity (on the peer, or for any peer) stays quiet
+ * until a release with `status` frees the slot, then fires. */
+static void notice_fires_on_release(int any_peer, int status) {
+  busy_t b;
+  busy_notice_fixture(&b, any_peer);
+  calls_stay_at(&b, 0);
+  release_serves(&b, status, 1);
+  fixture_end(&b.f);
 }
 
 TEST(busy_notice_for_any_peer) {
-  fixture_t f;
-  pp_notice_t n;
-  test_rec_t nr;
-  busy_notice_fixture(&f, &n, &nr, 1);
-  test_run_for(30);
-  ASSERT_EQ(nr.calls, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(nr.calls == 1, 1000);
-  ASSERT_OK(nr.status);
-  fixture_end(&f);
+  notice_fires_on_release(1, 0);
 }
 
 TEST(busy_notice_fires_when_a_broken_release_frees_a_slot) {
-  fixture_t f;
-  pp_notice_t n;
-  test_rec_t nr;
-  busy_notice_fixture(&f, &n, &nr, 0);
-  ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
-  RUN_UNTIL(nr.calls == 1, 1000);
-  ASSERT_OK(nr.status);
-  fixture_end(&f);
+  notice_fires_on_release(0, PP_EBROKEN);
 }
 
 TEST(busy_notice_cancel) {
-  fixture_t f;
-  pp_notice_t n;
-  test_rec_t nr;
-  busy_notice_fixture(&f, &n, &nr, 0);
-  ASSERT_OK(CALL(pp_notice_cancel(&n)));
-  ASSERT_EQ(nr.calls, 0);
-  RUN_UNTIL(nr.calls == 1, 1000);
-  ASSERT_ERR(nr.status, PP_ECANCELED);
-  ASSERT_ERR(pp_notice_cancel(&n), PP_ESTATE);
+  busy_t b;
+  busy_notice_fixture(&b, 0);
+  ASSERT_OK(CALL(pp_notice_cancel(&b.n)));
+  ASSERT_EQ(b.r.calls, 0);
+  RUN_UNTIL(b.r.calls == 1, 1000);
+  ASSERT_ERR(b.r.status, PP_ECANCELED);
+  ASSERT_ERR(pp_notice_cancel(&b.n), PP_ESTATE);
   /* A release later does not fire it again. */
-  ASSERT_OK(pp_release(&f.held, 0));
-  test_run_for(30);
-  ASSERT_EQ(nr.calls, 1);
+  ASSERT_OK(pp_release(&b.f.held, 0));
+  calls_stay_at(&b, 1);
   pp_notice_t z;
   memset(&z, 0, sizeof z);
   ASSERT_ERR(pp_notice_cancel(&z), PP_ESTATE);
-  fixture_end(&f);
+  fixture_end(&b.f);
 }
 
 TEST(busy_notice_can_be_rearmed) {
-  fixture_t f;
-  pp_notice_t n;
-  test_rec_t nr;
-  busy_notice_fixture(&f, &n, &nr, 0);
-  ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(nr.calls == 1, 1000);
-  ASSERT_OK(test_acquire_wait(f.pool, &f.held, &f.held_rec, f.peer, NULL));
-  ASSERT_OK(pp_notice_start(f.pool, &n, f.peer, test_notice_cb));
-  test_run_for(30);
-  ASSERT_EQ(nr.calls, 1);
-  ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(nr.calls == 2, 1000);
-  ASSERT_OK(nr.status);
-  fixture_end(&f);
+  busy_t b;
+  busy_notice_fixture(&b, 0);
+  release_serves(&b, 0, 1);
+  fixture_hold(&b.f);
+  ASSERT_OK(pp_notice_start(b.f.pool, &b.n, b.f.peer, test_notice_cb));
+  calls_stay_at(&b, 1);
+  release_serves(&b, 0, 2);
+  fixture_end(&b.f);
 }
 
 TEST(busy_notice_armed_twice_is_invalid_or_state) {
-  fixture_t f;
-  pp_notice_t n;
-  test_rec_t nr;
-  busy_notice_fixture(&f, &n, &nr, 0);
-  int rc = pp_notice_start(f.pool, &n, f.peer, test_notice_cb);
+  busy_t b;
+  busy_notice_fixture(&b, 0);
+  int rc = pp_notice_start(b.f.pool, &b.n, b.f.peer, test_notice_cb);
   ASSERT_ERR2(rc, PP_EINVAL, PP_ESTATE);
-  ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(nr.calls == 1, 1000);
-  test_run_for(30);
-  ASSERT_EQ(nr.calls, 1);
-  fixture_end(&f);
+  release_serves(&b, 0, 1);
+  calls_stay_at(&b, 1);
+  fixture_end(&b.f);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -202,36 +187,31 @@ TEST(busy_notice_armed_twice_is_invalid_or_state) {
 #define NW 5
 
 TEST(busy_wait_is_fifo) {
-  fixture_t f;
-  busy_fixture(&f, NULL);
-  pp_lease_t w[NW];
-  test_rec_t r[NW];
-  for (int i = 0; i < NW; i++)
-    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
-  pp_stats_t s = test_stats(f.pool);
+  fixture_leases_t h;
+  fixture_busy_queue(&h, NULL, NW);
+  pp_stats_t s = test_stats(h.f.pool);
   ASSERT_EQ(s.waiters, NW);
-  ASSERT_EQ(test_peer_info(f.peer).waiters, NW);
+  ASSERT_EQ(test_peer_info(h.f.peer).waiters, NW);
   test_run_for(30);
   for (int i = 0; i < NW; i++)
-    ASSERT_EQ(r[i].calls, 0);
-  pp_lease_t *cur = &f.held;
+    ASSERT_EQ(h.r[i].calls, 0);
+  pp_lease_t *cur = &h.f.held;
   for (int i = 0; i < NW; i++) {
     ASSERT_OK(pp_release(cur, 0));
-    RUN_UNTIL(r[i].calls == 1, 1000);
-    ASSERT_OK(r[i].status);
+    test_wait_ok(&h.r[i]);
     for (int j = i + 1; j < NW; j++)
-      ASSERT_EQ(r[j].calls, 0);
-    cur = &w[i];
+      ASSERT_EQ(h.r[j].calls, 0);
+    cur = &h.l[i];
   }
   ASSERT_OK(pp_release(cur, 0));
-  ASSERT_EQ(test_stats(f.pool).waiters, 0);
-  ASSERT_ACCEPTED(f.srv, 1);
-  fixture_end(&f);
+  ASSERT_EQ(test_stats(h.f.pool).waiters, 0);
+  ASSERT_ACCEPTED(h.f.srv, 1);
+  fixture_end(&h.f);
 }
 
 TEST(busy_wait_higher_priority_first) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   int prio[] = {0, 5, 2, 5, 7, 0};
   int want[] = {4, 1, 3, 2, 0, 5}; /* indices in service order */
   enum { N = 6 };
@@ -245,8 +225,7 @@ TEST(busy_wait_higher_priority_first) {
   for (int k = 0; k < N; k++) {
     ASSERT_OK(pp_release(cur, 0));
     int i = want[k];
-    RUN_UNTIL(r[i].calls == 1, 1000);
-    ASSERT_OK(r[i].status);
+    test_wait_ok(&r[i]);
     int served = 0;
     for (int j = 0; j < N; j++)
       served += r[j].calls;
@@ -259,7 +238,7 @@ TEST(busy_wait_higher_priority_first) {
 
 TEST(busy_wait_deadline_times_out) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 100, 0);
   pp_lease_t l;
   test_rec_t r;
@@ -285,7 +264,7 @@ TEST(busy_wait_deadline_times_out) {
 
 TEST(busy_wait_uses_pool_acquire_timeout) {
   fixture_t f;
-  busy_fixture(&f, TEST_OPTS(o.acquire_timeout = 100));
+  fixture_busy(&f, TEST_OPTS(o.acquire_timeout = 100));
   pp_lease_t l;
   test_rec_t r;
   uint64_t t0 = test_now_ms();
@@ -299,7 +278,7 @@ TEST(busy_wait_uses_pool_acquire_timeout) {
 
 TEST(busy_wait_timeout_zero_means_no_deadline) {
   fixture_t f;
-  busy_fixture(&f, TEST_OPTS(o.acquire_timeout = 50));
+  fixture_busy(&f, TEST_OPTS(o.acquire_timeout = 50));
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, 0);
   pp_lease_t l;
   test_rec_t r;
@@ -307,15 +286,14 @@ TEST(busy_wait_timeout_zero_means_no_deadline) {
   test_run_for(250);
   ASSERT_EQ(r.calls, 0);
   ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(r.calls == 1, 1000);
-  ASSERT_OK(r.status);
+  test_wait_ok(&r);
   ASSERT_OK(pp_release(&l, 0));
   fixture_end(&f);
 }
 
 TEST(busy_wait_deadlines_fire_in_order) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   int64_t tmo[] = {150, 50, 100};
   pp_lease_t w[3];
   test_rec_t r[3];
@@ -335,7 +313,7 @@ TEST(busy_wait_deadlines_fire_in_order) {
 
 TEST(busy_backlog_full_is_exhausted_at_once) {
   fixture_t f;
-  busy_fixture(&f, TEST_OPTS(o.backlog = 2));
+  fixture_busy(&f, TEST_OPTS(o.backlog = 2));
   pp_lease_t w[3];
   test_rec_t r[3];
   ASSERT_OK(test_acquire_start(f.pool, &w[0], &r[0], f.peer, NULL));
@@ -355,7 +333,7 @@ TEST(busy_backlog_full_is_exhausted_at_once) {
 
 TEST(busy_backlog_zero_never_waits) {
   fixture_t f;
-  busy_fixture(&f, TEST_OPTS(o.backlog = 0));
+  fixture_busy(&f, TEST_OPTS(o.backlog = 0));
   pp_lease_t l;
   test_rec_t r;
   ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, NULL), PP_EEXHAUSTED);
@@ -367,63 +345,49 @@ TEST(busy_backlog_zero_never_waits) {
 }
 
 TEST(busy_waiter_served_on_release_without_polling) {
-  fixture_t f;
-  pp_lease_t l;
-  test_rec_t r;
-  busy_waiter_fixture(&f, &l, &r, 0);
+  busy_t b;
+  busy_waiter_fixture(&b, 0);
   test_run_for(20);
-  ASSERT_EQ(r.calls, 0);
-  uint64_t waited_before = test_stats(f.pool).acquired_waited;
-  ASSERT_OK(CALL(pp_release(&f.held, 0)));
-  ASSERT_EQ(r.calls, 0);
+  ASSERT_EQ(b.r.calls, 0);
+  uint64_t waited_before = test_stats(b.f.pool).acquired_waited;
+  ASSERT_OK(CALL(pp_release(&b.f.held, 0)));
+  ASSERT_EQ(b.r.calls, 0);
   int iters = 0;
-  while (r.calls == 0 && iters < 10) {
+  while (b.r.calls == 0 && iters < 10) {
     test_run_nowait();
     iters++;
   }
-  ASSERT_MSG(r.calls == 1, "waiter not served within %d non-blocking loop iterations", iters);
+  ASSERT_MSG(b.r.calls == 1, "waiter not served within %d non-blocking loop iterations", iters);
   ASSERT_LE(iters, 3);
-  ASSERT_OK(r.status);
-  ASSERT_NOT_NULL(l.conn);
-  pp_stats_t s = test_stats(f.pool);
+  ASSERT_OK(b.r.status);
+  ASSERT_NOT_NULL(b.l.conn);
+  pp_stats_t s = test_stats(b.f.pool);
   ASSERT_EQ(s.acquired_waited, waited_before + 1);
   ASSERT_EQ(s.waiters, 0);
-  ASSERT_OK(pp_release(&l, 0));
-  fixture_end(&f);
+  busy_waiter_end(&b);
 }
 
 TEST(busy_waiter_gets_new_conn_after_broken_release) {
-  fixture_t f;
-  pp_lease_t l;
-  test_rec_t r;
-  busy_waiter_fixture(&f, &l, &r, 0);
-  ASSERT_OK(pp_release(&f.held, PP_EBROKEN));
-  RUN_UNTIL(r.calls == 1, 3000);
-  ASSERT_OK(r.status);
-  ASSERT_ACCEPTED(f.srv, 2);
-  ASSERT_OK(pp_release(&l, 0));
-  fixture_end(&f);
+  busy_t b;
+  busy_waiter_fixture(&b, 0);
+  release_serves(&b, PP_EBROKEN, 1);
+  ASSERT_ACCEPTED(b.f.srv, 2);
+  busy_waiter_end(&b);
 }
 
 TEST(busy_waiter_for_any_peer) {
-  fixture_t f;
-  pp_lease_t l;
-  test_rec_t r;
-  busy_waiter_fixture(&f, &l, &r, 1);
-  test_run_for(30);
-  ASSERT_EQ(r.calls, 0);
-  ASSERT_EQ(test_stats(f.pool).waiters, 1);
-  ASSERT_OK(pp_release(&f.held, 0));
-  RUN_UNTIL(r.calls == 1, 1000);
-  ASSERT_OK(r.status);
-  ASSERT_PTR_EQ(l.peer, f.peer);
-  ASSERT_OK(pp_release(&l, 0));
-  fixture_end(&f);
+  busy_t b;
+  busy_waiter_fixture(&b, 1);
+  calls_stay_at(&b, 0);
+  ASSERT_EQ(test_stats(b.f.pool).waiters, 1);
+  release_serves(&b, 0, 1);
+  ASSERT_PTR_EQ(b.l.peer, b.f.peer);
+  busy_waiter_end(&b);
 }
 
 TEST(busy_wait_with_priority_in_range_only) {
   fixture_t f;
-  busy_fixture(&f, NULL);
+  fixture_busy(&f, NULL);
   pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 0, PP_PRIORITY_MAX + 1);
   pp_lease_t l;
   test_rec_t r;

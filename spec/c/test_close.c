@@ -1,6 +1,6 @@
 /* Closing the pool: pending acquires and notices end with PP_ECLOSED, leases are detached,
  * the close callback runs once, and the loop closes with 0. */
-#include "fixtures.h"
+#include "fixtures_multi.h"
 
 /* An echo server and a pool on it with engine defaults (test_pool(NULL)), one lease in
  * f->held. In place: the pool points at f->held. */
@@ -60,21 +60,17 @@ TEST(close_ends_pending_dial_with_closed) {
 }
 
 TEST(close_ends_waiters_with_closed) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
-  pp_lease_t held, w[3];
-  test_rec_t hr, r[3];
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
-  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
-  RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls, 1000);
+  fixture_leases_t h;
+  fixture_busy_queue(&h, NULL, 3);
+  ASSERT_OK(pp_pool_close(h.f.pool, test_close_cb));
+  RUN_UNTIL(h.r[0].calls && h.r[1].calls && h.r[2].calls, 1000);
   for (int i = 0; i < 3; i++) {
-    ASSERT_EQ(r[i].calls, 1);
-    ASSERT_ERR(r[i].status, PP_ECLOSED);
+    ASSERT_EQ(h.r[i].calls, 1);
+    ASSERT_ERR(h.r[i].status, PP_ECLOSED);
   }
   test_finish_closed();
-  ASSERT_EQ(hr.calls, 1);
-  srv_stop(f.srv);
+  ASSERT_EQ(h.f.held_rec.calls, 1);
+  srv_stop(h.f.srv);
 }
 
 TEST(close_ends_backoff_promptly) {
@@ -99,10 +95,8 @@ TEST(close_ends_backoff_promptly) {
 }
 
 TEST(close_fires_armed_notices_with_closed) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
-  pp_lease_t held;
-  test_rec_t hr;
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
+  fixture_t f;
+  fixture_busy(&f, NULL);
   pp_notice_t n1, n2;
   test_rec_t r1 = {0}, r2 = {0};
   memset(&n1, 0, sizeof n1);
@@ -194,18 +188,16 @@ TEST(close_ends_pending_write) {
 }
 
 TEST(close_closes_every_conn) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 4));
-  pp_lease_t l[4];
-  test_rec_t r[4];
-  test_acquire_n(f.pool, f.peer, l, r, 4);
-  test_release_n(l, 2, 0); /* two idle, two leased */
-  RUN_UNTIL(srv_open(f.srv) == 4, 2000);
-  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
+  fixture_leases_t h;
+  fixture_leases_start(&h, TEST_OPTS(o.max_per_peer = 4), 4);
+  test_release_n(h.l, 2, 0); /* two idle, two leased */
+  RUN_UNTIL(srv_open(h.f.srv) == 4, 2000);
+  ASSERT_OK(pp_pool_close(h.f.pool, test_close_cb));
   RUN_UNTIL(test_close_calls == 1, 2000);
-  ASSERT_EQ(srv_client_conns(f.srv), 0);
+  ASSERT_EQ(srv_client_conns(h.f.srv), 0);
   test_finish_closed();
-  RUN_UNTIL(srv_open(f.srv) == 0, 2000);
-  srv_stop(f.srv);
+  RUN_UNTIL(srv_open(h.f.srv) == 0, 2000);
+  srv_stop(h.f.srv);
 }
 
 static pp_stats_t stats_in_close_cb;
@@ -216,41 +208,32 @@ static void close_cb_with_stats(pp_pool_t *pool) {
 }
 
 TEST(close_counts_closed_conns) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 2));
-  pp_lease_t l[2];
-  test_rec_t r[2];
-  test_acquire_n(f.pool, f.peer, l, r, 2);
-  test_release_n(l, 1, 0);
-  ASSERT_OK(pp_pool_close(f.pool, close_cb_with_stats));
+  fixture_leases_t h;
+  fixture_leases_start(&h, TEST_OPTS(o.max_per_peer = 2), 2);
+  test_release_n(h.l, 1, 0);
+  ASSERT_OK(pp_pool_close(h.f.pool, close_cb_with_stats));
   test_finish_closed();
   ASSERT_EQ(stats_in_close_cb.closed[PP_CLOSE_CLOSED], 2);
   ASSERT_EQ(stats_in_close_cb.conns, 0);
   ASSERT_EQ(stats_in_close_cb.idle, 0);
   ASSERT_EQ(stats_in_close_cb.active, 0);
   ASSERT_EQ(stats_in_close_cb.waiters, 0);
-  srv_stop(f.srv);
+  srv_stop(h.f.srv);
 }
 
 TEST(close_refuses_new_work) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  test_acquire_release(pool, peer);
-  ASSERT_OK(pp_pool_close(pool, test_close_cb));
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_ECLOSED);
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL, NULL), PP_ECLOSED);
-  pp_lease_t t;
-  memset(&t, 0, sizeof t);
-  ASSERT_ERR(pp_try_acquire(pool, &t, peer, NULL), PP_ECLOSED);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
+  test_acquire_release(f.pool, f.peer);
+  ASSERT_OK(pp_pool_close(f.pool, test_close_cb));
+  test_acquire_fails(f.pool, f.peer, NULL, PP_ECLOSED);
+  test_acquire_fails(f.pool, NULL, NULL, PP_ECLOSED);
+  test_try_acquire_fails(f.pool, f.peer, PP_ECLOSED);
   pp_notice_t n;
   test_rec_t nr;
-  ASSERT_ERR(test_notice_start(pool, &n, &nr, peer), PP_ECLOSED);
+  ASSERT_ERR(test_notice_start(f.pool, &n, &nr, f.peer), PP_ECLOSED);
   test_finish_closed();
-  ASSERT_EQ(r.calls, 0);
   ASSERT_EQ(nr.calls, 0);
-  srv_stop(srv);
+  srv_stop(f.srv);
 }
 
 static pp_pool_t *cb_pool;

@@ -41,6 +41,14 @@ static void eject_options(pp_options_t *o, int after, int64_t time, int64_t max)
   o->eject_max = max;
 }
 
+/* A farm of `n` echo servers whose pool ejects after `after` failures, for `time` ms doubling
+ * up to `max` ms. */
+static farm_t eject_farm(int n, int after, int64_t time, int64_t max) {
+  pp_options_t o;
+  eject_options(&o, after, time, max);
+  return farm_start(n, &o);
+}
+
 /* Acquire a conn of `peer` and release it with `status`. */
 static void use(pp_pool_t *pool, pp_peer_t *peer, int status) {
   pp_lease_t l;
@@ -58,9 +66,7 @@ static int64_t held_ms(pp_peer_t *peer) {
 }
 
 TEST(eject_after_consecutive_broken_releases) {
-  pp_options_t o;
-  eject_options(&o, 3, 200, 400);
-  farm_t f = farm_start(2, &o);
+  farm_t f = eject_farm(2, 3, 200, 400);
   for (int i = 0; i < 3; i++)
     use(f.pool, f.peer[0], PP_EBROKEN);
   ASSERT_EQ(test_stats(f.pool).ejections, 1);
@@ -81,9 +87,7 @@ TEST(eject_after_consecutive_broken_releases) {
 }
 
 TEST(eject_healthy_release_resets_the_run) {
-  pp_options_t o;
-  eject_options(&o, 2, 10000, 10000);
-  farm_t f = farm_start(2, &o);
+  farm_t f = eject_farm(2, 2, 10000, 10000);
   for (int i = 0; i < 4; i++)
     use(f.pool, f.peer[0], i % 2 == 0 ? PP_EBROKEN : 0); /* broken, healthy, ... */
   ASSERT_EQ(test_stats(f.pool).ejections, 0);
@@ -91,9 +95,7 @@ TEST(eject_healthy_release_resets_the_run) {
 }
 
 TEST(eject_leased_conn_closes_when_it_comes_back) {
-  pp_options_t o;
-  eject_options(&o, 1, 10000, 10000);
-  farm_t f = farm_start(2, &o);
+  farm_t f = eject_farm(2, 1, 10000, 10000);
   pp_lease_t spare;
   test_rec_t r;
   ASSERT_OK(test_acquire_wait(f.pool, &spare, &r, f.peer[0], NULL));
@@ -133,9 +135,7 @@ TEST(eject_cooldown_doubles_up_to_eject_max) {
   /* Each ejection that follows the last one without sustained success in between doubles the
    * cool-down: 100, 200, then eject_max (250). The run of failures outlives an ejection, so
    * one more failure after it ejects again (the breaker's half-open state). */
-  pp_options_t o;
-  eject_options(&o, 1, 100, 250);
-  farm_t f = farm_start(3, &o);
+  farm_t f = eject_farm(3, 1, 100, 250);
   int64_t want[3] = {100, 200, 250};
   for (int i = 0; i < 3; i++) {
     RUN_UNTIL(pp_peer_check(f.peer[0]) == 0, 2000);
@@ -150,9 +150,7 @@ TEST(eject_cooldown_doubles_up_to_eject_max) {
 }
 
 TEST(eject_streak_resets_after_sustained_success) {
-  pp_options_t o;
-  eject_options(&o, 1, 100, 1000);
-  farm_t f = farm_start(3, &o);
+  farm_t f = eject_farm(3, 1, 100, 1000);
   use(f.pool, f.peer[0], PP_EBROKEN);
   RUN_UNTIL(pp_peer_check(f.peer[0]) == 0, 2000);
   use(f.pool, f.peer[0], 0); /* right after the cool-down: not sustained yet */
@@ -167,9 +165,7 @@ TEST(eject_streak_resets_after_sustained_success) {
 
 TEST(eject_max_percent_caps_ejections) {
   /* 4 peers, 50%: two may be ejected at once; the third backs off briefly instead. */
-  pp_options_t o;
-  eject_options(&o, 1, 10000, 10000);
-  farm_t f = farm_start(4, &o);
+  farm_t f = eject_farm(4, 1, 10000, 10000);
   for (int i = 0; i < 3; i++)
     use(f.pool, f.peer[i], PP_EBROKEN);
   pp_stats_t s = test_stats(f.pool);
@@ -183,16 +179,23 @@ TEST(eject_max_percent_caps_ejections) {
   farm_end(&f);
 }
 
-TEST(eject_never_the_only_peer) {
-  /* With one peer an ejection would be an outage: it backs off for at most 500 ms and serves
-   * again. */
+/* A farm of `n` peers that eject at the first failure, at most `max_percent` of them at once;
+ * peer 0 fails once and its ejection is refused. */
+static farm_t ejection_refused(int n, int max_percent) {
   pp_options_t o;
   eject_options(&o, 1, 10000, 10000);
-  o.eject_max_percent = 100;
-  farm_t f = farm_start(1, &o);
+  o.eject_max_percent = max_percent;
+  farm_t f = farm_start(n, &o);
   use(f.pool, f.peer[0], PP_EBROKEN);
   ASSERT_EQ(test_stats(f.pool).ejections, 0);
   ASSERT_EQ(test_stats(f.pool).ejections_refused, 1);
+  return f;
+}
+
+TEST(eject_never_the_only_peer) {
+  /* With one peer an ejection would be an outage: it backs off for at most 500 ms and serves
+   * again. */
+  farm_t f = ejection_refused(1, 100);
   ASSERT_ERR(pp_peer_check(f.peer[0]), PP_ECANNOTCONNECT); /* no conn, backing off briefly */
   uint64_t t0 = test_now_ms();
   RUN_UNTIL(pp_peer_check(f.peer[0]) == 0, 2000);
@@ -202,13 +205,7 @@ TEST(eject_never_the_only_peer) {
 }
 
 TEST(eject_max_percent_zero_never_ejects) {
-  pp_options_t o;
-  eject_options(&o, 1, 10000, 10000);
-  o.eject_max_percent = 0;
-  farm_t f = farm_start(3, &o);
-  use(f.pool, f.peer[0], PP_EBROKEN);
-  ASSERT_EQ(test_stats(f.pool).ejections, 0);
-  ASSERT_EQ(test_stats(f.pool).ejections_refused, 1);
+  farm_t f = ejection_refused(3, 0);
   farm_end(&f);
 }
 

@@ -61,35 +61,37 @@ static void explain(pp_pool_t *pool, pp_peer_t *peer, explain_buf_t *b) {
   ASSERT_OK(pp_pool_explain(pool, peer, collect, b));
 }
 
-/* A pool with `opts` (NULL: engine defaults) whose events go to `evs`, then the echo server
- * `srv` as a peer (added after subscribing, so its events are seen too). */
-static pp_pool_t *events_pool(const srv_t *srv, const pp_options_t *opts, pp_peer_t **peer) {
-  pp_pool_t *pool = test_pool(opts);
-  pp_pool_on_event(pool, on_event, &evs);
-  *peer = test_peer(pool, srv_addr(srv));
-  return pool;
+/* A fixture on `srv` whose pool (with `opts`, NULL: engine defaults) sends its events to
+ * `evs`; the peer is added after subscribing, so its events are seen too. */
+static fixture_t events_start(srv_t *srv, const pp_options_t *opts) {
+  fixture_t f;
+  memset(&f, 0, sizeof f);
+  f.srv = srv;
+  f.pool = test_pool(opts);
+  pp_pool_on_event(f.pool, on_event, &evs);
+  f.peer = test_peer(f.pool, srv_addr(srv));
+  return f;
 }
 
 TEST(events_conn_open_close_and_state_in_order) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = events_pool(srv, NULL, &peer);
-  pp_lease_t l;
-  test_rec_t r;
+  fixture_t f = events_start(srv_echo_start(NULL), NULL);
+  pp_pool_t *pool = f.pool;
+  pp_peer_t *peer = f.peer;
+  pp_lease_t *l = &f.held;
   evs.in_call = 1;
-  ASSERT_OK(test_acquire_start(pool, &l, &r, peer, NULL));
+  ASSERT_OK(test_acquire_start(pool, l, &f.held_rec, peer, NULL));
   evs.in_call = 0;
-  RUN_UNTIL(r.calls == 1, 2000);
+  RUN_UNTIL(f.held_rec.calls == 1, 2000);
   RUN_UNTIL(count(PP_EVENT_CONN_OPEN) == 1, 1000);
   const pp_event_t *open = find(PP_EVENT_CONN_OPEN);
   ASSERT_PTR_EQ(open->peer, peer);
-  ASSERT_EQ(open->conn_id, pp_conn_id(l.conn));
+  ASSERT_EQ(open->conn_id, pp_conn_id(l->conn));
   ASSERT(open->conn_id > 0);
   ASSERT(count(PP_EVENT_STATE) >= 2); /* known -> connecting -> ready */
   ASSERT_EQ(evs.during_call, 0);
-  uint64_t id = pp_conn_id(l.conn);
+  uint64_t id = pp_conn_id(l->conn);
   evs.in_call = 1;
-  ASSERT_OK(pp_release(&l, PP_ENOREUSE));
+  ASSERT_OK(pp_release(l, PP_ENOREUSE));
   evs.in_call = 0;
   RUN_UNTIL(count(PP_EVENT_CONN_CLOSE) == 1, 1000);
   const pp_event_t *close = find(PP_EVENT_CONN_CLOSE);
@@ -105,17 +107,17 @@ TEST(events_conn_open_close_and_state_in_order) {
   ASSERT_EQ(evs.n, before);
   ASSERT_STREQ(pp_event_kind_name(PP_EVENT_ACQUIRE_TIMEOUT), "acquire_timeout");
   ASSERT_STREQ(pp_event_kind_name(PP_EVENT_COUNT), "unknown");
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(events_acquire_timeout_and_explain_says_why_it_waited) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = events_pool(srv, TEST_OPTS(o.max_per_peer = 1), &peer);
-  pp_lease_t held, waiting;
-  test_rec_t r1, r2;
-  ASSERT_OK(test_acquire_wait(pool, &held, &r1, peer, NULL));
-  ASSERT_ERR(test_acquire_wait(pool, &waiting, &r2, peer, TEST_ACQUIRE_OPTS(a.timeout = 30)),
+  fixture_t f = events_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
+  pp_pool_t *pool = f.pool;
+  pp_peer_t *peer = f.peer;
+  fixture_hold(&f);
+  pp_lease_t waiting;
+  test_rec_t r;
+  ASSERT_ERR(test_acquire_wait(pool, &waiting, &r, peer, TEST_ACQUIRE_OPTS(a.timeout = 30)),
              PP_ETIMEDOUT);
   RUN_UNTIL(count(PP_EVENT_ACQUIRE_TIMEOUT) == 1, 1000);
   const pp_event_t *t = find(PP_EVENT_ACQUIRE_TIMEOUT);
@@ -138,15 +140,17 @@ TEST(events_acquire_timeout_and_explain_says_why_it_waited) {
   ASSERT_EQ(b2.n, b.n + 1);
   ASSERT_MSG(strstr(b2.all, "is at capacity: 1/1 conns in use (and 49 more like it)") != NULL, "%s",
              b2.all);
-  ASSERT_OK(pp_release(&held, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
 }
 
 TEST(events_eject_and_explain_names_peer_and_reason) {
-  srv_t *a = srv_echo_start(NULL), *b2 = srv_echo_start(NULL);
-  pp_peer_t *p1;
-  pp_pool_t *pool = events_pool(a, TEST_OPTS(o.eject_after = 2; o.eject_time = 5000), &p1);
-  test_peer(pool, srv_addr(b2));
+  fixture_t f =
+      events_start(srv_echo_start(NULL), TEST_OPTS(o.eject_after = 2; o.eject_time = 5000));
+  pp_pool_t *pool = f.pool;
+  pp_peer_t *p1 = f.peer;
+  srv_t *spare = srv_echo_start(NULL); /* ejecting p1 needs another peer */
+  test_peer(pool, srv_addr(spare));
   for (int i = 0; i < 2; i++) {
     pp_lease_t l;
     test_rec_t r;
@@ -168,42 +172,39 @@ TEST(events_eject_and_explain_names_peer_and_reason) {
   ASSERT(strstr(b.all, "failures in use") != NULL);
   ASSERT(strstr(b.all, "last error broken") != NULL);
   ASSERT(strstr(b.all, "closed: broken") != NULL);
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b2);
+  fixture_end(&f);
+  srv_stop(spare);
 }
 
 TEST(events_leak_reported_once_then_unleak) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = events_pool(srv, TEST_OPTS(o.leak_threshold = 40), &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_t f = events_start(srv_echo_start(NULL), TEST_OPTS(o.leak_threshold = 40));
+  pp_pool_t *pool = f.pool;
+  pp_lease_t *l = &f.held;
+  fixture_hold(&f);
   RUN_UNTIL(count(PP_EVENT_LEAK) == 1, 2000);
   const pp_event_t *k = find(PP_EVENT_LEAK);
-  ASSERT_PTR_EQ(k->lease, &l);
-  ASSERT_EQ(k->conn_id, pp_conn_id(l.conn));
+  ASSERT_PTR_EQ(k->lease, l);
+  ASSERT_EQ(k->conn_id, pp_conn_id(l->conn));
   ASSERT(k->ms > 40);
   ASSERT(k->leak_id > 0);
   uint64_t id = k->leak_id;
   test_run_for(120);
   ASSERT_EQ(count(PP_EVENT_LEAK), 1); /* once */
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_OK(pp_release(l, 0));
   RUN_UNTIL(count(PP_EVENT_UNLEAK) == 1, 1000);
   const pp_event_t *u = find(PP_EVENT_UNLEAK);
   ASSERT_EQ(u->leak_id, id);
   ASSERT(u->ms >= 150);
   /* A lease released inside the leak callback. */
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
-  evs.release_on_leak = &l;
+  fixture_hold(&f);
+  evs.release_on_leak = l;
   RUN_UNTIL(count(PP_EVENT_LEAK) == 2 && count(PP_EVENT_UNLEAK) == 2, 2000);
   ASSERT_PTR_EQ(evs.release_on_leak, NULL);
   explain_buf_t b;
   explain(pool, NULL, &b);
   ASSERT(strstr(b.all, "past leak_threshold 40 ms") != NULL);
   ASSERT(strstr(b.all, "reported as leaked (leak #1) was released") != NULL);
-  test_finish_srv(pool, srv);
+  fixture_end(&f);
 }
 
 TEST(events_explain_ring_is_bounded) {

@@ -3,27 +3,12 @@
  * of a peer that stops being able to serve are answered on the next tick; the lease carries
  * the facts (pp_lease_cause) and a line that tells them (pp_lease_describe), a real timeout
  * included. */
-#include "fixtures.h"
+#include "fixtures_multi.h"
 
-/* A pool of echo servers `a` and `b` that ejects at the first failure. */
-typedef struct {
-  srv_t *a, *b;
-  pp_pool_t *pool;
-  pp_peer_t *pa, *pb;
-} duo_t;
-
-static void duo_start(duo_t *d) {
-  d->a = srv_echo_start(NULL);
-  d->b = srv_echo_start(NULL);
-  d->pool = test_pool(TEST_OPTS(o.eject_after = 1; o.eject_time = 5000));
-  d->pa = test_peer(d->pool, srv_addr(d->a));
-  d->pb = test_peer(d->pool, srv_addr(d->b));
-}
-
-static void duo_end(duo_t *d) {
-  test_finish(d->pool);
-  srv_stop(d->a);
-  srv_stop(d->b);
+/* A pool of two echo servers that ejects at the first failure. */
+static fixture2_t duo_start(void) {
+  return fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL),
+                        TEST_OPTS(o.eject_after = 1; o.eject_time = 5000));
 }
 
 /* A pool (options `o`) with one refused peer whose backoff is a fixed `*delay` ms. */
@@ -57,16 +42,15 @@ static const char *describe(const pp_lease_t *l) {
 }
 
 TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
-  duo_t d;
-  duo_start(&d);
-  broken_use(d.pool, d.pa);
+  fixture2_t d = duo_start();
+  broken_use(d.pool, d.peer[0]);
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_start(d.pool, &l, &r, d.pa, NULL), PP_EEJECTED);
+  ASSERT_ERR(test_acquire_start(d.pool, &l, &r, d.peer[0], NULL), PP_EEJECTED);
   pp_cause_t c;
   ASSERT_OK(pp_lease_cause(&l, &c));
   ASSERT_ERR(c.code, PP_EEJECTED);
-  ASSERT_PTR_EQ(c.peer, d.pa);
+  ASSERT_PTR_EQ(c.peer, d.peer[0]);
   ASSERT_EQ(c.state, PP_PEER_EJECTED);
   ASSERT_EQ(c.ejected, 1);
   ASSERT_GT(c.held_ms, 4000);
@@ -77,36 +61,35 @@ TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
   ASSERT_EQ(c.peers_ejected, 1);
   ASSERT_CONTAINS(describe(&l), " is ejected for ");
   ASSERT_CONTAINS(line, " s more after 1 consecutive failure (last broken)");
-  ASSERT(strncmp(line, srv_addr(d.a), strlen(srv_addr(d.a))) == 0);
+  ASSERT(strncmp(line, srv_addr(d.srv[0]), strlen(srv_addr(d.srv[0]))) == 0);
   ASSERT_EQ(test_stats(d.pool).failed_fast, 1);
   ASSERT_EQ(r.calls, 0);
-  duo_end(&d);
+  fixture2_end(&d);
 }
 
 TEST(failfast_try_acquire_of_ejected_peer_says_ejected) {
-  duo_t d;
-  duo_start(&d);
-  broken_use(d.pool, d.pa);
+  fixture2_t d = duo_start();
+  broken_use(d.pool, d.peer[0]);
   pp_lease_t l;
   memset(&l, 0, sizeof l);
-  ASSERT_ERR(pp_try_acquire(d.pool, &l, d.pa, NULL), PP_EEJECTED);
+  ASSERT_ERR(pp_try_acquire(d.pool, &l, d.peer[0], NULL), PP_EEJECTED);
   ASSERT_CONTAINS(describe(&l), "is ejected");
-  duo_end(&d);
+  fixture2_end(&d);
 }
 
 TEST(failfast_waiter_of_a_peer_that_gets_ejected_is_answered_on_the_next_tick) {
   /* A waiter queued behind the peer's only conn (deadline 5 s): the conn breaks, the peer is
    * ejected, and the waiter hears PP_EEJECTED at once, not at its deadline. */
-  duo_t d;
-  duo_start(&d);
+  fixture2_t d = duo_start();
   pp_lease_t held, waiter;
   test_rec_t hr, wr;
-  ASSERT_OK(test_acquire_wait(d.pool, &held, &hr, d.pa, NULL));
+  ASSERT_OK(test_acquire_wait(d.pool, &held, &hr, d.peer[0], NULL));
   /* max_per_peer is 4: fill it so the waiter queues. */
   pp_lease_t more[3];
   test_rec_t mr[3];
-  test_acquire_n(d.pool, d.pa, more, mr, 3);
-  ASSERT_OK(test_acquire_start(d.pool, &waiter, &wr, d.pa, TEST_ACQUIRE_OPTS(a.timeout = 5000)));
+  test_acquire_n(d.pool, d.peer[0], more, mr, 3);
+  ASSERT_OK(
+      test_acquire_start(d.pool, &waiter, &wr, d.peer[0], TEST_ACQUIRE_OPTS(a.timeout = 5000)));
   uint64_t t0 = test_now_ms();
   ASSERT_OK(pp_release(&held, PP_EBROKEN));
   RUN_UNTIL(wr.calls == 1, 1000);
@@ -114,7 +97,7 @@ TEST(failfast_waiter_of_a_peer_that_gets_ejected_is_answered_on_the_next_tick) {
   ASSERT_LT(wr.at_ms - t0, 500);
   ASSERT_CONTAINS(describe(&waiter), "is ejected for");
   test_release_n(more, 3, 0);
-  duo_end(&d);
+  fixture2_end(&d);
 }
 
 TEST(failfast_backing_off_peer_describes_its_backoff) {
@@ -135,34 +118,25 @@ TEST(failfast_backing_off_peer_describes_its_backoff) {
   fixture_end(&f);
 }
 
-static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
-  return PP_BACKOFF_BURN;
-}
-
 TEST(failfast_burned_peer_describes_itself) {
-  srv_t *refused = srv_refused_start();
-  pp_pool_t *pool = test_pool(NULL);
-  test_set_backoff(pool, burn, NULL);
-  pp_peer_t *peer = test_peer(pool, srv_addr(refused));
+  fixture_t f = fixture_burned();
   pp_lease_t l;
   test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(pool, &l, &r, peer, NULL), PP_EBURNED);
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, peer, NULL), PP_EBURNED);
+  ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, NULL), PP_EBURNED);
   ASSERT_CONTAINS(describe(&l), " is burned: ");
   ASSERT_CONTAINS(line, "(last ECONNREFUSED)");
-  test_finish_srv(pool, refused);
+  fixture_end(&f);
 }
 
 TEST(failfast_timeout_describes_what_it_waited_behind) {
   /* One conn (max_per_peer 1), held; two waiters; the second times out first: it waited
    * behind the conn in use and one waiter, and the peer's last error shows. */
-  fixture_t f =
-      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1; o.eject_after = 0));
-  pp_lease_t held, first, second;
-  test_rec_t hr, fr, sr;
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
-  ASSERT_OK(pp_release(&held, UV_ECONNRESET)); /* a last error to report */
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
+  fixture_t f;
+  fixture_busy(&f, TEST_OPTS(o.eject_after = 0));
+  ASSERT_OK(pp_release(&f.held, UV_ECONNRESET)); /* a last error to report */
+  fixture_hold(&f);
+  pp_lease_t first, second;
+  test_rec_t fr, sr;
   pp_acquire_opts_t ao;
   pp_acquire_opts_init(&ao);
   ao.timeout = 2000;
@@ -188,7 +162,7 @@ TEST(failfast_timeout_describes_what_it_waited_behind) {
   ASSERT_CONTAINS(line, " s ago");
   ASSERT_OK(pp_acquire_cancel(&first));
   RUN_UNTIL(fr.calls == 1, 1000);
-  ASSERT_OK(pp_release(&held, 0));
+  ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }
 
@@ -196,21 +170,20 @@ TEST(failfast_any_peer_passes_over_held_peers) {
   /* An ejected peer, a peer backing off and a healthy one: acquires for any peer all go to the
    * healthy one and none fails. */
   srv_t *refused = srv_refused_start();
-  duo_t d;
-  duo_start(&d);
+  fixture2_t d = duo_start();
   int64_t delay = 60000;
   test_set_backoff(d.pool, test_backoff_fixed, &delay);
   pp_peer_t *pr = test_peer(d.pool, srv_addr(refused));
-  broken_use(d.pool, d.pa);
+  broken_use(d.pool, d.peer[0]);
   pp_lease_t l;
   test_rec_t r;
   ASSERT_ERR(test_acquire_wait(d.pool, &l, &r, pr, NULL), PP_ECANNOTCONNECT);
   for (int i = 0; i < 10; i++) {
     ASSERT_OK(test_acquire_wait(d.pool, &l, &r, NULL, NULL));
-    ASSERT_PTR_EQ(l.peer, d.pb);
+    ASSERT_PTR_EQ(l.peer, d.peer[1]);
     ASSERT_OK(pp_release(&l, 0));
   }
-  duo_end(&d);
+  fixture2_end(&d);
   srv_stop(refused);
 }
 
@@ -232,24 +205,20 @@ TEST(failfast_any_peer_with_all_held_names_the_telling_peer) {
 }
 
 TEST(failfast_cause_is_zero_after_a_grant) {
-  srv_t *srv = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(srv, NULL, &peer);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, NULL,
-                                &(pp_acquire_opts_t){.busy = PP_BUSY_FAIL, .timeout = -1}),
-             0);
-  RUN_UNTIL(r.calls == 1, 2000);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
+  pp_lease_t *l = &f.held;
+  ASSERT_OK(test_acquire_start(f.pool, l, &f.held_rec, NULL,
+                               TEST_ACQUIRE_OPTS(a.busy = PP_BUSY_FAIL; a.timeout = -1)));
+  test_wait_ok(&f.held_rec);
   pp_cause_t c;
   memset(&c, 0xff, sizeof c);
-  ASSERT_OK(pp_lease_cause(&l, &c));
+  ASSERT_OK(pp_lease_cause(l, &c));
   ASSERT_EQ(c.code, 0);
   ASSERT_NULL(c.peer);
-  ASSERT_EQ(pp_lease_describe(&l, line, sizeof line), 0);
+  ASSERT_EQ(pp_lease_describe(l, line, sizeof line), 0);
   ASSERT_STREQ(line, "");
-  ASSERT_OK(pp_release(&l, 0));
-  test_finish_srv(pool, srv);
+  ASSERT_OK(pp_release(l, 0));
+  fixture_end(&f);
 }
 
 TEST(failfast_describe_truncates_like_snprintf) {
@@ -278,9 +247,9 @@ TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
    * leased: an acquire for it waits rather than failing fast, and the release serves it. */
   fixture_t f =
       fixture_start(srv_echo_start(NULL), TEST_OPTS(o.eject_after = 1; o.max_per_peer = 2));
-  pp_lease_t held, broken, waiter;
-  test_rec_t hr, br, wr;
-  ASSERT_OK(test_acquire_wait(f.pool, &held, &hr, f.peer, NULL));
+  fixture_hold(&f);
+  pp_lease_t broken, waiter;
+  test_rec_t br, wr;
   ASSERT_OK(test_acquire_wait(f.pool, &broken, &br, f.peer, NULL));
   ASSERT_OK(pp_release(&broken, PP_EBROKEN));
   ASSERT_EQ(test_stats(f.pool).ejections_refused, 1);
@@ -290,9 +259,8 @@ TEST(failfast_waiters_stay_while_a_leased_conn_may_serve_them) {
   test_run_for(50);
   ASSERT_EQ(wr.calls, 0);
   ASSERT_EQ(test_stats(f.pool).connect_attempts, 2); /* nothing dialled meanwhile */
-  ASSERT_OK(pp_release(&held, 0));
-  RUN_UNTIL(wr.calls == 1, 1000);
-  ASSERT_OK(wr.status);
+  ASSERT_OK(pp_release(&f.held, 0));
+  test_wait_ok(&wr);
   ASSERT_OK(pp_release(&waiter, 0));
   fixture_end(&f);
 }
@@ -306,8 +274,7 @@ TEST(failfast_notice_for_a_held_peer_fires_when_its_hold_ends) {
   test_rec_t nr;
   uint64_t t0 = test_now_ms();
   ASSERT_OK(test_notice_start(f.pool, &n, &nr, f.peer));
-  RUN_UNTIL(nr.calls == 1, 2000);
-  ASSERT_OK(nr.status);
+  test_wait_ok(&nr);
   ASSERT_GE(nr.at_ms - t0, 100);
   fixture_end(&f);
 }
@@ -350,8 +317,7 @@ TEST(failfast_any_peer_with_a_seed_hook_waits_for_a_held_peer_to_return) {
   }
   ASSERT_OK(test_acquire_start(pool, &l, &r, NULL, NULL));
   ASSERT_GE(seeds, 1);
-  RUN_UNTIL(r.calls == 1, 2000);
-  ASSERT_OK(r.status);
+  test_wait_ok(&r);
   ASSERT_OK(pp_release(&l, 0));
   test_finish_srv(pool, srv);
 }

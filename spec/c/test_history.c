@@ -1,11 +1,7 @@
 /* The failure history an address book saves (pp_peer_history, pp_peer_info) and restores when a
  * peer is added again after a restart (pp_peer_restore): burned peers stay burned, an ejection
  * runs to its end, and a peer that kept failing is not trusted afresh. */
-#include "fixtures.h"
-
-static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
-  return PP_BACKOFF_BURN;
-}
+#include "fixtures_multi.h"
 
 /* An echo server as the one peer of a pool with engine defaults. */
 static fixture_t echo_pool(void) {
@@ -26,30 +22,23 @@ static void use_once(pp_pool_t *pool, pp_peer_t *peer) {
 
 TEST(history_burned_peer_stays_burned_after_a_restart) {
   /* Pool one burns a peer; its history goes to pool two (the next run), which never dials it. */
-  srv_t *refused = srv_refused_start();
-  pp_pool_t *one = test_pool(NULL);
-  test_set_backoff(one, burn, NULL);
-  pp_peer_t *peer = test_peer(one, srv_addr(refused));
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_wait(one, &l, &r, peer, NULL), PP_EBURNED);
+  fixture_t one = fixture_burned();
   pp_peer_history_t h;
-  pp_peer_history(peer, &h);
+  pp_peer_history(one.peer, &h);
   ASSERT_EQ(h.burned, 1);
   ASSERT_EQ(h.failures, 1);
   ASSERT_GT(h.last_failure, 0);
-  pp_pool_close(one, NULL);
-  pp_pool_t *two = test_pool(NULL);
-  pp_peer_t *again = test_peer(two, srv_addr(refused));
+  pp_pool_close(one.pool, NULL);
+  pp_peer_t *again;
+  pp_pool_t *two = test_pool_on(one.srv, NULL, &again);
   ASSERT_OK(pp_peer_restore(again, &h));
   ASSERT_EQ(pp_peer_state(again), PP_PEER_BURNED);
   ASSERT_EQ(test_peer_info(again).burned, 1);
-  ASSERT_ERR(test_acquire_start(two, &l, &r, again, NULL), PP_EBURNED);
-  ASSERT_ERR(test_acquire_start(two, &l, &r, NULL, NULL), PP_ENOPEER);
+  test_acquire_fails(two, again, NULL, PP_EBURNED);
+  test_acquire_fails(two, NULL, NULL, PP_ENOPEER);
   ASSERT_EQ(test_stats(two).connect_attempts, 0);
   ASSERT_EQ(test_stats(two).peers_by_state[PP_PEER_BURNED], 1);
-  test_finish(two);
-  srv_stop(refused);
+  test_finish_srv(two, one.srv);
 }
 
 TEST(history_restores_the_counters) {
@@ -80,10 +69,8 @@ TEST(history_restores_the_counters) {
 }
 
 TEST(history_restores_an_ejection_to_its_end) {
-  srv_t *a = srv_echo_start(NULL), *b = srv_echo_start(NULL);
-  pp_pool_t *pool = test_pool(NULL);
-  pp_peer_t *pa = test_peer(pool, srv_addr(a));
-  test_peer(pool, srv_addr(b));
+  fixture2_t f = fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL), NULL);
+  pp_peer_t *pa = f.peer[0];
   pp_peer_history_t h = {0};
   h.failures = 5;
   h.ejections = 1;
@@ -94,14 +81,10 @@ TEST(history_restores_an_ejection_to_its_end) {
   pp_peer_info_t i = test_peer_info(pa);
   ASSERT_GT(i.ejected_until, test_unix_ms());
   ASSERT_LE(i.ejected_until, h.ejected_until + 5);
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_ERR(test_acquire_start(pool, &l, &r, pa, NULL), PP_EEJECTED);
+  test_acquire_fails(f.pool, pa, NULL, PP_EEJECTED);
   RUN_UNTIL(pp_peer_check(pa) == 0, 2000);
-  use_once(pool, pa);
-  test_finish(pool);
-  srv_stop(a);
-  srv_stop(b);
+  use_once(f.pool, pa);
+  fixture2_end(&f);
 }
 
 TEST(history_ejection_is_not_restored_on_the_only_peer) {

@@ -100,48 +100,39 @@ static void written(pp_write_t *req, int status) {
   *(int *)req->data = status == 0 ? 1 : -1;
 }
 
-static void late_reply(pp_pool_t *pool, pp_peer_t *peer, int keep, int *closed_remote) {
-  pp_lease_t l;
-  test_rec_t r;
+/* Write "late!" on a lease of the fixture's peer and release it at once, so the echo arrives
+ * while the conn idles. Returns how many conns then closed as remote. */
+static int late_reply(fixture_t *f) {
   static pp_write_t w;
   static int done;
   static char late[] = "late!";
   uv_buf_t buf = uv_buf_init(late, 5);
-  ASSERT_OK(test_acquire_wait(pool, &l, &r, peer, NULL));
+  fixture_hold(f);
   w.data = &done;
-  ASSERT_OK(pp_conn_write(&w, l.conn, &buf, 1, written));
-  ASSERT_OK(pp_release(&l, 0)); /* released at once: the echo arrives while the conn idles */
-  RUN_UNTIL(test_stats(pool).bytes_in >= 5, 2000);
+  ASSERT_OK(pp_conn_write(&w, f->held.conn, &buf, 1, written));
+  ASSERT_OK(pp_release(&f->held, 0));
+  RUN_UNTIL(test_stats(f->pool).bytes_in >= 5, 2000);
   test_run_for(20);
-  *closed_remote = (int)test_stats(pool).closed[PP_CLOSE_REMOTE];
-  (void)keep;
+  return (int)test_stats(f->pool).closed[PP_CLOSE_REMOTE];
 }
 
 TEST(keep_idle_bytes_keeps_chatty_conns) {
   fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.keep_idle_bytes = 1));
-  int closed;
-  late_reply(f.pool, f.peer, 1, &closed);
-  ASSERT_EQ(closed, 0);
+  ASSERT_EQ(late_reply(&f), 0);
   ASSERT_EQ(test_stats(f.pool).idle, 1);
   /* The next holder's reader gets the kept bytes. */
-  pp_lease_t l;
-  test_rec_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
+  fixture_hold(&f);
   test_reader_t rd = {0};
-  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &rd));
+  ASSERT_OK(pp_conn_read_start(f.held.conn, test_reader_cb, &rd));
   RUN_UNTIL(rd.len >= 5, 2000);
   ASSERT_EQ(memcmp(rd.buf, "late!", 5), 0);
-  ASSERT_OK(pp_release(&l, 0));
+  ASSERT_OK(pp_release(&f.held, 0));
   test_reader_free(&rd);
   fixture_end(&f);
 }
 
 TEST(keep_idle_bytes_off_closes_on_late_reply) {
-  srv_t *a = srv_echo_start(NULL);
-  pp_peer_t *peer;
-  pp_pool_t *pool = test_pool_on(a, NULL, &peer);
-  int closed;
-  late_reply(pool, peer, 0, &closed);
-  ASSERT_EQ(closed, 1);
-  test_finish_srv(pool, a);
+  fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
+  ASSERT_EQ(late_reply(&f), 1);
+  fixture_end(&f);
 }

@@ -1,7 +1,7 @@
 /* What a release status does to the conn and to its peer: 0 returns a clean conn to service
  * (one holding unread bytes is closed instead, unless keep_idle_bytes); PP_ENOREUSE closes it
  * without blaming the peer; PP_EBROKEN and socket errors close it and count a failure. */
-#include "fixtures.h"
+#include "fixtures_multi.h"
 
 /* Write `msg` on the held conn with no reader and wait until its echo is kept, unread. */
 static void leave_reply_unread(fixture_t *f, const char *msg) {
@@ -17,12 +17,9 @@ TEST(release_with_unread_bytes_closes_the_conn) {
   fixture_hold(&f);
   leave_reply_unread(&f, "reply");
   ASSERT_OK(pp_release(&f.held, 0));
-  pp_stats_t s = test_stats(f.pool);
-  ASSERT_EQ(s.conns, 0);
-  ASSERT_EQ(s.idle, 0);
-  ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 1);
-  ASSERT_EQ(s.released_broken, 0);
-  ASSERT_EQ(test_peer_info(f.peer).failures, 0);
+  test_expect_gauges(f.pool, 0, 0, 0);
+  ASSERT_EQ(test_stats(f.pool).closed[PP_CLOSE_BROKEN], 1);
+  test_expect_unblamed(f.pool, f.peer);
   fixture_hold(&f);
   ASSERT_EQ(test_stats(f.pool).connect_attempts, 2); /* a new conn */
   ASSERT_OK(pp_release(&f.held, 0));
@@ -30,10 +27,7 @@ TEST(release_with_unread_bytes_closes_the_conn) {
 }
 
 TEST(release_with_unread_bytes_keeps_the_conn_with_keep_idle_bytes) {
-  pp_options_t o;
-  test_options(&o);
-  o.keep_idle_bytes = 1;
-  fixture_t f = fixture_start(srv_echo_start(NULL), &o);
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.keep_idle_bytes = 1));
   fixture_hold(&f);
   pp_conn_t *c = f.held.conn;
   leave_reply_unread(&f, "chatter");
@@ -54,10 +48,7 @@ TEST(release_not_reusable_closes_without_blame) {
   /* PP_ENOREUSE: the holder cannot vouch for the conn (say its receive timed out with a
    * request in flight) but the peer is healthy. With eject_after = 1, one failure would eject
    * the peer; this counts none. */
-  pp_options_t o;
-  test_options(&o);
-  o.eject_after = 1;
-  fixture_t f = fixture_start(srv_echo_start(NULL), &o);
+  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.eject_after = 1));
   pp_pool_on_state(f.pool, test_state_cb);
   fixture_hold(&f);
   int start = test_ntransitions;
@@ -66,14 +57,10 @@ TEST(release_not_reusable_closes_without_blame) {
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.conns, 0);
   ASSERT_EQ(s.releases, 1);
-  ASSERT_EQ(s.released_broken, 0);
   ASSERT_EQ(s.closed[PP_CLOSE_DISCARDED], 1);
   ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 0);
-  ASSERT_EQ(s.ejections, 0);
-  pp_peer_info_t i = test_peer_info(f.peer);
-  ASSERT_EQ(i.failures, 0);
-  ASSERT_EQ(i.retry_at, 0);
-  ASSERT_EQ(i.state, PP_PEER_DISCONNECTED);
+  test_expect_unblamed(f.pool, f.peer);
+  ASSERT_EQ(pp_peer_state(f.peer), PP_PEER_DISCONNECTED);
   test_run_for(20);
   ASSERT_EQ(test_find_transition(f.peer, PP_PEER_FAILED, start), -1);
   fixture_hold(&f); /* dialled again at once */

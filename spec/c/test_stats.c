@@ -1,27 +1,5 @@
 /* Stats: gauges and counters match what the test did. */
-#include "fixtures.h"
-
-static void check_gauge_identity(pp_pool_t *pool);
-
-/* The pool's active and idle gauges, its conns (unless -1), and check_gauge_identity. */
-static void expect_gauges(pp_pool_t *pool, int conns, int active, int idle) {
-  pp_stats_t s = test_stats(pool);
-  if (conns >= 0) ASSERT_EQ(s.conns, conns);
-  ASSERT_EQ(s.active, active);
-  ASSERT_EQ(s.idle, idle);
-  check_gauge_identity(pool);
-}
-
-static void check_gauge_identity(pp_pool_t *pool) {
-  pp_stats_t s = test_stats(pool);
-  if (s.conns != s.idle + s.active + s.connecting)
-    FAIL("conns %d != idle %d + active %d + connecting %d", s.conns, s.idle, s.active,
-         s.connecting);
-  int sum = 0;
-  for (int i = 0; i < PP_PEER_STATE_COUNT; i++)
-    sum += s.peers_by_state[i];
-  ASSERT_EQ(sum, s.peers);
-}
+#include "fixtures_multi.h"
 
 /* Every scalar gauge and counter of pp_stats_t (peers_by_state and closed are arrays). */
 /* clang-format off */
@@ -48,23 +26,21 @@ TEST(stats_fresh_pool_is_zero) {
 }
 
 TEST(stats_gauges_idle_and_active) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 3));
-  pp_lease_t l[3];
-  test_rec_t r[3];
-  test_acquire_n(f.pool, f.peer, l, r, 3);
-  expect_gauges(f.pool, 3, 3, 0);
-  ASSERT_OK(pp_release(&l[0], 0));
-  expect_gauges(f.pool, 3, 2, 1);
-  pp_peer_info_t i = test_peer_info(f.peer);
+  fixture_leases_t h;
+  fixture_leases_start(&h, TEST_OPTS(o.max_per_peer = 3), 3);
+  test_expect_gauges(h.f.pool, 3, 3, 0);
+  ASSERT_OK(pp_release(&h.l[0], 0));
+  test_expect_gauges(h.f.pool, 3, 2, 1);
+  pp_peer_info_t i = test_peer_info(h.f.peer);
   ASSERT_EQ(i.conns, 3);
   ASSERT_EQ(i.idle, 1);
   ASSERT_EQ(i.leases, 2);
-  ASSERT_OK(pp_release(&l[1], PP_EBROKEN));
-  RUN_UNTIL(test_stats(f.pool).conns == 2, 1000);
-  expect_gauges(f.pool, -1, 1, 1);
-  ASSERT_OK(pp_release(&l[2], 0));
-  expect_gauges(f.pool, -1, 0, 2);
-  fixture_end(&f);
+  ASSERT_OK(pp_release(&h.l[1], PP_EBROKEN));
+  RUN_UNTIL(test_stats(h.f.pool).conns == 2, 1000);
+  test_expect_gauges(h.f.pool, -1, 1, 1);
+  ASSERT_OK(pp_release(&h.l[2], 0));
+  test_expect_gauges(h.f.pool, -1, 0, 2);
+  fixture_end(&h.f);
 }
 
 TEST(stats_connecting_gauge) {
@@ -72,8 +48,7 @@ TEST(stats_connecting_gauge) {
       fixture_start(srv_hang_start(), TEST_OPTS(o.max_per_peer = 2; o.connect_timeout = 5000));
   pp_lease_t l[3];
   test_rec_t r[3];
-  for (int i = 0; i < 3; i++)
-    ASSERT_OK(test_acquire_start(f.pool, &l[i], &r[i], f.peer, NULL));
+  test_acquire_start_n(f.pool, f.peer, l, r, 3);
   test_run_for(30);
   pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connecting, 2); /* max_per_peer counts conns still connecting */
@@ -81,7 +56,7 @@ TEST(stats_connecting_gauge) {
   ASSERT_EQ(s.active, 0);
   ASSERT_EQ(test_peer_info(f.peer).conns, 2);
   ASSERT_EQ(srv_client_conns(f.srv), 2);
-  check_gauge_identity(f.pool);
+  test_check_gauge_identity(f.pool);
   ASSERT_EQ(s.peers_by_state[PP_PEER_CONNECTING], 1);
   for (int i = 0; i < 3; i++)
     ASSERT_OK(pp_acquire_cancel(&l[i]));
@@ -91,22 +66,18 @@ TEST(stats_connecting_gauge) {
 }
 
 TEST(stats_waiters_gauge) {
-  fixture_t f = fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
-  pp_lease_t h, w[4];
-  test_rec_t hr, r[4];
-  ASSERT_OK(test_acquire_wait(f.pool, &h, &hr, f.peer, NULL));
-  for (int i = 0; i < 4; i++)
-    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, NULL));
-  ASSERT_EQ(test_stats(f.pool).waiters, 4);
-  ASSERT_EQ(test_peer_info(f.peer).waiters, 4);
-  ASSERT_OK(pp_acquire_cancel(&w[3]));
-  RUN_UNTIL(r[3].calls == 1, 1000);
-  ASSERT_EQ(test_stats(f.pool).waiters, 3);
-  ASSERT_OK(pp_release(&h, 0));
-  RUN_UNTIL(r[0].calls == 1, 1000);
-  ASSERT_EQ(test_stats(f.pool).waiters, 2);
-  ASSERT_EQ(test_peer_info(f.peer).waiters, 2);
-  fixture_end(&f);
+  fixture_leases_t h;
+  fixture_busy_queue(&h, NULL, 4);
+  ASSERT_EQ(test_stats(h.f.pool).waiters, 4);
+  ASSERT_EQ(test_peer_info(h.f.peer).waiters, 4);
+  ASSERT_OK(pp_acquire_cancel(&h.l[3]));
+  RUN_UNTIL(h.r[3].calls == 1, 1000);
+  ASSERT_EQ(test_stats(h.f.pool).waiters, 3);
+  ASSERT_OK(pp_release(&h.f.held, 0));
+  RUN_UNTIL(h.r[0].calls == 1, 1000);
+  ASSERT_EQ(test_stats(h.f.pool).waiters, 2);
+  ASSERT_EQ(test_peer_info(h.f.peer).waiters, 2);
+  fixture_end(&h.f);
 }
 
 TEST(stats_acquire_counters) {
@@ -155,17 +126,16 @@ TEST(stats_acquire_counters) {
 }
 
 TEST(stats_connect_counters) {
-  srv_t *echo = srv_echo_start(NULL), *ref = srv_refused_start();
-  pp_pool_t *pool = test_pool(TEST_OPTS(o.retries = 1));
+  fixture2_t f =
+      fixture2_start(srv_echo_start(NULL), srv_refused_start(), TEST_OPTS(o.retries = 1));
   int64_t delay = 5;
-  test_set_backoff(pool, test_backoff_fixed, &delay);
-  pp_peer_t *pe = test_peer(pool, srv_addr(echo));
-  pp_peer_t *pr = test_peer(pool, srv_addr(ref));
+  test_set_backoff(f.pool, test_backoff_fixed, &delay);
+  pp_peer_t *pe = f.peer[0], *pr = f.peer[1];
   pp_lease_t a, b;
   test_rec_t ra, rb;
-  ASSERT_OK(test_acquire_wait(pool, &a, &ra, pe, NULL));
-  ASSERT_ERR(test_acquire_wait(pool, &b, &rb, pr, NULL), PP_ECANNOTCONNECT);
-  pp_stats_t s = test_stats(pool);
+  ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, pe, NULL));
+  ASSERT_ERR(test_acquire_wait(f.pool, &b, &rb, pr, NULL), PP_ECANNOTCONNECT);
+  pp_stats_t s = test_stats(f.pool);
   ASSERT_EQ(s.connect_attempts, 3);
   ASSERT_EQ(s.connects_ok, 1);
   ASSERT_EQ(s.connects_failed, 2);
@@ -174,30 +144,25 @@ TEST(stats_connect_counters) {
   ASSERT_EQ(test_peer_info(pe).attempts, 1);
   ASSERT_EQ(test_peer_info(pr).attempts, 2);
   ASSERT_OK(pp_release(&a, 0));
-  test_finish(pool);
-  srv_stop(echo);
-  srv_stop(ref);
+  fixture2_end(&f);
 }
 
 TEST(stats_closed_by_reason) {
-  fixture_t f =
-      fixture_start(srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 4; o.idle_timeout = 0));
-  pp_lease_t l[4];
-  test_rec_t r[4];
-  test_acquire_n(f.pool, f.peer, l, r, 3);
-  ASSERT_OK(pp_release(&l[0], PP_EBROKEN)); /* broken */
-  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_BROKEN] == 1, 1000);
-  test_release_n(&l[1], 2, 0);
-  KICK_AFTER_ACCEPTED(f.srv, 3); /* both idle conns: remote */
-  RUN_UNTIL(test_stats(f.pool).closed[PP_CLOSE_REMOTE] == 2, 2000);
-  ASSERT_OK(test_acquire_wait(f.pool, &l[3], &r[3], f.peer, NULL));
-  ASSERT_OK(pp_release(&l[3], 0));
-  ASSERT_OK(pp_pool_close(f.pool, test_close_cb)); /* closed */
-  pp_stats_t s = test_stats(f.pool);
+  fixture_leases_t h;
+  fixture_leases_start(&h, TEST_OPTS(o.max_per_peer = 4; o.idle_timeout = 0), 3);
+  ASSERT_OK(pp_release(&h.l[0], PP_EBROKEN)); /* broken */
+  RUN_UNTIL(test_stats(h.f.pool).closed[PP_CLOSE_BROKEN] == 1, 1000);
+  test_release_n(&h.l[1], 2, 0);
+  KICK_AFTER_ACCEPTED(h.f.srv, 3); /* both idle conns: remote */
+  RUN_UNTIL(test_stats(h.f.pool).closed[PP_CLOSE_REMOTE] == 2, 2000);
+  ASSERT_OK(test_acquire_wait(h.f.pool, &h.l[3], &h.r[3], h.f.peer, NULL));
+  ASSERT_OK(pp_release(&h.l[3], 0));
+  ASSERT_OK(pp_pool_close(h.f.pool, test_close_cb)); /* closed */
+  pp_stats_t s = test_stats(h.f.pool);
   test_finish_closed();
   ASSERT_EQ(s.closed[PP_CLOSE_BROKEN], 1);
   ASSERT_EQ(s.closed[PP_CLOSE_REMOTE], 2);
   ASSERT_EQ(s.closed[PP_CLOSE_IDLE], 0);
   ASSERT_EQ(s.closed[PP_CLOSE_LIFESPAN], 0);
-  srv_stop(f.srv);
+  srv_stop(h.f.srv);
 }

@@ -24,7 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "fixtures.h"
+#include "fixtures_multi.h"
 #include "internal.h"
 
 #ifndef PP_SPEC_DIR
@@ -176,19 +176,24 @@ static void wait_log(proc_t *p, const char *text, int ms) {
   }
 }
 
+/* Put the string arguments of `ap` (NULL ended) at argv[n...], at most up to argv[max - 2],
+ * and a NULL after them. */
+static void argv_append(char **argv, int n, int max, va_list ap) {
+  for (char *a; (a = va_arg(ap, char *)) != NULL && n < max - 1;)
+    argv[n++] = a;
+  argv[n] = NULL;
+}
+
 /* `openssl s_server` on 127.0.0.1 with `cert` (key: server.key) and more arguments (NULL
  * ended); returns its port. `-msg` makes it log every TLS message it gets (close_notify). */
 static int s_server(const char *cert, ...) {
   need("openssl");
   char *argv[32] = {"openssl",    "s_server", "-accept",      "127.0.0.1:0", "-cert",
                     (char *)cert, "-key",     env.server_key, "-msg"};
-  int n = 9;
   va_list ap;
   va_start(ap, cert);
-  for (char *a; (a = va_arg(ap, char *)) != NULL && n < 31;)
-    argv[n++] = a;
+  argv_append(argv, 9, 32, ap);
   va_end(ap);
-  argv[n] = NULL;
   proc_t *p = spawn("s_server.log", argv);
   wait_log(p, "ACCEPT 127.0.0.1:", 5000);
   const char *at = strstr(log_text(p), "ACCEPT 127.0.0.1:");
@@ -240,13 +245,10 @@ static int redis_tls(const char *auth_clients, ...) {
                       "no",
                       "--dir",
                       env.dir};
-    int n = 21;
     va_list ap;
     va_start(ap, auth_clients);
-    for (char *a; (a = va_arg(ap, char *)) != NULL && n < 39;)
-      argv[n++] = a;
+    argv_append(argv, 21, 40, ap);
     va_end(ap);
-    argv[n] = NULL;
     proc_t *p = spawn("redis.log", argv);
     uint64_t end = test_now_ms() + 5000;
     while (strstr(log_text(p), "Ready to accept connections") == NULL && proc_alive(p) &&
@@ -494,15 +496,22 @@ static void assert_starts(const char *s, const char *prefix) {
   ASSERT_MSG(strncmp(s, prefix, strlen(prefix)) == 0, "\"%s\" should start with \"%s\"", s, prefix);
 }
 
+/* env_setup, a fixture on a `redis-server --tls-port` (tls-auth-clients `auth`) whose pool
+ * trusts the test CA, and a client handshake on `c` with it that must succeed. */
+static tls_fix_t redis_handshake(tc_t *c, const char *auth) {
+  env_setup();
+  tls_fix_t f = tls_start(redis_tls(auth, NULL), CA_TRUSTED(), NULL);
+  ASSERT_OK(tc_handshake(c, f.peer, f.port));
+  return f;
+}
+
 /* ------------------------------------------------------------------------------------------
  * The tests.
  */
 
 TEST(tls_redis_ping_pong) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
+  tls_fix_t f = redis_handshake(&c, "no");
   ASSERT_STREQ(pp__tls_version(c.tls), "TLSv1.3");
   ASSERT(!pp__tls_resumed(c.tls));
   ASSERT(tc_ask(&c, PING, "+PONG\r\n"));
@@ -660,10 +669,8 @@ TEST(tls_min_version_fails_as_protocol) {
  * the handshake completes before the server judges its (missing) certificate, so the refusal
  * arrives as an alert on the first read. */
 TEST(tls_client_cert_required_without_one) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("yes", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
+  tls_fix_t f = redis_handshake(&c, "yes");
   ASSERT(!tc_ask(&c, PING, "+PONG"));
   ASSERT_ERR(c.end, PP_ETLS);
   ASSERT_STREQ(pp_peer_tls_reason(f.peer),
@@ -815,10 +822,8 @@ TEST(tls_alpn_result) {
 /* Once warm, a conn that writes and reads in a steady rhythm makes no allocation of the
  * layer's own (OpenSSL's are its business). */
 TEST(tls_steady_state_allocates_nothing) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
+  tls_fix_t f = redis_handshake(&c, "no");
   for (int i = 0; i < 10; i++)
     ASSERT(tc_ask(&c, PING, "+PONG\r\n"));
   uint64_t before = pp__tls_allocs;
@@ -832,10 +837,8 @@ TEST(tls_steady_state_allocates_nothing) {
 /* The state may be freed while its ciphertext is still queued in libuv: the chunks stay valid
  * until their callbacks hand them back (ASan watches), and the last one frees the rest. */
 TEST(tls_free_with_writes_in_flight) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), NULL);
   tc_t c;
-  ASSERT_OK(tc_handshake(&c, f.peer, f.port));
+  tls_fix_t f = redis_handshake(&c, "no");
   static char big[4 << 20];
   memset(big, 'x', sizeof big);
   uv_buf_t b[2] = {uv_buf_init(PING, 14), uv_buf_init(big, sizeof big)};
@@ -984,15 +987,30 @@ static bool got(const test_reader_t *r, const char *text) {
   return r->buf && memmem(r->buf, r->len, text, strlen(text)) != NULL;
 }
 
+/* Start reading `l` into `r` (from empty), then send `n` buffers with pp_conn_try_write;
+ * returns what that returned. */
+static int lease_try_send(pp_lease_t *l, const uv_buf_t *bufs, unsigned int n, test_reader_t *r) {
+  memset(r, 0, sizeof *r);
+  ASSERT_OK(pp_conn_read_start(l->conn, test_reader_cb, r));
+  return pp_conn_try_write(l->conn, bufs, n);
+}
+
+/* env_setup, a pool (test options) on a `redis-server --tls-port` with tls-auth-clients `auth`,
+ * and a lease `l` (recorded in `rec`) granted on its peer. */
+static tls_fix_t redis_pool_lease(pp_lease_t *l, test_rec_t *rec, const char *auth) {
+  env_setup();
+  tls_fix_t f = tls_start(redis_tls(auth, NULL), CA_TRUSTED(), TEST_OPTS());
+  ASSERT_OK(test_acquire_wait(f.pool, l, rec, f.peer, NULL));
+  return f;
+}
+
 /* acquire -> PING/+PONG over redis --tls-port; a second conn to the peer resumes the first's
  * session (a TLS 1.3 ticket read with the first reply), and stats count both handshakes. */
 TEST(tls_pool_redis_ping_and_resume) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t a, b;
   test_rec_t ra, rb;
+  tls_fix_t f = redis_pool_lease(&a, &ra, "no");
   test_reader_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, f.peer, NULL));
   ASSERT_NULL(pp_conn_tls_alpn(a.conn)); /* none offered */
   ASSERT_EQ(lease_ask(&a, PING, "+PONG\r\n", &r), 0);
   ASSERT(got(&r, "+PONG\r\n"));
@@ -1124,16 +1142,12 @@ TEST(tls_pool_keep_idle_bytes_after_decryption) {
 
 /* pp_conn_try_write on a TLS conn takes every byte; big writes go whole through the layer. */
 TEST(tls_pool_try_write_and_big_write) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("no", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t l;
   test_rec_t rec;
+  tls_fix_t f = redis_pool_lease(&l, &rec, "no");
   test_reader_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &rec, f.peer, NULL));
-  memset(&r, 0, sizeof r);
-  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &r));
   uv_buf_t b[2] = {uv_buf_init("*1\r\n$4\r\n", 8), uv_buf_init("PING\r\n", 6)};
-  ASSERT_EQ(pp_conn_try_write(l.conn, b, 2), 14);
+  ASSERT_EQ(lease_try_send(&l, b, 2, &r), 14);
   RUN_UNTIL(got(&r, "+PONG\r\n"), 3000);
   pp_conn_read_stop(l.conn);
   test_reader_free(&r);
@@ -1155,18 +1169,14 @@ TEST(tls_pool_try_write_and_big_write) {
 /* TLS 1.3 and a client certificate required: the refusal arrives after the handshake, on the
  * first read, as PP_ETLS with the reason; with a certificate it works. */
 TEST(tls_pool_client_cert_required) {
-  env_setup();
-  tls_fix_t f = tls_start(redis_tls("yes", NULL), CA_TRUSTED(), TEST_OPTS());
   pp_lease_t l;
   test_rec_t rec;
-  test_reader_t r;
-  ASSERT_OK(test_acquire_wait(f.pool, &l, &rec, f.peer, NULL));
+  tls_fix_t f = redis_pool_lease(&l, &rec, "yes");
   /* The alert, unless the server's reset to our request overtakes it (then the kernel drops
    * the alert unread): either way the conn ends and the peer is blamed. */
-  memset(&r, 0, sizeof r);
-  ASSERT_OK(pp_conn_read_start(l.conn, test_reader_cb, &r));
+  test_reader_t r;
   uv_buf_t b = uv_buf_init(PING, 14);
-  pp_conn_try_write(l.conn, &b, 1);
+  lease_try_send(&l, &b, 1, &r);
   RUN_UNTIL(r.ended, 3000);
   ASSERT_MSG(r.end_status == PP_ETLS || r.end_status == UV_ECONNRESET, "ended with %s",
              pp_err_name((int)r.end_status));
@@ -1347,12 +1357,9 @@ TEST(tls_pool_burst_of_new_conns_resumes) {
   static test_rec_t rec[N];
   test_reader_t r;
   for (int round = 0; round < 2; round++) {
+    test_acquire_start_n(f.pool, f.peer, l, rec, N);
     for (int i = 0; i < N; i++)
-      ASSERT_OK(test_acquire_start(f.pool, &l[i], &rec[i], f.peer, NULL));
-    for (int i = 0; i < N; i++) {
-      RUN_UNTIL(rec[i].calls == 1, 5000);
-      ASSERT_OK(rec[i].status);
-    }
+      test_wait_ok(&rec[i]);
     for (int i = 0; i < N; i++) { /* each reply comes after the conn's tickets */
       ASSERT_EQ(lease_ask(&l[i], PING, "+PONG\r\n", &r), 0);
       test_reader_free(&r);

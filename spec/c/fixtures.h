@@ -100,20 +100,22 @@ void expect_connects_all_failed(pp_pool_t *pool, int attempts);
     pp_pool_set_policy(pool, &p);  \
   } while (0)
 
-/* A pool whose peers are echo servers of this process, peer[i] at srv[i]. */
-#define ECHO_PEERS_MAX 4
+/* A pool with several servers of this process as its peers, peer[i] at srv[i]. */
+#define FIXTURE_PEERS_MAX 4
 typedef struct {
   pp_pool_t *pool;
   int n;
-  srv_t *srv[ECHO_PEERS_MAX];
-  pp_peer_t *peer[ECHO_PEERS_MAX];
-} echo_peers_t;
-/* A pool with `opts` (NULL = engine defaults, as test_pool) and `n` echo servers as its peers,
- * added in order. */
-echo_peers_t echo_peers_start(int n, const pp_options_t *opts);
-/* test_finish(e->pool), then stop every server. */
-void echo_peers_end(echo_peers_t *e);
-/* The index of `peer` in e->peer, or -1. */
-int echo_peers_index(const echo_peers_t *e, const pp_peer_t *peer);
+  srv_t *srv[FIXTURE_PEERS_MAX];
+  pp_peer_t *peer[FIXTURE_PEERS_MAX];
+} fixture_peers_t;
+/* A pool with `opts` (NULL = test_options()) and srv[0..n-1] as its peers, added in order. The
+ * fixture owns the servers: fixture_peers_end() stops them. */
+fixture_peers_t fixture_peers_start(int n, srv_t *const srv[], const pp_options_t *opts);
+/* fixture_peers_start() over `n` echo servers. */
+fixture_peers_t echo_peers_start(int n, const pp_options_t *opts);
+/* test_finish(f->pool), then stop every server. */
+void fixture_peers_end(fixture_peers_t *f);
+/* The index of `peer` in f->peer, or -1. */
+int fixture_peers_index(const fixture_peers_t *f, const pp_peer_t *peer);
 
 #endif /* PP_FIXTURES_H */

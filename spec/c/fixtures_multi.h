@@ -1,6 +1,6 @@
 /*
- * More shared setup for the engine tests, beside fixtures.h: a pool with two servers as its
- * peers, a fixture that already holds several leases, a peer that burned, and the checks that
+ * More shared setup for the engine tests, beside fixtures.h: a fixture that already holds
+ * several leases, a peer at capacity, a peer that burned, and the checks that
  * several tests make on a pool's gauges and on a peer's blame.
  * Implemented in test_fixtures_multi.c (which defines no TEST).
  */
@@ -8,19 +8,6 @@
 #define PP_FIXTURES_MULTI_H
 
 #include "fixtures.h"
-
-/* Two servers as the peers of one pool: peer[i] is at srv[i]. */
-typedef struct {
-  srv_t *srv[2];
-  pp_pool_t *pool;
-  pp_peer_t *peer[2];
-} fixture2_t;
-
-/* A pool with `opts` (NULL = test_options()) and `a`, then `b`, as its peers. The fixture owns
- * both servers: fixture2_end() stops them. */
-fixture2_t fixture2_start(srv_t *a, srv_t *b, const pp_options_t *opts);
-/* test_finish(f->pool), then srv_stop() of both servers. */
-void fixture2_end(fixture2_t *f);
 
 /* The most leases fixture_leases_start() can hold. */
 #define FIXTURE_LEASES 8

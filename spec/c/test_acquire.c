@@ -31,8 +31,7 @@ TEST(acquire_any_peer) {
 TEST(acquire_any_peer_spreads_over_ready_peers) {
   /* Two echo servers and max_per_peer = 1: two held acquires without a peer must land on
    * both peers. */
-  fixture2_t f =
-      fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL), TEST_OPTS(o.max_per_peer = 1));
+  fixture_peers_t f = echo_peers_start(2, TEST_OPTS(o.max_per_peer = 1));
   pp_lease_t a, b;
   test_rec_t ra, rb;
   ASSERT_OK(test_acquire_wait(f.pool, &a, &ra, NULL, NULL));
@@ -43,7 +42,7 @@ TEST(acquire_any_peer_spreads_over_ready_peers) {
   ASSERT(b.peer == f.peer[0] || b.peer == f.peer[1]);
   ASSERT_OK(pp_release(&a, 0));
   ASSERT_OK(pp_release(&b, 0));
-  fixture2_end(&f);
+  fixture_peers_end(&f);
 }
 
 /* An acquire without a peer on `pool` ends in PP_ENOPEER: at once (its callback never runs)

@@ -80,8 +80,7 @@ TEST(busy_fail_at_capacity_answers_at_once) {
 }
 
 TEST(busy_fail_at_max_total) {
-  fixture2_t f = fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL),
-                                TEST_OPTS(o.max_per_peer = 1; o.max_total = 1));
+  fixture_peers_t f = echo_peers_start(2, TEST_OPTS(o.max_per_peer = 1; o.max_total = 1));
   pp_lease_t held;
   test_rec_t rh;
   ASSERT_OK(test_acquire_wait(f.pool, &held, &rh, f.peer[0], NULL));
@@ -89,7 +88,7 @@ TEST(busy_fail_at_max_total) {
   test_run_for(30);
   ASSERT_EQ(srv_accepted(f.srv[1]), 0);
   ASSERT_OK(pp_release(&held, 0));
-  fixture2_end(&f);
+  fixture_peers_end(&f);
 }
 
 TEST(busy_notice_fires_after_release) {

@@ -4,7 +4,7 @@
 #include <string.h>
 
 /* Two echo servers as the peers of a pool with room for one conn in all. */
-static echo_peers_t pair_start(void) {
+static fixture_peers_t pair_start(void) {
   return echo_peers_start(2, TEST_OPTS(o.max_per_peer = 2; o.max_total = 1));
 }
 
@@ -15,7 +15,7 @@ static void granted(const test_rec_t *r) {
 }
 
 TEST(evict_idle_conn_of_other_peer_for_named_acquire) {
-  echo_peers_t p = pair_start();
+  fixture_peers_t p = pair_start();
   pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t l;
   test_rec_t r;
@@ -27,11 +27,11 @@ TEST(evict_idle_conn_of_other_peer_for_named_acquire) {
   ASSERT_EQ(s.closed[PP_CLOSE_EVICTED], 1);
   ASSERT_EQ(s.conns, 1);
   ASSERT_OK(pp_release(&l, 0));
-  echo_peers_end(&p);
+  fixture_peers_end(&p);
 }
 
 TEST(evict_released_conn_serves_waiter_of_other_peer) {
-  echo_peers_t p = pair_start();
+  fixture_peers_t p = pair_start();
   pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t la, lb;
   test_rec_t ra, rb;
@@ -45,11 +45,11 @@ TEST(evict_released_conn_serves_waiter_of_other_peer) {
   ASSERT_PTR_EQ(lb.peer, pb);
   ASSERT_EQ(test_stats(p.pool).closed[PP_CLOSE_EVICTED], 1);
   ASSERT_OK(pp_release(&lb, 0));
-  echo_peers_end(&p);
+  fixture_peers_end(&p);
 }
 
 TEST(evict_keeps_conn_wanted_by_its_own_peer) {
-  echo_peers_t p = pair_start();
+  fixture_peers_t p = pair_start();
   pp_peer_t *pa = p.peer[0], *pb = p.peer[1];
   pp_lease_t la, la2, lb;
   test_rec_t ra, ra2, rb;
@@ -63,5 +63,5 @@ TEST(evict_keeps_conn_wanted_by_its_own_peer) {
   ASSERT_OK(pp_release(&la2, 0)); /* now B's waiter gets the slot */
   granted(&rb);
   ASSERT_OK(pp_release(&lb, 0));
-  echo_peers_end(&p);
+  fixture_peers_end(&p);
 }

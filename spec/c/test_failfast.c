@@ -6,9 +6,8 @@
 #include "fixtures_multi.h"
 
 /* A pool of two echo servers that ejects at the first failure. */
-static fixture2_t duo_start(void) {
-  return fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL),
-                        TEST_OPTS(o.eject_after = 1; o.eject_time = 5000));
+static fixture_peers_t duo_start(void) {
+  return echo_peers_start(2, TEST_OPTS(o.eject_after = 1; o.eject_time = 5000));
 }
 
 /* A pool (options `o`) with one refused peer whose backoff is a fixed `*delay` ms. */
@@ -42,7 +41,7 @@ static const char *describe(const pp_lease_t *l) {
 }
 
 TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
-  fixture2_t d = duo_start();
+  fixture_peers_t d = duo_start();
   broken_use(d.pool, d.peer[0]);
   pp_lease_t l;
   test_rec_t r;
@@ -64,23 +63,23 @@ TEST(failfast_ejected_peer_answers_at_once_with_its_cause) {
   ASSERT(strncmp(line, srv_addr(d.srv[0]), strlen(srv_addr(d.srv[0]))) == 0);
   ASSERT_EQ(test_stats(d.pool).failed_fast, 1);
   ASSERT_EQ(r.calls, 0);
-  fixture2_end(&d);
+  fixture_peers_end(&d);
 }
 
 TEST(failfast_try_acquire_of_ejected_peer_says_ejected) {
-  fixture2_t d = duo_start();
+  fixture_peers_t d = duo_start();
   broken_use(d.pool, d.peer[0]);
   pp_lease_t l;
   memset(&l, 0, sizeof l);
   ASSERT_ERR(pp_try_acquire(d.pool, &l, d.peer[0], NULL), PP_EEJECTED);
   ASSERT_CONTAINS(describe(&l), "is ejected");
-  fixture2_end(&d);
+  fixture_peers_end(&d);
 }
 
 TEST(failfast_waiter_of_a_peer_that_gets_ejected_is_answered_on_the_next_tick) {
   /* A waiter queued behind the peer's only conn (deadline 5 s): the conn breaks, the peer is
    * ejected, and the waiter hears PP_EEJECTED at once, not at its deadline. */
-  fixture2_t d = duo_start();
+  fixture_peers_t d = duo_start();
   pp_lease_t held, waiter;
   test_rec_t hr, wr;
   ASSERT_OK(test_acquire_wait(d.pool, &held, &hr, d.peer[0], NULL));
@@ -97,7 +96,7 @@ TEST(failfast_waiter_of_a_peer_that_gets_ejected_is_answered_on_the_next_tick) {
   ASSERT_LT(wr.at_ms - t0, 500);
   ASSERT_CONTAINS(describe(&waiter), "is ejected for");
   test_release_n(more, 3, 0);
-  fixture2_end(&d);
+  fixture_peers_end(&d);
 }
 
 TEST(failfast_backing_off_peer_describes_its_backoff) {
@@ -170,7 +169,7 @@ TEST(failfast_any_peer_passes_over_held_peers) {
   /* An ejected peer, a peer backing off and a healthy one: acquires for any peer all go to the
    * healthy one and none fails. */
   srv_t *refused = srv_refused_start();
-  fixture2_t d = duo_start();
+  fixture_peers_t d = duo_start();
   int64_t delay = 60000;
   test_set_backoff(d.pool, test_backoff_fixed, &delay);
   pp_peer_t *pr = test_peer(d.pool, srv_addr(refused));
@@ -183,7 +182,7 @@ TEST(failfast_any_peer_passes_over_held_peers) {
     ASSERT_PTR_EQ(l.peer, d.peer[1]);
     ASSERT_OK(pp_release(&l, 0));
   }
-  fixture2_end(&d);
+  fixture_peers_end(&d);
   srv_stop(refused);
 }
 

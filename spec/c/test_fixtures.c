@@ -142,27 +142,35 @@ void expect_connects_all_failed(pp_pool_t *pool, int attempts) {
   ASSERT_EQ(s.conns, 0);
 }
 
-echo_peers_t echo_peers_start(int n, const pp_options_t *opts) {
-  ASSERT_LE(n, ECHO_PEERS_MAX);
-  echo_peers_t e;
-  memset(&e, 0, sizeof e);
-  e.n = n;
-  e.pool = test_pool(opts);
+fixture_peers_t fixture_peers_start(int n, srv_t *const srv[], const pp_options_t *opts) {
+  ASSERT_LE(n, FIXTURE_PEERS_MAX);
+  fixture_peers_t f;
+  memset(&f, 0, sizeof f);
+  f.n = n;
+  f.pool = test_pool(opts != NULL ? opts : TEST_OPTS());
   for (int i = 0; i < n; i++) {
-    e.srv[i] = srv_echo_start(NULL);
-    e.peer[i] = test_peer(e.pool, srv_addr(e.srv[i]));
+    f.srv[i] = srv[i];
+    f.peer[i] = test_peer(f.pool, srv_addr(f.srv[i]));
   }
-  return e;
+  return f;
 }
 
-void echo_peers_end(echo_peers_t *e) {
-  test_finish(e->pool);
-  for (int i = 0; i < e->n; i++)
-    srv_stop(e->srv[i]);
+fixture_peers_t echo_peers_start(int n, const pp_options_t *opts) {
+  ASSERT_LE(n, FIXTURE_PEERS_MAX);
+  srv_t *srv[FIXTURE_PEERS_MAX];
+  for (int i = 0; i < n; i++)
+    srv[i] = srv_echo_start(NULL);
+  return fixture_peers_start(n, srv, opts);
 }
 
-int echo_peers_index(const echo_peers_t *e, const pp_peer_t *peer) {
-  for (int i = 0; i < e->n; i++)
-    if (e->peer[i] == peer) return i;
+void fixture_peers_end(fixture_peers_t *f) {
+  test_finish(f->pool);
+  for (int i = 0; i < f->n; i++)
+    srv_stop(f->srv[i]);
+}
+
+int fixture_peers_index(const fixture_peers_t *f, const pp_peer_t *peer) {
+  for (int i = 0; i < f->n; i++)
+    if (f->peer[i] == peer) return i;
   return -1;
 }

@@ -1,22 +1,6 @@
 /* The shared fixtures of fixtures_multi.h (no tests here). */
 #include "fixtures_multi.h"
 
-fixture2_t fixture2_start(srv_t *a, srv_t *b, const pp_options_t *opts) {
-  fixture2_t f;
-  f.pool = test_pool(opts != NULL ? opts : TEST_OPTS());
-  f.srv[0] = a;
-  f.srv[1] = b;
-  for (int i = 0; i < 2; i++)
-    f.peer[i] = test_peer(f.pool, srv_addr(f.srv[i]));
-  return f;
-}
-
-void fixture2_end(fixture2_t *f) {
-  test_finish(f->pool);
-  for (int i = 0; i < 2; i++)
-    srv_stop(f->srv[i]);
-}
-
 void fixture_leases_start(fixture_leases_t *s, const pp_options_t *opts, int n) {
   ASSERT_LE(n, FIXTURE_LEASES);
   s->f = fixture_start(srv_echo_start(NULL), opts);

@@ -69,7 +69,7 @@ TEST(history_restores_the_counters) {
 }
 
 TEST(history_restores_an_ejection_to_its_end) {
-  fixture2_t f = fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL), NULL);
+  fixture_peers_t f = echo_peers_start(2, NULL);
   pp_peer_t *pa = f.peer[0];
   pp_peer_history_t h = {0};
   h.failures = 5;
@@ -84,7 +84,7 @@ TEST(history_restores_an_ejection_to_its_end) {
   test_acquire_fails(f.pool, pa, NULL, PP_EEJECTED);
   RUN_UNTIL(pp_peer_check(pa) == 0, 2000);
   use_once(f.pool, pa);
-  fixture2_end(&f);
+  fixture_peers_end(&f);
 }
 
 TEST(history_ejection_is_not_restored_on_the_only_peer) {

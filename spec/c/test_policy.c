@@ -26,16 +26,16 @@ static int sel_peer(void *data, pp_pool_t *pool, pp_peer_t *const *peers, int n,
   return -1;
 }
 
-/* Two echo servers as the peers of one pool (fixture2), with `s` as the select_peer hook's
+/* Two echo servers as the peers of one pool (echo_peers_start), with `s` as the select_peer hook's
  * data. */
 typedef struct {
-  fixture2_t f;
+  fixture_peers_t f;
   sel_t s;
 } duo_t;
 
 static void duo_start(duo_t *d, int hooked) {
   memset(d, 0, sizeof *d);
-  d->f = fixture2_start(srv_echo_start(NULL), srv_echo_start(NULL), NULL);
+  d->f = echo_peers_start(2, NULL);
   if (!hooked) return;
   pp_policy_t pol;
   memset(&pol, 0, sizeof pol);
@@ -84,7 +84,7 @@ TEST(policy_select_peer_picks_for_dialing) {
   ASSERT_ACCEPTED(d.f.srv[1], 1);
   ASSERT_EQ(srv_accepted(d.f.srv[0]), 0);
   ASSERT_OK(pp_release(&l, 0));
-  fixture2_end(&d.f);
+  fixture_peers_end(&d.f);
 }
 
 TEST(policy_select_peer_picks_among_usable) {
@@ -101,7 +101,7 @@ TEST(policy_select_peer_picks_among_usable) {
     ASSERT_EQ(d.s.last_n, 2);
   }
   ASSERT_EQ(test_stats(d.f.pool).connect_attempts, 2);
-  fixture2_end(&d.f);
+  fixture_peers_end(&d.f);
 }
 
 TEST(policy_select_peer_bad_answer_falls_back) {
@@ -119,7 +119,7 @@ TEST(policy_select_peer_bad_answer_falls_back) {
   ASSERT_GT(d.s.calls, calls);
   ASSERT_EQ(d.s.last_n, 2);
   ASSERT_GT(test_stats(d.f.pool).policy_errors, pe);
-  fixture2_end(&d.f);
+  fixture_peers_end(&d.f);
 }
 
 TEST(policy_select_peer_minus_one_is_default_not_error) {
@@ -128,7 +128,7 @@ TEST(policy_select_peer_minus_one_is_default_not_error) {
   d.s.answer = -1;
   use_any(&d);
   ASSERT_EQ(test_stats(d.f.pool).policy_errors, 0);
-  fixture2_end(&d.f);
+  fixture_peers_end(&d.f);
 }
 
 static int bad_conn_choice(void *data, pp_peer_t *peer, pp_conn_t *const *conns, int n,
@@ -190,7 +190,7 @@ TEST(policy_is_copied_and_null_restores_defaults) {
   int before = d.s.calls;
   use_any(&d);
   ASSERT_EQ(d.s.calls, before);
-  fixture2_end(&d.f);
+  fixture_peers_end(&d.f);
 }
 
 TEST(policy_default_select_peer_round_robin) {
@@ -207,5 +207,5 @@ TEST(policy_default_select_peer_round_robin) {
   ASSERT_EQ(hits_a + hits_b, 6);
   ASSERT_GE(hits_a, 2);
   ASSERT_GE(hits_b, 2);
-  fixture2_end(&d.f);
+  fixture_peers_end(&d.f);
 }

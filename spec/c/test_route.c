@@ -101,7 +101,7 @@ static void break_a_conn(pp_pool_t *pool, pp_peer_t *peer) {
 TEST(route_keys_stay_with_their_owner_whatever_is_idle) {
   /* 40 keys over 3 peers, 400 acquires; before each, a random set of conns is held so that
    * which peers have idle conns keeps changing. Every key is always served by its owner. */
-  echo_peers_t t = echo_peers_start(3, TEST_OPTS());
+  fixture_peers_t t = echo_peers_start(3, TEST_OPTS());
   ring_install(t.pool, &ring);
   ASSERT_EQ(ring.events[PP_PEER_EVENT_ADDED], 3);
   pp_peer_t *owner[40] = {0};
@@ -123,7 +123,7 @@ TEST(route_keys_stay_with_their_owner_whatever_is_idle) {
     ASSERT_OK(test_acquire_wait(t.pool, &l, &r, NULL, &ao));
     if (owner[k] == NULL) {
       owner[k] = l.peer;
-      per_peer[echo_peers_index(&t, l.peer)]++;
+      per_peer[fixture_peers_index(&t, l.peer)]++;
     }
     ASSERT_PTR_EQ(l.peer, owner[k]);
     ASSERT_PTR_EQ(l.peer, ring_owner(&ring, key[k]));
@@ -135,7 +135,7 @@ TEST(route_keys_stay_with_their_owner_whatever_is_idle) {
   for (int i = 0; i < 3; i++)
     ASSERT_GT(per_peer[i], 0); /* the keys spread over every peer */
   ASSERT_EQ(test_stats(t.pool).policy_errors, 0);
-  echo_peers_end(&t);
+  fixture_peers_end(&t);
 }
 
 /* The first of keys "key:0", "key:1", ... that the ring gives to `peer`. */
@@ -151,7 +151,7 @@ static const char *key_of(pp_peer_t *peer) {
 TEST(route_owner_down_fails_fast_with_its_cause) {
   /* The hook returns the owner even when it is down: the acquire is answered at once with the
    * owner's own cause. */
-  echo_peers_t t = echo_peers_start(3, TEST_OPTS(o.eject_after = 1));
+  fixture_peers_t t = echo_peers_start(3, TEST_OPTS(o.eject_after = 1));
   ring_install(t.pool, &ring);
   break_a_conn(t.pool, t.peer[0]);
   pp_acquire_opts_t ao = keyed(key_of(t.peer[0]));
@@ -166,13 +166,13 @@ TEST(route_owner_down_fails_fast_with_its_cause) {
   ASSERT(strncmp(line, srv_addr(t.srv[0]), strlen(srv_addr(t.srv[0]))) == 0);
   memset(&l, 0, sizeof l);
   ASSERT_ERR(pp_try_acquire(t.pool, &l, NULL, &ao), PP_EEJECTED);
-  echo_peers_end(&t);
+  fixture_peers_end(&t);
 }
 
 TEST(route_next_on_the_ring_when_the_owner_is_down) {
   /* The hook passes over an owner that cannot serve: its keys go to the next peer on the
    * ring, the same one every time, and come back once the owner does. */
-  echo_peers_t t =
+  fixture_peers_t t =
       echo_peers_start(3, TEST_OPTS(o.eject_after = 1; o.eject_time = 300; o.eject_max = 300));
   ring.next_when_down = 1;
   ring_install(t.pool, &ring);
@@ -187,7 +187,7 @@ TEST(route_next_on_the_ring_when_the_owner_is_down) {
   }
   RUN_UNTIL(pp_peer_check(t.peer[0]) == 0, 2000);
   ASSERT_PTR_EQ(lands_on(t.pool, NULL, &ao), t.peer[0]);
-  echo_peers_end(&t);
+  fixture_peers_end(&t);
 }
 
 static int64_t burn(void *data, pp_peer_t *peer, int attempt, int err) {
@@ -265,7 +265,7 @@ TEST(route_to_a_peer_of_another_pool_is_a_policy_error) {
 }
 
 TEST(route_is_asked_only_for_a_key_without_a_peer) {
-  echo_peers_t t = echo_peers_start(3, TEST_OPTS());
+  fixture_peers_t t = echo_peers_start(3, TEST_OPTS());
   ring_install(t.pool, &ring);
   pp_acquire_opts_t ao = keyed("key:1");
   ASSERT_PTR_EQ(lands_on(t.pool, t.peer[2], &ao), t.peer[2]); /* a named peer wins over the key */
@@ -273,5 +273,5 @@ TEST(route_is_asked_only_for_a_key_without_a_peer) {
   ASSERT_EQ(ring.calls, 0);
   lands_on(t.pool, NULL, &ao);
   ASSERT_EQ(ring.calls, 1);
-  echo_peers_end(&t);
+  fixture_peers_end(&t);
 }

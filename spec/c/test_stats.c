@@ -126,8 +126,8 @@ TEST(stats_acquire_counters) {
 }
 
 TEST(stats_connect_counters) {
-  fixture2_t f =
-      fixture2_start(srv_echo_start(NULL), srv_refused_start(), TEST_OPTS(o.retries = 1));
+  fixture_peers_t f = fixture_peers_start(2, (srv_t *[]){srv_echo_start(NULL), srv_refused_start()},
+                                          TEST_OPTS(o.retries = 1));
   int64_t delay = 5;
   test_set_backoff(f.pool, test_backoff_fixed, &delay);
   pp_peer_t *pe = f.peer[0], *pr = f.peer[1];
@@ -144,7 +144,7 @@ TEST(stats_connect_counters) {
   ASSERT_EQ(test_peer_info(pe).attempts, 1);
   ASSERT_EQ(test_peer_info(pr).attempts, 2);
   ASSERT_OK(pp_release(&a, 0));
-  fixture2_end(&f);
+  fixture_peers_end(&f);
 }
 
 TEST(stats_closed_by_reason) {

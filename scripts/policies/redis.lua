@@ -37,7 +37,7 @@
 --   peerpool.run(function()
 --     local conn = assert(pool:acquire())
 --     conn:send(redis.command("GET", "greeting"))
---     print(conn:receive("*l"), conn:receive("*l"))   -- $5, hello
+--     print(redis.reply(conn))                         -- hello
 --     conn:release()
 --   end)
 local options = require "peerpool.policies.options"
@@ -64,6 +64,25 @@ local function command(...)
     parts[#parts + 1] = "$" .. #arg .. "\r\n" .. arg .. "\r\n"
   end
   return table.concat(parts)
+end
+
+--- redis.reply(conn): read one reply that is not an array: a status (+OK) or an integer (:1)
+-- gives its text ("OK", "1"), a bulk string its bytes, the nil bulk ($-1) false; an error reply
+-- gives nil, "redis: " .. its text, and a failed read nil and the read's error.
+local function reply(conn)
+  local line, err = conn:receive("*l")
+  if not line then return nil, err end
+  local kind, rest = line:sub(1, 1), line:sub(2)
+  if kind == "$" then
+    local n = tonumber(rest)
+    if n < 0 then return false end
+    local data, derr = conn:receive(n + 2)
+    if not data then return nil, derr end
+    return data:sub(1, n)
+  elseif kind == "-" then
+    return nil, "redis: " .. rest
+  end
+  return rest
 end
 
 local function new(opts)
@@ -140,7 +159,8 @@ local function new(opts)
       idle_timeout = 300000 }
   end
 
-  return options.instance(M, new, o, { command = command }, { pool_options = pool_options })
+  return options.instance(M, new, o, { command = command, reply = reply },
+    { pool_options = pool_options })
 end
 
 return new()

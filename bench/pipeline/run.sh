@@ -12,11 +12,11 @@
 # redis-benchmark: a figure a machine loaded by other work does not move. CG_N=0 skips them.
 # usage: bash bench/pipeline/run.sh [BUILD_DIR] [REQUESTS]
 set -eu
-BUILD=${1:-build}
-N=${2:-400000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+. "$ROOT/bench/lib.sh"
+BUILD=$(bench_abs "${1:-build}")
+N=${2:-400000}
 HERE=$ROOT/bench/pipeline
-case $BUILD in /*) ;; *) BUILD=$(pwd)/$BUILD ;; esac
 TMP=$(mktemp -d)
 PIDS=""
 trap 'for p in $PIDS; do kill $p 2>/dev/null || true; done; rm -rf "$TMP"' EXIT

@@ -1,6 +1,7 @@
 # shellcheck shell=sh
-# Sourced by the bench run scripts (bench/run.sh, bench/*/run.sh) for what they do alike:
-#   . "$ROOT/bench/lib.sh"
+# Sourced by the bench run scripts (bench/run.sh, bench/*/run.sh) for what they do alike.
+# Every one of them takes the build dir as its first argument:
+#   . "$ROOT/bench/lib.sh"      sets BUILD: the script's $1 (default build), made absolute
 #   bench_abs DIR               DIR as an absolute path (a relative one is taken from here)
 #   bench_commit ROOT PATH...   export PP_BENCH_COMMIT, the commit the figures belong to, with
 #                               "+ uncommitted PATH changes" when PATH differs from it; a value
@@ -11,6 +12,8 @@
 bench_abs() {
   case $1 in /*) echo "$1" ;; *) echo "$(pwd)/$1" ;; esac
 }
+# shellcheck disable=SC2034 # used by the script that sources this file
+BUILD=$(bench_abs "${1:-build}")
 
 bench_commit() {
   [ -z "${PP_BENCH_COMMIT:-}" ] || return 0

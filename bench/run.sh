@@ -12,7 +12,6 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib.sh"
-BUILD=$(bench_abs "${1:-build}")
 BIN=$BUILD/bench/bench_idle
 if [ ! -x "$BIN" ]; then
   echo "bench: $BIN not found; build first (make build, or cmake --build $BUILD)" >&2

@@ -6,7 +6,6 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 . "$ROOT/bench/lib.sh"
-BUILD=$(bench_abs "${1:-build}")
 if [ $# -gt 0 ]; then shift; fi
 PP_PING_DRIVER=$ROOT/bench/observe/obs_cost.lua exec sh "$ROOT/bench/ping/run.sh" "$BUILD" \
   --out "$ROOT/docs/bench.md" --png "$ROOT/docs/bench-observe.png" "$@"

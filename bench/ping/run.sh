@@ -13,7 +13,6 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 . "$ROOT/bench/lib.sh"
 HERE=$ROOT/bench/ping
-BUILD=$(bench_abs "${1:-build}")
 if [ $# -gt 0 ]; then shift; fi
 
 for f in "$BUILD/bench/ping/ping_c" "$BUILD/bench/ping/ping_connect" \

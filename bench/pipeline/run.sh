@@ -14,12 +14,10 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 . "$ROOT/bench/lib.sh"
-BUILD=$(bench_abs "${1:-build}")
 N=${2:-400000}
 HERE=$ROOT/bench/pipeline
-TMP=$(mktemp -d)
-PIDS=""
-trap 'for p in $PIDS; do kill $p 2>/dev/null || true; done; rm -rf "$TMP"' EXIT
+bench_tmp pipeline
+TMP=$BENCH_TMP
 
 free_port() {
   lua5.4 -e 'local uv = require "luv"; local t = uv.new_tcp(); assert(t:bind("127.0.0.1", 0))
@@ -29,7 +27,7 @@ PORTS=""
 for i in 1 2; do
   p=$(free_port)
   timeout 600 redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
-  PIDS="$PIDS $!"
+  BENCH_PIDS="$BENCH_PIDS $!"
   PORTS="$PORTS $p"
 done
 set -- $PORTS

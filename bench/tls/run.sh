@@ -7,7 +7,6 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 . "$ROOT/bench/lib.sh"
-BUILD=$(bench_abs "${1:-build}")
 N=${2:-2000}
 BIN=$BUILD/bench/tls_handshake
 [ -x "$BIN" ] || { echo "bench/tls: $BIN not found; build first" >&2; exit 1; }

@@ -23,6 +23,7 @@ local command, reply = redis.command, redis.reply
 
 local named = 0
 local pool = peerpool.new {
+  peers = addrs, -- a bad address raises here, naming it
   max_per_peer = 2,
   acquire_timeout = 5000,
   io_timeout = 2000,
@@ -44,13 +45,6 @@ local pool = peerpool.new {
     end,
   },
 }
-for _, addr in ipairs(addrs) do
-  local ok, err, detail = pool:add_peer(addr)
-  if not ok then
-    io.stderr:write(("bad address %s: %s (%s)\n"):format(addr, err, detail))
-    os.exit(2)
-  end
-end
 
 local done, failures = 0, 0
 

@@ -85,15 +85,11 @@ local function reply(conn)
   return rest
 end
 
-local function new(opts)
+local function build(M, opts)
   local o = options.check("policy.redis", opts, DEFAULTS)
   if o.username and not o.password then
     error("policy.redis.password must be set with username", 0)
   end
-  local M = {
-    name = "redis",
-    description = "Redis: AUTH/SELECT/PING handshake, PING health checks",
-  }
   local backoff_opts = o.backoff
   local ok, backoff = pcall(backoff_exponential.new, backoff_opts)
   if not ok then error((tostring(backoff):gsub("policy%.backoff", "policy.redis.backoff")), 0) end
@@ -159,8 +155,8 @@ local function new(opts)
       idle_timeout = 300000 }
   end
 
-  return options.instance(M, new, o, { command = command, reply = reply },
-    { pool_options = pool_options })
+  return o, { command = command, reply = reply },
+    { pool_options = pool_options }
 end
 
-return new()
+return options.policy("redis", "Redis: AUTH/SELECT/PING handshake, PING health checks", build)

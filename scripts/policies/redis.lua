@@ -13,7 +13,8 @@
 -- (wrong password) burns the server at once unless `burn_auth` is false, so a misconfigured
 -- client stops hammering it (other handshake failures, like -LOADING, only back off).
 --
--- Commands are sent in RESP (arrays of bulk strings), which any Redis accepts.
+-- Commands are sent in RESP (arrays of bulk strings), which any Redis accepts. For the
+-- program's own requests, `.command(...)` encodes one and `.reply(conn)` reads one reply.
 --
 -- Options (redis.new{...}):
 --   password = false      AUTH password
@@ -155,8 +156,7 @@ local function build(M, opts)
       idle_timeout = 300000 }
   end
 
-  return o, { command = command, reply = reply },
-    { pool_options = pool_options }
+  return o, { command = command, reply = reply }, { pool_options = pool_options }
 end
 
 return options.policy("redis", "Redis: AUTH/SELECT/PING handshake, PING health checks", build)

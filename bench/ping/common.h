@@ -39,6 +39,7 @@ static void ping_parse_args(ping_args_t *a, const char *kind, int argc, char **a
   memset(a, 0, sizeof *a);
   a->kind = kind;
   snprintf(a->prog, sizeof a->prog, "ping_%s", kind);
+  bench_start(a->prog, 60); /* the bench gives each run far less; this only ends a hang */
   a->clients = 32;
   a->requests = 100000;
   a->warmup = 20;
@@ -80,7 +81,6 @@ static void ping_parse_args(ping_args_t *a, const char *kind, int argc, char **a
   }
   if (a->npeers == 0) bench_die("no peers");
   signal(SIGPIPE, SIG_IGN);
-  bench_start(a->prog, 60); /* the bench gives each run far less; this only ends a hang */
 }
 
 typedef struct {

@@ -8,6 +8,8 @@
  * usage: bench_candidates [--sizes 0,1000,100000] [--calls N]   (defaults shown; N = 2000)
  * Prints one line per size: peers, microseconds per acquire (mean over N calls).
  */
+#include "bench_util.h" /* first: it defines _GNU_SOURCE */
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,12 +57,10 @@ static double us_per_acquire(uv_loop_t *loop, int stale, int calls) {
 int main(int argc, char **argv) {
   const char *sizes = "0,1000,100000";
   int calls = 2000;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (strcmp(argv[i], "--sizes") == 0)
-      sizes = argv[i + 1];
-    else if (strcmp(argv[i], "--calls") == 0)
-      calls = atoi(argv[i + 1]);
-  }
+  bench_start("bench_candidates", 0);
+  bench_parse_opts(
+      argc, argv,
+      (const bench_opt_t[]){{"--sizes", 's', &sizes}, {"--calls", 'i', &calls}, {NULL, 0, NULL}});
   uv_loop_t loop;
   uv_loop_init(&loop);
   printf("%10s  %s\n", "peers", "us/acquire (any peer, none dialable)");

@@ -29,9 +29,8 @@
  * usage: bench_idle [--out FILE] [--server PATH] [--seconds S] [--runs K] [--sizes 10,1000]
  *   defaults: no file, the bench_server next to this build, 0.2 s, 5 runs, 10,1000,16000
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "bench_util.h" /* first: it defines _GNU_SOURCE */
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -91,41 +90,8 @@ static double seconds_per_run = 0.2;
 static int runs = 5;
 
 /* ------------------------------------------------------------------------------------------
- * Small helpers.
+ * Small helpers (the others are in bench_util.h).
  */
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void die(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("bench_idle: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-  /* The server sees its stdin close when we exit, and stops. */
-  exit(1);
-}
-
-static void on_alarm(int sig) {
-  static const char msg[] = "bench_idle: took too long (alarm); giving up\n";
-  ssize_t w = write(2, msg, sizeof msg - 1);
-  (void)w;
-  _exit(3);
-}
-
-static void raise_nofile(void) {
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-  if (rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-      fprintf(stderr, "bench_idle: setrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
-  }
-}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -147,9 +113,10 @@ static void summarise(const double *v, int k, result_t *out) {
  */
 static int start_server(const char *path) {
   int in[2], out[2];
-  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) die("pipe: %s", strerror(errno));
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0)
+    bench_die("pipe: %s", strerror(errno));
   pid_t pid = fork();
-  if (pid < 0) die("fork: %s", strerror(errno));
+  if (pid < 0) bench_die("fork: %s", strerror(errno));
   if (pid == 0) {
     dup2(in[0], 0);
     dup2(out[1], 1);
@@ -164,20 +131,20 @@ static int start_server(const char *path) {
 
   char line[32];
   size_t len = 0;
-  uint64_t deadline = now_ns() + 10000000000u;
+  uint64_t deadline = bench_now_ns() + 10000000000u;
   while (len < sizeof line - 1) {
     struct pollfd p = {out[0], POLLIN, 0};
-    int left = (int)((int64_t)(deadline - now_ns()) / 1000000);
-    if (left <= 0 || poll(&p, 1, left) <= 0) die("no port from %s within 10 s", path);
+    int left = (int)((int64_t)(deadline - bench_now_ns()) / 1000000);
+    if (left <= 0 || poll(&p, 1, left) <= 0) bench_die("no port from %s within 10 s", path);
     ssize_t got = read(out[0], line + len, 1);
-    if (got <= 0) die("%s exited before printing its port", path);
+    if (got <= 0) bench_die("%s exited before printing its port", path);
     if (line[len] == '\n') break;
     len++;
   }
   line[len] = '\0';
   close(out[0]);
   int port = atoi(line);
-  if (port <= 0 || port > 65535) die("bad port line from %s: '%s'", path, line);
+  if (port <= 0 || port > 65535) bench_die("bad port line from %s: '%s'", path, line);
   return port;
 }
 
@@ -208,17 +175,17 @@ static int *watched;
 static uint64_t watch_deadline;
 
 static void guard_cb(uv_timer_t *t) {
-  if (*watched <= 0 || now_ns() > watch_deadline) uv_stop(loop);
+  if (*watched <= 0 || bench_now_ns() > watch_deadline) uv_stop(loop);
 }
 
 static void run_until_zero(int *counter, double limit_s, const char *what) {
   watched = counter;
-  watch_deadline = now_ns() + (uint64_t)(limit_s * 1e9);
+  watch_deadline = bench_now_ns() + (uint64_t)(limit_s * 1e9);
   uv_timer_start(&guard, guard_cb, 100, 100);
   while (*counter > 0) {
     uv_run(loop, UV_RUN_DEFAULT);
-    if (*counter > 0 && now_ns() > watch_deadline)
-      die("%s: %d callbacks still missing after %.0f s", what, *counter, limit_s);
+    if (*counter > 0 && bench_now_ns() > watch_deadline)
+      bench_die("%s: %d callbacks still missing after %.0f s", what, *counter, limit_s);
   }
   uv_timer_stop(&guard);
 }
@@ -256,14 +223,15 @@ static void fill(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *leases, int n) {
       pp_lease_t *l = &leases[done + i];
       memset(l, 0, sizeof *l);
       int r = pp_acquire(pool, l, peer, &o, fill_cb);
-      if (r != 0) die("fill: pp_acquire #%d: %s (%s)", done + i, pp_err_name(r), pp_strerror(r));
+      if (r != 0)
+        bench_die("fill: pp_acquire #%d: %s (%s)", done + i, pp_err_name(r), pp_strerror(r));
       fill_pending++;
     }
     run_until_zero(&fill_pending, 30, "fill");
     if (fill_failed)
-      die("fill: %d of %d acquires failed; first: %s (%s), cause %s", fill_failed, batch,
-          pp_err_name(fill_first_err), pp_strerror(fill_first_err),
-          fill_first_cause ? pp_err_name(fill_first_cause) : "-");
+      bench_die("fill: %d of %d acquires failed; first: %s (%s), cause %s", fill_failed, batch,
+                pp_err_name(fill_first_err), pp_strerror(fill_first_err),
+                fill_first_cause ? pp_err_name(fill_first_cause) : "-");
     done += batch;
   }
 }
@@ -272,8 +240,8 @@ static void check_stats(pp_pool_t *pool, int n, int idle, const char *when) {
   pp_stats_t st;
   pp_pool_stats(pool, &st);
   if (st.conns != n || st.idle != idle || st.active != n - idle || st.connecting != 0)
-    die("%s: stats say conns=%d idle=%d active=%d connecting=%d; expected conns=%d idle=%d", when,
-        st.conns, st.idle, st.active, st.connecting, n, idle);
+    bench_die("%s: stats say conns=%d idle=%d active=%d connecting=%d; expected conns=%d idle=%d",
+              when, st.conns, st.idle, st.active, st.connecting, n, idle);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -282,17 +250,18 @@ static void check_stats(pp_pool_t *pool, int n, int idle, const char *when) {
 static uint64_t time_sync(pp_pool_t *pool, pp_peer_t *peer, uint64_t iters) {
   pp_lease_t lease;
   memset(&lease, 0, sizeof lease);
-  uint64_t t0 = now_ns();
+  uint64_t t0 = bench_now_ns();
   for (uint64_t i = 0; i < iters; i++) {
     int r = pp_try_acquire(pool, &lease, peer, NULL);
     if (__builtin_expect(r != 0, 0))
-      die("pp_try_acquire (op %llu): %s (%s)", (unsigned long long)i, pp_err_name(r),
-          pp_strerror(r));
+      bench_die("pp_try_acquire (op %llu): %s (%s)", (unsigned long long)i, pp_err_name(r),
+                pp_strerror(r));
     r = pp_release(&lease, 0);
     if (__builtin_expect(r != 0, 0))
-      die("pp_release (op %llu): %s (%s)", (unsigned long long)i, pp_err_name(r), pp_strerror(r));
+      bench_die("pp_release (op %llu): %s (%s)", (unsigned long long)i, pp_err_name(r),
+                pp_strerror(r));
   }
-  return now_ns() - t0;
+  return bench_now_ns() - t0;
 }
 
 /* How many distinct conns `ops` consecutive acquires use: it tells whether the selection
@@ -304,12 +273,12 @@ static int count_touched(pp_pool_t *pool, pp_peer_t *peer, int ops, uintptr_t st
   int touched = 0;
   for (int i = 0; i < ops; i++) {
     int r = pp_try_acquire(pool, &lease, peer, NULL);
-    if (r != 0) die("pp_try_acquire: %s", pp_err_name(r));
+    if (r != 0) bench_die("pp_try_acquire: %s", pp_err_name(r));
     if ((uintptr_t)pp_conn_get_data(lease.conn) != stamp) {
       pp_conn_set_data(lease.conn, (void *)stamp);
       touched++;
     }
-    if (pp_release(&lease, 0) != 0) die("pp_release failed");
+    if (pp_release(&lease, 0) != 0) bench_die("pp_release failed");
   }
   return touched;
 }
@@ -348,19 +317,19 @@ static uint64_t time_async(pp_pool_t *pool, pp_peer_t *peer, int chains, uint64_
   as.pool = pool;
   as.peer = peer;
   as.target = iters;
-  uint64_t t0 = now_ns();
+  uint64_t t0 = bench_now_ns();
   for (int i = 0; i < chains && as.started < as.target; i++) {
     as.started++;
     int r = pp_acquire(pool, &as.leases[i], peer, NULL, async_cb);
-    if (r != 0) die("pp_acquire: %s (%s)", pp_err_name(r), pp_strerror(r));
+    if (r != 0) bench_die("pp_acquire: %s (%s)", pp_err_name(r), pp_strerror(r));
     as.inflight++;
   }
   run_until_zero(&as.inflight, 20, "async acquire");
-  uint64_t t = now_ns() - t0;
-  if (as.err) die("async path: %s (%s)", pp_err_name(as.err), pp_strerror(as.err));
+  uint64_t t = bench_now_ns() - t0;
+  if (as.err) bench_die("async path: %s (%s)", pp_err_name(as.err), pp_strerror(as.err));
   if (as.done != iters)
-    die("async path: %llu ops done, %llu expected", (unsigned long long)as.done,
-        (unsigned long long)iters);
+    bench_die("async path: %llu ops done, %llu expected", (unsigned long long)as.done,
+              (unsigned long long)iters);
   return t;
 }
 
@@ -408,12 +377,12 @@ static void shuffle_idle(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *leases, i
   for (int i = 0; i < n; i++) {
     memset(&leases[i], 0, sizeof leases[i]);
     int r = pp_try_acquire(pool, &leases[i], peer, NULL);
-    if (r != 0) die("shuffle: pp_try_acquire #%d: %s", i, pp_err_name(r));
+    if (r != 0) bench_die("shuffle: pp_try_acquire #%d: %s", i, pp_err_name(r));
   }
   check_stats(pool, n, 0, "shuffle, all taken");
   /* Leases are linked into their conns, so they stay where they are; the order is shuffled. */
   int *order = malloc(sizeof(int) * (size_t)n);
-  if (order == NULL) die("out of memory");
+  if (order == NULL) bench_die("out of memory");
   for (int i = 0; i < n; i++)
     order[i] = i;
   uint64_t x = 0x9e3779b97f4a7c15u;
@@ -424,7 +393,7 @@ static void shuffle_idle(pp_pool_t *pool, pp_peer_t *peer, pp_lease_t *leases, i
   }
   for (int i = 0; i < n; i++) {
     int r = pp_release(&leases[order[i]], 0);
-    if (r != 0) die("shuffle: pp_release: %s", pp_err_name(r));
+    if (r != 0) bench_die("shuffle: pp_release: %s", pp_err_name(r));
   }
   free(order);
   check_stats(pool, n, n, "shuffle, all given back");
@@ -450,23 +419,23 @@ static void bench_size(int port, size_result_t *sr) {
   const char *why = NULL;
   pp_pool_t *pool = NULL;
   int r = pp_pool_new(loop, &opts, &pool, &why);
-  if (r != 0) die("pp_pool_new(N=%d): %s: %s", n, pp_err_name(r), why ? why : pp_strerror(r));
+  if (r != 0) bench_die("pp_pool_new(N=%d): %s: %s", n, pp_err_name(r), why ? why : pp_strerror(r));
 
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
   pp_peer_t *peer = NULL;
   r = pp_pool_add_peer(pool, addr, 0, &peer, &why);
-  if (r != 0) die("pp_pool_add_peer(%s): %s: %s", addr, pp_err_name(r), why ? why : "");
+  if (r != 0) bench_die("pp_pool_add_peer(%s): %s: %s", addr, pp_err_name(r), why ? why : "");
 
   pp_lease_t *leases = calloc((size_t)n, sizeof *leases);
-  if (leases == NULL) die("out of memory");
-  uint64_t t0 = now_ns();
+  if (leases == NULL) bench_die("out of memory");
+  uint64_t t0 = bench_now_ns();
   fill(pool, peer, leases, n);
-  sr->fill_ms = (double)(now_ns() - t0) / 1e6;
+  sr->fill_ms = (double)(bench_now_ns() - t0) / 1e6;
   check_stats(pool, n, 0, "after fill");
   for (int i = 0; i < n; i++) {
     r = pp_release(&leases[i], 0);
-    if (r != 0) die("release after fill: %s", pp_err_name(r));
+    if (r != 0) bench_die("release after fill: %s", pp_err_name(r));
   }
   uv_run(loop, UV_RUN_NOWAIT);
   check_stats(pool, n, n, "after releasing the fill");
@@ -489,12 +458,12 @@ static void bench_size(int port, size_result_t *sr) {
   uv_run(loop, UV_RUN_NOWAIT);
   check_stats(pool, n, n, "after the timed runs");
 
-  t0 = now_ns();
+  t0 = bench_now_ns();
   pool_closed = 1;
   r = pp_pool_close(pool, pool_close_cb);
-  if (r != 0) die("pp_pool_close: %s", pp_err_name(r));
+  if (r != 0) bench_die("pp_pool_close: %s", pp_err_name(r));
   run_until_zero(&pool_closed, 20, "pool close");
-  sr->close_ms = (double)(now_ns() - t0) / 1e6;
+  sr->close_ms = (double)(bench_now_ns() - t0) / 1e6;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -623,7 +592,7 @@ static char *slurp(const char *path, size_t *len) {
     if (cap - n - 1 == 0) buf = realloc(buf, cap *= 2);
   }
   fclose(f);
-  if (buf == NULL) die("out of memory");
+  if (buf == NULL) bench_die("out of memory");
   buf[n] = '\0';
   *len = n;
   return buf;
@@ -682,7 +651,7 @@ static void write_doc(const char *path, const size_result_t *sr, int ns, const m
   char tmp[4096];
   snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
   FILE *f = fopen(tmp, "w");
-  if (f == NULL) die("cannot write %s: %s", tmp, strerror(errno));
+  if (f == NULL) bench_die("cannot write %s: %s", tmp, strerror(errno));
   if (old == NULL) {
     fprintf(f,
             "# Benchmarks\n\nFigures measured on a real machine by the programs in "
@@ -707,7 +676,7 @@ static void write_doc(const char *path, const size_result_t *sr, int ns, const m
   }
   if (fclose(f) != 0 || rename(tmp, path) != 0) {
     unlink(tmp);
-    die("cannot write %s: %s", path, strerror(errno));
+    bench_die("cannot write %s: %s", path, strerror(errno));
   }
 }
 
@@ -723,38 +692,30 @@ static void guard_closed(uv_handle_t *h) {}
 int main(int argc, char **argv) {
   const char *out = NULL, *server = PP_BENCH_SERVER;
   int sizes[MAX_SIZES] = {10, 1000, 16000}, ns = 3;
-  for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
-      out = argv[++i];
-    } else if (strcmp(argv[i], "--server") == 0 && i + 1 < argc) {
-      server = argv[++i];
-    } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
-      seconds_per_run = atof(argv[++i]);
-    } else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc) {
-      runs = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--sizes") == 0 && i + 1 < argc) {
-      char *s = argv[++i];
-      for (ns = 0; ns < MAX_SIZES && *s; ns++) {
-        sizes[ns] = (int)strtol(s, &s, 10);
-        if (*s == ',') s++;
-      }
-    } else {
-      fprintf(stderr,
-              "usage: %s [--out FILE] [--server PATH] [--seconds S] [--runs K] "
-              "[--sizes 10,1000,16000]\n",
-              argv[0]);
-      return 2;
+  const char *size_list = NULL;
+  /* The server sees its stdin close when we exit (bench_die too), and stops. */
+  bench_start("bench_idle", 120);
+  bench_parse_opts(argc, argv,
+                   (const bench_opt_t[]){{"--out", 's', &out},
+                                         {"--server", 's', &server},
+                                         {"--seconds", 'd', &seconds_per_run},
+                                         {"--runs", 'i', &runs},
+                                         {"--sizes", 's', &size_list},
+                                         {NULL, 0, NULL}});
+  if (size_list != NULL) {
+    char *s = (char *)size_list;
+    for (ns = 0; ns < MAX_SIZES && *s; ns++) {
+      sizes[ns] = (int)strtol(s, &s, 10);
+      if (*s == ',') s++;
     }
   }
   if (!(seconds_per_run > 0 && seconds_per_run <= 5) || runs < 1 || runs > MAX_RUNS || ns < 1)
-    die("bad --seconds (0..5], --runs (1..%d) or --sizes", MAX_RUNS);
+    bench_die("bad --seconds (0..5], --runs (1..%d) or --sizes", MAX_RUNS);
   for (int i = 0; i < ns; i++)
-    if (sizes[i] < 1) die("bad --sizes");
+    if (sizes[i] < 1) bench_die("bad --sizes");
 
   signal(SIGPIPE, SIG_IGN);
-  signal(SIGALRM, on_alarm);
-  alarm(120);
-  raise_nofile();
+  bench_raise_nofile();
   machine_t m;
   machine_info(&m);
 
@@ -762,7 +723,7 @@ int main(int argc, char **argv) {
   int port = start_server(server);
   fprintf(stderr, "bench_server on 127.0.0.1:%d (pid %ld)\n", port, (long)server_pid);
 
-  if (uv_loop_init(loop) != 0) die("uv_loop_init failed");
+  if (uv_loop_init(loop) != 0) bench_die("uv_loop_init failed");
   uv_timer_init(loop, &guard);
 
   size_result_t sr[MAX_SIZES];

@@ -23,6 +23,8 @@
  * usage: bench_route [--sizes 100,1000,10000] [--calls N] [--runs K]   (N = 200000, K = 5)
  * Traffic goes only to 127.0.0.1.
  */
+#include "bench_util.h" /* first: it defines _GNU_SOURCE */
+
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -277,14 +279,12 @@ static double try_miss(bench_t *b, int calls) {
 int main(int argc, char **argv) {
   const char *sizes = "100,1000,10000";
   int calls = 200000, runs = 5;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (strcmp(argv[i], "--sizes") == 0)
-      sizes = argv[i + 1];
-    else if (strcmp(argv[i], "--calls") == 0)
-      calls = atoi(argv[i + 1]);
-    else if (strcmp(argv[i], "--runs") == 0)
-      runs = atoi(argv[i + 1]);
-  }
+  bench_start("bench_route", 0);
+  bench_parse_opts(argc, argv,
+                   (const bench_opt_t[]){{"--sizes", 's', &sizes},
+                                         {"--calls", 'i', &calls},
+                                         {"--runs", 'i', &runs},
+                                         {NULL, 0, NULL}});
   if (calls < 1) calls = 1;
   if (runs < 1) runs = 1;
   uv_loop_t loop;

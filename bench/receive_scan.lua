@@ -7,23 +7,21 @@ local peerpool = require "peerpool"
 local LINE = 900 * 1024 -- bytes of one long line (under the default max_receive)
 local SHORT = 100000    -- short lines in one burst
 
-local srv = uv.new_tcp()
-srv:bind("127.0.0.1", 0)
-srv:listen(8, function()
-  local c = uv.new_tcp()
-  srv:accept(c)
-  c:read_start(function(err, data)
-    if err or not data then c:close() return end
+-- The specs' loopback server scaffolding (run from the repository root, as above).
+local servers = require "spec.support.servers"
+
+local srv = servers.listen(function(s, c)
+  servers.read(s, c, function(data)
     if data:find("LONG", 1, true) then
       -- the long line in 1 KiB writes: many reads on the other side
-      for i = 1, LINE // 1024 do c:write(string.rep("x", i == LINE // 1024 and 1023 or 1024)) end
-      c:write("\n")
+      for i = 1, LINE // 1024 do s:write(c, string.rep("x", i == LINE // 1024 and 1023 or 1024)) end
+      s:write(c, "\n")
     elseif data:find("MANY", 1, true) then
-      c:write(string.rep("line\n", SHORT))
+      s:write(c, string.rep("line\n", SHORT))
     end
   end)
-end)
-local addr = "127.0.0.1:" .. srv:getsockname().port
+end, { srv = servers.new_server(nil, { received = false }) }) -- (what it reads is not kept)
+local addr = srv.addr
 local pool = peerpool.new { peers = { addr } }
 
 peerpool.run(function()

@@ -10,9 +10,8 @@
 # PING clients, off vs on (bench/observe/run.sh). PP_BENCH=idle, ping, hooks, tls, tls-ping or
 # observe runs only that step.
 set -eu
-BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-case $BUILD in /*) ;; *) BUILD=$(pwd)/$BUILD ;; esac
+. "$ROOT/bench/lib.sh"
 BIN=$BUILD/bench/bench_idle
 if [ ! -x "$BIN" ]; then
   echo "bench: $BIN not found; build first (make build, or cmake --build $BUILD)" >&2
@@ -21,16 +20,8 @@ fi
 # The bench holds 16,000 sockets (and its server as many): ask for the hard limit of open
 # files; both programs raise their soft limit themselves as well.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-# Which engine the figures belong to, for the report.
-if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null; then
-  PP_BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
-  if [ -n "$(git -C "$ROOT" status --porcelain -- engine 2>/dev/null)" ]; then
-    PP_BENCH_COMMIT="$PP_BENCH_COMMIT + uncommitted engine changes"
-  fi
-else
-  PP_BENCH_COMMIT="none (no commit yet)"
-fi
-export PP_BENCH_COMMIT
+# Which engine the figures belong to, for the report (every step's).
+bench_commit "$ROOT" engine
 mkdir -p "$ROOT/docs"
 if [ $# -gt 0 ]; then shift; fi  # the rest goes to bench_idle
 STEPS=${PP_BENCH:-idle,ping,hooks,tls,tls-ping,observe}

@@ -11,9 +11,8 @@
  *
  * usage: bench_server [--port N] [--lifetime SECONDS]
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "bench_util.h" /* first: it defines _GNU_SOURCE */
+
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -34,16 +33,6 @@ static long conns_now, conns_total;
 /* One buffer serves every read: the loop is single-threaded and each read callback is done
  * with the bytes before the next allocation. */
 static char scratch[64 * 1024];
-
-static void raise_nofile(void) {
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-  if (rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-      fprintf(stderr, "bench_server: setrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
-  }
-}
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init(scratch, sizeof scratch);
@@ -121,23 +110,17 @@ static void watch_stdin(void) {
 int main(int argc, char **argv) {
   int port = 0;
   double lifetime_s = 120;
-  for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
-      port = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--lifetime") == 0 && i + 1 < argc) {
-      lifetime_s = atof(argv[++i]);
-    } else {
-      fprintf(stderr, "usage: %s [--port N] [--lifetime SECONDS]\n", argv[0]);
-      return 2;
-    }
-  }
+  bench_start("bench_server", 0); /* the lifetime timer ends it */
+  bench_parse_opts(argc, argv,
+                   (const bench_opt_t[]){
+                       {"--port", 'i', &port}, {"--lifetime", 'd', &lifetime_s}, {NULL, 0, NULL}});
   if (port < 0 || port > 65535 || !(lifetime_s > 0)) {
     fprintf(stderr, "bench_server: bad --port or --lifetime\n");
     return 2;
   }
 
   signal(SIGPIPE, SIG_IGN);
-  raise_nofile();
+  bench_raise_nofile();
   loop = uv_default_loop();
 
   struct sockaddr_in addr;

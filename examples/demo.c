@@ -2,6 +2,7 @@
  * refuses every connect), one pool, and concurrent workers doing request/response through it.
  * Every second it prints a status line; at the end, a summary. Runs for `seconds` (argv[1],
  * default 5) and stops by itself. */
+#include "echo_server.h"
 #include "peerpool.h"
 
 #include <stdio.h>
@@ -13,68 +14,7 @@
 
 /* ---- echo peers (on the same loop: the pool never blocks it) -------------------------- */
 
-typedef struct {
-  uv_tcp_t tcp;
-  char buf[4096];
-} echo_conn_t;
-
-typedef struct {
-  uv_write_t req;
-  char *data;
-} echo_write_t;
-
-static uv_tcp_t servers[PEERS + 1];
-
-static void echo_alloc(uv_handle_t *h, size_t n, uv_buf_t *buf) {
-  echo_conn_t *c = (echo_conn_t *)h;
-  *buf = uv_buf_init(c->buf, sizeof(c->buf));
-}
-
-static void echo_written(uv_write_t *req, int status) {
-  echo_write_t *w = (echo_write_t *)req;
-  free(w->data);
-  free(w);
-}
-
-static void echo_closed(uv_handle_t *h) {
-  free(h);
-}
-
-static void echo_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-  if (n < 0) {
-    uv_close((uv_handle_t *)s, echo_closed);
-    return;
-  }
-  if (n == 0) return;
-  echo_write_t *w = malloc(sizeof(*w));
-  w->data = malloc((size_t)n);
-  memcpy(w->data, buf->base, (size_t)n);
-  uv_buf_t out = uv_buf_init(w->data, (unsigned int)n);
-  uv_write(&w->req, s, &out, 1, echo_written);
-}
-
-static void echo_accept(uv_stream_t *server, int status) {
-  if (status < 0) return;
-  echo_conn_t *c = malloc(sizeof(*c));
-  uv_tcp_init(server->loop, &c->tcp);
-  if (uv_accept(server, (uv_stream_t *)&c->tcp) == 0)
-    uv_read_start((uv_stream_t *)&c->tcp, echo_alloc, echo_read);
-  else
-    uv_close((uv_handle_t *)&c->tcp, echo_closed);
-}
-
-/* Bind 127.0.0.1:0 and write "127.0.0.1:port" into addr; listen only if `listening`. */
-static void start_peer(uv_loop_t *loop, uv_tcp_t *tcp, int listening, char *addr, size_t n) {
-  struct sockaddr_in sa;
-  struct sockaddr_storage name;
-  int len = sizeof(name);
-  uv_ip4_addr("127.0.0.1", 0, &sa);
-  uv_tcp_init(loop, tcp);
-  uv_tcp_bind(tcp, (const struct sockaddr *)&sa, 0);
-  uv_tcp_getsockname(tcp, (struct sockaddr *)&name, &len);
-  snprintf(addr, n, "127.0.0.1:%d", ntohs(((struct sockaddr_in *)&name)->sin_port));
-  if (listening) uv_listen((uv_stream_t *)tcp, 128, echo_accept);
-}
+static uv_tcp_t servers[PEERS + 1]; /* echo_server.c; the last one does not listen */
 
 /* ---- workers ---------------------------------------------------------------------------- */
 
@@ -212,7 +152,11 @@ int main(int argc, char **argv) {
   }
   char addr[64];
   for (int i = 0; i <= PEERS; i++) {
-    start_peer(loop, &servers[i], i < PEERS, addr, sizeof(addr));
+    int err = echo_server_start(loop, &servers[i], 0, i < PEERS, addr, sizeof(addr));
+    if (err != 0) {
+      fprintf(stderr, "demo: echo peer: %s\n", uv_strerror(err));
+      return 1;
+    }
     pp_pool_add_peer(pool, addr, 0, NULL, NULL);
     printf("peer %s%s\n", addr, i < PEERS ? "" : " (refuses connects)");
   }

@@ -17,6 +17,9 @@
 -- luacheck: globals pool peers demo
 local uv = require "luv"
 local peerpool = require "peerpool"
+-- The examples' shared helpers (scripts/examples/lib/example.lua), found next to this file.
+package.path = arg[0]:match("^(.-)[^/]*$") .. "examples/lib/?.lua;" .. package.path
+local sleep = require "example".sleep
 local has_host, host = pcall(require, "peerpool.host")
 local repl = has_host and host.repl
 local quiet = has_host and host.terminal -- the prompt owns the terminal
@@ -29,18 +32,6 @@ local fmt = string.format
 local function out(...)
   print(...)
   io.stdout:flush()
-end
-
--- ---- coroutine helpers ------------------------------------------------------------------
-
-local function sleep(ms)
-  local co = coroutine.running()
-  local t = uv.new_timer()
-  t:start(ms, 0, function()
-    t:close()
-    assert(coroutine.resume(co))
-  end)
-  coroutine.yield()
 end
 
 -- ---- the peers --------------------------------------------------------------------------

@@ -20,6 +20,9 @@
 -- ratio on/off is taken per round (the two runs were close in time), then its median and
 -- range over the rounds are reported.
 local uv = require "luv"
+-- The bench drivers' shared helpers (bench/bench_lib.lua), one directory up.
+package.path = arg[0]:match("^(.-)[^/]*$") .. "../?.lua;" .. package.path
+local B = require "bench_lib"
 
 local opt = { build = nil, peers = nil, runs = 7, requests = 100000, clients = 32, warmup = 20,
   out = "docs/bench.md", png = "docs/bench-observe.png", callgrind = 1 }
@@ -50,21 +53,9 @@ local LOG = os.getenv("PP_PING_LOG") or "/dev/null"
 
 local function log(fmt, ...) io.stderr:write("obs_cost: ", fmt:format(...), "\n") end
 local function die(fmt, ...) log(fmt, ...); os.exit(1) end
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function capture(cmd)
-  local f = assert(io.popen(cmd .. " 2>&1"))
-  local out = f:read("a")
-  local ok = f:close()
-  return out, ok
-end
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-local function first_line(cmd) return (capture(cmd):match("^[^\n]*")) end
+local q, read_file, first_line, median = B.q, B.read_file, B.first_line, B.median
+-- A client's output with its stderr, for the error message of a failed run.
+local function capture(cmd) return B.capture(cmd .. " 2>&1") end
 
 for _, f in ipairs { BUILD .. "/bench/ping/ping_c", BUILD .. "/bench/ping/ping_c_noobs",
   BUILD .. "/lua/peerpool.so", BUILD .. "/bench/observe-off/peerpool.so" } do
@@ -168,13 +159,6 @@ end
 local elapsed = (uv.hrtime() - t0) / 1e9
 m.load_end = loadavg()
 
-local function median(v)
-  local s = {}
-  for i, x in ipairs(v) do s[i] = x end
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
 local function range(v)
   local lo, hi = math.huge, -math.huge
   for _, x in ipairs(v) do lo, hi = math.min(lo, x), math.max(hi, x) end

@@ -17,6 +17,9 @@
 -- kind once, in turn, so that a change in the machine's load touches all kinds alike. Each
 -- figure is the median of the K runs.
 local uv = require "luv"
+-- The bench drivers' shared helpers (bench/bench_lib.lua), one directory up.
+package.path = arg[0]:match("^(.-)[^/]*$") .. "../?.lua;" .. package.path
+local B = require "bench_lib"
 
 local opt = {
   build = "build", peers = nil, requests = 200000, ["connect-requests"] = 8000, runs = 5,
@@ -61,28 +64,7 @@ local function die(...)
   os.exit(1)
 end
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
--- Run a shell command; return its stdout and whether it exited 0.
-local function capture(cmd)
-  local p = io.popen(cmd, "r")
-  local out = p:read("a")
-  local ok = p:close()
-  return out, ok
-end
-
-local function first_line(cmd)
-  local out = capture(cmd .. " 2>/dev/null")
-  return (out:match("[^\n]*") or ""):gsub("%s+$", "")
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local q, capture, first_line, read_file = B.q, B.capture, B.first_line, B.read_file
 
 local function exists(path) return read_file(path) ~= nil end
 
@@ -315,11 +297,7 @@ m.load_end = loadavg()
 local elapsed = (uv.hrtime() - t_start) / 1e9
 
 -- Medians, and min/max of the CPU figure.
-local function median(v)
-  table.sort(v)
-  local n = #v
-  return n % 2 == 1 and v[(n + 1) // 2] or (v[n // 2] + v[n // 2 + 1]) / 2
-end
+local median = B.median
 local res = {}
 for _, k in ipairs(kinds) do
   local list = runs[k.id]

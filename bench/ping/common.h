@@ -17,24 +17,15 @@
 #ifndef PING_COMMON_H
 #define PING_COMMON_H
 
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <signal.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-#include <unistd.h>
+#include "../bench_util.h" /* first: it defines _GNU_SOURCE */
+
 #include <uv.h>
 
 enum { PING_MAX_PEERS = 8 };
 
 typedef struct {
   const char *kind;
+  char prog[32]; /* "ping_" kind: the program's name in messages */
   char peers[PING_MAX_PEERS][64];
   char hosts[PING_MAX_PEERS][48];
   int ports[PING_MAX_PEERS];
@@ -44,27 +35,11 @@ typedef struct {
   long warmup;   /* per client */
 } ping_args_t;
 
-static void ping_die(const char *kind, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "ping_%s: ", kind);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-  exit(1);
-}
-
-static void ping_on_alarm(int sig) {
-  static const char msg[] = "ping client: took too long (alarm); giving up\n";
-  ssize_t w = write(2, msg, sizeof msg - 1);
-  (void)w;
-  (void)sig;
-  _exit(3);
-}
-
 static void ping_parse_args(ping_args_t *a, const char *kind, int argc, char **argv) {
   memset(a, 0, sizeof *a);
   a->kind = kind;
+  snprintf(a->prog, sizeof a->prog, "ping_%s", kind);
+  bench_start(a->prog, 60); /* the bench gives each run far less; this only ends a hang */
   a->clients = 32;
   a->requests = 100000;
   a->warmup = 20;
@@ -86,34 +61,26 @@ static void ping_parse_args(ping_args_t *a, const char *kind, int argc, char **a
     }
   }
   if (a->clients < 1 || a->clients > 10000 || a->requests < a->clients || a->warmup < 0)
-    ping_die(kind, "bad --clients (1..10000), --requests (>= clients) or --warmup (>= 0)");
+    bench_die("bad --clients (1..10000), --requests (>= clients) or --warmup (>= 0)");
   a->requests -= a->requests % a->clients; /* an even split */
   for (const char *s = peers; *s && a->npeers < PING_MAX_PEERS;) {
     size_t n = strcspn(s, ",");
-    if (n == 0 || n >= sizeof a->peers[0]) ping_die(kind, "bad --peers");
+    if (n == 0 || n >= sizeof a->peers[0]) bench_die("bad --peers");
     memcpy(a->peers[a->npeers], s, n);
     a->peers[a->npeers][n] = '\0';
     const char *colon = strrchr(a->peers[a->npeers], ':');
     if (colon == NULL || (size_t)(colon - a->peers[a->npeers]) >= sizeof a->hosts[0])
-      ping_die(kind, "bad peer '%s' (HOST:PORT expected)", a->peers[a->npeers]);
+      bench_die("bad peer '%s' (HOST:PORT expected)", a->peers[a->npeers]);
     memcpy(a->hosts[a->npeers], a->peers[a->npeers], (size_t)(colon - a->peers[a->npeers]));
     a->ports[a->npeers] = atoi(colon + 1);
     if (a->ports[a->npeers] <= 0 || a->ports[a->npeers] > 65535)
-      ping_die(kind, "bad port in '%s'", a->peers[a->npeers]);
+      bench_die("bad port in '%s'", a->peers[a->npeers]);
     a->npeers++;
     s += n;
     if (*s == ',') s++;
   }
-  if (a->npeers == 0) ping_die(kind, "no peers");
+  if (a->npeers == 0) bench_die("no peers");
   signal(SIGPIPE, SIG_IGN);
-  signal(SIGALRM, ping_on_alarm);
-  alarm(60); /* the bench gives each run far less; this only ends a hang */
-}
-
-static uint64_t ping_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 typedef struct {
@@ -123,7 +90,7 @@ typedef struct {
 
 static void ping_mark(ping_mark_t *m) {
   getrusage(RUSAGE_SELF, &m->ru);
-  m->wall_ns = ping_now_ns();
+  m->wall_ns = bench_now_ns();
 }
 
 static double ping_tv_s(struct timeval a, struct timeval b) {
@@ -157,18 +124,25 @@ static void ping_report(const ping_args_t *a, const ping_mark_t *t0, const ping_
   fflush(stdout);
 }
 
-/* Add `n` bytes of a reply to `buf` (`*len` bytes so far, room for `cap`). Returns 1 once the
- * reply is the complete "+PONG\r\n" line (and empties the buffer), 0 while the line is not
- * complete; anything else ends the program. */
-static int ping_pong_add(const char *kind, char *buf, size_t cap, size_t *len, const char *data,
-                         size_t n) {
-  if (*len + n > cap) ping_die(kind, "reply too long");
-  memcpy(buf + *len, data, n);
-  *len += n;
-  if (memchr(buf, '\n', *len) == NULL) return 0;
-  if (*len != 7 || memcmp(buf, "+PONG\r\n", 7) != 0)
-    ping_die(kind, "unexpected reply '%.*s'", (int)*len, buf);
-  *len = 0;
+/* What every client kind keeps of its requests: how many are left in the phase, when the one
+ * in flight started, and its reply so far. */
+typedef struct {
+  long left;
+  uint64_t t0;
+  char buf[64];
+  size_t len;
+} ping_req_t;
+
+/* Add `n` bytes of a reply to q's. Returns 1 once the reply is the complete "+PONG\r\n" line
+ * (and empties the buffer), 0 while the line is not complete; anything else ends the program. */
+static int ping_pong_add(ping_req_t *q, const char *data, size_t n) {
+  if (q->len + n > sizeof q->buf) bench_die("reply too long");
+  memcpy(q->buf + q->len, data, n);
+  q->len += n;
+  if (memchr(q->buf, '\n', q->len) == NULL) return 0;
+  if (q->len != 7 || memcmp(q->buf, "+PONG\r\n", 7) != 0)
+    bench_die("unexpected reply '%.*s'", (int)q->len, q->buf);
+  q->len = 0;
   return 1;
 }
 

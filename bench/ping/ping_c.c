@@ -17,18 +17,15 @@
  * +PONG) ends the program with a message: the figures are only printed for a clean run.
  * The RESULT line is described in common.h.
  */
+#include "../bench_acquire.h"
 #include "common.h"
-#include "peerpool.h"
 
 typedef struct {
   pp_lease_t lease;
   pp_write_t wreq[2]; /* a write's callback may still be pending when the next one starts */
   int wbusy[2];
   int wnext;
-  long left;
-  uint64_t t0;
-  char buf[64];
-  size_t len;
+  ping_req_t q;
 } client_t;
 
 static ping_args_t args;
@@ -45,7 +42,7 @@ static int recycle; /* PP_PING_RECYCLE=1: every conn closed after its request */
 static void start_request(client_t *c);
 
 static void fail(const char *what, int err) {
-  ping_die("c", "%s: %s (%s)", what, pp_err_name(err), pp_strerror(err));
+  bench_die("%s: %s (%s)", what, pp_err_name(err), pp_strerror(err));
 }
 
 static void on_written(pp_write_t *req, int status) {
@@ -61,25 +58,26 @@ static void client_done(client_t *c) {
 static void on_read(pp_conn_t *conn, ssize_t nread, const char *data, void *arg) {
   client_t *c = arg;
   if (nread < 0) fail("read", (int)nread);
-  if (!ping_pong_add("c", c->buf, sizeof c->buf, &c->len, data, (size_t)nread)) return;
-  uint64_t t = ping_now_ns();
-  if (phase == 1) lat[nlat++] = ping_clamp_ns(t - c->t0);
+  if (!ping_pong_add(&c->q, data, (size_t)nread)) return;
+  uint64_t t = bench_now_ns();
+  if (phase == 1) lat[nlat++] = ping_clamp_ns(t - c->q.t0);
   pp_conn_read_stop(conn);
   int r = pp_release(&c->lease, recycle ? PP_ENOREUSE : 0);
   if (r != 0) fail("pp_release", r);
-  if (--c->left > 0)
+  if (--c->q.left > 0)
     start_request(c);
   else
     client_done(c);
 }
 
-static void granted(client_t *c) {
-  pp_conn_t *conn = c->lease.conn;
+static void granted(pp_lease_t *lease) {
+  client_t *c = lease->data;
+  pp_conn_t *conn = lease->conn;
   int r = pp_conn_read_start(conn, on_read, c);
   if (r != 0) fail("pp_conn_read_start", r);
   int w = c->wnext;
   if (c->wbusy[w]) w ^= 1;
-  if (c->wbusy[w]) ping_die("c", "two writes still pending on one client");
+  if (c->wbusy[w]) bench_die("two writes still pending on one client");
   c->wnext = w ^ 1;
   c->wbusy[w] = 1;
   c->wreq[w].data = &c->wbusy[w];
@@ -88,25 +86,13 @@ static void granted(client_t *c) {
   if (r != 0) fail("pp_conn_write", r);
 }
 
-static void on_acquired(pp_lease_t *lease, int status) {
-  if (status != 0) fail("pp_acquire (callback)", status);
-  granted(lease->data);
-}
-
 static void start_request(client_t *c) {
-  c->t0 = ping_now_ns();
-  int r = pp_try_acquire(pool, &c->lease, NULL, NULL);
-  if (r == 0) {
-    granted(c);
-    return;
-  }
-  if (r != PP_EAGAIN) fail("pp_try_acquire", r);
-  r = pp_acquire(pool, &c->lease, NULL, NULL, on_acquired);
-  if (r != 0) fail("pp_acquire", r);
+  c->q.t0 = bench_now_ns();
+  bench_acquire(pool, &c->lease, NULL, granted);
 }
 
 static void start_client(int i, long per_client) {
-  clients[i].left = per_client;
+  clients[i].q.left = per_client;
   start_request(&clients[i]);
 }
 
@@ -168,10 +154,10 @@ int main(int argc, char **argv) {
   if (getenv("PP_PING_LEAK")) o.leak_threshold = atol(getenv("PP_PING_LEAK"));
   const char *why = NULL;
   int r = pp_pool_new(loop, &o, &pool, &why);
-  if (r != 0) ping_die("c", "pp_pool_new: %s", why ? why : pp_strerror(r));
+  if (r != 0) bench_die("pp_pool_new: %s", why ? why : pp_strerror(r));
   for (int i = 0; i < args.npeers; i++) {
     r = pp_pool_add_peer(pool, args.peers[i], 0, NULL, &why);
-    if (r != 0) ping_die("c", "pp_pool_add_peer(%s): %s", args.peers[i], why ? why : "?");
+    if (r != 0) bench_die("pp_pool_add_peer(%s): %s", args.peers[i], why ? why : "?");
   }
   if (observe) {
     pp_pool_on_event(pool, on_event, NULL);
@@ -182,7 +168,7 @@ int main(int argc, char **argv) {
   }
   clients = calloc((size_t)args.clients, sizeof *clients);
   lat = malloc(sizeof *lat * (size_t)args.requests);
-  if (clients == NULL || lat == NULL) ping_die("c", "out of memory");
+  if (clients == NULL || lat == NULL) bench_die("out of memory");
   for (int i = 0; i < args.clients; i++)
     clients[i].lease.data = &clients[i];
 

@@ -21,12 +21,9 @@ typedef struct {
   uv_tcp_t tcp;
   uv_connect_t creq;
   uv_write_t wreq;
-  long left;
   long seq;
   int id;
-  uint64_t t0;
-  char buf[64];
-  size_t len;
+  ping_req_t q;
 } client_t;
 
 static ping_args_t args;
@@ -40,14 +37,14 @@ static char ping_bytes[] = "PING\r\n";
 static char rbuf[256];
 
 static void fail(const char *what, int err) {
-  ping_die("connect", "%s: %s (%s)", what, uv_err_name(err), uv_strerror(err));
+  bench_die("%s: %s (%s)", what, uv_err_name(err), uv_strerror(err));
 }
 
 static void start_request(client_t *c);
 
 static void on_closed(uv_handle_t *h) {
   client_t *c = h->data;
-  if (--c->left > 0)
+  if (--c->q.left > 0)
     start_request(c);
   else if (--running == 0)
     uv_stop(loop);
@@ -61,8 +58,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   client_t *c = s->data;
   if (nread == 0) return;
   if (nread < 0) fail("read", (int)nread);
-  if (!ping_pong_add("connect", c->buf, sizeof c->buf, &c->len, buf->base, (size_t)nread)) return;
-  if (phase == 1) lat[nlat++] = ping_clamp_ns(ping_now_ns() - c->t0);
+  if (!ping_pong_add(&c->q, buf->base, (size_t)nread)) return;
+  if (phase == 1) lat[nlat++] = ping_clamp_ns(bench_now_ns() - c->q.t0);
   uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
@@ -82,7 +79,7 @@ static void on_connected(uv_connect_t *req, int status) {
 }
 
 static void start_request(client_t *c) {
-  c->t0 = ping_now_ns();
+  c->q.t0 = bench_now_ns();
   int r = uv_tcp_init(loop, &c->tcp);
   if (r != 0) fail("uv_tcp_init", r);
   c->tcp.data = c;
@@ -93,7 +90,7 @@ static void start_request(client_t *c) {
 }
 
 static void start_client(int i, long per_client) {
-  clients[i].left = per_client;
+  clients[i].q.left = per_client;
   start_request(&clients[i]);
 }
 
@@ -107,11 +104,11 @@ int main(int argc, char **argv) {
   for (int i = 0; i < args.npeers; i++) {
     int r = uv_ip4_addr(args.hosts[i], args.ports[i], (struct sockaddr_in *)&addrs[i]);
     if (r != 0) r = uv_ip6_addr(args.hosts[i], args.ports[i], (struct sockaddr_in6 *)&addrs[i]);
-    if (r != 0) ping_die("connect", "bad address %s", args.peers[i]);
+    if (r != 0) bench_die("bad address %s", args.peers[i]);
   }
   clients = calloc((size_t)args.clients, sizeof *clients);
   lat = malloc(sizeof *lat * (size_t)args.requests);
-  if (clients == NULL || lat == NULL) ping_die("connect", "out of memory");
+  if (clients == NULL || lat == NULL) bench_die("out of memory");
   for (int i = 0; i < args.clients; i++)
     clients[i].id = i;
 

@@ -10,10 +10,9 @@
 #   The figures go to docs/bench.md (between <!-- bench:ping --> and <!-- /bench:ping -->) and
 #   docs/bench-ping.png, unless --out / --png say otherwise. About a minute on 2 CPUs.
 set -eu
-BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+. "$ROOT/bench/lib.sh"
 HERE=$ROOT/bench/ping
-case $BUILD in /*) ;; *) BUILD=$(pwd)/$BUILD ;; esac
 if [ $# -gt 0 ]; then shift; fi
 
 for f in "$BUILD/bench/ping/ping_c" "$BUILD/bench/ping/ping_connect" \
@@ -26,17 +25,7 @@ done
 
 sh "$HERE/setup.sh"
 
-if [ -z "${PP_BENCH_COMMIT:-}" ]; then
-  if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse --verify -q HEAD >/dev/null; then
-    PP_BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
-    if [ -n "$(git -C "$ROOT" status --porcelain -- engine bindings 2>/dev/null)" ]; then
-      PP_BENCH_COMMIT="$PP_BENCH_COMMIT + uncommitted engine/bindings changes"
-    fi
-  else
-    PP_BENCH_COMMIT="none (no commit yet)"
-  fi
-  export PP_BENCH_COMMIT
-fi
+bench_commit "$ROOT" engine bindings
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/pp-bench-ping.XXXXXX")
 PIDS=""

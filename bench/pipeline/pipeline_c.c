@@ -13,12 +13,7 @@
  * time over the timed part), as pipeline.lua does. Any failure ends the run with a message.
  * usage: pipeline_c --addrs 127.0.0.1:6379,127.0.0.1:6380 [--clients 32] [--requests 400000]
  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-
-#include "peerpool.h"
+#include "../bench_acquire.h"
 
 typedef struct {
   pp_lease_t lease;
@@ -34,8 +29,7 @@ static char ping[] = "*1\r\n$4\r\nPING\r\n";
 static uv_buf_t ping_buf;
 
 static void die(const char *what, int err) {
-  fprintf(stderr, "pipeline_c: %s: %s (%s)\n", what, pp_err_name(err), pp_strerror(err));
-  exit(1);
+  bench_die("%s: %s (%s)", what, pp_err_name(err), pp_strerror(err));
 }
 
 static void start_request(client_t *c);
@@ -52,26 +46,14 @@ static void on_reply(pp_request_t *req, int status, const char *reply, size_t le
     uv_stop(loop);
 }
 
-static void granted(client_t *c) {
-  int r = pp_request_send(&c->req, c->lease.conn, &ping_buf, 1, on_reply);
+static void granted(pp_lease_t *lease) {
+  client_t *c = lease->data;
+  int r = pp_request_send(&c->req, lease->conn, &ping_buf, 1, on_reply);
   if (r != 0) die("pp_request_send", r);
 }
 
-static void on_acquired(pp_lease_t *lease, int status) {
-  if (status != 0) die("pp_acquire (callback)", status);
-  granted(lease->data);
-}
-
 static void start_request(client_t *c) {
-  pp_peer_t *peer = c->peer[c->k++ & 1];
-  int r = pp_try_acquire(pool, &c->lease, peer, NULL);
-  if (r == 0) {
-    granted(c);
-    return;
-  }
-  if (r != PP_EAGAIN) die("pp_try_acquire", r);
-  r = pp_acquire(pool, &c->lease, peer, NULL, on_acquired);
-  if (r != 0) die("pp_acquire", r);
+  bench_acquire(pool, &c->lease, c->peer[c->k++ & 1], granted);
 }
 
 static void run_phase(client_t *clients, int n, long per) {
@@ -100,14 +82,12 @@ int main(int argc, char **argv) {
   const char *addrs = NULL;
   int nclients = 32;
   long total = 400000;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (strcmp(argv[i], "--addrs") == 0)
-      addrs = argv[i + 1];
-    else if (strcmp(argv[i], "--clients") == 0)
-      nclients = atoi(argv[i + 1]);
-    else if (strcmp(argv[i], "--requests") == 0)
-      total = atol(argv[i + 1]);
-  }
+  bench_start("pipeline_c", 0);
+  bench_parse_opts(argc, argv,
+                   (const bench_opt_t[]){{"--addrs", 's', &addrs},
+                                         {"--clients", 'i', &nclients},
+                                         {"--requests", 'l', &total},
+                                         {NULL, 0, NULL}});
   if (addrs == NULL || nclients < 1 || total < nclients) {
     fprintf(stderr, "usage: pipeline_c --addrs A,B [--clients 32] [--requests 400000]\n");
     return 2;

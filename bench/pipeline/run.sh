@@ -12,14 +12,12 @@
 # redis-benchmark: a figure a machine loaded by other work does not move. CG_N=0 skips them.
 # usage: bash bench/pipeline/run.sh [BUILD_DIR] [REQUESTS]
 set -eu
-BUILD=${1:-build}
-N=${2:-400000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+. "$ROOT/bench/lib.sh"
+N=${2:-400000}
 HERE=$ROOT/bench/pipeline
-case $BUILD in /*) ;; *) BUILD=$(pwd)/$BUILD ;; esac
-TMP=$(mktemp -d)
-PIDS=""
-trap 'for p in $PIDS; do kill $p 2>/dev/null || true; done; rm -rf "$TMP"' EXIT
+bench_tmp pipeline
+TMP=$BENCH_TMP
 
 free_port() {
   lua5.4 -e 'local uv = require "luv"; local t = uv.new_tcp(); assert(t:bind("127.0.0.1", 0))
@@ -29,7 +27,7 @@ PORTS=""
 for i in 1 2; do
   p=$(free_port)
   timeout 600 redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
-  PIDS="$PIDS $!"
+  BENCH_PIDS="$BENCH_PIDS $!"
   PORTS="$PORTS $p"
 done
 set -- $PORTS

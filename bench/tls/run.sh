@@ -5,27 +5,17 @@
 # <!-- bench:tls-handshake --> and <!-- /bench:tls-handshake -->.
 # usage: sh bench/tls/run.sh [BUILD_DIR [N]]   (BUILD_DIR defaults to build; N conns per kind)
 set -eu
-BUILD=${1:-build}
-N=${2:-2000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-case $BUILD in /*) ;; *) BUILD=$(pwd)/$BUILD ;; esac
+. "$ROOT/bench/lib.sh"
+N=${2:-2000}
 BIN=$BUILD/bench/tls_handshake
 [ -x "$BIN" ] || { echo "bench/tls: $BIN not found; build first" >&2; exit 1; }
 for cmd in openssl redis-server; do
   command -v $cmd >/dev/null || { echo "bench/tls: needs $cmd (make deps)" >&2; exit 1; }
 done
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/pp-tlsbench.XXXXXX")
-redis_pid=""
-cleanup() {
-  if [ -n "$redis_pid" ]; then
-    kill "$redis_pid" 2>/dev/null || true
-    wait "$redis_pid" 2>/dev/null || true
-  fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+bench_tmp tlsbench
+tmp=$BENCH_TMP
 
 free_port() {
   "$BIN" --free-port
@@ -45,7 +35,7 @@ for key in ec rsa; do
     --tls-cert-file "$tmp/$key/server.pem" --tls-key-file "$tmp/$key/server.key" \
     --tls-ca-cert-file "$tmp/$key/ca.pem" --tls-auth-clients no --save "" --appendonly no \
     --dir "$tmp" --logfile "$tmp/redis-$key.log" &
-  redis_pid=$!
+  BENCH_PIDS=$!
   i=0
   until grep -q "Ready to accept connections" "$tmp/redis-$key.log" 2>/dev/null; do
     i=$((i + 1))
@@ -54,9 +44,9 @@ for key in ec rsa; do
   done
   "$BIN" --port "$tls_port" --plain-port "$plain_port" --ca "$tmp/$key/ca.pem" --n "$N" |
     sed "s/^RESULT /RESULT key=$key /" | tee -a "$results"
-  kill "$redis_pid"
-  wait "$redis_pid" 2>/dev/null || true
-  redis_pid=""
+  kill "$BENCH_PIDS"
+  wait "$BENCH_PIDS" 2>/dev/null || true
+  BENCH_PIDS=""
 done
 
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)

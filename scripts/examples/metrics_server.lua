@@ -22,6 +22,9 @@
 -- it read). The host program does the same for any script: peerpool --metrics 127.0.0.1:9145.
 local uv = require "luv"
 local peerpool = require "peerpool"
+-- The examples' shared helpers (lib/example.lua), found next to this file.
+package.path = arg[0]:match("^(.-)[^/]*$") .. "lib/?.lua;" .. package.path
+local sleep = require "example".sleep
 
 local peers = { ... }
 if #peers == 0 then peers = { "127.0.0.1:6379" } end
@@ -37,15 +40,6 @@ if not metrics then
   os.exit(1)
 end
 print("metrics on " .. metrics.url)
-
-local function sleep(ms)
-  local co, t = coroutine.running(), uv.new_timer()
-  t:start(ms, 0, function()
-    t:close()
-    assert(coroutine.resume(co))
-  end)
-  coroutine.yield()
-end
 
 local running = true
 

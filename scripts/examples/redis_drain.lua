@@ -16,44 +16,22 @@
 -- It exits with 0 when every request got its +PONG, 1 otherwise.
 local uv = require "luv"
 local peerpool = require "peerpool"
+-- The examples' shared helpers (lib/example.lua), found next to this file.
+package.path = arg[0]:match("^(.-)[^/]*$") .. "lib/?.lua;" .. package.path
+local example = require "example"
+local sleep, wait_for = example.sleep, example.wait_for
 
 local blue, green = arg[1] or "127.0.0.1:6379", arg[2] or "127.0.0.1:6380"
 local WORKERS = 4
 
 local pool = peerpool.new {
-  min_idle = 2,           -- per backend, open and idle before any request
+  peers = { blue, green }, -- a bad address raises here, naming it
+  min_idle = 2,            -- per backend, open and idle before any request
   max_per_peer = 4,
   connect_timeout = 2000,
   acquire_timeout = 3000,
   io_timeout = 2000,
 }
-for _, addr in ipairs { blue, green } do
-  local ok, err, why = pool:add_peer(addr)
-  if not ok then
-    io.stderr:write(("bad address %s: %s (%s)\n"):format(addr, err, why))
-    os.exit(2)
-  end
-end
-
--- Yield the running coroutine for ms.
-local function sleep(ms)
-  local co = coroutine.running()
-  local t = uv.new_timer()
-  t:start(ms, 0, function()
-    t:close()
-    assert(coroutine.resume(co))
-  end)
-  coroutine.yield()
-end
-
--- Wait (polling every 10 ms) until pred() holds; false after ms.
-local function wait_for(pred, ms)
-  for _ = 1, ms // 10 do
-    if pred() then return true end
-    sleep(10)
-  end
-  return pred()
-end
 
 local stopping = false
 local counts = { ok = 0, failed = 0, by_peer = {} }

@@ -15,38 +15,15 @@
 --   requests=N ok=N wrong_shard=0 bad_reads=0 failed=N (codes) by_shard=addr=N(last ...),...
 local uv = require "luv"
 local peerpool = require "peerpool"
+local redis = require "peerpool.policies.redis"
 local consistent_hash = require "peerpool.policies.consistent_hash"
 
 local addrs = #arg > 0 and arg or { "127.0.0.1:6379" }
 local DURATION = tonumber(os.getenv("DURATION") or "3000")
 local WORKERS = 20
 
-local function command(...)
-  local parts = { "*" .. select("#", ...) }
-  for _, a in ipairs { ... } do
-    a = tostring(a)
-    parts[#parts + 1] = "$" .. #a
-    parts[#parts + 1] = a
-  end
-  return table.concat(parts, "\r\n") .. "\r\n"
-end
-
--- One reply: +OK, -ERR, :n or a bulk string.
-local function reply(conn)
-  local line, err = conn:receive("*l")
-  if not line then return nil, err end
-  local kind, rest = line:sub(1, 1), line:sub(2)
-  if kind == "$" then
-    local n = tonumber(rest)
-    if n < 0 then return false end
-    local data, derr = conn:receive(n + 2)
-    if not data then return nil, derr end
-    return data:sub(1, n)
-  elseif kind == "-" then
-    return nil, "redis: " .. rest
-  end
-  return rest
-end
+-- RESP, the Redis protocol: the redis policy module's encoder and reply reader.
+local command, reply = redis.command, redis.reply
 
 local ring = consistent_hash.new { on_down = "fail" } -- a shard's keys stay on that shard
 local pool = peerpool.new {

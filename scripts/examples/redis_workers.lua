@@ -13,40 +13,17 @@
 -- Options: ROUNDS=n in the environment sets the requests per worker (default 200).
 local uv = require "luv"
 local peerpool = require "peerpool"
+local redis = require "peerpool.policies.redis"
 
 local addrs = #arg > 0 and arg or { "127.0.0.1:6379" }
 local WORKERS, ROUNDS = 10, tonumber(os.getenv("ROUNDS") or "200")
 
--- One RESP command; `...` are its arguments.
-local function command(...)
-  local parts = { "*" .. select("#", ...) }
-  for _, a in ipairs { ... } do
-    a = tostring(a)
-    parts[#parts + 1] = "$" .. #a
-    parts[#parts + 1] = a
-  end
-  return table.concat(parts, "\r\n") .. "\r\n"
-end
-
--- Read one simple reply: +OK, -ERR, :n, or a bulk string ($n then the bytes).
-local function reply(conn)
-  local line, err = conn:receive("*l")
-  if not line then return nil, err end
-  local kind, rest = line:sub(1, 1), line:sub(2)
-  if kind == "$" then
-    local n = tonumber(rest)
-    if n < 0 then return false end
-    local data, derr = conn:receive(n + 2)
-    if not data then return nil, derr end
-    return data:sub(1, n)
-  elseif kind == "-" then
-    return nil, "redis: " .. rest
-  end
-  return rest
-end
+-- RESP, the Redis protocol: the redis policy module's encoder and reply reader.
+local command, reply = redis.command, redis.reply
 
 local named = 0
 local pool = peerpool.new {
+  peers = addrs, -- a bad address raises here, naming it
   max_per_peer = 2,
   acquire_timeout = 5000,
   io_timeout = 2000,
@@ -68,13 +45,6 @@ local pool = peerpool.new {
     end,
   },
 }
-for _, addr in ipairs(addrs) do
-  local ok, err, detail = pool:add_peer(addr)
-  if not ok then
-    io.stderr:write(("bad address %s: %s (%s)\n"):format(addr, err, detail))
-    os.exit(2)
-  end
-end
 
 local done, failures = 0, 0
 

@@ -26,12 +26,8 @@ local DEFAULTS = {
 
 local MAX_REMEMBERED = 4096 -- peers whose last delay is kept; then the memory starts over
 
-local function new(opts)
+local function build(M, opts)
   local o, burns = options.backoff(opts, DEFAULTS)
-  local M = {
-    name = "backoff_decorrelated",
-    description = "decorrelated jitter backoff",
-  }
   local base, cap = math.floor(o.base_ms), math.floor(o.cap_ms)
   local last, remembered = {}, 0
 
@@ -52,7 +48,7 @@ local function new(opts)
     return delay
   end
 
-  return options.instance(M, new, o)
+  return o
 end
 
-return new()
+return options.policy("backoff_decorrelated", "decorrelated jitter backoff", build)

@@ -26,12 +26,8 @@ local DEFAULTS = {
   base_ms = { 100, "positive_number" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o, burns = options.backoff(opts, DEFAULTS)
-  local M = {
-    name = "backoff_exponential",
-    description = "exponential backoff with full jitter",
-  }
   local base, cap = o.base_ms, o.cap_ms
 
   --- The ceiling of the delay after `attempt` failures.
@@ -49,7 +45,7 @@ local function new(opts)
     return math.random(0, math.floor(ceiling(attempt)))
   end
 
-  return options.instance(M, new, o, { ceiling = ceiling })
+  return o, { ceiling = ceiling }
 end
 
-return new()
+return options.policy("backoff_exponential", "exponential backoff with full jitter", build)

@@ -23,12 +23,8 @@ local DEFAULTS = {
   jitter_ms = { 0, "number" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o, burns = options.backoff(opts, DEFAULTS)
-  local M = {
-    name = "backoff_fixed",
-    description = "a fixed delay with optional jitter",
-  }
   local base, jitter, cap = math.floor(o.base_ms), math.floor(o.jitter_ms), math.floor(o.cap_ms)
 
   function M.backoff(attempt, err)
@@ -38,7 +34,7 @@ local function new(opts)
     return math.min(cap, delay)
   end
 
-  return options.instance(M, new, o)
+  return o
 end
 
-return new()
+return options.policy("backoff_fixed", "a fixed delay with optional jitter", build)

@@ -35,17 +35,12 @@ local DEFAULTS = {
   on_down = { "fail", "string" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o = options.check("policy.select", opts, DEFAULTS)
   if o.on_down ~= "fail" and o.on_down ~= "next" then
     error('policy.select.on_down must be "fail" or "next"', 0)
   end
   if o.vnodes > 4096 then error("policy.select.vnodes must be at most 4096", 0) end
-  local M = {
-    name = "consistent_hash",
-    description = "keys to their owner on a hash ring over the live peers (on_down = " ..
-      o.on_down .. "); round robin without a key",
-  }
   local ring = peerpool.ring(o.vnodes) -- in C: 8 bytes a point, sorted once per change
   local rr = round_robin.new()
   local skip_down = o.on_down == "next"
@@ -64,7 +59,10 @@ local function new(opts)
   --- ch.owner(key): the address that owns `key` on the ring (nil while the ring is empty).
   local function owner_of(key) return ring:owner(key) end
 
-  return options.instance(M, new, o, { owner = owner_of, hash = ring.hash, ring = ring })
+  return o, { owner = owner_of, hash = ring.hash, ring = ring }
 end
 
-return new()
+return options.policy("consistent_hash", function(o)
+  return "keys to their owner on a hash ring over the live peers (on_down = " .. o.on_down ..
+    "); round robin without a key"
+end, build)

@@ -12,6 +12,8 @@
 --
 -- Example:
 --   local pool = peerpool.new{ policy = "scripts/policies/default.lua" }
+local least_loaded = require "peerpool.policies.least_loaded"
+
 local M = {
   name = "default",
   description = "the built-in behaviour, in Lua",
@@ -44,15 +46,7 @@ function M.select_conn(conns, ctx)
     end
     return best
   end
-  local best, leases, idle = 1, nil, nil
-  for i = 1, #conns do
-    local c = conns[i]
-    local l, ms = c.leases, c.idle_ms
-    if leases == nil or l < leases or (l == leases and ms > idle) then
-      best, leases, idle = i, l, ms
-    end
-  end
-  return best
+  return least_loaded.select_conn(conns) -- shared conns: least_loaded implements this rule
 end
 
 --- backoff(attempt, err, peer): ms before the peer's next connect attempt after its attempt-th

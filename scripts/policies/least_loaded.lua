@@ -22,12 +22,8 @@ local DEFAULTS = {
   conns = { true, "boolean" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o = options.check("policy.select", opts, DEFAULTS)
-  local M = {
-    name = "least_loaded",
-    description = "fewest leases (serving) or fewest conns (dialling)",
-  }
   local count_waiters = o.count_waiters
 
   -- Lexicographic "a is better than b" on up to three keys (lower is better).
@@ -69,7 +65,7 @@ local function new(opts)
     end
   end
 
-  return options.instance(M, new, o)
+  return o
 end
 
-return new()
+return options.policy("least_loaded", "fewest leases (serving) or fewest conns (dialling)", build)

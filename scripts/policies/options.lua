@@ -1,17 +1,16 @@
--- options: not a policy. The option checker and the instance maker that the library's policies
+-- options: not a policy. The option checker and the module maker that the library's policies
 -- share (`require "peerpool.policies.options"`).
 --
 -- Every library module follows one pattern:
 --
 --   local options = require "peerpool.policies.options"
 --   local DEFAULTS = { base_ms = { 100, "positive_number" }, ... }   -- name = { default, kind }
---   local function new(opts)
+--   local function build(M, opts)                                     -- one instance
 --     local o = options.check("policy.backoff", opts, DEFAULTS)      -- raises naming the field
---     local M = { name = "...", description = "..." }
 --     function M.backoff(attempt, err, peer) ... end                  -- hooks use `o`
---     return options.instance(M, new, o)
+--     return o
 --   end
---   return new()                                                      -- the default instance
+--   return options.policy("NAME", "what it does", build)             -- the default instance
 --
 -- so `require "peerpool.policies.NAME"` is a policy with the default options (loadable as is,
 -- by path or as a table), and `.new{...}` makes another instance with its own options and
@@ -114,6 +113,21 @@ function O.instance(M, new, opts, extra, computed)
     if fn then return fn() end
     return index[k]
   end })
+end
+
+--- options.policy(name, description, build): a library policy module: returns the instance
+-- with the default options, whose .new(opts) makes more. Each instance is a table M with
+-- M.name = name; build(M, opts) checks opts (raising on a bad one), adds the hooks to M and
+-- returns the checked options o, and optionally `extra` and `computed` fields for
+-- options.instance. M.description = description, or description(o) when that is a function.
+function O.policy(name, description, build)
+  local function new(opts)
+    local M = { name = name }
+    local o, extra, computed = build(M, opts)
+    M.description = type(description) == "function" and description(o) or description
+    return O.instance(M, new, o, extra, computed)
+  end
+  return new()
 end
 
 --- options.burner(o): a function(attempt, err) → true when the backoff options in `o`

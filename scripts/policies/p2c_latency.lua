@@ -25,12 +25,8 @@ local DEFAULTS = {
   random = { false, "function_or_false" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o = options.check("policy.select", opts, DEFAULTS)
-  local M = {
-    name = "p2c_latency",
-    description = "power of two choices on latency_ms (EWMA) and load",
-  }
   local unknown, weight = o.unknown_ms, o.load_weight
   local random = o.random or math.random
 
@@ -51,7 +47,7 @@ local function new(opts)
     return i
   end
 
-  return options.instance(M, new, o, { cost = cost })
+  return o, { cost = cost }
 end
 
-return new()
+return options.policy("p2c_latency", "power of two choices on latency_ms (EWMA) and load", build)

@@ -64,7 +64,7 @@ local DEFAULTS = {
   random = { false, "function_or_false" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o = options.check("policy.p2p", opts, DEFAULTS)
   if o.backoff_cap_ms < o.backoff_base_ms then
     error("policy.p2p.backoff_cap_ms must be >= backoff_base_ms", 0)
@@ -77,10 +77,6 @@ local function new(opts)
   local hello = "VERSION " .. o.version .. "\r\n"
   local expect = o.expect
 
-  local M = {
-    name = "p2p",
-    description = "P2P node: DNS seeds, VERSION/VERACK handshake, burn failed addresses",
-  }
   local burned = {} -- addresses this policy burned: seeding skips them
 
   function M.select_peer(peers, ctx)
@@ -124,7 +120,8 @@ local function new(opts)
       maintenance_interval = 1000, seed_interval = 10000 }
   end
 
-  return options.instance(M, new, o, { burned = burned }, { pool_options = pool_options })
+  return o, { burned = burned }, { pool_options = pool_options }
 end
 
-return new()
+return options.policy("p2p",
+  "P2P node: DNS seeds, VERSION/VERACK handshake, burn failed addresses", build)

@@ -13,7 +13,8 @@
 -- (wrong password) burns the server at once unless `burn_auth` is false, so a misconfigured
 -- client stops hammering it (other handshake failures, like -LOADING, only back off).
 --
--- Commands are sent in RESP (arrays of bulk strings), which any Redis accepts.
+-- Commands are sent in RESP (arrays of bulk strings), which any Redis accepts. For the
+-- program's own requests, `.command(...)` encodes one and `.reply(conn)` reads one reply.
 --
 -- Options (redis.new{...}):
 --   password = false      AUTH password
@@ -37,7 +38,7 @@
 --   peerpool.run(function()
 --     local conn = assert(pool:acquire())
 --     conn:send(redis.command("GET", "greeting"))
---     print(conn:receive("*l"), conn:receive("*l"))   -- $5, hello
+--     print(redis.reply(conn))                         -- hello
 --     conn:release()
 --   end)
 local options = require "peerpool.policies.options"
@@ -66,15 +67,30 @@ local function command(...)
   return table.concat(parts)
 end
 
-local function new(opts)
+--- redis.reply(conn): read one reply that is not an array: a status (+OK) or an integer (:1)
+-- gives its text ("OK", "1"), a bulk string its bytes, the nil bulk ($-1) false; an error reply
+-- gives nil, "redis: " .. its text, and a failed read nil and the read's error.
+local function reply(conn)
+  local line, err = conn:receive("*l")
+  if not line then return nil, err end
+  local kind, rest = line:sub(1, 1), line:sub(2)
+  if kind == "$" then
+    local n = tonumber(rest)
+    if n < 0 then return false end
+    local data, derr = conn:receive(n + 2)
+    if not data then return nil, derr end
+    return data:sub(1, n)
+  elseif kind == "-" then
+    return nil, "redis: " .. rest
+  end
+  return rest
+end
+
+local function build(M, opts)
   local o = options.check("policy.redis", opts, DEFAULTS)
   if o.username and not o.password then
     error("policy.redis.password must be set with username", 0)
   end
-  local M = {
-    name = "redis",
-    description = "Redis: AUTH/SELECT/PING handshake, PING health checks",
-  }
   local backoff_opts = o.backoff
   local ok, backoff = pcall(backoff_exponential.new, backoff_opts)
   if not ok then error((tostring(backoff):gsub("policy%.backoff", "policy.redis.backoff")), 0) end
@@ -140,7 +156,7 @@ local function new(opts)
       idle_timeout = 300000 }
   end
 
-  return options.instance(M, new, o, { command = command }, { pool_options = pool_options })
+  return o, { command = command, reply = reply }, { pool_options = pool_options }
 end
 
-return new()
+return options.policy("redis", "Redis: AUTH/SELECT/PING handshake, PING health checks", build)

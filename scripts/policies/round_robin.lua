@@ -19,12 +19,8 @@ local options = require "peerpool.policies.options"
 
 local DEFAULTS = {}
 
-local function new(opts)
-  options.check("policy.select", opts, DEFAULTS)
-  local M = {
-    name = "round_robin",
-    description = "peers in turn, in address order",
-  }
+local function build(M, opts)
+  local o = options.check("policy.select", opts, DEFAULTS)
   local last = { [false] = nil, [true] = nil } -- ctx.dialing -> last address chosen
 
   -- The candidate with the smallest address after `after` (wrapping to the smallest).
@@ -48,7 +44,7 @@ local function new(opts)
     return i
   end
 
-  return options.instance(M, new, {}, { next_after = next_after })
+  return o, { next_after = next_after }
 end
 
-return new()
+return options.policy("round_robin", "peers in turn, in address order", build)

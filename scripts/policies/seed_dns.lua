@@ -24,12 +24,8 @@ local DEFAULTS = {
   limit = { false, "count_or_false" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o = options.check("policy.seed", opts, DEFAULTS)
-  local M = {
-    name = "seed_dns",
-    description = "addresses from DNS seed names",
-  }
   local names = {}
   for i, name in ipairs(o.names) do
     local host, port = name:match("^%[(.+)%]:(%d+)$") -- [v6]:port
@@ -65,7 +61,7 @@ local function new(opts)
     end
   end
 
-  return options.instance(M, new, o)
+  return o
 end
 
-return new()
+return options.policy("seed_dns", "addresses from DNS seed names", build)

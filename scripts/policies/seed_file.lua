@@ -27,12 +27,8 @@ local DEFAULTS = {
   path = { "peers.txt", "string" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o = options.check("policy.seed", opts, DEFAULTS)
-  local M = {
-    name = "seed_file",
-    description = "addresses from a file, one per line, optional last_seen (Unix ms)",
-  }
   local path = o.path
 
   function M.seed(ctx)
@@ -65,7 +61,8 @@ local function new(opts)
     if bad then error("seed_file: " .. bad, 0) end
   end
 
-  return options.instance(M, new, o)
+  return o
 end
 
-return new()
+return options.policy("seed_file",
+  "addresses from a file, one per line, optional last_seen (Unix ms)", build)

@@ -23,12 +23,8 @@ local DEFAULTS = {
   addrs = { {}, "strings" },
 }
 
-local function new(opts)
+local function build(M, opts)
   local o = options.check("policy.seed", opts, DEFAULTS)
-  local M = {
-    name = "seed_static",
-    description = "a fixed list of addresses",
-  }
   local addrs = table.move(o.addrs, 1, #o.addrs, 1, {})
 
   function M.seed(ctx)
@@ -40,7 +36,7 @@ local function new(opts)
     if bad then error("seed_static: bad address " .. bad, 0) end
   end
 
-  return options.instance(M, new, o)
+  return o
 end
 
-return new()
+return options.policy("seed_static", "a fixed list of addresses", build)

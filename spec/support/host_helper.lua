@@ -76,15 +76,7 @@ local function close_all()
   owned = {}
 end
 
-function T.sleep(ms)
-  local co = assert(coroutine.running())
-  local t = uv.new_timer()
-  t:start(ms, 0, function()
-    t:close()
-    assert(coroutine.resume(co))
-  end)
-  coroutine.yield()
-end
+T.sleep = require "spec.support.helpers".sleep
 
 function T.wait_until(pred, ms, what)
   ms = ms or 10000

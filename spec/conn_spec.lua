@@ -18,6 +18,15 @@ local function setup(env, opts, kind)
   return conn, pool, srv
 end
 
+-- Acquire a conn of `peer` from `pool` and check that it answers PING with +PONG (the reply to
+-- this request, not one left over from an earlier lease); release it.
+local function pings(pool, peer)
+  local conn = assert(pool:acquire(peer))
+  conn:send("PING\r\n")
+  assert.equal("+PONG", conn:receive())
+  conn:release()
+end
+
 describe("peerpool.conn", function()
   describe(":send()", function()
     it("returns the number of bytes it writes", test(function(env)
@@ -155,34 +164,34 @@ describe("peerpool.conn", function()
   end)
 
   describe(":receive()", function()
+    -- A request to the line server, then what each receive() (of a line) answers in turn.
+    for _, case in ipairs {
+      { name = "reads a line ended by a bare \\n", send = "LF\n", answers = { pack("bare") } },
+      { name = "reads two lines that arrive in one packet", send = "TWO\r\n",
+        answers = { pack("one"), pack("two") } },
+      { name = "waits for the rest of a line that arrives in two packets", send = "SPLIT\r\n",
+        answers = { pack("hello") } },
+      { name = "answers nil, 'closed', partial when the remote closes mid-line",
+        send = "HALF\r\n", answers = { pack(nil, "closed", "par") } },
+      { name = "lets a reply slower than nothing but faster than io_timeout through",
+        opts = { io_timeout = 2000 }, send = "SLEEP 30\r\n", answers = { pack("+WOKE") } },
+      { name = "waits as long as it takes with io_timeout = 0", opts = { io_timeout = 0 },
+        send = "SLEEP 60\r\n", answers = { pack("+WOKE") } },
+    } do
+      it(case.name, test(function(env)
+        local conn = setup(env, case.opts)
+        conn:send(case.send)
+        for _, want in ipairs(case.answers) do assert.same(want, pack(conn:receive())) end
+        conn:release()
+      end))
+    end
+
     it("reads a line without its end of line with '*l', 'l' or no pattern", test(function(env)
       local conn = setup(env)
       conn:send("PING\r\nPING\r\nPING\r\n")
       assert.same({ n = 1, "+PONG" }, pack(conn:receive("*l")))
       assert.same({ n = 1, "+PONG" }, pack(conn:receive("l")))
       assert.same({ n = 1, "+PONG" }, pack(conn:receive()))
-      conn:release()
-    end))
-
-    it("reads a line ended by a bare \\n", test(function(env)
-      local conn = setup(env)
-      conn:send("LF\n")
-      assert.equal("bare", conn:receive())
-      conn:release()
-    end))
-
-    it("reads two lines that arrive in one packet", test(function(env)
-      local conn = setup(env)
-      conn:send("TWO\r\n")
-      assert.equal("one", conn:receive())
-      assert.equal("two", conn:receive())
-      conn:release()
-    end))
-
-    it("waits for the rest of a line that arrives in two packets", test(function(env)
-      local conn = setup(env)
-      conn:send("SPLIT\r\n")
-      assert.equal("hello", conn:receive())
       conn:release()
     end))
 
@@ -210,13 +219,6 @@ describe("peerpool.conn", function()
       assert.equal("first\r\nbye\r\n", conn:receive("*a"))
       assert.equal("", conn:receive("*a"))
       assert.same({ n = 3, nil, "closed", "" }, pack(conn:receive("*l")))
-      conn:release()
-    end))
-
-    it("answers nil, 'closed', partial when the remote closes mid-line", test(function(env)
-      local conn = setup(env)
-      conn:send("HALF\r\n")
-      assert.same({ n = 3, nil, "closed", "par" }, pack(conn:receive()))
       conn:release()
     end))
 
@@ -251,20 +253,6 @@ describe("peerpool.conn", function()
       local t0 = os.clock()
       while os.clock() - t0 < 0.6 do end -- 600 ms of work in this callback
       conn:send("SLEEP 50\r\n")
-      assert.equal("+WOKE", conn:receive())
-      conn:release()
-    end))
-
-    it("lets a reply slower than nothing but faster than io_timeout through", test(function(env)
-      local conn = setup(env, { io_timeout = 2000 })
-      conn:send("SLEEP 30\r\n")
-      assert.equal("+WOKE", conn:receive())
-      conn:release()
-    end))
-
-    it("waits as long as it takes with io_timeout = 0", test(function(env)
-      local conn = setup(env, { io_timeout = 0 })
-      conn:send("SLEEP 60\r\n")
       assert.equal("+WOKE", conn:receive())
       conn:release()
     end))
@@ -309,9 +297,7 @@ describe("peerpool.conn", function()
       end))
 
     it("finds the end of a line that arrives a byte at a time", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
-      local conn = assert(pool:acquire(srv.addr))
+      local conn = setup(env)
       conn:send("SPLIT\r\n")
       assert.equal("hello", conn:receive())
       conn:send("TWO\r\n")
@@ -365,25 +351,18 @@ describe("peerpool.conn", function()
       conn:release()
     end))
 
-    it("ends with nil, 'closed' when another coroutine releases the conn", test(function(env)
-      local conn = setup(env, { io_timeout = 5000 })
-      local res
-      peerpool.run(function() res = pack(conn:receive()) end)
-      H.ticks()
-      assert.is_true(conn:release())
-      wait_until(function() return res end, 1000, "the waiting receive to end")
-      assert.same({ n = 3, nil, "closed", "" }, res)
-    end))
-
-    it("ends with nil, 'closed' when another coroutine closes the conn", test(function(env)
-      local conn = setup(env, { io_timeout = 5000 })
-      local res
-      peerpool.run(function() res = pack(conn:receive()) end)
-      H.ticks()
-      assert.is_true(conn:close())
-      wait_until(function() return res end, 1000, "the waiting receive to end")
-      assert.same({ n = 3, nil, "closed", "" }, res)
-    end))
+    for _, method in ipairs { "release", "close" } do
+      it("ends with nil, 'closed' when another coroutine calls :" .. method .. "() on the conn",
+        test(function(env)
+          local conn = setup(env, { io_timeout = 5000 })
+          local res
+          peerpool.run(function() res = pack(conn:receive()) end)
+          H.ticks()
+          assert.is_true(conn[method](conn))
+          wait_until(function() return res end, 1000, "the waiting receive to end")
+          assert.same({ n = 3, nil, "closed", "" }, res)
+        end))
+    end
 
     it("ends with nil, 'closed', partial when the pool closes", test(function(env)
       local conn, pool = setup(env, { io_timeout = 5000 })
@@ -438,10 +417,7 @@ describe("peerpool.conn", function()
       assert.equal("one", conn:receive())
       assert.is_true(conn:release())
       wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
-      local again = pool:acquire(srv.addr)
-      again:send("PING\r\n")
-      assert.equal("+PONG", again:receive())
-      again:release()
+      pings(pool, srv.addr)
       assert.equal(2, pool:stats().connects_ok)
     end))
 
@@ -450,10 +426,7 @@ describe("peerpool.conn", function()
       conn:send("SLEEP 20\r\n")
       assert.is_true(conn:release()) -- nothing unread yet: back to idle
       H.sleep(60) -- the late reply lands on the idle conn
-      local again = pool:acquire(srv.addr)
-      again:send("PING\r\n")
-      assert.equal("+PONG", again:receive())
-      again:release()
+      pings(pool, srv.addr)
     end))
 
     it("never lends again a conn whose request was sent but whose reply was not read",
@@ -461,10 +434,7 @@ describe("peerpool.conn", function()
         local conn, pool, srv = setup(env)
         conn:send("SLEEP 30\r\n")
         assert.is_true(conn:release()) -- the +WOKE is still to come
-        local again = assert(pool:acquire(srv.addr))
-        again:send("PING\r\n")
-        assert.equal("+PONG", again:receive())
-        again:release()
+        pings(pool, srv.addr)
         assert.equal(2, srv.accepted)
         assert.equal(0, pool:peer(srv.addr).failures)
       end))
@@ -475,10 +445,7 @@ describe("peerpool.conn", function()
       assert.same({ n = 3, nil, "timeout", "" }, pack(conn:receive()))
       assert.is_true(conn:release())
       -- the late +WOKE is still on its way: the next holder must not read it as its reply
-      local again = assert(pool:acquire(srv.addr))
-      again:send("PING\r\n")
-      assert.equal("+PONG", again:receive())
-      again:release()
+      pings(pool, srv.addr)
       assert.equal(2, srv.accepted)
       assert.equal(0, pool:peer(srv.addr).failures) -- the peer is not to blame
     end))
@@ -488,10 +455,7 @@ describe("peerpool.conn", function()
       conn:send("HALF\r\n")
       conn:receive()
       conn:release()
-      local again = pool:acquire(srv.addr)
-      again:send("PING\r\n")
-      assert.equal("+PONG", again:receive())
-      again:release()
+      pings(pool, srv.addr)
       assert.equal(2, srv.accepted)
     end))
   end)

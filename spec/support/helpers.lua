@@ -28,16 +28,25 @@ local H = {}
 H.WATCHDOG_MS = 10000
 H.pack = table.pack
 
--- Yield the running coroutine for `ms` (a luv timer resumes it).
-function H.sleep(ms)
+-- Yield the running coroutine until the luv handle that start(resume) starts calls resume().
+local function yield_to(start)
   local co = assert(coroutine.running())
-  local t = uv.new_timer()
-  t:start(ms, 0, function()
-    t:close()
+  start(function()
     local ok, err = coroutine.resume(co)
     if not ok then io.stderr:write("spec coroutine error: ", tostring(err), "\n") end
   end)
   coroutine.yield()
+end
+
+-- Yield the running coroutine for `ms` (a luv timer resumes it).
+function H.sleep(ms)
+  local t = uv.new_timer()
+  yield_to(function(resume)
+    t:start(ms, 0, function()
+      t:close()
+      resume()
+    end)
+  end)
 end
 
 -- Yield until pred() is true, checking every 2 ms; fail after `ms` (default 3000).
@@ -57,16 +66,15 @@ end
 -- iteration; a 0 ms timer would not do (libuv runs timers started by a timer callback in the
 -- same pass).
 function H.ticks(n)
-  local co = assert(coroutine.running())
   for _ = 1, n or 5 do
     local idle = uv.new_idle()
-    idle:start(function()
-      idle:stop()
-      idle:close()
-      local ok, err = coroutine.resume(co)
-      if not ok then io.stderr:write("spec coroutine error: ", tostring(err), "\n") end
+    yield_to(function(resume)
+      idle:start(function()
+        idle:stop()
+        idle:close()
+        resume()
+      end)
     end)
-    coroutine.yield()
   end
 end
 

@@ -9,7 +9,7 @@ local P = require "spec.support.policy_helpers"
 local peerpool = require "peerpool"
 
 local test, pack, sleep, wait_until = P.test, H.pack, H.sleep, H.wait_until
-local hook_stats = P.hook_stats
+local hook_stats, addrs_of = P.hook_stats, P.addrs_of
 
 local NAMES = { "round_robin", "least_loaded", "p2c_latency", "consistent_hash",
   "backoff_exponential", "backoff_decorrelated", "backoff_fixed", "seed_static", "seed_dns",
@@ -18,24 +18,11 @@ local NAMES = { "round_robin", "least_loaded", "p2c_latency", "consistent_hash",
 local function lib(name) return require("peerpool.policies." .. name) end
 local function path_of(name) return "scripts/policies/" .. name .. ".lua" end
 
-local function addrs_of(list)
-  local out = {}
-  for i, srv in ipairs(list) do out[i] = srv.addr end
-  return out
-end
-
-local function warm(pool, addrs)
-  for _, addr in ipairs(addrs) do
-    local conn = assert(pool:acquire(addr))
-    conn:release()
-  end
-end
-
 -- `n` servers (env:many(n, kind)) and a pool on them with a conn made to each; pool, servers.
 local function warm_pool(env, n, kind)
   local srvs = env:many(n, kind)
   local pool = env:pool { peers = addrs_of(srvs) }
-  warm(pool, addrs_of(srvs))
+  P.warm(pool, addrs_of(srvs))
   return pool, srvs
 end
 
@@ -48,11 +35,6 @@ local function sequence(pool, n, opts)
     conn:release()
   end
   return out
-end
-
-local function who(conn)
-  assert(conn:send("WHO\r\n"))
-  return tonumber(assert(conn:receive("*l")):match("^CONN (%d+)$"))
 end
 
 local function sorted(list)
@@ -200,7 +182,7 @@ describe("peerpool.policies", function()
         return { name = "mine", select_peer = sel.select_peer, backoff = back.backoff }
       ]])
       assert.is_true(pool:load_policy(path))
-      warm(pool, addrs_of(srvs))
+      P.warm(pool, addrs_of(srvs))
       assert.same(sorted(addrs_of(srvs)), sequence(pool, 3))
       assert.same({ 3, 0 }, { hook_stats(pool, "select_peer") })
     end))
@@ -252,7 +234,7 @@ describe("peerpool.policies", function()
       for _, busy in ipairs { a, b } do
         -- `busy` has one conn held and one idle; the other peer one idle conn
         local held = assert(pool:acquire(busy))
-        warm(pool, { busy, busy == a and b or a })
+        P.warm(pool, { busy, busy == a and b or a })
         local conn = assert(pool:acquire())
         assert.not_equal(busy, conn.peer)
         conn:release()
@@ -702,17 +684,17 @@ describe("peerpool.policies", function()
       for run, policy in ipairs { false, path_of("default") } do
         local pool = env:pool { peers = addrs_of(srvs) }
         if policy then assert(pool:load_policy(policy)) end
-        warm(pool, addrs_of(srvs))
+        P.warm(pool, addrs_of(srvs))
         local got = sequence(pool, 7)
         -- conns: the longest idle is lent first
         pool:add_peer(node.addr)
         local a, b = assert(pool:acquire(node.addr)), assert(pool:acquire(node.addr))
-        local ids = { who(a), who(b) }
+        local ids = { P.who(a), P.who(b) }
         a:release()
         sleep(15)
         b:release()
         local c = assert(pool:acquire(node.addr))
-        got[#got + 1] = who(c) - ids[1] -- 0: the conn released first
+        got[#got + 1] = P.who(c) - ids[1] -- 0: the conn released first
         c:release()
         runs[run] = got
         if policy then assert.equal(0, select(2, hook_stats(pool, "select_conn"))) end

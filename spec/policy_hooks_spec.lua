@@ -8,27 +8,7 @@ local P = require "spec.support.policy_helpers"
 local peerpool = require "peerpool"
 
 local test, pack, sleep, wait_until = P.test, H.pack, H.sleep, H.wait_until
-local hook_stats = P.hook_stats
-
--- Acquire every address once and release: each peer gets an idle conn.
-local function warm(pool, addrs)
-  for _, addr in ipairs(addrs) do
-    local conn = assert(pool:acquire(addr))
-    conn:release()
-  end
-end
-
--- The accept number of the conn at the node server ("WHO" -> "CONN n").
-local function who(conn)
-  assert(conn:send("WHO\r\n"))
-  return tonumber(assert(conn:receive("*l")):match("^CONN (%d+)$"))
-end
-
-local function addrs_of(list)
-  local out = {}
-  for i, srv in ipairs(list) do out[i] = srv.addr end
-  return out
-end
+local hook_stats, warm, who, addrs_of = P.hook_stats, P.warm, P.who, P.addrs_of
 
 local function handshake_ok(conn)
   conn:send("VERSION spec\r\n")

@@ -10,6 +10,10 @@
 --                         `timeout secs` (default 10); returns status (the exit code, 124 on
 --                         timeout, 128+n on signal n), stdout, stderr
 --   P.hook_stats(pool, name)   calls, errors of one hook
+--   P.addrs_of(servers)   the servers' addresses, in order
+--   P.warm(pool, addrs)   acquire each address once and release: each peer gets an idle conn
+--   P.who(conn)           the accept number of the conn at the node or line server
+--                         ("WHO" -> "CONN n")
 local H = require "spec.support.helpers"
 local servers = require "spec.support.servers"
 local S = require "spec.support.policy_servers"
@@ -107,6 +111,24 @@ end
 function P.hook_stats(pool, name)
   local h = pool:stats().hooks[name]
   return h.calls, h.errors
+end
+
+function P.addrs_of(list)
+  local out = {}
+  for i, srv in ipairs(list) do out[i] = srv.addr end
+  return out
+end
+
+function P.warm(pool, addrs)
+  for _, addr in ipairs(addrs) do
+    local conn = assert(pool:acquire(addr))
+    conn:release()
+  end
+end
+
+function P.who(conn)
+  assert(conn:send("WHO\r\n"))
+  return tonumber(assert(conn:receive("*l")):match("^CONN (%d+)$"))
 end
 
 return P

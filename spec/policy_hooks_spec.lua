@@ -626,34 +626,48 @@ describe("peerpool policy hooks", function()
       end
     end
 
+    -- Load `select_peer` into pool and serve n acquires for any peer; the hook's calls and
+    -- errors so far.
+    local function select_runs(pool, select_peer, n)
+      assert(pool:load_policy { select_peer = select_peer })
+      serves(pool, n)
+      return hook_stats(pool, "select_peer")
+    end
+
+    -- Load `handshake` into a new pool (opts, retries = 0) on a node server and acquire once: the
+    -- acquire's error code (nil when it got a conn, then released) and the hook's calls and
+    -- errors.
+    local function handshake_runs(env, handshake, opts)
+      local srv = env:node()
+      opts = opts or {}
+      opts.peers, opts.retries = { srv.addr }, 0
+      local pool = env:pool(opts)
+      assert(pool:load_policy { handshake = handshake })
+      local conn, code = pool:acquire(srv.addr)
+      if conn then conn:release() end
+      return code, hook_stats(pool, "handshake")
+    end
+
     it("a select hook that raises is cut off; the default decides; errors are counted",
       test(function(env)
         local pool = two_warm(env)
-        assert(pool:load_policy { select_peer = function() error("boom") end })
-        serves(pool, 5)
-        assert.same({ 5, 5 }, { hook_stats(pool, "select_peer") })
-        assert(pool:load_policy { select_peer = function() error({ "not a string" }) end })
-        serves(pool, 1)
-        assert.same({ 6, 6 }, { hook_stats(pool, "select_peer") })
+        assert.same({ 5, 5 }, { select_runs(pool, function() error("boom") end, 5) })
+        assert.same({ 6, 6 }, { select_runs(pool, function() error({ "not a string" }) end, 1) })
       end))
 
     it("nonsense answers from select hooks fall back to the default", test(function(env)
       local pool = two_warm(env)
       local answers = { "banana", 0, 3, -1, 1.5, {}, true, false, function() end }
       for i, answer in ipairs(answers) do
-        assert(pool:load_policy { select_peer = function() return answer end })
-        serves(pool, 1)
-        assert.same({ i, i }, { hook_stats(pool, "select_peer") }, "answer " .. tostring(answer))
+        assert.same({ i, i }, { select_runs(pool, function() return answer end, 1) },
+          "answer " .. tostring(answer))
       end
       -- a view of another pool's hook call is not a candidate either
       local other = two_warm(env)
       local foreign
-      assert(other:load_policy { select_peer = function(peers) foreign = peers[1]; return 1 end })
-      serves(other, 1)
-      assert(pool:load_policy { select_peer = function() return foreign end })
-      serves(pool, 1)
+      select_runs(other, function(peers) foreign = peers[1]; return 1 end, 1)
       local n = #answers + 1
-      assert.same({ n, n }, { hook_stats(pool, "select_peer") })
+      assert.same({ n, n }, { select_runs(pool, function() return foreign end, 1) })
     end))
 
     it("nonsense backoff answers fall back to the built-in backoff", test(function(env)
@@ -672,11 +686,9 @@ describe("peerpool policy hooks", function()
 
     it("a runaway select hook is stopped by its instruction budget", test(function(env)
       local pool = two_warm(env)
-      assert(pool:load_policy { select_peer = function() while true do end end })
       local t0 = uv.hrtime()
-      serves(pool, 3)
+      assert.same({ 3, 3 }, { select_runs(pool, function() while true do end end, 3) })
       assert.is_true((uv.hrtime() - t0) / 1e6 < 500)
-      assert.same({ 3, 3 }, { hook_stats(pool, "select_peer") })
     end))
 
     it("a runaway backoff, seed or handshake is stopped by its budget", test(function(env)
@@ -701,12 +713,9 @@ describe("peerpool policy hooks", function()
     end))
 
     it("a hook that raises a table is reported by the table's type", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, retries = 0 }
       local logged = {}
       peerpool.on_error(function(msg) logged[#logged + 1] = msg end)
-      assert(pool:load_policy { handshake = function() error({ code = 7 }) end })
-      local _, code = pool:acquire(srv.addr)
+      local code = handshake_runs(env, function() error({ code = 7 }) end)
       peerpool.on_error(nil)
       assert.equal("cannot_connect", code)
       assert.matches("policy hook handshake (table) failed: (error object is a table value)",
@@ -753,30 +762,22 @@ describe("peerpool policy hooks", function()
 
     it("a hook that catches its budget error with pcall is still stopped", test(function(env)
       local pool = two_warm(env)
-      assert(pool:load_policy { select_peer = function()
+      assert.same({ 2, 2 }, { select_runs(pool, function()
         while true do pcall(function() while true do end end) end
-      end })
-      serves(pool, 2)
-      assert.same({ 2, 2 }, { hook_stats(pool, "select_peer") })
-      local srv = env:node()
-      local p2 = env:pool { peers = { srv.addr }, retries = 0 }
-      assert(p2:load_policy { handshake = function()
+      end, 2) })
+      assert.same({ "cannot_connect", 1, 1 }, { handshake_runs(env, function()
         while true do pcall(function() while true do end end) end
-      end })
-      assert.equal("cannot_connect", select(2, p2:acquire(srv.addr)))
-      assert.same({ 1, 1 }, { hook_stats(p2, "handshake") })
+      end) })
     end))
 
     it("coroutines a hook starts charge the same budget", test(function(env)
       local pool = two_warm(env, { hook_budget = 1000 })
       local spun = 0
-      assert(pool:load_policy { select_peer = function()
+      assert.same({ 1, 1 }, { select_runs(pool, function()
         for _ = 1, 1000000 do
           coroutine.wrap(function() for _ = 1, 300 do spun = spun + 1 end end)()
         end
-      end })
-      serves(pool, 1)
-      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
+      end, 1) })
       assert.is_true(spun < 5000, "the hook's coroutines ran " .. spun .. " loops")
     end))
 
@@ -784,15 +785,13 @@ describe("peerpool policy hooks", function()
       local pool = two_warm(env, { hook_budget = 100000000, hook_memory = 1024 * 1024 })
       local logged = {}
       peerpool.on_error(function(msg) logged[#logged + 1] = msg end)
-      assert(pool:load_policy { select_peer = function()
+      local before = collectgarbage("count")
+      assert.same({ 1, 1 }, { select_runs(pool, function()
         local t = {}
         for i = 1, 1e8 do t[i] = { i } end
         return t[1]
-      end })
-      local before = collectgarbage("count")
-      serves(pool, 1)
+      end, 1) })
       peerpool.on_error(nil)
-      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
       assert.matches("not enough memory", logged[1] or "", 1, true)
       assert.is_true(collectgarbage("count") - before < 8 * 1024, "the hook grew the heap")
     end))
@@ -838,9 +837,7 @@ describe("peerpool policy hooks", function()
 
     it("a synchronous hook that yields is cut off", test(function(env)
       local pool = two_warm(env)
-      assert(pool:load_policy { select_peer = function() coroutine.yield() return 1 end })
-      serves(pool, 2)
-      assert.same({ 2, 2 }, { hook_stats(pool, "select_peer") })
+      assert.same({ 2, 2 }, { select_runs(pool, function() coroutine.yield() return 1 end, 2) })
     end))
 
     it("hook_budget sets the budget; asynchronous hooks get ten times as much", test(function(env)
@@ -850,28 +847,17 @@ describe("peerpool policy hooks", function()
         return x > 0
       end
       local pool = two_warm(env, { hook_budget = 1000 })
-      assert(pool:load_policy { select_peer = function() spin() return 1 end })
-      serves(pool, 1)
-      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
-      local roomy = two_warm(env)
-      assert(roomy:load_policy { select_peer = function() spin() return 1 end })
-      serves(roomy, 1)
-      assert.same({ 1, 0 }, { hook_stats(roomy, "select_peer") })
-      local srv = env:node()
-      local p3 = env:pool { hook_budget = 1000, peers = { srv.addr } }
-      assert(p3:load_policy { handshake = function(conn) return spin() and handshake_ok(conn) end })
-      local conn = assert(p3:acquire(srv.addr))
-      conn:release()
-      assert.same({ 1, 0 }, { hook_stats(p3, "handshake") })
+      assert.same({ 1, 1 }, { select_runs(pool, function() spin() return 1 end, 1) })
+      assert.same({ 1, 0 }, { select_runs(two_warm(env), function() spin() return 1 end, 1) })
+      assert.same({ nil, 1, 0 }, { handshake_runs(env,
+        function(conn) return spin() and handshake_ok(conn) end, { hook_budget = 1000 }) })
     end))
 
     it("a handshake that raises fails the attempt; a ping that raises closes the conn",
       test(function(env)
+        assert.same({ "cannot_connect", 1, 1 },
+          { handshake_runs(env, function() error("bad hello") end) })
         local srv = env:node()
-        local pool = env:pool { peers = { srv.addr }, retries = 0 }
-        assert(pool:load_policy { handshake = function() error("bad hello") end })
-        assert.equal("cannot_connect", select(2, pool:acquire(srv.addr)))
-        assert.same({ 1, 1 }, { hook_stats(pool, "handshake") })
         local p2 = env:pool { peers = { srv.addr }, ping_after = 10 }
         assert(p2:load_policy { ping = function() error("bad ping") end })
         local conn = assert(p2:acquire(srv.addr))

@@ -869,12 +869,24 @@ describe("peerpool policy hooks", function()
         assert.equal(1, p2:stats().closed.ping)
       end))
 
-    it("logs a failure with the hook and the script, at most once a second per hook", function()
-      local status, out, err = P.child([[
+    -- Run `body` in a child process (P.child, killed after `secs`) after a prelude that gives it
+    -- peerpool, uv and two line servers `a` and `b`; after the body the servers are closed, the
+    -- loop runs until it is empty, and the child prints "survived". Returns status, out, err.
+    local function child_with_two_servers(body, secs)
+      return P.child([[
         local peerpool = require "peerpool"
         local servers = require "spec.support.servers"
         local uv = require "luv"
         local a, b = servers.line(), servers.line()
+      ]] .. body .. [[
+        a:close(); b:close()
+        uv.run()
+        print("survived")
+      ]], secs)
+    end
+
+    it("logs a failure with the hook and the script, at most once a second per hook", function()
+      local status, out, err = child_with_two_servers([[
         local path = os.tmpname()
         local f = io.open(path, "w")
         f:write("return { select_peer = function() error('kaboom') end }")
@@ -890,8 +902,7 @@ describe("peerpool policy hooks", function()
           pool:acquire():release()
         end)
         print(path, pool:stats().hooks.select_peer.errors)
-        pool:close(); a:close(); b:close(); os.remove(path)
-        uv.run()
+        pool:close(); os.remove(path)
       ]])
       assert.equal(0, status, err)
       local path, errors = out:match("^(%S+)%s+(%d+)")
@@ -909,11 +920,7 @@ describe("peerpool policy hooks", function()
     end)
 
     it("a hook that tries to close its own pool is refused, and the pool serves on", function()
-      local status, out, err = P.child([[
-        local peerpool = require "peerpool"
-        local servers = require "spec.support.servers"
-        local uv = require "luv"
-        local a, b = servers.line(), servers.line()
+      local status, out, err = child_with_two_servers([[
         local pool
         local refused
         pool = peerpool.new { peers = { a.addr, b.addr }, policy = {
@@ -931,9 +938,6 @@ describe("peerpool policy hooks", function()
         print("refused", refused)
         print("errors", pool:stats().hooks.select_peer.errors)
         pool:close()
-        a:close(); b:close()
-        uv.run()
-        print("survived")
       ]])
       assert.equal(0, status, "exit status " .. tostring(status) .. "\n" .. err)
       assert.matches("survived", out, 1, true)
@@ -946,11 +950,7 @@ describe("peerpool policy hooks", function()
     it("a hook that calls back into its pool keeps its budget", function()
       -- The engine's hooks must not re-enter the pool. If a Lua hook does (here: an acquire with
       -- a callback), the nested hook call must not switch off the outer call's budget.
-      local status, out, err = P.child([[
-        local peerpool = require "peerpool"
-        local servers = require "spec.support.servers"
-        local uv = require "luv"
-        local a, b = servers.line(), servers.line()
+      local status, out, err = child_with_two_servers([[
         local pool, inner
         pool = peerpool.new { peers = { a.addr, b.addr }, policy = {
           select_peer = function()
@@ -966,9 +966,7 @@ describe("peerpool policy hooks", function()
           if conn then conn:release() end
         end)
         print("errors", pool:stats().hooks.select_peer.errors)
-        pool:close(); a:close(); b:close()
-        uv.run()
-        print("survived")
+        pool:close()
       ]], 3)
       assert.equal(0, status, "exit status " .. tostring(status) ..
         " (137: killed after 3 s, the hook ran unbounded)\n" .. err)

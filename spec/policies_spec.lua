@@ -18,13 +18,6 @@ local NAMES = { "round_robin", "least_loaded", "p2c_latency", "consistent_hash",
 local function lib(name) return require("peerpool.policies." .. name) end
 local function path_of(name) return "scripts/policies/" .. name .. ".lua" end
 
--- `n` servers (env:many(n, kind)) and a pool on them with a conn made to each; pool, servers.
-local function warm_pool(env, n, kind)
-  local srvs = env:many(n, kind)
-  local pool = env:pool { peers = addrs_of(srvs) }
-  P.warm(pool, addrs_of(srvs))
-  return pool, srvs
-end
 
 -- The peers that serve `n` acquires for any peer, each released before the next.
 local function sequence(pool, n, opts)
@@ -190,7 +183,7 @@ describe("peerpool.policies", function()
 
   describe("round_robin", function()
     it("serves acquires from the peers in turn, in address order", test(function(env)
-      local pool, srvs = warm_pool(env, 3)
+      local pool, srvs = P.warm_pool(env, 3)
       assert(pool:load_policy(lib("round_robin").new()))
       local order = sorted(addrs_of(srvs))
       local want = {}
@@ -325,7 +318,7 @@ describe("peerpool.policies", function()
     end)
 
     it("serves a real pool without policy errors, spreading over the peers", test(function(env)
-      local pool = warm_pool(env, 4)
+      local pool = P.warm_pool(env, 4)
       assert(pool:load_policy(lib("p2c_latency").new()))
       local seen = {}
       for _, addr in ipairs(sequence(pool, 40)) do seen[addr] = (seen[addr] or 0) + 1 end
@@ -338,7 +331,7 @@ describe("peerpool.policies", function()
 
   describe("consistent_hash", function()
     it("sends one key to one peer, and spreads keys over the peers", test(function(env)
-      local pool = warm_pool(env, 4)
+      local pool = P.warm_pool(env, 4)
       assert(pool:load_policy(lib("consistent_hash").new()))
       local owners = {}
       for k = 1, 40 do
@@ -434,7 +427,7 @@ describe("peerpool.policies", function()
     end)
 
     it("falls back to round robin without a key", test(function(env)
-      local pool, srvs = warm_pool(env, 3)
+      local pool, srvs = P.warm_pool(env, 3)
       assert(pool:load_policy(lib("consistent_hash").new()))
       local order = sorted(addrs_of(srvs))
       assert.same({ order[1], order[2], order[3], order[1] }, sequence(pool, 4))
@@ -931,7 +924,7 @@ describe("peerpool.policies", function()
   describe("a user's copy", function()
     it("can be edited and loaded into a running pool; a broken edit leaves it running",
       test(function(env)
-        local pool, srvs = warm_pool(env, 3, "line")
+        local pool, srvs = P.warm_pool(env, 3, nil, "line")
         local held = assert(pool:acquire(srvs[1].addr))
         -- copy default.lua; edit select_peer to always prefer one address
         local text = assert(P.read(path_of("default")))

@@ -8,7 +8,7 @@ local P = require "spec.support.policy_helpers"
 local peerpool = require "peerpool"
 
 local test, pack, sleep, wait_until = P.test, H.pack, H.sleep, H.wait_until
-local hook_stats, warm, who, addrs_of = P.hook_stats, P.warm, P.who, P.addrs_of
+local hook_stats, who, addrs_of = P.hook_stats, P.who, P.addrs_of
 
 local function handshake_ok(conn)
   conn:send("VERSION spec\r\n")
@@ -68,9 +68,7 @@ describe("peerpool policy hooks", function()
 
     it("answers nil, 'invalid', err for a script with a syntax error; the old policy stays active",
       test(function(env)
-        local srvs = env:many(2)
-        local pool = env:pool { peers = addrs_of(srvs) }
-        warm(pool, addrs_of(srvs))
+        local pool = P.warm_pool(env, 2)
         local path = env:tmpname()
         P.write(path, "return { select_peer = function(peers) return 1 end }")
         assert.is_true(pool:load_policy(path))
@@ -173,23 +171,15 @@ describe("peerpool policy hooks", function()
         assert.is_nil(b.tags)
         assert.equal(seen_at, a.last_seen)
         assert.is_true(math.abs(b.last_seen - os.time() * 1000) < 5000)
-        for _, v in ipairs { a, b } do
-          assert.equal("known", v.state)
-          assert.equal(0, v.leases)
-          assert.equal(0, v.conns)
-          assert.equal(0, v.idle)
-          assert.equal(0, v.waiters)
-          assert.equal(0, v.failures)
-          assert.equal(0, v.idle_ms)
-          assert.equal(0, v.latency_ms)
-        end
+        local unused = { state = "known", leases = 0, conns = 0, idle = 0, waiters = 0,
+          failures = 0, idle_ms = 0, latency_ms = 0 }
+        assert.same(unused, H.pick(a, unused))
+        assert.same(unused, H.pick(b, unused))
         conn:release()
       end))
 
     it("chooses among peers with a usable conn, with ctx.dialing = false", test(function(env)
-      local srvs = env:many(3)
-      local pool = env:pool { peers = addrs_of(srvs) }
-      warm(pool, addrs_of(srvs))
+      local pool = P.warm_pool(env, 3)
       local seen
       assert(pool:load_policy { select_peer = function(peers, ctx)
         seen = { dialing = ctx.dialing, key = ctx.key }
@@ -208,9 +198,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("is obeyed: the chosen index or view serves the acquire", test(function(env)
-      local srvs = env:many(3)
-      local pool = env:pool { peers = addrs_of(srvs) }
-      warm(pool, addrs_of(srvs))
+      local pool, srvs = P.warm_pool(env, 3)
       local want = srvs[2].addr
       local function find(peers)
         for i = 1, #peers do if peers[i].addr == want then return i end end
@@ -232,9 +220,7 @@ describe("peerpool policy hooks", function()
 
     it("accepts an index given as a float with an integral value, as Lua's own functions do",
       test(function(env)
-        local srvs = env:many(2)
-        local pool = env:pool { peers = addrs_of(srvs) }
-        warm(pool, addrs_of(srvs))
+        local pool = P.warm_pool(env, 2)
         assert(pool:load_policy { select_peer = function(peers) return #peers / 2 end }) -- 1.0
         local conn = assert(pool:acquire())
         conn:release()
@@ -610,14 +596,7 @@ describe("peerpool policy hooks", function()
   end)
 
   describe("containment", function()
-    local function two_warm(env, opts)
-      local srvs = env:many(2)
-      opts = opts or {}
-      opts.peers = addrs_of(srvs)
-      local pool = env:pool(opts)
-      warm(pool, opts.peers)
-      return pool, srvs
-    end
+    local function two_warm(env, opts) return P.warm_pool(env, 2, opts) end
 
     local function serves(pool, n)
       for _ = 1, n or 3 do

@@ -13,6 +13,8 @@
 -- H.sleep(ms)            yield the running coroutine for ms
 -- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
 -- H.pack(...)            table.pack
+-- H.pick(t, like)        the fields of t that `like` has, for assert.same(like, H.pick(t, like))
+--                        on part of a table (stats, views)
 -- H.child(code [, sh])   run `code` in a fresh lua5.4 process with the module's paths (after
 --                        the shell commands `sh`, e.g. "ulimit -n 64;");
 --                        returns ok, exit code, stdout, stderr
@@ -27,6 +29,12 @@ local H = {}
 
 H.WATCHDOG_MS = 10000
 H.pack = table.pack
+
+function H.pick(t, like)
+  local out = {}
+  for k in pairs(like) do out[k] = t[k] end
+  return out
+end
 
 -- Yield the running coroutine until the luv handle that start(resume) starts calls resume().
 local function yield_to(start)

@@ -12,6 +12,8 @@
 --   P.hook_stats(pool, name)   calls, errors of one hook
 --   P.addrs_of(servers)   the servers' addresses, in order
 --   P.warm(pool, addrs)   acquire each address once and release: each peer gets an idle conn
+--   P.warm_pool(env, n, opts, kind)   n servers (env:many(n, kind)) and a pool (opts, with
+--                         them as its peers) with a conn made to each; returns pool, servers
 --   P.who(conn)           the accept number of the conn at the node or line server
 --                         ("WHO" -> "CONN n")
 local H = require "spec.support.helpers"
@@ -124,6 +126,15 @@ function P.warm(pool, addrs)
     local conn = assert(pool:acquire(addr))
     conn:release()
   end
+end
+
+function P.warm_pool(env, n, opts, kind)
+  local srvs = env:many(n, kind)
+  opts = opts or {}
+  opts.peers = P.addrs_of(srvs)
+  local pool = env:pool(opts)
+  P.warm(pool, opts.peers)
+  return pool, srvs
 end
 
 function P.who(conn)

@@ -299,8 +299,7 @@ describe("peerpool.conn", function()
     end))
 
     it("raises outside a coroutine when it would have to wait", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local res
       pool:acquire(srv.addr, function(_, conn)
         res = pack(pcall(function() conn:receive() end))
@@ -693,8 +692,7 @@ describe("peerpool.conn", function()
 
   describe("__close", function()
     it("releases the conn at the end of the scope", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local kept
       do
         local conn <close> = pool:acquire(srv.addr)
@@ -711,8 +709,7 @@ describe("peerpool.conn", function()
     it("closes the conn (not blaming its peer) when the scope is left by an error",
       test(function(env)
       -- as pool:with does: the protocol state is unknown after an error
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local kept
       local ok = pcall(function()
         local conn <close> = pool:acquire(srv.addr)

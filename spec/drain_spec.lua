@@ -20,16 +20,14 @@ end
 
 -- An echo server, a pool with it as its peer, and a lease held on it.
 local function echo_held(env)
-  local srv = env:echo()
-  local pool = env:pool_on(srv)
+  local pool, srv = env:pool_with("echo")
   return srv, pool, assert(pool:acquire(srv.addr))
 end
 
 describe("peerpool.pool", function()
   describe("min_idle", function()
     it("keeps min_idle conns open and idle without any acquire", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { min_idle = 2 })
+      local pool, srv = env:pool_with("echo", { min_idle = 2 })
       wait_until(function() return pool:peer(srv.addr).idle == 2 end, 3000, "2 idle conns")
       sleep(50)
       local s = pool:stats()
@@ -71,8 +69,7 @@ describe("peerpool.pool", function()
     end))
 
     it("is kept by idle_timeout (HikariCP's minimumIdle)", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { min_idle = 1, idle_timeout = 50 })
+      local pool, srv = env:pool_with("echo", { min_idle = 1, idle_timeout = 50 })
       local conns = {}
       for i = 1, 3 do conns[i] = assert(pool:acquire(srv.addr)) end
       for i = 1, 3 do conns[i]:release() end
@@ -96,8 +93,7 @@ describe("peerpool.pool", function()
     end))
 
     it("does not redial in a loop a server that hangs up on every conn", test(function(env)
-      local srv = env:hangup()
-      local pool = env:pool_on(srv, { min_idle = 2 })
+      local pool, srv = env:pool_with("hangup", { min_idle = 2 })
       wait_until(function() return srv.accepted >= 2 end, 3000, "the first conns")
       sleep(500)
       -- each conn ends unused, so the next waits longer (before: a dial every tick, ~1000)
@@ -142,8 +138,7 @@ describe("peerpool.pool", function()
   describe(":remove_peer()", function()
     it("answers waiters 'removed'; leased conns serve on and close at release",
       test(function(env)
-        local srv = env:echo()
-        local pool = env:pool_on(srv, { max_per_peer = 1 })
+        local pool, srv = env:pool_with("echo", { max_per_peer = 1 })
         local held = assert(pool:acquire(srv.addr))
         local waiter = acquire_cb(pool, srv.addr)
         assert.is_true(pool:remove_peer(srv.addr))
@@ -163,8 +158,7 @@ describe("peerpool.pool", function()
       end))
 
     it("closes idle conns at once", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("echo")
       pool:with(srv.addr, ping)
       assert.equal(1, pool:stats().idle)
       assert.is_true(pool:remove_peer(srv.addr))
@@ -238,8 +232,7 @@ describe("peerpool.pool", function()
     end))
 
     it("cuts a lease that does not finish; its later release is harmless", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("echo")
       local slow = assert(pool:acquire(srv.addr))
       local r = pack(pool:close { drain_ms = 50 })
       assert.same({ n = 3, nil, "timeout",

@@ -9,16 +9,6 @@ local peerpool = require "peerpool"
 local test, pack, wait_until = H.test, H.pack, H.wait_until
 local CLOSED = "pool or connection is closed"
 
--- A pool whose one peer, a line server, is full: max_per_peer = 1 (with `opts`) and its one
--- conn held. Returns the pool, the server and the held conn.
-local function full_pool(env, opts)
-  opts = opts or {}
-  opts.max_per_peer = 1
-  local srv = env:line()
-  local pool = env:pool_on(srv, opts)
-  return pool, srv, assert(pool:acquire(srv.addr))
-end
-
 -- Acquire with a callback; returns the immediate answer and a getter for the callback's.
 local function acquire_cb(pool, addr, opts)
   local got
@@ -29,7 +19,7 @@ end
 describe("peerpool errors", function()
   describe("busy", function()
     it("comes with a notice, at once, in both styles", test(function(env)
-      local pool, srv, held = full_pool(env)
+      local pool, srv, held = env:full_pool()
       local res = pack(pool:acquire(srv.addr, { busy = "fail" }))
       assert.same({ n = 3, nil, "busy", res[3] }, res)
       assert.matches("^peerpool%.notice ", tostring(res[3]))
@@ -45,7 +35,7 @@ describe("peerpool errors", function()
 
   describe("timeout", function()
     it("ends an acquire at its deadline, in both styles", test(function(env)
-      local pool, srv, held = full_pool(env)
+      local pool, srv, held = env:full_pool()
       local now, later = acquire_cb(pool, srv.addr, { timeout = 30 })
       assert.same({ n = 1, true }, now)
       local why = "^timed out after %d+ ms waiting for " .. srv.addr:gsub("%p", "%%%0") ..
@@ -71,7 +61,7 @@ describe("peerpool errors", function()
     end))
 
     it("ends a notice's wait", test(function(env)
-      local pool, srv, held = full_pool(env)
+      local pool, srv, held = env:full_pool()
       local _, _, notice = pool:acquire(srv.addr, { busy = "fail" })
       assert.same({ n = 3, nil, "timeout", "capacity did not free in time" }, pack(notice:wait(20)))
       held:release()
@@ -81,7 +71,7 @@ describe("peerpool errors", function()
   describe("exhausted", function()
     local FULL = "the wait queue is full (backlog)"
     it("answers at once when the wait queue is full, in both styles", test(function(env)
-      local pool, srv, held = full_pool(env, { backlog = 1 })
+      local pool, srv, held = env:full_pool({ backlog = 1 })
       local waiting = acquire_cb(pool, srv.addr)
       assert.same({ n = 1, true }, waiting)
       assert.same({ n = 3, nil, "exhausted", FULL }, pack(pool:acquire(srv.addr)))
@@ -94,7 +84,7 @@ describe("peerpool errors", function()
     end))
 
     it("answers at once with backlog = 0", test(function(env)
-      local pool, srv, held = full_pool(env, { backlog = 0 })
+      local pool, srv, held = env:full_pool({ backlog = 0 })
       assert.same({ n = 3, nil, "exhausted", FULL }, pack(pool:acquire(srv.addr)))
       held:release()
     end))
@@ -129,8 +119,7 @@ describe("peerpool errors", function()
     end))
 
     it("names ETIMEDOUT when connects outlast connect_timeout", test(function(env)
-      local srv = env:blackhole()
-      local pool = env:pool_on(srv, { retries = 0, connect_timeout = 100 })
+      local pool, srv = env:pool_with("blackhole", { retries = 0, connect_timeout = 100 })
       local t0 = uv.now()
       local got = pack(pool:acquire(srv.addr))
       assert.same({ nil, "cannot_connect" }, { got[1], got[2] })
@@ -142,7 +131,7 @@ describe("peerpool errors", function()
 
   describe("closed", function()
     it("ends what waits when the pool closes, in both styles", test(function(env)
-      local pool, srv, held = full_pool(env)
+      local pool, srv, held = env:full_pool()
       local in_co
       peerpool.run(function() in_co = pack(pool:acquire(srv.addr)) end)
       local _, later = acquire_cb(pool, srv.addr)
@@ -206,8 +195,7 @@ describe("peerpool errors", function()
     end
 
     it("answers when the backoff policy burns the peer, in both styles", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool_on(srv, { policy = burn, retries = 3 })
+      local pool, srv = env:pool_with("refused", { policy = burn, retries = 3 })
       assert.same({ n = 3, nil, "burned", burned(srv.addr) }, pack(pool:acquire(srv.addr)))
       assert.equal("burned", pool:peer(srv.addr).state)
       assert.equal(1, pool:peer(srv.addr).attempts)
@@ -223,8 +211,7 @@ describe("peerpool errors", function()
     end))
 
     it("ends a callback acquire that was dialling", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool_on(srv, { policy = burn })
+      local pool, srv = env:pool_with("refused", { policy = burn })
       local now, later = acquire_cb(pool, srv.addr)
       assert.same({ n = 1, true }, now)
       wait_until(later)
@@ -232,8 +219,7 @@ describe("peerpool errors", function()
     end))
 
     it("is lifted by adding the address again", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool_on(srv, { policy = burn })
+      local pool, srv = env:pool_with("refused", { policy = burn })
       pool:acquire(srv.addr)
       assert.equal("burned", pool:peer(srv.addr).state)
       pool:add_peer(srv.addr)
@@ -243,8 +229,7 @@ describe("peerpool errors", function()
 
   describe("libuv names", function()
     it("come back from I/O on a conn the remote reset", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local conn = pool:acquire(srv.addr)
       conn:send("RESET\r\n")
       assert.same({ n = 3, nil, "ECONNRESET", "" }, pack(conn:receive()))
@@ -265,7 +250,7 @@ describe("peerpool errors", function()
 
   describe("canceled", function()
     it("ends a cancelled notice", test(function(env)
-      local pool, srv, held = full_pool(env)
+      local pool, srv, held = env:full_pool()
       local _, _, notice = pool:acquire(srv.addr, { busy = "fail" })
       notice:cancel()
       assert.same({ n = 3, nil, "canceled", "operation canceled" }, pack(notice:wait()))
@@ -275,8 +260,7 @@ describe("peerpool errors", function()
 
   describe("in callbacks and coroutines", function()
     it("are counted and the pool keeps serving", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       -- a plain coroutine, resumed by the pool when its acquire completes
       local co = coroutine.create(function()
         local conn = pool:acquire(srv.addr)
@@ -297,8 +281,7 @@ describe("peerpool errors", function()
     end))
 
     it("leave the failed coroutine dead", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local co = coroutine.create(function()
         pool:acquire(srv.addr):release()
         error("coroutine fails")

@@ -63,8 +63,7 @@ end
 
 -- A pool with the line server as its peer, and one PING through it.
 local function busy_pool(env, opts)
-  local srv = env:line()
-  local pool = env:pool_on(srv, opts)
+  local pool, srv = env:pool_with("line", opts)
   local conn = assert(pool:acquire(srv.addr))
   conn:send("PING\r\n")
   assert.equal("+PONG", conn:receive())
@@ -331,8 +330,7 @@ describe("pool:metrics()", function()
 
   it("adds per-peer series only when asked, for the N peers with the most traffic",
     test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local quiet = pool:add_peer("127.0.0.1:1")
       local unix = pool:add_peer("/tmp/pp-metrics-nobody.sock")
       local conn = assert(pool:acquire(srv.addr))

@@ -9,9 +9,7 @@ local CLOSED = "pool or connection is closed"
 
 -- A pool at capacity for one peer: the conn that holds it, and the notice of a busy answer.
 local function busy(env)
-  local srv = env:line()
-  local pool = env:pool_on(srv, { max_per_peer = 1 })
-  local held = assert(pool:acquire(srv.addr))
+  local pool, srv, held = env:full_pool()
   local res = pack(pool:acquire(srv.addr, { busy = "fail" }))
   assert.equal("busy", res[2])
   return res[3], held, pool, srv

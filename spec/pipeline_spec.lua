@@ -47,8 +47,8 @@ describe("pipelining", function()
 
   describe("conn:receive()", function()
     it("returns each lease's own replies while leases share one conn", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = "line", client_limit = 8, max_per_peer = 1 })
+      local pool, srv = env:pool_with("echo",
+        { framing = "line", client_limit = 8, max_per_peer = 1 })
       local bad = 0
       in_parallel(8, function(i)
         local conn = assert(pool:acquire(srv.addr))
@@ -68,8 +68,7 @@ describe("pipelining", function()
     end))
 
     it("refuses patterns and answers bad_state with nothing sent", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = "line" })
+      local pool, srv = env:pool_with("echo", { framing = "line" })
       local conn = assert(pool:acquire(srv.addr))
       assert.has_error(function() conn:receive("*l") end)
       local r = pack(conn:receive())
@@ -102,8 +101,7 @@ describe("pipelining", function()
     end))
 
     it("a reply for a released lease does not dirty the conn", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = "line", client_limit = 2 })
+      local pool, srv = env:pool_with("echo", { framing = "line", client_limit = 2 })
       local conn = assert(pool:acquire(srv.addr))
       conn:send("never read\n")
       conn:release()
@@ -114,8 +112,7 @@ describe("pipelining", function()
 
   describe("pool:request()", function()
     it("answers in a coroutine and with a callback", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = "line", client_limit = 4 })
+      local pool, srv = env:pool_with("echo", { framing = "line", client_limit = 4 })
       assert.equal("hi\n", pool:request(srv.addr, "hi\n"))
       local got
       assert.is_true(pool:request(srv.addr, "cb\n", function(err, reply) got = { err, reply } end))
@@ -194,8 +191,7 @@ describe("pipelining", function()
 
   describe("framing = function(buf)", function()
     it("frames replies split and coalesced", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { client_limit = 4, framing = function(buf)
+      local pool, srv = env:pool_with("echo", { client_limit = 4, framing = function(buf)
         local i = buf:find(";", 1, true)
         return i
       end })
@@ -215,8 +211,7 @@ describe("pipelining", function()
       ["runs forever"] = function() while true do end end,
     } do
       it("is contained when it " .. what, test(function(env)
-        local srv = env:echo()
-        local pool = env:pool_on(srv, { framing = fn, hook_budget = 10000 })
+        local pool, srv = env:pool_with("echo", { framing = fn, hook_budget = 10000 })
         local r = pack(pool:request(srv.addr, "x;"))
         assert.same({ n = 3, nil, "bad_reply" }, { n = 3, r[1], r[2] })
         assert.equal(1, pool:stats().hooks.framing.errors)
@@ -231,8 +226,8 @@ end)
 
 describe("pipelining, adversarial", function()
   it("a reply nobody asked for closes the conn (no stall behind kept bytes)", test(function(env)
-    local srv = env:ordered()
-    local pool = env:pool_on(srv, { framing = "line", client_limit = 4, io_timeout = 2000 })
+    local pool, srv = env:pool_with("ordered",
+      { framing = "line", client_limit = 4, io_timeout = 2000 })
     local conn = assert(pool:acquire(srv.addr))
     -- one request, two replies: "a" now, "+WOKE" 30 ms later with no request waiting
     assert(conn:send("ECHO a\nSLEEP 30\n"))
@@ -325,8 +320,7 @@ describe("pipelining, adversarial", function()
     end,
   } do
     it("a framer that " .. what .. " is contained", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = fn, hook_budget = 10000 })
+      local pool, srv = env:pool_with("echo", { framing = fn, hook_budget = 10000 })
       local r = pack(pool:request(srv.addr, "x\n"))
       if what == "yields" then
         assert.equal("bad_reply", r[2])
@@ -338,8 +332,7 @@ describe("pipelining, adversarial", function()
   end
 
   it("a reply over max_reply closes the conn; the pool carries on", test(function(env)
-    local srv = env:ordered()
-    local pool = env:pool_on(srv, { framing = { kind = "line", max_reply = 100 } })
+    local pool, srv = env:pool_with("ordered", { framing = { kind = "line", max_reply = 100 } })
     local r = pack(pool:request(srv.addr, "ECHO " .. ("y"):rep(200) .. "\n"))
     assert.same({ nil, "too_long" }, { r[1], r[2] })
     assert.equal("ok\r\n", pool:request(srv.addr, "ECHO ok\n"))
@@ -393,8 +386,8 @@ describe("pipelining, adversarial", function()
     end))
 
     it("a failed ping closes the framed conn; requests go to a new one", test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool_on(srv, { framing = "line", max_per_peer = 1, ping_after = 20 })
+      local pool, srv = env:pool_with("ordered",
+        { framing = "line", max_per_peer = 1, ping_after = 20 })
       assert(pool:load_policy { ping = function(conn)
         assert(conn:send("PING\n"))
         conn:receive()

@@ -6,6 +6,10 @@
 --
 -- env:pool(opts)         peerpool.new(opts), closed at the end of the test
 -- env:pool_on(srv, opts) env:pool(opts) with srv.addr added as its peer
+-- env:pool_with(kind, opts)   a new server env:<kind>() ("line", "echo", ...) and
+--                        env:pool_on(it, opts): pool, srv
+-- env:full_pool(opts)    a line server and a pool on it (opts, max_per_peer = 1) whose one conn
+--                        is held, so the peer is at capacity: pool, srv, held
 -- env:echo() / env:line() / env:refused() / env:closer() / env:hangup() / env:slow(ms) /
 -- env:blackhole() /
 -- env:deaf()
@@ -99,6 +103,18 @@ function Env:pool_on(srv, opts)
   local pool = self:pool(opts)
   pool:add_peer(srv.addr)
   return pool
+end
+
+function Env:pool_with(kind, opts)
+  local srv = self[kind](self)
+  return self:pool_on(srv, opts), srv
+end
+
+function Env:full_pool(opts)
+  opts = opts or {}
+  opts.max_per_peer = 1
+  local pool, srv = self:pool_with("line", opts)
+  return pool, srv, assert(pool:acquire(srv.addr))
 end
 
 function Env:add(srv)

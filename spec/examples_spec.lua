@@ -8,33 +8,8 @@ describe("scripts/examples", function()
   end
 
   local free_port = require "spec.support.helpers".free_port
-
-  -- redis-servers started by the running test: busted keeps one finally per test, so one
-  -- list, killed after each test.
-  local started = {}
-  after_each(function()
-    for _, pid in ipairs(started) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
-    started = {}
-  end)
-
-  -- Start a redis-server on a free loopback port (or `port`), killed when the test ends; its
-  -- address and pid, or nil when redis-server is not installed.
-  local function redis(port)
-    local exe = io.popen("command -v redis-server"):read("l")
-    if not exe then return nil end
-    port = port or free_port()
-    local server = io.popen(string.format(
-      "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
-      ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-    started[#started + 1] = server
-    -- wait until it answers (redis-cli comes with redis-server on Debian)
-    for _ = 1, 100 do
-      local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
-      if r:match("PONG") then break end
-      os.execute("sleep 0.05")
-    end
-    return "127.0.0.1:" .. port, server, port
-  end
+  local redis = require "spec.support.redis"
+  after_each(redis.kill_started)
 
   -- Run an example with lua5.4 (20 s at most); its output and whether it exited with 0.
   local function run(script, args, env)
@@ -48,11 +23,21 @@ describe("scripts/examples", function()
     return out
   end
 
+  -- Start n redis-servers and run the example `script` on their addresses (with `env`): its
+  -- output and the addresses; nil when redis-server is not installed.
+  local function run_on_redis(n, script, env)
+    local addrs = {}
+    for i = 1, n do
+      addrs[i] = redis.start()
+      if not addrs[i] then return nil end
+    end
+    return run(script, addrs, env), addrs
+  end
+
   describe("redis_ping.lua", function()
     it("pings a real redis-server through the pool and prints the pool's stats", function()
-      local addr = redis()
-      if not addr then return pending("redis-server is not installed (make test installs it)") end
-      local out = run("redis_ping.lua", { addr })
+      local out = run_on_redis(1, "redis_ping.lua")
+      if not out then return pending(redis.MISSING) end
       assert.matches("PONG", out)
       assert.matches("acquires", out)
     end)
@@ -61,8 +46,8 @@ describe("scripts/examples", function()
   describe("redis_hostname.lua", function()
     it("PINGs a real redis-server named localhost:PORT and shows the address it resolved to",
       function()
-        local addr = redis()
-        if not addr then return pending("redis-server is not installed (make test installs it)") end
+        local addr = redis.start()
+        if not addr then return pending(redis.MISSING) end
         local port = addr:match(":(%d+)$")
         local out = run("redis_hostname.lua", { "localhost:" .. port })
         local name = "localhost:" .. port
@@ -75,10 +60,8 @@ describe("scripts/examples", function()
   describe("redis_drain.lua", function()
     it("warms conns, drains and removes a backend, and closes gracefully without a failure",
       function()
-        local blue = redis()
-        if not blue then return pending("redis-server is not installed (make test installs it)") end
-        local green = redis()
-        local out = run("redis_drain.lua", { blue, green })
+        local out = run_on_redis(2, "redis_drain.lua")
+        if not out then return pending(redis.MISSING) end
         assert.matches("warm before the first request: 4 idle conns %(min_idle 2 per backend%)",
           out)
         assert.matches("blue drained in %d+ ms: 0 conns", out)
@@ -94,10 +77,10 @@ describe("scripts/examples", function()
   describe("redis_shards.lua", function()
     it("keeps every key on its shard while one of three redis-servers dies and comes back",
       function()
-        local a = redis()
-        if not a then return pending("redis-server is not installed (make test installs it)") end
-        local b, b_pid, b_port = redis()
-        local c = redis()
+        local a = redis.start()
+        if not a then return pending(redis.MISSING) end
+        local b, b_pid, b_port = redis.start()
+        local c = redis.start()
         local out = os.tmpname()
         local done = os.tmpname()
         os.execute(string.format(
@@ -107,7 +90,7 @@ describe("scripts/examples", function()
         os.execute("sleep 1")
         os.execute("kill -9 " .. b_pid) -- the shard dies mid-run
         os.execute("sleep 0.7")
-        redis(b_port) -- and comes back on the same port
+        redis.start(b_port) -- and comes back on the same port
         local status
         for _ = 1, 200 do
           local f = io.open(done)
@@ -139,11 +122,8 @@ describe("scripts/examples", function()
   describe("redis_workers.lua", function()
     it("runs ten workers with Lua hooks over three real redis-servers, every GET right",
       function()
-        local addrs = { (redis()), (redis()), (redis()) }
-        if not addrs[1] then
-          return pending("redis-server is not installed (make test installs it)")
-        end
-        local out = run("redis_workers.lua", addrs, "ROUNDS=100")
+        local out = run_on_redis(3, "redis_workers.lua", "ROUNDS=100")
+        if not out then return pending(redis.MISSING) end
         for w = 1, 10 do assert.matches("worker " .. w .. ": 127", out, 1, true) end
         assert.matches("pool: 1000 acquires, %d+ conns opened, %d+ handshakes, 0 hook errors, " ..
           "0 failures", out)
@@ -153,9 +133,9 @@ describe("scripts/examples", function()
   describe("metrics_server.lua", function()
     it("serves its pool's metrics while it PINGs a real redis-server, and reads them back",
       function()
-        local addr = redis()
-        if not addr then return pending("redis-server is not installed (make test installs it)") end
-        local out = run("metrics_server.lua", { addr }, "PORT=0 SECONDS=1")
+        local out, addrs = run_on_redis(1, "metrics_server.lua", "PORT=0 SECONDS=1")
+        if not out then return pending(redis.MISSING) end
+        local addr = addrs[1]
         assert.matches("metrics on http://127%.0%.0%.1:%d+/metrics", out)
         assert.matches("scraped %d+ bytes: HTTP/1%.1 200 OK", out)
         local acquires = tonumber(out:match('\npeerpool_acquires_total{pool="redis"} (%d+)\n'))
@@ -177,11 +157,11 @@ describe("scripts/examples", function()
         assert(os.execute("mkdir -p " .. dir .. " && sh spec/c/tls_certs.sh " .. dir) == true)
         local port = free_port()
         local log = dir .. "/redis.log"
-        started[#started + 1] = io.popen(string.format(
+        redis.kill_later(io.popen(string.format(
           "exec %s --port 0 --tls-port %d --bind 127.0.0.1 --tls-cert-file %s/server.pem " ..
           "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem --tls-auth-clients no " ..
           "--save '' --appendonly no --dir %s >%s 2>&1 & echo $!",
-          exe, port, dir, dir, dir, dir, log)):read("l")
+          exe, port, dir, dir, dir, dir, log)):read("l"))
         for _ = 1, 100 do
           local f = io.open(log)
           local text = f and f:read("a") or ""

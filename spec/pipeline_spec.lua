@@ -3,6 +3,7 @@
 -- pipeline, the Lua framer's containment; and pipelining correctness against real
 -- redis-servers (PIPE_REQUESTS requests per coroutine, 2000 by default).
 local H = require "spec.support.helpers"
+local redis = require "spec.support.redis"
 local peerpool = require "peerpool"
 
 local test, pack, wait_until = H.test, H.pack, H.wait_until
@@ -62,9 +63,8 @@ describe("pipelining", function()
         conn:release()
       end)
       assert.equal(0, bad)
-      local st = pool:stats()
-      assert.equal(1, st.conns)
-      assert.equal(0, st.closed.broken + st.closed.discarded + st.closed.remote)
+      assert.equal(1, pool:stats().conns)
+      assert.equal(0, H.troubled(pool))
     end))
 
     it("refuses patterns and answers bad_state with nothing sent", test(function(env)
@@ -254,9 +254,8 @@ describe("pipelining, adversarial", function()
       assert.equal("+WOKE\r\n", a:receive()) -- a's reply, on the conn b's release left alone
       assert.equal("closed", b_got[2])
       a:release()
-      local st = pool:stats()
-      assert.equal(1, st.conns)
-      assert.equal(0, st.closed.discarded + st.closed.broken + st.closed.remote)
+      assert.equal(1, pool:stats().conns)
+      assert.equal(0, H.troubled(pool))
     end))
 
   it("a lease collected with requests in flight leaves the shared conn to the others",
@@ -404,40 +403,15 @@ end)
 
 -- ---- against real redis-servers ------------------------------------------------------------
 
-local function redis_server()
-  local exe = io.popen("command -v redis-server"):read("l")
-  if not exe then return nil end
-  local uv = require "luv"
-  local t = uv.new_tcp()
-  t:bind("127.0.0.1", 0)
-  local port = t:getsockname().port
-  t:close()
-  uv.run("nowait")
-  local pid = io.popen(string.format(
-    "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
-    ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-  for _ = 1, 100 do
-    local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
-    if r:match("PONG") then break end
-    os.execute("sleep 0.05")
-  end
-  return "127.0.0.1:" .. port, pid, port
-end
-
 local function echo_cmd(s) return ("*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n"):format(#s, s) end
 local function bulk(s) return ("$%d\r\n%s\r\n"):format(#s, s) end
 
 describe("pipelining against redis-server", function()
-  local pids = {}
-  after_each(function()
-    for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
-    pids = {}
-  end)
+  after_each(redis.kill_started)
 
   it("matches every reply to its own request (32 coroutines, 2 shared conns)", test(function(env)
-    local addr, pid = redis_server()
-    if not addr then return pending("redis-server is not installed") end
-    pids[#pids + 1] = pid
+    local addr = redis.start()
+    if not addr then return pending(redis.MISSING) end
     -- (under GC stress every entry into Lua runs a full collection: fewer requests there)
     local per = tonumber(os.getenv("PIPE_REQUESTS"))
       or (os.getenv("PEERPOOL_GC_STRESS") == "1" and 50 or 2000)
@@ -462,16 +436,14 @@ describe("pipelining against redis-server", function()
     assert.equal(32 * per, done)
     assert.equal(0, failed)
     assert.equal(0, mismatched)
-    local st = pool:stats()
-    assert.equal(2, st.conns)
-    assert.equal(0, st.closed.broken + st.closed.discarded + st.closed.remote)
+    assert.equal(2, pool:stats().conns)
+    assert.equal(0, H.troubled(pool))
   end))
 
   it("a conn killed mid-pipeline fails exactly its requests in flight, once each",
     test(function(env)
-      local addr, pid, port = redis_server()
-      if not addr then return pending("redis-server is not installed") end
-      pids[#pids + 1] = pid
+      local addr, _, port = redis.start()
+      if not addr then return pending(redis.MISSING) end
       local pool = env:pool { framing = "resp", client_limit = 16, max_per_peer = 1 }
       pool:add_peer(addr)
       -- the conn's id, asked on the conn itself

@@ -17,6 +17,8 @@
 -- H.sleep(ms)            yield the running coroutine for ms
 -- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
 -- H.pack(...)            table.pack
+-- H.troubled(pool)      how many conns the pool closed for trouble: broken, discarded (state
+--                        unknown) or closed by the remote
 -- H.pick(t, like)        the fields of t that `like` has, for assert.same(like, H.pick(t, like))
 --                        on part of a table (stats, views)
 -- H.child(code [, sh])   run `code` in a fresh lua5.4 process with the module's paths (after
@@ -33,6 +35,11 @@ local H = {}
 
 H.WATCHDOG_MS = 10000
 H.pack = table.pack
+
+function H.troubled(pool)
+  local closed = pool:stats().closed
+  return closed.broken + closed.discarded + closed.remote
+end
 
 function H.pick(t, like)
   local out = {}

@@ -64,7 +64,7 @@ describe("peerpool (garbage collection)", function()
       wait_until(function() return srv.open == 1 end)
       full_gc()
       assert.equal(before, #peerpool.pools())
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
     end))
 
     it("stays open while a conn it lent is alive, and goes with it", test(function(env)
@@ -83,7 +83,7 @@ describe("peerpool (garbage collection)", function()
       conn = nil -- luacheck: ignore 311
       full_gc()
       assert.equal(before, #peerpool.pools())
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
     end))
 
     it("stays open while an acquire callback is pending", test(function(env)
@@ -102,7 +102,7 @@ describe("peerpool (garbage collection)", function()
       got[2]:release()
       got = nil
       full_gc()
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
     end))
   end)
 
@@ -113,22 +113,18 @@ describe("peerpool (garbage collection)", function()
       forgotten_conn(pool, srv.addr)
       assert.equal(1, pool:stats().active)
       full_gc()
-      local s = pool:stats()
-      assert.equal(1, s.leaked_leases)
-      assert.equal(0, s.released_broken)
+      local leaked = { leaked_leases = 1, released_broken = 0, active = 0 }
+      assert.same(leaked, H.pick(pool:stats(), leaked))
       assert.equal(0, pool:peer(srv.addr).failures)
-      assert.equal(0, s.active)
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
     end))
 
     it("collected after release counts nothing", test(function(env)
       local pool, srv = env:pool_with("line")
       pool:acquire(srv.addr):release()
       full_gc()
-      local s = pool:stats()
-      assert.equal(0, s.leaked_leases)
-      assert.equal(0, s.released_broken)
-      assert.equal(1, s.idle)
+      local nothing = { leaked_leases = 0, released_broken = 0, idle = 1 }
+      assert.same(nothing, H.pick(pool:stats(), nothing))
     end))
 
     it("collected while leased after its pool closed counts a leak and nothing breaks",
@@ -137,7 +133,7 @@ describe("peerpool (garbage collection)", function()
         forgotten_conn(pool, srv.addr)
         pool:close()
         full_gc()
-        wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+        H.wait_closed(srv)
       end))
 
     it("waiting in receive is not collected", test(function(env)
@@ -297,41 +293,30 @@ describe("peerpool (garbage collection)", function()
     end))
   end)
 
+  -- Run `code` in a child lua5.4 (H.child): it must print `out`, nothing on stderr, and exit
+  -- with `status` (0 unless given).
+  local function child_ends(code, out, status)
+    local _, got_status, got_out, err = H.child(code)
+    assert.same({ status or 0, out, "" }, { got_status, got_out, err })
+  end
+
   describe("lua_close", function()
-    it("at the end of a script with live pools, conns and waits exits cleanly", function()
-      local ok, status, out, err = H.child(LIVE)
-      assert.equal("live\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
-    end)
-
-    it("by os.exit(true, true) with live pools, conns and waits exits cleanly", function()
-      local ok, status, out, err = H.child(LIVE .. "os.exit(true, true)\n")
-      assert.equal("live\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
-    end)
-
-    it("by os.exit(false, true) exits with status 1 and nothing else", function()
-      local ok, status, out, err = H.child(LIVE .. "os.exit(false, true)\n")
-      assert.equal("live\n", out)
-      assert.equal("", err)
-      assert.is_false(ok)
-      assert.equal(1, status)
-    end)
-
-    it("after the program closed everything exits cleanly", function()
-      local ok, status, out, err = H.child(LIVE .. [[
+    for _, case in ipairs {
+      { "at the end of a script with live pools, conns and waits exits cleanly", LIVE, "live\n" },
+      { "by os.exit(true, true) with live pools, conns and waits exits cleanly",
+        LIVE .. "os.exit(true, true)\n", "live\n" },
+      { "by os.exit(false, true) exits with status 1 and nothing else",
+        LIVE .. "os.exit(false, true)\n", "live\n", 1 },
+      { "after the program closed everything exits cleanly", LIVE .. [[
         for _, p in ipairs(peerpool.pools()) do p:close() end
         srv:close()
         for _ = 1, 100 do if not uv.loop_alive() then break end uv.run("nowait") end
         io.write(#peerpool.pools(), "\n")
         os.exit(true, true)
-      ]])
-      assert.equal("live\n0\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
-    end)
+      ]], "live\n0\n" },
+    } do
+      it(case[1], function() child_ends(case[2], case[3], case[4]) end)
+    end
   end)
 
   describe("luv", function()
@@ -370,17 +355,11 @@ describe("peerpool (garbage collection)", function()
     end
 
     it("required again after clearing package.loaded keeps the pools' loop", function()
-      local ok, status, out, err = H.child(reloaded(false))
-      assert.equal("+PONG 2\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
+      child_ends(reloaded(false), "+PONG 2\n")
     end)
 
     it("and peerpool required again after clearing package.loaded keep working", function()
-      local ok, status, out, err = H.child(reloaded(true))
-      assert.equal("+PONG 2\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
+      child_ends(reloaded(true), "+PONG 2\n")
     end)
   end)
 end)

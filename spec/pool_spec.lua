@@ -741,7 +741,7 @@ describe("peerpool.pool", function()
       a:release()
       wait_until(function() return srv.open == 2 end)
       pool:close()
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see both conns closed")
+      H.wait_closed(srv)
       -- a conn still leased is detached: I/O answers closed, release is harmless
       assert.same({ n = 3, nil, "closed", CLOSED }, pack(b:send("PING\r\n")))
       assert.same({ n = 3, nil, "closed", "" }, pack(b:receive()))
@@ -772,7 +772,7 @@ describe("peerpool.pool", function()
         kept = pool
       end
       assert.matches("^peerpool%.pool %(closed%)", tostring(kept))
-      wait_until(function() return srv.open == 0 end)
+      H.wait_closed(srv)
     end))
   end)
 
@@ -846,7 +846,7 @@ describe("peerpool.pool", function()
       wait_until(function() return pool:stats().closed.idle == 1 end, 2000)
       assert.equal(0, pool:stats().conns)
       assert.equal("disconnected", pool:peer(srv.addr).state)
-      wait_until(function() return srv.open == 0 end)
+      H.wait_closed(srv)
     end))
 
     it("max_lifespan closes a conn when its lease ends after it", test(function(env)

@@ -16,6 +16,7 @@
 --                        servers (spec/support/servers.lua), closed at the end of the test
 -- H.sleep(ms)            yield the running coroutine for ms
 -- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
+-- H.wait_closed(srv, ms) H.wait_until(ms) the server has no conn open: it saw every close
 -- H.pack(...)            table.pack
 -- H.troubled(pool)      how many conns the pool closed for trouble: broken, discarded (state
 --                        unknown) or closed by the remote
@@ -78,6 +79,10 @@ function H.wait_until(pred, ms, what)
     end
     H.sleep(2)
   end
+end
+
+function H.wait_closed(srv, ms)
+  H.wait_until(function() return srv.open == 0 end, ms, "the server to see every conn closed")
 end
 
 -- Let the loop go round `n` (5) whole iterations, so that callbacks deferred to a later tick

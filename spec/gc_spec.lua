@@ -18,6 +18,22 @@ local function forgotten_pool(srv)
   pool:acquire(srv.addr):release()
 end
 
+-- Collect: the pools made since there were `before` (#peerpool.pools()) are gone, and srv saw
+-- their conns closed.
+local function collected(before, srv)
+  full_gc()
+  assert.equal(before, #peerpool.pools())
+  H.wait_closed(srv)
+end
+
+-- Collect while something waits for the capacity `held` holds, then release it and wait until
+-- done() is true: what waited must have survived the collection.
+local function collect_then_free(held, done)
+  full_gc()
+  held:release()
+  wait_until(done)
+end
+
 -- Lease a conn of `pool` and forget it.
 local function forgotten_conn(pool, addr)
   pool:acquire(addr)
@@ -62,9 +78,7 @@ describe("peerpool (garbage collection)", function()
       forgotten_pool(srv)
       assert.equal(before + 1, #peerpool.pools())
       wait_until(function() return srv.open == 1 end)
-      full_gc()
-      assert.equal(before, #peerpool.pools())
-      H.wait_closed(srv)
+      collected(before, srv)
     end))
 
     it("stays open while a conn it lent is alive, and goes with it", test(function(env)
@@ -81,9 +95,7 @@ describe("peerpool (garbage collection)", function()
       assert.equal("+PONG", conn:receive())
       conn:release()
       conn = nil -- luacheck: ignore 311
-      full_gc()
-      assert.equal(before, #peerpool.pools())
-      H.wait_closed(srv)
+      collected(before, srv)
     end))
 
     it("stays open while an acquire callback is pending", test(function(env)
@@ -161,9 +173,7 @@ describe("peerpool (garbage collection)", function()
         got = tostring(conn)
         conn:release()
       end)
-      full_gc()
-      held:release()
-      wait_until(function() return got end)
+      collect_then_free(held, function() return got end)
       assert.matches("^peerpool%.conn ", got)
     end))
 
@@ -174,9 +184,7 @@ describe("peerpool (garbage collection)", function()
         got = { err, conn }
         conn:release()
       end)
-      full_gc()
-      held:release()
-      wait_until(function() return got end)
+      collect_then_free(held, function() return got end)
       assert.is_nil(got[1])
     end))
   end)
@@ -232,9 +240,7 @@ describe("peerpool (garbage collection)", function()
         assert(code == "busy")
         got = pack(notice:wait(2000))
       end)
-      full_gc()
-      held:release()
-      wait_until(function() return got end)
+      collect_then_free(held, function() return got end)
       assert.same({ n = 1, true }, got)
     end))
   end)
@@ -273,9 +279,7 @@ describe("peerpool (garbage collection)", function()
         local _, _, notice = pool:acquire(srv.addr, { busy = "fail" })
         notice:on_free(function(err) got = { err } end)
       end)()
-      full_gc()
-      held:release()
-      wait_until(function() return got end)
+      collect_then_free(held, function() return got end)
       assert.same({}, got)
     end))
 

@@ -642,8 +642,7 @@ describe("peerpool.policies", function()
 
     it("reads a peerpool address book", test(function(env)
       local srv = env:line()
-      local book = env:tmpname()
-      os.remove(book)
+      local book = env:tmppath()
       local first = env:pool { address_book = book }
       first:add_peer(srv.addr)
       first:close()

@@ -1,6 +1,7 @@
 -- Helpers for the policy specs, on top of spec/support/helpers.lua (H.test and its env):
 --
---   P.test(fn)            H.test(fn), plus env:tmpname() files removed after the test and
+--   P.test(fn)            H.test(fn), plus env:tmpname() files (env:tmppath(): a path with no
+--                         file yet) removed after the test and
 --                         env:node(opts) / env:redis(opts) / env:many(n, kind) servers
 --   P.spy(fn)             a wrapper of fn, and the list where it records every call's
 --                         arguments and results ({ args = pack(...), res = pack(...) })
@@ -48,6 +49,12 @@ local function env_tmpname(env)
   return path
 end
 
+local function env_tmppath(env)
+  local path = env_tmpname(env)
+  os.remove(path)
+  return path
+end
+
 local function env_node(env, opts) return env:add(S.node(opts)) end
 local function env_redis(env, opts) return env:add(S.redis(opts)) end
 
@@ -72,7 +79,8 @@ end
 function P.test(fn)
   return H.test(function(env)
     env.tmpfiles = {}
-    env.tmpname, env.node, env.redis, env.many = env_tmpname, env_node, env_redis, env_many
+    env.tmpname, env.tmppath = env_tmpname, env_tmppath
+    env.node, env.redis, env.many = env_node, env_redis, env_many
     local ok, err = xpcall(fn, function(e)
       if type(e) == "string" then return debug.traceback(e, 2) end
       return e

@@ -254,8 +254,7 @@ describe("peerpool.pool", function()
 
     it("keeps io_timeout for the receives and requests of leases still held", test(function(env)
       -- (the drain used to stop the io_timeout timers: a silent peer held them until drain_ms)
-      local srv = env:line()
-      local pool = env:pool { peers = { srv.addr }, io_timeout = 100 }
+      local pool, srv = env:static_pool("line", { io_timeout = 100 })
       local framed = env:pool { peers = { srv.addr }, io_timeout = 100, framing = "line" }
       assert.equal("+PONG\r\n", framed:request(nil, "PING\r\n")) -- a conn to pipeline on
       local conn = assert(pool:acquire(srv.addr))

@@ -262,8 +262,7 @@ describe("peerpool.policies", function()
       end)
 
     it("chooses among a shared peer's conns on a real pool", test(function(env)
-      local srv = env:line()
-      local pool = env:pool { peers = { srv.addr }, client_limit = 2, max_per_peer = 2 }
+      local pool, srv = env:static_pool("line", { client_limit = 2, max_per_peer = 2 })
       local ll = lib("least_loaded").new()
       local seen
       assert(pool:load_policy { select_conn = function(conns, ctx)
@@ -477,8 +476,7 @@ describe("peerpool.policies", function()
     end)
 
     it("burns a dead peer on a real pool after burn_after failures", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 10 }
+      local pool, srv = env:static_pool("refused", { retries = 10 })
       assert(pool:load_policy(lib("backoff_exponential").new { base_ms = 2, burn_after = 3 }))
       assert.equal("burned", select(2, pool:acquire(srv.addr)))
       assert.equal(3, pool:peer(srv.addr).attempts)
@@ -508,8 +506,7 @@ describe("peerpool.policies", function()
     it("burns per burn_after and burn_on, and serves a real pool", test(function(env)
       local b = lib("backoff_decorrelated").new { base_ms = 1, cap_ms = 5, burn_after = 4 }
       assert.is_false(b.backoff(4, "ECONNREFUSED", { addr = "10.0.0.1:1" }))
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 10 }
+      local pool, srv = env:static_pool("refused", { retries = 10 })
       assert(pool:load_policy(b))
       assert.equal("burned", select(2, pool:acquire(srv.addr)))
       assert.equal(4, pool:peer(srv.addr).attempts)
@@ -526,8 +523,7 @@ describe("peerpool.policies", function()
       end
       assert.equal(30, lib("backoff_fixed").new { base_ms = 30, jitter_ms = 50, cap_ms = 30 }
         .backoff(1, "x"))
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 2 }
+      local pool, srv = env:static_pool("refused", { retries = 2 })
       assert(pool:load_policy(lib("backoff_fixed").new { base_ms = 40 }))
       local t0 = uv.now()
       assert.equal("cannot_connect", select(2, pool:acquire(srv.addr)))
@@ -956,8 +952,7 @@ describe("peerpool.policies", function()
       end))
 
     it("of a module with options: edit the defaults at the top", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 1 }
+      local pool, srv = env:static_pool("refused", { retries = 1 })
       local text = assert(P.read(path_of("backoff_fixed")))
       local edited, n = text:gsub("base_ms = { 1000,", "base_ms = { 25,")
       assert.equal(1, n)

@@ -119,8 +119,7 @@ describe("peerpool policy hooks", function()
     end)
 
     it("swaps on a live pool without touching leased or idle conns", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool, srv = env:static_pool("node")
       local held = assert(pool:acquire(srv.addr))
       local idle = assert(pool:acquire(srv.addr))
       idle:release()
@@ -228,8 +227,7 @@ describe("peerpool policy hooks", function()
       end))
 
     it("is not asked when there is only one candidate", test(function(env)
-      local srv = env:line()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool = env:static_pool("line")
       assert(pool:load_policy { select_peer = function() error("asked") end })
       for _ = 1, 3 do
         local conn = assert(pool:acquire())
@@ -278,8 +276,7 @@ describe("peerpool policy hooks", function()
 
   describe("select_conn(conns, ctx)", function()
     it("chooses among a peer's usable conns, seeing their leases and idle_ms", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool, srv = env:static_pool("node")
       local a = assert(pool:acquire(srv.addr))
       local b = assert(pool:acquire(srv.addr))
       assert.same({ 1, 2 }, { who(a), who(b) })
@@ -310,8 +307,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("sees shared conns' lease counts (client_limit > 1)", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, client_limit = 3, max_per_peer = 2 }
+      local pool, srv = env:static_pool("node", { client_limit = 3, max_per_peer = 2 })
       local leases = {}
       assert(pool:load_policy { select_conn = function(conns)
         leases = {}
@@ -336,8 +332,7 @@ describe("peerpool policy hooks", function()
   describe("backoff(attempt, err, peer)", function()
     it("is called after each failed attempt with the attempt, the error code and a peer view",
       test(function(env)
-        local srv = env:refused()
-        local pool = env:pool { peers = { srv.addr }, retries = 2 }
+        local pool, srv = env:static_pool("refused", { retries = 2 })
         local calls = {}
         assert(pool:load_policy { backoff = function(attempt, err, peer)
           calls[#calls + 1] = { attempt, err, peer.addr, peer.attempts, type(peer.latency_ms) }
@@ -354,8 +349,7 @@ describe("peerpool policy hooks", function()
       end))
 
     it("delays the next attempt by the milliseconds it answers", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 2 }
+      local pool, srv = env:static_pool("refused", { retries = 2 })
       assert(pool:load_policy { backoff = function() return 60 end })
       local t0 = uv.now()
       assert.equal("cannot_connect", select(2, pool:acquire(srv.addr)))
@@ -469,8 +463,7 @@ describe("peerpool policy hooks", function()
 
   describe("handshake(conn)", function()
     it("runs on each new conn as a coroutine; true makes the peer ready", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool, srv = env:static_pool("node")
       local states = {}
       pool:on("state", function(_, from, to) states[#states + 1] = from .. ">" .. to end)
       local peer_seen
@@ -508,8 +501,7 @@ describe("peerpool policy hooks", function()
       end))
 
     it("fails the attempt when it outlives handshake_timeout", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, retries = 0, handshake_timeout = 60 }
+      local pool, srv = env:static_pool("node", { retries = 0, handshake_timeout = 60 })
       local got
       assert(pool:load_policy { handshake = function(conn)
         conn:send("SILENT\r\n")
@@ -525,8 +517,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("lends a conn that can send and receive but not be released or closed", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool, srv = env:static_pool("node")
       local kept, rel, clo
       assert(pool:load_policy { handshake = function(conn)
         kept = conn
@@ -552,8 +543,7 @@ describe("peerpool policy hooks", function()
     end
 
     it("checks a conn that idled longer than ping_after before lending it", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, ping_after = 20, max_per_peer = 1 }
+      local pool, srv = env:static_pool("node", { ping_after = 20, max_per_peer = 1 })
       assert(pool:load_policy { ping = ping })
       local conn = assert(pool:acquire(srv.addr))
       conn:release()
@@ -569,8 +559,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("closes a conn whose ping fails; the acquire gets another conn", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, ping_after = 20, max_per_peer = 1 }
+      local pool, srv = env:static_pool("node", { ping_after = 20, max_per_peer = 1 })
       assert(pool:load_policy { ping = function() return false end })
       local conn = assert(pool:acquire(srv.addr))
       conn:release()
@@ -584,8 +573,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("pings idle conns every keepalive ms", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, keepalive = 20 }
+      local pool, srv = env:static_pool("node", { keepalive = 20 })
       assert(pool:load_policy { ping = ping })
       local conn = assert(pool:acquire(srv.addr))
       conn:release()
@@ -723,8 +711,7 @@ describe("peerpool policy hooks", function()
 
     it("an error reporter cannot close the pool in the middle of a hook's decision",
       test(function(env)
-        local srv = env:node()
-        local pool = env:pool { peers = { srv.addr }, max_per_peer = 2 }
+        local pool, srv = env:static_pool("node", { max_per_peer = 2 })
         local a, b = assert(pool:acquire(srv.addr)), assert(pool:acquire(srv.addr))
         a:release()
         b:release() -- two idle conns: the next acquire asks select_conn
@@ -956,8 +943,7 @@ describe("peerpool policy hooks", function()
   describe("burning", function()
     it("a peer whose backoff answers false is burned; acquires for it answer burned",
       test(function(env)
-        local srv = env:refused()
-        local pool = env:pool { peers = { srv.addr }, retries = 5 }
+        local pool, srv = env:static_pool("refused", { retries = 5 })
         assert(pool:load_policy {
           backoff = function(attempt) return attempt < 2 and 1 or false end })
         local states = {}
@@ -986,8 +972,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("a burned peer's conns are not lent again", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, retries = 0, max_per_peer = 2 }
+      local pool, srv = env:static_pool("node", { retries = 0, max_per_peer = 2 })
       local held = assert(pool:acquire(srv.addr))
       -- a second dial fails its handshake and the backoff burns the peer
       assert(pool:load_policy { handshake = function() return false end,

@@ -8,6 +8,7 @@
 -- env:pool_on(srv, opts) env:pool(opts) with srv.addr added as its peer
 -- env:pool_with(kind, opts)   a new server env:<kind>() ("line", "echo", ...) and
 --                        env:pool_on(it, opts): pool, srv
+-- env:static_pool(kind, opts)   the same with the server listed in opts.peers (a static peer)
 -- env:full_pool(opts)    a line server and a pool on it (opts, max_per_peer = 1) whose one conn
 --                        is held, so the peer is at capacity: pool, srv, held
 -- env:echo() / env:line() / env:refused() / env:closer() / env:hangup() / env:slow(ms) /
@@ -120,6 +121,13 @@ end
 function Env:pool_with(kind, opts)
   local srv = self[kind](self)
   return self:pool_on(srv, opts), srv
+end
+
+function Env:static_pool(kind, opts)
+  local srv = self[kind](self)
+  opts = opts or {}
+  opts.peers = { srv.addr }
+  return self:pool(opts), srv
 end
 
 function Env:full_pool(opts)

@@ -23,6 +23,17 @@ local function later(ms, fn)
   end)
 end
 
+-- Give notice an on_free fn (on_free returns the notice), then end_it(): fn must be called on
+-- a later tick, never inside end_it, with the arguments `want` (packed).
+local function on_free_gets(notice, end_it, want)
+  local got
+  assert.equal(notice, notice:on_free(function(...) got = pack(...) end))
+  end_it()
+  assert.is_nil(got)
+  wait_until(function() return got end)
+  assert.same(want, got)
+end
+
 describe("peerpool.notice", function()
   describe(":wait()", function()
     it("waits again once the coroutine that was waiting has been closed", test(function(env)
@@ -128,32 +139,18 @@ describe("peerpool.notice", function()
     it("calls fn(nil) when capacity frees, on a later tick, and returns the notice",
       test(function(env)
         local notice, held = busy(env)
-        local got
-        assert.equal(notice, notice:on_free(function(...) got = pack(...) end))
-        held:release()
-        assert.is_nil(got)
-        wait_until(function() return got end)
-        assert.same({ n = 1, nil }, got)
+        on_free_gets(notice, function() held:release() end, pack(nil))
       end))
 
     it("calls fn('canceled') on cancel", test(function(env)
       local notice, held = busy(env)
-      local got
-      notice:on_free(function(...) got = pack(...) end)
-      assert.is_true(notice:cancel())
-      assert.is_nil(got)
-      wait_until(function() return got end)
-      assert.same({ n = 1, "canceled" }, got)
+      on_free_gets(notice, function() assert.is_true(notice:cancel()) end, pack("canceled"))
       held:release()
     end))
 
     it("calls fn('closed') when the pool closes", test(function(env)
       local notice, held, pool = busy(env)
-      local got
-      notice:on_free(function(...) got = pack(...) end)
-      pool:close()
-      wait_until(function() return got end)
-      assert.same({ n = 1, "closed" }, got)
+      on_free_gets(notice, function() pool:close() end, pack("closed"))
       held:release()
     end))
 
@@ -161,11 +158,7 @@ describe("peerpool.notice", function()
       local notice, held = busy(env)
       held:release()
       assert.is_true(notice:wait())
-      local got
-      notice:on_free(function(...) got = pack(...) end)
-      assert.is_nil(got)
-      wait_until(function() return got end)
-      assert.same({ n = 1, nil }, got)
+      on_free_gets(notice, function() end, pack(nil))
     end))
 
     it("tells both a waiting coroutine and fn", test(function(env)

@@ -15,6 +15,14 @@ local function busy(env)
   return res[3], held, pool, srv
 end
 
+-- A notice that has fired: the capacity it waited for freed, and a wait saw it.
+local function fired(env)
+  local notice, held = busy(env)
+  held:release()
+  assert.is_true(notice:wait())
+  return notice
+end
+
 -- Run fn in a coroutine of its own after `ms`.
 local function later(ms, fn)
   peerpool.run(function()
@@ -60,9 +68,7 @@ describe("peerpool.notice", function()
     end))
 
     it("returns at once, even outside a coroutine, once it has fired", test(function(env)
-      local notice, held = busy(env)
-      held:release()
-      assert.is_true(notice:wait())
+      local notice = fired(env)
       local res
       local t = uv.new_timer()
       t:start(0, 0, function() -- the main thread: no coroutine
@@ -155,9 +161,7 @@ describe("peerpool.notice", function()
     end))
 
     it("calls fn later when the notice has already fired", test(function(env)
-      local notice, held = busy(env)
-      held:release()
-      assert.is_true(notice:wait())
+      local notice = fired(env)
       on_free_gets(notice, function() end, pack(nil))
     end))
 
@@ -216,9 +220,7 @@ describe("peerpool.notice", function()
     end))
 
     it("returns false once the notice has fired", test(function(env)
-      local notice, held = busy(env)
-      held:release()
-      assert.is_true(notice:wait())
+      local notice = fired(env)
       assert.is_false(notice:cancel())
       assert.is_true(notice:wait())
     end))

@@ -30,6 +30,22 @@ local function sequence(pool, n, opts)
   return out
 end
 
+-- A pool that keeps `target` peers (1) through target_peers maintenance every 10 ms, with the
+-- seed policy `policy` loaded.
+local function seeded_pool(env, policy, target)
+  local pool = env:pool { target_peers = target or 1, maintenance_interval = 10 }
+  assert(pool:load_policy(policy))
+  return pool
+end
+
+-- Wait (up to ms) until the pool's peer at addr is seeded and ready.
+local function wait_ready(pool, addr, ms, what)
+  wait_until(function()
+    local p = pool:peer(addr)
+    return p and p.state == "ready"
+  end, ms, what)
+end
+
 local function sorted(list)
   local copy = table.move(list, 1, #list, 1, {})
   table.sort(copy)
@@ -536,8 +552,7 @@ describe("peerpool.policies", function()
   describe("seed_static", function()
     it("gives the pool its addresses when target_peers maintenance asks", test(function(env)
       local srvs = env:many(2)
-      local pool = env:pool { target_peers = 2, maintenance_interval = 10 }
-      assert(pool:load_policy(lib("seed_static").new { addrs = addrs_of(srvs) }))
+      local pool = seeded_pool(env, lib("seed_static").new { addrs = addrs_of(srvs) }, 2)
       wait_until(function() return pool:stats().peers_by_state.ready == 2 end, 2000, "2 ready")
       assert.same({ 1, 0 }, { hook_stats(pool, "seed") })
       for _, s in ipairs(srvs) do assert.equal(1, s.accepted) end
@@ -556,18 +571,14 @@ describe("peerpool.policies", function()
   describe("seed_dns", function()
     it("resolves names through the loop and adds their addresses", test(function(env)
       local srv = env:line()
-      local pool = env:pool { target_peers = 1, maintenance_interval = 10 }
-      assert(pool:load_policy(lib("seed_dns").new { names = { "localhost" }, port = srv.port }))
-      wait_until(function()
-        local p = pool:peer(srv.addr)
-        return p and p.state == "ready"
-      end, 3000, "the seeded peer")
+      local pool = seeded_pool(env,
+        lib("seed_dns").new { names = { "localhost" }, port = srv.port })
+      wait_ready(pool, srv.addr, 3000, "the seeded peer")
       assert.same({ 1, 0 }, { hook_stats(pool, "seed") })
     end))
 
     it("raises when no name resolves (the failure is logged and counted)", test(function(env)
-      local pool = env:pool { target_peers = 1, maintenance_interval = 10 }
-      assert(pool:load_policy(lib("seed_dns").new { names = { "bad..name" }, port = 8333 }))
+      local pool = seeded_pool(env, lib("seed_dns").new { names = { "bad..name" }, port = 8333 })
       wait_until(function() return select(2, hook_stats(pool, "seed")) == 1 end, 3000,
         "the seed error")
       assert.equal(0, #pool:peers())
@@ -598,10 +609,7 @@ describe("peerpool.policies", function()
       local pool = env:pool { target_peers = 2, maintenance_interval = 10,
         max_address_age = 3600 * 1000 }
       assert(pool:load_policy(lib("seed_file").new { path = path }))
-      wait_until(function()
-        local p = pool:peer(fresh.addr)
-        return p and p.state == "ready"
-      end, 2000, "the fresh peer")
+      wait_ready(pool, fresh.addr, 2000, "the fresh peer")
       assert.equal(old, pool:peer(stale.addr).last_seen)
       sleep(30)
       assert.equal(0, stale.accepted)
@@ -642,12 +650,8 @@ describe("peerpool.policies", function()
       local first = env:pool { address_book = book }
       first:add_peer(srv.addr)
       first:close()
-      local pool = env:pool { target_peers = 1, maintenance_interval = 10 }
-      assert(pool:load_policy(lib("seed_file").new { path = book }))
-      wait_until(function()
-        local p = pool:peer(srv.addr)
-        return p and p.state == "ready"
-      end, 2000, "the peer from the book")
+      local pool = seeded_pool(env, lib("seed_file").new { path = book })
+      wait_ready(pool, srv.addr, 2000, "the peer from the book")
       assert.same({ 1, 0 }, { hook_stats(pool, "seed") })
     end))
   end)
@@ -807,10 +811,7 @@ describe("peerpool.policies", function()
       local node = env:node()
       local p2p = lib("p2p").new { dns_seeds = { "localhost" }, port = node.port }
       local pool = p2p_pool(env, p2p, { target_peers = 1 })
-      wait_until(function()
-        local p = pool:peer(node.addr)
-        return p and p.state == "ready"
-      end, 3000, "the peer from DNS")
+      wait_ready(pool, node.addr, 3000, "the peer from DNS")
       assert.same({ "peerpool/0.1" }, node.versions)
     end))
   end)

@@ -408,6 +408,14 @@ local function on_pty(args, dir)
   return T.spawn(argv, { env = env })
 end
 
+-- Type into the terminal of p: each step { keys, pattern... } writes keys, then waits for each
+-- pattern in turn on the screen (p:expect).
+local function type_into(p, steps)
+  for _, step in ipairs(steps) do
+    p:write(step[1])
+    for i = 2, #step do p:expect(step[i]) end
+  end
+end
 
 -- `peerpool --repl spec/support/host_fixture.lua [fixture_arg]` on a terminal, at its first
 -- prompt; returns the process and the directory of its history file.
@@ -431,14 +439,13 @@ describe_pty("peerpool --repl on a terminal", function()
     local b = tonumber(p:expect("ticks\n(%d+)\n> $"))
     assert.is_true(b - a >= 10,
       "the 20 ms timer ran " .. (b - a) .. " times in 500 ms at the prompt")
-    p:write("sleep(200); return 'slept'\r")
-    p:expect("slept\n> $")
-    p:write("function f()\r")
-    p:expect(">> $")
-    p:write("return 'multi' end\r")
-    p:write("f()\r")
-    p:expect("multi\n> $")
-    p:write("\4") -- Ctrl-D
+    type_into(p, {
+      { "sleep(200); return 'slept'\r", "slept\n> $" },
+      { "function f()\r", ">> $" },
+      { "return 'multi' end\r" },
+      { "f()\r", "multi\n> $" },
+      { "\4" }, -- Ctrl-D
+    })
     assert.equal(0, (p:wait()))
     if T.readline then
       local h = assert(io.open(dir .. "/history")):read("a")
@@ -451,15 +458,13 @@ describe_pty("peerpool --repl on a terminal", function()
   it_readline("keeps the half-typed line when output arrives, and completes with Tab",
     R.test(function()
     local p = fixture_repl("loud")
-    p:write("40 +")
-    p:expect("background line %d+\n> 40 %+")
-    p:write(" 2\r")
-    p:expect("\n42\n")
-    p:write("pool:sta\t")
-    p:expect("pool:stats")
-    p:write("()\r")
-    p:expect("peers_by_state = {")
-    p:write("exit(3)\r")
+    type_into(p, {
+      { "40 +", "background line %d+\n> 40 %+" },
+      { " 2\r", "\n42\n" },
+      { "pool:sta\t", "pool:stats" },
+      { "()\r", "peers_by_state = {" },
+      { "exit(3)\r" },
+    })
     assert.equal(3, (p:wait()))
   end))
 
@@ -467,13 +472,11 @@ describe_pty("peerpool --repl on a terminal", function()
     local p = fixture_repl()
     p:write("sleep(600); return 'late'\r")
     T.sleep(100)
-    p:write("\3")
-    p:expect("interrupted")
-    p:expect("> $")
-    p:write("1 + 1\r")
-    p:expect("\n2\n")
-    p:expect("%[background line%] late")
-    p:write("\4")
+    type_into(p, {
+      { "\3", "interrupted", "> $" },
+      { "1 + 1\r", "\n2\n", "%[background line%] late" },
+      { "\4" },
+    })
     assert.equal(0, (p:wait()))
   end))
 
@@ -485,16 +488,17 @@ describe_pty("peerpool --repl on a terminal", function()
     p:write("6 * 7\r")
     p:expect("\n42\n")
     if T.readline then
-      p:write("pool:sta\t") -- the host completes it
-      p:expect("pool:stats")
-      p:write("\21") -- Ctrl-U: drop the line
+      type_into(p, {
+        { "pool:sta\t", "pool:stats" }, -- the host completes it
+        { "\21" }, -- Ctrl-U: drop the line
+      })
     end
-    p:write("watch(pool, 100)\r")
-    p:expect(T.readline and "press any key to stop" or "press Enter to stop")
-    p:expect("conns %d+ %(idle")
-    p:write(T.readline and "q" or "q\r") -- plain input comes a line at a time
-    p:expect("\n> $")
-    p:write("\4")
+    type_into(p, {
+      { "watch(pool, 100)\r", T.readline and "press any key to stop" or "press Enter to stop",
+        "conns %d+ %(idle" },
+      { T.readline and "q" or "q\r", "\n> $" }, -- plain input comes a line at a time
+      { "\4" },
+    })
     assert.equal(0, (p:wait()))
     assert.is_false(host.exited)
   end))

@@ -23,32 +23,42 @@ describe("scripts/examples", function()
     return out
   end
 
-  -- Start n redis-servers and run the example `script` on their addresses (with `env`): its
-  -- output and the addresses; nil when redis-server is not installed.
-  local function run_on_redis(n, script, env)
-    local addrs = {}
-    for i = 1, n do
-      addrs[i] = redis.start()
-      if not addrs[i] then return nil end
-    end
-    return run(script, addrs, env), addrs
+  -- A test that needs n redis-servers: body(servers) runs once they answer, each server
+  -- { addr =, pid =, port = }; pending when redis-server is not installed.
+  local function it_with_redis(name, n, body)
+    it(name, function()
+      local servers = {}
+      for i = 1, n do
+        local addr, pid, port = redis.start()
+        if not addr then return pending(redis.MISSING) end
+        servers[i] = { addr = addr, pid = pid, port = port }
+      end
+      body(servers)
+    end)
+  end
+
+  -- it_with_redis that runs the example `script` on the servers' addresses (with `env`) and
+  -- hands its output and the addresses to check(out, addrs).
+  local function it_on_redis(name, n, script, env, check)
+    it_with_redis(name, n, function(servers)
+      local addrs = {}
+      for i, s in ipairs(servers) do addrs[i] = s.addr end
+      check(run(script, addrs, env), addrs)
+    end)
   end
 
   describe("redis_ping.lua", function()
-    it("pings a real redis-server through the pool and prints the pool's stats", function()
-      local out = run_on_redis(1, "redis_ping.lua")
-      if not out then return pending(redis.MISSING) end
-      assert.matches("PONG", out)
-      assert.matches("acquires", out)
-    end)
+    it_on_redis("pings a real redis-server through the pool and prints the pool's stats", 1,
+      "redis_ping.lua", nil, function(out)
+        assert.matches("PONG", out)
+        assert.matches("acquires", out)
+      end)
   end)
 
   describe("redis_hostname.lua", function()
-    it("PINGs a real redis-server named localhost:PORT and shows the address it resolved to",
-      function()
-        local addr = redis.start()
-        if not addr then return pending(redis.MISSING) end
-        local port = addr:match(":(%d+)$")
+    it_with_redis("PINGs a real redis-server named localhost:PORT and shows the address it " ..
+      "resolved to", 1, function(servers)
+        local port = servers[1].port
         local out = run("redis_hostname.lua", { "localhost:" .. port })
         local name = "localhost:" .. port
         assert.matches("ping 3: %+PONG via " .. name .. " %(127%.0%.0%.1:" .. port .. "%)", out)
@@ -58,10 +68,8 @@ describe("scripts/examples", function()
   end)
 
   describe("redis_drain.lua", function()
-    it("warms conns, drains and removes a backend, and closes gracefully without a failure",
-      function()
-        local out = run_on_redis(2, "redis_drain.lua")
-        if not out then return pending(redis.MISSING) end
+    it_on_redis("warms conns, drains and removes a backend, and closes gracefully without a " ..
+      "failure", 2, "redis_drain.lua", nil, function(out)
         assert.matches("warm before the first request: 4 idle conns %(min_idle 2 per backend%)",
           out)
         assert.matches("blue drained in %d+ ms: 0 conns", out)
@@ -75,12 +83,10 @@ describe("scripts/examples", function()
   end)
 
   describe("redis_shards.lua", function()
-    it("keeps every key on its shard while one of three redis-servers dies and comes back",
-      function()
-        local a = redis.start()
-        if not a then return pending(redis.MISSING) end
-        local b, b_pid, b_port = redis.start()
-        local c = redis.start()
+    it_with_redis("keeps every key on its shard while one of three redis-servers dies and " ..
+      "comes back", 3, function(servers)
+        local a, b, c = servers[1].addr, servers[2].addr, servers[3].addr
+        local b_pid, b_port = servers[2].pid, servers[2].port
         local out = os.tmpname()
         local done = os.tmpname()
         os.execute(string.format(
@@ -120,10 +126,8 @@ describe("scripts/examples", function()
   end)
 
   describe("redis_workers.lua", function()
-    it("runs ten workers with Lua hooks over three real redis-servers, every GET right",
-      function()
-        local out = run_on_redis(3, "redis_workers.lua", "ROUNDS=100")
-        if not out then return pending(redis.MISSING) end
+    it_on_redis("runs ten workers with Lua hooks over three real redis-servers, every GET right",
+      3, "redis_workers.lua", "ROUNDS=100", function(out)
         for w = 1, 10 do assert.matches("worker " .. w .. ": 127", out, 1, true) end
         assert.matches("pool: 1000 acquires, %d+ conns opened, %d+ handshakes, 0 hook errors, " ..
           "0 failures", out)
@@ -131,10 +135,8 @@ describe("scripts/examples", function()
   end)
 
   describe("metrics_server.lua", function()
-    it("serves its pool's metrics while it PINGs a real redis-server, and reads them back",
-      function()
-        local out, addrs = run_on_redis(1, "metrics_server.lua", "PORT=0 SECONDS=1")
-        if not out then return pending(redis.MISSING) end
+    it_on_redis("serves its pool's metrics while it PINGs a real redis-server, and reads them " ..
+      "back", 1, "metrics_server.lua", "PORT=0 SECONDS=1", function(out, addrs)
         local addr = addrs[1]
         assert.matches("metrics on http://127%.0%.0%.1:%d+/metrics", out)
         assert.matches("scraped %d+ bytes: HTTP/1%.1 200 OK", out)

@@ -640,21 +640,16 @@ describe("peerpool.serve_metrics()", function()
       env:pool()
       local srv = serve(env, LIMITS)
       local function round()
-        local done = 0
-        for i = 1, 30 do
+        H.in_parallel(30, function(i)
           local kind = i % 3
-          peerpool.spawn(function()
-            if kind == 0 then
-              http(srv.port, { "GET /met", "rics HT" }, { gap_ms = 10, to_close = true })
-            elseif kind == 1 then
-              http(srv.port, string.rep("x", 3000), { to_close = true })
-            else
-              http(srv.port, "GET /metrics HTTP/1.1\r\n\r\n", { timeout = 50 })
-            end
-            done = done + 1
-          end)
-        end
-        wait_until(function() return done == 30 end, 5000)
+          if kind == 0 then
+            http(srv.port, { "GET /met", "rics HT" }, { gap_ms = 10, to_close = true })
+          elseif kind == 1 then
+            http(srv.port, string.rep("x", 3000), { to_close = true })
+          else
+            http(srv.port, "GET /metrics HTTP/1.1\r\n\r\n", { timeout = 50 })
+          end
+        end, 5000)
       end
       round()
       wait_until(function() return srv:stats().clients == 0 end, 3000)

@@ -6,19 +6,7 @@ local H = require "spec.support.helpers"
 local redis = require "spec.support.redis"
 local peerpool = require "peerpool"
 
-local test, pack, wait_until = H.test, H.pack, H.wait_until
-
--- Run fn(i) in n coroutines of their own and wait until all have returned.
-local function in_parallel(n, fn, ms)
-  local done = 0
-  for i = 1, n do
-    peerpool._spawn(function()
-      fn(i)
-      done = done + 1
-    end)
-  end
-  wait_until(function() return done == n end, ms or 10000, "the coroutines to finish")
-end
+local test, pack, wait_until, in_parallel = H.test, H.pack, H.wait_until, H.in_parallel
 
 -- An ordered server and a pool of line-framed conns on it, one conn per peer shared by up to
 -- `limit` leases; `extra` options added.
@@ -403,8 +391,7 @@ end)
 
 -- ---- against real redis-servers ------------------------------------------------------------
 
-local function echo_cmd(s) return ("*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n"):format(#s, s) end
-local function bulk(s) return ("$%d\r\n%s\r\n"):format(#s, s) end
+local echo_cmd, bulk = redis.echo_cmd, redis.bulk
 
 describe("pipelining against redis-server", function()
   after_each(redis.kill_started)

@@ -17,6 +17,8 @@
 --                        servers (spec/support/servers.lua), closed at the end of the test
 -- H.sleep(ms)            yield the running coroutine for ms
 -- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
+-- H.in_parallel(n, fn, ms)   run fn(i) in n coroutines of their own (peerpool.spawn) and wait
+--                        until all have returned; fails after ms (10000)
 -- H.wait_closed(srv, ms) H.wait_until(ms) the server has no conn open: it saw every close
 -- H.pack(...)            table.pack
 -- H.troubled(pool)      how many conns the pool closed for trouble: broken, discarded (state
@@ -84,6 +86,17 @@ end
 
 function H.wait_closed(srv, ms)
   H.wait_until(function() return srv.open == 0 end, ms, "the server to see every conn closed")
+end
+
+function H.in_parallel(n, fn, ms)
+  local done = 0
+  for i = 1, n do
+    peerpool.spawn(function()
+      fn(i)
+      done = done + 1
+    end)
+  end
+  H.wait_until(function() return done == n end, ms or 10000, "the coroutines to finish")
 end
 
 -- Let the loop go round `n` (5) whole iterations, so that callbacks deferred to a later tick

@@ -5,6 +5,7 @@
 --   redis.start([port])      address, pid and port of a new redis-server (on a free port unless
 --                            `port` is given); nil when redis-server is not installed
 --   redis.MISSING            what a test says when it is pending for want of redis-server
+--   redis.echo_cmd(s), redis.bulk(s)   the RESP of the command ECHO s, and of its reply
 local free_port = require "spec.support.helpers".free_port
 
 local redis = {}
@@ -40,5 +41,9 @@ end
 function redis.kill_later(pid)
   started[#started + 1] = pid
 end
+
+function redis.echo_cmd(s) return ("*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n"):format(#s, s) end
+
+function redis.bulk(s) return ("$%d\r\n%s\r\n"):format(#s, s) end
 
 return redis

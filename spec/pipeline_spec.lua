@@ -8,13 +8,19 @@ local peerpool = require "peerpool"
 
 local test, pack, wait_until, in_parallel = H.test, H.pack, H.wait_until, H.in_parallel
 
--- An ordered server and a pool of line-framed conns on it, one conn per peer shared by up to
--- `limit` leases; `extra` options added.
-local function shared_line(env, limit, extra)
+-- A server (`srv`, an ordered one unless given) and a pool of line-framed conns on it, one
+-- conn per peer shared by up to `limit` leases; `extra` options added.
+local function shared_line(env, limit, extra, srv)
   local opts = { framing = "line", client_limit = limit, max_per_peer = 1 }
   for k, v in pairs(extra or {}) do opts[k] = v end
-  local srv = env:ordered()
+  srv = srv or env:ordered()
   return srv, env:pool_on(srv, opts)
+end
+
+-- shared_line(env, 4) with a first lease of its conn: srv, pool, the lease.
+local function shared_lease(env)
+  local srv, pool = shared_line(env, 4)
+  return srv, pool, assert(pool:acquire(srv.addr))
 end
 
 describe("pipelining", function()
@@ -36,8 +42,7 @@ describe("pipelining", function()
 
   describe("conn:receive()", function()
     it("returns each lease's own replies while leases share one conn", test(function(env)
-      local pool, srv = env:pool_with("echo",
-        { framing = "line", client_limit = 8, max_per_peer = 1 })
+      local srv, pool = shared_line(env, 8, nil, env:echo())
       local bad = 0
       in_parallel(8, function(i)
         local conn = assert(pool:acquire(srv.addr))
@@ -110,9 +115,7 @@ describe("pipelining", function()
 
     it("times out (io_timeout), breaking the shared conn for the requests behind",
       test(function(env)
-        local srv = env:slow(400)
-        local pool = env:pool_on(srv, { framing = "line", client_limit = 4, max_per_peer = 1,
-          io_timeout = 100 })
+        local srv, pool = shared_line(env, 4, { io_timeout = 100 }, env:slow(400))
         local codes = {}
         in_parallel(6, function(i) -- 4 get a conn at once, 2 wait for one
           local r, code = pool:request(srv.addr, "PING\n")
@@ -230,8 +233,7 @@ describe("pipelining, adversarial", function()
 
   it("a lease released while its receive waits elsewhere leaves the shared conn to the others",
     test(function(env)
-      local srv, pool = shared_line(env, 4)
-      local a = assert(pool:acquire(srv.addr))
+      local srv, pool, a = shared_lease(env)
       local b = assert(pool:acquire(srv.addr))
       assert(a:send("SLEEP 100\n"))
       assert(b:send("SLEEP 50\n"))
@@ -248,8 +250,7 @@ describe("pipelining, adversarial", function()
 
   it("a lease collected with requests in flight leaves the shared conn to the others",
     test(function(env)
-      local srv, pool = shared_line(env, 4)
-      local a = assert(pool:acquire(srv.addr))
+      local srv, pool, a = shared_lease(env)
       do
         local b = assert(pool:acquire(srv.addr))
         assert(b:send("SLEEP 20\n"))
@@ -264,8 +265,7 @@ describe("pipelining, adversarial", function()
     end))
 
   it("an error inside pool:with leaves the shared conn to the others", test(function(env)
-    local srv, pool = shared_line(env, 4)
-    local a = assert(pool:acquire(srv.addr))
+    local srv, pool, a = shared_lease(env)
     assert(a:send("SLEEP 50\n"))
     local ok, err = pcall(pool.with, pool, srv.addr, function(conn)
       assert(conn:send("ECHO x\n"))
@@ -279,8 +279,7 @@ describe("pipelining, adversarial", function()
   end))
 
   it("a hand-resumed receive gets its own reply on its next receive", test(function(env)
-    local srv, pool = shared_line(env, 4)
-    local a = assert(pool:acquire(srv.addr))
+    local srv, pool, a = shared_lease(env)
     local b = assert(pool:acquire(srv.addr))
     local got = {}
     local co = coroutine.create(function()

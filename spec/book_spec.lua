@@ -72,8 +72,7 @@ describe("peerpool address book", function()
     }
 
     it("brings back every address with its last_seen and source", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
+      local path = env:tmppath()
       local first = env:pool { address_book = path, peers = { "127.0.0.9:1" } }
       for i, addr in ipairs(ADDRS) do
         assert(first:add_peer(addr, 1700000000000 + i), addr)
@@ -92,8 +91,7 @@ describe("peerpool address book", function()
 
     it("brings back tags: nested tables, numbers, booleans, strings that look like either",
       test(function(env)
-        local path = env:tmpname()
-        os.remove(path)
+        local path = env:tmppath()
         local tags = {
           zone = "eu-west", weight = 3, share = 0.25, whole = 2.0, big = 2 ^ 60, neg = -7,
           primary = true, backup = false, three = "3", yes = "true", hex = "0x10", empty = "",
@@ -112,8 +110,7 @@ describe("peerpool address book", function()
       end))
 
     it("says once which tag entries it cannot keep, and keeps the rest", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
+      local path = env:tmppath()
       local reports = with_reports(function()
         local pool = env:pool { address_book = path }
         pool:add_peer("127.0.0.1:7001", 1700000000000,
@@ -129,8 +126,7 @@ describe("peerpool address book", function()
 
     it("writes format v3: a header, then one line per peer, fields apart by one space",
       test(function(env)
-        local path = env:tmpname()
-        os.remove(path)
+        local path = env:tmppath()
         local pool = env:pool { address_book = path }
         pool:_add_peer("127.0.0.1:7001", 1700000000000, nil, "static")
         pool:add_peer("unix:run/my app.sock", 1700000000001, { zone = "eu" })
@@ -160,8 +156,7 @@ describe("peerpool address book", function()
     end))
 
     it("remembers burned peers and failure history across a restart", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
+      local path = env:tmppath()
       local refused = env:refused()
       local pool = env:pool { address_book = path, peers = { refused.addr }, retries = 0 }
       assert(pool:load_policy { backoff = function() return false end })
@@ -203,8 +198,7 @@ describe("peerpool address book", function()
 
     it("brings back unix:127.0.0.1:6379 as a unix socket, beside the TCP peer 127.0.0.1:6379",
       test(function(env)
-        local path = env:tmpname()
-        os.remove(path)
+        local path = env:tmppath()
         local first = env:pool { address_book = path }
         local unix = assert(first:add_peer("unix:127.0.0.1:6379", 1700000000000))
         assert(first:add_peer("127.0.0.1:6379", 1700000000001))
@@ -357,8 +351,7 @@ describe("peerpool address book", function()
     end))
 
     it("writes off the loop: the call returns before the book changes", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
+      local path = env:tmppath()
       local pool = env:pool { address_book = path }
       pool:add_peer("127.0.0.1:7001")
       local done
@@ -373,8 +366,7 @@ describe("peerpool address book", function()
     end))
 
     it("coalesces the saves asked for while one runs into one more", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
+      local path = env:tmppath()
       local pool = env:pool { address_book = path }
       local saves = book.info(pool).saves
       local order = {}
@@ -407,8 +399,7 @@ describe("peerpool address book", function()
 
   describe("closing", function()
     it("saves at pool:close(), and a second close is harmless", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
+      local path = env:tmppath()
       local pool = env:pool { address_book = path }
       pool:add_peer("127.0.0.1:7001", 1700000000000)
       pool:close()
@@ -419,8 +410,7 @@ describe("peerpool address book", function()
     end))
 
     it("saves when a <close> variable goes out of scope", test(function(env)
-      local path = env:tmpname()
-      os.remove(path)
+      local path = env:tmppath()
       do
         local pool <close> = peerpool.new { address_book = path }
         pool:add_peer("127.0.0.1:7001")
@@ -448,8 +438,7 @@ describe("peerpool address book", function()
     it("keeps book.close where a pool's C finaliser can call it", test(function(env)
       local close = debug.getregistry()["peerpool.book.close"]
       assert.equal(book.close, close)
-      local path = env:tmpname()
-      os.remove(path)
+      local path = env:tmppath()
       local pool = env:pool { address_book = path }
       pool:add_peer("127.0.0.1:7001", 1700000000000)
       close(pool)

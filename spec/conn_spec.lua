@@ -18,6 +18,15 @@ local function setup(env, opts, kind)
   return conn, pool, srv
 end
 
+-- Acquire a conn of `peer` from `pool` and check that it answers PING with +PONG (the reply to
+-- this request, not one left over from an earlier lease); release it.
+local function pings(pool, peer)
+  local conn = assert(pool:acquire(peer))
+  conn:send("PING\r\n")
+  assert.equal("+PONG", conn:receive())
+  conn:release()
+end
+
 describe("peerpool.conn", function()
   describe(":send()", function()
     it("returns the number of bytes it writes", test(function(env)
@@ -155,34 +164,36 @@ describe("peerpool.conn", function()
   end)
 
   describe(":receive()", function()
+    -- A request to the line server, then what each receive() (of a line) answers in turn.
+    for _, case in ipairs {
+      { name = "reads a line ended by a bare \\n", send = "LF\n", answers = { pack("bare") } },
+      { name = "reads two lines that arrive in one packet", send = "TWO\r\n",
+        answers = { pack("one"), pack("two") } },
+      { name = "waits for the rest of a line that arrives in two packets", send = "SPLIT\r\n",
+        answers = { pack("hello") } },
+      { name = "answers nil, 'closed', partial when the remote closes mid-line",
+        send = "HALF\r\n", answers = { pack(nil, "closed", "par") } },
+      { name = "answers nil, 'closed' at the end of the stream", send = "QUIT\r\n",
+        answers = { pack("bye"), pack(nil, "closed", "") } },
+      { name = "lets a reply slower than nothing but faster than io_timeout through",
+        opts = { io_timeout = 2000 }, send = "SLEEP 30\r\n", answers = { pack("+WOKE") } },
+      { name = "waits as long as it takes with io_timeout = 0", opts = { io_timeout = 0 },
+        send = "SLEEP 60\r\n", answers = { pack("+WOKE") } },
+    } do
+      it(case.name, test(function(env)
+        local conn = setup(env, case.opts)
+        conn:send(case.send)
+        for _, want in ipairs(case.answers) do assert.same(want, pack(conn:receive())) end
+        conn:release()
+      end))
+    end
+
     it("reads a line without its end of line with '*l', 'l' or no pattern", test(function(env)
       local conn = setup(env)
       conn:send("PING\r\nPING\r\nPING\r\n")
       assert.same({ n = 1, "+PONG" }, pack(conn:receive("*l")))
       assert.same({ n = 1, "+PONG" }, pack(conn:receive("l")))
       assert.same({ n = 1, "+PONG" }, pack(conn:receive()))
-      conn:release()
-    end))
-
-    it("reads a line ended by a bare \\n", test(function(env)
-      local conn = setup(env)
-      conn:send("LF\n")
-      assert.equal("bare", conn:receive())
-      conn:release()
-    end))
-
-    it("reads two lines that arrive in one packet", test(function(env)
-      local conn = setup(env)
-      conn:send("TWO\r\n")
-      assert.equal("one", conn:receive())
-      assert.equal("two", conn:receive())
-      conn:release()
-    end))
-
-    it("waits for the rest of a line that arrives in two packets", test(function(env)
-      local conn = setup(env)
-      conn:send("SPLIT\r\n")
-      assert.equal("hello", conn:receive())
       conn:release()
     end))
 
@@ -213,13 +224,6 @@ describe("peerpool.conn", function()
       conn:release()
     end))
 
-    it("answers nil, 'closed', partial when the remote closes mid-line", test(function(env)
-      local conn = setup(env)
-      conn:send("HALF\r\n")
-      assert.same({ n = 3, nil, "closed", "par" }, pack(conn:receive()))
-      conn:release()
-    end))
-
     it("answers nil, 'closed', partial when the remote closes before the count", test(function(env)
       local conn = setup(env, nil, "closer")
       conn:send("anything")
@@ -237,34 +241,11 @@ describe("peerpool.conn", function()
       conn:close()
     end))
 
-    it("answers nil, 'timeout' from a slow server", test(function(env)
-      local srv = env:slow(2000)
-      local pool = env:pool_on(srv, { io_timeout = 50 })
-      local conn = pool:acquire(srv.addr)
-      conn:send("anything\r\n")
-      assert.same({ n = 3, nil, "timeout", "" }, pack(conn:receive()))
-      conn:close()
-    end))
-
     it("measures io_timeout from the call, not from a stale loop clock", test(function(env)
       local conn = setup(env, { io_timeout = 500 })
       local t0 = os.clock()
       while os.clock() - t0 < 0.6 do end -- 600 ms of work in this callback
       conn:send("SLEEP 50\r\n")
-      assert.equal("+WOKE", conn:receive())
-      conn:release()
-    end))
-
-    it("lets a reply slower than nothing but faster than io_timeout through", test(function(env)
-      local conn = setup(env, { io_timeout = 2000 })
-      conn:send("SLEEP 30\r\n")
-      assert.equal("+WOKE", conn:receive())
-      conn:release()
-    end))
-
-    it("waits as long as it takes with io_timeout = 0", test(function(env)
-      local conn = setup(env, { io_timeout = 0 })
-      conn:send("SLEEP 60\r\n")
       assert.equal("+WOKE", conn:receive())
       conn:release()
     end))
@@ -283,7 +264,7 @@ describe("peerpool.conn", function()
         assert.same({ nil, "too_long" }, { got[1], got[2] })
         assert.matches("max_receive (1000 bytes)", got[3], 1, true)
         assert.is_false(conn:release()) -- already closed
-        wait_until(function() return srv.open == 0 end, 2000, "the server to see the close")
+        H.wait_closed(srv)
         assert.equal(0, pool:peer(srv.addr).failures)
       end))
 
@@ -309,9 +290,7 @@ describe("peerpool.conn", function()
       end))
 
     it("finds the end of a line that arrives a byte at a time", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
-      local conn = assert(pool:acquire(srv.addr))
+      local conn = setup(env)
       conn:send("SPLIT\r\n")
       assert.equal("hello", conn:receive())
       conn:send("TWO\r\n")
@@ -320,8 +299,7 @@ describe("peerpool.conn", function()
     end))
 
     it("raises outside a coroutine when it would have to wait", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local res
       pool:acquire(srv.addr, function(_, conn)
         res = pack(pcall(function() conn:receive() end))
@@ -365,25 +343,18 @@ describe("peerpool.conn", function()
       conn:release()
     end))
 
-    it("ends with nil, 'closed' when another coroutine releases the conn", test(function(env)
-      local conn = setup(env, { io_timeout = 5000 })
-      local res
-      peerpool.run(function() res = pack(conn:receive()) end)
-      H.ticks()
-      assert.is_true(conn:release())
-      wait_until(function() return res end, 1000, "the waiting receive to end")
-      assert.same({ n = 3, nil, "closed", "" }, res)
-    end))
-
-    it("ends with nil, 'closed' when another coroutine closes the conn", test(function(env)
-      local conn = setup(env, { io_timeout = 5000 })
-      local res
-      peerpool.run(function() res = pack(conn:receive()) end)
-      H.ticks()
-      assert.is_true(conn:close())
-      wait_until(function() return res end, 1000, "the waiting receive to end")
-      assert.same({ n = 3, nil, "closed", "" }, res)
-    end))
+    for _, method in ipairs { "release", "close" } do
+      it("ends with nil, 'closed' when another coroutine calls :" .. method .. "() on the conn",
+        test(function(env)
+          local conn = setup(env, { io_timeout = 5000 })
+          local res
+          peerpool.run(function() res = pack(conn:receive()) end)
+          H.ticks()
+          assert.is_true(conn[method](conn))
+          wait_until(function() return res end, 1000, "the waiting receive to end")
+          assert.same({ n = 3, nil, "closed", "" }, res)
+        end))
+    end
 
     it("ends with nil, 'closed', partial when the pool closes", test(function(env)
       local conn, pool = setup(env, { io_timeout = 5000 })
@@ -404,10 +375,8 @@ describe("peerpool.conn", function()
       assert.same({ n = 1, true }, pack(conn:release()))
       assert.same({ n = 1, false }, pack(conn:release()))
       assert.same({ n = 1, false }, pack(conn:close()))
-      local s = pool:stats()
-      assert.equal(1, s.releases)
-      assert.equal(0, s.released_broken)
-      assert.equal(1, s.idle)
+      local released = { releases = 1, released_broken = 0, idle = 1 }
+      assert.same(released, H.pick(pool:stats(), released))
       assert.equal(0, pool:peer(srv.addr).leases)
     end))
 
@@ -437,11 +406,8 @@ describe("peerpool.conn", function()
       conn:send("TWO\r\n")
       assert.equal("one", conn:receive())
       assert.is_true(conn:release())
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
-      local again = pool:acquire(srv.addr)
-      again:send("PING\r\n")
-      assert.equal("+PONG", again:receive())
-      again:release()
+      H.wait_closed(srv)
+      pings(pool, srv.addr)
       assert.equal(2, pool:stats().connects_ok)
     end))
 
@@ -450,10 +416,7 @@ describe("peerpool.conn", function()
       conn:send("SLEEP 20\r\n")
       assert.is_true(conn:release()) -- nothing unread yet: back to idle
       H.sleep(60) -- the late reply lands on the idle conn
-      local again = pool:acquire(srv.addr)
-      again:send("PING\r\n")
-      assert.equal("+PONG", again:receive())
-      again:release()
+      pings(pool, srv.addr)
     end))
 
     it("never lends again a conn whose request was sent but whose reply was not read",
@@ -461,10 +424,7 @@ describe("peerpool.conn", function()
         local conn, pool, srv = setup(env)
         conn:send("SLEEP 30\r\n")
         assert.is_true(conn:release()) -- the +WOKE is still to come
-        local again = assert(pool:acquire(srv.addr))
-        again:send("PING\r\n")
-        assert.equal("+PONG", again:receive())
-        again:release()
+        pings(pool, srv.addr)
         assert.equal(2, srv.accepted)
         assert.equal(0, pool:peer(srv.addr).failures)
       end))
@@ -475,10 +435,7 @@ describe("peerpool.conn", function()
       assert.same({ n = 3, nil, "timeout", "" }, pack(conn:receive()))
       assert.is_true(conn:release())
       -- the late +WOKE is still on its way: the next holder must not read it as its reply
-      local again = assert(pool:acquire(srv.addr))
-      again:send("PING\r\n")
-      assert.equal("+PONG", again:receive())
-      again:release()
+      pings(pool, srv.addr)
       assert.equal(2, srv.accepted)
       assert.equal(0, pool:peer(srv.addr).failures) -- the peer is not to blame
     end))
@@ -488,10 +445,7 @@ describe("peerpool.conn", function()
       conn:send("HALF\r\n")
       conn:receive()
       conn:release()
-      local again = pool:acquire(srv.addr)
-      again:send("PING\r\n")
-      assert.equal("+PONG", again:receive())
-      again:release()
+      pings(pool, srv.addr)
       assert.equal(2, srv.accepted)
     end))
   end)
@@ -507,7 +461,7 @@ describe("peerpool.conn", function()
         assert.equal(0, s.released_broken)
         assert.equal(1, s.closed.discarded)
         assert.equal(0, pool:peer(srv.addr).failures)
-        wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+        H.wait_closed(srv)
       end))
 
     it("with the verdict 'broken' counts a failure of the peer", test(function(env)
@@ -520,7 +474,7 @@ describe("peerpool.conn", function()
       assert.equal(1, pool:peer(srv.addr).failures)
       assert.error_matches(function() conn:close("bad") end,
         "bad argument #1 to 'close' (verdict must be \"broken\" or nil)", nil, true)
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
       assert.error_matches(function() conn:send("x") end, RELEASED, nil, true)
     end))
 
@@ -533,7 +487,7 @@ describe("peerpool.conn", function()
       assert.same({ n = 3, nil, "broken", "connection released as broken" },
         pack(b:send("PING\r\n")))
       assert.is_true(b:release())
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
     end))
   end)
 
@@ -736,8 +690,7 @@ describe("peerpool.conn", function()
 
   describe("__close", function()
     it("releases the conn at the end of the scope", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local kept
       do
         local conn <close> = pool:acquire(srv.addr)
@@ -746,16 +699,14 @@ describe("peerpool.conn", function()
         kept = conn
       end
       assert.matches(", released%)", tostring(kept))
-      local s = pool:stats()
-      assert.equal(1, s.releases)
-      assert.equal(1, s.idle)
+      local released = { releases = 1, idle = 1 }
+      assert.same(released, H.pick(pool:stats(), released))
     end))
 
     it("closes the conn (not blaming its peer) when the scope is left by an error",
       test(function(env)
       -- as pool:with does: the protocol state is unknown after an error
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local kept
       local ok = pcall(function()
         local conn <close> = pool:acquire(srv.addr)
@@ -765,11 +716,10 @@ describe("peerpool.conn", function()
       assert.is_false(ok)
       assert.matches(", released%)", tostring(kept))
       local s = pool:stats()
-      assert.equal(0, s.active)
-      assert.equal(0, s.leaked_leases)
+      assert.same({ active = 0, leaked_leases = 0 }, H.pick(s, { active = 0, leaked_leases = 0 }))
       assert.equal(1, s.closed.discarded)
       assert.equal(0, pool:peer(srv.addr).failures)
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
     end))
 
     it("accepts a failed acquire (nil) in a <close> variable", test(function(env)

@@ -20,16 +20,14 @@ end
 
 -- An echo server, a pool with it as its peer, and a lease held on it.
 local function echo_held(env)
-  local srv = env:echo()
-  local pool = env:pool_on(srv)
+  local pool, srv = env:pool_with("echo")
   return srv, pool, assert(pool:acquire(srv.addr))
 end
 
 describe("peerpool.pool", function()
   describe("min_idle", function()
     it("keeps min_idle conns open and idle without any acquire", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { min_idle = 2 })
+      local pool, srv = env:pool_with("echo", { min_idle = 2 })
       wait_until(function() return pool:peer(srv.addr).idle == 2 end, 3000, "2 idle conns")
       sleep(50)
       local s = pool:stats()
@@ -71,8 +69,7 @@ describe("peerpool.pool", function()
     end))
 
     it("is kept by idle_timeout (HikariCP's minimumIdle)", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { min_idle = 1, idle_timeout = 50 })
+      local pool, srv = env:pool_with("echo", { min_idle = 1, idle_timeout = 50 })
       local conns = {}
       for i = 1, 3 do conns[i] = assert(pool:acquire(srv.addr)) end
       for i = 1, 3 do conns[i]:release() end
@@ -96,8 +93,7 @@ describe("peerpool.pool", function()
     end))
 
     it("does not redial in a loop a server that hangs up on every conn", test(function(env)
-      local srv = env:hangup()
-      local pool = env:pool_on(srv, { min_idle = 2 })
+      local pool, srv = env:pool_with("hangup", { min_idle = 2 })
       wait_until(function() return srv.accepted >= 2 end, 3000, "the first conns")
       sleep(500)
       -- each conn ends unused, so the next waits longer (before: a dial every tick, ~1000)
@@ -142,8 +138,7 @@ describe("peerpool.pool", function()
   describe(":remove_peer()", function()
     it("answers waiters 'removed'; leased conns serve on and close at release",
       test(function(env)
-        local srv = env:echo()
-        local pool = env:pool_on(srv, { max_per_peer = 1 })
+        local pool, srv = env:pool_with("echo", { max_per_peer = 1 })
         local held = assert(pool:acquire(srv.addr))
         local waiter = acquire_cb(pool, srv.addr)
         assert.is_true(pool:remove_peer(srv.addr))
@@ -155,7 +150,7 @@ describe("peerpool.pool", function()
         assert.equal("no_peer", select(2, pool:acquire(srv.addr)))
         assert.equal("PING", ping(held)) -- still serves its holder
         held:release()
-        wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
+        H.wait_closed(srv, 1000)
         local s = pool:stats()
         assert.equal(1, s.closed.removed)
         assert.equal(1, s.peers_removed)
@@ -163,13 +158,12 @@ describe("peerpool.pool", function()
       end))
 
     it("closes idle conns at once", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("echo")
       pool:with(srv.addr, ping)
       assert.equal(1, pool:stats().idle)
       assert.is_true(pool:remove_peer(srv.addr))
       assert.equal(0, pool:stats().conns)
-      wait_until(function() return srv.open == 0 end, 1000, "the server to see the close")
+      H.wait_closed(srv, 1000)
     end))
 
     it("answers an unknown peer with no_peer", test(function(env)
@@ -234,17 +228,16 @@ describe("peerpool.pool", function()
       assert.equal("PING", reply)
       assert.equal("closed", during[2])
       assert.has_error(function() pool:stats() end, "attempt to use a closed pool")
-      wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
+      H.wait_closed(srv, 1000)
     end))
 
     it("cuts a lease that does not finish; its later release is harmless", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("echo")
       local slow = assert(pool:acquire(srv.addr))
       local r = pack(pool:close { drain_ms = 50 })
       assert.same({ n = 3, nil, "timeout",
         "1 lease still held after 50 ms was cut (their conns closed)" }, r)
-      wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
+      H.wait_closed(srv, 1000)
       slow:release()
     end))
 
@@ -261,8 +254,7 @@ describe("peerpool.pool", function()
 
     it("keeps io_timeout for the receives and requests of leases still held", test(function(env)
       -- (the drain used to stop the io_timeout timers: a silent peer held them until drain_ms)
-      local srv = env:line()
-      local pool = env:pool { peers = { srv.addr }, io_timeout = 100 }
+      local pool, srv = env:static_pool("line", { io_timeout = 100 })
       local framed = env:pool { peers = { srv.addr }, io_timeout = 100, framing = "line" }
       assert.equal("+PONG\r\n", framed:request(nil, "PING\r\n")) -- a conn to pipeline on
       local conn = assert(pool:acquire(srv.addr))
@@ -284,7 +276,7 @@ describe("peerpool.pool", function()
     it("leaves plain close() immediate", test(function(env)
       local srv, pool, held = echo_held(env)
       pool:close()
-      wait_until(function() return srv.open == 0 end, 1000, "the conn to close")
+      H.wait_closed(srv, 1000)
       held:release()
     end))
 

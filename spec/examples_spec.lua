@@ -8,33 +8,8 @@ describe("scripts/examples", function()
   end
 
   local free_port = require "spec.support.helpers".free_port
-
-  -- redis-servers started by the running test: busted keeps one finally per test, so one
-  -- list, killed after each test.
-  local started = {}
-  after_each(function()
-    for _, pid in ipairs(started) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
-    started = {}
-  end)
-
-  -- Start a redis-server on a free loopback port (or `port`), killed when the test ends; its
-  -- address and pid, or nil when redis-server is not installed.
-  local function redis(port)
-    local exe = io.popen("command -v redis-server"):read("l")
-    if not exe then return nil end
-    port = port or free_port()
-    local server = io.popen(string.format(
-      "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
-      ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-    started[#started + 1] = server
-    -- wait until it answers (redis-cli comes with redis-server on Debian)
-    for _ = 1, 100 do
-      local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
-      if r:match("PONG") then break end
-      os.execute("sleep 0.05")
-    end
-    return "127.0.0.1:" .. port, server, port
-  end
+  local redis = require "spec.support.redis"
+  after_each(redis.kill_started)
 
   -- Run an example with lua5.4 (20 s at most); its output and whether it exited with 0.
   local function run(script, args, env)
@@ -48,22 +23,42 @@ describe("scripts/examples", function()
     return out
   end
 
-  describe("redis_ping.lua", function()
-    it("pings a real redis-server through the pool and prints the pool's stats", function()
-      local addr = redis()
-      if not addr then return pending("redis-server is not installed (make test installs it)") end
-      local out = run("redis_ping.lua", { addr })
-      assert.matches("PONG", out)
-      assert.matches("acquires", out)
+  -- A test that needs n redis-servers: body(servers) runs once they answer, each server
+  -- { addr =, pid =, port = }; pending when redis-server is not installed.
+  local function it_with_redis(name, n, body)
+    it(name, function()
+      local servers = {}
+      for i = 1, n do
+        local addr, pid, port = redis.start()
+        if not addr then return pending(redis.MISSING) end
+        servers[i] = { addr = addr, pid = pid, port = port }
+      end
+      body(servers)
     end)
+  end
+
+  -- it_with_redis that runs the example `script` on the servers' addresses (with `env`) and
+  -- hands its output and the addresses to check(out, addrs).
+  local function it_on_redis(name, n, script, env, check)
+    it_with_redis(name, n, function(servers)
+      local addrs = {}
+      for i, s in ipairs(servers) do addrs[i] = s.addr end
+      check(run(script, addrs, env), addrs)
+    end)
+  end
+
+  describe("redis_ping.lua", function()
+    it_on_redis("pings a real redis-server through the pool and prints the pool's stats", 1,
+      "redis_ping.lua", nil, function(out)
+        assert.matches("PONG", out)
+        assert.matches("acquires", out)
+      end)
   end)
 
   describe("redis_hostname.lua", function()
-    it("PINGs a real redis-server named localhost:PORT and shows the address it resolved to",
-      function()
-        local addr = redis()
-        if not addr then return pending("redis-server is not installed (make test installs it)") end
-        local port = addr:match(":(%d+)$")
+    it_with_redis("PINGs a real redis-server named localhost:PORT and shows the address it " ..
+      "resolved to", 1, function(servers)
+        local port = servers[1].port
         local out = run("redis_hostname.lua", { "localhost:" .. port })
         local name = "localhost:" .. port
         assert.matches("ping 3: %+PONG via " .. name .. " %(127%.0%.0%.1:" .. port .. "%)", out)
@@ -73,12 +68,8 @@ describe("scripts/examples", function()
   end)
 
   describe("redis_drain.lua", function()
-    it("warms conns, drains and removes a backend, and closes gracefully without a failure",
-      function()
-        local blue = redis()
-        if not blue then return pending("redis-server is not installed (make test installs it)") end
-        local green = redis()
-        local out = run("redis_drain.lua", { blue, green })
+    it_on_redis("warms conns, drains and removes a backend, and closes gracefully without a " ..
+      "failure", 2, "redis_drain.lua", nil, function(out)
         assert.matches("warm before the first request: 4 idle conns %(min_idle 2 per backend%)",
           out)
         assert.matches("blue drained in %d+ ms: 0 conns", out)
@@ -92,12 +83,10 @@ describe("scripts/examples", function()
   end)
 
   describe("redis_shards.lua", function()
-    it("keeps every key on its shard while one of three redis-servers dies and comes back",
-      function()
-        local a = redis()
-        if not a then return pending("redis-server is not installed (make test installs it)") end
-        local b, b_pid, b_port = redis()
-        local c = redis()
+    it_with_redis("keeps every key on its shard while one of three redis-servers dies and " ..
+      "comes back", 3, function(servers)
+        local a, b, c = servers[1].addr, servers[2].addr, servers[3].addr
+        local b_pid, b_port = servers[2].pid, servers[2].port
         local out = os.tmpname()
         local done = os.tmpname()
         os.execute(string.format(
@@ -107,7 +96,7 @@ describe("scripts/examples", function()
         os.execute("sleep 1")
         os.execute("kill -9 " .. b_pid) -- the shard dies mid-run
         os.execute("sleep 0.7")
-        redis(b_port) -- and comes back on the same port
+        redis.start(b_port) -- and comes back on the same port
         local status
         for _ = 1, 200 do
           local f = io.open(done)
@@ -137,13 +126,8 @@ describe("scripts/examples", function()
   end)
 
   describe("redis_workers.lua", function()
-    it("runs ten workers with Lua hooks over three real redis-servers, every GET right",
-      function()
-        local addrs = { (redis()), (redis()), (redis()) }
-        if not addrs[1] then
-          return pending("redis-server is not installed (make test installs it)")
-        end
-        local out = run("redis_workers.lua", addrs, "ROUNDS=100")
+    it_on_redis("runs ten workers with Lua hooks over three real redis-servers, every GET right",
+      3, "redis_workers.lua", "ROUNDS=100", function(out)
         for w = 1, 10 do assert.matches("worker " .. w .. ": 127", out, 1, true) end
         assert.matches("pool: 1000 acquires, %d+ conns opened, %d+ handshakes, 0 hook errors, " ..
           "0 failures", out)
@@ -151,11 +135,9 @@ describe("scripts/examples", function()
   end)
 
   describe("metrics_server.lua", function()
-    it("serves its pool's metrics while it PINGs a real redis-server, and reads them back",
-      function()
-        local addr = redis()
-        if not addr then return pending("redis-server is not installed (make test installs it)") end
-        local out = run("metrics_server.lua", { addr }, "PORT=0 SECONDS=1")
+    it_on_redis("serves its pool's metrics while it PINGs a real redis-server, and reads them " ..
+      "back", 1, "metrics_server.lua", "PORT=0 SECONDS=1", function(out, addrs)
+        local addr = addrs[1]
         assert.matches("metrics on http://127%.0%.0%.1:%d+/metrics", out)
         assert.matches("scraped %d+ bytes: HTTP/1%.1 200 OK", out)
         local acquires = tonumber(out:match('\npeerpool_acquires_total{pool="redis"} (%d+)\n'))
@@ -177,11 +159,11 @@ describe("scripts/examples", function()
         assert(os.execute("mkdir -p " .. dir .. " && sh spec/c/tls_certs.sh " .. dir) == true)
         local port = free_port()
         local log = dir .. "/redis.log"
-        started[#started + 1] = io.popen(string.format(
+        redis.kill_later(io.popen(string.format(
           "exec %s --port 0 --tls-port %d --bind 127.0.0.1 --tls-cert-file %s/server.pem " ..
           "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem --tls-auth-clients no " ..
           "--save '' --appendonly no --dir %s >%s 2>&1 & echo $!",
-          exe, port, dir, dir, dir, dir, log)):read("l")
+          exe, port, dir, dir, dir, dir, log)):read("l"))
         for _ = 1, 100 do
           local f = io.open(log)
           local text = f and f:read("a") or ""

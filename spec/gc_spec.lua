@@ -18,6 +18,22 @@ local function forgotten_pool(srv)
   pool:acquire(srv.addr):release()
 end
 
+-- Collect: the pools made since there were `before` (#peerpool.pools()) are gone, and srv saw
+-- their conns closed.
+local function collected(before, srv)
+  full_gc()
+  assert.equal(before, #peerpool.pools())
+  H.wait_closed(srv)
+end
+
+-- Collect while something waits for the capacity `held` holds, then release it and wait until
+-- done() is true: what waited must have survived the collection.
+local function collect_then_free(held, done)
+  full_gc()
+  held:release()
+  wait_until(done)
+end
+
 -- Lease a conn of `pool` and forget it.
 local function forgotten_conn(pool, addr)
   pool:acquire(addr)
@@ -62,9 +78,7 @@ describe("peerpool (garbage collection)", function()
       forgotten_pool(srv)
       assert.equal(before + 1, #peerpool.pools())
       wait_until(function() return srv.open == 1 end)
-      full_gc()
-      assert.equal(before, #peerpool.pools())
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      collected(before, srv)
     end))
 
     it("stays open while a conn it lent is alive, and goes with it", test(function(env)
@@ -81,9 +95,7 @@ describe("peerpool (garbage collection)", function()
       assert.equal("+PONG", conn:receive())
       conn:release()
       conn = nil -- luacheck: ignore 311
-      full_gc()
-      assert.equal(before, #peerpool.pools())
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      collected(before, srv)
     end))
 
     it("stays open while an acquire callback is pending", test(function(env)
@@ -102,50 +114,42 @@ describe("peerpool (garbage collection)", function()
       got[2]:release()
       got = nil
       full_gc()
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
     end))
   end)
 
   describe("a conn", function()
     it("collected while leased is closed, counted as leaked, and not blamed on its peer",
       test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       forgotten_conn(pool, srv.addr)
       assert.equal(1, pool:stats().active)
       full_gc()
-      local s = pool:stats()
-      assert.equal(1, s.leaked_leases)
-      assert.equal(0, s.released_broken)
+      local leaked = { leaked_leases = 1, released_broken = 0, active = 0 }
+      assert.same(leaked, H.pick(pool:stats(), leaked))
       assert.equal(0, pool:peer(srv.addr).failures)
-      assert.equal(0, s.active)
-      wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+      H.wait_closed(srv)
     end))
 
     it("collected after release counts nothing", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       pool:acquire(srv.addr):release()
       full_gc()
-      local s = pool:stats()
-      assert.equal(0, s.leaked_leases)
-      assert.equal(0, s.released_broken)
-      assert.equal(1, s.idle)
+      local nothing = { leaked_leases = 0, released_broken = 0, idle = 1 }
+      assert.same(nothing, H.pick(pool:stats(), nothing))
     end))
 
     it("collected while leased after its pool closed counts a leak and nothing breaks",
       test(function(env)
-        local srv = env:line()
-        local pool = env:pool_on(srv)
+        local pool, srv = env:pool_with("line")
         forgotten_conn(pool, srv.addr)
         pool:close()
         full_gc()
-        wait_until(function() return srv.open == 0 end, 2000, "the server to see the conn closed")
+        H.wait_closed(srv)
       end))
 
     it("waiting in receive is not collected", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local got
       peerpool.run(function()
         local conn = pool:acquire(srv.addr)
@@ -162,33 +166,25 @@ describe("peerpool (garbage collection)", function()
 
   describe("a pending acquire", function()
     it("in a coroutine nothing references still gets its conn", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv, { max_per_peer = 1 })
-      local held = pool:acquire(srv.addr)
+      local pool, srv, held = env:full_pool()
       local got
       peerpool.run(function()
         local conn = pool:acquire(srv.addr)
         got = tostring(conn)
         conn:release()
       end)
-      full_gc()
-      held:release()
-      wait_until(function() return got end)
+      collect_then_free(held, function() return got end)
       assert.matches("^peerpool%.conn ", got)
     end))
 
     it("with a callback nothing references still calls back", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv, { max_per_peer = 1 })
-      local held = pool:acquire(srv.addr)
+      local pool, srv, held = env:full_pool()
       local got
       pool:acquire(srv.addr, function(err, conn)
         got = { err, conn }
         conn:release()
       end)
-      full_gc()
-      held:release()
-      wait_until(function() return got end)
+      collect_then_free(held, function() return got end)
       assert.is_nil(got[1])
     end))
   end)
@@ -237,18 +233,14 @@ describe("peerpool (garbage collection)", function()
     end)
 
     it("waiting in notice:wait survives a collection before it is resumed", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv, { max_per_peer = 1 })
-      local held = assert(pool:acquire(srv.addr))
+      local pool, srv, held = env:full_pool()
       local got
       peerpool.spawn(function()
         local _, code, notice = pool:acquire(srv.addr, { busy = "fail" })
         assert(code == "busy")
         got = pack(notice:wait(2000))
       end)
-      full_gc()
-      held:release()
-      wait_until(function() return got end)
+      collect_then_free(held, function() return got end)
       assert.same({ n = 1, true }, got)
     end))
   end)
@@ -281,24 +273,18 @@ describe("peerpool (garbage collection)", function()
 
   describe("a notice", function()
     it("armed and forgotten still calls its on_free fn", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv, { max_per_peer = 1 })
-      local held = pool:acquire(srv.addr)
+      local pool, srv, held = env:full_pool()
       local got
       ;(function()
         local _, _, notice = pool:acquire(srv.addr, { busy = "fail" })
         notice:on_free(function(err) got = { err } end)
       end)()
-      full_gc()
-      held:release()
-      wait_until(function() return got end)
+      collect_then_free(held, function() return got end)
       assert.same({}, got)
     end))
 
     it("forgotten after it fired goes quietly", test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv, { max_per_peer = 1 })
-      local held = pool:acquire(srv.addr)
+      local pool, srv, held = env:full_pool()
       ;(function()
         local _, _, notice = pool:acquire(srv.addr, { busy = "fail" })
         notice:wait(1) -- times out: arms a timer of its own
@@ -311,41 +297,30 @@ describe("peerpool (garbage collection)", function()
     end))
   end)
 
+  -- Run `code` in a child lua5.4 (H.child): it must print `out`, nothing on stderr, and exit
+  -- with `status` (0 unless given).
+  local function child_ends(code, out, status)
+    local _, got_status, got_out, err = H.child(code)
+    assert.same({ status or 0, out, "" }, { got_status, got_out, err })
+  end
+
   describe("lua_close", function()
-    it("at the end of a script with live pools, conns and waits exits cleanly", function()
-      local ok, status, out, err = H.child(LIVE)
-      assert.equal("live\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
-    end)
-
-    it("by os.exit(true, true) with live pools, conns and waits exits cleanly", function()
-      local ok, status, out, err = H.child(LIVE .. "os.exit(true, true)\n")
-      assert.equal("live\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
-    end)
-
-    it("by os.exit(false, true) exits with status 1 and nothing else", function()
-      local ok, status, out, err = H.child(LIVE .. "os.exit(false, true)\n")
-      assert.equal("live\n", out)
-      assert.equal("", err)
-      assert.is_false(ok)
-      assert.equal(1, status)
-    end)
-
-    it("after the program closed everything exits cleanly", function()
-      local ok, status, out, err = H.child(LIVE .. [[
+    for _, case in ipairs {
+      { "at the end of a script with live pools, conns and waits exits cleanly", LIVE, "live\n" },
+      { "by os.exit(true, true) with live pools, conns and waits exits cleanly",
+        LIVE .. "os.exit(true, true)\n", "live\n" },
+      { "by os.exit(false, true) exits with status 1 and nothing else",
+        LIVE .. "os.exit(false, true)\n", "live\n", 1 },
+      { "after the program closed everything exits cleanly", LIVE .. [[
         for _, p in ipairs(peerpool.pools()) do p:close() end
         srv:close()
         for _ = 1, 100 do if not uv.loop_alive() then break end uv.run("nowait") end
         io.write(#peerpool.pools(), "\n")
         os.exit(true, true)
-      ]])
-      assert.equal("live\n0\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
-    end)
+      ]], "live\n0\n" },
+    } do
+      it(case[1], function() child_ends(case[2], case[3], case[4]) end)
+    end
   end)
 
   describe("luv", function()
@@ -384,17 +359,11 @@ describe("peerpool (garbage collection)", function()
     end
 
     it("required again after clearing package.loaded keeps the pools' loop", function()
-      local ok, status, out, err = H.child(reloaded(false))
-      assert.equal("+PONG 2\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
+      child_ends(reloaded(false), "+PONG 2\n")
     end)
 
     it("and peerpool required again after clearing package.loaded keep working", function()
-      local ok, status, out, err = H.child(reloaded(true))
-      assert.equal("+PONG 2\n", out)
-      assert.equal("", err)
-      assert.is_true(ok, "exit status " .. tostring(status))
+      child_ends(reloaded(true), "+PONG 2\n")
     end)
   end)
 end)

@@ -14,8 +14,7 @@ end
 
 -- A line server and a pool lending one conn to it, that conn held: the next acquire waits.
 local function one_held(env)
-  local srv = env:line()
-  local pool = env:pool { peers = { srv.addr }, max_per_peer = 1 }
+  local pool, srv = env:static_pool("line", { max_per_peer = 1 })
   return srv, pool, assert(pool:acquire(srv.addr))
 end
 
@@ -91,8 +90,7 @@ describe("a coroutine the program resumes while it waits in the API", function()
     end))
 
   it("receive: a new receive on the conn is allowed once the old waiter left", H.test(function(env)
-    local srv = env:line()
-    local pool = env:pool { peers = { srv.addr } }
+    local pool, srv = env:static_pool("line")
     local conn = assert(pool:acquire(srv.addr))
     local co = start(function() conn:receive("*l") end)
     assert(coroutine.resume(co, "gone")) -- the coroutine ends; its receive owes nothing
@@ -191,8 +189,7 @@ describe("a coroutine the program resumes while it waits in the API", function()
     end))
 
   it("close{drain_ms}: the end of the drain does not resume it elsewhere", H.test(function(env)
-    local srv = env:line()
-    local pool = env:pool { peers = { srv.addr } }
+    local pool, srv = env:static_pool("line")
     local held = assert(pool:acquire(srv.addr))
     local closed, slept
     local co = start(function()

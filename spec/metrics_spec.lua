@@ -63,8 +63,7 @@ end
 
 -- A pool with the line server as its peer, and one PING through it.
 local function busy_pool(env, opts)
-  local srv = env:line()
-  local pool = env:pool_on(srv, opts)
+  local pool, srv = env:pool_with("line", opts)
   local conn = assert(pool:acquire(srv.addr))
   conn:send("PING\r\n")
   assert.equal("+PONG", conn:receive())
@@ -331,8 +330,7 @@ describe("pool:metrics()", function()
 
   it("adds per-peer series only when asked, for the N peers with the most traffic",
     test(function(env)
-      local srv = env:line()
-      local pool = env:pool_on(srv)
+      local pool, srv = env:pool_with("line")
       local quiet = pool:add_peer("127.0.0.1:1")
       local unix = pool:add_peer("/tmp/pp-metrics-nobody.sock")
       local conn = assert(pool:acquire(srv.addr))
@@ -642,21 +640,16 @@ describe("peerpool.serve_metrics()", function()
       env:pool()
       local srv = serve(env, LIMITS)
       local function round()
-        local done = 0
-        for i = 1, 30 do
+        H.in_parallel(30, function(i)
           local kind = i % 3
-          peerpool.spawn(function()
-            if kind == 0 then
-              http(srv.port, { "GET /met", "rics HT" }, { gap_ms = 10, to_close = true })
-            elseif kind == 1 then
-              http(srv.port, string.rep("x", 3000), { to_close = true })
-            else
-              http(srv.port, "GET /metrics HTTP/1.1\r\n\r\n", { timeout = 50 })
-            end
-            done = done + 1
-          end)
-        end
-        wait_until(function() return done == 30 end, 5000)
+          if kind == 0 then
+            http(srv.port, { "GET /met", "rics HT" }, { gap_ms = 10, to_close = true })
+          elseif kind == 1 then
+            http(srv.port, string.rep("x", 3000), { to_close = true })
+          else
+            http(srv.port, "GET /metrics HTTP/1.1\r\n\r\n", { timeout = 50 })
+          end
+        end, 5000)
       end
       round()
       wait_until(function() return srv:stats().clients == 0 end, 3000)

@@ -9,12 +9,18 @@ local CLOSED = "pool or connection is closed"
 
 -- A pool at capacity for one peer: the conn that holds it, and the notice of a busy answer.
 local function busy(env)
-  local srv = env:line()
-  local pool = env:pool_on(srv, { max_per_peer = 1 })
-  local held = assert(pool:acquire(srv.addr))
+  local pool, srv, held = env:full_pool()
   local res = pack(pool:acquire(srv.addr, { busy = "fail" }))
   assert.equal("busy", res[2])
   return res[3], held, pool, srv
+end
+
+-- A notice that has fired: the capacity it waited for freed, and a wait saw it.
+local function fired(env)
+  local notice, held = busy(env)
+  held:release()
+  assert.is_true(notice:wait())
+  return notice
 end
 
 -- Run fn in a coroutine of its own after `ms`.
@@ -23,6 +29,17 @@ local function later(ms, fn)
     H.sleep(ms)
     fn()
   end)
+end
+
+-- Give notice an on_free fn (on_free returns the notice), then end_it(): fn must be called on
+-- a later tick, never inside end_it, with the arguments `want` (packed).
+local function on_free_gets(notice, end_it, want)
+  local got
+  assert.equal(notice, notice:on_free(function(...) got = pack(...) end))
+  end_it()
+  assert.is_nil(got)
+  wait_until(function() return got end)
+  assert.same(want, got)
 end
 
 describe("peerpool.notice", function()
@@ -51,9 +68,7 @@ describe("peerpool.notice", function()
     end))
 
     it("returns at once, even outside a coroutine, once it has fired", test(function(env)
-      local notice, held = busy(env)
-      held:release()
-      assert.is_true(notice:wait())
+      local notice = fired(env)
       local res
       local t = uv.new_timer()
       t:start(0, 0, function() -- the main thread: no coroutine
@@ -130,44 +145,24 @@ describe("peerpool.notice", function()
     it("calls fn(nil) when capacity frees, on a later tick, and returns the notice",
       test(function(env)
         local notice, held = busy(env)
-        local got
-        assert.equal(notice, notice:on_free(function(...) got = pack(...) end))
-        held:release()
-        assert.is_nil(got)
-        wait_until(function() return got end)
-        assert.same({ n = 1, nil }, got)
+        on_free_gets(notice, function() held:release() end, pack(nil))
       end))
 
     it("calls fn('canceled') on cancel", test(function(env)
       local notice, held = busy(env)
-      local got
-      notice:on_free(function(...) got = pack(...) end)
-      assert.is_true(notice:cancel())
-      assert.is_nil(got)
-      wait_until(function() return got end)
-      assert.same({ n = 1, "canceled" }, got)
+      on_free_gets(notice, function() assert.is_true(notice:cancel()) end, pack("canceled"))
       held:release()
     end))
 
     it("calls fn('closed') when the pool closes", test(function(env)
       local notice, held, pool = busy(env)
-      local got
-      notice:on_free(function(...) got = pack(...) end)
-      pool:close()
-      wait_until(function() return got end)
-      assert.same({ n = 1, "closed" }, got)
+      on_free_gets(notice, function() pool:close() end, pack("closed"))
       held:release()
     end))
 
     it("calls fn later when the notice has already fired", test(function(env)
-      local notice, held = busy(env)
-      held:release()
-      assert.is_true(notice:wait())
-      local got
-      notice:on_free(function(...) got = pack(...) end)
-      assert.is_nil(got)
-      wait_until(function() return got end)
-      assert.same({ n = 1, nil }, got)
+      local notice = fired(env)
+      on_free_gets(notice, function() end, pack(nil))
     end))
 
     it("tells both a waiting coroutine and fn", test(function(env)
@@ -225,9 +220,7 @@ describe("peerpool.notice", function()
     end))
 
     it("returns false once the notice has fired", test(function(env)
-      local notice, held = busy(env)
-      held:release()
-      assert.is_true(notice:wait())
+      local notice = fired(env)
       assert.is_false(notice:cancel())
       assert.is_true(notice:wait())
     end))

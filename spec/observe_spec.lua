@@ -6,8 +6,7 @@ local peerpool = require "peerpool"
 local test, wait_until = H.test, H.wait_until
 
 local function line_pool(env, opts)
-  local srv = env:line()
-  local pool = env:pool_on(srv, opts)
+  local pool, srv = env:pool_with("line", opts)
   return pool, srv
 end
 

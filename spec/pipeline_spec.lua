@@ -3,29 +3,24 @@
 -- pipeline, the Lua framer's containment; and pipelining correctness against real
 -- redis-servers (PIPE_REQUESTS requests per coroutine, 2000 by default).
 local H = require "spec.support.helpers"
+local redis = require "spec.support.redis"
 local peerpool = require "peerpool"
 
-local test, pack, wait_until = H.test, H.pack, H.wait_until
+local test, pack, wait_until, in_parallel = H.test, H.pack, H.wait_until, H.in_parallel
 
--- Run fn(i) in n coroutines of their own and wait until all have returned.
-local function in_parallel(n, fn, ms)
-  local done = 0
-  for i = 1, n do
-    peerpool._spawn(function()
-      fn(i)
-      done = done + 1
-    end)
-  end
-  wait_until(function() return done == n end, ms or 10000, "the coroutines to finish")
-end
-
--- An ordered server and a pool of line-framed conns on it, one conn per peer shared by up to
--- `limit` leases; `extra` options added.
-local function shared_line(env, limit, extra)
+-- A server (`srv`, an ordered one unless given) and a pool of line-framed conns on it, one
+-- conn per peer shared by up to `limit` leases; `extra` options added.
+local function shared_line(env, limit, extra, srv)
   local opts = { framing = "line", client_limit = limit, max_per_peer = 1 }
   for k, v in pairs(extra or {}) do opts[k] = v end
-  local srv = env:ordered()
+  srv = srv or env:ordered()
   return srv, env:pool_on(srv, opts)
+end
+
+-- shared_line(env, 4) with a first lease of its conn: srv, pool, the lease.
+local function shared_lease(env)
+  local srv, pool = shared_line(env, 4)
+  return srv, pool, assert(pool:acquire(srv.addr))
 end
 
 describe("pipelining", function()
@@ -47,8 +42,7 @@ describe("pipelining", function()
 
   describe("conn:receive()", function()
     it("returns each lease's own replies while leases share one conn", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = "line", client_limit = 8, max_per_peer = 1 })
+      local srv, pool = shared_line(env, 8, nil, env:echo())
       local bad = 0
       in_parallel(8, function(i)
         local conn = assert(pool:acquire(srv.addr))
@@ -62,14 +56,12 @@ describe("pipelining", function()
         conn:release()
       end)
       assert.equal(0, bad)
-      local st = pool:stats()
-      assert.equal(1, st.conns)
-      assert.equal(0, st.closed.broken + st.closed.discarded + st.closed.remote)
+      assert.equal(1, pool:stats().conns)
+      assert.equal(0, H.troubled(pool))
     end))
 
     it("refuses patterns and answers bad_state with nothing sent", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = "line" })
+      local pool, srv = env:pool_with("echo", { framing = "line" })
       local conn = assert(pool:acquire(srv.addr))
       assert.has_error(function() conn:receive("*l") end)
       local r = pack(conn:receive())
@@ -102,8 +94,7 @@ describe("pipelining", function()
     end))
 
     it("a reply for a released lease does not dirty the conn", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = "line", client_limit = 2 })
+      local pool, srv = env:pool_with("echo", { framing = "line", client_limit = 2 })
       local conn = assert(pool:acquire(srv.addr))
       conn:send("never read\n")
       conn:release()
@@ -114,8 +105,7 @@ describe("pipelining", function()
 
   describe("pool:request()", function()
     it("answers in a coroutine and with a callback", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = "line", client_limit = 4 })
+      local pool, srv = env:pool_with("echo", { framing = "line", client_limit = 4 })
       assert.equal("hi\n", pool:request(srv.addr, "hi\n"))
       local got
       assert.is_true(pool:request(srv.addr, "cb\n", function(err, reply) got = { err, reply } end))
@@ -125,9 +115,7 @@ describe("pipelining", function()
 
     it("times out (io_timeout), breaking the shared conn for the requests behind",
       test(function(env)
-        local srv = env:slow(400)
-        local pool = env:pool_on(srv, { framing = "line", client_limit = 4, max_per_peer = 1,
-          io_timeout = 100 })
+        local srv, pool = shared_line(env, 4, { io_timeout = 100 }, env:slow(400))
         local codes = {}
         in_parallel(6, function(i) -- 4 get a conn at once, 2 wait for one
           local r, code = pool:request(srv.addr, "PING\n")
@@ -194,8 +182,7 @@ describe("pipelining", function()
 
   describe("framing = function(buf)", function()
     it("frames replies split and coalesced", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { client_limit = 4, framing = function(buf)
+      local pool, srv = env:pool_with("echo", { client_limit = 4, framing = function(buf)
         local i = buf:find(";", 1, true)
         return i
       end })
@@ -215,8 +202,7 @@ describe("pipelining", function()
       ["runs forever"] = function() while true do end end,
     } do
       it("is contained when it " .. what, test(function(env)
-        local srv = env:echo()
-        local pool = env:pool_on(srv, { framing = fn, hook_budget = 10000 })
+        local pool, srv = env:pool_with("echo", { framing = fn, hook_budget = 10000 })
         local r = pack(pool:request(srv.addr, "x;"))
         assert.same({ n = 3, nil, "bad_reply" }, { n = 3, r[1], r[2] })
         assert.equal(1, pool:stats().hooks.framing.errors)
@@ -231,8 +217,8 @@ end)
 
 describe("pipelining, adversarial", function()
   it("a reply nobody asked for closes the conn (no stall behind kept bytes)", test(function(env)
-    local srv = env:ordered()
-    local pool = env:pool_on(srv, { framing = "line", client_limit = 4, io_timeout = 2000 })
+    local pool, srv = env:pool_with("ordered",
+      { framing = "line", client_limit = 4, io_timeout = 2000 })
     local conn = assert(pool:acquire(srv.addr))
     -- one request, two replies: "a" now, "+WOKE" 30 ms later with no request waiting
     assert(conn:send("ECHO a\nSLEEP 30\n"))
@@ -247,8 +233,7 @@ describe("pipelining, adversarial", function()
 
   it("a lease released while its receive waits elsewhere leaves the shared conn to the others",
     test(function(env)
-      local srv, pool = shared_line(env, 4)
-      local a = assert(pool:acquire(srv.addr))
+      local srv, pool, a = shared_lease(env)
       local b = assert(pool:acquire(srv.addr))
       assert(a:send("SLEEP 100\n"))
       assert(b:send("SLEEP 50\n"))
@@ -259,15 +244,13 @@ describe("pipelining, adversarial", function()
       assert.equal("+WOKE\r\n", a:receive()) -- a's reply, on the conn b's release left alone
       assert.equal("closed", b_got[2])
       a:release()
-      local st = pool:stats()
-      assert.equal(1, st.conns)
-      assert.equal(0, st.closed.discarded + st.closed.broken + st.closed.remote)
+      assert.equal(1, pool:stats().conns)
+      assert.equal(0, H.troubled(pool))
     end))
 
   it("a lease collected with requests in flight leaves the shared conn to the others",
     test(function(env)
-      local srv, pool = shared_line(env, 4)
-      local a = assert(pool:acquire(srv.addr))
+      local srv, pool, a = shared_lease(env)
       do
         local b = assert(pool:acquire(srv.addr))
         assert(b:send("SLEEP 20\n"))
@@ -282,8 +265,7 @@ describe("pipelining, adversarial", function()
     end))
 
   it("an error inside pool:with leaves the shared conn to the others", test(function(env)
-    local srv, pool = shared_line(env, 4)
-    local a = assert(pool:acquire(srv.addr))
+    local srv, pool, a = shared_lease(env)
     assert(a:send("SLEEP 50\n"))
     local ok, err = pcall(pool.with, pool, srv.addr, function(conn)
       assert(conn:send("ECHO x\n"))
@@ -297,8 +279,7 @@ describe("pipelining, adversarial", function()
   end))
 
   it("a hand-resumed receive gets its own reply on its next receive", test(function(env)
-    local srv, pool = shared_line(env, 4)
-    local a = assert(pool:acquire(srv.addr))
+    local srv, pool, a = shared_lease(env)
     local b = assert(pool:acquire(srv.addr))
     local got = {}
     local co = coroutine.create(function()
@@ -325,8 +306,7 @@ describe("pipelining, adversarial", function()
     end,
   } do
     it("a framer that " .. what .. " is contained", test(function(env)
-      local srv = env:echo()
-      local pool = env:pool_on(srv, { framing = fn, hook_budget = 10000 })
+      local pool, srv = env:pool_with("echo", { framing = fn, hook_budget = 10000 })
       local r = pack(pool:request(srv.addr, "x\n"))
       if what == "yields" then
         assert.equal("bad_reply", r[2])
@@ -338,8 +318,7 @@ describe("pipelining, adversarial", function()
   end
 
   it("a reply over max_reply closes the conn; the pool carries on", test(function(env)
-    local srv = env:ordered()
-    local pool = env:pool_on(srv, { framing = { kind = "line", max_reply = 100 } })
+    local pool, srv = env:pool_with("ordered", { framing = { kind = "line", max_reply = 100 } })
     local r = pack(pool:request(srv.addr, "ECHO " .. ("y"):rep(200) .. "\n"))
     assert.same({ nil, "too_long" }, { r[1], r[2] })
     assert.equal("ok\r\n", pool:request(srv.addr, "ECHO ok\n"))
@@ -393,8 +372,8 @@ describe("pipelining, adversarial", function()
     end))
 
     it("a failed ping closes the framed conn; requests go to a new one", test(function(env)
-      local srv = env:ordered()
-      local pool = env:pool_on(srv, { framing = "line", max_per_peer = 1, ping_after = 20 })
+      local pool, srv = env:pool_with("ordered",
+        { framing = "line", max_per_peer = 1, ping_after = 20 })
       assert(pool:load_policy { ping = function(conn)
         assert(conn:send("PING\n"))
         conn:receive()
@@ -411,40 +390,14 @@ end)
 
 -- ---- against real redis-servers ------------------------------------------------------------
 
-local function redis_server()
-  local exe = io.popen("command -v redis-server"):read("l")
-  if not exe then return nil end
-  local uv = require "luv"
-  local t = uv.new_tcp()
-  t:bind("127.0.0.1", 0)
-  local port = t:getsockname().port
-  t:close()
-  uv.run("nowait")
-  local pid = io.popen(string.format(
-    "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
-    ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-  for _ = 1, 100 do
-    local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
-    if r:match("PONG") then break end
-    os.execute("sleep 0.05")
-  end
-  return "127.0.0.1:" .. port, pid, port
-end
-
-local function echo_cmd(s) return ("*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n"):format(#s, s) end
-local function bulk(s) return ("$%d\r\n%s\r\n"):format(#s, s) end
+local echo_cmd, bulk = redis.echo_cmd, redis.bulk
 
 describe("pipelining against redis-server", function()
-  local pids = {}
-  after_each(function()
-    for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid .. " 2>/dev/null") end
-    pids = {}
-  end)
+  after_each(redis.kill_started)
 
   it("matches every reply to its own request (32 coroutines, 2 shared conns)", test(function(env)
-    local addr, pid = redis_server()
-    if not addr then return pending("redis-server is not installed") end
-    pids[#pids + 1] = pid
+    local addr = redis.start()
+    if not addr then return pending(redis.MISSING) end
     -- (under GC stress every entry into Lua runs a full collection: fewer requests there)
     local per = tonumber(os.getenv("PIPE_REQUESTS"))
       or (os.getenv("PEERPOOL_GC_STRESS") == "1" and 50 or 2000)
@@ -469,16 +422,14 @@ describe("pipelining against redis-server", function()
     assert.equal(32 * per, done)
     assert.equal(0, failed)
     assert.equal(0, mismatched)
-    local st = pool:stats()
-    assert.equal(2, st.conns)
-    assert.equal(0, st.closed.broken + st.closed.discarded + st.closed.remote)
+    assert.equal(2, pool:stats().conns)
+    assert.equal(0, H.troubled(pool))
   end))
 
   it("a conn killed mid-pipeline fails exactly its requests in flight, once each",
     test(function(env)
-      local addr, pid, port = redis_server()
-      if not addr then return pending("redis-server is not installed") end
-      pids[#pids + 1] = pid
+      local addr, _, port = redis.start()
+      if not addr then return pending(redis.MISSING) end
       local pool = env:pool { framing = "resp", client_limit = 16, max_per_peer = 1 }
       pool:add_peer(addr)
       -- the conn's id, asked on the conn itself

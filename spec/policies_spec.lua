@@ -9,7 +9,7 @@ local P = require "spec.support.policy_helpers"
 local peerpool = require "peerpool"
 
 local test, pack, sleep, wait_until = P.test, H.pack, H.sleep, H.wait_until
-local hook_stats = P.hook_stats
+local hook_stats, addrs_of = P.hook_stats, P.addrs_of
 
 local NAMES = { "round_robin", "least_loaded", "p2c_latency", "consistent_hash",
   "backoff_exponential", "backoff_decorrelated", "backoff_fixed", "seed_static", "seed_dns",
@@ -18,26 +18,6 @@ local NAMES = { "round_robin", "least_loaded", "p2c_latency", "consistent_hash",
 local function lib(name) return require("peerpool.policies." .. name) end
 local function path_of(name) return "scripts/policies/" .. name .. ".lua" end
 
-local function addrs_of(list)
-  local out = {}
-  for i, srv in ipairs(list) do out[i] = srv.addr end
-  return out
-end
-
-local function warm(pool, addrs)
-  for _, addr in ipairs(addrs) do
-    local conn = assert(pool:acquire(addr))
-    conn:release()
-  end
-end
-
--- `n` servers (env:many(n, kind)) and a pool on them with a conn made to each; pool, servers.
-local function warm_pool(env, n, kind)
-  local srvs = env:many(n, kind)
-  local pool = env:pool { peers = addrs_of(srvs) }
-  warm(pool, addrs_of(srvs))
-  return pool, srvs
-end
 
 -- The peers that serve `n` acquires for any peer, each released before the next.
 local function sequence(pool, n, opts)
@@ -50,9 +30,20 @@ local function sequence(pool, n, opts)
   return out
 end
 
-local function who(conn)
-  assert(conn:send("WHO\r\n"))
-  return tonumber(assert(conn:receive("*l")):match("^CONN (%d+)$"))
+-- A pool that keeps `target` peers (1) through target_peers maintenance every 10 ms, with the
+-- seed policy `policy` loaded.
+local function seeded_pool(env, policy, target)
+  local pool = env:pool { target_peers = target or 1, maintenance_interval = 10 }
+  assert(pool:load_policy(policy))
+  return pool
+end
+
+-- Wait (up to ms) until the pool's peer at addr is seeded and ready.
+local function wait_ready(pool, addr, ms, what)
+  wait_until(function()
+    local p = pool:peer(addr)
+    return p and p.state == "ready"
+  end, ms, what)
 end
 
 local function sorted(list)
@@ -200,7 +191,7 @@ describe("peerpool.policies", function()
         return { name = "mine", select_peer = sel.select_peer, backoff = back.backoff }
       ]])
       assert.is_true(pool:load_policy(path))
-      warm(pool, addrs_of(srvs))
+      P.warm(pool, addrs_of(srvs))
       assert.same(sorted(addrs_of(srvs)), sequence(pool, 3))
       assert.same({ 3, 0 }, { hook_stats(pool, "select_peer") })
     end))
@@ -208,7 +199,7 @@ describe("peerpool.policies", function()
 
   describe("round_robin", function()
     it("serves acquires from the peers in turn, in address order", test(function(env)
-      local pool, srvs = warm_pool(env, 3)
+      local pool, srvs = P.warm_pool(env, 3)
       assert(pool:load_policy(lib("round_robin").new()))
       local order = sorted(addrs_of(srvs))
       local want = {}
@@ -252,7 +243,7 @@ describe("peerpool.policies", function()
       for _, busy in ipairs { a, b } do
         -- `busy` has one conn held and one idle; the other peer one idle conn
         local held = assert(pool:acquire(busy))
-        warm(pool, { busy, busy == a and b or a })
+        P.warm(pool, { busy, busy == a and b or a })
         local conn = assert(pool:acquire())
         assert.not_equal(busy, conn.peer)
         conn:release()
@@ -287,8 +278,7 @@ describe("peerpool.policies", function()
       end)
 
     it("chooses among a shared peer's conns on a real pool", test(function(env)
-      local srv = env:line()
-      local pool = env:pool { peers = { srv.addr }, client_limit = 2, max_per_peer = 2 }
+      local pool, srv = env:static_pool("line", { client_limit = 2, max_per_peer = 2 })
       local ll = lib("least_loaded").new()
       local seen
       assert(pool:load_policy { select_conn = function(conns, ctx)
@@ -343,7 +333,7 @@ describe("peerpool.policies", function()
     end)
 
     it("serves a real pool without policy errors, spreading over the peers", test(function(env)
-      local pool = warm_pool(env, 4)
+      local pool = P.warm_pool(env, 4)
       assert(pool:load_policy(lib("p2c_latency").new()))
       local seen = {}
       for _, addr in ipairs(sequence(pool, 40)) do seen[addr] = (seen[addr] or 0) + 1 end
@@ -356,7 +346,7 @@ describe("peerpool.policies", function()
 
   describe("consistent_hash", function()
     it("sends one key to one peer, and spreads keys over the peers", test(function(env)
-      local pool = warm_pool(env, 4)
+      local pool = P.warm_pool(env, 4)
       assert(pool:load_policy(lib("consistent_hash").new()))
       local owners = {}
       for k = 1, 40 do
@@ -452,7 +442,7 @@ describe("peerpool.policies", function()
     end)
 
     it("falls back to round robin without a key", test(function(env)
-      local pool, srvs = warm_pool(env, 3)
+      local pool, srvs = P.warm_pool(env, 3)
       assert(pool:load_policy(lib("consistent_hash").new()))
       local order = sorted(addrs_of(srvs))
       assert.same({ order[1], order[2], order[3], order[1] }, sequence(pool, 4))
@@ -502,8 +492,7 @@ describe("peerpool.policies", function()
     end)
 
     it("burns a dead peer on a real pool after burn_after failures", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 10 }
+      local pool, srv = env:static_pool("refused", { retries = 10 })
       assert(pool:load_policy(lib("backoff_exponential").new { base_ms = 2, burn_after = 3 }))
       assert.equal("burned", select(2, pool:acquire(srv.addr)))
       assert.equal(3, pool:peer(srv.addr).attempts)
@@ -533,8 +522,7 @@ describe("peerpool.policies", function()
     it("burns per burn_after and burn_on, and serves a real pool", test(function(env)
       local b = lib("backoff_decorrelated").new { base_ms = 1, cap_ms = 5, burn_after = 4 }
       assert.is_false(b.backoff(4, "ECONNREFUSED", { addr = "10.0.0.1:1" }))
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 10 }
+      local pool, srv = env:static_pool("refused", { retries = 10 })
       assert(pool:load_policy(b))
       assert.equal("burned", select(2, pool:acquire(srv.addr)))
       assert.equal(4, pool:peer(srv.addr).attempts)
@@ -551,8 +539,7 @@ describe("peerpool.policies", function()
       end
       assert.equal(30, lib("backoff_fixed").new { base_ms = 30, jitter_ms = 50, cap_ms = 30 }
         .backoff(1, "x"))
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 2 }
+      local pool, srv = env:static_pool("refused", { retries = 2 })
       assert(pool:load_policy(lib("backoff_fixed").new { base_ms = 40 }))
       local t0 = uv.now()
       assert.equal("cannot_connect", select(2, pool:acquire(srv.addr)))
@@ -565,8 +552,7 @@ describe("peerpool.policies", function()
   describe("seed_static", function()
     it("gives the pool its addresses when target_peers maintenance asks", test(function(env)
       local srvs = env:many(2)
-      local pool = env:pool { target_peers = 2, maintenance_interval = 10 }
-      assert(pool:load_policy(lib("seed_static").new { addrs = addrs_of(srvs) }))
+      local pool = seeded_pool(env, lib("seed_static").new { addrs = addrs_of(srvs) }, 2)
       wait_until(function() return pool:stats().peers_by_state.ready == 2 end, 2000, "2 ready")
       assert.same({ 1, 0 }, { hook_stats(pool, "seed") })
       for _, s in ipairs(srvs) do assert.equal(1, s.accepted) end
@@ -585,18 +571,14 @@ describe("peerpool.policies", function()
   describe("seed_dns", function()
     it("resolves names through the loop and adds their addresses", test(function(env)
       local srv = env:line()
-      local pool = env:pool { target_peers = 1, maintenance_interval = 10 }
-      assert(pool:load_policy(lib("seed_dns").new { names = { "localhost" }, port = srv.port }))
-      wait_until(function()
-        local p = pool:peer(srv.addr)
-        return p and p.state == "ready"
-      end, 3000, "the seeded peer")
+      local pool = seeded_pool(env,
+        lib("seed_dns").new { names = { "localhost" }, port = srv.port })
+      wait_ready(pool, srv.addr, 3000, "the seeded peer")
       assert.same({ 1, 0 }, { hook_stats(pool, "seed") })
     end))
 
     it("raises when no name resolves (the failure is logged and counted)", test(function(env)
-      local pool = env:pool { target_peers = 1, maintenance_interval = 10 }
-      assert(pool:load_policy(lib("seed_dns").new { names = { "bad..name" }, port = 8333 }))
+      local pool = seeded_pool(env, lib("seed_dns").new { names = { "bad..name" }, port = 8333 })
       wait_until(function() return select(2, hook_stats(pool, "seed")) == 1 end, 3000,
         "the seed error")
       assert.equal(0, #pool:peers())
@@ -627,10 +609,7 @@ describe("peerpool.policies", function()
       local pool = env:pool { target_peers = 2, maintenance_interval = 10,
         max_address_age = 3600 * 1000 }
       assert(pool:load_policy(lib("seed_file").new { path = path }))
-      wait_until(function()
-        local p = pool:peer(fresh.addr)
-        return p and p.state == "ready"
-      end, 2000, "the fresh peer")
+      wait_ready(pool, fresh.addr, 2000, "the fresh peer")
       assert.equal(old, pool:peer(stale.addr).last_seen)
       sleep(30)
       assert.equal(0, stale.accepted)
@@ -667,17 +646,12 @@ describe("peerpool.policies", function()
 
     it("reads a peerpool address book", test(function(env)
       local srv = env:line()
-      local book = env:tmpname()
-      os.remove(book)
+      local book = env:tmppath()
       local first = env:pool { address_book = book }
       first:add_peer(srv.addr)
       first:close()
-      local pool = env:pool { target_peers = 1, maintenance_interval = 10 }
-      assert(pool:load_policy(lib("seed_file").new { path = book }))
-      wait_until(function()
-        local p = pool:peer(srv.addr)
-        return p and p.state == "ready"
-      end, 2000, "the peer from the book")
+      local pool = seeded_pool(env, lib("seed_file").new { path = book })
+      wait_ready(pool, srv.addr, 2000, "the peer from the book")
       assert.same({ 1, 0 }, { hook_stats(pool, "seed") })
     end))
   end)
@@ -702,17 +676,17 @@ describe("peerpool.policies", function()
       for run, policy in ipairs { false, path_of("default") } do
         local pool = env:pool { peers = addrs_of(srvs) }
         if policy then assert(pool:load_policy(policy)) end
-        warm(pool, addrs_of(srvs))
+        P.warm(pool, addrs_of(srvs))
         local got = sequence(pool, 7)
         -- conns: the longest idle is lent first
         pool:add_peer(node.addr)
         local a, b = assert(pool:acquire(node.addr)), assert(pool:acquire(node.addr))
-        local ids = { who(a), who(b) }
+        local ids = { P.who(a), P.who(b) }
         a:release()
         sleep(15)
         b:release()
         local c = assert(pool:acquire(node.addr))
-        got[#got + 1] = who(c) - ids[1] -- 0: the conn released first
+        got[#got + 1] = P.who(c) - ids[1] -- 0: the conn released first
         c:release()
         runs[run] = got
         if policy then assert.equal(0, select(2, hook_stats(pool, "select_conn"))) end
@@ -837,10 +811,7 @@ describe("peerpool.policies", function()
       local node = env:node()
       local p2p = lib("p2p").new { dns_seeds = { "localhost" }, port = node.port }
       local pool = p2p_pool(env, p2p, { target_peers = 1 })
-      wait_until(function()
-        local p = pool:peer(node.addr)
-        return p and p.state == "ready"
-      end, 3000, "the peer from DNS")
+      wait_ready(pool, node.addr, 3000, "the peer from DNS")
       assert.same({ "peerpool/0.1" }, node.versions)
     end))
   end)
@@ -949,7 +920,7 @@ describe("peerpool.policies", function()
   describe("a user's copy", function()
     it("can be edited and loaded into a running pool; a broken edit leaves it running",
       test(function(env)
-        local pool, srvs = warm_pool(env, 3, "line")
+        local pool, srvs = P.warm_pool(env, 3, nil, "line")
         local held = assert(pool:acquire(srvs[1].addr))
         -- copy default.lua; edit select_peer to always prefer one address
         local text = assert(P.read(path_of("default")))
@@ -982,8 +953,7 @@ describe("peerpool.policies", function()
       end))
 
     it("of a module with options: edit the defaults at the top", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 1 }
+      local pool, srv = env:static_pool("refused", { retries = 1 })
       local text = assert(P.read(path_of("backoff_fixed")))
       local edited, n = text:gsub("base_ms = { 1000,", "base_ms = { 25,")
       assert.equal(1, n)

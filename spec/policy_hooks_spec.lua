@@ -8,27 +8,7 @@ local P = require "spec.support.policy_helpers"
 local peerpool = require "peerpool"
 
 local test, pack, sleep, wait_until = P.test, H.pack, H.sleep, H.wait_until
-local hook_stats = P.hook_stats
-
--- Acquire every address once and release: each peer gets an idle conn.
-local function warm(pool, addrs)
-  for _, addr in ipairs(addrs) do
-    local conn = assert(pool:acquire(addr))
-    conn:release()
-  end
-end
-
--- The accept number of the conn at the node server ("WHO" -> "CONN n").
-local function who(conn)
-  assert(conn:send("WHO\r\n"))
-  return tonumber(assert(conn:receive("*l")):match("^CONN (%d+)$"))
-end
-
-local function addrs_of(list)
-  local out = {}
-  for i, srv in ipairs(list) do out[i] = srv.addr end
-  return out
-end
+local hook_stats, who, addrs_of = P.hook_stats, P.who, P.addrs_of
 
 local function handshake_ok(conn)
   conn:send("VERSION spec\r\n")
@@ -88,9 +68,7 @@ describe("peerpool policy hooks", function()
 
     it("answers nil, 'invalid', err for a script with a syntax error; the old policy stays active",
       test(function(env)
-        local srvs = env:many(2)
-        local pool = env:pool { peers = addrs_of(srvs) }
-        warm(pool, addrs_of(srvs))
+        local pool = P.warm_pool(env, 2)
         local path = env:tmpname()
         P.write(path, "return { select_peer = function(peers) return 1 end }")
         assert.is_true(pool:load_policy(path))
@@ -141,8 +119,7 @@ describe("peerpool policy hooks", function()
     end)
 
     it("swaps on a live pool without touching leased or idle conns", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool, srv = env:static_pool("node")
       local held = assert(pool:acquire(srv.addr))
       local idle = assert(pool:acquire(srv.addr))
       idle:release()
@@ -193,23 +170,15 @@ describe("peerpool policy hooks", function()
         assert.is_nil(b.tags)
         assert.equal(seen_at, a.last_seen)
         assert.is_true(math.abs(b.last_seen - os.time() * 1000) < 5000)
-        for _, v in ipairs { a, b } do
-          assert.equal("known", v.state)
-          assert.equal(0, v.leases)
-          assert.equal(0, v.conns)
-          assert.equal(0, v.idle)
-          assert.equal(0, v.waiters)
-          assert.equal(0, v.failures)
-          assert.equal(0, v.idle_ms)
-          assert.equal(0, v.latency_ms)
-        end
+        local unused = { state = "known", leases = 0, conns = 0, idle = 0, waiters = 0,
+          failures = 0, idle_ms = 0, latency_ms = 0 }
+        assert.same(unused, H.pick(a, unused))
+        assert.same(unused, H.pick(b, unused))
         conn:release()
       end))
 
     it("chooses among peers with a usable conn, with ctx.dialing = false", test(function(env)
-      local srvs = env:many(3)
-      local pool = env:pool { peers = addrs_of(srvs) }
-      warm(pool, addrs_of(srvs))
+      local pool = P.warm_pool(env, 3)
       local seen
       assert(pool:load_policy { select_peer = function(peers, ctx)
         seen = { dialing = ctx.dialing, key = ctx.key }
@@ -228,9 +197,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("is obeyed: the chosen index or view serves the acquire", test(function(env)
-      local srvs = env:many(3)
-      local pool = env:pool { peers = addrs_of(srvs) }
-      warm(pool, addrs_of(srvs))
+      local pool, srvs = P.warm_pool(env, 3)
       local want = srvs[2].addr
       local function find(peers)
         for i = 1, #peers do if peers[i].addr == want then return i end end
@@ -252,9 +219,7 @@ describe("peerpool policy hooks", function()
 
     it("accepts an index given as a float with an integral value, as Lua's own functions do",
       test(function(env)
-        local srvs = env:many(2)
-        local pool = env:pool { peers = addrs_of(srvs) }
-        warm(pool, addrs_of(srvs))
+        local pool = P.warm_pool(env, 2)
         assert(pool:load_policy { select_peer = function(peers) return #peers / 2 end }) -- 1.0
         local conn = assert(pool:acquire())
         conn:release()
@@ -262,8 +227,7 @@ describe("peerpool policy hooks", function()
       end))
 
     it("is not asked when there is only one candidate", test(function(env)
-      local srv = env:line()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool = env:static_pool("line")
       assert(pool:load_policy { select_peer = function() error("asked") end })
       for _ = 1, 3 do
         local conn = assert(pool:acquire())
@@ -312,8 +276,7 @@ describe("peerpool policy hooks", function()
 
   describe("select_conn(conns, ctx)", function()
     it("chooses among a peer's usable conns, seeing their leases and idle_ms", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool, srv = env:static_pool("node")
       local a = assert(pool:acquire(srv.addr))
       local b = assert(pool:acquire(srv.addr))
       assert.same({ 1, 2 }, { who(a), who(b) })
@@ -344,8 +307,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("sees shared conns' lease counts (client_limit > 1)", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, client_limit = 3, max_per_peer = 2 }
+      local pool, srv = env:static_pool("node", { client_limit = 3, max_per_peer = 2 })
       local leases = {}
       assert(pool:load_policy { select_conn = function(conns)
         leases = {}
@@ -370,8 +332,7 @@ describe("peerpool policy hooks", function()
   describe("backoff(attempt, err, peer)", function()
     it("is called after each failed attempt with the attempt, the error code and a peer view",
       test(function(env)
-        local srv = env:refused()
-        local pool = env:pool { peers = { srv.addr }, retries = 2 }
+        local pool, srv = env:static_pool("refused", { retries = 2 })
         local calls = {}
         assert(pool:load_policy { backoff = function(attempt, err, peer)
           calls[#calls + 1] = { attempt, err, peer.addr, peer.attempts, type(peer.latency_ms) }
@@ -388,8 +349,7 @@ describe("peerpool policy hooks", function()
       end))
 
     it("delays the next attempt by the milliseconds it answers", test(function(env)
-      local srv = env:refused()
-      local pool = env:pool { peers = { srv.addr }, retries = 2 }
+      local pool, srv = env:static_pool("refused", { retries = 2 })
       assert(pool:load_policy { backoff = function() return 60 end })
       local t0 = uv.now()
       assert.equal("cannot_connect", select(2, pool:acquire(srv.addr)))
@@ -503,8 +463,7 @@ describe("peerpool policy hooks", function()
 
   describe("handshake(conn)", function()
     it("runs on each new conn as a coroutine; true makes the peer ready", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool, srv = env:static_pool("node")
       local states = {}
       pool:on("state", function(_, from, to) states[#states + 1] = from .. ">" .. to end)
       local peer_seen
@@ -542,8 +501,7 @@ describe("peerpool policy hooks", function()
       end))
 
     it("fails the attempt when it outlives handshake_timeout", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, retries = 0, handshake_timeout = 60 }
+      local pool, srv = env:static_pool("node", { retries = 0, handshake_timeout = 60 })
       local got
       assert(pool:load_policy { handshake = function(conn)
         conn:send("SILENT\r\n")
@@ -559,8 +517,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("lends a conn that can send and receive but not be released or closed", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr } }
+      local pool, srv = env:static_pool("node")
       local kept, rel, clo
       assert(pool:load_policy { handshake = function(conn)
         kept = conn
@@ -586,8 +543,7 @@ describe("peerpool policy hooks", function()
     end
 
     it("checks a conn that idled longer than ping_after before lending it", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, ping_after = 20, max_per_peer = 1 }
+      local pool, srv = env:static_pool("node", { ping_after = 20, max_per_peer = 1 })
       assert(pool:load_policy { ping = ping })
       local conn = assert(pool:acquire(srv.addr))
       conn:release()
@@ -603,8 +559,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("closes a conn whose ping fails; the acquire gets another conn", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, ping_after = 20, max_per_peer = 1 }
+      local pool, srv = env:static_pool("node", { ping_after = 20, max_per_peer = 1 })
       assert(pool:load_policy { ping = function() return false end })
       local conn = assert(pool:acquire(srv.addr))
       conn:release()
@@ -618,8 +573,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("pings idle conns every keepalive ms", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, keepalive = 20 }
+      local pool, srv = env:static_pool("node", { keepalive = 20 })
       assert(pool:load_policy { ping = ping })
       local conn = assert(pool:acquire(srv.addr))
       conn:release()
@@ -630,14 +584,7 @@ describe("peerpool policy hooks", function()
   end)
 
   describe("containment", function()
-    local function two_warm(env, opts)
-      local srvs = env:many(2)
-      opts = opts or {}
-      opts.peers = addrs_of(srvs)
-      local pool = env:pool(opts)
-      warm(pool, opts.peers)
-      return pool, srvs
-    end
+    local function two_warm(env, opts) return P.warm_pool(env, 2, opts) end
 
     local function serves(pool, n)
       for _ = 1, n or 3 do
@@ -646,34 +593,48 @@ describe("peerpool policy hooks", function()
       end
     end
 
+    -- Load `select_peer` into pool and serve n acquires for any peer; the hook's calls and
+    -- errors so far.
+    local function select_runs(pool, select_peer, n)
+      assert(pool:load_policy { select_peer = select_peer })
+      serves(pool, n)
+      return hook_stats(pool, "select_peer")
+    end
+
+    -- Load `handshake` into a new pool (opts, retries = 0) on a node server and acquire once: the
+    -- acquire's error code (nil when it got a conn, then released) and the hook's calls and
+    -- errors.
+    local function handshake_runs(env, handshake, opts)
+      local srv = env:node()
+      opts = opts or {}
+      opts.peers, opts.retries = { srv.addr }, 0
+      local pool = env:pool(opts)
+      assert(pool:load_policy { handshake = handshake })
+      local conn, code = pool:acquire(srv.addr)
+      if conn then conn:release() end
+      return code, hook_stats(pool, "handshake")
+    end
+
     it("a select hook that raises is cut off; the default decides; errors are counted",
       test(function(env)
         local pool = two_warm(env)
-        assert(pool:load_policy { select_peer = function() error("boom") end })
-        serves(pool, 5)
-        assert.same({ 5, 5 }, { hook_stats(pool, "select_peer") })
-        assert(pool:load_policy { select_peer = function() error({ "not a string" }) end })
-        serves(pool, 1)
-        assert.same({ 6, 6 }, { hook_stats(pool, "select_peer") })
+        assert.same({ 5, 5 }, { select_runs(pool, function() error("boom") end, 5) })
+        assert.same({ 6, 6 }, { select_runs(pool, function() error({ "not a string" }) end, 1) })
       end))
 
     it("nonsense answers from select hooks fall back to the default", test(function(env)
       local pool = two_warm(env)
       local answers = { "banana", 0, 3, -1, 1.5, {}, true, false, function() end }
       for i, answer in ipairs(answers) do
-        assert(pool:load_policy { select_peer = function() return answer end })
-        serves(pool, 1)
-        assert.same({ i, i }, { hook_stats(pool, "select_peer") }, "answer " .. tostring(answer))
+        assert.same({ i, i }, { select_runs(pool, function() return answer end, 1) },
+          "answer " .. tostring(answer))
       end
       -- a view of another pool's hook call is not a candidate either
       local other = two_warm(env)
       local foreign
-      assert(other:load_policy { select_peer = function(peers) foreign = peers[1]; return 1 end })
-      serves(other, 1)
-      assert(pool:load_policy { select_peer = function() return foreign end })
-      serves(pool, 1)
+      select_runs(other, function(peers) foreign = peers[1]; return 1 end, 1)
       local n = #answers + 1
-      assert.same({ n, n }, { hook_stats(pool, "select_peer") })
+      assert.same({ n, n }, { select_runs(pool, function() return foreign end, 1) })
     end))
 
     it("nonsense backoff answers fall back to the built-in backoff", test(function(env)
@@ -692,11 +653,9 @@ describe("peerpool policy hooks", function()
 
     it("a runaway select hook is stopped by its instruction budget", test(function(env)
       local pool = two_warm(env)
-      assert(pool:load_policy { select_peer = function() while true do end end })
       local t0 = uv.hrtime()
-      serves(pool, 3)
+      assert.same({ 3, 3 }, { select_runs(pool, function() while true do end end, 3) })
       assert.is_true((uv.hrtime() - t0) / 1e6 < 500)
-      assert.same({ 3, 3 }, { hook_stats(pool, "select_peer") })
     end))
 
     it("a runaway backoff, seed or handshake is stopped by its budget", test(function(env)
@@ -721,12 +680,9 @@ describe("peerpool policy hooks", function()
     end))
 
     it("a hook that raises a table is reported by the table's type", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, retries = 0 }
       local logged = {}
       peerpool.on_error(function(msg) logged[#logged + 1] = msg end)
-      assert(pool:load_policy { handshake = function() error({ code = 7 }) end })
-      local _, code = pool:acquire(srv.addr)
+      local code = handshake_runs(env, function() error({ code = 7 }) end)
       peerpool.on_error(nil)
       assert.equal("cannot_connect", code)
       assert.matches("policy hook handshake (table) failed: (error object is a table value)",
@@ -755,8 +711,7 @@ describe("peerpool policy hooks", function()
 
     it("an error reporter cannot close the pool in the middle of a hook's decision",
       test(function(env)
-        local srv = env:node()
-        local pool = env:pool { peers = { srv.addr }, max_per_peer = 2 }
+        local pool, srv = env:static_pool("node", { max_per_peer = 2 })
         local a, b = assert(pool:acquire(srv.addr)), assert(pool:acquire(srv.addr))
         a:release()
         b:release() -- two idle conns: the next acquire asks select_conn
@@ -773,30 +728,22 @@ describe("peerpool policy hooks", function()
 
     it("a hook that catches its budget error with pcall is still stopped", test(function(env)
       local pool = two_warm(env)
-      assert(pool:load_policy { select_peer = function()
+      assert.same({ 2, 2 }, { select_runs(pool, function()
         while true do pcall(function() while true do end end) end
-      end })
-      serves(pool, 2)
-      assert.same({ 2, 2 }, { hook_stats(pool, "select_peer") })
-      local srv = env:node()
-      local p2 = env:pool { peers = { srv.addr }, retries = 0 }
-      assert(p2:load_policy { handshake = function()
+      end, 2) })
+      assert.same({ "cannot_connect", 1, 1 }, { handshake_runs(env, function()
         while true do pcall(function() while true do end end) end
-      end })
-      assert.equal("cannot_connect", select(2, p2:acquire(srv.addr)))
-      assert.same({ 1, 1 }, { hook_stats(p2, "handshake") })
+      end) })
     end))
 
     it("coroutines a hook starts charge the same budget", test(function(env)
       local pool = two_warm(env, { hook_budget = 1000 })
       local spun = 0
-      assert(pool:load_policy { select_peer = function()
+      assert.same({ 1, 1 }, { select_runs(pool, function()
         for _ = 1, 1000000 do
           coroutine.wrap(function() for _ = 1, 300 do spun = spun + 1 end end)()
         end
-      end })
-      serves(pool, 1)
-      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
+      end, 1) })
       assert.is_true(spun < 5000, "the hook's coroutines ran " .. spun .. " loops")
     end))
 
@@ -804,15 +751,13 @@ describe("peerpool policy hooks", function()
       local pool = two_warm(env, { hook_budget = 100000000, hook_memory = 1024 * 1024 })
       local logged = {}
       peerpool.on_error(function(msg) logged[#logged + 1] = msg end)
-      assert(pool:load_policy { select_peer = function()
+      local before = collectgarbage("count")
+      assert.same({ 1, 1 }, { select_runs(pool, function()
         local t = {}
         for i = 1, 1e8 do t[i] = { i } end
         return t[1]
-      end })
-      local before = collectgarbage("count")
-      serves(pool, 1)
+      end, 1) })
       peerpool.on_error(nil)
-      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
       assert.matches("not enough memory", logged[1] or "", 1, true)
       assert.is_true(collectgarbage("count") - before < 8 * 1024, "the hook grew the heap")
     end))
@@ -858,9 +803,7 @@ describe("peerpool policy hooks", function()
 
     it("a synchronous hook that yields is cut off", test(function(env)
       local pool = two_warm(env)
-      assert(pool:load_policy { select_peer = function() coroutine.yield() return 1 end })
-      serves(pool, 2)
-      assert.same({ 2, 2 }, { hook_stats(pool, "select_peer") })
+      assert.same({ 2, 2 }, { select_runs(pool, function() coroutine.yield() return 1 end, 2) })
     end))
 
     it("hook_budget sets the budget; asynchronous hooks get ten times as much", test(function(env)
@@ -870,28 +813,17 @@ describe("peerpool policy hooks", function()
         return x > 0
       end
       local pool = two_warm(env, { hook_budget = 1000 })
-      assert(pool:load_policy { select_peer = function() spin() return 1 end })
-      serves(pool, 1)
-      assert.same({ 1, 1 }, { hook_stats(pool, "select_peer") })
-      local roomy = two_warm(env)
-      assert(roomy:load_policy { select_peer = function() spin() return 1 end })
-      serves(roomy, 1)
-      assert.same({ 1, 0 }, { hook_stats(roomy, "select_peer") })
-      local srv = env:node()
-      local p3 = env:pool { hook_budget = 1000, peers = { srv.addr } }
-      assert(p3:load_policy { handshake = function(conn) return spin() and handshake_ok(conn) end })
-      local conn = assert(p3:acquire(srv.addr))
-      conn:release()
-      assert.same({ 1, 0 }, { hook_stats(p3, "handshake") })
+      assert.same({ 1, 1 }, { select_runs(pool, function() spin() return 1 end, 1) })
+      assert.same({ 1, 0 }, { select_runs(two_warm(env), function() spin() return 1 end, 1) })
+      assert.same({ nil, 1, 0 }, { handshake_runs(env,
+        function(conn) return spin() and handshake_ok(conn) end, { hook_budget = 1000 }) })
     end))
 
     it("a handshake that raises fails the attempt; a ping that raises closes the conn",
       test(function(env)
+        assert.same({ "cannot_connect", 1, 1 },
+          { handshake_runs(env, function() error("bad hello") end) })
         local srv = env:node()
-        local pool = env:pool { peers = { srv.addr }, retries = 0 }
-        assert(pool:load_policy { handshake = function() error("bad hello") end })
-        assert.equal("cannot_connect", select(2, pool:acquire(srv.addr)))
-        assert.same({ 1, 1 }, { hook_stats(pool, "handshake") })
         local p2 = env:pool { peers = { srv.addr }, ping_after = 10 }
         assert(p2:load_policy { ping = function() error("bad ping") end })
         local conn = assert(p2:acquire(srv.addr))
@@ -903,12 +835,24 @@ describe("peerpool policy hooks", function()
         assert.equal(1, p2:stats().closed.ping)
       end))
 
-    it("logs a failure with the hook and the script, at most once a second per hook", function()
-      local status, out, err = P.child([[
+    -- Run `body` in a child process (P.child, killed after `secs`) after a prelude that gives it
+    -- peerpool, uv and two line servers `a` and `b`; after the body the servers are closed, the
+    -- loop runs until it is empty, and the child prints "survived". Returns status, out, err.
+    local function child_with_two_servers(body, secs)
+      return P.child([[
         local peerpool = require "peerpool"
         local servers = require "spec.support.servers"
         local uv = require "luv"
         local a, b = servers.line(), servers.line()
+      ]] .. body .. [[
+        a:close(); b:close()
+        uv.run()
+        print("survived")
+      ]], secs)
+    end
+
+    it("logs a failure with the hook and the script, at most once a second per hook", function()
+      local status, out, err = child_with_two_servers([[
         local path = os.tmpname()
         local f = io.open(path, "w")
         f:write("return { select_peer = function() error('kaboom') end }")
@@ -924,8 +868,7 @@ describe("peerpool policy hooks", function()
           pool:acquire():release()
         end)
         print(path, pool:stats().hooks.select_peer.errors)
-        pool:close(); a:close(); b:close(); os.remove(path)
-        uv.run()
+        pool:close(); os.remove(path)
       ]])
       assert.equal(0, status, err)
       local path, errors = out:match("^(%S+)%s+(%d+)")
@@ -943,11 +886,7 @@ describe("peerpool policy hooks", function()
     end)
 
     it("a hook that tries to close its own pool is refused, and the pool serves on", function()
-      local status, out, err = P.child([[
-        local peerpool = require "peerpool"
-        local servers = require "spec.support.servers"
-        local uv = require "luv"
-        local a, b = servers.line(), servers.line()
+      local status, out, err = child_with_two_servers([[
         local pool
         local refused
         pool = peerpool.new { peers = { a.addr, b.addr }, policy = {
@@ -965,9 +904,6 @@ describe("peerpool policy hooks", function()
         print("refused", refused)
         print("errors", pool:stats().hooks.select_peer.errors)
         pool:close()
-        a:close(); b:close()
-        uv.run()
-        print("survived")
       ]])
       assert.equal(0, status, "exit status " .. tostring(status) .. "\n" .. err)
       assert.matches("survived", out, 1, true)
@@ -980,11 +916,7 @@ describe("peerpool policy hooks", function()
     it("a hook that calls back into its pool keeps its budget", function()
       -- The engine's hooks must not re-enter the pool. If a Lua hook does (here: an acquire with
       -- a callback), the nested hook call must not switch off the outer call's budget.
-      local status, out, err = P.child([[
-        local peerpool = require "peerpool"
-        local servers = require "spec.support.servers"
-        local uv = require "luv"
-        local a, b = servers.line(), servers.line()
+      local status, out, err = child_with_two_servers([[
         local pool, inner
         pool = peerpool.new { peers = { a.addr, b.addr }, policy = {
           select_peer = function()
@@ -1000,9 +932,7 @@ describe("peerpool policy hooks", function()
           if conn then conn:release() end
         end)
         print("errors", pool:stats().hooks.select_peer.errors)
-        pool:close(); a:close(); b:close()
-        uv.run()
-        print("survived")
+        pool:close()
       ]], 3)
       assert.equal(0, status, "exit status " .. tostring(status) ..
         " (137: killed after 3 s, the hook ran unbounded)\n" .. err)
@@ -1013,8 +943,7 @@ describe("peerpool policy hooks", function()
   describe("burning", function()
     it("a peer whose backoff answers false is burned; acquires for it answer burned",
       test(function(env)
-        local srv = env:refused()
-        local pool = env:pool { peers = { srv.addr }, retries = 5 }
+        local pool, srv = env:static_pool("refused", { retries = 5 })
         assert(pool:load_policy {
           backoff = function(attempt) return attempt < 2 and 1 or false end })
         local states = {}
@@ -1043,8 +972,7 @@ describe("peerpool policy hooks", function()
     end))
 
     it("a burned peer's conns are not lent again", test(function(env)
-      local srv = env:node()
-      local pool = env:pool { peers = { srv.addr }, retries = 0, max_per_peer = 2 }
+      local pool, srv = env:static_pool("node", { retries = 0, max_per_peer = 2 })
       local held = assert(pool:acquire(srv.addr))
       -- a second dial fails its handshake and the backoff burns the peer
       assert(pool:load_policy { handshake = function() return false end,

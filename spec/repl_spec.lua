@@ -2,36 +2,46 @@
 -- speaks, and plain), through `peerpool attach`, and on a pseudo-terminal.
 local uv = require "luv"
 local T = require "spec.support.host_helper"
+local R = require "spec.support.host_run"
 
--- A test run against a host with a REPL socket, through one session that said hello as a
--- terminal: body(c, path) gets the session and the socket's path.
-local function tty_session(body)
-  return function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local c = T.connect(path)
-      c:hello("tty")
-      body(c, path)
-    end)
+-- A test run against a host with a REPL socket (T.host_with_socket(host_args)), through one
+-- session that said hello as `mode` ("tty" or "pipe"): body(c, path) gets the session and the
+-- socket's path.
+local function session(mode, host_args, body)
+  return R.test(function()
+    local _, path = T.host_with_socket(host_args)
+    local c = T.connect(path)
+    c:hello(mode)
+    body(c, path)
+  end)
+end
+
+local function tty_session(body) return session("tty", nil, body) end
+
+-- Type each { line, output [, prompt] } of `lines` into session c in turn: each must print
+-- `output`, nothing on stderr, and then the prompt ("> " unless given).
+local function evals(c, lines)
+  for _, l in ipairs(lines) do
+    assert.same({ l[2], "", l[3] or "> " }, { c:eval(l[1]) }, "the line " .. l[1])
   end
 end
 
 describe("peerpool --repl-socket", function()
-  it("creates the socket with mode 0600", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local st = assert(uv.fs_lstat(path))
-      assert.equal("socket", st.type)
-      assert.equal(tonumber("600", 8), st.mode & tonumber("777", 8))
-    end)
-  end)
+  it("creates the socket with mode 0600", R.test(function()
+    local _, path = T.host_with_socket()
+    local st = assert(uv.fs_lstat(path))
+    assert.equal("socket", st.type)
+    assert.equal(tonumber("600", 8), st.mode & tonumber("777", 8))
+  end))
 
   it("evaluates an expression without return and prints several results", tty_session(function(c)
-    assert.same({ "3\n", "", "> " }, { c:eval("1 + 2") })
-    assert.same({ "1\ta\tnil\ttrue\n", "", "> " }, { c:eval('1, "a", nil, true') })
-    assert.same({ "42\n", "", "> " }, { c:eval("=6 * 7") })
-    assert.same({ "", "", "> " }, { c:eval("x = 5") })
-    assert.same({ "5\n", "", "> " }, { c:eval("return x") })
+    evals(c, {
+      { "1 + 2", "3\n" },
+      { '1, "a", nil, true', "1\ta\tnil\ttrue\n" },
+      { "=6 * 7", "42\n" },
+      { "x = 5", "" },
+      { "return x", "5\n" },
+    })
   end))
 
   it("pretty-prints tables: sorted keys, nested, cycles marked, depth-limited",
@@ -60,10 +70,12 @@ describe("peerpool --repl-socket", function()
   end))
 
   it("continues an unfinished chunk on the next line", tty_session(function(c)
-    assert.same({ "", "", ">> " }, { c:eval("function double(x)") })
-    assert.same({ "", "", ">> " }, { c:eval("  return x * 2") })
-    assert.same({ "", "", "> " }, { c:eval("end") })
-    assert.same({ "42\n", "", "> " }, { c:eval("double(21)") })
+    evals(c, {
+      { "function double(x)", "", ">> " },
+      { "  return x * 2", "", ">> " },
+      { "end", "" },
+      { "double(21)", "42\n" },
+    })
   end))
 
   it("runs a line that yields in its own coroutine while the loop goes on",
@@ -115,49 +127,45 @@ describe("peerpool --repl-socket", function()
     end)
   end)
 
-  it("serves two sessions at once, each with its own line state", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local a, b = T.connect(path), T.connect(path)
-      a:hello("tty")
-      b:hello("tty")
-      assert.equal(">> ", select(3, a:eval("function from_a()")))
-      -- b is not inside a's unfinished chunk
-      assert.same({ "2\n", "", "> " }, { b:eval("1 + 1") })
-      -- a line running in b does not hold a up
-      local from = #b.frames
-      b:send("sleep(500); return 'b done'\n")
-      assert.equal("> ", select(3, a:eval("return 'a' end")))
-      assert.same({ "a\n", "", "> " }, { a:eval("from_a()") })
-      local at = b:wait_prompt(from)
-      assert.equal("b done\n", b.frames[at - 1].text)
-    end)
-  end)
+  it("serves two sessions at once, each with its own line state", R.test(function()
+    local _, path = T.host_with_socket()
+    local a, b = T.connect(path), T.connect(path)
+    a:hello("tty")
+    b:hello("tty")
+    assert.equal(">> ", select(3, a:eval("function from_a()")))
+    -- b is not inside a's unfinished chunk
+    assert.same({ "2\n", "", "> " }, { b:eval("1 + 1") })
+    -- a line running in b does not hold a up
+    local from = #b.frames
+    b:send("sleep(500); return 'b done'\n")
+    assert.equal("> ", select(3, a:eval("return 'a' end")))
+    assert.same({ "a\n", "", "> " }, { a:eval("from_a()") })
+    local at = b:wait_prompt(from)
+    assert.equal("b done\n", b.frames[at - 1].text)
+  end))
 
-  it("survives clients that disconnect mid-line and mid-yield", function()
-    T.run(function()
-      local p, path = T.host_with_socket()
-      local c1 = T.connect(path)
-      c1:send("function half(") -- no newline
-      c1:close()
-      local c2 = T.connect(path)
-      c2:hello("tty")
-      c2:send("sleep(200); return 'nobody reads this'\n")
-      T.sleep(50)
-      c2:close()
-      local c3 = T.connect(path)
-      c3:send("\1hello 1 pipe\nreturn 1 +\n") -- an unfinished chunk at the end of input
-      c3.pipe:shutdown()
-      T.wait_until(function() return c3.closed end, 5000, "the session to end")
-      T.sleep(300)
-      local c4 = T.connect(path)
-      c4:hello("tty")
-      assert.same({ "ok\n", "", "> " }, { c4:eval("'ok'") })
-      assert.is_false(p.exited)
-      local bye = c3.frames[#c3.frames]
-      assert.same({ kind = "b", text = "1" }, bye)
-    end)
-  end)
+  it("survives clients that disconnect mid-line and mid-yield", R.test(function()
+    local p, path = T.host_with_socket()
+    local c1 = T.connect(path)
+    c1:send("function half(") -- no newline
+    c1:close()
+    local c2 = T.connect(path)
+    c2:hello("tty")
+    c2:send("sleep(200); return 'nobody reads this'\n")
+    T.sleep(50)
+    c2:close()
+    local c3 = T.connect(path)
+    c3:send("\1hello 1 pipe\nreturn 1 +\n") -- an unfinished chunk at the end of input
+    c3.pipe:shutdown()
+    T.wait_until(function() return c3.closed end, 5000, "the session to end")
+    T.sleep(300)
+    local c4 = T.connect(path)
+    c4:hello("tty")
+    assert.same({ "ok\n", "", "> " }, { c4:eval("'ok'") })
+    assert.is_false(p.exited)
+    local bye = c3.frames[#c3.frames]
+    assert.same({ kind = "b", text = "1" }, bye)
+  end))
 
   it("lists pools() and watches a pool until a key is pressed", tty_session(function(c)
     assert.matches("^{ peerpool%.pool %(1 peers, %d+ conns, 0 waiters%): 0x%x+ }\n$",
@@ -184,47 +192,36 @@ describe("peerpool --repl-socket", function()
     assert.same({ "1\n", "", "> " }, { c:eval("1") })
   end))
 
-  it("serves a plain client (no hello) with prompts", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local c = T.connect(path)
-      T.wait_until(function() return c.raw:find("> $") end, 5000, "the greeting")
-      c:send("1 + 1\r\n")
-      T.wait_until(function() return c.raw:find("> 2\n> $") end, 5000, "the answer")
-    end)
-  end)
+  it("serves a plain client (no hello) with prompts", R.test(function()
+    local _, path = T.host_with_socket()
+    local c = T.connect(path)
+    T.wait_until(function() return c.raw:find("> $") end, 5000, "the greeting")
+    c:send("1 + 1\r\n")
+    T.wait_until(function() return c.raw:find("> 2\n> $") end, 5000, "the answer")
+  end))
 
-  it("refuses to replace a file that is not a socket", function()
-    T.run(function()
-      local dir = T.tmpdir()
-      local path = dir .. "/not-a-socket"
-      local fd = assert(uv.fs_open(path, "w", tonumber("644", 8)))
-      uv.fs_write(fd, "keep me")
-      uv.fs_close(fd)
-      local p = T.spawn { T.peerpool, "--repl-socket", path, "-e", "print('ran')" }
-      local code = p:wait()
-      assert.equal(1, code)
-      assert.matches("refusing to replace .*not%-a%-socket: it exists and is not a socket", p.err)
-      assert.equal("", p.out)
-      assert.equal("file", uv.fs_lstat(path).type)
-    end)
-  end)
+  it("refuses to replace a file that is not a socket", R.test(function()
+    local dir = T.tmpdir()
+    local path = dir .. "/not-a-socket"
+    local fd = assert(uv.fs_open(path, "w", tonumber("644", 8)))
+    uv.fs_write(fd, "keep me")
+    uv.fs_close(fd)
+    local out, err = R.exits(1, { "--repl-socket", path, "-e", "print('ran')" })
+    assert.matches("refusing to replace .*not%-a%-socket: it exists and is not a socket", err)
+    assert.equal("", out)
+    assert.equal("file", uv.fs_lstat(path).type)
+  end))
 
-  it("refuses a socket another host still serves, and replaces a stale one", function()
-    T.run(function()
-      local first, path = T.host_with_socket()
-      local second = T.spawn { T.peerpool, "--repl-socket", path, "-e", "print('ran')" }
-      assert.equal(1, (second:wait()))
-      assert.matches("is in use", second.err)
-      first:kill("sigkill") -- leaves its socket file behind
-      first:wait()
-      assert.equal("socket", uv.fs_lstat(path).type)
-      local third = T.spawn { T.peerpool, "--repl-socket", path, "-e", "print('ran')" }
-      assert.equal(0, (third:wait()))
-      assert.equal("ran\n", third.out)
-      assert.is_nil(uv.fs_lstat(path)) -- removed when the host ended
-    end)
-  end)
+  it("refuses a socket another host still serves, and replaces a stale one", R.test(function()
+    local first, path = T.host_with_socket()
+    local again = { "--repl-socket", path, "-e", "print('ran')" }
+    assert.matches("is in use", select(2, R.exits(1, again)))
+    first:kill("sigkill") -- leaves its socket file behind
+    first:wait()
+    assert.equal("socket", uv.fs_lstat(path).type)
+    assert.equal("ran\n", (R.exits(0, again)))
+    assert.is_nil(uv.fs_lstat(path)) -- removed when the host ended
+  end))
 end)
 
 -- What a socket client can make the host hold. The limits are set small through
@@ -244,195 +241,162 @@ describe("peerpool --repl-socket bounds", function()
   end
 
   it("closes the session of a client that hangs up without reading, its line still running",
-    function()
-      T.run(function()
-        local p, path = T.host_with_socket()
-        local base = T.fd_count(p.pid)
-        for i = 1, 6 do
-          local c = T.connect(path, { read = false })
-          c:send("\1hello 1 pipe\n")
-          -- a line that runs for a minute, or one whose output nobody reads
-          c:send(i % 2 == 0 and "sleep(60000)\n" or "return string.rep('x', 1e6)\n")
-          T.sleep(50)
-          c:close()
-        end
-        fds_back_to(p, base, 5000, "six clients hung up")
-        local c = T.connect(path)
-        c:hello("tty")
-        assert.same({ "2\n", "", "> " }, { c:eval("1 + 1") })
-      end)
-    end)
-
-  it("ends a session whose line never ends (a byte every 50 ms) after line_ms", function()
-    T.run(function()
-      local p, path = T.host_with_socket(limits { line_ms = 300 })
+    R.test(function()
+      local p, path = T.host_with_socket()
       local base = T.fd_count(p.pid)
-      local c = T.connect(path)
-      c:hello("pipe")
-      c:send("return 'never")
-      local dripped = 0
-      while not c.closed and dripped < 100 do
-        c:send("x")
-        dripped = dripped + 1
+      for i = 1, 6 do
+        local c = T.connect(path, { read = false })
+        c:send("\1hello 1 pipe\n")
+        -- a line that runs for a minute, or one whose output nobody reads
+        c:send(i % 2 == 0 and "sleep(60000)\n" or "return string.rep('x', 1e6)\n")
         T.sleep(50)
+        c:close()
       end
-      assert.is_true(c.closed, "the session is still open after 5 s of drip")
-      assert.same({ kind = "e", text = "peerpool: a line took more than 300 ms to arrive; " ..
-        "session closed\n" }, c.frames[#c.frames - 1])
-      assert.same({ kind = "b", text = "0" }, c.frames[#c.frames])
-      assert.matches("peerpool: REPL socket session %d+ closed: a line took more than 300 ms",
-        p.err)
-      fds_back_to(p, base, 2000, "the drip")
-    end)
-  end)
-
-  it("ends a session whose line is over line_bytes, and drops a chunk over it", function()
-    T.run(function()
-      local _, path = T.host_with_socket(limits { line_bytes = 1000 })
+      fds_back_to(p, base, 5000, "six clients hung up")
       local c = T.connect(path)
       c:hello("tty")
-      assert.same({ "", "", ">> " }, { c:eval("function f()") })
-      local line = ("  local x = 1"):rep(7) -- 91 bytes
-      for _ = 1, 10 do assert.same({ "", "", ">> " }, { c:eval(line) }) end
-      local _, err = c:eval(line)
-      assert.equal("unfinished chunk over 1000 bytes: dropped\n", err)
-      assert.same({ "ok\n", "", "> " }, { c:eval("'ok'") })
-      c:send(("x"):rep(600))
-      c:send(("x"):rep(600))
-      T.wait_until(function() return c.closed end, 5000, "the session to end")
-      assert.same({ kind = "e", text = "peerpool: a line over 1000 bytes; session closed\n" },
-        c.frames[#c.frames - 1])
-    end)
-  end)
+      assert.same({ "2\n", "", "> " }, { c:eval("1 + 1") })
+    end))
+
+  it("ends a session whose line never ends (a byte every 50 ms) after line_ms", R.test(function()
+    local p, path = T.host_with_socket(limits { line_ms = 300 })
+    local base = T.fd_count(p.pid)
+    local c = T.connect(path)
+    c:hello("pipe")
+    c:send("return 'never")
+    local dripped = 0
+    while not c.closed and dripped < 100 do
+      c:send("x")
+      dripped = dripped + 1
+      T.sleep(50)
+    end
+    assert.is_true(c.closed, "the session is still open after 5 s of drip")
+    assert.same({ kind = "e", text = "peerpool: a line took more than 300 ms to arrive; " ..
+      "session closed\n" }, c.frames[#c.frames - 1])
+    assert.same({ kind = "b", text = "0" }, c.frames[#c.frames])
+    assert.matches("peerpool: REPL socket session %d+ closed: a line took more than 300 ms",
+      p.err)
+    fds_back_to(p, base, 2000, "the drip")
+  end))
+
+  it("ends a session whose line is over line_bytes, and drops a chunk over it",
+    session("tty", limits { line_bytes = 1000 }, function(c)
+    assert.same({ "", "", ">> " }, { c:eval("function f()") })
+    local line = ("  local x = 1"):rep(7) -- 91 bytes
+    for _ = 1, 10 do assert.same({ "", "", ">> " }, { c:eval(line) }) end
+    local _, err = c:eval(line)
+    assert.equal("unfinished chunk over 1000 bytes: dropped\n", err)
+    assert.same({ "ok\n", "", "> " }, { c:eval("'ok'") })
+    c:send(("x"):rep(600))
+    c:send(("x"):rep(600))
+    T.wait_until(function() return c.closed end, 5000, "the session to end")
+    assert.same({ kind = "e", text = "peerpool: a line over 1000 bytes; session closed\n" },
+      c.frames[#c.frames - 1])
+  end))
 
   it("bounds the output queued for clients that do not read, then ends their sessions",
-    function()
-      T.run(function()
-        -- 4 clients x 30 MB of output: all of it would be queued without the bound.
-        local p, path = T.host_with_socket(limits { stall_ms = 500 },
-          { ASAN_OPTIONS = (os.getenv("ASAN_OPTIONS") or "") .. ":quarantine_size_mb=16" })
-        local base_fds, base_rss = T.fd_count(p.pid), T.rss_kb(p.pid)
-        for _ = 1, 4 do
-          local c = T.connect(path, { read = false })
-          c:send("\1hello 1 pipe\n" ..
-            "for i = 1, 300 do print(string.rep('y', 1e5)); sleep(0) end\n")
-        end
-        local peak = base_rss
-        for _ = 1, 40 do -- 2 s: without the bound, 100 MB and more pile up in that time
-          peak = math.max(peak, T.rss_kb(p.pid))
-          T.sleep(50)
-        end
-        assert.is_true(peak - base_rss < 40 * 1024, ("the host grew by %d KiB"):format(
-          peak - base_rss))
-        fds_back_to(p, base_fds, 15000, "four clients read nothing")
-        local _, n = p.err:gsub("closed: its client read none of its output for 500 ms", "")
-        assert.equal(4, n)
-      end, 30000)
-    end)
-
-  it("ends the session of a client that does not read a watch", function()
-    T.run(function()
-      local p, path = T.host_with_socket(limits { stall_ms = 300 })
-      local base = T.fd_count(p.pid)
-      local c = T.connect(path, { read = false })
-      c:send("\1hello 1 tty\nwatch(pool, 10)\n")
-      fds_back_to(p, base, 15000, "a watch nobody reads")
-      T.wait_until(function() return p.err:find("closed: its client read none of its output " ..
-        "for 300 ms", 1, true) end, 5000, "the host to say why it closed the session")
-    end, 30000)
-  end)
-
-  it("drops output over output_bytes, and says how much", function()
-    T.run(function()
-      local _, path = T.host_with_socket(limits { output_bytes = 1000 })
-      local c = T.connect(path)
-      c:hello("tty")
-      local out, err = c:eval("string.rep('x', 3000)")
-      assert.equal(("x"):rep(1000), out)
-      assert.equal("[peerpool: 2001 bytes of output dropped: more than 1000 were waiting for " ..
-        "this client]\n", err)
-      assert.same({ "ok\n", "", "> " }, { c:eval("'ok'") })
-    end)
-  end)
-
-  it("pauses reading lines typed ahead of a running line, and runs them all", function()
-    T.run(function()
-      local _, path = T.host_with_socket(limits { queued_bytes = 100 })
-      local c = T.connect(path)
-      c:hello("pipe")
-      local lines = { "sleep(200)" }
-      for i = 1, 500 do lines[#lines + 1] = "n = (n or 0) + " .. i end
-      lines[#lines + 1] = "return n"
-      c:send(table.concat(lines, "\n") .. "\n")
-      T.wait_until(function()
-        local f = c.frames[#c.frames]
-        return f and f.kind == "o"
-      end, 10000, "the result")
-      assert.equal("125250\n", c.frames[#c.frames].text)
-    end)
-  end)
-
-  it("refuses a session over the limit, with a message (attach shows it)", function()
-    T.run(function()
-      local _, path = T.host_with_socket(limits { sessions = 2 })
-      local a, b = T.connect(path), T.connect(path)
-      a:hello("tty")
-      b:hello("tty")
-      local c = T.connect(path)
-      T.wait_until(function() return c.closed end, 5000, "the refusal")
-      assert.equal("peerpool: too many REPL sessions (2 open); try again later\n", c.raw)
-      local att = T.spawn { T.peerpool, "attach", path }
-      att:close_stdin()
-      assert.equal(1, (att:wait()))
-      assert.matches("too many REPL sessions %(2 open%); try again later", att.err)
-      a:close()
-      local d
-      T.wait_until(function()
-        d = T.connect(path)
+    R.test(function()
+      -- 4 clients x 30 MB of output: all of it would be queued without the bound.
+      local p, path = T.host_with_socket(limits { stall_ms = 500 },
+        { ASAN_OPTIONS = (os.getenv("ASAN_OPTIONS") or "") .. ":quarantine_size_mb=16" })
+      local base_fds, base_rss = T.fd_count(p.pid), T.rss_kb(p.pid)
+      for _ = 1, 4 do
+        local c = T.connect(path, { read = false })
+        c:send("\1hello 1 pipe\n" ..
+          "for i = 1, 300 do print(string.rep('y', 1e5)); sleep(0) end\n")
+      end
+      local peak = base_rss
+      for _ = 1, 40 do -- 2 s: without the bound, 100 MB and more pile up in that time
+        peak = math.max(peak, T.rss_kb(p.pid))
         T.sleep(50)
-        if not d.closed then return true end
-        d:close()
-        return false
-      end, 5000, "a free slot")
-      d:hello("tty")
-      assert.same({ "2\n", "", "> " }, { d:eval("1 + 1") })
-    end)
-  end)
+      end
+      assert.is_true(peak - base_rss < 40 * 1024, ("the host grew by %d KiB"):format(
+        peak - base_rss))
+      fds_back_to(p, base_fds, 15000, "four clients read nothing")
+      local _, n = p.err:gsub("closed: its client read none of its output for 500 ms", "")
+      assert.equal(4, n)
+    end, 30000))
+
+  it("ends the session of a client that does not read a watch", R.test(function()
+    local p, path = T.host_with_socket(limits { stall_ms = 300 })
+    local base = T.fd_count(p.pid)
+    local c = T.connect(path, { read = false })
+    c:send("\1hello 1 tty\nwatch(pool, 10)\n")
+    fds_back_to(p, base, 15000, "a watch nobody reads")
+    T.wait_until(function() return p.err:find("closed: its client read none of its output " ..
+      "for 300 ms", 1, true) end, 5000, "the host to say why it closed the session")
+  end, 30000))
+
+  it("drops output over output_bytes, and says how much",
+    session("tty", limits { output_bytes = 1000 }, function(c)
+    local out, err = c:eval("string.rep('x', 3000)")
+    assert.equal(("x"):rep(1000), out)
+    assert.equal("[peerpool: 2001 bytes of output dropped: more than 1000 were waiting for " ..
+      "this client]\n", err)
+    assert.same({ "ok\n", "", "> " }, { c:eval("'ok'") })
+  end))
+
+  it("pauses reading lines typed ahead of a running line, and runs them all",
+    session("pipe", limits { queued_bytes = 100 }, function(c)
+    local lines = { "sleep(200)" }
+    for i = 1, 500 do lines[#lines + 1] = "n = (n or 0) + " .. i end
+    lines[#lines + 1] = "return n"
+    c:send(table.concat(lines, "\n") .. "\n")
+    T.wait_until(function()
+      local f = c.frames[#c.frames]
+      return f and f.kind == "o"
+    end, 10000, "the result")
+    assert.equal("125250\n", c.frames[#c.frames].text)
+  end))
+
+  it("refuses a session over the limit, with a message (attach shows it)", R.test(function()
+    local _, path = T.host_with_socket(limits { sessions = 2 })
+    local a, b = T.connect(path), T.connect(path)
+    a:hello("tty")
+    b:hello("tty")
+    local c = T.connect(path)
+    T.wait_until(function() return c.closed end, 5000, "the refusal")
+    assert.equal("peerpool: too many REPL sessions (2 open); try again later\n", c.raw)
+    assert.matches("too many REPL sessions %(2 open%); try again later",
+      select(2, R.exits(1, { "attach", path }, { stdin = "" })))
+    a:close()
+    local d
+    T.wait_until(function()
+      d = T.connect(path)
+      T.sleep(50)
+      if not d.closed then return true end
+      d:close()
+      return false
+    end, 5000, "a free slot")
+    d:hello("tty")
+    assert.same({ "2\n", "", "> " }, { d:eval("1 + 1") })
+  end))
 end)
 
 describe("peerpool attach", function()
-  it("sends stdin's lines and prints the results (echo ... | peerpool attach PATH)", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local cmd = "echo 'return pool:stats()' | '" .. T.peerpool .. "' attach '" .. path .. "'"
-      local p = T.spawn { "/bin/sh", "-c", cmd }
-      assert.equal(0, (p:wait()))
-      assert.matches("^{\n  acquired_dialed = 0,\n", p.out)
-      assert.matches("\n  peers = 1,\n", p.out)
-      assert.equal("", p.err)
-    end)
-  end)
+  it("sends stdin's lines and prints the results (echo ... | peerpool attach PATH)",
+    R.test(function()
+    local _, path = T.host_with_socket()
+    local cmd = "echo 'return pool:stats()' | '" .. T.peerpool .. "' attach '" .. path .. "'"
+    local p = T.spawn { "/bin/sh", "-c", cmd }
+    assert.equal(0, (p:wait()))
+    assert.matches("^{\n  acquired_dialed = 0,\n", p.out)
+    assert.matches("\n  peers = 1,\n", p.out)
+    assert.equal("", p.err)
+  end))
 
-  it("waits for lines that yield, and exits 1 when a line failed", function()
-    T.run(function()
-      local _, path = T.host_with_socket()
-      local p = T.spawn { T.peerpool, "attach", path }
-      p:write("sleep(100)\nreturn 'after sleep'\nerror('bad line')\nreturn 'still here'\n")
-      p:close_stdin()
-      assert.equal(1, (p:wait()))
-      assert.equal("after sleep\nstill here\n", p.out)
-      assert.matches("bad line", p.err)
-    end)
-  end)
+  it("waits for lines that yield, and exits 1 when a line failed", R.test(function()
+    local _, path = T.host_with_socket()
+    local out, err = R.exits(1, { "attach", path }, {
+      stdin = "sleep(100)\nreturn 'after sleep'\nerror('bad line')\nreturn 'still here'\n" })
+    assert.equal("after sleep\nstill here\n", out)
+    assert.matches("bad line", err)
+  end))
 
-  it("says so when nothing listens", function()
-    T.run(function()
-      local dir = T.tmpdir()
-      local p = T.spawn { T.peerpool, "attach", dir .. "/nothing.sock" }
-      assert.equal(2, (p:wait()))
-      assert.matches("cannot connect to .*nothing%.sock", p.err)
-    end)
-  end)
+  it("says so when nothing listens", R.test(function()
+    assert.matches("cannot connect to .*nothing%.sock",
+      select(2, R.exits(2, { "attach", T.tmpdir() .. "/nothing.sock" })))
+  end))
 end)
 
 -- The terminal: the program runs on a pseudo-terminal made by bin/pp_ptydrive; the test types
@@ -444,96 +408,98 @@ local function on_pty(args, dir)
   return T.spawn(argv, { env = env })
 end
 
+-- Type into the terminal of p: each step { keys, pattern... } writes keys, then waits for each
+-- pattern in turn on the screen (p:expect).
+local function type_into(p, steps)
+  for _, step in ipairs(steps) do
+    p:write(step[1])
+    for i = 2, #step do p:expect(step[i]) end
+  end
+end
+
+-- `peerpool --repl spec/support/host_fixture.lua [fixture_arg]` on a terminal, at its first
+-- prompt; returns the process and the directory of its history file.
+local function fixture_repl(fixture_arg)
+  local dir = T.tmpdir()
+  local p = on_pty({ T.peerpool, "--repl", "spec/support/host_fixture.lua", fixture_arg }, dir)
+  p:expect("fixture ready")
+  p:expect("\n> $")
+  return p, dir
+end
+
 local describe_pty = T.ptydrive and describe or pending
 describe_pty("peerpool --repl on a terminal", function()
-  it("evaluates lines while a timer keeps firing, saves the history, quits on Ctrl-D", function()
-    T.run(function()
-      local dir = T.tmpdir()
-      local p = on_pty({ T.peerpool, "--repl", "spec/support/host_fixture.lua" }, dir)
-      p:expect("fixture ready")
-      p:expect("\n> $")
-      p:write("ticks\r")
-      local a = tonumber(p:expect("ticks\n(%d+)\n> $"))
-      T.sleep(500) -- the prompt waits; the loop must not
-      p:write("ticks\r")
-      local b = tonumber(p:expect("ticks\n(%d+)\n> $"))
-      assert.is_true(b - a >= 10,
-        "the 20 ms timer ran " .. (b - a) .. " times in 500 ms at the prompt")
-      p:write("sleep(200); return 'slept'\r")
-      p:expect("slept\n> $")
-      p:write("function f()\r")
-      p:expect(">> $")
-      p:write("return 'multi' end\r")
-      p:write("f()\r")
-      p:expect("multi\n> $")
-      p:write("\4") -- Ctrl-D
-      assert.equal(0, (p:wait()))
-      if T.readline then
-        local h = assert(io.open(dir .. "/history")):read("a")
-        assert.matches("ticks\n", h)
-        assert.matches("sleep%(200%); return 'slept'\n", h)
-      end
-    end)
-  end)
+  it("evaluates lines while a timer keeps firing, saves the history, quits on Ctrl-D",
+    R.test(function()
+    local p, dir = fixture_repl()
+    p:write("ticks\r")
+    local a = tonumber(p:expect("ticks\n(%d+)\n> $"))
+    T.sleep(500) -- the prompt waits; the loop must not
+    p:write("ticks\r")
+    local b = tonumber(p:expect("ticks\n(%d+)\n> $"))
+    assert.is_true(b - a >= 10,
+      "the 20 ms timer ran " .. (b - a) .. " times in 500 ms at the prompt")
+    type_into(p, {
+      { "sleep(200); return 'slept'\r", "slept\n> $" },
+      { "function f()\r", ">> $" },
+      { "return 'multi' end\r" },
+      { "f()\r", "multi\n> $" },
+      { "\4" }, -- Ctrl-D
+    })
+    assert.equal(0, (p:wait()))
+    if T.readline then
+      local h = assert(io.open(dir .. "/history")):read("a")
+      assert.matches("ticks\n", h)
+      assert.matches("sleep%(200%); return 'slept'\n", h)
+    end
+  end))
 
   local it_readline = T.readline and it or pending
-  it_readline("keeps the half-typed line when output arrives, and completes with Tab", function()
-    T.run(function()
-      local dir = T.tmpdir()
-      local p = on_pty({ T.peerpool, "--repl", "spec/support/host_fixture.lua", "loud" }, dir)
-      p:expect("\n> $")
-      p:write("40 +")
-      p:expect("background line %d+\n> 40 %+")
-      p:write(" 2\r")
-      p:expect("\n42\n")
-      p:write("pool:sta\t")
-      p:expect("pool:stats")
-      p:write("()\r")
-      p:expect("peers_by_state = {")
-      p:write("exit(3)\r")
-      assert.equal(3, (p:wait()))
-    end)
-  end)
+  it_readline("keeps the half-typed line when output arrives, and completes with Tab",
+    R.test(function()
+    local p = fixture_repl("loud")
+    type_into(p, {
+      { "40 +", "background line %d+\n> 40 %+" },
+      { " 2\r", "\n42\n" },
+      { "pool:sta\t", "pool:stats" },
+      { "()\r", "peers_by_state = {" },
+      { "exit(3)\r" },
+    })
+    assert.equal(3, (p:wait()))
+  end))
 
-  it("Ctrl-C stops waiting for a line, which goes on in the background", function()
-    T.run(function()
-      local dir = T.tmpdir()
-      local p = on_pty({ T.peerpool, "--repl", "spec/support/host_fixture.lua" }, dir)
-      p:expect("\n> $")
-      p:write("sleep(600); return 'late'\r")
-      T.sleep(100)
-      p:write("\3")
-      p:expect("interrupted")
-      p:expect("> $")
-      p:write("1 + 1\r")
-      p:expect("\n2\n")
-      p:expect("%[background line%] late")
-      p:write("\4")
-      assert.equal(0, (p:wait()))
-    end)
-  end)
+  it("Ctrl-C stops waiting for a line, which goes on in the background", R.test(function()
+    local p = fixture_repl()
+    p:write("sleep(600); return 'late'\r")
+    T.sleep(100)
+    type_into(p, {
+      { "\3", "interrupted", "> $" },
+      { "1 + 1\r", "\n2\n", "%[background line%] late" },
+      { "\4" },
+    })
+    assert.equal(0, (p:wait()))
+  end))
 
-  it("attach: a terminal with the host's prompt, completion (readline) and watch", function()
-    T.run(function()
-      local host, path, dir = T.host_with_socket()
-      local p = on_pty({ T.peerpool, "attach", path }, dir)
-      p:expect("socket session")
-      p:expect("\n> $")
-      p:write("6 * 7\r")
-      p:expect("\n42\n")
-      if T.readline then
-        p:write("pool:sta\t") -- the host completes it
-        p:expect("pool:stats")
-        p:write("\21") -- Ctrl-U: drop the line
-      end
-      p:write("watch(pool, 100)\r")
-      p:expect(T.readline and "press any key to stop" or "press Enter to stop")
-      p:expect("conns %d+ %(idle")
-      p:write(T.readline and "q" or "q\r") -- plain input comes a line at a time
-      p:expect("\n> $")
-      p:write("\4")
-      assert.equal(0, (p:wait()))
-      assert.is_false(host.exited)
-    end)
-  end)
+  it("attach: a terminal with the host's prompt, completion (readline) and watch", R.test(function()
+    local host, path, dir = T.host_with_socket()
+    local p = on_pty({ T.peerpool, "attach", path }, dir)
+    p:expect("socket session")
+    p:expect("\n> $")
+    p:write("6 * 7\r")
+    p:expect("\n42\n")
+    if T.readline then
+      type_into(p, {
+        { "pool:sta\t", "pool:stats" }, -- the host completes it
+        { "\21" }, -- Ctrl-U: drop the line
+      })
+    end
+    type_into(p, {
+      { "watch(pool, 100)\r", T.readline and "press any key to stop" or "press Enter to stop",
+        "conns %d+ %(idle" },
+      { T.readline and "q" or "q\r", "\n> $" }, -- plain input comes a line at a time
+      { "\4" },
+    })
+    assert.equal(0, (p:wait()))
+    assert.is_false(host.exited)
+  end))
 end)

@@ -218,8 +218,9 @@ local function check_sleep(ms)
   end
 end
 
-local function sleep(ms)
-  if SKIP.loop_clock then return check_sleep(ms) end
+-- Yield the running coroutine for ms (a luv timer); wake(co, token) then resumes it. Fails when
+-- it is resumed with anything but its token (`who`: what sleeps, for the message).
+local function timer_sleep(ms, wake, who)
   local co = assert(coroutine.running())
   local token = {}
   local t = uv.new_timer()
@@ -227,14 +228,23 @@ local function sleep(ms)
   t:start(ms, 0, function()
     handles[t] = nil
     t:close()
-    if coroutine.status(co) ~= "suspended" then return end -- closed while it slept
-    local ok, err = coroutine.resume(co, token)
-    if not ok then fail("a coroutine resumed from sleep raised: " .. tostring(err)) end
+    wake(co, token)
   end)
   local got = coroutine.yield()
   if got ~= token then
-    fail("a sleeping coroutine was resumed by someone else, with " .. show(got))
+    fail("a sleeping " .. who .. " was resumed by someone else, with " .. show(got))
   end
+end
+
+local function wake_sleeper(co, token)
+  if coroutine.status(co) ~= "suspended" then return end -- closed while it slept
+  local ok, err = coroutine.resume(co, token)
+  if not ok then fail("a coroutine resumed from sleep raised: " .. tostring(err)) end
+end
+
+local function sleep(ms)
+  if SKIP.loop_clock then return check_sleep(ms) end
+  timer_sleep(ms, wake_sleeper, "coroutine")
 end
 
 -- sleep() for hook coroutines. A luv callback that resumes a hook with coroutine.resume is what
@@ -242,19 +252,7 @@ end
 -- end); with FUZZ_SKIP=hook_foreign_resume the hook is resumed through peerpool._resume.
 local function hook_sleep(ms)
   if not SKIP.hook_foreign_resume or not peerpool._resume then return sleep(ms) end
-  local co = assert(coroutine.running())
-  local token = {}
-  local t = uv.new_timer()
-  handles[t] = true
-  t:start(ms, 0, function()
-    handles[t] = nil
-    t:close()
-    peerpool._resume(co, token)
-  end)
-  local got = coroutine.yield()
-  if got ~= token then
-    fail("a sleeping hook was resumed by someone else, with " .. show(got))
-  end
+  timer_sleep(ms, peerpool._resume, "hook")
 end
 
 -- Let the loop go round n whole iterations (an idle handle resumes us once per iteration).

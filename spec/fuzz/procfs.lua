@@ -33,6 +33,15 @@ local STATES = {
 
 local LINE = "^%s*%d+:%s+%x+:(%x+)%s+%x+:(%x+)%s+(%x+)%s+%S+%s+%S+%s+%S+%s+%d+%s+%d+%s+(%d+)"
 
+-- The inode (a string) and { lport =, rport =, state = } of one line of /proc/net/tcp; nil for
+-- a line that describes no socket (the header).
+local function parse(line)
+  local lport, rport, st, inode = line:match(LINE)
+  if not inode then return nil end
+  return inode, { lport = tonumber(lport, 16), rport = tonumber(rport, 16),
+    state = STATES[st] or st }
+end
+
 -- { [inode string] = { lport =, rport =, state = } } for the TCP sockets of the namespace.
 -- With `want` (a set of inodes), only those are parsed (a plain search per inode).
 function M.tcp(want)
@@ -49,20 +58,14 @@ function M.tcp(want)
             local lo = math.max(1, at - 300) -- a line is under 200 bytes
             local from = lo + ((text:sub(lo, at):match(".*\n()") or 1) - 1)
             local line = text:sub(from, text:find("\n", at, true) or #text)
-            local lport, rport, st, ino = line:match(LINE)
-            if ino == inode then
-              out[inode] = { lport = tonumber(lport, 16), rport = tonumber(rport, 16),
-                state = STATES[st] or st }
-            end
+            local ino, entry = parse(line)
+            if ino == inode then out[inode] = entry end
           end
         end
       else
         for line in text:gmatch("[^\n]+") do
-          local lport, rport, st, inode = line:match(LINE)
-          if inode and inode ~= "0" then
-            out[inode] = { lport = tonumber(lport, 16), rport = tonumber(rport, 16),
-              state = STATES[st] or st }
-          end
+          local inode, entry = parse(line)
+          if inode and inode ~= "0" then out[inode] = entry end
         end
       end
     end

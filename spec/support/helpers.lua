@@ -6,13 +6,25 @@
 --
 -- env:pool(opts)         peerpool.new(opts), closed at the end of the test
 -- env:pool_on(srv, opts) env:pool(opts) with srv.addr added as its peer
+-- env:pool_with(kind, opts)   a new server env:<kind>() ("line", "echo", ...) and
+--                        env:pool_on(it, opts): pool, srv
+-- env:static_pool(kind, opts)   the same with the server listed in opts.peers (a static peer)
+-- env:full_pool(opts)    a line server and a pool on it (opts, max_per_peer = 1) whose one conn
+--                        is held, so the peer is at capacity: pool, srv, held
 -- env:echo() / env:line() / env:refused() / env:closer() / env:hangup() / env:slow(ms) /
 -- env:blackhole() /
 -- env:deaf()
 --                        servers (spec/support/servers.lua), closed at the end of the test
 -- H.sleep(ms)            yield the running coroutine for ms
 -- H.wait_until(pred, ms) yield until pred() is true; fails the test after ms
+-- H.in_parallel(n, fn, ms)   run fn(i) in n coroutines of their own (peerpool.spawn) and wait
+--                        until all have returned; fails after ms (10000)
+-- H.wait_closed(srv, ms) H.wait_until(ms) the server has no conn open: it saw every close
 -- H.pack(...)            table.pack
+-- H.troubled(pool)      how many conns the pool closed for trouble: broken, discarded (state
+--                        unknown) or closed by the remote
+-- H.pick(t, like)        the fields of t that `like` has, for assert.same(like, H.pick(t, like))
+--                        on part of a table (stats, views)
 -- H.child(code [, sh])   run `code` in a fresh lua5.4 process with the module's paths (after
 --                        the shell commands `sh`, e.g. "ulimit -n 64;");
 --                        returns ok, exit code, stdout, stderr
@@ -28,16 +40,36 @@ local H = {}
 H.WATCHDOG_MS = 10000
 H.pack = table.pack
 
--- Yield the running coroutine for `ms` (a luv timer resumes it).
-function H.sleep(ms)
+function H.troubled(pool)
+  local closed = pool:stats().closed
+  return closed.broken + closed.discarded + closed.remote
+end
+
+function H.pick(t, like)
+  local out = {}
+  for k in pairs(like) do out[k] = t[k] end
+  return out
+end
+
+-- Yield the running coroutine until the luv handle that start(resume) starts calls resume().
+local function yield_to(start)
   local co = assert(coroutine.running())
-  local t = uv.new_timer()
-  t:start(ms, 0, function()
-    t:close()
+  start(function()
     local ok, err = coroutine.resume(co)
     if not ok then io.stderr:write("spec coroutine error: ", tostring(err), "\n") end
   end)
   coroutine.yield()
+end
+
+-- Yield the running coroutine for `ms` (a luv timer resumes it).
+function H.sleep(ms)
+  local t = uv.new_timer()
+  yield_to(function(resume)
+    t:start(ms, 0, function()
+      t:close()
+      resume()
+    end)
+  end)
 end
 
 -- Yield until pred() is true, checking every 2 ms; fail after `ms` (default 3000).
@@ -52,21 +84,35 @@ function H.wait_until(pred, ms, what)
   end
 end
 
+function H.wait_closed(srv, ms)
+  H.wait_until(function() return srv.open == 0 end, ms, "the server to see every conn closed")
+end
+
+function H.in_parallel(n, fn, ms)
+  local done = 0
+  for i = 1, n do
+    peerpool.spawn(function()
+      fn(i)
+      done = done + 1
+    end)
+  end
+  H.wait_until(function() return done == n end, ms or 10000, "the coroutines to finish")
+end
+
 -- Let the loop go round `n` (5) whole iterations, so that callbacks deferred to a later tick
 -- (the engine's run in the check phase) have run. An idle handle resumes us once per
 -- iteration; a 0 ms timer would not do (libuv runs timers started by a timer callback in the
 -- same pass).
 function H.ticks(n)
-  local co = assert(coroutine.running())
   for _ = 1, n or 5 do
     local idle = uv.new_idle()
-    idle:start(function()
-      idle:stop()
-      idle:close()
-      local ok, err = coroutine.resume(co)
-      if not ok then io.stderr:write("spec coroutine error: ", tostring(err), "\n") end
+    yield_to(function(resume)
+      idle:start(function()
+        idle:stop()
+        idle:close()
+        resume()
+      end)
     end)
-    coroutine.yield()
   end
 end
 
@@ -83,6 +129,25 @@ function Env:pool_on(srv, opts)
   local pool = self:pool(opts)
   pool:add_peer(srv.addr)
   return pool
+end
+
+function Env:pool_with(kind, opts)
+  local srv = self[kind](self)
+  return self:pool_on(srv, opts), srv
+end
+
+function Env:static_pool(kind, opts)
+  local srv = self[kind](self)
+  opts = opts or {}
+  opts.peers = { srv.addr }
+  return self:pool(opts), srv
+end
+
+function Env:full_pool(opts)
+  opts = opts or {}
+  opts.max_per_peer = 1
+  local pool, srv = self:pool_with("line", opts)
+  return pool, srv, assert(pool:acquire(srv.addr))
 end
 
 function Env:add(srv)

@@ -1,6 +1,7 @@
 -- Helpers for the policy specs, on top of spec/support/helpers.lua (H.test and its env):
 --
---   P.test(fn)            H.test(fn), plus env:tmpname() files removed after the test and
+--   P.test(fn)            H.test(fn), plus env:tmpname() files (env:tmppath(): a path with no
+--                         file yet) removed after the test and
 --                         env:node(opts) / env:redis(opts) / env:many(n, kind) servers
 --   P.spy(fn)             a wrapper of fn, and the list where it records every call's
 --                         arguments and results ({ args = pack(...), res = pack(...) })
@@ -10,6 +11,12 @@
 --                         `timeout secs` (default 10); returns status (the exit code, 124 on
 --                         timeout, 128+n on signal n), stdout, stderr
 --   P.hook_stats(pool, name)   calls, errors of one hook
+--   P.addrs_of(servers)   the servers' addresses, in order
+--   P.warm(pool, addrs)   acquire each address once and release: each peer gets an idle conn
+--   P.warm_pool(env, n, opts, kind)   n servers (env:many(n, kind)) and a pool (opts, with
+--                         them as its peers) with a conn made to each; returns pool, servers
+--   P.who(conn)           the accept number of the conn at the node or line server
+--                         ("WHO" -> "CONN n")
 local H = require "spec.support.helpers"
 local servers = require "spec.support.servers"
 local S = require "spec.support.policy_servers"
@@ -42,6 +49,12 @@ local function env_tmpname(env)
   return path
 end
 
+local function env_tmppath(env)
+  local path = env_tmpname(env)
+  os.remove(path)
+  return path
+end
+
 local function env_node(env, opts) return env:add(S.node(opts)) end
 local function env_redis(env, opts) return env:add(S.redis(opts)) end
 
@@ -66,7 +79,8 @@ end
 function P.test(fn)
   return H.test(function(env)
     env.tmpfiles = {}
-    env.tmpname, env.node, env.redis, env.many = env_tmpname, env_node, env_redis, env_many
+    env.tmpname, env.tmppath = env_tmpname, env_tmppath
+    env.node, env.redis, env.many = env_node, env_redis, env_many
     local ok, err = xpcall(fn, function(e)
       if type(e) == "string" then return debug.traceback(e, 2) end
       return e
@@ -107,6 +121,33 @@ end
 function P.hook_stats(pool, name)
   local h = pool:stats().hooks[name]
   return h.calls, h.errors
+end
+
+function P.addrs_of(list)
+  local out = {}
+  for i, srv in ipairs(list) do out[i] = srv.addr end
+  return out
+end
+
+function P.warm(pool, addrs)
+  for _, addr in ipairs(addrs) do
+    local conn = assert(pool:acquire(addr))
+    conn:release()
+  end
+end
+
+function P.warm_pool(env, n, opts, kind)
+  local srvs = env:many(n, kind)
+  opts = opts or {}
+  opts.peers = P.addrs_of(srvs)
+  local pool = env:pool(opts)
+  P.warm(pool, opts.peers)
+  return pool, srvs
+end
+
+function P.who(conn)
+  assert(conn:send("WHO\r\n"))
+  return tonumber(assert(conn:receive("*l")):match("^CONN (%d+)$"))
 end
 
 return P

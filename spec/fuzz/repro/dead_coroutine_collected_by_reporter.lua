@@ -6,7 +6,6 @@
 -- runs the collector, the dead coroutine is freed and lua_resetthread works on freed memory.
 --   ASan: LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 --     LUA_CPATH='build-sanitize/lua/?.so;;' lua5.4 spec/fuzz/repro/dead_coroutine_collected_by_reporter.lua
-local uv = require "luv"
 local peerpool = require "peerpool"
 
 local addr, close_server = require "spec.fuzz.holding_server"()
@@ -23,11 +22,4 @@ peerpool.spawn(function()
   error("boom")                   -- lpp_resume: report (runs the reporter), then resetthread
 end)
 
-local t = uv.new_timer()
-t:start(100, 0, function()
-  t:close()
-  pool:close()
-  close_server()
-end)
-uv.run()
-print("ok: done")
+require "spec.fuzz.repro_ending"(100, pool, close_server)

@@ -8,7 +8,6 @@
 -- Expected: no use after free (re-read w->c / keep the conn anchored across the callback).
 --   ASan: LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 --     LUA_CPATH='build-sanitize/lua/?.so;;' lua5.4 spec/fuzz/repro/send_callback_conn_collected.lua
-local uv = require "luv"
 local peerpool = require "peerpool"
 
 local addr, close_server = require "spec.fuzz.holding_server"()
@@ -23,11 +22,4 @@ peerpool.run(function()
   end)
 end) -- the conn object is unreachable from here on; its write completes on the next turn
 
-local t = uv.new_timer()
-t:start(50, 0, function()
-  t:close()
-  pool:close()
-  close_server()
-end)
-uv.run()
-print("ok: done")
+require "spec.fuzz.repro_ending"(50, pool, close_server)

@@ -32,16 +32,30 @@ static inline void pp__list_remove(pp__link_t *l) {
 #define PP__CONTAINER(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 
 /* ---- intrusive min-heap (pointer tree, O(log n) insert/remove of any node) ------------- */
-typedef int (*pp__heap_less_fn)(const pp__heap_node_t *a, const pp__heap_node_t *b);
+/* Every heap in the engine orders by a time key kept in the struct that embeds the node, ties
+ * by an insertion number kept there too (so equal times come out first in, first out, as
+ * libuv's timers do). The heap finds both at fixed offsets from its node (PP__HEAP_INIT). Keys
+ * compare as int64_t: loop ms stay far below 2^63, and a Unix ms key may be negative. */
 typedef struct {
   pp__heap_node_t *min;
   unsigned int n;
-  pp__heap_less_fn less;
+  ptrdiff_t key_at, seq_at; /* where the key and the insertion number are, from the node */
 } pp__heap_t;
 
-void pp__heap_init(pp__heap_t *heap, pp__heap_less_fn less);
+void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at);
+/* A heap of `type`s linked by their field `node`, ordered by (`key`, `seq`). */
+#define PP__HEAP_INIT(heap, type, node, key, seq)                                           \
+  do {                                                                                      \
+    _Static_assert(sizeof(((type *)0)->key) == 8 && sizeof(((type *)0)->seq) == 8,          \
+                   #type "." #key " and ." #seq " must be 64-bit integers");                \
+    pp__heap_init((heap), (ptrdiff_t)offsetof(type, key) - (ptrdiff_t)offsetof(type, node), \
+                  (ptrdiff_t)offsetof(type, seq) - (ptrdiff_t)offsetof(type, node));        \
+  } while (0)
 void pp__heap_insert(pp__heap_t *heap, pp__heap_node_t *node);
 void pp__heap_remove(pp__heap_t *heap, pp__heap_node_t *node);
+/* Give `node` the key `key`, where a key of 0 means "not in the heap": it leaves the heap
+ * under its old key (if not 0) and enters it again under the new one (if not 0). */
+void pp__heap_set_key(pp__heap_t *heap, pp__heap_node_t *node, int64_t key);
 
 /* ---- states ---------------------------------------------------------------------------- */
 typedef enum {

@@ -9,15 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const kind_names[PP_EVENT_COUNT] = {
-#define PP__EVKIND_NAME(name, str) str,
-    PP_EVENT_KIND_MAP(PP__EVKIND_NAME)
-#undef PP__EVKIND_NAME
-};
-
 const char *pp_event_kind_name(pp_event_kind_t kind) {
-  if ((int)kind < 0 || kind >= PP_EVENT_COUNT) return "unknown";
-  return kind_names[kind];
+  static const char *const names[] = {PP_EVENT_KIND_MAP(PP__ROW_STRING)};
+  return pp__name_of(names, PP_EVENT_COUNT, (int)kind);
 }
 
 uint64_t pp_conn_id(const pp_conn_t *conn) {

@@ -31,6 +31,26 @@ static inline void pp__list_remove(pp__link_t *l) {
 }
 #define PP__CONTAINER(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 
+/* ---- names from the X-macro lists ------------------------------------------------------ */
+/* A row's string, in a list whose rows read (NAME, "string", ...): makes a name table. */
+#define PP__ROW_STRING(name, str, ...) str,
+/* names[value] for a value in 0..count-1, else "unknown" (a value from outside the list). */
+static inline const char *pp__name_of(const char *const names[], int count, int value) {
+  return value >= 0 && value < count ? names[value] : "unknown";
+}
+
+/* ---- validators: functions that take `const char **why` ------------------------------- */
+/* Set *why (when asked for) to `msg`, a static string naming the field, and fail. */
+#define PP__INVALID(msg) \
+  do {                   \
+    if (why) *why = msg; \
+    return PP_EINVAL;    \
+  } while (0)
+#define PP__CHECK(cond, msg)       \
+  do {                             \
+    if (!(cond)) PP__INVALID(msg); \
+  } while (0)
+
 /* ---- intrusive min-heap (pointer tree, O(log n) insert/remove of any node) ------------- */
 /* Every heap in the engine orders by a time key kept in the struct that embeds the node, ties
  * by an insertion number kept there too (so equal times come out first in, first out, as

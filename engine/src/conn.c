@@ -776,9 +776,7 @@ static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
     return;
   }
   if (conn->read_cb && conn->kept_len == 0 && !(conn->flags & PP__CONN_F_DELIVER_PENDING)) {
-    conn->msgs_in++;
-    conn->peer->msgs_in++;
-    pool->stats.msgs_in++;
+    pp__count_in(conn, 0, 1);
     conn->read_cb(conn, nread, data, conn->read_arg);
     return;
   }
@@ -787,7 +785,6 @@ static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   pp_conn_t *conn = stream->data;
-  pp_pool_t *pool = conn->pool;
   if (nread == 0) return;
   if (nread < 0) {
     uv_read_stop(stream);
@@ -796,9 +793,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     pp__conn_io_error(conn, (int)nread);
     return;
   }
-  conn->bytes_in += (uint64_t)nread;
-  conn->peer->bytes_in += (uint64_t)nread;
-  pool->stats.bytes_in += (uint64_t)nread;
+  pp__count_in(conn, (uint64_t)nread, 0);
   if (conn->tls) {
     tls_input(conn, buf->base, (size_t)nread); /* plaintext goes to deliver */
     return;
@@ -865,9 +860,7 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
   if (conn->read_cb && conn->kept_len > 0) {
     size_t len = conn->kept_len;
     conn->kept_len = 0;
-    conn->msgs_in++;
-    conn->peer->msgs_in++;
-    pool->stats.msgs_in++;
+    pp__count_in(conn, 0, 1);
     /* The reader gets the buffer itself; nothing appends to it during the call. */
     conn->read_cb(conn, (ssize_t)len, conn->kept, conn->read_arg);
   }
@@ -890,12 +883,7 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
 static void write_done(pp_write_t *req, int status) {
   pp_conn_t *conn = req->conn_;
   if (status == 0) {
-    conn->bytes_out += req->bytes_;
-    conn->peer->bytes_out += req->bytes_;
-    conn->pool->stats.bytes_out += req->bytes_;
-    conn->msgs_out++;
-    conn->peer->msgs_out++;
-    conn->pool->stats.msgs_out++;
+    pp__count_out(conn, req->bytes_, 1);
   } else if (status != UV_ECANCELED) {
     pp__conn_io_error(conn, status);
   }
@@ -930,14 +918,7 @@ int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs
   size_t total = 0;
   for (unsigned int i = 0; i < nbufs; i++)
     total += bufs[i].len;
-  conn->bytes_out += (uint64_t)n;
-  conn->peer->bytes_out += (uint64_t)n;
-  conn->pool->stats.bytes_out += (uint64_t)n;
-  if ((size_t)n == total) {
-    conn->msgs_out++;
-    conn->peer->msgs_out++;
-    conn->pool->stats.msgs_out++;
-  }
+  pp__count_out(conn, (uint64_t)n, (size_t)n == total); /* a message once all of it went */
   return n;
 }
 
@@ -1209,12 +1190,7 @@ static int tls_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nb
     pp__conn_io_error(conn, err);
     return err;
   }
-  conn->bytes_out += total;
-  conn->peer->bytes_out += total;
-  conn->pool->stats.bytes_out += total;
-  conn->msgs_out++;
-  conn->peer->msgs_out++;
-  conn->pool->stats.msgs_out++;
+  pp__count_out(conn, total, 1);
   return (int)total;
 }
 
@@ -1265,11 +1241,26 @@ void pp_conn_set_data(pp_conn_t *conn, void *data) {
   conn->data = data;
 }
 
+void pp__count_in(pp_conn_t *conn, uint64_t bytes, uint64_t msgs) {
+  conn->io.bytes_in += bytes;
+  conn->io.msgs_in += msgs;
+  conn->peer->io.bytes_in += bytes;
+  conn->peer->io.msgs_in += msgs;
+  conn->pool->stats.bytes_in += bytes;
+  conn->pool->stats.msgs_in += msgs;
+}
+
+void pp__count_out(pp_conn_t *conn, uint64_t bytes, uint64_t msgs) {
+  conn->io.bytes_out += bytes;
+  conn->io.msgs_out += msgs;
+  conn->peer->io.bytes_out += bytes;
+  conn->peer->io.msgs_out += msgs;
+  conn->pool->stats.bytes_out += bytes;
+  conn->pool->stats.msgs_out += msgs;
+}
+
 void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info) {
-  info->bytes_in = conn->bytes_in;
-  info->bytes_out = conn->bytes_out;
-  info->msgs_in = conn->msgs_in;
-  info->msgs_out = conn->msgs_out;
+  PP__IO_REPORT(info, conn->io);
   info->created_at = conn->created_at;
   info->expires_at = conn->expires_at;
   info->leases = conn->leases_total;

@@ -77,6 +77,22 @@ void pp__heap_remove(pp__heap_t *heap, pp__heap_node_t *node);
  * under its old key (if not 0) and enters it again under the new one (if not 0). */
 void pp__heap_set_key(pp__heap_t *heap, pp__heap_node_t *node, int64_t key);
 
+/* ---- I/O counters ---------------------------------------------------------------------- */
+/* What went through a conn, or through all of a peer's conns: counted by pp__count_in/out,
+ * reported by pp_conn_info and pp_peer_info (whose four fields of the same names it fills). */
+typedef struct {
+  uint64_t bytes_in, bytes_out;
+  uint64_t msgs_in;  /* read callbacks delivered */
+  uint64_t msgs_out; /* write requests completed */
+} pp__io_t;
+#define PP__IO_REPORT(info, io)         \
+  do {                                  \
+    (info)->bytes_in = (io).bytes_in;   \
+    (info)->bytes_out = (io).bytes_out; \
+    (info)->msgs_in = (io).msgs_in;     \
+    (info)->msgs_out = (io).msgs_out;   \
+  } while (0)
+
 /* ---- states ---------------------------------------------------------------------------- */
 typedef enum {
   PP_LEASE_UNUSED = 0, /* zeroed, released, or completed with an error */
@@ -169,8 +185,7 @@ struct pp_conn_s {
   char *kept;            /* bytes that arrived with no reader */
   size_t kept_cap;
   int kept_error; /* an end/error seen with no reader, delivered after kept bytes */
-  /* counters */
-  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  pp__io_t io;
   uint64_t phase_ns; /* uv_hrtime when its connect attempt or handshake began (histograms) */
   uint64_t id;       /* pp_conn_id (events.c) */
   void *data;
@@ -208,7 +223,7 @@ struct pp_peer_s {
   uint64_t attempts;
   uint64_t ejections;
   double latency_ms;
-  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  pp__io_t io; /* of all its conns, closed ones included */
   pp__link_t conns_list;
   /* usable conns by lease count: buckets[k] holds conns with k leases, oldest use first */
   pp__link_t *buckets;
@@ -604,6 +619,9 @@ void pp__lease_detach(pp_conn_t *conn, pp_lease_t *lease);
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms);
 void pp__conn_ping(pp_conn_t *conn);
 void pp__conn_io_error(pp_conn_t *conn, int err);
+/* Count `bytes` and `msgs` read from (written to) `conn`: for the conn, its peer and the pool. */
+void pp__count_in(pp_conn_t *conn, uint64_t bytes, uint64_t msgs);
+void pp__count_out(pp_conn_t *conn, uint64_t bytes, uint64_t msgs);
 /* Dial `peer` once, now, for no waiter: a probe of a held peer. */
 int pp__conn_probe(pp_peer_t *peer);
 

@@ -369,10 +369,7 @@ void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info) {
   info->attempts = peer->attempts;
   info->ejections = peer->ejections;
   info->latency_ms = peer->latency_ms;
-  info->bytes_in = peer->bytes_in;
-  info->bytes_out = peer->bytes_out;
-  info->msgs_in = peer->msgs_in;
-  info->msgs_out = peer->msgs_out;
+  PP__IO_REPORT(info, peer->io);
   info->last_error = peer->last_error;
   info->burned = peer->burned;
   info->ejected_until = pp__peer_ejected_until_unix(peer);

@@ -357,17 +357,6 @@ void pp__peer_burn(pp_peer_t *peer) {
   pp__eject_end(peer);
   pp__peer_update_state(peer);
   pp__fail_peer_waiters(peer, PP_EBURNED);
-  pp__link_t *l = peer->conns_list.next;
-  while (l != &peer->conns_list) {
-    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
-    l = l->next;
-    if (conn->phase == PP_CONN_CLOSED) continue;
-    if (conn->leases > 0) {
-      pp__peer_unmark_usable(peer, conn);
-      continue;
-    }
-    if (conn->owner) pp__dial_failed(conn, PP_EBURNED);
-    pp__conn_close(conn, PP_CLOSE_CLOSED);
-  }
+  pp__peer_retire_conns(peer, PP_CLOSE_CLOSED, PP_EBURNED);
   pp__peer_event(peer, PP_PEER_EVENT_BURNED);
 }

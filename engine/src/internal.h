@@ -443,6 +443,10 @@ uint64_t pp__peer_hold_until(const pp_peer_t *peer);
 void pp__peer_free(pp_peer_t *peer);
 void pp__peer_mark_usable(pp_peer_t *peer, pp_conn_t *conn);
 void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn);
+/* Retire `peer`'s conns (it is burned, draining or removed): none takes a new lease; those no
+ * lease holds close now with `reason`, failing the dial a waiter owns with `err` first; leased
+ * ones close when their last lease ends. */
+void pp__peer_retire_conns(pp_peer_t *peer, pp_close_reason_t reason, int err);
 pp_conn_t *pp__peer_best_conn(pp_peer_t *peer);
 int pp__peer_usable_conns(pp_peer_t *peer, pp_conn_t **out, int max);
 

@@ -330,6 +330,21 @@ void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn) {
   }
 }
 
+void pp__peer_retire_conns(pp_peer_t *peer, pp_close_reason_t reason, int err) {
+  pp__link_t *l = peer->conns_list.next;
+  while (l != &peer->conns_list) {
+    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
+    l = l->next;
+    if (conn->phase == PP_CONN_CLOSED) continue;
+    if (conn->leases > 0) {
+      pp__peer_unmark_usable(peer, conn); /* a shared conn takes no new lease */
+      continue;
+    }
+    if (conn->owner) pp__dial_failed(conn, err);
+    pp__conn_close(conn, reason);
+  }
+}
+
 pp_conn_t *pp__peer_best_conn(pp_peer_t *peer) {
   if (peer->usable == 0) return NULL;
   int limit = peer->pool->opts.client_limit, words = (limit + 63) / 64;

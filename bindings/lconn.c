@@ -916,20 +916,21 @@ static const luaL_Reg conn_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg conn_meta[] = {
+    {"__gc", l_gc},
+    {"__close", l_close_scope},
+    {"__tostring", l_tostring},
+    {NULL, NULL},
+};
+
 void lpp_conn_open(lua_State *L) {
-  if (luaL_newmetatable(L, LPP_CONN)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, conn_methods, 0);
+  if (lpp_new_class(L, LPP_CONN, conn_methods, conn_meta)) {
+    /* __index becomes l_index, which looks in the methods table first (its upvalue). */
+    lua_getfield(L, -1, "__index");
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "methods");
     lua_pushcclosure(L, l_index, 1);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_close_scope);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
   }
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_conn_mt_key);
 }

@@ -224,6 +224,10 @@ void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *poo
 void lpp_finalize_later(lua_State *L, int idx);
 /* Drop a registry reference and mark it LUA_NOREF. */
 void lpp_unref(lua_State *L, int *ref);
+/* The metatable `name` for a kind of userdata, made on first use (luaL_newmetatable) with the
+ * metamethods in `meta` and, when `methods` is not NULL, an __index table holding them. Leaves
+ * the metatable on the stack; returns 1 when it was made now, 0 when it existed. */
+int lpp_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
 /* The timer in *slot (created on first use, with `data`); raises on out of memory. Our timers
  * are malloc'd, so they outlive the userdata that uses them while their close completes. */
 uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data);

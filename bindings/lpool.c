@@ -1001,18 +1001,15 @@ static const luaL_Reg pool_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg pool_meta[] = {
+    {"__gc", l_gc},
+    {"__close", l_close},
+    {"__tostring", l_tostring},
+    {NULL, NULL},
+};
+
 void lpp_pool_open(lua_State *L) {
-  if (luaL_newmetatable(L, LPP_POOL)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, pool_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
+  lpp_new_class(L, LPP_POOL, pool_methods, pool_meta);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_pool_mt_key);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
   if (lua_isnil(L, -1)) {

@@ -776,7 +776,7 @@ static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
     return;
   }
   if (conn->read_cb && conn->kept_len == 0 && !(conn->flags & PP__CONN_F_DELIVER_PENDING)) {
-    pp__count_in(conn, 0, 1);
+    pp__count_io(conn, (pp__io_t){.msgs_in = 1});
     conn->read_cb(conn, nread, data, conn->read_arg);
     return;
   }
@@ -793,7 +793,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     pp__conn_io_error(conn, (int)nread);
     return;
   }
-  pp__count_in(conn, (uint64_t)nread, 0);
+  pp__count_io(conn, (pp__io_t){.bytes_in = (uint64_t)nread});
   if (conn->tls) {
     tls_input(conn, buf->base, (size_t)nread); /* plaintext goes to deliver */
     return;
@@ -860,7 +860,7 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
   if (conn->read_cb && conn->kept_len > 0) {
     size_t len = conn->kept_len;
     conn->kept_len = 0;
-    pp__count_in(conn, 0, 1);
+    pp__count_io(conn, (pp__io_t){.msgs_in = 1});
     /* The reader gets the buffer itself; nothing appends to it during the call. */
     conn->read_cb(conn, (ssize_t)len, conn->kept, conn->read_arg);
   }
@@ -883,7 +883,7 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
 static void write_done(pp_write_t *req, int status) {
   pp_conn_t *conn = req->conn_;
   if (status == 0) {
-    pp__count_out(conn, req->bytes_, 1);
+    pp__count_io(conn, (pp__io_t){.bytes_out = req->bytes_, .msgs_out = 1});
   } else if (status != UV_ECANCELED) {
     pp__conn_io_error(conn, status);
   }
@@ -918,7 +918,8 @@ int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs
   size_t total = 0;
   for (unsigned int i = 0; i < nbufs; i++)
     total += bufs[i].len;
-  pp__count_out(conn, (uint64_t)n, (size_t)n == total); /* a message once all of it went */
+  /* A message counts once all of it went. */
+  pp__count_io(conn, (pp__io_t){.bytes_out = (uint64_t)n, .msgs_out = (size_t)n == total});
   return n;
 }
 
@@ -1190,7 +1191,7 @@ static int tls_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nb
     pp__conn_io_error(conn, err);
     return err;
   }
-  pp__count_out(conn, total, 1);
+  pp__count_io(conn, (pp__io_t){.bytes_out = total, .msgs_out = 1});
   return (int)total;
 }
 
@@ -1241,22 +1242,21 @@ void pp_conn_set_data(pp_conn_t *conn, void *data) {
   conn->data = data;
 }
 
-void pp__count_in(pp_conn_t *conn, uint64_t bytes, uint64_t msgs) {
-  conn->io.bytes_in += bytes;
-  conn->io.msgs_in += msgs;
-  conn->peer->io.bytes_in += bytes;
-  conn->peer->io.msgs_in += msgs;
-  conn->pool->stats.bytes_in += bytes;
-  conn->pool->stats.msgs_in += msgs;
+static void io_add(pp__io_t *to, const pp__io_t *add) {
+  to->bytes_in += add->bytes_in;
+  to->bytes_out += add->bytes_out;
+  to->msgs_in += add->msgs_in;
+  to->msgs_out += add->msgs_out;
 }
 
-void pp__count_out(pp_conn_t *conn, uint64_t bytes, uint64_t msgs) {
-  conn->io.bytes_out += bytes;
-  conn->io.msgs_out += msgs;
-  conn->peer->io.bytes_out += bytes;
-  conn->peer->io.msgs_out += msgs;
-  conn->pool->stats.bytes_out += bytes;
-  conn->pool->stats.msgs_out += msgs;
+void pp__count_io(pp_conn_t *conn, pp__io_t add) {
+  io_add(&conn->io, &add);
+  io_add(&conn->peer->io, &add);
+  pp_stats_t *s = &conn->pool->stats;
+  s->bytes_in += add.bytes_in;
+  s->bytes_out += add.bytes_out;
+  s->msgs_in += add.msgs_in;
+  s->msgs_out += add.msgs_out;
 }
 
 void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info) {

@@ -78,7 +78,7 @@ void pp__heap_remove(pp__heap_t *heap, pp__heap_node_t *node);
 void pp__heap_set_key(pp__heap_t *heap, pp__heap_node_t *node, int64_t key);
 
 /* ---- I/O counters ---------------------------------------------------------------------- */
-/* What went through a conn, or through all of a peer's conns: counted by pp__count_in/out,
+/* What went through a conn, or through all of a peer's conns: counted by pp__count_io,
  * reported by pp_conn_info and pp_peer_info (whose four fields of the same names it fills). */
 typedef struct {
   uint64_t bytes_in, bytes_out;
@@ -623,9 +623,8 @@ void pp__lease_detach(pp_conn_t *conn, pp_lease_t *lease);
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms);
 void pp__conn_ping(pp_conn_t *conn);
 void pp__conn_io_error(pp_conn_t *conn, int err);
-/* Count `bytes` and `msgs` read from (written to) `conn`: for the conn, its peer and the pool. */
-void pp__count_in(pp_conn_t *conn, uint64_t bytes, uint64_t msgs);
-void pp__count_out(pp_conn_t *conn, uint64_t bytes, uint64_t msgs);
+/* Count I/O on `conn` (`add`: what went through just now) for the conn, its peer and the pool. */
+void pp__count_io(pp_conn_t *conn, pp__io_t add);
 /* Dial `peer` once, now, for no waiter: a probe of a held peer. */
 int pp__conn_probe(pp_peer_t *peer);
 

@@ -439,8 +439,8 @@ static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
 /* The pool's timers at its final close. (A graceful drain keeps the io_timeout timers: leases
  * still receive and request meanwhile, and their timeouts must still fire.) */
 static void stop_timers(lua_State *L, lpp_pool_t *p) {
-  lpp_timer_drop(&p->recv_timer); /* waiting receives end with the conns' final reads */
-  lpp_timer_drop(&p->call_timer); /* pool:request's calls end with their requests' failure */
+  lpp_timer_drop(&p->receives.timer); /* waiting receives end with the conns' final reads */
+  lpp_timer_drop(&p->calls.timer);    /* pool:request's calls end with their requests' failure */
   stop_book_timer(L, p);
 }
 

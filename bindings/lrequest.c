@@ -288,9 +288,8 @@ typedef struct lpp_call_s {
   uv_buf_t buf;
   lpp_pool_t *p;
   lpp_wait_t wait;
-  int data_ref;                   /* the sent string, anchored until the engine is done */
-  uint64_t deadline;              /* io_timeout; 0: not listed */
-  struct lpp_call_s *next, *prev; /* the pool's timed calls */
+  int data_ref;      /* the sent string, anchored until the engine is done */
+  lpp_timed_t timed; /* its io_timeout, in the pool's list of timed calls */
 } lpp_call_t;
 
 static void call_free(lua_State *L, lpp_call_t *k) {
@@ -300,25 +299,7 @@ static void call_free(lua_State *L, lpp_call_t *k) {
 }
 
 static void call_unlist(lpp_call_t *k) {
-  if (k->deadline == 0) return;
-  lpp_pool_t *p = k->p;
-  if (k->prev)
-    k->prev->next = k->next;
-  else
-    p->call_head = k->next;
-  if (k->next)
-    k->next->prev = k->prev;
-  else
-    p->call_tail = k->prev;
-  k->next = k->prev = NULL;
-  k->deadline = 0;
-}
-
-static void on_call_timeout(uv_timer_t *timer);
-
-static void arm_call_timer(lua_State *L, lpp_pool_t *p) {
-  if (p->call_head == NULL) return;
-  pp_timer_start_at(lpp_timer(L, p, &p->call_timer, p), on_call_timeout, p->call_head->deadline);
+  lpp_timed_remove(&k->p->calls, &k->timed);
 }
 
 /* Past io_timeout: the request is aborted (the shared conn breaks, reply order being lost);
@@ -327,12 +308,12 @@ static void on_call_timeout(uv_timer_t *timer) {
   lpp_pool_t *p = timer->data;
   if (p == NULL) return;
   uint64_t now = pp_now();
-  while (p->call_head && p->call_head->deadline <= now) {
-    lpp_call_t *k = p->call_head;
+  while (p->calls.head && p->calls.head->at <= now) {
+    lpp_call_t *k = LPP_CONTAINER(p->calls.head, lpp_call_t, timed);
     call_unlist(k);
     pp_request_abort(&k->req, PP_ETIMEDOUT);
   }
-  arm_call_timer(p->L, p);
+  lpp_timed_arm(p->L, p, &p->calls, on_call_timeout);
 }
 
 static void on_call_reply(pp_request_t *req, int status, const char *reply, size_t len) {
@@ -378,18 +359,8 @@ static int call_send(lua_State *L, lpp_call_t *k) {
   lpp_pool_t *p = k->p;
   int err = pp_request_send(&k->req, k->lease.conn, &k->buf, 1, on_call_reply);
   if (err) return err == UV_EOF ? PP_ECLOSED : err;
-  int64_t ms = p->io_timeout;
-  if (ms > 0) {
-    k->deadline = pp_now() + (uint64_t)ms;
-    k->prev = p->call_tail;
-    k->next = NULL;
-    if (p->call_tail)
-      p->call_tail->next = k;
-    else
-      p->call_head = k;
-    p->call_tail = k;
-    if (p->call_head == k) arm_call_timer(L, p);
-  }
+  int64_t ms = p->io_timeout; /* (the pool's one: calls are listed in start order) */
+  if (ms > 0) lpp_timed_add(L, p, &p->calls, &k->timed, pp_now() + (uint64_t)ms, on_call_timeout);
   return 0;
 }
 
@@ -457,8 +428,7 @@ int lpp_l_request_fast(lua_State *L) {
     k->p = p;
     k->data_ref = data_ref;
     k->wait = wait;
-    k->deadline = 0;
-    k->next = k->prev = NULL;
+    k->timed = (lpp_timed_t){NULL, NULL, 0};
     k->lease.data = k->req.data = k;
     k->buf = uv_buf_init((char *)data, (unsigned int)len);
     err = pp_try_acquire(p->pool, &k->lease, peer, NULL);

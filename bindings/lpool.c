@@ -577,19 +577,10 @@ static int l_tostring(lua_State *L) {
 static void set_peer_meta(lua_State *L, int pool_idx, const char *addr, int tags_idx,
                           const char *source) {
   lua_getiuservalue(L, pool_idx, 1);
-  if (lua_getfield(L, -1, "peer_meta") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "peer_meta");
-  }
-  if (lua_getfield(L, -1, addr) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_createtable(L, 0, 2);
+  luaL_getsubtable(L, -1, "peer_meta");
+  if (!luaL_getsubtable(L, -1, addr)) { /* a new peer: its source (tags may come again) */
     lua_pushstring(L, source);
     lua_setfield(L, -2, "source");
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, addr);
   }
   if (tags_idx) {
     lua_pushvalue(L, tags_idx);

@@ -316,20 +316,36 @@ static void on_call_timeout(uv_timer_t *timer) {
   lpp_timed_arm(p->L, p, &p->calls, on_call_timeout);
 }
 
+/* The coroutine waiting for k's answer, pushed on L; or NULL, with k freed, when nobody takes
+ * the answer (the state shuts down, or the program resumed or closed it while it waited). */
+static lua_State *take_caller(lua_State *L, lpp_call_t *k) {
+  int down = k->p->st->shutting_down;
+  lua_State *co = down ? NULL : lpp_wait_take(L, &k->wait);
+  if (co) return co;
+  if (!down)
+    lua_pop(L, 1);
+  else
+    lpp_unref(L, &k->wait.co_ref);
+  call_free(L, k);
+  return NULL;
+}
+
+/* Free k and resume its caller `co` (taken by take_caller) with the `n` values on its stack. */
+static void answer_caller(lua_State *L, lpp_call_t *k, lua_State *co, int n) {
+  lpp_pool_t *p = k->p;
+  call_free(L, k);
+  lpp_resume(L, co, n, p);
+  lua_pop(L, 1);
+}
+
 static void on_call_reply(pp_request_t *req, int status, const char *reply, size_t len) {
   lpp_call_t *k = req->data;
-  lpp_pool_t *p = k->p;
-  lua_State *L = p->st->L;
+  lua_State *L = k->p->st->L;
   lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
   call_unlist(k);
   pp_release(&k->lease, 0); /* the reply is in: the conn owes this lease nothing more */
-  lua_State *co = p->st->shutting_down ? NULL : lpp_wait_take(L, &k->wait);
-  if (co == NULL) { /* closed, or resumed by the program, while it waited: nobody takes it */
-    if (!p->st->shutting_down)
-      lua_pop(L, 1);
-    else
-      lpp_unref(L, &k->wait.co_ref);
-    call_free(L, k);
+  lua_State *co = take_caller(L, k);
+  if (co == NULL) {
     lpp_budget_leave(outside);
     return;
   }
@@ -348,9 +364,7 @@ static void on_call_reply(pp_request_t *req, int status, const char *reply, size
                               : NULL;
     n = lpp_push_error(co, err, detail);
   }
-  call_free(L, k);
-  lpp_resume(L, co, n, p);
-  lua_pop(L, 1);
+  answer_caller(L, k, co, n);
   lpp_budget_leave(outside);
 }
 
@@ -381,20 +395,8 @@ static void on_call_acquired(pp_lease_t *lease, int status) {
     pp_release(lease, 0);
   }
   lpp_budget_t *outside = lpp_budget_enter(NULL);
-  lua_State *co = down ? NULL : lpp_wait_take(L, &k->wait);
-  if (co == NULL) {
-    if (!down)
-      lua_pop(L, 1);
-    else
-      lpp_unref(L, &k->wait.co_ref);
-    call_free(L, k);
-    lpp_budget_leave(outside);
-    return;
-  }
-  int n = lpp_push_acquire_error(co, p, lease, NULL, status);
-  call_free(L, k);
-  lpp_resume(L, co, n, p);
-  lua_pop(L, 1);
+  lua_State *co = take_caller(L, k);
+  if (co) answer_caller(L, k, co, lpp_push_acquire_error(co, p, lease, NULL, status));
   lpp_budget_leave(outside);
 }
 

@@ -386,10 +386,8 @@ static void push_event(lua_State *L, const pp_event_t *ev, const char *name) {
       set_int(L, "age_ms", ev->ms);
       break;
     case PP_EVENT_EJECT:
-      set_int(L, "cooldown_ms", ev->ms);
-      set_int(L, "failures", ev->failures);
-      set_err(L, "error", ev->error);
-      break;
+      set_int(L, "cooldown_ms", ev->ms); /* and what a burn says: */
+      /* fall through */
     case PP_EVENT_BURN:
       set_int(L, "failures", ev->failures);
       set_err(L, "error", ev->error);

@@ -11,12 +11,13 @@ void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at) {
 }
 
 /* The key of `node` (a uint64_t key is read as int64_t: the types may alias). */
-static int64_t *key_of(const pp__heap_t *heap, const pp__heap_node_t *node) {
+static int64_t *key_of(const pp__heap_t *heap, pp__heap_node_t *node) {
   return (int64_t *)((char *)node + heap->key_at);
 }
 
 static int less(const pp__heap_t *heap, const pp__heap_node_t *a, const pp__heap_node_t *b) {
-  int64_t ka = *key_of(heap, a), kb = *key_of(heap, b);
+  int64_t ka = *(const int64_t *)((const char *)a + heap->key_at);
+  int64_t kb = *(const int64_t *)((const char *)b + heap->key_at);
   if (ka != kb) return ka < kb;
   return *(const uint64_t *)((const char *)a + heap->seq_at) <
          *(const uint64_t *)((const char *)b + heap->seq_at);

@@ -370,6 +370,18 @@ static int job_gc(lua_State *L) {
   return 0;
 }
 
+/* Push a new, empty job (its one user value, the peers' meta table, is nil). */
+static job_t *new_job(lua_State *L) {
+  job_t *j = lua_newuserdatauv(L, sizeof(*j), 1);
+  memset(j, 0, sizeof(*j));
+  if (luaL_newmetatable(L, LBOOK_JOB)) {
+    lua_pushcfunction(L, job_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return j;
+}
+
 typedef struct {
   lua_State *L;
   job_t *job;
@@ -392,13 +404,7 @@ static int snap_peer(pp_peer_t *peer, void *arg) {
  * the collector has already cleared when a collected pool is saved from a finaliser. */
 static int l_snapshot(lua_State *L) {
   lpp_pool_t *p = lpp_check_pool(L, 1);
-  job_t *j = lua_newuserdatauv(L, sizeof(*j), 1);
-  memset(j, 0, sizeof(*j));
-  if (luaL_newmetatable(L, LBOOK_JOB)) {
-    lua_pushcfunction(L, job_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  job_t *j = new_job(L);
   if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) lua_getfield(L, -1, "peer_meta");
   lua_setiuservalue(L, 2, 1); /* (a table, or nil or whatever else: put_line checks) */
   lua_settop(L, 2);

@@ -356,45 +356,14 @@ static int fail_too_long(lua_State *L, lpp_conn_t *c) {
 
 static void on_io_timeout(uv_timer_t *timer);
 
-static void arm_recv_timer(lua_State *L, lpp_pool_t *p) {
-  if (p->recv_head == NULL) return;
-  pp_timer_start_at(lpp_timer(L, p, &p->recv_timer, p), on_io_timeout, p->recv_head->deadline);
-}
-
 static void unlist_receive(lpp_conn_t *c) {
-  if (c->deadline == 0) return;
-  lpp_pool_t *p = c->owner;
-  if (c->wprev)
-    c->wprev->wnext = c->wnext;
-  else
-    p->recv_head = c->wnext;
-  if (c->wnext)
-    c->wnext->wprev = c->wprev;
-  else
-    p->recv_tail = c->wprev;
-  c->wnext = c->wprev = NULL;
-  c->deadline = 0;
+  lpp_timed_remove(&c->owner->receives, &c->timed);
 }
 
-/* In deadline order. With the pool's one io_timeout deadlines come in start order and this
- * appends at once; a shorter per-conn or per-call timeout walks back past the later ones. */
+/* In deadline order: a shorter per-conn or per-call timeout goes ahead of the pool's. */
 static void list_receive(lua_State *L, lpp_conn_t *c, int64_t ms) {
   lpp_pool_t *p = c->owner;
-  c->deadline = pp_now() + (uint64_t)ms;
-  lpp_conn_t *after = p->recv_tail;
-  while (after && after->deadline > c->deadline)
-    after = after->wprev;
-  c->wprev = after;
-  c->wnext = after ? after->wnext : p->recv_head;
-  if (c->wnext)
-    c->wnext->wprev = c;
-  else
-    p->recv_tail = c;
-  if (after)
-    after->wnext = c;
-  else
-    p->recv_head = c;
-  if (p->recv_head == c) arm_recv_timer(L, p);
+  lpp_timed_add(L, p, &p->receives, &c->timed, pp_now() + (uint64_t)ms, on_io_timeout);
 }
 
 /* A receive's timeout: the call's, else the conn's (settimeouts), else the pool's io_timeout;
@@ -533,9 +502,9 @@ static void on_io_timeout(uv_timer_t *timer) {
   if (p == NULL) return;
   uint64_t now = pp_now();
   /* finish_receive unlists the head; a resumed coroutine may list new receives at the tail */
-  while (p->recv_head && p->recv_head->deadline <= now)
-    finish_receive(p->recv_head, PP_ETIMEDOUT);
-  arm_recv_timer(p->L, p);
+  while (p->receives.head && p->receives.head->at <= now)
+    finish_receive(LPP_CONTAINER(p->receives.head, lpp_conn_t, timed), PP_ETIMEDOUT);
+  lpp_timed_arm(p->L, p, &p->receives, on_io_timeout);
 }
 
 void lpp_receive_wake(lpp_conn_t *c) {
@@ -869,23 +838,20 @@ static int l_index(lua_State *L) {
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
   const char *key = lua_tostring(L, 2);
-  if (key && strcmp(key, "peer") == 0)
-    lua_pushstring(L, c->peer_addr);
-  else
-    lua_pushnil(L);
+  lua_pushstring(L, key && strcmp(key, "peer") == 0 ? c->peer_addr : NULL); /* NULL: nil */
   return 1;
+}
+
+/* The engine's conn behind argument 1, a conn; NULL once its lease ended. */
+static pp_conn_t *arg_conn(lua_State *L) {
+  return lpp_conn_of(luaL_checkudata(L, 1, LPP_CONN));
 }
 
 /* conn:alpn(): the protocol the server chose by ALPN on a TLS conn ("h2"), or nil (a plain
  * conn, none offered or chosen, or the lease ended). */
 static int l_alpn(lua_State *L) {
-  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
-  pp_conn_t *conn = lpp_conn_of(c);
-  const char *proto = conn ? pp_conn_tls_alpn(conn) : NULL;
-  if (proto)
-    lua_pushstring(L, proto);
-  else
-    lua_pushnil(L);
+  pp_conn_t *conn = arg_conn(L);
+  lua_pushstring(L, conn ? pp_conn_tls_alpn(conn) : NULL);
   return 1;
 }
 
@@ -893,13 +859,9 @@ static int l_alpn(lua_State *L) {
  * named by a host name, the resolved address it uses), or nil (a unix socket, the lease
  * ended). */
 static int l_address(lua_State *L) {
-  lpp_conn_t *c = luaL_checkudata(L, 1, LPP_CONN);
-  pp_conn_t *conn = lpp_conn_of(c);
+  pp_conn_t *conn = arg_conn(L);
   char buf[64];
-  if (conn && pp_conn_address(conn, buf, sizeof buf) == 0 && buf[0])
-    lua_pushstring(L, buf);
-  else
-    lua_pushnil(L);
+  lua_pushstring(L, conn && pp_conn_address(conn, buf, sizeof buf) == 0 && buf[0] ? buf : NULL);
   return 1;
 }
 
@@ -916,20 +878,21 @@ static const luaL_Reg conn_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg conn_meta[] = {
+    {"__gc", l_gc},
+    {"__close", l_close_scope},
+    {"__tostring", l_tostring},
+    {NULL, NULL},
+};
+
 void lpp_conn_open(lua_State *L) {
-  if (luaL_newmetatable(L, LPP_CONN)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, conn_methods, 0);
+  if (lpp_new_class(L, LPP_CONN, conn_methods, conn_meta)) {
+    /* __index becomes l_index, which looks in the methods table first (its upvalue). */
+    lua_getfield(L, -1, "__index");
     lua_pushvalue(L, -1);
     lua_setfield(L, -3, "methods");
     lua_pushcclosure(L, l_index, 1);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_close_scope);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
   }
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_conn_mt_key);
 }

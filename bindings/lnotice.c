@@ -166,15 +166,13 @@ static const luaL_Reg notice_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg notice_meta[] = {
+    {"__gc", l_gc},
+    {"__tostring", l_tostring},
+    {NULL, NULL},
+};
+
 void lpp_notice_open(lua_State *L) {
-  if (luaL_newmetatable(L, LPP_NOTICE)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, notice_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
+  lpp_new_class(L, LPP_NOTICE, notice_methods, notice_meta);
   lua_pop(L, 1);
 }

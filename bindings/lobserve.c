@@ -222,12 +222,7 @@ static void capture_stack(lua_State *L, int levels, int more) {
 /* Push the pool's stack cache (created on first use); pool_idx is the pool userdata. */
 static void push_stacks(lua_State *L, int pool_idx) {
   lua_getiuservalue(L, pool_idx, 1);
-  if (lua_getfield(L, -1, "_stacks") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_createtable(L, 0, 8);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "_stacks");
-  }
+  luaL_getsubtable(L, -1, "_stacks");
   lua_remove(L, -2);
 }
 
@@ -331,12 +326,7 @@ void lpp_leak_watch(lua_State *L, lpp_pool_t *p, lpp_conn_t *c) {
  * id until the unleak. Leaves the record on the stack. */
 static void leak_record(lua_State *L, int pool_idx, const pp_event_t *ev) {
   lua_getiuservalue(L, pool_idx, 1);
-  if (lua_getfield(L, -1, "_leaks") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "_leaks");
-  }
+  luaL_getsubtable(L, -1, "_leaks");
   lua_remove(L, -2); /* _leaks */
   if (ev->kind == PP_EVENT_UNLEAK) {
     lua_rawgeti(L, -1, (lua_Integer)ev->leak_id);
@@ -396,10 +386,8 @@ static void push_event(lua_State *L, const pp_event_t *ev, const char *name) {
       set_int(L, "age_ms", ev->ms);
       break;
     case PP_EVENT_EJECT:
-      set_int(L, "cooldown_ms", ev->ms);
-      set_int(L, "failures", ev->failures);
-      set_err(L, "error", ev->error);
-      break;
+      set_int(L, "cooldown_ms", ev->ms); /* and what a burn says: */
+      /* fall through */
     case PP_EVENT_BURN:
       set_int(L, "failures", ev->failures);
       set_err(L, "error", ev->error);

@@ -82,6 +82,18 @@ typedef struct {
   const void *obj; /* the object its yielding frame holds (see lwait.c) */
 } lpp_wait_t;
 
+/* A wait with a deadline, in a list kept in deadline order whose one timer serves them all
+ * (lwait.c). Embedded in what waits (a conn's receive, a pool:request call). */
+typedef struct lpp_timed_s {
+  struct lpp_timed_s *next, *prev;
+  uint64_t at; /* loop ms when the wait times out; 0 = not listed */
+} lpp_timed_t;
+typedef struct {
+  lpp_timed_t *head, *tail;
+  uv_timer_t *timer; /* made on first use (lpp_timer), dropped at the pool's close */
+} lpp_timed_list_t;
+#define LPP_CONTAINER(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
+
 /* One per pool userdata. The engine pool outlives the userdata until its close callback. */
 typedef struct lpp_pool_s {
   lpp_state_t *st;
@@ -113,12 +125,10 @@ typedef struct lpp_pool_s {
   uv_timer_t *book_timer; /* periodic address-book save (ours, not luv's: see lpool.c) */
   /* Receives waiting with an io_timeout, oldest first: one io_timeout for the whole pool makes
    * their deadlines come in start order, so one timer armed for the head serves them all. */
-  struct lpp_conn_s *recv_head, *recv_tail;
-  uv_timer_t *recv_timer;
+  lpp_timed_list_t receives; /* of lpp_conn_t, by their `timed` */
   /* pool:request's fast path (lrequest.c): its calls waiting for replies, oldest first (one
    * io_timeout: deadlines in start order), and their one timer */
-  struct lpp_call_s *call_head, *call_tail;
-  uv_timer_t *call_timer;
+  lpp_timed_list_t calls; /* of lpp_call_t (lrequest.c), by their `timed` */
   int book_fn_ref;
   int framed;      /* the pool has framing: send/receive go through requests (lrequest.c) */
   int framing_ref; /* framing = function(buf): the function, or LUA_NOREF */
@@ -155,10 +165,9 @@ typedef struct lpp_conn_s {
   uint64_t reused;             /* leases of this conn before this one (conn:reused()) */
   int read_error;              /* stream end/error seen, 0 = none */
   struct lpp_reader_s *reader; /* set while the engine may call our reader (see lconn.c) */
-  struct lpp_conn_s *wnext, *wprev; /* in the pool's list of timed receives */
-  uint64_t deadline;                /* loop ms when a waiting receive times out; 0 = not listed */
-  pp_conn_t *hook_conn;             /* with LPP_CONN_HOOK */
-  int hook_kind;                    /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
+  lpp_timed_t timed;    /* a waiting receive's deadline, in the pool's list of timed receives */
+  pp_conn_t *hook_conn; /* with LPP_CONN_HOOK */
+  int hook_kind;        /* LPP_HOOK_HANDSHAKE or LPP_HOOK_PING */
   char peer_addr[PP_ADDR_MAX];
   struct lpp_req_s *rq_head, *rq_tail; /* with framing: requests sent, replies not yet received */
   uint64_t leak_stack; /* with leak_threshold: the acquiring stack's key in the pool's stack
@@ -194,6 +203,15 @@ void lpp_wait_cancel(lua_State *L, lpp_wait_t *w);
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w);
 lua_State *lpp_wait_take(lua_State *L, lpp_wait_t *w);
 bool lpp_wait_active(lua_State *L, const lpp_wait_t *w);
+/* Waits with a deadline: lpp_timed_add lists `t` to time out at loop ms `at` (> 0), in deadline
+ * order, walking back from the tail (deadlines that come in start order, as with one
+ * io_timeout, append at once), and arms the list's timer (with `cb`, its data `p`) when `t`
+ * became the first. lpp_timed_remove takes `t` off (no-op when not listed). lpp_timed_arm arms
+ * the timer for the first deadline, if any (after `cb` ended the due waits). */
+void lpp_timed_add(lua_State *L, lpp_pool_t *p, lpp_timed_list_t *l, lpp_timed_t *t, uint64_t at,
+                   uv_timer_cb cb);
+void lpp_timed_remove(lpp_timed_list_t *l, lpp_timed_t *t);
+void lpp_timed_arm(lua_State *L, lpp_pool_t *p, lpp_timed_list_t *l, uv_timer_cb cb);
 
 /* lbook.c: the address book's C functions, into the module table on top of the stack */
 int lpp_book_open(lua_State *L);
@@ -224,6 +242,10 @@ void lpp_report(lua_State *L, const char *what, const char *msg, lpp_pool_t *poo
 void lpp_finalize_later(lua_State *L, int idx);
 /* Drop a registry reference and mark it LUA_NOREF. */
 void lpp_unref(lua_State *L, int *ref);
+/* The metatable `name` for a kind of userdata, made on first use (luaL_newmetatable) with the
+ * metamethods in `meta` and, when `methods` is not NULL, an __index table holding them. Leaves
+ * the metatable on the stack; returns 1 when it was made now, 0 when it existed. */
+int lpp_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta);
 /* The timer in *slot (created on first use, with `data`); raises on out of memory. Our timers
  * are malloc'd, so they outlive the userdata that uses them while their close completes. */
 uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data);

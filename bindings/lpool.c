@@ -439,8 +439,8 @@ static void stop_book_timer(lua_State *L, lpp_pool_t *p) {
 /* The pool's timers at its final close. (A graceful drain keeps the io_timeout timers: leases
  * still receive and request meanwhile, and their timeouts must still fire.) */
 static void stop_timers(lua_State *L, lpp_pool_t *p) {
-  lpp_timer_drop(&p->recv_timer); /* waiting receives end with the conns' final reads */
-  lpp_timer_drop(&p->call_timer); /* pool:request's calls end with their requests' failure */
+  lpp_timer_drop(&p->receives.timer); /* waiting receives end with the conns' final reads */
+  lpp_timer_drop(&p->calls.timer);    /* pool:request's calls end with their requests' failure */
   stop_book_timer(L, p);
 }
 
@@ -577,19 +577,10 @@ static int l_tostring(lua_State *L) {
 static void set_peer_meta(lua_State *L, int pool_idx, const char *addr, int tags_idx,
                           const char *source) {
   lua_getiuservalue(L, pool_idx, 1);
-  if (lua_getfield(L, -1, "peer_meta") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, "peer_meta");
-  }
-  if (lua_getfield(L, -1, addr) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_createtable(L, 0, 2);
+  luaL_getsubtable(L, -1, "peer_meta");
+  if (!luaL_getsubtable(L, -1, addr)) { /* a new peer: its source (tags may come again) */
     lua_pushstring(L, source);
     lua_setfield(L, -2, "source");
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -3, addr);
   }
   if (tags_idx) {
     lua_pushvalue(L, tags_idx);
@@ -1001,18 +992,15 @@ static const luaL_Reg pool_methods[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg pool_meta[] = {
+    {"__gc", l_gc},
+    {"__close", l_close},
+    {"__tostring", l_tostring},
+    {NULL, NULL},
+};
+
 void lpp_pool_open(lua_State *L) {
-  if (luaL_newmetatable(L, LPP_POOL)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, pool_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
+  lpp_new_class(L, LPP_POOL, pool_methods, pool_meta);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_pool_mt_key);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
   if (lua_isnil(L, -1)) {

@@ -288,9 +288,8 @@ typedef struct lpp_call_s {
   uv_buf_t buf;
   lpp_pool_t *p;
   lpp_wait_t wait;
-  int data_ref;                   /* the sent string, anchored until the engine is done */
-  uint64_t deadline;              /* io_timeout; 0: not listed */
-  struct lpp_call_s *next, *prev; /* the pool's timed calls */
+  int data_ref;      /* the sent string, anchored until the engine is done */
+  lpp_timed_t timed; /* its io_timeout, in the pool's list of timed calls */
 } lpp_call_t;
 
 static void call_free(lua_State *L, lpp_call_t *k) {
@@ -300,25 +299,7 @@ static void call_free(lua_State *L, lpp_call_t *k) {
 }
 
 static void call_unlist(lpp_call_t *k) {
-  if (k->deadline == 0) return;
-  lpp_pool_t *p = k->p;
-  if (k->prev)
-    k->prev->next = k->next;
-  else
-    p->call_head = k->next;
-  if (k->next)
-    k->next->prev = k->prev;
-  else
-    p->call_tail = k->prev;
-  k->next = k->prev = NULL;
-  k->deadline = 0;
-}
-
-static void on_call_timeout(uv_timer_t *timer);
-
-static void arm_call_timer(lua_State *L, lpp_pool_t *p) {
-  if (p->call_head == NULL) return;
-  pp_timer_start_at(lpp_timer(L, p, &p->call_timer, p), on_call_timeout, p->call_head->deadline);
+  lpp_timed_remove(&k->p->calls, &k->timed);
 }
 
 /* Past io_timeout: the request is aborted (the shared conn breaks, reply order being lost);
@@ -327,28 +308,44 @@ static void on_call_timeout(uv_timer_t *timer) {
   lpp_pool_t *p = timer->data;
   if (p == NULL) return;
   uint64_t now = pp_now();
-  while (p->call_head && p->call_head->deadline <= now) {
-    lpp_call_t *k = p->call_head;
+  while (p->calls.head && p->calls.head->at <= now) {
+    lpp_call_t *k = LPP_CONTAINER(p->calls.head, lpp_call_t, timed);
     call_unlist(k);
     pp_request_abort(&k->req, PP_ETIMEDOUT);
   }
-  arm_call_timer(p->L, p);
+  lpp_timed_arm(p->L, p, &p->calls, on_call_timeout);
+}
+
+/* The coroutine waiting for k's answer, pushed on L; or NULL, with k freed, when nobody takes
+ * the answer (the state shuts down, or the program resumed or closed it while it waited). */
+static lua_State *take_caller(lua_State *L, lpp_call_t *k) {
+  int down = k->p->st->shutting_down;
+  lua_State *co = down ? NULL : lpp_wait_take(L, &k->wait);
+  if (co) return co;
+  if (!down)
+    lua_pop(L, 1);
+  else
+    lpp_unref(L, &k->wait.co_ref);
+  call_free(L, k);
+  return NULL;
+}
+
+/* Free k and resume its caller `co` (taken by take_caller) with the `n` values on its stack. */
+static void answer_caller(lua_State *L, lpp_call_t *k, lua_State *co, int n) {
+  lpp_pool_t *p = k->p;
+  call_free(L, k);
+  lpp_resume(L, co, n, p);
+  lua_pop(L, 1);
 }
 
 static void on_call_reply(pp_request_t *req, int status, const char *reply, size_t len) {
   lpp_call_t *k = req->data;
-  lpp_pool_t *p = k->p;
-  lua_State *L = p->st->L;
+  lua_State *L = k->p->st->L;
   lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
   call_unlist(k);
   pp_release(&k->lease, 0); /* the reply is in: the conn owes this lease nothing more */
-  lua_State *co = p->st->shutting_down ? NULL : lpp_wait_take(L, &k->wait);
-  if (co == NULL) { /* closed, or resumed by the program, while it waited: nobody takes it */
-    if (!p->st->shutting_down)
-      lua_pop(L, 1);
-    else
-      lpp_unref(L, &k->wait.co_ref);
-    call_free(L, k);
+  lua_State *co = take_caller(L, k);
+  if (co == NULL) {
     lpp_budget_leave(outside);
     return;
   }
@@ -367,9 +364,7 @@ static void on_call_reply(pp_request_t *req, int status, const char *reply, size
                               : NULL;
     n = lpp_push_error(co, err, detail);
   }
-  call_free(L, k);
-  lpp_resume(L, co, n, p);
-  lua_pop(L, 1);
+  answer_caller(L, k, co, n);
   lpp_budget_leave(outside);
 }
 
@@ -378,18 +373,8 @@ static int call_send(lua_State *L, lpp_call_t *k) {
   lpp_pool_t *p = k->p;
   int err = pp_request_send(&k->req, k->lease.conn, &k->buf, 1, on_call_reply);
   if (err) return err == UV_EOF ? PP_ECLOSED : err;
-  int64_t ms = p->io_timeout;
-  if (ms > 0) {
-    k->deadline = pp_now() + (uint64_t)ms;
-    k->prev = p->call_tail;
-    k->next = NULL;
-    if (p->call_tail)
-      p->call_tail->next = k;
-    else
-      p->call_head = k;
-    p->call_tail = k;
-    if (p->call_head == k) arm_call_timer(L, p);
-  }
+  int64_t ms = p->io_timeout; /* (the pool's one: calls are listed in start order) */
+  if (ms > 0) lpp_timed_add(L, p, &p->calls, &k->timed, pp_now() + (uint64_t)ms, on_call_timeout);
   return 0;
 }
 
@@ -410,20 +395,8 @@ static void on_call_acquired(pp_lease_t *lease, int status) {
     pp_release(lease, 0);
   }
   lpp_budget_t *outside = lpp_budget_enter(NULL);
-  lua_State *co = down ? NULL : lpp_wait_take(L, &k->wait);
-  if (co == NULL) {
-    if (!down)
-      lua_pop(L, 1);
-    else
-      lpp_unref(L, &k->wait.co_ref);
-    call_free(L, k);
-    lpp_budget_leave(outside);
-    return;
-  }
-  int n = lpp_push_acquire_error(co, p, lease, NULL, status);
-  call_free(L, k);
-  lpp_resume(L, co, n, p);
-  lua_pop(L, 1);
+  lua_State *co = take_caller(L, k);
+  if (co) answer_caller(L, k, co, lpp_push_acquire_error(co, p, lease, NULL, status));
   lpp_budget_leave(outside);
 }
 
@@ -457,8 +430,7 @@ int lpp_l_request_fast(lua_State *L) {
     k->p = p;
     k->data_ref = data_ref;
     k->wait = wait;
-    k->deadline = 0;
-    k->next = k->prev = NULL;
+    k->timed = (lpp_timed_t){NULL, NULL, 0};
     k->lease.data = k->req.data = k;
     k->buf = uv_buf_init((char *)data, (unsigned int)len);
     err = pp_try_acquire(p->pool, &k->lease, peer, NULL);

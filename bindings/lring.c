@@ -219,17 +219,12 @@ int lpp_l_ring(lua_State *L) {
   r->sorted = 1;
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
-  if (luaL_newmetatable(L, LPP_RING)) {
-    static const luaL_Reg methods[] = {
-        {"add", l_add},   {"remove", l_remove}, {"owner", l_owner},
-        {"size", l_size}, {"hash", l_hash},     {NULL, NULL},
-    };
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-  }
+  static const luaL_Reg methods[] = {
+      {"add", l_add},   {"remove", l_remove}, {"owner", l_owner},
+      {"size", l_size}, {"hash", l_hash},     {NULL, NULL},
+  };
+  static const luaL_Reg meta[] = {{"__gc", l_gc}, {NULL, NULL}};
+  lpp_new_class(L, LPP_RING, methods, meta);
   lua_setmetatable(L, -2);
   return 1;
 }

@@ -205,11 +205,11 @@ int lpp_view_slot(lua_State *L, int idx) {
 }
 
 void lpp_view_open(lua_State *L) {
-  if (luaL_newmetatable(L, LPP_VIEW)) {
-    lua_pushcfunction(L, view_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, view_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
+  static const luaL_Reg meta[] = {
+      {"__index", view_index},
+      {"__tostring", view_tostring},
+      {NULL, NULL},
+  };
+  lpp_new_class(L, LPP_VIEW, NULL, meta);
   lua_pop(L, 1);
 }

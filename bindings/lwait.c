@@ -61,3 +61,43 @@ bool lpp_wait_active(lua_State *L, const lpp_wait_t *w) {
   (void)L;
   return armed(w);
 }
+
+/* ---- waits with a deadline -------------------------------------------------------------- */
+
+void lpp_timed_arm(lua_State *L, lpp_pool_t *p, lpp_timed_list_t *l, uv_timer_cb cb) {
+  if (l->head == NULL) return;
+  pp_timer_start_at(lpp_timer(L, p, &l->timer, p), cb, l->head->at);
+}
+
+void lpp_timed_remove(lpp_timed_list_t *l, lpp_timed_t *t) {
+  if (t->at == 0) return;
+  if (t->prev)
+    t->prev->next = t->next;
+  else
+    l->head = t->next;
+  if (t->next)
+    t->next->prev = t->prev;
+  else
+    l->tail = t->prev;
+  t->next = t->prev = NULL;
+  t->at = 0;
+}
+
+void lpp_timed_add(lua_State *L, lpp_pool_t *p, lpp_timed_list_t *l, lpp_timed_t *t, uint64_t at,
+                   uv_timer_cb cb) {
+  t->at = at;
+  lpp_timed_t *after = l->tail;
+  while (after && after->at > at)
+    after = after->prev;
+  t->prev = after;
+  t->next = after ? after->next : l->head;
+  if (t->next)
+    t->next->prev = t;
+  else
+    l->tail = t;
+  if (after)
+    after->next = t;
+  else
+    l->head = t;
+  if (l->head == t) lpp_timed_arm(L, p, l, cb);
+}

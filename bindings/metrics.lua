@@ -165,6 +165,14 @@ local function labelled(name, kind, help, label, samples)
   end)
 end
 
+-- A counter by result (ok, failed), from the stats fields counting all of them and the failed.
+local function by_result(name, help, all, failed)
+  family(POOL, name, "counter", help, { all, failed }, function(t, e)
+    e('result="ok"', t.s[all] - t.s[failed])
+    e('result="failed"', t.s[failed])
+  end)
+end
+
 -- A family with one sample per key of a stats sub-table, labelled `label`.
 local function by(name, kind, help, field, label)
   family(POOL, name, kind, help, { field }, function(t, e)
@@ -293,21 +301,15 @@ simple("peerpool_ejections_refused_total", "counter",
 simple("peerpool_acquires_failed_fast_total", "counter",
   "Acquires answered at once because no peer could serve them (burned, ejected, backing " ..
   "off, too old).", "failed_fast")
-family(POOL, "peerpool_probes_total", "counter",
-  "Probe connects of ejected or backing-off peers, by result (ok, failed).",
-  { "probes", "probes_failed" }, function(t, e)
-    e('result="ok"', t.s.probes - t.s.probes_failed)
-    e('result="failed"', t.s.probes_failed)
-  end)
+by_result("peerpool_probes_total",
+  "Probe connects of ejected or backing-off peers, by result (ok, failed).", "probes",
+  "probes_failed")
 labelled("peerpool_tls_handshakes_total", "counter",
   "TLS handshakes, by result: full, resumed (a cached session), failed.", "result",
   { { "full", "tls_full" }, { "resumed", "tls_resumed" }, { "failed", "tls_failed" } })
-family(POOL, "peerpool_dns_lookups_total", "counter",
-  "Host name lookups (A and AAAA together count one), by result (ok, failed).",
-  { "dns_queries", "dns_failures" }, function(t, e)
-    e('result="ok"', t.s.dns_queries - t.s.dns_failures)
-    e('result="failed"', t.s.dns_failures)
-  end)
+by_result("peerpool_dns_lookups_total",
+  "Host name lookups (A and AAAA together count one), by result (ok, failed).", "dns_queries",
+  "dns_failures")
 simple("peerpool_warm_dials_total", "counter", "Dials started to keep min_idle conns idle.",
   "warm_dials")
 labelled("peerpool_peers_removed_total", "counter",
@@ -784,19 +786,16 @@ end
 
 --- handle:unref() / handle:ref(): whether the endpoint alone keeps the loop running (it does
 -- by default, like a luv server); unref'd, its client conns do not either.
-function Server:unref()
-  self.unrefd = true
-  if not self.tcp:is_closing() then self.tcp:unref() end
-  for c in pairs(self.clients) do c.tcp:unref() end
+local function set_ref(self, ref)
+  self.unrefd = not ref
+  local method = ref and "ref" or "unref"
+  if not self.tcp:is_closing() then self.tcp[method](self.tcp) end
+  for c in pairs(self.clients) do c.tcp[method](c.tcp) end
   return self
 end
 
-function Server:ref()
-  self.unrefd = false
-  if not self.tcp:is_closing() then self.tcp:ref() end
-  for c in pairs(self.clients) do c.tcp:ref() end
-  return self
-end
+function Server:unref() return set_ref(self, false) end
+function Server:ref() return set_ref(self, true) end
 
 --- handle:stats(): open client conns, requests read, responses by status, conns dropped by
 -- reason (request_timeout, idle_timeout, write_timeout, too_large, evicted, refused, ...).

@@ -215,6 +215,17 @@ void lpp_unref(lua_State *L, int *ref) {
   *ref = LUA_NOREF;
 }
 
+int lpp_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const luaL_Reg *meta) {
+  if (!luaL_newmetatable(L, name)) return 0;
+  if (methods) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  luaL_setfuncs(L, meta, 0);
+  return 1;
+}
+
 static void timer_closed(uv_handle_t *h) {
   free(h);
 }

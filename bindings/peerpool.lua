@@ -18,6 +18,15 @@ local function check_pool(self, fname, open)
   if open and self:_closed() then error("attempt to use a closed pool", 3) end
 end
 
+-- Argument `n` of `fname` must be of type `want` (or nil, when `optional`); else raise at the
+-- caller of `fname`, naming the argument as luaL_checktype does.
+local function check_arg(v, n, fname, want, optional)
+  if type(v) == want or (optional and v == nil) then return end
+  local expected = want == "table" and "table of options" or want
+  error(string.format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected,
+    type(v)), 3)
+end
+
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
 -- end the lease whatever happens: released when fn returns, closed (the protocol state is
 -- unknown; the peer is not blamed for the program's error) when fn raises — released on a
@@ -26,12 +35,8 @@ end
 function pool_methods:with(peer, fn, opts)
   check_pool(self, "with", true)
   if type(peer) == "function" then peer, fn, opts = nil, peer, fn end
-  if type(fn) ~= "function" then
-    error("bad argument #2 to 'with' (function expected, got " .. type(fn) .. ")", 2)
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #3 to 'with' (table of options expected, got " .. type(opts) .. ")", 2)
-  end
+  check_arg(fn, 2, "with", "function")
+  check_arg(opts, 3, "with", "table", true)
   local conn, err, detail = self:acquire(peer, opts)
   if not conn then return nil, err, detail end
   local res = pack(pcall(fn, conn))
@@ -75,15 +80,9 @@ function pool_methods:request(peer, data, opts, cb)
   if reply ~= false then return reply, err, detail end
   check_pool(self, "request", true)
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
-  if type(data) ~= "string" then
-    error("bad argument #2 to 'request' (string expected, got " .. type(data) .. ")", 2)
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #3 to 'request' (table of options expected, got " .. type(opts) .. ")", 2)
-  end
-  if cb ~= nil and type(cb) ~= "function" then
-    error("bad argument #4 to 'request' (function expected, got " .. type(cb) .. ")", 2)
-  end
+  check_arg(data, 2, "request", "string")
+  check_arg(opts, 3, "request", "table", true)
+  check_arg(cb, 4, "request", "function", true)
   if not self:_framed() then
     error("pool:request() needs a pool with framing (peerpool.new{ framing = \"resp\" })", 2)
   end
@@ -105,9 +104,7 @@ end
 -- raised here, with its traceback). From inside a running loop it returns at once; errors are
 -- then reported on stderr.
 function M.run(fn, ...)
-  if type(fn) ~= "function" then
-    error("bad argument #1 to 'run' (function expected, got " .. type(fn) .. ")", 2)
-  end
+  check_arg(fn, 1, "run", "function")
   if M._loop_running() then return M._spawn(fn, ...) end
   local done, ok, res = false, nil, nil
   local co = M._spawn(function(...)
@@ -166,9 +163,7 @@ local c_new = M.new
 -- addresses, source "static"), address_book (a path), address_book_interval (ms, 60000) and
 -- name (the pool's `pool` label in peerpool.metrics()).
 function M.new(opts)
-  if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #1 to 'new' (table of options expected, got " .. type(opts) .. ")", 2)
-  end
+  check_arg(opts, 1, "new", "table", true)
   opts = opts or {}
   local engine_opts = {}
   for k, v in pairs(opts) do

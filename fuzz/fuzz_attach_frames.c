@@ -18,13 +18,7 @@
 
 #include "host/attach.c"
 
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      fprintf(stderr, "fuzz_attach_frames: %s failed (line %d)\n", #cond, __LINE__); \
-      abort();                                                                       \
-    }                                                                                \
-  } while (0)
+#include "fuzz_check.h"
 
 /* attach.c's terminal and host helpers: never called here (the client is not interactive). */
 int term_open(const term_cbs_t *cbs, const char *history, int want_readline) {

@@ -14,13 +14,7 @@
 
 #include <lualib.h>
 
-#define CHECK(cond)                                                         \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      fprintf(stderr, "fuzz_book: %s failed (line %d)\n", #cond, __LINE__); \
-      abort();                                                              \
-    }                                                                       \
-  } while (0)
+#include "fuzz_check.h"
 
 /* s (n raw bytes) escaped, then unescaped, is s again, and its escaped form holds no byte
  * that would end a field or a line. */
@@ -101,13 +95,7 @@ static int64_t history_field(lua_State *L, int idx, const char *name) {
 /* newjob(addrs, seens, histories, meta): a job as l_snapshot makes, from lists instead of a
  * pool (a history is book.parse's table, or false). */
 static int newjob(lua_State *L) {
-  job_t *j = lua_newuserdatauv(L, sizeof(*j), 1);
-  memset(j, 0, sizeof(*j));
-  if (luaL_newmetatable(L, LBOOK_JOB)) {
-    lua_pushcfunction(L, job_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  job_t *j = new_job(L);
   lua_pushvalue(L, 4);
   lua_setiuservalue(L, -2, 1);
   for (lua_Integer i = 1; lua_rawgeti(L, 1, i) == LUA_TSTRING; i++) {

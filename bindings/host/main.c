@@ -772,6 +772,19 @@ static void version(void) {
          uv_version_string(), term_backend());
 }
 
+/* Whether argv[*i] is the option `name`, which takes a value as "NAME VALUE" or "NAME=VALUE":
+ * then *value is the value (NULL when none follows) and *i is at the last word it used. */
+static int option_value(int argc, char **argv, int *i, const char *name, const char **value) {
+  const char *a = argv[*i];
+  size_t n = strlen(name);
+  if (strncmp(a, name, n) != 0 || (a[n] != '\0' && a[n] != '=')) return 0;
+  if (a[n] == '=')
+    *value = a + n + 1;
+  else
+    *value = *i + 1 < argc ? argv[++*i] : NULL;
+  return 1;
+}
+
 int main(int argc, char **argv) {
   const char *prog = "peerpool";
   const char *socket_path = NULL;
@@ -798,25 +811,13 @@ int main(int argc, char **argv) {
       return 0;
     } else if (strcmp(a, "-i") == 0 || strcmp(a, "--repl") == 0) {
       want_repl = 1;
-    } else if (strcmp(a, "--repl-socket") == 0 || strncmp(a, "--repl-socket=", 14) == 0) {
-      if (a[13] == '=') {
-        socket_path = a + 14;
-      } else if (i + 1 < argc) {
-        socket_path = argv[++i];
-      } else {
+    } else if (option_value(argc, argv, &i, "--repl-socket", &socket_path)) {
+      if (socket_path == NULL || *socket_path == '\0') {
         fprintf(stderr, "%s: --repl-socket needs a path\n", prog);
         return 2;
       }
-      if (*socket_path == '\0') {
-        fprintf(stderr, "%s: --repl-socket needs a path\n", prog);
-        return 2;
-      }
-    } else if (strcmp(a, "--metrics") == 0 || strncmp(a, "--metrics=", 10) == 0) {
-      if (a[9] == '=') {
-        metrics_addr = a + 10;
-      } else if (i + 1 < argc) {
-        metrics_addr = argv[++i];
-      } else {
+    } else if (option_value(argc, argv, &i, "--metrics", &metrics_addr)) {
+      if (metrics_addr == NULL) {
         fprintf(stderr, "%s: --metrics needs HOST:PORT\n", prog);
         return 2;
       }

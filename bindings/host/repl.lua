@@ -527,17 +527,21 @@ local function peer_lines(pool, stats)
   return lines
 end
 
+-- The one live pool, for a helper whose pool was left out; else raise at the helper's caller,
+-- with the helper's usage.
+local function the_pool(usage)
+  local list = peerpool_module().pools()
+  if #list ~= 1 then error(fmt("%s: name the pool (%d are open; see pools())", usage, #list), 3) end
+  return list[1]
+end
+
 --- explain([pool] [, peer] [, n]): the pool's last n (20) decisions with their reasons, oldest
 -- first, one per line: "HH:MM:SS.mmm kind text" (pool:explain gives the tables).
 -- With one live pool, the pool may be left out.
 function helpers.explain(pool, peer, n)
   if pool == nil or type(pool) == "string" or type(pool) == "number" then
     peer, n = pool, peer
-    local list = peerpool_module().pools()
-    if #list ~= 1 then
-      error(fmt("explain(pool [, peer] [, n]): name the pool (%d are open; see pools())", #list), 2)
-    end
-    pool = list[1]
+    pool = the_pool("explain(pool [, peer] [, n])")
   end
   if type(peer) == "number" then peer, n = nil, peer end
   n = n == nil and 20 or tonumber(n)
@@ -562,13 +566,7 @@ end
 function helpers.watch(pool, ms)
   local s = by_co[coroutine.running()]
   if not s then error("watch() runs at the REPL prompt", 2) end
-  if pool == nil then
-    local list = peerpool_module().pools()
-    if #list ~= 1 then
-      error(fmt("watch(pool [, ms]): name the pool (%d are open; see pools())", #list), 2)
-    end
-    pool = list[1]
-  end
+  if pool == nil then pool = the_pool("watch(pool [, ms])") end
   if type(pool) ~= "userdata" and type(pool) ~= "table" then
     error("bad argument #1 to 'watch' (pool expected, got " .. type(pool) .. ")", 2)
   end

@@ -776,9 +776,7 @@ static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
     return;
   }
   if (conn->read_cb && conn->kept_len == 0 && !(conn->flags & PP__CONN_F_DELIVER_PENDING)) {
-    conn->msgs_in++;
-    conn->peer->msgs_in++;
-    pool->stats.msgs_in++;
+    pp__count_io(conn, (pp__io_t){.msgs_in = 1});
     conn->read_cb(conn, nread, data, conn->read_arg);
     return;
   }
@@ -787,7 +785,6 @@ static void deliver(pp_conn_t *conn, char *data, ssize_t nread) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   pp_conn_t *conn = stream->data;
-  pp_pool_t *pool = conn->pool;
   if (nread == 0) return;
   if (nread < 0) {
     uv_read_stop(stream);
@@ -796,9 +793,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     pp__conn_io_error(conn, (int)nread);
     return;
   }
-  conn->bytes_in += (uint64_t)nread;
-  conn->peer->bytes_in += (uint64_t)nread;
-  pool->stats.bytes_in += (uint64_t)nread;
+  pp__count_io(conn, (pp__io_t){.bytes_in = (uint64_t)nread});
   if (conn->tls) {
     tls_input(conn, buf->base, (size_t)nread); /* plaintext goes to deliver */
     return;
@@ -865,9 +860,7 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
   if (conn->read_cb && conn->kept_len > 0) {
     size_t len = conn->kept_len;
     conn->kept_len = 0;
-    conn->msgs_in++;
-    conn->peer->msgs_in++;
-    pool->stats.msgs_in++;
+    pp__count_io(conn, (pp__io_t){.msgs_in = 1});
     /* The reader gets the buffer itself; nothing appends to it during the call. */
     conn->read_cb(conn, (ssize_t)len, conn->kept, conn->read_arg);
   }
@@ -890,12 +883,7 @@ void pp__conn_deliver_kept(pp_conn_t *conn) {
 static void write_done(pp_write_t *req, int status) {
   pp_conn_t *conn = req->conn_;
   if (status == 0) {
-    conn->bytes_out += req->bytes_;
-    conn->peer->bytes_out += req->bytes_;
-    conn->pool->stats.bytes_out += req->bytes_;
-    conn->msgs_out++;
-    conn->peer->msgs_out++;
-    conn->pool->stats.msgs_out++;
+    pp__count_io(conn, (pp__io_t){.bytes_out = req->bytes_, .msgs_out = 1});
   } else if (status != UV_ECANCELED) {
     pp__conn_io_error(conn, status);
   }
@@ -930,14 +918,8 @@ int pp_conn_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nbufs
   size_t total = 0;
   for (unsigned int i = 0; i < nbufs; i++)
     total += bufs[i].len;
-  conn->bytes_out += (uint64_t)n;
-  conn->peer->bytes_out += (uint64_t)n;
-  conn->pool->stats.bytes_out += (uint64_t)n;
-  if ((size_t)n == total) {
-    conn->msgs_out++;
-    conn->peer->msgs_out++;
-    conn->pool->stats.msgs_out++;
-  }
+  /* A message counts once all of it went. */
+  pp__count_io(conn, (pp__io_t){.bytes_out = (uint64_t)n, .msgs_out = (size_t)n == total});
   return n;
 }
 
@@ -1209,12 +1191,7 @@ static int tls_try_write(pp_conn_t *conn, const uv_buf_t bufs[], unsigned int nb
     pp__conn_io_error(conn, err);
     return err;
   }
-  conn->bytes_out += total;
-  conn->peer->bytes_out += total;
-  conn->pool->stats.bytes_out += total;
-  conn->msgs_out++;
-  conn->peer->msgs_out++;
-  conn->pool->stats.msgs_out++;
+  pp__count_io(conn, (pp__io_t){.bytes_out = total, .msgs_out = 1});
   return (int)total;
 }
 
@@ -1265,11 +1242,25 @@ void pp_conn_set_data(pp_conn_t *conn, void *data) {
   conn->data = data;
 }
 
+static void io_add(pp__io_t *to, const pp__io_t *add) {
+  to->bytes_in += add->bytes_in;
+  to->bytes_out += add->bytes_out;
+  to->msgs_in += add->msgs_in;
+  to->msgs_out += add->msgs_out;
+}
+
+void pp__count_io(pp_conn_t *conn, pp__io_t add) {
+  io_add(&conn->io, &add);
+  io_add(&conn->peer->io, &add);
+  pp_stats_t *s = &conn->pool->stats;
+  s->bytes_in += add.bytes_in;
+  s->bytes_out += add.bytes_out;
+  s->msgs_in += add.msgs_in;
+  s->msgs_out += add.msgs_out;
+}
+
 void pp_conn_info(const pp_conn_t *conn, pp_conn_info_t *info) {
-  info->bytes_in = conn->bytes_in;
-  info->bytes_out = conn->bytes_out;
-  info->msgs_in = conn->msgs_in;
-  info->msgs_out = conn->msgs_out;
+  PP__IO_REPORT(info, conn->io);
   info->created_at = conn->created_at;
   info->expires_at = conn->expires_at;
   info->leases = conn->leases_total;

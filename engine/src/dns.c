@@ -239,13 +239,6 @@ static int channel_open(pp__dns_pool_t *dns) {
   return ARES_SUCCESS;
 }
 
-static int refresh_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
-  const pp__dns_peer_t *x = PP__CONTAINER(a, pp__dns_peer_t, refresh_node);
-  const pp__dns_peer_t *y = PP__CONTAINER(b, pp__dns_peer_t, refresh_node);
-  if (x->refresh_key != y->refresh_key) return x->refresh_key < y->refresh_key;
-  return x->seq < y->seq;
-}
-
 static void on_refresh_timer(uv_timer_t *timer);
 
 int pp__dns_pool_init(pp_pool_t *pool, const char *servers) {
@@ -256,7 +249,7 @@ int pp__dns_pool_init(pp_pool_t *pool, const char *servers) {
     return UV_ENOMEM;
   }
   dns->pool = pool;
-  pp__heap_init(&dns->refresh, refresh_less);
+  PP__HEAP_INIT(&dns->refresh, pp__dns_peer_t, refresh_node, refresh_key, seq);
   pool->dns = dns;
   pool->opts.dns_servers = dns->servers; /* the options point at the pool's copy */
   return 0;
@@ -315,9 +308,7 @@ static void set_refresh(pp_peer_t *peer, uint64_t at) {
   pp__dns_pool_t *dns = peer->pool->dns;
   pp__dns_peer_t *d = peer->dns;
   d->refresh_at = at;
-  if (d->refresh_key) pp__heap_remove(&dns->refresh, &d->refresh_node);
-  d->refresh_key = at;
-  if (at) pp__heap_insert(&dns->refresh, &d->refresh_node);
+  pp__heap_set_key(&dns->refresh, &d->refresh_node, (int64_t)at);
   refresh_arm(dns);
 }
 

@@ -29,20 +29,8 @@ static void bar(pp_peer_t *peer, bool removing) {
   pp__peer_update_state(peer); /* leaves the dial candidates and the live count */
   pp__fail_peer_waiters(peer, PP_EREMOVED);
   pp__fire_peer_notices(pool, peer, PP_EREMOVED);
-  pp_close_reason_t reason = removing ? PP_CLOSE_REMOVED : PP_CLOSE_DRAINED;
-  peer->removed = removing; /* (the close reason of conns closed below) */
-  pp__link_t *l = peer->conns_list.next;
-  while (l != &peer->conns_list) {
-    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
-    l = l->next;
-    if (conn->phase == PP_CONN_CLOSED) continue;
-    if (conn->leases > 0) {
-      pp__peer_unmark_usable(peer, conn); /* a shared conn takes no new lease */
-      continue;
-    }
-    if (conn->owner) pp__dial_failed(conn, PP_EREMOVED);
-    pp__conn_close(conn, reason);
-  }
+  peer->removed = removing; /* (the close reason of conns closed later: pp__drain_reason) */
+  pp__peer_retire_conns(peer, pp__drain_reason(peer), PP_EREMOVED);
   if (!peer->burned) pp__peer_event(peer, PP_PEER_EVENT_REMOVED); /* burned: it left already */
 }
 

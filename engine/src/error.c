@@ -15,58 +15,45 @@ static int uv_knows(int err) {
   return strncmp(buf, "Unknown system error", 20) != 0;
 }
 
-const char *pp_strerror(int err) {
+/* Our row of PP_ERRNO_MAP for `err`: its name and message; 0 when it is not ours. */
+static int own_error(int err, const char **name, const char **msg) {
   switch (err) {
-#define PP__ERR_MSG(name, value, code, msg) \
-  case PP_##name:                           \
-    return msg;
-    PP_ERRNO_MAP(PP__ERR_MSG)
-#undef PP__ERR_MSG
-    case 0:
-      return "success";
+#define PP__ERR_ROW(row, value, code, text) \
+  case PP_##row:                            \
+    *name = code;                           \
+    *msg = text;                            \
+    return 1;
+    PP_ERRNO_MAP(PP__ERR_ROW)
+#undef PP__ERR_ROW
   }
+  return 0;
+}
+
+const char *pp_strerror(int err) {
+  const char *name, *msg;
+  if (err == 0) return "success";
+  if (own_error(err, &name, &msg)) return msg;
   return uv_knows(err) ? uv_strerror(err) : "unknown error";
 }
 
 const char *pp_err_name(int err) {
-  switch (err) {
-#define PP__ERR_NAME(name, value, code, msg) \
-  case PP_##name:                            \
-    return code;
-    PP_ERRNO_MAP(PP__ERR_NAME)
-#undef PP__ERR_NAME
-    case 0:
-      return "ok";
-  }
+  const char *name, *msg;
+  if (err == 0) return "ok";
+  if (own_error(err, &name, &msg)) return name;
   return uv_knows(err) ? uv_err_name(err) : "unknown";
 }
 
 const char *pp_peer_state_name(pp_peer_state_t state) {
-  static const char *const names[] = {
-#define PP__STATE_NAME(name, str) str,
-      PP_PEER_STATE_MAP(PP__STATE_NAME)
-#undef PP__STATE_NAME
-  };
-  if ((unsigned)state >= PP_PEER_STATE_COUNT) return "unknown";
-  return names[state];
+  static const char *const names[] = {PP_PEER_STATE_MAP(PP__ROW_STRING)};
+  return pp__name_of(names, PP_PEER_STATE_COUNT, (int)state);
 }
 
 const char *pp_close_reason_name(pp_close_reason_t reason) {
-  static const char *const names[] = {
-#define PP__REASON_NAME(name, str, why) str,
-      PP_CLOSE_REASON_MAP(PP__REASON_NAME)
-#undef PP__REASON_NAME
-  };
-  if ((unsigned)reason >= PP_CLOSE_REASON_COUNT) return "unknown";
-  return names[reason];
+  static const char *const names[] = {PP_CLOSE_REASON_MAP(PP__ROW_STRING)};
+  return pp__name_of(names, PP_CLOSE_REASON_COUNT, (int)reason);
 }
 
 const char *pp_peer_event_name(pp_peer_event_t event) {
-  static const char *const names[] = {
-#define PP__EVENT_NAME(name, str) str,
-      PP_PEER_EVENT_MAP(PP__EVENT_NAME)
-#undef PP__EVENT_NAME
-  };
-  if ((unsigned)event >= PP_PEER_EVENT_COUNT) return "unknown";
-  return names[event];
+  static const char *const names[] = {PP_PEER_EVENT_MAP(PP__ROW_STRING)};
+  return pp__name_of(names, PP_PEER_EVENT_COUNT, (int)event);
 }

@@ -9,15 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const kind_names[PP_EVENT_COUNT] = {
-#define PP__EVKIND_NAME(name, str) str,
-    PP_EVENT_KIND_MAP(PP__EVKIND_NAME)
-#undef PP__EVKIND_NAME
-};
-
 const char *pp_event_kind_name(pp_event_kind_t kind) {
-  if ((int)kind < 0 || kind >= PP_EVENT_COUNT) return "unknown";
-  return kind_names[kind];
+  static const char *const names[] = {PP_EVENT_KIND_MAP(PP__ROW_STRING)};
+  return pp__name_of(names, PP_EVENT_COUNT, (int)kind);
 }
 
 uint64_t pp_conn_id(const pp_conn_t *conn) {
@@ -58,6 +52,17 @@ static void event_init(pp_pool_t *pool, pp_event_t *ev, pp_event_kind_t kind, pp
   ev->kind = kind;
   ev->peer = peer;
   ev->at = pp_now();
+}
+
+/* A new event of `kind` about `peer` in the deferred ring, for the caller to fill in and queue
+ * with pp__defer_pool_event; NULL when no observer listens, or when memory ran out (the event
+ * is lost, the pool's state stays right). */
+static pp_event_t *new_event(pp_pool_t *pool, pp_event_kind_t kind, pp_peer_t *peer) {
+  if (pool->event_cb == NULL) return NULL;
+  struct pp__event_s *slot = pp__event_slot(pool);
+  if (slot == NULL) return NULL;
+  event_init(pool, &slot->ev, kind, peer);
+  return &slot->ev;
 }
 
 /* ---- explain ---------------------------------------------------------------------------- */
@@ -228,12 +233,10 @@ void pp__ev_conn_open(pp_conn_t *conn) {
               (unsigned long long)conn->id, peer->addr, conn->probe ? " (a probe)" : "",
               conn->attempt, conn->attempt == 1 ? "" : "s", (long long)ms, peer->conns,
               pool->opts.max_per_peer, pool->total, pool->opts.max_total);
-  if (pool->event_cb == NULL) return;
-  struct pp__event_s *slot = pp__event_slot(pool);
-  if (slot == NULL) return;
-  event_init(pool, &slot->ev, PP_EVENT_CONN_OPEN, peer);
-  slot->ev.conn_id = conn->id;
-  slot->ev.ms = ms;
+  pp_event_t *ev = new_event(pool, PP_EVENT_CONN_OPEN, peer);
+  if (ev == NULL) return;
+  ev->conn_id = conn->id;
+  ev->ms = ms;
   pp__defer_pool_event(pool);
 }
 
@@ -254,14 +257,12 @@ void pp__ev_conn_close(pp_conn_t *conn, pp_close_reason_t reason) {
               (unsigned long long)conn->id, peer->addr,
               (unsigned)reason < PP_CLOSE_REASON_COUNT ? why[reason] : "?", (long long)age,
               conn->leases, conn->leases == 1 ? "" : "s", err_name(err));
-  if (pool->event_cb == NULL) return;
-  struct pp__event_s *slot = pp__event_slot(pool);
-  if (slot == NULL) return;
-  event_init(pool, &slot->ev, PP_EVENT_CONN_CLOSE, peer);
-  slot->ev.conn_id = conn->id;
-  slot->ev.reason = reason;
-  slot->ev.error = err;
-  slot->ev.ms = age;
+  pp_event_t *ev = new_event(pool, PP_EVENT_CONN_CLOSE, peer);
+  if (ev == NULL) return;
+  ev->conn_id = conn->id;
+  ev->reason = reason;
+  ev->error = err;
+  ev->ms = age;
   pp__defer_pool_event(pool);
 }
 
@@ -274,13 +275,11 @@ void pp__ev_eject(pp_peer_t *peer, uint64_t cool_ms) {
               peer->addr, (unsigned long long)cool_ms, failures, pool->opts.eject_after,
               peer->fail_in_use ? "failures in use" : "failed connects", err_name(peer->last_error),
               peer->eject_streak, pool->nejected, (int)pool->npeers - pool->nburned);
-  if (pool->event_cb == NULL) return;
-  struct pp__event_s *slot = pp__event_slot(pool);
-  if (slot == NULL) return;
-  event_init(pool, &slot->ev, PP_EVENT_EJECT, peer);
-  slot->ev.error = peer->last_error;
-  slot->ev.failures = failures;
-  slot->ev.ms = (int64_t)cool_ms;
+  pp_event_t *ev = new_event(pool, PP_EVENT_EJECT, peer);
+  if (ev == NULL) return;
+  ev->error = peer->last_error;
+  ev->failures = failures;
+  ev->ms = (int64_t)cool_ms;
   pp__defer_pool_event(pool);
 }
 
@@ -301,12 +300,10 @@ void pp__ev_burn(pp_peer_t *peer) {
               "%s burned: the backoff policy gave up after %d consecutive failures (last error "
               "%s); it is not dialled again until re-added",
               peer->addr, failures, err_name(peer->last_error));
-  if (pool->event_cb == NULL) return;
-  struct pp__event_s *slot = pp__event_slot(pool);
-  if (slot == NULL) return;
-  event_init(pool, &slot->ev, PP_EVENT_BURN, peer);
-  slot->ev.error = peer->last_error;
-  slot->ev.failures = failures;
+  pp_event_t *ev = new_event(pool, PP_EVENT_BURN, peer);
+  if (ev == NULL) return;
+  ev->error = peer->last_error;
+  ev->failures = failures;
   pp__defer_pool_event(pool);
 }
 
@@ -367,15 +364,14 @@ void pp__ev_failed(pp_lease_t *lease) {
     x->want = lease->want_;
   }
   x->cause = *c;
-  if (c->code != PP_ETIMEDOUT || pool->event_cb == NULL) return;
-  struct pp__event_s *slot = pp__event_slot(pool);
-  if (slot == NULL) return;
-  event_init(pool, &slot->ev, PP_EVENT_ACQUIRE_TIMEOUT, c->peer);
-  slot->ev.error = PP_ETIMEDOUT;
-  slot->ev.ms = c->waited_ms;
-  slot->ev.waiters_ahead = c->waiters_ahead;
-  slot->ev.conns = c->conns;
-  slot->ev.max_conns = c->max_conns;
+  if (c->code != PP_ETIMEDOUT) return;
+  pp_event_t *ev = new_event(pool, PP_EVENT_ACQUIRE_TIMEOUT, c->peer);
+  if (ev == NULL) return;
+  ev->error = PP_ETIMEDOUT;
+  ev->ms = c->waited_ms;
+  ev->waiters_ahead = c->waiters_ahead;
+  ev->conns = c->conns;
+  ev->max_conns = c->max_conns;
   pp__defer_pool_event(pool);
 }
 
@@ -386,13 +382,11 @@ void pp__ev_unleak(pp_lease_t *lease, pp_conn_t *conn, uint64_t held_ms) {
               "ms",
               (unsigned long long)conn->id, conn->peer->addr, (unsigned long long)lease->leak_id_,
               (unsigned long long)held_ms);
-  if (pool->event_cb == NULL) return;
-  struct pp__event_s *slot = pp__event_slot(pool);
-  if (slot == NULL) return;
-  event_init(pool, &slot->ev, PP_EVENT_UNLEAK, conn->peer);
-  slot->ev.conn_id = conn->id;
-  slot->ev.ms = (int64_t)held_ms;
-  slot->ev.leak_id = lease->leak_id_;
+  pp_event_t *ev = new_event(pool, PP_EVENT_UNLEAK, conn->peer);
+  if (ev == NULL) return;
+  ev->conn_id = conn->id;
+  ev->ms = (int64_t)held_ms;
+  ev->leak_id = lease->leak_id_;
   pp__defer_pool_event(pool);
 }
 

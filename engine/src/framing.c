@@ -10,15 +10,8 @@
 #define RESP_DEPTH_MAX ((int)(sizeof(((pp_framer_t *)0)->left_) / sizeof(int64_t)))
 
 const char *pp_framing_name(pp_framing_kind_t kind) {
-  switch (kind) {
-#define PP__FRAMING_NAME(name, str) \
-  case PP_FRAMING_##name:           \
-    return str;
-    PP_FRAMING_MAP(PP__FRAMING_NAME)
-#undef PP__FRAMING_NAME
-    default:
-      return "unknown";
-  }
+  static const char *const names[] = {PP_FRAMING_MAP(PP__ROW_STRING)};
+  return pp__name_of(names, PP_FRAMING_COUNT, (int)kind);
 }
 
 void pp_framing_init(pp_framing_t *f, pp_framing_kind_t kind) {
@@ -28,31 +21,24 @@ void pp_framing_init(pp_framing_t *f, pp_framing_kind_t kind) {
   f->length_big_endian = 1;
 }
 
-#define CHECK(cond, msg)   \
-  do {                     \
-    if (!(cond)) {         \
-      if (why) *why = msg; \
-      return PP_EINVAL;    \
-    }                      \
-  } while (0)
-
 int pp_framing_validate(const pp_framing_t *f, const char **why) {
   if (why) *why = NULL;
-  CHECK(f != NULL, "framing must not be NULL");
-  CHECK((int)f->kind >= 0 && f->kind < PP_FRAMING_COUNT,
-        "framing.kind must be none, line, resp, length or a function");
-  CHECK(f->max_reply <= ((size_t)1 << 40), "framing.max_reply must be at most 2^40 bytes");
+  PP__CHECK(f != NULL, "framing must not be NULL");
+  PP__CHECK((int)f->kind >= 0 && f->kind < PP_FRAMING_COUNT,
+            "framing.kind must be none, line, resp, length or a function");
+  PP__CHECK(f->max_reply <= ((size_t)1 << 40), "framing.max_reply must be at most 2^40 bytes");
   if (f->kind == PP_FRAMING_LENGTH) {
-    CHECK(f->length_size == 1 || f->length_size == 2 || f->length_size == 4 || f->length_size == 8,
-          "framing.length_size must be 1, 2, 4 or 8");
-    CHECK(f->length_offset >= 0 && f->length_offset <= 1024,
-          "framing.length_offset must be an integer in 0..1024");
-    CHECK(f->length_big_endian == 0 || f->length_big_endian == 1,
-          "framing.length_big_endian must be 0 or 1");
-    CHECK(f->length_includes_header == 0 || f->length_includes_header == 1,
-          "framing.length_includes_header must be 0 or 1");
+    PP__CHECK(
+        f->length_size == 1 || f->length_size == 2 || f->length_size == 4 || f->length_size == 8,
+        "framing.length_size must be 1, 2, 4 or 8");
+    PP__CHECK(f->length_offset >= 0 && f->length_offset <= 1024,
+              "framing.length_offset must be an integer in 0..1024");
+    PP__CHECK(f->length_big_endian == 0 || f->length_big_endian == 1,
+              "framing.length_big_endian must be 0 or 1");
+    PP__CHECK(f->length_includes_header == 0 || f->length_includes_header == 1,
+              "framing.length_includes_header must be 0 or 1");
   }
-  CHECK(f->kind != PP_FRAMING_CUSTOM || f->fn != NULL, "framing.fn must be set for a function");
+  PP__CHECK(f->kind != PP_FRAMING_CUSTOM || f->fn != NULL, "framing.fn must be set for a function");
   return 0;
 }
 

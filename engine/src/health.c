@@ -31,20 +31,6 @@ uint64_t pp__peer_hold_until(const pp_peer_t *peer) {
 
 /* ---- the hold timer: ejections end on time, probes start on time ----------------------- */
 
-static int eject_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
-  const pp_peer_t *x = PP__CONTAINER(a, pp_peer_t, eject_node);
-  const pp_peer_t *y = PP__CONTAINER(b, pp_peer_t, eject_node);
-  if (x->eject_until != y->eject_until) return x->eject_until < y->eject_until;
-  return x->seq < y->seq;
-}
-
-static int probe_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
-  const pp_peer_t *x = PP__CONTAINER(a, pp_peer_t, probe_node);
-  const pp_peer_t *y = PP__CONTAINER(b, pp_peer_t, probe_node);
-  if (x->probe_at != y->probe_at) return x->probe_at < y->probe_at;
-  return x->seq < y->seq;
-}
-
 static void hold_timer_cb(uv_timer_t *timer);
 
 /* Arm the hold timer for the first ejection end or probe due, and, while acquires for any
@@ -73,8 +59,8 @@ void pp__hold_timer_arm(pp_pool_t *pool) {
 }
 
 void pp__health_init(pp_pool_t *pool) {
-  pp__heap_init(&pool->ejected, eject_less);
-  pp__heap_init(&pool->probes, probe_less);
+  PP__HEAP_INIT(&pool->ejected, pp_peer_t, eject_node, eject_until, seq);
+  PP__HEAP_INIT(&pool->probes, pp_peer_t, probe_node, probe_at, seq);
   uv_timer_init(pool->loop, &pool->hold_timer);
   pool->hold_timer.data = pool;
   /* Like the idle timer, held peers do not keep a program alive. */
@@ -226,9 +212,7 @@ void pp__peer_succeeded(pp_peer_t *peer) {
 /* ---- probes ---------------------------------------------------------------------------- */
 
 void pp__probe_cancel(pp_peer_t *peer) {
-  if (peer->probe_at == 0) return;
-  pp__heap_remove(&peer->pool->probes, &peer->probe_node);
-  peer->probe_at = 0;
+  pp__heap_set_key(&peer->pool->probes, &peer->probe_node, 0);
 }
 
 void pp__probe_schedule(pp_peer_t *peer) {
@@ -240,8 +224,7 @@ void pp__probe_schedule(pp_peer_t *peer) {
   if (peer->last_success == 0 || (peer->ejected && peer->fail_in_use)) return;
   uint64_t at = pp_now() + (uint64_t)every;
   if (pp__peer_hold_until(peer) <= at) return; /* the hold ends first: it is dialled as usual */
-  peer->probe_at = at;
-  pp__heap_insert(&pool->probes, &peer->probe_node);
+  pp__heap_set_key(&pool->probes, &peer->probe_node, (int64_t)at);
   pp__hold_timer_arm(pool);
 }
 
@@ -374,17 +357,6 @@ void pp__peer_burn(pp_peer_t *peer) {
   pp__eject_end(peer);
   pp__peer_update_state(peer);
   pp__fail_peer_waiters(peer, PP_EBURNED);
-  pp__link_t *l = peer->conns_list.next;
-  while (l != &peer->conns_list) {
-    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
-    l = l->next;
-    if (conn->phase == PP_CONN_CLOSED) continue;
-    if (conn->leases > 0) {
-      pp__peer_unmark_usable(peer, conn);
-      continue;
-    }
-    if (conn->owner) pp__dial_failed(conn, PP_EBURNED);
-    pp__conn_close(conn, PP_CLOSE_CLOSED);
-  }
+  pp__peer_retire_conns(peer, PP_CLOSE_CLOSED, PP_EBURNED);
   pp__peer_event(peer, PP_PEER_EVENT_BURNED);
 }

@@ -3,10 +3,40 @@
  * to the last slot: the bits of n below its top bit, read from the top, say left or right. */
 #include "internal.h"
 
-void pp__heap_init(pp__heap_t *heap, pp__heap_less_fn less) {
+void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at) {
   heap->min = NULL;
   heap->n = 0;
-  heap->less = less;
+  heap->key_at = key_at;
+  heap->seq_at = seq_at;
+}
+
+/* The key of `node` (a uint64_t key is read as int64_t: the types may alias). */
+static int64_t *key_of(const pp__heap_t *heap, pp__heap_node_t *node) {
+  return (int64_t *)((char *)node + heap->key_at);
+}
+
+static int less(const pp__heap_t *heap, const pp__heap_node_t *a, const pp__heap_node_t *b) {
+  int64_t ka = *(const int64_t *)((const char *)a + heap->key_at);
+  int64_t kb = *(const int64_t *)((const char *)b + heap->key_at);
+  if (ka != kb) return ka < kb;
+  return *(const uint64_t *)((const char *)a + heap->seq_at) <
+         *(const uint64_t *)((const char *)b + heap->seq_at);
+}
+
+/* Point the link from `above` (the root when NULL) that went to `old` at `now` instead. */
+static void relink(pp__heap_t *heap, pp__heap_node_t *above, pp__heap_node_t *old,
+                   pp__heap_node_t *now) {
+  if (above == NULL)
+    heap->min = now;
+  else if (above->left == old)
+    above->left = now;
+  else
+    above->right = now;
+}
+
+static void adopt_children(pp__heap_node_t *node) {
+  if (node->left != NULL) node->left->parent = node;
+  if (node->right != NULL) node->right->parent = node;
 }
 
 /* Swap a parent with its child `child`, fixing every link around them. */
@@ -23,14 +53,8 @@ static void swap_with_parent(pp__heap_t *heap, pp__heap_node_t *parent, pp__heap
     sibling = child->left;
   }
   if (sibling != NULL) sibling->parent = child;
-  if (parent->left != NULL) parent->left->parent = parent;
-  if (parent->right != NULL) parent->right->parent = parent;
-  if (child->parent == NULL)
-    heap->min = child;
-  else if (child->parent->left == parent)
-    child->parent->left = child;
-  else
-    child->parent->right = child;
+  adopt_children(parent);
+  relink(heap, child->parent, parent, child);
 }
 
 /* The slot for node number `k` (1-based): returns the parent's link to it. */
@@ -48,7 +72,7 @@ static pp__heap_node_t **slot_of(pp__heap_t *heap, unsigned int k, pp__heap_node
 }
 
 static void sift_up(pp__heap_t *heap, pp__heap_node_t *node) {
-  while (node->parent != NULL && heap->less(node, node->parent))
+  while (node->parent != NULL && less(heap, node, node->parent))
     swap_with_parent(heap, node->parent, node);
 }
 
@@ -78,21 +102,23 @@ void pp__heap_remove(pp__heap_t *heap, pp__heap_node_t *node) {
   last->left = node->left;
   last->right = node->right;
   last->parent = node->parent;
-  if (last->left != NULL) last->left->parent = last;
-  if (last->right != NULL) last->right->parent = last;
-  if (node->parent == NULL)
-    heap->min = last;
-  else if (node->parent->left == node)
-    node->parent->left = last;
-  else
-    node->parent->right = last;
+  adopt_children(last);
+  relink(heap, node->parent, node, last);
   node->left = node->right = node->parent = NULL;
   for (;;) {
     pp__heap_node_t *smallest = last;
-    if (last->left != NULL && heap->less(last->left, smallest)) smallest = last->left;
-    if (last->right != NULL && heap->less(last->right, smallest)) smallest = last->right;
+    if (last->left != NULL && less(heap, last->left, smallest)) smallest = last->left;
+    if (last->right != NULL && less(heap, last->right, smallest)) smallest = last->right;
     if (smallest == last) break;
     swap_with_parent(heap, last, smallest);
   }
   sift_up(heap, last);
+}
+
+void pp__heap_set_key(pp__heap_t *heap, pp__heap_node_t *node, int64_t key) {
+  int64_t *k = key_of(heap, node);
+  if (*k == key) return;
+  if (*k) pp__heap_remove(heap, node);
+  *k = key;
+  if (key) pp__heap_insert(heap, node);
 }

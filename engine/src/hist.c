@@ -6,15 +6,9 @@
 #include <math.h>
 #include <string.h>
 
-static const char *const kind_names[PP_HIST_COUNT] = {
-#define PP__HIST_NAME(name, str) str,
-    PP_HIST_KIND_MAP(PP__HIST_NAME)
-#undef PP__HIST_NAME
-};
-
 const char *pp_hist_kind_name(pp_hist_kind_t kind) {
-  if ((int)kind < 0 || kind >= PP_HIST_COUNT) return "unknown";
-  return kind_names[kind];
+  static const char *const names[] = {PP_HIST_KIND_MAP(PP__ROW_STRING)};
+  return pp__name_of(names, PP_HIST_COUNT, (int)kind);
 }
 
 double pp_histogram_bound_us(int i) {

@@ -31,17 +31,67 @@ static inline void pp__list_remove(pp__link_t *l) {
 }
 #define PP__CONTAINER(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 
+/* ---- names from the X-macro lists ------------------------------------------------------ */
+/* A row's string, in a list whose rows read (NAME, "string", ...): makes a name table. */
+#define PP__ROW_STRING(name, str, ...) str,
+/* names[value] for a value in 0..count-1, else "unknown" (a value from outside the list). */
+static inline const char *pp__name_of(const char *const names[], int count, int value) {
+  return value >= 0 && value < count ? names[value] : "unknown";
+}
+
+/* ---- validators: functions that take `const char **why` ------------------------------- */
+/* Set *why (when asked for) to `msg`, a static string naming the field, and fail. */
+#define PP__INVALID(msg) \
+  do {                   \
+    if (why) *why = msg; \
+    return PP_EINVAL;    \
+  } while (0)
+#define PP__CHECK(cond, msg)       \
+  do {                             \
+    if (!(cond)) PP__INVALID(msg); \
+  } while (0)
+
 /* ---- intrusive min-heap (pointer tree, O(log n) insert/remove of any node) ------------- */
-typedef int (*pp__heap_less_fn)(const pp__heap_node_t *a, const pp__heap_node_t *b);
+/* Every heap in the engine orders by a time key kept in the struct that embeds the node, ties
+ * by an insertion number kept there too (so equal times come out first in, first out, as
+ * libuv's timers do). The heap finds both at fixed offsets from its node (PP__HEAP_INIT). Keys
+ * compare as int64_t: loop ms stay far below 2^63, and a Unix ms key may be negative. */
 typedef struct {
   pp__heap_node_t *min;
   unsigned int n;
-  pp__heap_less_fn less;
+  ptrdiff_t key_at, seq_at; /* where the key and the insertion number are, from the node */
 } pp__heap_t;
 
-void pp__heap_init(pp__heap_t *heap, pp__heap_less_fn less);
+void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at);
+/* A heap of `type`s linked by their field `node`, ordered by (`key`, `seq`). */
+#define PP__HEAP_INIT(heap, type, node, key, seq)                                           \
+  do {                                                                                      \
+    _Static_assert(sizeof(((type *)0)->key) == 8 && sizeof(((type *)0)->seq) == 8,          \
+                   #type "." #key " and ." #seq " must be 64-bit integers");                \
+    pp__heap_init((heap), (ptrdiff_t)offsetof(type, key) - (ptrdiff_t)offsetof(type, node), \
+                  (ptrdiff_t)offsetof(type, seq) - (ptrdiff_t)offsetof(type, node));        \
+  } while (0)
 void pp__heap_insert(pp__heap_t *heap, pp__heap_node_t *node);
 void pp__heap_remove(pp__heap_t *heap, pp__heap_node_t *node);
+/* Give `node` the key `key`, where a key of 0 means "not in the heap": it leaves the heap
+ * under its old key (if not 0) and enters it again under the new one (if not 0). */
+void pp__heap_set_key(pp__heap_t *heap, pp__heap_node_t *node, int64_t key);
+
+/* ---- I/O counters ---------------------------------------------------------------------- */
+/* What went through a conn, or through all of a peer's conns: counted by pp__count_io,
+ * reported by pp_conn_info and pp_peer_info (whose four fields of the same names it fills). */
+typedef struct {
+  uint64_t bytes_in, bytes_out;
+  uint64_t msgs_in;  /* read callbacks delivered */
+  uint64_t msgs_out; /* write requests completed */
+} pp__io_t;
+#define PP__IO_REPORT(info, io)         \
+  do {                                  \
+    (info)->bytes_in = (io).bytes_in;   \
+    (info)->bytes_out = (io).bytes_out; \
+    (info)->msgs_in = (io).msgs_in;     \
+    (info)->msgs_out = (io).msgs_out;   \
+  } while (0)
 
 /* ---- states ---------------------------------------------------------------------------- */
 typedef enum {
@@ -135,8 +185,7 @@ struct pp_conn_s {
   char *kept;            /* bytes that arrived with no reader */
   size_t kept_cap;
   int kept_error; /* an end/error seen with no reader, delivered after kept bytes */
-  /* counters */
-  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  pp__io_t io;
   uint64_t phase_ns; /* uv_hrtime when its connect attempt or handshake began (histograms) */
   uint64_t id;       /* pp_conn_id (events.c) */
   void *data;
@@ -174,7 +223,7 @@ struct pp_peer_s {
   uint64_t attempts;
   uint64_t ejections;
   double latency_ms;
-  uint64_t bytes_in, bytes_out, msgs_in, msgs_out;
+  pp__io_t io; /* of all its conns, closed ones included */
   pp__link_t conns_list;
   /* usable conns by lease count: buckets[k] holds conns with k leases, oldest use first */
   pp__link_t *buckets;
@@ -394,6 +443,10 @@ uint64_t pp__peer_hold_until(const pp_peer_t *peer);
 void pp__peer_free(pp_peer_t *peer);
 void pp__peer_mark_usable(pp_peer_t *peer, pp_conn_t *conn);
 void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn);
+/* Retire `peer`'s conns (it is burned, draining or removed): none takes a new lease; those no
+ * lease holds close now with `reason`, failing the dial a waiter owns with `err` first; leased
+ * ones close when their last lease ends. */
+void pp__peer_retire_conns(pp_peer_t *peer, pp_close_reason_t reason, int err);
 pp_conn_t *pp__peer_best_conn(pp_peer_t *peer);
 int pp__peer_usable_conns(pp_peer_t *peer, pp_conn_t **out, int max);
 
@@ -570,6 +623,8 @@ void pp__lease_detach(pp_conn_t *conn, pp_lease_t *lease);
 bool pp__conn_needs_ping(const pp_conn_t *conn, uint64_t idle_ms);
 void pp__conn_ping(pp_conn_t *conn);
 void pp__conn_io_error(pp_conn_t *conn, int err);
+/* Count I/O on `conn` (`add`: what went through just now) for the conn, its peer and the pool. */
+void pp__count_io(pp_conn_t *conn, pp__io_t add);
 /* Dial `peer` once, now, for no waiter: a probe of a held peer. */
 int pp__conn_probe(pp_peer_t *peer);
 

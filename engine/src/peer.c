@@ -184,43 +184,11 @@ int pp_pool_foreach_peer(pp_pool_t *pool, int (*fn)(pp_peer_t *, void *), void *
 
 /* ---- dial candidates: kept in step with each peer's fields ----------------------------- */
 
-static int backoff_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
-  const pp_peer_t *x = PP__CONTAINER(a, pp_peer_t, backoff_node);
-  const pp_peer_t *y = PP__CONTAINER(b, pp_peer_t, backoff_node);
-  if (x->backoff_key != y->backoff_key) return x->backoff_key < y->backoff_key;
-  return x->seq < y->seq;
-}
-
-static int freshness_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
-  const pp_peer_t *x = PP__CONTAINER(a, pp_peer_t, fresh_node);
-  const pp_peer_t *y = PP__CONTAINER(b, pp_peer_t, fresh_node);
-  if (x->stale_at != y->stale_at) return x->stale_at < y->stale_at;
-  return x->seq < y->seq;
-}
-
 void pp__candidates_init(pp_pool_t *pool) {
   pp__list_init(&pool->dialable);
   pp__list_init(&pool->dialable_bare);
-  pp__heap_init(&pool->backoff, backoff_less);
-  pp__heap_init(&pool->freshness, freshness_less);
-}
-
-/* The heaps are keyed by copies (backoff_key, stale_at), so a field that changes between two
- * updates never breaks their order; 0 means "not in the heap". */
-static void set_backoff_key(pp_peer_t *peer, uint64_t key) {
-  pp_pool_t *pool = peer->pool;
-  if (peer->backoff_key == key) return;
-  if (peer->backoff_key) pp__heap_remove(&pool->backoff, &peer->backoff_node);
-  peer->backoff_key = key;
-  if (key) pp__heap_insert(&pool->backoff, &peer->backoff_node);
-}
-
-static void set_stale_at(pp_peer_t *peer, int64_t at) {
-  pp_pool_t *pool = peer->pool;
-  if (peer->stale_at == at) return;
-  if (peer->stale_at) pp__heap_remove(&pool->freshness, &peer->fresh_node);
-  peer->stale_at = at;
-  if (at) pp__heap_insert(&pool->freshness, &peer->fresh_node);
+  PP__HEAP_INIT(&pool->backoff, pp_peer_t, backoff_node, backoff_key, seq);
+  PP__HEAP_INIT(&pool->freshness, pp_peer_t, fresh_node, stale_at, seq);
 }
 
 static void set_linked(pp__link_t *ring, pp__link_t *link, bool in) {
@@ -253,8 +221,10 @@ static void place_candidate(pp_peer_t *peer, uint64_t now, int64_t unix_now) {
   int64_t stale_at = 0;
   if (may && age > 0)
     stale_at = peer->last_seen > INT64_MAX - age ? INT64_MAX : peer->last_seen + age;
-  set_stale_at(peer, stale_at);
-  set_backoff_key(peer, later ? hold : 0);
+  /* The heaps are keyed by copies (stale_at, backoff_key), so a field that changes between two
+   * updates never breaks their order. */
+  pp__heap_set_key(&pool->freshness, &peer->fresh_node, stale_at);
+  pp__heap_set_key(&pool->backoff, &peer->backoff_node, later ? (int64_t)hold : 0);
   set_linked(&pool->dialable, &peer->dial_link, may && !later);
   set_linked(&pool->dialable_bare, &peer->bare_link, may && !later && peer->conns == 0);
 }
@@ -360,6 +330,21 @@ void pp__peer_unmark_usable(pp_peer_t *peer, pp_conn_t *conn) {
   }
 }
 
+void pp__peer_retire_conns(pp_peer_t *peer, pp_close_reason_t reason, int err) {
+  pp__link_t *l = peer->conns_list.next;
+  while (l != &peer->conns_list) {
+    pp_conn_t *conn = PP__CONTAINER(l, pp_conn_t, peer_link);
+    l = l->next;
+    if (conn->phase == PP_CONN_CLOSED) continue;
+    if (conn->leases > 0) {
+      pp__peer_unmark_usable(peer, conn); /* a shared conn takes no new lease */
+      continue;
+    }
+    if (conn->owner) pp__dial_failed(conn, err);
+    pp__conn_close(conn, reason);
+  }
+}
+
 pp_conn_t *pp__peer_best_conn(pp_peer_t *peer) {
   if (peer->usable == 0) return NULL;
   int limit = peer->pool->opts.client_limit, words = (limit + 63) / 64;
@@ -399,10 +384,7 @@ void pp_peer_info(const pp_peer_t *peer, pp_peer_info_t *info) {
   info->attempts = peer->attempts;
   info->ejections = peer->ejections;
   info->latency_ms = peer->latency_ms;
-  info->bytes_in = peer->bytes_in;
-  info->bytes_out = peer->bytes_out;
-  info->msgs_in = peer->msgs_in;
-  info->msgs_out = peer->msgs_out;
+  PP__IO_REPORT(info, peer->io);
   info->last_error = peer->last_error;
   info->burned = peer->burned;
   info->ejected_until = pp__peer_ejected_until_unix(peer);

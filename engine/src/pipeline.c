@@ -281,9 +281,7 @@ static bool route(pp__pipe_t *p, const char *reply, size_t len) {
   pp__list_remove(&req->link_);
   p->requests--;
   req->conn_ = NULL;
-  conn->msgs_in++;
-  conn->peer->msgs_in++;
-  conn->pool->stats.msgs_in++;
+  pp__count_io(conn, (pp__io_t){.msgs_in = 1});
   pp__hist_observe_us(conn->pool, PP_HIST_REQUEST,
                       p->read_ns > req->sent_ns_ ? (p->read_ns - req->sent_ns_ + 500) / 1000 : 0);
   req->cb_(req, 0, reply, len); /* may send, release, close the conn: look again after */

@@ -108,12 +108,12 @@ void pp__maybe_finish(pp_pool_t *pool) {
 
 void pp__close_begin(pp_pool_t *pool) {
   pool->closing = true;
-  uv_timer_stop(&pool->idle_timer);
-  uv_timer_stop(&pool->deadline_timer);
-  uv_timer_stop(&pool->keepalive_timer);
-  uv_timer_stop(&pool->maintenance_timer);
-  uv_timer_stop(&pool->hold_timer);
-  uv_timer_stop(&pool->warm_timer);
+  /* The timers that drive the pool's work; the drain timer, which ends a graceful close, runs
+   * on (and events.c stops the leak timer). */
+  uv_timer_t *work[] = {&pool->idle_timer,        &pool->deadline_timer, &pool->keepalive_timer,
+                        &pool->maintenance_timer, &pool->hold_timer,     &pool->warm_timer};
+  for (size_t i = 0; i < sizeof work / sizeof work[0]; i++)
+    uv_timer_stop(work[i]);
   pp__events_close(pool);
   pp__dns_close(pool); /* host names (dns.c): queries end, their handles close */
   pp__fail_all_waiters(pool, PP_ECLOSED);

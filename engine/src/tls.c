@@ -49,13 +49,8 @@ static void *tls_realloc(void *p, size_t n) {
 }
 
 const char *pp__tls_fail_name(pp__tls_fail_t fail) {
-  static const char *const names[] = {
-#define PP__TLS_FAIL_NAME(name, str) str,
-      PP__TLS_FAIL_MAP(PP__TLS_FAIL_NAME)
-#undef PP__TLS_FAIL_NAME
-  };
-  if ((unsigned)fail >= PP__TLS_FAIL_COUNT) return "unknown";
-  return names[fail];
+  static const char *const names[] = {PP__TLS_FAIL_MAP(PP__ROW_STRING)};
+  return pp__name_of(names, PP__TLS_FAIL_COUNT, (int)fail);
 }
 
 /* ---- options --------------------------------------------------------------------------- */
@@ -67,14 +62,6 @@ void pp_tls_options_init(pp_tls_options_t *o) {
 
 #define PP__TLS_ALPN_MAX 32
 
-#define CHECK(cond, msg)   \
-  do {                     \
-    if (!(cond)) {         \
-      if (why) *why = msg; \
-      return PP_EINVAL;    \
-    }                      \
-  } while (0)
-
 static int version_of(const char *v) {
   if (v == NULL || strcmp(v, "1.2") == 0) return TLS1_2_VERSION;
   if (strcmp(v, "1.3") == 0) return TLS1_3_VERSION;
@@ -83,23 +70,23 @@ static int version_of(const char *v) {
 
 int pp__tls_options_check(const pp_tls_options_t *o, const char **why) {
   if (why) *why = NULL;
-  CHECK(o != NULL, "tls options must not be NULL");
-  CHECK(o->ca_file == NULL || *o->ca_file, "tls.ca_file must not be empty");
-  CHECK(o->ca_path == NULL || *o->ca_path, "tls.ca_path must not be empty");
-  CHECK(o->cert_file == NULL || *o->cert_file, "tls.cert_file must not be empty");
-  CHECK(o->key_file == NULL || *o->key_file, "tls.key_file must not be empty");
-  CHECK(o->key_file == NULL || o->cert_file, "tls.key_file needs tls.cert_file");
-  CHECK(o->server_name == NULL || (*o->server_name && strlen(o->server_name) <= 253),
-        "tls.server_name must be a host name or IP address of 1..253 bytes");
-  CHECK(o->verify >= -1 && o->verify <= 1, "tls.verify must be 1, 0 or -1 (the default)");
-  CHECK(version_of(o->min_version) != 0, "tls.min_version must be \"1.2\" or \"1.3\"");
+  PP__CHECK(o != NULL, "tls options must not be NULL");
+  PP__CHECK(o->ca_file == NULL || *o->ca_file, "tls.ca_file must not be empty");
+  PP__CHECK(o->ca_path == NULL || *o->ca_path, "tls.ca_path must not be empty");
+  PP__CHECK(o->cert_file == NULL || *o->cert_file, "tls.cert_file must not be empty");
+  PP__CHECK(o->key_file == NULL || *o->key_file, "tls.key_file must not be empty");
+  PP__CHECK(o->key_file == NULL || o->cert_file, "tls.key_file needs tls.cert_file");
+  PP__CHECK(o->server_name == NULL || (*o->server_name && strlen(o->server_name) <= 253),
+            "tls.server_name must be a host name or IP address of 1..253 bytes");
+  PP__CHECK(o->verify >= -1 && o->verify <= 1, "tls.verify must be 1, 0 or -1 (the default)");
+  PP__CHECK(version_of(o->min_version) != 0, "tls.min_version must be \"1.2\" or \"1.3\"");
   if (o->alpn) {
     int n = 0;
     for (; o->alpn[n]; n++) {
       size_t len = strlen(o->alpn[n]);
-      CHECK(len >= 1 && len <= 255, "tls.alpn entries must be protocol names of 1..255 bytes");
+      PP__CHECK(len >= 1 && len <= 255, "tls.alpn entries must be protocol names of 1..255 bytes");
     }
-    CHECK(n <= PP__TLS_ALPN_MAX, "tls.alpn must list at most 32 protocols");
+    PP__CHECK(n <= PP__TLS_ALPN_MAX, "tls.alpn must list at most 32 protocols");
   }
   return 0;
 }

@@ -6,13 +6,6 @@
 
 static void deadline_timer_cb(uv_timer_t *timer);
 
-static int deadline_less(const pp__heap_node_t *a, const pp__heap_node_t *b) {
-  const pp_lease_t *x = PP__CONTAINER(a, pp_lease_t, heap_);
-  const pp_lease_t *y = PP__CONTAINER(b, pp_lease_t, heap_);
-  if (x->deadline_ != y->deadline_) return x->deadline_ < y->deadline_;
-  return x->seq_ < y->seq_;
-}
-
 void pp__queue_init(pp__queue_t *q) {
   for (int i = 0; i <= PP_PRIORITY_MAX; i++)
     pp__list_init(&q->level[i]);
@@ -22,7 +15,7 @@ void pp__queue_init(pp__queue_t *q) {
 void pp__waiters_init(pp_pool_t *pool) {
   pp__list_init(&pool->waiting_peers);
   pp__queue_init(&pool->any_waiters);
-  pp__heap_init(&pool->deadlines, deadline_less);
+  PP__HEAP_INIT(&pool->deadlines, pp_lease_t, heap_, deadline_, seq_);
   uv_timer_init(pool->loop, &pool->deadline_timer);
   pool->deadline_timer.data = pool;
 }

@@ -76,9 +76,12 @@ describe("peerpool.pool", function()
       local conns = {}
       for i = 1, 3 do conns[i] = assert(pool:acquire(srv.addr)) end
       for i = 1, 3 do conns[i]:release() end
-      wait_until(function() return pool:stats().closed.idle == 2 end, 3000, "2 idle closes")
+      -- while all three were lent, min_idle may have dialled a spare (3 or 4 conns, by timing)
+      local n = pool:stats().conns
+      assert.is_true(n == 3 or n == 4, n .. " conns")
+      wait_until(function() return pool:stats().closed.idle == n - 1 end, 3000, "the idle closes")
       sleep(200)
-      assert.equal(2, pool:stats().closed.idle)
+      assert.equal(n - 1, pool:stats().closed.idle)
       assert.equal(1, pool:peer(srv.addr).idle)
     end))
 

@@ -17,22 +17,40 @@ describe("scripts/examples", function()
     started = {}
   end)
 
+  -- Start `redis-server <args(port)>` on `port`, or on a free port (tried again on another
+  -- when a test running in parallel took it first), killed when the test ends; waits until its
+  -- log says it is ready. Returns the port and the pid.
+  local function start_redis(exe, args, port)
+    for attempt = 1, 3 do
+      local p = port or free_port()
+      local log = os.tmpname()
+      local pid = io.popen(string.format("exec %s %s >%s 2>&1 & echo $!", exe, args(p), log))
+        :read("l")
+      started[#started + 1] = pid
+      local text
+      for _ = 1, 100 do
+        local f = io.open(log)
+        text = f and f:read("a") or ""
+        if f then f:close() end
+        if text:find("Ready to accept connections", 1, true) or
+          text:find("Failed listening on port", 1, true) then break end
+        os.execute("sleep 0.05")
+      end
+      os.remove(log)
+      if text:find("Ready to accept connections", 1, true) then return p, pid end
+      assert(not port and attempt < 3, "redis-server did not start on port " .. p .. ":\n" .. text)
+    end
+  end
+
   -- Start a redis-server on a free loopback port (or `port`), killed when the test ends; its
-  -- address and pid, or nil when redis-server is not installed.
+  -- address, pid and port, or nil when redis-server is not installed.
   local function redis(port)
     local exe = io.popen("command -v redis-server"):read("l")
     if not exe then return nil end
-    port = port or free_port()
-    local server = io.popen(string.format(
-      "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
-      ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-    started[#started + 1] = server
-    -- wait until it answers (redis-cli comes with redis-server on Debian)
-    for _ = 1, 100 do
-      local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
-      if r:match("PONG") then break end
-      os.execute("sleep 0.05")
-    end
+    local server
+    port, server = start_redis(exe, function(p)
+      return string.format("--port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no", p)
+    end, port)
     return "127.0.0.1:" .. port, server, port
   end
 
@@ -175,20 +193,12 @@ describe("scripts/examples", function()
         local dir = os.tmpname()
         os.remove(dir)
         assert(os.execute("mkdir -p " .. dir .. " && sh spec/c/tls_certs.sh " .. dir) == true)
-        local port = free_port()
-        local log = dir .. "/redis.log"
-        started[#started + 1] = io.popen(string.format(
-          "exec %s --port 0 --tls-port %d --bind 127.0.0.1 --tls-cert-file %s/server.pem " ..
-          "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem --tls-auth-clients no " ..
-          "--save '' --appendonly no --dir %s >%s 2>&1 & echo $!",
-          exe, port, dir, dir, dir, dir, log)):read("l")
-        for _ = 1, 100 do
-          local f = io.open(log)
-          local text = f and f:read("a") or ""
-          if f then f:close() end
-          if text:match("Ready to accept connections") then break end
-          os.execute("sleep 0.05")
-        end
+        local port = start_redis(exe, function(p)
+          return string.format(
+            "--port 0 --tls-port %d --bind 127.0.0.1 --tls-cert-file %s/server.pem " ..
+            "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem --tls-auth-clients no " ..
+            "--save '' --appendonly no --dir %s", p, dir, dir, dir, dir)
+        end)
         local ok, out = pcall(run, "redis_tls.lua", { "127.0.0.1:" .. port, dir .. "/ca.pem" })
         os.execute("rm -rf " .. dir)
         assert(ok, out)

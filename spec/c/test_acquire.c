@@ -471,11 +471,11 @@ TEST(acquire_conn_idle_ms_grows_while_idle) {
   pp_lease_t l;
   test_rec_t r;
   pp_conn_t *c = test_acquire_release(f.pool, f.peer);
-  test_run_for(60);
-  ASSERT_GE(pp_conn_idle_ms(c), 40); /* c is idle but still alive: the pool owns it */
+  test_run_for(300); /* the margins below leave a loaded machine 250 ms of stalls */
+  ASSERT_GE(pp_conn_idle_ms(c), 250); /* c is idle but still alive: the pool owns it */
   ASSERT_OK(test_acquire_wait(f.pool, &l, &r, f.peer, NULL));
   ASSERT_PTR_EQ(l.conn, c);
-  ASSERT_LT(pp_conn_idle_ms(c), 40);
+  ASSERT_LT(pp_conn_idle_ms(c), 250);
   ASSERT_OK(pp_release(&l, 0));
   fixture_end(&f);
 }

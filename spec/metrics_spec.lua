@@ -612,11 +612,11 @@ describe("peerpool.serve_metrics()", function()
       test(function(env)
         -- deadlines far enough not to close a conn while the test looks
         local srv = serve(env, { max_clients = 4, request_timeout = 5000 })
-        local socks = {}
+        local socks, sent = {}, 0
         local function connect(first_bytes)
           local sock = uv.new_tcp()
           sock:connect("127.0.0.1", srv.port, function()
-            if first_bytes then sock:write(first_bytes) end
+            if first_bytes then sock:write(first_bytes, function() sent = sent + 1 end) end
           end)
           socks[#socks + 1] = sock
         end
@@ -629,7 +629,10 @@ describe("peerpool.serve_metrics()", function()
         -- with every slot mid-request, a newcomer is turned away
         for _ = 1, 4 do connect("GET /met") end
         wait_until(function() return srv:stats().clients == 4 end)
-        H.sleep(50) -- their first bytes have arrived
+        -- their first bytes have arrived: written, then read on the loop's next turns (a fixed
+        -- sleep could end in the same turn as the newcomer's accept, before the reads)
+        wait_until(function() return sent == 4 end)
+        H.ticks()
         connect()
         wait_until(function() return srv:stats().refused == 1 end)
         assert.equal(4, srv:stats().clients)

@@ -50,9 +50,13 @@ describe("peerpool.pool", function()
       pool:add_peer(srv.addr)
       wait_until(function() return pool:peer(srv.addr).idle == 2 end, 3000, "2 idle conns")
       srv:close() -- its conns close; the port refuses
+      -- the port stays bound (never listening: refused) until the restart, so that no test
+      -- running in parallel takes it meanwhile
+      local hold = env:add(assert(require("spec.support.servers").listen(nil, { port = port })))
       wait_until(function() return pool:peer(srv.addr).idle == 0 end, 3000, "the conns to go")
       sleep(200)
       assert.equal(0, pool:peer(srv.addr).idle)
+      hold:close()
       local again = assert(env:echo_on(port))
       wait_until(function() return pool:peer(srv.addr).idle == 2 end, 5000, "2 conns again")
       wait_until(function() return again.accepted == 2 end, 1000, "the restarted server's view")

@@ -101,7 +101,10 @@ TEST(warm_comes_back_after_a_server_restart_with_backoff) {
   ASSERT_LT(test_stats(pool).connect_attempts - attempts, 30);
   ASSERT_EQ(test_peer_info(peer).idle, 0);
   srv = srv_echo_start_on(NULL, port);
-  ASSERT_NOT_NULL(srv);
+  if (srv == NULL) { /* as in test_recover.c: a test running in parallel may take the port */
+    test_finish(pool);
+    test_skip("the port was taken meanwhile");
+  }
   RUN_UNTIL(test_peer_info(peer).idle == 2, 3000);
   test_run_for(50);
   ASSERT_EQ(srv_client_conns(srv), 2);

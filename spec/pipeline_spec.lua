@@ -414,21 +414,30 @@ end)
 local function redis_server()
   local exe = io.popen("command -v redis-server"):read("l")
   if not exe then return nil end
-  local uv = require "luv"
-  local t = uv.new_tcp()
-  t:bind("127.0.0.1", 0)
-  local port = t:getsockname().port
-  t:close()
-  uv.run("nowait")
-  local pid = io.popen(string.format(
-    "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
-    ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-  for _ = 1, 100 do
-    local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
-    if r:match("PONG") then break end
-    os.execute("sleep 0.05")
+  -- The port was free a moment ago: a test running in parallel may take it first (then the
+  -- server says so in its log, and another port is tried).
+  for attempt = 1, 3 do
+    local port = H.free_port()
+    local log = os.tmpname()
+    local pid = io.popen(string.format(
+      "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
+      ">%s 2>&1 & echo $!", exe, port, log)):read("l")
+    local text
+    for _ = 1, 100 do
+      local f = io.open(log)
+      text = f and f:read("a") or ""
+      if f then f:close() end
+      if text:find("Ready to accept connections", 1, true) or
+        text:find("Failed listening on port", 1, true) then break end
+      os.execute("sleep 0.05")
+    end
+    os.remove(log)
+    if text:find("Ready to accept connections", 1, true) then
+      return "127.0.0.1:" .. port, pid, port
+    end
+    os.execute("kill -9 " .. pid .. " 2>/dev/null")
+    assert(attempt < 3, "redis-server did not start on port " .. port .. ":\n" .. text)
   end
-  return "127.0.0.1:" .. port, pid, port
 end
 
 local function echo_cmd(s) return ("*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n"):format(#s, s) end

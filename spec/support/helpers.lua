@@ -28,11 +28,15 @@ local H = {}
 H.WATCHDOG_MS = 10000
 H.pack = table.pack
 
--- Yield the running coroutine for `ms` (a luv timer resumes it).
+-- Yield the running coroutine for `ms` (a luv timer resumes it). Counted from now, not from
+-- the loop's cached time, which lags behind after slow work in this callback (a loaded machine,
+-- a full collection at every call under GC stress): a test that sleeps 30 ms past a 20 ms
+-- deadline must not wake before it.
 function H.sleep(ms)
   local co = assert(coroutine.running())
   local t = uv.new_timer()
-  t:start(ms, 0, function()
+  local lag = math.max(0, math.ceil(uv.hrtime() / 1e6 - uv.now()))
+  t:start(ms + lag, 0, function()
     t:close()
     local ok, err = coroutine.resume(co)
     if not ok then io.stderr:write("spec coroutine error: ", tostring(err), "\n") end

@@ -731,10 +731,6 @@ describe("a real Prometheus server", function()
           conn:receive()
           conn:release()
         end
-        local web = uv.new_tcp() -- a free port for Prometheus' web API
-        web:bind("127.0.0.1", 0)
-        local web_port = web:getsockname().port
-        web:close()
         local f = assert(io.open(dir .. "/prometheus.yml", "w"))
         f:write(string.format([[
 global:
@@ -747,21 +743,32 @@ scrape_configs:
       - targets: ["127.0.0.1:%d"]
 ]], endpoint.port))
         f:close()
-        -- `timeout` ends it even if this process dies first
-        local prom = T.spawn({ "timeout", "25", PROMETHEUS, "--config.file=" .. dir ..
-          "/prometheus.yml", "--storage.tsdb.path=" .. dir .. "/data",
-          "--web.listen-address=127.0.0.1:" .. web_port, "--log.level=warn" },
-          { env = { LD_PRELOAD = false } })
         local query = "/api/v1/query?query=peerpool_acquires_total%7Bpool%3D%22redis%22%7D"
-        local got
-        local deadline = uv.now() + 20000
-        while uv.now() < deadline and not prom.exited do
-          local res = http(web_port, "GET " .. query .. " HTTP/1.1\r\nHost: x\r\n\r\n")
-          if res.status == 200 then
-            got = res.body:match('"value":%[[%d.]+,"(%d+)"%]')
-            if got then break end
+        local prom, got
+        -- its web port was free a moment ago: when a test running in parallel took it first,
+        -- Prometheus exits at once, and another port is tried
+        for _ = 1, 3 do
+          local web = uv.new_tcp() -- a free port for Prometheus' web API
+          web:bind("127.0.0.1", 0)
+          local web_port = web:getsockname().port
+          web:close()
+          -- `timeout` ends it even if this process dies first
+          prom = T.spawn({ "timeout", "25", PROMETHEUS, "--config.file=" .. dir ..
+            "/prometheus.yml", "--storage.tsdb.path=" .. dir .. "/data",
+            "--web.listen-address=127.0.0.1:" .. web_port, "--log.level=warn" },
+            { env = { LD_PRELOAD = false } })
+          local deadline = uv.now() + 20000
+          while uv.now() < deadline and not prom.exited do
+            local res = http(web_port, "GET " .. query .. " HTTP/1.1\r\nHost: x\r\n\r\n")
+            if res.status == 200 then
+              got = res.body:match('"value":%[[%d.]+,"(%d+)"%]')
+              if got then break end
+            end
+            T.sleep(200)
           end
-          T.sleep(200)
+          if got or not (prom.exited and prom.err:find("address already in use", 1, true)) then
+            break
+          end
         end
         prom:kill()
         assert.is_truthy(got or not prom.exited, "prometheus exited: " .. prom.err)

@@ -243,8 +243,9 @@ describe("peerpool.conn", function()
 
     it("measures io_timeout from the call, not from a stale loop clock", test(function(env)
       local conn = setup(env, { io_timeout = 500 })
-      local t0 = os.clock()
-      while os.clock() - t0 < 0.6 do end -- 600 ms of work in this callback
+      -- 600 ms of wall clock (not of CPU time, which a starved process takes seconds to use)
+      local t0 = uv.hrtime()
+      while uv.hrtime() - t0 < 600e6 do end -- 600 ms of work in this callback
       conn:send("SLEEP 50\r\n")
       assert.equal("+WOKE", conn:receive())
       conn:release()

@@ -48,9 +48,13 @@ describe("peerpool.pool", function()
       pool:add_peer(srv.addr)
       wait_until(function() return pool:peer(srv.addr).idle == 2 end, 3000, "2 idle conns")
       srv:close() -- its conns close; the port refuses
+      -- the port stays bound (never listening: refused) until the restart, so that no test
+      -- running in parallel takes it meanwhile
+      local hold = env:add(assert(require("spec.support.servers").listen(nil, { port = port })))
       wait_until(function() return pool:peer(srv.addr).idle == 0 end, 3000, "the conns to go")
       sleep(200)
       assert.equal(0, pool:peer(srv.addr).idle)
+      hold:close()
       local again = assert(env:echo_on(port))
       wait_until(function() return pool:peer(srv.addr).idle == 2 end, 5000, "2 conns again")
       wait_until(function() return again.accepted == 2 end, 1000, "the restarted server's view")
@@ -73,9 +77,12 @@ describe("peerpool.pool", function()
       local conns = {}
       for i = 1, 3 do conns[i] = assert(pool:acquire(srv.addr)) end
       for i = 1, 3 do conns[i]:release() end
-      wait_until(function() return pool:stats().closed.idle == 2 end, 3000, "2 idle closes")
+      -- while all three were lent, min_idle may have dialled a spare (3 or 4 conns, by timing)
+      local n = pool:stats().conns
+      assert.is_true(n == 3 or n == 4, n .. " conns")
+      wait_until(function() return pool:stats().closed.idle == n - 1 end, 3000, "the idle closes")
       sleep(200)
-      assert.equal(2, pool:stats().closed.idle)
+      assert.equal(n - 1, pool:stats().closed.idle)
       assert.equal(1, pool:peer(srv.addr).idle)
     end))
 

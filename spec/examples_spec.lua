@@ -7,7 +7,6 @@ describe("scripts/examples", function()
     return so:match("^(.*)/[^/]+$")
   end
 
-  local free_port = require "spec.support.helpers".free_port
   local redis = require "spec.support.redis"
   after_each(redis.kill_started)
 
@@ -157,20 +156,12 @@ describe("scripts/examples", function()
         local dir = os.tmpname()
         os.remove(dir)
         assert(os.execute("mkdir -p " .. dir .. " && sh spec/c/tls_certs.sh " .. dir) == true)
-        local port = free_port()
-        local log = dir .. "/redis.log"
-        redis.kill_later(io.popen(string.format(
-          "exec %s --port 0 --tls-port %d --bind 127.0.0.1 --tls-cert-file %s/server.pem " ..
-          "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem --tls-auth-clients no " ..
-          "--save '' --appendonly no --dir %s >%s 2>&1 & echo $!",
-          exe, port, dir, dir, dir, dir, log)):read("l"))
-        for _ = 1, 100 do
-          local f = io.open(log)
-          local text = f and f:read("a") or ""
-          if f then f:close() end
-          if text:match("Ready to accept connections") then break end
-          os.execute("sleep 0.05")
-        end
+        local _, _, port = redis.start(nil, function(p)
+          return string.format(
+            "--port 0 --tls-port %d --bind 127.0.0.1 --tls-cert-file %s/server.pem " ..
+            "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem --tls-auth-clients no " ..
+            "--save '' --appendonly no --dir %s", p, dir, dir, dir, dir)
+        end)
         local ok, out = pcall(run, "redis_tls.lua", { "127.0.0.1:" .. port, dir .. "/ca.pem" })
         os.execute("rm -rf " .. dir)
         assert(ok, out)

@@ -610,11 +610,11 @@ describe("peerpool.serve_metrics()", function()
       test(function(env)
         -- deadlines far enough not to close a conn while the test looks
         local srv = serve(env, { max_clients = 4, request_timeout = 5000 })
-        local socks = {}
+        local socks, sent = {}, 0
         local function connect(first_bytes)
           local sock = uv.new_tcp()
           sock:connect("127.0.0.1", srv.port, function()
-            if first_bytes then sock:write(first_bytes) end
+            if first_bytes then sock:write(first_bytes, function() sent = sent + 1 end) end
           end)
           socks[#socks + 1] = sock
         end
@@ -627,7 +627,10 @@ describe("peerpool.serve_metrics()", function()
         -- with every slot mid-request, a newcomer is turned away
         for _ = 1, 4 do connect("GET /met") end
         wait_until(function() return srv:stats().clients == 4 end)
-        H.sleep(50) -- their first bytes have arrived
+        -- their first bytes have arrived: written, then read on the loop's next turns (a fixed
+        -- sleep could end in the same turn as the newcomer's accept, before the reads)
+        wait_until(function() return sent == 4 end)
+        H.ticks()
         connect()
         wait_until(function() return srv:stats().refused == 1 end)
         assert.equal(4, srv:stats().clients)
@@ -721,10 +724,6 @@ describe("a real Prometheus server", function()
           conn:receive()
           conn:release()
         end
-        local web = uv.new_tcp() -- a free port for Prometheus' web API
-        web:bind("127.0.0.1", 0)
-        local web_port = web:getsockname().port
-        web:close()
         local f = assert(io.open(dir .. "/prometheus.yml", "w"))
         f:write(string.format([[
 global:
@@ -737,21 +736,32 @@ scrape_configs:
       - targets: ["127.0.0.1:%d"]
 ]], endpoint.port))
         f:close()
-        -- `timeout` ends it even if this process dies first
-        local prom = T.spawn({ "timeout", "25", PROMETHEUS, "--config.file=" .. dir ..
-          "/prometheus.yml", "--storage.tsdb.path=" .. dir .. "/data",
-          "--web.listen-address=127.0.0.1:" .. web_port, "--log.level=warn" },
-          { env = { LD_PRELOAD = false } })
         local query = "/api/v1/query?query=peerpool_acquires_total%7Bpool%3D%22redis%22%7D"
-        local got
-        local deadline = uv.now() + 20000
-        while uv.now() < deadline and not prom.exited do
-          local res = http(web_port, "GET " .. query .. " HTTP/1.1\r\nHost: x\r\n\r\n")
-          if res.status == 200 then
-            got = res.body:match('"value":%[[%d.]+,"(%d+)"%]')
-            if got then break end
+        local prom, got
+        -- its web port was free a moment ago: when a test running in parallel took it first,
+        -- Prometheus exits at once, and another port is tried
+        for _ = 1, 3 do
+          local web = uv.new_tcp() -- a free port for Prometheus' web API
+          web:bind("127.0.0.1", 0)
+          local web_port = web:getsockname().port
+          web:close()
+          -- `timeout` ends it even if this process dies first
+          prom = T.spawn({ "timeout", "25", PROMETHEUS, "--config.file=" .. dir ..
+            "/prometheus.yml", "--storage.tsdb.path=" .. dir .. "/data",
+            "--web.listen-address=127.0.0.1:" .. web_port, "--log.level=warn" },
+            { env = { LD_PRELOAD = false } })
+          local deadline = uv.now() + 20000
+          while uv.now() < deadline and not prom.exited do
+            local res = http(web_port, "GET " .. query .. " HTTP/1.1\r\nHost: x\r\n\r\n")
+            if res.status == 200 then
+              got = res.body:match('"value":%[[%d.]+,"(%d+)"%]')
+              if got then break end
+            end
+            T.sleep(200)
           end
-          T.sleep(200)
+          if got or not (prom.exited and prom.err:find("address already in use", 1, true)) then
+            break
+          end
         end
         prom:kill()
         assert.is_truthy(got or not prom.exited, "prometheus exited: " .. prom.err)

@@ -46,35 +46,53 @@ describe("TLS", function()
   end)
 
   -- Start `cmd` (a shell command) in its own process group with its output in dir/<log>;
-  -- wait (yielding) until the log shows `ready`. Returns the log's path.
-  local function spawn(log, cmd, ready)
+  -- wait (yielding) until the log shows `ready` (true) or `failed` (false). Returns that and
+  -- the log's path.
+  local function spawn(log, cmd, ready, failed)
     local path = dir .. "/" .. log
     local pid = io.popen(string.format("setsid sh -c %q >%s 2>&1 & echo $!", cmd, path)):read("l")
     started[#started + 1] = pid
-    H.wait_until(function() return read_file(path):find(ready, 1, true) end, 5000,
-      log .. " to show " .. ready)
-    return path
+    local up
+    H.wait_until(function()
+      local text = read_file(path)
+      if text:find(ready, 1, true) then up = true end
+      if failed and text:find(failed, 1, true) then up = false end
+      return up ~= nil
+    end, 5000, log .. " to show " .. ready)
+    return up, path
   end
 
-  -- redis-server with TLS only on a free port; "127.0.0.1:port".
+  -- redis-server with TLS only on a free port; "127.0.0.1:port". The port was free a moment
+  -- ago: a test running in parallel may take it first, then another one is tried.
   local function redis_tls(auth_clients)
-    local port = free_port()
-    spawn("redis-" .. port .. ".log", string.format(
-      "exec redis-server --port 0 --tls-port %d --bind 127.0.0.1 --tls-cert-file %s/server.pem " ..
-      "--tls-key-file %s/server.key --tls-ca-cert-file %s/ca.pem --tls-auth-clients %s " ..
-      "--save '' --appendonly no --dir %s", port, dir, dir, dir, auth_clients or "no", dir),
-      "Ready to accept connections")
-    return "127.0.0.1:" .. port
+    for attempt = 1, 3 do
+      local port = free_port()
+      local up, log = spawn("redis-" .. port .. ".log", string.format(
+        "exec redis-server --port 0 --tls-port %d --bind 127.0.0.1 " ..
+        "--tls-cert-file %s/server.pem --tls-key-file %s/server.key " ..
+        "--tls-ca-cert-file %s/ca.pem --tls-auth-clients %s " ..
+        "--save '' --appendonly no --dir %s", port, dir, dir, dir, auth_clients or "no", dir),
+        "Ready to accept connections", "Failed listening on port")
+      if up then return "127.0.0.1:" .. port end
+      assert(attempt < 3, "redis-server did not start:\n" .. read_file(log))
+    end
   end
 
-  -- openssl s_server with `cert` (and more arguments); "127.0.0.1:port". Its console is a
+  -- openssl s_server with `cert` (and more arguments) on a port it binds itself (0: no race
+  -- with other tests for a port); "127.0.0.1:port" and its log's path. Its console is a
   -- `sleep` that never writes (s_server stops at the end of its input).
+  local servers_started = 0
   local function s_server(cert, more)
-    local port = free_port()
-    spawn("s_server-" .. port .. ".log", string.format(
-      "sleep 600 | exec openssl s_server -accept 127.0.0.1:%d -cert %s/%s -key %s/server.key %s",
-      port, dir, cert, dir, more or ""), "ACCEPT")
-    return "127.0.0.1:" .. port
+    servers_started = servers_started + 1
+    local _, log = spawn("s_server-" .. servers_started .. ".log", string.format(
+      "sleep 600 | exec openssl s_server -accept 127.0.0.1:0 -cert %s/%s -key %s/server.key %s",
+      dir, cert, dir, more or ""), "ACCEPT")
+    local port
+    H.wait_until(function()
+      port = read_file(log):match("ACCEPT 127%.0%.0%.1:(%d+)\n")
+      return port
+    end, 5000, "s_server's port")
+    return "127.0.0.1:" .. port, log
   end
 
   local function tls_opts(extra)
@@ -247,8 +265,7 @@ describe("TLS", function()
 
   it("sends close_notify when a conn closes", test(function(env)
     if skip_unless_env() then return end
-    local addr = s_server("server.pem", "-msg -naccept 1")
-    local log = dir .. "/s_server-" .. addr:match("%d+$") .. ".log"
+    local addr, log = s_server("server.pem", "-msg -naccept 1")
     local pool = env:pool { tls = tls_opts() }
     pool:add_peer(addr)
     local c = assert(pool:acquire(addr))

@@ -147,7 +147,8 @@ int64_t test_unix_ms(void); /* wall clock Unix ms */
 /* Run one loop iteration that waits at most ~5 ms (after test_finish: just sleep 1 ms, so
  * RUN_UNTIL can still wait for the servers). */
 void test_tick(void);
-/* Run the loop for about `ms` milliseconds. */
+/* Run the loop for about `ms` milliseconds, and at least three iterations (a process stalled
+ * for `ms` still turns it). */
 void test_run_for(uint64_t ms);
 /* Run UV_RUN_NOWAIT once. */
 void test_run_nowait(void);

@@ -424,11 +424,11 @@ TEST(acquire_any_peer_when_all_are_burned_is_no_peer) {
 TEST(acquire_conn_idle_ms_grows_while_idle) {
   fixture_t f = fixture_start(srv_echo_start(NULL), NULL);
   pp_conn_t *c = test_acquire_release(f.pool, f.peer);
-  test_run_for(60);
-  ASSERT_GE(pp_conn_idle_ms(c), 40); /* c is idle but still alive: the pool owns it */
+  test_run_for(300); /* the margins below leave a loaded machine 250 ms of stalls */
+  ASSERT_GE(pp_conn_idle_ms(c), 250); /* c is idle but still alive: the pool owns it */
   fixture_hold(&f);
   ASSERT_PTR_EQ(f.held.conn, c);
-  ASSERT_LT(pp_conn_idle_ms(c), 40);
+  ASSERT_LT(pp_conn_idle_ms(c), 250);
   ASSERT_OK(pp_release(&f.held, 0));
   fixture_end(&f);
 }

@@ -100,3 +100,22 @@ TEST(clock_lease_hold_counts_from_the_grant) {
   ASSERT_OK(pp_release(&a.lease, 0));
   fixture_end(&f);
 }
+
+TEST(clock_run_for_turns_the_loop_after_a_stall) {
+  /* test_run_for(ms) whose process stalled for all of `ms` (a loaded machine; here ms = 0)
+   * still turns the loop: a cancelled acquire's callback, deferred to the next tick, has run
+   * when it returns. */
+  pp_options_t o;
+  test_options(&o);
+  o.connect_timeout = 10000;
+  fixture_t f = fixture_start(srv_hang_start(), &o);
+  pp_lease_t l;
+  test_rec_t r;
+  ASSERT_OK(test_acquire_start(f.pool, &l, &r, f.peer, NULL));
+  ASSERT_OK(CALL(pp_acquire_cancel(&l)));
+  ASSERT_EQ(r.calls, 0); /* later, not inside the call */
+  test_run_for(0);
+  ASSERT_EQ(r.calls, 1);
+  ASSERT_ERR(r.status, PP_ECANCELED);
+  fixture_end(&f);
+}

@@ -133,16 +133,17 @@ TEST(eject_shared_conn_takes_no_new_lease) {
 
 TEST(eject_cooldown_doubles_up_to_eject_max) {
   /* Each ejection that follows the last one without sustained success in between doubles the
-   * cool-down: 100, 200, then eject_max (250). The run of failures outlives an ejection, so
-   * one more failure after it ejects again (the breaker's half-open state). */
-  farm_t f = eject_farm(3, 1, 100, 250);
-  int64_t want[3] = {100, 200, 250};
+   * cool-down: 200, 400, then eject_max (500). The run of failures outlives an ejection, so
+   * one more failure after it ejects again (the breaker's half-open state). Long enough that
+   * a loaded machine's stalls (up to 150 ms) neither end a success streak nor blur a step. */
+  farm_t f = eject_farm(3, 1, 200, 500);
+  int64_t want[3] = {200, 400, 500};
   for (int i = 0; i < 3; i++) {
     RUN_UNTIL(pp_peer_check(f.peer[0]) == 0, 2000);
     use(f.pool, f.peer[0], PP_EBROKEN);
     int64_t held = held_ms(f.peer[0]);
     ASSERT_LE(held, want[i]);
-    ASSERT_GT(held, want[i] - 50);
+    ASSERT_GT(held, want[i] - 150);
     ASSERT_EQ(test_peer_info(f.peer[0]).eject_streak, i + 1);
   }
   ASSERT_EQ(test_peer_info(f.peer[0]).ejections, 3);
@@ -150,16 +151,18 @@ TEST(eject_cooldown_doubles_up_to_eject_max) {
 }
 
 TEST(eject_streak_resets_after_sustained_success) {
-  farm_t f = eject_farm(3, 1, 100, 1000);
+  /* eject_time 400 ms: the use right after the cool-down must come before a sustained success
+   * (eject_time) could have passed, even on a loaded machine. */
+  farm_t f = eject_farm(3, 1, 400, 4000);
   use(f.pool, f.peer[0], PP_EBROKEN);
   RUN_UNTIL(pp_peer_check(f.peer[0]) == 0, 2000);
   use(f.pool, f.peer[0], 0); /* right after the cool-down: not sustained yet */
   ASSERT_EQ(test_peer_info(f.peer[0]).eject_streak, 1);
-  test_run_for(150); /* eject_time without a failure */
+  test_run_for(450); /* eject_time without a failure */
   use(f.pool, f.peer[0], 0);
   ASSERT_EQ(test_peer_info(f.peer[0]).eject_streak, 0);
   use(f.pool, f.peer[0], PP_EBROKEN);
-  ASSERT_LE(held_ms(f.peer[0]), 100); /* starts from eject_time again */
+  ASSERT_LE(held_ms(f.peer[0]), 400); /* starts from eject_time again */
   farm_end(&f);
 }
 

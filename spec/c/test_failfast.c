@@ -111,7 +111,7 @@ TEST(failfast_backing_off_peer_describes_its_backoff) {
                   "ECONNREFUSED)");
   uint64_t t0 = test_now_ms();
   ASSERT_ERR(test_acquire_start(f.pool, &l, &r, f.peer, NULL), PP_ECANNOTCONNECT);
-  ASSERT_LT(test_now_ms() - t0, 100);
+  ASSERT_LT(test_now_ms() - t0, 1000); /* at once, not after the 3 s backoff */
   ASSERT_ERR(l.cause, UV_ECONNREFUSED);
   ASSERT_CONTAINS(describe(&l), "backing off for");
   fixture_end(&f);

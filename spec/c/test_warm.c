@@ -58,15 +58,19 @@ TEST(warm_idle_timeout_closes_down_to_min_idle_only) {
   test_rec_t r[3];
   test_acquire_n(pool, f.peer, l, r, 3);
   test_release_n(l, 3, 0);
-  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_IDLE] >= 2, 2000);
+  /* While all three were lent, min_idle may have dialled a spare (3 or 4 conns, by timing). */
+  uint64_t conns = (uint64_t)test_stats(pool).conns;
+  ASSERT_GE(conns, 3);
+  ASSERT_LE(conns, 4);
+  RUN_UNTIL(test_stats(pool).closed[PP_CLOSE_IDLE] >= conns - 1, 2000);
   test_run_for(200); /* four idle timeouts more */
   pp_stats_t s = test_stats(pool);
-  ASSERT_EQ(s.closed[PP_CLOSE_IDLE], 2);
+  ASSERT_EQ(s.closed[PP_CLOSE_IDLE], conns - 1);
   ASSERT_EQ(s.idle, 1);
   ASSERT_EQ(srv_client_conns(f.srv), 1);
   /* The kept conn is still lent at once. */
   test_acquire_release(pool, f.peer);
-  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], 2);
+  ASSERT_EQ(test_stats(pool).closed[PP_CLOSE_IDLE], conns - 1);
   fixture_end(&f);
 }
 
@@ -97,7 +101,10 @@ TEST(warm_comes_back_after_a_server_restart_with_backoff) {
   ASSERT_LT(test_stats(pool).connect_attempts - attempts, 30);
   ASSERT_EQ(test_peer_info(peer).idle, 0);
   srv = srv_echo_start_on(NULL, port);
-  ASSERT_NOT_NULL(srv);
+  if (srv == NULL) { /* as in test_recover.c: a test running in parallel may take the port */
+    test_finish(pool);
+    test_skip("the port was taken meanwhile");
+  }
   RUN_UNTIL(test_peer_info(peer).idle == 2, 3000);
   test_run_for(50);
   ASSERT_EQ(srv_client_conns(srv), 2);

@@ -1,9 +1,11 @@
 -- Real redis-servers for the specs that talk to one (examples_spec, pipeline_spec): each on
--- 127.0.0.1, waited for until it answers PING, and killed after the test that started it.
+-- 127.0.0.1, waited for until its log says it is ready, and killed after the test that started it.
 --
 --   after_each(redis.kill_started)   kill the servers the test started
---   redis.start([port])      address, pid and port of a new redis-server (on a free port unless
---                            `port` is given); nil when redis-server is not installed
+--   redis.start([port [, args]])   address, pid and port of a new redis-server, ready (on a
+--                            free port, another one if a parallel test took it first, unless
+--                            `port` is given; args(port) its flags instead of plain ones); nil
+--                            when redis-server is not installed
 --   redis.MISSING            what a test says when it is pending for want of redis-server
 --   redis.echo_cmd(s), redis.bulk(s)   the RESP of the command ECHO s, and of its reply
 local free_port = require "spec.support.helpers".free_port
@@ -20,26 +22,40 @@ function redis.kill_started()
   started = {}
 end
 
-function redis.start(port)
-  local exe = io.popen("command -v redis-server"):read("l")
-  if not exe then return nil end
-  port = port or free_port()
-  local pid = io.popen(string.format(
-    "exec %s --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no " ..
-    ">/dev/null 2>&1 & echo $!", exe, port)):read("l")
-  started[#started + 1] = pid
-  -- wait until it answers (redis-cli comes with redis-server on Debian)
-  for _ = 1, 100 do
-    local r = io.popen(string.format("redis-cli -p %d ping 2>/dev/null", port)):read("a")
-    if r:match("PONG") then break end
-    os.execute("sleep 0.05")
-  end
-  return "127.0.0.1:" .. port, pid, port
+local function plain_args(port)
+  return ("--port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize no"):format(port)
 end
 
--- The TLS example starts its own server (other flags) and has it killed with the rest.
-function redis.kill_later(pid)
-  started[#started + 1] = pid
+-- The server's log says whether it is ready or could not listen (a test running in parallel
+-- took the port between free_port() and the server's bind).
+local function wait_ready(log)
+  local text
+  for _ = 1, 100 do
+    local f = io.open(log)
+    text = f and f:read("a") or ""
+    if f then f:close() end
+    if text:find("Ready to accept connections", 1, true) then return true, text end
+    if text:find("Failed listening on port", 1, true) then break end
+    os.execute("sleep 0.05")
+  end
+  return false, text
+end
+
+function redis.start(port, args)
+  local exe = io.popen("command -v redis-server"):read("l")
+  if not exe then return nil end
+  args = args or plain_args
+  for attempt = 1, 3 do
+    local p = port or free_port()
+    local log = os.tmpname()
+    local pid = io.popen(("exec %s %s >%s 2>&1 & echo $!"):format(exe, args(p), log)):read("l")
+    started[#started + 1] = pid
+    local ready, text = wait_ready(log)
+    os.remove(log)
+    if ready then return "127.0.0.1:" .. p, pid, p end
+    os.execute("kill -9 " .. pid .. " 2>/dev/null")
+    assert(not port and attempt < 3, "redis-server did not start on port " .. p .. ":\n" .. text)
+  end
 end
 
 function redis.echo_cmd(s) return ("*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n"):format(#s, s) end

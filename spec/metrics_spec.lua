@@ -277,7 +277,8 @@ describe("pool:metrics()", function()
     local s = pool:stats()
     assert.is_true(s.dns_failures >= 1 and s.dns_queries > s.dns_failures)
     local _, samples = parse(pool:metrics())
-    assert.equal(s.dns_failures, value(samples, "peerpool_dns_lookups_total", { result = "failed" }))
+    assert.equal(s.dns_failures,
+      value(samples, "peerpool_dns_lookups_total", { result = "failed" }))
     assert.equal(s.dns_queries - s.dns_failures,
       value(samples, "peerpool_dns_lookups_total", { result = "ok" }))
   end))

@@ -66,14 +66,18 @@ typedef struct {
 
 void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at, bool key_signed);
 /* A heap of `type`s linked by their field `node`, ordered by (`key`, `seq`). */
+/* Whether a key is signed; any type but int64_t and uint64_t fails to compile. (clang-format 14
+ * would split _Generic's associations across lines.) */
+/* clang-format off */
+#define PP__KEY_SIGNED(x) _Generic((x), int64_t: true, uint64_t: false)
 #define PP__HEAP_INIT(heap, type, node, key, seq)                                           \
   do {                                                                                      \
-    _Static_assert(sizeof(((type *)0)->key) == 8 && sizeof(((type *)0)->seq) == 8,          \
-                   #type "." #key " and ." #seq " must be 64-bit integers");                \
+    _Static_assert(sizeof(((type *)0)->seq) == 8, #type "." #seq " must be 64-bit");        \
     pp__heap_init((heap), (ptrdiff_t)offsetof(type, key) - (ptrdiff_t)offsetof(type, node), \
                   (ptrdiff_t)offsetof(type, seq) - (ptrdiff_t)offsetof(type, node),         \
-                  _Generic(((type *)0)->key, int64_t: true, default: false));               \
+                  PP__KEY_SIGNED(((type *)0)->key));                                        \
   } while (0)
+/* clang-format on */
 void pp__heap_insert(pp__heap_t *heap, pp__heap_node_t *node);
 void pp__heap_remove(pp__heap_t *heap, pp__heap_node_t *node);
 /* Give `node` the key `key`, where a key of 0 means "not in the heap": it leaves the heap

@@ -75,7 +75,9 @@ end
 -- nil, "bad_reply" and the line -- the conn is then out of step: close it.
 local MAX_DEPTH = 32
 
-local function bad_reply(line) return nil, "bad_reply", "redis: not a RESP reply: " .. line:sub(1, 64) end
+local function bad_reply(line)
+  return nil, "bad_reply", "redis: not a RESP reply: " .. line:sub(1, 64)
+end
 
 local function reply_at(conn, depth)
   local line, err = conn:receive("*l")

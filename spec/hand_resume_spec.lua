@@ -89,6 +89,28 @@ describe("a coroutine the program resumes while it waits in the API", function()
       assert(coroutine.resume(co))
     end))
 
+  it("receive: a hand-resumed receive ending leaves the other receives' deadlines in place",
+    H.test(function(env)
+      local slow, line = env:slow(50), env:line()
+      local pool = env:pool { peers = { slow.addr, line.addr }, io_timeout = 300 }
+      local a, b = assert(pool:acquire(slow.addr)), assert(pool:acquire(line.addr))
+      local co = start(function()
+        a:send("A\r\n")
+        a:receive("*l") -- listed for its io_timeout; resumed by hand below
+        coroutine.yield()
+      end)
+      assert(coroutine.resume(co, "meddled"))
+      local got
+      start(function() got = H.pack(b:receive("*l")) end) -- nothing comes: times out
+      -- A's reply arrives for nobody: its receive leaves the timed list (once, however many
+      -- paths end it), and B's deadline must still fire.
+      H.wait_until(function() return got ~= nil end, 3000, "b's receive to time out")
+      assert.same({ nil, "timeout", "", n = 3 }, got)
+      a:release()
+      b:release()
+      assert(coroutine.resume(co))
+    end))
+
   it("receive: a new receive on the conn is allowed once the old waiter left", H.test(function(env)
     local pool, srv = env:static_pool("line")
     local conn = assert(pool:acquire(srv.addr))

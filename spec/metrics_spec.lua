@@ -265,6 +265,24 @@ describe("pool:metrics()", function()
     assert.equal(1, value(samples, "peerpool_peers", { state = "ready" }))
   end))
 
+  it("splits lookups by result: ok is all of them less the failed", test(function(env)
+    local dns = env:add(require "spec.support.dns_server".start())
+    dns:set("up.pp.test", { a = { "127.0.0.1" }, ttl = 60 })
+    local srv = env:line()
+    local pool = env:pool { dns_servers = { dns.addr }, dns_timeout = 100 }
+    pool:add_peer("up.pp.test:" .. srv.port)
+    pool:add_peer("gone.pp.test:7")
+    assert(pool:acquire("up.pp.test:" .. srv.port)):release()
+    assert.equal("dns", select(2, pool:acquire("gone.pp.test:7")))
+    local s = pool:stats()
+    assert.is_true(s.dns_failures >= 1 and s.dns_queries > s.dns_failures)
+    local _, samples = parse(pool:metrics())
+    assert.equal(s.dns_failures,
+      value(samples, "peerpool_dns_lookups_total", { result = "failed" }))
+    assert.equal(s.dns_queries - s.dns_failures,
+      value(samples, "peerpool_dns_lookups_total", { result = "ok" }))
+  end))
+
   it("shows the limits the pool was made with, and the engine's defaults otherwise",
     test(function(env)
       local _, samples = parse(env:pool { max_total = 7, backlog = 3 }:metrics())

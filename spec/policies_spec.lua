@@ -938,6 +938,65 @@ describe("peerpool.policies", function()
       wait_until(function() return proc:is_closing() end, 3000, "redis-server to exit")
       if not ok then error(err, 0) end
     end))
+
+    describe("redis.reply", function()
+      local real = require "spec.support.redis"
+      after_each(real.kill_started)
+
+      it("reads statuses, integers, bulks, nil, errors and nested arrays from a real redis-server",
+        test(function(env)
+          local addr = real.start()
+          if not addr then return pending(real.MISSING) end
+          local redis = lib("redis")
+          local pool = env:pool { peers = { addr }, io_timeout = 2000 }
+          local conn = assert(pool:acquire(nil, { timeout = 5000 }))
+          local function call(...)
+            assert(conn:send(redis.command(...)))
+            return pack(redis.reply(conn))
+          end
+          assert.same(pack("OK"), call("SET", "peerpool:reply", "a\r\nb"))
+          assert.same(pack("a\r\nb"), call("GET", "peerpool:reply"))
+          assert.same(pack(false), call("GET", "peerpool:none"))
+          assert.same(pack("2"), call("RPUSH", "peerpool:list", "x", ""))
+          assert.same(pack({ "x", "" }), call("LRANGE", "peerpool:list", 0, -1))
+          assert.same(pack({}), call("LRANGE", "peerpool:empty", 0, -1))
+          assert.same(pack({ { "a", "1" }, { "b", false } }),
+            call("EVAL", "return {{'a', 1}, {'b', false}}", 0))
+          local err = call("NOSUCHCOMMAND")
+          assert.is_nil(err[1])
+          assert.matches("^redis: ERR", err[2])
+          assert.same(pack("PONG"), call("PING")) -- the conn is still in step
+          conn:release()
+        end))
+
+      it("answers a reply that is not RESP, or cut short, with nil and why; never raises",
+        test(function(env)
+          local redis = lib("redis")
+          local srv = env:add(require "spec.support.servers".echo())
+          local pool = env:pool { peers = { srv.addr }, io_timeout = 200 }
+          -- the echo server sends back each "reply" written to it
+          local cases = {
+            { "$abc\r\n", nil, "bad_reply" },
+            { "$1.5\r\nab\r\n", nil, "bad_reply" },
+            { "$9e300\r\n", nil, "bad_reply" },
+            { "?what\r\n", nil, "bad_reply" },
+            { "\r\n", nil, "bad_reply" },
+            { "*-1\r\n", false },
+            { "*2\r\n-ERR one\r\n:5\r\n", nil, "redis: ERR one" },
+            { "$10\r\nabc", nil, "timeout" },
+            { ("*1\r\n"):rep(40) .. ":1\r\n", nil, "bad_reply" },
+          }
+          for i, c in ipairs(cases) do
+            local conn = assert(pool:acquire())
+            assert(conn:send(c[1]))
+            local ok, v, e = pcall(redis.reply, conn)
+            assert(ok, "case " .. i .. " raised: " .. tostring(v))
+            assert.equal(c[2], v, "case " .. i)
+            assert.equal(c[3], e, "case " .. i)
+            conn:close()
+          end
+        end))
+    end)
   end)
 
   describe("a user's copy", function()

@@ -3,11 +3,12 @@
  * to the last slot: the bits of n below its top bit, read from the top, say left or right. */
 #include "internal.h"
 
-void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at) {
+void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at, bool key_signed) {
   heap->min = NULL;
   heap->n = 0;
   heap->key_at = key_at;
   heap->seq_at = seq_at;
+  heap->key_signed = key_signed;
 }
 
 /* The key of `node` (a uint64_t key is read as int64_t: the types may alias). */
@@ -18,7 +19,7 @@ static int64_t *key_of(const pp__heap_t *heap, pp__heap_node_t *node) {
 static int less(const pp__heap_t *heap, const pp__heap_node_t *a, const pp__heap_node_t *b) {
   int64_t ka = *(const int64_t *)((const char *)a + heap->key_at);
   int64_t kb = *(const int64_t *)((const char *)b + heap->key_at);
-  if (ka != kb) return ka < kb;
+  if (ka != kb) return heap->key_signed ? ka < kb : (uint64_t)ka < (uint64_t)kb;
   return *(const uint64_t *)((const char *)a + heap->seq_at) <
          *(const uint64_t *)((const char *)b + heap->seq_at);
 }

@@ -55,22 +55,29 @@ static inline const char *pp__name_of(const char *const names[], int count, int 
 /* Every heap in the engine orders by a time key kept in the struct that embeds the node, ties
  * by an insertion number kept there too (so equal times come out first in, first out, as
  * libuv's timers do). The heap finds both at fixed offsets from its node (PP__HEAP_INIT). Keys
- * compare as int64_t: loop ms stay far below 2^63, and a Unix ms key may be negative. */
+ * compare in their own type: a Unix ms key (int64_t) may be negative, and a loop ms deadline
+ * (uint64_t) may pass 2^63 (pp_acquire takes any timeout), so neither reads as the other. */
 typedef struct {
   pp__heap_node_t *min;
   unsigned int n;
   ptrdiff_t key_at, seq_at; /* where the key and the insertion number are, from the node */
+  bool key_signed;          /* the key is an int64_t, else a uint64_t */
 } pp__heap_t;
 
-void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at);
+void pp__heap_init(pp__heap_t *heap, ptrdiff_t key_at, ptrdiff_t seq_at, bool key_signed);
 /* A heap of `type`s linked by their field `node`, ordered by (`key`, `seq`). */
+/* Whether a key is signed; any type but int64_t and uint64_t fails to compile. (clang-format 14
+ * would split _Generic's associations across lines.) */
+/* clang-format off */
+#define PP__KEY_SIGNED(x) _Generic((x), int64_t: true, uint64_t: false)
 #define PP__HEAP_INIT(heap, type, node, key, seq)                                           \
   do {                                                                                      \
-    _Static_assert(sizeof(((type *)0)->key) == 8 && sizeof(((type *)0)->seq) == 8,          \
-                   #type "." #key " and ." #seq " must be 64-bit integers");                \
+    _Static_assert(sizeof(((type *)0)->seq) == 8, #type "." #seq " must be 64-bit");        \
     pp__heap_init((heap), (ptrdiff_t)offsetof(type, key) - (ptrdiff_t)offsetof(type, node), \
-                  (ptrdiff_t)offsetof(type, seq) - (ptrdiff_t)offsetof(type, node));        \
+                  (ptrdiff_t)offsetof(type, seq) - (ptrdiff_t)offsetof(type, node),         \
+                  PP__KEY_SIGNED(((type *)0)->key));                                        \
   } while (0)
+/* clang-format on */
 void pp__heap_insert(pp__heap_t *heap, pp__heap_node_t *node);
 void pp__heap_remove(pp__heap_t *heap, pp__heap_node_t *node);
 /* Give `node` the key `key`, where a key of 0 means "not in the heap": it leaves the heap

@@ -67,24 +67,48 @@ local function command(...)
   return table.concat(parts)
 end
 
---- redis.reply(conn): read one reply that is not an array: a status (+OK) or an integer (:1)
--- gives its text ("OK", "1"), a bulk string its bytes, the nil bulk ($-1) false; an error reply
--- gives nil, "redis: " .. its text, and a failed read nil and the read's error.
-local function reply(conn)
+--- redis.reply(conn): read one reply: a status (+OK) or an integer (:1) gives its text ("OK",
+-- "1"), a bulk string its bytes, an array a table of its elements (read the same way), the nil
+-- bulk or array ($-1, *-1) false; an error reply gives nil, "redis: " .. its text (in an array:
+-- the first error, once the whole array was read). A failed read gives nil and the read's
+-- error; a reply that is not RESP (a bad length, an unknown type, arrays nested over 32 deep)
+-- nil, "bad_reply" and the line -- the conn is then out of step: close it.
+local MAX_DEPTH = 32
+
+local function bad_reply(line)
+  return nil, "bad_reply", "redis: not a RESP reply: " .. line:sub(1, 64)
+end
+
+local function reply_at(conn, depth)
   local line, err = conn:receive("*l")
   if not line then return nil, err end
   local kind, rest = line:sub(1, 1), line:sub(2)
+  if kind == "+" or kind == ":" then return rest end
+  if kind == "-" then return nil, "redis: " .. rest end
+  if kind ~= "$" and kind ~= "*" then return bad_reply(line) end
+  local n = rest:match("^%-?%d+$") and math.tointeger(tonumber(rest))
+  if not n or n < -1 then return bad_reply(line) end
+  if n == -1 then return false end
   if kind == "$" then
-    local n = tonumber(rest)
-    if n < 0 then return false end
     local data, derr = conn:receive(n + 2)
     if not data then return nil, derr end
     return data:sub(1, n)
-  elseif kind == "-" then
-    return nil, "redis: " .. rest
   end
-  return rest
+  if depth >= MAX_DEPTH then return bad_reply(line) end
+  local t, first_error = {}, nil
+  for i = 1, n do
+    local v, e, detail = reply_at(conn, depth + 1)
+    if v == nil and not (type(e) == "string" and e:sub(1, 7) == "redis: ") then
+      return nil, e, detail -- a failed read or a bad reply: the rest cannot be read
+    end
+    if v == nil then first_error = first_error or e end
+    t[i] = v == nil and false or v
+  end
+  if first_error then return nil, first_error end
+  return t
 end
+
+local function reply(conn) return reply_at(conn, 0) end
 
 local function build(M, opts)
   local o = options.check("policy.redis", opts, DEFAULTS)

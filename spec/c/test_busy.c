@@ -310,6 +310,46 @@ TEST(busy_wait_deadlines_fire_in_order) {
   fixture_end(&f);
 }
 
+/* Equal deadlines end first in, first out (the heap's tie-break by insertion number). */
+TEST(busy_wait_equal_deadlines_fire_in_arrival_order) {
+  fixture_t f;
+  fixture_busy(&f, NULL);
+  pp_lease_t w[4];
+  test_rec_t r[4];
+  for (int i = 0; i < 4; i++) {
+    pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, 60, 0);
+    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, &a));
+  }
+  RUN_UNTIL(r[0].calls && r[1].calls && r[2].calls && r[3].calls, 3000);
+  for (int i = 0; i < 4; i++)
+    ASSERT_ERR(r[i].status, PP_ETIMEDOUT);
+  for (int i = 0; i < 3; i++)
+    ASSERT_LT(r[i].order, r[i + 1].order);
+  ASSERT_OK(pp_release(&f.held, 0));
+  fixture_end(&f);
+}
+
+/* The C API takes any timeout >= 1: a far deadline (past 2^63 ms of loop time as a uint64_t)
+ * must still sort after a near one, or it holds the deadline timer and the near one never fires. */
+TEST(busy_wait_far_deadline_does_not_hold_back_a_near_one) {
+  fixture_t f;
+  fixture_busy(&f, NULL);
+  int64_t tmo[] = {INT64_MAX, 50};
+  pp_lease_t w[2];
+  test_rec_t r[2];
+  for (int i = 0; i < 2; i++) {
+    pp_acquire_opts_t a = opts_busy(PP_BUSY_WAIT, tmo[i], 0);
+    ASSERT_OK(test_acquire_start(f.pool, &w[i], &r[i], f.peer, &a));
+  }
+  RUN_UNTIL(r[1].calls == 1, 3000);
+  ASSERT_ERR(r[1].status, PP_ETIMEDOUT);
+  ASSERT_EQ(r[0].calls, 0);
+  ASSERT_OK(pp_release(&f.held, 0));
+  test_wait_ok(&r[0]);
+  ASSERT_OK(pp_release(&w[0], 0));
+  fixture_end(&f);
+}
+
 TEST(busy_backlog_full_is_exhausted_at_once) {
   fixture_t f;
   fixture_busy(&f, TEST_OPTS(o.backlog = 2));

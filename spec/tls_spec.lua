@@ -58,7 +58,7 @@ describe("TLS", function()
       if text:find(ready, 1, true) then up = true end
       if failed and text:find(failed, 1, true) then up = false end
       return up ~= nil
-    end, 5000, log .. " to show " .. ready)
+    end, 20000, log .. " to show " .. ready) -- generous: a process starting on a loaded machine
     return up, path
   end
 
@@ -91,7 +91,7 @@ describe("TLS", function()
     H.wait_until(function()
       port = read_file(log):match("ACCEPT 127%.0%.0%.1:(%d+)\n")
       return port
-    end, 5000, "s_server's port")
+    end, 20000, "s_server's port")
     return "127.0.0.1:" .. port, log
   end
 

@@ -30,7 +30,7 @@ end
 -- took the port between free_port() and the server's bind).
 local function wait_ready(log)
   local text
-  for _ = 1, 100 do
+  for _ = 1, 400 do -- 20 s: generous for a process starting on a loaded machine
     local f = io.open(log)
     text = f and f:read("a") or ""
     if f then f:close() end

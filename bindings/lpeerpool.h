@@ -203,6 +203,12 @@ void lpp_wait_cancel(lua_State *L, lpp_wait_t *w);
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w);
 lua_State *lpp_wait_take(lua_State *L, lpp_wait_t *w);
 bool lpp_wait_active(lua_State *L, const lpp_wait_t *w);
+/* The same for a record that owns registry slot `slot` (luaL_ref'd once, false between waits)
+ * and anchors each wait's coroutine there: begin (never raises), take, cancel (both leave the
+ * slot holding false, and w->co_ref LUA_NOREF). */
+void lpp_wait_begin_kept(lua_State *L, lpp_wait_t *w, int slot);
+lua_State *lpp_wait_take_kept(lua_State *L, lpp_wait_t *w);
+void lpp_wait_cancel_kept(lua_State *L, lpp_wait_t *w);
 /* Waits with a deadline: lpp_timed_add lists `t` to time out at loop ms `at` (> 0), in deadline
  * order, walking back from the tail (deadlines that come in start order, as with one
  * io_timeout, append at once), and arms the list's timer (with `cb`, its data `p`) when `t`

@@ -988,6 +988,7 @@ static const luaL_Reg pool_methods[] = {
     {"drain", l_drain},
     {"_closed", l_closed},
     {"_framed", l_framed},
+    {"_request_method", lpp_l_request_method},
     {NULL, NULL},
 };
 
@@ -999,14 +1000,7 @@ static const luaL_Reg pool_meta[] = {
 };
 
 void lpp_pool_open(lua_State *L) {
-  if (lpp_new_class(L, LPP_POOL, pool_methods, pool_meta)) {
-    /* pool._request checks its self against its upvalue, the metatable itself */
-    lua_getfield(L, -1, "__index");
-    lua_pushvalue(L, -2);
-    lua_pushcclosure(L, lpp_l_request_fast, 1);
-    lua_setfield(L, -2, "_request");
-    lua_pop(L, 1);
-  }
+  lpp_new_class(L, LPP_POOL, pool_methods, pool_meta);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &lpp_pool_mt_key);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &pools_key);
   if (lua_isnil(L, -1)) {

@@ -425,8 +425,10 @@ static void on_call_acquired(pp_lease_t *lease, int status) {
   lpp_budget_leave(outside);
 }
 
-/* pool._request: the pool metatable is its upvalue (a cheaper check than the registry's). */
-int lpp_l_request_fast(lua_State *L) {
+/* The fast path: its answer's count, or -1 (nothing pushed) for the general path, which also
+ * explains errors. Its self check compares with upvalue 1, the pool metatable (cheaper than a
+ * registry lookup). */
+static int request_fast(lua_State *L) {
   lpp_pool_t *p = lua_touserdata(L, 1);
   if (p && lua_getmetatable(L, 1)) {
     if (!lua_rawequal(L, -1, lua_upvalueindex(1))) p = NULL;
@@ -438,30 +440,26 @@ int lpp_l_request_fast(lua_State *L) {
   if (p == NULL || p->pool == NULL || p->in_engine_call || !p->framed ||
       lua_type(L, 3) != LUA_TSTRING || !lua_isnoneornil(L, 4) || !lua_isnoneornil(L, 5) ||
       (t != LUA_TNIL && t != LUA_TSTRING) || !lua_isyieldable(L)) {
-    lua_pushboolean(L, 0);
-    return 1;
+    return -1;
   }
   size_t len;
   const char *data = lua_tolstring(L, 3, &len);
   pp_peer_t *peer = NULL;
   if (t == LUA_TSTRING && (peer = pp_pool_find_peer(p->pool, lua_tostring(L, 2))) == NULL) {
-    lua_pushboolean(L, 0); /* the general path explains */
-    return 1;
+    return -1; /* the general path explains */
   }
   lpp_state_t *st = p->st;
   /* The record first (it may raise, holding nothing yet); nothing below raises before the
    * yield. Then the lease, and the engine is handed what it will point at. */
   lpp_call_t *k = call_take(L, st);
   if (k == NULL) {
-    lua_pushboolean(L, 0); /* the general path explains */
-    return 1;
+    return -1; /* the general path explains */
   }
   k->p = p;
   k->bytes = len <= LPP_CALL_INLINE ? k->small : malloc(len);
   if (k->bytes == NULL) {
     call_free(L, k);
-    lua_pushboolean(L, 0);
-    return 1;
+    return -1;
   }
   memcpy(k->bytes, data, len);
   memset(&k->lease, 0, sizeof(k->lease));
@@ -477,8 +475,7 @@ int lpp_l_request_fast(lua_State *L) {
     /* (k's lease is only written on success) */
     lpp_wait_cancel_kept(L, &k->wait);
     call_free(L, k);
-    lua_pushboolean(L, 0); /* the general path explains */
-    return 1;
+    return -1; /* the general path explains */
   }
   err = call_send(L, k);
   if (err) {
@@ -488,4 +485,31 @@ int lpp_l_request_fast(lua_State *L) {
     return lpp_push_error(L, err, NULL);
   }
   return lpp_wait_yield(L, st, 1, &k->wait);
+}
+
+static int request_general_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L); /* the general function's answers, all that is left on the stack */
+}
+
+/* pool:request itself: the fast path, else the general function (upvalue 2, peerpool.lua's)
+ * with the same arguments, returning what it returns (it may wait: called with a
+ * continuation). */
+static int l_request(lua_State *L) {
+  int n = request_fast(L);
+  if (n >= 0) return n;
+  int nargs = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_insert(L, 1);
+  lua_callk(L, nargs, LUA_MULTRET, 0, request_general_k);
+  return request_general_k(L, LUA_OK, 0);
+}
+
+int lpp_l_request_method(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &lpp_pool_mt_key);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, l_request, 2);
+  return 1;
 }

@@ -64,14 +64,19 @@ lua_State *lpp_wait_take_kept(lua_State *L, lpp_wait_t *w) {
 }
 
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w) {
-  obj = lua_absindex(L, obj);
-  luaL_checkstack(L, 2, NULL); /* (may raise: nothing is armed yet) */
   lua_Integer id = ++st->wait_serial;
-  lua_pushvalue(L, obj);
-  lua_pushinteger(L, id);
-  lua_copy(L, -2, 1);
-  lua_copy(L, -1, 2);
-  lua_settop(L, 2); /* the frame: [obj, id] */
+  if (obj == 1) { /* (the object is the method's self: nothing to move, no stack to check) */
+    lua_settop(L, 1);
+    lua_pushinteger(L, id);
+  } else {
+    obj = lua_absindex(L, obj);
+    luaL_checkstack(L, 2, NULL); /* (may raise: nothing is armed yet) */
+    lua_pushvalue(L, obj);
+    lua_pushinteger(L, id);
+    lua_copy(L, -2, 1);
+    lua_copy(L, -1, 2);
+    lua_settop(L, 2);
+  } /* the frame: [obj, id] */
   /* Armed last: an error raised anywhere between lpp_wait_begin and here leaves the wait
    * unarmed, so no answer can resume the coroutine wherever it went on to. */
   w->obj = lua_topointer(L, 1);

@@ -429,7 +429,7 @@ static void on_call_acquired(pp_lease_t *lease, int status) {
  * explains errors. Its self check compares with upvalue 1, the pool metatable (cheaper than a
  * registry lookup). */
 static int request_fast(lua_State *L) {
-  lpp_pool_t *p = lua_touserdata(L, 1);
+  lpp_pool_t *p = lua_type(L, 1) == LUA_TUSERDATA ? lua_touserdata(L, 1) : NULL;
   if (p && lua_getmetatable(L, 1)) {
     if (!lua_rawequal(L, -1, lua_upvalueindex(1))) p = NULL;
     lua_pop(L, 1);

@@ -203,6 +203,12 @@ void lpp_wait_cancel(lua_State *L, lpp_wait_t *w);
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w);
 lua_State *lpp_wait_take(lua_State *L, lpp_wait_t *w);
 bool lpp_wait_active(lua_State *L, const lpp_wait_t *w);
+/* The same for a record that owns registry slot `slot` (luaL_ref'd once, false between waits)
+ * and anchors each wait's coroutine there: begin (never raises), take, cancel (both leave the
+ * slot holding false, and w->co_ref LUA_NOREF). */
+void lpp_wait_begin_kept(lua_State *L, lpp_wait_t *w, int slot);
+lua_State *lpp_wait_take_kept(lua_State *L, lpp_wait_t *w);
+void lpp_wait_cancel_kept(lua_State *L, lpp_wait_t *w);
 /* Waits with a deadline: lpp_timed_add lists `t` to time out at loop ms `at` (> 0), in deadline
  * order, walking back from the tail (deadlines that come in start order, as with one
  * io_timeout, append at once), and arms the list's timer (with `cb`, its data `p`) when `t`
@@ -337,9 +343,10 @@ void lpp_req_timed_out(lpp_conn_t *c);
 void lpp_req_detach_all(lua_State *L, lpp_conn_t *c);
 /* Free the kept requests (at the state's end). */
 void lpp_req_free_all(lpp_state_t *st);
-/* pool:_request(peer, data): pool:request's fast path (lrequest.c), or false to take the
- * general one (no conn lent at once, opts, a peer view). */
-int lpp_l_request_fast(lua_State *L);
+/* pool._request_method(general): pool:request as a C function (lrequest.c) that takes the
+ * fast path when it can (a coroutine's request without opts or callback, a conn lent at once or
+ * after a wait) and otherwise calls general(self, peer, data, opts, cb) (peerpool.lua's). */
+int lpp_l_request_method(lua_State *L);
 /* Push nil, code, detail for an acquire of `lease` that failed with `err` (lconn.c); with busy
  * the detail is a notice armed for `peer`. Returns 3. */
 int lpp_push_acquire_error(lua_State *L, lpp_pool_t *p, const pp_lease_t *lease, pp_peer_t *peer,

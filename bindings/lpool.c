@@ -988,7 +988,7 @@ static const luaL_Reg pool_methods[] = {
     {"drain", l_drain},
     {"_closed", l_closed},
     {"_framed", l_framed},
-    {"_request", lpp_l_request_fast},
+    {"_request_method", lpp_l_request_method},
     {NULL, NULL},
 };
 

@@ -171,6 +171,7 @@ static void req_free(lua_State *L, lpp_req_t *r) {
   recycle_give(st, &st->reqs, r);
 }
 
+/* (at the state's end: the calls' registry slots go with the registry) */
 void lpp_req_free_all(lpp_state_t *st) {
   recycle_clear(&st->reqs);
   recycle_clear(&st->calls);
@@ -282,19 +283,43 @@ void lpp_req_detach_all(lua_State *L, lpp_conn_t *c) {
  * calls from Lua. Anything else (a wait for a conn, opts, a peer view, an error to explain)
  * answers false and takes the general path in peerpool.lua. */
 
+#define LPP_CALL_INLINE 64 /* requests up to this size are copied into the call itself */
+
 typedef struct lpp_call_s {
-  pp_lease_t lease;
+  pp_lease_t lease; /* (first: the recycle list's link overwrites it, never co_slot) */
   pp_request_t req;
   uv_buf_t buf;
   lpp_pool_t *p;
   lpp_wait_t wait;
-  int data_ref;      /* the sent string, anchored until the engine is done */
+  int co_slot;       /* this record's own registry slot, kept while it is recycled: anchors the
+                      * waiting coroutine (lpp_wait_begin_kept) */
   lpp_timed_t timed; /* its io_timeout, in the pool's list of timed calls */
+  char *bytes;       /* a copy of the sent string, which the engine writes from until the reply:
+                      * `small`, or malloc'd. A copy, not a ref: it needs no registry write */
+  char small[LPP_CALL_INLINE];
 } lpp_call_t;
+
+/* A call record (a recycled one, or new with its registry slot; NULL when out of memory);
+ * raises only while it holds nothing (the new slot's luaL_ref). */
+static lpp_call_t *call_take(lua_State *L, lpp_state_t *st) {
+  if (st->calls.head) return recycle_take(&st->calls, sizeof(lpp_call_t));
+  lua_pushboolean(L, 0);
+  int slot = luaL_ref(L, LUA_REGISTRYINDEX);
+  lpp_call_t *k = malloc(sizeof(*k));
+  if (k == NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, slot);
+    return NULL;
+  }
+  k->co_slot = slot;
+  return k;
+}
 
 static void call_free(lua_State *L, lpp_call_t *k) {
   lpp_state_t *st = k->p->st;
-  lpp_unref(L, &k->data_ref);
+  if (k->bytes != k->small) free(k->bytes);
+  k->bytes = NULL;
+  if (st->calls.n >= LPP_RECYCLE_MAX || st->shutting_down)
+    luaL_unref(L, LUA_REGISTRYINDEX, k->co_slot); /* (recycle_give frees the record) */
   recycle_give(st, &st->calls, k);
 }
 
@@ -320,12 +345,12 @@ static void on_call_timeout(uv_timer_t *timer) {
  * the answer (the state shuts down, or the program resumed or closed it while it waited). */
 static lua_State *take_caller(lua_State *L, lpp_call_t *k) {
   int down = k->p->st->shutting_down;
-  lua_State *co = down ? NULL : lpp_wait_take(L, &k->wait);
+  lua_State *co = down ? NULL : lpp_wait_take_kept(L, &k->wait);
   if (co) return co;
   if (!down)
     lua_pop(L, 1);
   else
-    lpp_unref(L, &k->wait.co_ref);
+    lpp_wait_cancel_kept(L, &k->wait);
   call_free(L, k);
   return NULL;
 }
@@ -400,61 +425,91 @@ static void on_call_acquired(pp_lease_t *lease, int status) {
   lpp_budget_leave(outside);
 }
 
-int lpp_l_request_fast(lua_State *L) {
-  lpp_pool_t *p = lpp_toudata(L, 1, &lpp_pool_mt_key);
+/* The fast path: its answer's count, or -1 (nothing pushed) for the general path, which also
+ * explains errors. Its self check compares with upvalue 1, the pool metatable (cheaper than a
+ * registry lookup). */
+static int request_fast(lua_State *L) {
+  lpp_pool_t *p = lua_type(L, 1) == LUA_TUSERDATA ? lua_touserdata(L, 1) : NULL;
+  if (p && lua_getmetatable(L, 1)) {
+    if (!lua_rawequal(L, -1, lua_upvalueindex(1))) p = NULL;
+    lua_pop(L, 1);
+  } else {
+    p = NULL;
+  }
   int t = lua_type(L, 2);
   if (p == NULL || p->pool == NULL || p->in_engine_call || !p->framed ||
       lua_type(L, 3) != LUA_TSTRING || !lua_isnoneornil(L, 4) || !lua_isnoneornil(L, 5) ||
       (t != LUA_TNIL && t != LUA_TSTRING) || !lua_isyieldable(L)) {
-    lua_pushboolean(L, 0);
-    return 1;
+    return -1;
   }
   size_t len;
   const char *data = lua_tolstring(L, 3, &len);
   pp_peer_t *peer = NULL;
   if (t == LUA_TSTRING && (peer = pp_pool_find_peer(p->pool, lua_tostring(L, 2))) == NULL) {
-    lua_pushboolean(L, 0); /* the general path explains */
-    return 1;
+    return -1; /* the general path explains */
   }
   lpp_state_t *st = p->st;
-  /* Anchor first (these may raise: out of memory), then take the lease and hand the engine
-   * what it will point at. */
-  lua_pushvalue(L, 3); /* Lua strings never move: the engine writes from it */
-  int data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lpp_wait_t wait;
-  lpp_wait_begin(L, &wait);
-  lpp_call_t *k = recycle_take(&st->calls, sizeof(*k));
-  int err = PP_EAGAIN;
-  if (k) {
-    memset(&k->lease, 0, sizeof(k->lease));
-    k->p = p;
-    k->data_ref = data_ref;
-    k->wait = wait;
-    k->timed = (lpp_timed_t){NULL, NULL, 0};
-    k->lease.data = k->req.data = k;
-    k->buf = uv_buf_init((char *)data, (unsigned int)len);
-    err = pp_try_acquire(p->pool, &k->lease, peer, NULL);
-    /* No conn free now: wait for one here too (the acquire's callback sends). */
-    if (err == PP_EAGAIN && pp_acquire(p->pool, &k->lease, peer, NULL, on_call_acquired) == 0)
-      return lpp_wait_yield(L, st, 1, &k->wait);
+  /* The record first (it may raise, holding nothing yet); nothing below raises before the
+   * yield. Then the lease, and the engine is handed what it will point at. */
+  lpp_call_t *k = call_take(L, st);
+  if (k == NULL) {
+    return -1; /* the general path explains */
   }
+  k->p = p;
+  k->bytes = len <= LPP_CALL_INLINE ? k->small : malloc(len);
+  if (k->bytes == NULL) {
+    call_free(L, k);
+    return -1;
+  }
+  memcpy(k->bytes, data, len);
+  memset(&k->lease, 0, sizeof(k->lease));
+  lpp_wait_begin_kept(L, &k->wait, k->co_slot);
+  k->timed = (lpp_timed_t){NULL, NULL, 0};
+  k->lease.data = k->req.data = k;
+  k->buf = uv_buf_init(k->bytes, (unsigned int)len);
+  int err = pp_try_acquire(p->pool, &k->lease, peer, NULL);
+  /* No conn free now: wait for one here too (the acquire's callback sends). */
+  if (err == PP_EAGAIN && pp_acquire(p->pool, &k->lease, peer, NULL, on_call_acquired) == 0)
+    return lpp_wait_yield(L, st, 1, &k->wait);
   if (err != 0) {
     /* (k's lease is only written on success) */
-    lpp_wait_cancel(L, &wait);
-    lpp_unref(L, &data_ref);
-    if (k) {
-      k->data_ref = LUA_NOREF;
-      call_free(L, k);
-    }
-    lua_pushboolean(L, 0); /* the general path explains */
-    return 1;
+    lpp_wait_cancel_kept(L, &k->wait);
+    call_free(L, k);
+    return -1; /* the general path explains */
   }
   err = call_send(L, k);
   if (err) {
-    lpp_wait_cancel(L, &k->wait);
+    lpp_wait_cancel_kept(L, &k->wait);
     pp_release(&k->lease, 0);
     call_free(L, k);
     return lpp_push_error(L, err, NULL);
   }
   return lpp_wait_yield(L, st, 1, &k->wait);
+}
+
+static int request_general_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L); /* the general function's answers, all that is left on the stack */
+}
+
+/* pool:request itself: the fast path, else the general function (upvalue 2, peerpool.lua's)
+ * with the same arguments, returning what it returns (it may wait: called with a
+ * continuation). */
+static int l_request(lua_State *L) {
+  int n = request_fast(L);
+  if (n >= 0) return n;
+  int nargs = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_insert(L, 1);
+  lua_callk(L, nargs, LUA_MULTRET, 0, request_general_k);
+  return request_general_k(L, LUA_OK, 0);
+}
+
+int lpp_l_request_method(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &lpp_pool_mt_key);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, l_request, 2);
+  return 1;
 }

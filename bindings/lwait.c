@@ -11,6 +11,8 @@
  * record holding the wait may go away at any time after its answer is taken. */
 #include "lpeerpool.h"
 
+static bool armed(const lpp_wait_t *w);
+
 void lpp_wait_begin(lua_State *L, lpp_wait_t *w) {
   lua_pushthread(L);
   w->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* (may raise: nothing is armed yet) */
@@ -25,15 +27,56 @@ void lpp_wait_cancel(lua_State *L, lpp_wait_t *w) {
   w->id = 0;
 }
 
+/* A record that waits often keeps a registry slot of its own across its waits (luaL_ref'd once,
+ * holding false between waits): storing the coroutine there is one table write and never
+ * raises (the slot exists), where luaL_ref and luaL_unref cost four table operations each. */
+void lpp_wait_begin_kept(lua_State *L, lpp_wait_t *w, int slot) {
+  lua_pushthread(L);
+  lua_rawseti(L, LUA_REGISTRYINDEX, slot);
+  w->co_ref = slot;
+  w->co = L;
+  w->id = 0;
+  w->obj = NULL;
+}
+
+static void empty_slot(lua_State *L, lpp_wait_t *w) {
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, LUA_REGISTRYINDEX, w->co_ref);
+  w->co_ref = LUA_NOREF;
+  w->co = NULL;
+  w->id = 0;
+}
+
+void lpp_wait_cancel_kept(lua_State *L, lpp_wait_t *w) {
+  if (w->co_ref != LUA_NOREF) empty_slot(L, w);
+}
+
+lua_State *lpp_wait_take_kept(lua_State *L, lpp_wait_t *w) {
+  if (w->co_ref == LUA_NOREF) {
+    lua_pushnil(L);
+    return NULL;
+  }
+  bool waits = armed(w);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->co_ref); /* anchored on L from here on */
+  lua_State *co = lua_tothread(L, -1);
+  empty_slot(L, w);
+  return waits ? co : NULL;
+}
+
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w) {
-  obj = lua_absindex(L, obj);
-  luaL_checkstack(L, 2, NULL); /* (may raise: nothing is armed yet) */
   lua_Integer id = ++st->wait_serial;
-  lua_pushvalue(L, obj);
-  lua_pushinteger(L, id);
-  lua_copy(L, -2, 1);
-  lua_copy(L, -1, 2);
-  lua_settop(L, 2); /* the frame: [obj, id] */
+  if (obj == 1) { /* (the object is the method's self: nothing to move, no stack to check) */
+    lua_settop(L, 1);
+    lua_pushinteger(L, id);
+  } else {
+    obj = lua_absindex(L, obj);
+    luaL_checkstack(L, 2, NULL); /* (may raise: nothing is armed yet) */
+    lua_pushvalue(L, obj);
+    lua_pushinteger(L, id);
+    lua_copy(L, -2, 1);
+    lua_copy(L, -1, 2);
+    lua_settop(L, 2);
+  } /* the frame: [obj, id] */
   /* Armed last: an error raised anywhere between lpp_wait_begin and here leaves the wait
    * unarmed, so no answer can resume the coroutine wherever it went on to. */
   w->obj = lua_topointer(L, 1);

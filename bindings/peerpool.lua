@@ -9,22 +9,25 @@ local pool_methods = pool_mt.__index
 local pack, unpack = table.pack, table.unpack
 
 -- Methods written here check their self the way luaL_checkudata does in the C ones.
--- `open`: the pool must not be closed (as for the C methods).
-local function check_pool(self, fname, open)
+-- `open`: the pool must not be closed (as for the C methods). `level`: the caller to blame, as
+-- error's (3 unless called through a C function: pool:request).
+local function check_pool(self, fname, open, level)
+  level = level or 3
   if getmetatable(self) ~= pool_mt then
     local got = type(self) == "userdata" and tostring(self):match("^[%w._]+") or type(self)
-    error(string.format("bad argument #1 to '%s' (peerpool.pool expected, got %s)", fname, got), 3)
+    error(string.format("bad argument #1 to '%s' (peerpool.pool expected, got %s)", fname, got),
+      level)
   end
-  if open and self:_closed() then error("attempt to use a closed pool", 3) end
+  if open and self:_closed() then error("attempt to use a closed pool", level) end
 end
 
 -- Argument `n` of `fname` must be of type `want` (or nil, when `optional`); else raise at the
--- caller of `fname`, naming the argument as luaL_checktype does.
-local function check_arg(v, n, fname, want, optional)
+-- caller of `fname`, naming the argument as luaL_checktype does (`level` as check_pool's).
+local function check_arg(v, n, fname, want, optional, level)
   if type(v) == want or (optional and v == nil) then return end
   local expected = want == "table" and "table of options" or want
   error(string.format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, expected,
-    type(v)), 3)
+    type(v)), level or 3)
 end
 
 --- pool:with(peer, fn [, opts]): acquire a conn of `peer` (nil: any peer), call fn(conn), and
@@ -72,19 +75,17 @@ end
 -- conn the request pipelines with the others. Needs a pool with `framing`. In a coroutine it
 -- returns the reply, or nil, code, detail; with a callback it returns true at once and calls
 -- callback(err, reply, detail) later (err nil on success). `opts` are acquire's.
-local request_fast = pool_methods._request
-function pool_methods:request(peer, data, opts, cb)
-  -- the fast path (lrequest.c): a coroutine's request without opts or callback, in one C call;
-  -- false: this general one (which also names bad arguments)
-  local reply, err, detail = request_fast(self, peer, data, opts, cb)
-  if reply ~= false then return reply, err, detail end
-  check_pool(self, "request", true)
+-- pool:request is a C function (lrequest.c): a coroutine's request without opts or callback
+-- takes its fast path, in one C call; any other calls this general one, which also names bad
+-- arguments -- blaming level 4, the caller of pool:request (3 is the C function).
+pool_methods.request = pool_methods._request_method(function(self, peer, data, opts, cb)
+  check_pool(self, "request", true, 4)
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
-  check_arg(data, 2, "request", "string")
-  check_arg(opts, 3, "request", "table", true)
-  check_arg(cb, 4, "request", "function", true)
+  check_arg(data, 2, "request", "string", false, 4)
+  check_arg(opts, 3, "request", "table", true, 4)
+  check_arg(cb, 4, "request", "function", true, 4)
   if not self:_framed() then
-    error("pool:request() needs a pool with framing (peerpool.new{ framing = \"resp\" })", 2)
+    error("pool:request() needs a pool with framing (peerpool.new{ framing = \"resp\" })", 3)
   end
   if cb then
     M._spawn(function()
@@ -94,10 +95,11 @@ function pool_methods:request(peer, data, opts, cb)
     return true
   end
   if not coroutine.isyieldable() then
-    error("pool:request() without a callback must run inside a coroutine (peerpool.run(fn))", 2)
+    error("pool:request() without a callback must run inside a coroutine (peerpool.run(fn))", 3)
   end
   return request(self, peer, data, opts)
-end
+end)
+pool_methods._request_method = nil
 
 --- peerpool.run(fn, ...): run fn(...) in a new coroutine on luv's loop. When the loop is not
 -- running yet, drive it until fn has finished, then return fn's results (an error in fn is

@@ -113,6 +113,19 @@ describe("pipelining", function()
       assert.same({ nil, "cb\n" }, got)
     end))
 
+    it("anchors a waiting caller until its answer, and not after", test(function(env)
+      local pool, srv = env:pool_with("echo", { framing = "line", client_limit = 4 })
+      local weak = setmetatable({}, { __mode = "v" })
+      local got
+      weak[1] = peerpool._spawn(function() got = pool:request(srv.addr, "hi\n") end)
+      collectgarbage("collect")
+      assert.is_not_nil(weak[1], "the waiting caller was collected")
+      wait_until(function() return got end, 2000, "the reply")
+      assert.equal("hi\n", got)
+      collectgarbage("collect")
+      assert.is_nil(weak[1], "the answered caller is still anchored")
+    end))
+
     it("times out (io_timeout), breaking the shared conn for the requests behind",
       test(function(env)
         local srv, pool = shared_line(env, 4, { io_timeout = 100 }, env:slow(400))

@@ -1086,7 +1086,7 @@ struct pp_request_s {
   unsigned int nbufs_;
   int status_;
   pp__link_t link_;  /* the conn's send queue, then its reply queue, then the pool's defer list */
-  uint64_t sent_ns_; /* uv_hrtime at pp_request_send (the request histogram) */
+  uint64_t sent_ns_; /* uv_hrtime at the write that sent it (the request histogram) */
 };
 
 /* Send `bufs` on `conn` (held by a lease, or by a handshake/ping hook) as one request: its

@@ -325,8 +325,8 @@ void pp__ev_recover(pp_peer_t *peer) {
 
 void pp__ev_granted(pp_lease_t *lease, pp_conn_t *conn, bool dialed) {
   pp_pool_t *pool = conn->pool;
-  uint64_t now = pp_now();
   struct pp__explain_s *x = explain_next(pool, "acquire", conn->peer, conn->id);
+  uint64_t now = x->e.at; /* (pp_now(), just read) */
   x->lazy = LAZY_GRANT;
   x->v[0] = dialed;
   x->v[1] = lease->want_ ? (lease->key_ && pool->policy.route ? 2 : 1) : 0;

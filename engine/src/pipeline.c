@@ -74,7 +74,7 @@ int pp_request_send(pp_request_t *req, pp_conn_t *conn, const uv_buf_t bufs[], u
   req->bufs_ = bufs;
   req->nbufs_ = nbufs;
   req->status_ = 0;
-  req->sent_ns_ = request_clock();
+  req->sent_ns_ = 0; /* stamped when its write hands it to the socket (flush) */
   pp__list_push(&p->send_q, &req->link_);
   p->requests++;
   schedule_flush(p);
@@ -186,10 +186,12 @@ static void flush(pp__pipe_t *p) {
   }
   unsigned int k = 0;
   size_t total = 0;
+  uint64_t now = request_clock(); /* one reading for the whole write */
   while (!pp__list_empty(&p->send_q)) {
     pp_request_t *req = PP__CONTAINER(p->send_q.next, pp_request_t, link_);
     pp__list_remove(&req->link_);
     pp__list_push(&p->reply_q, &req->link_);
+    req->sent_ns_ = now;
     for (unsigned int i = 0; i < req->nbufs_; i++) {
       if (req->bufs_[i].len == 0) continue;
       p->iov[k++] = req->bufs_[i];

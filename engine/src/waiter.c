@@ -63,11 +63,11 @@ int pp__waiters_ahead(pp_lease_t *lease) {
 
 void pp__enqueue(pp_pool_t *pool, pp_lease_t *lease, int64_t timeout) {
   pp__queue_t *q = queue_of(pool, lease);
-  uint64_t now = pp_now();
+  lease->wait_ns_ = uv_hrtime();
+  uint64_t now = lease->wait_ns_ / 1000000; /* pp_now(), from the same reading */
   lease->state_ = PP_LEASE_WAITING;
   lease->seq_ = ++pool->seq;
   lease->since_ = now;
-  lease->wait_ns_ = uv_hrtime();
   pp__list_push(&q->level[lease->priority_], &lease->qlink_);
   if (q->count++ == 0 && lease->want_)
     pp__list_push(&pool->waiting_peers, &lease->want_->waiting_link);

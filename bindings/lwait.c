@@ -26,6 +26,10 @@ void lpp_wait_cancel(lua_State *L, lpp_wait_t *w) {
 }
 
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w) {
+  return lpp_wait_yieldk(L, st, obj, w, NULL);
+}
+
+int lpp_wait_yieldk(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w, lua_KFunction k) {
   obj = lua_absindex(L, obj);
   luaL_checkstack(L, 2, NULL); /* (may raise: nothing is armed yet) */
   lua_Integer id = ++st->wait_serial;
@@ -38,7 +42,9 @@ int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w) {
    * unarmed, so no answer can resume the coroutine wherever it went on to. */
   w->obj = lua_topointer(L, 1);
   w->id = id;
-  return lua_yield(L, 0); /* resumed, the call returns what the resumer passed */
+  /* resumed, k runs (on the stack [obj, id, what the resumer passed]), or without k the call
+   * returns what the resumer passed */
+  return lua_yieldk(L, 0, 0, k);
 }
 
 /* Whether `w` is still owed its answer: its coroutine is suspended in this wait's yield. */

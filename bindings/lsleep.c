@@ -50,7 +50,7 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* peerpool.sleep(ms): yield the running coroutine for at least ms (a number >= 0; a fraction
- * counts as a whole ms more), counted from now. */
+ * counts as a whole ms more), counted from now; sleep(0) until a later turn of the loop. */
 int lpp_l_sleep(lua_State *L) {
   lua_Number ms = lua_tonumber(L, 1);
   if (lua_type(L, 1) != LUA_TNUMBER) return luaL_typeerror(L, 1, "number (ms)");
@@ -74,7 +74,8 @@ int lpp_l_sleep(lua_State *L) {
   timer->data = s;
   s->timer = timer;
   lpp_wait_begin(L, &s->wait); /* anchored before the timer may look for it */
-  pp_timer_start(timer, on_wake, (uint64_t)ceil(ms));
+  /* Clocks count whole ms: the sleep started up to 1 ms after the ms it is counted from. */
+  pp_timer_start(timer, on_wake, ms > 0 ? (uint64_t)ceil(ms) + 1 : 0);
   return lpp_wait_yieldk(L, st, 1, &s->wait, sleep_k);
 }
 

@@ -77,7 +77,6 @@ describe("peerpool.sleep", function()
         local t0 = uv.hrtime()
         peerpool.sleep(300) -- the first sleep's 30 ms must not end this one
         first = ms_since(t0)
-        t0 = uv.hrtime()
         second = H.pack(coroutine.yield()) -- nor a wait of the program's own
       end)
       assert(coroutine.resume(co, "by", "hand"))

@@ -156,4 +156,26 @@ describe("peerpool.sleep", function()
       assert.is_true(slept >= 20)
       assert.matches("must run inside a coroutine", refused, 1, true)
     end))
+
+  it("a handshake that sleeps past handshake_timeout: the dial fails, the late wake harms " ..
+    "nothing", P.test(function(env)
+      local srv = env:node()
+      local pool = env:pool { peers = { srv.addr }, retries = 0, handshake_timeout = 50 }
+      local woke, errs = false, {}
+      peerpool.on_error(function(text) errs[#errs + 1] = text end)
+      assert(pool:load_policy {
+        handshake = function()
+          peerpool.sleep(200)
+          woke = true
+          return true
+        end,
+        backoff = function() return 1 end,
+      })
+      assert.equal("cannot_connect", select(2, pool:acquire(srv.addr)))
+      H.wait_until(function() return woke end, 5000)
+      H.sleep(20)
+      peerpool.on_error(nil)
+      assert.same({}, errs)
+      assert.equal(1, pool:stats().hooks.handshake.calls)
+    end))
 end)

@@ -18,29 +18,57 @@
 /* Longer is surely a mistake (a unit slip: seconds for ms, or ns): as lpp_opt_ms. */
 #define SLEEP_MAX_MS (365.0 * 24 * 3600 * 1000)
 
+/* What wakes a sleep: a timer, or for sleep(0) an async handle. libuv 1.44 runs a timer due
+ * "now" in the timer phase that is running (pp_timer_start waits 1 ms instead), while an async
+ * send is seen by the next poll: a later turn of the loop, after its I/O, at once. */
+typedef union {
+  uv_handle_t handle;
+  uv_timer_t timer;
+  uv_async_t async;
+} waker_t;
+
 typedef struct {
   lpp_state_t *st;
   lpp_wait_t wait;
-  uv_timer_t *timer; /* malloc'd: it outlives the userdata until its close callback */
+  waker_t *waker; /* malloc'd: it outlives the userdata until its close callback */
 } sleep_t;
 
-/* The sleep is over, one way or another: free the timer and the coroutine's anchor. */
+static void waker_closed(uv_handle_t *h) {
+  free(h);
+}
+
+static void drop_waker(sleep_t *s) {
+  if (s->waker == NULL) return;
+  s->waker->handle.data = NULL; /* (its callback will not run) */
+  uv_close(&s->waker->handle, waker_closed);
+  s->waker = NULL;
+}
+
+/* The sleep is over, one way or another: free the waker and the coroutine's anchor. */
 static void finish(lua_State *L, sleep_t *s) {
-  lpp_timer_drop(&s->timer);
+  drop_waker(s);
   lpp_unref(L, &s->wait.co_ref);
 }
 
-static void on_wake(uv_timer_t *timer) {
-  sleep_t *s = timer->data;
+static void on_wake(uv_handle_t *h) {
+  sleep_t *s = h->data;
   if (s == NULL || s->st->shutting_down) return;
   lua_State *L = s->st->L;
-  lpp_timer_drop(&s->timer);
+  drop_waker(s);
   lua_State *co = lpp_wait_take(L, &s->wait); /* anchored on L until the pop */
   if (co) lpp_resume(L, co, 0, NULL);         /* (s may be collected from here on) */
   lua_pop(L, 1);
 }
 
-/* Runs in the coroutine when it is resumed, by the timer or by hand: its frame is [s, id,
+static void on_timer(uv_timer_t *timer) {
+  on_wake((uv_handle_t *)timer);
+}
+
+static void on_async(uv_async_t *async) {
+  on_wake((uv_handle_t *)async);
+}
+
+/* Runs in the coroutine when it is resumed, by its waker or by hand: its frame is [s, id,
  * what the resumer passed]. */
 static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
@@ -66,16 +94,24 @@ int lpp_l_sleep(lua_State *L) {
   sleep_t *s = lua_newuserdatauv(L, sizeof(*s), 0);
   s->st = st;
   s->wait.co_ref = LUA_NOREF;
-  s->timer = NULL;
+  s->waker = NULL;
   luaL_setmetatable(L, LPP_SLEEP); /* from here on, __gc frees what s holds */
-  uv_timer_t *timer = malloc(sizeof(*timer));
-  if (timer == NULL) return luaL_error(L, "out of memory");
-  uv_timer_init(st->loop, timer);
-  timer->data = s;
-  s->timer = timer;
-  lpp_wait_begin(L, &s->wait); /* anchored before the timer may look for it */
+  waker_t *w = malloc(sizeof(*w));
+  if (w == NULL) return luaL_error(L, "out of memory");
+  if (ms > 0)
+    uv_timer_init(st->loop, &w->timer);
+  else if (uv_async_init(st->loop, &w->async, on_async) != 0) {
+    free(w);
+    return luaL_error(L, "peerpool.sleep: cannot make an async handle");
+  }
+  w->handle.data = s;
+  s->waker = w;
+  lpp_wait_begin(L, &s->wait); /* anchored before the waker may look for it */
   /* Clocks count whole ms: the sleep started up to 1 ms after the ms it is counted from. */
-  pp_timer_start(timer, on_wake, ms > 0 ? (uint64_t)ceil(ms) + 1 : 0);
+  if (ms > 0)
+    pp_timer_start(&w->timer, on_timer, (uint64_t)ceil(ms) + 1);
+  else
+    uv_async_send(&w->async);
   return lpp_wait_yieldk(L, st, 1, &s->wait, sleep_k);
 }
 

@@ -4,8 +4,9 @@
  * is still suspended in this very sleep. A program that resumes it by hand meanwhile must not
  * be woken again, later, inside whatever it waits on next. The yield has a continuation, so
  * however the sleep ends -- its waker, or a resume by hand -- the waker (a timer, or for
- * sleep(0) an async handle) is freed then, not when it would have fired. The sleeping coroutine is anchored (nothing else need hold a
- * coroutine started by peerpool.spawn); its yielding frame holds the sleep's userdata, whose
+ * sleep(0) an async handle) is freed then, not when it would have fired. The sleeping coroutine is
+ * anchored (nothing else need hold a coroutine started by peerpool.spawn); its yielding frame holds
+ * the sleep's userdata, whose
  * __gc frees the timer once the coroutine is closed, or at lua_close (before luv's loop
  * finaliser: the userdata is made after the module's sentinel, see module.c). */
 #include <math.h>

@@ -1,14 +1,14 @@
 /* peerpool.sleep(ms): the running coroutine waits ms milliseconds, then the loop resumes it.
  *
- * A sleep is a wait like the API's others (lwait.c): its timer answers only if the coroutine
+ * A sleep is a wait like the API's others (lwait.c): its waker answers only if the coroutine
  * is still suspended in this very sleep. A program that resumes it by hand meanwhile must not
  * be woken again, later, inside whatever it waits on next. The yield has a continuation, so
  * however the sleep ends -- its waker, or a resume by hand -- the waker (a timer, or for
- * sleep(0) an async handle) is freed then, not when it would have fired. The sleeping coroutine is
- * anchored (nothing else need hold a coroutine started by peerpool.spawn); its yielding frame holds
- * the sleep's userdata, whose
- * __gc frees the timer once the coroutine is closed, or at lua_close (before luv's loop
- * finaliser: the userdata is made after the module's sentinel, see module.c). */
+ * sleep(0) an async handle) is freed then, not when it would have fired. The sleeping
+ * coroutine is anchored (nothing else need hold a coroutine started by peerpool.spawn); its
+ * yielding frame holds the sleep's userdata, whose __gc frees the waker once the coroutine is
+ * closed, or at lua_close (before luv's loop finaliser: the userdata is made after the
+ * module's sentinel, see module.c). */
 #include <math.h>
 #include <stdlib.h>
 

@@ -201,6 +201,8 @@ typedef struct {
 void lpp_wait_begin(lua_State *L, lpp_wait_t *w);
 void lpp_wait_cancel(lua_State *L, lpp_wait_t *w);
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w);
+/* lpp_wait_yield with a continuation `k`, run however the coroutine is resumed (lsleep.c). */
+int lpp_wait_yieldk(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w, lua_KFunction k);
 lua_State *lpp_wait_take(lua_State *L, lpp_wait_t *w);
 bool lpp_wait_active(lua_State *L, const lpp_wait_t *w);
 /* The same for a record that owns registry slot `slot` (luaL_ref'd once, false between waits)
@@ -218,6 +220,10 @@ void lpp_timed_add(lua_State *L, lpp_pool_t *p, lpp_timed_list_t *l, lpp_timed_t
                    uv_timer_cb cb);
 void lpp_timed_remove(lpp_timed_list_t *l, lpp_timed_t *t);
 void lpp_timed_arm(lua_State *L, lpp_pool_t *p, lpp_timed_list_t *l, uv_timer_cb cb);
+
+/* lsleep.c: peerpool.sleep(ms) */
+void lpp_sleep_open(lua_State *L);
+int lpp_l_sleep(lua_State *L);
 
 /* lbook.c: the address book's C functions, into the module table on top of the stack */
 int lpp_book_open(lua_State *L);

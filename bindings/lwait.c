@@ -64,6 +64,10 @@ lua_State *lpp_wait_take_kept(lua_State *L, lpp_wait_t *w) {
 }
 
 int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w) {
+  return lpp_wait_yieldk(L, st, obj, w, NULL);
+}
+
+int lpp_wait_yieldk(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w, lua_KFunction k) {
   lua_Integer id = ++st->wait_serial;
   if (obj == 1) { /* (the object is the method's self: nothing to move, no stack to check) */
     lua_settop(L, 1);
@@ -81,7 +85,9 @@ int lpp_wait_yield(lua_State *L, lpp_state_t *st, int obj, lpp_wait_t *w) {
    * unarmed, so no answer can resume the coroutine wherever it went on to. */
   w->obj = lua_topointer(L, 1);
   w->id = id;
-  return lua_yield(L, 0); /* resumed, the call returns what the resumer passed */
+  /* resumed, k runs (on the stack [obj, id, what the resumer passed]), or without k the call
+   * returns what the resumer passed */
+  return lua_yieldk(L, 0, 0, k);
 }
 
 /* Whether `w` is still owed its answer: its coroutine is suspended in this wait's yield. */

@@ -350,6 +350,7 @@ static const luaL_Reg module_fns[] = {
     {"_spawn", l_spawn},
     {"spawn", l_spawn},
     {"on_error", l_on_error},
+    {"sleep", lpp_l_sleep},
     {"_canonical", l_canonical},
     {"_set_seed_ctx", lpp_l_set_seed_ctx},
     {"_resume", l_resume},
@@ -405,6 +406,7 @@ int luaopen_peerpool(lua_State *L) {
   lpp_conn_open(L);
   lpp_notice_open(L);
   lpp_policy_open(L);
+  lpp_sleep_open(L);
 
   lua_newtable(L); /* the module */
   luaL_setfuncs(L, module_fns, 0);

@@ -17,9 +17,7 @@
 -- luacheck: globals pool peers demo
 local uv = require "luv"
 local peerpool = require "peerpool"
--- The examples' shared helpers (scripts/examples/lib/example.lua), found next to this file.
-package.path = arg[0]:match("^(.-)[^/]*$") .. "examples/lib/?.lua;" .. package.path
-local sleep = require "example".sleep
+local sleep = peerpool.sleep
 local has_host, host = pcall(require, "peerpool.host")
 local repl = has_host and host.repl
 local quiet = has_host and host.terminal -- the prompt owns the terminal

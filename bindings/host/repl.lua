@@ -448,27 +448,13 @@ helpers.pretty = pretty
 function helpers.pools() return peerpool_module().pools() end
 
 --- sleep(ms): wait without blocking the loop (inside a REPL line or any coroutine); sleep(0)
--- lets the loop go round once.
+-- lets the loop go round once. peerpool.sleep, which a hand resume of the line cannot confuse.
 function helpers.sleep(ms)
   ms = tonumber(ms)
   if not ms or ms < 0 then error("sleep(ms): ms must be a number >= 0", 2) end
-  local co, main = coroutine.running()
+  local _, main = coroutine.running()
   if main or not coroutine.isyieldable() then error("sleep() must run in a coroutine", 2) end
-  local function wake(h)
-    h:close()
-    local ok, err = coroutine.resume(co)
-    if not ok then default_write("sleep: " .. tostring(err) .. "\n") end
-  end
-  if ms < 1 then
-    -- the next turn of the loop (a 0 ms timer started from a timer callback would run in the
-    -- same pass, before the loop polls for I/O)
-    local idle = uv.new_idle()
-    idle:start(function() wake(idle) end)
-  else
-    local t = uv.new_timer()
-    t:start(math.floor(ms), 0, function() wake(t) end)
-  end
-  coroutine.yield()
+  peerpool_module().sleep(ms)
 end
 
 local function nonzero_states(by_state)

@@ -22,9 +22,7 @@
 -- it read). The host program does the same for any script: peerpool --metrics 127.0.0.1:9145.
 local uv = require "luv"
 local peerpool = require "peerpool"
--- The examples' shared helpers (lib/example.lua), found next to this file.
-package.path = arg[0]:match("^(.-)[^/]*$") .. "lib/?.lua;" .. package.path
-local sleep = require "example".sleep
+local sleep = peerpool.sleep
 
 local peers = { ... }
 if #peers == 0 then peers = { "127.0.0.1:6379" } end

@@ -16,10 +16,17 @@
 -- It exits with 0 when every request got its +PONG, 1 otherwise.
 local uv = require "luv"
 local peerpool = require "peerpool"
--- The examples' shared helpers (lib/example.lua), found next to this file.
-package.path = arg[0]:match("^(.-)[^/]*$") .. "lib/?.lua;" .. package.path
-local example = require "example"
-local sleep, wait_for = example.sleep, example.wait_for
+local sleep = peerpool.sleep
+
+-- Wait (in a coroutine) until pred() holds, looking every 10 ms: false if it still does not
+-- after ms.
+local function wait_for(pred, ms)
+  for _ = 1, ms // 10 do
+    if pred() then return true end
+    sleep(10)
+  end
+  return pred()
+end
 
 local blue, green = arg[1] or "127.0.0.1:6379", arg[2] or "127.0.0.1:6380"
 local WORKERS = 4

@@ -2046,6 +2046,39 @@ local function op_close_pool(a)
   call(fmt("a%d pool:close() mid-flight", a.id), nil, function() return R.pool:close() end)
 end
 
+-- peerpool.sleep: each sleep lasts at least its ms and returns nothing; a sleeper resumed by
+-- hand (meddle) gets what the program passed, and that sleep's timer never ends its next sleep
+-- early (the per-wait proof of lwait.c); one closed while it sleeps is gone, timer and all.
+local function op_sleep(a)
+  local style = wpick { { 4, "plain" }, { 1, "meddle" }, { 1, "close" } }
+  local ms = rnd(7) - 1
+  local co = coroutine.create(function()
+    local t0 = uv.hrtime()
+    local r = pack(peerpool.sleep(ms))
+    if r[1] == "meddled" then
+      check(r.n == 2 and r[2] == "junk", "a%d meddled sleep returned %s", a.id, show_results(r))
+      ms, t0 = rnd(6), uv.hrtime()
+      r = pack(peerpool.sleep(ms))
+    end
+    local took = (uv.hrtime() - t0) / 1e6
+    check(r.n == 0, "a%d sleep(%d) returned %s", a.id, ms, show_results(r))
+    check(took >= ms, "a%d sleep(%d) ended after %.2f ms", a.id, ms, took)
+  end)
+  trace(fmt("a%d sleep(%d) (%s)", a.id, ms, style))
+  F.ops = F.ops + 1
+  local ok, err = coroutine.resume(co)
+  check(ok, "a%d sleep raised %s", a.id, show(err))
+  if style == "meddle" then
+    if chance(0.5) then sleep(rnd(3)) end
+    if coroutine.status(co) == "suspended" then
+      ok, err = coroutine.resume(co, "meddled", "junk")
+      check(ok, "a%d meddled sleeper raised %s", a.id, show(err))
+    end
+  elseif style == "close" then
+    coroutine.close(co)
+  end
+end
+
 local ACTOR_OPS, OP_NAMES = {}, {}
 do
   local ops = {
@@ -2058,6 +2091,7 @@ do
     { 1, op_close_pool, "close_pool" }, { 4, op_acquire_sub, "acquire_sub" },
     { 2, op_dying_receiver, "dying_receiver" }, { 1, op_meddle, "meddle" },
     { 1, op_remove_peer, "remove_peer" }, { 4, op_request, "request" },
+    { 2, op_sleep, "sleep" },
   }
   -- FUZZ_OPS=name,name: only these ops (to narrow a failure down); FUZZ_SKIP names work too
   local only

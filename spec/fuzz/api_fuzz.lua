@@ -28,6 +28,7 @@ local uv = require "luv"
 local peerpool = require "peerpool"
 local hostile = require "spec.support.hostile_servers"
 local procfs = require "spec.fuzz.procfs"
+local dns_server = require "spec.support.dns_server"
 
 local fmt, pack, unpack = string.format, table.pack, table.unpack
 local getenv = os.getenv
@@ -587,7 +588,7 @@ local function sync_common(b, hook)
   if b == "mutate" then mutate_in_hook(hook) end
   if b == "readonly" then read_in_hook() end
   if b == "newpool" then
-    local p = peerpool.new { max_per_peer = 1 }
+    local p = peerpool.new { max_per_peer = 1, dns_servers = { F.dns.addr } }
     p:add_peer(F.servers[1].addr)
     if chance(0.5) then p:close() end
   end
@@ -811,6 +812,51 @@ end
 
 -- ---- options ---------------------------------------------------------------------------------
 
+-- ---- host names ------------------------------------------------------------------------------
+
+-- The fuzzer's host names, answered by its own DNS server on 127.0.0.1 (every pool it makes
+-- has dns_servers = { that server }: no query leaves loopback). A peer is NAME:PORT with the
+-- port of one of the hostile servers, which listen on 127.0.0.1 only.
+local NAMES = {
+  { "v4.fz.test", { a = { "127.0.0.1" }, ttl = 1 } },
+  -- nothing listens on ::1: its dial is refused and Happy Eyeballs falls back to 127.0.0.1
+  { "dual.fz.test", { a = { "127.0.0.1" }, aaaa = { "::1" }, ttl = 1 } },
+  { "v6.fz.test", { aaaa = { "::1" }, ttl = 1 } },
+  { "mapped.fz.test", { aaaa = { "::ffff:7f00:1" }, ttl = 60 } }, -- 127.0.0.1, v4-mapped
+  { "nx.fz.test", { rcode = "NXDOMAIN" } },
+  { "sick.fz.test", { rcode = "SERVFAIL" } },
+  { "mute.fz.test", { silent = true } }, -- never answers: the resolver times out
+  { "flip.fz.test" }, -- its answer changes every FLIP_MS (below)
+}
+-- flip.fz.test answers one address, then the other: with a short TTL (dns_ttl_max) the pool
+-- re-resolves within a round and drains the conns to the address that left the answer.
+local FLIP = { { a = { "127.0.0.1" }, ttl = 1 }, { aaaa = { "::ffff:7f00:1" }, ttl = 1 } }
+local FLIP_MS = 60
+
+local function start_dns()
+  F.dns = dns_server.start()
+  for _, e in ipairs(NAMES) do F.dns:set(e[1], e[2] or FLIP[1]) end
+  local n = 1
+  F.flip = uv.new_timer() -- (not random: the op sequence of a seed stays the same)
+  F.flip:start(FLIP_MS, FLIP_MS, function()
+    n = n % #FLIP + 1
+    F.dns:set("flip.fz.test", FLIP[n])
+  end)
+  F.flip:unref()
+end
+
+local function stop_dns()
+  if F.flip and not F.flip:is_closing() then F.flip:close() end
+  if F.dns then F.dns:close() end
+end
+
+-- A peer named by a host name, for a server's port (sometimes spelled in capitals).
+local function name_peer(srv)
+  local name = pick(NAMES)[1]
+  if chance(0.2) then name = name:upper() end
+  return name .. ":" .. srv.port
+end
+
 local function gen_options()
   local o = {}
   local function maybe(p, k, v) if chance(p) then o[k] = v end end
@@ -854,6 +900,14 @@ local function gen_options()
     o.address_book = F.book_path
     maybe(0.5, "address_book_interval", pick { 5, 50 })
   end
+  -- host names: the loopback DNS server always (a list, or one string)
+  o.dns_servers = chance(0.8) and { F.dns.addr } or F.dns.addr
+  maybe(0.5, "dns_timeout", pick { 10, 50, 200 })
+  if chance(0.5) then -- short TTLs: re-resolved within the round
+    o.dns_ttl_min = pick { 1, 5, 20 }
+    o.dns_ttl_max = o.dns_ttl_min + pick { 0, 20, 100 }
+  end
+  maybe(0.3, "happy_eyeballs_delay", pick { 10, 50, 250 })
   return o
 end
 
@@ -891,6 +945,11 @@ local BAD_OPTIONS = {
     POLICY_FILES.syntax, POLICY_FILES.raises, POLICY_FILES.number } return { "peerpool.new: policy" } end,
   function(o) o.policy = pick { 42, true } return { "peerpool.new: policy", "option 'policy'" },
     "policy_option" end,
+  function(o) o.dns_servers = pick { 5, {}, { 5 }, { "ns.fz.test" }, "", "127.0.0.1:99999",
+    { "127.0.0.1:1,127.0.0.1:2" } } return { "dns_servers" } end,
+  function(o) o.dns_timeout = pick { 0, -1, 3600001, "x" } return { "dns_timeout" } end,
+  function(o) o.dns_ttl_min, o.dns_ttl_max = 100, 50 return { "dns_ttl_max" } end,
+  function(o) o.happy_eyeballs_delay = pick { 9, 10001 } return { "happy_eyeballs_delay" } end,
 }
 
 -- ---- the kernel's view -----------------------------------------------------------------------
@@ -1702,9 +1761,11 @@ end
 local function op_add_peer()
   local pool = R.pool
   local srv = pick(F.servers)
-  local addr = chance(0.8) and srv.addr or pick { "garbage", "", "127.0.0.1", "127.0.0.1:99999",
-    "[::1", "host.example:80", string.rep("9", 300), "unix:", "unix:/nonexistent/fuzz.sock",
-    "./fuzz-relative.sock", "[::1]:" .. F.unused_port }
+  -- (a name not under fz.test would still be asked of the fuzzer's own DNS server)
+  local c = rnd(10)
+  local addr = c <= 6 and srv.addr or c <= 8 and name_peer(srv) or pick { "garbage", "",
+    "127.0.0.1", "127.0.0.1:99999", "[::1", "nx.fz.test:80", "bad..name:80", string.rep("9", 300),
+    "unix:", "unix:/nonexistent/fuzz.sock", "./fuzz-relative.sock", "[::1]:" .. F.unused_port }
   local last_seen = pick(L(nil, nil, 0, os.time() * 1000, 1, math.maxinteger,
     (os.time() - 7200) * 1000, os.time()))
   local tags = pick(L(nil, nil, { zone = "a" }, {}, { weight = 3, tls = { server_name = "x y" } }))
@@ -2113,6 +2174,8 @@ local function make_pool()
       local forced = assert(load("return " .. getenv "FUZZ_OPTIONS", "=FUZZ_OPTIONS", "t", {}))()
       if forced.only then o = {} end
       for k, v in pairs(forced) do if k ~= "only" then o[k] = v ~= "nil" and v or nil end end
+      -- (but never the system's resolver: tests send traffic to loopback only)
+      o.dns_servers = o.dns_servers or { F.dns.addr }
     end
     if o.address_book and chance(0.3) then
       local f = io.open(F.book_path, "w")
@@ -2165,7 +2228,8 @@ local function add_peers()
     local spelling = srv.addr
     local s = rnd(10)
     if s == 1 then spelling = "127.0.0.1:000" .. srv.port
-    elseif s == 2 then spelling = "[::ffff:127.0.0.1]:" .. srv.port end
+    elseif s == 2 then spelling = "[::ffff:127.0.0.1]:" .. srv.port
+    elseif s <= 4 then spelling = name_peer(srv) end
     local last_seen = pick(L(nil, nil, nil, 0, (os.time() - 4 * 3600) * 1000, math.maxinteger))
     local ok, r = call(fmt("add_peer(%s, %s)", show(spelling), show(last_seen)), nil,
       function() return R.pool:add_peer(spelling, last_seen, chance(0.3) and { kind = srv.kind } or nil) end)
@@ -2251,13 +2315,14 @@ local function run_round(n, budget, live)
   add_peers()
   if chance(0.3) then call("on('state')", nil, function() return R.pool:on("state", state_handler) end) end
   if chance(0.3) then
-    R.side = peerpool.new { max_per_peer = 1 }
+    R.side = peerpool.new { max_per_peer = 1, dns_servers = { F.dns.addr } }
     R.side_port = F.side_srv.port
     R.side:add_peer(F.side_srv.addr)
   end
   if chance(0.4) and not SKIP.request then
     R.side_port = F.side_srv.port
     R.framed = peerpool.new { framing = "line", max_per_peer = 1, client_limit = rnd(8),
+      dns_servers = { F.dns.addr },
       io_timeout = pick { 0, 50, 500, 2000 }, peers = { F.side_srv.addr } }
   end
   for i = 1, 2 + rnd(6) do
@@ -2376,11 +2441,11 @@ local function run_round(n, budget, live)
   local snap
   local ok = wait_until(function()
     snap = snapshot()
-    return snap.total == 0
+    return snap.total == 0 and snap.udp == 0
   end, 500 * SLOW)
   if not SKIP.fd_check then
-    check(ok, "after pool:close() the pool still holds %d sockets:\n%s", snap.total,
-      table.concat(snap.list, "\n"))
+    check(ok, "after pool:close() the pool still holds %d sockets (%d of them UDP: DNS):\n%s",
+      snap.total + snap.udp, snap.udp, table.concat(snap.list, "\n"))
     -- (a periodic address book save may still be finishing in the thread pool: allow it)
     wait_until(function()
       snap = snapshot()
@@ -2530,6 +2595,7 @@ local function main()
     F.unused_port = t:getsockname().port
     t:close()
   end
+  start_dns()
   ticks(2)
   local start = uv.now()
   local n = 0
@@ -2543,6 +2609,7 @@ local function main()
     return
   end
   F.ctl.close()
+  stop_dns()
   F.heart:close()
   F.phase:close()
   if wake_check then
@@ -2561,6 +2628,7 @@ if F.abrupt then
   -- close the driver's own handles and let their closes finish (the pools stay live)
   for h in pairs(handles) do if not h:is_closing() then h:close() end end
   F.ctl.close()
+  stop_dns()
   F.heart:close()
   F.phase:close()
   if F.sigpipe then F.sigpipe:close() end
@@ -2599,6 +2667,10 @@ if getenv "FUZZ_STATS" then
   for fn, n in pairs(F.op_counts) do names[#names + 1] = fmt("%s=%d", OP_NAMES[fn], n) end
   table.sort(names)
   io.stdout:write("ops: ", table.concat(names, " "), "\n")
+  local q = {}
+  for name, n in pairs(F.dns.queries) do q[#q + 1] = fmt("%s=%d", name, n) end
+  table.sort(q)
+  io.stdout:write("dns queries: ", table.concat(q, " "), "\n")
 end
 io.stdout:write(fmt("fuzz.api seed %d: ok, %d rounds, %d ops, %d acquires, %d reports (%s%s)\n",
   SEED, F.rounds, F.ops, F.acq_n, F.hook_reports, SANITIZED and "asan" or "plain",

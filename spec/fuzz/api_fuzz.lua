@@ -1159,9 +1159,69 @@ local function gen_acquire_opts()
   return o
 end
 
+-- A pool closed plainly (or whose graceful close has ended) raises on every call; during a
+-- graceful close (close{ drain_ms }, R.draining) its calls still work (acquires, add_peer,
+-- notices answer closed).
+local function pool_gone()
+  return R.closed_at ~= nil and (not R.draining or R.drain_over == true)
+end
+
 local function pool_rule()
-  if R.closed_at then return { raise = { CLOSED_POOL } } end
+  if pool_gone() then return { raise = { CLOSED_POOL } } end
   return nil
+end
+
+-- pool:close(): at once; during a drain it ends the drain now.
+local function plain_close(desc)
+  R.closed_at = R.closed_at or uv.now()
+  R.drain_over = true
+  return call(desc .. " pool:close()", nil, function() return R.pool:close() end)
+end
+
+-- pool:close{ drain_ms } (issue 11): with a callback (always outside a coroutine), or waiting in
+-- this coroutine. Its end is heard exactly once, with nil (every lease ended in time) or
+-- "timeout" and why (leases were cut). A second one during the drain answers nil, "closed"
+-- (or true once the pool has closed).
+local function graceful_close(desc, can_wait)
+  local rr, first = R, not R.draining
+  R.closed_at = R.closed_at or uv.now()
+  local ms = pick { 0, 5, 30, 100, 300 }
+  local e = { desc = desc, calls = 0, never = not first }
+  local with_cb = not can_wait or chance(0.5)
+  local opts = { drain_ms = ms }
+  local function ended(err, detail, how)
+    e.calls = e.calls + 1
+    rr.drain_over = true
+    check(e.calls == 1, "%s: the graceful close ended %d times (last %s)", desc, e.calls, how)
+    check(err == nil and detail == nil or err == "timeout" and type(detail) == "string" and
+      detail:find("cut", 1, true), "%s: the graceful close ended (%s) with %s, %s", desc, how,
+      show(err), show(detail))
+  end
+  if with_cb then
+    opts.callback = function(err, detail)
+      check(not e.never, "%s: the callback of a refused graceful close ran", desc)
+      ended(err, detail, "callback")
+    end
+  end
+  if first then
+    R.draining = true
+    R.drains[#R.drains + 1] = e
+  end
+  local ok, r = call(fmt("%s pool:close{drain_ms = %d%s}", desc, ms, with_cb and ", callback" or
+    ""), nil, function() return R.pool:close(opts) end)
+  if not ok then return end
+  if not first then
+    check(r[2] == true and rr.drain_over or r[2] == nil and r[3] == "closed" and
+      type(r[4]) == "string", "%s: a second graceful close answered %s", desc, show_results(r))
+  elseif with_cb then
+    check(r[2] == true and r.n == 2, "%s: a graceful close with a callback answered %s", desc,
+      show_results(r))
+  elseif r[2] == true then
+    ended(nil, nil, "returned")
+  else
+    check(r[2] == nil, "%s: a graceful close answered %s", desc, show_results(r))
+    ended(r[3], r[4], "returned")
+  end
 end
 
 -- A pool may be closed mid-flight in some rounds, late in the round (by an actor, an acquire
@@ -1334,8 +1394,8 @@ local function op_acquire_cb(a)
         end
       end)
     elseif behaviour == "close_pool" and may_close() then
-      R.closed_at = uv.now()
-      call("cb closes the pool", nil, function() return pool:close() end)
+      if chance(0.5) then graceful_close(fmt("cb #%d", acq.id), false)
+      else plain_close(fmt("cb #%d", acq.id)) end
     end
   end
   local ok, r = call(fmt("a%d acquire(%s, %s, cb) #%d", a.id, show(peer), show(opts), acq.id),
@@ -1750,8 +1810,8 @@ local function op_stats()
     if ok then
       local found = false
       for _, p in ipairs(r[2]) do if p == pool then found = true end end
-      check(found == not R.closed_at, "peerpool.pools() %s the pool (closed: %s)",
-        found and "lists" or "misses", tostring(R.closed_at ~= nil))
+      check(found == not pool_gone(), "peerpool.pools() %s the pool (closed: %s, draining: %s)",
+        found and "lists" or "misses", tostring(R.closed_at ~= nil), tostring(R.draining))
     end
   else
     check_kernel("op")
@@ -1784,7 +1844,8 @@ local function op_add_peer()
       R.peer_list[#R.peer_list + 1] = { addr = r[2], spelling = addr }
     end
   else
-    check(r[3] == "invalid" and type(r[4]) == "string", "add_peer answered %s", show_results(r))
+    check((r[3] == "invalid" or R.closed_at and r[3] == "closed") and type(r[4]) == "string",
+      "add_peer answered %s", show_results(r))
   end
 end
 
@@ -1934,8 +1995,8 @@ local function op_odd_valid(a)
     local v = pick { "garbage", "", "127.0.0.1:0", "[::1", string.rep("1", 5000) }
     local ok, r = call(fmt("a%d add_peer(%s)", a.id, show(v)), pool_rule(),
       function() return pool:add_peer(v) end)
-    if ok then check(r[2] == nil and r[3] == "invalid", "add_peer(%s) answered %s", show(v),
-      show_results(r)) end
+    if ok then check(r[2] == nil and (r[3] == "invalid" or R.closed_at and r[3] == "closed"),
+      "add_peer(%s) answered %s", show(v), show_results(r)) end
   elseif which == 2 then
     local ok, r = call(fmt("a%d strerror", a.id), nil, function()
       return peerpool.strerror(pick { "busy", "ECONNREFUSED", "nope", "ok", "" })
@@ -2096,15 +2157,20 @@ local function op_remove_peer(a)
       R.removed_ports[port] = true
     end
   else
-    check(r[2] == nil and r[3] == "no_peer" and type(r[4]) == "string",
-      "%s of a peer answered %s", verb, show_results(r))
+    check(r[2] == nil and (r[3] == "no_peer" or R.closed_at and r[3] == "closed") and
+      type(r[4]) == "string", "%s of a peer answered %s", verb, show_results(r))
   end
 end
 
 local function op_close_pool(a)
+  if R.draining and not R.drain_over and chance(0.3) then -- a second close during the drain
+    if chance(0.5) then graceful_close(fmt("a%d during the drain:", a.id), true)
+    else plain_close(fmt("a%d during the drain:", a.id)) end
+    return
+  end
   if not may_close() or not chance(0.3) then return end
-  R.closed_at = uv.now()
-  call(fmt("a%d pool:close() mid-flight", a.id), nil, function() return R.pool:close() end)
+  if chance(0.5) then graceful_close(fmt("a%d mid-flight:", a.id), true)
+  else plain_close(fmt("a%d mid-flight:", a.id)) end
 end
 
 local ACTOR_OPS, OP_NAMES = {}, {}
@@ -2274,6 +2340,9 @@ local function pending_dump()
   for _, e in ipairs(R.requests) do
     if not e.done then lines[#lines + 1] = fmt("request r%d never ended", e.id) end
   end
+  for _, e in ipairs(R.drains) do
+    if e.calls == 0 then lines[#lines + 1] = fmt("%s: the graceful close never ended", e.desc) end
+  end
   table.sort(lines)
   return table.concat(lines, "\n  ")
 end
@@ -2292,13 +2361,14 @@ local function settled()
     if not e.never and e.calls == 0 and not SKIP.send_callback_check then return false end
   end
   for _, e in ipairs(R.requests) do if not e.done then return false end end
+  for _, e in ipairs(R.drains) do if e.calls == 0 then return false end end
   return true
 end
 
 local function run_round(n, budget, live)
   local pools_before = #peerpool.pools()
   R = { n = n, acquires = {}, conns = {}, notices = {}, actors = {}, subs = {}, peer_set = {},
-    removed_ports = {}, send_cbs = {}, requests = {}, req_n = 0,
+    removed_ports = {}, send_cbs = {}, requests = {}, req_n = 0, drains = {},
     peer_list = {}, leaked = 0, state_events = 0 }
   F.rounds = n
   R.baseline_inodes = procfs.snapshot(F.server_ports, {}, F.ignore_ports).inodes
@@ -2393,7 +2463,7 @@ local function run_round(n, budget, live)
   end
   R.stopping = true
   -- end of the round: close the pool (or forget it and let the collector close it)
-  local mode = pick { "close", "close", "close", "graceful", "forget" }
+  local mode = pick { "close", "close", "close", "graceful", "forget", "drain" }
   trace("round end: " .. mode)
   if mode == "graceful" or mode == "forget" then
     wait_until(function()
@@ -2423,10 +2493,18 @@ local function run_round(n, budget, live)
       trace("the forgotten pool was collected")
     end
   end
+  if mode == "drain" and not R.closed_at then
+    graceful_close("round end:", true) -- leases still held keep working for drain_ms
+    if chance(0.3) then
+      if chance(0.5) then graceful_close("round end, again:", true)
+      else plain_close("round end, again:") end
+    end
+  end
   if not R.closed_at then
-    R.closed_at = uv.now()
-    call("pool:close()", nil, function() return R.pool:close() end)
+    plain_close("round end:")
     if chance(0.3) then call("pool:close() again", nil, function() return R.pool:close() end) end
+  elseif R.draining and not R.drain_over and chance(0.3) then
+    plain_close("round end, during the drain:")
   end
   if R.side and not R.side_closed then R.side:close() end
   if R.framed then R.framed:close() end
@@ -2526,7 +2604,8 @@ local function on_report(text)
         pool:acquire(nil, { timeout = 10 }, function(_, c) if c then c:release() end end)
       elseif what == 4 and may_close() and not SKIP.reporter_mutate then -- (finding F10)
         pool:close() -- raises inside an engine call (then the pool stays open)
-        R.closed_at = uv.now()
+        R.closed_at = R.closed_at or uv.now()
+        R.drain_over = true
       elseif what == 5 then pool:peers() end
     end)
     if not ok then

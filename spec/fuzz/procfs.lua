@@ -131,7 +131,9 @@ function M.snapshot(servers, baseline, ignore_ports, ignore_inodes)
   local snap = { total = 0, udp = 0, per_port = {}, other = 0, list = {}, inodes = {} }
   for fd, target in pairs(fds) do
     local inode = target:match("^socket:%[(%d+)%]$")
-    if inode then
+    -- (one socket under two fds counts once: a Happy Eyeballs winner is handed to its conn as
+    -- a dup, and both fds are open for a moment)
+    if inode and not snap.inodes[inode] then
       snap.inodes[inode] = true
       local t = known[inode]
       local server_side = t and (servers[t.lport] or (ignore_ports and ignore_ports[t.lport]))

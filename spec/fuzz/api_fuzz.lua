@@ -11,7 +11,12 @@
 --   * bad arguments raise clean errors that name the argument; valid calls never raise;
 --     errors raised inside callbacks never escape (they are reported, and only the ones the
 --     driver raised on purpose are);
---   * what echo servers send back arrives once, on a conn of the server it was sent to.
+--   * what echo servers send back arrives once, on a conn of the server it was sent to;
+--   * host-name peers (issue 11) resolve through the fuzzer's own DNS server on 127.0.0.1
+--     (every pool it makes has dns_servers: no query leaves loopback), and their sockets,
+--     DNS ones included, are gone after close;
+--   * a graceful close (close{ drain_ms }: mid-flight, from a callback, at a round's end, twice)
+--     ends exactly once, with nil or "timeout" and why.
 --
 --   FUZZ_SEED=n FUZZ_SECONDS=s lua5.4 spec/fuzz/api_fuzz.lua     (from the source root, with
 --   LUA_PATH/LUA_CPATH pointing at ./?.lua and the build's lua/?.so; spec/fuzz/run.sh does it)

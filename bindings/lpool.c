@@ -274,13 +274,18 @@ static const char *read_dns_servers(lua_State *L, int idx) {
 
 /* ---- lifecycle ------------------------------------------------------------------------- */
 
-/* The Lua side of a pool whose engine pool closed (or is closing). */
+static void stop_timers(lua_State *L, lpp_pool_t *p);
+
+/* The Lua side of a pool whose engine pool closed (or is closing): what close() drops too
+ * (the receives' and requests' deadline timer would keep the loop alive up to io_timeout). */
 static void forget_engine_pool(lua_State *L, lpp_pool_t *p) {
   pool_link_t *link = pp_pool_get_data(p->pool);
   link->p = NULL;
+  stop_timers(L, p);
   p->pool = NULL;
   lpp_pools_remove(p);
   lpp_policy_free(L, p);
+  lpp_unref(L, &p->framing_ref);
 }
 
 /* A graceful close ended (the engine pool still readable): the pool's Lua side goes, and the

@@ -100,8 +100,6 @@ typedef struct lpp_pool_s {
   pp_pool_t *pool;          /* NULL once closed */
   lua_State *L;             /* the main thread */
   int state_refs;           /* registry ref of the table of on("state") callbacks */
-  lpp_wait_t close_wait;    /* the coroutine waiting in close{drain_ms} (in the userdata, which
-                               its yielding frame keeps alive) */
   int64_t io_timeout;       /* ms for conn:receive(); 0 = none */
   int64_t max_receive;      /* bytes a receive may wait for (a line, "*a", a count) */
   int64_t max_send_queue;   /* bytes queued past the socket before a send waits */

@@ -14,6 +14,10 @@ typedef struct {
   int draining;
   int64_t drain_ms;
   int cb_ref; /* the close callback, or LUA_NOREF */
+  /* the coroutine waiting in close{drain_ms}: here, not in the Lua pool, which a plain close()
+   * during the drain forgets before the engine's close callback runs (its yielding frame keeps
+   * the pool's userdata alive meanwhile) */
+  lpp_wait_t close_wait;
 } pool_link_t;
 
 static const char pools_key = 'p'; /* weak table: lightuserdata(lpp_pool_t*) -> userdata */
@@ -270,13 +274,18 @@ static const char *read_dns_servers(lua_State *L, int idx) {
 
 /* ---- lifecycle ------------------------------------------------------------------------- */
 
-/* The Lua side of a pool whose engine pool closed (or is closing). */
+static void stop_timers(lua_State *L, lpp_pool_t *p);
+
+/* The Lua side of a pool whose engine pool closed (or is closing): what close() drops too
+ * (the receives' and requests' deadline timer would keep the loop alive up to io_timeout). */
 static void forget_engine_pool(lua_State *L, lpp_pool_t *p) {
   pool_link_t *link = pp_pool_get_data(p->pool);
   link->p = NULL;
+  stop_timers(L, p);
   p->pool = NULL;
   lpp_pools_remove(p);
   lpp_policy_free(L, p);
+  lpp_unref(L, &p->framing_ref);
 }
 
 /* A graceful close ended (the engine pool still readable): the pool's Lua side goes, and the
@@ -287,7 +296,7 @@ static void drain_done(pp_pool_t *pool, pool_link_t *link) {
   lpp_pool_t *p = link->p; /* NULL once its userdata was collected (then nothing waits) */
   if (p) forget_engine_pool(L, p);
   if (st->shutting_down) {
-    if (p) lpp_unref(L, &p->close_wait.co_ref);
+    lpp_unref(L, &link->close_wait.co_ref);
     lpp_unref(L, &link->cb_ref);
     return;
   }
@@ -309,8 +318,8 @@ static void drain_done(pp_pool_t *pool, pool_link_t *link) {
     }
     lpp_call(L, 2, NULL); /* fn(err, detail) */
   }
-  if (p && p->close_wait.co_ref != LUA_NOREF) {
-    lua_State *co = lpp_wait_take(L, &p->close_wait); /* anchored on L until we return */
+  if (link->close_wait.co_ref != LUA_NOREF) {
+    lua_State *co = lpp_wait_take(L, &link->close_wait); /* anchored on L until we return */
     if (co) {
       int n = 1;
       if (s.leases_cut == 0)
@@ -391,7 +400,6 @@ int lpp_l_new(lua_State *L) {
   p->L = st->L;
   p->book_fn_ref = LUA_NOREF;
   p->framing_ref = LUA_NOREF;
-  p->close_wait.co_ref = LUA_NOREF;
   lpp_policy_init(L, p);
   if (lua_istable(L, 1)) {
     lua_getfield(L, 1, "framing");
@@ -414,6 +422,7 @@ int lpp_l_new(lua_State *L) {
   link->st = st;
   link->p = p;
   link->cb_ref = LUA_NOREF;
+  link->close_wait.co_ref = LUA_NOREF;
   pp_pool_set_data(p->pool, link);
   pp_pool_on_state(p->pool, state_changed);
   st->engine_pools++;
@@ -498,7 +507,7 @@ static int close_drain(lua_State *L, lpp_pool_t *p) {
   pool_link_t *link = pp_pool_get_data(p->pool);
   if (link->draining) return lpp_push_error(L, PP_ECLOSED, "the pool is closing already");
   int wait = !has_cb && lua_isyieldable(L);
-  if (wait) lpp_wait_begin(L, &p->close_wait); /* may raise: before anything changes */
+  if (wait) lpp_wait_begin(L, &link->close_wait); /* may raise: before anything changes */
   stop_book_timer(L, p);
   if (has_cb) {
     lua_pushvalue(L, -1);
@@ -507,7 +516,7 @@ static int close_drain(lua_State *L, lpp_pool_t *p) {
   link->draining = 1;
   link->drain_ms = ms;
   pp_pool_close_drain(p->pool, ms, engine_pool_closed); /* its callback runs drain_done */
-  if (wait) return lpp_wait_yield(L, p->st, 1, &p->close_wait);
+  if (wait) return lpp_wait_yield(L, p->st, 1, &link->close_wait);
   lua_pushboolean(L, 1);
   return 1;
 }

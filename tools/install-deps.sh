@@ -14,9 +14,12 @@ set -e
 # libFuzzer targets of `make fuzz-c` (tools/have-libfuzzer.sh checks for them; .ci/run skips
 # those targets without them).
 # clang-format (14): `make lint` checks the C formatting against .clang-format.
+# strace: tests send traffic to loopback only; ctest fuzz.api.loopback_only (and
+# spec/support/off_loopback.sh, for any command) watch every connect and send for one that
+# leaves it, e.g. a host name asked of the system's resolver.
 PKGS="build-essential cmake pkg-config libuv1-dev lua5.4 liblua5.4-dev lua-luv lua-luv-dev
 lua-busted luarocks lua-check libreadline-dev redis-server prometheus libssl-dev openssl
-libc-ares-dev gnuplot-nox clang-format"
+libc-ares-dev gnuplot-nox clang-format strace"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -11,7 +11,12 @@
 --   * bad arguments raise clean errors that name the argument; valid calls never raise;
 --     errors raised inside callbacks never escape (they are reported, and only the ones the
 --     driver raised on purpose are);
---   * what echo servers send back arrives once, on a conn of the server it was sent to.
+--   * what echo servers send back arrives once, on a conn of the server it was sent to;
+--   * host-name peers (issue 11) resolve through the fuzzer's own DNS server on 127.0.0.1
+--     (every pool it makes has dns_servers: no query leaves loopback), and their sockets,
+--     DNS ones included, are gone after close;
+--   * a graceful close (close{ drain_ms }: mid-flight, from a callback, at a round's end, twice)
+--     ends exactly once, with nil or "timeout" and why.
 --
 --   FUZZ_SEED=n FUZZ_SECONDS=s lua5.4 spec/fuzz/api_fuzz.lua     (from the source root, with
 --   LUA_PATH/LUA_CPATH pointing at ./?.lua and the build's lua/?.so; spec/fuzz/run.sh does it)
@@ -28,6 +33,7 @@ local uv = require "luv"
 local peerpool = require "peerpool"
 local hostile = require "spec.support.hostile_servers"
 local procfs = require "spec.fuzz.procfs"
+local dns_server = require "spec.support.dns_server"
 
 local fmt, pack, unpack = string.format, table.pack, table.unpack
 local getenv = os.getenv
@@ -587,7 +593,7 @@ local function sync_common(b, hook)
   if b == "mutate" then mutate_in_hook(hook) end
   if b == "readonly" then read_in_hook() end
   if b == "newpool" then
-    local p = peerpool.new { max_per_peer = 1 }
+    local p = peerpool.new { max_per_peer = 1, dns_servers = { F.dns.addr } }
     p:add_peer(F.servers[1].addr)
     if chance(0.5) then p:close() end
   end
@@ -811,6 +817,63 @@ end
 
 -- ---- options ---------------------------------------------------------------------------------
 
+-- ---- host names ------------------------------------------------------------------------------
+
+-- The fuzzer's host names, answered by its own DNS server on 127.0.0.1 (every pool it makes
+-- has dns_servers = { that server }: no query leaves loopback). A peer is NAME:PORT with the
+-- port of one of the hostile servers, which listen on 127.0.0.1 only.
+local NAMES = {
+  { "v4.fz.test", { a = { "127.0.0.1" }, ttl = 1 } },
+  -- nothing listens on ::1: its dial is refused and Happy Eyeballs falls back to 127.0.0.1
+  { "dual.fz.test", { a = { "127.0.0.1" }, aaaa = { "::1" }, ttl = 1 } },
+  { "v6.fz.test", { aaaa = { "::1" }, ttl = 1 } },
+  { "mapped.fz.test", { aaaa = { "::ffff:7f00:1" }, ttl = 60 } }, -- 127.0.0.1, v4-mapped
+  { "nx.fz.test", { rcode = "NXDOMAIN" } },
+  { "sick.fz.test", { rcode = "SERVFAIL" } },
+  { "mute.fz.test", { silent = true } }, -- never answers: the resolver times out
+  { "flip.fz.test" }, -- its answer changes every FLIP_MS (below)
+}
+-- flip.fz.test answers one address, then the other: with a short TTL (dns_ttl_max) the pool
+-- re-resolves within a round and drains the conns to the address that left the answer.
+local FLIP = { { a = { "127.0.0.1" }, ttl = 1 }, { aaaa = { "::ffff:7f00:1" }, ttl = 1 } }
+local FLIP_MS = 25
+
+local function start_dns()
+  F.dns = dns_server.start()
+  for _, e in ipairs(NAMES) do F.dns:set(e[1], e[2] or FLIP[1]) end
+  local n = 1
+  F.flip = uv.new_timer() -- (not random: the op sequence of a seed stays the same)
+  F.flip:start(FLIP_MS, FLIP_MS, function()
+    n = n % #FLIP + 1
+    F.dns:set("flip.fz.test", FLIP[n])
+  end)
+  F.flip:unref()
+end
+
+local function stop_dns()
+  if F.flip and not F.flip:is_closing() then F.flip:close() end
+  if F.dns then F.dns:close() end
+end
+
+-- How many more sockets than conns a peer may hold while it dials: a name with several
+-- addresses races them (Happy Eyeballs: one connect per address, the losers closed once one
+-- wins), so each dialling conn may have one more socket per extra address for a moment.
+local function race_extra(addr)
+  local name = type(addr) == "string" and addr:match("^([%w.-]+%.fz%.test):%d+$")
+  for _, e in ipairs(NAMES) do
+    if e[1] == name and e[2] then return math.max(0, #(e[2].a or {}) + #(e[2].aaaa or {}) - 1) end
+  end
+  return 0
+end
+
+-- A peer named by a host name, for a server's port (sometimes spelled in capitals).
+local function name_peer(srv)
+  -- (flip.fz.test more often: its conns must live across a change of answer to be moved)
+  local name = chance(0.3) and "flip.fz.test" or pick(NAMES)[1]
+  if chance(0.2) then name = name:upper() end
+  return name .. ":" .. srv.port
+end
+
 local function gen_options()
   local o = {}
   local function maybe(p, k, v) if chance(p) then o[k] = v end end
@@ -854,6 +917,14 @@ local function gen_options()
     o.address_book = F.book_path
     maybe(0.5, "address_book_interval", pick { 5, 50 })
   end
+  -- host names: the loopback DNS server always (a list, or one string)
+  o.dns_servers = chance(0.8) and { F.dns.addr } or F.dns.addr
+  maybe(0.5, "dns_timeout", pick { 10, 50, 200 })
+  if chance(0.5) then -- short TTLs: re-resolved within the round
+    o.dns_ttl_min = pick { 1, 5, 20 }
+    o.dns_ttl_max = o.dns_ttl_min + pick { 0, 20, 100 }
+  end
+  maybe(0.3, "happy_eyeballs_delay", pick { 10, 50, 250 })
   return o
 end
 
@@ -891,6 +962,11 @@ local BAD_OPTIONS = {
     POLICY_FILES.syntax, POLICY_FILES.raises, POLICY_FILES.number } return { "peerpool.new: policy" } end,
   function(o) o.policy = pick { 42, true } return { "peerpool.new: policy", "option 'policy'" },
     "policy_option" end,
+  function(o) o.dns_servers = pick { 5, {}, { 5 }, { "ns.fz.test" }, "", "127.0.0.1:99999",
+    { "127.0.0.1:1,127.0.0.1:2" } } return { "dns_servers" } end,
+  function(o) o.dns_timeout = pick { 0, -1, 3600001, "x" } return { "dns_timeout" } end,
+  function(o) o.dns_ttl_min, o.dns_ttl_max = 100, 50 return { "dns_ttl_max" } end,
+  function(o) o.happy_eyeballs_delay = pick { 9, 10001 } return { "happy_eyeballs_delay" } end,
 }
 
 -- ---- the kernel's view -----------------------------------------------------------------------
@@ -901,10 +977,19 @@ end
 
 local function peer_limit(port)
   -- several spellings of one server are one peer, except a v4-mapped IPv6 one: each peer
-  -- has its own max_per_peer
+  -- has its own max_per_peer (and a name's racing sockets, race_extra)
   local n = 0
-  for _, p in pairs(R.peer_set) do if p.port == port then n = n + 1 end end
+  for addr, p in pairs(R.peer_set) do
+    if p.port == port then n = n + 1 + race_extra(addr) end
+  end
   return math.max(1, n) * R.max_per_peer
+end
+
+-- Sockets over max_total that dials racing several addresses of a name may hold for a moment.
+local function race_slack()
+  local extra = 0
+  for addr in pairs(R.peer_set) do extra = extra + race_extra(addr) * R.max_per_peer end
+  return math.min(extra, R.max_total)
 end
 
 local function check_kernel(where)
@@ -917,8 +1002,9 @@ local function check_kernel(where)
     check((snap.per_port[side] or 0) <= max, "%s: %d sockets to the side pools' peer (max %d)" ..
       "\n%s", where, snap.per_port[side] or 0, max, table.concat(snap.list, "\n"))
   end
-  check(total <= R.max_total, "%s: the pool holds %d sockets, max_total is %d\n%s", where, total,
-    R.max_total, table.concat(snap.list, "\n"))
+  check(total <= R.max_total + race_slack(), "%s: the pool holds %d sockets, max_total is %d " ..
+    "(%d more allowed for Happy Eyeballs races)\n%s", where, total, R.max_total, race_slack(),
+    table.concat(snap.list, "\n"))
   local engine, detail = {}, {}
   if not R.closed_at then
     local ok, peers = pcall(R.pool.peers, R.pool)
@@ -1100,9 +1186,69 @@ local function gen_acquire_opts()
   return o
 end
 
+-- A pool closed plainly (or whose graceful close has ended) raises on every call; during a
+-- graceful close (close{ drain_ms }, R.draining) its calls still work (acquires, add_peer,
+-- notices answer closed).
+local function pool_gone()
+  return R.closed_at ~= nil and (not R.draining or R.drain_over == true)
+end
+
 local function pool_rule()
-  if R.closed_at then return { raise = { CLOSED_POOL } } end
+  if pool_gone() then return { raise = { CLOSED_POOL } } end
   return nil
+end
+
+-- pool:close(): at once; during a drain it ends the drain now.
+local function plain_close(desc)
+  R.closed_at = R.closed_at or uv.now()
+  R.drain_over = true
+  return call(desc .. " pool:close()", nil, function() return R.pool:close() end)
+end
+
+-- pool:close{ drain_ms } (issue 11): with a callback (always outside a coroutine), or waiting in
+-- this coroutine. Its end is heard exactly once, with nil (every lease ended in time) or
+-- "timeout" and why (leases were cut). A second one during the drain answers nil, "closed"
+-- (or true once the pool has closed).
+local function graceful_close(desc, can_wait)
+  local rr, first = R, not R.draining
+  R.closed_at = R.closed_at or uv.now()
+  local ms = pick { 0, 5, 30, 100, 300 }
+  local e = { desc = desc, calls = 0, never = not first }
+  local with_cb = not can_wait or chance(0.5)
+  local opts = { drain_ms = ms }
+  local function ended(err, detail, how)
+    e.calls = e.calls + 1
+    rr.drain_over = true
+    check(e.calls == 1, "%s: the graceful close ended %d times (last %s)", desc, e.calls, how)
+    check(err == nil and detail == nil or err == "timeout" and type(detail) == "string" and
+      detail:find("cut", 1, true), "%s: the graceful close ended (%s) with %s, %s", desc, how,
+      show(err), show(detail))
+  end
+  if with_cb then
+    opts.callback = function(err, detail)
+      check(not e.never, "%s: the callback of a refused graceful close ran", desc)
+      ended(err, detail, "callback")
+    end
+  end
+  if first then
+    R.draining = true
+    R.drains[#R.drains + 1] = e
+  end
+  local ok, r = call(fmt("%s pool:close{drain_ms = %d%s}", desc, ms, with_cb and ", callback" or
+    ""), nil, function() return R.pool:close(opts) end)
+  if not ok then return end
+  if not first then
+    check(r[2] == true and rr.drain_over or r[2] == nil and r[3] == "closed" and
+      type(r[4]) == "string", "%s: a second graceful close answered %s", desc, show_results(r))
+  elseif with_cb then
+    check(r[2] == true and r.n == 2, "%s: a graceful close with a callback answered %s", desc,
+      show_results(r))
+  elseif r[2] == true then
+    ended(nil, nil, "returned")
+  else
+    check(r[2] == nil, "%s: a graceful close answered %s", desc, show_results(r))
+    ended(r[3], r[4], "returned")
+  end
 end
 
 -- A pool may be closed mid-flight in some rounds, late in the round (by an actor, an acquire
@@ -1275,8 +1421,8 @@ local function op_acquire_cb(a)
         end
       end)
     elseif behaviour == "close_pool" and may_close() then
-      R.closed_at = uv.now()
-      call("cb closes the pool", nil, function() return pool:close() end)
+      if chance(0.5) then graceful_close(fmt("cb #%d", acq.id), false)
+      else plain_close(fmt("cb #%d", acq.id)) end
     end
   end
   local ok, r = call(fmt("a%d acquire(%s, %s, cb) #%d", a.id, show(peer), show(opts), acq.id),
@@ -1691,8 +1837,8 @@ local function op_stats()
     if ok then
       local found = false
       for _, p in ipairs(r[2]) do if p == pool then found = true end end
-      check(found == not R.closed_at, "peerpool.pools() %s the pool (closed: %s)",
-        found and "lists" or "misses", tostring(R.closed_at ~= nil))
+      check(found == not pool_gone(), "peerpool.pools() %s the pool (closed: %s, draining: %s)",
+        found and "lists" or "misses", tostring(R.closed_at ~= nil), tostring(R.draining))
     end
   else
     check_kernel("op")
@@ -1702,9 +1848,11 @@ end
 local function op_add_peer()
   local pool = R.pool
   local srv = pick(F.servers)
-  local addr = chance(0.8) and srv.addr or pick { "garbage", "", "127.0.0.1", "127.0.0.1:99999",
-    "[::1", "host.example:80", string.rep("9", 300), "unix:", "unix:/nonexistent/fuzz.sock",
-    "./fuzz-relative.sock", "[::1]:" .. F.unused_port }
+  -- (a name not under fz.test would still be asked of the fuzzer's own DNS server)
+  local c = rnd(10)
+  local addr = c <= 6 and srv.addr or c <= 8 and name_peer(srv) or pick { "garbage", "",
+    "127.0.0.1", "127.0.0.1:99999", "[::1", "nx.fz.test:80", "bad..name:80", string.rep("9", 300),
+    "unix:", "unix:/nonexistent/fuzz.sock", "./fuzz-relative.sock", "[::1]:" .. F.unused_port }
   local last_seen = pick(L(nil, nil, 0, os.time() * 1000, 1, math.maxinteger,
     (os.time() - 7200) * 1000, os.time()))
   local tags = pick(L(nil, nil, { zone = "a" }, {}, { weight = 3, tls = { server_name = "x y" } }))
@@ -1723,7 +1871,8 @@ local function op_add_peer()
       R.peer_list[#R.peer_list + 1] = { addr = r[2], spelling = addr }
     end
   else
-    check(r[3] == "invalid" and type(r[4]) == "string", "add_peer answered %s", show_results(r))
+    check((r[3] == "invalid" or R.closed_at and r[3] == "closed") and type(r[4]) == "string",
+      "add_peer answered %s", show_results(r))
   end
 end
 
@@ -1873,8 +2022,8 @@ local function op_odd_valid(a)
     local v = pick { "garbage", "", "127.0.0.1:0", "[::1", string.rep("1", 5000) }
     local ok, r = call(fmt("a%d add_peer(%s)", a.id, show(v)), pool_rule(),
       function() return pool:add_peer(v) end)
-    if ok then check(r[2] == nil and r[3] == "invalid", "add_peer(%s) answered %s", show(v),
-      show_results(r)) end
+    if ok then check(r[2] == nil and (r[3] == "invalid" or R.closed_at and r[3] == "closed"),
+      "add_peer(%s) answered %s", show(v), show_results(r)) end
   elseif which == 2 then
     local ok, r = call(fmt("a%d strerror", a.id), nil, function()
       return peerpool.strerror(pick { "busy", "ECONNREFUSED", "nope", "ok", "" })
@@ -2035,15 +2184,20 @@ local function op_remove_peer(a)
       R.removed_ports[port] = true
     end
   else
-    check(r[2] == nil and r[3] == "no_peer" and type(r[4]) == "string",
-      "%s of a peer answered %s", verb, show_results(r))
+    check(r[2] == nil and (r[3] == "no_peer" or R.closed_at and r[3] == "closed") and
+      type(r[4]) == "string", "%s of a peer answered %s", verb, show_results(r))
   end
 end
 
 local function op_close_pool(a)
+  if R.draining and not R.drain_over and chance(0.3) then -- a second close during the drain
+    if chance(0.5) then graceful_close(fmt("a%d during the drain:", a.id), true)
+    else plain_close(fmt("a%d during the drain:", a.id)) end
+    return
+  end
   if not may_close() or not chance(0.3) then return end
-  R.closed_at = uv.now()
-  call(fmt("a%d pool:close() mid-flight", a.id), nil, function() return R.pool:close() end)
+  if chance(0.5) then graceful_close(fmt("a%d mid-flight:", a.id), true)
+  else plain_close(fmt("a%d mid-flight:", a.id)) end
 end
 
 -- peerpool.sleep: each sleep lasts at least its ms and returns nothing; a sleeper resumed by
@@ -2147,6 +2301,8 @@ local function make_pool()
       local forced = assert(load("return " .. getenv "FUZZ_OPTIONS", "=FUZZ_OPTIONS", "t", {}))()
       if forced.only then o = {} end
       for k, v in pairs(forced) do if k ~= "only" then o[k] = v ~= "nil" and v or nil end end
+      -- (but never the system's resolver: tests send traffic to loopback only)
+      o.dns_servers = o.dns_servers or { F.dns.addr }
     end
     if o.address_book and chance(0.3) then
       local f = io.open(F.book_path, "w")
@@ -2199,7 +2355,8 @@ local function add_peers()
     local spelling = srv.addr
     local s = rnd(10)
     if s == 1 then spelling = "127.0.0.1:000" .. srv.port
-    elseif s == 2 then spelling = "[::ffff:127.0.0.1]:" .. srv.port end
+    elseif s == 2 then spelling = "[::ffff:127.0.0.1]:" .. srv.port
+    elseif s <= 4 then spelling = name_peer(srv) end
     local last_seen = pick(L(nil, nil, nil, 0, (os.time() - 4 * 3600) * 1000, math.maxinteger))
     local ok, r = call(fmt("add_peer(%s, %s)", show(spelling), show(last_seen)), nil,
       function() return R.pool:add_peer(spelling, last_seen, chance(0.3) and { kind = srv.kind } or nil) end)
@@ -2244,6 +2401,9 @@ local function pending_dump()
   for _, e in ipairs(R.requests) do
     if not e.done then lines[#lines + 1] = fmt("request r%d never ended", e.id) end
   end
+  for _, e in ipairs(R.drains) do
+    if e.calls == 0 then lines[#lines + 1] = fmt("%s: the graceful close never ended", e.desc) end
+  end
   table.sort(lines)
   return table.concat(lines, "\n  ")
 end
@@ -2262,13 +2422,14 @@ local function settled()
     if not e.never and e.calls == 0 and not SKIP.send_callback_check then return false end
   end
   for _, e in ipairs(R.requests) do if not e.done then return false end end
+  for _, e in ipairs(R.drains) do if e.calls == 0 then return false end end
   return true
 end
 
 local function run_round(n, budget, live)
   local pools_before = #peerpool.pools()
   R = { n = n, acquires = {}, conns = {}, notices = {}, actors = {}, subs = {}, peer_set = {},
-    removed_ports = {}, send_cbs = {}, requests = {}, req_n = 0,
+    removed_ports = {}, send_cbs = {}, requests = {}, req_n = 0, drains = {},
     peer_list = {}, leaked = 0, state_events = 0 }
   F.rounds = n
   R.baseline_inodes = procfs.snapshot(F.server_ports, {}, F.ignore_ports).inodes
@@ -2285,13 +2446,14 @@ local function run_round(n, budget, live)
   add_peers()
   if chance(0.3) then call("on('state')", nil, function() return R.pool:on("state", state_handler) end) end
   if chance(0.3) then
-    R.side = peerpool.new { max_per_peer = 1 }
+    R.side = peerpool.new { max_per_peer = 1, dns_servers = { F.dns.addr } }
     R.side_port = F.side_srv.port
     R.side:add_peer(F.side_srv.addr)
   end
   if chance(0.4) and not SKIP.request then
     R.side_port = F.side_srv.port
     R.framed = peerpool.new { framing = "line", max_per_peer = 1, client_limit = rnd(8),
+      dns_servers = { F.dns.addr },
       io_timeout = pick { 0, 50, 500, 2000 }, peers = { F.side_srv.addr } }
   end
   for i = 1, 2 + rnd(6) do
@@ -2361,8 +2523,17 @@ local function run_round(n, budget, live)
     return
   end
   R.stopping = true
+  if getenv "FUZZ_STATS" and not R.closed_at then -- (FUZZ_STATS: what the names did)
+    local ok, st = pcall(R.pool.stats, R.pool)
+    if ok then
+      F.dns_stats = F.dns_stats or { queries = 0, failures = 0, moved = 0 }
+      F.dns_stats.queries = F.dns_stats.queries + (st.dns_queries or 0)
+      F.dns_stats.failures = F.dns_stats.failures + (st.dns_failures or 0)
+      F.dns_stats.moved = F.dns_stats.moved + (st.closed and st.closed.dns or 0)
+    end
+  end
   -- end of the round: close the pool (or forget it and let the collector close it)
-  local mode = pick { "close", "close", "close", "graceful", "forget" }
+  local mode = pick { "close", "close", "close", "graceful", "forget", "drain" }
   trace("round end: " .. mode)
   if mode == "graceful" or mode == "forget" then
     wait_until(function()
@@ -2392,10 +2563,18 @@ local function run_round(n, budget, live)
       trace("the forgotten pool was collected")
     end
   end
+  if mode == "drain" and not R.closed_at then
+    graceful_close("round end:", true) -- leases still held keep working for drain_ms
+    if chance(0.3) then
+      if chance(0.5) then graceful_close("round end, again:", true)
+      else plain_close("round end, again:") end
+    end
+  end
   if not R.closed_at then
-    R.closed_at = uv.now()
-    call("pool:close()", nil, function() return R.pool:close() end)
+    plain_close("round end:")
     if chance(0.3) then call("pool:close() again", nil, function() return R.pool:close() end) end
+  elseif R.draining and not R.drain_over and chance(0.3) then
+    plain_close("round end, during the drain:")
   end
   if R.side and not R.side_closed then R.side:close() end
   if R.framed then R.framed:close() end
@@ -2410,11 +2589,11 @@ local function run_round(n, budget, live)
   local snap
   local ok = wait_until(function()
     snap = snapshot()
-    return snap.total == 0
+    return snap.total == 0 and snap.udp == 0
   end, 500 * SLOW)
   if not SKIP.fd_check then
-    check(ok, "after pool:close() the pool still holds %d sockets:\n%s", snap.total,
-      table.concat(snap.list, "\n"))
+    check(ok, "after pool:close() the pool still holds %d sockets (%d of them UDP: DNS):\n%s",
+      snap.total + snap.udp, snap.udp, table.concat(snap.list, "\n"))
     -- (a periodic address book save may still be finishing in the thread pool: allow it)
     wait_until(function()
       snap = snapshot()
@@ -2495,7 +2674,8 @@ local function on_report(text)
         pool:acquire(nil, { timeout = 10 }, function(_, c) if c then c:release() end end)
       elseif what == 4 and may_close() and not SKIP.reporter_mutate then -- (finding F10)
         pool:close() -- raises inside an engine call (then the pool stays open)
-        R.closed_at = uv.now()
+        R.closed_at = R.closed_at or uv.now()
+        R.drain_over = true
       elseif what == 5 then pool:peers() end
     end)
     if not ok then
@@ -2564,6 +2744,7 @@ local function main()
     F.unused_port = t:getsockname().port
     t:close()
   end
+  start_dns()
   ticks(2)
   local start = uv.now()
   local n = 0
@@ -2577,6 +2758,7 @@ local function main()
     return
   end
   F.ctl.close()
+  stop_dns()
   F.heart:close()
   F.phase:close()
   if wake_check then
@@ -2595,6 +2777,7 @@ if F.abrupt then
   -- close the driver's own handles and let their closes finish (the pools stay live)
   for h in pairs(handles) do if not h:is_closing() then h:close() end end
   F.ctl.close()
+  stop_dns()
   F.heart:close()
   F.phase:close()
   if F.sigpipe then F.sigpipe:close() end
@@ -2633,6 +2816,14 @@ if getenv "FUZZ_STATS" then
   for fn, n in pairs(F.op_counts) do names[#names + 1] = fmt("%s=%d", OP_NAMES[fn], n) end
   table.sort(names)
   io.stdout:write("ops: ", table.concat(names, " "), "\n")
+  local q = {}
+  for name, n in pairs(F.dns.queries) do q[#q + 1] = fmt("%s=%d", name, n) end
+  table.sort(q)
+  io.stdout:write("dns queries: ", table.concat(q, " "), "\n")
+  local d = F.dns_stats or {}
+  io.stdout:write(fmt("pools' dns stats (rounds not closed early): %d queries, %d failures, %d " ..
+    "conns closed as their address left the answer\n", d.queries or 0, d.failures or 0,
+    d.moved or 0))
 end
 io.stdout:write(fmt("fuzz.api seed %d: ok, %d rounds, %d ops, %d acquires, %d reports (%s%s)\n",
   SEED, F.rounds, F.ops, F.acq_n, F.hook_reports, SANITIZED and "asan" or "plain",

@@ -1,5 +1,6 @@
 -- The kernel's view of this process's sockets, for the fuzzer's invariants: which fds are
--- open (/proc/self/fd) and, for TCP sockets, their ports (/proc/net/tcp, tcp6). Linux only.
+-- open (/proc/self/fd) and, for TCP sockets, their ports (/proc/net/tcp, tcp6); UDP sockets
+-- (a pool's DNS queries, /proc/net/udp, udp6) are told apart. Linux only.
 --
 -- /proc/net/tcp lists every socket of the network namespace, TIME_WAIT ones included: after a
 -- few test runs it has tens of thousands of lines and takes tens of ms to produce. So it is
@@ -42,11 +43,13 @@ local function parse(line)
     state = STATES[st] or st }
 end
 
--- { [inode string] = { lport =, rport =, state = } } for the TCP sockets of the namespace.
--- With `want` (a set of inodes), only those are parsed (a plain search per inode).
+-- { [inode string] = { lport =, rport =, state = [, udp = true] } } for the TCP and UDP
+-- sockets of the namespace. With `want` (a set of inodes), only those are parsed (a plain
+-- search per inode).
 function M.tcp(want)
   local out = {}
-  for _, path in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
+  for _, path in ipairs { "/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6" } do
+    local udp = path:find("udp", 1, true) ~= nil
     local f = io.open(path, "r")
     if f then
       local text = f:read("a")
@@ -59,13 +62,19 @@ function M.tcp(want)
             local from = lo + ((text:sub(lo, at):match(".*\n()") or 1) - 1)
             local line = text:sub(from, text:find("\n", at, true) or #text)
             local ino, entry = parse(line)
-            if ino == inode then out[inode] = entry end
+            if ino == inode then
+              entry.udp = udp or nil
+              out[inode] = entry
+            end
           end
         end
       else
         for line in text:gmatch("[^\n]+") do
           local inode, entry = parse(line)
-          if inode and inode ~= "0" then out[inode] = entry end
+          if inode and inode ~= "0" then
+            entry.udp = udp or nil
+            out[inode] = entry
+          end
         end
       end
     end
@@ -94,7 +103,8 @@ local known, missed = {}, {}
 -- listening ports: sockets whose local port is one of them are a server's side), `baseline` a
 -- set of socket inodes that are not the pool's (taken before the pool existed),
 -- `ignore_ports` local ports and `ignore_inodes` inodes of the fuzzer's own sockets. Returns
---   { total = pool sockets, per_port = { [server port] = n }, other = non-socket fds,
+--   { total = pool sockets but UDP ones, udp = the pool's UDP sockets (its DNS queries),
+--     per_port = { [server port] = n }, other = non-socket fds,
 --     list = { "fd -> socket:[inode] lport->rport STATE", ... }, inodes = set }
 function M.snapshot(servers, baseline, ignore_ports, ignore_inodes)
   local fds = M.fds()
@@ -112,24 +122,27 @@ function M.snapshot(servers, baseline, ignore_ports, ignore_inodes)
   end
   if want then
     for inode, t in pairs(M.tcp(want)) do
-      if t.rport ~= 0 or t.state == "LISTEN" then known[inode] = t end
+      if t.rport ~= 0 or t.state == "LISTEN" or t.udp then known[inode] = t end
     end
     for inode in pairs(want) do if not known[inode] then missed[inode] = now end end
   end
   for inode in pairs(known) do if not live[inode] then known[inode] = nil end end
   for inode in pairs(missed) do if not live[inode] then missed[inode] = nil end end
-  local snap = { total = 0, per_port = {}, other = 0, list = {}, inodes = {} }
+  local snap = { total = 0, udp = 0, per_port = {}, other = 0, list = {}, inodes = {} }
   for fd, target in pairs(fds) do
     local inode = target:match("^socket:%[(%d+)%]$")
-    if inode then
+    -- (one socket under two fds counts once: a Happy Eyeballs winner is handed to its conn as
+    -- a dup, and both fds are open for a moment)
+    if inode and not snap.inodes[inode] then
       snap.inodes[inode] = true
       local t = known[inode]
       local server_side = t and (servers[t.lport] or (ignore_ports and ignore_ports[t.lport]))
       if not baseline[inode] and not server_side and not (ignore_inodes and ignore_inodes[inode]) then
-        snap.total = snap.total + 1
+        if t and t.udp then snap.udp = snap.udp + 1 else snap.total = snap.total + 1 end
         if t and servers[t.rport] then snap.per_port[t.rport] = (snap.per_port[t.rport] or 0) + 1 end
         snap.list[#snap.list + 1] = string.format("fd %d -> %s %s", fd, target,
-          t and string.format("%d->%d (%s when first seen)", t.lport, t.rport, t.state) or
+          t and string.format("%s %d->%d (%s when first seen)", t.udp and "udp" or "tcp",
+            t.lport, t.rport, t.state) or
           "(not a TCP socket, or not in /proc/net/tcp)")
       end
     elseif not target:match("^/proc/") then

@@ -1094,7 +1094,9 @@ describe("peerpool policy hooks", function()
         local pool = env:pool { target_peers = 3, maintenance_interval = 10, seed_interval = 20 }
         local calls = {}
         local next_srv = 1
-        assert(pool:load_policy { seed = function(ctx)
+        -- (a fixed backoff: the default's full jitter may draw ~0 ms, and the lost peer would
+        -- be redialled, "connecting", when the end checks it has failed)
+        assert(pool:load_policy { backoff = function() return 5000 end, seed = function(ctx)
           calls[#calls + 1] = ctx.wanted
           -- one address per call: the maintenance tick must come back for more
           if srvs[next_srv] then ctx:add(srvs[next_srv].addr) end

@@ -546,6 +546,8 @@ static int close_pool(lua_State *L, lpp_pool_t *p) {
   if (p->pool) {
     pool_link_t *link = pp_pool_get_data(p->pool);
     link->p = NULL;
+    /* Its calls in flight no longer see p (lrequest.c): they end without this list. */
+    p->calls.head = p->calls.tail = NULL;
     pp_pool_close(p->pool, engine_pool_closed); /* during a drain: ends it now */
     p->pool = NULL;
     lpp_pools_remove(p);

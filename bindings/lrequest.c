@@ -289,7 +289,10 @@ typedef struct lpp_call_s {
   pp_lease_t lease; /* (first: the recycle list's link overwrites it, never co_slot) */
   pp_request_t req;
   uv_buf_t buf;
-  lpp_pool_t *p;
+  lpp_state_t *st;
+  pp_pool_t *pool; /* the engine pool, not the Lua one: the program may close or drop that
+                    * while the call waits (resumed by hand), and it is freed once collected;
+                    * the engine pool answers every request before its close callback */
   lpp_wait_t wait;
   int co_slot;       /* this record's own registry slot, kept while it is recycled: anchors the
                       * waiting coroutine (lpp_wait_begin_kept) */
@@ -314,8 +317,13 @@ static lpp_call_t *call_take(lua_State *L, lpp_state_t *st) {
   return k;
 }
 
+/* The call's pool's Lua side; NULL once the program closed it (or it was collected). */
+static lpp_pool_t *call_pool(const lpp_call_t *k) {
+  return lpp_pool_of(k->pool);
+}
+
 static void call_free(lua_State *L, lpp_call_t *k) {
-  lpp_state_t *st = k->p->st;
+  lpp_state_t *st = k->st;
   if (k->bytes != k->small) free(k->bytes);
   k->bytes = NULL;
   if (st->calls.n >= LPP_RECYCLE_MAX || st->shutting_down)
@@ -324,7 +332,8 @@ static void call_free(lua_State *L, lpp_call_t *k) {
 }
 
 static void call_unlist(lpp_call_t *k) {
-  lpp_timed_remove(&k->p->calls, &k->timed);
+  lpp_pool_t *p = call_pool(k);
+  if (p) lpp_timed_remove(&p->calls, &k->timed); /* (a closed pool's list was emptied) */
 }
 
 /* Past io_timeout: the request is aborted (the shared conn breaks, reply order being lost);
@@ -344,7 +353,7 @@ static void on_call_timeout(uv_timer_t *timer) {
 /* The coroutine waiting for k's answer, pushed on L; or NULL, with k freed, when nobody takes
  * the answer (the state shuts down, or the program resumed or closed it while it waited). */
 static lua_State *take_caller(lua_State *L, lpp_call_t *k) {
-  int down = k->p->st->shutting_down;
+  int down = k->st->shutting_down;
   lua_State *co = down ? NULL : lpp_wait_take_kept(L, &k->wait);
   if (co) return co;
   if (!down)
@@ -357,7 +366,7 @@ static lua_State *take_caller(lua_State *L, lpp_call_t *k) {
 
 /* Free k and resume its caller `co` (taken by take_caller) with the `n` values on its stack. */
 static void answer_caller(lua_State *L, lpp_call_t *k, lua_State *co, int n) {
-  lpp_pool_t *p = k->p;
+  lpp_pool_t *p = call_pool(k);
   call_free(L, k);
   lpp_resume(L, co, n, p);
   lua_pop(L, 1);
@@ -365,7 +374,7 @@ static void answer_caller(lua_State *L, lpp_call_t *k, lua_State *co, int n) {
 
 static void on_call_reply(pp_request_t *req, int status, const char *reply, size_t len) {
   lpp_call_t *k = req->data;
-  lua_State *L = k->p->st->L;
+  lua_State *L = k->st->L;
   lpp_budget_t *outside = lpp_budget_enter(NULL); /* (a hook's code may have caused this) */
   call_unlist(k);
   pp_release(&k->lease, 0); /* the reply is in: the conn owes this lease nothing more */
@@ -394,8 +403,7 @@ static void on_call_reply(pp_request_t *req, int status, const char *reply, size
 }
 
 /* Send k's request on its lease's conn and start its io_timeout: 0, or the error. */
-static int call_send(lua_State *L, lpp_call_t *k) {
-  lpp_pool_t *p = k->p;
+static int call_send(lua_State *L, lpp_pool_t *p, lpp_call_t *k) {
   int err = pp_request_send(&k->req, k->lease.conn, &k->buf, 1, on_call_reply);
   if (err) return err == UV_EOF ? PP_ECLOSED : err;
   int64_t ms = p->io_timeout; /* (the pool's one: calls are listed in start order) */
@@ -407,12 +415,12 @@ static int call_send(lua_State *L, lpp_call_t *k) {
  * caller with why not. */
 static void on_call_acquired(pp_lease_t *lease, int status) {
   lpp_call_t *k = lease->data;
-  lpp_pool_t *p = k->p;
-  lua_State *L = p->st->L;
-  int down = p->st->shutting_down;
+  lpp_pool_t *p = call_pool(k);
+  lua_State *L = k->st->L;
+  int down = k->st->shutting_down || p == NULL;
   if (status == 0) {
     if (!down && lpp_wait_active(L, &k->wait)) {
-      status = call_send(L, k);
+      status = call_send(L, p, k);
       if (status == 0) return;
     } else {
       status = PP_ECLOSED; /* nobody waits for it any more */
@@ -421,7 +429,10 @@ static void on_call_acquired(pp_lease_t *lease, int status) {
   }
   lpp_budget_t *outside = lpp_budget_enter(NULL);
   lua_State *co = take_caller(L, k);
-  if (co) answer_caller(L, k, co, lpp_push_acquire_error(co, p, lease, NULL, status));
+  if (co)
+    answer_caller(L, k, co,
+                  p ? lpp_push_acquire_error(co, p, lease, NULL, status)
+                    : lpp_push_error(co, PP_ECLOSED, NULL));
   lpp_budget_leave(outside);
 }
 
@@ -455,7 +466,8 @@ static int request_fast(lua_State *L) {
   if (k == NULL) {
     return -1; /* the general path explains */
   }
-  k->p = p;
+  k->st = st;
+  k->pool = p->pool;
   k->bytes = len <= LPP_CALL_INLINE ? k->small : malloc(len);
   if (k->bytes == NULL) {
     call_free(L, k);
@@ -477,7 +489,7 @@ static int request_fast(lua_State *L) {
     call_free(L, k);
     return -1; /* the general path explains */
   }
-  err = call_send(L, k);
+  err = call_send(L, p, k);
   if (err) {
     lpp_wait_cancel_kept(L, &k->wait);
     pp_release(&k->lease, 0);

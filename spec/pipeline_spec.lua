@@ -171,6 +171,34 @@ describe("pipelining", function()
       assert.equal(1, pool:stats().conns)
     end))
 
+    it("a hand-resumed caller's pool collected meanwhile: the late answers touch nothing freed",
+      test(function(env)
+        -- (the answers came back through the freed pool userdata: a use after free that the
+        -- sanitizer build reports; the release build may read stale memory unnoticed)
+        local srv = env:ordered()
+        local co = {}
+        local function start(pool, i, data) -- one waits on the conn, one for a conn
+          co[i] = coroutine.create(function() return pool:request(srv.addr, data) end)
+          assert(coroutine.resume(co[i]))
+        end
+        local function pool_of_two_callers() -- (no reference to the pool is left)
+          local pool = peerpool.new { peers = { srv.addr }, framing = "line", client_limit = 1,
+            max_per_peer = 1 }
+          assert.equal("+PONG\r\n", pool:request(srv.addr, "PING\n")) -- a conn, lent at once
+          start(pool, 1, "SLEEP 50\n")
+          start(pool, 2, "ECHO two\n")
+        end
+        pool_of_two_callers()
+        for i = 1, 2 do
+          assert.equal("suspended", coroutine.status(co[i]))
+          assert.same({ true, "by hand" }, { coroutine.resume(co[i], "by hand") })
+        end
+        collectgarbage()
+        collectgarbage() -- the pool closes: the call waiting for a conn hears closed, later
+        H.sleep(100) -- the sleeping request's answer (or failure) comes in meanwhile
+        wait_until(function() return srv.open == 0 end, 2000, "the conn to close")
+      end))
+
     it("answers closed to the callers waiting when the pool closes", test(function(env)
       local srv, pool = shared_line(env, 1)
       local codes = {}

@@ -80,6 +80,12 @@ end
 -- arguments -- blaming level 4, the caller of pool:request (3 is the C function).
 pool_methods.request = pool_methods._request_method(function(self, peer, data, opts, cb)
   check_pool(self, "request", true, 4)
+  -- (checked here, not left to acquire: that would blame this file, naming acquire's argument)
+  if peer ~= nil and type(peer) ~= "string" and not (type(peer) == "table" and
+      type(peer.addr) == "string") then
+    error(string.format("bad argument #1 to 'request' (peer address (string), peer view or nil " ..
+      "expected, got %s)", type(peer)), 3)
+  end
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
   check_arg(data, 2, "request", "string", false, 4)
   check_arg(opts, 3, "request", "table", true, 4)

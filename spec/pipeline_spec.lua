@@ -218,6 +218,14 @@ describe("pipelining", function()
       local framed = env:pool { framing = "resp" }
       assert.has_error(function() framed:request(nil, 42) end,
         "bad argument #2 to 'request' (string expected, got number)")
+      -- a bad peer: blamed on this line, as request's argument #1 (not on peerpool.lua's call
+      -- of acquire, as acquire's)
+      for _, bad in ipairs { 42, true, {} } do
+        local ok, err = pcall(function() return framed:request(bad, "x") end)
+        assert.is_false(ok)
+        assert.matches("^spec/pipeline_spec%.lua:%d+: bad argument #1 to 'request' %(peer " ..
+          "address %(string%), peer view or nil expected, got " .. type(bad) .. "%)$", err)
+      end
     end))
   end)
 

@@ -53,12 +53,19 @@ function pool_methods:with(peer, fn, opts)
   error(res[2], 0)
 end
 
--- One request on a lease of its own: acquire, send, receive the reply, release.
+-- Whether acquire answered a conn: a program that resumed the caller by hand passed anything.
+local function is_conn(v)
+  local mt = type(v) == "userdata" and getmetatable(v)
+  return type(mt) == "table" and mt.__name == "peerpool.conn"
+end
+
+-- One request on a lease of its own: acquire, send, receive the reply, release. Resumed by hand
+-- while it waits for a conn, it returns what the resumer passed (as the fast path does).
 local function request(self, peer, data, opts)
-  local conn, err, detail = self:acquire(peer, opts)
-  if not conn then return nil, err, detail end
-  local n
-  n, err, detail = conn:send(data)
+  local got = pack(self:acquire(peer, opts))
+  if not is_conn(got[1]) then return unpack(got, 1, got.n) end
+  local conn = got[1]
+  local n, err, detail = conn:send(data)
   if not n then
     conn:release()
     return nil, err, detail

@@ -199,6 +199,25 @@ describe("pipelining", function()
         wait_until(function() return srv.open == 0 end, 2000, "the conn to close")
       end))
 
+    it("a caller with opts, resumed by hand while it waits for a conn, gets what was passed",
+      test(function(env)
+        -- (the general path took the resumer's values for a conn: 'attempt to call a nil
+        -- value (method 'send')' in peerpool.lua)
+        local srv, pool = shared_line(env, 1)
+        local held = assert(pool:acquire(srv.addr))
+        local got, second
+        local co = coroutine.create(function()
+          got = pack(pool:request(srv.addr, "ECHO lost\n", { timeout = 2000 }))
+          second = pack(pool:request(srv.addr, "ECHO mine\n", { timeout = 2000 }))
+        end)
+        assert(coroutine.resume(co))
+        assert(coroutine.resume(co, "by", "hand"))
+        assert.same(pack("by", "hand"), got)
+        held:release()
+        wait_until(function() return second end, 2000, "the second request")
+        assert.same(pack("mine\r\n"), second)
+      end))
+
     it("answers closed to the callers waiting when the pool closes", test(function(env)
       local srv, pool = shared_line(env, 1)
       local codes = {}

@@ -77,6 +77,10 @@ end
 M._set_seed_ctx(function(pool, wanted)
   local ctx = { wanted = wanted, added = 0 }
   function ctx.add(_, addr, last_seen)
+    -- (a hook that waited -- sleep, resolve -- may wake after the pool closed: not its fault)
+    if pool:_closed() then
+      return nil, M.errors.closed, "the pool closed while the seed hook ran"
+    end
     local ok, err, why = pool:_add_peer(addr, last_seen, nil, "seed")
     if ok then ctx.added = ctx.added + 1 end
     return ok, err, why

@@ -157,6 +157,26 @@ describe("peerpool.sleep", function()
       assert.matches("must run inside a coroutine", refused, 1, true)
     end))
 
+  it("a seed hook that sleeps past the pool's close: ctx:add answers closed, nothing reported",
+    P.test(function(env)
+      local srv = env:node()
+      local pool = env:pool { target_peers = 1 }
+      local added, errs = nil, {}
+      peerpool.on_error(function(text) errs[#errs + 1] = text end)
+      assert(pool:load_policy { seed = function(ctx)
+        peerpool.sleep(50)
+        added = H.pack(pcall(ctx.add, ctx, srv.addr))
+      end })
+      H.wait_until(function() return pool:stats().hooks.seed.calls == 1 end, 5000, "the seed")
+      pool:close()
+      H.wait_until(function() return added end, 5000, "the seed hook's wake")
+      H.sleep(20)
+      peerpool.on_error(nil)
+      assert.is_true(added[1], tostring(added[2])) -- (raised 'attempt to use a closed pool')
+      assert.equal("closed", added[3])
+      assert.same({}, errs)
+    end))
+
   it("a handshake that sleeps past handshake_timeout: the dial fails, the late wake harms " ..
     "nothing", P.test(function(env)
       local srv = env:node()

@@ -794,6 +794,18 @@ describe("peerpool.policies", function()
         conn:close()
       end))
 
+    it("keeps for the first holder what the peer sent with its VERACK", test(function(env)
+      -- the peer's first message in the same read as the handshake's answer: the handshake
+      -- reads its line, the rest waits for the conn's first holder (keep_idle_bytes)
+      local node = env:node { answer = "VERACK\r\nINV 0" }
+      local p2p = lib("p2p").new { dns_seeds = {}, fixed_seeds = { node.addr } }
+      local pool = p2p_pool(env, p2p, { target_peers = 1 })
+      wait_until(function() return pool:stats().peers_by_state.ready == 1 end, 2000, "ready")
+      local conn = assert(pool:acquire())
+      assert.same({ "INV 0" }, { conn:receive("*l", 2000) })
+      conn:close()
+    end))
+
     it("burns addresses that fail, and keeps them out of later seeding", test(function(env)
       local good, wrong, dead = env:node(), env:node { answer = "HTTP/1.1 400" }, env:refused()
       local p2p = lib("p2p").new { dns_seeds = {}, port = 8333,

@@ -1253,8 +1253,10 @@ end
 
 -- A pool may be closed mid-flight in some rounds, late in the round (by an actor, an acquire
 -- callback or a hook that yielded).
+-- (not while the round's end has forgotten the pool: a callback that comes meanwhile, from the
+-- pool the collector has not closed yet, has no pool to close)
 function may_close()
-  return R.may_close and not R.closed_at and uv.now() >= R.close_after and
+  return R.pool ~= nil and R.may_close and not R.closed_at and uv.now() >= R.close_after and
     not SKIP.midflight_close
 end
 

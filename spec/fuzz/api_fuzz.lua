@@ -2116,6 +2116,27 @@ end
 -- once, with its own token line back (never another call's reply, pipelined or not), or a code;
 -- a caller resumed by hand or closed while it waits owes nothing, and its next request gets
 -- its own reply (the per-wait proof of lwait.c; call records reused from a free list).
+-- Start `co` (an op's coroutine that waits in the API) and, by `style`, resume it by hand
+-- while it still waits ("meddle": the wait must answer what the resumer passed, and a late
+-- answer must not reach its next wait) or close it ("close"). `what` names it in failures.
+-- Returns "closed" when it closed the coroutine.
+local function drive_waiter(co, style, what)
+  F.ops = F.ops + 1
+  local ok, err = coroutine.resume(co)
+  check(ok, "%s raised %s", what, show(err))
+  if coroutine.status(co) ~= "suspended" then return end
+  if style == "meddle" then
+    if chance(0.5) then sleep(rnd(3)) end
+    if coroutine.status(co) == "suspended" then
+      ok, err = coroutine.resume(co, "meddled", "junk")
+      check(ok, "meddled %s raised %s", what, show(err))
+    end
+  elseif style == "close" then
+    coroutine.close(co)
+    return "closed"
+  end
+end
+
 local function op_request(a)
   local fp = R.framed
   if not fp then return end
@@ -2151,20 +2172,7 @@ local function op_request(a)
     e.done = true
   end)
   trace(fmt("a%d request r%d (%s)", a.id, e.id, style))
-  F.ops = F.ops + 1
-  local ok, err = coroutine.resume(co)
-  check(ok, "request r%d raised %s", e.id, show(err))
-  if coroutine.status(co) ~= "suspended" then return end
-  if style == "meddle" then
-    if chance(0.5) then sleep(rnd(3)) end
-    if coroutine.status(co) == "suspended" then
-      ok, err = coroutine.resume(co, "meddled", "junk")
-      check(ok, "meddled request r%d raised %s", e.id, show(err))
-    end
-  elseif style == "close" then
-    coroutine.close(co)
-    e.done = true
-  end
+  if drive_waiter(co, style, fmt("request r%d", e.id)) == "closed" then e.done = true end
 end
 
 -- remove_peer / drain: a peer out of service. Its leased conns serve on after removal, out of
@@ -2221,18 +2229,7 @@ local function op_sleep(a)
     check(took >= ms, "a%d sleep(%d) ended after %.2f ms", a.id, ms, took)
   end)
   trace(fmt("a%d sleep(%d) (%s)", a.id, ms, style))
-  F.ops = F.ops + 1
-  local ok, err = coroutine.resume(co)
-  check(ok, "a%d sleep raised %s", a.id, show(err))
-  if style == "meddle" then
-    if chance(0.5) then sleep(rnd(3)) end
-    if coroutine.status(co) == "suspended" then
-      ok, err = coroutine.resume(co, "meddled", "junk")
-      check(ok, "a%d meddled sleeper raised %s", a.id, show(err))
-    end
-  elseif style == "close" then
-    coroutine.close(co)
-  end
+  drive_waiter(co, style, fmt("a%d sleep", a.id))
 end
 
 local ACTOR_OPS, OP_NAMES = {}, {}

@@ -654,6 +654,16 @@ static int l_reused(lua_State *L) {
 
 /* ---- release --------------------------------------------------------------------------- */
 
+/* Hand this object's unread bytes back to `conn` for its next reader, on a chatty pool
+ * (keep_idle_bytes). 1: handed back, or none to hand; 0: not a chatty pool (or no conn);
+ * -1: the engine could not keep them. */
+static int keep_unread(lpp_conn_t *c, pp_conn_t *conn) {
+  if (c->len == 0) return 1;
+  pp_pool_t *pool = c->owner->pool;
+  if (!pool || !pp_pool_options(pool)->keep_idle_bytes || !conn) return 0;
+  return pp_conn_unread(conn, unread(c), c->len) == 0 ? 1 : -1;
+}
+
 /* End the lease: status 0 gives the conn back; LPP_NOREUSE closes it without blaming the
  * peer; PP_EBROKEN (or a socket error) closes it as the peer's failure. A conn that may still
  * have a reply on its way — a receive waiting in another coroutine, one that timed out, unread
@@ -679,14 +689,9 @@ static void end_lease(lua_State *L, lpp_conn_t *c, int status) {
   if (framed) lpp_req_detach_all(L, c);
   if (status == 0 && !framed && (waiting || c->tainted || in_flight)) status = LPP_NOREUSE;
   stop_reading(c, c->lease.conn);
-  if (status == 0 && c->len > 0) {
-    /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;
-     * otherwise they are a reply nobody will read, and the conn is not clean. */
-    pp_pool_t *pool = c->owner->pool;
-    if (!pool || !pp_pool_options(pool)->keep_idle_bytes || !c->lease.conn ||
-        pp_conn_unread(c->lease.conn, unread(c), c->len) != 0)
-      status = LPP_NOREUSE;
-  }
+  /* Unread bytes: for a chatty protocol (keep_idle_bytes) the next holder reads them;
+   * otherwise they are a reply nobody will read, and the conn is not clean. */
+  if (status == 0 && keep_unread(c, c->lease.conn) != 1) status = LPP_NOREUSE;
   if (c->send_wait.co_ref != LUA_NOREF && status == 0)
     status = LPP_NOREUSE;   /* half a request out */
   c->state = LPP_CONN_DONE; /* before anything can run: a reentrant release is a no-op */
@@ -738,11 +743,9 @@ void lpp_hook_conn_done(lpp_conn_t *c, int ok) {
   pp_conn_t *conn = c->hook_conn;
   int status = ok ? 0 : (c->hook_kind == LPP_HOOK_HANDSHAKE ? PP_EHANDSHAKE : PP_EPING);
   /* Bytes that came with the hook's answer (a P2P peer's first message in the same read as
-   * its VERACK) belong to the conn's first holder on a chatty pool (keep_idle_bytes), as a
-   * holder's unread bytes do at release; elsewhere they are an answer nobody asked for. */
-  pp_pool_t *pool = c->owner->pool;
-  if (status == 0 && c->len > 0 && pool && pp_pool_options(pool)->keep_idle_bytes &&
-      pp_conn_unread(conn, unread(c), c->len) != 0)
+   * its VERACK) belong to the conn's first holder on a chatty pool, as a holder's unread bytes
+   * do at release; elsewhere they are an answer nobody asked for, dropped. */
+  if (status == 0 && keep_unread(c, conn) < 0)
     status = c->hook_kind == LPP_HOOK_HANDSHAKE ? PP_EHANDSHAKE : PP_EPING;
   hook_conn_detach(c);
   lpp_send_wake(c, PP_ECLOSED);

@@ -895,8 +895,7 @@ static void on_write(uv_write_t *w, int status) {
 }
 
 static int writable(const pp_conn_t *conn) {
-  if (conn->phase == PP_CONN_CLOSED || !PP__CONN_SOCKET_LIVE(conn))
-    return conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
+  if (conn->phase == PP_CONN_CLOSED || !PP__CONN_SOCKET_LIVE(conn)) return pp__conn_end_error(conn);
   if (conn->phase != PP_CONN_READY && conn->phase != PP_CONN_HANDSHAKE &&
       conn->phase != PP_CONN_PINGING)
     return PP_ESTATE;
@@ -975,7 +974,7 @@ static void close_uncount(pp_conn_t *conn, pp_close_reason_t reason) {
 /* Step 2: whoever reads the conn learns why it ended (from the defer queue), its requests fail,
  * and its handles close; their callbacks drop their references. */
 static void close_io(pp_conn_t *conn) {
-  int why = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
+  int why = pp__conn_end_error(conn);
   if (conn->read_cb) {
     if (!conn->kept_error) conn->kept_error = why;
     pp__defer_conn(conn->pool, conn);

@@ -79,16 +79,6 @@ void pp__defer_pool_event(pp_pool_t *pool) {
   pp__defer_wake(pool);
 }
 
-static void splice(pp__link_t *from, pp__link_t *to) {
-  pp__list_init(to);
-  if (pp__list_empty(from)) return;
-  to->next = from->next;
-  to->prev = from->prev;
-  to->next->prev = to;
-  to->prev->next = to;
-  pp__list_init(from);
-}
-
 /* Run what was queued before this pass; what callbacks queue now runs on the next pass, so
  * a callback that re-acquires in a loop cannot starve I/O. */
 static void defer_run(uv_check_t *check) {
@@ -102,9 +92,9 @@ static void defer_run(uv_check_t *check) {
     pp__capacity_opened(pool);
   }
   unsigned int nevents = pool->events_len;
-  splice(&pool->defer_leases, &leases);
-  splice(&pool->defer_notices, &notices);
-  splice(&pool->defer_conns, &conns);
+  pp__list_splice(&pool->defer_leases, &leases);
+  pp__list_splice(&pool->defer_notices, &notices);
+  pp__list_splice(&pool->defer_conns, &conns);
 
   for (; nevents > 0 && pool->events_len > 0; nevents--) {
     struct pp__event_s e = pool->events[pool->events_head];

@@ -29,6 +29,17 @@ static inline void pp__list_remove(pp__link_t *l) {
   l->next->prev = l->prev;
   l->next = l->prev = NULL;
 }
+/* Move every link of `from` to `to` (which is initialised first), in order; `from` is left
+ * empty: work queued from here on waits for the next pass. */
+static inline void pp__list_splice(pp__link_t *from, pp__link_t *to) {
+  pp__list_init(to);
+  if (pp__list_empty(from)) return;
+  to->next = from->next;
+  to->prev = from->prev;
+  to->next->prev = to;
+  to->prev->next = to;
+  pp__list_init(from);
+}
 #define PP__CONTAINER(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
 
 /* ---- names from the X-macro lists ------------------------------------------------------ */
@@ -163,7 +174,6 @@ struct pp_conn_s {
   bool expired;   /* past max_lifespan; closes when its last lease ends */
   bool probe;     /* a probe: one attempt, for a held peer, not counted as live */
   bool blamed;    /* counted a failure of its peer already (once per conn) */
-  bool lent;      /* some lease held it once (warm.c: it was of use) */
   uint16_t flags; /* PP__CONN_F_*: what is open, pending or running (its lifetime word) */
   /* line 1 */
   unsigned int refs;     /* holders (see pp__conn_ref): the conn is freed when they are gone */
@@ -205,6 +215,10 @@ struct pp_conn_s {
   bool dns_gone;
   struct pp__pipe_s *pipe; /* requests and reply framing (pipeline.c); NULL: none sent yet */
 };
+/* The error a conn that ended hands its readers and requests: its I/O error, else closed. */
+static inline int pp__conn_end_error(const pp_conn_t *conn) {
+  return conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
+}
 
 struct pp_peer_s {
   pp_pool_t *pool;
@@ -565,7 +579,6 @@ static inline void pp__warm_check(pp_peer_t *peer) {
 void pp__warm_closed(pp_conn_t *conn, pp_close_reason_t reason);
 /* A lease of one of `peer`'s conns: its conns are of use, min_idle dials need no holding back. */
 static inline void pp__warm_lent(pp_conn_t *conn) {
-  conn->lent = true;
   conn->peer->warm_streak = 0;
   conn->peer->warm_hold = 0;
 }

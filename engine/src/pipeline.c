@@ -62,8 +62,7 @@ int pp_request_send(pp_request_t *req, pp_conn_t *conn, const uv_buf_t bufs[], u
                     pp_reply_cb cb) {
   if (req == NULL || conn == NULL || cb == NULL || (bufs == NULL && nbufs > 0)) return PP_EINVAL;
   if (conn->pool->framing.kind == PP_FRAMING_NONE) return PP_ESTATE;
-  if (conn->phase == PP_CONN_CLOSED || conn->broken)
-    return conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
+  if (conn->phase == PP_CONN_CLOSED || conn->broken) return pp__conn_end_error(conn);
   if (conn->phase != PP_CONN_READY && conn->phase != PP_CONN_HANDSHAKE &&
       conn->phase != PP_CONN_PINGING)
     return PP_ESTATE;
@@ -115,7 +114,7 @@ void pp__pipe_closed(pp_conn_t *conn) {
     p->flush_pending = false;
   }
   int status = p->fail_status;
-  if (status == 0) status = conn->broken && conn->last_error ? conn->last_error : PP_ECLOSED;
+  if (status == 0) status = pp__conn_end_error(conn);
   p->fail_status = 0; /* a conn that dials again starts afresh */
   fail_all(p, status);
 }
@@ -230,14 +229,7 @@ bool pp__pipe_pending(const pp_pool_t *pool) {
 
 void pp__pipe_run_deferred(pp_pool_t *pool) {
   pp__link_t done;
-  pp__list_init(&done);
-  if (!pp__list_empty(&pool->defer_requests)) { /* those queued before this pass */
-    done.next = pool->defer_requests.next;
-    done.prev = pool->defer_requests.prev;
-    done.next->prev = &done;
-    done.prev->next = &done;
-    pp__list_init(&pool->defer_requests);
-  }
+  pp__list_splice(&pool->defer_requests, &done); /* those queued before this pass */
   while (!pp__list_empty(&done)) {
     pp_request_t *req = PP__CONTAINER(done.next, pp_request_t, link_);
     pp__list_remove(&req->link_);

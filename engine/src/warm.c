@@ -37,7 +37,7 @@ void pp__warm_closed(pp_conn_t *conn, pp_close_reason_t reason) {
    * no backoff at all. Either would have min_idle redial on the next tick, forever. */
   bool wasted = reason == PP_CLOSE_REMOTE ||
                 (reason == PP_CLOSE_CLOSED && pp__err_is_local(conn->last_error));
-  if (wasted && !conn->lent && pp__warm_min(peer) > 0) {
+  if (wasted && conn->leases_total == 0 && pp__warm_min(peer) > 0) {
     if (peer->warm_streak < 30) peer->warm_streak++;
     /* The built-in connect backoff's curve (full jitter, 100 ms doubling up to 30 s). */
     uint64_t hold = (uint64_t)pp_backoff_full_jitter(peer->pool, peer->warm_streak, 100, 30000);
@@ -52,13 +52,13 @@ static bool fill(pp_peer_t *peer, uint64_t *retry_at) {
   pp_pool_t *pool = peer->pool;
   int min = pp__warm_min(peer);
   if (peer->draining || peer->burned || min == 0) return true;
-  if (peer->warm_hold && pp__ahead(pool, peer->warm_hold)) {
-    if (peer->warm_hold < *retry_at) *retry_at = peer->warm_hold;
-    return peer->idle + peer->dialing + peer->backoff + peer->handshaking >= min;
-  }
   /* Connecting conns count: each becomes idle, or serves a waiter (its lease brings the peer
    * back here). */
   int have = peer->idle + peer->dialing + peer->backoff + peer->handshaking;
+  if (peer->warm_hold && pp__ahead(pool, peer->warm_hold)) {
+    if (peer->warm_hold < *retry_at) *retry_at = peer->warm_hold;
+    return have >= min;
+  }
   int dialled = 0;
   bool done = true;
   while (have < min) {

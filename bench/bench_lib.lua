@@ -10,6 +10,7 @@
 --                       trailing white space; "" when it writes nothing
 --   B.read_file(path)   the file's bytes, or nil when it cannot be read
 --   B.median(v)         the median of a list of numbers (v itself is left as it is)
+--   B.loadavg()         the load averages "1m 5m 15m" of /proc/loadavg, or nil
 local B = {}
 
 function B.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
@@ -29,6 +30,10 @@ end
 function B.read_file(path)
   local f <close> = io.open(path, "rb")
   return f and f:read("a")
+end
+
+function B.loadavg()
+  return ((B.read_file("/proc/loadavg") or ""):match("^(%S+ %S+ %S+)"))
 end
 
 function B.median(v)

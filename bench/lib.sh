@@ -6,6 +6,8 @@
 #   bench_commit ROOT PATH...   export PP_BENCH_COMMIT, the commit the figures belong to, with
 #                               "+ uncommitted PATH changes" when PATH differs from it; a value
 #                               already exported (bench/run.sh's, for its steps) is kept
+#   bench_free_port             a loopback port free a moment ago (bind port 0, read it, let it
+#                               go: another program may take it first; callers try again)
 #   bench_tmp NAME              make the directory $BENCH_TMP; at exit, and on INT or TERM, kill
 #                               and reap the processes listed in $BENCH_PIDS, then remove it
 
@@ -29,6 +31,12 @@ bench_commit() {
     PP_BENCH_COMMIT="none (no commit yet)"
   fi
   export PP_BENCH_COMMIT
+}
+
+bench_free_port() {
+  lua5.4 -e 'local uv = require "luv"
+    local t = uv.new_tcp(); assert(t:bind("127.0.0.1", 0)); io.write(t:getsockname().port)
+    t:close(); uv.run("nowait")'
 }
 
 BENCH_PIDS=""

@@ -836,6 +836,8 @@ describe("peerpool.policies", function()
   end)
 
   describe("redis", function()
+    local real = require "spec.support.redis"
+    after_each(real.kill_started)
     local function redis_pool(env, srv, policy, overrides)
       local opts = policy.pool_options
       opts.policy, opts.peers = policy, { srv.addr }
@@ -899,37 +901,10 @@ describe("peerpool.policies", function()
       end))
 
     it("works against a real redis-server", test(function(env)
-      local exe = io.popen("command -v redis-server"):read("l")
-      if not exe then
-        pending("redis-server is not installed")
-        return
-      end
-      -- its port was free a moment ago: when a test running in parallel took it first, the
-      -- server says so in its log and exits, and another port is tried
-      local port, proc, log
-      for attempt = 1, 3 do
-        local probe = uv.new_tcp()
-        probe:bind("127.0.0.1", 0)
-        port = probe:getsockname().port
-        probe:close()
-        log = env:tmpname()
-        local this
-        this = uv.spawn(exe, { args = { "--port", tostring(port), "--bind", "127.0.0.1",
-          "--save", "", "--appendonly", "no", "--requirepass", "pw", "--logfile", log } },
-          function()
-            if this and not this:is_closing() then this:close() end
-          end)
-        proc = assert(this, "redis-server did not start")
-        local ready
-        wait_until(function()
-          local text = P.read(log) or ""
-          if text:find("Ready to accept connections", 1, true) then ready = true end
-          return ready or text:find("Failed listening on port", 1, true)
-        end, 5000, "redis-server to start")
-        if ready then break end
-        wait_until(function() return proc:is_closing() end, 3000, "redis-server to exit")
-        assert(attempt < 3, "redis-server did not start:\n" .. P.read(log))
-      end
+      local _, _, port = real.start(nil, function(p)
+        return ("--port %d --bind 127.0.0.1 --save '' --appendonly no --requirepass pw"):format(p)
+      end)
+      if not port then return pending(real.MISSING) end
       local ok, err = pcall(function()
         local redis = lib("redis").new { password = "pw" }
         local pool = env:pool { peers = { "127.0.0.1:" .. port }, policy = redis,
@@ -946,14 +921,11 @@ describe("peerpool.policies", function()
           policy = lib("redis").new { password = "nope" } }
         assert.equal("burned", select(2, bad:acquire()))
       end)
-      proc:kill("sigterm")
-      wait_until(function() return proc:is_closing() end, 3000, "redis-server to exit")
+      real.kill_started()
       if not ok then error(err, 0) end
     end))
 
     describe("redis.reply", function()
-      local real = require "spec.support.redis"
-      after_each(real.kill_started)
 
       it("reads statuses, integers, bulks, nil, errors and nested arrays from a real redis-server",
         test(function(env)

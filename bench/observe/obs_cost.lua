@@ -96,7 +96,7 @@ local function run(k, s, n)
     user_us = f.cpu_user_s * 1e6 / f.requests, rps = f.requests / f.wall_s }
 end
 
-local function loadavg() return ((read_file("/proc/loadavg") or ""):match("^(%S+ %S+ %S+)")) end
+local loadavg = B.loadavg
 local m = {
   date = os.date("!%Y-%m-%d %H:%M UTC"),
   commit = os.getenv("PP_BENCH_COMMIT") or first_line("git -C " .. q(HERE) ..

@@ -193,7 +193,7 @@ local function read_first(path, key)
   end
   return "unknown"
 end
-local function loadavg() return (read_first("/proc/loadavg", ""):match("^(%S+ %S+ %S+)")) end
+local loadavg = B.loadavg
 local cache = read_file(BUILD .. "/CMakeCache.txt") or ""
 local function cache_var(name) return cache:match("\n" .. name .. ":[%w]+=([^\n]*)") or "" end
 local cc = cache_var("CMAKE_C_COMPILER")

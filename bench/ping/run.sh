@@ -55,18 +55,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
-# A free loopback port: bind port 0, read the port, let it go. Another program could take it
-# before redis-server does; then redis-server fails to start and we try another.
-free_port() {
-  lua5.4 -e 'local uv = require "luv"
-    local t = uv.new_tcp(); assert(t:bind("127.0.0.1", 0)); io.write(t:getsockname().port)
-    t:close(); uv.run("nowait")'
-}
-
 # start_server: start one redis-server; prints its port. Never on any address but 127.0.0.1.
 start_server() {
   for attempt in 1 2 3 4 5; do
-    port=$(free_port)
+    port=$(bench_free_port)
     timeout 600 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
       --daemonize no --dir "$TMP" --logfile "$TMP/redis-$port.log" </dev/null >/dev/null 2>&1 &
     pid=$!

@@ -19,13 +19,9 @@ HERE=$ROOT/bench/pipeline
 bench_tmp pipeline
 TMP=$BENCH_TMP
 
-free_port() {
-  lua5.4 -e 'local uv = require "luv"; local t = uv.new_tcp(); assert(t:bind("127.0.0.1", 0))
-    io.write(t:getsockname().port); t:close(); uv.run("nowait")'
-}
 PORTS=""
 for i in 1 2; do
-  p=$(free_port)
+  p=$(bench_free_port)
   timeout 600 redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
   BENCH_PIDS="$BENCH_PIDS $!"
   PORTS="$PORTS $p"

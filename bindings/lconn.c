@@ -741,12 +741,11 @@ void lpp_hook_conn_dead(lpp_conn_t *c) {
 void lpp_hook_conn_done(lpp_conn_t *c, int ok) {
   if (c->state != LPP_CONN_HOOK || c->hook_conn == NULL) return;
   pp_conn_t *conn = c->hook_conn;
-  int status = ok ? 0 : (c->hook_kind == LPP_HOOK_HANDSHAKE ? PP_EHANDSHAKE : PP_EPING);
   /* Bytes that came with the hook's answer (a P2P peer's first message in the same read as
    * its VERACK) belong to the conn's first holder on a chatty pool, as a holder's unread bytes
    * do at release; elsewhere they are an answer nobody asked for, dropped. */
-  if (status == 0 && keep_unread(c, conn) < 0)
-    status = c->hook_kind == LPP_HOOK_HANDSHAKE ? PP_EHANDSHAKE : PP_EPING;
+  if (ok && keep_unread(c, conn) < 0) ok = 0;
+  int status = ok ? 0 : (c->hook_kind == LPP_HOOK_HANDSHAKE ? PP_EHANDSHAKE : PP_EPING);
   hook_conn_detach(c);
   lpp_send_wake(c, PP_ECLOSED);
   c->state = LPP_CONN_DONE;

@@ -261,7 +261,12 @@ int lpp_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const
 uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data);
 /* Close the timer in *slot (its callback will not run) and clear the slot. */
 void lpp_timer_drop(uv_timer_t **slot);
-/* Get a timeout in ms: nil → dflt; a number >= 0; else raise naming `what`. */
+/* Close a malloc'd handle whose callback must not run any more, and free it once closed. */
+void lpp_handle_drop(uv_handle_t *h);
+/* The longest wait in ms the binding takes (a year): longer is surely a mistake, a unit slip
+ * (seconds for ms, or ns). */
+#define LPP_MAX_MS (365.0 * 24 * 3600 * 1000)
+/* Get a timeout in ms: nil → dflt; a number >= 0 and <= LPP_MAX_MS; else raise naming `what`. */
 int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt);
 
 /* lpool.c */

@@ -16,9 +16,6 @@
 
 #define LPP_SLEEP "peerpool.sleep"
 
-/* Longer is surely a mistake (a unit slip: seconds for ms, or ns): as lpp_opt_ms. */
-#define SLEEP_MAX_MS (365.0 * 24 * 3600 * 1000)
-
 /* What wakes a sleep: a timer, or for sleep(0) an async handle. libuv 1.44 runs a timer due
  * "now" in the timer phase that is running (pp_timer_start waits 1 ms instead), while an async
  * send is seen by the next poll: a later turn of the loop, after its I/O, at once. */
@@ -34,14 +31,9 @@ typedef struct {
   waker_t *waker; /* malloc'd: it outlives the userdata until its close callback */
 } sleep_t;
 
-static void waker_closed(uv_handle_t *h) {
-  free(h);
-}
-
 static void drop_waker(sleep_t *s) {
   if (s->waker == NULL) return;
-  s->waker->handle.data = NULL; /* (its callback will not run) */
-  uv_close(&s->waker->handle, waker_closed);
+  lpp_handle_drop(&s->waker->handle);
   s->waker = NULL;
 }
 
@@ -83,7 +75,7 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
 int lpp_l_sleep(lua_State *L) {
   lua_Number ms = lua_tonumber(L, 1);
   if (lua_type(L, 1) != LUA_TNUMBER) return luaL_typeerror(L, 1, "number (ms)");
-  luaL_argcheck(L, ms >= 0 && ms <= SLEEP_MAX_MS, 1, /* (NaN fails both) */
+  luaL_argcheck(L, ms >= 0 && ms <= LPP_MAX_MS, 1, /* (NaN fails both) */
                 "ms must be >= 0 and at most a year");
   if (!lua_isyieldable(L))
     return luaL_error(L,

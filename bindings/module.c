@@ -226,8 +226,13 @@ int lpp_new_class(lua_State *L, const char *name, const luaL_Reg *methods, const
   return 1;
 }
 
-static void timer_closed(uv_handle_t *h) {
+static void handle_closed(uv_handle_t *h) {
   free(h);
+}
+
+void lpp_handle_drop(uv_handle_t *h) {
+  h->data = NULL; /* (its callback will not run) */
+  uv_close(h, handle_closed);
 }
 
 uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data) {
@@ -242,8 +247,7 @@ uv_timer_t *lpp_timer(lua_State *L, lpp_pool_t *p, uv_timer_t **slot, void *data
 
 void lpp_timer_drop(uv_timer_t **slot) {
   if (*slot == NULL) return;
-  (*slot)->data = NULL;
-  uv_close((uv_handle_t *)*slot, timer_closed);
+  lpp_handle_drop((uv_handle_t *)*slot);
   *slot = NULL;
 }
 
@@ -251,7 +255,7 @@ int64_t lpp_opt_ms(lua_State *L, int idx, const char *what, int64_t dflt) {
   if (lua_isnoneornil(L, idx)) return dflt;
   int isnum;
   lua_Number n = lua_tonumberx(L, idx, &isnum);
-  if (!isnum || n < 0 || n > 365.0 * 24 * 3600 * 1000 || n != n)
+  if (!isnum || n < 0 || n > LPP_MAX_MS || n != n)
     luaL_error(L, "%s must be a number of ms >= 0", what);
   return (int64_t)n;
 }
